@@ -1,0 +1,420 @@
+#include "member.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "err.h"
+#include "frame.h"
+#include "log.h"
+#include "time.h"
+#include "transport.h"
+
+/* The scheduler may start after the node: Register goes out again this often
+ * until one is answered. */
+#define MEMBER_REGISTER_RETRY_MS 1000
+/* Done and Shutdown are fire and forget, but must not die with the socket
+ * when the owner destroys the member right after sending them. */
+#define MEMBER_LINGER_MS 1000
+#define MEMBER_RANK_ANY 0xffffffffu
+
+struct ps_member_s {
+  uv_loop_t *loop;
+  ps_zsock_t *zs;
+  uv_timer_t register_timer;
+  uv_timer_t heartbeat_timer;
+  int open_handles;
+  int destroyed;
+
+  ps_member_cbs_t cbs;
+  char *scheduler;
+  int role;
+  char *address;
+  int has_model;
+  ps_model_t model;
+  int64_t rank;
+  int heartbeat_ms;
+  int scheduler_timeout_ms;
+
+  int registered;
+  uint32_t node_id;
+  uint64_t epoch;
+  uint64_t clock;
+  uint64_t last_heard_ms;
+  uint64_t next_request_id;
+  uint64_t done_request_id; /* 0: no Done in flight */
+  int sent_farewell;        /* a Done or Shutdown that must still leave */
+  int stopped;              /* shutdown_cb has run: report nothing more */
+};
+
+static uint64_t next_request_id(ps_member_t *m) {
+  return ++m->next_request_id;
+}
+
+static void envelope_init(ps_member_t *m, Ps__Envelope *env,
+                          uint64_t request_id) {
+  ps__envelope__init(env);
+  env->request_id = request_id;
+  env->sender = m->node_id;
+  env->epoch = m->epoch;
+}
+
+static void send_env(ps_member_t *m, Ps__Envelope *env) {
+  if (m->zs == NULL) return;
+  int rc = ps_msg_send(ps_zsock_socket(m->zs), NULL, env, NULL, 0);
+  if (rc != PS_OK)
+    PS_WARN("scheduler_send_failed", "body=%s err=%s zmq=\"%s\"",
+            ps_body_name(env->body_case), ps_err_name(rc),
+            zmq_strerror(zmq_errno()));
+}
+
+/* Reports the end of the link once; the owner decides what to do (usually
+ * stop its loop and exit). */
+static void report_shutdown(ps_member_t *m, int status, const char *reason) {
+  if (m->stopped) return;
+  m->stopped = 1;
+  uv_timer_stop(&m->register_timer);
+  uv_timer_stop(&m->heartbeat_timer);
+  if (m->cbs.shutdown_cb) m->cbs.shutdown_cb(m, status, reason, m->cbs.arg);
+}
+
+static void send_register(ps_member_t *m) {
+  Ps__Register reg = PS__REGISTER__INIT;
+  Ps__ModelSpec spec;
+  Ps__TensorSpec *tensors = NULL;
+  Ps__TensorSpec **ptrs = NULL;
+  reg.role = (Ps__Role)m->role;
+  reg.address = m->address;
+  reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
+  if (m->has_model) {
+    size_t n = m->model.ntensors;
+    tensors = calloc(n + 1, sizeof(*tensors));
+    ptrs = calloc(n + 1, sizeof(*ptrs));
+    if (tensors == NULL || ptrs == NULL) {
+      /* The retry timer tries again; memory may come back. */
+      PS_ERROR("register_failed", "err=%s", ps_err_name(PS_ERR_NOMEM));
+      free(tensors);
+      free(ptrs);
+      return;
+    }
+    ps_model_to_pb(&m->model, &spec, tensors, ptrs);
+    reg.model = &spec;
+  }
+  Ps__Envelope env;
+  envelope_init(m, &env, next_request_id(m));
+  env.body_case = PS__ENVELOPE__BODY_REGISTER;
+  env.register_ = &reg;
+  send_env(m, &env);
+  free(tensors);
+  free(ptrs);
+}
+
+static void send_heartbeat(ps_member_t *m) {
+  Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
+  hb.clock = m->clock;
+  Ps__Envelope env;
+  envelope_init(m, &env, next_request_id(m));
+  env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
+  env.heartbeat = &hb;
+  send_env(m, &env);
+}
+
+static void send_done(ps_member_t *m) {
+  Ps__Done done = PS__DONE__INIT;
+  Ps__Envelope env;
+  m->done_request_id = next_request_id(m);
+  envelope_init(m, &env, m->done_request_id);
+  env.body_case = PS__ENVELOPE__BODY_DONE;
+  env.done = &done;
+  m->sent_farewell = 1;
+  send_env(m, &env);
+}
+
+/* Silence is measured from the last message of any kind: the scheduler acks
+ * every heartbeat, so a healthy scheduler is never silent for long. */
+static int check_silence(ps_member_t *m) {
+  if (m->scheduler_timeout_ms <= 0) return 0;
+  uint64_t silent = ps_now_ms() - m->last_heard_ms;
+  if (silent < (uint64_t)m->scheduler_timeout_ms) return 0;
+  char reason[160];
+  snprintf(reason, sizeof(reason),
+           "scheduler %s silent for %" PRIu64 " ms (timeout %d ms)",
+           m->scheduler, silent, m->scheduler_timeout_ms);
+  PS_ERROR("scheduler_lost", "scheduler=%s silent_ms=%" PRIu64, m->scheduler,
+           silent);
+  report_shutdown(m, PS_ERR_PEER, reason);
+  return 1;
+}
+
+static void on_register_timer(uv_timer_t *t) {
+  ps_member_t *m = t->data;
+  if (m->registered || m->stopped) return;
+  if (check_silence(m)) return;
+  PS_DEBUG("register_retry", "scheduler=%s", m->scheduler);
+  send_register(m);
+}
+
+static void on_heartbeat_timer(uv_timer_t *t) {
+  ps_member_t *m = t->data;
+  if (m->stopped) return;
+  if (check_silence(m)) return;
+  /* Before registration the timer only watches for silence: there is no
+   * node id to heartbeat with. */
+  if (m->registered) send_heartbeat(m);
+}
+
+static void handle_register_reply(ps_member_t *m, const Ps__Envelope *env) {
+  const Ps__RegisterReply *rr = env->register_reply;
+  /* Retries may be answered more than once; the first answer stands. */
+  if (m->registered) return;
+  m->registered = 1;
+  m->node_id = rr->node_id;
+  ps_log_set_node(rr->node_id);
+  uv_timer_stop(&m->register_timer);
+  PS_INFO("registered", "id=%u rank=%u num_workers=%u scheduler=%s",
+          rr->node_id, rr->rank, rr->num_workers, m->scheduler);
+  if (m->cbs.registered_cb)
+    m->cbs.registered_cb(m, rr->node_id, rr->rank, rr->num_workers, m->cbs.arg);
+}
+
+static void handle_view(ps_member_t *m, const Ps__Envelope *env) {
+  char why[256];
+  ps_view_t *view = ps_view_from_pb(env->view, why, sizeof(why));
+  if (view == NULL) {
+    PS_WARN("view_refused", "epoch=%" PRIu64 " reason=\"%s\"", env->view->epoch,
+            why);
+    return;
+  }
+  /* Views are resent on request and may cross: only a newer one counts. */
+  if (view->epoch <= m->epoch) {
+    ps_view_destroy(&view);
+    return;
+  }
+  m->epoch = view->epoch;
+  PS_INFO("view", "epoch=%" PRIu64 " nodes=%zu ranges=%zu live_workers=%u",
+          view->epoch, view->nnodes, view->nranges, view->live_workers);
+  if (m->cbs.view_cb)
+    m->cbs.view_cb(m, view, m->cbs.arg);
+  else
+    ps_view_destroy(&view);
+}
+
+static void handle_error(ps_member_t *m, const Ps__Envelope *env) {
+  const Ps__Error *e = env->error;
+  const char *text = e->message ? e->message : "";
+  if (!m->registered) {
+    /* Only Register was sent, so this is its refusal. */
+    PS_ERROR("register_refused", "err=%s reason=\"%s\"", ps_err_name(e->code),
+             text);
+    report_shutdown(m, e->code < 0 ? e->code : PS_ERR_REFUSED, text);
+    return;
+  }
+  if (e->code == PS_ERR_STALE_EPOCH && m->done_request_id != 0 &&
+      env->request_id == m->done_request_id) {
+    /* Another worker's Done moved the view on while ours was in flight; the
+     * new view came first on this socket, so resend at its epoch. */
+    PS_INFO("done_resent", "epoch=%" PRIu64, m->epoch);
+    send_done(m);
+    return;
+  }
+  if (e->code == PS_ERR_REFUSED) {
+    /* The scheduler no longer counts this node (declared dead, or it does
+     * not know the id): going on would split the cluster. */
+    PS_ERROR("membership_lost", "reason=\"%s\"", text);
+    report_shutdown(m, PS_ERR_REFUSED, text);
+    return;
+  }
+  PS_WARN("scheduler_error", "err=%s request_id=%" PRIu64 " reason=\"%s\"",
+          ps_err_name(e->code), env->request_id, text);
+}
+
+static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
+                       const char *reason, void *arg) {
+  ps_member_t *m = arg;
+  if (status != PS_OK) {
+    PS_WARN("bad_message", "from=scheduler err=%s reason=\"%s\"",
+            ps_err_name(status), reason);
+    ps_msg_close(msg);
+    return;
+  }
+  m->last_heard_ms = ps_now_ms();
+  if (m->stopped || m->destroyed) {
+    ps_msg_close(msg);
+    return;
+  }
+  const Ps__Envelope *env = msg->env;
+  switch (env->body_case) {
+    case PS__ENVELOPE__BODY_REGISTER_REPLY:
+      handle_register_reply(m, env);
+      break;
+    case PS__ENVELOPE__BODY_VIEW:
+      handle_view(m, env);
+      break;
+    case PS__ENVELOPE__BODY_ERROR:
+      handle_error(m, env);
+      break;
+    case PS__ENVELOPE__BODY_SHUTDOWN:
+      PS_INFO("shutdown_received", "reason=\"%s\"",
+              env->shutdown->reason ? env->shutdown->reason : "");
+      report_shutdown(m, PS_OK,
+                      env->shutdown->reason ? env->shutdown->reason : "");
+      break;
+    case PS__ENVELOPE__BODY_ACK:
+      break; /* heartbeat and Done acks */
+    default:
+      PS_WARN("unexpected_message", "from=scheduler body=%s",
+              ps_body_name(env->body_case));
+      break;
+  }
+  ps_msg_close(msg);
+}
+
+static void free_member(ps_member_t *m) {
+  free(m->scheduler);
+  free(m->address);
+  ps_model_clear(&m->model);
+  free(m);
+}
+
+ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
+                           const ps_member_opts_t *opts,
+                           const ps_member_cbs_t *cbs, int *err) {
+  int dummy;
+  if (err == NULL) err = &dummy;
+  *err = PS_ERR_INVAL;
+  if (opts->scheduler == NULL || opts->scheduler[0] == '\0') {
+    PS_ERROR("member_failed", "reason=\"no scheduler endpoint\"");
+    return NULL;
+  }
+  if (opts->role != PS__ROLE__ROLE_SERVER &&
+      opts->role != PS__ROLE__ROLE_WORKER) {
+    PS_ERROR("member_failed",
+             "reason=\"role %d is neither server nor "
+             "worker\"",
+             opts->role);
+    return NULL;
+  }
+  if (opts->role == PS__ROLE__ROLE_WORKER && opts->model == NULL) {
+    PS_ERROR("member_failed", "reason=\"a worker must declare its model\"");
+    return NULL;
+  }
+  if (opts->heartbeat_ms <= 0) {
+    PS_ERROR("member_failed", "reason=\"heartbeat_ms %d must be > 0\"",
+             opts->heartbeat_ms);
+    return NULL;
+  }
+  ps_member_t *m = calloc(1, sizeof(*m));
+  if (m == NULL) {
+    *err = PS_ERR_NOMEM;
+    return NULL;
+  }
+  m->loop = loop;
+  m->cbs = *cbs;
+  m->role = opts->role;
+  m->rank = opts->rank;
+  m->heartbeat_ms = opts->heartbeat_ms;
+  m->scheduler_timeout_ms = opts->scheduler_timeout_ms;
+  m->scheduler = strdup(opts->scheduler);
+  m->address = strdup(opts->address ? opts->address : "");
+  if (m->scheduler == NULL || m->address == NULL) {
+    *err = PS_ERR_NOMEM;
+    free_member(m);
+    return NULL;
+  }
+  if (opts->model) {
+    /* A deep copy: the owner's model may go away before the member does. */
+    size_t n = opts->model->ntensors;
+    m->model = *opts->model;
+    m->model.tensors = NULL;
+    if (n > 0) {
+      m->model.tensors = malloc(n * sizeof(*m->model.tensors));
+      if (m->model.tensors == NULL) {
+        *err = PS_ERR_NOMEM;
+        free_member(m);
+        return NULL;
+      }
+      memcpy(m->model.tensors, opts->model->tensors,
+             n * sizeof(*m->model.tensors));
+    }
+    m->has_model = 1;
+  }
+
+  char why[256];
+  m->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_DEALER, NULL, opts->scheduler, NULL,
+                       on_message, m, err, why, sizeof(why));
+  if (m->zs == NULL) {
+    PS_ERROR("member_failed", "scheduler=%s reason=\"%s\"", opts->scheduler,
+             why);
+    free_member(m);
+    return NULL;
+  }
+  uv_timer_init(loop, &m->register_timer);
+  uv_timer_init(loop, &m->heartbeat_timer);
+  m->register_timer.data = m;
+  m->heartbeat_timer.data = m;
+  m->open_handles = 2;
+  m->last_heard_ms = ps_now_ms();
+  send_register(m);
+  uv_timer_start(&m->register_timer, on_register_timer,
+                 MEMBER_REGISTER_RETRY_MS, MEMBER_REGISTER_RETRY_MS);
+  uv_timer_start(&m->heartbeat_timer, on_heartbeat_timer,
+                 (uint64_t)m->heartbeat_ms, (uint64_t)m->heartbeat_ms);
+  PS_INFO("member_started", "scheduler=%s role=%s address=%s", opts->scheduler,
+          opts->role == PS__ROLE__ROLE_SERVER ? "server" : "worker",
+          m->address[0] ? m->address : "-");
+  *err = PS_OK;
+  return m;
+}
+
+void ps_member_set_clock(ps_member_t *m, uint64_t clock) {
+  m->clock = clock;
+}
+
+void ps_member_send_done(ps_member_t *m) {
+  send_done(m);
+}
+
+void ps_member_send_leave(ps_member_t *m, const char *reason) {
+  Ps__Shutdown sd = PS__SHUTDOWN__INIT;
+  sd.reason = (char *)(reason ? reason : "");
+  Ps__Envelope env;
+  envelope_init(m, &env, next_request_id(m));
+  env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
+  env.shutdown = &sd;
+  m->sent_farewell = 1;
+  send_env(m, &env);
+}
+
+uint32_t ps_member_node_id(const ps_member_t *m) {
+  return m->node_id;
+}
+
+uint64_t ps_member_epoch(const ps_member_t *m) {
+  return m->epoch;
+}
+
+static void on_close(uv_handle_t *h) {
+  ps_member_t *m = h->data;
+  if (--m->open_handles == 0) free_member(m);
+}
+
+void ps_member_destroy(ps_member_t **m_p) {
+  ps_member_t *m = *m_p;
+  if (m == NULL) return;
+  *m_p = NULL;
+  m->destroyed = 1;
+  if (m->zs) {
+    if (m->sent_farewell) {
+      int linger = MEMBER_LINGER_MS;
+      zmq_setsockopt(ps_zsock_socket(m->zs), ZMQ_LINGER, &linger,
+                     sizeof(linger));
+    }
+    ps_zsock_destroy(&m->zs);
+  }
+  uv_timer_stop(&m->register_timer);
+  uv_timer_stop(&m->heartbeat_timer);
+  uv_close((uv_handle_t *)&m->register_timer, on_close);
+  uv_close((uv_handle_t *)&m->heartbeat_timer, on_close);
+}

@@ -1,0 +1,70 @@
+/* Cluster membership, the node side: a node's link to the scheduler.
+ *
+ * A member registers with the scheduler (role, advertised address, and for
+ * workers the model spec), learns its node id, sends a Heartbeat every
+ * heartbeat_ms on a uv timer, and hands every View and Shutdown the scheduler
+ * sends to the owner's callbacks. Servers run it on their network loop;
+ * libps-client runs it on its background thread. If the scheduler goes
+ * silent, the member keeps sending heartbeats (the scheduler may come back)
+ * and reports the silence through the shutdown callback only after
+ * scheduler_timeout_ms (0 = wait forever).
+ *
+ * Loop thread only.
+ */
+#ifndef PS_MEMBER_H
+#define PS_MEMBER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "view.h"
+
+typedef struct ps_member_s ps_member_t;
+
+typedef struct {
+  /* Registered: node_id assigned, rank (workers; otherwise 0), num_workers. */
+  void (*registered_cb)(ps_member_t *m, uint32_t node_id, uint32_t rank,
+                        uint32_t num_workers, void *arg);
+  /* A new view, validated. The callee takes ownership of view. */
+  void (*view_cb)(ps_member_t *m, ps_view_t *view, void *arg);
+  /* The scheduler ended the job or the cluster (reason from Shutdown), or
+   * registration was refused (status < 0, reason from the Error), or the
+   * scheduler was silent for scheduler_timeout_ms (PS_ERR_PEER). */
+  void (*shutdown_cb)(ps_member_t *m, int status, const char *reason,
+                      void *arg);
+  void *arg;
+} ps_member_cbs_t;
+
+typedef struct {
+  const char *scheduler;  /* endpoint to connect to */
+  int role;               /* PS__ROLE__SERVER or PS__ROLE__WORKER */
+  const char *address;    /* advertised data endpoint (servers); may be "" */
+  const ps_model_t *model;/* workers: the model they train; else NULL */
+  int64_t rank;           /* workers: requested rank, -1 for any */
+  int heartbeat_ms;
+  int scheduler_timeout_ms;
+} ps_member_opts_t;
+
+/* Starts the link: connects, sends Register, starts the heartbeat timer.
+ * Returns NULL with *err set on failure. Caller owns the result. The options'
+ * strings and model are copied. */
+ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
+                           const ps_member_opts_t *opts,
+                           const ps_member_cbs_t *cbs, int *err);
+
+/* Sends the node's clock with the next heartbeats. */
+void ps_member_set_clock(ps_member_t *m, uint64_t clock);
+
+/* Sends a Done (workers) or a Shutdown (a node leaving on SIGTERM) to the
+ * scheduler. Fire and forget: the caller may then destroy the member. */
+void ps_member_send_done(ps_member_t *m);
+void ps_member_send_leave(ps_member_t *m, const char *reason);
+
+uint32_t ps_member_node_id(const ps_member_t *m);
+uint64_t ps_member_epoch(const ps_member_t *m);
+
+/* Stops the timer and closes the socket; memory is freed once the loop has
+ * run the close callbacks. Sets *m_p to NULL. */
+void ps_member_destroy(ps_member_t **m_p);
+
+#endif

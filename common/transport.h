@@ -1,0 +1,53 @@
+/* A ZeroMQ socket driven by a libuv loop.
+ *
+ * ZeroMQ exposes a socket's readiness as ZMQ_FD, an edge-triggered file
+ * descriptor: it signals that ZMQ_EVENTS changed, not that a message waits.
+ * So the socket is watched with uv_poll for readability and drained until
+ * ZMQ_EVENTS has no ZMQ_POLLIN; a uv_prepare handle drains it once more
+ * before every blocking wait of the loop, because a send on the socket can
+ * swallow the edge of a message that arrived meanwhile.
+ *
+ * Every complete message goes to recv_cb. Messages that fail validation go to
+ * recv_cb too, with the status and reason, so the owner can answer with an
+ * Error and count it. The callback must ps_msg_close() the message (or move
+ * frames out of it first). Loop thread only.
+ */
+#ifndef PS_TRANSPORT_H
+#define PS_TRANSPORT_H
+
+#include <uv.h>
+
+#include "frame.h"
+
+typedef struct ps_zsock_s ps_zsock_t;
+
+/* status: PS_OK or the validation failure; reason is "" on success. */
+typedef void (*ps_zsock_recv_cb)(ps_zsock_t *zs, ps_msg_t *msg, int status,
+                                 const char *reason, void *arg);
+
+/* Creates a ZeroMQ socket of type (ZMQ_ROUTER, ZMQ_DEALER) on ctx, bound to
+ * bind_ep (if non-NULL) and connected to connect_ep (if non-NULL), and starts
+ * watching it on loop. Returns NULL and sets *err (and errbuf) on failure,
+ * e.g. an address already in use. The caller owns the result. */
+ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
+                         const char *bind_ep, const char *connect_ep,
+                         const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
+                         void *arg, int *err, char *errbuf, size_t errlen);
+
+/* The underlying ZeroMQ socket, for ps_msg_send and ps_msg_reply_error. */
+void *ps_zsock_socket(ps_zsock_t *zs);
+
+/* The endpoint actually bound (resolves "tcp://127.0.0.1:*"); "" if none. */
+const char *ps_zsock_endpoint(ps_zsock_t *zs);
+
+/* Stops watching, closes the socket (linger 0) and frees zs once libuv has
+ * closed its handles; sets *zs_p to NULL. The loop must run once more for the
+ * memory to be freed. */
+void ps_zsock_destroy(ps_zsock_t **zs_p);
+
+/* Sets the usual options on a fresh socket: linger 0, unlimited HWM on send
+ * and receive (flow control is the window's job, and a full HWM on a ROUTER
+ * drops messages silently), TCP keepalive. */
+int ps_zsock_configure(void *sock);
+
+#endif

@@ -1,0 +1,337 @@
+#include "view.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (err != NULL && errlen > 0) vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+/* Whole blocks of PS_RANGE_ALIGN keys are dealt out first: every piece gets
+ * total / n / ALIGN blocks and the first (blocks % n) pieces one more. The
+ * tail of fewer than ALIGN keys goes to the last piece, which never got an
+ * extra block, so no two pieces differ by more than ALIGN keys. When there
+ * are fewer blocks than pieces, the pieces after the last block are empty
+ * except the last, which holds the tail. */
+int ps_range_split(uint64_t total, uint32_t n, uint64_t *begins) {
+  if (n == 0 || begins == NULL) return PS_ERR_INVAL;
+  uint64_t blocks = total / PS_RANGE_ALIGN;
+  uint64_t per_piece = blocks / n;
+  uint64_t extra = blocks % n;
+  uint64_t at = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    begins[i] = at;
+    at += (per_piece + (i < extra ? 1 : 0)) * PS_RANGE_ALIGN;
+  }
+  begins[n] = total;
+  return PS_OK;
+}
+
+int ps_view_find_range(const ps_view_t *v, uint64_t key) {
+  if (v == NULL || v->nranges == 0) return -1;
+  /* The last range that begins at or before key: empty ranges share their
+   * begin with the next one, so this lands on the range that holds it. */
+  size_t lo = 0, hi = v->nranges;
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (v->ranges[mid].begin <= key)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  const ps_range_t *r = &v->ranges[lo];
+  if (key < r->begin || key >= r->end) return -1;
+  return (int)lo;
+}
+
+const ps_node_t *ps_view_node(const ps_view_t *v, uint32_t id) {
+  if (v == NULL) return NULL;
+  for (size_t i = 0; i < v->nnodes; i++)
+    if (v->nodes[i].id == id) return &v->nodes[i];
+  return NULL;
+}
+
+const ps_tensor_spec_t *ps_model_tensor(const ps_model_t *m, const char *name) {
+  if (m == NULL || name == NULL) return NULL;
+  for (size_t i = 0; i < m->ntensors; i++)
+    if (strcmp(m->tensors[i].name, name) == 0) return &m->tensors[i];
+  return NULL;
+}
+
+int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
+                     size_t errlen) {
+  memset(dst, 0, sizeof(*dst));
+  if (pb == NULL) {
+    set_err(err, errlen, "no model");
+    return PS_ERR_INVAL;
+  }
+  if (pb->optimizer != PS__OPTIMIZER__OPT_SGD) {
+    set_err(err, errlen, "unknown optimizer %d", (int)pb->optimizer);
+    return PS_ERR_INVAL;
+  }
+  if (!isfinite(pb->learning_rate) || !isfinite(pb->momentum)) {
+    set_err(err, errlen, "learning rate %g or momentum %g is not finite",
+            (double)pb->learning_rate, (double)pb->momentum);
+    return PS_ERR_INVAL;
+  }
+  uint64_t total = 0;
+  for (size_t i = 0; i < pb->n_tensors; i++) {
+    const Ps__TensorSpec *t = pb->tensors[i];
+    const char *name = t->name ? t->name : "";
+    size_t len = strlen(name);
+    if (len == 0 || len >= PS_NAME_MAX) {
+      set_err(err, errlen, "tensor %zu: name \"%s\" must have 1 to %d bytes", i,
+              name, PS_NAME_MAX - 1);
+      return PS_ERR_INVAL;
+    }
+    for (size_t j = 0; j < i; j++) {
+      if (strcmp(pb->tensors[j]->name, name) == 0) {
+        set_err(err, errlen, "tensor %zu: name \"%s\" is used by tensor %zu", i,
+                name, j);
+        return PS_ERR_INVAL;
+      }
+    }
+    if (t->length == 0) {
+      set_err(err, errlen, "tensor \"%s\" has length 0", name);
+      return PS_ERR_INVAL;
+    }
+    if (t->offset != total) {
+      set_err(err, errlen,
+              "tensor \"%s\" starts at key %llu, but the tensors before it "
+              "end at %llu",
+              name, (unsigned long long)t->offset, (unsigned long long)total);
+      return PS_ERR_INVAL;
+    }
+    if (t->length > UINT64_MAX - total) {
+      set_err(err, errlen, "tensor \"%s\": key space overflows 64 bits", name);
+      return PS_ERR_INVAL;
+    }
+    if (t->init != PS__INIT__INIT_ZERO && t->init != PS__INIT__INIT_UNIFORM) {
+      set_err(err, errlen, "tensor \"%s\": unknown init %d", name,
+              (int)t->init);
+      return PS_ERR_INVAL;
+    }
+    if (!isfinite(t->init_scale) || t->init_scale < 0) {
+      set_err(err, errlen,
+              "tensor \"%s\": init scale %g is not a finite number >= 0", name,
+              (double)t->init_scale);
+      return PS_ERR_INVAL;
+    }
+    total += t->length;
+  }
+  if (pb->n_tensors > 0) {
+    dst->tensors = calloc(pb->n_tensors, sizeof(*dst->tensors));
+    if (dst->tensors == NULL) {
+      set_err(err, errlen, "out of memory");
+      return PS_ERR_NOMEM;
+    }
+  }
+  for (size_t i = 0; i < pb->n_tensors; i++) {
+    const Ps__TensorSpec *t = pb->tensors[i];
+    ps_tensor_spec_t *d = &dst->tensors[i];
+    snprintf(d->name, sizeof(d->name), "%s", t->name);
+    d->offset = t->offset;
+    d->length = t->length;
+    d->init = (int)t->init;
+    d->init_scale = t->init_scale;
+  }
+  dst->ntensors = pb->n_tensors;
+  dst->total = total;
+  dst->optimizer = (int)pb->optimizer;
+  dst->learning_rate = pb->learning_rate;
+  dst->momentum = pb->momentum;
+  dst->seed = pb->seed;
+  return PS_OK;
+}
+
+void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
+                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs) {
+  ps__model_spec__init(pb);
+  for (size_t i = 0; i < m->ntensors; i++) {
+    const ps_tensor_spec_t *t = &m->tensors[i];
+    ps__tensor_spec__init(&tensors_pb[i]);
+    /* protobuf-c wants char * but only reads it while packing. */
+    tensors_pb[i].name = (char *)t->name;
+    tensors_pb[i].offset = t->offset;
+    tensors_pb[i].length = t->length;
+    tensors_pb[i].init = (Ps__Init)t->init;
+    tensors_pb[i].init_scale = t->init_scale;
+    tensor_ptrs[i] = &tensors_pb[i];
+  }
+  pb->n_tensors = m->ntensors;
+  pb->tensors = m->ntensors > 0 ? tensor_ptrs : NULL;
+  pb->optimizer = (Ps__Optimizer)m->optimizer;
+  pb->learning_rate = m->learning_rate;
+  pb->momentum = m->momentum;
+  pb->seed = m->seed;
+}
+
+int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
+  if (a->ntensors != b->ntensors || a->total != b->total ||
+      a->optimizer != b->optimizer || a->learning_rate != b->learning_rate ||
+      a->momentum != b->momentum || a->seed != b->seed)
+    return 0;
+  for (size_t i = 0; i < a->ntensors; i++) {
+    const ps_tensor_spec_t *x = &a->tensors[i], *y = &b->tensors[i];
+    if (strcmp(x->name, y->name) != 0 || x->offset != y->offset ||
+        x->length != y->length || x->init != y->init ||
+        x->init_scale != y->init_scale)
+      return 0;
+  }
+  return 1;
+}
+
+void ps_model_clear(ps_model_t *m) {
+  if (m == NULL) return;
+  free(m->tensors);
+  memset(m, 0, sizeof(*m));
+}
+
+static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
+                      size_t errlen) {
+  if (pb->n_nodes == 0) return PS_OK;
+  v->nodes = calloc(pb->n_nodes, sizeof(*v->nodes));
+  if (v->nodes == NULL) {
+    set_err(err, errlen, "out of memory");
+    return PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < pb->n_nodes; i++) {
+    const Ps__NodeInfo *n = pb->nodes[i];
+    const char *address = n->address ? n->address : "";
+    if (strlen(address) >= PS_ADDR_MAX) {
+      set_err(err, errlen, "node %u: address longer than %d bytes", n->id,
+              PS_ADDR_MAX - 1);
+      return PS_ERR_INVAL;
+    }
+    /* Lookups by id must not depend on which duplicate comes first. */
+    if (ps_view_node(v, n->id) != NULL) {
+      set_err(err, errlen, "node id %u appears twice", n->id);
+      return PS_ERR_INVAL;
+    }
+    ps_node_t *d = &v->nodes[i];
+    d->id = n->id;
+    d->role = (int)n->role;
+    d->state = (int)n->state;
+    snprintf(d->address, sizeof(d->address), "%s", address);
+    v->nnodes = i + 1;
+  }
+  return PS_OK;
+}
+
+static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
+                       size_t errlen) {
+  if (pb->n_ranges == 0) {
+    if (v->model.total == 0) return PS_OK;
+    set_err(err, errlen, "no key ranges, but the model has %llu keys",
+            (unsigned long long)v->model.total);
+    return PS_ERR_INVAL;
+  }
+  v->ranges = calloc(pb->n_ranges, sizeof(*v->ranges));
+  if (v->ranges == NULL) {
+    set_err(err, errlen, "out of memory");
+    return PS_ERR_NOMEM;
+  }
+  uint64_t expect = 0;
+  for (size_t i = 0; i < pb->n_ranges; i++) {
+    const Ps__KeyRange *r = pb->ranges[i];
+    unsigned long long b = r->begin, e = r->end;
+    if (b > e) {
+      set_err(err, errlen, "range %zu [%llu, %llu) ends before it begins", i, b,
+              e);
+      return PS_ERR_INVAL;
+    }
+    if (b < expect) {
+      set_err(err, errlen,
+              "range %zu [%llu, %llu) overlaps the keys before %llu", i, b, e,
+              (unsigned long long)expect);
+      return PS_ERR_INVAL;
+    }
+    if (b > expect) {
+      set_err(err, errlen,
+              "keys [%llu, %llu) are in no range (gap before "
+              "range %zu)",
+              (unsigned long long)expect, b, i);
+      return PS_ERR_INVAL;
+    }
+    const ps_node_t *owner = ps_view_node(v, r->server_id);
+    if (owner == NULL) {
+      set_err(err, errlen,
+              "range %zu [%llu, %llu): owner %u is not a node "
+              "of the view",
+              i, b, e, r->server_id);
+      return PS_ERR_INVAL;
+    }
+    if (owner->role != PS__ROLE__ROLE_SERVER) {
+      set_err(err, errlen,
+              "range %zu [%llu, %llu): owner %u is not a "
+              "server (role %d)",
+              i, b, e, r->server_id, owner->role);
+      return PS_ERR_INVAL;
+    }
+    v->ranges[i] = (ps_range_t){r->begin, r->end, r->server_id};
+    expect = r->end;
+  }
+  v->nranges = pb->n_ranges;
+  if (expect != v->model.total) {
+    set_err(err, errlen, "ranges end at key %llu, but the model has %llu keys",
+            (unsigned long long)expect, (unsigned long long)v->model.total);
+    return PS_ERR_INVAL;
+  }
+  return PS_OK;
+}
+
+ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
+  if (pb == NULL) {
+    set_err(err, errlen, "no view");
+    return NULL;
+  }
+  if (pb->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
+      pb->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+    set_err(err, errlen, "unknown consistency mode %d", (int)pb->mode);
+    return NULL;
+  }
+  ps_view_t *v = calloc(1, sizeof(*v));
+  if (v == NULL) {
+    set_err(err, errlen, "out of memory");
+    return NULL;
+  }
+  v->epoch = pb->epoch;
+  v->mode = (int)pb->mode;
+  v->live_workers = pb->live_workers;
+  char why[256] = "";
+  if (pb->model == NULL) {
+    set_err(err, errlen, "view has no model");
+    goto fail;
+  }
+  if (ps_model_from_pb(pb->model, &v->model, why, sizeof(why)) != PS_OK) {
+    set_err(err, errlen, "model: %s", why);
+    goto fail;
+  }
+  if (copy_nodes(v, pb, err, errlen) != PS_OK) goto fail;
+  if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
+  return v;
+fail:
+  ps_view_destroy(&v);
+  return NULL;
+}
+
+void ps_view_destroy(ps_view_t **v_p) {
+  if (v_p == NULL || *v_p == NULL) return;
+  ps_view_t *v = *v_p;
+  free(v->nodes);
+  free(v->ranges);
+  ps_model_clear(&v->model);
+  free(v);
+  *v_p = NULL;
+}

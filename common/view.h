@@ -1,0 +1,106 @@
+/* Key ranges and the cluster view.
+ *
+ * Dense tensors are laid end to end in one key space [0, total); each key is
+ * one float32. The scheduler cuts that space into one contiguous range per
+ * server, balanced by bytes, and publishes it with the members of the cluster
+ * as a view; every change publishes a new view with epoch + 1.
+ *
+ * ps_view_t is the validated, plain-C form of ps.View that servers and
+ * clients keep: ps_view_from_pb refuses a view whose ranges do not cover the
+ * key space exactly, overlap, or name an owner that is not a server of the
+ * view. Objects here are immutable after creation; any thread may read them.
+ */
+#ifndef PS_VIEW_H
+#define PS_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/ps.pb-c.h"
+
+#define PS_NAME_MAX 64
+#define PS_ADDR_MAX 256
+/* Ranges start on multiples of this many keys (64 bytes), so every server's
+ * slice is cache-line aligned and vectorizes without a scalar head. */
+#define PS_RANGE_ALIGN 16
+
+typedef struct {
+  char name[PS_NAME_MAX];
+  uint64_t offset;
+  uint64_t length;
+  int init;          /* PS__INIT__INIT_* */
+  float init_scale;
+} ps_tensor_spec_t;
+
+typedef struct {
+  size_t ntensors;
+  ps_tensor_spec_t *tensors;
+  uint64_t total;    /* sum of lengths == end of the last tensor */
+  int optimizer;     /* PS__OPTIMIZER__* */
+  float learning_rate;
+  float momentum;
+  uint64_t seed;
+} ps_model_t;
+
+typedef struct {
+  uint64_t begin, end;
+  uint32_t server_id;
+} ps_range_t;
+
+typedef struct {
+  uint32_t id;
+  int role;   /* PS__ROLE__* */
+  int state;  /* PS__NODE_STATE__* */
+  char address[PS_ADDR_MAX];
+} ps_node_t;
+
+typedef struct {
+  uint64_t epoch;
+  int mode;  /* PS__CONSISTENCY_MODE__* */
+  uint32_t live_workers;
+  size_t nnodes;
+  ps_node_t *nodes;
+  size_t nranges;
+  ps_range_t *ranges;  /* sorted by begin, covering [0, model.total) */
+  ps_model_t model;
+} ps_view_t;
+
+/* Cuts [0, total) into n ranges of near-equal size whose inner boundaries are
+ * multiples of PS_RANGE_ALIGN (when total allows). begins must hold n + 1
+ * entries: range i is [begins[i], begins[i+1]). Returns PS_ERR_INVAL if n is
+ * 0. Pieces may be empty only when total < n * PS_RANGE_ALIGN. */
+int ps_range_split(uint64_t total, uint32_t n, uint64_t *begins);
+
+/* Index of the range that holds key, or -1. Binary search. */
+int ps_view_find_range(const ps_view_t *v, uint64_t key);
+
+/* The node with this id, or NULL. */
+const ps_node_t *ps_view_node(const ps_view_t *v, uint32_t id);
+
+/* The tensor with this name, or NULL. */
+const ps_tensor_spec_t *ps_model_tensor(const ps_model_t *m, const char *name);
+
+/* Validates and copies pb. Returns NULL and fills err on a bad view. Caller
+ * owns the result (ps_view_destroy). */
+ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen);
+
+void ps_view_destroy(ps_view_t **v_p);
+
+/* Validates and copies a model spec (tensors contiguous from 0, names unique
+ * and non-empty, lengths > 0). Returns PS_OK or PS_ERR_INVAL with err. dst
+ * owns its tensors afterwards (ps_model_clear). */
+int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
+                     size_t errlen);
+
+/* Fills pb (and tensors_pb, an array of m->ntensors entries and tensor_ptrs,
+ * its pointer array) to describe m. Nothing is allocated: pb points into m and
+ * into the arrays, so they must outlive pb's packing. */
+void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
+                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs);
+
+/* 1 if the two specs describe the same model and optimizer, else 0. */
+int ps_model_equal(const ps_model_t *a, const ps_model_t *b);
+
+void ps_model_clear(ps_model_t *m);
+
+#endif

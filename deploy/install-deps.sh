@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the project builds, tests and trains with.
+# Does nothing when they are all present; otherwise needs root and apt.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
+  libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev
+  check libsubunit-dev
+  dataset-fashion-mnist
+  iproute2 procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to a trained model: installs what
+# is missing, builds, starts a scheduler, servers and workers on loopback,
+# trains the Fashion-MNIST MLP, prints the test accuracy, and leaves no
+# process behind (also on Ctrl-C).
+#
+#   ./deploy/quickstart.sh [--epochs N] [--servers N] [--workers N]
+#                          [--mode bsp|asp] [--batch-size B] [--no-baseline]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+EPOCHS=10
+SERVERS=2
+WORKERS=2
+MODE=bsp
+BATCH=32
+BASELINE=1
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --epochs) EPOCHS=$2; shift 2 ;;
+    --servers) SERVERS=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    --mode) MODE=$2; shift 2 ;;
+    --batch-size) BATCH=$2; shift 2 ;;
+    --no-baseline) BASELINE=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "quickstart: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for v in EPOCHS SERVERS WORKERS BATCH; do
+  case "${!v}" in ''|*[!0-9]*|0) echo "quickstart: --${v,,} must be a positive integer, got '${!v}'" >&2; exit 2 ;; esac
+done
+case "$MODE" in bsp|asp) ;; *) echo "quickstart: --mode must be bsp or asp, got '$MODE'" >&2; exit 2 ;; esac
+
+./deploy/install-deps.sh
+echo "== build =="
+cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$ROOT/build" -j"$(nproc)" >/dev/null
+BIN=$ROOT/build/bin
+
+RUN=$(mktemp -d /tmp/ps-quickstart.XXXXXX)
+PIDS=()
+cleanup() {
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && break
+    sleep 0.1
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'echo; echo "quickstart: interrupted, stopping the cluster"; exit 130' INT TERM
+
+# A free port for the scheduler.
+PORT=7000
+while ss -Htln "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
+SCHED=tcp://127.0.0.1:$PORT
+
+echo "== cluster: scheduler $SCHED, $SERVERS servers, $WORKERS workers, $MODE, $EPOCHS epochs, batch $BATCH per worker =="
+echo "   logs in $RUN"
+"$BIN/ps-scheduler" --bind "$SCHED" --servers "$SERVERS" --workers "$WORKERS" \
+  --mode "$MODE" >"$RUN/scheduler.log" 2>&1 &
+PIDS+=($!)
+for i in $(seq 0 $((SERVERS - 1))); do
+  "$BIN/ps-server" --scheduler "$SCHED" >"$RUN/server$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in $(seq 1 $((WORKERS - 1))); do
+  "$BIN/ps-worker" --scheduler "$SCHED" --rank "$i" --epochs "$EPOCHS" \
+    --batch-size "$BATCH" >"$RUN/worker$i.log" 2>&1 &
+  PIDS+=($!)
+done
+# Worker 0 shows its progress here and writes the report.
+"$BIN/ps-worker" --scheduler "$SCHED" --rank 0 --epochs "$EPOCHS" \
+  --batch-size "$BATCH" --report "$RUN/report.json" > >(tee "$RUN/worker0.log") 2>&1 &
+PIDS+=($!)
+W0=$!
+status=0
+wait $W0 || status=$?
+if [ $status -ne 0 ] || [ ! -s "$RUN/report.json" ]; then
+  echo "quickstart: training failed (exit $status); last lines of each log:" >&2
+  for f in "$RUN"/*.log; do echo "--- $f" >&2; tail -n 5 "$f" >&2; done
+  exit 1
+fi
+# The job is over: the scheduler tells every daemon to exit.
+for p in "${PIDS[@]}"; do
+  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+done
+
+num() { sed -n "s/.*\"$1\": *\([0-9.eE+-]*\).*/\1/p" "$RUN/report.json" | head -1; }
+ACC=$(num test_accuracy); SPS=$(num samples_per_sec); WALL=$(num wall_seconds)
+echo
+echo "== result =="
+printf 'test accuracy      %s\n' "$ACC"
+printf 'wall time          %s s\n' "$WALL"
+printf 'samples/s          %s (all workers)\n' "$SPS"
+
+if [ $BASELINE -eq 1 ]; then
+  # The same model in one process, same global batch, a few hundred steps:
+  # the baseline the distributed throughput is measured against.
+  GLOBAL=$((BATCH * WORKERS))
+  "$BIN/ps-worker" --standalone --batch-size "$GLOBAL" --max-steps 400 \
+    --report "$RUN/standalone.json" >"$RUN/standalone.log" 2>&1
+  SA=$(sed -n 's/.*"samples_per_sec": *\([0-9.eE+-]*\).*/\1/p' "$RUN/standalone.json" | head -1)
+  RATIO=$(awk -v a="$SPS" -v b="$SA" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+  printf 'standalone         %s samples/s (batch %s, one process)\n' "$SA" "$GLOBAL"
+  printf 'cluster/standalone %s\n' "$RATIO"
+fi
+echo "report: $RUN/report.json"

@@ -1,0 +1,108 @@
+/* ps-server: parses the options, builds the server, runs it.
+ * Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad
+ * configuration. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "server.h"
+
+/* A ZeroMQ endpoint is transport://address; anything else would only fail
+ * later, inside zmq_bind or zmq_connect, with a vaguer message. */
+static int check_endpoint(const char *option, const char *value,
+                          int allow_wildcard, char *err, size_t errlen) {
+  const char *sep = value ? strstr(value, "://") : NULL;
+  if (sep == NULL || sep == value || sep[3] == '\0') {
+    snprintf(err, errlen,
+             "option --%s: value \"%s\" is not a ZeroMQ endpoint "
+             "(transport://address, e.g. tcp://10.0.0.5:7001)",
+             option, value ? value : "");
+    return PS_ERR_CONFIG;
+  }
+  if (!allow_wildcard && strchr(value, '*') != NULL) {
+    snprintf(err, errlen,
+             "option --%s: value \"%s\" has a wildcard; peers need a "
+             "concrete address",
+             option, value);
+    return PS_ERR_CONFIG;
+  }
+  return PS_OK;
+}
+
+int main(int argc, char **argv) {
+  char *scheduler = NULL, *bind = NULL, *advertise = NULL;
+  int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
+  int log_level = PS_LOG_INFO;
+
+  const ps_opt_t opts[] = {
+      {"scheduler", PS_OPT_STRING, &scheduler, "tcp://127.0.0.1:7000", 0, 0,
+       NULL, "Endpoint of the scheduler to register with."},
+      {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:*", 0, 0, NULL,
+       "Endpoint the data socket binds; a * port lets ZeroMQ pick a free "
+       "one."},
+      {"advertise", PS_OPT_STRING, &advertise, NULL, 0, 0, NULL,
+       "Endpoint workers are told to connect to. Default: the endpoint "
+       "actually bound. Needed when binding 0.0.0.0 or behind NAT."},
+      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "500", 10, 600000, NULL,
+       "Interval between heartbeats to the scheduler, in milliseconds."},
+      {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "0", 0,
+       86400000, NULL,
+       "Stop with an error after the scheduler was silent this long; 0 "
+       "keeps waiting (it may come back)."},
+      {"max-message-bytes", PS_OPT_INT, &max_message_bytes, "1073741824", 4,
+       1099511627776.0, NULL,
+       "Largest payload frame accepted or sent, in bytes; bigger requests "
+       "are refused with TOO_BIG."},
+      {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
+       "debug|info|warn|error", "Least severe level logged."},
+  };
+  const ps_config_t cfg = {
+      .program = "ps-server",
+      .summary =
+          "Parameter server: holds key ranges of the model's dense "
+          "tensors and applies the optimizer on push.",
+      .usage = "[options]",
+      .opts = opts,
+      .nopts = sizeof(opts) / sizeof(opts[0]),
+  };
+
+  char err[512];
+  int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
+  if (rc == 1) return 0;
+  if (rc == PS_OK)
+    rc = check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
+  if (rc == PS_OK) rc = check_endpoint("bind", bind, 1, err, sizeof(err));
+  if (rc == PS_OK && advertise && advertise[0])
+    rc = check_endpoint("advertise", advertise, 0, err, sizeof(err));
+  if (rc != PS_OK) {
+    fprintf(stderr, "ps-server: %s\n", err);
+    ps_config_free(&cfg);
+    return 2;
+  }
+  ps_log_init("server", (ps_log_level_t)log_level);
+
+  ps_server_opts_t so;
+  ps_server_opts_init(&so);
+  so.scheduler = scheduler;
+  so.bind = bind;
+  so.advertise = advertise;
+  so.heartbeat_ms = (int)heartbeat_ms;
+  so.scheduler_timeout_ms = (int)scheduler_timeout_ms;
+  so.limits.max_payload_bytes = (size_t)max_message_bytes;
+
+  int status = PS_OK;
+  ps_server_t *server = ps_server_new(&so, &status, err, sizeof(err));
+  if (server == NULL) {
+    PS_ERROR("start_failed", "status=%s reason=\"%s\"", ps_err_name(status),
+             err);
+    ps_config_free(&cfg);
+    return 1;
+  }
+  status = ps_server_run(server);
+  ps_server_destroy(&server);
+  ps_config_free(&cfg);
+  return status == PS_OK ? 0 : 1;
+}

@@ -1,0 +1,883 @@
+#include "server.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/member.h"
+#include "common/time.h"
+#include "common/transport.h"
+#include "common/view.h"
+#include "shard.h"
+
+/* Payload frames are float32 little-endian on the wire and are applied in
+ * place, which is only right on a little-endian host. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "payload frames are applied in place: little-endian only");
+
+/* At most this many BSP pulls wait for a step at once; more is a client bug
+ * or an attack, not a training job, and must not grow memory without bound. */
+#define PARKED_PULLS_MAX 65536
+/* Refused requests are logged at most once per this many ms. */
+#define WARN_INTERVAL_MS 1000
+
+/* A BSP pull that asked for a step the shard has not applied yet. */
+typedef struct parked_pull_s {
+  struct parked_pull_s *next;
+  zmq_msg_t route; /* a reference to the peer's routing id (zmq_msg_copy) */
+  uint64_t request_id;
+  uint64_t key_begin, count, clock;
+} parked_pull_t;
+
+typedef struct {
+  ps_shard_t *shard;
+  parked_pull_t *parked; /* in arrival order */
+} owned_range_t;
+
+typedef struct {
+  int armed;
+  uint64_t last_ms;
+  uint64_t suppressed;
+  /* Reports what a window suppressed when no later line would carry it. */
+  uv_timer_t flush_timer;
+  int flush_open;
+} ratelimit_t;
+
+struct ps_server_s {
+  uv_loop_t loop;
+  int loop_ready;
+  void *zctx;
+  ps_zsock_t *data;
+  ps_member_t *member;
+  uv_signal_t sigterm, sigint;
+  int signals_open;
+  uv_timer_t stop_timer;
+  int stop_timer_open;
+
+  char *scheduler;
+  char *advertise;
+  char endpoint[PS_ADDR_MAX]; /* the bound one, kept after the socket closes */
+  ps_frame_limits_t limits;
+
+  uint32_t node_id;
+  ps_view_t *view; /* the adopted view; its model built the shards */
+  owned_range_t *ranges;
+  size_t nranges;
+  uint64_t reported_clock;
+
+  ps_server_stats_t stats;
+  ratelimit_t warn_limit;
+
+  int stopping;
+  int torn_down;
+  int exit_status;
+  char errmsg[512];
+};
+
+static const char *mode_name(int mode) {
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+}
+
+static uint64_t view_epoch(const ps_server_t *s) {
+  return s->view ? s->view->epoch : 0;
+}
+
+static void count_error(ps_server_t *s, int code) {
+  int i = -code;
+  if (i < 0 || i >= PS_SERVER_NERR) i = 0;
+  s->stats.errors[i]++;
+}
+
+static void ratelimit_flush_cb(uv_timer_t *t) {
+  ratelimit_t *rl = t->data;
+  if (rl->suppressed == 0) return;
+  PS_WARN("request_refused_suppressed", "count=%llu window_ms=%d",
+          (unsigned long long)rl->suppressed, WARN_INTERVAL_MS);
+  rl->suppressed = 0;
+  rl->last_ms = ps_now_ms();
+}
+
+/* One line per WARN_INTERVAL_MS at most, so a flood of bad packets cannot
+ * flood the log; what a window suppressed is reported with the next line or,
+ * if none comes, by the flush timer when the window ends. */
+static int ratelimit_allow(ratelimit_t *rl, uint64_t *suppressed) {
+  uint64_t now = ps_now_ms();
+  if (rl->armed && now - rl->last_ms < WARN_INTERVAL_MS) {
+    rl->suppressed++;
+    if (rl->flush_open && !uv_is_active((uv_handle_t *)&rl->flush_timer))
+      uv_timer_start(&rl->flush_timer, ratelimit_flush_cb,
+                     WARN_INTERVAL_MS - (now - rl->last_ms), 0);
+    return 0;
+  }
+  *suppressed = rl->suppressed;
+  rl->suppressed = 0;
+  rl->last_ms = now;
+  rl->armed = 1;
+  return 1;
+}
+
+static void count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload) {
+  /* ps_msg_send sets the version; set it first so the size is the real one. */
+  env->version = PS_PROTOCOL_VERSION;
+  s->stats.bytes_out += ps__envelope__get_packed_size(env) + payload;
+}
+
+static void send_error_v(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                         int code, const char *fmt, va_list ap) {
+  char text[512];
+  vsnprintf(text, sizeof(text), fmt, ap);
+  count_error(s, code);
+  if (s->data == NULL || route == NULL) return;
+  Ps__Error e = PS__ERROR__INIT;
+  e.code = code;
+  e.message = text;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_ERROR;
+  env.error = &e;
+  count_sent(s, &env, 0);
+  if (ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
+    s->stats.send_failures++;
+}
+
+static void send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                       int code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                       int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  send_error_v(s, route, request_id, code, fmt, ap);
+  va_end(ap);
+}
+
+/* Refuses request m: an Error reply when the peer can be reached, a counter,
+ * and a rate-limited warning. */
+static void refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
+                   ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  send_error(s, m->has_route ? &m->route : NULL, m->request_id, code, "%s",
+             text);
+  uint64_t suppressed;
+  if (ratelimit_allow(&s->warn_limit, &suppressed))
+    PS_WARN("request_refused",
+            "code=%s body=%s sender=%u request_id=%llu reason=\"%s\" "
+            "suppressed=%llu",
+            ps_err_name(code),
+            m->env ? ps_body_name(m->env->body_case) : "undecoded",
+            m->env ? m->env->sender : 0, (unsigned long long)m->request_id,
+            text, (unsigned long long)suppressed);
+}
+
+/* "[0,1024),[2048,4096)" into buf, for logs and error messages. */
+static const char *format_ranges(const ps_server_t *s, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  if (s->nranges == 0) {
+    snprintf(buf, len, "none");
+    return buf;
+  }
+  for (size_t i = 0; i < s->nranges && n < len; i++) {
+    int w = snprintf(buf + n, len - n, "%s[%llu,%llu)", i ? "," : "",
+                     (unsigned long long)ps_shard_begin(s->ranges[i].shard),
+                     (unsigned long long)ps_shard_end(s->ranges[i].shard));
+    if (w < 0) break;
+    n += (size_t)w;
+  }
+  return buf;
+}
+
+/* ---- pull replies ---- */
+
+static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
+                            uint64_t request_id, const owned_range_t *r,
+                            uint64_t key_begin, uint64_t count) {
+  size_t bytes = (size_t)count * sizeof(float);
+  zmq_msg_t frame;
+  if (zmq_msg_init_size(&frame, bytes) != 0) {
+    send_error(s, route, request_id, PS_ERR_NOMEM,
+               "no memory for a pull reply of %llu values",
+               (unsigned long long)count);
+    return;
+  }
+  /* A copy, not zero-copy: the weights change under ZeroMQ's I/O thread
+   * while it sends; a snapshot scheme is a later issue. */
+  char why[256];
+  if (ps_shard_read(r->shard, key_begin, count, zmq_msg_data(&frame), why,
+                    sizeof(why)) != PS_OK) {
+    /* Checked by the caller; reaching this is a broken invariant. */
+    zmq_msg_close(&frame);
+    send_error(s, route, request_id, PS_ERR_UNKNOWN_KEY, "%s", why);
+    return;
+  }
+  Ps__PullReply pr = PS__PULL_REPLY__INIT;
+  pr.key_begin = key_begin;
+  pr.count = count;
+  pr.clock = ps_shard_clock(r->shard);
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_PULL_REPLY;
+  env.pull_reply = &pr;
+  count_sent(s, &env, bytes);
+  if (ps_msg_send(ps_zsock_socket(s->data), route, &env, &frame, 1) != PS_OK)
+    s->stats.send_failures++;
+}
+
+static void parked_free(ps_server_t *s, parked_pull_t *p) {
+  zmq_msg_close(&p->route);
+  free(p);
+  s->stats.parked_pulls--;
+}
+
+/* Answers the parked pulls of r whose step the shard has reached. */
+static void serve_parked(ps_server_t *s, owned_range_t *r) {
+  uint64_t clock = ps_shard_clock(r->shard);
+  parked_pull_t **pp = &r->parked;
+  while (*pp) {
+    parked_pull_t *p = *pp;
+    if (p->clock > clock) {
+      pp = &p->next;
+      continue;
+    }
+    *pp = p->next;
+    send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count);
+    parked_free(s, p);
+  }
+}
+
+/* Fails every parked pull of r with code: the range moved or the server
+ * stops, and the worker should hear it now rather than time out. */
+static void fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                        const char *why) {
+  while (r->parked) {
+    parked_pull_t *p = r->parked;
+    r->parked = p->next;
+    send_error(s, &p->route, p->request_id, code, "pull of [%llu,+%llu): %s",
+               (unsigned long long)p->key_begin, (unsigned long long)p->count,
+               why);
+    parked_free(s, p);
+  }
+}
+
+/* The slowest shard's clock is the step this server has fully applied. */
+static void report_clock(ps_server_t *s) {
+  if (s->nranges == 0 || s->member == NULL) return;
+  uint64_t c = UINT64_MAX;
+  for (size_t i = 0; i < s->nranges; i++) {
+    uint64_t ci = ps_shard_clock(s->ranges[i].shard);
+    if (ci < c) c = ci;
+  }
+  if (c != s->reported_clock) {
+    s->reported_clock = c;
+    ps_member_set_clock(s->member, c);
+  }
+}
+
+static void after_apply(ps_server_t *s, owned_range_t *r) {
+  s->stats.applies++;
+  PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
+           (unsigned long long)ps_shard_begin(r->shard),
+           (unsigned long long)ps_shard_end(r->shard),
+           mode_name(ps_shard_mode(r->shard)),
+           (unsigned long long)ps_shard_clock(r->shard));
+  serve_parked(s, r);
+  report_clock(s);
+}
+
+/* ---- requests ---- */
+
+/* The owned range that holds the whole slice, or NULL after refusing m. */
+static owned_range_t *find_range(ps_server_t *s, ps_msg_t *m,
+                                 uint64_t key_begin, uint64_t count) {
+  for (size_t i = 0; i < s->nranges; i++)
+    if (ps_shard_contains(s->ranges[i].shard, key_begin, count))
+      return &s->ranges[i];
+  char owned[256];
+  refuse(s, m, PS_ERR_UNKNOWN_KEY,
+         "keys [%llu,+%llu) are not inside one range of server %u (owns %s "
+         "at epoch %llu)",
+         (unsigned long long)key_begin, (unsigned long long)count, s->node_id,
+         format_ranges(s, owned, sizeof(owned)),
+         (unsigned long long)view_epoch(s));
+  return NULL;
+}
+
+/* Refuses m unless the server has a view with a model at m's epoch. */
+static int check_epoch(ps_server_t *s, ps_msg_t *m) {
+  if (s->view == NULL) {
+    refuse(s, m, PS_ERR_NOT_READY, "server %u has no cluster view yet",
+           s->node_id);
+    return 0;
+  }
+  if (s->view->model.total == 0) {
+    refuse(s, m, PS_ERR_NOT_READY,
+           "cluster view epoch %llu has no model yet (no worker registered)",
+           (unsigned long long)s->view->epoch);
+    return 0;
+  }
+  if (m->env->epoch != s->view->epoch) {
+    refuse(
+        s, m, PS_ERR_STALE_EPOCH, "request epoch %llu, server view epoch %llu",
+        (unsigned long long)m->env->epoch, (unsigned long long)s->view->epoch);
+    return 0;
+  }
+  return 1;
+}
+
+static void handle_push(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Push *p = m->env->push;
+  if (!check_epoch(s, m)) return;
+  owned_range_t *r = find_range(s, m, p->key_begin, p->count);
+  if (r == NULL) return;
+
+  /* ps_msg_recv checked that the frame holds exactly count floats. ZeroMQ
+   * may hand over a frame at any byte offset inside its receive buffer; a
+   * float array must be aligned, so such a frame is copied (rare, counted). */
+  const void *data = zmq_msg_data(&m->payload[0]);
+  const float *g = data;
+  float *aligned = NULL;
+  if ((uintptr_t)data % _Alignof(float) != 0) {
+    aligned = malloc((size_t)p->count * sizeof(float));
+    if (aligned == NULL) {
+      refuse(s, m, PS_ERR_NOMEM, "no memory to align a push of %llu values",
+             (unsigned long long)p->count);
+      return;
+    }
+    memcpy(aligned, data, (size_t)p->count * sizeof(float));
+    g = aligned;
+    s->stats.unaligned_payloads++;
+  }
+  char why[256];
+  int applied = 0;
+  int rc = ps_shard_push(r->shard, m->env->sender, p->key_begin, p->count, g,
+                         p->clock, &applied, why, sizeof(why));
+  free(aligned);
+  if (rc != PS_OK) {
+    refuse(s, m, rc, "%s", why);
+    return;
+  }
+
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = ps_shard_clock(r->shard);
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m->request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  count_sent(s, &env, 0);
+  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
+    s->stats.send_failures++;
+  if (applied) after_apply(s, r);
+}
+
+static void handle_pull(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Pull *p = m->env->pull;
+  if (!check_epoch(s, m)) return;
+  if (p->count == 0) {
+    refuse(s, m, PS_ERR_PROTO, "pull of 0 keys");
+    return;
+  }
+  if (p->count > s->limits.max_payload_bytes / sizeof(float)) {
+    refuse(s, m, PS_ERR_TOO_BIG,
+           "pull of %llu values exceeds the limit of %zu bytes per frame",
+           (unsigned long long)p->count, s->limits.max_payload_bytes);
+    return;
+  }
+  owned_range_t *r = find_range(s, m, p->key_begin, p->count);
+  if (r == NULL) return;
+
+  if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
+      p->clock > ps_shard_clock(r->shard)) {
+    if (s->stats.parked_pulls >= PARKED_PULLS_MAX) {
+      refuse(s, m, PS_ERR_REFUSED,
+             "%d pulls already wait for a step; pull for step %llu refused",
+             PARKED_PULLS_MAX, (unsigned long long)p->clock);
+      return;
+    }
+    parked_pull_t *pp = calloc(1, sizeof(*pp));
+    if (pp == NULL) {
+      refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
+      return;
+    }
+    zmq_msg_init(&pp->route);
+    zmq_msg_copy(&pp->route, &m->route);
+    pp->request_id = m->request_id;
+    pp->key_begin = p->key_begin;
+    pp->count = p->count;
+    pp->clock = p->clock;
+    parked_pull_t **tail = &r->parked;
+    while (*tail) tail = &(*tail)->next;
+    *tail = pp;
+    s->stats.pulls_parked++;
+    s->stats.parked_pulls++;
+    return;
+  }
+  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
+}
+
+static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
+                    void *arg) {
+  ps_server_t *s = arg;
+  int body = m->env ? (int)m->env->body_case : 0;
+  s->stats.requests[body >= 0 && body < PS_SERVER_NBODY ? body : 0]++;
+  size_t in = m->env ? ps__envelope__get_packed_size(m->env) : 0;
+  for (int i = 0; i < m->npayload; i++) in += zmq_msg_size(&m->payload[i]);
+  s->stats.bytes_in += in;
+
+  if (s->stopping) {
+    refuse(s, m, PS_ERR_SHUTDOWN, "server %u is shutting down", s->node_id);
+  } else if (status != PS_OK) {
+    s->stats.bad_messages++;
+    refuse(s, m, status, "%s", reason);
+  } else if (!m->has_route || m->env == NULL) {
+    /* ps_msg_recv on a ROUTER gives both whenever it returns PS_OK. */
+    count_error(s, PS_ERR_PROTO);
+  } else {
+    switch (m->env->body_case) {
+      case PS__ENVELOPE__BODY_PUSH:
+        handle_push(s, m);
+        break;
+      case PS__ENVELOPE__BODY_PULL:
+        handle_pull(s, m);
+        break;
+      case PS__ENVELOPE__BODY_ERROR:
+        /* Never answer an Error with an Error: two confused peers would
+         * bounce them forever. */
+        count_error(s, PS_ERR_UNSUPPORTED);
+        break;
+      default:
+        refuse(s, m, PS_ERR_UNSUPPORTED, "a server does not serve %s",
+               ps_body_name(m->env->body_case));
+        break;
+    }
+  }
+  ps_msg_close(m);
+}
+
+/* ---- stopping ---- */
+
+static void handle_close_cb(uv_handle_t *h) {
+  (void)h;
+}
+
+/* Closes every handle of the server; the loop then runs out and
+ * ps_server_run returns. */
+static void teardown(ps_server_t *s) {
+  if (s->torn_down) return;
+  s->torn_down = 1;
+  for (size_t i = 0; i < s->nranges; i++)
+    fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+  ps_zsock_destroy(&s->data);
+  ps_member_destroy(&s->member);
+  if (s->signals_open) {
+    s->signals_open = 0;
+    uv_close((uv_handle_t *)&s->sigterm, handle_close_cb);
+    uv_close((uv_handle_t *)&s->sigint, handle_close_cb);
+  }
+  if (s->stop_timer_open) {
+    s->stop_timer_open = 0;
+    uv_close((uv_handle_t *)&s->stop_timer, handle_close_cb);
+  }
+  if (s->warn_limit.flush_open) {
+    ratelimit_flush_cb(&s->warn_limit.flush_timer);
+    s->warn_limit.flush_open = 0;
+    uv_close((uv_handle_t *)&s->warn_limit.flush_timer, handle_close_cb);
+  }
+}
+
+static void stop_timer_cb(uv_timer_t *t) {
+  teardown(t->data);
+}
+
+void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
+  if (s->stopping || s->torn_down) return;
+  s->stopping = 1;
+  s->exit_status = status;
+  if (status != PS_OK) snprintf(s->errmsg, sizeof(s->errmsg), "%s", reason);
+  PS_LOG(status == PS_OK ? PS_LOG_INFO : PS_LOG_ERROR, "shutdown",
+         "reason=\"%s\" status=%s leave=%d", reason, ps_err_name(status),
+         leave);
+  const ps_server_stats_t *st = &s->stats;
+  uint64_t errors = 0;
+  for (int i = 0; i < PS_SERVER_NERR; i++) errors += st->errors[i];
+  PS_INFO("server_stats",
+          "push=%llu pull=%llu applies=%llu errors=%llu bad_messages=%llu "
+          "bytes_in=%llu bytes_out=%llu pulls_parked=%llu "
+          "unaligned_payloads=%llu send_failures=%llu",
+          (unsigned long long)st->requests[PS__ENVELOPE__BODY_PUSH],
+          (unsigned long long)st->requests[PS__ENVELOPE__BODY_PULL],
+          (unsigned long long)st->applies, (unsigned long long)errors,
+          (unsigned long long)st->bad_messages,
+          (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
+          (unsigned long long)st->pulls_parked,
+          (unsigned long long)st->unaligned_payloads,
+          (unsigned long long)st->send_failures);
+  /* Workers waiting on a step hear it now instead of timing out, and no
+   * new request is served while the server goes. */
+  for (size_t i = 0; i < s->nranges; i++)
+    fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+  ps_zsock_destroy(&s->data);
+  /* The member lingers (up to 1 s) on a farewell when it is closed, so the
+   * Leave reaches the scheduler well within the 5 s a service manager
+   * grants after SIGTERM. */
+  if (leave && s->member) ps_member_send_leave(s->member, reason);
+  /* The member is closed from a timer, never from inside its own callback
+   * (Shutdown arrives through one). */
+  uv_timer_start(&s->stop_timer, stop_timer_cb, 0, 0);
+}
+
+static void signal_cb(uv_signal_t *h, int signum) {
+  ps_server_t *s = h->data;
+  char reason[64];
+  snprintf(reason, sizeof(reason), "signal %s",
+           signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  ps_server_stop(s, PS_OK, reason, 1);
+}
+
+/* ---- membership ---- */
+
+static void on_registered(ps_member_t *m, uint32_t node_id, uint32_t rank,
+                          uint32_t num_workers, void *arg) {
+  ps_server_t *s = arg;
+  /* The member logs the registered event and sets the log's node id. */
+  s->node_id = node_id;
+}
+
+static void on_shutdown(ps_member_t *m, int status, const char *reason,
+                        void *arg) {
+  ps_server_t *s = arg;
+  /* The scheduler ending the job is a clean stop; a refused registration or
+   * a scheduler silent past the timeout is a failure. */
+  int st = (status == PS_OK || status == PS_ERR_SHUTDOWN) ? PS_OK : status;
+  ps_server_stop(s, st, reason && reason[0] ? reason : ps_strerror(status), 0);
+}
+
+static int same_model(const ps_view_t *a, const ps_view_t *b) {
+  return a->mode == b->mode && ps_model_equal(&a->model, &b->model);
+}
+
+/* The node ids of the view's live workers, into *ids (caller frees; NULL
+ * when there are none). Returns 0 when out of memory. */
+static int live_worker_ids(const ps_view_t *view, uint32_t **ids, size_t *n) {
+  *ids = NULL;
+  *n = 0;
+  size_t count = 0;
+  for (size_t i = 0; i < view->nnodes; i++)
+    if (view->nodes[i].role == PS__ROLE__ROLE_WORKER &&
+        view->nodes[i].state == PS__NODE_STATE__NODE_STATE_ALIVE)
+      count++;
+  if (count == 0) return 1;
+  *ids = malloc(count * sizeof(**ids));
+  if (*ids == NULL) return 0;
+  for (size_t i = 0; i < view->nnodes; i++)
+    if (view->nodes[i].role == PS__ROLE__ROLE_WORKER &&
+        view->nodes[i].state == PS__NODE_STATE__NODE_STATE_ALIVE)
+      (*ids)[(*n)++] = view->nodes[i].id;
+  return 1;
+}
+
+/* Adopts view: the ranges it gives this node get shards (kept when the range
+ * is unchanged), the others are dropped, and every shard learns the number
+ * of live workers. Returns PS_OK or a failure that must stop the server. */
+static int adopt_view(ps_server_t *s, ps_view_t *view, char *err,
+                      size_t errlen) {
+  uint32_t me = s->node_id;
+  size_t nowned = 0;
+  for (size_t i = 0; i < view->nranges; i++)
+    if (view->ranges[i].server_id == me &&
+        view->ranges[i].begin < view->ranges[i].end)
+      nowned++;
+
+  uint32_t *live = NULL;
+  size_t nlive = 0;
+  int live_ok = live_worker_ids(view, &live, &nlive);
+  owned_range_t *next = calloc(nowned ? nowned : 1, sizeof(*next));
+  size_t *from = calloc(nowned ? nowned : 1, sizeof(*from));
+  if (!live_ok || next == NULL || from == NULL) {
+    free(live);
+    free(next);
+    free(from);
+    snprintf(err, errlen, "out of memory adopting view epoch %llu",
+             (unsigned long long)view->epoch);
+    return PS_ERR_NOMEM;
+  }
+  /* First every shard the view needs, so a failure leaves the server as it
+   * was; then the kept ones move over. */
+  int had_shards = s->nranges > 0;
+  size_t k = 0;
+  for (size_t i = 0; i < view->nranges; i++) {
+    const ps_range_t *vr = &view->ranges[i];
+    if (vr->server_id != me || vr->begin >= vr->end) continue;
+    from[k] = SIZE_MAX;
+    for (size_t j = 0; j < s->nranges; j++)
+      if (ps_shard_begin(s->ranges[j].shard) == vr->begin &&
+          ps_shard_end(s->ranges[j].shard) == vr->end)
+        from[k] = j;
+    if (from[k] == SIZE_MAX) {
+      int rc;
+      next[k].shard = ps_shard_new(vr->begin, vr->end, &view->model, view->mode,
+                                   live, nlive, &rc, err, errlen);
+      if (next[k].shard == NULL) {
+        for (size_t j = 0; j < k; j++) ps_shard_destroy(&next[j].shard);
+        free(live);
+        free(next);
+        free(from);
+        return rc;
+      }
+      if (had_shards)
+        /* No replication yet: a range taken over mid-job starts from the
+         * initial weights. */
+        PS_WARN("range_adopted", "range=[%llu,%llu) epoch=%llu weights=init",
+                (unsigned long long)vr->begin, (unsigned long long)vr->end,
+                (unsigned long long)view->epoch);
+    }
+    k++;
+  }
+  for (k = 0; k < nowned; k++) {
+    if (from[k] == SIZE_MAX) continue;
+    next[k] = s->ranges[from[k]];
+    s->ranges[from[k]].shard = NULL;
+    s->ranges[from[k]].parked = NULL;
+  }
+  free(from);
+  for (size_t j = 0; j < s->nranges; j++) {
+    owned_range_t *old = &s->ranges[j];
+    if (old->shard == NULL) continue;
+    PS_WARN("range_dropped", "range=[%llu,%llu) epoch=%llu",
+            (unsigned long long)ps_shard_begin(old->shard),
+            (unsigned long long)ps_shard_end(old->shard),
+            (unsigned long long)view->epoch);
+    fail_parked(s, old, PS_ERR_STALE_EPOCH,
+                "the range moved to another server in a new view");
+    ps_shard_destroy(&old->shard);
+  }
+  free(s->ranges);
+  s->ranges = next;
+  s->nranges = nowned;
+  ps_view_destroy(&s->view);
+  s->view = view;
+
+  if (nlive != view->live_workers)
+    PS_WARN("view_live_workers_mismatch",
+            "epoch=%llu live_workers=%u alive_worker_nodes=%zu",
+            (unsigned long long)view->epoch, view->live_workers, nlive);
+  int rc = PS_OK;
+  for (size_t i = 0; i < s->nranges && rc == PS_OK; i++) {
+    int applied = 0;
+    rc = ps_shard_set_live_workers(s->ranges[i].shard, live, nlive, &applied);
+    if (applied) after_apply(s, &s->ranges[i]);
+  }
+  free(live);
+  report_clock(s);
+  if (rc != PS_OK)
+    snprintf(err, errlen, "out of memory adopting view epoch %llu",
+             (unsigned long long)view->epoch);
+  return rc;
+}
+
+static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
+  ps_server_t *s = arg;
+  s->stats.views++;
+  if (s->stopping) {
+    ps_view_destroy(&view);
+    return;
+  }
+  if (s->node_id == 0) s->node_id = ps_member_node_id(m);
+  if (s->nranges > 0 && !same_model(s->view, view)) {
+    /* The model and the mode are fixed for a job; weights built for one
+     * cannot serve another. */
+    char reason[160];
+    snprintf(reason, sizeof(reason),
+             "view epoch %llu changes the model or the consistency mode of "
+             "the job",
+             (unsigned long long)view->epoch);
+    ps_view_destroy(&view);
+    ps_server_stop(s, PS_ERR_PROTO, reason, 1);
+    return;
+  }
+  char err[256];
+  int rc = adopt_view(s, view, err, sizeof(err));
+  if (rc != PS_OK) {
+    if (s->view != view) ps_view_destroy(&view); /* else the server owns it */
+    ps_server_stop(s, rc, err, 1);
+    return;
+  }
+  uint64_t keys = 0;
+  for (size_t i = 0; i < s->nranges; i++)
+    keys +=
+        ps_shard_end(s->ranges[i].shard) - ps_shard_begin(s->ranges[i].shard);
+  char owned[256];
+  PS_INFO("view_adopted",
+          "epoch=%llu mode=%s live_workers=%u nodes=%zu ranges=%s keys=%llu "
+          "model_keys=%llu",
+          (unsigned long long)s->view->epoch, mode_name(s->view->mode),
+          s->view->live_workers, s->view->nnodes,
+          format_ranges(s, owned, sizeof(owned)), (unsigned long long)keys,
+          (unsigned long long)s->view->model.total);
+}
+
+/* ---- life cycle ---- */
+
+void ps_server_opts_init(ps_server_opts_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->scheduler = "tcp://127.0.0.1:7000";
+  o->bind = "tcp://127.0.0.1:*";
+  o->advertise = NULL;
+  o->heartbeat_ms = 500;
+  o->scheduler_timeout_ms = 0;
+  o->limits = ps_frame_default_limits;
+  o->handle_signals = 1;
+}
+
+static char *dup_or_null(const char *str) {
+  return str ? strdup(str) : NULL;
+}
+
+ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
+                           size_t errlen) {
+  int dummy;
+  if (err == NULL) err = &dummy;
+  ps_server_t *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errbuf, errlen, "out of memory");
+    return NULL;
+  }
+  s->limits = o->limits;
+  s->scheduler = dup_or_null(o->scheduler);
+  s->advertise = dup_or_null(o->advertise);
+  if (s->scheduler == NULL || (o->advertise && s->advertise == NULL)) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errbuf, errlen, "out of memory");
+    goto fail;
+  }
+  int rc = uv_loop_init(&s->loop);
+  if (rc != 0) {
+    *err = PS_ERR_IO;
+    snprintf(errbuf, errlen, "uv_loop_init: %s", uv_strerror(rc));
+    goto fail;
+  }
+  s->loop_ready = 1;
+  uv_timer_init(&s->loop, &s->stop_timer);
+  s->stop_timer.data = s;
+  s->stop_timer_open = 1;
+  uv_timer_init(&s->loop, &s->warn_limit.flush_timer);
+  s->warn_limit.flush_timer.data = &s->warn_limit;
+  s->warn_limit.flush_open = 1;
+  s->zctx = zmq_ctx_new();
+  if (s->zctx == NULL) {
+    *err = PS_ERR_ZMQ;
+    snprintf(errbuf, errlen, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    goto fail;
+  }
+
+  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL,
+                         &s->limits, on_data, s, err, errbuf, errlen);
+  if (s->data == NULL) goto fail;
+  snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->data));
+  const char *advertise = s->advertise && s->advertise[0]
+                              ? s->advertise
+                              : ps_zsock_endpoint(s->data);
+  PS_INFO("start", "bind=%s endpoint=%s advertise=%s scheduler=%s", o->bind,
+          ps_zsock_endpoint(s->data), advertise, s->scheduler);
+  if (strstr(advertise, "0.0.0.0") || strstr(advertise, "*"))
+    PS_WARN("advertise_unroutable",
+            "advertise=%s hint=\"workers cannot connect to a wildcard "
+            "address: set --advertise\"",
+            advertise);
+
+  if (o->handle_signals) {
+    uv_signal_init(&s->loop, &s->sigterm);
+    uv_signal_init(&s->loop, &s->sigint);
+    s->sigterm.data = s;
+    s->sigint.data = s;
+    s->signals_open = 1;
+    uv_signal_start(&s->sigterm, signal_cb, SIGTERM);
+    uv_signal_start(&s->sigint, signal_cb, SIGINT);
+  }
+
+  ps_member_opts_t mo = {
+      .scheduler = s->scheduler,
+      .role = PS__ROLE__ROLE_SERVER,
+      .address = advertise,
+      .model = NULL,
+      .rank = -1,
+      .heartbeat_ms = o->heartbeat_ms,
+      .scheduler_timeout_ms = o->scheduler_timeout_ms,
+  };
+  ps_member_cbs_t cbs = {
+      .registered_cb = on_registered,
+      .view_cb = on_view,
+      .shutdown_cb = on_shutdown,
+      .arg = s,
+  };
+  s->member = ps_member_new(&s->loop, s->zctx, &mo, &cbs, err);
+  if (s->member == NULL) {
+    snprintf(errbuf, errlen, "cannot start the scheduler link to %s: %s",
+             s->scheduler, ps_strerror(*err));
+    goto fail;
+  }
+  *err = PS_OK;
+  return s;
+
+fail:
+  ps_server_destroy(&s);
+  return NULL;
+}
+
+int ps_server_run(ps_server_t *s) {
+  if (!s->torn_down) uv_run(&s->loop, UV_RUN_DEFAULT);
+  return s->exit_status;
+}
+
+const char *ps_server_endpoint(const ps_server_t *s) {
+  return s->endpoint;
+}
+
+const ps_server_stats_t *ps_server_stats(const ps_server_t *s) {
+  return &s->stats;
+}
+
+const char *ps_server_errmsg(const ps_server_t *s) {
+  return s->errmsg;
+}
+
+void ps_server_destroy(ps_server_t **s_p) {
+  ps_server_t *s = *s_p;
+  if (s == NULL) return;
+  *s_p = NULL;
+  if (s->loop_ready) {
+    teardown(s);
+    /* Runs the close callbacks, after which the zsock and member memory is
+     * freed and the loop holds nothing. */
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+  }
+  if (s->zctx) zmq_ctx_term(s->zctx);
+  for (size_t i = 0; i < s->nranges; i++) ps_shard_destroy(&s->ranges[i].shard);
+  free(s->ranges);
+  ps_view_destroy(&s->view);
+  free(s->scheduler);
+  free(s->advertise);
+  free(s);
+}

@@ -1,0 +1,88 @@
+/* The ps-server daemon: one uv loop that serves the data plane (Push, Pull)
+ * on a ROUTER socket and keeps the link to the scheduler.
+ *
+ * The server registers with the scheduler, advertising the endpoint workers
+ * must connect to, and waits for a view. From the view it learns which key
+ * ranges it owns and creates one shard per range (ps-server/shard.h); later
+ * views update the epoch and the number of live workers. Every request must
+ * carry the current view epoch and name a slice inside one owned range;
+ * anything else gets an Error reply, is counted, and changes nothing.
+ *
+ * Runs until the scheduler sends Shutdown, or SIGTERM/SIGINT (the server then
+ * tells the scheduler it leaves). All functions are called from the thread
+ * that created the server; ps_server_run blocks on the server's loop.
+ */
+#ifndef PS_SERVER_SERVER_H
+#define PS_SERVER_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/frame.h"
+
+typedef struct ps_server_s ps_server_t;
+
+typedef struct {
+  const char *scheduler; /* endpoint of the scheduler */
+  const char *bind;      /* data endpoint; "tcp://127.0.0.1:*" picks a port */
+  const char *advertise; /* what workers connect to; NULL or "": bound one */
+  int heartbeat_ms;
+  int scheduler_timeout_ms; /* 0: wait for the scheduler forever */
+  ps_frame_limits_t limits;
+  int handle_signals; /* stop on SIGTERM/SIGINT (the daemon); 0 in tests */
+} ps_server_opts_t;
+
+/* Fills o with the defaults: scheduler tcp://127.0.0.1:7000, bind
+ * tcp://127.0.0.1:*, heartbeat 500 ms, no scheduler timeout, the default
+ * frame limits, signals handled. */
+void ps_server_opts_init(ps_server_opts_t *o);
+
+/* Indexes of ps_server_stats_t.errors: -code of a ps_err_t. */
+#define PS_SERVER_NERR 32
+/* Indexes of ps_server_stats_t.requests: Ps__Envelope__BodyCase (0: the
+ * header could not be decoded). */
+#define PS_SERVER_NBODY 32
+
+/* Counters for /metrics. Monotonic except parked_pulls. */
+typedef struct {
+  uint64_t requests[PS_SERVER_NBODY]; /* by body case */
+  uint64_t bytes_in, bytes_out;       /* header and payload frames */
+  uint64_t errors[PS_SERVER_NERR];    /* Error replies (or drops) by code */
+  uint64_t bad_messages;              /* failed validation in ps_msg_recv */
+  uint64_t applies;            /* BSP steps applied + ASP pushes applied */
+  uint64_t pulls_parked;       /* BSP pulls that had to wait for a step */
+  uint64_t parked_pulls;       /* waiting now */
+  uint64_t send_failures;      /* replies ZeroMQ refused (the peer went away) */
+  uint64_t unaligned_payloads; /* pushes copied to align their floats */
+  uint64_t views;              /* views received */
+} ps_server_stats_t;
+
+/* Binds the data socket, connects to the scheduler and registers. Returns
+ * NULL with *err and errbuf filled on failure (a bind that fails, a bad
+ * endpoint). Caller owns the result (ps_server_destroy). */
+ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
+                           size_t errlen);
+
+/* Runs the loop until the server stops. Returns PS_OK after the scheduler's
+ * Shutdown or a signal; otherwise the failure that stopped it (registration
+ * refused, scheduler silent for the timeout, a view the server cannot serve),
+ * with the reason in ps_server_errmsg. */
+int ps_server_run(ps_server_t *s);
+
+/* Stops the server from its own loop (as Shutdown does); ps_server_run then
+ * returns status. leave: tell the scheduler this node leaves. */
+void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave);
+
+/* The data endpoint actually bound ("tcp://127.0.0.1:41234"). */
+const char *ps_server_endpoint(const ps_server_t *s);
+
+/* The counters, owned by the server, valid until destroy. */
+const ps_server_stats_t *ps_server_stats(const ps_server_t *s);
+
+/* The last error message; "" if none. */
+const char *ps_server_errmsg(const ps_server_t *s);
+
+/* Closes whatever is still open, frees the server, sets *s_p to NULL. */
+void ps_server_destroy(ps_server_t **s_p);
+
+#endif

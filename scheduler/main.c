@@ -1,0 +1,87 @@
+/* ps-scheduler: parses the options, builds the scheduler, runs its loop. */
+#include <stdint.h>
+#include <stdio.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "proto/ps.pb-c.h"
+#include "scheduler/scheduler.h"
+
+int main(int argc, char **argv) {
+  char *bind = NULL;
+  int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 3000;
+  int mode = 0, log_level = PS_LOG_INFO;
+  const ps_opt_t opts[] = {
+      {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:7000", 0, 0, NULL,
+       "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
+       "connect to it."},
+      {"servers", PS_OPT_INT, &servers, "1", 1, 4096, NULL,
+       "Number of servers the job expects; the first view is published once "
+       "all have registered."},
+      {"workers", PS_OPT_INT, &workers, "1", 1, 65535, NULL,
+       "Number of workers the job expects; they get ranks 0 to workers-1."},
+      {"mode", PS_OPT_ENUM, &mode, "bsp", 0, 0, "bsp|asp",
+       "Consistency mode: bsp applies step t once every live worker's "
+       "gradient is in, asp applies each push on arrival."},
+      {"heartbeat-timeout-ms", PS_OPT_INT, &heartbeat_timeout_ms, "3000", 10,
+       3600000, NULL,
+       "A node silent for this long is declared dead and a new view is "
+       "published without it."},
+      {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
+       "debug|info|warn|error", "Lowest level of log lines written."},
+  };
+  const ps_config_t cfg = {
+      .program = "ps-scheduler",
+      .summary =
+          "Membership, cluster view and barriers of a parameter-server "
+          "job.",
+      .usage = "[options]",
+      .opts = opts,
+      .nopts = sizeof(opts) / sizeof(opts[0]),
+  };
+  char err[512];
+  int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
+  if (rc == 1) return 0;
+  if (rc != PS_OK) {
+    fprintf(stderr, "ps-scheduler: %s (see --help)\n", err);
+    return 1;
+  }
+  /* The table's mode choices are in the enum's order. */
+  const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
+                       PS__CONSISTENCY_MODE__MODE_ASP};
+  ps_log_init("scheduler", (ps_log_level_t)log_level);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  void *ctx = zmq_ctx_new();
+  ps_sched_opts_t so = {
+      .bind = bind,
+      .servers = (uint32_t)servers,
+      .workers = (uint32_t)workers,
+      .mode = modes[mode],
+      .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
+      .handle_signals = 1,
+  };
+  int serr = PS_OK;
+  ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));
+  int status = 0;
+  if (s == NULL) {
+    PS_ERROR("start_failed", "err=%s reason=\"%s\"", ps_err_name(serr), err);
+    status = 1;
+  } else {
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* The loop only runs dry once the scheduler shut the cluster down. */
+    if (!ps_sched_finished(s)) status = 1;
+    ps_sched_destroy(&s);
+    uv_run(&loop, UV_RUN_DEFAULT); /* close callbacks */
+  }
+  uv_loop_close(&loop);
+  /* Waits (up to the socket's linger) for the Shutdown broadcast to leave. */
+  zmq_ctx_term(ctx);
+  ps_config_free(&cfg);
+  if (status == 0) PS_INFO("exit", "status=0");
+  return status;
+}

@@ -1,0 +1,317 @@
+/* psctl: asks the scheduler how the cluster is doing.
+ *
+ *   psctl [--scheduler EP] [--timeout-ms N] [--json] status
+ *   psctl [--scheduler EP] [--timeout-ms N] health
+ *
+ * One StatusRequest on a DEALER socket, answered or not within the timeout:
+ * psctl never hangs on a scheduler that is down (ZeroMQ would reconnect
+ * forever), which is what makes `psctl health` usable as a healthcheck.
+ */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "proto/ps.pb-c.h"
+
+static const char *role_name(int role) {
+  switch (role) {
+    case PS__ROLE__ROLE_SCHEDULER:
+      return "scheduler";
+    case PS__ROLE__ROLE_SERVER:
+      return "server";
+    case PS__ROLE__ROLE_WORKER:
+      return "worker";
+    case PS__ROLE__ROLE_ADMIN:
+      return "admin";
+    default:
+      return "unknown";
+  }
+}
+
+static const char *state_name(int state) {
+  switch (state) {
+    case PS__NODE_STATE__NODE_STATE_ALIVE:
+      return "alive";
+    case PS__NODE_STATE__NODE_STATE_DEAD:
+      return "dead";
+    case PS__NODE_STATE__NODE_STATE_DONE:
+      return "done";
+    case PS__NODE_STATE__NODE_STATE_LEFT:
+      return "left";
+    default:
+      return "unknown";
+  }
+}
+
+static const char *mode_name(int mode) {
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+}
+
+static uint64_t model_keys(const Ps__View *v) {
+  uint64_t total = 0;
+  if (v->model)
+    for (size_t i = 0; i < v->model->n_tensors; i++)
+      total += v->model->tensors[i]->length;
+  return total;
+}
+
+static const Ps__NodeInfo *find_node(const Ps__View *v, uint32_t id) {
+  for (size_t i = 0; i < v->n_nodes; i++)
+    if (v->nodes[i]->id == id) return v->nodes[i];
+  return NULL;
+}
+
+static void json_string(const char *s) {
+  putchar('"');
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      printf("\\%c", *p);
+    else if (*p < 0x20)
+      printf("\\u%04x", *p);
+    else
+      putchar(*p);
+  }
+  putchar('"');
+}
+
+static void print_json(const char *endpoint, const Ps__Status *st) {
+  const Ps__View *v = st->view;
+  printf("{\"scheduler\":");
+  json_string(endpoint);
+  printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
+         ",\"expected_servers\":%u,\"expected_workers\":%u,"
+         "\"live_workers\":%u,\"keys\":%" PRIu64 ",\"nodes\":[",
+         v->epoch, mode_name(v->mode), st->uptime_ms, st->expected_servers,
+         st->expected_workers, v->live_workers, model_keys(v));
+  for (size_t i = 0; i < v->n_nodes; i++) {
+    const Ps__NodeInfo *n = v->nodes[i];
+    printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
+           role_name(n->role));
+    json_string(n->address ? n->address : "");
+    printf(",\"state\":\"%s\",\"last_heartbeat_ms\":%" PRIu64
+           ",\"clock\":%" PRIu64 "}",
+           state_name(n->state), n->last_heartbeat_ms, n->clock);
+  }
+  printf("],\"ranges\":[");
+  for (size_t i = 0; i < v->n_ranges; i++) {
+    const Ps__KeyRange *r = v->ranges[i];
+    printf("%s{\"begin\":%" PRIu64 ",\"end\":%" PRIu64 ",\"keys\":%" PRIu64
+           ",\"server_id\":%u}",
+           i ? "," : "", r->begin, r->end, r->end - r->begin, r->server_id);
+  }
+  printf("]}\n");
+}
+
+static void print_table(const char *endpoint, const Ps__Status *st) {
+  const Ps__View *v = st->view;
+  uint32_t servers = 0, workers = 0;
+  int addr_w = 7; /* "ADDRESS" */
+  for (size_t i = 0; i < v->n_nodes; i++) {
+    const Ps__NodeInfo *n = v->nodes[i];
+    if (n->role == PS__ROLE__ROLE_SERVER) servers++;
+    if (n->role == PS__ROLE__ROLE_WORKER) workers++;
+    int w = (int)strlen(n->address ? n->address : "");
+    if (w > addr_w) addr_w = w;
+  }
+  printf("scheduler %s  up %.1f s\n", endpoint, (double)st->uptime_ms / 1e3);
+  if (v->epoch == 0)
+    printf("epoch 0 (view not published yet)  mode %s\n", mode_name(v->mode));
+  else
+    printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
+           mode_name(v->mode), v->live_workers, st->expected_workers);
+  printf("registered: %u/%u servers, %u/%u workers\n\n", servers,
+         st->expected_servers, workers, st->expected_workers);
+
+  printf("%4s  %-7s  %-*s  %-5s  %14s  %10s\n", "ID", "ROLE", addr_w, "ADDRESS",
+         "STATE", "LAST HEARTBEAT", "CLOCK");
+  for (size_t i = 0; i < v->n_nodes; i++) {
+    const Ps__NodeInfo *n = v->nodes[i];
+    char heard[32];
+    snprintf(heard, sizeof(heard), "%" PRIu64 " ms ago", n->last_heartbeat_ms);
+    printf("%4u  %-7s  %-*s  %-5s  %14s  %10" PRIu64 "\n", n->id,
+           role_name(n->role), addr_w,
+           n->address && n->address[0] ? n->address : "-", state_name(n->state),
+           heard, n->clock);
+  }
+  if (v->n_nodes == 0) printf("  (no node has registered)\n");
+
+  printf("\n");
+  if (v->n_ranges == 0) {
+    printf("ranges: none yet (cut when every expected node has registered)\n");
+    return;
+  }
+  printf("%-20s  %-20s  %-20s  %s\n", "BEGIN", "END", "KEYS", "OWNER");
+  for (size_t i = 0; i < v->n_ranges; i++) {
+    const Ps__KeyRange *r = v->ranges[i];
+    const Ps__NodeInfo *owner = find_node(v, r->server_id);
+    printf("%-20" PRIu64 "  %-20" PRIu64 "  %-20" PRIu64 "  %u (%s)\n",
+           r->begin, r->end, r->end - r->begin, r->server_id,
+           owner ? state_name(owner->state) : "not in view");
+  }
+  printf("key space: %" PRIu64 " keys (%" PRIu64 " bytes of float32)\n",
+         model_keys(v), model_keys(v) * 4);
+}
+
+/* Sends a StatusRequest and waits for its answer until the deadline.
+ * Returns 0 with *out set (caller frees with ps_msg_close), or 1 with the
+ * reason printed. */
+static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
+                        ps_msg_t *out, uint64_t *elapsed_ms) {
+  uint64_t start = ps_now_ms();
+  uint64_t deadline = start + (uint64_t)timeout_ms;
+  uint64_t request_id = ps_now_ns() | 1;
+
+  Ps__StatusRequest sr = PS__STATUS_REQUEST__INIT;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = request_id;
+  env.body_case = PS__ENVELOPE__BODY_STATUS_REQUEST;
+  env.status_request = &sr;
+  if (ps_msg_send(sock, NULL, &env, NULL, 0) != PS_OK) {
+    fprintf(stderr, "psctl: cannot send to %s: %s\n", endpoint,
+            zmq_strerror(zmq_errno()));
+    return 1;
+  }
+  for (;;) {
+    uint64_t now = ps_now_ms();
+    if (now >= deadline) break;
+    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+    int n = zmq_poll(&item, 1, (long)(deadline - now));
+    if (n < 0) {
+      fprintf(stderr, "psctl: poll failed: %s\n", zmq_strerror(zmq_errno()));
+      return 1;
+    }
+    if (n == 0) continue;
+    char why[256];
+    ps_msg_t m;
+    int rc = ps_msg_recv(sock, 0, NULL, &m, why, sizeof(why));
+    if (rc == PS_ERR_TIMEOUT) continue;
+    if (rc != PS_OK) {
+      fprintf(stderr, "psctl: bad answer from %s: %s (%s)\n", endpoint, why,
+              ps_err_name(rc));
+      ps_msg_close(&m);
+      return 1;
+    }
+    if (m.request_id != request_id) { /* not ours: cannot happen, but cheap */
+      ps_msg_close(&m);
+      continue;
+    }
+    if (m.env->body_case == PS__ENVELOPE__BODY_ERROR) {
+      fprintf(stderr, "psctl: the scheduler at %s refused: %s (%s)\n", endpoint,
+              m.env->error->message, ps_err_name(m.env->error->code));
+      ps_msg_close(&m);
+      return 1;
+    }
+    if (m.env->body_case != PS__ENVELOPE__BODY_STATUS ||
+        m.env->status->view == NULL) {
+      fprintf(stderr,
+              "psctl: the scheduler at %s answered with %s, not a "
+              "status\n",
+              endpoint, ps_body_name(m.env->body_case));
+      ps_msg_close(&m);
+      return 1;
+    }
+    *out = m;
+    *elapsed_ms = ps_now_ms() - start;
+    return 0;
+  }
+  fprintf(stderr,
+          "psctl: no answer from the scheduler at %s within %" PRId64
+          " ms (is ps-scheduler running and reachable there?)\n",
+          endpoint, timeout_ms);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  char *endpoint = NULL;
+  int64_t timeout_ms = 3000;
+  int json = 0;
+  const ps_opt_t opts[] = {
+      {"scheduler", PS_OPT_STRING, &endpoint, "tcp://127.0.0.1:7000", 0, 0,
+       NULL, "Endpoint of the scheduler to ask."},
+      {"timeout-ms", PS_OPT_INT, &timeout_ms, "3000", 1, 3600000, NULL,
+       "Give up (exit 1) if the scheduler has not answered within this "
+       "time."},
+      {"json", PS_OPT_BOOL, &json, "false", 0, 0, NULL,
+       "status: print one JSON object instead of tables, for scripts."},
+  };
+  const ps_config_t cfg = {
+      .program = "psctl",
+      .summary =
+          "Ask the scheduler of a parameter-server job. Commands: "
+          "status (nodes, key ranges, epoch), health (exit 0 if the "
+          "scheduler answers in time, else 1).",
+      .usage = "[options] status|health",
+      .opts = opts,
+      .nopts = sizeof(opts) / sizeof(opts[0]),
+  };
+  const char *args[2];
+  int nargs = 0;
+  char err[512];
+  int rc = ps_config_load(&cfg, argc, argv, args, 2, &nargs, err, sizeof(err));
+  if (rc == 1) return 0;
+  if (rc != PS_OK) {
+    fprintf(stderr, "psctl: %s (see --help)\n", err);
+    return 2;
+  }
+  int is_status = nargs == 1 && strcmp(args[0], "status") == 0;
+  int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
+  if (!is_status && !is_health) {
+    if (nargs == 1)
+      fprintf(stderr,
+              "psctl: unknown command \"%s\": expected status or "
+              "health (see --help)\n",
+              args[0]);
+    else
+      fprintf(stderr,
+              "psctl: expected one command, status or health (see "
+              "--help)\n");
+    ps_config_free(&cfg);
+    return 2;
+  }
+  ps_log_init("psctl", PS_LOG_WARN);
+
+  void *ctx = zmq_ctx_new();
+  void *sock = zmq_socket(ctx, ZMQ_DEALER);
+  int status = 1;
+  if (sock == NULL) {
+    fprintf(stderr, "psctl: zmq_socket: %s\n", zmq_strerror(zmq_errno()));
+    goto out;
+  }
+  /* Linger 0: an unanswered request must not keep psctl from exiting. */
+  int zero = 0;
+  zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+  if (zmq_connect(sock, endpoint) != 0) {
+    fprintf(stderr, "psctl: cannot connect to %s: %s\n", endpoint,
+            zmq_strerror(zmq_errno()));
+    goto out;
+  }
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (query_status(sock, endpoint, timeout_ms, &m, &elapsed) != 0) goto out;
+  const Ps__Status *st = m.env->status;
+  if (is_health) {
+    printf("ok: scheduler %s answered in %" PRIu64 " ms (epoch %" PRIu64
+           ", %zu nodes, live workers %u)\n",
+           endpoint, elapsed, st->view->epoch, st->view->n_nodes,
+           st->view->live_workers);
+  } else if (json) {
+    print_json(endpoint, st);
+  } else {
+    print_table(endpoint, st);
+  }
+  ps_msg_close(&m);
+  status = 0;
+out:
+  if (sock) zmq_close(sock);
+  zmq_ctx_term(ctx);
+  ps_config_free(&cfg);
+  return status;
+}

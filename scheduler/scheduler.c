@@ -1,0 +1,1053 @@
+#include "scheduler/scheduler.h"
+
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "common/transport.h"
+#include "common/view.h"
+
+/* ZeroMQ routing identities are at most 255 bytes. */
+#define SCHED_ROUTE_MAX 256
+#define SCHED_BARRIER_NAME_MAX 128
+/* How long the Shutdown broadcast may take to leave once the socket is
+ * closed; bounded so a stuck peer cannot keep the scheduler from exiting. */
+#define SCHED_LINGER_MS 2000
+#define SCHED_RANK_ANY 0xffffffffu
+
+typedef struct {
+  uint32_t id;
+  int role;  /* PS__ROLE__* */
+  int state; /* PS__NODE_STATE__* */
+  uint32_t rank;
+  char address[PS_ADDR_MAX];
+  /* The ROUTER identity of the node's membership link (from its Register
+   * and heartbeats): where views and Shutdown go. A node may send requests
+   * on other connections too (libps-client's barriers come from the caller's
+   * thread), so replies always go back on the request's own route. */
+  uint8_t route[SCHED_ROUTE_MAX];
+  size_t route_len;
+  uint64_t last_seen_ms;
+  uint64_t clock;
+  char *barrier; /* the barrier the worker waits in, or NULL */
+  uint64_t barrier_request_id;
+  uint8_t barrier_route[SCHED_ROUTE_MAX]; /* where its release goes */
+  size_t barrier_route_len;
+} sched_node_t;
+
+struct ps_sched_s {
+  uv_loop_t *loop;
+  ps_zsock_t *zs;
+  uv_timer_t check_timer;
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  int open_handles; /* close callbacks still to run */
+  int closing;
+  int destroy_requested;
+  int finished;
+  ps_sched_opts_t opts;
+  char endpoint[PS_ADDR_MAX];
+  uint64_t start_ms;
+
+  uint64_t epoch; /* 0 until the first view is published */
+  int published;
+  sched_node_t *nodes; /* node id i is nodes[i - 1]: ids are never reused */
+  size_t nnodes, cap;
+
+  int has_model;
+  uint32_t model_node; /* the worker whose spec became the job's model */
+  ps_model_t model;
+  ps_range_t *ranges;
+  size_t nranges;
+};
+
+static const char *role_name(int role) {
+  switch (role) {
+    case PS__ROLE__ROLE_SCHEDULER:
+      return "scheduler";
+    case PS__ROLE__ROLE_SERVER:
+      return "server";
+    case PS__ROLE__ROLE_WORKER:
+      return "worker";
+    case PS__ROLE__ROLE_ADMIN:
+      return "admin";
+    default:
+      return "unknown";
+  }
+}
+
+static const char *state_name(int state) {
+  switch (state) {
+    case PS__NODE_STATE__NODE_STATE_ALIVE:
+      return "alive";
+    case PS__NODE_STATE__NODE_STATE_DEAD:
+      return "dead";
+    case PS__NODE_STATE__NODE_STATE_DONE:
+      return "done";
+    case PS__NODE_STATE__NODE_STATE_LEFT:
+      return "left";
+    default:
+      return "unknown";
+  }
+}
+
+static const char *mode_name(int mode) {
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+}
+
+/* A log-friendly address: key=value lines have no empty values. */
+static const char *addr_or_dash(const char *a) {
+  return a[0] ? a : "-";
+}
+
+static void *sched_socket(ps_sched_t *s) {
+  return s->zs ? ps_zsock_socket(s->zs) : NULL;
+}
+
+static sched_node_t *node_by_id(ps_sched_t *s, uint32_t id) {
+  if (id == 0 || id > s->nnodes) return NULL;
+  return &s->nodes[id - 1];
+}
+
+/* A node that is dead or left no longer holds its slot or its rank. */
+static int node_holds_slot(const sched_node_t *n) {
+  return n->state == PS__NODE_STATE__NODE_STATE_ALIVE ||
+         n->state == PS__NODE_STATE__NODE_STATE_DONE;
+}
+
+static uint32_t count_nodes(const ps_sched_t *s, int role, int state) {
+  uint32_t c = 0;
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (s->nodes[i].role == role && s->nodes[i].state == state) c++;
+  return c;
+}
+
+static uint32_t count_slots(const ps_sched_t *s, int role) {
+  uint32_t c = 0;
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (s->nodes[i].role == role && node_holds_slot(&s->nodes[i])) c++;
+  return c;
+}
+
+static uint32_t live_workers(const ps_sched_t *s) {
+  return count_nodes(s, PS__ROLE__ROLE_WORKER,
+                     PS__NODE_STATE__NODE_STATE_ALIVE);
+}
+
+/* ---- sending -------------------------------------------------------- */
+
+static void envelope_init(const ps_sched_t *s, Ps__Envelope *env,
+                          uint64_t request_id) {
+  ps__envelope__init(env);
+  env->request_id = request_id;
+  env->sender = 0; /* the scheduler is not a numbered node */
+  env->epoch = s->epoch;
+}
+
+static void send_to_route(ps_sched_t *s, const uint8_t *id, size_t id_len,
+                          uint32_t node_id, Ps__Envelope *env) {
+  void *sock = sched_socket(s);
+  if (sock == NULL || id_len == 0) return;
+  zmq_msg_t route;
+  if (zmq_msg_init_size(&route, id_len) != 0) return;
+  memcpy(zmq_msg_data(&route), id, id_len);
+  int rc = ps_msg_send(sock, &route, env, NULL, 0);
+  zmq_msg_close(&route);
+  /* ROUTER_MANDATORY: a peer whose connection is gone is refused here
+   * (EHOSTUNREACH). That is expected for dead nodes, so not a warning. */
+  if (rc != PS_OK)
+    PS_DEBUG("send_failed", "id=%u body=%s err=%s zmq=\"%s\"", node_id,
+             ps_body_name(env->body_case), ps_err_name(rc),
+             zmq_strerror(zmq_errno()));
+}
+
+static void send_to_node(ps_sched_t *s, sched_node_t *n, Ps__Envelope *env) {
+  send_to_route(s, n->route, n->route_len, n->id, env);
+}
+
+static void reply(ps_sched_t *s, ps_msg_t *m, Ps__Envelope *env) {
+  void *sock = sched_socket(s);
+  if (sock == NULL || !m->has_route) return;
+  int rc = ps_msg_send(sock, &m->route, env, NULL, 0);
+  if (rc != PS_OK)
+    PS_DEBUG("send_failed", "body=%s err=%s zmq=\"%s\"",
+             ps_body_name(env->body_case), ps_err_name(rc),
+             zmq_strerror(zmq_errno()));
+}
+
+static void reply_error(ps_sched_t *s, ps_msg_t *m, int code, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+/* Every refusal is logged with the same text the peer receives, so the two
+ * sides of a failed exchange can be matched up. */
+static void reply_error(ps_sched_t *s, ps_msg_t *m, int code, const char *fmt,
+                        ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  const Ps__Envelope *env = m->env;
+  PS_WARN("request_refused", "body=%s sender=%u err=%s reason=\"%s\"",
+          env ? ps_body_name(env->body_case) : "none", env ? env->sender : 0u,
+          ps_err_name(code), text);
+  void *sock = sched_socket(s);
+  if (sock && m->has_route)
+    ps_msg_reply_error(sock, m, s->epoch, 0, code, "%s", text);
+}
+
+static void reply_ack(ps_sched_t *s, ps_msg_t *m, uint64_t clock) {
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = clock;
+  Ps__Envelope env;
+  envelope_init(s, &env, m->request_id);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  reply(s, m, &env);
+}
+
+/* ---- the view on the wire ------------------------------------------- */
+
+/* Ps__View that points into the scheduler's state plus the arrays it needs;
+ * valid until the state changes, so build, send, free in one go. */
+typedef struct {
+  Ps__View view;
+  Ps__NodeInfo *infos;
+  Ps__NodeInfo **info_ptrs;
+  Ps__KeyRange *krs;
+  Ps__KeyRange **kr_ptrs;
+  Ps__ModelSpec model;
+  Ps__TensorSpec *tensors;
+  Ps__TensorSpec **tensor_ptrs;
+} view_pb_t;
+
+static void view_pb_free(view_pb_t *v) {
+  free(v->infos);
+  free(v->info_ptrs);
+  free(v->krs);
+  free(v->kr_ptrs);
+  free(v->tensors);
+  free(v->tensor_ptrs);
+  memset(v, 0, sizeof(*v));
+}
+
+static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
+  memset(v, 0, sizeof(*v));
+  ps__view__init(&v->view);
+  uint64_t now = ps_now_ms();
+  v->view.epoch = s->epoch;
+  v->view.mode = (Ps__ConsistencyMode)s->opts.mode;
+  v->view.live_workers = live_workers(s);
+
+  /* calloc(0) may return NULL; one spare entry keeps NULL meaning failure. */
+  v->infos = calloc(s->nnodes + 1, sizeof(*v->infos));
+  v->info_ptrs = calloc(s->nnodes + 1, sizeof(*v->info_ptrs));
+  v->krs = calloc(s->nranges + 1, sizeof(*v->krs));
+  v->kr_ptrs = calloc(s->nranges + 1, sizeof(*v->kr_ptrs));
+  size_t nt = s->has_model ? s->model.ntensors : 0;
+  v->tensors = calloc(nt + 1, sizeof(*v->tensors));
+  v->tensor_ptrs = calloc(nt + 1, sizeof(*v->tensor_ptrs));
+  if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->tensors ||
+      !v->tensor_ptrs) {
+    view_pb_free(v);
+    return PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    Ps__NodeInfo *ni = &v->infos[i];
+    ps__node_info__init(ni);
+    ni->id = n->id;
+    ni->role = (Ps__Role)n->role;
+    ni->address = n->address;
+    ni->state = (Ps__NodeState)n->state;
+    ni->last_heartbeat_ms = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
+    ni->clock = n->clock;
+    v->info_ptrs[i] = ni;
+  }
+  v->view.n_nodes = s->nnodes;
+  v->view.nodes = v->info_ptrs;
+  for (size_t i = 0; i < s->nranges; i++) {
+    Ps__KeyRange *kr = &v->krs[i];
+    ps__key_range__init(kr);
+    kr->begin = s->ranges[i].begin;
+    kr->end = s->ranges[i].end;
+    kr->server_id = s->ranges[i].server_id;
+    v->kr_ptrs[i] = kr;
+  }
+  v->view.n_ranges = s->nranges;
+  v->view.ranges = v->kr_ptrs;
+  if (s->has_model) {
+    ps__model_spec__init(&v->model);
+    ps_model_to_pb(&s->model, &v->model, v->tensors, v->tensor_ptrs);
+    v->view.model = &v->model;
+  }
+  return PS_OK;
+}
+
+static void send_view(ps_sched_t *s, sched_node_t *only) {
+  view_pb_t v;
+  if (view_pb_build(s, &v) != PS_OK) {
+    PS_ERROR("view_send_failed", "epoch=%" PRIu64 " err=%s", s->epoch,
+             ps_err_name(PS_ERR_NOMEM));
+    return;
+  }
+  Ps__Envelope env;
+  envelope_init(s, &env, 0);
+  env.body_case = PS__ENVELOPE__BODY_VIEW;
+  env.view = &v.view;
+  if (only) {
+    send_to_node(s, only, &env);
+  } else {
+    /* Dead and departed nodes are left out: nobody would read it. */
+    for (size_t i = 0; i < s->nnodes; i++)
+      if (node_holds_slot(&s->nodes[i])) send_to_node(s, &s->nodes[i], &env);
+  }
+  view_pb_free(&v);
+}
+
+/* ---- shutdown ------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h);
+
+static void sched_free(ps_sched_t *s) {
+  for (size_t i = 0; i < s->nnodes; i++) free(s->nodes[i].barrier);
+  free(s->nodes);
+  free(s->ranges);
+  if (s->has_model) ps_model_clear(&s->model);
+  free(s);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  ps_sched_t *s = h->data;
+  if (--s->open_handles == 0 && s->destroy_requested) sched_free(s);
+}
+
+static void close_handles(ps_sched_t *s, int linger_ms) {
+  if (s->closing) return;
+  s->closing = 1;
+  if (s->zs) {
+    /* The socket was made with linger 0; what was just queued (the Shutdown
+     * broadcast) must still leave while the context terminates. */
+    zmq_setsockopt(ps_zsock_socket(s->zs), ZMQ_LINGER, &linger_ms,
+                   sizeof(linger_ms));
+    ps_zsock_destroy(&s->zs);
+  }
+  uv_timer_stop(&s->check_timer);
+  uv_close((uv_handle_t *)&s->check_timer, on_handle_closed);
+  if (s->opts.handle_signals) {
+    uv_signal_stop(&s->sigterm);
+    uv_signal_stop(&s->sigint);
+    uv_close((uv_handle_t *)&s->sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sigint, on_handle_closed);
+  }
+}
+
+void ps_sched_stop(ps_sched_t *s, const char *reason) {
+  if (s->finished) return;
+  s->finished = 1;
+  PS_INFO("cluster_shutdown", "reason=\"%s\" epoch=%" PRIu64 " nodes=%zu",
+          reason, s->epoch, s->nnodes);
+  Ps__Shutdown sd = PS__SHUTDOWN__INIT;
+  sd.reason = (char *)reason;
+  Ps__Envelope env;
+  envelope_init(s, &env, 0);
+  env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
+  env.shutdown = &sd;
+  /* Dead nodes too: "dead" may only mean slow or cut off, and such a node
+   * should learn that the job is over if it can still hear us. */
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (s->nodes[i].state != PS__NODE_STATE__NODE_STATE_LEFT)
+      send_to_node(s, &s->nodes[i], &env);
+  close_handles(s, SCHED_LINGER_MS);
+}
+
+/* The job is over once no worker is left training and at least one
+ * finished; a job whose workers all died stays up for the operator. */
+static int check_job_finished(ps_sched_t *s) {
+  if (!s->published || s->finished) return s->finished;
+  uint32_t done =
+      count_nodes(s, PS__ROLE__ROLE_WORKER, PS__NODE_STATE__NODE_STATE_DONE);
+  if (live_workers(s) > 0 || done == 0) return 0;
+  PS_INFO("job_finished", "workers_done=%u epoch=%" PRIu64, done, s->epoch);
+  ps_sched_stop(s, "job finished");
+  return 1;
+}
+
+/* ---- barriers ------------------------------------------------------- */
+
+static void barrier_leave(sched_node_t *n) {
+  free(n->barrier);
+  n->barrier = NULL;
+  n->barrier_request_id = 0;
+}
+
+/* Releases the barrier called name if every live worker is in it. Nothing
+ * is released before the view: until then not every worker is known. */
+static int barrier_check(ps_sched_t *s, const char *name) {
+  if (!s->published || s->finished) return 0;
+  uint32_t live = 0, in = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (n->role != PS__ROLE__ROLE_WORKER ||
+        n->state != PS__NODE_STATE__NODE_STATE_ALIVE)
+      continue;
+    live++;
+    if (n->barrier && strcmp(n->barrier, name) == 0) in++;
+  }
+  if (live == 0 || in < live) return 0;
+  PS_INFO("barrier_released", "name=%s workers=%u epoch=%" PRIu64, name, in,
+          s->epoch);
+  Ps__Ack ack = PS__ACK__INIT;
+  Ps__Envelope env;
+  envelope_init(s, &env, 0);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (n->barrier == NULL || strcmp(n->barrier, name) != 0) continue;
+    env.request_id = n->barrier_request_id;
+    send_to_route(s, n->barrier_route, n->barrier_route_len, n->id, &env);
+    barrier_leave(n);
+  }
+  return 1;
+}
+
+/* After a membership change a barrier may be complete without anyone new
+ * entering it. */
+static void barrier_check_all(ps_sched_t *s) {
+  int released;
+  do {
+    released = 0;
+    for (size_t i = 0; i < s->nnodes && !released; i++) {
+      if (s->nodes[i].barrier == NULL) continue;
+      char name[SCHED_BARRIER_NAME_MAX + 1];
+      snprintf(name, sizeof(name), "%s", s->nodes[i].barrier);
+      released = barrier_check(s, name);
+    }
+  } while (released);
+}
+
+/* ---- membership changes --------------------------------------------- */
+
+static void publish(ps_sched_t *s, const char *why) {
+  s->epoch++;
+  PS_INFO(
+      "view_published",
+      "epoch=%" PRIu64 " servers=%u workers=%u live_workers=%u keys=%" PRIu64
+      " mode=%s why=%s",
+      s->epoch,
+      count_nodes(s, PS__ROLE__ROLE_SERVER, PS__NODE_STATE__NODE_STATE_ALIVE),
+      count_slots(s, PS__ROLE__ROLE_WORKER), live_workers(s), s->model.total,
+      mode_name(s->opts.mode), why);
+  send_view(s, NULL);
+}
+
+/* The first view: once every expected node is in, cut the key space, one
+ * range per server in id order. */
+static void maybe_publish_first(ps_sched_t *s) {
+  if (s->published || !s->has_model) return;
+  if (count_slots(s, PS__ROLE__ROLE_SERVER) != s->opts.servers ||
+      count_slots(s, PS__ROLE__ROLE_WORKER) != s->opts.workers)
+    return;
+  uint32_t nserv = s->opts.servers;
+  uint64_t *begins = calloc((size_t)nserv + 1, sizeof(*begins));
+  /* servers >= 1 is checked at start; the spare entry only keeps static
+   * analysis from seeing a zero-size calloc. */
+  ps_range_t *ranges = calloc((size_t)nserv + 1, sizeof(*ranges));
+  int rc = begins && ranges ? ps_range_split(s->model.total, nserv, begins)
+                            : PS_ERR_NOMEM;
+  if (rc != PS_OK) {
+    /* Retried on the next registration change; nothing else can be done. */
+    PS_ERROR("range_split_failed", "servers=%u keys=%" PRIu64 " err=%s", nserv,
+             s->model.total, ps_err_name(rc));
+    free(begins);
+    free(ranges);
+    return;
+  }
+  uint32_t r = 0;
+  for (size_t i = 0; i < s->nnodes && r < nserv; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (n->role != PS__ROLE__ROLE_SERVER || !node_holds_slot(n)) continue;
+    ranges[r].begin = begins[r];
+    ranges[r].end = begins[r + 1];
+    ranges[r].server_id = n->id;
+    r++;
+  }
+  free(begins);
+  s->ranges = ranges;
+  s->nranges = nserv;
+  s->published = 1;
+  publish(s, "all_registered");
+  barrier_check_all(s);
+}
+
+/* ---- request handlers ----------------------------------------------- */
+
+/* Says how b differs from the job's model a, for the refusal. */
+static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
+                       size_t len) {
+  if (a->ntensors != b->ntensors) {
+    snprintf(out, len, "%zu tensors, the job's model has %zu", b->ntensors,
+             a->ntensors);
+    return;
+  }
+  for (size_t i = 0; i < a->ntensors; i++) {
+    const ps_tensor_spec_t *x = &a->tensors[i], *y = &b->tensors[i];
+    if (strcmp(x->name, y->name) != 0 || x->length != y->length ||
+        x->offset != y->offset) {
+      snprintf(out, len,
+               "tensor %zu is \"%s\" of %" PRIu64 " keys at %" PRIu64
+               ", the job's is \"%s\" of %" PRIu64 " keys at %" PRIu64,
+               i, y->name, y->length, y->offset, x->name, x->length, x->offset);
+      return;
+    }
+    if (x->init != y->init || x->init_scale != y->init_scale) {
+      snprintf(out, len,
+               "tensor \"%s\" init %d scale %g, the job's is init %d scale %g",
+               y->name, y->init, (double)y->init_scale, x->init,
+               (double)x->init_scale);
+      return;
+    }
+  }
+  if (a->optimizer != b->optimizer)
+    snprintf(out, len, "optimizer %d, the job's is %d", b->optimizer,
+             a->optimizer);
+  else if (a->learning_rate != b->learning_rate)
+    snprintf(out, len, "learning_rate %g, the job's is %g",
+             (double)b->learning_rate, (double)a->learning_rate);
+  else if (a->momentum != b->momentum)
+    snprintf(out, len, "momentum %g, the job's is %g", (double)b->momentum,
+             (double)a->momentum);
+  else if (a->seed != b->seed)
+    snprintf(out, len, "seed %" PRIu64 ", the job's is %" PRIu64, b->seed,
+             a->seed);
+  else
+    snprintf(out, len, "the model specs differ");
+}
+
+static int route_equal(const sched_node_t *n, ps_msg_t *m) {
+  return m->has_route && zmq_msg_size(&m->route) == n->route_len &&
+         memcmp(zmq_msg_data(&m->route), n->route, n->route_len) == 0;
+}
+
+static void node_touch(sched_node_t *n, ps_msg_t *m, int membership_link) {
+  n->last_seen_ms = ps_now_ms();
+  if (!membership_link || !m->has_route) return;
+  size_t len = zmq_msg_size(&m->route);
+  if (len == 0 || len > sizeof(n->route)) return;
+  memcpy(n->route, zmq_msg_data(&m->route), len);
+  n->route_len = len;
+}
+
+static void reply_registered(ps_sched_t *s, ps_msg_t *m,
+                             const sched_node_t *n) {
+  Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
+  rr.node_id = n->id;
+  rr.rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
+  rr.num_workers = s->opts.workers;
+  Ps__Envelope env;
+  envelope_init(s, &env, m->request_id);
+  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
+  env.register_reply = &rr;
+  reply(s, m, &env);
+}
+
+static int rank_taken(const ps_sched_t *s, uint32_t rank) {
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *n = &s->nodes[i];
+    if (n->role == PS__ROLE__ROLE_WORKER && node_holds_slot(n) &&
+        n->rank == rank)
+      return 1;
+  }
+  return 0;
+}
+
+static void handle_register(ps_sched_t *s, ps_msg_t *m) {
+  const Ps__Register *r = m->env->register_;
+  int role = r->role;
+  const char *addr = r->address ? r->address : "";
+  if (role != PS__ROLE__ROLE_SERVER && role != PS__ROLE__ROLE_WORKER) {
+    reply_error(s, m, PS_ERR_INVAL,
+                "only servers and workers register, not role %d (%s)", role,
+                role_name(role));
+    return;
+  }
+  if (strlen(addr) >= PS_ADDR_MAX) {
+    reply_error(s, m, PS_ERR_INVAL, "address of %zu bytes, the limit is %d",
+                strlen(addr), PS_ADDR_MAX - 1);
+    return;
+  }
+  /* A node retries Register until it hears back, so the same connection
+   * may ask twice: answer with what it already got. */
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (node_holds_slot(n) && n->role == role && route_equal(n, m) &&
+        strcmp(n->address, addr) == 0) {
+      node_touch(n, m, 1);
+      reply_registered(s, m, n);
+      return;
+    }
+  }
+  /* A worker whose model is not the job's is told so first: that is the
+   * mistake to fix, whatever else is wrong with its registration. */
+  if (role == PS__ROLE__ROLE_WORKER && s->has_model && r->model != NULL) {
+    ps_model_t declared;
+    char why[256];
+    memset(&declared, 0, sizeof(declared));
+    if (ps_model_from_pb(r->model, &declared, why, sizeof(why)) != PS_OK) {
+      reply_error(s, m, PS_ERR_INVAL, "bad model spec: %s", why);
+      return;
+    }
+    int same = ps_model_equal(&s->model, &declared);
+    if (!same) {
+      model_diff(&s->model, &declared, why, sizeof(why));
+      reply_error(s, m, PS_ERR_REFUSED,
+                  "model differs from the job's (declared by node %u): %s",
+                  s->model_node, why);
+    }
+    ps_model_clear(&declared);
+    if (!same) return;
+  }
+  if (s->published) {
+    reply_error(s, m, PS_ERR_REFUSED,
+                "the job is running (view epoch %" PRIu64
+                "); joining a running job is not supported yet",
+                s->epoch);
+    return;
+  }
+  if (role == PS__ROLE__ROLE_SERVER && addr[0] == '\0') {
+    reply_error(s, m, PS_ERR_INVAL,
+                "a server must advertise the address it serves on");
+    return;
+  }
+  if (addr[0] != '\0') {
+    for (size_t i = 0; i < s->nnodes; i++) {
+      sched_node_t *n = &s->nodes[i];
+      if (node_holds_slot(n) && n->role == role &&
+          strcmp(n->address, addr) == 0) {
+        reply_error(s, m, PS_ERR_REFUSED,
+                    "%s address %s is already registered as node %u; a "
+                    "restarted node cannot rejoin yet",
+                    role_name(role), addr, n->id);
+        return;
+      }
+    }
+  }
+  uint32_t expected =
+      role == PS__ROLE__ROLE_SERVER ? s->opts.servers : s->opts.workers;
+  if (count_slots(s, role) >= expected) {
+    reply_error(s, m, PS_ERR_REFUSED,
+                "all %u expected %ss are registered (--%ss=%u)", expected,
+                role_name(role), role_name(role), expected);
+    return;
+  }
+
+  ps_model_t model;
+  memset(&model, 0, sizeof(model));
+  uint32_t rank = 0;
+  if (role == PS__ROLE__ROLE_WORKER) {
+    char why[256];
+    if (r->model == NULL) {
+      reply_error(s, m, PS_ERR_INVAL, "a worker must declare its model");
+      return;
+    }
+    if (ps_model_from_pb(r->model, &model, why, sizeof(why)) != PS_OK) {
+      reply_error(s, m, PS_ERR_INVAL, "bad model spec: %s", why);
+      return;
+    }
+    if (s->has_model && !ps_model_equal(&s->model, &model)) {
+      model_diff(&s->model, &model, why, sizeof(why));
+      reply_error(s, m, PS_ERR_REFUSED,
+                  "model differs from the job's (declared by node %u): %s",
+                  s->model_node, why);
+      ps_model_clear(&model);
+      return;
+    }
+    if (r->rank != SCHED_RANK_ANY && r->rank < s->opts.workers &&
+        !rank_taken(s, r->rank)) {
+      rank = r->rank;
+    } else {
+      /* The slot count above guarantees a free rank. */
+      while (rank < s->opts.workers && rank_taken(s, rank)) rank++;
+      if (r->rank != SCHED_RANK_ANY)
+        PS_INFO("rank_reassigned", "requested=%u assigned=%u", r->rank, rank);
+    }
+  }
+
+  if (s->nnodes == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 8;
+    sched_node_t *nodes = realloc(s->nodes, cap * sizeof(*nodes));
+    if (nodes == NULL) {
+      ps_model_clear(&model);
+      reply_error(s, m, PS_ERR_NOMEM, "scheduler out of memory");
+      return;
+    }
+    s->nodes = nodes;
+    s->cap = cap;
+  }
+  sched_node_t *n = &s->nodes[s->nnodes];
+  memset(n, 0, sizeof(*n));
+  n->id = (uint32_t)++s->nnodes;
+  n->role = role;
+  n->state = PS__NODE_STATE__NODE_STATE_ALIVE;
+  n->rank = rank;
+  snprintf(n->address, sizeof(n->address), "%s", addr);
+  node_touch(n, m, 1);
+  if (role == PS__ROLE__ROLE_WORKER) {
+    if (s->has_model) {
+      ps_model_clear(&model);
+    } else {
+      s->model = model; /* takes the tensors */
+      s->has_model = 1;
+      s->model_node = n->id;
+    }
+  }
+  PS_INFO("node_registered",
+          "id=%u role=%s address=%s rank=%u servers=%u/%u "
+          "workers=%u/%u",
+          n->id, role_name(role), addr_or_dash(n->address), rank,
+          count_slots(s, PS__ROLE__ROLE_SERVER), s->opts.servers,
+          count_slots(s, PS__ROLE__ROLE_WORKER), s->opts.workers);
+  reply_registered(s, m, n);
+  maybe_publish_first(s);
+}
+
+/* The node a message claims to come from, with its last-seen time (and, for
+ * messages of its membership link, its route) refreshed; NULL (and an Error
+ * sent) if there is no such node. */
+static sched_node_t *sender_node(ps_sched_t *s, ps_msg_t *m) {
+  sched_node_t *n = node_by_id(s, m->env->sender);
+  if (n == NULL) {
+    reply_error(s, m, PS_ERR_REFUSED, "unknown node id %u: register first",
+                m->env->sender);
+    return NULL;
+  }
+  node_touch(n, m,
+             m->env->body_case == PS__ENVELOPE__BODY_HEARTBEAT ||
+                 m->env->body_case == PS__ENVELOPE__BODY_REGISTER);
+  return n;
+}
+
+static int epoch_current(ps_sched_t *s, ps_msg_t *m) {
+  uint64_t e = m->env->epoch;
+  if (e == 0 || e == s->epoch) return 1;
+  reply_error(s, m, PS_ERR_STALE_EPOCH,
+              "%s at epoch %" PRIu64 ", the current view is epoch %" PRIu64,
+              ps_body_name(m->env->body_case), e, s->epoch);
+  return 0;
+}
+
+static int require_state(ps_sched_t *s, ps_msg_t *m, sched_node_t *n,
+                         int role) {
+  if (n->role != role) {
+    reply_error(s, m, PS_ERR_REFUSED, "%s from node %u, a %s: only %ss send it",
+                ps_body_name(m->env->body_case), n->id, role_name(n->role),
+                role_name(role));
+    return 0;
+  }
+  if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) {
+    reply_error(s, m, PS_ERR_REFUSED, "%s from node %u, which is %s",
+                ps_body_name(m->env->body_case), n->id, state_name(n->state));
+    return 0;
+  }
+  return 1;
+}
+
+static void handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
+  sched_node_t *n = sender_node(s, m);
+  if (n == NULL) return;
+  if (!node_holds_slot(n)) {
+    /* A node declared dead must not go on as if nothing happened: the
+     * cluster already moved on without it. */
+    reply_error(s, m, PS_ERR_REFUSED,
+                "node %u is %s; restart it to join a new job", n->id,
+                state_name(n->state));
+    return;
+  }
+  n->clock = m->env->heartbeat->clock;
+  if (m->env->epoch > s->epoch) {
+    reply_error(s, m, PS_ERR_STALE_EPOCH,
+                "heartbeat at epoch %" PRIu64
+                " is ahead of the scheduler's epoch %" PRIu64,
+                m->env->epoch, s->epoch);
+    return;
+  }
+  /* The Ack is how the node knows the scheduler is still there. */
+  reply_ack(s, m, n->clock);
+  if (s->published && m->env->epoch < s->epoch) send_view(s, n);
+}
+
+static void handle_barrier(ps_sched_t *s, ps_msg_t *m) {
+  sched_node_t *n = sender_node(s, m);
+  if (n == NULL || !epoch_current(s, m) ||
+      !require_state(s, m, n, PS__ROLE__ROLE_WORKER))
+    return;
+  const char *name = m->env->barrier->name ? m->env->barrier->name : "";
+  size_t len = strlen(name);
+  if (len == 0 || len > SCHED_BARRIER_NAME_MAX) {
+    reply_error(s, m, PS_ERR_INVAL,
+                "barrier name of %zu bytes, expected 1 to %d", len,
+                SCHED_BARRIER_NAME_MAX);
+    return;
+  }
+  char *copy = strdup(name);
+  if (copy == NULL) {
+    reply_error(s, m, PS_ERR_NOMEM, "scheduler out of memory");
+    return;
+  }
+  barrier_leave(n); /* a worker waits in one barrier at a time */
+  n->barrier = copy;
+  n->barrier_request_id = m->request_id;
+  n->barrier_route_len = 0;
+  if (m->has_route && zmq_msg_size(&m->route) <= sizeof(n->barrier_route)) {
+    n->barrier_route_len = zmq_msg_size(&m->route);
+    memcpy(n->barrier_route, zmq_msg_data(&m->route), n->barrier_route_len);
+  }
+  PS_DEBUG("barrier_enter", "id=%u name=%s", n->id, name);
+  barrier_check(s, copy);
+}
+
+static void handle_done(ps_sched_t *s, ps_msg_t *m) {
+  sched_node_t *n = sender_node(s, m);
+  if (n == NULL || !epoch_current(s, m)) return;
+  if (n->role == PS__ROLE__ROLE_WORKER &&
+      n->state == PS__NODE_STATE__NODE_STATE_DONE) {
+    reply_ack(s, m, n->clock); /* a resent Done */
+    return;
+  }
+  if (!require_state(s, m, n, PS__ROLE__ROLE_WORKER)) return;
+  if (!s->published) {
+    reply_error(s, m, PS_ERR_NOT_READY,
+                "done before the job started: the view is not published");
+    return;
+  }
+  n->state = PS__NODE_STATE__NODE_STATE_DONE;
+  barrier_leave(n);
+  PS_INFO("worker_done", "id=%u rank=%u clock=%" PRIu64 " live_workers=%u",
+          n->id, n->rank, n->clock, live_workers(s));
+  reply_ack(s, m, n->clock);
+  if (check_job_finished(s)) return;
+  publish(s, "worker_done");
+  barrier_check_all(s);
+}
+
+static void handle_leave(ps_sched_t *s, ps_msg_t *m) {
+  sched_node_t *n = sender_node(s, m);
+  if (n == NULL) return;
+  const char *why = m->env->shutdown->reason ? m->env->shutdown->reason : "";
+  n->state = PS__NODE_STATE__NODE_STATE_LEFT;
+  barrier_leave(n);
+  PS_INFO("node_left", "id=%u role=%s address=%s reason=\"%s\"", n->id,
+          role_name(n->role), addr_or_dash(n->address), why);
+  char reason[512];
+  snprintf(reason, sizeof(reason), "node %u left: %s", n->id,
+           why[0] ? why : "no reason given");
+  ps_sched_stop(s, reason);
+}
+
+static void handle_status(ps_sched_t *s, ps_msg_t *m) {
+  if (!epoch_current(s, m)) return;
+  view_pb_t v;
+  if (view_pb_build(s, &v) != PS_OK) {
+    reply_error(s, m, PS_ERR_NOMEM, "scheduler out of memory");
+    return;
+  }
+  Ps__Status st = PS__STATUS__INIT;
+  st.view = &v.view;
+  st.uptime_ms = ps_now_ms() - s->start_ms;
+  st.expected_servers = s->opts.servers;
+  st.expected_workers = s->opts.workers;
+  Ps__Envelope env;
+  envelope_init(s, &env, m->request_id);
+  env.body_case = PS__ENVELOPE__BODY_STATUS;
+  env.status = &st;
+  reply(s, m, &env);
+  view_pb_free(&v);
+}
+
+static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
+                       const char *reason, void *arg) {
+  ps_sched_t *s = arg;
+  if (s->finished) {
+    ps_msg_close(m);
+    return;
+  }
+  if (status != PS_OK) {
+    PS_WARN("bad_message", "err=%s reason=\"%s\"", ps_err_name(status), reason);
+    void *sock = sched_socket(s);
+    if (sock && m->has_route)
+      ps_msg_reply_error(sock, m, s->epoch, 0, status, "%s", reason);
+    ps_msg_close(m);
+    return;
+  }
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_REGISTER:
+      handle_register(s, m);
+      break;
+    case PS__ENVELOPE__BODY_HEARTBEAT:
+      handle_heartbeat(s, m);
+      break;
+    case PS__ENVELOPE__BODY_BARRIER:
+      handle_barrier(s, m);
+      break;
+    case PS__ENVELOPE__BODY_DONE:
+      handle_done(s, m);
+      break;
+    case PS__ENVELOPE__BODY_SHUTDOWN:
+      handle_leave(s, m);
+      break;
+    case PS__ENVELOPE__BODY_STATUS_REQUEST:
+      handle_status(s, m);
+      break;
+    default:
+      reply_error(s, m, PS_ERR_UNSUPPORTED, "the scheduler does not take %s",
+                  ps_body_name(m->env->body_case));
+      break;
+  }
+  ps_msg_close(m);
+}
+
+/* ---- timers and signals --------------------------------------------- */
+
+static void on_check(uv_timer_t *t) {
+  ps_sched_t *s = t->data;
+  uint64_t now = ps_now_ms();
+  uint64_t limit = (uint64_t)s->opts.heartbeat_timeout_ms;
+  int changed = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    /* Done workers may stop heartbeating: only the living can die. */
+    if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
+    uint64_t silent = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
+    if (silent < limit) continue;
+    n->state = PS__NODE_STATE__NODE_STATE_DEAD;
+    barrier_leave(n);
+    changed = 1;
+    PS_WARN("node_dead",
+            "id=%u role=%s address=%s silent_ms=%" PRIu64 " epoch=%" PRIu64,
+            n->id, role_name(n->role), addr_or_dash(n->address), silent,
+            s->epoch);
+    if (n->role == PS__ROLE__ROLE_SERVER && s->published)
+      PS_WARN("server_lost", "id=%u address=%s failover=unsupported", n->id,
+              addr_or_dash(n->address));
+  }
+  /* Before the first view a dead node only frees its slot, so that its
+   * restart (or a replacement) can register. */
+  if (!changed || !s->published) return;
+  if (check_job_finished(s)) return;
+  publish(s, "node_dead");
+  barrier_check_all(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  ps_sched_t *s = h->data;
+  char reason[64];
+  snprintf(reason, sizeof(reason), "scheduler received %s",
+           signum == SIGINT ? "SIGINT" : "SIGTERM");
+  ps_sched_stop(s, reason);
+}
+
+/* ---- life cycle ----------------------------------------------------- */
+
+ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
+                         const ps_sched_opts_t *opts, int *err, char *errbuf,
+                         size_t errlen) {
+  int dummy;
+  if (err == NULL) err = &dummy;
+  char sink[8];
+  if (errbuf == NULL || errlen == 0) {
+    errbuf = sink;
+    errlen = sizeof(sink);
+  }
+  *err = PS_ERR_INVAL;
+  if (opts->bind == NULL || opts->bind[0] == '\0') {
+    snprintf(errbuf, errlen, "bind: an endpoint is required");
+    return NULL;
+  }
+  if (opts->servers < 1 || opts->workers < 1) {
+    snprintf(errbuf, errlen, "servers=%u workers=%u: each must be >= 1",
+             opts->servers, opts->workers);
+    return NULL;
+  }
+  if (opts->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
+      opts->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+    snprintf(errbuf, errlen, "mode %d is neither bsp nor asp", opts->mode);
+    return NULL;
+  }
+  if (opts->heartbeat_timeout_ms <= 0) {
+    snprintf(errbuf, errlen, "heartbeat-timeout-ms %d: must be > 0",
+             opts->heartbeat_timeout_ms);
+    return NULL;
+  }
+  ps_sched_t *s = calloc(1, sizeof(*s));
+  if (s == NULL) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errbuf, errlen, "out of memory");
+    return NULL;
+  }
+  s->loop = loop;
+  s->opts = *opts;
+  s->opts.bind = NULL; /* not kept: only the resolved endpoint is */
+  s->start_ms = ps_now_ms();
+  s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, NULL,
+                       on_message, s, err, errbuf, errlen);
+  if (s->zs == NULL) {
+    free(s);
+    return NULL;
+  }
+  snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->zs));
+
+  /* Checking a few times per timeout bounds how late a death is noticed. */
+  uint64_t every = (uint64_t)opts->heartbeat_timeout_ms / 4;
+  if (every < 10) every = 10;
+  if (every > 500) every = 500;
+  uv_timer_init(loop, &s->check_timer);
+  s->check_timer.data = s;
+  s->open_handles++;
+  uv_timer_start(&s->check_timer, on_check, every, every);
+  if (opts->handle_signals) {
+    uv_signal_init(loop, &s->sigterm);
+    uv_signal_init(loop, &s->sigint);
+    s->sigterm.data = s;
+    s->sigint.data = s;
+    s->open_handles += 2;
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+  }
+  PS_INFO("listening",
+          "endpoint=%s servers=%u workers=%u mode=%s "
+          "heartbeat_timeout_ms=%d",
+          s->endpoint, opts->servers, opts->workers, mode_name(opts->mode),
+          opts->heartbeat_timeout_ms);
+  *err = PS_OK;
+  return s;
+}
+
+const char *ps_sched_endpoint(const ps_sched_t *s) {
+  return s->endpoint;
+}
+
+int ps_sched_finished(const ps_sched_t *s) {
+  return s->finished;
+}
+
+uint64_t ps_sched_epoch(const ps_sched_t *s) {
+  return s->epoch;
+}
+
+void ps_sched_destroy(ps_sched_t **s_p) {
+  ps_sched_t *s = *s_p;
+  if (s == NULL) return;
+  *s_p = NULL;
+  s->destroy_requested = 1;
+  close_handles(s, 0);
+  if (s->open_handles == 0) sched_free(s);
+}

@@ -1,0 +1,62 @@
+/* The scheduler: membership, the cluster view, barriers and the admin API.
+ *
+ * One ROUTER socket on a uv loop. Servers and workers register (node ids from
+ * 1, ranks for workers, the job's model from the first worker), heartbeat,
+ * enter barriers and report Done; psctl asks for Status. Once every expected
+ * server and worker has registered, the key space is cut into one range per
+ * server and the view (epoch 1) goes to every node; every membership change
+ * after that (a node declared dead, a worker done) publishes epoch + 1.
+ *
+ * When the job ends (every worker done or dead, at least one done), a node
+ * leaves, ps_sched_stop is called, or (with handle_signals) SIGTERM/SIGINT
+ * arrives, the scheduler sends Shutdown to every node and closes all its
+ * handles, so the uv_run that drives it returns. The socket's linger is set
+ * so that the Shutdown messages still leave while the caller terminates the
+ * ZeroMQ context.
+ *
+ * Loop thread only: create it, stop it and destroy it on the thread that
+ * runs the loop (or before that thread starts / after it ended).
+ */
+#ifndef PS_SCHEDULER_H
+#define PS_SCHEDULER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct ps_sched_s ps_sched_t;
+
+typedef struct {
+  const char *bind;         /* "tcp://127.0.0.1:7000"; a "*" port is fine */
+  uint32_t servers;         /* expected servers, >= 1 */
+  uint32_t workers;         /* expected workers, >= 1 */
+  int mode;                 /* PS__CONSISTENCY_MODE__* */
+  int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */
+  int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
+} ps_sched_opts_t;
+
+/* Binds the socket and starts the timers on loop. Returns NULL with *err and
+ * errbuf set on a bad option or a bind failure. Caller owns the result;
+ * opts->bind is copied. */
+ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
+                         const ps_sched_opts_t *opts, int *err, char *errbuf,
+                         size_t errlen);
+
+/* The endpoint actually bound, with the port resolved; valid until destroy. */
+const char *ps_sched_endpoint(const ps_sched_t *s);
+
+/* Sends Shutdown{reason} to every node and closes the scheduler's handles.
+ * Does nothing if the scheduler is already shutting down. */
+void ps_sched_stop(ps_sched_t *s, const char *reason);
+
+/* 1 once the scheduler has shut the cluster down (job finished, a node left,
+ * a signal, ps_sched_stop), else 0. */
+int ps_sched_finished(const ps_sched_t *s);
+
+/* The current view epoch; 0 before the first view. */
+uint64_t ps_sched_epoch(const ps_sched_t *s);
+
+/* Stops everything that still runs; the memory is freed once the loop has
+ * run the close callbacks (at once if they already ran). Sets *s_p to NULL. */
+void ps_sched_destroy(ps_sched_t **s_p);
+
+#endif

@@ -1,0 +1,304 @@
+/* Bad input to a live server and a live scheduler: garbage bytes, a
+ * truncated header, a length that disagrees with its frame, an unknown
+ * tensor, a wrong epoch. Each is answered with an Error, and each daemon
+ * still serves the next good request.
+ *
+ * The test itself plays the single worker of the job over the real protocol,
+ * so the cluster publishes a view and the server holds a model. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/frame.h"
+#include "harness.h"
+
+#define NKEYS 64
+
+static h_cluster_t c;
+static void *ctx, *sched, *server;
+static uint32_t node_id;
+static uint64_t epoch;
+static uint64_t next_req = 1;
+
+static void *dealer(const char *ep) {
+  void *s = zmq_socket(ctx, ZMQ_DEALER);
+  int zero = 0;
+  zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+  ck_assert_int_eq(zmq_connect(s, ep), 0);
+  return s;
+}
+
+/* Waits (bounded) for one message; PS_ERR_TIMEOUT if none came. */
+static int recv_msg(void *s, ps_msg_t *m, int timeout_ms) {
+  zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+  if (zmq_poll(&it, 1, timeout_ms) != 1) return PS_ERR_TIMEOUT;
+  char err[256];
+  int rc = ps_msg_recv(s, 0, NULL, m, err, sizeof(err));
+  ck_assert_msg(rc == PS_OK, "reply did not validate: %s", err);
+  return rc;
+}
+
+/* Receives until a message answering req arrives (skipping unsolicited
+ * views), within the deadline. */
+static void recv_reply(void *s, uint64_t req, ps_msg_t *m) {
+  uint64_t end = h_now_ms() + 5000;
+  for (;;) {
+    uint64_t now = h_now_ms();
+    ck_assert_msg(now < end, "no reply to request %llu within 5 s",
+                  (unsigned long long)req);
+    if (recv_msg(s, m, (int)(end - now)) != PS_OK) continue;
+    if (m->request_id == req) return;
+    ps_msg_close(m);
+  }
+}
+
+static void expect_error(void *s, uint64_t req, int code, const char *what) {
+  ps_msg_t m;
+  recv_reply(s, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ERROR,
+                "%s: expected an Error, got %s", what,
+                ps_body_name(m.env->body_case));
+  ck_assert_msg(m.env->error->code == code, "%s: error %s (%s), expected %s",
+                what, ps_err_name(m.env->error->code), m.env->error->message,
+                ps_err_name(code));
+  ck_assert_msg(m.env->error->message[0] != '\0', "%s: empty message", what);
+  fprintf(stderr, "bad_input %s -> %s: %s\n", what,
+          ps_err_name(m.env->error->code), m.env->error->message);
+  ps_msg_close(&m);
+}
+
+static Ps__Envelope envelope(Ps__Envelope__BodyCase body) {
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = next_req++;
+  env.sender = node_id;
+  env.epoch = epoch;
+  env.body_case = body;
+  return env;
+}
+
+static void raw_send(void *s, const void *data, size_t n, int more) {
+  ck_assert_int_ge(zmq_send(s, data, n, more ? ZMQ_SNDMORE : 0), 0);
+}
+
+/* The packed header of a push with this request id: error replies to
+ * undecodable headers carry request id 0, decodable ones echo it. */
+static size_t pack_push(uint8_t *buf, uint64_t req, uint64_t begin,
+                        uint64_t count, uint64_t ep) {
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = begin;
+  p.count = count;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  env.request_id = req;
+  env.sender = node_id;
+  env.epoch = ep;
+  env.body_case = PS__ENVELOPE__BODY_PUSH;
+  env.push = &p;
+  return ps__envelope__pack(&env, buf);
+}
+
+static void setup(void) {
+  h_init(&c, "bad_input");
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "1", "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  h_spawn(&c, "server", "ps-server", "--scheduler", c.sched_ep, NULL);
+  ctx = zmq_ctx_new();
+  sched = dealer(c.sched_ep);
+
+  /* Register as the job's only worker with a one-tensor model. */
+  Ps__TensorSpec t = PS__TENSOR_SPEC__INIT;
+  t.name = "w";
+  t.offset = 0;
+  t.length = NKEYS;
+  t.init = PS__INIT__INIT_UNIFORM;
+  t.init_scale = 0.5f;
+  Ps__TensorSpec *tp = &t;
+  Ps__ModelSpec model = PS__MODEL_SPEC__INIT;
+  model.n_tensors = 1;
+  model.tensors = &tp;
+  model.learning_rate = 0.5f;
+  model.seed = 7;
+  Ps__Register reg = PS__REGISTER__INIT;
+  reg.role = PS__ROLE__ROLE_WORKER;
+  reg.model = &model;
+  reg.rank = 0xffffffffu;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_REGISTER);
+  env.register_ = &reg;
+  ck_assert_int_eq(ps_msg_send(sched, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(sched, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_REGISTER_REPLY,
+                "register answered with %s", ps_body_name(m.env->body_case));
+  node_id = m.env->register_reply->node_id;
+  ps_msg_close(&m);
+
+  /* The view comes once the server registered too. */
+  uint64_t end = h_now_ms() + 30000;
+  char server_ep[256] = "";
+  while (server_ep[0] == '\0') {
+    ck_assert_msg(h_now_ms() < end, "no view within 30 s");
+    if (recv_msg(sched, &m, 1000) != PS_OK) continue;
+    if (m.env->body_case == PS__ENVELOPE__BODY_VIEW) {
+      Ps__View *v = m.env->view;
+      epoch = v->epoch;
+      ck_assert_uint_eq(v->n_ranges, 1);
+      for (size_t i = 0; i < v->n_nodes; i++)
+        if (v->nodes[i]->id == v->ranges[0]->server_id)
+          snprintf(server_ep, sizeof(server_ep), "%s", v->nodes[i]->address);
+    }
+    ps_msg_close(&m);
+  }
+  ck_assert_uint_ge(epoch, 1);
+  server = dealer(server_ep);
+}
+
+static void teardown(void) {
+  zmq_close(sched);
+  zmq_close(server);
+  zmq_ctx_term(ctx);
+  h_kill_all(&c);
+}
+
+/* A good pull of the whole tensor: the server is still serving. */
+static void expect_server_serves(void) {
+  Ps__Pull p = PS__PULL__INIT;
+  p.key_begin = 0;
+  p.count = NKEYS;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PULL);
+  env.pull = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(server, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_PULL_REPLY,
+                "good pull answered with %s", ps_body_name(m.env->body_case));
+  ck_assert_uint_eq(m.env->pull_reply->count, NKEYS);
+  ck_assert_uint_eq(zmq_msg_size(&m.payload[0]), NKEYS * sizeof(float));
+  ps_msg_close(&m);
+}
+
+/* A good status request: the scheduler is still serving. */
+static void expect_scheduler_serves(void) {
+  Ps__StatusRequest sr = PS__STATUS_REQUEST__INIT;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_STATUS_REQUEST);
+  env.status_request = &sr;
+  ck_assert_int_eq(ps_msg_send(sched, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(sched, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_STATUS,
+                "status answered with %s", ps_body_name(m.env->body_case));
+  ck_assert_uint_eq(m.env->status->view->epoch, epoch);
+  ps_msg_close(&m);
+}
+
+static void check_garbage(void *s, void (*serves)(void)) {
+  raw_send(s, "\x0a\xff\xff\xff\xffGARBAGE", 12, 0);
+  expect_error(s, 0, PS_ERR_PROTO, "garbage");
+  serves();
+}
+
+static void check_truncated(void *s, void (*serves)(void)) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 0, 0, NKEYS, epoch);
+  raw_send(s, buf, n - 4, 0);
+  expect_error(s, 0, PS_ERR_PROTO, "truncated header");
+  serves();
+}
+
+static void check_length(void *s, void (*serves)(void)) {
+  uint8_t buf[128];
+  uint64_t req = next_req++;
+  size_t n = pack_push(buf, req, 0, NKEYS, epoch);
+  raw_send(s, buf, n, 1);
+  float vals[NKEYS - 1] = {0};
+  raw_send(s, vals, sizeof(vals), 0);
+  expect_error(s, req, PS_ERR_PROTO, "length disagrees with frame");
+  serves();
+}
+
+START_TEST(server_refuses_bad_input) {
+  check_garbage(server, expect_server_serves);
+  check_truncated(server, expect_server_serves);
+  check_length(server, expect_server_serves);
+
+  /* A push to keys no server holds: an unknown tensor. */
+  float vals[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  zmq_msg_t payload;
+  ps_payload_wrap(&payload, vals, sizeof(vals), NULL, NULL);
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = NKEYS + 1000;
+  p.count = 8;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  expect_error(server, env.request_id, PS_ERR_UNKNOWN_KEY, "unknown tensor");
+  expect_server_serves();
+
+  /* A push under an epoch the cluster never had. */
+  ps_payload_wrap(&payload, vals, sizeof(vals), NULL, NULL);
+  p.key_begin = 0;
+  env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  env.epoch = epoch + 41;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  expect_error(server, env.request_id, PS_ERR_STALE_EPOCH, "wrong epoch");
+  expect_server_serves();
+}
+END_TEST
+
+START_TEST(scheduler_refuses_bad_input) {
+  check_garbage(sched, expect_scheduler_serves);
+  check_truncated(sched, expect_scheduler_serves);
+  check_length(sched, expect_scheduler_serves);
+
+  /* A second worker declaring a model with a tensor the job does not have. */
+  Ps__TensorSpec t = PS__TENSOR_SPEC__INIT;
+  t.name = "no.such.tensor";
+  t.length = NKEYS;
+  Ps__TensorSpec *tp = &t;
+  Ps__ModelSpec model = PS__MODEL_SPEC__INIT;
+  model.n_tensors = 1;
+  model.tensors = &tp;
+  Ps__Register reg = PS__REGISTER__INIT;
+  reg.role = PS__ROLE__ROLE_WORKER;
+  reg.model = &model;
+  reg.rank = 0xffffffffu;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_REGISTER);
+  env.register_ = &reg;
+  env.sender = 0;
+  env.epoch = 0;
+  void *other = dealer(c.sched_ep); /* another worker process */
+  ck_assert_int_eq(ps_msg_send(other, NULL, &env, NULL, 0), PS_OK);
+  expect_error(other, env.request_id, PS_ERR_REFUSED, "unknown tensor");
+  zmq_close(other);
+  expect_scheduler_serves();
+
+  /* A barrier under an epoch the cluster never had. */
+  Ps__Barrier b = PS__BARRIER__INIT;
+  b.name = "start";
+  env = envelope(PS__ENVELOPE__BODY_BARRIER);
+  env.barrier = &b;
+  env.epoch = epoch + 41;
+  ck_assert_int_eq(ps_msg_send(sched, NULL, &env, NULL, 0), PS_OK);
+  expect_error(sched, env.request_id, PS_ERR_STALE_EPOCH, "wrong epoch");
+  expect_scheduler_serves();
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("bad_input");
+  TCase *tc = tcase_create("bad_input");
+  tcase_set_timeout(tc, 120);
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, server_refuses_bad_input);
+  tcase_add_test(tc, scheduler_refuses_bad_input);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,315 @@
+/* Framing: encode/decode over a real inproc ROUTER/DEALER pair, and every
+ * rejection path of ps_msg_recv. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/frame.h"
+
+static void *ctx, *router, *dealer;
+
+static void setup(void) {
+  ctx = zmq_ctx_new();
+  router = zmq_socket(ctx, ZMQ_ROUTER);
+  dealer = zmq_socket(ctx, ZMQ_DEALER);
+  ck_assert_int_eq(zmq_bind(router, "inproc://frame"), 0);
+  ck_assert_int_eq(zmq_connect(dealer, "inproc://frame"), 0);
+}
+
+static void teardown(void) {
+  int zero = 0;
+  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_close(router);
+  zmq_close(dealer);
+  zmq_ctx_term(ctx);
+}
+
+/* Waits (bounded) until the router has a message, then receives it. */
+static int recv_router(ps_msg_t *m, const ps_frame_limits_t *lim, char *err) {
+  zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 2000), 1);
+  return ps_msg_recv(router, 1, lim, m, err, 256);
+}
+
+static void send_raw(const void *data, size_t n, int more) {
+  ck_assert_int_ge(zmq_send(dealer, data, n, more ? ZMQ_SNDMORE : 0), 0);
+}
+
+static size_t pack_push(uint8_t *buf, uint64_t count, uint32_t version) {
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = 16;
+  p.count = count;
+  p.clock = 3;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = version;
+  env.request_id = 77;
+  env.body_case = PS__ENVELOPE__BODY_PUSH;
+  env.push = &p;
+  return ps__envelope__pack(&env, buf);
+}
+
+START_TEST(push_roundtrip_zero_copy) {
+  float *vals = malloc(64 * sizeof(float));
+  for (int i = 0; i < 64; i++) vals[i] = (float)i;
+  zmq_msg_t payload;
+  ck_assert_int_eq(
+      ps_payload_wrap(&payload, vals, 64 * sizeof(float), NULL, NULL), PS_OK);
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = 128;
+  p.count = 64;
+  p.clock = 9;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = 42;
+  env.sender = 5;
+  env.epoch = 2;
+  env.body_case = PS__ENVELOPE__BODY_PUSH;
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(dealer, NULL, &env, &payload, 1), PS_OK);
+
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_OK);
+  ck_assert(m.has_route);
+  ck_assert_int_eq(m.request_id, 42);
+  ck_assert_int_eq(m.env->sender, 5);
+  ck_assert_int_eq(m.env->epoch, 2);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_PUSH);
+  ck_assert_int_eq(m.env->push->key_begin, 128);
+  ck_assert_int_eq(m.npayload, 1);
+  const float *got = zmq_msg_data(&m.payload[0]);
+  for (int i = 0; i < 64; i++) ck_assert_float_eq(got[i], (float)i);
+
+  /* A reply routed back with the received identity reaches the dealer. */
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = 10;
+  Ps__Envelope rep = PS__ENVELOPE__INIT;
+  rep.request_id = m.request_id;
+  rep.body_case = PS__ENVELOPE__BODY_ACK;
+  rep.ack = &ack;
+  ck_assert_int_eq(ps_msg_send(router, &m.route, &rep, NULL, 0), PS_OK);
+  ps_msg_close(&m);
+  zmq_pollitem_t it = {dealer, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 2000), 1);
+  ps_msg_t r;
+  ck_assert_int_eq(ps_msg_recv(dealer, 0, NULL, &r, err, sizeof(err)), PS_OK);
+  ck_assert(!r.has_route);
+  ck_assert_int_eq(r.request_id, 42);
+  ck_assert_int_eq(r.env->ack->clock, 10);
+  ps_msg_close(&r);
+  free(vals);
+}
+END_TEST
+
+START_TEST(garbage_header_refused) {
+  send_raw("\xff\xff\xff\xff garbage", 13, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert(m.has_route); /* so the caller can still answer with an Error */
+  ck_assert_ptr_null(m.env);
+  ck_assert_ptr_nonnull(strstr(err, "not a ps.Envelope"));
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(truncated_header_refused) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 4, PS_PROTOCOL_VERSION);
+  send_raw(buf, n - 3, 1);
+  float vals[4] = {0};
+  send_raw(vals, sizeof(vals), 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_ptr_null(m.env);
+  ps_msg_close(&m);
+  /* The bad message's payload frame was consumed with it. */
+  zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 50), 0);
+}
+END_TEST
+
+START_TEST(length_disagrees_with_frame) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 8, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 1);
+  float vals[7] = {0};
+  send_raw(vals, sizeof(vals), 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(m.env);
+  ck_assert_int_eq(m.request_id, 77);
+  ck_assert_ptr_nonnull(strstr(err, "28 bytes"));
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(missing_payload_refused) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 8, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "0 payload frames"));
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(extra_payload_refused) {
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
+  env.heartbeat = &hb;
+  uint8_t buf[64];
+  size_t n = ps__envelope__pack(&env, buf);
+  send_raw(buf, n, 1);
+  send_raw("xxxx", 4, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(too_many_frames_refused) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 1, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 1);
+  for (int i = 0; i < PS_MAX_PAYLOAD_FRAMES + 3; i++)
+    send_raw("abcd", 4, i + 1 < PS_MAX_PAYLOAD_FRAMES + 3);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ps_msg_close(&m);
+  zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 50), 0);
+}
+END_TEST
+
+START_TEST(wrong_version_refused) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 1, PS_PROTOCOL_VERSION + 1);
+  send_raw(buf, n, 1);
+  send_raw("abcd", 4, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_VERSION);
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(no_body_refused) {
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  uint8_t buf[64];
+  size_t n = ps__envelope__pack(&env, buf);
+  send_raw(buf, n ? n : 0, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "no body"));
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(limits_enforced) {
+  ps_frame_limits_t lim = {.max_header_bytes = 1 << 20,
+                           .max_payload_bytes = 16};
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 5, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 1);
+  float vals[5] = {0};
+  send_raw(vals, sizeof(vals), 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, &lim, err), PS_ERR_TOO_BIG);
+  ps_msg_close(&m);
+
+  lim.max_header_bytes = 4;
+  lim.max_payload_bytes = 1 << 20;
+  n = pack_push(buf, 1, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 1);
+  send_raw(vals, 4, 0);
+  ck_assert_int_eq(recv_router(&m, &lim, err), PS_ERR_TOO_BIG);
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(zero_count_refused) {
+  uint8_t buf[128];
+  size_t n = pack_push(buf, 0, PS_PROTOCOL_VERSION);
+  send_raw(buf, n, 1);
+  send_raw("", 0, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ps_msg_close(&m);
+}
+END_TEST
+
+START_TEST(error_reply_carries_request) {
+  send_raw("junk", 4, 0);
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_int_eq(ps_msg_reply_error(router, &m, 3, 1, PS_ERR_PROTO,
+                                      "bad: %s", err),
+                   PS_OK);
+  ps_msg_close(&m);
+  zmq_pollitem_t it = {dealer, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 2000), 1);
+  ps_msg_t r;
+  ck_assert_int_eq(ps_msg_recv(dealer, 0, NULL, &r, err, sizeof(err)), PS_OK);
+  ck_assert_int_eq(r.env->body_case, PS__ENVELOPE__BODY_ERROR);
+  ck_assert_int_eq(r.env->error->code, PS_ERR_PROTO);
+  ck_assert_int_eq(r.env->epoch, 3);
+  ck_assert_ptr_nonnull(strstr(r.env->error->message, "bad:"));
+  ps_msg_close(&r);
+}
+END_TEST
+
+START_TEST(recv_without_message_is_timeout) {
+  ps_msg_t m;
+  char err[256];
+  ck_assert_int_eq(ps_msg_recv(router, 1, NULL, &m, err, sizeof(err)),
+                   PS_ERR_TIMEOUT);
+}
+END_TEST
+
+START_TEST(body_names) {
+  ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PUSH), "push");
+  ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PULL_REPLY), "pull_reply");
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("frame");
+  TCase *tc = tcase_create("frame");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, push_roundtrip_zero_copy);
+  tcase_add_test(tc, garbage_header_refused);
+  tcase_add_test(tc, truncated_header_refused);
+  tcase_add_test(tc, length_disagrees_with_frame);
+  tcase_add_test(tc, missing_payload_refused);
+  tcase_add_test(tc, extra_payload_refused);
+  tcase_add_test(tc, too_many_frames_refused);
+  tcase_add_test(tc, wrong_version_refused);
+  tcase_add_test(tc, no_body_refused);
+  tcase_add_test(tc, limits_enforced);
+  tcase_add_test(tc, zero_count_refused);
+  tcase_add_test(tc, error_reply_carries_request);
+  tcase_add_test(tc, recv_without_message_is_timeout);
+  tcase_add_test(tc, body_names);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,1297 @@
+/* libps-client: see client.h.
+ *
+ * Two threads touch a client:
+ *  - the background thread runs a uv loop with the ps_member (registration,
+ *    heartbeats, views, Shutdown) so the scheduler hears from this worker
+ *    while the caller is busy computing;
+ *  - the calling thread runs the data plane (one DEALER per server), the
+ *    barrier socket to the scheduler, and everything in client.h.
+ *
+ * What crosses between them is tiny: the registration result, the newest
+ * view, the shutdown reason, and from the caller the stop/Done requests and
+ * the clock. It sits in `shared` behind one mutex and condvar instead of a
+ * message queue because the caller only ever wants the newest view (a queue
+ * would hold views nobody reads) and ps_client_new must block for
+ * "registered and a view" with a deadline, which a condvar does directly.
+ * Views arrive every few seconds at most, so the lock is never contended
+ * in a way that shows. The background thread also writes an eventfd on
+ * every view and shutdown, so a caller waiting in zmq_poll on data sockets
+ * wakes at once instead of at the end of its poll slice.
+ *
+ * Pushes hand the caller's values to ZeroMQ without a copy. That is safe
+ * while the call runs (the caller keeps values unchanged), but a call that
+ * fails may leave frames queued in ZeroMQ for a server that never took them,
+ * and the caller is free to reuse the memory once we return. So every
+ * wrapped frame carries a free callback that counts it back, and a push
+ * returns only when ZeroMQ has let go of all of them (closing the sockets
+ * that still hold some; see ps__payload_settle).
+ */
+#include "worker/client.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/member.h"
+#include "common/time.h"
+#include "common/transport.h"
+#include "common/view.h"
+
+/* zmq_poll never sleeps longer than this, so shutdown, new views and the
+ * deadline are noticed promptly even if the eventfd wake-up were lost. */
+#define PS__POLL_SLICE_MS 50
+/* Requests in flight per server. One call sends one piece per server today;
+ * chunked calls will keep up to this many per server outstanding. */
+#define PS__WINDOW 8
+/* A server that answers STALE_EPOCH with an older epoch than ours has not
+ * received the new view yet: resend after this pause. */
+#define PS__STALE_RETRY_MS 20
+/* Long enough for a Barrier/Done queued on the scheduler socket to leave
+ * when the client is destroyed, short enough not to hold up exit when the
+ * scheduler is gone. */
+#define PS__SCHED_LINGER_MS 1000
+/* After the last reply, ZeroMQ's I/O thread may still hold acked frames for
+ * a moment; past this, sockets holding frames are closed to free them. */
+#define PS__RELEASE_GRACE_MS 100
+#define PS__ERRMSG_MAX 512
+
+typedef enum {
+  PS__PIECE_QUEUED,     /* split off, not sent yet */
+  PS__PIECE_SENT,       /* waiting for the reply to request_id */
+  PS__PIECE_STALE,      /* refused for its epoch; resend on a newer view */
+  PS__PIECE_DONE,       /* answered */
+  PS__PIECE_SUPERSEDED, /* re-split after a view change; ignore */
+} ps__piece_state_t;
+
+/* One request's worth of a call: a key slice owned by one server. */
+typedef struct {
+  uint64_t key_begin, count;
+  /* Pushes: kept across resends and re-splits, so a server that already
+   * applied the piece recognises the resend as a duplicate. */
+  uint64_t seq;
+  uint32_t server_id;
+  ps__piece_state_t state;
+  uint64_t request_id; /* of the latest send */
+  uint64_t epoch;      /* view epoch it was last sent with */
+  uint64_t view_gen;   /* c->view_gen when last sent */
+  uint64_t conn_gen;   /* the socket it went out on */
+  uint64_t retry_at_ms;
+} ps__piece_t;
+
+/* One push or pull call. */
+typedef struct {
+  int is_push;
+  uint64_t key_begin, count, clock;
+  const float *values; /* push */
+  float *out;          /* pull */
+  uint64_t deadline_ms;
+  int timeout_ms;
+  ps__piece_t *pieces;
+  size_t npieces, cap;
+} ps__op_t;
+
+/* The data socket to one server. */
+typedef struct {
+  uint32_t server_id;
+  char address[PS_ADDR_MAX];
+  void *sock;
+  uint64_t gen; /* distinguishes a reconnected socket from the old one */
+  int inflight;
+} ps__conn_t;
+
+struct ps_client_s {
+  ps_client_opts_t opts;
+  char *scheduler;
+  void *zctx;
+  int wake_fd; /* eventfd: background thread -> caller's zmq_poll */
+
+  /* Background thread. */
+  pthread_t thread;
+  int thread_started;
+  uv_loop_t loop;
+  uv_async_t async; /* caller -> thread: stop, Done, clock */
+  int async_ready;
+  ps_member_t *member;
+  int thread_done_sent;
+  uint64_t thread_clock;
+
+  /* Guarded by mu. */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct {
+    int registered;
+    uint32_t node_id, rank, num_workers;
+    ps_view_t *view; /* newest view the caller has not taken yet */
+    int shutdown;
+    int shutdown_status;
+    char shutdown_reason[256];
+    int stop;
+    int done;
+    int leave; /* leave instead of done: the worker was told to stop */
+    char leave_reason[128];
+    uint64_t clock;
+  } shared;
+
+  /* Frames handed to ZeroMQ and not yet released; guarded by rel_mu. */
+  pthread_mutex_t rel_mu;
+  pthread_cond_t rel_cv;
+  uint64_t unreleased;
+
+  /* Calling thread only. */
+  uint32_t node_id, rank, num_workers;
+  ps_view_t *view;
+  uint64_t view_gen;
+  ps__conn_t *conns;
+  size_t nconns, conns_cap;
+  uint64_t conn_gen;
+  zmq_pollitem_t *poll_items; /* [0] is wake_fd, then busy data sockets */
+  ps__conn_t **poll_conns;    /* the conn of each poll item */
+  size_t poll_cap;
+  void *sched_sock;
+  uint64_t next_request_id;
+  uint64_t next_seq;
+  uint64_t last_clock;
+  int done_sent;
+  char errmsg[PS__ERRMSG_MAX];
+};
+
+static int ps__fail(ps_client_t *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int ps__fail(ps_client_t *c, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+static void ps__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
+                                uint64_t deadline_ms) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)(deadline_ms / 1000);
+  ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000L;
+  pthread_cond_timedwait(cv, mu, &ts);
+}
+
+static int ps__cond_init(pthread_cond_t *cv) {
+  /* Deadlines are on the monotonic clock (common/time.h); a wall-clock
+   * condvar would stretch or cut waits when the clock is stepped. */
+  pthread_condattr_t attr;
+  if (pthread_condattr_init(&attr) != 0) return -1;
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  int rc = pthread_cond_init(cv, &attr);
+  pthread_condattr_destroy(&attr);
+  return rc == 0 ? 0 : -1;
+}
+
+static void ps__wake_caller(ps_client_t *c) {
+  uint64_t one = 1;
+  ssize_t w = write(c->wake_fd, &one, sizeof(one));
+  (void)w; /* EAGAIN: the counter is already non-zero, the caller wakes */
+}
+
+static void ps__drain_wake(ps_client_t *c) {
+  uint64_t n;
+  ssize_t r = read(c->wake_fd, &n, sizeof(n));
+  (void)r;
+}
+
+/* ---- background thread ------------------------------------------------ */
+
+static void ps__member_registered_cb(ps_member_t *m, uint32_t node_id,
+                                     uint32_t rank, uint32_t num_workers,
+                                     void *arg) {
+  ps_client_t *c = arg;
+  pthread_mutex_lock(&c->mu);
+  c->shared.registered = 1;
+  c->shared.node_id = node_id;
+  c->shared.rank = rank;
+  c->shared.num_workers = num_workers;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
+  ps_client_t *c = arg;
+  ps_view_t *old;
+  pthread_mutex_lock(&c->mu);
+  /* Only the newest view matters to the caller; one it never took is
+   * superseded. */
+  old = c->shared.view;
+  c->shared.view = view;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  ps_view_destroy(&old);
+  ps__wake_caller(c);
+}
+
+static void ps__member_shutdown_cb(ps_member_t *m, int status,
+                                   const char *reason, void *arg) {
+  ps_client_t *c = arg;
+  pthread_mutex_lock(&c->mu);
+  if (!c->shared.shutdown) {
+    c->shared.shutdown = 1;
+    c->shared.shutdown_status = status;
+    snprintf(c->shared.shutdown_reason, sizeof(c->shared.shutdown_reason), "%s",
+             reason ? reason : "");
+  }
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  ps__wake_caller(c);
+  PS_INFO("client_shutdown", "status=%s reason=\"%s\"", ps_err_name(status),
+          reason ? reason : "");
+}
+
+static void ps__thread_async_cb(uv_async_t *h) {
+  ps_client_t *c = h->data;
+  pthread_mutex_lock(&c->mu);
+  int stop = c->shared.stop;
+  int done = c->shared.done;
+  int leave = c->shared.leave;
+  uint64_t clock = c->shared.clock;
+  pthread_mutex_unlock(&c->mu);
+
+  if (c->member && clock != c->thread_clock) {
+    ps_member_set_clock(c->member, clock);
+    c->thread_clock = clock;
+  }
+  /* Done goes out before the member is destroyed in the same callback; the
+   * member lingers its socket after a Done, so a destroy right after
+   * ps_client_done still delivers it. It travels on the member's link so the
+   * scheduler sees it where it sees this worker's heartbeats. */
+  if (c->member && leave && !c->thread_done_sent) {
+    ps_member_send_leave(c->member, c->shared.leave_reason);
+    c->thread_done_sent = 1;
+  }
+  if (c->member && done && !c->thread_done_sent) {
+    ps_member_send_done(c->member);
+    c->thread_done_sent = 1;
+  }
+  if (stop) {
+    ps_member_destroy(&c->member);
+    uv_close((uv_handle_t *)h, NULL);
+  }
+}
+
+static void *ps__thread_main(void *arg) {
+  ps_client_t *c = arg;
+  /* Runs until the stop request has closed the member and the async
+   * handle, so every close callback has run when the thread ends. */
+  uv_run(&c->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+static void ps__thread_poke(ps_client_t *c) {
+  if (c->async_ready) uv_async_send(&c->async);
+}
+
+/* ---- views and connections (calling thread) ----------------------------- */
+
+static void ps__conn_close(ps__conn_t *k) {
+  if (k->sock) zmq_close(k->sock);
+  k->sock = NULL;
+  k->inflight = 0;
+}
+
+static ps__conn_t *ps__conn_find(ps_client_t *c, uint32_t server_id) {
+  for (size_t i = 0; i < c->nconns; i++)
+    if (c->conns[i].server_id == server_id) return &c->conns[i];
+  return NULL;
+}
+
+/* Returns the open socket to server_id, connecting it if needed. */
+static int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
+  const ps_node_t *node = ps_view_node(c->view, server_id);
+  if (node == NULL || node->address[0] == '\0')
+    return ps__fail(c, PS_ERR_PEER,
+                    "server %u has no address in view epoch %" PRIu64,
+                    server_id, c->view->epoch);
+  ps__conn_t *k = ps__conn_find(c, server_id);
+  if (k && k->sock && strcmp(k->address, node->address) == 0) {
+    *out = k;
+    return PS_OK;
+  }
+  if (k == NULL) {
+    if (c->nconns == c->conns_cap) {
+      size_t cap = c->conns_cap ? c->conns_cap * 2 : 8;
+      ps__conn_t *n = realloc(c->conns, cap * sizeof(*n));
+      if (n == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+      c->conns = n;
+      c->conns_cap = cap;
+    }
+    k = &c->conns[c->nconns++];
+    memset(k, 0, sizeof(*k));
+    k->server_id = server_id;
+  }
+  ps__conn_close(k);
+  snprintf(k->address, sizeof(k->address), "%s", node->address);
+  void *s = zmq_socket(c->zctx, ZMQ_DEALER);
+  if (s == NULL)
+    return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): socket: %s", server_id,
+                    node->address, zmq_strerror(errno));
+  if (ps_zsock_configure(s) != PS_OK || zmq_connect(s, node->address) != 0) {
+    int e = errno;
+    zmq_close(s);
+    return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): cannot connect: %s",
+                    server_id, node->address, zmq_strerror(e));
+  }
+  k->sock = s;
+  k->gen = ++c->conn_gen;
+  k->inflight = 0;
+  PS_DEBUG("client_connect", "server=%u addr=%s", server_id, node->address);
+  *out = k;
+  return PS_OK;
+}
+
+static int ps__conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen) {
+  ps__conn_t *k = ps__conn_find(c, server_id);
+  return k && k->sock && k->gen == gen;
+}
+
+/* Closes the sockets the new view makes useless: servers gone or moved. */
+static void ps__conns_prune(ps_client_t *c) {
+  for (size_t i = 0; i < c->nconns; i++) {
+    ps__conn_t *k = &c->conns[i];
+    const ps_node_t *node = ps_view_node(c->view, k->server_id);
+    if (node == NULL || node->role != PS__ROLE__ROLE_SERVER ||
+        strcmp(node->address, k->address) != 0) {
+      ps__conn_close(k);
+      k->gen = 0;
+    }
+  }
+}
+
+/* Takes the newest view from the background thread, if there is one, and
+ * reports a shutdown. Returns 1 if the view changed, 0 if not, or
+ * PS_ERR_SHUTDOWN with errmsg set. */
+static int ps__refresh(ps_client_t *c) {
+  ps_view_t *fresh;
+  pthread_mutex_lock(&c->mu);
+  fresh = c->shared.view;
+  c->shared.view = NULL;
+  int shutdown = c->shared.shutdown;
+  int status = c->shared.shutdown_status;
+  char reason[sizeof(c->shared.shutdown_reason)];
+  if (shutdown) memcpy(reason, c->shared.shutdown_reason, sizeof(reason));
+  c->node_id = c->shared.node_id;
+  c->rank = c->shared.rank;
+  c->num_workers = c->shared.num_workers;
+  pthread_mutex_unlock(&c->mu);
+
+  int changed = 0;
+  if (fresh) {
+    PS_DEBUG("client_view",
+             "epoch=%" PRIu64 " prev_epoch=%" PRIu64 " ranges=%zu",
+             fresh->epoch, c->view ? c->view->epoch : 0, fresh->nranges);
+    ps_view_destroy(&c->view);
+    c->view = fresh;
+    c->view_gen++;
+    ps__conns_prune(c);
+    changed = 1;
+  }
+  if (shutdown)
+    return ps__fail(c, PS_ERR_SHUTDOWN,
+                    "scheduler %s shut the cluster down "
+                    "(%s): %s",
+                    c->scheduler, ps_err_name(status), reason);
+  return changed;
+}
+
+static const char *ps__server_addr(ps_client_t *c, uint32_t server_id) {
+  ps__conn_t *k = ps__conn_find(c, server_id);
+  if (k && k->address[0]) return k->address;
+  const ps_node_t *node = c->view ? ps_view_node(c->view, server_id) : NULL;
+  return node ? node->address : "?";
+}
+
+/* ---- payload release accounting ----------------------------------------- */
+
+static void ps__payload_released_cb(void *data, void *hint) {
+  ps_client_t *c = hint;
+  pthread_mutex_lock(&c->rel_mu);
+  c->unreleased--;
+  if (c->unreleased == 0) pthread_cond_broadcast(&c->rel_cv);
+  pthread_mutex_unlock(&c->rel_mu);
+}
+
+/* Returns once ZeroMQ holds none of the caller's push values. Frames that
+ * reached their server are released by the I/O thread right after the
+ * write; frames still queued (a server that never connected, a socket
+ * abandoned after a view change) are only released when their socket
+ * closes, so after a short grace every data socket is closed (they
+ * reconnect on the next call). ZeroMQ frees a closed socket's queued frames
+ * on its own threads, so the final wait does not depend on the network. */
+static void ps__payload_settle(ps_client_t *c) {
+  uint64_t grace = ps_now_ms() + PS__RELEASE_GRACE_MS;
+  pthread_mutex_lock(&c->rel_mu);
+  while (c->unreleased > 0 && ps_now_ms() < grace)
+    ps__cond_wait_until(&c->rel_cv, &c->rel_mu, grace);
+  uint64_t held = c->unreleased;
+  pthread_mutex_unlock(&c->rel_mu);
+  if (held == 0) return;
+
+  PS_DEBUG("client_release_close", "frames=%" PRIu64, held);
+  for (size_t i = 0; i < c->nconns; i++) {
+    ps__conn_close(&c->conns[i]);
+    c->conns[i].gen = 0;
+  }
+  uint64_t warn_at = ps_now_ms() + 1000;
+  pthread_mutex_lock(&c->rel_mu);
+  while (c->unreleased > 0) {
+    ps__cond_wait_until(&c->rel_cv, &c->rel_mu, warn_at);
+    if (c->unreleased > 0 && ps_now_ms() >= warn_at) {
+      PS_WARN("client_release_slow", "frames=%" PRIu64, c->unreleased);
+      warn_at = ps_now_ms() + 1000;
+    }
+  }
+  pthread_mutex_unlock(&c->rel_mu);
+}
+
+/* ---- one push or pull --------------------------------------------------- */
+
+static int ps__op_append(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
+                         uint64_t count, uint64_t seq, uint32_t server_id) {
+  if (op->npieces == op->cap) {
+    size_t cap = op->cap ? op->cap * 2 : 8;
+    ps__piece_t *n = realloc(op->pieces, cap * sizeof(*n));
+    if (n == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    op->pieces = n;
+    op->cap = cap;
+  }
+  ps__piece_t *p = &op->pieces[op->npieces++];
+  memset(p, 0, sizeof(*p));
+  p->key_begin = key_begin;
+  p->count = count;
+  p->seq = seq;
+  p->server_id = server_id;
+  p->state = PS__PIECE_QUEUED;
+  return PS_OK;
+}
+
+/* Cuts [key_begin, key_begin + count) at the current view's range
+ * boundaries. seq 0 gives every piece a fresh sequence number (pushes);
+ * otherwise the pieces inherit seq (a re-split resend). */
+static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
+                        uint64_t count, uint64_t seq) {
+  uint64_t key = key_begin, end = key_begin + count;
+  while (key < end) {
+    int r = ps_view_find_range(c->view, key);
+    if (r < 0)
+      return ps__fail(c, PS_ERR_INVAL,
+                      "key %" PRIu64 " is in no range of view epoch %" PRIu64,
+                      key, c->view->epoch);
+    const ps_range_t *rg = &c->view->ranges[r];
+    uint64_t piece_end = rg->end < end ? rg->end : end;
+    uint64_t piece_seq = seq;
+    if (op->is_push && piece_seq == 0) piece_seq = ++c->next_seq;
+    int rc =
+        ps__op_append(c, op, key, piece_end - key, piece_seq, rg->server_id);
+    if (rc != PS_OK) return rc;
+    key = piece_end;
+  }
+  return PS_OK;
+}
+
+/* The one server owning all of [begin, begin + count) in the current view,
+ * or -1 if none does. */
+static int64_t ps__span_owner(const ps_view_t *v, uint64_t begin,
+                              uint64_t count) {
+  int r = ps_view_find_range(v, begin);
+  if (r < 0 || v->ranges[r].end < begin + count) return -1;
+  return v->ranges[r].server_id;
+}
+
+static void ps__piece_unsend(ps_client_t *c, ps__piece_t *p) {
+  ps__conn_t *k = ps__conn_find(c, p->server_id);
+  if (k && k->sock && k->gen == p->conn_gen && k->inflight > 0) k->inflight--;
+}
+
+/* After a view change: pieces whose keys moved to another server, or whose
+ * socket was closed because the server moved, are cut again by the new
+ * view. Pieces still in flight to an unchanged server keep waiting: the
+ * server answers them or says STALE_EPOCH. */
+static int ps__op_rebase(ps_client_t *c, ps__op_t *op) {
+  size_t n = op->npieces; /* re-split pieces are appended past n */
+  for (size_t i = 0; i < n; i++) {
+    ps__piece_t *p = &op->pieces[i];
+    if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
+      continue;
+    int owned = ps__span_owner(c->view, p->key_begin, p->count) ==
+                (int64_t)p->server_id;
+    if (owned && (p->state != PS__PIECE_SENT ||
+                  ps__conn_alive(c, p->server_id, p->conn_gen)))
+      continue;
+    if (p->state == PS__PIECE_SENT) ps__piece_unsend(c, p);
+    p->state = PS__PIECE_SUPERSEDED;
+    uint64_t begin = p->key_begin, count = p->count, seq = p->seq;
+    /* p may move: ps__op_split reallocates. */
+    int rc = ps__op_split(c, op, begin, count, seq);
+    if (rc != PS_OK) return rc;
+  }
+  return PS_OK;
+}
+
+static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, ps__piece_t *p,
+                             ps__conn_t *k) {
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  Ps__Push push = PS__PUSH__INIT;
+  Ps__Pull pull = PS__PULL__INIT;
+  zmq_msg_t payload;
+  int npayload = 0;
+
+  env.request_id = ++c->next_request_id;
+  env.sender = c->node_id;
+  env.epoch = c->view->epoch;
+  if (op->is_push) {
+    push.key_begin = p->key_begin;
+    push.count = p->count;
+    push.clock = op->clock;
+    push.seq = p->seq;
+    env.body_case = PS__ENVELOPE__BODY_PUSH;
+    env.push = &push;
+    /* The values are the caller's: see the file comment for why this is
+     * safe and what ps__payload_settle does about failed calls. */
+    const float *src = op->values + (p->key_begin - op->key_begin);
+    pthread_mutex_lock(&c->rel_mu);
+    c->unreleased++;
+    pthread_mutex_unlock(&c->rel_mu);
+    if (ps_payload_wrap(&payload, (void *)src, p->count * sizeof(float),
+                        ps__payload_released_cb, c) != PS_OK) {
+      ps__payload_released_cb(NULL, c);
+      return ps__fail(c, PS_ERR_ZMQ,
+                      "server %u (%s): cannot wrap %" PRIu64 " values: %s",
+                      p->server_id, k->address, p->count, zmq_strerror(errno));
+    }
+    npayload = 1;
+  } else {
+    pull.key_begin = p->key_begin;
+    pull.count = p->count;
+    pull.clock = op->clock;
+    env.body_case = PS__ENVELOPE__BODY_PULL;
+    env.pull = &pull;
+  }
+  int rc =
+      ps_msg_send(k->sock, NULL, &env, npayload ? &payload : NULL, npayload);
+  if (rc != PS_OK)
+    return ps__fail(c, rc, "server %u (%s): send failed: %s", p->server_id,
+                    k->address, zmq_strerror(errno));
+  p->state = PS__PIECE_SENT;
+  p->request_id = env.request_id;
+  p->epoch = env.epoch;
+  p->view_gen = c->view_gen;
+  p->conn_gen = k->gen;
+  p->retry_at_ms = 0;
+  k->inflight++;
+  return PS_OK;
+}
+
+/* Sends every piece that may go now: queued ones, and stale ones once a
+ * newer view is here (or their retry time passed), within each server's
+ * window. */
+static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now) {
+  for (size_t i = 0; i < op->npieces; i++) {
+    ps__piece_t *p = &op->pieces[i];
+    if (p->state == PS__PIECE_STALE) {
+      int newer_view = c->view_gen > p->view_gen;
+      int retry_due = p->retry_at_ms != 0 && now >= p->retry_at_ms;
+      if (!newer_view && !retry_due) continue;
+    } else if (p->state != PS__PIECE_QUEUED) {
+      continue;
+    }
+    ps__conn_t *k = NULL;
+    int rc = ps__conn_get(c, p->server_id, &k);
+    if (rc != PS_OK || k == NULL) return rc != PS_OK ? rc : PS_ERR_PEER;
+    if (k->inflight >= PS__WINDOW) continue;
+    rc = ps__op_send_piece(c, op, p, k);
+    if (rc != PS_OK) return rc;
+  }
+  return PS_OK;
+}
+
+static ps__piece_t *ps__op_find(ps__op_t *op, uint64_t request_id) {
+  for (size_t i = 0; i < op->npieces; i++)
+    if (op->pieces[i].state == PS__PIECE_SENT &&
+        op->pieces[i].request_id == request_id)
+      return &op->pieces[i];
+  return NULL;
+}
+
+/* Handles one reply from server k. Returns PS_OK or the call's error. */
+static int ps__op_on_reply(ps_client_t *c, ps__op_t *op, ps__conn_t *k,
+                           ps_msg_t *m, int status, const char *reason) {
+  ps__piece_t *p = m->request_id ? ps__op_find(op, m->request_id) : NULL;
+  if (p == NULL) {
+    /* A reply to an earlier call that timed out, or to a piece already
+     * resent: the request ids tell them apart, so it is just dropped. */
+    PS_DEBUG("client_late_reply", "server=%u request=%" PRIu64 " status=%s",
+             k->server_id, m->request_id, ps_err_name(status));
+    return PS_OK;
+  }
+  const char *what = op->is_push ? "push" : "pull";
+  if (status != PS_OK)
+    return ps__fail(c, PS_ERR_PROTO, "server %u (%s): malformed %s reply: %s",
+                    k->server_id, k->address, what, reason);
+  Ps__Envelope *env = m->env;
+  if (env->body_case == PS__ENVELOPE__BODY_ERROR) {
+    int code = env->error->code;
+    const char *text = env->error->message ? env->error->message : "";
+    /* NOT_READY: the server has not adopted its first view yet, which is
+     * the same as being behind us. */
+    if (code == PS_ERR_STALE_EPOCH || code == PS_ERR_NOT_READY) {
+      ps__piece_unsend(c, p);
+      p->state = PS__PIECE_STALE;
+      /* A server behind us catches up by itself; one ahead means our view
+       * is old, and the background thread brings the new one. */
+      p->retry_at_ms = code == PS_ERR_NOT_READY || env->epoch < p->epoch
+                           ? ps_now_ms() + PS__STALE_RETRY_MS
+                           : 0;
+      PS_INFO("client_stale_epoch",
+              "server=%u our_epoch=%" PRIu64 " server_epoch=%" PRIu64
+              " keys=%" PRIu64 "+%" PRIu64,
+              k->server_id, p->epoch, env->epoch, p->key_begin, p->count);
+      return PS_OK;
+    }
+    if (code >= 0) code = PS_ERR_PROTO; /* an Error must carry a failure */
+    return ps__fail(c, code, "server %u (%s): %s: %s", k->server_id, k->address,
+                    ps_err_name(code), text);
+  }
+  if (op->is_push) {
+    if (env->body_case != PS__ENVELOPE__BODY_ACK)
+      return ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a push",
+                      k->server_id, k->address, ps_body_name(env->body_case));
+  } else {
+    if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY)
+      return ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a pull",
+                      k->server_id, k->address, ps_body_name(env->body_case));
+    const Ps__PullReply *r = env->pull_reply;
+    if (r->key_begin != p->key_begin || r->count != p->count)
+      return ps__fail(c, PS_ERR_PROTO,
+                      "server %u (%s): pull reply for keys %" PRIu64 "+%" PRIu64
+                      " to a request for %" PRIu64 "+%" PRIu64,
+                      k->server_id, k->address, r->key_begin, r->count,
+                      p->key_begin, p->count);
+    /* ps_msg_recv checked the frame against count; this guards the copy
+     * against a change there. */
+    size_t bytes = p->count * sizeof(float);
+    if (m->npayload != 1 || zmq_msg_size(&m->payload[0]) != bytes)
+      return ps__fail(c, PS_ERR_PROTO,
+                      "server %u (%s): pull reply payload is not %zu bytes",
+                      k->server_id, k->address, bytes);
+    memcpy(op->out + (p->key_begin - op->key_begin),
+           zmq_msg_data(&m->payload[0]), bytes);
+  }
+  ps__piece_unsend(c, p);
+  p->state = PS__PIECE_DONE;
+  return PS_OK;
+}
+
+static int ps__op_drain(ps_client_t *c, ps__op_t *op, ps__conn_t *k) {
+  for (;;) {
+    ps_msg_t m;
+    char reason[256] = "";
+    memset(&m, 0, sizeof(m));
+    int rc = ps_msg_recv(k->sock, 0, &ps_frame_default_limits, &m, reason,
+                         sizeof(reason));
+    if (rc == PS_ERR_TIMEOUT) return PS_OK;
+    if (rc != PS_OK && rc != PS_ERR_PROTO && rc != PS_ERR_VERSION &&
+        rc != PS_ERR_TOO_BIG) {
+      ps_msg_close(&m);
+      return ps__fail(c, rc, "server %u (%s): receive failed: %s", k->server_id,
+                      k->address, zmq_strerror(errno));
+    }
+    rc = ps__op_on_reply(c, op, k, &m, rc, reason);
+    ps_msg_close(&m);
+    if (rc != PS_OK) return rc;
+  }
+}
+
+static int ps__op_timeout(ps_client_t *c, ps__op_t *op) {
+  const char *what = op->is_push ? "push" : "pull";
+  size_t missing = 0;
+  ps__piece_t *first = NULL;
+  for (size_t i = 0; i < op->npieces; i++) {
+    ps__piece_t *p = &op->pieces[i];
+    if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
+      continue;
+    if (first == NULL) first = p;
+    missing++;
+  }
+  uint32_t sid = first->server_id;
+  const char *addr = ps__server_addr(c, sid);
+  PS_WARN("client_timeout",
+          "op=%s server=%u addr=%s keys=%" PRIu64 "+%" PRIu64
+          " timeout_ms=%d missing=%zu",
+          what, sid, addr, first->key_begin, first->count, op->timeout_ms,
+          missing);
+  if (first->state == PS__PIECE_STALE)
+    return ps__fail(c, PS_ERR_TIMEOUT,
+                    "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
+                    " for a stale epoch and no newer view came within %d ms",
+                    sid, addr, what, first->key_begin, first->count,
+                    op->timeout_ms);
+  return ps__fail(c, PS_ERR_TIMEOUT,
+                  "server %u (%s) did not answer %s of keys %" PRIu64
+                  "+%" PRIu64 " within %d ms (%zu piece(s) unanswered)",
+                  sid, addr, what, first->key_begin, first->count,
+                  op->timeout_ms, missing);
+}
+
+/* The poll set lives on the client so a call does not allocate it. */
+static int ps__poll_reserve(ps_client_t *c, size_t n) {
+  if (n <= c->poll_cap) return PS_OK;
+  zmq_pollitem_t *items = realloc(c->poll_items, n * sizeof(*items));
+  if (items == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+  c->poll_items = items;
+  ps__conn_t **conns = realloc(c->poll_conns, n * sizeof(*conns));
+  if (conns == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+  c->poll_conns = conns;
+  c->poll_cap = n;
+  return PS_OK;
+}
+
+static int ps__op_run(ps_client_t *c, ps__op_t *op) {
+  int rc = ps__op_split(c, op, op->key_begin, op->count, 0);
+
+  while (rc == PS_OK) {
+    int changed = ps__refresh(c);
+    if (changed < 0) {
+      rc = changed;
+      break;
+    }
+    if (changed && (rc = ps__op_rebase(c, op)) != PS_OK) break;
+    uint64_t now = ps_now_ms();
+    if ((rc = ps__op_send_ready(c, op, now)) != PS_OK) break;
+
+    int pending = 0;
+    uint64_t wake_at = op->deadline_ms;
+    for (size_t i = 0; i < op->npieces; i++) {
+      ps__piece_t *p = &op->pieces[i];
+      if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
+        continue;
+      pending = 1;
+      if (p->state == PS__PIECE_STALE && p->retry_at_ms &&
+          p->retry_at_ms < wake_at)
+        wake_at = p->retry_at_ms;
+    }
+    if (!pending) break;
+    if (now >= op->deadline_ms) {
+      rc = ps__op_timeout(c, op);
+      break;
+    }
+
+    if ((rc = ps__poll_reserve(c, c->nconns + 1)) != PS_OK) break;
+    zmq_pollitem_t *items = c->poll_items;
+    ps__conn_t **polled = c->poll_conns;
+    int n = 0;
+    items[n] = (zmq_pollitem_t){.fd = c->wake_fd, .events = ZMQ_POLLIN};
+    polled[n++] = NULL;
+    for (size_t i = 0; i < c->nconns; i++) {
+      if (c->conns[i].sock == NULL || c->conns[i].inflight == 0) continue;
+      items[n] =
+          (zmq_pollitem_t){.socket = c->conns[i].sock, .events = ZMQ_POLLIN};
+      polled[n++] = &c->conns[i];
+    }
+    uint64_t slice = wake_at > now ? wake_at - now : 0;
+    if (slice > PS__POLL_SLICE_MS) slice = PS__POLL_SLICE_MS;
+    if (zmq_poll(items, n, (long)slice) < 0 && errno != EINTR) {
+      rc = ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+      break;
+    }
+    if (items[0].revents & ZMQ_POLLIN) ps__drain_wake(c);
+    for (int i = 1; i < n && rc == PS_OK; i++)
+      if (items[i].revents & ZMQ_POLLIN) rc = ps__op_drain(c, op, polled[i]);
+  }
+  /* Replies still owed to this call are dropped when they arrive later
+   * (no piece matches their request id); only the window counts reset. */
+  for (size_t i = 0; i < op->npieces; i++)
+    if (op->pieces[i].state == PS__PIECE_SENT)
+      ps__piece_unsend(c, &op->pieces[i]);
+  if (op->is_push) ps__payload_settle(c);
+  free(op->pieces);
+  op->pieces = NULL;
+  return rc;
+}
+
+static int ps__check_keys(ps_client_t *c, const char *what, uint64_t key_begin,
+                          uint64_t count, const void *buf) {
+  int rc = ps__refresh(c);
+  if (rc < 0) return rc;
+  uint64_t total = c->view->model.total;
+  if (count > 0 && buf == NULL)
+    return ps__fail(c, PS_ERR_INVAL, "%s: NULL buffer for %" PRIu64 " keys",
+                    what, count);
+  if (key_begin > total || count > total - key_begin)
+    return ps__fail(c, PS_ERR_INVAL,
+                    "%s: keys %" PRIu64 "+%" PRIu64
+                    " outside the model's key space [0, %" PRIu64 ")",
+                    what, key_begin, count, total);
+  return PS_OK;
+}
+
+static void ps__report_clock(ps_client_t *c, uint64_t clock) {
+  if (clock <= c->last_clock) return;
+  c->last_clock = clock;
+  pthread_mutex_lock(&c->mu);
+  c->shared.clock = clock;
+  pthread_mutex_unlock(&c->mu);
+  ps__thread_poke(c);
+}
+
+int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                   const float *values, uint64_t clock) {
+  int rc = ps__check_keys(c, "push", key_begin, count, values);
+  if (rc != PS_OK || count == 0) return rc;
+  ps__report_clock(c, clock);
+  ps__op_t op = {.is_push = 1,
+                 .key_begin = key_begin,
+                 .count = count,
+                 .clock = clock,
+                 .values = values,
+                 .timeout_ms = c->opts.timeout_ms,
+                 .deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms};
+  return ps__op_run(c, &op);
+}
+
+int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                   float *out, uint64_t clock) {
+  int rc = ps__check_keys(c, "pull", key_begin, count, out);
+  if (rc != PS_OK || count == 0) return rc;
+  ps__op_t op = {.is_push = 0,
+                 .key_begin = key_begin,
+                 .count = count,
+                 .clock = clock,
+                 .out = out,
+                 .timeout_ms = c->opts.timeout_ms,
+                 .deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms};
+  return ps__op_run(c, &op);
+}
+
+static int ps__tensor(ps_client_t *c, const char *name,
+                      const ps_tensor_spec_t **t) {
+  int rc = ps__refresh(c);
+  if (rc < 0) return rc;
+  if (name == NULL) return ps__fail(c, PS_ERR_INVAL, "tensor name is NULL");
+  *t = ps_model_tensor(&c->view->model, name);
+  if (*t == NULL)
+    return ps__fail(c, PS_ERR_INVAL, "no tensor \"%s\" in the model", name);
+  return PS_OK;
+}
+
+int ps_client_push_tensor(ps_client_t *c, const char *name, const float *values,
+                          uint64_t clock) {
+  const ps_tensor_spec_t *t = NULL;
+  int rc = ps__tensor(c, name, &t);
+  if (rc != PS_OK || t == NULL) return rc;
+  return ps_client_push(c, t->offset, t->length, values, clock);
+}
+
+int ps_client_pull_tensor(ps_client_t *c, const char *name, float *out,
+                          uint64_t clock) {
+  const ps_tensor_spec_t *t = NULL;
+  int rc = ps__tensor(c, name, &t);
+  if (rc != PS_OK || t == NULL) return rc;
+  return ps_client_pull(c, t->offset, t->length, out, clock);
+}
+
+/* ---- scheduler requests on the calling thread --------------------------- */
+
+static int ps__sched_socket(ps_client_t *c) {
+  if (c->sched_sock) return PS_OK;
+  void *s = zmq_socket(c->zctx, ZMQ_DEALER);
+  if (s == NULL)
+    return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: socket: %s", c->scheduler,
+                    zmq_strerror(errno));
+  int linger = PS__SCHED_LINGER_MS;
+  if (ps_zsock_configure(s) != PS_OK ||
+      zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+      zmq_connect(s, c->scheduler) != 0) {
+    int e = errno;
+    zmq_close(s);
+    return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: cannot connect: %s",
+                    c->scheduler, zmq_strerror(e));
+  }
+  c->sched_sock = s;
+  return PS_OK;
+}
+
+static int ps__barrier_send(ps_client_t *c, const char *name,
+                            uint64_t *request_id) {
+  Ps__Barrier barrier = PS__BARRIER__INIT;
+  barrier.name = (char *)name;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = ++c->next_request_id;
+  env.sender = c->node_id;
+  env.epoch = c->view->epoch;
+  env.body_case = PS__ENVELOPE__BODY_BARRIER;
+  env.barrier = &barrier;
+  *request_id = env.request_id;
+  int rc = ps_msg_send(c->sched_sock, NULL, &env, NULL, 0);
+  if (rc != PS_OK)
+    return ps__fail(c, rc, "barrier \"%s\": send to scheduler %s failed: %s",
+                    name, c->scheduler, zmq_strerror(errno));
+  return PS_OK;
+}
+
+/* What the scheduler said to one Barrier: 1 released, 0 refused for a stale
+ * epoch (resend), or the error. */
+static int ps__barrier_reply(ps_client_t *c, const char *name, ps_msg_t *m,
+                             int status, const char *reason,
+                             uint64_t *retry_at_ms) {
+  if (status != PS_OK)
+    return ps__fail(c, PS_ERR_PROTO,
+                    "barrier \"%s\": bad reply from scheduler %s: %s", name,
+                    c->scheduler, reason);
+  Ps__Envelope *r = m->env;
+  if (r->body_case == PS__ENVELOPE__BODY_ACK) return 1;
+  if (r->body_case != PS__ENVELOPE__BODY_ERROR)
+    return ps__fail(c, PS_ERR_PROTO,
+                    "barrier \"%s\": scheduler %s sent %s, not ack", name,
+                    c->scheduler, ps_body_name(r->body_case));
+  int code = r->error->code < 0 ? r->error->code : PS_ERR_PROTO;
+  if (code == PS_ERR_STALE_EPOCH) {
+    /* A worker finished or died and the view moved on: enter again at the
+     * new epoch once the background thread has it. */
+    *retry_at_ms =
+        r->epoch < c->view->epoch ? ps_now_ms() + PS__STALE_RETRY_MS : 0;
+    return 0;
+  }
+  return ps__fail(c, code, "barrier \"%s\": scheduler %s: %s: %s", name,
+                  c->scheduler, ps_err_name(code),
+                  r->error->message ? r->error->message : "");
+}
+
+int ps_client_barrier(ps_client_t *c, const char *name) {
+  int rc = ps__refresh(c);
+  if (rc < 0) return rc;
+  if (name == NULL || name[0] == '\0')
+    return ps__fail(c, PS_ERR_INVAL, "barrier name is empty");
+  if ((rc = ps__sched_socket(c)) != PS_OK) return rc;
+
+  /* A barrier waits for every worker, including ones still starting up, so
+   * it gets the start-up deadline rather than a data call's. */
+  uint64_t deadline = ps_now_ms() + (uint64_t)c->opts.connect_timeout_ms;
+  uint64_t request_id = 0, sent_gen = 0, retry_at = 0;
+  int stale = 0;
+  for (;;) {
+    if ((rc = ps__refresh(c)) < 0) return rc;
+    uint64_t now = ps_now_ms();
+    if (request_id == 0 ||
+        (stale && (c->view_gen > sent_gen || (retry_at && now >= retry_at)))) {
+      if ((rc = ps__barrier_send(c, name, &request_id)) != PS_OK) return rc;
+      sent_gen = c->view_gen;
+      stale = 0;
+      retry_at = 0;
+    }
+    if (now >= deadline)
+      return ps__fail(c, PS_ERR_TIMEOUT,
+                      "barrier \"%s\": %s from scheduler %s within %d ms", name,
+                      stale ? "stale epoch and no newer view" : "no answer",
+                      c->scheduler, c->opts.connect_timeout_ms);
+    uint64_t wake_at =
+        stale && retry_at && retry_at < deadline ? retry_at : deadline;
+    uint64_t slice = wake_at > now ? wake_at - now : 0;
+    if (slice > PS__POLL_SLICE_MS) slice = PS__POLL_SLICE_MS;
+    zmq_pollitem_t items[2] = {
+        {.fd = c->wake_fd, .events = ZMQ_POLLIN},
+        {.socket = c->sched_sock, .events = ZMQ_POLLIN},
+    };
+    if (zmq_poll(items, 2, (long)slice) < 0 && errno != EINTR)
+      return ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+    if (items[0].revents & ZMQ_POLLIN) ps__drain_wake(c);
+    if (!(items[1].revents & ZMQ_POLLIN)) continue;
+    for (;;) {
+      ps_msg_t m;
+      char reason[256] = "";
+      rc = ps_msg_recv(c->sched_sock, 0, &ps_frame_default_limits, &m, reason,
+                       sizeof(reason));
+      if (rc == PS_ERR_TIMEOUT) break;
+      if (rc != PS_OK && rc != PS_ERR_PROTO && rc != PS_ERR_VERSION &&
+          rc != PS_ERR_TOO_BIG) {
+        ps_msg_close(&m);
+        return ps__fail(c, rc,
+                        "barrier \"%s\": receive from scheduler %s failed: %s",
+                        name, c->scheduler, reason);
+      }
+      if (stale || m.request_id != request_id) {
+        /* An answer to an earlier barrier that timed out, or to the entry
+         * about to be resent. */
+        ps_msg_close(&m);
+        continue;
+      }
+      rc = ps__barrier_reply(c, name, &m, rc, reason, &retry_at);
+      ps_msg_close(&m);
+      if (rc == 1) return PS_OK;
+      if (rc < 0) return rc;
+      stale = 1;
+      PS_INFO("client_barrier_stale", "name=%s epoch=%" PRIu64, name,
+              c->view->epoch);
+    }
+  }
+}
+
+int ps_client_done(ps_client_t *c) {
+  if (c->done_sent) return PS_OK;
+  c->done_sent = 1;
+  pthread_mutex_lock(&c->mu);
+  c->shared.done = 1;
+  pthread_mutex_unlock(&c->mu);
+  ps__thread_poke(c);
+  PS_INFO("client_done", "scheduler=%s", c->scheduler);
+  return PS_OK;
+}
+
+int ps_client_leave(ps_client_t *c, const char *reason) {
+  if (c->done_sent) return PS_OK;
+  c->done_sent = 1;
+  pthread_mutex_lock(&c->mu);
+  c->shared.leave = 1;
+  snprintf(c->shared.leave_reason, sizeof(c->shared.leave_reason), "%s",
+           reason ? reason : "");
+  pthread_mutex_unlock(&c->mu);
+  ps__thread_poke(c);
+  PS_INFO("client_leave", "scheduler=%s reason=\"%s\"", c->scheduler,
+          reason ? reason : "");
+  return PS_OK;
+}
+
+int ps_client_shutting_down(ps_client_t *c) {
+  pthread_mutex_lock(&c->mu);
+  int s = c->shared.shutdown;
+  pthread_mutex_unlock(&c->mu);
+  return s;
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+void ps_client_opts_init(ps_client_opts_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->scheduler = NULL;
+  o->timeout_ms = 30000;
+  o->connect_timeout_ms = 60000;
+  o->heartbeat_ms = 500;
+  o->rank = -1;
+}
+
+static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
+                          char *errmsg, size_t errlen) {
+  char bad[160] = "";
+  if (o == NULL)
+    snprintf(bad, sizeof(bad), "options are NULL");
+  else if (o->scheduler == NULL || o->scheduler[0] == '\0')
+    snprintf(bad, sizeof(bad), "scheduler endpoint is not set");
+  else if (o->timeout_ms <= 0)
+    snprintf(bad, sizeof(bad), "timeout_ms %d is not positive", o->timeout_ms);
+  else if (o->connect_timeout_ms <= 0)
+    snprintf(bad, sizeof(bad), "connect_timeout_ms %d is not positive",
+             o->connect_timeout_ms);
+  else if (o->heartbeat_ms <= 0)
+    snprintf(bad, sizeof(bad), "heartbeat_ms %d is not positive",
+             o->heartbeat_ms);
+  else if (o->rank < -1 || o->rank >= (int64_t)UINT32_MAX)
+    snprintf(bad, sizeof(bad),
+             "rank %" PRId64 " is neither -1 (any) nor in [0, %u)", o->rank,
+             UINT32_MAX);
+  else if (model == NULL || model->ntensors == 0)
+    snprintf(bad, sizeof(bad), "the model has no tensors");
+  if (bad[0] == '\0') return PS_OK;
+  if (errmsg && errlen) snprintf(errmsg, errlen, "ps_client_new: %s", bad);
+  return PS_ERR_INVAL;
+}
+
+static void ps__client_free(ps_client_t *c) {
+  if (c->thread_started) {
+    pthread_mutex_lock(&c->mu);
+    c->shared.stop = 1;
+    pthread_mutex_unlock(&c->mu);
+    uv_async_send(&c->async);
+    pthread_join(c->thread, NULL);
+  } else if (c->async_ready) {
+    /* The thread never ran: close the loop's handles here. */
+    if (c->member) ps_member_destroy(&c->member);
+    uv_close((uv_handle_t *)&c->async, NULL);
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+  }
+  if (c->async_ready && uv_loop_close(&c->loop) != 0)
+    PS_ERROR("client_loop_busy", "scheduler=%s", c->scheduler);
+
+  for (size_t i = 0; i < c->nconns; i++) ps__conn_close(&c->conns[i]);
+  free(c->conns);
+  free(c->poll_items);
+  free(c->poll_conns);
+  if (c->sched_sock) zmq_close(c->sched_sock);
+  /* Waits up to the scheduler socket's linger for a last Barrier to go. */
+  if (c->zctx) zmq_ctx_term(c->zctx);
+
+  ps_view_destroy(&c->view);
+  ps_view_destroy(&c->shared.view);
+  if (c->wake_fd >= 0) close(c->wake_fd);
+  pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->rel_cv);
+  pthread_mutex_destroy(&c->rel_mu);
+  free(c->scheduler);
+  free(c);
+}
+
+ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
+                           int *err, char *errmsg, size_t errlen) {
+  int dummy;
+  if (err == NULL) err = &dummy;
+  *err = ps__opts_check(o, model, errmsg, errlen);
+  if (*err != PS_OK) return NULL;
+
+  ps_client_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    *err = PS_ERR_NOMEM;
+    if (errmsg && errlen) snprintf(errmsg, errlen, "out of memory");
+    return NULL;
+  }
+  c->opts = *o;
+  c->wake_fd = -1;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_mutex_init(&c->rel_mu, NULL);
+  int rc = PS_OK;
+  if (ps__cond_init(&c->cv) != 0 || ps__cond_init(&c->rel_cv) != 0 ||
+      (c->scheduler = strdup(o->scheduler)) == NULL) {
+    rc = ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  c->opts.scheduler = c->scheduler;
+  if ((c->zctx = zmq_ctx_new()) == NULL) {
+    rc = ps__fail(c, PS_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
+    goto fail;
+  }
+  if ((c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+    rc = ps__fail(c, PS_ERR_IO, "eventfd: %s", strerror(errno));
+    goto fail;
+  }
+  if (uv_loop_init(&c->loop) != 0) {
+    rc = ps__fail(c, PS_ERR_IO, "uv_loop_init failed");
+    goto fail;
+  }
+  if (uv_async_init(&c->loop, &c->async, ps__thread_async_cb) != 0) {
+    uv_loop_close(&c->loop);
+    rc = ps__fail(c, PS_ERR_IO, "uv_async_init failed");
+    goto fail;
+  }
+  c->async.data = c;
+  c->async_ready = 1;
+
+  /* Created here, before the thread exists, so a failure is reported
+   * synchronously; the loop only runs on the thread from then on. */
+  ps_member_opts_t mo = {
+      .scheduler = c->scheduler,
+      .role = PS__ROLE__ROLE_WORKER,
+      .address = "",
+      .model = model,
+      .rank = o->rank,
+      .heartbeat_ms = o->heartbeat_ms,
+      /* While the scheduler is down pushes and pulls go on
+       * (ARCHITECTURE.md, failure semantics 4): never give up on it. */
+      .scheduler_timeout_ms = 0,
+  };
+  ps_member_cbs_t cbs = {
+      .registered_cb = ps__member_registered_cb,
+      .view_cb = ps__member_view_cb,
+      .shutdown_cb = ps__member_shutdown_cb,
+      .arg = c,
+  };
+  int merr = PS_OK;
+  c->member = ps_member_new(&c->loop, c->zctx, &mo, &cbs, &merr);
+  if (c->member == NULL) {
+    rc = ps__fail(c, merr < 0 ? merr : PS_ERR_IO,
+                  "cannot start the link to scheduler %s: %s", c->scheduler,
+                  ps_strerror(merr));
+    goto fail;
+  }
+  if (pthread_create(&c->thread, NULL, ps__thread_main, c) != 0) {
+    rc = ps__fail(c, PS_ERR_NOMEM, "cannot start the client thread");
+    goto fail;
+  }
+  c->thread_started = 1;
+
+  uint64_t deadline = ps_now_ms() + (uint64_t)o->connect_timeout_ms;
+  pthread_mutex_lock(&c->mu);
+  while (!(c->shared.registered && c->shared.view) && !c->shared.shutdown &&
+         ps_now_ms() < deadline)
+    ps__cond_wait_until(&c->cv, &c->mu, deadline);
+  int registered = c->shared.registered;
+  int ready = registered && c->shared.view;
+  int shutdown = c->shared.shutdown;
+  int status = c->shared.shutdown_status;
+  char reason[sizeof(c->shared.shutdown_reason)];
+  memcpy(reason, c->shared.shutdown_reason, sizeof(reason));
+  pthread_mutex_unlock(&c->mu);
+
+  if (shutdown) {
+    /* status < 0: registration refused (e.g. a model that disagrees);
+     * otherwise the job ended before this worker got going. */
+    rc =
+        ps__fail(c, status < 0 ? status : PS_ERR_SHUTDOWN,
+                 "scheduler %s %s: %s", c->scheduler,
+                 status < 0 ? "refused the registration" : "shut down", reason);
+    goto fail;
+  }
+  if (!ready) {
+    rc = ps__fail(c, PS_ERR_TIMEOUT,
+                  "scheduler %s: %s within connect_timeout_ms %d", c->scheduler,
+                  registered ? "registered but no cluster view"
+                             : "no answer to registration",
+                  o->connect_timeout_ms);
+    goto fail;
+  }
+  if ((rc = ps__refresh(c)) < 0) goto fail;
+  PS_INFO("client_ready", "scheduler=%s rank=%u epoch=%" PRIu64 " ranges=%zu",
+          c->scheduler, c->rank, c->view->epoch, c->view->nranges);
+  *err = PS_OK;
+  return c;
+
+fail:
+  *err = rc;
+  if (errmsg && errlen) snprintf(errmsg, errlen, "%s", c->errmsg);
+  PS_WARN("client_new_failed", "scheduler=%s err=%s", o->scheduler,
+          ps_err_name(rc));
+  ps__client_free(c);
+  return NULL;
+}
+
+void ps_client_destroy(ps_client_t **c_p) {
+  if (c_p == NULL || *c_p == NULL) return;
+  ps_client_t *c = *c_p;
+  *c_p = NULL;
+  ps_client_done(c);
+  ps__client_free(c);
+}
+
+uint32_t ps_client_rank(const ps_client_t *c) {
+  return c->rank;
+}
+
+uint32_t ps_client_num_workers(const ps_client_t *c) {
+  return c->num_workers;
+}
+
+uint32_t ps_client_node_id(const ps_client_t *c) {
+  return c->node_id;
+}
+
+const ps_view_t *ps_client_view(ps_client_t *c) {
+  (void)ps__refresh(c);
+  return c->view;
+}
+
+const char *ps_client_errmsg(const ps_client_t *c) {
+  return c->errmsg;
+}

@@ -1,0 +1,212 @@
+#include "worker/compute.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+
+struct ps_compute_s {
+  const ps_compute_ops_t *ops;
+  void *state;
+};
+
+struct ps_dbuf_s {
+  ps_compute_t *owner;
+  ps_dtype_t dtype;
+  size_t n;
+  void *mem;
+};
+
+/* A broken precondition is a bug in the model, never bad input. */
+#define CHECK(cond)                                                         \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      fprintf(stderr, "%s:%d: compute precondition failed: %s\n", __FILE__, \
+              __LINE__, #cond);                                             \
+      abort();                                                              \
+    }                                                                       \
+  } while (0)
+
+static size_t dtype_size(ps_dtype_t t) {
+  return t == PS_DTYPE_U8 ? 1 : 4;
+}
+
+const ps_compute_ops_t *ps_compute_find(const char *name) {
+  static const ps_compute_ops_t *const all[] = {&ps_compute_cpu_ops};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+    if (strcmp(all[i]->name, name) == 0) return all[i];
+  return NULL;
+}
+
+ps_compute_t *ps_compute_new(const ps_compute_ops_t *ops,
+                             const ps_compute_opts_t *o, char *err,
+                             size_t errlen) {
+  ps_compute_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    snprintf(err, errlen, "compute: out of memory");
+    return NULL;
+  }
+  c->ops = ops;
+  ps_compute_opts_t defaults = {0};
+  if (ops->init(c, o ? o : &defaults, err, errlen) != PS_OK) {
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void ps_compute_destroy(ps_compute_t **c_p) {
+  if (c_p == NULL || *c_p == NULL) return;
+  ps_compute_t *c = *c_p;
+  if (c->ops->fini) c->ops->fini(c);
+  free(c);
+  *c_p = NULL;
+}
+
+const char *ps_compute_name(const ps_compute_t *c) {
+  return c->ops->name;
+}
+void *ps_compute_state(ps_compute_t *c) {
+  return c->state;
+}
+void ps_compute_set_state(ps_compute_t *c, void *state) {
+  c->state = state;
+}
+
+ps_dbuf_t *ps_dbuf_new(ps_compute_t *c, ps_dtype_t dtype, size_t n) {
+  ps_dbuf_t *b = calloc(1, sizeof(*b));
+  if (b == NULL) return NULL;
+  size_t esz = dtype_size(dtype);
+  if (n > SIZE_MAX / esz) {
+    free(b);
+    return NULL;
+  }
+  b->owner = c;
+  b->dtype = dtype;
+  b->n = n;
+  /* Zero-sized requests still get a distinct, freeable allocation. */
+  b->mem = c->ops->alloc(c, n ? n * esz : esz);
+  if (b->mem == NULL) {
+    free(b);
+    return NULL;
+  }
+  if (dtype == PS_DTYPE_F32) {
+    c->ops->fill(c, b->mem, n, 0.0f);
+  } else {
+    unsigned char zero[256] = {0};
+    for (size_t done = 0; done < n; done += sizeof(zero)) {
+      size_t len = n - done < sizeof(zero) ? n - done : sizeof(zero);
+      c->ops->upload(c, (unsigned char *)b->mem + done, zero, len);
+    }
+  }
+  return b;
+}
+
+void ps_dbuf_destroy(ps_dbuf_t **b_p) {
+  if (b_p == NULL || *b_p == NULL) return;
+  ps_dbuf_t *b = *b_p;
+  b->owner->ops->free(b->owner, b->mem);
+  free(b);
+  *b_p = NULL;
+}
+
+size_t ps_dbuf_size(const ps_dbuf_t *b) {
+  return b->n;
+}
+
+/* The address of p, after checking that n elements of dtype fit there. */
+static void *at(ps_compute_t *c, ps_dptr_t p, ps_dtype_t dtype, size_t n) {
+  CHECK(p.buf != NULL);
+  CHECK(p.buf->owner == c);
+  CHECK(p.buf->dtype == dtype);
+  CHECK(p.off <= p.buf->n && n <= p.buf->n - p.off);
+  return (unsigned char *)p.buf->mem + p.off * dtype_size(dtype);
+}
+
+/* Elements spanned by a row-major rows x cols matrix with leading dim ld. */
+static size_t extent(size_t rows, size_t cols, size_t ld) {
+  CHECK(ld >= cols);
+  return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
+}
+
+void ps_compute_upload(ps_compute_t *c, ps_dptr_t dst, const void *src,
+                       size_t n) {
+  void *d = at(c, dst, dst.buf->dtype, n);
+  if (n) c->ops->upload(c, d, src, n * dtype_size(dst.buf->dtype));
+}
+
+void ps_compute_download(ps_compute_t *c, void *dst, ps_dptr_t src, size_t n) {
+  void *s = at(c, src, src.buf->dtype, n);
+  if (n) c->ops->download(c, dst, s, n * dtype_size(src.buf->dtype));
+}
+
+void ps_compute_fill(ps_compute_t *c, ps_dptr_t x, size_t n, float value) {
+  float *p = at(c, x, PS_DTYPE_F32, n);
+  if (n) c->ops->fill(c, p, n, value);
+}
+
+void ps_compute_gemm(ps_compute_t *c, ps_trans_t ta, ps_trans_t tb, size_t m,
+                     size_t n, size_t k, float alpha, ps_dptr_t a, size_t lda,
+                     ps_dptr_t b, size_t ldb, float beta, ps_dptr_t cm,
+                     size_t ldc) {
+  size_t a_ext = ta == PS_NO_TRANS ? extent(m, k, lda) : extent(k, m, lda);
+  size_t b_ext = tb == PS_NO_TRANS ? extent(k, n, ldb) : extent(n, k, ldb);
+  const float *pa = at(c, a, PS_DTYPE_F32, a_ext);
+  const float *pb = at(c, b, PS_DTYPE_F32, b_ext);
+  float *pc = at(c, cm, PS_DTYPE_F32, extent(m, n, ldc));
+  if (m == 0 || n == 0) return;
+  c->ops->gemm(c, ta, tb, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+}
+
+void ps_compute_add_bias(ps_compute_t *c, ps_dptr_t y, ps_dptr_t bias,
+                         size_t rows, size_t cols) {
+  float *py = at(c, y, PS_DTYPE_F32, rows * cols);
+  const float *pb = at(c, bias, PS_DTYPE_F32, cols);
+  if (rows && cols) c->ops->add_bias(c, py, pb, rows, cols);
+}
+
+void ps_compute_relu(ps_compute_t *c, ps_dptr_t x, ps_dptr_t y, size_t n) {
+  const float *px = at(c, x, PS_DTYPE_F32, n);
+  float *py = at(c, y, PS_DTYPE_F32, n);
+  if (n) c->ops->relu(c, px, py, n);
+}
+
+void ps_compute_relu_backward(ps_compute_t *c, ps_dptr_t y, ps_dptr_t dy,
+                              ps_dptr_t dx, size_t n) {
+  const float *py = at(c, y, PS_DTYPE_F32, n);
+  const float *pdy = at(c, dy, PS_DTYPE_F32, n);
+  float *pdx = at(c, dx, PS_DTYPE_F32, n);
+  if (n) c->ops->relu_backward(c, py, pdy, pdx, n);
+}
+
+double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
+                               ps_dptr_t labels, size_t rows, size_t cols,
+                               ps_dptr_t grad, float grad_scale) {
+  CHECK(cols > 0);
+  const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
+  const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
+  float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
+  if (rows == 0) return 0.0;
+  return c->ops->softmax_xent(c, pl, py, rows, cols, pg, grad_scale);
+}
+
+void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,
+                        float alpha, float beta, ps_dptr_t out) {
+  const float *px = at(c, x, PS_DTYPE_F32, rows * cols);
+  float *po = at(c, out, PS_DTYPE_F32, cols);
+  if (cols) c->ops->col_sum(c, px, rows, cols, alpha, beta, po);
+}
+
+size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,
+                                ps_dptr_t labels, size_t rows, size_t cols) {
+  CHECK(cols > 0);
+  const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
+  const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
+  if (rows == 0) return 0;
+  return c->ops->count_correct(c, pl, py, rows, cols);
+}
+
+void ps_compute_sync(ps_compute_t *c) {
+  if (c->ops->sync) c->ops->sync(c);
+}

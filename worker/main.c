@@ -1,0 +1,164 @@
+/* ps-worker: trains the Fashion-MNIST MLP, alone (--standalone) or as one
+ * worker of a parameter-server cluster. Parses options, builds the trainer,
+ * runs it. Exit status: 0 done, 1 failed, 2 bad usage or configuration. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "worker/trainer.h"
+
+static volatile sig_atomic_t stop_requested;
+
+/* The first signal asks the trainer to stop after its step; the alarm makes
+ * sure the process is gone within seconds even if a call to the cluster is
+ * stuck waiting on peers that died; a second signal ends it at once. */
+#define STOP_GRACE_S 2
+
+static void on_signal(int sig) {
+  if (stop_requested || sig == SIGALRM) {
+    static const char msg[] = "ps-worker: did not stop in time, exiting\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+    _exit(1);
+  }
+  stop_requested = sig;
+  alarm(STOP_GRACE_S);
+}
+
+static void install_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGALRM, &sa, NULL);
+}
+
+int main(int argc, char **argv) {
+  char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
+  int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
+  int lr_schedule = PS_LR_COSINE, normalize = 1;
+  int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
+      connect_timeout_ms, heartbeat_ms, progress_ms;
+  double lr, momentum;
+
+  const ps_opt_t opts[] = {
+      {"scheduler", PS_OPT_STRING, &scheduler, "tcp://127.0.0.1:7000", 0, 0,
+       NULL, "scheduler endpoint to register with (distributed mode)"},
+      {"standalone", PS_OPT_BOOL, &standalone, "false", 0, 0, NULL,
+       "train alone, no cluster: SGD applied locally"},
+      {"data-dir", PS_OPT_STRING, &data_dir,
+       "/usr/share/datasets/fashion-mnist", 0, 0, NULL,
+       "folder of {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"},
+      {"epochs", PS_OPT_INT, &epochs, "10", 1, 1000000, NULL,
+       "passes over the training set"},
+      {"batch-size", PS_OPT_INT, &batch_size, "32", 1, 65536, NULL,
+       "examples per step per worker (global batch = workers x this)"},
+      {"lr", PS_OPT_DOUBLE, &lr, "0.02", 0, 10, NULL,
+       "learning rate of SGD (declared to the cluster)"},
+      {"lr-schedule", PS_OPT_ENUM, &lr_schedule, "cosine", 0, 0,
+       "constant|cosine",
+       "learning-rate schedule over epochs x steps (every worker the same)"},
+      {"momentum", PS_OPT_DOUBLE, &momentum, "0.9", 0, 0.999, NULL,
+       "SGD momentum (declared to the cluster)"},
+      {"seed", PS_OPT_INT, &seed, "1", 0, 9007199254740991.0, NULL,
+       "seed of the initial weights and of the data order"},
+      {"threads", PS_OPT_INT, &threads, "1", 1, 256, NULL, "BLAS threads"},
+      {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
+       "stop after this many global steps (0: no limit)"},
+      {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
+       "write a JSON report of the run here (rank 0)"},
+      {"dump-weights", PS_OPT_STRING, &dump, NULL, 0, 0, NULL,
+       "write the final weights here as raw float32 little-endian (rank 0)"},
+      {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
+       "requested worker rank (-1: any)"},
+      {"timeout-ms", PS_OPT_INT, &timeout_ms, "30000", 1, 86400000, NULL,
+       "deadline of one push or pull"},
+      {"connect-timeout-ms", PS_OPT_INT, &connect_timeout_ms, "60000", 1,
+       86400000, NULL, "deadline to register and get the cluster view"},
+      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "500", 10, 3600000, NULL,
+       "interval of heartbeats to the scheduler"},
+      {"progress-ms", PS_OPT_INT, &progress_ms, "2000", 1, 86400000, NULL,
+       "interval of progress lines"},
+      {"normalize", PS_OPT_BOOL, &normalize, "true", 0, 0, NULL,
+       "standardize pixels with the training set's mean and deviation"},
+      {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
+       "debug|info|warn|error", "lowest level logged"},
+      {"eval-every-epoch", PS_OPT_BOOL, &eval_every_epoch, "true", 0, 0, NULL,
+       "evaluate on the test set after every epoch, not only at the end"},
+  };
+  const ps_config_t cfg = {
+      .program = "ps-worker",
+      .summary =
+          "Train the Fashion-MNIST MLP alone or as a worker of a "
+          "parameter-server cluster.",
+      .usage = "[options]",
+      .opts = opts,
+      .nopts = sizeof(opts) / sizeof(opts[0]),
+  };
+
+  char err[512];
+  int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
+  if (rc == 1) {
+    ps_config_free(&cfg);
+    return 0;
+  }
+  if (rc != PS_OK) {
+    fprintf(stderr, "ps-worker: %s\n", err);
+    fprintf(stderr, "Try 'ps-worker --help'.\n");
+    ps_config_free(&cfg);
+    return 2;
+  }
+  ps_log_init("worker", (ps_log_level_t)log_level);
+  install_signals();
+
+  ps_trainer_opts_t to;
+  ps_trainer_opts_init(&to);
+  to.standalone = standalone;
+  to.data_dir = data_dir;
+  to.epochs = epochs;
+  to.batch_size = batch_size;
+  to.learning_rate = lr;
+  to.momentum = momentum;
+  to.lr_schedule = (ps_lr_schedule_t)lr_schedule;
+  to.normalize = normalize;
+  to.seed = (uint64_t)seed;
+  to.threads = (int)threads;
+  to.max_steps = (uint64_t)max_steps;
+  to.report_path = report;
+  to.dump_path = dump;
+  to.eval_every_epoch = eval_every_epoch;
+  to.progress_s = (double)progress_ms / 1000.0;
+  to.client.scheduler = scheduler;
+  to.client.rank = rank;
+  to.client.timeout_ms = (int)timeout_ms;
+  to.client.connect_timeout_ms = (int)connect_timeout_ms;
+  to.client.heartbeat_ms = (int)heartbeat_ms;
+  to.stop = &stop_requested;
+
+  int exit_code = 0;
+  int terr = PS_OK;
+  ps_trainer_t *t = ps_trainer_new(&to, &terr, err, sizeof(err));
+  if (t == NULL) {
+    PS_ERROR("start_failed", "error=%s msg=\"%s\"", ps_err_name(terr), err);
+    fprintf(stderr, "ps-worker: %s\n", err);
+    exit_code = terr == PS_ERR_CONFIG ? 2 : 1;
+  } else {
+    rc = ps_trainer_run(t);
+    if (rc != PS_OK) {
+      PS_ERROR("train_failed", "error=%s msg=\"%s\"", ps_err_name(rc),
+               ps_trainer_errmsg(t));
+      fprintf(stderr, "ps-worker: %s\n", ps_trainer_errmsg(t));
+      exit_code = rc == PS_ERR_CONFIG ? 2 : 1;
+    }
+    ps_trainer_destroy(&t);
+  }
+  ps_config_free(&cfg);
+  return exit_code;
+}

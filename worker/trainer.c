@@ -1,0 +1,663 @@
+#include "worker/trainer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/init.h"
+#include "common/log.h"
+#include "common/optimizer.h"
+#include "common/time.h"
+#include "worker/compute.h"
+#include "worker/idx.h"
+#include "worker/mlp.h"
+
+/* Evaluation batches: large enough for BLAS to run at full speed. */
+#define TRAINER_EVAL_BATCH 500
+
+struct ps_trainer_s {
+  ps_trainer_opts_t o;
+  char errmsg[512];
+  ps_dataset_t train;
+  ps_dataset_t test;
+  ps_compute_t *compute;
+  ps_mlp_t *mlp;
+  ps_client_t *client;
+  uint32_t rank, workers;
+  size_t nparams;
+  float *w;  /* weights, the whole key space */
+  float *v;  /* momentum (standalone only) */
+  float *g;  /* gradient of this worker's batch */
+  float *xb; /* the batch, gathered */
+  uint8_t *yb;
+  uint32_t *perm;
+  ps_trainer_result_t res;
+};
+
+static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void trainer_fail(ps_trainer_t *t, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(t->errmsg, sizeof(t->errmsg), fmt, ap);
+  va_end(ap);
+}
+
+void ps_trainer_opts_init(ps_trainer_opts_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->standalone = 0;
+  o->data_dir = "/usr/share/datasets/fashion-mnist";
+  o->epochs = 10;
+  o->batch_size = 32;
+  o->learning_rate = 0.02;
+  o->momentum = 0.9;
+  o->lr_schedule = PS_LR_COSINE;
+  o->normalize = 1;
+  o->seed = 1;
+  o->threads = 1;
+  o->max_steps = 0;
+  o->eval_every_epoch = 1;
+  o->progress_s = 2.0;
+  ps_client_opts_init(&o->client);
+  o->client.scheduler = "tcp://127.0.0.1:7000";
+}
+
+/* splitmix64 as a counter generator: value k of a stream is a pure function
+ * of (stream, k), so every worker draws the same numbers. */
+static uint64_t rng_next(uint64_t *state) {
+  *state += 0x9e3779b97f4a7c15ull;
+  return ps_mix64(*state);
+}
+
+/* Uniform in [0, bound) by multiply-shift; the bias (bound / 2^64) is far
+ * below anything a shuffle of a data set could show. */
+static uint32_t rng_below(uint64_t *state, uint32_t bound) {
+  return (uint32_t)(((unsigned __int128)rng_next(state) * bound) >> 64);
+}
+
+float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
+                           uint64_t total_steps) {
+  if (schedule != PS_LR_COSINE || total_steps == 0) return 1.0f;
+  double x = (double)step / (double)total_steps;
+  if (x > 1.0) x = 1.0;
+  return (float)(0.5 * (1.0 + cos(M_PI * x)));
+}
+
+void ps_trainer_permutation(uint32_t *perm, uint32_t n, uint64_t seed,
+                            uint64_t epoch) {
+  uint64_t state = ps_mix64(seed ^ ps_mix64(epoch + 0x5eed5eedull));
+  for (uint32_t i = 0; i < n; i++) perm[i] = i;
+  for (uint32_t i = n; i > 1; i--) {
+    uint32_t j = rng_below(&state, i);
+    uint32_t tmp = perm[i - 1];
+    perm[i - 1] = perm[j];
+    perm[j] = tmp;
+  }
+}
+
+static int load_split(ps_trainer_t *t, const char *prefix, ps_dataset_t *ds) {
+  char images[1024], labels[1024], err[512];
+  int n1 = snprintf(images, sizeof(images), "%s/%s-images-idx3-ubyte.gz",
+                    t->o.data_dir, prefix);
+  int n2 = snprintf(labels, sizeof(labels), "%s/%s-labels-idx1-ubyte.gz",
+                    t->o.data_dir, prefix);
+  if (n1 < 0 || (size_t)n1 >= sizeof(images) || n2 < 0 ||
+      (size_t)n2 >= sizeof(labels)) {
+    trainer_fail(t, "data directory path too long: %s", t->o.data_dir);
+    return PS_ERR_CONFIG;
+  }
+  int rc = ps_idx_load_dataset(images, labels, ds, err, sizeof(err));
+  if (rc != PS_OK) {
+    trainer_fail(t, "cannot load the %s set: %s", prefix, err);
+    return rc;
+  }
+  return PS_OK;
+}
+
+static int check_opts(ps_trainer_t *t) {
+  const ps_trainer_opts_t *o = &t->o;
+  if (o->epochs < 1) {
+    trainer_fail(t, "epochs %" PRId64 " must be at least 1", o->epochs);
+    return PS_ERR_CONFIG;
+  }
+  if (o->batch_size < 1 || o->batch_size > (1 << 16)) {
+    trainer_fail(t, "batch size %" PRId64 " not in [1, 65536]", o->batch_size);
+    return PS_ERR_CONFIG;
+  }
+  if (!(o->learning_rate > 0.0) || !isfinite(o->learning_rate)) {
+    trainer_fail(t, "learning rate %g must be > 0", o->learning_rate);
+    return PS_ERR_CONFIG;
+  }
+  if (!(o->momentum >= 0.0 && o->momentum < 1.0)) {
+    trainer_fail(t, "momentum %g not in [0, 1)", o->momentum);
+    return PS_ERR_CONFIG;
+  }
+  if (o->threads < 0) {
+    trainer_fail(t, "threads %d must be >= 0", o->threads);
+    return PS_ERR_CONFIG;
+  }
+  if (o->data_dir == NULL || o->data_dir[0] == '\0') {
+    trainer_fail(t, "no data directory given");
+    return PS_ERR_CONFIG;
+  }
+  return PS_OK;
+}
+
+ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
+                             size_t errlen) {
+  ps_trainer_t *t = calloc(1, sizeof(*t));
+  if (t == NULL) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errmsg, errlen, "out of memory");
+    return NULL;
+  }
+  t->o = *o;
+  int rc = check_opts(t);
+  if (rc != PS_OK) goto fail;
+
+  uint64_t t0 = ps_now_ns();
+  rc = load_split(t, "train", &t->train);
+  if (rc == PS_OK) rc = load_split(t, "t10k", &t->test);
+  if (rc != PS_OK) goto fail;
+  if (t->train.dim != t->test.dim) {
+    trainer_fail(t, "train images are %zu pixels, test images %zu",
+                 t->train.dim, t->test.dim);
+    rc = PS_ERR_FORMAT;
+    goto fail;
+  }
+  double mean = 0.0, std = 1.0;
+  if (o->normalize) {
+    ps_dataset_stats(&t->train, &mean, &std);
+    if (!(std > 0.0)) {
+      trainer_fail(t, "training images are all the same value %g", mean);
+      rc = PS_ERR_FORMAT;
+      goto fail;
+    }
+    ps_dataset_standardize(&t->train, mean, std);
+    ps_dataset_standardize(&t->test, mean, std);
+  }
+  PS_INFO("data",
+          "dir=%s train=%zu test=%zu dim=%zu mean=%.4f std=%.4f "
+          "load_s=%.2f",
+          o->data_dir, t->train.n, t->test.n, t->train.dim, mean, std,
+          (double)(ps_now_ns() - t0) * 1e-9);
+
+  char err2[512];
+  ps_compute_opts_t copts = {.threads = o->threads};
+  t->compute = ps_compute_new(&ps_compute_cpu_ops, &copts, err2, sizeof(err2));
+  if (t->compute == NULL) {
+    trainer_fail(t, "%s", err2);
+    rc = PS_ERR_CONFIG;
+    goto fail;
+  }
+  ps_mlp_opts_t mo;
+  ps_mlp_opts_init(&mo);
+  mo.sizes[0] = (uint32_t)t->train.dim;
+  mo.learning_rate = (float)o->learning_rate;
+  mo.momentum = (float)o->momentum;
+  mo.seed = o->seed;
+  mo.max_batch = (size_t)o->batch_size > TRAINER_EVAL_BATCH
+                     ? (size_t)o->batch_size
+                     : TRAINER_EVAL_BATCH;
+  t->mlp = ps_mlp_new(t->compute, &mo, err2, sizeof(err2));
+  if (t->mlp == NULL) {
+    trainer_fail(t, "%s", err2);
+    rc = PS_ERR_NOMEM;
+    goto fail;
+  }
+  t->nparams = ps_mlp_num_params(t->mlp);
+  size_t b = (size_t)o->batch_size;
+  t->w = calloc(t->nparams, sizeof(float));
+  t->g = calloc(t->nparams, sizeof(float));
+  t->xb = calloc(b * t->train.dim, sizeof(float));
+  t->yb = calloc(b, 1);
+  t->perm = calloc(t->train.n, sizeof(uint32_t));
+  if (o->standalone) t->v = calloc(t->nparams, sizeof(float));
+  if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
+      (o->standalone && !t->v)) {
+    trainer_fail(t, "out of memory");
+    rc = PS_ERR_NOMEM;
+    goto fail;
+  }
+
+  if (o->standalone) {
+    t->rank = 0;
+    t->workers = 1;
+    ps_mlp_init_params(t->mlp, t->w);
+  } else {
+    char cerr[512] = "";
+    int crc = PS_OK;
+    t->client = ps_client_new(&o->client, ps_mlp_model(t->mlp), &crc, cerr,
+                              sizeof(cerr));
+    if (t->client == NULL) {
+      trainer_fail(t, "cannot join the cluster at %s: %s",
+                   o->client.scheduler ? o->client.scheduler : "(none)",
+                   cerr[0] ? cerr : ps_strerror(crc));
+      rc = crc != PS_OK ? crc : PS_ERR_PEER;
+      goto fail;
+    }
+    t->rank = ps_client_rank(t->client);
+    t->workers = ps_client_num_workers(t->client);
+    ps_log_set_node(ps_client_node_id(t->client));
+    if (t->workers == 0 || t->rank >= t->workers) {
+      trainer_fail(t, "the scheduler gave rank %u of %u workers", t->rank,
+                   t->workers);
+      rc = PS_ERR_PROTO;
+      goto fail;
+    }
+  }
+  uint64_t global_batch = (uint64_t)t->workers * b;
+  if (global_batch > t->train.n) {
+    trainer_fail(t,
+                 "global batch %" PRIu64
+                 " (%u workers x batch size %zu) "
+                 "exceeds the %zu training examples",
+                 global_batch, t->workers, b, t->train.n);
+    rc = PS_ERR_CONFIG;
+    goto fail;
+  }
+  t->res.steps_per_epoch = t->train.n / global_batch;
+  t->res.workers = t->workers;
+  t->res.rank = t->rank;
+  t->res.test_accuracy = -1.0;
+  t->res.test_loss = -1.0;
+  t->res.train_loss = -1.0;
+  return t;
+
+fail:
+  *err = rc;
+  snprintf(errmsg, errlen, "%s", t->errmsg);
+  ps_trainer_destroy(&t);
+  return NULL;
+}
+
+void ps_trainer_destroy(ps_trainer_t **t_p) {
+  if (t_p == NULL || *t_p == NULL) return;
+  ps_trainer_t *t = *t_p;
+  ps_client_destroy(&t->client);
+  ps_mlp_destroy(&t->mlp);
+  ps_compute_destroy(&t->compute);
+  ps_dataset_clear(&t->train);
+  ps_dataset_clear(&t->test);
+  free(t->w);
+  free(t->v);
+  free(t->g);
+  free(t->xb);
+  free(t->yb);
+  free(t->perm);
+  free(t);
+  *t_p = NULL;
+}
+
+const ps_trainer_result_t *ps_trainer_result(const ps_trainer_t *t) {
+  return &t->res;
+}
+
+const char *ps_trainer_errmsg(const ps_trainer_t *t) {
+  return t->errmsg;
+}
+
+static int stop_signal(const ps_trainer_t *t) {
+  return t->o.stop != NULL ? (int)*t->o.stop : 0;
+}
+
+static int should_stop(ps_trainer_t *t) {
+  if (stop_signal(t)) return 1;
+  if (t->client != NULL && ps_client_shutting_down(t->client)) return 1;
+  return 0;
+}
+
+/* A call that failed because the cluster is going away ends the run like a
+ * stop, not as an error of this worker. */
+static int cluster_gone(ps_trainer_t *t, int rc) {
+  return t->client != NULL &&
+         (rc == PS_ERR_SHUTDOWN || ps_client_shutting_down(t->client));
+}
+
+/* The weights as of clock (all gradients of steps < clock applied). */
+static int fetch_weights(ps_trainer_t *t, uint64_t clock) {
+  if (t->client == NULL) return PS_OK;
+  int rc = ps_client_pull(t->client, 0, t->nparams, t->w, clock);
+  if (rc != PS_OK)
+    trainer_fail(t, "pull of the weights at clock %" PRIu64 " failed: %s",
+                 clock, ps_client_errmsg(t->client));
+  return rc;
+}
+
+static int evaluate(ps_trainer_t *t, uint64_t clock) {
+  int rc = fetch_weights(t, clock);
+  if (rc != PS_OK) return rc;
+  ps_mlp_set_params(t->mlp, t->w);
+  rc = ps_mlp_evaluate(t->mlp, &t->test, &t->res.test_loss,
+                       &t->res.test_accuracy);
+  if (rc != PS_OK) trainer_fail(t, "evaluation failed: %s", ps_strerror(rc));
+  return rc;
+}
+
+static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
+  size_t b = (size_t)t->o.batch_size;
+  uint64_t spe = t->res.steps_per_epoch;
+  uint64_t epoch = step / spe;
+  if (step % spe == 0)
+    ps_trainer_permutation(t->perm, (uint32_t)t->train.n, t->o.seed, epoch);
+  const uint32_t *idx =
+      t->perm + (step % spe) * t->workers * b + (size_t)t->rank * b;
+  size_t dim = t->train.dim;
+  for (size_t i = 0; i < b; i++) {
+    memcpy(t->xb + i * dim, t->train.x + (size_t)idx[i] * dim,
+           dim * sizeof(float));
+    t->yb[i] = t->train.y[idx[i]];
+  }
+  int rc = fetch_weights(t, step);
+  if (rc != PS_OK) return rc;
+  ps_mlp_set_params(t->mlp, t->w);
+  *loss = ps_mlp_gradient(t->mlp, t->xb, t->yb, b, t->g);
+  if (!isfinite(*loss)) {
+    trainer_fail(t,
+                 "loss is %g at step %" PRIu64
+                 ": training diverged (learning rate %g too high?)",
+                 *loss, step, t->o.learning_rate);
+    return PS_ERR_INVAL;
+  }
+  float f =
+      ps_trainer_lr_factor(t->o.lr_schedule, step, spe * (uint64_t)t->o.epochs);
+  if (f != 1.0f)
+    for (size_t i = 0; i < t->nparams; i++) t->g[i] *= f;
+  if (t->client == NULL) {
+    ps_apply_sgd(t->w, t->v, t->g, t->nparams, (float)t->o.learning_rate,
+                 (float)t->o.momentum, 1.0f);
+    return PS_OK;
+  }
+  rc = ps_client_push(t->client, 0, t->nparams, t->g, step);
+  if (rc != PS_OK)
+    trainer_fail(t, "push of the gradient of step %" PRIu64 " failed: %s", step,
+                 ps_client_errmsg(t->client));
+  return rc;
+}
+
+static int write_all(FILE *f, const void *p, size_t bytes) {
+  return fwrite(p, 1, bytes, f) == bytes ? 0 : -1;
+}
+
+/* Writes through a temporary file and a rename, so a reader never sees half
+ * a file. */
+static int write_file(ps_trainer_t *t, const char *path, const char *what,
+                      int (*fill)(ps_trainer_t *, FILE *)) {
+  char tmp[1100];
+  int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  if (n < 0 || (size_t)n >= sizeof(tmp)) {
+    trainer_fail(t, "%s path too long: %s", what, path);
+    return PS_ERR_CONFIG;
+  }
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) {
+    trainer_fail(t, "cannot write the %s %s: %s", what, tmp, strerror(errno));
+    return PS_ERR_IO;
+  }
+  int bad = fill(t, f);
+  int saved = errno;
+  if (fflush(f) != 0 && !bad) {
+    bad = 1;
+    saved = errno;
+  }
+  if (fclose(f) != 0 && !bad) {
+    bad = 1;
+    saved = errno;
+  }
+  if (!bad && rename(tmp, path) != 0) {
+    bad = 1;
+    saved = errno;
+  }
+  if (bad) {
+    unlink(tmp);
+    trainer_fail(t, "cannot write the %s %s: %s", what, path, strerror(saved));
+    return PS_ERR_IO;
+  }
+  return PS_OK;
+}
+
+static int fill_dump(ps_trainer_t *t, FILE *f) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (size_t i = 0; i < t->nparams; i++) {
+    uint32_t u;
+    memcpy(&u, &t->w[i], 4);
+    u = __builtin_bswap32(u);
+    if (write_all(f, &u, 4) != 0) return -1;
+  }
+  return 0;
+#else
+  return write_all(f, t->w, t->nparams * sizeof(float));
+#endif
+}
+
+static int fill_report(ps_trainer_t *t, FILE *f) {
+  const ps_trainer_result_t *r = &t->res;
+  int n = fprintf(
+      f,
+      "{\n"
+      "  \"mode\": \"%s\",\n"
+      "  \"test_accuracy\": %.6f,\n"
+      "  \"test_loss\": %.6f,\n"
+      "  \"train_loss\": %.6f,\n"
+      "  \"samples_per_sec\": %.1f,\n"
+      "  \"wall_seconds\": %.3f,\n"
+      "  \"epochs\": %" PRId64
+      ",\n"
+      "  \"steps\": %" PRIu64
+      ",\n"
+      "  \"steps_per_epoch\": %" PRIu64
+      ",\n"
+      "  \"workers\": %u,\n"
+      "  \"batch_size\": %" PRId64
+      ",\n"
+      "  \"global_batch_size\": %" PRIu64
+      ",\n"
+      "  \"learning_rate\": %g,\n"
+      "  \"momentum\": %g,\n"
+      "  \"lr_schedule\": \"%s\",\n"
+      "  \"seed\": %" PRIu64
+      "\n"
+      "}\n",
+      t->client ? "distributed" : "standalone", r->test_accuracy, r->test_loss,
+      r->train_loss, r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
+      r->steps_per_epoch, r->workers, t->o.batch_size,
+      (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
+      t->o.momentum, t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
+      t->o.seed);
+  return n < 0 ? -1 : 0;
+}
+
+int ps_trainer_run(ps_trainer_t *t) {
+  ps_trainer_result_t *r = &t->res;
+  const ps_trainer_opts_t *o = &t->o;
+  uint64_t spe = r->steps_per_epoch;
+  uint64_t total = spe * (uint64_t)o->epochs;
+  if (o->max_steps > 0 && o->max_steps < total) total = o->max_steps;
+  uint64_t global_batch = (uint64_t)t->workers * (uint64_t)o->batch_size;
+  int evaluator = t->rank == 0;
+
+  PS_INFO("train_start",
+          "mode=%s rank=%u workers=%u batch_size=%" PRId64
+          " global_batch=%" PRIu64
+          " lr=%g lr_schedule=%s momentum=%g"
+          " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
+          " params=%zu backend=%s threads=%d",
+          t->client ? "distributed" : "standalone", t->rank, t->workers,
+          o->batch_size, global_batch, o->learning_rate,
+          o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant", o->momentum,
+          o->epochs, spe, total, t->nparams, ps_compute_name(t->compute),
+          o->threads);
+
+  uint64_t start_ns = ps_now_ns();
+  uint64_t eval_ns = 0; /* time spent evaluating, kept out of rates */
+  uint64_t last_ns = start_ns, last_step = 0, last_eval_ns = 0;
+  double progress_loss = 0.0, epoch_loss = 0.0;
+  uint64_t progress_n = 0, epoch_n = 0;
+  uint64_t evaluated_at = UINT64_MAX; /* clock of the last evaluation */
+  int rc = PS_OK;
+  uint64_t step = 0;
+
+  for (; step < total; step++) {
+    if (should_stop(t)) {
+      r->stopped = 1;
+      break;
+    }
+    if (step % spe == 0) {
+      epoch_loss = 0.0;
+      epoch_n = 0;
+    }
+    double loss;
+    rc = train_step(t, step, &loss);
+    if (rc != PS_OK) {
+      if (cluster_gone(t, rc)) {
+        rc = PS_OK;
+        r->stopped = 1;
+      }
+      break;
+    }
+    progress_loss += loss;
+    progress_n++;
+    epoch_loss += loss;
+    epoch_n++;
+    r->train_loss = epoch_loss / (double)epoch_n;
+
+    uint64_t now = ps_now_ns();
+    double dt = (double)(now - last_ns) * 1e-9;
+    if (dt >= o->progress_s && step + 1 < total) {
+      /* Evaluation is not training: keep it out of the rate. */
+      double train_dt = dt - (double)(eval_ns - last_eval_ns) * 1e-9;
+      PS_INFO("progress",
+              "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
+              " loss=%.4f lr=%.5f samples_per_sec=%.0f",
+              step / spe + 1, step + 1, total,
+              progress_loss / (double)progress_n,
+              o->learning_rate *
+                  (double)ps_trainer_lr_factor(o->lr_schedule, step,
+                                               spe * (uint64_t)o->epochs),
+              train_dt > 0
+                  ? (double)((step + 1 - last_step) * global_batch) / train_dt
+                  : 0.0);
+      last_ns = now;
+      last_eval_ns = eval_ns;
+      last_step = step + 1;
+      progress_loss = 0.0;
+      progress_n = 0;
+    }
+
+    if ((step + 1) % spe == 0) {
+      uint64_t epoch = (step + 1) / spe;
+      r->epochs = (int64_t)epoch;
+      int last = step + 1 == total;
+      double elapsed = (double)(now - start_ns) * 1e-9;
+      if (evaluator && (o->eval_every_epoch || last)) {
+        uint64_t e0 = ps_now_ns();
+        rc = evaluate(t, step + 1);
+        eval_ns += ps_now_ns() - e0;
+        if (rc != PS_OK) {
+          if (cluster_gone(t, rc)) {
+            rc = PS_OK;
+            r->stopped = 1;
+            step++; /* this step's gradient was pushed */
+          }
+          break;
+        }
+        evaluated_at = step + 1;
+        PS_INFO("epoch",
+                "epoch=%" PRIu64 " step=%" PRIu64
+                " train_loss=%.4f test_loss=%.4f test_accuracy=%.4f"
+                " elapsed_s=%.1f",
+                epoch, step + 1, r->train_loss, r->test_loss, r->test_accuracy,
+                elapsed);
+      } else {
+        PS_INFO("epoch",
+                "epoch=%" PRIu64 " step=%" PRIu64
+                " train_loss=%.4f"
+                " elapsed_s=%.1f",
+                epoch, step + 1, r->train_loss, elapsed);
+      }
+    }
+  }
+  r->steps = step;
+  uint64_t train_end_ns = ps_now_ns();
+  double train_s = (double)(train_end_ns - start_ns - eval_ns) * 1e-9;
+  r->samples_per_sec =
+      train_s > 0 ? (double)(step * global_batch) / train_s : 0.0;
+
+  int sig = stop_signal(t);
+  if (rc == PS_OK && r->stopped) {
+    PS_WARN("stopped", "step=%" PRIu64 " reason=%s", step,
+            sig ? (sig == SIGINT ? "SIGINT" : "SIGTERM") : "cluster_shutdown");
+  }
+  /* A stopped worker leaves promptly: a final pull could wait on workers
+   * that are gone. */
+  if (rc == PS_OK && !r->stopped && evaluator && step > 0) {
+    if (evaluated_at != step) {
+      rc = evaluate(t, step);
+      if (rc == PS_OK) evaluated_at = step;
+    }
+    /* Either way t->w now holds the weights as of clock step. */
+  }
+  r->wall_seconds = (double)(ps_now_ns() - start_ns) * 1e-9;
+
+  if (rc == PS_OK && !r->stopped && evaluator) {
+    if (o->dump_path != NULL)
+      rc = write_file(t, o->dump_path, "weights dump", fill_dump);
+    if (rc == PS_OK && o->report_path != NULL)
+      rc = write_file(t, o->report_path, "report", fill_report);
+  }
+
+  /* Done when the job is over; Leave when this worker quits before that
+   * (signal, error), which tells the scheduler to end the job rather than
+   * let the others wait for a worker that will not come back. */
+  if (t->client != NULL) {
+    int drc;
+    if (rc != PS_OK) {
+      char reason[128];
+      snprintf(reason, sizeof(reason), "worker failed: %.100s", t->errmsg);
+      drc = ps_client_leave(t->client, reason);
+    } else if (r->stopped && sig) {
+      drc = ps_client_leave(t->client, sig == SIGINT ? "stopped by SIGINT"
+                                                     : "stopped by SIGTERM");
+    } else {
+      drc = ps_client_done(t->client);
+    }
+    if (drc != PS_OK && rc == PS_OK && !r->stopped)
+      PS_WARN("done_failed", "error=%s msg=\"%s\"", ps_err_name(drc),
+              ps_client_errmsg(t->client));
+  }
+  if (rc != PS_OK) return rc;
+
+  if (evaluator && evaluated_at == step && step > 0)
+    PS_INFO("train_done",
+            "steps=%" PRIu64 " epochs=%" PRId64
+            " train_loss=%.4f"
+            " test_loss=%.4f test_accuracy=%.4f samples_per_sec=%.0f"
+            " wall_s=%.1f stopped=%d",
+            r->steps, r->epochs, r->train_loss, r->test_loss, r->test_accuracy,
+            r->samples_per_sec, r->wall_seconds, r->stopped);
+  else
+    PS_INFO("train_done",
+            "steps=%" PRIu64 " epochs=%" PRId64
+            " train_loss=%.4f"
+            " samples_per_sec=%.0f wall_s=%.1f stopped=%d",
+            r->steps, r->epochs, r->train_loss, r->samples_per_sec,
+            r->wall_seconds, r->stopped);
+  printf("%s%s training: %" PRIu64 " steps (%" PRId64 " full epochs of %" PRIu64
+         " steps), %u worker%s x batch %" PRId64
+         ", in %.1f s, %.0f samples/s\n",
+         r->stopped ? "stopped " : "", t->client ? "distributed" : "standalone",
+         r->steps, r->epochs, spe, t->workers, t->workers == 1 ? "" : "s",
+         o->batch_size, r->wall_seconds, r->samples_per_sec);
+  if (evaluator && evaluated_at == step && step > 0)
+    printf("test accuracy %.4f, test loss %.4f, train loss %.4f\n",
+           r->test_accuracy, r->test_loss, r->train_loss);
+  fflush(stdout);
+  return PS_OK;
+}

@@ -1,0 +1,124 @@
+/* The training loop of ps-worker, shared by --standalone and distributed mode.
+ *
+ * Data order is a function of (seed, epoch) only: every epoch is a seeded
+ * Fisher-Yates permutation of all training examples, the same on every
+ * worker. Global step s of an epoch takes perm[s*W*B, (s+1)*W*B) and the
+ * worker of rank r its slice [r*B, (r+1)*B), so W workers of batch B see
+ * exactly the data of one standalone process of batch W*B, and BSP training
+ * gives the same weights to float rounding. An epoch has floor(N / (W*B))
+ * steps; the examples left over are skipped that epoch.
+ *
+ * A distributed step t pulls all weights as of clock t, computes the mean
+ * gradient of the worker's batch and pushes it as clock t; the server sums
+ * the workers' gradients and applies SGD with scale 1/W. A standalone step
+ * applies the same kernel (ps_apply_sgd) itself with scale 1.
+ *
+ * Learning-rate schedule: the server applies the constant learning rate of
+ * the model spec, so the schedule is applied by the workers, as a factor
+ * f(t) on the gradient of global step t. With momentum m the server does
+ * v' = m v' + f(t) g, w -= lr v', which with u = lr v' is exactly
+ * u = m u + lr f(t) g, w -= u: SGD with momentum at learning rate lr f(t)
+ * (Sutskever et al.'s form). f depends only on t and epochs x steps per
+ * epoch, so every worker of a job must be given the same --epochs.
+ *
+ * Features are standardized with the mean and deviation of the training
+ * set (the same bits on every worker, as the data is the same).
+ *
+ * After each epoch rank 0 pulls the weights and evaluates them on the test
+ * set. Progress goes to the log (common/log.h), a summary to stdout. Rank 0
+ * writes the report and the weights dump. A trainer belongs to the thread
+ * that created it; only the stop flag may be set from elsewhere (a signal
+ * handler).
+ */
+#ifndef PS_TRAINER_H
+#define PS_TRAINER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker/client.h"
+
+typedef struct ps_trainer_s ps_trainer_t;
+
+typedef enum {
+  PS_LR_CONSTANT = 0,
+  PS_LR_COSINE = 1, /* f(t) = (1 + cos(pi t / T)) / 2, T = epochs x steps */
+} ps_lr_schedule_t;
+
+typedef struct {
+  int standalone; /* 1: no cluster, apply SGD locally */
+  const char
+      *data_dir; /* holds {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz */
+  int64_t epochs;
+  int64_t batch_size; /* per worker */
+  double learning_rate;
+  double momentum;
+  ps_lr_schedule_t lr_schedule;
+  int normalize;           /* standardize features with the train set's stats */
+  uint64_t seed;           /* weights and data order */
+  int threads;             /* BLAS threads */
+  uint64_t max_steps;      /* stop after this many global steps; 0: no limit */
+  const char *report_path; /* JSON report, rank 0; NULL: none */
+  const char *dump_path;   /* raw float32 LE weights, rank 0; NULL: none */
+  int eval_every_epoch;    /* evaluate after every epoch, not only at the end */
+  double progress_s;       /* seconds between progress lines */
+  ps_client_opts_t client; /* distributed mode */
+  /* Set to the signal number by a signal handler: the trainer stops after
+   * the current step, tells the cluster it leaves (which ends the job) and
+   * returns PS_OK with result.stopped set. May be NULL. */
+  volatile sig_atomic_t *stop;
+} ps_trainer_opts_t;
+
+/* What a run measured; filled by ps_trainer_run. The test metrics are those
+ * of the last evaluation (rank 0 only: other ranks leave them negative). */
+typedef struct {
+  double test_accuracy;
+  double test_loss;
+  double train_loss;      /* mean batch loss of the last (partial) epoch */
+  double samples_per_sec; /* all workers' samples over training time */
+  double wall_seconds;    /* the training loop, evaluations included */
+  uint64_t steps;         /* global steps done */
+  uint64_t steps_per_epoch;
+  int64_t epochs; /* whole epochs done */
+  uint32_t workers;
+  uint32_t rank;
+  int stopped; /* 1 if the stop flag or a cluster shutdown ended it */
+} ps_trainer_result_t;
+
+/* Fills o with the defaults (the values ps-worker documents). */
+void ps_trainer_opts_init(ps_trainer_opts_t *o);
+
+/* Loads the data, builds the backend and the model, and in distributed mode
+ * connects to the cluster (which may wait for the other workers). Returns
+ * NULL with *err (PS_ERR_CONFIG for a bad option, another code otherwise)
+ * and errmsg filled. Caller owns the result. */
+ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
+                             size_t errlen);
+
+/* Trains to the end (epochs, max_steps, the stop flag, or a cluster
+ * shutdown), evaluates, writes the report and the dump, and tells the
+ * cluster this worker is done. A run cut short by the stop flag or by the
+ * cluster's shutdown skips the final evaluation, report and dump, and
+ * returns PS_OK with result.stopped set. Returns an error with the message
+ * in ps_trainer_errmsg when a step, the evaluation or a write fails; then
+ * the worker leaves the cluster, which ends the job. */
+int ps_trainer_run(ps_trainer_t *t);
+
+const ps_trainer_result_t *ps_trainer_result(const ps_trainer_t *t);
+const char *ps_trainer_errmsg(const ps_trainer_t *t);
+
+/* Sends Done if connected, frees everything, sets *t_p to NULL. */
+void ps_trainer_destroy(ps_trainer_t **t_p);
+
+/* The schedule's factor on the learning rate at global step step of a run
+ * of total_steps steps (epochs x steps per epoch). */
+float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
+                           uint64_t total_steps);
+
+/* The permutation of [0, n) for (seed, epoch): a Fisher-Yates shuffle driven
+ * by a ps_mix64 counter generator. Exposed for tests. */
+void ps_trainer_permutation(uint32_t *perm, uint32_t n, uint64_t seed,
+                            uint64_t epoch);
+
+#endif
