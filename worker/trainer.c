@@ -481,7 +481,10 @@ int ps_trainer_run(ps_trainer_t *t) {
   uint64_t total = spe * (uint64_t)o->epochs;
   if (o->max_steps > 0 && o->max_steps < total) total = o->max_steps;
   uint64_t global_batch = (uint64_t)t->workers * (uint64_t)o->batch_size;
-  int evaluator = t->rank == 0;
+  /* Rank 0 evaluates; so does any worker asked for a report or a dump, so
+   * the job's result survives the loss of rank 0. */
+  int evaluator =
+      t->rank == 0 || o->report_path != NULL || o->dump_path != NULL;
 
   PS_INFO("train_start",
           "mode=%s rank=%u workers=%u batch_size=%" PRId64

@@ -59,8 +59,8 @@ typedef struct {
   uint64_t seed;           /* weights and data order */
   int threads;             /* BLAS threads */
   uint64_t max_steps;      /* stop after this many global steps; 0: no limit */
-  const char *report_path; /* JSON report, rank 0; NULL: none */
-  const char *dump_path;   /* raw float32 LE weights, rank 0; NULL: none */
+  const char *report_path; /* JSON report; NULL: none */
+  const char *dump_path;   /* raw float32 LE weights; NULL: none */
   int eval_every_epoch;    /* evaluate after every epoch, not only at the end */
   double progress_s;       /* seconds between progress lines */
   ps_client_opts_t client; /* distributed mode */

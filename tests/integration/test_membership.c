@@ -1,0 +1,105 @@
+/* Membership as an operator sees it: psctl status lists every node and the
+ * range map; a worker killed mid-run is reported dead (in the log and in
+ * psctl status), leaves the live set, and BSP training goes on with the
+ * other worker to the end, after which every daemon exits 0. */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "harness.h"
+
+/* Runs psctl with args and returns its stdout (caller frees). */
+static char *psctl(h_cluster_t *c, const char *out_name, const char *a1,
+                   const char *a2) {
+  h_proc_t *p = h_spawn(c, out_name, "psctl", "--scheduler", c->sched_ep,
+                        "--timeout-ms", "3000", a1, a2, NULL);
+  ck_assert_msg(h_wait_exit(p, 10000), "psctl did not exit within 10 s");
+  ck_assert_msg(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0,
+                "psctl %s failed", a1);
+  return h_read_file(p->log, NULL);
+}
+
+static int count(const char *s, const char *needle) {
+  int n = 0;
+  for (const char *p = s; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+    n++;
+  return n;
+}
+
+START_TEST(dead_worker_reported_and_training_goes_on) {
+  h_cluster_t c;
+  h_init(&c, "membership");
+  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--bind",
+                            c.sched_ep, "--servers", "2", "--workers", "2",
+                            "--heartbeat-timeout-ms", "1000", NULL);
+  h_proc_t *s0 = h_spawn(&c, "server0", "ps-server", "--scheduler",
+                         c.sched_ep, NULL);
+  h_proc_t *s1 = h_spawn(&c, "server1", "ps-server", "--scheduler",
+                         c.sched_ep, NULL);
+  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler",
+                         c.sched_ep, "--rank", "0", "--epochs", "2", NULL);
+  h_proc_t *w1 = h_spawn(&c, "worker1", "ps-worker", "--scheduler",
+                         c.sched_ep, "--rank", "1", "--epochs", "2",
+                         "--report", h_path(&c, "report.json"), NULL);
+  int training = h_wait_log(w0->log, "event=progress", 60000);
+  if (!training) h_dump_logs(&c);
+  ck_assert_msg(training, "training did not start within 60 s");
+
+  char *js = psctl(&c, "psctl_json", "status", "--json");
+  ck_assert_msg(count(js, "\"state\":\"alive\"") == 4,
+                "expected 4 alive nodes: %s", js);
+  ck_assert_int_eq(count(js, "\"role\":\"server\""), 2);
+  ck_assert_int_eq(count(js, "\"role\":\"worker\""), 2);
+  ck_assert_int_eq(count(js, "\"server_id\""), 2);
+  ck_assert_msg(strstr(js, "\"epoch\":1,") != NULL, "not epoch 1: %s", js);
+  free(js);
+  char *txt = psctl(&c, "psctl_text", "status", NULL);
+  ck_assert_msg(count(txt, "alive") >= 4, "human status: %s", txt);
+  free(txt);
+
+  kill(w0->pid, SIGKILL);
+  ck_assert(h_wait_exit(w0, 5000));
+  int dead = h_wait_log(sched->log, "event=node_dead", 10000);
+  if (!dead) h_dump_logs(&c);
+  ck_assert_msg(dead, "scheduler did not report the killed worker dead");
+
+  js = psctl(&c, "psctl_json_after", "status", "--json");
+  ck_assert_msg(count(js, "\"state\":\"dead\"") == 1,
+                "expected 1 dead node: %s", js);
+  ck_assert_msg(strstr(js, "\"live_workers\":1") != NULL, "%s", js);
+  ck_assert_msg(strstr(js, "\"epoch\":2,") != NULL, "not epoch 2: %s", js);
+  free(js);
+
+  /* The other worker finishes its job alone; the cluster then ends. */
+  h_proc_t *rest[] = {sched, s0, s1, w1};
+  for (int i = 0; i < 4; i++) {
+    int exited = h_wait_exit(rest[i], 120000);
+    if (!exited) h_dump_logs(&c);
+    ck_assert_msg(exited, "%s did not exit", rest[i]->name);
+    ck_assert_msg(WIFEXITED(rest[i]->status) &&
+                      WEXITSTATUS(rest[i]->status) == 0,
+                  "%s exited with status %d", rest[i]->name, rest[i]->status);
+  }
+  h_kill_all(&c);
+  char *rep = h_read_file(h_path(&c, "report.json"), NULL);
+  ck_assert_ptr_nonnull(rep);
+  ck_assert_msg(h_json_number(rep, "epochs") == 2, "%s", rep);
+  free(rep);
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("membership");
+  TCase *tc = tcase_create("membership");
+  tcase_set_timeout(tc, 200);
+  tcase_add_test(tc, dead_worker_reported_and_training_goes_on);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
