@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -11,6 +13,66 @@ const ps_frame_limits_t ps_frame_default_limits = {
     .max_header_bytes = 1u << 20,
     .max_payload_bytes = 1u << 30,
 };
+
+/* ---- header slab ----
+ * protobuf-c allocates the Envelope and its body with malloc on every
+ * unpack: two or three calls per request on the data plane. Instead each
+ * message borrows one slot of this slab for the whole of its life (taken in
+ * ps_msg_recv, given back in ps_msg_close) and the unpack bump-allocates in
+ * it. A slot is found by its address, so ps_msg_t may be copied by value
+ * (tests do) and closed on another thread. 64 slots cover every message a
+ * process holds at once in practice; beyond that, or for a header whose
+ * unpacked form outgrows a slot (a View), the unpack uses malloc as before. */
+#define SLAB_SLOTS 64
+#define SLAB_SLOT_BYTES 1024
+
+static _Alignas(64) unsigned char slab[SLAB_SLOTS][SLAB_SLOT_BYTES];
+static atomic_uint_fast64_t slab_used;
+
+typedef struct {
+  unsigned char *base; /* NULL: no slot, everything from malloc */
+  size_t used;
+} bump_t;
+
+static int slab_take(void) {
+  uint_fast64_t used = atomic_load_explicit(&slab_used, memory_order_relaxed);
+  for (;;) {
+    if (~used == 0) return -1;
+    int i = __builtin_ctzll((unsigned long long)~used);
+    uint_fast64_t want = used | ((uint_fast64_t)1 << i);
+    if (atomic_compare_exchange_weak_explicit(&slab_used, &used, want,
+                                              memory_order_acquire,
+                                              memory_order_relaxed))
+      return i;
+  }
+}
+
+static int slab_index(const void *p) {
+  /* Compared as integers: p is usually not inside the slab at all. */
+  uintptr_t a = (uintptr_t)p, base = (uintptr_t)slab;
+  if (a < base || a - base >= sizeof(slab)) return -1;
+  return (int)((a - base) / SLAB_SLOT_BYTES);
+}
+
+static void slab_give(int i) {
+  atomic_fetch_and_explicit(&slab_used, ~((uint_fast64_t)1 << i),
+                            memory_order_release);
+}
+
+static void *bump_alloc(void *data, size_t size) {
+  bump_t *b = data;
+  size_t at = (b->used + 15) & ~(size_t)15;
+  if (b->base && size <= SLAB_SLOT_BYTES && at <= SLAB_SLOT_BYTES - size) {
+    b->used = at + size;
+    return b->base + at;
+  }
+  return malloc(size);
+}
+
+/* Pieces inside the slab go back with their slot, in ps_msg_close. */
+static void bump_free(void *data, void *p) {
+  if (p && slab_index(p) < 0) free(p);
+}
 
 const char *ps_body_name(Ps__Envelope__BodyCase c) {
   switch (c) {
@@ -29,6 +91,10 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
     case PS__ENVELOPE__BODY_SHUTDOWN: return "shutdown";
     case PS__ENVELOPE__BODY_STATUS_REQUEST: return "status_request";
     case PS__ENVELOPE__BODY_STATUS: return "status";
+    case PS__ENVELOPE__BODY_CHECKPOINT_REQUEST: return "checkpoint_request";
+    case PS__ENVELOPE__BODY_CHECKPOINT_REPLY: return "checkpoint_reply";
+    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND: return "checkpoint_command";
+    case PS__ENVELOPE__BODY_CHECKPOINT_INFO: return "checkpoint_info";
     default: return "unknown";
   }
 }
@@ -46,23 +112,41 @@ static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
-/* How many payload frames a body carries, and how many float32 values the
- * first one must hold. */
-static int expected_payload(const Ps__Envelope *env, int *nframes,
-                            uint64_t *nfloats) {
-  *nframes = 0;
+/* How many payload frames a body carries (at least min, at most max), and
+ * how many float32 values they hold together. */
+static void expected_payload(const Ps__Envelope *env, int *min_frames,
+                             int *max_frames, uint64_t *nfloats) {
+  *min_frames = *max_frames = 0;
   *nfloats = 0;
   switch (env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
-      *nframes = 1;
+      *min_frames = *max_frames = 1;
       *nfloats = env->push->count;
-      return 1;
+      break;
     case PS__ENVELOPE__BODY_PULL_REPLY:
-      *nframes = 1;
+      *min_frames = 1;
+      *max_frames = PS_MAX_PAYLOAD_FRAMES;
       *nfloats = env->pull_reply->count;
-      return 1;
+      break;
     default:
-      return 0;
+      break;
+  }
+}
+
+size_t ps_msg_payload_bytes(const ps_msg_t *m) {
+  size_t n = 0;
+  for (int i = 0; i < m->npayload; i++)
+    n += zmq_msg_size((zmq_msg_t *)&m->payload[i]);
+  return n;
+}
+
+void ps_msg_payload_gather(const ps_msg_t *m, void *dst) {
+  unsigned char *d = dst;
+  for (int i = 0; i < m->npayload; i++) {
+    zmq_msg_t *f = (zmq_msg_t *)&m->payload[i];
+    size_t n = zmq_msg_size(f);
+    memcpy(d, zmq_msg_data(f), n);
+    d += n;
   }
 }
 
@@ -78,14 +162,20 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
   if (env->body_case == PS__ENVELOPE__BODY__NOT_SET)
     return fail(err, errlen, PS_ERR_PROTO, "envelope has no body");
 
-  int want_frames;
+  int min_frames, max_frames;
   uint64_t want_floats;
-  expected_payload(env, &want_frames, &want_floats);
-  if (m->npayload != want_frames)
+  expected_payload(env, &min_frames, &max_frames, &want_floats);
+  if (m->npayload < min_frames || m->npayload > max_frames) {
+    if (min_frames == max_frames)
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "%s carries %d payload frames, expected %d",
+                  ps_body_name(env->body_case), m->npayload, min_frames);
     return fail(err, errlen, PS_ERR_PROTO,
-                "%s carries %d payload frames, expected %d",
-                ps_body_name(env->body_case), m->npayload, want_frames);
-  if (want_frames == 0) return PS_OK;
+                "%s carries %d payload frames, expected %d to %d",
+                ps_body_name(env->body_case), m->npayload, min_frames,
+                max_frames);
+  }
+  if (max_frames == 0) return PS_OK;
 
   size_t max_floats = limits->max_payload_bytes / sizeof(float);
   if (want_floats == 0)
@@ -96,13 +186,24 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                 "%s of %llu values exceeds the limit of %zu bytes",
                 ps_body_name(env->body_case), (unsigned long long)want_floats,
                 limits->max_payload_bytes);
-  size_t got = zmq_msg_size((zmq_msg_t *)&m->payload[0]);
+  /* Every frame a whole number of floats, so the receiver can treat each
+   * as a float array on its own. */
+  for (int i = 0; i < m->npayload; i++) {
+    size_t sz = zmq_msg_size((zmq_msg_t *)&m->payload[i]);
+    if (sz == 0 || sz % sizeof(float) != 0)
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "%s payload frame %d has %zu bytes, not a positive "
+                  "multiple of %zu",
+                  ps_body_name(env->body_case), i, sz, sizeof(float));
+  }
+  size_t got = ps_msg_payload_bytes(m);
   if (got != want_floats * sizeof(float))
     return fail(err, errlen, PS_ERR_PROTO,
-                "%s header says %llu values (%llu bytes) but the frame has "
+                "%s header says %llu values (%llu bytes) but the frame%s "
                 "%zu bytes",
                 ps_body_name(env->body_case), (unsigned long long)want_floats,
-                (unsigned long long)(want_floats * sizeof(float)), got);
+                (unsigned long long)(want_floats * sizeof(float)),
+                m->npayload > 1 ? "s hold" : " has", got);
   return PS_OK;
 }
 
@@ -126,7 +227,12 @@ static int has_more(zmq_msg_t *msg) { return zmq_msg_more(msg); }
 
 int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
                 ps_msg_t *m, char *err, size_t errlen) {
-  memset(m, 0, sizeof(*m));
+  /* Not a memset of the whole struct: the payload array is 2 KiB and its
+   * entries are initialised as frames arrive. */
+  m->has_route = 0;
+  m->env = NULL;
+  m->request_id = 0;
+  m->npayload = 0;
   if (err && errlen) err[0] = '\0';
   if (limits == NULL) limits = &ps_frame_default_limits;
 
@@ -165,7 +271,14 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
               "header of %zu bytes exceeds the limit of %zu", hsize,
               limits->max_header_bytes);
   } else {
-    m->env = ps__envelope__unpack(NULL, hsize, zmq_msg_data(&header));
+    int slot = slab_take();
+    bump_t bump = {slot >= 0 ? slab[slot] : NULL, 0};
+    ProtobufCAllocator alloc = {bump_alloc, bump_free, &bump};
+    m->env = ps__envelope__unpack(&alloc, hsize, zmq_msg_data(&header));
+    /* The slot stays taken only if the Envelope itself lives in it; that
+     * is how ps_msg_close finds it again. */
+    if (slot >= 0 && (m->env == NULL || slab_index(m->env) != slot))
+      slab_give(slot);
     if (m->env == NULL)
       rc = fail(err, errlen, PS_ERR_PROTO,
                 "header of %zu bytes is not a ps.Envelope", hsize);
@@ -197,7 +310,12 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
 void ps_msg_close(ps_msg_t *m) {
   if (m->has_route) zmq_msg_close(&m->route);
   m->has_route = 0;
-  if (m->env) ps__envelope__free_unpacked(m->env, NULL);
+  if (m->env) {
+    ProtobufCAllocator alloc = {bump_alloc, bump_free, NULL};
+    int slot = slab_index(m->env);
+    ps__envelope__free_unpacked(m->env, &alloc);
+    if (slot >= 0) slab_give(slot);
+  }
   m->env = NULL;
   for (int i = 0; i < m->npayload; i++) zmq_msg_close(&m->payload[i]);
   m->npayload = 0;

@@ -14,6 +14,11 @@
  * Sending hands payload frames to ZeroMQ without a copy: build them with
  * zmq_msg_init_data and a free callback (ps_payload_wrap) or pass received
  * frames on. Functions here are called by the thread that owns the socket.
+ *
+ * Receiving allocates nothing for data-plane headers: the Envelope is
+ * unpacked into a slot of a small process-wide slab (taken and given back
+ * with atomics, so any thread may receive and close), and only headers too
+ * big for a slot (views, status) or a full slab fall back to malloc.
  */
 #ifndef PS_FRAME_H
 #define PS_FRAME_H
@@ -25,7 +30,9 @@
 #include "proto/ps.pb-c.h"
 
 #define PS_PROTOCOL_VERSION 1
-#define PS_MAX_PAYLOAD_FRAMES 4
+/* A PullReply may come in several frames (a server serves each block of its
+ * weights as its own zero-copy frame); every other body has at most one. */
+#define PS_MAX_PAYLOAD_FRAMES 32
 
 typedef struct {
   size_t max_header_bytes;  /* default 1 MiB: a View of a big cluster fits */
@@ -43,6 +50,13 @@ typedef struct {
   zmq_msg_t payload[PS_MAX_PAYLOAD_FRAMES];
 } ps_msg_t;
 
+/* The bytes a message's payload frames hold together. */
+size_t ps_msg_payload_bytes(const ps_msg_t *m);
+
+/* Copies the payload frames, in order, to dst (ps_msg_payload_bytes(m)
+ * bytes): a PullReply's values land contiguously whatever its framing. */
+void ps_msg_payload_gather(const ps_msg_t *m, void *dst);
+
 /* Receives one whole multipart message without blocking. is_router: the
  * socket is a ROUTER and the first frame is the peer's identity.
  * Returns PS_OK; PS_ERR_TIMEOUT if no message was waiting (EAGAIN); or a
@@ -54,7 +68,10 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
                 ps_msg_t *m, char *err, size_t errlen);
 
 /* Checks an already decoded message (body present, frame counts and sizes);
- * ps_msg_recv calls it. Exposed for tests and for in-process use. */
+ * ps_msg_recv calls it. Exposed for tests and for in-process use. A Push
+ * carries exactly one frame of count floats; a PullReply 1 to
+ * PS_MAX_PAYLOAD_FRAMES non-empty frames, each a whole number of floats,
+ * count floats in all. */
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen);
 

@@ -47,6 +47,8 @@ struct ps_member_s {
   uint64_t done_request_id; /* 0: no Done in flight */
   int sent_farewell;        /* a Done or Shutdown that must still leave */
   int stopped;              /* shutdown_cb has run: report nothing more */
+  ps_member_message_cb message_cb;
+  void *message_arg;
 };
 
 static uint64_t next_request_id(ps_member_t *m) {
@@ -264,6 +266,10 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
     case PS__ENVELOPE__BODY_ACK:
       break; /* heartbeat and Done acks */
     default:
+      if (m->message_cb) {
+        m->message_cb(m, env, m->message_arg);
+        break;
+      }
       PS_WARN("unexpected_message", "from=scheduler body=%s",
               ps_body_name(env->body_case));
       break;
@@ -385,6 +391,20 @@ void ps_member_send_leave(ps_member_t *m, const char *reason) {
   env.shutdown = &sd;
   m->sent_farewell = 1;
   send_env(m, &env);
+}
+
+void ps_member_set_message_cb(ps_member_t *m, ps_member_message_cb cb,
+                              void *arg) {
+  m->message_cb = cb;
+  m->message_arg = arg;
+}
+
+int ps_member_send(ps_member_t *m, Ps__Envelope *env) {
+  if (m->zs == NULL) return PS_ERR_SHUTDOWN;
+  env->sender = m->node_id;
+  env->epoch = m->epoch;
+  if (env->request_id == 0) env->request_id = next_request_id(m);
+  return ps_msg_send(ps_zsock_socket(m->zs), NULL, env, NULL, 0);
 }
 
 uint32_t ps_member_node_id(const ps_member_t *m) {

@@ -60,6 +60,20 @@ void ps_member_set_clock(ps_member_t *m, uint64_t clock);
 void ps_member_send_done(ps_member_t *m);
 void ps_member_send_leave(ps_member_t *m, const char *reason);
 
+/* Messages from the scheduler the member does not handle itself (a
+ * CheckpointRequest, ...) go to cb, with the envelope valid during the call
+ * only. Without a cb they are logged and dropped. */
+typedef void (*ps_member_message_cb)(ps_member_t *m, const Ps__Envelope *env,
+                                     void *arg);
+void ps_member_set_message_cb(ps_member_t *m, ps_member_message_cb cb,
+                              void *arg);
+
+/* Sends env to the scheduler on the membership link, with the node's id and
+ * view epoch filled in. Fire and forget: while the scheduler is down the
+ * message waits in ZeroMQ's queue and goes out when it is back. Returns
+ * PS_OK or the send failure. */
+int ps_member_send(ps_member_t *m, Ps__Envelope *env);
+
 uint32_t ps_member_node_id(const ps_member_t *m);
 uint64_t ps_member_epoch(const ps_member_t *m);
 

@@ -309,6 +309,14 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   v->epoch = pb->epoch;
   v->mode = (int)pb->mode;
   v->live_workers = pb->live_workers;
+  v->start_clock = pb->start_clock;
+  if (pb->restore_dir && pb->restore_dir[0]) {
+    v->restore_dir = strdup(pb->restore_dir);
+    if (v->restore_dir == NULL) {
+      set_err(err, errlen, "out of memory");
+      goto fail;
+    }
+  }
   char why[256] = "";
   if (pb->model == NULL) {
     set_err(err, errlen, "view has no model");
@@ -331,6 +339,7 @@ void ps_view_destroy(ps_view_t **v_p) {
   ps_view_t *v = *v_p;
   free(v->nodes);
   free(v->ranges);
+  free(v->restore_dir);
   ps_model_clear(&v->model);
   free(v);
   *v_p = NULL;

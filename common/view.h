@@ -63,6 +63,8 @@ typedef struct {
   size_t nranges;
   ps_range_t *ranges;  /* sorted by begin, covering [0, model.total) */
   ps_model_t model;
+  uint64_t start_clock; /* the step the job starts from (0, or a restore's) */
+  char *restore_dir;    /* restored job: the checkpoint directory; else NULL */
 } ps_view_t;
 
 /* Cuts [0, total) into n ranges of near-equal size whose inner boundaries are

@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
-  libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev
+  libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev libisal-dev
   check libsubunit-dev
   dataset-fashion-mnist
   iproute2 procps

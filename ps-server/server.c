@@ -9,12 +9,14 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/checkpoint.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/member.h"
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
+#include "saver.h"
 #include "shard.h"
 
 /* Payload frames are float32 little-endian on the wire and are applied in
@@ -74,6 +76,14 @@ struct ps_server_s {
 
   ps_server_stats_t stats;
   ratelimit_t warn_limit;
+  /* Checkpoints (saver.h): shards written at the scheduler's request and
+   * loaded at a restore. While the first view's ranges load, that view
+   * (or a newer one) waits in restore_view and requests get NOT_READY. */
+  ps_saver_t *saver;
+  ps_view_t *restore_view;
+  int restoring;
+  float *scratch; /* aligned copies of unaligned push frames */
+  size_t scratch_bytes;
 
   int stopping;
   int torn_down;
@@ -206,25 +216,68 @@ static const char *format_ranges(const ps_server_t *s, char *buf, size_t len) {
 
 /* ---- pull replies ---- */
 
+/* Builds the payload frames of a pull reply for [key_begin, +count) of r:
+ * runs of the weights worth it go out without a copy, each pinning its
+ * block's version until ZeroMQ's I/O thread has written it (see shard.h);
+ * neighbouring short runs are copied together into one frame. Returns the
+ * number of frames, or a negative ps_err_t with every frame closed. */
+static int build_pull_frames(ps_server_t *s, const owned_range_t *r,
+                             uint64_t key_begin, uint64_t count,
+                             zmq_msg_t *frames) {
+  ps_shard_run_t runs[PS_MAX_PAYLOAD_FRAMES];
+  int nruns = ps_shard_runs(r->shard, key_begin, count, runs,
+                            PS_MAX_PAYLOAD_FRAMES, NULL, 0);
+  if (nruns < 0) return nruns;
+  if (nruns > PS_MAX_PAYLOAD_FRAMES) {
+    /* A slice over more blocks than a message may carry frames (an
+     * unchunked pull of tens of MiB): one copied frame. */
+    runs[0].count = count;
+    runs[0].zero_copy = 0;
+    nruns = 1;
+  }
+  int nframes = 0;
+  for (int i = 0; i < nruns;) {
+    if (runs[i].zero_copy) {
+      ps_shard_pin(runs[i].version);
+      if (ps_payload_wrap(&frames[nframes], (void *)runs[i].data,
+                          (size_t)runs[i].count * sizeof(float), ps_shard_unpin,
+                          runs[i].version) != PS_OK) {
+        ps_shard_unpin(NULL, runs[i].version);
+        goto nomem;
+      }
+      s->stats.pull_bytes_zero_copy += runs[i].count * sizeof(float);
+      nframes++;
+      i++;
+      continue;
+    }
+    /* Copy this run and the short ones after it into one frame. */
+    uint64_t first = key_begin, n = 0;
+    for (int j = 0; j < i; j++) first += runs[j].count;
+    int j = i;
+    while (j < nruns && !runs[j].zero_copy) n += runs[j++].count;
+    if (zmq_msg_init_size(&frames[nframes], (size_t)n * sizeof(float)) != 0)
+      goto nomem;
+    ps_shard_read(r->shard, first, n, zmq_msg_data(&frames[nframes]), NULL, 0);
+    s->stats.pull_bytes_copied += n * sizeof(float);
+    nframes++;
+    i = j;
+  }
+  return nframes;
+nomem:
+  for (int i = 0; i < nframes; i++) zmq_msg_close(&frames[i]);
+  return PS_ERR_NOMEM;
+}
+
 static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
                             uint64_t request_id, const owned_range_t *r,
                             uint64_t key_begin, uint64_t count) {
-  size_t bytes = (size_t)count * sizeof(float);
-  zmq_msg_t frame;
-  if (zmq_msg_init_size(&frame, bytes) != 0) {
-    send_error(s, route, request_id, PS_ERR_NOMEM,
-               "no memory for a pull reply of %llu values",
+  zmq_msg_t frames[PS_MAX_PAYLOAD_FRAMES];
+  int nframes = build_pull_frames(s, r, key_begin, count, frames);
+  if (nframes < 0) {
+    /* The caller checked the slice; only memory can fail here. */
+    send_error(s, route, request_id, nframes,
+               "%s for a pull reply of %llu values", ps_strerror(nframes),
                (unsigned long long)count);
-    return;
-  }
-  /* A copy, not zero-copy: the weights change under ZeroMQ's I/O thread
-   * while it sends; a snapshot scheme is a later issue. */
-  char why[256];
-  if (ps_shard_read(r->shard, key_begin, count, zmq_msg_data(&frame), why,
-                    sizeof(why)) != PS_OK) {
-    /* Checked by the caller; reaching this is a broken invariant. */
-    zmq_msg_close(&frame);
-    send_error(s, route, request_id, PS_ERR_UNKNOWN_KEY, "%s", why);
     return;
   }
   Ps__PullReply pr = PS__PULL_REPLY__INIT;
@@ -237,9 +290,22 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
   env.epoch = view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_PULL_REPLY;
   env.pull_reply = &pr;
-  count_sent(s, &env, bytes);
-  if (ps_msg_send(ps_zsock_socket(s->data), route, &env, &frame, 1) != PS_OK)
+  count_sent(s, &env, (size_t)count * sizeof(float));
+  if (ps_msg_send(ps_zsock_socket(s->data), route, &env, frames, nframes) !=
+      PS_OK)
     s->stats.send_failures++;
+}
+
+/* Block applies that wrote a fresh version because a pull reply still held
+ * the current one, over every shard. */
+static unsigned long long cow_applies(const ps_server_t *s) {
+  unsigned long long n = 0;
+  for (size_t i = 0; i < s->nranges; i++) {
+    ps_shard_stats_t st;
+    ps_shard_stats(s->ranges[i].shard, &st);
+    n += st.cow_applies;
+  }
+  return n;
 }
 
 static void parked_free(ps_server_t *s, parked_pull_t *p) {
@@ -294,6 +360,9 @@ static void report_clock(ps_server_t *s) {
 
 static void after_apply(ps_server_t *s, owned_range_t *r) {
   s->stats.applies++;
+  /* First: a checkpoint waiting for this clock copies the shard before a
+   * reply or another apply can follow. */
+  if (s->saver) ps_saver_shard_applied(s->saver, r->shard);
   PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
            (unsigned long long)ps_shard_begin(r->shard),
            (unsigned long long)ps_shard_end(r->shard),
@@ -349,35 +418,47 @@ static void handle_push(ps_server_t *s, ps_msg_t *m) {
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
   if (r == NULL) return;
 
-  /* ps_msg_recv checked that the frame holds exactly count floats. ZeroMQ
-   * may hand over a frame at any byte offset inside its receive buffer; a
-   * float array must be aligned, so such a frame is copied (rare, counted). */
+  /* ps_msg_recv checked that the frame holds exactly count floats; the
+   * gradient is applied straight from it. ZeroMQ may hand over a small
+   * frame at any byte offset inside its receive buffer; a float array must
+   * be aligned, so such a frame is copied into a scratch buffer the server
+   * keeps (rare, counted; no allocation once it is big enough). */
   const void *data = zmq_msg_data(&m->payload[0]);
   const float *g = data;
-  float *aligned = NULL;
   if ((uintptr_t)data % _Alignof(float) != 0) {
-    aligned = malloc((size_t)p->count * sizeof(float));
-    if (aligned == NULL) {
-      refuse(s, m, PS_ERR_NOMEM, "no memory to align a push of %llu values",
-             (unsigned long long)p->count);
-      return;
+    size_t bytes = (size_t)p->count * sizeof(float);
+    if (bytes > s->scratch_bytes) {
+      float *grown = realloc(s->scratch, bytes);
+      if (grown == NULL) {
+        refuse(s, m, PS_ERR_NOMEM, "no memory to align a push of %llu values",
+               (unsigned long long)p->count);
+        return;
+      }
+      s->scratch = grown;
+      s->scratch_bytes = bytes;
     }
-    memcpy(aligned, data, (size_t)p->count * sizeof(float));
-    g = aligned;
+    memcpy(s->scratch, data, bytes);
+    g = s->scratch;
     s->stats.unaligned_payloads++;
   }
   char why[256];
-  int applied = 0;
-  int rc = ps_shard_push(r->shard, m->env->sender, p->key_begin, p->count, g,
-                         p->clock, &applied, why, sizeof(why));
-  free(aligned);
+  uint64_t clock_after = 0;
+  int rc = ps_shard_push_begin(r->shard, m->env->sender, p->key_begin,
+                               p->count, p->clock, &clock_after, why,
+                               sizeof(why));
   if (rc != PS_OK) {
     refuse(s, m, rc, "%s", why);
     return;
   }
 
+  /* The ack goes out before the apply: ZeroMQ's I/O thread sends it while
+   * this thread applies, so the worker's next request is on its way during
+   * the apply instead of after it. Nothing can fail past the begin, and
+   * this thread serves nothing else before the end, so every request
+   * served after this one, on any connection, sees the push, as with the
+   * ack after. */
   Ps__Ack ack = PS__ACK__INIT;
-  ack.clock = ps_shard_clock(r->shard);
+  ack.clock = clock_after;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = m->request_id;
   env.sender = s->node_id;
@@ -387,6 +468,9 @@ static void handle_push(ps_server_t *s, ps_msg_t *m) {
   count_sent(s, &env, 0);
   if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
     s->stats.send_failures++;
+  int applied = 0;
+  ps_shard_push_end(r->shard, m->env->sender, p->key_begin, p->count, g,
+                    p->clock, &applied);
   if (applied) after_apply(s, r);
 }
 
@@ -523,7 +607,8 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   PS_INFO("server_stats",
           "push=%llu pull=%llu applies=%llu errors=%llu bad_messages=%llu "
           "bytes_in=%llu bytes_out=%llu pulls_parked=%llu "
-          "unaligned_payloads=%llu send_failures=%llu",
+          "unaligned_payloads=%llu send_failures=%llu "
+          "pull_bytes_zero_copy=%llu pull_bytes_copied=%llu cow_applies=%llu",
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PUSH],
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PULL],
           (unsigned long long)st->applies, (unsigned long long)errors,
@@ -531,7 +616,10 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
           (unsigned long long)st->bytes_in, (unsigned long long)st->bytes_out,
           (unsigned long long)st->pulls_parked,
           (unsigned long long)st->unaligned_payloads,
-          (unsigned long long)st->send_failures);
+          (unsigned long long)st->send_failures,
+          (unsigned long long)st->pull_bytes_zero_copy,
+          (unsigned long long)st->pull_bytes_copied,
+          (unsigned long long)cow_applies(s));
   /* Workers waiting on a step hear it now instead of timing out, and no
    * new request is served while the server goes. */
   for (size_t i = 0; i < s->nranges; i++)
@@ -695,6 +783,162 @@ static int adopt_view(ps_server_t *s, ps_view_t *view, char *err,
   return rc;
 }
 
+/* ---- checkpoints (issue #4) ---- */
+
+static void saver_reply_cb(ps_saver_t *sv, Ps__CheckpointReply *r, void *arg) {
+  ps_server_t *s = arg;
+  if (s->member == NULL) return;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_REPLY;
+  env.checkpoint_reply = r;
+  int rc = ps_member_send(s->member, &env);
+  if (rc != PS_OK)
+    PS_WARN("checkpoint_reply_failed", "id=%llu err=%s",
+            (unsigned long long)r->id, ps_err_name(rc));
+}
+
+static void handle_checkpoint_request(ps_server_t *s,
+                                      const Ps__CheckpointRequest *req) {
+  if (s->view == NULL || s->restoring) {
+    Ps__CheckpointReply r = PS__CHECKPOINT_REPLY__INIT;
+    r.id = req->id;
+    r.code = PS_ERR_NOT_READY;
+    r.message = (char *)(s->restoring ? "the server is still restoring"
+                                      : "the server has no view yet");
+    saver_reply_cb(s->saver, &r, s);
+    return;
+  }
+  ps_shard_t **shards = calloc(s->nranges + 1, sizeof(*shards));
+  if (shards == NULL) {
+    Ps__CheckpointReply r = PS__CHECKPOINT_REPLY__INIT;
+    r.id = req->id;
+    r.code = PS_ERR_NOMEM;
+    r.message = (char *)"server out of memory";
+    saver_reply_cb(s->saver, &r, s);
+    return;
+  }
+  for (size_t i = 0; i < s->nranges; i++) shards[i] = s->ranges[i].shard;
+  ps_saver_ctx_t ctx = {
+      .shards = shards,
+      .nshards = s->nranges,
+      .fingerprint = ps_checkpoint_fingerprint(&s->view->model),
+      .view_epoch = s->view->epoch,
+      .node_id = s->node_id,
+  };
+  ps_saver_request(s->saver, req, &ctx);
+  free(shards);
+}
+
+static void on_member_message(ps_member_t *m, const Ps__Envelope *env,
+                              void *arg) {
+  ps_server_t *s = arg;
+  if (s->stopping) return;
+  if (env->body_case == PS__ENVELOPE__BODY_CHECKPOINT_REQUEST) {
+    handle_checkpoint_request(s, env->checkpoint_request);
+    return;
+  }
+  PS_WARN("unexpected_message", "from=scheduler body=%s",
+          ps_body_name(env->body_case));
+}
+
+/* The first view of a restored job came and its ranges are loaded (or
+ * could not be): adopt the newest view and put the weights in place. */
+static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
+                              const ps_saver_range_t *loaded, size_t nloaded,
+                              void *arg) {
+  ps_server_t *s = arg;
+  s->restoring = 0;
+  ps_view_t *view = s->restore_view;
+  s->restore_view = NULL;
+  if (s->stopping || view == NULL) {
+    ps_view_destroy(&view);
+    return;
+  }
+  char err[512];
+  if (status != PS_OK) {
+    /* Nothing was loaded: a server must never serve guessed weights. */
+    ps_view_destroy(&view);
+    snprintf(err, sizeof(err), "restore refused: %s", reason);
+    PS_ERROR("restore_failed", "err=%s reason=\"%s\"", ps_err_name(status),
+             reason);
+    ps_server_stop(s, status, err, 1);
+    return;
+  }
+  int rc = adopt_view(s, view, err, sizeof(err));
+  if (rc != PS_OK) {
+    if (s->view != view) ps_view_destroy(&view);
+    ps_server_stop(s, rc, err, 1);
+    return;
+  }
+  for (size_t i = 0; i < s->nranges && rc == PS_OK; i++) {
+    ps_shard_t *sh = s->ranges[i].shard;
+    const ps_saver_range_t *l = NULL;
+    for (size_t j = 0; j < nloaded; j++)
+      if (loaded[j].begin == ps_shard_begin(sh) &&
+          loaded[j].end == ps_shard_end(sh))
+        l = &loaded[j];
+    if (l == NULL) {
+      /* Only a view that moved this server's ranges during the restore
+       * gets here; failover does not exist yet. */
+      rc = PS_ERR_INVAL;
+      snprintf(err, sizeof(err),
+               "restore refused: range [%llu,%llu) of view epoch %llu was "
+               "not loaded",
+               (unsigned long long)ps_shard_begin(sh),
+               (unsigned long long)ps_shard_end(sh),
+               (unsigned long long)s->view->epoch);
+      break;
+    }
+    rc = ps_shard_load(sh, l->weights, l->momentum, l->clock);
+    if (rc != PS_OK)
+      snprintf(err, sizeof(err), "restore refused: loading [%llu,%llu): %s",
+               (unsigned long long)l->begin, (unsigned long long)l->end,
+               ps_strerror(rc));
+  }
+  if (rc != PS_OK) {
+    PS_ERROR("restore_failed", "err=%s reason=\"%s\"", ps_err_name(rc), err);
+    ps_server_stop(s, rc, err, 1);
+    return;
+  }
+  report_clock(s);
+  char owned[256];
+  PS_INFO("restored",
+          "dir=%s step=%llu epoch=%llu mode=%s live_workers=%u ranges=%s",
+          s->view->restore_dir ? s->view->restore_dir : "-",
+          (unsigned long long)s->view->start_clock,
+          (unsigned long long)s->view->epoch, mode_name(s->view->mode),
+          s->view->live_workers, format_ranges(s, owned, sizeof(owned)));
+}
+
+/* Loads this server's ranges of view from the checkpoint the view names,
+ * on the thread pool; the view is adopted when they are in. */
+static void start_restore(ps_server_t *s, ps_view_t *view) {
+  size_t n = 0;
+  ps_range_t *mine = calloc(view->nranges + 1, sizeof(*mine));
+  if (mine == NULL) {
+    ps_view_destroy(&view);
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory starting the restore", 1);
+    return;
+  }
+  for (size_t i = 0; i < view->nranges; i++)
+    if (view->ranges[i].server_id == s->node_id &&
+        view->ranges[i].begin < view->ranges[i].end)
+      mine[n++] = view->ranges[i];
+  PS_INFO("restore_start", "dir=%s step=%llu ranges=%zu epoch=%llu",
+          view->restore_dir, (unsigned long long)view->start_clock, n,
+          (unsigned long long)view->epoch);
+  int rc = ps_saver_restore(s->saver, view->restore_dir, &view->model,
+                            view->start_clock, mine, n);
+  free(mine);
+  if (rc != PS_OK) {
+    ps_view_destroy(&view);
+    ps_server_stop(s, rc, "cannot start the restore", 1);
+    return;
+  }
+  s->restoring = 1;
+  s->restore_view = view;
+}
+
 static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
   ps_server_t *s = arg;
   s->stats.views++;
@@ -703,6 +947,17 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
     return;
   }
   if (s->node_id == 0) s->node_id = ps_member_node_id(m);
+  if (s->restoring) {
+    /* The newest view is the one to adopt once the weights are in. */
+    ps_view_destroy(&s->restore_view);
+    s->restore_view = view;
+    return;
+  }
+  if (view->restore_dir != NULL && s->view == NULL && s->nranges == 0 &&
+      s->saver != NULL) {
+    start_restore(s, view);
+    return;
+  }
   if (s->nranges > 0 && !same_model(s->view, view)) {
     /* The model and the mode are fixed for a job; weights built for one
      * cannot serve another. */
@@ -778,6 +1033,17 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
   s->loop_ready = 1;
+  ps_saver_cbs_t scbs = {
+      .reply_cb = saver_reply_cb,
+      .restored_cb = saver_restored_cb,
+      .arg = s,
+  };
+  s->saver = ps_saver_new(&s->loop, &scbs);
+  if (s->saver == NULL) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errbuf, errlen, "out of memory");
+    goto fail;
+  }
   uv_timer_init(&s->loop, &s->stop_timer);
   s->stop_timer.data = s;
   s->stop_timer_open = 1;
@@ -837,6 +1103,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
              s->scheduler, ps_strerror(*err));
     goto fail;
   }
+  ps_member_set_message_cb(s->member, on_member_message, s);
   *err = PS_OK;
   return s;
 
@@ -866,6 +1133,8 @@ void ps_server_destroy(ps_server_t **s_p) {
   ps_server_t *s = *s_p;
   if (s == NULL) return;
   *s_p = NULL;
+  /* Work still on the thread pool finishes without calling back. */
+  ps_saver_destroy(&s->saver);
   if (s->loop_ready) {
     teardown(s);
     /* Runs the close callbacks, after which the zsock and member memory is
@@ -874,8 +1143,10 @@ void ps_server_destroy(ps_server_t **s_p) {
     uv_loop_close(&s->loop);
   }
   if (s->zctx) zmq_ctx_term(s->zctx);
+  ps_view_destroy(&s->restore_view);
   for (size_t i = 0; i < s->nranges; i++) ps_shard_destroy(&s->ranges[i].shard);
   free(s->ranges);
+  free(s->scratch);
   ps_view_destroy(&s->view);
   free(s->scheduler);
   free(s->advertise);

@@ -54,6 +54,8 @@ typedef struct {
   uint64_t parked_pulls;       /* waiting now */
   uint64_t send_failures;      /* replies ZeroMQ refused (the peer went away) */
   uint64_t unaligned_payloads; /* pushes copied to align their floats */
+  uint64_t pull_bytes_zero_copy; /* pull reply bytes sent from the weights */
+  uint64_t pull_bytes_copied;    /* pull reply bytes copied into frames */
   uint64_t views;              /* views received */
 } ps_server_stats_t;
 

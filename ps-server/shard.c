@@ -1,6 +1,7 @@
 #include "shard.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,19 @@
 /* Buffers start on a cache line, like the ranges themselves (PS_RANGE_ALIGN),
  * so the kernels see the same alignment on every server. */
 #define SHARD_ALIGN 64
+/* Released versions kept for reuse beyond the ones in use: enough for a
+ * window of pulls in flight without going back to malloc, few enough not to
+ * hoard memory after a burst. */
+#define SPARE_KEEP 8
+
+/* One immutable-while-pinned copy of one block. refs counts the shard's own
+ * reference (while the version is current or kept as a spare) plus one per
+ * pin; whoever drops the last frees it, so a frame may outlive the shard. */
+struct ps_shard_version_s {
+  atomic_uint refs;
+  uint64_t cap; /* floats */
+  float *data;  /* SHARD_ALIGN-aligned, right after the header */
+};
 
 /* One worker's share of the current BSP step. */
 typedef struct {
@@ -26,7 +40,16 @@ struct ps_shard_s {
   size_t nlive;
   float learning_rate;
   float momentum;
-  float *weights;
+  /* Weights: block b holds keys [b * block_keys, ...) of the range. */
+  uint64_t block_keys; /* min(PS_SHARD_BLOCK_KEYS, len) */
+  uint64_t nblocks;
+  ps_shard_version_t **blocks;
+  ps_shard_version_t **fresh; /* reserve_range -> run_range, per block */
+  /* Versions retired while pinned, still holding the shard's reference:
+   * reused once their pins are gone. */
+  ps_shard_version_t **spare;
+  size_t nspare, spare_cap;
+  float *gather;   /* ps_shard_weights' copy, allocated on first use */
   float *velocity; /* NULL when momentum is 0: plain SGD never reads it */
   float *acc;      /* BSP only */
   /* The part of acc that holds this step's sum; the rest is stale. Keeping
@@ -39,6 +62,7 @@ struct ps_shard_s {
   contribution_t *contrib;
   size_t ncontrib, contrib_cap;
   uint64_t clock;
+  ps_shard_stats_t stats;
 };
 
 static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
@@ -90,6 +114,148 @@ static float *alloc_floats(uint64_t n) {
   return aligned_alloc(SHARD_ALIGN, bytes);
 }
 
+/* ---- versions ---- */
+
+static ps_shard_version_t *version_new(ps_shard_t *s) {
+  _Static_assert(sizeof(ps_shard_version_t) <= SHARD_ALIGN,
+                 "the version header fits in front of its data");
+  size_t bytes = SHARD_ALIGN + (size_t)s->block_keys * sizeof(float);
+  bytes = (bytes + SHARD_ALIGN - 1) / SHARD_ALIGN * SHARD_ALIGN;
+  unsigned char *mem = aligned_alloc(SHARD_ALIGN, bytes);
+  if (mem == NULL) return NULL;
+  ps_shard_version_t *v = (ps_shard_version_t *)mem;
+  atomic_init(&v->refs, 1);
+  v->cap = s->block_keys;
+  v->data = (float *)(mem + SHARD_ALIGN);
+  s->stats.versions++;
+  return v;
+}
+
+/* Drops one reference; the last frees. The release pairs with the acquire
+ * in version_pinned, so everything ZeroMQ's I/O thread read from the data
+ * happens before the loop writes to it again. */
+static int version_unref(ps_shard_version_t *v) {
+  if (atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) == 1) {
+    free(v);
+    return 1;
+  }
+  return 0;
+}
+
+/* 1 while anyone besides the shard holds v. */
+static int version_pinned(ps_shard_version_t *v) {
+  return atomic_load_explicit(&v->refs, memory_order_acquire) > 1;
+}
+
+void ps_shard_pin(ps_shard_version_t *v) {
+  atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+}
+
+void ps_shard_unpin(void *data, void *version) {
+  (void)data;
+  ps_shard_version_t *v = version;
+  if (v) version_unref(v);
+}
+
+/* A version no one else holds, for a block about to be rewritten: a spare
+ * whose pins are gone, or a new one. Spares beyond SPARE_KEEP that are free
+ * too are given back on the way. */
+static ps_shard_version_t *version_take(ps_shard_t *s) {
+  ps_shard_version_t *found = NULL;
+  size_t kept_free = 0;
+  for (size_t i = 0; i < s->nspare;) {
+    ps_shard_version_t *v = s->spare[i];
+    if (version_pinned(v)) {
+      i++;
+      continue;
+    }
+    if (found == NULL) {
+      found = v;
+    } else if (kept_free < SPARE_KEEP) {
+      kept_free++;
+      i++;
+      continue;
+    } else {
+      version_unref(v);
+      s->stats.versions--;
+    }
+    s->spare[i] = s->spare[--s->nspare];
+  }
+  return found ? found : version_new(s);
+}
+
+static uint64_t block_len(const ps_shard_t *s, uint64_t b) {
+  uint64_t lo = b * s->block_keys;
+  return s->len - lo < s->block_keys ? s->len - lo : s->block_keys;
+}
+
+/* Finds a fresh version for every block of [off, off + n) that someone
+ * holds, into s->fresh, and room to retire the versions they replace, so
+ * that run_range cannot fail. All-or-nothing: PS_ERR_NOMEM leaves the
+ * shard as it was. */
+static int reserve_range(ps_shard_t *s, uint64_t off, uint64_t n) {
+  uint64_t first = off / s->block_keys, last = (off + n - 1) / s->block_keys;
+  size_t need = 0;
+  for (uint64_t b = first; b <= last; b++)
+    if (s->fresh[b] == NULL && version_pinned(s->blocks[b])) need++;
+  if (need == 0) return PS_OK;
+  /* Room to retire every replaced version, and to put back every fresh one
+   * on failure. */
+  if (s->nspare + 2 * need > s->spare_cap) {
+    size_t cap = s->nspare + 2 * need + 8;
+    ps_shard_version_t **grown = realloc(s->spare, cap * sizeof(*grown));
+    if (grown == NULL) return PS_ERR_NOMEM;
+    s->spare = grown;
+    s->spare_cap = cap;
+  }
+  int rc = PS_OK;
+  for (uint64_t b = first; rc == PS_OK && b <= last; b++) {
+    if (s->fresh[b] || !version_pinned(s->blocks[b])) continue;
+    if ((s->fresh[b] = version_take(s)) == NULL) rc = PS_ERR_NOMEM;
+  }
+  if (rc != PS_OK)
+    for (uint64_t b = first; b <= last; b++) {
+      if (s->fresh[b]) s->spare[s->nspare++] = s->fresh[b];
+      s->fresh[b] = NULL;
+    }
+  return rc;
+}
+
+/* Applies g (n values for range offsets [off, off + n)) with the shard's
+ * optimizer, block by block: into the fresh version reserve_range found
+ * for a block someone holds (out-of-place kernel: no extra pass over the
+ * pushed keys, only the block's other keys are copied), in place where no
+ * one does. A pin cannot appear in between: only the loop thread pins. */
+static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
+                      float scale) {
+  uint64_t end = off + n;
+  uint64_t first = off / s->block_keys, last = (end - 1) / s->block_keys;
+  for (uint64_t b = first; b <= last; b++) {
+    uint64_t b0 = b * s->block_keys, blen = block_len(s, b);
+    uint64_t lo = off > b0 ? off - b0 : 0;
+    uint64_t hi = end - b0 < blen ? end - b0 : blen;
+    ps_shard_version_t *cur = s->blocks[b], *nv = s->fresh[b];
+    const float *gb = g + (b0 + lo - off);
+    float *vel = s->velocity ? s->velocity + b0 + lo : NULL;
+    if (nv == NULL) {
+      ps_apply_sgd(cur->data + lo, vel, gb, (size_t)(hi - lo),
+                   s->learning_rate, s->momentum, scale);
+      continue;
+    }
+    s->fresh[b] = NULL;
+    if (lo > 0) memcpy(nv->data, cur->data, (size_t)lo * sizeof(float));
+    if (hi < blen)
+      memcpy(nv->data + hi, cur->data + hi,
+             (size_t)(blen - hi) * sizeof(float));
+    ps_apply_sgd_to(nv->data + lo, cur->data + lo, vel, gb, (size_t)(hi - lo),
+                    s->learning_rate, s->momentum, scale);
+    s->spare[s->nspare++] = cur; /* room reserved */
+    s->blocks[b] = nv;
+    s->stats.cow_applies++;
+    s->stats.cow_copied += blen - (hi - lo);
+  }
+}
+
 ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                          int mode, const uint32_t *live, size_t nlive, int *err,
                          char *errbuf, size_t errlen) {
@@ -134,8 +300,13 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   s->nlive = nlive;
   s->learning_rate = model->learning_rate;
   s->momentum = model->momentum;
-  s->weights = alloc_floats(len);
-  if (s->weights == NULL) goto nomem;
+  s->block_keys = len < PS_SHARD_BLOCK_KEYS ? len : PS_SHARD_BLOCK_KEYS;
+  s->nblocks = (len + s->block_keys - 1) / s->block_keys;
+  s->blocks = calloc((size_t)s->nblocks, sizeof(*s->blocks));
+  s->fresh = calloc((size_t)s->nblocks, sizeof(*s->fresh));
+  if (s->blocks == NULL || s->fresh == NULL) goto nomem;
+  for (uint64_t b = 0; b < s->nblocks; b++)
+    if ((s->blocks[b] = version_new(s)) == NULL) goto nomem;
   if (s->momentum != 0.0f) {
     s->velocity = alloc_floats(len);
     if (s->velocity == NULL) goto nomem;
@@ -149,15 +320,19 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   /* Each tensor has its own initializer; keys are global, so the bits do not
    * depend on where the range boundaries fall. */
   uint64_t filled = 0;
-  for (size_t i = 0; i < model->ntensors; i++) {
-    const ps_tensor_spec_t *t = &model->tensors[i];
-    uint64_t lo = t->offset > begin ? t->offset : begin;
-    uint64_t t_end = t->offset + t->length;
-    uint64_t hi = t_end < end ? t_end : end;
-    if (lo >= hi) continue;
-    ps_init_fill(s->weights + (lo - begin), lo, hi - lo, t->init, t->init_scale,
-                 model->seed);
-    filled += hi - lo;
+  for (uint64_t b = 0; b < s->nblocks; b++) {
+    uint64_t b_begin = begin + b * s->block_keys;
+    uint64_t b_end = b_begin + block_len(s, b);
+    for (size_t i = 0; i < model->ntensors; i++) {
+      const ps_tensor_spec_t *t = &model->tensors[i];
+      uint64_t lo = t->offset > b_begin ? t->offset : b_begin;
+      uint64_t t_end = t->offset + t->length;
+      uint64_t hi = t_end < b_end ? t_end : b_end;
+      if (lo >= hi) continue;
+      ps_init_fill(s->blocks[b]->data + (lo - b_begin), lo, hi - lo, t->init,
+                   t->init_scale, model->seed);
+      filled += hi - lo;
+    }
   }
   if (filled != len) {
     /* ps_model_from_pb guarantees contiguous tensors; a gap means a model
@@ -186,7 +361,14 @@ void ps_shard_destroy(ps_shard_t **s_p) {
   ps_shard_t *s = *s_p;
   if (s == NULL) return;
   *s_p = NULL;
-  free(s->weights);
+  /* Pinned versions live on until ZeroMQ lets go of them. */
+  for (uint64_t b = 0; s->blocks && b < s->nblocks; b++)
+    if (s->blocks[b]) version_unref(s->blocks[b]);
+  free(s->blocks);
+  free(s->fresh);
+  for (size_t i = 0; i < s->nspare; i++) version_unref(s->spare[i]);
+  free(s->spare);
+  free(s->gather);
   free(s->velocity);
   free(s->acc);
   free(s->live);
@@ -212,8 +394,11 @@ size_t ps_shard_live_workers(const ps_shard_t *s) {
 uint64_t ps_shard_received(const ps_shard_t *s) {
   return s->received;
 }
-const float *ps_shard_weights(const ps_shard_t *s) {
-  return s->weights;
+const float *ps_shard_momentum(const ps_shard_t *s) {
+  return s->velocity;
+}
+void ps_shard_stats(const ps_shard_t *s, ps_shard_stats_t *out) {
+  *out = s->stats;
 }
 
 int ps_shard_contains(const ps_shard_t *s, uint64_t key_begin, uint64_t count) {
@@ -275,8 +460,11 @@ static int bsp_try_complete(ps_shard_t *s) {
    * gradient computed on this step's weights is as good as the others. One
    * that left half-way through its push counts as a whole contributor; per
    * key counts would cost a counter per key for a rare case. */
-  ps_apply_sgd(s->weights, s->velocity, s->acc, (size_t)s->len,
-               s->learning_rate, s->momentum, 1.0f / (float)s->ncontrib);
+  /* The step must happen: without memory for fresh versions, pinned
+   * blocks are updated in place (a reply in flight may then carry some new
+   * values), counted. */
+  if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
+  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib);
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -284,25 +472,34 @@ static int bsp_try_complete(ps_shard_t *s) {
   return 1;
 }
 
-int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
-                  uint64_t count, const float *g, uint64_t step, int *applied,
-                  char *errbuf, size_t errlen) {
-  if (applied) *applied = 0;
+/* 1 if the live worker's push of count more values completes the BSP
+ * step: its share is then whole, and every other live worker's already is
+ * (what bsp_try_complete will find). */
+static int bsp_completes(ps_shard_t *s, uint32_t worker, uint64_t count) {
+  for (size_t i = 0; i < s->nlive; i++) {
+    const contribution_t *c = find_contribution(s, s->live[i]);
+    uint64_t got = (c ? c->received : 0) + (s->live[i] == worker ? count : 0);
+    if (got < s->len) return 0;
+  }
+  return 1;
+}
+
+int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
+                        uint64_t count, uint64_t step, uint64_t *clock_after,
+                        char *errbuf, size_t errlen) {
   int rc = check_slice(s, key_begin, count, errbuf, errlen);
   if (rc != PS_OK) return rc;
   uint64_t off = key_begin - s->begin;
 
   if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) {
-    /* Each push is scaled by 1/live workers: the learning rate is tuned for
-     * the mean gradient of a global batch (BSP, --standalone), and N workers
-     * each applying their own batch's mean at full rate step N times too far
-     * (one epoch of the 2-worker MLP: test accuracy 0.71-0.76 at scale 1,
-     * 0.80-0.83 at scale 1/2). */
-    ps_apply_sgd(s->weights + off, s->velocity ? s->velocity + off : NULL, g,
-                 (size_t)count, s->learning_rate, s->momentum,
-                 s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f);
-    if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
-    if (applied) *applied = 1;
+    if (reserve_range(s, off, count) != PS_OK)
+      return fail(errbuf, errlen, PS_ERR_NOMEM,
+                  "no memory for a fresh version of the weights of "
+                  "[%llu,+%llu) while a pull reply holds the current one",
+                  (unsigned long long)key_begin, (unsigned long long)count);
+    if (clock_after)
+      *clock_after =
+          step != UINT64_MAX && step + 1 > s->clock ? step + 1 : s->clock;
     return PS_OK;
   }
 
@@ -331,36 +528,139 @@ int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                 worker, (unsigned long long)had, (unsigned long long)s->len,
                 (unsigned long long)s->begin, (unsigned long long)s->end,
                 (unsigned long long)step, (unsigned long long)count);
+  if (c == NULL && s->ncontrib == s->contrib_cap) {
+    /* Room for the worker's entry now, so the end cannot fail. */
+    size_t cap = s->contrib_cap ? 2 * s->contrib_cap : 8;
+    contribution_t *grown = realloc(s->contrib, cap * sizeof(*grown));
+    if (grown == NULL)
+      return fail(errbuf, errlen, PS_ERR_NOMEM,
+                  "no memory to track worker %u's push", worker);
+    s->contrib = grown;
+    s->contrib_cap = cap;
+  }
+  if (clock_after)
+    *clock_after = s->clock + (uint64_t)bsp_completes(s, worker, count);
+  return PS_OK;
+}
+
+void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
+                       uint64_t count, const float *g, uint64_t step,
+                       int *applied) {
+  uint64_t off = key_begin - s->begin;
+  if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) {
+    /* Each push is scaled by 1/live workers: the learning rate is tuned for
+     * the mean gradient of a global batch (BSP, --standalone), and N workers
+     * each applying their own batch's mean at full rate step N times too far
+     * (one epoch of the 2-worker MLP: test accuracy 0.71-0.76 at scale 1,
+     * 0.80-0.83 at scale 1/2). */
+    run_range(s, off, count, g, s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f);
+    if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
+    if (applied) *applied = 1;
+    return;
+  }
+  contribution_t *c = find_contribution(s, worker);
   if (c == NULL) {
-    if (s->ncontrib == s->contrib_cap) {
-      size_t cap = s->contrib_cap ? 2 * s->contrib_cap : 8;
-      contribution_t *grown = realloc(s->contrib, cap * sizeof(*grown));
-      if (grown == NULL)
-        return fail(errbuf, errlen, PS_ERR_NOMEM,
-                    "no memory to track worker %u's push", worker);
-      s->contrib = grown;
-      s->contrib_cap = cap;
-    }
-    c = &s->contrib[s->ncontrib++];
+    c = &s->contrib[s->ncontrib++]; /* room made by the begin */
     c->worker = worker;
     c->received = 0;
   }
-
   acc_add(s, off, count, g);
   c->received += count;
   s->received += count;
   /* Only a worker finishing its share can finish the step. */
   int done = c->received == s->len ? bsp_try_complete(s) : 0;
   if (applied) *applied = done;
+}
+
+int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
+                  uint64_t count, const float *g, uint64_t step, int *applied,
+                  char *errbuf, size_t errlen) {
+  if (applied) *applied = 0;
+  int rc = ps_shard_push_begin(s, worker, key_begin, count, step, NULL, errbuf,
+                               errlen);
+  if (rc != PS_OK) return rc;
+  ps_shard_push_end(s, worker, key_begin, count, g, step, applied);
   return PS_OK;
+}
+
+int ps_shard_runs(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
+                  ps_shard_run_t *runs, int max, char *errbuf, size_t errlen) {
+  int rc = check_slice(s, key_begin, count, errbuf, errlen);
+  if (rc != PS_OK) return rc;
+  uint64_t off = key_begin - s->begin, end = off + count;
+  /* A pinned run makes the next apply to its block copy the rest of the
+   * block; from a quarter of a block on, that is no more than copying the
+   * run now would cost, amortised over the pulls it saves. */
+  uint64_t zc_min = s->block_keys / 4 ? s->block_keys / 4 : 1;
+  int n = 0;
+  for (uint64_t b = off / s->block_keys; b * s->block_keys < end; b++, n++) {
+    if (n >= max) continue; /* count the rest only */
+    uint64_t b0 = b * s->block_keys, blen = block_len(s, b);
+    uint64_t lo = off > b0 ? off - b0 : 0;
+    uint64_t hi = end - b0 < blen ? end - b0 : blen;
+    runs[n].data = s->blocks[b]->data + lo;
+    runs[n].count = hi - lo;
+    runs[n].version = s->blocks[b];
+    runs[n].zero_copy = hi - lo >= zc_min;
+  }
+  return n;
 }
 
 int ps_shard_read(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
                   float *out, char *errbuf, size_t errlen) {
   int rc = check_slice(s, key_begin, count, errbuf, errlen);
   if (rc != PS_OK) return rc;
-  memcpy(out, s->weights + (key_begin - s->begin),
-         (size_t)count * sizeof(float));
+  uint64_t off = key_begin - s->begin, end = off + count;
+  for (uint64_t b = off / s->block_keys; b * s->block_keys < end; b++) {
+    uint64_t b0 = b * s->block_keys, blen = block_len(s, b);
+    uint64_t lo = off > b0 ? off - b0 : 0;
+    uint64_t hi = end - b0 < blen ? end - b0 : blen;
+    memcpy(out + (b0 + lo - off), s->blocks[b]->data + lo,
+           (size_t)(hi - lo) * sizeof(float));
+  }
+  return PS_OK;
+}
+
+const float *ps_shard_weights(ps_shard_t *s) {
+  if (s->gather == NULL && (s->gather = alloc_floats(s->len)) == NULL)
+    return NULL;
+  ps_shard_read(s, s->begin, s->len, s->gather, NULL, 0);
+  return s->gather;
+}
+
+int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
+                  uint64_t clock) {
+  /* Pinned blocks get fresh versions; the others are overwritten. */
+  for (uint64_t b = 0; b < s->nblocks; b++) {
+    if (!version_pinned(s->blocks[b])) continue;
+    if (s->nspare == s->spare_cap) {
+      size_t cap = s->spare_cap ? 2 * s->spare_cap : 8;
+      ps_shard_version_t **grown = realloc(s->spare, cap * sizeof(*grown));
+      if (grown == NULL) return PS_ERR_NOMEM;
+      s->spare = grown;
+      s->spare_cap = cap;
+    }
+    ps_shard_version_t *nv = version_take(s);
+    if (nv == NULL) return PS_ERR_NOMEM;
+    /* Same values, so a failure further on leaves the shard as it was. */
+    memcpy(nv->data, s->blocks[b]->data,
+           (size_t)block_len(s, b) * sizeof(float));
+    s->spare[s->nspare++] = s->blocks[b];
+    s->blocks[b] = nv;
+  }
+  for (uint64_t b = 0; b < s->nblocks; b++)
+    memcpy(s->blocks[b]->data, weights + b * s->block_keys,
+           (size_t)block_len(s, b) * sizeof(float));
+  if (s->velocity) {
+    if (momentum)
+      memcpy(s->velocity, momentum, (size_t)s->len * sizeof(float));
+    else
+      memset(s->velocity, 0, (size_t)s->len * sizeof(float));
+  }
+  s->acc_lo = s->acc_hi = 0;
+  s->received = 0;
+  s->ncontrib = 0;
+  s->clock = clock;
   return PS_OK;
 }
 

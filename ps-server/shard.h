@@ -16,8 +16,21 @@
  * per sample matches BSP's; the clock is the highest step seen + 1, so a
  * pull reply still says which steps it may contain.
  *
+ * Weights are kept in blocks of PS_SHARD_BLOCK_KEYS keys, each an immutable
+ * version while anyone outside the shard references it: a pull reply is sent
+ * straight from a version (ps_shard_runs, ps_shard_pin), and ZeroMQ's I/O
+ * thread drops the reference when it has written the bytes
+ * (ps_shard_unpin, a zmq_free_fn). An apply to a block whose version is
+ * pinned writes the new weights into a fresh version (out-of-place kernel,
+ * no extra pass over the pushed keys; only the block's keys outside the
+ * push are copied) and the old one is reused once released. An unpinned
+ * block is updated in place. So the data plane copies nothing, and a pull
+ * never sees a half-applied push.
+ *
  * Pure state, no sockets and no logging: the server module drives it. Not
- * thread-safe; one thread (the server's loop) owns a shard.
+ * thread-safe; one thread (the server's loop) owns a shard. The only
+ * exception is ps_shard_unpin, which any thread may call, also after the
+ * shard was destroyed.
  */
 #ifndef PS_SERVER_SHARD_H
 #define PS_SERVER_SHARD_H
@@ -28,6 +41,34 @@
 #include "common/view.h"
 
 typedef struct ps_shard_s ps_shard_t;
+
+/* Keys per block of weights (1 MiB of float32): the unit of copy-on-write.
+ * Small enough that a push rarely copies much beside itself, large enough
+ * that a 16 MiB pull reply is a handful of frames. */
+#define PS_SHARD_BLOCK_KEYS (1u << 18)
+
+/* One immutable copy of one block's weights; see ps_shard_pin. */
+typedef struct ps_shard_version_s ps_shard_version_t;
+
+/* A contiguous run of weights, as ps_shard_runs describes a slice. */
+typedef struct {
+  const float *data;
+  uint64_t count;
+  ps_shard_version_t *version; /* what to pin to send data without a copy */
+  /* 1 when the run is worth sending without a copy: a pinned version makes
+   * the next apply to its block copy the keys outside that apply, so short
+   * runs in long blocks are cheaper copied. */
+  int zero_copy;
+} ps_shard_run_t;
+
+/* Counters for tests and metrics. */
+typedef struct {
+  uint64_t versions;     /* block buffers allocated now (live + spare) */
+  uint64_t cow_applies;  /* block applies that wrote a fresh version */
+  uint64_t cow_copied;   /* keys copied by those (outside the push) */
+  uint64_t torn_applies; /* BSP steps applied in place to pinned blocks
+                            for want of memory */
+} ps_shard_stats_t;
 
 /* Creates the shard for [begin, end) of model, in consistency mode
  * (PS__CONSISTENCY_MODE__*), with the nlive worker node ids in live
@@ -40,7 +81,8 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                          int mode, const uint32_t *live, size_t nlive, int *err,
                          char *errbuf, size_t errlen);
 
-/* Frees the shard and sets *s_p to NULL. NULL-safe. */
+/* Frees the shard and sets *s_p to NULL. NULL-safe. Versions still pinned
+ * are freed by their last ps_shard_unpin. */
 void ps_shard_destroy(ps_shard_t **s_p);
 
 uint64_t ps_shard_begin(const ps_shard_t *s);
@@ -72,15 +114,64 @@ int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                   uint64_t count, const float *g, uint64_t step, int *applied,
                   char *errbuf, size_t errlen);
 
+/* The same in two phases, so that the server can acknowledge a push before
+ * it spends the time to apply it: ps_shard_push_begin makes every check
+ * and reservation ps_shard_push does (the same refusals, and nothing
+ * changed on one), and sets *clock_after (if non-NULL) to the clock the
+ * shard will have; ps_shard_push_end, with the same arguments and g, then
+ * applies and cannot fail. Nothing else may touch the shard in between
+ * (a pull would not see the push); unpins may. */
+int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
+                        uint64_t count, uint64_t step, uint64_t *clock_after,
+                        char *errbuf, size_t errlen);
+void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
+                       uint64_t count, const float *g, uint64_t step,
+                       int *applied);
+
 /* Copies the current weights of [key_begin, key_begin + count) into out.
  * Returns PS_OK or PS_ERR_UNKNOWN_KEY (with errbuf) if the slice is empty or
  * not inside the shard. */
 int ps_shard_read(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
                   float *out, char *errbuf, size_t errlen);
 
-/* The weights of the whole range, ps_shard_end - ps_shard_begin values; owned
- * by the shard and changed by every apply. */
-const float *ps_shard_weights(const ps_shard_t *s);
+/* Describes the current weights of [key_begin, key_begin + count) as runs,
+ * one per block it touches, in key order, into runs[0..max). Returns the
+ * number of runs the slice needs (more than max: only max were filled), or
+ * PS_ERR_UNKNOWN_KEY (with errbuf) if the slice is not inside the shard.
+ * The runs are valid until the next call that changes the shard, unless
+ * pinned. */
+int ps_shard_runs(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
+                  ps_shard_run_t *runs, int max, char *errbuf, size_t errlen);
+
+/* Takes a reference on v: the values of every run that named it stay
+ * unchanged (and allocated) until the matching ps_shard_unpin, whatever is
+ * pushed or whether the shard is destroyed meanwhile. Loop thread. */
+void ps_shard_pin(ps_shard_version_t *v);
+
+/* Drops a reference taken by ps_shard_pin. Any thread; the signature is a
+ * zmq_free_fn (data is ignored, version is the hint), so a frame built with
+ * zmq_msg_init_data(.., ps_shard_unpin, version) releases it when ZeroMQ is
+ * done. */
+void ps_shard_unpin(void *data, void *version);
+
+/* A contiguous copy of the whole range's current weights (ps_shard_end -
+ * ps_shard_begin values), owned by the shard and valid until the next call
+ * that changes it; NULL if out of memory. Costs a copy of the range: for
+ * checkpoints and tests, not the data plane. */
+const float *ps_shard_weights(ps_shard_t *s);
+
+/* The momentum buffer (same length), or NULL when momentum is 0. */
+const float *ps_shard_momentum(const ps_shard_t *s);
+
+/* Replaces the whole range's state: weights (end - begin values), the
+ * momentum buffer (ignored, may be NULL, when momentum is 0; NULL zeroes
+ * it) and the clock; a BSP step in progress is dropped. For restoring a
+ * checkpoint. Returns PS_OK or PS_ERR_NOMEM with the shard unchanged. */
+int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
+                  uint64_t clock);
+
+/* Counters; see ps_shard_stats_t. */
+void ps_shard_stats(const ps_shard_t *s, ps_shard_stats_t *out);
 
 /* Replaces the live set with the n worker node ids in live (copied): a view
  * changed because a worker died, finished or joined. In BSP, a step that

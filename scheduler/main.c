@@ -11,8 +11,11 @@
 #include "scheduler/scheduler.h"
 
 int main(int argc, char **argv) {
-  char *bind = NULL;
+  char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
+       *state_file = NULL;
   int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 3000;
+  int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
+  double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:7000", 0, 0, NULL,
@@ -30,14 +33,39 @@ int main(int argc, char **argv) {
        3600000, NULL,
        "A node silent for this long is declared dead and a new view is "
        "published without it."},
+      {"checkpoint-dir", PS_OPT_STRING, &checkpoint_dir, NULL, 0, 0, NULL,
+       "Base directory of checkpoints (each goes into ckpt-<step>/, LATEST "
+       "names the newest); servers must see the same path. Needed for "
+       "periodic checkpoints; psctl checkpoint --dir may name another."},
+      {"checkpoint-every-steps", PS_OPT_INT, &checkpoint_every_steps, "0", 0,
+       9007199254740991.0, NULL,
+       "Write a checkpoint at every multiple of this step (BSP: exactly at "
+       "that step boundary); 0: off."},
+      {"checkpoint-every-s", PS_OPT_DOUBLE, &checkpoint_every_s, "0", 0,
+       31536000, NULL,
+       "Write a checkpoint at the next step boundary once this many seconds "
+       "passed since the last one; 0: off."},
+      {"checkpoint-timeout-ms", PS_OPT_INT, &checkpoint_timeout_ms, "120000",
+       100, 86400000, NULL,
+       "Give a checkpoint up (no MANIFEST is written) if the servers have "
+       "not written it within this time."},
+      {"restore", PS_OPT_STRING, &restore, NULL, 0, 0, NULL,
+       "Start the job from this checkpoint: a ckpt-<step> directory, or a "
+       "checkpoint base directory (its LATEST). Verified in full at start; "
+       "any number of servers may load it. Workers resume at its step."},
+      {"state-file", PS_OPT_STRING, &state_file, NULL, 0, 0, NULL,
+       "Persist the scheduler's state (view, epoch, nodes, latest "
+       "checkpoint) here on every change; a scheduler restarted with it "
+       "takes over the running job, whose nodes keep their roles and "
+       "ranges."},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Lowest level of log lines written."},
   };
   const ps_config_t cfg = {
       .program = "ps-scheduler",
       .summary =
-          "Membership, cluster view and barriers of a parameter-server "
-          "job.",
+          "Membership, cluster view, barriers and checkpoints of a "
+          "parameter-server job.",
       .usage = "[options]",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
@@ -64,6 +92,12 @@ int main(int argc, char **argv) {
       .mode = modes[mode],
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
       .handle_signals = 1,
+      .checkpoint_dir = checkpoint_dir,
+      .checkpoint_every_steps = (uint64_t)checkpoint_every_steps,
+      .checkpoint_every_s = checkpoint_every_s,
+      .checkpoint_timeout_ms = (int)checkpoint_timeout_ms,
+      .restore = restore,
+      .state_file = state_file,
   };
   int serr = PS_OK;
   ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));

@@ -2,6 +2,7 @@
  *
  *   psctl [--scheduler EP] [--timeout-ms N] [--json] status
  *   psctl [--scheduler EP] [--timeout-ms N] health
+ *   psctl [--scheduler EP] [--wait-ms N] [--dir DIR] [--json] checkpoint
  *
  * One StatusRequest on a DEALER socket, answered or not within the timeout:
  * psctl never hangs on a scheduler that is down (ZeroMQ would reconnect
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/config.h"
@@ -107,7 +109,43 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
            ",\"server_id\":%u}",
            i ? "," : "", r->begin, r->end, r->end - r->begin, r->server_id);
   }
-  printf("]}\n");
+  printf("]");
+  const Ps__CheckpointInfo *infos[2] = {st->last_checkpoint, st->checkpoint};
+  const char *keys[2] = {"last_checkpoint", "checkpoint_in_progress"};
+  for (int k = 0; k < 2; k++) {
+    const Ps__CheckpointInfo *ci = infos[k];
+    printf(",\"%s\":", keys[k]);
+    if (ci == NULL) {
+      printf("null");
+      continue;
+    }
+    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", ci->id,
+           ci->step);
+    json_string(ci->dir ? ci->dir : "");
+    printf(",\"age_ms\":%" PRIu64 ",\"bytes\":%" PRIu64
+           ",\"shards\":%u,\"duration_ms\":%" PRIu64 ",\"write_ms\":%" PRIu64
+           ",\"reason\":",
+           ci->age_ms, ci->bytes, ci->shards, ci->duration_ms, ci->write_ms);
+    json_string(ci->reason ? ci->reason : "");
+    printf("}");
+  }
+  printf("}\n");
+}
+
+static void print_checkpoints(const Ps__Status *st) {
+  const Ps__CheckpointInfo *l = st->last_checkpoint, *c = st->checkpoint;
+  if (l)
+    printf("last checkpoint: step %" PRIu64
+           "  %s  %.1f s ago  (%u shards, "
+           "%.2f MB, %s)\n",
+           l->step, l->dir ? l->dir : "-", (double)l->age_ms / 1e3, l->shards,
+           (double)l->bytes / 1e6, l->reason && l->reason[0] ? l->reason : "-");
+  else
+    printf("last checkpoint: none\n");
+  if (c)
+    printf("checkpoint in progress: step %" PRIu64 " into %s for %.1f s (%s)\n",
+           c->step, c->dir ? c->dir : "-", (double)c->age_ms / 1e3,
+           c->reason && c->reason[0] ? c->reason : "-");
 }
 
 static void print_table(const char *endpoint, const Ps__Status *st) {
@@ -127,8 +165,10 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
   else
     printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
            mode_name(v->mode), v->live_workers, st->expected_workers);
-  printf("registered: %u/%u servers, %u/%u workers\n\n", servers,
+  printf("registered: %u/%u servers, %u/%u workers\n", servers,
          st->expected_servers, workers, st->expected_workers);
+  print_checkpoints(st);
+  printf("\n");
 
   printf("%4s  %-7s  %-*s  %-5s  %14s  %10s\n", "ID", "ROLE", addr_w, "ADDRESS",
          "STATE", "LAST HEARTBEAT", "CLOCK");
@@ -160,21 +200,17 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
          model_keys(v), model_keys(v) * 4);
 }
 
-/* Sends a StatusRequest and waits for its answer until the deadline.
- * Returns 0 with *out set (caller frees with ps_msg_close), or 1 with the
- * reason printed. */
-static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
-                        ps_msg_t *out, uint64_t *elapsed_ms) {
+/* Sends env and waits for the answer (a want body, or an Error) until the
+ * deadline. Returns 0 with *out set (caller frees with ps_msg_close), or 1
+ * with the reason printed. */
+static int ask(void *sock, const char *endpoint, int64_t timeout_ms,
+               Ps__Envelope *env, Ps__Envelope__BodyCase want, ps_msg_t *out,
+               uint64_t *elapsed_ms) {
   uint64_t start = ps_now_ms();
   uint64_t deadline = start + (uint64_t)timeout_ms;
   uint64_t request_id = ps_now_ns() | 1;
-
-  Ps__StatusRequest sr = PS__STATUS_REQUEST__INIT;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = request_id;
-  env.body_case = PS__ENVELOPE__BODY_STATUS_REQUEST;
-  env.status_request = &sr;
-  if (ps_msg_send(sock, NULL, &env, NULL, 0) != PS_OK) {
+  env->request_id = request_id;
+  if (ps_msg_send(sock, NULL, env, NULL, 0) != PS_OK) {
     fprintf(stderr, "psctl: cannot send to %s: %s\n", endpoint,
             zmq_strerror(zmq_errno()));
     return 1;
@@ -209,12 +245,10 @@ static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
       ps_msg_close(&m);
       return 1;
     }
-    if (m.env->body_case != PS__ENVELOPE__BODY_STATUS ||
-        m.env->status->view == NULL) {
-      fprintf(stderr,
-              "psctl: the scheduler at %s answered with %s, not a "
-              "status\n",
-              endpoint, ps_body_name(m.env->body_case));
+    if (m.env->body_case != want ||
+        (want == PS__ENVELOPE__BODY_STATUS && m.env->status->view == NULL)) {
+      fprintf(stderr, "psctl: the scheduler at %s answered with %s, not %s\n",
+              endpoint, ps_body_name(m.env->body_case), ps_body_name(want));
       ps_msg_close(&m);
       return 1;
     }
@@ -229,9 +263,72 @@ static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
   return 1;
 }
 
+static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
+                        ps_msg_t *out, uint64_t *elapsed_ms) {
+  Ps__StatusRequest sr = PS__STATUS_REQUEST__INIT;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_STATUS_REQUEST;
+  env.status_request = &sr;
+  return ask(sock, endpoint, timeout_ms, &env, PS__ENVELOPE__BODY_STATUS, out,
+             elapsed_ms);
+}
+
+/* psctl checkpoint: asks for one at the next step boundary and waits until
+ * its MANIFEST is durable. */
+static int run_checkpoint(void *sock, const char *endpoint, int64_t wait_ms,
+                          const char *dir, int json) {
+  char abs[4096] = "";
+  if (dir && dir[0]) {
+    /* The scheduler has its own working directory. */
+    if (dir[0] == '/') {
+      snprintf(abs, sizeof(abs), "%s", dir);
+    } else {
+      char cwd[2048];
+      if (getcwd(cwd, sizeof(cwd)) == NULL) {
+        fprintf(stderr,
+                "psctl: getcwd failed; give --dir as an absolute "
+                "path\n");
+        return 1;
+      }
+      snprintf(abs, sizeof(abs), "%s/%s", cwd, dir);
+    }
+  }
+  Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
+  cc.dir = abs;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
+  env.checkpoint_command = &cc;
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (ask(sock, endpoint, wait_ms, &env, PS__ENVELOPE__BODY_CHECKPOINT_INFO, &m,
+          &elapsed) != 0)
+    return 1;
+  const Ps__CheckpointInfo *ci = m.env->checkpoint_info;
+  /* The rate is over the servers' writing, not the wait for the step. */
+  double secs = (double)(ci->write_ms ? ci->write_ms : 1) / 1e3;
+  double mbps = (double)ci->bytes / 1e6 / secs;
+  if (json) {
+    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", ci->id,
+           ci->step);
+    json_string(ci->dir ? ci->dir : "");
+    printf(",\"shards\":%u,\"bytes\":%" PRIu64 ",\"duration_ms\":%" PRIu64
+           ",\"write_ms\":%" PRIu64 ",\"mbps\":%.1f}\n",
+           ci->shards, ci->bytes, ci->duration_ms, ci->write_ms, mbps);
+  } else {
+    printf("checkpoint %" PRIu64 ": step %" PRIu64
+           " written to %s (%u shards, "
+           "%.2f MB; %" PRIu64 " ms from the request, written in %" PRIu64
+           " ms, %.1f MB/s)\n",
+           ci->id, ci->step, ci->dir ? ci->dir : "-", ci->shards,
+           (double)ci->bytes / 1e6, ci->duration_ms, ci->write_ms, mbps);
+  }
+  ps_msg_close(&m);
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  char *endpoint = NULL;
-  int64_t timeout_ms = 3000;
+  char *endpoint = NULL, *dir = NULL;
+  int64_t timeout_ms = 3000, wait_ms = 300000;
   int json = 0;
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &endpoint, "tcp://127.0.0.1:7000", 0, 0,
@@ -240,15 +337,23 @@ int main(int argc, char **argv) {
        "Give up (exit 1) if the scheduler has not answered within this "
        "time."},
       {"json", PS_OPT_BOOL, &json, "false", 0, 0, NULL,
-       "status: print one JSON object instead of tables, for scripts."},
+       "status, checkpoint: print one JSON object instead of text, for "
+       "scripts."},
+      {"dir", PS_OPT_STRING, &dir, NULL, 0, 0, NULL,
+       "checkpoint: base directory to write it under (ckpt-<step>/ in it); "
+       "default: the scheduler's --checkpoint-dir."},
+      {"wait-ms", PS_OPT_INT, &wait_ms, "300000", 1, 86400000, NULL,
+       "checkpoint: give up waiting (exit 1) after this long; the "
+       "checkpoint itself goes on."},
   };
   const ps_config_t cfg = {
       .program = "psctl",
       .summary =
           "Ask the scheduler of a parameter-server job. Commands: "
-          "status (nodes, key ranges, epoch), health (exit 0 if the "
-          "scheduler answers in time, else 1).",
-      .usage = "[options] status|health",
+          "status (nodes, key ranges, epoch, checkpoints), health (exit 0 "
+          "if the scheduler answers in time, else 1), checkpoint (write "
+          "one at the next step boundary and wait until it is complete).",
+      .usage = "[options] status|health|checkpoint",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
@@ -263,16 +368,17 @@ int main(int argc, char **argv) {
   }
   int is_status = nargs == 1 && strcmp(args[0], "status") == 0;
   int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
-  if (!is_status && !is_health) {
+  int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
+  if (!is_status && !is_health && !is_checkpoint) {
     if (nargs == 1)
       fprintf(stderr,
-              "psctl: unknown command \"%s\": expected status or "
-              "health (see --help)\n",
+              "psctl: unknown command \"%s\": expected status, health or "
+              "checkpoint (see --help)\n",
               args[0]);
     else
       fprintf(stderr,
-              "psctl: expected one command, status or health (see "
-              "--help)\n");
+              "psctl: expected one command, status, health or checkpoint "
+              "(see --help)\n");
     ps_config_free(&cfg);
     return 2;
   }
@@ -291,6 +397,10 @@ int main(int argc, char **argv) {
   if (zmq_connect(sock, endpoint) != 0) {
     fprintf(stderr, "psctl: cannot connect to %s: %s\n", endpoint,
             zmq_strerror(zmq_errno()));
+    goto out;
+  }
+  if (is_checkpoint) {
+    status = run_checkpoint(sock, endpoint, wait_ms, dir, json);
     goto out;
   }
   ps_msg_t m;

@@ -1,19 +1,24 @@
 #include "scheduler/scheduler.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
+#include "common/checkpoint.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
+#include "scheduler/coordinator.h"
 
 /* ZeroMQ routing identities are at most 255 bytes. */
 #define SCHED_ROUTE_MAX 256
@@ -22,6 +27,16 @@
  * closed; bounded so a stuck peer cannot keep the scheduler from exiting. */
 #define SCHED_LINGER_MS 2000
 #define SCHED_RANK_ANY 0xffffffffu
+/* The state file: a framed SchedulerState (common/checkpoint.h). */
+static const char SCHED_STATE_MAGIC[8] = {'P', 'S', 'S', 'C',
+                                          'H', 'S', 'T', 'A'};
+#define SCHED_STATE_VERSION 1
+#define SCHED_CKPT_TIMEOUT_MS 120000
+/* After a failed periodic checkpoint, the next waits this long, so a full
+ * disk does not turn into a request storm. */
+#define SCHED_CKPT_BACKOFF_MS 5000
+/* psctl calls waiting for the checkpoint in progress. */
+#define SCHED_CKPT_WAITERS 16
 
 typedef struct {
   uint32_t id;
@@ -63,10 +78,38 @@ struct ps_sched_s {
   size_t nnodes, cap;
 
   int has_model;
-  uint32_t model_node; /* the worker whose spec became the job's model */
+  uint32_t model_node; /* the worker whose spec became the job's model; 0:
+                          the checkpoint the job was restored from */
   ps_model_t model;
   ps_range_t *ranges;
   size_t nranges;
+
+  /* Checkpoints and restore (issue #4). */
+  ps_coord_t *coord;
+  char *ckpt_base;        /* --checkpoint-dir made absolute; NULL: none */
+  uint64_t ckpt_last_ms;  /* when the last one ended (every_s counts from) */
+  uint64_t ckpt_retry_ms; /* no periodic checkpoint before this */
+  int has_last;
+  Ps__CheckpointInfo last; /* the latest complete one; strings below */
+  char last_dir[PS_CHECKPOINT_PATH_MAX];
+  char last_reason[32];
+  uint64_t last_done_ms; /* monotonic, for its age */
+  struct {
+    uint8_t route[SCHED_ROUTE_MAX];
+    size_t route_len;
+    uint64_t request_id;
+  } waiters[SCHED_CKPT_WAITERS];
+  size_t nwaiters;
+  uint64_t start_clock; /* the step the job starts from */
+  char *restore_dir;    /* the checkpoint the job was restored from */
+  int ending;           /* the job is over; a checkpoint is being finished */
+  char end_reason[256];
+  char *state_file;
+  int state_failed; /* the last save failed (logged once per failure run) */
+  /* The servers' step rate, from their heartbeat clocks: how far ahead of
+   * a step boundary a periodic checkpoint must be asked for. */
+  uint64_t rate_clock, rate_ms;
+  double steps_per_ms;
 };
 
 static const char *role_name(int role) {
@@ -246,6 +289,8 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
   v->view.epoch = s->epoch;
   v->view.mode = (Ps__ConsistencyMode)s->opts.mode;
   v->view.live_workers = live_workers(s);
+  v->view.start_clock = s->start_clock;
+  v->view.restore_dir = s->restore_dir ? s->restore_dir : "";
 
   /* calloc(0) may return NULL; one spare entry keeps NULL meaning failure. */
   v->infos = calloc(s->nnodes + 1, sizeof(*v->infos));
@@ -270,6 +315,7 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->state = (Ps__NodeState)n->state;
     ni->last_heartbeat_ms = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
     ni->clock = n->clock;
+    ni->rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
     v->info_ptrs[i] = ni;
   }
   v->view.n_nodes = s->nnodes;
@@ -313,6 +359,222 @@ static void send_view(ps_sched_t *s, sched_node_t *only) {
   view_pb_free(&v);
 }
 
+/* ---- persistence (ARCHITECTURE "Failure semantics" 4) --------------- */
+
+static uint64_t unix_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Writes the state file, crash safe. Called after every change of what it
+ * holds and before the change is announced (a view goes out only once it is
+ * on disk), so a restarted scheduler never knows less than its nodes. The
+ * file is small (the view); it is written on the loop because the order
+ * matters more than the milliseconds. */
+static void state_save(ps_sched_t *s) {
+  if (s->state_file == NULL) return;
+  uint64_t t0 = ps_now_ns();
+  view_pb_t v;
+  char err[1200];
+  int rc = view_pb_build(s, &v);
+  if (rc != PS_OK) {
+    PS_ERROR("state_save_failed", "file=%s err=%s", s->state_file,
+             ps_err_name(rc));
+    s->state_failed = 1;
+    return;
+  }
+  Ps__SchedulerState st = PS__SCHEDULER_STATE__INIT;
+  st.format_version = SCHED_STATE_VERSION;
+  st.view = &v.view;
+  st.published = s->published;
+  st.finished = s->finished;
+  st.expected_servers = s->opts.servers;
+  st.expected_workers = s->opts.workers;
+  st.model_node = s->model_node;
+  /* A checkpoint in progress may still take ids for its retries. */
+  st.next_checkpoint_id =
+      ps_coord_next_id(s->coord) +
+      (ps_coord_active(s->coord) ? PS_COORD_MAX_ATTEMPTS : 0);
+  Ps__CheckpointInfo last = s->last;
+  last.dir = s->last_dir;
+  last.reason = s->last_reason;
+  last.age_ms = 0;
+  if (s->has_last) st.last_checkpoint = &last;
+  size_t len = ps__scheduler_state__get_packed_size(&st);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (buf == NULL) {
+    rc = PS_ERR_NOMEM;
+    snprintf(err, sizeof(err), "out of memory");
+  } else {
+    ps__scheduler_state__pack(&st, buf);
+    rc = ps_checkpoint_write_framed(s->state_file, SCHED_STATE_MAGIC,
+                                    SCHED_STATE_VERSION, buf, len, err,
+                                    sizeof(err));
+  }
+  free(buf);
+  view_pb_free(&v);
+  if (rc != PS_OK) {
+    /* The job goes on: losing the scheduler's memory of it is a risk for
+     * later, stopping the job now would be a certain loss. */
+    PS_ERROR("state_save_failed", "file=%s err=%s reason=\"%s\"", s->state_file,
+             ps_err_name(rc), err);
+    s->state_failed = 1;
+    return;
+  }
+  if (s->state_failed)
+    PS_INFO("state_save_recovered", "file=%s", s->state_file);
+  s->state_failed = 0;
+  PS_DEBUG("state_saved", "file=%s epoch=%" PRIu64 " bytes=%zu ms=%.2f",
+           s->state_file, s->epoch, len, (double)(ps_now_ns() - t0) / 1e6);
+}
+
+/* Takes over the job in the state file. Returns 1 when a running job was
+ * loaded, 0 when there is none (no file, or its job finished), or a
+ * failure with err: a state file that cannot be read is not silently
+ * replaced by a new job. */
+static int state_load(ps_sched_t *s, char *err, size_t errlen) {
+  uint8_t *body;
+  size_t len;
+  char why[1200];
+  int rc = ps_checkpoint_read_framed(s->state_file, SCHED_STATE_MAGIC,
+                                     SCHED_STATE_VERSION, &body, &len, why,
+                                     sizeof(why));
+  if (rc == PS_ERR_IO && errno == ENOENT) return 0;
+  if (rc != PS_OK) {
+    snprintf(err, errlen, "state file %s (move it away to start a new job)",
+             why);
+    return rc;
+  }
+  Ps__SchedulerState *st = ps__scheduler_state__unpack(NULL, len, body);
+  free(body);
+  if (st == NULL || st->view == NULL ||
+      st->format_version != SCHED_STATE_VERSION) {
+    snprintf(err, errlen, "state file %s: not a scheduler state of version %d",
+             s->state_file, SCHED_STATE_VERSION);
+    if (st) ps__scheduler_state__free_unpacked(st, NULL);
+    return PS_ERR_FORMAT;
+  }
+  const Ps__View *pv = st->view;
+  if (st->finished) {
+    PS_INFO("state_job_finished",
+            "file=%s epoch=%" PRIu64
+            " hint=\"the previous job ended; starting a new one\"",
+            s->state_file, pv->epoch);
+    ps__scheduler_state__free_unpacked(st, NULL);
+    return 0;
+  }
+  if (st->expected_servers != s->opts.servers ||
+      st->expected_workers != s->opts.workers ||
+      (int)pv->mode != s->opts.mode) {
+    snprintf(err, errlen,
+             "state file %s is of a job with --servers=%u --workers=%u "
+             "--mode=%s; this scheduler was given --servers=%u --workers=%u "
+             "--mode=%s",
+             s->state_file, st->expected_servers, st->expected_workers,
+             mode_name((int)pv->mode), s->opts.servers, s->opts.workers,
+             mode_name(s->opts.mode));
+    rc = PS_ERR_CONFIG;
+    goto out;
+  }
+  ps_view_t *valid = NULL;
+  if (st->published) {
+    /* The same checks a node makes: ranges tile the model, owners exist. */
+    valid = ps_view_from_pb(pv, why, sizeof(why));
+    if (valid == NULL) {
+      snprintf(err, errlen, "state file %s: bad view: %s", s->state_file, why);
+      rc = PS_ERR_FORMAT;
+      goto out;
+    }
+  }
+  s->nodes = calloc(pv->n_nodes + 8, sizeof(*s->nodes));
+  s->cap = pv->n_nodes + 8;
+  if (s->nodes == NULL) {
+    ps_view_destroy(&valid);
+    snprintf(err, errlen, "out of memory");
+    rc = PS_ERR_NOMEM;
+    goto out;
+  }
+  uint64_t now = ps_now_ms();
+  for (size_t i = 0; i < pv->n_nodes; i++) {
+    const Ps__NodeInfo *ni = pv->nodes[i];
+    const char *addr = ni->address ? ni->address : "";
+    /* Node id i is nodes[i - 1]: ids are dense and never reused. */
+    if (ni->id != i + 1 || strlen(addr) >= PS_ADDR_MAX) {
+      snprintf(err, errlen,
+               "state file %s: node %zu has id %u or a bad address",
+               s->state_file, i, ni->id);
+      ps_view_destroy(&valid);
+      rc = PS_ERR_FORMAT;
+      goto out;
+    }
+    sched_node_t *n = &s->nodes[i];
+    n->id = ni->id;
+    n->role = ni->role;
+    n->state = ni->state;
+    n->rank = ni->rank;
+    n->clock = ni->clock;
+    snprintf(n->address, sizeof(n->address), "%s", addr);
+    /* Routes are learned again from the first heartbeat; a node that does
+     * not send one within the timeout is declared dead as usual. */
+    n->last_seen_ms = now;
+    s->nnodes = i + 1;
+  }
+  if (pv->model && pv->model->n_tensors > 0) {
+    if (ps_model_from_pb(pv->model, &s->model, why, sizeof(why)) != PS_OK) {
+      snprintf(err, errlen, "state file %s: bad model: %s", s->state_file, why);
+      ps_view_destroy(&valid);
+      rc = PS_ERR_FORMAT;
+      goto out;
+    }
+    s->has_model = 1;
+    s->model_node = st->model_node;
+  }
+  if (valid) {
+    s->ranges = calloc(valid->nranges + 1, sizeof(*s->ranges));
+    if (s->ranges == NULL) {
+      ps_view_destroy(&valid);
+      snprintf(err, errlen, "out of memory");
+      rc = PS_ERR_NOMEM;
+      goto out;
+    }
+    memcpy(s->ranges, valid->ranges, valid->nranges * sizeof(*s->ranges));
+    s->nranges = valid->nranges;
+    ps_view_destroy(&valid);
+  }
+  s->epoch = pv->epoch;
+  s->published = st->published;
+  s->start_clock = pv->start_clock;
+  if (pv->restore_dir && pv->restore_dir[0])
+    s->restore_dir = strdup(pv->restore_dir);
+  ps_coord_set_next_id(s->coord, st->next_checkpoint_id);
+  if (st->last_checkpoint) {
+    const Ps__CheckpointInfo *ci = st->last_checkpoint;
+    s->has_last = 1;
+    s->last = *ci;
+    snprintf(s->last_dir, sizeof(s->last_dir), "%s", ci->dir ? ci->dir : "");
+    snprintf(s->last_reason, sizeof(s->last_reason), "%s",
+             ci->reason ? ci->reason : "");
+    s->last.dir = s->last_dir;
+    s->last.reason = s->last_reason;
+    /* Its age carries on from the wall clock. */
+    uint64_t wall = unix_now_ms();
+    uint64_t age = wall > ci->created_unix_ms ? wall - ci->created_unix_ms : 0;
+    s->last_done_ms = now > age ? now - age : 0;
+  }
+  PS_INFO("state_restored",
+          "file=%s epoch=%" PRIu64
+          " published=%d nodes=%zu start_clock=%" PRIu64
+          " last_checkpoint_step=%" PRIu64 " last_checkpoint=%s",
+          s->state_file, s->epoch, s->published, s->nnodes, s->start_clock,
+          s->has_last ? s->last.step : 0,
+          s->has_last && s->last_dir[0] ? s->last_dir : "-");
+  rc = 1;
+out:
+  ps__scheduler_state__free_unpacked(st, NULL);
+  return rc;
+}
+
 /* ---- shutdown ------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h);
@@ -322,6 +584,10 @@ static void sched_free(ps_sched_t *s) {
   free(s->nodes);
   free(s->ranges);
   if (s->has_model) ps_model_clear(&s->model);
+  ps_coord_destroy(&s->coord);
+  free(s->ckpt_base);
+  free(s->restore_dir);
+  free(s->state_file);
   free(s);
 }
 
@@ -355,6 +621,11 @@ void ps_sched_stop(ps_sched_t *s, const char *reason) {
   s->finished = 1;
   PS_INFO("cluster_shutdown", "reason=\"%s\" epoch=%" PRIu64 " nodes=%zu",
           reason, s->epoch, s->nnodes);
+  /* psctl calls waiting on a checkpoint hear why it will not come. */
+  if (s->coord && ps_coord_active(s->coord))
+    ps_coord_fail(s->coord, PS_ERR_SHUTDOWN, "the cluster is shutting down");
+  /* A deliberate end: a restart with this state file starts a new job. */
+  state_save(s);
   Ps__Shutdown sd = PS__SHUTDOWN__INIT;
   sd.reason = (char *)reason;
   Ps__Envelope env;
@@ -376,7 +647,19 @@ static int check_job_finished(ps_sched_t *s) {
   uint32_t done =
       count_nodes(s, PS__ROLE__ROLE_WORKER, PS__NODE_STATE__NODE_STATE_DONE);
   if (live_workers(s) > 0 || done == 0) return 0;
+  if (s->ending) return 1;
   PS_INFO("job_finished", "workers_done=%u epoch=%" PRIu64, done, s->epoch);
+  if (s->coord && ps_coord_active(s->coord)) {
+    /* A checkpoint whose shards are being written completes first; one
+     * whose step will never come fails now (the coordinator tells the
+     * servers); either way its callback ends the job. */
+    s->ending = 1;
+    snprintf(s->end_reason, sizeof(s->end_reason), "job finished");
+    PS_INFO("job_end_waits_for_checkpoint", "step=%" PRIu64 " dir=%s",
+            ps_coord_step(s->coord), ps_coord_dir(s->coord));
+    ps_coord_job_finished(s->coord);
+    return 1;
+  }
   ps_sched_stop(s, "job finished");
   return 1;
 }
@@ -447,8 +730,11 @@ static void publish(ps_sched_t *s, const char *why) {
       count_nodes(s, PS__ROLE__ROLE_SERVER, PS__NODE_STATE__NODE_STATE_ALIVE),
       count_slots(s, PS__ROLE__ROLE_WORKER), live_workers(s), s->model.total,
       mode_name(s->opts.mode), why);
+  state_save(s); /* on disk before any node hears of it */
   send_view(s, NULL);
 }
+
+static void ckpt_periodic(ps_sched_t *s, uint64_t now);
 
 /* The first view: once every expected node is in, cut the key space, one
  * range per server in id order. */
@@ -487,6 +773,9 @@ static void maybe_publish_first(ps_sched_t *s) {
   s->published = 1;
   publish(s, "all_registered");
   barrier_check_all(s);
+  /* A periodic checkpoint's first step may come within a heartbeat. */
+  s->ckpt_last_ms = ps_now_ms();
+  ckpt_periodic(s, s->ckpt_last_ms);
 }
 
 /* ---- request handlers ----------------------------------------------- */
@@ -531,6 +820,15 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
              a->seed);
   else
     snprintf(out, len, "the model specs differ");
+}
+
+/* Where the job's model came from, for a refusal. */
+static const char *model_source(const ps_sched_t *s, char *buf, size_t len) {
+  if (s->model_node == 0 && s->restore_dir)
+    snprintf(buf, len, "from checkpoint %s", s->restore_dir);
+  else
+    snprintf(buf, len, "declared by node %u", s->model_node);
+  return buf;
 }
 
 static int route_equal(const sched_node_t *n, ps_msg_t *m) {
@@ -606,12 +904,12 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
       reply_error(s, m, PS_ERR_INVAL, "bad model spec: %s", why);
       return;
     }
+    char src[PS_CHECKPOINT_PATH_MAX + 32];
     int same = ps_model_equal(&s->model, &declared);
     if (!same) {
       model_diff(&s->model, &declared, why, sizeof(why));
-      reply_error(s, m, PS_ERR_REFUSED,
-                  "model differs from the job's (declared by node %u): %s",
-                  s->model_node, why);
+      reply_error(s, m, PS_ERR_REFUSED, "model differs from the job's (%s): %s",
+                  model_source(s, src, sizeof(src)), why);
     }
     ps_model_clear(&declared);
     if (!same) return;
@@ -664,10 +962,10 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
       return;
     }
     if (s->has_model && !ps_model_equal(&s->model, &model)) {
+      char src[PS_CHECKPOINT_PATH_MAX + 32];
       model_diff(&s->model, &model, why, sizeof(why));
-      reply_error(s, m, PS_ERR_REFUSED,
-                  "model differs from the job's (declared by node %u): %s",
-                  s->model_node, why);
+      reply_error(s, m, PS_ERR_REFUSED, "model differs from the job's (%s): %s",
+                  model_source(s, src, sizeof(src)), why);
       ps_model_clear(&model);
       return;
     }
@@ -716,6 +1014,7 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
           n->id, role_name(role), addr_or_dash(n->address), rank,
           count_slots(s, PS__ROLE__ROLE_SERVER), s->opts.servers,
           count_slots(s, PS__ROLE__ROLE_WORKER), s->opts.workers);
+  state_save(s);
   reply_registered(s, m, n);
   maybe_publish_first(s);
 }
@@ -865,12 +1164,298 @@ static void handle_status(ps_sched_t *s, ps_msg_t *m) {
   st.uptime_ms = ps_now_ms() - s->start_ms;
   st.expected_servers = s->opts.servers;
   st.expected_workers = s->opts.workers;
+  uint64_t now = ps_now_ms();
+  Ps__CheckpointInfo last, cur;
+  if (s->has_last) {
+    last = s->last;
+    last.dir = s->last_dir;
+    last.reason = s->last_reason;
+    last.age_ms = now > s->last_done_ms ? now - s->last_done_ms : 0;
+    st.last_checkpoint = &last;
+  }
+  if (ps_coord_active(s->coord)) {
+    ps__checkpoint_info__init(&cur);
+    cur.step = ps_coord_step(s->coord);
+    cur.dir = (char *)ps_coord_dir(s->coord);
+    cur.reason = (char *)ps_coord_reason(s->coord);
+    cur.age_ms = now - ps_coord_started_ms(s->coord);
+    st.checkpoint = &cur;
+  }
   Ps__Envelope env;
   envelope_init(s, &env, m->request_id);
   env.body_case = PS__ENVELOPE__BODY_STATUS;
   env.status = &st;
   reply(s, m, &env);
   view_pb_free(&v);
+}
+
+/* ---- checkpoints (issue #4) ----------------------------------------- */
+
+static void waiters_answer(ps_sched_t *s, int status, const char *reason,
+                           Ps__CheckpointInfo *info) {
+  void *sock = sched_socket(s);
+  for (size_t i = 0; i < s->nwaiters && sock; i++) {
+    zmq_msg_t route;
+    if (zmq_msg_init_size(&route, s->waiters[i].route_len) != 0) continue;
+    memcpy(zmq_msg_data(&route), s->waiters[i].route, s->waiters[i].route_len);
+    Ps__Envelope env;
+    envelope_init(s, &env, s->waiters[i].request_id);
+    Ps__Error e = PS__ERROR__INIT;
+    if (status == PS_OK) {
+      env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_INFO;
+      env.checkpoint_info = info;
+    } else {
+      e.code = status;
+      e.message = (char *)reason;
+      env.body_case = PS__ENVELOPE__BODY_ERROR;
+      env.error = &e;
+    }
+    ps_msg_send(sock, &route, &env, NULL, 0);
+    zmq_msg_close(&route);
+  }
+  s->nwaiters = 0;
+}
+
+static void coord_send_cb(ps_coord_t *c, uint32_t node_id,
+                          Ps__CheckpointRequest *req, void *arg) {
+  ps_sched_t *s = arg;
+  sched_node_t *n = node_by_id(s, node_id);
+  if (n == NULL) return;
+  Ps__Envelope env;
+  envelope_init(s, &env, 0);
+  env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_REQUEST;
+  env.checkpoint_request = req;
+  send_to_node(s, n, &env);
+}
+
+static void coord_done_cb(ps_coord_t *c, int status, const char *reason,
+                          const ps_coord_result_t *res, void *arg) {
+  ps_sched_t *s = arg;
+  uint64_t now = ps_now_ms();
+  s->ckpt_last_ms = now;
+  if (status == PS_OK) {
+    s->has_last = 1;
+    ps__checkpoint_info__init(&s->last);
+    s->last.id = res->id;
+    s->last.step = res->step;
+    s->last.bytes = res->bytes;
+    s->last.duration_ms = res->duration_ms;
+    s->last.write_ms = res->write_ms;
+    s->last.shards = res->shards;
+    s->last.created_unix_ms = res->created_unix_ms;
+    snprintf(s->last_dir, sizeof(s->last_dir), "%s", res->dir);
+    snprintf(s->last_reason, sizeof(s->last_reason), "%s",
+             res->reason ? res->reason : "");
+    s->last.dir = s->last_dir;
+    s->last.reason = s->last_reason;
+    s->last_done_ms = now;
+    /* ms: from the request to the MANIFEST, waiting for the step included;
+     * write_ms: the slowest server's copy-to-durable time, which the rate
+     * is over (the servers write in parallel). */
+    double secs = (double)(res->write_ms ? res->write_ms : 1) / 1e3;
+    PS_INFO("checkpoint_written",
+            "id=%" PRIu64 " step=%" PRIu64 " dir=%s shards=%u bytes=%" PRIu64
+            " ms=%" PRIu64 " write_ms=%" PRIu64
+            " mbps=%.1f attempts=%d reason=%s",
+            res->id, res->step, res->dir, res->shards, res->bytes,
+            res->duration_ms, res->write_ms, (double)res->bytes / 1e6 / secs,
+            res->attempts, s->last_reason);
+    state_save(s);
+    Ps__CheckpointInfo info = s->last;
+    info.age_ms = 0;
+    waiters_answer(s, PS_OK, "", &info);
+    /* The next periodic one is asked for now, well before its step. */
+    if (!s->ending && !s->finished) ckpt_periodic(s, now);
+  } else {
+    /* At the end of a job, a step that never came is no failure. */
+    if (s->ending || s->finished)
+      PS_INFO("checkpoint_cancelled", "err=%s reason=\"%s\"",
+              ps_err_name(status), reason);
+    else
+      PS_ERROR("checkpoint_failed", "err=%s reason=\"%s\"", ps_err_name(status),
+               reason);
+    s->ckpt_retry_ms = now + SCHED_CKPT_BACKOFF_MS;
+    waiters_answer(s, status, reason, NULL);
+  }
+  if (s->ending && !s->finished) ps_sched_stop(s, s->end_reason);
+}
+
+/* Starts a checkpoint into base. Every server of the view must be alive:
+ * a checkpoint that misses a range is no checkpoint. */
+static int ckpt_start(ps_sched_t *s, const char *base, const char *reason,
+                      uint64_t every_steps, char *err, size_t errlen) {
+  uint32_t *ids = calloc(s->nnodes + 1, sizeof(*ids));
+  if (ids == NULL) {
+    snprintf(err, errlen, "scheduler out of memory");
+    return PS_ERR_NOMEM;
+  }
+  size_t n = 0;
+  uint64_t max_clock = s->start_clock;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *nd = &s->nodes[i];
+    if (nd->role != PS__ROLE__ROLE_SERVER) continue;
+    if (nd->state != PS__NODE_STATE__NODE_STATE_ALIVE) {
+      /* Only "left" servers of a job that is ending reach here. */
+      snprintf(err, errlen, "server %u is %s: its range cannot be written",
+               nd->id, state_name(nd->state));
+      free(ids);
+      return PS_ERR_REFUSED;
+    }
+    if (nd->route_len == 0) {
+      /* A restarted scheduler learns routes from heartbeats. */
+      snprintf(err, errlen,
+               "server %u has not been heard from since the scheduler "
+               "started; try again in a moment",
+               nd->id);
+      free(ids);
+      return PS_ERR_NOT_READY;
+    }
+    ids[n++] = nd->id;
+    if (nd->clock > max_clock) max_clock = nd->clock;
+  }
+  /* The next one comes after the last, whatever stale clocks say. */
+  if (s->has_last && s->last.step > max_clock) max_clock = s->last.step;
+  ps_coord_start_t st = {
+      .base = base,
+      .reason = reason,
+      .every_steps = every_steps,
+      .servers = ids,
+      .nservers = n,
+      .max_clock = max_clock,
+      .model = &s->model,
+      .mode = s->opts.mode,
+      .view_epoch = s->epoch,
+      .timeout_ms = s->opts.checkpoint_timeout_ms > 0
+                        ? s->opts.checkpoint_timeout_ms
+                        : SCHED_CKPT_TIMEOUT_MS,
+  };
+  int rc = ps_coord_start(s->coord, &st, ps_now_ms(), err, errlen);
+  free(ids);
+  /* The ids it took are on disk before a server sees one, so a restarted
+   * scheduler never hands out an id a server may still hold. */
+  if (rc == PS_OK) state_save(s);
+  return rc;
+}
+
+static void add_waiter(ps_sched_t *s, ps_msg_t *m) {
+  if (!m->has_route || zmq_msg_size(&m->route) > SCHED_ROUTE_MAX) return;
+  if (s->nwaiters == SCHED_CKPT_WAITERS) {
+    reply_error(s, m, PS_ERR_REFUSED,
+                "%d psctl calls already wait for this checkpoint",
+                SCHED_CKPT_WAITERS);
+    return;
+  }
+  size_t len = zmq_msg_size(&m->route);
+  memcpy(s->waiters[s->nwaiters].route, zmq_msg_data(&m->route), len);
+  s->waiters[s->nwaiters].route_len = len;
+  s->waiters[s->nwaiters].request_id = m->request_id;
+  s->nwaiters++;
+}
+
+/* psctl checkpoint: answered once the MANIFEST is durable, or with why
+ * not. */
+static void handle_checkpoint_command(ps_sched_t *s, ps_msg_t *m) {
+  const char *dir =
+      m->env->checkpoint_command->dir ? m->env->checkpoint_command->dir : "";
+  if (!s->published || !s->has_model) {
+    reply_error(s, m, PS_ERR_NOT_READY,
+                "the job has not started: no view published yet");
+    return;
+  }
+  if (s->ending) {
+    reply_error(s, m, PS_ERR_SHUTDOWN, "the job is over");
+    return;
+  }
+  const char *base = dir[0] ? dir : s->ckpt_base;
+  if (base == NULL) {
+    reply_error(s, m, PS_ERR_INVAL,
+                "no checkpoint directory: give psctl checkpoint --dir DIR or "
+                "start ps-scheduler with --checkpoint-dir");
+    return;
+  }
+  if (base[0] != '/') {
+    reply_error(s, m, PS_ERR_INVAL,
+                "checkpoint directory \"%s\" is not an absolute path", base);
+    return;
+  }
+  if (ps_coord_active(s->coord)) {
+    if (strcmp(base, ps_coord_base(s->coord)) != 0) {
+      reply_error(s, m, PS_ERR_REFUSED,
+                  "a checkpoint of step %" PRIu64 " into %s is in progress",
+                  ps_coord_step(s->coord), ps_coord_dir(s->coord));
+      return;
+    }
+    add_waiter(s, m); /* the one in progress is as good */
+    return;
+  }
+  char err[1200];
+  int rc = ckpt_start(s, base, "psctl", 0, err, sizeof(err));
+  if (rc != PS_OK) {
+    reply_error(s, m, rc, "%s", err);
+    return;
+  }
+  add_waiter(s, m);
+}
+
+static void handle_checkpoint_reply(ps_sched_t *s, ps_msg_t *m) {
+  /* Never an Error back: a member takes REFUSED as the loss of its
+   * membership, and a reply to a request of a previous scheduler life is
+   * merely stale. */
+  sched_node_t *n = node_by_id(s, m->env->sender);
+  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
+    PS_DEBUG("checkpoint_reply_ignored", "sender=%u", m->env->sender);
+    return;
+  }
+  node_touch(n, m, 1);
+  /* Fresher than the last heartbeat's. */
+  if (m->env->checkpoint_reply->clock > n->clock)
+    n->clock = m->env->checkpoint_reply->clock;
+  ps_coord_on_reply(s->coord, n->id, m->env->checkpoint_reply, ps_now_ms());
+}
+
+/* Periodic checkpoints. Every-N-steps asks for the next multiple once the
+ * servers are within a few seconds of it (by their step rate), so that a
+ * request is never late for lack of notice and every-S-seconds has room in
+ * between. */
+static void ckpt_periodic(ps_sched_t *s, uint64_t now) {
+  uint64_t max_clock = s->start_clock;
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (s->nodes[i].role == PS__ROLE__ROLE_SERVER &&
+        s->nodes[i].clock > max_clock)
+      max_clock = s->nodes[i].clock;
+  if (max_clock > s->rate_clock && s->rate_ms > 0 && now > s->rate_ms) {
+    double r = (double)(max_clock - s->rate_clock) / (double)(now - s->rate_ms);
+    s->steps_per_ms = s->steps_per_ms > 0 ? 0.5 * s->steps_per_ms + 0.5 * r : r;
+  }
+  if (max_clock != s->rate_clock || s->rate_ms == 0) {
+    s->rate_clock = max_clock;
+    s->rate_ms = now;
+  }
+  if (!s->published || s->finished || s->ending || s->ckpt_base == NULL ||
+      !s->has_model || ps_coord_active(s->coord) || now < s->ckpt_retry_ms ||
+      live_workers(s) == 0)
+    return;
+  const char *reason = NULL;
+  uint64_t every = s->opts.checkpoint_every_steps;
+  if (every > 0) {
+    uint64_t next = (max_clock / every + 1) * every;
+    /* No rate yet: ask at once; waiting costs nothing. */
+    double lead = s->steps_per_ms > 0 ? s->steps_per_ms * 3000.0 + 2 : 1e18;
+    if ((double)(next - max_clock) <= lead) reason = "every_steps";
+  }
+  if (reason == NULL && s->opts.checkpoint_every_s > 0 &&
+      (double)(now - s->ckpt_last_ms) >= s->opts.checkpoint_every_s * 1e3) {
+    reason = "every_s";
+    every = 0;
+  }
+  if (reason == NULL) return;
+  char err[1200];
+  int rc = ckpt_start(s, s->ckpt_base, reason, every, err, sizeof(err));
+  if (rc != PS_OK) {
+    PS_WARN("checkpoint_not_started", "reason=%s err=%s why=\"%s\"", reason,
+            ps_err_name(rc), err);
+    s->ckpt_retry_ms = now + SCHED_CKPT_BACKOFF_MS;
+  }
 }
 
 static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
@@ -907,6 +1492,12 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
     case PS__ENVELOPE__BODY_STATUS_REQUEST:
       handle_status(s, m);
       break;
+    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND:
+      handle_checkpoint_command(s, m);
+      break;
+    case PS__ENVELOPE__BODY_CHECKPOINT_REPLY:
+      handle_checkpoint_reply(s, m);
+      break;
     default:
       reply_error(s, m, PS_ERR_UNSUPPORTED, "the scheduler does not take %s",
                   ps_body_name(m->env->body_case));
@@ -938,9 +1529,13 @@ static void on_check(uv_timer_t *t) {
     if (n->role == PS__ROLE__ROLE_SERVER && s->published)
       PS_WARN("server_lost", "id=%u address=%s failover=unsupported", n->id,
               addr_or_dash(n->address));
+    if (n->role == PS__ROLE__ROLE_SERVER) ps_coord_server_lost(s->coord, n->id);
   }
+  ps_coord_tick(s->coord, now);
+  if (!changed) ckpt_periodic(s, now);
   /* Before the first view a dead node only frees its slot, so that its
    * restart (or a replacement) can register. */
+  if (changed && !s->published) state_save(s);
   if (!changed || !s->published) return;
   if (check_job_finished(s)) return;
   publish(s, "node_dead");
@@ -956,6 +1551,139 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 /* ---- life cycle ----------------------------------------------------- */
+
+/* in made absolute against the working directory: the path goes to
+ * servers that may have another one. */
+static int abs_path(const char *in, char *out, size_t len) {
+  if (in[0] == '/') {
+    if (strlen(in) >= len) return -1;
+    snprintf(out, len, "%s", in);
+    return 0;
+  }
+  char cwd[PS_CHECKPOINT_PATH_MAX];
+  if (getcwd(cwd, sizeof(cwd)) == NULL) return -1;
+  int n = snprintf(out, len, "%s/%s", cwd, in);
+  return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* --restore: the checkpoint is read and checked in full before the job
+ * exists, so a damaged one stops the scheduler at start, and the job takes
+ * its model and step from it. */
+static int restore_prepare(ps_sched_t *s, const char *path, char *err,
+                           size_t errlen) {
+  char in[PS_CHECKPOINT_PATH_MAX], dir[PS_CHECKPOINT_PATH_MAX];
+  if (abs_path(path, in, sizeof(in)) != 0) {
+    snprintf(err, errlen, "restore %s: path too long", path);
+    return PS_ERR_CONFIG;
+  }
+  int rc = ps_checkpoint_resolve(in, dir, sizeof(dir), err, errlen);
+  if (rc != PS_OK) return rc;
+  uint64_t t0 = ps_now_ns();
+  ps_checkpoint_manifest_t m;
+  rc = ps_checkpoint_manifest_read(dir, &m, err, errlen);
+  if (rc != PS_OK) return rc;
+  uint64_t bytes = 0;
+  rc = ps_checkpoint_verify(dir, &m, &bytes, err, errlen);
+  if (rc != PS_OK) {
+    ps_checkpoint_manifest_clear(&m);
+    return rc;
+  }
+  double ms = (double)(ps_now_ns() - t0) / 1e6;
+  s->restore_dir = strdup(dir);
+  if (s->restore_dir == NULL) {
+    ps_checkpoint_manifest_clear(&m);
+    snprintf(err, errlen, "out of memory");
+    return PS_ERR_NOMEM;
+  }
+  if (m.mode != s->opts.mode)
+    PS_WARN("restore_mode_changed", "checkpoint_mode=%s mode=%s",
+            mode_name(m.mode), mode_name(s->opts.mode));
+  s->model = m.model; /* takes the tensors */
+  m.model.tensors = NULL;
+  s->has_model = 1;
+  s->model_node = 0;
+  s->start_clock = m.step;
+  s->has_last = 1;
+  ps__checkpoint_info__init(&s->last);
+  s->last.id = m.id;
+  s->last.step = m.step;
+  s->last.bytes = bytes;
+  s->last.shards = (uint32_t)m.nshards;
+  s->last.created_unix_ms = m.created_unix_ms;
+  snprintf(s->last_dir, sizeof(s->last_dir), "%s", dir);
+  snprintf(s->last_reason, sizeof(s->last_reason), "restored");
+  s->last.dir = s->last_dir;
+  s->last.reason = s->last_reason;
+  uint64_t wall = unix_now_ms(), now = ps_now_ms();
+  uint64_t age = wall > m.created_unix_ms ? wall - m.created_unix_ms : 0;
+  s->last_done_ms = now > age ? now - age : 0;
+  ps_coord_set_next_id(s->coord, m.id + 1);
+  PS_INFO("restore_verified",
+          "dir=%s step=%" PRIu64 " id=%" PRIu64
+          " servers_then=%u servers_now=%u shards=%zu bytes=%" PRIu64
+          " ms=%.1f mbps=%.1f",
+          dir, m.step, m.id, m.num_servers, s->opts.servers, m.nshards, bytes,
+          ms, ms > 0 ? (double)bytes / 1e6 / (ms / 1e3) : 0.0);
+  ps_checkpoint_manifest_clear(&m);
+  return PS_OK;
+}
+
+/* Checkpoint and persistence options: made absolute, state loaded, the
+ * checkpoint to restore verified. */
+static int setup_durability(ps_sched_t *s, const ps_sched_opts_t *opts,
+                            char *err, size_t errlen) {
+  char path[PS_CHECKPOINT_PATH_MAX];
+  s->opts.checkpoint_dir = s->opts.state_file = s->opts.restore = NULL;
+  if (opts->checkpoint_every_s < 0) {
+    snprintf(err, errlen, "checkpoint-every-s %g: must be >= 0",
+             opts->checkpoint_every_s);
+    return PS_ERR_CONFIG;
+  }
+  int has_dir = opts->checkpoint_dir && opts->checkpoint_dir[0];
+  if (!has_dir &&
+      (opts->checkpoint_every_steps > 0 || opts->checkpoint_every_s > 0)) {
+    snprintf(err, errlen,
+             "periodic checkpoints (every-steps %" PRIu64
+             ", every-s %g) need a checkpoint directory",
+             opts->checkpoint_every_steps, opts->checkpoint_every_s);
+    return PS_ERR_CONFIG;
+  }
+  ps_coord_cbs_t ccbs = {coord_send_cb, coord_done_cb, s};
+  s->coord = ps_coord_new(&ccbs, 1);
+  if (s->coord == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return PS_ERR_NOMEM;
+  }
+  if (has_dir) {
+    if (abs_path(opts->checkpoint_dir, path, sizeof(path) - 64) != 0 ||
+        (s->ckpt_base = strdup(path)) == NULL) {
+      snprintf(err, errlen, "checkpoint-dir %s: path too long",
+               opts->checkpoint_dir);
+      return PS_ERR_CONFIG;
+    }
+    int rc = ps_checkpoint_mkdirs(s->ckpt_base, err, errlen);
+    if (rc != PS_OK) return rc;
+  }
+  int loaded = 0;
+  if (opts->state_file && opts->state_file[0]) {
+    if (abs_path(opts->state_file, path, sizeof(path)) != 0 ||
+        (s->state_file = strdup(path)) == NULL) {
+      snprintf(err, errlen, "state-file %s: path too long", opts->state_file);
+      return PS_ERR_CONFIG;
+    }
+    loaded = state_load(s, err, errlen);
+    if (loaded < 0) return loaded;
+  }
+  if (opts->restore && opts->restore[0]) {
+    if (loaded)
+      PS_WARN("restore_ignored",
+              "restore=%s reason=\"the job of the state file goes on\"",
+              opts->restore);
+    else
+      return restore_prepare(s, opts->restore, err, errlen);
+  }
+  return PS_OK;
+}
 
 ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
                          const ps_sched_opts_t *opts, int *err, char *errbuf,
@@ -997,10 +1725,17 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   s->opts = *opts;
   s->opts.bind = NULL; /* not kept: only the resolved endpoint is */
   s->start_ms = ps_now_ms();
+  s->ckpt_last_ms = s->start_ms;
+  int rc = setup_durability(s, opts, errbuf, errlen);
+  if (rc != PS_OK) {
+    *err = rc;
+    sched_free(s);
+    return NULL;
+  }
   s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, NULL,
                        on_message, s, err, errbuf, errlen);
   if (s->zs == NULL) {
-    free(s);
+    sched_free(s);
     return NULL;
   }
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->zs));
@@ -1024,9 +1759,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   }
   PS_INFO("listening",
           "endpoint=%s servers=%u workers=%u mode=%s "
-          "heartbeat_timeout_ms=%d",
+          "heartbeat_timeout_ms=%d checkpoint_dir=%s state_file=%s "
+          "start_clock=%" PRIu64,
           s->endpoint, opts->servers, opts->workers, mode_name(opts->mode),
-          opts->heartbeat_timeout_ms);
+          opts->heartbeat_timeout_ms, s->ckpt_base ? s->ckpt_base : "-",
+          s->state_file ? s->state_file : "-", s->start_clock);
   *err = PS_OK;
   return s;
 }

@@ -7,6 +7,14 @@
  * server and the view (epoch 1) goes to every node; every membership change
  * after that (a node declared dead, a worker done) publishes epoch + 1.
  *
+ * Checkpoints: see scheduler/coordinator.h for how one is taken. The
+ * scheduler starts them (psctl checkpoint, every N steps, every S seconds),
+ * records the latest complete one, and holds the end of a job until one in
+ * progress is written or failed. With a state file it survives its own
+ * restart: nodes of the persisted view keep heartbeating to the same
+ * endpoint and are recognised by their ids, so the job goes on; pushes and
+ * pulls never involve the scheduler and go on while it is down.
+ *
  * When the job ends (every worker done or dead, at least one done), a node
  * leaves, ps_sched_stop is called, or (with handle_signals) SIGTERM/SIGINT
  * arrives, the scheduler sends Shutdown to every node and closes all its
@@ -32,6 +40,22 @@ typedef struct {
   int mode;                 /* PS__CONSISTENCY_MODE__* */
   int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
+  /* Checkpoints (issue #4); zero values turn each off. Paths are copied and
+   * made absolute (servers may run elsewhere on a shared file system). */
+  const char *checkpoint_dir;      /* base directory; psctl may name another */
+  uint64_t checkpoint_every_steps; /* BSP: at every multiple of this step */
+  double checkpoint_every_s;       /* at most this long between checkpoints */
+  int checkpoint_timeout_ms;       /* give one up after this; 0: 120000 */
+  /* Start from this checkpoint (a directory with a MANIFEST, or a base
+   * directory with LATEST): verified here, every byte, before anything
+   * else; the job's model and starting step are the checkpoint's, and the
+   * servers load their ranges from it, whatever their number. */
+  const char *restore;
+  /* Persist the scheduler's state here on every change (view, epoch,
+   * nodes, latest checkpoint); a scheduler started with a state file of a
+   * job that did not finish takes that job over (ARCHITECTURE "Failure
+   * semantics" 4), and --restore is then ignored. */
+  const char *state_file;
 } ps_sched_opts_t;
 
 /* Binds the socket and starts the timers on loop. Returns NULL with *err and

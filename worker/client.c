@@ -18,13 +18,24 @@
  * every view and shutdown, so a caller waiting in zmq_poll on data sockets
  * wakes at once instead of at the end of its poll slice.
  *
+ * The data plane: every push or pull is a call (ps__op_t, pooled, so a warm
+ * client allocates nothing per call) cut into pieces, one per server range
+ * and chunk. Pieces go out in the order their calls started, at most
+ * `window` in flight per server; each conn keeps the request ids of its
+ * pieces in flight in a window-sized slot array, so a reply finds its piece
+ * in a handful of compares and a late one (a call that timed out, a piece
+ * resent) finds nothing and is dropped. ps__progress drives every pending
+ * call at once; it runs inside the ps_client calls, so nothing happens on
+ * the data sockets while the caller computes, and the ZeroMQ I/O thread
+ * keeps sending and receiving meanwhile.
+ *
  * Pushes hand the caller's values to ZeroMQ without a copy. That is safe
- * while the call runs (the caller keeps values unchanged), but a call that
- * fails may leave frames queued in ZeroMQ for a server that never took them,
- * and the caller is free to reuse the memory once we return. So every
- * wrapped frame carries a free callback that counts it back, and a push
- * returns only when ZeroMQ has let go of all of them (closing the sockets
- * that still hold some; see ps__payload_settle).
+ * while the call is pending (the caller keeps values unchanged), but a call
+ * that fails may leave frames queued in ZeroMQ for a server that never took
+ * them, and the caller is free to reuse the memory once wait returns. So
+ * every wrapped frame carries a free callback that counts it back in its
+ * call, and a push's wait returns only when ZeroMQ has let go of all of
+ * them (closing the sockets that still hold some; see ps__op_settle).
  */
 #include "worker/client.h"
 
@@ -32,6 +43,8 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +64,12 @@
 /* zmq_poll never sleeps longer than this, so shutdown, new views and the
  * deadline are noticed promptly even if the eventfd wake-up were lost. */
 #define PS__POLL_SLICE_MS 50
-/* Requests in flight per server. One call sends one piece per server today;
- * chunked calls will keep up to this many per server outstanding. */
-#define PS__WINDOW 8
+/* Defaults of ps_client_opts_t: window and chunk_bytes. Eight 1 MiB
+ * requests in flight per server keep loopback and a 10 Gb/s link busy while
+ * the server applies the ones before. */
+#define PS__DEFAULT_WINDOW 8
+#define PS__DEFAULT_CHUNK_BYTES (1u << 20)
+#define PS__MAX_WINDOW 4096
 /* A server that answers STALE_EPOCH with an older epoch than ours has not
  * received the new view yet: resend after this pause. */
 #define PS__STALE_RETRY_MS 20
@@ -64,6 +80,8 @@
 /* After the last reply, ZeroMQ's I/O thread may still hold acked frames for
  * a moment; past this, sockets holding frames are closed to free them. */
 #define PS__RELEASE_GRACE_MS 100
+/* How long ps_client_destroy waits for the scheduler to take the Done. */
+#define PS__FAREWELL_WAIT_MS 3000
 #define PS__ERRMSG_MAX 512
 
 typedef enum {
@@ -74,7 +92,8 @@ typedef enum {
   PS__PIECE_SUPERSEDED, /* re-split after a view change; ignore */
 } ps__piece_state_t;
 
-/* One request's worth of a call: a key slice owned by one server. */
+/* One request's worth of a call: a key slice owned by one server, at most
+ * one chunk long. */
 typedef struct {
   uint64_t key_begin, count;
   /* Pushes: kept across resends and re-splits, so a server that already
@@ -89,8 +108,11 @@ typedef struct {
   uint64_t retry_at_ms;
 } ps__piece_t;
 
-/* One push or pull call. */
-typedef struct {
+/* One push or pull call, from start to wait. Kept in a pool with its piece
+ * array, so a call allocates nothing once the client is warm. */
+typedef struct ps__op_s {
+  ps_client_t *c;
+  uint64_t ticket;
   int is_push;
   uint64_t key_begin, count, clock;
   const float *values; /* push */
@@ -99,7 +121,30 @@ typedef struct {
   int timeout_ms;
   ps__piece_t *pieces;
   size_t npieces, cap;
+  size_t pending;   /* pieces not DONE or SUPERSEDED */
+  size_t nstale;    /* pieces STALE */
+  size_t scan_from; /* no QUEUED or STALE piece before this index */
+  int finished;
+  int status;
+  int hold;     /* zero-copy pull: keep the reply frames */
+  size_t nheld; /* frames kept */
+  int waited;   /* hold: handed to the caller, awaiting release */
+  char errmsg[PS__ERRMSG_MAX];
+  /* Push frames ZeroMQ still holds; its I/O thread counts them down. */
+  atomic_uint_fast64_t unreleased;
+  struct ps__op_s *next_free;
+  /* Kept across reuse of the op, like pieces. */
+  zmq_msg_t *held;
+  ps_client_span_t *spans;
+  size_t held_cap;
 } ps__op_t;
+
+/* A request in flight on a connection: which piece of which call. */
+typedef struct {
+  uint64_t request_id;
+  ps__op_t *op;
+  size_t piece;
+} ps__slot_t;
 
 /* The data socket to one server. */
 typedef struct {
@@ -108,6 +153,7 @@ typedef struct {
   void *sock;
   uint64_t gen; /* distinguishes a reconnected socket from the old one */
   int inflight;
+  ps__slot_t *slots; /* window entries; the first inflight are in use */
 } ps__conn_t;
 
 struct ps_client_s {
@@ -124,6 +170,13 @@ struct ps_client_s {
   int async_ready;
   ps_member_t *member;
   int thread_done_sent;
+  /* The scheduler took our Done or Leave: a view lists this node as done or
+   * left, or the cluster shut down. Until then the member stays, because
+   * it resends a Done that crossed a view change (STALE_EPOCH). */
+  int thread_farewell_taken;
+  uv_timer_t farewell_timer; /* polls for that while stopping */
+  int thread_stopping;
+  uint64_t farewell_deadline_ms;
   uint64_t thread_clock;
 
   /* Guarded by mu. */
@@ -143,10 +196,10 @@ struct ps_client_s {
     uint64_t clock;
   } shared;
 
-  /* Frames handed to ZeroMQ and not yet released; guarded by rel_mu. */
+  /* Signalled when a call's last push frame is released (see
+   * ps__op_settle); the counts themselves are atomics in the calls. */
   pthread_mutex_t rel_mu;
   pthread_cond_t rel_cv;
-  uint64_t unreleased;
 
   /* Calling thread only. */
   uint32_t node_id, rank, num_workers;
@@ -159,6 +212,11 @@ struct ps_client_s {
   ps__conn_t **poll_conns;    /* the conn of each poll item */
   size_t poll_cap;
   void *sched_sock;
+  ps__op_t **ops; /* started, not waited for yet, in start order */
+  size_t nops, ops_cap;
+  ps__op_t *free_ops;
+  uint64_t next_ticket;
+  uint64_t chunk_keys; /* 0: no chunking */
   uint64_t next_request_id;
   uint64_t next_seq;
   uint64_t last_clock;
@@ -226,6 +284,12 @@ static void ps__member_registered_cb(ps_member_t *m, uint32_t node_id,
 static void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
   ps_client_t *c = arg;
   ps_view_t *old;
+  if (c->thread_done_sent) {
+    const ps_node_t *me = ps_view_node(view, ps_member_node_id(m));
+    if (me == NULL || me->state == PS__NODE_STATE__NODE_STATE_DONE ||
+        me->state == PS__NODE_STATE__NODE_STATE_LEFT)
+      c->thread_farewell_taken = 1;
+  }
   pthread_mutex_lock(&c->mu);
   /* Only the newest view matters to the caller; one it never took is
    * superseded. */
@@ -240,6 +304,7 @@ static void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
 static void ps__member_shutdown_cb(ps_member_t *m, int status,
                                    const char *reason, void *arg) {
   ps_client_t *c = arg;
+  c->thread_farewell_taken = 1;
   pthread_mutex_lock(&c->mu);
   if (!c->shared.shutdown) {
     c->shared.shutdown = 1;
@@ -252,6 +317,20 @@ static void ps__member_shutdown_cb(ps_member_t *m, int status,
   ps__wake_caller(c);
   PS_INFO("client_shutdown", "status=%s reason=\"%s\"", ps_err_name(status),
           reason ? reason : "");
+}
+
+static void ps__farewell_timer_cb(uv_timer_t *t) {
+  ps_client_t *c = t->data;
+  if (c->member && c->thread_done_sent && !c->thread_farewell_taken &&
+      ps_now_ms() < c->farewell_deadline_ms)
+    return;
+  if (c->member && c->thread_done_sent && !c->thread_farewell_taken)
+    PS_WARN("client_farewell_unconfirmed", "scheduler=%s wait_ms=%d",
+            c->scheduler, PS__FAREWELL_WAIT_MS);
+  ps_member_destroy(&c->member);
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, NULL);
+  uv_close((uv_handle_t *)&c->async, NULL);
 }
 
 static void ps__thread_async_cb(uv_async_t *h) {
@@ -279,9 +358,16 @@ static void ps__thread_async_cb(uv_async_t *h) {
     ps_member_send_done(c->member);
     c->thread_done_sent = 1;
   }
-  if (stop) {
-    ps_member_destroy(&c->member);
-    uv_close((uv_handle_t *)h, NULL);
+  if (stop && !c->thread_stopping) {
+    c->thread_stopping = 1;
+    /* Several workers finishing together each move the view on, and a Done
+     * sent at the old epoch is refused as stale; the member resends it,
+     * but only while it exists. So it stays until the Done is taken (or a
+     * bounded wait passes: a scheduler that is gone answers nothing). The
+     * member is never destroyed from inside its own callbacks, hence the
+     * timer. */
+    c->farewell_deadline_ms = ps_now_ms() + PS__FAREWELL_WAIT_MS;
+    uv_timer_start(&c->farewell_timer, ps__farewell_timer_cb, 0, 10);
   }
 }
 
@@ -331,8 +417,11 @@ static int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
       c->conns = n;
       c->conns_cap = cap;
     }
-    k = &c->conns[c->nconns++];
+    k = &c->conns[c->nconns];
     memset(k, 0, sizeof(*k));
+    k->slots = calloc((size_t)c->opts.window, sizeof(*k->slots));
+    if (k->slots == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    c->nconns++;
     k->server_id = server_id;
   }
   ps__conn_close(k);
@@ -416,50 +505,183 @@ static const char *ps__server_addr(ps_client_t *c, uint32_t server_id) {
   return node ? node->address : "?";
 }
 
-/* ---- payload release accounting ----------------------------------------- */
+/* ---- calls: pool, tickets, release accounting --------------------------- */
 
-static void ps__payload_released_cb(void *data, void *hint) {
-  ps_client_t *c = hint;
-  pthread_mutex_lock(&c->rel_mu);
-  c->unreleased--;
-  if (c->unreleased == 0) pthread_cond_broadcast(&c->rel_cv);
-  pthread_mutex_unlock(&c->rel_mu);
+static void ps__op_drop_held(ps__op_t *op) {
+  for (size_t i = 0; i < op->nheld; i++) zmq_msg_close(&op->held[i]);
+  op->nheld = 0;
 }
 
-/* Returns once ZeroMQ holds none of the caller's push values. Frames that
- * reached their server are released by the I/O thread right after the
- * write; frames still queued (a server that never connected, a socket
- * abandoned after a view change) are only released when their socket
- * closes, so after a short grace every data socket is closed (they
- * reconnect on the next call). ZeroMQ frees a closed socket's queued frames
- * on its own threads, so the final wait does not depend on the network. */
-static void ps__payload_settle(ps_client_t *c) {
+static void ps__op_free(ps__op_t *op) {
+  ps__op_drop_held(op);
+  free(op->held);
+  free(op->spans);
+  free(op->pieces);
+  free(op);
+}
+
+/* Keeps the payload frames of a zero-copy pull's reply for piece p. A frame
+ * ZeroMQ left at an odd address inside its receive buffer (small messages)
+ * is copied into one of its own, so every span is a float array. */
+static int ps__op_hold(ps_client_t *c, ps__op_t *op, const ps__piece_t *p,
+                       ps_msg_t *m) {
+  if (op->nheld + (size_t)m->npayload > op->held_cap) {
+    size_t cap = op->held_cap ? 2 * op->held_cap : 16;
+    while (cap < op->nheld + (size_t)m->npayload) cap *= 2;
+    zmq_msg_t *held = realloc(op->held, cap * sizeof(*held));
+    if (held == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    op->held = held;
+    ps_client_span_t *spans = realloc(op->spans, cap * sizeof(*spans));
+    if (spans == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    op->spans = spans;
+    op->held_cap = cap;
+  }
+  uint64_t key = p->key_begin;
+  for (int i = 0; i < m->npayload; i++) {
+    zmq_msg_t *h = &op->held[op->nheld];
+    size_t bytes = zmq_msg_size(&m->payload[i]);
+    if ((uintptr_t)zmq_msg_data(&m->payload[i]) % _Alignof(float) == 0) {
+      zmq_msg_init(h);
+      zmq_msg_move(h, &m->payload[i]);
+    } else {
+      if (zmq_msg_init_size(h, bytes) != 0)
+        return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+      memcpy(zmq_msg_data(h), zmq_msg_data(&m->payload[i]), bytes);
+    }
+    ps_client_span_t *sp = &op->spans[op->nheld++];
+    sp->key_begin = key;
+    sp->count = bytes / sizeof(float);
+    sp->values = zmq_msg_data(h);
+    key += sp->count;
+  }
+  return PS_OK;
+}
+
+static ps__op_t *ps__op_find_ticket(ps_client_t *c, uint64_t ticket,
+                                    size_t *index) {
+  for (size_t i = 0; i < c->nops; i++)
+    if (c->ops[i]->ticket == ticket) {
+      if (index) *index = i;
+      return c->ops[i];
+    }
+  return NULL;
+}
+
+/* A pooled call, registered as pending under a fresh ticket. */
+static int ps__op_new(ps_client_t *c, ps__op_t **out) {
+  if (c->nops >= PS_CLIENT_MAX_PENDING)
+    return ps__fail(c, PS_ERR_REFUSED,
+                    "%d calls are pending already; wait for some first",
+                    PS_CLIENT_MAX_PENDING);
+  if (c->nops == c->ops_cap) {
+    size_t cap = c->ops_cap ? 2 * c->ops_cap : 16;
+    ps__op_t **grown = realloc(c->ops, cap * sizeof(*grown));
+    if (grown == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    c->ops = grown;
+    c->ops_cap = cap;
+  }
+  ps__op_t *op = c->free_ops;
+  if (op) {
+    c->free_ops = op->next_free;
+  } else if ((op = calloc(1, sizeof(*op))) == NULL) {
+    return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+  }
+  ps__piece_t *pieces = op->pieces;
+  size_t cap = op->cap;
+  memset(op, 0, offsetof(ps__op_t, unreleased));
+  op->pieces = pieces;
+  op->cap = cap;
+  op->c = c;
+  op->ticket = ++c->next_ticket;
+  atomic_store(&op->unreleased, 0);
+  op->next_free = NULL;
+  op->nheld = 0;
+  c->ops[c->nops++] = op;
+  *out = op;
+  return PS_OK;
+}
+
+/* Takes op off the pending list and back to the pool. */
+static void ps__op_retire(ps_client_t *c, ps__op_t *op) {
+  size_t i;
+  ps__op_drop_held(op);
+  if (ps__op_find_ticket(c, op->ticket, &i)) {
+    memmove(&c->ops[i], &c->ops[i + 1], (c->nops - i - 1) * sizeof(*c->ops));
+    c->nops--;
+  }
+  op->next_free = c->free_ops;
+  c->free_ops = op;
+}
+
+/* ZeroMQ's I/O thread is done with one push frame of the call. Only the
+ * last one takes the lock, to wake a waiter in ps__op_settle. */
+static void ps__payload_released_cb(void *data, void *hint) {
+  ps__op_t *op = hint;
+  if (atomic_fetch_sub_explicit(&op->unreleased, 1, memory_order_acq_rel) ==
+      1) {
+    ps_client_t *c = op->c;
+    pthread_mutex_lock(&c->rel_mu);
+    pthread_cond_broadcast(&c->rel_cv);
+    pthread_mutex_unlock(&c->rel_mu);
+  }
+}
+
+static uint64_t ps__op_unreleased(ps__op_t *op) {
+  return atomic_load_explicit(&op->unreleased, memory_order_acquire);
+}
+
+static void ps__op_fail(ps_client_t *c, ps__op_t *op, int status,
+                        const char *msg);
+
+/* Returns once ZeroMQ holds none of the call's push values, so the caller
+ * may reuse them. Frames that reached their server were released by the
+ * I/O thread right after the write, before the ack came back; frames
+ * still queued (a server that never connected, a socket abandoned after a
+ * view change) are only released when their socket closes, so after a
+ * short grace every data socket is closed (they reconnect on the next
+ * call), which fails the other calls with requests on them. ZeroMQ frees a
+ * closed socket's queued frames on its own threads, so the final wait does
+ * not depend on the network. */
+static void ps__op_settle(ps_client_t *c, ps__op_t *op) {
+  if (ps__op_unreleased(op) == 0) return;
   uint64_t grace = ps_now_ms() + PS__RELEASE_GRACE_MS;
   pthread_mutex_lock(&c->rel_mu);
-  while (c->unreleased > 0 && ps_now_ms() < grace)
+  while (ps__op_unreleased(op) > 0 && ps_now_ms() < grace)
     ps__cond_wait_until(&c->rel_cv, &c->rel_mu, grace);
-  uint64_t held = c->unreleased;
+  uint64_t held = ps__op_unreleased(op);
   pthread_mutex_unlock(&c->rel_mu);
   if (held == 0) return;
 
   PS_DEBUG("client_release_close", "frames=%" PRIu64, held);
   for (size_t i = 0; i < c->nconns; i++) {
-    ps__conn_close(&c->conns[i]);
-    c->conns[i].gen = 0;
+    ps__conn_t *k = &c->conns[i];
+    /* Failing a call frees its slots, so look again from the start. */
+    for (int j = 0; j < k->inflight;) {
+      ps__op_t *other = k->slots[j].op;
+      if (other == op || other->finished) {
+        j++;
+        continue;
+      }
+      ps__op_fail(c, other, PS_ERR_PEER,
+                  "connection reset to release the frames of a failed call");
+      j = 0;
+    }
+    ps__conn_close(k);
+    k->gen = 0;
   }
   uint64_t warn_at = ps_now_ms() + 1000;
   pthread_mutex_lock(&c->rel_mu);
-  while (c->unreleased > 0) {
+  while (ps__op_unreleased(op) > 0) {
     ps__cond_wait_until(&c->rel_cv, &c->rel_mu, warn_at);
-    if (c->unreleased > 0 && ps_now_ms() >= warn_at) {
-      PS_WARN("client_release_slow", "frames=%" PRIu64, c->unreleased);
+    if (ps__op_unreleased(op) > 0 && ps_now_ms() >= warn_at) {
+      PS_WARN("client_release_slow", "frames=%" PRIu64, ps__op_unreleased(op));
       warn_at = ps_now_ms() + 1000;
     }
   }
   pthread_mutex_unlock(&c->rel_mu);
 }
 
-/* ---- one push or pull --------------------------------------------------- */
+/* ---- pieces and the window ----------------------------------------------- */
 
 static int ps__op_append(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
                          uint64_t count, uint64_t seq, uint32_t server_id) {
@@ -477,12 +699,15 @@ static int ps__op_append(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
   p->seq = seq;
   p->server_id = server_id;
   p->state = PS__PIECE_QUEUED;
+  op->pending++;
   return PS_OK;
 }
 
 /* Cuts [key_begin, key_begin + count) at the current view's range
- * boundaries. seq 0 gives every piece a fresh sequence number (pushes);
- * otherwise the pieces inherit seq (a re-split resend). */
+ * boundaries, and each range's part into chunks at multiples of chunk_keys
+ * from the range's begin (so chunks line up with the server's blocks
+ * whatever slice is asked for). seq 0 gives every piece a fresh sequence
+ * number (pushes); otherwise the pieces inherit seq (a re-split resend). */
 static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
                         uint64_t count, uint64_t seq) {
   uint64_t key = key_begin, end = key_begin + count;
@@ -494,6 +719,11 @@ static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
                       key, c->view->epoch);
     const ps_range_t *rg = &c->view->ranges[r];
     uint64_t piece_end = rg->end < end ? rg->end : end;
+    if (c->chunk_keys) {
+      uint64_t chunk_end =
+          rg->begin + ((key - rg->begin) / c->chunk_keys + 1) * c->chunk_keys;
+      if (chunk_end < piece_end) piece_end = chunk_end;
+    }
     uint64_t piece_seq = seq;
     if (op->is_push && piece_seq == 0) piece_seq = ++c->next_seq;
     int rc =
@@ -513,9 +743,47 @@ static int64_t ps__span_owner(const ps_view_t *v, uint64_t begin,
   return v->ranges[r].server_id;
 }
 
-static void ps__piece_unsend(ps_client_t *c, ps__piece_t *p) {
+/* Frees the window slot of piece index i of op, if it holds one: the piece
+ * was answered, or is given up. A late reply then matches nothing and is
+ * dropped. */
+static void ps__piece_unsend(ps_client_t *c, ps__op_t *op, size_t i) {
+  const ps__piece_t *p = &op->pieces[i];
   ps__conn_t *k = ps__conn_find(c, p->server_id);
-  if (k && k->sock && k->gen == p->conn_gen && k->inflight > 0) k->inflight--;
+  if (k == NULL || k->sock == NULL || k->gen != p->conn_gen) return;
+  for (int j = 0; j < k->inflight; j++) {
+    if (k->slots[j].request_id != p->request_id) continue;
+    k->slots[j] = k->slots[--k->inflight];
+    return;
+  }
+}
+
+static void ps__piece_set(ps__op_t *op, ps__piece_t *p, ps__piece_state_t st) {
+  int was_open = p->state != PS__PIECE_DONE && p->state != PS__PIECE_SUPERSEDED;
+  int is_open = st != PS__PIECE_DONE && st != PS__PIECE_SUPERSEDED;
+  if (p->state == PS__PIECE_STALE) op->nstale--;
+  if (st == PS__PIECE_STALE) op->nstale++;
+  if (was_open && !is_open) op->pending--;
+  p->state = st;
+}
+
+/* Ends op with status; its requests still in flight are given up. */
+static void ps__op_fail(ps_client_t *c, ps__op_t *op, int status,
+                        const char *msg) {
+  if (op->finished) return;
+  for (size_t i = 0; i < op->npieces; i++)
+    if (op->pieces[i].state == PS__PIECE_SENT) ps__piece_unsend(c, op, i);
+  op->finished = 1;
+  op->status = status;
+  snprintf(op->errmsg, sizeof(op->errmsg), "%s", msg);
+}
+
+/* The same with the client's last error message (set by ps__fail). */
+static void ps__op_fail_errmsg(ps_client_t *c, ps__op_t *op, int status) {
+  ps__op_fail(c, op, status, c->errmsg);
+}
+
+static void ps__fail_all(ps_client_t *c, int status) {
+  for (size_t i = 0; i < c->nops; i++) ps__op_fail_errmsg(c, c->ops[i], status);
 }
 
 /* After a view change: pieces whose keys moved to another server, or whose
@@ -533,8 +801,8 @@ static int ps__op_rebase(ps_client_t *c, ps__op_t *op) {
     if (owned && (p->state != PS__PIECE_SENT ||
                   ps__conn_alive(c, p->server_id, p->conn_gen)))
       continue;
-    if (p->state == PS__PIECE_SENT) ps__piece_unsend(c, p);
-    p->state = PS__PIECE_SUPERSEDED;
+    if (p->state == PS__PIECE_SENT) ps__piece_unsend(c, op, i);
+    ps__piece_set(op, p, PS__PIECE_SUPERSEDED);
     uint64_t begin = p->key_begin, count = p->count, seq = p->seq;
     /* p may move: ps__op_split reallocates. */
     int rc = ps__op_split(c, op, begin, count, seq);
@@ -543,8 +811,9 @@ static int ps__op_rebase(ps_client_t *c, ps__op_t *op) {
   return PS_OK;
 }
 
-static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, ps__piece_t *p,
+static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
                              ps__conn_t *k) {
+  ps__piece_t *p = &op->pieces[i];
   Ps__Envelope env = PS__ENVELOPE__INIT;
   Ps__Push push = PS__PUSH__INIT;
   Ps__Pull pull = PS__PULL__INIT;
@@ -561,15 +830,13 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, ps__piece_t *p,
     push.seq = p->seq;
     env.body_case = PS__ENVELOPE__BODY_PUSH;
     env.push = &push;
-    /* The values are the caller's: see the file comment for why this is
-     * safe and what ps__payload_settle does about failed calls. */
+    /* The values are the caller's: see ps__op_settle for why this is safe
+     * and what happens to frames of a call that failed. */
     const float *src = op->values + (p->key_begin - op->key_begin);
-    pthread_mutex_lock(&c->rel_mu);
-    c->unreleased++;
-    pthread_mutex_unlock(&c->rel_mu);
+    atomic_fetch_add_explicit(&op->unreleased, 1, memory_order_relaxed);
     if (ps_payload_wrap(&payload, (void *)src, p->count * sizeof(float),
-                        ps__payload_released_cb, c) != PS_OK) {
-      ps__payload_released_cb(NULL, c);
+                        ps__payload_released_cb, op) != PS_OK) {
+      ps__payload_released_cb(NULL, op);
       return ps__fail(c, PS_ERR_ZMQ,
                       "server %u (%s): cannot wrap %" PRIu64 " values: %s",
                       p->server_id, k->address, p->count, zmq_strerror(errno));
@@ -587,62 +854,88 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, ps__piece_t *p,
   if (rc != PS_OK)
     return ps__fail(c, rc, "server %u (%s): send failed: %s", p->server_id,
                     k->address, zmq_strerror(errno));
-  p->state = PS__PIECE_SENT;
+  ps__piece_set(op, p, PS__PIECE_SENT);
   p->request_id = env.request_id;
   p->epoch = env.epoch;
   p->view_gen = c->view_gen;
   p->conn_gen = k->gen;
   p->retry_at_ms = 0;
-  k->inflight++;
+  k->slots[k->inflight++] = (ps__slot_t){env.request_id, op, i};
   return PS_OK;
 }
 
-/* Sends every piece that may go now: queued ones, and stale ones once a
- * newer view is here (or their retry time passed), within each server's
- * window. */
-static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now) {
-  for (size_t i = 0; i < op->npieces; i++) {
+/* Sends every piece of op that may go now: queued ones, and stale ones once
+ * a newer view is here (or their retry time passed), within each server's
+ * window. *room is the number of free window slots left in all; the scan
+ * stops when none is. */
+static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
+                             int64_t *room) {
+  size_t first_left = op->npieces; /* first piece still to send */
+  size_t i;
+  for (i = op->scan_from; i < op->npieces; i++) {
     ps__piece_t *p = &op->pieces[i];
-    if (p->state == PS__PIECE_STALE) {
-      int newer_view = c->view_gen > p->view_gen;
-      int retry_due = p->retry_at_ms != 0 && now >= p->retry_at_ms;
-      if (!newer_view && !retry_due) continue;
-    } else if (p->state != PS__PIECE_QUEUED) {
+    if (p->state != PS__PIECE_QUEUED && p->state != PS__PIECE_STALE) continue;
+    if (*room <= 0) break;
+    if (p->state == PS__PIECE_STALE && c->view_gen <= p->view_gen &&
+        (p->retry_at_ms == 0 || now < p->retry_at_ms)) {
+      if (first_left > i) first_left = i;
       continue;
     }
     ps__conn_t *k = NULL;
     int rc = ps__conn_get(c, p->server_id, &k);
     if (rc != PS_OK || k == NULL) return rc != PS_OK ? rc : PS_ERR_PEER;
-    if (k->inflight >= PS__WINDOW) continue;
-    rc = ps__op_send_piece(c, op, p, k);
-    if (rc != PS_OK) return rc;
+    if (k->inflight >= c->opts.window) {
+      if (first_left > i) first_left = i;
+      continue;
+    }
+    if ((rc = ps__op_send_piece(c, op, i, k)) != PS_OK) return rc;
+    (*room)--;
   }
+  if (i < op->npieces && first_left > i) first_left = i;
+  op->scan_from = first_left;
   return PS_OK;
 }
 
-static ps__piece_t *ps__op_find(ps__op_t *op, uint64_t request_id) {
-  for (size_t i = 0; i < op->npieces; i++)
-    if (op->pieces[i].state == PS__PIECE_SENT &&
-        op->pieces[i].request_id == request_id)
-      return &op->pieces[i];
-  return NULL;
+/* Free window slots over every server of the view: connected ones by their
+ * count, others a whole window. */
+static int64_t ps__window_room(ps_client_t *c) {
+  int64_t room = 0;
+  for (size_t i = 0; i < c->view->nranges; i++) {
+    ps__conn_t *k = ps__conn_find(c, c->view->ranges[i].server_id);
+    room += k && k->sock ? c->opts.window - k->inflight : c->opts.window;
+  }
+  return room;
 }
 
-/* Handles one reply from server k. Returns PS_OK or the call's error. */
-static int ps__op_on_reply(ps_client_t *c, ps__op_t *op, ps__conn_t *k,
-                           ps_msg_t *m, int status, const char *reason) {
-  ps__piece_t *p = m->request_id ? ps__op_find(op, m->request_id) : NULL;
-  if (p == NULL) {
+/* Handles one reply from server k. Returns PS_OK, or the error that ends
+ * the call the reply belongs to (already recorded on it). */
+static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
+                         const char *reason) {
+  ps__op_t *op = NULL;
+  size_t pi = 0;
+  for (int j = 0; m->request_id && j < k->inflight; j++) {
+    if (k->slots[j].request_id != m->request_id) continue;
+    op = k->slots[j].op;
+    pi = k->slots[j].piece;
+    k->slots[j] = k->slots[--k->inflight];
+    break;
+  }
+  if (op == NULL) {
     /* A reply to an earlier call that timed out, or to a piece already
      * resent: the request ids tell them apart, so it is just dropped. */
     PS_DEBUG("client_late_reply", "server=%u request=%" PRIu64 " status=%s",
              k->server_id, m->request_id, ps_err_name(status));
-    return PS_OK;
+    return;
   }
+  ps__piece_t *p = &op->pieces[pi];
   const char *what = op->is_push ? "push" : "pull";
-  if (status != PS_OK)
-    return ps__fail(c, PS_ERR_PROTO, "server %u (%s): malformed %s reply: %s",
-                    k->server_id, k->address, what, reason);
+  int rc = PS_OK;
+  if (status != PS_OK) {
+    rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): malformed %s reply: %s",
+                  k->server_id, k->address, what, reason);
+    ps__op_fail_errmsg(c, op, rc);
+    return;
+  }
   Ps__Envelope *env = m->env;
   if (env->body_case == PS__ENVELOPE__BODY_ERROR) {
     int code = env->error->code;
@@ -650,8 +943,8 @@ static int ps__op_on_reply(ps_client_t *c, ps__op_t *op, ps__conn_t *k,
     /* NOT_READY: the server has not adopted its first view yet, which is
      * the same as being behind us. */
     if (code == PS_ERR_STALE_EPOCH || code == PS_ERR_NOT_READY) {
-      ps__piece_unsend(c, p);
-      p->state = PS__PIECE_STALE;
+      ps__piece_set(op, p, PS__PIECE_STALE);
+      if (pi < op->scan_from) op->scan_from = pi;
       /* A server behind us catches up by itself; one ahead means our view
        * is old, and the background thread brings the new one. */
       p->retry_at_ms = code == PS_ERR_NOT_READY || env->epoch < p->epoch
@@ -661,63 +954,87 @@ static int ps__op_on_reply(ps_client_t *c, ps__op_t *op, ps__conn_t *k,
               "server=%u our_epoch=%" PRIu64 " server_epoch=%" PRIu64
               " keys=%" PRIu64 "+%" PRIu64,
               k->server_id, p->epoch, env->epoch, p->key_begin, p->count);
-      return PS_OK;
+      return;
     }
     if (code >= 0) code = PS_ERR_PROTO; /* an Error must carry a failure */
-    return ps__fail(c, code, "server %u (%s): %s: %s", k->server_id, k->address,
-                    ps_err_name(code), text);
+    rc = ps__fail(c, code, "server %u (%s): %s: %s", k->server_id, k->address,
+                  ps_err_name(code), text);
+    ps__op_fail_errmsg(c, op, rc);
+    return;
   }
   if (op->is_push) {
-    if (env->body_case != PS__ENVELOPE__BODY_ACK)
-      return ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a push",
-                      k->server_id, k->address, ps_body_name(env->body_case));
+    if (env->body_case != PS__ENVELOPE__BODY_ACK) {
+      rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a push",
+                    k->server_id, k->address, ps_body_name(env->body_case));
+      ps__op_fail_errmsg(c, op, rc);
+      return;
+    }
   } else {
-    if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY)
-      return ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a pull",
-                      k->server_id, k->address, ps_body_name(env->body_case));
+    if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY) {
+      rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a pull",
+                    k->server_id, k->address, ps_body_name(env->body_case));
+      ps__op_fail_errmsg(c, op, rc);
+      return;
+    }
     const Ps__PullReply *r = env->pull_reply;
-    if (r->key_begin != p->key_begin || r->count != p->count)
-      return ps__fail(c, PS_ERR_PROTO,
-                      "server %u (%s): pull reply for keys %" PRIu64 "+%" PRIu64
-                      " to a request for %" PRIu64 "+%" PRIu64,
-                      k->server_id, k->address, r->key_begin, r->count,
-                      p->key_begin, p->count);
-    /* ps_msg_recv checked the frame against count; this guards the copy
+    if (r->key_begin != p->key_begin || r->count != p->count) {
+      rc = ps__fail(c, PS_ERR_PROTO,
+                    "server %u (%s): pull reply for keys %" PRIu64 "+%" PRIu64
+                    " to a request for %" PRIu64 "+%" PRIu64,
+                    k->server_id, k->address, r->key_begin, r->count,
+                    p->key_begin, p->count);
+      ps__op_fail_errmsg(c, op, rc);
+      return;
+    }
+    /* ps_msg_recv checked the frames against count; this guards the copy
      * against a change there. */
     size_t bytes = p->count * sizeof(float);
-    if (m->npayload != 1 || zmq_msg_size(&m->payload[0]) != bytes)
-      return ps__fail(c, PS_ERR_PROTO,
-                      "server %u (%s): pull reply payload is not %zu bytes",
-                      k->server_id, k->address, bytes);
-    memcpy(op->out + (p->key_begin - op->key_begin),
-           zmq_msg_data(&m->payload[0]), bytes);
+    if (m->npayload < 1 || ps_msg_payload_bytes(m) != bytes) {
+      rc = ps__fail(c, PS_ERR_PROTO,
+                    "server %u (%s): pull reply payload is not %zu bytes",
+                    k->server_id, k->address, bytes);
+      ps__op_fail_errmsg(c, op, rc);
+      return;
+    }
+    if (op->hold) {
+      rc = ps__op_hold(c, op, p, m);
+      if (rc != PS_OK) {
+        ps__op_fail_errmsg(c, op, rc);
+        return;
+      }
+    } else {
+      /* The one copy of a pull: from ZeroMQ's receive buffers into the
+       * caller's array, frame by frame. */
+      ps_msg_payload_gather(m, op->out + (p->key_begin - op->key_begin));
+    }
   }
-  ps__piece_unsend(c, p);
-  p->state = PS__PIECE_DONE;
-  return PS_OK;
+  ps__piece_set(op, p, PS__PIECE_DONE);
 }
 
-static int ps__op_drain(ps_client_t *c, ps__op_t *op, ps__conn_t *k) {
-  for (;;) {
+/* Receives every reply waiting on k. Returns how many, or a negative
+ * ps_err_t when the socket failed (errmsg set). */
+static int ps__drain(ps_client_t *c, ps__conn_t *k) {
+  int n = 0;
+  while (k->sock) {
     ps_msg_t m;
     char reason[256] = "";
-    memset(&m, 0, sizeof(m));
     int rc = ps_msg_recv(k->sock, 0, &ps_frame_default_limits, &m, reason,
                          sizeof(reason));
-    if (rc == PS_ERR_TIMEOUT) return PS_OK;
+    if (rc == PS_ERR_TIMEOUT) return n;
     if (rc != PS_OK && rc != PS_ERR_PROTO && rc != PS_ERR_VERSION &&
         rc != PS_ERR_TOO_BIG) {
       ps_msg_close(&m);
       return ps__fail(c, rc, "server %u (%s): receive failed: %s", k->server_id,
                       k->address, zmq_strerror(errno));
     }
-    rc = ps__op_on_reply(c, op, k, &m, rc, reason);
+    ps__on_reply(c, k, &m, rc, reason);
     ps_msg_close(&m);
-    if (rc != PS_OK) return rc;
+    n++;
   }
+  return n;
 }
 
-static int ps__op_timeout(ps_client_t *c, ps__op_t *op) {
+static void ps__op_timeout(ps_client_t *c, ps__op_t *op) {
   const char *what = op->is_push ? "push" : "pull";
   size_t missing = 0;
   ps__piece_t *first = NULL;
@@ -735,17 +1052,20 @@ static int ps__op_timeout(ps_client_t *c, ps__op_t *op) {
           " timeout_ms=%d missing=%zu",
           what, sid, addr, first->key_begin, first->count, op->timeout_ms,
           missing);
+  int rc;
   if (first->state == PS__PIECE_STALE)
-    return ps__fail(c, PS_ERR_TIMEOUT,
-                    "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
-                    " for a stale epoch and no newer view came within %d ms",
-                    sid, addr, what, first->key_begin, first->count,
-                    op->timeout_ms);
-  return ps__fail(c, PS_ERR_TIMEOUT,
+    rc = ps__fail(c, PS_ERR_TIMEOUT,
+                  "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
+                  " for a stale epoch and no newer view came within %d ms",
+                  sid, addr, what, first->key_begin, first->count,
+                  op->timeout_ms);
+  else
+    rc = ps__fail(c, PS_ERR_TIMEOUT,
                   "server %u (%s) did not answer %s of keys %" PRIu64
                   "+%" PRIu64 " within %d ms (%zu piece(s) unanswered)",
                   sid, addr, what, first->key_begin, first->count,
                   op->timeout_ms, missing);
+  ps__op_fail_errmsg(c, op, rc);
 }
 
 /* The poll set lives on the client so a call does not allocate it. */
@@ -761,37 +1081,86 @@ static int ps__poll_reserve(ps_client_t *c, size_t n) {
   return PS_OK;
 }
 
-static int ps__op_run(ps_client_t *c, ps__op_t *op) {
-  int rc = ps__op_split(c, op, op->key_begin, op->count, 0);
+/* 1 if a call has a piece that waits for window room. */
+static int ps__any_queued(const ps_client_t *c) {
+  for (size_t i = 0; i < c->nops; i++) {
+    const ps__op_t *op = c->ops[i];
+    if (!op->finished && op->scan_from < op->npieces) return 1;
+  }
+  return 0;
+}
 
-  while (rc == PS_OK) {
+/* Runs the data plane for every pending call: takes a new view (re-cutting
+ * what moved), sends what the windows allow, receives replies, ends calls
+ * that are answered or past their deadline. Returns when target has
+ * finished, or, with target NULL, once nothing more is ready without
+ * waiting. Failures are recorded on the calls they end. */
+static void ps__progress(ps_client_t *c, ps__op_t *target) {
+  for (;;) {
     int changed = ps__refresh(c);
     if (changed < 0) {
-      rc = changed;
-      break;
+      ps__fail_all(c, changed);
+      return;
     }
-    if (changed && (rc = ps__op_rebase(c, op)) != PS_OK) break;
     uint64_t now = ps_now_ms();
-    if ((rc = ps__op_send_ready(c, op, now)) != PS_OK) break;
-
-    int pending = 0;
-    uint64_t wake_at = op->deadline_ms;
-    for (size_t i = 0; i < op->npieces; i++) {
-      ps__piece_t *p = &op->pieces[i];
-      if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
+    int64_t room = ps__window_room(c);
+    uint64_t wake_at = now + PS__POLL_SLICE_MS;
+    for (size_t i = 0; i < c->nops; i++) {
+      ps__op_t *op = c->ops[i];
+      if (op->finished) continue;
+      int rc = PS_OK;
+      if (changed) rc = ps__op_rebase(c, op);
+      if (rc == PS_OK && room > 0) rc = ps__op_send_ready(c, op, now, &room);
+      if (rc != PS_OK) {
+        ps__op_fail_errmsg(c, op, rc);
         continue;
-      pending = 1;
-      if (p->state == PS__PIECE_STALE && p->retry_at_ms &&
-          p->retry_at_ms < wake_at)
-        wake_at = p->retry_at_ms;
+      }
+      if (op->pending == 0) {
+        op->finished = 1;
+        op->status = PS_OK;
+        continue;
+      }
+      if (now >= op->deadline_ms) {
+        ps__op_timeout(c, op);
+        continue;
+      }
+      if (op->deadline_ms < wake_at) wake_at = op->deadline_ms;
+      if (op->nstale == 0) continue;
+      for (size_t j = op->scan_from; j < op->npieces; j++) {
+        const ps__piece_t *p = &op->pieces[j];
+        if (p->state == PS__PIECE_STALE && p->retry_at_ms &&
+            p->retry_at_ms < wake_at)
+          wake_at = p->retry_at_ms;
+      }
     }
-    if (!pending) break;
-    if (now >= op->deadline_ms) {
-      rc = ps__op_timeout(c, op);
-      break;
+    if (target && target->finished) return;
+
+    if (target == NULL) {
+      /* From a start: the requests are out. Replies are taken now only if
+       * calls wait behind full windows, so the pipeline moves on while the
+       * caller computes; otherwise the next wait takes them, and a start
+       * costs no failed receive (each is a system call in ZeroMQ). */
+      if (room > 0 || !ps__any_queued(c)) return;
+      int got = 0;
+      for (size_t i = 0; i < c->nconns; i++) {
+        if (c->conns[i].sock == NULL || c->conns[i].inflight == 0) continue;
+        int n = ps__drain(c, &c->conns[i]);
+        if (n < 0) {
+          ps__fail_all(c, n);
+          return;
+        }
+        got += n;
+      }
+      if (got) continue;
+      return;
     }
 
-    if ((rc = ps__poll_reserve(c, c->nconns + 1)) != PS_OK) break;
+    /* Poll first: zmq_poll returns at once when a reply is already waiting,
+     * and only the sockets that have one are then drained. */
+    if (ps__poll_reserve(c, c->nconns + 1) != PS_OK) {
+      ps__fail_all(c, PS_ERR_NOMEM);
+      return;
+    }
     zmq_pollitem_t *items = c->poll_items;
     ps__conn_t **polled = c->poll_conns;
     int n = 0;
@@ -803,25 +1172,23 @@ static int ps__op_run(ps_client_t *c, ps__op_t *op) {
           (zmq_pollitem_t){.socket = c->conns[i].sock, .events = ZMQ_POLLIN};
       polled[n++] = &c->conns[i];
     }
-    uint64_t slice = wake_at > now ? wake_at - now : 0;
-    if (slice > PS__POLL_SLICE_MS) slice = PS__POLL_SLICE_MS;
-    if (zmq_poll(items, n, (long)slice) < 0 && errno != EINTR) {
-      rc = ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
-      break;
+    now = ps_now_ms();
+    long slice = wake_at > now ? (long)(wake_at - now) : 0;
+    if (zmq_poll(items, n, slice) < 0 && errno != EINTR) {
+      ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+      ps__fail_all(c, PS_ERR_ZMQ);
+      return;
     }
     if (items[0].revents & ZMQ_POLLIN) ps__drain_wake(c);
-    for (int i = 1; i < n && rc == PS_OK; i++)
-      if (items[i].revents & ZMQ_POLLIN) rc = ps__op_drain(c, op, polled[i]);
+    for (int i = 1; i < n; i++) {
+      if (!(items[i].revents & ZMQ_POLLIN)) continue;
+      int got = ps__drain(c, polled[i]);
+      if (got < 0) {
+        ps__fail_all(c, got);
+        return;
+      }
+    }
   }
-  /* Replies still owed to this call are dropped when they arrive later
-   * (no piece matches their request id); only the window counts reset. */
-  for (size_t i = 0; i < op->npieces; i++)
-    if (op->pieces[i].state == PS__PIECE_SENT)
-      ps__piece_unsend(c, &op->pieces[i]);
-  if (op->is_push) ps__payload_settle(c);
-  free(op->pieces);
-  op->pieces = NULL;
-  return rc;
 }
 
 static int ps__check_keys(ps_client_t *c, const char *what, uint64_t key_begin,
@@ -849,33 +1216,118 @@ static void ps__report_clock(ps_client_t *c, uint64_t clock) {
   ps__thread_poke(c);
 }
 
+/* Starts one call; count 0 gives a call that is finished at once. */
+static int ps__start(ps_client_t *c, int is_push, int hold, uint64_t key_begin,
+                     uint64_t count, const float *values, float *out,
+                     uint64_t clock, uint64_t *ticket) {
+  if (ticket == NULL)
+    return ps__fail(c, PS_ERR_INVAL, "%s: ticket is NULL",
+                    is_push ? "push" : "pull");
+  int rc = ps__check_keys(c, is_push ? "push" : "pull", key_begin, count,
+                          is_push ? (const void *)values
+                          : hold  ? (const void *)ticket
+                                  : (const void *)out);
+  if (rc != PS_OK) return rc;
+  if (is_push) ps__report_clock(c, clock);
+  ps__op_t *op = NULL;
+  if ((rc = ps__op_new(c, &op)) != PS_OK) return rc;
+  op->is_push = is_push;
+  op->hold = hold;
+  op->key_begin = key_begin;
+  op->count = count;
+  op->clock = clock;
+  op->values = values;
+  op->out = out;
+  op->timeout_ms = c->opts.timeout_ms;
+  op->deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms;
+  rc = ps__op_split(c, op, key_begin, count, 0);
+  if (rc != PS_OK) {
+    ps__op_retire(c, op);
+    return rc;
+  }
+  *ticket = op->ticket;
+  /* Send what the windows take now, so the requests are on the wire while
+   * the caller goes on. */
+  ps__progress(c, NULL);
+  return PS_OK;
+}
+
+int ps_client_push_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                         const float *values, uint64_t clock,
+                         uint64_t *ticket) {
+  return ps__start(c, 1, 0, key_begin, count, values, NULL, clock, ticket);
+}
+
+int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                         float *out, uint64_t clock, uint64_t *ticket) {
+  return ps__start(c, 0, 0, key_begin, count, NULL, out, clock, ticket);
+}
+
+int ps_client_pull_frames_start(ps_client_t *c, uint64_t key_begin,
+                                uint64_t count, uint64_t clock,
+                                uint64_t *ticket) {
+  return ps__start(c, 0, 1, key_begin, count, NULL, NULL, clock, ticket);
+}
+
+static int ps__cmp_span(const void *a, const void *b) {
+  const ps_client_span_t *x = a, *y = b;
+  return x->key_begin < y->key_begin ? -1 : x->key_begin > y->key_begin;
+}
+
+int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
+                          const ps_client_span_t **spans, size_t *nspans) {
+  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
+  if (op == NULL || !op->hold || op->waited)
+    return ps__fail(c, PS_ERR_INVAL,
+                    "no zero-copy pull is pending with ticket %" PRIu64,
+                    ticket);
+  if (spans == NULL || nspans == NULL)
+    return ps__fail(c, PS_ERR_INVAL, "wait_frames: spans or nspans is NULL");
+  ps__progress(c, op);
+  int rc = op->status;
+  if (rc != PS_OK) {
+    snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
+    ps__op_retire(c, op);
+    return rc;
+  }
+  /* Pieces are answered in any order; the caller gets them by key. */
+  qsort(op->spans, op->nheld, sizeof(*op->spans), ps__cmp_span);
+  op->waited = 1;
+  *spans = op->spans;
+  *nspans = op->nheld;
+  return PS_OK;
+}
+
+void ps_client_release(ps_client_t *c, uint64_t ticket) {
+  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
+  if (op && op->hold && op->waited) ps__op_retire(c, op);
+}
+
+int ps_client_wait(ps_client_t *c, uint64_t ticket) {
+  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
+  if (op == NULL)
+    return ps__fail(c, PS_ERR_INVAL, "no call is pending with ticket %" PRIu64,
+                    ticket);
+  ps__progress(c, op);
+  if (op->is_push) ps__op_settle(c, op);
+  int rc = op->status;
+  if (rc != PS_OK) snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
+  ps__op_retire(c, op);
+  return rc;
+}
+
 int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
                    const float *values, uint64_t clock) {
-  int rc = ps__check_keys(c, "push", key_begin, count, values);
-  if (rc != PS_OK || count == 0) return rc;
-  ps__report_clock(c, clock);
-  ps__op_t op = {.is_push = 1,
-                 .key_begin = key_begin,
-                 .count = count,
-                 .clock = clock,
-                 .values = values,
-                 .timeout_ms = c->opts.timeout_ms,
-                 .deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms};
-  return ps__op_run(c, &op);
+  uint64_t ticket;
+  int rc = ps_client_push_start(c, key_begin, count, values, clock, &ticket);
+  return rc != PS_OK ? rc : ps_client_wait(c, ticket);
 }
 
 int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
                    float *out, uint64_t clock) {
-  int rc = ps__check_keys(c, "pull", key_begin, count, out);
-  if (rc != PS_OK || count == 0) return rc;
-  ps__op_t op = {.is_push = 0,
-                 .key_begin = key_begin,
-                 .count = count,
-                 .clock = clock,
-                 .out = out,
-                 .timeout_ms = c->opts.timeout_ms,
-                 .deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms};
-  return ps__op_run(c, &op);
+  uint64_t ticket;
+  int rc = ps_client_pull_start(c, key_begin, count, out, clock, &ticket);
+  return rc != PS_OK ? rc : ps_client_wait(c, ticket);
 }
 
 static int ps__tensor(ps_client_t *c, const char *name,
@@ -1082,6 +1534,8 @@ void ps_client_opts_init(ps_client_opts_t *o) {
   o->connect_timeout_ms = 60000;
   o->heartbeat_ms = 500;
   o->rank = -1;
+  o->window = PS__DEFAULT_WINDOW;
+  o->chunk_bytes = PS__DEFAULT_CHUNK_BYTES;
 }
 
 static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
@@ -1103,6 +1557,13 @@ static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
     snprintf(bad, sizeof(bad),
              "rank %" PRId64 " is neither -1 (any) nor in [0, %u)", o->rank,
              UINT32_MAX);
+  else if (o->window < 1 || o->window > PS__MAX_WINDOW)
+    snprintf(bad, sizeof(bad), "window %d is not in [1, %d]", o->window,
+             PS__MAX_WINDOW);
+  else if (o->chunk_bytes % sizeof(float) != 0)
+    snprintf(bad, sizeof(bad),
+             "chunk_bytes %" PRIu64 " is not a multiple of %zu (0: no chunks)",
+             o->chunk_bytes, sizeof(float));
   else if (model == NULL || model->ntensors == 0)
     snprintf(bad, sizeof(bad), "the model has no tensors");
   if (bad[0] == '\0') return PS_OK;
@@ -1121,18 +1582,29 @@ static void ps__client_free(ps_client_t *c) {
     /* The thread never ran: close the loop's handles here. */
     if (c->member) ps_member_destroy(&c->member);
     uv_close((uv_handle_t *)&c->async, NULL);
+    uv_close((uv_handle_t *)&c->farewell_timer, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
   }
   if (c->async_ready && uv_loop_close(&c->loop) != 0)
     PS_ERROR("client_loop_busy", "scheduler=%s", c->scheduler);
 
   for (size_t i = 0; i < c->nconns; i++) ps__conn_close(&c->conns[i]);
-  free(c->conns);
+  /* The context is gone (below): ZeroMQ released every frame, so the calls
+   * its free callbacks point at can go. */
   free(c->poll_items);
   free(c->poll_conns);
   if (c->sched_sock) zmq_close(c->sched_sock);
   /* Waits up to the scheduler socket's linger for a last Barrier to go. */
   if (c->zctx) zmq_ctx_term(c->zctx);
+  for (size_t i = 0; i < c->nconns; i++) free(c->conns[i].slots);
+  free(c->conns);
+  for (size_t i = 0; i < c->nops; i++) ps__op_free(c->ops[i]);
+  free(c->ops);
+  while (c->free_ops) {
+    ps__op_t *op = c->free_ops;
+    c->free_ops = op->next_free;
+    ps__op_free(op);
+  }
 
   ps_view_destroy(&c->view);
   ps_view_destroy(&c->shared.view);
@@ -1159,6 +1631,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     return NULL;
   }
   c->opts = *o;
+  c->chunk_keys = o->chunk_bytes / sizeof(float);
   c->wake_fd = -1;
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rel_mu, NULL);
@@ -1187,6 +1660,8 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     goto fail;
   }
   c->async.data = c;
+  uv_timer_init(&c->loop, &c->farewell_timer);
+  c->farewell_timer.data = c;
   c->async_ready = 1;
 
   /* Created here, before the thread exists, so a failure is reported

@@ -8,6 +8,17 @@
  * returns when every piece is answered or the deadline passes (PS_ERR_TIMEOUT
  * with the server named in ps_client_errmsg). A client never hangs.
  *
+ * A slice is cut at the owning servers' range boundaries and into chunks
+ * of at most chunk_bytes, and up to `window` requests are kept in flight to
+ * every server at once, so a big tensor streams through a pipeline instead
+ * of one message per server. Values travel without a copy in both
+ * directions on the wire (pushes are sent straight from the caller's
+ * array; replies are copied once, into the caller's array).
+ *
+ * Calls may also be started and waited for separately (ps_client_*_start,
+ * ps_client_wait), so several pushes and pulls are in flight together; the
+ * data plane progresses inside every ps_client call.
+ *
  * A background thread keeps the client's heartbeats going while the caller
  * computes, and receives new views and the scheduler's shutdown. The data
  * plane runs on the calling thread. All ps_client_* functions must be called
@@ -24,12 +35,23 @@
 typedef struct ps_client_s ps_client_t;
 
 typedef struct {
-  const char *scheduler;   /* "tcp://127.0.0.1:7000" */
-  int timeout_ms;          /* deadline of one call; default 30000 */
-  int connect_timeout_ms;  /* deadline to register and get a view; default 60000 */
-  int heartbeat_ms;        /* default 500 */
-  int64_t rank;            /* requested worker rank, -1 for any */
+  const char *scheduler;  /* "tcp://127.0.0.1:7000" */
+  int timeout_ms;         /* deadline of one call; default 30000 */
+  int connect_timeout_ms; /* deadline to register and get a view; default 60000
+                           */
+  int heartbeat_ms;       /* default 500 */
+  int64_t rank;           /* requested worker rank, -1 for any */
+  int window;             /* requests in flight per server; default 8 */
+  /* Largest value payload of one request, in bytes (a multiple of 4); a
+   * bigger slice goes as several requests, cut at multiples of it from the
+   * start of the owning server's range, so chunks line up with the
+   * server's copy-on-write blocks. Default 1 MiB; 0: one request per
+   * server whatever the size. */
+  uint64_t chunk_bytes;
 } ps_client_opts_t;
+
+/* Most calls started and not yet waited for at once. */
+#define PS_CLIENT_MAX_PENDING 4096
 
 /* Fills o with the defaults above (scheduler NULL). */
 void ps_client_opts_init(ps_client_opts_t *o);
@@ -64,9 +86,55 @@ int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
 int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
                    float *out, uint64_t clock);
 
+/* Starts a push or a pull like the calls above and returns at once with
+ * *ticket set; the call goes on inside later ps_client calls. Until
+ * ps_client_wait(ticket) returns, the caller must leave values unchanged
+ * (push) and must not use out (pull). A call that cannot start (bad keys,
+ * too many pending, shutdown) returns the error and sets no ticket.
+ * Requests of calls started earlier go out first; a pull started after a
+ * push of the same keys sees that push (one connection per server, served
+ * in order). */
+int ps_client_push_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                         const float *values, uint64_t clock, uint64_t *ticket);
+int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                         float *out, uint64_t clock, uint64_t *ticket);
+
+/* Waits until the call with this ticket has finished (every piece
+ * answered, or failed, or past its deadline) and returns its status, with
+ * the message in ps_client_errmsg on failure. Each ticket is waited for
+ * once; PS_ERR_INVAL for a ticket that is not pending. (For a zero-copy
+ * pull it drops the buffers: the same as ps_client_wait_frames followed by
+ * ps_client_release.) */
+int ps_client_wait(ps_client_t *c, uint64_t ticket);
+
+/* Zero-copy pulls: the values stay in the buffers ZeroMQ received them in,
+ * and the caller reads them there (to hand them to a GPU copy, say), which
+ * saves the copy into an array that ps_client_pull makes. */
+typedef struct {
+  uint64_t key_begin; /* the first key of the span */
+  uint64_t count;
+  const float *values; /* count values, aligned for float */
+} ps_client_span_t;
+
+/* Starts a pull like ps_client_pull_start, keeping the reply buffers. */
+int ps_client_pull_frames_start(ps_client_t *c, uint64_t key_begin,
+                                uint64_t count, uint64_t clock,
+                                uint64_t *ticket);
+
+/* Waits like ps_client_wait for a call started with
+ * ps_client_pull_frames_start. On PS_OK, *spans is set to *nspans spans in
+ * key order that cover the slice exactly; they are owned by the client and
+ * stay valid until ps_client_release(ticket), which every PS_OK must be
+ * followed by. On failure nothing is held and the ticket is gone. */
+int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
+                          const ps_client_span_t **spans, size_t *nspans);
+
+/* Gives the buffers of a waited zero-copy pull back to ZeroMQ. */
+void ps_client_release(ps_client_t *c, uint64_t ticket);
+
 /* The same for one named tensor of the model. */
-int ps_client_push_tensor(ps_client_t *c, const char *name,
-                          const float *values, uint64_t clock);
+int ps_client_push_tensor(ps_client_t *c, const char *name, const float *values,
+                          uint64_t clock);
 int ps_client_pull_tensor(ps_client_t *c, const char *name, float *out,
                           uint64_t clock);
 

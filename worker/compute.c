@@ -33,10 +33,114 @@ static size_t dtype_size(ps_dtype_t t) {
 }
 
 const ps_compute_ops_t *ps_compute_find(const char *name) {
-  static const ps_compute_ops_t *const all[] = {&ps_compute_cpu_ops};
+  static const ps_compute_ops_t *const all[] = {
+      &ps_compute_cpu_ops,
+#ifdef PS_HAVE_CUDA
+      &ps_compute_cuda_ops,
+#endif
+  };
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     if (strcmp(all[i]->name, name) == 0) return all[i];
   return NULL;
+}
+
+#ifdef PS_HAVE_CUDA
+/* In cuda/compute_cuda.c. */
+int ps__compute_cuda_devices(char *why, size_t whylen);
+#endif
+
+int ps_compute_cuda_devices(char *why, size_t whylen) {
+#ifdef PS_HAVE_CUDA
+  return ps__compute_cuda_devices(why, whylen);
+#else
+  snprintf(why, whylen,
+           "this build has no CUDA backend (configured with "
+           "-DPS_WITH_CUDA=OFF or without nvcc)");
+  return -1;
+#endif
+}
+
+/* "cuda" is GPU 0, "cuda:N" GPU N; anything else is not a CUDA spec. */
+static int parse_cuda(const char *spec, int *device) {
+  if (strcmp(spec, "cuda") == 0) {
+    *device = 0;
+    return 1;
+  }
+  if (strncmp(spec, "cuda:", 5) != 0) return 0;
+  const char *p = spec + 5;
+  if (*p < '0' || *p > '9') return 0;
+  long v = 0;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    v = v * 10 + (*p - '0');
+    if (v > 1023) return 0;
+  }
+  if (*p != '\0') return 0;
+  *device = (int)v;
+  return 1;
+}
+
+ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
+                              char *note, size_t notelen, int *rc, char *err,
+                              size_t errlen) {
+  ps_compute_opts_t opts = {0};
+  if (o) opts = *o;
+  char scratch[8];
+  if (note == NULL) {
+    note = scratch;
+    notelen = sizeof(scratch);
+  }
+  note[0] = '\0';
+  *rc = PS_OK;
+  int index = 0;
+  if (device == NULL || strcmp(device, "cpu") == 0) {
+    ps_compute_t *c = ps_compute_new(&ps_compute_cpu_ops, &opts, err, errlen);
+    if (c == NULL) *rc = PS_ERR_CONFIG;
+    return c;
+  }
+  if (strcmp(device, "auto") == 0) {
+    char why[256];
+    int n = ps_compute_cuda_devices(why, sizeof(why));
+    const ps_compute_ops_t *cuda = ps_compute_find("cuda");
+    if (n > 0 && cuda != NULL) {
+      opts.device = 0;
+      char cerr[256];
+      ps_compute_t *c = ps_compute_new(cuda, &opts, cerr, sizeof(cerr));
+      if (c != NULL) {
+        snprintf(note, notelen, "%d CUDA device(s), using GPU 0", n);
+        return c;
+      }
+      snprintf(why, sizeof(why), "%s", cerr);
+    }
+    snprintf(note, notelen, "no usable GPU: %s", why);
+    ps_compute_t *c = ps_compute_new(&ps_compute_cpu_ops, &opts, err, errlen);
+    if (c == NULL) *rc = PS_ERR_CONFIG;
+    return c;
+  }
+  if (!parse_cuda(device, &index)) {
+    snprintf(err, errlen,
+             "device %s is none of auto, cpu, cuda, cuda:N (N in [0, 1023])",
+             device);
+    *rc = PS_ERR_CONFIG;
+    return NULL;
+  }
+  char why[256];
+  int n = ps_compute_cuda_devices(why, sizeof(why));
+  const ps_compute_ops_t *cuda = ps_compute_find("cuda");
+  if (n < 0 || cuda == NULL) {
+    snprintf(err, errlen, "device %s: no usable GPU: %s", device, why);
+    *rc = PS_ERR_UNSUPPORTED;
+    return NULL;
+  }
+  if (index >= n) {
+    snprintf(err, errlen, "device %s: there %s only %d CUDA device%s", device,
+             n == 1 ? "is" : "are", n, n == 1 ? "" : "s");
+    *rc = PS_ERR_UNSUPPORTED;
+    return NULL;
+  }
+  opts.device = index;
+  ps_compute_t *c = ps_compute_new(cuda, &opts, err, errlen);
+  if (c == NULL) *rc = PS_ERR_UNSUPPORTED;
+  return c;
 }
 
 ps_compute_t *ps_compute_new(const ps_compute_ops_t *ops,
@@ -66,6 +170,15 @@ void ps_compute_destroy(ps_compute_t **c_p) {
 
 const char *ps_compute_name(const ps_compute_t *c) {
   return c->ops->name;
+}
+const char *ps_compute_describe(ps_compute_t *c) {
+  return c->ops->describe ? c->ops->describe(c) : c->ops->name;
+}
+int ps_compute_is_async(const ps_compute_t *c) {
+  return c->ops->async;
+}
+const char *ps_compute_error(ps_compute_t *c) {
+  return c->ops->error ? c->ops->error(c) : NULL;
 }
 void *ps_compute_state(ps_compute_t *c) {
   return c->state;
@@ -141,6 +254,30 @@ void ps_compute_download(ps_compute_t *c, void *dst, ps_dptr_t src, size_t n) {
   if (n) c->ops->download(c, dst, s, n * dtype_size(src.buf->dtype));
 }
 
+void *ps_compute_host_alloc(ps_compute_t *c, size_t bytes) {
+  return c->ops->host_alloc(c, bytes ? bytes : 1);
+}
+
+void ps_compute_host_free(ps_compute_t *c, void *mem) {
+  if (mem != NULL) c->ops->host_free(c, mem);
+}
+
+uint64_t ps_compute_download_async(ps_compute_t *c, void *dst, ps_dptr_t src,
+                                   size_t n) {
+  void *s = at(c, src, src.buf->dtype, n);
+  if (n == 0) return 0;
+  size_t bytes = n * dtype_size(src.buf->dtype);
+  if (c->ops->download_async == NULL) {
+    c->ops->download(c, dst, s, bytes);
+    return 0;
+  }
+  return c->ops->download_async(c, dst, s, bytes);
+}
+
+void ps_compute_wait(ps_compute_t *c, uint64_t fence) {
+  if (fence != 0 && c->ops->wait) c->ops->wait(c, fence);
+}
+
 void ps_compute_fill(ps_compute_t *c, ps_dptr_t x, size_t n, float value) {
   float *p = at(c, x, PS_DTYPE_F32, n);
   if (n) c->ops->fill(c, p, n, value);
@@ -209,4 +346,76 @@ size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,
 
 void ps_compute_sync(ps_compute_t *c) {
   if (c->ops->sync) c->ops->sync(c);
+}
+
+int ps_conv_geom(ps_conv_geom_t *g, size_t n, size_t h, size_t w, size_t ch,
+                 size_t k, size_t pad, size_t stride) {
+  memset(g, 0, sizeof(*g));
+  /* Bounds keep every product below well inside size_t. */
+  const size_t big = (size_t)1 << 20;
+  if (n == 0 || h == 0 || w == 0 || ch == 0 || k == 0 || stride == 0 ||
+      n > big || h > big || w > big || ch > big || k > big || pad > big ||
+      stride > big)
+    return PS_ERR_INVAL;
+  if (h + 2 * pad < k || w + 2 * pad < k) return PS_ERR_INVAL;
+  g->n = n;
+  g->h = h;
+  g->w = w;
+  g->ch = ch;
+  g->kh = g->kw = k;
+  g->pad = pad;
+  g->stride = stride;
+  g->oh = (h + 2 * pad - k) / stride + 1;
+  g->ow = (w + 2 * pad - k) / stride + 1;
+  return PS_OK;
+}
+
+static void check_geom(const ps_conv_geom_t *g) {
+  CHECK(g->n > 0 && g->h > 0 && g->w > 0 && g->ch > 0);
+  CHECK(g->kh > 0 && g->kw > 0 && g->stride > 0);
+  CHECK(g->h + 2 * g->pad >= g->kh && g->w + 2 * g->pad >= g->kw);
+  CHECK(g->oh == (g->h + 2 * g->pad - g->kh) / g->stride + 1);
+  CHECK(g->ow == (g->w + 2 * g->pad - g->kw) / g->stride + 1);
+}
+
+/* Pooling windows that do not overlap and never leave the image, so every
+ * input pixel gets at most one gradient and backward needs no atomics. */
+static void check_pool(const ps_conv_geom_t *g) {
+  check_geom(g);
+  CHECK(g->pad == 0 && g->stride >= g->kh && g->stride >= g->kw);
+}
+
+void ps_compute_im2col(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t x,
+                       ps_dptr_t col) {
+  check_geom(g);
+  const float *px = at(c, x, PS_DTYPE_F32, g->n * g->h * g->w * g->ch);
+  float *pc =
+      at(c, col, PS_DTYPE_F32, g->n * g->oh * g->ow * g->kh * g->kw * g->ch);
+  c->ops->im2col(c, g, px, pc);
+}
+
+void ps_compute_col2im(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t col,
+                       ps_dptr_t dx) {
+  check_geom(g);
+  const float *pc =
+      at(c, col, PS_DTYPE_F32, g->n * g->oh * g->ow * g->kh * g->kw * g->ch);
+  float *pd = at(c, dx, PS_DTYPE_F32, g->n * g->h * g->w * g->ch);
+  c->ops->col2im(c, g, pc, pd);
+}
+
+void ps_compute_maxpool(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t x,
+                        ps_dptr_t y) {
+  check_pool(g);
+  const float *px = at(c, x, PS_DTYPE_F32, g->n * g->h * g->w * g->ch);
+  float *py = at(c, y, PS_DTYPE_F32, g->n * g->oh * g->ow * g->ch);
+  c->ops->maxpool(c, g, px, py);
+}
+
+void ps_compute_maxpool_backward(ps_compute_t *c, const ps_conv_geom_t *g,
+                                 ps_dptr_t x, ps_dptr_t dy, ps_dptr_t dx) {
+  check_pool(g);
+  const float *px = at(c, x, PS_DTYPE_F32, g->n * g->h * g->w * g->ch);
+  const float *pdy = at(c, dy, PS_DTYPE_F32, g->n * g->oh * g->ow * g->ch);
+  float *pdx = at(c, dx, PS_DTYPE_F32, g->n * g->h * g->w * g->ch);
+  c->ops->maxpool_backward(c, g, px, pdy, pdx);
 }

@@ -9,9 +9,22 @@
  * as the parameter server's key space and its tensors be addressed in place.
  * Data moves between host and device only through upload and download.
  *
- * Matrices are row-major. Operations may run asynchronously on a device:
- * download, the functions that return a host value, and ps_compute_sync wait
- * for everything queued before them. A ps_compute_t and its buffers belong to
+ * Matrices are row-major; images are NHWC (image, row, column, channel), so
+ * a convolution is one im2col and one gemm over the whole batch and its
+ * output is again NHWC. Operations may run asynchronously on a device:
+ * download, the functions that return a host value, ps_compute_wait and
+ * ps_compute_sync wait for everything queued before them.
+ *
+ * Host memory from ps_compute_host_alloc is page-locked on a GPU, so copies
+ * from and to it run asynchronously: an upload from it may still be reading
+ * when ps_compute_upload returns, so the caller leaves it unchanged until a
+ * later download, wait or sync returns. Other host memory is copied before
+ * upload returns.
+ *
+ * A device failure (a GPU lost mid-run) is not a broken precondition: the
+ * backend keeps the first such error, later operations do nothing, values
+ * read back are meaningless, and ps_compute_error says what happened; a
+ * caller checks it once per step. A ps_compute_t and its buffers belong to
  * one thread.
  */
 #ifndef PS_COMPUTE_H
@@ -19,6 +32,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct ps_compute_s ps_compute_t;
 typedef struct ps_dbuf_s ps_dbuf_t;
@@ -51,7 +68,18 @@ typedef enum {
 
 typedef struct {
   int threads; /* BLAS threads (CPU backend); 0 leaves the library's choice */
+  int device;  /* GPU ordinal (CUDA backend) */
 } ps_compute_opts_t;
+
+/* The geometry of a 2-D window operation (convolution or pooling) on n NHWC
+ * images of h x w pixels and ch channels: kh x kw windows at stride, over
+ * the images padded with pad zeros on every side, giving oh x ow outputs per
+ * image and channel. Fill it with ps_conv_geom. */
+typedef struct {
+  size_t n, h, w, ch;
+  size_t kh, kw, pad, stride;
+  size_t oh, ow;
+} ps_conv_geom_t;
 
 /* What a backend implements. Preconditions (sizes, offsets inside buffers,
  * dtypes) are checked by the ps_compute_* wrappers, which abort on a broken
@@ -96,13 +124,71 @@ typedef struct {
   size_t (*count_correct)(ps_compute_t *c, const float *logits,
                           const uint8_t *labels, size_t rows, size_t cols);
   void (*sync)(ps_compute_t *c);
+
+  /* Convolution as a matrix product. im2col writes col, a (n oh ow) x
+   * (kh kw ch) matrix: row (image, oy, ox) holds the window under that
+   * output, in (ky, kx, channel) order, zero where it hangs over the edge.
+   * col2im is its adjoint: dx (n h w ch) = the sum, for every pixel, of the
+   * col entries that were copied from it (dx is overwritten). */
+  void (*im2col)(ps_compute_t *c, const ps_conv_geom_t *g, const float *x,
+                 float *col);
+  void (*col2im)(ps_compute_t *c, const ps_conv_geom_t *g, const float *col,
+                 float *dx);
+  /* Max pooling without padding, windows not overlapping (stride >= kh,
+   * kw): y (n oh ow ch) = the window's max. maxpool_backward overwrites dx
+   * (n h w ch) with dy at the window's first maximum (row-major window
+   * order) and 0 elsewhere, recomputing the maximum from x. */
+  void (*maxpool)(ps_compute_t *c, const ps_conv_geom_t *g, const float *x,
+                  float *y);
+  void (*maxpool_backward)(ps_compute_t *c, const ps_conv_geom_t *g,
+                           const float *x, const float *dy, float *dx);
+
+  /* Host memory that the device copies to and from fastest (page-locked on
+   * a GPU), or NULL. */
+  void *(*host_alloc)(ps_compute_t *c, size_t bytes);
+  void (*host_free)(ps_compute_t *c, void *mem);
+  /* Queues a copy to host memory after everything queued so far and
+   * returns a fence for ps_compute_wait. NULL: download is used, and the
+   * fence is complete at once. */
+  uint64_t (*download_async)(ps_compute_t *c, void *dst, const void *src,
+                             size_t bytes);
+  void (*wait)(ps_compute_t *c, uint64_t fence);
+  /* The first device failure's message, or NULL while there is none. */
+  const char *(*error)(ps_compute_t *c);
+  /* One line on the device in use ("NVIDIA H100 ..., sm_90, 80 GiB"). */
+  const char *(*describe)(ps_compute_t *c);
+  /* 1 when operations run asynchronously to the host thread, so that the
+   * host can talk to the network while the device computes. */
+  int async;
 } ps_compute_ops_t;
 
-/* The backends built in. */
+/* The backends built in. ps_compute_cuda_ops exists only in a build with
+ * CUDA (PS_HAVE_CUDA). */
 extern const ps_compute_ops_t ps_compute_cpu_ops;
+#ifdef PS_HAVE_CUDA
+extern const ps_compute_ops_t ps_compute_cuda_ops;
+#endif
 
-/* The backend of this name ("cpu"), or NULL. */
+/* The backend of this name ("cpu", "cuda" where built), or NULL. */
 const ps_compute_ops_t *ps_compute_find(const char *name);
+
+/* The number of usable CUDA devices, or -1 with the reason in why: the CUDA
+ * runtime's message (no driver, no device, driver too old) or "built
+ * without CUDA". 0 is never returned: no device is a reason too. */
+int ps_compute_cuda_devices(char *why, size_t whylen);
+
+/* Opens the backend a --device value names:
+ *   "cpu"     the CPU backend;
+ *   "cuda"    GPU 0, "cuda:N" GPU N; fails when there is no such usable
+ *             GPU, with the CUDA runtime's reason;
+ *   "auto"    GPU 0 when one is usable, else the CPU; note says which and
+ *             why (note may be NULL).
+ * o->device is ignored (the spec says it). Returns NULL with err filled:
+ * *rc is PS_ERR_CONFIG for a spec that is none of these, PS_ERR_UNSUPPORTED
+ * when the GPU asked for cannot be used. Caller owns the result. */
+ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
+                              char *note, size_t notelen, int *rc, char *err,
+                              size_t errlen);
 
 /* Creates and initialises a backend. Returns NULL with err filled on failure.
  * Caller owns the result (ps_compute_destroy). */
@@ -113,6 +199,12 @@ ps_compute_t *ps_compute_new(const ps_compute_ops_t *ops,
 void ps_compute_destroy(ps_compute_t **c_p);
 
 const char *ps_compute_name(const ps_compute_t *c);
+/* The backend's line on its device ("cpu" for the CPU backend). */
+const char *ps_compute_describe(ps_compute_t *c);
+/* 1 when the backend computes asynchronously to the host (a GPU). */
+int ps_compute_is_async(const ps_compute_t *c);
+/* The first device failure's message, or NULL while all is well. */
+const char *ps_compute_error(ps_compute_t *c);
 /* Backend-private state, for the backend's own functions. */
 void *ps_compute_state(ps_compute_t *c);
 void ps_compute_set_state(ps_compute_t *c, void *state);
@@ -123,10 +215,26 @@ ps_dbuf_t *ps_dbuf_new(ps_compute_t *c, ps_dtype_t dtype, size_t n);
 void ps_dbuf_destroy(ps_dbuf_t **b_p);
 size_t ps_dbuf_size(const ps_dbuf_t *b);
 
+/* Host memory for buffers that go to and from the device every step
+ * (weights, gradients, batches): page-locked on a GPU. NULL when out of
+ * memory. Caller owns it (ps_compute_host_free, before the backend goes). */
+void *ps_compute_host_alloc(ps_compute_t *c, size_t bytes);
+void ps_compute_host_free(ps_compute_t *c, void *mem);
+
 /* Copy n elements between host memory and dst/src. */
 void ps_compute_upload(ps_compute_t *c, ps_dptr_t dst, const void *src,
                        size_t n);
 void ps_compute_download(ps_compute_t *c, void *dst, ps_dptr_t src, size_t n);
+/* Queues the copy of n elements of src into dst after everything queued so
+ * far and returns at once with a fence: dst holds them once
+ * ps_compute_wait(fence) returns (on the CPU, already on return). dst should
+ * come from ps_compute_host_alloc: other memory makes the copy synchronous.
+ * Fences of the last PS_COMPUTE_FENCES downloads can be waited for; an older
+ * one is complete. */
+#define PS_COMPUTE_FENCES 64
+uint64_t ps_compute_download_async(ps_compute_t *c, void *dst, ps_dptr_t src,
+                                   size_t n);
+void ps_compute_wait(ps_compute_t *c, uint64_t fence);
 void ps_compute_fill(ps_compute_t *c, ps_dptr_t x, size_t n, float value);
 
 /* See ps_compute_ops_t for the semantics of each. */
@@ -148,5 +256,24 @@ void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,
 size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,
                                 ps_dptr_t labels, size_t rows, size_t cols);
 void ps_compute_sync(ps_compute_t *c);
+
+/* The geometry of a k x k window at stride with pad on n h x w x ch images.
+ * Returns PS_OK, or PS_ERR_INVAL if the window does not fit the padded
+ * image or a size is 0. */
+int ps_conv_geom(ps_conv_geom_t *g, size_t n, size_t h, size_t w, size_t ch,
+                 size_t k, size_t pad, size_t stride);
+/* See ps_compute_ops_t. col holds n oh ow x kh kw ch floats. */
+void ps_compute_im2col(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t x,
+                       ps_dptr_t col);
+void ps_compute_col2im(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t col,
+                       ps_dptr_t dx);
+void ps_compute_maxpool(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t x,
+                        ps_dptr_t y);
+void ps_compute_maxpool_backward(ps_compute_t *c, const ps_conv_geom_t *g,
+                                 ps_dptr_t x, ps_dptr_t dy, ps_dptr_t dx);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

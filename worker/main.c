@@ -1,4 +1,5 @@
-/* ps-worker: trains the Fashion-MNIST MLP, alone (--standalone) or as one
+/* ps-worker: trains a Fashion-MNIST classifier (MLP or CNN, on the CPU or a
+ * GPU), alone (--standalone) or as one
  * worker of a parameter-server cluster. Parses options, builds the trainer,
  * runs it. Exit status: 0 done, 1 failed, 2 bad usage or configuration. */
 #include <signal.h>
@@ -42,8 +43,10 @@ static void install_signals(void) {
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
+  char *device = NULL;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
-  int lr_schedule = PS_LR_COSINE, normalize = 1;
+  int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
+  int push = PS_PUSH_AUTO;
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
       connect_timeout_ms, heartbeat_ms, progress_ms;
   double lr, momentum;
@@ -70,6 +73,15 @@ int main(int argc, char **argv) {
       {"seed", PS_OPT_INT, &seed, "1", 0, 9007199254740991.0, NULL,
        "seed of the initial weights and of the data order"},
       {"threads", PS_OPT_INT, &threads, "1", 1, 256, NULL, "BLAS threads"},
+      {"device", PS_OPT_STRING, &device, "auto", 0, 0, NULL,
+       "auto|cpu|cuda|cuda:N: where to compute; auto takes GPU 0 when one "
+       "is usable, else the CPU"},
+      {"model", PS_OPT_ENUM, &model, "mlp", 0, 0, "mlp|cnn",
+       "mlp: 784-256-128-10; cnn: 2 x (conv 3x3 pad 1, ReLU, max pool 2), "
+       "3136-128-10 (every worker the same)"},
+      {"push", PS_OPT_ENUM, &push, "auto", 0, 0, "auto|model|layer",
+       "gradient pushes: the whole model after backward, or each layer as "
+       "soon as it is computed (auto: per layer on a GPU)"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
@@ -96,8 +108,8 @@ int main(int argc, char **argv) {
   const ps_config_t cfg = {
       .program = "ps-worker",
       .summary =
-          "Train the Fashion-MNIST MLP alone or as a worker of a "
-          "parameter-server cluster.",
+          "Train a Fashion-MNIST classifier (MLP or CNN, CPU or GPU) alone or "
+          "as a worker of a parameter-server cluster.",
       .usage = "[options]",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
@@ -130,6 +142,9 @@ int main(int argc, char **argv) {
   to.normalize = normalize;
   to.seed = (uint64_t)seed;
   to.threads = (int)threads;
+  to.device = device;
+  to.model = (ps_net_kind_t)model;
+  to.push = (ps_push_mode_t)push;
   to.max_steps = (uint64_t)max_steps;
   to.report_path = report;
   to.dump_path = dump;

@@ -22,6 +22,11 @@ struct ps_mlp_s {
   ps_dbuf_t *labels;                 /* max_batch, u8 */
   ps_dbuf_t *act[PS_MLP_MAX_LAYERS]; /* layer outputs, after ReLU if hidden */
   ps_dbuf_t *delta[2];               /* d(loss)/d(pre-activation), ping-pong */
+  /* The layer-by-layer gradient in flight: group i is a layer's weight and
+   * bias (adjacent keys), last layer first. */
+  size_t ngroups, next_group;
+  size_t group_begin[PS_MLP_MAX_LAYERS], group_count[PS_MLP_MAX_LAYERS];
+  uint64_t fence[PS_MLP_MAX_LAYERS];
 };
 
 void ps_mlp_opts_init(ps_mlp_opts_t *o) {
@@ -142,6 +147,11 @@ ps_mlp_t *ps_mlp_new(ps_compute_t *c, const ps_mlp_opts_t *o, char *err,
 void ps_mlp_destroy(ps_mlp_t **m_p) {
   if (m_p == NULL || *m_p == NULL) return;
   ps_mlp_t *m = *m_p;
+  /* A layer-by-layer gradient still in flight writes into the caller's
+   * buffer: let it land first. */
+  size_t kb, kc;
+  while (ps_mlp_gradient_next(m, &kb, &kc)) {
+  }
   ps_dbuf_destroy(&m->params);
   ps_dbuf_destroy(&m->grad);
   ps_dbuf_destroy(&m->input);
@@ -213,8 +223,11 @@ double ps_mlp_loss(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n) {
   return sum / (double)n;
 }
 
-double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
-                       float *grad) {
+/* Forward, loss and the whole backward pass into m->grad. If layered_grad
+ * is not NULL, each layer's gradient starts its copy into it as soon as it
+ * is computed, so the network can take it while the layers below compute. */
+static double mlp_backward(ps_mlp_t *m, const float *x, const uint8_t *y,
+                           size_t n, float *layered_grad) {
   if (n == 0 || n > m->o.max_batch) abort();
   ps_compute_t *c = m->c;
   const uint32_t *s = m->o.sizes;
@@ -234,6 +247,14 @@ double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
                     s[l + 1]);
     ps_compute_col_sum(c, delta, n, s[l + 1], 1.0f, 0.0f,
                        ps_dptr(m->grad, m->b_off[l]));
+    if (layered_grad != NULL) {
+      size_t g = m->ngroups++;
+      m->group_begin[g] = m->w_off[l];
+      m->group_count[g] = m->b_off[l] + s[l + 1] - m->w_off[l];
+      m->fence[g] = ps_compute_download_async(c, layered_grad + m->w_off[l],
+                                              ps_dptr(m->grad, m->w_off[l]),
+                                              m->group_count[g]);
+    }
     if (l == 0) break;
     /* d(in) (n x s[l]) = delta (n x s[l+1]) * W^T, then through the ReLU
      * that produced in: its output is positive exactly where its input
@@ -246,8 +267,31 @@ double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
     cur ^= 1;
     delta = next;
   }
-  ps_compute_download(c, grad, ps_dptr(m->grad, 0), ps_mlp_num_params(m));
   return sum / (double)n;
+}
+
+double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
+                       float *grad) {
+  double loss = mlp_backward(m, x, y, n, NULL);
+  ps_compute_download(m->c, grad, ps_dptr(m->grad, 0), ps_mlp_num_params(m));
+  return loss;
+}
+
+double ps_mlp_gradient_begin(ps_mlp_t *m, const float *x, const uint8_t *y,
+                             size_t n, float *grad) {
+  /* A begin without its nexts would leave copies in flight. */
+  if (m->next_group < m->ngroups) abort();
+  m->ngroups = m->next_group = 0;
+  return mlp_backward(m, x, y, n, grad);
+}
+
+int ps_mlp_gradient_next(ps_mlp_t *m, size_t *key_begin, size_t *count) {
+  if (m->next_group >= m->ngroups) return 0;
+  size_t g = m->next_group++;
+  ps_compute_wait(m->c, m->fence[g]);
+  *key_begin = m->group_begin[g];
+  *count = m->group_count[g];
+  return 1;
 }
 
 int ps_mlp_evaluate(ps_mlp_t *m, const ps_dataset_t *ds, double *loss,

@@ -81,6 +81,19 @@ void ps_mlp_get_params(ps_mlp_t *m, float *w);
 double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
                        float *grad);
 
+/* The same, layer by layer: begin queues the whole backward pass with each
+ * layer's gradient copied into grad as soon as it is computed, and returns
+ * the mean loss; each call of next waits for the next layer (last layer
+ * first) and gives its key range (weight and bias), whose part of grad is
+ * then final; next returns 0 when every layer has been given. Every begin
+ * must be followed by calls of next until it returns 0 before the model is
+ * used again or grad is freed. grad should come from
+ * ps_compute_host_alloc, so that the copies run while the device computes.
+ * The values are those of ps_mlp_gradient. */
+double ps_mlp_gradient_begin(ps_mlp_t *m, const float *x, const uint8_t *y,
+                             size_t n, float *grad);
+int ps_mlp_gradient_next(ps_mlp_t *m, size_t *key_begin, size_t *count);
+
 /* Mean loss on n examples, forward only. */
 double ps_mlp_loss(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n);
 

@@ -16,10 +16,13 @@
 #include "common/time.h"
 #include "worker/compute.h"
 #include "worker/idx.h"
-#include "worker/mlp.h"
+#include "worker/net.h"
 
-/* Evaluation batches: large enough for BLAS to run at full speed. */
+/* Evaluation batches: large enough for BLAS to run at full speed. The CNN's
+ * are smaller: its im2col and activation buffers take about 1 MB per
+ * image. */
 #define TRAINER_EVAL_BATCH 500
+#define TRAINER_EVAL_BATCH_CNN 128
 
 struct ps_trainer_s {
   ps_trainer_opts_t o;
@@ -27,10 +30,13 @@ struct ps_trainer_s {
   ps_dataset_t train;
   ps_dataset_t test;
   ps_compute_t *compute;
-  ps_mlp_t *mlp;
+  ps_net_t *net;
   ps_client_t *client;
   uint32_t rank, workers;
   size_t nparams;
+  int push_layers; /* push per layer as gradients arrive (PS_PUSH_LAYER) */
+  /* w, g and xb move to and from the device every step: host memory from
+   * the backend (page-locked on a GPU). */
   float *w;  /* weights, the whole key space */
   float *v;  /* momentum (standalone only) */
   float *g;  /* gradient of this worker's batch */
@@ -38,6 +44,9 @@ struct ps_trainer_s {
   uint8_t *yb;
   uint32_t *perm;
   ps_trainer_result_t res;
+  /* The job's first step: 0, or the step of the checkpoint it was restored
+   * from; global steps (data order, schedule) continue from there. */
+  uint64_t start_step;
 };
 
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
@@ -62,6 +71,9 @@ void ps_trainer_opts_init(ps_trainer_opts_t *o) {
   o->normalize = 1;
   o->seed = 1;
   o->threads = 1;
+  o->device = "auto";
+  o->model = PS_NET_MLP;
+  o->push = PS_PUSH_AUTO;
   o->max_steps = 0;
   o->eval_every_epoch = 1;
   o->progress_s = 2.0;
@@ -143,6 +155,15 @@ static int check_opts(ps_trainer_t *t) {
     trainer_fail(t, "threads %d must be >= 0", o->threads);
     return PS_ERR_CONFIG;
   }
+  if (o->model != PS_NET_MLP && o->model != PS_NET_CNN) {
+    trainer_fail(t, "unknown model %d", (int)o->model);
+    return PS_ERR_CONFIG;
+  }
+  if (o->push != PS_PUSH_AUTO && o->push != PS_PUSH_MODEL &&
+      o->push != PS_PUSH_LAYER) {
+    trainer_fail(t, "unknown push mode %d", (int)o->push);
+    return PS_ERR_CONFIG;
+  }
   if (o->data_dir == NULL || o->data_dir[0] == '\0') {
     trainer_fail(t, "no data directory given");
     return PS_ERR_CONFIG;
@@ -162,6 +183,23 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
 
+  /* The device first: a GPU asked for and missing is refused before
+   * seconds go into loading the data. */
+  char err2[512], note[384];
+  ps_compute_opts_t copts = {.threads = o->threads};
+  int crc = PS_OK;
+  t->compute = ps_compute_open(o->device, &copts, note, sizeof(note), &crc,
+                               err2, sizeof(err2));
+  if (t->compute == NULL) {
+    trainer_fail(t, "%s", err2);
+    rc = crc != PS_OK ? crc : PS_ERR_CONFIG;
+    goto fail;
+  }
+  /* Which device a run used is the first thing to know about its speed. */
+  PS_INFO("device", "requested=%s backend=%s device=\"%s\"%s%s%s",
+          o->device ? o->device : "cpu", ps_compute_name(t->compute),
+          ps_compute_describe(t->compute), note[0] ? " reason=\"" : "", note,
+          note[0] ? "\"" : "");
   uint64_t t0 = ps_now_ns();
   rc = load_split(t, "train", &t->train);
   if (rc == PS_OK) rc = load_split(t, "t10k", &t->test);
@@ -189,34 +227,35 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
           o->data_dir, t->train.n, t->test.n, t->train.dim, mean, std,
           (double)(ps_now_ns() - t0) * 1e-9);
 
-  char err2[512];
-  ps_compute_opts_t copts = {.threads = o->threads};
-  t->compute = ps_compute_new(&ps_compute_cpu_ops, &copts, err2, sizeof(err2));
-  if (t->compute == NULL) {
-    trainer_fail(t, "%s", err2);
-    rc = PS_ERR_CONFIG;
+  ps_net_opts_t no = {
+      .kind = o->model,
+      .in_h = t->train.rows,
+      .in_w = t->train.cols,
+      .learning_rate = (float)o->learning_rate,
+      .momentum = (float)o->momentum,
+      .seed = o->seed,
+  };
+  size_t eval_batch =
+      o->model == PS_NET_CNN ? TRAINER_EVAL_BATCH_CNN : TRAINER_EVAL_BATCH;
+  no.max_batch =
+      (size_t)o->batch_size > eval_batch ? (size_t)o->batch_size : eval_batch;
+  if ((size_t)t->train.rows * t->train.cols != t->train.dim) {
+    trainer_fail(t, "train images are %zu values, not %ux%u pixels",
+                 t->train.dim, t->train.rows, t->train.cols);
+    rc = PS_ERR_FORMAT;
     goto fail;
   }
-  ps_mlp_opts_t mo;
-  ps_mlp_opts_init(&mo);
-  mo.sizes[0] = (uint32_t)t->train.dim;
-  mo.learning_rate = (float)o->learning_rate;
-  mo.momentum = (float)o->momentum;
-  mo.seed = o->seed;
-  mo.max_batch = (size_t)o->batch_size > TRAINER_EVAL_BATCH
-                     ? (size_t)o->batch_size
-                     : TRAINER_EVAL_BATCH;
-  t->mlp = ps_mlp_new(t->compute, &mo, err2, sizeof(err2));
-  if (t->mlp == NULL) {
+  t->net = ps_net_new(t->compute, &no, err2, sizeof(err2));
+  if (t->net == NULL) {
     trainer_fail(t, "%s", err2);
     rc = PS_ERR_NOMEM;
     goto fail;
   }
-  t->nparams = ps_mlp_num_params(t->mlp);
+  t->nparams = ps_net_num_params(t->net);
   size_t b = (size_t)o->batch_size;
-  t->w = calloc(t->nparams, sizeof(float));
-  t->g = calloc(t->nparams, sizeof(float));
-  t->xb = calloc(b * t->train.dim, sizeof(float));
+  t->w = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
+  t->g = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
+  t->xb = ps_compute_host_alloc(t->compute, b * t->train.dim * sizeof(float));
   t->yb = calloc(b, 1);
   t->perm = calloc(t->train.n, sizeof(uint32_t));
   if (o->standalone) t->v = calloc(t->nparams, sizeof(float));
@@ -226,15 +265,21 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     rc = PS_ERR_NOMEM;
     goto fail;
   }
+  memset(t->w, 0, t->nparams * sizeof(float));
+  memset(t->g, 0, t->nparams * sizeof(float));
+  t->push_layers =
+      !o->standalone &&
+      (o->push == PS_PUSH_LAYER ||
+       (o->push == PS_PUSH_AUTO && ps_compute_is_async(t->compute)));
 
   if (o->standalone) {
     t->rank = 0;
     t->workers = 1;
-    ps_mlp_init_params(t->mlp, t->w);
+    ps_net_init_params(t->net, t->w);
   } else {
     char cerr[512] = "";
-    int crc = PS_OK;
-    t->client = ps_client_new(&o->client, ps_mlp_model(t->mlp), &crc, cerr,
+    crc = PS_OK;
+    t->client = ps_client_new(&o->client, ps_net_model(t->net), &crc, cerr,
                               sizeof(cerr));
     if (t->client == NULL) {
       trainer_fail(t, "cannot join the cluster at %s: %s",
@@ -246,6 +291,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));
+    const ps_view_t *view = ps_client_view(t->client);
+    t->start_step = view ? view->start_clock : 0;
     if (t->workers == 0 || t->rank >= t->workers) {
       trainer_fail(t, "the scheduler gave rank %u of %u workers", t->rank,
                    t->workers);
@@ -282,14 +329,16 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   if (t_p == NULL || *t_p == NULL) return;
   ps_trainer_t *t = *t_p;
   ps_client_destroy(&t->client);
-  ps_mlp_destroy(&t->mlp);
+  ps_net_destroy(&t->net);
+  if (t->compute != NULL) {
+    ps_compute_host_free(t->compute, t->w);
+    ps_compute_host_free(t->compute, t->g);
+    ps_compute_host_free(t->compute, t->xb);
+  }
   ps_compute_destroy(&t->compute);
   ps_dataset_clear(&t->train);
   ps_dataset_clear(&t->test);
-  free(t->w);
   free(t->v);
-  free(t->g);
-  free(t->xb);
   free(t->yb);
   free(t->perm);
   free(t);
@@ -331,13 +380,49 @@ static int fetch_weights(ps_trainer_t *t, uint64_t clock) {
   return rc;
 }
 
+/* A device that failed (a GPU lost) makes every value since meaningless:
+ * the run ends with the backend's reason. */
+static int device_failed(ps_trainer_t *t, const char *when, uint64_t step) {
+  const char *e = ps_compute_error(t->compute);
+  if (e == NULL) return 0;
+  trainer_fail(t, "%s device failed %s step %" PRIu64 ": %s",
+               ps_compute_name(t->compute), when, step, e);
+  return 1;
+}
+
 static int evaluate(ps_trainer_t *t, uint64_t clock) {
   int rc = fetch_weights(t, clock);
   if (rc != PS_OK) return rc;
-  ps_mlp_set_params(t->mlp, t->w);
-  rc = ps_mlp_evaluate(t->mlp, &t->test, &t->res.test_loss,
+  ps_net_set_params(t->net, t->w);
+  rc = ps_net_evaluate(t->net, &t->test, &t->res.test_loss,
                        &t->res.test_accuracy);
   if (rc != PS_OK) trainer_fail(t, "evaluation failed: %s", ps_strerror(rc));
+  if (rc == PS_OK && device_failed(t, "evaluating after", clock))
+    rc = PS_ERR_IO;
+  return rc;
+}
+
+/* The layered push: each layer's gradient goes to the servers as soon as it
+ * is on the host, while the device computes the layers below. Every layer
+ * is waited for even after a failure: the copies write into t->g. */
+static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
+  int rc = PS_OK;
+  size_t begin, count;
+  while (ps_net_gradient_next(t->net, &begin, &count)) {
+    if (rc != PS_OK) continue;
+    if (device_failed(t, "at", step)) {
+      rc = PS_ERR_IO;
+      continue;
+    }
+    if (f != 1.0f)
+      for (size_t i = begin; i < begin + count; i++) t->g[i] *= f;
+    rc = ps_client_push(t->client, begin, count, t->g + begin, step);
+    if (rc != PS_OK)
+      trainer_fail(t,
+                   "push of the gradient of keys [%zu, %zu) of step %" PRIu64
+                   " failed: %s",
+                   begin, begin + count, step, ps_client_errmsg(t->client));
+  }
   return rc;
 }
 
@@ -345,7 +430,8 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   size_t b = (size_t)t->o.batch_size;
   uint64_t spe = t->res.steps_per_epoch;
   uint64_t epoch = step / spe;
-  if (step % spe == 0)
+  /* A restored job may start mid-epoch: it needs that epoch's order too. */
+  if (step % spe == 0 || step == t->start_step)
     ps_trainer_permutation(t->perm, (uint32_t)t->train.n, t->o.seed, epoch);
   const uint32_t *idx =
       t->perm + (step % spe) * t->workers * b + (size_t)t->rank * b;
@@ -357,8 +443,26 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   }
   int rc = fetch_weights(t, step);
   if (rc != PS_OK) return rc;
-  ps_mlp_set_params(t->mlp, t->w);
-  *loss = ps_mlp_gradient(t->mlp, t->xb, t->yb, b, t->g);
+  ps_net_set_params(t->net, t->w);
+  float f =
+      ps_trainer_lr_factor(t->o.lr_schedule, step, spe * (uint64_t)t->o.epochs);
+  if (t->push_layers) {
+    *loss = ps_net_gradient_begin(t->net, t->xb, t->yb, b, t->g);
+    if (device_failed(t, "at", step) || !isfinite(*loss)) {
+      size_t kb, kc;
+      while (ps_net_gradient_next(t->net, &kb, &kc)) {
+      }
+      if (device_failed(t, "at", step)) return PS_ERR_IO;
+      trainer_fail(t,
+                   "loss is %g at step %" PRIu64
+                   ": training diverged (learning rate %g too high?)",
+                   *loss, step, t->o.learning_rate);
+      return PS_ERR_INVAL;
+    }
+    return push_layers(t, step, f);
+  }
+  *loss = ps_net_gradient(t->net, t->xb, t->yb, b, t->g);
+  if (device_failed(t, "at", step)) return PS_ERR_IO;
   if (!isfinite(*loss)) {
     trainer_fail(t,
                  "loss is %g at step %" PRIu64
@@ -366,8 +470,6 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
                  *loss, step, t->o.learning_rate);
     return PS_ERR_INVAL;
   }
-  float f =
-      ps_trainer_lr_factor(t->o.lr_schedule, step, spe * (uint64_t)t->o.epochs);
   if (f != 1.0f)
     for (size_t i = 0; i < t->nparams; i++) t->g[i] *= f;
   if (t->client == NULL) {
@@ -443,6 +545,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       f,
       "{\n"
       "  \"mode\": \"%s\",\n"
+      "  \"model\": \"%s\",\n"
+      "  \"backend\": \"%s\",\n"
       "  \"test_accuracy\": %.6f,\n"
       "  \"test_loss\": %.6f,\n"
       "  \"train_loss\": %.6f,\n"
@@ -465,7 +569,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       "  \"seed\": %" PRIu64
       "\n"
       "}\n",
-      t->client ? "distributed" : "standalone", r->test_accuracy, r->test_loss,
+      t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
+      ps_compute_name(t->compute), r->test_accuracy, r->test_loss,
       r->train_loss, r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
       r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
@@ -491,21 +596,30 @@ int ps_trainer_run(ps_trainer_t *t) {
           " global_batch=%" PRIu64
           " lr=%g lr_schedule=%s momentum=%g"
           " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
-          " params=%zu backend=%s threads=%d",
+          " model=%s params=%zu backend=%s threads=%d push=%s",
           t->client ? "distributed" : "standalone", t->rank, t->workers,
           o->batch_size, global_batch, o->learning_rate,
           o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant", o->momentum,
-          o->epochs, spe, total, t->nparams, ps_compute_name(t->compute),
-          o->threads);
+          o->epochs, spe, total, ps_net_kind_name(o->model), t->nparams,
+          ps_compute_name(t->compute), o->threads,
+          t->client == NULL ? "none"
+          : t->push_layers  ? "layer"
+                            : "model");
 
   uint64_t start_ns = ps_now_ns();
   uint64_t eval_ns = 0; /* time spent evaluating, kept out of rates */
-  uint64_t last_ns = start_ns, last_step = 0, last_eval_ns = 0;
+  uint64_t last_ns = start_ns, last_step = t->start_step, last_eval_ns = 0;
   double progress_loss = 0.0, epoch_loss = 0.0;
   uint64_t progress_n = 0, epoch_n = 0;
   uint64_t evaluated_at = UINT64_MAX; /* clock of the last evaluation */
   int rc = PS_OK;
-  uint64_t step = 0;
+  uint64_t step = t->start_step;
+  if (step > 0) {
+    r->epochs = (int64_t)(step / spe);
+    PS_INFO("train_resume",
+            "step=%" PRIu64 " epoch=%" PRIu64 " steps_left=%" PRIu64, step,
+            step / spe + 1, step < total ? total - step : 0);
+  }
 
   for (; step < total; step++) {
     if (should_stop(t)) {
@@ -591,7 +705,8 @@ int ps_trainer_run(ps_trainer_t *t) {
   uint64_t train_end_ns = ps_now_ns();
   double train_s = (double)(train_end_ns - start_ns - eval_ns) * 1e-9;
   r->samples_per_sec =
-      train_s > 0 ? (double)(step * global_batch) / train_s : 0.0;
+      train_s > 0 ? (double)((step - t->start_step) * global_batch) / train_s
+                  : 0.0;
 
   int sig = stop_signal(t);
   if (rc == PS_OK && r->stopped) {

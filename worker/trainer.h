@@ -38,8 +38,23 @@
 #include <stdint.h>
 
 #include "worker/client.h"
+#include "worker/net.h"
 
 typedef struct ps_trainer_s ps_trainer_t;
+
+/* How a distributed step's gradient goes to the servers. */
+typedef enum {
+  /* PS_PUSH_LAYER on a backend that computes asynchronously (a GPU),
+   * PS_PUSH_MODEL otherwise. */
+  PS_PUSH_AUTO = 0,
+  /* One push of the whole key space after the backward pass. */
+  PS_PUSH_MODEL = 1,
+  /* One push per layer (its weight and bias) as soon as its gradient is on
+   * the host, last layer first, while the device computes the layers below
+   * it. The servers count values per worker per step, so a step is applied
+   * once every layer of every worker is in. */
+  PS_PUSH_LAYER = 2,
+} ps_push_mode_t;
 
 typedef enum {
   PS_LR_CONSTANT = 0,
@@ -58,6 +73,9 @@ typedef struct {
   int normalize;           /* standardize features with the train set's stats */
   uint64_t seed;           /* weights and data order */
   int threads;             /* BLAS threads */
+  const char *device;      /* "auto", "cpu", "cuda", "cuda:N" */
+  ps_net_kind_t model;     /* which classifier */
+  ps_push_mode_t push;     /* distributed mode */
   uint64_t max_steps;      /* stop after this many global steps; 0: no limit */
   const char *report_path; /* JSON report; NULL: none */
   const char *dump_path;   /* raw float32 LE weights; NULL: none */
@@ -91,8 +109,9 @@ void ps_trainer_opts_init(ps_trainer_opts_t *o);
 
 /* Loads the data, builds the backend and the model, and in distributed mode
  * connects to the cluster (which may wait for the other workers). Returns
- * NULL with *err (PS_ERR_CONFIG for a bad option, another code otherwise)
- * and errmsg filled. Caller owns the result. */
+ * NULL with *err (PS_ERR_CONFIG for a bad option, PS_ERR_UNSUPPORTED for a
+ * GPU asked for that cannot be used, another code otherwise) and errmsg
+ * filled. Caller owns the result. */
 ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
                              size_t errlen);
 

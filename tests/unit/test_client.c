@@ -203,9 +203,20 @@ static void fake_on_sched(fake_t *f, ps_msg_t *m) {
       }
       fake_reply_ack(f->sched, m, f->epoch);
       break;
-    case PS__ENVELOPE__BODY_DONE:
+    case PS__ENVELOPE__BODY_DONE: {
+      /* As the real scheduler does when its last worker is done: ack, and
+       * end the job, which tells the client its Done was taken. */
       f->dones++;
+      fake_reply_ack(f->sched, m, f->epoch);
+      Ps__Shutdown sd = PS__SHUTDOWN__INIT;
+      sd.reason = "job finished";
+      Ps__Envelope env = PS__ENVELOPE__INIT;
+      env.epoch = f->epoch;
+      env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
+      env.shutdown = &sd;
+      send_env(f->sched, &m->route, &env, NULL, 0);
       break;
+    }
     default:
       break;
   }
@@ -462,6 +473,8 @@ START_TEST(test_bad_options) {
   ck_assert_int_eq(o.connect_timeout_ms, 60000);
   ck_assert_int_eq(o.heartbeat_ms, 500);
   ck_assert_int_eq(o.rank, -1);
+  ck_assert_int_eq(o.window, 8);
+  ck_assert_uint_eq(o.chunk_bytes, 1u << 20);
   expect_inval(NULL, &model, "options");
   expect_inval(&o, &model, "scheduler"); /* still NULL */
   o.scheduler = "tcp://127.0.0.1:1";
@@ -477,6 +490,12 @@ START_TEST(test_bad_options) {
   o.rank = -2;
   expect_inval(&o, &model, "rank -2");
   o.rank = -1;
+  o.window = 0;
+  expect_inval(&o, &model, "window 0");
+  o.window = 8;
+  o.chunk_bytes = 6;
+  expect_inval(&o, &model, "chunk_bytes 6");
+  o.chunk_bytes = 0;
   expect_inval(&o, NULL, "model");
 }
 END_TEST
@@ -759,6 +778,168 @@ START_TEST(test_failover_resends_to_new_owner) {
 }
 END_TEST
 
+/* ---- chunks, windows and calls in flight --------------------------------
+ */
+
+static ps_client_t *connect_client_win(fake_t *f, int timeout_ms, int window,
+                                       uint64_t chunk_bytes) {
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = f->sched_ep;
+  o.timeout_ms = timeout_ms;
+  o.connect_timeout_ms = 5000;
+  o.heartbeat_ms = 100;
+  o.window = window;
+  o.chunk_bytes = chunk_bytes;
+  ps_model_t model = test_model();
+  int err = 1;
+  char msg[256] = "";
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  ck_assert_msg(c != NULL, "ps_client_new: %s: %s", ps_err_name(err), msg);
+  return c;
+}
+
+START_TEST(test_chunks_follow_range_begins) {
+  fake_t *f = fake_start();
+  /* 12 keys per request: chunks start at multiples of 12 from each
+   * server's range begin (0 and 32), not from the call's first key. */
+  ps_client_t *c = connect_client_win(f, 2000, 8, 12 * sizeof(float));
+  float grad[TOTAL];
+  for (int i = 0; i < TOTAL; i++) grad[i] = (float)i;
+  ck_assert_int_eq(ps_client_push(c, 4, 46, grad + 4, 1), PS_OK);
+  req_t reqs[MAX_REQS];
+  int n = fake_reqs(f, reqs);
+  const uint64_t want[][3] = {
+      {0, 4, 8}, {0, 12, 12}, {0, 24, 8}, {1, 32, 12}, {1, 44, 6}};
+  ck_assert_int_eq(n, 5);
+  for (int w = 0; w < 5; w++) {
+    int found = 0;
+    for (int i = 0; i < n; i++) {
+      if (reqs[i].server != (int)want[w][0] || reqs[i].key_begin != want[w][1])
+        continue;
+      found = 1;
+      ck_assert_uint_eq(reqs[i].count, want[w][2]);
+      ck_assert_float_eq(reqs[i].values[0], grad[want[w][1]]);
+    }
+    ck_assert_msg(found, "no request for keys %llu",
+                  (unsigned long long)want[w][1]);
+  }
+  /* Every chunk of one call has its own sequence number. */
+  for (int i = 0; i < n; i++)
+    for (int j = i + 1; j < n; j++) ck_assert_uint_ne(reqs[i].seq, reqs[j].seq);
+
+  /* A pull is chunked the same way and assembled in place. */
+  float out[TOTAL];
+  for (int i = 0; i < TOTAL; i++) out[i] = -1.0f;
+  fake_clear_reqs(f);
+  ck_assert_int_eq(ps_client_pull(c, 0, TOTAL, out, 1), PS_OK);
+  ck_assert_int_eq(fake_reqs(f, reqs), 6); /* 12,12,8 | 12,12,8 */
+  for (int i = 0; i < TOTAL; i++) ck_assert_float_eq(out[i], pull_value(i));
+  ps_client_destroy(&c);
+  fake_stop(f);
+}
+END_TEST
+
+START_TEST(test_window_limits_requests_in_flight) {
+  fake_t *f = fake_start();
+  ps_client_t *c = connect_client_win(f, 400, 2, 4 * sizeof(float));
+  fake_set_mode(f, 1, SRV_SILENT);
+  float grad[TOTAL] = {0};
+  /* 8 chunks per server: server 1 answers and gets all of them, two at a
+   * time; the silent server 2 never sees more than its window. */
+  ck_assert_int_eq(ps_client_push(c, 0, TOTAL, grad, 1), PS_ERR_TIMEOUT);
+  req_t reqs[MAX_REQS];
+  int n = fake_reqs(f, reqs), to1 = 0, to2 = 0;
+  for (int i = 0; i < n; i++) reqs[i].server == 0 ? to1++ : to2++;
+  ck_assert_int_eq(to1, 8);
+  ck_assert_int_eq(to2, 2);
+  ck_assert_ptr_nonnull(strstr(ps_client_errmsg(c), "server 2"));
+  ps_client_destroy(&c);
+  fake_stop(f);
+}
+END_TEST
+
+START_TEST(test_calls_in_flight_together) {
+  fake_t *f = fake_start();
+  ps_client_t *c = connect_client_win(f, 2000, 8, 0);
+  float a[TOTAL], b[TOTAL], out[TOTAL];
+  for (int i = 0; i < TOTAL; i++) a[i] = (float)i, b[i] = -(float)i;
+  uint64_t ta, tp, tb;
+  ck_assert_int_eq(ps_client_push_start(c, 0, TOTAL, a, 5, &ta), PS_OK);
+  ck_assert_int_eq(ps_client_pull_start(c, 0, TOTAL, out, 5, &tp), PS_OK);
+  ck_assert_int_eq(ps_client_push_start(c, 8, 40, b + 8, 6, &tb), PS_OK);
+  ck_assert_uint_ne(ta, tp);
+  /* Waited for in any order. */
+  ck_assert_int_eq(ps_client_wait(c, tb), PS_OK);
+  ck_assert_int_eq(ps_client_wait(c, tp), PS_OK);
+  ck_assert_int_eq(ps_client_wait(c, ta), PS_OK);
+  for (int i = 0; i < TOTAL; i++) ck_assert_float_eq(out[i], pull_value(i));
+  ck_assert_int_eq(ps_client_wait(c, ta), PS_ERR_INVAL);
+  ck_assert_ptr_nonnull(strstr(ps_client_errmsg(c), "no call is pending"));
+  /* Each server saw them in the order they were started. */
+  req_t reqs[MAX_REQS];
+  int n = fake_reqs(f, reqs);
+  ck_assert_int_eq(n, 6);
+  for (int s = 0; s < 2; s++) {
+    int bodies[3], k = 0;
+    for (int i = 0; i < n && k < 3; i++)
+      if (reqs[i].server == s) bodies[k++] = reqs[i].body;
+    ck_assert_int_eq(k, 3);
+    ck_assert_int_eq(bodies[0], PS__ENVELOPE__BODY_PUSH);
+    ck_assert_int_eq(bodies[1], PS__ENVELOPE__BODY_PULL);
+    ck_assert_int_eq(bodies[2], PS__ENVELOPE__BODY_PUSH);
+  }
+  /* A bounded number may be pending. */
+  static uint64_t t[PS_CLIENT_MAX_PENDING];
+  for (int i = 0; i < PS_CLIENT_MAX_PENDING; i++)
+    ck_assert_int_eq(ps_client_push_start(c, 0, 0, a, 7, &t[i]), PS_OK);
+  uint64_t extra;
+  ck_assert_int_eq(ps_client_push_start(c, 0, 0, a, 7, &extra), PS_ERR_REFUSED);
+  for (int i = PS_CLIENT_MAX_PENDING - 1; i >= 0; i--)
+    ck_assert_int_eq(ps_client_wait(c, t[i]), PS_OK);
+  ck_assert_int_eq(ps_client_push_start(c, 0, TOTAL, a, 7, NULL), PS_ERR_INVAL);
+  ps_client_destroy(&c);
+  fake_stop(f);
+}
+END_TEST
+
+START_TEST(test_zero_copy_pull_spans) {
+  fake_t *f = fake_start();
+  /* Chunks of 12 keys: [4, 50) comes back as 5 replies in any order. */
+  ps_client_t *c = connect_client_win(f, 2000, 8, 12 * sizeof(float));
+  uint64_t t;
+  ck_assert_int_eq(ps_client_pull_frames_start(c, 4, 46, 1, &t), PS_OK);
+  const ps_client_span_t *spans = NULL;
+  size_t n = 0;
+  ck_assert_int_eq(ps_client_wait_frames(c, t, &spans, &n), PS_OK);
+  ck_assert_uint_eq(n, 5);
+  uint64_t key = 4;
+  for (size_t i = 0; i < n; i++) {
+    ck_assert_uint_eq(spans[i].key_begin, key);
+    ck_assert_uint_eq((uintptr_t)spans[i].values % sizeof(float), 0);
+    for (uint64_t k = 0; k < spans[i].count; k++)
+      ck_assert_float_eq(spans[i].values[k], pull_value(key + k));
+    key += spans[i].count;
+  }
+  ck_assert_uint_eq(key, 50);
+  /* Held until released; a second wait is refused. */
+  ck_assert_int_eq(ps_client_wait_frames(c, t, &spans, &n), PS_ERR_INVAL);
+  ps_client_release(c, t);
+  ps_client_release(c, t);
+  ck_assert_int_eq(ps_client_wait_frames(c, t, &spans, &n), PS_ERR_INVAL);
+  /* A failed zero-copy pull holds nothing and needs no release. */
+  fake_set_mode(f, 1, SRV_ERROR);
+  ck_assert_int_eq(ps_client_pull_frames_start(c, 0, TOTAL, 1, &t), PS_OK);
+  ck_assert_int_eq(ps_client_wait_frames(c, t, &spans, &n), PS_ERR_UNKNOWN_KEY);
+  /* Plain wait on one drops its buffers. */
+  fake_set_mode(f, 1, SRV_NORMAL);
+  ck_assert_int_eq(ps_client_pull_frames_start(c, 0, TOTAL, 1, &t), PS_OK);
+  ck_assert_int_eq(ps_client_wait(c, t), PS_OK);
+  ps_client_destroy(&c);
+  fake_stop(f);
+}
+END_TEST
+
 /* ---- scheduler --------------------------------------------------------------
  */
 
@@ -824,6 +1005,10 @@ static Suite *client_suite(void) {
   tcase_add_test(t, test_stale_epoch_resends_with_new_view);
   tcase_add_test(t, test_server_error_is_reported);
   tcase_add_test(t, test_failover_resends_to_new_owner);
+  tcase_add_test(t, test_chunks_follow_range_begins);
+  tcase_add_test(t, test_window_limits_requests_in_flight);
+  tcase_add_test(t, test_calls_in_flight_together);
+  tcase_add_test(t, test_zero_copy_pull_spans);
   tcase_add_test(t, test_barrier_and_done);
   tcase_add_test(t, test_shutdown_stops_calls);
   suite_add_tcase(s, t);

@@ -7,6 +7,7 @@
 
 #include "common/err.h"
 #include "worker/compute.h"
+#include "worker/compute_elem.h"
 
 static ps_compute_t *c;
 
@@ -38,6 +39,11 @@ static ps_dbuf_t *buf_from(const float *host, size_t n) {
 START_TEST(test_find_and_name) {
   ck_assert_ptr_eq(ps_compute_find("cpu"), &ps_compute_cpu_ops);
   ck_assert_ptr_null(ps_compute_find("tpu"));
+#ifdef PS_HAVE_CUDA
+  ck_assert_ptr_eq(ps_compute_find("cuda"), &ps_compute_cuda_ops);
+#else
+  ck_assert_ptr_null(ps_compute_find("cuda"));
+#endif
   ck_assert_str_eq(ps_compute_name(c), "cpu");
 }
 END_TEST
@@ -235,6 +241,344 @@ START_TEST(test_softmax_xent) {
 }
 END_TEST
 
+/* Direct convolution of NHWC images in double, weights (ky, kx, ci) x co:
+ * the definition im2col + gemm must reproduce. */
+static void direct_conv(const ps_conv_geom_t *g, const float *x, const float *w,
+                        size_t cout, double *out) {
+  for (size_t img = 0; img < g->n; img++)
+    for (size_t oy = 0; oy < g->oh; oy++)
+      for (size_t ox = 0; ox < g->ow; ox++)
+        for (size_t co = 0; co < cout; co++) {
+          double s = 0;
+          for (size_t ky = 0; ky < g->kh; ky++)
+            for (size_t kx = 0; kx < g->kw; kx++) {
+              long iy = (long)(oy * g->stride + ky) - (long)g->pad;
+              long ix = (long)(ox * g->stride + kx) - (long)g->pad;
+              if (iy < 0 || ix < 0 || iy >= (long)g->h || ix >= (long)g->w)
+                continue;
+              for (size_t ci = 0; ci < g->ch; ci++)
+                s += (double)x[((img * g->h + (size_t)iy) * g->w + (size_t)ix) *
+                                   g->ch +
+                               ci] *
+                     (double)w[((ky * g->kw + kx) * g->ch + ci) * cout + co];
+            }
+          out[((img * g->oh + oy) * g->ow + ox) * cout + co] = s;
+        }
+}
+
+/* n, h, w, ch, k, pad, stride: 1 channel like the CNN's first layer, many
+ * like its second, padding wider than the window's reach, strides that
+ * skip pixels, a window as large as the padded image. */
+static const size_t conv_cases[][7] = {
+    {2, 8, 8, 1, 5, 0, 1},   {3, 7, 6, 3, 3, 1, 1}, {2, 9, 7, 4, 3, 2, 2},
+    {1, 5, 5, 2, 5, 2, 1},   {2, 6, 6, 8, 2, 0, 2}, {1, 4, 3, 2, 5, 1, 1},
+    {2, 12, 12, 32, 5, 0, 1}};
+
+START_TEST(test_im2col_against_direct_convolution) {
+  for (size_t t = 0; t < sizeof(conv_cases) / sizeof(conv_cases[0]); t++) {
+    const size_t *p = conv_cases[t];
+    ps_conv_geom_t g;
+    ck_assert_int_eq(ps_conv_geom(&g, p[0], p[1], p[2], p[3], p[4], p[5], p[6]),
+                     PS_OK);
+    ck_assert_uint_eq(g.oh, (p[1] + 2 * p[5] - p[4]) / p[6] + 1);
+    size_t cout = 5, k = g.kh * g.kw * g.ch, rows = g.n * g.oh * g.ow;
+    size_t nx = g.n * g.h * g.w * g.ch;
+    float *x = malloc(nx * sizeof(float)),
+          *w = malloc(k * cout * sizeof(float));
+    float *out = malloc(rows * cout * sizeof(float));
+    double *ref = malloc(rows * cout * sizeof(double));
+    for (size_t i = 0; i < nx; i++) x[i] = frand();
+    for (size_t i = 0; i < k * cout; i++) w[i] = frand();
+    ps_dbuf_t *dx = buf_from(x, nx), *dw = buf_from(w, k * cout);
+    ps_dbuf_t *dcol = ps_dbuf_new(c, PS_DTYPE_F32, rows * k);
+    ps_dbuf_t *dout = ps_dbuf_new(c, PS_DTYPE_F32, rows * cout);
+    ps_compute_im2col(c, &g, ps_dptr(dx, 0), ps_dptr(dcol, 0));
+    ps_compute_gemm(c, PS_NO_TRANS, PS_NO_TRANS, rows, cout, k, 1.0f,
+                    ps_dptr(dcol, 0), k, ps_dptr(dw, 0), cout, 0.0f,
+                    ps_dptr(dout, 0), cout);
+    ps_compute_download(c, out, ps_dptr(dout, 0), rows * cout);
+    direct_conv(&g, x, w, cout, ref);
+    for (size_t i = 0; i < rows * cout; i++)
+      ck_assert_msg(fabs(out[i] - ref[i]) <= 1e-5 * (double)k,
+                    "case %zu: out[%zu] %g, direct %g", t, i, (double)out[i],
+                    ref[i]);
+
+    /* The GPU's element function gives the same col, bit for bit. */
+    float *col = malloc(rows * k * sizeof(float));
+    ps_compute_download(c, col, ps_dptr(dcol, 0), rows * k);
+    for (size_t i = 0; i < rows * k; i++)
+      ck_assert_msg(ps__im2col_at(&g, x, i) == col[i],
+                    "case %zu: col[%zu] %g vs element %g", t, i, (double)col[i],
+                    (double)ps__im2col_at(&g, x, i));
+    ps_dbuf_destroy(&dx);
+    ps_dbuf_destroy(&dw);
+    ps_dbuf_destroy(&dcol);
+    ps_dbuf_destroy(&dout);
+    free(x);
+    free(w);
+    free(out);
+    free(ref);
+    free(col);
+  }
+}
+END_TEST
+
+/* col2im is im2col's adjoint: <im2col(x), d> == <x, col2im(d)> for every x
+ * and d, which is what makes it the gradient of the convolution's input. */
+START_TEST(test_col2im_is_adjoint) {
+  for (size_t t = 0; t < sizeof(conv_cases) / sizeof(conv_cases[0]); t++) {
+    const size_t *p = conv_cases[t];
+    ps_conv_geom_t g;
+    ck_assert_int_eq(ps_conv_geom(&g, p[0], p[1], p[2], p[3], p[4], p[5], p[6]),
+                     PS_OK);
+    size_t nx = g.n * g.h * g.w * g.ch;
+    size_t ncol = g.n * g.oh * g.ow * g.kh * g.kw * g.ch;
+    float *x = malloc(nx * sizeof(float)), *d = malloc(ncol * sizeof(float));
+    float *col = malloc(ncol * sizeof(float)), *dx = malloc(nx * sizeof(float));
+    for (size_t i = 0; i < nx; i++) x[i] = frand();
+    for (size_t i = 0; i < ncol; i++) d[i] = frand();
+    ps_dbuf_t *bx = buf_from(x, nx), *bd = buf_from(d, ncol);
+    ps_dbuf_t *bcol = ps_dbuf_new(c, PS_DTYPE_F32, ncol);
+    /* dx starts dirty: col2im overwrites, it does not accumulate. */
+    ps_dbuf_t *bdx = ps_dbuf_new(c, PS_DTYPE_F32, nx);
+    ps_compute_fill(c, ps_dptr(bdx, 0), nx, 42.0f);
+    ps_compute_im2col(c, &g, ps_dptr(bx, 0), ps_dptr(bcol, 0));
+    ps_compute_col2im(c, &g, ps_dptr(bd, 0), ps_dptr(bdx, 0));
+    ps_compute_download(c, col, ps_dptr(bcol, 0), ncol);
+    ps_compute_download(c, dx, ps_dptr(bdx, 0), nx);
+    double lhs = 0, rhs = 0, scale = 0;
+    for (size_t i = 0; i < ncol; i++) {
+      lhs += (double)col[i] * d[i];
+      scale += fabs((double)col[i] * d[i]);
+    }
+    for (size_t i = 0; i < nx; i++) rhs += (double)x[i] * dx[i];
+    ck_assert_msg(fabs(lhs - rhs) <= 1e-5 * scale + 1e-6,
+                  "case %zu: <im2col x, d> %.9g, <x, col2im d> %.9g", t, lhs,
+                  rhs);
+    /* The GPU's element function: the same sums in another order. */
+    for (size_t i = 0; i < nx; i++)
+      ck_assert_msg(fabsf(ps__col2im_at(&g, d, i) - dx[i]) <=
+                        1e-5f * (1.0f + fabsf(dx[i])),
+                    "case %zu: dx[%zu] %g vs element %g", t, i, (double)dx[i],
+                    (double)ps__col2im_at(&g, d, i));
+    ps_dbuf_destroy(&bx);
+    ps_dbuf_destroy(&bd);
+    ps_dbuf_destroy(&bcol);
+    ps_dbuf_destroy(&bdx);
+    free(x);
+    free(d);
+    free(col);
+    free(dx);
+  }
+}
+END_TEST
+
+START_TEST(test_maxpool_forward_backward) {
+  /* n, h, w, ch, window (= stride), stride: odd sizes leave a row and a
+   * column out of every window; the last case has gaps between windows. */
+  static const size_t cases[][6] = {{2, 8, 8, 3, 2, 2},
+                                    {1, 7, 5, 2, 2, 2},
+                                    {2, 9, 9, 4, 3, 3},
+                                    {1, 8, 8, 1, 2, 3}};
+  for (size_t t = 0; t < sizeof(cases) / sizeof(cases[0]); t++) {
+    const size_t *p = cases[t];
+    ps_conv_geom_t g;
+    ck_assert_int_eq(ps_conv_geom(&g, p[0], p[1], p[2], p[3], p[4], 0, p[5]),
+                     PS_OK);
+    size_t nx = g.n * g.h * g.w * g.ch, ny = g.n * g.oh * g.ow * g.ch;
+    float *x = malloc(nx * sizeof(float)), *y = malloc(ny * sizeof(float));
+    float *dy = malloc(ny * sizeof(float)), *dx = malloc(nx * sizeof(float));
+    /* Coarse values, so windows hold ties and the first maximum must win. */
+    for (size_t i = 0; i < nx; i++) x[i] = (float)(int)(frand() * 3.0f);
+    for (size_t i = 0; i < ny; i++) dy[i] = frand();
+    ps_dbuf_t *bx = buf_from(x, nx), *bdy = buf_from(dy, ny);
+    ps_dbuf_t *by = ps_dbuf_new(c, PS_DTYPE_F32, ny);
+    ps_dbuf_t *bdx = ps_dbuf_new(c, PS_DTYPE_F32, nx);
+    ps_compute_fill(c, ps_dptr(bdx, 0), nx, 42.0f);
+    ps_compute_maxpool(c, &g, ps_dptr(bx, 0), ps_dptr(by, 0));
+    ps_compute_maxpool_backward(c, &g, ps_dptr(bx, 0), ps_dptr(bdy, 0),
+                                ps_dptr(bdx, 0));
+    ps_compute_download(c, y, ps_dptr(by, 0), ny);
+    ps_compute_download(c, dx, ps_dptr(bdx, 0), nx);
+    float *want = calloc(nx, sizeof(float));
+    for (size_t img = 0; img < g.n; img++)
+      for (size_t oy = 0; oy < g.oh; oy++)
+        for (size_t ox = 0; ox < g.ow; ox++)
+          for (size_t ci = 0; ci < g.ch; ci++) {
+            size_t best = SIZE_MAX;
+            for (size_t ky = 0; ky < g.kh; ky++)
+              for (size_t kx = 0; kx < g.kw; kx++) {
+                size_t at = ((img * g.h + oy * g.stride + ky) * g.w +
+                             ox * g.stride + kx) *
+                                g.ch +
+                            ci;
+                if (best == SIZE_MAX || x[at] > x[best]) best = at;
+              }
+            size_t o = ((img * g.oh + oy) * g.ow + ox) * g.ch + ci;
+            ck_assert_float_eq(y[o], x[best]);
+            ck_assert_float_eq(ps__maxpool_at(&g, x, o), y[o]);
+            want[best] = dy[o];
+          }
+    for (size_t i = 0; i < nx; i++) {
+      ck_assert_msg(dx[i] == want[i], "case %zu: dx[%zu] %g, want %g", t, i,
+                    (double)dx[i], (double)want[i]);
+      ck_assert_float_eq(ps__maxpool_backward_at(&g, x, dy, i), dx[i]);
+    }
+
+    /* And it is the gradient: of L = <dy, maxpool(x)> by central
+     * differences, on values 0.01 apart so no step changes a maximum. */
+    for (size_t i = 0; i < nx; i++) x[i] = (float)((i * 7919) % nx) * 0.01f;
+    ps_compute_upload(c, ps_dptr(bx, 0), x, nx);
+    ps_compute_maxpool_backward(c, &g, ps_dptr(bx, 0), ps_dptr(bdy, 0),
+                                ps_dptr(bdx, 0));
+    ps_compute_download(c, dx, ps_dptr(bdx, 0), nx);
+    for (size_t i = 0; i < nx; i += 3) {
+      double l[2];
+      for (int s = 0; s < 2; s++) {
+        float saved = x[i];
+        x[i] = saved + (s ? -1e-3f : 1e-3f);
+        ps_compute_upload(c, ps_dptr(bx, 0), x, nx);
+        ps_compute_maxpool(c, &g, ps_dptr(bx, 0), ps_dptr(by, 0));
+        ps_compute_download(c, y, ps_dptr(by, 0), ny);
+        x[i] = saved;
+        l[s] = 0;
+        for (size_t o = 0; o < ny; o++) l[s] += (double)dy[o] * y[o];
+      }
+      double fd = (l[0] - l[1]) / (double)((x[i] + 1e-3f) - (x[i] - 1e-3f));
+      ck_assert_msg(fabs(fd - dx[i]) <= 1e-3,
+                    "case %zu: dx[%zu] %g, finite differences %g", t, i,
+                    (double)dx[i], fd);
+    }
+    ps_dbuf_destroy(&bx);
+    ps_dbuf_destroy(&bdy);
+    ps_dbuf_destroy(&by);
+    ps_dbuf_destroy(&bdx);
+    free(x);
+    free(y);
+    free(dy);
+    free(dx);
+    free(want);
+  }
+}
+END_TEST
+
+START_TEST(test_conv_geom_refuses_bad_shapes) {
+  ps_conv_geom_t g;
+  ck_assert_int_eq(ps_conv_geom(&g, 1, 4, 4, 1, 5, 0, 1), PS_ERR_INVAL);
+  ck_assert_int_eq(ps_conv_geom(&g, 1, 4, 4, 1, 5, 1, 1), PS_OK);
+  ck_assert_uint_eq(g.oh, 2);
+  ck_assert_int_eq(ps_conv_geom(&g, 0, 4, 4, 1, 3, 0, 1), PS_ERR_INVAL);
+  ck_assert_int_eq(ps_conv_geom(&g, 1, 4, 4, 1, 3, 0, 0), PS_ERR_INVAL);
+  ck_assert_int_eq(ps_conv_geom(&g, 1, 4, 4, 0, 3, 0, 1), PS_ERR_INVAL);
+}
+END_TEST
+
+/* Overlapping pooling windows would need atomics on a GPU: refused. */
+START_TEST(test_overlapping_pool_aborts) {
+  ps_conv_geom_t g;
+  ck_assert_int_eq(ps_conv_geom(&g, 1, 6, 6, 1, 3, 0, 2), PS_OK);
+  ps_dbuf_t *x = ps_dbuf_new(c, PS_DTYPE_F32, 36);
+  ps_dbuf_t *y = ps_dbuf_new(c, PS_DTYPE_F32, 4);
+  ps_compute_maxpool(c, &g, ps_dptr(x, 0), ps_dptr(y, 0));
+}
+END_TEST
+
+/* The softmax and argmax a GPU runs per row, against the CPU backend. */
+START_TEST(test_row_elements_match_cpu) {
+  enum { R = 6, C = 10 };
+  float z[R * C], g[R * C], ge[C];
+  uint8_t y[R];
+  for (int i = 0; i < R * C; i++) z[i] = frand() * 8.0f;
+  z[5 * C + 2] = z[5 * C + 7] = 50.0f; /* a tie: the first wins */
+  for (int i = 0; i < R; i++) y[i] = (uint8_t)((i * 3) % C);
+  ps_dbuf_t *dz = buf_from(z, R * C), *dg = ps_dbuf_new(c, PS_DTYPE_F32, R * C);
+  ps_dbuf_t *dl = ps_dbuf_new(c, PS_DTYPE_U8, R);
+  ps_compute_upload(c, ps_dptr(dl, 0), y, R);
+  double loss = ps_compute_softmax_xent(c, ps_dptr(dz, 0), ps_dptr(dl, 0), R, C,
+                                        ps_dptr(dg, 0), 0.5f);
+  ps_compute_download(c, g, ps_dptr(dg, 0), R * C);
+  double sum = 0;
+  size_t correct = 0;
+  for (int i = 0; i < R; i++) {
+    sum += ps__softmax_xent_row(z + i * C, C, y[i], ge, 0.5f);
+    for (int j = 0; j < C; j++)
+      ck_assert_float_eq_tol(ge[j], g[i * C + j], 1e-7f);
+    correct += ps__argmax_row(z + i * C, C) == y[i];
+  }
+  ck_assert_uint_eq(ps__argmax_row(z + 5 * C, C), 2);
+  ck_assert_double_eq_tol(sum, loss, 1e-12);
+  ck_assert_uint_eq(correct, ps_compute_count_correct(c, ps_dptr(dz, 0),
+                                                      ps_dptr(dl, 0), R, C));
+  ps_dbuf_destroy(&dz);
+  ps_dbuf_destroy(&dg);
+  ps_dbuf_destroy(&dl);
+}
+END_TEST
+
+START_TEST(test_host_memory_and_async_download) {
+  float *h = ps_compute_host_alloc(c, 10 * sizeof(float));
+  ck_assert_ptr_nonnull(h);
+  ps_dbuf_t *b = ps_dbuf_new(c, PS_DTYPE_F32, 10);
+  ps_compute_fill(c, ps_dptr(b, 2), 8, 3.0f);
+  uint64_t f = ps_compute_download_async(c, h, ps_dptr(b, 0), 10);
+  ps_compute_wait(c, f);
+  ck_assert_float_eq(h[1], 0.0f);
+  ck_assert_float_eq(h[9], 3.0f);
+  ck_assert_int_eq(ps_compute_is_async(c), 0);
+  ck_assert_ptr_null(ps_compute_error(c));
+  ck_assert_str_eq(ps_compute_describe(c), "cpu");
+  ps_dbuf_destroy(&b);
+  ps_compute_host_free(c, h);
+}
+END_TEST
+
+/* --device: what each spec opens, and what a missing GPU says. */
+START_TEST(test_open_device) {
+  char note[256], err[256], why[256];
+  int rc;
+  ps_compute_opts_t o = {.threads = 1};
+  static const char *const bad[] = {"gpu",     "cuda:", "cuda:x", "cuda:1024",
+                                    "cuda:-1", "CPU",   ""};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    ck_assert_ptr_null(
+        ps_compute_open(bad[i], &o, note, sizeof(note), &rc, err, sizeof(err)));
+    ck_assert_int_eq(rc, PS_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "auto, cpu, cuda") != NULL, "%s", err);
+  }
+  ps_compute_t *cpu =
+      ps_compute_open("cpu", &o, note, sizeof(note), &rc, err, sizeof(err));
+  ck_assert_ptr_nonnull(cpu);
+  ck_assert_str_eq(ps_compute_name(cpu), "cpu");
+  ps_compute_destroy(&cpu);
+
+  int n = ps_compute_cuda_devices(why, sizeof(why));
+  ck_assert_int_ne(n, 0);
+  ps_compute_t *a =
+      ps_compute_open("auto", &o, note, sizeof(note), &rc, err, sizeof(err));
+  ck_assert_ptr_nonnull(a);
+  ps_compute_t *g = ps_compute_open("cuda", &o, NULL, 0, &rc, err, sizeof(err));
+  if (n < 0) {
+    /* No GPU here: auto takes the CPU and says why; cuda is refused with
+     * the CUDA runtime's reason. */
+    ck_assert_str_eq(ps_compute_name(a), "cpu");
+    ck_assert_msg(strstr(note, why) != NULL, "note \"%s\", why \"%s\"", note,
+                  why);
+    ck_assert_ptr_null(g);
+    ck_assert_int_eq(rc, PS_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(err, why) != NULL, "err \"%s\", why \"%s\"", err, why);
+  } else {
+    ck_assert_str_eq(ps_compute_name(a), "cuda");
+    ck_assert_ptr_nonnull(g);
+    ps_compute_t *none =
+        ps_compute_open("cuda:1023", &o, NULL, 0, &rc, err, sizeof(err));
+    ck_assert_ptr_null(none);
+    ck_assert_int_eq(rc, PS_ERR_UNSUPPORTED);
+  }
+  ps_compute_destroy(&a);
+  ps_compute_destroy(&g);
+}
+END_TEST
+
 /* Reaching past a buffer is a bug in the caller: it aborts, never reads. */
 START_TEST(test_out_of_bounds_aborts) {
   ps_dbuf_t *b = ps_dbuf_new(c, PS_DTYPE_F32, 10);
@@ -260,6 +604,14 @@ int main(void) {
   tcase_add_test(tc, test_softmax_xent);
   tcase_add_test_raise_signal(tc, test_out_of_bounds_aborts, SIGABRT);
   tcase_add_test_raise_signal(tc, test_wrong_dtype_aborts, SIGABRT);
+  tcase_add_test(tc, test_im2col_against_direct_convolution);
+  tcase_add_test(tc, test_col2im_is_adjoint);
+  tcase_add_test(tc, test_maxpool_forward_backward);
+  tcase_add_test(tc, test_conv_geom_refuses_bad_shapes);
+  tcase_add_test_raise_signal(tc, test_overlapping_pool_aborts, SIGABRT);
+  tcase_add_test(tc, test_row_elements_match_cpu);
+  tcase_add_test(tc, test_host_memory_and_async_download);
+  tcase_add_test(tc, test_open_device);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

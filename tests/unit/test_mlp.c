@@ -233,6 +233,39 @@ START_TEST(test_gradient_is_batch_mean) {
 }
 END_TEST
 
+/* The layer-by-layer gradient: the bits of the whole one, every key given
+ * once, last layer first, each range a layer's weight and bias. */
+START_TEST(test_layered_gradient) {
+  enum { N = 8, P = 235146 };
+  ps_mlp_t *m = new_mlp(N);
+  const ps_model_t *spec = ps_mlp_model(m);
+  float *w = malloc(P * sizeof(float)), *g = malloc(P * sizeof(float));
+  float *gl = ps_compute_host_alloc(c, P * sizeof(float));
+  static float x[N * 784];
+  uint8_t y[N];
+  ps_mlp_init_params(m, w);
+  ps_mlp_set_params(m, w);
+  random_batch(x, y, N, 784);
+  double l1 = ps_mlp_gradient(m, x, y, N, g);
+  for (int i = 0; i < P; i++) gl[i] = NAN;
+  ck_assert_double_eq(ps_mlp_gradient_begin(m, x, y, N, gl), l1);
+  size_t begin, count, end = P, layer = 3;
+  while (ps_mlp_gradient_next(m, &begin, &count)) {
+    layer--;
+    ck_assert_uint_eq(begin, spec->tensors[2 * layer].offset);
+    ck_assert_uint_eq(begin + count, end);
+    end = begin;
+  }
+  ck_assert_uint_eq(layer, 0);
+  ck_assert_uint_eq(end, 0);
+  ck_assert_int_eq(memcmp(gl, g, P * sizeof(float)), 0);
+  ps_compute_host_free(c, gl);
+  free(w);
+  free(g);
+  ps_mlp_destroy(&m);
+}
+END_TEST
+
 START_TEST(test_sgd_decreases_loss) {
   enum { N = 32, P = 235146, STEPS = 30 };
   ps_mlp_t *m = new_mlp(N);
@@ -358,6 +391,7 @@ int main(void) {
   tcase_add_test(tc, test_bad_options);
   tcase_add_test(tc, test_gradient_finite_differences);
   tcase_add_test(tc, test_gradient_is_batch_mean);
+  tcase_add_test(tc, test_layered_gradient);
   tcase_add_test(tc, test_sgd_decreases_loss);
   tcase_add_test(tc, test_evaluate_in_batches);
   suite_add_tcase(s, tc);

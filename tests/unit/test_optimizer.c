@@ -3,6 +3,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/optimizer.h"
 
@@ -71,6 +72,39 @@ START_TEST(accumulate_sums) {
 }
 END_TEST
 
+START_TEST(sgd_to_matches_in_place_bitwise) {
+  /* The copy-on-write apply of the server must give exactly the bits of the
+   * in-place one, momentum or not, on every length around the vector
+   * widths; the input is left as it was. */
+  for (size_t n = 0; n < 70; n++) {
+    for (int mom = 0; mom < 2; mom++) {
+      float *w = malloc((n + 1) * sizeof(float));
+      float *w0 = malloc((n + 1) * sizeof(float));
+      float *out = malloc((n + 1) * sizeof(float));
+      float *v1 = malloc((n + 1) * sizeof(float));
+      float *v2 = malloc((n + 1) * sizeof(float));
+      float *g = malloc((n + 1) * sizeof(float));
+      for (size_t i = 0; i < n; i++) {
+        w[i] = w0[i] = 0.1f * (float)i - 1.3f;
+        v1[i] = v2[i] = 0.7f / (float)(i + 1);
+        g[i] = (float)(i % 5) * 0.37f - 0.5f;
+      }
+      float m = mom ? 0.9f : 0.0f;
+      ps_apply_sgd(w, v1, g, n, 0.03f, m, 0.5f);
+      ps_apply_sgd_to(out, w0, v2, g, n, 0.03f, m, 0.5f);
+      ck_assert_msg(n == 0 || memcmp(w, out, n * sizeof(float)) == 0,
+                    "n=%zu momentum=%g: weights differ", n, m);
+      ck_assert(n == 0 || memcmp(v1, v2, n * sizeof(float)) == 0);
+      for (size_t i = 0; i < n; i++) ck_assert(w0[i] == 0.1f * (float)i - 1.3f);
+      free(w), free(w0), free(out), free(v1), free(v2), free(g);
+    }
+  }
+  const char *isa = ps_optimizer_isa();
+  ck_assert(strcmp(isa, "avx512f") == 0 || strcmp(isa, "avx2") == 0 ||
+            strcmp(isa, "baseline") == 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("optimizer");
   TCase *tc = tcase_create("optimizer");
@@ -78,6 +112,7 @@ int main(void) {
   tcase_add_test(tc, sgd_momentum_two_steps_by_hand);
   tcase_add_test(tc, vector_lengths_match_scalar);
   tcase_add_test(tc, accumulate_sums);
+  tcase_add_test(tc, sgd_to_matches_in_place_bitwise);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -1,10 +1,13 @@
 /* The dense shard: initialisation independent of the split, BSP steps by
  * hand (averaging, momentum, wrong steps, duplicates, a worker dying or
- * finishing mid-step), ASP, and slice bounds. Gradients are small integers and
- * lr/momentum powers of two, so every expected value is exact and compared bit
- * for bit. */
+ * finishing mid-step), ASP, slice bounds, and the copy-on-write blocks behind
+ * zero-copy pull replies (a pinned version never changes, an unpinned block
+ * is updated in place, released versions are reused, a version outlives its
+ * shard). Gradients are small integers and lr/momentum powers of two, so
+ * every expected value is exact and compared bit for bit. */
 #include <check.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -415,6 +418,210 @@ START_TEST(slice_bounds_refused) {
 }
 END_TEST
 
+/* ---- copy-on-write blocks ---- */
+
+#define BK PS_SHARD_BLOCK_KEYS
+
+static ps_shard_stats_t stats_of(const ps_shard_t *s) {
+  ps_shard_stats_t st;
+  ps_shard_stats(s, &st);
+  return st;
+}
+
+/* Integer-valued gradients: g[i] = (i % 5) - 2 + k. */
+static float *grad(uint64_t n, int k) {
+  float *g = malloc(n * sizeof(float));
+  ck_assert_ptr_nonnull(g);
+  for (uint64_t i = 0; i < n; i++) g[i] = (float)((int)(i % 5) - 2 + k);
+  return g;
+}
+
+START_TEST(runs_follow_blocks) {
+  /* 2.5 blocks starting at an odd key: runs are cut at the block edges,
+   * relative to the shard's begin, and short runs are not worth a pin. */
+  uint64_t begin = 48, len = 2 * BK + BK / 2;
+  ps_model_t m = zero_model(begin + len, 1.0f, 0.0f);
+  ps_shard_t *s = new_shard(begin, begin + len, &m, ASP, 1);
+  ps_shard_run_t runs[4];
+  int n = ps_shard_runs(s, begin + BK - 10, BK + 20, runs, 4, NULL, 0);
+  ck_assert_int_eq(n, 3);
+  ck_assert_uint_eq(runs[0].count, 10);
+  ck_assert_uint_eq(runs[1].count, BK);
+  ck_assert_uint_eq(runs[2].count, 10);
+  ck_assert_int_eq(runs[0].zero_copy, 0);
+  ck_assert_int_eq(runs[1].zero_copy, 1);
+  ck_assert_int_eq(runs[2].zero_copy, 0);
+  ck_assert_ptr_ne(runs[0].version, runs[1].version);
+  /* Each run points at the weights of its first key. */
+  float *w = malloc(len * sizeof(float));
+  for (uint64_t i = 0; i < len; i++) w[i] = (float)i;
+  ck_assert_int_eq(ps_shard_load(s, w, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_shard_runs(s, begin + BK - 10, BK + 20, runs, 4, NULL, 0),
+                   3);
+  ck_assert(runs[0].data[0] == (float)(BK - 10) &&
+            runs[0].data[9] == (float)(BK - 1));
+  ck_assert(runs[1].data[0] == (float)BK &&
+            runs[2].data[9] == (float)(2 * BK + 9));
+  free(w);
+  /* More runs than room: the count says how many it takes. */
+  ck_assert_int_eq(ps_shard_runs(s, begin, len, runs, 2, NULL, 0), 3);
+  ck_assert_uint_eq(runs[1].count, BK);
+  char why[128] = "";
+  ck_assert_int_eq(ps_shard_runs(s, begin - 1, 4, runs, 4, why, sizeof(why)),
+                   PS_ERR_UNKNOWN_KEY);
+  ck_assert_ptr_nonnull(strstr(why, "not inside"));
+  /* A small shard is one block; a quarter of it is worth a pin. */
+  ps_model_t m2 = zero_model(64, 1.0f, 0.0f);
+  ps_shard_t *small = new_shard(0, 64, &m2, ASP, 1);
+  ck_assert_int_eq(ps_shard_runs(small, 8, 16, runs, 4, NULL, 0), 1);
+  ck_assert_int_eq(runs[0].zero_copy, 1);
+  ck_assert_int_eq(ps_shard_runs(small, 8, 15, runs, 4, NULL, 0), 1);
+  ck_assert_int_eq(runs[0].zero_copy, 0);
+  ps_shard_destroy(&small);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
+START_TEST(pinned_version_never_changes) {
+  uint64_t len = 2 * BK;
+  ps_model_t m = zero_model(len, 1.0f, 0.0f);
+  ps_shard_t *s = new_shard(0, len, &m, ASP, 1);
+  float *g = grad(len, 1);
+  int applied;
+  ck_assert_int_eq(push(s, W1, 0, len, g, 0, &applied), PS_OK);
+  ps_shard_stats_t st0 = stats_of(s);
+  ck_assert_uint_eq(st0.versions, 2);
+  ck_assert_uint_eq(st0.cow_applies, 0); /* nothing pinned: in place */
+
+  /* Pin block 0 as a pull reply would, then push over both blocks. */
+  ps_shard_run_t runs[2];
+  ck_assert_int_eq(ps_shard_runs(s, 0, len, runs, 2, NULL, 0), 2);
+  ps_shard_pin(runs[0].version);
+  float *before = malloc(BK * sizeof(float));
+  memcpy(before, runs[0].data, BK * sizeof(float));
+  float *g2 = grad(len, 3);
+  ck_assert_int_eq(push(s, W1, 10, len - 20, g2, 1, &applied), PS_OK);
+  /* The pinned bytes are what they were... */
+  ck_assert(memcmp(runs[0].data, before, BK * sizeof(float)) == 0);
+  /* ...and the shard has the new weights, bit for bit what an in-place
+   * apply gives: keys outside the push copied, inside applied. */
+  float *w = malloc(len * sizeof(float));
+  ck_assert_int_eq(ps_shard_read(s, 0, len, w, NULL, 0), PS_OK);
+  for (uint64_t i = 0; i < len; i++) {
+    float want = -g[i] - ((i >= 10 && i < len - 10) ? g2[i - 10] : 0.0f);
+    ck_assert_msg(w[i] == want, "key %llu: %g, want %g", (unsigned long long)i,
+                  w[i], want);
+  }
+  ps_shard_stats_t st1 = stats_of(s);
+  ck_assert_uint_eq(st1.cow_applies, 1);
+  ck_assert_uint_eq(st1.cow_copied, 10);
+  ck_assert_uint_eq(st1.versions, 3);
+
+  /* The block's new version is not pinned: the next push is in place,
+   * and the old one still holds its bytes. */
+  ck_assert_int_eq(push(s, W1, 0, 4, g2, 2, &applied), PS_OK);
+  ck_assert_uint_eq(stats_of(s).versions, 3);
+  ck_assert_uint_eq(stats_of(s).cow_applies, 1);
+  ck_assert(memcmp(runs[0].data, before, BK * sizeof(float)) == 0);
+
+  /* Released: the old version is reused, not a fourth allocated. */
+  ps_shard_unpin(NULL, runs[0].version);
+  ck_assert_int_eq(ps_shard_runs(s, 0, BK, runs, 1, NULL, 0), 1);
+  ps_shard_pin(runs[0].version);
+  ck_assert_int_eq(push(s, W1, 0, BK, g, 3, &applied), PS_OK);
+  ck_assert_uint_eq(stats_of(s).versions, 3);
+  ck_assert_uint_eq(stats_of(s).cow_copied, 10); /* whole block pushed */
+  ps_shard_unpin(NULL, runs[0].version);
+  free(before);
+  free(w);
+  free(g);
+  free(g2);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
+START_TEST(version_outlives_shard) {
+  /* A frame still queued in ZeroMQ when the range moves away: its bytes
+   * stay readable until the last unpin, which frees them (ASan checks
+   * both). */
+  ps_model_t m = zero_model(BK + 100, 1.0f, 0.0f);
+  ps_shard_t *s = new_shard(0, BK + 100, &m, ASP, 1);
+  float *g = grad(BK + 100, 2);
+  int applied;
+  ck_assert_int_eq(push(s, W1, 0, BK + 100, g, 0, &applied), PS_OK);
+  ps_shard_run_t runs[2];
+  ck_assert_int_eq(ps_shard_runs(s, 0, BK + 100, runs, 2, NULL, 0), 2);
+  ps_shard_pin(runs[0].version);
+  ps_shard_pin(runs[0].version);
+  ps_shard_pin(runs[1].version);
+  ps_shard_destroy(&s);
+  ck_assert(runs[0].data[7] == -g[7]);
+  ck_assert(runs[1].data[99] == -g[BK + 99]);
+  ps_shard_unpin(NULL, runs[0].version);
+  ck_assert(runs[0].data[BK - 1] == -g[BK - 1]);
+  ps_shard_unpin(NULL, runs[0].version);
+  ps_shard_unpin(NULL, runs[1].version);
+  free(g);
+}
+END_TEST
+
+START_TEST(bsp_step_on_pinned_blocks_with_momentum) {
+  /* A BSP step over blocks a pull holds: the new version gets exactly
+   * what an unpinned shard computes, momentum included. */
+  uint64_t len = BK + 64;
+  ps_model_t m = zero_model(len, 0.5f, 0.5f);
+  ps_shard_t *a = new_shard(0, len, &m, BSP, 2);
+  ps_shard_t *b = new_shard(0, len, &m, BSP, 2);
+  float *g1 = grad(len, 1), *g2 = grad(len, -4);
+  ps_shard_run_t runs[2];
+  int applied;
+  for (int step = 0; step < 3; step++) {
+    ck_assert_int_eq(ps_shard_runs(b, 0, len, runs, 2, NULL, 0), 2);
+    ps_shard_pin(runs[0].version);
+    ps_shard_pin(runs[1].version);
+    for (int k = 0; k < 2; k++) {
+      ps_shard_t *s = k ? b : a;
+      ck_assert_int_eq(push(s, W1, 0, len, g1, step, &applied), PS_OK);
+      ck_assert_int_eq(push(s, W2, 0, len, g2, step, &applied), PS_OK);
+      ck_assert_int_eq(applied, 1);
+    }
+    ps_shard_unpin(NULL, runs[0].version);
+    ps_shard_unpin(NULL, runs[1].version);
+  }
+  ck_assert_uint_eq(stats_of(b).cow_applies, 6);
+  ck_assert_uint_eq(stats_of(a).cow_applies, 0);
+  const float *wa = ps_shard_weights(a), *wb = ps_shard_weights(b);
+  ck_assert(memcmp(wa, wb, len * sizeof(float)) == 0);
+  ck_assert(memcmp(ps_shard_momentum(a), ps_shard_momentum(b),
+                   len * sizeof(float)) == 0);
+  ck_assert(wa[3] != 0.0f);
+  free(g1);
+  free(g2);
+  ps_shard_destroy(&a);
+  ps_shard_destroy(&b);
+}
+END_TEST
+
+START_TEST(load_replaces_state) {
+  uint64_t len = BK + 16;
+  ps_model_t m = zero_model(len, 1.0f, 0.5f);
+  ps_shard_t *s = new_shard(0, len, &m, ASP, 1);
+  float *w = grad(len, 7), *v = grad(len, -1);
+  ps_shard_run_t runs[2];
+  ck_assert_int_eq(ps_shard_runs(s, 0, len, runs, 2, NULL, 0), 2);
+  ps_shard_pin(runs[0].version);
+  ck_assert_int_eq(ps_shard_load(s, w, v, 42), PS_OK);
+  ck_assert(runs[0].data[5] == 0.0f); /* the pinned copy is untouched */
+  ck_assert(memcmp(ps_shard_weights(s), w, len * sizeof(float)) == 0);
+  ck_assert(memcmp(ps_shard_momentum(s), v, len * sizeof(float)) == 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 42);
+  ps_shard_unpin(NULL, runs[0].version);
+  free(w);
+  free(v);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("shard");
   TCase *tc = tcase_create("shard");
@@ -426,6 +633,11 @@ int main(void) {
   tcase_add_test(tc, bsp_finished_worker_does_not_cut_step_short);
   tcase_add_test(tc, asp_applies_on_arrival);
   tcase_add_test(tc, slice_bounds_refused);
+  tcase_add_test(tc, runs_follow_blocks);
+  tcase_add_test(tc, pinned_version_never_changes);
+  tcase_add_test(tc, version_outlives_shard);
+  tcase_add_test(tc, bsp_step_on_pinned_blocks_with_momentum);
+  tcase_add_test(tc, load_replaces_state);
   suite_add_tcase(suite, tc);
   SRunner *sr = srunner_create(suite);
   srunner_run_all(sr, CK_NORMAL);

@@ -124,6 +124,110 @@ static size_t cpu_count_correct(ps_compute_t *c, const float *logits,
   return correct;
 }
 
+/* A window row at a time: the pixels it covers inside the image are
+ * contiguous both in x (NHWC) and in the col row, so one memcpy each. */
+static void cpu_im2col(ps_compute_t *c, const ps_conv_geom_t *g,
+                       const float *restrict x, float *restrict col) {
+  const size_t ch = g->ch, kw = g->kw, k = g->kh * kw * ch;
+  for (size_t img = 0; img < g->n; img++)
+    for (size_t oy = 0; oy < g->oh; oy++)
+      for (size_t ox = 0; ox < g->ow; ox++) {
+        float *row = col + ((img * g->oh + oy) * g->ow + ox) * k;
+        /* Window columns [kx0, kx1) fall inside the image. */
+        size_t left = ox * g->stride; /* padded x of the window's column 0 */
+        size_t kx0 = left < g->pad ? g->pad - left : 0;
+        size_t kx1 = g->pad + g->w > left ? g->pad + g->w - left : 0;
+        if (kx1 > kw) kx1 = kw;
+        if (kx0 > kx1) kx0 = kx1;
+        for (size_t ky = 0; ky < g->kh; ky++) {
+          float *dst = row + ky * kw * ch;
+          size_t top = oy * g->stride + ky;
+          if (top < g->pad || top - g->pad >= g->h || kx0 == kx1) {
+            memset(dst, 0, kw * ch * sizeof(float));
+            continue;
+          }
+          const float *src =
+              x +
+              ((img * g->h + top - g->pad) * g->w + left + kx0 - g->pad) * ch;
+          memset(dst, 0, kx0 * ch * sizeof(float));
+          memcpy(dst + kx0 * ch, src, (kx1 - kx0) * ch * sizeof(float));
+          memset(dst + kx1 * ch, 0, (kw - kx1) * ch * sizeof(float));
+        }
+      }
+}
+
+/* The adjoint of cpu_im2col: every col row added back onto the pixels it
+ * was copied from. */
+static void cpu_col2im(ps_compute_t *c, const ps_conv_geom_t *g,
+                       const float *restrict col, float *restrict dx) {
+  const size_t ch = g->ch, kw = g->kw, k = g->kh * kw * ch;
+  memset(dx, 0, g->n * g->h * g->w * ch * sizeof(float));
+  for (size_t img = 0; img < g->n; img++)
+    for (size_t oy = 0; oy < g->oh; oy++)
+      for (size_t ox = 0; ox < g->ow; ox++) {
+        const float *row = col + ((img * g->oh + oy) * g->ow + ox) * k;
+        size_t left = ox * g->stride;
+        size_t kx0 = left < g->pad ? g->pad - left : 0;
+        size_t kx1 = g->pad + g->w > left ? g->pad + g->w - left : 0;
+        if (kx1 > kw) kx1 = kw;
+        for (size_t ky = 0; ky < g->kh; ky++) {
+          size_t top = oy * g->stride + ky;
+          if (top < g->pad || top - g->pad >= g->h) continue;
+          const float *src = row + ky * kw * ch;
+          float *dst = dx + ((img * g->h + top - g->pad) * g->w) * ch;
+          for (size_t kx = kx0; kx < kx1; kx++) {
+            float *p = dst + (left + kx - g->pad) * ch;
+            const float *q = src + kx * ch;
+            for (size_t ci = 0; ci < ch; ci++) p[ci] += q[ci];
+          }
+        }
+      }
+}
+
+static void cpu_maxpool(ps_compute_t *c, const ps_conv_geom_t *g,
+                        const float *restrict x, float *restrict y) {
+  const size_t ch = g->ch;
+  for (size_t img = 0; img < g->n; img++)
+    for (size_t oy = 0; oy < g->oh; oy++)
+      for (size_t ox = 0; ox < g->ow; ox++) {
+        float *out = y + ((img * g->oh + oy) * g->ow + ox) * ch;
+        const float *corner =
+            x + ((img * g->h + oy * g->stride) * g->w + ox * g->stride) * ch;
+        memcpy(out, corner, ch * sizeof(float));
+        for (size_t ky = 0; ky < g->kh; ky++)
+          for (size_t kx = 0; kx < g->kw; kx++) {
+            const float *p = corner + (ky * g->w + kx) * ch;
+            for (size_t ci = 0; ci < ch; ci++)
+              if (p[ci] > out[ci]) out[ci] = p[ci];
+          }
+      }
+}
+
+/* Windows do not overlap (checked by the wrapper), so each gradient lands
+ * on one pixel and is stored, not added. */
+static void cpu_maxpool_backward(ps_compute_t *c, const ps_conv_geom_t *g,
+                                 const float *restrict x,
+                                 const float *restrict dy, float *restrict dx) {
+  const size_t ch = g->ch;
+  memset(dx, 0, g->n * g->h * g->w * ch * sizeof(float));
+  for (size_t img = 0; img < g->n; img++)
+    for (size_t oy = 0; oy < g->oh; oy++)
+      for (size_t ox = 0; ox < g->ow; ox++) {
+        size_t corner =
+            ((img * g->h + oy * g->stride) * g->w + ox * g->stride) * ch;
+        const float *d = dy + ((img * g->oh + oy) * g->ow + ox) * ch;
+        for (size_t ci = 0; ci < ch; ci++) {
+          size_t best = corner + ci;
+          for (size_t ky = 0; ky < g->kh; ky++)
+            for (size_t kx = 0; kx < g->kw; kx++) {
+              size_t at = corner + (ky * g->w + kx) * ch + ci;
+              if (x[at] > x[best]) best = at;
+            }
+          dx[best] = d[ci];
+        }
+      }
+}
+
 const ps_compute_ops_t ps_compute_cpu_ops = {
     .name = "cpu",
     .init = cpu_init,
@@ -141,4 +245,15 @@ const ps_compute_ops_t ps_compute_cpu_ops = {
     .col_sum = cpu_col_sum,
     .count_correct = cpu_count_correct,
     .sync = NULL,
+    .im2col = cpu_im2col,
+    .col2im = cpu_col2im,
+    .maxpool = cpu_maxpool,
+    .maxpool_backward = cpu_maxpool_backward,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .download_async = NULL,
+    .wait = NULL,
+    .error = NULL,
+    .describe = NULL,
+    .async = 0,
 };

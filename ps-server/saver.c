@@ -1,0 +1,502 @@
+#include "saver.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/checkpoint.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/time.h"
+
+/* One shard of a checkpoint being written: its range, the copy of its state
+ * at the step (NULL until taken), and where it went. */
+typedef struct {
+  uint64_t begin, end, clock;
+  int taken;
+  float *weights;
+  float *momentum;
+  char file[PS_CHECKPOINT_NAME_MAX];
+  ps_checkpoint_file_stat_t stat;
+} snap_t;
+
+enum { JOB_WRITE, JOB_RESTORE };
+
+/* A unit of work for the thread pool. A write job first waits, as the
+ * saver's pending job, for its shards to reach the step. */
+typedef struct {
+  uv_work_t work;
+  ps_saver_t *sv;
+  int kind;
+  uint64_t id, step;
+  char dir[PS_CHECKPOINT_PATH_MAX];
+  uint64_t fingerprint, view_epoch;
+  uint32_t node_id;
+  int mode;
+  snap_t *snaps;
+  size_t nsnaps;
+  /* restore */
+  ps_model_t model;
+  ps_saver_range_t *ranges;
+  size_t nranges;
+  /* results */
+  uint64_t bytes;
+  uint64_t work_us;
+  int status;
+  char err[512];
+} job_t;
+
+struct ps_saver_s {
+  uv_loop_t *loop;
+  ps_saver_cbs_t cbs;
+  job_t *pending;
+  uint64_t last_queued_id;
+  int inflight;
+  int destroyed;
+};
+
+static void job_free(job_t *j) {
+  if (j == NULL) return;
+  for (size_t i = 0; i < j->nsnaps; i++) {
+    free(j->snaps[i].weights);
+    free(j->snaps[i].momentum);
+  }
+  free(j->snaps);
+  for (size_t i = 0; j->ranges && i < j->nranges; i++) {
+    free(j->ranges[i].weights);
+    free(j->ranges[i].momentum);
+  }
+  free(j->ranges);
+  ps_model_clear(&j->model);
+  free(j);
+}
+
+ps_saver_t *ps_saver_new(uv_loop_t *loop, const ps_saver_cbs_t *cbs) {
+  ps_saver_t *sv = calloc(1, sizeof(*sv));
+  if (sv == NULL) return NULL;
+  sv->loop = loop;
+  sv->cbs = *cbs;
+  return sv;
+}
+
+int ps_saver_busy(const ps_saver_t *sv) {
+  return sv->inflight > 0;
+}
+
+void ps_saver_destroy(ps_saver_t **sv_p) {
+  ps_saver_t *sv = *sv_p;
+  if (sv == NULL) return;
+  *sv_p = NULL;
+  job_free(sv->pending);
+  sv->pending = NULL;
+  sv->destroyed = 1;
+  /* Work on the pool still points at sv; the last one frees it. */
+  if (sv->inflight == 0) free(sv);
+}
+
+/* ---- replies --------------------------------------------------------- */
+
+static void reply(ps_saver_t *sv, uint64_t id, int code, const char *message,
+                  uint64_t clock, int written, int late, const job_t *j) {
+  Ps__CheckpointReply r = PS__CHECKPOINT_REPLY__INIT;
+  r.id = id;
+  r.code = code;
+  r.message = (char *)(message ? message : "");
+  r.clock = clock;
+  r.written = written;
+  r.late = late;
+  Ps__CheckpointShard *shards = NULL;
+  Ps__CheckpointShard **ptrs = NULL;
+  if (written && j && j->nsnaps > 0) {
+    shards = calloc(j->nsnaps, sizeof(*shards));
+    ptrs = calloc(j->nsnaps, sizeof(*ptrs));
+    if (shards == NULL || ptrs == NULL) {
+      free(shards);
+      free(ptrs);
+      reply(sv, id, PS_ERR_NOMEM, "server out of memory for its reply", clock,
+            0, 0, NULL);
+      return;
+    }
+    for (size_t i = 0; i < j->nsnaps; i++) {
+      const snap_t *s = &j->snaps[i];
+      ps__checkpoint_shard__init(&shards[i]);
+      shards[i].file = (char *)s->file;
+      shards[i].begin = s->begin;
+      shards[i].end = s->end;
+      shards[i].bytes = s->stat.bytes;
+      shards[i].crc32c = s->stat.crc32c;
+      shards[i].clock = s->clock;
+      shards[i].server_id = j->node_id;
+      ptrs[i] = &shards[i];
+    }
+    r.n_shards = j->nsnaps;
+    r.shards = ptrs;
+  }
+  if (j) r.write_us = j->work_us;
+  if (sv->cbs.reply_cb) sv->cbs.reply_cb(sv, &r, sv->cbs.arg);
+  free(shards);
+  free(ptrs);
+}
+
+/* ---- writing --------------------------------------------------------- */
+
+static void write_work(uv_work_t *w) {
+  job_t *j = w->data;
+  uint64_t t0 = ps_now_ns();
+  j->status = ps_checkpoint_mkdirs(j->dir, j->err, sizeof(j->err));
+  for (size_t i = 0; i < j->nsnaps && j->status == PS_OK; i++) {
+    snap_t *s = &j->snaps[i];
+    snprintf(s->file, sizeof(s->file), "shard-%llu-%llu.psck",
+             (unsigned long long)s->begin, (unsigned long long)s->end);
+    ps_checkpoint_shard_meta_t meta = {
+        .fingerprint = j->fingerprint,
+        .begin = s->begin,
+        .end = s->end,
+        .clock = s->clock,
+        .view_epoch = j->view_epoch,
+        .checkpoint_id = j->id,
+        .mode = j->mode,
+    };
+    j->status = ps_checkpoint_shard_write(j->dir, s->file, &meta, s->weights,
+                                          s->momentum, &s->stat, j->err,
+                                          sizeof(j->err));
+    j->bytes += s->stat.bytes;
+    /* The copy is on disk: give the memory back before the next shard. */
+    free(s->weights);
+    free(s->momentum);
+    s->weights = s->momentum = NULL;
+  }
+  j->work_us = (ps_now_ns() - t0) / 1000;
+}
+
+static void write_done(uv_work_t *w, int status) {
+  job_t *j = w->data;
+  ps_saver_t *sv = j->sv;
+  sv->inflight--;
+  if (sv->destroyed) {
+    job_free(j);
+    if (sv->inflight == 0) free(sv);
+    return;
+  }
+  if (status != 0 && j->status == PS_OK) {
+    j->status = PS_ERR_IO;
+    snprintf(j->err, sizeof(j->err), "thread pool: %s", uv_strerror(status));
+  }
+  double ms = (double)j->work_us / 1e3;
+  if (j->status == PS_OK) {
+    PS_INFO("checkpoint_shards_written",
+            "id=%llu step=%llu dir=%s files=%zu bytes=%llu ms=%.1f mbps=%.1f",
+            (unsigned long long)j->id, (unsigned long long)j->step, j->dir,
+            j->nsnaps, (unsigned long long)j->bytes, ms,
+            ms > 0 ? (double)j->bytes / 1e6 / (ms / 1e3) : 0.0);
+    reply(sv, j->id, PS_OK, "", j->step, 1, 0, j);
+  } else {
+    PS_ERROR("checkpoint_write_failed",
+             "id=%llu step=%llu dir=%s err=%s reason=\"%s\"",
+             (unsigned long long)j->id, (unsigned long long)j->step, j->dir,
+             ps_err_name(j->status), j->err);
+    reply(sv, j->id, j->status, j->err, j->step, 0, 0, NULL);
+  }
+  job_free(j);
+}
+
+static void queue_write(ps_saver_t *sv, job_t *j) {
+  if (sv->pending == j) sv->pending = NULL;
+  j->work.data = j;
+  int rc = uv_queue_work(sv->loop, &j->work, write_work, write_done);
+  if (rc != 0) {
+    char why[128];
+    snprintf(why, sizeof(why), "cannot queue the write: %s", uv_strerror(rc));
+    reply(sv, j->id, PS_ERR_IO, why, j->step, 0, 0, NULL);
+    job_free(j);
+    return;
+  }
+  sv->last_queued_id = j->id;
+  sv->inflight++;
+}
+
+static int all_taken(const job_t *j) {
+  for (size_t i = 0; i < j->nsnaps; i++)
+    if (!j->snaps[i].taken) return 0;
+  return 1;
+}
+
+/* Copies the shard's weights and momentum as they are now. */
+static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard, char *err,
+                    size_t errlen) {
+  size_t n = (size_t)(s->end - s->begin);
+  s->weights = malloc(n * sizeof(float));
+  const float *mom = ps_shard_momentum(shard);
+  if (mom) s->momentum = malloc(n * sizeof(float));
+  if (s->weights == NULL || (mom && s->momentum == NULL)) {
+    snprintf(err, errlen, "no memory to copy shard [%llu,%llu) (%zu keys)",
+             (unsigned long long)s->begin, (unsigned long long)s->end, n);
+    return PS_ERR_NOMEM;
+  }
+  int rc = ps_shard_read(shard, s->begin, s->end - s->begin, s->weights, err,
+                         errlen);
+  if (rc != PS_OK) return rc;
+  if (mom) memcpy(s->momentum, mom, n * sizeof(float));
+  s->clock = ps_shard_clock(shard);
+  s->taken = 1;
+  PS_DEBUG("checkpoint_snapshot", "id=%llu range=[%llu,%llu) clock=%llu",
+           (unsigned long long)j->id, (unsigned long long)s->begin,
+           (unsigned long long)s->end, (unsigned long long)s->clock);
+  return PS_OK;
+}
+
+static void fail_job(ps_saver_t *sv, job_t *j, int code, const char *why) {
+  PS_WARN("checkpoint_refused", "id=%llu step=%llu err=%s reason=\"%s\"",
+          (unsigned long long)j->id, (unsigned long long)j->step,
+          ps_err_name(code), why);
+  reply(sv, j->id, code, why, j->step, 0, 0, NULL);
+  if (sv->pending == j) sv->pending = NULL;
+  job_free(j);
+}
+
+/* The job finished: no step will come, so a shard short of the step never
+ * gets there. */
+static int check_finished(ps_saver_t *sv, job_t *j) {
+  for (size_t i = 0; i < j->nsnaps; i++) {
+    const snap_t *s = &j->snaps[i];
+    if (s->taken) continue;
+    char why[256];
+    snprintf(why, sizeof(why),
+             "the job finished with shard [%llu,%llu) before step %llu",
+             (unsigned long long)s->begin, (unsigned long long)s->end,
+             (unsigned long long)j->step);
+    fail_job(sv, j, PS_ERR_REFUSED, why);
+    return 1;
+  }
+  return 0;
+}
+
+void ps_saver_request(ps_saver_t *sv, const Ps__CheckpointRequest *req,
+                      const ps_saver_ctx_t *ctx) {
+  if (sv->pending && sv->pending->id == req->id &&
+      sv->pending->step == req->step) {
+    if (req->job_finished) check_finished(sv, sv->pending);
+    return;
+  }
+  /* Already copied and on its way to disk: the written reply follows. */
+  if (req->id == sv->last_queued_id) return;
+  if (sv->pending) {
+    PS_INFO("checkpoint_superseded", "id=%llu step=%llu by_id=%llu",
+            (unsigned long long)sv->pending->id,
+            (unsigned long long)sv->pending->step, (unsigned long long)req->id);
+    job_free(sv->pending);
+    sv->pending = NULL;
+  }
+  const char *dir = req->dir ? req->dir : "";
+  job_t *j = calloc(1, sizeof(*j));
+  if (j == NULL) {
+    reply(sv, req->id, PS_ERR_NOMEM, "server out of memory", 0, 0, 0, NULL);
+    return;
+  }
+  j->sv = sv;
+  j->kind = JOB_WRITE;
+  j->id = req->id;
+  j->step = req->step;
+  j->fingerprint = ctx->fingerprint;
+  j->view_epoch = ctx->view_epoch;
+  j->node_id = ctx->node_id;
+  j->mode = PS__CONSISTENCY_MODE__MODE_BSP;
+  if (dir[0] != '/' || strlen(dir) >= sizeof(j->dir)) {
+    fail_job(sv, j, PS_ERR_INVAL,
+             "checkpoint directory must be an absolute path shorter than "
+             "1024 bytes");
+    return;
+  }
+  snprintf(j->dir, sizeof(j->dir), "%s", dir);
+  j->snaps = calloc(ctx->nshards + 1, sizeof(*j->snaps));
+  if (j->snaps == NULL) {
+    fail_job(sv, j, PS_ERR_NOMEM, "server out of memory");
+    return;
+  }
+  j->nsnaps = ctx->nshards;
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (size_t i = 0; i < ctx->nshards; i++) {
+    const ps_shard_t *sh = ctx->shards[i];
+    j->snaps[i].begin = ps_shard_begin(sh);
+    j->snaps[i].end = ps_shard_end(sh);
+    j->mode = ps_shard_mode(sh);
+    uint64_t c = ps_shard_clock(sh);
+    if (c < lo) lo = c;
+    if (c > hi) hi = c;
+  }
+  if (ctx->nshards == 0) lo = hi = req->step;
+  int bsp = j->mode == PS__CONSISTENCY_MODE__MODE_BSP;
+  if (bsp && hi > req->step) {
+    char why[128];
+    snprintf(why, sizeof(why), "the server is at step %llu, past step %llu",
+             (unsigned long long)hi, (unsigned long long)req->step);
+    PS_INFO("checkpoint_late", "id=%llu step=%llu clock=%llu",
+            (unsigned long long)req->id, (unsigned long long)req->step,
+            (unsigned long long)hi);
+    reply(sv, req->id, PS_ERR_REFUSED, why, hi, 0, 1, NULL);
+    job_free(j);
+    return;
+  }
+  reply(sv, j->id, PS_OK, "", lo, 0, 0, NULL);
+  PS_INFO("checkpoint_accepted", "id=%llu step=%llu clock=%llu dir=%s",
+          (unsigned long long)j->id, (unsigned long long)j->step,
+          (unsigned long long)lo, j->dir);
+  for (size_t i = 0; i < ctx->nshards; i++) {
+    const ps_shard_t *sh = ctx->shards[i];
+    if (bsp && ps_shard_clock(sh) != req->step) continue;
+    char why[256];
+    int rc = snapshot(j, &j->snaps[i], sh, why, sizeof(why));
+    if (rc != PS_OK) {
+      fail_job(sv, j, rc, why);
+      return;
+    }
+  }
+  if (!bsp) j->step = lo; /* ASP: the files say what they hold */
+  if (all_taken(j)) {
+    queue_write(sv, j);
+    return;
+  }
+  sv->pending = j;
+  if (req->job_finished) check_finished(sv, j);
+}
+
+void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard) {
+  job_t *j = sv->pending;
+  if (j == NULL) return;
+  uint64_t begin = ps_shard_begin(shard), end = ps_shard_end(shard);
+  snap_t *s = NULL;
+  for (size_t i = 0; i < j->nsnaps; i++)
+    if (j->snaps[i].begin == begin && j->snaps[i].end == end) s = &j->snaps[i];
+  if (s == NULL || s->taken) return;
+  uint64_t clock = ps_shard_clock(shard);
+  if (clock < j->step) return;
+  char why[256];
+  if (clock > j->step) {
+    /* Every apply comes through here, one step at a time; reaching this
+     * means one did not. */
+    snprintf(why, sizeof(why),
+             "shard [%llu,%llu) moved from before step %llu to %llu unseen",
+             (unsigned long long)begin, (unsigned long long)end,
+             (unsigned long long)j->step, (unsigned long long)clock);
+    fail_job(sv, j, PS_ERR_PEER, why);
+    return;
+  }
+  int rc = snapshot(j, s, shard, why, sizeof(why));
+  if (rc != PS_OK) {
+    fail_job(sv, j, rc, why);
+    return;
+  }
+  if (all_taken(j)) queue_write(sv, j);
+}
+
+/* ---- restoring ------------------------------------------------------- */
+
+static void restore_work(uv_work_t *w) {
+  job_t *j = w->data;
+  uint64_t t0 = ps_now_ns();
+  ps_checkpoint_manifest_t m;
+  j->status = ps_checkpoint_manifest_read(j->dir, &m, j->err, sizeof(j->err));
+  if (j->status != PS_OK) goto out;
+  if (m.fingerprint != ps_checkpoint_fingerprint(&j->model)) {
+    j->status = PS_ERR_FORMAT;
+    snprintf(j->err, sizeof(j->err),
+             "%.300s: the checkpoint was written for another model than the "
+             "job's (fingerprint %016llx, the job's %016llx)",
+             j->dir, (unsigned long long)m.fingerprint,
+             (unsigned long long)ps_checkpoint_fingerprint(&j->model));
+    goto out;
+  }
+  if (m.step != j->step) {
+    j->status = PS_ERR_FORMAT;
+    snprintf(j->err, sizeof(j->err),
+             "%.300s: the checkpoint is at step %llu, the job restores step "
+             "%llu",
+             j->dir, (unsigned long long)m.step, (unsigned long long)j->step);
+    goto out;
+  }
+  int has_mom = j->model.momentum != 0.0f;
+  for (size_t i = 0; i < j->nranges && j->status == PS_OK; i++) {
+    ps_saver_range_t *r = &j->ranges[i];
+    size_t n = (size_t)(r->end - r->begin);
+    r->clock = m.step;
+    r->weights = malloc(n * sizeof(float));
+    if (has_mom) r->momentum = malloc(n * sizeof(float));
+    if (r->weights == NULL || (has_mom && r->momentum == NULL)) {
+      j->status = PS_ERR_NOMEM;
+      snprintf(j->err, sizeof(j->err), "no memory to restore %zu keys", n);
+      break;
+    }
+    uint64_t bytes = 0;
+    j->status =
+        ps_checkpoint_load_range(j->dir, &m, r->begin, r->end, r->weights,
+                                 r->momentum, &bytes, j->err, sizeof(j->err));
+    j->bytes += bytes;
+  }
+  ps_checkpoint_manifest_clear(&m);
+out:
+  j->work_us = (ps_now_ns() - t0) / 1000;
+}
+
+static void restore_done(uv_work_t *w, int status) {
+  job_t *j = w->data;
+  ps_saver_t *sv = j->sv;
+  sv->inflight--;
+  if (sv->destroyed) {
+    job_free(j);
+    if (sv->inflight == 0) free(sv);
+    return;
+  }
+  if (status != 0 && j->status == PS_OK) {
+    j->status = PS_ERR_IO;
+    snprintf(j->err, sizeof(j->err), "thread pool: %s", uv_strerror(status));
+  }
+  double ms = (double)j->work_us / 1e3;
+  if (j->status == PS_OK)
+    PS_INFO("checkpoint_loaded",
+            "dir=%s step=%llu ranges=%zu bytes_read=%llu ms=%.1f mbps=%.1f",
+            j->dir, (unsigned long long)j->step, j->nranges,
+            (unsigned long long)j->bytes, ms,
+            ms > 0 ? (double)j->bytes / 1e6 / (ms / 1e3) : 0.0);
+  if (sv->cbs.restored_cb)
+    sv->cbs.restored_cb(sv, j->status, j->err, j->ranges, j->nranges,
+                        sv->cbs.arg);
+  job_free(j);
+}
+
+int ps_saver_restore(ps_saver_t *sv, const char *dir, const ps_model_t *model,
+                     uint64_t step, const ps_range_t *ranges, size_t n) {
+  if (dir == NULL || strlen(dir) >= PS_CHECKPOINT_PATH_MAX) return PS_ERR_INVAL;
+  job_t *j = calloc(1, sizeof(*j));
+  if (j == NULL) return PS_ERR_NOMEM;
+  j->sv = sv;
+  j->kind = JOB_RESTORE;
+  j->step = step;
+  snprintf(j->dir, sizeof(j->dir), "%s", dir);
+  /* A deep copy: the view the model lives in may be replaced meanwhile. */
+  j->model = *model;
+  j->model.tensors = NULL;
+  j->ranges = calloc(n + 1, sizeof(*j->ranges));
+  if (model->ntensors > 0)
+    j->model.tensors = malloc(model->ntensors * sizeof(*model->tensors));
+  if (j->ranges == NULL || (model->ntensors > 0 && j->model.tensors == NULL)) {
+    job_free(j);
+    return PS_ERR_NOMEM;
+  }
+  if (model->ntensors > 0)
+    memcpy(j->model.tensors, model->tensors,
+           model->ntensors * sizeof(*model->tensors));
+  for (size_t i = 0; i < n; i++) {
+    j->ranges[i].begin = ranges[i].begin;
+    j->ranges[i].end = ranges[i].end;
+  }
+  j->nranges = n;
+  j->work.data = j;
+  int rc = uv_queue_work(sv->loop, &j->work, restore_work, restore_done);
+  if (rc != 0) {
+    job_free(j);
+    return PS_ERR_IO;
+  }
+  sv->inflight++;
+  return PS_OK;
+}

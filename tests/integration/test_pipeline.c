@@ -1,0 +1,275 @@
+/* The pipelined data plane against real daemons: 4 workers on 2 servers
+ * (ASP) push many chunked gradients with several calls in flight at once,
+ * each worker with its own chunking (none, larger and smaller than a server
+ * block, the default); the weights must come out exactly init - sum.
+ * Gradients are integer-valued and lr * 1/workers is 1, so every sum is
+ * exact in float whatever order the pushes land in. Then one worker starts a
+ * window of pushes and a pull without waiting in between: the pull must see
+ * every one of them. The servers' stats show that pull replies went out both
+ * zero-copy (whole blocks) and copied (short runs).
+ *
+ * The phases are kept in step by the test process over pipes rather than
+ * by scheduler barriers, so the test holds the data plane alone. */
+#include <check.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "harness.h"
+#include "proto/ps.pb-c.h"
+#include "worker/client.h"
+
+#define WORKERS 4
+#define SERVERS 2
+/* Per server: 1.5 blocks (ps-server/shard.h), not a multiple of a block,
+ * so replies mix whole blocks with short runs. */
+#define PER_SERVER 400000
+#define TOTAL (SERVERS * PER_SERVER)
+#define ROUNDS 6
+#define WINDOW_PUSHES 3
+
+static float grad_value(int rank, int round, uint64_t i) {
+  return (float)((int)((i * 7 + (uint64_t)rank * 3 + (uint64_t)round) % 11) -
+                 5);
+}
+
+static void fill(float *g, int rank, int round) {
+  for (uint64_t i = 0; i < TOTAL; i++) g[i] = grad_value(rank, round, i);
+}
+
+static int check_equal(const char *what, const float *got, const float *want) {
+  for (uint64_t i = 0; i < TOTAL; i++) {
+    if (got[i] == want[i]) continue;
+    fprintf(stderr, "pipeline: %s: key %" PRIu64 " is %g, want %g\n", what, i,
+            got[i], want[i]);
+    return 0;
+  }
+  return 1;
+}
+
+/* The test's own barrier: each worker says it arrived, the test answers
+ * once all have. */
+static int to_test[WORKERS][2], from_test[WORKERS][2];
+
+static int sync_point(int rank) {
+  char b = 'a';
+  return write(to_test[rank][1], &b, 1) == 1 &&
+         read(from_test[rank][0], &b, 1) == 1;
+}
+
+/* The worker links only libps-client's symbols: the harness also links the
+ * static ps-common, and pulling an object from both would define its
+ * globals twice (ASan's ODR check). */
+static int worker(const char *sched_ep, int rank) {
+  static const uint64_t chunks[WORKERS] = {300000 * 4, 0, 16384 * 4, 1u << 20};
+  ps_tensor_spec_t t;
+  memset(&t, 0, sizeof(t));
+  snprintf(t.name, sizeof(t.name), "w");
+  t.length = TOTAL;
+  t.init = PS__INIT__INIT_ZERO;
+  ps_model_t model;
+  memset(&model, 0, sizeof(model));
+  model.ntensors = 1;
+  model.tensors = &t;
+  model.total = TOTAL;
+  model.optimizer = PS__OPTIMIZER__OPT_SGD;
+  model.learning_rate = (float)WORKERS; /* ASP scales by 1/WORKERS */
+  model.seed = 3;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  o.window = 3;
+  o.chunk_bytes = chunks[rank];
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "pipeline: worker %d: %s\n", rank, msg);
+    return 1;
+  }
+  float *g[ROUNDS], *out = malloc(TOTAL * sizeof(float));
+  float *want = calloc(TOTAL, sizeof(float));
+  for (int k = 0; k < ROUNDS; k++) {
+    g[k] = malloc(TOTAL * sizeof(float));
+    fill(g[k], rank, k);
+  }
+  /* What everyone pushes in phase 1, summed: the same in every worker. */
+  for (int r = 0; r < WORKERS; r++)
+    for (int k = 0; k < ROUNDS; k++)
+      for (uint64_t i = 0; i < TOTAL; i++) want[i] -= grad_value(r, k, i);
+
+  int ok = sync_point(rank);
+  /* Phase 1: every round's push in flight at once, a pull among them. */
+  uint64_t tk[ROUNDS + 1];
+  for (int k = 0; ok && k < ROUNDS; k++) {
+    ok = ps_client_push_start(c, 0, TOTAL, g[k], (uint64_t)k, &tk[k]) == PS_OK;
+    if (ok && k == ROUNDS / 2)
+      ok = ps_client_pull_start(c, 0, TOTAL, out, 0, &tk[ROUNDS]) == PS_OK;
+  }
+  for (int k = 0; ok && k <= ROUNDS; k++)
+    ok = ps_client_wait(c, tk[k]) == PS_OK;
+  if (!ok)
+    fprintf(stderr, "pipeline: worker %d: %s\n", rank, ps_client_errmsg(c));
+  ok = sync_point(rank) && ok;
+  if (ok && rank == 0) {
+    ok = ps_client_pull(c, 0, TOTAL, out, 0) == PS_OK &&
+         check_equal("after phase 1", out, want);
+    /* Phase 2: a window of pushes, then a pull, none waited for yet. */
+    for (int k = 0; ok && k < WINDOW_PUSHES; k++) {
+      ok = ps_client_push_start(c, 0, TOTAL, g[k], 100, &tk[k]) == PS_OK;
+      for (uint64_t i = 0; i < TOTAL; i++) want[i] -= g[k][i];
+    }
+    ok = ok &&
+         ps_client_pull_start(c, 0, TOTAL, out, 0, &tk[WINDOW_PUSHES]) == PS_OK;
+    for (int k = 0; ok && k <= WINDOW_PUSHES; k++)
+      ok = ps_client_wait(c, tk[k]) == PS_OK;
+    ok = ok && check_equal("pull after a window of pushes", out, want);
+  } else {
+    for (int k = 0; k < WINDOW_PUSHES; k++)
+      for (uint64_t i = 0; i < TOTAL; i++) want[i] -= grad_value(0, k, i);
+  }
+  ok = sync_point(rank) && ok;
+  /* Everyone sees the final weights, pulled with its own chunking; odd
+   * ranks read them where they landed (zero-copy pull: spans of whole
+   * blocks and of short runs, in key order). */
+  memset(out, 0, TOTAL * sizeof(float));
+  if (rank % 2 == 0) {
+    ok = ok && ps_client_pull(c, 0, TOTAL, out, 0) == PS_OK;
+  } else if (ok) {
+    uint64_t ticket;
+    const ps_client_span_t *sp;
+    size_t n = 0;
+    ok = ps_client_pull_frames_start(c, 0, TOTAL, 0, &ticket) == PS_OK &&
+         ps_client_wait_frames(c, ticket, &sp, &n) == PS_OK;
+    uint64_t key = 0;
+    for (size_t i = 0; ok && i < n; i++) {
+      ok = sp[i].key_begin == key && key + sp[i].count <= TOTAL;
+      if (ok) memcpy(out + key, sp[i].values, sp[i].count * sizeof(float));
+      key += sp[i].count;
+    }
+    ok = ok && key == TOTAL && n > SERVERS;
+    if (!ok)
+      fprintf(stderr, "pipeline: worker %d: %zu spans are not the slice\n",
+              rank, n);
+    ps_client_release(c, ticket);
+  }
+  ok = ok && check_equal("final", out, want);
+  if (!ok)
+    fprintf(stderr, "pipeline: worker %d failed: %s\n", rank,
+            ps_client_errmsg(c));
+  ps_client_destroy(&c);
+  for (int k = 0; k < ROUNDS; k++) free(g[k]);
+  free(out);
+  free(want);
+  return ok ? 0 : 1;
+}
+
+static unsigned long long stat_of(const char *log, const char *key) {
+  char *s = h_read_file(log, NULL);
+  unsigned long long v = 0;
+  const char *p = s ? strstr(s, key) : NULL;
+  if (p) v = strtoull(p + strlen(key), NULL, 10);
+  free(s);
+  return v;
+}
+
+START_TEST(pipelined_pushes_sum_exactly) {
+  h_cluster_t c;
+  h_init(&c, "pipeline");
+  char workers[8];
+  snprintf(workers, sizeof(workers), "%d", WORKERS);
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", workers, "--mode", "asp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  pid_t pids[WORKERS];
+  pid_t parent = getpid();
+  for (int r = 0; r < WORKERS; r++)
+    ck_assert(pipe(to_test[r]) == 0 && pipe(from_test[r]) == 0);
+  for (int r = 0; r < WORKERS; r++) {
+    pids[r] = fork();
+    ck_assert_int_ge(pids[r], 0);
+    if (pids[r] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      _exit(worker(c.sched_ep, r));
+    }
+  }
+  for (int r = 0; r < WORKERS; r++) {
+    close(to_test[r][1]);
+    close(from_test[r][0]);
+  }
+  /* Three sync points; a worker that fails still passes them (or dies,
+   * and its pipe says so), so no one waits forever. */
+  for (int phase = 0; phase < 3; phase++) {
+    char b;
+    for (int r = 0; r < WORKERS; r++)
+      if (read(to_test[r][0], &b, 1) != 1) b = 0;
+    for (int r = 0; r < WORKERS; r++)
+      if (write(from_test[r][1], "g", 1) != 1) b = 0;
+  }
+  int failed = 0;
+  uint64_t end = h_now_ms() + 200000;
+  for (int r = 0; r < WORKERS; r++) {
+    int st = 0;
+    pid_t got = 0;
+    while ((got = waitpid(pids[r], &st, WNOHANG)) == 0 && h_now_ms() < end)
+      usleep(10000);
+    if (got != pids[r]) {
+      kill(pids[r], SIGKILL);
+      waitpid(pids[r], &st, 0);
+      fprintf(stderr, "pipeline: worker %d timed out\n", r);
+      failed = 1;
+    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      failed = 1;
+    }
+  }
+  /* All workers done: the job ends and the daemons exit by themselves. */
+  int all = h_wait_all(&c, 20000);
+  if (failed || !all) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "a worker saw wrong weights or failed (see above)");
+  ck_assert_msg(all, "the daemons did not exit after the job");
+  /* Exit 0 also means no sanitizer report (leaked or misused frames) in
+   * the ASan build. */
+  for (int i = 0; i < c.nprocs; i++) {
+    h_proc_t *p = &c.procs[i];
+    if (WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0) continue;
+    h_dump_logs(&c);
+    ck_abort_msg("%s did not exit 0 (status %d)", p->name, p->status);
+  }
+  unsigned long long zc = 0, copied = 0, cow = 0;
+  for (int i = 1; i <= 2; i++) {
+    zc += stat_of(c.procs[i].log, "pull_bytes_zero_copy=");
+    copied += stat_of(c.procs[i].log, "pull_bytes_copied=");
+    cow += stat_of(c.procs[i].log, "cow_applies=");
+  }
+  fprintf(stderr,
+          "pipeline: pull bytes zero-copy %llu, copied %llu; cow applies "
+          "%llu\n",
+          zc, copied, cow);
+  ck_assert_msg(zc > 0, "no pull reply went out zero-copy");
+  ck_assert_msg(copied > 0, "no short run was copied");
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("pipeline");
+  TCase *tc = tcase_create("pipeline");
+  tcase_set_timeout(tc, 280);
+  tcase_add_test(tc, pipelined_pushes_sum_exactly);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,533 @@
+/* The two kinds of worker process of ps-bench.
+ *
+ * A client registers with the cluster as one worker of a synthetic model
+ * (one tensor, model_floats long), reports the servers' ranges, then runs
+ * the measurements the controller asks for, one line per command:
+ *
+ *   run ps|raw push|pull|pushpull SIZE WINDOW DURATION_MS
+ *     -> res BYTES REQUESTS OPS ELAPSED_NS HISTOGRAM | err MESSAGE
+ *   quit
+ *
+ * An op moves SIZE bytes to or from every server at once: one request per
+ * server (push, pull) or a push then a pull per server (pushpull). WINDOW
+ * ops are kept in flight; each op's latency is from its start to its last
+ * reply. "ps" goes through libps-client to the real servers (pulls with
+ * the zero-copy ps_client_pull_frames_start, or with --pull-copy into an
+ * array as ps_client_pull does); "raw" sends
+ * the same messages over plain DEALER sockets to raw ZeroMQ servers that
+ * only answer (no protobuf, no apply), with the same zero-copy sends, so
+ * the ratio of the two is what the parameter server costs over ZeroMQ.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "bench.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "common/view.h"
+#include "proto/ps.pb-c.h"
+#include "worker/client.h"
+
+#define RESULT_MAX 65536
+
+const char *ps_bench_op_name(ps_bench_op_t op) {
+  static const char *names[] = {"push", "pull", "pushpull", "sparse", "apply"};
+  return op < PS_BENCH_NOPS ? names[op] : "?";
+}
+
+static int parse_op(const char *s) {
+  for (int i = 0; i < PS_BENCH_NOPS; i++)
+    if (strcmp(s, ps_bench_op_name((ps_bench_op_t)i)) == 0) return i;
+  return -1;
+}
+
+static int reply(int fd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int reply(int fd, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return -1;
+  if ((size_t)n > sizeof(line) - 2) n = (int)sizeof(line) - 2;
+  line[n++] = '\n';
+  return ps_bench_write_all(fd, line, (size_t)n);
+}
+
+/* ---- raw ZeroMQ wire format ---- */
+
+enum { RAW_PUSH = 1, RAW_PULL = 2 };
+
+typedef struct {
+  uint32_t kind;
+  uint32_t op_slot; /* which op of the window */
+  uint64_t count;   /* floats */
+} raw_hdr_t;
+
+/* Zero-copy frames count themselves back in, as libps-client's do, so both
+ * sides pay the same for ownership tracking. */
+static atomic_uint_fast64_t raw_unreleased;
+
+static void raw_release_cb(void *data, void *hint) {
+  (void)data;
+  (void)hint;
+  atomic_fetch_sub_explicit(&raw_unreleased, 1, memory_order_acq_rel);
+}
+
+static int raw_send_payload(void *sock, const float *data, uint64_t count,
+                            int flags) {
+  zmq_msg_t m;
+  atomic_fetch_add_explicit(&raw_unreleased, 1, memory_order_relaxed);
+  if (zmq_msg_init_data(&m, (void *)data, count * sizeof(float), raw_release_cb,
+                        NULL) != 0) {
+    atomic_fetch_sub(&raw_unreleased, 1);
+    return -1;
+  }
+  if (zmq_msg_send(&m, sock, flags) < 0) {
+    zmq_msg_close(&m);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- the raw server ---- */
+
+int ps_bench_raw_server_main(void *arg) {
+  ps_bench_raw_args_t *a = arg;
+  /* Aligned and touched, like a server's weights (a version buffer):
+   * untouched pages would all be the kernel's zero page, and the kernel's
+   * copy into the socket is several times slower from a source that is
+   * not cache-line aligned (measured: 16 bytes off, as calloc gives). */
+  size_t wbytes = ((a->max_floats ? a->max_floats : 1) * sizeof(float) + 63) /
+                  64 * 64;
+  float *weights = aligned_alloc(64, wbytes);
+  if (weights) memset(weights, 0, wbytes);
+  void *ctx = zmq_ctx_new();
+  void *sock = zmq_socket(ctx, ZMQ_ROUTER);
+  int zero = 0;
+  zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_setsockopt(sock, ZMQ_SNDHWM, &zero, sizeof(zero));
+  zmq_setsockopt(sock, ZMQ_RCVHWM, &zero, sizeof(zero));
+  if (weights == NULL || zmq_bind(sock, "tcp://127.0.0.1:*") != 0) {
+    reply(a->ctl_fd, "err raw server: cannot bind: %s", zmq_strerror(errno));
+    return 1;
+  }
+  char ep[128];
+  size_t eplen = sizeof(ep);
+  zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, ep, &eplen);
+  reply(a->ctl_fd, "endpoint %s", ep);
+
+  zmq_pollitem_t items[2] = {{sock, 0, ZMQ_POLLIN, 0},
+                             {NULL, a->ctl_fd, ZMQ_POLLIN, 0}};
+  for (;;) {
+    if (zmq_poll(items, 2, -1) < 0 && errno != EINTR) break;
+    if (items[1].revents & ZMQ_POLLIN) break; /* "quit" or EOF */
+    for (;;) {
+      zmq_msg_t route, hdr, body;
+      zmq_msg_init(&route);
+      if (zmq_msg_recv(&route, sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&route);
+        break;
+      }
+      zmq_msg_init(&hdr);
+      zmq_msg_recv(&hdr, sock, 0);
+      int more = zmq_msg_more(&hdr);
+      while (more) { /* a push's values: received and dropped */
+        zmq_msg_init(&body);
+        zmq_msg_recv(&body, sock, 0);
+        more = zmq_msg_more(&body);
+        zmq_msg_close(&body);
+      }
+      raw_hdr_t h = {0};
+      if (zmq_msg_size(&hdr) == sizeof(h))
+        memcpy(&h, zmq_msg_data(&hdr), sizeof(h));
+      int pull = h.kind == RAW_PULL && h.count <= a->max_floats;
+      zmq_msg_send(&route, sock, ZMQ_SNDMORE);
+      zmq_msg_send(&hdr, sock, pull ? ZMQ_SNDMORE : 0);
+      if (pull) raw_send_payload(sock, weights, h.count, 0);
+    }
+  }
+  zmq_close(sock);
+  zmq_ctx_term(ctx);
+  free(weights);
+  return 0;
+}
+
+/* ---- one measurement ---- */
+
+typedef struct {
+  uint64_t t0;
+  int parts_left;    /* raw: replies still owed */
+  uint64_t *tickets; /* ps: 2 * nservers */
+  uint8_t *frames;   /* ps: 1 where the ticket is a zero-copy pull */
+  int ntickets;
+} op_slot_t;
+
+typedef struct {
+  ps_client_t *client;
+  int nservers;
+  uint64_t *begins; /* each server's first key */
+  uint64_t *lens;
+  float *values, *out;
+  void *zctx;
+  void **raw; /* DEALER per raw server */
+  int nraw;
+  int window_max;
+  int pull_copy; /* pulls into an array (ps_client_pull) instead of spans */
+  op_slot_t *slots;
+  ps_bench_hist_t hist;
+  char errmsg[512];
+} runner_t;
+
+typedef struct {
+  uint64_t bytes, requests, ops, elapsed_ns;
+} tally_t;
+
+static int requests_per_op(ps_bench_op_t op, int nservers) {
+  return (op == PS_BENCH_PUSHPULL ? 2 : 1) * nservers;
+}
+
+static int ps_op_start(runner_t *r, ps_bench_op_t op, uint64_t n,
+                       op_slot_t *s) {
+  s->ntickets = 0;
+  s->t0 = ps_now_ns();
+  for (int pass = 0; pass < 2; pass++) {
+    int is_push = pass == 0;
+    if (is_push && op == PS_BENCH_PULL) continue;
+    if (!is_push && op == PS_BENCH_PUSH) continue;
+    for (int i = 0; i < r->nservers; i++) {
+      uint64_t *t = &s->tickets[s->ntickets];
+      s->frames[s->ntickets] = !is_push && !r->pull_copy;
+      int rc =
+          is_push ? ps_client_push_start(r->client, r->begins[i], n, r->values,
+                                         0, t)
+          : r->pull_copy
+              ? ps_client_pull_start(r->client, r->begins[i], n, r->out, 0, t)
+              : ps_client_pull_frames_start(r->client, r->begins[i], n, 0, t);
+      if (rc != PS_OK) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "%s start: %s",
+                 is_push ? "push" : "pull", ps_client_errmsg(r->client));
+        return -1;
+      }
+      s->ntickets++;
+    }
+  }
+  return 0;
+}
+
+static int ps_op_wait(runner_t *r, op_slot_t *s) {
+  int failed = 0;
+  for (int i = 0; i < s->ntickets; i++) {
+    int rc;
+    if (s->frames[i]) {
+      /* The values are used where they landed, as the raw client does. */
+      const ps_client_span_t *spans;
+      size_t nspans;
+      rc = ps_client_wait_frames(r->client, s->tickets[i], &spans, &nspans);
+      if (rc == PS_OK) ps_client_release(r->client, s->tickets[i]);
+    } else {
+      rc = ps_client_wait(r->client, s->tickets[i]);
+    }
+    if (rc != PS_OK && !failed) {
+      failed = 1;
+      snprintf(r->errmsg, sizeof(r->errmsg), "wait: %s",
+               ps_client_errmsg(r->client));
+    }
+  }
+  ps_bench_hist_add(&r->hist, ps_now_ns() - s->t0);
+  return failed ? -1 : 0;
+}
+
+static int run_ps(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
+                  uint64_t duration_ns, tally_t *t) {
+  uint64_t start = ps_now_ns(), end = start + duration_ns;
+  int head = 0, inflight = 0, rc = 0;
+  uint64_t per_op = (uint64_t)requests_per_op(op, r->nservers);
+  for (;;) {
+    while (rc == 0 && inflight < window && ps_now_ns() < end) {
+      rc = ps_op_start(r, op, n, &r->slots[(head + inflight) % window]);
+      if (rc == 0) inflight++;
+    }
+    if (inflight == 0) break;
+    if (ps_op_wait(r, &r->slots[head]) != 0) rc = -1;
+    head = (head + 1) % window;
+    inflight--;
+    if (rc == 0) t->ops++;
+  }
+  t->elapsed_ns = ps_now_ns() - start;
+  t->requests = t->ops * per_op;
+  t->bytes = t->requests * n * sizeof(float);
+  return rc;
+}
+
+static int raw_op_start(runner_t *r, ps_bench_op_t op, uint64_t n, int slot,
+                        op_slot_t *s) {
+  s->t0 = ps_now_ns();
+  s->parts_left = requests_per_op(op, r->nraw);
+  for (int pass = 0; pass < 2; pass++) {
+    int is_push = pass == 0;
+    if (is_push && op == PS_BENCH_PULL) continue;
+    if (!is_push && op == PS_BENCH_PUSH) continue;
+    for (int i = 0; i < r->nraw; i++) {
+      raw_hdr_t h = {is_push ? RAW_PUSH : RAW_PULL, (uint32_t)slot, n};
+      if (zmq_send(r->raw[i], &h, sizeof(h), is_push ? ZMQ_SNDMORE : 0) < 0 ||
+          (is_push && raw_send_payload(r->raw[i], r->values, n, 0) != 0)) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "raw send: %s",
+                 zmq_strerror(errno));
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Takes every reply waiting on raw socket i; returns -1 on an error. */
+static int raw_drain(runner_t *r, int i, int *got) {
+  for (;;) {
+    zmq_msg_t hdr;
+    zmq_msg_init(&hdr);
+    if (zmq_msg_recv(&hdr, r->raw[i], ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&hdr);
+      if (errno == EAGAIN) return 0;
+      snprintf(r->errmsg, sizeof(r->errmsg), "raw recv: %s",
+               zmq_strerror(errno));
+      return -1;
+    }
+    raw_hdr_t h = {0};
+    if (zmq_msg_size(&hdr) == sizeof(h))
+      memcpy(&h, zmq_msg_data(&hdr), sizeof(h));
+    int more = zmq_msg_more(&hdr);
+    zmq_msg_close(&hdr);
+    while (more) {
+      /* A pull's values: used where they landed, as a zero-copy
+       * receiver would; libps-client copies them to the caller. */
+      zmq_msg_t body;
+      zmq_msg_init(&body);
+      zmq_msg_recv(&body, r->raw[i], 0);
+      more = zmq_msg_more(&body);
+      zmq_msg_close(&body);
+    }
+    if (h.op_slot < (uint32_t)r->window_max) r->slots[h.op_slot].parts_left--;
+    (*got)++;
+  }
+}
+
+static int run_raw(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
+                   uint64_t duration_ns, tally_t *t) {
+  uint64_t start = ps_now_ns(), end = start + duration_ns;
+  int head = 0, inflight = 0, rc = 0;
+  uint64_t per_op = (uint64_t)requests_per_op(op, r->nraw);
+  zmq_pollitem_t items[64];
+  for (int i = 0; i < r->nraw; i++)
+    items[i] = (zmq_pollitem_t){r->raw[i], 0, ZMQ_POLLIN, 0};
+  for (;;) {
+    while (rc == 0 && inflight < window && ps_now_ns() < end) {
+      int slot = (head + inflight) % window;
+      rc = raw_op_start(r, op, n, slot, &r->slots[slot]);
+      if (rc == 0) inflight++;
+    }
+    if (inflight == 0) break;
+    /* Ops finish in order on each socket; the oldest decides. The same
+     * loop as libps-client's: poll (at once when a reply waits), then take
+     * what the ready sockets hold. */
+    while (rc == 0 && r->slots[head].parts_left > 0) {
+      if (zmq_poll(items, r->nraw, 1000) < 0 && errno != EINTR) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "zmq_poll: %s",
+                 zmq_strerror(errno));
+        rc = -1;
+      }
+      int got = 0;
+      for (int i = 0; i < r->nraw && rc == 0; i++)
+        if ((items[i].revents & ZMQ_POLLIN) && raw_drain(r, i, &got) != 0)
+          rc = -1;
+      if (rc == 0 && ps_now_ns() > end + 30ull * 1000000000ull) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "raw server did not answer");
+        rc = -1;
+      }
+    }
+    if (rc != 0) break;
+    ps_bench_hist_add(&r->hist, ps_now_ns() - r->slots[head].t0);
+    head = (head + 1) % window;
+    inflight--;
+    t->ops++;
+  }
+  t->elapsed_ns = ps_now_ns() - start;
+  t->requests = t->ops * per_op;
+  t->bytes = t->requests * n * sizeof(float);
+  return rc;
+}
+
+/* ---- the client process ---- */
+
+static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
+                                   size_t errlen) {
+  ps_tensor_spec_t t;
+  memset(&t, 0, sizeof(t));
+  snprintf(t.name, sizeof(t.name), "bench");
+  t.offset = 0;
+  t.length = a->model_floats;
+  t.init = PS__INIT__INIT_ZERO;
+  ps_model_t model;
+  memset(&model, 0, sizeof(model));
+  model.ntensors = 1;
+  model.tensors = &t;
+  model.total = a->model_floats;
+  model.optimizer = PS__OPTIMIZER__OPT_SGD;
+  /* Gradients are zero: the weights stay put, the kernel still runs. */
+  model.learning_rate = 0.01f;
+  model.momentum = 0.0f;
+  model.seed = 1;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = a->scheduler;
+  o.timeout_ms = a->timeout_ms;
+  /* The bench keeps its own window of ops; the library's must not be the
+   * one that limits (a pushpull op is two requests per server). */
+  o.window = 2 * a->window_max;
+  o.chunk_bytes = a->chunk_bytes;
+  int rc;
+  return ps_client_new(&o, &model, &rc, err, errlen);
+}
+
+int ps_bench_client_main(void *arg) {
+  const ps_bench_client_args_t *a = arg;
+  ps_log_init("bench-client", (ps_log_level_t)a->log_level);
+  runner_t r;
+  memset(&r, 0, sizeof(r));
+  char err[512];
+  r.client = connect_client(a, err, sizeof(err));
+  if (r.client == NULL) {
+    reply(a->ctl_fd, "err cannot join the cluster at %s: %s", a->scheduler,
+          err);
+    return 1;
+  }
+  const ps_view_t *v = ps_client_view(r.client);
+  r.nservers = (int)v->nranges;
+  r.window_max = a->window_max;
+  r.pull_copy = a->pull_copy;
+  r.begins = calloc(v->nranges, sizeof(*r.begins));
+  r.lens = calloc(v->nranges, sizeof(*r.lens));
+  /* Cache-line aligned, as a trainer's arrays should be: the kernel copies
+   * a pushed frame into the socket several times slower from a source that
+   * is not (see the raw server), for ours and raw alike. */
+  size_t vbytes = (a->max_floats * sizeof(float) + 63) / 64 * 64;
+  r.values = aligned_alloc(64, vbytes ? vbytes : 64);
+  r.out = aligned_alloc(64, vbytes ? vbytes : 64);
+  if (r.values) memset(r.values, 0, vbytes);
+  if (r.out) memset(r.out, 0, vbytes);
+  r.slots = calloc((size_t)a->window_max, sizeof(*r.slots));
+  int ok =
+      r.begins && r.lens && r.values && r.out && r.slots && r.nservers <= 32;
+  for (int i = 0; ok && i < a->window_max; i++)
+    ok = (r.slots[i].tickets =
+              calloc(2 * (size_t)r.nservers + 2, sizeof(uint64_t))) != NULL &&
+         (r.slots[i].frames = calloc(2 * (size_t)r.nservers + 2, 1)) != NULL;
+  if (!ok) {
+    reply(a->ctl_fd, "err out of memory (or more than 32 servers)");
+    return 1;
+  }
+  char line[1024];
+  int n = snprintf(line, sizeof(line), "ready %d", r.nservers);
+  for (size_t i = 0; i < v->nranges; i++) {
+    r.begins[i] = v->ranges[i].begin;
+    r.lens[i] = v->ranges[i].end - v->ranges[i].begin;
+    n += snprintf(line + n, sizeof(line) - (size_t)n, " %" PRIu64, r.lens[i]);
+  }
+  if (a->nraw > 0) {
+    r.zctx = zmq_ctx_new();
+    r.raw = calloc((size_t)a->nraw, sizeof(*r.raw));
+    r.nraw = a->nraw;
+    for (int i = 0; i < a->nraw; i++) {
+      r.raw[i] = zmq_socket(r.zctx, ZMQ_DEALER);
+      int zero = 0;
+      zmq_setsockopt(r.raw[i], ZMQ_LINGER, &zero, sizeof(zero));
+      zmq_setsockopt(r.raw[i], ZMQ_SNDHWM, &zero, sizeof(zero));
+      zmq_setsockopt(r.raw[i], ZMQ_RCVHWM, &zero, sizeof(zero));
+      if (zmq_connect(r.raw[i], a->raw_eps[i]) != 0) {
+        reply(a->ctl_fd, "err cannot connect to raw server %s: %s",
+              a->raw_eps[i], zmq_strerror(errno));
+        return 1;
+      }
+    }
+  }
+  reply(a->ctl_fd, "%s", line);
+
+  char *result = malloc(RESULT_MAX);
+  int status = 0;
+  for (;;) {
+    int len = ps_bench_read_line(a->ctl_fd, line, sizeof(line), -1);
+    if (len <= 0 || strcmp(line, "quit") == 0) break;
+    char mode[16], opname[16];
+    unsigned long long size, duration_ms;
+    int window;
+    if (sscanf(line, "run %15s %15s %llu %d %llu", mode, opname, &size, &window,
+               &duration_ms) != 5 ||
+        parse_op(opname) < 0 || window < 1 || window > a->window_max ||
+        size % sizeof(float) != 0 || size / sizeof(float) > a->max_floats) {
+      reply(a->ctl_fd, "err bad command \"%s\"", line);
+      continue;
+    }
+    ps_bench_op_t op = (ps_bench_op_t)parse_op(opname);
+    uint64_t nf = size / sizeof(float);
+    int bad_len = 0;
+    for (int i = 0; i < r.nservers; i++) bad_len |= r.lens[i] < nf;
+    tally_t t = {0};
+    memset(&r.hist, 0, sizeof(r.hist));
+    r.errmsg[0] = '\0';
+    int rc;
+    if (bad_len)
+      rc = -1, snprintf(r.errmsg, sizeof(r.errmsg),
+                        "a server's range is shorter than %llu bytes", size);
+    else if (strcmp(mode, "raw") == 0 && r.nraw > 0)
+      rc = run_raw(&r, op, nf, window, duration_ms * 1000000ull, &t);
+    else if (strcmp(mode, "ps") == 0)
+      rc = run_ps(&r, op, nf, window, duration_ms * 1000000ull, &t);
+    else
+      rc = -1, snprintf(r.errmsg, sizeof(r.errmsg), "no %s servers", mode);
+    if (rc != 0) {
+      reply(a->ctl_fd, "err %s", r.errmsg);
+      status = 1;
+      continue;
+    }
+    int hn =
+        snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
+                 (unsigned long long)t.bytes, (unsigned long long)t.requests,
+                 (unsigned long long)t.ops, (unsigned long long)t.elapsed_ns);
+    if (ps_bench_hist_format(&r.hist, result + hn,
+                             (size_t)(RESULT_MAX - hn - 2)) < 0) {
+      reply(a->ctl_fd, "err histogram too large");
+      continue;
+    }
+    size_t rl = strlen(result);
+    result[rl++] = '\n';
+    ps_bench_write_all(a->ctl_fd, result, rl);
+  }
+  free(result);
+  /* Done goes to the scheduler; once every worker is done the cluster
+   * shuts itself down. */
+  ps_client_destroy(&r.client);
+  for (int i = 0; i < r.nraw; i++) zmq_close(r.raw[i]);
+  if (r.zctx) zmq_ctx_term(r.zctx);
+  for (int i = 0; i < a->window_max; i++) {
+    free(r.slots[i].tickets);
+    free(r.slots[i].frames);
+  }
+  free(r.slots);
+  free(r.raw);
+  free(r.begins);
+  free(r.lens);
+  free(r.values);
+  free(r.out);
+  return status;
+}
