@@ -297,13 +297,17 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
 }
 
 /* Block applies that wrote a fresh version because a pull reply still held
- * the current one, over every shard. */
-static unsigned long long cow_applies(const ps_server_t *s) {
+ * the current one, over every shard; with peak, the most block versions
+ * (current, held by replies, spare) there were at once. */
+static unsigned long long cow_applies(const ps_server_t *s,
+                                      unsigned long long *peak) {
   unsigned long long n = 0;
+  *peak = 0;
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_stats_t st;
     ps_shard_stats(s->ranges[i].shard, &st);
     n += st.cow_applies;
+    *peak += st.versions_peak;
   }
   return n;
 }
@@ -443,9 +447,8 @@ static void handle_push(ps_server_t *s, ps_msg_t *m) {
   }
   char why[256];
   uint64_t clock_after = 0;
-  int rc = ps_shard_push_begin(r->shard, m->env->sender, p->key_begin,
-                               p->count, p->clock, &clock_after, why,
-                               sizeof(why));
+  int rc = ps_shard_push_begin(r->shard, m->env->sender, p->key_begin, p->count,
+                               p->clock, &clock_after, why, sizeof(why));
   if (rc != PS_OK) {
     refuse(s, m, rc, "%s", why);
     return;
@@ -602,13 +605,16 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
          "reason=\"%s\" status=%s leave=%d", reason, ps_err_name(status),
          leave);
   const ps_server_stats_t *st = &s->stats;
+  unsigned long long versions_peak = 0;
+  unsigned long long cow = cow_applies(s, &versions_peak);
   uint64_t errors = 0;
   for (int i = 0; i < PS_SERVER_NERR; i++) errors += st->errors[i];
   PS_INFO("server_stats",
           "push=%llu pull=%llu applies=%llu errors=%llu bad_messages=%llu "
           "bytes_in=%llu bytes_out=%llu pulls_parked=%llu "
           "unaligned_payloads=%llu send_failures=%llu "
-          "pull_bytes_zero_copy=%llu pull_bytes_copied=%llu cow_applies=%llu",
+          "pull_bytes_zero_copy=%llu pull_bytes_copied=%llu cow_applies=%llu "
+          "versions_peak=%llu",
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PUSH],
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PULL],
           (unsigned long long)st->applies, (unsigned long long)errors,
@@ -618,8 +624,7 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
           (unsigned long long)st->unaligned_payloads,
           (unsigned long long)st->send_failures,
           (unsigned long long)st->pull_bytes_zero_copy,
-          (unsigned long long)st->pull_bytes_copied,
-          (unsigned long long)cow_applies(s));
+          (unsigned long long)st->pull_bytes_copied, cow, versions_peak);
   /* Workers waiting on a step hear it now instead of timing out, and no
    * new request is served while the server goes. */
   for (size_t i = 0; i < s->nranges; i++)

@@ -127,7 +127,8 @@ static ps_shard_version_t *version_new(ps_shard_t *s) {
   atomic_init(&v->refs, 1);
   v->cap = s->block_keys;
   v->data = (float *)(mem + SHARD_ALIGN);
-  s->stats.versions++;
+  if (++s->stats.versions > s->stats.versions_peak)
+    s->stats.versions_peak = s->stats.versions;
   return v;
 }
 
@@ -238,8 +239,8 @@ static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
     const float *gb = g + (b0 + lo - off);
     float *vel = s->velocity ? s->velocity + b0 + lo : NULL;
     if (nv == NULL) {
-      ps_apply_sgd(cur->data + lo, vel, gb, (size_t)(hi - lo),
-                   s->learning_rate, s->momentum, scale);
+      ps_apply_sgd(cur->data + lo, vel, gb, (size_t)(hi - lo), s->learning_rate,
+                   s->momentum, scale);
       continue;
     }
     s->fresh[b] = NULL;

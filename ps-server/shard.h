@@ -63,11 +63,12 @@ typedef struct {
 
 /* Counters for tests and metrics. */
 typedef struct {
-  uint64_t versions;     /* block buffers allocated now (live + spare) */
-  uint64_t cow_applies;  /* block applies that wrote a fresh version */
-  uint64_t cow_copied;   /* keys copied by those (outside the push) */
-  uint64_t torn_applies; /* BSP steps applied in place to pinned blocks
-                            for want of memory */
+  uint64_t versions;      /* block buffers allocated now (live + spare) */
+  uint64_t versions_peak; /* the most there ever were at once */
+  uint64_t cow_applies;   /* block applies that wrote a fresh version */
+  uint64_t cow_copied;    /* keys copied by those (outside the push) */
+  uint64_t torn_applies;  /* BSP steps applied in place to pinned blocks
+                             for want of memory */
 } ps_shard_stats_t;
 
 /* Creates the shard for [begin, end) of model, in consistency mode

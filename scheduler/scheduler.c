@@ -674,8 +674,12 @@ static void barrier_leave(sched_node_t *n) {
 
 /* Releases the barrier called name if every live worker is in it. Nothing
  * is released before the view: until then not every worker is known. */
-static int barrier_check(ps_sched_t *s, const char *name) {
+static int barrier_check(ps_sched_t *s, const char *barrier_name) {
   if (!s->published || s->finished) return 0;
+  /* The caller's name may be a worker's own copy, which releasing that
+   * worker frees: compare against a copy of ours. */
+  char name[SCHED_BARRIER_NAME_MAX + 1];
+  snprintf(name, sizeof(name), "%s", barrier_name);
   uint32_t live = 0, in = 0;
   for (size_t i = 0; i < s->nnodes; i++) {
     sched_node_t *n = &s->nodes[i];

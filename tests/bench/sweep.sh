@@ -3,7 +3,7 @@
 # 4K, 64K, 1M, 16M per request, windows 1 and 8, push/pull/pushpull next to
 # raw ZeroMQ from the same run, the sparse op (reported as unsupported) and
 # the update kernel next to memcpy; then the scaling check: 64 clients
-# against 2 servers next to 2 clients (pushpull, window 8).
+# against 2 servers next to 2 clients (pushpull, window 8, every size).
 #
 #   tests/bench/sweep.sh [--quick] [--build DIR] [--out DIR] [--no-plot]
 #                        [--no-scaling] [--reps N] [--rep-ms MS]
@@ -52,9 +52,10 @@ TABLE=$OUT/table.txt
 
 ARGS=(--json)
 [ $QUICK -eq 1 ] && ARGS+=(--quick)
-[ $QUICK -eq 0 ] && ARGS+=(--sizes 4K,64K,1M,16M)
 [ -n "$REPS" ] && ARGS+=(--reps "$REPS")
 [ -n "$REP_MS" ] && ARGS+=(--rep-ms "$REP_MS")
+SIZES=4K,64K,1M,16M
+[ $QUICK -eq 1 ] && SIZES=4K,64K
 
 # ps-bench stops every process it started, also on Ctrl-C; this script
 # only has to pass the signal on and not start the next run.
@@ -67,15 +68,16 @@ run() {  # run LABEL ps-bench-args...
   "$BENCH" "$@" "${ARGS[@]}" >>"$JSONL" 2> >(tee -a "$TABLE" >&2)
 }
 
-run "1 server, 1 client" --local 1,1 --ops push,pull,pushpull,sparse,apply
-run "2 servers, 2 clients" --local 2,2 --ops push,pull,pushpull
+run "1 server, 1 client" --local 1,1 --ops push,pull,pushpull,sparse,apply \
+  --sizes $SIZES
+run "2 servers, 2 clients" --local 2,2 --ops push,pull,pushpull --sizes $SIZES
 if [ $SCALING -eq 1 ]; then
+  # The same cases one after the other, so both see the same machine.
   MANY=64
   [ $QUICK -eq 1 ] && MANY=8
-  SIZES=64K,1M
-  [ $QUICK -eq 1 ] && SIZES=64K
   run "scaling, 2 clients" --local 2,2 --ops pushpull --windows 8 --sizes $SIZES
-  run "scaling, $MANY clients" --local 2,$MANY --ops pushpull --windows 8 --sizes $SIZES
+  run "scaling, $MANY clients" --local 2,$MANY --ops pushpull --windows 8 \
+    --sizes $SIZES
 fi
 
 # ps-bench's JSON is flat, one object per line: awk reads it without jq.
@@ -141,10 +143,11 @@ set terminal pngcairo size 1500,900 font ",10"
 set output "$OUT/sweep.png"
 set multiplot layout 2,3 title "ps-bench: goodput vs value size per request (ours solid, raw ZeroMQ dashed)"
 set logscale x 2
+set xrange [3000:24000000]
 set logscale y 10
 set xlabel "bytes per request"
 set ylabel "MB/s (log)"
-set key top left
+set key bottom right
 set grid
 set xtics ("4K" 4096, "16K" 16384, "64K" 65536, "256K" 262144, "1M" 1048576, "4M" 4194304, "16M" 16777216)
 do for [cfg in "1x1 2x2"] {

@@ -489,6 +489,29 @@ START_TEST(test_barrier_waits_for_all_workers) {
 }
 END_TEST
 
+/* The worker that completes a barrier is released first when it has the
+ * lowest id; releasing it must not lose (or read freed memory for) the
+ * others' releases. */
+START_TEST(test_barrier_releases_all_when_first_enters_last) {
+  sched_start(1, 3, NO_DEATH_MS);
+  client_t *s, *w[3];
+  form_cluster(&s, w, 3);
+  ps_msg_t m;
+  uint64_t r2 = send_barrier(w[2], "sync", 1);
+  uint64_t r1 = send_barrier(w[1], "sync", 1);
+  ck_assert(!wait_for(w[1], PS__ENVELOPE__BODY_ACK, 200, &m));
+  uint64_t r0 = send_barrier(w[0], "sync", 1);
+  uint64_t want[3] = {r0, r1, r2};
+  for (int i = 0; i < 3; i++) {
+    ck_assert_msg(wait_for(w[i], PS__ENVELOPE__BODY_ACK, 3000, &m),
+                  "worker %d not released", i);
+    ck_assert_uint_eq(m.request_id, want[i]);
+    ps_msg_close(&m);
+  }
+  teardown_all();
+}
+END_TEST
+
 START_TEST(test_wrong_epoch_refused_then_served) {
   sched_start(1, 1, NO_DEATH_MS);
   client_t *s, *w[1];
@@ -939,6 +962,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_extra_node_refused);
   tcase_add_test(tc, test_view_published_when_all_registered);
   tcase_add_test(tc, test_barrier_waits_for_all_workers);
+  tcase_add_test(tc, test_barrier_releases_all_when_first_enters_last);
   tcase_add_test(tc, test_wrong_epoch_refused_then_served);
   tcase_add_test(tc, test_heartbeat_epochs);
   tcase_add_test(tc, test_garbage_gets_error);
