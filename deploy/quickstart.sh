@@ -42,17 +42,22 @@ BIN=$ROOT/build/bin
 
 RUN=$(mktemp -d /tmp/ps-quickstart.XXXXXX)
 PIDS=()
+# Waits for the daemons, SIGKILLing any still running after $1 seconds.
+# (kill -0 would see exited children as alive until they are reaped.)
+wait_daemons() {
+  ( sleep "$1"; kill -KILL "${PIDS[@]}" 2>/dev/null ) &
+  local killer=$!
+  wait "${PIDS[@]}" 2>/dev/null || true
+  kill "$killer" 2>/dev/null || true
+  wait "$killer" 2>/dev/null || true
+}
 cleanup() {
   trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    wait_daemons 5
+  fi
+  wait 2>/dev/null || true # the tee of worker 0's output
 }
 trap cleanup EXIT
 trap 'echo; echo "quickstart: interrupted, stopping the cluster"; exit 130' INT TERM
@@ -89,9 +94,8 @@ if [ $status -ne 0 ] || [ ! -s "$RUN/report.json" ]; then
   exit 1
 fi
 # The job is over: the scheduler tells every daemon to exit.
-for p in "${PIDS[@]}"; do
-  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-done
+wait_daemons 10
+PIDS=()
 
 num() { sed -n "s/.*\"$1\": *\([0-9.eE+-]*\).*/\1/p" "$RUN/report.json" | head -1; }
 ACC=$(num test_accuracy); SPS=$(num samples_per_sec); WALL=$(num wall_seconds)
