@@ -95,6 +95,9 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
     case PS__ENVELOPE__BODY_CHECKPOINT_REPLY: return "checkpoint_reply";
     case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND: return "checkpoint_command";
     case PS__ENVELOPE__BODY_CHECKPOINT_INFO: return "checkpoint_info";
+    case PS__ENVELOPE__BODY_SPARSE_PUSH: return "sparse_push";
+    case PS__ENVELOPE__BODY_SPARSE_PULL: return "sparse_pull";
+    case PS__ENVELOPE__BODY_SPARSE_PULL_REPLY: return "sparse_pull_reply";
     default: return "unknown";
   }
 }
@@ -150,6 +153,74 @@ void ps_msg_payload_gather(const ps_msg_t *m, void *dst) {
   }
 }
 
+static size_t frame_size(const ps_msg_t *m, int i) {
+  return zmq_msg_size((zmq_msg_t *)&m->payload[i]);
+}
+
+/* Sparse bodies: a keys frame of exactly nkeys uint64, and for a push a
+ * values frame of whole floats (its exact size needs the table's dim, which
+ * only the server knows: it checks nkeys * dim there); a reply carries its
+ * dim, so its rows frame is checked exactly here. */
+static int validate_sparse(const Ps__Envelope *env, const ps_msg_t *m,
+                           const ps_frame_limits_t *limits, char *err,
+                           size_t errlen) {
+  const char *what = ps_body_name(env->body_case);
+  uint64_t nkeys;
+  int want_frames;
+  switch (env->body_case) {
+    case PS__ENVELOPE__BODY_SPARSE_PUSH:
+      nkeys = env->sparse_push->nkeys;
+      want_frames = 2;
+      break;
+    case PS__ENVELOPE__BODY_SPARSE_PULL:
+      nkeys = env->sparse_pull->nkeys;
+      want_frames = 1;
+      break;
+    default:
+      nkeys = env->sparse_pull_reply->nkeys;
+      want_frames = 1;
+      break;
+  }
+  if (m->npayload != want_frames)
+    return fail(err, errlen, PS_ERR_PROTO,
+                "%s carries %d payload frames, expected %d", what, m->npayload,
+                want_frames);
+  if (nkeys == 0) return fail(err, errlen, PS_ERR_PROTO, "%s of 0 keys", what);
+  if (nkeys > limits->max_payload_bytes / sizeof(uint64_t))
+    return fail(err, errlen, PS_ERR_TOO_BIG,
+                "%s of %llu keys exceeds the limit of %zu bytes", what,
+                (unsigned long long)nkeys, limits->max_payload_bytes);
+  if (env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY) {
+    uint32_t dim = env->sparse_pull_reply->dim;
+    if (dim == 0 || nkeys > limits->max_payload_bytes / sizeof(float) / dim)
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "%s of %llu rows of dim %u: bad dim or over the limit", what,
+                  (unsigned long long)nkeys, dim);
+    if (frame_size(m, 0) != nkeys * dim * sizeof(float))
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "%s header says %llu rows of %u floats but the frame has "
+                  "%zu bytes",
+                  what, (unsigned long long)nkeys, dim, frame_size(m, 0));
+    return PS_OK;
+  }
+  if (frame_size(m, 0) != nkeys * sizeof(uint64_t))
+    return fail(err, errlen, PS_ERR_PROTO,
+                "%s header says %llu keys (%llu bytes) but the keys frame has "
+                "%zu bytes",
+                what, (unsigned long long)nkeys,
+                (unsigned long long)(nkeys * sizeof(uint64_t)),
+                frame_size(m, 0));
+  if (want_frames == 2) {
+    size_t sz = frame_size(m, 1);
+    if (sz == 0 || sz % (nkeys * sizeof(float)) != 0)
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "%s values frame has %zu bytes, not a positive multiple of "
+                  "%llu keys * 4",
+                  what, sz, (unsigned long long)nkeys);
+  }
+  return PS_OK;
+}
+
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
@@ -161,6 +232,10 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                 PS_PROTOCOL_VERSION);
   if (env->body_case == PS__ENVELOPE__BODY__NOT_SET)
     return fail(err, errlen, PS_ERR_PROTO, "envelope has no body");
+  if (env->body_case == PS__ENVELOPE__BODY_SPARSE_PUSH ||
+      env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL ||
+      env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY)
+    return validate_sparse(env, m, limits, err, errlen);
 
   int min_frames, max_frames;
   uint64_t want_floats;
@@ -223,7 +298,9 @@ static void drain_rest(void *sock) {
   }
 }
 
-static int has_more(zmq_msg_t *msg) { return zmq_msg_more(msg); }
+static int has_more(zmq_msg_t *msg) {
+  return zmq_msg_more(msg);
+}
 
 int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
                 ps_msg_t *m, char *err, size_t errlen) {
@@ -242,8 +319,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     int e = zmq_errno();
     zmq_msg_close(&first);
     if (e == EAGAIN) return PS_ERR_TIMEOUT;
-    return fail(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
-                zmq_strerror(e));
+    return fail(err, errlen, PS_ERR_ZMQ, "receive failed: %s", zmq_strerror(e));
   }
 
   zmq_msg_t header;
@@ -290,8 +366,8 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
   while (more) {
     if (m->npayload == PS_MAX_PAYLOAD_FRAMES) {
       drain_rest(sock);
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "more than %d payload frames", PS_MAX_PAYLOAD_FRAMES);
+      return fail(err, errlen, PS_ERR_PROTO, "more than %d payload frames",
+                  PS_MAX_PAYLOAD_FRAMES);
     }
     zmq_msg_t *p = &m->payload[m->npayload];
     zmq_msg_init(p);
@@ -363,8 +439,8 @@ out:
   return rc;
 }
 
-int ps_msg_reply_error(void *sock, ps_msg_t *m, uint64_t epoch,
-                       uint32_t sender, int code, const char *fmt, ...) {
+int ps_msg_reply_error(void *sock, ps_msg_t *m, uint64_t epoch, uint32_t sender,
+                       int code, const char *fmt, ...) {
   char text[512];
   va_list ap;
   va_start(ap, fmt);

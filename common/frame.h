@@ -71,7 +71,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
  * ps_msg_recv calls it. Exposed for tests and for in-process use. A Push
  * carries exactly one frame of count floats; a PullReply 1 to
  * PS_MAX_PAYLOAD_FRAMES non-empty frames, each a whole number of floats,
- * count floats in all. */
+ * count floats in all. Sparse bodies: see validate_sparse in frame.c. */
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen);
 

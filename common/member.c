@@ -87,6 +87,8 @@ static void send_register(ps_member_t *m) {
   Ps__ModelSpec spec;
   Ps__TensorSpec *tensors = NULL;
   Ps__TensorSpec **ptrs = NULL;
+  Ps__SparseTableSpec *sparse = NULL;
+  Ps__SparseTableSpec **sparse_ptrs = NULL;
   reg.role = (Ps__Role)m->role;
   reg.address = m->address;
   reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
@@ -94,14 +96,20 @@ static void send_register(ps_member_t *m) {
     size_t n = m->model.ntensors;
     tensors = calloc(n + 1, sizeof(*tensors));
     ptrs = calloc(n + 1, sizeof(*ptrs));
-    if (tensors == NULL || ptrs == NULL) {
+    sparse = calloc(m->model.nsparse + 1, sizeof(*sparse));
+    sparse_ptrs = calloc(m->model.nsparse + 1, sizeof(*sparse_ptrs));
+    if (tensors == NULL || ptrs == NULL || sparse == NULL ||
+        sparse_ptrs == NULL) {
       /* The retry timer tries again; memory may come back. */
       PS_ERROR("register_failed", "err=%s", ps_err_name(PS_ERR_NOMEM));
       free(tensors);
       free(ptrs);
+      free(sparse);
+      free(sparse_ptrs);
       return;
     }
     ps_model_to_pb(&m->model, &spec, tensors, ptrs);
+    ps_model_sparse_to_pb(&m->model, &spec, sparse, sparse_ptrs);
     reg.model = &spec;
   }
   Ps__Envelope env;
@@ -111,6 +119,8 @@ static void send_register(ps_member_t *m) {
   send_env(m, &env);
   free(tensors);
   free(ptrs);
+  free(sparse);
+  free(sparse_ptrs);
 }
 
 static void send_heartbeat(ps_member_t *m) {
@@ -331,18 +341,10 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
   }
   if (opts->model) {
     /* A deep copy: the owner's model may go away before the member does. */
-    size_t n = opts->model->ntensors;
-    m->model = *opts->model;
-    m->model.tensors = NULL;
-    if (n > 0) {
-      m->model.tensors = malloc(n * sizeof(*m->model.tensors));
-      if (m->model.tensors == NULL) {
-        *err = PS_ERR_NOMEM;
-        free_member(m);
-        return NULL;
-      }
-      memcpy(m->model.tensors, opts->model->tensors,
-             n * sizeof(*m->model.tensors));
+    if (ps_model_copy(&m->model, opts->model) != PS_OK) {
+      *err = PS_ERR_NOMEM;
+      free_member(m);
+      return NULL;
     }
     m->has_model = 1;
   }

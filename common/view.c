@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "init.h"
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -130,9 +131,63 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     }
     total += t->length;
   }
+  for (size_t i = 0; i < pb->n_sparse_tables; i++) {
+    const Ps__SparseTableSpec *t = pb->sparse_tables[i];
+    const char *name = t->name ? t->name : "";
+    size_t len = strlen(name);
+    if (len == 0 || len >= PS_NAME_MAX) {
+      set_err(err, errlen,
+              "sparse table %zu: name \"%s\" must have 1 to %d bytes", i, name,
+              PS_NAME_MAX - 1);
+      return PS_ERR_INVAL;
+    }
+    for (size_t j = 0; j < i; j++) {
+      const char *other = pb->sparse_tables[j]->name;
+      if (other && strcmp(other, name) == 0) {
+        set_err(err, errlen,
+                "sparse table %zu: name \"%s\" is used by sparse table %zu", i,
+                name, j);
+        return PS_ERR_INVAL;
+      }
+    }
+    if (t->dim == 0 || t->dim > PS_SPARSE_DIM_MAX) {
+      set_err(err, errlen, "sparse table \"%s\": dim %u is not in 1..%d", name,
+              t->dim, PS_SPARSE_DIM_MAX);
+      return PS_ERR_INVAL;
+    }
+    if (t->init != PS__INIT__INIT_ZERO && t->init != PS__INIT__INIT_UNIFORM) {
+      set_err(err, errlen, "sparse table \"%s\": unknown init %d", name,
+              (int)t->init);
+      return PS_ERR_INVAL;
+    }
+    if (!isfinite(t->init_scale) || t->init_scale < 0) {
+      set_err(err, errlen,
+              "sparse table \"%s\": init scale %g is not a finite number >= 0",
+              name, (double)t->init_scale);
+      return PS_ERR_INVAL;
+    }
+  }
+  if (pb->n_sparse_tables > 0) {
+    dst->sparse = calloc(pb->n_sparse_tables, sizeof(*dst->sparse));
+    if (dst->sparse == NULL) {
+      set_err(err, errlen, "out of memory");
+      return PS_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < pb->n_sparse_tables; i++) {
+      const Ps__SparseTableSpec *t = pb->sparse_tables[i];
+      ps_sparse_spec_t *d = &dst->sparse[i];
+      snprintf(d->name, sizeof(d->name), "%s", t->name);
+      d->dim = t->dim;
+      d->init = (int)t->init;
+      d->init_scale = t->init_scale;
+      d->salt = ps_sparse_salt(d->name);
+    }
+    dst->nsparse = pb->n_sparse_tables;
+  }
   if (pb->n_tensors > 0) {
     dst->tensors = calloc(pb->n_tensors, sizeof(*dst->tensors));
     if (dst->tensors == NULL) {
+      ps_model_clear(dst);
       set_err(err, errlen, "out of memory");
       return PS_ERR_NOMEM;
     }
@@ -177,7 +232,78 @@ void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
   pb->seed = m->seed;
 }
 
+void ps_model_sparse_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
+                           Ps__SparseTableSpec *specs_pb,
+                           Ps__SparseTableSpec **ptrs) {
+  for (size_t i = 0; i < m->nsparse; i++) {
+    const ps_sparse_spec_t *t = &m->sparse[i];
+    ps__sparse_table_spec__init(&specs_pb[i]);
+    specs_pb[i].name = (char *)t->name;
+    specs_pb[i].dim = t->dim;
+    specs_pb[i].init = (Ps__Init)t->init;
+    specs_pb[i].init_scale = t->init_scale;
+    ptrs[i] = &specs_pb[i];
+  }
+  pb->n_sparse_tables = m->nsparse;
+  pb->sparse_tables = m->nsparse > 0 ? ptrs : NULL;
+}
+
+int ps_model_copy(ps_model_t *dst, const ps_model_t *src) {
+  *dst = *src;
+  dst->tensors = NULL;
+  dst->sparse = NULL;
+  if (src->ntensors > 0) {
+    dst->tensors = malloc(src->ntensors * sizeof(*dst->tensors));
+    if (dst->tensors == NULL) goto nomem;
+    memcpy(dst->tensors, src->tensors, src->ntensors * sizeof(*dst->tensors));
+  }
+  if (src->nsparse > 0) {
+    dst->sparse = malloc(src->nsparse * sizeof(*dst->sparse));
+    if (dst->sparse == NULL) goto nomem;
+    memcpy(dst->sparse, src->sparse, src->nsparse * sizeof(*dst->sparse));
+    /* A hand-built model may leave salt 0: derive it here. */
+    for (size_t i = 0; i < src->nsparse; i++)
+      dst->sparse[i].salt = ps_sparse_salt(dst->sparse[i].name);
+  }
+  return PS_OK;
+nomem:
+  ps_model_clear(dst);
+  return PS_ERR_NOMEM;
+}
+
+const ps_sparse_spec_t *ps_model_sparse(const ps_model_t *m, const char *name) {
+  if (m == NULL || name == NULL) return NULL;
+  for (size_t i = 0; i < m->nsparse; i++)
+    if (strcmp(m->sparse[i].name, name) == 0) return &m->sparse[i];
+  return NULL;
+}
+
+/* FNV-1a over the name, then mixed: table names are short and similar
+ * ("emb0", "emb1"), and the salt must still differ in every bit. */
+uint64_t ps_sparse_salt(const char *name) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    h ^= *p;
+    h *= 0x100000001b3ULL;
+  }
+  return ps_mix64(h);
+}
+
+int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id) {
+  if (v == NULL || v->nsparse_servers == 0) return -1;
+  uint64_t h = ps_mix64(id ^ salt) >> 32;
+  uint64_t idx = (h * (uint64_t)v->nsparse_servers) >> 32;
+  return v->sparse_servers[idx];
+}
+
 int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
+  if (a->nsparse != b->nsparse) return 0;
+  for (size_t i = 0; i < a->nsparse; i++) {
+    const ps_sparse_spec_t *x = &a->sparse[i], *y = &b->sparse[i];
+    if (strcmp(x->name, y->name) != 0 || x->dim != y->dim ||
+        x->init != y->init || x->init_scale != y->init_scale)
+      return 0;
+  }
   if (a->ntensors != b->ntensors || a->total != b->total ||
       a->optimizer != b->optimizer || a->learning_rate != b->learning_rate ||
       a->momentum != b->momentum || a->seed != b->seed)
@@ -195,6 +321,7 @@ int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
 void ps_model_clear(ps_model_t *m) {
   if (m == NULL) return;
   free(m->tensors);
+  free(m->sparse);
   memset(m, 0, sizeof(*m));
 }
 
@@ -291,6 +418,33 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
   return PS_OK;
 }
 
+static int sparse_has(const ps_view_t *v, uint32_t id) {
+  for (size_t i = 0; i < v->nsparse_servers; i++)
+    if (v->sparse_servers[i] == id) return 1;
+  return 0;
+}
+
+/* The server order of ps_view_sparse_owner. Range order first, so it
+ * follows the scheduler's placement; servers without a range (a sparse-only
+ * model has no dense keys) come after, by their place in the view. */
+static int sparse_servers(ps_view_t *v) {
+  if (v->nnodes == 0) return PS_OK;
+  v->sparse_servers = calloc(v->nnodes, sizeof(*v->sparse_servers));
+  if (v->sparse_servers == NULL) return PS_ERR_NOMEM;
+  for (size_t i = 0; i < v->nranges; i++)
+    if (!sparse_has(v, v->ranges[i].server_id))
+      v->sparse_servers[v->nsparse_servers++] = v->ranges[i].server_id;
+  for (size_t i = 0; i < v->nnodes; i++) {
+    const ps_node_t *n = &v->nodes[i];
+    if (n->role != PS__ROLE__ROLE_SERVER ||
+        n->state == PS__NODE_STATE__NODE_STATE_DEAD ||
+        n->state == PS__NODE_STATE__NODE_STATE_LEFT || sparse_has(v, n->id))
+      continue;
+    v->sparse_servers[v->nsparse_servers++] = n->id;
+  }
+  return PS_OK;
+}
+
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   if (pb == NULL) {
     set_err(err, errlen, "no view");
@@ -328,6 +482,10 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   }
   if (copy_nodes(v, pb, err, errlen) != PS_OK) goto fail;
   if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
+  if (sparse_servers(v) != PS_OK) {
+    set_err(err, errlen, "out of memory");
+    goto fail;
+  }
   return v;
 fail:
   ps_view_destroy(&v);
@@ -340,6 +498,7 @@ void ps_view_destroy(ps_view_t **v_p) {
   free(v->nodes);
   free(v->ranges);
   free(v->restore_dir);
+  free(v->sparse_servers);
   ps_model_clear(&v->model);
   free(v);
   *v_p = NULL;

@@ -32,6 +32,20 @@ typedef struct {
   float init_scale;
 } ps_tensor_spec_t;
 
+/* Most floats in one sparse row: a row must stay far below a payload frame. */
+#define PS_SPARSE_DIM_MAX 4096
+
+/* A sparse embedding table (issue #3): uint64 ids -> rows of dim floats,
+ * outside the dense key space. salt is derived from the name (not on the
+ * wire) so that two tables do not put the same ids on the same servers. */
+typedef struct {
+  char name[PS_NAME_MAX];
+  uint32_t dim;
+  int init; /* PS__INIT__INIT_* */
+  float init_scale;
+  uint64_t salt;
+} ps_sparse_spec_t;
+
 typedef struct {
   size_t ntensors;
   ps_tensor_spec_t *tensors;
@@ -40,6 +54,8 @@ typedef struct {
   float learning_rate;
   float momentum;
   uint64_t seed;
+  size_t nsparse;
+  ps_sparse_spec_t *sparse; /* owned, like tensors */
 } ps_model_t;
 
 typedef struct {
@@ -65,6 +81,11 @@ typedef struct {
   ps_model_t model;
   uint64_t start_clock; /* the step the job starts from (0, or a restore's) */
   char *restore_dir;    /* restored job: the checkpoint directory; else NULL */
+  /* The servers sparse rows are spread over (ps_view_sparse_owner): those
+   * that own ranges, in range order, then any other live server, by node
+   * order. */
+  size_t nsparse_servers;
+  uint32_t *sparse_servers;
 } ps_view_t;
 
 /* Cuts [0, total) into n ranges of near-equal size whose inner boundaries are
@@ -82,6 +103,20 @@ const ps_node_t *ps_view_node(const ps_view_t *v, uint32_t id);
 /* The tensor with this name, or NULL. */
 const ps_tensor_spec_t *ps_model_tensor(const ps_model_t *m, const char *name);
 
+/* The sparse table with this name, or NULL. */
+const ps_sparse_spec_t *ps_model_sparse(const ps_model_t *m, const char *name);
+
+/* The salt of a sparse table: a 64-bit hash of its name. */
+uint64_t ps_sparse_salt(const char *name);
+
+/* The node id of the server that holds row id of the table with this salt,
+ * or -1 if the view has no server. Rows are hash-partitioned:
+ *   index = ((ps_mix64(id ^ salt) >> 32) * nservers) >> 32
+ * into v->sparse_servers: a multiply-shift that maps the top 32 hash bits
+ * evenly onto the servers without a division. Every node computes the same
+ * owner from the same view. */
+int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id);
+
 /* Validates and copies pb. Returns NULL and fills err on a bad view. Caller
  * owns the result (ps_view_destroy). */
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen);
@@ -89,7 +124,8 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen);
 void ps_view_destroy(ps_view_t **v_p);
 
 /* Validates and copies a model spec (tensors contiguous from 0, names unique
- * and non-empty, lengths > 0). Returns PS_OK or PS_ERR_INVAL with err. dst
+ * and non-empty, lengths > 0; sparse tables with unique non-empty names and
+ * 0 < dim <= PS_SPARSE_DIM_MAX). Returns PS_OK or PS_ERR_INVAL with err. dst
  * owns its tensors afterwards (ps_model_clear). */
 int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      size_t errlen);
@@ -99,6 +135,15 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
  * into the arrays, so they must outlive pb's packing. */
 void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
                     Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs);
+
+/* Fills pb->sparse_tables from m (specs_pb and ptrs: m->nsparse entries
+ * each), after ps_model_to_pb; like it, nothing is allocated. */
+void ps_model_sparse_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
+                           Ps__SparseTableSpec *specs_pb,
+                           Ps__SparseTableSpec **ptrs);
+
+/* Copies src into dst (dst owns its arrays afterwards). */
+int ps_model_copy(ps_model_t *dst, const ps_model_t *src);
 
 /* 1 if the two specs describe the same model and optimizer, else 0. */
 int ps_model_equal(const ps_model_t *a, const ps_model_t *b);

@@ -18,6 +18,7 @@
 #include "common/view.h"
 #include "saver.h"
 #include "shard.h"
+#include "sparse.h"
 
 /* Payload frames are float32 little-endian on the wire and are applied in
  * place, which is only right on a little-endian host. */
@@ -84,6 +85,12 @@ struct ps_server_s {
   int restoring;
   float *scratch; /* aligned copies of unaligned push frames */
   size_t scratch_bytes;
+  /* Sparse tables (sparse.h), one per table of the model, in its order;
+   * made with the first view that has the model. */
+  ps_sparse_table_t **sparse;
+  size_t nsparse;
+  uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
+  size_t key_scratch_bytes;
 
   int stopping;
   int torn_down;
@@ -401,7 +408,7 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
            s->node_id);
     return 0;
   }
-  if (s->view->model.total == 0) {
+  if (s->view->model.total == 0 && s->view->model.nsparse == 0) {
     refuse(s, m, PS_ERR_NOT_READY,
            "cluster view epoch %llu has no model yet (no worker registered)",
            (unsigned long long)s->view->epoch);
@@ -522,6 +529,204 @@ static void handle_pull(ps_server_t *s, ps_msg_t *m) {
   send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
 }
 
+/* ---- sparse tables (issue #3) ---- */
+
+/* Grows *buf to bytes; PS_OK or PS_ERR_NOMEM. */
+static int scratch_reserve(void **buf, size_t *have, size_t bytes) {
+  if (bytes <= *have) return PS_OK;
+  void *grown = realloc(*buf, bytes);
+  if (grown == NULL) return PS_ERR_NOMEM;
+  *buf = grown;
+  *have = bytes;
+  return PS_OK;
+}
+
+/* The table a sparse request names and its keys, aligned and checked: all
+ * owned by this server under the current view. NULL after refusing m. */
+static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
+                                       const char *table, uint64_t nkeys,
+                                       const uint64_t **keys_out) {
+  if (!check_epoch(s, m)) return NULL;
+  ps_sparse_table_t *t = NULL;
+  for (size_t i = 0; table && i < s->nsparse; i++)
+    if (strcmp(ps_sparse_table_name(s->sparse[i]), table) == 0)
+      t = s->sparse[i];
+  if (t == NULL) {
+    refuse(s, m, PS_ERR_UNKNOWN_KEY, "no sparse table \"%s\" in the model",
+           table ? table : "");
+    return NULL;
+  }
+  /* ps_msg_recv checked the frame holds exactly nkeys uint64. A frame may
+   * sit at any offset in ZeroMQ's buffer, so the keys are copied to an
+   * aligned scratch (a few KiB; cheaper than a branch per key). */
+  size_t bytes = (size_t)nkeys * sizeof(uint64_t);
+  if (scratch_reserve((void **)&s->key_scratch, &s->key_scratch_bytes, bytes) !=
+      PS_OK) {
+    refuse(s, m, PS_ERR_NOMEM, "no memory for %llu keys",
+           (unsigned long long)nkeys);
+    return NULL;
+  }
+  memcpy(s->key_scratch, zmq_msg_data(&m->payload[0]), bytes);
+  const uint64_t *keys = s->key_scratch;
+  char why[256];
+  if (ps_sparse_keys_check(keys, nkeys, why, sizeof(why)) != PS_OK) {
+    refuse(s, m, PS_ERR_PROTO, "table \"%s\": %s", table, why);
+    return NULL;
+  }
+  const ps_sparse_spec_t *spec = ps_model_sparse(&s->view->model, table);
+  for (uint64_t i = 0; i < nkeys; i++) {
+    int64_t owner = ps_view_sparse_owner(s->view, spec->salt, keys[i]);
+    if (owner != (int64_t)s->node_id) {
+      refuse(s, m, PS_ERR_UNKNOWN_KEY,
+             "table \"%s\": row %llu belongs to server %lld, not %u, at "
+             "epoch %llu",
+             table, (unsigned long long)keys[i], (long long)owner, s->node_id,
+             (unsigned long long)view_epoch(s));
+      return NULL;
+    }
+  }
+  *keys_out = keys;
+  return t;
+}
+
+/* Sparse rows are applied on arrival in both modes: BSP's step barrier
+ * covers dense ranges only for now (README), and each push is scaled by
+ * 1/live workers as a dense one is, so a step of N workers moves a row by
+ * their mean gradient. */
+static void handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
+  const Ps__SparsePush *p = m->env->sparse_push;
+  const uint64_t *keys;
+  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
+  if (t == NULL) return;
+  size_t bytes = (size_t)p->nkeys * ps_sparse_table_dim(t) * sizeof(float);
+  size_t got = zmq_msg_size(&m->payload[1]);
+  if (got != bytes) {
+    refuse(s, m, PS_ERR_PROTO,
+           "table \"%s\": values frame has %zu bytes, %llu keys of dim %u "
+           "need %zu",
+           p->table, got, (unsigned long long)p->nkeys, ps_sparse_table_dim(t),
+           bytes);
+    return;
+  }
+  const void *data = zmq_msg_data(&m->payload[1]);
+  const float *g = data;
+  if ((uintptr_t)data % _Alignof(float) != 0) {
+    if (scratch_reserve((void **)&s->scratch, &s->scratch_bytes, bytes) !=
+        PS_OK) {
+      refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
+      return;
+    }
+    memcpy(s->scratch, data, bytes);
+    g = s->scratch;
+    s->stats.unaligned_payloads++;
+  }
+  uint32_t live = s->view->live_workers ? s->view->live_workers : 1;
+  char why[256];
+  int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live, why,
+                                sizeof(why));
+  if (rc != PS_OK) {
+    refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    return;
+  }
+  s->stats.applies++;
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = p->clock;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m->request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  count_sent(s, &env, 0);
+  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
+    s->stats.send_failures++;
+}
+
+static void sparse_rows_free(void *data, void *hint) {
+  (void)hint;
+  free(data);
+}
+
+static void handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
+  const Ps__SparsePull *p = m->env->sparse_pull;
+  const uint64_t *keys;
+  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
+  if (t == NULL) return;
+  uint32_t dim = ps_sparse_table_dim(t);
+  if (p->nkeys > s->limits.max_payload_bytes / sizeof(float) / dim) {
+    refuse(s, m, PS_ERR_TOO_BIG,
+           "pull of %llu rows of dim %u exceeds the limit of %zu bytes",
+           (unsigned long long)p->nkeys, dim, s->limits.max_payload_bytes);
+    return;
+  }
+  size_t bytes = (size_t)p->nkeys * dim * sizeof(float);
+  /* Rows are copied into a frame ZeroMQ owns: the table's arena moves when
+   * it grows, so it cannot be lent zero-copy as dense blocks are. */
+  float *rows = malloc(bytes);
+  if (rows == NULL) {
+    refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    return;
+  }
+  char why[256];
+  int rc = ps_sparse_table_pull(t, keys, p->nkeys, rows, why, sizeof(why));
+  if (rc != PS_OK) {
+    free(rows);
+    refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    return;
+  }
+  zmq_msg_t frame;
+  if (ps_payload_wrap(&frame, rows, bytes, sparse_rows_free, NULL) != PS_OK) {
+    free(rows);
+    refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    return;
+  }
+  s->stats.pull_bytes_copied += bytes;
+  Ps__SparsePullReply r = PS__SPARSE_PULL_REPLY__INIT;
+  r.table = p->table;
+  r.nkeys = p->nkeys;
+  r.dim = dim;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m->request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_SPARSE_PULL_REPLY;
+  env.sparse_pull_reply = &r;
+  count_sent(s, &env, bytes);
+  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, &frame, 1) !=
+      PS_OK)
+    s->stats.send_failures++;
+}
+
+/* Makes the model's sparse tables once: the model never changes within a
+ * job (same_model), so later views keep them. */
+static int sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                        size_t errlen) {
+  if (s->sparse != NULL || view->model.nsparse == 0) return PS_OK;
+  s->sparse = calloc(view->model.nsparse, sizeof(*s->sparse));
+  if (s->sparse == NULL) goto nomem;
+  for (size_t i = 0; i < view->model.nsparse; i++) {
+    s->sparse[i] = ps_sparse_table_new(&view->model.sparse[i], &view->model);
+    if (s->sparse[i] == NULL) goto nomem;
+    s->nsparse = i + 1;
+  }
+  PS_INFO("sparse_tables", "count=%zu epoch=%llu", s->nsparse,
+          (unsigned long long)view->epoch);
+  return PS_OK;
+nomem:
+  snprintf(err, errlen, "out of memory creating sparse tables");
+  return PS_ERR_NOMEM;
+}
+
+static void sparse_free(ps_server_t *s) {
+  for (size_t i = 0; i < s->nsparse; i++)
+    ps_sparse_table_destroy(&s->sparse[i]);
+  free(s->sparse);
+  s->sparse = NULL;
+  s->nsparse = 0;
+  free(s->key_scratch);
+  s->key_scratch = NULL;
+}
+
 static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
                     void *arg) {
   ps_server_t *s = arg;
@@ -546,6 +751,12 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
         break;
       case PS__ENVELOPE__BODY_PULL:
         handle_pull(s, m);
+        break;
+      case PS__ENVELOPE__BODY_SPARSE_PUSH:
+        handle_sparse_push(s, m);
+        break;
+      case PS__ENVELOPE__BODY_SPARSE_PULL:
+        handle_sparse_pull(s, m);
         break;
       case PS__ENVELOPE__BODY_ERROR:
         /* Never answer an Error with an Error: two confused peers would
@@ -701,6 +912,8 @@ static int adopt_view(ps_server_t *s, ps_view_t *view, char *err,
         view->ranges[i].begin < view->ranges[i].end)
       nowned++;
 
+  int src = sparse_adopt(s, view, err, errlen);
+  if (src != PS_OK) return src;
   uint32_t *live = NULL;
   size_t nlive = 0;
   int live_ok = live_worker_ids(view, &live, &nlive);
@@ -1152,6 +1365,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   for (size_t i = 0; i < s->nranges; i++) ps_shard_destroy(&s->ranges[i].shard);
   free(s->ranges);
   free(s->scratch);
+  sparse_free(s);
   ps_view_destroy(&s->view);
   free(s->scheduler);
   free(s->advertise);

@@ -270,6 +270,8 @@ typedef struct {
   Ps__ModelSpec model;
   Ps__TensorSpec *tensors;
   Ps__TensorSpec **tensor_ptrs;
+  Ps__SparseTableSpec *sparse;
+  Ps__SparseTableSpec **sparse_ptrs;
 } view_pb_t;
 
 static void view_pb_free(view_pb_t *v) {
@@ -279,6 +281,8 @@ static void view_pb_free(view_pb_t *v) {
   free(v->kr_ptrs);
   free(v->tensors);
   free(v->tensor_ptrs);
+  free(v->sparse);
+  free(v->sparse_ptrs);
   memset(v, 0, sizeof(*v));
 }
 
@@ -300,8 +304,11 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
   size_t nt = s->has_model ? s->model.ntensors : 0;
   v->tensors = calloc(nt + 1, sizeof(*v->tensors));
   v->tensor_ptrs = calloc(nt + 1, sizeof(*v->tensor_ptrs));
+  size_t nsp = s->has_model ? s->model.nsparse : 0;
+  v->sparse = calloc(nsp + 1, sizeof(*v->sparse));
+  v->sparse_ptrs = calloc(nsp + 1, sizeof(*v->sparse_ptrs));
   if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->tensors ||
-      !v->tensor_ptrs) {
+      !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs) {
     view_pb_free(v);
     return PS_ERR_NOMEM;
   }
@@ -333,6 +340,7 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
   if (s->has_model) {
     ps__model_spec__init(&v->model);
     ps_model_to_pb(&s->model, &v->model, v->tensors, v->tensor_ptrs);
+    ps_model_sparse_to_pb(&s->model, &v->model, v->sparse, v->sparse_ptrs);
     v->view.model = &v->model;
   }
   return PS_OK;

@@ -139,6 +139,20 @@ int ps_client_pull_tensor(ps_client_t *c, const char *name, float *out,
                           uint64_t clock);
 
 /* Blocks until every live worker has entered the barrier of this name. */
+/* Sparse tables (issue #3). Pushes gradient rows (n * dim floats, row i for
+ * keys[i]) to, or pulls rows into out (n * dim floats) from, the sparse
+ * table named table. keys may come in any order but must be distinct; the
+ * client sorts a copy, sends each server its rows (ps_view_sparse_owner) in
+ * ascending key order, all at once, and puts pulled rows back in the
+ * caller's order. Synchronous, with the same deadline as a dense call; no
+ * dense call may be started and not waited for. A table the model does not
+ * have gives PS_ERR_UNKNOWN_KEY. */
+int ps_client_sparse_push(ps_client_t *c, const char *table,
+                          const uint64_t *keys, size_t n, const float *values,
+                          uint64_t clock);
+int ps_client_sparse_pull(ps_client_t *c, const char *table,
+                          const uint64_t *keys, size_t n, float *out);
+
 int ps_client_barrier(ps_client_t *c, const char *name);
 
 /* Tells the scheduler this worker finished its job. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard ps-bench sweep: 1 server + 1 client and 2 + 2, value sizes
 # 4K, 64K, 1M, 16M per request, windows 1 and 8, push/pull/pushpull next to
-# raw ZeroMQ from the same run, the sparse op (reported as unsupported) and
+# raw ZeroMQ from the same run, the sparse op (keys/s; no raw baseline) and
 # the update kernel next to memcpy; then the scaling check: 64 clients
 # against 2 servers next to 2 clients (pushpull, window 8, every size).
 #

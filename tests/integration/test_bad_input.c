@@ -1,7 +1,9 @@
 /* Bad input to a live server and a live scheduler: garbage bytes, a
  * truncated header, a length that disagrees with its frame, an unknown
- * tensor, a wrong epoch. Each is answered with an Error, and each daemon
- * still serves the next good request.
+ * tensor, a wrong epoch; for sparse tables an unknown table, unsorted or
+ * duplicate keys, a values frame that does not fit the table's dim. Each is
+ * answered with an Error, and each daemon still serves the next good
+ * request.
  *
  * The test itself plays the single worker of the job over the real protocol,
  * so the cluster publishes a view and the server holds a model. */
@@ -16,6 +18,7 @@
 #include "harness.h"
 
 #define NKEYS 64
+#define SPARSE_DIM 4
 
 static h_cluster_t c;
 static void *ctx, *sched, *server;
@@ -122,6 +125,12 @@ static void setup(void) {
   model.tensors = &tp;
   model.learning_rate = 0.5f;
   model.seed = 7;
+  Ps__SparseTableSpec st = PS__SPARSE_TABLE_SPEC__INIT;
+  st.name = "emb";
+  st.dim = SPARSE_DIM;
+  Ps__SparseTableSpec *stp = &st;
+  model.n_sparse_tables = 1;
+  model.sparse_tables = &stp;
   Ps__Register reg = PS__REGISTER__INIT;
   reg.role = PS__ROLE__ROLE_WORKER;
   reg.model = &model;
@@ -249,6 +258,82 @@ START_TEST(server_refuses_bad_input) {
 }
 END_TEST
 
+/* Sends a sparse request for table with these keys (and, for a push,
+ * nvals floats of 1); returns its request id. */
+static uint64_t send_sparse(int push, const char *table, const uint64_t *keys,
+                            size_t n, size_t nvals) {
+  static float vals[64];
+  for (size_t i = 0; i < 64; i++) vals[i] = 1;
+  zmq_msg_t frames[2];
+  ck_assert_int_eq(zmq_msg_init_size(&frames[0], n * sizeof(uint64_t)), 0);
+  memcpy(zmq_msg_data(&frames[0]), keys, n * sizeof(uint64_t));
+  Ps__SparsePush sp = PS__SPARSE_PUSH__INIT;
+  Ps__SparsePull sl = PS__SPARSE_PULL__INIT;
+  Ps__Envelope env = envelope(push ? PS__ENVELOPE__BODY_SPARSE_PUSH
+                                   : PS__ENVELOPE__BODY_SPARSE_PULL);
+  if (push) {
+    ps_payload_wrap(&frames[1], vals, nvals * sizeof(float), NULL, NULL);
+    sp.table = (char *)table;
+    sp.nkeys = n;
+    env.sparse_push = &sp;
+  } else {
+    sl.table = (char *)table;
+    sl.nkeys = n;
+    env.sparse_pull = &sl;
+  }
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, frames, push ? 2 : 1),
+                   PS_OK);
+  return env.request_id;
+}
+
+/* A good sparse pull: rows of the table's dim come back. */
+static void expect_sparse_serves(void) {
+  uint64_t keys[3] = {5, 900, 1u << 20};
+  uint64_t req = send_sparse(0, "emb", keys, 3, 0);
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY,
+                "sparse pull answered with %s", ps_body_name(m.env->body_case));
+  ck_assert_uint_eq(m.env->sparse_pull_reply->nkeys, 3);
+  ck_assert_uint_eq(m.env->sparse_pull_reply->dim, SPARSE_DIM);
+  ck_assert_uint_eq(ps_msg_payload_bytes(&m), 3 * SPARSE_DIM * sizeof(float));
+  ps_msg_close(&m);
+}
+
+START_TEST(server_refuses_bad_sparse) {
+  expect_sparse_serves();
+  uint64_t sorted[2] = {3, 8}, unsorted[2] = {8, 3}, dup[2] = {8, 8};
+  uint64_t req = send_sparse(0, "nope", sorted, 2, 0);
+  expect_error(server, req, PS_ERR_UNKNOWN_KEY, "unknown sparse table");
+  req = send_sparse(1, "nope", sorted, 2, 2 * SPARSE_DIM);
+  expect_error(server, req, PS_ERR_UNKNOWN_KEY, "push to unknown table");
+  req = send_sparse(0, "emb", unsorted, 2, 0);
+  expect_error(server, req, PS_ERR_PROTO, "unsorted sparse keys");
+  req = send_sparse(1, "emb", dup, 2, 2 * SPARSE_DIM);
+  expect_error(server, req, PS_ERR_PROTO, "duplicate sparse keys");
+  /* Whole floats, but not nkeys * dim of them. */
+  req = send_sparse(1, "emb", sorted, 2, 2 * (SPARSE_DIM + 1));
+  expect_error(server, req, PS_ERR_PROTO, "values frame vs dim");
+  expect_sparse_serves();
+  /* Nothing above changed a row: a good push moves rows by lr * g. */
+  uint64_t keys[1] = {3};
+  req = send_sparse(1, "emb", keys, 1, SPARSE_DIM);
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ACK, "push: %s",
+                ps_body_name(m.env->body_case));
+  ps_msg_close(&m);
+  req = send_sparse(0, "emb", keys, 1, 0);
+  recv_reply(server, req, &m);
+  ck_assert(m.env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY);
+  float row[SPARSE_DIM];
+  ps_msg_payload_gather(&m, row);
+  /* zero init, lr 0.5, one live worker, gradient 1 */
+  for (int j = 0; j < SPARSE_DIM; j++) ck_assert(row[j] == -0.5f);
+  ps_msg_close(&m);
+}
+END_TEST
+
 START_TEST(scheduler_refuses_bad_input) {
   check_garbage(sched, expect_scheduler_serves);
   check_truncated(sched, expect_scheduler_serves);
@@ -294,6 +379,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, server_refuses_bad_input);
+  tcase_add_test(tc, server_refuses_bad_sparse);
   tcase_add_test(tc, scheduler_refuses_bad_input);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

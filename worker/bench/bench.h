@@ -100,7 +100,14 @@ typedef struct {
   int ctl_fd;    /* commands in, results out (one line each) */
   int nraw;
   char (*raw_eps)[128]; /* raw ZeroMQ servers, one per ps server */
+  /* The sparse op: a table of this dim (0: the model has none), requests
+   * of up to sparse_keys keys drawn from [0, sparse_space). */
+  uint32_t sparse_dim;
+  uint64_t sparse_keys, sparse_space;
 } ps_bench_client_args_t;
+
+/* The sparse table the bench declares. */
+#define PS_BENCH_SPARSE_TABLE "bench_sparse"
 
 int ps_bench_client_main(void *args); /* ps_bench_client_args_t */
 

@@ -40,7 +40,7 @@ typedef struct {
   /* options */
   char *local, *scheduler, *ops_s, *sizes_s, *windows_s, *bin_dir, *log_dir;
   int64_t servers_opt, clients_opt, reps, rep_ms, warmup_ms, apply_mb,
-      chunk_bytes, timeout_ms;
+      chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space;
   int baseline, json, quick, log_level, pull_copy;
   /* parsed */
   int ops[PS_BENCH_NOPS], nops;
@@ -398,6 +398,9 @@ static int start_clients(void) {
     a->ctl_fd = sv[1];
     a->nraw = B.nraw;
     a->raw_eps = B.raw_eps;
+    a->sparse_dim = has_op(PS_BENCH_SPARSE) ? (uint32_t)B.sparse_dim : 0;
+    a->sparse_keys = (uint64_t)B.sparse_keys;
+    a->sparse_space = (uint64_t)B.sparse_space;
     int fds[MAX_CLIENTS + MAX_SERVERS + 1];
     int n = parent_fds(fds);
     fds[n++] = sv[0];
@@ -540,19 +543,56 @@ static void stop_cluster(void) {
 
 /* ---- sparse and apply ---- */
 
-static void report_sparse(void) {
-  const char *why =
-      "the server has no sparse embedding tables yet (dense key ranges "
-      "only)";
+/* Sparse tables: every client pushes then pulls --sparse-keys random rows
+ * per call, one call at a time. There is no raw ZeroMQ baseline: it would
+ * measure the same frames as a dense request of the same bytes. */
+static int run_sparse_case(void) {
+  uint64_t nkeys = (uint64_t)B.sparse_keys;
+  int reps = (int)B.reps;
+  double m[64], r[64], tmp[64];
+  static ps_bench_hist_t h, scratch;
+  memset(&h, 0, sizeof(h));
+  memset(&scratch, 0, sizeof(scratch));
+  double a, b;
+  if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.warmup_ms, &a, &b, &scratch))
+    return -1;
+  for (int i = 0; i < reps; i++)
+    if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.rep_ms, &m[i], &r[i], &h))
+      return -1;
+  memcpy(tmp, m, sizeof(double) * (size_t)reps);
+  double mbps = median(tmp, reps), mmin = tmp[0], mmax = tmp[reps - 1];
+  memcpy(tmp, r, sizeof(double) * (size_t)reps);
+  double calls = median(tmp, reps), keys = calls * (double)nkeys;
+  double p50 = ps_bench_hist_quantile_us(&h, 0.5);
+  double p99 = ps_bench_hist_quantile_us(&h, 0.99);
   FILE *f = B.json ? stderr : stdout;
-  fprintf(f, "%-9s unsupported: %s\n", "sparse", why);
-  if (B.json)
+  fprintf(f,
+          "%-9s keys/call %llu dim %lld space %lld S %d C %d | %.0f keys/s "
+          "%.1f MB/s (%.1f-%.1f) %.0f calls/s p50 %.1f us p99 %.1f us | raw "
+          "n/a\n",
+          "sparse", (unsigned long long)nkeys, (long long)B.sparse_dim,
+          (long long)B.sparse_space, B.nservers, B.nclients, keys, mbps, mmin,
+          mmax, calls, p50, p99);
+  fflush(f);
+  if (B.json) {
     printf(
-        "{\"op\":\"sparse\",\"supported\":false,\"reason\":\"%s\","
-        "\"size\":null,\"window\":null,\"servers\":%d,\"clients\":%d,"
-        "\"mbps\":null,\"req_per_s\":null,\"p50_us\":null,\"p99_us\":null,"
-        "\"raw_mbps\":null,\"raw_p50_us\":null,\"ratio\":null}\n",
-        why, B.nservers, B.nclients);
+        "{\"op\":\"sparse\",\"supported\":true,\"keys\":%llu,"
+        "\"dim\":%lld,\"space\":%lld,\"servers\":%d,\"clients\":%d,"
+        "\"reps\":%d,\"size\":%llu,\"window\":1",
+        (unsigned long long)nkeys, (long long)B.sparse_dim,
+        (long long)B.sparse_space, B.nservers, B.nclients, reps,
+        (unsigned long long)(nkeys * (8 + 4 * (uint64_t)B.sparse_dim)));
+    json_num(stdout, "keys_per_s", keys, 1);
+    json_num(stdout, "mbps", mbps, 1);
+    json_num(stdout, "mbps_min", mmin, 1);
+    json_num(stdout, "mbps_max", mmax, 1);
+    json_num(stdout, "req_per_s", calls, 1);
+    json_num(stdout, "p50_us", p50, 1);
+    json_num(stdout, "p99_us", p99, 1);
+    printf(",\"raw_mbps\":null,\"raw_p50_us\":null,\"ratio\":null}\n");
+    fflush(stdout);
+  }
+  return 0;
 }
 
 static double pass_seconds(void (*fn)(void *), void *arg) {
@@ -689,6 +729,14 @@ static int setup_options(int argc, char **argv) {
        "Pull into the client's array (ps_client_pull) instead of reading "
        "the values where they landed (ps_client_pull_frames_start), which "
        "is what the raw ZeroMQ client does."},
+      {"sparse-dim", PS_OPT_INT, &B.sparse_dim, "16", 1, 4096, NULL,
+       "Floats per row of the sparse table the sparse op uses."},
+      {"sparse-keys", PS_OPT_INT, &B.sparse_keys, "4096", 1, 1048576, NULL,
+       "Keys per sparse push or pull call."},
+      {"sparse-space", PS_OPT_INT, &B.sparse_space, "1048576", 1,
+       1099511627776.0, NULL,
+       "Ids of the sparse op are drawn from [0, this); at least "
+       "--sparse-keys."},
       {"timeout-ms", PS_OPT_INT, &B.timeout_ms, "30000", 100, 3600000, NULL,
        "Deadline of one client call, and slack for every wait."},
       {"bin-dir", PS_OPT_STRING, &B.bin_dir, NULL, 0, 0, NULL,
@@ -776,8 +824,10 @@ int main(int argc, char **argv) {
   ps_log_init("bench", (ps_log_level_t)B.log_level);
   ps_bench_signals_install();
 
-  int dense = has_op(PS_BENCH_PUSH) || has_op(PS_BENCH_PULL) ||
-              has_op(PS_BENCH_PUSHPULL);
+  int dense_ops = has_op(PS_BENCH_PUSH) || has_op(PS_BENCH_PULL) ||
+                  has_op(PS_BENCH_PUSHPULL);
+  /* A cluster is needed for the dense ops and for sparse. */
+  int dense = dense_ops || has_op(PS_BENCH_SPARSE);
   int keep_logs = B.log_dir != NULL;
   for (int i = 0; i < MAX_CLIENTS; i++) B.ctl[i] = -1;
   if (dense && B.local) {
@@ -794,9 +844,10 @@ int main(int argc, char **argv) {
   }
   if (dense) {
     if ((B.local && start_daemons() != 0) ||
-        (B.baseline == 0 && start_raw_servers() != 0) || start_clients() != 0)
+        (dense_ops && B.baseline == 0 && start_raw_servers() != 0) ||
+        start_clients() != 0)
       goto out;
-    print_header();
+    if (dense_ops) print_header();
     for (int o = 0; o < B.nops && !B.failed && !ps_bench_interrupted; o++) {
       int op = B.ops[o];
       if (op != PS_BENCH_PUSH && op != PS_BENCH_PULL && op != PS_BENCH_PUSHPULL)
@@ -812,11 +863,11 @@ int main(int argc, char **argv) {
           run_case(op, B.sizes[si], B.windows[wi]);
         }
     }
+    if (!B.failed && !ps_bench_interrupted && has_op(PS_BENCH_SPARSE))
+      run_sparse_case();
   }
 out:
   if (dense) stop_cluster();
-  if (!B.failed && !ps_bench_interrupted && has_op(PS_BENCH_SPARSE))
-    report_sparse();
   if (!B.failed && !ps_bench_interrupted && has_op(PS_BENCH_APPLY)) run_apply();
   if (B.failed && B.run_dir[0]) ps_bench_procs_dump_logs();
   if (B.run_dir[0] && !keep_logs && !B.failed) {

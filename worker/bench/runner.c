@@ -370,6 +370,67 @@ static int run_raw(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
 
 /* ---- the client process ---- */
 
+/* The sparse op: each call pushes, then pulls, the rows of nkeys random
+ * distinct ids. Ids are stratified (one per slice of the id space, at a
+ * random place in it) so they are distinct without a set, then shuffled so
+ * the client sees them unsorted as a trainer's batch would be. A call is
+ * one push or one pull; bytes count keys and rows. */
+static int run_sparse(runner_t *r, const ps_bench_client_args_t *a,
+                      uint64_t nkeys, uint64_t duration_ns, tally_t *t) {
+  if (a->sparse_dim == 0 || nkeys == 0 || nkeys > a->sparse_keys ||
+      a->sparse_space < nkeys) {
+    snprintf(r->errmsg, sizeof(r->errmsg), "bad sparse request of %llu keys",
+             (unsigned long long)nkeys);
+    return -1;
+  }
+  size_t dim = a->sparse_dim;
+  uint64_t *keys = malloc(nkeys * sizeof(*keys));
+  float *vals = malloc(nkeys * dim * sizeof(float));
+  float *out = malloc(nkeys * dim * sizeof(float));
+  if (!keys || !vals || !out) {
+    free(keys), free(vals), free(out);
+    snprintf(r->errmsg, sizeof(r->errmsg), "out of memory");
+    return -1;
+  }
+  /* Gradients of zero: the rows stay put, the update still runs. */
+  memset(vals, 0, nkeys * dim * sizeof(float));
+  uint64_t rng = ps_now_ns() | 1, slice = a->sparse_space / nkeys;
+  uint64_t start = ps_now_ns(), end = start + duration_ns;
+  int rc = 0;
+  while (rc == 0 && ps_now_ns() < end) {
+    for (uint64_t i = 0; i < nkeys; i++) {
+      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+      keys[i] = i * slice + rng % slice;
+    }
+    for (uint64_t i = nkeys - 1; i > 0; i--) {
+      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+      uint64_t j = rng % (i + 1), k = keys[i];
+      keys[i] = keys[j], keys[j] = k;
+    }
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+      uint64_t t0 = ps_now_ns();
+      int st = pass == 0
+                   ? ps_client_sparse_push(r->client, PS_BENCH_SPARSE_TABLE,
+                                           keys, nkeys, vals, 0)
+                   : ps_client_sparse_pull(r->client, PS_BENCH_SPARSE_TABLE,
+                                           keys, nkeys, out);
+      if (st != PS_OK) {
+        snprintf(r->errmsg, sizeof(r->errmsg), "sparse %s: %s",
+                 pass == 0 ? "push" : "pull", ps_client_errmsg(r->client));
+        rc = -1;
+        break;
+      }
+      ps_bench_hist_add(&r->hist, ps_now_ns() - t0);
+      t->ops++;
+    }
+  }
+  t->elapsed_ns = ps_now_ns() - start;
+  t->requests = t->ops;
+  t->bytes = t->ops * nkeys * (sizeof(uint64_t) + dim * sizeof(float));
+  free(keys), free(vals), free(out);
+  return rc;
+}
+
 static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
                                    size_t errlen) {
   ps_tensor_spec_t t;
@@ -378,8 +439,18 @@ static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
   t.offset = 0;
   t.length = a->model_floats;
   t.init = PS__INIT__INIT_ZERO;
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "%s", PS_BENCH_SPARSE_TABLE);
+  sp.dim = a->sparse_dim;
+  sp.init = PS__INIT__INIT_UNIFORM;
+  sp.init_scale = 0.01f;
   ps_model_t model;
   memset(&model, 0, sizeof(model));
+  if (a->sparse_dim > 0) {
+    model.nsparse = 1;
+    model.sparse = &sp;
+  }
   model.ntensors = 1;
   model.tensors = &t;
   model.total = a->model_floats;
@@ -471,6 +542,32 @@ int ps_bench_client_main(void *arg) {
     char mode[16], opname[16];
     unsigned long long size, duration_ms;
     int window;
+    if (sscanf(line, "run %15s %15s %llu %d %llu", mode, opname, &size, &window,
+               &duration_ms) == 5 &&
+        parse_op(opname) == PS_BENCH_SPARSE && strcmp(mode, "ps") == 0) {
+      /* size is the number of keys per call. */
+      tally_t t = {0};
+      memset(&r.hist, 0, sizeof(r.hist));
+      r.errmsg[0] = '\0';
+      if (run_sparse(&r, a, size, duration_ms * 1000000ull, &t) != 0) {
+        reply(a->ctl_fd, "err %s", r.errmsg);
+        status = 1;
+        continue;
+      }
+      int hn =
+          snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
+                   (unsigned long long)t.bytes, (unsigned long long)t.requests,
+                   (unsigned long long)t.ops, (unsigned long long)t.elapsed_ns);
+      if (ps_bench_hist_format(&r.hist, result + hn,
+                               (size_t)(RESULT_MAX - hn - 2)) < 0) {
+        reply(a->ctl_fd, "err histogram too large");
+        continue;
+      }
+      size_t rl = strlen(result);
+      result[rl++] = '\n';
+      ps_bench_write_all(a->ctl_fd, result, rl);
+      continue;
+    }
     if (sscanf(line, "run %15s %15s %llu %d %llu", mode, opname, &size, &window,
                &duration_ms) != 5 ||
         parse_op(opname) < 0 || window < 1 || window > a->window_max ||

@@ -1,0 +1,280 @@
+/* Sparse tables against real daemons (issue #3): 2 workers on 2 servers
+ * (ASP) push integer-valued gradient rows for the same ids, in their own
+ * shuffled orders, several rounds; lr * 1/workers is 1 and the table starts
+ * at zero, so every row must come out exactly -(sum of its gradients)
+ * whatever order the pushes land in. The ids are spread over both servers
+ * (checked with the documented partition formula, written out here). A
+ * second table, never pushed, must pull the documented initial rows. An
+ * unknown table is an error, and nothing is left behind.
+ *
+ * The workers link only libps-client's symbols (see test_pipeline.c), so
+ * the partition and init formulas are spelled out here, independently. */
+#include <check.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "harness.h"
+#include "proto/ps.pb-c.h"
+#include "worker/client.h"
+
+#define WORKERS 2
+#define NKEYS 700
+#define ROUNDS 3
+#define DIM 4
+#define UDIM 3
+
+static uint64_t mix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+static uint64_t salt_of(const char *name) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    h ^= *p;
+    h *= 0x100000001b3ULL;
+  }
+  return mix64(h);
+}
+
+/* Element j of row id: uniform(-scale, scale) from the counter stream of
+ * (seed, table, id), as ps-server/sparse.c documents. */
+static float init_value(uint64_t seed, uint64_t salt, uint64_t id, uint64_t j,
+                        float scale) {
+  uint64_t row_seed = mix64(seed ^ mix64(salt + id));
+  uint64_t z = mix64(mix64(row_seed) + (j + 1) * 0x9e3779b97f4a7c15ULL);
+  int32_t m = (int32_t)(z >> 40);
+  return scale * ((float)(2 * m + 1 - (1 << 24)) * 0x1p-24f);
+}
+
+static uint64_t key_of(int i) {
+  return (uint64_t)i * 1000003ULL + 17;
+}
+
+static float grad_value(int rank, int round, uint64_t id, int j) {
+  return (float)((int)((id + (uint64_t)j * 3 + (uint64_t)rank * 5 +
+                        (uint64_t)round) %
+                       9) -
+                 4);
+}
+
+static int to_test[WORKERS][2], from_test[WORKERS][2];
+
+static int sync_point(int rank) {
+  char b = 'a';
+  return write(to_test[rank][1], &b, 1) == 1 &&
+         read(from_test[rank][0], &b, 1) == 1;
+}
+
+static int worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  memset(&t, 0, sizeof(t));
+  snprintf(t.name, sizeof(t.name), "w");
+  t.length = 64;
+  t.init = PS__INIT__INIT_ZERO;
+  ps_sparse_spec_t sp[2];
+  memset(sp, 0, sizeof(sp));
+  snprintf(sp[0].name, sizeof(sp[0].name), "emb");
+  sp[0].dim = DIM;
+  sp[0].init = PS__INIT__INIT_ZERO;
+  snprintf(sp[1].name, sizeof(sp[1].name), "emb_u");
+  sp[1].dim = UDIM;
+  sp[1].init = PS__INIT__INIT_UNIFORM;
+  sp[1].init_scale = 0.25f;
+  ps_model_t model;
+  memset(&model, 0, sizeof(model));
+  model.ntensors = 1;
+  model.tensors = &t;
+  model.total = 64;
+  model.nsparse = 2;
+  model.sparse = sp;
+  model.optimizer = PS__OPTIMIZER__OPT_SGD;
+  model.learning_rate = (float)WORKERS; /* ASP scales by 1/WORKERS */
+  model.seed = 5;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse: worker %d: %s\n", rank, msg);
+    return 1;
+  }
+  uint64_t *keys = malloc(NKEYS * sizeof(*keys));
+  float *g = malloc(NKEYS * DIM * sizeof(float));
+  float *out = malloc(NKEYS * DIM * sizeof(float));
+  int ok = sync_point(rank);
+  for (int round = 0; ok && round < ROUNDS; round++) {
+    /* Each worker and round its own order: a rotation plus reversal. */
+    for (int i = 0; i < NKEYS; i++) {
+      int k = (i * 3 + round * 13) % NKEYS;
+      if (rank == 1) k = NKEYS - 1 - (i + round * 29) % NKEYS;
+      keys[i] = key_of(k);
+      for (int j = 0; j < DIM; j++)
+        g[i * DIM + j] = grad_value(rank, round, keys[i], j);
+    }
+    if (ps_client_sparse_push(c, "emb", keys, NKEYS, g, (uint64_t)round) !=
+        PS_OK) {
+      fprintf(stderr, "sparse: worker %d push: %s\n", rank,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+  }
+  ok = sync_point(rank) && ok;
+  if (ok && rank == 0) {
+    /* Every row, in a third order: -(sum over workers and rounds). */
+    for (int i = 0; i < NKEYS; i++) keys[i] = key_of((i * 11) % NKEYS);
+    ok = ps_client_sparse_pull(c, "emb", keys, NKEYS, out) == PS_OK;
+    if (!ok) fprintf(stderr, "sparse: pull: %s\n", ps_client_errmsg(c));
+    for (int i = 0; ok && i < NKEYS; i++)
+      for (int j = 0; ok && j < DIM; j++) {
+        float want = 0;
+        for (int r = 0; r < WORKERS; r++)
+          for (int k = 0; k < ROUNDS; k++) want -= grad_value(r, k, keys[i], j);
+        if (out[i * DIM + j] != want) {
+          fprintf(stderr, "sparse: row %" PRIu64 "[%d] is %g, want %g\n",
+                  keys[i], j, (double)out[i * DIM + j], (double)want);
+          ok = 0;
+        }
+      }
+    /* The ids really are on both servers. */
+    const ps_view_t *v = ps_client_view(c);
+    uint64_t salt = salt_of("emb");
+    int on[2] = {0, 0};
+    for (int i = 0; ok && i < NKEYS; i++) {
+      uint64_t h = mix64(keys[i] ^ salt) >> 32;
+      on[(h * v->nsparse_servers) >> 32]++;
+    }
+    if (ok &&
+        (v->nsparse_servers != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
+      fprintf(stderr, "sparse: %zu servers, rows %d and %d\n",
+              v->nsparse_servers, on[0], on[1]);
+      ok = 0;
+    }
+    /* Untouched rows of the uniform table are its initializer's. */
+    float *u = malloc(NKEYS * UDIM * sizeof(float));
+    ok = ok && ps_client_sparse_pull(c, "emb_u", keys, NKEYS, u) == PS_OK;
+    uint64_t usalt = salt_of("emb_u");
+    int nonzero = 0;
+    for (int i = 0; ok && i < NKEYS; i++)
+      for (int j = 0; ok && j < UDIM; j++) {
+        float want = init_value(5, usalt, keys[i], (uint64_t)j, 0.25f);
+        nonzero += want != 0;
+        if (u[i * UDIM + j] != want) {
+          fprintf(stderr, "sparse: init row %" PRIu64 "[%d] is %g, want %g\n",
+                  keys[i], j, (double)u[i * UDIM + j], (double)want);
+          ok = 0;
+        }
+      }
+    ok = ok && nonzero > NKEYS;
+    free(u);
+    /* Errors: an unknown table, a duplicate key. */
+    int rc = ps_client_sparse_pull(c, "nope", keys, 1, out);
+    if (rc != PS_ERR_UNKNOWN_KEY || !strstr(ps_client_errmsg(c), "nope")) {
+      fprintf(stderr, "sparse: unknown table gave %d: %s\n", rc,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+    keys[1] = keys[0];
+    rc = ps_client_sparse_push(c, "emb", keys, 2, g, 0);
+    if (rc != PS_ERR_INVAL) {
+      fprintf(stderr, "sparse: duplicate keys gave %d\n", rc);
+      ok = 0;
+    }
+  }
+  if (!ok)
+    fprintf(stderr, "sparse: worker %d failed: %s\n", rank,
+            ps_client_errmsg(c));
+  ps_client_destroy(&c);
+  free(keys);
+  free(g);
+  free(out);
+  return ok ? 0 : 1;
+}
+
+START_TEST(sparse_pushes_sum_exactly) {
+  h_cluster_t c;
+  h_init(&c, "sparse");
+  char workers[8];
+  snprintf(workers, sizeof(workers), "%d", WORKERS);
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", workers, "--mode", "asp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  pid_t pids[WORKERS];
+  pid_t parent = getpid();
+  for (int r = 0; r < WORKERS; r++)
+    ck_assert(pipe(to_test[r]) == 0 && pipe(from_test[r]) == 0);
+  for (int r = 0; r < WORKERS; r++) {
+    pids[r] = fork();
+    ck_assert_int_ge(pids[r], 0);
+    if (pids[r] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      _exit(worker(c.sched_ep, r));
+    }
+  }
+  for (int r = 0; r < WORKERS; r++) {
+    close(to_test[r][1]);
+    close(from_test[r][0]);
+  }
+  for (int phase = 0; phase < 2; phase++) {
+    char b;
+    for (int r = 0; r < WORKERS; r++)
+      if (read(to_test[r][0], &b, 1) != 1) b = 0;
+    for (int r = 0; r < WORKERS; r++)
+      if (write(from_test[r][1], "g", 1) != 1) b = 0;
+  }
+  int failed = 0;
+  uint64_t end = h_now_ms() + 120000;
+  for (int r = 0; r < WORKERS; r++) {
+    int st = 0;
+    pid_t got = 0;
+    while ((got = waitpid(pids[r], &st, WNOHANG)) == 0 && h_now_ms() < end)
+      usleep(10000);
+    if (got != pids[r]) {
+      kill(pids[r], SIGKILL);
+      waitpid(pids[r], &st, 0);
+      fprintf(stderr, "sparse: worker %d timed out\n", r);
+      failed = 1;
+    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      failed = 1;
+    }
+  }
+  int all = h_wait_all(&c, 20000);
+  if (failed || !all) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "a worker saw wrong rows or failed (see above)");
+  ck_assert_msg(all, "the daemons did not exit after the job");
+  for (int i = 0; i < c.nprocs; i++) {
+    h_proc_t *p = &c.procs[i];
+    if (WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0) continue;
+    h_dump_logs(&c);
+    ck_abort_msg("%s did not exit 0 (status %d)", p->name, p->status);
+  }
+}
+END_TEST
+
+int main(void) {
+  Suite *s = suite_create("sparse");
+  TCase *tc = tcase_create("sparse");
+  tcase_set_timeout(tc, 170);
+  tcase_add_test(tc, sparse_pushes_sum_exactly);
+  suite_add_tcase(s, tc);
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
