@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 static void run_mode(const char *mode) {
   h_cluster_t c;
@@ -61,9 +62,5 @@ int main(void) {
   tcase_add_test(tc, bsp_one_epoch);
   tcase_add_test(tc, asp_one_epoch);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

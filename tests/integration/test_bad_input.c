@@ -16,6 +16,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "harness.h"
+#include "tests/check_run.h"
 
 #define NKEYS 64
 #define SPARSE_DIM 4
@@ -382,9 +383,5 @@ int main(void) {
   tcase_add_test(tc, server_refuses_bad_sparse);
   tcase_add_test(tc, scheduler_refuses_bad_input);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

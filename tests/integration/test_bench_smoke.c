@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 /* ---- a small JSON syntax check (objects, arrays, strings, numbers,
  * literals), enough to know a line is one well-formed object ---- */
@@ -200,9 +201,5 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, quick_local_run_prints_json);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

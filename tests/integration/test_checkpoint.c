@@ -25,6 +25,7 @@
 #include "common/checkpoint.h"
 #include "common/err.h"
 #include "harness.h"
+#include "tests/check_run.h"
 
 #define EVERY "40"
 
@@ -300,9 +301,5 @@ int main(void) {
   tcase_add_test(tc, bsp_checkpoint_restored_onto_2_and_3_servers);
   tcase_add_test(tc, damaged_checkpoint_refused);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 #define STEPS "10"
 
@@ -80,9 +81,5 @@ int main(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, layered_push_cnn_equals_standalone);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

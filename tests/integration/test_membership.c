@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 /* Runs psctl with args and returns its stdout (caller frees). */
 static char *psctl(h_cluster_t *c, const char *out_name, const char *a1,
@@ -97,9 +98,5 @@ int main(void) {
   tcase_set_timeout(tc, 200);
   tcase_add_test(tc, dead_worker_reported_and_training_goes_on);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

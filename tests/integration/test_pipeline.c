@@ -23,6 +23,7 @@
 #include "harness.h"
 #include "proto/ps.pb-c.h"
 #include "worker/client.h"
+#include "tests/check_run.h"
 
 #define WORKERS 4
 #define SERVERS 2
@@ -267,9 +268,5 @@ int main(void) {
   tcase_set_timeout(tc, 280);
   tcase_add_test(tc, pipelined_pushes_sum_exactly);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

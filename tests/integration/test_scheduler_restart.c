@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 /* Long enough to outlast the scheduler's downtime and restart (about 2 s)
  * with a margin, short enough for the test to stay quick. */
@@ -149,9 +150,5 @@ int main(void) {
   tcase_set_timeout(tc, 200);
   tcase_add_test(tc, scheduler_killed_and_restarted_job_finishes);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "harness.h"
+#include "tests/check_run.h"
 
 static void run(const char *victim_name) {
   h_cluster_t c;
@@ -59,9 +60,5 @@ int main(void) {
   tcase_add_test(tc, sigterm_server);
   tcase_add_test(tc, sigterm_worker);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

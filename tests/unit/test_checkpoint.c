@@ -12,6 +12,7 @@
 
 #include "common/checkpoint.h"
 #include "common/err.h"
+#include "tests/check_run.h"
 
 static char tmpdir[256];
 
@@ -428,9 +429,5 @@ int main(void) {
   tcase_add_test(tc, manifest_that_does_not_tile_is_not_written);
   tcase_add_test(tc, resolve_follows_latest);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

@@ -16,6 +16,7 @@
 #include "common/time.h"
 #include "common/view.h"
 #include "worker/client.h"
+#include "tests/check_run.h"
 
 /* Servers 1 and 2 own the key space; server 3 is a spare that takes over
  * server 2's range in a failover. */
@@ -1016,9 +1017,5 @@ static Suite *client_suite(void) {
 }
 
 int main(void) {
-  SRunner *r = srunner_create(client_suite());
-  srunner_run_all(r, CK_NORMAL);
-  int failed = srunner_ntests_failed(r);
-  srunner_free(r);
-  return failed == 0 ? 0 : 1;
+  return ps_check_run(client_suite());
 }

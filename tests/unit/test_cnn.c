@@ -10,6 +10,7 @@
 #include "worker/cnn.h"
 #include "worker/compute.h"
 #include "worker/net.h"
+#include "tests/check_run.h"
 
 static ps_compute_t *c;
 
@@ -498,9 +499,5 @@ int main(void) {
   tcase_add_test(tc, test_evaluate_in_batches);
   tcase_add_test(tc, test_net_dispatch);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

@@ -8,6 +8,7 @@
 #include "common/err.h"
 #include "worker/compute.h"
 #include "worker/compute_elem.h"
+#include "tests/check_run.h"
 
 static ps_compute_t *c;
 
@@ -613,9 +614,5 @@ int main(void) {
   tcase_add_test(tc, test_host_memory_and_async_download);
   tcase_add_test(tc, test_open_device);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

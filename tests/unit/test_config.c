@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "tests/check_run.h"
 
 static int64_t threads, heartbeat_ms;
 static double ratio;
@@ -407,9 +408,5 @@ int main(void) {
   tcase_add_test(tc, test_strings_freed);
   tcase_add_test(tc, test_bad_default_refused);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

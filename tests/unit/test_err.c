@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "tests/check_run.h"
 
 static const struct {
   int code;
@@ -64,9 +65,5 @@ int main(void) {
   tcase_add_test(tc, test_codes_names_strings_distinct);
   tcase_add_test(tc, test_unknown_code);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

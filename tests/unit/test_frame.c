@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/frame.h"
+#include "tests/check_run.h"
 
 static void *ctx, *router, *dealer;
 
@@ -398,9 +399,5 @@ int main(void) {
   tcase_add_test(tc, pull_reply_in_several_frames);
   tcase_add_test(tc, headers_outnumber_slab);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "worker/idx.h"
+#include "tests/check_run.h"
 
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
 
@@ -303,9 +304,5 @@ int main(void) {
   tcase_add_test(tc, test_empty_and_missing_refused);
   tcase_add_test(tc, test_standardize);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

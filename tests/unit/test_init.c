@@ -5,6 +5,7 @@
 
 #include "common/init.h"
 #include "proto/ps.pb-c.h"
+#include "tests/check_run.h"
 
 #define UNIFORM PS__INIT__INIT_UNIFORM
 
@@ -108,9 +109,5 @@ int main(void) {
   tcase_add_test(tc, test_scale_is_linear);
   tcase_add_test(tc, test_zero_init);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

@@ -10,6 +10,7 @@
 #include "worker/compute.h"
 #include "worker/mlp.h"
 #include "worker/trainer.h"
+#include "tests/check_run.h"
 
 static ps_compute_t *c;
 
@@ -399,9 +400,5 @@ int main(void) {
   tcase_add_test(order, test_permutation);
   tcase_add_test(order, test_lr_factor);
   suite_add_tcase(s, order);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/optimizer.h"
+#include "tests/check_run.h"
 
 START_TEST(sgd_plain_by_hand) {
   float w[3] = {1.0f, -2.0f, 0.5f};
@@ -114,9 +115,5 @@ int main(void) {
   tcase_add_test(tc, accumulate_sums);
   tcase_add_test(tc, sgd_to_matches_in_place_bitwise);
   suite_add_tcase(s, tc);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+  return ps_check_run(s);
 }

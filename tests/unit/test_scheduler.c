@@ -20,6 +20,7 @@
 #include "common/time.h"
 #include "common/view.h"
 #include "scheduler/scheduler.h"
+#include "tests/check_run.h"
 
 #define RANK_ANY 0xffffffffu
 #define SERVER PS__ROLE__ROLE_SERVER
@@ -982,9 +983,5 @@ static Suite *scheduler_suite(void) {
 int main(void) {
   /* Warnings and errors only: refusals are the point of several tests. */
   ps_log_init("test", PS_LOG_ERROR);
-  SRunner *sr = srunner_create(scheduler_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
+  return ps_check_run(scheduler_suite());
 }

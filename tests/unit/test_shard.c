@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "proto/ps.pb-c.h"
 #include "ps-server/shard.h"
+#include "tests/check_run.h"
 
 #define BSP PS__CONSISTENCY_MODE__MODE_BSP
 #define ASP PS__CONSISTENCY_MODE__MODE_ASP
@@ -639,9 +640,5 @@ int main(void) {
   tcase_add_test(tc, bsp_step_on_pinned_blocks_with_momentum);
   tcase_add_test(tc, load_replaces_state);
   suite_add_tcase(suite, tc);
-  SRunner *sr = srunner_create(suite);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
+  return ps_check_run(suite);
 }

@@ -16,6 +16,7 @@
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "ps-server/sparse.h"
+#include "tests/check_run.h"
 
 static ps_sparse_spec_t spec_of(const char *name, uint32_t dim, int init,
                                 float scale) {
@@ -302,9 +303,5 @@ int main(void) {
   tcase_add_test(tc, owner_partition);
   tcase_add_test(tc, frames_validated);
   suite_add_tcase(suite, tc);
-  SRunner *sr = srunner_create(suite);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? 0 : 1;
+  return ps_check_run(suite);
 }

@@ -4,6 +4,7 @@
 
 #include "common/err.h"
 #include "common/view.h"
+#include "tests/check_run.h"
 
 /* ---- ps_range_split ---- */
 
@@ -441,9 +442,5 @@ int main(void) {
   tcase_add_test(model, test_model_round_trip);
   tcase_add_test(model, test_model_equal_unequal);
   suite_add_tcase(s, model);
-  SRunner *sr = srunner_create(s);
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return ps_check_run(s);
 }
