@@ -170,19 +170,29 @@ static void write_work(uv_work_t *w) {
   j->work_us = (ps_now_ns() - t0) / 1000;
 }
 
-static void write_done(uv_work_t *w, int status) {
+/* The loop-thread end of a job: NULL if the saver was destroyed meanwhile
+ * (the job and, with the last job, the saver are freed here); else the job,
+ * with a thread-pool failure folded into its status. */
+static job_t *job_finished(uv_work_t *w, int status) {
   job_t *j = w->data;
   ps_saver_t *sv = j->sv;
   sv->inflight--;
   if (sv->destroyed) {
     job_free(j);
     if (sv->inflight == 0) free(sv);
-    return;
+    return NULL;
   }
   if (status != 0 && j->status == PS_OK) {
     j->status = PS_ERR_IO;
     snprintf(j->err, sizeof(j->err), "thread pool: %s", uv_strerror(status));
   }
+  return j;
+}
+
+static void write_done(uv_work_t *w, int status) {
+  job_t *j = job_finished(w, status);
+  if (j == NULL) return;
+  ps_saver_t *sv = j->sv;
   double ms = (double)j->work_us / 1e3;
   if (j->status == PS_OK) {
     PS_INFO("checkpoint_shards_written",
@@ -439,18 +449,9 @@ out:
 }
 
 static void restore_done(uv_work_t *w, int status) {
-  job_t *j = w->data;
+  job_t *j = job_finished(w, status);
+  if (j == NULL) return;
   ps_saver_t *sv = j->sv;
-  sv->inflight--;
-  if (sv->destroyed) {
-    job_free(j);
-    if (sv->inflight == 0) free(sv);
-    return;
-  }
-  if (status != 0 && j->status == PS_OK) {
-    j->status = PS_ERR_IO;
-    snprintf(j->err, sizeof(j->err), "thread pool: %s", uv_strerror(status));
-  }
   double ms = (double)j->work_us / 1e3;
   if (j->status == PS_OK)
     PS_INFO("checkpoint_loaded",

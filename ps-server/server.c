@@ -423,6 +423,22 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
   return 1;
 }
 
+
+/* Answers a push: the Ack carries the server clock after it. */
+static void reply_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = clock;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m->request_id;
+  env.sender = s->node_id;
+  env.epoch = view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  count_sent(s, &env, 0);
+  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
+    s->stats.send_failures++;
+}
+
 static void handle_push(ps_server_t *s, ps_msg_t *m) {
   const Ps__Push *p = m->env->push;
   if (!check_epoch(s, m)) return;
@@ -467,17 +483,7 @@ static void handle_push(ps_server_t *s, ps_msg_t *m) {
    * this thread serves nothing else before the end, so every request
    * served after this one, on any connection, sees the push, as with the
    * ack after. */
-  Ps__Ack ack = PS__ACK__INIT;
-  ack.clock = clock_after;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = m->request_id;
-  env.sender = s->node_id;
-  env.epoch = view_epoch(s);
-  env.body_case = PS__ENVELOPE__BODY_ACK;
-  env.ack = &ack;
-  count_sent(s, &env, 0);
-  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
-    s->stats.send_failures++;
+  reply_ack(s, m, clock_after);
   int applied = 0;
   ps_shard_push_end(r->shard, m->env->sender, p->key_begin, p->count, g,
                     p->clock, &applied);
@@ -629,17 +635,7 @@ static void handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
     return;
   }
   s->stats.applies++;
-  Ps__Ack ack = PS__ACK__INIT;
-  ack.clock = p->clock;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = m->request_id;
-  env.sender = s->node_id;
-  env.epoch = view_epoch(s);
-  env.body_case = PS__ENVELOPE__BODY_ACK;
-  env.ack = &ack;
-  count_sent(s, &env, 0);
-  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
-    s->stats.send_failures++;
+  reply_ack(s, m, p->clock);
 }
 
 static void sparse_rows_free(void *data, void *hint) {
