@@ -200,3 +200,71 @@ double h_json_number(const char *json, const char *key) {
   double v = strtod(p, &end);
   return end == p ? NAN : v;
 }
+
+static struct {
+  int n;
+  pid_t pids[H_MAX_WORKERS];
+  int to_test[H_MAX_WORKERS][2], from_test[H_MAX_WORKERS][2];
+} workers;
+
+void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
+  if (n > H_MAX_WORKERS) abort();
+  workers.n = n;
+  for (int r = 0; r < n; r++)
+    if (pipe(workers.to_test[r]) != 0 || pipe(workers.from_test[r]) != 0)
+      abort();
+  pid_t parent = getpid();
+  for (int r = 0; r < n; r++) {
+    pid_t pid = fork();
+    if (pid < 0) abort();
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
+      _exit(fn(c->sched_ep, r));
+    }
+    workers.pids[r] = pid;
+  }
+  for (int r = 0; r < n; r++) {
+    close(workers.to_test[r][1]);
+    close(workers.from_test[r][0]);
+  }
+}
+
+int h_worker_sync(int rank) {
+  char b = 'a';
+  return write(workers.to_test[rank][1], &b, 1) == 1 &&
+         read(workers.from_test[rank][0], &b, 1) == 1;
+}
+
+void h_workers_sync(void) {
+  char b;
+  for (int r = 0; r < workers.n; r++)
+    if (read(workers.to_test[r][0], &b, 1) != 1) b = 0;
+  for (int r = 0; r < workers.n; r++)
+    if (write(workers.from_test[r][1], "g", 1) != 1) b = 0;
+}
+
+int h_workers_reap(int timeout_ms) {
+  int ok = 1;
+  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  for (int r = 0; r < workers.n; r++) {
+    int st = 0;
+    pid_t got = 0;
+    while ((got = waitpid(workers.pids[r], &st, WNOHANG)) == 0 &&
+           h_now_ms() < end)
+      sleep_ms(10);
+    if (got != workers.pids[r]) {
+      kill(workers.pids[r], SIGKILL);
+      waitpid(workers.pids[r], &st, 0);
+      fprintf(stderr, "harness: worker %d timed out\n", r);
+      ok = 0;
+    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      ok = 0;
+    }
+  }
+  for (int r = 0; r < workers.n; r++) {
+    close(workers.to_test[r][0]);
+    close(workers.from_test[r][1]);
+  }
+  return ok;
+}

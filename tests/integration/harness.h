@@ -65,6 +65,25 @@ double h_json_number(const char *json, const char *key);
 /* Path of a file in the test's scratch dir (static buffer per call slot). */
 const char *h_path(h_cluster_t *c, const char *file);
 
+/* Workers run in forked children of the test (so they can be plain
+ * libps-client programs), synchronised with it through pipes: each calls
+ * h_worker_sync(rank) at the same points, and the test releases them all at
+ * once with h_workers_sync() only when every one has arrived. */
+#define H_MAX_WORKERS 16
+typedef int (*h_worker_fn)(const char *sched_ep, int rank);
+
+/* Forks n workers running fn(c->sched_ep, rank); each exits with fn's
+ * return value and dies with the test. */
+void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn);
+/* Worker side: 1 once the test released this sync point. */
+int h_worker_sync(int rank);
+/* Test side: waits for every worker at the next sync point, then releases
+ * them. A worker that died counts as arrived, so nothing waits forever. */
+void h_workers_sync(void);
+/* Waits until timeout_ms for every worker; SIGKILLs the late ones. Returns
+ * 1 if all exited 0. */
+int h_workers_reap(int timeout_ms);
+
 /* Milliseconds on the monotonic clock. */
 uint64_t h_now_ms(void);
 

@@ -55,14 +55,6 @@ static int check_equal(const char *what, const float *got, const float *want) {
 
 /* The test's own barrier: each worker says it arrived, the test answers
  * once all have. */
-static int to_test[WORKERS][2], from_test[WORKERS][2];
-
-static int sync_point(int rank) {
-  char b = 'a';
-  return write(to_test[rank][1], &b, 1) == 1 &&
-         read(from_test[rank][0], &b, 1) == 1;
-}
-
 /* The worker links only libps-client's symbols: the harness also links the
  * static ps-common, and pulling an object from both would define its
  * globals twice (ASan's ODR check). */
@@ -106,7 +98,7 @@ static int worker(const char *sched_ep, int rank) {
     for (int k = 0; k < ROUNDS; k++)
       for (uint64_t i = 0; i < TOTAL; i++) want[i] -= grad_value(r, k, i);
 
-  int ok = sync_point(rank);
+  int ok = h_worker_sync(rank);
   /* Phase 1: every round's push in flight at once, a pull among them. */
   uint64_t tk[ROUNDS + 1];
   for (int k = 0; ok && k < ROUNDS; k++) {
@@ -118,7 +110,7 @@ static int worker(const char *sched_ep, int rank) {
     ok = ps_client_wait(c, tk[k]) == PS_OK;
   if (!ok)
     fprintf(stderr, "pipeline: worker %d: %s\n", rank, ps_client_errmsg(c));
-  ok = sync_point(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
   if (ok && rank == 0) {
     ok = ps_client_pull(c, 0, TOTAL, out, 0) == PS_OK &&
          check_equal("after phase 1", out, want);
@@ -136,7 +128,7 @@ static int worker(const char *sched_ep, int rank) {
     for (int k = 0; k < WINDOW_PUSHES; k++)
       for (uint64_t i = 0; i < TOTAL; i++) want[i] -= grad_value(0, k, i);
   }
-  ok = sync_point(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
   /* Everyone sees the final weights, pulled with its own chunking; odd
    * ranks read them where they landed (zero-copy pull: spans of whole
    * blocks and of short runs, in key order). */
@@ -191,48 +183,11 @@ START_TEST(pipelined_pushes_sum_exactly) {
           "60000", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
-  pid_t pids[WORKERS];
-  pid_t parent = getpid();
-  for (int r = 0; r < WORKERS; r++)
-    ck_assert(pipe(to_test[r]) == 0 && pipe(from_test[r]) == 0);
-  for (int r = 0; r < WORKERS; r++) {
-    pids[r] = fork();
-    ck_assert_int_ge(pids[r], 0);
-    if (pids[r] == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      _exit(worker(c.sched_ep, r));
-    }
-  }
-  for (int r = 0; r < WORKERS; r++) {
-    close(to_test[r][1]);
-    close(from_test[r][0]);
-  }
-  /* Three sync points; a worker that fails still passes them (or dies,
-   * and its pipe says so), so no one waits forever. */
-  for (int phase = 0; phase < 3; phase++) {
-    char b;
-    for (int r = 0; r < WORKERS; r++)
-      if (read(to_test[r][0], &b, 1) != 1) b = 0;
-    for (int r = 0; r < WORKERS; r++)
-      if (write(from_test[r][1], "g", 1) != 1) b = 0;
-  }
-  int failed = 0;
-  uint64_t end = h_now_ms() + 200000;
-  for (int r = 0; r < WORKERS; r++) {
-    int st = 0;
-    pid_t got = 0;
-    while ((got = waitpid(pids[r], &st, WNOHANG)) == 0 && h_now_ms() < end)
-      usleep(10000);
-    if (got != pids[r]) {
-      kill(pids[r], SIGKILL);
-      waitpid(pids[r], &st, 0);
-      fprintf(stderr, "pipeline: worker %d timed out\n", r);
-      failed = 1;
-    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      failed = 1;
-    }
-  }
+  h_workers_start(&c, WORKERS, worker);
+  /* Three sync points; a worker that fails still passes them (or dies, and
+   * its pipe says so), so no one waits forever. */
+  for (int phase = 0; phase < 3; phase++) h_workers_sync();
+  int failed = !h_workers_reap(200000);
   /* All workers done: the job ends and the daemons exit by themselves. */
   int all = h_wait_all(&c, 20000);
   if (failed || !all) h_dump_logs(&c);

@@ -66,14 +66,6 @@ static float grad_value(int rank, int round, uint64_t id, int j) {
                  4);
 }
 
-static int to_test[WORKERS][2], from_test[WORKERS][2];
-
-static int sync_point(int rank) {
-  char b = 'a';
-  return write(to_test[rank][1], &b, 1) == 1 &&
-         read(from_test[rank][0], &b, 1) == 1;
-}
-
 static int worker(const char *sched_ep, int rank) {
   ps_tensor_spec_t t;
   memset(&t, 0, sizeof(t));
@@ -114,7 +106,7 @@ static int worker(const char *sched_ep, int rank) {
   uint64_t *keys = malloc(NKEYS * sizeof(*keys));
   float *g = malloc(NKEYS * DIM * sizeof(float));
   float *out = malloc(NKEYS * DIM * sizeof(float));
-  int ok = sync_point(rank);
+  int ok = h_worker_sync(rank);
   for (int round = 0; ok && round < ROUNDS; round++) {
     /* Each worker and round its own order: a rotation plus reversal. */
     for (int i = 0; i < NKEYS; i++) {
@@ -131,7 +123,7 @@ static int worker(const char *sched_ep, int rank) {
       ok = 0;
     }
   }
-  ok = sync_point(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
   if (ok && rank == 0) {
     /* Every row, in a third order: -(sum over workers and rounds). */
     for (int i = 0; i < NKEYS; i++) keys[i] = key_of((i * 11) % NKEYS);
@@ -213,46 +205,11 @@ START_TEST(sparse_pushes_sum_exactly) {
           "60000", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
-  pid_t pids[WORKERS];
-  pid_t parent = getpid();
-  for (int r = 0; r < WORKERS; r++)
-    ck_assert(pipe(to_test[r]) == 0 && pipe(from_test[r]) == 0);
-  for (int r = 0; r < WORKERS; r++) {
-    pids[r] = fork();
-    ck_assert_int_ge(pids[r], 0);
-    if (pids[r] == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
-      _exit(worker(c.sched_ep, r));
-    }
-  }
-  for (int r = 0; r < WORKERS; r++) {
-    close(to_test[r][1]);
-    close(from_test[r][0]);
-  }
-  for (int phase = 0; phase < 2; phase++) {
-    char b;
-    for (int r = 0; r < WORKERS; r++)
-      if (read(to_test[r][0], &b, 1) != 1) b = 0;
-    for (int r = 0; r < WORKERS; r++)
-      if (write(from_test[r][1], "g", 1) != 1) b = 0;
-  }
-  int failed = 0;
-  uint64_t end = h_now_ms() + 120000;
-  for (int r = 0; r < WORKERS; r++) {
-    int st = 0;
-    pid_t got = 0;
-    while ((got = waitpid(pids[r], &st, WNOHANG)) == 0 && h_now_ms() < end)
-      usleep(10000);
-    if (got != pids[r]) {
-      kill(pids[r], SIGKILL);
-      waitpid(pids[r], &st, 0);
-      fprintf(stderr, "sparse: worker %d timed out\n", r);
-      failed = 1;
-    } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      failed = 1;
-    }
-  }
+  h_workers_start(&c, WORKERS, worker);
+  /* Two sync points; a worker that fails still passes them (or dies, and
+   * its pipe says so), so no one waits forever. */
+  for (int phase = 0; phase < 2; phase++) h_workers_sync();
+  int failed = !h_workers_reap(120000);
   int all = h_wait_all(&c, 20000);
   if (failed || !all) h_dump_logs(&c);
   h_kill_all(&c);
