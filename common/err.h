@@ -26,7 +26,9 @@
   X(ERR_UNSUPPORTED, -14, "operation not supported")                       \
   X(ERR_REFUSED, -15, "request refused")                                   \
   X(ERR_PEER, -16, "peer failed")                                          \
-  X(ERR_ZMQ, -17, "zeromq error")
+  X(ERR_ZMQ, -17, "zeromq error")                                          \
+  X(ERR_FENCED, -18, "node was declared dead and is fenced off")           \
+  X(ERR_UNAVAILABLE, -19, "no live server holds the keys")
 
 typedef enum {
 #define PS__ERR_ENUM(name, val, msg) PS_##name = (val),

@@ -76,29 +76,60 @@ static void bump_free(void *data, void *p) {
 
 const char *ps_body_name(Ps__Envelope__BodyCase c) {
   switch (c) {
-    case PS__ENVELOPE__BODY__NOT_SET: return "none";
-    case PS__ENVELOPE__BODY_REGISTER: return "register";
-    case PS__ENVELOPE__BODY_REGISTER_REPLY: return "register_reply";
-    case PS__ENVELOPE__BODY_HEARTBEAT: return "heartbeat";
-    case PS__ENVELOPE__BODY_VIEW: return "view";
-    case PS__ENVELOPE__BODY_PUSH: return "push";
-    case PS__ENVELOPE__BODY_PULL: return "pull";
-    case PS__ENVELOPE__BODY_PULL_REPLY: return "pull_reply";
-    case PS__ENVELOPE__BODY_ACK: return "ack";
-    case PS__ENVELOPE__BODY_ERROR: return "error";
-    case PS__ENVELOPE__BODY_BARRIER: return "barrier";
-    case PS__ENVELOPE__BODY_DONE: return "done";
-    case PS__ENVELOPE__BODY_SHUTDOWN: return "shutdown";
-    case PS__ENVELOPE__BODY_STATUS_REQUEST: return "status_request";
-    case PS__ENVELOPE__BODY_STATUS: return "status";
-    case PS__ENVELOPE__BODY_CHECKPOINT_REQUEST: return "checkpoint_request";
-    case PS__ENVELOPE__BODY_CHECKPOINT_REPLY: return "checkpoint_reply";
-    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND: return "checkpoint_command";
-    case PS__ENVELOPE__BODY_CHECKPOINT_INFO: return "checkpoint_info";
-    case PS__ENVELOPE__BODY_SPARSE_PUSH: return "sparse_push";
-    case PS__ENVELOPE__BODY_SPARSE_PULL: return "sparse_pull";
-    case PS__ENVELOPE__BODY_SPARSE_PULL_REPLY: return "sparse_pull_reply";
-    default: return "unknown";
+    case PS__ENVELOPE__BODY__NOT_SET:
+      return "none";
+    case PS__ENVELOPE__BODY_REGISTER:
+      return "register";
+    case PS__ENVELOPE__BODY_REGISTER_REPLY:
+      return "register_reply";
+    case PS__ENVELOPE__BODY_HEARTBEAT:
+      return "heartbeat";
+    case PS__ENVELOPE__BODY_VIEW:
+      return "view";
+    case PS__ENVELOPE__BODY_PUSH:
+      return "push";
+    case PS__ENVELOPE__BODY_PULL:
+      return "pull";
+    case PS__ENVELOPE__BODY_PULL_REPLY:
+      return "pull_reply";
+    case PS__ENVELOPE__BODY_ACK:
+      return "ack";
+    case PS__ENVELOPE__BODY_ERROR:
+      return "error";
+    case PS__ENVELOPE__BODY_BARRIER:
+      return "barrier";
+    case PS__ENVELOPE__BODY_DONE:
+      return "done";
+    case PS__ENVELOPE__BODY_SHUTDOWN:
+      return "shutdown";
+    case PS__ENVELOPE__BODY_STATUS_REQUEST:
+      return "status_request";
+    case PS__ENVELOPE__BODY_STATUS:
+      return "status";
+    case PS__ENVELOPE__BODY_CHECKPOINT_REQUEST:
+      return "checkpoint_request";
+    case PS__ENVELOPE__BODY_CHECKPOINT_REPLY:
+      return "checkpoint_reply";
+    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND:
+      return "checkpoint_command";
+    case PS__ENVELOPE__BODY_CHECKPOINT_INFO:
+      return "checkpoint_info";
+    case PS__ENVELOPE__BODY_SPARSE_PUSH:
+      return "sparse_push";
+    case PS__ENVELOPE__BODY_SPARSE_PULL:
+      return "sparse_pull";
+    case PS__ENVELOPE__BODY_SPARSE_PULL_REPLY:
+      return "sparse_pull_reply";
+    case PS__ENVELOPE__BODY_REPLICATE:
+      return "replicate";
+    case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
+      return "replica_snapshot";
+    case PS__ENVELOPE__BODY_REPLICA_SYNCED:
+      return "replica_synced";
+    case PS__ENVELOPE__BODY_JOIN_REPLY:
+      return "join_reply";
+    default:
+      return "unknown";
   }
 }
 
@@ -130,6 +161,12 @@ static void expected_payload(const Ps__Envelope *env, int *min_frames,
       *min_frames = 1;
       *max_frames = PS_MAX_PAYLOAD_FRAMES;
       *nfloats = env->pull_reply->count;
+      break;
+    case PS__ENVELOPE__BODY_REPLICATE:
+      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH) {
+        *min_frames = *max_frames = 1;
+        *nfloats = env->replicate->count;
+      }
       break;
     default:
       break;
@@ -221,6 +258,46 @@ static int validate_sparse(const Ps__Envelope *env, const ps_msg_t *m,
   return PS_OK;
 }
 
+/* A snapshot's six frames against its header (proto/ps.proto,
+ * ReplicaSnapshot). The dedup frame's record size belongs to the server,
+ * which checks it. */
+static int validate_snapshot(const Ps__ReplicaSnapshot *r, const ps_msg_t *m,
+                             const ps_frame_limits_t *limits, char *err,
+                             size_t errlen) {
+  if (m->npayload != 6)
+    return fail(err, errlen, PS_ERR_PROTO,
+                "replica_snapshot carries %d payload frames, expected 6",
+                m->npayload);
+  if (r->range_end <= r->range_begin)
+    return fail(err, errlen, PS_ERR_PROTO, "replica_snapshot of empty range");
+  uint64_t len = r->range_end - r->range_begin;
+  if (len > limits->max_payload_bytes / sizeof(float))
+    return fail(err, errlen, PS_ERR_TOO_BIG,
+                "replica_snapshot of %llu values exceeds the limit of %zu "
+                "bytes per frame",
+                (unsigned long long)len, limits->max_payload_bytes);
+  if (r->acc_lo > r->acc_hi || r->acc_hi > len)
+    return fail(err, errlen, PS_ERR_PROTO,
+                "replica_snapshot sum interval [%llu,%llu) outside the range "
+                "of %llu values",
+                (unsigned long long)r->acc_lo, (unsigned long long)r->acc_hi,
+                (unsigned long long)len);
+  const uint64_t want[5] = {len * sizeof(float),
+                            r->has_momentum ? len * sizeof(float) : 0,
+                            (r->acc_hi - r->acc_lo) * sizeof(float),
+                            (uint64_t)r->nlive * 2 * sizeof(uint64_t),
+                            (uint64_t)r->ncontrib * 2 * sizeof(uint64_t)};
+  static const char *const names[5] = {"weights", "momentum", "sum", "live",
+                                       "contrib"};
+  for (int i = 0; i < 5; i++)
+    if (frame_size(m, i) != want[i])
+      return fail(err, errlen, PS_ERR_PROTO,
+                  "replica_snapshot %s frame has %zu bytes, the header says "
+                  "%llu",
+                  names[i], frame_size(m, i), (unsigned long long)want[i]);
+  return PS_OK;
+}
+
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
@@ -236,6 +313,8 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
       env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL ||
       env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY)
     return validate_sparse(env, m, limits, err, errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICA_SNAPSHOT)
+    return validate_snapshot(env->replica_snapshot, m, limits, err, errlen);
 
   int min_frames, max_frames;
   uint64_t want_floats;

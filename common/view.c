@@ -77,7 +77,8 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     set_err(err, errlen, "no model");
     return PS_ERR_INVAL;
   }
-  if (pb->optimizer != PS__OPTIMIZER__OPT_SGD) {
+  if (pb->optimizer != PS__OPTIMIZER__OPT_SGD &&
+      pb->optimizer != PS__OPTIMIZER__OPT_ADD) {
     set_err(err, errlen, "unknown optimizer %d", (int)pb->optimizer);
     return PS_ERR_INVAL;
   }
@@ -350,6 +351,8 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
     d->id = n->id;
     d->role = (int)n->role;
     d->state = (int)n->state;
+    d->join_clock = n->join_clock;
+    d->joining = n->joining ? 1 : 0;
     snprintf(d->address, sizeof(d->address), "%s", address);
     v->nnodes = i + 1;
   }
@@ -406,7 +409,39 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
               i, b, e, r->server_id, owner->role);
       return PS_ERR_INVAL;
     }
-    v->ranges[i] = (ps_range_t){r->begin, r->end, r->server_id};
+    ps_range_t *d = &v->ranges[i];
+    *d = (ps_range_t){
+        .begin = r->begin, .end = r->end, .server_id = r->server_id};
+    if (r->n_backups > PS_MAX_REPLICAS - 1) {
+      set_err(err, errlen, "range %zu [%llu, %llu): %zu backups, at most %d", i,
+              b, e, r->n_backups, PS_MAX_REPLICAS - 1);
+      return PS_ERR_INVAL;
+    }
+    for (size_t j = 0; j < r->n_backups; j++) {
+      uint32_t id = r->backups[j];
+      const ps_node_t *bn = ps_view_node(v, id);
+      if (bn == NULL || bn->role != PS__ROLE__ROLE_SERVER ||
+          id == r->server_id || ps_range_has_backup(d, id)) {
+        set_err(err, errlen,
+                "range %zu [%llu, %llu): backup %u is not a server of the "
+                "view, is the primary, or is listed twice",
+                i, b, e, id);
+        return PS_ERR_INVAL;
+      }
+      d->backups[d->nbackups++] = id;
+    }
+    for (size_t j = 0; j < r->n_syncing; j++) {
+      uint32_t bit = 0;
+      for (uint32_t k = 0; k < d->nbackups; k++)
+        if (d->backups[k] == r->syncing[j]) bit = 1u << k;
+      if (bit == 0) {
+        set_err(err, errlen,
+                "range %zu [%llu, %llu): syncing node %u is not a backup", i, b,
+                e, r->syncing[j]);
+        return PS_ERR_INVAL;
+      }
+      d->syncing_mask |= bit;
+    }
     expect = r->end;
   }
   v->nranges = pb->n_ranges;
@@ -416,6 +451,18 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
     return PS_ERR_INVAL;
   }
   return PS_OK;
+}
+
+int ps_range_has_backup(const ps_range_t *r, uint32_t id) {
+  for (uint32_t k = 0; k < r->nbackups; k++)
+    if (r->backups[k] == id) return 1;
+  return 0;
+}
+
+int ps_range_backup_syncing(const ps_range_t *r, uint32_t id) {
+  for (uint32_t k = 0; k < r->nbackups; k++)
+    if (r->backups[k] == id) return (r->syncing_mask >> k) & 1u;
+  return 0;
 }
 
 static int sparse_has(const ps_view_t *v, uint32_t id) {
@@ -464,6 +511,7 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   v->mode = (int)pb->mode;
   v->live_workers = pb->live_workers;
   v->start_clock = pb->start_clock;
+  v->replication = pb->replication ? pb->replication : 1;
   if (pb->restore_dir && pb->restore_dir[0]) {
     v->restore_dir = strdup(pb->restore_dir);
     if (v->restore_dir == NULL) {

@@ -28,7 +28,7 @@ typedef struct {
   char name[PS_NAME_MAX];
   uint64_t offset;
   uint64_t length;
-  int init;          /* PS__INIT__INIT_* */
+  int init; /* PS__INIT__INIT_* */
   float init_scale;
 } ps_tensor_spec_t;
 
@@ -49,8 +49,8 @@ typedef struct {
 typedef struct {
   size_t ntensors;
   ps_tensor_spec_t *tensors;
-  uint64_t total;    /* sum of lengths == end of the last tensor */
-  int optimizer;     /* PS__OPTIMIZER__* */
+  uint64_t total; /* sum of lengths == end of the last tensor */
+  int optimizer;  /* PS__OPTIMIZER__* */
   float learning_rate;
   float momentum;
   uint64_t seed;
@@ -58,28 +58,46 @@ typedef struct {
   ps_sparse_spec_t *sparse; /* owned, like tensors */
 } ps_model_t;
 
+/* Most copies of a range (primary included): the replication factor's
+ * upper bound. */
+#define PS_MAX_REPLICAS 4
+
 typedef struct {
   uint64_t begin, end;
-  uint32_t server_id;
+  uint32_t server_id; /* the primary */
+  /* Replication (issue #4): the backups in chain order, and which of them
+   * (bit i: backups[i]) are still being filled by a snapshot. */
+  uint32_t nbackups;
+  uint32_t backups[PS_MAX_REPLICAS - 1];
+  uint32_t syncing_mask;
 } ps_range_t;
+
+/* 1 if node id is a backup of r (any state) / a backup still syncing. */
+int ps_range_has_backup(const ps_range_t *r, uint32_t id);
+int ps_range_backup_syncing(const ps_range_t *r, uint32_t id);
 
 typedef struct {
   uint32_t id;
-  int role;   /* PS__ROLE__* */
-  int state;  /* PS__NODE_STATE__* */
+  int role;  /* PS__ROLE__* */
+  int state; /* PS__NODE_STATE__* */
   char address[PS_ADDR_MAX];
+  /* Workers: the first BSP step it contributes to (0: from the start), and
+   * whether the servers have yet to confirm it (proto NodeInfo). */
+  uint64_t join_clock;
+  int joining;
 } ps_node_t;
 
 typedef struct {
   uint64_t epoch;
-  int mode;  /* PS__CONSISTENCY_MODE__* */
+  int mode; /* PS__CONSISTENCY_MODE__* */
   uint32_t live_workers;
   size_t nnodes;
   ps_node_t *nodes;
   size_t nranges;
-  ps_range_t *ranges;  /* sorted by begin, covering [0, model.total) */
+  ps_range_t *ranges; /* sorted by begin, covering [0, model.total) */
   ps_model_t model;
   uint64_t start_clock; /* the step the job starts from (0, or a restore's) */
+  uint32_t replication; /* configured copies per range (1: none) */
   char *restore_dir;    /* restored job: the checkpoint directory; else NULL */
   /* The servers sparse rows are spread over (ps_view_sparse_owner): those
    * that own ranges, in range order, then any other live server, by node

@@ -27,17 +27,14 @@ struct ps_shard_version_s {
   float *data;  /* SHARD_ALIGN-aligned, right after the header */
 };
 
-/* One worker's share of the current BSP step. */
-typedef struct {
-  uint32_t worker;
-  uint64_t received;
-} contribution_t;
-
 struct ps_shard_s {
   uint64_t begin, end, len;
   int mode;
-  uint32_t *live; /* sorted worker node ids */
+  ps_shard_live_t *live; /* sorted by worker */
   size_t nlive;
+  /* OPT_ADD is SGD with lr -1, momentum 0 and scale 1: w - (-1 * g) is
+   * w + g exactly, so counters stay exact integers. */
+  int add;
   float learning_rate;
   float momentum;
   /* Weights: block b holds keys [b * block_keys, ...) of the range. */
@@ -59,7 +56,7 @@ struct ps_shard_s {
   uint64_t received; /* values received for the current BSP step */
   /* Who pushed what this step. A handful to a few hundred workers: a linear
    * scan costs less than the push's pass over its values. */
-  contribution_t *contrib;
+  ps_shard_contrib_t *contrib;
   size_t ncontrib, contrib_cap;
   uint64_t clock;
   ps_shard_stats_t stats;
@@ -78,31 +75,71 @@ static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...) {
   return code;
 }
 
-static int cmp_u32(const void *a, const void *b) {
-  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+static int cmp_live(const void *a, const void *b) {
+  uint64_t x = ((const ps_shard_live_t *)a)->worker;
+  uint64_t y = ((const ps_shard_live_t *)b)->worker;
   return x < y ? -1 : x > y;
 }
 
-/* A sorted copy of ids (NULL for none); *ok is 0 when out of memory. */
-static uint32_t *copy_ids(const uint32_t *ids, size_t n, int *ok) {
-  *ok = 1;
-  if (n == 0) return NULL;
-  uint32_t *c = malloc(n * sizeof(*c));
-  if (c == NULL) {
-    *ok = 0;
-    return NULL;
+/* A sorted copy of the live set into *out (NULL for none). PS_ERR_INVAL
+ * (with errbuf) for a worker twice or an id that is not a node id,
+ * PS_ERR_NOMEM. */
+static int copy_live(const ps_shard_live_t *live, size_t n,
+                     ps_shard_live_t **out, char *errbuf, size_t errlen) {
+  *out = NULL;
+  if (n == 0) return PS_OK;
+  if (n > SIZE_MAX / sizeof(*live))
+    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+  ps_shard_live_t *c = malloc(n * sizeof(*c));
+  if (c == NULL)
+    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+  memcpy(c, live, n * sizeof(*c));
+  qsort(c, n, sizeof(*c), cmp_live);
+  for (size_t i = 0; i < n; i++) {
+    if (c[i].worker > UINT32_MAX || (i > 0 && c[i].worker == c[i - 1].worker)) {
+      int rc = fail(errbuf, errlen, PS_ERR_INVAL, "live set: worker %llu is %s",
+                    (unsigned long long)c[i].worker,
+                    c[i].worker > UINT32_MAX ? "not a node id" : "there twice");
+      free(c);
+      return rc;
+    }
   }
-  memcpy(c, ids, n * sizeof(*c));
-  qsort(c, n, sizeof(*c), cmp_u32);
-  return c;
+  *out = c;
+  return PS_OK;
 }
 
-static int is_live(const ps_shard_t *s, uint32_t worker) {
-  return s->nlive > 0 &&
-         bsearch(&worker, s->live, s->nlive, sizeof(*s->live), cmp_u32) != NULL;
+/* The same from plain node ids, every one waited for from step 0. */
+static int copy_live_ids(const uint32_t *ids, size_t n, ps_shard_live_t **out,
+                         char *errbuf, size_t errlen) {
+  *out = NULL;
+  if (n == 0) return PS_OK;
+  if (n > SIZE_MAX / sizeof(ps_shard_live_t))
+    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+  ps_shard_live_t *tmp = malloc(n * sizeof(*tmp));
+  if (tmp == NULL)
+    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+  for (size_t i = 0; i < n; i++) {
+    tmp[i].worker = ids[i];
+    tmp[i].from_step = 0;
+  }
+  int rc = copy_live(tmp, n, out, errbuf, errlen);
+  free(tmp);
+  return rc;
 }
 
-static contribution_t *find_contribution(ps_shard_t *s, uint32_t worker) {
+static const ps_shard_live_t *find_live(const ps_shard_t *s, uint32_t worker) {
+  ps_shard_live_t key = {.worker = worker};
+  return s->nlive ? bsearch(&key, s->live, s->nlive, sizeof(*s->live), cmp_live)
+                  : NULL;
+}
+
+/* 1 if the current BSP step waits for l: a worker that joined a running
+ * job is not waited for before its first step. */
+static int waited_for(const ps_shard_t *s, const ps_shard_live_t *l) {
+  return l->from_step <= s->clock;
+}
+
+static ps_shard_contrib_t *find_contribution(ps_shard_t *s, uint32_t worker) {
   for (size_t i = 0; i < s->ncontrib; i++)
     if (s->contrib[i].worker == worker) return &s->contrib[i];
   return NULL;
@@ -276,7 +313,8 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                 "consistency mode %d is not supported", mode);
     return NULL;
   }
-  if (model->optimizer != PS__OPTIMIZER__OPT_SGD) {
+  if (model->optimizer != PS__OPTIMIZER__OPT_SGD &&
+      model->optimizer != PS__OPTIMIZER__OPT_ADD) {
     *err = fail(errbuf, errlen, PS_ERR_UNSUPPORTED,
                 "optimizer %d is not supported", model->optimizer);
     return NULL;
@@ -295,12 +333,17 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   s->end = end;
   s->len = len;
   s->mode = mode;
-  int ok;
-  s->live = copy_ids(live, nlive, &ok);
-  if (!ok) goto nomem;
+  int rc = copy_live_ids(live, nlive, &s->live, errbuf, errlen);
+  if (rc == PS_ERR_NOMEM) goto nomem;
+  if (rc != PS_OK) {
+    ps_shard_destroy(&s);
+    *err = rc;
+    return NULL;
+  }
   s->nlive = nlive;
-  s->learning_rate = model->learning_rate;
-  s->momentum = model->momentum;
+  s->add = model->optimizer == PS__OPTIMIZER__OPT_ADD;
+  s->learning_rate = s->add ? -1.0f : model->learning_rate;
+  s->momentum = s->add ? 0.0f : model->momentum;
   s->block_keys = len < PS_SHARD_BLOCK_KEYS ? len : PS_SHARD_BLOCK_KEYS;
   s->nblocks = (len + s->block_keys - 1) / s->block_keys;
   s->blocks = calloc((size_t)s->nblocks, sizeof(*s->blocks));
@@ -445,11 +488,13 @@ static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
   }
 }
 
-/* Applies the step once every live worker has pushed the whole range. */
+/* Applies the step once every live worker it waits for has pushed the
+ * whole range. */
 static int bsp_try_complete(ps_shard_t *s) {
   if (s->ncontrib == 0) return 0;
   for (size_t i = 0; i < s->nlive; i++) {
-    const contribution_t *c = find_contribution(s, s->live[i]);
+    if (!waited_for(s, &s->live[i])) continue;
+    const ps_shard_contrib_t *c = find_contribution(s, s->live[i].worker);
     if (c == NULL || c->received < s->len) return 0;
   }
   /* Keys no one pushed this step (only when a worker left half-way through
@@ -465,7 +510,8 @@ static int bsp_try_complete(ps_shard_t *s) {
    * blocks are updated in place (a reply in flight may then carry some new
    * values), counted. */
   if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
-  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib);
+  /* OPT_ADD adds the sum: a counter counts every contribution. */
+  run_range(s, 0, s->len, s->acc, s->add ? 1.0f : 1.0f / (float)s->ncontrib);
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -478,8 +524,10 @@ static int bsp_try_complete(ps_shard_t *s) {
  * (what bsp_try_complete will find). */
 static int bsp_completes(ps_shard_t *s, uint32_t worker, uint64_t count) {
   for (size_t i = 0; i < s->nlive; i++) {
-    const contribution_t *c = find_contribution(s, s->live[i]);
-    uint64_t got = (c ? c->received : 0) + (s->live[i] == worker ? count : 0);
+    if (!waited_for(s, &s->live[i])) continue;
+    const ps_shard_contrib_t *c = find_contribution(s, s->live[i].worker);
+    uint64_t got =
+        (c ? c->received : 0) + (s->live[i].worker == worker ? count : 0);
     if (got < s->len) return 0;
   }
   return 1;
@@ -491,6 +539,15 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
   int rc = check_slice(s, key_begin, count, errbuf, errlen);
   if (rc != PS_OK) return rc;
   uint64_t off = key_begin - s->begin;
+  /* A worker that rejoined a running job computed nothing before its
+   * from_step: such a push is a leftover of its previous life. */
+  const ps_shard_live_t *l = find_live(s, worker);
+  if (l && step < l->from_step)
+    return fail(errbuf, errlen, PS_ERR_REFUSED,
+                "push for step %llu from worker %u, which rejoined the job "
+                "and contributes from step %llu on",
+                (unsigned long long)step, worker,
+                (unsigned long long)l->from_step);
 
   if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) {
     if (reserve_range(s, off, count) != PS_OK)
@@ -515,12 +572,12 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                 "worker did not pull step %llu first",
                 (unsigned long long)step, (unsigned long long)s->clock,
                 (unsigned long long)s->clock);
-  if (!is_live(s, worker))
+  if (l == NULL)
     return fail(errbuf, errlen, PS_ERR_REFUSED,
                 "push for step %llu from worker %u, which is not a live "
                 "worker of the view",
                 (unsigned long long)step, worker);
-  contribution_t *c = find_contribution(s, worker);
+  ps_shard_contrib_t *c = find_contribution(s, worker);
   uint64_t had = c ? c->received : 0;
   if (count > s->len - had)
     return fail(errbuf, errlen, PS_ERR_REFUSED,
@@ -532,7 +589,7 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
   if (c == NULL && s->ncontrib == s->contrib_cap) {
     /* Room for the worker's entry now, so the end cannot fail. */
     size_t cap = s->contrib_cap ? 2 * s->contrib_cap : 8;
-    contribution_t *grown = realloc(s->contrib, cap * sizeof(*grown));
+    ps_shard_contrib_t *grown = realloc(s->contrib, cap * sizeof(*grown));
     if (grown == NULL)
       return fail(errbuf, errlen, PS_ERR_NOMEM,
                   "no memory to track worker %u's push", worker);
@@ -553,13 +610,14 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
      * the mean gradient of a global batch (BSP, --standalone), and N workers
      * each applying their own batch's mean at full rate step N times too far
      * (one epoch of the 2-worker MLP: test accuracy 0.71-0.76 at scale 1,
-     * 0.80-0.83 at scale 1/2). */
-    run_range(s, off, count, g, s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f);
+     * 0.80-0.83 at scale 1/2). OPT_ADD counts, it does not learn. */
+    float scale = s->nlive > 1 && !s->add ? 1.0f / (float)s->nlive : 1.0f;
+    run_range(s, off, count, g, scale);
     if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
     if (applied) *applied = 1;
     return;
   }
-  contribution_t *c = find_contribution(s, worker);
+  ps_shard_contrib_t *c = find_contribution(s, worker);
   if (c == NULL) {
     c = &s->contrib[s->ncontrib++]; /* room made by the begin */
     c->worker = worker;
@@ -629,9 +687,11 @@ const float *ps_shard_weights(ps_shard_t *s) {
   return s->gather;
 }
 
-int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
-                  uint64_t clock) {
-  /* Pinned blocks get fresh versions; the others are overwritten. */
+/* Gives every pinned block a fresh version holding the same values, so
+ * that all of them may be overwritten in place. The shard's values do not
+ * change, so a failure half-way leaves it as it was. PS_OK or
+ * PS_ERR_NOMEM. */
+static int unpin_blocks(ps_shard_t *s) {
   for (uint64_t b = 0; b < s->nblocks; b++) {
     if (!version_pinned(s->blocks[b])) continue;
     if (s->nspare == s->spare_cap) {
@@ -643,15 +703,25 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
     }
     ps_shard_version_t *nv = version_take(s);
     if (nv == NULL) return PS_ERR_NOMEM;
-    /* Same values, so a failure further on leaves the shard as it was. */
     memcpy(nv->data, s->blocks[b]->data,
            (size_t)block_len(s, b) * sizeof(float));
     s->spare[s->nspare++] = s->blocks[b];
     s->blocks[b] = nv;
   }
+  return PS_OK;
+}
+
+static void write_weights(ps_shard_t *s, const float *weights) {
   for (uint64_t b = 0; b < s->nblocks; b++)
     memcpy(s->blocks[b]->data, weights + b * s->block_keys,
            (size_t)block_len(s, b) * sizeof(float));
+}
+
+int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
+                  uint64_t clock) {
+  int rc = unpin_blocks(s);
+  if (rc != PS_OK) return rc;
+  write_weights(s, weights);
   if (s->velocity) {
     if (momentum)
       memcpy(s->velocity, momentum, (size_t)s->len * sizeof(float));
@@ -665,17 +735,161 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
   return PS_OK;
 }
 
-int ps_shard_set_live_workers(ps_shard_t *s, const uint32_t *live, size_t n,
-                              int *applied) {
-  if (applied) *applied = 0;
-  int ok;
-  uint32_t *copy = copy_ids(live, n, &ok);
-  if (!ok) return PS_ERR_NOMEM;
+int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
+  memset(out, 0, sizeof(*out));
+  const float *w = ps_shard_weights(s);
+  if (w == NULL) return PS_ERR_NOMEM;
+  out->clock = s->clock;
+  out->weights = w;
+  out->momentum = s->velocity;
+  out->acc_lo = s->acc_lo;
+  out->acc_hi = s->acc_hi;
+  out->acc = s->acc_lo < s->acc_hi ? s->acc + s->acc_lo : NULL;
+  out->live = s->live;
+  out->nlive = s->nlive;
+  out->contrib = s->contrib;
+  out->ncontrib = s->ncontrib;
+  return PS_OK;
+}
+
+/* Everything ps_shard_import refuses, before it changes anything. */
+static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
+                       uint64_t *received, char *errbuf, size_t errlen) {
+  if (st->weights == NULL)
+    return fail(errbuf, errlen, PS_ERR_INVAL, "state without weights");
+  if (s->velocity && st->momentum == NULL)
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "state without momentum for a shard with momentum %g",
+                (double)s->momentum);
+  if (st->acc_lo > st->acc_hi || st->acc_hi > s->len)
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "BSP sum interval [%llu,%llu) is not inside the range's %llu "
+                "keys",
+                (unsigned long long)st->acc_lo, (unsigned long long)st->acc_hi,
+                (unsigned long long)s->len);
+  int has_sum = st->acc_lo < st->acc_hi;
+  if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP && (has_sum || st->ncontrib))
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "a BSP step in progress (%zu contributions) for an ASP shard",
+                st->ncontrib);
+  if (has_sum && st->acc == NULL)
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "BSP sum interval [%llu,%llu) without its values",
+                (unsigned long long)st->acc_lo, (unsigned long long)st->acc_hi);
+  if ((st->ncontrib > 0) != has_sum)
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "%zu contributions but a BSP sum of %llu values: the step "
+                "in progress is inconsistent",
+                st->ncontrib, (unsigned long long)(st->acc_hi - st->acc_lo));
+  if ((st->nlive && st->live == NULL) || (st->ncontrib && st->contrib == NULL))
+    return fail(errbuf, errlen, PS_ERR_INVAL,
+                "state without its live set or contributions");
+  *received = 0;
+  for (size_t i = 0; i < st->ncontrib; i++) {
+    const ps_shard_contrib_t *c = &st->contrib[i];
+    if (c->worker > UINT32_MAX)
+      return fail(errbuf, errlen, PS_ERR_INVAL,
+                  "contribution of worker %llu, which is not a node id",
+                  (unsigned long long)c->worker);
+    if (c->received > s->len)
+      return fail(errbuf, errlen, PS_ERR_INVAL,
+                  "contribution of worker %llu is %llu values, bigger than "
+                  "the range's %llu",
+                  (unsigned long long)c->worker,
+                  (unsigned long long)c->received, (unsigned long long)s->len);
+    for (size_t j = 0; j < i; j++)
+      if (st->contrib[j].worker == c->worker)
+        return fail(errbuf, errlen, PS_ERR_INVAL,
+                    "worker %llu contributes twice",
+                    (unsigned long long)c->worker);
+    *received += c->received;
+  }
+  return PS_OK;
+}
+
+int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
+                    size_t errlen) {
+  uint64_t received = 0;
+  int rc = check_state(s, st, &received, errbuf, errlen);
+  if (rc != PS_OK) return rc;
+  /* Every allocation first, so that a failure changes nothing. */
+  ps_shard_live_t *live;
+  rc = copy_live(st->live, st->nlive, &live, errbuf, errlen);
+  if (rc != PS_OK) return rc;
+  ps_shard_contrib_t *contrib = NULL;
+  size_t cap = 0;
+  if (st->ncontrib) {
+    cap = st->ncontrib < 8 ? 8 : st->ncontrib;
+    contrib = malloc(cap * sizeof(*contrib));
+    if (contrib == NULL) {
+      free(live);
+      return fail(errbuf, errlen, PS_ERR_NOMEM,
+                  "no memory for %zu contributions", st->ncontrib);
+    }
+    memcpy(contrib, st->contrib, st->ncontrib * sizeof(*contrib));
+  }
+  if (unpin_blocks(s) != PS_OK) {
+    free(live);
+    free(contrib);
+    return fail(errbuf, errlen, PS_ERR_NOMEM,
+                "no memory for fresh versions of the weights while pull "
+                "replies hold the current ones");
+  }
+
+  write_weights(s, st->weights);
+  /* memmove: the state may be this shard's own export. */
+  if (s->velocity)
+    memmove(s->velocity, st->momentum, (size_t)s->len * sizeof(float));
+  if (st->acc_lo < st->acc_hi)
+    memmove(s->acc + st->acc_lo, st->acc,
+            (size_t)(st->acc_hi - st->acc_lo) * sizeof(float));
+  s->acc_lo = st->acc_lo;
+  s->acc_hi = st->acc_hi;
   free(s->live);
-  s->live = copy;
+  s->live = live;
+  s->nlive = st->nlive;
+  free(s->contrib);
+  s->contrib = contrib;
+  s->ncontrib = st->ncontrib;
+  s->contrib_cap = cap;
+  s->received = received;
+  s->clock = st->clock;
+  return PS_OK;
+}
+
+/* Installs live (owned, sorted) as the live set and completes a BSP step
+ * that no longer waits for anyone. */
+static void replace_live(ps_shard_t *s, ps_shard_live_t *live, size_t n,
+                         int *applied) {
+  free(s->live);
+  s->live = live;
   s->nlive = n;
   int done = 0;
   if (s->mode == PS__CONSISTENCY_MODE__MODE_BSP) done = bsp_try_complete(s);
   if (applied) *applied = done;
+}
+
+int ps_shard_set_live_workers(ps_shard_t *s, const uint32_t *live, size_t n,
+                              int *applied) {
+  if (applied) *applied = 0;
+  ps_shard_live_t *copy;
+  int rc = copy_live_ids(live, n, &copy, NULL, 0);
+  if (rc != PS_OK) return rc;
+  replace_live(s, copy, n, applied);
   return PS_OK;
+}
+
+int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
+                      int *applied) {
+  if (applied) *applied = 0;
+  ps_shard_live_t *copy;
+  int rc = copy_live(live, n, &copy, NULL, 0);
+  if (rc != PS_OK) return rc;
+  replace_live(s, copy, n, applied);
+  return PS_OK;
+}
+
+const ps_shard_live_t *ps_shard_live(const ps_shard_t *s, size_t *n) {
+  *n = s->nlive;
+  return s->live;
 }

@@ -12,9 +12,14 @@
  * are counted per worker, not in total: a worker that pushed step t and then
  * left (Done, death) stays in step t's mean, and the workers still live must
  * still push, so a worker finishing first cannot cut the others' step short.
+ * A worker that rejoined a running job is waited for only from its
+ * from_step on (ps_shard_set_live).
  * ASP: a push is applied on arrival, scaled by 1/live workers so the step
  * per sample matches BSP's; the clock is the highest step seen + 1, so a
  * pull reply still says which steps it may contain.
+ * OPT_ADD (counters, the chaos ledger): w += g exactly, whatever the model's
+ * learning rate and momentum; ASP pushes are not scaled and a BSP step adds
+ * the sum of its contributions, not the mean.
  *
  * Weights are kept in blocks of PS_SHARD_BLOCK_KEYS keys, each an immutable
  * version while anyone outside the shard references it: a pull reply is sent
@@ -76,7 +81,8 @@ typedef struct {
  * contributing to each BSP step (copied). Nothing of model is kept: the
  * weights are initialised from its tensors and its optimizer settings are
  * copied. Returns NULL and fills
- * *err and errbuf on a bad range (empty, beyond the model) or out of memory.
+ * *err and errbuf on a bad range (empty, beyond the model), an unsupported
+ * mode or optimizer, a worker listed twice, or out of memory.
  * Caller owns the result (ps_shard_destroy). */
 ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                          int mode, const uint32_t *live, size_t nlive, int *err,
@@ -105,11 +111,14 @@ int ps_shard_contains(const ps_shard_t *s, uint64_t key_begin, uint64_t count);
  * applied at once (ASP), else 0.
  * Refused, with nothing changed and the reason in errbuf:
  *   PS_ERR_UNKNOWN_KEY  the slice is empty or not inside the shard;
- *   PS_ERR_REFUSED      BSP only: step != clock (a smaller step is a
- *                       duplicate or stale push, a larger one comes from a
- *                       worker that did not pull first), worker is not in
- *                       the live set, or the worker would push more values
- *                       than the range holds for this step (a duplicate);
+ *   PS_ERR_REFUSED      a live worker's step is below its from_step (a
+ *                       push from before it rejoined; see
+ *                       ps_shard_set_live); BSP only: step != clock (a
+ *                       smaller step is a duplicate or stale push, a larger
+ *                       one comes from a worker that did not pull first),
+ *                       worker is not in the live set, or the worker would
+ *                       push more values than the range holds for this step
+ *                       (a duplicate);
  *   PS_ERR_NOMEM        no memory to track one more contributor. */
 int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                   uint64_t count, const float *g, uint64_t step, int *applied,
@@ -171,6 +180,55 @@ const float *ps_shard_momentum(const ps_shard_t *s);
 int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
                   uint64_t clock);
 
+/* One worker's share of the current BSP step, as a snapshot carries it
+ * (proto/ps.proto ReplicaSnapshot, frame "contrib"): raw little-endian. */
+typedef struct {
+  uint64_t worker;
+  uint64_t received; /* values of the range pushed this step */
+} ps_shard_contrib_t;
+
+/* A worker of the live set and the first BSP step it contributes to (a
+ * worker that joined a running job is not waited for before it). */
+typedef struct {
+  uint64_t worker;
+  uint64_t from_step;
+} ps_shard_live_t;
+
+/* The whole state of a shard, everything a backup needs to go on exactly
+ * where the shard is (replication, issue #4). Arrays are the shard's own
+ * (export) or the caller's (import). */
+typedef struct {
+  uint64_t clock;
+  const float *weights;  /* end - begin values */
+  const float *momentum; /* end - begin values; NULL when momentum is 0 */
+  /* The current BSP step's sum of range offsets [acc_lo, acc_hi) (ASP:
+   * always empty). */
+  uint64_t acc_lo, acc_hi;
+  const float *acc; /* acc_hi - acc_lo values */
+  const ps_shard_live_t *live;
+  size_t nlive;
+  const ps_shard_contrib_t *contrib;
+  size_t ncontrib;
+} ps_shard_state_t;
+
+/* Describes the shard's state in *out; the arrays are valid until the next
+ * call that changes the shard. Returns PS_OK or PS_ERR_NOMEM (the weights
+ * are gathered into one copy, ps_shard_weights). */
+int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out);
+
+/* Replaces the shard's whole state with *st (copied; st may be this
+ * shard's own export): weights, momentum (ignored when the shard's momentum
+ * is 0), clock, BSP step in progress, live set. A step that the imported
+ * live set no longer waits for is not applied here: an export never holds
+ * one. Pull replies in flight keep the versions they pinned. Returns PS_OK,
+ * PS_ERR_INVAL (no weights, momentum missing, sum interval outside the
+ * range or without values, a step in progress for an ASP shard,
+ * contributions without a sum or a sum without contributions, a
+ * contribution bigger than the range, a worker twice or above UINT32_MAX;
+ * errbuf says which; shard unchanged) or PS_ERR_NOMEM (shard unchanged). */
+int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
+                    size_t errlen);
+
 /* Counters; see ps_shard_stats_t. */
 void ps_shard_stats(const ps_shard_t *s, ps_shard_stats_t *out);
 
@@ -183,5 +241,17 @@ void ps_shard_stats(const ps_shard_t *s, ps_shard_stats_t *out);
  * with the old set kept. */
 int ps_shard_set_live_workers(ps_shard_t *s, const uint32_t *live, size_t n,
                               int *applied);
+
+/* The same with the first step each worker contributes to: a worker is
+ * waited for, and its pushes accepted, only for steps >= its from_step
+ * (a worker that rejoined a running job); a push for an earlier step is
+ * refused (PS_ERR_REFUSED), in ASP too. ps_shard_set_live_workers is this
+ * with every from_step 0. Both also return PS_ERR_INVAL, with the old set
+ * kept, for a worker listed twice (or, here, an id above UINT32_MAX). */
+int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
+                      int *applied);
+
+/* The live set, sorted by worker (valid until the next change). */
+const ps_shard_live_t *ps_shard_live(const ps_shard_t *s, size_t *n);
 
 #endif

@@ -3,8 +3,11 @@
  * finishing mid-step), ASP, slice bounds, and the copy-on-write blocks behind
  * zero-copy pull replies (a pinned version never changes, an unpinned block
  * is updated in place, released versions are reused, a version outlives its
- * shard). Gradients are small integers and lr/momentum powers of two, so
- * every expected value is exact and compared bit for bit. */
+ * shard), replication (a state exported mid-step and imported elsewhere goes
+ * on bit for bit the same; refused imports change nothing), live sets with
+ * from-steps, and OPT_ADD's exact sums. Gradients are small integers and
+ * lr/momentum powers of two, so every expected value is exact and compared bit
+ * for bit; the replication tests use inexact ones and compare two shards. */
 #include <check.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -623,6 +626,369 @@ START_TEST(load_replaces_state) {
 }
 END_TEST
 
+/* ---- replication: export / import, live sets with from-steps ---- */
+
+/* A model with random initial weights, so a state that was not carried
+ * over shows. */
+static ps_model_t random_model(uint64_t n, float lr, float momentum) {
+  ps_model_t m = zero_model(n, lr, momentum);
+  one_tensor[0].init = PS__INIT__INIT_UNIFORM;
+  one_tensor[0].init_scale = 0.5f;
+  return m;
+}
+
+/* Gradients that are not exact in binary, so an order or a scale that
+ * differs changes the bits. */
+static float *rough_grad(uint64_t n, int k) {
+  float *g = malloc(n * sizeof(float));
+  ck_assert_ptr_nonnull(g);
+  for (uint64_t i = 0; i < n; i++)
+    g[i] = (float)((int)((i * 7 + (uint64_t)k * 13) % 11) - 5) * 0.1f +
+           0.01f * (float)k;
+  return g;
+}
+
+static void assert_same_state(ps_shard_t *a, ps_shard_t *b, uint64_t len) {
+  ck_assert_uint_eq(ps_shard_clock(a), ps_shard_clock(b));
+  ck_assert_uint_eq(ps_shard_received(a), ps_shard_received(b));
+  ck_assert(memcmp(ps_shard_weights(a), ps_shard_weights(b),
+                   len * sizeof(float)) == 0);
+  const float *ma = ps_shard_momentum(a), *mb = ps_shard_momentum(b);
+  ck_assert((ma == NULL) == (mb == NULL));
+  if (ma) ck_assert(memcmp(ma, mb, len * sizeof(float)) == 0);
+  size_t na, nb;
+  const ps_shard_live_t *la = ps_shard_live(a, &na),
+                        *lb = ps_shard_live(b, &nb);
+  ck_assert_uint_eq(na, nb);
+  if (na) ck_assert(memcmp(la, lb, na * sizeof(*la)) == 0);
+}
+
+static int import(ps_shard_t *s, const ps_shard_state_t *st, char *why) {
+  return ps_shard_import(s, st, why, 256);
+}
+
+START_TEST(export_import_mid_bsp_step) {
+  /* Two blocks; a step in progress with a partial contribution whose sum
+   * interval starts inside the range and bridged a gap; momentum from
+   * earlier steps. */
+  uint64_t len = BK + 100;
+  ps_model_t m = random_model(len, 0.25f, 0.5f);
+  ps_shard_t *a = new_shard(0, len, &m, BSP, 3);
+  float *g[3] = {rough_grad(len, 1), rough_grad(len, 2), rough_grad(len, 3)};
+  const uint32_t ids[3] = {W1, W2, W3};
+  int applied;
+  for (uint64_t step = 0; step < 2; step++)
+    for (int k = 0; k < 3; k++)
+      ck_assert_int_eq(push(a, ids[k], 0, len, g[k], step, &applied), PS_OK);
+  ck_assert_uint_eq(ps_shard_clock(a), 2);
+  ck_assert_int_eq(push(a, W1, BK - 10, 50, g[0] + BK - 10, 2, &applied),
+                   PS_OK);
+  ck_assert_int_eq(push(a, W1, 5, 20, g[0] + 5, 2, &applied), PS_OK);
+
+  /* B is fresh, with another live set and a pull reply pinning its first
+   * block: the pinned bytes keep B's initial weights. */
+  ps_shard_t *b = new_shard(0, len, &m, BSP, 1);
+  ps_shard_run_t runs[2];
+  ck_assert_int_eq(ps_shard_runs(b, 0, len, runs, 2, NULL, 0), 2);
+  ps_shard_pin(runs[0].version);
+  float *init = malloc(BK * sizeof(float));
+  memcpy(init, runs[0].data, BK * sizeof(float));
+
+  ps_shard_state_t st;
+  ck_assert_int_eq(ps_shard_export(a, &st), PS_OK);
+  ck_assert_uint_eq(st.clock, 2);
+  ck_assert_uint_eq(st.ncontrib, 1);
+  ck_assert_uint_eq(st.nlive, 3);
+  ck_assert_uint_eq(st.acc_lo, 5);
+  ck_assert_uint_eq(st.acc_hi, BK + 40);
+  char why[256] = "";
+  ck_assert_int_eq(import(b, &st, why), PS_OK);
+  ck_assert(memcmp(runs[0].data, init, BK * sizeof(float)) == 0);
+  float *exported = malloc(len * sizeof(float));
+  memcpy(exported, st.weights, len * sizeof(float));
+  ps_shard_unpin(NULL, runs[0].version);
+  assert_same_state(a, b, len);
+  ck_assert_uint_eq(ps_shard_received(b), 70);
+
+  /* The rest of step 2 and a whole step 3, in the same order on both. */
+  for (int k = 0; k < 2; k++) {
+    ps_shard_t *s = k ? b : a;
+    ck_assert_int_eq(push(s, W1, 0, 5, g[0], 2, &applied), PS_OK);
+    ck_assert_int_eq(push(s, W1, 25, BK - 35, g[0] + 25, 2, &applied), PS_OK);
+    ck_assert_int_eq(push(s, W3, 0, len, g[2], 2, &applied), PS_OK);
+    ck_assert_int_eq(push(s, W2, 0, len, g[1], 2, &applied), PS_OK);
+    ck_assert_int_eq(applied, 0);
+    ck_assert_int_eq(push(s, W1, BK + 40, 60, g[0] + BK + 40, 2, &applied),
+                     PS_OK);
+    ck_assert_int_eq(applied, 1);
+    for (int j = 2; j >= 0; j--)
+      ck_assert_int_eq(push(s, ids[j], 0, len, g[j], 3, &applied), PS_OK);
+    ck_assert_int_eq(applied, 1);
+  }
+  ck_assert_uint_eq(ps_shard_clock(b), 4);
+  assert_same_state(a, b, len);
+  /* It moved: equal because both went on, not because nothing happened. */
+  ck_assert(memcmp(ps_shard_weights(b), exported, len * sizeof(float)) != 0);
+
+  /* A shard's own export imported back changes nothing. */
+  ck_assert_int_eq(push(b, W2, 0, len, g[1], 4, &applied), PS_OK);
+  ck_assert_int_eq(push(a, W2, 0, len, g[1], 4, &applied), PS_OK);
+  ck_assert_int_eq(ps_shard_export(b, &st), PS_OK);
+  ck_assert_int_eq(import(b, &st, why), PS_OK);
+  assert_same_state(a, b, len);
+  free(init);
+  free(exported);
+  for (int k = 0; k < 3; k++) free(g[k]);
+  ps_shard_destroy(&a);
+  ps_shard_destroy(&b);
+}
+END_TEST
+
+START_TEST(export_import_asp) {
+  uint64_t len = 300;
+  ps_model_t m = random_model(len, 0.25f, 0.5f);
+  ps_shard_t *a = new_shard(0, len, &m, ASP, 3);
+  ps_shard_t *b = new_shard(0, len, &m, ASP, 1);
+  float *g1 = rough_grad(len, 1), *g2 = rough_grad(len, 2);
+  int applied;
+  ck_assert_int_eq(push(a, W1, 10, 200, g1, 4, &applied), PS_OK);
+  ck_assert_int_eq(push(a, W2, 0, len, g2, 6, &applied), PS_OK);
+  ps_shard_state_t st;
+  ck_assert_int_eq(ps_shard_export(a, &st), PS_OK);
+  ck_assert_uint_eq(st.clock, 7);
+  ck_assert_uint_eq(st.ncontrib, 0);
+  ck_assert_uint_eq(st.acc_lo, st.acc_hi);
+  char why[256] = "";
+  ck_assert_int_eq(import(b, &st, why), PS_OK);
+  assert_same_state(a, b, len);
+  /* The scale is 1/3 on both: the live set came along. */
+  for (int k = 0; k < 2; k++) {
+    ps_shard_t *s = k ? b : a;
+    ck_assert_int_eq(push(s, W3, 50, 100, g2, 2, &applied), PS_OK);
+    ck_assert_int_eq(push(s, W1, 0, len, g1, 5, &applied), PS_OK);
+  }
+  assert_same_state(a, b, len);
+  ck_assert_uint_eq(ps_shard_clock(b), 7);
+  free(g1);
+  free(g2);
+  ps_shard_destroy(&a);
+  ps_shard_destroy(&b);
+}
+END_TEST
+
+START_TEST(from_step_bsp) {
+  ps_model_t m = zero_model(4, 0.5f, 0.0f);
+  ps_shard_t *s = new_shard(0, 4, &m, BSP, 2);
+  const float g1[4] = {2, 4, 6, 8}, g2[4] = {4, 2, 0, -2}, g3[4] = {3, 3, 3, 3};
+  /* W3 rejoins and contributes from step 2 on; given unsorted. */
+  const ps_shard_live_t live[] = {{W3, 2}, {W2, 0}, {W1, 0}};
+  int applied = -1;
+  char why[256] = "";
+  ck_assert_int_eq(ps_shard_set_live(s, live, 3, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  size_t n;
+  const ps_shard_live_t *l = ps_shard_live(s, &n);
+  ck_assert_uint_eq(n, 3);
+  ck_assert(l[0].worker == W1 && l[1].worker == W2 && l[2].worker == W3);
+  ck_assert_uint_eq(l[2].from_step, 2);
+
+  /* Steps 0 and 1 complete without W3, whose pushes for them are
+   * refused. */
+  for (uint64_t step = 0; step < 2; step++) {
+    ck_assert_int_eq(
+        ps_shard_push(s, W3, 0, 4, g3, step, &applied, why, sizeof(why)),
+        PS_ERR_REFUSED);
+    ck_assert_ptr_nonnull(strstr(why, "contributes from step 2"));
+    ck_assert_int_eq(push(s, W1, 0, 4, g1, step, &applied), PS_OK);
+    ck_assert_int_eq(applied, 0);
+    ck_assert_int_eq(push(s, W2, 0, 4, g2, step, &applied), PS_OK);
+    ck_assert_int_eq(applied, 1);
+  }
+  ck_assert_uint_eq(ps_shard_clock(s), 2);
+  float w[4];
+  ck_assert_int_eq(ps_shard_read(s, 0, 4, w, NULL, 0), PS_OK);
+  for (int i = 0; i < 4; i++) ck_assert(w[i] == -(g1[i] + g2[i]) * 0.5f);
+
+  /* From step 2 on it is waited for, and in the mean. */
+  ck_assert_int_eq(push(s, W1, 0, 4, g1, 2, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W2, 0, 4, g2, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 2);
+  ck_assert_int_eq(push(s, W3, 0, 4, g3, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_int_eq(ps_shard_read(s, 0, 4, w, NULL, 0), PS_OK);
+  for (int i = 0; i < 4; i++) {
+    float e = -(g1[i] + g2[i]) * 0.5f -
+              0.5f * ((g1[i] + g2[i] + g3[i]) * (1.0f / 3.0f));
+    ck_assert_msg(w[i] == e, "key %d: %g != %g", i, w[i], e);
+  }
+
+  /* A live set that moves W3's first step past the current one completes
+   * a step that waited for it only. */
+  ck_assert_int_eq(push(s, W1, 0, 4, g1, 3, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W2, 0, 4, g2, 3, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  const ps_shard_live_t later[] = {{W1, 0}, {W2, 0}, {W3, 5}};
+  ck_assert_int_eq(ps_shard_set_live(s, later, 3, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 4);
+
+  /* Refused live sets keep the old one. */
+  const ps_shard_live_t twice[] = {{W1, 0}, {W2, 0}, {W1, 3}};
+  const ps_shard_live_t huge[] = {{(uint64_t)UINT32_MAX + 1, 0}};
+  const uint32_t twice_ids[] = {W1, W2, W1};
+  ck_assert_int_eq(ps_shard_set_live(s, twice, 3, &applied), PS_ERR_INVAL);
+  ck_assert_int_eq(ps_shard_set_live(s, huge, 1, &applied), PS_ERR_INVAL);
+  ck_assert_int_eq(ps_shard_set_live_workers(s, twice_ids, 3, &applied),
+                   PS_ERR_INVAL);
+  ck_assert_int_eq(applied, 0);
+  l = ps_shard_live(s, &n);
+  ck_assert_uint_eq(n, 3);
+  ck_assert_uint_eq(l[2].from_step, 5);
+  ps_shard_destroy(&s);
+  int err = 0;
+  ck_assert_ptr_null(ps_shard_new(0, 4, &m, BSP, twice_ids, 3, &err, why, 256));
+  ck_assert_int_eq(err, PS_ERR_INVAL);
+  ck_assert_ptr_nonnull(strstr(why, "twice"));
+}
+END_TEST
+
+START_TEST(from_step_asp) {
+  ps_model_t m = zero_model(4, 1.0f, 0.0f);
+  ps_shard_t *s = new_shard(0, 4, &m, ASP, 1);
+  const float g[4] = {1, 1, 1, 1};
+  const ps_shard_live_t live[] = {{W1, 10}};
+  char why[256] = "";
+  int applied = -1;
+  ck_assert_int_eq(ps_shard_set_live(s, live, 1, &applied), PS_OK);
+  ck_assert_int_eq(ps_shard_push(s, W1, 0, 4, g, 9, &applied, why, 256),
+                   PS_ERR_REFUSED);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_ptr_nonnull(strstr(why, "rejoined"));
+  ck_assert_int_eq(push(s, W1, 0, 4, g, 10, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert(ps_shard_weights(s)[0] == -1.0f);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
+START_TEST(import_refusals_change_nothing) {
+  uint64_t len = 16;
+  ps_model_t m = random_model(len, 0.5f, 0.5f);
+  ps_shard_t *src = new_shard(0, len, &m, BSP, 2);
+  ps_shard_t *s = new_shard(0, len, &m, BSP, 2);
+  ps_shard_t *ref = new_shard(0, len, &m, BSP, 2);
+  float *g = rough_grad(len, 1);
+  int applied;
+  for (int k = 0; k < 2; k++) {
+    ps_shard_t *t = k ? ref : s;
+    ck_assert_int_eq(push(t, W1, 0, len, g, 0, &applied), PS_OK);
+    ck_assert_int_eq(push(t, W2, 0, len, g, 0, &applied), PS_OK);
+    ck_assert_int_eq(push(t, W1, 2, 5, g, 1, &applied), PS_OK);
+  }
+  ck_assert_int_eq(push(src, W2, 0, len, g, 0, &applied), PS_OK);
+  ps_shard_state_t good;
+  ck_assert_int_eq(ps_shard_export(src, &good), PS_OK);
+  ps_shard_contrib_t big[1] = {{W1, len + 1}}, two[2] = {{W1, 3}, {W1, 4}};
+  ps_shard_contrib_t huge[1] = {{(uint64_t)UINT32_MAX + 1, 3}};
+  ps_shard_live_t twice[2] = {{W1, 0}, {W1, 0}};
+  struct {
+    const char *what, *why;
+    ps_shard_state_t st;
+  } bad[12];
+  for (int i = 0; i < 12; i++) bad[i].st = good;
+  bad[0].what = "no weights", bad[0].st.weights = NULL;
+  bad[0].why = "without weights";
+  bad[1].what = "no momentum", bad[1].st.momentum = NULL;
+  bad[1].why = "without momentum";
+  bad[2].what = "interval past the end", bad[2].st.acc_hi = len + 1;
+  bad[2].why = "not inside";
+  bad[3].what = "interval backwards", bad[3].st.acc_lo = 5;
+  bad[3].st.acc_hi = 4, bad[3].why = "not inside";
+  bad[4].what = "sum without values", bad[4].st.acc = NULL;
+  bad[4].why = "without its values";
+  bad[5].what = "contributions without a sum";
+  bad[5].st.acc_lo = bad[5].st.acc_hi = 0, bad[5].why = "inconsistent";
+  bad[6].what = "a sum without contributions", bad[6].st.ncontrib = 0;
+  bad[6].why = "inconsistent";
+  bad[7].what = "contribution too big", bad[7].st.contrib = big;
+  bad[7].why = "bigger than";
+  bad[8].what = "worker contributes twice", bad[8].st.contrib = two;
+  bad[8].st.ncontrib = 2, bad[8].why = "twice";
+  bad[9].what = "contributor not a node", bad[9].st.contrib = huge;
+  bad[9].why = "not a node id";
+  bad[10].what = "live twice", bad[10].st.live = twice;
+  bad[10].st.nlive = 2, bad[10].why = "twice";
+  bad[11].what = "live set missing", bad[11].st.live = NULL;
+  bad[11].why = "without its live set";
+  for (int i = 0; i < 12; i++) {
+    char why[256] = "";
+    ck_assert_msg(import(s, &bad[i].st, why) == PS_ERR_INVAL, "%s accepted",
+                  bad[i].what);
+    ck_assert_msg(strstr(why, bad[i].why) != NULL, "%s: \"%s\"", bad[i].what,
+                  why);
+    assert_same_state(s, ref, len);
+  }
+  /* A BSP step in progress for an ASP shard. */
+  ps_shard_t *asp = new_shard(0, len, &m, ASP, 2);
+  float before[16];
+  memcpy(before, ps_shard_weights(asp), sizeof(before));
+  char why[256] = "";
+  ck_assert_int_eq(import(asp, &good, why), PS_ERR_INVAL);
+  ck_assert_ptr_nonnull(strstr(why, "ASP"));
+  ck_assert(memcmp(ps_shard_weights(asp), before, sizeof(before)) == 0);
+  ck_assert_uint_eq(ps_shard_clock(asp), 0);
+  /* And the same shard goes on exactly like the reference. */
+  ck_assert_int_eq(push(s, W1, 0, 2, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(push(ref, W1, 0, 2, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W1, 7, len - 7, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(push(ref, W1, 7, len - 7, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W2, 0, len, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(push(ref, W2, 0, len, g, 1, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  assert_same_state(s, ref, len);
+  free(g);
+  ps_shard_destroy(&asp);
+  ps_shard_destroy(&src);
+  ps_shard_destroy(&s);
+  ps_shard_destroy(&ref);
+}
+END_TEST
+
+/* ---- OPT_ADD ---- */
+
+START_TEST(add_counts_exactly) {
+  /* The model's learning rate and momentum are ignored. */
+  ps_model_t m = zero_model(6, 0.3f, 0.9f);
+  m.optimizer = PS__OPTIMIZER__OPT_ADD;
+  ps_shard_t *s = new_shard(0, 6, &m, ASP, 3);
+  ck_assert_ptr_null(ps_shard_momentum(s));
+  const float one[6] = {1, 1, 1, 1, 1, 1};
+  int applied;
+  /* 3 live workers, not scaled by 1/3: 1000 pushes count 1000. */
+  for (int i = 0; i < 1000; i++)
+    ck_assert_int_eq(push(s, workers[i % 3], 1 + i % 2, 4, one, i, &applied),
+                     PS_OK);
+  const float *w = ps_shard_weights(s);
+  ck_assert(w[0] == 0.0f && w[1] == 500.0f && w[5] == 500.0f);
+  ck_assert(w[2] == 1000.0f && w[3] == 1000.0f && w[4] == 1000.0f);
+  ps_shard_destroy(&s);
+
+  /* BSP: a step adds the sum of its contributions, not the mean. */
+  s = new_shard(0, 6, &m, BSP, 2);
+  const float g1[6] = {1, 2, 3, 4, 5, 6}, g2[6] = {1, 0, -1, 0, 1, 1};
+  for (uint64_t step = 0; step < 3; step++) {
+    ck_assert_int_eq(push(s, W1, 0, 6, g1, step, &applied), PS_OK);
+    ck_assert_int_eq(push(s, W2, 0, 6, g2, step, &applied), PS_OK);
+    ck_assert_int_eq(applied, 1);
+  }
+  w = ps_shard_weights(s);
+  for (int i = 0; i < 6; i++)
+    ck_assert_msg(w[i] == 3 * (g1[i] + g2[i]), "key %d: %g", i, w[i]);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("shard");
   TCase *tc = tcase_create("shard");
@@ -639,6 +1005,12 @@ int main(void) {
   tcase_add_test(tc, version_outlives_shard);
   tcase_add_test(tc, bsp_step_on_pinned_blocks_with_momentum);
   tcase_add_test(tc, load_replaces_state);
+  tcase_add_test(tc, export_import_mid_bsp_step);
+  tcase_add_test(tc, export_import_asp);
+  tcase_add_test(tc, from_step_bsp);
+  tcase_add_test(tc, from_step_asp);
+  tcase_add_test(tc, import_refusals_change_nothing);
+  tcase_add_test(tc, add_counts_exactly);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
 }
