@@ -231,9 +231,16 @@ static void handle_error(ps_member_t *m, const Ps__Envelope *env) {
     send_done(m);
     return;
   }
+  if (e->code == PS_ERR_FENCED) {
+    /* Declared dead (paused, cut off, too slow): others hold this node's
+     * ranges now, so anything it did under its old view would fork them. */
+    PS_ERROR("fenced", "reason=\"%s\"", text);
+    report_shutdown(m, PS_ERR_FENCED, text);
+    return;
+  }
   if (e->code == PS_ERR_REFUSED) {
-    /* The scheduler no longer counts this node (declared dead, or it does
-     * not know the id): going on would split the cluster. */
+    /* The scheduler no longer counts this node (it left, or the scheduler
+     * does not know the id): going on would split the cluster. */
     PS_ERROR("membership_lost", "reason=\"%s\"", text);
     report_shutdown(m, PS_ERR_REFUSED, text);
     return;
@@ -316,8 +323,8 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
     PS_ERROR("member_failed", "reason=\"a worker must declare its model\"");
     return NULL;
   }
-  if (opts->heartbeat_ms <= 0) {
-    PS_ERROR("member_failed", "reason=\"heartbeat_ms %d must be > 0\"",
+  if (opts->heartbeat_ms < 0) {
+    PS_ERROR("member_failed", "reason=\"heartbeat_ms %d must be >= 0\"",
              opts->heartbeat_ms);
     return NULL;
   }
@@ -330,7 +337,8 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
   m->cbs = *cbs;
   m->role = opts->role;
   m->rank = opts->rank;
-  m->heartbeat_ms = opts->heartbeat_ms;
+  m->heartbeat_ms =
+      opts->heartbeat_ms ? opts->heartbeat_ms : PS_MEMBER_HEARTBEAT_MS;
   m->scheduler_timeout_ms = opts->scheduler_timeout_ms;
   m->scheduler = strdup(opts->scheduler);
   m->address = strdup(opts->address ? opts->address : "");

@@ -21,6 +21,12 @@
 
 typedef struct ps_member_s ps_member_t;
 
+/* The heartbeat period nodes use unless told otherwise: a few times
+ * shorter than the scheduler's default timeout (400 ms), so that a dead
+ * server fails over in well under a second while one late heartbeat is
+ * not a death. */
+#define PS_MEMBER_HEARTBEAT_MS 100
+
 typedef struct {
   /* Registered: node_id assigned, rank (workers; otherwise 0), num_workers. */
   void (*registered_cb)(ps_member_t *m, uint32_t node_id, uint32_t rank,
@@ -29,6 +35,8 @@ typedef struct {
   void (*view_cb)(ps_member_t *m, ps_view_t *view, void *arg);
   /* The scheduler ended the job or the cluster (reason from Shutdown), or
    * registration was refused (status < 0, reason from the Error), or the
+   * scheduler declared this node dead (PS_ERR_FENCED: the cluster moved on
+   * without it, so it must stop serving and exit with a failure), or the
    * scheduler was silent for scheduler_timeout_ms (PS_ERR_PEER). */
   void (*shutdown_cb)(ps_member_t *m, int status, const char *reason,
                       void *arg);
@@ -36,12 +44,12 @@ typedef struct {
 } ps_member_cbs_t;
 
 typedef struct {
-  const char *scheduler;  /* endpoint to connect to */
-  int role;               /* PS__ROLE__SERVER or PS__ROLE__WORKER */
-  const char *address;    /* advertised data endpoint (servers); may be "" */
-  const ps_model_t *model;/* workers: the model they train; else NULL */
-  int64_t rank;           /* workers: requested rank, -1 for any */
-  int heartbeat_ms;
+  const char *scheduler;   /* endpoint to connect to */
+  int role;                /* PS__ROLE__SERVER or PS__ROLE__WORKER */
+  const char *address;     /* advertised data endpoint (servers); may be "" */
+  const ps_model_t *model; /* workers: the model they train; else NULL */
+  int64_t rank;            /* workers: requested rank, -1 for any */
+  int heartbeat_ms;        /* 0: PS_MEMBER_HEARTBEAT_MS */
   int scheduler_timeout_ms;
 } ps_member_opts_t;
 

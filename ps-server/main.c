@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
       {"advertise", PS_OPT_STRING, &advertise, NULL, 0, 0, NULL,
        "Endpoint workers are told to connect to. Default: the endpoint "
        "actually bound. Needed when binding 0.0.0.0 or behind NAT."},
-      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "500", 10, 600000, NULL,
+      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 600000, NULL,
        "Interval between heartbeats to the scheduler, in milliseconds."},
       {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "0", 0,
        86400000, NULL,

@@ -16,6 +16,8 @@
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
+#include "dedup.h"
+#include "replica.h"
 #include "saver.h"
 #include "shard.h"
 #include "sparse.h"
@@ -30,6 +32,9 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 #define PARKED_PULLS_MAX 65536
 /* Refused requests are logged at most once per this many ms. */
 #define WARN_INTERVAL_MS 1000
+/* Replication messages from a primary whose view is newer than ours wait
+ * for our view; more than this is not a view in transit. */
+#define DEFERRED_MAX 65536
 
 /* A BSP pull that asked for a step the shard has not applied yet. */
 typedef struct parked_pull_s {
@@ -39,10 +44,28 @@ typedef struct parked_pull_s {
   uint64_t key_begin, count, clock;
 } parked_pull_t;
 
+/* A range this server holds a copy of: as its primary (serves workers,
+ * forwards every change to the backups) or as a backup (replays what the
+ * primary forwards). A backup added to a running job has no shard until
+ * the primary's snapshot comes. */
 typedef struct {
+  uint64_t begin, end;
   ps_shard_t *shard;
+  ps_dedup_t *dedup;     /* (worker, seq) pairs applied: see dedup.h */
   parked_pull_t *parked; /* in arrival order */
+  int primary;
+  uint32_t primary_id; /* backups: the only node whose changes they take */
+  /* Primaries: the backups already sent a snapshot of the range. */
+  uint32_t nsnapped;
+  uint32_t snapped[PS_MAX_REPLICAS - 1];
 } owned_range_t;
+
+/* A replication message that came ahead of our view (the snapshot of a
+ * new backup can overtake the view that makes it one). */
+typedef struct deferred_s {
+  struct deferred_s *next;
+  ps_msg_t m;
+} deferred_t;
 
 typedef struct {
   int armed;
@@ -91,6 +114,12 @@ struct ps_server_s {
   size_t nsparse;
   uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
   size_t key_scratch_bytes;
+
+  /* Replication (replica.h): this node's primary side; and the backup
+   * side's messages waiting for a newer view. */
+  ps_repl_t *repl;
+  deferred_t *deferred, **deferred_tail;
+  size_t ndeferred;
 
   int stopping;
   int torn_down;
@@ -212,9 +241,10 @@ static const char *format_ranges(const ps_server_t *s, char *buf, size_t len) {
     return buf;
   }
   for (size_t i = 0; i < s->nranges && n < len; i++) {
-    int w = snprintf(buf + n, len - n, "%s[%llu,%llu)", i ? "," : "",
-                     (unsigned long long)ps_shard_begin(s->ranges[i].shard),
-                     (unsigned long long)ps_shard_end(s->ranges[i].shard));
+    const owned_range_t *r = &s->ranges[i];
+    int w = snprintf(buf + n, len - n, "%s[%llu,%llu)%s", i ? "," : "",
+                     (unsigned long long)r->begin, (unsigned long long)r->end,
+                     r->primary ? "" : (r->shard ? "b" : "b?"));
     if (w < 0) break;
     n += (size_t)w;
   }
@@ -312,6 +342,7 @@ static unsigned long long cow_applies(const ps_server_t *s,
   *peak = 0;
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_stats_t st;
+    if (s->ranges[i].shard == NULL) continue;
     ps_shard_stats(s->ranges[i].shard, &st);
     n += st.cow_applies;
     *peak += st.versions_peak;
@@ -360,10 +391,11 @@ static void report_clock(ps_server_t *s) {
   if (s->nranges == 0 || s->member == NULL) return;
   uint64_t c = UINT64_MAX;
   for (size_t i = 0; i < s->nranges; i++) {
+    if (!s->ranges[i].primary || s->ranges[i].shard == NULL) continue;
     uint64_t ci = ps_shard_clock(s->ranges[i].shard);
     if (ci < c) c = ci;
   }
-  if (c != s->reported_clock) {
+  if (c != UINT64_MAX && c != s->reported_clock) {
     s->reported_clock = c;
     ps_member_set_clock(s->member, c);
   }
@@ -385,23 +417,32 @@ static void after_apply(ps_server_t *s, owned_range_t *r) {
 
 /* ---- requests ---- */
 
-/* The owned range that holds the whole slice, or NULL after refusing m. */
+/* The range this server is the primary of that holds the whole slice, or
+ * NULL after refusing m: with STALE_EPOCH when the request's view is older
+ * than ours (the keys moved: the client takes the new view and resends),
+ * else UNKNOWN_KEY. */
 static owned_range_t *find_range(ps_server_t *s, ps_msg_t *m,
                                  uint64_t key_begin, uint64_t count) {
-  for (size_t i = 0; i < s->nranges; i++)
-    if (ps_shard_contains(s->ranges[i].shard, key_begin, count))
-      return &s->ranges[i];
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->primary && r->shard && ps_shard_contains(r->shard, key_begin, count))
+      return r;
+  }
   char owned[256];
-  refuse(s, m, PS_ERR_UNKNOWN_KEY,
-         "keys [%llu,+%llu) are not inside one range of server %u (owns %s "
-         "at epoch %llu)",
-         (unsigned long long)key_begin, (unsigned long long)count, s->node_id,
-         format_ranges(s, owned, sizeof(owned)),
-         (unsigned long long)view_epoch(s));
+  refuse(
+      s, m,
+      m->env->epoch < view_epoch(s) ? PS_ERR_STALE_EPOCH : PS_ERR_UNKNOWN_KEY,
+      "keys [%llu,+%llu) are not inside one range of server %u (owns %s "
+      "at epoch %llu)",
+      (unsigned long long)key_begin, (unsigned long long)count, s->node_id,
+      format_ranges(s, owned, sizeof(owned)),
+      (unsigned long long)view_epoch(s));
   return NULL;
 }
 
-/* Refuses m unless the server has a view with a model at m's epoch. */
+/* Refuses m unless the server has a view with a model, at m's epoch or a
+ * newer one (a request from an older view is served when the keys are
+ * still this server's: find_range). */
 static int check_epoch(ps_server_t *s, ps_msg_t *m) {
   if (s->view == NULL) {
     refuse(s, m, PS_ERR_NOT_READY, "server %u has no cluster view yet",
@@ -414,7 +455,7 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
            (unsigned long long)s->view->epoch);
     return 0;
   }
-  if (m->env->epoch != s->view->epoch) {
+  if (m->env->epoch > s->view->epoch) {
     refuse(
         s, m, PS_ERR_STALE_EPOCH, "request epoch %llu, server view epoch %llu",
         (unsigned long long)m->env->epoch, (unsigned long long)s->view->epoch);
@@ -423,20 +464,56 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
   return 1;
 }
 
-
-/* Answers a push: the Ack carries the server clock after it. */
-static void reply_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
+/* Answers a push on route: the Ack carries the server clock after it. */
+static void reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                      uint64_t clock, int duplicate) {
   Ps__Ack ack = PS__ACK__INIT;
   ack.clock = clock;
+  ack.duplicate = duplicate != 0;
   Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = m->request_id;
+  env.request_id = request_id;
   env.sender = s->node_id;
   env.epoch = view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_ACK;
   env.ack = &ack;
   count_sent(s, &env, 0);
-  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, NULL, 0) != PS_OK)
+  if (s->data == NULL ||
+      ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
     s->stats.send_failures++;
+}
+
+/* replica.h: a worker's push is on every backup (or cannot be). */
+static void repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                           uint64_t clock, int duplicate, int status,
+                           const char *reason) {
+  ps_server_t *s = arg;
+  if (status == PS_OK) {
+    if (duplicate) s->stats.duplicate_pushes++;
+    reply_ack(s, route, request_id, clock, duplicate);
+    return;
+  }
+  send_error(s, route, request_id, status, "push not replicated: %s", reason);
+}
+
+/* A pointer to the floats of frame f (count values), aligned: ZeroMQ may
+ * hand over a small frame at any byte offset inside its receive buffer,
+ * and a float array must be aligned, so such a frame is copied into a
+ * scratch buffer the server keeps (rare, counted; no allocation once it is
+ * big enough). NULL when out of memory. */
+static const float *aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                   uint64_t count) {
+  const void *data = zmq_msg_data(f);
+  if ((uintptr_t)data % _Alignof(float) == 0) return data;
+  size_t bytes = (size_t)count * sizeof(float);
+  if (bytes > s->scratch_bytes) {
+    float *grown = realloc(s->scratch, bytes);
+    if (grown == NULL) return NULL;
+    s->scratch = grown;
+    s->scratch_bytes = bytes;
+  }
+  memcpy(s->scratch, data, bytes);
+  s->stats.unaligned_payloads++;
+  return s->scratch;
 }
 
 static void handle_push(ps_server_t *s, ps_msg_t *m) {
@@ -444,49 +521,62 @@ static void handle_push(ps_server_t *s, ps_msg_t *m) {
   if (!check_epoch(s, m)) return;
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
   if (r == NULL) return;
+  uint32_t worker = m->env->sender;
 
-  /* ps_msg_recv checked that the frame holds exactly count floats; the
-   * gradient is applied straight from it. ZeroMQ may hand over a small
-   * frame at any byte offset inside its receive buffer; a float array must
-   * be aligned, so such a frame is copied into a scratch buffer the server
-   * keeps (rare, counted; no allocation once it is big enough). */
-  const void *data = zmq_msg_data(&m->payload[0]);
-  const float *g = data;
-  if ((uintptr_t)data % _Alignof(float) != 0) {
-    size_t bytes = (size_t)p->count * sizeof(float);
-    if (bytes > s->scratch_bytes) {
-      float *grown = realloc(s->scratch, bytes);
-      if (grown == NULL) {
-        refuse(s, m, PS_ERR_NOMEM, "no memory to align a push of %llu values",
-               (unsigned long long)p->count);
-        return;
-      }
-      s->scratch = grown;
-      s->scratch_bytes = bytes;
-    }
-    memcpy(s->scratch, data, bytes);
-    g = s->scratch;
-    s->stats.unaligned_payloads++;
+  /* A resend of a push this range applied (the client resends whatever
+   * was not acked after a failover or a timeout) is acked, not applied;
+   * the ack still waits for the backups to hold the original. */
+  int seen = ps_dedup_check(r->dedup, worker, p->seq);
+  if (seen == PS_DEDUP_OLD) {
+    refuse(s, m, PS_ERR_REFUSED,
+           "push seq %llu of worker %u is older than the %d this range "
+           "remembers: cannot tell whether it was applied",
+           (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
+    return;
+  }
+  if (seen == PS_DEDUP_DUP) {
+    if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                     ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK)
+      refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+    return;
+  }
+  /* The gradient is applied straight from the received frame (ps_msg_recv
+   * checked that it holds exactly count floats). */
+  const float *g = aligned_floats(s, &m->payload[0], p->count);
+  if (g == NULL) {
+    refuse(s, m, PS_ERR_NOMEM, "no memory to align a push of %llu values",
+           (unsigned long long)p->count);
+    return;
   }
   char why[256];
   uint64_t clock_after = 0;
-  int rc = ps_shard_push_begin(r->shard, m->env->sender, p->key_begin, p->count,
-                               p->clock, &clock_after, why, sizeof(why));
+  int rc = ps_dedup_reserve(r->dedup, worker);
+  if (rc == PS_OK)
+    rc = ps_shard_push_begin(r->shard, worker, p->key_begin, p->count, p->clock,
+                             &clock_after, why, sizeof(why));
+  else
+    snprintf(why, sizeof(why), "no memory to remember worker %u", worker);
   if (rc != PS_OK) {
     refuse(s, m, rc, "%s", why);
     return;
   }
-
-  /* The ack goes out before the apply: ZeroMQ's I/O thread sends it while
-   * this thread applies, so the worker's next request is on its way during
-   * the apply instead of after it. Nothing can fail past the begin, and
-   * this thread serves nothing else before the end, so every request
-   * served after this one, on any connection, sees the push, as with the
-   * ack after. */
-  reply_ack(s, m, clock_after);
+  /* Forwarded to the backups before it is applied here, so their copies
+   * are on the wire while this thread applies. With no backups the ack
+   * goes out now, before the apply: ZeroMQ's I/O thread sends it while
+   * this thread applies, nothing can fail past the begin, and this thread
+   * serves nothing else before the end, so every request served after
+   * this one sees the push. */
+  if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                   clock_after, 0, worker, p, &m->payload[0]) != PS_OK) {
+    /* Applied but not on the backups: this server cannot keep its
+     * promise; the backup takes over with what it has. */
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory queueing replication", 1);
+    return;
+  }
+  ps_dedup_mark(r->dedup, worker, p->seq);
   int applied = 0;
-  ps_shard_push_end(r->shard, m->env->sender, p->key_begin, p->count, g,
-                    p->clock, &applied);
+  ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
+                    &applied);
   if (applied) after_apply(s, r);
 }
 
@@ -533,6 +623,260 @@ static void handle_pull(ps_server_t *s, ps_msg_t *m) {
     return;
   }
   send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
+}
+
+/* ---- replication, the backup's side (replica.h has the primary's) ---- */
+
+/* The range [begin, end) this server is a backup of, with sender as its
+ * primary, for a replication message m; NULL after answering m: held for
+ * a newer view (*deferred set), or refused (fencing: a primary that the
+ * view replaced must not get an ack). */
+static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
+                                    uint64_t end, int *deferred) {
+  *deferred = 0;
+  uint64_t mine = view_epoch(s);
+  if (s->view == NULL || m->env->epoch > mine || s->restoring) {
+    *deferred = 1;
+    return NULL;
+  }
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->begin == begin && r->end == end && !r->primary &&
+        r->primary_id == m->env->sender)
+      return r;
+  }
+  refuse(s, m, PS_ERR_FENCED,
+         "node %u is not the primary of [%llu,%llu) with server %u as its "
+         "backup at epoch %llu (its epoch %llu)",
+         m->env->sender, (unsigned long long)begin, (unsigned long long)end,
+         s->node_id, (unsigned long long)mine,
+         (unsigned long long)m->env->epoch);
+  return NULL;
+}
+
+static void defer(ps_server_t *s, ps_msg_t *m) {
+  if (s->ndeferred >= DEFERRED_MAX) {
+    refuse(s, m, PS_ERR_REFUSED,
+           "%d replication messages already wait for view epoch %llu",
+           DEFERRED_MAX, (unsigned long long)m->env->epoch);
+    return;
+  }
+  deferred_t *d = calloc(1, sizeof(*d));
+  if (d == NULL) {
+    refuse(s, m, PS_ERR_NOMEM, "no memory to hold a replication message");
+    return;
+  }
+  /* Moved, frames and all: ps_msg_close of the original closes nothing. */
+  d->m.has_route = m->has_route;
+  zmq_msg_init(&d->m.route);
+  if (m->has_route) zmq_msg_move(&d->m.route, &m->route);
+  m->has_route = 0;
+  d->m.env = m->env;
+  m->env = NULL;
+  d->m.request_id = m->request_id;
+  d->m.npayload = m->npayload;
+  for (int i = 0; i < m->npayload; i++) {
+    zmq_msg_init(&d->m.payload[i]);
+    zmq_msg_move(&d->m.payload[i], &m->payload[i]);
+    zmq_msg_close(&m->payload[i]);
+  }
+  m->npayload = 0;
+  *s->deferred_tail = d;
+  s->deferred_tail = &d->next;
+  s->ndeferred++;
+}
+
+static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
+  s->stats.replicated++;
+  reply_ack(s, &m->route, m->request_id, clock, 0);
+}
+
+static void handle_replicate(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Replicate *p = m->env->replicate;
+  int deferred;
+  owned_range_t *r =
+      replica_range(s, m, p->range_begin, p->range_end, &deferred);
+  if (deferred) {
+    defer(s, m);
+    return;
+  }
+  if (r == NULL) return;
+  if (r->shard == NULL) {
+    refuse(s, m, PS_ERR_NOT_READY,
+           "server %u has no snapshot of [%llu,%llu) yet", s->node_id,
+           (unsigned long long)r->begin, (unsigned long long)r->end);
+    return;
+  }
+  char why[256];
+  int rc;
+  int applied = 0;
+  if (p->kind == PS__REPLICATE_KIND__REPL_LIVE) {
+    if (p->n_live_from != p->n_live) {
+      refuse(s, m, PS_ERR_PROTO, "%zu live workers but %zu first steps",
+             p->n_live, p->n_live_from);
+      return;
+    }
+    ps_shard_live_t *live = calloc(p->n_live + 1, sizeof(*live));
+    if (live == NULL) {
+      refuse(s, m, PS_ERR_NOMEM, "no memory for a live set");
+      return;
+    }
+    for (size_t i = 0; i < p->n_live; i++)
+      live[i] = (ps_shard_live_t){p->live[i], p->live_from[i]};
+    rc = ps_shard_set_live(r->shard, live, p->n_live, &applied);
+    free(live);
+    if (rc != PS_OK) {
+      refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
+             (unsigned long long)r->begin, (unsigned long long)r->end);
+      return;
+    }
+    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+    if (applied) after_apply(s, r);
+    return;
+  }
+  if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {
+    refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d", (int)p->kind);
+    return;
+  }
+  if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) {
+    /* The primary never forwards a duplicate; a resent Replicate is one. */
+    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+    return;
+  }
+  const float *g = aligned_floats(s, &m->payload[0], p->count);
+  uint64_t clock_after = 0;
+  rc = g ? ps_dedup_reserve(r->dedup, p->worker) : PS_ERR_NOMEM;
+  if (rc == PS_OK)
+    rc = ps_shard_push_begin(r->shard, p->worker, p->key_begin, p->count,
+                             p->clock, &clock_after, why, sizeof(why));
+  else
+    snprintf(why, sizeof(why), "out of memory");
+  if (rc != PS_OK) {
+    /* The primary took this push: the copies differ. The primary fails the
+     * worker's push, and the scheduler hears of it in the log. */
+    PS_ERROR("replica_diverged",
+             "range=[%llu,%llu) primary=%u worker=%u seq=%llu reason=\"%s\"",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             m->env->sender, p->worker, (unsigned long long)p->seq, why);
+    refuse(s, m, rc, "backup %u cannot replay the push: %s", s->node_id, why);
+    return;
+  }
+  ps_dedup_mark(r->dedup, p->worker, p->seq);
+  reply_replica_ack(s, m, clock_after);
+  ps_shard_push_end(r->shard, p->worker, p->key_begin, p->count, g, p->clock,
+                    &applied);
+  if (applied) after_apply(s, r);
+}
+
+/* A whole range from its primary: this server becomes a backup in step. */
+static void handle_snapshot(ps_server_t *s, ps_msg_t *m) {
+  const Ps__ReplicaSnapshot *p = m->env->replica_snapshot;
+  int deferred;
+  owned_range_t *r =
+      replica_range(s, m, p->range_begin, p->range_end, &deferred);
+  if (deferred) {
+    defer(s, m);
+    return;
+  }
+  if (r == NULL) return;
+  size_t dbytes = zmq_msg_size(&m->payload[5]);
+  if (dbytes != (size_t)p->ndedup * sizeof(ps_dedup_record_t)) {
+    refuse(s, m, PS_ERR_PROTO,
+           "snapshot dedup frame has %zu bytes for %u records of %zu", dbytes,
+           p->ndedup, sizeof(ps_dedup_record_t));
+    return;
+  }
+  uint64_t len = p->range_end - p->range_begin;
+  /* Frames are copied out of ZeroMQ's buffers once, into aligned memory:
+   * a snapshot is rare and the shard keeps its own copy anyway. */
+  void *buf[6] = {NULL};
+  int rc = PS_OK;
+  for (int i = 0; i < 6 && rc == PS_OK; i++) {
+    size_t n = zmq_msg_size(&m->payload[i]);
+    buf[i] = malloc(n ? n : 1);
+    if (buf[i] == NULL)
+      rc = PS_ERR_NOMEM;
+    else if (n)
+      memcpy(buf[i], zmq_msg_data(&m->payload[i]), n);
+  }
+  char why[256] = "out of memory";
+  ps_shard_t *shard = NULL;
+  ps_dedup_t *dedup = NULL;
+  if (rc == PS_OK) {
+    shard = ps_shard_new(p->range_begin, p->range_end, &s->view->model,
+                         s->view->mode, NULL, 0, &rc, why, sizeof(why));
+    dedup = ps_dedup_new();
+    if (shard != NULL && dedup == NULL) rc = PS_ERR_NOMEM;
+  }
+  if (rc == PS_OK) {
+    ps_shard_state_t st = {
+        .clock = p->clock,
+        .weights = buf[0],
+        .momentum = p->has_momentum ? buf[1] : NULL,
+        .acc_lo = p->acc_lo,
+        .acc_hi = p->acc_hi,
+        .acc = buf[2],
+        .live = buf[3],
+        .nlive = p->nlive,
+        .contrib = buf[4],
+        .ncontrib = p->ncontrib,
+    };
+    rc = ps_shard_import(shard, &st, why, sizeof(why));
+  }
+  if (rc == PS_OK) {
+    rc = ps_dedup_import(dedup, buf[5], p->ndedup);
+    if (rc != PS_OK) snprintf(why, sizeof(why), "bad dedup records");
+  }
+  for (int i = 0; i < 6; i++) free(buf[i]);
+  if (rc != PS_OK) {
+    ps_shard_destroy(&shard);
+    ps_dedup_destroy(&dedup);
+    refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
+           (unsigned long long)p->range_begin, (unsigned long long)p->range_end,
+           why);
+    return;
+  }
+  ps_shard_destroy(&r->shard);
+  ps_dedup_destroy(&r->dedup);
+  r->shard = shard;
+  r->dedup = dedup;
+  s->stats.snapshots_in++;
+  PS_INFO("replica_filled",
+          "range=[%llu,%llu) primary=%u clock=%llu keys=%llu workers=%u "
+          "epoch=%llu",
+          (unsigned long long)r->begin, (unsigned long long)r->end,
+          m->env->sender, (unsigned long long)p->clock, (unsigned long long)len,
+          p->ndedup, (unsigned long long)view_epoch(s));
+  reply_replica_ack(s, m, p->clock);
+}
+
+static void dispatch(ps_server_t *s, ps_msg_t *m);
+
+/* Serves, in order, the held replication messages our view has caught up
+ * with; stops at the first one still ahead, so a primary's changes keep
+ * their order. */
+static void serve_deferred(ps_server_t *s) {
+  while (s->deferred && s->view &&
+         s->deferred->m.env->epoch <= s->view->epoch && !s->restoring) {
+    deferred_t *d = s->deferred;
+    s->deferred = d->next;
+    if (s->deferred == NULL) s->deferred_tail = &s->deferred;
+    s->ndeferred--;
+    dispatch(s, &d->m);
+    ps_msg_close(&d->m);
+    free(d);
+  }
+}
+
+static void deferred_free(ps_server_t *s) {
+  while (s->deferred) {
+    deferred_t *d = s->deferred;
+    s->deferred = d->next;
+    ps_msg_close(&d->m);
+    free(d);
+  }
+  s->deferred_tail = &s->deferred;
+  s->ndeferred = 0;
 }
 
 /* ---- sparse tables (issue #3) ---- */
@@ -635,7 +979,7 @@ static void handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
     return;
   }
   s->stats.applies++;
-  reply_ack(s, m, p->clock);
+  reply_ack(s, &m->route, m->request_id, p->clock, 0);
 }
 
 static void sparse_rows_free(void *data, void *hint) {
@@ -741,31 +1085,41 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
     /* ps_msg_recv on a ROUTER gives both whenever it returns PS_OK. */
     count_error(s, PS_ERR_PROTO);
   } else {
-    switch (m->env->body_case) {
-      case PS__ENVELOPE__BODY_PUSH:
-        handle_push(s, m);
-        break;
-      case PS__ENVELOPE__BODY_PULL:
-        handle_pull(s, m);
-        break;
-      case PS__ENVELOPE__BODY_SPARSE_PUSH:
-        handle_sparse_push(s, m);
-        break;
-      case PS__ENVELOPE__BODY_SPARSE_PULL:
-        handle_sparse_pull(s, m);
-        break;
-      case PS__ENVELOPE__BODY_ERROR:
-        /* Never answer an Error with an Error: two confused peers would
-         * bounce them forever. */
-        count_error(s, PS_ERR_UNSUPPORTED);
-        break;
-      default:
-        refuse(s, m, PS_ERR_UNSUPPORTED, "a server does not serve %s",
-               ps_body_name(m->env->body_case));
-        break;
-    }
+    dispatch(s, m);
   }
   ps_msg_close(m);
+}
+
+static void dispatch(ps_server_t *s, ps_msg_t *m) {
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_PUSH:
+      handle_push(s, m);
+      break;
+    case PS__ENVELOPE__BODY_REPLICATE:
+      handle_replicate(s, m);
+      break;
+    case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
+      handle_snapshot(s, m);
+      break;
+    case PS__ENVELOPE__BODY_PULL:
+      handle_pull(s, m);
+      break;
+    case PS__ENVELOPE__BODY_SPARSE_PUSH:
+      handle_sparse_push(s, m);
+      break;
+    case PS__ENVELOPE__BODY_SPARSE_PULL:
+      handle_sparse_pull(s, m);
+      break;
+    case PS__ENVELOPE__BODY_ERROR:
+      /* Never answer an Error with an Error: two confused peers would
+       * bounce them forever. */
+      count_error(s, PS_ERR_UNSUPPORTED);
+      break;
+    default:
+      refuse(s, m, PS_ERR_UNSUPPORTED, "a server does not serve %s",
+             ps_body_name(m->env->body_case));
+      break;
+  }
 }
 
 /* ---- stopping ---- */
@@ -781,6 +1135,7 @@ static void teardown(ps_server_t *s) {
   s->torn_down = 1;
   for (size_t i = 0; i < s->nranges; i++)
     fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+  ps_repl_destroy(&s->repl);
   ps_zsock_destroy(&s->data);
   ps_member_destroy(&s->member);
   if (s->signals_open) {
@@ -896,105 +1251,265 @@ static int live_worker_ids(const ps_view_t *view, uint32_t **ids, size_t *n) {
   return 1;
 }
 
-/* Adopts view: the ranges it gives this node get shards (kept when the range
- * is unchanged), the others are dropped, and every shard learns the number
- * of live workers. Returns PS_OK or a failure that must stop the server. */
+/* The view's live workers with the first step each contributes to, into
+ * *live (caller frees; NULL when there are none). A worker that joins a
+ * running job is in it from its join_clock on, also while the servers
+ * still confirm that step (joining): a shard must not pass the step before
+ * the worker is counted. Returns 0 when out of memory. */
+static int live_set(const ps_view_t *view, ps_shard_live_t **live, size_t *n) {
+  uint32_t *ids;
+  if (!live_worker_ids(view, &ids, n)) return 0;
+  *live = NULL;
+  if (*n == 0) return 1;
+  *live = calloc(*n, sizeof(**live));
+  if (*live == NULL) {
+    free(ids);
+    return 0;
+  }
+  for (size_t i = 0; i < *n; i++) {
+    const ps_node_t *node = ps_view_node(view, ids[i]);
+    (*live)[i] = (ps_shard_live_t){ids[i], node ? node->join_clock : 0};
+  }
+  free(ids);
+  return 1;
+}
+
+static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
+  fail_parked(s, r, PS_ERR_STALE_EPOCH, why);
+  if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
+  ps_shard_destroy(&r->shard);
+  ps_dedup_destroy(&r->dedup);
+}
+
+static int snapped(const owned_range_t *r, uint32_t id) {
+  for (uint32_t k = 0; k < r->nsnapped; k++)
+    if (r->snapped[k] == id) return 1;
+  return 0;
+}
+
+/* A primary's duties after a view: its backups (a new one gets the whole
+ * range first), the live set, replayed by every backup. */
+static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
+                         const ps_shard_live_t *live, size_t nlive) {
+  int applied = 0;
+  int rc = ps_shard_set_live(r->shard, live, nlive, &applied);
+  if (rc != PS_OK) return rc;
+  if (applied) after_apply(s, r);
+  rc = ps_repl_set_chain(s->repl, s->view, vr);
+  if (rc != PS_OK) return rc;
+  /* Forget the backups that left: one that comes back needs a snapshot. */
+  uint32_t keep = 0;
+  for (uint32_t k = 0; k < r->nsnapped; k++)
+    if (ps_range_has_backup(vr, r->snapped[k]))
+      r->snapped[keep++] = r->snapped[k];
+  r->nsnapped = keep;
+  for (uint32_t k = 0; k < vr->nbackups; k++) {
+    uint32_t b = vr->backups[k];
+    if (!ps_range_backup_syncing(vr, b) || snapped(r, b)) continue;
+    rc = ps_repl_snapshot(s->repl, b, r->shard, r->dedup);
+    if (rc != PS_OK) return rc;
+    r->snapped[r->nsnapped++] = b;
+  }
+  /* After the snapshots: a new backup must have the range before a change
+   * to it. */
+  return ps_repl_live(s->repl, r->begin, r->end, live, nlive);
+}
+
+/* Answers the scheduler for every worker that joins at a step (see
+ * proto NodeInfo.join_clock): ok when no range this server is the primary
+ * of has applied that step yet. */
+static void answer_joins(ps_server_t *s) {
+  const ps_view_t *v = s->view;
+  for (size_t i = 0; i < v->nnodes; i++) {
+    const ps_node_t *n = &v->nodes[i];
+    if (n->role != PS__ROLE__ROLE_WORKER || !n->joining) continue;
+    uint64_t clock = 0;
+    for (size_t j = 0; j < s->nranges; j++) {
+      const owned_range_t *r = &s->ranges[j];
+      if (!r->primary || r->shard == NULL) continue;
+      uint64_t c = ps_shard_clock(r->shard);
+      if (c > clock) clock = c;
+    }
+    Ps__JoinReply jr = PS__JOIN_REPLY__INIT;
+    jr.node = n->id;
+    jr.join_clock = n->join_clock;
+    jr.ok = clock <= n->join_clock;
+    jr.clock = clock;
+    Ps__Envelope env = PS__ENVELOPE__INIT;
+    env.body_case = PS__ENVELOPE__BODY_JOIN_REPLY;
+    env.join_reply = &jr;
+    if (s->member) ps_member_send(s->member, &env);
+    PS_INFO("join_answered", "worker=%u join_clock=%llu ok=%d clock=%llu",
+            n->id, (unsigned long long)n->join_clock, jr.ok,
+            (unsigned long long)clock);
+  }
+}
+
+/* Adopts view: every range it gives this node, as primary or backup, gets
+ * an entry (the shard kept when this node held the range already: a backup
+ * promoted to primary goes on from its replayed state), the others are
+ * dropped. A range's first copies start from the model's initializer (or
+ * the checkpoint being restored); a backup added later waits for its
+ * primary's snapshot. Returns PS_OK or a failure that must stop the
+ * server. */
 static int adopt_view(ps_server_t *s, ps_view_t *view, char *err,
                       size_t errlen) {
   uint32_t me = s->node_id;
-  size_t nowned = 0;
-  for (size_t i = 0; i < view->nranges; i++)
-    if (view->ranges[i].server_id == me &&
-        view->ranges[i].begin < view->ranges[i].end)
-      nowned++;
-
+  size_t nmine = 0;
+  for (size_t i = 0; i < view->nranges; i++) {
+    const ps_range_t *vr = &view->ranges[i];
+    if (vr->begin < vr->end &&
+        (vr->server_id == me || ps_range_has_backup(vr, me)))
+      nmine++;
+  }
   int src = sparse_adopt(s, view, err, errlen);
   if (src != PS_OK) return src;
-  uint32_t *live = NULL;
+  ps_shard_live_t *live = NULL;
   size_t nlive = 0;
-  int live_ok = live_worker_ids(view, &live, &nlive);
-  owned_range_t *next = calloc(nowned ? nowned : 1, sizeof(*next));
-  size_t *from = calloc(nowned ? nowned : 1, sizeof(*from));
-  if (!live_ok || next == NULL || from == NULL) {
+  int live_ok = live_set(view, &live, &nlive);
+  owned_range_t *next = calloc(nmine ? nmine : 1, sizeof(*next));
+  if (!live_ok || next == NULL) {
     free(live);
     free(next);
-    free(from);
     snprintf(err, errlen, "out of memory adopting view epoch %llu",
              (unsigned long long)view->epoch);
     return PS_ERR_NOMEM;
   }
-  /* First every shard the view needs, so a failure leaves the server as it
-   * was; then the kept ones move over. */
-  int had_shards = s->nranges > 0;
+  /* A job's first view (or a restart's) starts every copy from the
+   * initializer; later, only a range with no copy anywhere does. */
+  int first = s->view == NULL;
   size_t k = 0;
-  for (size_t i = 0; i < view->nranges; i++) {
+  int rc = PS_OK;
+  for (size_t i = 0; i < view->nranges && rc == PS_OK; i++) {
     const ps_range_t *vr = &view->ranges[i];
-    if (vr->server_id != me || vr->begin >= vr->end) continue;
-    from[k] = SIZE_MAX;
-    for (size_t j = 0; j < s->nranges; j++)
-      if (ps_shard_begin(s->ranges[j].shard) == vr->begin &&
-          ps_shard_end(s->ranges[j].shard) == vr->end)
-        from[k] = j;
-    if (from[k] == SIZE_MAX) {
-      int rc;
-      next[k].shard = ps_shard_new(vr->begin, vr->end, &view->model, view->mode,
-                                   live, nlive, &rc, err, errlen);
-      if (next[k].shard == NULL) {
-        for (size_t j = 0; j < k; j++) ps_shard_destroy(&next[j].shard);
-        free(live);
-        free(next);
-        free(from);
-        return rc;
+    int primary = vr->server_id == me;
+    if (vr->begin >= vr->end || (!primary && !ps_range_has_backup(vr, me)))
+      continue;
+    owned_range_t *r = &next[k++];
+    r->begin = vr->begin;
+    r->end = vr->end;
+    r->primary = primary;
+    r->primary_id = vr->server_id;
+    for (size_t j = 0; j < s->nranges; j++) {
+      owned_range_t *old = &s->ranges[j];
+      if (old->begin != vr->begin || old->end != vr->end) continue;
+      r->shard = old->shard;
+      r->dedup = old->dedup;
+      r->parked = old->parked;
+      if (old->primary && primary) {
+        r->nsnapped = old->nsnapped;
+        memcpy(r->snapped, old->snapped, sizeof(r->snapped));
       }
-      if (had_shards)
-        /* No replication yet: a range taken over mid-job starts from the
-         * initial weights. */
-        PS_WARN("range_adopted", "range=[%llu,%llu) epoch=%llu weights=init",
-                (unsigned long long)vr->begin, (unsigned long long)vr->end,
-                (unsigned long long)view->epoch);
+      if (!primary && old->primary) {
+        fail_parked(s, r, PS_ERR_STALE_EPOCH,
+                    "this server is now a backup of the range");
+        ps_repl_drop_chain(s->repl, r->begin, r->end);
+      }
+      if (primary && !old->primary)
+        PS_WARN("promoted",
+                "range=[%llu,%llu) epoch=%llu clock=%llu backups=%u",
+                (unsigned long long)r->begin, (unsigned long long)r->end,
+                (unsigned long long)view->epoch,
+                (unsigned long long)(r->shard ? ps_shard_clock(r->shard) : 0),
+                vr->nbackups);
+      memset(old, 0, sizeof(*old));
     }
-    k++;
+    if (r->dedup == NULL && (r->dedup = ps_dedup_new()) == NULL) {
+      rc = PS_ERR_NOMEM;
+      snprintf(err, errlen, "out of memory adopting view epoch %llu",
+               (unsigned long long)view->epoch);
+      break;
+    }
+    int from_init =
+        r->shard == NULL && (primary || !ps_range_backup_syncing(vr, me));
+    if (from_init) {
+      r->shard = ps_shard_new(vr->begin, vr->end, &view->model, view->mode,
+                              NULL, 0, &rc, err, errlen);
+      if (r->shard == NULL) break;
+      if (primary && !first)
+        /* Every copy of the range was lost: the job goes on, but from the
+         * initial weights for these keys. */
+        PS_ERROR("range_reinitialized", "range=[%llu,%llu) epoch=%llu",
+                 (unsigned long long)vr->begin, (unsigned long long)vr->end,
+                 (unsigned long long)view->epoch);
+      /* A first copy's live set is the view's; a backup's then follows its
+       * primary's stream. */
+      int ignored;
+      rc = ps_shard_set_live(r->shard, live, nlive, &ignored);
+    }
   }
-  for (k = 0; k < nowned; k++) {
-    if (from[k] == SIZE_MAX) continue;
-    next[k] = s->ranges[from[k]];
-    s->ranges[from[k]].shard = NULL;
-    s->ranges[from[k]].parked = NULL;
+  if (rc != PS_OK) {
+    /* The server stops (the caller's promise); what moved is freed. */
+    for (size_t i = 0; i < k; i++) owned_free(s, &next[i], "the server stops");
+    free(next);
+    free(live);
+    return rc;
   }
-  free(from);
   for (size_t j = 0; j < s->nranges; j++) {
     owned_range_t *old = &s->ranges[j];
-    if (old->shard == NULL) continue;
-    PS_WARN("range_dropped", "range=[%llu,%llu) epoch=%llu",
-            (unsigned long long)ps_shard_begin(old->shard),
-            (unsigned long long)ps_shard_end(old->shard),
+    if (old->shard == NULL && old->dedup == NULL) continue;
+    PS_WARN("range_dropped", "range=[%llu,%llu) role=%s epoch=%llu",
+            (unsigned long long)old->begin, (unsigned long long)old->end,
+            old->primary ? "primary" : "backup",
             (unsigned long long)view->epoch);
-    fail_parked(s, old, PS_ERR_STALE_EPOCH,
-                "the range moved to another server in a new view");
-    ps_shard_destroy(&old->shard);
+    owned_free(s, old, "the range moved to another server in a new view");
   }
   free(s->ranges);
   s->ranges = next;
-  s->nranges = nowned;
+  s->nranges = nmine;
   ps_view_destroy(&s->view);
   s->view = view;
+  ps_repl_set_identity(s->repl, me, view->epoch);
 
   if (nlive != view->live_workers)
     PS_WARN("view_live_workers_mismatch",
             "epoch=%llu live_workers=%u alive_worker_nodes=%zu",
             (unsigned long long)view->epoch, view->live_workers, nlive);
-  int rc = PS_OK;
   for (size_t i = 0; i < s->nranges && rc == PS_OK; i++) {
-    int applied = 0;
-    rc = ps_shard_set_live_workers(s->ranges[i].shard, live, nlive, &applied);
-    if (applied) after_apply(s, &s->ranges[i]);
+    owned_range_t *r = &s->ranges[i];
+    if (!r->primary) continue;
+    const ps_range_t *vr = NULL;
+    for (size_t j = 0; j < view->nranges; j++)
+      if (view->ranges[j].begin == r->begin && view->ranges[j].end == r->end)
+        vr = &view->ranges[j];
+    rc = primary_adopt(s, r, vr, live, nlive);
   }
   free(live);
   report_clock(s);
+  if (rc != PS_OK) {
+    snprintf(err, errlen, "adopting view epoch %llu: %s",
+             (unsigned long long)view->epoch, ps_strerror(rc));
+    return rc;
+  }
+  answer_joins(s);
+  serve_deferred(s);
+  return PS_OK;
+}
+
+/* replica.h: a new backup holds the range; the scheduler may promote it. */
+static void repl_synced(void *arg, uint64_t begin, uint64_t end,
+                        uint32_t backup, uint64_t bytes, uint64_t ms) {
+  ps_server_t *s = arg;
+  PS_INFO("re_replicated",
+          "range=[%llu,%llu) backup=%u bytes=%llu duration_ms=%llu "
+          "epoch=%llu",
+          (unsigned long long)begin, (unsigned long long)end, backup,
+          (unsigned long long)bytes, (unsigned long long)ms,
+          (unsigned long long)view_epoch(s));
+  if (s->member == NULL) return;
+  Ps__ReplicaSynced rs = PS__REPLICA_SYNCED__INIT;
+  rs.range_begin = begin;
+  rs.range_end = end;
+  rs.backup = backup;
+  rs.bytes = bytes;
+  rs.duration_ms = ms;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_SYNCED;
+  env.replica_synced = &rs;
+  int rc = ps_member_send(s->member, &env);
   if (rc != PS_OK)
-    snprintf(err, errlen, "out of memory adopting view epoch %llu",
-             (unsigned long long)view->epoch);
-  return rc;
+    PS_WARN("replica_synced_send_failed", "backup=%u err=%s", backup,
+            ps_err_name(rc));
 }
 
 /* ---- checkpoints (issue #4) ---- */
@@ -1031,10 +1546,14 @@ static void handle_checkpoint_request(ps_server_t *s,
     saver_reply_cb(s->saver, &r, s);
     return;
   }
-  for (size_t i = 0; i < s->nranges; i++) shards[i] = s->ranges[i].shard;
+  /* The primaries write; the backups hold the same bits. */
+  size_t nshards = 0;
+  for (size_t i = 0; i < s->nranges; i++)
+    if (s->ranges[i].primary && s->ranges[i].shard)
+      shards[nshards++] = s->ranges[i].shard;
   ps_saver_ctx_t ctx = {
       .shards = shards,
-      .nshards = s->nranges,
+      .nshards = nshards,
       .fingerprint = ps_checkpoint_fingerprint(&s->view->model),
       .view_epoch = s->view->epoch,
       .node_id = s->node_id,
@@ -1086,6 +1605,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
   }
   for (size_t i = 0; i < s->nranges && rc == PS_OK; i++) {
     ps_shard_t *sh = s->ranges[i].shard;
+    if (sh == NULL) continue; /* a backup waiting for its snapshot */
     const ps_saver_range_t *l = NULL;
     for (size_t j = 0; j < nloaded; j++)
       if (loaded[j].begin == ps_shard_begin(sh) &&
@@ -1135,7 +1655,8 @@ static void start_restore(ps_server_t *s, ps_view_t *view) {
     return;
   }
   for (size_t i = 0; i < view->nranges; i++)
-    if (view->ranges[i].server_id == s->node_id &&
+    if ((view->ranges[i].server_id == s->node_id ||
+         ps_range_has_backup(&view->ranges[i], s->node_id)) &&
         view->ranges[i].begin < view->ranges[i].end)
       mine[n++] = view->ranges[i];
   PS_INFO("restore_start", "dir=%s step=%llu ranges=%zu epoch=%llu",
@@ -1193,8 +1714,7 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
   }
   uint64_t keys = 0;
   for (size_t i = 0; i < s->nranges; i++)
-    keys +=
-        ps_shard_end(s->ranges[i].shard) - ps_shard_begin(s->ranges[i].shard);
+    keys += s->ranges[i].end - s->ranges[i].begin;
   char owned[256];
   PS_INFO("view_adopted",
           "epoch=%llu mode=%s live_workers=%u nodes=%zu ranges=%s keys=%llu "
@@ -1212,7 +1732,7 @@ void ps_server_opts_init(ps_server_opts_t *o) {
   o->scheduler = "tcp://127.0.0.1:7000";
   o->bind = "tcp://127.0.0.1:*";
   o->advertise = NULL;
-  o->heartbeat_ms = 500;
+  o->heartbeat_ms = 100;
   o->scheduler_timeout_ms = 0;
   o->limits = ps_frame_default_limits;
   o->handle_signals = 1;
@@ -1268,6 +1788,14 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   if (s->zctx == NULL) {
     *err = PS_ERR_ZMQ;
     snprintf(errbuf, errlen, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    goto fail;
+  }
+  s->deferred_tail = &s->deferred;
+  ps_repl_cbs_t rcbs = {.push_done = repl_push_done, .synced = repl_synced};
+  s->repl = ps_repl_new(&s->loop, s->zctx, &s->limits, &rcbs, s);
+  if (s->repl == NULL) {
+    *err = PS_ERR_NOMEM;
+    snprintf(errbuf, errlen, "out of memory");
     goto fail;
   }
 
@@ -1358,8 +1886,12 @@ void ps_server_destroy(ps_server_t **s_p) {
   }
   if (s->zctx) zmq_ctx_term(s->zctx);
   ps_view_destroy(&s->restore_view);
-  for (size_t i = 0; i < s->nranges; i++) ps_shard_destroy(&s->ranges[i].shard);
+  for (size_t i = 0; i < s->nranges; i++) {
+    ps_shard_destroy(&s->ranges[i].shard);
+    ps_dedup_destroy(&s->ranges[i].dedup);
+  }
   free(s->ranges);
+  deferred_free(s);
   free(s->scratch);
   sparse_free(s);
   ps_view_destroy(&s->view);

@@ -33,7 +33,7 @@ typedef struct {
 } ps_server_opts_t;
 
 /* Fills o with the defaults: scheduler tcp://127.0.0.1:7000, bind
- * tcp://127.0.0.1:*, heartbeat 500 ms, no scheduler timeout, the default
+ * tcp://127.0.0.1:*, heartbeat 100 ms, no scheduler timeout, the default
  * frame limits, signals handled. */
 void ps_server_opts_init(ps_server_opts_t *o);
 
@@ -41,7 +41,7 @@ void ps_server_opts_init(ps_server_opts_t *o);
 #define PS_SERVER_NERR 32
 /* Indexes of ps_server_stats_t.requests: Ps__Envelope__BodyCase (0: the
  * header could not be decoded). */
-#define PS_SERVER_NBODY 32
+#define PS_SERVER_NBODY 64
 
 /* Counters for /metrics. Monotonic except parked_pulls. */
 typedef struct {
@@ -56,7 +56,10 @@ typedef struct {
   uint64_t unaligned_payloads; /* pushes copied to align their floats */
   uint64_t pull_bytes_zero_copy; /* pull reply bytes sent from the weights */
   uint64_t pull_bytes_copied;    /* pull reply bytes copied into frames */
-  uint64_t views;              /* views received */
+  uint64_t views;                /* views received */
+  uint64_t duplicate_pushes;     /* resent pushes acked without applying */
+  uint64_t replicated;           /* changes replayed as a backup */
+  uint64_t snapshots_in;         /* ranges received whole as a new backup */
 } ps_server_stats_t;
 
 /* Binds the data socket, connects to the scheduler and registers. Returns

@@ -7,13 +7,15 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/scheduler.h"
 
 int main(int argc, char **argv) {
   char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
        *state_file = NULL;
-  int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 3000;
+  int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
+  int64_t replication = 2;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO;
@@ -23,16 +25,25 @@ int main(int argc, char **argv) {
        "connect to it."},
       {"servers", PS_OPT_INT, &servers, "1", 1, 4096, NULL,
        "Number of servers the job expects; the first view is published once "
-       "all have registered."},
+       "all have registered. While the job runs, a server may register in "
+       "place of a dead one: it becomes a spare that takes missing "
+       "backups."},
       {"workers", PS_OPT_INT, &workers, "1", 1, 65535, NULL,
-       "Number of workers the job expects; they get ranks 0 to workers-1."},
+       "Number of workers the job expects; they get ranks 0 to workers-1. "
+       "While the job runs, a worker may register in place of a dead one "
+       "and takes its rank."},
       {"mode", PS_OPT_ENUM, &mode, "bsp", 0, 0, "bsp|asp",
        "Consistency mode: bsp applies step t once every live worker's "
        "gradient is in, asp applies each push on arrival."},
-      {"heartbeat-timeout-ms", PS_OPT_INT, &heartbeat_timeout_ms, "3000", 10,
+      {"replication", PS_OPT_INT, &replication, "2", 1, PS_MAX_REPLICAS, NULL,
+       "Copies of each key range, the primary included: a push is acked "
+       "once every copy holds it, and a dead primary's range fails over to "
+       "a backup. 1: no replication. More than --servers is capped."},
+      {"heartbeat-timeout-ms", PS_OPT_INT, &heartbeat_timeout_ms, "400", 10,
        3600000, NULL,
        "A node silent for this long is declared dead and a new view is "
-       "published without it."},
+       "published without it (a dead server's ranges fail over at once). "
+       "Keep it several times the nodes' --heartbeat-ms."},
       {"checkpoint-dir", PS_OPT_STRING, &checkpoint_dir, NULL, 0, 0, NULL,
        "Base directory of checkpoints (each goes into ckpt-<step>/, LATEST "
        "names the newest); servers must see the same path. Needed for "
@@ -91,6 +102,7 @@ int main(int argc, char **argv) {
       .workers = (uint32_t)workers,
       .mode = modes[mode],
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
+      .replication = (uint32_t)replication,
       .handle_signals = 1,
       .checkpoint_dir = checkpoint_dir,
       .checkpoint_every_steps = (uint64_t)checkpoint_every_steps,

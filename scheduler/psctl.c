@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/time.h"
 #include "proto/ps.pb-c.h"
+#include "scheduler/placement.h"
 
 static const char *role_name(int role) {
   switch (role) {
@@ -71,6 +72,38 @@ static const Ps__NodeInfo *find_node(const Ps__View *v, uint32_t id) {
   return NULL;
 }
 
+static int range_syncing(const Ps__KeyRange *r, uint32_t id) {
+  for (size_t k = 0; k < r->n_syncing; k++)
+    if (r->syncing[k] == id) return 1;
+  return 0;
+}
+
+/* What a range can do now: ok, syncing, degraded or unavailable. */
+static const char *range_state(const Ps__View *v, const Ps__KeyRange *r) {
+  const Ps__NodeInfo *p = find_node(v, r->server_id);
+  int alive = p != NULL && p->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+  return ps_place_state_name(ps_place_state(
+      alive, (uint32_t)r->n_backups, (uint32_t)r->n_syncing, v->replication));
+}
+
+/* How many ranges server id is the primary / a backup of. */
+static void server_roles(const Ps__View *v, uint32_t id, uint32_t *primary,
+                         uint32_t *backup) {
+  *primary = *backup = 0;
+  for (size_t i = 0; i < v->n_ranges; i++) {
+    const Ps__KeyRange *r = v->ranges[i];
+    if (r->server_id == id) (*primary)++;
+    for (size_t k = 0; k < r->n_backups; k++)
+      if (r->backups[k] == id) (*backup)++;
+  }
+}
+
+static void json_ids(const uint32_t *ids, size_t n) {
+  putchar('[');
+  for (size_t k = 0; k < n; k++) printf("%s%u", k ? "," : "", ids[k]);
+  putchar(']');
+}
+
 static void json_string(const char *s) {
   putchar('"');
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -90,24 +123,38 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
   json_string(endpoint);
   printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
-         "\"live_workers\":%u,\"keys\":%" PRIu64 ",\"nodes\":[",
+         "\"live_workers\":%u,\"keys\":%" PRIu64
+         ",\"replication\":%u,\"nodes\":[",
          v->epoch, mode_name(v->mode), st->uptime_ms, st->expected_servers,
-         st->expected_workers, v->live_workers, model_keys(v));
+         st->expected_workers, v->live_workers, model_keys(v), v->replication);
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
            role_name(n->role));
     json_string(n->address ? n->address : "");
     printf(",\"state\":\"%s\",\"last_heartbeat_ms\":%" PRIu64
-           ",\"clock\":%" PRIu64 "}",
+           ",\"clock\":%" PRIu64,
            state_name(n->state), n->last_heartbeat_ms, n->clock);
+    if (n->role == PS__ROLE__ROLE_SERVER) {
+      uint32_t primary, backup;
+      server_roles(v, n->id, &primary, &backup);
+      printf(",\"primary_of\":%u,\"backup_of\":%u", primary, backup);
+    } else if (n->role == PS__ROLE__ROLE_WORKER) {
+      printf(",\"rank\":%u,\"join_clock\":%" PRIu64 ",\"joining\":%s", n->rank,
+             n->join_clock, n->joining ? "true" : "false");
+    }
+    printf("}");
   }
   printf("],\"ranges\":[");
   for (size_t i = 0; i < v->n_ranges; i++) {
     const Ps__KeyRange *r = v->ranges[i];
     printf("%s{\"begin\":%" PRIu64 ",\"end\":%" PRIu64 ",\"keys\":%" PRIu64
-           ",\"server_id\":%u}",
+           ",\"server_id\":%u,\"backups\":",
            i ? "," : "", r->begin, r->end, r->end - r->begin, r->server_id);
+    json_ids(r->backups, r->n_backups);
+    printf(",\"syncing\":");
+    json_ids(r->syncing, r->n_syncing);
+    printf(",\"state\":\"%s\"}", range_state(v, r));
   }
   printf("]");
   const Ps__CheckpointInfo *infos[2] = {st->last_checkpoint, st->checkpoint};
@@ -150,11 +197,14 @@ static void print_checkpoints(const Ps__Status *st) {
 
 static void print_table(const char *endpoint, const Ps__Status *st) {
   const Ps__View *v = st->view;
-  uint32_t servers = 0, workers = 0;
+  uint32_t servers = 0, alive_servers = 0, workers = 0;
   int addr_w = 7; /* "ADDRESS" */
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     if (n->role == PS__ROLE__ROLE_SERVER) servers++;
+    if (n->role == PS__ROLE__ROLE_SERVER &&
+        n->state == PS__NODE_STATE__NODE_STATE_ALIVE)
+      alive_servers++;
     if (n->role == PS__ROLE__ROLE_WORKER) workers++;
     int w = (int)strlen(n->address ? n->address : "");
     if (w > addr_w) addr_w = w;
@@ -165,21 +215,36 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
   else
     printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
            mode_name(v->mode), v->live_workers, st->expected_workers);
-  printf("registered: %u/%u servers, %u/%u workers\n", servers,
-         st->expected_servers, workers, st->expected_workers);
+  printf("registered: %u/%u servers (%u alive), %u/%u workers\n", servers,
+         st->expected_servers, alive_servers, workers, st->expected_workers);
   print_checkpoints(st);
   printf("\n");
 
-  printf("%4s  %-7s  %-*s  %-5s  %14s  %10s\n", "ID", "ROLE", addr_w, "ADDRESS",
-         "STATE", "LAST HEARTBEAT", "CLOCK");
+  printf("%4s  %-7s  %-*s  %-5s  %14s  %10s  %s\n", "ID", "ROLE", addr_w,
+         "ADDRESS", "STATE", "LAST HEARTBEAT", "CLOCK", "HOLDS");
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
-    char heard[32];
+    char heard[32], holds[64] = "-";
     snprintf(heard, sizeof(heard), "%" PRIu64 " ms ago", n->last_heartbeat_ms);
-    printf("%4u  %-7s  %-*s  %-5s  %14s  %10" PRIu64 "\n", n->id,
+    if (n->role == PS__ROLE__ROLE_SERVER) {
+      uint32_t primary, backup;
+      server_roles(v, n->id, &primary, &backup);
+      snprintf(holds, sizeof(holds), "primary of %u, backup of %u", primary,
+               backup);
+    } else if (n->role == PS__ROLE__ROLE_WORKER) {
+      if (n->joining)
+        snprintf(holds, sizeof(holds), "rank %u, joining at step %" PRIu64,
+                 n->rank, n->join_clock);
+      else if (n->join_clock)
+        snprintf(holds, sizeof(holds), "rank %u, joined at step %" PRIu64,
+                 n->rank, n->join_clock);
+      else
+        snprintf(holds, sizeof(holds), "rank %u", n->rank);
+    }
+    printf("%4u  %-7s  %-*s  %-5s  %14s  %10" PRIu64 "  %s\n", n->id,
            role_name(n->role), addr_w,
            n->address && n->address[0] ? n->address : "-", state_name(n->state),
-           heard, n->clock);
+           heard, n->clock, holds);
   }
   if (v->n_nodes == 0) printf("  (no node has registered)\n");
 
@@ -188,13 +253,26 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
     printf("ranges: none yet (cut when every expected node has registered)\n");
     return;
   }
-  printf("%-20s  %-20s  %-20s  %s\n", "BEGIN", "END", "KEYS", "OWNER");
+  printf(
+      "replication %u (copies of each range, primary included; "
+      "* = backup still syncing)\n",
+      v->replication);
+  printf("%-12s  %-12s  %-12s  %-16s  %-16s  %s\n", "BEGIN", "END", "KEYS",
+         "PRIMARY", "BACKUPS", "STATE");
   for (size_t i = 0; i < v->n_ranges; i++) {
     const Ps__KeyRange *r = v->ranges[i];
     const Ps__NodeInfo *owner = find_node(v, r->server_id);
-    printf("%-20" PRIu64 "  %-20" PRIu64 "  %-20" PRIu64 "  %u (%s)\n",
-           r->begin, r->end, r->end - r->begin, r->server_id,
-           owner ? state_name(owner->state) : "not in view");
+    char primary[40], backups[64] = "-";
+    snprintf(primary, sizeof(primary), "%u (%s)", r->server_id,
+             owner ? state_name(owner->state) : "not in view");
+    size_t len = 0;
+    for (size_t k = 0; k < r->n_backups && len < sizeof(backups); k++)
+      len += (size_t)snprintf(backups + len, sizeof(backups) - len, "%s%u%s",
+                              k ? " " : "", r->backups[k],
+                              range_syncing(r, r->backups[k]) ? "*" : "");
+    printf("%-12" PRIu64 "  %-12" PRIu64 "  %-12" PRIu64 "  %-16s  %-16s  %s\n",
+           r->begin, r->end, r->end - r->begin, primary, backups,
+           range_state(v, r));
   }
   printf("key space: %" PRIu64 " keys (%" PRIu64 " bytes of float32)\n",
          model_keys(v), model_keys(v) * 4);
@@ -350,7 +428,8 @@ int main(int argc, char **argv) {
       .program = "psctl",
       .summary =
           "Ask the scheduler of a parameter-server job. Commands: "
-          "status (nodes, key ranges, epoch, checkpoints), health (exit 0 "
+          "status (nodes and what they hold, key ranges with their primary, "
+          "backups and state, epoch, checkpoints), health (exit 0 "
           "if the scheduler answers in time, else 1), checkpoint (write "
           "one at the next step boundary and wait until it is complete).",
       .usage = "[options] status|health|checkpoint",

@@ -19,6 +19,7 @@
 #include "common/transport.h"
 #include "common/view.h"
 #include "scheduler/coordinator.h"
+#include "scheduler/placement.h"
 
 /* ZeroMQ routing identities are at most 255 bytes. */
 #define SCHED_ROUTE_MAX 256
@@ -37,6 +38,17 @@ static const char SCHED_STATE_MAGIC[8] = {'P', 'S', 'S', 'C',
 #define SCHED_CKPT_BACKOFF_MS 5000
 /* psctl calls waiting for the checkpoint in progress. */
 #define SCHED_CKPT_WAITERS 16
+#define SCHED_REPLICATION_DEFAULT 2
+/* A death is noticed at most this long after the timeout. */
+#define SCHED_CHECK_MAX_MS 50
+/* A worker joining a running BSP job starts this far ahead of the servers'
+ * clocks (in time at their step rate, and at least in steps), so that the
+ * view reaches every server before its step comes. */
+#define SCHED_JOIN_MARGIN_MS 1000
+#define SCHED_JOIN_MIN_STEPS 2
+/* Servers that have not confirmed a join by then are asked again (a later
+ * step): a reply lost with a restarted scheduler must not stall it. */
+#define SCHED_JOIN_RETRY_MS 2000
 
 typedef struct {
   uint32_t id;
@@ -56,6 +68,17 @@ typedef struct {
   uint64_t barrier_request_id;
   uint8_t barrier_route[SCHED_ROUTE_MAX]; /* where its release goes */
   size_t barrier_route_len;
+  uint64_t dead_epoch; /* the view epoch that declared it dead; 0: alive */
+  int fence_logged;
+  /* A worker joining a running BSP job: it contributes from join_clock on,
+   * once every server holding a replica confirmed (JoinReply) that it is
+   * not past that step; joining until then. */
+  uint64_t join_clock;
+  int joining;
+  uint64_t join_started_ms; /* registration, for the log's duration */
+  uint64_t join_asked_ms;   /* when the current join_clock went out */
+  uint32_t *join_ok;        /* servers that confirmed join_clock */
+  size_t njoin_ok;
 } sched_node_t;
 
 struct ps_sched_s {
@@ -83,6 +106,7 @@ struct ps_sched_s {
   ps_model_t model;
   ps_range_t *ranges;
   size_t nranges;
+  uint32_t replication; /* copies per range: the option capped by servers */
 
   /* Checkpoints and restore (issue #4). */
   ps_coord_t *coord;
@@ -267,6 +291,7 @@ typedef struct {
   Ps__NodeInfo **info_ptrs;
   Ps__KeyRange *krs;
   Ps__KeyRange **kr_ptrs;
+  uint32_t *syncing; /* PS_MAX_REPLICAS - 1 per range */
   Ps__ModelSpec model;
   Ps__TensorSpec *tensors;
   Ps__TensorSpec **tensor_ptrs;
@@ -279,6 +304,7 @@ static void view_pb_free(view_pb_t *v) {
   free(v->info_ptrs);
   free(v->krs);
   free(v->kr_ptrs);
+  free(v->syncing);
   free(v->tensors);
   free(v->tensor_ptrs);
   free(v->sparse);
@@ -295,20 +321,23 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
   v->view.live_workers = live_workers(s);
   v->view.start_clock = s->start_clock;
   v->view.restore_dir = s->restore_dir ? s->restore_dir : "";
+  v->view.replication = s->replication;
 
   /* calloc(0) may return NULL; one spare entry keeps NULL meaning failure. */
   v->infos = calloc(s->nnodes + 1, sizeof(*v->infos));
   v->info_ptrs = calloc(s->nnodes + 1, sizeof(*v->info_ptrs));
   v->krs = calloc(s->nranges + 1, sizeof(*v->krs));
   v->kr_ptrs = calloc(s->nranges + 1, sizeof(*v->kr_ptrs));
+  v->syncing =
+      calloc((s->nranges + 1) * (PS_MAX_REPLICAS - 1), sizeof(*v->syncing));
   size_t nt = s->has_model ? s->model.ntensors : 0;
   v->tensors = calloc(nt + 1, sizeof(*v->tensors));
   v->tensor_ptrs = calloc(nt + 1, sizeof(*v->tensor_ptrs));
   size_t nsp = s->has_model ? s->model.nsparse : 0;
   v->sparse = calloc(nsp + 1, sizeof(*v->sparse));
   v->sparse_ptrs = calloc(nsp + 1, sizeof(*v->sparse_ptrs));
-  if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->tensors ||
-      !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs) {
+  if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->syncing ||
+      !v->tensors || !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs) {
     view_pb_free(v);
     return PS_ERR_NOMEM;
   }
@@ -323,6 +352,8 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->last_heartbeat_ms = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
     ni->clock = n->clock;
     ni->rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
+    ni->join_clock = n->join_clock;
+    ni->joining = n->joining;
     v->info_ptrs[i] = ni;
   }
   v->view.n_nodes = s->nnodes;
@@ -333,6 +364,13 @@ static int view_pb_build(ps_sched_t *s, view_pb_t *v) {
     kr->begin = s->ranges[i].begin;
     kr->end = s->ranges[i].end;
     kr->server_id = s->ranges[i].server_id;
+    /* Points into the scheduler's range, like the rest of the view. */
+    kr->backups = s->ranges[i].backups;
+    kr->n_backups = s->ranges[i].nbackups;
+    kr->syncing = &v->syncing[i * (PS_MAX_REPLICAS - 1)];
+    for (uint32_t k = 0; k < s->ranges[i].nbackups; k++)
+      if ((s->ranges[i].syncing_mask >> k) & 1u)
+        kr->syncing[kr->n_syncing++] = s->ranges[i].backups[k];
     v->kr_ptrs[i] = kr;
   }
   v->view.n_ranges = s->nranges;
@@ -409,8 +447,15 @@ static void state_save(ps_sched_t *s) {
   last.reason = s->last_reason;
   last.age_ms = 0;
   if (s->has_last) st.last_checkpoint = &last;
+  st.replication = s->opts.replication;
+  uint64_t *dead = calloc(s->nnodes + 1, sizeof(*dead));
+  if (dead) {
+    for (size_t i = 0; i < s->nnodes; i++) dead[i] = s->nodes[i].dead_epoch;
+    st.dead_epochs = dead;
+    st.n_dead_epochs = s->nnodes;
+  }
   size_t len = ps__scheduler_state__get_packed_size(&st);
-  uint8_t *buf = malloc(len ? len : 1);
+  uint8_t *buf = dead ? malloc(len ? len : 1) : NULL;
   if (buf == NULL) {
     rc = PS_ERR_NOMEM;
     snprintf(err, sizeof(err), "out of memory");
@@ -421,6 +466,7 @@ static void state_save(ps_sched_t *s) {
                                     sizeof(err));
   }
   free(buf);
+  free(dead);
   view_pb_free(&v);
   if (rc != PS_OK) {
     /* The job goes on: losing the scheduler's memory of it is a risk for
@@ -472,16 +518,18 @@ static int state_load(ps_sched_t *s, char *err, size_t errlen) {
     ps__scheduler_state__free_unpacked(st, NULL);
     return 0;
   }
+  /* A state file of a job from before replication has none recorded. */
+  uint32_t replication = st->replication ? st->replication : 1;
   if (st->expected_servers != s->opts.servers ||
       st->expected_workers != s->opts.workers ||
-      (int)pv->mode != s->opts.mode) {
+      (int)pv->mode != s->opts.mode || replication != s->opts.replication) {
     snprintf(err, errlen,
              "state file %s is of a job with --servers=%u --workers=%u "
-             "--mode=%s; this scheduler was given --servers=%u --workers=%u "
-             "--mode=%s",
+             "--mode=%s --replication=%u; this scheduler was given "
+             "--servers=%u --workers=%u --mode=%s --replication=%u",
              s->state_file, st->expected_servers, st->expected_workers,
-             mode_name((int)pv->mode), s->opts.servers, s->opts.workers,
-             mode_name(s->opts.mode));
+             mode_name((int)pv->mode), replication, s->opts.servers,
+             s->opts.workers, mode_name(s->opts.mode), s->opts.replication);
     rc = PS_ERR_CONFIG;
     goto out;
   }
@@ -522,6 +570,12 @@ static int state_load(ps_sched_t *s, char *err, size_t errlen) {
     n->state = ni->state;
     n->rank = ni->rank;
     n->clock = ni->clock;
+    n->join_clock = ni->join_clock;
+    n->joining = ni->joining;
+    /* The servers' confirmations died with the old scheduler: they are
+     * asked again (a later step) after SCHED_JOIN_RETRY_MS. */
+    n->join_started_ms = n->join_asked_ms = now;
+    if (i < st->n_dead_epochs) n->dead_epoch = st->dead_epochs[i];
     snprintf(n->address, sizeof(n->address), "%s", addr);
     /* Routes are learned again from the first heartbeat; a node that does
      * not send one within the timeout is declared dead as usual. */
@@ -551,6 +605,7 @@ static int state_load(ps_sched_t *s, char *err, size_t errlen) {
     ps_view_destroy(&valid);
   }
   s->epoch = pv->epoch;
+  if (pv->replication) s->replication = pv->replication;
   s->published = st->published;
   s->start_clock = pv->start_clock;
   if (pv->restore_dir && pv->restore_dir[0])
@@ -588,7 +643,10 @@ out:
 static void on_handle_closed(uv_handle_t *h);
 
 static void sched_free(ps_sched_t *s) {
-  for (size_t i = 0; i < s->nnodes; i++) free(s->nodes[i].barrier);
+  for (size_t i = 0; i < s->nnodes; i++) {
+    free(s->nodes[i].barrier);
+    free(s->nodes[i].join_ok);
+  }
   free(s->nodes);
   free(s->ranges);
   if (s->has_model) ps_model_clear(&s->model);
@@ -732,16 +790,30 @@ static void barrier_check_all(ps_sched_t *s) {
 
 /* ---- membership changes --------------------------------------------- */
 
+static int range_primary_alive(const ps_sched_t *s, const ps_range_t *r) {
+  return r->server_id >= 1 && r->server_id <= s->nnodes &&
+         s->nodes[r->server_id - 1].state == PS__NODE_STATE__NODE_STATE_ALIVE;
+}
+
 static void publish(ps_sched_t *s, const char *why) {
   s->epoch++;
+  uint32_t by_state[PS_PLACE_UNAVAILABLE + 1] = {0};
+  for (size_t i = 0; i < s->nranges; i++) {
+    const ps_range_t *r = &s->ranges[i];
+    by_state[ps_place_state(range_primary_alive(s, r), r->nbackups,
+                            ps_place_nsyncing(r), s->replication)]++;
+  }
   PS_INFO(
       "view_published",
       "epoch=%" PRIu64 " servers=%u workers=%u live_workers=%u keys=%" PRIu64
-      " mode=%s why=%s",
+      " mode=%s replication=%u ranges_ok=%u syncing=%u degraded=%u "
+      "unavailable=%u why=%s",
       s->epoch,
       count_nodes(s, PS__ROLE__ROLE_SERVER, PS__NODE_STATE__NODE_STATE_ALIVE),
       count_slots(s, PS__ROLE__ROLE_WORKER), live_workers(s), s->model.total,
-      mode_name(s->opts.mode), why);
+      mode_name(s->opts.mode), s->replication, by_state[PS_PLACE_OK],
+      by_state[PS_PLACE_SYNCING], by_state[PS_PLACE_DEGRADED],
+      by_state[PS_PLACE_UNAVAILABLE], why);
   state_save(s); /* on disk before any node hears of it */
   send_view(s, NULL);
 }
@@ -749,7 +821,8 @@ static void publish(ps_sched_t *s, const char *why) {
 static void ckpt_periodic(ps_sched_t *s, uint64_t now);
 
 /* The first view: once every expected node is in, cut the key space, one
- * range per server in id order. */
+ * range per server in id order, each backed by the next servers in ring
+ * order. */
 static void maybe_publish_first(ps_sched_t *s) {
   if (s->published || !s->has_model) return;
   if (count_slots(s, PS__ROLE__ROLE_SERVER) != s->opts.servers ||
@@ -770,15 +843,24 @@ static void maybe_publish_first(ps_sched_t *s) {
     free(ranges);
     return;
   }
+  uint32_t *ids = calloc((size_t)nserv + 1, sizeof(*ids));
+  if (ids == NULL) {
+    PS_ERROR("range_split_failed", "servers=%u err=%s", nserv,
+             ps_err_name(PS_ERR_NOMEM));
+    free(begins);
+    free(ranges);
+    return;
+  }
   uint32_t r = 0;
   for (size_t i = 0; i < s->nnodes && r < nserv; i++) {
     sched_node_t *n = &s->nodes[i];
     if (n->role != PS__ROLE__ROLE_SERVER || !node_holds_slot(n)) continue;
     ranges[r].begin = begins[r];
     ranges[r].end = begins[r + 1];
-    ranges[r].server_id = n->id;
-    r++;
+    ids[r++] = n->id;
   }
+  ps_place_first(ranges, nserv, ids, nserv, s->replication);
+  free(ids);
   free(begins);
   s->ranges = ranges;
   s->nranges = nserv;
@@ -788,6 +870,261 @@ static void maybe_publish_first(ps_sched_t *s) {
   /* A periodic checkpoint's first step may come within a heartbeat. */
   s->ckpt_last_ms = ps_now_ms();
   ckpt_periodic(s, s->ckpt_last_ms);
+}
+
+/* ---- replication, failover, joins (issue #4) ------------------------ */
+
+static const sched_node_t *node_by_id_const(const ps_sched_t *s, uint32_t id) {
+  if (id == 0 || id > s->nnodes) return NULL;
+  return &s->nodes[id - 1];
+}
+
+static int server_alive(const ps_sched_t *s, uint32_t id) {
+  const sched_node_t *n = node_by_id_const(s, id);
+  return n != NULL && n->role == PS__ROLE__ROLE_SERVER &&
+         n->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+}
+
+/* 1 if server id is the primary or a backup of some range. */
+static int holds_replica(const ps_sched_t *s, uint32_t id) {
+  for (size_t i = 0; i < s->nranges; i++)
+    if (s->ranges[i].server_id == id || ps_range_has_backup(&s->ranges[i], id))
+      return 1;
+  return 0;
+}
+
+static uint64_t silent_ms(const sched_node_t *n, uint64_t now) {
+  return n != NULL && now > n->last_seen_ms ? now - n->last_seen_ms : 0;
+}
+
+/* Logs what changed in one range's chain: before -> r, published as
+ * epoch. A primary that just died is one whose dead_epoch is epoch. */
+static void log_chain_change(const ps_sched_t *s, const ps_range_t *before,
+                             const ps_range_t *r, uint64_t epoch,
+                             uint64_t now) {
+  unsigned long long b = (unsigned long long)r->begin;
+  unsigned long long e = (unsigned long long)r->end;
+  const sched_node_t *old = node_by_id_const(s, before->server_id);
+  if (r->server_id != before->server_id) {
+    PS_WARN("failover",
+            "range=[%llu,%llu) old=%u new=%u silent_ms=%" PRIu64
+            " backups=%u syncing=%u epoch=%" PRIu64,
+            b, e, before->server_id, r->server_id, silent_ms(old, now),
+            r->nbackups, ps_place_nsyncing(r), epoch);
+  } else if (!server_alive(s, r->server_id) && old != NULL &&
+             old->dead_epoch == epoch) {
+    PS_ERROR("range_unavailable",
+             "range=[%llu,%llu) primary=%u silent_ms=%" PRIu64 " epoch=%" PRIu64
+             " reason=\"no live synced replica is left; requests for these "
+             "keys fail with PS_ERR_UNAVAILABLE\"",
+             b, e, r->server_id, silent_ms(old, now), epoch);
+  }
+  for (uint32_t k = 0; k < before->nbackups; k++) {
+    uint32_t id = before->backups[k];
+    if (id != r->server_id && !ps_range_has_backup(r, id))
+      PS_INFO("replica_dropped",
+              "range=[%llu,%llu) backup=%u primary=%u epoch=%" PRIu64, b, e, id,
+              r->server_id, epoch);
+  }
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    uint32_t id = r->backups[k];
+    if (!ps_range_has_backup(before, id) && id != before->server_id)
+      PS_INFO("replica_assigned",
+              "range=[%llu,%llu) backup=%u primary=%u syncing=%d "
+              "epoch=%" PRIu64,
+              b, e, id, r->server_id, (int)((r->syncing_mask >> k) & 1u),
+              epoch);
+  }
+}
+
+/* Re-places the ranges after servers died or joined (scheduler/placement.h)
+ * and logs every change for the view about to go out as epoch. Returns 1 if
+ * a range changed. */
+static int replan(ps_sched_t *s, uint64_t epoch) {
+  if (s->nranges == 0) return 0;
+  ps_place_server_t *servers = calloc(s->nnodes + 1, sizeof(*servers));
+  ps_range_t *before = calloc(s->nranges, sizeof(*before));
+  if (servers == NULL || before == NULL) {
+    /* The ranges stay as they were: clients time out on a dead primary
+     * until the next change tries again. */
+    PS_ERROR("replan_failed", "err=%s", ps_err_name(PS_ERR_NOMEM));
+    free(servers);
+    free(before);
+    return 0;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *nd = &s->nodes[i];
+    if (nd->role != PS__ROLE__ROLE_SERVER) continue;
+    servers[n].id = nd->id;
+    servers[n].alive = nd->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+    n++;
+  }
+  memcpy(before, s->ranges, s->nranges * sizeof(*before));
+  size_t changed =
+      ps_place_repair(s->ranges, s->nranges, servers, n, s->replication);
+  uint64_t now = ps_now_ms();
+  for (size_t i = 0; i < s->nranges; i++)
+    log_chain_change(s, &before[i], &s->ranges[i], epoch, now);
+  free(servers);
+  free(before);
+  return changed > 0;
+}
+
+/* Tells node n, declared dead, that it is out: on the route of message m,
+ * or unprompted on its membership link (m NULL). An Error, not a Shutdown,
+ * because only an Error carries a code: ps_member reports it to its owner
+ * as PS_ERR_FENCED, and a server exits non-zero (a supervisor restarts it
+ * clean and it registers as a new node). */
+static void fence(ps_sched_t *s, sched_node_t *n, ps_msg_t *m) {
+  char reason[96];
+  snprintf(reason, sizeof(reason), "fenced: declared dead at epoch %" PRIu64,
+           n->dead_epoch);
+  if (m != NULL && !n->fence_logged) {
+    /* Once per node: it may speak a few more times before it exits. */
+    n->fence_logged = 1;
+    PS_WARN("node_fenced",
+            "id=%u role=%s address=%s dead_epoch=%" PRIu64 " epoch=%" PRIu64
+            " body=%s",
+            n->id, role_name(n->role), addr_or_dash(n->address), n->dead_epoch,
+            s->epoch, ps_body_name(m->env->body_case));
+  }
+  Ps__Error e = PS__ERROR__INIT;
+  e.code = PS_ERR_FENCED;
+  e.message = reason;
+  Ps__Envelope env;
+  envelope_init(s, &env, m ? m->request_id : 0);
+  env.body_case = PS__ENVELOPE__BODY_ERROR;
+  env.error = &e;
+  if (m != NULL)
+    reply(s, m, &env);
+  else
+    send_to_node(s, n, &env);
+}
+
+static void join_forget(sched_node_t *w) {
+  free(w->join_ok);
+  w->join_ok = NULL;
+  w->njoin_ok = 0;
+}
+
+/* The step a joining worker starts at: past the furthest clock the servers
+ * reported (or floor, a clock a server just told of) by a margin of about
+ * SCHED_JOIN_MARGIN_MS of steps at their measured rate. */
+static void join_pick(ps_sched_t *s, sched_node_t *w, uint64_t floor) {
+  uint64_t base = s->start_clock > floor ? s->start_clock : floor;
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (s->nodes[i].role == PS__ROLE__ROLE_SERVER &&
+        s->nodes[i].state == PS__NODE_STATE__NODE_STATE_ALIVE &&
+        s->nodes[i].clock > base)
+      base = s->nodes[i].clock;
+  uint64_t margin = (uint64_t)(s->steps_per_ms * SCHED_JOIN_MARGIN_MS) + 1;
+  if (margin < SCHED_JOIN_MIN_STEPS) margin = SCHED_JOIN_MIN_STEPS;
+  w->join_clock = base + margin;
+  w->join_asked_ms = ps_now_ms();
+  join_forget(w);
+}
+
+/* 1 once every alive server that holds a replica confirmed w's step. */
+static int join_confirmed(const ps_sched_t *s, const sched_node_t *w) {
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *n = &s->nodes[i];
+    if (n->role != PS__ROLE__ROLE_SERVER ||
+        n->state != PS__NODE_STATE__NODE_STATE_ALIVE ||
+        !holds_replica(s, n->id))
+      continue;
+    int ok = 0;
+    for (size_t k = 0; k < w->njoin_ok && !ok; k++) ok = w->join_ok[k] == n->id;
+    if (!ok) return 0;
+  }
+  return 1;
+}
+
+/* Ends every join the servers confirmed (one that was waiting on a server
+ * that died may be complete now). Returns how many ended; the caller
+ * publishes. */
+static int join_check_all(ps_sched_t *s) {
+  int ended = 0;
+  uint64_t now = ps_now_ms();
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *w = &s->nodes[i];
+    if (!w->joining || w->state != PS__NODE_STATE__NODE_STATE_ALIVE ||
+        !join_confirmed(s, w))
+      continue;
+    w->joining = 0;
+    join_forget(w);
+    ended++;
+    PS_INFO(
+        "worker_joined",
+        "id=%u rank=%u join_clock=%" PRIu64 " ms=%" PRIu64 " epoch=%" PRIu64,
+        w->id, w->rank, w->join_clock, now - w->join_started_ms, s->epoch + 1);
+  }
+  return ended;
+}
+
+/* Joins the servers left unanswered for SCHED_JOIN_RETRY_MS get a later
+ * step. Returns how many; the caller publishes. */
+static int join_retry_due(ps_sched_t *s, uint64_t now) {
+  int retried = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *w = &s->nodes[i];
+    if (!w->joining || w->state != PS__NODE_STATE__NODE_STATE_ALIVE ||
+        now - w->join_asked_ms < SCHED_JOIN_RETRY_MS)
+      continue;
+    uint64_t old = w->join_clock;
+    size_t confirmed = w->njoin_ok;
+    join_pick(s, w, 0);
+    retried++;
+    PS_WARN("join_retry",
+            "id=%u rank=%u old_join_clock=%" PRIu64 " join_clock=%" PRIu64
+            " confirmed=%zu reason=\"not every server answered within %d ms\"",
+            w->id, w->rank, old, w->join_clock, confirmed, SCHED_JOIN_RETRY_MS);
+  }
+  return retried;
+}
+
+/* A node registered while the job runs. A server is a spare: it takes the
+ * backups ranges lack. A worker took a dead one's slot: in BSP it joins at
+ * a step ahead of the servers (joining until they confirm), in ASP at
+ * once. Publishes the view with it. */
+static void node_joined(ps_sched_t *s, sched_node_t *n) {
+  if (n->role == PS__ROLE__ROLE_SERVER) {
+    int assigned = replan(s, s->epoch + 1);
+    PS_INFO("spare_joined", "id=%u address=%s assigned=%d epoch=%" PRIu64,
+            n->id, addr_or_dash(n->address), assigned, s->epoch + 1);
+    publish(s, "server_joined");
+    return;
+  }
+  n->join_started_ms = ps_now_ms();
+  if (s->opts.mode == PS__CONSISTENCY_MODE__MODE_BSP) {
+    join_pick(s, n, 0);
+    n->joining = !join_confirmed(s, n);
+  }
+  PS_INFO("worker_joining",
+          "id=%u rank=%u join_clock=%" PRIu64
+          " joining=%d steps_per_s=%.1f "
+          "epoch=%" PRIu64,
+          n->id, n->rank, n->join_clock, n->joining, s->steps_per_ms * 1e3,
+          s->epoch + 1);
+  publish(s, n->joining ? "worker_joining" : "worker_joined");
+}
+
+/* Node n missed heartbeats for silent ms. */
+static void declare_dead(ps_sched_t *s, sched_node_t *n, uint64_t silent) {
+  n->state = PS__NODE_STATE__NODE_STATE_DEAD;
+  /* The view that says so is the next one (none before the first). */
+  n->dead_epoch = s->published ? s->epoch + 1 : s->epoch;
+  barrier_leave(n);
+  n->joining = 0;
+  join_forget(n);
+  PS_WARN("node_dead",
+          "id=%u role=%s address=%s silent_ms=%" PRIu64 " epoch=%" PRIu64,
+          n->id, role_name(n->role), addr_or_dash(n->address), silent,
+          n->dead_epoch);
+  /* A node that is only paused or cut off hears it first thing when it
+   * comes back, before it can act on its old view for long. */
+  fence(s, n, NULL);
+  if (n->role == PS__ROLE__ROLE_SERVER) ps_coord_server_lost(s->coord, n->id);
 }
 
 /* ---- request handlers ----------------------------------------------- */
@@ -926,11 +1263,8 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
     ps_model_clear(&declared);
     if (!same) return;
   }
-  if (s->published) {
-    reply_error(s, m, PS_ERR_REFUSED,
-                "the job is running (view epoch %" PRIu64
-                "); joining a running job is not supported yet",
-                s->epoch);
+  if (s->ending) {
+    reply_error(s, m, PS_ERR_SHUTDOWN, "the job is over (%s)", s->end_reason);
     return;
   }
   if (role == PS__ROLE__ROLE_SERVER && addr[0] == '\0') {
@@ -945,18 +1279,23 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
           strcmp(n->address, addr) == 0) {
         reply_error(s, m, PS_ERR_REFUSED,
                     "%s address %s is already registered as node %u; a "
-                    "restarted node cannot rejoin yet",
+                    "restarted node may register once the old one is "
+                    "declared dead",
                     role_name(role), addr, n->id);
         return;
       }
     }
   }
+  /* While the job runs, a dead node's slot (and a worker's rank) is free
+   * for its replacement. */
   uint32_t expected =
       role == PS__ROLE__ROLE_SERVER ? s->opts.servers : s->opts.workers;
   if (count_slots(s, role) >= expected) {
     reply_error(s, m, PS_ERR_REFUSED,
-                "all %u expected %ss are registered (--%ss=%u)", expected,
-                role_name(role), role_name(role), expected);
+                "all %u expected %ss are registered and %s (--%ss=%u)",
+                expected, role_name(role),
+                role == PS__ROLE__ROLE_SERVER ? "alive" : "alive or done",
+                role_name(role), expected);
     return;
   }
 
@@ -1022,23 +1361,31 @@ static void handle_register(ps_sched_t *s, ps_msg_t *m) {
   }
   PS_INFO("node_registered",
           "id=%u role=%s address=%s rank=%u servers=%u/%u "
-          "workers=%u/%u",
+          "workers=%u/%u running=%d",
           n->id, role_name(role), addr_or_dash(n->address), rank,
           count_slots(s, PS__ROLE__ROLE_SERVER), s->opts.servers,
-          count_slots(s, PS__ROLE__ROLE_WORKER), s->opts.workers);
+          count_slots(s, PS__ROLE__ROLE_WORKER), s->opts.workers, s->published);
   state_save(s);
   reply_registered(s, m, n);
-  maybe_publish_first(s);
+  if (s->published)
+    node_joined(s, n);
+  else
+    maybe_publish_first(s);
 }
 
 /* The node a message claims to come from, with its last-seen time (and, for
  * messages of its membership link, its route) refreshed; NULL (and an Error
- * sent) if there is no such node. */
+ * sent) if there is no such node or it was declared dead (fenced). */
 static sched_node_t *sender_node(ps_sched_t *s, ps_msg_t *m) {
   sched_node_t *n = node_by_id(s, m->env->sender);
   if (n == NULL) {
     reply_error(s, m, PS_ERR_REFUSED, "unknown node id %u: register first",
                 m->env->sender);
+    return NULL;
+  }
+  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
+    /* The cluster moved on without it: its ranges have new primaries. */
+    fence(s, n, m);
     return NULL;
   }
   node_touch(n, m,
@@ -1076,8 +1423,7 @@ static void handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
   sched_node_t *n = sender_node(s, m);
   if (n == NULL) return;
   if (!node_holds_slot(n)) {
-    /* A node declared dead must not go on as if nothing happened: the
-     * cluster already moved on without it. */
+    /* A node that left (dead ones are fenced above) is done with. */
     reply_error(s, m, PS_ERR_REFUSED,
                 "node %u is %s; restart it to join a new job", n->id,
                 state_name(n->state));
@@ -1303,15 +1649,22 @@ static int ckpt_start(ps_sched_t *s, const char *base, const char *reason,
   }
   size_t n = 0;
   uint64_t max_clock = s->start_clock;
-  for (size_t i = 0; i < s->nnodes; i++) {
-    const sched_node_t *nd = &s->nodes[i];
-    if (nd->role != PS__ROLE__ROLE_SERVER) continue;
-    if (nd->state != PS__NODE_STATE__NODE_STATE_ALIVE) {
-      /* Only "left" servers of a job that is ending reach here. */
-      snprintf(err, errlen, "server %u is %s: its range cannot be written",
-               nd->id, state_name(nd->state));
+  /* The primaries write the ranges; backups hold the same bytes. */
+  for (size_t r = 0; r < s->nranges; r++) {
+    const ps_range_t *rg = &s->ranges[r];
+    const sched_node_t *nd = node_by_id(s, rg->server_id);
+    int listed = 0;
+    for (size_t k = 0; k < n && !listed; k++) listed = ids[k] == rg->server_id;
+    if (listed) continue;
+    if (nd == NULL || nd->state != PS__NODE_STATE__NODE_STATE_ALIVE) {
+      snprintf(err, errlen,
+               "range [%" PRIu64 ", %" PRIu64
+               ") cannot be written: its primary, server %u, is %s and no "
+               "synced replica is left",
+               rg->begin, rg->end, rg->server_id,
+               nd ? state_name(nd->state) : "unknown");
       free(ids);
-      return PS_ERR_REFUSED;
+      return PS_ERR_UNAVAILABLE;
     }
     if (nd->route_len == 0) {
       /* A restarted scheduler learns routes from heartbeats. */
@@ -1418,11 +1771,105 @@ static void handle_checkpoint_reply(ps_sched_t *s, ps_msg_t *m) {
     PS_DEBUG("checkpoint_reply_ignored", "sender=%u", m->env->sender);
     return;
   }
+  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
+    fence(s, n, m);
+    return;
+  }
   node_touch(n, m, 1);
   /* Fresher than the last heartbeat's. */
   if (m->env->checkpoint_reply->clock > n->clock)
     n->clock = m->env->checkpoint_reply->clock;
   ps_coord_on_reply(s->coord, n->id, m->env->checkpoint_reply, ps_now_ms());
+}
+
+/* ---- servers' reports on replication and joins (issue #4) ---------- */
+
+/* Like CheckpointReply, these come on a server's membership link and are
+ * never answered with an Error (ps_member takes REFUSED as the loss of its
+ * membership), except the fence for a server declared dead. */
+
+static void handle_replica_synced(ps_sched_t *s, ps_msg_t *m) {
+  const Ps__ReplicaSynced *rs = m->env->replica_synced;
+  sched_node_t *n = node_by_id(s, m->env->sender);
+  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
+    PS_DEBUG("replica_synced_ignored", "sender=%u", m->env->sender);
+    return;
+  }
+  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
+    fence(s, n, m);
+    return;
+  }
+  node_touch(n, m, 1);
+  ps_range_t *r = NULL;
+  for (size_t i = 0; i < s->nranges && r == NULL; i++)
+    if (s->ranges[i].begin == rs->range_begin &&
+        s->ranges[i].end == rs->range_end)
+      r = &s->ranges[i];
+  /* Ids are never reused and a backup leaves a chain only when it dies, so
+   * the current primary's word about a backup still syncing is never
+   * stale. Anything else is (a primary replaced since, a repeat). */
+  if (r == NULL || r->server_id != n->id || !ps_place_synced(r, rs->backup)) {
+    PS_DEBUG("replica_synced_ignored",
+             "sender=%u range=[%" PRIu64 ",%" PRIu64 ") backup=%u", n->id,
+             rs->range_begin, rs->range_end, rs->backup);
+    return;
+  }
+  PS_INFO(
+      "re_replicated",
+      "range=[%" PRIu64 ",%" PRIu64 ") primary=%u backup=%u bytes=%" PRIu64
+      " ms=%" PRIu64 " mbps=%.1f syncing_left=%u epoch=%" PRIu64,
+      rs->range_begin, rs->range_end, n->id, rs->backup, rs->bytes,
+      rs->duration_ms,
+      (double)rs->bytes / 1e3 / (double)(rs->duration_ms ? rs->duration_ms : 1),
+      ps_place_nsyncing(r), s->epoch);
+  /* No new view: promotion is the scheduler's decision and reads this
+   * state; the next view carries it to the nodes. */
+  state_save(s);
+}
+
+static void handle_join_reply(ps_sched_t *s, ps_msg_t *m) {
+  const Ps__JoinReply *jr = m->env->join_reply;
+  sched_node_t *n = node_by_id(s, m->env->sender);
+  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
+    PS_DEBUG("join_reply_ignored", "sender=%u", m->env->sender);
+    return;
+  }
+  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
+    fence(s, n, m);
+    return;
+  }
+  node_touch(n, m, 1);
+  if (jr->clock > n->clock) n->clock = jr->clock;
+  sched_node_t *w = node_by_id(s, jr->node);
+  /* Replies to an earlier join_clock of the same join are stale. */
+  if (w == NULL || !w->joining ||
+      w->state != PS__NODE_STATE__NODE_STATE_ALIVE ||
+      jr->join_clock != w->join_clock) {
+    PS_DEBUG("join_reply_ignored",
+             "sender=%u node=%u join_clock=%" PRIu64 " ok=%d", n->id, jr->node,
+             jr->join_clock, jr->ok);
+    return;
+  }
+  if (!jr->ok) {
+    join_pick(s, w, jr->clock);
+    PS_INFO("join_late",
+            "id=%u server=%u join_clock=%" PRIu64 " server_clock=%" PRIu64
+            " new_join_clock=%" PRIu64,
+            w->id, n->id, jr->join_clock, jr->clock, w->join_clock);
+    publish(s, "join_retry");
+    return;
+  }
+  for (size_t k = 0; k < w->njoin_ok; k++)
+    if (w->join_ok[k] == n->id) return; /* a repeat */
+  uint32_t *ok = realloc(w->join_ok, (w->njoin_ok + 1) * sizeof(*ok));
+  if (ok == NULL) {
+    /* The retry timer asks again. */
+    PS_ERROR("join_reply_dropped", "err=%s", ps_err_name(PS_ERR_NOMEM));
+    return;
+  }
+  w->join_ok = ok;
+  w->join_ok[w->njoin_ok++] = n->id;
+  if (join_check_all(s) > 0) publish(s, "worker_joined");
 }
 
 /* Periodic checkpoints. Every-N-steps asks for the next multiple once the
@@ -1510,6 +1957,12 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
     case PS__ENVELOPE__BODY_CHECKPOINT_REPLY:
       handle_checkpoint_reply(s, m);
       break;
+    case PS__ENVELOPE__BODY_REPLICA_SYNCED:
+      handle_replica_synced(s, m);
+      break;
+    case PS__ENVELOPE__BODY_JOIN_REPLY:
+      handle_join_reply(s, m);
+      break;
     default:
       reply_error(s, m, PS_ERR_UNSUPPORTED, "the scheduler does not take %s",
                   ps_body_name(m->env->body_case));
@@ -1524,33 +1977,31 @@ static void on_check(uv_timer_t *t) {
   ps_sched_t *s = t->data;
   uint64_t now = ps_now_ms();
   uint64_t limit = (uint64_t)s->opts.heartbeat_timeout_ms;
-  int changed = 0;
+  int changed = 0, servers_lost = 0;
   for (size_t i = 0; i < s->nnodes; i++) {
     sched_node_t *n = &s->nodes[i];
     /* Done workers may stop heartbeating: only the living can die. */
     if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
     uint64_t silent = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
     if (silent < limit) continue;
-    n->state = PS__NODE_STATE__NODE_STATE_DEAD;
-    barrier_leave(n);
+    declare_dead(s, n, silent);
     changed = 1;
-    PS_WARN("node_dead",
-            "id=%u role=%s address=%s silent_ms=%" PRIu64 " epoch=%" PRIu64,
-            n->id, role_name(n->role), addr_or_dash(n->address), silent,
-            s->epoch);
-    if (n->role == PS__ROLE__ROLE_SERVER && s->published)
-      PS_WARN("server_lost", "id=%u address=%s failover=unsupported", n->id,
-              addr_or_dash(n->address));
-    if (n->role == PS__ROLE__ROLE_SERVER) ps_coord_server_lost(s->coord, n->id);
+    if (n->role == PS__ROLE__ROLE_SERVER) servers_lost = 1;
   }
   ps_coord_tick(s->coord, now);
   if (!changed) ckpt_periodic(s, now);
   /* Before the first view a dead node only frees its slot, so that its
    * restart (or a replacement) can register. */
   if (changed && !s->published) state_save(s);
-  if (!changed || !s->published) return;
-  if (check_job_finished(s)) return;
-  publish(s, "node_dead");
+  if (!s->published || s->finished) return;
+  if (changed && check_job_finished(s)) return;
+  const char *why = changed ? "node_dead" : NULL;
+  if (servers_lost && replan(s, s->epoch + 1)) why = "failover";
+  /* A join may have waited on a server that just died. */
+  if (join_check_all(s) > 0 && why == NULL) why = "worker_joined";
+  if (join_retry_due(s, now) > 0 && why == NULL) why = "join_retry";
+  if (why == NULL) return;
+  publish(s, why);
   barrier_check_all(s);
 }
 
@@ -1727,6 +2178,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
              opts->heartbeat_timeout_ms);
     return NULL;
   }
+  if (opts->replication > PS_MAX_REPLICAS) {
+    snprintf(errbuf, errlen, "replication %u: must be 1 to %d",
+             opts->replication, PS_MAX_REPLICAS);
+    return NULL;
+  }
   ps_sched_t *s = calloc(1, sizeof(*s));
   if (s == NULL) {
     *err = PS_ERR_NOMEM;
@@ -1736,6 +2192,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   s->loop = loop;
   s->opts = *opts;
   s->opts.bind = NULL; /* not kept: only the resolved endpoint is */
+  if (s->opts.replication == 0) s->opts.replication = SCHED_REPLICATION_DEFAULT;
+  s->replication = ps_place_copies(s->opts.replication, opts->servers);
+  if (s->replication < s->opts.replication)
+    PS_WARN("replication_capped", "replication=%u servers=%u copies=%u",
+            s->opts.replication, opts->servers, s->replication);
   s->start_ms = ps_now_ms();
   s->ckpt_last_ms = s->start_ms;
   int rc = setup_durability(s, opts, errbuf, errlen);
@@ -1752,10 +2213,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   }
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->zs));
 
-  /* Checking a few times per timeout bounds how late a death is noticed. */
-  uint64_t every = (uint64_t)opts->heartbeat_timeout_ms / 4;
-  if (every < 10) every = 10;
-  if (every > 500) every = 500;
+  /* Checking several times per timeout bounds how late a death is noticed:
+   * failover time is the timeout plus at most one period. */
+  uint64_t every = (uint64_t)opts->heartbeat_timeout_ms / 8;
+  if (every < 5) every = 5;
+  if (every > SCHED_CHECK_MAX_MS) every = SCHED_CHECK_MAX_MS;
   uv_timer_init(loop, &s->check_timer);
   s->check_timer.data = s;
   s->open_handles++;
@@ -1770,11 +2232,12 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     uv_signal_start(&s->sigint, on_signal, SIGINT);
   }
   PS_INFO("listening",
-          "endpoint=%s servers=%u workers=%u mode=%s "
-          "heartbeat_timeout_ms=%d checkpoint_dir=%s state_file=%s "
-          "start_clock=%" PRIu64,
+          "endpoint=%s servers=%u workers=%u mode=%s replication=%u "
+          "heartbeat_timeout_ms=%d check_ms=%" PRIu64
+          " checkpoint_dir=%s state_file=%s start_clock=%" PRIu64,
           s->endpoint, opts->servers, opts->workers, mode_name(opts->mode),
-          opts->heartbeat_timeout_ms, s->ckpt_base ? s->ckpt_base : "-",
+          s->replication, opts->heartbeat_timeout_ms, every,
+          s->ckpt_base ? s->ckpt_base : "-",
           s->state_file ? s->state_file : "-", s->start_clock);
   *err = PS_OK;
   return s;

@@ -7,6 +7,17 @@
  * server and the view (epoch 1) goes to every node; every membership change
  * after that (a node declared dead, a worker done) publishes epoch + 1.
  *
+ * Replication and failover (ARCHITECTURE "Failure semantics" 1-3): each
+ * range has a primary and replication - 1 backups (scheduler/placement.h).
+ * A server silent for the heartbeat timeout is declared dead: its ranges
+ * fail over to their first synced backup, chains are topped up from the
+ * live servers, and the new view goes out at once. A server that registers
+ * while the job runs (up to --servers alive) becomes a spare that takes
+ * the backups missing; a worker may take the slot of a dead one (its rank)
+ * and, in BSP, joins at a step every server has confirmed it is not past.
+ * A node declared dead that speaks again is fenced: it gets an Error
+ * PS_ERR_FENCED ("fenced: declared dead at epoch N") and must exit.
+ *
  * Checkpoints: see scheduler/coordinator.h for how one is taken. The
  * scheduler starts them (psctl checkpoint, every N steps, every S seconds),
  * records the latest complete one, and holds the end of a job until one in
@@ -40,6 +51,9 @@ typedef struct {
   int mode;                 /* PS__CONSISTENCY_MODE__* */
   int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
+  /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the
+   * default, 2); more than the servers is capped, with a log line. */
+  uint32_t replication;
   /* Checkpoints (issue #4); zero values turn each off. Paths are copied and
    * made absolute (servers may run elsewhere on a shared file system). */
   const char *checkpoint_dir;      /* base directory; psctl may name another */

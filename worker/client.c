@@ -145,6 +145,7 @@ typedef struct {
   uint64_t request_id;
   ps__op_t *op;
   size_t piece;
+  uint64_t sent_at_ms; /* for the resend timer */
 } ps__slot_t;
 
 /* The data socket to one server. */
@@ -222,6 +223,8 @@ struct ps_client_s {
   uint64_t next_seq;
   uint64_t last_clock;
   int done_sent;
+  uint64_t duplicate_acks; /* pushes acked as already applied */
+  uint64_t resends;        /* pieces resent by the resend timer */
   char errmsg[PS__ERRMSG_MAX];
 };
 
@@ -787,6 +790,57 @@ static void ps__fail_all(ps_client_t *c, int status) {
   for (size_t i = 0; i < c->nops; i++) ps__op_fail_errmsg(c, c->ops[i], status);
 }
 
+/* The resend timer: a request on k has waited resend_ms for its reply. It
+ * may have been lost with a server that was stopped, restarted or cut off,
+ * and ZeroMQ does not say so; the only sure way to get an answer is to ask
+ * again on a new connection (the old one may hold a half-sent queue). So
+ * the socket is closed and every piece in flight on it is queued again,
+ * to be sent to the owner the current view names, with its sequence
+ * number: one the server applied already comes back as a duplicate ack.
+ * Replies to the old requests die with the socket. */
+static void ps__conn_resend(ps_client_t *c, ps__conn_t *k, uint64_t now) {
+  size_t n = 0;
+  uint64_t oldest = now;
+  for (int j = 0; j < k->inflight; j++) {
+    ps__slot_t *sl = &k->slots[j];
+    ps__op_t *op = sl->op;
+    ps__piece_t *p = &op->pieces[sl->piece];
+    if (op->finished || p->state != PS__PIECE_SENT ||
+        p->request_id != sl->request_id)
+      continue;
+    ps__piece_set(op, p, PS__PIECE_QUEUED);
+    if (sl->piece < op->scan_from) op->scan_from = sl->piece;
+    if (sl->sent_at_ms < oldest) oldest = sl->sent_at_ms;
+    n++;
+  }
+  PS_INFO("client_resend",
+          "server=%u addr=%s pieces=%zu waited_ms=%" PRIu64 " resend_ms=%d",
+          k->server_id, k->address, n, now - oldest, c->opts.resend_ms);
+  c->resends += n;
+  ps__conn_close(k);
+  k->gen = 0;
+}
+
+/* Runs the resend timer over every connection; returns the earliest time
+ * it must run again (UINT64_MAX: nothing in flight). */
+static uint64_t ps__resend_due(ps_client_t *c, uint64_t now) {
+  uint64_t next = UINT64_MAX;
+  if (c->opts.resend_ms <= 0) return next;
+  uint64_t after = (uint64_t)c->opts.resend_ms;
+  for (size_t i = 0; i < c->nconns; i++) {
+    ps__conn_t *k = &c->conns[i];
+    if (k->sock == NULL || k->inflight == 0) continue;
+    uint64_t oldest = UINT64_MAX;
+    for (int j = 0; j < k->inflight; j++)
+      if (k->slots[j].sent_at_ms < oldest) oldest = k->slots[j].sent_at_ms;
+    if (now >= oldest + after)
+      ps__conn_resend(c, k, now);
+    else if (oldest + after < next)
+      next = oldest + after;
+  }
+  return next;
+}
+
 /* After a view change: pieces whose keys moved to another server, or whose
  * socket was closed because the server moved, are cut again by the new
  * view. Pieces still in flight to an unchanged server keep waiting: the
@@ -861,7 +915,7 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   p->view_gen = c->view_gen;
   p->conn_gen = k->gen;
   p->retry_at_ms = 0;
-  k->slots[k->inflight++] = (ps__slot_t){env.request_id, op, i};
+  k->slots[k->inflight++] = (ps__slot_t){env.request_id, op, i, ps_now_ms()};
   return PS_OK;
 }
 
@@ -970,6 +1024,14 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
       ps__op_fail_errmsg(c, op, rc);
       return;
     }
+    if (env->ack->duplicate) {
+      /* A resend of a piece the server had applied: acked, not applied
+       * again. Counted, as a measure of how much failover resent. */
+      c->duplicate_acks++;
+      PS_DEBUG("client_duplicate_ack",
+               "server=%u keys=%" PRIu64 "+%" PRIu64 " seq=%" PRIu64,
+               k->server_id, p->key_begin, p->count, p->seq);
+    }
   } else {
     if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY) {
       rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a pull",
@@ -1035,16 +1097,55 @@ static int ps__drain(ps_client_t *c, ps__conn_t *k) {
   return n;
 }
 
+/* The range of the current view that holds key, if the view says it is
+ * lost: its primary is dead and none of its backups is alive (the scheduler
+ * had no replica to promote). NULL otherwise. */
+static const ps_range_t *ps__range_lost(const ps_client_t *c, uint64_t key) {
+  int r = ps_view_find_range(c->view, key);
+  if (r < 0) return NULL;
+  const ps_range_t *rg = &c->view->ranges[r];
+  const ps_node_t *primary = ps_view_node(c->view, rg->server_id);
+  if (primary == NULL || primary->state != PS__NODE_STATE__NODE_STATE_DEAD)
+    return NULL;
+  for (uint32_t b = 0; b < rg->nbackups && b < PS_MAX_REPLICAS - 1; b++) {
+    const ps_node_t *n = ps_view_node(c->view, rg->backups[b]);
+    if (n && n->state == PS__NODE_STATE__NODE_STATE_ALIVE) return NULL;
+  }
+  return rg;
+}
+
 static void ps__op_timeout(ps_client_t *c, ps__op_t *op) {
   const char *what = op->is_push ? "push" : "pull";
   size_t missing = 0;
   ps__piece_t *first = NULL;
+  const ps_range_t *lost = NULL;
   for (size_t i = 0; i < op->npieces; i++) {
     ps__piece_t *p = &op->pieces[i];
     if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
       continue;
     if (first == NULL) first = p;
+    if (lost == NULL) lost = ps__range_lost(c, p->key_begin);
     missing++;
+  }
+  int rc;
+  if (lost) {
+    /* Not a slow server: the cluster has no copy of these keys left, and
+     * saying so beats a timeout that invites waiting longer. */
+    const char *addr = ps__server_addr(c, lost->server_id);
+    PS_WARN("client_unavailable",
+            "op=%s server=%u addr=%s range=%" PRIu64 "-%" PRIu64
+            " epoch=%" PRIu64 " timeout_ms=%d missing=%zu",
+            what, lost->server_id, addr, lost->begin, lost->end, c->view->epoch,
+            op->timeout_ms, missing);
+    rc = ps__fail(c, PS_ERR_UNAVAILABLE,
+                  "%s of keys [%" PRIu64 ", %" PRIu64
+                  "): server %u (%s) is "
+                  "dead and no live replica holds them (view epoch %" PRIu64
+                  ", waited %d ms)",
+                  what, lost->begin, lost->end, lost->server_id, addr,
+                  c->view->epoch, op->timeout_ms);
+    ps__op_fail_errmsg(c, op, rc);
+    return;
   }
   uint32_t sid = first->server_id;
   const char *addr = ps__server_addr(c, sid);
@@ -1053,7 +1154,6 @@ static void ps__op_timeout(ps_client_t *c, ps__op_t *op) {
           " timeout_ms=%d missing=%zu",
           what, sid, addr, first->key_begin, first->count, op->timeout_ms,
           missing);
-  int rc;
   if (first->state == PS__PIECE_STALE)
     rc = ps__fail(c, PS_ERR_TIMEOUT,
                   "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
@@ -1104,8 +1204,10 @@ static void ps__progress(ps_client_t *c, ps__op_t *target) {
       return;
     }
     uint64_t now = ps_now_ms();
+    uint64_t resend_at = ps__resend_due(c, now);
     int64_t room = ps__window_room(c);
     uint64_t wake_at = now + PS__POLL_SLICE_MS;
+    if (resend_at < wake_at) wake_at = resend_at;
     for (size_t i = 0; i < c->nops; i++) {
       ps__op_t *op = c->ops[i];
       if (op->finished) continue;
@@ -1845,10 +1947,11 @@ void ps_client_opts_init(ps_client_opts_t *o) {
   o->scheduler = NULL;
   o->timeout_ms = 30000;
   o->connect_timeout_ms = 60000;
-  o->heartbeat_ms = 500;
+  o->heartbeat_ms = 100;
   o->rank = -1;
   o->window = PS__DEFAULT_WINDOW;
   o->chunk_bytes = PS__DEFAULT_CHUNK_BYTES;
+  o->resend_ms = 1000;
 }
 
 static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
@@ -1873,6 +1976,9 @@ static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
   else if (o->window < 1 || o->window > PS__MAX_WINDOW)
     snprintf(bad, sizeof(bad), "window %d is not in [1, %d]", o->window,
              PS__MAX_WINDOW);
+  else if (o->resend_ms < 0)
+    snprintf(bad, sizeof(bad), "resend_ms %d is negative (0: never resend)",
+             o->resend_ms);
   else if (o->chunk_bytes % sizeof(float) != 0)
     snprintf(bad, sizeof(bad),
              "chunk_bytes %" PRIu64 " is not a multiple of %zu (0: no chunks)",
@@ -1928,6 +2034,37 @@ static void ps__client_free(ps_client_t *c) {
   pthread_mutex_destroy(&c->rel_mu);
   free(c->scheduler);
   free(c);
+}
+
+/* A worker that registers while a BSP job runs gets a join step, and the
+ * servers must confirm they are not past it before it may push: until
+ * then the view lists it as joining. Waits for a view that does not. */
+static int ps__wait_joined(ps_client_t *c, uint64_t deadline) {
+  int logged = 0;
+  for (;;) {
+    const ps_node_t *me = ps_view_node(c->view, c->node_id);
+    if (me == NULL || !me->joining) return PS_OK;
+    if (!logged) {
+      PS_INFO("client_joining", "join_clock=%" PRIu64 " epoch=%" PRIu64,
+              me->join_clock, c->view->epoch);
+      logged = 1;
+    }
+    pthread_mutex_lock(&c->mu);
+    while (c->shared.view == NULL && !c->shared.shutdown &&
+           ps_now_ms() < deadline)
+      ps__cond_wait_until(&c->cv, &c->mu, deadline);
+    pthread_mutex_unlock(&c->mu);
+    int rc = ps__refresh(c);
+    if (rc < 0) return rc;
+    if (rc == 0 && ps_now_ms() >= deadline) {
+      me = ps_view_node(c->view, c->node_id);
+      return ps__fail(
+          c, PS_ERR_TIMEOUT,
+          "scheduler %s: the servers did not confirm this "
+          "worker's join at step %" PRIu64 " within connect_timeout_ms %d",
+          c->scheduler, me ? me->join_clock : 0, c->opts.connect_timeout_ms);
+    }
+  }
 }
 
 ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
@@ -2041,8 +2178,12 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     goto fail;
   }
   if ((rc = ps__refresh(c)) < 0) goto fail;
-  PS_INFO("client_ready", "scheduler=%s rank=%u epoch=%" PRIu64 " ranges=%zu",
-          c->scheduler, c->rank, c->view->epoch, c->view->nranges);
+  if ((rc = ps__wait_joined(c, deadline)) != PS_OK) goto fail;
+  PS_INFO("client_ready",
+          "scheduler=%s rank=%u epoch=%" PRIu64
+          " ranges=%zu start_clock=%" PRIu64,
+          c->scheduler, c->rank, c->view->epoch, c->view->nranges,
+          ps_client_start_clock(c));
   *err = PS_OK;
   return c;
 
@@ -2078,6 +2219,18 @@ uint32_t ps_client_node_id(const ps_client_t *c) {
 const ps_view_t *ps_client_view(ps_client_t *c) {
   (void)ps__refresh(c);
   return c->view;
+}
+
+uint64_t ps_client_start_clock(ps_client_t *c) {
+  (void)ps__refresh(c);
+  uint64_t start = c->view->start_clock;
+  const ps_node_t *me = ps_view_node(c->view, c->node_id);
+  if (me && me->join_clock > start) start = me->join_clock;
+  return start;
+}
+
+uint64_t ps_client_duplicate_acks(const ps_client_t *c) {
+  return c->duplicate_acks;
 }
 
 const char *ps_client_errmsg(const ps_client_t *c) {

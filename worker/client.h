@@ -6,7 +6,15 @@
  * weights of the dense key space, or of named tensors; every call is split
  * into one request per server that owns a piece, all in flight at once, and
  * returns when every piece is answered or the deadline passes (PS_ERR_TIMEOUT
- * with the server named in ps_client_errmsg). A client never hangs.
+ * with the server named in ps_client_errmsg; PS_ERR_UNAVAILABLE when the
+ * keys' server is dead in the view and no live replica holds them). A
+ * client never hangs.
+ *
+ * Failover: a push carries a sequence number per piece that stays the same
+ * across resends, so the servers apply it once however often it is sent.
+ * Pieces refused for a stale epoch, or sent to a server the view moved
+ * their keys off, are cut again by the newest view and resent; a piece
+ * unanswered for resend_ms is resent on a fresh connection.
  *
  * A slice is cut at the owning servers' range boundaries and into chunks
  * of at most chunk_bytes, and up to `window` requests are kept in flight to
@@ -39,7 +47,7 @@ typedef struct {
   int timeout_ms;         /* deadline of one call; default 30000 */
   int connect_timeout_ms; /* deadline to register and get a view; default 60000
                            */
-  int heartbeat_ms;       /* default 500 */
+  int heartbeat_ms;       /* default 100 */
   int64_t rank;           /* requested worker rank, -1 for any */
   int window;             /* requests in flight per server; default 8 */
   /* Largest value payload of one request, in bytes (a multiple of 4); a
@@ -48,6 +56,12 @@ typedef struct {
    * server's copy-on-write blocks. Default 1 MiB; 0: one request per
    * server whatever the size. */
   uint64_t chunk_bytes;
+  /* A request unanswered for this long is sent again, with the same
+   * sequence number, on a fresh connection to the keys' current owner:
+   * a message lost with a server that was stopped or restarted does not
+   * hold the call up to its deadline, and a server that applied it
+   * already acks the copy as a duplicate. Default 1000; 0: never. */
+  int resend_ms;
 } ps_client_opts_t;
 
 /* Most calls started and not yet waited for at once. */
@@ -57,9 +71,11 @@ typedef struct {
 void ps_client_opts_init(ps_client_opts_t *o);
 
 /* Creates a client and connects it: registers as a worker declaring model,
- * waits for the view. Returns NULL with err/errmsg filled on failure (bad
- * options, no scheduler within the deadline, a model that disagrees with the
- * other workers'). Caller owns the result. */
+ * waits for the view, and, for a worker that joins a running BSP job, until
+ * the servers confirmed the step it joins at (its NodeInfo no longer
+ * joining). Returns NULL with err/errmsg filled on failure (bad options, no
+ * scheduler or no confirmation within connect_timeout_ms, a model that
+ * disagrees with the other workers'). Caller owns the result. */
 ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
                            int *err, char *errmsg, size_t errlen);
 
@@ -74,6 +90,17 @@ uint32_t ps_client_rank(const ps_client_t *c);
 uint32_t ps_client_num_workers(const ps_client_t *c);
 uint32_t ps_client_node_id(const ps_client_t *c);
 const ps_view_t *ps_client_view(ps_client_t *c);
+
+/* The first step this worker computes: the job's start step (0, or the
+ * step of the checkpoint it was restored from) or, for a worker that
+ * joined a running job, the step the servers wait for it from (its
+ * join_clock), whichever is later. A trainer pulls the weights as of this
+ * clock and goes on from there. */
+uint64_t ps_client_start_clock(ps_client_t *c);
+
+/* Pushes that servers acknowledged as duplicates (a resend of a push that
+ * was applied already), since the client was created. */
+uint64_t ps_client_duplicate_acks(const ps_client_t *c);
 
 /* Pushes count gradient values for keys [key_begin, key_begin + count) as the
  * worker's step clock. values are read in place (no copy) and must stay

@@ -48,7 +48,7 @@ int main(int argc, char **argv) {
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
-      connect_timeout_ms, heartbeat_ms, progress_ms;
+      connect_timeout_ms, heartbeat_ms, progress_ms, resend_ms;
   double lr, momentum;
 
   const ps_opt_t opts[] = {
@@ -94,8 +94,11 @@ int main(int argc, char **argv) {
        "deadline of one push or pull"},
       {"connect-timeout-ms", PS_OPT_INT, &connect_timeout_ms, "60000", 1,
        86400000, NULL, "deadline to register and get the cluster view"},
-      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "500", 10, 3600000, NULL,
+      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 3600000, NULL,
        "interval of heartbeats to the scheduler"},
+      {"resend-ms", PS_OPT_INT, &resend_ms, "1000", 0, 86400000, NULL,
+       "resend a request unanswered this long on a fresh connection "
+       "(0: never)"},
       {"progress-ms", PS_OPT_INT, &progress_ms, "2000", 1, 86400000, NULL,
        "interval of progress lines"},
       {"normalize", PS_OPT_BOOL, &normalize, "true", 0, 0, NULL,
@@ -155,6 +158,7 @@ int main(int argc, char **argv) {
   to.client.timeout_ms = (int)timeout_ms;
   to.client.connect_timeout_ms = (int)connect_timeout_ms;
   to.client.heartbeat_ms = (int)heartbeat_ms;
+  to.client.resend_ms = (int)resend_ms;
   to.stop = &stop_requested;
 
   int exit_code = 0;

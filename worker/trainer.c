@@ -44,8 +44,10 @@ struct ps_trainer_s {
   uint8_t *yb;
   uint32_t *perm;
   ps_trainer_result_t res;
-  /* The job's first step: 0, or the step of the checkpoint it was restored
-   * from; global steps (data order, schedule) continue from there. */
+  /* This worker's first step: 0, the step of the checkpoint the job was
+   * restored from, or the step a worker that rejoined a running job
+   * contributes from; global steps (data order, schedule) continue from
+   * there. */
   uint64_t start_step;
 };
 
@@ -291,8 +293,11 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));
-    const ps_view_t *view = ps_client_view(t->client);
-    t->start_step = view ? view->start_clock : 0;
+    /* A restored job starts at the checkpoint's step, a worker that
+     * rejoins a running one at the step the servers wait for it from; the
+     * first step pulls the weights as of that clock, and the data order
+     * follows from the step. */
+    t->start_step = ps_client_start_clock(t->client);
     if (t->workers == 0 || t->rank >= t->workers) {
       trainer_fail(t, "the scheduler gave rank %u of %u workers", t->rank,
                    t->workers);

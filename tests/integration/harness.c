@@ -1,10 +1,14 @@
+#define _GNU_SOURCE /* pipe2 */
+
 #include "harness.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,9 +27,13 @@ uint64_t h_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void sleep_ms(int ms) {
+void h_sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
+}
+
+static void sleep_ms(int ms) {
+  h_sleep_ms(ms);
 }
 
 int h_free_port(void) {
@@ -67,21 +75,41 @@ const char *h_path(h_cluster_t *c, const char *file) {
   return b;
 }
 
-h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
-  if (c->nprocs == H_MAX_PROCS) abort();
+const char *h_bin(const char *bin) {
+  static char bufs[8][512];
+  static int slot;
+  char *b = bufs[slot++ % 8];
   const char *bindir = getenv("PS_BIN_DIR");
   if (!bindir) bindir = ".";
-  char path[512];
-  snprintf(path, sizeof(path), "%s/%s", bindir, bin);
+  snprintf(b, 512, "%s/%s", bindir, bin);
+  return b;
+}
 
+h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
   const char *argv[64];
   int argc = 0;
-  argv[argc++] = path;
+  argv[argc++] = bin;
   va_list ap;
   va_start(ap, bin);
   const char *a;
   while ((a = va_arg(ap, const char *)) != NULL && argc < 63) argv[argc++] = a;
   va_end(ap);
+  argv[argc] = NULL;
+  return h_spawnv(c, name, argv);
+}
+
+h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
+  if (c->nprocs == H_MAX_PROCS) abort();
+  char path[512];
+  snprintf(path, sizeof(path), "%s",
+           strchr(args[0], '/') ? args[0] : h_bin(args[0]));
+  const char *argv[64];
+  int argc = 0;
+  argv[argc++] = path;
+  while (args[argc] != NULL && argc < 63) {
+    argv[argc] = args[argc];
+    argc++;
+  }
   argv[argc] = NULL;
 
   h_proc_t *p = &c->procs[c->nprocs++];
@@ -183,8 +211,14 @@ void h_dump_logs(h_cluster_t *c) {
     char *s = h_read_file(c->procs[i].log, &len);
     if (!s) continue;
     const char *tail = len > 3000 ? s + len - 3000 : s;
-    fprintf(stderr, "---- %s (%s) ----\n%s\n", c->procs[i].name,
-            c->procs[i].log, tail);
+    h_proc_t *p = &c->procs[i];
+    char how[64] = "running";
+    reap(p, WNOHANG);
+    if (p->exited && WIFEXITED(p->status))
+      snprintf(how, sizeof(how), "exited %d", WEXITSTATUS(p->status));
+    else if (p->exited && WIFSIGNALED(p->status))
+      snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(p->status));
+    fprintf(stderr, "---- %s (%s, %s) ----\n%s\n", p->name, p->log, how, tail);
     free(s);
   }
 }
@@ -201,17 +235,279 @@ double h_json_number(const char *json, const char *key) {
   return end == p ? NAN : v;
 }
 
+char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...) {
+  static unsigned runs;
+  const char *argv[64];
+  int argc = 0;
+  char path[512];
+  snprintf(path, sizeof(path), "%s", h_bin(bin));
+  argv[argc++] = path;
+  va_list ap;
+  va_start(ap, bin);
+  const char *a;
+  while ((a = va_arg(ap, const char *)) != NULL && argc < 63) argv[argc++] = a;
+  va_end(ap);
+  argv[argc] = NULL;
+
+  char out[700];
+  snprintf(out, sizeof(out), "%.500s/run-%d-%u.out", c->dir, (int)getpid(),
+           runs++);
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return NULL;
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    execv(path, (char *const *)argv);
+    _exit(127);
+  }
+  int st = -1;
+  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  for (;;) {
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) break;
+    if (h_now_ms() >= end) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      st = -1;
+      break;
+    }
+    sleep_ms(5);
+  }
+  if (status) *status = st;
+  char *text = h_read_file(out, NULL);
+  unlink(out);
+  return text;
+}
+
+char *h_status_json(h_cluster_t *c, int timeout_ms) {
+  char ms[32];
+  snprintf(ms, sizeof(ms), "%d", timeout_ms);
+  int st;
+  char *js = h_run(c, timeout_ms + 2000, &st, "psctl", "--scheduler",
+                   c->sched_ep, "--timeout-ms", ms, "--json", "status", NULL);
+  if (js && st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+      strstr(js, "\"ranges\"") != NULL)
+    return js;
+  free(js);
+  return NULL;
+}
+
+/* The objects of the array "key":[{...},{...}] as [begin, end) spans of
+ * json (objects here hold arrays but no objects). Returns how many, or -1
+ * if there is no such array. */
+static int json_objects(const char *json, const char *key, const char **b,
+                        const char **e, int max) {
+  char pat[64];
+  snprintf(pat, sizeof(pat), "\"%s\":[", key);
+  const char *p = strstr(json, pat);
+  if (p == NULL) return -1;
+  p += strlen(pat);
+  int n = 0;
+  while (*p && *p != ']') {
+    if (*p != '{') {
+      p++;
+      continue;
+    }
+    const char *q = strchr(p, '}');
+    if (q == NULL) break;
+    if (n < max) {
+      b[n] = p;
+      e[n] = q + 1;
+    }
+    n++;
+    p = q + 1;
+  }
+  return n < max ? n : max;
+}
+
+static void json_str(const char *obj, const char *key, char *out, size_t len) {
+  char pat[64];
+  snprintf(pat, sizeof(pat), "\"%s\":\"", key);
+  const char *p = strstr(obj, pat);
+  out[0] = '\0';
+  if (p == NULL) return;
+  p += strlen(pat);
+  size_t i = 0;
+  while (*p && *p != '"' && i + 1 < len) out[i++] = *p++;
+  out[i] = '\0';
+}
+
+/* Reads "key":[1,2,3] into out; -1 if obj has no such key. */
+static int json_uints(const char *obj, const char *key, unsigned *out,
+                      int max) {
+  char pat[64];
+  snprintf(pat, sizeof(pat), "\"%s\":[", key);
+  const char *p = strstr(obj, pat);
+  if (p == NULL) return -1;
+  p += strlen(pat);
+  int n = 0;
+  while (*p && *p != ']') {
+    char *end;
+    unsigned long v = strtoul(p, &end, 10);
+    if (end == p) {
+      p++;
+      continue;
+    }
+    if (n < max) out[n++] = (unsigned)v;
+    p = end;
+  }
+  return n;
+}
+
+#define H_OBJ_MAX 4096
+
+int h_status_nodes(const char *json, h_node_t *out, int max) {
+  const char *b[256], *e[256];
+  int n = json_objects(json, "nodes", b, e, max < 256 ? max : 256);
+  for (int i = 0; i < n; i++) {
+    char obj[H_OBJ_MAX];
+    size_t len = (size_t)(e[i] - b[i]);
+    if (len >= sizeof(obj)) len = sizeof(obj) - 1;
+    memcpy(obj, b[i], len);
+    obj[len] = '\0';
+    memset(&out[i], 0, sizeof(out[i]));
+    out[i].id = (unsigned)h_json_number(obj, "id");
+    json_str(obj, "role", out[i].role, sizeof(out[i].role));
+    json_str(obj, "state", out[i].state, sizeof(out[i].state));
+    json_str(obj, "address", out[i].address, sizeof(out[i].address));
+  }
+  return n;
+}
+
+int h_status_ranges(const char *json, h_range_t *out, int max) {
+  const char *b[256], *e[256];
+  int n = json_objects(json, "ranges", b, e, max < 256 ? max : 256);
+  for (int i = 0; i < n; i++) {
+    char obj[H_OBJ_MAX];
+    size_t len = (size_t)(e[i] - b[i]);
+    if (len >= sizeof(obj)) len = sizeof(obj) - 1;
+    memcpy(obj, b[i], len);
+    obj[len] = '\0';
+    h_range_t *r = &out[i];
+    memset(r, 0, sizeof(*r));
+    r->begin = (unsigned long long)h_json_number(obj, "begin");
+    r->end = (unsigned long long)h_json_number(obj, "end");
+    r->server_id = (unsigned)h_json_number(obj, "server_id");
+    r->nbackups = json_uints(obj, "backups", r->backups, H_MAX_REPLICAS);
+    r->nsyncing = json_uints(obj, "syncing", r->syncing, H_MAX_REPLICAS);
+    if (r->nsyncing < 0) r->nsyncing = 0;
+  }
+  return n;
+}
+
+const h_node_t *h_find_node(const h_node_t *nodes, int n, unsigned id) {
+  for (int i = 0; i < n; i++)
+    if (nodes[i].id == id) return &nodes[i];
+  return NULL;
+}
+
+int h_status_replicated(const char *json, int copies, char *why, size_t len) {
+  h_node_t nodes[64];
+  h_range_t ranges[64];
+  char dummy[8];
+  if (why == NULL) {
+    why = dummy;
+    len = sizeof(dummy);
+  }
+  int nn = h_status_nodes(json, nodes, 64);
+  int nr = h_status_ranges(json, ranges, 64);
+  if (nn <= 0 || nr <= 0) {
+    snprintf(why, len, "status has no nodes or ranges");
+    return 0;
+  }
+  for (int i = 0; i < nr; i++) {
+    const h_range_t *r = &ranges[i];
+    const h_node_t *p = h_find_node(nodes, nn, r->server_id);
+    if (p == NULL || strcmp(p->state, "alive") != 0) {
+      snprintf(why, len, "range [%llu, %llu): primary %u is %s", r->begin,
+               r->end, r->server_id, p ? p->state : "unknown");
+      return 0;
+    }
+    if (copies > 1 && r->nbackups < 0) {
+      snprintf(why, len, "status lists no backups");
+      return 0;
+    }
+    if (r->nbackups >= 0 && r->nbackups < copies - 1) {
+      snprintf(why, len, "range [%llu, %llu): %d backup(s), want %d", r->begin,
+               r->end, r->nbackups, copies - 1);
+      return 0;
+    }
+    if (r->nsyncing > 0) {
+      snprintf(why, len, "range [%llu, %llu): backup %u is syncing", r->begin,
+               r->end, r->syncing[0]);
+      return 0;
+    }
+    for (int b = 0; b < r->nbackups; b++) {
+      const h_node_t *n = h_find_node(nodes, nn, r->backups[b]);
+      if (n == NULL || strcmp(n->state, "alive") != 0) {
+        snprintf(why, len, "range [%llu, %llu): backup %u is %s", r->begin,
+                 r->end, r->backups[b], n ? n->state : "unknown");
+        return 0;
+      }
+    }
+  }
+  return 1;
+}
+
+int h_wait_replicated(h_cluster_t *c, int copies, int timeout_ms, char *why,
+                      size_t len) {
+  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  for (;;) {
+    char *js = h_status_json(c, 2000);
+    int ok = js && h_status_replicated(js, copies, why, len);
+    if (js == NULL && why) snprintf(why, len, "psctl status failed");
+    free(js);
+    if (ok) return 1;
+    if (h_now_ms() >= end) return 0;
+    sleep_ms(50);
+  }
+}
+
+int h_wait_node_state(h_cluster_t *c, const char *address, const char *state,
+                      int timeout_ms) {
+  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  for (;;) {
+    char *js = h_status_json(c, 2000);
+    int ok = 0;
+    if (js) {
+      h_node_t nodes[64];
+      int nn = h_status_nodes(js, nodes, 64);
+      for (int i = 0; i < nn; i++)
+        if (strcmp(nodes[i].address, address) == 0 &&
+            strcmp(nodes[i].state, state) == 0)
+          ok = 1;
+    }
+    free(js);
+    if (ok) return 1;
+    if (h_now_ms() >= end) return 0;
+    sleep_ms(20);
+  }
+}
+
 static struct {
   int n;
   pid_t pids[H_MAX_WORKERS];
+  int reaped[H_MAX_WORKERS]; /* killed by h_worker_kill */
   int to_test[H_MAX_WORKERS][2], from_test[H_MAX_WORKERS][2];
 } workers;
 
 void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
   if (n > H_MAX_WORKERS) abort();
   workers.n = n;
+  memset(workers.reaped, 0, sizeof(workers.reaped));
+  /* Close-on-exec, so daemons started later hold no end; and each worker
+   * closes the others' ends, so the test sees EOF from a worker that died
+   * (it then counts as arrived). */
   for (int r = 0; r < n; r++)
-    if (pipe(workers.to_test[r]) != 0 || pipe(workers.from_test[r]) != 0)
+    if (pipe2(workers.to_test[r], O_CLOEXEC) != 0 ||
+        pipe2(workers.from_test[r], O_CLOEXEC) != 0)
       abort();
   pid_t parent = getpid();
   for (int r = 0; r < n; r++) {
@@ -220,6 +516,14 @@ void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
+      for (int o = 0; o < n; o++) {
+        if (o != r) {
+          close(workers.to_test[o][1]);
+          close(workers.from_test[o][0]);
+        }
+        close(workers.to_test[o][0]);
+        close(workers.from_test[o][1]);
+      }
       _exit(fn(c->sched_ep, r));
     }
     workers.pids[r] = pid;
@@ -236,12 +540,44 @@ int h_worker_sync(int rank) {
          read(workers.from_test[rank][0], &b, 1) == 1;
 }
 
-void h_workers_sync(void) {
+int h_workers_sync_timeout(int timeout_ms) {
   char b;
-  for (int r = 0; r < workers.n; r++)
+  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  for (int r = 0; r < workers.n; r++) {
+    if (workers.reaped[r]) continue;
+    struct pollfd pfd = {.fd = workers.to_test[r][0], .events = POLLIN};
+    for (;;) {
+      uint64_t now = h_now_ms();
+      if (now >= end) return 0;
+      int left = (int)(end - now);
+      int got = poll(&pfd, 1, left);
+      if (got > 0) break;
+      if (got < 0 && errno != EINTR) break;
+    }
     if (read(workers.to_test[r][0], &b, 1) != 1) b = 0;
+  }
+  /* A worker that died makes the write fail (EPIPE): ignored. */
+  signal(SIGPIPE, SIG_IGN);
   for (int r = 0; r < workers.n; r++)
-    if (write(workers.from_test[r][1], "g", 1) != 1) b = 0;
+    if (!workers.reaped[r] && write(workers.from_test[r][1], "g", 1) != 1)
+      b = 0;
+  return 1;
+}
+
+void h_workers_sync(void) {
+  h_workers_sync_timeout(INT_MAX);
+}
+
+pid_t h_worker_pid(int rank) {
+  return workers.pids[rank];
+}
+
+void h_worker_kill(int rank) {
+  if (workers.reaped[rank]) return;
+  int st;
+  kill(workers.pids[rank], SIGKILL);
+  waitpid(workers.pids[rank], &st, 0);
+  workers.reaped[rank] = 1;
 }
 
 int h_workers_reap(int timeout_ms) {
@@ -250,6 +586,7 @@ int h_workers_reap(int timeout_ms) {
   for (int r = 0; r < workers.n; r++) {
     int st = 0;
     pid_t got = 0;
+    if (workers.reaped[r]) continue;
     while ((got = waitpid(workers.pids[r], &st, WNOHANG)) == 0 &&
            h_now_ms() < end)
       sleep_ms(10);

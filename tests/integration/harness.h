@@ -23,8 +23,8 @@ typedef struct {
 } h_proc_t;
 
 typedef struct {
-  char dir[512];       /* per-test scratch directory */
-  char sched_ep[64];   /* tcp://127.0.0.1:PORT */
+  char dir[512];     /* per-test scratch directory */
+  char sched_ep[64]; /* tcp://127.0.0.1:PORT */
   h_proc_t procs[H_MAX_PROCS];
   int nprocs;
 } h_cluster_t;
@@ -37,6 +37,65 @@ void h_init(h_cluster_t *c, const char *test);
  * stderr go to dir/name.log. Returns the process slot. */
 h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...)
     __attribute__((sentinel));
+
+/* Starts argv[0] (a path with a slash, or a name in $PS_BIN_DIR) with the
+ * NULL-terminated argv, like h_spawn: to run a daemon under a wrapper
+ * (ip netns exec ...). */
+h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *argv);
+
+/* The absolute path of bin in $PS_BIN_DIR (static buffer per call slot). */
+const char *h_bin(const char *bin);
+
+/* Runs bin (a name in $PS_BIN_DIR) with NULL-terminated args to the end,
+ * without taking a process slot, and returns what it printed (stdout and
+ * stderr; caller frees), or NULL if it could not start. *status gets its
+ * waitpid status, or -1 if it ran past timeout_ms (it is then killed). */
+char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...)
+    __attribute__((sentinel));
+
+/* psctl --scheduler c->sched_ep --json status: the JSON (caller frees), or
+ * NULL if psctl failed or took longer than timeout_ms. */
+char *h_status_json(h_cluster_t *c, int timeout_ms);
+
+/* What psctl status --json says of one node and one key range. */
+typedef struct {
+  unsigned id;
+  char role[16];  /* "server", "worker", ... */
+  char state[16]; /* "alive", "dead", ... */
+  char address[128];
+} h_node_t;
+
+#define H_MAX_REPLICAS 4
+typedef struct {
+  unsigned long long begin, end;
+  unsigned server_id; /* the primary */
+  int nbackups;       /* -1: the status has no "backups" (no replication) */
+  unsigned backups[H_MAX_REPLICAS];
+  int nsyncing;
+  unsigned syncing[H_MAX_REPLICAS];
+} h_range_t;
+
+/* Parses the "nodes" / "ranges" arrays of a status JSON into out (at most
+ * max entries). Returns how many, or -1 if the JSON has no such array. */
+int h_status_nodes(const char *json, h_node_t *out, int max);
+int h_status_ranges(const char *json, h_range_t *out, int max);
+/* The node with this id among n, or NULL. */
+const h_node_t *h_find_node(const h_node_t *nodes, int n, unsigned id);
+
+/* 1 when the status shows every range with an alive primary and at least
+ * copies - 1 backups, all alive and none syncing: the cluster can lose any
+ * one server without losing a key. Fills why (if not NULL) otherwise. */
+int h_status_replicated(const char *json, int copies, char *why, size_t len);
+
+/* Polls psctl status until h_status_replicated holds or timeout_ms passes;
+ * returns 1 if it held. why says what was still missing. */
+int h_wait_replicated(h_cluster_t *c, int copies, int timeout_ms, char *why,
+                      size_t len);
+
+/* Polls psctl status until the node with this address is in state (e.g.
+ * "dead"); returns 1 if it got there within timeout_ms. */
+int h_wait_node_state(h_cluster_t *c, const char *address, const char *state,
+                      int timeout_ms);
 
 /* Waits until p exits or timeout_ms passes. Returns 1 if it exited. */
 int h_wait_exit(h_proc_t *p, int timeout_ms);
@@ -80,11 +139,23 @@ int h_worker_sync(int rank);
 /* Test side: waits for every worker at the next sync point, then releases
  * them. A worker that died counts as arrived, so nothing waits forever. */
 void h_workers_sync(void);
+/* The same with a deadline: returns 0 (releasing nobody) if some live
+ * worker has not arrived within timeout_ms. */
+int h_workers_sync_timeout(int timeout_ms);
+/* The pid of worker rank; SIGKILLs it and reaps it (it then counts as
+ * arrived at every sync point and is left out of h_workers_reap's
+ * verdict). */
+pid_t h_worker_pid(int rank);
+void h_worker_kill(int rank);
 /* Waits until timeout_ms for every worker; SIGKILLs the late ones. Returns
  * 1 if all exited 0. */
 int h_workers_reap(int timeout_ms);
 
 /* Milliseconds on the monotonic clock. */
 uint64_t h_now_ms(void);
+
+/* Sleeps ms milliseconds: the pause between two polls of a condition that
+ * has a deadline (or a deliberate gap in a fault schedule). */
+void h_sleep_ms(int ms);
 
 #endif

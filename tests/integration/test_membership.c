@@ -36,15 +36,15 @@ START_TEST(dead_worker_reported_and_training_goes_on) {
   h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--bind",
                             c.sched_ep, "--servers", "2", "--workers", "2",
                             "--heartbeat-timeout-ms", "1000", NULL);
-  h_proc_t *s0 = h_spawn(&c, "server0", "ps-server", "--scheduler",
-                         c.sched_ep, NULL);
-  h_proc_t *s1 = h_spawn(&c, "server1", "ps-server", "--scheduler",
-                         c.sched_ep, NULL);
-  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler",
-                         c.sched_ep, "--rank", "0", "--epochs", "2", NULL);
-  h_proc_t *w1 = h_spawn(&c, "worker1", "ps-worker", "--scheduler",
-                         c.sched_ep, "--rank", "1", "--epochs", "2",
-                         "--report", h_path(&c, "report.json"), NULL);
+  h_proc_t *s0 =
+      h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_proc_t *s1 =
+      h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
+                         "--rank", "0", "--epochs", "2", NULL);
+  h_proc_t *w1 = h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep,
+                         "--rank", "1", "--epochs", "2", "--report",
+                         h_path(&c, "report.json"), NULL);
   int training = h_wait_log(w0->log, "event=progress", 60000);
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 60 s");
@@ -56,9 +56,14 @@ START_TEST(dead_worker_reported_and_training_goes_on) {
   ck_assert_int_eq(count(js, "\"role\":\"worker\""), 2);
   ck_assert_int_eq(count(js, "\"server_id\""), 2);
   ck_assert_msg(strstr(js, "\"epoch\":1,") != NULL, "not epoch 1: %s", js);
+  /* Replication 2 (the default) on 2 servers: each backs the other. */
+  ck_assert_msg(strstr(js, "\"replication\":2,") != NULL, "%s", js);
+  ck_assert_int_eq(count(js, "\"state\":\"ok\""), 2);
+  ck_assert_int_eq(count(js, "\"primary_of\":1,\"backup_of\":1"), 2);
   free(js);
   char *txt = psctl(&c, "psctl_text", "status", NULL);
   ck_assert_msg(count(txt, "alive") >= 4, "human status: %s", txt);
+  ck_assert_msg(strstr(txt, "primary of 1, backup of 1") != NULL, "%s", txt);
   free(txt);
 
   kill(w0->pid, SIGKILL);
@@ -80,9 +85,9 @@ START_TEST(dead_worker_reported_and_training_goes_on) {
     int exited = h_wait_exit(rest[i], 120000);
     if (!exited) h_dump_logs(&c);
     ck_assert_msg(exited, "%s did not exit", rest[i]->name);
-    ck_assert_msg(WIFEXITED(rest[i]->status) &&
-                      WEXITSTATUS(rest[i]->status) == 0,
-                  "%s exited with status %d", rest[i]->name, rest[i]->status);
+    ck_assert_msg(
+        WIFEXITED(rest[i]->status) && WEXITSTATUS(rest[i]->status) == 0,
+        "%s exited with status %d", rest[i]->name, rest[i]->status);
   }
   h_kill_all(&c);
   char *rep = h_read_file(h_path(&c, "report.json"), NULL);

@@ -15,8 +15,8 @@
 #include "common/frame.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "worker/client.h"
 #include "tests/check_run.h"
+#include "worker/client.h"
 
 /* Servers 1 and 2 own the key space; server 3 is a spare that takes over
  * server 2's range in a failover. */
@@ -472,10 +472,11 @@ START_TEST(test_bad_options) {
   ps_client_opts_init(&o);
   ck_assert_int_eq(o.timeout_ms, 30000);
   ck_assert_int_eq(o.connect_timeout_ms, 60000);
-  ck_assert_int_eq(o.heartbeat_ms, 500);
+  ck_assert_int_eq(o.heartbeat_ms, 100);
   ck_assert_int_eq(o.rank, -1);
   ck_assert_int_eq(o.window, 8);
   ck_assert_uint_eq(o.chunk_bytes, 1u << 20);
+  ck_assert_int_eq(o.resend_ms, 1000);
   expect_inval(NULL, &model, "options");
   expect_inval(&o, &model, "scheduler"); /* still NULL */
   o.scheduler = "tcp://127.0.0.1:1";
@@ -494,6 +495,9 @@ START_TEST(test_bad_options) {
   o.window = 0;
   expect_inval(&o, &model, "window 0");
   o.window = 8;
+  o.resend_ms = -1;
+  expect_inval(&o, &model, "resend_ms -1");
+  o.resend_ms = 0;
   o.chunk_bytes = 6;
   expect_inval(&o, &model, "chunk_bytes 6");
   o.chunk_bytes = 0;

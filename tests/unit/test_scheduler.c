@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 #include <zmq.h>
 
@@ -19,6 +20,7 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "scheduler/placement.h"
 #include "scheduler/scheduler.h"
 #include "tests/check_run.h"
 
@@ -34,6 +36,7 @@ static struct {
   void *ctx;
   uv_loop_t loop;
   uv_async_t stop_async;
+  uv_async_t crash_async;
   ps_sched_t *sched;
   pthread_t thread;
   int started, joined;
@@ -46,24 +49,27 @@ static void *loop_thread(void *arg) {
 }
 
 static void on_stop_async(uv_async_t *a) {
-  ps_sched_stop(H.sched, "test teardown");
+  if (H.sched) ps_sched_stop(H.sched, "test teardown");
 }
 
-static void sched_start_at(const char *bind, uint32_t servers, uint32_t workers,
-                           int heartbeat_timeout_ms) {
+/* A crash, as far as the state file can tell: no Shutdown, no final save. */
+static void on_crash_async(uv_async_t *a) {
+  ps_sched_destroy(&H.sched);
+}
+
+/* Starts a scheduler with o on its own thread. The port of a scheduler
+ * that just went away may take a moment to be free again. */
+static void sched_start_opts(const ps_sched_opts_t *o) {
   if (H.ctx == NULL) H.ctx = zmq_ctx_new();
   ck_assert_int_eq(uv_loop_init(&H.loop), 0);
-  ps_sched_opts_t o = {
-      .bind = bind,
-      .servers = servers,
-      .workers = workers,
-      .mode = PS__CONSISTENCY_MODE__MODE_BSP,
-      .heartbeat_timeout_ms = heartbeat_timeout_ms,
-      .handle_signals = 0,
-  };
-  char why[256] = "";
+  char why[1024] = "";
   int err = 0;
-  H.sched = ps_sched_new(&H.loop, H.ctx, &o, &err, why, sizeof(why));
+  for (int attempt = 0; attempt < 100; attempt++) {
+    H.sched = ps_sched_new(&H.loop, H.ctx, o, &err, why, sizeof(why));
+    if (H.sched != NULL || err != PS_ERR_ZMQ) break;
+    struct timespec ts = {0, 20 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   ck_assert_msg(H.sched != NULL, "ps_sched_new: %s", why);
   snprintf(H.endpoint, sizeof(H.endpoint), "%s", ps_sched_endpoint(H.sched));
   ck_assert_msg(strncmp(H.endpoint, "tcp://127.0.0.1:", 16) == 0 &&
@@ -73,9 +79,47 @@ static void sched_start_at(const char *bind, uint32_t servers, uint32_t workers,
    * job by itself, which is how the tests see it exit. */
   uv_async_init(&H.loop, &H.stop_async, on_stop_async);
   uv_unref((uv_handle_t *)&H.stop_async);
+  uv_async_init(&H.loop, &H.crash_async, on_crash_async);
+  uv_unref((uv_handle_t *)&H.crash_async);
   ck_assert_int_eq(pthread_create(&H.thread, NULL, loop_thread, NULL), 0);
   H.started = 1;
   H.joined = 0;
+}
+
+static ps_sched_opts_t sched_opts(const char *bind, uint32_t servers,
+                                  uint32_t workers, int heartbeat_timeout_ms) {
+  ps_sched_opts_t o = {
+      .bind = bind,
+      .servers = servers,
+      .workers = workers,
+      .mode = PS__CONSISTENCY_MODE__MODE_BSP,
+      .heartbeat_timeout_ms = heartbeat_timeout_ms,
+      .handle_signals = 0,
+  };
+  return o;
+}
+
+static void sched_start_at(const char *bind, uint32_t servers, uint32_t workers,
+                           int heartbeat_timeout_ms) {
+  ps_sched_opts_t o = sched_opts(bind, servers, workers, heartbeat_timeout_ms);
+  sched_start_opts(&o);
+}
+
+static void loop_close(void) {
+  uv_close((uv_handle_t *)&H.stop_async, NULL);
+  uv_close((uv_handle_t *)&H.crash_async, NULL);
+  uv_run(&H.loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&H.loop), 0);
+  H.started = 0;
+}
+
+/* Kills the scheduler without a word to anyone, as SIGKILL would. */
+static void sched_crash(void) {
+  uv_async_send(&H.crash_async);
+  ck_assert_int_eq(pthread_join(H.thread, NULL), 0);
+  H.joined = 1;
+  ck_assert_ptr_null(H.sched);
+  loop_close();
 }
 
 static void sched_start(uint32_t servers, uint32_t workers,
@@ -99,6 +143,17 @@ static int sched_exits_within(int ms) {
   return 1;
 }
 
+/* A loopback port that is free now (bound then released). */
+static void free_endpoint(void *ctx, char *out, size_t len) {
+  void *probe = zmq_socket(ctx, ZMQ_ROUTER);
+  int zero = 0;
+  zmq_setsockopt(probe, ZMQ_LINGER, &zero, sizeof(zero));
+  ck_assert_int_eq(zmq_bind(probe, "tcp://127.0.0.1:*"), 0);
+  size_t n = len;
+  zmq_getsockopt(probe, ZMQ_LAST_ENDPOINT, out, &n);
+  zmq_close(probe);
+}
+
 /* ---- clients: DEALER sockets that speak the protocol ---------------- */
 
 typedef struct {
@@ -107,6 +162,7 @@ typedef struct {
   uint64_t epoch; /* latest view seen, sent in every envelope */
   uint64_t next_rid;
   uint32_t live_workers; /* of that view */
+  uint64_t clock;        /* sent with pumped heartbeats */
 } client_t;
 
 #define MAX_CLIENTS 16
@@ -139,10 +195,7 @@ static void teardown_all(void) {
       H.joined = 1;
     }
     ps_sched_destroy(&H.sched);
-    uv_close((uv_handle_t *)&H.stop_async, NULL);
-    uv_run(&H.loop, UV_RUN_DEFAULT);
-    ck_assert_int_eq(uv_loop_close(&H.loop), 0);
-    H.started = 0;
+    loop_close();
   }
   if (H.ctx) zmq_ctx_term(H.ctx);
   H.ctx = NULL;
@@ -202,7 +255,7 @@ static int wait_pumping(client_t *c, int want, int timeout_ms, client_t **pump,
     uint64_t now = ps_now_ms();
     if (npump > 0 && now >= next_beat) {
       for (int i = 0; i < npump; i++)
-        send_heartbeat(pump[i], 0, pump[i]->epoch);
+        send_heartbeat(pump[i], pump[i]->clock, pump[i]->epoch);
       next_beat = now + 50;
     }
     if (now >= deadline) return 0;
@@ -691,10 +744,12 @@ START_TEST(test_silent_worker_declared_dead) {
   ps_msg_close(&m);
   ck_assert_uint_eq(w[0]->epoch, 2);
 
-  /* A dead node that speaks up is told it is out. */
+  /* A dead node that speaks up is fenced, with the epoch that declared it
+   * dead (it may also have been told unprompted, at once). */
   send_heartbeat(w[1], 0, 1);
   ck_assert(wait_for(w[1], PS__ENVELOPE__BODY_ERROR, 3000, &m));
-  ck_assert_int_eq(m.env->error->code, PS_ERR_REFUSED);
+  ck_assert_int_eq(m.env->error->code, PS_ERR_FENCED);
+  ck_assert_str_eq(m.env->error->message, "fenced: declared dead at epoch 2");
   ps_msg_close(&m);
   teardown_all();
 }
@@ -746,6 +801,562 @@ START_TEST(test_node_leaving_ends_job) {
   ps_msg_close(&m);
   ck_assert(sched_exits_within(3000));
   teardown_all();
+}
+END_TEST
+
+/* ---- placement (pure) ------------------------------------------------ */
+
+/* r's chain as "primary|backup backup*" (* = syncing). */
+static const char *place_chain(const ps_range_t *r, char *buf, size_t len) {
+  int n = snprintf(buf, len, "%u|", r->server_id);
+  for (uint32_t k = 0; k < r->nbackups; k++)
+    n += snprintf(buf + n, len - (size_t)n, "%s%u%s", k ? " " : "",
+                  r->backups[k], (r->syncing_mask >> k) & 1u ? "*" : "");
+  return buf;
+}
+
+static void expect_placed(const ps_range_t *r, size_t n,
+                          const char *const *want) {
+  char buf[64];
+  for (size_t i = 0; i < n; i++)
+    ck_assert_msg(strcmp(place_chain(&r[i], buf, sizeof(buf)), want[i]) == 0,
+                  "range %zu: %s, expected %s", i, buf, want[i]);
+}
+
+/* Ranges from chains in the notation above. */
+static void set_chains(ps_range_t *r, size_t n, const char *const *chains) {
+  for (size_t i = 0; i < n; i++) {
+    memset(&r[i], 0, sizeof(r[i]));
+    r[i].begin = i * 100;
+    r[i].end = (i + 1) * 100;
+    const char *p = chains[i];
+    char *end;
+    r[i].server_id = (uint32_t)strtoul(p, &end, 10);
+    p = end + 1; /* '|' */
+    while (*p) {
+      uint32_t id = (uint32_t)strtoul(p, &end, 10);
+      p = end;
+      if (*p == '*') {
+        r[i].syncing_mask |= 1u << r[i].nbackups;
+        p++;
+      }
+      r[i].backups[r[i].nbackups++] = id;
+      if (*p == ' ') p++;
+    }
+  }
+}
+
+START_TEST(test_place_first) {
+  ps_range_t r[4];
+  uint32_t ids[4] = {1, 2, 3, 7};
+  ps_place_first(r, 4, ids, 4, 2);
+  const char *want2[] = {"1|2", "2|3", "3|7", "7|1"};
+  expect_placed(r, 4, want2);
+  ps_place_first(r, 4, ids, 4, 3);
+  const char *want3[] = {"1|2 3", "2|3 7", "3|7 1", "7|1 2"};
+  expect_placed(r, 4, want3);
+  /* More copies than servers, or than PS_MAX_REPLICAS: capped. */
+  ps_place_first(r, 2, ids, 2, 9);
+  const char *capped[] = {"1|2", "2|1"};
+  expect_placed(r, 2, capped);
+  ck_assert_uint_eq(ps_place_copies(9, 100), PS_MAX_REPLICAS);
+  ck_assert_uint_eq(ps_place_copies(3, 2), 2);
+  ck_assert_uint_eq(ps_place_copies(0, 5), 1);
+  ps_place_first(r, 1, ids, 1, 2);
+  const char *one[] = {"1|"};
+  expect_placed(r, 1, one);
+}
+END_TEST
+
+START_TEST(test_place_promotes_first_synced_backup) {
+  /* Range 0's first backup is still syncing: the second is promoted, and
+   * the first stays syncing (now towards the new primary). */
+  ps_range_t r[4];
+  const char *before[] = {"1|2* 3 4", "2|3 4 1", "3|4 1 2", "4|1 2 3"};
+  set_chains(r, 4, before);
+  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}, {4, 1}, {5, 1}};
+  ck_assert_uint_eq(ps_place_repair(r, 4, sv, 5, 4), 4);
+  /* Every chain lost 1 and is topped up from 5, the only server outside
+   * them all; the promoted range's others resync. */
+  const char *after[] = {"3|2* 4* 5*", "2|3 4 5*", "3|4 2 5*", "4|2 3 5*"};
+  expect_placed(r, 4, after);
+  /* Nothing more to do: no change, no churn. */
+  ck_assert_uint_eq(ps_place_repair(r, 4, sv, 5, 4), 0);
+  expect_placed(r, 4, after);
+}
+END_TEST
+
+START_TEST(test_place_top_up_fewest_first) {
+  /* 1 dies. Range 0 promotes 2; ranges 0 and 2 need a backup. Server 4
+   * holds nothing, so both take it before anyone else. */
+  ps_range_t r[3];
+  const char *before[] = {"1|2", "2|3", "3|1"};
+  set_chains(r, 3, before);
+  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}, {4, 1}};
+  ck_assert_uint_eq(ps_place_repair(r, 3, sv, 4, 2), 2);
+  const char *after[] = {"2|4*", "2|3", "3|4*"};
+  expect_placed(r, 3, after);
+  /* Without a spare, ties go in ring order after the primary. */
+  set_chains(r, 3, before);
+  ps_place_server_t three[] = {{1, 0}, {2, 1}, {3, 1}};
+  ps_place_repair(r, 3, three, 3, 2);
+  const char *ring[] = {"2|3*", "2|3", "3|2*"};
+  expect_placed(r, 3, ring);
+}
+END_TEST
+
+START_TEST(test_place_unavailable) {
+  /* Its only backup is syncing: nobody holds every acked update, so the
+   * dead primary stays and nothing is topped up; the other range goes on. */
+  ps_range_t r[2];
+  const char *before[] = {"1|2*", "2|1"};
+  set_chains(r, 2, before);
+  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}};
+  ck_assert_uint_eq(ps_place_repair(r, 2, sv, 3, 2), 1);
+  const char *after[] = {"1|2*", "2|3*"};
+  expect_placed(r, 2, after);
+  ck_assert_int_eq(ps_place_state(0, 1, 1, 2), PS_PLACE_UNAVAILABLE);
+  /* Every server dead: nothing moves, nothing breaks. */
+  ps_place_server_t none[] = {{1, 0}, {2, 0}, {3, 0}};
+  ps_place_repair(r, 2, none, 3, 2);
+  const char *dead[] = {"1|", "2|"};
+  expect_placed(r, 2, dead);
+}
+END_TEST
+
+START_TEST(test_place_spare_and_synced) {
+  /* Degraded ranges (alone after deaths) take a new spare as a syncing
+   * backup; ids not in the list count as dead. */
+  ps_range_t r[3];
+  const char *before[] = {"3|", "3|2", "3|"};
+  set_chains(r, 3, before);
+  ps_place_server_t sv[] = {{3, 1}, {5, 1}};
+  ck_assert_uint_eq(ps_place_repair(r, 3, sv, 2, 2), 3);
+  const char *after[] = {"3|5*", "3|5*", "3|5*"};
+  expect_placed(r, 3, after);
+  ck_assert_int_eq(ps_place_state(1, 1, 1, 2), PS_PLACE_SYNCING);
+  ck_assert(ps_place_synced(&r[1], 5));
+  ck_assert(!ps_place_synced(&r[1], 5)); /* a repeat */
+  ck_assert(!ps_place_synced(&r[1], 4)); /* not a backup */
+  ck_assert_uint_eq(ps_place_nsyncing(&r[1]), 0);
+  ck_assert_int_eq(ps_place_state(1, 1, 0, 2), PS_PLACE_OK);
+  ck_assert_int_eq(ps_place_state(1, 0, 0, 2), PS_PLACE_DEGRADED);
+  ck_assert_str_eq(ps_place_state_name(PS_PLACE_DEGRADED), "degraded");
+
+  /* Removing a backup from the middle keeps the others' syncing bits. */
+  const char *mid[] = {"1|2* 3 4*"};
+  set_chains(r, 1, mid);
+  ps_place_server_t sv2[] = {{1, 1}, {2, 1}, {3, 0}, {4, 1}};
+  ps_place_repair(r, 1, sv2, 4, 3);
+  const char *kept[] = {"1|2* 4*"};
+  expect_placed(r, 1, kept);
+}
+END_TEST
+
+/* ---- replication, failover, joins ----------------------------------- */
+
+/* A range's chain as "primary|backup backup*": * marks a syncing backup. */
+static const char *chain(const Ps__KeyRange *r, char *buf, size_t len) {
+  int n = snprintf(buf, len, "%u|", r->server_id);
+  for (size_t k = 0; k < r->n_backups; k++) {
+    int syncing = 0;
+    for (size_t j = 0; j < r->n_syncing; j++)
+      syncing |= r->syncing[j] == r->backups[k];
+    n += snprintf(buf + n, len - (size_t)n, "%s%u%s", k ? " " : "",
+                  r->backups[k], syncing ? "*" : "");
+  }
+  return buf;
+}
+
+static void expect_chains(const Ps__View *v, const char *const *want,
+                          size_t n) {
+  char buf[64];
+  ck_assert_uint_eq(v->n_ranges, n);
+  for (size_t i = 0; i < n; i++)
+    ck_assert_msg(strcmp(chain(v->ranges[i], buf, sizeof(buf)), want[i]) == 0,
+                  "epoch %llu range %zu: chain %s, expected %s",
+                  (unsigned long long)v->epoch, i, buf, want[i]);
+}
+
+static const Ps__NodeInfo *view_node(const Ps__View *v, uint32_t id) {
+  for (size_t i = 0; i < v->n_nodes; i++)
+    if (v->nodes[i]->id == id) return v->nodes[i];
+  return NULL;
+}
+
+/* The next view on c of at least epoch, heartbeating for pump meanwhile. */
+static ps_msg_t wait_view(client_t *c, uint64_t epoch, client_t **pump,
+                          int npump) {
+  ps_msg_t m;
+  for (;;) {
+    ck_assert_msg(
+        wait_pumping(c, PS__ENVELOPE__BODY_VIEW, 5000, pump, npump, &m),
+        "no view of epoch %llu", (unsigned long long)epoch);
+    if (m.env->view->epoch >= epoch) return m;
+    ps_msg_close(&m);
+  }
+}
+
+/* The scheduler's Status, asked on c's own connection, so that it comes
+ * after whatever c sent before. Asked again if unanswered: a request sent
+ * while the connection is being re-established is lost. */
+static ps_msg_t status_on(client_t *c, client_t **pump, int npump) {
+  ps_msg_t m;
+  for (int attempt = 0; attempt < 10; attempt++) {
+    uint64_t rid = send_status_request(c, 0);
+    while (wait_pumping(c, PS__ENVELOPE__BODY_STATUS, 500, pump, npump, &m)) {
+      if (m.request_id == rid) return m;
+      ps_msg_close(&m);
+    }
+  }
+  ck_abort_msg("no Status within 5 s");
+  return m;
+}
+
+static void send_replica_synced(client_t *c, const Ps__KeyRange *r,
+                                uint32_t backup) {
+  Ps__ReplicaSynced rs = PS__REPLICA_SYNCED__INIT;
+  rs.range_begin = r->begin;
+  rs.range_end = r->end;
+  rs.backup = backup;
+  rs.bytes = (r->end - r->begin) * 4;
+  rs.duration_ms = 3;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_SYNCED;
+  env.replica_synced = &rs;
+  send_env(c, &env, c->epoch);
+}
+
+static void send_join_reply(client_t *c, uint32_t node, uint64_t join_clock,
+                            int ok, uint64_t clock) {
+  Ps__JoinReply jr = PS__JOIN_REPLY__INIT;
+  jr.node = node;
+  jr.join_clock = join_clock;
+  jr.ok = ok;
+  jr.clock = clock;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_JOIN_REPLY;
+  env.join_reply = &jr;
+  send_env(c, &env, c->epoch);
+}
+
+/* nservers servers on ports 9001.. and one worker, all holding view 1. */
+static void form_replicated(client_t **srv, int nservers, client_t **w) {
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  for (int i = 0; i < nservers; i++) {
+    char addr[64];
+    snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%d", 9001 + i);
+    srv[i] = client_new();
+    join(srv[i], SERVER, addr, RANK_ANY, NULL);
+  }
+  *w = client_new();
+  join(*w, WORKER, "", RANK_ANY, &mp.spec);
+  for (int i = 0; i <= nservers; i++) {
+    client_t *c = i < nservers ? srv[i] : *w;
+    ps_msg_t m = wait_view(c, 1, NULL, 0);
+    ps_msg_close(&m);
+  }
+}
+
+START_TEST(test_first_view_replicated) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 3, 1, NO_DEATH_MS);
+  o.replication = 3;
+  sched_start_opts(&o);
+  client_t *srv[3], *w;
+  form_replicated(srv, 3, &w);
+  ps_msg_t m = status_on(w, NULL, 0);
+  const Ps__View *v = m.env->status->view;
+  ck_assert_uint_eq(v->replication, 3);
+  /* Backups are the next servers in ring order; nobody syncs. */
+  const char *want[] = {"1|2 3", "2|3 1", "3|1 2"};
+  expect_chains(v, want, 3);
+  char why[256];
+  ps_view_t *pv = ps_view_from_pb(v, why, sizeof(why));
+  ck_assert_msg(pv != NULL, "%s", why);
+  ck_assert_uint_eq(pv->ranges[2].nbackups, 2);
+  ck_assert_uint_eq(pv->ranges[2].syncing_mask, 0);
+  ps_view_destroy(&pv);
+  ps_msg_close(&m);
+  teardown_all();
+
+  /* The default, 2, is capped by a single server. */
+  sched_start(1, 1, NO_DEATH_MS);
+  form_replicated(srv, 1, &w);
+  m = status_on(w, NULL, 0);
+  ck_assert_uint_eq(m.env->status->view->replication, 1);
+  const char *one[] = {"1|"};
+  expect_chains(m.env->status->view, one, 1);
+  ps_msg_close(&m);
+  teardown_all();
+
+  o.replication = PS_MAX_REPLICAS + 1;
+  int err = 0;
+  char why2[256] = "";
+  H.ctx = zmq_ctx_new();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ck_assert_ptr_null(ps_sched_new(&loop, H.ctx, &o, &err, why2, sizeof(why2)));
+  ck_assert_msg(strstr(why2, "replication") != NULL, "%s", why2);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  teardown_all();
+}
+END_TEST
+
+START_TEST(test_failover_spares_and_fencing) {
+  sched_start(3, 1, 300);
+  client_t *srv[3], *w;
+  form_replicated(srv, 3, &w);
+  const char *first[] = {"1|2", "2|3", "3|1"};
+  ps_msg_t m = status_on(w, NULL, 0);
+  expect_chains(m.env->status->view, first, 3);
+  ps_msg_close(&m);
+
+  /* Server 1 goes silent: its range fails over to its backup, and both
+   * chains it was in are topped up (fewest replicas first). */
+  client_t *alive[] = {srv[1], srv[2], w};
+  m = wait_view(srv[1], 2, alive, 3);
+  const Ps__View *v = m.env->view;
+  const char *after1[] = {"2|3*", "2|3", "3|2*"};
+  expect_chains(v, after1, 3);
+  ck_assert_int_eq(view_node(v, 1)->state, PS__NODE_STATE__NODE_STATE_DEAD);
+  Ps__KeyRange r0 = *v->ranges[0], r2 = *v->ranges[2];
+  ps_msg_close(&m);
+
+  /* Only the range's primary can say a backup is synced. */
+  send_replica_synced(srv[2], &r0, 3);
+  send_replica_synced(srv[1], &r0, 3);
+  m = status_on(srv[1], alive, 3);
+  const char *synced[] = {"2|3", "2|3", "3|2*"};
+  expect_chains(m.env->status->view, synced, 3);
+  ck_assert_uint_eq(m.env->status->view->epoch, 2); /* no new view for it */
+  ps_msg_close(&m);
+
+  /* Server 1 comes back from a pause: fenced, with the epoch. */
+  send_heartbeat(srv[0], 0, 1);
+  ck_assert(wait_for(srv[0], PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_FENCED);
+  ck_assert_str_eq(m.env->error->message, "fenced: declared dead at epoch 2");
+  ps_msg_close(&m);
+
+  /* Server 2 dies too: 3 holds everything; its synced copy of range 0 is
+   * promoted, range 2 loses its syncing backup. */
+  client_t *alive2[] = {srv[2], w};
+  m = wait_view(srv[2], 3, alive2, 2);
+  const char *after2[] = {"3|", "3|", "3|"};
+  expect_chains(m.env->view, after2, 3);
+  ck_assert_uint_eq(m.env->view->replication, 2);
+  ps_msg_close(&m);
+  (void)r2;
+
+  /* A restarted server at a dead one's address is a spare: it backs every
+   * range at once. */
+  client_t *spare = client_new();
+  join(spare, SERVER, "tcp://127.0.0.1:9001", RANK_ANY, NULL);
+  ck_assert_uint_eq(spare->id, 5);
+  client_t *alive3[] = {srv[2], w, spare};
+  m = wait_view(srv[2], 4, alive3, 3);
+  const char *spared[] = {"3|5*", "3|5*", "3|5*"};
+  expect_chains(m.env->view, spared, 3);
+  ps_msg_close(&m);
+  /* A third alive server is welcome (nothing to back), a fourth is not. */
+  client_t *extra = client_new(), *too_many = client_new();
+  join(extra, SERVER, "tcp://127.0.0.1:9011", RANK_ANY, NULL);
+  m = wait_view(srv[2], 5, alive3, 3);
+  expect_chains(m.env->view, spared, 3);
+  ck_assert_int_eq(view_node(m.env->view, extra->id)->state,
+                   PS__NODE_STATE__NODE_STATE_ALIVE);
+  ps_msg_close(&m);
+  char why[512];
+  join_refused(too_many, SERVER, "tcp://127.0.0.1:9012", NULL, PS_ERR_REFUSED,
+               why, sizeof(why));
+  ck_assert_msg(strstr(why, "expected servers") != NULL, "%s", why);
+  teardown_all();
+}
+END_TEST
+
+START_TEST(test_range_unavailable) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 2, 1, 300);
+  o.replication = 1;
+  sched_start_opts(&o);
+  client_t *srv[2], *w;
+  form_replicated(srv, 2, &w);
+  client_t *alive[] = {srv[1], w};
+  ps_msg_t m = wait_view(srv[1], 2, alive, 2);
+  /* Nobody else has range 0: it stays with its dead primary. */
+  const char *want[] = {"1|", "2|"};
+  expect_chains(m.env->view, want, 2);
+  ck_assert_int_eq(view_node(m.env->view, 1)->state,
+                   PS__NODE_STATE__NODE_STATE_DEAD);
+  ps_msg_close(&m);
+
+  /* A checkpoint cannot cover it. */
+  Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
+  cc.dir = "/nonexistent-ps-test-dir";
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
+  env.checkpoint_command = &cc;
+  client_t *admin = client_new();
+  send_env(admin, &env, 0);
+  ck_assert(wait_pumping(admin, PS__ENVELOPE__BODY_ERROR, 3000, alive, 2, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_UNAVAILABLE);
+  ck_assert_msg(strstr(m.env->error->message, "server 1") != NULL, "%s",
+                m.env->error->message);
+  ps_msg_close(&m);
+  teardown_all();
+}
+END_TEST
+
+START_TEST(test_worker_rejoins_bsp) {
+  sched_start(1, 2, 300);
+  client_t *s, *w[2];
+  form_cluster(&s, w, 2);
+  s->clock = 10;
+  client_t *alive[] = {s, w[0]};
+  ps_msg_t m = wait_view(s, 2, alive, 2);
+  ck_assert_uint_eq(m.env->view->live_workers, 1);
+  ps_msg_close(&m);
+
+  /* A restarted worker takes the dead one's slot and rank; it joins two
+   * steps (no step rate known yet) past the server's clock. */
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *back = client_new();
+  ck_assert_uint_eq(join(back, WORKER, "", RANK_ANY, &mp.spec), 1);
+  client_t *alive2[] = {s, w[0], back};
+  m = wait_view(s, 3, alive2, 3);
+  const Ps__NodeInfo *ni = view_node(m.env->view, back->id);
+  ck_assert_ptr_nonnull(ni);
+  ck_assert(ni->joining);
+  /* At least 2 steps ahead; more at the rate the clock's jump suggests. */
+  uint64_t j1 = ni->join_clock;
+  ck_assert_uint_ge(j1, 12);
+  ck_assert_uint_eq(ni->rank, 1);
+  ck_assert_uint_eq(m.env->view->live_workers, 2);
+  ps_msg_close(&m);
+
+  /* The server is already past it: a later step. */
+  send_join_reply(s, back->id, j1, 0, j1 + 30);
+  m = wait_view(s, 4, alive2, 3);
+  ni = view_node(m.env->view, back->id);
+  ck_assert(ni->joining);
+  uint64_t j2 = ni->join_clock;
+  ck_assert_uint_ge(j2, j1 + 32);
+  ps_msg_close(&m);
+  /* A confirmation of the old step counts for nothing. */
+  send_join_reply(s, back->id, j1, 1, j1);
+  uint64_t until = ps_now_ms() + 300;
+  /* Views may come again (a heartbeat at the old epoch asks for it), but
+   * no newer one. */
+  while (ps_now_ms() < until &&
+         wait_pumping(s, PS__ENVELOPE__BODY_VIEW, 100, alive2, 3, &m)) {
+    ck_assert_uint_eq(m.env->view->epoch, 4);
+    ps_msg_close(&m);
+  }
+  send_join_reply(s, back->id, j2, 1, j1 + 31);
+  m = wait_view(s, 5, alive2, 3);
+  ni = view_node(m.env->view, back->id);
+  ck_assert(!ni->joining);
+  ck_assert_uint_eq(ni->join_clock, j2);
+  ps_msg_close(&m);
+
+  /* Both slots are taken again. */
+  char why[512];
+  client_t *third = client_new();
+  join_refused(third, WORKER, "", &mp.spec, PS_ERR_REFUSED, why, sizeof(why));
+  ck_assert_msg(strstr(why, "expected workers") != NULL, "%s", why);
+  teardown_all();
+}
+END_TEST
+
+START_TEST(test_worker_rejoins_asp) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 2, 300);
+  o.mode = PS__CONSISTENCY_MODE__MODE_ASP;
+  sched_start_opts(&o);
+  client_t *s, *w[2];
+  form_cluster(&s, w, 2);
+  s->clock = 10;
+  client_t *alive[] = {s, w[0]};
+  ps_msg_t m = wait_view(s, 2, alive, 2);
+  ps_msg_close(&m);
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *back = client_new();
+  ck_assert_uint_eq(join(back, WORKER, "", 1, &mp.spec), 1);
+  client_t *alive2[] = {s, w[0], back};
+  m = wait_view(s, 3, alive2, 3);
+  const Ps__NodeInfo *ni = view_node(m.env->view, back->id);
+  ck_assert(!ni->joining);
+  ck_assert_uint_eq(ni->join_clock, 0);
+  ps_msg_close(&m);
+  teardown_all();
+}
+END_TEST
+
+/* The state file keeps the chains, the syncing backups, the replication
+ * and the epochs nodes died at: a restarted scheduler fences with the
+ * same epoch and promotes only synced backups. */
+START_TEST(test_state_keeps_replication) {
+  char dir[] = "/tmp/ps-test-sched-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char state[128];
+  snprintf(state, sizeof(state), "%s/state", dir);
+  H.ctx = zmq_ctx_new();
+  char ep[256];
+  free_endpoint(H.ctx, ep, sizeof(ep));
+  ps_sched_opts_t o = sched_opts(ep, 3, 1, 300);
+  o.state_file = state;
+  sched_start_opts(&o);
+  client_t *srv[3], *w;
+  form_replicated(srv, 3, &w);
+  client_t *alive[] = {srv[1], srv[2], w};
+  ps_msg_t m = wait_view(srv[1], 2, alive, 3);
+  Ps__KeyRange r0 = *m.env->view->ranges[0];
+  ps_msg_close(&m);
+  send_replica_synced(srv[1], &r0, 3);
+  m = status_on(srv[1], alive, 3); /* the report is in */
+  ps_msg_close(&m);
+  /* The fence it got when it was declared dead, so that the one below
+   * comes from the restarted scheduler. */
+  ck_assert(wait_for(srv[0], PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_FENCED);
+  ps_msg_close(&m);
+  sched_crash();
+
+  /* Another replication factor is another job. */
+  o.replication = 3;
+  o.heartbeat_timeout_ms = NO_DEATH_MS;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char why[1024] = "";
+  int err = 0;
+  ck_assert_ptr_null(ps_sched_new(&loop, H.ctx, &o, &err, why, sizeof(why)));
+  ck_assert_int_eq(err, PS_ERR_CONFIG);
+  ck_assert_msg(strstr(why, "--replication=2") != NULL, "%s", why);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+
+  o.replication = 2;
+  sched_start_opts(&o);
+  m = status_on(srv[1], NULL, 0);
+  const Ps__View *v = m.env->status->view;
+  ck_assert_uint_eq(v->epoch, 2);
+  ck_assert_uint_eq(v->replication, 2);
+  const char *want[] = {"2|3", "2|3", "3|2*"};
+  expect_chains(v, want, 3);
+  ck_assert_int_eq(view_node(v, 1)->state, PS__NODE_STATE__NODE_STATE_DEAD);
+  ps_msg_close(&m);
+  int fenced = 0;
+  for (int attempt = 0; attempt < 10 && !fenced; attempt++) {
+    send_heartbeat(srv[0], 0, 1);
+    fenced = wait_for(srv[0], PS__ENVELOPE__BODY_ERROR, 500, &m);
+  }
+  ck_assert(fenced);
+  ck_assert_int_eq(m.env->error->code, PS_ERR_FENCED);
+  ck_assert_str_eq(m.env->error->message, "fenced: declared dead at epoch 2");
+  ps_msg_close(&m);
+  teardown_all();
+  unlink(state);
+  rmdir(dir);
 }
 END_TEST
 
@@ -814,17 +1425,6 @@ static int worker_shut(void *arg) {
 }
 static int never(void *arg) {
   return 0;
-}
-
-/* A loopback port that is free now (bound then released). */
-static void free_endpoint(void *ctx, char *out, size_t len) {
-  void *probe = zmq_socket(ctx, ZMQ_ROUTER);
-  int zero = 0;
-  zmq_setsockopt(probe, ZMQ_LINGER, &zero, sizeof(zero));
-  ck_assert_int_eq(zmq_bind(probe, "tcp://127.0.0.1:*"), 0);
-  size_t n = len;
-  zmq_getsockopt(probe, ZMQ_LAST_ENDPOINT, out, &n);
-  zmq_close(probe);
 }
 
 START_TEST(test_member_registers_late_scheduler_and_finishes) {
@@ -954,6 +1554,44 @@ START_TEST(test_member_refused_and_silence) {
 }
 END_TEST
 
+static int server_shut(void *arg) {
+  return seen_s.shut;
+}
+
+/* A member declared dead (its heartbeats are far apart) hears it and
+ * reports PS_ERR_FENCED: its owner must stop and exit with a failure. */
+START_TEST(test_member_fenced) {
+  sched_start(1, 1, 300);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&seen_s, 0, sizeof(seen_s));
+  ps_member_opts_t so = {.scheduler = H.endpoint,
+                         .role = SERVER,
+                         .address = "tcp://127.0.0.1:9101",
+                         .rank = -1,
+                         .heartbeat_ms = 5000,
+                         .scheduler_timeout_ms = 0};
+  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
+  int err = 0;
+  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
+  ck_assert_ptr_nonnull(ms);
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *w = client_new();
+  join(w, WORKER, "", RANK_ANY, &mp.spec);
+  ck_assert_msg(run_until(&loop, server_shut, NULL, 5000),
+                "the member was not fenced");
+  ck_assert_int_eq(seen_s.shut_status, PS_ERR_FENCED);
+  ck_assert_msg(
+      strncmp(seen_s.shut_reason, "fenced: declared dead at epoch ", 31) == 0,
+      "reason: %s", seen_s.shut_reason);
+  ps_member_destroy(&ms);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  teardown_all();
+}
+END_TEST
+
 static Suite *scheduler_suite(void) {
   Suite *s = suite_create("scheduler");
   TCase *tc = tcase_create("protocol");
@@ -972,10 +1610,27 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_all_done_shuts_down);
   tcase_add_test(tc, test_node_leaving_ends_job);
   suite_add_tcase(s, tc);
+  TCase *tp = tcase_create("placement");
+  tcase_add_test(tp, test_place_first);
+  tcase_add_test(tp, test_place_promotes_first_synced_backup);
+  tcase_add_test(tp, test_place_top_up_fewest_first);
+  tcase_add_test(tp, test_place_unavailable);
+  tcase_add_test(tp, test_place_spare_and_synced);
+  suite_add_tcase(s, tp);
+  TCase *tr = tcase_create("replication");
+  tcase_set_timeout(tr, 60);
+  tcase_add_test(tr, test_first_view_replicated);
+  tcase_add_test(tr, test_failover_spares_and_fencing);
+  tcase_add_test(tr, test_range_unavailable);
+  tcase_add_test(tr, test_worker_rejoins_bsp);
+  tcase_add_test(tr, test_worker_rejoins_asp);
+  tcase_add_test(tr, test_state_keeps_replication);
+  suite_add_tcase(s, tr);
   TCase *tm = tcase_create("member");
   tcase_set_timeout(tm, 60);
   tcase_add_test(tm, test_member_registers_late_scheduler_and_finishes);
   tcase_add_test(tm, test_member_refused_and_silence);
+  tcase_add_test(tm, test_member_fenced);
   suite_add_tcase(s, tm);
   return s;
 }

@@ -1,0 +1,519 @@
+#include "replica.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "common/transport.h"
+
+#define MAX_BACKUPS (PS_MAX_REPLICAS - 1)
+
+/* The connection to one backup node. */
+typedef struct {
+  uint32_t id;
+  char address[PS_ADDR_MAX];
+  ps_zsock_t *zs;
+  ps_repl_t *r;
+} peer_t;
+
+/* The backups of one range this node is the primary of. */
+typedef struct {
+  uint64_t begin, end;
+  uint32_t n;
+  uint32_t backups[MAX_BACKUPS];
+} chain_t;
+
+/* One change on its way to the backups. */
+typedef struct {
+  int has_route; /* a worker's push: answer it when done */
+  zmq_msg_t route;
+  uint64_t request_id, clock;
+  int duplicate;
+  uint64_t begin, end;
+  uint32_t nwaiting;
+  uint32_t waiting[MAX_BACKUPS];
+  int status; /* PS_OK, or why it failed */
+  char reason[160];
+  /* A snapshot: who it went to, its size and when. */
+  int is_snapshot;
+  uint32_t snap_backup;
+  uint64_t snap_bytes, snap_start_ms;
+} entry_t;
+
+struct ps_repl_s {
+  uv_loop_t *loop;
+  void *zctx;
+  ps_frame_limits_t limits;
+  ps_repl_cbs_t cbs;
+  void *arg;
+  uint32_t node_id;
+  uint64_t epoch;
+  peer_t **peers;
+  size_t npeers;
+  chain_t *chains;
+  size_t nchains;
+  /* Entry with id i is ring[i & (cap - 1)]; ids [head_id, head_id + count)
+   * are in use. */
+  entry_t *ring;
+  size_t cap, count;
+  uint64_t head_id;
+  int completing;
+};
+
+static chain_t *chain_find(const ps_repl_t *r, uint64_t begin, uint64_t end) {
+  for (size_t i = 0; i < r->nchains; i++)
+    if (r->chains[i].begin == begin && r->chains[i].end == end)
+      return &r->chains[i];
+  return NULL;
+}
+
+static entry_t *entry_at(ps_repl_t *r, uint64_t id) {
+  if (id < r->head_id || id - r->head_id >= r->count) return NULL;
+  return &r->ring[id & (r->cap - 1)];
+}
+
+static int ring_grow(ps_repl_t *r) {
+  size_t cap = r->cap ? 2 * r->cap : 256;
+  entry_t *ring = calloc(cap, sizeof(*ring));
+  if (ring == NULL) return PS_ERR_NOMEM;
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    entry_t *from = &r->ring[id & (r->cap - 1)], *to = &ring[id & (cap - 1)];
+    *to = *from;
+    if (from->has_route) {
+      zmq_msg_init(&to->route);
+      zmq_msg_move(&to->route, &from->route);
+      zmq_msg_close(&from->route);
+    }
+  }
+  free(r->ring);
+  r->ring = ring;
+  r->cap = cap;
+  return PS_OK;
+}
+
+/* A fresh entry at the tail (its id in *id), or NULL when out of memory. */
+static entry_t *entry_push(ps_repl_t *r, uint64_t begin, uint64_t end,
+                           uint64_t *id) {
+  if (r->count == r->cap && ring_grow(r) != PS_OK) return NULL;
+  *id = r->head_id + r->count;
+  entry_t *e = &r->ring[*id & (r->cap - 1)];
+  memset(e, 0, sizeof(*e));
+  e->begin = begin;
+  e->end = end;
+  r->count++;
+  return e;
+}
+
+static void entry_stop_waiting(entry_t *e, uint32_t backup) {
+  for (uint32_t i = 0; i < e->nwaiting; i++)
+    if (e->waiting[i] == backup) {
+      e->waiting[i] = e->waiting[--e->nwaiting];
+      return;
+    }
+}
+
+/* Answers, in order, every entry at the head that waits for no one. */
+static void complete(ps_repl_t *r) {
+  if (r->completing) return; /* a callback may add entries */
+  r->completing = 1;
+  while (r->count > 0) {
+    entry_t *e = &r->ring[r->head_id & (r->cap - 1)];
+    if (e->nwaiting > 0) break;
+    entry_t done = *e;
+    r->head_id++;
+    r->count--;
+    if (done.has_route) {
+      if (r->cbs.push_done)
+        r->cbs.push_done(r->arg, &done.route, done.request_id, done.clock,
+                         done.duplicate, done.status, done.reason);
+      zmq_msg_close(&done.route);
+    } else if (done.is_snapshot && done.status == PS_OK && r->cbs.synced) {
+      r->cbs.synced(r->arg, done.begin, done.end, done.snap_backup,
+                    done.snap_bytes, ps_now_ms() - done.snap_start_ms);
+    } else if (done.status != PS_OK) {
+      PS_WARN("replication_failed", "range=[%llu,%llu) reason=\"%s\"",
+              (unsigned long long)done.begin, (unsigned long long)done.end,
+              done.reason);
+    }
+  }
+  r->completing = 0;
+}
+
+/* ---- connections ---- */
+
+static void on_peer_reply(ps_zsock_t *zs, ps_msg_t *m, int status,
+                          const char *reason, void *arg) {
+  peer_t *p = arg;
+  ps_repl_t *r = p->r;
+  entry_t *e = m->env ? entry_at(r, m->request_id) : NULL;
+  if (status != PS_OK || e == NULL) {
+    PS_WARN("replica_reply_dropped", "backup=%u request=%llu status=%s %s",
+            p->id, (unsigned long long)m->request_id, ps_err_name(status),
+            reason);
+  } else if (m->env->body_case == PS__ENVELOPE__BODY_ACK) {
+    entry_stop_waiting(e, p->id);
+  } else {
+    int code = m->env->body_case == PS__ENVELOPE__BODY_ERROR
+                   ? m->env->error->code
+                   : PS_ERR_PROTO;
+    if (code >= 0) code = PS_ERR_PROTO;
+    /* The backup follows a view in which this node is not the primary of
+     * the range: the worker must go to the one that is. */
+    e->status = code == PS_ERR_FENCED ? PS_ERR_STALE_EPOCH : code;
+    snprintf(
+        e->reason, sizeof(e->reason), "backup %u refused: %s", p->id,
+        m->env->body_case == PS__ENVELOPE__BODY_ERROR && m->env->error->message
+            ? m->env->error->message
+            : ps_body_name(m->env->body_case));
+    entry_stop_waiting(e, p->id);
+  }
+  ps_msg_close(m);
+  complete(r);
+}
+
+static peer_t *peer_find(const ps_repl_t *r, uint32_t id) {
+  for (size_t i = 0; i < r->npeers; i++)
+    if (r->peers[i]->id == id) return r->peers[i];
+  return NULL;
+}
+
+static int peer_get(ps_repl_t *r, const ps_view_t *view, uint32_t id,
+                    peer_t **out) {
+  *out = peer_find(r, id);
+  if (*out) return PS_OK;
+  const ps_node_t *node = ps_view_node(view, id);
+  if (node == NULL || node->address[0] == '\0') return PS_ERR_INVAL;
+  peer_t **grown = realloc(r->peers, (r->npeers + 1) * sizeof(*grown));
+  if (grown == NULL) return PS_ERR_NOMEM;
+  r->peers = grown;
+  peer_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return PS_ERR_NOMEM;
+  p->id = id;
+  p->r = r;
+  snprintf(p->address, sizeof(p->address), "%s", node->address);
+  int err = 0;
+  char why[256];
+  p->zs = ps_zsock_new(r->loop, r->zctx, ZMQ_DEALER, NULL, p->address,
+                       &r->limits, on_peer_reply, p, &err, why, sizeof(why));
+  if (p->zs == NULL) {
+    PS_ERROR("replica_connect_failed", "backup=%u address=%s err=%s %s", id,
+             p->address, ps_err_name(err), why);
+    free(p);
+    return err ? err : PS_ERR_ZMQ;
+  }
+  r->peers[r->npeers++] = p;
+  *out = p;
+  PS_INFO("replica_connected", "backup=%u address=%s", id, p->address);
+  return PS_OK;
+}
+
+/* Closes the connections no chain needs any more. */
+static void peers_prune(ps_repl_t *r) {
+  for (size_t i = 0; i < r->npeers;) {
+    peer_t *p = r->peers[i];
+    int used = 0;
+    for (size_t c = 0; c < r->nchains && !used; c++)
+      for (uint32_t k = 0; k < r->chains[c].n; k++)
+        if (r->chains[c].backups[k] == p->id) used = 1;
+    if (used) {
+      i++;
+      continue;
+    }
+    ps_zsock_destroy(&p->zs);
+    free(p);
+    r->peers[i] = r->peers[--r->npeers];
+  }
+}
+
+static void envelope_init(const ps_repl_t *r, Ps__Envelope *env, uint64_t id) {
+  ps__envelope__init(env);
+  env->request_id = id;
+  env->sender = r->node_id;
+  env->epoch = r->epoch;
+}
+
+/* ---- interface ---- */
+
+ps_repl_t *ps_repl_new(uv_loop_t *loop, void *zctx,
+                       const ps_frame_limits_t *limits,
+                       const ps_repl_cbs_t *cbs, void *arg) {
+  ps_repl_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) return NULL;
+  r->loop = loop;
+  r->zctx = zctx;
+  r->limits = *limits;
+  r->cbs = *cbs;
+  r->arg = arg;
+  if (ring_grow(r) != PS_OK) {
+    free(r);
+    return NULL;
+  }
+  return r;
+}
+
+void ps_repl_destroy(ps_repl_t **r_p) {
+  ps_repl_t *r = *r_p;
+  if (r == NULL) return;
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    entry_t *e = &r->ring[id & (r->cap - 1)];
+    e->nwaiting = 0;
+    e->status = PS_ERR_SHUTDOWN;
+    snprintf(e->reason, sizeof(e->reason), "the server stops");
+  }
+  complete(r);
+  for (size_t i = 0; i < r->npeers; i++) {
+    ps_zsock_destroy(&r->peers[i]->zs);
+    free(r->peers[i]);
+  }
+  free(r->peers);
+  free(r->chains);
+  free(r->ring);
+  free(r);
+  *r_p = NULL;
+}
+
+void ps_repl_set_identity(ps_repl_t *r, uint32_t node_id, uint64_t epoch) {
+  r->node_id = node_id;
+  r->epoch = epoch;
+}
+
+int ps_repl_set_chain(ps_repl_t *r, const ps_view_t *view,
+                      const ps_range_t *vr) {
+  chain_t *c = chain_find(r, vr->begin, vr->end);
+  if (c == NULL) {
+    chain_t *grown = realloc(r->chains, (r->nchains + 1) * sizeof(*grown));
+    if (grown == NULL) return PS_ERR_NOMEM;
+    r->chains = grown;
+    c = &r->chains[r->nchains++];
+    memset(c, 0, sizeof(*c));
+    c->begin = vr->begin;
+    c->end = vr->end;
+  }
+  /* Connect first, so a failure leaves the old chain in place. */
+  for (uint32_t k = 0; k < vr->nbackups; k++) {
+    peer_t *p;
+    int rc = peer_get(r, view, vr->backups[k], &p);
+    if (rc != PS_OK) return rc;
+  }
+  c->n = vr->nbackups;
+  memcpy(c->backups, vr->backups, sizeof(c->backups));
+  /* Changes waiting for a backup that left the chain wait no more: the
+   * new backups get the range by snapshot, which holds them. */
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    entry_t *e = &r->ring[id & (r->cap - 1)];
+    if (e->begin != vr->begin || e->end != vr->end) continue;
+    for (uint32_t i = 0; i < e->nwaiting;) {
+      if (ps_range_has_backup(vr, e->waiting[i])) {
+        i++;
+        continue;
+      }
+      e->waiting[i] = e->waiting[--e->nwaiting];
+    }
+  }
+  peers_prune(r);
+  complete(r);
+  return PS_OK;
+}
+
+void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end) {
+  chain_t *c = chain_find(r, begin, end);
+  if (c == NULL) return;
+  *c = r->chains[--r->nchains];
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    entry_t *e = &r->ring[id & (r->cap - 1)];
+    if (e->begin != begin || e->end != end || e->nwaiting == 0) continue;
+    e->nwaiting = 0;
+    e->status = PS_ERR_STALE_EPOCH;
+    snprintf(e->reason, sizeof(e->reason),
+             "server %u is no longer the primary of [%llu,%llu) at epoch "
+             "%llu",
+             r->node_id, (unsigned long long)begin, (unsigned long long)end,
+             (unsigned long long)r->epoch);
+  }
+  peers_prune(r);
+  complete(r);
+}
+
+uint32_t ps_repl_nbackups(const ps_repl_t *r, uint64_t begin, uint64_t end) {
+  const chain_t *c = chain_find(r, begin, end);
+  return c ? c->n : 0;
+}
+
+size_t ps_repl_waiting(const ps_repl_t *r) {
+  return r->count;
+}
+
+/* Sends one Replicate (and a reference to payload, if any) to every backup
+ * of c, recording each as waited for in e. */
+static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
+                     Ps__Replicate *rep, zmq_msg_t *payload) {
+  Ps__Envelope env;
+  envelope_init(r, &env, id);
+  env.body_case = PS__ENVELOPE__BODY_REPLICATE;
+  env.replicate = rep;
+  for (uint32_t k = 0; k < c->n; k++) {
+    peer_t *p = peer_find(r, c->backups[k]);
+    if (p == NULL) continue;
+    zmq_msg_t f;
+    int nf = 0;
+    if (payload) {
+      zmq_msg_init(&f);
+      zmq_msg_copy(&f, payload);
+      nf = 1;
+    }
+    if (ps_msg_send(ps_zsock_socket(p->zs), NULL, &env, nf ? &f : NULL, nf) !=
+        PS_OK) {
+      /* Only a closed socket fails here; the view will drop the backup. */
+      PS_WARN("replica_send_failed", "backup=%u", p->id);
+    }
+    e->waiting[e->nwaiting++] = p->id;
+  }
+}
+
+int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
+                 uint64_t request_id, uint64_t clock_after, int duplicate,
+                 uint32_t worker, const Ps__Push *p, zmq_msg_t *payload) {
+  const chain_t *c = chain_find(r, begin, end);
+  if (!duplicate && (c == NULL || c->n == 0) && r->count == 0) {
+    /* Nothing to wait for and nothing before it: answer now. */
+    if (r->cbs.push_done)
+      r->cbs.push_done(r->arg, route, request_id, clock_after, 0, PS_OK, "");
+    return PS_OK;
+  }
+  uint64_t id;
+  entry_t *e = entry_push(r, begin, end, &id);
+  if (e == NULL) return PS_ERR_NOMEM;
+  e->has_route = 1;
+  zmq_msg_init(&e->route);
+  zmq_msg_copy(&e->route, route);
+  e->request_id = request_id;
+  e->clock = clock_after;
+  e->duplicate = duplicate;
+  if (!duplicate && c != NULL && c->n > 0) {
+    Ps__Replicate rep = PS__REPLICATE__INIT;
+    rep.range_begin = begin;
+    rep.range_end = end;
+    rep.kind = PS__REPLICATE_KIND__REPL_PUSH;
+    rep.worker = worker;
+    rep.seq = p->seq;
+    rep.key_begin = p->key_begin;
+    rep.count = p->count;
+    rep.clock = p->clock;
+    send_all(r, c, e, id, &rep, payload);
+  }
+  complete(r);
+  return PS_OK;
+}
+
+int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
+                 const ps_shard_live_t *live, size_t n) {
+  const chain_t *c = chain_find(r, begin, end);
+  if (c == NULL || c->n == 0) return PS_OK;
+  uint32_t *ids = calloc(n + 1, sizeof(*ids));
+  uint64_t *from = calloc(n + 1, sizeof(*from));
+  uint64_t id;
+  entry_t *e = ids && from ? entry_push(r, begin, end, &id) : NULL;
+  if (e == NULL) {
+    free(ids);
+    free(from);
+    return PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    ids[i] = (uint32_t)live[i].worker;
+    from[i] = live[i].from_step;
+  }
+  Ps__Replicate rep = PS__REPLICATE__INIT;
+  rep.range_begin = begin;
+  rep.range_end = end;
+  rep.kind = PS__REPLICATE_KIND__REPL_LIVE;
+  rep.n_live = n;
+  rep.live = ids;
+  rep.n_live_from = n;
+  rep.live_from = from;
+  send_all(r, c, e, id, &rep, NULL);
+  free(ids);
+  free(from);
+  complete(r);
+  return PS_OK;
+}
+
+/* A frame holding a copy of n bytes of src. */
+static int frame_copy(zmq_msg_t *f, const void *src, size_t n) {
+  if (zmq_msg_init_size(f, n) != 0) return PS_ERR_NOMEM;
+  if (n) memcpy(zmq_msg_data(f), src, n);
+  return PS_OK;
+}
+
+int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
+                     const ps_dedup_t *dedup) {
+  uint64_t begin = ps_shard_begin(shard), end = ps_shard_end(shard);
+  peer_t *p = peer_find(r, backup);
+  if (p == NULL) return PS_ERR_INVAL;
+  ps_shard_state_t st;
+  int rc = ps_shard_export(shard, &st);
+  if (rc != PS_OK) return rc;
+  uint64_t len = end - begin;
+  size_t ndedup = ps_dedup_count(dedup);
+  ps_dedup_record_t *recs = calloc(ndedup + 1, sizeof(*recs));
+  ps_shard_live_t *live = calloc(st.nlive + 1, sizeof(*live));
+  if (recs == NULL || live == NULL) {
+    free(recs);
+    free(live);
+    return PS_ERR_NOMEM;
+  }
+  ps_dedup_export(dedup, recs);
+  memcpy(live, st.live, st.nlive * sizeof(*live));
+  zmq_msg_t f[6];
+  int nf = 0;
+  rc = PS_OK;
+  const void *src[6] = {st.weights, st.momentum, st.acc,
+                        live,       st.contrib,  recs};
+  size_t bytes[6] = {len * sizeof(float),
+                     st.momentum ? len * sizeof(float) : 0,
+                     (st.acc_hi - st.acc_lo) * sizeof(float),
+                     st.nlive * sizeof(*live),
+                     st.ncontrib * sizeof(ps_shard_contrib_t),
+                     ndedup * sizeof(*recs)};
+  uint64_t total = 0;
+  for (; nf < 6 && rc == PS_OK; nf++) {
+    rc = frame_copy(&f[nf], src[nf], bytes[nf]);
+    total += bytes[nf];
+  }
+  free(recs);
+  free(live);
+  uint64_t id;
+  entry_t *e = rc == PS_OK ? entry_push(r, begin, end, &id) : NULL;
+  if (e == NULL) {
+    for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+    return PS_ERR_NOMEM;
+  }
+  Ps__ReplicaSnapshot snap = PS__REPLICA_SNAPSHOT__INIT;
+  snap.range_begin = begin;
+  snap.range_end = end;
+  snap.clock = st.clock;
+  snap.has_momentum = st.momentum != NULL;
+  snap.acc_lo = st.acc_lo;
+  snap.acc_hi = st.acc_hi;
+  snap.nlive = (uint32_t)st.nlive;
+  snap.ncontrib = (uint32_t)st.ncontrib;
+  snap.ndedup = (uint32_t)ndedup;
+  Ps__Envelope env;
+  envelope_init(r, &env, id);
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_SNAPSHOT;
+  env.replica_snapshot = &snap;
+  e->is_snapshot = 1;
+  e->snap_backup = backup;
+  e->snap_bytes = total;
+  e->snap_start_ms = ps_now_ms();
+  e->waiting[e->nwaiting++] = backup;
+  if (ps_msg_send(ps_zsock_socket(p->zs), NULL, &env, f, 6) != PS_OK)
+    PS_WARN("replica_send_failed", "backup=%u snapshot", backup);
+  PS_INFO("snapshot_sent",
+          "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu workers=%zu",
+          (unsigned long long)begin, (unsigned long long)end, backup,
+          (unsigned long long)st.clock, (unsigned long long)total, ndedup);
+  return PS_OK;
+}

@@ -1,0 +1,98 @@
+/* The primary's side of replication (ARCHITECTURE "Failure semantics" 1-2).
+ *
+ * For every range this node is the primary of, the server tells the
+ * replicator the range's chain (its backups, from the view). Each change to
+ * the range then goes to every backup, in the order the primary made it, on
+ * one DEALER connection per backup node: pushes (the received frame itself,
+ * by reference), live-set changes, and, once per new backup, a snapshot of
+ * the whole range first (proto/ps.proto, Replicate and ReplicaSnapshot).
+ * ZeroMQ keeps the order of one connection, so a backup that replays them
+ * through the same shard code holds bitwise the primary's state.
+ *
+ * A worker's push is acknowledged (push_done) only when every backup that
+ * was in the chain when it went out has acked it, and in the order the pushes
+ * came: an ack never overtakes an earlier change that a backup may not hold
+ * yet, which also makes a duplicate's ack (a resend of a push still in
+ * flight to the backups) wait for the original's. A backup that leaves the
+ * chain (a new view declared it dead) is no longer waited for. A backup
+ * that refuses a change (it follows a newer view in which this node is not
+ * the primary) fails the push with that reason: the primary was replaced,
+ * and its acks would be lies (fencing).
+ *
+ * Loop thread only. Not a general queue: entries are a ring indexed by the
+ * replication request id, so a backup's ack finds its entry by subtraction.
+ */
+#ifndef PS_SERVER_REPLICA_H
+#define PS_SERVER_REPLICA_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "common/frame.h"
+#include "common/view.h"
+#include "dedup.h"
+#include "shard.h"
+
+typedef struct ps_repl_s ps_repl_t;
+
+typedef struct {
+  /* A push is replicated (status PS_OK) or cannot be (status < 0, reason
+   * says why); the callee answers the worker on route (borrowed: copy it
+   * to keep it). clock is the shard clock after the push. */
+  void (*push_done)(void *arg, zmq_msg_t *route, uint64_t request_id,
+                    uint64_t clock, int duplicate, int status,
+                    const char *reason);
+  /* backup acked the snapshot of [begin, end): it holds the range now. */
+  void (*synced)(void *arg, uint64_t begin, uint64_t end, uint32_t backup,
+                 uint64_t bytes, uint64_t ms);
+} ps_repl_cbs_t;
+
+/* Returns NULL when out of memory. */
+ps_repl_t *ps_repl_new(uv_loop_t *loop, void *zctx,
+                       const ps_frame_limits_t *limits,
+                       const ps_repl_cbs_t *cbs, void *arg);
+
+/* Fails every waiting push with PS_ERR_SHUTDOWN (push_done), closes the
+ * connections, frees the replicator and sets *r_p to NULL. The loop must
+ * run once more for the sockets' handles to be freed. */
+void ps_repl_destroy(ps_repl_t **r_p);
+
+/* This node's id and view epoch, sent with every change. */
+void ps_repl_set_identity(ps_repl_t *r, uint32_t node_id, uint64_t epoch);
+
+/* The backups of [vr->begin, vr->end) this node is the primary of, from
+ * view (for their addresses). Backups that left the chain are no longer
+ * waited for. Returns PS_OK or PS_ERR_NOMEM / a connect failure. */
+int ps_repl_set_chain(ps_repl_t *r, const ps_view_t *view,
+                      const ps_range_t *vr);
+
+/* This node is no longer the primary of [begin, end): pushes waiting for
+ * its backups fail with PS_ERR_STALE_EPOCH. */
+void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end);
+
+/* Number of backups of the chain of [begin, end) (0 when unknown). */
+uint32_t ps_repl_nbackups(const ps_repl_t *r, uint64_t begin, uint64_t end);
+
+/* A worker's push of p's keys (already applied, or about to be, by the
+ * caller) goes to every backup; push_done follows once all acked. payload
+ * is the received frame (referenced, not copied); duplicate: the push was
+ * applied before, nothing is forwarded and the ack only waits its turn.
+ * Returns PS_OK or PS_ERR_NOMEM (nothing sent, push_done not called). */
+int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
+                 uint64_t request_id, uint64_t clock_after, int duplicate,
+                 uint32_t worker, const Ps__Push *p, zmq_msg_t *payload);
+
+/* The range's live set changed (or was set): every backup replays it. */
+int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
+                 const ps_shard_live_t *live, size_t n);
+
+/* Sends the whole state of shard (and its dedup table) to backup, which
+ * must be in the range's chain. synced follows its ack. */
+int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
+                     const ps_dedup_t *dedup);
+
+/* Changes waiting for backups' acks. */
+size_t ps_repl_waiting(const ps_repl_t *r);
+
+#endif

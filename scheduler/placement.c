@@ -1,0 +1,184 @@
+#include "scheduler/placement.h"
+
+#include <string.h>
+
+uint32_t ps_place_copies(uint32_t replication, size_t nservers) {
+  uint32_t c = replication;
+  if (c > PS_MAX_REPLICAS) c = PS_MAX_REPLICAS;
+  if ((size_t)c > nservers) c = (uint32_t)nservers;
+  return c ? c : 1;
+}
+
+void ps_place_first(ps_range_t *ranges, size_t nranges, const uint32_t *servers,
+                    size_t nservers, uint32_t replication) {
+  uint32_t copies = ps_place_copies(replication, nservers);
+  for (size_t i = 0; i < nranges; i++) {
+    ps_range_t *r = &ranges[i];
+    r->server_id = servers[i % nservers];
+    r->nbackups = 0;
+    r->syncing_mask = 0;
+    memset(r->backups, 0, sizeof(r->backups));
+    for (uint32_t k = 1; k < copies; k++)
+      r->backups[r->nbackups++] = servers[(i + k) % nservers];
+  }
+}
+
+static const ps_place_server_t *find_server(const ps_place_server_t *servers,
+                                            size_t n, uint32_t id) {
+  for (size_t i = 0; i < n; i++)
+    if (servers[i].id == id) return &servers[i];
+  return NULL;
+}
+
+static int is_alive(const ps_place_server_t *servers, size_t n, uint32_t id) {
+  const ps_place_server_t *s = find_server(servers, n, id);
+  return s != NULL && s->alive;
+}
+
+/* Removes backups[k], keeping the others' order and syncing bits. */
+static void remove_backup(ps_range_t *r, uint32_t k) {
+  uint32_t low = r->syncing_mask & ((1u << k) - 1u);
+  uint32_t high = (r->syncing_mask >> (k + 1)) << k;
+  for (uint32_t j = k; j + 1 < r->nbackups; j++)
+    r->backups[j] = r->backups[j + 1];
+  r->nbackups--;
+  r->backups[r->nbackups] = 0;
+  r->syncing_mask = low | high;
+}
+
+static int in_chain(const ps_range_t *r, uint32_t id) {
+  return r->server_id == id || ps_range_has_backup(r, id);
+}
+
+/* Pass 1 for one range. Returns 1 if it changed. */
+static int promote(ps_range_t *r, const ps_place_server_t *servers,
+                   size_t nservers) {
+  if (is_alive(servers, nservers, r->server_id)) return 0;
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    if ((r->syncing_mask >> k) & 1u) continue;
+    if (!is_alive(servers, nservers, r->backups[k])) continue;
+    r->server_id = r->backups[k];
+    remove_backup(r, k);
+    /* The others were in step with the old primary, not with this one's
+     * forwarding stream: the new primary sends each a snapshot. */
+    r->syncing_mask = r->nbackups ? (1u << r->nbackups) - 1u : 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* Pass 2 for one range. Returns 1 if it changed. */
+static int drop_dead_backups(ps_range_t *r, const ps_place_server_t *servers,
+                             size_t nservers) {
+  int changed = 0;
+  for (uint32_t k = 0; k < r->nbackups;) {
+    if (is_alive(servers, nservers, r->backups[k])) {
+      k++;
+      continue;
+    }
+    remove_backup(r, k);
+    changed = 1;
+  }
+  return changed;
+}
+
+/* How many replicas (primary or backup) each alive server holds in ranges
+ * whose primary is alive; held[i] is servers[i]'s. */
+static void count_held(const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       uint32_t *held) {
+  for (size_t i = 0; i < nservers; i++) {
+    held[i] = 0;
+    if (!servers[i].alive) continue;
+    for (size_t j = 0; j < nranges; j++)
+      if (in_chain(&ranges[j], servers[i].id)) held[i]++;
+  }
+}
+
+/* Pass 3 for one range: the alive server outside its chain with the fewest
+ * replicas, ties broken by ring order after the primary. -1 if none. */
+static long pick_backup(const ps_range_t *r, const ps_place_server_t *servers,
+                        size_t nservers, const uint32_t *held) {
+  size_t ppos = 0;
+  for (size_t i = 0; i < nservers; i++)
+    if (servers[i].id == r->server_id) ppos = i;
+  long best = -1;
+  for (size_t step = 1; step <= nservers; step++) {
+    size_t i = (ppos + step) % nservers;
+    if (!servers[i].alive || in_chain(r, servers[i].id)) continue;
+    if (best < 0 || held[i] < held[best]) best = (long)i;
+  }
+  return best;
+}
+
+size_t ps_place_repair(ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       uint32_t replication) {
+  size_t alive = 0;
+  for (size_t i = 0; i < nservers; i++)
+    if (servers[i].alive) alive++;
+  uint32_t copies = ps_place_copies(replication, alive);
+  /* Bounded by the scheduler's limits (4096 servers, one range each). */
+  unsigned char dirty[nranges + 1];
+  uint32_t held[nservers + 1];
+  for (size_t j = 0; j < nranges; j++) {
+    dirty[j] = (unsigned char)promote(&ranges[j], servers, nservers);
+    dirty[j] |= (unsigned char)drop_dead_backups(&ranges[j], servers, nservers);
+  }
+  /* Counted after every promotion, so a range's new backup is chosen
+   * knowing what the others' promotions left where. */
+  count_held(ranges, nranges, servers, nservers, held);
+  for (size_t j = 0; j < nranges && alive > 0; j++) {
+    ps_range_t *r = &ranges[j];
+    if (!is_alive(servers, nservers, r->server_id)) continue;
+    while (r->nbackups + 1 < copies) {
+      long i = pick_backup(r, servers, nservers, held);
+      if (i < 0) break;
+      r->syncing_mask |= 1u << r->nbackups;
+      r->backups[r->nbackups++] = servers[i].id;
+      held[i]++;
+      dirty[j] = 1;
+    }
+  }
+  size_t changed = 0;
+  for (size_t j = 0; j < nranges; j++) changed += dirty[j];
+  return changed;
+}
+
+int ps_place_synced(ps_range_t *r, uint32_t id) {
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    if (r->backups[k] != id) continue;
+    if (!((r->syncing_mask >> k) & 1u)) return 0;
+    r->syncing_mask &= ~(1u << k);
+    return 1;
+  }
+  return 0;
+}
+
+uint32_t ps_place_nsyncing(const ps_range_t *r) {
+  uint32_t n = 0;
+  for (uint32_t k = 0; k < r->nbackups; k++) n += (r->syncing_mask >> k) & 1u;
+  return n;
+}
+
+ps_place_state_t ps_place_state(int primary_alive, uint32_t nbackups,
+                                uint32_t nsyncing, uint32_t replication) {
+  if (!primary_alive) return PS_PLACE_UNAVAILABLE;
+  if (nsyncing > 0) return PS_PLACE_SYNCING;
+  if (nbackups + 1 < replication) return PS_PLACE_DEGRADED;
+  return PS_PLACE_OK;
+}
+
+const char *ps_place_state_name(ps_place_state_t st) {
+  switch (st) {
+    case PS_PLACE_OK:
+      return "ok";
+    case PS_PLACE_SYNCING:
+      return "syncing";
+    case PS_PLACE_DEGRADED:
+      return "degraded";
+    case PS_PLACE_UNAVAILABLE:
+      return "unavailable";
+  }
+  return "unknown";
+}

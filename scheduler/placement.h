@@ -1,0 +1,76 @@
+/* Replica placement: which servers hold each key range (ARCHITECTURE
+ * "Failure semantics" 1-2).
+ *
+ * A range has a primary and up to replication - 1 backups in chain order.
+ * A backup is "syncing" while the primary's snapshot stream fills it; only
+ * a synced backup may be promoted, since only it holds every acknowledged
+ * update. The scheduler owns the range array and decides when to call
+ * these and what to publish; the functions only compute. Pure functions
+ * over plain arrays: any thread.
+ */
+#ifndef PS_SCHEDULER_PLACEMENT_H
+#define PS_SCHEDULER_PLACEMENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/view.h"
+
+/* A server the placement may use: alive ones may be promoted and take new
+ * backups; the others are only removed from chains. */
+typedef struct {
+  uint32_t id;
+  int alive;
+} ps_place_server_t;
+
+/* What a range can do, for psctl and the logs. */
+typedef enum {
+  PS_PLACE_OK = 0,      /* replication copies, all synced */
+  PS_PLACE_SYNCING,     /* a backup is being filled */
+  PS_PLACE_DEGRADED,    /* fewer copies than configured, none coming */
+  PS_PLACE_UNAVAILABLE, /* the primary is dead and no synced copy is left */
+} ps_place_state_t;
+
+/* The copies per range that replication allows with nservers servers:
+ * replication, at most nservers and PS_MAX_REPLICAS, at least 1. */
+uint32_t ps_place_copies(uint32_t replication, size_t nservers);
+
+/* First placement: range i's primary is servers[i % nservers], its backups
+ * the next servers in ring order, up to ps_place_copies() copies in all;
+ * nobody syncs (every replica starts from the same seed or checkpoint).
+ * begin and end of each range are left alone. nservers must be > 0. */
+void ps_place_first(ps_range_t *ranges, size_t nranges, const uint32_t *servers,
+                    size_t nservers, uint32_t replication);
+
+/* Repairs the placement after servers died or joined, in three passes:
+ *  1. a range whose primary is not alive promotes its first alive, synced
+ *     backup; its other backups become syncing (the new primary snapshots
+ *     to them). Without such a backup the dead primary stays: the range is
+ *     unavailable.
+ *  2. backups that are not alive leave every chain.
+ *  3. every range with an alive primary is topped up to
+ *     ps_place_copies(replication, alive servers) copies from alive
+ *     servers not in its chain, fewest replicas held first (ties: ring
+ *     order after the primary in servers[]); each new backup syncs.
+ * servers lists every server a range may name (ids of absent ones count as
+ * not alive). Returns how many ranges changed. */
+size_t ps_place_repair(ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       uint32_t replication);
+
+/* Marks backup id of r synced. Returns 1 if it was syncing, 0 if it is not
+ * a backup of r or was already synced. */
+int ps_place_synced(ps_range_t *r, uint32_t id);
+
+/* How many of r's backups are syncing. */
+uint32_t ps_place_nsyncing(const ps_range_t *r);
+
+/* The state of a range whose primary is (or is not) alive, with nbackups
+ * backups of which nsyncing sync, against the configured replication. */
+ps_place_state_t ps_place_state(int primary_alive, uint32_t nbackups,
+                                uint32_t nsyncing, uint32_t replication);
+
+/* "ok", "syncing", "degraded", "unavailable". */
+const char *ps_place_state_name(ps_place_state_t st);
+
+#endif

@@ -1,0 +1,299 @@
+#include "tests/chaos/chaos.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "proto/ps.pb-c.h"
+#include "worker/client.h"
+
+/* ---- servers --------------------------------------------------------------
+ */
+
+static const char *ip_binary(void) {
+  static const char *where[] = {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip",
+                                "/bin/ip"};
+  for (size_t i = 0; i < sizeof(where) / sizeof(where[0]); i++)
+    if (access(where[i], X_OK) == 0) return where[i];
+  return "/usr/sbin/ip";
+}
+
+h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
+                             const char *tag, const char *ip,
+                             const char *netns) {
+  char name[64];
+  if (s->starts == 0)
+    snprintf(name, sizeof(name), "%s%d", tag, i);
+  else
+    snprintf(name, sizeof(name), "%s%d_r%d", tag, i, s->starts);
+  snprintf(s->address, sizeof(s->address), "tcp://%s:%d", ip, h_free_port());
+  const char *argv[16];
+  int n = 0;
+  if (netns) {
+    argv[n++] = ip_binary();
+    argv[n++] = "netns";
+    argv[n++] = "exec";
+    argv[n++] = netns;
+  }
+  argv[n++] = h_bin("ps-server");
+  argv[n++] = "--scheduler";
+  argv[n++] = c->sched_ep;
+  argv[n++] = "--bind";
+  argv[n++] = s->address;
+  argv[n] = NULL;
+  s->proc = h_spawnv(c, name, argv);
+  s->starts++;
+  return s->proc;
+}
+
+int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
+                      unsigned id) {
+  h_node_t nodes[64];
+  int nn = h_status_nodes(json, nodes, 64);
+  const h_node_t *node = h_find_node(nodes, nn, id);
+  if (node == NULL) return -1;
+  for (int i = 0; i < n; i++)
+    if (s[i].proc && strcmp(s[i].address, node->address) == 0) return i;
+  return -1;
+}
+
+int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,
+                        unsigned *backup) {
+  char *js = h_status_json(c, 2000);
+  if (js == NULL) return 0;
+  h_range_t r[64];
+  int nr = h_status_ranges(js, r, 64);
+  free(js);
+  for (int i = 0; i < nr; i++) {
+    if (key < r[i].begin || key >= r[i].end) continue;
+    *primary = r[i].server_id;
+    *backup = r[i].nbackups > 0 ? r[i].backups[0] : UINT32_MAX;
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- random schedules ------------------------------------------------------
+ */
+
+uint64_t chaos_rand(uint64_t *state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int chaos_rand_int(uint64_t *state, int lo, int hi) {
+  return lo + (int)(chaos_rand(state) % (uint64_t)(hi - lo + 1));
+}
+
+int chaos_seeds(uint64_t *seeds, int n) {
+  const char *env = getenv("CHAOS_SEED");
+  if (env && env[0]) {
+    seeds[0] = strtoull(env, NULL, 0);
+    return 1;
+  }
+  uint64_t st = h_now_ms() ^ ((uint64_t)getpid() << 32);
+  for (int i = 0; i < n; i++) seeds[i] = chaos_rand(&st) % 1000000007ull;
+  return n;
+}
+
+/* ---- the ledger ------------------------------------------------------------
+ */
+
+static struct {
+  char dir[600];
+  int workers;
+  uint64_t keys;
+  int max_s;
+} ledger;
+
+void chaos_ledger_setup(const char *dir, int workers, uint64_t keys,
+                        int max_s) {
+  snprintf(ledger.dir, sizeof(ledger.dir), "%s", dir);
+  ledger.workers = workers;
+  ledger.keys = keys;
+  ledger.max_s = max_s;
+}
+
+/* A static buffer per call slot, so two paths may be used together. */
+static const char *ledger_path(const char *file) {
+  static char bufs[4][700];
+  static int slot;
+  char *b = bufs[slot++ % 4];
+  snprintf(b, 700, "%s/%s", ledger.dir, file);
+  return b;
+}
+
+void chaos_ledger_stop(void) {
+  int fd = open(ledger_path("stop"), O_WRONLY | O_CREAT, 0644);
+  if (fd >= 0) close(fd);
+}
+
+static void ledger_line(int fd, const char *fmt, uint64_t n, const char *msg) {
+  char line[512];
+  int len = snprintf(line, sizeof(line), fmt, n, msg);
+  if (len > (int)sizeof(line) - 1) len = (int)sizeof(line) - 1;
+  if (write(fd, line, (size_t)len) != len) abort();
+}
+
+int chaos_ledger_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  memset(&t, 0, sizeof(t));
+  snprintf(t.name, sizeof(t.name), "counters");
+  t.length = ledger.keys;
+  t.init = PS__INIT__INIT_ZERO;
+  ps_model_t model;
+  memset(&model, 0, sizeof(model));
+  model.ntensors = 1;
+  model.tensors = &t;
+  model.total = ledger.keys;
+  model.optimizer = PS__OPTIMIZER__OPT_ADD;
+  model.seed = 1;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 30000;
+  o.connect_timeout_ms = 30000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  char name[32];
+  snprintf(name, sizeof(name), "ledger%d", rank);
+  int fd =
+      open(ledger_path(name), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+  if (c == NULL || fd < 0) {
+    fprintf(stderr, "ledger worker %d: %s\n", rank,
+            c == NULL ? msg : strerror(errno));
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    return 1;
+  }
+  float *g = calloc(ledger.keys, sizeof(float));
+  for (uint64_t k = (uint64_t)rank; k < ledger.keys; k += ledger.workers)
+    g[k] = 1.0f;
+
+  int ok = h_worker_sync(rank);
+  uint64_t end = h_now_ms() + (uint64_t)ledger.max_s * 1000;
+  uint64_t n = 0;
+  while (ok && h_now_ms() < end && access(ledger_path("stop"), F_OK) != 0) {
+    ledger_line(fd, "i %" PRIu64 "\n", n, "");
+    int rc = ps_client_push(c, 0, ledger.keys, g, n);
+    if (rc != PS_OK) {
+      char why[400];
+      snprintf(why, sizeof(why), "%s: %s", ps_err_name(rc),
+               ps_client_errmsg(c));
+      ledger_line(fd, "f %" PRIu64 " %s\n", n, why);
+      fprintf(stderr, "ledger worker %d: push %" PRIu64 " failed: %s\n", rank,
+              n, why);
+      ok = 0;
+      break;
+    }
+    ledger_line(fd, "a %" PRIu64 "\n", n, "");
+    n++;
+  }
+  fprintf(stderr,
+          "ledger worker %d: %" PRIu64 " pushes acked, %" PRIu64
+          " duplicate acks\n",
+          rank, n, ps_client_duplicate_acks(c));
+  int synced = h_worker_sync(rank);
+  if (synced && rank == 0) {
+    float *out = calloc(ledger.keys, sizeof(float));
+    int rc = ps_client_pull(c, 0, ledger.keys, out, 0);
+    if (rc != PS_OK) {
+      fprintf(stderr, "ledger worker 0: final pull failed: %s\n",
+              ps_client_errmsg(c));
+      ok = 0;
+    } else {
+      int ffd = open(ledger_path("final.bin.tmp"), O_WRONLY | O_CREAT | O_TRUNC,
+                     0644);
+      size_t bytes = ledger.keys * sizeof(float);
+      ok =
+          ffd >= 0 && write(ffd, out, bytes) == (ssize_t)bytes &&
+          close(ffd) == 0 &&
+          rename(ledger_path("final.bin.tmp"), ledger_path("final.bin")) == 0 &&
+          ok;
+    }
+    free(out);
+  }
+  h_worker_sync(rank);
+  close(fd);
+  free(g);
+  ps_client_destroy(&c);
+  return ok ? 0 : 1;
+}
+
+int chaos_ledger_check(int killed, chaos_ledger_result_t *res, char *why,
+                       size_t len) {
+  memset(res, 0, sizeof(*res));
+  why[0] = '\0';
+  int holds = 1;
+  for (int w = 0; w < ledger.workers && w < 16; w++) {
+    char name[32];
+    snprintf(name, sizeof(name), "ledger%d", w);
+    char *text = h_read_file(ledger_path(name), NULL);
+    if (text == NULL) {
+      snprintf(why, len, "worker %d wrote no ledger", w);
+      return 0;
+    }
+    for (char *line = text; *line;) {
+      if (line[0] == 'i') res->intents[w]++;
+      if (line[0] == 'a') res->acked[w]++;
+      if (line[0] == 'f') {
+        res->failed[w] = 1;
+        if (w != killed && holds) {
+          char *nl = strchr(line, '\n');
+          if (nl) *nl = '\0';
+          snprintf(why, len, "worker %d: push failed: %.300s", w, line);
+          holds = 0;
+          if (nl) *nl = '\n';
+        }
+      }
+      char *nl = strchr(line, '\n');
+      if (nl == NULL) break;
+      line = nl + 1;
+    }
+    free(text);
+    res->total_acked += res->acked[w];
+  }
+  size_t bytes = 0;
+  float *v = (float *)h_read_file(ledger_path("final.bin"), &bytes);
+  if (v == NULL || bytes != ledger.keys * sizeof(float)) {
+    if (holds)
+      snprintf(why, len, "no final counters (%zu bytes of %zu)", bytes,
+               (size_t)(ledger.keys * sizeof(float)));
+    free(v);
+    return 0;
+  }
+  uint64_t bad = 0;
+  for (uint64_t k = 0; k < ledger.keys; k++) {
+    int w = (int)(k % (uint64_t)ledger.workers);
+    double lo = (double)res->acked[w];
+    double hi = w == killed || res->failed[w] ? (double)res->intents[w] : lo;
+    double got = (double)v[k];
+    if (got >= lo && got <= hi) continue;
+    if (bad++ == 0 && holds)
+      snprintf(why, len,
+               "key %" PRIu64
+               " (worker %d%s): counter %.0f, acked %.0f, "
+               "intents %.0f: %s",
+               k, w, w == killed ? ", killed" : "", got, lo,
+               (double)res->intents[w],
+               got < lo ? "acknowledged pushes LOST" : "pushes applied TWICE");
+  }
+  if (bad) {
+    size_t used = strlen(why);
+    snprintf(why + used, len - used, " (%" PRIu64 " keys wrong)", bad);
+    holds = 0;
+  }
+  free(v);
+  return holds;
+}

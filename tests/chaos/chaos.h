@@ -1,0 +1,92 @@
+/* What the chaos tests share (ARCHITECTURE "Failure semantics", issue #4):
+ * servers on addresses the test chose, so that a node id in psctl status
+ * maps back to a process; a seeded random generator, so that a fault
+ * schedule is printed and replayed from its seed; and the ledger, the
+ * workload whose end state says whether an acknowledged push was lost or
+ * applied twice.
+ *
+ * The ledger: W workers (forked children of the test, plain libps-client
+ * programs) share one tensor of counters with the optimizer OPT_ADD
+ * (w += g, exactly). Worker w pushes a vector with 1.0 at every key k with
+ * k % W == w and 0 elsewhere, so each push touches every range and counts
+ * one on the worker's own keys. Before a push it appends "i N" to its
+ * ledger file and after the ack "a N" (write(2), so a SIGKILL loses
+ * nothing written). At the end every counter of a worker that lived must
+ * equal its acks exactly; one of a killed worker lies between its acks and
+ * its intents (the one push in flight may or may not have landed).
+ *
+ * All from the test's main thread (the workers are processes). */
+#ifndef PS_TEST_CHAOS_H
+#define PS_TEST_CHAOS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tests/integration/harness.h"
+
+/* ctest's code for a skipped test (SKIP_RETURN_CODE). */
+#define CHAOS_SKIP 77
+
+/* One server slot: the process now running in it and its address. A
+ * restarted server takes a fresh port, so it is a new node to the
+ * scheduler (a spare) and its address says which process it is. */
+typedef struct {
+  h_proc_t *proc; /* NULL: none running */
+  char address[128];
+  int starts;
+} chaos_server_t;
+
+/* Starts a server in slot s on ip (a fresh port), named "<tag><i>" or
+ * "<tag><i>_r<n>" for restarts; under `ip netns exec netns` if netns is
+ * not NULL. */
+h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
+                             const char *tag, const char *ip,
+                             const char *netns);
+
+/* The slot whose running server has the address of node id in the status
+ * JSON, or -1. */
+int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
+                      unsigned id);
+
+/* The primary and first backup (UINT32_MAX if none) of the range that holds
+ * key, from psctl status; 0 if status failed. */
+int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,
+                        unsigned *backup);
+
+/* splitmix64: the schedule generator. */
+uint64_t chaos_rand(uint64_t *state);
+/* Uniform in [lo, hi]. */
+int chaos_rand_int(uint64_t *state, int lo, int hi);
+
+/* The seeds to run: $CHAOS_SEED alone if set (a replay), else n seeds
+ * drawn from the clock (printed by the caller). Returns how many. */
+int chaos_seeds(uint64_t *seeds, int n);
+
+/* ---- the ledger ---------------------------------------------------------- */
+
+/* Sets where the workers write (dir), how many there are and the model
+ * size, before h_workers_start; max_s bounds a worker's pushing time. */
+void chaos_ledger_setup(const char *dir, int workers, uint64_t keys, int max_s);
+
+/* The worker (an h_worker_fn): connects, syncs (1), pushes until
+ * chaos_ledger_stop or max_s, syncs (2); rank 0 then pulls every counter
+ * into dir/final.bin; syncs (3) and says Done. Returns 0, or 1 after a
+ * failed call (written to its ledger as "f N msg"). */
+int chaos_ledger_worker(const char *sched_ep, int rank);
+
+/* Tells the workers to stop pushing. */
+void chaos_ledger_stop(void);
+
+/* What the files say: per worker acks and intents, and the check of the
+ * counters in dir/final.bin (killed: the rank killed on purpose, or -1).
+ * Returns 1 if the ledger holds, else 0 with why filled. */
+typedef struct {
+  uint64_t acked[16];
+  uint64_t intents[16];
+  int failed[16];
+  uint64_t total_acked;
+} chaos_ledger_result_t;
+int chaos_ledger_check(int killed, chaos_ledger_result_t *res, char *why,
+                       size_t len);
+
+#endif
