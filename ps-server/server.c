@@ -415,6 +415,26 @@ static void after_apply(ps_server_t *s, owned_range_t *r) {
   report_clock(s);
 }
 
+/* Sets r's live set (ps_shard_set_live), saying so in the log when the
+ * clock skipped steps that no live worker contributes to. */
+static int range_set_live(owned_range_t *r, const ps_shard_live_t *live,
+                          size_t nlive, int *applied) {
+  ps_shard_stats_t before, after;
+  ps_shard_stats(r->shard, &before);
+  uint64_t from = ps_shard_clock(r->shard);
+  int rc = ps_shard_set_live(r->shard, live, nlive, applied);
+  ps_shard_stats(r->shard, &after);
+  if (after.skipped_steps > before.skipped_steps)
+    PS_WARN("steps_skipped",
+            "range=[%llu,%llu) from=%llu to=%llu reason=\"no live worker "
+            "contributes before step %llu\"",
+            (unsigned long long)r->begin, (unsigned long long)r->end,
+            (unsigned long long)from,
+            (unsigned long long)ps_shard_clock(r->shard),
+            (unsigned long long)ps_shard_clock(r->shard));
+  return rc;
+}
+
 /* ---- requests ---- */
 
 /* The range this server is the primary of that holds the whole slice, or
@@ -627,33 +647,6 @@ static void handle_pull(ps_server_t *s, ps_msg_t *m) {
 
 /* ---- replication, the backup's side (replica.h has the primary's) ---- */
 
-/* The range [begin, end) this server is a backup of, with sender as its
- * primary, for a replication message m; NULL after answering m: held for
- * a newer view (*deferred set), or refused (fencing: a primary that the
- * view replaced must not get an ack). */
-static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
-                                    uint64_t end, int *deferred) {
-  *deferred = 0;
-  uint64_t mine = view_epoch(s);
-  if (s->view == NULL || m->env->epoch > mine || s->restoring) {
-    *deferred = 1;
-    return NULL;
-  }
-  for (size_t i = 0; i < s->nranges; i++) {
-    owned_range_t *r = &s->ranges[i];
-    if (r->begin == begin && r->end == end && !r->primary &&
-        r->primary_id == m->env->sender)
-      return r;
-  }
-  refuse(s, m, PS_ERR_FENCED,
-         "node %u is not the primary of [%llu,%llu) with server %u as its "
-         "backup at epoch %llu (its epoch %llu)",
-         m->env->sender, (unsigned long long)begin, (unsigned long long)end,
-         s->node_id, (unsigned long long)mine,
-         (unsigned long long)m->env->epoch);
-  return NULL;
-}
-
 static void defer(ps_server_t *s, ps_msg_t *m) {
   if (s->ndeferred >= DEFERRED_MAX) {
     refuse(s, m, PS_ERR_REFUSED,
@@ -686,6 +679,32 @@ static void defer(ps_server_t *s, ps_msg_t *m) {
   s->ndeferred++;
 }
 
+/* The range [begin, end) this server is a backup of, with sender as its
+ * primary, for a replication message m; NULL after taking care of m:
+ * held for a newer view (defer), or refused (fencing: a primary that the
+ * view replaced must not get an ack). */
+static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
+                                    uint64_t end) {
+  uint64_t mine = view_epoch(s);
+  if (s->view == NULL || m->env->epoch > mine || s->restoring) {
+    defer(s, m);
+    return NULL;
+  }
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->begin == begin && r->end == end && !r->primary &&
+        r->primary_id == m->env->sender)
+      return r;
+  }
+  refuse(s, m, PS_ERR_FENCED,
+         "node %u is not the primary of [%llu,%llu) with server %u as its "
+         "backup at epoch %llu (its epoch %llu)",
+         m->env->sender, (unsigned long long)begin, (unsigned long long)end,
+         s->node_id, (unsigned long long)mine,
+         (unsigned long long)m->env->epoch);
+  return NULL;
+}
+
 static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
   s->stats.replicated++;
   reply_ack(s, &m->route, m->request_id, clock, 0);
@@ -693,13 +712,7 @@ static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
 
 static void handle_replicate(ps_server_t *s, ps_msg_t *m) {
   const Ps__Replicate *p = m->env->replicate;
-  int deferred;
-  owned_range_t *r =
-      replica_range(s, m, p->range_begin, p->range_end, &deferred);
-  if (deferred) {
-    defer(s, m);
-    return;
-  }
+  owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
   if (r->shard == NULL) {
     refuse(s, m, PS_ERR_NOT_READY,
@@ -723,7 +736,7 @@ static void handle_replicate(ps_server_t *s, ps_msg_t *m) {
     }
     for (size_t i = 0; i < p->n_live; i++)
       live[i] = (ps_shard_live_t){p->live[i], p->live_from[i]};
-    rc = ps_shard_set_live(r->shard, live, p->n_live, &applied);
+    rc = range_set_live(r, live, p->n_live, &applied);
     free(live);
     if (rc != PS_OK) {
       refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
@@ -771,13 +784,7 @@ static void handle_replicate(ps_server_t *s, ps_msg_t *m) {
 /* A whole range from its primary: this server becomes a backup in step. */
 static void handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   const Ps__ReplicaSnapshot *p = m->env->replica_snapshot;
-  int deferred;
-  owned_range_t *r =
-      replica_range(s, m, p->range_begin, p->range_end, &deferred);
-  if (deferred) {
-    defer(s, m);
-    return;
-  }
+  owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
   size_t dbytes = zmq_msg_size(&m->payload[5]);
   if (dbytes != (size_t)p->ndedup * sizeof(ps_dedup_record_t)) {
@@ -1292,7 +1299,7 @@ static int snapped(const owned_range_t *r, uint32_t id) {
 static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
                          const ps_shard_live_t *live, size_t nlive) {
   int applied = 0;
-  int rc = ps_shard_set_live(r->shard, live, nlive, &applied);
+  int rc = range_set_live(r, live, nlive, &applied);
   if (rc != PS_OK) return rc;
   if (applied) after_apply(s, r);
   rc = ps_repl_set_chain(s->repl, s->view, vr);

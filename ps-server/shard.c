@@ -865,7 +865,23 @@ static void replace_live(ps_shard_t *s, ps_shard_live_t *live, size_t n,
   s->live = live;
   s->nlive = n;
   int done = 0;
-  if (s->mode == PS__CONSISTENCY_MODE__MODE_BSP) done = bsp_try_complete(s);
+  if (s->mode == PS__CONSISTENCY_MODE__MODE_BSP) {
+    done = bsp_try_complete(s);
+    /* Every live worker joined at a later step (those that computed this
+     * one died before pushing): nobody will push the steps in between, so
+     * the clock skips to the first step a live worker contributes to,
+     * weights unchanged, or it and every pull waiting on it would wait
+     * forever. Every copy of the range sees the same live sets, so they
+     * skip alike. */
+    uint64_t first = UINT64_MAX;
+    for (size_t i = 0; i < n; i++)
+      if (live[i].from_step < first) first = live[i].from_step;
+    if (n > 0 && first > s->clock && s->ncontrib == 0) {
+      s->stats.skipped_steps += first - s->clock;
+      s->clock = first;
+      done = 1;
+    }
+  }
   if (applied) *applied = done;
 }
 

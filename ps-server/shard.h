@@ -74,6 +74,8 @@ typedef struct {
   uint64_t cow_copied;    /* keys copied by those (outside the push) */
   uint64_t torn_applies;  /* BSP steps applied in place to pinned blocks
                              for want of memory */
+  uint64_t skipped_steps; /* BSP steps no live worker contributed to (every
+                             live worker joined later: ps_shard_set_live) */
 } ps_shard_stats_t;
 
 /* Creates the shard for [begin, end) of model, in consistency mode

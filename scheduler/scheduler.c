@@ -1010,16 +1010,21 @@ static void join_forget(sched_node_t *w) {
 
 /* The step a joining worker starts at: past the furthest clock the servers
  * reported (or floor, a clock a server just told of) by a margin of about
- * SCHED_JOIN_MARGIN_MS of steps at their measured rate. */
+ * SCHED_JOIN_MARGIN_MS of steps at their measured rate. With no other live
+ * worker the clock stands still: it joins at the servers' clock, so no
+ * step goes without a worker (the servers skip steps no one computes). */
 static void join_pick(ps_sched_t *s, sched_node_t *w, uint64_t floor) {
   uint64_t base = s->start_clock > floor ? s->start_clock : floor;
-  for (size_t i = 0; i < s->nnodes; i++)
-    if (s->nodes[i].role == PS__ROLE__ROLE_SERVER &&
-        s->nodes[i].state == PS__NODE_STATE__NODE_STATE_ALIVE &&
-        s->nodes[i].clock > base)
-      base = s->nodes[i].clock;
+  int others = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *n = &s->nodes[i];
+    if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
+    if (n->role == PS__ROLE__ROLE_WORKER && n != w) others = 1;
+    if (n->role == PS__ROLE__ROLE_SERVER && n->clock > base) base = n->clock;
+  }
   uint64_t margin = (uint64_t)(s->steps_per_ms * SCHED_JOIN_MARGIN_MS) + 1;
   if (margin < SCHED_JOIN_MIN_STEPS) margin = SCHED_JOIN_MIN_STEPS;
+  if (!others) margin = 0;
   w->join_clock = base + margin;
   w->join_asked_ms = ps_now_ms();
   join_forget(w);

@@ -830,9 +830,14 @@ static uint64_t ps__resend_due(ps_client_t *c, uint64_t now) {
   for (size_t i = 0; i < c->nconns; i++) {
     ps__conn_t *k = &c->conns[i];
     if (k->sock == NULL || k->inflight == 0) continue;
+    /* Only pushes count: a BSP pull waits at the server for its step as
+     * long as the slowest worker takes, while a push is answered as soon
+     * as the backups hold it. */
     uint64_t oldest = UINT64_MAX;
     for (int j = 0; j < k->inflight; j++)
-      if (k->slots[j].sent_at_ms < oldest) oldest = k->slots[j].sent_at_ms;
+      if (k->slots[j].op->is_push && k->slots[j].sent_at_ms < oldest)
+        oldest = k->slots[j].sent_at_ms;
+    if (oldest == UINT64_MAX) continue;
     if (now >= oldest + after)
       ps__conn_resend(c, k, now);
     else if (oldest + after < next)

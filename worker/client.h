@@ -13,8 +13,9 @@
  * Failover: a push carries a sequence number per piece that stays the same
  * across resends, so the servers apply it once however often it is sent.
  * Pieces refused for a stale epoch, or sent to a server the view moved
- * their keys off, are cut again by the newest view and resent; a piece
- * unanswered for resend_ms is resent on a fresh connection.
+ * their keys off, are cut again by the newest view and resent; a push
+ * unanswered for resend_ms is resent, with what else was in flight on its
+ * connection, on a fresh connection.
  *
  * A slice is cut at the owning servers' range boundaries and into chunks
  * of at most chunk_bytes, and up to `window` requests are kept in flight to
@@ -56,11 +57,13 @@ typedef struct {
    * server's copy-on-write blocks. Default 1 MiB; 0: one request per
    * server whatever the size. */
   uint64_t chunk_bytes;
-  /* A request unanswered for this long is sent again, with the same
-   * sequence number, on a fresh connection to the keys' current owner:
-   * a message lost with a server that was stopped or restarted does not
-   * hold the call up to its deadline, and a server that applied it
-   * already acks the copy as a duplicate. Default 1000; 0: never. */
+  /* A push unanswered for this long is sent again, with the same sequence
+   * number, on a fresh connection to the keys' current owner, together
+   * with every request in flight on its connection (pulls alone never
+   * trigger it: a BSP pull waits at the server for its step). A message
+   * lost with a server that was stopped or restarted then does not hold
+   * the call up to its deadline, and a server that applied it already acks
+   * the copy as a duplicate. Default 1000; 0: never. */
   int resend_ms;
 } ps_client_opts_t;
 

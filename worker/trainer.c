@@ -561,6 +561,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       ",\n"
       "  \"steps\": %" PRIu64
       ",\n"
+      "  \"start_step\": %" PRIu64
+      ",\n"
       "  \"steps_per_epoch\": %" PRIu64
       ",\n"
       "  \"workers\": %u,\n"
@@ -577,7 +579,7 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
       ps_compute_name(t->compute), r->test_accuracy, r->test_loss,
       r->train_loss, r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
-      r->steps_per_epoch, r->workers, t->o.batch_size,
+      t->start_step, r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
       t->o.momentum, t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
       t->o.seed);
@@ -619,12 +621,15 @@ int ps_trainer_run(ps_trainer_t *t) {
   uint64_t evaluated_at = UINT64_MAX; /* clock of the last evaluation */
   int rc = PS_OK;
   uint64_t step = t->start_step;
-  if (step > 0) {
-    r->epochs = (int64_t)(step / spe);
+  if (step > 0)
     PS_INFO("train_resume",
             "step=%" PRIu64 " epoch=%" PRIu64 " steps_left=%" PRIu64, step,
             step / spe + 1, step < total ? total - step : 0);
-  }
+  /* A worker that joined as the job ended (the scheduler does not know
+   * the job's length: its join step may be past the last) has nothing left
+   * to compute; it evaluates the final model like the others. */
+  if (step > total) step = total;
+  if (step > 0) r->epochs = (int64_t)(step / spe);
 
   for (; step < total; step++) {
     if (should_stop(t)) {

@@ -52,6 +52,20 @@ h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
   return s->proc;
 }
 
+int chaos_job_start(h_cluster_t *c, chaos_server_t *srv, int nservers,
+                    int nworkers, h_worker_fn fn) {
+  char ns[16], nw[16];
+  snprintf(ns, sizeof(ns), "%d", nservers);
+  snprintf(nw, sizeof(nw), "%d", nworkers);
+  h_spawn(c, "scheduler", "ps-scheduler", "--bind", c->sched_ep, "--servers",
+          ns, "--workers", nw, "--mode", "asp", NULL);
+  memset(srv, 0, (size_t)nservers * sizeof(*srv));
+  for (int i = 0; i < nservers; i++)
+    chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);
+  h_workers_start(c, nworkers, fn);
+  return h_workers_sync_timeout(60000);
+}
+
 int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
                       unsigned id) {
   h_node_t nodes[64];
@@ -77,6 +91,21 @@ int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,
     return 1;
   }
   return 0;
+}
+
+ps_client_t *chaos_counter_client(const char *sched_ep, int rank, uint64_t keys,
+                                  int timeout_ms, char *msg, size_t len) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, keys, PS__OPTIMIZER__OPT_ADD, 0.0f);
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = timeout_ms;
+  o.connect_timeout_ms = 30000;
+  int err;
+  return ps_client_new(&o, &model, &err, msg, len);
 }
 
 /* ---- random schedules ------------------------------------------------------
@@ -144,27 +173,9 @@ static void ledger_line(int fd, const char *fmt, uint64_t n, const char *msg) {
 }
 
 int chaos_ledger_worker(const char *sched_ep, int rank) {
-  ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "counters");
-  t.length = ledger.keys;
-  t.init = PS__INIT__INIT_ZERO;
-  ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = ledger.keys;
-  model.optimizer = PS__OPTIMIZER__OPT_ADD;
-  model.seed = 1;
-  ps_client_opts_t o;
-  ps_client_opts_init(&o);
-  o.scheduler = sched_ep;
-  o.rank = rank;
-  o.timeout_ms = 30000;
-  o.connect_timeout_ms = 30000;
-  int err;
   char msg[256];
-  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  ps_client_t *c = chaos_counter_client(sched_ep, rank, ledger.keys, 30000, msg,
+                                        sizeof(msg));
   char name[32];
   snprintf(name, sizeof(name), "ledger%d", rank);
   int fd =
@@ -296,4 +307,20 @@ int chaos_ledger_check(int killed, chaos_ledger_result_t *res, char *why,
   }
   free(v);
   return holds;
+}
+
+int chaos_ledger_finish(int killed, chaos_ledger_result_t *res, char *why,
+                        size_t len) {
+  chaos_ledger_stop();
+  int synced = h_workers_sync_timeout(60000) && h_workers_sync_timeout(60000);
+  int reaped = h_workers_reap(60000);
+  char lwhy[512] = "";
+  int holds = chaos_ledger_check(killed, res, lwhy, sizeof(lwhy));
+  if (!synced)
+    snprintf(why, len, "the workers did not stop within 60 s");
+  else if (!holds)
+    snprintf(why, len, "%s", lwhy);
+  else if (!reaped)
+    snprintf(why, len, "a surviving worker exited non-zero");
+  return synced && holds && reaped;
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "tests/integration/harness.h"
+#include "worker/client.h"
 
 /* ctest's code for a skipped test (SKIP_RETURN_CODE). */
 #define CHAOS_SKIP 77
@@ -43,6 +44,13 @@ h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
                              const char *tag, const char *ip,
                              const char *netns);
 
+/* Starts an ASP job with the scheduler's default settings on c: the
+ * scheduler, nservers servers in srv[0..nservers) (slots "server<i>" on
+ * 127.0.0.1) and nworkers workers running fn. Returns 1 once every worker
+ * has reached its first h_worker_sync (60 s at most). */
+int chaos_job_start(h_cluster_t *c, chaos_server_t *srv, int nservers,
+                    int nworkers, h_worker_fn fn);
+
 /* The slot whose running server has the address of node id in the status
  * JSON, or -1. */
 int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
@@ -52,6 +60,12 @@ int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
  * key, from psctl status; 0 if status failed. */
 int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,
                         unsigned *backup);
+
+/* A client for worker rank of a model of keys counters, "w" (OPT_ADD:
+ * w += g exactly), with timeout_ms per call and 30 s to connect. NULL with
+ * msg filled if it could not connect. Caller destroys the result. */
+ps_client_t *chaos_counter_client(const char *sched_ep, int rank, uint64_t keys,
+                                  int timeout_ms, char *msg, size_t len);
 
 /* splitmix64: the schedule generator. */
 uint64_t chaos_rand(uint64_t *state);
@@ -88,5 +102,12 @@ typedef struct {
 } chaos_ledger_result_t;
 int chaos_ledger_check(int killed, chaos_ledger_result_t *res, char *why,
                        size_t len);
+
+/* Ends a ledger run: chaos_ledger_stop, the workers' last two sync points
+ * and their exit (60 s each at most), then chaos_ledger_check. res is
+ * filled in any case; returns 1 if every worker stopped in time, the
+ * survivors exited 0 and the ledger holds, else 0 with why. */
+int chaos_ledger_finish(int killed, chaos_ledger_result_t *res, char *why,
+                        size_t len);
 
 #endif

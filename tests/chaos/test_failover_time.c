@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #include "common/err.h"
-#include "proto/ps.pb-c.h"
 #include "tests/chaos/chaos.h"
 #include "tests/check_run.h"
 #include "worker/client.h"
@@ -36,27 +35,9 @@
 static char g_dir[600];
 
 static int pusher(const char *sched_ep, int rank) {
-  ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "counters");
-  t.length = KEYS;
-  t.init = PS__INIT__INIT_ZERO;
-  ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = KEYS;
-  model.optimizer = PS__OPTIMIZER__OPT_ADD;
-  model.seed = 1;
-  ps_client_opts_t o;
-  ps_client_opts_init(&o);
-  o.scheduler = sched_ep;
-  o.rank = rank;
-  o.timeout_ms = 10000;
-  o.connect_timeout_ms = 30000;
-  int err;
   char msg[256];
-  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  ps_client_t *c =
+      chaos_counter_client(sched_ep, rank, KEYS, 10000, msg, sizeof(msg));
   char path[700], stop[700];
   snprintf(path, sizeof(path), "%s/acks", g_dir);
   snprintf(stop, sizeof(stop), "%s/stop", g_dir);
@@ -123,14 +104,9 @@ START_TEST(failover_under_a_second) {
   h_init(&c, "chaos_failover_time");
   snprintf(g_dir, sizeof(g_dir), "%s", c.dir);
   /* Default heartbeat interval and timeout: they are what is measured. */
-  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "3", "--workers", "1", "--mode", "asp", NULL);
   chaos_server_t srv[SERVERS];
-  memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < SERVERS; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
-  h_workers_start(&c, 1, pusher);
-  ck_assert_msg(h_workers_sync_timeout(60000), "the client did not connect");
+  ck_assert_msg(chaos_job_start(&c, srv, SERVERS, 1, pusher),
+                "the client did not connect");
 
   uint64_t ms[KILLS];
   int n = 0;

@@ -63,27 +63,9 @@ static int lost_call(ps_client_t *c, int push, float *buf) {
 }
 
 static int client(const char *sched_ep, int rank) {
-  ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "counters");
-  t.length = KEYS;
-  t.init = PS__INIT__INIT_ZERO;
-  ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = KEYS;
-  model.optimizer = PS__OPTIMIZER__OPT_ADD;
-  model.seed = 1;
-  ps_client_opts_t o;
-  ps_client_opts_init(&o);
-  o.scheduler = sched_ep;
-  o.rank = rank;
-  o.timeout_ms = DEADLINE_MS;
-  o.connect_timeout_ms = 30000;
-  int err;
   char msg[256];
-  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  ps_client_t *c =
+      chaos_counter_client(sched_ep, rank, KEYS, DEADLINE_MS, msg, sizeof(msg));
   if (c == NULL) {
     result("client: %s\n", msg);
     h_worker_sync(rank);
@@ -128,14 +110,9 @@ START_TEST(lost_range_fails_within_deadline) {
   h_cluster_t c;
   h_init(&c, "chaos_no_hang");
   snprintf(g_result, sizeof(g_result), "%s", h_path(&c, "result.txt"));
-  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "3", "--workers", "1", "--mode", "asp", NULL);
   chaos_server_t srv[SERVERS];
-  memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < SERVERS; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
-  h_workers_start(&c, 1, client);
-  ck_assert_msg(h_workers_sync_timeout(60000), "the client did not connect");
+  ck_assert_msg(chaos_job_start(&c, srv, SERVERS, 1, client),
+                "the client did not connect");
   char why[256] = "";
   if (!h_wait_replicated(&c, 2, 20000, why, sizeof(why))) {
     h_dump_logs(&c);

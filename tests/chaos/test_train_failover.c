@@ -23,22 +23,6 @@
 #define EPOCHS "2"
 #define RUN_MS 240000
 
-/* The step of the last progress line in log, or 0. */
-static unsigned long progress_step(const char *log, unsigned long *total) {
-  char *s = h_read_file(log, NULL);
-  unsigned long step = 0;
-  const char *p = s;
-  while (p && (p = strstr(p, "event=progress")) != NULL) {
-    const char *q = strstr(p, " step=");
-    const char *t = strstr(p, " steps=");
-    if (q) step = strtoul(q + 6, NULL, 10);
-    if (t && total) *total = strtoul(t + 7, NULL, 10);
-    p += 14;
-  }
-  free(s);
-  return step;
-}
-
 /* One run; kill: SIGKILL the primary of range 0 halfway. Returns the
  * final test accuracy. */
 static double run(const char *tag, int kill_primary) {
@@ -64,7 +48,7 @@ static double run(const char *tag, int kill_primary) {
     uint64_t end = h_now_ms() + RUN_MS;
     unsigned long step = 0, total = 0;
     while (h_now_ms() < end && !w0->exited &&
-           ((step = progress_step(w0->log, &total)) == 0 || step < total / 2))
+           ((step = h_progress_step(w0->log, &total)) == 0 || step < total / 2))
       h_sleep_ms(50);
     ck_assert_msg(total > 0 && step >= total / 2,
                   "%s: training did not get halfway (step %lu of %lu)", tag,

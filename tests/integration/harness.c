@@ -21,6 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/checkpoint.h"
+#include "common/err.h"
+
 uint64_t h_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -63,6 +66,10 @@ void h_init(h_cluster_t *c, const char *test) {
   snprintf(c->dir, sizeof(c->dir), "%s/%s", base, test);
   rm_rf_contents(c->dir);
   mkdir(c->dir, 0755);
+  h_new_sched_ep(c);
+}
+
+void h_new_sched_ep(h_cluster_t *c) {
   snprintf(c->sched_ep, sizeof(c->sched_ep), "tcp://127.0.0.1:%d",
            h_free_port());
 }
@@ -85,16 +92,43 @@ const char *h_bin(const char *bin) {
   return b;
 }
 
+/* argv[0] = first, then the NULL-terminated args of ap (63 in all at
+ * most), then NULL. */
+static void collect_argv(const char *argv[64], const char *first, va_list ap) {
+  int argc = 0;
+  argv[argc++] = first;
+  const char *a;
+  while (argc < 63 && (a = va_arg(ap, const char *)) != NULL) argv[argc++] = a;
+  argv[argc] = NULL;
+}
+
+/* Forks and execs path with argv, stdout and stderr to log; the child dies
+ * with the test. Returns its pid, or -1 if it could not fork. */
+static pid_t fork_exec(const char *path, const char *const *argv,
+                       const char *log) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  /* If the test process dies, so do its children: nothing is left behind. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127);
+  int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd >= 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+  }
+  execv(path, (char *const *)argv);
+  fprintf(stderr, "harness: exec %s: %s\n", path, strerror(errno));
+  _exit(127);
+}
+
 h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
   const char *argv[64];
-  int argc = 0;
-  argv[argc++] = bin;
   va_list ap;
   va_start(ap, bin);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) != NULL && argc < 63) argv[argc++] = a;
+  collect_argv(argv, bin, ap);
   va_end(ap);
-  argv[argc] = NULL;
   return h_spawnv(c, name, argv);
 }
 
@@ -118,24 +152,8 @@ h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
   char logpath[sizeof(p->log)];
   snprintf(logpath, sizeof(logpath), "%.500s/%.60s.log", c->dir, name);
   memcpy(p->log, logpath, sizeof(logpath));
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid < 0) abort();
-  if (pid == 0) {
-    /* If the test process dies, so do its daemons: nothing is left behind. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    int fd = open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-      close(fd);
-    }
-    execv(path, (char *const *)argv);
-    fprintf(stderr, "harness: exec %s: %s\n", path, strerror(errno));
-    _exit(127);
-  }
-  p->pid = pid;
+  p->pid = fork_exec(path, argv, p->log);
+  if (p->pid < 0) abort();
   return p;
 }
 
@@ -170,6 +188,30 @@ int h_wait_all(h_cluster_t *c, int timeout_ms) {
   return 1;
 }
 
+int h_wait_exit0(h_cluster_t *c, h_proc_t *p, int timeout_ms, char *why,
+                 size_t len) {
+  if (!h_wait_exit(p, timeout_ms))
+    snprintf(why, len, "%s did not exit within %d ms", p->name, timeout_ms);
+  else if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != 0)
+    snprintf(why, len, "%s exited with status %d", p->name, p->status);
+  else
+    return 1;
+  h_dump_logs(c);
+  return 0;
+}
+
+int h_wait_all_exit0(h_cluster_t *c, int from, int timeout_ms, char *why,
+                     size_t len) {
+  if (!h_wait_all(c, timeout_ms)) {
+    snprintf(why, len, "not every process exited within %d ms", timeout_ms);
+    h_dump_logs(c);
+    return 0;
+  }
+  for (int i = from; i < c->nprocs; i++)
+    if (!h_wait_exit0(c, &c->procs[i], 0, why, len)) return 0;
+  return 1;
+}
+
 char *h_read_file(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
@@ -194,6 +236,21 @@ int h_wait_log(const char *path, const char *needle, int timeout_ms) {
     if (h_now_ms() >= end) return 0;
     sleep_ms(20);
   }
+}
+
+unsigned long h_progress_step(const char *log, unsigned long *total) {
+  char *s = h_read_file(log, NULL);
+  unsigned long step = 0;
+  const char *p = s;
+  while (p && (p = strstr(p, "event=progress")) != NULL) {
+    const char *q = strstr(p, " step=");
+    const char *t = strstr(p, " steps=");
+    if (q) step = strtoul(q + 6, NULL, 10);
+    if (t && total) *total = strtoul(t + 7, NULL, 10);
+    p += 14;
+  }
+  free(s);
+  return step;
 }
 
 void h_kill_all(h_cluster_t *c) {
@@ -235,38 +292,75 @@ double h_json_number(const char *json, const char *key) {
   return end == p ? NAN : v;
 }
 
+int h_dump_matches_checkpoint(const char *dump, const char *ckpt_dir, char *why,
+                              size_t len) {
+  ps_checkpoint_manifest_t m;
+  char err[1024];
+  if (ps_checkpoint_manifest_read(ckpt_dir, &m, err, sizeof(err)) != PS_OK) {
+    snprintf(why, len, "%s", err);
+    return 0;
+  }
+  size_t n = (size_t)m.model.total, nd = 0;
+  float *w = malloc(n * sizeof(float));
+  float *mom = m.model.momentum != 0.0f ? malloc(n * sizeof(float)) : NULL;
+  int rc = ps_checkpoint_load_range(ckpt_dir, &m, 0, m.model.total, w, mom,
+                                    NULL, err, sizeof(err));
+  free(mom);
+  ps_checkpoint_manifest_clear(&m);
+  char *d = NULL;
+  int same = 0;
+  if (rc != PS_OK) {
+    snprintf(why, len, "%s", err);
+  } else if ((d = h_read_file(dump, &nd)) == NULL) {
+    snprintf(why, len, "no weights dumped to %s", dump);
+  } else if (nd != n * sizeof(float)) {
+    snprintf(why, len, "%zu bytes dumped to %s, want %zu", nd, dump,
+             n * sizeof(float));
+  } else {
+    size_t first = 0;
+    while (first < n &&
+           memcmp(d + first * sizeof(float), &w[first], sizeof(float)) == 0)
+      first++;
+    same = first == n;
+    if (!same)
+      snprintf(why, len, "key %zu of %s differs from the checkpoint", first,
+               dump);
+  }
+  free(d);
+  free(w);
+  return same;
+}
+
+void h_dense_model(ps_model_t *model, ps_tensor_spec_t *t, uint64_t keys,
+                   int optimizer, float learning_rate) {
+  memset(t, 0, sizeof(*t));
+  snprintf(t->name, sizeof(t->name), "w");
+  t->length = keys;
+  t->init = PS__INIT__INIT_ZERO;
+  memset(model, 0, sizeof(*model));
+  model->ntensors = 1;
+  model->tensors = t;
+  model->total = keys;
+  model->optimizer = optimizer;
+  model->learning_rate = learning_rate;
+  model->seed = 1;
+}
+
 char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...) {
   static unsigned runs;
   const char *argv[64];
-  int argc = 0;
   char path[512];
   snprintf(path, sizeof(path), "%s", h_bin(bin));
-  argv[argc++] = path;
   va_list ap;
   va_start(ap, bin);
-  const char *a;
-  while ((a = va_arg(ap, const char *)) != NULL && argc < 63) argv[argc++] = a;
+  collect_argv(argv, path, ap);
   va_end(ap);
-  argv[argc] = NULL;
 
   char out[700];
   snprintf(out, sizeof(out), "%.500s/run-%d-%u.out", c->dir, (int)getpid(),
            runs++);
-  pid_t parent = getpid();
-  pid_t pid = fork();
+  pid_t pid = fork_exec(path, argv, out);
   if (pid < 0) return NULL;
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-      close(fd);
-    }
-    execv(path, (char *const *)argv);
-    _exit(127);
-  }
   int st = -1;
   uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
   for (;;) {
@@ -299,32 +393,37 @@ char *h_status_json(h_cluster_t *c, int timeout_ms) {
   return NULL;
 }
 
-/* The objects of the array "key":[{...},{...}] as [begin, end) spans of
- * json (objects here hold arrays but no objects). Returns how many, or -1
- * if there is no such array. */
-static int json_objects(const char *json, const char *key, const char **b,
-                        const char **e, int max) {
+#define H_OBJ_MAX 4096
+
+/* Calls parse(obj, out, i) on each of the first max objects of the array
+ * "key":[{...},{...}] of json, obj a copy of the i-th one as a string
+ * (objects here hold arrays but no objects). Returns how many, or -1 if
+ * there is no such array. */
+static int json_each_object(const char *json, const char *key, int max,
+                            void (*parse)(const char *obj, void *out, int i),
+                            void *out) {
   char pat[64];
   snprintf(pat, sizeof(pat), "\"%s\":[", key);
   const char *p = strstr(json, pat);
   if (p == NULL) return -1;
   p += strlen(pat);
   int n = 0;
-  while (*p && *p != ']') {
+  while (*p && *p != ']' && n < max) {
     if (*p != '{') {
       p++;
       continue;
     }
     const char *q = strchr(p, '}');
     if (q == NULL) break;
-    if (n < max) {
-      b[n] = p;
-      e[n] = q + 1;
-    }
-    n++;
+    char obj[H_OBJ_MAX];
+    size_t len = (size_t)(q + 1 - p);
+    if (len >= sizeof(obj)) len = sizeof(obj) - 1;
+    memcpy(obj, p, len);
+    obj[len] = '\0';
+    parse(obj, out, n++);
     p = q + 1;
   }
-  return n < max ? n : max;
+  return n;
 }
 
 static void json_str(const char *obj, const char *key, char *out, size_t len) {
@@ -361,45 +460,32 @@ static int json_uints(const char *obj, const char *key, unsigned *out,
   return n;
 }
 
-#define H_OBJ_MAX 4096
+static void parse_node(const char *obj, void *out, int i) {
+  h_node_t *node = (h_node_t *)out + i;
+  memset(node, 0, sizeof(*node));
+  node->id = (unsigned)h_json_number(obj, "id");
+  json_str(obj, "role", node->role, sizeof(node->role));
+  json_str(obj, "state", node->state, sizeof(node->state));
+  json_str(obj, "address", node->address, sizeof(node->address));
+}
 
 int h_status_nodes(const char *json, h_node_t *out, int max) {
-  const char *b[256], *e[256];
-  int n = json_objects(json, "nodes", b, e, max < 256 ? max : 256);
-  for (int i = 0; i < n; i++) {
-    char obj[H_OBJ_MAX];
-    size_t len = (size_t)(e[i] - b[i]);
-    if (len >= sizeof(obj)) len = sizeof(obj) - 1;
-    memcpy(obj, b[i], len);
-    obj[len] = '\0';
-    memset(&out[i], 0, sizeof(out[i]));
-    out[i].id = (unsigned)h_json_number(obj, "id");
-    json_str(obj, "role", out[i].role, sizeof(out[i].role));
-    json_str(obj, "state", out[i].state, sizeof(out[i].state));
-    json_str(obj, "address", out[i].address, sizeof(out[i].address));
-  }
-  return n;
+  return json_each_object(json, "nodes", max, parse_node, out);
+}
+
+static void parse_range(const char *obj, void *out, int i) {
+  h_range_t *r = (h_range_t *)out + i;
+  memset(r, 0, sizeof(*r));
+  r->begin = (unsigned long long)h_json_number(obj, "begin");
+  r->end = (unsigned long long)h_json_number(obj, "end");
+  r->server_id = (unsigned)h_json_number(obj, "server_id");
+  r->nbackups = json_uints(obj, "backups", r->backups, H_MAX_REPLICAS);
+  r->nsyncing = json_uints(obj, "syncing", r->syncing, H_MAX_REPLICAS);
+  if (r->nsyncing < 0) r->nsyncing = 0;
 }
 
 int h_status_ranges(const char *json, h_range_t *out, int max) {
-  const char *b[256], *e[256];
-  int n = json_objects(json, "ranges", b, e, max < 256 ? max : 256);
-  for (int i = 0; i < n; i++) {
-    char obj[H_OBJ_MAX];
-    size_t len = (size_t)(e[i] - b[i]);
-    if (len >= sizeof(obj)) len = sizeof(obj) - 1;
-    memcpy(obj, b[i], len);
-    obj[len] = '\0';
-    h_range_t *r = &out[i];
-    memset(r, 0, sizeof(*r));
-    r->begin = (unsigned long long)h_json_number(obj, "begin");
-    r->end = (unsigned long long)h_json_number(obj, "end");
-    r->server_id = (unsigned)h_json_number(obj, "server_id");
-    r->nbackups = json_uints(obj, "backups", r->backups, H_MAX_REPLICAS);
-    r->nsyncing = json_uints(obj, "syncing", r->syncing, H_MAX_REPLICAS);
-    if (r->nsyncing < 0) r->nsyncing = 0;
-  }
-  return n;
+  return json_each_object(json, "ranges", max, parse_range, out);
 }
 
 const h_node_t *h_find_node(const h_node_t *nodes, int n, unsigned id) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/view.h"
+
 #define H_MAX_PROCS 32
 
 typedef struct {
@@ -32,6 +34,10 @@ typedef struct {
 /* Makes a fresh scratch dir named after test and picks a free port for the
  * scheduler. */
 void h_init(h_cluster_t *c, const char *test);
+
+/* Picks a fresh port for the scheduler: for the next job the test starts in
+ * the same scratch dir, while the last one's port may still be taken. */
+void h_new_sched_ep(h_cluster_t *c);
 
 /* Starts bin (a name in $PS_BIN_DIR) with NULL-terminated args; stdout and
  * stderr go to dir/name.log. Returns the process slot. */
@@ -103,8 +109,23 @@ int h_wait_exit(h_proc_t *p, int timeout_ms);
 /* Waits until every process started exits; returns 1 if all did in time. */
 int h_wait_all(h_cluster_t *c, int timeout_ms);
 
+/* Waits until p exits; returns 1 if it did in time and with status 0. Else
+ * prints every log (h_dump_logs) and says in why what p did instead. */
+int h_wait_exit0(h_cluster_t *c, h_proc_t *p, int timeout_ms, char *why,
+                 size_t len);
+
+/* Waits until every process started exits, like h_wait_all; returns 1 if
+ * all did in time and those in slots from and later with status 0 (the
+ * earlier ones may have been killed). Else as h_wait_exit0. */
+int h_wait_all_exit0(h_cluster_t *c, int from, int timeout_ms, char *why,
+                     size_t len);
+
 /* 1 once the file contains needle, 0 if the deadline passed. */
 int h_wait_log(const char *path, const char *needle, int timeout_ms);
+
+/* The step of the last event=progress line of a ps-worker log, or 0; sets
+ * *total (if not NULL) to that line's steps= when it has one. */
+unsigned long h_progress_step(const char *log, unsigned long *total);
 
 /* SIGKILLs every process still running and reaps it. */
 void h_kill_all(h_cluster_t *c);
@@ -123,6 +144,20 @@ double h_json_number(const char *json, const char *key);
 
 /* Path of a file in the test's scratch dir (static buffer per call slot). */
 const char *h_path(h_cluster_t *c, const char *file);
+
+/* 1 if the weights ps-worker --dump-weights wrote to dump are bitwise those
+ * of the checkpoint in ckpt_dir, read through the strict reader
+ * (common/checkpoint.h). Else 0 with why: the reader's error, a size that
+ * differs, or the first key that does. */
+int h_dump_matches_checkpoint(const char *dump, const char *ckpt_dir, char *why,
+                              size_t len);
+
+/* Fills t and model with a model of one dense tensor "w" of keys weights
+ * that start at zero, updated by optimizer (PS__OPTIMIZER__*) at
+ * learning_rate, seed 1: the model of a test whose workers care about keys
+ * and sums, not about what the model is. model->tensors points at t. */
+void h_dense_model(ps_model_t *model, ps_tensor_spec_t *t, uint64_t keys,
+                   int optimizer, float learning_rate);
 
 /* Workers run in forked children of the test (so they can be plain
  * libps-client programs), synchronised with it through pipes: each calls

@@ -22,31 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common/checkpoint.h"
-#include "common/err.h"
 #include "harness.h"
 #include "tests/check_run.h"
 
 #define EVERY "40"
-
-static void new_endpoint(h_cluster_t *c) {
-  snprintf(c->sched_ep, sizeof(c->sched_ep), "tcp://127.0.0.1:%d",
-           h_free_port());
-}
-
-static void expect_exit0(h_cluster_t *c, h_proc_t *p) {
-  if (!(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)) {
-    h_dump_logs(c);
-    ck_abort_msg("%s did not exit 0 (status %d)", p->name, p->status);
-  }
-}
-
-static void wait_all_clean(h_cluster_t *c, int from, int timeout_ms) {
-  int all = h_wait_all(c, timeout_ms);
-  if (!all) h_dump_logs(c);
-  ck_assert_msg(all, "the cluster did not finish within %d ms", timeout_ms);
-  for (int i = from; i < c->nprocs; i++) expect_exit0(c, &c->procs[i]);
-}
 
 /* A BSP cluster of nservers servers and 2 workers training to max_steps;
  * worker 0 dumps the final weights to dump. sched_extra: NULL-terminated
@@ -54,7 +33,7 @@ static void wait_all_clean(h_cluster_t *c, int from, int timeout_ms) {
 static h_proc_t *run_cluster(h_cluster_t *c, const char *tag, int nservers,
                              const char *max_steps, const char *dump,
                              const char **sched_extra) {
-  new_endpoint(c);
+  h_new_sched_ep(c);
   char name[64], nserv[8];
   snprintf(nserv, sizeof(nserv), "%d", nservers);
   const char *x[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
@@ -94,23 +73,6 @@ static void expect_same_file(const char *a, const char *b) {
   free(y);
 }
 
-/* The weights a checkpoint directory holds, through the strict reader. */
-static float *checkpoint_weights(const char *dir, size_t *n) {
-  ps_checkpoint_manifest_t m;
-  char err[1024];
-  int rc = ps_checkpoint_manifest_read(dir, &m, err, sizeof(err));
-  ck_assert_msg(rc == PS_OK, "%s", err);
-  *n = (size_t)m.model.total;
-  float *w = malloc(*n * sizeof(float));
-  float *mom = m.model.momentum != 0.0f ? malloc(*n * sizeof(float)) : NULL;
-  rc = ps_checkpoint_load_range(dir, &m, 0, m.model.total, w, mom, NULL, err,
-                                sizeof(err));
-  ck_assert_msg(rc == PS_OK, "%s", err);
-  free(mom);
-  ps_checkpoint_manifest_clear(&m);
-  return w;
-}
-
 static int file_exists(const char *path) {
   struct stat st;
   return stat(path, &st) == 0;
@@ -119,6 +81,7 @@ static int file_exists(const char *path) {
 START_TEST(bsp_checkpoint_restored_onto_2_and_3_servers) {
   h_cluster_t c;
   h_init(&c, "checkpoint_restore");
+  char why[1100];
   char ck[700], orig[700], ck80[800], ck120[800];
   snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
   snprintf(orig, sizeof(orig), "%s", h_path(&c, "orig120.bin"));
@@ -129,7 +92,7 @@ START_TEST(bsp_checkpoint_restored_onto_2_and_3_servers) {
   const char *every[] = {"--checkpoint-dir", ck, "--checkpoint-every-steps",
                          EVERY, NULL};
   run_cluster(&c, "orig", 2, "120", orig, every);
-  wait_all_clean(&c, 0, 60000);
+  ck_assert_msg(h_wait_all_exit0(&c, 0, 60000, why, sizeof(why)), "%s", why);
   char manifest[900];
   for (int step = 40; step <= 120; step += 40) {
     snprintf(manifest, sizeof(manifest), "%s/ckpt-%012d/MANIFEST", ck, step);
@@ -144,20 +107,14 @@ START_TEST(bsp_checkpoint_restored_onto_2_and_3_servers) {
                 "no checkpoint_written line");
 
   /* What the files hold is what the job had at step 120. */
-  size_t n;
-  float *w = checkpoint_weights(ck120, &n);
-  size_t nd;
-  float *d = (float *)h_read_file(orig, &nd);
-  ck_assert_uint_eq(nd, n * sizeof(float));
-  ck_assert_int_eq(memcmp(w, d, nd), 0);
-  free(w);
-  free(d);
+  ck_assert_msg(h_dump_matches_checkpoint(orig, ck120, why, sizeof(why)), "%s",
+                why);
 
   /* Restore LATEST onto 2 servers, no step more: the pulled weights. */
   int from = c.nprocs;
   const char *r2[] = {"--restore", ck, NULL};
   h_proc_t *s2 = run_cluster(&c, "r2", 2, "120", h_path(&c, "r2.bin"), r2);
-  wait_all_clean(&c, from, 60000);
+  ck_assert_msg(h_wait_all_exit0(&c, from, 60000, why, sizeof(why)), "%s", why);
   ck_assert(h_wait_log(s2->log, "event=restore_verified", 1));
   expect_same_file(orig, h_path(&c, "r2.bin"));
 
@@ -166,7 +123,7 @@ START_TEST(bsp_checkpoint_restored_onto_2_and_3_servers) {
   from = c.nprocs;
   const char *r3[] = {"--restore", ck80, NULL};
   run_cluster(&c, "r3", 3, "120", h_path(&c, "r3.bin"), r3);
-  wait_all_clean(&c, from, 60000);
+  ck_assert_msg(h_wait_all_exit0(&c, from, 60000, why, sizeof(why)), "%s", why);
   ck_assert(h_wait_log(h_path(&c, "r3_worker0.log"),
                        "event=train_resume step=80", 1));
   ck_assert(h_wait_log(h_path(&c, "r3_server2.log"), "event=restored", 1));
@@ -196,7 +153,7 @@ static void flip_byte(const char *path, long off) {
 static void expect_scheduler_refuses(h_cluster_t *c, const char *tag,
                                      const char *dir, const char *needle1,
                                      const char *needle2) {
-  new_endpoint(c);
+  h_new_sched_ep(c);
   h_proc_t *p =
       h_spawn(c, tag, "ps-scheduler", "--bind", c->sched_ep, "--servers", "2",
               "--workers", "2", "--restore", dir, NULL);
@@ -220,12 +177,13 @@ static void expect_scheduler_refuses(h_cluster_t *c, const char *tag,
 START_TEST(damaged_checkpoint_refused) {
   h_cluster_t c;
   h_init(&c, "checkpoint_damage");
+  char why[256];
   char ck[700], good[800], bad[800], shard[900];
   snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
   const char *every[] = {"--checkpoint-dir", ck, "--checkpoint-every-steps",
                          "10", NULL};
   run_cluster(&c, "orig", 2, "10", h_path(&c, "orig.bin"), every);
-  wait_all_clean(&c, 0, 60000);
+  ck_assert_msg(h_wait_all_exit0(&c, 0, 60000, why, sizeof(why)), "%s", why);
   snprintf(good, sizeof(good), "%s/ckpt-000000000010", ck);
   snprintf(bad, sizeof(bad), "%s", h_path(&c, "bad"));
   snprintf(shard, sizeof(shard), "%s/shard-0-117568.psck", bad);
@@ -259,7 +217,7 @@ START_TEST(damaged_checkpoint_refused) {
    * file refuses, exits non-zero, and the cluster ends. */
   copy_dir(good, bad);
   int from = c.nprocs;
-  new_endpoint(&c);
+  h_new_sched_ep(&c);
   h_proc_t *sched =
       h_spawn(&c, "late_scheduler", "ps-scheduler", "--bind", c.sched_ep,
               "--servers", "2", "--workers", "2", "--restore", bad, NULL);

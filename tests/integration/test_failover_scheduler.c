@@ -27,17 +27,8 @@
 
 static int worker(const char *sched_ep, int rank) {
   ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "w");
-  t.length = 3000;
   ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = t.length;
-  model.optimizer = PS__OPTIMIZER__OPT_SGD;
-  model.learning_rate = 0.1f;
-  model.seed = 1;
+  h_dense_model(&model, &t, 3000, PS__OPTIMIZER__OPT_SGD, 0.1f);
   ps_client_opts_t o;
   ps_client_opts_init(&o);
   o.scheduler = sched_ep;
@@ -186,14 +177,10 @@ START_TEST(server_killed_paused_and_replaced) {
   h_workers_sync();
   ck_assert(h_workers_reap(30000));
   h_proc_t *rest[] = {sched, srv[2], spare};
-  for (int i = 0; i < 3; i++) {
-    exited = h_wait_exit(rest[i], 30000);
-    if (!exited) h_dump_logs(&c);
-    ck_assert_msg(exited, "%s did not exit", rest[i]->name);
-    ck_assert_msg(
-        WIFEXITED(rest[i]->status) && WEXITSTATUS(rest[i]->status) == 0,
-        "%s exited with status %d", rest[i]->name, rest[i]->status);
-  }
+  char why[256];
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(h_wait_exit0(&c, rest[i], 30000, why, sizeof(why)), "%s",
+                  why);
   h_kill_all(&c);
 }
 END_TEST

@@ -81,14 +81,10 @@ START_TEST(dead_worker_reported_and_training_goes_on) {
 
   /* The other worker finishes its job alone; the cluster then ends. */
   h_proc_t *rest[] = {sched, s0, s1, w1};
-  for (int i = 0; i < 4; i++) {
-    int exited = h_wait_exit(rest[i], 120000);
-    if (!exited) h_dump_logs(&c);
-    ck_assert_msg(exited, "%s did not exit", rest[i]->name);
-    ck_assert_msg(
-        WIFEXITED(rest[i]->status) && WEXITSTATUS(rest[i]->status) == 0,
-        "%s exited with status %d", rest[i]->name, rest[i]->status);
-  }
+  char why[256];
+  for (int i = 0; i < 4; i++)
+    ck_assert_msg(h_wait_exit0(&c, rest[i], 120000, why, sizeof(why)), "%s",
+                  why);
   h_kill_all(&c);
   char *rep = h_read_file(h_path(&c, "report.json"), NULL);
   ck_assert_ptr_nonnull(rep);

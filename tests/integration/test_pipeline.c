@@ -22,8 +22,8 @@
 #include "common/err.h"
 #include "harness.h"
 #include "proto/ps.pb-c.h"
-#include "worker/client.h"
 #include "tests/check_run.h"
+#include "worker/client.h"
 
 #define WORKERS 4
 #define SERVERS 2
@@ -61,18 +61,9 @@ static int check_equal(const char *what, const float *got, const float *want) {
 static int worker(const char *sched_ep, int rank) {
   static const uint64_t chunks[WORKERS] = {300000 * 4, 0, 16384 * 4, 1u << 20};
   ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "w");
-  t.length = TOTAL;
-  t.init = PS__INIT__INIT_ZERO;
   ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = TOTAL;
-  model.optimizer = PS__OPTIMIZER__OPT_SGD;
-  model.learning_rate = (float)WORKERS; /* ASP scales by 1/WORKERS */
-  model.seed = 3;
+  /* ASP scales the learning rate by 1/WORKERS. */
+  h_dense_model(&model, &t, TOTAL, PS__OPTIMIZER__OPT_SGD, (float)WORKERS);
   ps_client_opts_t o;
   ps_client_opts_init(&o);
   o.scheduler = sched_ep;

@@ -21,8 +21,8 @@
 #include "common/err.h"
 #include "harness.h"
 #include "proto/ps.pb-c.h"
-#include "worker/client.h"
 #include "tests/check_run.h"
+#include "worker/client.h"
 
 #define WORKERS 2
 #define NKEYS 700
@@ -68,10 +68,10 @@ static float grad_value(int rank, int round, uint64_t id, int j) {
 
 static int worker(const char *sched_ep, int rank) {
   ps_tensor_spec_t t;
-  memset(&t, 0, sizeof(t));
-  snprintf(t.name, sizeof(t.name), "w");
-  t.length = 64;
-  t.init = PS__INIT__INIT_ZERO;
+  ps_model_t model;
+  /* ASP scales the learning rate by 1/WORKERS. */
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, (float)WORKERS);
+  model.seed = 5; /* the uniform rows' init_value(5, ...) */
   ps_sparse_spec_t sp[2];
   memset(sp, 0, sizeof(sp));
   snprintf(sp[0].name, sizeof(sp[0].name), "emb");
@@ -81,16 +81,8 @@ static int worker(const char *sched_ep, int rank) {
   sp[1].dim = UDIM;
   sp[1].init = PS__INIT__INIT_UNIFORM;
   sp[1].init_scale = 0.25f;
-  ps_model_t model;
-  memset(&model, 0, sizeof(model));
-  model.ntensors = 1;
-  model.tensors = &t;
-  model.total = 64;
   model.nsparse = 2;
   model.sparse = sp;
-  model.optimizer = PS__OPTIMIZER__OPT_SGD;
-  model.learning_rate = (float)WORKERS; /* ASP scales by 1/WORKERS */
-  model.seed = 5;
   ps_client_opts_t o;
   ps_client_opts_init(&o);
   o.scheduler = sched_ep;

@@ -776,6 +776,42 @@ START_TEST(export_import_asp) {
 }
 END_TEST
 
+/* The workers of step 1 die, one after pushing part of it; the only live
+ * worker joined at step 5: its dead peer's share of step 1 is applied and
+ * the clock skips to 5 instead of waiting forever for steps nobody will
+ * push. */
+START_TEST(skip_to_joiners_step) {
+  ps_model_t m = zero_model(4, 0.5f, 0.0f);
+  ps_shard_t *s = new_shard(0, 4, &m, BSP, 2);
+  const float g1[4] = {2, 4, 6, 8}, g2[4] = {4, 2, 0, -2};
+  int applied = -1;
+  ck_assert_int_eq(push(s, W1, 0, 4, g1, 0, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W2, 0, 4, g2, 0, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W1, 0, 2, g1, 1, &applied), PS_OK);
+  ck_assert_uint_eq(ps_shard_clock(s), 1);
+  const ps_shard_live_t joiner[] = {{W3, 5}};
+  ck_assert_int_eq(ps_shard_set_live(s, joiner, 1, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 5);
+  ps_shard_stats_t st;
+  ps_shard_stats(s, &st);
+  ck_assert_uint_eq(st.skipped_steps, 3); /* 2, 3, 4; step 1 was applied */
+  float w[4];
+  ck_assert_int_eq(ps_shard_read(s, 0, 4, w, NULL, 0), PS_OK);
+  /* Step 0's mean, then W1's half push of step 1 (its only contributor). */
+  for (int i = 0; i < 4; i++) {
+    float step1 = i < 2 ? g1[i] : 0.0f;
+    ck_assert(w[i] == -(g1[i] + g2[i]) * 0.5f * 0.5f - step1 * 0.5f);
+  }
+  /* With a live worker due at the clock nothing is skipped. */
+  const ps_shard_live_t both[] = {{W3, 5}, {W1, 5}};
+  ck_assert_int_eq(ps_shard_set_live(s, both, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 5);
+  ps_shard_destroy(&s);
+}
+END_TEST
+
 START_TEST(from_step_bsp) {
   ps_model_t m = zero_model(4, 0.5f, 0.0f);
   ps_shard_t *s = new_shard(0, 4, &m, BSP, 2);
@@ -1011,6 +1047,7 @@ int main(void) {
   tcase_add_test(tc, from_step_asp);
   tcase_add_test(tc, import_refusals_change_nothing);
   tcase_add_test(tc, add_counts_exactly);
+  tcase_add_test(tc, skip_to_joiners_step);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
 }

@@ -31,6 +31,7 @@
 #include "common/log.h"
 #include "common/optimizer.h"
 #include "common/time.h"
+#include "common/view.h"
 
 #define MAX_LIST 16
 #define MAX_CLIENTS 128
@@ -40,7 +41,8 @@ typedef struct {
   /* options */
   char *local, *scheduler, *ops_s, *sizes_s, *windows_s, *bin_dir, *log_dir;
   int64_t servers_opt, clients_opt, reps, rep_ms, warmup_ms, apply_mb,
-      chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space;
+      chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space,
+      replication;
   int baseline, json, quick, log_level, pull_copy;
   /* parsed */
   int ops[PS_BENCH_NOPS], nops;
@@ -296,8 +298,9 @@ static int start_daemons(void) {
     return -1;
   }
   snprintf(B.sched_ep, sizeof(B.sched_ep), "tcp://127.0.0.1:%d", port);
-  char path[PATH_MAX + 32], log[512], servers[16], workers[16];
+  char path[PATH_MAX + 32], log[512], servers[16], workers[16], repl[16];
   snprintf(path, sizeof(path), "%s/ps-scheduler", bin);
+  snprintf(repl, sizeof(repl), "%lld", (long long)B.replication);
   snprintf(log, sizeof(log), "%s/scheduler.log", B.run_dir);
   snprintf(servers, sizeof(servers), "%d", B.nservers);
   snprintf(workers, sizeof(workers), "%d", B.nclients);
@@ -310,7 +313,8 @@ static int start_daemons(void) {
                    workers,       "--mode",
                    "asp",         "--heartbeat-timeout-ms",
                    "600000",      "--log-level",
-                   (char *)level, NULL};
+                   (char *)level, "--replication",
+                   repl,          NULL};
   if (access(path, X_OK) != 0 || !ps_bench_spawn("scheduler", log, sargv)) {
     fail_msg("cannot start %s: %s", path, strerror(errno));
     return -1;
@@ -696,6 +700,9 @@ static int setup_options(int argc, char **argv) {
        "Endpoint of a running cluster's scheduler (started with --mode asp "
        "and --workers = --clients); ps-bench's clients become its workers "
        "and the job ends with the run."},
+      {"replication", PS_OPT_INT, &B.replication, "2", 1, PS_MAX_REPLICAS, NULL,
+       "With --local: copies of each range (the scheduler caps it at the "
+       "number of servers); 1 measures without replication."},
       {"servers", PS_OPT_INT, &B.servers_opt, "1", 1, MAX_SERVERS, NULL,
        "With --scheduler: the number of servers the cluster has."},
       {"clients", PS_OPT_INT, &B.clients_opt, "1", 1, MAX_CLIENTS, NULL,
