@@ -58,6 +58,9 @@ typedef struct {
   /* Primaries: the backups already sent a snapshot of the range. */
   uint32_t nsnapped;
   uint32_t snapped[PS_MAX_REPLICAS - 1];
+  /* ... of which these acked it: they hold the range. */
+  uint32_t nsynced;
+  uint32_t synced[PS_MAX_REPLICAS - 1];
 } owned_range_t;
 
 /* A replication message that came ahead of our view (the snapshot of a
@@ -1288,10 +1291,37 @@ static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
   ps_dedup_destroy(&r->dedup);
 }
 
-static int snapped(const owned_range_t *r, uint32_t id) {
-  for (uint32_t k = 0; k < r->nsnapped; k++)
-    if (r->snapped[k] == id) return 1;
+static int listed(const uint32_t *ids, uint32_t n, uint32_t id) {
+  for (uint32_t k = 0; k < n; k++)
+    if (ids[k] == id) return 1;
   return 0;
+}
+
+/* Keeps the ids of the n in ids that are backups of vr; returns how many. */
+static uint32_t keep_backups(uint32_t *ids, uint32_t n, const ps_range_t *vr) {
+  uint32_t keep = 0;
+  for (uint32_t k = 0; k < n; k++)
+    if (ps_range_has_backup(vr, ids[k])) ids[keep++] = ids[k];
+  return keep;
+}
+
+/* Tells the scheduler that backup holds [begin, end) (ReplicaSynced). */
+static void send_replica_synced(ps_server_t *s, uint64_t begin, uint64_t end,
+                                uint32_t backup, uint64_t bytes, uint64_t ms) {
+  if (s->member == NULL) return;
+  Ps__ReplicaSynced rs = PS__REPLICA_SYNCED__INIT;
+  rs.range_begin = begin;
+  rs.range_end = end;
+  rs.backup = backup;
+  rs.bytes = bytes;
+  rs.duration_ms = ms;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_SYNCED;
+  env.replica_synced = &rs;
+  int rc = ps_member_send(s->member, &env);
+  if (rc != PS_OK)
+    PS_WARN("replica_synced_send_failed", "backup=%u err=%s", backup,
+            ps_err_name(rc));
 }
 
 /* A primary's duties after a view: its backups (a new one gets the whole
@@ -1305,14 +1335,17 @@ static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
   rc = ps_repl_set_chain(s->repl, s->view, vr);
   if (rc != PS_OK) return rc;
   /* Forget the backups that left: one that comes back needs a snapshot. */
-  uint32_t keep = 0;
-  for (uint32_t k = 0; k < r->nsnapped; k++)
-    if (ps_range_has_backup(vr, r->snapped[k]))
-      r->snapped[keep++] = r->snapped[k];
-  r->nsnapped = keep;
+  r->nsnapped = keep_backups(r->snapped, r->nsnapped, vr);
+  r->nsynced = keep_backups(r->synced, r->nsynced, vr);
   for (uint32_t k = 0; k < vr->nbackups; k++) {
     uint32_t b = vr->backups[k];
-    if (!ps_range_backup_syncing(vr, b) || snapped(r, b)) continue;
+    if (!ps_range_backup_syncing(vr, b)) continue;
+    if (listed(r->synced, r->nsynced, b)) {
+      /* The scheduler missed our word (it was down): say it again. */
+      send_replica_synced(s, r->begin, r->end, b, 0, 0);
+      continue;
+    }
+    if (listed(r->snapped, r->nsnapped, b)) continue;
     rc = ps_repl_snapshot(s->repl, b, r->shard, r->dedup);
     if (rc != PS_OK) return rc;
     r->snapped[r->nsnapped++] = b;
@@ -1406,6 +1439,8 @@ static int adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       if (old->primary && primary) {
         r->nsnapped = old->nsnapped;
         memcpy(r->snapped, old->snapped, sizeof(r->snapped));
+        r->nsynced = old->nsynced;
+        memcpy(r->synced, old->synced, sizeof(r->synced));
       }
       if (!primary && old->primary) {
         fail_parked(s, r, PS_ERR_STALE_EPOCH,
@@ -1503,20 +1538,14 @@ static void repl_synced(void *arg, uint64_t begin, uint64_t end,
           (unsigned long long)begin, (unsigned long long)end, backup,
           (unsigned long long)bytes, (unsigned long long)ms,
           (unsigned long long)view_epoch(s));
-  if (s->member == NULL) return;
-  Ps__ReplicaSynced rs = PS__REPLICA_SYNCED__INIT;
-  rs.range_begin = begin;
-  rs.range_end = end;
-  rs.backup = backup;
-  rs.bytes = bytes;
-  rs.duration_ms = ms;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.body_case = PS__ENVELOPE__BODY_REPLICA_SYNCED;
-  env.replica_synced = &rs;
-  int rc = ps_member_send(s->member, &env);
-  if (rc != PS_OK)
-    PS_WARN("replica_synced_send_failed", "backup=%u err=%s", backup,
-            ps_err_name(rc));
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->primary && r->begin == begin && r->end == end &&
+        listed(r->snapped, r->nsnapped, backup) &&
+        !listed(r->synced, r->nsynced, backup))
+      r->synced[r->nsynced++] = backup;
+  }
+  send_replica_synced(s, begin, end, backup, bytes, ms);
 }
 
 /* ---- checkpoints (issue #4) ---- */

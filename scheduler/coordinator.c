@@ -288,8 +288,7 @@ static void complete(ps_coord_t *c, uint64_t now_ms) {
     snprintf(name, sizeof(name), "ckpt-%012" PRIu64, step);
     int n = snprintf(dir, sizeof(dir), "%s/%s", c->base, name);
     if (access(dir, F_OK) == 0) {
-      snprintf(name, sizeof(name), "ckpt-%012" PRIu64 "-%" PRIu64, step,
-               c->id);
+      snprintf(name, sizeof(name), "ckpt-%012" PRIu64 "-%" PRIu64, step, c->id);
       n = snprintf(dir, sizeof(dir), "%s/%s", c->base, name);
     }
     /* The new entry in base is made durable with LATEST (its write

@@ -1,0 +1,247 @@
+/* The cluster view: built from the scheduler's state, published with a new
+ * epoch, sent to the nodes, and answered to psctl status. */
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "common/view.h"
+#include "scheduler/coordinator.h"
+#include "scheduler/placement.h"
+#include "scheduler/sched_int.h"
+
+/* ---- the view on the wire ------------------------------------------- */
+
+void ps__sched_view_pb_free(view_pb_t *v) {
+  free(v->infos);
+  free(v->info_ptrs);
+  free(v->krs);
+  free(v->kr_ptrs);
+  free(v->syncing);
+  free(v->tensors);
+  free(v->tensor_ptrs);
+  free(v->sparse);
+  free(v->sparse_ptrs);
+  memset(v, 0, sizeof(*v));
+}
+
+int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
+  memset(v, 0, sizeof(*v));
+  ps__view__init(&v->view);
+  uint64_t now = ps_now_ms();
+  v->view.epoch = s->epoch;
+  v->view.mode = (Ps__ConsistencyMode)s->opts.mode;
+  v->view.live_workers = ps__sched_live_workers(s);
+  v->view.start_clock = s->start_clock;
+  v->view.restore_dir = s->restore_dir ? s->restore_dir : "";
+  v->view.replication = s->replication;
+
+  /* calloc(0) may return NULL; one spare entry keeps NULL meaning failure. */
+  v->infos = calloc(s->nnodes + 1, sizeof(*v->infos));
+  v->info_ptrs = calloc(s->nnodes + 1, sizeof(*v->info_ptrs));
+  v->krs = calloc(s->nranges + 1, sizeof(*v->krs));
+  v->kr_ptrs = calloc(s->nranges + 1, sizeof(*v->kr_ptrs));
+  v->syncing =
+      calloc((s->nranges + 1) * (PS_MAX_REPLICAS - 1), sizeof(*v->syncing));
+  size_t nt = s->has_model ? s->model.ntensors : 0;
+  v->tensors = calloc(nt + 1, sizeof(*v->tensors));
+  v->tensor_ptrs = calloc(nt + 1, sizeof(*v->tensor_ptrs));
+  size_t nsp = s->has_model ? s->model.nsparse : 0;
+  v->sparse = calloc(nsp + 1, sizeof(*v->sparse));
+  v->sparse_ptrs = calloc(nsp + 1, sizeof(*v->sparse_ptrs));
+  if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->syncing ||
+      !v->tensors || !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs) {
+    ps__sched_view_pb_free(v);
+    return PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    Ps__NodeInfo *ni = &v->infos[i];
+    ps__node_info__init(ni);
+    ni->id = n->id;
+    ni->role = (Ps__Role)n->role;
+    ni->address = n->address;
+    ni->state = (Ps__NodeState)n->state;
+    ni->last_heartbeat_ms = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
+    ni->clock = n->clock;
+    ni->rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
+    ni->join_clock = n->join_clock;
+    ni->joining = n->joining;
+    v->info_ptrs[i] = ni;
+  }
+  v->view.n_nodes = s->nnodes;
+  v->view.nodes = v->info_ptrs;
+  for (size_t i = 0; i < s->nranges; i++) {
+    Ps__KeyRange *kr = &v->krs[i];
+    ps__key_range__init(kr);
+    kr->begin = s->ranges[i].begin;
+    kr->end = s->ranges[i].end;
+    kr->server_id = s->ranges[i].server_id;
+    /* Points into the scheduler's range, like the rest of the view. */
+    kr->backups = s->ranges[i].backups;
+    kr->n_backups = s->ranges[i].nbackups;
+    kr->syncing = &v->syncing[i * (PS_MAX_REPLICAS - 1)];
+    for (uint32_t k = 0; k < s->ranges[i].nbackups; k++)
+      if ((s->ranges[i].syncing_mask >> k) & 1u)
+        kr->syncing[kr->n_syncing++] = s->ranges[i].backups[k];
+    v->kr_ptrs[i] = kr;
+  }
+  v->view.n_ranges = s->nranges;
+  v->view.ranges = v->kr_ptrs;
+  if (s->has_model) {
+    ps__model_spec__init(&v->model);
+    ps_model_to_pb(&s->model, &v->model, v->tensors, v->tensor_ptrs);
+    ps_model_sparse_to_pb(&s->model, &v->model, v->sparse, v->sparse_ptrs);
+    v->view.model = &v->model;
+  }
+  return PS_OK;
+}
+
+void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
+  view_pb_t v;
+  if (ps__sched_view_pb_build(s, &v) != PS_OK) {
+    PS_ERROR("view_send_failed", "epoch=%" PRIu64 " err=%s", s->epoch,
+             ps_err_name(PS_ERR_NOMEM));
+    return;
+  }
+  Ps__Envelope env;
+  ps__sched_envelope_init(s, &env, 0);
+  env.body_case = PS__ENVELOPE__BODY_VIEW;
+  env.view = &v.view;
+  if (only) {
+    ps__sched_send_to_node(s, only, &env);
+  } else {
+    /* Dead and departed nodes are left out: nobody would read it. */
+    for (size_t i = 0; i < s->nnodes; i++)
+      if (ps__sched_node_holds_slot(&s->nodes[i]))
+        ps__sched_send_to_node(s, &s->nodes[i], &env);
+  }
+  ps__sched_view_pb_free(&v);
+}
+
+/* ---- publishing ----------------------------------------------------- */
+
+static int range_primary_alive(const ps_sched_t *s, const ps_range_t *r) {
+  return r->server_id >= 1 && r->server_id <= s->nnodes &&
+         s->nodes[r->server_id - 1].state == PS__NODE_STATE__NODE_STATE_ALIVE;
+}
+
+void ps__sched_publish(ps_sched_t *s, const char *why) {
+  s->epoch++;
+  uint32_t by_state[PS_PLACE_UNAVAILABLE + 1] = {0};
+  for (size_t i = 0; i < s->nranges; i++) {
+    const ps_range_t *r = &s->ranges[i];
+    by_state[ps_place_state(range_primary_alive(s, r), r->nbackups,
+                            ps_place_nsyncing(r), s->replication)]++;
+  }
+  PS_INFO("view_published",
+          "epoch=%" PRIu64
+          " servers=%u workers=%u live_workers=%u keys=%" PRIu64
+          " mode=%s replication=%u ranges_ok=%u syncing=%u degraded=%u "
+          "unavailable=%u why=%s",
+          s->epoch,
+          ps__sched_count_nodes(s, PS__ROLE__ROLE_SERVER,
+                                PS__NODE_STATE__NODE_STATE_ALIVE),
+          ps__sched_count_slots(s, PS__ROLE__ROLE_WORKER),
+          ps__sched_live_workers(s), s->model.total,
+          ps__sched_mode_name(s->opts.mode), s->replication,
+          by_state[PS_PLACE_OK], by_state[PS_PLACE_SYNCING],
+          by_state[PS_PLACE_DEGRADED], by_state[PS_PLACE_UNAVAILABLE], why);
+  ps__sched_state_save(s); /* on disk before any node hears of it */
+  ps__sched_send_view(s, NULL);
+}
+
+/* The first view: once every expected node is in, cut the key space, one
+ * range per server in id order, each backed by the next servers in ring
+ * order. */
+void ps__sched_maybe_publish_first(ps_sched_t *s) {
+  if (s->published || !s->has_model) return;
+  if (ps__sched_count_slots(s, PS__ROLE__ROLE_SERVER) != s->opts.servers ||
+      ps__sched_count_slots(s, PS__ROLE__ROLE_WORKER) != s->opts.workers)
+    return;
+  uint32_t nserv = s->opts.servers;
+  uint64_t *begins = calloc((size_t)nserv + 1, sizeof(*begins));
+  /* servers >= 1 is checked at start; the spare entry only keeps static
+   * analysis from seeing a zero-size calloc. */
+  ps_range_t *ranges = calloc((size_t)nserv + 1, sizeof(*ranges));
+  int rc = begins && ranges ? ps_range_split(s->model.total, nserv, begins)
+                            : PS_ERR_NOMEM;
+  if (rc != PS_OK) {
+    /* Retried on the next registration change; nothing else can be done. */
+    PS_ERROR("range_split_failed", "servers=%u keys=%" PRIu64 " err=%s", nserv,
+             s->model.total, ps_err_name(rc));
+    free(begins);
+    free(ranges);
+    return;
+  }
+  uint32_t *ids = calloc((size_t)nserv + 1, sizeof(*ids));
+  if (ids == NULL) {
+    PS_ERROR("range_split_failed", "servers=%u err=%s", nserv,
+             ps_err_name(PS_ERR_NOMEM));
+    free(begins);
+    free(ranges);
+    return;
+  }
+  uint32_t r = 0;
+  for (size_t i = 0; i < s->nnodes && r < nserv; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (n->role != PS__ROLE__ROLE_SERVER || !ps__sched_node_holds_slot(n))
+      continue;
+    ranges[r].begin = begins[r];
+    ranges[r].end = begins[r + 1];
+    ids[r++] = n->id;
+  }
+  ps_place_first(ranges, nserv, ids, nserv, s->replication);
+  free(ids);
+  free(begins);
+  s->ranges = ranges;
+  s->nranges = nserv;
+  s->published = 1;
+  ps__sched_publish(s, "all_registered");
+  ps__sched_barrier_check_all(s);
+  /* A periodic checkpoint's first step may come within a heartbeat. */
+  s->ckpt_last_ms = ps_now_ms();
+  ps__sched_ckpt_periodic(s, s->ckpt_last_ms);
+}
+
+/* ---- psctl status --------------------------------------------------- */
+
+void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
+  if (!ps__sched_epoch_current(s, m)) return;
+  view_pb_t v;
+  if (ps__sched_view_pb_build(s, &v) != PS_OK) {
+    ps__sched_reply_error(s, m, PS_ERR_NOMEM, "scheduler out of memory");
+    return;
+  }
+  Ps__Status st = PS__STATUS__INIT;
+  st.view = &v.view;
+  st.uptime_ms = ps_now_ms() - s->start_ms;
+  st.expected_servers = s->opts.servers;
+  st.expected_workers = s->opts.workers;
+  uint64_t now = ps_now_ms();
+  Ps__CheckpointInfo last, cur;
+  if (s->has_last) {
+    last = s->last;
+    last.dir = s->last_dir;
+    last.reason = s->last_reason;
+    last.age_ms = now > s->last_done_ms ? now - s->last_done_ms : 0;
+    st.last_checkpoint = &last;
+  }
+  if (ps_coord_active(s->coord)) {
+    ps__checkpoint_info__init(&cur);
+    cur.step = ps_coord_step(s->coord);
+    cur.dir = (char *)ps_coord_dir(s->coord);
+    cur.reason = (char *)ps_coord_reason(s->coord);
+    cur.age_ms = now - ps_coord_started_ms(s->coord);
+    st.checkpoint = &cur;
+  }
+  Ps__Envelope env;
+  ps__sched_envelope_init(s, &env, m->request_id);
+  env.body_case = PS__ENVELOPE__BODY_STATUS;
+  env.status = &st;
+  ps__sched_reply(s, m, &env);
+  ps__sched_view_pb_free(&v);
+}

@@ -1,0 +1,219 @@
+/* The scheduler's insides, shared by its files and private to them: the
+ * scheduler's state, a node's entry, the view as a protobuf, and the
+ * functions one file calls in another. The public API is scheduler.h.
+ *
+ *   scheduler.c   life cycle, the socket loop and dispatch, replies, the
+ *                 timer and signals, stopping and the end of the job
+ *   membership.c  the node table, Register, heartbeats, Done, leaving,
+ *                 deaths, fencing, workers joining a running job
+ *   publish.c     building the view, publishing it, psctl status
+ *   failover.c    re-placing ranges after deaths and joins, ReplicaSynced
+ *   barrier.c     barriers
+ *   ckpt.c        starting checkpoints, answering psctl, --restore
+ *   state.c       the state file (--state-file)
+ *
+ * Loop thread only, like everything in scheduler.h.
+ */
+#ifndef PS_SCHED_INT_H
+#define PS_SCHED_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/checkpoint.h"
+#include "common/transport.h"
+#include "common/view.h"
+#include "proto/ps.pb-c.h"
+#include "scheduler/coordinator.h"
+#include "scheduler/scheduler.h"
+
+/* ZeroMQ routing identities are at most 255 bytes. */
+#define SCHED_ROUTE_MAX 256
+
+/* psctl calls waiting for the checkpoint in progress. */
+#define SCHED_CKPT_WAITERS 16
+
+typedef struct {
+  uint32_t id;
+  int role;  /* PS__ROLE__* */
+  int state; /* PS__NODE_STATE__* */
+  uint32_t rank;
+  char address[PS_ADDR_MAX];
+  /* The ROUTER identity of the node's membership link (from its Register
+   * and heartbeats): where views and Shutdown go. A node may send requests
+   * on other connections too (libps-client's barriers come from the caller's
+   * thread), so replies always go back on the request's own route. */
+  uint8_t route[SCHED_ROUTE_MAX];
+  size_t route_len;
+  uint64_t last_seen_ms;
+  uint64_t clock;
+  char *barrier; /* the barrier the worker waits in, or NULL */
+  uint64_t barrier_request_id;
+  uint8_t barrier_route[SCHED_ROUTE_MAX]; /* where its release goes */
+  size_t barrier_route_len;
+  uint64_t dead_epoch; /* the view epoch that declared it dead; 0: alive */
+  int fence_logged;
+  /* A worker joining a running BSP job: it contributes from join_clock on,
+   * once every server holding a replica confirmed (JoinReply) that it is
+   * not past that step; joining until then. */
+  uint64_t join_clock;
+  int joining;
+  uint64_t join_started_ms; /* registration, for the log's duration */
+  uint64_t join_asked_ms;   /* when the current join_clock went out */
+  uint32_t *join_ok;        /* servers that confirmed join_clock */
+  size_t njoin_ok;
+} sched_node_t;
+
+struct ps_sched_s {
+  uv_loop_t *loop;
+  ps_zsock_t *zs;
+  uv_timer_t check_timer;
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  int open_handles; /* close callbacks still to run */
+  int closing;
+  int destroy_requested;
+  int finished;
+  ps_sched_opts_t opts;
+  char endpoint[PS_ADDR_MAX];
+  uint64_t start_ms;
+
+  uint64_t epoch; /* 0 until the first view is published */
+  int published;
+  sched_node_t *nodes; /* node id i is nodes[i - 1]: ids are never reused */
+  size_t nnodes, cap;
+
+  int has_model;
+  uint32_t model_node; /* the worker whose spec became the job's model; 0:
+                          the checkpoint the job was restored from */
+  ps_model_t model;
+  ps_range_t *ranges;
+  size_t nranges;
+  uint32_t replication; /* copies per range: the option capped by servers */
+
+  /* Checkpoints and restore (issue #4). */
+  ps_coord_t *coord;
+  char *ckpt_base;        /* --checkpoint-dir made absolute; NULL: none */
+  uint64_t ckpt_last_ms;  /* when the last one ended (every_s counts from) */
+  uint64_t ckpt_retry_ms; /* no periodic checkpoint before this */
+  int has_last;
+  Ps__CheckpointInfo last; /* the latest complete one; strings below */
+  char last_dir[PS_CHECKPOINT_PATH_MAX];
+  char last_reason[32];
+  uint64_t last_done_ms; /* monotonic, for its age */
+  struct {
+    uint8_t route[SCHED_ROUTE_MAX];
+    size_t route_len;
+    uint64_t request_id;
+  } waiters[SCHED_CKPT_WAITERS];
+  size_t nwaiters;
+  uint64_t start_clock; /* the step the job starts from */
+  char *restore_dir;    /* the checkpoint the job was restored from */
+  int ending;           /* the job is over; a checkpoint is being finished */
+  char end_reason[256];
+  char *state_file;
+  int state_failed; /* the last save failed (logged once per failure run) */
+  /* Restarted with backups still syncing: their primaries may have said
+   * ReplicaSynced while we were down; the first check publishes a view so
+   * they say it again. */
+  int republish_syncing;
+  /* The servers' step rate, from their heartbeat clocks: how far ahead of
+   * a step boundary a periodic checkpoint must be asked for. */
+  uint64_t rate_clock, rate_ms;
+  double steps_per_ms;
+};
+
+/* Ps__View that points into the scheduler's state plus the arrays it needs;
+ * valid until the state changes, so build, send, free in one go. */
+typedef struct {
+  Ps__View view;
+  Ps__NodeInfo *infos;
+  Ps__NodeInfo **info_ptrs;
+  Ps__KeyRange *krs;
+  Ps__KeyRange **kr_ptrs;
+  uint32_t *syncing; /* PS_MAX_REPLICAS - 1 per range */
+  Ps__ModelSpec model;
+  Ps__TensorSpec *tensors;
+  Ps__TensorSpec **tensor_ptrs;
+  Ps__SparseTableSpec *sparse;
+  Ps__SparseTableSpec **sparse_ptrs;
+} view_pb_t;
+
+/* scheduler.c */
+const char *ps__sched_role_name(int role);
+const char *ps__sched_state_name(int state);
+const char *ps__sched_mode_name(int mode);
+const char *ps__sched_addr_or_dash(const char *a);
+void *ps__sched_socket(ps_sched_t *s);
+void ps__sched_envelope_init(const ps_sched_t *s, Ps__Envelope *env,
+                             uint64_t request_id);
+void ps__sched_send_to_route(ps_sched_t *s, const uint8_t *id, size_t id_len,
+                             uint32_t node_id, Ps__Envelope *env);
+void ps__sched_send_to_node(ps_sched_t *s, sched_node_t *n, Ps__Envelope *env);
+void ps__sched_reply(ps_sched_t *s, ps_msg_t *m, Ps__Envelope *env);
+void ps__sched_reply_error(ps_sched_t *s, ps_msg_t *m, int code,
+                           const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void ps__sched_reply_ack(ps_sched_t *s, ps_msg_t *m, uint64_t clock);
+int ps__sched_check_job_finished(ps_sched_t *s);
+int ps__sched_abs_path(const char *in, char *out, size_t len);
+
+/* membership.c */
+sched_node_t *ps__sched_node_by_id(ps_sched_t *s, uint32_t id);
+const sched_node_t *ps__sched_node_by_id_const(const ps_sched_t *s,
+                                               uint32_t id);
+int ps__sched_node_holds_slot(const sched_node_t *n);
+uint32_t ps__sched_count_nodes(const ps_sched_t *s, int role, int state);
+uint32_t ps__sched_count_slots(const ps_sched_t *s, int role);
+uint32_t ps__sched_live_workers(const ps_sched_t *s);
+void ps__sched_fence(ps_sched_t *s, sched_node_t *n, ps_msg_t *m);
+int ps__sched_join_check_all(ps_sched_t *s);
+int ps__sched_join_retry_due(ps_sched_t *s, uint64_t now);
+void ps__sched_declare_dead(ps_sched_t *s, sched_node_t *n, uint64_t silent);
+void ps__sched_node_touch(sched_node_t *n, ps_msg_t *m, int membership_link);
+void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m);
+sched_node_t *ps__sched_sender_node(ps_sched_t *s, ps_msg_t *m);
+int ps__sched_epoch_current(ps_sched_t *s, ps_msg_t *m);
+int ps__sched_require_state(ps_sched_t *s, ps_msg_t *m, sched_node_t *n,
+                            int role);
+void ps__sched_handle_heartbeat(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_handle_done(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_handle_leave(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_handle_join_reply(ps_sched_t *s, ps_msg_t *m);
+
+/* publish.c */
+void ps__sched_view_pb_free(view_pb_t *v);
+int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v);
+void ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
+void ps__sched_publish(ps_sched_t *s, const char *why);
+void ps__sched_maybe_publish_first(ps_sched_t *s);
+void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m);
+
+/* failover.c */
+int ps__sched_holds_replica(const ps_sched_t *s, uint32_t id);
+int ps__sched_replan(ps_sched_t *s, uint64_t epoch);
+void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m);
+
+/* barrier.c */
+void ps__sched_barrier_leave(sched_node_t *n);
+void ps__sched_barrier_check_all(ps_sched_t *s);
+void ps__sched_handle_barrier(ps_sched_t *s, ps_msg_t *m);
+
+/* ckpt.c */
+void ps__sched_coord_send_cb(ps_coord_t *c, uint32_t node_id,
+                             Ps__CheckpointRequest *req, void *arg);
+void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
+                             const ps_coord_result_t *res, void *arg);
+void ps__sched_handle_checkpoint_command(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_handle_checkpoint_reply(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_ckpt_periodic(ps_sched_t *s, uint64_t now);
+int ps__sched_restore_prepare(ps_sched_t *s, const char *path, char *err,
+                              size_t errlen);
+
+/* state.c */
+uint64_t ps__sched_unix_now_ms(void);
+void ps__sched_state_save(ps_sched_t *s);
+int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen);
+
+#endif
