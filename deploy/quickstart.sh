@@ -5,7 +5,8 @@
 # process behind (also on Ctrl-C).
 #
 #   ./deploy/quickstart.sh [--epochs N] [--servers N] [--workers N]
-#                          [--mode bsp|asp] [--batch-size B] [--no-baseline]
+#                          [--mode bsp|asp] [--batch-size B] [--replication N]
+#                          [--no-baseline]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,8 +16,9 @@ SERVERS=2
 WORKERS=2
 MODE=bsp
 BATCH=32
+REPLICATION=2
 BASELINE=1
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --epochs) EPOCHS=$2; shift 2 ;;
@@ -24,12 +26,13 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --mode) MODE=$2; shift 2 ;;
     --batch-size) BATCH=$2; shift 2 ;;
+    --replication) REPLICATION=$2; shift 2 ;;
     --no-baseline) BASELINE=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quickstart: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in EPOCHS SERVERS WORKERS BATCH; do
+for v in EPOCHS SERVERS WORKERS BATCH REPLICATION; do
   case "${!v}" in ''|*[!0-9]*|0) echo "quickstart: --${v,,} must be a positive integer, got '${!v}'" >&2; exit 2 ;; esac
 done
 case "$MODE" in bsp|asp) ;; *) echo "quickstart: --mode must be bsp or asp, got '$MODE'" >&2; exit 2 ;; esac
@@ -57,7 +60,7 @@ cleanup() {
     kill -TERM "${PIDS[@]}" 2>/dev/null || true
     wait_daemons 5
   fi
-  wait 2>/dev/null || true # the tee of worker 0's output
+  { wait; } 2>/dev/null || true # the tee of worker 0's output
 }
 trap cleanup EXIT
 trap 'echo; echo "quickstart: interrupted, stopping the cluster"; exit 130' INT TERM
@@ -67,10 +70,10 @@ PORT=7000
 while ss -Htln "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
 SCHED=tcp://127.0.0.1:$PORT
 
-echo "== cluster: scheduler $SCHED, $SERVERS servers, $WORKERS workers, $MODE, $EPOCHS epochs, batch $BATCH per worker =="
+echo "== cluster: scheduler $SCHED, $SERVERS servers, $WORKERS workers, $MODE, $EPOCHS epochs, batch $BATCH per worker, $REPLICATION copies of each range =="
 echo "   logs in $RUN"
 "$BIN/ps-scheduler" --bind "$SCHED" --servers "$SERVERS" --workers "$WORKERS" \
-  --mode "$MODE" >"$RUN/scheduler.log" 2>&1 &
+  --mode "$MODE" --replication "$REPLICATION" >"$RUN/scheduler.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 0 $((SERVERS - 1))); do
   "$BIN/ps-server" --scheduler "$SCHED" >"$RUN/server$i.log" 2>&1 &
@@ -88,6 +91,7 @@ PIDS+=($!)
 W0=$!
 status=0
 wait $W0 || status=$?
+unset 'PIDS[-1]' # reaped: waiting for it again would be an error
 if [ $status -ne 0 ] || [ ! -s "$RUN/report.json" ]; then
   echo "quickstart: training failed (exit $status); last lines of each log:" >&2
   for f in "$RUN"/*.log; do echo "--- $f" >&2; tail -n 5 "$f" >&2; done
