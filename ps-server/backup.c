@@ -1,0 +1,260 @@
+/* Replication, the backup's side: replaying a primary's changes and taking
+ * its snapshot of a range, and holding the messages that come ahead of our
+ * view. replica.c has the primary's side. */
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/transport.h"
+#include "server_int.h"
+
+/* Replication messages from a primary whose view is newer than ours wait
+ * for our view; more than this is not a view in transit. */
+#define DEFERRED_MAX 65536
+
+/* ---- replication, the backup's side (replica.h has the primary's) ---- */
+
+static void defer(ps_server_t *s, ps_msg_t *m) {
+  if (s->ndeferred >= DEFERRED_MAX) {
+    ps__srv_refuse(s, m, PS_ERR_REFUSED,
+                   "%d replication messages already wait for view epoch %llu",
+                   DEFERRED_MAX, (unsigned long long)m->env->epoch);
+    return;
+  }
+  deferred_t *d = calloc(1, sizeof(*d));
+  if (d == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_NOMEM,
+                   "no memory to hold a replication message");
+    return;
+  }
+  /* Moved, frames and all: ps_msg_close of the original closes nothing. */
+  d->m.has_route = m->has_route;
+  zmq_msg_init(&d->m.route);
+  if (m->has_route) zmq_msg_move(&d->m.route, &m->route);
+  m->has_route = 0;
+  d->m.env = m->env;
+  m->env = NULL;
+  d->m.request_id = m->request_id;
+  d->m.npayload = m->npayload;
+  for (int i = 0; i < m->npayload; i++) {
+    zmq_msg_init(&d->m.payload[i]);
+    zmq_msg_move(&d->m.payload[i], &m->payload[i]);
+    zmq_msg_close(&m->payload[i]);
+  }
+  m->npayload = 0;
+  *s->deferred_tail = d;
+  s->deferred_tail = &d->next;
+  s->ndeferred++;
+}
+
+/* The range [begin, end) this server is a backup of, with sender as its
+ * primary, for a replication message m; NULL after taking care of m:
+ * held for a newer view (defer), or refused (fencing: a primary that the
+ * view replaced must not get an ack). */
+static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
+                                    uint64_t end) {
+  uint64_t mine = ps__srv_view_epoch(s);
+  if (s->view == NULL || m->env->epoch > mine || s->restoring) {
+    defer(s, m);
+    return NULL;
+  }
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->begin == begin && r->end == end && !r->primary &&
+        r->primary_id == m->env->sender)
+      return r;
+  }
+  ps__srv_refuse(
+      s, m, PS_ERR_FENCED,
+      "node %u is not the primary of [%llu,%llu) with server %u as its "
+      "backup at epoch %llu (its epoch %llu)",
+      m->env->sender, (unsigned long long)begin, (unsigned long long)end,
+      s->node_id, (unsigned long long)mine, (unsigned long long)m->env->epoch);
+  return NULL;
+}
+
+static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
+  s->stats.replicated++;
+  ps__srv_reply_ack(s, &m->route, m->request_id, clock, 0);
+}
+
+void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Replicate *p = m->env->replicate;
+  owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
+  if (r == NULL) return;
+  if (r->shard == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_NOT_READY,
+                   "server %u has no snapshot of [%llu,%llu) yet", s->node_id,
+                   (unsigned long long)r->begin, (unsigned long long)r->end);
+    return;
+  }
+  char why[256];
+  int rc;
+  int applied = 0;
+  if (p->kind == PS__REPLICATE_KIND__REPL_LIVE) {
+    if (p->n_live_from != p->n_live) {
+      ps__srv_refuse(s, m, PS_ERR_PROTO, "%zu live workers but %zu first steps",
+                     p->n_live, p->n_live_from);
+      return;
+    }
+    ps_shard_live_t *live = calloc(p->n_live + 1, sizeof(*live));
+    if (live == NULL) {
+      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a live set");
+      return;
+    }
+    for (size_t i = 0; i < p->n_live; i++)
+      live[i] = (ps_shard_live_t){p->live[i], p->live_from[i]};
+    rc = ps__srv_range_set_live(r, live, p->n_live, &applied);
+    free(live);
+    if (rc != PS_OK) {
+      ps__srv_refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
+                     (unsigned long long)r->begin, (unsigned long long)r->end);
+      return;
+    }
+    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+    if (applied) ps__srv_after_apply(s, r);
+    return;
+  }
+  if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {
+    ps__srv_refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d",
+                   (int)p->kind);
+    return;
+  }
+  if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) {
+    /* The primary never forwards a duplicate; a resent Replicate is one. */
+    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+    return;
+  }
+  const float *g = ps__srv_aligned_floats(s, &m->payload[0], p->count);
+  uint64_t clock_after = 0;
+  rc = g ? ps_dedup_reserve(r->dedup, p->worker) : PS_ERR_NOMEM;
+  if (rc == PS_OK)
+    rc = ps_shard_push_begin(r->shard, p->worker, p->key_begin, p->count,
+                             p->clock, &clock_after, why, sizeof(why));
+  else
+    snprintf(why, sizeof(why), "out of memory");
+  if (rc != PS_OK) {
+    /* The primary took this push: the copies differ. The primary fails the
+     * worker's push, and the scheduler hears of it in the log. */
+    PS_ERROR("replica_diverged",
+             "range=[%llu,%llu) primary=%u worker=%u seq=%llu reason=\"%s\"",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             m->env->sender, p->worker, (unsigned long long)p->seq, why);
+    ps__srv_refuse(s, m, rc, "backup %u cannot replay the push: %s", s->node_id,
+                   why);
+    return;
+  }
+  ps_dedup_mark(r->dedup, p->worker, p->seq);
+  reply_replica_ack(s, m, clock_after);
+  ps_shard_push_end(r->shard, p->worker, p->key_begin, p->count, g, p->clock,
+                    &applied);
+  if (applied) ps__srv_after_apply(s, r);
+}
+
+/* A whole range from its primary: this server becomes a backup in step. */
+void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
+  const Ps__ReplicaSnapshot *p = m->env->replica_snapshot;
+  owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
+  if (r == NULL) return;
+  size_t dbytes = zmq_msg_size(&m->payload[5]);
+  if (dbytes != (size_t)p->ndedup * sizeof(ps_dedup_record_t)) {
+    ps__srv_refuse(s, m, PS_ERR_PROTO,
+                   "snapshot dedup frame has %zu bytes for %u records of %zu",
+                   dbytes, p->ndedup, sizeof(ps_dedup_record_t));
+    return;
+  }
+  uint64_t len = p->range_end - p->range_begin;
+  /* Frames are copied out of ZeroMQ's buffers once, into aligned memory:
+   * a snapshot is rare and the shard keeps its own copy anyway. */
+  void *buf[6] = {NULL};
+  int rc = PS_OK;
+  for (int i = 0; i < 6 && rc == PS_OK; i++) {
+    size_t n = zmq_msg_size(&m->payload[i]);
+    buf[i] = malloc(n ? n : 1);
+    if (buf[i] == NULL)
+      rc = PS_ERR_NOMEM;
+    else if (n)
+      memcpy(buf[i], zmq_msg_data(&m->payload[i]), n);
+  }
+  char why[256] = "out of memory";
+  ps_shard_t *shard = NULL;
+  ps_dedup_t *dedup = NULL;
+  if (rc == PS_OK) {
+    shard = ps_shard_new(p->range_begin, p->range_end, &s->view->model,
+                         s->view->mode, NULL, 0, &rc, why, sizeof(why));
+    dedup = ps_dedup_new();
+    if (shard != NULL && dedup == NULL) rc = PS_ERR_NOMEM;
+  }
+  if (rc == PS_OK) {
+    ps_shard_state_t st = {
+        .clock = p->clock,
+        .weights = buf[0],
+        .momentum = p->has_momentum ? buf[1] : NULL,
+        .acc_lo = p->acc_lo,
+        .acc_hi = p->acc_hi,
+        .acc = buf[2],
+        .live = buf[3],
+        .nlive = p->nlive,
+        .contrib = buf[4],
+        .ncontrib = p->ncontrib,
+    };
+    rc = ps_shard_import(shard, &st, why, sizeof(why));
+  }
+  if (rc == PS_OK) {
+    rc = ps_dedup_import(dedup, buf[5], p->ndedup);
+    if (rc != PS_OK) snprintf(why, sizeof(why), "bad dedup records");
+  }
+  for (int i = 0; i < 6; i++) free(buf[i]);
+  if (rc != PS_OK) {
+    ps_shard_destroy(&shard);
+    ps_dedup_destroy(&dedup);
+    ps__srv_refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
+                   (unsigned long long)p->range_begin,
+                   (unsigned long long)p->range_end, why);
+    return;
+  }
+  ps_shard_destroy(&r->shard);
+  ps_dedup_destroy(&r->dedup);
+  r->shard = shard;
+  r->dedup = dedup;
+  s->stats.snapshots_in++;
+  PS_INFO("replica_filled",
+          "range=[%llu,%llu) primary=%u clock=%llu keys=%llu workers=%u "
+          "epoch=%llu",
+          (unsigned long long)r->begin, (unsigned long long)r->end,
+          m->env->sender, (unsigned long long)p->clock, (unsigned long long)len,
+          p->ndedup, (unsigned long long)ps__srv_view_epoch(s));
+  reply_replica_ack(s, m, p->clock);
+}
+
+/* Serves, in order, the held replication messages our view has caught up
+ * with; stops at the first one still ahead, so a primary's changes keep
+ * their order. */
+void ps__srv_serve_deferred(ps_server_t *s) {
+  while (s->deferred && s->view &&
+         s->deferred->m.env->epoch <= s->view->epoch && !s->restoring) {
+    deferred_t *d = s->deferred;
+    s->deferred = d->next;
+    if (s->deferred == NULL) s->deferred_tail = &s->deferred;
+    s->ndeferred--;
+    ps__srv_dispatch(s, &d->m);
+    ps_msg_close(&d->m);
+    free(d);
+  }
+}
+
+void ps__srv_deferred_free(ps_server_t *s) {
+  while (s->deferred) {
+    deferred_t *d = s->deferred;
+    s->deferred = d->next;
+    ps_msg_close(&d->m);
+    free(d);
+  }
+  s->deferred_tail = &s->deferred;
+  s->ndeferred = 0;
+}

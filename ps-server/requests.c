@@ -1,0 +1,574 @@
+/* Workers' requests: dense pushes and pulls on the ranges this server is
+ * the primary of, BSP pulls parked until their step is applied, and the
+ * sparse tables. */
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/member.h"
+#include "common/transport.h"
+#include "common/view.h"
+#include "server_int.h"
+
+/* At most this many BSP pulls wait for a step at once; more is a client bug
+ * or an attack, not a training job, and must not grow memory without bound. */
+#define PARKED_PULLS_MAX 65536
+
+/* ---- pull replies ---- */
+
+/* Builds the payload frames of a pull reply for [key_begin, +count) of r:
+ * runs of the weights worth it go out without a copy, each pinning its
+ * block's version until ZeroMQ's I/O thread has written it (see shard.h);
+ * neighbouring short runs are copied together into one frame. Returns the
+ * number of frames, or a negative ps_err_t with every frame closed. */
+static int build_pull_frames(ps_server_t *s, const owned_range_t *r,
+                             uint64_t key_begin, uint64_t count,
+                             zmq_msg_t *frames) {
+  ps_shard_run_t runs[PS_MAX_PAYLOAD_FRAMES];
+  int nruns = ps_shard_runs(r->shard, key_begin, count, runs,
+                            PS_MAX_PAYLOAD_FRAMES, NULL, 0);
+  if (nruns < 0) return nruns;
+  if (nruns > PS_MAX_PAYLOAD_FRAMES) {
+    /* A slice over more blocks than a message may carry frames (an
+     * unchunked pull of tens of MiB): one copied frame. */
+    runs[0].count = count;
+    runs[0].zero_copy = 0;
+    nruns = 1;
+  }
+  int nframes = 0;
+  for (int i = 0; i < nruns;) {
+    if (runs[i].zero_copy) {
+      ps_shard_pin(runs[i].version);
+      if (ps_payload_wrap(&frames[nframes], (void *)runs[i].data,
+                          (size_t)runs[i].count * sizeof(float), ps_shard_unpin,
+                          runs[i].version) != PS_OK) {
+        ps_shard_unpin(NULL, runs[i].version);
+        goto nomem;
+      }
+      s->stats.pull_bytes_zero_copy += runs[i].count * sizeof(float);
+      nframes++;
+      i++;
+      continue;
+    }
+    /* Copy this run and the short ones after it into one frame. */
+    uint64_t first = key_begin, n = 0;
+    for (int j = 0; j < i; j++) first += runs[j].count;
+    int j = i;
+    while (j < nruns && !runs[j].zero_copy) n += runs[j++].count;
+    if (zmq_msg_init_size(&frames[nframes], (size_t)n * sizeof(float)) != 0)
+      goto nomem;
+    ps_shard_read(r->shard, first, n, zmq_msg_data(&frames[nframes]), NULL, 0);
+    s->stats.pull_bytes_copied += n * sizeof(float);
+    nframes++;
+    i = j;
+  }
+  return nframes;
+nomem:
+  for (int i = 0; i < nframes; i++) zmq_msg_close(&frames[i]);
+  return PS_ERR_NOMEM;
+}
+
+static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
+                            uint64_t request_id, const owned_range_t *r,
+                            uint64_t key_begin, uint64_t count) {
+  zmq_msg_t frames[PS_MAX_PAYLOAD_FRAMES];
+  int nframes = build_pull_frames(s, r, key_begin, count, frames);
+  if (nframes < 0) {
+    /* The caller checked the slice; only memory can fail here. */
+    ps__srv_send_error(s, route, request_id, nframes,
+                       "%s for a pull reply of %llu values",
+                       ps_strerror(nframes), (unsigned long long)count);
+    return;
+  }
+  Ps__PullReply pr = PS__PULL_REPLY__INIT;
+  pr.key_begin = key_begin;
+  pr.count = count;
+  pr.clock = ps_shard_clock(r->shard);
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = request_id;
+  env.sender = s->node_id;
+  env.epoch = ps__srv_view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_PULL_REPLY;
+  env.pull_reply = &pr;
+  ps__srv_count_sent(s, &env, (size_t)count * sizeof(float));
+  if (ps_msg_send(ps_zsock_socket(s->data), route, &env, frames, nframes) !=
+      PS_OK)
+    s->stats.send_failures++;
+}
+
+static void parked_free(ps_server_t *s, parked_pull_t *p) {
+  zmq_msg_close(&p->route);
+  free(p);
+  s->stats.parked_pulls--;
+}
+
+/* Answers the parked pulls of r whose step the shard has reached. */
+static void serve_parked(ps_server_t *s, owned_range_t *r) {
+  uint64_t clock = ps_shard_clock(r->shard);
+  parked_pull_t **pp = &r->parked;
+  while (*pp) {
+    parked_pull_t *p = *pp;
+    if (p->clock > clock) {
+      pp = &p->next;
+      continue;
+    }
+    *pp = p->next;
+    send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count);
+    parked_free(s, p);
+  }
+}
+
+/* Fails every parked pull of r with code: the range moved or the server
+ * stops, and the worker should hear it now rather than time out. */
+void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                         const char *why) {
+  while (r->parked) {
+    parked_pull_t *p = r->parked;
+    r->parked = p->next;
+    ps__srv_send_error(
+        s, &p->route, p->request_id, code, "pull of [%llu,+%llu): %s",
+        (unsigned long long)p->key_begin, (unsigned long long)p->count, why);
+    parked_free(s, p);
+  }
+}
+
+/* The slowest shard's clock is the step this server has fully applied. */
+void ps__srv_report_clock(ps_server_t *s) {
+  if (s->nranges == 0 || s->member == NULL) return;
+  uint64_t c = UINT64_MAX;
+  for (size_t i = 0; i < s->nranges; i++) {
+    if (!s->ranges[i].primary || s->ranges[i].shard == NULL) continue;
+    uint64_t ci = ps_shard_clock(s->ranges[i].shard);
+    if (ci < c) c = ci;
+  }
+  if (c != UINT64_MAX && c != s->reported_clock) {
+    s->reported_clock = c;
+    ps_member_set_clock(s->member, c);
+  }
+}
+
+void ps__srv_after_apply(ps_server_t *s, owned_range_t *r) {
+  s->stats.applies++;
+  /* First: a checkpoint waiting for this clock copies the shard before a
+   * reply or another apply can follow. */
+  if (s->saver) ps_saver_shard_applied(s->saver, r->shard);
+  PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
+           (unsigned long long)ps_shard_begin(r->shard),
+           (unsigned long long)ps_shard_end(r->shard),
+           ps__srv_mode_name(ps_shard_mode(r->shard)),
+           (unsigned long long)ps_shard_clock(r->shard));
+  serve_parked(s, r);
+  ps__srv_report_clock(s);
+}
+
+/* ---- requests ---- */
+
+/* The range this server is the primary of that holds the whole slice, or
+ * NULL after refusing m: with STALE_EPOCH when the request's view is older
+ * than ours (the keys moved: the client takes the new view and resends),
+ * else UNKNOWN_KEY. */
+static owned_range_t *find_range(ps_server_t *s, ps_msg_t *m,
+                                 uint64_t key_begin, uint64_t count) {
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->primary && r->shard && ps_shard_contains(r->shard, key_begin, count))
+      return r;
+  }
+  char owned[256];
+  ps__srv_refuse(
+      s, m,
+      m->env->epoch < ps__srv_view_epoch(s) ? PS_ERR_STALE_EPOCH
+                                            : PS_ERR_UNKNOWN_KEY,
+      "keys [%llu,+%llu) are not inside one range of server %u (owns %s "
+      "at epoch %llu)",
+      (unsigned long long)key_begin, (unsigned long long)count, s->node_id,
+      ps__srv_format_ranges(s, owned, sizeof(owned)),
+      (unsigned long long)ps__srv_view_epoch(s));
+  return NULL;
+}
+
+/* Refuses m unless the server has a view with a model, at m's epoch or a
+ * newer one (a request from an older view is served when the keys are
+ * still this server's: find_range). */
+static int check_epoch(ps_server_t *s, ps_msg_t *m) {
+  if (s->view == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_NOT_READY, "server %u has no cluster view yet",
+                   s->node_id);
+    return 0;
+  }
+  if (s->view->model.total == 0 && s->view->model.nsparse == 0) {
+    ps__srv_refuse(
+        s, m, PS_ERR_NOT_READY,
+        "cluster view epoch %llu has no model yet (no worker registered)",
+        (unsigned long long)s->view->epoch);
+    return 0;
+  }
+  if (m->env->epoch > s->view->epoch) {
+    ps__srv_refuse(
+        s, m, PS_ERR_STALE_EPOCH, "request epoch %llu, server view epoch %llu",
+        (unsigned long long)m->env->epoch, (unsigned long long)s->view->epoch);
+    return 0;
+  }
+  return 1;
+}
+
+/* Answers a push on route: the Ack carries the server clock after it. */
+void ps__srv_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                       uint64_t clock, int duplicate) {
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = clock;
+  ack.duplicate = duplicate != 0;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = request_id;
+  env.sender = s->node_id;
+  env.epoch = ps__srv_view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  ps__srv_count_sent(s, &env, 0);
+  if (s->data == NULL ||
+      ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
+    s->stats.send_failures++;
+}
+
+/* replica.h: a worker's push is on every backup (or cannot be). */
+void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                            uint64_t clock, int duplicate, int status,
+                            const char *reason) {
+  ps_server_t *s = arg;
+  if (status == PS_OK) {
+    if (duplicate) s->stats.duplicate_pushes++;
+    ps__srv_reply_ack(s, route, request_id, clock, duplicate);
+    return;
+  }
+  ps__srv_send_error(s, route, request_id, status, "push not replicated: %s",
+                     reason);
+}
+
+/* A pointer to the floats of frame f (count values), aligned: ZeroMQ may
+ * hand over a small frame at any byte offset inside its receive buffer,
+ * and a float array must be aligned, so such a frame is copied into a
+ * scratch buffer the server keeps (rare, counted; no allocation once it is
+ * big enough). NULL when out of memory. */
+const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                    uint64_t count) {
+  const void *data = zmq_msg_data(f);
+  if ((uintptr_t)data % _Alignof(float) == 0) return data;
+  size_t bytes = (size_t)count * sizeof(float);
+  if (bytes > s->scratch_bytes) {
+    float *grown = realloc(s->scratch, bytes);
+    if (grown == NULL) return NULL;
+    s->scratch = grown;
+    s->scratch_bytes = bytes;
+  }
+  memcpy(s->scratch, data, bytes);
+  s->stats.unaligned_payloads++;
+  return s->scratch;
+}
+
+void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Push *p = m->env->push;
+  if (!check_epoch(s, m)) return;
+  owned_range_t *r = find_range(s, m, p->key_begin, p->count);
+  if (r == NULL) return;
+  uint32_t worker = m->env->sender;
+
+  /* A resend of a push this range applied (the client resends whatever
+   * was not acked after a failover or a timeout) is acked, not applied;
+   * the ack still waits for the backups to hold the original. */
+  int seen = ps_dedup_check(r->dedup, worker, p->seq);
+  if (seen == PS_DEDUP_OLD) {
+    ps__srv_refuse(s, m, PS_ERR_REFUSED,
+                   "push seq %llu of worker %u is older than the %d this range "
+                   "remembers: cannot tell whether it was applied",
+                   (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
+    return;
+  }
+  if (seen == PS_DEDUP_DUP) {
+    if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                     ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK)
+      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+    return;
+  }
+  /* The gradient is applied straight from the received frame (ps_msg_recv
+   * checked that it holds exactly count floats). */
+  const float *g = ps__srv_aligned_floats(s, &m->payload[0], p->count);
+  if (g == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_NOMEM,
+                   "no memory to align a push of %llu values",
+                   (unsigned long long)p->count);
+    return;
+  }
+  char why[256];
+  uint64_t clock_after = 0;
+  int rc = ps_dedup_reserve(r->dedup, worker);
+  if (rc == PS_OK)
+    rc = ps_shard_push_begin(r->shard, worker, p->key_begin, p->count, p->clock,
+                             &clock_after, why, sizeof(why));
+  else
+    snprintf(why, sizeof(why), "no memory to remember worker %u", worker);
+  if (rc != PS_OK) {
+    ps__srv_refuse(s, m, rc, "%s", why);
+    return;
+  }
+  /* Forwarded to the backups before it is applied here, so their copies
+   * are on the wire while this thread applies. With no backups the ack
+   * goes out now, before the apply: ZeroMQ's I/O thread sends it while
+   * this thread applies, nothing can fail past the begin, and this thread
+   * serves nothing else before the end, so every request served after
+   * this one sees the push. */
+  if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                   clock_after, 0, worker, p, &m->payload[0]) != PS_OK) {
+    /* Applied but not on the backups: this server cannot keep its
+     * promise; the backup takes over with what it has. */
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory queueing replication", 1);
+    return;
+  }
+  ps_dedup_mark(r->dedup, worker, p->seq);
+  int applied = 0;
+  ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
+                    &applied);
+  if (applied) ps__srv_after_apply(s, r);
+}
+
+void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m) {
+  const Ps__Pull *p = m->env->pull;
+  if (!check_epoch(s, m)) return;
+  if (p->count == 0) {
+    ps__srv_refuse(s, m, PS_ERR_PROTO, "pull of 0 keys");
+    return;
+  }
+  if (p->count > s->limits.max_payload_bytes / sizeof(float)) {
+    ps__srv_refuse(
+        s, m, PS_ERR_TOO_BIG,
+        "pull of %llu values exceeds the limit of %zu bytes per frame",
+        (unsigned long long)p->count, s->limits.max_payload_bytes);
+    return;
+  }
+  owned_range_t *r = find_range(s, m, p->key_begin, p->count);
+  if (r == NULL) return;
+
+  if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
+      p->clock > ps_shard_clock(r->shard)) {
+    if (s->stats.parked_pulls >= PARKED_PULLS_MAX) {
+      ps__srv_refuse(
+          s, m, PS_ERR_REFUSED,
+          "%d pulls already wait for a step; pull for step %llu refused",
+          PARKED_PULLS_MAX, (unsigned long long)p->clock);
+      return;
+    }
+    parked_pull_t *pp = calloc(1, sizeof(*pp));
+    if (pp == NULL) {
+      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
+      return;
+    }
+    zmq_msg_init(&pp->route);
+    zmq_msg_copy(&pp->route, &m->route);
+    pp->request_id = m->request_id;
+    pp->key_begin = p->key_begin;
+    pp->count = p->count;
+    pp->clock = p->clock;
+    parked_pull_t **tail = &r->parked;
+    while (*tail) tail = &(*tail)->next;
+    *tail = pp;
+    s->stats.pulls_parked++;
+    s->stats.parked_pulls++;
+    return;
+  }
+  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
+}
+
+/* ---- sparse tables (issue #3) ---- */
+
+/* Grows *buf to bytes; PS_OK or PS_ERR_NOMEM. */
+static int scratch_reserve(void **buf, size_t *have, size_t bytes) {
+  if (bytes <= *have) return PS_OK;
+  void *grown = realloc(*buf, bytes);
+  if (grown == NULL) return PS_ERR_NOMEM;
+  *buf = grown;
+  *have = bytes;
+  return PS_OK;
+}
+
+/* The table a sparse request names and its keys, aligned and checked: all
+ * owned by this server under the current view. NULL after refusing m. */
+static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
+                                       const char *table, uint64_t nkeys,
+                                       const uint64_t **keys_out) {
+  if (!check_epoch(s, m)) return NULL;
+  ps_sparse_table_t *t = NULL;
+  for (size_t i = 0; table && i < s->nsparse; i++)
+    if (strcmp(ps_sparse_table_name(s->sparse[i]), table) == 0)
+      t = s->sparse[i];
+  if (t == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_UNKNOWN_KEY,
+                   "no sparse table \"%s\" in the model", table ? table : "");
+    return NULL;
+  }
+  /* ps_msg_recv checked the frame holds exactly nkeys uint64. A frame may
+   * sit at any offset in ZeroMQ's buffer, so the keys are copied to an
+   * aligned scratch (a few KiB; cheaper than a branch per key). */
+  size_t bytes = (size_t)nkeys * sizeof(uint64_t);
+  if (scratch_reserve((void **)&s->key_scratch, &s->key_scratch_bytes, bytes) !=
+      PS_OK) {
+    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for %llu keys",
+                   (unsigned long long)nkeys);
+    return NULL;
+  }
+  memcpy(s->key_scratch, zmq_msg_data(&m->payload[0]), bytes);
+  const uint64_t *keys = s->key_scratch;
+  char why[256];
+  if (ps_sparse_keys_check(keys, nkeys, why, sizeof(why)) != PS_OK) {
+    ps__srv_refuse(s, m, PS_ERR_PROTO, "table \"%s\": %s", table, why);
+    return NULL;
+  }
+  const ps_sparse_spec_t *spec = ps_model_sparse(&s->view->model, table);
+  for (uint64_t i = 0; i < nkeys; i++) {
+    int64_t owner = ps_view_sparse_owner(s->view, spec->salt, keys[i]);
+    if (owner != (int64_t)s->node_id) {
+      ps__srv_refuse(
+          s, m, PS_ERR_UNKNOWN_KEY,
+          "table \"%s\": row %llu belongs to server %lld, not %u, at "
+          "epoch %llu",
+          table, (unsigned long long)keys[i], (long long)owner, s->node_id,
+          (unsigned long long)ps__srv_view_epoch(s));
+      return NULL;
+    }
+  }
+  *keys_out = keys;
+  return t;
+}
+
+/* Sparse rows are applied on arrival in both modes: BSP's step barrier
+ * covers dense ranges only for now (README), and each push is scaled by
+ * 1/live workers as a dense one is, so a step of N workers moves a row by
+ * their mean gradient. */
+void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
+  const Ps__SparsePush *p = m->env->sparse_push;
+  const uint64_t *keys;
+  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
+  if (t == NULL) return;
+  size_t bytes = (size_t)p->nkeys * ps_sparse_table_dim(t) * sizeof(float);
+  size_t got = zmq_msg_size(&m->payload[1]);
+  if (got != bytes) {
+    ps__srv_refuse(
+        s, m, PS_ERR_PROTO,
+        "table \"%s\": values frame has %zu bytes, %llu keys of dim %u "
+        "need %zu",
+        p->table, got, (unsigned long long)p->nkeys, ps_sparse_table_dim(t),
+        bytes);
+    return;
+  }
+  const void *data = zmq_msg_data(&m->payload[1]);
+  const float *g = data;
+  if ((uintptr_t)data % _Alignof(float) != 0) {
+    if (scratch_reserve((void **)&s->scratch, &s->scratch_bytes, bytes) !=
+        PS_OK) {
+      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
+      return;
+    }
+    memcpy(s->scratch, data, bytes);
+    g = s->scratch;
+    s->stats.unaligned_payloads++;
+  }
+  uint32_t live = s->view->live_workers ? s->view->live_workers : 1;
+  char why[256];
+  int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live, why,
+                                sizeof(why));
+  if (rc != PS_OK) {
+    ps__srv_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    return;
+  }
+  s->stats.applies++;
+  ps__srv_reply_ack(s, &m->route, m->request_id, p->clock, 0);
+}
+
+static void sparse_rows_free(void *data, void *hint) {
+  (void)hint;
+  free(data);
+}
+
+void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
+  const Ps__SparsePull *p = m->env->sparse_pull;
+  const uint64_t *keys;
+  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
+  if (t == NULL) return;
+  uint32_t dim = ps_sparse_table_dim(t);
+  if (p->nkeys > s->limits.max_payload_bytes / sizeof(float) / dim) {
+    ps__srv_refuse(s, m, PS_ERR_TOO_BIG,
+                   "pull of %llu rows of dim %u exceeds the limit of %zu bytes",
+                   (unsigned long long)p->nkeys, dim,
+                   s->limits.max_payload_bytes);
+    return;
+  }
+  size_t bytes = (size_t)p->nkeys * dim * sizeof(float);
+  /* Rows are copied into a frame ZeroMQ owns: the table's arena moves when
+   * it grows, so it cannot be lent zero-copy as dense blocks are. */
+  float *rows = malloc(bytes);
+  if (rows == NULL) {
+    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    return;
+  }
+  char why[256];
+  int rc = ps_sparse_table_pull(t, keys, p->nkeys, rows, why, sizeof(why));
+  if (rc != PS_OK) {
+    free(rows);
+    ps__srv_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    return;
+  }
+  zmq_msg_t frame;
+  if (ps_payload_wrap(&frame, rows, bytes, sparse_rows_free, NULL) != PS_OK) {
+    free(rows);
+    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    return;
+  }
+  s->stats.pull_bytes_copied += bytes;
+  Ps__SparsePullReply r = PS__SPARSE_PULL_REPLY__INIT;
+  r.table = p->table;
+  r.nkeys = p->nkeys;
+  r.dim = dim;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m->request_id;
+  env.sender = s->node_id;
+  env.epoch = ps__srv_view_epoch(s);
+  env.body_case = PS__ENVELOPE__BODY_SPARSE_PULL_REPLY;
+  env.sparse_pull_reply = &r;
+  ps__srv_count_sent(s, &env, bytes);
+  if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, &frame, 1) !=
+      PS_OK)
+    s->stats.send_failures++;
+}
+
+/* Makes the model's sparse tables once: the model never changes within a
+ * job (same_model), so later views keep them. */
+int ps__srv_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                         size_t errlen) {
+  if (s->sparse != NULL || view->model.nsparse == 0) return PS_OK;
+  s->sparse = calloc(view->model.nsparse, sizeof(*s->sparse));
+  if (s->sparse == NULL) goto nomem;
+  for (size_t i = 0; i < view->model.nsparse; i++) {
+    s->sparse[i] = ps_sparse_table_new(&view->model.sparse[i], &view->model);
+    if (s->sparse[i] == NULL) goto nomem;
+    s->nsparse = i + 1;
+  }
+  PS_INFO("sparse_tables", "count=%zu epoch=%llu", s->nsparse,
+          (unsigned long long)view->epoch);
+  return PS_OK;
+nomem:
+  snprintf(err, errlen, "out of memory creating sparse tables");
+  return PS_ERR_NOMEM;
+}
+
+void ps__srv_sparse_free(ps_server_t *s) {
+  for (size_t i = 0; i < s->nsparse; i++)
+    ps_sparse_table_destroy(&s->sparse[i]);
+  free(s->sparse);
+  s->sparse = NULL;
+  s->nsparse = 0;
+  free(s->key_scratch);
+  s->key_scratch = NULL;
+}

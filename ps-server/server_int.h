@@ -1,0 +1,181 @@
+/* The server daemon's insides, shared by its files and private to them:
+ * the server's state, a range it holds a copy of, a parked pull, a held
+ * replication message, and the functions one file calls in another. The
+ * public API is server.h.
+ *
+ *   server.c    life cycle, the data socket's loop and dispatch, replies
+ *               and refusals, stats, stopping, the scheduler link's
+ *               callbacks: views, checkpoints and restore
+ *   requests.c  workers' requests: push, pull, parked pulls, sparse tables
+ *   backup.c    replication, the backup's side (replica.c has the
+ *               primary's): Replicate, snapshots, messages held for a view
+ *   ranges.c    adopting a view: the ranges this server holds, live sets,
+ *               a primary's duties to its backups, workers joining
+ *
+ * Loop thread only, like everything in server.h.
+ */
+#ifndef PS_SERVER_SERVER_INT_H
+#define PS_SERVER_SERVER_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "common/member.h"
+#include "common/transport.h"
+#include "common/view.h"
+#include "dedup.h"
+#include "proto/ps.pb-c.h"
+#include "replica.h"
+#include "saver.h"
+#include "server.h"
+#include "shard.h"
+#include "sparse.h"
+
+/* Payload frames are float32 little-endian on the wire and are applied in
+ * place, which is only right on a little-endian host. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "payload frames are applied in place: little-endian only");
+
+/* A BSP pull that asked for a step the shard has not applied yet. */
+typedef struct parked_pull_s {
+  struct parked_pull_s *next;
+  zmq_msg_t route; /* a reference to the peer's routing id (zmq_msg_copy) */
+  uint64_t request_id;
+  uint64_t key_begin, count, clock;
+} parked_pull_t;
+
+/* A range this server holds a copy of: as its primary (serves workers,
+ * forwards every change to the backups) or as a backup (replays what the
+ * primary forwards). A backup added to a running job has no shard until
+ * the primary's snapshot comes. */
+typedef struct {
+  uint64_t begin, end;
+  ps_shard_t *shard;
+  ps_dedup_t *dedup;     /* (worker, seq) pairs applied: see dedup.h */
+  parked_pull_t *parked; /* in arrival order */
+  int primary;
+  uint32_t primary_id; /* backups: the only node whose changes they take */
+  /* Primaries: the backups already sent a snapshot of the range. */
+  uint32_t nsnapped;
+  uint32_t snapped[PS_MAX_REPLICAS - 1];
+  /* ... of which these acked it: they hold the range. */
+  uint32_t nsynced;
+  uint32_t synced[PS_MAX_REPLICAS - 1];
+} owned_range_t;
+
+/* A replication message that came ahead of our view (the snapshot of a
+ * new backup can overtake the view that makes it one). */
+typedef struct deferred_s {
+  struct deferred_s *next;
+  ps_msg_t m;
+} deferred_t;
+
+typedef struct {
+  int armed;
+  uint64_t last_ms;
+  uint64_t suppressed;
+  /* Reports what a window suppressed when no later line would carry it. */
+  uv_timer_t flush_timer;
+  int flush_open;
+} ratelimit_t;
+
+struct ps_server_s {
+  uv_loop_t loop;
+  int loop_ready;
+  void *zctx;
+  ps_zsock_t *data;
+  ps_member_t *member;
+  uv_signal_t sigterm, sigint;
+  int signals_open;
+  uv_timer_t stop_timer;
+  int stop_timer_open;
+
+  char *scheduler;
+  char *advertise;
+  char endpoint[PS_ADDR_MAX]; /* the bound one, kept after the socket closes */
+  ps_frame_limits_t limits;
+
+  uint32_t node_id;
+  ps_view_t *view; /* the adopted view; its model built the shards */
+  owned_range_t *ranges;
+  size_t nranges;
+  uint64_t reported_clock;
+
+  ps_server_stats_t stats;
+  ratelimit_t warn_limit;
+  /* Checkpoints (saver.h): shards written at the scheduler's request and
+   * loaded at a restore. While the first view's ranges load, that view
+   * (or a newer one) waits in restore_view and requests get NOT_READY. */
+  ps_saver_t *saver;
+  ps_view_t *restore_view;
+  int restoring;
+  float *scratch; /* aligned copies of unaligned push frames */
+  size_t scratch_bytes;
+  /* Sparse tables (sparse.h), one per table of the model, in its order;
+   * made with the first view that has the model. */
+  ps_sparse_table_t **sparse;
+  size_t nsparse;
+  uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
+  size_t key_scratch_bytes;
+
+  /* Replication (replica.h): this node's primary side; and the backup
+   * side's messages waiting for a newer view. */
+  ps_repl_t *repl;
+  deferred_t *deferred, **deferred_tail;
+  size_t ndeferred;
+
+  int stopping;
+  int torn_down;
+  int exit_status;
+  char errmsg[512];
+};
+
+/* server.c */
+const char *ps__srv_mode_name(int mode);
+uint64_t ps__srv_view_epoch(const ps_server_t *s);
+void ps__srv_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
+void ps__srv_send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                        int code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void ps__srv_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m);
+
+/* requests.c */
+void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                         const char *why);
+void ps__srv_report_clock(ps_server_t *s);
+void ps__srv_after_apply(ps_server_t *s, owned_range_t *r);
+void ps__srv_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                       uint64_t clock, int duplicate);
+void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                            uint64_t clock, int duplicate, int status,
+                            const char *reason);
+const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                    uint64_t count);
+void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m);
+void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m);
+void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
+void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
+int ps__srv_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                         size_t errlen);
+void ps__srv_sparse_free(ps_server_t *s);
+
+/* backup.c */
+void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m);
+void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m);
+void ps__srv_serve_deferred(ps_server_t *s);
+void ps__srv_deferred_free(ps_server_t *s);
+
+/* ranges.c */
+const char *ps__srv_format_ranges(const ps_server_t *s, char *buf, size_t len);
+int ps__srv_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
+                           size_t nlive, int *applied);
+int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
+                       size_t errlen);
+void ps__srv_repl_synced(void *arg, uint64_t begin, uint64_t end,
+                         uint32_t backup, uint64_t bytes, uint64_t ms);
+
+#endif
