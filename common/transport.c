@@ -8,9 +8,18 @@
 #include "err.h"
 #include "log.h"
 
+/* One drain handles at most this many messages, or this long, then gives
+ * the loop back (an idle handle brings it back on the next turn): a flood
+ * of requests must not starve the loop's timers, the heartbeat among them,
+ * or a busy server is declared dead (a 100 MB push stalled three servers
+ * past a 400 ms heartbeat timeout before this). */
+#define DRAIN_BUDGET_MSGS 256
+#define DRAIN_BUDGET_NS (5 * 1000 * 1000)
+
 struct ps_zsock_s {
   uv_poll_t poll;
   uv_prepare_t prepare;
+  uv_idle_t idle;   /* running while a drain stopped with messages left */
   int open_handles; /* freed when both handles' close callbacks ran */
   void *sock;
   int is_router;
@@ -34,10 +43,18 @@ int ps_zsock_configure(void *sock) {
   return PS_OK;
 }
 
+static void idle_cb(uv_idle_t *h);
+
 static void drain(ps_zsock_t *zs) {
   if (zs->closing) return;
   zs->in_drain = 1;
+  uint64_t t0 = uv_hrtime();
+  int budget = DRAIN_BUDGET_MSGS, more = 0;
   for (;;) {
+    if (budget-- == 0 || uv_hrtime() - t0 > DRAIN_BUDGET_NS) {
+      more = 1;
+      break;
+    }
     int events = 0;
     size_t sz = sizeof(events);
     if (zmq_getsockopt(zs->sock, ZMQ_EVENTS, &events, &sz) != 0) break;
@@ -52,6 +69,12 @@ static void drain(ps_zsock_t *zs) {
     if (zs->closing) break;
   }
   zs->in_drain = 0;
+  if (!zs->closing) {
+    if (more)
+      uv_idle_start(&zs->idle, idle_cb);
+    else
+      uv_idle_stop(&zs->idle);
+  }
   if (zs->closing) {
     /* The owner destroyed the socket from inside its callback. */
     zmq_close(zs->sock);
@@ -71,7 +94,14 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
 /* Before the loop blocks: a message may have arrived while we were sending,
  * and the edge that announced it was consumed by that send's ZMQ_EVENTS
  * update. */
-static void prepare_cb(uv_prepare_t *h) { drain(h->data); }
+static void prepare_cb(uv_prepare_t *h) {
+  drain(h->data);
+}
+
+/* A drain ran out of budget with messages left: go on, a turn later. */
+static void idle_cb(uv_idle_t *h) {
+  drain(h->data);
+}
 
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const char *bind_ep, const char *connect_ep,
@@ -132,18 +162,24 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
   zmq_getsockopt(zs->sock, ZMQ_FD, &fd, &fdlen);
   uv_poll_init(loop, &zs->poll, fd);
   uv_prepare_init(loop, &zs->prepare);
+  uv_idle_init(loop, &zs->idle);
   zs->poll.data = zs;
   zs->prepare.data = zs;
-  zs->open_handles = 2;
+  zs->idle.data = zs;
+  zs->open_handles = 3;
   uv_poll_start(&zs->poll, UV_READABLE, poll_cb);
   uv_prepare_start(&zs->prepare, prepare_cb);
   *err = PS_OK;
   return zs;
 }
 
-void *ps_zsock_socket(ps_zsock_t *zs) { return zs->sock; }
+void *ps_zsock_socket(ps_zsock_t *zs) {
+  return zs->sock;
+}
 
-const char *ps_zsock_endpoint(ps_zsock_t *zs) { return zs->endpoint; }
+const char *ps_zsock_endpoint(ps_zsock_t *zs) {
+  return zs->endpoint;
+}
 
 static void close_cb(uv_handle_t *h) {
   ps_zsock_t *zs = h->data;
@@ -157,8 +193,10 @@ void ps_zsock_destroy(ps_zsock_t **zs_p) {
   zs->closing = 1;
   uv_poll_stop(&zs->poll);
   uv_prepare_stop(&zs->prepare);
+  uv_idle_stop(&zs->idle);
   uv_close((uv_handle_t *)&zs->poll, close_cb);
   uv_close((uv_handle_t *)&zs->prepare, close_cb);
+  uv_close((uv_handle_t *)&zs->idle, close_cb);
   /* Inside drain() the socket is still being read: drain closes it. */
   if (!zs->in_drain) {
     zmq_close(zs->sock);

@@ -5,7 +5,10 @@
  * So the socket is watched with uv_poll for readability and drained until
  * ZMQ_EVENTS has no ZMQ_POLLIN; a uv_prepare handle drains it once more
  * before every blocking wait of the loop, because a send on the socket can
- * swallow the edge of a message that arrived meanwhile.
+ * swallow the edge of a message that arrived meanwhile. A drain takes at
+ * most a few milliseconds' worth of messages and then lets the loop turn
+ * (a uv_idle handle resumes it), so a flood of requests never holds up the
+ * loop's timers, such as the heartbeat.
  *
  * Every complete message goes to recv_cb. Messages that fail validation go to
  * recv_cb too, with the status and reason, so the owner can answer with an

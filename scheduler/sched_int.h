@@ -118,6 +118,9 @@ struct ps_sched_s {
    * ReplicaSynced while we were down; the first check publishes a view so
    * they say it again. */
   int republish_syncing;
+  /* When on_check last ran, and its period: a check that comes late means
+   * this scheduler was stalled, not that the nodes were silent. */
+  uint64_t last_check_ms, check_every_ms;
   /* The servers' step rate, from their heartbeat clocks: how far ahead of
    * a step boundary a periodic checkpoint must be asked for. */
   uint64_t rate_clock, rate_ms;

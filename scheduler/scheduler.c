@@ -297,6 +297,19 @@ static void on_check(uv_timer_t *t) {
   uint64_t now = ps_now_ms();
   uint64_t limit = (uint64_t)s->opts.heartbeat_timeout_ms;
   int changed = 0, servers_lost = 0;
+  /* Timers run before the loop reads its sockets: after a stall of this
+   * process (no CPU for it, a long callback), the heartbeats that came
+   * meanwhile are still unread, and every node would look silent. Such a
+   * late check declares no one dead; the next one, a period later, comes
+   * after the backlog was read. */
+  uint64_t late =
+      s->last_check_ms && now > s->last_check_ms ? now - s->last_check_ms : 0;
+  s->last_check_ms = now;
+  if (late > 2 * s->check_every_ms + limit / 4) {
+    PS_WARN("scheduler_stalled", "ms=%" PRIu64 " check_ms=%" PRIu64, late,
+            s->check_every_ms);
+    limit = UINT64_MAX;
+  }
   if (s->republish_syncing) {
     s->republish_syncing = 0;
     ps__sched_publish(s, "restart_with_syncing_backups");
@@ -485,6 +498,7 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   uv_timer_init(loop, &s->check_timer);
   s->check_timer.data = s;
   s->open_handles++;
+  s->check_every_ms = every;
   uv_timer_start(&s->check_timer, on_check, every, every);
   if (opts->handle_signals) {
     uv_signal_init(loop, &s->sigterm);
