@@ -162,6 +162,11 @@ static void expected_payload(const Ps__Envelope *env, int *min_frames,
       *max_frames = PS_MAX_PAYLOAD_FRAMES;
       *nfloats = env->pull_reply->count;
       break;
+    case PS__ENVELOPE__BODY_REPLICA_CHUNK:
+      *min_frames = 1;
+      *max_frames = PS_MAX_PAYLOAD_FRAMES;
+      *nfloats = env->replica_chunk->count;
+      break;
     case PS__ENVELOPE__BODY_REPLICATE:
       if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH) {
         *min_frames = *max_frames = 1;
@@ -258,38 +263,31 @@ static int validate_sparse(const Ps__Envelope *env, const ps_msg_t *m,
   return PS_OK;
 }
 
-/* A snapshot's six frames against its header (proto/ps.proto,
+/* A snapshot head's three frames against its header (proto/ps.proto,
  * ReplicaSnapshot). The dedup frame's record size belongs to the server,
- * which checks it. */
+ * which checks it; the arrays come in ReplicaChunk messages. */
 static int validate_snapshot(const Ps__ReplicaSnapshot *r, const ps_msg_t *m,
-                             const ps_frame_limits_t *limits, char *err,
-                             size_t errlen) {
-  if (m->npayload != 6)
+                             char *err, size_t errlen) {
+  if (m->npayload != 3)
     return fail(err, errlen, PS_ERR_PROTO,
-                "replica_snapshot carries %d payload frames, expected 6",
+                "replica_snapshot carries %d payload frames, expected 3",
                 m->npayload);
   if (r->range_end <= r->range_begin)
     return fail(err, errlen, PS_ERR_PROTO, "replica_snapshot of empty range");
+  if (r->nchunks == 0)
+    return fail(err, errlen, PS_ERR_PROTO,
+                "replica_snapshot announces no chunks: the weights must come");
   uint64_t len = r->range_end - r->range_begin;
-  if (len > limits->max_payload_bytes / sizeof(float))
-    return fail(err, errlen, PS_ERR_TOO_BIG,
-                "replica_snapshot of %llu values exceeds the limit of %zu "
-                "bytes per frame",
-                (unsigned long long)len, limits->max_payload_bytes);
   if (r->acc_lo > r->acc_hi || r->acc_hi > len)
     return fail(err, errlen, PS_ERR_PROTO,
                 "replica_snapshot sum interval [%llu,%llu) outside the range "
                 "of %llu values",
                 (unsigned long long)r->acc_lo, (unsigned long long)r->acc_hi,
                 (unsigned long long)len);
-  const uint64_t want[5] = {len * sizeof(float),
-                            r->has_momentum ? len * sizeof(float) : 0,
-                            (r->acc_hi - r->acc_lo) * sizeof(float),
-                            (uint64_t)r->nlive * 2 * sizeof(uint64_t),
+  const uint64_t want[2] = {(uint64_t)r->nlive * 2 * sizeof(uint64_t),
                             (uint64_t)r->ncontrib * 2 * sizeof(uint64_t)};
-  static const char *const names[5] = {"weights", "momentum", "sum", "live",
-                                       "contrib"};
-  for (int i = 0; i < 5; i++)
+  static const char *const names[2] = {"live", "contrib"};
+  for (int i = 0; i < 2; i++)
     if (frame_size(m, i) != want[i])
       return fail(err, errlen, PS_ERR_PROTO,
                   "replica_snapshot %s frame has %zu bytes, the header says "
@@ -314,7 +312,7 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
       env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY)
     return validate_sparse(env, m, limits, err, errlen);
   if (env->body_case == PS__ENVELOPE__BODY_REPLICA_SNAPSHOT)
-    return validate_snapshot(env->replica_snapshot, m, limits, err, errlen);
+    return validate_snapshot(env->replica_snapshot, m, err, errlen);
 
   int min_frames, max_frames;
   uint64_t want_floats;

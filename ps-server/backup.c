@@ -156,80 +156,191 @@ void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   if (applied) ps__srv_after_apply(s, r);
 }
 
-/* A whole range from its primary: this server becomes a backup in step. */
+struct snap_in_s {
+  uint64_t request_id; /* the head's: every chunk repeats it */
+  uint32_t primary;
+  uint32_t nchunks, got;
+  uint64_t clock, acc_lo, acc_hi, bytes;
+  uint32_t ndedup;
+  float *weights, *momentum, *acc; /* acc: range offsets [acc_lo, acc_hi) */
+  ps_shard_live_t *live;
+  size_t nlive;
+  ps_shard_contrib_t *contrib;
+  size_t ncontrib;
+  ps_dedup_record_t *dedup;
+};
+
+void ps__srv_snap_in_free(snap_in_t **in_p) {
+  snap_in_t *in = *in_p;
+  if (in == NULL) return;
+  free(in->weights);
+  free(in->momentum);
+  free(in->acc);
+  free(in->live);
+  free(in->contrib);
+  free(in->dedup);
+  free(in);
+  *in_p = NULL;
+}
+
+/* A copy of frame f (n bytes) in fresh aligned memory, or NULL. */
+static void *frame_dup(zmq_msg_t *f, size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (p && n) memcpy(p, zmq_msg_data(f), n);
+  return p;
+}
+
+/* The head of a snapshot of a range: this server is to become a backup in
+ * step. Its state waits in r->incoming for the arrays. */
 void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   const Ps__ReplicaSnapshot *p = m->env->replica_snapshot;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
-  size_t dbytes = zmq_msg_size(&m->payload[5]);
+  size_t dbytes = zmq_msg_size(&m->payload[2]);
   if (dbytes != (size_t)p->ndedup * sizeof(ps_dedup_record_t)) {
     ps__srv_refuse(s, m, PS_ERR_PROTO,
                    "snapshot dedup frame has %zu bytes for %u records of %zu",
                    dbytes, p->ndedup, sizeof(ps_dedup_record_t));
     return;
   }
+  ps__srv_snap_in_free(&r->incoming);
   uint64_t len = p->range_end - p->range_begin;
-  /* Frames are copied out of ZeroMQ's buffers once, into aligned memory:
-   * a snapshot is rare and the shard keeps its own copy anyway. */
-  void *buf[6] = {NULL};
+  snap_in_t *in = calloc(1, sizeof(*in));
+  if (in != NULL) {
+    in->request_id = m->request_id;
+    in->primary = m->env->sender;
+    in->nchunks = p->nchunks;
+    in->clock = p->clock;
+    in->acc_lo = p->acc_lo;
+    in->acc_hi = p->acc_hi;
+    in->ndedup = p->ndedup;
+    in->nlive = p->nlive;
+    in->ncontrib = p->ncontrib;
+    in->weights = malloc(len * sizeof(float));
+    in->momentum = p->has_momentum ? malloc(len * sizeof(float)) : NULL;
+    in->acc = malloc((p->acc_hi - p->acc_lo) * sizeof(float) + 1);
+    in->live = frame_dup(&m->payload[0], zmq_msg_size(&m->payload[0]));
+    in->contrib = frame_dup(&m->payload[1], zmq_msg_size(&m->payload[1]));
+    in->dedup = frame_dup(&m->payload[2], dbytes);
+    in->bytes =
+        zmq_msg_size(&m->payload[0]) + zmq_msg_size(&m->payload[1]) + dbytes;
+  }
+  if (in == NULL || in->weights == NULL ||
+      (p->has_momentum && in->momentum == NULL) || in->acc == NULL ||
+      in->live == NULL || in->contrib == NULL || in->dedup == NULL) {
+    ps__srv_snap_in_free(&in);
+    ps__srv_refuse(s, m, PS_ERR_NOMEM,
+                   "no memory for a snapshot of [%llu,%llu) (%llu values)",
+                   (unsigned long long)p->range_begin,
+                   (unsigned long long)p->range_end, (unsigned long long)len);
+    return;
+  }
+  r->incoming = in;
+}
+
+/* Puts the received state in place of whatever r held. */
+static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
+                        size_t whylen) {
+  snap_in_t *in = r->incoming;
   int rc = PS_OK;
-  for (int i = 0; i < 6 && rc == PS_OK; i++) {
-    size_t n = zmq_msg_size(&m->payload[i]);
-    buf[i] = malloc(n ? n : 1);
-    if (buf[i] == NULL)
-      rc = PS_ERR_NOMEM;
-    else if (n)
-      memcpy(buf[i], zmq_msg_data(&m->payload[i]), n);
+  ps_shard_t *shard = ps_shard_new(r->begin, r->end, &s->view->model,
+                                   s->view->mode, NULL, 0, &rc, why, whylen);
+  ps_dedup_t *dedup = ps_dedup_new();
+  if (shard == NULL || dedup == NULL) {
+    if (shard != NULL) snprintf(why, whylen, "out of memory");
+    ps_shard_destroy(&shard);
+    ps_dedup_destroy(&dedup);
+    return rc != PS_OK ? rc : PS_ERR_NOMEM;
   }
-  char why[256] = "out of memory";
-  ps_shard_t *shard = NULL;
-  ps_dedup_t *dedup = NULL;
+  ps_shard_state_t st = {
+      .clock = in->clock,
+      .weights = in->weights,
+      .momentum = in->momentum,
+      .acc_lo = in->acc_lo,
+      .acc_hi = in->acc_hi,
+      .acc = in->acc,
+      .live = in->live,
+      .nlive = in->nlive,
+      .contrib = in->contrib,
+      .ncontrib = in->ncontrib,
+  };
+  rc = ps_shard_import(shard, &st, why, whylen);
   if (rc == PS_OK) {
-    shard = ps_shard_new(p->range_begin, p->range_end, &s->view->model,
-                         s->view->mode, NULL, 0, &rc, why, sizeof(why));
-    dedup = ps_dedup_new();
-    if (shard != NULL && dedup == NULL) rc = PS_ERR_NOMEM;
+    rc = ps_dedup_import(dedup, in->dedup, in->ndedup);
+    if (rc != PS_OK) snprintf(why, whylen, "bad dedup records");
   }
-  if (rc == PS_OK) {
-    ps_shard_state_t st = {
-        .clock = p->clock,
-        .weights = buf[0],
-        .momentum = p->has_momentum ? buf[1] : NULL,
-        .acc_lo = p->acc_lo,
-        .acc_hi = p->acc_hi,
-        .acc = buf[2],
-        .live = buf[3],
-        .nlive = p->nlive,
-        .contrib = buf[4],
-        .ncontrib = p->ncontrib,
-    };
-    rc = ps_shard_import(shard, &st, why, sizeof(why));
-  }
-  if (rc == PS_OK) {
-    rc = ps_dedup_import(dedup, buf[5], p->ndedup);
-    if (rc != PS_OK) snprintf(why, sizeof(why), "bad dedup records");
-  }
-  for (int i = 0; i < 6; i++) free(buf[i]);
   if (rc != PS_OK) {
     ps_shard_destroy(&shard);
     ps_dedup_destroy(&dedup);
-    ps__srv_refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
-                   (unsigned long long)p->range_begin,
-                   (unsigned long long)p->range_end, why);
-    return;
+    return rc;
   }
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
   r->shard = shard;
   r->dedup = dedup;
+  return PS_OK;
+}
+
+/* A piece of the arrays of the snapshot r is receiving; the last one
+ * installs it and acks the head. */
+void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
+  const Ps__ReplicaChunk *p = m->env->replica_chunk;
+  owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
+  if (r == NULL) return;
+  snap_in_t *in = r->incoming;
+  if (in == NULL || in->request_id != m->request_id ||
+      in->primary != m->env->sender) {
+    ps__srv_refuse(s, m, PS_ERR_PROTO,
+                   "snapshot chunk of [%llu,%llu) without its head",
+                   (unsigned long long)r->begin, (unsigned long long)r->end);
+    return;
+  }
+  uint64_t len = r->end - r->begin, lo = 0, hi = len;
+  float *dst = in->weights;
+  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_MOMENTUM) {
+    dst = in->momentum;
+  } else if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SUM) {
+    lo = in->acc_lo;
+    hi = in->acc_hi;
+    dst = in->acc; /* holds range offsets [acc_lo, acc_hi) */
+  } else if (p->array != PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS) {
+    dst = NULL;
+  }
+  if (dst == NULL || p->offset < lo || p->offset > hi ||
+      p->count > hi - p->offset) {
+    ps__srv_snap_in_free(&r->incoming);
+    ps__srv_refuse(s, m, PS_ERR_PROTO,
+                   "snapshot chunk of array %d, offsets [%llu,+%llu), outside "
+                   "[%llu,%llu) or not announced",
+                   (int)p->array, (unsigned long long)p->offset,
+                   (unsigned long long)p->count, (unsigned long long)lo,
+                   (unsigned long long)hi);
+    return;
+  }
+  ps_msg_payload_gather(m, dst + (p->offset - lo));
+  in->bytes += p->count * sizeof(float);
+  if (++in->got < in->nchunks) return;
+
+  char why[256] = "";
+  uint64_t clock = in->clock, bytes = in->bytes;
+  uint32_t ndedup = in->ndedup;
+  int rc = snap_install(s, r, why, sizeof(why));
+  ps__srv_snap_in_free(&r->incoming);
+  if (rc != PS_OK) {
+    ps__srv_refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
+                   (unsigned long long)r->begin, (unsigned long long)r->end,
+                   why);
+    return;
+  }
   s->stats.snapshots_in++;
   PS_INFO("replica_filled",
           "range=[%llu,%llu) primary=%u clock=%llu keys=%llu workers=%u "
-          "epoch=%llu",
+          "epoch=%llu bytes=%llu",
           (unsigned long long)r->begin, (unsigned long long)r->end,
-          m->env->sender, (unsigned long long)p->clock, (unsigned long long)len,
-          p->ndedup, (unsigned long long)ps__srv_view_epoch(s));
-  reply_replica_ack(s, m, p->clock);
+          m->env->sender, (unsigned long long)clock, (unsigned long long)len,
+          ndedup, (unsigned long long)ps__srv_view_epoch(s),
+          (unsigned long long)bytes);
+  reply_replica_ack(s, m, clock);
 }
 
 /* Serves, in order, the held replication messages our view has caught up

@@ -102,6 +102,7 @@ static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
   if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
+  ps__srv_snap_in_free(&r->incoming);
 }
 
 static int listed(const uint32_t *ids, uint32_t n, uint32_t id) {
@@ -249,6 +250,7 @@ int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       r->shard = old->shard;
       r->dedup = old->dedup;
       r->parked = old->parked;
+      r->incoming = old->incoming; /* a backup's snapshot on its way */
       if (old->primary && primary) {
         r->nsnapped = old->nsnapped;
         memcpy(r->snapped, old->snapped, sizeof(r->snapped));

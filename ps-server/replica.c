@@ -447,49 +447,112 @@ static int frame_copy(zmq_msg_t *f, const void *src, size_t n) {
   return PS_OK;
 }
 
+/* Floats per copied chunk frame: the weights' block size, so copied and
+ * zero-copy chunks look alike. */
+#define CHUNK_FRAME_KEYS PS_SHARD_BLOCK_KEYS
+
+/* Builds the frames of a snapshot chunk: up to PS_MAX_PAYLOAD_FRAMES
+ * frames of range offsets [off, end) of one array, the weights straight
+ * from their block versions (pinned until ZeroMQ has sent them), the other
+ * arrays copied. Returns the number of frames (*count floats), or a
+ * negative ps_err_t with every frame closed. */
+static int chunk_frames(ps_shard_t *shard, int array, const float *src,
+                        uint64_t off, uint64_t end, zmq_msg_t *f,
+                        uint64_t *count) {
+  int n = 0;
+  *count = 0;
+  uint64_t begin = ps_shard_begin(shard);
+  while (off < end && n < PS_MAX_PAYLOAD_FRAMES) {
+    if (array == PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS) {
+      /* One run: the rest of the block off is in. */
+      ps_shard_run_t run;
+      uint64_t blk = CHUNK_FRAME_KEYS - off % CHUNK_FRAME_KEYS;
+      uint64_t len = end - off < blk ? end - off : blk;
+      if (ps_shard_runs(shard, begin + off, len, &run, 1, NULL, 0) != 1)
+        goto fail;
+      ps_shard_pin(run.version);
+      if (ps_payload_wrap(&f[n], (void *)run.data, run.count * sizeof(float),
+                          ps_shard_unpin, run.version) != PS_OK) {
+        ps_shard_unpin(NULL, run.version);
+        goto fail;
+      }
+      off += run.count;
+      *count += run.count;
+    } else {
+      uint64_t len =
+          end - off < CHUNK_FRAME_KEYS ? end - off : CHUNK_FRAME_KEYS;
+      if (frame_copy(&f[n], src + off, len * sizeof(float)) != PS_OK) goto fail;
+      off += len;
+      *count += len;
+    }
+    n++;
+  }
+  return n;
+fail:
+  for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+  return PS_ERR_NOMEM;
+}
+
 int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
                      const ps_dedup_t *dedup) {
   uint64_t begin = ps_shard_begin(shard), end = ps_shard_end(shard);
+  uint64_t len = end - begin;
   peer_t *p = peer_find(r, backup);
   if (p == NULL) return PS_ERR_INVAL;
+  void *sock = ps_zsock_socket(p->zs);
   ps_shard_state_t st;
-  int rc = ps_shard_export(shard, &st);
-  if (rc != PS_OK) return rc;
-  uint64_t len = end - begin;
+  ps_shard_export_state(shard, &st);
+
+  /* The arrays, and how many chunk messages they take. */
+  struct {
+    int array;
+    const float *src; /* range offset 0; NULL: the weights' versions */
+    uint64_t lo, hi;
+  } arrays[3] = {
+      {PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, NULL, 0, len},
+      {PS__SNAPSHOT_ARRAY__SNAP_MOMENTUM, st.momentum, 0,
+       st.momentum ? len : 0},
+      {PS__SNAPSHOT_ARRAY__SNAP_SUM, st.acc ? st.acc - st.acc_lo : NULL,
+       st.acc_lo, st.acc_hi},
+  };
+  const uint64_t per_msg = (uint64_t)PS_MAX_PAYLOAD_FRAMES * CHUNK_FRAME_KEYS;
+  uint32_t nchunks = 0;
+  for (int a = 0; a < 3; a++) {
+    /* Weights chunks follow the blocks, so count them the same way. */
+    uint64_t lo = arrays[a].lo, hi = arrays[a].hi;
+    while (lo < hi) {
+      uint64_t stop = (lo / per_msg + 1) * per_msg;
+      lo = stop < hi ? stop : hi;
+      nchunks++;
+    }
+  }
+
   size_t ndedup = ps_dedup_count(dedup);
   ps_dedup_record_t *recs = calloc(ndedup + 1, sizeof(*recs));
-  ps_shard_live_t *live = calloc(st.nlive + 1, sizeof(*live));
-  if (recs == NULL || live == NULL) {
-    free(recs);
-    free(live);
-    return PS_ERR_NOMEM;
-  }
+  if (recs == NULL) return PS_ERR_NOMEM;
   ps_dedup_export(dedup, recs);
-  memcpy(live, st.live, st.nlive * sizeof(*live));
-  zmq_msg_t f[6];
-  int nf = 0;
-  rc = PS_OK;
-  const void *src[6] = {st.weights, st.momentum, st.acc,
-                        live,       st.contrib,  recs};
-  size_t bytes[6] = {len * sizeof(float),
-                     st.momentum ? len * sizeof(float) : 0,
-                     (st.acc_hi - st.acc_lo) * sizeof(float),
-                     st.nlive * sizeof(*live),
-                     st.ncontrib * sizeof(ps_shard_contrib_t),
-                     ndedup * sizeof(*recs)};
-  uint64_t total = 0;
-  for (; nf < 6 && rc == PS_OK; nf++) {
-    rc = frame_copy(&f[nf], src[nf], bytes[nf]);
-    total += bytes[nf];
-  }
+  zmq_msg_t f[PS_MAX_PAYLOAD_FRAMES];
+  int rc = frame_copy(&f[0], st.live, st.nlive * sizeof(*st.live));
+  if (rc == PS_OK)
+    rc = frame_copy(&f[1], st.contrib, st.ncontrib * sizeof(*st.contrib));
+  else
+    zmq_msg_init(&f[1]);
+  if (rc == PS_OK)
+    rc = frame_copy(&f[2], recs, ndedup * sizeof(*recs));
+  else
+    zmq_msg_init(&f[2]);
   free(recs);
-  free(live);
   uint64_t id;
   entry_t *e = rc == PS_OK ? entry_push(r, begin, end, &id) : NULL;
   if (e == NULL) {
-    for (int i = 0; i < nf; i++) zmq_msg_close(&f[i]);
+    for (int i = 0; i < 3; i++) zmq_msg_close(&f[i]);
     return PS_ERR_NOMEM;
   }
+  e->is_snapshot = 1;
+  e->snap_backup = backup;
+  e->snap_start_ms = ps_now_ms();
+  e->waiting[e->nwaiting++] = backup;
+
   Ps__ReplicaSnapshot snap = PS__REPLICA_SNAPSHOT__INIT;
   snap.range_begin = begin;
   snap.range_end = end;
@@ -500,20 +563,53 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   snap.nlive = (uint32_t)st.nlive;
   snap.ncontrib = (uint32_t)st.ncontrib;
   snap.ndedup = (uint32_t)ndedup;
+  snap.nchunks = nchunks;
   Ps__Envelope env;
   envelope_init(r, &env, id);
   env.body_case = PS__ENVELOPE__BODY_REPLICA_SNAPSHOT;
   env.replica_snapshot = &snap;
-  e->is_snapshot = 1;
-  e->snap_backup = backup;
-  e->snap_bytes = total;
-  e->snap_start_ms = ps_now_ms();
-  e->waiting[e->nwaiting++] = backup;
-  if (ps_msg_send(ps_zsock_socket(p->zs), NULL, &env, f, 6) != PS_OK)
+  uint64_t bytes =
+      zmq_msg_size(&f[0]) + zmq_msg_size(&f[1]) + zmq_msg_size(&f[2]);
+  if (ps_msg_send(sock, NULL, &env, f, 3) != PS_OK)
     PS_WARN("replica_send_failed", "backup=%u snapshot", backup);
+
+  /* All in this one turn of the loop, so every change after the snapshot
+   * follows its last chunk on the connection. */
+  for (int a = 0; a < 3 && rc == PS_OK; a++) {
+    uint64_t off = arrays[a].lo;
+    while (off < arrays[a].hi) {
+      uint64_t stop = (off / per_msg + 1) * per_msg;
+      if (stop > arrays[a].hi) stop = arrays[a].hi;
+      uint64_t count;
+      int nf = chunk_frames(shard, arrays[a].array, arrays[a].src, off, stop, f,
+                            &count);
+      if (nf < 0) {
+        /* The backup never gets the last chunk and never acks: the
+         * scheduler's view will give the range another chance. */
+        rc = nf;
+        break;
+      }
+      Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
+      ch.range_begin = begin;
+      ch.range_end = end;
+      ch.array = arrays[a].array;
+      ch.offset = off;
+      ch.count = count;
+      envelope_init(r, &env, id);
+      env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
+      env.replica_chunk = &ch;
+      if (ps_msg_send(sock, NULL, &env, f, nf) != PS_OK)
+        PS_WARN("replica_send_failed", "backup=%u snapshot chunk", backup);
+      bytes += count * sizeof(float);
+      off += count;
+    }
+  }
+  e->snap_bytes = bytes;
   PS_INFO("snapshot_sent",
-          "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu workers=%zu",
+          "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu chunks=%u "
+          "workers=%zu",
           (unsigned long long)begin, (unsigned long long)end, backup,
-          (unsigned long long)st.clock, (unsigned long long)total, ndedup);
-  return PS_OK;
+          (unsigned long long)st.clock, (unsigned long long)bytes, nchunks,
+          ndedup);
+  return rc;
 }

@@ -157,6 +157,9 @@ void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m) {
     case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
       ps__srv_handle_snapshot(s, m);
       break;
+    case PS__ENVELOPE__BODY_REPLICA_CHUNK:
+      ps__srv_handle_chunk(s, m);
+      break;
     case PS__ENVELOPE__BODY_PULL:
       ps__srv_handle_pull(s, m);
       break;
@@ -683,6 +686,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_destroy(&s->ranges[i].shard);
     ps_dedup_destroy(&s->ranges[i].dedup);
+    ps__srv_snap_in_free(&s->ranges[i].incoming);
   }
   free(s->ranges);
   ps__srv_deferred_free(s);

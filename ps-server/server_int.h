@@ -46,6 +46,10 @@ typedef struct parked_pull_s {
   uint64_t key_begin, count, clock;
 } parked_pull_t;
 
+/* A snapshot of a range on its way in (backup.c): the head's state and
+ * the arrays filled chunk by chunk, installed when the last chunk is in. */
+typedef struct snap_in_s snap_in_t;
+
 /* A range this server holds a copy of: as its primary (serves workers,
  * forwards every change to the backups) or as a backup (replays what the
  * primary forwards). A backup added to a running job has no shard until
@@ -63,6 +67,7 @@ typedef struct {
   /* ... of which these acked it: they hold the range. */
   uint32_t nsynced;
   uint32_t synced[PS_MAX_REPLICAS - 1];
+  snap_in_t *incoming; /* backups: a snapshot being received */
 } owned_range_t;
 
 /* A replication message that came ahead of our view (the snapshot of a
@@ -166,6 +171,9 @@ void ps__srv_sparse_free(ps_server_t *s);
 /* backup.c */
 void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m);
 void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m);
+void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m);
+/* Drops a snapshot r was receiving. NULL-safe. */
+void ps__srv_snap_in_free(snap_in_t **in_p);
 void ps__srv_serve_deferred(ps_server_t *s);
 void ps__srv_deferred_free(ps_server_t *s);
 

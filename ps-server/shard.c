@@ -735,12 +735,9 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
   return PS_OK;
 }
 
-int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
+void ps_shard_export_state(const ps_shard_t *s, ps_shard_state_t *out) {
   memset(out, 0, sizeof(*out));
-  const float *w = ps_shard_weights(s);
-  if (w == NULL) return PS_ERR_NOMEM;
   out->clock = s->clock;
-  out->weights = w;
   out->momentum = s->velocity;
   out->acc_lo = s->acc_lo;
   out->acc_hi = s->acc_hi;
@@ -749,6 +746,13 @@ int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
   out->nlive = s->nlive;
   out->contrib = s->contrib;
   out->ncontrib = s->ncontrib;
+}
+
+int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
+  const float *w = ps_shard_weights(s);
+  if (w == NULL) return PS_ERR_NOMEM;
+  ps_shard_export_state(s, out);
+  out->weights = w;
   return PS_OK;
 }
 

@@ -218,6 +218,11 @@ typedef struct {
  * are gathered into one copy, ps_shard_weights). */
 int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out);
 
+/* The same without the weights (out->weights NULL): for a caller that
+ * sends them straight from the block versions (ps_shard_runs). Cannot
+ * fail. */
+void ps_shard_export_state(const ps_shard_t *s, ps_shard_state_t *out);
+
 /* Replaces the shard's whole state with *st (copied; st may be this
  * shard's own export): weights, momentum (ignored when the shard's momentum
  * is 0), clock, BSP step in progress, live set. A step that the imported

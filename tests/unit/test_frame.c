@@ -372,6 +372,83 @@ START_TEST(recv_without_message_is_timeout) {
 }
 END_TEST
 
+/* A snapshot head: 3 frames (live, contrib, dedup), the first two exactly
+ * the size the header says; at least one chunk; a sum interval inside the
+ * range. A chunk: whole floats adding up to its count. */
+static size_t pack_snapshot(uint8_t *buf, uint32_t nlive, uint32_t nchunks,
+                            uint64_t acc_hi) {
+  Ps__ReplicaSnapshot r = PS__REPLICA_SNAPSHOT__INIT;
+  r.range_begin = 16;
+  r.range_end = 80;
+  r.nlive = nlive;
+  r.ncontrib = 1;
+  r.nchunks = nchunks;
+  r.acc_lo = 8;
+  r.acc_hi = acc_hi;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  env.request_id = 5;
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_SNAPSHOT;
+  env.replica_snapshot = &r;
+  return ps__envelope__pack(&env, buf);
+}
+
+static int send_snapshot(uint32_t nlive, uint32_t nchunks, uint64_t acc_hi,
+                         size_t live_bytes, char *err) {
+  uint8_t buf[256];
+  send_raw(buf, pack_snapshot(buf, nlive, nchunks, acc_hi), 1);
+  uint64_t live[8] = {0}, contrib[2] = {0};
+  send_raw(live, live_bytes, 1);
+  send_raw(contrib, sizeof(contrib), 1);
+  send_raw(NULL, 0, 0); /* no dedup records */
+  ps_msg_t m;
+  int rc = recv_router(&m, NULL, err);
+  ps_msg_close(&m);
+  return rc;
+}
+
+START_TEST(snapshot_head_checked) {
+  char err[256];
+  ck_assert_int_eq(send_snapshot(2, 1, 40, 32, err), PS_OK);
+  ck_assert_int_eq(send_snapshot(2, 1, 40, 16, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "live frame has 16 bytes"));
+  ck_assert_int_eq(send_snapshot(1, 0, 40, 16, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "no chunks"));
+  ck_assert_int_eq(send_snapshot(1, 1, 65, 16, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "sum interval [8,65)"));
+}
+END_TEST
+
+START_TEST(snapshot_chunk_checked) {
+  Ps__ReplicaChunk c = PS__REPLICA_CHUNK__INIT;
+  c.range_begin = 0;
+  c.range_end = 64;
+  c.count = 12;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
+  env.replica_chunk = &c;
+  uint8_t buf[128];
+  size_t n = ps__envelope__pack(&env, buf);
+  float v[12] = {0};
+  char err[256];
+  ps_msg_t m;
+  /* 12 floats in two frames: fine. */
+  send_raw(buf, n, 1);
+  send_raw(v, 8 * sizeof(float), 1);
+  send_raw(v, 4 * sizeof(float), 0);
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_OK);
+  ck_assert_int_eq(m.npayload, 2);
+  ps_msg_close(&m);
+  /* 11 of them: refused. */
+  send_raw(buf, n, 1);
+  send_raw(v, 11 * sizeof(float), 0);
+  ck_assert_int_eq(recv_router(&m, NULL, err), PS_ERR_PROTO);
+  ck_assert_ptr_nonnull(strstr(err, "12 values"));
+  ps_msg_close(&m);
+}
+END_TEST
+
 START_TEST(body_names) {
   ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PUSH), "push");
   ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PULL_REPLY), "pull_reply");
@@ -396,6 +473,8 @@ int main(void) {
   tcase_add_test(tc, error_reply_carries_request);
   tcase_add_test(tc, recv_without_message_is_timeout);
   tcase_add_test(tc, body_names);
+  tcase_add_test(tc, snapshot_head_checked);
+  tcase_add_test(tc, snapshot_chunk_checked);
   tcase_add_test(tc, pull_reply_in_several_frames);
   tcase_add_test(tc, headers_outnumber_slab);
   suite_add_tcase(s, tc);
