@@ -3,7 +3,11 @@
  * tensor, a wrong epoch; for sparse tables an unknown table, unsorted or
  * duplicate keys, a values frame that does not fit the table's dim. Each is
  * answered with an Error, and each daemon still serves the next good
- * request.
+ * request. With two servers, replication messages to a backup that do not
+ * hold together (a chunk without its snapshot head, a head whose dedup
+ * frame does not match its count, a live set without its first steps) and
+ * any replication message from a node that is not the range's primary
+ * (fenced) are refused the same way.
  *
  * The test itself plays the single worker of the job over the real protocol,
  * so the cluster publishes a view and the server holds a model. */
@@ -26,6 +30,11 @@ static void *ctx, *sched, *server;
 static uint32_t node_id;
 static uint64_t epoch;
 static uint64_t next_req = 1;
+/* Two-server fixture: range 0's primary id, its backup's socket, and the
+ * range. */
+static uint32_t primary_id;
+static void *backup;
+static uint64_t range0_begin, range0_end;
 
 static void *dealer(const char *ep) {
   void *s = zmq_socket(ctx, ZMQ_DEALER);
@@ -104,12 +113,16 @@ static size_t pack_push(uint8_t *buf, uint64_t req, uint64_t begin,
   return ps__envelope__pack(&env, buf);
 }
 
-static void setup(void) {
+static void setup_n(const char *nservers) {
   h_init(&c, "bad_input");
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "1", "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
+          nservers, "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
           "60000", NULL);
-  h_spawn(&c, "server", "ps-server", "--scheduler", c.sched_ep, NULL);
+  for (int i = 0; i < atoi(nservers); i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "server%d", i);
+    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep, NULL);
+  }
   ctx = zmq_ctx_new();
   sched = dealer(c.sched_ep);
 
@@ -148,27 +161,44 @@ static void setup(void) {
 
   /* The view comes once the server registered too. */
   uint64_t end = h_now_ms() + 30000;
-  char server_ep[256] = "";
+  char server_ep[256] = "", backup_ep[256] = "";
   while (server_ep[0] == '\0') {
     ck_assert_msg(h_now_ms() < end, "no view within 30 s");
     if (recv_msg(sched, &m, 1000) != PS_OK) continue;
     if (m.env->body_case == PS__ENVELOPE__BODY_VIEW) {
       Ps__View *v = m.env->view;
       epoch = v->epoch;
-      ck_assert_uint_eq(v->n_ranges, 1);
-      for (size_t i = 0; i < v->n_nodes; i++)
-        if (v->nodes[i]->id == v->ranges[0]->server_id)
+      ck_assert_uint_eq(v->n_ranges, (size_t)atoi(nservers));
+      const Ps__KeyRange *r0 = v->ranges[0];
+      primary_id = r0->server_id;
+      range0_begin = r0->begin;
+      range0_end = r0->end;
+      for (size_t i = 0; i < v->n_nodes; i++) {
+        if (v->nodes[i]->id == primary_id)
           snprintf(server_ep, sizeof(server_ep), "%s", v->nodes[i]->address);
+        if (r0->n_backups > 0 && v->nodes[i]->id == r0->backups[0])
+          snprintf(backup_ep, sizeof(backup_ep), "%s", v->nodes[i]->address);
+      }
     }
     ps_msg_close(&m);
   }
   ck_assert_uint_ge(epoch, 1);
   server = dealer(server_ep);
+  backup = backup_ep[0] ? dealer(backup_ep) : NULL;
+}
+
+static void setup(void) {
+  setup_n("1");
+}
+static void setup_replicated(void) {
+  setup_n("2");
 }
 
 static void teardown(void) {
   zmq_close(sched);
   zmq_close(server);
+  if (backup) zmq_close(backup);
+  backup = NULL;
   zmq_ctx_term(ctx);
   h_kill_all(&c);
 }
@@ -374,6 +404,94 @@ START_TEST(scheduler_refuses_bad_input) {
 }
 END_TEST
 
+/* A replication message to the backup of range 0, claiming to come from its
+ * primary (node ids are not secrets: fencing is about views, not forgery). */
+static Ps__Envelope from_primary(Ps__Envelope__BodyCase body) {
+  Ps__Envelope env = envelope(body);
+  env.sender = primary_id;
+  return env;
+}
+
+/* The backup still replays a good change from its primary. */
+static void expect_backup_replays(void) {
+  Ps__Replicate r = PS__REPLICATE__INIT;
+  r.range_begin = range0_begin;
+  r.range_end = range0_end;
+  r.kind = PS__REPLICATE_KIND__REPL_LIVE;
+  uint32_t live[1] = {node_id};
+  uint64_t from[1] = {0};
+  r.n_live = r.n_live_from = 1;
+  r.live = live;
+  r.live_from = from;
+  Ps__Envelope env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &r;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(backup, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ACK,
+                "good live set answered with %s",
+                ps_body_name(m.env->body_case));
+  ps_msg_close(&m);
+}
+
+START_TEST(backup_refuses_bad_replication) {
+  ck_assert_ptr_nonnull(backup);
+  expect_backup_replays();
+
+  /* A live set whose first steps do not match it. */
+  Ps__Replicate r = PS__REPLICATE__INIT;
+  r.range_begin = range0_begin;
+  r.range_end = range0_end;
+  r.kind = PS__REPLICATE_KIND__REPL_LIVE;
+  uint32_t live[2] = {node_id, node_id + 7};
+  uint64_t from[1] = {0};
+  r.n_live = 2;
+  r.live = live;
+  r.n_live_from = 1;
+  r.live_from = from;
+  Ps__Envelope env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &r;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_PROTO, "live without steps");
+
+  /* A chunk of a snapshot that never began. */
+  Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
+  ch.range_begin = range0_begin;
+  ch.range_end = range0_end;
+  ch.count = 4;
+  float vals[4] = {0};
+  zmq_msg_t f;
+  ps_payload_wrap(&f, vals, sizeof(vals), NULL, NULL);
+  env = from_primary(PS__ENVELOPE__BODY_REPLICA_CHUNK);
+  env.replica_chunk = &ch;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, &f, 1), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_PROTO, "chunk without head");
+
+  /* A snapshot head whose dedup frame is not its record count. */
+  Ps__ReplicaSnapshot sn = PS__REPLICA_SNAPSHOT__INIT;
+  sn.range_begin = range0_begin;
+  sn.range_end = range0_end;
+  sn.nchunks = 1;
+  sn.ndedup = 1;
+  zmq_msg_t hf[3];
+  for (int i = 0; i < 3; i++) zmq_msg_init(&hf[i]); /* all empty */
+  env = from_primary(PS__ENVELOPE__BODY_REPLICA_SNAPSHOT);
+  env.replica_snapshot = &sn;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, hf, 3), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_PROTO, "dedup frame size");
+
+  /* Any of them from a node that is not the primary: fenced. */
+  expect_backup_replays();
+  r.n_live = 1;
+  env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &r;
+  env.sender = node_id;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_FENCED, "not the primary");
+  expect_backup_replays();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("bad_input");
   TCase *tc = tcase_create("bad_input");
@@ -383,5 +501,10 @@ int main(void) {
   tcase_add_test(tc, server_refuses_bad_sparse);
   tcase_add_test(tc, scheduler_refuses_bad_input);
   suite_add_tcase(s, tc);
+  TCase *tr = tcase_create("replication");
+  tcase_set_timeout(tr, 120);
+  tcase_add_checked_fixture(tr, setup_replicated, teardown);
+  tcase_add_test(tr, backup_refuses_bad_replication);
+  suite_add_tcase(s, tr);
   return ps_check_run(s);
 }
