@@ -146,6 +146,16 @@ static float *row_get(ps_sparse_table_t *t, uint64_t id) {
   return row;
 }
 
+/* row_get, saying in err which row could not be made. */
+static float *row_or_fail(ps_sparse_table_t *t, uint64_t key, char *err,
+                          size_t errlen) {
+  float *row = row_get(t, key);
+  if (row == NULL && err && errlen)
+    snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
+             (unsigned long long)key, t->spec.name);
+  return row;
+}
+
 int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
                          const float *grads, float scale, char *err,
                          size_t errlen) {
@@ -153,15 +163,10 @@ int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
   for (size_t i = 0; i < n; i++) {
-    float *row = row_get(t, keys[i]);
-    if (row == NULL) {
-      /* Rows before i are applied: the caller reports the failure and the
-       * worker's step is lost, as with any server out of memory. */
-      if (err && errlen)
-        snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
-                 (unsigned long long)keys[i], t->spec.name);
-      return PS_ERR_NOMEM;
-    }
+    /* Rows before i are applied: the caller reports the failure and the
+     * worker's step is lost, as with any server out of memory. */
+    float *row = row_or_fail(t, keys[i], err, errlen);
+    if (row == NULL) return PS_ERR_NOMEM;
     ps_apply_sgd(row, t->momentum > 0 ? row + dim : NULL, grads + i * dim, dim,
                  t->lr, t->momentum, scale);
   }
@@ -174,13 +179,8 @@ int ps_sparse_table_pull(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
   for (size_t i = 0; i < n; i++) {
-    float *row = row_get(t, keys[i]);
-    if (row == NULL) {
-      if (err && errlen)
-        snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
-                 (unsigned long long)keys[i], t->spec.name);
-      return PS_ERR_NOMEM;
-    }
+    float *row = row_or_fail(t, keys[i], err, errlen);
+    if (row == NULL) return PS_ERR_NOMEM;
     memcpy(out + i * dim, row, dim * sizeof(float));
   }
   return PS_OK;

@@ -109,8 +109,8 @@ int ps_bench_raw_server_main(void *arg) {
    * untouched pages would all be the kernel's zero page, and the kernel's
    * copy into the socket is several times slower from a source that is
    * not cache-line aligned (measured: 16 bytes off, as calloc gives). */
-  size_t wbytes = ((a->max_floats ? a->max_floats : 1) * sizeof(float) + 63) /
-                  64 * 64;
+  size_t wbytes =
+      ((a->max_floats ? a->max_floats : 1) * sizeof(float) + 63) / 64 * 64;
   float *weights = aligned_alloc(64, wbytes);
   if (weights) memset(weights, 0, wbytes);
   void *ctx = zmq_ctx_new();
@@ -193,6 +193,24 @@ typedef struct {
 typedef struct {
   uint64_t bytes, requests, ops, elapsed_ns;
 } tally_t;
+
+/* Answers a run on fd: "res <bytes> <requests> <ops> <ns> <histogram>\n",
+ * built in result (RESULT_MAX bytes). */
+static void send_result(int fd, const tally_t *t, const ps_bench_hist_t *hist,
+                        char *result) {
+  int hn =
+      snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
+               (unsigned long long)t->bytes, (unsigned long long)t->requests,
+               (unsigned long long)t->ops, (unsigned long long)t->elapsed_ns);
+  if (ps_bench_hist_format(hist, result + hn, (size_t)(RESULT_MAX - hn - 2)) <
+      0) {
+    reply(fd, "err histogram too large");
+    return;
+  }
+  size_t rl = strlen(result);
+  result[rl++] = '\n';
+  ps_bench_write_all(fd, result, rl);
+}
 
 static int requests_per_op(ps_bench_op_t op, int nservers) {
   return (op == PS_BENCH_PUSHPULL ? 2 : 1) * nservers;
@@ -554,18 +572,7 @@ int ps_bench_client_main(void *arg) {
         status = 1;
         continue;
       }
-      int hn =
-          snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
-                   (unsigned long long)t.bytes, (unsigned long long)t.requests,
-                   (unsigned long long)t.ops, (unsigned long long)t.elapsed_ns);
-      if (ps_bench_hist_format(&r.hist, result + hn,
-                               (size_t)(RESULT_MAX - hn - 2)) < 0) {
-        reply(a->ctl_fd, "err histogram too large");
-        continue;
-      }
-      size_t rl = strlen(result);
-      result[rl++] = '\n';
-      ps_bench_write_all(a->ctl_fd, result, rl);
+      send_result(a->ctl_fd, &t, &r.hist, result);
       continue;
     }
     if (sscanf(line, "run %15s %15s %llu %d %llu", mode, opname, &size, &window,
@@ -597,18 +604,7 @@ int ps_bench_client_main(void *arg) {
       status = 1;
       continue;
     }
-    int hn =
-        snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
-                 (unsigned long long)t.bytes, (unsigned long long)t.requests,
-                 (unsigned long long)t.ops, (unsigned long long)t.elapsed_ns);
-    if (ps_bench_hist_format(&r.hist, result + hn,
-                             (size_t)(RESULT_MAX - hn - 2)) < 0) {
-      reply(a->ctl_fd, "err histogram too large");
-      continue;
-    }
-    size_t rl = strlen(result);
-    result[rl++] = '\n';
-    ps_bench_write_all(a->ctl_fd, result, rl);
+    send_result(a->ctl_fd, &t, &r.hist, result);
   }
   free(result);
   /* Done goes to the scheduler; once every worker is done the cluster
