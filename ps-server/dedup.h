@@ -2,7 +2,7 @@
  * range has applied.
  *
  * Every push carries the worker's node id and a sequence number that the
- * client keeps across resends (worker/client.c), so after a failover a
+ * client keeps across resends (worker/client/client_data.c), so after a failover a
  * client may resend whatever was not acked and the range applies each push
  * exactly once. A plain "highest applied" mark is not enough: a client has
  * many requests in flight, and one refused for a stale epoch is resent

@@ -14,9 +14,9 @@
 #include "common/log.h"
 #include "common/optimizer.h"
 #include "common/time.h"
-#include "worker/compute.h"
-#include "worker/idx.h"
-#include "worker/net.h"
+#include "worker/compute/compute.h"
+#include "worker/data/idx.h"
+#include "worker/model/net.h"
 
 /* Evaluation batches: large enough for BLAS to run at full speed. The CNN's
  * are smaller: its im2col and activation buffers take about 1 MB per

@@ -37,8 +37,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/client.h"
-#include "worker/net.h"
+#include "ps/client.h"
+#include "worker/model/net.h"
 
 typedef struct ps_trainer_s ps_trainer_t;
 

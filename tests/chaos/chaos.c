@@ -11,7 +11,7 @@
 
 #include "common/err.h"
 #include "proto/ps.pb-c.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 /* ---- servers --------------------------------------------------------------
  */

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 #include "tests/integration/harness.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 /* ctest's code for a skipped test (SKIP_RETURN_CODE). */
 #define CHAOS_SKIP 77

@@ -25,7 +25,7 @@
 #include "common/err.h"
 #include "tests/chaos/chaos.h"
 #include "tests/check_run.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 #define SERVERS 3
 #define KEYS (SERVERS * 64)

@@ -21,7 +21,7 @@
 #include "harness.h"
 #include "proto/ps.pb-c.h"
 #include "tests/check_run.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 #define SERVERS 3
 

@@ -23,7 +23,7 @@
 #include "harness.h"
 #include "proto/ps.pb-c.h"
 #include "tests/check_run.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 #define WORKERS 4
 #define SERVERS 2

@@ -22,7 +22,7 @@
 #include "harness.h"
 #include "proto/ps.pb-c.h"
 #include "tests/check_run.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 #define WORKERS 2
 #define NKEYS 700

@@ -16,7 +16,7 @@
 #include "common/time.h"
 #include "common/view.h"
 #include "tests/check_run.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 /* Servers 1 and 2 own the key space; server 3 is a spare that takes over
  * server 2's range in a failover. */

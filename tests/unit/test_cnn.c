@@ -7,9 +7,9 @@
 #include "common/err.h"
 #include "common/init.h"
 #include "common/optimizer.h"
-#include "worker/cnn.h"
-#include "worker/compute.h"
-#include "worker/net.h"
+#include "worker/model/cnn.h"
+#include "worker/compute/compute.h"
+#include "worker/model/net.h"
 #include "tests/check_run.h"
 
 static ps_compute_t *c;

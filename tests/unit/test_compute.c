@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "worker/compute.h"
-#include "worker/compute_elem.h"
+#include "worker/compute/compute.h"
+#include "worker/compute/compute_elem.h"
 #include "tests/check_run.h"
 
 static ps_compute_t *c;

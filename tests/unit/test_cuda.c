@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "worker/compute.h"
-#include "worker/net.h"
+#include "worker/compute/compute.h"
+#include "worker/model/net.h"
 #include "worker/trainer.h"
 
 #define SKIP_CODE 77

@@ -7,7 +7,7 @@
 #include <zlib.h>
 
 #include "common/err.h"
-#include "worker/idx.h"
+#include "worker/data/idx.h"
 #include "tests/check_run.h"
 
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"

@@ -7,8 +7,8 @@
 #include "common/err.h"
 #include "common/init.h"
 #include "common/optimizer.h"
-#include "worker/compute.h"
-#include "worker/mlp.h"
+#include "worker/compute/compute.h"
+#include "worker/model/mlp.h"
 #include "worker/trainer.h"
 #include "tests/check_run.h"
 

@@ -1,11 +1,11 @@
-#include "worker/net.h"
+#include "worker/model/net.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "common/err.h"
-#include "worker/cnn.h"
-#include "worker/mlp.h"
+#include "worker/model/cnn.h"
+#include "worker/model/mlp.h"
 
 struct ps_net_s {
   ps_net_kind_t kind;

@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "worker/compute.h"
-#include "worker/cuda/kernels.h"
+#include "worker/compute/compute.h"
+#include "worker/compute/cuda/kernels.h"
 
 #define FENCES PS_COMPUTE_FENCES
 

@@ -18,7 +18,7 @@
 #include "common/log.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* After the last reply, ZeroMQ's I/O thread may still hold acked frames for
  * a moment; past this, sockets holding frames are closed to free them. */

@@ -3,7 +3,7 @@
  * with no shared state, so a CUDA kernel is a grid-stride loop around it.
  *
  * They are written once here, compiled by nvcc for the device
- * (worker/cuda/kernels.cu) and by the C compiler for the unit tests, which
+ * (worker/compute/cuda/kernels.cu) and by the C compiler for the unit tests, which
  * check every one against the CPU backend on the host: a machine without a
  * GPU still tests the arithmetic the GPU runs. The CPU backend keeps its own
  * loops, shaped for caches, not for one thread per element.
@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/compute.h"
+#include "worker/compute/compute.h"
 
 #ifdef __CUDACC__
 #define PS_ELEM __host__ __device__ static inline

@@ -1,7 +1,7 @@
 /* A convolutional classifier: blocks of (convolution, ReLU, max pooling)
  * followed by fully connected layers with ReLU between them and softmax
  * cross-entropy on the last, written once against the compute interface
- * (worker/compute.h), so it runs on every backend.
+ * (worker/compute/compute.h), so it runs on every backend.
  *
  * Images are NHWC. A convolution is im2col and one gemm over the whole
  * batch: its weight is a (k k in_channels) x out_channels matrix, rows in
@@ -25,8 +25,8 @@
 #include <stdint.h>
 
 #include "common/view.h"
-#include "worker/compute.h"
-#include "worker/idx.h"
+#include "worker/compute/compute.h"
+#include "worker/data/idx.h"
 
 #define PS_CNN_MAX_CONV 4
 #define PS_CNN_MAX_FC 4

@@ -1,7 +1,7 @@
 /* A classifier of one of the built-in kinds (the MLP, the CNN) behind one
  * API, so the trainer, and the tests that compare backends, are written
- * once for every model. Each function is the model's own (worker/mlp.h,
- * worker/cnn.h), which say what it does. A ps_net_t belongs to the thread
+ * once for every model. Each function is the model's own (worker/model/mlp.h,
+ * worker/model/cnn.h), which say what it does. A ps_net_t belongs to the thread
  * that owns its compute backend.
  */
 #ifndef PS_NET_H
@@ -11,8 +11,8 @@
 #include <stdint.h>
 
 #include "common/view.h"
-#include "worker/compute.h"
-#include "worker/idx.h"
+#include "worker/compute/compute.h"
+#include "worker/data/idx.h"
 
 typedef struct ps_net_s ps_net_t;
 

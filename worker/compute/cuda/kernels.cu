@@ -1,8 +1,8 @@
-// Grid-stride loops around the element functions of worker/compute_elem.h:
+// Grid-stride loops around the element functions of worker/compute/compute_elem.h:
 // one thread per output element, no atomics except the integer count, so
 // every result is the same from run to run.
-#include "worker/compute_elem.h"
-#include "worker/cuda/kernels.h"
+#include "worker/compute/compute_elem.h"
+#include "worker/compute/cuda/kernels.h"
 
 namespace {
 

@@ -13,7 +13,7 @@
 #include "common/init.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* ---- sparse tables (issue #3) ------------------------------------------- */
 

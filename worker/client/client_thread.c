@@ -12,7 +12,7 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* How long ps_client_destroy waits for the scheduler to take the Done. */
 #define PS__FAREWELL_WAIT_MS 3000

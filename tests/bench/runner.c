@@ -35,7 +35,7 @@
 #include "common/time.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 #define RESULT_MAX 65536
 

@@ -1,6 +1,6 @@
 /* A multi-layer perceptron classifier: fully connected layers with ReLU
  * between them and softmax cross-entropy on the last, written once against
- * the compute interface (worker/compute.h).
+ * the compute interface (worker/compute/compute.h).
  *
  * All parameters live in one contiguous float buffer laid out as the model's
  * tensors in declaration order, fc1.weight (in x out, row-major), fc1.bias,
@@ -18,8 +18,8 @@
 #include <stdint.h>
 
 #include "common/view.h"
-#include "worker/compute.h"
-#include "worker/idx.h"
+#include "worker/compute/compute.h"
+#include "worker/data/idx.h"
 
 #define PS_MLP_MAX_LAYERS 8
 

@@ -14,7 +14,7 @@
 #include "common/log.h"
 #include "common/transport.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* ---- views and connections (calling thread) ----------------------------- */
 

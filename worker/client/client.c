@@ -2,7 +2,7 @@
  * scheduler, the background thread, the first view) and destroying it,
  * accessors, Done and Leave. How a client works and which file holds what:
  * client_int.h. */
-#include "worker/client.h"
+#include "ps/client.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -22,7 +22,7 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* Defaults of ps_client_opts_t: window and chunk_bytes. Eight 1 MiB
  * requests in flight per server keep loopback and a 10 Gb/s link busy while

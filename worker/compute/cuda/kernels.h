@@ -1,6 +1,6 @@
 /* The CUDA kernels of the CUDA backend, as C functions that queue one on a
  * stream and return the launch's status. Each element's value is defined in
- * worker/compute_elem.h; this is only the grid around it. Internal to
+ * worker/compute/compute_elem.h; this is only the grid around it. Internal to
  * compute_cuda.c; called from the thread that owns the backend.
  */
 #ifndef PS_CUDA_KERNELS_H
@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/compute.h"
+#include "worker/compute/compute.h"
 
 #ifdef __cplusplus
 extern "C" {

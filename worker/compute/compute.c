@@ -1,4 +1,4 @@
-#include "worker/compute.h"
+#include "worker/compute/compute.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -68,7 +68,7 @@
 
 #include "common/member.h"
 #include "common/view.h"
-#include "worker/client.h"
+#include "ps/client.h"
 
 /* zmq_poll never sleeps longer than this, so shutdown, new views and the
  * deadline are noticed promptly even if the eventfd wake-up were lost. */

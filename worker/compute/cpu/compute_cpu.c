@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "worker/compute.h"
+#include "worker/compute/compute.h"
 
 /* Cache-line aligned, so BLAS and the loops below start on a full line. */
 #define CPU_ALIGN 64

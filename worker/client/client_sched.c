@@ -12,7 +12,7 @@
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
-#include "worker/client_int.h"
+#include "worker/client/client_int.h"
 
 /* Long enough for a Barrier/Done queued on the scheduler socket to leave
  * when the client is destroyed, short enough not to hold up exit when the

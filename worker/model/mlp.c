@@ -1,4 +1,4 @@
-#include "worker/mlp.h"
+#include "worker/model/mlp.h"
 
 #include <math.h>
 #include <stdio.h>
