@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config clang
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
   libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev libisal-dev
   check libsubunit-dev

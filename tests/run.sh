@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite: unit,
-# integration and chaos suites on the normal build, then the unit suites
-# again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Installs what is missing, builds, and runs the whole test suite:
+#   1. RelWithDebInfo with gcc: unit, integration and chaos suites;
+#   2. Release with gcc and Debug with clang: built, warning-free;
+#   3. Debug with AddressSanitizer + UndefinedBehaviorSanitizer: the unit and
+#      integration suites again.
+# Every build is made with -DPS_WERROR=ON: the project's own CI refuses
+# warnings, a user's build (PS_WERROR off by default) never breaks on a
+# newer compiler's new warning.
 #   ./tests/run.sh            everything
 #   ./tests/run.sh -L unit    only suites with this ctest label (passed to ctest)
 set -euo pipefail
@@ -11,19 +16,26 @@ JOBS=$(nproc)
 
 ./deploy/install-deps.sh
 
-echo "== build (RelWithDebInfo) =="
-cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$ROOT/build" -j"$JOBS"
+build() { # build DIR [cmake args...]
+  local dir=$1
+  shift
+  echo "== build $(basename "$dir"): $* =="
+  cmake -S "$ROOT" -B "$dir" -DPS_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j"$JOBS"
+}
 
-echo "== build (ASan + UBSan) =="
-cmake -S "$ROOT" -B "$ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DPS_SANITIZE=ON >/dev/null
-cmake --build "$ROOT/build-asan" -j"$JOBS"
+build "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+build "$ROOT/build-release" -DCMAKE_BUILD_TYPE=Release
+CC=clang build "$ROOT/build-clang" -DCMAKE_BUILD_TYPE=Debug
+build "$ROOT/build-asan" -DCMAKE_BUILD_TYPE=Debug -DPS_SANITIZE=ON
 
 echo "== tests =="
 status=0
 (cd "$ROOT/build" && ctest --output-on-failure "$@") || status=1
-echo "== unit tests under ASan + UBSan =="
+echo "== unit and integration tests under ASan + UBSan =="
+asan_labels=(-L 'unit|integration')
+[ $# -gt 0 ] && asan_labels=("$@")
 (cd "$ROOT/build-asan" && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --output-on-failure -L unit) || status=1
+  ctest --output-on-failure "${asan_labels[@]}") || status=1
 exit $status

@@ -30,6 +30,15 @@ uint64_t h_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+uint64_t h_deadline_ms(int timeout_ms) {
+  static double scale = 0;
+  if (scale == 0) {
+    const char *e = getenv("PS_TEST_TIME_SCALE");
+    scale = e && atof(e) >= 1 ? atof(e) : 1;
+  }
+  return h_now_ms() + (uint64_t)(timeout_ms * scale);
+}
+
 void h_sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -170,7 +179,7 @@ static int reap(h_proc_t *p, int flags) {
 }
 
 int h_wait_exit(h_proc_t *p, int timeout_ms) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (;;) {
     if (reap(p, WNOHANG)) return 1;
     if (h_now_ms() >= end) return 0;
@@ -179,7 +188,7 @@ int h_wait_exit(h_proc_t *p, int timeout_ms) {
 }
 
 int h_wait_all(h_cluster_t *c, int timeout_ms) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (int i = 0; i < c->nprocs; i++) {
     uint64_t now = h_now_ms();
     int left = now >= end ? 0 : (int)(end - now);
@@ -227,7 +236,7 @@ char *h_read_file(const char *path, size_t *len) {
 }
 
 int h_wait_log(const char *path, const char *needle, int timeout_ms) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (;;) {
     char *s = h_read_file(path, NULL);
     int found = s && strstr(s, needle);
@@ -362,7 +371,7 @@ char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...) {
   pid_t pid = fork_exec(path, argv, out);
   if (pid < 0) return NULL;
   int st = -1;
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (;;) {
     pid_t r = waitpid(pid, &st, WNOHANG);
     if (r == pid) break;
@@ -544,7 +553,7 @@ int h_status_replicated(const char *json, int copies, char *why, size_t len) {
 
 int h_wait_replicated(h_cluster_t *c, int copies, int timeout_ms, char *why,
                       size_t len) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (;;) {
     char *js = h_status_json(c, 2000);
     int ok = js && h_status_replicated(js, copies, why, len);
@@ -558,7 +567,7 @@ int h_wait_replicated(h_cluster_t *c, int copies, int timeout_ms, char *why,
 
 int h_wait_node_state(h_cluster_t *c, const char *address, const char *state,
                       int timeout_ms) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (;;) {
     char *js = h_status_json(c, 2000);
     int ok = 0;
@@ -628,7 +637,7 @@ int h_worker_sync(int rank) {
 
 int h_workers_sync_timeout(int timeout_ms) {
   char b;
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (int r = 0; r < workers.n; r++) {
     if (workers.reaped[r]) continue;
     struct pollfd pfd = {.fd = workers.to_test[r][0], .events = POLLIN};
@@ -668,7 +677,7 @@ void h_worker_kill(int rank) {
 
 int h_workers_reap(int timeout_ms) {
   int ok = 1;
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   for (int r = 0; r < workers.n; r++) {
     int st = 0;
     pid_t got = 0;

@@ -189,6 +189,12 @@ int h_workers_reap(int timeout_ms);
 /* Milliseconds on the monotonic clock. */
 uint64_t h_now_ms(void);
 
+/* The monotonic time timeout_ms from now, stretched by PS_TEST_TIME_SCALE
+ * (>= 1; the sanitizer build sets 3, since its daemons run several times
+ * slower). Every wait of the harness ends there: a deadline bounds a wait,
+ * it never says how fast something must be. */
+uint64_t h_deadline_ms(int timeout_ms);
+
 /* Sleeps ms milliseconds: the pause between two polls of a condition that
  * has a deadline (or a deliberate gap in a fault schedule). */
 void h_sleep_ms(int ms);

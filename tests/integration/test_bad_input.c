@@ -57,7 +57,7 @@ static int recv_msg(void *s, ps_msg_t *m, int timeout_ms) {
 /* Receives until a message answering req arrives (skipping unsolicited
  * views), within the deadline. */
 static void recv_reply(void *s, uint64_t req, ps_msg_t *m) {
-  uint64_t end = h_now_ms() + 5000;
+  uint64_t end = h_deadline_ms(5000);
   for (;;) {
     uint64_t now = h_now_ms();
     ck_assert_msg(now < end, "no reply to request %llu within 5 s",
@@ -160,7 +160,7 @@ static void setup_n(const char *nservers) {
   ps_msg_close(&m);
 
   /* The view comes once the server registered too. */
-  uint64_t end = h_now_ms() + 30000;
+  uint64_t end = h_deadline_ms(30000);
   char server_ep[256] = "", backup_ep[256] = "";
   while (server_ep[0] == '\0') {
     ck_assert_msg(h_now_ms() < end, "no view within 30 s");

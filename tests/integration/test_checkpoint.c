@@ -134,7 +134,9 @@ END_TEST
 
 static void copy_dir(const char *from, const char *to) {
   char cmd[2000];
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -r '%s' '%s'", to, from, to);
+  int n = snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -r '%s' '%s'", to,
+                   from, to);
+  ck_assert_msg(n > 0 && (size_t)n < sizeof(cmd), "paths too long: %s", to);
   ck_assert_int_eq(system(cmd), 0);
 }
 

@@ -136,7 +136,7 @@ START_TEST(server_killed_paused_and_replaced) {
 
   /* The primaries fill the new backups from snapshots and report it. */
   int synced = 0;
-  for (uint64_t end = h_now_ms() + 10000; !synced && h_now_ms() < end;) {
+  for (uint64_t end = h_deadline_ms(10000); !synced && h_now_ms() < end;) {
     char *log = h_read_file(sched->log, NULL);
     synced = log && count(log, "event=re_replicated") >= syncing;
     free(log);

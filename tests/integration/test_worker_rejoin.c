@@ -74,7 +74,7 @@ static int status_worker(const char *json, unsigned rank, worker_t *out) {
 static int wait_worker(h_cluster_t *c, unsigned rank,
                        int (*ok)(const worker_t *, unsigned long long),
                        unsigned long long arg, int timeout_ms, worker_t *w) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
+  uint64_t end = h_deadline_ms(timeout_ms);
   do {
     char *js = h_status_json(c, 2000);
     int got = status_worker(js, rank, w) && ok(w, arg);
