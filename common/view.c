@@ -551,3 +551,33 @@ void ps_view_destroy(ps_view_t **v_p) {
   free(v);
   *v_p = NULL;
 }
+
+/* ---- the public view (ps/view.h) and model constants (ps/model.h) ---- */
+
+/* ps/model.h spells the generated enums' values without including the
+ * generated header; they must stay the same numbers. */
+_Static_assert(PS_INIT_ZERO == PS__INIT__INIT_ZERO, "PS_INIT_ZERO");
+_Static_assert(PS_INIT_UNIFORM == PS__INIT__INIT_UNIFORM, "PS_INIT_UNIFORM");
+_Static_assert(PS_OPTIMIZER_SGD == PS__OPTIMIZER__OPT_SGD, "PS_OPTIMIZER_SGD");
+_Static_assert(PS_OPTIMIZER_ADD == PS__OPTIMIZER__OPT_ADD, "PS_OPTIMIZER_ADD");
+
+uint64_t ps_view_epoch(const ps_view_t *v) {
+  return v->epoch;
+}
+
+uint32_t ps_view_live_workers(const ps_view_t *v) {
+  return v->live_workers;
+}
+
+size_t ps_view_num_ranges(const ps_view_t *v) {
+  return v->nranges;
+}
+
+int ps_view_range(const ps_view_t *v, size_t i, uint64_t *begin, uint64_t *end,
+                  uint32_t *server) {
+  if (i >= v->nranges) return PS_ERR_INVAL;
+  if (begin != NULL) *begin = v->ranges[i].begin;
+  if (end != NULL) *end = v->ranges[i].end;
+  if (server != NULL) *server = v->ranges[i].server_id;
+  return PS_OK;
+}

@@ -17,46 +17,15 @@
 #include <stdint.h>
 
 #include "proto/ps.pb-c.h"
+/* The model types and the opaque view of the public API; the struct is
+ * defined below, under the tag ps/view.h names. */
+#include "ps/model.h"
+#include "ps/view.h"
 
-#define PS_NAME_MAX 64
 #define PS_ADDR_MAX 256
 /* Ranges start on multiples of this many keys (64 bytes), so every server's
  * slice is cache-line aligned and vectorizes without a scalar head. */
 #define PS_RANGE_ALIGN 16
-
-typedef struct {
-  char name[PS_NAME_MAX];
-  uint64_t offset;
-  uint64_t length;
-  int init; /* PS__INIT__INIT_* */
-  float init_scale;
-} ps_tensor_spec_t;
-
-/* Most floats in one sparse row: a row must stay far below a payload frame. */
-#define PS_SPARSE_DIM_MAX 4096
-
-/* A sparse embedding table (issue #3): uint64 ids -> rows of dim floats,
- * outside the dense key space. salt is derived from the name (not on the
- * wire) so that two tables do not put the same ids on the same servers. */
-typedef struct {
-  char name[PS_NAME_MAX];
-  uint32_t dim;
-  int init; /* PS__INIT__INIT_* */
-  float init_scale;
-  uint64_t salt;
-} ps_sparse_spec_t;
-
-typedef struct {
-  size_t ntensors;
-  ps_tensor_spec_t *tensors;
-  uint64_t total; /* sum of lengths == end of the last tensor */
-  int optimizer;  /* PS__OPTIMIZER__* */
-  float learning_rate;
-  float momentum;
-  uint64_t seed;
-  size_t nsparse;
-  ps_sparse_spec_t *sparse; /* owned, like tensors */
-} ps_model_t;
 
 /* Most copies of a range (primary included): the replication factor's
  * upper bound. */
@@ -87,7 +56,7 @@ typedef struct {
   int joining;
 } ps_node_t;
 
-typedef struct {
+struct ps_view_s {
   uint64_t epoch;
   int mode; /* PS__CONSISTENCY_MODE__* */
   uint32_t live_workers;
@@ -104,7 +73,7 @@ typedef struct {
    * order. */
   size_t nsparse_servers;
   uint32_t *sparse_servers;
-} ps_view_t;
+};
 
 /* Cuts [0, total) into n ranges of near-equal size whose inner boundaries are
  * multiples of PS_RANGE_ALIGN (when total allows). begins must hold n + 1

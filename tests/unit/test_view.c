@@ -418,6 +418,49 @@ START_TEST(test_model_equal_unequal) {
 }
 END_TEST
 
+/* ---- the public API's view (ps/view.h) and constants (ps/model.h) ---- */
+
+START_TEST(test_public_accessors) {
+  fixture_t f;
+  fixture_init(&f);
+  ps_view_t *v = ps_view_from_pb(&f.view, NULL, 0);
+  ck_assert_ptr_nonnull(v);
+  ck_assert_uint_eq(ps_view_epoch(v), 4);
+  ck_assert_uint_eq(ps_view_live_workers(v), 1);
+  ck_assert_uint_eq(ps_view_num_ranges(v), 3);
+  uint64_t begin = 0, end = 0;
+  uint32_t server = 0;
+  ck_assert_int_eq(ps_view_range(v, 1, &begin, &end, &server), PS_OK);
+  ck_assert_uint_eq(begin, 336);
+  ck_assert_uint_eq(end, 672);
+  ck_assert_uint_eq(server, 3);
+  ck_assert_int_eq(ps_view_range(v, 2, NULL, &end, NULL), PS_OK);
+  ck_assert_uint_eq(end, 1000);
+  begin = 7;
+  ck_assert_int_eq(ps_view_range(v, 3, &begin, NULL, NULL), PS_ERR_INVAL);
+  ck_assert_uint_eq(begin, 7);
+  ps_view_destroy(&v);
+}
+END_TEST
+
+/* common/view.c checks that each public constant equals its generated
+ * value; this checks that none is missing: a value added to ps.proto's
+ * Init or Optimizer needs its PS_INIT_* / PS_OPTIMIZER_* too. */
+START_TEST(test_public_constants_cover_the_proto) {
+  for (unsigned i = 0; i < ps__init__descriptor.n_values; i++) {
+    const ProtobufCEnumValue *e = &ps__init__descriptor.values[i];
+    ck_assert_msg(e->value == PS_INIT_ZERO || e->value == PS_INIT_UNIFORM,
+                  "Init %s (%d) has no PS_INIT_ constant", e->name, e->value);
+  }
+  for (unsigned i = 0; i < ps__optimizer__descriptor.n_values; i++) {
+    const ProtobufCEnumValue *e = &ps__optimizer__descriptor.values[i];
+    ck_assert_msg(e->value == PS_OPTIMIZER_SGD || e->value == PS_OPTIMIZER_ADD,
+                  "Optimizer %s (%d) has no PS_OPTIMIZER_ constant", e->name,
+                  e->value);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("view");
   TCase *split = tcase_create("split");
@@ -442,5 +485,9 @@ int main(void) {
   tcase_add_test(model, test_model_round_trip);
   tcase_add_test(model, test_model_equal_unequal);
   suite_add_tcase(s, model);
+  TCase *pub = tcase_create("public");
+  tcase_add_test(pub, test_public_accessors);
+  tcase_add_test(pub, test_public_constants_cover_the_proto);
+  suite_add_tcase(s, pub);
   return ps_check_run(s);
 }

@@ -39,7 +39,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/view.h"
+#include "ps/err.h"
+#include "ps/export.h"
+#include "ps/model.h"
+#include "ps/view.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct ps_client_s ps_client_t;
 
@@ -71,7 +78,7 @@ typedef struct {
 #define PS_CLIENT_MAX_PENDING 4096
 
 /* Fills o with the defaults above (scheduler NULL). */
-void ps_client_opts_init(ps_client_opts_t *o);
+PS_EXTERN void ps_client_opts_init(ps_client_opts_t *o);
 
 /* Creates a client and connects it: registers as a worker declaring model,
  * waits for the view, and, for a worker that joins a running BSP job, until
@@ -79,42 +86,43 @@ void ps_client_opts_init(ps_client_opts_t *o);
  * joining). Returns NULL with err/errmsg filled on failure (bad options, no
  * scheduler or no confirmation within connect_timeout_ms, a model that
  * disagrees with the other workers'). Caller owns the result. */
-ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
-                           int *err, char *errmsg, size_t errlen);
+PS_EXTERN ps_client_t *ps_client_new(const ps_client_opts_t *o,
+                                     const ps_model_t *model, int *err,
+                                     char *errmsg, size_t errlen);
 
 /* Sends Done if not sent, stops the heartbeat thread, closes the sockets,
  * frees the client and sets *c_p to NULL. */
-void ps_client_destroy(ps_client_t **c_p);
+PS_EXTERN void ps_client_destroy(ps_client_t **c_p);
 
 /* This worker's rank among workers (0-based), the number of workers, the node
  * id the scheduler gave it, and the current view (owned by the client, valid
  * until the next call that may refresh it). */
-uint32_t ps_client_rank(const ps_client_t *c);
-uint32_t ps_client_num_workers(const ps_client_t *c);
-uint32_t ps_client_node_id(const ps_client_t *c);
-const ps_view_t *ps_client_view(ps_client_t *c);
+PS_EXTERN uint32_t ps_client_rank(const ps_client_t *c);
+PS_EXTERN uint32_t ps_client_num_workers(const ps_client_t *c);
+PS_EXTERN uint32_t ps_client_node_id(const ps_client_t *c);
+PS_EXTERN const ps_view_t *ps_client_view(ps_client_t *c);
 
 /* The first step this worker computes: the job's start step (0, or the
  * step of the checkpoint it was restored from) or, for a worker that
  * joined a running job, the step the servers wait for it from (its
  * join_clock), whichever is later. A trainer pulls the weights as of this
  * clock and goes on from there. */
-uint64_t ps_client_start_clock(ps_client_t *c);
+PS_EXTERN uint64_t ps_client_start_clock(ps_client_t *c);
 
 /* Pushes that servers acknowledged as duplicates (a resend of a push that
  * was applied already), since the client was created. */
-uint64_t ps_client_duplicate_acks(const ps_client_t *c);
+PS_EXTERN uint64_t ps_client_duplicate_acks(const ps_client_t *c);
 
 /* Pushes count gradient values for keys [key_begin, key_begin + count) as the
  * worker's step clock. values are read in place (no copy) and must stay
  * unchanged until the call returns. Returns when every owning server acked. */
-int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
-                   const float *values, uint64_t clock);
+PS_EXTERN int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                             const float *values, uint64_t clock);
 
 /* Pulls the weights of [key_begin, key_begin + count) as of server clock >=
  * clock (BSP: all gradients of steps < clock applied) into out. */
-int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
-                   float *out, uint64_t clock);
+PS_EXTERN int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                             float *out, uint64_t clock);
 
 /* Starts a push or a pull like the calls above and returns at once with
  * *ticket set; the call goes on inside later ps_client calls. Until
@@ -124,10 +132,12 @@ int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
  * Requests of calls started earlier go out first; a pull started after a
  * push of the same keys sees that push (one connection per server, served
  * in order). */
-int ps_client_push_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
-                         const float *values, uint64_t clock, uint64_t *ticket);
-int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
-                         float *out, uint64_t clock, uint64_t *ticket);
+PS_EXTERN int ps_client_push_start(ps_client_t *c, uint64_t key_begin,
+                                   uint64_t count, const float *values,
+                                   uint64_t clock, uint64_t *ticket);
+PS_EXTERN int ps_client_pull_start(ps_client_t *c, uint64_t key_begin,
+                                   uint64_t count, float *out, uint64_t clock,
+                                   uint64_t *ticket);
 
 /* Waits until the call with this ticket has finished (every piece
  * answered, or failed, or past its deadline) and returns its status, with
@@ -135,7 +145,7 @@ int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
  * once; PS_ERR_INVAL for a ticket that is not pending. (For a zero-copy
  * pull it drops the buffers: the same as ps_client_wait_frames followed by
  * ps_client_release.) */
-int ps_client_wait(ps_client_t *c, uint64_t ticket);
+PS_EXTERN int ps_client_wait(ps_client_t *c, uint64_t ticket);
 
 /* Zero-copy pulls: the values stay in the buffers ZeroMQ received them in,
  * and the caller reads them there (to hand them to a GPU copy, say), which
@@ -147,56 +157,61 @@ typedef struct {
 } ps_client_span_t;
 
 /* Starts a pull like ps_client_pull_start, keeping the reply buffers. */
-int ps_client_pull_frames_start(ps_client_t *c, uint64_t key_begin,
-                                uint64_t count, uint64_t clock,
-                                uint64_t *ticket);
+PS_EXTERN int ps_client_pull_frames_start(ps_client_t *c, uint64_t key_begin,
+                                          uint64_t count, uint64_t clock,
+                                          uint64_t *ticket);
 
 /* Waits like ps_client_wait for a call started with
  * ps_client_pull_frames_start. On PS_OK, *spans is set to *nspans spans in
  * key order that cover the slice exactly; they are owned by the client and
  * stay valid until ps_client_release(ticket), which every PS_OK must be
  * followed by. On failure nothing is held and the ticket is gone. */
-int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
-                          const ps_client_span_t **spans, size_t *nspans);
+PS_EXTERN int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
+                                    const ps_client_span_t **spans,
+                                    size_t *nspans);
 
 /* Gives the buffers of a waited zero-copy pull back to ZeroMQ. */
-void ps_client_release(ps_client_t *c, uint64_t ticket);
+PS_EXTERN void ps_client_release(ps_client_t *c, uint64_t ticket);
 
 /* The same for one named tensor of the model. */
-int ps_client_push_tensor(ps_client_t *c, const char *name, const float *values,
-                          uint64_t clock);
-int ps_client_pull_tensor(ps_client_t *c, const char *name, float *out,
-                          uint64_t clock);
+PS_EXTERN int ps_client_push_tensor(ps_client_t *c, const char *name,
+                                    const float *values, uint64_t clock);
+PS_EXTERN int ps_client_pull_tensor(ps_client_t *c, const char *name,
+                                    float *out, uint64_t clock);
 
-/* Blocks until every live worker has entered the barrier of this name. */
 /* Sparse tables (issue #3). Pushes gradient rows (n * dim floats, row i for
  * keys[i]) to, or pulls rows into out (n * dim floats) from, the sparse
  * table named table. keys may come in any order but must be distinct; the
- * client sorts a copy, sends each server its rows (ps_view_sparse_owner) in
- * ascending key order, all at once, and puts pulled rows back in the
+ * client sorts a copy, sends each server its rows (spread by a hash of the
+ * key) in ascending key order, all at once, and puts pulled rows back in the
  * caller's order. Synchronous, with the same deadline as a dense call; no
  * dense call may be started and not waited for. A table the model does not
  * have gives PS_ERR_UNKNOWN_KEY. */
-int ps_client_sparse_push(ps_client_t *c, const char *table,
-                          const uint64_t *keys, size_t n, const float *values,
-                          uint64_t clock);
-int ps_client_sparse_pull(ps_client_t *c, const char *table,
-                          const uint64_t *keys, size_t n, float *out);
+PS_EXTERN int ps_client_sparse_push(ps_client_t *c, const char *table,
+                                    const uint64_t *keys, size_t n,
+                                    const float *values, uint64_t clock);
+PS_EXTERN int ps_client_sparse_pull(ps_client_t *c, const char *table,
+                                    const uint64_t *keys, size_t n, float *out);
 
-int ps_client_barrier(ps_client_t *c, const char *name);
+/* Blocks until every live worker has entered the barrier of this name. */
+PS_EXTERN int ps_client_barrier(ps_client_t *c, const char *name);
 
 /* Tells the scheduler this worker finished its job. */
-int ps_client_done(ps_client_t *c);
+PS_EXTERN int ps_client_done(ps_client_t *c);
 
 /* Tells the scheduler this worker stops before its job is done (SIGTERM):
  * the scheduler then shuts the whole cluster down. Use instead of
  * ps_client_done, not after it. */
-int ps_client_leave(ps_client_t *c, const char *reason);
+PS_EXTERN int ps_client_leave(ps_client_t *c, const char *reason);
 
 /* 1 once the scheduler announced a shutdown (job over, SIGTERM somewhere). */
-int ps_client_shutting_down(ps_client_t *c);
+PS_EXTERN int ps_client_shutting_down(ps_client_t *c);
 
 /* The last error's message ("" if none); owned by the client. */
-const char *ps_client_errmsg(const ps_client_t *c);
+PS_EXTERN const char *ps_client_errmsg(const ps_client_t *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
