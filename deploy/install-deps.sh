@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project builds, tests and trains with.
 # Does nothing when they are all present; otherwise needs root and apt.
+#   deploy/install-deps.sh           what building and training need
+#   deploy/install-deps.sh --tests   and what the test suite needs as well
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config clang
+  build-essential cmake pkg-config
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
   libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev libisal-dev
   check libsubunit-dev
   dataset-fashion-mnist
   iproute2 procps
 )
+if [ "${1:-}" = --tests ]; then
+  PACKAGES+=(
+    clang
+    # Container tests (tests/deploy): podman with runc, a base image made
+    # from Debian's archive, names resolved on podman networks, Compose.
+    podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname
+    podman-compose
+  )
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 JOBS=$(nproc)
 
-./deploy/install-deps.sh
+./deploy/install-deps.sh --tests
 
 build() { # build DIR [cmake args...]
   local dir=$1
