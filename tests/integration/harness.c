@@ -178,8 +178,7 @@ static int reap(h_proc_t *p, int flags) {
   return 0;
 }
 
-int h_wait_exit(h_proc_t *p, int timeout_ms) {
-  uint64_t end = h_deadline_ms(timeout_ms);
+static int wait_exit_until(h_proc_t *p, uint64_t end) {
   for (;;) {
     if (reap(p, WNOHANG)) return 1;
     if (h_now_ms() >= end) return 0;
@@ -187,14 +186,18 @@ int h_wait_exit(h_proc_t *p, int timeout_ms) {
   }
 }
 
-int h_wait_all(h_cluster_t *c, int timeout_ms) {
-  uint64_t end = h_deadline_ms(timeout_ms);
-  for (int i = 0; i < c->nprocs; i++) {
-    uint64_t now = h_now_ms();
-    int left = now >= end ? 0 : (int)(end - now);
-    if (!h_wait_exit(&c->procs[i], left)) return 0;
-  }
+int h_wait_exit(h_proc_t *p, int timeout_ms) {
+  return wait_exit_until(p, h_deadline_ms(timeout_ms));
+}
+
+int h_wait_all_until(h_cluster_t *c, uint64_t end) {
+  for (int i = 0; i < c->nprocs; i++)
+    if (!wait_exit_until(&c->procs[i], end)) return 0;
   return 1;
+}
+
+int h_wait_all(h_cluster_t *c, int timeout_ms) {
+  return h_wait_all_until(c, h_deadline_ms(timeout_ms));
 }
 
 int h_wait_exit0(h_cluster_t *c, h_proc_t *p, int timeout_ms, char *why,

@@ -108,6 +108,8 @@ int h_wait_exit(h_proc_t *p, int timeout_ms);
 
 /* Waits until every process started exits; returns 1 if all did in time. */
 int h_wait_all(h_cluster_t *c, int timeout_ms);
+/* The same, up to a deadline of h_deadline_ms. */
+int h_wait_all_until(h_cluster_t *c, uint64_t end);
 
 /* Waits until p exits; returns 1 if it did in time and with status 0. Else
  * prints every log (h_dump_logs) and says in why what p did instead. */

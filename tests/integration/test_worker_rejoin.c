@@ -119,9 +119,7 @@ static double report_number(h_cluster_t *c, const char *file, const char *key) {
  * exit 0 within the deadline. */
 static void finish(h_cluster_t *c, const char *tag, h_proc_t *const *skip,
                    int nskip, uint64_t deadline) {
-  uint64_t now = h_now_ms();
-  int left = deadline > now ? (int)(deadline - now) : 1;
-  int all = h_wait_all(c, left);
+  int all = h_wait_all_until(c, deadline);
   if (!all) h_dump_logs(c);
   h_kill_all(c);
   ck_assert_msg(all, "%s did not finish within %d s", tag, RUN_MS / 1000);
@@ -153,7 +151,7 @@ static double run_undisturbed(void) {
   start_cluster(&c);
   start_worker(&c, "worker0", 0, h_path(&c, "report0.json"));
   start_worker(&c, "worker1", 1, h_path(&c, "report1.json"));
-  finish(&c, "undisturbed run", NULL, 0, t0 + RUN_MS);
+  finish(&c, "undisturbed run", NULL, 0, h_deadline_ms(RUN_MS));
   double acc = report_number(&c, "report0.json", "test_accuracy");
   printf(
       "worker_rejoin: undisturbed: test_accuracy %.4f after %.0f steps, "
@@ -169,7 +167,7 @@ START_TEST(dead_worker_rejoins_at_the_current_step) {
 
   h_cluster_t c;
   h_init(&c, "worker_rejoin");
-  uint64_t t0 = h_now_ms(), deadline = t0 + RUN_MS;
+  uint64_t t0 = h_now_ms(), deadline = h_deadline_ms(RUN_MS);
   start_cluster(&c);
   h_proc_t *w0 = start_worker(&c, "worker0", 0, h_path(&c, "report0.json"));
   h_proc_t *w1 = start_worker(&c, "worker1", 1, h_path(&c, "report1.json"));
@@ -297,7 +295,7 @@ static unsigned long long servers_clock(const char *json) {
 START_TEST(workers_die_around_a_join) {
   h_cluster_t c;
   h_init(&c, "worker_rejoin_all");
-  uint64_t t0 = h_now_ms(), deadline = t0 + RUN_MS;
+  uint64_t t0 = h_now_ms(), deadline = h_deadline_ms(RUN_MS);
   start_cluster(&c);
   h_proc_t *w[2] = {
       start_worker(&c, "worker0", 0, h_path(&c, "report0.json")),
