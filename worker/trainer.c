@@ -57,7 +57,7 @@ static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(t->errmsg, sizeof(t->errmsg), fmt, ap);
+  ps_verrf(t->errmsg, sizeof(t->errmsg), PS_OK, fmt, ap);
   va_end(ap);
 }
 

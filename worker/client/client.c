@@ -34,7 +34,7 @@
 int ps__fail(ps_client_t *c, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+  ps_verrf(c->errmsg, sizeof(c->errmsg), code, fmt, ap);
   va_end(ap);
   return code;
 }
