@@ -63,7 +63,13 @@ int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
   if (s == NULL)
     return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): socket: %s", server_id,
                     node->address, zmq_strerror(errno));
-  if (ps_zsock_configure(s) != PS_OK || zmq_connect(s, node->address) != 0) {
+  char why[256];
+  if (ps_zsock_configure(s, why, sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
+                    node->address, why);
+  }
+  if (zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);
     return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): cannot connect: %s",

@@ -27,10 +27,20 @@ static int ps__sched_socket(ps_client_t *c) {
   if (s == NULL)
     return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: socket: %s", c->scheduler,
                     zmq_strerror(errno));
+  char why[256];
+  if (ps_zsock_configure(s, why, sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler, why);
+  }
   int linger = PS__SCHED_LINGER_MS;
-  if (ps_zsock_configure(s) != PS_OK ||
-      zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
-      zmq_connect(s, c->scheduler) != 0) {
+  if (zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger)) != 0) {
+    int e = errno;
+    zmq_close(s);
+    return ps__fail(c, PS_ERR_ZMQ,
+                    "scheduler %s: zmq_setsockopt(ZMQ_LINGER): %s",
+                    c->scheduler, zmq_strerror(e));
+  }
+  if (zmq_connect(s, c->scheduler) != 0) {
     int e = errno;
     zmq_close(s);
     return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: cannot connect: %s",
