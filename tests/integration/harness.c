@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -23,6 +24,7 @@
 
 #include "common/checkpoint.h"
 #include "common/err.h"
+#include "common/invariant.h"
 
 uint64_t h_now_ms(void) {
   struct timespec ts;
@@ -45,9 +47,11 @@ int h_free_port(void) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = 0;
-  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) abort();
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+    ck_abort_msg("harness: no free loopback port: %s", strerror(errno));
   socklen_t len = sizeof(a);
-  getsockname(fd, (struct sockaddr *)&a, &len);
+  if (getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+    ck_abort_msg("harness: getsockname: %s", strerror(errno));
   close(fd);
   return ntohs(a.sin_port);
 }
@@ -133,7 +137,7 @@ h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
 }
 
 h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
-  if (c->nprocs == H_MAX_PROCS) abort();
+  PS_ASSERT(c->nprocs < H_MAX_PROCS);
   char path[512];
   snprintf(path, sizeof(path), "%s",
            strchr(args[0], '/') ? args[0] : h_bin(args[0]));
@@ -153,7 +157,8 @@ h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
   snprintf(logpath, sizeof(logpath), "%.500s/%.60s.log", c->dir, name);
   memcpy(p->log, logpath, sizeof(logpath));
   p->pid = fork_exec(path, argv, p->log);
-  if (p->pid < 0) abort();
+  if (p->pid < 0)
+    ck_abort_msg("harness: fork for %s: %s", name, strerror(errno));
   return p;
 }
 
@@ -585,7 +590,7 @@ static struct {
 } workers;
 
 void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
-  if (n > H_MAX_WORKERS) abort();
+  PS_ASSERT(n <= H_MAX_WORKERS);
   workers.n = n;
   memset(workers.reaped, 0, sizeof(workers.reaped));
   /* Close-on-exec, so daemons started later hold no end; and each worker
@@ -594,11 +599,12 @@ void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
   for (int r = 0; r < n; r++)
     if (pipe2(workers.to_test[r], O_CLOEXEC) != 0 ||
         pipe2(workers.from_test[r], O_CLOEXEC) != 0)
-      abort();
+      ck_abort_msg("harness: pipe2: %s", strerror(errno));
   pid_t parent = getpid();
   for (int r = 0; r < n; r++) {
     pid_t pid = fork();
-    if (pid < 0) abort();
+    if (pid < 0)
+      ck_abort_msg("harness: fork of worker %d: %s", r, strerror(errno));
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
