@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +24,7 @@
 #include "common/checkpoint.h"
 #include "common/err.h"
 #include "common/invariant.h"
+#include "common/proc.h"
 
 uint64_t h_now_ms(void) {
   struct timespec ts;
@@ -106,27 +106,6 @@ static void collect_argv(const char *argv[64], const char *first, va_list ap) {
   argv[argc] = NULL;
 }
 
-/* Forks and execs path with argv, stdout and stderr to log; the child dies
- * with the test. Returns its pid, or -1 if it could not fork. */
-static pid_t fork_exec(const char *path, const char *const *argv,
-                       const char *log) {
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid != 0) return pid;
-  /* If the test process dies, so do its children: nothing is left behind. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(127);
-  int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd >= 0) {
-    dup2(fd, 1);
-    dup2(fd, 2);
-    close(fd);
-  }
-  execv(path, (char *const *)argv);
-  fprintf(stderr, "harness: exec %s: %s\n", path, strerror(errno));
-  _exit(127);
-}
-
 h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
   const char *argv[64];
   va_list ap;
@@ -156,31 +135,20 @@ h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
   char logpath[sizeof(p->log)];
   snprintf(logpath, sizeof(logpath), "%.500s/%.60s.log", c->dir, name);
   memcpy(p->log, logpath, sizeof(logpath));
-  p->pid = fork_exec(path, argv, p->log);
+  p->pid = ps_proc_spawn(path, (char *const *)argv, p->log);
   if (p->pid < 0)
     ck_abort_msg("harness: fork for %s: %s", name, strerror(errno));
   return p;
 }
 
 static int reap(h_proc_t *p, int flags) {
-  if (p->exited) return 1;
-  int st;
-  pid_t r = waitpid(p->pid, &st, flags);
-  if (r == p->pid) {
-    p->exited = 1;
-    p->status = st;
-    return 1;
-  }
-  return 0;
+  if (!p->exited) p->exited = ps_proc_reap(p->pid, flags, &p->status);
+  return p->exited;
 }
 
 int h_wait_exit(h_proc_t *p, int timeout_ms) {
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
-  for (;;) {
-    if (reap(p, WNOHANG)) return 1;
-    if (h_now_ms() >= end) return 0;
-    sleep_ms(10);
-  }
+  if (!p->exited) p->exited = ps_proc_wait(p->pid, timeout_ms, &p->status);
+  return p->exited;
 }
 
 int h_wait_all(h_cluster_t *c, int timeout_ms) {
@@ -280,6 +248,8 @@ void h_dump_logs(h_cluster_t *c) {
       snprintf(how, sizeof(how), "exited %d", WEXITSTATUS(p->status));
     else if (p->exited && WIFSIGNALED(p->status))
       snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(p->status));
+    else if (p->exited)
+      snprintf(how, sizeof(how), "ended, status lost");
     fprintf(stderr, "---- %s (%s, %s) ----\n%s\n", p->name, p->log, how, tail);
     free(s);
   }
@@ -364,20 +334,13 @@ char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...) {
   char out[700];
   snprintf(out, sizeof(out), "%.500s/run-%d-%u.out", c->dir, (int)getpid(),
            runs++);
-  pid_t pid = fork_exec(path, argv, out);
+  pid_t pid = ps_proc_spawn(path, (char *const *)argv, out);
   if (pid < 0) return NULL;
-  int st = -1;
-  uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
-  for (;;) {
-    pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r == pid) break;
-    if (h_now_ms() >= end) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &st, 0);
-      st = -1;
-      break;
-    }
-    sleep_ms(5);
+  int st;
+  if (!ps_proc_wait(pid, timeout_ms, &st)) {
+    kill(pid, SIGKILL);
+    ps_proc_reap(pid, 0, &st);
+    st = -1;
   }
   if (status) *status = st;
   char *text = h_read_file(out, NULL);
@@ -606,8 +569,7 @@ void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
     if (pid < 0)
       ck_abort_msg("harness: fork of worker %d: %s", r, strerror(errno));
     if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
+      ps_proc_child_setup(parent);
       for (int o = 0; o < n; o++) {
         if (o != r) {
           close(workers.to_test[o][1]);
@@ -668,7 +630,7 @@ void h_worker_kill(int rank) {
   if (workers.reaped[rank]) return;
   int st;
   kill(workers.pids[rank], SIGKILL);
-  waitpid(workers.pids[rank], &st, 0);
+  ps_proc_reap(workers.pids[rank], 0, &st);
   workers.reaped[rank] = 1;
 }
 
@@ -676,15 +638,13 @@ int h_workers_reap(int timeout_ms) {
   int ok = 1;
   uint64_t end = h_now_ms() + (uint64_t)timeout_ms;
   for (int r = 0; r < workers.n; r++) {
-    int st = 0;
-    pid_t got = 0;
     if (workers.reaped[r]) continue;
-    while ((got = waitpid(workers.pids[r], &st, WNOHANG)) == 0 &&
-           h_now_ms() < end)
-      sleep_ms(10);
-    if (got != workers.pids[r]) {
+    uint64_t now = h_now_ms();
+    int left = now >= end ? 0 : (int)(end - now);
+    int st;
+    if (!ps_proc_wait(workers.pids[r], left, &st)) {
       kill(workers.pids[r], SIGKILL);
-      waitpid(workers.pids[r], &st, 0);
+      ps_proc_reap(workers.pids[r], 0, &st);
       fprintf(stderr, "harness: worker %d timed out\n", r);
       ok = 0;
     } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
