@@ -18,6 +18,15 @@
 #include <stdio.h>
 #include <stdint.h>
 
+/* The default of an option (ps_opt_t.def) from the macro that holds it for
+ * the code as well, so the two never drift: with #define X_MS 100,
+ * PS_OPT_DEF(X_MS) is "100". The macro must be a plain literal. */
+#define PS_OPT_DEF(macro) PS__OPT_STR(macro)
+#define PS__OPT_STR(x) #x
+
+/* The scheduler endpoint every program and library defaults to. */
+#define PS_DEFAULT_SCHEDULER "tcp://127.0.0.1:7000"
+
 typedef enum {
   PS_OPT_BOOL,   /* int*: flag without a value sets 1; values 0/1/true/false/yes/no */
   PS_OPT_INT,    /* int64_t*, bounded by [min, max] */

@@ -38,8 +38,8 @@ int main(int argc, char **argv) {
   int log_level = PS_LOG_INFO;
 
   const ps_opt_t opts[] = {
-      {"scheduler", PS_OPT_STRING, &scheduler, "tcp://127.0.0.1:7000", 0, 0,
-       NULL, "Endpoint of the scheduler to register with."},
+      {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
+       "Endpoint of the scheduler to register with."},
       {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:*", 0, 0, NULL,
        "Endpoint the data socket binds; a * port lets ZeroMQ pick a free "
        "one."},

@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/checkpoint.h"
+#include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/member.h"
@@ -525,7 +526,7 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
 
 void ps_server_opts_init(ps_server_opts_t *o) {
   memset(o, 0, sizeof(*o));
-  o->scheduler = "tcp://127.0.0.1:7000";
+  o->scheduler = PS_DEFAULT_SCHEDULER;
   o->bind = "tcp://127.0.0.1:*";
   o->advertise = NULL;
   o->heartbeat_ms = 100;

@@ -20,7 +20,7 @@ int main(int argc, char **argv) {
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO;
   const ps_opt_t opts[] = {
-      {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:7000", 0, 0, NULL,
+      {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
        "connect to it."},
       {"servers", PS_OPT_INT, &servers, "1", 1, 4096, NULL,

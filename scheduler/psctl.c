@@ -409,8 +409,8 @@ int main(int argc, char **argv) {
   int64_t timeout_ms = 3000, wait_ms = 300000;
   int json = 0;
   const ps_opt_t opts[] = {
-      {"scheduler", PS_OPT_STRING, &endpoint, "tcp://127.0.0.1:7000", 0, 0,
-       NULL, "Endpoint of the scheduler to ask."},
+      {"scheduler", PS_OPT_STRING, &endpoint, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
+       "Endpoint of the scheduler to ask."},
       {"timeout-ms", PS_OPT_INT, &timeout_ms, "3000", 1, 3600000, NULL,
        "Give up (exit 1) if the scheduler has not answered within this "
        "time."},

@@ -32,6 +32,7 @@
 #include "common/optimizer.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "worker/client/client_defaults.h"
 
 #define MAX_LIST 16
 #define MAX_CLIENTS 128
@@ -744,7 +745,8 @@ static int setup_options(int argc, char **argv) {
        1099511627776.0, NULL,
        "Ids of the sparse op are drawn from [0, this); at least "
        "--sparse-keys."},
-      {"timeout-ms", PS_OPT_INT, &B.timeout_ms, "30000", 100, 3600000, NULL,
+      {"timeout-ms", PS_OPT_INT, &B.timeout_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 100, 3600000, NULL,
        "Deadline of one client call, and slack for every wait."},
       {"bin-dir", PS_OPT_STRING, &B.bin_dir, NULL, 0, 0, NULL,
        "Where ps-scheduler and ps-server are; default: ps-bench's own "

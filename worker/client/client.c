@@ -22,13 +22,9 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "worker/client/client_defaults.h"
 #include "worker/client/client_int.h"
 
-/* Defaults of ps_client_opts_t: window and chunk_bytes. Eight 1 MiB
- * requests in flight per server keep loopback and a 10 Gb/s link busy while
- * the server applies the ones before. */
-#define PS__DEFAULT_WINDOW 8
-#define PS__DEFAULT_CHUNK_BYTES (1u << 20)
 #define PS__MAX_WINDOW 4096
 
 int ps__fail(ps_client_t *c, int code, const char *fmt, ...) {
@@ -109,13 +105,13 @@ int ps_client_shutting_down(ps_client_t *c) {
 void ps_client_opts_init(ps_client_opts_t *o) {
   memset(o, 0, sizeof(*o));
   o->scheduler = NULL;
-  o->timeout_ms = 30000;
-  o->connect_timeout_ms = 60000;
-  o->heartbeat_ms = 100;
+  o->timeout_ms = PS_CLIENT_DEFAULT_TIMEOUT_MS;
+  o->connect_timeout_ms = PS_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
+  o->heartbeat_ms = PS_CLIENT_DEFAULT_HEARTBEAT_MS;
   o->rank = -1;
-  o->window = PS__DEFAULT_WINDOW;
-  o->chunk_bytes = PS__DEFAULT_CHUNK_BYTES;
-  o->resend_ms = 1000;
+  o->window = PS_CLIENT_DEFAULT_WINDOW;
+  o->chunk_bytes = PS_CLIENT_DEFAULT_CHUNK_BYTES;
+  o->resend_ms = PS_CLIENT_DEFAULT_RESEND_MS;
 }
 
 static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
