@@ -138,52 +138,53 @@ struct ps_server_s {
 };
 
 /* server.c */
-const char *ps__srv_mode_name(int mode);
-uint64_t ps__srv_view_epoch(const ps_server_t *s);
-void ps__srv_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
-void ps__srv_send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                        int code, const char *fmt, ...)
+const char *ps__server_mode_name(int mode);
+uint64_t ps__server_view_epoch(const ps_server_t *s);
+void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
+void ps__server_send_error(ps_server_t *s, zmq_msg_t *route,
+                           uint64_t request_id, int code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-void ps__srv_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m);
+void ps__server_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+void ps__server_dispatch(ps_server_t *s, ps_msg_t *m);
 
 /* requests.c */
-void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
-                         const char *why);
-void ps__srv_report_clock(ps_server_t *s);
-void ps__srv_after_apply(ps_server_t *s, owned_range_t *r);
-void ps__srv_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                       uint64_t clock, int duplicate);
-void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
-                            uint64_t clock, int duplicate, int status,
-                            const char *reason);
-const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
-                                    uint64_t count);
-void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
-int ps__srv_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
-                         size_t errlen);
-void ps__srv_sparse_free(ps_server_t *s);
+void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                            const char *why);
+void ps__server_report_clock(ps_server_t *s);
+void ps__server_after_apply(ps_server_t *s, owned_range_t *r);
+void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                          uint64_t clock, int duplicate);
+void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                               uint64_t clock, int duplicate, int status,
+                               const char *reason);
+const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                       uint64_t count);
+void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
+int ps__server_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                            size_t errlen);
+void ps__server_sparse_free(ps_server_t *s);
 
 /* backup.c */
-void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m);
 /* Drops a snapshot r was receiving. NULL-safe. */
-void ps__srv_snap_in_free(snap_in_t **in_p);
-void ps__srv_serve_deferred(ps_server_t *s);
-void ps__srv_deferred_free(ps_server_t *s);
+void ps__server_snap_in_free(snap_in_t **in_p);
+void ps__server_serve_deferred(ps_server_t *s);
+void ps__server_deferred_free(ps_server_t *s);
 
 /* ranges.c */
-const char *ps__srv_format_ranges(const ps_server_t *s, char *buf, size_t len);
-int ps__srv_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
-                           size_t nlive, int *applied);
-int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
-                       size_t errlen);
-void ps__srv_repl_synced(void *arg, uint64_t begin, uint64_t end,
-                         uint32_t backup, uint64_t bytes, uint64_t ms);
+const char *ps__server_format_ranges(const ps_server_t *s, char *buf,
+                                     size_t len);
+int ps__server_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
+                              size_t nlive, int *applied);
+int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
+                          size_t errlen);
+void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
+                            uint32_t backup, uint64_t bytes, uint64_t ms);
 
 #endif
