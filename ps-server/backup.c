@@ -1,6 +1,6 @@
 /* Replication, the backup's side: replaying a primary's changes and taking
  * its snapshot of a range, and holding the messages that come ahead of our
- * view. replica.c has the primary's side. */
+ * view. ps-server/replica.c has the primary's side. */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +17,7 @@
  * for our view; more than this is not a view in transit. */
 #define DEFERRED_MAX 65536
 
-/* ---- replication, the backup's side (replica.h has the primary's) ---- */
+/* ---- replication, the backup's side (ps-server/replica.h: primary) ---- */
 
 static void defer(ps_server_t *s, ps_msg_t *m) {
   if (s->ndeferred >= DEFERRED_MAX) {

@@ -344,7 +344,8 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
   return PS_OK;
 }
 
-/* replica.h: a new backup holds the range; the scheduler may promote it. */
+/* ps-server/replica.h: a new backup holds the range; the scheduler may promote
+ * it. */
 void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
                             uint32_t backup, uint64_t bytes, uint64_t ms) {
   ps_server_t *s = arg;

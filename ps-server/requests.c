@@ -23,9 +23,10 @@
 
 /* Builds the payload frames of a pull reply for [key_begin, +count) of r:
  * runs of the weights worth it go out without a copy, each pinning its
- * block's version until ZeroMQ's I/O thread has written it (see shard.h);
- * neighbouring short runs are copied together into one frame. Returns the
- * number of frames, or a negative ps_err_t with every frame closed. */
+ * block's version until ZeroMQ's I/O thread has written it (see
+ * ps-server/shard.h); neighbouring short runs are copied together into one
+ * frame. Returns the number of frames, or a negative ps_err_t with every frame
+ * closed. */
 static int build_pull_frames(ps_server_t *s, const owned_range_t *r,
                              uint64_t key_begin, uint64_t count,
                              zmq_msg_t *frames) {
@@ -235,7 +236,7 @@ void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
     s->stats.send_failures++;
 }
 
-/* replica.h: a worker's push is on every backup (or cannot be). */
+/* ps-server/replica.h: a worker's push is on every backup (or cannot be). */
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
                                uint64_t clock, int duplicate, int status,
                                const char *reason) {

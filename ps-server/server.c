@@ -1,7 +1,7 @@
 /* The server daemon's life cycle: starting, the data socket's loop and
  * dispatch, replies and refusals, stats, stopping, and the scheduler link's
- * callbacks (views, checkpoints, restore). See server_int.h for the other
- * files. */
+ * callbacks (views, checkpoints, restore). See ps-server/server_int.h for the
+ * other files. */
 
 #include <signal.h>
 #include <stdarg.h>

@@ -9,8 +9,8 @@
  * it runs repetitions in lockstep on every client, alternating ours and raw
  * so both see the same machine, and reports median, min and max. Every
  * process it started is stopped when it ends, fails or is interrupted.
- * See runner.c for what one op is. Exit status: 0, 1 on a failure, 2 on bad
- * options, 130 when interrupted.
+ * See tests/bench/runner.c for what one op is. Exit status: 0, 1 on a failure,
+ * 2 on bad options, 130 when interrupted.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,7 +1,7 @@
 /* libps-client's life cycle: options, creating a client (the link to the
  * scheduler, the background thread, the first view) and destroying it,
  * accessors, Done and Leave. How a client works and which file holds what:
- * client_int.h. */
+ * worker/client/client_int.h. */
 #include "ps/client.h"
 
 #include <errno.h>

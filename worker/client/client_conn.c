@@ -1,6 +1,6 @@
 /* libps-client, calling thread: taking the newest view from the background
  * thread, and the data socket (a DEALER) to each server of the view. See
- * client_int.h. */
+ * worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>

@@ -1,7 +1,8 @@
 /* libps-client's dense data plane, on the calling thread: calls and their
  * pieces, the windows, the resend timer, rebasing after a view change, the
  * progress loop, replies, zero-copy pull frames and release accounting, and
- * the push and pull calls of client.h. How it works: client_int.h. */
+ * the push and pull calls of worker/client/include/ps/client.h. How it works:
+ * worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
-/* The defaults of ps_client_opts_t (ps/client.h), written once: for
- * ps_client_opts_init, and for the option tables of the programs that set
- * those fields from flags (ps-worker, ps-bench), whose --help shows them
+/* The defaults of ps_client_opts_t (worker/client/include/ps/client.h), written
+ * once: for ps_client_opts_init, and for the option tables of the programs that
+ * set those fields from flags (ps-worker, ps-bench), whose --help shows them
  * through PS_OPT_DEF (common/config.h). So each is a plain literal.
  *
  * Not installed: a program outside this tree gets the same values from

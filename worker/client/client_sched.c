@@ -1,6 +1,6 @@
 /* libps-client's own socket to the scheduler, on the calling thread:
  * barriers. (Done and Leave go on the background thread's member link.)
- * See client_int.h. */
+ * See worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>

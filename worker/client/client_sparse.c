@@ -1,5 +1,5 @@
 /* libps-client's sparse table calls (issue #3), synchronous, on the calling
- * thread. See client_int.h. */
+ * thread. See worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* libps-client's background thread: a uv loop with the member link to the
  * scheduler (registration, heartbeats, views, Shutdown), Done or Leave sent
  * on that link, and the wait for the scheduler to take it when the client
- * stops. See client_int.h. */
+ * stops. See worker/client/client_int.h. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>

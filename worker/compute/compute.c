@@ -36,7 +36,7 @@ const ps_compute_ops_t *ps_compute_find(const char *name) {
 }
 
 #ifdef PS_HAVE_CUDA
-/* In cuda/compute_cuda.c. */
+/* In worker/compute/cuda/compute_cuda.c. */
 int ps__compute_cuda_devices(char *why, size_t whylen);
 #endif
 
