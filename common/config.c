@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -488,4 +489,39 @@ void ps_config_free(const ps_config_t *cfg) {
     free(*target);
     *target = NULL;
   }
+}
+
+int ps_config_refuse(const ps_config_t *cfg, const char *fmt, ...) {
+  char why[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  ps_verrf(why, sizeof(why), PS_ERR_CONFIG, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s: %s\nTry '%s --help'.\n", cfg->program, why,
+          cfg->program);
+  ps_config_free(cfg);
+  return PS_EXIT_USAGE;
+}
+
+int ps_config_exit_status(int err) {
+  if (err == PS_OK) return PS_EXIT_OK;
+  return err == PS_ERR_CONFIG ? PS_EXIT_USAGE : PS_EXIT_FAILURE;
+}
+
+/* A ZeroMQ endpoint is transport://address; anything else would only fail
+ * later, inside zmq_bind or zmq_connect, with a vaguer message. */
+int ps_config_check_endpoint(const char *option, const char *value,
+                             int allow_wildcard, char *err, size_t errlen) {
+  const char *sep = value ? strstr(value, "://") : NULL;
+  if (sep == NULL || sep == value || sep[3] == '\0')
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "option --%s: value \"%s\" is not a ZeroMQ endpoint "
+                   "(transport://address, e.g. tcp://10.0.0.5:7001)",
+                   option, value ? value : "");
+  if (!allow_wildcard && strchr(value, '*') != NULL)
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "option --%s: value \"%s\" has a wildcard; peers need a "
+                   "concrete address",
+                   option, value);
+  return PS_OK;
 }

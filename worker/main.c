@@ -25,7 +25,7 @@ static void on_signal(int sig) {
     static const char msg[] = "ps-worker: did not stop in time, exiting\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
     (void)w;
-    _exit(1);
+    _exit(PS_EXIT_FAILURE);
   }
   stop_requested = sig;
   alarm(STOP_GRACE_S);
@@ -129,16 +129,10 @@ int main(int argc, char **argv) {
 
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
-  if (rc == 1) {
-    ps_config_free(&cfg);
-    return 0;
-  }
-  if (rc != PS_OK) {
-    fprintf(stderr, "ps-worker: %s\n", err);
-    fprintf(stderr, "Try 'ps-worker --help'.\n");
-    ps_config_free(&cfg);
-    return 2;
-  }
+  if (rc == 1) return PS_EXIT_OK;
+  if (rc == PS_OK && !standalone)
+    rc = ps_config_check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("worker", (ps_log_level_t)log_level);
   install_signals();
 
@@ -170,20 +164,20 @@ int main(int argc, char **argv) {
   to.client.resend_ms = (int)resend_ms;
   to.stop = &stop_requested;
 
-  int exit_code = 0;
+  int exit_code = PS_EXIT_OK;
   int terr = PS_OK;
   ps_trainer_t *t = ps_trainer_new(&to, &terr, err, sizeof(err));
   if (t == NULL) {
     PS_ERROR("start_failed", "error=%s msg=\"%s\"", ps_err_name(terr), err);
     fprintf(stderr, "ps-worker: %s\n", err);
-    exit_code = terr == PS_ERR_CONFIG ? 2 : 1;
+    exit_code = ps_config_exit_status(terr);
   } else {
     rc = ps_trainer_run(t);
     if (rc != PS_OK) {
       PS_ERROR("train_failed", "error=%s msg=\"%s\"", ps_err_name(rc),
                ps_trainer_errmsg(t));
       fprintf(stderr, "ps-worker: %s\n", ps_trainer_errmsg(t));
-      exit_code = rc == PS_ERR_CONFIG ? 2 : 1;
+      exit_code = ps_config_exit_status(rc);
     }
     ps_trainer_destroy(&t);
   }
