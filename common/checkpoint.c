@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <isa-l/crc.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,19 +26,6 @@ static const char MANIFEST_MAGIC[8] = {'P', 'S', 'C', 'K', 'M', 'N', 'F', 'T'};
 /* Reads and writes go in pieces of at most this much, so a multi-GiB
  * section never asks the kernel for one giant transfer. */
 #define IO_CHUNK (64u << 20)
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
 
 uint32_t ps_crc32c(uint32_t crc, const void *buf, size_t len) {
   /* ISA-L keeps the register un-inverted between calls; the inversion at both
@@ -165,14 +151,14 @@ static void parent_dir(const char *path, char *out, size_t len) {
 static int fsync_dir(const char *dir, char *err, size_t errlen) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
-    return fail(err, errlen, PS_ERR_IO, "%s: cannot open the directory: %s",
-                dir, strerror(errno));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: cannot open the directory: %s",
+                   dir, strerror(errno));
   int rc = fsync(fd);
   int saved = errno;
   close(fd);
   if (rc != 0)
-    return fail(err, errlen, PS_ERR_IO, "%s: fsync of the directory: %s", dir,
-                strerror(saved));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: fsync of the directory: %s",
+                   dir, strerror(saved));
   return PS_OK;
 }
 
@@ -189,8 +175,8 @@ static int out_open(out_file_t *o, const char *path, char *err, size_t errlen) {
   memset(o, 0, sizeof(*o));
   o->fd = -1;
   if (strlen(path) >= PS_CHECKPOINT_PATH_MAX)
-    return fail(err, errlen, PS_ERR_INVAL, "%s: path longer than %d bytes",
-                path, PS_CHECKPOINT_PATH_MAX - 1);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s: path longer than %d bytes",
+                   path, PS_CHECKPOINT_PATH_MAX - 1);
   snprintf(o->path, sizeof(o->path), "%s", path);
   /* Same directory as the target: rename is atomic only within a file
    * system. The pid keeps two writers of one name apart. */
@@ -204,16 +190,16 @@ static int out_open(out_file_t *o, const char *path, char *err, size_t errlen) {
            (long)getpid(), n);
   o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (o->fd < 0)
-    return fail(err, errlen, PS_ERR_IO, "%s: cannot create %s: %s", path,
-                o->tmp, strerror(errno));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: cannot create %s: %s", path,
+                   o->tmp, strerror(errno));
   return PS_OK;
 }
 
 static int out_write(out_file_t *o, const void *p, size_t len, char *err,
                      size_t errlen) {
   if (write_full(o->fd, p, len) != 0)
-    return fail(err, errlen, PS_ERR_IO, "%s: write: %s", o->path,
-                strerror(errno));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: write: %s", o->path,
+                   strerror(errno));
   o->crc = ps_crc32c(o->crc, p, len);
   o->bytes += len;
   return PS_OK;
@@ -230,22 +216,22 @@ static int out_commit(out_file_t *o, char *err, size_t errlen) {
   if (fsync(o->fd) != 0) {
     int saved = errno;
     out_abort(o);
-    return fail(err, errlen, PS_ERR_IO, "%s: fsync: %s", o->path,
-                strerror(saved));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: fsync: %s", o->path,
+                   strerror(saved));
   }
   int rc = close(o->fd);
   o->fd = -1;
   if (rc != 0) {
     int saved = errno;
     out_abort(o);
-    return fail(err, errlen, PS_ERR_IO, "%s: close: %s", o->path,
-                strerror(saved));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: close: %s", o->path,
+                   strerror(saved));
   }
   if (rename(o->tmp, o->path) != 0) {
     int saved = errno;
     out_abort(o);
-    return fail(err, errlen, PS_ERR_IO, "%s: rename from %s: %s", o->path,
-                o->tmp, strerror(saved));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: rename from %s: %s", o->path,
+                   o->tmp, strerror(saved));
   }
   char dir[PS_CHECKPOINT_PATH_MAX];
   parent_dir(o->path, dir, sizeof(dir));
@@ -256,32 +242,32 @@ static int join(char *out, size_t len, const char *dir, const char *name,
                 char *err, size_t errlen) {
   int n = snprintf(out, len, "%s/%s", dir, name);
   if (n < 0 || (size_t)n >= len)
-    return fail(err, errlen, PS_ERR_INVAL, "%s/%s: path longer than %zu bytes",
-                dir, name, len - 1);
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "%s/%s: path longer than %zu bytes", dir, name, len - 1);
   return PS_OK;
 }
 
 int ps_checkpoint_mkdirs(const char *path, char *err, size_t errlen) {
   char buf[PS_CHECKPOINT_PATH_MAX];
   if (path == NULL || path[0] == '\0')
-    return fail(err, errlen, PS_ERR_INVAL, "empty directory path");
+    return ps_errf(err, errlen, PS_ERR_INVAL, "empty directory path");
   if (strlen(path) >= sizeof(buf))
-    return fail(err, errlen, PS_ERR_INVAL, "%s: path longer than %zu bytes",
-                path, sizeof(buf) - 1);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s: path longer than %zu bytes",
+                   path, sizeof(buf) - 1);
   snprintf(buf, sizeof(buf), "%s", path);
   for (char *p = buf + 1;; p++) {
     if (*p != '/' && *p != '\0') continue;
     char c = *p;
     *p = '\0';
     if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-      return fail(err, errlen, PS_ERR_IO, "%s: mkdir %s: %s", path, buf,
-                  strerror(errno));
+      return ps_errf(err, errlen, PS_ERR_IO, "%s: mkdir %s: %s", path, buf,
+                     strerror(errno));
     *p = c;
     if (c == '\0') break;
   }
   struct stat st;
   if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-    return fail(err, errlen, PS_ERR_IO, "%s: not a directory", path);
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: not a directory", path);
   return PS_OK;
 }
 
@@ -314,17 +300,17 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen) {
   if (meta->begin >= meta->end)
-    return fail(err, errlen, PS_ERR_INVAL, "%s/%s: empty range [%llu,%llu)",
-                dir, name, (unsigned long long)meta->begin,
-                (unsigned long long)meta->end);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: empty range [%llu,%llu)",
+                   dir, name, (unsigned long long)meta->begin,
+                   (unsigned long long)meta->end);
   if (weights == NULL)
-    return fail(err, errlen, PS_ERR_INVAL, "%s/%s: no weights", dir, name);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: no weights", dir, name);
   char path[PS_CHECKPOINT_PATH_MAX];
   int rc = join(path, sizeof(path), dir, name, err, errlen);
   if (rc != PS_OK) return rc;
   uint64_t n = meta->end - meta->begin;
   if (n > UINT64_MAX / sizeof(float))
-    return fail(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
   uint64_t data_bytes = n * sizeof(float);
   uint32_t nsections = momentum ? 2 : 1;
 
@@ -386,59 +372,61 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
   memset(out, 0, sizeof(*out));
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return fail(err, errlen, PS_ERR_IO, "%s: cannot open: %s", path,
-                strerror(errno));
+    return ps_errf(err, errlen, PS_ERR_IO, "%s: cannot open: %s", path,
+                   strerror(errno));
   ps_checkpoint_shard_t s;
   memset(&s, 0, sizeof(s));
   int rc = PS_OK;
   struct stat fst;
   if (fstat(fd, &fst) != 0) {
-    rc = fail(err, errlen, PS_ERR_IO, "%s: fstat: %s", path, strerror(errno));
+    rc =
+        ps_errf(err, errlen, PS_ERR_IO, "%s: fstat: %s", path, strerror(errno));
     goto out;
   }
   uint64_t size = (uint64_t)fst.st_size;
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
   ssize_t got = read_full(fd, h, sizeof(h));
   if (got < 0) {
-    rc = fail(err, errlen, PS_ERR_IO, "%s: read: %s", path, strerror(errno));
+    rc = ps_errf(err, errlen, PS_ERR_IO, "%s: read: %s", path, strerror(errno));
     goto out;
   }
   if (got < 12) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: truncated: %zd bytes, not even a header", path, got);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: truncated: %zd bytes, not even a header", path, got);
     goto out;
   }
   if (memcmp(h, SHARD_MAGIC, 8) != 0) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: not a checkpoint shard file (bad magic)", path);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: not a checkpoint shard file (bad magic)", path);
     goto out;
   }
   uint32_t version = get_u32(h + 8);
   if (version != PS_CHECKPOINT_VERSION) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: format version %u, this build reads version %d", path,
-              version, PS_CHECKPOINT_VERSION);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: format version %u, this build reads version %d", path,
+                 version, PS_CHECKPOINT_VERSION);
     goto out;
   }
   if ((size_t)got < sizeof(h)) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: truncated: %zd bytes, the header alone is %d", path, got,
-              PS_CHECKPOINT_HEADER_BYTES);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: truncated: %zd bytes, the header alone is %d", path, got,
+                 PS_CHECKPOINT_HEADER_BYTES);
     goto out;
   }
   uint32_t want = get_u32(h + 76), have = ps_crc32c(0, h, 76);
   if (want != have) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: header CRC32C is 0x%08x, the header says 0x%08x: the file "
-              "is corrupt",
-              path, have, want);
+    rc =
+        ps_errf(err, errlen, PS_ERR_FORMAT,
+                "%s: header CRC32C is 0x%08x, the header says 0x%08x: the file "
+                "is corrupt",
+                path, have, want);
     goto out;
   }
   if (get_u32(h + 12) != PS_CHECKPOINT_HEADER_BYTES || get_u32(h + 72) != 0) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: header size %u or reserved field %u is not what version "
-              "%d writes",
-              path, get_u32(h + 12), get_u32(h + 72), PS_CHECKPOINT_VERSION);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: header size %u or reserved field %u is not what version "
+                 "%d writes",
+                 path, get_u32(h + 12), get_u32(h + 72), PS_CHECKPOINT_VERSION);
     goto out;
   }
   s.meta.fingerprint = get_u64(h + 16);
@@ -452,19 +440,21 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
   s.meta.mode = (int)mode;
   if (s.meta.begin >= s.meta.end ||
       s.meta.end - s.meta.begin > (UINT64_MAX / sizeof(float))) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: bad key range [%llu,%llu)", path,
-              (unsigned long long)s.meta.begin, (unsigned long long)s.meta.end);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: bad key range [%llu,%llu)",
+                 path, (unsigned long long)s.meta.begin,
+                 (unsigned long long)s.meta.end);
     goto out;
   }
   if (mode != PS__CONSISTENCY_MODE__MODE_BSP &&
       mode != PS__CONSISTENCY_MODE__MODE_ASP) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: unknown consistency mode %u",
-              path, mode);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: unknown consistency mode %u",
+                 path, mode);
     goto out;
   }
   if (nsections < 1 || nsections > MAX_SECTIONS) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: %u sections, expected 1 to %d",
-              path, nsections, MAX_SECTIONS);
+    rc =
+        ps_errf(err, errlen, PS_ERR_FORMAT, "%s: %u sections, expected 1 to %d",
+                path, nsections, MAX_SECTIONS);
     goto out;
   }
   uint64_t data_bytes = (s.meta.end - s.meta.begin) * sizeof(float);
@@ -473,26 +463,26 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
   for (uint32_t i = 0; i < nsections; i++) {
     uint8_t sh[PS_CHECKPOINT_SECTION_HEADER_BYTES];
     if (size < off + sizeof(sh)) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: truncated: %llu bytes, section %u of %u would start at "
-                "%llu",
-                path, (unsigned long long)size, i + 1, nsections,
-                (unsigned long long)off);
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: truncated: %llu bytes, section %u of %u would start at "
+                   "%llu",
+                   path, (unsigned long long)size, i + 1, nsections,
+                   (unsigned long long)off);
       goto out;
     }
     got = read_full(fd, sh, sizeof(sh));
     if (got != (ssize_t)sizeof(sh)) {
-      rc = fail(err, errlen, got < 0 ? PS_ERR_IO : PS_ERR_FORMAT,
-                "%s: cannot read section %u header: %s", path, i + 1,
-                got < 0 ? strerror(errno) : "short read");
+      rc = ps_errf(err, errlen, got < 0 ? PS_ERR_IO : PS_ERR_FORMAT,
+                   "%s: cannot read section %u header: %s", path, i + 1,
+                   got < 0 ? strerror(errno) : "short read");
       goto out;
     }
     file_crc = ps_crc32c(file_crc, sh, sizeof(sh));
     if (get_u32(sh + 20) != ps_crc32c(0, sh, 20)) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: section %u header CRC32C mismatch at offset %llu: the "
-                "file is corrupt",
-                path, i + 1, (unsigned long long)off);
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: section %u header CRC32C mismatch at offset %llu: the "
+                   "file is corrupt",
+                   path, i + 1, (unsigned long long)off);
       goto out;
     }
     uint32_t kind = get_u32(sh);
@@ -501,66 +491,69 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                   : kind == PS_CHECKPOINT_SECTION_MOMENTUM ? &s.momentum
                                                            : NULL;
     if (dst == NULL || get_u32(sh + 4) != 0) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: section %u has unknown kind %u", path, i + 1, kind);
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: section %u has unknown kind %u", path, i + 1, kind);
       goto out;
     }
     if (*dst != NULL) {
-      rc = fail(err, errlen, PS_ERR_FORMAT, "%s: section %u repeats %s", path,
-                i + 1, section_name(kind));
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: section %u repeats %s",
+                   path, i + 1, section_name(kind));
       goto out;
     }
     if (bytes != data_bytes) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: %s section of %llu bytes, the range [%llu,%llu) needs "
-                "%llu",
-                path, section_name(kind), (unsigned long long)bytes,
-                (unsigned long long)s.meta.begin,
-                (unsigned long long)s.meta.end, (unsigned long long)data_bytes);
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: %s section of %llu bytes, the range [%llu,%llu) needs "
+                   "%llu",
+                   path, section_name(kind), (unsigned long long)bytes,
+                   (unsigned long long)s.meta.begin,
+                   (unsigned long long)s.meta.end,
+                   (unsigned long long)data_bytes);
       goto out;
     }
     off += sizeof(sh);
     if (size - off < bytes) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: truncated: %llu bytes, the %s section ends at %llu", path,
-                (unsigned long long)size, section_name(kind),
-                (unsigned long long)(off + bytes));
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: truncated: %llu bytes, the %s section ends at %llu",
+                   path, (unsigned long long)size, section_name(kind),
+                   (unsigned long long)(off + bytes));
       goto out;
     }
     *dst = malloc((size_t)bytes);
     if (*dst == NULL) {
-      rc = fail(err, errlen, PS_ERR_NOMEM, "%s: no memory for %llu bytes", path,
-                (unsigned long long)bytes);
+      rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: no memory for %llu bytes",
+                   path, (unsigned long long)bytes);
       goto out;
     }
     got = read_full(fd, *dst, (size_t)bytes);
     if (got != (ssize_t)bytes) {
-      rc = fail(err, errlen, got < 0 ? PS_ERR_IO : PS_ERR_FORMAT,
-                "%s: cannot read the %s section: %s", path, section_name(kind),
-                got < 0 ? strerror(errno) : "short read (file shrank?)");
+      rc = ps_errf(err, errlen, got < 0 ? PS_ERR_IO : PS_ERR_FORMAT,
+                   "%s: cannot read the %s section: %s", path,
+                   section_name(kind),
+                   got < 0 ? strerror(errno) : "short read (file shrank?)");
       goto out;
     }
     uint32_t dcrc = ps_crc32c(0, *dst, (size_t)bytes);
     if (dcrc != get_u32(sh + 16)) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: %s section CRC32C is 0x%08x, its header says 0x%08x: the "
-                "file is corrupt",
-                path, section_name(kind), dcrc, get_u32(sh + 16));
+      rc = ps_errf(
+          err, errlen, PS_ERR_FORMAT,
+          "%s: %s section CRC32C is 0x%08x, its header says 0x%08x: the "
+          "file is corrupt",
+          path, section_name(kind), dcrc, get_u32(sh + 16));
       goto out;
     }
     file_crc = ps_crc32c(file_crc, *dst, (size_t)bytes);
     off += bytes;
   }
   if (off != size) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: %llu bytes after the last section (file of %llu bytes, "
-              "sections end at %llu)",
-              path, (unsigned long long)(size - off), (unsigned long long)size,
-              (unsigned long long)off);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: %llu bytes after the last section (file of %llu bytes, "
+                 "sections end at %llu)",
+                 path, (unsigned long long)(size - off),
+                 (unsigned long long)size, (unsigned long long)off);
     goto out;
   }
   if (s.weights == NULL) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: no weights section", path);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: no weights section", path);
     goto out;
   }
   s.stat.bytes = size;
@@ -610,7 +603,8 @@ int ps_checkpoint_read_framed(const char *path, const char magic[8],
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int saved = errno;
-    fail(err, errlen, PS_ERR_IO, "%s: cannot open: %s", path, strerror(saved));
+    ps_errf(err, errlen, PS_ERR_IO, "%s: cannot open: %s", path,
+            strerror(saved));
     errno = saved;
     return PS_ERR_IO;
   }
@@ -618,47 +612,48 @@ int ps_checkpoint_read_framed(const char *path, const char magic[8],
   uint8_t *buf = NULL;
   struct stat st;
   if (fstat(fd, &st) != 0) {
-    rc = fail(err, errlen, PS_ERR_IO, "%s: fstat: %s", path, strerror(errno));
+    rc =
+        ps_errf(err, errlen, PS_ERR_IO, "%s: fstat: %s", path, strerror(errno));
     goto out;
   }
   uint64_t size = (uint64_t)st.st_size;
   /* Manifests and state files are small; a huge one is not one of ours. */
   if (size > (256u << 20)) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: %llu bytes is too large", path,
-              (unsigned long long)size);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: %llu bytes is too large",
+                 path, (unsigned long long)size);
     goto out;
   }
   buf = malloc(size ? (size_t)size : 1);
   if (buf == NULL) {
-    rc = fail(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
+    rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   ssize_t got = read_full(fd, buf, (size_t)size);
   if (got != (ssize_t)size) {
-    rc = fail(err, errlen, PS_ERR_IO, "%s: read: %s", path,
-              got < 0 ? strerror(errno) : "short read");
+    rc = ps_errf(err, errlen, PS_ERR_IO, "%s: read: %s", path,
+                 got < 0 ? strerror(errno) : "short read");
     goto out;
   }
   if (size < 8 || memcmp(buf, magic, 8) != 0) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: bad magic: not a %.8s file",
-              path, magic);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: bad magic: not a %.8s file",
+                 path, magic);
     goto out;
   }
   if (size < FRAME_HEAD + 4) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: truncated: %llu bytes, a %.8s file has at least %d", path,
-              (unsigned long long)size, magic, FRAME_HEAD + 4);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: truncated: %llu bytes, a %.8s file has at least %d", path,
+                 (unsigned long long)size, magic, FRAME_HEAD + 4);
     goto out;
   }
   if (get_u32(buf + 8) != version) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: format version %u, this build reads version %u", path,
-              get_u32(buf + 8), version);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: format version %u, this build reads version %u", path,
+                 get_u32(buf + 8), version);
     goto out;
   }
   uint64_t blen = get_u64(buf + 16);
   if (blen != size - FRAME_HEAD - 4) {
-    rc = fail(
+    rc = ps_errf(
         err, errlen, PS_ERR_FORMAT,
         "%s: %s: the header says a %llu-byte body, the file has room "
         "for %llu",
@@ -669,9 +664,10 @@ int ps_checkpoint_read_framed(const char *path, const char magic[8],
   uint32_t want = get_u32(buf + size - 4);
   uint32_t have = ps_crc32c(0, buf, (size_t)size - 4);
   if (want != have) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: CRC32C is 0x%08x, the file says 0x%08x: the file is corrupt",
-              path, have, want);
+    rc = ps_errf(
+        err, errlen, PS_ERR_FORMAT,
+        "%s: CRC32C is 0x%08x, the file says 0x%08x: the file is corrupt", path,
+        have, want);
     goto out;
   }
   memmove(buf, buf + FRAME_HEAD, (size_t)blen);
@@ -702,48 +698,53 @@ static int manifest_check(const char *what, const ps_checkpoint_manifest_t *m,
                           char *err, size_t errlen) {
   if (m->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
       m->mode != PS__CONSISTENCY_MODE__MODE_ASP)
-    return fail(err, errlen, PS_ERR_FORMAT, "%s: unknown consistency mode %d",
-                what, m->mode);
+    return ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: unknown consistency mode %d", what, m->mode);
   if (m->model.ntensors == 0 || m->model.total == 0)
-    return fail(err, errlen, PS_ERR_FORMAT, "%s: the model has no keys", what);
+    return ps_errf(err, errlen, PS_ERR_FORMAT, "%s: the model has no keys",
+                   what);
   uint64_t fp = ps_checkpoint_fingerprint(&m->model);
   if (fp != m->fingerprint)
-    return fail(err, errlen, PS_ERR_FORMAT,
-                "%s: model fingerprint %016llx does not match its model spec "
-                "(%016llx)",
-                what, (unsigned long long)m->fingerprint,
-                (unsigned long long)fp);
+    return ps_errf(
+        err, errlen, PS_ERR_FORMAT,
+        "%s: model fingerprint %016llx does not match its model spec "
+        "(%016llx)",
+        what, (unsigned long long)m->fingerprint, (unsigned long long)fp);
   if (m->nshards == 0)
-    return fail(err, errlen, PS_ERR_FORMAT, "%s: lists no shard files", what);
+    return ps_errf(err, errlen, PS_ERR_FORMAT, "%s: lists no shard files",
+                   what);
   uint64_t expect = 0;
   for (size_t i = 0; i < m->nshards; i++) {
     const ps_checkpoint_file_t *f = &m->shards[i];
     if (!name_ok(f->file))
-      return fail(err, errlen, PS_ERR_FORMAT,
-                  "%s: shard %zu has a bad file name \"%s\"", what, i, f->file);
+      return ps_errf(err, errlen, PS_ERR_FORMAT,
+                     "%s: shard %zu has a bad file name \"%s\"", what, i,
+                     f->file);
     if (f->begin != expect || f->end <= f->begin)
-      return fail(err, errlen, PS_ERR_FORMAT,
-                  "%s: shard %s holds [%llu,%llu), expected a non-empty range "
-                  "from key %llu: the shards must tile the key space",
-                  what, f->file, (unsigned long long)f->begin,
-                  (unsigned long long)f->end, (unsigned long long)expect);
+      return ps_errf(
+          err, errlen, PS_ERR_FORMAT,
+          "%s: shard %s holds [%llu,%llu), expected a non-empty range "
+          "from key %llu: the shards must tile the key space",
+          what, f->file, (unsigned long long)f->begin,
+          (unsigned long long)f->end, (unsigned long long)expect);
     if (m->mode == PS__CONSISTENCY_MODE__MODE_BSP && f->clock != m->step)
-      return fail(err, errlen, PS_ERR_FORMAT,
-                  "%s: shard %s is at clock %llu, the checkpoint's step is "
-                  "%llu",
-                  what, f->file, (unsigned long long)f->clock,
-                  (unsigned long long)m->step);
+      return ps_errf(err, errlen, PS_ERR_FORMAT,
+                     "%s: shard %s is at clock %llu, the checkpoint's step is "
+                     "%llu",
+                     what, f->file, (unsigned long long)f->clock,
+                     (unsigned long long)m->step);
     if (f->clock < m->step)
-      return fail(err, errlen, PS_ERR_FORMAT,
-                  "%s: shard %s is at clock %llu, before the step %llu", what,
-                  f->file, (unsigned long long)f->clock,
-                  (unsigned long long)m->step);
+      return ps_errf(err, errlen, PS_ERR_FORMAT,
+                     "%s: shard %s is at clock %llu, before the step %llu",
+                     what, f->file, (unsigned long long)f->clock,
+                     (unsigned long long)m->step);
     expect = f->end;
   }
   if (expect != m->model.total)
-    return fail(err, errlen, PS_ERR_FORMAT,
-                "%s: shards end at key %llu, the model has %llu keys", what,
-                (unsigned long long)expect, (unsigned long long)m->model.total);
+    return ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: shards end at key %llu, the model has %llu keys", what,
+                   (unsigned long long)expect,
+                   (unsigned long long)m->model.total);
   return PS_OK;
 }
 
@@ -763,7 +764,7 @@ int ps_checkpoint_manifest_write(const char *dir,
   Ps__CheckpointShard **sptrs = calloc(m->nshards + 1, sizeof(*sptrs));
   uint8_t *body = NULL;
   if (!tensors || !tptrs || !shards || !sptrs) {
-    rc = fail(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
+    rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   Ps__ModelSpec model;
@@ -795,7 +796,7 @@ int ps_checkpoint_manifest_write(const char *dir,
   size_t len = ps__checkpoint_manifest__get_packed_size(&pb);
   body = malloc(len ? len : 1);
   if (body == NULL) {
-    rc = fail(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
+    rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   ps__checkpoint_manifest__pack(&pb, body);
@@ -831,21 +832,21 @@ int ps_checkpoint_manifest_read(const char *dir, ps_checkpoint_manifest_t *m,
   Ps__CheckpointManifest *pb = ps__checkpoint_manifest__unpack(NULL, len, body);
   free(body);
   if (pb == NULL)
-    return fail(err, errlen, PS_ERR_FORMAT,
-                "%s: the body is not a CheckpointManifest", path);
+    return ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: the body is not a CheckpointManifest", path);
   ps_checkpoint_manifest_t r;
   memset(&r, 0, sizeof(r));
   char why[256];
   if (pb->format_version != PS_CHECKPOINT_VERSION) {
-    rc = fail(err, errlen, PS_ERR_FORMAT,
-              "%s: manifest format version %u, this build reads %d", path,
-              pb->format_version, PS_CHECKPOINT_VERSION);
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                 "%s: manifest format version %u, this build reads %d", path,
+                 pb->format_version, PS_CHECKPOINT_VERSION);
     goto out;
   }
   if (pb->model == NULL ||
       ps_model_from_pb(pb->model, &r.model, why, sizeof(why)) != PS_OK) {
-    rc = fail(err, errlen, PS_ERR_FORMAT, "%s: bad model spec: %s", path,
-              pb->model ? why : "none");
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: bad model spec: %s", path,
+                 pb->model ? why : "none");
     goto out;
   }
   r.id = pb->id;
@@ -858,7 +859,7 @@ int ps_checkpoint_manifest_read(const char *dir, ps_checkpoint_manifest_t *m,
   r.nshards = pb->n_shards;
   r.shards = calloc(pb->n_shards + 1, sizeof(*r.shards));
   if (r.shards == NULL) {
-    rc = fail(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
+    rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   for (size_t i = 0; i < pb->n_shards; i++) {
@@ -866,8 +867,9 @@ int ps_checkpoint_manifest_read(const char *dir, ps_checkpoint_manifest_t *m,
     ps_checkpoint_file_t *f = &r.shards[i];
     const char *name = s->file ? s->file : "";
     if (!name_ok(name)) {
-      rc = fail(err, errlen, PS_ERR_FORMAT,
-                "%s: shard %zu has a bad file name \"%.64s\"", path, i, name);
+      rc =
+          ps_errf(err, errlen, PS_ERR_FORMAT,
+                  "%s: shard %zu has a bad file name \"%.64s\"", path, i, name);
       goto out;
     }
     snprintf(f->file, sizeof(f->file), "%s", name);
@@ -929,7 +931,7 @@ static int read_listed(const char *dir, const ps_checkpoint_manifest_t *m,
   }
   if (why != NULL) {
     ps_checkpoint_shard_clear(s);
-    return fail(err, errlen, PS_ERR_FORMAT, "%s: %s", path, why);
+    return ps_errf(err, errlen, PS_ERR_FORMAT, "%s: %s", path, why);
   }
   return PS_OK;
 }
@@ -953,15 +955,15 @@ int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
                              float *momentum, uint64_t *bytes, char *err,
                              size_t errlen) {
   if (begin >= end || end > m->model.total)
-    return fail(err, errlen, PS_ERR_INVAL,
-                "%s: range [%llu,%llu) is empty or beyond the checkpoint's "
-                "%llu keys",
-                dir, (unsigned long long)begin, (unsigned long long)end,
-                (unsigned long long)m->model.total);
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "%s: range [%llu,%llu) is empty or beyond the checkpoint's "
+                   "%llu keys",
+                   dir, (unsigned long long)begin, (unsigned long long)end,
+                   (unsigned long long)m->model.total);
   if ((momentum != NULL) != (m->model.momentum != 0.0f))
-    return fail(err, errlen, PS_ERR_INVAL,
-                "%s: momentum %s asked for, but the model's momentum is %g",
-                dir, momentum ? "" : "not", (double)m->model.momentum);
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "%s: momentum %s asked for, but the model's momentum is %g",
+                   dir, momentum ? "" : "not", (double)m->model.momentum);
   uint64_t total = 0, covered = 0;
   for (size_t i = 0; i < m->nshards; i++) {
     const ps_checkpoint_file_t *f = &m->shards[i];
@@ -975,8 +977,8 @@ int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
      * safe. */
     if (s.weights == NULL || (momentum && s.momentum == NULL)) {
       ps_checkpoint_shard_clear(&s);
-      return fail(err, errlen, PS_ERR_FORMAT, "%s/%s: a section is missing",
-                  dir, f->file);
+      return ps_errf(err, errlen, PS_ERR_FORMAT, "%s/%s: a section is missing",
+                     dir, f->file);
     }
     size_t n = (size_t)(hi - lo) * sizeof(float);
     memcpy(weights + (lo - begin), s.weights + (lo - f->begin), n);
@@ -989,12 +991,12 @@ int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
   /* manifest_check guarantees the tiling; this guards a manifest built by
    * hand. */
   if (covered != end - begin)
-    return fail(err, errlen, PS_ERR_FORMAT,
-                "%s: the shard files cover %llu of the %llu keys of "
-                "[%llu,%llu)",
-                dir, (unsigned long long)covered,
-                (unsigned long long)(end - begin), (unsigned long long)begin,
-                (unsigned long long)end);
+    return ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: the shard files cover %llu of the %llu keys of "
+                   "[%llu,%llu)",
+                   dir, (unsigned long long)covered,
+                   (unsigned long long)(end - begin), (unsigned long long)begin,
+                   (unsigned long long)end);
   if (bytes) *bytes = total;
   return PS_OK;
 }
@@ -1013,7 +1015,7 @@ int ps_checkpoint_resolve(const char *path, char *dir, size_t dirlen, char *err,
   if (rc != PS_OK) return rc;
   if (file_exists(p)) {
     if (strlen(path) >= dirlen)
-      return fail(err, errlen, PS_ERR_INVAL, "%s: path too long", path);
+      return ps_errf(err, errlen, PS_ERR_INVAL, "%s: path too long", path);
     snprintf(dir, dirlen, "%s", path);
     return PS_OK;
   }
@@ -1021,26 +1023,28 @@ int ps_checkpoint_resolve(const char *path, char *dir, size_t dirlen, char *err,
   if (rc != PS_OK) return rc;
   FILE *f = fopen(p, "r");
   if (f == NULL)
-    return fail(err, errlen, PS_ERR_IO,
-                "%s: no %s and no %s here: not a checkpoint directory", path,
-                PS_CHECKPOINT_MANIFEST, PS_CHECKPOINT_LATEST);
+    return ps_errf(err, errlen, PS_ERR_IO,
+                   "%s: no %s and no %s here: not a checkpoint directory", path,
+                   PS_CHECKPOINT_MANIFEST, PS_CHECKPOINT_LATEST);
   char name[PS_CHECKPOINT_NAME_MAX + 2] = "";
   char *got = fgets(name, sizeof(name), f);
   fclose(f);
   if (got) name[strcspn(name, "\r\n")] = '\0';
   if (got == NULL || !name_ok(name))
-    return fail(err, errlen, PS_ERR_FORMAT,
-                "%s: does not name a checkpoint directory", p);
+    return ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: does not name a checkpoint directory", p);
   int n = snprintf(dir, dirlen, "%s/%s", path, name);
   if (n < 0 || (size_t)n >= dirlen)
-    return fail(err, errlen, PS_ERR_INVAL, "%s/%s: path too long", path, name);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: path too long", path,
+                   name);
   return PS_OK;
 }
 
 int ps_checkpoint_set_latest(const char *base, const char *name, char *err,
                              size_t errlen) {
   if (!name_ok(name))
-    return fail(err, errlen, PS_ERR_INVAL, "bad checkpoint name \"%s\"", name);
+    return ps_errf(err, errlen, PS_ERR_INVAL, "bad checkpoint name \"%s\"",
+                   name);
   char path[PS_CHECKPOINT_PATH_MAX];
   int rc = join(path, sizeof(path), base, PS_CHECKPOINT_LATEST, err, errlen);
   if (rc != PS_OK) return rc;

@@ -15,16 +15,6 @@
 #define USAGE_WIDTH 80
 #define OPT_NAME_MAX 128
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  if (err != NULL && errlen > 0) vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static const ps_opt_t *find_opt(const ps_config_t *cfg, const char *name,
                                 size_t len) {
   for (size_t i = 0; i < cfg->nopts; i++) {
@@ -69,13 +59,13 @@ static int check_bounds(const ps_opt_t *o, const char *value, double v,
   char bound[64];
   if (v < o->min) {
     format_bound(o, o->min, bound, sizeof(bound));
-    set_err(why, whylen, "value %s is below the minimum %s", value, bound);
-    return -1;
+    return ps_errf(why, whylen, PS_ERR_CONFIG,
+                   "value %s is below the minimum %s", value, bound);
   }
   if (v > o->max) {
     format_bound(o, o->max, bound, sizeof(bound));
-    set_err(why, whylen, "value %s is above the maximum %s", value, bound);
-    return -1;
+    return ps_errf(why, whylen, PS_ERR_CONFIG,
+                   "value %s is above the maximum %s", value, bound);
   }
   return 0;
 }
@@ -95,9 +85,9 @@ static int parse_value(const ps_opt_t *o, const char *value, char *why,
                strcasecmp(value, "no") == 0)
         b = 0;
       else {
-        set_err(why, whylen,
-                "value \"%s\" is not a boolean (0/1/true/false/yes/no)", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not a boolean (0/1/true/false/yes/no)",
+                       value);
       }
       *(int *)o->target = b;
       return 0;
@@ -107,48 +97,48 @@ static int parse_value(const ps_opt_t *o, const char *value, char *why,
        * user meant to write, so only a sign or a digit may start it. */
       if (!(isdigit((unsigned char)value[0]) || value[0] == '-' ||
             value[0] == '+')) {
-        set_err(why, whylen, "value \"%s\" is not an integer", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not an integer", value);
       }
       errno = 0;
       long long v = strtoll(value, &end, 10);
       if (end == value || *end != '\0') {
-        set_err(why, whylen, "value \"%s\" is not an integer", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not an integer", value);
       }
       if (errno == ERANGE) {
-        set_err(why, whylen, "value %s does not fit in 64 bits", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value %s does not fit in 64 bits", value);
       }
-      if (check_bounds(o, value, (double)v, why, whylen) != 0) return -1;
+      if (check_bounds(o, value, (double)v, why, whylen) != 0)
+        return PS_ERR_CONFIG;
       *(int64_t *)o->target = (int64_t)v;
       return 0;
     }
     case PS_OPT_DOUBLE: {
       if (value[0] == '\0' || isspace((unsigned char)value[0])) {
-        set_err(why, whylen, "value \"%s\" is not a number", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not a number", value);
       }
       errno = 0;
       double v = strtod(value, &end);
       if (end == value || *end != '\0') {
-        set_err(why, whylen, "value \"%s\" is not a number", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not a number", value);
       }
       /* NaN passes every bounds comparison, so it is refused by name. */
       if (errno == ERANGE || !isfinite(v)) {
-        set_err(why, whylen, "value %s is not a finite number", value);
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value %s is not a finite number", value);
       }
-      if (check_bounds(o, value, v, why, whylen) != 0) return -1;
+      if (check_bounds(o, value, v, why, whylen) != 0) return PS_ERR_CONFIG;
       *(double *)o->target = v;
       return 0;
     }
     case PS_OPT_STRING: {
       char *copy = strdup(value);
       if (copy == NULL) {
-        set_err(why, whylen, "out of memory");
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_NOMEM, "out of memory");
       }
       char **target = o->target;
       free(*target);
@@ -158,24 +148,24 @@ static int parse_value(const ps_opt_t *o, const char *value, char *why,
     case PS_OPT_ENUM: {
       int index = enum_index(o->choices ? o->choices : "", value);
       if (index < 0) {
-        set_err(why, whylen, "value \"%s\" is not one of %s", value,
-                o->choices ? o->choices : "(none)");
-        return -1;
+        return ps_errf(why, whylen, PS_ERR_CONFIG,
+                       "value \"%s\" is not one of %s", value,
+                       o->choices ? o->choices : "(none)");
       }
       *(int *)o->target = index;
       return 0;
     }
   }
-  set_err(why, whylen, "option has unknown type %d", (int)o->type);
-  return -1;
+  return ps_errf(why, whylen, PS_ERR_CONFIG, "option has unknown type %d",
+                 (int)o->type);
 }
 
 static int apply(const ps_opt_t *o, const char *value, const char *source,
                  char *err, size_t errlen) {
   char why[512];
   if (parse_value(o, value, why, sizeof(why)) == 0) return PS_OK;
-  set_err(err, errlen, "option --%s (%s): %s", o->name, source, why);
-  return PS_ERR_CONFIG;
+  return ps_errf(err, errlen, PS_ERR_CONFIG, "option --%s (%s): %s", o->name,
+                 source, why);
 }
 
 static int apply_defaults(const ps_config_t *cfg, char *err, size_t errlen) {
@@ -264,23 +254,25 @@ static int load_file(const ps_config_t *cfg, const char *path,
   ini_ctx_t ctx = {.cfg = cfg, .path = path};
   ctx.fp = fopen(path, "r");
   if (ctx.fp == NULL) {
-    set_err(err, errlen, "config file %s (%s): cannot open: %s", path, given_by,
-            strerror(errno));
-    return PS_ERR_CONFIG;
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "config file %s (%s): cannot open: %s", path, given_by,
+                   strerror(errno));
   }
   int rc = ini_parse_stream(ini_read_line, &ctx, ini_handle, &ctx);
   fclose(ctx.fp);
   if (rc > 0 && rc == ctx.error_line)
-    set_err(err, errlen, "%s", ctx.why);
+    ps_errf(err, errlen, PS_ERR_CONFIG, "%s", ctx.why);
   else if (rc > 0)
-    set_err(err, errlen,
+    ps_errf(err, errlen, PS_ERR_CONFIG,
             "config file %s:%d: syntax error (expected name = value)", path,
             rc);
   else if (ctx.long_line != 0)
-    set_err(err, errlen, "config file %s:%d: line longer than %d bytes", path,
-            ctx.long_line, INI_MAX_LINE - 2);
+    ps_errf(err, errlen, PS_ERR_CONFIG,
+            "config file %s:%d: line longer than %d bytes", path, ctx.long_line,
+            INI_MAX_LINE - 2);
   else if (rc < 0)
-    set_err(err, errlen, "config file %s: cannot parse (error %d)", path, rc);
+    ps_errf(err, errlen, PS_ERR_CONFIG,
+            "config file %s: cannot parse (error %d)", path, rc);
   else
     return PS_OK;
   return PS_ERR_CONFIG;
@@ -320,8 +312,8 @@ static int scan_builtins(const ps_config_t *cfg, int argc, char **argv,
       *config_path = a + 9;
     } else if (strcmp(a, "--config") == 0) {
       if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
-        set_err(err, errlen, "option --config (flag): missing value");
-        return PS_ERR_CONFIG;
+        return ps_errf(err, errlen, PS_ERR_CONFIG,
+                       "option --config (flag): missing value");
       }
       *config_path = argv[++i];
     }
@@ -341,13 +333,13 @@ static int load_flags(const ps_config_t *cfg, int argc, char **argv,
     }
     if (only_positional || strncmp(a, "--", 2) != 0) {
       if (positional == NULL) {
-        set_err(err, errlen, "unexpected argument \"%s\"", a);
-        return PS_ERR_CONFIG;
+        return ps_errf(err, errlen, PS_ERR_CONFIG, "unexpected argument \"%s\"",
+                       a);
       }
       if (npos >= max_positional) {
-        set_err(err, errlen, "too many arguments: \"%s\" (at most %d)", a,
-                max_positional);
-        return PS_ERR_CONFIG;
+        return ps_errf(err, errlen, PS_ERR_CONFIG,
+                       "too many arguments: \"%s\" (at most %d)", a,
+                       max_positional);
       }
       positional[npos++] = a;
       if (npositional != NULL) *npositional = npos;
@@ -362,8 +354,8 @@ static int load_flags(const ps_config_t *cfg, int argc, char **argv,
     }
     const ps_opt_t *o = find_opt(cfg, name, len);
     if (o == NULL) {
-      set_err(err, errlen, "unknown option --%.*s (flag)", (int)len, name);
-      return PS_ERR_CONFIG;
+      return ps_errf(err, errlen, PS_ERR_CONFIG, "unknown option --%.*s (flag)",
+                     (int)len, name);
     }
     const char *value;
     if (eq != NULL) {
@@ -373,8 +365,8 @@ static int load_flags(const ps_config_t *cfg, int argc, char **argv,
     } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
       value = argv[++i];
     } else {
-      set_err(err, errlen, "option --%s (flag): missing value", o->name);
-      return PS_ERR_CONFIG;
+      return ps_errf(err, errlen, PS_ERR_CONFIG,
+                     "option --%s (flag): missing value", o->name);
     }
     if (apply(o, value, "flag", err, errlen) != PS_OK) return PS_ERR_CONFIG;
   }
@@ -497,4 +489,39 @@ void ps_config_free(const ps_config_t *cfg) {
     free(*target);
     *target = NULL;
   }
+}
+
+int ps_config_refuse(const ps_config_t *cfg, const char *fmt, ...) {
+  char why[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  ps_verrf(why, sizeof(why), PS_ERR_CONFIG, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s: %s\nTry '%s --help'.\n", cfg->program, why,
+          cfg->program);
+  ps_config_free(cfg);
+  return PS_EXIT_USAGE;
+}
+
+int ps_config_exit_status(int err) {
+  if (err == PS_OK) return PS_EXIT_OK;
+  return err == PS_ERR_CONFIG ? PS_EXIT_USAGE : PS_EXIT_FAILURE;
+}
+
+/* A ZeroMQ endpoint is transport://address; anything else would only fail
+ * later, inside zmq_bind or zmq_connect, with a vaguer message. */
+int ps_config_check_endpoint(const char *option, const char *value,
+                             int allow_wildcard, char *err, size_t errlen) {
+  const char *sep = value ? strstr(value, "://") : NULL;
+  if (sep == NULL || sep == value || sep[3] == '\0')
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "option --%s: value \"%s\" is not a ZeroMQ endpoint "
+                   "(transport://address, e.g. tcp://10.0.0.5:7001)",
+                   option, value ? value : "");
+  if (!allow_wildcard && strchr(value, '*') != NULL)
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "option --%s: value \"%s\" has a wildcard; peers need a "
+                   "concrete address",
+                   option, value);
+  return PS_OK;
 }

@@ -18,6 +18,15 @@
 #include <stdio.h>
 #include <stdint.h>
 
+/* The default of an option (ps_opt_t.def) from the macro that holds it for
+ * the code as well, so the two never drift: with #define X_MS 100,
+ * PS_OPT_DEF(X_MS) is "100". The macro must be a plain literal. */
+#define PS_OPT_DEF(macro) PS__OPT_STR(macro)
+#define PS__OPT_STR(x) #x
+
+/* The scheduler endpoint every program and library defaults to. */
+#define PS_DEFAULT_SCHEDULER "tcp://127.0.0.1:7000"
+
 typedef enum {
   PS_OPT_BOOL,   /* int*: flag without a value sets 1; values 0/1/true/false/yes/no */
   PS_OPT_INT,    /* int64_t*, bounded by [min, max] */
@@ -44,6 +53,15 @@ typedef struct {
   size_t nopts;
 } ps_config_t;
 
+/* Exit statuses, the same for every program: bad usage (an unknown flag, a
+ * bad option value, a config file that cannot be read or parsed, options
+ * that contradict each other) is PS_EXIT_USAGE with a message naming the
+ * option and the reason; a failure at run time is PS_EXIT_FAILURE; a clean
+ * stop, --help and --version are PS_EXIT_OK. */
+#define PS_EXIT_OK 0
+#define PS_EXIT_FAILURE 1
+#define PS_EXIT_USAGE 2
+
 /* Fills every target from the sources above. argv[0] is skipped; arguments
  * that do not start with "--" are refused unless positional is non-NULL, in
  * which case they are collected there in order (at most max_positional).
@@ -54,6 +72,23 @@ typedef struct {
 int ps_config_load(const ps_config_t *cfg, int argc, char **argv,
                    const char **positional, int max_positional,
                    int *npositional, char *err, size_t errlen);
+
+/* Refuses the command line: prints "<program>: <message>" and a pointer to
+ * --help on stderr, frees the STRING targets (ps_config_free; the message
+ * is formatted first, so it may quote them) and returns PS_EXIT_USAGE, for
+ * main to return. */
+int ps_config_refuse(const ps_config_t *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The exit status of a program whose start failed with err: PS_EXIT_USAGE
+ * when the options were refused (PS_ERR_CONFIG), else PS_EXIT_FAILURE. */
+int ps_config_exit_status(int err);
+
+/* PS_OK if value is a ZeroMQ endpoint (transport://address); a wildcard
+ * ('*': any port or interface) only where allow_wildcard (an endpoint to
+ * bind). Else PS_ERR_CONFIG and, in err, "option --<option>: value ...". */
+int ps_config_check_endpoint(const char *option, const char *value,
+                             int allow_wildcard, char *err, size_t errlen);
 
 /* Prints the generated help: usage, summary, and one entry per option with
  * its type, default, bounds and environment variable. */

@@ -133,19 +133,6 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
   }
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
 /* How many payload frames a body carries (at least min, at most max), and
  * how many float32 values they hold together. */
 static void expected_payload(const Ps__Envelope *env, int *min_frames,
@@ -224,41 +211,43 @@ static int validate_sparse(const Ps__Envelope *env, const ps_msg_t *m,
       break;
   }
   if (m->npayload != want_frames)
-    return fail(err, errlen, PS_ERR_PROTO,
-                "%s carries %d payload frames, expected %d", what, m->npayload,
-                want_frames);
-  if (nkeys == 0) return fail(err, errlen, PS_ERR_PROTO, "%s of 0 keys", what);
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s carries %d payload frames, expected %d", what,
+                   m->npayload, want_frames);
+  if (nkeys == 0)
+    return ps_errf(err, errlen, PS_ERR_PROTO, "%s of 0 keys", what);
   if (nkeys > limits->max_payload_bytes / sizeof(uint64_t))
-    return fail(err, errlen, PS_ERR_TOO_BIG,
-                "%s of %llu keys exceeds the limit of %zu bytes", what,
-                (unsigned long long)nkeys, limits->max_payload_bytes);
+    return ps_errf(err, errlen, PS_ERR_TOO_BIG,
+                   "%s of %llu keys exceeds the limit of %zu bytes", what,
+                   (unsigned long long)nkeys, limits->max_payload_bytes);
   if (env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY) {
     uint32_t dim = env->sparse_pull_reply->dim;
     if (dim == 0 || nkeys > limits->max_payload_bytes / sizeof(float) / dim)
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "%s of %llu rows of dim %u: bad dim or over the limit", what,
-                  (unsigned long long)nkeys, dim);
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "%s of %llu rows of dim %u: bad dim or over the limit",
+                     what, (unsigned long long)nkeys, dim);
     if (frame_size(m, 0) != nkeys * dim * sizeof(float))
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "%s header says %llu rows of %u floats but the frame has "
-                  "%zu bytes",
-                  what, (unsigned long long)nkeys, dim, frame_size(m, 0));
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "%s header says %llu rows of %u floats but the frame has "
+                     "%zu bytes",
+                     what, (unsigned long long)nkeys, dim, frame_size(m, 0));
     return PS_OK;
   }
   if (frame_size(m, 0) != nkeys * sizeof(uint64_t))
-    return fail(err, errlen, PS_ERR_PROTO,
-                "%s header says %llu keys (%llu bytes) but the keys frame has "
-                "%zu bytes",
-                what, (unsigned long long)nkeys,
-                (unsigned long long)(nkeys * sizeof(uint64_t)),
-                frame_size(m, 0));
+    return ps_errf(
+        err, errlen, PS_ERR_PROTO,
+        "%s header says %llu keys (%llu bytes) but the keys frame has "
+        "%zu bytes",
+        what, (unsigned long long)nkeys,
+        (unsigned long long)(nkeys * sizeof(uint64_t)), frame_size(m, 0));
   if (want_frames == 2) {
     size_t sz = frame_size(m, 1);
     if (sz == 0 || sz % (nkeys * sizeof(float)) != 0)
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "%s values frame has %zu bytes, not a positive multiple of "
-                  "%llu keys * 4",
-                  what, sz, (unsigned long long)nkeys);
+      return ps_errf(
+          err, errlen, PS_ERR_PROTO,
+          "%s values frame has %zu bytes, not a positive multiple of "
+          "%llu keys * 4",
+          what, sz, (unsigned long long)nkeys);
   }
   return PS_OK;
 }
@@ -269,30 +258,33 @@ static int validate_sparse(const Ps__Envelope *env, const ps_msg_t *m,
 static int validate_snapshot(const Ps__ReplicaSnapshot *r, const ps_msg_t *m,
                              char *err, size_t errlen) {
   if (m->npayload != 3)
-    return fail(err, errlen, PS_ERR_PROTO,
-                "replica_snapshot carries %d payload frames, expected 3",
-                m->npayload);
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "replica_snapshot carries %d payload frames, expected 3",
+                   m->npayload);
   if (r->range_end <= r->range_begin)
-    return fail(err, errlen, PS_ERR_PROTO, "replica_snapshot of empty range");
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "replica_snapshot of empty range");
   if (r->nchunks == 0)
-    return fail(err, errlen, PS_ERR_PROTO,
-                "replica_snapshot announces no chunks: the weights must come");
+    return ps_errf(
+        err, errlen, PS_ERR_PROTO,
+        "replica_snapshot announces no chunks: the weights must come");
   uint64_t len = r->range_end - r->range_begin;
   if (r->acc_lo > r->acc_hi || r->acc_hi > len)
-    return fail(err, errlen, PS_ERR_PROTO,
-                "replica_snapshot sum interval [%llu,%llu) outside the range "
-                "of %llu values",
-                (unsigned long long)r->acc_lo, (unsigned long long)r->acc_hi,
-                (unsigned long long)len);
+    return ps_errf(
+        err, errlen, PS_ERR_PROTO,
+        "replica_snapshot sum interval [%llu,%llu) outside the range "
+        "of %llu values",
+        (unsigned long long)r->acc_lo, (unsigned long long)r->acc_hi,
+        (unsigned long long)len);
   const uint64_t want[2] = {(uint64_t)r->nlive * 2 * sizeof(uint64_t),
                             (uint64_t)r->ncontrib * 2 * sizeof(uint64_t)};
   static const char *const names[2] = {"live", "contrib"};
   for (int i = 0; i < 2; i++)
     if (frame_size(m, i) != want[i])
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "replica_snapshot %s frame has %zu bytes, the header says "
-                  "%llu",
-                  names[i], frame_size(m, i), (unsigned long long)want[i]);
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replica_snapshot %s frame has %zu bytes, the header says "
+                     "%llu",
+                     names[i], frame_size(m, i), (unsigned long long)want[i]);
   return PS_OK;
 }
 
@@ -300,13 +292,13 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
   if (env == NULL)
-    return fail(err, errlen, PS_ERR_PROTO, "header is not a ps.Envelope");
+    return ps_errf(err, errlen, PS_ERR_PROTO, "header is not a ps.Envelope");
   if (env->version != PS_PROTOCOL_VERSION)
-    return fail(err, errlen, PS_ERR_VERSION,
-                "protocol version %u, this node speaks %u", env->version,
-                PS_PROTOCOL_VERSION);
+    return ps_errf(err, errlen, PS_ERR_VERSION,
+                   "protocol version %u, this node speaks %u", env->version,
+                   PS_PROTOCOL_VERSION);
   if (env->body_case == PS__ENVELOPE__BODY__NOT_SET)
-    return fail(err, errlen, PS_ERR_PROTO, "envelope has no body");
+    return ps_errf(err, errlen, PS_ERR_PROTO, "envelope has no body");
   if (env->body_case == PS__ENVELOPE__BODY_SPARSE_PUSH ||
       env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL ||
       env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY)
@@ -319,43 +311,44 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
   expected_payload(env, &min_frames, &max_frames, &want_floats);
   if (m->npayload < min_frames || m->npayload > max_frames) {
     if (min_frames == max_frames)
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "%s carries %d payload frames, expected %d",
-                  ps_body_name(env->body_case), m->npayload, min_frames);
-    return fail(err, errlen, PS_ERR_PROTO,
-                "%s carries %d payload frames, expected %d to %d",
-                ps_body_name(env->body_case), m->npayload, min_frames,
-                max_frames);
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "%s carries %d payload frames, expected %d",
+                     ps_body_name(env->body_case), m->npayload, min_frames);
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s carries %d payload frames, expected %d to %d",
+                   ps_body_name(env->body_case), m->npayload, min_frames,
+                   max_frames);
   }
   if (max_frames == 0) return PS_OK;
 
   size_t max_floats = limits->max_payload_bytes / sizeof(float);
   if (want_floats == 0)
-    return fail(err, errlen, PS_ERR_PROTO, "%s of 0 values",
-                ps_body_name(env->body_case));
+    return ps_errf(err, errlen, PS_ERR_PROTO, "%s of 0 values",
+                   ps_body_name(env->body_case));
   if (want_floats > max_floats)
-    return fail(err, errlen, PS_ERR_TOO_BIG,
-                "%s of %llu values exceeds the limit of %zu bytes",
-                ps_body_name(env->body_case), (unsigned long long)want_floats,
-                limits->max_payload_bytes);
+    return ps_errf(err, errlen, PS_ERR_TOO_BIG,
+                   "%s of %llu values exceeds the limit of %zu bytes",
+                   ps_body_name(env->body_case),
+                   (unsigned long long)want_floats, limits->max_payload_bytes);
   /* Every frame a whole number of floats, so the receiver can treat each
    * as a float array on its own. */
   for (int i = 0; i < m->npayload; i++) {
     size_t sz = zmq_msg_size((zmq_msg_t *)&m->payload[i]);
     if (sz == 0 || sz % sizeof(float) != 0)
-      return fail(err, errlen, PS_ERR_PROTO,
-                  "%s payload frame %d has %zu bytes, not a positive "
-                  "multiple of %zu",
-                  ps_body_name(env->body_case), i, sz, sizeof(float));
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "%s payload frame %d has %zu bytes, not a positive "
+                     "multiple of %zu",
+                     ps_body_name(env->body_case), i, sz, sizeof(float));
   }
   size_t got = ps_msg_payload_bytes(m);
   if (got != want_floats * sizeof(float))
-    return fail(err, errlen, PS_ERR_PROTO,
-                "%s header says %llu values (%llu bytes) but the frame%s "
-                "%zu bytes",
-                ps_body_name(env->body_case), (unsigned long long)want_floats,
-                (unsigned long long)(want_floats * sizeof(float)),
-                m->npayload > 1 ? "s hold" : " has", got);
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s header says %llu values (%llu bytes) but the frame%s "
+                   "%zu bytes",
+                   ps_body_name(env->body_case),
+                   (unsigned long long)want_floats,
+                   (unsigned long long)(want_floats * sizeof(float)),
+                   m->npayload > 1 ? "s hold" : " has", got);
   return PS_OK;
 }
 
@@ -396,7 +389,8 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     int e = zmq_errno();
     zmq_msg_close(&first);
     if (e == EAGAIN) return PS_ERR_TIMEOUT;
-    return fail(err, errlen, PS_ERR_ZMQ, "receive failed: %s", zmq_strerror(e));
+    return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
+                   zmq_strerror(e));
   }
 
   zmq_msg_t header;
@@ -405,12 +399,12 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     m->route = first;
     m->has_route = 1;
     if (!has_more(&m->route))
-      return fail(err, errlen, PS_ERR_PROTO, "message has no header frame");
+      return ps_errf(err, errlen, PS_ERR_PROTO, "message has no header frame");
     zmq_msg_init(&header);
     if (zmq_msg_recv(&header, sock, 0) < 0) {
       zmq_msg_close(&header);
-      return fail(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
-                  zmq_strerror(zmq_errno()));
+      return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
+                     zmq_strerror(zmq_errno()));
     }
   } else {
     header = first;
@@ -420,9 +414,9 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
   size_t hsize = zmq_msg_size(&header);
   int rc = PS_OK;
   if (hsize > limits->max_header_bytes) {
-    rc = fail(err, errlen, PS_ERR_TOO_BIG,
-              "header of %zu bytes exceeds the limit of %zu", hsize,
-              limits->max_header_bytes);
+    rc = ps_errf(err, errlen, PS_ERR_TOO_BIG,
+                 "header of %zu bytes exceeds the limit of %zu", hsize,
+                 limits->max_header_bytes);
   } else {
     int slot = slab_take();
     bump_t bump = {slot >= 0 ? slab[slot] : NULL, 0};
@@ -433,8 +427,8 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     if (slot >= 0 && (m->env == NULL || slab_index(m->env) != slot))
       slab_give(slot);
     if (m->env == NULL)
-      rc = fail(err, errlen, PS_ERR_PROTO,
-                "header of %zu bytes is not a ps.Envelope", hsize);
+      rc = ps_errf(err, errlen, PS_ERR_PROTO,
+                   "header of %zu bytes is not a ps.Envelope", hsize);
     else
       m->request_id = m->env->request_id;
   }
@@ -443,15 +437,15 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
   while (more) {
     if (m->npayload == PS_MAX_PAYLOAD_FRAMES) {
       drain_rest(sock);
-      return fail(err, errlen, PS_ERR_PROTO, "more than %d payload frames",
-                  PS_MAX_PAYLOAD_FRAMES);
+      return ps_errf(err, errlen, PS_ERR_PROTO, "more than %d payload frames",
+                     PS_MAX_PAYLOAD_FRAMES);
     }
     zmq_msg_t *p = &m->payload[m->npayload];
     zmq_msg_init(p);
     if (zmq_msg_recv(p, sock, 0) < 0) {
       zmq_msg_close(p);
-      return fail(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
-                  zmq_strerror(zmq_errno()));
+      return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
+                     zmq_strerror(zmq_errno()));
     }
     m->npayload++;
     more = has_more(p);

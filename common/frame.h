@@ -71,7 +71,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
  * ps_msg_recv calls it. Exposed for tests and for in-process use. A Push
  * carries exactly one frame of count floats; a PullReply 1 to
  * PS_MAX_PAYLOAD_FRAMES non-empty frames, each a whole number of floats,
- * count floats in all. Sparse bodies: see validate_sparse in frame.c. */
+ * count floats in all. Sparse bodies: see validate_sparse in common/frame.c. */
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen);
 
@@ -93,7 +93,9 @@ int ps_msg_reply_error(void *sock, ps_msg_t *m, uint64_t epoch,
 
 /* Initialises msg to point at data without a copy; free_cb(data, hint) runs
  * on ZeroMQ's I/O thread when it is done with the bytes. free_cb may be NULL
- * when the caller guarantees the bytes outlive the send (see client.c). */
+ * when the caller guarantees the bytes outlive the send (a test's fixed
+ * buffer); libps-client passes one that counts each frame back into its
+ * call (ps__client_op_settle in worker/client/client_data.c). */
 int ps_payload_wrap(zmq_msg_t *msg, void *data, size_t size,
                     zmq_free_fn *free_cb, void *hint);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "invariant.h"
 #include "proto/ps.pb-c.h"
 
 /* splitmix64's increment: 2^64 / golden ratio, odd, so k * GOLDEN visits
@@ -43,6 +44,5 @@ void ps_init_fill(float *dst, uint64_t key_begin, uint64_t count, int init,
     }
   }
   /* ps_model_from_pb refuses unknown inits, so one here is a bug. */
-  fprintf(stderr, "ps_init_fill: unknown init %d\n", init);
-  abort();
+  PS_NEVER("unknown init %d", init);
 }

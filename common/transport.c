@@ -32,14 +32,27 @@ struct ps_zsock_s {
   int closing;
 };
 
-int ps_zsock_configure(void *sock) {
+/* Sets one socket option; on failure says which and why. */
+static int set_opt(void *sock, int option, const char *name, const void *value,
+                   size_t len, char *err, size_t errlen) {
+  if (zmq_setsockopt(sock, option, value, len) == 0) return PS_OK;
+  return ps_errf(err, errlen, PS_ERR_ZMQ, "zmq_setsockopt(%s): %s", name,
+                 zmq_strerror(zmq_errno()));
+}
+
+int ps_zsock_configure(void *sock, char *err, size_t errlen) {
   int zero = 0;
   int one = 1;
-  if (zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero)) != 0 ||
-      zmq_setsockopt(sock, ZMQ_SNDHWM, &zero, sizeof(zero)) != 0 ||
-      zmq_setsockopt(sock, ZMQ_RCVHWM, &zero, sizeof(zero)) != 0 ||
-      zmq_setsockopt(sock, ZMQ_TCP_KEEPALIVE, &one, sizeof(one)) != 0)
-    return PS_ERR_ZMQ;
+  int rc;
+  if ((rc = set_opt(sock, ZMQ_LINGER, "ZMQ_LINGER", &zero, sizeof(zero), err,
+                    errlen)) != PS_OK ||
+      (rc = set_opt(sock, ZMQ_SNDHWM, "ZMQ_SNDHWM", &zero, sizeof(zero), err,
+                    errlen)) != PS_OK ||
+      (rc = set_opt(sock, ZMQ_RCVHWM, "ZMQ_RCVHWM", &zero, sizeof(zero), err,
+                    errlen)) != PS_OK ||
+      (rc = set_opt(sock, ZMQ_TCP_KEEPALIVE, "ZMQ_TCP_KEEPALIVE", &one,
+                    sizeof(one), err, errlen)) != PS_OK)
+    return rc;
   return PS_OK;
 }
 
@@ -70,10 +83,11 @@ static void drain(ps_zsock_t *zs) {
   }
   zs->in_drain = 0;
   if (!zs->closing) {
-    if (more)
-      uv_idle_start(&zs->idle, idle_cb);
-    else
-      uv_idle_stop(&zs->idle);
+    /* Both fail only on a handle that is not an idle handle. */
+    int uerr =
+        more ? uv_idle_start(&zs->idle, idle_cb) : uv_idle_stop(&zs->idle);
+    if (uerr != 0)
+      PS_ERROR("zsock_idle_failed", "err=\"%s\"", uv_strerror(uerr));
   }
   if (zs->closing) {
     /* The owner destroyed the socket from inside its callback. */
@@ -103,6 +117,94 @@ static void idle_cb(uv_idle_t *h) {
   drain(h->data);
 }
 
+static void close_cb(uv_handle_t *h) {
+  ps_zsock_t *zs = h->data;
+  if (--zs->open_handles == 0) free(zs);
+}
+
+/* The options and endpoints of a fresh socket, before libuv sees it. */
+static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
+                      const char *connect_ep, char *err, size_t errlen) {
+  int rc = ps_zsock_configure(zs->sock, err, errlen);
+  if (rc != PS_OK) return rc;
+  if (zs->is_router) {
+    /* Replies to a peer that went away fail loudly instead of vanishing. */
+    int one = 1;
+    rc = set_opt(zs->sock, ZMQ_ROUTER_MANDATORY, "ZMQ_ROUTER_MANDATORY", &one,
+                 sizeof(one), err, errlen);
+    if (rc != PS_OK) return rc;
+  }
+  int64_t maxmsg = (int64_t)zs->limits.max_payload_bytes +
+                   (int64_t)zs->limits.max_header_bytes;
+  rc = set_opt(zs->sock, ZMQ_MAXMSGSIZE, "ZMQ_MAXMSGSIZE", &maxmsg,
+               sizeof(maxmsg), err, errlen);
+  if (rc != PS_OK) return rc;
+  if (bind_ep) {
+    if (zmq_bind(zs->sock, bind_ep) != 0)
+      return ps_errf(err, errlen, PS_ERR_ZMQ, "cannot bind %s: %s", bind_ep,
+                     zmq_strerror(zmq_errno()));
+    size_t len = sizeof(zs->endpoint);
+    if (zmq_getsockopt(zs->sock, ZMQ_LAST_ENDPOINT, zs->endpoint, &len) != 0)
+      return ps_errf(err, errlen, PS_ERR_ZMQ,
+                     "zmq_getsockopt(ZMQ_LAST_ENDPOINT) after binding %s: %s",
+                     bind_ep, zmq_strerror(zmq_errno()));
+  }
+  if (connect_ep && zmq_connect(zs->sock, connect_ep) != 0)
+    return ps_errf(err, errlen, PS_ERR_ZMQ, "cannot connect to %s: %s",
+                   connect_ep, zmq_strerror(zmq_errno()));
+  return PS_OK;
+}
+
+/* Starts watching the socket's fd on loop. On failure the handles already
+ * initialised are closed, and zs is freed by the last close callback. */
+static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
+                       size_t errlen) {
+  int fd;
+  size_t fdlen = sizeof(fd);
+  if (zmq_getsockopt(zs->sock, ZMQ_FD, &fd, &fdlen) != 0) {
+    int rc = ps_errf(err, errlen, PS_ERR_ZMQ, "zmq_getsockopt(ZMQ_FD): %s",
+                     zmq_strerror(zmq_errno()));
+    zmq_close(zs->sock);
+    free(zs);
+    return rc;
+  }
+  int uerr = uv_poll_init(loop, &zs->poll, fd);
+  if (uerr != 0) {
+    int rc = ps_errf(err, errlen, PS_ERR_IO, "uv_poll_init(fd %d): %s", fd,
+                     uv_strerror(uerr));
+    zmq_close(zs->sock);
+    free(zs);
+    return rc;
+  }
+  zs->poll.data = zs;
+  zs->prepare.data = zs;
+  zs->idle.data = zs;
+  zs->open_handles = 3;
+  const char *what;
+  if ((uerr = uv_prepare_init(loop, &zs->prepare)) != 0) {
+    what = "uv_prepare_init";
+    zs->open_handles = 1;
+  } else if ((uerr = uv_idle_init(loop, &zs->idle)) != 0) {
+    what = "uv_idle_init";
+    zs->open_handles = 2;
+  } else if ((uerr = uv_poll_start(&zs->poll, UV_READABLE, poll_cb)) != 0) {
+    what = "uv_poll_start";
+  } else if ((uerr = uv_prepare_start(&zs->prepare, prepare_cb)) != 0) {
+    what = "uv_prepare_start";
+  } else {
+    return PS_OK;
+  }
+  int rc = ps_errf(err, errlen, PS_ERR_IO, "%s(fd %d): %s", what, fd,
+                   uv_strerror(uerr));
+  zs->closing = 1;
+  zmq_close(zs->sock);
+  zs->sock = NULL;
+  uv_close((uv_handle_t *)&zs->poll, close_cb);
+  if (zs->open_handles >= 2) uv_close((uv_handle_t *)&zs->prepare, close_cb);
+  if (zs->open_handles >= 3) uv_close((uv_handle_t *)&zs->idle, close_cb);
+  return rc;
+}
+
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const char *bind_ep, const char *connect_ep,
                          const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
@@ -111,8 +213,7 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
   if (err == NULL) err = &dummy;
   ps_zsock_t *zs = calloc(1, sizeof(*zs));
   if (zs == NULL) {
-    *err = PS_ERR_NOMEM;
-    snprintf(errbuf, errlen, "out of memory");
+    *err = ps_errf(errbuf, errlen, PS_ERR_NOMEM, "out of memory");
     return NULL;
   }
   zs->is_router = (type == ZMQ_ROUTER);
@@ -121,56 +222,19 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
   zs->arg = arg;
   zs->sock = zmq_socket(ctx, type);
   if (zs->sock == NULL) {
-    *err = PS_ERR_ZMQ;
-    snprintf(errbuf, errlen, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+    *err = ps_errf(errbuf, errlen, PS_ERR_ZMQ, "zmq_socket: %s",
+                   zmq_strerror(zmq_errno()));
     free(zs);
     return NULL;
   }
-  ps_zsock_configure(zs->sock);
-  if (zs->is_router) {
-    /* Replies to a peer that went away fail loudly instead of vanishing. */
-    int one = 1;
-    zmq_setsockopt(zs->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-  }
-  int64_t maxmsg = (int64_t)zs->limits.max_payload_bytes +
-                   (int64_t)zs->limits.max_header_bytes;
-  zmq_setsockopt(zs->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
-
-  if (bind_ep && zmq_bind(zs->sock, bind_ep) != 0) {
-    *err = PS_ERR_ZMQ;
-    snprintf(errbuf, errlen, "cannot bind %s: %s", bind_ep,
-             zmq_strerror(zmq_errno()));
+  *err = zsock_open(zs, bind_ep, connect_ep, errbuf, errlen);
+  if (*err != PS_OK) {
     zmq_close(zs->sock);
     free(zs);
     return NULL;
   }
-  if (bind_ep) {
-    size_t len = sizeof(zs->endpoint);
-    zmq_getsockopt(zs->sock, ZMQ_LAST_ENDPOINT, zs->endpoint, &len);
-  }
-  if (connect_ep && zmq_connect(zs->sock, connect_ep) != 0) {
-    *err = PS_ERR_ZMQ;
-    snprintf(errbuf, errlen, "cannot connect to %s: %s", connect_ep,
-             zmq_strerror(zmq_errno()));
-    zmq_close(zs->sock);
-    free(zs);
-    return NULL;
-  }
-
-  int fd;
-  size_t fdlen = sizeof(fd);
-  zmq_getsockopt(zs->sock, ZMQ_FD, &fd, &fdlen);
-  uv_poll_init(loop, &zs->poll, fd);
-  uv_prepare_init(loop, &zs->prepare);
-  uv_idle_init(loop, &zs->idle);
-  zs->poll.data = zs;
-  zs->prepare.data = zs;
-  zs->idle.data = zs;
-  zs->open_handles = 3;
-  uv_poll_start(&zs->poll, UV_READABLE, poll_cb);
-  uv_prepare_start(&zs->prepare, prepare_cb);
-  *err = PS_OK;
-  return zs;
+  *err = zsock_watch(zs, loop, errbuf, errlen);
+  return *err == PS_OK ? zs : NULL;
 }
 
 void *ps_zsock_socket(ps_zsock_t *zs) {
@@ -179,11 +243,6 @@ void *ps_zsock_socket(ps_zsock_t *zs) {
 
 const char *ps_zsock_endpoint(ps_zsock_t *zs) {
   return zs->endpoint;
-}
-
-static void close_cb(uv_handle_t *h) {
-  ps_zsock_t *zs = h->data;
-  if (--zs->open_handles == 0) free(zs);
 }
 
 void ps_zsock_destroy(ps_zsock_t **zs_p) {

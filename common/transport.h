@@ -30,8 +30,11 @@ typedef void (*ps_zsock_recv_cb)(ps_zsock_t *zs, ps_msg_t *msg, int status,
 
 /* Creates a ZeroMQ socket of type (ZMQ_ROUTER, ZMQ_DEALER) on ctx, bound to
  * bind_ep (if non-NULL) and connected to connect_ep (if non-NULL), and starts
- * watching it on loop. Returns NULL and sets *err (and errbuf) on failure,
- * e.g. an address already in use. The caller owns the result. */
+ * watching it on loop. Returns NULL and sets *err (and errbuf, which names
+ * the call that failed and why) on failure, e.g. an address already in use.
+ * A failure after libuv took the socket's handles leaves them closing: the
+ * loop must run once more before it can be closed, as after
+ * ps_zsock_destroy. The caller owns the result. */
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const char *bind_ep, const char *connect_ep,
                          const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
@@ -50,7 +53,8 @@ void ps_zsock_destroy(ps_zsock_t **zs_p);
 
 /* Sets the usual options on a fresh socket: linger 0, unlimited HWM on send
  * and receive (flow control is the window's job, and a full HWM on a ROUTER
- * drops messages silently), TCP keepalive. */
-int ps_zsock_configure(void *sock);
+ * drops messages silently), TCP keepalive. Returns PS_OK, or PS_ERR_ZMQ with
+ * the option that was refused and why in err. */
+int ps_zsock_configure(void *sock, char *err, size_t errlen);
 
 #endif

@@ -1,23 +1,12 @@
 #include "view.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
 #include "init.h"
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  if (err != NULL && errlen > 0) vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* Whole blocks of PS_RANGE_ALIGN keys are dealt out first: every piece gets
  * total / n / ALIGN blocks and the first (blocks % n) pieces one more. The
@@ -74,18 +63,17 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      size_t errlen) {
   memset(dst, 0, sizeof(*dst));
   if (pb == NULL) {
-    set_err(err, errlen, "no model");
-    return PS_ERR_INVAL;
+    return ps_errf(err, errlen, PS_ERR_INVAL, "no model");
   }
   if (pb->optimizer != PS__OPTIMIZER__OPT_SGD &&
       pb->optimizer != PS__OPTIMIZER__OPT_ADD) {
-    set_err(err, errlen, "unknown optimizer %d", (int)pb->optimizer);
-    return PS_ERR_INVAL;
+    return ps_errf(err, errlen, PS_ERR_INVAL, "unknown optimizer %d",
+                   (int)pb->optimizer);
   }
   if (!isfinite(pb->learning_rate) || !isfinite(pb->momentum)) {
-    set_err(err, errlen, "learning rate %g or momentum %g is not finite",
-            (double)pb->learning_rate, (double)pb->momentum);
-    return PS_ERR_INVAL;
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "learning rate %g or momentum %g is not finite",
+                   (double)pb->learning_rate, (double)pb->momentum);
   }
   uint64_t total = 0;
   for (size_t i = 0; i < pb->n_tensors; i++) {
@@ -93,42 +81,40 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     const char *name = t->name ? t->name : "";
     size_t len = strlen(name);
     if (len == 0 || len >= PS_NAME_MAX) {
-      set_err(err, errlen, "tensor %zu: name \"%s\" must have 1 to %d bytes", i,
-              name, PS_NAME_MAX - 1);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor %zu: name \"%s\" must have 1 to %d bytes", i, name,
+                     PS_NAME_MAX - 1);
     }
     for (size_t j = 0; j < i; j++) {
       if (strcmp(pb->tensors[j]->name, name) == 0) {
-        set_err(err, errlen, "tensor %zu: name \"%s\" is used by tensor %zu", i,
-                name, j);
-        return PS_ERR_INVAL;
+        return ps_errf(err, errlen, PS_ERR_INVAL,
+                       "tensor %zu: name \"%s\" is used by tensor %zu", i, name,
+                       j);
       }
     }
     if (t->length == 0) {
-      set_err(err, errlen, "tensor \"%s\" has length 0", name);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL, "tensor \"%s\" has length 0",
+                     name);
     }
     if (t->offset != total) {
-      set_err(err, errlen,
-              "tensor \"%s\" starts at key %llu, but the tensors before it "
-              "end at %llu",
-              name, (unsigned long long)t->offset, (unsigned long long)total);
-      return PS_ERR_INVAL;
+      return ps_errf(
+          err, errlen, PS_ERR_INVAL,
+          "tensor \"%s\" starts at key %llu, but the tensors before it "
+          "end at %llu",
+          name, (unsigned long long)t->offset, (unsigned long long)total);
     }
     if (t->length > UINT64_MAX - total) {
-      set_err(err, errlen, "tensor \"%s\": key space overflows 64 bits", name);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": key space overflows 64 bits", name);
     }
     if (t->init != PS__INIT__INIT_ZERO && t->init != PS__INIT__INIT_UNIFORM) {
-      set_err(err, errlen, "tensor \"%s\": unknown init %d", name,
-              (int)t->init);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": unknown init %d", name, (int)t->init);
     }
     if (!isfinite(t->init_scale) || t->init_scale < 0) {
-      set_err(err, errlen,
-              "tensor \"%s\": init scale %g is not a finite number >= 0", name,
-              (double)t->init_scale);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": init scale %g is not a finite number >= 0",
+                     name, (double)t->init_scale);
     }
     total += t->length;
   }
@@ -137,42 +123,40 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     const char *name = t->name ? t->name : "";
     size_t len = strlen(name);
     if (len == 0 || len >= PS_NAME_MAX) {
-      set_err(err, errlen,
-              "sparse table %zu: name \"%s\" must have 1 to %d bytes", i, name,
-              PS_NAME_MAX - 1);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "sparse table %zu: name \"%s\" must have 1 to %d bytes", i,
+                     name, PS_NAME_MAX - 1);
     }
     for (size_t j = 0; j < i; j++) {
       const char *other = pb->sparse_tables[j]->name;
       if (other && strcmp(other, name) == 0) {
-        set_err(err, errlen,
-                "sparse table %zu: name \"%s\" is used by sparse table %zu", i,
-                name, j);
-        return PS_ERR_INVAL;
+        return ps_errf(
+            err, errlen, PS_ERR_INVAL,
+            "sparse table %zu: name \"%s\" is used by sparse table %zu", i,
+            name, j);
       }
     }
     if (t->dim == 0 || t->dim > PS_SPARSE_DIM_MAX) {
-      set_err(err, errlen, "sparse table \"%s\": dim %u is not in 1..%d", name,
-              t->dim, PS_SPARSE_DIM_MAX);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "sparse table \"%s\": dim %u is not in 1..%d", name,
+                     t->dim, PS_SPARSE_DIM_MAX);
     }
     if (t->init != PS__INIT__INIT_ZERO && t->init != PS__INIT__INIT_UNIFORM) {
-      set_err(err, errlen, "sparse table \"%s\": unknown init %d", name,
-              (int)t->init);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "sparse table \"%s\": unknown init %d", name,
+                     (int)t->init);
     }
     if (!isfinite(t->init_scale) || t->init_scale < 0) {
-      set_err(err, errlen,
-              "sparse table \"%s\": init scale %g is not a finite number >= 0",
-              name, (double)t->init_scale);
-      return PS_ERR_INVAL;
+      return ps_errf(
+          err, errlen, PS_ERR_INVAL,
+          "sparse table \"%s\": init scale %g is not a finite number >= 0",
+          name, (double)t->init_scale);
     }
   }
   if (pb->n_sparse_tables > 0) {
     dst->sparse = calloc(pb->n_sparse_tables, sizeof(*dst->sparse));
     if (dst->sparse == NULL) {
-      set_err(err, errlen, "out of memory");
-      return PS_ERR_NOMEM;
+      return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     }
     for (size_t i = 0; i < pb->n_sparse_tables; i++) {
       const Ps__SparseTableSpec *t = pb->sparse_tables[i];
@@ -189,8 +173,7 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     dst->tensors = calloc(pb->n_tensors, sizeof(*dst->tensors));
     if (dst->tensors == NULL) {
       ps_model_clear(dst);
-      set_err(err, errlen, "out of memory");
-      return PS_ERR_NOMEM;
+      return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     }
   }
   for (size_t i = 0; i < pb->n_tensors; i++) {
@@ -331,21 +314,20 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
   if (pb->n_nodes == 0) return PS_OK;
   v->nodes = calloc(pb->n_nodes, sizeof(*v->nodes));
   if (v->nodes == NULL) {
-    set_err(err, errlen, "out of memory");
-    return PS_ERR_NOMEM;
+    return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
   }
   for (size_t i = 0; i < pb->n_nodes; i++) {
     const Ps__NodeInfo *n = pb->nodes[i];
     const char *address = n->address ? n->address : "";
     if (strlen(address) >= PS_ADDR_MAX) {
-      set_err(err, errlen, "node %u: address longer than %d bytes", n->id,
-              PS_ADDR_MAX - 1);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "node %u: address longer than %d bytes", n->id,
+                     PS_ADDR_MAX - 1);
     }
     /* Lookups by id must not depend on which duplicate comes first. */
     if (ps_view_node(v, n->id) != NULL) {
-      set_err(err, errlen, "node id %u appears twice", n->id);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL, "node id %u appears twice",
+                     n->id);
     }
     ps_node_t *d = &v->nodes[i];
     d->id = n->id;
@@ -363,70 +345,64 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
                        size_t errlen) {
   if (pb->n_ranges == 0) {
     if (v->model.total == 0) return PS_OK;
-    set_err(err, errlen, "no key ranges, but the model has %llu keys",
-            (unsigned long long)v->model.total);
-    return PS_ERR_INVAL;
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "no key ranges, but the model has %llu keys",
+                   (unsigned long long)v->model.total);
   }
   v->ranges = calloc(pb->n_ranges, sizeof(*v->ranges));
   if (v->ranges == NULL) {
-    set_err(err, errlen, "out of memory");
-    return PS_ERR_NOMEM;
+    return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
   }
   uint64_t expect = 0;
   for (size_t i = 0; i < pb->n_ranges; i++) {
     const Ps__KeyRange *r = pb->ranges[i];
     unsigned long long b = r->begin, e = r->end;
     if (b > e) {
-      set_err(err, errlen, "range %zu [%llu, %llu) ends before it begins", i, b,
-              e);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "range %zu [%llu, %llu) ends before it begins", i, b, e);
     }
     if (b < expect) {
-      set_err(err, errlen,
-              "range %zu [%llu, %llu) overlaps the keys before %llu", i, b, e,
-              (unsigned long long)expect);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "range %zu [%llu, %llu) overlaps the keys before %llu", i,
+                     b, e, (unsigned long long)expect);
     }
     if (b > expect) {
-      set_err(err, errlen,
-              "keys [%llu, %llu) are in no range (gap before "
-              "range %zu)",
-              (unsigned long long)expect, b, i);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "keys [%llu, %llu) are in no range (gap before "
+                     "range %zu)",
+                     (unsigned long long)expect, b, i);
     }
     const ps_node_t *owner = ps_view_node(v, r->server_id);
     if (owner == NULL) {
-      set_err(err, errlen,
-              "range %zu [%llu, %llu): owner %u is not a node "
-              "of the view",
-              i, b, e, r->server_id);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "range %zu [%llu, %llu): owner %u is not a node "
+                     "of the view",
+                     i, b, e, r->server_id);
     }
     if (owner->role != PS__ROLE__ROLE_SERVER) {
-      set_err(err, errlen,
-              "range %zu [%llu, %llu): owner %u is not a "
-              "server (role %d)",
-              i, b, e, r->server_id, owner->role);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "range %zu [%llu, %llu): owner %u is not a "
+                     "server (role %d)",
+                     i, b, e, r->server_id, owner->role);
     }
     ps_range_t *d = &v->ranges[i];
     *d = (ps_range_t){
         .begin = r->begin, .end = r->end, .server_id = r->server_id};
     if (r->n_backups > PS_MAX_REPLICAS - 1) {
-      set_err(err, errlen, "range %zu [%llu, %llu): %zu backups, at most %d", i,
-              b, e, r->n_backups, PS_MAX_REPLICAS - 1);
-      return PS_ERR_INVAL;
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "range %zu [%llu, %llu): %zu backups, at most %d", i, b, e,
+                     r->n_backups, PS_MAX_REPLICAS - 1);
     }
     for (size_t j = 0; j < r->n_backups; j++) {
       uint32_t id = r->backups[j];
       const ps_node_t *bn = ps_view_node(v, id);
       if (bn == NULL || bn->role != PS__ROLE__ROLE_SERVER ||
           id == r->server_id || ps_range_has_backup(d, id)) {
-        set_err(err, errlen,
-                "range %zu [%llu, %llu): backup %u is not a server of the "
-                "view, is the primary, or is listed twice",
-                i, b, e, id);
-        return PS_ERR_INVAL;
+        return ps_errf(
+            err, errlen, PS_ERR_INVAL,
+            "range %zu [%llu, %llu): backup %u is not a server of the "
+            "view, is the primary, or is listed twice",
+            i, b, e, id);
       }
       d->backups[d->nbackups++] = id;
     }
@@ -435,10 +411,10 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
       for (uint32_t k = 0; k < d->nbackups; k++)
         if (d->backups[k] == r->syncing[j]) bit = 1u << k;
       if (bit == 0) {
-        set_err(err, errlen,
-                "range %zu [%llu, %llu): syncing node %u is not a backup", i, b,
-                e, r->syncing[j]);
-        return PS_ERR_INVAL;
+        return ps_errf(
+            err, errlen, PS_ERR_INVAL,
+            "range %zu [%llu, %llu): syncing node %u is not a backup", i, b, e,
+            r->syncing[j]);
       }
       d->syncing_mask |= bit;
     }
@@ -446,9 +422,10 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
   }
   v->nranges = pb->n_ranges;
   if (expect != v->model.total) {
-    set_err(err, errlen, "ranges end at key %llu, but the model has %llu keys",
-            (unsigned long long)expect, (unsigned long long)v->model.total);
-    return PS_ERR_INVAL;
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "ranges end at key %llu, but the model has %llu keys",
+                   (unsigned long long)expect,
+                   (unsigned long long)v->model.total);
   }
   return PS_OK;
 }
@@ -494,17 +471,18 @@ static int sparse_servers(ps_view_t *v) {
 
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   if (pb == NULL) {
-    set_err(err, errlen, "no view");
+    ps_errf(err, errlen, PS_ERR_INVAL, "no view");
     return NULL;
   }
   if (pb->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
       pb->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
-    set_err(err, errlen, "unknown consistency mode %d", (int)pb->mode);
+    ps_errf(err, errlen, PS_ERR_INVAL, "unknown consistency mode %d",
+            (int)pb->mode);
     return NULL;
   }
   ps_view_t *v = calloc(1, sizeof(*v));
   if (v == NULL) {
-    set_err(err, errlen, "out of memory");
+    ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     return NULL;
   }
   v->epoch = pb->epoch;
@@ -515,23 +493,23 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   if (pb->restore_dir && pb->restore_dir[0]) {
     v->restore_dir = strdup(pb->restore_dir);
     if (v->restore_dir == NULL) {
-      set_err(err, errlen, "out of memory");
+      ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
       goto fail;
     }
   }
   char why[256] = "";
   if (pb->model == NULL) {
-    set_err(err, errlen, "view has no model");
+    ps_errf(err, errlen, PS_ERR_INVAL, "view has no model");
     goto fail;
   }
   if (ps_model_from_pb(pb->model, &v->model, why, sizeof(why)) != PS_OK) {
-    set_err(err, errlen, "model: %s", why);
+    ps_errf(err, errlen, PS_ERR_INVAL, "model: %s", why);
     goto fail;
   }
   if (copy_nodes(v, pb, err, errlen) != PS_OK) goto fail;
   if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
   if (sparse_servers(v) != PS_OK) {
-    set_err(err, errlen, "out of memory");
+    ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     goto fail;
   }
   return v;

@@ -1,6 +1,6 @@
 /* Replication, the backup's side: replaying a primary's changes and taking
  * its snapshot of a range, and holding the messages that come ahead of our
- * view. replica.c has the primary's side. */
+ * view. ps-server/replica.c has the primary's side. */
 
 #include <stdint.h>
 #include <stdio.h>
@@ -17,19 +17,20 @@
  * for our view; more than this is not a view in transit. */
 #define DEFERRED_MAX 65536
 
-/* ---- replication, the backup's side (replica.h has the primary's) ---- */
+/* ---- replication, the backup's side (ps-server/replica.h: primary) ---- */
 
 static void defer(ps_server_t *s, ps_msg_t *m) {
   if (s->ndeferred >= DEFERRED_MAX) {
-    ps__srv_refuse(s, m, PS_ERR_REFUSED,
-                   "%d replication messages already wait for view epoch %llu",
-                   DEFERRED_MAX, (unsigned long long)m->env->epoch);
+    ps__server_refuse(
+        s, m, PS_ERR_REFUSED,
+        "%d replication messages already wait for view epoch %llu",
+        DEFERRED_MAX, (unsigned long long)m->env->epoch);
     return;
   }
   deferred_t *d = calloc(1, sizeof(*d));
   if (d == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_NOMEM,
-                   "no memory to hold a replication message");
+    ps__server_refuse(s, m, PS_ERR_NOMEM,
+                      "no memory to hold a replication message");
     return;
   }
   /* Moved, frames and all: ps_msg_close of the original closes nothing. */
@@ -58,7 +59,7 @@ static void defer(ps_server_t *s, ps_msg_t *m) {
  * view replaced must not get an ack). */
 static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
                                     uint64_t end) {
-  uint64_t mine = ps__srv_view_epoch(s);
+  uint64_t mine = ps__server_view_epoch(s);
   if (s->view == NULL || m->env->epoch > mine || s->restoring) {
     defer(s, m);
     return NULL;
@@ -69,7 +70,7 @@ static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
         r->primary_id == m->env->sender)
       return r;
   }
-  ps__srv_refuse(
+  ps__server_refuse(
       s, m, PS_ERR_FENCED,
       "node %u is not the primary of [%llu,%llu) with server %u as its "
       "backup at epoch %llu (its epoch %llu)",
@@ -80,17 +81,17 @@ static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
 
 static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
   s->stats.replicated++;
-  ps__srv_reply_ack(s, &m->route, m->request_id, clock, 0);
+  ps__server_reply_ack(s, &m->route, m->request_id, clock, 0);
 }
 
-void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   const Ps__Replicate *p = m->env->replicate;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
   if (r->shard == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_NOT_READY,
-                   "server %u has no snapshot of [%llu,%llu) yet", s->node_id,
-                   (unsigned long long)r->begin, (unsigned long long)r->end);
+    ps__server_refuse(
+        s, m, PS_ERR_NOT_READY, "server %u has no snapshot of [%llu,%llu) yet",
+        s->node_id, (unsigned long long)r->begin, (unsigned long long)r->end);
     return;
   }
   char why[256];
@@ -98,31 +99,33 @@ void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   int applied = 0;
   if (p->kind == PS__REPLICATE_KIND__REPL_LIVE) {
     if (p->n_live_from != p->n_live) {
-      ps__srv_refuse(s, m, PS_ERR_PROTO, "%zu live workers but %zu first steps",
-                     p->n_live, p->n_live_from);
+      ps__server_refuse(s, m, PS_ERR_PROTO,
+                        "%zu live workers but %zu first steps", p->n_live,
+                        p->n_live_from);
       return;
     }
     ps_shard_live_t *live = calloc(p->n_live + 1, sizeof(*live));
     if (live == NULL) {
-      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a live set");
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for a live set");
       return;
     }
     for (size_t i = 0; i < p->n_live; i++)
       live[i] = (ps_shard_live_t){p->live[i], p->live_from[i]};
-    rc = ps__srv_range_set_live(r, live, p->n_live, &applied);
+    rc = ps__server_range_set_live(r, live, p->n_live, &applied);
     free(live);
     if (rc != PS_OK) {
-      ps__srv_refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
-                     (unsigned long long)r->begin, (unsigned long long)r->end);
+      ps__server_refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
+                        (unsigned long long)r->begin,
+                        (unsigned long long)r->end);
       return;
     }
     reply_replica_ack(s, m, ps_shard_clock(r->shard));
-    if (applied) ps__srv_after_apply(s, r);
+    if (applied) ps__server_after_apply(s, r);
     return;
   }
   if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {
-    ps__srv_refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d",
-                   (int)p->kind);
+    ps__server_refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d",
+                      (int)p->kind);
     return;
   }
   if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) {
@@ -130,7 +133,7 @@ void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
     reply_replica_ack(s, m, ps_shard_clock(r->shard));
     return;
   }
-  const float *g = ps__srv_aligned_floats(s, &m->payload[0], p->count);
+  const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
   uint64_t clock_after = 0;
   rc = g ? ps_dedup_reserve(r->dedup, p->worker) : PS_ERR_NOMEM;
   if (rc == PS_OK)
@@ -145,15 +148,15 @@ void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m) {
              "range=[%llu,%llu) primary=%u worker=%u seq=%llu reason=\"%s\"",
              (unsigned long long)r->begin, (unsigned long long)r->end,
              m->env->sender, p->worker, (unsigned long long)p->seq, why);
-    ps__srv_refuse(s, m, rc, "backup %u cannot replay the push: %s", s->node_id,
-                   why);
+    ps__server_refuse(s, m, rc, "backup %u cannot replay the push: %s",
+                      s->node_id, why);
     return;
   }
   ps_dedup_mark(r->dedup, p->worker, p->seq);
   reply_replica_ack(s, m, clock_after);
   ps_shard_push_end(r->shard, p->worker, p->key_begin, p->count, g, p->clock,
                     &applied);
-  if (applied) ps__srv_after_apply(s, r);
+  if (applied) ps__server_after_apply(s, r);
 }
 
 struct snap_in_s {
@@ -170,7 +173,7 @@ struct snap_in_s {
   ps_dedup_record_t *dedup;
 };
 
-void ps__srv_snap_in_free(snap_in_t **in_p) {
+void ps__server_snap_in_free(snap_in_t **in_p) {
   snap_in_t *in = *in_p;
   if (in == NULL) return;
   free(in->weights);
@@ -192,18 +195,19 @@ static void *frame_dup(zmq_msg_t *f, size_t n) {
 
 /* The head of a snapshot of a range: this server is to become a backup in
  * step. Its state waits in r->incoming for the arrays. */
-void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   const Ps__ReplicaSnapshot *p = m->env->replica_snapshot;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
   size_t dbytes = zmq_msg_size(&m->payload[2]);
   if (dbytes != (size_t)p->ndedup * sizeof(ps_dedup_record_t)) {
-    ps__srv_refuse(s, m, PS_ERR_PROTO,
-                   "snapshot dedup frame has %zu bytes for %u records of %zu",
-                   dbytes, p->ndedup, sizeof(ps_dedup_record_t));
+    ps__server_refuse(
+        s, m, PS_ERR_PROTO,
+        "snapshot dedup frame has %zu bytes for %u records of %zu", dbytes,
+        p->ndedup, sizeof(ps_dedup_record_t));
     return;
   }
-  ps__srv_snap_in_free(&r->incoming);
+  ps__server_snap_in_free(&r->incoming);
   uint64_t len = p->range_end - p->range_begin;
   snap_in_t *in = calloc(1, sizeof(*in));
   if (in != NULL) {
@@ -228,11 +232,12 @@ void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   if (in == NULL || in->weights == NULL ||
       (p->has_momentum && in->momentum == NULL) || in->acc == NULL ||
       in->live == NULL || in->contrib == NULL || in->dedup == NULL) {
-    ps__srv_snap_in_free(&in);
-    ps__srv_refuse(s, m, PS_ERR_NOMEM,
-                   "no memory for a snapshot of [%llu,%llu) (%llu values)",
-                   (unsigned long long)p->range_begin,
-                   (unsigned long long)p->range_end, (unsigned long long)len);
+    ps__server_snap_in_free(&in);
+    ps__server_refuse(s, m, PS_ERR_NOMEM,
+                      "no memory for a snapshot of [%llu,%llu) (%llu values)",
+                      (unsigned long long)p->range_begin,
+                      (unsigned long long)p->range_end,
+                      (unsigned long long)len);
     return;
   }
   r->incoming = in;
@@ -283,16 +288,16 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
 
 /* A piece of the arrays of the snapshot r is receiving; the last one
  * installs it and acks the head. */
-void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   const Ps__ReplicaChunk *p = m->env->replica_chunk;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
   if (r == NULL) return;
   snap_in_t *in = r->incoming;
   if (in == NULL || in->request_id != m->request_id ||
       in->primary != m->env->sender) {
-    ps__srv_refuse(s, m, PS_ERR_PROTO,
-                   "snapshot chunk of [%llu,%llu) without its head",
-                   (unsigned long long)r->begin, (unsigned long long)r->end);
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "snapshot chunk of [%llu,%llu) without its head",
+                      (unsigned long long)r->begin, (unsigned long long)r->end);
     return;
   }
   uint64_t len = r->end - r->begin, lo = 0, hi = len;
@@ -308,13 +313,14 @@ void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   }
   if (dst == NULL || p->offset < lo || p->offset > hi ||
       p->count > hi - p->offset) {
-    ps__srv_snap_in_free(&r->incoming);
-    ps__srv_refuse(s, m, PS_ERR_PROTO,
-                   "snapshot chunk of array %d, offsets [%llu,+%llu), outside "
-                   "[%llu,%llu) or not announced",
-                   (int)p->array, (unsigned long long)p->offset,
-                   (unsigned long long)p->count, (unsigned long long)lo,
-                   (unsigned long long)hi);
+    ps__server_snap_in_free(&r->incoming);
+    ps__server_refuse(
+        s, m, PS_ERR_PROTO,
+        "snapshot chunk of array %d, offsets [%llu,+%llu), outside "
+        "[%llu,%llu) or not announced",
+        (int)p->array, (unsigned long long)p->offset,
+        (unsigned long long)p->count, (unsigned long long)lo,
+        (unsigned long long)hi);
     return;
   }
   ps_msg_payload_gather(m, dst + (p->offset - lo));
@@ -325,11 +331,11 @@ void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   uint64_t clock = in->clock, bytes = in->bytes;
   uint32_t ndedup = in->ndedup;
   int rc = snap_install(s, r, why, sizeof(why));
-  ps__srv_snap_in_free(&r->incoming);
+  ps__server_snap_in_free(&r->incoming);
   if (rc != PS_OK) {
-    ps__srv_refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
-                   (unsigned long long)r->begin, (unsigned long long)r->end,
-                   why);
+    ps__server_refuse(s, m, rc, "snapshot of [%llu,%llu) refused: %s",
+                      (unsigned long long)r->begin, (unsigned long long)r->end,
+                      why);
     return;
   }
   s->stats.snapshots_in++;
@@ -338,7 +344,7 @@ void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
           "epoch=%llu bytes=%llu",
           (unsigned long long)r->begin, (unsigned long long)r->end,
           m->env->sender, (unsigned long long)clock, (unsigned long long)len,
-          ndedup, (unsigned long long)ps__srv_view_epoch(s),
+          ndedup, (unsigned long long)ps__server_view_epoch(s),
           (unsigned long long)bytes);
   reply_replica_ack(s, m, clock);
 }
@@ -346,20 +352,20 @@ void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m) {
 /* Serves, in order, the held replication messages our view has caught up
  * with; stops at the first one still ahead, so a primary's changes keep
  * their order. */
-void ps__srv_serve_deferred(ps_server_t *s) {
+void ps__server_serve_deferred(ps_server_t *s) {
   while (s->deferred && s->view &&
          s->deferred->m.env->epoch <= s->view->epoch && !s->restoring) {
     deferred_t *d = s->deferred;
     s->deferred = d->next;
     if (s->deferred == NULL) s->deferred_tail = &s->deferred;
     s->ndeferred--;
-    ps__srv_dispatch(s, &d->m);
+    ps__server_dispatch(s, &d->m);
     ps_msg_close(&d->m);
     free(d);
   }
 }
 
-void ps__srv_deferred_free(ps_server_t *s) {
+void ps__server_deferred_free(ps_server_t *s) {
   while (s->deferred) {
     deferred_t *d = s->deferred;
     s->deferred = d->next;

@@ -1,36 +1,12 @@
-/* ps-server: parses the options, builds the server, runs it.
- * Exit status: 0 after a clean shutdown, 1 on a runtime error, 2 on bad
- * configuration. */
+/* ps-server: parses the options, builds the server, runs it. Exit status:
+ * PS_EXIT_* (common/config.h). */
 #include <stdint.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "server.h"
-
-/* A ZeroMQ endpoint is transport://address; anything else would only fail
- * later, inside zmq_bind or zmq_connect, with a vaguer message. */
-static int check_endpoint(const char *option, const char *value,
-                          int allow_wildcard, char *err, size_t errlen) {
-  const char *sep = value ? strstr(value, "://") : NULL;
-  if (sep == NULL || sep == value || sep[3] == '\0') {
-    snprintf(err, errlen,
-             "option --%s: value \"%s\" is not a ZeroMQ endpoint "
-             "(transport://address, e.g. tcp://10.0.0.5:7001)",
-             option, value ? value : "");
-    return PS_ERR_CONFIG;
-  }
-  if (!allow_wildcard && strchr(value, '*') != NULL) {
-    snprintf(err, errlen,
-             "option --%s: value \"%s\" has a wildcard; peers need a "
-             "concrete address",
-             option, value);
-    return PS_ERR_CONFIG;
-  }
-  return PS_OK;
-}
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *bind = NULL, *advertise = NULL;
@@ -38,8 +14,8 @@ int main(int argc, char **argv) {
   int log_level = PS_LOG_INFO;
 
   const ps_opt_t opts[] = {
-      {"scheduler", PS_OPT_STRING, &scheduler, "tcp://127.0.0.1:7000", 0, 0,
-       NULL, "Endpoint of the scheduler to register with."},
+      {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
+       "Endpoint of the scheduler to register with."},
       {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:*", 0, 0, NULL,
        "Endpoint the data socket binds; a * port lets ZeroMQ pick a free "
        "one."},
@@ -71,17 +47,14 @@ int main(int argc, char **argv) {
 
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
-  if (rc == 1) return 0;
+  if (rc == 1) return PS_EXIT_OK;
   if (rc == PS_OK)
-    rc = check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
-  if (rc == PS_OK) rc = check_endpoint("bind", bind, 1, err, sizeof(err));
+    rc = ps_config_check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
+  if (rc == PS_OK)
+    rc = ps_config_check_endpoint("bind", bind, 1, err, sizeof(err));
   if (rc == PS_OK && advertise && advertise[0])
-    rc = check_endpoint("advertise", advertise, 0, err, sizeof(err));
-  if (rc != PS_OK) {
-    fprintf(stderr, "ps-server: %s\n", err);
-    ps_config_free(&cfg);
-    return 2;
-  }
+    rc = ps_config_check_endpoint("advertise", advertise, 0, err, sizeof(err));
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
 
   ps_server_opts_t so;
@@ -99,10 +72,10 @@ int main(int argc, char **argv) {
     PS_ERROR("start_failed", "status=%s reason=\"%s\"", ps_err_name(status),
              err);
     ps_config_free(&cfg);
-    return 1;
+    return ps_config_exit_status(status);
   }
   status = ps_server_run(server);
   ps_server_destroy(&server);
   ps_config_free(&cfg);
-  return status == PS_OK ? 0 : 1;
+  return status == PS_OK ? PS_EXIT_OK : PS_EXIT_FAILURE;
 }

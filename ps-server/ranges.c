@@ -14,7 +14,8 @@
 #include "server_int.h"
 
 /* "[0,1024),[2048,4096)" into buf, for logs and error messages. */
-const char *ps__srv_format_ranges(const ps_server_t *s, char *buf, size_t len) {
+const char *ps__server_format_ranges(const ps_server_t *s, char *buf,
+                                     size_t len) {
   size_t n = 0;
   buf[0] = '\0';
   if (s->nranges == 0) {
@@ -34,8 +35,8 @@ const char *ps__srv_format_ranges(const ps_server_t *s, char *buf, size_t len) {
 
 /* Sets r's live set (ps_shard_set_live), saying so in the log when the
  * clock skipped steps that no live worker contributes to. */
-int ps__srv_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
-                           size_t nlive, int *applied) {
+int ps__server_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
+                              size_t nlive, int *applied) {
   ps_shard_stats_t before, after;
   ps_shard_stats(r->shard, &before);
   uint64_t from = ps_shard_clock(r->shard);
@@ -98,11 +99,11 @@ static int live_set(const ps_view_t *view, ps_shard_live_t **live, size_t *n) {
 }
 
 static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
-  ps__srv_fail_parked(s, r, PS_ERR_STALE_EPOCH, why);
+  ps__server_fail_parked(s, r, PS_ERR_STALE_EPOCH, why);
   if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
-  ps__srv_snap_in_free(&r->incoming);
+  ps__server_snap_in_free(&r->incoming);
 }
 
 static int listed(const uint32_t *ids, uint32_t n, uint32_t id) {
@@ -143,9 +144,9 @@ static void send_replica_synced(ps_server_t *s, uint64_t begin, uint64_t end,
 static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
                          const ps_shard_live_t *live, size_t nlive) {
   int applied = 0;
-  int rc = ps__srv_range_set_live(r, live, nlive, &applied);
+  int rc = ps__server_range_set_live(r, live, nlive, &applied);
   if (rc != PS_OK) return rc;
-  if (applied) ps__srv_after_apply(s, r);
+  if (applied) ps__server_after_apply(s, r);
   rc = ps_repl_set_chain(s->repl, s->view, vr);
   if (rc != PS_OK) return rc;
   /* Forget the backups that left: one that comes back needs a snapshot. */
@@ -206,8 +207,8 @@ static void answer_joins(ps_server_t *s) {
  * the checkpoint being restored); a backup added later waits for its
  * primary's snapshot. Returns PS_OK or a failure that must stop the
  * server. */
-int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
-                       size_t errlen) {
+int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
+                          size_t errlen) {
   uint32_t me = s->node_id;
   size_t nmine = 0;
   for (size_t i = 0; i < view->nranges; i++) {
@@ -216,7 +217,7 @@ int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
         (vr->server_id == me || ps_range_has_backup(vr, me)))
       nmine++;
   }
-  int src = ps__srv_sparse_adopt(s, view, err, errlen);
+  int src = ps__server_sparse_adopt(s, view, err, errlen);
   if (src != PS_OK) return src;
   ps_shard_live_t *live = NULL;
   size_t nlive = 0;
@@ -258,8 +259,8 @@ int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
         memcpy(r->synced, old->synced, sizeof(r->synced));
       }
       if (!primary && old->primary) {
-        ps__srv_fail_parked(s, r, PS_ERR_STALE_EPOCH,
-                            "this server is now a backup of the range");
+        ps__server_fail_parked(s, r, PS_ERR_STALE_EPOCH,
+                               "this server is now a backup of the range");
         ps_repl_drop_chain(s->repl, r->begin, r->end);
       }
       if (primary && !old->primary)
@@ -332,27 +333,28 @@ int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
     rc = primary_adopt(s, r, vr, live, nlive);
   }
   free(live);
-  ps__srv_report_clock(s);
+  ps__server_report_clock(s);
   if (rc != PS_OK) {
     snprintf(err, errlen, "adopting view epoch %llu: %s",
              (unsigned long long)view->epoch, ps_strerror(rc));
     return rc;
   }
   answer_joins(s);
-  ps__srv_serve_deferred(s);
+  ps__server_serve_deferred(s);
   return PS_OK;
 }
 
-/* replica.h: a new backup holds the range; the scheduler may promote it. */
-void ps__srv_repl_synced(void *arg, uint64_t begin, uint64_t end,
-                         uint32_t backup, uint64_t bytes, uint64_t ms) {
+/* ps-server/replica.h: a new backup holds the range; the scheduler may promote
+ * it. */
+void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
+                            uint32_t backup, uint64_t bytes, uint64_t ms) {
   ps_server_t *s = arg;
   PS_INFO("re_replicated",
           "range=[%llu,%llu) backup=%u bytes=%llu duration_ms=%llu "
           "epoch=%llu",
           (unsigned long long)begin, (unsigned long long)end, backup,
           (unsigned long long)bytes, (unsigned long long)ms,
-          (unsigned long long)ps__srv_view_epoch(s));
+          (unsigned long long)ps__server_view_epoch(s));
   for (size_t i = 0; i < s->nranges; i++) {
     owned_range_t *r = &s->ranges[i];
     if (r->primary && r->begin == begin && r->end == end &&

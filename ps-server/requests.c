@@ -23,9 +23,10 @@
 
 /* Builds the payload frames of a pull reply for [key_begin, +count) of r:
  * runs of the weights worth it go out without a copy, each pinning its
- * block's version until ZeroMQ's I/O thread has written it (see shard.h);
- * neighbouring short runs are copied together into one frame. Returns the
- * number of frames, or a negative ps_err_t with every frame closed. */
+ * block's version until ZeroMQ's I/O thread has written it (see
+ * ps-server/shard.h); neighbouring short runs are copied together into one
+ * frame. Returns the number of frames, or a negative ps_err_t with every frame
+ * closed. */
 static int build_pull_frames(ps_server_t *s, const owned_range_t *r,
                              uint64_t key_begin, uint64_t count,
                              zmq_msg_t *frames) {
@@ -80,9 +81,9 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
   int nframes = build_pull_frames(s, r, key_begin, count, frames);
   if (nframes < 0) {
     /* The caller checked the slice; only memory can fail here. */
-    ps__srv_send_error(s, route, request_id, nframes,
-                       "%s for a pull reply of %llu values",
-                       ps_strerror(nframes), (unsigned long long)count);
+    ps__server_send_error(s, route, request_id, nframes,
+                          "%s for a pull reply of %llu values",
+                          ps_strerror(nframes), (unsigned long long)count);
     return;
   }
   Ps__PullReply pr = PS__PULL_REPLY__INIT;
@@ -92,10 +93,10 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
-  env.epoch = ps__srv_view_epoch(s);
+  env.epoch = ps__server_view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_PULL_REPLY;
   env.pull_reply = &pr;
-  ps__srv_count_sent(s, &env, (size_t)count * sizeof(float));
+  ps__server_count_sent(s, &env, (size_t)count * sizeof(float));
   if (ps_msg_send(ps_zsock_socket(s->data), route, &env, frames, nframes) !=
       PS_OK)
     s->stats.send_failures++;
@@ -125,12 +126,12 @@ static void serve_parked(ps_server_t *s, owned_range_t *r) {
 
 /* Fails every parked pull of r with code: the range moved or the server
  * stops, and the worker should hear it now rather than time out. */
-void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
-                         const char *why) {
+void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                            const char *why) {
   while (r->parked) {
     parked_pull_t *p = r->parked;
     r->parked = p->next;
-    ps__srv_send_error(
+    ps__server_send_error(
         s, &p->route, p->request_id, code, "pull of [%llu,+%llu): %s",
         (unsigned long long)p->key_begin, (unsigned long long)p->count, why);
     parked_free(s, p);
@@ -138,7 +139,7 @@ void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
 }
 
 /* The slowest shard's clock is the step this server has fully applied. */
-void ps__srv_report_clock(ps_server_t *s) {
+void ps__server_report_clock(ps_server_t *s) {
   if (s->nranges == 0 || s->member == NULL) return;
   uint64_t c = UINT64_MAX;
   for (size_t i = 0; i < s->nranges; i++) {
@@ -152,7 +153,7 @@ void ps__srv_report_clock(ps_server_t *s) {
   }
 }
 
-void ps__srv_after_apply(ps_server_t *s, owned_range_t *r) {
+void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
   s->stats.applies++;
   /* First: a checkpoint waiting for this clock copies the shard before a
    * reply or another apply can follow. */
@@ -160,10 +161,10 @@ void ps__srv_after_apply(ps_server_t *s, owned_range_t *r) {
   PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
            (unsigned long long)ps_shard_begin(r->shard),
            (unsigned long long)ps_shard_end(r->shard),
-           ps__srv_mode_name(ps_shard_mode(r->shard)),
+           ps__server_mode_name(ps_shard_mode(r->shard)),
            (unsigned long long)ps_shard_clock(r->shard));
   serve_parked(s, r);
-  ps__srv_report_clock(s);
+  ps__server_report_clock(s);
 }
 
 /* ---- requests ---- */
@@ -180,15 +181,15 @@ static owned_range_t *find_range(ps_server_t *s, ps_msg_t *m,
       return r;
   }
   char owned[256];
-  ps__srv_refuse(
+  ps__server_refuse(
       s, m,
-      m->env->epoch < ps__srv_view_epoch(s) ? PS_ERR_STALE_EPOCH
-                                            : PS_ERR_UNKNOWN_KEY,
+      m->env->epoch < ps__server_view_epoch(s) ? PS_ERR_STALE_EPOCH
+                                               : PS_ERR_UNKNOWN_KEY,
       "keys [%llu,+%llu) are not inside one range of server %u (owns %s "
       "at epoch %llu)",
       (unsigned long long)key_begin, (unsigned long long)count, s->node_id,
-      ps__srv_format_ranges(s, owned, sizeof(owned)),
-      (unsigned long long)ps__srv_view_epoch(s));
+      ps__server_format_ranges(s, owned, sizeof(owned)),
+      (unsigned long long)ps__server_view_epoch(s));
   return NULL;
 }
 
@@ -197,19 +198,19 @@ static owned_range_t *find_range(ps_server_t *s, ps_msg_t *m,
  * still this server's: find_range). */
 static int check_epoch(ps_server_t *s, ps_msg_t *m) {
   if (s->view == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_NOT_READY, "server %u has no cluster view yet",
-                   s->node_id);
+    ps__server_refuse(s, m, PS_ERR_NOT_READY,
+                      "server %u has no cluster view yet", s->node_id);
     return 0;
   }
   if (s->view->model.total == 0 && s->view->model.nsparse == 0) {
-    ps__srv_refuse(
+    ps__server_refuse(
         s, m, PS_ERR_NOT_READY,
         "cluster view epoch %llu has no model yet (no worker registered)",
         (unsigned long long)s->view->epoch);
     return 0;
   }
   if (m->env->epoch > s->view->epoch) {
-    ps__srv_refuse(
+    ps__server_refuse(
         s, m, PS_ERR_STALE_EPOCH, "request epoch %llu, server view epoch %llu",
         (unsigned long long)m->env->epoch, (unsigned long long)s->view->epoch);
     return 0;
@@ -218,35 +219,35 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
 }
 
 /* Answers a push on route: the Ack carries the server clock after it. */
-void ps__srv_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                       uint64_t clock, int duplicate) {
+void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                          uint64_t clock, int duplicate) {
   Ps__Ack ack = PS__ACK__INIT;
   ack.clock = clock;
   ack.duplicate = duplicate != 0;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
-  env.epoch = ps__srv_view_epoch(s);
+  env.epoch = ps__server_view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_ACK;
   env.ack = &ack;
-  ps__srv_count_sent(s, &env, 0);
+  ps__server_count_sent(s, &env, 0);
   if (s->data == NULL ||
       ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
     s->stats.send_failures++;
 }
 
-/* replica.h: a worker's push is on every backup (or cannot be). */
-void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
-                            uint64_t clock, int duplicate, int status,
-                            const char *reason) {
+/* ps-server/replica.h: a worker's push is on every backup (or cannot be). */
+void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                               uint64_t clock, int duplicate, int status,
+                               const char *reason) {
   ps_server_t *s = arg;
   if (status == PS_OK) {
     if (duplicate) s->stats.duplicate_pushes++;
-    ps__srv_reply_ack(s, route, request_id, clock, duplicate);
+    ps__server_reply_ack(s, route, request_id, clock, duplicate);
     return;
   }
-  ps__srv_send_error(s, route, request_id, status, "push not replicated: %s",
-                     reason);
+  ps__server_send_error(s, route, request_id, status, "push not replicated: %s",
+                        reason);
 }
 
 /* A pointer to the floats of frame f (count values), aligned: ZeroMQ may
@@ -254,8 +255,8 @@ void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
  * and a float array must be aligned, so such a frame is copied into a
  * scratch buffer the server keeps (rare, counted; no allocation once it is
  * big enough). NULL when out of memory. */
-const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
-                                    uint64_t count) {
+const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                       uint64_t count) {
   const void *data = zmq_msg_data(f);
   if ((uintptr_t)data % _Alignof(float) == 0) return data;
   size_t bytes = (size_t)count * sizeof(float);
@@ -270,7 +271,7 @@ const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
   return s->scratch;
 }
 
-void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   const Ps__Push *p = m->env->push;
   if (!check_epoch(s, m)) return;
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
@@ -282,25 +283,26 @@ void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m) {
    * the ack still waits for the backups to hold the original. */
   int seen = ps_dedup_check(r->dedup, worker, p->seq);
   if (seen == PS_DEDUP_OLD) {
-    ps__srv_refuse(s, m, PS_ERR_REFUSED,
-                   "push seq %llu of worker %u is older than the %d this range "
-                   "remembers: cannot tell whether it was applied",
-                   (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
+    ps__server_refuse(
+        s, m, PS_ERR_REFUSED,
+        "push seq %llu of worker %u is older than the %d this range "
+        "remembers: cannot tell whether it was applied",
+        (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
     return;
   }
   if (seen == PS_DEDUP_DUP) {
     if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
                      ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK)
-      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
     return;
   }
   /* The gradient is applied straight from the received frame (ps_msg_recv
    * checked that it holds exactly count floats). */
-  const float *g = ps__srv_aligned_floats(s, &m->payload[0], p->count);
+  const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
   if (g == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_NOMEM,
-                   "no memory to align a push of %llu values",
-                   (unsigned long long)p->count);
+    ps__server_refuse(s, m, PS_ERR_NOMEM,
+                      "no memory to align a push of %llu values",
+                      (unsigned long long)p->count);
     return;
   }
   char why[256];
@@ -312,7 +314,7 @@ void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m) {
   else
     snprintf(why, sizeof(why), "no memory to remember worker %u", worker);
   if (rc != PS_OK) {
-    ps__srv_refuse(s, m, rc, "%s", why);
+    ps__server_refuse(s, m, rc, "%s", why);
     return;
   }
   /* Forwarded to the backups before it is applied here, so their copies
@@ -332,18 +334,18 @@ void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m) {
   int applied = 0;
   ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
                     &applied);
-  if (applied) ps__srv_after_apply(s, r);
+  if (applied) ps__server_after_apply(s, r);
 }
 
-void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
   const Ps__Pull *p = m->env->pull;
   if (!check_epoch(s, m)) return;
   if (p->count == 0) {
-    ps__srv_refuse(s, m, PS_ERR_PROTO, "pull of 0 keys");
+    ps__server_refuse(s, m, PS_ERR_PROTO, "pull of 0 keys");
     return;
   }
   if (p->count > s->limits.max_payload_bytes / sizeof(float)) {
-    ps__srv_refuse(
+    ps__server_refuse(
         s, m, PS_ERR_TOO_BIG,
         "pull of %llu values exceeds the limit of %zu bytes per frame",
         (unsigned long long)p->count, s->limits.max_payload_bytes);
@@ -355,7 +357,7 @@ void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m) {
   if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
       p->clock > ps_shard_clock(r->shard)) {
     if (s->stats.parked_pulls >= PARKED_PULLS_MAX) {
-      ps__srv_refuse(
+      ps__server_refuse(
           s, m, PS_ERR_REFUSED,
           "%d pulls already wait for a step; pull for step %llu refused",
           PARKED_PULLS_MAX, (unsigned long long)p->clock);
@@ -363,7 +365,7 @@ void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m) {
     }
     parked_pull_t *pp = calloc(1, sizeof(*pp));
     if (pp == NULL) {
-      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
       return;
     }
     zmq_msg_init(&pp->route);
@@ -405,8 +407,9 @@ static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
     if (strcmp(ps_sparse_table_name(s->sparse[i]), table) == 0)
       t = s->sparse[i];
   if (t == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_UNKNOWN_KEY,
-                   "no sparse table \"%s\" in the model", table ? table : "");
+    ps__server_refuse(s, m, PS_ERR_UNKNOWN_KEY,
+                      "no sparse table \"%s\" in the model",
+                      table ? table : "");
     return NULL;
   }
   /* ps_msg_recv checked the frame holds exactly nkeys uint64. A frame may
@@ -415,27 +418,27 @@ static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
   size_t bytes = (size_t)nkeys * sizeof(uint64_t);
   if (scratch_reserve((void **)&s->key_scratch, &s->key_scratch_bytes, bytes) !=
       PS_OK) {
-    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for %llu keys",
-                   (unsigned long long)nkeys);
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for %llu keys",
+                      (unsigned long long)nkeys);
     return NULL;
   }
   memcpy(s->key_scratch, zmq_msg_data(&m->payload[0]), bytes);
   const uint64_t *keys = s->key_scratch;
   char why[256];
   if (ps_sparse_keys_check(keys, nkeys, why, sizeof(why)) != PS_OK) {
-    ps__srv_refuse(s, m, PS_ERR_PROTO, "table \"%s\": %s", table, why);
+    ps__server_refuse(s, m, PS_ERR_PROTO, "table \"%s\": %s", table, why);
     return NULL;
   }
   const ps_sparse_spec_t *spec = ps_model_sparse(&s->view->model, table);
   for (uint64_t i = 0; i < nkeys; i++) {
     int64_t owner = ps_view_sparse_owner(s->view, spec->salt, keys[i]);
     if (owner != (int64_t)s->node_id) {
-      ps__srv_refuse(
+      ps__server_refuse(
           s, m, PS_ERR_UNKNOWN_KEY,
           "table \"%s\": row %llu belongs to server %lld, not %u, at "
           "epoch %llu",
           table, (unsigned long long)keys[i], (long long)owner, s->node_id,
-          (unsigned long long)ps__srv_view_epoch(s));
+          (unsigned long long)ps__server_view_epoch(s));
       return NULL;
     }
   }
@@ -447,7 +450,7 @@ static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
  * covers dense ranges only for now (README), and each push is scaled by
  * 1/live workers as a dense one is, so a step of N workers moves a row by
  * their mean gradient. */
-void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   const Ps__SparsePush *p = m->env->sparse_push;
   const uint64_t *keys;
   ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
@@ -455,7 +458,7 @@ void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   size_t bytes = (size_t)p->nkeys * ps_sparse_table_dim(t) * sizeof(float);
   size_t got = zmq_msg_size(&m->payload[1]);
   if (got != bytes) {
-    ps__srv_refuse(
+    ps__server_refuse(
         s, m, PS_ERR_PROTO,
         "table \"%s\": values frame has %zu bytes, %llu keys of dim %u "
         "need %zu",
@@ -468,7 +471,7 @@ void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   if ((uintptr_t)data % _Alignof(float) != 0) {
     if (scratch_reserve((void **)&s->scratch, &s->scratch_bytes, bytes) !=
         PS_OK) {
-      ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
       return;
     }
     memcpy(s->scratch, data, bytes);
@@ -480,11 +483,11 @@ void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live, why,
                                 sizeof(why));
   if (rc != PS_OK) {
-    ps__srv_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    ps__server_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
     return;
   }
   s->stats.applies++;
-  ps__srv_reply_ack(s, &m->route, m->request_id, p->clock, 0);
+  ps__server_reply_ack(s, &m->route, m->request_id, p->clock, 0);
 }
 
 static void sparse_rows_free(void *data, void *hint) {
@@ -492,17 +495,17 @@ static void sparse_rows_free(void *data, void *hint) {
   free(data);
 }
 
-void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
+void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
   const Ps__SparsePull *p = m->env->sparse_pull;
   const uint64_t *keys;
   ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
   if (t == NULL) return;
   uint32_t dim = ps_sparse_table_dim(t);
   if (p->nkeys > s->limits.max_payload_bytes / sizeof(float) / dim) {
-    ps__srv_refuse(s, m, PS_ERR_TOO_BIG,
-                   "pull of %llu rows of dim %u exceeds the limit of %zu bytes",
-                   (unsigned long long)p->nkeys, dim,
-                   s->limits.max_payload_bytes);
+    ps__server_refuse(
+        s, m, PS_ERR_TOO_BIG,
+        "pull of %llu rows of dim %u exceeds the limit of %zu bytes",
+        (unsigned long long)p->nkeys, dim, s->limits.max_payload_bytes);
     return;
   }
   size_t bytes = (size_t)p->nkeys * dim * sizeof(float);
@@ -510,20 +513,20 @@ void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
    * it grows, so it cannot be lent zero-copy as dense blocks are. */
   float *rows = malloc(bytes);
   if (rows == NULL) {
-    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
     return;
   }
   char why[256];
   int rc = ps_sparse_table_pull(t, keys, p->nkeys, rows, why, sizeof(why));
   if (rc != PS_OK) {
     free(rows);
-    ps__srv_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    ps__server_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
     return;
   }
   zmq_msg_t frame;
   if (ps_payload_wrap(&frame, rows, bytes, sparse_rows_free, NULL) != PS_OK) {
     free(rows);
-    ps__srv_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for a sparse pull reply");
     return;
   }
   s->stats.pull_bytes_copied += bytes;
@@ -534,10 +537,10 @@ void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = m->request_id;
   env.sender = s->node_id;
-  env.epoch = ps__srv_view_epoch(s);
+  env.epoch = ps__server_view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_SPARSE_PULL_REPLY;
   env.sparse_pull_reply = &r;
-  ps__srv_count_sent(s, &env, bytes);
+  ps__server_count_sent(s, &env, bytes);
   if (ps_msg_send(ps_zsock_socket(s->data), &m->route, &env, &frame, 1) !=
       PS_OK)
     s->stats.send_failures++;
@@ -545,8 +548,8 @@ void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
 
 /* Makes the model's sparse tables once: the model never changes within a
  * job (same_model), so later views keep them. */
-int ps__srv_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
-                         size_t errlen) {
+int ps__server_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                            size_t errlen) {
   if (s->sparse != NULL || view->model.nsparse == 0) return PS_OK;
   s->sparse = calloc(view->model.nsparse, sizeof(*s->sparse));
   if (s->sparse == NULL) goto nomem;
@@ -563,7 +566,7 @@ nomem:
   return PS_ERR_NOMEM;
 }
 
-void ps__srv_sparse_free(ps_server_t *s) {
+void ps__server_sparse_free(ps_server_t *s) {
   for (size_t i = 0; i < s->nsparse; i++)
     ps_sparse_table_destroy(&s->sparse[i]);
   free(s->sparse);

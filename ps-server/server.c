@@ -1,7 +1,7 @@
 /* The server daemon's life cycle: starting, the data socket's loop and
  * dispatch, replies and refusals, stats, stopping, and the scheduler link's
- * callbacks (views, checkpoints, restore). See server_int.h for the other
- * files. */
+ * callbacks (views, checkpoints, restore). See ps-server/server_int.h for the
+ * other files. */
 
 #include <signal.h>
 #include <stdarg.h>
@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/checkpoint.h"
+#include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/member.h"
@@ -24,11 +25,11 @@
 /* Refused requests are logged at most once per this many ms. */
 #define WARN_INTERVAL_MS 1000
 
-const char *ps__srv_mode_name(int mode) {
+const char *ps__server_mode_name(int mode) {
   return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
 }
 
-uint64_t ps__srv_view_epoch(const ps_server_t *s) {
+uint64_t ps__server_view_epoch(const ps_server_t *s) {
   return s->view ? s->view->epoch : 0;
 }
 
@@ -66,7 +67,7 @@ static int ratelimit_allow(ratelimit_t *rl, uint64_t *suppressed) {
   return 1;
 }
 
-void ps__srv_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload) {
+void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload) {
   /* ps_msg_send sets the version; set it first so the size is the real one. */
   env->version = PS_PROTOCOL_VERSION;
   s->stats.bytes_out += ps__envelope__get_packed_size(env) + payload;
@@ -84,16 +85,17 @@ static void send_error_v(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
-  env.epoch = ps__srv_view_epoch(s);
+  env.epoch = ps__server_view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_ERROR;
   env.error = &e;
-  ps__srv_count_sent(s, &env, 0);
+  ps__server_count_sent(s, &env, 0);
   if (ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
     s->stats.send_failures++;
 }
 
-void ps__srv_send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                        int code, const char *fmt, ...) {
+void ps__server_send_error(ps_server_t *s, zmq_msg_t *route,
+                           uint64_t request_id, int code, const char *fmt,
+                           ...) {
   va_list ap;
   va_start(ap, fmt);
   send_error_v(s, route, request_id, code, fmt, ap);
@@ -102,15 +104,15 @@ void ps__srv_send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
 
 /* Refuses request m: an Error reply when the peer can be reached, a counter,
  * and a rate-limited warning. */
-void ps__srv_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
-                    ...) {
+void ps__server_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
+                       ...) {
   char text[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(text, sizeof(text), fmt, ap);
   va_end(ap);
-  ps__srv_send_error(s, m->has_route ? &m->route : NULL, m->request_id, code,
-                     "%s", text);
+  ps__server_send_error(s, m->has_route ? &m->route : NULL, m->request_id, code,
+                        "%s", text);
   uint64_t suppressed;
   if (ratelimit_allow(&s->warn_limit, &suppressed))
     PS_WARN("request_refused",
@@ -132,42 +134,42 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
   s->stats.bytes_in += in;
 
   if (s->stopping) {
-    ps__srv_refuse(s, m, PS_ERR_SHUTDOWN, "server %u is shutting down",
-                   s->node_id);
+    ps__server_refuse(s, m, PS_ERR_SHUTDOWN, "server %u is shutting down",
+                      s->node_id);
   } else if (status != PS_OK) {
     s->stats.bad_messages++;
-    ps__srv_refuse(s, m, status, "%s", reason);
+    ps__server_refuse(s, m, status, "%s", reason);
   } else if (!m->has_route || m->env == NULL) {
     /* ps_msg_recv on a ROUTER gives both whenever it returns PS_OK. */
     count_error(s, PS_ERR_PROTO);
   } else {
-    ps__srv_dispatch(s, m);
+    ps__server_dispatch(s, m);
   }
   ps_msg_close(m);
 }
 
-void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m) {
+void ps__server_dispatch(ps_server_t *s, ps_msg_t *m) {
   switch (m->env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
-      ps__srv_handle_push(s, m);
+      ps__server_handle_push(s, m);
       break;
     case PS__ENVELOPE__BODY_REPLICATE:
-      ps__srv_handle_replicate(s, m);
+      ps__server_handle_replicate(s, m);
       break;
     case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
-      ps__srv_handle_snapshot(s, m);
+      ps__server_handle_snapshot(s, m);
       break;
     case PS__ENVELOPE__BODY_REPLICA_CHUNK:
-      ps__srv_handle_chunk(s, m);
+      ps__server_handle_chunk(s, m);
       break;
     case PS__ENVELOPE__BODY_PULL:
-      ps__srv_handle_pull(s, m);
+      ps__server_handle_pull(s, m);
       break;
     case PS__ENVELOPE__BODY_SPARSE_PUSH:
-      ps__srv_handle_sparse_push(s, m);
+      ps__server_handle_sparse_push(s, m);
       break;
     case PS__ENVELOPE__BODY_SPARSE_PULL:
-      ps__srv_handle_sparse_pull(s, m);
+      ps__server_handle_sparse_pull(s, m);
       break;
     case PS__ENVELOPE__BODY_ERROR:
       /* Never answer an Error with an Error: two confused peers would
@@ -175,8 +177,8 @@ void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m) {
       count_error(s, PS_ERR_UNSUPPORTED);
       break;
     default:
-      ps__srv_refuse(s, m, PS_ERR_UNSUPPORTED, "a server does not serve %s",
-                     ps_body_name(m->env->body_case));
+      ps__server_refuse(s, m, PS_ERR_UNSUPPORTED, "a server does not serve %s",
+                        ps_body_name(m->env->body_case));
       break;
   }
 }
@@ -193,7 +195,8 @@ static void teardown(ps_server_t *s) {
   if (s->torn_down) return;
   s->torn_down = 1;
   for (size_t i = 0; i < s->nranges; i++)
-    ps__srv_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+    ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
+                           "the server stops");
   ps_repl_destroy(&s->repl);
   ps_zsock_destroy(&s->data);
   ps_member_destroy(&s->member);
@@ -266,7 +269,8 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   /* Workers waiting on a step hear it now instead of timing out, and no
    * new request is served while the server goes. */
   for (size_t i = 0; i < s->nranges; i++)
-    ps__srv_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+    ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
+                           "the server stops");
   ps_zsock_destroy(&s->data);
   /* The member lingers (up to 1 s) on a farewell when it is closed, so the
    * Leave reaches the scheduler well within the 5 s a service manager
@@ -392,7 +396,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
     ps_server_stop(s, status, err, 1);
     return;
   }
-  int rc = ps__srv_adopt_view(s, view, err, sizeof(err));
+  int rc = ps__server_adopt_view(s, view, err, sizeof(err));
   if (rc != PS_OK) {
     if (s->view != view) ps_view_destroy(&view);
     ps_server_stop(s, rc, err, 1);
@@ -429,15 +433,15 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
     ps_server_stop(s, rc, err, 1);
     return;
   }
-  ps__srv_report_clock(s);
+  ps__server_report_clock(s);
   char owned[256];
   PS_INFO("restored",
           "dir=%s step=%llu epoch=%llu mode=%s live_workers=%u ranges=%s",
           s->view->restore_dir ? s->view->restore_dir : "-",
           (unsigned long long)s->view->start_clock,
-          (unsigned long long)s->view->epoch, ps__srv_mode_name(s->view->mode),
-          s->view->live_workers,
-          ps__srv_format_ranges(s, owned, sizeof(owned)));
+          (unsigned long long)s->view->epoch,
+          ps__server_mode_name(s->view->mode), s->view->live_workers,
+          ps__server_format_ranges(s, owned, sizeof(owned)));
 }
 
 /* Loads this server's ranges of view from the checkpoint the view names,
@@ -502,7 +506,7 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
     return;
   }
   char err[256];
-  int rc = ps__srv_adopt_view(s, view, err, sizeof(err));
+  int rc = ps__server_adopt_view(s, view, err, sizeof(err));
   if (rc != PS_OK) {
     if (s->view != view) ps_view_destroy(&view); /* else the server owns it */
     ps_server_stop(s, rc, err, 1);
@@ -515,9 +519,9 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
   PS_INFO("view_adopted",
           "epoch=%llu mode=%s live_workers=%u nodes=%zu ranges=%s keys=%llu "
           "model_keys=%llu",
-          (unsigned long long)s->view->epoch, ps__srv_mode_name(s->view->mode),
-          s->view->live_workers, s->view->nnodes,
-          ps__srv_format_ranges(s, owned, sizeof(owned)),
+          (unsigned long long)s->view->epoch,
+          ps__server_mode_name(s->view->mode), s->view->live_workers,
+          s->view->nnodes, ps__server_format_ranges(s, owned, sizeof(owned)),
           (unsigned long long)keys, (unsigned long long)s->view->model.total);
 }
 
@@ -525,7 +529,7 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
 
 void ps_server_opts_init(ps_server_opts_t *o) {
   memset(o, 0, sizeof(*o));
-  o->scheduler = "tcp://127.0.0.1:7000";
+  o->scheduler = PS_DEFAULT_SCHEDULER;
   o->bind = "tcp://127.0.0.1:*";
   o->advertise = NULL;
   o->heartbeat_ms = 100;
@@ -587,8 +591,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
   s->deferred_tail = &s->deferred;
-  ps_repl_cbs_t rcbs = {.push_done = ps__srv_repl_push_done,
-                        .synced = ps__srv_repl_synced};
+  ps_repl_cbs_t rcbs = {.push_done = ps__server_repl_push_done,
+                        .synced = ps__server_repl_synced};
   s->repl = ps_repl_new(&s->loop, s->zctx, &s->limits, &rcbs, s);
   if (s->repl == NULL) {
     *err = PS_ERR_NOMEM;
@@ -686,12 +690,12 @@ void ps_server_destroy(ps_server_t **s_p) {
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_destroy(&s->ranges[i].shard);
     ps_dedup_destroy(&s->ranges[i].dedup);
-    ps__srv_snap_in_free(&s->ranges[i].incoming);
+    ps__server_snap_in_free(&s->ranges[i].incoming);
   }
   free(s->ranges);
-  ps__srv_deferred_free(s);
+  ps__server_deferred_free(s);
   free(s->scratch);
-  ps__srv_sparse_free(s);
+  ps__server_sparse_free(s);
   ps_view_destroy(&s->view);
   free(s->scheduler);
   free(s->advertise);

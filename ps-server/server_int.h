@@ -1,18 +1,21 @@
 /* The server daemon's insides, shared by its files and private to them:
  * the server's state, a range it holds a copy of, a parked pull, a held
  * replication message, and the functions one file calls in another. The
- * public API is server.h.
+ * public API is ps-server/server.h.
  *
- *   server.c    life cycle, the data socket's loop and dispatch, replies
- *               and refusals, stats, stopping, the scheduler link's
- *               callbacks: views, checkpoints and restore
- *   requests.c  workers' requests: push, pull, parked pulls, sparse tables
- *   backup.c    replication, the backup's side (replica.c has the
- *               primary's): Replicate, snapshots, messages held for a view
- *   ranges.c    adopting a view: the ranges this server holds, live sets,
- *               a primary's duties to its backups, workers joining
+ *   ps-server/server.c    life cycle, the data socket's loop and dispatch,
+ *                         replies and refusals, stats, stopping, the scheduler
+ *                         link's callbacks: views, checkpoints and restore
+ *   ps-server/requests.c  workers' requests: push, pull, parked pulls, sparse
+ *                         tables
+ *   ps-server/backup.c    replication, the backup's side (ps-server/replica.c
+ *                         has the primary's): Replicate, snapshots, messages
+ *                         held for a view
+ *   ps-server/ranges.c    adopting a view: the ranges this server holds, live
+ *                         sets, a primary's duties to its backups, workers
+ *                         joining
  *
- * Loop thread only, like everything in server.h.
+ * Loop thread only, like everything in ps-server/server.h.
  */
 #ifndef PS_SERVER_SERVER_INT_H
 #define PS_SERVER_SERVER_INT_H
@@ -46,8 +49,8 @@ typedef struct parked_pull_s {
   uint64_t key_begin, count, clock;
 } parked_pull_t;
 
-/* A snapshot of a range on its way in (backup.c): the head's state and
- * the arrays filled chunk by chunk, installed when the last chunk is in. */
+/* A snapshot of a range on its way in (ps-server/backup.c): the head's state
+ * and the arrays filled chunk by chunk, installed when the last chunk is in. */
 typedef struct snap_in_s snap_in_t;
 
 /* A range this server holds a copy of: as its primary (serves workers,
@@ -57,7 +60,7 @@ typedef struct snap_in_s snap_in_t;
 typedef struct {
   uint64_t begin, end;
   ps_shard_t *shard;
-  ps_dedup_t *dedup;     /* (worker, seq) pairs applied: see dedup.h */
+  ps_dedup_t *dedup; /* (worker, seq) pairs applied: see ps-server/dedup.h */
   parked_pull_t *parked; /* in arrival order */
   int primary;
   uint32_t primary_id; /* backups: the only node whose changes they take */
@@ -110,22 +113,22 @@ struct ps_server_s {
 
   ps_server_stats_t stats;
   ratelimit_t warn_limit;
-  /* Checkpoints (saver.h): shards written at the scheduler's request and
-   * loaded at a restore. While the first view's ranges load, that view
-   * (or a newer one) waits in restore_view and requests get NOT_READY. */
+  /* Checkpoints (ps-server/saver.h): shards written at the scheduler's request
+   * and loaded at a restore. While the first view's ranges load, that view (or
+   * a newer one) waits in restore_view and requests get NOT_READY. */
   ps_saver_t *saver;
   ps_view_t *restore_view;
   int restoring;
   float *scratch; /* aligned copies of unaligned push frames */
   size_t scratch_bytes;
-  /* Sparse tables (sparse.h), one per table of the model, in its order;
-   * made with the first view that has the model. */
+  /* Sparse tables (ps-server/sparse.h), one per table of the model, in its
+   * order; made with the first view that has the model. */
   ps_sparse_table_t **sparse;
   size_t nsparse;
   uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
   size_t key_scratch_bytes;
 
-  /* Replication (replica.h): this node's primary side; and the backup
+  /* Replication (ps-server/replica.h): this node's primary side; and the backup
    * side's messages waiting for a newer view. */
   ps_repl_t *repl;
   deferred_t *deferred, **deferred_tail;
@@ -137,53 +140,54 @@ struct ps_server_s {
   char errmsg[512];
 };
 
-/* server.c */
-const char *ps__srv_mode_name(int mode);
-uint64_t ps__srv_view_epoch(const ps_server_t *s);
-void ps__srv_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
-void ps__srv_send_error(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                        int code, const char *fmt, ...)
+/* ps-server/server.c */
+const char *ps__server_mode_name(int mode);
+uint64_t ps__server_view_epoch(const ps_server_t *s);
+void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
+void ps__server_send_error(ps_server_t *s, zmq_msg_t *route,
+                           uint64_t request_id, int code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-void ps__srv_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-void ps__srv_dispatch(ps_server_t *s, ps_msg_t *m);
+void ps__server_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+void ps__server_dispatch(ps_server_t *s, ps_msg_t *m);
 
-/* requests.c */
-void ps__srv_fail_parked(ps_server_t *s, owned_range_t *r, int code,
-                         const char *why);
-void ps__srv_report_clock(ps_server_t *s);
-void ps__srv_after_apply(ps_server_t *s, owned_range_t *r);
-void ps__srv_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                       uint64_t clock, int duplicate);
-void ps__srv_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
-                            uint64_t clock, int duplicate, int status,
-                            const char *reason);
-const float *ps__srv_aligned_floats(ps_server_t *s, zmq_msg_t *f,
-                                    uint64_t count);
-void ps__srv_handle_push(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_pull(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
-int ps__srv_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
-                         size_t errlen);
-void ps__srv_sparse_free(ps_server_t *s);
+/* ps-server/requests.c */
+void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
+                            const char *why);
+void ps__server_report_clock(ps_server_t *s);
+void ps__server_after_apply(ps_server_t *s, owned_range_t *r);
+void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                          uint64_t clock, int duplicate);
+void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
+                               uint64_t clock, int duplicate, int status,
+                               const char *reason);
+const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
+                                       uint64_t count);
+void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
+int ps__server_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
+                            size_t errlen);
+void ps__server_sparse_free(ps_server_t *s);
 
-/* backup.c */
-void ps__srv_handle_replicate(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_snapshot(ps_server_t *s, ps_msg_t *m);
-void ps__srv_handle_chunk(ps_server_t *s, ps_msg_t *m);
+/* ps-server/backup.c */
+void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m);
 /* Drops a snapshot r was receiving. NULL-safe. */
-void ps__srv_snap_in_free(snap_in_t **in_p);
-void ps__srv_serve_deferred(ps_server_t *s);
-void ps__srv_deferred_free(ps_server_t *s);
+void ps__server_snap_in_free(snap_in_t **in_p);
+void ps__server_serve_deferred(ps_server_t *s);
+void ps__server_deferred_free(ps_server_t *s);
 
-/* ranges.c */
-const char *ps__srv_format_ranges(const ps_server_t *s, char *buf, size_t len);
-int ps__srv_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
-                           size_t nlive, int *applied);
-int ps__srv_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
-                       size_t errlen);
-void ps__srv_repl_synced(void *arg, uint64_t begin, uint64_t end,
-                         uint32_t backup, uint64_t bytes, uint64_t ms);
+/* ps-server/ranges.c */
+const char *ps__server_format_ranges(const ps_server_t *s, char *buf,
+                                     size_t len);
+int ps__server_range_set_live(owned_range_t *r, const ps_shard_live_t *live,
+                              size_t nlive, int *applied);
+int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
+                          size_t errlen);
+void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
+                            uint32_t backup, uint64_t bytes, uint64_t ms);
 
 #endif

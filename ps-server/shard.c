@@ -1,6 +1,5 @@
 #include "shard.h"
 
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,19 +61,6 @@ struct ps_shard_s {
   ps_shard_stats_t stats;
 };
 
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int code, const char *fmt, ...) {
-  if (errbuf && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return code;
-}
-
 static int cmp_live(const void *a, const void *b) {
   uint64_t x = ((const ps_shard_live_t *)a)->worker;
   uint64_t y = ((const ps_shard_live_t *)b)->worker;
@@ -89,17 +75,20 @@ static int copy_live(const ps_shard_live_t *live, size_t n,
   *out = NULL;
   if (n == 0) return PS_OK;
   if (n > SIZE_MAX / sizeof(*live))
-    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+    return ps_errf(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers",
+                   n);
   ps_shard_live_t *c = malloc(n * sizeof(*c));
   if (c == NULL)
-    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+    return ps_errf(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers",
+                   n);
   memcpy(c, live, n * sizeof(*c));
   qsort(c, n, sizeof(*c), cmp_live);
   for (size_t i = 0; i < n; i++) {
     if (c[i].worker > UINT32_MAX || (i > 0 && c[i].worker == c[i - 1].worker)) {
-      int rc = fail(errbuf, errlen, PS_ERR_INVAL, "live set: worker %llu is %s",
-                    (unsigned long long)c[i].worker,
-                    c[i].worker > UINT32_MAX ? "not a node id" : "there twice");
+      int rc =
+          ps_errf(errbuf, errlen, PS_ERR_INVAL, "live set: worker %llu is %s",
+                  (unsigned long long)c[i].worker,
+                  c[i].worker > UINT32_MAX ? "not a node id" : "there twice");
       free(c);
       return rc;
     }
@@ -114,10 +103,12 @@ static int copy_live_ids(const uint32_t *ids, size_t n, ps_shard_live_t **out,
   *out = NULL;
   if (n == 0) return PS_OK;
   if (n > SIZE_MAX / sizeof(ps_shard_live_t))
-    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+    return ps_errf(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers",
+                   n);
   ps_shard_live_t *tmp = malloc(n * sizeof(*tmp));
   if (tmp == NULL)
-    return fail(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers", n);
+    return ps_errf(errbuf, errlen, PS_ERR_NOMEM, "no memory for %zu workers",
+                   n);
   for (size_t i = 0; i < n; i++) {
     tmp[i].worker = ids[i];
     tmp[i].from_step = 0;
@@ -300,7 +291,8 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   int dummy;
   if (err == NULL) err = &dummy;
   if (begin >= end || end > model->total) {
-    *err = fail(errbuf, errlen, PS_ERR_INVAL,
+    *err =
+        ps_errf(errbuf, errlen, PS_ERR_INVAL,
                 "shard range [%llu,%llu) is empty or beyond the model's %llu "
                 "keys",
                 (unsigned long long)begin, (unsigned long long)end,
@@ -309,21 +301,21 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   }
   if (mode != PS__CONSISTENCY_MODE__MODE_BSP &&
       mode != PS__CONSISTENCY_MODE__MODE_ASP) {
-    *err = fail(errbuf, errlen, PS_ERR_UNSUPPORTED,
-                "consistency mode %d is not supported", mode);
+    *err = ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
+                   "consistency mode %d is not supported", mode);
     return NULL;
   }
   if (model->optimizer != PS__OPTIMIZER__OPT_SGD &&
       model->optimizer != PS__OPTIMIZER__OPT_ADD) {
-    *err = fail(errbuf, errlen, PS_ERR_UNSUPPORTED,
-                "optimizer %d is not supported", model->optimizer);
+    *err = ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
+                   "optimizer %d is not supported", model->optimizer);
     return NULL;
   }
   uint64_t len = end - begin;
   if (len > SIZE_MAX / sizeof(float) - SHARD_ALIGN) {
-    *err = fail(errbuf, errlen, PS_ERR_NOMEM,
-                "shard range [%llu,%llu) does not fit in memory",
-                (unsigned long long)begin, (unsigned long long)end);
+    *err = ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                   "shard range [%llu,%llu) does not fit in memory",
+                   (unsigned long long)begin, (unsigned long long)end);
     return NULL;
   }
 
@@ -381,11 +373,11 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   if (filled != len) {
     /* ps_model_from_pb guarantees contiguous tensors; a gap means a model
      * that did not come through it. */
-    *err = fail(errbuf, errlen, PS_ERR_INVAL,
-                "tensors of the model cover %llu of the %llu keys of "
-                "[%llu,%llu)",
-                (unsigned long long)filled, (unsigned long long)len,
-                (unsigned long long)begin, (unsigned long long)end);
+    *err = ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "tensors of the model cover %llu of the %llu keys of "
+                   "[%llu,%llu)",
+                   (unsigned long long)filled, (unsigned long long)len,
+                   (unsigned long long)begin, (unsigned long long)end);
     ps_shard_destroy(&s);
     return NULL;
   }
@@ -394,10 +386,10 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
 
 nomem:
   ps_shard_destroy(&s);
-  *err = fail(errbuf, errlen, PS_ERR_NOMEM,
-              "out of memory for shard [%llu,%llu) (%llu keys)",
-              (unsigned long long)begin, (unsigned long long)end,
-              (unsigned long long)len);
+  *err = ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                 "out of memory for shard [%llu,%llu) (%llu keys)",
+                 (unsigned long long)begin, (unsigned long long)end,
+                 (unsigned long long)len);
   return NULL;
 }
 
@@ -453,10 +445,10 @@ int ps_shard_contains(const ps_shard_t *s, uint64_t key_begin, uint64_t count) {
 static int check_slice(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
                        char *errbuf, size_t errlen) {
   if (ps_shard_contains(s, key_begin, count)) return PS_OK;
-  return fail(errbuf, errlen, PS_ERR_UNKNOWN_KEY,
-              "keys [%llu,+%llu) are not inside the shard [%llu,%llu)",
-              (unsigned long long)key_begin, (unsigned long long)count,
-              (unsigned long long)s->begin, (unsigned long long)s->end);
+  return ps_errf(errbuf, errlen, PS_ERR_UNKNOWN_KEY,
+                 "keys [%llu,+%llu) are not inside the shard [%llu,%llu)",
+                 (unsigned long long)key_begin, (unsigned long long)count,
+                 (unsigned long long)s->begin, (unsigned long long)s->end);
 }
 
 /* Adds g (n values at offset off) to this step's sum: keys outside the valid
@@ -543,18 +535,18 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
    * from_step: such a push is a leftover of its previous life. */
   const ps_shard_live_t *l = find_live(s, worker);
   if (l && step < l->from_step)
-    return fail(errbuf, errlen, PS_ERR_REFUSED,
-                "push for step %llu from worker %u, which rejoined the job "
-                "and contributes from step %llu on",
-                (unsigned long long)step, worker,
-                (unsigned long long)l->from_step);
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu from worker %u, which rejoined the job "
+                   "and contributes from step %llu on",
+                   (unsigned long long)step, worker,
+                   (unsigned long long)l->from_step);
 
   if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) {
     if (reserve_range(s, off, count) != PS_OK)
-      return fail(errbuf, errlen, PS_ERR_NOMEM,
-                  "no memory for a fresh version of the weights of "
-                  "[%llu,+%llu) while a pull reply holds the current one",
-                  (unsigned long long)key_begin, (unsigned long long)count);
+      return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                     "no memory for a fresh version of the weights of "
+                     "[%llu,+%llu) while a pull reply holds the current one",
+                     (unsigned long long)key_begin, (unsigned long long)count);
     if (clock_after)
       *clock_after =
           step != UINT64_MAX && step + 1 > s->clock ? step + 1 : s->clock;
@@ -562,37 +554,38 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
   }
 
   if (step < s->clock)
-    return fail(errbuf, errlen, PS_ERR_REFUSED,
-                "push for step %llu but the server is at step %llu: a "
-                "duplicate or stale push",
-                (unsigned long long)step, (unsigned long long)s->clock);
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu but the server is at step %llu: a "
+                   "duplicate or stale push",
+                   (unsigned long long)step, (unsigned long long)s->clock);
   if (step > s->clock)
-    return fail(errbuf, errlen, PS_ERR_REFUSED,
-                "push for step %llu but the server is at step %llu: the "
-                "worker did not pull step %llu first",
-                (unsigned long long)step, (unsigned long long)s->clock,
-                (unsigned long long)s->clock);
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu but the server is at step %llu: the "
+                   "worker did not pull step %llu first",
+                   (unsigned long long)step, (unsigned long long)s->clock,
+                   (unsigned long long)s->clock);
   if (l == NULL)
-    return fail(errbuf, errlen, PS_ERR_REFUSED,
-                "push for step %llu from worker %u, which is not a live "
-                "worker of the view",
-                (unsigned long long)step, worker);
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu from worker %u, which is not a live "
+                   "worker of the view",
+                   (unsigned long long)step, worker);
   ps_shard_contrib_t *c = find_contribution(s, worker);
   uint64_t had = c ? c->received : 0;
   if (count > s->len - had)
-    return fail(errbuf, errlen, PS_ERR_REFUSED,
-                "worker %u pushed %llu of the %llu values of [%llu,%llu) for "
-                "step %llu already; %llu more is a duplicate push",
-                worker, (unsigned long long)had, (unsigned long long)s->len,
-                (unsigned long long)s->begin, (unsigned long long)s->end,
-                (unsigned long long)step, (unsigned long long)count);
+    return ps_errf(
+        errbuf, errlen, PS_ERR_REFUSED,
+        "worker %u pushed %llu of the %llu values of [%llu,%llu) for "
+        "step %llu already; %llu more is a duplicate push",
+        worker, (unsigned long long)had, (unsigned long long)s->len,
+        (unsigned long long)s->begin, (unsigned long long)s->end,
+        (unsigned long long)step, (unsigned long long)count);
   if (c == NULL && s->ncontrib == s->contrib_cap) {
     /* Room for the worker's entry now, so the end cannot fail. */
     size_t cap = s->contrib_cap ? 2 * s->contrib_cap : 8;
     ps_shard_contrib_t *grown = realloc(s->contrib, cap * sizeof(*grown));
     if (grown == NULL)
-      return fail(errbuf, errlen, PS_ERR_NOMEM,
-                  "no memory to track worker %u's push", worker);
+      return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                     "no memory to track worker %u's push", worker);
     s->contrib = grown;
     s->contrib_cap = cap;
   }
@@ -760,52 +753,56 @@ int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
 static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
                        uint64_t *received, char *errbuf, size_t errlen) {
   if (st->weights == NULL)
-    return fail(errbuf, errlen, PS_ERR_INVAL, "state without weights");
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL, "state without weights");
   if (s->velocity && st->momentum == NULL)
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "state without momentum for a shard with momentum %g",
-                (double)s->momentum);
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "state without momentum for a shard with momentum %g",
+                   (double)s->momentum);
   if (st->acc_lo > st->acc_hi || st->acc_hi > s->len)
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "BSP sum interval [%llu,%llu) is not inside the range's %llu "
-                "keys",
-                (unsigned long long)st->acc_lo, (unsigned long long)st->acc_hi,
-                (unsigned long long)s->len);
+    return ps_errf(
+        errbuf, errlen, PS_ERR_INVAL,
+        "BSP sum interval [%llu,%llu) is not inside the range's %llu "
+        "keys",
+        (unsigned long long)st->acc_lo, (unsigned long long)st->acc_hi,
+        (unsigned long long)s->len);
   int has_sum = st->acc_lo < st->acc_hi;
   if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP && (has_sum || st->ncontrib))
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "a BSP step in progress (%zu contributions) for an ASP shard",
-                st->ncontrib);
+    return ps_errf(
+        errbuf, errlen, PS_ERR_INVAL,
+        "a BSP step in progress (%zu contributions) for an ASP shard",
+        st->ncontrib);
   if (has_sum && st->acc == NULL)
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "BSP sum interval [%llu,%llu) without its values",
-                (unsigned long long)st->acc_lo, (unsigned long long)st->acc_hi);
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "BSP sum interval [%llu,%llu) without its values",
+                   (unsigned long long)st->acc_lo,
+                   (unsigned long long)st->acc_hi);
   if ((st->ncontrib > 0) != has_sum)
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "%zu contributions but a BSP sum of %llu values: the step "
-                "in progress is inconsistent",
-                st->ncontrib, (unsigned long long)(st->acc_hi - st->acc_lo));
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "%zu contributions but a BSP sum of %llu values: the step "
+                   "in progress is inconsistent",
+                   st->ncontrib, (unsigned long long)(st->acc_hi - st->acc_lo));
   if ((st->nlive && st->live == NULL) || (st->ncontrib && st->contrib == NULL))
-    return fail(errbuf, errlen, PS_ERR_INVAL,
-                "state without its live set or contributions");
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "state without its live set or contributions");
   *received = 0;
   for (size_t i = 0; i < st->ncontrib; i++) {
     const ps_shard_contrib_t *c = &st->contrib[i];
     if (c->worker > UINT32_MAX)
-      return fail(errbuf, errlen, PS_ERR_INVAL,
-                  "contribution of worker %llu, which is not a node id",
-                  (unsigned long long)c->worker);
+      return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                     "contribution of worker %llu, which is not a node id",
+                     (unsigned long long)c->worker);
     if (c->received > s->len)
-      return fail(errbuf, errlen, PS_ERR_INVAL,
-                  "contribution of worker %llu is %llu values, bigger than "
-                  "the range's %llu",
-                  (unsigned long long)c->worker,
-                  (unsigned long long)c->received, (unsigned long long)s->len);
+      return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                     "contribution of worker %llu is %llu values, bigger than "
+                     "the range's %llu",
+                     (unsigned long long)c->worker,
+                     (unsigned long long)c->received,
+                     (unsigned long long)s->len);
     for (size_t j = 0; j < i; j++)
       if (st->contrib[j].worker == c->worker)
-        return fail(errbuf, errlen, PS_ERR_INVAL,
-                    "worker %llu contributes twice",
-                    (unsigned long long)c->worker);
+        return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                       "worker %llu contributes twice",
+                       (unsigned long long)c->worker);
     *received += c->received;
   }
   return PS_OK;
@@ -827,17 +824,17 @@ int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
     contrib = malloc(cap * sizeof(*contrib));
     if (contrib == NULL) {
       free(live);
-      return fail(errbuf, errlen, PS_ERR_NOMEM,
-                  "no memory for %zu contributions", st->ncontrib);
+      return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                     "no memory for %zu contributions", st->ncontrib);
     }
     memcpy(contrib, st->contrib, st->ncontrib * sizeof(*contrib));
   }
   if (unpin_blocks(s) != PS_OK) {
     free(live);
     free(contrib);
-    return fail(errbuf, errlen, PS_ERR_NOMEM,
-                "no memory for fresh versions of the weights while pull "
-                "replies hold the current ones");
+    return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
+                   "no memory for fresh versions of the weights while pull "
+                   "replies hold the current ones");
   }
 
   write_weights(s, st->weights);

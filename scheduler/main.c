@@ -1,4 +1,5 @@
-/* ps-scheduler: parses the options, builds the scheduler, runs its loop. */
+/* ps-scheduler: parses the options, builds the scheduler, runs its loop.
+ * Exit status: PS_EXIT_* (common/config.h). */
 #include <stdint.h>
 #include <stdio.h>
 #include <uv.h>
@@ -20,7 +21,7 @@ int main(int argc, char **argv) {
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO;
   const ps_opt_t opts[] = {
-      {"bind", PS_OPT_STRING, &bind, "tcp://127.0.0.1:7000", 0, 0, NULL,
+      {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
        "connect to it."},
       {"servers", PS_OPT_INT, &servers, "1", 1, 4096, NULL,
@@ -83,11 +84,10 @@ int main(int argc, char **argv) {
   };
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
-  if (rc == 1) return 0;
-  if (rc != PS_OK) {
-    fprintf(stderr, "ps-scheduler: %s (see --help)\n", err);
-    return 1;
-  }
+  if (rc == 1) return PS_EXIT_OK;
+  if (rc == PS_OK)
+    rc = ps_config_check_endpoint("bind", bind, 1, err, sizeof(err));
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   /* The table's mode choices are in the enum's order. */
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
                        PS__CONSISTENCY_MODE__MODE_ASP};
@@ -113,14 +113,14 @@ int main(int argc, char **argv) {
   };
   int serr = PS_OK;
   ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));
-  int status = 0;
+  int status = PS_EXIT_OK;
   if (s == NULL) {
     PS_ERROR("start_failed", "err=%s reason=\"%s\"", ps_err_name(serr), err);
-    status = 1;
+    status = ps_config_exit_status(serr);
   } else {
     uv_run(&loop, UV_RUN_DEFAULT);
     /* The loop only runs dry once the scheduler shut the cluster down. */
-    if (!ps_sched_finished(s)) status = 1;
+    if (!ps_sched_finished(s)) status = PS_EXIT_FAILURE;
     ps_sched_destroy(&s);
     uv_run(&loop, UV_RUN_DEFAULT); /* close callbacks */
   }

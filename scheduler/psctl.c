@@ -409,8 +409,8 @@ int main(int argc, char **argv) {
   int64_t timeout_ms = 3000, wait_ms = 300000;
   int json = 0;
   const ps_opt_t opts[] = {
-      {"scheduler", PS_OPT_STRING, &endpoint, "tcp://127.0.0.1:7000", 0, 0,
-       NULL, "Endpoint of the scheduler to ask."},
+      {"scheduler", PS_OPT_STRING, &endpoint, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
+       "Endpoint of the scheduler to ask."},
       {"timeout-ms", PS_OPT_INT, &timeout_ms, "3000", 1, 3600000, NULL,
        "Give up (exit 1) if the scheduler has not answered within this "
        "time."},
@@ -440,26 +440,21 @@ int main(int argc, char **argv) {
   int nargs = 0;
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, args, 2, &nargs, err, sizeof(err));
-  if (rc == 1) return 0;
-  if (rc != PS_OK) {
-    fprintf(stderr, "psctl: %s (see --help)\n", err);
-    return 2;
-  }
+  if (rc == 1) return PS_EXIT_OK;
+  if (rc == PS_OK)
+    rc = ps_config_check_endpoint("scheduler", endpoint, 0, err, sizeof(err));
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   int is_status = nargs == 1 && strcmp(args[0], "status") == 0;
   int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
   int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
   if (!is_status && !is_health && !is_checkpoint) {
     if (nargs == 1)
-      fprintf(stderr,
-              "psctl: unknown command \"%s\": expected status, health or "
-              "checkpoint (see --help)\n",
-              args[0]);
-    else
-      fprintf(stderr,
-              "psctl: expected one command, status, health or checkpoint "
-              "(see --help)\n");
-    ps_config_free(&cfg);
-    return 2;
+      return ps_config_refuse(&cfg,
+                              "unknown command \"%s\": expected status, "
+                              "health or checkpoint",
+                              args[0]);
+    return ps_config_refuse(
+        &cfg, "expected one command, status, health or checkpoint");
   }
   ps_log_init("psctl", PS_LOG_WARN);
 

@@ -1,18 +1,21 @@
 /* The scheduler's insides, shared by its files and private to them: the
  * scheduler's state, a node's entry, the view as a protobuf, and the
- * functions one file calls in another. The public API is scheduler.h.
+ * functions one file calls in another. The public API is scheduler/scheduler.h.
  *
- *   scheduler.c   life cycle, the socket loop and dispatch, replies, the
- *                 timer and signals, stopping and the end of the job
- *   membership.c  the node table, Register, heartbeats, Done, leaving,
- *                 deaths, fencing, workers joining a running job
- *   publish.c     building the view, publishing it, psctl status
- *   failover.c    re-placing ranges after deaths and joins, ReplicaSynced
- *   barrier.c     barriers
- *   ckpt.c        starting checkpoints, answering psctl, --restore
- *   state.c       the state file (--state-file)
+ *   scheduler/scheduler.c   life cycle, the socket loop and dispatch, replies,
+ *                           the timer and signals, stopping and the end of the
+ *                           job
+ *   scheduler/membership.c  the node table, Register, heartbeats, Done,
+ *                           leaving, deaths, fencing, workers joining a running
+ *                           job
+ *   scheduler/publish.c     building the view, publishing it, psctl status
+ *   scheduler/failover.c    re-placing ranges after deaths and joins,
+ *                           ReplicaSynced
+ *   scheduler/barrier.c     barriers
+ *   scheduler/ckpt.c        starting checkpoints, answering psctl, --restore
+ *   scheduler/state.c       the state file (--state-file)
  *
- * Loop thread only, like everything in scheduler.h.
+ * Loop thread only, like everything in scheduler/scheduler.h.
  */
 #ifndef PS_SCHED_INT_H
 #define PS_SCHED_INT_H
@@ -143,7 +146,7 @@ typedef struct {
   Ps__SparseTableSpec **sparse_ptrs;
 } view_pb_t;
 
-/* scheduler.c */
+/* scheduler/scheduler.c */
 const char *ps__sched_role_name(int role);
 const char *ps__sched_state_name(int state);
 const char *ps__sched_mode_name(int mode);
@@ -162,7 +165,7 @@ void ps__sched_reply_ack(ps_sched_t *s, ps_msg_t *m, uint64_t clock);
 int ps__sched_check_job_finished(ps_sched_t *s);
 int ps__sched_abs_path(const char *in, char *out, size_t len);
 
-/* membership.c */
+/* scheduler/membership.c */
 sched_node_t *ps__sched_node_by_id(ps_sched_t *s, uint32_t id);
 const sched_node_t *ps__sched_node_by_id_const(const ps_sched_t *s,
                                                uint32_t id);
@@ -185,7 +188,7 @@ void ps__sched_handle_done(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_handle_leave(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_handle_join_reply(ps_sched_t *s, ps_msg_t *m);
 
-/* publish.c */
+/* scheduler/publish.c */
 void ps__sched_view_pb_free(view_pb_t *v);
 int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v);
 void ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
@@ -193,17 +196,17 @@ void ps__sched_publish(ps_sched_t *s, const char *why);
 void ps__sched_maybe_publish_first(ps_sched_t *s);
 void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m);
 
-/* failover.c */
+/* scheduler/failover.c */
 int ps__sched_holds_replica(const ps_sched_t *s, uint32_t id);
 int ps__sched_replan(ps_sched_t *s, uint64_t epoch);
 void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m);
 
-/* barrier.c */
+/* scheduler/barrier.c */
 void ps__sched_barrier_leave(sched_node_t *n);
 void ps__sched_barrier_check_all(ps_sched_t *s);
 void ps__sched_handle_barrier(ps_sched_t *s, ps_msg_t *m);
 
-/* ckpt.c */
+/* scheduler/ckpt.c */
 void ps__sched_coord_send_cb(ps_coord_t *c, uint32_t node_id,
                              Ps__CheckpointRequest *req, void *arg);
 void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
@@ -214,7 +217,7 @@ void ps__sched_ckpt_periodic(ps_sched_t *s, uint64_t now);
 int ps__sched_restore_prepare(ps_sched_t *s, const char *path, char *err,
                               size_t errlen);
 
-/* state.c */
+/* scheduler/state.c */
 uint64_t ps__sched_unix_now_ms(void);
 void ps__sched_state_save(ps_sched_t *s);
 int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen);

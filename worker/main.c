@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "worker/client/client_defaults.h"
 #include "worker/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -24,7 +25,7 @@ static void on_signal(int sig) {
     static const char msg[] = "ps-worker: did not stop in time, exiting\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
     (void)w;
-    _exit(1);
+    _exit(PS_EXIT_FAILURE);
   }
   stop_requested = sig;
   alarm(STOP_GRACE_S);
@@ -52,28 +53,31 @@ int main(int argc, char **argv) {
   double lr, momentum;
 
   const ps_opt_t opts[] = {
-      {"scheduler", PS_OPT_STRING, &scheduler, "tcp://127.0.0.1:7000", 0, 0,
-       NULL, "scheduler endpoint to register with (distributed mode)"},
+      {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
+       "scheduler endpoint to register with (distributed mode)"},
       {"standalone", PS_OPT_BOOL, &standalone, "false", 0, 0, NULL,
        "train alone, no cluster: SGD applied locally"},
-      {"data-dir", PS_OPT_STRING, &data_dir,
-       "/usr/share/datasets/fashion-mnist", 0, 0, NULL,
-       "folder of {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"},
-      {"epochs", PS_OPT_INT, &epochs, "10", 1, 1000000, NULL,
-       "passes over the training set"},
-      {"batch-size", PS_OPT_INT, &batch_size, "32", 1, 65536, NULL,
+      {"data-dir", PS_OPT_STRING, &data_dir, PS_TRAINER_DEFAULT_DATA_DIR, 0, 0,
+       NULL, "folder of {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"},
+      {"epochs", PS_OPT_INT, &epochs, PS_OPT_DEF(PS_TRAINER_DEFAULT_EPOCHS), 1,
+       1000000, NULL, "passes over the training set"},
+      {"batch-size", PS_OPT_INT, &batch_size,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_BATCH_SIZE), 1, 65536, NULL,
        "examples per step per worker (global batch = workers x this)"},
-      {"lr", PS_OPT_DOUBLE, &lr, "0.02", 0, 10, NULL,
+      {"lr", PS_OPT_DOUBLE, &lr, PS_OPT_DEF(PS_TRAINER_DEFAULT_LR), 0, 10, NULL,
        "learning rate of SGD (declared to the cluster)"},
       {"lr-schedule", PS_OPT_ENUM, &lr_schedule, "cosine", 0, 0,
        "constant|cosine",
        "learning-rate schedule over epochs x steps (every worker the same)"},
-      {"momentum", PS_OPT_DOUBLE, &momentum, "0.9", 0, 0.999, NULL,
+      {"momentum", PS_OPT_DOUBLE, &momentum,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_MOMENTUM), 0, 0.999, NULL,
        "SGD momentum (declared to the cluster)"},
-      {"seed", PS_OPT_INT, &seed, "1", 0, 9007199254740991.0, NULL,
+      {"seed", PS_OPT_INT, &seed, PS_OPT_DEF(PS_TRAINER_DEFAULT_SEED), 0,
+       9007199254740991.0, NULL,
        "seed of the initial weights and of the data order"},
-      {"threads", PS_OPT_INT, &threads, "1", 1, 256, NULL, "BLAS threads"},
-      {"device", PS_OPT_STRING, &device, "auto", 0, 0, NULL,
+      {"threads", PS_OPT_INT, &threads, PS_OPT_DEF(PS_TRAINER_DEFAULT_THREADS),
+       1, 256, NULL, "BLAS threads"},
+      {"device", PS_OPT_STRING, &device, PS_TRAINER_DEFAULT_DEVICE, 0, 0, NULL,
        "auto|cpu|cuda|cuda:N: where to compute; auto takes GPU 0 when one "
        "is usable, else the CPU"},
       {"model", PS_OPT_ENUM, &model, "mlp", 0, 0, "mlp|cnn",
@@ -90,16 +94,21 @@ int main(int argc, char **argv) {
        "write the final weights here as raw float32 little-endian"},
       {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
        "requested worker rank (-1: any)"},
-      {"timeout-ms", PS_OPT_INT, &timeout_ms, "30000", 1, 86400000, NULL,
+      {"timeout-ms", PS_OPT_INT, &timeout_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 1, 86400000, NULL,
        "deadline of one push or pull"},
-      {"connect-timeout-ms", PS_OPT_INT, &connect_timeout_ms, "60000", 1,
-       86400000, NULL, "deadline to register and get the cluster view"},
-      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 3600000, NULL,
+      {"connect-timeout-ms", PS_OPT_INT, &connect_timeout_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS), 1, 86400000, NULL,
+       "deadline to register and get the cluster view"},
+      {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_HEARTBEAT_MS), 10, 3600000, NULL,
        "interval of heartbeats to the scheduler"},
-      {"resend-ms", PS_OPT_INT, &resend_ms, "1000", 0, 86400000, NULL,
+      {"resend-ms", PS_OPT_INT, &resend_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_RESEND_MS), 0, 86400000, NULL,
        "resend a request unanswered this long on a fresh connection "
        "(0: never)"},
-      {"progress-ms", PS_OPT_INT, &progress_ms, "2000", 1, 86400000, NULL,
+      {"progress-ms", PS_OPT_INT, &progress_ms,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_PROGRESS_MS), 1, 86400000, NULL,
        "interval of progress lines"},
       {"normalize", PS_OPT_BOOL, &normalize, "true", 0, 0, NULL,
        "standardize pixels with the training set's mean and deviation"},
@@ -120,16 +129,10 @@ int main(int argc, char **argv) {
 
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
-  if (rc == 1) {
-    ps_config_free(&cfg);
-    return 0;
-  }
-  if (rc != PS_OK) {
-    fprintf(stderr, "ps-worker: %s\n", err);
-    fprintf(stderr, "Try 'ps-worker --help'.\n");
-    ps_config_free(&cfg);
-    return 2;
-  }
+  if (rc == 1) return PS_EXIT_OK;
+  if (rc == PS_OK && !standalone)
+    rc = ps_config_check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("worker", (ps_log_level_t)log_level);
   install_signals();
 
@@ -161,20 +164,20 @@ int main(int argc, char **argv) {
   to.client.resend_ms = (int)resend_ms;
   to.stop = &stop_requested;
 
-  int exit_code = 0;
+  int exit_code = PS_EXIT_OK;
   int terr = PS_OK;
   ps_trainer_t *t = ps_trainer_new(&to, &terr, err, sizeof(err));
   if (t == NULL) {
     PS_ERROR("start_failed", "error=%s msg=\"%s\"", ps_err_name(terr), err);
     fprintf(stderr, "ps-worker: %s\n", err);
-    exit_code = terr == PS_ERR_CONFIG ? 2 : 1;
+    exit_code = ps_config_exit_status(terr);
   } else {
     rc = ps_trainer_run(t);
     if (rc != PS_OK) {
       PS_ERROR("train_failed", "error=%s msg=\"%s\"", ps_err_name(rc),
                ps_trainer_errmsg(t));
       fprintf(stderr, "ps-worker: %s\n", ps_trainer_errmsg(t));
-      exit_code = rc == PS_ERR_CONFIG ? 2 : 1;
+      exit_code = ps_config_exit_status(rc);
     }
     ps_trainer_destroy(&t);
   }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/err.h"
 #include "common/init.h"
 #include "common/log.h"
@@ -57,30 +58,30 @@ static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(t->errmsg, sizeof(t->errmsg), fmt, ap);
+  ps_verrf(t->errmsg, sizeof(t->errmsg), PS_OK, fmt, ap);
   va_end(ap);
 }
 
 void ps_trainer_opts_init(ps_trainer_opts_t *o) {
   memset(o, 0, sizeof(*o));
   o->standalone = 0;
-  o->data_dir = "/usr/share/datasets/fashion-mnist";
-  o->epochs = 10;
-  o->batch_size = 32;
-  o->learning_rate = 0.02;
-  o->momentum = 0.9;
+  o->data_dir = PS_TRAINER_DEFAULT_DATA_DIR;
+  o->epochs = PS_TRAINER_DEFAULT_EPOCHS;
+  o->batch_size = PS_TRAINER_DEFAULT_BATCH_SIZE;
+  o->learning_rate = PS_TRAINER_DEFAULT_LR;
+  o->momentum = PS_TRAINER_DEFAULT_MOMENTUM;
   o->lr_schedule = PS_LR_COSINE;
   o->normalize = 1;
-  o->seed = 1;
-  o->threads = 1;
-  o->device = "auto";
+  o->seed = PS_TRAINER_DEFAULT_SEED;
+  o->threads = PS_TRAINER_DEFAULT_THREADS;
+  o->device = PS_TRAINER_DEFAULT_DEVICE;
   o->model = PS_NET_MLP;
   o->push = PS_PUSH_AUTO;
   o->max_steps = 0;
   o->eval_every_epoch = 1;
-  o->progress_s = 2.0;
+  o->progress_s = PS_TRAINER_DEFAULT_PROGRESS_MS / 1000.0;
   ps_client_opts_init(&o->client);
-  o->client.scheduler = "tcp://127.0.0.1:7000";
+  o->client.scheduler = PS_DEFAULT_SCHEDULER;
 }
 
 /* splitmix64 as a counter generator: value k of a stream is a pure function

@@ -38,6 +38,18 @@
 #include <stdint.h>
 
 #include "ps/client.h"
+
+/* Defaults of ps_trainer_opts_t, shared with ps-worker's option table
+ * (PS_OPT_DEF, common/config.h); plain literals. */
+#define PS_TRAINER_DEFAULT_DATA_DIR "/usr/share/datasets/fashion-mnist"
+#define PS_TRAINER_DEFAULT_EPOCHS 10
+#define PS_TRAINER_DEFAULT_BATCH_SIZE 32
+#define PS_TRAINER_DEFAULT_LR 0.02
+#define PS_TRAINER_DEFAULT_MOMENTUM 0.9
+#define PS_TRAINER_DEFAULT_SEED 1
+#define PS_TRAINER_DEFAULT_THREADS 1
+#define PS_TRAINER_DEFAULT_DEVICE "auto"
+#define PS_TRAINER_DEFAULT_PROGRESS_MS 2000
 #include "worker/model/net.h"
 
 typedef struct ps_trainer_s ps_trainer_t;

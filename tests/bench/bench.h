@@ -1,7 +1,8 @@
-/* ps-bench internals: what the controller (main.c), the client processes
- * and the raw ZeroMQ servers (runner.c), the process table (procs.c) and
- * the latency histogram (hist.c) share. Not a library: one program, each
- * process single-threaded apart from what libps-client and ZeroMQ start.
+/* ps-bench internals: what the controller (tests/bench/main.c), the client
+ * processes and the raw ZeroMQ servers (tests/bench/runner.c), the process
+ * table (tests/bench/procs.c) and the latency histogram (tests/bench/hist.c)
+ * share. Not a library: one program, each process single-threaded apart from
+ * what libps-client and ZeroMQ start.
  */
 #ifndef PS_BENCH_H
 #define PS_BENCH_H
@@ -11,7 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* ---- latency histogram (hist.c) ----
+/* ---- latency histogram (tests/bench/hist.c) ----
  * Log-linear buckets, 64 per power of two (1.1% wide), from 1 ns to 2^40 ns:
  * per-op latencies of many clients merge exactly, and any percentile is
  * read back within a bucket's width. */
@@ -45,7 +46,7 @@ typedef enum {
 
 const char *ps_bench_op_name(ps_bench_op_t op);
 
-/* ---- child processes (procs.c) ----
+/* ---- child processes (tests/bench/procs.c) ----
  * Every process ps-bench starts is in this table; ps_bench_procs_stop ends
  * them all (SIGTERM, then SIGKILL after a grace) and reaps them, and each
  * child dies with ps-bench (PR_SET_PDEATHSIG) even if ps-bench is killed
@@ -87,7 +88,7 @@ void ps_bench_procs_stop(int timeout_ms);
 /* Prints the last lines of every child's log to stderr. */
 void ps_bench_procs_dump_logs(void);
 
-/* ---- client and raw-server processes (runner.c) ---- */
+/* ---- client and raw-server processes (tests/bench/runner.c) ---- */
 typedef struct {
   const char *scheduler;
   uint64_t model_floats; /* the synthetic model: one tensor of this length */

@@ -9,8 +9,8 @@
  * it runs repetitions in lockstep on every client, alternating ours and raw
  * so both see the same machine, and reports median, min and max. Every
  * process it started is stopped when it ends, fails or is interrupted.
- * See runner.c for what one op is. Exit status: 0, 1 on a failure, 2 on bad
- * options, 130 when interrupted.
+ * See tests/bench/runner.c for what one op is. Exit status: PS_EXIT_*
+ * (common/config.h), and 130 when interrupted.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,6 +32,7 @@
 #include "common/optimizer.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "worker/client/client_defaults.h"
 
 #define MAX_LIST 16
 #define MAX_CLIENTS 128
@@ -108,25 +109,23 @@ static const char *size_name(uint64_t b, char *buf, size_t len) {
   return buf;
 }
 
-/* Splits a comma list; each item goes to item(). */
+/* Splits a comma list; each item goes to item(). PS_OK, or PS_ERR_CONFIG
+ * with the option and the reason in err. */
 static int parse_list(const char *opt, const char *s,
-                      int (*item)(const char *tok, char *why, size_t len)) {
+                      int (*item)(const char *tok, char *why, size_t len),
+                      char *err, size_t errlen) {
   char buf[512], why[160];
   snprintf(buf, sizeof(buf), "%s", s);
   char *save = NULL;
   int n = 0;
   for (char *tok = strtok_r(buf, ",", &save); tok;
        tok = strtok_r(NULL, ",", &save), n++) {
-    if (item(tok, why, sizeof(why)) != 0) {
-      fprintf(stderr, "ps-bench: option --%s: %s\n", opt, why);
-      return -1;
-    }
+    if (item(tok, why, sizeof(why)) != 0)
+      return ps_errf(err, errlen, PS_ERR_CONFIG, "option --%s: %s", opt, why);
   }
-  if (n == 0) {
-    fprintf(stderr, "ps-bench: option --%s: empty list\n", opt);
-    return -1;
-  }
-  return 0;
+  if (n == 0)
+    return ps_errf(err, errlen, PS_ERR_CONFIG, "option --%s: empty list", opt);
+  return PS_OK;
 }
 
 static int op_item(const char *tok, char *why, size_t len) {
@@ -691,7 +690,9 @@ static int run_apply(void) {
 
 /* ---- main ---- */
 
-static int setup_options(int argc, char **argv) {
+/* Reads the options into B. Returns with *go_on set when the run goes on;
+ * else the exit status (--help, or refused options). */
+static int setup_options(int argc, char **argv, int *go_on) {
   const ps_opt_t opts[] = {
       {"local", PS_OPT_STRING, &B.local, NULL, 0, 0, NULL,
        "S,W: start a scheduler, S servers and W client processes on "
@@ -744,7 +745,8 @@ static int setup_options(int argc, char **argv) {
        1099511627776.0, NULL,
        "Ids of the sparse op are drawn from [0, this); at least "
        "--sparse-keys."},
-      {"timeout-ms", PS_OPT_INT, &B.timeout_ms, "30000", 100, 3600000, NULL,
+      {"timeout-ms", PS_OPT_INT, &B.timeout_ms,
+       PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 100, 3600000, NULL,
        "Deadline of one client call, and slack for every wait."},
       {"bin-dir", PS_OPT_STRING, &B.bin_dir, NULL, 0, 0, NULL,
        "Where ps-scheduler and ps-server are; default: ps-bench's own "
@@ -767,45 +769,41 @@ static int setup_options(int argc, char **argv) {
   };
   char err[512];
   int rc = ps_config_load(&cfg, argc, argv, NULL, 0, NULL, err, sizeof(err));
-  if (rc == 1) return 1;
-  if (rc != PS_OK) {
-    fprintf(stderr, "ps-bench: %s\n", err);
-    return -1;
-  }
+  if (rc == 1) return PS_EXIT_OK;
+  if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   if (B.reps == 0) B.reps = B.quick ? 3 : 5;
   if (B.rep_ms == 0) B.rep_ms = B.quick ? 60 : 300;
   if (B.warmup_ms == 0) B.warmup_ms = B.quick ? 40 : 200;
   if (B.apply_mb == 0) B.apply_mb = B.quick ? 8 : 64;
-  if (parse_list("ops", B.ops_s, op_item) != 0 ||
+  if (parse_list("ops", B.ops_s, op_item, err, sizeof(err)) != PS_OK ||
       parse_list("sizes",
                  B.sizes_s ? B.sizes_s
                  : B.quick ? "4K,64K"
                            : "4K,64K,1M,16M",
-                 size_item) != 0 ||
-      parse_list("windows", B.windows_s, window_item) != 0)
-    return -1;
-  if (B.chunk_bytes % 4 != 0) {
-    fprintf(stderr,
-            "ps-bench: option --chunk-bytes: %lld is not a multiple of 4\n",
-            (long long)B.chunk_bytes);
-    return -1;
-  }
-  if ((B.local != NULL) == (B.scheduler != NULL)) {
-    fprintf(stderr,
-            "ps-bench: give exactly one of --local S,W and --scheduler EP\n");
-    return -1;
-  }
+                 size_item, err, sizeof(err)) != PS_OK ||
+      parse_list("windows", B.windows_s, window_item, err, sizeof(err)) !=
+          PS_OK)
+    return ps_config_refuse(&cfg, "%s", err);
+  if (B.chunk_bytes % 4 != 0)
+    return ps_config_refuse(&cfg,
+                            "option --chunk-bytes: %lld is not a multiple of 4",
+                            (long long)B.chunk_bytes);
+  if ((B.local != NULL) == (B.scheduler != NULL))
+    return ps_config_refuse(
+        &cfg, "give exactly one of --local S,W and --scheduler EP");
+  if (B.scheduler != NULL &&
+      ps_config_check_endpoint("scheduler", B.scheduler, 0, err, sizeof(err)) !=
+          PS_OK)
+    return ps_config_refuse(&cfg, "%s", err);
   if (B.local) {
     int s, w;
     char extra;
     if (sscanf(B.local, "%d,%d%c", &s, &w, &extra) != 2 || s < 1 ||
-        s > MAX_SERVERS || w < 1 || w > MAX_CLIENTS) {
-      fprintf(stderr,
-              "ps-bench: option --local: \"%s\" is not S,W with S in [1, %d] "
-              "and W in [1, %d]\n",
-              B.local, MAX_SERVERS, MAX_CLIENTS);
-      return -1;
-    }
+        s > MAX_SERVERS || w < 1 || w > MAX_CLIENTS)
+      return ps_config_refuse(&cfg,
+                              "option --local: \"%s\" is not S,W with S in "
+                              "[1, %d] and W in [1, %d]",
+                              B.local, MAX_SERVERS, MAX_CLIENTS);
     B.nservers = s;
     B.nclients = w;
   } else {
@@ -821,13 +819,14 @@ static int setup_options(int argc, char **argv) {
    * the key space in equal multiples of PS_RANGE_ALIGN. */
   uint64_t per = (B.max_floats + 15) / 16 * 16;
   B.model_floats = per * (uint64_t)B.nservers;
-  return 0;
+  *go_on = 1;
+  return PS_EXIT_OK;
 }
 
 int main(int argc, char **argv) {
-  int rc = setup_options(argc, argv);
-  if (rc == 1) return 0;
-  if (rc != 0) return 2;
+  int go_on = 0;
+  int status = setup_options(argc, argv, &go_on);
+  if (!go_on) return status;
   ps_log_init("bench", (ps_log_level_t)B.log_level);
   ps_bench_signals_install();
 
@@ -845,7 +844,7 @@ int main(int argc, char **argv) {
       snprintf(B.run_dir, sizeof(B.run_dir), "/tmp/ps-bench.XXXXXX");
       if (mkdtemp(B.run_dir) == NULL) {
         fail_msg("mkdtemp: %s", strerror(errno));
-        return 1;
+        return PS_EXIT_FAILURE;
       }
     }
   }
@@ -890,5 +889,5 @@ out:
             "ps-bench: interrupted; every process it started is stopped\n");
     return 130;
   }
-  return B.failed ? 1 : 0;
+  return B.failed ? PS_EXIT_FAILURE : PS_EXIT_OK;
 }

@@ -5,12 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
+#include "common/proc.h"
 #include "common/time.h"
 
 volatile sig_atomic_t ps_bench_interrupted;
@@ -35,17 +35,6 @@ void ps_bench_signals_install(void) {
   signal(SIGPIPE, SIG_IGN);
 }
 
-/* In a fresh child: die with the parent, and take the default signal
- * dispositions back (a child must not ignore SIGTERM because we catch it). */
-static void child_setup(pid_t parent) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  /* The parent may have died between fork and prctl. */
-  if (getppid() != parent) _exit(127);
-  signal(SIGINT, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
-  signal(SIGPIPE, SIG_DFL);
-}
-
 static ps_bench_proc_t *slot_new(const char *name, const char *log) {
   if (nprocs == PS_BENCH_MAX_PROCS) {
     errno = EMFILE;
@@ -62,20 +51,8 @@ ps_bench_proc_t *ps_bench_spawn(const char *name, const char *log,
                                 char *const argv[]) {
   ps_bench_proc_t *p = slot_new(name, log);
   if (p == NULL) return NULL;
-  pid_t parent = getpid();
-  pid_t pid = fork();
+  pid_t pid = ps_proc_spawn(argv[0], argv, log);
   if (pid < 0) return NULL;
-  if (pid == 0) {
-    child_setup(parent);
-    int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    execv(argv[0], argv);
-    fprintf(stderr, "ps-bench: exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-  }
   p->pid = pid;
   nprocs++;
   return p;
@@ -91,7 +68,7 @@ ps_bench_proc_t *ps_bench_fork(const char *name, int (*fn)(void *arg),
   pid_t pid = fork();
   if (pid < 0) return NULL;
   if (pid == 0) {
-    child_setup(parent);
+    ps_proc_child_setup(parent);
     for (int i = 0; i < nclose; i++)
       if (close_fds[i] >= 0) close(close_fds[i]);
     /* stdout is the report's: a child never writes to it. */
@@ -105,15 +82,8 @@ ps_bench_proc_t *ps_bench_fork(const char *name, int (*fn)(void *arg),
 }
 
 static int reap(ps_bench_proc_t *p, int flags) {
-  if (p->exited) return 1;
-  int st;
-  pid_t r = waitpid(p->pid, &st, flags);
-  if (r == p->pid || (r < 0 && errno == ECHILD)) {
-    p->exited = 1;
-    p->status = r == p->pid ? st : 0;
-    return 1;
-  }
-  return 0;
+  if (!p->exited) p->exited = ps_proc_reap(p->pid, flags, &p->status);
+  return p->exited;
 }
 
 ps_bench_proc_t *ps_bench_procs_poll(void) {

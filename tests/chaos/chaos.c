@@ -169,7 +169,11 @@ static void ledger_line(int fd, const char *fmt, uint64_t n, const char *msg) {
   char line[512];
   int len = snprintf(line, sizeof(line), fmt, n, msg);
   if (len > (int)sizeof(line) - 1) len = (int)sizeof(line) - 1;
-  if (write(fd, line, (size_t)len) != len) abort();
+  /* Runs in a worker process: its failure is the worker's exit status. */
+  if (write(fd, line, (size_t)len) != len) {
+    fprintf(stderr, "chaos: ledger write: %s\n", strerror(errno));
+    _exit(1);
+  }
 }
 
 int chaos_ledger_worker(const char *sched_ep, int rank) {

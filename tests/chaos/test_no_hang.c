@@ -1,6 +1,7 @@
 /* chaos.no_hang: with every server that holds a range dead, a client gets a
  * clear error within its deadline instead of blocking (ARCHITECTURE
- * "Failure semantics"; client.h: "A client never hangs").
+ * "Failure semantics"; worker/client/include/ps/client.h: "A client never
+ * hangs").
  *
  * 3 servers, replication 2: range 0 lives on its primary and one backup.
  * The test kills both (SIGKILL) and waits until the scheduler has declared

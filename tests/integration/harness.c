@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -14,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -23,6 +23,8 @@
 
 #include "common/checkpoint.h"
 #include "common/err.h"
+#include "common/invariant.h"
+#include "common/proc.h"
 
 uint64_t h_now_ms(void) {
   struct timespec ts;
@@ -54,9 +56,11 @@ int h_free_port(void) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = 0;
-  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) abort();
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+    ck_abort_msg("harness: no free loopback port: %s", strerror(errno));
   socklen_t len = sizeof(a);
-  getsockname(fd, (struct sockaddr *)&a, &len);
+  if (getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+    ck_abort_msg("harness: getsockname: %s", strerror(errno));
   close(fd);
   return ntohs(a.sin_port);
 }
@@ -111,27 +115,6 @@ static void collect_argv(const char *argv[64], const char *first, va_list ap) {
   argv[argc] = NULL;
 }
 
-/* Forks and execs path with argv, stdout and stderr to log; the child dies
- * with the test. Returns its pid, or -1 if it could not fork. */
-static pid_t fork_exec(const char *path, const char *const *argv,
-                       const char *log) {
-  pid_t parent = getpid();
-  pid_t pid = fork();
-  if (pid != 0) return pid;
-  /* If the test process dies, so do its children: nothing is left behind. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(127);
-  int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd >= 0) {
-    dup2(fd, 1);
-    dup2(fd, 2);
-    close(fd);
-  }
-  execv(path, (char *const *)argv);
-  fprintf(stderr, "harness: exec %s: %s\n", path, strerror(errno));
-  _exit(127);
-}
-
 h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
   const char *argv[64];
   va_list ap;
@@ -142,7 +125,7 @@ h_proc_t *h_spawn(h_cluster_t *c, const char *name, const char *bin, ...) {
 }
 
 h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
-  if (c->nprocs == H_MAX_PROCS) abort();
+  PS_ASSERT(c->nprocs < H_MAX_PROCS);
   char path[512];
   snprintf(path, sizeof(path), "%s",
            strchr(args[0], '/') ? args[0] : h_bin(args[0]));
@@ -161,21 +144,15 @@ h_proc_t *h_spawnv(h_cluster_t *c, const char *name, const char *const *args) {
   char logpath[sizeof(p->log)];
   snprintf(logpath, sizeof(logpath), "%.500s/%.60s.log", c->dir, name);
   memcpy(p->log, logpath, sizeof(logpath));
-  p->pid = fork_exec(path, argv, p->log);
-  if (p->pid < 0) abort();
+  p->pid = ps_proc_spawn(path, (char *const *)argv, p->log);
+  if (p->pid < 0)
+    ck_abort_msg("harness: fork for %s: %s", name, strerror(errno));
   return p;
 }
 
 static int reap(h_proc_t *p, int flags) {
-  if (p->exited) return 1;
-  int st;
-  pid_t r = waitpid(p->pid, &st, flags);
-  if (r == p->pid) {
-    p->exited = 1;
-    p->status = st;
-    return 1;
-  }
-  return 0;
+  if (!p->exited) p->exited = ps_proc_reap(p->pid, flags, &p->status);
+  return p->exited;
 }
 
 static int wait_exit_until(h_proc_t *p, uint64_t end) {
@@ -287,6 +264,8 @@ void h_dump_logs(h_cluster_t *c) {
       snprintf(how, sizeof(how), "exited %d", WEXITSTATUS(p->status));
     else if (p->exited && WIFSIGNALED(p->status))
       snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(p->status));
+    else if (p->exited)
+      snprintf(how, sizeof(how), "ended, status lost");
     fprintf(stderr, "---- %s (%s, %s) ----\n%s\n", p->name, p->log, how, tail);
     free(s);
   }
@@ -371,20 +350,13 @@ char *h_run(h_cluster_t *c, int timeout_ms, int *status, const char *bin, ...) {
   char out[700];
   snprintf(out, sizeof(out), "%.500s/run-%d-%u.out", c->dir, (int)getpid(),
            runs++);
-  pid_t pid = fork_exec(path, argv, out);
+  pid_t pid = ps_proc_spawn(path, (char *const *)argv, out);
   if (pid < 0) return NULL;
-  int st = -1;
-  uint64_t end = h_deadline_ms(timeout_ms);
-  for (;;) {
-    pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r == pid) break;
-    if (h_now_ms() >= end) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &st, 0);
-      st = -1;
-      break;
-    }
-    sleep_ms(5);
+  int st;
+  if (!ps_proc_wait(pid, (int)(h_deadline_ms(timeout_ms) - h_now_ms()), &st)) {
+    kill(pid, SIGKILL);
+    ps_proc_reap(pid, 0, &st);
+    st = -1;
   }
   if (status) *status = st;
   char *text = h_read_file(out, NULL);
@@ -597,7 +569,7 @@ static struct {
 } workers;
 
 void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
-  if (n > H_MAX_WORKERS) abort();
+  PS_ASSERT(n <= H_MAX_WORKERS);
   workers.n = n;
   memset(workers.reaped, 0, sizeof(workers.reaped));
   /* Close-on-exec, so daemons started later hold no end; and each worker
@@ -606,14 +578,14 @@ void h_workers_start(h_cluster_t *c, int n, h_worker_fn fn) {
   for (int r = 0; r < n; r++)
     if (pipe2(workers.to_test[r], O_CLOEXEC) != 0 ||
         pipe2(workers.from_test[r], O_CLOEXEC) != 0)
-      abort();
+      ck_abort_msg("harness: pipe2: %s", strerror(errno));
   pid_t parent = getpid();
   for (int r = 0; r < n; r++) {
     pid_t pid = fork();
-    if (pid < 0) abort();
+    if (pid < 0)
+      ck_abort_msg("harness: fork of worker %d: %s", r, strerror(errno));
     if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(127);
+      ps_proc_child_setup(parent);
       for (int o = 0; o < n; o++) {
         if (o != r) {
           close(workers.to_test[o][1]);
@@ -674,7 +646,7 @@ void h_worker_kill(int rank) {
   if (workers.reaped[rank]) return;
   int st;
   kill(workers.pids[rank], SIGKILL);
-  waitpid(workers.pids[rank], &st, 0);
+  ps_proc_reap(workers.pids[rank], 0, &st);
   workers.reaped[rank] = 1;
 }
 
@@ -682,15 +654,13 @@ int h_workers_reap(int timeout_ms) {
   int ok = 1;
   uint64_t end = h_deadline_ms(timeout_ms);
   for (int r = 0; r < workers.n; r++) {
-    int st = 0;
-    pid_t got = 0;
     if (workers.reaped[r]) continue;
-    while ((got = waitpid(workers.pids[r], &st, WNOHANG)) == 0 &&
-           h_now_ms() < end)
-      sleep_ms(10);
-    if (got != workers.pids[r]) {
+    uint64_t now = h_now_ms();
+    int left = now >= end ? 0 : (int)(end - now);
+    int st;
+    if (!ps_proc_wait(workers.pids[r], left, &st)) {
       kill(workers.pids[r], SIGKILL);
-      waitpid(workers.pids[r], &st, 0);
+      ps_proc_reap(workers.pids[r], 0, &st);
       fprintf(stderr, "harness: worker %d timed out\n", r);
       ok = 0;
     } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {

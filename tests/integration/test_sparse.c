@@ -7,8 +7,9 @@
  * second table, never pushed, must pull the documented initial rows. An
  * unknown table is an error, and nothing is left behind.
  *
- * The workers link only libps-client's symbols (see test_pipeline.c), so
- * the partition and init formulas are spelled out here, independently. */
+ * The workers link only libps-client's symbols (see
+ * tests/integration/test_pipeline.c), so the partition and init formulas are
+ * spelled out here, independently. */
 #include <check.h>
 #include <inttypes.h>
 #include <stdio.h>

@@ -11,12 +11,14 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/config.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/time.h"
 #include "common/view.h"
-#include "tests/check_run.h"
 #include "ps/client.h"
+#include "tests/check_run.h"
+#include "worker/client/client_defaults.h"
 
 /* Servers 1 and 2 own the key space; server 3 is a spare that takes over
  * server 2's range in a failover. */
@@ -465,6 +467,20 @@ static void expect_inval(const ps_client_opts_t *o, const ps_model_t *m,
   ck_assert_msg(strstr(msg, needle) != NULL, "\"%s\" lacks \"%s\"", msg,
                 needle);
 }
+
+/* ps-worker and ps-bench show these in --help: the same numbers. */
+START_TEST(test_defaults_are_the_shared_ones) {
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  ck_assert_int_eq(o.timeout_ms, PS_CLIENT_DEFAULT_TIMEOUT_MS);
+  ck_assert_int_eq(o.connect_timeout_ms, PS_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS);
+  ck_assert_int_eq(o.heartbeat_ms, PS_CLIENT_DEFAULT_HEARTBEAT_MS);
+  ck_assert_int_eq(o.resend_ms, PS_CLIENT_DEFAULT_RESEND_MS);
+  ck_assert_int_eq(o.window, PS_CLIENT_DEFAULT_WINDOW);
+  ck_assert_uint_eq(o.chunk_bytes, PS_CLIENT_DEFAULT_CHUNK_BYTES);
+  ck_assert_str_eq(PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), "30000");
+}
+END_TEST
 
 START_TEST(test_bad_options) {
   ps_model_t model = test_model();
@@ -1000,6 +1016,7 @@ static Suite *client_suite(void) {
   Suite *s = suite_create("client");
   TCase *t = tcase_create("core");
   tcase_set_timeout(t, 30);
+  tcase_add_test(t, test_defaults_are_the_shared_ones);
   tcase_add_test(t, test_bad_options);
   tcase_add_test(t, test_no_scheduler_times_out);
   tcase_add_test(t, test_registration_refused);

@@ -57,6 +57,23 @@ START_TEST(test_unknown_code) {
 }
 END_TEST
 
+START_TEST(test_errf_formats_and_returns_the_code) {
+  char buf[32];
+  ck_assert_int_eq(
+      ps_errf(buf, sizeof(buf), PS_ERR_INVAL, "tensor %s: %d", "fc1", 7),
+      PS_ERR_INVAL);
+  ck_assert_str_eq(buf, "tensor fc1: 7");
+  /* Cut short, still terminated. */
+  ck_assert_int_eq(ps_errf(buf, 8, PS_ERR_IO, "%s", "0123456789"), PS_ERR_IO);
+  ck_assert_str_eq(buf, "0123456");
+  /* No buffer: only the code. */
+  ck_assert_int_eq(ps_errf(NULL, 0, PS_ERR_NOMEM, "lost"), PS_ERR_NOMEM);
+  memcpy(buf, "kept", 5);
+  ck_assert_int_eq(ps_errf(buf, 0, PS_ERR_CONFIG, "x"), PS_ERR_CONFIG);
+  ck_assert_str_eq(buf, "kept");
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("err");
   TCase *tc = tcase_create("core");
@@ -64,6 +81,7 @@ int main(void) {
   tcase_add_test(tc, test_names_match_the_list);
   tcase_add_test(tc, test_codes_names_strings_distinct);
   tcase_add_test(tc, test_unknown_code);
+  tcase_add_test(tc, test_errf_formats_and_returns_the_code);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

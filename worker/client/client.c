@@ -1,7 +1,7 @@
 /* libps-client's life cycle: options, creating a client (the link to the
  * scheduler, the background thread, the first view) and destroying it,
  * accessors, Done and Leave. How a client works and which file holds what:
- * client_int.h. */
+ * worker/client/client_int.h. */
 #include "ps/client.h"
 
 #include <errno.h>
@@ -22,32 +22,28 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "worker/client/client_defaults.h"
 #include "worker/client/client_int.h"
 
-/* Defaults of ps_client_opts_t: window and chunk_bytes. Eight 1 MiB
- * requests in flight per server keep loopback and a 10 Gb/s link busy while
- * the server applies the ones before. */
-#define PS__DEFAULT_WINDOW 8
-#define PS__DEFAULT_CHUNK_BYTES (1u << 20)
 #define PS__MAX_WINDOW 4096
 
-int ps__fail(ps_client_t *c, int code, const char *fmt, ...) {
+int ps__client_fail(ps_client_t *c, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+  ps_verrf(c->errmsg, sizeof(c->errmsg), code, fmt, ap);
   va_end(ap);
   return code;
 }
 
-void ps__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
-                         uint64_t deadline_ms) {
+void ps__client_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
+                                uint64_t deadline_ms) {
   struct timespec ts;
   ts.tv_sec = (time_t)(deadline_ms / 1000);
   ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000L;
   pthread_cond_timedwait(cv, mu, &ts);
 }
 
-static int ps__cond_init(pthread_cond_t *cv) {
+static int ps__client_cond_init(pthread_cond_t *cv) {
   /* Deadlines are on the monotonic clock (common/time.h); a wall-clock
    * condvar would stretch or cut waits when the clock is stepped. */
   pthread_condattr_t attr;
@@ -58,13 +54,13 @@ static int ps__cond_init(pthread_cond_t *cv) {
   return rc == 0 ? 0 : -1;
 }
 
-void ps__wake_caller(ps_client_t *c) {
+void ps__client_wake_caller(ps_client_t *c) {
   uint64_t one = 1;
   ssize_t w = write(c->wake_fd, &one, sizeof(one));
   (void)w; /* EAGAIN: the counter is already non-zero, the caller wakes */
 }
 
-void ps__drain_wake(ps_client_t *c) {
+void ps__client_drain_wake(ps_client_t *c) {
   uint64_t n;
   ssize_t r = read(c->wake_fd, &n, sizeof(n));
   (void)r;
@@ -78,7 +74,7 @@ int ps_client_done(ps_client_t *c) {
   pthread_mutex_lock(&c->mu);
   c->shared.done = 1;
   pthread_mutex_unlock(&c->mu);
-  ps__thread_poke(c);
+  ps__client_thread_poke(c);
   PS_INFO("client_done", "scheduler=%s", c->scheduler);
   return PS_OK;
 }
@@ -91,7 +87,7 @@ int ps_client_leave(ps_client_t *c, const char *reason) {
   snprintf(c->shared.leave_reason, sizeof(c->shared.leave_reason), "%s",
            reason ? reason : "");
   pthread_mutex_unlock(&c->mu);
-  ps__thread_poke(c);
+  ps__client_thread_poke(c);
   PS_INFO("client_leave", "scheduler=%s reason=\"%s\"", c->scheduler,
           reason ? reason : "");
   return PS_OK;
@@ -109,17 +105,18 @@ int ps_client_shutting_down(ps_client_t *c) {
 void ps_client_opts_init(ps_client_opts_t *o) {
   memset(o, 0, sizeof(*o));
   o->scheduler = NULL;
-  o->timeout_ms = 30000;
-  o->connect_timeout_ms = 60000;
-  o->heartbeat_ms = 100;
+  o->timeout_ms = PS_CLIENT_DEFAULT_TIMEOUT_MS;
+  o->connect_timeout_ms = PS_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
+  o->heartbeat_ms = PS_CLIENT_DEFAULT_HEARTBEAT_MS;
   o->rank = -1;
-  o->window = PS__DEFAULT_WINDOW;
-  o->chunk_bytes = PS__DEFAULT_CHUNK_BYTES;
-  o->resend_ms = 1000;
+  o->window = PS_CLIENT_DEFAULT_WINDOW;
+  o->chunk_bytes = PS_CLIENT_DEFAULT_CHUNK_BYTES;
+  o->resend_ms = PS_CLIENT_DEFAULT_RESEND_MS;
 }
 
-static int ps__opts_check(const ps_client_opts_t *o, const ps_model_t *model,
-                          char *errmsg, size_t errlen) {
+static int ps__client_opts_check(const ps_client_opts_t *o,
+                                 const ps_model_t *model, char *errmsg,
+                                 size_t errlen) {
   char bad[160] = "";
   if (o == NULL)
     snprintf(bad, sizeof(bad), "options are NULL");
@@ -171,7 +168,7 @@ static void ps__client_free(ps_client_t *c) {
   if (c->async_ready && uv_loop_close(&c->loop) != 0)
     PS_ERROR("client_loop_busy", "scheduler=%s", c->scheduler);
 
-  for (size_t i = 0; i < c->nconns; i++) ps__conn_close(&c->conns[i]);
+  for (size_t i = 0; i < c->nconns; i++) ps__client_conn_close(&c->conns[i]);
   /* The context is gone (below): ZeroMQ released every frame, so the calls
    * its free callbacks point at can go. */
   free(c->poll_items);
@@ -181,12 +178,12 @@ static void ps__client_free(ps_client_t *c) {
   if (c->zctx) zmq_ctx_term(c->zctx);
   for (size_t i = 0; i < c->nconns; i++) free(c->conns[i].slots);
   free(c->conns);
-  for (size_t i = 0; i < c->nops; i++) ps__op_free(c->ops[i]);
+  for (size_t i = 0; i < c->nops; i++) ps__client_op_free(c->ops[i]);
   free(c->ops);
   while (c->free_ops) {
     ps__op_t *op = c->free_ops;
     c->free_ops = op->next_free;
-    ps__op_free(op);
+    ps__client_op_free(op);
   }
 
   ps_view_destroy(&c->view);
@@ -203,7 +200,7 @@ static void ps__client_free(ps_client_t *c) {
 /* A worker that registers while a BSP job runs gets a join step, and the
  * servers must confirm they are not past it before it may push: until
  * then the view lists it as joining. Waits for a view that does not. */
-static int ps__wait_joined(ps_client_t *c, uint64_t deadline) {
+static int ps__client_wait_joined(ps_client_t *c, uint64_t deadline) {
   int logged = 0;
   for (;;) {
     const ps_node_t *me = ps_view_node(c->view, c->node_id);
@@ -216,13 +213,13 @@ static int ps__wait_joined(ps_client_t *c, uint64_t deadline) {
     pthread_mutex_lock(&c->mu);
     while (c->shared.view == NULL && !c->shared.shutdown &&
            ps_now_ms() < deadline)
-      ps__cond_wait_until(&c->cv, &c->mu, deadline);
+      ps__client_cond_wait_until(&c->cv, &c->mu, deadline);
     pthread_mutex_unlock(&c->mu);
-    int rc = ps__refresh(c);
+    int rc = ps__client_refresh(c);
     if (rc < 0) return rc;
     if (rc == 0 && ps_now_ms() >= deadline) {
       me = ps_view_node(c->view, c->node_id);
-      return ps__fail(
+      return ps__client_fail(
           c, PS_ERR_TIMEOUT,
           "scheduler %s: the servers did not confirm this "
           "worker's join at step %" PRIu64 " within connect_timeout_ms %d",
@@ -235,7 +232,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
                            int *err, char *errmsg, size_t errlen) {
   int dummy;
   if (err == NULL) err = &dummy;
-  *err = ps__opts_check(o, model, errmsg, errlen);
+  *err = ps__client_opts_check(o, model, errmsg, errlen);
   if (*err != PS_OK) return NULL;
 
   ps_client_t *c = calloc(1, sizeof(*c));
@@ -250,27 +247,28 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rel_mu, NULL);
   int rc = PS_OK;
-  if (ps__cond_init(&c->cv) != 0 || ps__cond_init(&c->rel_cv) != 0 ||
+  if (ps__client_cond_init(&c->cv) != 0 ||
+      ps__client_cond_init(&c->rel_cv) != 0 ||
       (c->scheduler = strdup(o->scheduler)) == NULL) {
-    rc = ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    rc = ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     goto fail;
   }
   c->opts.scheduler = c->scheduler;
   if ((c->zctx = zmq_ctx_new()) == NULL) {
-    rc = ps__fail(c, PS_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
+    rc = ps__client_fail(c, PS_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
     goto fail;
   }
   if ((c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
-    rc = ps__fail(c, PS_ERR_IO, "eventfd: %s", strerror(errno));
+    rc = ps__client_fail(c, PS_ERR_IO, "eventfd: %s", strerror(errno));
     goto fail;
   }
   if (uv_loop_init(&c->loop) != 0) {
-    rc = ps__fail(c, PS_ERR_IO, "uv_loop_init failed");
+    rc = ps__client_fail(c, PS_ERR_IO, "uv_loop_init failed");
     goto fail;
   }
-  if (uv_async_init(&c->loop, &c->async, ps__thread_async_cb) != 0) {
+  if (uv_async_init(&c->loop, &c->async, ps__client_thread_async_cb) != 0) {
     uv_loop_close(&c->loop);
-    rc = ps__fail(c, PS_ERR_IO, "uv_async_init failed");
+    rc = ps__client_fail(c, PS_ERR_IO, "uv_async_init failed");
     goto fail;
   }
   c->async.data = c;
@@ -292,21 +290,21 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
       .scheduler_timeout_ms = 0,
   };
   ps_member_cbs_t cbs = {
-      .registered_cb = ps__member_registered_cb,
-      .view_cb = ps__member_view_cb,
-      .shutdown_cb = ps__member_shutdown_cb,
+      .registered_cb = ps__client_member_registered_cb,
+      .view_cb = ps__client_member_view_cb,
+      .shutdown_cb = ps__client_member_shutdown_cb,
       .arg = c,
   };
   int merr = PS_OK;
   c->member = ps_member_new(&c->loop, c->zctx, &mo, &cbs, &merr);
   if (c->member == NULL) {
-    rc = ps__fail(c, merr < 0 ? merr : PS_ERR_IO,
-                  "cannot start the link to scheduler %s: %s", c->scheduler,
-                  ps_strerror(merr));
+    rc = ps__client_fail(c, merr < 0 ? merr : PS_ERR_IO,
+                         "cannot start the link to scheduler %s: %s",
+                         c->scheduler, ps_strerror(merr));
     goto fail;
   }
-  if (pthread_create(&c->thread, NULL, ps__thread_main, c) != 0) {
-    rc = ps__fail(c, PS_ERR_NOMEM, "cannot start the client thread");
+  if (pthread_create(&c->thread, NULL, ps__client_thread_main, c) != 0) {
+    rc = ps__client_fail(c, PS_ERR_NOMEM, "cannot start the client thread");
     goto fail;
   }
   c->thread_started = 1;
@@ -315,7 +313,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
   pthread_mutex_lock(&c->mu);
   while (!(c->shared.registered && c->shared.view) && !c->shared.shutdown &&
          ps_now_ms() < deadline)
-    ps__cond_wait_until(&c->cv, &c->mu, deadline);
+    ps__client_cond_wait_until(&c->cv, &c->mu, deadline);
   int registered = c->shared.registered;
   int ready = registered && c->shared.view;
   int shutdown = c->shared.shutdown;
@@ -327,22 +325,23 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
   if (shutdown) {
     /* status < 0: registration refused (e.g. a model that disagrees);
      * otherwise the job ended before this worker got going. */
-    rc =
-        ps__fail(c, status < 0 ? status : PS_ERR_SHUTDOWN,
-                 "scheduler %s %s: %s", c->scheduler,
-                 status < 0 ? "refused the registration" : "shut down", reason);
+    rc = ps__client_fail(c, status < 0 ? status : PS_ERR_SHUTDOWN,
+                         "scheduler %s %s: %s", c->scheduler,
+                         status < 0 ? "refused the registration" : "shut down",
+                         reason);
     goto fail;
   }
   if (!ready) {
-    rc = ps__fail(c, PS_ERR_TIMEOUT,
-                  "scheduler %s: %s within connect_timeout_ms %d", c->scheduler,
-                  registered ? "registered but no cluster view"
-                             : "no answer to registration",
-                  o->connect_timeout_ms);
+    rc = ps__client_fail(c, PS_ERR_TIMEOUT,
+                         "scheduler %s: %s within connect_timeout_ms %d",
+                         c->scheduler,
+                         registered ? "registered but no cluster view"
+                                    : "no answer to registration",
+                         o->connect_timeout_ms);
     goto fail;
   }
-  if ((rc = ps__refresh(c)) < 0) goto fail;
-  if ((rc = ps__wait_joined(c, deadline)) != PS_OK) goto fail;
+  if ((rc = ps__client_refresh(c)) < 0) goto fail;
+  if ((rc = ps__client_wait_joined(c, deadline)) != PS_OK) goto fail;
   PS_INFO("client_ready",
           "scheduler=%s rank=%u epoch=%" PRIu64
           " ranges=%zu start_clock=%" PRIu64,
@@ -381,12 +380,12 @@ uint32_t ps_client_node_id(const ps_client_t *c) {
 }
 
 const ps_view_t *ps_client_view(ps_client_t *c) {
-  (void)ps__refresh(c);
+  (void)ps__client_refresh(c);
   return c->view;
 }
 
 uint64_t ps_client_start_clock(ps_client_t *c) {
-  (void)ps__refresh(c);
+  (void)ps__client_refresh(c);
   uint64_t start = c->view->start_clock;
   const ps_node_t *me = ps_view_node(c->view, c->node_id);
   if (me && me->join_clock > start) start = me->join_clock;

@@ -1,6 +1,6 @@
 /* libps-client, calling thread: taking the newest view from the background
  * thread, and the data socket (a DEALER) to each server of the view. See
- * client_int.h. */
+ * worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -18,26 +18,26 @@
 
 /* ---- views and connections (calling thread) ----------------------------- */
 
-void ps__conn_close(ps__conn_t *k) {
+void ps__client_conn_close(ps__conn_t *k) {
   if (k->sock) zmq_close(k->sock);
   k->sock = NULL;
   k->inflight = 0;
 }
 
-ps__conn_t *ps__conn_find(ps_client_t *c, uint32_t server_id) {
+ps__conn_t *ps__client_conn_find(ps_client_t *c, uint32_t server_id) {
   for (size_t i = 0; i < c->nconns; i++)
     if (c->conns[i].server_id == server_id) return &c->conns[i];
   return NULL;
 }
 
 /* Returns the open socket to server_id, connecting it if needed. */
-int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
+int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
   const ps_node_t *node = ps_view_node(c->view, server_id);
   if (node == NULL || node->address[0] == '\0')
-    return ps__fail(c, PS_ERR_PEER,
-                    "server %u has no address in view epoch %" PRIu64,
-                    server_id, c->view->epoch);
-  ps__conn_t *k = ps__conn_find(c, server_id);
+    return ps__client_fail(c, PS_ERR_PEER,
+                           "server %u has no address in view epoch %" PRIu64,
+                           server_id, c->view->epoch);
+  ps__conn_t *k = ps__client_conn_find(c, server_id);
   if (k && k->sock && strcmp(k->address, node->address) == 0) {
     *out = k;
     return PS_OK;
@@ -46,28 +46,35 @@ int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
     if (c->nconns == c->conns_cap) {
       size_t cap = c->conns_cap ? c->conns_cap * 2 : 8;
       ps__conn_t *n = realloc(c->conns, cap * sizeof(*n));
-      if (n == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+      if (n == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
       c->conns = n;
       c->conns_cap = cap;
     }
     k = &c->conns[c->nconns];
     memset(k, 0, sizeof(*k));
     k->slots = calloc((size_t)c->opts.window, sizeof(*k->slots));
-    if (k->slots == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    if (k->slots == NULL)
+      return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     c->nconns++;
     k->server_id = server_id;
   }
-  ps__conn_close(k);
+  ps__client_conn_close(k);
   snprintf(k->address, sizeof(k->address), "%s", node->address);
   void *s = zmq_socket(c->zctx, ZMQ_DEALER);
   if (s == NULL)
-    return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): socket: %s", server_id,
-                    node->address, zmq_strerror(errno));
-  if (ps_zsock_configure(s) != PS_OK || zmq_connect(s, node->address) != 0) {
+    return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): socket: %s",
+                           server_id, node->address, zmq_strerror(errno));
+  char why[256];
+  if (ps_zsock_configure(s, why, sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
+                           node->address, why);
+  }
+  if (zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);
-    return ps__fail(c, PS_ERR_ZMQ, "server %u (%s): cannot connect: %s",
-                    server_id, node->address, zmq_strerror(e));
+    return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): cannot connect: %s",
+                           server_id, node->address, zmq_strerror(e));
   }
   k->sock = s;
   k->gen = ++c->conn_gen;
@@ -77,19 +84,19 @@ int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
   return PS_OK;
 }
 
-int ps__conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen) {
-  ps__conn_t *k = ps__conn_find(c, server_id);
+int ps__client_conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen) {
+  ps__conn_t *k = ps__client_conn_find(c, server_id);
   return k && k->sock && k->gen == gen;
 }
 
 /* Closes the sockets the new view makes useless: servers gone or moved. */
-static void ps__conns_prune(ps_client_t *c) {
+static void ps__client_conns_prune(ps_client_t *c) {
   for (size_t i = 0; i < c->nconns; i++) {
     ps__conn_t *k = &c->conns[i];
     const ps_node_t *node = ps_view_node(c->view, k->server_id);
     if (node == NULL || node->role != PS__ROLE__ROLE_SERVER ||
         strcmp(node->address, k->address) != 0) {
-      ps__conn_close(k);
+      ps__client_conn_close(k);
       k->gen = 0;
     }
   }
@@ -98,7 +105,7 @@ static void ps__conns_prune(ps_client_t *c) {
 /* Takes the newest view from the background thread, if there is one, and
  * reports a shutdown. Returns 1 if the view changed, 0 if not, or
  * PS_ERR_SHUTDOWN with errmsg set. */
-int ps__refresh(ps_client_t *c) {
+int ps__client_refresh(ps_client_t *c) {
   ps_view_t *fresh;
   pthread_mutex_lock(&c->mu);
   fresh = c->shared.view;
@@ -120,19 +127,19 @@ int ps__refresh(ps_client_t *c) {
     ps_view_destroy(&c->view);
     c->view = fresh;
     c->view_gen++;
-    ps__conns_prune(c);
+    ps__client_conns_prune(c);
     changed = 1;
   }
   if (shutdown)
-    return ps__fail(c, PS_ERR_SHUTDOWN,
-                    "scheduler %s shut the cluster down "
-                    "(%s): %s",
-                    c->scheduler, ps_err_name(status), reason);
+    return ps__client_fail(c, PS_ERR_SHUTDOWN,
+                           "scheduler %s shut the cluster down "
+                           "(%s): %s",
+                           c->scheduler, ps_err_name(status), reason);
   return changed;
 }
 
-const char *ps__server_addr(ps_client_t *c, uint32_t server_id) {
-  ps__conn_t *k = ps__conn_find(c, server_id);
+const char *ps__client_server_addr(ps_client_t *c, uint32_t server_id) {
+  ps__conn_t *k = ps__client_conn_find(c, server_id);
   if (k && k->address[0]) return k->address;
   const ps_node_t *node = c->view ? ps_view_node(c->view, server_id) : NULL;
   return node ? node->address : "?";

@@ -1,7 +1,8 @@
 /* libps-client's dense data plane, on the calling thread: calls and their
  * pieces, the windows, the resend timer, rebasing after a view change, the
  * progress loop, replies, zero-copy pull frames and release accounting, and
- * the push and pull calls of client.h. How it works: client_int.h. */
+ * the push and pull calls of worker/client/include/ps/client.h. How it works:
+ * worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -26,13 +27,13 @@
 
 /* ---- calls: pool, tickets, release accounting --------------------------- */
 
-static void ps__op_drop_held(ps__op_t *op) {
+static void ps__client_op_drop_held(ps__op_t *op) {
   for (size_t i = 0; i < op->nheld; i++) zmq_msg_close(&op->held[i]);
   op->nheld = 0;
 }
 
-void ps__op_free(ps__op_t *op) {
-  ps__op_drop_held(op);
+void ps__client_op_free(ps__op_t *op) {
+  ps__client_op_drop_held(op);
   free(op->held);
   free(op->spans);
   free(op->pieces);
@@ -42,16 +43,16 @@ void ps__op_free(ps__op_t *op) {
 /* Keeps the payload frames of a zero-copy pull's reply for piece p. A frame
  * ZeroMQ left at an odd address inside its receive buffer (small messages)
  * is copied into one of its own, so every span is a float array. */
-static int ps__op_hold(ps_client_t *c, ps__op_t *op, const ps__piece_t *p,
-                       ps_msg_t *m) {
+static int ps__client_op_hold(ps_client_t *c, ps__op_t *op,
+                              const ps__piece_t *p, ps_msg_t *m) {
   if (op->nheld + (size_t)m->npayload > op->held_cap) {
     size_t cap = op->held_cap ? 2 * op->held_cap : 16;
     while (cap < op->nheld + (size_t)m->npayload) cap *= 2;
     zmq_msg_t *held = realloc(op->held, cap * sizeof(*held));
-    if (held == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    if (held == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     op->held = held;
     ps_client_span_t *spans = realloc(op->spans, cap * sizeof(*spans));
-    if (spans == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    if (spans == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     op->spans = spans;
     op->held_cap = cap;
   }
@@ -64,7 +65,7 @@ static int ps__op_hold(ps_client_t *c, ps__op_t *op, const ps__piece_t *p,
       zmq_msg_move(h, &m->payload[i]);
     } else {
       if (zmq_msg_init_size(h, bytes) != 0)
-        return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+        return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
       memcpy(zmq_msg_data(h), zmq_msg_data(&m->payload[i]), bytes);
     }
     ps_client_span_t *sp = &op->spans[op->nheld++];
@@ -76,8 +77,8 @@ static int ps__op_hold(ps_client_t *c, ps__op_t *op, const ps__piece_t *p,
   return PS_OK;
 }
 
-static ps__op_t *ps__op_find_ticket(ps_client_t *c, uint64_t ticket,
-                                    size_t *index) {
+static ps__op_t *ps__client_op_find_ticket(ps_client_t *c, uint64_t ticket,
+                                           size_t *index) {
   for (size_t i = 0; i < c->nops; i++)
     if (c->ops[i]->ticket == ticket) {
       if (index) *index = i;
@@ -87,15 +88,15 @@ static ps__op_t *ps__op_find_ticket(ps_client_t *c, uint64_t ticket,
 }
 
 /* A pooled call, registered as pending under a fresh ticket. */
-static int ps__op_new(ps_client_t *c, ps__op_t **out) {
+static int ps__client_op_new(ps_client_t *c, ps__op_t **out) {
   if (c->nops >= PS_CLIENT_MAX_PENDING)
-    return ps__fail(c, PS_ERR_REFUSED,
-                    "%d calls are pending already; wait for some first",
-                    PS_CLIENT_MAX_PENDING);
+    return ps__client_fail(c, PS_ERR_REFUSED,
+                           "%d calls are pending already; wait for some first",
+                           PS_CLIENT_MAX_PENDING);
   if (c->nops == c->ops_cap) {
     size_t cap = c->ops_cap ? 2 * c->ops_cap : 16;
     ps__op_t **grown = realloc(c->ops, cap * sizeof(*grown));
-    if (grown == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    if (grown == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     c->ops = grown;
     c->ops_cap = cap;
   }
@@ -103,7 +104,7 @@ static int ps__op_new(ps_client_t *c, ps__op_t **out) {
   if (op) {
     c->free_ops = op->next_free;
   } else if ((op = calloc(1, sizeof(*op))) == NULL) {
-    return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
   }
   ps__piece_t *pieces = op->pieces;
   size_t cap = op->cap;
@@ -121,10 +122,10 @@ static int ps__op_new(ps_client_t *c, ps__op_t **out) {
 }
 
 /* Takes op off the pending list and back to the pool. */
-static void ps__op_retire(ps_client_t *c, ps__op_t *op) {
+static void ps__client_op_retire(ps_client_t *c, ps__op_t *op) {
   size_t i;
-  ps__op_drop_held(op);
-  if (ps__op_find_ticket(c, op->ticket, &i)) {
+  ps__client_op_drop_held(op);
+  if (ps__client_op_find_ticket(c, op->ticket, &i)) {
     memmove(&c->ops[i], &c->ops[i + 1], (c->nops - i - 1) * sizeof(*c->ops));
     c->nops--;
   }
@@ -133,8 +134,8 @@ static void ps__op_retire(ps_client_t *c, ps__op_t *op) {
 }
 
 /* ZeroMQ's I/O thread is done with one push frame of the call. Only the
- * last one takes the lock, to wake a waiter in ps__op_settle. */
-static void ps__payload_released_cb(void *data, void *hint) {
+ * last one takes the lock, to wake a waiter in ps__client_op_settle. */
+static void ps__client_payload_released_cb(void *data, void *hint) {
   ps__op_t *op = hint;
   if (atomic_fetch_sub_explicit(&op->unreleased, 1, memory_order_acq_rel) ==
       1) {
@@ -145,12 +146,12 @@ static void ps__payload_released_cb(void *data, void *hint) {
   }
 }
 
-static uint64_t ps__op_unreleased(ps__op_t *op) {
+static uint64_t ps__client_op_unreleased(ps__op_t *op) {
   return atomic_load_explicit(&op->unreleased, memory_order_acquire);
 }
 
-static void ps__op_fail(ps_client_t *c, ps__op_t *op, int status,
-                        const char *msg);
+static void ps__client_op_fail(ps_client_t *c, ps__op_t *op, int status,
+                               const char *msg);
 
 /* Returns once ZeroMQ holds none of the call's push values, so the caller
  * may reuse them. Frames that reached their server were released by the
@@ -161,13 +162,13 @@ static void ps__op_fail(ps_client_t *c, ps__op_t *op, int status,
  * call), which fails the other calls with requests on them. ZeroMQ frees a
  * closed socket's queued frames on its own threads, so the final wait does
  * not depend on the network. */
-static void ps__op_settle(ps_client_t *c, ps__op_t *op) {
-  if (ps__op_unreleased(op) == 0) return;
+static void ps__client_op_settle(ps_client_t *c, ps__op_t *op) {
+  if (ps__client_op_unreleased(op) == 0) return;
   uint64_t grace = ps_now_ms() + PS__RELEASE_GRACE_MS;
   pthread_mutex_lock(&c->rel_mu);
-  while (ps__op_unreleased(op) > 0 && ps_now_ms() < grace)
-    ps__cond_wait_until(&c->rel_cv, &c->rel_mu, grace);
-  uint64_t held = ps__op_unreleased(op);
+  while (ps__client_op_unreleased(op) > 0 && ps_now_ms() < grace)
+    ps__client_cond_wait_until(&c->rel_cv, &c->rel_mu, grace);
+  uint64_t held = ps__client_op_unreleased(op);
   pthread_mutex_unlock(&c->rel_mu);
   if (held == 0) return;
 
@@ -181,19 +182,21 @@ static void ps__op_settle(ps_client_t *c, ps__op_t *op) {
         j++;
         continue;
       }
-      ps__op_fail(c, other, PS_ERR_PEER,
-                  "connection reset to release the frames of a failed call");
+      ps__client_op_fail(
+          c, other, PS_ERR_PEER,
+          "connection reset to release the frames of a failed call");
       j = 0;
     }
-    ps__conn_close(k);
+    ps__client_conn_close(k);
     k->gen = 0;
   }
   uint64_t warn_at = ps_now_ms() + 1000;
   pthread_mutex_lock(&c->rel_mu);
-  while (ps__op_unreleased(op) > 0) {
-    ps__cond_wait_until(&c->rel_cv, &c->rel_mu, warn_at);
-    if (ps__op_unreleased(op) > 0 && ps_now_ms() >= warn_at) {
-      PS_WARN("client_release_slow", "frames=%" PRIu64, ps__op_unreleased(op));
+  while (ps__client_op_unreleased(op) > 0) {
+    ps__client_cond_wait_until(&c->rel_cv, &c->rel_mu, warn_at);
+    if (ps__client_op_unreleased(op) > 0 && ps_now_ms() >= warn_at) {
+      PS_WARN("client_release_slow", "frames=%" PRIu64,
+              ps__client_op_unreleased(op));
       warn_at = ps_now_ms() + 1000;
     }
   }
@@ -202,12 +205,13 @@ static void ps__op_settle(ps_client_t *c, ps__op_t *op) {
 
 /* ---- pieces and the window ----------------------------------------------- */
 
-static int ps__op_append(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
-                         uint64_t count, uint64_t seq, uint32_t server_id) {
+static int ps__client_op_append(ps_client_t *c, ps__op_t *op,
+                                uint64_t key_begin, uint64_t count,
+                                uint64_t seq, uint32_t server_id) {
   if (op->npieces == op->cap) {
     size_t cap = op->cap ? op->cap * 2 : 8;
     ps__piece_t *n = realloc(op->pieces, cap * sizeof(*n));
-    if (n == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    if (n == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     op->pieces = n;
     op->cap = cap;
   }
@@ -227,15 +231,16 @@ static int ps__op_append(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
  * from the range's begin (so chunks line up with the server's blocks
  * whatever slice is asked for). seq 0 gives every piece a fresh sequence
  * number (pushes); otherwise the pieces inherit seq (a re-split resend). */
-static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
-                        uint64_t count, uint64_t seq) {
+static int ps__client_op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
+                               uint64_t count, uint64_t seq) {
   uint64_t key = key_begin, end = key_begin + count;
   while (key < end) {
     int r = ps_view_find_range(c->view, key);
     if (r < 0)
-      return ps__fail(c, PS_ERR_INVAL,
-                      "key %" PRIu64 " is in no range of view epoch %" PRIu64,
-                      key, c->view->epoch);
+      return ps__client_fail(c, PS_ERR_INVAL,
+                             "key %" PRIu64
+                             " is in no range of view epoch %" PRIu64,
+                             key, c->view->epoch);
     const ps_range_t *rg = &c->view->ranges[r];
     uint64_t piece_end = rg->end < end ? rg->end : end;
     if (c->chunk_keys) {
@@ -245,8 +250,8 @@ static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
     }
     uint64_t piece_seq = seq;
     if (op->is_push && piece_seq == 0) piece_seq = ++c->next_seq;
-    int rc =
-        ps__op_append(c, op, key, piece_end - key, piece_seq, rg->server_id);
+    int rc = ps__client_op_append(c, op, key, piece_end - key, piece_seq,
+                                  rg->server_id);
     if (rc != PS_OK) return rc;
     key = piece_end;
   }
@@ -255,8 +260,8 @@ static int ps__op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
 
 /* The one server owning all of [begin, begin + count) in the current view,
  * or -1 if none does. */
-static int64_t ps__span_owner(const ps_view_t *v, uint64_t begin,
-                              uint64_t count) {
+static int64_t ps__client_span_owner(const ps_view_t *v, uint64_t begin,
+                                     uint64_t count) {
   int r = ps_view_find_range(v, begin);
   if (r < 0 || v->ranges[r].end < begin + count) return -1;
   return v->ranges[r].server_id;
@@ -265,9 +270,9 @@ static int64_t ps__span_owner(const ps_view_t *v, uint64_t begin,
 /* Frees the window slot of piece index i of op, if it holds one: the piece
  * was answered, or is given up. A late reply then matches nothing and is
  * dropped. */
-static void ps__piece_unsend(ps_client_t *c, ps__op_t *op, size_t i) {
+static void ps__client_piece_unsend(ps_client_t *c, ps__op_t *op, size_t i) {
   const ps__piece_t *p = &op->pieces[i];
-  ps__conn_t *k = ps__conn_find(c, p->server_id);
+  ps__conn_t *k = ps__client_conn_find(c, p->server_id);
   if (k == NULL || k->sock == NULL || k->gen != p->conn_gen) return;
   for (int j = 0; j < k->inflight; j++) {
     if (k->slots[j].request_id != p->request_id) continue;
@@ -276,7 +281,8 @@ static void ps__piece_unsend(ps_client_t *c, ps__op_t *op, size_t i) {
   }
 }
 
-static void ps__piece_set(ps__op_t *op, ps__piece_t *p, ps__piece_state_t st) {
+static void ps__client_piece_set(ps__op_t *op, ps__piece_t *p,
+                                 ps__piece_state_t st) {
   int was_open = p->state != PS__PIECE_DONE && p->state != PS__PIECE_SUPERSEDED;
   int is_open = st != PS__PIECE_DONE && st != PS__PIECE_SUPERSEDED;
   if (p->state == PS__PIECE_STALE) op->nstale--;
@@ -286,23 +292,26 @@ static void ps__piece_set(ps__op_t *op, ps__piece_t *p, ps__piece_state_t st) {
 }
 
 /* Ends op with status; its requests still in flight are given up. */
-static void ps__op_fail(ps_client_t *c, ps__op_t *op, int status,
-                        const char *msg) {
+static void ps__client_op_fail(ps_client_t *c, ps__op_t *op, int status,
+                               const char *msg) {
   if (op->finished) return;
   for (size_t i = 0; i < op->npieces; i++)
-    if (op->pieces[i].state == PS__PIECE_SENT) ps__piece_unsend(c, op, i);
+    if (op->pieces[i].state == PS__PIECE_SENT)
+      ps__client_piece_unsend(c, op, i);
   op->finished = 1;
   op->status = status;
   snprintf(op->errmsg, sizeof(op->errmsg), "%s", msg);
 }
 
-/* The same with the client's last error message (set by ps__fail). */
-static void ps__op_fail_errmsg(ps_client_t *c, ps__op_t *op, int status) {
-  ps__op_fail(c, op, status, c->errmsg);
+/* The same with the client's last error message (set by ps__client_fail). */
+static void ps__client_op_fail_errmsg(ps_client_t *c, ps__op_t *op,
+                                      int status) {
+  ps__client_op_fail(c, op, status, c->errmsg);
 }
 
-static void ps__fail_all(ps_client_t *c, int status) {
-  for (size_t i = 0; i < c->nops; i++) ps__op_fail_errmsg(c, c->ops[i], status);
+static void ps__client_fail_all(ps_client_t *c, int status) {
+  for (size_t i = 0; i < c->nops; i++)
+    ps__client_op_fail_errmsg(c, c->ops[i], status);
 }
 
 /* The resend timer: a request on k has waited resend_ms for its reply. It
@@ -313,7 +322,8 @@ static void ps__fail_all(ps_client_t *c, int status) {
  * to be sent to the owner the current view names, with its sequence
  * number: one the server applied already comes back as a duplicate ack.
  * Replies to the old requests die with the socket. */
-static void ps__conn_resend(ps_client_t *c, ps__conn_t *k, uint64_t now) {
+static void ps__client_conn_resend(ps_client_t *c, ps__conn_t *k,
+                                   uint64_t now) {
   size_t n = 0;
   uint64_t oldest = now;
   for (int j = 0; j < k->inflight; j++) {
@@ -323,7 +333,7 @@ static void ps__conn_resend(ps_client_t *c, ps__conn_t *k, uint64_t now) {
     if (op->finished || p->state != PS__PIECE_SENT ||
         p->request_id != sl->request_id)
       continue;
-    ps__piece_set(op, p, PS__PIECE_QUEUED);
+    ps__client_piece_set(op, p, PS__PIECE_QUEUED);
     if (sl->piece < op->scan_from) op->scan_from = sl->piece;
     if (sl->sent_at_ms < oldest) oldest = sl->sent_at_ms;
     n++;
@@ -332,13 +342,13 @@ static void ps__conn_resend(ps_client_t *c, ps__conn_t *k, uint64_t now) {
           "server=%u addr=%s pieces=%zu waited_ms=%" PRIu64 " resend_ms=%d",
           k->server_id, k->address, n, now - oldest, c->opts.resend_ms);
   c->resends += n;
-  ps__conn_close(k);
+  ps__client_conn_close(k);
   k->gen = 0;
 }
 
 /* Runs the resend timer over every connection; returns the earliest time
  * it must run again (UINT64_MAX: nothing in flight). */
-static uint64_t ps__resend_due(ps_client_t *c, uint64_t now) {
+static uint64_t ps__client_resend_due(ps_client_t *c, uint64_t now) {
   uint64_t next = UINT64_MAX;
   if (c->opts.resend_ms <= 0) return next;
   uint64_t after = (uint64_t)c->opts.resend_ms;
@@ -354,7 +364,7 @@ static uint64_t ps__resend_due(ps_client_t *c, uint64_t now) {
         oldest = k->slots[j].sent_at_ms;
     if (oldest == UINT64_MAX) continue;
     if (now >= oldest + after)
-      ps__conn_resend(c, k, now);
+      ps__client_conn_resend(c, k, now);
     else if (oldest + after < next)
       next = oldest + after;
   }
@@ -365,29 +375,29 @@ static uint64_t ps__resend_due(ps_client_t *c, uint64_t now) {
  * socket was closed because the server moved, are cut again by the new
  * view. Pieces still in flight to an unchanged server keep waiting: the
  * server answers them or says STALE_EPOCH. */
-static int ps__op_rebase(ps_client_t *c, ps__op_t *op) {
+static int ps__client_op_rebase(ps_client_t *c, ps__op_t *op) {
   size_t n = op->npieces; /* re-split pieces are appended past n */
   for (size_t i = 0; i < n; i++) {
     ps__piece_t *p = &op->pieces[i];
     if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
       continue;
-    int owned = ps__span_owner(c->view, p->key_begin, p->count) ==
+    int owned = ps__client_span_owner(c->view, p->key_begin, p->count) ==
                 (int64_t)p->server_id;
     if (owned && (p->state != PS__PIECE_SENT ||
-                  ps__conn_alive(c, p->server_id, p->conn_gen)))
+                  ps__client_conn_alive(c, p->server_id, p->conn_gen)))
       continue;
-    if (p->state == PS__PIECE_SENT) ps__piece_unsend(c, op, i);
-    ps__piece_set(op, p, PS__PIECE_SUPERSEDED);
+    if (p->state == PS__PIECE_SENT) ps__client_piece_unsend(c, op, i);
+    ps__client_piece_set(op, p, PS__PIECE_SUPERSEDED);
     uint64_t begin = p->key_begin, count = p->count, seq = p->seq;
-    /* p may move: ps__op_split reallocates. */
-    int rc = ps__op_split(c, op, begin, count, seq);
+    /* p may move: ps__client_op_split reallocates. */
+    int rc = ps__client_op_split(c, op, begin, count, seq);
     if (rc != PS_OK) return rc;
   }
   return PS_OK;
 }
 
-static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
-                             ps__conn_t *k) {
+static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
+                                    ps__conn_t *k) {
   ps__piece_t *p = &op->pieces[i];
   Ps__Envelope env = PS__ENVELOPE__INIT;
   Ps__Push push = PS__PUSH__INIT;
@@ -405,16 +415,16 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
     push.seq = p->seq;
     env.body_case = PS__ENVELOPE__BODY_PUSH;
     env.push = &push;
-    /* The values are the caller's: see ps__op_settle for why this is safe
-     * and what happens to frames of a call that failed. */
+    /* The values are the caller's: see ps__client_op_settle for why this is
+     * safe and what happens to frames of a call that failed. */
     const float *src = op->values + (p->key_begin - op->key_begin);
     atomic_fetch_add_explicit(&op->unreleased, 1, memory_order_relaxed);
     if (ps_payload_wrap(&payload, (void *)src, p->count * sizeof(float),
-                        ps__payload_released_cb, op) != PS_OK) {
-      ps__payload_released_cb(NULL, op);
-      return ps__fail(c, PS_ERR_ZMQ,
-                      "server %u (%s): cannot wrap %" PRIu64 " values: %s",
-                      p->server_id, k->address, p->count, zmq_strerror(errno));
+                        ps__client_payload_released_cb, op) != PS_OK) {
+      ps__client_payload_released_cb(NULL, op);
+      return ps__client_fail(
+          c, PS_ERR_ZMQ, "server %u (%s): cannot wrap %" PRIu64 " values: %s",
+          p->server_id, k->address, p->count, zmq_strerror(errno));
     }
     npayload = 1;
   } else {
@@ -427,9 +437,9 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   int rc =
       ps_msg_send(k->sock, NULL, &env, npayload ? &payload : NULL, npayload);
   if (rc != PS_OK)
-    return ps__fail(c, rc, "server %u (%s): send failed: %s", p->server_id,
-                    k->address, zmq_strerror(errno));
-  ps__piece_set(op, p, PS__PIECE_SENT);
+    return ps__client_fail(c, rc, "server %u (%s): send failed: %s",
+                           p->server_id, k->address, zmq_strerror(errno));
+  ps__client_piece_set(op, p, PS__PIECE_SENT);
   p->request_id = env.request_id;
   p->epoch = env.epoch;
   p->view_gen = c->view_gen;
@@ -443,8 +453,8 @@ static int ps__op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
  * a newer view is here (or their retry time passed), within each server's
  * window. *room is the number of free window slots left in all; the scan
  * stops when none is. */
-static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
-                             int64_t *room) {
+static int ps__client_op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
+                                    int64_t *room) {
   size_t first_left = op->npieces; /* first piece still to send */
   size_t i;
   for (i = op->scan_from; i < op->npieces; i++) {
@@ -457,13 +467,13 @@ static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
       continue;
     }
     ps__conn_t *k = NULL;
-    int rc = ps__conn_get(c, p->server_id, &k);
+    int rc = ps__client_conn_get(c, p->server_id, &k);
     if (rc != PS_OK || k == NULL) return rc != PS_OK ? rc : PS_ERR_PEER;
     if (k->inflight >= c->opts.window) {
       if (first_left > i) first_left = i;
       continue;
     }
-    if ((rc = ps__op_send_piece(c, op, i, k)) != PS_OK) return rc;
+    if ((rc = ps__client_op_send_piece(c, op, i, k)) != PS_OK) return rc;
     (*room)--;
   }
   if (i < op->npieces && first_left > i) first_left = i;
@@ -473,10 +483,10 @@ static int ps__op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
 
 /* Free window slots over every server of the view: connected ones by their
  * count, others a whole window. */
-static int64_t ps__window_room(ps_client_t *c) {
+static int64_t ps__client_window_room(ps_client_t *c) {
   int64_t room = 0;
   for (size_t i = 0; i < c->view->nranges; i++) {
-    ps__conn_t *k = ps__conn_find(c, c->view->ranges[i].server_id);
+    ps__conn_t *k = ps__client_conn_find(c, c->view->ranges[i].server_id);
     room += k && k->sock ? c->opts.window - k->inflight : c->opts.window;
   }
   return room;
@@ -484,8 +494,8 @@ static int64_t ps__window_room(ps_client_t *c) {
 
 /* Handles one reply from server k. Returns PS_OK, or the error that ends
  * the call the reply belongs to (already recorded on it). */
-static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
-                         const char *reason) {
+static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
+                                int status, const char *reason) {
   ps__op_t *op = NULL;
   size_t pi = 0;
   for (int j = 0; m->request_id && j < k->inflight; j++) {
@@ -506,9 +516,10 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
   const char *what = op->is_push ? "push" : "pull";
   int rc = PS_OK;
   if (status != PS_OK) {
-    rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): malformed %s reply: %s",
-                  k->server_id, k->address, what, reason);
-    ps__op_fail_errmsg(c, op, rc);
+    rc = ps__client_fail(c, PS_ERR_PROTO,
+                         "server %u (%s): malformed %s reply: %s", k->server_id,
+                         k->address, what, reason);
+    ps__client_op_fail_errmsg(c, op, rc);
     return;
   }
   Ps__Envelope *env = m->env;
@@ -518,7 +529,7 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
     /* NOT_READY: the server has not adopted its first view yet, which is
      * the same as being behind us. */
     if (code == PS_ERR_STALE_EPOCH || code == PS_ERR_NOT_READY) {
-      ps__piece_set(op, p, PS__PIECE_STALE);
+      ps__client_piece_set(op, p, PS__PIECE_STALE);
       if (pi < op->scan_from) op->scan_from = pi;
       /* A server behind us catches up by itself; one ahead means our view
        * is old, and the background thread brings the new one. */
@@ -532,16 +543,17 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
       return;
     }
     if (code >= 0) code = PS_ERR_PROTO; /* an Error must carry a failure */
-    rc = ps__fail(c, code, "server %u (%s): %s: %s", k->server_id, k->address,
-                  ps_err_name(code), text);
-    ps__op_fail_errmsg(c, op, rc);
+    rc = ps__client_fail(c, code, "server %u (%s): %s: %s", k->server_id,
+                         k->address, ps_err_name(code), text);
+    ps__client_op_fail_errmsg(c, op, rc);
     return;
   }
   if (op->is_push) {
     if (env->body_case != PS__ENVELOPE__BODY_ACK) {
-      rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a push",
-                    k->server_id, k->address, ps_body_name(env->body_case));
-      ps__op_fail_errmsg(c, op, rc);
+      rc = ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): %s reply to a push", k->server_id,
+                           k->address, ps_body_name(env->body_case));
+      ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
     if (env->ack->duplicate) {
@@ -554,35 +566,37 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
     }
   } else {
     if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY) {
-      rc = ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a pull",
-                    k->server_id, k->address, ps_body_name(env->body_case));
-      ps__op_fail_errmsg(c, op, rc);
+      rc = ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): %s reply to a pull", k->server_id,
+                           k->address, ps_body_name(env->body_case));
+      ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
     const Ps__PullReply *r = env->pull_reply;
     if (r->key_begin != p->key_begin || r->count != p->count) {
-      rc = ps__fail(c, PS_ERR_PROTO,
-                    "server %u (%s): pull reply for keys %" PRIu64 "+%" PRIu64
-                    " to a request for %" PRIu64 "+%" PRIu64,
-                    k->server_id, k->address, r->key_begin, r->count,
-                    p->key_begin, p->count);
-      ps__op_fail_errmsg(c, op, rc);
+      rc = ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): pull reply for keys %" PRIu64
+                           "+%" PRIu64 " to a request for %" PRIu64 "+%" PRIu64,
+                           k->server_id, k->address, r->key_begin, r->count,
+                           p->key_begin, p->count);
+      ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
     /* ps_msg_recv checked the frames against count; this guards the copy
      * against a change there. */
     size_t bytes = p->count * sizeof(float);
     if (m->npayload < 1 || ps_msg_payload_bytes(m) != bytes) {
-      rc = ps__fail(c, PS_ERR_PROTO,
-                    "server %u (%s): pull reply payload is not %zu bytes",
-                    k->server_id, k->address, bytes);
-      ps__op_fail_errmsg(c, op, rc);
+      rc =
+          ps__client_fail(c, PS_ERR_PROTO,
+                          "server %u (%s): pull reply payload is not %zu bytes",
+                          k->server_id, k->address, bytes);
+      ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
     if (op->hold) {
-      rc = ps__op_hold(c, op, p, m);
+      rc = ps__client_op_hold(c, op, p, m);
       if (rc != PS_OK) {
-        ps__op_fail_errmsg(c, op, rc);
+        ps__client_op_fail_errmsg(c, op, rc);
         return;
       }
     } else {
@@ -591,12 +605,12 @@ static void ps__on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m, int status,
       ps_msg_payload_gather(m, op->out + (p->key_begin - op->key_begin));
     }
   }
-  ps__piece_set(op, p, PS__PIECE_DONE);
+  ps__client_piece_set(op, p, PS__PIECE_DONE);
 }
 
 /* Receives every reply waiting on k. Returns how many, or a negative
  * ps_err_t when the socket failed (errmsg set). */
-static int ps__drain(ps_client_t *c, ps__conn_t *k) {
+static int ps__client_drain(ps_client_t *c, ps__conn_t *k) {
   int n = 0;
   while (k->sock) {
     ps_msg_t m;
@@ -607,10 +621,10 @@ static int ps__drain(ps_client_t *c, ps__conn_t *k) {
     if (rc != PS_OK && rc != PS_ERR_PROTO && rc != PS_ERR_VERSION &&
         rc != PS_ERR_TOO_BIG) {
       ps_msg_close(&m);
-      return ps__fail(c, rc, "server %u (%s): receive failed: %s", k->server_id,
-                      k->address, zmq_strerror(errno));
+      return ps__client_fail(c, rc, "server %u (%s): receive failed: %s",
+                             k->server_id, k->address, zmq_strerror(errno));
     }
-    ps__on_reply(c, k, &m, rc, reason);
+    ps__client_on_reply(c, k, &m, rc, reason);
     ps_msg_close(&m);
     n++;
   }
@@ -620,7 +634,8 @@ static int ps__drain(ps_client_t *c, ps__conn_t *k) {
 /* The range of the current view that holds key, if the view says it is
  * lost: its primary is dead and none of its backups is alive (the scheduler
  * had no replica to promote). NULL otherwise. */
-static const ps_range_t *ps__range_lost(const ps_client_t *c, uint64_t key) {
+static const ps_range_t *ps__client_range_lost(const ps_client_t *c,
+                                               uint64_t key) {
   int r = ps_view_find_range(c->view, key);
   if (r < 0) return NULL;
   const ps_range_t *rg = &c->view->ranges[r];
@@ -634,7 +649,7 @@ static const ps_range_t *ps__range_lost(const ps_client_t *c, uint64_t key) {
   return rg;
 }
 
-static void ps__op_timeout(ps_client_t *c, ps__op_t *op) {
+static void ps__client_op_timeout(ps_client_t *c, ps__op_t *op) {
   const char *what = op->is_push ? "push" : "pull";
   size_t missing = 0;
   ps__piece_t *first = NULL;
@@ -644,66 +659,67 @@ static void ps__op_timeout(ps_client_t *c, ps__op_t *op) {
     if (p->state == PS__PIECE_DONE || p->state == PS__PIECE_SUPERSEDED)
       continue;
     if (first == NULL) first = p;
-    if (lost == NULL) lost = ps__range_lost(c, p->key_begin);
+    if (lost == NULL) lost = ps__client_range_lost(c, p->key_begin);
     missing++;
   }
   int rc;
   if (lost) {
     /* Not a slow server: the cluster has no copy of these keys left, and
      * saying so beats a timeout that invites waiting longer. */
-    const char *addr = ps__server_addr(c, lost->server_id);
+    const char *addr = ps__client_server_addr(c, lost->server_id);
     PS_WARN("client_unavailable",
             "op=%s server=%u addr=%s range=%" PRIu64 "-%" PRIu64
             " epoch=%" PRIu64 " timeout_ms=%d missing=%zu",
             what, lost->server_id, addr, lost->begin, lost->end, c->view->epoch,
             op->timeout_ms, missing);
-    rc = ps__fail(c, PS_ERR_UNAVAILABLE,
-                  "%s of keys [%" PRIu64 ", %" PRIu64
-                  "): server %u (%s) is "
-                  "dead and no live replica holds them (view epoch %" PRIu64
-                  ", waited %d ms)",
-                  what, lost->begin, lost->end, lost->server_id, addr,
-                  c->view->epoch, op->timeout_ms);
-    ps__op_fail_errmsg(c, op, rc);
+    rc = ps__client_fail(
+        c, PS_ERR_UNAVAILABLE,
+        "%s of keys [%" PRIu64 ", %" PRIu64
+        "): server %u (%s) is "
+        "dead and no live replica holds them (view epoch %" PRIu64
+        ", waited %d ms)",
+        what, lost->begin, lost->end, lost->server_id, addr, c->view->epoch,
+        op->timeout_ms);
+    ps__client_op_fail_errmsg(c, op, rc);
     return;
   }
   uint32_t sid = first->server_id;
-  const char *addr = ps__server_addr(c, sid);
+  const char *addr = ps__client_server_addr(c, sid);
   PS_WARN("client_timeout",
           "op=%s server=%u addr=%s keys=%" PRIu64 "+%" PRIu64
           " timeout_ms=%d missing=%zu",
           what, sid, addr, first->key_begin, first->count, op->timeout_ms,
           missing);
   if (first->state == PS__PIECE_STALE)
-    rc = ps__fail(c, PS_ERR_TIMEOUT,
-                  "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
-                  " for a stale epoch and no newer view came within %d ms",
-                  sid, addr, what, first->key_begin, first->count,
-                  op->timeout_ms);
+    rc = ps__client_fail(
+        c, PS_ERR_TIMEOUT,
+        "server %u (%s) refused %s of keys %" PRIu64 "+%" PRIu64
+        " for a stale epoch and no newer view came within %d ms",
+        sid, addr, what, first->key_begin, first->count, op->timeout_ms);
   else
-    rc = ps__fail(c, PS_ERR_TIMEOUT,
-                  "server %u (%s) did not answer %s of keys %" PRIu64
-                  "+%" PRIu64 " within %d ms (%zu piece(s) unanswered)",
-                  sid, addr, what, first->key_begin, first->count,
-                  op->timeout_ms, missing);
-  ps__op_fail_errmsg(c, op, rc);
+    rc = ps__client_fail(c, PS_ERR_TIMEOUT,
+                         "server %u (%s) did not answer %s of keys %" PRIu64
+                         "+%" PRIu64 " within %d ms (%zu piece(s) unanswered)",
+                         sid, addr, what, first->key_begin, first->count,
+                         op->timeout_ms, missing);
+  ps__client_op_fail_errmsg(c, op, rc);
 }
 
 /* The poll set lives on the client so a call does not allocate it. */
-int ps__poll_reserve(ps_client_t *c, size_t n) {
+int ps__client_poll_reserve(ps_client_t *c, size_t n) {
   if (n <= c->poll_cap) return PS_OK;
   zmq_pollitem_t *items = realloc(c->poll_items, n * sizeof(*items));
-  if (items == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+  if (items == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
   c->poll_items = items;
   ps__conn_t **conns = realloc(c->poll_conns, n * sizeof(*conns));
-  if (conns == NULL) return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+  if (conns == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
   c->poll_conns = conns;
   c->poll_cap = n;
   return PS_OK;
 }
 
 /* 1 if a call has a piece that waits for window room. */
-static int ps__any_queued(const ps_client_t *c) {
+static int ps__client_any_queued(const ps_client_t *c) {
   for (size_t i = 0; i < c->nops; i++) {
     const ps__op_t *op = c->ops[i];
     if (!op->finished && op->scan_from < op->npieces) return 1;
@@ -716,26 +732,27 @@ static int ps__any_queued(const ps_client_t *c) {
  * that are answered or past their deadline. Returns when target has
  * finished, or, with target NULL, once nothing more is ready without
  * waiting. Failures are recorded on the calls they end. */
-static void ps__progress(ps_client_t *c, ps__op_t *target) {
+static void ps__client_progress(ps_client_t *c, ps__op_t *target) {
   for (;;) {
-    int changed = ps__refresh(c);
+    int changed = ps__client_refresh(c);
     if (changed < 0) {
-      ps__fail_all(c, changed);
+      ps__client_fail_all(c, changed);
       return;
     }
     uint64_t now = ps_now_ms();
-    uint64_t resend_at = ps__resend_due(c, now);
-    int64_t room = ps__window_room(c);
+    uint64_t resend_at = ps__client_resend_due(c, now);
+    int64_t room = ps__client_window_room(c);
     uint64_t wake_at = now + PS__POLL_SLICE_MS;
     if (resend_at < wake_at) wake_at = resend_at;
     for (size_t i = 0; i < c->nops; i++) {
       ps__op_t *op = c->ops[i];
       if (op->finished) continue;
       int rc = PS_OK;
-      if (changed) rc = ps__op_rebase(c, op);
-      if (rc == PS_OK && room > 0) rc = ps__op_send_ready(c, op, now, &room);
+      if (changed) rc = ps__client_op_rebase(c, op);
+      if (rc == PS_OK && room > 0)
+        rc = ps__client_op_send_ready(c, op, now, &room);
       if (rc != PS_OK) {
-        ps__op_fail_errmsg(c, op, rc);
+        ps__client_op_fail_errmsg(c, op, rc);
         continue;
       }
       if (op->pending == 0) {
@@ -744,7 +761,7 @@ static void ps__progress(ps_client_t *c, ps__op_t *target) {
         continue;
       }
       if (now >= op->deadline_ms) {
-        ps__op_timeout(c, op);
+        ps__client_op_timeout(c, op);
         continue;
       }
       if (op->deadline_ms < wake_at) wake_at = op->deadline_ms;
@@ -763,13 +780,13 @@ static void ps__progress(ps_client_t *c, ps__op_t *target) {
        * calls wait behind full windows, so the pipeline moves on while the
        * caller computes; otherwise the next wait takes them, and a start
        * costs no failed receive (each is a system call in ZeroMQ). */
-      if (room > 0 || !ps__any_queued(c)) return;
+      if (room > 0 || !ps__client_any_queued(c)) return;
       int got = 0;
       for (size_t i = 0; i < c->nconns; i++) {
         if (c->conns[i].sock == NULL || c->conns[i].inflight == 0) continue;
-        int n = ps__drain(c, &c->conns[i]);
+        int n = ps__client_drain(c, &c->conns[i]);
         if (n < 0) {
-          ps__fail_all(c, n);
+          ps__client_fail_all(c, n);
           return;
         }
         got += n;
@@ -780,8 +797,8 @@ static void ps__progress(ps_client_t *c, ps__op_t *target) {
 
     /* Poll first: zmq_poll returns at once when a reply is already waiting,
      * and only the sockets that have one are then drained. */
-    if (ps__poll_reserve(c, c->nconns + 1) != PS_OK) {
-      ps__fail_all(c, PS_ERR_NOMEM);
+    if (ps__client_poll_reserve(c, c->nconns + 1) != PS_OK) {
+      ps__client_fail_all(c, PS_ERR_NOMEM);
       return;
     }
     zmq_pollitem_t *items = c->poll_items;
@@ -798,62 +815,64 @@ static void ps__progress(ps_client_t *c, ps__op_t *target) {
     now = ps_now_ms();
     long slice = wake_at > now ? (long)(wake_at - now) : 0;
     if (zmq_poll(items, n, slice) < 0 && errno != EINTR) {
-      ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
-      ps__fail_all(c, PS_ERR_ZMQ);
+      ps__client_fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+      ps__client_fail_all(c, PS_ERR_ZMQ);
       return;
     }
-    if (items[0].revents & ZMQ_POLLIN) ps__drain_wake(c);
+    if (items[0].revents & ZMQ_POLLIN) ps__client_drain_wake(c);
     for (int i = 1; i < n; i++) {
       if (!(items[i].revents & ZMQ_POLLIN)) continue;
-      int got = ps__drain(c, polled[i]);
+      int got = ps__client_drain(c, polled[i]);
       if (got < 0) {
-        ps__fail_all(c, got);
+        ps__client_fail_all(c, got);
         return;
       }
     }
   }
 }
 
-static int ps__check_keys(ps_client_t *c, const char *what, uint64_t key_begin,
-                          uint64_t count, const void *buf) {
-  int rc = ps__refresh(c);
+static int ps__client_check_keys(ps_client_t *c, const char *what,
+                                 uint64_t key_begin, uint64_t count,
+                                 const void *buf) {
+  int rc = ps__client_refresh(c);
   if (rc < 0) return rc;
   uint64_t total = c->view->model.total;
   if (count > 0 && buf == NULL)
-    return ps__fail(c, PS_ERR_INVAL, "%s: NULL buffer for %" PRIu64 " keys",
-                    what, count);
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "%s: NULL buffer for %" PRIu64 " keys", what, count);
   if (key_begin > total || count > total - key_begin)
-    return ps__fail(c, PS_ERR_INVAL,
-                    "%s: keys %" PRIu64 "+%" PRIu64
-                    " outside the model's key space [0, %" PRIu64 ")",
-                    what, key_begin, count, total);
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "%s: keys %" PRIu64 "+%" PRIu64
+                           " outside the model's key space [0, %" PRIu64 ")",
+                           what, key_begin, count, total);
   return PS_OK;
 }
 
-static void ps__report_clock(ps_client_t *c, uint64_t clock) {
+static void ps__client_report_clock(ps_client_t *c, uint64_t clock) {
   if (clock <= c->last_clock) return;
   c->last_clock = clock;
   pthread_mutex_lock(&c->mu);
   c->shared.clock = clock;
   pthread_mutex_unlock(&c->mu);
-  ps__thread_poke(c);
+  ps__client_thread_poke(c);
 }
 
 /* Starts one call; count 0 gives a call that is finished at once. */
-static int ps__start(ps_client_t *c, int is_push, int hold, uint64_t key_begin,
-                     uint64_t count, const float *values, float *out,
-                     uint64_t clock, uint64_t *ticket) {
+static int ps__client_start(ps_client_t *c, int is_push, int hold,
+                            uint64_t key_begin, uint64_t count,
+                            const float *values, float *out, uint64_t clock,
+                            uint64_t *ticket) {
   if (ticket == NULL)
-    return ps__fail(c, PS_ERR_INVAL, "%s: ticket is NULL",
-                    is_push ? "push" : "pull");
-  int rc = ps__check_keys(c, is_push ? "push" : "pull", key_begin, count,
-                          is_push ? (const void *)values
-                          : hold  ? (const void *)ticket
-                                  : (const void *)out);
+    return ps__client_fail(c, PS_ERR_INVAL, "%s: ticket is NULL",
+                           is_push ? "push" : "pull");
+  int rc = ps__client_check_keys(c, is_push ? "push" : "pull", key_begin, count,
+                                 is_push ? (const void *)values
+                                 : hold  ? (const void *)ticket
+                                         : (const void *)out);
   if (rc != PS_OK) return rc;
-  if (is_push) ps__report_clock(c, clock);
+  if (is_push) ps__client_report_clock(c, clock);
   ps__op_t *op = NULL;
-  if ((rc = ps__op_new(c, &op)) != PS_OK) return rc;
+  if ((rc = ps__client_op_new(c, &op)) != PS_OK) return rc;
   op->is_push = is_push;
   op->hold = hold;
   op->key_begin = key_begin;
@@ -863,58 +882,60 @@ static int ps__start(ps_client_t *c, int is_push, int hold, uint64_t key_begin,
   op->out = out;
   op->timeout_ms = c->opts.timeout_ms;
   op->deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms;
-  rc = ps__op_split(c, op, key_begin, count, 0);
+  rc = ps__client_op_split(c, op, key_begin, count, 0);
   if (rc != PS_OK) {
-    ps__op_retire(c, op);
+    ps__client_op_retire(c, op);
     return rc;
   }
   *ticket = op->ticket;
   /* Send what the windows take now, so the requests are on the wire while
    * the caller goes on. */
-  ps__progress(c, NULL);
+  ps__client_progress(c, NULL);
   return PS_OK;
 }
 
 int ps_client_push_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
                          const float *values, uint64_t clock,
                          uint64_t *ticket) {
-  return ps__start(c, 1, 0, key_begin, count, values, NULL, clock, ticket);
+  return ps__client_start(c, 1, 0, key_begin, count, values, NULL, clock,
+                          ticket);
 }
 
 int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
                          float *out, uint64_t clock, uint64_t *ticket) {
-  return ps__start(c, 0, 0, key_begin, count, NULL, out, clock, ticket);
+  return ps__client_start(c, 0, 0, key_begin, count, NULL, out, clock, ticket);
 }
 
 int ps_client_pull_frames_start(ps_client_t *c, uint64_t key_begin,
                                 uint64_t count, uint64_t clock,
                                 uint64_t *ticket) {
-  return ps__start(c, 0, 1, key_begin, count, NULL, NULL, clock, ticket);
+  return ps__client_start(c, 0, 1, key_begin, count, NULL, NULL, clock, ticket);
 }
 
-static int ps__cmp_span(const void *a, const void *b) {
+static int ps__client_cmp_span(const void *a, const void *b) {
   const ps_client_span_t *x = a, *y = b;
   return x->key_begin < y->key_begin ? -1 : x->key_begin > y->key_begin;
 }
 
 int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
                           const ps_client_span_t **spans, size_t *nspans) {
-  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
+  ps__op_t *op = ps__client_op_find_ticket(c, ticket, NULL);
   if (op == NULL || !op->hold || op->waited)
-    return ps__fail(c, PS_ERR_INVAL,
-                    "no zero-copy pull is pending with ticket %" PRIu64,
-                    ticket);
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "no zero-copy pull is pending with ticket %" PRIu64,
+                           ticket);
   if (spans == NULL || nspans == NULL)
-    return ps__fail(c, PS_ERR_INVAL, "wait_frames: spans or nspans is NULL");
-  ps__progress(c, op);
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "wait_frames: spans or nspans is NULL");
+  ps__client_progress(c, op);
   int rc = op->status;
   if (rc != PS_OK) {
     snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
-    ps__op_retire(c, op);
+    ps__client_op_retire(c, op);
     return rc;
   }
   /* Pieces are answered in any order; the caller gets them by key. */
-  qsort(op->spans, op->nheld, sizeof(*op->spans), ps__cmp_span);
+  qsort(op->spans, op->nheld, sizeof(*op->spans), ps__client_cmp_span);
   op->waited = 1;
   *spans = op->spans;
   *nspans = op->nheld;
@@ -922,20 +943,20 @@ int ps_client_wait_frames(ps_client_t *c, uint64_t ticket,
 }
 
 void ps_client_release(ps_client_t *c, uint64_t ticket) {
-  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
-  if (op && op->hold && op->waited) ps__op_retire(c, op);
+  ps__op_t *op = ps__client_op_find_ticket(c, ticket, NULL);
+  if (op && op->hold && op->waited) ps__client_op_retire(c, op);
 }
 
 int ps_client_wait(ps_client_t *c, uint64_t ticket) {
-  ps__op_t *op = ps__op_find_ticket(c, ticket, NULL);
+  ps__op_t *op = ps__client_op_find_ticket(c, ticket, NULL);
   if (op == NULL)
-    return ps__fail(c, PS_ERR_INVAL, "no call is pending with ticket %" PRIu64,
-                    ticket);
-  ps__progress(c, op);
-  if (op->is_push) ps__op_settle(c, op);
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "no call is pending with ticket %" PRIu64, ticket);
+  ps__client_progress(c, op);
+  if (op->is_push) ps__client_op_settle(c, op);
   int rc = op->status;
   if (rc != PS_OK) snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
-  ps__op_retire(c, op);
+  ps__client_op_retire(c, op);
   return rc;
 }
 
@@ -953,21 +974,23 @@ int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
   return rc != PS_OK ? rc : ps_client_wait(c, ticket);
 }
 
-static int ps__tensor(ps_client_t *c, const char *name,
-                      const ps_tensor_spec_t **t) {
-  int rc = ps__refresh(c);
+static int ps__client_tensor(ps_client_t *c, const char *name,
+                             const ps_tensor_spec_t **t) {
+  int rc = ps__client_refresh(c);
   if (rc < 0) return rc;
-  if (name == NULL) return ps__fail(c, PS_ERR_INVAL, "tensor name is NULL");
+  if (name == NULL)
+    return ps__client_fail(c, PS_ERR_INVAL, "tensor name is NULL");
   *t = ps_model_tensor(&c->view->model, name);
   if (*t == NULL)
-    return ps__fail(c, PS_ERR_INVAL, "no tensor \"%s\" in the model", name);
+    return ps__client_fail(c, PS_ERR_INVAL, "no tensor \"%s\" in the model",
+                           name);
   return PS_OK;
 }
 
 int ps_client_push_tensor(ps_client_t *c, const char *name, const float *values,
                           uint64_t clock) {
   const ps_tensor_spec_t *t = NULL;
-  int rc = ps__tensor(c, name, &t);
+  int rc = ps__client_tensor(c, name, &t);
   if (rc != PS_OK || t == NULL) return rc;
   return ps_client_push(c, t->offset, t->length, values, clock);
 }
@@ -975,7 +998,7 @@ int ps_client_push_tensor(ps_client_t *c, const char *name, const float *values,
 int ps_client_pull_tensor(ps_client_t *c, const char *name, float *out,
                           uint64_t clock) {
   const ps_tensor_spec_t *t = NULL;
-  int rc = ps__tensor(c, name, &t);
+  int rc = ps__client_tensor(c, name, &t);
   if (rc != PS_OK || t == NULL) return rc;
   return ps_client_pull(c, t->offset, t->length, out, clock);
 }

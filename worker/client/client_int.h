@@ -1,11 +1,12 @@
-/* libps-client: see client.h.
+/* libps-client: see worker/client/include/ps/client.h.
  *
  * Two threads touch a client:
  *  - the background thread runs a uv loop with the ps_member (registration,
  *    heartbeats, views, Shutdown) so the scheduler hears from this worker
  *    while the caller is busy computing;
  *  - the calling thread runs the data plane (one DEALER per server), the
- *    barrier socket to the scheduler, and everything in client.h.
+ *    barrier socket to the scheduler, and everything in
+ * worker/client/include/ps/client.h.
  *
  * What crosses between them is tiny: the registration result, the newest
  * view, the shutdown reason, and from the caller the stop/Done requests and
@@ -24,9 +25,9 @@
  * `window` in flight per server; each conn keeps the request ids of its
  * pieces in flight in a window-sized slot array, so a reply finds its piece
  * in a handful of compares and a late one (a call that timed out, a piece
- * resent) finds nothing and is dropped. ps__progress drives every pending
- * call at once; it runs inside the ps_client calls, so nothing happens on
- * the data sockets while the caller computes, and the ZeroMQ I/O thread
+ * resent) finds nothing and is dropped. ps__client_progress drives every
+ * pending call at once; it runs inside the ps_client calls, so nothing happens
+ * on the data sockets while the caller computes, and the ZeroMQ I/O thread
  * keeps sending and receiving meanwhile.
  *
  * Pushes hand the caller's values to ZeroMQ without a copy. That is safe
@@ -35,26 +36,32 @@
  * them, and the caller is free to reuse the memory once wait returns. So
  * every wrapped frame carries a free callback that counts it back in its
  * call, and a push's wait returns only when ZeroMQ has let go of all of
- * them (closing the sockets that still hold some; see ps__op_settle).
+ * them (closing the sockets that still hold some; see ps__client_op_settle).
  */
 
 /* The client's insides, shared by its files and private to them; the public
- * API is client.h.
+ * API is worker/client/include/ps/client.h.
  *
- *   client.c         options, creating and destroying a client, accessors,
- *                    Done and Leave, helpers every file uses (errors,
- *                    deadlines on a condvar, the eventfd)
- *   client_thread.c  the background thread: the member link's callbacks
- *                    (registration, views, shutdown), Done/Leave on the
- *                    link, the farewell wait when stopping
- *   client_conn.c    views and connections on the calling thread: taking
- *                    the newest view, the data socket to each server
- *   client_data.c    the dense data plane: calls (pooled), pieces, windows,
- *                    the resend timer, rebasing after a view change, the
- *                    progress loop, replies, zero-copy pull frames, release
- *                    accounting, and the dense calls of client.h
- *   client_sparse.c  sparse table calls
- *   client_sched.c   the scheduler socket of the calling thread: barriers
+ *   worker/client/client.c         options, creating and destroying a client,
+ *                                  accessors, Done and Leave, helpers every
+ *                                  file uses (errors, deadlines on a condvar,
+ *                                  the eventfd)
+ *   worker/client/client_thread.c  the background thread: the member link's
+ *                                  callbacks (registration, views, shutdown),
+ *                                  Done/Leave on the link, the farewell wait
+ *                                  when stopping
+ *   worker/client/client_conn.c    views and connections on the calling thread:
+ *                                  taking the newest view, the data socket to
+ *                                  each server
+ *   worker/client/client_data.c    the dense data plane: calls (pooled),
+ *                                  pieces, windows, the resend timer, rebasing
+ *                                  after a view change, the progress loop,
+ *                                  replies, zero-copy pull frames, release
+ *                                  accounting, and the dense calls of
+ *                                  worker/client/include/ps/client.h
+ *   worker/client/client_sparse.c  sparse table calls
+ *   worker/client/client_sched.c   the scheduler socket of the calling thread:
+ *                                  barriers
  */
 #ifndef PS_WORKER_CLIENT_INT_H
 #define PS_WORKER_CLIENT_INT_H
@@ -192,7 +199,7 @@ struct ps_client_s {
   } shared;
 
   /* Signalled when a call's last push frame is released (see
-   * ps__op_settle); the counts themselves are atomics in the calls. */
+   * ps__client_op_settle); the counts themselves are atomics in the calls. */
   pthread_mutex_t rel_mu;
   pthread_cond_t rel_cv;
 
@@ -221,34 +228,35 @@ struct ps_client_s {
   char errmsg[PS__ERRMSG_MAX];
 };
 
-/* client.c */
-int ps__fail(ps_client_t *c, int code, const char *fmt, ...)
+/* worker/client/client.c */
+int ps__client_fail(ps_client_t *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void ps__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
-                         uint64_t deadline_ms);
-void ps__wake_caller(ps_client_t *c);
-void ps__drain_wake(ps_client_t *c);
+void ps__client_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
+                                uint64_t deadline_ms);
+void ps__client_wake_caller(ps_client_t *c);
+void ps__client_drain_wake(ps_client_t *c);
 
-/* client_thread.c */
-void ps__member_registered_cb(ps_member_t *m, uint32_t node_id, uint32_t rank,
-                              uint32_t num_workers, void *arg);
-void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg);
-void ps__member_shutdown_cb(ps_member_t *m, int status, const char *reason,
-                            void *arg);
-void ps__thread_async_cb(uv_async_t *h);
-void *ps__thread_main(void *arg);
-void ps__thread_poke(ps_client_t *c);
+/* worker/client/client_thread.c */
+void ps__client_member_registered_cb(ps_member_t *m, uint32_t node_id,
+                                     uint32_t rank, uint32_t num_workers,
+                                     void *arg);
+void ps__client_member_view_cb(ps_member_t *m, ps_view_t *view, void *arg);
+void ps__client_member_shutdown_cb(ps_member_t *m, int status,
+                                   const char *reason, void *arg);
+void ps__client_thread_async_cb(uv_async_t *h);
+void *ps__client_thread_main(void *arg);
+void ps__client_thread_poke(ps_client_t *c);
 
-/* client_conn.c */
-void ps__conn_close(ps__conn_t *k);
-ps__conn_t *ps__conn_find(ps_client_t *c, uint32_t server_id);
-int ps__conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out);
-int ps__conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen);
-int ps__refresh(ps_client_t *c);
-const char *ps__server_addr(ps_client_t *c, uint32_t server_id);
+/* worker/client/client_conn.c */
+void ps__client_conn_close(ps__conn_t *k);
+ps__conn_t *ps__client_conn_find(ps_client_t *c, uint32_t server_id);
+int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out);
+int ps__client_conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen);
+int ps__client_refresh(ps_client_t *c);
+const char *ps__client_server_addr(ps_client_t *c, uint32_t server_id);
 
-/* client_data.c */
-void ps__op_free(ps__op_t *op);
-int ps__poll_reserve(ps_client_t *c, size_t n);
+/* worker/client/client_data.c */
+void ps__client_op_free(ps__op_t *op);
+int ps__client_poll_reserve(ps_client_t *c, size_t n);
 
 #endif

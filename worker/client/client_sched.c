@@ -1,6 +1,6 @@
 /* libps-client's own socket to the scheduler, on the calling thread:
  * barriers. (Done and Leave go on the background thread's member link.)
- * See client_int.h. */
+ * See worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -21,27 +21,38 @@
 
 /* ---- scheduler requests on the calling thread --------------------------- */
 
-static int ps__sched_socket(ps_client_t *c) {
+static int ps__client_sched_socket(ps_client_t *c) {
   if (c->sched_sock) return PS_OK;
   void *s = zmq_socket(c->zctx, ZMQ_DEALER);
   if (s == NULL)
-    return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: socket: %s", c->scheduler,
-                    zmq_strerror(errno));
+    return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: socket: %s",
+                           c->scheduler, zmq_strerror(errno));
+  char why[256];
+  if (ps_zsock_configure(s, why, sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler,
+                           why);
+  }
   int linger = PS__SCHED_LINGER_MS;
-  if (ps_zsock_configure(s) != PS_OK ||
-      zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
-      zmq_connect(s, c->scheduler) != 0) {
+  if (zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger)) != 0) {
     int e = errno;
     zmq_close(s);
-    return ps__fail(c, PS_ERR_ZMQ, "scheduler %s: cannot connect: %s",
-                    c->scheduler, zmq_strerror(e));
+    return ps__client_fail(c, PS_ERR_ZMQ,
+                           "scheduler %s: zmq_setsockopt(ZMQ_LINGER): %s",
+                           c->scheduler, zmq_strerror(e));
+  }
+  if (zmq_connect(s, c->scheduler) != 0) {
+    int e = errno;
+    zmq_close(s);
+    return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: cannot connect: %s",
+                           c->scheduler, zmq_strerror(e));
   }
   c->sched_sock = s;
   return PS_OK;
 }
 
-static int ps__barrier_send(ps_client_t *c, const char *name,
-                            uint64_t *request_id) {
+static int ps__client_barrier_send(ps_client_t *c, const char *name,
+                                   uint64_t *request_id) {
   Ps__Barrier barrier = PS__BARRIER__INIT;
   barrier.name = (char *)name;
   Ps__Envelope env = PS__ENVELOPE__INIT;
@@ -53,26 +64,27 @@ static int ps__barrier_send(ps_client_t *c, const char *name,
   *request_id = env.request_id;
   int rc = ps_msg_send(c->sched_sock, NULL, &env, NULL, 0);
   if (rc != PS_OK)
-    return ps__fail(c, rc, "barrier \"%s\": send to scheduler %s failed: %s",
-                    name, c->scheduler, zmq_strerror(errno));
+    return ps__client_fail(c, rc,
+                           "barrier \"%s\": send to scheduler %s failed: %s",
+                           name, c->scheduler, zmq_strerror(errno));
   return PS_OK;
 }
 
 /* What the scheduler said to one Barrier: 1 released, 0 refused for a stale
  * epoch (resend), or the error. */
-static int ps__barrier_reply(ps_client_t *c, const char *name, ps_msg_t *m,
-                             int status, const char *reason,
-                             uint64_t *retry_at_ms) {
+static int ps__client_barrier_reply(ps_client_t *c, const char *name,
+                                    ps_msg_t *m, int status, const char *reason,
+                                    uint64_t *retry_at_ms) {
   if (status != PS_OK)
-    return ps__fail(c, PS_ERR_PROTO,
-                    "barrier \"%s\": bad reply from scheduler %s: %s", name,
-                    c->scheduler, reason);
+    return ps__client_fail(c, PS_ERR_PROTO,
+                           "barrier \"%s\": bad reply from scheduler %s: %s",
+                           name, c->scheduler, reason);
   Ps__Envelope *r = m->env;
   if (r->body_case == PS__ENVELOPE__BODY_ACK) return 1;
   if (r->body_case != PS__ENVELOPE__BODY_ERROR)
-    return ps__fail(c, PS_ERR_PROTO,
-                    "barrier \"%s\": scheduler %s sent %s, not ack", name,
-                    c->scheduler, ps_body_name(r->body_case));
+    return ps__client_fail(c, PS_ERR_PROTO,
+                           "barrier \"%s\": scheduler %s sent %s, not ack",
+                           name, c->scheduler, ps_body_name(r->body_case));
   int code = r->error->code < 0 ? r->error->code : PS_ERR_PROTO;
   if (code == PS_ERR_STALE_EPOCH) {
     /* A worker finished or died and the view moved on: enter again at the
@@ -81,17 +93,17 @@ static int ps__barrier_reply(ps_client_t *c, const char *name, ps_msg_t *m,
         r->epoch < c->view->epoch ? ps_now_ms() + PS__STALE_RETRY_MS : 0;
     return 0;
   }
-  return ps__fail(c, code, "barrier \"%s\": scheduler %s: %s: %s", name,
-                  c->scheduler, ps_err_name(code),
-                  r->error->message ? r->error->message : "");
+  return ps__client_fail(c, code, "barrier \"%s\": scheduler %s: %s: %s", name,
+                         c->scheduler, ps_err_name(code),
+                         r->error->message ? r->error->message : "");
 }
 
 int ps_client_barrier(ps_client_t *c, const char *name) {
-  int rc = ps__refresh(c);
+  int rc = ps__client_refresh(c);
   if (rc < 0) return rc;
   if (name == NULL || name[0] == '\0')
-    return ps__fail(c, PS_ERR_INVAL, "barrier name is empty");
-  if ((rc = ps__sched_socket(c)) != PS_OK) return rc;
+    return ps__client_fail(c, PS_ERR_INVAL, "barrier name is empty");
+  if ((rc = ps__client_sched_socket(c)) != PS_OK) return rc;
 
   /* A barrier waits for every worker, including ones still starting up, so
    * it gets the start-up deadline rather than a data call's. */
@@ -99,20 +111,22 @@ int ps_client_barrier(ps_client_t *c, const char *name) {
   uint64_t request_id = 0, sent_gen = 0, retry_at = 0;
   int stale = 0;
   for (;;) {
-    if ((rc = ps__refresh(c)) < 0) return rc;
+    if ((rc = ps__client_refresh(c)) < 0) return rc;
     uint64_t now = ps_now_ms();
     if (request_id == 0 ||
         (stale && (c->view_gen > sent_gen || (retry_at && now >= retry_at)))) {
-      if ((rc = ps__barrier_send(c, name, &request_id)) != PS_OK) return rc;
+      if ((rc = ps__client_barrier_send(c, name, &request_id)) != PS_OK)
+        return rc;
       sent_gen = c->view_gen;
       stale = 0;
       retry_at = 0;
     }
     if (now >= deadline)
-      return ps__fail(c, PS_ERR_TIMEOUT,
-                      "barrier \"%s\": %s from scheduler %s within %d ms", name,
-                      stale ? "stale epoch and no newer view" : "no answer",
-                      c->scheduler, c->opts.connect_timeout_ms);
+      return ps__client_fail(
+          c, PS_ERR_TIMEOUT,
+          "barrier \"%s\": %s from scheduler %s within %d ms", name,
+          stale ? "stale epoch and no newer view" : "no answer", c->scheduler,
+          c->opts.connect_timeout_ms);
     uint64_t wake_at =
         stale && retry_at && retry_at < deadline ? retry_at : deadline;
     uint64_t slice = wake_at > now ? wake_at - now : 0;
@@ -122,8 +136,9 @@ int ps_client_barrier(ps_client_t *c, const char *name) {
         {.socket = c->sched_sock, .events = ZMQ_POLLIN},
     };
     if (zmq_poll(items, 2, (long)slice) < 0 && errno != EINTR)
-      return ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
-    if (items[0].revents & ZMQ_POLLIN) ps__drain_wake(c);
+      return ps__client_fail(c, PS_ERR_ZMQ, "zmq_poll: %s",
+                             zmq_strerror(errno));
+    if (items[0].revents & ZMQ_POLLIN) ps__client_drain_wake(c);
     if (!(items[1].revents & ZMQ_POLLIN)) continue;
     for (;;) {
       ps_msg_t m;
@@ -134,9 +149,9 @@ int ps_client_barrier(ps_client_t *c, const char *name) {
       if (rc != PS_OK && rc != PS_ERR_PROTO && rc != PS_ERR_VERSION &&
           rc != PS_ERR_TOO_BIG) {
         ps_msg_close(&m);
-        return ps__fail(c, rc,
-                        "barrier \"%s\": receive from scheduler %s failed: %s",
-                        name, c->scheduler, reason);
+        return ps__client_fail(
+            c, rc, "barrier \"%s\": receive from scheduler %s failed: %s", name,
+            c->scheduler, reason);
       }
       if (stale || m.request_id != request_id) {
         /* An answer to an earlier barrier that timed out, or to the entry
@@ -144,7 +159,7 @@ int ps_client_barrier(ps_client_t *c, const char *name) {
         ps_msg_close(&m);
         continue;
       }
-      rc = ps__barrier_reply(c, name, &m, rc, reason, &retry_at);
+      rc = ps__client_barrier_reply(c, name, &m, rc, reason, &retry_at);
       ps_msg_close(&m);
       if (rc == 1) return PS_OK;
       if (rc < 0) return rc;

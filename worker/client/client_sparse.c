@@ -1,5 +1,5 @@
 /* libps-client's sparse table calls (issue #3), synchronous, on the calling
- * thread. See client_int.h. */
+ * thread. See worker/client/client_int.h. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -23,7 +23,7 @@ typedef struct {
   size_t at;
 } ps__skey_t;
 
-static int ps__cmp_skey(const void *a, const void *b) {
+static int ps__client_cmp_skey(const void *a, const void *b) {
   uint64_t x = ((const ps__skey_t *)a)->key, y = ((const ps__skey_t *)b)->key;
   return x < y ? -1 : x > y;
 }
@@ -38,11 +38,12 @@ typedef struct {
   uint64_t retry_at_ms; /* refused as stale or not ready: resend then */
 } ps__spiece_t;
 
-static int ps__sparse_send(ps_client_t *c, int is_push, const char *table,
-                           uint32_t dim, ps__spiece_t *p, const uint64_t *keys,
-                           const float *vals, uint64_t clock) {
+static int ps__client_sparse_send(ps_client_t *c, int is_push,
+                                  const char *table, uint32_t dim,
+                                  ps__spiece_t *p, const uint64_t *keys,
+                                  const float *vals, uint64_t clock) {
   ps__conn_t *k;
-  int rc = ps__conn_get(c, p->server_id, &k);
+  int rc = ps__client_conn_get(c, p->server_id, &k);
   if (rc != PS_OK) return rc;
   /* Copies, not loans: the grouped arrays are freed when the call ends,
    * which may be before ZeroMQ sends a frame of a call that timed out. */
@@ -50,13 +51,13 @@ static int ps__sparse_send(ps_client_t *c, int is_push, const char *table,
   int nframes = 1;
   size_t kbytes = p->n * sizeof(uint64_t);
   if (zmq_msg_init_size(&frames[0], kbytes) != 0)
-    return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
   memcpy(zmq_msg_data(&frames[0]), keys + p->off, kbytes);
   if (is_push) {
     size_t vbytes = p->n * dim * sizeof(float);
     if (zmq_msg_init_size(&frames[1], vbytes) != 0) {
       zmq_msg_close(&frames[0]);
-      return ps__fail(c, PS_ERR_NOMEM, "out of memory");
+      return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     }
     memcpy(zmq_msg_data(&frames[1]), vals + p->off * dim, vbytes);
     nframes = 2;
@@ -82,8 +83,8 @@ static int ps__sparse_send(ps_client_t *c, int is_push, const char *table,
   }
   rc = ps_msg_send(k->sock, NULL, &env, frames, nframes);
   if (rc != PS_OK)
-    return ps__fail(c, rc, "server %u (%s): sparse send failed: %s",
-                    p->server_id, k->address, zmq_strerror(errno));
+    return ps__client_fail(c, rc, "server %u (%s): sparse send failed: %s",
+                           p->server_id, k->address, zmq_strerror(errno));
   p->request_id = env.request_id;
   p->retry_at_ms = 0;
   return PS_OK;
@@ -91,14 +92,15 @@ static int ps__sparse_send(ps_client_t *c, int is_push, const char *table,
 
 /* Handles one reply on server p's socket. Returns PS_OK (p may now be
  * done or waiting to be resent) or a failure with errmsg set. */
-static int ps__sparse_reply(ps_client_t *c, int is_push, uint32_t dim,
-                            ps__spiece_t *p, ps_msg_t *m, int status,
-                            const char *reason, float *rows) {
+static int ps__client_sparse_reply(ps_client_t *c, int is_push, uint32_t dim,
+                                   ps__spiece_t *p, ps_msg_t *m, int status,
+                                   const char *reason, float *rows) {
   const char *what = is_push ? "sparse push" : "sparse pull";
-  const char *addr = ps__server_addr(c, p->server_id);
+  const char *addr = ps__client_server_addr(c, p->server_id);
   if (status != PS_OK)
-    return ps__fail(c, PS_ERR_PROTO, "server %u (%s): malformed %s reply: %s",
-                    p->server_id, addr, what, reason);
+    return ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): malformed %s reply: %s",
+                           p->server_id, addr, what, reason);
   const Ps__Envelope *env = m->env;
   if (env->body_case == PS__ENVELOPE__BODY_ERROR) {
     int code = env->error->code;
@@ -109,24 +111,25 @@ static int ps__sparse_reply(ps_client_t *c, int is_push, uint32_t dim,
       return PS_OK;
     }
     if (code >= 0) code = PS_ERR_PROTO;
-    return ps__fail(c, code, "server %u (%s): %s: %s", p->server_id, addr,
-                    ps_err_name(code),
-                    env->error->message ? env->error->message : "");
+    return ps__client_fail(c, code, "server %u (%s): %s: %s", p->server_id,
+                           addr, ps_err_name(code),
+                           env->error->message ? env->error->message : "");
   }
   if (is_push) {
     if (env->body_case != PS__ENVELOPE__BODY_ACK)
-      return ps__fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a %s",
-                      p->server_id, addr, ps_body_name(env->body_case), what);
+      return ps__client_fail(c, PS_ERR_PROTO,
+                             "server %u (%s): %s reply to a %s", p->server_id,
+                             addr, ps_body_name(env->body_case), what);
   } else {
     const Ps__SparsePullReply *r = env->sparse_pull_reply;
     if (env->body_case != PS__ENVELOPE__BODY_SPARSE_PULL_REPLY ||
         r->nkeys != p->n || r->dim != dim || m->npayload != 1 ||
         ps_msg_payload_bytes(m) != p->n * dim * sizeof(float))
-      return ps__fail(c, PS_ERR_PROTO,
-                      "server %u (%s): %s reply does not match a pull of "
-                      "%zu rows of dim %u",
-                      p->server_id, addr, ps_body_name(env->body_case), p->n,
-                      dim);
+      return ps__client_fail(
+          c, PS_ERR_PROTO,
+          "server %u (%s): %s reply does not match a pull of "
+          "%zu rows of dim %u",
+          p->server_id, addr, ps_body_name(env->body_case), p->n, dim);
     ps_msg_payload_gather(m, rows + p->off * dim);
   }
   p->done = 1;
@@ -136,15 +139,16 @@ static int ps__sparse_reply(ps_client_t *c, int is_push, uint32_t dim,
 
 /* Sends every piece, then waits for all replies until the call's deadline,
  * resending pieces refused for their epoch (nothing of those was applied). */
-static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
-                          uint32_t dim, uint64_t salt, ps__spiece_t *pieces,
-                          size_t npieces, const uint64_t *keys,
-                          const float *vals, float *rows, uint64_t clock) {
+static int ps__client_sparse_run(ps_client_t *c, int is_push, const char *table,
+                                 uint32_t dim, uint64_t salt,
+                                 ps__spiece_t *pieces, size_t npieces,
+                                 const uint64_t *keys, const float *vals,
+                                 float *rows, uint64_t clock) {
   uint64_t deadline = ps_now_ms() + (uint64_t)c->opts.timeout_ms;
-  int rc = ps__poll_reserve(c, npieces);
+  int rc = ps__client_poll_reserve(c, npieces);
   if (rc != PS_OK) return rc;
   for (;;) {
-    int changed = ps__refresh(c);
+    int changed = ps__client_refresh(c);
     if (changed < 0) return changed;
     uint64_t now = ps_now_ms();
     size_t pending = 0;
@@ -163,29 +167,30 @@ static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
       for (size_t j = p->off; j < p->off + p->n; j++)
         if (ps_view_sparse_owner(c->view, salt, keys[j]) !=
             (int64_t)p->server_id)
-          return ps__fail(c, PS_ERR_STALE_EPOCH,
-                          "table \"%s\": rows moved off server %u in view "
-                          "epoch %" PRIu64 " during a sparse call",
-                          table, p->server_id, c->view->epoch);
-      rc = ps__sparse_send(c, is_push, table, dim, p, keys, vals, clock);
+          return ps__client_fail(
+              c, PS_ERR_STALE_EPOCH,
+              "table \"%s\": rows moved off server %u in view "
+              "epoch %" PRIu64 " during a sparse call",
+              table, p->server_id, c->view->epoch);
+      rc = ps__client_sparse_send(c, is_push, table, dim, p, keys, vals, clock);
       if (rc != PS_OK) return rc;
     }
     if (pending == 0) return PS_OK;
     if (now >= deadline) {
       for (size_t i = 0; i < npieces; i++) {
         if (pieces[i].done) continue;
-        return ps__fail(
+        return ps__client_fail(
             c, PS_ERR_TIMEOUT,
             "server %u (%s) did not answer sparse %s of %zu rows "
             "of \"%s\" within %d ms",
-            pieces[i].server_id, ps__server_addr(c, pieces[i].server_id),
+            pieces[i].server_id, ps__client_server_addr(c, pieces[i].server_id),
             is_push ? "push" : "pull", pieces[i].n, table, c->opts.timeout_ms);
       }
     }
     zmq_pollitem_t *items = c->poll_items;
     size_t nitems = 0;
     for (size_t i = 0; i < npieces; i++) {
-      ps__conn_t *k = ps__conn_find(c, pieces[i].server_id);
+      ps__conn_t *k = ps__client_conn_find(c, pieces[i].server_id);
       c->poll_conns[i] = NULL;
       if (pieces[i].done || pieces[i].request_id == 0 || k == NULL ||
           k->sock == NULL)
@@ -197,7 +202,8 @@ static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
     long slice = wake_at > now ? (long)(wake_at - now) : 0;
     if (slice > PS__POLL_SLICE_MS) slice = PS__POLL_SLICE_MS;
     if (zmq_poll(items, (int)nitems, slice) < 0 && errno != EINTR)
-      return ps__fail(c, PS_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+      return ps__client_fail(c, PS_ERR_ZMQ, "zmq_poll: %s",
+                             zmq_strerror(errno));
     for (size_t i = 0; i < nitems; i++) {
       if (!(items[i].revents & ZMQ_POLLIN)) continue;
       ps__conn_t *k = c->poll_conns[i];
@@ -210,8 +216,8 @@ static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
         if (st != PS_OK && st != PS_ERR_PROTO && st != PS_ERR_VERSION &&
             st != PS_ERR_TOO_BIG) {
           ps_msg_close(&m);
-          return ps__fail(c, st, "server %u (%s): receive failed: %s",
-                          k->server_id, k->address, zmq_strerror(errno));
+          return ps__client_fail(c, st, "server %u (%s): receive failed: %s",
+                                 k->server_id, k->address, zmq_strerror(errno));
         }
         ps__spiece_t *p = NULL;
         for (size_t j = 0; j < npieces && m.request_id; j++)
@@ -219,7 +225,9 @@ static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
               pieces[j].request_id == m.request_id)
             p = &pieces[j];
         /* Anything else is a late reply to an earlier call: dropped. */
-        if (p) rc = ps__sparse_reply(c, is_push, dim, p, &m, st, reason, rows);
+        if (p)
+          rc =
+              ps__client_sparse_reply(c, is_push, dim, p, &m, st, reason, rows);
         ps_msg_close(&m);
         if (rc != PS_OK) return rc;
       }
@@ -227,34 +235,36 @@ static int ps__sparse_run(ps_client_t *c, int is_push, const char *table,
   }
 }
 
-static int ps__sparse(ps_client_t *c, int is_push, const char *table,
-                      const uint64_t *keys, size_t n, const float *values,
-                      float *out, uint64_t clock) {
-  int rc = ps__refresh(c);
+static int ps__client_sparse(ps_client_t *c, int is_push, const char *table,
+                             const uint64_t *keys, size_t n,
+                             const float *values, float *out, uint64_t clock) {
+  int rc = ps__client_refresh(c);
   if (rc < 0) return rc;
-  if (table == NULL) return ps__fail(c, PS_ERR_INVAL, "table name is NULL");
+  if (table == NULL)
+    return ps__client_fail(c, PS_ERR_INVAL, "table name is NULL");
   const ps_sparse_spec_t *spec = ps_model_sparse(&c->view->model, table);
   if (spec == NULL)
-    return ps__fail(c, PS_ERR_UNKNOWN_KEY,
-                    "no sparse table \"%s\" in the model", table);
+    return ps__client_fail(c, PS_ERR_UNKNOWN_KEY,
+                           "no sparse table \"%s\" in the model", table);
   if (n == 0) return PS_OK;
   if (keys == NULL || (is_push ? values == NULL : out == NULL))
-    return ps__fail(c, PS_ERR_INVAL, "sparse call on \"%s\": NULL array",
-                    table);
+    return ps__client_fail(c, PS_ERR_INVAL, "sparse call on \"%s\": NULL array",
+                           table);
   /* Sparse calls are synchronous and read replies straight off the
    * sockets; dense calls in flight would have theirs dropped. */
   if (c->nops > 0)
-    return ps__fail(c, PS_ERR_INVAL,
-                    "sparse call while %zu dense calls are not waited for",
-                    c->nops);
+    return ps__client_fail(
+        c, PS_ERR_INVAL, "sparse call while %zu dense calls are not waited for",
+        c->nops);
   uint32_t dim = spec->dim;
   uint64_t salt = spec->salt;
   char tname[PS_NAME_MAX];
   snprintf(tname, sizeof(tname), "%s", spec->name);
   size_t ns = c->view->nsparse_servers;
   if (ns == 0)
-    return ps__fail(c, PS_ERR_NOT_READY, "view epoch %" PRIu64 " has no server",
-                    c->view->epoch);
+    return ps__client_fail(c, PS_ERR_NOT_READY,
+                           "view epoch %" PRIu64 " has no server",
+                           c->view->epoch);
 
   ps__skey_t *sorted = malloc(n * sizeof(*sorted));
   uint64_t *gkeys = malloc(n * sizeof(*gkeys));
@@ -264,16 +274,17 @@ static int ps__sparse(ps_client_t *c, int is_push, const char *table,
   ps__spiece_t *pieces = calloc(ns, sizeof(*pieces));
   size_t *fill = calloc(ns, sizeof(*fill));
   if (!sorted || !gkeys || !gfrom || !owner || !rows || !pieces || !fill) {
-    rc = ps__fail(c, PS_ERR_NOMEM, "out of memory");
+    rc = ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
     goto out;
   }
   for (size_t i = 0; i < n; i++) sorted[i] = (ps__skey_t){keys[i], i};
-  qsort(sorted, n, sizeof(*sorted), ps__cmp_skey);
+  qsort(sorted, n, sizeof(*sorted), ps__client_cmp_skey);
   for (size_t i = 1; i < n; i++) {
     if (sorted[i].key == sorted[i - 1].key) {
-      rc = ps__fail(c, PS_ERR_INVAL,
-                    "sparse call on \"%s\": key %" PRIu64 " appears twice",
-                    tname, sorted[i].key);
+      rc = ps__client_fail(c, PS_ERR_INVAL,
+                           "sparse call on \"%s\": key %" PRIu64
+                           " appears twice",
+                           tname, sorted[i].key);
       goto out;
     }
   }
@@ -300,8 +311,8 @@ static int ps__sparse(ps_client_t *c, int is_push, const char *table,
     if (is_push)
       memcpy(rows + at * dim, values + sorted[i].at * dim, dim * sizeof(float));
   }
-  rc = ps__sparse_run(c, is_push, tname, dim, salt, pieces, ns, gkeys, rows,
-                      rows, clock);
+  rc = ps__client_sparse_run(c, is_push, tname, dim, salt, pieces, ns, gkeys,
+                             rows, rows, clock);
   if (rc == PS_OK && !is_push)
     for (size_t i = 0; i < n; i++)
       memcpy(out + gfrom[i] * dim, rows + i * dim, dim * sizeof(float));
@@ -319,10 +330,10 @@ out:
 int ps_client_sparse_push(ps_client_t *c, const char *table,
                           const uint64_t *keys, size_t n, const float *values,
                           uint64_t clock) {
-  return ps__sparse(c, 1, table, keys, n, values, NULL, clock);
+  return ps__client_sparse(c, 1, table, keys, n, values, NULL, clock);
 }
 
 int ps_client_sparse_pull(ps_client_t *c, const char *table,
                           const uint64_t *keys, size_t n, float *out) {
-  return ps__sparse(c, 0, table, keys, n, NULL, out, 0);
+  return ps__client_sparse(c, 0, table, keys, n, NULL, out, 0);
 }

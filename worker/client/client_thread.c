@@ -1,7 +1,7 @@
 /* libps-client's background thread: a uv loop with the member link to the
  * scheduler (registration, heartbeats, views, Shutdown), Done or Leave sent
  * on that link, and the wait for the scheduler to take it when the client
- * stops. See client_int.h. */
+ * stops. See worker/client/client_int.h. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,8 +19,9 @@
 
 /* ---- background thread ------------------------------------------------ */
 
-void ps__member_registered_cb(ps_member_t *m, uint32_t node_id, uint32_t rank,
-                              uint32_t num_workers, void *arg) {
+void ps__client_member_registered_cb(ps_member_t *m, uint32_t node_id,
+                                     uint32_t rank, uint32_t num_workers,
+                                     void *arg) {
   ps_client_t *c = arg;
   pthread_mutex_lock(&c->mu);
   c->shared.registered = 1;
@@ -31,7 +32,7 @@ void ps__member_registered_cb(ps_member_t *m, uint32_t node_id, uint32_t rank,
   pthread_mutex_unlock(&c->mu);
 }
 
-void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
+void ps__client_member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
   ps_client_t *c = arg;
   ps_view_t *old;
   if (c->thread_done_sent) {
@@ -48,11 +49,11 @@ void ps__member_view_cb(ps_member_t *m, ps_view_t *view, void *arg) {
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
   ps_view_destroy(&old);
-  ps__wake_caller(c);
+  ps__client_wake_caller(c);
 }
 
-void ps__member_shutdown_cb(ps_member_t *m, int status, const char *reason,
-                            void *arg) {
+void ps__client_member_shutdown_cb(ps_member_t *m, int status,
+                                   const char *reason, void *arg) {
   ps_client_t *c = arg;
   c->thread_farewell_taken = 1;
   pthread_mutex_lock(&c->mu);
@@ -64,12 +65,12 @@ void ps__member_shutdown_cb(ps_member_t *m, int status, const char *reason,
   }
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
-  ps__wake_caller(c);
+  ps__client_wake_caller(c);
   PS_INFO("client_shutdown", "status=%s reason=\"%s\"", ps_err_name(status),
           reason ? reason : "");
 }
 
-static void ps__farewell_timer_cb(uv_timer_t *t) {
+static void ps__client_farewell_timer_cb(uv_timer_t *t) {
   ps_client_t *c = t->data;
   if (c->member && c->thread_done_sent && !c->thread_farewell_taken &&
       ps_now_ms() < c->farewell_deadline_ms)
@@ -83,7 +84,7 @@ static void ps__farewell_timer_cb(uv_timer_t *t) {
   uv_close((uv_handle_t *)&c->async, NULL);
 }
 
-void ps__thread_async_cb(uv_async_t *h) {
+void ps__client_thread_async_cb(uv_async_t *h) {
   ps_client_t *c = h->data;
   pthread_mutex_lock(&c->mu);
   int stop = c->shared.stop;
@@ -117,11 +118,11 @@ void ps__thread_async_cb(uv_async_t *h) {
      * member is never destroyed from inside its own callbacks, hence the
      * timer. */
     c->farewell_deadline_ms = ps_now_ms() + PS__FAREWELL_WAIT_MS;
-    uv_timer_start(&c->farewell_timer, ps__farewell_timer_cb, 0, 10);
+    uv_timer_start(&c->farewell_timer, ps__client_farewell_timer_cb, 0, 10);
   }
 }
 
-void *ps__thread_main(void *arg) {
+void *ps__client_thread_main(void *arg) {
   ps_client_t *c = arg;
   /* Runs until the stop request has closed the member and the async
    * handle, so every close callback has run when the thread ends. */
@@ -129,6 +130,6 @@ void *ps__thread_main(void *arg) {
   return NULL;
 }
 
-void ps__thread_poke(ps_client_t *c) {
+void ps__client_thread_poke(ps_client_t *c) {
   if (c->async_ready) uv_async_send(&c->async);
 }

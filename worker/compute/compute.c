@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/invariant.h"
 
 struct ps_compute_s {
   const ps_compute_ops_t *ops;
@@ -17,16 +18,6 @@ struct ps_dbuf_s {
   size_t n;
   void *mem;
 };
-
-/* A broken precondition is a bug in the model, never bad input. */
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      fprintf(stderr, "%s:%d: compute precondition failed: %s\n", __FILE__, \
-              __LINE__, #cond);                                             \
-      abort();                                                              \
-    }                                                                       \
-  } while (0)
 
 static size_t dtype_size(ps_dtype_t t) {
   return t == PS_DTYPE_U8 ? 1 : 4;
@@ -45,7 +36,7 @@ const ps_compute_ops_t *ps_compute_find(const char *name) {
 }
 
 #ifdef PS_HAVE_CUDA
-/* In cuda/compute_cuda.c. */
+/* In worker/compute/cuda/compute_cuda.c. */
 int ps__compute_cuda_devices(char *why, size_t whylen);
 #endif
 
@@ -230,16 +221,16 @@ size_t ps_dbuf_size(const ps_dbuf_t *b) {
 
 /* The address of p, after checking that n elements of dtype fit there. */
 static void *at(ps_compute_t *c, ps_dptr_t p, ps_dtype_t dtype, size_t n) {
-  CHECK(p.buf != NULL);
-  CHECK(p.buf->owner == c);
-  CHECK(p.buf->dtype == dtype);
-  CHECK(p.off <= p.buf->n && n <= p.buf->n - p.off);
+  PS_ASSERT(p.buf != NULL);
+  PS_ASSERT(p.buf->owner == c);
+  PS_ASSERT(p.buf->dtype == dtype);
+  PS_ASSERT(p.off <= p.buf->n && n <= p.buf->n - p.off);
   return (unsigned char *)p.buf->mem + p.off * dtype_size(dtype);
 }
 
 /* Elements spanned by a row-major rows x cols matrix with leading dim ld. */
 static size_t extent(size_t rows, size_t cols, size_t ld) {
-  CHECK(ld >= cols);
+  PS_ASSERT(ld >= cols);
   return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
 }
 
@@ -320,7 +311,7 @@ void ps_compute_relu_backward(ps_compute_t *c, ps_dptr_t y, ps_dptr_t dy,
 double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
                                ps_dptr_t labels, size_t rows, size_t cols,
                                ps_dptr_t grad, float grad_scale) {
-  CHECK(cols > 0);
+  PS_ASSERT(cols > 0);
   const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
   const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
   float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
@@ -337,7 +328,7 @@ void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,
 
 size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,
                                 ps_dptr_t labels, size_t rows, size_t cols) {
-  CHECK(cols > 0);
+  PS_ASSERT(cols > 0);
   const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
   const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
   if (rows == 0) return 0;
@@ -371,18 +362,18 @@ int ps_conv_geom(ps_conv_geom_t *g, size_t n, size_t h, size_t w, size_t ch,
 }
 
 static void check_geom(const ps_conv_geom_t *g) {
-  CHECK(g->n > 0 && g->h > 0 && g->w > 0 && g->ch > 0);
-  CHECK(g->kh > 0 && g->kw > 0 && g->stride > 0);
-  CHECK(g->h + 2 * g->pad >= g->kh && g->w + 2 * g->pad >= g->kw);
-  CHECK(g->oh == (g->h + 2 * g->pad - g->kh) / g->stride + 1);
-  CHECK(g->ow == (g->w + 2 * g->pad - g->kw) / g->stride + 1);
+  PS_ASSERT(g->n > 0 && g->h > 0 && g->w > 0 && g->ch > 0);
+  PS_ASSERT(g->kh > 0 && g->kw > 0 && g->stride > 0);
+  PS_ASSERT(g->h + 2 * g->pad >= g->kh && g->w + 2 * g->pad >= g->kw);
+  PS_ASSERT(g->oh == (g->h + 2 * g->pad - g->kh) / g->stride + 1);
+  PS_ASSERT(g->ow == (g->w + 2 * g->pad - g->kw) / g->stride + 1);
 }
 
 /* Pooling windows that do not overlap and never leave the image, so every
  * input pixel gets at most one gradient and backward needs no atomics. */
 static void check_pool(const ps_conv_geom_t *g) {
   check_geom(g);
-  CHECK(g->pad == 0 && g->stride >= g->kh && g->stride >= g->kw);
+  PS_ASSERT(g->pad == 0 && g->stride >= g->kh && g->stride >= g->kw);
 }
 
 void ps_compute_im2col(ps_compute_t *c, const ps_conv_geom_t *g, ps_dptr_t x,

@@ -26,7 +26,7 @@ static void idx_err(char *err, size_t errlen, const char *path, const char *fmt,
   if (n < 0 || (size_t)n >= errlen) return;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+  ps_verrf(err + n, errlen - (size_t)n, PS_OK, fmt, ap);
   va_end(ap);
 }
 

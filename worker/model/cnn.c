@@ -7,6 +7,7 @@
 
 #include "common/err.h"
 #include "common/init.h"
+#include "common/invariant.h"
 
 #define CNN_GROUPS (PS_CNN_MAX_CONV + PS_CNN_MAX_FC)
 
@@ -363,7 +364,7 @@ static void cnn_forward(ps_cnn_t *m, const float *x, const uint8_t *y,
 }
 
 double ps_cnn_loss(ps_cnn_t *m, const float *x, const uint8_t *y, size_t n) {
-  if (n == 0 || n > m->o.max_batch) abort();
+  PS_ASSERT(n > 0 && n <= m->o.max_batch);
   cnn_forward(m, x, y, n);
   ps_dptr_t none = {NULL, 0};
   double sum = ps_compute_softmax_xent(
@@ -387,7 +388,7 @@ static void group_done(ps_cnn_t *m, float *grad, size_t begin, size_t end) {
  * gets each layer's gradient as it completes (group_done). */
 static double cnn_backward(ps_cnn_t *m, const float *x, const uint8_t *y,
                            size_t n, float *layered_grad) {
-  if (n == 0 || n > m->o.max_batch) abort();
+  PS_ASSERT(n > 0 && n <= m->o.max_batch);
   ps_compute_t *c = m->c;
   const ps_cnn_opts_t *o = &m->o;
   cnn_forward(m, x, y, n);
@@ -462,7 +463,7 @@ double ps_cnn_gradient(ps_cnn_t *m, const float *x, const uint8_t *y, size_t n,
 double ps_cnn_gradient_begin(ps_cnn_t *m, const float *x, const uint8_t *y,
                              size_t n, float *grad) {
   /* A begin without its nexts would leave copies in flight. */
-  if (m->next_group < m->ngroups) abort();
+  PS_ASSERT(m->next_group >= m->ngroups);
   m->ngroups = m->next_group = 0;
   return cnn_backward(m, x, y, n, grad);
 }

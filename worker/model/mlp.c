@@ -7,6 +7,7 @@
 
 #include "common/err.h"
 #include "common/init.h"
+#include "common/invariant.h"
 
 struct ps_mlp_s {
   ps_compute_t *c;
@@ -214,7 +215,7 @@ static void mlp_forward(ps_mlp_t *m, const float *x, const uint8_t *y,
 }
 
 double ps_mlp_loss(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n) {
-  if (n == 0 || n > m->o.max_batch) abort();
+  PS_ASSERT(n > 0 && n <= m->o.max_batch);
   mlp_forward(m, x, y, n);
   ps_dptr_t none = {NULL, 0};
   double sum = ps_compute_softmax_xent(m->c, ps_dptr(m->act[m->nlayers - 1], 0),
@@ -228,7 +229,7 @@ double ps_mlp_loss(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n) {
  * is computed, so the network can take it while the layers below compute. */
 static double mlp_backward(ps_mlp_t *m, const float *x, const uint8_t *y,
                            size_t n, float *layered_grad) {
-  if (n == 0 || n > m->o.max_batch) abort();
+  PS_ASSERT(n > 0 && n <= m->o.max_batch);
   ps_compute_t *c = m->c;
   const uint32_t *s = m->o.sizes;
   size_t last = m->nlayers - 1;
@@ -280,7 +281,7 @@ double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,
 double ps_mlp_gradient_begin(ps_mlp_t *m, const float *x, const uint8_t *y,
                              size_t n, float *grad) {
   /* A begin without its nexts would leave copies in flight. */
-  if (m->next_group < m->ngroups) abort();
+  PS_ASSERT(m->next_group >= m->ngroups);
   m->ngroups = m->next_group = 0;
   return mlp_backward(m, x, y, n, grad);
 }

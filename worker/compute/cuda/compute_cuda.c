@@ -1,8 +1,8 @@
 /* The CUDA backend: device memory from cudaMalloc, gemm by cuBLAS, the
- * other operations as the kernels of kernels.cu, all queued in order on one
- * stream. Asynchronous downloads run on a second stream, each after an
- * event recorded on the first, so that a layer's gradient travels to the
- * host while the layers below it are still in backward.
+ * other operations as the kernels of worker/compute/cuda/kernels.cu, all queued
+ * in order on one stream. Asynchronous downloads run on a second stream, each
+ * after an event recorded on the first, so that a layer's gradient travels to
+ * the host while the layers below it are still in backward.
  *
  * The CUDA runtime is linked normally; on a machine without a driver or a
  * GPU, cudaGetDeviceCount fails with the reason, which

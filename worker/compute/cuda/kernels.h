@@ -1,7 +1,8 @@
 /* The CUDA kernels of the CUDA backend, as C functions that queue one on a
  * stream and return the launch's status. Each element's value is defined in
  * worker/compute/compute_elem.h; this is only the grid around it. Internal to
- * compute_cuda.c; called from the thread that owns the backend.
+ * worker/compute/cuda/compute_cuda.c; called from the thread that owns the
+ * backend.
  */
 #ifndef PS_CUDA_KERNELS_H
 #define PS_CUDA_KERNELS_H
