@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "err.h"
 #include "log.h"
 #include "time.h"
 
@@ -121,6 +122,15 @@ ps_exporter_t *ps_exporter_new(uv_loop_t *loop, const char *bind,
   PS_INFO("metrics_listen", "addr=%s paths=/metrics,/healthz",
           ps_http_address(e->http));
   return e;
+}
+
+int ps_exporter_check_bind(const char *option, const char *value, char *err,
+                           size_t errlen) {
+  struct sockaddr_storage addr;
+  char why[200];
+  if (ps_http_parse_bind(value, &addr, why, sizeof(why)) == 0) return PS_OK;
+  snprintf(err, errlen, "option --%s: %s", option, why);
+  return PS_ERR_CONFIG;
 }
 
 const char *ps_exporter_address(const ps_exporter_t *e) {

@@ -46,6 +46,12 @@ const char *ps_exporter_address(const ps_exporter_t *e);
  * Sets *e_p to NULL. NULL-safe. */
 void ps_exporter_destroy(ps_exporter_t **e_p);
 
+/* Checks a --metrics-bind value at start, so that a bad one is refused as
+ * bad configuration: PS_OK, or PS_ERR_CONFIG with "option --NAME: ..." in
+ * err. */
+int ps_exporter_check_bind(const char *option, const char *value, char *err,
+                           size_t errlen);
+
 /* The help text of the --metrics-bind option, shared by every daemon. */
 #define PS_METRICS_BIND_HELP                                                \
   "Serve Prometheus metrics (/metrics) and a health check (/healthz) over " \
