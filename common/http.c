@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #define PS__HTTP_URL_MAX 1024
 #define PS__HTTP_READ_BYTES 4096
 
@@ -170,15 +169,14 @@ static void send_response(ps__http_conn_t *c, const ps_http_response_t *res,
                           int head_only, int keep_alive) {
   ps_http_t *h = c->h;
   char head[320];
-  int hn = snprintf(head, sizeof(head),
-                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                    "Content-Length: %zu\r\n%sConnection: %s\r\n\r\n",
-                    res->status, reason_phrase(res->status),
-                    res->content_type ? res->content_type
-                                      : "text/plain; charset=utf-8",
-                    res->body_len,
-                    res->status == 405 ? "Allow: GET, HEAD\r\n" : "",
-                    keep_alive ? "keep-alive" : "close");
+  int hn = snprintf(
+      head, sizeof(head),
+      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+      "Content-Length: %zu\r\n%sConnection: %s\r\n\r\n",
+      res->status, reason_phrase(res->status),
+      res->content_type ? res->content_type : "text/plain; charset=utf-8",
+      res->body_len, res->status == 405 ? "Allow: GET, HEAD\r\n" : "",
+      keep_alive ? "keep-alive" : "close");
   if (hn < 0 || (size_t)hn >= sizeof(head)) {
     conn_close(c);
     return;
@@ -213,8 +211,8 @@ static void send_response(ps__http_conn_t *c, const ps_http_response_t *res,
  * the connection (the parser's state is unknown past this point). */
 static void refuse(ps__http_conn_t *c, int status, const char *why) {
   c->h->stats.bad++;
-  ps_http_response_t res = {.status = status, .body = why,
-                            .body_len = strlen(why)};
+  ps_http_response_t res = {
+      .status = status, .body = why, .body_len = strlen(why)};
   send_response(c, &res, 0, 0);
 }
 
@@ -250,8 +248,8 @@ static int on_message_complete(http_parser *p) {
   }
   int head_only = p->method == HTTP_HEAD;
   int keep_alive = http_should_keep_alive(p);
-  ps_http_response_t res = {.status = 404, .body = "not found\n",
-                            .body_len = 10};
+  ps_http_response_t res = {
+      .status = 404, .body = "not found\n", .body_len = 10};
   if (p->method != HTTP_GET && p->method != HTTP_HEAD) {
     res.status = 405;
     res.body = "only GET and HEAD\n";

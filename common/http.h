@@ -57,12 +57,12 @@ typedef void (*ps_http_request_cb)(ps_http_t *h, const char *method,
                                    void *arg);
 
 typedef struct {
-  uint64_t accepted;  /* connections accepted and served */
-  uint64_t refused;   /* connections closed at once: over max_connections */
-  uint64_t requests;  /* requests answered, any status */
-  uint64_t bad;       /* requests refused as malformed or too big */
-  uint64_t timeouts;  /* connections closed for idling */
-  uint32_t open;      /* connections open now */
+  uint64_t accepted; /* connections accepted and served */
+  uint64_t refused;  /* connections closed at once: over max_connections */
+  uint64_t requests; /* requests answered, any status */
+  uint64_t bad;      /* requests refused as malformed or too big */
+  uint64_t timeouts; /* connections closed for idling */
+  uint32_t open;     /* connections open now */
 } ps_http_stats_t;
 
 /* Parses "HOST:PORT" (an IPv4 address, or [IPv6]) into addr. Returns 0, or

@@ -161,8 +161,9 @@ int ps_metrics_family(ps_metrics_t *m, const char *name, ps_metric_type_t type,
                       const char *help) {
   if (m->err[0] != '\0') return -1;
   if (!valid_name(name, 1) || strlen(name) >= PS__METRICS_NAME_MAX) {
-    fail(m, "metric name \"%s\" is not [a-zA-Z_:][a-zA-Z0-9_:]* of under %d "
-            "characters",
+    fail(m,
+         "metric name \"%s\" is not [a-zA-Z_:][a-zA-Z0-9_:]* of under %d "
+         "characters",
          name ? name : "", PS__METRICS_NAME_MAX);
     return -1;
   }
@@ -233,8 +234,8 @@ static int write_sample(ps_metrics_t *m, const char *suffix,
   }
   for (size_t i = 0; i < n; i++) {
     const char *k = labels[2 * i], *v = labels[2 * i + 1];
-    if (!valid_name(k, 0) || strncmp(k, "__", 2) == 0 ||
-        strcmp(k, "le") == 0 || v == NULL) {
+    if (!valid_name(k, 0) || strncmp(k, "__", 2) == 0 || strcmp(k, "le") == 0 ||
+        v == NULL) {
       fail(m, "metric %s: bad label %s=%s", m->family, k ? k : "(null)",
            v ? v : "(null)");
       return -1;
@@ -278,8 +279,7 @@ int ps_metrics_samplev(ps_metrics_t *m, double value, const char *const *labels,
     return -1;
   }
   if (m->type == PS_METRIC_HISTOGRAM) {
-    fail(m, "histogram %s takes ps_metrics_histogram, not a sample",
-         m->family);
+    fail(m, "histogram %s takes ps_metrics_histogram, not a sample", m->family);
     return -1;
   }
   return write_sample(m, "", labels, n, NULL, value);
@@ -338,8 +338,7 @@ int ps_hist_init(ps_hist_t *h, const double *bounds, size_t n, double unit) {
   h->unit = unit;
   h->nbounds = n;
   for (size_t i = 0; i < n; i++) {
-    if (!(bounds[i] >= 0) || (i > 0 && !(bounds[i] > bounds[i - 1])))
-      return -1;
+    if (!(bounds[i] >= 0) || (i > 0 && !(bounds[i] > bounds[i - 1]))) return -1;
     h->bounds[i] = (uint64_t)llround(bounds[i] / unit);
   }
   return 0;

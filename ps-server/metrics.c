@@ -2,17 +2,18 @@
  * state on its loop thread at scrape time (common/exporter.h says why
  * there), plus the histograms the loop observes as it serves. */
 
+#include "common/metrics.h"
+
 #include <stdio.h>
 #include <string.h>
 
 #include "common/err.h"
 #include "common/exporter.h"
-#include "common/metrics.h"
 #include "server_int.h"
 
 static const char *const op_names[PS_SRV_NOPS] = {
-    "push", "pull", "replicate", "snapshot", "sparse_push", "sparse_pull",
-    "other"};
+    "push",        "pull",        "replicate", "snapshot",
+    "sparse_push", "sparse_pull", "other"};
 
 int ps__srv_op(int body_case) {
   switch (body_case) {
@@ -51,9 +52,9 @@ void ps__srv_metrics_init(ps_server_t *s) {
 /* Bodies a server receives or sends: one series each, present from the
  * first scrape so that rate() has a start. */
 static const int data_bodies_in[] = {
-    PS__ENVELOPE__BODY_PUSH,           PS__ENVELOPE__BODY_PULL,
-    PS__ENVELOPE__BODY_REPLICATE,      PS__ENVELOPE__BODY_REPLICA_SNAPSHOT,
-    PS__ENVELOPE__BODY_REPLICA_CHUNK,  PS__ENVELOPE__BODY_SPARSE_PUSH,
+    PS__ENVELOPE__BODY_PUSH,          PS__ENVELOPE__BODY_PULL,
+    PS__ENVELOPE__BODY_REPLICATE,     PS__ENVELOPE__BODY_REPLICA_SNAPSHOT,
+    PS__ENVELOPE__BODY_REPLICA_CHUNK, PS__ENVELOPE__BODY_SPARSE_PUSH,
     PS__ENVELOPE__BODY_SPARSE_PULL};
 static const int data_bodies_out[] = {
     PS__ENVELOPE__BODY_ACK, PS__ENVELOPE__BODY_PULL_REPLY,
@@ -190,8 +191,7 @@ static void render(ps_metrics_t *m, void *arg) {
                     "Whole ranges streamed to a new backup (sent, counted "
                     "when it acked) or received as one.");
   ps_metrics_sample(m, (double)st->snapshots_out, "direction", "sent", NULL);
-  ps_metrics_sample(m, (double)st->snapshots_in, "direction", "received",
-                    NULL);
+  ps_metrics_sample(m, (double)st->snapshots_in, "direction", "received", NULL);
   ps_metrics_family(m, "ps_server_snapshot_bytes_total", PS_METRIC_COUNTER,
                     "Bytes of range snapshots sent (acked) and received.");
   ps_metrics_sample(m, (double)st->snapshot_bytes_out, "direction", "sent",

@@ -3,11 +3,12 @@
  * scheduler's state on its loop thread at scrape time, plus the counters
  * of events the state does not keep (sched_int.h, stats). */
 
+#include "common/metrics.h"
+
 #include <stdio.h>
 
 #include "common/err.h"
 #include "common/exporter.h"
-#include "common/metrics.h"
 #include "common/time.h"
 #include "scheduler/placement.h"
 #include "scheduler/sched_int.h"
@@ -15,7 +16,8 @@
 static const struct {
   int role;
   const char *name;
-} roles[] = {{PS__ROLE__ROLE_SERVER, "server"}, {PS__ROLE__ROLE_WORKER, "worker"}};
+} roles[] = {{PS__ROLE__ROLE_SERVER, "server"},
+             {PS__ROLE__ROLE_WORKER, "worker"}};
 
 static const struct {
   int state;
@@ -76,9 +78,9 @@ static void render(ps_metrics_t *m, void *arg) {
                     "Nodes declared dead that spoke again and were fenced "
                     "(told to exit), by role.");
   for (size_t r = 0; r < NELEM(roles); r++)
-    ps_metrics_sample(m,
-                      (double)s->stats.fenced[ps__sched_role_slot(roles[r].role)],
-                      "role", roles[r].name, NULL);
+    ps_metrics_sample(
+        m, (double)s->stats.fenced[ps__sched_role_slot(roles[r].role)], "role",
+        roles[r].name, NULL);
 
   ps_metrics_put(m, "ps_scheduler_view_epoch", PS_METRIC_GAUGE,
                  "Epoch of the published cluster view (0 before the first).",
@@ -116,8 +118,7 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Ranges with fewer in-step copies than --replication "
                  "(syncing, degraded or unavailable).",
                  (double)(s->nranges - by_state[PS_PLACE_OK]));
-  ps_metrics_put(m, "ps_scheduler_re_replications_in_progress",
-                 PS_METRIC_GAUGE,
+  ps_metrics_put(m, "ps_scheduler_re_replications_in_progress", PS_METRIC_GAUGE,
                  "New backups still being filled by their primary's "
                  "snapshot.",
                  (double)syncing);
@@ -136,8 +137,7 @@ static void render(ps_metrics_t *m, void *arg) {
                  (double)s->stats.re_replications);
 
   ps_metrics_put(m, "ps_scheduler_workers_in_barrier", PS_METRIC_GAUGE,
-                 "Live workers waiting in a barrier now.",
-                 (double)in_barrier);
+                 "Live workers waiting in a barrier now.", (double)in_barrier);
   ps_metrics_put(m, "ps_scheduler_barrier_waits_total", PS_METRIC_COUNTER,
                  "Times a worker entered a barrier.",
                  (double)s->stats.barrier_entries);
@@ -166,8 +166,7 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Seconds since the newest complete checkpoint; with none, "
                  "since the scheduler started.",
                  now > since ? (double)(now - since) / 1e3 : 0.0);
-  ps_metrics_put(m, "ps_scheduler_checkpoint_interval_seconds",
-                 PS_METRIC_GAUGE,
+  ps_metrics_put(m, "ps_scheduler_checkpoint_interval_seconds", PS_METRIC_GAUGE,
                  "--checkpoint-every-s (0: no periodic checkpoints by "
                  "time).",
                  s->opts.checkpoint_every_s);

@@ -144,8 +144,7 @@ ps_worker_metrics_t *ps_worker_metrics_start(const char *bind,
   wm->stop.data = wm;
   rc = pthread_create(&wm->thread, NULL, thread_main, wm);
   if (rc != 0) {
-    snprintf(err, errlen, "cannot start the metrics thread: %s",
-             strerror(rc));
+    snprintf(err, errlen, "cannot start the metrics thread: %s", strerror(rc));
     stop_cb(&wm->stop);
     uv_run(&wm->loop, UV_RUN_DEFAULT);
     uv_loop_close(&wm->loop);

@@ -153,14 +153,14 @@ void h_mcluster_start(h_cluster_t *c, h_mcluster_t *m, const char *epochs,
                          "--metrics-bind", bind[1], NULL);
   m->server[1] = h_spawn(c, "server1", "ps-server", "--scheduler", c->sched_ep,
                          "--metrics-bind", bind[2], NULL);
-  m->worker[0] = h_spawn(c, "worker0", "ps-worker", "--scheduler", c->sched_ep,
-                         "--rank", "0", "--epochs", epochs, "--max-steps",
-                         max_steps, "--progress-ms", "500", "--metrics-bind",
-                         bind[3], NULL);
-  m->worker[1] = h_spawn(c, "worker1", "ps-worker", "--scheduler", c->sched_ep,
-                         "--rank", "1", "--epochs", epochs, "--max-steps",
-                         max_steps, "--progress-ms", "500", "--metrics-bind",
-                         bind[4], NULL);
+  m->worker[0] =
+      h_spawn(c, "worker0", "ps-worker", "--scheduler", c->sched_ep, "--rank",
+              "0", "--epochs", epochs, "--max-steps", max_steps,
+              "--progress-ms", "500", "--metrics-bind", bind[3], NULL);
+  m->worker[1] =
+      h_spawn(c, "worker1", "ps-worker", "--scheduler", c->sched_ep, "--rank",
+              "1", "--epochs", epochs, "--max-steps", max_steps,
+              "--progress-ms", "500", "--metrics-bind", bind[4], NULL);
 }
 
 int h_scrape_wait_ge(int port, const char *series, double min, int timeout_ms,

@@ -40,10 +40,9 @@ START_TEST(test_every_daemon_exports) {
   h_mcluster_t m;
   h_mcluster_start(&c, &m, "1", "900");
   double v;
-  ck_assert_msg(h_scrape_wait_ge(m.port[3], "ps_worker_steps_total", 20,
-                                 90000, &v),
-                "worker0 did not reach 20 steps (ps_worker_steps_total %g)",
-                v);
+  ck_assert_msg(
+      h_scrape_wait_ge(m.port[3], "ps_worker_steps_total", 20, 90000, &v),
+      "worker0 did not reach 20 steps (ps_worker_steps_total %g)", v);
   for (int i = 0; i < 5; i++) {
     int status;
     char *body = h_http_get(m.port[i], "/healthz", &status, 5000);
@@ -69,17 +68,19 @@ START_TEST(test_every_daemon_exports) {
     ck_assert_msg(strstr(body, "ps_build_info{daemon=") != NULL,
                   "%s: no ps_build_info", names[i]);
     if (i == 0) {
-      ck_assert(h_metric(body, "ps_scheduler_nodes{role=\"server\",state="
-                               "\"alive\"}") == 2);
-      ck_assert(h_metric(body, "ps_scheduler_nodes{role=\"worker\",state="
-                               "\"alive\"}") == 2);
+      ck_assert(h_metric(body,
+                         "ps_scheduler_nodes{role=\"server\",state="
+                         "\"alive\"}") == 2);
+      ck_assert(h_metric(body,
+                         "ps_scheduler_nodes{role=\"worker\",state="
+                         "\"alive\"}") == 2);
       ck_assert(h_metric(body, "ps_scheduler_view_epoch") >= 1);
       ck_assert(h_metric(body, "ps_scheduler_ranges{state=\"ok\"}") == 2);
       ck_assert(h_metric(body, "ps_scheduler_job_running") == 1);
     } else if (i <= 2) {
-      ck_assert_msg(h_metric(body, "ps_server_requests_total{type=\"push\"}") >
-                        0,
-                    "%s served no push", names[i]);
+      ck_assert_msg(
+          h_metric(body, "ps_server_requests_total{type=\"push\"}") > 0,
+          "%s served no push", names[i]);
       ck_assert(h_metric(body, "ps_server_ranges{role=\"primary\"}") == 1);
       ck_assert(h_metric(body, "ps_server_ranges{role=\"backup\"}") == 1);
       ck_assert(h_metric(body, "ps_server_replicated_changes_total") > 0);
@@ -87,9 +88,9 @@ START_TEST(test_every_daemon_exports) {
     } else {
       ck_assert(h_metric(body, "ps_worker_steps_total") >= 20);
       ck_assert(h_metric(body, "ps_worker_training") == 1);
-      ck_assert(h_metric(body,
-                         "ps_worker_step_phase_seconds_total{phase=\"pull\"}") >
-                0);
+      ck_assert(
+          h_metric(body, "ps_worker_step_phase_seconds_total{phase=\"pull\"}") >
+          0);
       ck_assert(h_metric(body, "ps_worker_workers") == 2);
     }
     free(body);
@@ -103,16 +104,17 @@ START_TEST(test_every_daemon_exports) {
   int status;
   char *body = h_http_get(m.port[0], "/metrics", &status, 5000);
   ck_assert_ptr_nonnull(body);
-  ck_assert(h_metric(body, "ps_scheduler_heartbeat_timeouts_total{role="
-                           "\"server\"}") == 1);
+  ck_assert(h_metric(body,
+                     "ps_scheduler_heartbeat_timeouts_total{role="
+                     "\"server\"}") == 1);
   ck_assert(h_metric(body, "ps_scheduler_failovers_total") >= 1);
   ck_assert(h_metric(body, "ps_scheduler_view_epoch") >= 2);
   ck_assert(h_metric(body, "ps_scheduler_ranges_without_live_copy") == 0);
   ck_assert(h_metric(body, "ps_scheduler_ranges_short_of_copies") == 2);
   free(body);
   /* The survivor is now the primary of both ranges and keeps serving. */
-  ck_assert(h_scrape_wait_ge(m.port[1], "ps_server_ranges{role=\"primary\"}",
-                             2, 10000, &v));
+  ck_assert(h_scrape_wait_ge(m.port[1], "ps_server_ranges{role=\"primary\"}", 2,
+                             10000, &v));
 
   char why[512];
   ck_assert_msg(h_wait_exit0(&c, m.worker[0], 240000, why, sizeof(why)), "%s",

@@ -65,10 +65,9 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
   snprintf(cfg_flag, sizeof(cfg_flag), "--config.file=%s", cfg);
   snprintf(data_flag, sizeof(data_flag), "--storage.tsdb.path=%s",
            h_path(&c, "tsdb"));
-  snprintf(listen_flag, sizeof(listen_flag), "--web.listen-address=%s",
-           listen);
-  const char *argv[] = {h_which("prometheus"), cfg_flag, data_flag,
-                        listen_flag, "--log.level=warn", NULL};
+  snprintf(listen_flag, sizeof(listen_flag), "--web.listen-address=%s", listen);
+  const char *argv[] = {h_which("prometheus"), cfg_flag,           data_flag,
+                        listen_flag,           "--log.level=warn", NULL};
   h_proc_t *prom = h_spawnv(&c, "prometheus", argv);
 
   double v;
@@ -83,9 +82,8 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
                                1, 30000, &v),
                 "samples rate %g/s while training", v);
   /* Before the kill: nothing dead, nothing failed over. */
-  v = h_prom_query(port,
-                   "max(ps_scheduler_nodes{role=\"server\",state=\"dead\"})",
-                   5000);
+  v = h_prom_query(
+      port, "max(ps_scheduler_nodes{role=\"server\",state=\"dead\"})", 5000);
   ck_assert_msg(v == 0, "dead servers before the kill: %g", v);
   v = h_prom_query(port, "max(ps_scheduler_failovers_total)", 5000);
   ck_assert_msg(v == 0, "failovers before the kill: %g", v);
@@ -103,9 +101,9 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
                      "max(ps_scheduler_nodes{role=\"server\",state=\"dead\"})",
                      1, 30000, &v),
       "dead servers after the kill: %g", v);
-  ck_assert_msg(h_prom_wait_ge(port, "max(ps_scheduler_failovers_total)", 1,
-                               30000, &v),
-                "failovers after the kill: %g", v);
+  ck_assert_msg(
+      h_prom_wait_ge(port, "max(ps_scheduler_failovers_total)", 1, 30000, &v),
+      "failovers after the kill: %g", v);
   ck_assert_msg(
       h_prom_wait_ge(port, "count(up{job=\"ps-server\"} == 0)", 1, 30000, &v),
       "down server targets: %g", v);

@@ -101,8 +101,7 @@ static size_t read_reply(int fd, char *buf, size_t cap, int timeout_ms,
   while (ps_now_ms() < deadline && n + 1 < cap) {
     const char *end = strstr(buf, "\r\n\r\n");
     const char *cl = strstr(buf, "Content-Length: ");
-    if (end && cl &&
-        n >= (size_t)(end + 4 - buf) + (size_t)atol(cl + 16))
+    if (end && cl && n >= (size_t)(end + 4 - buf) + (size_t)atol(cl + 16))
       break;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int left = (int)(deadline - ps_now_ms());
@@ -263,8 +262,14 @@ START_TEST(test_bind_refused) {
   ck_assert_int_eq(ps_http_parse_bind("127.0.0.1:9100", &a, err, sizeof(err)),
                    0);
   ck_assert_int_eq(ps_http_parse_bind("[::1]:0", &a, err, sizeof(err)), 0);
-  const char *bad[] = {"", "127.0.0.1", "127.0.0.1:", "localhost:9100",
-                       "127.0.0.1:70000", "1.2.3.4:9x", ":9100", "::1:80"};
+  const char *bad[] = {"",
+                       "127.0.0.1",
+                       "127.0.0.1:",
+                       "localhost:9100",
+                       "127.0.0.1:70000",
+                       "1.2.3.4:9x",
+                       ":9100",
+                       "::1:80"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     ck_assert_msg(ps_http_parse_bind(bad[i], &a, err, sizeof(err)) == -1,
                   "accepted %s", bad[i]);
@@ -277,8 +282,8 @@ START_TEST(test_bind_refused) {
   snprintf(bind, sizeof(bind), "127.0.0.1:%d", ps_http_port(s.http));
   uv_loop_t loop;
   uv_loop_init(&loop);
-  ps_http_t *h = ps_http_new(&loop, bind, NULL, handler, NULL, err,
-                             sizeof(err));
+  ps_http_t *h =
+      ps_http_new(&loop, bind, NULL, handler, NULL, err, sizeof(err));
   ck_assert_ptr_null(h);
   ck_assert_msg(strstr(err, "address already in use") != NULL, "%s", err);
   uv_run(&loop, UV_RUN_DEFAULT);

@@ -17,9 +17,9 @@ START_TEST(test_counter_and_gauge_text) {
                    0);
   ck_assert_int_eq(ps_metrics_sample(m, 3, "op", "push", NULL), 0);
   ck_assert_int_eq(ps_metrics_sample(m, 12345678901.0, "op", "pull", NULL), 0);
-  ck_assert_int_eq(ps_metrics_put(m, "ps_test_epoch", PS_METRIC_GAUGE,
-                                  "View epoch.", 0.25),
-                   0);
+  ck_assert_int_eq(
+      ps_metrics_put(m, "ps_test_epoch", PS_METRIC_GAUGE, "View epoch.", 0.25),
+      0);
   ck_assert_str_eq(ps_metrics_error(m), "");
   ck_assert_str_eq(ps_metrics_text(m, NULL),
                    "# HELP ps_test_pushes_total Pushes served.\n"
@@ -152,11 +152,10 @@ START_TEST(test_histogram) {
   /* Bounds must increase and fit. */
   const double bad[] = {0.1, 0.1};
   ck_assert_int_eq(ps_hist_init(&h, bad, 2, 1e-9), -1);
-  ck_assert_int_eq(ps_hist_init(&h, ps_hist_seconds_bounds,
-                                ps_hist_seconds_nbounds, 1e-9),
-                   0);
-  ck_assert_int_eq(ps_hist_init(&h, bounds, PS_HIST_MAX_BUCKETS + 1, 1e-9),
-                   -1);
+  ck_assert_int_eq(
+      ps_hist_init(&h, ps_hist_seconds_bounds, ps_hist_seconds_nbounds, 1e-9),
+      0);
+  ck_assert_int_eq(ps_hist_init(&h, bounds, PS_HIST_MAX_BUCKETS + 1, 1e-9), -1);
 }
 END_TEST
 
