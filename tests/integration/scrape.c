@@ -96,6 +96,18 @@ static void url_encode(const char *in, char *out, size_t cap) {
   out[k] = '\0';
 }
 
+int h_prom_query_ok(int port, const char *expr, char *why, size_t len) {
+  char enc[4096], path[4200];
+  url_encode(expr, enc, sizeof(enc));
+  snprintf(path, sizeof(path), "/api/v1/query?query=%s", enc);
+  int status;
+  char *body = h_http_get(port, path, &status, 10000);
+  int ok = body && status == 200 && strstr(body, "\"status\":\"success\"");
+  if (!ok) snprintf(why, len, "HTTP %d: %.300s", status, body ? body : "");
+  free(body);
+  return ok;
+}
+
 double h_prom_query(int port, const char *expr, int timeout_ms) {
   char enc[2048], path[2200];
   url_encode(expr, enc, sizeof(enc));

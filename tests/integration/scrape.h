@@ -4,6 +4,8 @@
 #ifndef PS_TEST_SCRAPE_H
 #define PS_TEST_SCRAPE_H
 
+#include <stddef.h>
+
 /* GET http://127.0.0.1:port/path (Connection: close). Returns the body
  * (caller frees) with *status the HTTP status, or NULL if no complete
  * response came within timeout_ms. */
@@ -16,6 +18,10 @@ double h_metric(const char *text, const char *series);
 /* The value of a PromQL instant query's first result against the
  * Prometheus on port, or NAN (no result, no answer). */
 double h_prom_query(int port, const char *expr, int timeout_ms);
+
+/* 1 if Prometheus on port evaluates expr without an error (any result,
+ * empty included); else 0 with its answer in why. */
+int h_prom_query_ok(int port, const char *expr, char *why, size_t len);
 
 /* Polls h_prom_query until its value is >= min or timeout_ms passes;
  * returns 1 if it got there. *last (if not NULL) gets the last value. */

@@ -7,7 +7,8 @@
  *     its failover counter rise, the dead target is down, and pushes go
  *     on at the survivor;
  *   - deploy/prometheus/alerts.yml loads (its rules evaluate without
- *     error against the live series).
+ *     error against the live series), and every query of the Grafana
+ *     dashboard (deploy/grafana/ps-cluster.json) evaluates.
  * Then a SIGTERM ends the job and every survivor exits 0. Without
  * prometheus on PATH the test is skipped (exit 77), saying so. */
 #include <check.h>
@@ -47,6 +48,22 @@ static void write_config(h_cluster_t *c, const h_mcluster_t *m,
           PS_SOURCE_DIR, m->port[0], m->port[1], m->port[2], m->port[3],
           m->port[4]);
   fclose(f);
+}
+
+/* Every "expr" of the Grafana dashboard, JSON-unescaped, into exprs
+ * (at most max); returns how many. */
+static int dashboard_exprs(const char *json, char exprs[][1024], int max) {
+  int n = 0;
+  for (const char *p = json; n < max && (p = strstr(p, "\"expr\": \"")); n++) {
+    p += strlen("\"expr\": \"");
+    size_t k = 0;
+    for (; *p && *p != '"' && k + 1 < 1024; p++) {
+      if (*p == '\\' && p[1]) p++;
+      exprs[n][k++] = *p;
+    }
+    exprs[n][k] = '\0';
+  }
+  return n;
 }
 
 START_TEST(test_prometheus_scrapes_a_training_cluster) {
@@ -94,6 +111,21 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
                     !strstr(rules, "\"health\":\"err\""),
                 "rules: %d %s", status, rules ? rules : "");
   free(rules);
+
+  /* Every query of the Grafana dashboard evaluates against the live
+   * series. */
+  char *dash =
+      h_read_file(PS_SOURCE_DIR "/deploy/grafana/ps-cluster.json", NULL);
+  ck_assert_ptr_nonnull(dash);
+  static char exprs[64][1024];
+  int nexprs = dashboard_exprs(dash, exprs, 64);
+  free(dash);
+  ck_assert_int_ge(nexprs, 20);
+  for (int i = 0; i < nexprs; i++) {
+    char qwhy[400];
+    ck_assert_msg(h_prom_query_ok(port, exprs[i], qwhy, sizeof(qwhy)),
+                  "dashboard query %s: %s", exprs[i], qwhy);
+  }
 
   kill(m.server[1]->pid, SIGKILL);
   ck_assert_msg(
