@@ -25,6 +25,11 @@ B=$BUILD/bin
 TMP=$(mktemp -d /tmp/ps-scrape-cost.XXXXXX)
 PIDS=()
 cleanup() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "scrape_cost: failed (exit $rc); last lines of each log:" >&2
+    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 8 "$f" >&2; }; done
+  fi
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$TMP"
