@@ -128,6 +128,8 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
       return "replica_synced";
     case PS__ENVELOPE__BODY_JOIN_REPLY:
       return "join_reply";
+    case PS__ENVELOPE__BODY_REPLICA_CHUNK:
+      return "replica_chunk";
     default:
       return "unknown";
   }

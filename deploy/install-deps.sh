@@ -10,6 +10,7 @@ PACKAGES=(
   libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
   libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev libisal-dev
   check libsubunit-dev
+  libhttp-parser-dev prometheus curl
   dataset-fashion-mnist
   iproute2 procps
 )

@@ -6,7 +6,11 @@
 #
 #   ./deploy/quickstart.sh [--epochs N] [--servers N] [--workers N]
 #                          [--mode bsp|asp] [--batch-size B] [--replication N]
-#                          [--no-baseline]
+#                          [--no-baseline] [--metrics]
+#
+# --metrics: every daemon serves /metrics and /healthz on the ports that
+# deploy/prometheus/prometheus.yml scrapes (scheduler 9400, servers 9401..,
+# workers 9411..).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,7 +22,8 @@ MODE=bsp
 BATCH=32
 REPLICATION=2
 BASELINE=1
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+METRICS=0
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --epochs) EPOCHS=$2; shift 2 ;;
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     --batch-size) BATCH=$2; shift 2 ;;
     --replication) REPLICATION=$2; shift 2 ;;
     --no-baseline) BASELINE=0; shift ;;
+    --metrics) METRICS=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "quickstart: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -72,21 +78,27 @@ SCHED=tcp://127.0.0.1:$PORT
 
 echo "== cluster: scheduler $SCHED, $SERVERS servers, $WORKERS workers, $MODE, $EPOCHS epochs, batch $BATCH per worker, $REPLICATION copies of each range =="
 echo "   logs in $RUN"
+# --metrics-bind for a daemon: base port + index, when --metrics is on.
+metrics() { [ $METRICS -eq 1 ] && echo "--metrics-bind=127.0.0.1:$(($1 + $2))" || true; }
+if [ $METRICS -eq 1 ]; then
+  echo "   metrics: http://127.0.0.1:9400/metrics (scheduler), :9401.. (servers), :9411.. (workers);"
+  echo "   prometheus --config.file=$ROOT/deploy/prometheus/prometheus.yml --storage.tsdb.path=$RUN/prometheus"
+fi
 "$BIN/ps-scheduler" --bind "$SCHED" --servers "$SERVERS" --workers "$WORKERS" \
-  --mode "$MODE" --replication "$REPLICATION" >"$RUN/scheduler.log" 2>&1 &
+  --mode "$MODE" --replication "$REPLICATION" $(metrics 9400 0) >"$RUN/scheduler.log" 2>&1 &
 PIDS+=($!)
 for i in $(seq 0 $((SERVERS - 1))); do
-  "$BIN/ps-server" --scheduler "$SCHED" >"$RUN/server$i.log" 2>&1 &
+  "$BIN/ps-server" --scheduler "$SCHED" $(metrics 9401 "$i") >"$RUN/server$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in $(seq 1 $((WORKERS - 1))); do
   "$BIN/ps-worker" --scheduler "$SCHED" --rank "$i" --epochs "$EPOCHS" \
-    --batch-size "$BATCH" >"$RUN/worker$i.log" 2>&1 &
+    --batch-size "$BATCH" $(metrics 9411 "$i") >"$RUN/worker$i.log" 2>&1 &
   PIDS+=($!)
 done
 # Worker 0 shows its progress here and writes the report.
 "$BIN/ps-worker" --scheduler "$SCHED" --rank 0 --epochs "$EPOCHS" \
-  --batch-size "$BATCH" --report "$RUN/report.json" > >(tee "$RUN/worker0.log") 2>&1 &
+  --batch-size "$BATCH" $(metrics 9411 0) --report "$RUN/report.json" > >(tee "$RUN/worker0.log") 2>&1 &
 PIDS+=($!)
 W0=$!
 status=0

@@ -5,11 +5,13 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/exporter.h"
 #include "common/log.h"
 #include "server.h"
 
 int main(int argc, char **argv) {
-  char *scheduler = NULL, *bind = NULL, *advertise = NULL;
+  char *scheduler = NULL, *bind = NULL, *advertise = NULL,
+       *metrics_bind = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
   int log_level = PS_LOG_INFO;
 
@@ -32,6 +34,8 @@ int main(int argc, char **argv) {
        1099511627776.0, NULL,
        "Largest payload frame accepted or sent, in bytes; bigger requests "
        "are refused with TOO_BIG."},
+      {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
+       PS_METRICS_BIND_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Least severe level logged."},
   };
@@ -54,6 +58,9 @@ int main(int argc, char **argv) {
     rc = ps_config_check_endpoint("bind", bind, 1, err, sizeof(err));
   if (rc == PS_OK && advertise && advertise[0])
     rc = ps_config_check_endpoint("advertise", advertise, 0, err, sizeof(err));
+  if (rc == PS_OK && metrics_bind && metrics_bind[0])
+    rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
+                                sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
 
@@ -65,6 +72,7 @@ int main(int argc, char **argv) {
   so.heartbeat_ms = (int)heartbeat_ms;
   so.scheduler_timeout_ms = (int)scheduler_timeout_ms;
   so.limits.max_payload_bytes = (size_t)max_message_bytes;
+  so.metrics_bind = metrics_bind;
 
   int status = PS_OK;
   ps_server_t *server = ps_server_new(&so, &status, err, sizeof(err));

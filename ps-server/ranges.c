@@ -349,6 +349,8 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
 void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
                             uint32_t backup, uint64_t bytes, uint64_t ms) {
   ps_server_t *s = arg;
+  s->stats.snapshots_out++;
+  s->stats.snapshot_bytes_out += bytes;
   PS_INFO("re_replicated",
           "range=[%llu,%llu) backup=%u bytes=%llu duration_ms=%llu "
           "epoch=%llu",

@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/member.h"
+#include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "server_int.h"
@@ -119,6 +120,7 @@ static void serve_parked(ps_server_t *s, owned_range_t *r) {
       continue;
     }
     *pp = p->next;
+    ps_hist_observe(&s->hist_bsp_wait, ps_now_ns() - p->parked_ns);
     send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count);
     parked_free(s, p);
   }
@@ -332,8 +334,10 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   }
   ps_dedup_mark(r->dedup, worker, p->seq);
   int applied = 0;
+  uint64_t t0 = ps_now_ns();
   ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
                     &applied);
+  ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
   if (applied) ps__server_after_apply(s, r);
 }
 
@@ -374,6 +378,7 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
     pp->key_begin = p->key_begin;
     pp->count = p->count;
     pp->clock = p->clock;
+    pp->parked_ns = ps_now_ns();
     parked_pull_t **tail = &r->parked;
     while (*tail) tail = &(*tail)->next;
     *tail = pp;

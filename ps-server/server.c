@@ -70,7 +70,11 @@ static int ratelimit_allow(ratelimit_t *rl, uint64_t *suppressed) {
 void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload) {
   /* ps_msg_send sets the version; set it first so the size is the real one. */
   env->version = PS_PROTOCOL_VERSION;
-  s->stats.bytes_out += ps__envelope__get_packed_size(env) + payload;
+  size_t bytes = ps__envelope__get_packed_size(env) + payload;
+  s->stats.bytes_out += bytes;
+  int body = (int)env->body_case;
+  s->stats.bytes_out_by[body >= 0 && body < PS_SERVER_NBODY ? body : 0] +=
+      bytes;
 }
 
 static void send_error_v(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
@@ -127,11 +131,14 @@ void ps__server_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
 static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
                     void *arg) {
   ps_server_t *s = arg;
+  uint64_t t0 = ps_now_ns();
   int body = m->env ? (int)m->env->body_case : 0;
-  s->stats.requests[body >= 0 && body < PS_SERVER_NBODY ? body : 0]++;
+  if (body < 0 || body >= PS_SERVER_NBODY) body = 0;
+  s->stats.requests[body]++;
   size_t in = m->env ? ps__envelope__get_packed_size(m->env) : 0;
   for (int i = 0; i < m->npayload; i++) in += zmq_msg_size(&m->payload[i]);
   s->stats.bytes_in += in;
+  s->stats.bytes_in_by[body] += in;
 
   if (s->stopping) {
     ps__server_refuse(s, m, PS_ERR_SHUTDOWN, "server %u is shutting down",
@@ -146,6 +153,7 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
     ps__server_dispatch(s, m);
   }
   ps_msg_close(m);
+  ps_hist_observe(&s->hist_request[ps__server_op(body)], ps_now_ns() - t0);
 }
 
 void ps__server_dispatch(ps_server_t *s, ps_msg_t *m) {
@@ -200,6 +208,7 @@ static void teardown(ps_server_t *s) {
   ps_repl_destroy(&s->repl);
   ps_zsock_destroy(&s->data);
   ps_member_destroy(&s->member);
+  ps_exporter_destroy(&s->exporter);
   if (s->signals_open) {
     s->signals_open = 0;
     uv_close((uv_handle_t *)&s->sigterm, handle_close_cb);
@@ -315,6 +324,17 @@ static int same_model(const ps_view_t *a, const ps_view_t *b) {
 
 static void saver_reply_cb(ps_saver_t *sv, Ps__CheckpointReply *r, void *arg) {
   ps_server_t *s = arg;
+  if (r->written) {
+    s->stats.ckpt_writes++;
+    s->stats.ckpt_write_us += r->write_us;
+    for (size_t i = 0; i < r->n_shards; i++) {
+      s->stats.ckpt_bytes += r->shards[i]->bytes;
+      if (r->shards[i]->clock > s->stats.ckpt_last_step)
+        s->stats.ckpt_last_step = r->shards[i]->clock;
+    }
+  } else if (r->code != PS_OK && !r->late) {
+    s->stats.ckpt_failures++;
+  }
   if (s->member == NULL) return;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_REPLY;
@@ -553,6 +573,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     return NULL;
   }
   s->limits = o->limits;
+  ps__server_metrics_init(s);
   s->scheduler = dup_or_null(o->scheduler);
   s->advertise = dup_or_null(o->advertise);
   if (s->scheduler == NULL || (o->advertise && s->advertise == NULL)) {
@@ -647,6 +668,11 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
   ps_member_set_message_cb(s->member, on_member_message, s);
+  if (o->metrics_bind && o->metrics_bind[0] &&
+      ps__server_metrics_start(s, o->metrics_bind, errbuf, errlen) != PS_OK) {
+    *err = PS_ERR_CONFIG;
+    goto fail;
+  }
   *err = PS_OK;
   return s;
 

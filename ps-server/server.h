@@ -30,6 +30,9 @@ typedef struct {
   int scheduler_timeout_ms; /* 0: wait for the scheduler forever */
   ps_frame_limits_t limits;
   int handle_signals; /* stop on SIGTERM/SIGINT (the daemon); 0 in tests */
+  /* Serve /metrics and /healthz on this HOST:PORT (common/exporter.h), on
+   * the server's loop; NULL or "": off. */
+  const char *metrics_bind;
 } ps_server_opts_t;
 
 /* Fills o with the defaults: scheduler tcp://127.0.0.1:7000, bind
@@ -41,7 +44,7 @@ void ps_server_opts_init(ps_server_opts_t *o);
 #define PS_SERVER_NERR 32
 /* Indexes of ps_server_stats_t.requests: Ps__Envelope__BodyCase (0: the
  * header could not be decoded). */
-#define PS_SERVER_NBODY 64
+#define PS_SERVER_NBODY 128
 
 /* Counters for /metrics. Monotonic except parked_pulls. */
 typedef struct {
@@ -60,6 +63,16 @@ typedef struct {
   uint64_t duplicate_pushes;     /* resent pushes acked without applying */
   uint64_t replicated;           /* changes replayed as a backup */
   uint64_t snapshots_in;         /* ranges received whole as a new backup */
+  /* Bytes by body case: requests received, replies and errors sent. */
+  uint64_t bytes_in_by[PS_SERVER_NBODY];
+  uint64_t bytes_out_by[PS_SERVER_NBODY];
+  uint64_t snapshots_out;      /* ranges a new backup acked whole */
+  uint64_t snapshot_bytes_out; /* ... their bytes */
+  uint64_t ckpt_writes;        /* checkpoint writes this server made durable */
+  uint64_t ckpt_failures;      /* ... and that failed */
+  uint64_t ckpt_bytes;         /* bytes of the files written */
+  uint64_t ckpt_write_us;      /* snapshot to durable, summed */
+  uint64_t ckpt_last_step;     /* the step of the newest one written */
 } ps_server_stats_t;
 
 /* Binds the data socket, connects to the scheduler and registers. Returns

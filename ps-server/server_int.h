@@ -25,7 +25,9 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/exporter.h"
 #include "common/member.h"
+#include "common/metrics.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "dedup.h"
@@ -41,12 +43,18 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "payload frames are applied in place: little-endian only");
 
+/* Every body case has its own counters (ps_server_stats_t): ReplicaChunk
+ * (64) was counted as undecoded while the array had 64 entries. */
+_Static_assert(PS__ENVELOPE__BODY_REPLICA_CHUNK < PS_SERVER_NBODY,
+               "PS_SERVER_NBODY must exceed every Envelope body case");
+
 /* A BSP pull that asked for a step the shard has not applied yet. */
 typedef struct parked_pull_s {
   struct parked_pull_s *next;
   zmq_msg_t route; /* a reference to the peer's routing id (zmq_msg_copy) */
   uint64_t request_id;
   uint64_t key_begin, count, clock;
+  uint64_t parked_ns; /* when it began to wait, for the BSP wait histogram */
 } parked_pull_t;
 
 /* A snapshot of a range on its way in (ps-server/backup.c): the head's state
@@ -79,6 +87,18 @@ typedef struct deferred_s {
   struct deferred_s *next;
   ps_msg_t m;
 } deferred_t;
+
+/* The ops of the request-time histogram (metrics.c: ps__server_op). */
+enum {
+  PS_SRV_OP_PUSH,
+  PS_SRV_OP_PULL,
+  PS_SRV_OP_REPLICATE,
+  PS_SRV_OP_SNAPSHOT,
+  PS_SRV_OP_SPARSE_PUSH,
+  PS_SRV_OP_SPARSE_PULL,
+  PS_SRV_OP_OTHER,
+  PS_SRV_NOPS
+};
 
 typedef struct {
   int armed;
@@ -134,6 +154,13 @@ struct ps_server_s {
   deferred_t *deferred, **deferred_tail;
   size_t ndeferred;
 
+  /* /metrics and /healthz (metrics.c); NULL when --metrics-bind is off.
+   * The histograms are observed on the loop whether or not it is on. */
+  ps_exporter_t *exporter;
+  ps_hist_t hist_request[PS_SRV_NOPS]; /* loop time per request, by op */
+  ps_hist_t hist_apply;                /* shard update time per push */
+  ps_hist_t hist_bsp_wait;             /* parked pulls: time to their step */
+
   int stopping;
   int torn_down;
   int exit_status;
@@ -179,6 +206,13 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m);
 void ps__server_snap_in_free(snap_in_t **in_p);
 void ps__server_serve_deferred(ps_server_t *s);
 void ps__server_deferred_free(ps_server_t *s);
+
+/* ps-server/metrics.c */
+int ps__server_op(int body_case);
+const char *ps__server_op_name(int op);
+void ps__server_metrics_init(ps_server_t *s);
+int ps__server_metrics_start(ps_server_t *s, const char *bind, char *err,
+                          size_t errlen);
 
 /* ps-server/ranges.c */
 const char *ps__server_format_ranges(const ps_server_t *s, char *buf,

@@ -38,6 +38,7 @@ static int barrier_check(ps_sched_t *s, const char *barrier_name) {
     if (n->barrier && strcmp(n->barrier, name) == 0) in++;
   }
   if (live == 0 || in < live) return 0;
+  s->stats.barrier_releases++;
   PS_INFO("barrier_released", "name=%s workers=%u epoch=%" PRIu64, name, in,
           s->epoch);
   Ps__Ack ack = PS__ACK__INIT;
@@ -91,6 +92,7 @@ void ps__sched_handle_barrier(ps_sched_t *s, ps_msg_t *m) {
   }
   ps__sched_barrier_leave(n); /* a worker waits in one barrier at a time */
   n->barrier = copy;
+  s->stats.barrier_entries++;
   n->barrier_request_id = m->request_id;
   n->barrier_route_len = 0;
   if (m->has_route && zmq_msg_size(&m->route) <= sizeof(n->barrier_route)) {

@@ -67,6 +67,7 @@ void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
   uint64_t now = ps_now_ms();
   s->ckpt_last_ms = now;
   if (status == PS_OK) {
+    s->stats.ckpt_ok++;
     s->has_last = 1;
     ps__checkpoint_info__init(&s->last);
     s->last.id = res->id;
@@ -107,6 +108,7 @@ void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
     else
       PS_ERROR("checkpoint_failed", "err=%s reason=\"%s\"", ps_err_name(status),
                reason);
+    if (!s->ending && !s->finished) s->stats.ckpt_failed++;
     s->ckpt_retry_ms = now + SCHED_CKPT_BACKOFF_MS;
     waiters_answer(s, status, reason, NULL);
   }

@@ -34,13 +34,14 @@ static uint64_t silent_ms(const sched_node_t *n, uint64_t now) {
 
 /* Logs what changed in one range's chain: before -> r, published as
  * epoch. A primary that just died is one whose dead_epoch is epoch. */
-static void log_chain_change(const ps_sched_t *s, const ps_range_t *before,
+static void log_chain_change(ps_sched_t *s, const ps_range_t *before,
                              const ps_range_t *r, uint64_t epoch,
                              uint64_t now) {
   unsigned long long b = (unsigned long long)r->begin;
   unsigned long long e = (unsigned long long)r->end;
   const sched_node_t *old = ps__sched_node_by_id_const(s, before->server_id);
   if (r->server_id != before->server_id) {
+    s->stats.failovers++;
     PS_WARN("failover",
             "range=[%llu,%llu) old=%u new=%u silent_ms=%" PRIu64
             " backups=%u syncing=%u epoch=%" PRIu64,
@@ -48,6 +49,7 @@ static void log_chain_change(const ps_sched_t *s, const ps_range_t *before,
             r->nbackups, ps_place_nsyncing(r), epoch);
   } else if (!server_alive(s, r->server_id) && old != NULL &&
              old->dead_epoch == epoch) {
+    s->stats.ranges_lost++;
     PS_ERROR("range_unavailable",
              "range=[%llu,%llu) primary=%u silent_ms=%" PRIu64 " epoch=%" PRIu64
              " reason=\"no live synced replica is left; requests for these "
@@ -138,6 +140,7 @@ void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m) {
              rs->range_begin, rs->range_end, rs->backup);
     return;
   }
+  s->stats.re_replications++;
   PS_INFO(
       "re_replicated",
       "range=[%" PRIu64 ",%" PRIu64 ") primary=%u backup=%u bytes=%" PRIu64

@@ -7,6 +7,7 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/exporter.h"
 #include "common/log.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
@@ -14,7 +15,7 @@
 
 int main(int argc, char **argv) {
   char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
-       *state_file = NULL;
+       *state_file = NULL, *metrics_bind = NULL;
   int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
   int64_t replication = 2;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
@@ -70,6 +71,8 @@ int main(int argc, char **argv) {
        "checkpoint) here on every change; a scheduler restarted with it "
        "takes over the running job, whose nodes keep their roles and "
        "ranges."},
+      {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
+       PS_METRICS_BIND_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Lowest level of log lines written."},
   };
@@ -87,6 +90,9 @@ int main(int argc, char **argv) {
   if (rc == 1) return PS_EXIT_OK;
   if (rc == PS_OK)
     rc = ps_config_check_endpoint("bind", bind, 1, err, sizeof(err));
+  if (rc == PS_OK && metrics_bind && metrics_bind[0])
+    rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
+                                sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   /* The table's mode choices are in the enum's order. */
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
@@ -110,6 +116,7 @@ int main(int argc, char **argv) {
       .checkpoint_timeout_ms = (int)checkpoint_timeout_ms,
       .restore = restore,
       .state_file = state_file,
+      .metrics_bind = metrics_bind,
   };
   int serr = PS_OK;
   ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));

@@ -79,6 +79,7 @@ void ps__sched_fence(ps_sched_t *s, sched_node_t *n, ps_msg_t *m) {
   if (m != NULL && !n->fence_logged) {
     /* Once per node: it may speak a few more times before it exits. */
     n->fence_logged = 1;
+    s->stats.fenced[ps__sched_role_slot(n->role)]++;
     PS_WARN("node_fenced",
             "id=%u role=%s address=%s dead_epoch=%" PRIu64 " epoch=%" PRIu64
             " body=%s",
@@ -214,6 +215,7 @@ static void node_joined(ps_sched_t *s, sched_node_t *n) {
 /* Node n missed heartbeats for silent ms. */
 void ps__sched_declare_dead(ps_sched_t *s, sched_node_t *n, uint64_t silent) {
   n->state = PS__NODE_STATE__NODE_STATE_DEAD;
+  s->stats.timeouts[ps__sched_role_slot(n->role)]++;
   /* The view that says so is the next one (none before the first). */
   n->dead_epoch = s->published ? s->epoch + 1 : s->epoch;
   ps__sched_barrier_leave(n);

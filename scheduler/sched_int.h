@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "common/checkpoint.h"
+#include "common/exporter.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
@@ -33,6 +34,9 @@
 
 /* ZeroMQ routing identities are at most 255 bytes. */
 #define SCHED_ROUTE_MAX 256
+
+/* Per-role counters are indexed by PS__ROLE__*. */
+#define PS_ROLE_SLOTS 8
 
 /* psctl calls waiting for the checkpoint in progress. */
 #define SCHED_CKPT_WAITERS 16
@@ -128,6 +132,20 @@ struct ps_sched_s {
    * a step boundary a periodic checkpoint must be asked for. */
   uint64_t rate_clock, rate_ms;
   double steps_per_ms;
+
+  /* /metrics and /healthz (metrics.c); NULL when off. Counters of events
+   * the state does not keep (the rest is read from the state). */
+  ps_exporter_t *exporter;
+  struct {
+    uint64_t failovers;          /* ranges whose primary moved to a backup */
+    uint64_t ranges_lost;        /* ranges left with no live copy */
+    uint64_t re_replications;    /* new backups that finished syncing */
+    uint64_t timeouts[PS_ROLE_SLOTS];  /* declared dead for silence, by role */
+    uint64_t fenced[PS_ROLE_SLOTS];    /* dead nodes that spoke again */
+    uint64_t barrier_entries;    /* workers entering a barrier */
+    uint64_t barrier_releases;
+    uint64_t ckpt_ok, ckpt_failed;
+  } stats;
 };
 
 /* Ps__View that points into the scheduler's state plus the arrays it needs;
@@ -216,6 +234,13 @@ void ps__sched_handle_checkpoint_reply(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_ckpt_periodic(ps_sched_t *s, uint64_t now);
 int ps__sched_restore_prepare(ps_sched_t *s, const char *path, char *err,
                               size_t errlen);
+
+/* scheduler/metrics.c */
+int ps__sched_metrics_start(ps_sched_t *s, const char *bind, char *err,
+                            size_t errlen);
+static inline int ps__sched_role_slot(int role) {
+  return role >= 0 && role < PS_ROLE_SLOTS ? role : 0;
+}
 
 /* scheduler/state.c */
 uint64_t ps__sched_unix_now_ms(void);

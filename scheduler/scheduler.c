@@ -153,6 +153,7 @@ static void sched_free(ps_sched_t *s) {
   free(s->nodes);
   free(s->ranges);
   if (s->has_model) ps_model_clear(&s->model);
+  ps_exporter_destroy(&s->exporter);
   ps_coord_destroy(&s->coord);
   free(s->ckpt_base);
   free(s->restore_dir);
@@ -175,6 +176,7 @@ static void close_handles(ps_sched_t *s, int linger_ms) {
                    sizeof(linger_ms));
     ps_zsock_destroy(&s->zs);
   }
+  ps_exporter_destroy(&s->exporter);
   uv_timer_stop(&s->check_timer);
   uv_close((uv_handle_t *)&s->check_timer, on_handle_closed);
   if (s->opts.handle_signals) {
@@ -489,6 +491,13 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     return NULL;
   }
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->zs));
+  if (opts->metrics_bind && opts->metrics_bind[0] &&
+      ps__sched_metrics_start(s, opts->metrics_bind, errbuf, errlen) != PS_OK) {
+    *err = PS_ERR_CONFIG;
+    ps_zsock_destroy(&s->zs);
+    sched_free(s);
+    return NULL;
+  }
 
   /* Checking several times per timeout bounds how late a death is noticed:
    * failover time is the timeout plus at most one period. */

@@ -70,6 +70,9 @@ typedef struct {
    * job that did not finish takes that job over (ARCHITECTURE "Failure
    * semantics" 4), and --restore is then ignored. */
   const char *state_file;
+  /* Serve /metrics and /healthz on this HOST:PORT (common/exporter.h), on
+   * the scheduler's loop; NULL or "": off. */
+  const char *metrics_bind;
 } ps_sched_opts_t;
 
 /* Binds the socket and starts the timers on loop. Returns NULL with *err and

@@ -9,8 +9,10 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/exporter.h"
 #include "common/log.h"
 #include "worker/client/client_defaults.h"
+#include "worker/metrics.h"
 #include "worker/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -44,7 +46,7 @@ static void install_signals(void) {
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
-  char *device = NULL;
+  char *device = NULL, *metrics_bind = NULL;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
@@ -114,6 +116,8 @@ int main(int argc, char **argv) {
        "standardize pixels with the training set's mean and deviation"},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "lowest level logged"},
+      {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
+       PS_METRICS_BIND_HELP},
       {"eval-every-epoch", PS_OPT_BOOL, &eval_every_epoch, "true", 0, 0, NULL,
        "evaluate on the test set after every epoch, not only at the end"},
   };
@@ -132,6 +136,9 @@ int main(int argc, char **argv) {
   if (rc == 1) return PS_EXIT_OK;
   if (rc == PS_OK && !standalone)
     rc = ps_config_check_endpoint("scheduler", scheduler, 0, err, sizeof(err));
+  if (rc == PS_OK && metrics_bind && metrics_bind[0])
+    rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
+                                sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("worker", (ps_log_level_t)log_level);
   install_signals();
@@ -164,6 +171,23 @@ int main(int argc, char **argv) {
   to.client.resend_ms = (int)resend_ms;
   to.stop = &stop_requested;
 
+  /* Served from the start, so /healthz says "starting" while the worker
+   * loads its data and waits for the others. */
+  static ps_trainer_stats_t stats;
+  ps_trainer_stats_init(&stats);
+  ps_worker_metrics_t *metrics = NULL;
+  if (metrics_bind && metrics_bind[0]) {
+    metrics = ps_worker_metrics_start(metrics_bind, &stats, err, sizeof(err));
+    if (metrics == NULL) {
+      PS_ERROR("start_failed", "error=%s msg=\"%s\"",
+               ps_err_name(PS_ERR_CONFIG), err);
+      fprintf(stderr, "ps-worker: %s\n", err);
+      ps_config_free(&cfg);
+      return PS_EXIT_FAILURE;
+    }
+    to.stats = &stats;
+  }
+
   int exit_code = PS_EXIT_OK;
   int terr = PS_OK;
   ps_trainer_t *t = ps_trainer_new(&to, &terr, err, sizeof(err));
@@ -181,6 +205,9 @@ int main(int argc, char **argv) {
     }
     ps_trainer_destroy(&t);
   }
+  atomic_store(&stats.phase,
+               exit_code == 0 ? PS_TRAINER_FINISHED : PS_TRAINER_FAILED);
+  ps_worker_metrics_stop(&metrics);
   ps_config_free(&cfg);
   return exit_code;
 }

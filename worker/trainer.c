@@ -50,6 +50,8 @@ struct ps_trainer_s {
    * contributes from; global steps (data order, schedule) continue from
    * there. */
   uint64_t start_step;
+  /* The current step's time in pulls and pushes (for the stats). */
+  uint64_t step_pull_ns, step_push_ns;
 };
 
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
@@ -60,6 +62,35 @@ static void trainer_fail(ps_trainer_t *t, const char *fmt, ...) {
   va_start(ap, fmt);
   ps_verrf(t->errmsg, sizeof(t->errmsg), PS_OK, fmt, ap);
   va_end(ap);
+}
+
+void ps_trainer_stats_init(ps_trainer_stats_t *st) {
+  memset(st, 0, sizeof(*st));
+  ps_hist_init(&st->step_seconds, ps_hist_seconds_bounds,
+               ps_hist_seconds_nbounds, 1e-9);
+  ps_gauge_set(&st->test_accuracy, NAN);
+  ps_gauge_set(&st->test_loss, NAN);
+}
+
+/* Counts one step done in step_ns, with the pull and push time that
+ * train_step measured. */
+static void stats_step(ps_trainer_t *t, uint64_t step, uint64_t step_ns) {
+  ps_trainer_stats_t *st = t->o.stats;
+  if (st == NULL) return;
+  uint64_t waits = t->step_pull_ns + t->step_push_ns;
+  ps_counter_add(&st->pull_wait_ns, t->step_pull_ns);
+  ps_counter_add(&st->push_wait_ns, t->step_push_ns);
+  ps_counter_add(&st->compute_ns, step_ns > waits ? step_ns - waits : 0);
+  ps_hist_observe(&st->step_seconds, step_ns);
+  ps_counter_add(&st->samples, (uint64_t)t->o.batch_size);
+  ps_counter_add(&st->steps, 1);
+  ps_gauge_set(&st->step, (double)(step + 1));
+  ps_gauge_set(&st->train_loss, t->res.train_loss);
+  if (t->client != NULL) {
+    uint64_t dup = ps_client_duplicate_acks(t->client);
+    uint64_t had = ps_counter_get(&st->duplicate_acks);
+    if (dup > had) ps_counter_add(&st->duplicate_acks, dup - had);
+  }
 }
 
 void ps_trainer_opts_init(ps_trainer_opts_t *o) {
@@ -403,6 +434,11 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
   rc = ps_net_evaluate(t->net, &t->test, &t->res.test_loss,
                        &t->res.test_accuracy);
   if (rc != PS_OK) trainer_fail(t, "evaluation failed: %s", ps_strerror(rc));
+  if (rc == PS_OK && t->o.stats) {
+    ps_gauge_set(&t->o.stats->test_accuracy, t->res.test_accuracy);
+    ps_gauge_set(&t->o.stats->test_loss, t->res.test_loss);
+    ps_counter_add(&t->o.stats->evaluations, 1);
+  }
   if (rc == PS_OK && device_failed(t, "evaluating after", clock))
     rc = PS_ERR_IO;
   return rc;
@@ -422,7 +458,9 @@ static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
     }
     if (f != 1.0f)
       for (size_t i = begin; i < begin + count; i++) t->g[i] *= f;
+    uint64_t p0 = ps_now_ns();
     rc = ps_client_push(t->client, begin, count, t->g + begin, step);
+    t->step_push_ns += ps_now_ns() - p0;
     if (rc != PS_OK)
       trainer_fail(t,
                    "push of the gradient of keys [%zu, %zu) of step %" PRIu64
@@ -447,7 +485,10 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
            dim * sizeof(float));
     t->yb[i] = t->train.y[idx[i]];
   }
+  uint64_t p0 = ps_now_ns();
   int rc = fetch_weights(t, step);
+  t->step_pull_ns = ps_now_ns() - p0;
+  t->step_push_ns = 0;
   if (rc != PS_OK) return rc;
   ps_net_set_params(t->net, t->w);
   float f =
@@ -483,7 +524,9 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
                  (float)t->o.momentum, 1.0f);
     return PS_OK;
   }
+  uint64_t push0 = ps_now_ns();
   rc = ps_client_push(t->client, 0, t->nparams, t->g, step);
+  t->step_push_ns = ps_now_ns() - push0;
   if (rc != PS_OK)
     trainer_fail(t, "push of the gradient of step %" PRIu64 " failed: %s", step,
                  ps_client_errmsg(t->client));
@@ -631,6 +674,15 @@ int ps_trainer_run(ps_trainer_t *t) {
    * to compute; it evaluates the final model like the others. */
   if (step > total) step = total;
   if (step > 0) r->epochs = (int64_t)(step / spe);
+  ps_trainer_stats_t *st = o->stats;
+  if (st) {
+    ps_gauge_set(&st->rank, t->rank);
+    ps_gauge_set(&st->workers, t->workers);
+    ps_gauge_set(&st->total_steps, (double)total);
+    ps_gauge_set(&st->step, (double)step);
+    ps_gauge_set(&st->epoch, (double)r->epochs);
+    atomic_store(&st->phase, PS_TRAINER_TRAINING);
+  }
 
   for (; step < total; step++) {
     if (should_stop(t)) {
@@ -642,6 +694,7 @@ int ps_trainer_run(ps_trainer_t *t) {
       epoch_n = 0;
     }
     double loss;
+    uint64_t step_t0 = ps_now_ns();
     rc = train_step(t, step, &loss);
     if (rc != PS_OK) {
       if (cluster_gone(t, rc)) {
@@ -657,10 +710,15 @@ int ps_trainer_run(ps_trainer_t *t) {
     r->train_loss = epoch_loss / (double)epoch_n;
 
     uint64_t now = ps_now_ns();
+    stats_step(t, step, now - step_t0);
     double dt = (double)(now - last_ns) * 1e-9;
     if (dt >= o->progress_s && step + 1 < total) {
       /* Evaluation is not training: keep it out of the rate. */
       double train_dt = dt - (double)(eval_ns - last_eval_ns) * 1e-9;
+      if (st && train_dt > 0)
+        ps_gauge_set(&st->samples_per_sec,
+                     (double)((step + 1 - last_step) * global_batch) /
+                         train_dt);
       PS_INFO("progress",
               "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
               " loss=%.4f lr=%.5f samples_per_sec=%.0f",
@@ -682,6 +740,7 @@ int ps_trainer_run(ps_trainer_t *t) {
     if ((step + 1) % spe == 0) {
       uint64_t epoch = (step + 1) / spe;
       r->epochs = (int64_t)epoch;
+      if (st) ps_gauge_set(&st->epoch, (double)epoch);
       int last = step + 1 == total;
       double elapsed = (double)(now - start_ns) * 1e-9;
       if (evaluator && (o->eval_every_epoch || last)) {
@@ -734,6 +793,7 @@ int ps_trainer_run(ps_trainer_t *t) {
     /* Either way t->w now holds the weights as of clock step. */
   }
   r->wall_seconds = (double)(ps_now_ns() - start_ns) * 1e-9;
+  if (st) ps_gauge_set(&st->samples_per_sec, r->samples_per_sec);
 
   if (rc == PS_OK && !r->stopped && evaluator) {
     if (o->dump_path != NULL)

@@ -37,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/metrics.h"
 #include "ps/client.h"
 
 /* Defaults of ps_trainer_opts_t, shared with ps-worker's option table
@@ -73,6 +74,40 @@ typedef enum {
   PS_LR_COSINE = 1, /* f(t) = (1 + cos(pi t / T)) / 2, T = epochs x steps */
 } ps_lr_schedule_t;
 
+/* What the trainer is doing, for /healthz. */
+typedef enum {
+  PS_TRAINER_STARTING = 0, /* loading data, joining the cluster */
+  PS_TRAINER_TRAINING = 1,
+  PS_TRAINER_FINISHED = 2, /* ran to its end (or was stopped) */
+  PS_TRAINER_FAILED = 3,
+} ps_trainer_phase_t;
+
+/* The trainer's figures for /metrics (worker/metrics.h), written by the
+ * trainer's thread as it goes and read by another: single-writer atomics
+ * (common/metrics.h), so the training loop takes no lock for them. */
+typedef struct {
+  _Atomic int phase;              /* ps_trainer_phase_t */
+  ps_counter_t steps;             /* steps this worker computed and pushed */
+  ps_counter_t samples;           /* examples in those steps */
+  ps_counter_t pull_wait_ns;      /* in pulls of the weights before a step */
+  ps_counter_t compute_ns;        /* forward, backward, batch gathering */
+  ps_counter_t push_wait_ns;      /* in pushes of the gradient until acked */
+  ps_counter_t evaluations;       /* test-set evaluations */
+  ps_counter_t duplicate_acks;    /* ps_client_duplicate_acks */
+  ps_hist_t step_seconds;         /* one step, pull to ack */
+  ps_gauge_t step;                /* global steps done */
+  ps_gauge_t total_steps;         /* the run's last step */
+  ps_gauge_t epoch;               /* whole epochs done */
+  ps_gauge_t train_loss;          /* mean batch loss of the current epoch */
+  ps_gauge_t test_accuracy;       /* of the last evaluation; NaN: none yet */
+  ps_gauge_t test_loss;
+  ps_gauge_t samples_per_sec;     /* the job's, over the last progress line */
+  ps_gauge_t rank, workers;
+} ps_trainer_stats_t;
+
+/* Zeroes st, test figures NaN, the histogram's buckets set. */
+void ps_trainer_stats_init(ps_trainer_stats_t *st);
+
 typedef struct {
   int standalone; /* 1: no cluster, apply SGD locally */
   const char
@@ -98,6 +133,8 @@ typedef struct {
    * the current step, tells the cluster it leaves (which ends the job) and
    * returns PS_OK with result.stopped set. May be NULL. */
   volatile sig_atomic_t *stop;
+  /* Figures for /metrics, updated after every step; NULL: none. */
+  ps_trainer_stats_t *stats;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those
