@@ -187,16 +187,26 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
 
   /* The device first: a GPU asked for and missing is refused before
    * seconds go into loading the data. */
-  char err2[512], note[384];
-  ps_compute_opts_t copts = {.threads = o->threads};
-  int crc = PS_OK;
-  t->compute = ps_compute_open(o->device, &copts, note, sizeof(note), &crc,
-                               err2, sizeof(err2));
+  char err2[512], note[640];
+  ps_compute_opts_t copts = {
+      .threads = o->threads,
+      .rank_hint = o->standalone ? -1 : (long)o->client.rank,
+  };
+  int crc = PS_OK, gpu_unusable = 0;
+  t->compute = ps_compute_open_probed(o->device, &copts, NULL, note,
+                                      sizeof(note), &gpu_unusable, &crc, err2,
+                                      sizeof(err2));
   if (t->compute == NULL) {
     trainer_fail(t, "%s", err2);
     rc = crc != PS_OK ? crc : PS_ERR_CONFIG;
     goto fail;
   }
+  /* A GPU that is there but cannot be used is a broken machine, not a CPU
+   * one: --device auto still trains on the CPU, but says so as an error
+   * with the driver's and the runtime's versions. */
+  if (gpu_unusable)
+    PS_ERROR("gpu_unusable", "requested=%s backend=cpu reason=\"%s\"",
+             o->device, note);
   /* Which device a run used is the first thing to know about its speed. */
   PS_INFO("device", "requested=%s backend=%s device=\"%s\"%s%s%s",
           o->device ? o->device : "cpu", ps_compute_name(t->compute),

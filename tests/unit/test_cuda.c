@@ -3,10 +3,13 @@
  * difference <= 1e-4), and a short training run on each, whose test
  * accuracies agree within half a point.
  *
- * Without a usable GPU (no driver, no device, a build without CUDA) it
- * prints the CUDA runtime's reason and exits 77, which ctest reports as
- * skipped (SKIP_RETURN_CODE), never as passed. The tests run in one
- * process (CK_NOFORK): a CUDA context does not survive fork.
+ * On a machine without a GPU (no /dev/nvidiaN, nothing nvidia-smi lists)
+ * it prints the CUDA runtime's reason and exits 77, which ctest reports as
+ * skipped (SKIP_RETURN_CODE), never as passed. A GPU that is there but
+ * that CUDA cannot use (a driver older than the runtime, cuBLAS missing, a
+ * build without CUDA) fails, with the driver's and runtime's versions.
+ * The tests run in one process (CK_NOFORK): a CUDA context does not
+ * survive fork.
  */
 #include <check.h>
 #include <math.h>
@@ -417,10 +420,21 @@ START_TEST(test_training_matches_cpu) {
 END_TEST
 
 int main(void) {
-  char why[256];
-  if (ps_compute_cuda_devices(why, sizeof(why)) < 0) {
-    printf("SKIPPED: no usable CUDA device: %s\n", why);
+  /* Skipped only where there is no GPU at all; a GPU that is there but
+   * that CUDA cannot use (driver too old, libraries missing) fails. */
+  ps_cuda_probe_t probe;
+  ps_compute_cuda_probe(&probe);
+  char verdict[512];
+  switch (ps_compute_cuda_verdict(&probe, verdict, sizeof(verdict))) {
+  case PS_CUDA_ABSENT:
+    printf("SKIPPED: %s\n", verdict);
     return SKIP_CODE;
+  case PS_CUDA_BROKEN:
+    fprintf(stderr, "FAILED: %s\n", verdict);
+    return EXIT_FAILURE;
+  case PS_CUDA_USABLE:
+    printf("%s\n", verdict);
+    break;
   }
   char err[256];
   ps_compute_opts_t o = {.threads = 1, .device = 0};

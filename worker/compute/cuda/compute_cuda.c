@@ -170,6 +170,15 @@ static int blas_ok(cuda_t *s, cublasStatus_t st, const char *what) {
 }
 
 int ps__compute_cuda_devices(char *why, size_t whylen);
+void ps__compute_cuda_versions(int *driver, int *runtime);
+
+/* Both work without a driver: the driver's version is then 0. */
+void ps__compute_cuda_versions(int *driver, int *runtime) {
+  *driver = *runtime = 0;
+  if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+  if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
+  (void)cudaGetLastError();
+}
 
 int ps__compute_cuda_devices(char *why, size_t whylen) {
   int n = 0;
