@@ -35,6 +35,8 @@ struct ps_trainer_s {
   uint32_t rank, workers;
   size_t nparams;
   int push_layers; /* push per layer as gradients arrive (PS_PUSH_LAYER) */
+  /* The most layer pushes of one step in flight at once, for the log. */
+  size_t layer_pushes_max;
   /* w, g and xb move to and from the device every step: host memory from
    * the backend (page-locked on a GPU). */
   float *w;  /* weights, the whole key space */
@@ -417,26 +419,55 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
   return rc;
 }
 
-/* The layered push: each layer's gradient goes to the servers as soon as it
- * is on the host, while the device computes the layers below. Every layer
- * is waited for even after a failure: the copies write into t->g. */
+/* The layered push: each layer's push starts as soon as its gradient is on
+ * the host, while the device computes the layers below and the pushes of
+ * the layers above are on the wire; all are waited for at the end, so a
+ * step costs one round trip, not one per layer. Every layer's copy is
+ * waited for even after a failure (the copies write into t->g), and every
+ * started push too (they read from it). */
 static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
   int rc = PS_OK;
-  size_t begin, count;
+  size_t begin, count, started = 0;
+  uint64_t tickets[PS_NET_MAX_GROUPS];
+  size_t tbegin[PS_NET_MAX_GROUPS], tcount[PS_NET_MAX_GROUPS];
   while (ps_net_gradient_next(t->net, &begin, &count)) {
     if (rc != PS_OK) continue;
     if (device_failed(t, "at", step)) {
       rc = PS_ERR_IO;
       continue;
     }
+    if (started == PS_NET_MAX_GROUPS) { /* net.c's static assert holds */
+      trainer_fail(t, "model has more than %d layers to push",
+                   PS_NET_MAX_GROUPS);
+      rc = PS_ERR_INVAL;
+      continue;
+    }
     if (f != 1.0f)
       for (size_t i = begin; i < begin + count; i++) t->g[i] *= f;
-    rc = ps_client_push(t->client, begin, count, t->g + begin, step);
-    if (rc != PS_OK)
+    rc = ps_client_push_start(t->client, begin, count, t->g + begin, step,
+                              &tickets[started]);
+    if (rc != PS_OK) {
+      trainer_fail(t,
+                   "push of the gradient of keys [%zu, %zu) of step %" PRIu64
+                   " failed to start: %s",
+                   begin, begin + count, step, ps_client_errmsg(t->client));
+      continue;
+    }
+    tbegin[started] = begin;
+    tcount[started] = count;
+    started++;
+  }
+  if (started > t->layer_pushes_max) t->layer_pushes_max = started;
+  for (size_t i = 0; i < started; i++) {
+    int wrc = ps_client_wait(t->client, tickets[i]);
+    if (wrc != PS_OK && rc == PS_OK) {
+      rc = wrc;
       trainer_fail(t,
                    "push of the gradient of keys [%zu, %zu) of step %" PRIu64
                    " failed: %s",
-                   begin, begin + count, step, ps_client_errmsg(t->client));
+                   tbegin[i], tbegin[i] + tcount[i], step,
+                   ps_client_errmsg(t->client));
+    }
   }
   return rc;
 }
@@ -772,6 +803,10 @@ int ps_trainer_run(ps_trainer_t *t) {
   }
   if (rc != PS_OK) return rc;
 
+  /* How many of a step's layer pushes were on the wire together: every
+   * layer of the model when nothing serialises them. */
+  if (t->client != NULL && t->push_layers)
+    PS_INFO("layer_pushes", "max_in_flight=%zu", t->layer_pushes_max);
   if (evaluator && evaluated_at == step && step > 0)
     PS_INFO("train_done",
             "steps=%" PRIu64 " epochs=%" PRId64

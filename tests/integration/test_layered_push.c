@@ -49,8 +49,14 @@ START_TEST(layered_push_cnn_equals_standalone) {
       ck_abort_msg("%s did not exit 0 (status %d)", p->name, p->status);
     }
   }
-  /* The workers did push per layer. */
+  /* The workers did push per layer, all four layers of a step in flight
+   * together (started as each gradient landed, waited for at the end). */
   ck_assert(h_wait_log(c.procs[4].log, "push=layer", 0));
+  for (int w = 4; w <= 5; w++)
+    ck_assert_msg(
+        h_wait_log(c.procs[w].log, "event=layer_pushes max_in_flight=4", 0),
+        "%s did not have its 4 layer pushes in flight together",
+        c.procs[w].name);
 
   size_t na, nb;
   float *a = (float *)h_read_file(sa_out, &na);
