@@ -333,7 +333,24 @@ static void check_model(ps_net_kind_t kind, size_t n) {
              ts->name);
     assert_close(what, gc + ts->offset, gg + ts->offset, ts->length, 1e-4);
   }
-  /* Layered: the same bits as the whole gradient on the same backend. */
+  /* Layered: the same bits as the whole gradient on the same backend.
+   * First the gradient of another batch (labels shifted, inputs negated),
+   * so that the device's gradient buffer holds other values when the
+   * layered pass starts: a copy that ran before backward, or raced it,
+   * would hand these back instead of the expected ones. */
+  float *other = malloc(p * sizeof(float));
+  float *x2 = malloc(n * 784 * sizeof(float));
+  uint8_t *y2 = malloc(n);
+  for (size_t i = 0; i < n * 784; i++) x2[i] = -x[i];
+  for (size_t i = 0; i < n; i++) y2[i] = (uint8_t)((y[i] + 3) % 10);
+  ps_net_gradient(mg, x2, y2, n, other);
+  size_t differ = 0;
+  for (size_t i = 0; i < p; i++) differ += other[i] != gg[i];
+  /* Gradients that are 0 for both batches (dead units) agree; most not. */
+  ck_assert_msg(differ >= p / 10,
+                "only %zu of %zu gradient values of the other batch differ "
+                "from the expected ones",
+                differ, p);
   for (size_t i = 0; i < p; i++) gl[i] = NAN;
   double ll = ps_net_gradient_begin(mg, x, y, n, gl);
   ck_assert_double_eq(ll, lg);
@@ -344,6 +361,9 @@ static void check_model(ps_net_kind_t kind, size_t n) {
   }
   ck_assert_uint_eq(end, 0);
   ck_assert_int_eq(memcmp(gl, gg, p * sizeof(float)), 0);
+  free(other);
+  free(x2);
+  free(y2);
 
   ps_dataset_t ds = {n, 784, 28, 28, x, y};
   double el_c, ea_c, el_g, ea_g;
