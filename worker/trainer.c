@@ -43,7 +43,7 @@ struct ps_trainer_s {
   float *v;  /* momentum (standalone only) */
   float *g;  /* gradient of this worker's batch */
   float *xb; /* the batch, gathered */
-  uint8_t *yb;
+  uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
   ps_trainer_result_t res;
   /* This worker's first step: 0, the step of the checkpoint the job was
@@ -270,7 +270,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   t->w = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->g = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->xb = ps_compute_host_alloc(t->compute, b * t->train.dim * sizeof(float));
-  t->yb = calloc(b, 1);
+  /* Pinned like xb: the labels' upload is then asynchronous too. */
+  t->yb = ps_compute_host_alloc(t->compute, b);
   t->perm = calloc(t->train.n, sizeof(uint32_t));
   if (o->standalone) t->v = calloc(t->nparams, sizeof(float));
   if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
@@ -351,12 +352,12 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
     ps_compute_host_free(t->compute, t->w);
     ps_compute_host_free(t->compute, t->g);
     ps_compute_host_free(t->compute, t->xb);
+    ps_compute_host_free(t->compute, t->yb);
   }
   ps_compute_destroy(&t->compute);
   ps_dataset_clear(&t->train);
   ps_dataset_clear(&t->test);
   free(t->v);
-  free(t->yb);
   free(t->perm);
   free(t);
   *t_p = NULL;

@@ -581,6 +581,40 @@ START_TEST(test_open_device) {
 }
 END_TEST
 
+/* The two halves give what softmax_xent gives (issue 18, item 5: the
+ * models read the loss after queueing backward). */
+START_TEST(test_softmax_xent_start_finish) {
+  enum { R = 7, C = 5 };
+  float z[R * C];
+  uint8_t lab[R];
+  for (int i = 0; i < R * C; i++) z[i] = frand() * 4.0f;
+  for (int i = 0; i < R; i++) lab[i] = (uint8_t)(i % C);
+  ps_dbuf_t *lz = buf_from(z, R * C);
+  ps_dbuf_t *g1 = ps_dbuf_new(c, PS_DTYPE_F32, R * C);
+  ps_dbuf_t *g2 = ps_dbuf_new(c, PS_DTYPE_F32, R * C);
+  ps_dbuf_t *ly = ps_dbuf_new(c, PS_DTYPE_U8, R);
+  ck_assert(g1 && g2 && ly);
+  ps_compute_upload(c, ps_dptr(ly, 0), lab, R);
+  double whole = ps_compute_softmax_xent(c, ps_dptr(lz, 0), ps_dptr(ly, 0), R,
+                                         C, ps_dptr(g1, 0), 0.5f);
+  ps_compute_softmax_xent_start(c, ps_dptr(lz, 0), ps_dptr(ly, 0), R, C,
+                                ps_dptr(g2, 0), 0.5f);
+  /* Work queued between the halves does not change the loss. */
+  ps_compute_fill(c, ps_dptr(lz, 0), R * C, 0.0f);
+  double halves = ps_compute_softmax_xent_finish(c);
+  ck_assert(whole > 0.0);
+  ck_assert_double_eq(halves, whole);
+  float a[R * C], b[R * C];
+  ps_compute_download(c, a, ps_dptr(g1, 0), R * C);
+  ps_compute_download(c, b, ps_dptr(g2, 0), R * C);
+  ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
+  ps_dbuf_destroy(&lz);
+  ps_dbuf_destroy(&g1);
+  ps_dbuf_destroy(&g2);
+  ps_dbuf_destroy(&ly);
+}
+END_TEST
+
 /* A made-up machine for the detection functions. */
 static ps_cuda_probe_t probe_of(int present, int devices, int driver,
                                 int runtime, const char *why) {
@@ -761,6 +795,7 @@ int main(void) {
   tcase_add_test(tc, test_open_device);
   tcase_add_test(tc, test_present_but_unusable_gpu);
   tcase_add_test(tc, test_pick_gpu);
+  tcase_add_test(tc, test_softmax_xent_start_finish);
 #ifdef PS_HAVE_CUDA
   tcase_add_test(tc, test_cublas_loads);
 #endif

@@ -12,6 +12,8 @@
 struct ps_compute_s {
   const ps_compute_ops_t *ops;
   void *state;
+  int loss_started; /* a softmax_xent_start not finished yet */
+  double loss;      /* its loss, for backends without the two halves */
 };
 
 struct ps_dbuf_s {
@@ -477,11 +479,38 @@ double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
                                ps_dptr_t labels, size_t rows, size_t cols,
                                ps_dptr_t grad, float grad_scale) {
   CHECK(cols > 0);
+  CHECK(!c->loss_started);
   const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
   const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
   float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
   if (rows == 0) return 0.0;
   return c->ops->softmax_xent(c, pl, py, rows, cols, pg, grad_scale);
+}
+
+void ps_compute_softmax_xent_start(ps_compute_t *c, ps_dptr_t logits,
+                                   ps_dptr_t labels, size_t rows, size_t cols,
+                                   ps_dptr_t grad, float grad_scale) {
+  CHECK(cols > 0);
+  CHECK(!c->loss_started);
+  const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
+  const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
+  float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
+  c->loss_started = 1;
+  c->loss = 0.0;
+  if (rows == 0) return;
+  if (c->ops->softmax_xent_start == NULL) {
+    c->loss = c->ops->softmax_xent(c, pl, py, rows, cols, pg, grad_scale);
+    return;
+  }
+  c->ops->softmax_xent_start(c, pl, py, rows, cols, pg, grad_scale);
+  c->loss_started = 2; /* the backend's to finish */
+}
+
+double ps_compute_softmax_xent_finish(ps_compute_t *c) {
+  CHECK(c->loss_started);
+  int backend = c->loss_started == 2;
+  c->loss_started = 0;
+  return backend ? c->ops->softmax_xent_finish(c) : c->loss;
 }
 
 void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,

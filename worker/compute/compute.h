@@ -120,6 +120,15 @@ typedef struct {
   double (*softmax_xent)(ps_compute_t *c, const float *logits,
                          const uint8_t *labels, size_t rows, size_t cols,
                          float *grad, float grad_scale);
+  /* softmax_xent in two halves, so that a device need not stop between
+   * the loss and the backward pass queued after it: start queues the
+   * kernel and the loss's copy to host memory, finish waits for that copy
+   * alone and returns the loss. Both NULL: softmax_xent is called at start
+   * (a synchronous backend loses nothing). */
+  void (*softmax_xent_start)(ps_compute_t *c, const float *logits,
+                             const uint8_t *labels, size_t rows, size_t cols,
+                             float *grad, float grad_scale);
+  double (*softmax_xent_finish)(ps_compute_t *c);
   /* out[j] = beta * out[j] + alpha * sum_i x[i][j]. */
   void (*col_sum)(ps_compute_t *c, const float *x, size_t rows, size_t cols,
                   float alpha, float beta, float *out);
@@ -312,6 +321,14 @@ void ps_compute_relu_backward(ps_compute_t *c, ps_dptr_t y, ps_dptr_t dy,
 double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
                                ps_dptr_t labels, size_t rows, size_t cols,
                                ps_dptr_t grad, float grad_scale);
+/* ps_compute_softmax_xent without waiting for the loss: returns once the
+ * work is queued; ps_compute_softmax_xent_finish returns the loss summed
+ * over rows, and waits only for it, not for what was queued after start.
+ * One start may be unfinished at a time, and no softmax_xent runs then. */
+void ps_compute_softmax_xent_start(ps_compute_t *c, ps_dptr_t logits,
+                                   ps_dptr_t labels, size_t rows, size_t cols,
+                                   ps_dptr_t grad, float grad_scale);
+double ps_compute_softmax_xent_finish(ps_compute_t *c);
 void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,
                         float alpha, float beta, ps_dptr_t out);
 size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,

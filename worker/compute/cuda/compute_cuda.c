@@ -136,6 +136,10 @@ typedef struct {
   /* Scratch for the operations that return a host value. */
   double *d_rowloss, *h_rowloss;
   size_t rowloss_cap;
+  /* softmax_xent_start: the rows whose losses are on their way to
+   * h_rowloss, and the event recorded after their copy. */
+  size_t loss_rows;
+  cudaEvent_t loss_ev;
   float *d_ones; /* col_sum as a gemv against ones */
   size_t ones_cap;
   unsigned long long *d_count, *h_count;
@@ -214,6 +218,7 @@ static void cuda_fini(ps_compute_t *c) {
   cudaFree(s->d_ones);
   cudaFree(s->d_count);
   cudaFreeHost(s->h_count);
+  if (s->loss_ev) cudaEventDestroy(s->loss_ev);
   if (s->stream) cudaStreamDestroy(s->stream);
   if (s->copy) cudaStreamDestroy(s->copy);
   free(s);
@@ -257,6 +262,8 @@ static int cuda_init(ps_compute_t *c, const ps_compute_opts_t *o, char *err,
              s, cudaEventCreateWithFlags(&s->landed[i], cudaEventDisableTiming),
              "cudaEventCreate");
   ok = ok &&
+       cuda_ok(s, cudaEventCreateWithFlags(&s->loss_ev, cudaEventDisableTiming),
+               "cudaEventCreate") &&
        cuda_ok(s, cudaMalloc((void **)&s->d_count, sizeof(*s->d_count)),
                "cudaMalloc") &&
        cuda_ok(s, cudaMallocHost((void **)&s->h_count, sizeof(*s->h_count)),
@@ -452,6 +459,43 @@ static double cuda_softmax_xent(ps_compute_t *c, const float *logits,
   return loss;
 }
 
+/* The loss's copy goes into page-locked memory behind an event, so that
+ * finish waits for it alone while the backward pass queued after start
+ * runs on. */
+static void cuda_softmax_xent_start(ps_compute_t *c, const float *logits,
+                                    const uint8_t *labels, size_t rows,
+                                    size_t cols, float *grad,
+                                    float grad_scale) {
+  cuda_t *s = state(c);
+  s->loss_rows = 0;
+  if (s->failed || !grow(s, (void **)&s->d_rowloss, (void **)&s->h_rowloss,
+                         &s->rowloss_cap, rows, sizeof(double)))
+    return;
+  if (cuda_ok(s,
+              ps__cuda_softmax_xent(s->stream, logits, labels, rows, cols,
+                                    grad, grad_scale, s->d_rowloss),
+              "softmax_xent") &&
+      cuda_ok(s,
+              cudaMemcpyAsync(s->h_rowloss, s->d_rowloss,
+                              rows * sizeof(double), cudaMemcpyDeviceToHost,
+                              s->stream),
+              "loss download") &&
+      cuda_ok(s, cudaEventRecord(s->loss_ev, s->stream), "loss event"))
+    s->loss_rows = rows;
+}
+
+static double cuda_softmax_xent_finish(ps_compute_t *c) {
+  cuda_t *s = state(c);
+  if (s->failed || s->loss_rows == 0 ||
+      !cuda_ok(s, cudaEventSynchronize(s->loss_ev), "loss wait"))
+    return NAN;
+  /* Summed in row order on the host, as the CPU backend does. */
+  double loss = 0.0;
+  for (size_t i = 0; i < s->loss_rows; i++) loss += s->h_rowloss[i];
+  s->loss_rows = 0;
+  return loss;
+}
+
 /* out = alpha * x^T ones + beta * out: the column sums as a gemv, x being
  * its transpose in column-major terms. */
 static void cuda_col_sum(ps_compute_t *c, const float *x, size_t rows,
@@ -555,6 +599,8 @@ const ps_compute_ops_t ps_compute_cuda_ops = {
     .relu = cuda_relu,
     .relu_backward = cuda_relu_backward,
     .softmax_xent = cuda_softmax_xent,
+    .softmax_xent_start = cuda_softmax_xent_start,
+    .softmax_xent_finish = cuda_softmax_xent_finish,
     .col_sum = cuda_col_sum,
     .count_correct = cuda_count_correct,
     .sync = cuda_sync,
