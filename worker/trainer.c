@@ -39,10 +39,10 @@ struct ps_trainer_s {
   size_t layer_pushes_max;
   /* w, g and xb move to and from the device every step: host memory from
    * the backend (page-locked on a GPU). */
-  float *w;  /* weights, the whole key space */
-  float *v;  /* momentum (standalone only) */
-  float *g;  /* gradient of this worker's batch */
-  float *xb; /* the batch, gathered */
+  float *w;    /* weights, the whole key space */
+  float *v;    /* momentum (standalone only) */
+  float *g;    /* gradient of this worker's batch */
+  float *xb;   /* the batch, gathered */
   uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
   ps_trainer_result_t res;
@@ -195,9 +195,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       .rank_hint = o->standalone ? -1 : (long)o->client.rank,
   };
   int crc = PS_OK, gpu_unusable = 0;
-  t->compute = ps_compute_open_probed(o->device, &copts, NULL, note,
-                                      sizeof(note), &gpu_unusable, &crc, err2,
-                                      sizeof(err2));
+  t->compute =
+      ps_compute_open_probed(o->device, &copts, NULL, note, sizeof(note),
+                             &gpu_unusable, &crc, err2, sizeof(err2));
   if (t->compute == NULL) {
     trainer_fail(t, "%s", err2);
     rc = crc != PS_OK ? crc : PS_ERR_CONFIG;

@@ -37,12 +37,11 @@ START_TEST(layered_push_cnn_equals_standalone) {
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
-          "--device", dev, "--model", "cnn", "--push", "layer",
-          "--batch-size", "32", "--max-steps", STEPS, "--dump-weights", ps_out,
-          NULL);
+          "--device", dev, "--model", "cnn", "--push", "layer", "--batch-size",
+          "32", "--max-steps", STEPS, "--dump-weights", ps_out, NULL);
   h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
-          "--device", dev, "--model", "cnn", "--push", "layer",
-          "--batch-size", "32", "--max-steps", STEPS, NULL);
+          "--device", dev, "--model", "cnn", "--push", "layer", "--batch-size",
+          "32", "--max-steps", STEPS, NULL);
 
   int all = h_wait_all(&c, 240000);
   if (!all) h_dump_logs(&c);

@@ -636,19 +636,19 @@ START_TEST(test_present_but_unusable_gpu) {
   char msg[512], note[640], err[512];
   int rc, unusable;
   ps_compute_opts_t o = {.threads = 1, .rank_hint = -1};
-  const char *why = "cudaGetDeviceCount: CUDA driver version is insufficient "
-                    "for CUDA runtime version (cudaErrorInsufficientDriver)";
+  const char *why =
+      "cudaGetDeviceCount: CUDA driver version is insufficient "
+      "for CUDA runtime version (cudaErrorInsufficientDriver)";
   ps_cuda_probe_t old = probe_of(1, -1, 12020, 13000, why);
   ck_assert_int_eq(ps_compute_cuda_verdict(&old, msg, sizeof(msg)),
                    PS_CUDA_BROKEN);
   ck_assert_msg(strstr(msg, "/dev/nvidia0") && strstr(msg, why) &&
-                    strstr(msg, "driver 12.2") &&
-                    strstr(msg, "runtime 13.0") && strstr(msg, "older"),
+                    strstr(msg, "driver 12.2") && strstr(msg, "runtime 13.0") &&
+                    strstr(msg, "older"),
                 "%s", msg);
   /* auto trains on the CPU but flags it for an error line. */
-  ps_compute_t *a = ps_compute_open_probed("auto", &o, &old, note,
-                                           sizeof(note), &unusable, &rc, err,
-                                           sizeof(err));
+  ps_compute_t *a = ps_compute_open_probed("auto", &o, &old, note, sizeof(note),
+                                           &unusable, &rc, err, sizeof(err));
   ck_assert_ptr_nonnull(a);
   ck_assert_str_eq(ps_compute_name(a), "cpu");
   ck_assert_int_eq(unusable, 1);
@@ -672,8 +672,8 @@ START_TEST(test_present_but_unusable_gpu) {
   ps_cuda_probe_t none = probe_of(0, -1, 0, 13000, "no CUDA-capable device");
   ck_assert_int_eq(ps_compute_cuda_verdict(&none, msg, sizeof(msg)),
                    PS_CUDA_ABSENT);
-  a = ps_compute_open_probed("auto", &o, &none, note, sizeof(note),
-                             &unusable, &rc, err, sizeof(err));
+  a = ps_compute_open_probed("auto", &o, &none, note, sizeof(note), &unusable,
+                             &rc, err, sizeof(err));
   ck_assert_ptr_nonnull(a);
   ck_assert_str_eq(ps_compute_name(a), "cpu");
   ck_assert_int_eq(unusable, 0);
@@ -734,23 +734,20 @@ START_TEST(test_pick_gpu) {
                 "%s", why);
   /* CUDA_VISIBLE_DEVICES=3 leaves the runtime one GPU, numbered 0: every
    * local rank takes it, and the log says why. */
-  ck_assert_int_eq(ps_compute_pick_gpu(1, 3, "SLURM_LOCALID", "3", why,
-                                       sizeof(why)),
-                   0);
+  ck_assert_int_eq(
+      ps_compute_pick_gpu(1, 3, "SLURM_LOCALID", "3", why, sizeof(why)), 0);
   ck_assert_msg(strstr(why, "GPU 0 of 1") &&
                     strstr(why, "CUDA_VISIBLE_DEVICES=3") &&
                     !strstr(why, "share"),
                 "%s", why);
-  ck_assert_int_eq(
-      ps_compute_pick_gpu(2, 1, "--rank", "2,3", why, sizeof(why)), 1);
+  ck_assert_int_eq(ps_compute_pick_gpu(2, 1, "--rank", "2,3", why, sizeof(why)),
+                   1);
 
   /* Where the local rank comes from. */
-  static const char *const vars[] = {"PS_LOCAL_RANK", "LOCAL_RANK",
-                                     "SLURM_LOCALID",
-                                     "OMPI_COMM_WORLD_LOCAL_RANK",
-                                     "MPI_LOCALRANKID"};
-  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
-    unsetenv(vars[i]);
+  static const char *const vars[] = {
+      "PS_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID",
+      "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
   const char *from = NULL;
   ck_assert_int_eq(ps_compute_local_rank(-1, &from), -1);
   ck_assert_int_eq(ps_compute_local_rank(5, &from), 5);
@@ -763,8 +760,7 @@ START_TEST(test_pick_gpu) {
   setenv("PS_LOCAL_RANK", "1", 1);
   ck_assert_int_eq(ps_compute_local_rank(5, &from), 1);
   ck_assert_str_eq(from, "PS_LOCAL_RANK");
-  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
-    unsetenv(vars[i]);
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
 }
 END_TEST
 

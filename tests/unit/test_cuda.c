@@ -446,15 +446,15 @@ int main(void) {
   ps_compute_cuda_probe(&probe);
   char verdict[512];
   switch (ps_compute_cuda_verdict(&probe, verdict, sizeof(verdict))) {
-  case PS_CUDA_ABSENT:
-    printf("SKIPPED: %s\n", verdict);
-    return SKIP_CODE;
-  case PS_CUDA_BROKEN:
-    fprintf(stderr, "FAILED: %s\n", verdict);
-    return EXIT_FAILURE;
-  case PS_CUDA_USABLE:
-    printf("%s\n", verdict);
-    break;
+    case PS_CUDA_ABSENT:
+      printf("SKIPPED: %s\n", verdict);
+      return SKIP_CODE;
+    case PS_CUDA_BROKEN:
+      fprintf(stderr, "FAILED: %s\n", verdict);
+      return EXIT_FAILURE;
+    case PS_CUDA_USABLE:
+      printf("%s\n", verdict);
+      break;
   }
   char err[256];
   ps_compute_opts_t o = {.threads = 1, .device = 0};

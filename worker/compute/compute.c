@@ -151,13 +151,12 @@ int ps_compute_pick_gpu(int ndevices, long local_rank, const char *rank_from,
     snprintf(vis, sizeof(vis), ", CUDA_VISIBLE_DEVICES=%.100s", visible);
   if (ndevices <= 0) ndevices = 1; /* a caller's bug; GPU 0 is harmless */
   if (local_rank < 0) {
-    snprintf(why, whylen, "GPU 0 of %d (no local rank known%s)", ndevices,
-             vis);
+    snprintf(why, whylen, "GPU 0 of %d (no local rank known%s)", ndevices, vis);
     return 0;
   }
   int d = (int)(local_rank % ndevices);
-  snprintf(why, whylen, "GPU %d of %d by local rank %ld (%s%s)%s", d,
-           ndevices, local_rank, rank_from ? rank_from : "given", vis,
+  snprintf(why, whylen, "GPU %d of %d by local rank %ld (%s%s)%s", d, ndevices,
+           local_rank, rank_from ? rank_from : "given", vis,
            local_rank >= ndevices && ndevices > 1
                ? ", more local ranks than GPUs: some share one"
                : "");
@@ -165,10 +164,9 @@ int ps_compute_pick_gpu(int ndevices, long local_rank, const char *rank_from,
 }
 
 long ps_compute_local_rank(long hint, const char **from) {
-  static const char *const vars[] = {"PS_LOCAL_RANK", "LOCAL_RANK",
-                                     "SLURM_LOCALID",
-                                     "OMPI_COMM_WORLD_LOCAL_RANK",
-                                     "MPI_LOCALRANKID"};
+  static const char *const vars[] = {
+      "PS_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID",
+      "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
   for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
     const char *v = getenv(vars[i]);
     if (v == NULL || *v == '\0') continue;
@@ -217,8 +215,8 @@ ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
 ps_compute_t *ps_compute_open_probed(const char *device,
                                      const ps_compute_opts_t *o,
                                      const ps_cuda_probe_t *probe, char *note,
-                                     size_t notelen, int *gpu_unusable,
-                                     int *rc, char *err, size_t errlen) {
+                                     size_t notelen, int *gpu_unusable, int *rc,
+                                     char *err, size_t errlen) {
   ps_compute_opts_t opts = {.rank_hint = -1};
   if (o) opts = *o;
   char scratch[8];
@@ -257,9 +255,8 @@ ps_compute_t *ps_compute_open_probed(const char *device,
       const char *from = "none";
       long lr = ps_compute_local_rank(opts.rank_hint, &from);
       char pick[256];
-      opts.device = ps_compute_pick_gpu(n, lr, from,
-                                        getenv("CUDA_VISIBLE_DEVICES"), pick,
-                                        sizeof(pick));
+      opts.device = ps_compute_pick_gpu(
+          n, lr, from, getenv("CUDA_VISIBLE_DEVICES"), pick, sizeof(pick));
       char cerr[256];
       ps_compute_t *c = ps_compute_new(cuda, &opts, cerr, sizeof(cerr));
       if (c != NULL) {
@@ -268,8 +265,8 @@ ps_compute_t *ps_compute_open_probed(const char *device,
       }
       /* Listed but not usable (no code for its architecture, no memory). */
       snprintf(verdict, sizeof(verdict),
-               "a GPU is present (%d listed) but CUDA cannot use GPU %d: %s",
-               n, opts.device, cerr);
+               "a GPU is present (%d listed) but CUDA cannot use GPU %d: %s", n,
+               opts.device, cerr);
       st = PS_CUDA_BROKEN;
     } else if (st == PS_CUDA_USABLE) {
       snprintf(verdict, sizeof(verdict),

@@ -257,8 +257,8 @@ ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
 ps_compute_t *ps_compute_open_probed(const char *device,
                                      const ps_compute_opts_t *o,
                                      const ps_cuda_probe_t *probe, char *note,
-                                     size_t notelen, int *gpu_unusable,
-                                     int *rc, char *err, size_t errlen);
+                                     size_t notelen, int *gpu_unusable, int *rc,
+                                     char *err, size_t errlen);
 
 /* Creates and initialises a backend. Returns NULL with err filled on failure.
  * Caller owns the result (ps_compute_destroy). */

@@ -397,8 +397,8 @@ static double cnn_backward(ps_cnn_t *m, const float *x, const uint8_t *y,
    * read after the backward pass is queued: waiting for it here would
    * stop the device between the two. */
   ps_compute_softmax_xent_start(c, ps_dptr(m->fc_act[o->nfc - 1], 0),
-                                ps_dptr(m->labels, 0), n,
-                                ps_cnn_num_classes(m), delta, 1.0f / (float)n);
+                                ps_dptr(m->labels, 0), n, ps_cnn_num_classes(m),
+                                delta, 1.0f / (float)n);
 
   for (size_t l = o->nfc; l-- > 0;) {
     size_t fin = m->fc_in[l], fout = o->fc[l];

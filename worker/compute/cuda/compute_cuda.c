@@ -44,8 +44,8 @@ typedef struct {
                           int, int, int, const float *, const float *, int,
                           const float *, int, const float *, float *, int);
   cublasStatus_t (*sgemv)(cublasHandle_t, cublasOperation_t, int, int,
-                          const float *, const float *, int, const float *,
-                          int, const float *, float *, int);
+                          const float *, const float *, int, const float *, int,
+                          const float *, float *, int);
   const char *(*status_string)(cublasStatus_t);
   const char *(*status_name)(cublasStatus_t);
   int ok;
@@ -389,9 +389,9 @@ static void cuda_gemm(ps_compute_t *c, ps_trans_t ta, ps_trans_t tb, size_t m,
   if (s->failed) return;
   blas_ok(s,
           blas_fn.sgemm(s->blas, tb == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N,
-                      ta == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
-                      (int)m, (int)k, &alpha, b, (int)(ldb ? ldb : 1), a,
-                      (int)(lda ? lda : 1), &beta, cm, (int)ldc),
+                        ta == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
+                        (int)m, (int)k, &alpha, b, (int)(ldb ? ldb : 1), a,
+                        (int)(lda ? lda : 1), &beta, cm, (int)ldc),
           "cublasSgemm");
 }
 
@@ -472,13 +472,12 @@ static void cuda_softmax_xent_start(ps_compute_t *c, const float *logits,
                          &s->rowloss_cap, rows, sizeof(double)))
     return;
   if (cuda_ok(s,
-              ps__cuda_softmax_xent(s->stream, logits, labels, rows, cols,
-                                    grad, grad_scale, s->d_rowloss),
+              ps__cuda_softmax_xent(s->stream, logits, labels, rows, cols, grad,
+                                    grad_scale, s->d_rowloss),
               "softmax_xent") &&
       cuda_ok(s,
-              cudaMemcpyAsync(s->h_rowloss, s->d_rowloss,
-                              rows * sizeof(double), cudaMemcpyDeviceToHost,
-                              s->stream),
+              cudaMemcpyAsync(s->h_rowloss, s->d_rowloss, rows * sizeof(double),
+                              cudaMemcpyDeviceToHost, s->stream),
               "loss download") &&
       cuda_ok(s, cudaEventRecord(s->loss_ev, s->stream), "loss event"))
     s->loss_rows = rows;
@@ -515,7 +514,7 @@ static void cuda_col_sum(ps_compute_t *c, const float *x, size_t rows,
   }
   blas_ok(s,
           blas_fn.sgemv(s->blas, CUBLAS_OP_N, (int)cols, (int)rows, &alpha, x,
-                      (int)cols, s->d_ones, 1, &beta, out, 1),
+                        (int)cols, s->d_ones, 1, &beta, out, 1),
           "cublasSgemv");
 }
 
