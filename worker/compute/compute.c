@@ -79,7 +79,8 @@ static int gpu_seen(char *how, size_t howlen) {
   }
   globfree(&g);
   if (found) return 1;
-  FILE *f = popen("nvidia-smi -L 2>/dev/null", "r");
+  /* A driver in a bad state can make nvidia-smi hang: bounded. */
+  FILE *f = popen("{ timeout 10 nvidia-smi -L; } 2>/dev/null", "r");
   if (f == NULL) return 0;
   char line[256];
   while (fgets(line, sizeof(line), f) != NULL) {
