@@ -36,13 +36,15 @@ struct ps_trainer_s {
   uint32_t rank, workers;
   size_t nparams;
   int push_layers; /* push per layer as gradients arrive (PS_PUSH_LAYER) */
+  /* The most layer pushes of one step in flight at once, for the log. */
+  size_t layer_pushes_max;
   /* w, g and xb move to and from the device every step: host memory from
    * the backend (page-locked on a GPU). */
-  float *w;  /* weights, the whole key space */
-  float *v;  /* momentum (standalone only) */
-  float *g;  /* gradient of this worker's batch */
-  float *xb; /* the batch, gathered */
-  uint8_t *yb;
+  float *w;    /* weights, the whole key space */
+  float *v;    /* momentum (standalone only) */
+  float *g;    /* gradient of this worker's batch */
+  float *xb;   /* the batch, gathered */
+  uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
   ps_trainer_result_t res;
   /* This worker's first step: 0, the step of the checkpoint the job was
@@ -219,16 +221,26 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
 
   /* The device first: a GPU asked for and missing is refused before
    * seconds go into loading the data. */
-  char err2[512], note[384];
-  ps_compute_opts_t copts = {.threads = o->threads};
-  int crc = PS_OK;
-  t->compute = ps_compute_open(o->device, &copts, note, sizeof(note), &crc,
-                               err2, sizeof(err2));
+  char err2[512], note[640];
+  ps_compute_opts_t copts = {
+      .threads = o->threads,
+      .rank_hint = o->standalone ? -1 : (long)o->client.rank,
+  };
+  int crc = PS_OK, gpu_unusable = 0;
+  t->compute =
+      ps_compute_open_probed(o->device, &copts, NULL, note, sizeof(note),
+                             &gpu_unusable, &crc, err2, sizeof(err2));
   if (t->compute == NULL) {
     trainer_fail(t, "%s", err2);
     rc = crc != PS_OK ? crc : PS_ERR_CONFIG;
     goto fail;
   }
+  /* A GPU that is there but cannot be used is a broken machine, not a CPU
+   * one: --device auto still trains on the CPU, but says so as an error
+   * with the driver's and the runtime's versions. */
+  if (gpu_unusable)
+    PS_ERROR("gpu_unusable", "requested=%s backend=cpu reason=\"%s\"",
+             o->device, note);
   /* Which device a run used is the first thing to know about its speed. */
   PS_INFO("device", "requested=%s backend=%s device=\"%s\"%s%s%s",
           o->device ? o->device : "cpu", ps_compute_name(t->compute),
@@ -290,7 +302,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   t->w = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->g = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->xb = ps_compute_host_alloc(t->compute, b * t->train.dim * sizeof(float));
-  t->yb = calloc(b, 1);
+  /* Pinned like xb: the labels' upload is then asynchronous too. */
+  t->yb = ps_compute_host_alloc(t->compute, b);
   t->perm = calloc(t->train.n, sizeof(uint32_t));
   if (o->standalone) t->v = calloc(t->nparams, sizeof(float));
   if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
@@ -371,12 +384,12 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
     ps_compute_host_free(t->compute, t->w);
     ps_compute_host_free(t->compute, t->g);
     ps_compute_host_free(t->compute, t->xb);
+    ps_compute_host_free(t->compute, t->yb);
   }
   ps_compute_destroy(&t->compute);
   ps_dataset_clear(&t->train);
   ps_dataset_clear(&t->test);
   free(t->v);
-  free(t->yb);
   free(t->perm);
   free(t);
   *t_p = NULL;
@@ -444,29 +457,58 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
   return rc;
 }
 
-/* The layered push: each layer's gradient goes to the servers as soon as it
- * is on the host, while the device computes the layers below. Every layer
- * is waited for even after a failure: the copies write into t->g. */
+/* The layered push: each layer's push starts as soon as its gradient is on
+ * the host, while the device computes the layers below and the pushes of
+ * the layers above are on the wire; all are waited for at the end, so a
+ * step costs one round trip, not one per layer. Every layer's copy is
+ * waited for even after a failure (the copies write into t->g), and every
+ * started push too (they read from it). */
 static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
   int rc = PS_OK;
-  size_t begin, count;
+  size_t begin, count, started = 0;
+  uint64_t tickets[PS_NET_MAX_GROUPS];
+  size_t tbegin[PS_NET_MAX_GROUPS], tcount[PS_NET_MAX_GROUPS];
   while (ps_net_gradient_next(t->net, &begin, &count)) {
     if (rc != PS_OK) continue;
     if (device_failed(t, "at", step)) {
       rc = PS_ERR_IO;
       continue;
     }
+    if (started == PS_NET_MAX_GROUPS) { /* net.c's static assert holds */
+      trainer_fail(t, "model has more than %d layers to push",
+                   PS_NET_MAX_GROUPS);
+      rc = PS_ERR_INVAL;
+      continue;
+    }
     if (f != 1.0f)
       for (size_t i = begin; i < begin + count; i++) t->g[i] *= f;
-    uint64_t p0 = ps_now_ns();
-    rc = ps_client_push(t->client, begin, count, t->g + begin, step);
-    t->step_push_ns += ps_now_ns() - p0;
-    if (rc != PS_OK)
+    rc = ps_client_push_start(t->client, begin, count, t->g + begin, step,
+                              &tickets[started]);
+    if (rc != PS_OK) {
+      trainer_fail(t,
+                   "push of the gradient of keys [%zu, %zu) of step %" PRIu64
+                   " failed to start: %s",
+                   begin, begin + count, step, ps_client_errmsg(t->client));
+      continue;
+    }
+    tbegin[started] = begin;
+    tcount[started] = count;
+    started++;
+  }
+  if (started > t->layer_pushes_max) t->layer_pushes_max = started;
+  uint64_t p0 = ps_now_ns();
+  for (size_t i = 0; i < started; i++) {
+    int wrc = ps_client_wait(t->client, tickets[i]);
+    if (wrc != PS_OK && rc == PS_OK) {
+      rc = wrc;
       trainer_fail(t,
                    "push of the gradient of keys [%zu, %zu) of step %" PRIu64
                    " failed: %s",
-                   begin, begin + count, step, ps_client_errmsg(t->client));
+                   tbegin[i], tbegin[i] + tcount[i], step,
+                   ps_client_errmsg(t->client));
+    }
   }
+  t->step_push_ns += ps_now_ns() - p0;
   return rc;
 }
 
@@ -823,6 +865,10 @@ int ps_trainer_run(ps_trainer_t *t) {
   }
   if (rc != PS_OK) return rc;
 
+  /* How many of a step's layer pushes were on the wire together: every
+   * layer of the model when nothing serialises them. */
+  if (t->client != NULL && t->push_layers)
+    PS_INFO("layer_pushes", "max_in_flight=%zu", t->layer_pushes_max);
   if (evaluator && evaluated_at == step && step > 0)
     PS_INFO("train_done",
             "steps=%" PRIu64 " epochs=%" PRId64

@@ -5,7 +5,10 @@
  * servers count a step's values per worker, so a step is applied once
  * every layer of every worker is in. Ten steps: the CNN's max pooling
  * turns a rounding difference into a different argmax now and then, and
- * over tens of steps training amplifies that past rounding. */
+ * over tens of steps training amplifies that past rounding.
+ *
+ * PS_TEST_DEVICE (default cpu) picks the workers' --device: the GPU
+ * bundle (tests/gpu/run.sh) runs it with cuda, end to end on the GPU. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,12 +21,15 @@
 #define STEPS "10"
 
 START_TEST(layered_push_cnn_equals_standalone) {
+  const char *dev = getenv("PS_TEST_DEVICE");
+  if (dev == NULL || dev[0] == '\0') dev = "cpu";
+  fprintf(stderr, "layered_push: --device %s\n", dev);
   h_cluster_t c;
   h_init(&c, "layered_push");
   const char *sa_out = h_path(&c, "standalone.bin");
   const char *ps_out = h_path(&c, "cluster.bin");
 
-  h_spawn(&c, "standalone", "ps-worker", "--standalone", "--device", "cpu",
+  h_spawn(&c, "standalone", "ps-worker", "--standalone", "--device", dev,
           "--model", "cnn", "--batch-size", "64", "--max-steps", STEPS,
           "--dump-weights", sa_out, NULL);
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
@@ -31,12 +37,11 @@ START_TEST(layered_push_cnn_equals_standalone) {
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
-          "--device", "cpu", "--model", "cnn", "--push", "layer",
-          "--batch-size", "32", "--max-steps", STEPS, "--dump-weights", ps_out,
-          NULL);
+          "--device", dev, "--model", "cnn", "--push", "layer", "--batch-size",
+          "32", "--max-steps", STEPS, "--dump-weights", ps_out, NULL);
   h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
-          "--device", "cpu", "--model", "cnn", "--push", "layer",
-          "--batch-size", "32", "--max-steps", STEPS, NULL);
+          "--device", dev, "--model", "cnn", "--push", "layer", "--batch-size",
+          "32", "--max-steps", STEPS, NULL);
 
   int all = h_wait_all(&c, 240000);
   if (!all) h_dump_logs(&c);
@@ -49,8 +54,14 @@ START_TEST(layered_push_cnn_equals_standalone) {
       ck_abort_msg("%s did not exit 0 (status %d)", p->name, p->status);
     }
   }
-  /* The workers did push per layer. */
+  /* The workers did push per layer, all four layers of a step in flight
+   * together (started as each gradient landed, waited for at the end). */
   ck_assert(h_wait_log(c.procs[4].log, "push=layer", 0));
+  for (int w = 4; w <= 5; w++)
+    ck_assert_msg(
+        h_wait_log(c.procs[w].log, "event=layer_pushes max_in_flight=4", 0),
+        "%s did not have its 4 layer pushes in flight together",
+        c.procs[w].name);
 
   size_t na, nb;
   float *a = (float *)h_read_file(sa_out, &na);

@@ -2,8 +2,10 @@
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "worker/compute/compute.h"
@@ -580,6 +582,188 @@ START_TEST(test_open_device) {
 }
 END_TEST
 
+/* The two halves give what softmax_xent gives (issue 18, item 5: the
+ * models read the loss after queueing backward). */
+START_TEST(test_softmax_xent_start_finish) {
+  enum { R = 7, C = 5 };
+  float z[R * C];
+  uint8_t lab[R];
+  for (int i = 0; i < R * C; i++) z[i] = frand() * 4.0f;
+  for (int i = 0; i < R; i++) lab[i] = (uint8_t)(i % C);
+  ps_dbuf_t *lz = buf_from(z, R * C);
+  ps_dbuf_t *g1 = ps_dbuf_new(c, PS_DTYPE_F32, R * C);
+  ps_dbuf_t *g2 = ps_dbuf_new(c, PS_DTYPE_F32, R * C);
+  ps_dbuf_t *ly = ps_dbuf_new(c, PS_DTYPE_U8, R);
+  ck_assert(g1 && g2 && ly);
+  ps_compute_upload(c, ps_dptr(ly, 0), lab, R);
+  double whole = ps_compute_softmax_xent(c, ps_dptr(lz, 0), ps_dptr(ly, 0), R,
+                                         C, ps_dptr(g1, 0), 0.5f);
+  ps_compute_softmax_xent_start(c, ps_dptr(lz, 0), ps_dptr(ly, 0), R, C,
+                                ps_dptr(g2, 0), 0.5f);
+  /* Work queued between the halves does not change the loss. */
+  ps_compute_fill(c, ps_dptr(lz, 0), R * C, 0.0f);
+  double halves = ps_compute_softmax_xent_finish(c);
+  ck_assert(whole > 0.0);
+  ck_assert_double_eq(halves, whole);
+  float a[R * C], b[R * C];
+  ps_compute_download(c, a, ps_dptr(g1, 0), R * C);
+  ps_compute_download(c, b, ps_dptr(g2, 0), R * C);
+  ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
+  ps_dbuf_destroy(&lz);
+  ps_dbuf_destroy(&g1);
+  ps_dbuf_destroy(&g2);
+  ps_dbuf_destroy(&ly);
+}
+END_TEST
+
+/* A made-up machine for the detection functions. */
+static ps_cuda_probe_t probe_of(int present, int devices, int driver,
+                                int runtime, const char *why) {
+  ps_cuda_probe_t p;
+  memset(&p, 0, sizeof(p));
+  p.gpu_present = present;
+  if (present) snprintf(p.present_how, sizeof(p.present_how), "/dev/nvidia0");
+  p.devices = devices;
+  p.driver_version = driver;
+  p.runtime_version = runtime;
+  snprintf(p.why, sizeof(p.why), "%s", why);
+  return p;
+}
+
+/* Issue 18, item 2: a GPU that is there but that CUDA cannot use is an
+ * error with both versions, never a quiet "no GPU". */
+START_TEST(test_present_but_unusable_gpu) {
+  char msg[512], note[640], err[512];
+  int rc, unusable;
+  ps_compute_opts_t o = {.threads = 1, .rank_hint = -1};
+  const char *why =
+      "cudaGetDeviceCount: CUDA driver version is insufficient "
+      "for CUDA runtime version (cudaErrorInsufficientDriver)";
+  ps_cuda_probe_t old = probe_of(1, -1, 12020, 13000, why);
+  ck_assert_int_eq(ps_compute_cuda_verdict(&old, msg, sizeof(msg)),
+                   PS_CUDA_BROKEN);
+  ck_assert_msg(strstr(msg, "/dev/nvidia0") && strstr(msg, why) &&
+                    strstr(msg, "driver 12.2") && strstr(msg, "runtime 13.0") &&
+                    strstr(msg, "older"),
+                "%s", msg);
+  /* auto trains on the CPU but flags it for an error line. */
+  ps_compute_t *a = ps_compute_open_probed("auto", &o, &old, note, sizeof(note),
+                                           &unusable, &rc, err, sizeof(err));
+  ck_assert_ptr_nonnull(a);
+  ck_assert_str_eq(ps_compute_name(a), "cpu");
+  ck_assert_int_eq(unusable, 1);
+  ck_assert_msg(strstr(note, "driver 12.2") && strstr(note, "runtime 13.0"),
+                "%s", note);
+  ps_compute_destroy(&a);
+  /* cuda is refused with the same words. */
+  ck_assert_ptr_null(ps_compute_open_probed("cuda:0", &o, &old, note,
+                                            sizeof(note), &unusable, &rc, err,
+                                            sizeof(err)));
+  ck_assert_int_eq(rc, PS_ERR_UNSUPPORTED);
+  ck_assert_msg(strstr(err, "driver 12.2") && strstr(err, "present"), "%s",
+                err);
+  /* No driver library at all, with the node there. */
+  ps_cuda_probe_t nodrv = probe_of(1, -1, 0, 13000, "no driver");
+  ck_assert_int_eq(ps_compute_cuda_verdict(&nodrv, msg, sizeof(msg)),
+                   PS_CUDA_BROKEN);
+  ck_assert_msg(strstr(msg, "driver none") && strstr(msg, "libcuda"), "%s",
+                msg);
+  /* No GPU at all: the CPU, quietly right. */
+  ps_cuda_probe_t none = probe_of(0, -1, 0, 13000, "no CUDA-capable device");
+  ck_assert_int_eq(ps_compute_cuda_verdict(&none, msg, sizeof(msg)),
+                   PS_CUDA_ABSENT);
+  a = ps_compute_open_probed("auto", &o, &none, note, sizeof(note), &unusable,
+                             &rc, err, sizeof(err));
+  ck_assert_ptr_nonnull(a);
+  ck_assert_str_eq(ps_compute_name(a), "cpu");
+  ck_assert_int_eq(unusable, 0);
+  ck_assert_msg(strstr(note, "no CUDA-capable device"), "%s", note);
+  ps_compute_destroy(&a);
+  /* Usable: the verdict says so with the versions. */
+  ps_cuda_probe_t ok = probe_of(1, 2, 13000, 13000, "");
+  ck_assert_int_eq(ps_compute_cuda_verdict(&ok, msg, sizeof(msg)),
+                   PS_CUDA_USABLE);
+  ck_assert_msg(strstr(msg, "2 CUDA devices"), "%s", msg);
+#ifndef PS_HAVE_CUDA
+  /* A GPU the runtime lists, in a build that cannot use it. */
+  a = ps_compute_open_probed("auto", &o, &ok, note, sizeof(note), &unusable,
+                             &rc, err, sizeof(err));
+  ck_assert_ptr_nonnull(a);
+  ck_assert_int_eq(unusable, 1);
+  ps_compute_destroy(&a);
+#endif
+}
+END_TEST
+
+#ifdef PS_HAVE_CUDA
+int ps__compute_cuda_blas(char *where, size_t wherelen);
+
+/* Issue 18, item 1: cuBLAS is opened at run time (programs start where it
+ * is missing), and where the toolkit that built them is, they find its
+ * cuBLAS through their RUNPATH. Elsewhere (the GPU bundle on a machine
+ * without one) the reason names the library. */
+START_TEST(test_cublas_loads) {
+  char where[256];
+  int ok = ps__compute_cuda_blas(where, sizeof(where));
+  printf("cuBLAS: %s\n", where);
+  ck_assert_msg(strstr(where, "libcublas.so.") != NULL, "%s", where);
+#ifdef PS_CUDA_LIBDIR
+  char own[512];
+  snprintf(own, sizeof(own), "%s/libcublas.so.13", PS_CUDA_LIBDIR);
+  if (access(own, R_OK) == 0) ck_assert_msg(ok, "%s is there: %s", own, where);
+#endif
+  if (!ok) ck_assert_msg(strstr(where, "cannot load cuBLAS"), "%s", where);
+}
+END_TEST
+#endif
+
+/* Issue 18, item 6: the workers of one machine spread over its GPUs. */
+START_TEST(test_pick_gpu) {
+  char why[256];
+  ck_assert_int_eq(ps_compute_pick_gpu(4, -1, "none", NULL, why, sizeof(why)),
+                   0);
+  ck_assert_msg(strstr(why, "no local rank"), "%s", why);
+  for (long r = 0; r < 8; r++)
+    ck_assert_int_eq(
+        ps_compute_pick_gpu(4, r, "LOCAL_RANK", NULL, why, sizeof(why)),
+        (int)(r % 4));
+  ck_assert_int_eq(
+      ps_compute_pick_gpu(4, 6, "LOCAL_RANK", NULL, why, sizeof(why)), 2);
+  ck_assert_msg(strstr(why, "GPU 2 of 4") && strstr(why, "local rank 6") &&
+                    strstr(why, "LOCAL_RANK") && strstr(why, "share"),
+                "%s", why);
+  /* CUDA_VISIBLE_DEVICES=3 leaves the runtime one GPU, numbered 0: every
+   * local rank takes it, and the log says why. */
+  ck_assert_int_eq(
+      ps_compute_pick_gpu(1, 3, "SLURM_LOCALID", "3", why, sizeof(why)), 0);
+  ck_assert_msg(strstr(why, "GPU 0 of 1") &&
+                    strstr(why, "CUDA_VISIBLE_DEVICES=3") &&
+                    !strstr(why, "share"),
+                "%s", why);
+  ck_assert_int_eq(ps_compute_pick_gpu(2, 1, "--rank", "2,3", why, sizeof(why)),
+                   1);
+
+  /* Where the local rank comes from. */
+  static const char *const vars[] = {
+      "PS_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID",
+      "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
+  const char *from = NULL;
+  ck_assert_int_eq(ps_compute_local_rank(-1, &from), -1);
+  ck_assert_int_eq(ps_compute_local_rank(5, &from), 5);
+  ck_assert_str_eq(from, "--rank");
+  setenv("SLURM_LOCALID", "3", 1);
+  ck_assert_int_eq(ps_compute_local_rank(5, &from), 3);
+  ck_assert_str_eq(from, "SLURM_LOCALID");
+  setenv("LOCAL_RANK", "x1", 1); /* not a number: skipped */
+  ck_assert_int_eq(ps_compute_local_rank(5, &from), 3);
+  setenv("PS_LOCAL_RANK", "1", 1);
+  ck_assert_int_eq(ps_compute_local_rank(5, &from), 1);
+  ck_assert_str_eq(from, "PS_LOCAL_RANK");
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) unsetenv(vars[i]);
+}
+END_TEST
+
 /* Reaching past a buffer is a bug in the caller: it aborts, never reads. */
 START_TEST(test_out_of_bounds_aborts) {
   ps_dbuf_t *b = ps_dbuf_new(c, PS_DTYPE_F32, 10);
@@ -613,6 +797,12 @@ int main(void) {
   tcase_add_test(tc, test_row_elements_match_cpu);
   tcase_add_test(tc, test_host_memory_and_async_download);
   tcase_add_test(tc, test_open_device);
+  tcase_add_test(tc, test_present_but_unusable_gpu);
+  tcase_add_test(tc, test_pick_gpu);
+  tcase_add_test(tc, test_softmax_xent_start_finish);
+#ifdef PS_HAVE_CUDA
+  tcase_add_test(tc, test_cublas_loads);
+#endif
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

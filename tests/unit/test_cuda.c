@@ -3,10 +3,13 @@
  * difference <= 1e-4), and a short training run on each, whose test
  * accuracies agree within half a point.
  *
- * Without a usable GPU (no driver, no device, a build without CUDA) it
- * prints the CUDA runtime's reason and exits 77, which ctest reports as
- * skipped (SKIP_RETURN_CODE), never as passed. The tests run in one
- * process (CK_NOFORK): a CUDA context does not survive fork.
+ * On a machine without a GPU (no /dev/nvidiaN, nothing nvidia-smi lists)
+ * it prints the CUDA runtime's reason and exits 77, which ctest reports as
+ * skipped (SKIP_RETURN_CODE), never as passed. A GPU that is there but
+ * that CUDA cannot use (a driver older than the runtime, cuBLAS missing, a
+ * build without CUDA) fails, with the driver's and runtime's versions.
+ * The tests run in one process (CK_NOFORK): a CUDA context does not
+ * survive fork.
  */
 #include <check.h>
 #include <math.h>
@@ -330,7 +333,24 @@ static void check_model(ps_net_kind_t kind, size_t n) {
              ts->name);
     assert_close(what, gc + ts->offset, gg + ts->offset, ts->length, 1e-4);
   }
-  /* Layered: the same bits as the whole gradient on the same backend. */
+  /* Layered: the same bits as the whole gradient on the same backend.
+   * First the gradient of another batch (labels shifted, inputs negated),
+   * so that the device's gradient buffer holds other values when the
+   * layered pass starts: a copy that ran before backward, or raced it,
+   * would hand these back instead of the expected ones. */
+  float *other = malloc(p * sizeof(float));
+  float *x2 = malloc(n * 784 * sizeof(float));
+  uint8_t *y2 = malloc(n);
+  for (size_t i = 0; i < n * 784; i++) x2[i] = -x[i];
+  for (size_t i = 0; i < n; i++) y2[i] = (uint8_t)((y[i] + 3) % 10);
+  ps_net_gradient(mg, x2, y2, n, other);
+  size_t differ = 0;
+  for (size_t i = 0; i < p; i++) differ += other[i] != gg[i];
+  /* Gradients that are 0 for both batches (dead units) agree; most not. */
+  ck_assert_msg(differ >= p / 10,
+                "only %zu of %zu gradient values of the other batch differ "
+                "from the expected ones",
+                differ, p);
   for (size_t i = 0; i < p; i++) gl[i] = NAN;
   double ll = ps_net_gradient_begin(mg, x, y, n, gl);
   ck_assert_double_eq(ll, lg);
@@ -341,6 +361,9 @@ static void check_model(ps_net_kind_t kind, size_t n) {
   }
   ck_assert_uint_eq(end, 0);
   ck_assert_int_eq(memcmp(gl, gg, p * sizeof(float)), 0);
+  free(other);
+  free(x2);
+  free(y2);
 
   ps_dataset_t ds = {n, 784, 28, 28, x, y};
   double el_c, ea_c, el_g, ea_g;
@@ -417,10 +440,21 @@ START_TEST(test_training_matches_cpu) {
 END_TEST
 
 int main(void) {
-  char why[256];
-  if (ps_compute_cuda_devices(why, sizeof(why)) < 0) {
-    printf("SKIPPED: no usable CUDA device: %s\n", why);
-    return SKIP_CODE;
+  /* Skipped only where there is no GPU at all; a GPU that is there but
+   * that CUDA cannot use (driver too old, libraries missing) fails. */
+  ps_cuda_probe_t probe;
+  ps_compute_cuda_probe(&probe);
+  char verdict[512];
+  switch (ps_compute_cuda_verdict(&probe, verdict, sizeof(verdict))) {
+    case PS_CUDA_ABSENT:
+      printf("SKIPPED: %s\n", verdict);
+      return SKIP_CODE;
+    case PS_CUDA_BROKEN:
+      fprintf(stderr, "FAILED: %s\n", verdict);
+      return EXIT_FAILURE;
+    case PS_CUDA_USABLE:
+      printf("%s\n", verdict);
+      break;
   }
   char err[256];
   ps_compute_opts_t o = {.threads = 1, .device = 0};

@@ -1,8 +1,11 @@
 #include "worker/compute/compute.h"
 
+#include <errno.h>
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/invariant.h"
@@ -10,6 +13,8 @@
 struct ps_compute_s {
   const ps_compute_ops_t *ops;
   void *state;
+  int loss_started; /* a softmax_xent_start not finished yet */
+  double loss;      /* its loss, for backends without the two halves */
 };
 
 struct ps_dbuf_s {
@@ -38,6 +43,8 @@ const ps_compute_ops_t *ps_compute_find(const char *name) {
 #ifdef PS_HAVE_CUDA
 /* In worker/compute/cuda/compute_cuda.c. */
 int ps__compute_cuda_devices(char *why, size_t whylen);
+void ps__compute_cuda_versions(int *driver, int *runtime);
+int ps__compute_cuda_blas(char *where, size_t wherelen);
 #endif
 
 int ps_compute_cuda_devices(char *why, size_t whylen) {
@@ -49,6 +56,125 @@ int ps_compute_cuda_devices(char *why, size_t whylen) {
            "-DPS_WITH_CUDA=OFF or without nvcc)");
   return -1;
 #endif
+}
+
+/* A GPU's device node, or a GPU that nvidia-smi lists: the machine has one
+ * whatever the CUDA runtime says. nvidia-smi is asked only when no node is
+ * seen (a container given the GPU has the nodes). */
+static int gpu_seen(char *how, size_t howlen) {
+  glob_t g;
+  int found = 0;
+  if (glob("/dev/nvidia[0-9]*", 0, NULL, &g) == 0 && g.gl_pathc > 0) {
+    snprintf(how, howlen, "%s", g.gl_pathv[0]);
+    found = 1;
+  }
+  globfree(&g);
+  if (found) return 1;
+  /* A driver in a bad state can make nvidia-smi hang: bounded. */
+  FILE *f = popen("{ timeout 10 nvidia-smi -L; } 2>/dev/null", "r");
+  if (f == NULL) return 0;
+  char line[256];
+  while (fgets(line, sizeof(line), f) != NULL) {
+    if (!found && strncmp(line, "GPU ", 4) == 0) {
+      line[strcspn(line, "\n")] = '\0';
+      snprintf(how, howlen, "nvidia-smi: %.100s", line);
+      found = 1;
+    }
+  }
+  pclose(f);
+  return found;
+}
+
+void ps_compute_cuda_probe(ps_cuda_probe_t *p) {
+  memset(p, 0, sizeof(*p));
+  p->gpu_present = gpu_seen(p->present_how, sizeof(p->present_how));
+  p->devices = ps_compute_cuda_devices(p->why, sizeof(p->why));
+#ifdef PS_HAVE_CUDA
+  ps__compute_cuda_versions(&p->driver_version, &p->runtime_version);
+  /* Where a GPU is, which cuBLAS (or why none) is worth a line too. */
+  if (p->gpu_present || p->devices > 0)
+    ps__compute_cuda_blas(p->cublas, sizeof(p->cublas));
+#else
+  snprintf(p->cublas, sizeof(p->cublas), "none (built without CUDA)");
+#endif
+}
+
+/* 13000 -> "13.0"; 0 -> "none". */
+static void cuda_version(char *out, size_t outlen, int v) {
+  if (v <= 0)
+    snprintf(out, outlen, "none");
+  else
+    snprintf(out, outlen, "%d.%d", v / 1000, (v % 1000) / 10);
+}
+
+ps_cuda_state_t ps_compute_cuda_verdict(const ps_cuda_probe_t *p, char *msg,
+                                        size_t msglen) {
+  char drv[16], rt[16];
+  cuda_version(drv, sizeof(drv), p->driver_version);
+  cuda_version(rt, sizeof(rt), p->runtime_version);
+  if (p->devices > 0) {
+    snprintf(msg, msglen, "%d CUDA device%s (driver %s, runtime %s%s%.160s)",
+             p->devices, p->devices == 1 ? "" : "s", drv, rt,
+             p->cublas[0] ? ", cuBLAS " : "", p->cublas);
+    return PS_CUDA_USABLE;
+  }
+  if (!p->gpu_present) {
+    snprintf(msg, msglen, "no GPU on this machine: %s", p->why);
+    return PS_CUDA_ABSENT;
+  }
+  const char *hint = "";
+  if (p->runtime_version == 0)
+    hint = "; this build has no CUDA backend";
+  else if (p->driver_version == 0)
+    hint = "; the driver (libcuda.so.1) cannot be loaded";
+  else if (p->driver_version < p->runtime_version)
+    hint = "; the driver is older than the runtime";
+  snprintf(msg, msglen,
+           "a GPU is present (%.100s) but CUDA cannot use it: %s; driver "
+           "%s, runtime %s%s",
+           p->present_how, p->why, drv, rt, hint);
+  return PS_CUDA_BROKEN;
+}
+
+int ps_compute_pick_gpu(int ndevices, long local_rank, const char *rank_from,
+                        const char *visible, char *why, size_t whylen) {
+  char vis[160] = "";
+  if (visible != NULL)
+    snprintf(vis, sizeof(vis), ", CUDA_VISIBLE_DEVICES=%.100s", visible);
+  if (ndevices <= 0) ndevices = 1; /* a caller's bug; GPU 0 is harmless */
+  if (local_rank < 0) {
+    snprintf(why, whylen, "GPU 0 of %d (no local rank known%s)", ndevices, vis);
+    return 0;
+  }
+  int d = (int)(local_rank % ndevices);
+  snprintf(why, whylen, "GPU %d of %d by local rank %ld (%s%s)%s", d, ndevices,
+           local_rank, rank_from ? rank_from : "given", vis,
+           local_rank >= ndevices && ndevices > 1
+               ? ", more local ranks than GPUs: some share one"
+               : "");
+  return d;
+}
+
+long ps_compute_local_rank(long hint, const char **from) {
+  static const char *const vars[] = {
+      "PS_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID",
+      "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+    const char *v = getenv(vars[i]);
+    if (v == NULL || *v == '\0') continue;
+    char *end;
+    errno = 0;
+    long r = strtol(v, &end, 10);
+    if (errno != 0 || *end != '\0' || r < 0 || r >= (1L << 20)) continue;
+    *from = vars[i];
+    return r;
+  }
+  if (hint >= 0) {
+    *from = "--rank";
+    return hint;
+  }
+  *from = "none";
+  return -1;
 }
 
 /* "cuda" is GPU 0, "cuda:N" GPU N; anything else is not a CUDA spec. */
@@ -73,7 +199,17 @@ static int parse_cuda(const char *spec, int *device) {
 ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
                               char *note, size_t notelen, int *rc, char *err,
                               size_t errlen) {
-  ps_compute_opts_t opts = {0};
+  int unusable = 0;
+  return ps_compute_open_probed(device, o, NULL, note, notelen, &unusable, rc,
+                                err, errlen);
+}
+
+ps_compute_t *ps_compute_open_probed(const char *device,
+                                     const ps_compute_opts_t *o,
+                                     const ps_cuda_probe_t *probe, char *note,
+                                     size_t notelen, int *gpu_unusable, int *rc,
+                                     char *err, size_t errlen) {
+  ps_compute_opts_t opts = {.rank_hint = -1};
   if (o) opts = *o;
   char scratch[8];
   if (note == NULL) {
@@ -82,43 +218,63 @@ ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
   }
   note[0] = '\0';
   *rc = PS_OK;
+  *gpu_unusable = 0;
   int index = 0;
   if (device == NULL || strcmp(device, "cpu") == 0) {
     ps_compute_t *c = ps_compute_new(&ps_compute_cpu_ops, &opts, err, errlen);
     if (c == NULL) *rc = PS_ERR_CONFIG;
     return c;
   }
-  if (strcmp(device, "auto") == 0) {
-    char why[256];
-    int n = ps_compute_cuda_devices(why, sizeof(why));
-    const ps_compute_ops_t *cuda = ps_compute_find("cuda");
-    if (n > 0 && cuda != NULL) {
-      opts.device = 0;
-      char cerr[256];
-      ps_compute_t *c = ps_compute_new(cuda, &opts, cerr, sizeof(cerr));
-      if (c != NULL) {
-        snprintf(note, notelen, "%d CUDA device(s), using GPU 0", n);
-        return c;
-      }
-      snprintf(why, sizeof(why), "%s", cerr);
-    }
-    snprintf(note, notelen, "no usable GPU: %s", why);
-    ps_compute_t *c = ps_compute_new(&ps_compute_cpu_ops, &opts, err, errlen);
-    if (c == NULL) *rc = PS_ERR_CONFIG;
-    return c;
-  }
-  if (!parse_cuda(device, &index)) {
+  int is_auto = strcmp(device, "auto") == 0;
+  if (!is_auto && !parse_cuda(device, &index)) {
     snprintf(err, errlen,
              "device %s is none of auto, cpu, cuda, cuda:N (N in [0, 1023])",
              device);
     *rc = PS_ERR_CONFIG;
     return NULL;
   }
-  char why[256];
-  int n = ps_compute_cuda_devices(why, sizeof(why));
+  ps_cuda_probe_t mine;
+  if (probe == NULL) {
+    ps_compute_cuda_probe(&mine);
+    probe = &mine;
+  }
+  char verdict[512];
+  ps_cuda_state_t st = ps_compute_cuda_verdict(probe, verdict, sizeof(verdict));
   const ps_compute_ops_t *cuda = ps_compute_find("cuda");
+  int n = probe->devices;
+  if (is_auto) {
+    if (st == PS_CUDA_USABLE && cuda != NULL) {
+      const char *from = "none";
+      long lr = ps_compute_local_rank(opts.rank_hint, &from);
+      char pick[256];
+      opts.device = ps_compute_pick_gpu(
+          n, lr, from, getenv("CUDA_VISIBLE_DEVICES"), pick, sizeof(pick));
+      char cerr[256];
+      ps_compute_t *c = ps_compute_new(cuda, &opts, cerr, sizeof(cerr));
+      if (c != NULL) {
+        snprintf(note, notelen, "%s; %s", verdict, pick);
+        return c;
+      }
+      /* Listed but not usable (no code for its architecture, no memory). */
+      snprintf(verdict, sizeof(verdict),
+               "a GPU is present (%d listed) but CUDA cannot use GPU %d: %s", n,
+               opts.device, cerr);
+      st = PS_CUDA_BROKEN;
+    } else if (st == PS_CUDA_USABLE) {
+      snprintf(verdict, sizeof(verdict),
+               "%d CUDA device(s) but this build has no CUDA backend", n);
+      st = PS_CUDA_BROKEN;
+    }
+    if (st == PS_CUDA_BROKEN) *gpu_unusable = 1;
+    snprintf(note, notelen, "%s", verdict);
+    opts.device = 0;
+    ps_compute_t *c = ps_compute_new(&ps_compute_cpu_ops, &opts, err, errlen);
+    if (c == NULL) *rc = PS_ERR_CONFIG;
+    return c;
+  }
   if (n < 0 || cuda == NULL) {
-    snprintf(err, errlen, "device %s: no usable GPU: %s", device, why);
+    snprintf(err, errlen, "device %s: no usable GPU: %s", device,
+             st == PS_CUDA_BROKEN ? verdict : probe->why);
     *rc = PS_ERR_UNSUPPORTED;
     return NULL;
   }
@@ -312,11 +468,38 @@ double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
                                ps_dptr_t labels, size_t rows, size_t cols,
                                ps_dptr_t grad, float grad_scale) {
   PS_ASSERT(cols > 0);
+  PS_ASSERT(!c->loss_started);
   const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
   const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
   float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
   if (rows == 0) return 0.0;
   return c->ops->softmax_xent(c, pl, py, rows, cols, pg, grad_scale);
+}
+
+void ps_compute_softmax_xent_start(ps_compute_t *c, ps_dptr_t logits,
+                                   ps_dptr_t labels, size_t rows, size_t cols,
+                                   ps_dptr_t grad, float grad_scale) {
+  PS_ASSERT(cols > 0);
+  PS_ASSERT(!c->loss_started);
+  const float *pl = at(c, logits, PS_DTYPE_F32, rows * cols);
+  const uint8_t *py = at(c, labels, PS_DTYPE_U8, rows);
+  float *pg = grad.buf ? at(c, grad, PS_DTYPE_F32, rows * cols) : NULL;
+  c->loss_started = 1;
+  c->loss = 0.0;
+  if (rows == 0) return;
+  if (c->ops->softmax_xent_start == NULL) {
+    c->loss = c->ops->softmax_xent(c, pl, py, rows, cols, pg, grad_scale);
+    return;
+  }
+  c->ops->softmax_xent_start(c, pl, py, rows, cols, pg, grad_scale);
+  c->loss_started = 2; /* the backend's to finish */
+}
+
+double ps_compute_softmax_xent_finish(ps_compute_t *c) {
+  PS_ASSERT(c->loss_started);
+  int backend = c->loss_started == 2;
+  c->loss_started = 0;
+  return backend ? c->ops->softmax_xent_finish(c) : c->loss;
 }
 
 void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,

@@ -69,6 +69,9 @@ typedef enum {
 typedef struct {
   int threads; /* BLAS threads (CPU backend); 0 leaves the library's choice */
   int device;  /* GPU ordinal (CUDA backend) */
+  /* --device auto: the worker's requested rank, which picks the GPU when
+   * no local-rank variable is set (ps_compute_local_rank); < 0: none. */
+  long rank_hint;
 } ps_compute_opts_t;
 
 /* The geometry of a 2-D window operation (convolution or pooling) on n NHWC
@@ -117,6 +120,15 @@ typedef struct {
   double (*softmax_xent)(ps_compute_t *c, const float *logits,
                          const uint8_t *labels, size_t rows, size_t cols,
                          float *grad, float grad_scale);
+  /* softmax_xent in two halves, so that a device need not stop between
+   * the loss and the backward pass queued after it: start queues the
+   * kernel and the loss's copy to host memory, finish waits for that copy
+   * alone and returns the loss. Both NULL: softmax_xent is called at start
+   * (a synchronous backend loses nothing). */
+  void (*softmax_xent_start)(ps_compute_t *c, const float *logits,
+                             const uint8_t *labels, size_t rows, size_t cols,
+                             float *grad, float grad_scale);
+  double (*softmax_xent_finish)(ps_compute_t *c);
   /* out[j] = beta * out[j] + alpha * sum_i x[i][j]. */
   void (*col_sum)(ps_compute_t *c, const float *x, size_t rows, size_t cols,
                   float alpha, float beta, float *out);
@@ -177,18 +189,76 @@ const ps_compute_ops_t *ps_compute_find(const char *name);
  * without CUDA". 0 is never returned: no device is a reason too. */
 int ps_compute_cuda_devices(char *why, size_t whylen);
 
+/* What this machine says about CUDA: whether a GPU is there at all (a
+ * device node /dev/nvidiaN, or a GPU that nvidia-smi -L lists), and what
+ * the CUDA runtime makes of it. ps_compute_cuda_probe fills it; tests fill
+ * it by hand to stand for machines they do not run on. */
+typedef struct {
+  int gpu_present;       /* 1: a GPU is there, usable or not */
+  char present_how[128]; /* "/dev/nvidia0", "nvidia-smi: GPU 0: ..." */
+  int devices;           /* usable CUDA devices, or -1 with why */
+  int driver_version;    /* cudaDriverGetVersion: 13000 is 13.0; 0: none */
+  int runtime_version;   /* cudaRuntimeGetVersion; 0: built without CUDA */
+  char why[256];         /* why devices is -1 */
+  char cublas[256];      /* the cuBLAS file loaded, or why none could be */
+} ps_cuda_probe_t;
+
+typedef enum {
+  PS_CUDA_USABLE = 0, /* devices > 0 */
+  PS_CUDA_ABSENT = 1, /* no GPU here: the CPU is the right place */
+  PS_CUDA_BROKEN = 2, /* a GPU is here but CUDA cannot use it: an error */
+} ps_cuda_state_t;
+
+/* Looks at the device nodes, nvidia-smi (when no node is seen) and the
+ * CUDA runtime. Costs a fork of nvidia-smi at most; call once at start. */
+void ps_compute_cuda_probe(ps_cuda_probe_t *p);
+
+/* What a probe means, with one line for the log in msg: for
+ * PS_CUDA_BROKEN, where the GPU was seen, the runtime's reason and the
+ * driver's and runtime's versions. */
+ps_cuda_state_t ps_compute_cuda_verdict(const ps_cuda_probe_t *p, char *msg,
+                                        size_t msglen);
+
+/* The GPU --device auto takes among ndevices (> 0) that the CUDA runtime
+ * shows (it hides those CUDA_VISIBLE_DEVICES leaves out, and numbers the
+ * rest from 0): local_rank modulo ndevices, so the workers of one machine
+ * spread over its GPUs; 0 when local_rank < 0 (unknown). why says which and
+ * why; rank_from names where local_rank came from ("LOCAL_RANK"), visible
+ * is CUDA_VISIBLE_DEVICES (NULL: not set). */
+int ps_compute_pick_gpu(int ndevices, long local_rank, const char *rank_from,
+                        const char *visible, char *why, size_t whylen);
+
+/* This process's index among the workers on its machine: the first of
+ * PS_LOCAL_RANK, LOCAL_RANK, SLURM_LOCALID, OMPI_COMM_WORLD_LOCAL_RANK,
+ * MPI_LOCALRANKID that is set, else hint when >= 0 (the worker's
+ * requested rank, from "hint"), else -1; *from names the source. A
+ * variable that is set but not a number in [0, 1048576) is skipped. */
+long ps_compute_local_rank(long hint, const char **from);
+
 /* Opens the backend a --device value names:
  *   "cpu"     the CPU backend;
  *   "cuda"    GPU 0, "cuda:N" GPU N; fails when there is no such usable
  *             GPU, with the CUDA runtime's reason;
- *   "auto"    GPU 0 when one is usable, else the CPU; note says which and
- *             why (note may be NULL).
+ *   "auto"    a usable GPU (ps_compute_pick_gpu by ps_compute_local_rank
+ *             of o->rank_hint), else the CPU; note says which and why
+ *             (note may be NULL).
  * o->device is ignored (the spec says it). Returns NULL with err filled:
  * *rc is PS_ERR_CONFIG for a spec that is none of these, PS_ERR_UNSUPPORTED
  * when the GPU asked for cannot be used. Caller owns the result. */
 ps_compute_t *ps_compute_open(const char *device, const ps_compute_opts_t *o,
                               char *note, size_t notelen, int *rc, char *err,
                               size_t errlen);
+
+/* ps_compute_open with the machine's CUDA state given (probe may be NULL
+ * for "cpu" and is probed when needed; tests pass made-up ones). When
+ * "auto" falls back to the CPU although a GPU is present
+ * (PS_CUDA_BROKEN), *gpu_unusable is set to 1 and note holds the
+ * verdict's message: the caller logs it as an error. */
+ps_compute_t *ps_compute_open_probed(const char *device,
+                                     const ps_compute_opts_t *o,
+                                     const ps_cuda_probe_t *probe, char *note,
+                                     size_t notelen, int *gpu_unusable, int *rc,
+                                     char *err, size_t errlen);
 
 /* Creates and initialises a backend. Returns NULL with err filled on failure.
  * Caller owns the result (ps_compute_destroy). */
@@ -251,6 +321,14 @@ void ps_compute_relu_backward(ps_compute_t *c, ps_dptr_t y, ps_dptr_t dy,
 double ps_compute_softmax_xent(ps_compute_t *c, ps_dptr_t logits,
                                ps_dptr_t labels, size_t rows, size_t cols,
                                ps_dptr_t grad, float grad_scale);
+/* ps_compute_softmax_xent without waiting for the loss: returns once the
+ * work is queued; ps_compute_softmax_xent_finish returns the loss summed
+ * over rows, and waits only for it, not for what was queued after start.
+ * One start may be unfinished at a time, and no softmax_xent runs then. */
+void ps_compute_softmax_xent_start(ps_compute_t *c, ps_dptr_t logits,
+                                   ps_dptr_t labels, size_t rows, size_t cols,
+                                   ps_dptr_t grad, float grad_scale);
+double ps_compute_softmax_xent_finish(ps_compute_t *c);
 void ps_compute_col_sum(ps_compute_t *c, ps_dptr_t x, size_t rows, size_t cols,
                         float alpha, float beta, ps_dptr_t out);
 size_t ps_compute_count_correct(ps_compute_t *c, ps_dptr_t logits,

@@ -394,10 +394,12 @@ static double cnn_backward(ps_cnn_t *m, const float *x, const uint8_t *y,
   cnn_forward(m, x, y, n);
   int cur = 0;
   ps_dptr_t delta = ps_dptr(m->delta[cur], 0);
-  /* The 1/n here makes every gradient below the batch mean. */
-  double sum = ps_compute_softmax_xent(
-      c, ps_dptr(m->fc_act[o->nfc - 1], 0), ps_dptr(m->labels, 0), n,
-      ps_cnn_num_classes(m), delta, 1.0f / (float)n);
+  /* The 1/n here makes every gradient below the batch mean. The loss is
+   * read after the backward pass is queued: waiting for it here would
+   * stop the device between the two. */
+  ps_compute_softmax_xent_start(c, ps_dptr(m->fc_act[o->nfc - 1], 0),
+                                ps_dptr(m->labels, 0), n, ps_cnn_num_classes(m),
+                                delta, 1.0f / (float)n);
 
   for (size_t l = o->nfc; l-- > 0;) {
     size_t fin = m->fc_in[l], fout = o->fc[l];
@@ -450,7 +452,7 @@ static double cnn_backward(ps_cnn_t *m, const float *x, const uint8_t *y,
     cur ^= 1;
     delta = din;
   }
-  return sum / (double)n;
+  return ps_compute_softmax_xent_finish(c) / (double)n;
 }
 
 double ps_cnn_gradient(ps_cnn_t *m, const float *x, const uint8_t *y, size_t n,

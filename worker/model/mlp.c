@@ -236,10 +236,12 @@ static double mlp_backward(ps_mlp_t *m, const float *x, const uint8_t *y,
   mlp_forward(m, x, y, n);
   int cur = 0;
   ps_dptr_t delta = ps_dptr(m->delta[cur], 0);
-  /* The 1/n here makes every gradient below the batch mean. */
-  double sum = ps_compute_softmax_xent(c, ps_dptr(m->act[last], 0),
-                                       ps_dptr(m->labels, 0), n, s[last + 1],
-                                       delta, 1.0f / (float)n);
+  /* The 1/n here makes every gradient below the batch mean. The loss is
+   * read after the backward pass is queued: waiting for it here would
+   * stop the device between the two. */
+  ps_compute_softmax_xent_start(c, ps_dptr(m->act[last], 0),
+                                ps_dptr(m->labels, 0), n, s[last + 1], delta,
+                                1.0f / (float)n);
   for (size_t l = last + 1; l-- > 0;) {
     ps_dptr_t in = l == 0 ? ps_dptr(m->input, 0) : ps_dptr(m->act[l - 1], 0);
     /* dW (s[l] x s[l+1]) = in^T (s[l] x n) * delta (n x s[l+1]) */
@@ -268,7 +270,7 @@ static double mlp_backward(ps_mlp_t *m, const float *x, const uint8_t *y,
     cur ^= 1;
     delta = next;
   }
-  return sum / (double)n;
+  return ps_compute_softmax_xent_finish(c) / (double)n;
 }
 
 double ps_mlp_gradient(ps_mlp_t *m, const float *x, const uint8_t *y, size_t n,

@@ -7,6 +7,10 @@
 #include "worker/model/cnn.h"
 #include "worker/model/mlp.h"
 
+_Static_assert(PS_NET_MAX_GROUPS >= PS_MLP_MAX_LAYERS &&
+                   PS_NET_MAX_GROUPS >= PS_CNN_MAX_CONV + PS_CNN_MAX_FC,
+               "PS_NET_MAX_GROUPS below a model's layer count");
+
 struct ps_net_s {
   ps_net_kind_t kind;
   ps_mlp_t *mlp;

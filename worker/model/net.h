@@ -16,6 +16,10 @@
 
 typedef struct ps_net_s ps_net_t;
 
+/* The most groups ps_net_gradient_next yields in one step (one per layer),
+ * for callers that keep something per group. */
+#define PS_NET_MAX_GROUPS 8
+
 typedef enum {
   PS_NET_MLP = 0, /* 784-256-128-10, Glorot */
   PS_NET_CNN = 1, /* 2 x (conv 3x3 pad 1, ReLU, max pool 2), 3136-128-10 */

@@ -4,13 +4,21 @@
  * after an event recorded on the first, so that a layer's gradient travels to
  * the host while the layers below it are still in backward.
  *
- * The CUDA runtime is linked normally; on a machine without a driver or a
+ * The CUDA runtime is linked statically; on a machine without a driver or a
  * GPU, cudaGetDeviceCount fails with the reason, which
  * ps__compute_cuda_devices and init report, and nothing else here runs.
+ * cuBLAS is opened with dlopen when the first backend starts (a missing
+ * cuBLAS is then a reason like any other), so that programs built with
+ * CUDA load and run on the CPU where it is not installed: its libraries
+ * are over 500 MiB, which no bundle of ours can carry.
  */
+#define _GNU_SOURCE /* dladdr */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +28,98 @@
 #include "worker/compute/cuda/kernels.h"
 
 #define FENCES PS_COMPUTE_FENCES
+
+/* The cuBLAS functions the backend calls, from libcublas.so.<major> as the
+ * headers it was built with name it. Loaded once per process. */
+#define CUBLAS_SONAME_(m) "libcublas.so." #m
+#define CUBLAS_SONAME_X(m) CUBLAS_SONAME_(m)
+#define CUBLAS_SONAME CUBLAS_SONAME_X(CUBLAS_VER_MAJOR)
+
+typedef struct {
+  cublasStatus_t (*create)(cublasHandle_t *);
+  cublasStatus_t (*destroy)(cublasHandle_t);
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+  cublasStatus_t (*set_math_mode)(cublasHandle_t, cublasMath_t);
+  cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
+                          int, int, int, const float *, const float *, int,
+                          const float *, int, const float *, float *, int);
+  cublasStatus_t (*sgemv)(cublasHandle_t, cublasOperation_t, int, int,
+                          const float *, const float *, int, const float *, int,
+                          const float *, float *, int);
+  const char *(*status_string)(cublasStatus_t);
+  const char *(*status_name)(cublasStatus_t);
+  int ok;
+  char why[320];
+} blas_fns_t;
+
+static blas_fns_t blas_fn;
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_load(void) {
+  void *h = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+  if (h == NULL) {
+    const char *e = dlerror();
+    snprintf(blas_fn.why, sizeof(blas_fn.why), "cannot load cuBLAS: %s",
+             e ? e : CUBLAS_SONAME);
+    return;
+  }
+  static const struct {
+    const char *name;
+    size_t off;
+  } syms[] = {
+#define SYM(field, name) {name, offsetof(blas_fns_t, field)}
+      SYM(create, "cublasCreate_v2"),
+      SYM(destroy, "cublasDestroy_v2"),
+      SYM(set_stream, "cublasSetStream_v2"),
+      SYM(set_math_mode, "cublasSetMathMode"),
+      SYM(sgemm, "cublasSgemm_v2"),
+      SYM(sgemv, "cublasSgemv_v2"),
+      SYM(status_string, "cublasGetStatusString"),
+      SYM(status_name, "cublasGetStatusName"),
+#undef SYM
+  };
+  for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
+    void *f = dlsym(h, syms[i].name);
+    if (f == NULL) {
+      snprintf(blas_fn.why, sizeof(blas_fn.why),
+               "cuBLAS %s has no %s: not the version this was built for",
+               CUBLAS_SONAME, syms[i].name);
+      dlclose(h);
+      return;
+    }
+    memcpy((char *)&blas_fn + syms[i].off, &f, sizeof(f));
+  }
+  /* Kept open for the life of the process, as a linked library would. */
+  blas_fn.ok = 1;
+}
+
+int ps__compute_cuda_blas(char *where, size_t wherelen);
+
+/* Loads cuBLAS if need be: 1 with the file it came from in where, or 0
+ * with the reason. */
+int ps__compute_cuda_blas(char *where, size_t wherelen) {
+  pthread_once(&blas_once, blas_load);
+  if (!blas_fn.ok) {
+    snprintf(where, wherelen, "%s", blas_fn.why);
+    return 0;
+  }
+  Dl_info info;
+  void *sym;
+  memcpy(&sym, &blas_fn.create, sizeof(sym));
+  if (dladdr(sym, &info) != 0 && info.dli_fname != NULL)
+    snprintf(where, wherelen, "%s", info.dli_fname);
+  else
+    snprintf(where, wherelen, "%s", CUBLAS_SONAME);
+  return 1;
+}
+
+/* 1 when cuBLAS is loaded; else 0 with why filled. */
+static int blas_ready(char *why, size_t whylen) {
+  pthread_once(&blas_once, blas_load);
+  if (!blas_fn.ok) snprintf(why, whylen, "%s", blas_fn.why);
+  return blas_fn.ok;
+}
 
 typedef struct {
   int device;
@@ -36,6 +136,10 @@ typedef struct {
   /* Scratch for the operations that return a host value. */
   double *d_rowloss, *h_rowloss;
   size_t rowloss_cap;
+  /* softmax_xent_start: the rows whose losses are on their way to
+   * h_rowloss, and the event recorded after their copy. */
+  size_t loss_rows;
+  cudaEvent_t loss_ev;
   float *d_ones; /* col_sum as a gemv against ones */
   size_t ones_cap;
   unsigned long long *d_count, *h_count;
@@ -64,12 +168,21 @@ static int blas_ok(cuda_t *s, cublasStatus_t st, const char *what) {
   if (!s->failed) {
     s->failed = 1;
     snprintf(s->err, sizeof(s->err), "cuda:%d %s: %s (%s)", s->device, what,
-             cublasGetStatusString(st), cublasGetStatusName(st));
+             blas_fn.status_string(st), blas_fn.status_name(st));
   }
   return 0;
 }
 
 int ps__compute_cuda_devices(char *why, size_t whylen);
+void ps__compute_cuda_versions(int *driver, int *runtime);
+
+/* Both work without a driver: the driver's version is then 0. */
+void ps__compute_cuda_versions(int *driver, int *runtime) {
+  *driver = *runtime = 0;
+  if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+  if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
+  (void)cudaGetLastError();
+}
 
 int ps__compute_cuda_devices(char *why, size_t whylen) {
   int n = 0;
@@ -86,6 +199,7 @@ int ps__compute_cuda_devices(char *why, size_t whylen) {
     snprintf(why, whylen, "cudaGetDeviceCount found no CUDA device");
     return -1;
   }
+  if (!blas_ready(why, whylen)) return -1;
   return n;
 }
 
@@ -98,12 +212,13 @@ static void cuda_fini(ps_compute_t *c) {
     if (s->queued[i]) cudaEventDestroy(s->queued[i]);
     if (s->landed[i]) cudaEventDestroy(s->landed[i]);
   }
-  if (s->blas) cublasDestroy(s->blas);
+  if (s->blas) blas_fn.destroy(s->blas);
   cudaFree(s->d_rowloss);
   cudaFreeHost(s->h_rowloss);
   cudaFree(s->d_ones);
   cudaFree(s->d_count);
   cudaFreeHost(s->h_count);
+  if (s->loss_ev) cudaEventDestroy(s->loss_ev);
   if (s->stream) cudaStreamDestroy(s->stream);
   if (s->copy) cudaStreamDestroy(s->copy);
   free(s);
@@ -147,15 +262,17 @@ static int cuda_init(ps_compute_t *c, const ps_compute_opts_t *o, char *err,
              s, cudaEventCreateWithFlags(&s->landed[i], cudaEventDisableTiming),
              "cudaEventCreate");
   ok = ok &&
+       cuda_ok(s, cudaEventCreateWithFlags(&s->loss_ev, cudaEventDisableTiming),
+               "cudaEventCreate") &&
        cuda_ok(s, cudaMalloc((void **)&s->d_count, sizeof(*s->d_count)),
                "cudaMalloc") &&
        cuda_ok(s, cudaMallocHost((void **)&s->h_count, sizeof(*s->h_count)),
                "cudaMallocHost");
-  ok = ok && blas_ok(s, cublasCreate(&s->blas), "cublasCreate") &&
-       blas_ok(s, cublasSetStream(s->blas, s->stream), "cublasSetStream") &&
+  ok = ok && blas_ok(s, blas_fn.create(&s->blas), "cublasCreate") &&
+       blas_ok(s, blas_fn.set_stream(s->blas, s->stream), "cublasSetStream") &&
        /* Full FP32: TF32 tensor cores would be faster but would break the
         * 1e-4 agreement with the CPU backend that the tests hold. */
-       blas_ok(s, cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH),
+       blas_ok(s, blas_fn.set_math_mode(s->blas, CUBLAS_DEFAULT_MATH),
                "cublasSetMathMode");
   /* A kernel now, so that a GPU this build has no code for (older than
    * sm_80) is refused here with the reason, not on the first step. */
@@ -271,10 +388,10 @@ static void cuda_gemm(ps_compute_t *c, ps_trans_t ta, ps_trans_t tb, size_t m,
   cuda_t *s = state(c);
   if (s->failed) return;
   blas_ok(s,
-          cublasSgemm(s->blas, tb == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N,
-                      ta == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
-                      (int)m, (int)k, &alpha, b, (int)(ldb ? ldb : 1), a,
-                      (int)(lda ? lda : 1), &beta, cm, (int)ldc),
+          blas_fn.sgemm(s->blas, tb == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N,
+                        ta == PS_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
+                        (int)m, (int)k, &alpha, b, (int)(ldb ? ldb : 1), a,
+                        (int)(lda ? lda : 1), &beta, cm, (int)ldc),
           "cublasSgemm");
 }
 
@@ -342,6 +459,42 @@ static double cuda_softmax_xent(ps_compute_t *c, const float *logits,
   return loss;
 }
 
+/* The loss's copy goes into page-locked memory behind an event, so that
+ * finish waits for it alone while the backward pass queued after start
+ * runs on. */
+static void cuda_softmax_xent_start(ps_compute_t *c, const float *logits,
+                                    const uint8_t *labels, size_t rows,
+                                    size_t cols, float *grad,
+                                    float grad_scale) {
+  cuda_t *s = state(c);
+  s->loss_rows = 0;
+  if (s->failed || !grow(s, (void **)&s->d_rowloss, (void **)&s->h_rowloss,
+                         &s->rowloss_cap, rows, sizeof(double)))
+    return;
+  if (cuda_ok(s,
+              ps__cuda_softmax_xent(s->stream, logits, labels, rows, cols, grad,
+                                    grad_scale, s->d_rowloss),
+              "softmax_xent") &&
+      cuda_ok(s,
+              cudaMemcpyAsync(s->h_rowloss, s->d_rowloss, rows * sizeof(double),
+                              cudaMemcpyDeviceToHost, s->stream),
+              "loss download") &&
+      cuda_ok(s, cudaEventRecord(s->loss_ev, s->stream), "loss event"))
+    s->loss_rows = rows;
+}
+
+static double cuda_softmax_xent_finish(ps_compute_t *c) {
+  cuda_t *s = state(c);
+  if (s->failed || s->loss_rows == 0 ||
+      !cuda_ok(s, cudaEventSynchronize(s->loss_ev), "loss wait"))
+    return NAN;
+  /* Summed in row order on the host, as the CPU backend does. */
+  double loss = 0.0;
+  for (size_t i = 0; i < s->loss_rows; i++) loss += s->h_rowloss[i];
+  s->loss_rows = 0;
+  return loss;
+}
+
 /* out = alpha * x^T ones + beta * out: the column sums as a gemv, x being
  * its transpose in column-major terms. */
 static void cuda_col_sum(ps_compute_t *c, const float *x, size_t rows,
@@ -360,8 +513,8 @@ static void cuda_col_sum(ps_compute_t *c, const float *x, size_t rows,
     return;
   }
   blas_ok(s,
-          cublasSgemv(s->blas, CUBLAS_OP_N, (int)cols, (int)rows, &alpha, x,
-                      (int)cols, s->d_ones, 1, &beta, out, 1),
+          blas_fn.sgemv(s->blas, CUBLAS_OP_N, (int)cols, (int)rows, &alpha, x,
+                        (int)cols, s->d_ones, 1, &beta, out, 1),
           "cublasSgemv");
 }
 
@@ -445,6 +598,8 @@ const ps_compute_ops_t ps_compute_cuda_ops = {
     .relu = cuda_relu,
     .relu_backward = cuda_relu_backward,
     .softmax_xent = cuda_softmax_xent,
+    .softmax_xent_start = cuda_softmax_xent_start,
+    .softmax_xent_finish = cuda_softmax_xent_finish,
     .col_sum = cuda_col_sum,
     .count_correct = cuda_count_correct,
     .sync = cuda_sync,
