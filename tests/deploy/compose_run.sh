@@ -78,7 +78,9 @@ restarted() { [ "$(podman inspect -f '{{.RestartCount}}' "$(ctr server-a)")" -ge
 wait_for 60 "server-a restarted by its restart policy" restarted
 echo "compose_run: server-a restarted after $(($(date +%s) - t_kill)) s"
 
-all_workers_exited() { exited worker-0 && exited worker-1; }
+# The scheduler exits once the job is over, finished or given up (a worker
+# that failed ends it): either way there is nothing more to wait for.
+all_workers_exited() { exited worker-0 && exited worker-1 || exited scheduler; }
 wait_for 300 "the job finishing" all_workers_exited
 t_done=$(date +%s)
 wait_for 30 "the scheduler exiting" exited scheduler
