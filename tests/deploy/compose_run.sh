@@ -39,6 +39,7 @@ cleanup() {
   done
   compose down -v >/dev/null 2>&1 || true
   podman volume rm -f "${project}_ps-state" >/dev/null 2>&1 || true
+  podman network rm -f "${project}_default" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 fail() {
