@@ -21,6 +21,8 @@ if [ "${1:-}" = --tests ]; then
     # from Debian's archive, names resolved on podman networks, Compose.
     podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname
     podman-compose
+    # The package tests (tests/deploy): lint the .deb, validate compose.yaml.
+    lintian docker-compose
   )
 fi
 

@@ -17,6 +17,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/member.h"
+#include "common/notify.h"
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
@@ -218,6 +219,10 @@ static void teardown(ps_server_t *s) {
     s->stop_timer_open = 0;
     uv_close((uv_handle_t *)&s->stop_timer, handle_close_cb);
   }
+  if (s->notify_timer_open) {
+    s->notify_timer_open = 0;
+    uv_close((uv_handle_t *)&s->notify_timer, handle_close_cb);
+  }
   if (s->warn_limit.flush_open) {
     ratelimit_flush_cb(&s->warn_limit.flush_timer);
     s->warn_limit.flush_open = 0;
@@ -250,6 +255,7 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   if (s->stopping || s->torn_down) return;
   s->stopping = 1;
   s->exit_status = status;
+  ps_notify_stopping("stopping: %.200s", reason);
   if (status != PS_OK) snprintf(s->errmsg, sizeof(s->errmsg), "%s", reason);
   PS_LOG(status == PS_OK ? PS_LOG_INFO : PS_LOG_ERROR, "shutdown",
          "reason=\"%s\" status=%s leave=%d", reason, ps_err_name(status),
@@ -296,6 +302,13 @@ static void signal_cb(uv_signal_t *h, int signum) {
   snprintf(reason, sizeof(reason), "signal %s",
            signum == SIGTERM ? "SIGTERM" : "SIGINT");
   ps_server_stop(s, PS_OK, reason, 1);
+}
+
+/* systemd (Type=notify): ready once bound, registered and holding a view;
+ * the status says what it holds. Nothing without NOTIFY_SOCKET. */
+static void notify_serving(ps_server_t *s) {
+  ps_notify_ready("serving %zu ranges, epoch %llu, on %s", s->nranges,
+                  (unsigned long long)s->view->epoch, s->endpoint);
 }
 
 /* ---- membership ---- */
@@ -462,6 +475,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
           (unsigned long long)s->view->epoch,
           ps__server_mode_name(s->view->mode), s->view->live_workers,
           ps__server_format_ranges(s, owned, sizeof(owned)));
+  notify_serving(s);
 }
 
 /* Loads this server's ranges of view from the checkpoint the view names,
@@ -543,6 +557,7 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
           ps__server_mode_name(s->view->mode), s->view->live_workers,
           s->view->nnodes, ps__server_format_ranges(s, owned, sizeof(owned)),
           (unsigned long long)keys, (unsigned long long)s->view->model.total);
+  notify_serving(s);
 }
 
 /* ---- life cycle ---- */
@@ -673,6 +688,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     *err = PS_ERR_CONFIG;
     goto fail;
   }
+  s->notify_timer_open =
+      ps_notify_timer_start(&s->loop, &s->notify_timer, NULL, NULL);
   *err = PS_OK;
   return s;
 

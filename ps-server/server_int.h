@@ -119,6 +119,8 @@ struct ps_server_s {
   int signals_open;
   uv_timer_t stop_timer;
   int stop_timer_open;
+  uv_timer_t notify_timer; /* systemd's watchdog, fed from this loop */
+  int notify_timer_open;
 
   char *scheduler;
   char *advertise;

@@ -1,5 +1,6 @@
 /* ps-scheduler: parses the options, builds the scheduler, runs its loop.
  * Exit status: PS_EXIT_* (common/config.h). */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <uv.h>
@@ -9,9 +10,18 @@
 #include "common/err.h"
 #include "common/exporter.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/scheduler.h"
+
+static void describe_cb(void *arg, char *buf, size_t len) {
+  ps_sched_describe(arg, buf, len);
+}
+
+static void stopping_cb(uv_signal_t *h, int signum) {
+  ps_notify_stopping("stopping on %s", signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
 
 int main(int argc, char **argv) {
   char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
@@ -125,9 +135,33 @@ int main(int argc, char **argv) {
     PS_ERROR("start_failed", "err=%s reason=\"%s\"", ps_err_name(serr), err);
     status = ps_config_exit_status(serr);
   } else {
+    /* systemd (Type=notify): ready once bound; the watchdog is fed from
+     * this loop; STOPPING=1 when a signal stops it. Nothing without
+     * NOTIFY_SOCKET. The handles are unreferenced, so the loop still runs
+     * dry once the scheduler shut the cluster down. */
+    uv_timer_t notify_timer;
+    uv_signal_t notify_sigterm, notify_sigint;
+    int notifying = ps_notify_timer_start(&loop, &notify_timer, describe_cb, s);
+    if (notifying) {
+      uv_signal_init(&loop, &notify_sigterm);
+      uv_signal_init(&loop, &notify_sigint);
+      uv_signal_start(&notify_sigterm, stopping_cb, SIGTERM);
+      uv_signal_start(&notify_sigint, stopping_cb, SIGINT);
+      uv_unref((uv_handle_t *)&notify_sigterm);
+      uv_unref((uv_handle_t *)&notify_sigint);
+    }
+    char line[256];
+    ps_sched_describe(s, line, sizeof(line));
+    ps_notify_ready("%s", line);
     uv_run(&loop, UV_RUN_DEFAULT);
     /* The loop only runs dry once the scheduler shut the cluster down. */
     if (!ps_sched_finished(s)) status = PS_EXIT_FAILURE;
+    ps_notify_stopping("job over, exiting");
+    if (notifying) {
+      uv_close((uv_handle_t *)&notify_timer, NULL);
+      uv_close((uv_handle_t *)&notify_sigterm, NULL);
+      uv_close((uv_handle_t *)&notify_sigint, NULL);
+    }
     ps_sched_destroy(&s);
     uv_run(&loop, UV_RUN_DEFAULT); /* close callbacks */
   }

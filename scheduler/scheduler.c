@@ -542,6 +542,26 @@ uint64_t ps_sched_epoch(const ps_sched_t *s) {
   return s->epoch;
 }
 
+void ps_sched_describe(const ps_sched_t *s, char *buf, size_t len) {
+  unsigned servers = 0, workers = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *n = &s->nodes[i];
+    if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
+    if (n->role == PS__ROLE__ROLE_SERVER) servers++;
+    if (n->role == PS__ROLE__ROLE_WORKER) workers++;
+  }
+  if (s->finished)
+    snprintf(buf, len, "job over, shutting down (epoch %llu)",
+             (unsigned long long)s->epoch);
+  else if (!s->published)
+    snprintf(buf, len,
+             "waiting for nodes on %s: %u of %u servers, %u of %u workers",
+             s->endpoint, servers, s->opts.servers, workers, s->opts.workers);
+  else
+    snprintf(buf, len, "epoch %llu: %u servers and %u workers alive on %s",
+             (unsigned long long)s->epoch, servers, workers, s->endpoint);
+}
+
 void ps_sched_destroy(ps_sched_t **s_p) {
   ps_sched_t *s = *s_p;
   if (s == NULL) return;

@@ -96,6 +96,10 @@ int ps_sched_finished(const ps_sched_t *s);
 /* The current view epoch; 0 before the first view. */
 uint64_t ps_sched_epoch(const ps_sched_t *s);
 
+/* One line for a service manager's status: what the scheduler waits for,
+ * or the epoch and the live servers and workers. */
+void ps_sched_describe(const ps_sched_t *s, char *buf, size_t len);
+
 /* Stops everything that still runs; the memory is freed once the loop has
  * run the close callbacks (at once if they already ran). Sets *s_p to NULL. */
 void ps_sched_destroy(ps_sched_t **s_p);

@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/init.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "common/optimizer.h"
 #include "common/time.h"
 #include "worker/compute/compute.h"
@@ -343,6 +344,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
      * first step pulls the weights as of that clock, and the data order
      * follows from the step. */
     t->start_step = ps_client_start_clock(t->client);
+    /* systemd (Type=notify): registered and holding a view. */
+    ps_notify_ready("worker rank %u of %u, registered, from step %llu", t->rank,
+                    t->workers, (unsigned long long)t->start_step);
     if (t->workers == 0 || t->rank >= t->workers) {
       trainer_fail(t, "the scheduler gave rank %u of %u workers", t->rank,
                    t->workers);
@@ -727,6 +731,9 @@ int ps_trainer_run(ps_trainer_t *t) {
   }
 
   for (; step < total; step++) {
+    /* The worker's loop is this one: a step that hangs starves systemd's
+     * watchdog, as a stuck event loop does in the other daemons. */
+    ps_notify_watchdog_kick();
     if (should_stop(t)) {
       r->stopped = 1;
       break;
@@ -772,6 +779,10 @@ int ps_trainer_run(ps_trainer_t *t) {
               train_dt > 0
                   ? (double)((step + 1 - last_step) * global_batch) / train_dt
                   : 0.0);
+      ps_notify_status("training: step %" PRIu64 " of %" PRIu64
+                       ", epoch %" PRIu64 ", loss %.4f",
+                       step + 1, total, step / spe + 1,
+                       progress_loss / (double)progress_n);
       last_ns = now;
       last_eval_ns = eval_ns;
       last_step = step + 1;
@@ -821,6 +832,10 @@ int ps_trainer_run(ps_trainer_t *t) {
                   : 0.0;
 
   int sig = stop_signal(t);
+  if (sig)
+    ps_notify_stopping("stopping on %s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  else
+    ps_notify_stopping("training over at step %" PRIu64, step);
   if (rc == PS_OK && r->stopped) {
     PS_WARN("stopped", "step=%" PRIu64 " reason=%s", step,
             sig ? (sig == SIGINT ? "SIGINT" : "SIGTERM") : "cluster_shutdown");
