@@ -45,7 +45,9 @@ struct ps_member_s {
   uint64_t last_heard_ms;
   uint64_t next_request_id;
   uint64_t done_request_id; /* 0: no Done in flight */
+  uint64_t farewell_request_id; /* the last Done or Shutdown sent */
   int sent_farewell;        /* a Done or Shutdown that must still leave */
+  int farewell_acked;       /* the scheduler acked farewell_request_id */
   int stopped;              /* shutdown_cb has run: report nothing more */
   ps_member_message_cb message_cb;
   void *message_arg;
@@ -137,6 +139,7 @@ static void send_done(ps_member_t *m) {
   Ps__Done done = PS__DONE__INIT;
   Ps__Envelope env;
   m->done_request_id = next_request_id(m);
+  m->farewell_request_id = m->done_request_id;
   envelope_init(m, &env, m->done_request_id);
   env.body_case = PS__ENVELOPE__BODY_DONE;
   env.done = &done;
@@ -281,7 +284,10 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
                       env->shutdown->reason ? env->shutdown->reason : "");
       break;
     case PS__ENVELOPE__BODY_ACK:
-      break; /* heartbeat and Done acks */
+      /* Heartbeat acks say nothing more than that the scheduler is there. */
+      if (m->sent_farewell && env->request_id == m->farewell_request_id)
+        m->farewell_acked = 1;
+      break;
     default:
       if (m->message_cb) {
         m->message_cb(m, env, m->message_arg);
@@ -396,7 +402,8 @@ void ps_member_send_leave(ps_member_t *m, const char *reason) {
   Ps__Shutdown sd = PS__SHUTDOWN__INIT;
   sd.reason = (char *)(reason ? reason : "");
   Ps__Envelope env;
-  envelope_init(m, &env, next_request_id(m));
+  m->farewell_request_id = next_request_id(m);
+  envelope_init(m, &env, m->farewell_request_id);
   env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
   env.shutdown = &sd;
   m->sent_farewell = 1;
@@ -415,6 +422,10 @@ int ps_member_send(ps_member_t *m, Ps__Envelope *env) {
   env->epoch = m->epoch;
   if (env->request_id == 0) env->request_id = next_request_id(m);
   return ps_msg_send(ps_zsock_socket(m->zs), NULL, env, NULL, 0);
+}
+
+int ps_member_farewell_acked(const ps_member_t *m) {
+  return m->farewell_acked;
 }
 
 uint32_t ps_member_node_id(const ps_member_t *m) {

@@ -82,6 +82,10 @@ void ps_member_set_message_cb(ps_member_t *m, ps_member_message_cb cb,
  * PS_OK or the send failure. */
 int ps_member_send(ps_member_t *m, Ps__Envelope *env);
 
+/* 1 once the scheduler acked the last Done or Shutdown sent: the owner may
+ * destroy the member without waiting any longer. */
+int ps_member_farewell_acked(const ps_member_t *m);
+
 uint32_t ps_member_node_id(const ps_member_t *m);
 uint64_t ps_member_epoch(const ps_member_t *m);
 

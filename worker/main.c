@@ -17,7 +17,7 @@ static volatile sig_atomic_t stop_requested;
 /* The first signal asks the trainer to stop after its step; the alarm makes
  * sure the process is gone within seconds even if a call to the cluster is
  * stuck waiting on peers that died; a second signal ends it at once. */
-#define STOP_GRACE_S 2
+#define STOP_GRACE_S 5
 
 static void on_signal(int sig) {
   if (stop_requested || sig == SIGALRM) {
