@@ -48,10 +48,11 @@ int main(int argc, char **argv) {
        "actually bound. Needed when binding 0.0.0.0 or behind NAT."},
       {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 600000, NULL,
        "Interval between heartbeats to the scheduler, in milliseconds."},
-      {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "0", 0,
+      {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "60000", 0,
        86400000, NULL,
-       "Stop with an error after the scheduler was silent this long; 0 "
-       "keeps waiting (it may come back)."},
+       "Stop with an error (exit 1) after the scheduler was silent this "
+       "long, long enough for it to be restarted; the wait is logged every "
+       "5 s. 0 waits forever."},
       {"max-message-bytes", PS_OPT_INT, &max_message_bytes, "1073741824", 4,
        1099511627776.0, NULL,
        "Largest payload frame accepted or sent, in bytes; bigger requests "
@@ -102,6 +103,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   status = ps_server_run(server);
+  if (status != PS_OK)
+    fprintf(stderr, "ps-server: %s\n", ps_server_errmsg(server));
   ps_server_destroy(&server);
   ps_config_free(&cfg);
   return status == PS_OK ? 0 : 1;

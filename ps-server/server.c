@@ -529,7 +529,7 @@ void ps_server_opts_init(ps_server_opts_t *o) {
   o->bind = "tcp://127.0.0.1:*";
   o->advertise = NULL;
   o->heartbeat_ms = 100;
-  o->scheduler_timeout_ms = 0;
+  o->scheduler_timeout_ms = PS_SERVER_SCHEDULER_TIMEOUT_MS;
   o->limits = ps_frame_default_limits;
   o->handle_signals = 1;
 }
