@@ -4,6 +4,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/checkpoint.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -87,6 +88,14 @@ int main(int argc, char **argv) {
   if (rc != PS_OK) {
     fprintf(stderr, "ps-scheduler: %s (see --help)\n", err);
     return 1;
+  }
+  /* A state file that cannot be written would only show up as
+   * state_save_failed later, with the job running unprotected. */
+  if (state_file && state_file[0] &&
+      ps_checkpoint_check_output(state_file, err, sizeof(err)) != PS_OK) {
+    fprintf(stderr, "ps-scheduler: option --state-file: %s\n", err);
+    ps_config_free(&cfg);
+    return 2;
   }
   /* The table's mode choices are in the enum's order. */
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/checkpoint.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -129,6 +130,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "Try 'ps-worker --help'.\n");
     ps_config_free(&cfg);
     return 2;
+  }
+  /* Found out only after the whole run, a bad path would lose its result. */
+  const char *outputs[][2] = {{"report", report}, {"dump-weights", dump}};
+  for (size_t i = 0; i < sizeof(outputs) / sizeof(outputs[0]); i++) {
+    if (outputs[i][1] == NULL || outputs[i][1][0] == '\0') continue;
+    if (ps_checkpoint_check_output(outputs[i][1], err, sizeof(err)) != PS_OK) {
+      fprintf(stderr, "ps-worker: option --%s: %s\n", outputs[i][0], err);
+      ps_config_free(&cfg);
+      return 2;
+    }
   }
   ps_log_init("worker", (ps_log_level_t)log_level);
   install_signals();
