@@ -177,6 +177,22 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     json_string(ci->reason ? ci->reason : "");
     printf("}");
   }
+  const Ps__CheckpointInfo *f = st->last_failure;
+  printf(",\"last_checkpoint_failure\":");
+  if (f == NULL) {
+    printf("null");
+  } else {
+    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", f->id,
+           f->step);
+    json_string(f->dir ? f->dir : "");
+    printf(",\"age_ms\":%" PRIu64 ",\"unix_ms\":%" PRIu64
+           ",\"duration_ms\":%" PRIu64 ",\"reason\":",
+           f->age_ms, f->created_unix_ms, f->duration_ms);
+    json_string(f->reason ? f->reason : "");
+    printf(",\"code\":\"%s\",\"error\":", ps_err_name(f->code));
+    json_string(f->error ? f->error : "");
+    printf("}");
+  }
   printf("}\n");
 }
 
@@ -190,6 +206,14 @@ static void print_checkpoints(const Ps__Status *st) {
            (double)l->bytes / 1e6, l->reason && l->reason[0] ? l->reason : "-");
   else
     printf("last checkpoint: none\n");
+  const Ps__CheckpointInfo *f = st->last_failure;
+  if (f)
+    printf("last checkpoint failed: step %" PRIu64 " into %s, %.1f s ago (%s): "
+           "%s\n",
+           f->step, f->dir && f->dir[0] ? f->dir : "-",
+           (double)f->age_ms / 1e3,
+           f->reason && f->reason[0] ? f->reason : "-",
+           f->error && f->error[0] ? f->error : ps_err_name(f->code));
   if (c)
     printf("checkpoint in progress: step %" PRIu64 " into %s for %.1f s (%s)\n",
            c->step, c->dir ? c->dir : "-", (double)c->age_ms / 1e3,

@@ -230,6 +230,12 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
     last.age_ms = now > s->last_done_ms ? now - s->last_done_ms : 0;
     st.last_checkpoint = &last;
   }
+  Ps__CheckpointInfo failure;
+  if (s->has_failure) {
+    failure = s->failure;
+    failure.age_ms = now > s->failure_ms ? now - s->failure_ms : 0;
+    st.last_failure = &failure;
+  }
   if (ps_coord_active(s->coord)) {
     ps__checkpoint_info__init(&cur);
     cur.step = ps_coord_step(s->coord);

@@ -102,6 +102,12 @@ struct ps_sched_s {
   char last_dir[PS_CHECKPOINT_PATH_MAX];
   char last_reason[32];
   uint64_t last_done_ms; /* monotonic, for its age */
+  int has_failure;
+  Ps__CheckpointInfo failure; /* the last failed one; strings below */
+  char failure_dir[PS_CHECKPOINT_PATH_MAX];
+  char failure_reason[32];
+  char failure_error[512];
+  uint64_t failure_ms; /* monotonic, for its age */
   struct {
     uint8_t route[SCHED_ROUTE_MAX];
     size_t route_len;
