@@ -222,15 +222,17 @@ static void print_checkpoints(const Ps__Status *st) {
 
 static void print_table(const char *endpoint, const Ps__Status *st) {
   const Ps__View *v = st->view;
-  uint32_t servers = 0, alive_servers = 0, workers = 0;
+  /* Per role, by state: the header counts the living against what the
+   * job expects, and the others apart (a dead node and its replacement
+   * are two entries). */
+  uint32_t count[2][5] = {{0}};
   int addr_w = 7; /* "ADDRESS" */
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
-    if (n->role == PS__ROLE__ROLE_SERVER) servers++;
-    if (n->role == PS__ROLE__ROLE_SERVER &&
-        n->state == PS__NODE_STATE__NODE_STATE_ALIVE)
-      alive_servers++;
-    if (n->role == PS__ROLE__ROLE_WORKER) workers++;
+    int role = n->role == PS__ROLE__ROLE_SERVER   ? 0
+               : n->role == PS__ROLE__ROLE_WORKER ? 1
+                                                  : -1;
+    if (role >= 0 && n->state >= 0 && n->state < 5) count[role][n->state]++;
     int w = (int)strlen(n->address ? n->address : "");
     if (w > addr_w) addr_w = w;
   }
@@ -240,8 +242,24 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
   else
     printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
            mode_name(v->mode), v->live_workers, st->expected_workers);
-  printf("registered: %u/%u servers (%u alive), %u/%u workers\n", servers,
-         st->expected_servers, alive_servers, workers, st->expected_workers);
+  const char *roles[2] = {"servers", "workers"};
+  const uint32_t expected[2] = {st->expected_servers, st->expected_workers};
+  printf("registered:");
+  for (int r = 0; r < 2; r++) {
+    printf("%s %u/%u %s alive", r ? "," : "",
+           count[r][PS__NODE_STATE__NODE_STATE_ALIVE], expected[r], roles[r]);
+    const int others[3] = {PS__NODE_STATE__NODE_STATE_DONE,
+                           PS__NODE_STATE__NODE_STATE_DEAD,
+                           PS__NODE_STATE__NODE_STATE_LEFT};
+    int shown = 0;
+    for (int k = 0; k < 3; k++) {
+      if (count[r][others[k]] == 0) continue;
+      printf("%s%u %s", shown++ ? ", " : " (", count[r][others[k]],
+             state_name(others[k]));
+    }
+    if (shown) printf(")");
+  }
+  printf("\n");
   print_checkpoints(st);
   printf("\n");
 
