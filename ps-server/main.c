@@ -8,6 +8,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/sockmon.h"
 #include "server.h"
 
 /* A ZeroMQ endpoint is transport://address; anything else would only fail
@@ -84,6 +85,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   ps_log_init("server", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
 
   ps_server_opts_t so;
   ps_server_opts_init(&so);

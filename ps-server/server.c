@@ -195,6 +195,7 @@ static void teardown(ps_server_t *s) {
   for (size_t i = 0; i < s->nranges; i++)
     ps__srv_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
   ps_repl_destroy(&s->repl);
+  ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   ps_member_destroy(&s->member);
   if (s->signals_open) {
@@ -267,6 +268,7 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
    * new request is served while the server goes. */
   for (size_t i = 0; i < s->nranges; i++)
     ps__srv_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN, "the server stops");
+  ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   /* The member lingers (up to 1 s) on a farewell when it is closed, so the
    * Leave reaches the scheduler well within the 5 s a service manager
@@ -599,6 +601,9 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL,
                          &s->limits, on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
+  /* Out of descriptors, ZeroMQ drops new workers without a word. */
+  s->data_mon = ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data),
+                               "data", NULL);
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->data));
   const char *advertise = s->advertise && s->advertise[0]
                               ? s->advertise

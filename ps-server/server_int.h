@@ -23,6 +23,7 @@
 #include <zmq.h>
 
 #include "common/member.h"
+#include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "dedup.h"
@@ -91,6 +92,7 @@ struct ps_server_s {
   int loop_ready;
   void *zctx;
   ps_zsock_t *data;
+  ps_sockmon_t *data_mon; /* accepts that failed on data */
   ps_member_t *member;
   uv_signal_t sigterm, sigint;
   int signals_open;

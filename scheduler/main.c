@@ -8,6 +8,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/sockmon.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/scheduler.h"
@@ -101,6 +102,7 @@ int main(int argc, char **argv) {
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
                        PS__CONSISTENCY_MODE__MODE_ASP};
   ps_log_init("scheduler", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
 
   uv_loop_t loop;
   uv_loop_init(&loop);

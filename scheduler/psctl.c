@@ -125,9 +125,10 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
   printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
          "\"live_workers\":%u,\"keys\":%" PRIu64
-         ",\"replication\":%u,\"nodes\":[",
+         ",\"replication\":%u,\"accept_failures\":%" PRIu64 ",\"nodes\":[",
          v->epoch, mode_name(v->mode), st->uptime_ms, st->expected_servers,
-         st->expected_workers, v->live_workers, model_keys(v), v->replication);
+         st->expected_workers, v->live_workers, model_keys(v), v->replication,
+         st->accept_failures);
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
@@ -236,7 +237,11 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
     int w = (int)strlen(n->address ? n->address : "");
     if (w > addr_w) addr_w = w;
   }
-  printf("scheduler %s  up %.1f s\n", endpoint, (double)st->uptime_ms / 1e3);
+  printf("scheduler %s  up %.1f s", endpoint, (double)st->uptime_ms / 1e3);
+  if (st->accept_failures)
+    printf("  (failed to accept %" PRIu64 " connections: out of files?)",
+           st->accept_failures);
+  printf("\n");
   if (v->epoch == 0)
     printf("epoch 0 (view not published yet)  mode %s\n", mode_name(v->mode));
   else

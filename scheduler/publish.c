@@ -221,6 +221,7 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
   st.uptime_ms = ps_now_ms() - s->start_ms;
   st.expected_servers = s->opts.servers;
   st.expected_workers = s->opts.workers;
+  st.accept_failures = ps_sockmon_accept_failures(s->zs_mon);
   uint64_t now = ps_now_ms();
   Ps__CheckpointInfo last, cur;
   if (s->has_last) {

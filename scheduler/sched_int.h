@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "common/checkpoint.h"
+#include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
@@ -68,6 +69,7 @@ typedef struct {
 struct ps_sched_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
+  ps_sockmon_t *zs_mon; /* accepts that failed on zs */
   uv_timer_t check_timer;
   uv_signal_t sigterm;
   uv_signal_t sigint;

@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/sockmon.h"
 #include "worker/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -142,6 +143,7 @@ int main(int argc, char **argv) {
     }
   }
   ps_log_init("worker", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
   install_signals();
 
   ps_trainer_opts_t to;
