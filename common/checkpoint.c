@@ -290,8 +290,8 @@ int ps_checkpoint_check_output(const char *path, char *err, size_t errlen) {
     return fail(err, errlen, PS_ERR_CONFIG, "empty path");
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-    return fail(err, errlen, PS_ERR_CONFIG,
-                "\"%s\" is a directory, not a file", path);
+    return fail(err, errlen, PS_ERR_CONFIG, "\"%s\" is a directory, not a file",
+                path);
   char probe[PS_CHECKPOINT_PATH_MAX];
   int n = snprintf(probe, sizeof(probe), "%s.probe.%ld", path, (long)getpid());
   if (n < 0 || (size_t)n >= sizeof(probe))

@@ -172,13 +172,15 @@ static int check_silence(ps_member_t *m) {
     m->last_warned_ms = now;
     if (m->scheduler_timeout_ms > 0)
       PS_WARN("scheduler_silent",
-              "scheduler=%s silent_ms=%" PRIu64 " registered=%d "
+              "scheduler=%s silent_ms=%" PRIu64
+              " registered=%d "
               "give_up_in_ms=%" PRIu64,
               m->scheduler, silent, m->registered,
               (uint64_t)m->scheduler_timeout_ms - silent);
     else
       PS_WARN("scheduler_silent",
-              "scheduler=%s silent_ms=%" PRIu64 " registered=%d "
+              "scheduler=%s silent_ms=%" PRIu64
+              " registered=%d "
               "give_up_in_ms=never",
               m->scheduler, silent, m->registered);
   }

@@ -602,8 +602,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
                          &s->limits, on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
   /* Out of descriptors, ZeroMQ drops new workers without a word. */
-  s->data_mon = ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data),
-                               "data", NULL);
+  s->data_mon =
+      ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data), "data", NULL);
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->data));
   const char *advertise = s->advertise && s->advertise[0]
                               ? s->advertise

@@ -412,7 +412,8 @@ void ps_coord_on_reply(ps_coord_t *c, uint32_t node_id,
   if (!c->active || r->id != c->id) {
     PS_DEBUG("checkpoint_reply_ignored", "from=%u id=%" PRIu64, node_id, r->id);
     /* A server that finished writing for an attempt given up meanwhile. */
-    size_t kept = c->ndead < COORD_DEAD_ATTEMPTS ? c->ndead : COORD_DEAD_ATTEMPTS;
+    size_t kept =
+        c->ndead < COORD_DEAD_ATTEMPTS ? c->ndead : COORD_DEAD_ATTEMPTS;
     for (size_t i = 0; i < kept && r->written; i++)
       if (c->dead[i].id == r->id) remove_attempt(r->id, c->dead[i].dir);
     return;

@@ -183,8 +183,7 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
   if (f == NULL) {
     printf("null");
   } else {
-    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", f->id,
-           f->step);
+    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", f->id, f->step);
     json_string(f->dir ? f->dir : "");
     printf(",\"age_ms\":%" PRIu64 ",\"unix_ms\":%" PRIu64
            ",\"duration_ms\":%" PRIu64 ",\"reason\":",
@@ -209,10 +208,10 @@ static void print_checkpoints(const Ps__Status *st) {
     printf("last checkpoint: none\n");
   const Ps__CheckpointInfo *f = st->last_failure;
   if (f)
-    printf("last checkpoint failed: step %" PRIu64 " into %s, %.1f s ago (%s): "
+    printf("last checkpoint failed: step %" PRIu64
+           " into %s, %.1f s ago (%s): "
            "%s\n",
-           f->step, f->dir && f->dir[0] ? f->dir : "-",
-           (double)f->age_ms / 1e3,
+           f->step, f->dir && f->dir[0] ? f->dir : "-", (double)f->age_ms / 1e3,
            f->reason && f->reason[0] ? f->reason : "-",
            f->error && f->error[0] ? f->error : ps_err_name(f->code));
   if (c)

@@ -69,9 +69,8 @@ void ps__sched_state_save(ps_sched_t *s) {
     uint64_t *heard = dead + s->nnodes;
     uint64_t now = ps_now_ms(), wall = ps__sched_unix_now_ms();
     for (size_t i = 0; i < s->nnodes; i++) {
-      uint64_t age = now > s->nodes[i].last_seen_ms
-                         ? now - s->nodes[i].last_seen_ms
-                         : 0;
+      uint64_t age =
+          now > s->nodes[i].last_seen_ms ? now - s->nodes[i].last_seen_ms : 0;
       dead[i] = s->nodes[i].dead_epoch;
       heard[i] = wall > age ? wall - age : 0;
     }

@@ -24,8 +24,7 @@
 static char mnt[600];
 
 /* Files left under dir, recursively; their bytes in *bytes. */
-static int debris(const char *dir, long long *bytes, char *first,
-                  size_t len) {
+static int debris(const char *dir, long long *bytes, char *first, size_t len) {
   DIR *d = opendir(dir);
   if (d == NULL) return 0;
   int n = 0;
@@ -114,13 +113,13 @@ START_TEST(checkpoint_on_full_disk) {
   const char *f = strstr(js, "\"last_checkpoint_failure\":{");
   ck_assert_msg(f != NULL, "no last_checkpoint_failure: %s", js);
   ck_assert_msg(strstr(f, "No space left on device") != NULL, "%s", f);
-  ck_assert_msg(strstr(f, "\"age_ms\":") != NULL &&
-                    strstr(f, "\"unix_ms\":") != NULL,
-                "no time in %s", f);
+  ck_assert_msg(
+      strstr(f, "\"age_ms\":") != NULL && strstr(f, "\"unix_ms\":") != NULL,
+      "no time in %s", f);
   ck_assert_msg(strstr(js, "\"last_checkpoint\":null") != NULL, "%s", js);
   free(js);
-  out = h_run(&c, 10000, &status, "psctl", "--scheduler", c.sched_ep,
-              "status", NULL);
+  out = h_run(&c, 10000, &status, "psctl", "--scheduler", c.sched_ep, "status",
+              NULL);
   ck_assert_msg(out != NULL && status == 0, "psctl status failed");
   ck_assert_msg(strstr(out, "last checkpoint failed:") != NULL &&
                     strstr(out, "No space left on device") != NULL,

@@ -54,16 +54,17 @@ START_TEST(daemons_raise_soft_limit) {
   h_cluster_t c;
   h_init(&c, "fd_limit_raise");
   char nofile[] = "--nofile=256:4096";
-  const char *sched[] = {PRLIMIT, nofile, h_bin("ps-scheduler"), "--bind",
-                         c.sched_ep, "--servers", "1", "--workers", "1",
-                         NULL};
+  const char *sched[] = {
+      PRLIMIT,     nofile, h_bin("ps-scheduler"), "--bind", c.sched_ep,
+      "--servers", "1",    "--workers",           "1",      NULL};
   h_proc_t *ps = h_spawnv(&c, "scheduler", sched);
-  const char *server[] = {PRLIMIT, nofile, h_bin("ps-server"), "--scheduler",
-                          c.sched_ep, NULL};
+  const char *server[] = {PRLIMIT,       nofile,     h_bin("ps-server"),
+                          "--scheduler", c.sched_ep, NULL};
   h_proc_t *pv = h_spawnv(&c, "server0", server);
-  const char *worker[] = {PRLIMIT, nofile, h_bin("ps-worker"), "--scheduler",
-                          c.sched_ep, "--max-steps", "100000",
-                          "--eval-every-epoch=false", NULL};
+  const char *worker[] = {
+      PRLIMIT,    nofile,        h_bin("ps-worker"), "--scheduler",
+      c.sched_ep, "--max-steps", "100000",           "--eval-every-epoch=false",
+      NULL};
   h_proc_t *pw = h_spawnv(&c, "worker0", worker);
   h_proc_t *procs[] = {ps, pv, pw};
   for (int i = 0; i < 3; i++) {
@@ -86,8 +87,8 @@ START_TEST(accept_failures_logged_and_counted) {
   h_cluster_t c;
   h_init(&c, "fd_limit_flood");
   char nofile[] = "--nofile=64:64";
-  const char *sched[] = {PRLIMIT, nofile, h_bin("ps-scheduler"), "--bind",
-                         c.sched_ep, NULL};
+  const char *sched[] = {PRLIMIT,  nofile,     h_bin("ps-scheduler"),
+                         "--bind", c.sched_ep, NULL};
   h_proc_t *ps = h_spawnv(&c, "scheduler", sched);
   ck_assert(h_wait_log(ps->log, "event=listening", 10000));
 

@@ -27,8 +27,8 @@ static void refused(h_cluster_t *c, const char *option, const char *path,
   fprintf(stderr, "%s %s %s: status %d in %llu ms: %s", bin, option, path,
           status, (unsigned long long)took, out ? out : "(none)\n");
   ck_assert_msg(out != NULL, "%s did not start", bin);
-  ck_assert_msg(status != -1, "%s %s %s: still running after 10 s", bin,
-                option, path);
+  ck_assert_msg(status != -1, "%s %s %s: still running after 10 s", bin, option,
+                path);
   ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2,
                 "%s %s %s: status %d, want exit 2: %s", bin, option, path,
                 status, out);
@@ -85,9 +85,8 @@ START_TEST(good_output_path_accepted) {
   ck_assert(mkdir(dir, 0755) == 0);
   char state[700];
   snprintf(state, sizeof(state), "%s/sched.state", dir);
-  h_proc_t *sched =
-      h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep,
-              "--state-file", state, NULL);
+  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--bind",
+                            c.sched_ep, "--state-file", state, NULL);
   int up = h_wait_log(sched->log, "event=listening", 10000);
   if (!up) h_dump_logs(&c);
   ck_assert_msg(up, "the scheduler did not start");

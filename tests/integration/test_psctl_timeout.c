@@ -25,9 +25,8 @@ static int count(const char *s, const char *needle) {
  * exit 1 within 3 s and say that the scheduler did not answer. */
 static void every_command_fails_fast(h_cluster_t *c, const char *ep) {
   const char *cmds[][2] = {
-      {"status", NULL},       {"status", "--json"},
-      {"health", NULL},       {"checkpoint", NULL},
-      {"checkpoint", "--json"},
+      {"status", NULL},     {"status", "--json"},     {"health", NULL},
+      {"checkpoint", NULL}, {"checkpoint", "--json"},
   };
   for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
     int status = 0;
@@ -61,17 +60,17 @@ END_TEST
 START_TEST(scheduler_stopped) {
   h_cluster_t c;
   h_init(&c, "psctl_timeout_stopped");
-  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--bind",
-                            c.sched_ep, "--checkpoint-dir", h_path(&c, "ck"),
-                            NULL);
+  h_proc_t *sched =
+      h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep,
+              "--checkpoint-dir", h_path(&c, "ck"), NULL);
   /* Answering first, so the endpoint is bound when it stops. */
   int status = 0;
   uint64_t end = h_now_ms() + 10000;
   char *out = NULL;
   do {
     free(out);
-    out = h_run(&c, 5000, &status, "psctl", "--scheduler", c.sched_ep,
-                "health", NULL);
+    out = h_run(&c, 5000, &status, "psctl", "--scheduler", c.sched_ep, "health",
+                NULL);
   } while (status != 0 && h_now_ms() < end);
   ck_assert_msg(status == 0, "scheduler not up: %s", out ? out : "");
   free(out);
@@ -91,9 +90,9 @@ START_TEST(checkpoint_waits_with_progress) {
           "1", "--workers", "1", "--mode", "bsp", "--heartbeat-timeout-ms",
           "30000", "--checkpoint-dir", h_path(&c, "ck"), NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
-  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
-                         "--rank", "0", "--epochs", "50",
-                         "--eval-every-epoch=false", NULL);
+  h_proc_t *w0 =
+      h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
+              "0", "--epochs", "50", "--eval-every-epoch=false", NULL);
   int training = h_wait_log(w0->log, "event=progress", 60000);
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 60 s");
@@ -101,9 +100,9 @@ START_TEST(checkpoint_waits_with_progress) {
 
   int status = 0;
   uint64_t t0 = h_now_ms();
-  char *out = h_run(&c, 30000, &status, "psctl", "--scheduler", c.sched_ep,
-                    "--timeout-ms", "1000", "--wait-ms", "5000", "checkpoint",
-                    NULL);
+  char *out =
+      h_run(&c, 30000, &status, "psctl", "--scheduler", c.sched_ep,
+            "--timeout-ms", "1000", "--wait-ms", "5000", "checkpoint", NULL);
   uint64_t took = h_now_ms() - t0;
   kill(w0->pid, SIGCONT);
   fprintf(stderr, "psctl checkpoint (worker paused): %llu ms:\n%s\n",

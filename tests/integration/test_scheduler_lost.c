@@ -30,9 +30,9 @@ START_TEST(server_gives_up_on_a_lost_scheduler) {
               "--servers", "1", "--workers", "1", "--mode", "asp", NULL);
   h_proc_t *s0 = h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep,
                          "--scheduler-timeout-ms", "3000", NULL);
-  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
-                         "--rank", "0", "--epochs", "50",
-                         "--eval-every-epoch=false", NULL);
+  h_proc_t *w0 =
+      h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
+              "0", "--epochs", "50", "--eval-every-epoch=false", NULL);
   int training = h_wait_log(w0->log, "event=progress", 60000);
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 60 s");
@@ -44,8 +44,10 @@ START_TEST(server_gives_up_on_a_lost_scheduler) {
   int exited = h_wait_exit(s0, 6000);
   uint64_t took = h_now_ms() - t0;
   if (!exited) h_dump_logs(&c);
-  ck_assert_msg(exited, "the server still runs %llu ms after the scheduler "
-                "died (timeout 3000 ms)", (unsigned long long)took);
+  ck_assert_msg(exited,
+                "the server still runs %llu ms after the scheduler "
+                "died (timeout 3000 ms)",
+                (unsigned long long)took);
   fprintf(stderr, "server exited %llu ms after the scheduler's SIGKILL\n",
           (unsigned long long)took);
   ck_assert_msg(WIFEXITED(s0->status) && WEXITSTATUS(s0->status) == 1,
@@ -54,8 +56,8 @@ START_TEST(server_gives_up_on_a_lost_scheduler) {
   char *log = h_read_file(s0->log, NULL);
   char want[160];
   /* Steady warnings before the end, each naming the scheduler. */
-  snprintf(want, sizeof(want), "event=scheduler_silent scheduler=%s silent_ms=",
-           c.sched_ep);
+  snprintf(want, sizeof(want),
+           "event=scheduler_silent scheduler=%s silent_ms=", c.sched_ep);
   int warnings = count(log, want);
   ck_assert_msg(warnings >= 2, "%d warnings \"%s\" in the server log:\n%s",
                 warnings, want, log);
@@ -98,8 +100,7 @@ START_TEST(default_timeout_is_bounded) {
   h_proc_t *s0 =
       h_spawn(&c, "server0", "ps-server", "--scheduler", dead_ep, NULL);
   char want[128];
-  snprintf(want, sizeof(want), "event=scheduler_silent scheduler=%s",
-           dead_ep);
+  snprintf(want, sizeof(want), "event=scheduler_silent scheduler=%s", dead_ep);
   int warned = h_wait_log(s0->log, want, 10000);
   if (!warned) h_dump_logs(&c);
   h_kill_all(&c);

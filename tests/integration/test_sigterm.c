@@ -59,8 +59,8 @@ START_TEST(sigterm_worker_scheduler_paused) {
               "--servers", "1", "--workers", "1", "--mode", "asp",
               "--heartbeat-timeout-ms", "20000", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
-  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler",
-                         c.sched_ep, "--rank", "0", "--epochs", "50", NULL);
+  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
+                         "--rank", "0", "--epochs", "50", NULL);
   int training = h_wait_log(w0->log, "event=progress", 60000);
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 60 s");

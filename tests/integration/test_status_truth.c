@@ -60,9 +60,9 @@ START_TEST(status_after_failover_and_restart) {
   h_proc_t *sched = start_scheduler(&c, "scheduler1");
   start_server(&c, "server0", a0, sizeof(a0));
   h_proc_t *s1 = start_server(&c, "server1", a1, sizeof(a1));
-  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
-                         "--rank", "0", "--epochs", "50",
-                         "--eval-every-epoch=false", NULL);
+  h_proc_t *w0 =
+      h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
+              "0", "--epochs", "50", "--eval-every-epoch=false", NULL);
   int training = h_wait_log(w0->log, "event=progress", 60000);
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 60 s");
@@ -97,8 +97,9 @@ START_TEST(status_after_failover_and_restart) {
   ck_assert_msg(node_number(js, id2, "primary_of") == 0 &&
                     node_number(js, id2, "backup_of") >= 1,
                 "server2 is not a pure backup: %s", js);
-  ck_assert_msg(clock2 > 0, "backup server2 shows clock %.0f (primary %.0f): %s",
-                clock2, clock0, js);
+  ck_assert_msg(clock2 > 0,
+                "backup server2 shows clock %.0f (primary %.0f): %s", clock2,
+                clock0, js);
   fprintf(stderr, "clocks: primary %.0f, backup %.0f\n", clock0, clock2);
   double heard_before = node_number(js, id1, "last_heartbeat_ms");
   uint64_t t_before = h_now_ms();
@@ -110,9 +111,9 @@ START_TEST(status_after_failover_and_restart) {
                     "status", NULL);
   ck_assert_msg(txt != NULL && status == 0, "psctl status failed");
   fprintf(stderr, "%s", txt);
-  ck_assert_msg(strstr(txt, "2/2 servers") != NULL &&
-                    strstr(txt, "3/2") == NULL,
-                "header: %s", txt);
+  ck_assert_msg(
+      strstr(txt, "2/2 servers") != NULL && strstr(txt, "3/2") == NULL,
+      "header: %s", txt);
   ck_assert_msg(strstr(txt, "1 dead") != NULL, "header: %s", txt);
   free(txt);
 
@@ -129,7 +130,8 @@ START_TEST(status_after_failover_and_restart) {
   ck_assert_msg(js != NULL, "no status from the restarted scheduler");
   double heard_after = node_number(js, id1, "last_heartbeat_ms");
   uint64_t gap = h_now_ms() - t_before;
-  fprintf(stderr, "dead server's last heartbeat: %.0f ms ago, then %.0f ms "
+  fprintf(stderr,
+          "dead server's last heartbeat: %.0f ms ago, then %.0f ms "
           "ago after a restart %llu ms later\n",
           heard_before, heard_after, (unsigned long long)gap);
   ck_assert_msg(heard_after >= heard_before + (double)gap - 500,
