@@ -271,6 +271,28 @@ int ps_checkpoint_mkdirs(const char *path, char *err, size_t errlen) {
   return PS_OK;
 }
 
+int ps_checkpoint_check_output(const char *path, char *err, size_t errlen) {
+  if (path == NULL || path[0] == '\0')
+    return ps_errf(err, errlen, PS_ERR_CONFIG, "empty path");
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return ps_errf(err, errlen, PS_ERR_CONFIG, "\"%s\" is a directory, not a file",
+                path);
+  char probe[PS_CHECKPOINT_PATH_MAX];
+  int n = snprintf(probe, sizeof(probe), "%s.probe.%ld", path, (long)getpid());
+  if (n < 0 || (size_t)n >= sizeof(probe))
+    return ps_errf(err, errlen, PS_ERR_CONFIG, "\"%s\": path too long", path);
+  int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                "cannot write \"%s\": cannot create a file in its "
+                "directory: %s",
+                path, strerror(errno));
+  close(fd);
+  unlink(probe);
+  return PS_OK;
+}
+
 /* ---- shard files ----------------------------------------------------------
  */
 

@@ -191,6 +191,13 @@ int ps_checkpoint_set_latest(const char *base, const char *name, char *err,
 /* mkdir -p. */
 int ps_checkpoint_mkdirs(const char *path, char *err, size_t errlen);
 
+/* Whether a file can later be written at path the way the daemons write
+ * their files (a temporary file next to it, renamed over it): path is not
+ * a directory and a file can be created in its directory (tried, then
+ * removed). Called at start, so a bad --state-file or --report is refused
+ * before any work. PS_OK, or PS_ERR_CONFIG with the path and the reason. */
+int ps_checkpoint_check_output(const char *path, char *err, size_t errlen);
+
 /* Writes a framed file (see above) at path, crash safe. */
 int ps_checkpoint_write_framed(const char *path, const char magic[8],
                                uint32_t version, const void *body, size_t len,

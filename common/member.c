@@ -19,6 +19,9 @@
  * when the owner destroys the member right after sending them. */
 #define MEMBER_LINGER_MS 1000
 #define MEMBER_RANK_ANY 0xffffffffu
+/* While the scheduler is silent the member says so this often (or 4 times
+ * per timeout when that is shorter), so a wait is never silent. */
+#define MEMBER_SILENCE_WARN_MS 5000
 
 struct ps_member_s {
   uv_loop_t *loop;
@@ -43,9 +46,12 @@ struct ps_member_s {
   uint64_t epoch;
   uint64_t clock;
   uint64_t last_heard_ms;
+  uint64_t last_warned_ms; /* the last scheduler_silent warning */
   uint64_t next_request_id;
   uint64_t done_request_id; /* 0: no Done in flight */
+  uint64_t farewell_request_id; /* the last Done or Shutdown sent */
   int sent_farewell;        /* a Done or Shutdown that must still leave */
+  int farewell_acked;       /* the scheduler acked farewell_request_id */
   int stopped;              /* shutdown_cb has run: report nothing more */
   ps_member_message_cb message_cb;
   void *message_arg;
@@ -137,6 +143,7 @@ static void send_done(ps_member_t *m) {
   Ps__Done done = PS__DONE__INIT;
   Ps__Envelope env;
   m->done_request_id = next_request_id(m);
+  m->farewell_request_id = m->done_request_id;
   envelope_init(m, &env, m->done_request_id);
   env.body_case = PS__ENVELOPE__BODY_DONE;
   env.done = &done;
@@ -144,11 +151,40 @@ static void send_done(ps_member_t *m) {
   send_env(m, &env);
 }
 
+static uint64_t silence_warn_ms(const ps_member_t *m) {
+  uint64_t every = MEMBER_SILENCE_WARN_MS;
+  if (m->scheduler_timeout_ms > 0 &&
+      (uint64_t)m->scheduler_timeout_ms / 4 < every)
+    every = (uint64_t)m->scheduler_timeout_ms / 4;
+  if (every < (uint64_t)m->heartbeat_ms) every = (uint64_t)m->heartbeat_ms;
+  return every;
+}
+
 /* Silence is measured from the last message of any kind: the scheduler acks
  * every heartbeat, so a healthy scheduler is never silent for long. */
 static int check_silence(ps_member_t *m) {
+  uint64_t now = ps_now_ms();
+  uint64_t silent = now - m->last_heard_ms;
+  uint64_t every = silence_warn_ms(m);
+  if (silent >= every && now - m->last_warned_ms >= every &&
+      (m->scheduler_timeout_ms <= 0 ||
+       silent < (uint64_t)m->scheduler_timeout_ms)) {
+    m->last_warned_ms = now;
+    if (m->scheduler_timeout_ms > 0)
+      PS_WARN("scheduler_silent",
+              "scheduler=%s silent_ms=%" PRIu64
+              " registered=%d "
+              "give_up_in_ms=%" PRIu64,
+              m->scheduler, silent, m->registered,
+              (uint64_t)m->scheduler_timeout_ms - silent);
+    else
+      PS_WARN("scheduler_silent",
+              "scheduler=%s silent_ms=%" PRIu64
+              " registered=%d "
+              "give_up_in_ms=never",
+              m->scheduler, silent, m->registered);
+  }
   if (m->scheduler_timeout_ms <= 0) return 0;
-  uint64_t silent = ps_now_ms() - m->last_heard_ms;
   if (silent < (uint64_t)m->scheduler_timeout_ms) return 0;
   char reason[160];
   snprintf(reason, sizeof(reason),
@@ -259,6 +295,10 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
     return;
   }
   m->last_heard_ms = ps_now_ms();
+  if (m->last_warned_ms != 0) {
+    m->last_warned_ms = 0;
+    PS_INFO("scheduler_back", "scheduler=%s", m->scheduler);
+  }
   if (m->stopped || m->destroyed) {
     ps_msg_close(msg);
     return;
@@ -281,7 +321,10 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
                       env->shutdown->reason ? env->shutdown->reason : "");
       break;
     case PS__ENVELOPE__BODY_ACK:
-      break; /* heartbeat and Done acks */
+      /* Heartbeat acks say nothing more than that the scheduler is there. */
+      if (m->sent_farewell && env->request_id == m->farewell_request_id)
+        m->farewell_acked = 1;
+      break;
     default:
       if (m->message_cb) {
         m->message_cb(m, env, m->message_arg);
@@ -396,7 +439,8 @@ void ps_member_send_leave(ps_member_t *m, const char *reason) {
   Ps__Shutdown sd = PS__SHUTDOWN__INIT;
   sd.reason = (char *)(reason ? reason : "");
   Ps__Envelope env;
-  envelope_init(m, &env, next_request_id(m));
+  m->farewell_request_id = next_request_id(m);
+  envelope_init(m, &env, m->farewell_request_id);
   env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
   env.shutdown = &sd;
   m->sent_farewell = 1;
@@ -415,6 +459,10 @@ int ps_member_send(ps_member_t *m, Ps__Envelope *env) {
   env->epoch = m->epoch;
   if (env->request_id == 0) env->request_id = next_request_id(m);
   return ps_msg_send(ps_zsock_socket(m->zs), NULL, env, NULL, 0);
+}
+
+int ps_member_farewell_acked(const ps_member_t *m) {
+  return m->farewell_acked;
 }
 
 uint32_t ps_member_node_id(const ps_member_t *m) {

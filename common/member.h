@@ -5,9 +5,10 @@
  * heartbeat_ms on a uv timer, and hands every View and Shutdown the scheduler
  * sends to the owner's callbacks. Servers run it on their network loop;
  * libps-client runs it on its background thread. If the scheduler goes
- * silent, the member keeps sending heartbeats (the scheduler may come back)
- * and reports the silence through the shutdown callback only after
- * scheduler_timeout_ms (0 = wait forever).
+ * silent, the member keeps sending heartbeats (the scheduler may come back),
+ * logs scheduler_silent (the scheduler, how long) every 5 s or a quarter of
+ * the timeout, and reports the silence through the shutdown callback only
+ * after scheduler_timeout_ms (0 = wait forever).
  *
  * Loop thread only.
  */
@@ -50,7 +51,7 @@ typedef struct {
   const ps_model_t *model; /* workers: the model they train; else NULL */
   int64_t rank;            /* workers: requested rank, -1 for any */
   int heartbeat_ms;        /* 0: PS_MEMBER_HEARTBEAT_MS */
-  int scheduler_timeout_ms;
+  int scheduler_timeout_ms; /* 0: never give up (still warns) */
 } ps_member_opts_t;
 
 /* Starts the link: connects, sends Register, starts the heartbeat timer.
@@ -81,6 +82,10 @@ void ps_member_set_message_cb(ps_member_t *m, ps_member_message_cb cb,
  * message waits in ZeroMQ's queue and goes out when it is back. Returns
  * PS_OK or the send failure. */
 int ps_member_send(ps_member_t *m, Ps__Envelope *env);
+
+/* 1 once the scheduler acked the last Done or Shutdown sent: the owner may
+ * destroy the member without waiting any longer. */
+int ps_member_farewell_acked(const ps_member_t *m);
 
 uint32_t ps_member_node_id(const ps_member_t *m);
 uint64_t ps_member_epoch(const ps_member_t *m);

@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/exporter.h"
 #include "common/log.h"
+#include "common/sockmon.h"
 #include "server.h"
 
 int main(int argc, char **argv) {
@@ -26,10 +27,11 @@ int main(int argc, char **argv) {
        "actually bound. Needed when binding 0.0.0.0 or behind NAT."},
       {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 600000, NULL,
        "Interval between heartbeats to the scheduler, in milliseconds."},
-      {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "0", 0,
+      {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "60000", 0,
        86400000, NULL,
-       "Stop with an error after the scheduler was silent this long; 0 "
-       "keeps waiting (it may come back)."},
+       "Stop with an error (exit 1) after the scheduler was silent this "
+       "long, long enough for it to be restarted; the wait is logged every "
+       "5 s. 0 waits forever."},
       {"max-message-bytes", PS_OPT_INT, &max_message_bytes, "1073741824", 4,
        1099511627776.0, NULL,
        "Largest payload frame accepted or sent, in bytes; bigger requests "
@@ -63,6 +65,7 @@ int main(int argc, char **argv) {
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
 
   ps_server_opts_t so;
   ps_server_opts_init(&so);
@@ -83,6 +86,8 @@ int main(int argc, char **argv) {
     return ps_config_exit_status(status);
   }
   status = ps_server_run(server);
+  if (status != PS_OK)
+    fprintf(stderr, "ps-server: %s\n", ps_server_errmsg(server));
   ps_server_destroy(&server);
   ps_config_free(&cfg);
   return status == PS_OK ? PS_EXIT_OK : PS_EXIT_FAILURE;

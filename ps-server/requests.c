@@ -140,15 +140,20 @@ void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
   }
 }
 
-/* The slowest shard's clock is the step this server has fully applied. */
+/* The slowest shard's clock is the step this server has fully applied:
+ * of the ranges it is the primary of, or, on a server that is a backup
+ * only, of those it replays (the same steps, applied in the primary's
+ * order). */
 void ps__server_report_clock(ps_server_t *s) {
   if (s->nranges == 0 || s->member == NULL) return;
-  uint64_t c = UINT64_MAX;
+  uint64_t c = UINT64_MAX, backup_c = UINT64_MAX;
   for (size_t i = 0; i < s->nranges; i++) {
-    if (!s->ranges[i].primary || s->ranges[i].shard == NULL) continue;
+    if (s->ranges[i].shard == NULL) continue;
     uint64_t ci = ps_shard_clock(s->ranges[i].shard);
-    if (ci < c) c = ci;
+    if (s->ranges[i].primary && ci < c) c = ci;
+    if (!s->ranges[i].primary && ci < backup_c) backup_c = ci;
   }
+  if (c == UINT64_MAX) c = backup_c;
   if (c != UINT64_MAX && c != s->reported_clock) {
     s->reported_clock = c;
     ps_member_set_clock(s->member, c);

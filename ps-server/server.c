@@ -207,6 +207,7 @@ static void teardown(ps_server_t *s) {
     ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
                            "the server stops");
   ps_repl_destroy(&s->repl);
+  ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   ps_member_destroy(&s->member);
   ps_exporter_destroy(&s->exporter);
@@ -286,6 +287,7 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   for (size_t i = 0; i < s->nranges; i++)
     ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
                            "the server stops");
+  ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   /* The member lingers (up to 1 s) on a farewell when it is closed, so the
    * Leave reaches the scheduler well within the 5 s a service manager
@@ -568,7 +570,7 @@ void ps_server_opts_init(ps_server_opts_t *o) {
   o->bind = "tcp://127.0.0.1:*";
   o->advertise = NULL;
   o->heartbeat_ms = 100;
-  o->scheduler_timeout_ms = 0;
+  o->scheduler_timeout_ms = PS_SERVER_SCHEDULER_TIMEOUT_MS;
   o->limits = ps_frame_default_limits;
   o->handle_signals = 1;
 }
@@ -639,6 +641,9 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL,
                          &s->limits, on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
+  /* Out of descriptors, ZeroMQ drops new workers without a word. */
+  s->data_mon =
+      ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data), "data", NULL);
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->data));
   const char *advertise = s->advertise && s->advertise[0]
                               ? s->advertise

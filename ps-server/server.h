@@ -22,6 +22,10 @@
 
 typedef struct ps_server_s ps_server_t;
 
+/* How long a server waits for a silent scheduler by default: long enough
+ * for a supervisor to restart it from its state file. */
+#define PS_SERVER_SCHEDULER_TIMEOUT_MS 60000
+
 typedef struct {
   const char *scheduler; /* endpoint of the scheduler */
   const char *bind;      /* data endpoint; "tcp://127.0.0.1:*" picks a port */
@@ -36,7 +40,7 @@ typedef struct {
 } ps_server_opts_t;
 
 /* Fills o with the defaults: scheduler tcp://127.0.0.1:7000, bind
- * tcp://127.0.0.1:*, heartbeat 100 ms, no scheduler timeout, the default
+ * tcp://127.0.0.1:*, heartbeat 100 ms, scheduler timeout 60 s, the default
  * frame limits, signals handled. */
 void ps_server_opts_init(ps_server_opts_t *o);
 

@@ -28,6 +28,7 @@
 #include "common/exporter.h"
 #include "common/member.h"
 #include "common/metrics.h"
+#include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "dedup.h"
@@ -114,6 +115,7 @@ struct ps_server_s {
   int loop_ready;
   void *zctx;
   ps_zsock_t *data;
+  ps_sockmon_t *data_mon; /* accepts that failed on data */
   ps_member_t *member;
   uv_signal_t sigterm, sigint;
   int signals_open;

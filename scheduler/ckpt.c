@@ -110,6 +110,24 @@ void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
                reason);
     if (!s->ending && !s->finished) s->stats.ckpt_failed++;
     s->ckpt_retry_ms = now + SCHED_CKPT_BACKOFF_MS;
+    if (!s->ending && !s->finished) {
+      /* For psctl status: a failure nobody waited for is still seen. */
+      s->has_failure = 1;
+      ps__checkpoint_info__init(&s->failure);
+      s->failure.id = ps_coord_id(c);
+      s->failure.step = ps_coord_step(c);
+      s->failure.code = status;
+      s->failure.created_unix_ms = ps__sched_unix_now_ms();
+      s->failure.duration_ms = now - ps_coord_started_ms(c);
+      snprintf(s->failure_dir, sizeof(s->failure_dir), "%s", ps_coord_dir(c));
+      snprintf(s->failure_reason, sizeof(s->failure_reason), "%s",
+               ps_coord_reason(c));
+      snprintf(s->failure_error, sizeof(s->failure_error), "%s", reason);
+      s->failure.dir = s->failure_dir;
+      s->failure.reason = s->failure_reason;
+      s->failure.error = s->failure_error;
+      s->failure_ms = now;
+    }
     waiters_answer(s, status, reason, NULL);
   }
   if (s->ending && !s->finished) ps_sched_stop(s, s->end_reason);

@@ -1,5 +1,6 @@
 #include "scheduler/coordinator.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,7 +18,16 @@
  * every late answer (heartbeat clocks lag by up to a heartbeat). */
 #define COORD_FIRST_MARGIN 2
 
+/* Attempts given up (failed, or dropped for a later step) whose late
+ * replies still clean up after them. */
+#define COORD_DEAD_ATTEMPTS 16
+
 enum { SRV_ASKED, SRV_ACCEPTED, SRV_WRITTEN };
+
+typedef struct {
+  uint64_t id;
+  char dir[PS_CHECKPOINT_PATH_MAX];
+} coord_dead_t;
 
 typedef struct {
   uint32_t id;
@@ -50,6 +60,8 @@ struct ps_coord_s {
   uint64_t started_ms;
   coord_server_t *servers;
   size_t nservers;
+  coord_dead_t dead[COORD_DEAD_ATTEMPTS];
+  size_t ndead; /* ever; the last COORD_DEAD_ATTEMPTS are kept */
 };
 
 static void servers_reset(ps_coord_t *c) {
@@ -99,6 +111,9 @@ const char *ps_coord_dir(const ps_coord_t *c) {
 const char *ps_coord_reason(const ps_coord_t *c) {
   return c->reason ? c->reason : "";
 }
+uint64_t ps_coord_id(const ps_coord_t *c) {
+  return c->id;
+}
 uint64_t ps_coord_step(const ps_coord_t *c) {
   return c->step;
 }
@@ -122,11 +137,62 @@ static int is_bsp(const ps_coord_t *c) {
   return c->mode == PS__CONSISTENCY_MODE__MODE_BSP;
 }
 
+/* What the servers write into an attempt's directory: shard files and
+ * their temporaries (common/checkpoint.c). Nothing else is touched. */
+static int attempt_file(const char *name) {
+  size_t n = strlen(name);
+  if (strncmp(name, "shard-", 6) == 0 && n > 5 &&
+      strcmp(name + n - 5, ".psck") == 0)
+    return 1;
+  return name[0] == '.' && strstr(name, ".tmp.") != NULL;
+}
+
+/* Removes what an attempt that will never be a checkpoint wrote, and its
+ * directory, so a full disk does not fill up with dead attempts. A
+ * directory with a MANIFEST is a checkpoint and is never touched. */
+static void remove_attempt(uint64_t id, const char *dir) {
+  char path[PS_CHECKPOINT_PATH_MAX + PS_CHECKPOINT_NAME_MAX + 16];
+  snprintf(path, sizeof(path), "%s/%s", dir, PS_CHECKPOINT_MANIFEST);
+  if (access(path, F_OK) == 0) return;
+  DIR *d = opendir(dir);
+  if (d == NULL) return; /* never made, or gone already */
+  uint64_t bytes = 0;
+  int files = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!attempt_file(e->d_name)) continue;
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (unlink(path) == 0) {
+      files++;
+      bytes += (uint64_t)st.st_size;
+    } else {
+      PS_WARN("checkpoint_cleanup_failed", "id=%" PRIu64 " file=%s err=\"%s\"",
+              id, path, strerror(errno));
+    }
+  }
+  closedir(d);
+  /* Fails (ENOTEMPTY) while something unknown is in it: left as it is. */
+  int gone = rmdir(dir) == 0;
+  PS_INFO("checkpoint_cleaned",
+          "id=%" PRIu64 " dir=%s files=%d bytes=%" PRIu64 " dir_removed=%d", id,
+          dir, files, bytes, gone);
+}
+
+/* The attempt in progress is given up: its files go now, and what its
+ * servers finish later goes when they report it (ps_coord_on_reply). */
+static void drop_attempt(ps_coord_t *c) {
+  if (c->dir[0] == '\0') return;
+  coord_dead_t *d = &c->dead[c->ndead++ % COORD_DEAD_ATTEMPTS];
+  d->id = c->id;
+  snprintf(d->dir, sizeof(d->dir), "%s", c->dir);
+  remove_attempt(d->id, d->dir);
+}
+
 static void finish(ps_coord_t *c, int status, const char *reason,
                    const ps_coord_result_t *res) {
-  /* A failed attempt's directory goes if it is empty; files a server still
-   * writes into it are harmless without a MANIFEST. */
-  if (status != PS_OK && c->dir[0]) rmdir(c->dir);
+  if (status != PS_OK) drop_attempt(c);
   run_clear(c);
   if (c->cbs.done_cb) c->cbs.done_cb(c, status, reason, res, c->cbs.arg);
 }
@@ -345,6 +411,11 @@ void ps_coord_on_reply(ps_coord_t *c, uint32_t node_id,
                        const Ps__CheckpointReply *r, uint64_t now_ms) {
   if (!c->active || r->id != c->id) {
     PS_DEBUG("checkpoint_reply_ignored", "from=%u id=%" PRIu64, node_id, r->id);
+    /* A server that finished writing for an attempt given up meanwhile. */
+    size_t kept =
+        c->ndead < COORD_DEAD_ATTEMPTS ? c->ndead : COORD_DEAD_ATTEMPTS;
+    for (size_t i = 0; i < kept && r->written; i++)
+      if (c->dead[i].id == r->id) remove_attempt(r->id, c->dead[i].dir);
     return;
   }
   coord_server_t *srv = find_server(c, node_id);
@@ -360,7 +431,7 @@ void ps_coord_on_reply(ps_coord_t *c, uint32_t node_id,
               "id=%" PRIu64 " step=%" PRIu64 " server=%u server_clock=%" PRIu64
               " attempt=%d",
               c->id, c->step, node_id, r->clock, c->attempts);
-      rmdir(c->dir);
+      drop_attempt(c);
       int rc = start_attempt(c, why, sizeof(why));
       if (rc != PS_OK) finish(c, rc, why, NULL);
       return;

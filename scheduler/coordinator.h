@@ -13,7 +13,10 @@
  *
  * A checkpoint fails (done_cb with the reason; no MANIFEST is written, so
  * nothing can restore from it) when a server refuses or dies, when the job
- * ends before T is reached, or after timeout_ms.
+ * ends before T is reached, or after timeout_ms. An attempt failed or
+ * dropped has its shard files and directory removed, at once and again when
+ * a server reports files it finished later, so a full disk is not filled
+ * further by attempts that will never be checkpoints.
  *
  * Pure coordination over callbacks: the scheduler forwards replies and
  * membership changes and sends what send_cb asks for. Loop thread only.
@@ -101,10 +104,11 @@ void ps_coord_tick(ps_coord_t *c, uint64_t now_ms);
 void ps_coord_fail(ps_coord_t *c, int code, const char *reason);
 
 int ps_coord_active(const ps_coord_t *c);
-/* Of the checkpoint in progress: */
+/* Of the checkpoint in progress (or, inside done_cb, the one that ended): */
 const char *ps_coord_base(const ps_coord_t *c);
 const char *ps_coord_dir(const ps_coord_t *c);
 const char *ps_coord_reason(const ps_coord_t *c);
+uint64_t ps_coord_id(const ps_coord_t *c);
 uint64_t ps_coord_step(const ps_coord_t *c);
 uint64_t ps_coord_started_ms(const ps_coord_t *c);
 /* The id the next attempt will take (persisted by the scheduler). */

@@ -6,11 +6,13 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/checkpoint.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/exporter.h"
 #include "common/log.h"
 #include "common/notify.h"
+#include "common/sockmon.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/scheduler.h"
@@ -104,10 +106,16 @@ int main(int argc, char **argv) {
     rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
+  /* A state file that cannot be written would only show up as
+   * state_save_failed later, with the job running unprotected. */
+  if (state_file && state_file[0] &&
+      ps_checkpoint_check_output(state_file, err, sizeof(err)) != PS_OK)
+    return ps_config_refuse(&cfg, "option --state-file: %s", err);
   /* The table's mode choices are in the enum's order. */
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
                        PS__CONSISTENCY_MODE__MODE_ASP};
   ps_log_init("scheduler", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
 
   uv_loop_t loop;
   uv_loop_init(&loop);

@@ -591,6 +591,9 @@ void ps__sched_handle_leave(ps_sched_t *s, ps_msg_t *m) {
   PS_INFO("node_left", "id=%u role=%s address=%s reason=\"%s\"", n->id,
           ps__sched_role_name(n->role), ps__sched_addr_or_dash(n->address),
           why);
+  /* The leaving node waits for this before it exits; the Shutdown
+   * broadcast below skips it (it left). */
+  ps__sched_reply_ack(s, m, n->clock);
   char reason[512];
   snprintf(reason, sizeof(reason), "node %u left: %s", n->id,
            why[0] ? why : "no reason given");

@@ -2,7 +2,8 @@
  *
  *   psctl [--scheduler EP] [--timeout-ms N] [--json] status
  *   psctl [--scheduler EP] [--timeout-ms N] health
- *   psctl [--scheduler EP] [--wait-ms N] [--dir DIR] [--json] checkpoint
+ *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--dir DIR]
+ *         [--json] checkpoint
  *
  * One StatusRequest on a DEALER socket, answered or not within the timeout:
  * psctl never hangs on a scheduler that is down (ZeroMQ would reconnect
@@ -124,9 +125,10 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
   printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
          "\"live_workers\":%u,\"keys\":%" PRIu64
-         ",\"replication\":%u,\"nodes\":[",
+         ",\"replication\":%u,\"accept_failures\":%" PRIu64 ",\"nodes\":[",
          v->epoch, mode_name(v->mode), st->uptime_ms, st->expected_servers,
-         st->expected_workers, v->live_workers, model_keys(v), v->replication);
+         st->expected_workers, v->live_workers, model_keys(v), v->replication,
+         st->accept_failures);
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
@@ -176,6 +178,21 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     json_string(ci->reason ? ci->reason : "");
     printf("}");
   }
+  const Ps__CheckpointInfo *f = st->last_failure;
+  printf(",\"last_checkpoint_failure\":");
+  if (f == NULL) {
+    printf("null");
+  } else {
+    printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", f->id, f->step);
+    json_string(f->dir ? f->dir : "");
+    printf(",\"age_ms\":%" PRIu64 ",\"unix_ms\":%" PRIu64
+           ",\"duration_ms\":%" PRIu64 ",\"reason\":",
+           f->age_ms, f->created_unix_ms, f->duration_ms);
+    json_string(f->reason ? f->reason : "");
+    printf(",\"code\":\"%s\",\"error\":", ps_err_name(f->code));
+    json_string(f->error ? f->error : "");
+    printf("}");
+  }
   printf("}\n");
 }
 
@@ -189,6 +206,14 @@ static void print_checkpoints(const Ps__Status *st) {
            (double)l->bytes / 1e6, l->reason && l->reason[0] ? l->reason : "-");
   else
     printf("last checkpoint: none\n");
+  const Ps__CheckpointInfo *f = st->last_failure;
+  if (f)
+    printf("last checkpoint failed: step %" PRIu64
+           " into %s, %.1f s ago (%s): "
+           "%s\n",
+           f->step, f->dir && f->dir[0] ? f->dir : "-", (double)f->age_ms / 1e3,
+           f->reason && f->reason[0] ? f->reason : "-",
+           f->error && f->error[0] ? f->error : ps_err_name(f->code));
   if (c)
     printf("checkpoint in progress: step %" PRIu64 " into %s for %.1f s (%s)\n",
            c->step, c->dir ? c->dir : "-", (double)c->age_ms / 1e3,
@@ -197,26 +222,48 @@ static void print_checkpoints(const Ps__Status *st) {
 
 static void print_table(const char *endpoint, const Ps__Status *st) {
   const Ps__View *v = st->view;
-  uint32_t servers = 0, alive_servers = 0, workers = 0;
+  /* Per role, by state: the header counts the living against what the
+   * job expects, and the others apart (a dead node and its replacement
+   * are two entries). */
+  uint32_t count[2][5] = {{0}};
   int addr_w = 7; /* "ADDRESS" */
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
-    if (n->role == PS__ROLE__ROLE_SERVER) servers++;
-    if (n->role == PS__ROLE__ROLE_SERVER &&
-        n->state == PS__NODE_STATE__NODE_STATE_ALIVE)
-      alive_servers++;
-    if (n->role == PS__ROLE__ROLE_WORKER) workers++;
+    int role = n->role == PS__ROLE__ROLE_SERVER   ? 0
+               : n->role == PS__ROLE__ROLE_WORKER ? 1
+                                                  : -1;
+    if (role >= 0 && n->state >= 0 && n->state < 5) count[role][n->state]++;
     int w = (int)strlen(n->address ? n->address : "");
     if (w > addr_w) addr_w = w;
   }
-  printf("scheduler %s  up %.1f s\n", endpoint, (double)st->uptime_ms / 1e3);
+  printf("scheduler %s  up %.1f s", endpoint, (double)st->uptime_ms / 1e3);
+  if (st->accept_failures)
+    printf("  (failed to accept %" PRIu64 " connections: out of files?)",
+           st->accept_failures);
+  printf("\n");
   if (v->epoch == 0)
     printf("epoch 0 (view not published yet)  mode %s\n", mode_name(v->mode));
   else
     printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
            mode_name(v->mode), v->live_workers, st->expected_workers);
-  printf("registered: %u/%u servers (%u alive), %u/%u workers\n", servers,
-         st->expected_servers, alive_servers, workers, st->expected_workers);
+  const char *roles[2] = {"servers", "workers"};
+  const uint32_t expected[2] = {st->expected_servers, st->expected_workers};
+  printf("registered:");
+  for (int r = 0; r < 2; r++) {
+    printf("%s %u/%u %s alive", r ? "," : "",
+           count[r][PS__NODE_STATE__NODE_STATE_ALIVE], expected[r], roles[r]);
+    const int others[3] = {PS__NODE_STATE__NODE_STATE_DONE,
+                           PS__NODE_STATE__NODE_STATE_DEAD,
+                           PS__NODE_STATE__NODE_STATE_LEFT};
+    int shown = 0;
+    for (int k = 0; k < 3; k++) {
+      if (count[r][others[k]] == 0) continue;
+      printf("%s%u %s", shown++ ? ", " : " (", count[r][others[k]],
+             state_name(others[k]));
+    }
+    if (shown) printf(")");
+  }
+  printf("\n");
   print_checkpoints(st);
   printf("\n");
 
@@ -278,6 +325,79 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
          model_keys(v), model_keys(v) * 4);
 }
 
+/* While psctl checkpoint waits, it asks the scheduler how the checkpoint
+ * is doing this often and prints the answer. */
+#define PSCTL_PROGRESS_MS 2000
+
+static uint64_t next_request_id(void) {
+  static uint64_t id;
+  if (id == 0) id = ps_now_ns() | 1;
+  return ++id;
+}
+
+static int send_request(void *sock, const char *endpoint, Ps__Envelope *env) {
+  env->request_id = next_request_id();
+  if (ps_msg_send(sock, NULL, env, NULL, 0) != PS_OK) {
+    fprintf(stderr, "psctl: cannot send to %s: %s\n", endpoint,
+            zmq_strerror(zmq_errno()));
+    return 1;
+  }
+  return 0;
+}
+
+/* Receives the next answer until the deadline. Returns 0 with *out set
+ * (caller frees with ps_msg_close), 1 at the deadline, or -1 with the
+ * reason printed. */
+static int recv_answer(void *sock, const char *endpoint, uint64_t deadline,
+                       ps_msg_t *out) {
+  for (;;) {
+    uint64_t now = ps_now_ms();
+    if (now >= deadline) return 1;
+    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+    int n = zmq_poll(&item, 1, (long)(deadline - now));
+    if (n < 0) {
+      fprintf(stderr, "psctl: poll failed: %s\n", zmq_strerror(zmq_errno()));
+      return -1;
+    }
+    if (n == 0) continue;
+    char why[256];
+    int rc = ps_msg_recv(sock, 0, NULL, out, why, sizeof(why));
+    if (rc == PS_ERR_TIMEOUT) continue;
+    if (rc != PS_OK) {
+      fprintf(stderr, "psctl: bad answer from %s: %s (%s)\n", endpoint, why,
+              ps_err_name(rc));
+      ps_msg_close(out);
+      return -1;
+    }
+    return 0;
+  }
+}
+
+/* 0 if m (the answer to a request) has the body wanted; else 1 with the
+ * reason printed (an Error, or another body). */
+static int check_answer(const char *endpoint, const ps_msg_t *m,
+                        Ps__Envelope__BodyCase want) {
+  if (m->env->body_case == PS__ENVELOPE__BODY_ERROR) {
+    fprintf(stderr, "psctl: the scheduler at %s refused: %s (%s)\n", endpoint,
+            m->env->error->message, ps_err_name(m->env->error->code));
+    return 1;
+  }
+  if (m->env->body_case != want ||
+      (want == PS__ENVELOPE__BODY_STATUS && m->env->status->view == NULL)) {
+    fprintf(stderr, "psctl: the scheduler at %s answered with %s, not %s\n",
+            endpoint, ps_body_name(m->env->body_case), ps_body_name(want));
+    return 1;
+  }
+  return 0;
+}
+
+static void print_no_answer(const char *endpoint, int64_t timeout_ms) {
+  fprintf(stderr,
+          "psctl: no answer from the scheduler at %s within %" PRId64
+          " ms (is ps-scheduler running and reachable there?)\n",
+          endpoint, timeout_ms);
+}
+
 /* Sends env and waits for the answer (a want body, or an Error) until the
  * deadline. Returns 0 with *out set (caller frees with ps_msg_close), or 1
  * with the reason printed. */
@@ -286,47 +406,17 @@ static int ask(void *sock, const char *endpoint, int64_t timeout_ms,
                uint64_t *elapsed_ms) {
   uint64_t start = ps_now_ms();
   uint64_t deadline = start + (uint64_t)timeout_ms;
-  uint64_t request_id = ps_now_ns() | 1;
-  env->request_id = request_id;
-  if (ps_msg_send(sock, NULL, env, NULL, 0) != PS_OK) {
-    fprintf(stderr, "psctl: cannot send to %s: %s\n", endpoint,
-            zmq_strerror(zmq_errno()));
-    return 1;
-  }
+  if (send_request(sock, endpoint, env) != 0) return 1;
   for (;;) {
-    uint64_t now = ps_now_ms();
-    if (now >= deadline) break;
-    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-    int n = zmq_poll(&item, 1, (long)(deadline - now));
-    if (n < 0) {
-      fprintf(stderr, "psctl: poll failed: %s\n", zmq_strerror(zmq_errno()));
-      return 1;
-    }
-    if (n == 0) continue;
-    char why[256];
     ps_msg_t m;
-    int rc = ps_msg_recv(sock, 0, NULL, &m, why, sizeof(why));
-    if (rc == PS_ERR_TIMEOUT) continue;
-    if (rc != PS_OK) {
-      fprintf(stderr, "psctl: bad answer from %s: %s (%s)\n", endpoint, why,
-              ps_err_name(rc));
-      ps_msg_close(&m);
-      return 1;
-    }
-    if (m.request_id != request_id) { /* not ours: cannot happen, but cheap */
+    int rc = recv_answer(sock, endpoint, deadline, &m);
+    if (rc < 0) return 1;
+    if (rc > 0) break;
+    if (m.request_id != env->request_id) { /* an earlier request's */
       ps_msg_close(&m);
       continue;
     }
-    if (m.env->body_case == PS__ENVELOPE__BODY_ERROR) {
-      fprintf(stderr, "psctl: the scheduler at %s refused: %s (%s)\n", endpoint,
-              m.env->error->message, ps_err_name(m.env->error->code));
-      ps_msg_close(&m);
-      return 1;
-    }
-    if (m.env->body_case != want ||
-        (want == PS__ENVELOPE__BODY_STATUS && m.env->status->view == NULL)) {
-      fprintf(stderr, "psctl: the scheduler at %s answered with %s, not %s\n",
-              endpoint, ps_body_name(m.env->body_case), ps_body_name(want));
+    if (check_answer(endpoint, &m, want) != 0) {
       ps_msg_close(&m);
       return 1;
     }
@@ -334,27 +424,52 @@ static int ask(void *sock, const char *endpoint, int64_t timeout_ms,
     *elapsed_ms = ps_now_ms() - start;
     return 0;
   }
-  fprintf(stderr,
-          "psctl: no answer from the scheduler at %s within %" PRId64
-          " ms (is ps-scheduler running and reachable there?)\n",
-          endpoint, timeout_ms);
+  print_no_answer(endpoint, timeout_ms);
   return 1;
+}
+
+static void status_request_init(Ps__Envelope *env, Ps__StatusRequest *sr) {
+  ps__status_request__init(sr);
+  ps__envelope__init(env);
+  env->body_case = PS__ENVELOPE__BODY_STATUS_REQUEST;
+  env->status_request = sr;
 }
 
 static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
                         ps_msg_t *out, uint64_t *elapsed_ms) {
-  Ps__StatusRequest sr = PS__STATUS_REQUEST__INIT;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.body_case = PS__ENVELOPE__BODY_STATUS_REQUEST;
-  env.status_request = &sr;
+  Ps__StatusRequest sr;
+  Ps__Envelope env;
+  status_request_init(&env, &sr);
   return ask(sock, endpoint, timeout_ms, &env, PS__ENVELOPE__BODY_STATUS, out,
              elapsed_ms);
 }
 
+/* One progress line from a status answer, on stderr (stdout stays the
+ * result, for scripts). */
+static void print_progress(const Ps__Status *st, uint64_t waited_ms) {
+  const Ps__CheckpointInfo *c = st->checkpoint;
+  if (c)
+    fprintf(stderr,
+            "psctl: waiting for checkpoint (%.1f s): step %" PRIu64
+            " into %s, in progress for %.1f s (%s)\n",
+            (double)waited_ms / 1e3, c->step, c->dir ? c->dir : "-",
+            (double)c->age_ms / 1e3,
+            c->reason && c->reason[0] ? c->reason : "-");
+  else
+    fprintf(stderr,
+            "psctl: waiting for checkpoint (%.1f s): the scheduler reports "
+            "none in progress yet\n",
+            (double)waited_ms / 1e3);
+  fflush(stderr);
+}
+
 /* psctl checkpoint: asks for one at the next step boundary and waits until
- * its MANIFEST is durable. */
-static int run_checkpoint(void *sock, const char *endpoint, int64_t wait_ms,
-                          const char *dir, int json) {
+ * its MANIFEST is durable, up to wait_ms. Meanwhile it asks for the status
+ * every PSCTL_PROGRESS_MS and prints the checkpoint's progress; a
+ * scheduler that does not answer one of those (or the first) within
+ * timeout_ms ends the wait. */
+static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
+                          int64_t wait_ms, const char *dir, int json) {
   char abs[4096] = "";
   if (dir && dir[0]) {
     /* The scheduler has its own working directory. */
@@ -371,16 +486,71 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t wait_ms,
       snprintf(abs, sizeof(abs), "%s/%s", cwd, dir);
     }
   }
+  /* First, is anyone there? */
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (query_status(sock, endpoint, timeout_ms, &m, &elapsed) != 0) return 1;
+  ps_msg_close(&m);
+
   Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
   cc.dir = abs;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
   env.checkpoint_command = &cc;
-  ps_msg_t m;
-  uint64_t elapsed = 0;
-  if (ask(sock, endpoint, wait_ms, &env, PS__ENVELOPE__BODY_CHECKPOINT_INFO, &m,
-          &elapsed) != 0)
-    return 1;
+  uint64_t start = ps_now_ms();
+  uint64_t deadline = start + (uint64_t)wait_ms;
+  if (send_request(sock, endpoint, &env) != 0) return 1;
+  uint64_t ckpt_id = env.request_id;
+  uint64_t probe_id = 0, probe_deadline = 0;
+  uint64_t next_probe = start + PSCTL_PROGRESS_MS;
+  for (;;) {
+    uint64_t now = ps_now_ms();
+    if (now >= deadline) {
+      fprintf(stderr,
+              "psctl: checkpoint not complete after %" PRId64
+              " ms (--wait-ms); the scheduler goes on with it (see psctl "
+              "status)\n",
+              wait_ms);
+      return 1;
+    }
+    if (probe_id != 0 && now >= probe_deadline) {
+      print_no_answer(endpoint, timeout_ms);
+      return 1;
+    }
+    if (probe_id == 0 && now >= next_probe) {
+      Ps__StatusRequest sr;
+      Ps__Envelope probe;
+      status_request_init(&probe, &sr);
+      if (send_request(sock, endpoint, &probe) != 0) return 1;
+      probe_id = probe.request_id;
+      probe_deadline = now + (uint64_t)timeout_ms;
+    }
+    uint64_t until = probe_id ? probe_deadline : next_probe;
+    if (until > deadline) until = deadline;
+    int rc = recv_answer(sock, endpoint, until, &m);
+    if (rc < 0) return 1;
+    if (rc > 0) continue;
+    if (m.request_id == probe_id) {
+      if (check_answer(endpoint, &m, PS__ENVELOPE__BODY_STATUS) != 0) {
+        ps_msg_close(&m);
+        return 1;
+      }
+      print_progress(m.env->status, ps_now_ms() - start);
+      ps_msg_close(&m);
+      probe_id = 0;
+      next_probe = ps_now_ms() + PSCTL_PROGRESS_MS;
+      continue;
+    }
+    if (m.request_id != ckpt_id) {
+      ps_msg_close(&m);
+      continue;
+    }
+    if (check_answer(endpoint, &m, PS__ENVELOPE__BODY_CHECKPOINT_INFO) != 0) {
+      ps_msg_close(&m);
+      return 1;
+    }
+    break;
+  }
   const Ps__CheckpointInfo *ci = m.env->checkpoint_info;
   /* The rate is over the servers' writing, not the wait for the step. */
   double secs = (double)(ci->write_ms ? ci->write_ms : 1) / 1e3;
@@ -412,8 +582,9 @@ int main(int argc, char **argv) {
       {"scheduler", PS_OPT_STRING, &endpoint, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "Endpoint of the scheduler to ask."},
       {"timeout-ms", PS_OPT_INT, &timeout_ms, "3000", 1, 3600000, NULL,
-       "Give up (exit 1) if the scheduler has not answered within this "
-       "time."},
+       "Give up (exit 1) if the scheduler has not answered a request "
+       "within this time (every command; checkpoint asks for progress "
+       "every 2 s while it waits)."},
       {"json", PS_OPT_BOOL, &json, "false", 0, 0, NULL,
        "status, checkpoint: print one JSON object instead of text, for "
        "scripts."},
@@ -474,7 +645,7 @@ int main(int argc, char **argv) {
     goto out;
   }
   if (is_checkpoint) {
-    status = run_checkpoint(sock, endpoint, wait_ms, dir, json);
+    status = run_checkpoint(sock, endpoint, timeout_ms, wait_ms, dir, json);
     goto out;
   }
   ps_msg_t m;

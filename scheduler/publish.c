@@ -221,6 +221,7 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
   st.uptime_ms = ps_now_ms() - s->start_ms;
   st.expected_servers = s->opts.servers;
   st.expected_workers = s->opts.workers;
+  st.accept_failures = ps_sockmon_accept_failures(s->zs_mon);
   uint64_t now = ps_now_ms();
   Ps__CheckpointInfo last, cur;
   if (s->has_last) {
@@ -229,6 +230,12 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
     last.reason = s->last_reason;
     last.age_ms = now > s->last_done_ms ? now - s->last_done_ms : 0;
     st.last_checkpoint = &last;
+  }
+  Ps__CheckpointInfo failure;
+  if (s->has_failure) {
+    failure = s->failure;
+    failure.age_ms = now > s->failure_ms ? now - s->failure_ms : 0;
+    st.last_failure = &failure;
   }
   if (ps_coord_active(s->coord)) {
     ps__checkpoint_info__init(&cur);

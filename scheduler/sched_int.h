@@ -26,6 +26,7 @@
 
 #include "common/checkpoint.h"
 #include "common/exporter.h"
+#include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
@@ -75,6 +76,7 @@ typedef struct {
 struct ps_sched_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
+  ps_sockmon_t *zs_mon; /* accepts that failed on zs */
   uv_timer_t check_timer;
   uv_signal_t sigterm;
   uv_signal_t sigint;
@@ -109,6 +111,12 @@ struct ps_sched_s {
   char last_dir[PS_CHECKPOINT_PATH_MAX];
   char last_reason[32];
   uint64_t last_done_ms; /* monotonic, for its age */
+  int has_failure;
+  Ps__CheckpointInfo failure; /* the last failed one; strings below */
+  char failure_dir[PS_CHECKPOINT_PATH_MAX];
+  char failure_reason[32];
+  char failure_error[512];
+  uint64_t failure_ms; /* monotonic, for its age */
   struct {
     uint8_t route[SCHED_ROUTE_MAX];
     size_t route_len;

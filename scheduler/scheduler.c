@@ -169,6 +169,7 @@ static void on_handle_closed(uv_handle_t *h) {
 static void close_handles(ps_sched_t *s, int linger_ms) {
   if (s->closing) return;
   s->closing = 1;
+  ps_sockmon_destroy(&s->zs_mon);
   if (s->zs) {
     /* The socket was made with linger 0; what was just queued (the Shutdown
      * broadcast) must still leave while the context terminates. */
@@ -491,6 +492,9 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     return NULL;
   }
   snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->zs));
+  /* Out of descriptors, ZeroMQ drops new nodes without a word. */
+  s->zs_mon =
+      ps_sockmon_new(loop, zmq_ctx, ps_zsock_socket(s->zs), "scheduler", NULL);
   if (opts->metrics_bind && opts->metrics_bind[0] &&
       ps__sched_metrics_start(s, opts->metrics_bind, errbuf, errlen) != PS_OK) {
     *err = PS_ERR_CONFIG;

@@ -64,11 +64,20 @@ void ps__sched_state_save(ps_sched_t *s) {
   last.age_ms = 0;
   if (s->has_last) st.last_checkpoint = &last;
   st.replication = s->opts.replication;
-  uint64_t *dead = calloc(s->nnodes + 1, sizeof(*dead));
+  uint64_t *dead = calloc(2 * s->nnodes + 1, sizeof(*dead));
   if (dead) {
-    for (size_t i = 0; i < s->nnodes; i++) dead[i] = s->nodes[i].dead_epoch;
+    uint64_t *heard = dead + s->nnodes;
+    uint64_t now = ps_now_ms(), wall = ps__sched_unix_now_ms();
+    for (size_t i = 0; i < s->nnodes; i++) {
+      uint64_t age =
+          now > s->nodes[i].last_seen_ms ? now - s->nodes[i].last_seen_ms : 0;
+      dead[i] = s->nodes[i].dead_epoch;
+      heard[i] = wall > age ? wall - age : 0;
+    }
     st.dead_epochs = dead;
     st.n_dead_epochs = s->nnodes;
+    st.last_heard_unix_ms = heard;
+    st.n_last_heard_unix_ms = s->nnodes;
   }
   size_t len = ps__scheduler_state__get_packed_size(&st);
   uint8_t *buf = dead ? malloc(len ? len : 1) : NULL;
@@ -197,6 +206,15 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     /* Routes are learned again from the first heartbeat; a node that does
      * not send one within the timeout is declared dead as usual. */
     n->last_seen_ms = now;
+    /* One that will not send any keeps the age of its silence. */
+    if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE &&
+        i < st->n_last_heard_unix_ms && st->last_heard_unix_ms[i] != 0) {
+      uint64_t wall = ps__sched_unix_now_ms();
+      uint64_t age = wall > st->last_heard_unix_ms[i]
+                         ? wall - st->last_heard_unix_ms[i]
+                         : 0;
+      n->last_seen_ms = now > age ? now - age : 0;
+    }
     s->nnodes = i + 1;
   }
   if (pv->model && pv->model->n_tensors > 0) {

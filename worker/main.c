@@ -7,12 +7,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/checkpoint.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/exporter.h"
 #include "common/log.h"
 #include "worker/client/client_defaults.h"
 #include "worker/metrics.h"
+#include "common/sockmon.h"
 #include "worker/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -20,7 +22,7 @@ static volatile sig_atomic_t stop_requested;
 /* The first signal asks the trainer to stop after its step; the alarm makes
  * sure the process is gone within seconds even if a call to the cluster is
  * stuck waiting on peers that died; a second signal ends it at once. */
-#define STOP_GRACE_S 2
+#define STOP_GRACE_S 5
 
 static void on_signal(int sig) {
   if (stop_requested || sig == SIGALRM) {
@@ -140,7 +142,15 @@ int main(int argc, char **argv) {
     rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
+  /* Found out only after the whole run, a bad path would lose its result. */
+  const char *outputs[][2] = {{"report", report}, {"dump-weights", dump}};
+  for (size_t i = 0; i < sizeof(outputs) / sizeof(outputs[0]); i++) {
+    if (outputs[i][1] == NULL || outputs[i][1][0] == '\0') continue;
+    if (ps_checkpoint_check_output(outputs[i][1], err, sizeof(err)) != PS_OK)
+      return ps_config_refuse(&cfg, "option --%s: %s", outputs[i][0], err);
+  }
   ps_log_init("worker", (ps_log_level_t)log_level);
+  ps_raise_nofile_limit();
   install_signals();
 
   ps_trainer_opts_t to;

@@ -14,8 +14,11 @@
 #include "common/view.h"
 #include "worker/client/client_int.h"
 
-/* How long ps_client_destroy waits for the scheduler to take the Done. */
-#define PS__FAREWELL_WAIT_MS 3000
+/* How long ps_client_destroy waits for the scheduler to take the Done or
+ * Leave when it does not answer: shorter than ps-worker's stop grace
+ * (worker/main.c), so a worker stopped while the scheduler is away still
+ * exits cleanly. */
+#define PS__FAREWELL_WAIT_MS 2000
 
 /* ---- background thread ------------------------------------------------ */
 
@@ -72,6 +75,8 @@ void ps__client_member_shutdown_cb(ps_member_t *m, int status,
 
 static void ps__client_farewell_timer_cb(uv_timer_t *t) {
   ps_client_t *c = t->data;
+  if (c->member && ps_member_farewell_acked(c->member))
+    c->thread_farewell_taken = 1;
   if (c->member && c->thread_done_sent && !c->thread_farewell_taken &&
       ps_now_ms() < c->farewell_deadline_ms)
     return;
