@@ -66,7 +66,7 @@ cleanup() {
     kill -TERM "${PIDS[@]}" 2>/dev/null || true
     wait_daemons 5
   fi
-  { wait; } 2>/dev/null || true # the tee of worker 0's output
+  { wait; } 2>/dev/null || true # the tail of worker 0's output
 }
 trap cleanup EXIT
 trap 'echo; echo "quickstart: interrupted, stopping the cluster"; exit 130' INT TERM
@@ -98,11 +98,16 @@ for i in $(seq 1 $((WORKERS - 1))); do
 done
 # Worker 0 shows its progress here and writes the report.
 "$BIN/ps-worker" --scheduler "$SCHED" --rank 0 --epochs "$EPOCHS" \
-  --batch-size "$BATCH" $(metrics 9411 0) --report "$RUN/report.json" > >(tee "$RUN/worker0.log") 2>&1 &
+  --batch-size "$BATCH" $(metrics 9411 0) --report "$RUN/report.json" >"$RUN/worker0.log" 2>&1 &
 PIDS+=($!)
 W0=$!
+# Shown by a tail that ends with the worker (a `> >(tee ...)` would leave a
+# process substitution that bash later fails to wait for, with a warning).
+tail -n +1 --pid=$W0 -f "$RUN/worker0.log" &
+SHOW=$!
 status=0
 wait $W0 || status=$?
+wait $SHOW 2>/dev/null || true
 unset 'PIDS[-1]' # reaped: waiting for it again would be an error
 if [ $status -ne 0 ] || [ ! -s "$RUN/report.json" ]; then
   echo "quickstart: training failed (exit $status); last lines of each log:" >&2
