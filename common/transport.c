@@ -1,6 +1,8 @@
 #include "transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,13 @@ struct ps_zsock_s {
   uv_idle_t idle;   /* running while a drain stopped with messages left */
   int open_handles; /* freed when both handles' close callbacks ran */
   void *sock;
+  /* The socket's own context, when it connects to a host by name: libzmq
+   * resolves names with a blocking getaddrinfo in its context's I/O thread,
+   * at the connect and at every reconnect, and a lookup that takes seconds
+   * (aardvark-dns drops queries while it reloads, and the resolver waits
+   * 5 s per try) would stall every socket of a shared context, the
+   * heartbeat's among them. Its own I/O thread stalls only this one. */
+  void *own_ctx;
   int is_router;
   ps_frame_limits_t limits;
   ps_zsock_recv_cb cb;
@@ -31,6 +40,8 @@ struct ps_zsock_s {
   int in_drain;
   int closing;
 };
+
+static void zsock_close_sock(ps_zsock_t *zs);
 
 /* Sets one socket option; on failure says which and why. */
 static int set_opt(void *sock, int option, const char *name, const void *value,
@@ -91,8 +102,7 @@ static void drain(ps_zsock_t *zs) {
   }
   if (zs->closing) {
     /* The owner destroyed the socket from inside its callback. */
-    zmq_close(zs->sock);
-    zs->sock = NULL;
+    zsock_close_sock(zs);
   }
 }
 
@@ -115,6 +125,53 @@ static void prepare_cb(uv_prepare_t *h) {
 /* A drain ran out of budget with messages left: go on, a turn later. */
 static void idle_cb(uv_idle_t *h) {
   drain(h->data);
+}
+
+static void *ctx_term_thread(void *ctx) {
+  zmq_ctx_term(ctx);
+  return NULL;
+}
+
+void ps_zctx_term_async(void *ctx) {
+  if (ctx == NULL) return;
+  pthread_t t;
+  pthread_attr_t attr;
+  int detached = pthread_attr_init(&attr) == 0;
+  if (detached) {
+    detached = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) ==
+                   0 &&
+               pthread_create(&t, &attr, ctx_term_thread, ctx) == 0;
+    pthread_attr_destroy(&attr);
+  }
+  if (!detached) zmq_ctx_term(ctx);
+}
+
+/* Closes the socket and, if it has its own, terminates its context. */
+static void zsock_close_sock(ps_zsock_t *zs) {
+  if (zs->sock) zmq_close(zs->sock);
+  zs->sock = NULL;
+  ps_zctx_term_async(zs->own_ctx);
+  zs->own_ctx = NULL;
+}
+
+/* A tcp:// endpoint whose host (after the source address, if any) is
+ * neither an IPv4 nor an IPv6 literal, nor "*". */
+int ps_zsock_endpoint_has_name(const char *ep) {
+  if (ep == NULL || strncmp(ep, "tcp://", 6) != 0) return 0;
+  const char *h = ep + 6;
+  const char *semi = strrchr(h, ';');
+  if (semi) h = semi + 1;
+  const char *colon = strrchr(h, ':');
+  size_t n = colon ? (size_t)(colon - h) : strlen(h);
+  if (n >= 2 && h[0] == '[' && h[n - 1] == ']') h++, n -= 2;
+  char host[256];
+  if (n == 0 || n >= sizeof(host)) return 0;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  if (strcmp(host, "*") == 0) return 0;
+  unsigned char buf[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, host, buf) != 1 &&
+         inet_pton(AF_INET6, host, buf) != 1;
 }
 
 static void close_cb(uv_handle_t *h) {
@@ -164,7 +221,7 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   if (zmq_getsockopt(zs->sock, ZMQ_FD, &fd, &fdlen) != 0) {
     int rc = ps_errf(err, errlen, PS_ERR_ZMQ, "zmq_getsockopt(ZMQ_FD): %s",
                      zmq_strerror(zmq_errno()));
-    zmq_close(zs->sock);
+    zsock_close_sock(zs);
     free(zs);
     return rc;
   }
@@ -172,7 +229,7 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   if (uerr != 0) {
     int rc = ps_errf(err, errlen, PS_ERR_IO, "uv_poll_init(fd %d): %s", fd,
                      uv_strerror(uerr));
-    zmq_close(zs->sock);
+    zsock_close_sock(zs);
     free(zs);
     return rc;
   }
@@ -197,8 +254,7 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   int rc = ps_errf(err, errlen, PS_ERR_IO, "%s(fd %d): %s", what, fd,
                    uv_strerror(uerr));
   zs->closing = 1;
-  zmq_close(zs->sock);
-  zs->sock = NULL;
+  zsock_close_sock(zs);
   uv_close((uv_handle_t *)&zs->poll, close_cb);
   if (zs->open_handles >= 2) uv_close((uv_handle_t *)&zs->prepare, close_cb);
   if (zs->open_handles >= 3) uv_close((uv_handle_t *)&zs->idle, close_cb);
@@ -220,16 +276,26 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
   zs->limits = limits ? *limits : ps_frame_default_limits;
   zs->cb = cb;
   zs->arg = arg;
+  if (bind_ep == NULL && ps_zsock_endpoint_has_name(connect_ep)) {
+    if ((zs->own_ctx = zmq_ctx_new()) == NULL) {
+      *err = ps_errf(errbuf, errlen, PS_ERR_ZMQ, "zmq_ctx_new: %s",
+                     zmq_strerror(zmq_errno()));
+      free(zs);
+      return NULL;
+    }
+    ctx = zs->own_ctx;
+  }
   zs->sock = zmq_socket(ctx, type);
   if (zs->sock == NULL) {
     *err = ps_errf(errbuf, errlen, PS_ERR_ZMQ, "zmq_socket: %s",
                    zmq_strerror(zmq_errno()));
+    zsock_close_sock(zs);
     free(zs);
     return NULL;
   }
   *err = zsock_open(zs, bind_ep, connect_ep, errbuf, errlen);
   if (*err != PS_OK) {
-    zmq_close(zs->sock);
+    zsock_close_sock(zs);
     free(zs);
     return NULL;
   }
@@ -257,8 +323,5 @@ void ps_zsock_destroy(ps_zsock_t **zs_p) {
   uv_close((uv_handle_t *)&zs->prepare, close_cb);
   uv_close((uv_handle_t *)&zs->idle, close_cb);
   /* Inside drain() the socket is still being read: drain closes it. */
-  if (!zs->in_drain) {
-    zmq_close(zs->sock);
-    zs->sock = NULL;
-  }
+  if (!zs->in_drain) zsock_close_sock(zs);
 }

@@ -40,6 +40,16 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
                          void *arg, int *err, char *errbuf, size_t errlen);
 
+/* Whether connecting to ep makes libzmq look a host name up (a tcp://
+ * endpoint whose host is not an address). ps_zsock_new gives such a socket
+ * a context of its own, whose I/O thread alone a slow lookup can stall. */
+int ps_zsock_endpoint_has_name(const char *ep);
+
+/* Terminates a context whose sockets are closed, on a detached thread: a
+ * term waits for the context's I/O thread, which may be in a slow lookup.
+ * NULL: nothing. */
+void ps_zctx_term_async(void *ctx);
+
 /* The underlying ZeroMQ socket, for ps_msg_send and ps_msg_reply_error. */
 void *ps_zsock_socket(ps_zsock_t *zs);
 

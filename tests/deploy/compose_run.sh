@@ -11,7 +11,9 @@ set -euo pipefail
 src=$1 out=$2/deploy
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$src/tests/deploy/containers.conf}
 export PS_MAX_STEPS=${PS_DEPLOY_MAX_STEPS:-800}
-export PS_IMAGE=localhost/ps-deploy:test
+# PS_DEPLOY_IMAGE: another tag, where other checkouts build theirs too.
+export PS_IMAGE=${PS_DEPLOY_IMAGE:-localhost/ps-deploy:test}
+mkdir -p "$out"
 
 skip() { echo "compose_run: SKIPPED: $*"; exit 77; }
 command -v podman >/dev/null || skip "podman is not installed"

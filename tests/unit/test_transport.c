@@ -1,6 +1,7 @@
 /* Transport: a socket that cannot be set up is refused with the call that
  * failed and the reason, and leaves nothing behind on the loop. */
 #include <check.h>
+#include <stdio.h>
 #include <string.h>
 #include <uv.h>
 #include <zmq.h>
@@ -63,11 +64,74 @@ START_TEST(bind_and_connect_failures_say_why) {
 }
 END_TEST
 
+START_TEST(names_are_told_from_addresses) {
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://server-a:7101"), 1);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://localhost:7101"), 1);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://10.0.0.1;srv:7101"), 1);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://10.89.0.2:7101"), 0);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://[::1]:7101"), 0);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("tcp://*:7101"), 0);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("inproc://server-a"), 0);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name("ipc:///tmp/x"), 0);
+  ck_assert_int_eq(ps_zsock_endpoint_has_name(NULL), 0);
+}
+END_TEST
+
+static void count_msg(ps_zsock_t *zs, ps_msg_t *msg, int status,
+                      const char *reason, void *arg) {
+  (void)zs;
+  (void)reason;
+  (*(int *)arg)++;
+  if (status == PS_OK) ps_msg_close(msg);
+}
+
+static void stop_timer(uv_timer_t *t) {
+  uv_stop(t->loop);
+}
+
+/* A socket that connects by name (on a context of its own, see
+ * ps_zsock_new) talks to one bound on the shared context, and both close
+ * without holding up the shared context's term. */
+START_TEST(connect_by_name_works) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  void *ctx = zmq_ctx_new();
+  int rc = PS_OK, got = 0;
+  char err[256] = "";
+  ps_zsock_t *a = ps_zsock_new(&loop, ctx, ZMQ_ROUTER, "tcp://127.0.0.1:*",
+                               NULL, NULL, count_msg, &got, &rc, err,
+                               sizeof(err));
+  ck_assert_msg(a != NULL, "err: %s", err);
+  const char *ep = ps_zsock_endpoint(a);
+  char named[64];
+  snprintf(named, sizeof(named), "tcp://localhost:%s", strrchr(ep, ':') + 1);
+  ps_zsock_t *b = ps_zsock_new(&loop, ctx, ZMQ_DEALER, NULL, named, NULL,
+                               on_msg, NULL, &rc, err, sizeof(err));
+  ck_assert_msg(b != NULL, "err: %s", err);
+  ck_assert_int_ge(zmq_send(ps_zsock_socket(b), "x", 1, 0), 0);
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  for (int i = 0; i < 100 && got == 0; i++) {
+    uv_timer_start(&t, stop_timer, 50, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  ck_assert_int_eq(got, 1);
+  uv_close((uv_handle_t *)&t, NULL);
+  ps_zsock_destroy(&b);
+  ps_zsock_destroy(&a);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  ck_assert_int_eq(zmq_ctx_term(ctx), 0);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("transport");
   TCase *tc = tcase_create("transport");
   tcase_add_test(tc, configure_names_the_refused_option);
   tcase_add_test(tc, bind_and_connect_failures_say_why);
+  tcase_add_test(tc, names_are_told_from_addresses);
+  tcase_add_test(tc, connect_by_name_works);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

@@ -21,6 +21,8 @@
 void ps__client_conn_close(ps__conn_t *k) {
   if (k->sock) zmq_close(k->sock);
   k->sock = NULL;
+  ps_zctx_term_async(k->own_ctx);
+  k->own_ctx = NULL;
   k->inflight = 0;
 }
 
@@ -60,19 +62,31 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
   }
   ps__client_conn_close(k);
   snprintf(k->address, sizeof(k->address), "%s", node->address);
-  void *s = zmq_socket(c->zctx, ZMQ_DEALER);
-  if (s == NULL)
+  void *ctx = c->zctx;
+  if (ps_zsock_endpoint_has_name(node->address)) {
+    if ((k->own_ctx = zmq_ctx_new()) == NULL)
+      return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): zmq_ctx_new: %s",
+                             server_id, node->address, zmq_strerror(errno));
+    ctx = k->own_ctx;
+  }
+  void *s = zmq_socket(ctx, ZMQ_DEALER);
+  if (s == NULL) {
+    int e = errno;
+    ps__client_conn_close(k);
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): socket: %s",
-                           server_id, node->address, zmq_strerror(errno));
+                           server_id, node->address, zmq_strerror(e));
+  }
   char why[256];
   if (ps_zsock_configure(s, why, sizeof(why)) != PS_OK) {
     zmq_close(s);
+    ps__client_conn_close(k);
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
                            node->address, why);
   }
   if (zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);
+    ps__client_conn_close(k);
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): cannot connect: %s",
                            server_id, node->address, zmq_strerror(e));
   }

@@ -153,6 +153,11 @@ typedef struct {
   uint32_t server_id;
   char address[PS_ADDR_MAX];
   void *sock;
+  /* sock's own context when address names a host: libzmq looks names up
+   * in its context's I/O thread, and a slow lookup must not stall the
+   * other servers' sockets nor the scheduler's (ps_zsock_new does the same
+   * in the daemons). NULL: sock is on the client's context. */
+  void *own_ctx;
   uint64_t gen; /* distinguishes a reconnected socket from the old one */
   int inflight;
   ps__slot_t *slots; /* window entries; the first inflight are in use */
