@@ -54,11 +54,23 @@ h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
 
 int chaos_job_start(h_cluster_t *c, chaos_server_t *srv, int nservers,
                     int nworkers, h_worker_fn fn) {
-  char ns[16], nw[16];
+  return chaos_job_start_timeout(c, srv, nservers, nworkers, fn, 0);
+}
+
+int chaos_job_start_timeout(h_cluster_t *c, chaos_server_t *srv, int nservers,
+                            int nworkers, h_worker_fn fn,
+                            int heartbeat_timeout_ms) {
+  char ns[16], nw[16], hb[16];
   snprintf(ns, sizeof(ns), "%d", nservers);
   snprintf(nw, sizeof(nw), "%d", nworkers);
-  h_spawn(c, "scheduler", "ps-scheduler", "--bind", c->sched_ep, "--servers",
-          ns, "--workers", nw, "--mode", "asp", NULL);
+  snprintf(hb, sizeof(hb), "%d", heartbeat_timeout_ms);
+  if (heartbeat_timeout_ms > 0)
+    h_spawn(c, "scheduler", "ps-scheduler", "--bind", c->sched_ep,
+            "--servers", ns, "--workers", nw, "--mode", "asp",
+            "--heartbeat-timeout-ms", hb, NULL);
+  else
+    h_spawn(c, "scheduler", "ps-scheduler", "--bind", c->sched_ep,
+            "--servers", ns, "--workers", nw, "--mode", "asp", NULL);
   memset(srv, 0, (size_t)nservers * sizeof(*srv));
   for (int i = 0; i < nservers; i++)
     chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);

@@ -50,6 +50,11 @@ h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
  * has reached its first h_worker_sync (60 s at most). */
 int chaos_job_start(h_cluster_t *c, chaos_server_t *srv, int nservers,
                     int nworkers, h_worker_fn fn);
+/* The same with the scheduler's --heartbeat-timeout-ms set (0: its
+ * default). */
+int chaos_job_start_timeout(h_cluster_t *c, chaos_server_t *srv, int nservers,
+                            int nworkers, h_worker_fn fn,
+                            int heartbeat_timeout_ms);
 
 /* The slot whose running server has the address of node id in the status
  * JSON, or -1. */
