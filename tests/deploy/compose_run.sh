@@ -55,10 +55,10 @@ fail() {
 }
 state() { podman inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$(ctr "$1")" 2>/dev/null || echo "missing -"; }
 wait_for() { # seconds what cmd...
-  local deadline=$(($(date +%s) + $1)) what=$2
+  local secs=$1 deadline=$(($(date +%s) + $1)) what=$2
   shift 2
   until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within $1 s"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within $secs s"
     sleep 0.5
   done
 }
