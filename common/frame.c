@@ -354,6 +354,27 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
   return PS_OK;
 }
 
+/* A signal (the SIGTERM that asks a worker to stop, a profiler's timer)
+ * interrupts a send blocked at the high-water mark or a receive of a
+ * message's later frames; neither has moved any frame then, so both are
+ * simply tried again. The stop itself is noticed by whoever installed the
+ * handler, between calls. */
+static int send_part(zmq_msg_t *msg, void *sock, int flags) {
+  int rc;
+  do {
+    rc = zmq_msg_send(msg, sock, flags);
+  } while (rc < 0 && zmq_errno() == EINTR);
+  return rc;
+}
+
+static int recv_part(zmq_msg_t *msg, void *sock) {
+  int rc;
+  do {
+    rc = zmq_msg_recv(msg, sock, 0);
+  } while (rc < 0 && zmq_errno() == EINTR);
+  return rc;
+}
+
 /* Reads and drops the frames left of a multipart message, so a bad message
  * never leaves pieces that would be mistaken for the next one. */
 static void drain_rest(void *sock) {
@@ -362,7 +383,7 @@ static void drain_rest(void *sock) {
   while (zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
     zmq_msg_t part;
     zmq_msg_init(&part);
-    if (zmq_msg_recv(&part, sock, 0) < 0) {
+    if (recv_part(&part, sock) < 0) {
       zmq_msg_close(&part);
       return;
     }
@@ -390,7 +411,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
   if (zmq_msg_recv(&first, sock, ZMQ_DONTWAIT) < 0) {
     int e = zmq_errno();
     zmq_msg_close(&first);
-    if (e == EAGAIN) return PS_ERR_TIMEOUT;
+    if (e == EAGAIN || e == EINTR) return PS_ERR_TIMEOUT;
     return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
                    zmq_strerror(e));
   }
@@ -403,7 +424,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     if (!has_more(&m->route))
       return ps_errf(err, errlen, PS_ERR_PROTO, "message has no header frame");
     zmq_msg_init(&header);
-    if (zmq_msg_recv(&header, sock, 0) < 0) {
+    if (recv_part(&header, sock) < 0) {
       zmq_msg_close(&header);
       return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
                      zmq_strerror(zmq_errno()));
@@ -444,7 +465,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
     }
     zmq_msg_t *p = &m->payload[m->npayload];
     zmq_msg_init(p);
-    if (zmq_msg_recv(p, sock, 0) < 0) {
+    if (recv_part(p, sock) < 0) {
       zmq_msg_close(p);
       return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
                      zmq_strerror(zmq_errno()));
@@ -478,7 +499,7 @@ int ps_msg_send(void *sock, zmq_msg_t *route, Ps__Envelope *env,
     zmq_msg_t r;
     zmq_msg_init(&r);
     zmq_msg_copy(&r, route);
-    if (zmq_msg_send(&r, sock, ZMQ_SNDMORE) < 0) {
+    if (send_part(&r, sock, ZMQ_SNDMORE) < 0) {
       zmq_msg_close(&r);
       rc = PS_ERR_ZMQ;
       goto out;
@@ -491,14 +512,13 @@ int ps_msg_send(void *sock, zmq_msg_t *route, Ps__Envelope *env,
     goto out;
   }
   ps__envelope__pack(env, zmq_msg_data(&header));
-  if (zmq_msg_send(&header, sock, npayload > 0 ? ZMQ_SNDMORE : 0) < 0) {
+  if (send_part(&header, sock, npayload > 0 ? ZMQ_SNDMORE : 0) < 0) {
     zmq_msg_close(&header);
     rc = PS_ERR_ZMQ;
     goto out;
   }
   for (int i = 0; i < npayload; i++) {
-    if (zmq_msg_send(&payload[i], sock, i + 1 < npayload ? ZMQ_SNDMORE : 0) <
-        0) {
+    if (send_part(&payload[i], sock, i + 1 < npayload ? ZMQ_SNDMORE : 0) < 0) {
       rc = PS_ERR_ZMQ;
       goto out;
     }

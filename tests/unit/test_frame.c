@@ -2,7 +2,12 @@
  * rejection path of ps_msg_recv, pull replies in several frames, and the
  * header slab (more messages open than slots, copies by value). */
 #include <check.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -455,6 +460,81 @@ START_TEST(body_names) {
 }
 END_TEST
 
+/* A send blocked at the high-water mark and interrupted by a signal (a
+ * SIGTERM asking a worker to stop) is tried again: it completes once the
+ * peer reads, instead of failing the call with "Interrupted system call". */
+static atomic_int alarm_seen;
+static void on_alarm(int sig) {
+  (void)sig;
+  atomic_store(&alarm_seen, 1);
+}
+
+static void *drain_after_alarm(void *sock) {
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) { /* waits for the signal, bounded */
+    if (atomic_load(&alarm_seen)) break;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec - t0.tv_sec > 10) return NULL;
+    struct timespec tick = {0, 1000000};
+    nanosleep(&tick, NULL);
+  }
+  /* Reads until the envelope (the only frame longer than a byte) arrives. */
+  for (;;) {
+    zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 5000) != 1) return NULL;
+    char buf[256];
+    int n = zmq_recv(sock, buf, sizeof(buf), 0);
+    if (n > 1) return sock;
+  }
+}
+
+START_TEST(send_interrupted_by_signal_is_retried) {
+  void *c = zmq_ctx_new();
+  void *a = zmq_socket(c, ZMQ_PAIR), *b = zmq_socket(c, ZMQ_PAIR);
+  int one = 1;
+  zmq_setsockopt(a, ZMQ_SNDHWM, &one, sizeof(one));
+  zmq_setsockopt(b, ZMQ_RCVHWM, &one, sizeof(one));
+  ck_assert_int_eq(zmq_bind(a, "inproc://hwm"), 0);
+  ck_assert_int_eq(zmq_connect(b, "inproc://hwm"), 0);
+  int queued = 0;
+  while (queued < 1000 && zmq_send(a, "x", 1, ZMQ_DONTWAIT) == 1) queued++;
+  ck_assert_int_lt(queued, 1000); /* the pipe is full now */
+
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_alarm; /* no SA_RESTART: the wait sees EINTR */
+  sigemptyset(&sa.sa_mask);
+  ck_assert_int_eq(sigaction(SIGALRM, &sa, NULL), 0);
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGALRM);
+  pthread_sigmask(SIG_BLOCK, &block, &old); /* the reader never takes it */
+  pthread_t reader;
+  ck_assert_int_eq(pthread_create(&reader, NULL, drain_after_alarm, b), 0);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  struct itimerval it = {{0, 0}, {0, 50000}};
+  ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = 9;
+  env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
+  Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
+  env.heartbeat = &hb;
+  ck_assert_int_eq(ps_msg_send(a, NULL, &env, NULL, 0), PS_OK);
+  void *got = NULL;
+  pthread_join(reader, &got);
+  ck_assert(atomic_load(&alarm_seen));
+  ck_assert_ptr_eq(got, b); /* the envelope reached the peer */
+  int zero = 0;
+  zmq_setsockopt(a, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_setsockopt(b, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_close(a);
+  zmq_close(b);
+  zmq_ctx_term(c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("frame");
   TCase *tc = tcase_create("frame");
@@ -477,6 +557,7 @@ int main(void) {
   tcase_add_test(tc, snapshot_chunk_checked);
   tcase_add_test(tc, pull_reply_in_several_frames);
   tcase_add_test(tc, headers_outnumber_slab);
+  tcase_add_test(tc, send_interrupted_by_signal_is_retried);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
