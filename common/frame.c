@@ -130,6 +130,12 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
       return "join_reply";
     case PS__ENVELOPE__BODY_REPLICA_CHUNK:
       return "replica_chunk";
+    case PS__ENVELOPE__BODY_DRAIN_COMMAND:
+      return "drain_command";
+    case PS__ENVELOPE__BODY_HANDOVER:
+      return "handover";
+    case PS__ENVELOPE__BODY_HANDOVER_READY:
+      return "handover_ready";
     default:
       return "unknown";
   }

@@ -187,6 +187,13 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Resent pushes recognised as applied already: acked, not "
                  "applied again.",
                  (double)st->duplicate_pushes);
+  ps_metrics_put(m, "ps_server_handovers_total", PS_METRIC_COUNTER,
+                 "Ranges this server handed to a backup in a planned move "
+                 "(psctl drain, rebalancing), without a failover.",
+                 (double)st->handovers);
+  ps_metrics_put(m, "ps_server_handover_held_pushes_total", PS_METRIC_COUNTER,
+                 "Pushes told to wait for the view of a handover in progress.",
+                 (double)st->handover_held);
   ps_metrics_family(m, "ps_server_snapshots_total", PS_METRIC_COUNTER,
                     "Whole ranges streamed to a new backup (sent, counted "
                     "when it acked) or received as one.");

@@ -257,11 +257,19 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
         memcpy(r->snapped, old->snapped, sizeof(r->snapped));
         r->nsynced = old->nsynced;
         memcpy(r->synced, old->synced, sizeof(r->synced));
+        /* A handover in progress outlives views that leave the range here
+         * (a worker joined meanwhile): only the scheduler ends it. */
+        r->handover_id = old->handover_id;
+        r->handover_to = old->handover_to;
+        r->handover_since_ms = old->handover_since_ms;
+        r->handover_ready = old->handover_ready;
+        r->handover_resumed = old->handover_resumed;
       }
       if (!primary && old->primary) {
         ps__server_fail_parked(s, r, PS_ERR_STALE_EPOCH,
                                "this server is now a backup of the range");
         ps_repl_drop_chain(s->repl, r->begin, r->end);
+        rc = ps__server_handover_demoted(s, old, err, errlen);
       }
       if (primary && !old->primary)
         PS_WARN("promoted",
@@ -272,6 +280,7 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
                 vr->nbackups);
       memset(old, 0, sizeof(*old));
     }
+    if (rc != PS_OK) break;
     if (r->dedup == NULL && (r->dedup = ps_dedup_new()) == NULL) {
       rc = PS_ERR_NOMEM;
       snprintf(err, errlen, "out of memory adopting view epoch %llu",
@@ -341,6 +350,7 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
   }
   answer_joins(s);
   ps__server_serve_deferred(s);
+  ps__server_handover_progress(s); /* a backup may have left a chain */
   return PS_OK;
 }
 

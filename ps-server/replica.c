@@ -172,6 +172,7 @@ static void on_peer_reply(ps_zsock_t *zs, ps_msg_t *m, int status,
   }
   ps_msg_close(m);
   complete(r);
+  if (r->cbs.progress) r->cbs.progress(r->arg);
 }
 
 static peer_t *peer_find(const ps_repl_t *r, uint32_t id) {
@@ -344,6 +345,15 @@ uint32_t ps_repl_nbackups(const ps_repl_t *r, uint64_t begin, uint64_t end) {
 
 size_t ps_repl_waiting(const ps_repl_t *r) {
   return r->count;
+}
+
+size_t ps_repl_range_waiting(const ps_repl_t *r, uint64_t begin, uint64_t end) {
+  size_t n = 0;
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    const entry_t *e = &r->ring[id & (r->cap - 1)];
+    n += e->begin == begin && e->end == end && e->nwaiting > 0;
+  }
+  return n;
 }
 
 /* Sends one Replicate (and a reference to payload, if any) to every backup

@@ -46,6 +46,9 @@ typedef struct {
   /* backup acked the snapshot of [begin, end): it holds the range now. */
   void (*synced)(void *arg, uint64_t begin, uint64_t end, uint32_t backup,
                  uint64_t bytes, uint64_t ms);
+  /* Backups acked changes (or left a chain): ps_repl_range_waiting may
+   * have dropped. Optional. */
+  void (*progress)(void *arg);
 } ps_repl_cbs_t;
 
 /* Returns NULL when out of memory. */
@@ -94,5 +97,9 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
 
 /* Changes waiting for backups' acks. */
 size_t ps_repl_waiting(const ps_repl_t *r);
+
+/* Changes to [begin, end) that some backup has not acked yet: 0 means
+ * every backup holds every change this node made to the range. */
+size_t ps_repl_range_waiting(const ps_repl_t *r, uint64_t begin, uint64_t end);
 
 #endif

@@ -284,6 +284,16 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
   if (r == NULL) return;
   uint32_t worker = m->env->sender;
+  if (ps__server_handover_holds(s, r)) {
+    /* Our epoch: the client waits for the view that moves the range. */
+    s->stats.handover_held++;
+    ps__server_refuse(s, m, PS_ERR_STALE_EPOCH,
+                      "range [%llu,%llu) is being handed to server %u; the "
+                      "next view names its primary",
+                      (unsigned long long)r->begin, (unsigned long long)r->end,
+                      r->handover_to);
+    return;
+  }
 
   /* A resend of a push this range applied (the client resends whatever
    * was not acked after a failover or a timeout) is acked, not applied;

@@ -404,6 +404,10 @@ static void on_member_message(ps_member_t *m, const Ps__Envelope *env,
     handle_checkpoint_request(s, env->checkpoint_request);
     return;
   }
+  if (env->body_case == PS__ENVELOPE__BODY_HANDOVER) {
+    ps__server_handle_handover(s, env->handover);
+    return;
+  }
   PS_WARN("unexpected_message", "from=scheduler body=%s",
           ps_body_name(env->body_case));
 }
@@ -630,7 +634,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   }
   s->deferred_tail = &s->deferred;
   ps_repl_cbs_t rcbs = {.push_done = ps__server_repl_push_done,
-                        .synced = ps__server_repl_synced};
+                        .synced = ps__server_repl_synced,
+                        .progress = ps__server_handover_progress};
   s->repl = ps_repl_new(&s->loop, s->zctx, &s->limits, &rcbs, s);
   if (s->repl == NULL) {
     *err = PS_ERR_NOMEM;

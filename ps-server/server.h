@@ -65,6 +65,8 @@ typedef struct {
   uint64_t pull_bytes_copied;    /* pull reply bytes copied into frames */
   uint64_t views;                /* views received */
   uint64_t duplicate_pushes;     /* resent pushes acked without applying */
+  uint64_t handover_held;        /* pushes told to wait for a handover */
+  uint64_t handovers;            /* ranges handed to a backup (planned) */
   uint64_t replicated;           /* changes replayed as a backup */
   uint64_t snapshots_in;         /* ranges received whole as a new backup */
   /* Bytes by body case: requests received, replies and errors sent. */

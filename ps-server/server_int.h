@@ -14,6 +14,7 @@
  *   ps-server/ranges.c    adopting a view: the ranges this server holds, live
  *                         sets, a primary's duties to its backups, workers
  *                         joining
+ *   ps-server/handover.c  planned moves of a primary (drain, rebalance)
  *
  * Loop thread only, like everything in ps-server/server.h.
  */
@@ -80,6 +81,15 @@ typedef struct {
   uint32_t nsynced;
   uint32_t synced[PS_MAX_REPLICAS - 1];
   snap_in_t *incoming; /* backups: a snapshot being received */
+  /* Primaries: a planned handover of the range (ps-server/handover.c); id
+   * 0: none. While it holds, pushes wait for the view that moves the
+   * range. resumed: one gave up waiting and took pushes again, so a later
+   * demotion would leave this copy ahead of the new primary's. */
+  uint64_t handover_id;
+  uint32_t handover_to;
+  uint64_t handover_since_ms;
+  int handover_ready; /* HandoverReady went to the scheduler */
+  int handover_resumed;
 } owned_range_t;
 
 /* A replication message that came ahead of our view (the snapshot of a
@@ -227,5 +237,12 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
                           size_t errlen);
 void ps__server_repl_synced(void *arg, uint64_t begin, uint64_t end,
                             uint32_t backup, uint64_t bytes, uint64_t ms);
+
+/* ps-server/handover.c */
+void ps__server_handle_handover(ps_server_t *s, const Ps__Handover *h);
+void ps__server_handover_progress(void *arg);
+int ps__server_handover_holds(ps_server_t *s, owned_range_t *r);
+int ps__server_handover_demoted(ps_server_t *s, const owned_range_t *old,
+                                char *err, size_t errlen);
 
 #endif

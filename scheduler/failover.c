@@ -95,6 +95,7 @@ int ps__sched_replan(ps_sched_t *s, uint64_t epoch) {
     if (nd->role != PS__ROLE__ROLE_SERVER) continue;
     servers[n].id = nd->id;
     servers[n].alive = nd->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+    servers[n].leaving = nd->draining;
     n++;
   }
   memcpy(before, s->ranges, s->nranges * sizeof(*before));

@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
   int64_t replication = 2;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   double checkpoint_every_s = 0;
-  int mode = 0, log_level = PS_LOG_INFO;
+  int mode = 0, log_level = PS_LOG_INFO, rebalance = 1;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
@@ -53,6 +53,10 @@ int main(int argc, char **argv) {
        "Copies of each key range, the primary included: a push is acked "
        "once every copy holds it, and a dead primary's range fails over to "
        "a backup. 1: no replication. More than --servers is capped."},
+      {"rebalance", PS_OPT_BOOL, &rebalance, "true", 0, 0, NULL,
+       "After a failover, once a returning server's backups are in step, "
+       "hand it primaries back (a planned move, no failover timeout) until "
+       "no live server leads two ranges more than another."},
       {"heartbeat-timeout-ms", PS_OPT_INT, &heartbeat_timeout_ms, "400", 10,
        3600000, NULL,
        "A node silent for this long is declared dead and a new view is "
@@ -127,6 +131,7 @@ int main(int argc, char **argv) {
       .mode = modes[mode],
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
       .replication = (uint32_t)replication,
+      .rebalance = rebalance,
       .handle_signals = 1,
       .checkpoint_dir = checkpoint_dir,
       .checkpoint_every_steps = (uint64_t)checkpoint_every_steps,

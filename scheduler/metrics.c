@@ -129,6 +129,15 @@ static void render(ps_metrics_t *m, void *arg) {
   ps_metrics_put(m, "ps_scheduler_failovers_total", PS_METRIC_COUNTER,
                  "Ranges whose primary died and whose backup was promoted.",
                  (double)s->stats.failovers);
+  ps_metrics_family(m, "ps_scheduler_handovers_total", PS_METRIC_COUNTER,
+                    "Planned moves of a range's primary to a backup in step "
+                    "(psctl drain, rebalancing after a failover), by outcome.");
+  ps_metrics_sample(m, (double)s->stats.handovers, "outcome", "done", NULL);
+  ps_metrics_sample(m, (double)s->stats.handovers_abandoned, "outcome",
+                    "abandoned", NULL);
+  ps_metrics_put(m, "ps_scheduler_drains_total", PS_METRIC_COUNTER,
+                 "Servers drained by psctl drain and told to exit.",
+                 (double)s->stats.drains);
   ps_metrics_put(m, "ps_scheduler_ranges_lost_total", PS_METRIC_COUNTER,
                  "Times a range was left without a live copy.",
                  (double)s->stats.ranges_lost);

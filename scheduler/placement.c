@@ -50,19 +50,31 @@ static int in_chain(const ps_range_t *r, uint32_t id) {
   return r->server_id == id || ps_range_has_backup(r, id);
 }
 
+/* Alive and taking new roles (not leaving). */
+static int is_usable(const ps_place_server_t *servers, size_t n, uint32_t id) {
+  const ps_place_server_t *s = find_server(servers, n, id);
+  return s != NULL && s->alive && !s->leaving;
+}
+
 /* Pass 1 for one range. Returns 1 if it changed. */
 static int promote(ps_range_t *r, const ps_place_server_t *servers,
                    size_t nservers) {
   if (is_alive(servers, nservers, r->server_id)) return 0;
-  for (uint32_t k = 0; k < r->nbackups; k++) {
-    if ((r->syncing_mask >> k) & 1u) continue;
-    if (!is_alive(servers, nservers, r->backups[k])) continue;
-    r->server_id = r->backups[k];
-    remove_backup(r, k);
-    /* The others were in step with the old primary, not with this one's
-     * forwarding stream: the new primary sends each a snapshot. */
-    r->syncing_mask = r->nbackups ? (1u << r->nbackups) - 1u : 0;
-    return 1;
+  /* A leaving backup only when no other synced one is left: better a
+   * server on its way out than no copy at all. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (uint32_t k = 0; k < r->nbackups; k++) {
+      if ((r->syncing_mask >> k) & 1u) continue;
+      if (pass == 0 ? !is_usable(servers, nservers, r->backups[k])
+                    : !is_alive(servers, nservers, r->backups[k]))
+        continue;
+      r->server_id = r->backups[k];
+      remove_backup(r, k);
+      /* The others were in step with the old primary, not with this one's
+       * forwarding stream: the new primary sends each a snapshot. */
+      r->syncing_mask = r->nbackups ? (1u << r->nbackups) - 1u : 0;
+      return 1;
+    }
   }
   return 0;
 }
@@ -105,10 +117,63 @@ static long pick_backup(const ps_range_t *r, const ps_place_server_t *servers,
   long best = -1;
   for (size_t step = 1; step <= nservers; step++) {
     size_t i = (ppos + step) % nservers;
-    if (!servers[i].alive || in_chain(r, servers[i].id)) continue;
+    if (!servers[i].alive || servers[i].leaving || in_chain(r, servers[i].id))
+      continue;
     if (best < 0 || held[i] < held[best]) best = (long)i;
   }
   return best;
+}
+
+int ps_place_handover(ps_range_t *r, uint32_t to) {
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    if (r->backups[k] != to) continue;
+    if ((r->syncing_mask >> k) & 1u) return 0;
+    r->backups[k] = r->server_id;
+    r->server_id = to;
+    return 1;
+  }
+  return 0;
+}
+
+uint32_t ps_place_primaries(const ps_range_t *ranges, size_t nranges,
+                            uint32_t id) {
+  uint32_t n = 0;
+  for (size_t j = 0; j < nranges; j++) n += ranges[j].server_id == id;
+  return n;
+}
+
+int ps_place_next_move(const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       int rebalance, size_t *range, uint32_t *to) {
+  int found = 0;
+  uint32_t best_gap = 0;
+  for (int pass = 0; pass < 2 && !found; pass++) {
+    if (pass == 1 && !rebalance) break;
+    for (size_t j = 0; j < nranges; j++) {
+      const ps_range_t *r = &ranges[j];
+      const ps_place_server_t *p = find_server(servers, nservers, r->server_id);
+      if (p == NULL || !p->alive || r->syncing_mask != 0) continue;
+      if (pass == 0 && !p->leaving) continue;
+      uint32_t from_n = ps_place_primaries(ranges, nranges, p->id);
+      for (uint32_t k = 0; k < r->nbackups; k++) {
+        uint32_t b = r->backups[k];
+        if (!is_usable(servers, nservers, b)) continue;
+        uint32_t to_n = ps_place_primaries(ranges, nranges, b);
+        /* Draining: any usable backup, the least loaded. Rebalancing: only
+         * a move that narrows the gap. */
+        uint32_t gap = from_n > to_n ? from_n - to_n : 0;
+        if (pass == 0) gap = UINT32_MAX - to_n;
+        else if (gap < 2) continue;
+        if (!found || gap > best_gap) {
+          found = 1;
+          best_gap = gap;
+          *range = j;
+          *to = b;
+        }
+      }
+    }
+  }
+  return found;
 }
 
 size_t ps_place_repair(ps_range_t *ranges, size_t nranges,

@@ -17,10 +17,13 @@
 #include "common/view.h"
 
 /* A server the placement may use: alive ones may be promoted and take new
- * backups; the others are only removed from chains. */
+ * backups; the others are only removed from chains. A leaving one (being
+ * drained) is alive but takes nothing new: it is neither promoted nor given
+ * a backup, and its primaries move away (ps_place_next_move). */
 typedef struct {
   uint32_t id;
   int alive;
+  int leaving;
 } ps_place_server_t;
 
 /* What a range can do, for psctl and the logs. */
@@ -57,6 +60,32 @@ void ps_place_first(ps_range_t *ranges, size_t nranges, const uint32_t *servers,
 size_t ps_place_repair(ps_range_t *ranges, size_t nranges,
                        const ps_place_server_t *servers, size_t nservers,
                        uint32_t replication);
+
+/* A planned move: r's primary hands the range to its synced backup to,
+ * and takes to's place among the backups, in step (the primary stopped
+ * changing the range and every backup acked every change first, see
+ * proto Handover, so all copies are the same). The other backups keep
+ * their places and syncing bits. Returns 0 (r unchanged) when to is not a
+ * synced backup of r. */
+int ps_place_handover(ps_range_t *r, uint32_t to);
+
+/* The next planned move, if any, into *range (an index) and *to:
+ *  - first, a range whose alive primary is leaving goes to its synced,
+ *    alive, not leaving backup that is the primary of the fewest ranges;
+ *  - else, with rebalance set, a range goes from a primary of the most
+ *    ranges to a synced backup that is the primary of at least two fewer
+ *    (the largest such gap first), so every live server carries its share
+ *    after a failover moved primaries onto the survivors.
+ * Only ranges whose backups are all synced move. Returns 1 if there is a
+ * move. Each move lowers the sum of squared primary counts, so repeated
+ * moves end. */
+int ps_place_next_move(const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       int rebalance, size_t *range, uint32_t *to);
+
+/* How many ranges server id is the primary of. */
+uint32_t ps_place_primaries(const ps_range_t *ranges, size_t nranges,
+                            uint32_t id);
 
 /* Marks backup id of r synced. Returns 1 if it was syncing, 0 if it is not
  * a backup of r or was already synced. */

@@ -4,6 +4,8 @@
  *   psctl [--scheduler EP] [--timeout-ms N] health
  *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--dir DIR]
  *         [--json] checkpoint
+ *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--json]
+ *         drain SERVER
  *
  * One StatusRequest on a DEALER socket, answered or not within the timeout:
  * psctl never hangs on a scheduler that is down (ZeroMQ would reconnect
@@ -446,7 +448,9 @@ static int query_status(void *sock, const char *endpoint, int64_t timeout_ms,
 
 /* One progress line from a status answer, on stderr (stdout stays the
  * result, for scripts). */
-static void print_progress(const Ps__Status *st, uint64_t waited_ms) {
+static void print_progress(const Ps__Status *st, uint64_t waited_ms,
+                           void *arg) {
+  (void)arg;
   const Ps__CheckpointInfo *c = st->checkpoint;
   if (c)
     fprintf(stderr,
@@ -461,6 +465,76 @@ static void print_progress(const Ps__Status *st, uint64_t waited_ms) {
             "none in progress yet\n",
             (double)waited_ms / 1e3);
   fflush(stderr);
+}
+
+/* Sends env (a request the scheduler answers when the work is done) and
+ * waits for its answer, a want body, up to wait_ms; meanwhile asks for the
+ * status every PSCTL_PROGRESS_MS and hands it to progress. A scheduler
+ * that does not answer one of those within timeout_ms ends the wait.
+ * Returns 0 with *out set (caller frees with ps_msg_close), or 1 with the
+ * reason printed (what says what did not finish in time). */
+static int await_long(void *sock, const char *endpoint, int64_t timeout_ms,
+                      int64_t wait_ms, Ps__Envelope *env,
+                      Ps__Envelope__BodyCase want,
+                      void (*progress)(const Ps__Status *st, uint64_t waited_ms,
+                                       void *arg),
+                      void *arg, const char *what, ps_msg_t *out) {
+  uint64_t start = ps_now_ms();
+  uint64_t deadline = start + (uint64_t)wait_ms;
+  if (send_request(sock, endpoint, env) != 0) return 1;
+  uint64_t want_id = env->request_id;
+  uint64_t probe_id = 0, probe_deadline = 0;
+  uint64_t next_probe = start + PSCTL_PROGRESS_MS;
+  ps_msg_t m;
+  for (;;) {
+    uint64_t now = ps_now_ms();
+    if (now >= deadline) {
+      fprintf(stderr,
+              "psctl: %s after %" PRId64
+              " ms (--wait-ms); the scheduler goes on with it (see psctl "
+              "status)\n",
+              what, wait_ms);
+      return 1;
+    }
+    if (probe_id != 0 && now >= probe_deadline) {
+      print_no_answer(endpoint, timeout_ms);
+      return 1;
+    }
+    if (probe_id == 0 && now >= next_probe) {
+      Ps__StatusRequest sr;
+      Ps__Envelope probe;
+      status_request_init(&probe, &sr);
+      if (send_request(sock, endpoint, &probe) != 0) return 1;
+      probe_id = probe.request_id;
+      probe_deadline = now + (uint64_t)timeout_ms;
+    }
+    uint64_t until = probe_id ? probe_deadline : next_probe;
+    if (until > deadline) until = deadline;
+    int rc = recv_answer(sock, endpoint, until, &m);
+    if (rc < 0) return 1;
+    if (rc > 0) continue;
+    if (m.request_id == probe_id) {
+      if (check_answer(endpoint, &m, PS__ENVELOPE__BODY_STATUS) != 0) {
+        ps_msg_close(&m);
+        return 1;
+      }
+      progress(m.env->status, ps_now_ms() - start, arg);
+      ps_msg_close(&m);
+      probe_id = 0;
+      next_probe = ps_now_ms() + PSCTL_PROGRESS_MS;
+      continue;
+    }
+    if (m.request_id != want_id) {
+      ps_msg_close(&m);
+      continue;
+    }
+    if (check_answer(endpoint, &m, want) != 0) {
+      ps_msg_close(&m);
+      return 1;
+    }
+    *out = m;
+    return 0;
+  }
 }
 
 /* psctl checkpoint: asks for one at the next step boundary and waits until
@@ -497,60 +571,10 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
   env.checkpoint_command = &cc;
-  uint64_t start = ps_now_ms();
-  uint64_t deadline = start + (uint64_t)wait_ms;
-  if (send_request(sock, endpoint, &env) != 0) return 1;
-  uint64_t ckpt_id = env.request_id;
-  uint64_t probe_id = 0, probe_deadline = 0;
-  uint64_t next_probe = start + PSCTL_PROGRESS_MS;
-  for (;;) {
-    uint64_t now = ps_now_ms();
-    if (now >= deadline) {
-      fprintf(stderr,
-              "psctl: checkpoint not complete after %" PRId64
-              " ms (--wait-ms); the scheduler goes on with it (see psctl "
-              "status)\n",
-              wait_ms);
-      return 1;
-    }
-    if (probe_id != 0 && now >= probe_deadline) {
-      print_no_answer(endpoint, timeout_ms);
-      return 1;
-    }
-    if (probe_id == 0 && now >= next_probe) {
-      Ps__StatusRequest sr;
-      Ps__Envelope probe;
-      status_request_init(&probe, &sr);
-      if (send_request(sock, endpoint, &probe) != 0) return 1;
-      probe_id = probe.request_id;
-      probe_deadline = now + (uint64_t)timeout_ms;
-    }
-    uint64_t until = probe_id ? probe_deadline : next_probe;
-    if (until > deadline) until = deadline;
-    int rc = recv_answer(sock, endpoint, until, &m);
-    if (rc < 0) return 1;
-    if (rc > 0) continue;
-    if (m.request_id == probe_id) {
-      if (check_answer(endpoint, &m, PS__ENVELOPE__BODY_STATUS) != 0) {
-        ps_msg_close(&m);
-        return 1;
-      }
-      print_progress(m.env->status, ps_now_ms() - start);
-      ps_msg_close(&m);
-      probe_id = 0;
-      next_probe = ps_now_ms() + PSCTL_PROGRESS_MS;
-      continue;
-    }
-    if (m.request_id != ckpt_id) {
-      ps_msg_close(&m);
-      continue;
-    }
-    if (check_answer(endpoint, &m, PS__ENVELOPE__BODY_CHECKPOINT_INFO) != 0) {
-      ps_msg_close(&m);
-      return 1;
-    }
-    break;
-  }
+  if (await_long(sock, endpoint, timeout_ms, wait_ms, &env,
+                 PS__ENVELOPE__BODY_CHECKPOINT_INFO, print_progress, NULL,
+                 "checkpoint not complete", &m) != 0)
+    return 1;
   const Ps__CheckpointInfo *ci = m.env->checkpoint_info;
   /* The rate is over the servers' writing, not the wait for the step. */
   double secs = (double)(ci->write_ms ? ci->write_ms : 1) / 1e3;
@@ -574,6 +598,86 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
   return 0;
 }
 
+/* psctl drain's progress: what the drained server still leads. */
+static void print_drain_progress(const Ps__Status *st, uint64_t waited_ms,
+                                 void *arg) {
+  uint32_t id = *(const uint32_t *)arg;
+  uint32_t leads = 0;
+  for (size_t i = 0; i < st->view->n_ranges; i++)
+    leads += st->view->ranges[i]->server_id == id;
+  const Ps__NodeInfo *n = find_node(st->view, id);
+  fprintf(stderr,
+          "psctl: draining server %u (%.1f s): %s, leads %u range(s)\n", id,
+          (double)waited_ms / 1e3, n ? state_name(n->state) : "not in view",
+          leads);
+  fflush(stderr);
+}
+
+/* The server named by arg: a node id, or its address. 0 with the reason
+ * printed when the view has no such server. */
+static uint32_t resolve_server(const Ps__View *v, const char *arg) {
+  char *end = NULL;
+  unsigned long id = strtoul(arg, &end, 10);
+  int numeric = end != arg && *end == '\0';
+  for (size_t i = 0; i < v->n_nodes; i++) {
+    const Ps__NodeInfo *n = v->nodes[i];
+    if (n->role != PS__ROLE__ROLE_SERVER) continue;
+    if (numeric ? n->id == id : (n->address && strcmp(n->address, arg) == 0))
+      return n->id;
+  }
+  fprintf(stderr,
+          "psctl: no server %s in the cluster (give a server's node id or "
+          "address, as psctl status lists them)\n",
+          arg);
+  return 0;
+}
+
+/* psctl drain SERVER: its primaries move to backups, then it is told to
+ * exit; waits for that up to wait_ms. */
+static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
+                     int64_t wait_ms, const char *which, int json) {
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (query_status(sock, endpoint, timeout_ms, &m, &elapsed) != 0) return 1;
+  uint32_t id = resolve_server(m.env->status->view, which);
+  char address[256] = "-";
+  uint32_t leads = 0;
+  if (id != 0) {
+    const Ps__NodeInfo *n = find_node(m.env->status->view, id);
+    if (n && n->address) snprintf(address, sizeof(address), "%s", n->address);
+    for (size_t i = 0; i < m.env->status->view->n_ranges; i++)
+      leads += m.env->status->view->ranges[i]->server_id == id;
+  }
+  ps_msg_close(&m);
+  if (id == 0) return 1;
+
+  Ps__DrainCommand dc = PS__DRAIN_COMMAND__INIT;
+  dc.server = id;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_DRAIN_COMMAND;
+  env.drain_command = &dc;
+  uint64_t start = ps_now_ms();
+  if (await_long(sock, endpoint, timeout_ms, wait_ms, &env,
+                 PS__ENVELOPE__BODY_ACK, print_drain_progress, &id,
+                 "drain not complete", &m) != 0)
+    return 1;
+  uint64_t ms = ps_now_ms() - start;
+  uint64_t clock = m.env->ack->clock;
+  ps_msg_close(&m);
+  if (json) {
+    printf("{\"server\":%u,\"address\":", id);
+    json_string(address);
+    printf(",\"ranges_moved\":%u,\"clock\":%" PRIu64
+           ",\"duration_ms\":%" PRIu64 "}\n",
+           leads, clock, ms);
+  } else {
+    printf("drained server %u (%s): the %u range(s) it led moved to backups "
+           "in %" PRIu64 " ms, at step %" PRIu64 "; it was told to exit\n",
+           id, address, leads, ms, clock);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   char *endpoint = NULL, *dir = NULL;
   int64_t timeout_ms = 3000, wait_ms = 300000;
@@ -592,8 +696,8 @@ int main(int argc, char **argv) {
        "checkpoint: base directory to write it under (ckpt-<step>/ in it); "
        "default: the scheduler's --checkpoint-dir."},
       {"wait-ms", PS_OPT_INT, &wait_ms, "300000", 1, 86400000, NULL,
-       "checkpoint: give up waiting (exit 1) after this long; the "
-       "checkpoint itself goes on."},
+       "checkpoint, drain: give up waiting (exit 1) after this long; the "
+       "scheduler goes on with it."},
   };
   const ps_config_t cfg = {
       .program = "psctl",
@@ -601,9 +705,12 @@ int main(int argc, char **argv) {
           "Ask the scheduler of a parameter-server job. Commands: "
           "status (nodes and what they hold, key ranges with their primary, "
           "backups and state, epoch, checkpoints), health (exit 0 "
-          "if the scheduler answers in time, else 1), checkpoint (write "
+          "if the scheduler answers in time, else 1), drain SERVER (move "
+          "every range the server leads to a backup in step, drop it from "
+          "every chain and tell it to exit 0: planned maintenance without "
+          "a failover; SERVER is its node id or address), checkpoint (write "
           "one at the next step boundary and wait until it is complete).",
-      .usage = "[options] status|health|checkpoint",
+      .usage = "[options] status|health|checkpoint|drain SERVER",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
@@ -618,14 +725,18 @@ int main(int argc, char **argv) {
   int is_status = nargs == 1 && strcmp(args[0], "status") == 0;
   int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
   int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
-  if (!is_status && !is_health && !is_checkpoint) {
+  int is_drain = nargs >= 1 && strcmp(args[0], "drain") == 0;
+  if (is_drain && nargs != 2)
+    return ps_config_refuse(&cfg, "drain needs one SERVER: its node id or "
+                                  "address, as psctl status lists them");
+  if (!is_status && !is_health && !is_checkpoint && !is_drain) {
     if (nargs == 1)
       return ps_config_refuse(&cfg,
                               "unknown command \"%s\": expected status, "
-                              "health or checkpoint",
+                              "health, checkpoint or drain",
                               args[0]);
     return ps_config_refuse(
-        &cfg, "expected one command, status, health or checkpoint");
+        &cfg, "expected one command, status, health, checkpoint or drain");
   }
   ps_log_init("psctl", PS_LOG_WARN);
 
@@ -646,6 +757,10 @@ int main(int argc, char **argv) {
   }
   if (is_checkpoint) {
     status = run_checkpoint(sock, endpoint, timeout_ms, wait_ms, dir, json);
+    goto out;
+  }
+  if (is_drain) {
+    status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1], json);
     goto out;
   }
   ps_msg_t m;

@@ -11,6 +11,8 @@
  *   scheduler/publish.c     building the view, publishing it, psctl status
  *   scheduler/failover.c    re-placing ranges after deaths and joins,
  *                           ReplicaSynced
+ *   scheduler/handover.c    planned moves of a primary: psctl drain, and
+ *                           evening out primaries after a failover
  *   scheduler/barrier.c     barriers
  *   scheduler/ckpt.c        starting checkpoints, answering psctl, --restore
  *   scheduler/state.c       the state file (--state-file)
@@ -71,6 +73,14 @@ typedef struct {
   uint64_t join_asked_ms;   /* when the current join_clock went out */
   uint32_t *join_ok;        /* servers that confirmed join_clock */
   size_t njoin_ok;
+  /* A server being drained (psctl drain, handover.c): its primaries move
+   * to backups, then it leaves every chain and is told to exit. The psctl
+   * call waits on drain_route for the answer. */
+  int draining;
+  uint64_t drain_started_ms;
+  uint64_t drain_request_id;
+  uint8_t drain_route[SCHED_ROUTE_MAX];
+  size_t drain_route_len;
 } sched_node_t;
 
 struct ps_sched_s {
@@ -141,6 +151,17 @@ struct ps_sched_s {
   uint64_t rate_clock, rate_ms;
   double steps_per_ms;
 
+  /* Planned moves of a primary (handover.c): at most one at a time; id 0
+   * when none is in progress. */
+  struct {
+    uint64_t id;
+    uint64_t begin, end;
+    uint32_t from, to;
+    uint64_t asked_ms;
+    const char *why; /* "drain" or "rebalance" */
+  } handover;
+  uint64_t handover_next_id;
+
   /* /metrics and /healthz (metrics.c); NULL when off. Counters of events
    * the state does not keep (the rest is read from the state). */
   ps_exporter_t *exporter;
@@ -153,6 +174,9 @@ struct ps_sched_s {
     uint64_t barrier_entries;    /* workers entering a barrier */
     uint64_t barrier_releases;
     uint64_t ckpt_ok, ckpt_failed;
+    uint64_t handovers;           /* planned moves of a primary done */
+    uint64_t handovers_abandoned; /* ... given up (a node died, no answer) */
+    uint64_t drains;              /* servers drained and told to exit */
   } stats;
 };
 
@@ -226,6 +250,11 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m);
 int ps__sched_holds_replica(const ps_sched_t *s, uint32_t id);
 int ps__sched_replan(ps_sched_t *s, uint64_t epoch);
 void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m);
+
+/* scheduler/handover.c */
+void ps__sched_handover_tick(ps_sched_t *s, uint64_t now);
+void ps__sched_handle_handover_ready(ps_sched_t *s, ps_msg_t *m);
+void ps__sched_handle_drain(ps_sched_t *s, ps_msg_t *m);
 
 /* scheduler/barrier.c */
 void ps__sched_barrier_leave(sched_node_t *n);

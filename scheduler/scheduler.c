@@ -284,6 +284,12 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
     case PS__ENVELOPE__BODY_JOIN_REPLY:
       ps__sched_handle_join_reply(s, m);
       break;
+    case PS__ENVELOPE__BODY_HANDOVER_READY:
+      ps__sched_handle_handover_ready(s, m);
+      break;
+    case PS__ENVELOPE__BODY_DRAIN_COMMAND:
+      ps__sched_handle_drain(s, m);
+      break;
     default:
       ps__sched_reply_error(s, m, PS_ERR_UNSUPPORTED,
                             "the scheduler does not take %s",
@@ -339,9 +345,11 @@ static void on_check(uv_timer_t *t) {
   /* A join may have waited on a server that just died. */
   if (ps__sched_join_check_all(s) > 0 && why == NULL) why = "worker_joined";
   if (ps__sched_join_retry_due(s, now) > 0 && why == NULL) why = "join_retry";
-  if (why == NULL) return;
-  ps__sched_publish(s, why);
-  ps__sched_barrier_check_all(s);
+  if (why != NULL) {
+    ps__sched_publish(s, why);
+    ps__sched_barrier_check_all(s);
+  }
+  ps__sched_handover_tick(s, now);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {

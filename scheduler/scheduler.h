@@ -54,6 +54,10 @@ typedef struct {
   /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the
    * default, 2); more than the servers is capped, with a log line. */
   uint32_t replication;
+  /* After a failover, hand primaries back to servers that lead fewer
+   * ranges (once their backups are in step), so every live server carries
+   * its share (scheduler/handover.c). */
+  int rebalance;
   /* Checkpoints (issue #4); zero values turn each off. Paths are copied and
    * made absolute (servers may run elsewhere on a shared file system). */
   const char *checkpoint_dir;      /* base directory; psctl may name another */

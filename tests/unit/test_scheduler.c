@@ -874,7 +874,7 @@ START_TEST(test_place_promotes_first_synced_backup) {
   ps_range_t r[4];
   const char *before[] = {"1|2* 3 4", "2|3 4 1", "3|4 1 2", "4|1 2 3"};
   set_chains(r, 4, before);
-  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}, {4, 1}, {5, 1}};
+  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}, {5, 1, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 4, sv, 5, 4), 4);
   /* Every chain lost 1 and is topped up from 5, the only server outside
    * them all; the promoted range's others resync. */
@@ -892,13 +892,13 @@ START_TEST(test_place_top_up_fewest_first) {
   ps_range_t r[3];
   const char *before[] = {"1|2", "2|3", "3|1"};
   set_chains(r, 3, before);
-  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}, {4, 1}};
+  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 3, sv, 4, 2), 2);
   const char *after[] = {"2|4*", "2|3", "3|4*"};
   expect_placed(r, 3, after);
   /* Without a spare, ties go in ring order after the primary. */
   set_chains(r, 3, before);
-  ps_place_server_t three[] = {{1, 0}, {2, 1}, {3, 1}};
+  ps_place_server_t three[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}};
   ps_place_repair(r, 3, three, 3, 2);
   const char *ring[] = {"2|3*", "2|3", "3|2*"};
   expect_placed(r, 3, ring);
@@ -911,13 +911,13 @@ START_TEST(test_place_unavailable) {
   ps_range_t r[2];
   const char *before[] = {"1|2*", "2|1"};
   set_chains(r, 2, before);
-  ps_place_server_t sv[] = {{1, 0}, {2, 1}, {3, 1}};
+  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 2, sv, 3, 2), 1);
   const char *after[] = {"1|2*", "2|3*"};
   expect_placed(r, 2, after);
   ck_assert_int_eq(ps_place_state(0, 1, 1, 2), PS_PLACE_UNAVAILABLE);
   /* Every server dead: nothing moves, nothing breaks. */
-  ps_place_server_t none[] = {{1, 0}, {2, 0}, {3, 0}};
+  ps_place_server_t none[] = {{1, 0, 0}, {2, 0, 0}, {3, 0, 0}};
   ps_place_repair(r, 2, none, 3, 2);
   const char *dead[] = {"1|", "2|"};
   expect_placed(r, 2, dead);
@@ -930,7 +930,7 @@ START_TEST(test_place_spare_and_synced) {
   ps_range_t r[3];
   const char *before[] = {"3|", "3|2", "3|"};
   set_chains(r, 3, before);
-  ps_place_server_t sv[] = {{3, 1}, {5, 1}};
+  ps_place_server_t sv[] = {{3, 1, 0}, {5, 1, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 3, sv, 2, 2), 3);
   const char *after[] = {"3|5*", "3|5*", "3|5*"};
   expect_placed(r, 3, after);
@@ -946,9 +946,91 @@ START_TEST(test_place_spare_and_synced) {
   /* Removing a backup from the middle keeps the others' syncing bits. */
   const char *mid[] = {"1|2* 3 4*"};
   set_chains(r, 1, mid);
-  ps_place_server_t sv2[] = {{1, 1}, {2, 1}, {3, 0}, {4, 1}};
+  ps_place_server_t sv2[] = {{1, 1, 0}, {2, 1, 0}, {3, 0, 0}, {4, 1, 0}};
   ps_place_repair(r, 1, sv2, 4, 3);
   const char *kept[] = {"1|2* 4*"};
+  expect_placed(r, 1, kept);
+}
+END_TEST
+
+START_TEST(test_place_handover) {
+  ps_range_t r[1];
+  const char *before[] = {"1|2 3* 4"};
+  set_chains(r, 1, before);
+  /* Not a backup, or a syncing one: refused, nothing changes. */
+  ck_assert_int_eq(ps_place_handover(&r[0], 9), 0);
+  ck_assert_int_eq(ps_place_handover(&r[0], 3), 0);
+  expect_placed(r, 1, before);
+  /* The old primary takes the new one's place, in step; others stay. */
+  ck_assert_int_eq(ps_place_handover(&r[0], 4), 1);
+  const char *after[] = {"4|2 3* 1"};
+  expect_placed(r, 1, after);
+}
+END_TEST
+
+START_TEST(test_place_rebalance_after_rejoin) {
+  /* Item: after 1 died, 2 promoted for range 0; 4 (1's restart) holds
+   * synced backups of everything but leads nothing. */
+  ps_range_t r[3];
+  const char *lopsided[] = {"2|4", "2|4", "3|4"};
+  set_chains(r, 3, lopsided);
+  ps_place_server_t sv[] = {{2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
+  size_t j = 99;
+  uint32_t to = 0;
+  /* Without rebalance there is nothing to do. */
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 0, &j, &to), 0);
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 1, &j, &to), 1);
+  ck_assert_uint_eq(j, 0);
+  ck_assert_uint_eq(to, 4);
+  ck_assert(ps_place_handover(&r[j], to));
+  /* 2, 3 and 4 lead one range each now: balanced, no further move. */
+  ck_assert_uint_eq(ps_place_primaries(r, 3, 2), 1);
+  ck_assert_uint_eq(ps_place_primaries(r, 3, 4), 1);
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 1, &j, &to), 0);
+  /* A gap of one is not worth a move; a syncing chain never moves; nor
+   * to a dead server. */
+  const char *near[] = {"2|3", "2|3", "3|2"};
+  set_chains(r, 3, near);
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 1, &j, &to), 0);
+  const char *syncing[] = {"2|4*", "2|4*", "3|4"};
+  set_chains(r, 3, syncing);
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 1, &j, &to), 0);
+  set_chains(r, 3, lopsided);
+  ps_place_server_t dead4[] = {{2, 1, 0}, {3, 1, 0}, {4, 0, 0}};
+  ck_assert_int_eq(ps_place_next_move(r, 3, dead4, 3, 1, &j, &to), 0);
+}
+END_TEST
+
+START_TEST(test_place_drain) {
+  /* 1 leaves: its ranges go to their least loaded usable backup, one at a
+   * time, even with rebalance off; then nothing is left to move. */
+  ps_range_t r[3];
+  const char *before[] = {"1|2 3", "2|3 1", "3|1 2"};
+  set_chains(r, 3, before);
+  ps_place_server_t sv[] = {{1, 1, 1}, {2, 1, 0}, {3, 1, 0}};
+  size_t j = 99;
+  uint32_t to = 0;
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 0, &j, &to), 1);
+  ck_assert_uint_eq(j, 0);
+  ck_assert_uint_eq(to, 2); /* 2 and 3 lead one each: the first */
+  ck_assert(ps_place_handover(&r[j], to));
+  ck_assert_uint_eq(ps_place_primaries(r, 3, 1), 0);
+  ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 0, &j, &to), 0);
+  /* Then repair drops nothing while 1 is alive, and gives it nothing new
+   * when a chain needs a backup: 4 takes it. */
+  const char *short_chain[] = {"2|", "2|3", "3|2"};
+  set_chains(r, 3, short_chain);
+  ps_place_server_t sv4[] = {{1, 1, 1}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
+  ck_assert_uint_eq(ps_place_repair(r, 3, sv4, 4, 2), 1);
+  const char *topped[] = {"2|4*", "2|3", "3|2"};
+  expect_placed(r, 3, topped);
+  /* A range whose only synced backup is leaving promotes it rather than
+   * losing the range. */
+  const char *last[] = {"5|1"};
+  set_chains(r, 1, last);
+  ps_place_server_t sv5[] = {{1, 1, 1}, {5, 0, 0}};
+  ps_place_repair(r, 1, sv5, 2, 2);
+  const char *kept[] = {"1|"};
   expect_placed(r, 1, kept);
 }
 END_TEST
@@ -1642,6 +1724,9 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tp, test_place_top_up_fewest_first);
   tcase_add_test(tp, test_place_unavailable);
   tcase_add_test(tp, test_place_spare_and_synced);
+  tcase_add_test(tp, test_place_handover);
+  tcase_add_test(tp, test_place_rebalance_after_rejoin);
+  tcase_add_test(tp, test_place_drain);
   suite_add_tcase(s, tp);
   TCase *tr = tcase_create("replication");
   tcase_set_timeout(tr, 60);
