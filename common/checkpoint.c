@@ -171,7 +171,15 @@ typedef struct {
   uint32_t crc;
 } out_file_t;
 
+static int out_open_mode(out_file_t *o, const char *path, mode_t mode,
+                         char *err, size_t errlen);
+
 static int out_open(out_file_t *o, const char *path, char *err, size_t errlen) {
+  return out_open_mode(o, path, 0644, err, errlen);
+}
+
+static int out_open_mode(out_file_t *o, const char *path, mode_t mode,
+                         char *err, size_t errlen) {
   memset(o, 0, sizeof(*o));
   o->fd = -1;
   if (strlen(path) >= PS_CHECKPOINT_PATH_MAX)
@@ -188,7 +196,7 @@ static int out_open(out_file_t *o, const char *path, char *err, size_t errlen) {
   base = base ? base + 1 : path;
   snprintf(o->tmp, sizeof(o->tmp), "%s/.%s.tmp.%ld.%lu", dir, base,
            (long)getpid(), n);
-  o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (o->fd < 0)
     return ps_errf(err, errlen, PS_ERR_IO, "%s: cannot create %s: %s", path,
                    o->tmp, strerror(errno));
@@ -595,13 +603,21 @@ out:
 int ps_checkpoint_write_framed(const char *path, const char magic[8],
                                uint32_t version, const void *body, size_t len,
                                char *err, size_t errlen) {
+  return ps_checkpoint_write_framed_mode(path, magic, version, body, len, 0644,
+                                         err, errlen);
+}
+
+int ps_checkpoint_write_framed_mode(const char *path, const char magic[8],
+                                    uint32_t version, const void *body,
+                                    size_t len, mode_t mode, char *err,
+                                    size_t errlen) {
   uint8_t h[FRAME_HEAD];
   memset(h, 0, sizeof(h));
   memcpy(h, magic, 8);
   put_u32(h + 8, version);
   put_u64(h + 16, (uint64_t)len);
   out_file_t o;
-  int rc = out_open(&o, path, err, errlen);
+  int rc = out_open_mode(&o, path, mode, err, errlen);
   if (rc != PS_OK) return rc;
   rc = out_write(&o, h, sizeof(h), err, errlen);
   if (rc == PS_OK && len > 0) rc = out_write(&o, body, len, err, errlen);

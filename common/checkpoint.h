@@ -52,6 +52,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "view.h"
 
@@ -198,10 +199,15 @@ int ps_checkpoint_mkdirs(const char *path, char *err, size_t errlen);
  * before any work. PS_OK, or PS_ERR_CONFIG with the path and the reason. */
 int ps_checkpoint_check_output(const char *path, char *err, size_t errlen);
 
-/* Writes a framed file (see above) at path, crash safe. */
+/* Writes a framed file (see above) at path, crash safe; mode 0644, or the
+ * given one (the scheduler's state file holds the nodes' tokens: 0600). */
 int ps_checkpoint_write_framed(const char *path, const char magic[8],
                                uint32_t version, const void *body, size_t len,
                                char *err, size_t errlen);
+int ps_checkpoint_write_framed_mode(const char *path, const char magic[8],
+                                    uint32_t version, const void *body,
+                                    size_t len, mode_t mode, char *err,
+                                    size_t errlen);
 
 /* Reads and checks a framed file: size, magic, version, CRC32C. On PS_OK
  * *body (caller frees) holds *len bytes. PS_ERR_IO if it cannot be read

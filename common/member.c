@@ -3,6 +3,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -26,6 +27,7 @@
 struct ps_member_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
+  ps_auth_token_t token; /* this node's (common/auth.h) */
   uv_timer_t register_timer;
   uv_timer_t heartbeat_timer;
   int open_handles;
@@ -344,6 +346,10 @@ static void free_member(ps_member_t *m) {
   free(m);
 }
 
+const ps_auth_token_t *ps_member_token(const ps_member_t *m) {
+  return &m->token;
+}
+
 ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
                            const ps_member_opts_t *opts,
                            const ps_member_cbs_t *cbs, int *err) {
@@ -401,7 +407,15 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
   }
 
   char why[256];
-  m->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_DEALER, NULL, opts->scheduler, NULL,
+  if (ps_auth_token_new(&m->token) != PS_OK) {
+    *err = PS_ERR_IO;
+    PS_ERROR("member_failed", "reason=\"getrandom failed: %s\"",
+             strerror(errno));
+    free_member(m);
+    return NULL;
+  }
+  ps_zsock_opts_t zo = {.token = &m->token, .token_use = PS_AUTH_USE_MEMBER};
+  m->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_DEALER, NULL, opts->scheduler, &zo,
                        on_message, m, err, why, sizeof(why));
   if (m->zs == NULL) {
     PS_ERROR("member_failed", "scheduler=%s reason=\"%s\"", opts->scheduler,

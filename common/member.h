@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "view.h"
 
 typedef struct ps_member_s ps_member_t;
@@ -60,6 +61,10 @@ typedef struct {
 ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
                            const ps_member_opts_t *opts,
                            const ps_member_cbs_t *cbs, int *err);
+
+/* The node's session token: its connections' routing ids carry it
+ * (common/auth.h). Valid as long as m. */
+const ps_auth_token_t *ps_member_token(const ps_member_t *m);
 
 /* Sends the node's clock with the next heartbeats. */
 void ps_member_set_clock(ps_member_t *m, uint64_t clock);

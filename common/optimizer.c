@@ -1,6 +1,8 @@
 #include "optimizer.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
 
 /* Each kernel is built three times, for AVX-512, AVX2 and the x86-64
  * baseline, and the first call picks the widest the CPU has. Not GCC's
@@ -121,4 +123,17 @@ void ps_accumulate(float *restrict dst, const float *restrict src, size_t n) {
 
 const char *ps_optimizer_isa(void) {
   return kernels()->name;
+}
+
+int ps_floats_finite(const float *v, size_t n) {
+  /* A float is NaN or infinite exactly when its exponent bits are all
+   * ones; or-ing the test over the array vectorizes, a float reduction
+   * (x * 0 summed) would not without -ffast-math. */
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &v[i], sizeof(u));
+    bad |= (u & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad == 0;
 }

@@ -35,4 +35,8 @@ void ps_accumulate(float *restrict dst, const float *restrict src, size_t n);
  * "baseline". */
 const char *ps_optimizer_isa(void);
 
+/* 1 when none of v[0..n) is NaN or an infinity. One pass, vectorized: the
+ * check every push pays before it may touch the weights. */
+int ps_floats_finite(const float *v, size_t n);
+
 #endif

@@ -181,16 +181,27 @@ static void close_cb(uv_handle_t *h) {
 
 /* The options and endpoints of a fresh socket, before libuv sees it. */
 static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
-                      const char *connect_ep, char *err, size_t errlen) {
+                      const char *connect_ep, const ps_zsock_opts_t *o,
+                      char *err, size_t errlen) {
   int rc = ps_zsock_configure(zs->sock, err, errlen);
   if (rc != PS_OK) return rc;
   if (zs->is_router) {
-    /* Replies to a peer that went away fail loudly instead of vanishing. */
+    /* Replies to a peer that went away fail loudly instead of vanishing;
+     * a node's fresh connection with the routing id of its old one (a
+     * resend on a new socket, a reconnect) takes its place instead of
+     * being turned away while the old one is not yet noticed gone. */
     int one = 1;
     rc = set_opt(zs->sock, ZMQ_ROUTER_MANDATORY, "ZMQ_ROUTER_MANDATORY", &one,
                  sizeof(one), err, errlen);
+    if (rc == PS_OK)
+      rc = set_opt(zs->sock, ZMQ_ROUTER_HANDOVER, "ZMQ_ROUTER_HANDOVER", &one,
+                   sizeof(one), err, errlen);
     if (rc != PS_OK) return rc;
   }
+  if (o && o->token &&
+      (rc = ps_auth_set_routing_id(zs->sock, o->token, o->token_use, err,
+                                   errlen)) != PS_OK)
+    return rc;
   int64_t maxmsg = (int64_t)zs->limits.max_payload_bytes +
                    (int64_t)zs->limits.max_header_bytes;
   rc = set_opt(zs->sock, ZMQ_MAXMSGSIZE, "ZMQ_MAXMSGSIZE", &maxmsg,
@@ -263,8 +274,9 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
 
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const char *bind_ep, const char *connect_ep,
-                         const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
+                         const ps_zsock_opts_t *opts, ps_zsock_recv_cb cb,
                          void *arg, int *err, char *errbuf, size_t errlen) {
+  const ps_frame_limits_t *limits = opts ? opts->limits : NULL;
   int dummy;
   if (err == NULL) err = &dummy;
   ps_zsock_t *zs = calloc(1, sizeof(*zs));
@@ -293,7 +305,7 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
     free(zs);
     return NULL;
   }
-  *err = zsock_open(zs, bind_ep, connect_ep, errbuf, errlen);
+  *err = zsock_open(zs, bind_ep, connect_ep, opts, errbuf, errlen);
   if (*err != PS_OK) {
     zsock_close_sock(zs);
     free(zs);

@@ -20,6 +20,7 @@
 
 #include <uv.h>
 
+#include "auth.h"
 #include "frame.h"
 
 typedef struct ps_zsock_s ps_zsock_t;
@@ -35,9 +36,17 @@ typedef void (*ps_zsock_recv_cb)(ps_zsock_t *zs, ps_msg_t *msg, int status,
  * A failure after libuv took the socket's handles leaves them closing: the
  * loop must run once more before it can be closed, as after
  * ps_zsock_destroy. The caller owns the result. */
+typedef struct {
+  const ps_frame_limits_t *limits; /* NULL: ps_frame_default_limits */
+  /* A node's connections carry its token (common/auth.h): the routing id
+   * a connecting socket shows its peer's ROUTER, or NULL for none. */
+  const ps_auth_token_t *token;
+  char token_use; /* PS_AUTH_USE_* */
+} ps_zsock_opts_t;
+
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const char *bind_ep, const char *connect_ep,
-                         const ps_frame_limits_t *limits, ps_zsock_recv_cb cb,
+                         const ps_zsock_opts_t *opts, ps_zsock_recv_cb cb,
                          void *arg, int *err, char *errbuf, size_t errlen);
 
 /* Whether connecting to ep makes libzmq look a host name up (a tcp://

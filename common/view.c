@@ -336,6 +336,12 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
     d->join_clock = n->join_clock;
     d->joining = n->joining ? 1 : 0;
     snprintf(d->address, sizeof(d->address), "%s", address);
+    const char *tok = n->token ? n->token : "";
+    if (tok[0] != '\0' && strlen(tok) != PS_AUTH_TOKEN_HEX)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "node %u: a token of %zu characters, not %d", n->id,
+                     strlen(tok), PS_AUTH_TOKEN_HEX);
+    snprintf(d->token, sizeof(d->token), "%s", tok);
     v->nnodes = i + 1;
   }
   return PS_OK;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/auth.h"
 #include "proto/ps.pb-c.h"
 /* The model types and the opaque view of the public API; the struct is
  * defined below, under the tag ps/view.h names. */
@@ -54,6 +55,9 @@ typedef struct {
    * whether the servers have yet to confirm it (proto NodeInfo). */
   uint64_t join_clock;
   int joining;
+  /* The node's session token (common/auth.h), or "": only servers' views
+   * carry them. */
+  char token[PS_AUTH_TOKEN_HEX + 1];
 } ps_node_t;
 
 struct ps_view_s {

@@ -68,7 +68,7 @@ static owned_range_t *replica_range(ps_server_t *s, ps_msg_t *m, uint64_t begin,
     owned_range_t *r = &s->ranges[i];
     if (r->begin == begin && r->end == end && !r->primary &&
         r->primary_id == m->env->sender)
-      return r;
+      return ps__server_sender_is(s, m, PS__ROLE__ROLE_SERVER) ? r : NULL;
   }
   ps__server_refuse(
       s, m, PS_ERR_FENCED,

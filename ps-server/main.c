@@ -14,7 +14,7 @@ int main(int argc, char **argv) {
   char *scheduler = NULL, *bind = NULL, *advertise = NULL,
        *metrics_bind = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
-  int log_level = PS_LOG_INFO;
+  int log_level = PS_LOG_INFO, nonfinite = 0;
 
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -38,6 +38,11 @@ int main(int argc, char **argv) {
        "are refused with TOO_BIG."},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
+      {"nonfinite", PS_OPT_ENUM, &nonfinite, "reject", 0, 0, "reject|skip",
+       "A push holding NaN or Inf never reaches the weights: reject answers "
+       "it with an error (the worker's call fails), skip applies it as "
+       "zeros (a BSP step still counts it) and counts it in "
+       "ps_server_nonfinite_pushes_total."},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Least severe level logged."},
   };
@@ -76,6 +81,8 @@ int main(int argc, char **argv) {
   so.scheduler_timeout_ms = (int)scheduler_timeout_ms;
   so.limits.max_payload_bytes = (size_t)max_message_bytes;
   so.metrics_bind = metrics_bind;
+  so.nonfinite = nonfinite == 1 ? PS_SERVER_NONFINITE_SKIP
+                                : PS_SERVER_NONFINITE_REJECT;
 
   int status = PS_OK;
   ps_server_t *server = ps_server_new(&so, &status, err, sizeof(err));

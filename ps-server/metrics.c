@@ -187,6 +187,10 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Resent pushes recognised as applied already: acked, not "
                  "applied again.",
                  (double)st->duplicate_pushes);
+  ps_metrics_put(m, "ps_server_nonfinite_pushes_total", PS_METRIC_COUNTER,
+                 "Pushes holding NaN or Inf, refused or applied as zeros "
+                 "(--nonfinite).",
+                 (double)st->nonfinite_pushes);
   ps_metrics_put(m, "ps_server_handovers_total", PS_METRIC_COUNTER,
                  "Ranges this server handed to a backup in a planned move "
                  "(psctl drain, rebalancing), without a failover.",

@@ -51,6 +51,8 @@ struct ps_repl_s {
   void *arg;
   uint32_t node_id;
   uint64_t epoch;
+  ps_auth_token_t token; /* this node's: backups check it (common/auth.h) */
+  int has_token;
   peer_t **peers;
   size_t npeers;
   chain_t *chains;
@@ -197,8 +199,11 @@ static int peer_get(ps_repl_t *r, const ps_view_t *view, uint32_t id,
   snprintf(p->address, sizeof(p->address), "%s", node->address);
   int err = 0;
   char why[256];
-  p->zs = ps_zsock_new(r->loop, r->zctx, ZMQ_DEALER, NULL, p->address,
-                       &r->limits, on_peer_reply, p, &err, why, sizeof(why));
+  ps_zsock_opts_t zo = {.limits = &r->limits,
+                        .token = r->has_token ? &r->token : NULL,
+                        .token_use = PS_AUTH_USE_REPLICA};
+  p->zs = ps_zsock_new(r->loop, r->zctx, ZMQ_DEALER, NULL, p->address, &zo,
+                       on_peer_reply, p, &err, why, sizeof(why));
   if (p->zs == NULL) {
     PS_ERROR("replica_connect_failed", "backup=%u address=%s err=%s %s", id,
              p->address, ps_err_name(err), why);
@@ -274,6 +279,11 @@ void ps_repl_destroy(ps_repl_t **r_p) {
   free(r->ring);
   free(r);
   *r_p = NULL;
+}
+
+void ps_repl_set_token(ps_repl_t *r, const ps_auth_token_t *t) {
+  r->token = *t;
+  r->has_token = 1;
 }
 
 void ps_repl_set_identity(ps_repl_t *r, uint32_t node_id, uint64_t epoch) {

@@ -29,6 +29,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/auth.h"
 #include "common/frame.h"
 #include "common/view.h"
 #include "dedup.h"
@@ -60,6 +61,10 @@ ps_repl_t *ps_repl_new(uv_loop_t *loop, void *zctx,
  * connections, frees the replicator and sets *r_p to NULL. The loop must
  * run once more for the sockets' handles to be freed. */
 void ps_repl_destroy(ps_repl_t **r_p);
+
+/* This node's token (common/auth.h): its connections to backups carry it,
+ * which is how they know the changes are its. Before the first chain. */
+void ps_repl_set_token(ps_repl_t *r, const ps_auth_token_t *t);
 
 /* This node's id and view epoch, sent with every change. */
 void ps_repl_set_identity(ps_repl_t *r, uint32_t node_id, uint64_t epoch);

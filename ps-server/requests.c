@@ -10,6 +10,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/optimizer.h"
 #include "common/member.h"
 #include "common/time.h"
 #include "common/transport.h"
@@ -222,7 +223,23 @@ static int check_epoch(ps_server_t *s, ps_msg_t *m) {
         (unsigned long long)m->env->epoch, (unsigned long long)s->view->epoch);
     return 0;
   }
-  return 1;
+  /* Its view is not newer than ours: a worker of the job is in it. */
+  return ps__server_sender_is(s, m, PS__ROLE__ROLE_WORKER);
+}
+
+int ps__server_sender_is(ps_server_t *s, ps_msg_t *m, int role) {
+  const ps_node_t *n = s->view ? ps_view_node(s->view, m->env->sender) : NULL;
+  if (n != NULL && n->role == role &&
+      (n->token[0] == '\0' ||
+       (m->has_route && ps_auth_route_is(&m->route, n->token))))
+    return 1;
+  ps__server_refuse(s, m, PS_ERR_PERMISSION_DENIED,
+                    "node %u is not a %s of this job%s", m->env->sender,
+                    role == PS__ROLE__ROLE_WORKER ? "worker" : "server",
+                    n != NULL && n->role == role
+                        ? " on this connection (it registered on another)"
+                        : "");
+  return 0;
 }
 
 /* Answers a push on route: the Ack carries the server clock after it. */
@@ -278,6 +295,35 @@ const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
   return s->scratch;
 }
 
+/* A push's values g (n floats: the received frame, or its aligned copy,
+ * both ours) may reach the weights: 1. With NaN or Inf in them, --nonfinite
+ * reject refuses m (PS_ERR_NONFINITE) and returns 0; skip zeroes them, so
+ * the push still counts (a BSP step waits for every worker's) but moves
+ * nothing, and returns 1. Either way it is counted. */
+static int nonfinite_ok(ps_server_t *s, ps_msg_t *m, float *g, uint64_t n,
+                        zmq_msg_t *frame, const char *what, uint64_t first) {
+  if (ps_floats_finite(g, (size_t)n)) return 1;
+  s->stats.nonfinite_pushes++;
+  if (s->nonfinite == PS_SERVER_NONFINITE_SKIP) {
+    memset(g, 0, (size_t)n * sizeof(float));
+    /* The backups get the frame itself: zeros there too. */
+    if (zmq_msg_data(frame) != (void *)g) memset(zmq_msg_data(frame), 0,
+                                                  zmq_msg_size(frame));
+    return 1;
+  }
+  if (strcmp(what, "keys") == 0)
+    ps__server_refuse(s, m, PS_ERR_NONFINITE,
+                      "push to keys [%llu,+%llu) holds NaN or Inf; refused "
+                      "(ps-server --nonfinite reject)",
+                      (unsigned long long)first, (unsigned long long)n);
+  else
+    ps__server_refuse(s, m, PS_ERR_NONFINITE,
+                      "sparse push of %llu values holds NaN or Inf; refused "
+                      "(ps-server --nonfinite reject)",
+                      (unsigned long long)n);
+  return 0;
+}
+
 void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   const Ps__Push *p = m->env->push;
   if (!check_epoch(s, m)) return;
@@ -322,6 +368,9 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
                       (unsigned long long)p->count);
     return;
   }
+  if (!nonfinite_ok(s, m, (float *)g, p->count, &m->payload[0], "keys",
+                    p->key_begin))
+    return;
   char why[256];
   uint64_t clock_after = 0;
   int rc = ps_dedup_reserve(r->dedup, worker);
@@ -498,6 +547,9 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
     g = s->scratch;
     s->stats.unaligned_payloads++;
   }
+  if (!nonfinite_ok(s, m, (float *)g, bytes / sizeof(float), &m->payload[1],
+                    "rows of", 0))
+    return;
   uint32_t live = s->view->live_workers ? s->view->live_workers : 1;
   char why[256];
   int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live, why,

@@ -594,6 +594,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     return NULL;
   }
   s->limits = o->limits;
+  s->nonfinite = o->nonfinite;
   ps__server_metrics_init(s);
   s->scheduler = dup_or_null(o->scheduler);
   s->advertise = dup_or_null(o->advertise);
@@ -643,8 +644,9 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
 
-  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL,
-                         &s->limits, on_data, s, err, errbuf, errlen);
+  ps_zsock_opts_t zo = {.limits = &s->limits};
+  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL, &zo,
+                         on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
   /* Out of descriptors, ZeroMQ drops new workers without a word. */
   s->data_mon =
@@ -693,6 +695,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
   ps_member_set_message_cb(s->member, on_member_message, s);
+  ps_repl_set_token(s->repl, ps_member_token(s->member));
   if (o->metrics_bind && o->metrics_bind[0] &&
       ps__server_metrics_start(s, o->metrics_bind, errbuf, errlen) != PS_OK) {
     *err = PS_ERR_CONFIG;

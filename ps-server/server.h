@@ -37,7 +37,13 @@ typedef struct {
   /* Serve /metrics and /healthz on this HOST:PORT (common/exporter.h), on
    * the server's loop; NULL or "": off. */
   const char *metrics_bind;
+  /* A push holding NaN or Inf: refused (PS_ERR_NONFINITE), or skipped
+   * (applied as zeros, so a BSP step still counts it). Never applied. */
+  int nonfinite; /* PS_SERVER_NONFINITE_* */
 } ps_server_opts_t;
+
+#define PS_SERVER_NONFINITE_REJECT 0
+#define PS_SERVER_NONFINITE_SKIP 1
 
 /* Fills o with the defaults: scheduler tcp://127.0.0.1:7000, bind
  * tcp://127.0.0.1:*, heartbeat 100 ms, scheduler timeout 60 s, the default
@@ -67,6 +73,7 @@ typedef struct {
   uint64_t duplicate_pushes;     /* resent pushes acked without applying */
   uint64_t handover_held;        /* pushes told to wait for a handover */
   uint64_t handovers;            /* ranges handed to a backup (planned) */
+  uint64_t nonfinite_pushes;     /* pushes holding NaN or Inf */
   uint64_t replicated;           /* changes replayed as a backup */
   uint64_t snapshots_in;         /* ranges received whole as a new backup */
   /* Bytes by body case: requests received, replies and errors sent. */

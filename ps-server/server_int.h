@@ -138,6 +138,7 @@ struct ps_server_s {
   char *advertise;
   char endpoint[PS_ADDR_MAX]; /* the bound one, kept after the socket closes */
   ps_frame_limits_t limits;
+  int nonfinite; /* PS_SERVER_NONFINITE_* */
 
   uint32_t node_id;
   ps_view_t *view; /* the adopted view; its model built the shards */
@@ -193,6 +194,10 @@ void ps__server_refuse(ps_server_t *s, ps_msg_t *m, int code, const char *fmt,
 void ps__server_dispatch(ps_server_t *s, ps_msg_t *m);
 
 /* ps-server/requests.c */
+/* 1 when m's sender is a node of role in our view and m came on a
+ * connection with its token (common/auth.h); else refuses m with
+ * PS_ERR_PERMISSION_DENIED and returns 0. */
+int ps__server_sender_is(ps_server_t *s, ps_msg_t *m, int role);
 void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
                             const char *why);
 void ps__server_report_clock(ps_server_t *s);

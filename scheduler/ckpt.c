@@ -214,6 +214,37 @@ static void add_waiter(ps_sched_t *s, ps_msg_t *m) {
 
 /* psctl checkpoint: answered once the MANIFEST is durable, or with why
  * not. */
+int ps__sched_ckpt_confine(const char *base, const char *dir, char *out,
+                           size_t len, char *why, size_t whylen) {
+  size_t blen = strlen(base);
+  while (blen > 1 && base[blen - 1] == '/') blen--;
+  const char *rest = dir;
+  if (dir[0] == '/') {
+    /* An absolute path must lie in the base. */
+    if (strncmp(dir, base, blen) != 0 || (dir[blen] != '/' && dir[blen]))
+      return ps_errf(why, whylen, PS_ERR_PERMISSION_DENIED,
+                     "not inside the configured --checkpoint-dir %.*s",
+                     (int)blen, base);
+    rest = dir + blen;
+  }
+  /* No component may climb out. */
+  for (const char *p = rest; *p;) {
+    while (*p == '/') p++;
+    const char *e = strchr(p, '/');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    if (n == 2 && p[0] == '.' && p[1] == '.')
+      return ps_errf(why, whylen, PS_ERR_PERMISSION_DENIED,
+                     "\"..\" may not appear in it");
+    p += n;
+  }
+  while (*rest == '/') rest++;
+  int w = rest[0] ? snprintf(out, len, "%.*s/%s", (int)blen, base, rest)
+                  : snprintf(out, len, "%.*s", (int)blen, base);
+  if (w < 0 || (size_t)w >= len)
+    return ps_errf(why, whylen, PS_ERR_PERMISSION_DENIED, "path too long");
+  return PS_OK;
+}
+
 void ps__sched_handle_checkpoint_command(ps_sched_t *s, ps_msg_t *m) {
   const char *dir =
       m->env->checkpoint_command->dir ? m->env->checkpoint_command->dir : "";
@@ -226,20 +257,25 @@ void ps__sched_handle_checkpoint_command(ps_sched_t *s, ps_msg_t *m) {
     ps__sched_reply_error(s, m, PS_ERR_SHUTDOWN, "the job is over");
     return;
   }
-  const char *base = dir[0] ? dir : s->ckpt_base;
-  if (base == NULL) {
+  /* The daemons write where a message says: only inside the directory
+   * the operator configured (ARCHITECTURE "Security"). */
+  if (s->ckpt_base == NULL) {
     ps__sched_reply_error(
-        s, m, PS_ERR_INVAL,
-        "no checkpoint directory: give psctl checkpoint --dir DIR or "
-        "start ps-scheduler with --checkpoint-dir");
+        s, m, PS_ERR_PERMISSION_DENIED,
+        "no checkpoint directory is configured: start ps-scheduler with "
+        "--checkpoint-dir; psctl checkpoint --dir may then name a directory "
+        "inside it");
     return;
   }
-  if (base[0] != '/') {
-    ps__sched_reply_error(s, m, PS_ERR_INVAL,
-                          "checkpoint directory \"%s\" is not an absolute path",
-                          base);
+  char inside[PS_CHECKPOINT_PATH_MAX];
+  char why[256];
+  if (ps__sched_ckpt_confine(s->ckpt_base, dir, inside, sizeof(inside), why,
+                             sizeof(why)) != PS_OK) {
+    ps__sched_reply_error(s, m, PS_ERR_PERMISSION_DENIED,
+                          "checkpoint directory \"%s\": %s", dir, why);
     return;
   }
+  const char *base = inside;
   if (ps_coord_active(s->coord)) {
     if (strcmp(base, ps_coord_base(s->coord)) != 0) {
       ps__sched_reply_error(s, m, PS_ERR_REFUSED,

@@ -337,6 +337,14 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
                           PS_ADDR_MAX - 1);
     return;
   }
+  /* The node's identity from now on (common/auth.h). */
+  ps_auth_token_t token;
+  if (!m->has_route || !ps_auth_route_token(&m->route, &token)) {
+    ps__sched_reply_error(s, m, PS_ERR_PERMISSION_DENIED,
+                          "a node registers on a connection that carries its "
+                          "token (libps-client, ps-server), this one does not");
+    return;
+  }
   /* A node retries Register until it hears back, so the same connection
    * may ask twice: answer with what it already got. */
   for (size_t i = 0; i < s->nnodes; i++) {
@@ -460,6 +468,7 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
   n->state = PS__NODE_STATE__NODE_STATE_ALIVE;
   n->rank = rank;
   snprintf(n->address, sizeof(n->address), "%s", addr);
+  memcpy(n->token, token.hex, sizeof(n->token));
   ps__sched_node_touch(n, m, 1);
   if (role == PS__ROLE__ROLE_WORKER) {
     if (s->has_model) {

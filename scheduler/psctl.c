@@ -544,22 +544,8 @@ static int await_long(void *sock, const char *endpoint, int64_t timeout_ms,
  * timeout_ms ends the wait. */
 static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
                           int64_t wait_ms, const char *dir, int json) {
-  char abs[4096] = "";
-  if (dir && dir[0]) {
-    /* The scheduler has its own working directory. */
-    if (dir[0] == '/') {
-      snprintf(abs, sizeof(abs), "%s", dir);
-    } else {
-      char cwd[2048];
-      if (getcwd(cwd, sizeof(cwd)) == NULL) {
-        fprintf(stderr,
-                "psctl: getcwd failed; give --dir as an absolute "
-                "path\n");
-        return 1;
-      }
-      snprintf(abs, sizeof(abs), "%s/%s", cwd, dir);
-    }
-  }
+  /* As given: the scheduler takes it inside its --checkpoint-dir. */
+  const char *abs = dir ? dir : "";
   /* First, is anyone there? */
   ps_msg_t m;
   uint64_t elapsed = 0;
@@ -567,7 +553,7 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
   ps_msg_close(&m);
 
   Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
-  cc.dir = abs;
+  cc.dir = (char *)abs;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
   env.checkpoint_command = &cc;
@@ -693,8 +679,9 @@ int main(int argc, char **argv) {
        "status, checkpoint: print one JSON object instead of text, for "
        "scripts."},
       {"dir", PS_OPT_STRING, &dir, NULL, 0, 0, NULL,
-       "checkpoint: base directory to write it under (ckpt-<step>/ in it); "
-       "default: the scheduler's --checkpoint-dir."},
+       "checkpoint: directory to write it under (ckpt-<step>/ in it), "
+       "inside the scheduler's --checkpoint-dir: a path relative to it, or "
+       "an absolute one within it; default: that directory itself."},
       {"wait-ms", PS_OPT_INT, &wait_ms, "300000", 1, 86400000, NULL,
        "checkpoint, drain: give up waiting (exit 1) after this long; the "
        "scheduler goes on with it."},

@@ -111,13 +111,18 @@ void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
   ps__sched_envelope_init(s, &env, 0);
   env.body_case = PS__ENVELOPE__BODY_VIEW;
   env.view = &v.view;
-  if (only) {
-    ps__sched_send_to_node(s, only, &env);
-  } else {
-    /* Dead and departed nodes are left out: nobody would read it. */
+  /* Servers check who sends pushes and replication: their views carry
+   * the nodes' tokens, the others' do not (common/auth.h). Dead and
+   * departed nodes are left out: nobody would read it. */
+  for (int servers = 1; servers >= 0; servers--) {
     for (size_t i = 0; i < s->nnodes; i++)
-      if (ps__sched_node_holds_slot(&s->nodes[i]))
-        ps__sched_send_to_node(s, &s->nodes[i], &env);
+      v.infos[i].token = servers ? s->nodes[i].token : (char *)"";
+    for (size_t i = 0; i < s->nnodes; i++) {
+      sched_node_t *n = &s->nodes[i];
+      if ((n->role == PS__ROLE__ROLE_SERVER) != servers) continue;
+      if (only ? n == only : ps__sched_node_holds_slot(n))
+        ps__sched_send_to_node(s, n, &env);
+    }
   }
   ps__sched_view_pb_free(&v);
 }

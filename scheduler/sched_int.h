@@ -56,6 +56,10 @@ typedef struct {
    * thread), so replies always go back on the request's own route. */
   uint8_t route[SCHED_ROUTE_MAX];
   size_t route_len;
+  /* The token of the connection it registered on (common/auth.h): every
+   * message in its name must come with it. "": unknown (a state file of an
+   * older scheduler). */
+  char token[PS_AUTH_TOKEN_HEX + 1];
   uint64_t last_seen_ms;
   uint64_t clock;
   char *barrier; /* the barrier the worker waits in, or NULL */
@@ -116,6 +120,7 @@ struct ps_sched_s {
   char *ckpt_base;        /* --checkpoint-dir made absolute; NULL: none */
   uint64_t ckpt_last_ms;  /* when the last one ended (every_s counts from) */
   uint64_t ckpt_retry_ms; /* no periodic checkpoint before this */
+  uint64_t impersonation_logged_ms; /* rate limit of its warning */
   int has_last;
   Ps__CheckpointInfo last; /* the latest complete one; strings below */
   char last_dir[PS_CHECKPOINT_PATH_MAX];
@@ -177,6 +182,7 @@ struct ps_sched_s {
     uint64_t handovers;           /* planned moves of a primary done */
     uint64_t handovers_abandoned; /* ... given up (a node died, no answer) */
     uint64_t drains;              /* servers drained and told to exit */
+    uint64_t impersonations;      /* messages in another node's name */
   } stats;
 };
 
@@ -267,6 +273,11 @@ void ps__sched_coord_send_cb(ps_coord_t *c, uint32_t node_id,
 void ps__sched_coord_done_cb(ps_coord_t *c, int status, const char *reason,
                              const ps_coord_result_t *res, void *arg);
 void ps__sched_handle_checkpoint_command(ps_sched_t *s, ps_msg_t *m);
+/* dir (from psctl checkpoint --dir: relative, or absolute inside base)
+ * made a path inside base into out; "" is base itself. PS_OK, or
+ * PS_ERR_PERMISSION_DENIED with why when it would leave base. */
+int ps__sched_ckpt_confine(const char *base, const char *dir, char *out,
+                           size_t len, char *why, size_t whylen);
 void ps__sched_handle_checkpoint_reply(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_ckpt_periodic(ps_sched_t *s, uint64_t now);
 int ps__sched_restore_prepare(ps_sched_t *s, const char *path, char *err,

@@ -238,6 +238,41 @@ int ps__sched_check_job_finished(ps_sched_t *s) {
 
 /* ---- dispatch ------------------------------------------------------- */
 
+/* A message in a node's name must come on a connection with that node's
+ * token (common/auth.h): nobody leaves, finishes, heartbeats or reports in
+ * another node's name. Registration makes the binding; psctl's requests
+ * are in no node's name. Returns 0 after refusing m. */
+static int sender_verified(ps_sched_t *s, ps_msg_t *m) {
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_REGISTER:
+    case PS__ENVELOPE__BODY_STATUS_REQUEST:
+    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND:
+    case PS__ENVELOPE__BODY_DRAIN_COMMAND:
+      return 1;
+    default:
+      break;
+  }
+  const sched_node_t *n = ps__sched_node_by_id_const(s, m->env->sender);
+  if (n == NULL || n->token[0] == '\0') return 1; /* the handler refuses */
+  if (m->has_route && ps_auth_route_is(&m->route, n->token)) return 1;
+  s->stats.impersonations++;
+  uint64_t now = ps_now_ms();
+  if (now - s->impersonation_logged_ms >= 5000) {
+    s->impersonation_logged_ms = now;
+    PS_WARN("impersonation_refused",
+            "body=%s sender=%u count=%" PRIu64
+            " reason=\"not the connection node %u registered on\"",
+            ps_body_name(m->env->body_case), m->env->sender,
+            s->stats.impersonations, m->env->sender);
+  }
+  void *sock = ps__sched_socket(s);
+  if (sock && m->has_route)
+    ps_msg_reply_error(sock, m, s->epoch, 0, PS_ERR_PERMISSION_DENIED,
+                       "node %u did not register on this connection",
+                       m->env->sender);
+  return 0;
+}
+
 static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
                        const char *reason, void *arg) {
   ps_sched_t *s = arg;
@@ -250,6 +285,10 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
     void *sock = ps__sched_socket(s);
     if (sock && m->has_route)
       ps_msg_reply_error(sock, m, s->epoch, 0, status, "%s", reason);
+    ps_msg_close(m);
+    return;
+  }
+  if (!sender_verified(s, m)) {
     ps_msg_close(m);
     return;
   }

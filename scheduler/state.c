@@ -46,6 +46,9 @@ void ps__sched_state_save(ps_sched_t *s) {
     s->state_failed = 1;
     return;
   }
+  /* The file is the scheduler's own: the tokens that bind node ids to
+   * connections survive a restart in it. */
+  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
   Ps__SchedulerState st = PS__SCHEDULER_STATE__INIT;
   st.format_version = SCHED_STATE_VERSION;
   st.view = &v.view;
@@ -86,9 +89,9 @@ void ps__sched_state_save(ps_sched_t *s) {
     snprintf(err, sizeof(err), "out of memory");
   } else {
     ps__scheduler_state__pack(&st, buf);
-    rc = ps_checkpoint_write_framed(s->state_file, SCHED_STATE_MAGIC,
-                                    SCHED_STATE_VERSION, buf, len, err,
-                                    sizeof(err));
+    rc = ps_checkpoint_write_framed_mode(s->state_file, SCHED_STATE_MAGIC,
+                                         SCHED_STATE_VERSION, buf, len, 0600,
+                                         err, sizeof(err));
   }
   free(buf);
   free(dead);
@@ -194,6 +197,8 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     n->id = ni->id;
     n->role = ni->role;
     n->state = ni->state;
+    /* Checked by ps_view_from_pb above: empty or a whole token. */
+    snprintf(n->token, sizeof(n->token), "%s", ni->token ? ni->token : "");
     n->rank = ni->rank;
     n->clock = ni->clock;
     n->join_clock = ni->join_clock;

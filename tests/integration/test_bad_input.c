@@ -15,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
+#include "common/auth.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "harness.h"
@@ -36,12 +38,24 @@ static uint32_t primary_id;
 static void *backup;
 static uint64_t range0_begin, range0_end;
 
-static void *dealer(const char *ep) {
+/* The tokens of the two nodes the test plays (common/auth.h): the job's
+ * worker, and in the two-server fixture one of its servers. */
+static ps_auth_token_t wtok, stok;
+
+/* A connection of the node with token t, for use (PS_AUTH_USE_*). */
+static void *dealer_as(const char *ep, const ps_auth_token_t *t, char use) {
   void *s = zmq_socket(ctx, ZMQ_DEALER);
   int zero = 0;
   zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+  char why[128];
+  ck_assert_int_eq(ps_auth_set_routing_id(s, t, use, why, sizeof(why)), PS_OK);
   ck_assert_int_eq(zmq_connect(s, ep), 0);
   return s;
+}
+
+/* A connection of the worker the test plays. */
+static void *dealer(const char *ep) {
+  return dealer_as(ep, &wtok, PS_AUTH_USE_DATA);
 }
 
 /* Waits (bounded) for one message; PS_ERR_TIMEOUT if none came. */
@@ -113,18 +127,56 @@ static size_t pack_push(uint8_t *buf, uint64_t req, uint64_t begin,
   return ps__envelope__pack(&env, buf);
 }
 
+/* Registers the test as a server of the job on its own membership link
+ * (token stok) with an address nobody serves; returns its node id. */
+static uint32_t register_fake_server(void **link) {
+  char addr[64];
+  snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%d", h_free_port());
+  *link = dealer_as(c.sched_ep, &stok, PS_AUTH_USE_MEMBER);
+  Ps__Register reg = PS__REGISTER__INIT;
+  reg.role = PS__ROLE__ROLE_SERVER;
+  reg.address = addr;
+  reg.rank = 0xffffffffu;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_REGISTER);
+  env.sender = 0;
+  env.epoch = 0;
+  env.register_ = &reg;
+  ck_assert_int_eq(ps_msg_send(*link, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(*link, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_REGISTER_REPLY,
+                "server register answered with %s",
+                ps_body_name(m.env->body_case));
+  uint32_t id = m.env->register_reply->node_id;
+  ps_msg_close(&m);
+  return id;
+}
+
+static void *fake_link;
+static const char *server_args; /* --nonfinite of the servers, or NULL */
+static char backup_addr[256]; /* the real server of the two-server fixture */
+static char server_ep_of_test[256]; /* the server the worker talks to */
+
 static void setup_n(const char *nservers) {
   h_init(&c, "bad_input");
+  ck_assert_int_eq(ps_auth_token_new(&wtok), PS_OK);
+  ck_assert_int_eq(ps_auth_token_new(&stok), PS_OK);
+  /* With two servers the test plays one of them: a range it leads has the
+   * real server as its backup, which the test then feeds replication as
+   * that range's primary, on that primary's own connection. */
+  int fake = strcmp(nservers, "2") == 0;
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
           nservers, "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
           "60000", NULL);
-  for (int i = 0; i < atoi(nservers); i++) {
+  for (int i = 0; i < atoi(nservers) - fake; i++) {
     char name[32];
     snprintf(name, sizeof(name), "server%d", i);
-    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep, NULL);
+    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep, "--nonfinite",
+            server_args ? server_args : "reject", NULL);
   }
   ctx = zmq_ctx_new();
-  sched = dealer(c.sched_ep);
+  sched = dealer_as(c.sched_ep, &wtok, PS_AUTH_USE_MEMBER);
+  uint32_t fake_id = fake ? register_fake_server(&fake_link) : 0;
 
   /* Register as the job's only worker with a one-tensor model. */
   Ps__TensorSpec t = PS__TENSOR_SPEC__INIT;
@@ -170,6 +222,8 @@ static void setup_n(const char *nservers) {
       epoch = v->epoch;
       ck_assert_uint_eq(v->n_ranges, (size_t)atoi(nservers));
       const Ps__KeyRange *r0 = v->ranges[0];
+      for (size_t i = 0; fake && i < v->n_ranges; i++)
+        if (v->ranges[i]->server_id == fake_id) r0 = v->ranges[i];
       primary_id = r0->server_id;
       range0_begin = r0->begin;
       range0_end = r0->end;
@@ -179,16 +233,25 @@ static void setup_n(const char *nservers) {
         if (r0->n_backups > 0 && v->nodes[i]->id == r0->backups[0])
           snprintf(backup_ep, sizeof(backup_ep), "%s", v->nodes[i]->address);
       }
+      /* The worker's pulls go to the real server. */
+      if (fake) snprintf(server_ep, sizeof(server_ep), "%s", backup_ep);
     }
     ps_msg_close(&m);
   }
   ck_assert_uint_ge(epoch, 1);
   server = dealer(server_ep);
-  backup = backup_ep[0] ? dealer(backup_ep) : NULL;
+  snprintf(server_ep_of_test, sizeof(server_ep_of_test), "%s", server_ep);
+  backup = fake ? dealer_as(backup_ep, &stok, PS_AUTH_USE_REPLICA) : NULL;
+  snprintf(backup_addr, sizeof(backup_addr), "%s", backup_ep);
 }
 
 static void setup(void) {
   setup_n("1");
+}
+static void setup_skip(void) {
+  server_args = "skip";
+  setup_n("1");
+  server_args = NULL;
 }
 static void setup_replicated(void) {
   setup_n("2");
@@ -199,6 +262,8 @@ static void teardown(void) {
   zmq_close(server);
   if (backup) zmq_close(backup);
   backup = NULL;
+  if (fake_link) zmq_close(fake_link);
+  fake_link = NULL;
   zmq_ctx_term(ctx);
   h_kill_all(&c);
 }
@@ -217,6 +282,22 @@ static void expect_server_serves(void) {
                 "good pull answered with %s", ps_body_name(m.env->body_case));
   ck_assert_uint_eq(m.env->pull_reply->count, NKEYS);
   ck_assert_uint_eq(zmq_msg_size(&m.payload[0]), NKEYS * sizeof(float));
+  ps_msg_close(&m);
+}
+
+/* The whole tensor, pulled. */
+static void pull_all(float *out) {
+  Ps__Pull p = PS__PULL__INIT;
+  p.key_begin = 0;
+  p.count = NKEYS;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PULL);
+  env.pull = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, NULL, 0), PS_OK);
+  ps_msg_t m;
+  recv_reply(server, env.request_id, &m);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_PULL_REPLY);
+  ck_assert_uint_eq(ps_msg_payload_bytes(&m), NKEYS * sizeof(float));
+  ps_msg_payload_gather(&m, out);
   ps_msg_close(&m);
 }
 
@@ -286,6 +367,76 @@ START_TEST(server_refuses_bad_input) {
   ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
   expect_error(server, env.request_id, PS_ERR_STALE_EPOCH, "wrong epoch");
   expect_server_serves();
+
+  /* Pushes of NaN in no worker's name, and in the worker's name from a
+   * stranger's connection: refused, and the weights do not move. */
+  float before[NKEYS], after[NKEYS];
+  pull_all(before);
+  float nan_vals[8];
+  for (int i = 0; i < 8; i++) nan_vals[i] = __builtin_nanf("");
+  ps_auth_token_t other;
+  ck_assert_int_eq(ps_auth_token_new(&other), PS_OK);
+  void *stranger = dealer_as(server_ep_of_test, &other, PS_AUTH_USE_DATA);
+  for (int k = 0; k < 2; k++) {
+    ps_payload_wrap(&payload, nan_vals, sizeof(nan_vals), NULL, NULL);
+    env = envelope(PS__ENVELOPE__BODY_PUSH);
+    env.push = &p;
+    void *via = k == 0 ? server : stranger;
+    if (k == 0) env.sender = node_id + 100; /* nobody's */
+    ck_assert_int_eq(ps_msg_send(via, NULL, &env, &payload, 1), PS_OK);
+    expect_error(via, env.request_id, PS_ERR_PERMISSION_DENIED,
+                 k == 0 ? "unknown sender" : "worker's name, other connection");
+  }
+  zmq_close(stranger);
+  /* NaN from the worker itself: --nonfinite reject (the default). */
+  ps_payload_wrap(&payload, nan_vals, sizeof(nan_vals), NULL, NULL);
+  env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  expect_error(server, env.request_id, PS_ERR_NONFINITE, "NaN push");
+  pull_all(after);
+  ck_assert_int_eq(memcmp(before, after, sizeof(before)), 0);
+  expect_server_serves();
+}
+END_TEST
+
+/* --nonfinite skip: a push of NaN and Inf is acked and applied as zeros;
+ * the weights do not move, a finite push after it still does. */
+START_TEST(server_skips_nonfinite) {
+  float before[NKEYS], after[NKEYS];
+  pull_all(before);
+  float vals[8];
+  for (int i = 0; i < 8; i++)
+    vals[i] = i % 2 ? __builtin_inff() : __builtin_nanf("");
+  zmq_msg_t payload;
+  ps_payload_wrap(&payload, vals, sizeof(vals), NULL, NULL);
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = 0;
+  p.count = 8;
+  p.seq = 1;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  ps_msg_t m;
+  recv_reply(server, env.request_id, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ACK,
+                "NaN push under skip answered with %s",
+                ps_body_name(m.env->body_case));
+  ps_msg_close(&m);
+  pull_all(after);
+  ck_assert_int_eq(memcmp(before, after, sizeof(before)), 0);
+  for (int i = 0; i < 8; i++) vals[i] = 1.0f;
+  ps_payload_wrap(&payload, vals, sizeof(vals), NULL, NULL);
+  p.seq = 2;
+  env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  recv_reply(server, env.request_id, &m);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_ACK);
+  ps_msg_close(&m);
+  pull_all(after);
+  ck_assert_msg(after[0] != before[0], "a finite push did not apply");
+  ck_assert_msg(after[8] == before[8], "a key outside the push moved");
 }
 END_TEST
 
@@ -370,6 +521,19 @@ START_TEST(scheduler_refuses_bad_input) {
   check_truncated(sched, expect_scheduler_serves);
   check_length(sched, expect_scheduler_serves);
 
+  /* A checkpoint into a directory of the sender's choosing, with no
+   * --checkpoint-dir configured: refused, nothing created. */
+  char target[600];
+  snprintf(target, sizeof(target), "%s/elsewhere", c.dir);
+  Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
+  cc.dir = target;
+  Ps__Envelope cenv = envelope(PS__ENVELOPE__BODY_CHECKPOINT_COMMAND);
+  cenv.checkpoint_command = &cc;
+  ck_assert_int_eq(ps_msg_send(sched, NULL, &cenv, NULL, 0), PS_OK);
+  expect_error(sched, cenv.request_id, PS_ERR_PERMISSION_DENIED,
+               "checkpoint anywhere");
+  ck_assert_msg(access(target, F_OK) != 0, "%s was created", target);
+
   /* A second worker declaring a model with a tensor the job does not have. */
   Ps__TensorSpec t = PS__TENSOR_SPEC__INIT;
   t.name = "no.such.tensor";
@@ -404,8 +568,8 @@ START_TEST(scheduler_refuses_bad_input) {
 }
 END_TEST
 
-/* A replication message to the backup of range 0, claiming to come from its
- * primary (node ids are not secrets: fencing is about views, not forgery). */
+/* A replication message to the real server, the backup of the range the
+ * test leads, from the test as that range's primary. */
 static Ps__Envelope from_primary(Ps__Envelope__BodyCase body) {
   Ps__Envelope env = envelope(body);
   env.sender = primary_id;
@@ -489,6 +653,17 @@ START_TEST(backup_refuses_bad_replication) {
   ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
   expect_error(backup, env.request_id, PS_ERR_FENCED, "not the primary");
   expect_backup_replays();
+
+  /* In the primary's name, on a connection that is not the primary's (the
+   * worker's): refused, whatever the message says. */
+  void *forger = dealer(backup_addr);
+  env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &r;
+  ck_assert_int_eq(ps_msg_send(forger, NULL, &env, NULL, 0), PS_OK);
+  expect_error(forger, env.request_id, PS_ERR_PERMISSION_DENIED,
+               "primary's name, worker's connection");
+  zmq_close(forger);
+  expect_backup_replays();
 }
 END_TEST
 
@@ -506,5 +681,10 @@ int main(void) {
   tcase_add_checked_fixture(tr, setup_replicated, teardown);
   tcase_add_test(tr, backup_refuses_bad_replication);
   suite_add_tcase(s, tr);
+  TCase *tn = tcase_create("nonfinite_skip");
+  tcase_set_timeout(tn, 120);
+  tcase_add_checked_fixture(tn, setup_skip, teardown);
+  tcase_add_test(tn, server_skips_nonfinite);
+  suite_add_tcase(s, tn);
   return ps_check_run(s);
 }

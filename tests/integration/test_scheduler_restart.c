@@ -52,7 +52,7 @@ static h_proc_t *start_scheduler(h_cluster_t *c, const char *name) {
   return h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
                  "2", "--workers", "2", "--mode", "bsp", "--state-file",
                  h_path(c, "scheduler.state"), "--heartbeat-timeout-ms", "3000",
-                 NULL);
+                 "--checkpoint-dir", c->dir, NULL);
 }
 
 START_TEST(scheduler_killed_and_restarted_job_finishes) {
@@ -75,7 +75,7 @@ START_TEST(scheduler_killed_and_restarted_job_finishes) {
   ck_assert_msg(training, "training did not start within 30 s");
 
   char *out =
-      psctl(&c, "psctl_checkpoint", "checkpoint", "--dir", h_path(&c, "ck"));
+      psctl(&c, "psctl_checkpoint", "checkpoint", "--dir", "ck");
   ck_assert_msg(strstr(out, "written to") != NULL, "%s", out);
   unsigned long long step = 0;
   const char *at = strstr(out, ": step ");

@@ -39,11 +39,13 @@ static unsigned node_id(const char *json, const char *address) {
   return 0;
 }
 
+/* --rebalance=false: the replacement server stays a pure backup, whose
+ * clock is what this test reads (chaos.rebalance covers handing back). */
 static h_proc_t *start_scheduler(h_cluster_t *c, const char *name) {
   return h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
                  "2", "--workers", "1", "--mode", "bsp",
-                 "--heartbeat-timeout-ms", "1500", "--state-file",
-                 h_path(c, "scheduler.state"), NULL);
+                 "--heartbeat-timeout-ms", "1500", "--rebalance=false",
+                 "--state-file", h_path(c, "scheduler.state"), NULL);
 }
 
 static h_proc_t *start_server(h_cluster_t *c, const char *name, char *addr,

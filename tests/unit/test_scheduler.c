@@ -14,6 +14,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/auth.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -21,6 +22,7 @@
 #include "common/time.h"
 #include "common/view.h"
 #include "scheduler/placement.h"
+#include "scheduler/sched_int.h"
 #include "scheduler/scheduler.h"
 #include "tests/check_run.h"
 
@@ -169,17 +171,30 @@ typedef struct {
 static client_t *all_clients[MAX_CLIENTS];
 static int nclients;
 
-static client_t *client_new(void) {
+/* A fake node: a DEALER with a token in its routing id, as ps_member
+ * makes one (common/auth.h), unless token is NULL. */
+static client_t *client_new_token(const ps_auth_token_t *token) {
   client_t *c = calloc(1, sizeof(*c));
   ck_assert_ptr_nonnull(c);
   c->sock = zmq_socket(H.ctx, ZMQ_DEALER);
   ck_assert_ptr_nonnull(c->sock);
   int zero = 0;
   zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
+  char why[128];
+  if (token)
+    ck_assert_int_eq(ps_auth_set_routing_id(c->sock, token, PS_AUTH_USE_MEMBER,
+                                            why, sizeof(why)),
+                     PS_OK);
   ck_assert_int_eq(zmq_connect(c->sock, H.endpoint), 0);
   ck_assert_int_lt(nclients, MAX_CLIENTS);
   all_clients[nclients++] = c;
   return c;
+}
+
+static client_t *client_new(void) {
+  ps_auth_token_t t;
+  ck_assert_int_eq(ps_auth_token_new(&t), PS_OK);
+  return client_new_token(&t);
 }
 
 static void teardown_all(void) {
@@ -804,6 +819,96 @@ START_TEST(test_node_leaving_ends_job) {
 }
 END_TEST
 
+/* A node's identity is the connection it registered on (common/auth.h):
+ * another connection that names it as the sender of a Shutdown, a Done or
+ * a heartbeat is refused, and nothing changes; a connection without a
+ * token cannot register. */
+START_TEST(test_impersonation_refused) {
+  sched_start(1, 1, NO_DEATH_MS);
+  client_t *s, *w[1];
+  form_cluster(&s, w, 1);
+  client_t *evil = client_new();
+  ps_msg_t m;
+  /* Shutdown (leave) in the server's name. */
+  Ps__Shutdown sd = PS__SHUTDOWN__INIT;
+  sd.reason = "spoofed";
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
+  env.shutdown = &sd;
+  evil->id = s->id;
+  send_env(evil, &env, 1);
+  ck_assert(wait_for(evil, PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_PERMISSION_DENIED);
+  ps_msg_close(&m);
+  /* Done in the worker's name, a heartbeat in the server's. */
+  evil->id = w[0]->id;
+  send_done(evil, 1);
+  ck_assert(wait_for(evil, PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_PERMISSION_DENIED);
+  ps_msg_close(&m);
+  evil->id = s->id;
+  send_heartbeat(evil, 0, 1);
+  ck_assert(wait_for(evil, PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_PERMISSION_DENIED);
+  ps_msg_close(&m);
+  /* Nothing changed: both still alive, the job runs, the real nodes are
+   * heard. */
+  send_status_request(evil, 0);
+  ck_assert(wait_for(evil, PS__ENVELOPE__BODY_STATUS, 3000, &m));
+  for (size_t i = 0; i < m.env->status->view->n_nodes; i++)
+    ck_assert_int_eq(m.env->status->view->nodes[i]->state,
+                     PS__NODE_STATE__NODE_STATE_ALIVE);
+  /* psctl's view of the cluster carries no token. */
+  for (size_t i = 0; i < m.env->status->view->n_nodes; i++)
+    ck_assert_str_eq(m.env->status->view->nodes[i]->token, "");
+  ps_msg_close(&m);
+  send_heartbeat(s, 0, 1);
+  ck_assert(wait_for(s, PS__ENVELOPE__BODY_ACK, 3000, &m));
+  ps_msg_close(&m);
+  /* No token in the routing id: no registration. */
+  client_t *anon = client_new_token(NULL);
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  Ps__Register r = PS__REGISTER__INIT;
+  r.role = PS__ROLE__ROLE_WORKER;
+  r.model = &mp.spec;
+  r.rank = RANK_ANY;
+  Ps__Envelope renv = PS__ENVELOPE__INIT;
+  renv.body_case = PS__ENVELOPE__BODY_REGISTER;
+  renv.register_ = &r;
+  send_env(anon, &renv, 0);
+  ck_assert(wait_for(anon, PS__ENVELOPE__BODY_ERROR, 3000, &m));
+  ck_assert_int_eq(m.env->error->code, PS_ERR_PERMISSION_DENIED);
+  ps_msg_close(&m);
+  teardown_all();
+}
+END_TEST
+
+/* psctl checkpoint --dir stays inside --checkpoint-dir. */
+START_TEST(test_checkpoint_dir_confined) {
+  char out[256], why[128];
+  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b", "", out, sizeof(out), why,
+                                          sizeof(why)),
+                   PS_OK);
+  ck_assert_str_eq(out, "/a/b");
+  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b/", "x/y", out, sizeof(out),
+                                          why, sizeof(why)),
+                   PS_OK);
+  ck_assert_str_eq(out, "/a/b/x/y");
+  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b", "/a/b/x", out, sizeof(out),
+                                          why, sizeof(why)),
+                   PS_OK);
+  ck_assert_str_eq(out, "/a/b/x");
+  const char *bad[] = {"/a/bc", "/etc", "/a", "../x", "x/../../y",
+                       "/a/b/../c", "..", "x/.."};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ck_assert_msg(ps__sched_ckpt_confine("/a/b", bad[i], out, sizeof(out), why,
+                                         sizeof(why)) ==
+                      PS_ERR_PERMISSION_DENIED,
+                  "%s was let out of /a/b", bad[i]);
+}
+END_TEST
+
 /* ---- placement (pure) ------------------------------------------------ */
 
 /* r's chain as "primary|backup backup*" (* = syncing). */
@@ -1260,6 +1365,7 @@ END_TEST
 START_TEST(test_range_unavailable) {
   ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 2, 1, 300);
   o.replication = 1;
+  o.checkpoint_dir = "/nonexistent-ps-test-dir"; /* never reached */
   sched_start_opts(&o);
   client_t *srv[2], *w;
   form_replicated(srv, 2, &w);
@@ -1274,7 +1380,7 @@ START_TEST(test_range_unavailable) {
 
   /* A checkpoint cannot cover it. */
   Ps__CheckpointCommand cc = PS__CHECKPOINT_COMMAND__INIT;
-  cc.dir = "/nonexistent-ps-test-dir";
+  cc.dir = "";
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_CHECKPOINT_COMMAND;
   env.checkpoint_command = &cc;
@@ -1717,9 +1823,11 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_silent_worker_declared_dead);
   tcase_add_test(tc, test_all_done_shuts_down);
   tcase_add_test(tc, test_node_leaving_ends_job);
+  tcase_add_test(tc, test_impersonation_refused);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("placement");
   tcase_add_test(tp, test_place_first);
+  tcase_add_test(tp, test_checkpoint_dir_confined);
   tcase_add_test(tp, test_place_promotes_first_synced_backup);
   tcase_add_test(tp, test_place_top_up_fewest_first);
   tcase_add_test(tp, test_place_unavailable);

@@ -303,6 +303,8 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
                          c->scheduler, ps_strerror(merr));
     goto fail;
   }
+  /* Read by the caller's thread too: it never changes. */
+  c->token = *ps_member_token(c->member);
   if (pthread_create(&c->thread, NULL, ps__client_thread_main, c) != 0) {
     rc = ps__client_fail(c, PS_ERR_NOMEM, "cannot start the client thread");
     goto fail;

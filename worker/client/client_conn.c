@@ -83,6 +83,13 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
                            node->address, why);
   }
+  if (ps_auth_set_routing_id(s, &c->token, PS_AUTH_USE_DATA, why,
+                             sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    ps__client_conn_close(k);
+    return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
+                           node->address, why);
+  }
   if (zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);

@@ -73,6 +73,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/auth.h"
 #include "common/member.h"
 #include "common/view.h"
 #include "ps/client.h"
@@ -164,6 +165,9 @@ typedef struct {
 } ps__conn_t;
 
 struct ps_client_s {
+  /* This node's token (common/auth.h), the member's: every connection
+   * of the client shows it. */
+  ps_auth_token_t token;
   ps_client_opts_t opts;
   char *scheduler;
   void *zctx;

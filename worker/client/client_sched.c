@@ -41,6 +41,12 @@ static int ps__client_sched_socket(ps_client_t *c) {
                            "scheduler %s: zmq_setsockopt(ZMQ_LINGER): %s",
                            c->scheduler, zmq_strerror(e));
   }
+  if (ps_auth_set_routing_id(s, &c->token, PS_AUTH_USE_REQUEST, why,
+                             sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler,
+                           why);
+  }
   if (zmq_connect(s, c->scheduler) != 0) {
     int e = errno;
     zmq_close(s);

@@ -37,7 +37,9 @@ extern "C" {
   X(ERR_PEER, -16, "peer failed")                                          \
   X(ERR_ZMQ, -17, "zeromq error")                                          \
   X(ERR_FENCED, -18, "node was declared dead and is fenced off")           \
-  X(ERR_UNAVAILABLE, -19, "no live server holds the keys")
+  X(ERR_UNAVAILABLE, -19, "no live server holds the keys")                \
+  X(ERR_PERMISSION_DENIED, -20, "sender may not send this")                \
+  X(ERR_NONFINITE, -21, "values hold NaN or Inf")
 
 typedef enum {
 #define PS__ERR_ENUM(name, val, msg) PS_##name = (val),
