@@ -196,6 +196,7 @@ int main(int argc, char **argv) {
       return PS_EXIT_FAILURE;
     }
     to.stats = &stats;
+    to.metrics_address = ps_worker_metrics_address(metrics);
   }
 
   int exit_code = PS_EXIT_OK;

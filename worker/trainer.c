@@ -336,6 +336,10 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       rc = crc != PS_OK ? crc : PS_ERR_PEER;
       goto fail;
     }
+    if (o->metrics_address && o->metrics_address[0] &&
+        ps_client_set_metrics_address(t->client, o->metrics_address) != PS_OK)
+      PS_WARN("metrics_address_unsent", "address=%s reason=\"%s\"",
+              o->metrics_address, ps_client_errmsg(t->client));
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));

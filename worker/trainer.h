@@ -135,6 +135,9 @@ typedef struct {
   volatile sig_atomic_t *stop;
   /* Figures for /metrics, updated after every step; NULL: none. */
   ps_trainer_stats_t *stats;
+  /* Where they are served ("HOST:PORT"), told to the scheduler for psctl
+   * top; NULL: nowhere. */
+  const char *metrics_address;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those
