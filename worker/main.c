@@ -52,6 +52,9 @@ int main(int argc, char **argv) {
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
+  /* --log-format: the index in "auto|logfmt|pretty". */
+  enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
+  int log_format = LOG_FORMAT_AUTO;
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
       connect_timeout_ms, heartbeat_ms, progress_ms, resend_ms;
   double lr, momentum;
@@ -118,6 +121,13 @@ int main(int argc, char **argv) {
        "standardize pixels with the training set's mean and deviation"},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "lowest level logged"},
+      {"log-format", PS_OPT_ENUM, &log_format, "auto", 0, 0,
+       "auto|logfmt|pretty",
+       "logfmt: key=value lines on stderr, one per event; pretty: the same "
+       "lines, but progress as one line redrawn in place below them (epoch, "
+       "step, a bar, loss, test accuracy, samples/s, ETA) instead of "
+       "event=progress lines; auto: pretty when stderr is a terminal (and "
+       "TERM is not dumb), else logfmt"},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
       {"eval-every-epoch", PS_OPT_BOOL, &eval_every_epoch, "true", 0, 0, NULL,
@@ -150,6 +160,9 @@ int main(int argc, char **argv) {
       return ps_config_refuse(&cfg, "option --%s: %s", outputs[i][0], err);
   }
   ps_log_init("worker", (ps_log_level_t)log_level);
+  ps_log_set_format(log_format == LOG_FORMAT_PRETTY   ? PS_LOG_FORMAT_PRETTY
+                    : log_format == LOG_FORMAT_LOGFMT ? PS_LOG_FORMAT_LOGFMT
+                                                      : ps_log_format_auto());
   ps_raise_nofile_limit();
   install_signals();
 
@@ -173,6 +186,7 @@ int main(int argc, char **argv) {
   to.dump_path = dump;
   to.eval_every_epoch = eval_every_epoch;
   to.progress_s = (double)progress_ms / 1000.0;
+  to.progress_line = ps_log_format() == PS_LOG_FORMAT_PRETTY;
   to.client.scheduler = scheduler;
   to.client.rank = rank;
   to.client.timeout_ms = (int)timeout_ms;

@@ -19,6 +19,11 @@
 #include "worker/compute/compute.h"
 #include "worker/data/idx.h"
 #include "worker/model/net.h"
+#include "worker/progress.h"
+
+/* How often the progress line (opts.progress_line) is drawn: often enough
+ * to look live, rarely enough to cost nothing next to a step. */
+#define TRAINER_LINE_NS 250000000ull
 
 /* Evaluation batches: large enough for BLAS to run at full speed. The CNN's
  * are smaller: its im2col and activation buffers take about 1 MB per
@@ -713,6 +718,9 @@ int ps_trainer_run(ps_trainer_t *t) {
   double progress_loss = 0.0, epoch_loss = 0.0;
   uint64_t progress_n = 0, epoch_n = 0;
   uint64_t evaluated_at = UINT64_MAX; /* clock of the last evaluation */
+  /* The progress line's figures: the last interval's rate and mean loss. */
+  uint64_t line_ns = 0;
+  double line_sps = NAN, line_loss = NAN;
   int rc = PS_OK;
   uint64_t step = t->start_step;
   if (step > 0)
@@ -772,17 +780,19 @@ int ps_trainer_run(ps_trainer_t *t) {
         ps_gauge_set(&st->samples_per_sec,
                      (double)((step + 1 - last_step) * global_batch) /
                          train_dt);
-      PS_INFO("progress",
-              "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
-              " loss=%.4f lr=%.5f samples_per_sec=%.0f",
-              step / spe + 1, step + 1, total,
-              progress_loss / (double)progress_n,
-              o->learning_rate *
-                  (double)ps_trainer_lr_factor(o->lr_schedule, step,
-                                               spe * (uint64_t)o->epochs),
-              train_dt > 0
-                  ? (double)((step + 1 - last_step) * global_batch) / train_dt
-                  : 0.0);
+      if (train_dt > 0)
+        line_sps =
+            (double)((step + 1 - last_step) * global_batch) / train_dt;
+      if (!o->progress_line)
+        PS_INFO("progress",
+                "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
+                " loss=%.4f lr=%.5f samples_per_sec=%.0f",
+                step / spe + 1, step + 1, total,
+                progress_loss / (double)progress_n,
+                o->learning_rate *
+                    (double)ps_trainer_lr_factor(o->lr_schedule, step,
+                                                 spe * (uint64_t)o->epochs),
+                train_dt > 0 ? line_sps : 0.0);
       ps_notify_status("training: step %" PRIu64 " of %" PRIu64
                        ", epoch %" PRIu64 ", loss %.4f",
                        step + 1, total, step / spe + 1,
@@ -790,8 +800,34 @@ int ps_trainer_run(ps_trainer_t *t) {
       last_ns = now;
       last_eval_ns = eval_ns;
       last_step = step + 1;
+      line_loss = progress_loss / (double)progress_n;
       progress_loss = 0.0;
       progress_n = 0;
+    }
+    if (o->progress_line && (now - line_ns >= TRAINER_LINE_NS ||
+                             step + 1 == total)) {
+      line_ns = now;
+      double sps = line_sps;
+      if (isnan(sps)) { /* before the first interval: since the start */
+        double s = (double)(now - start_ns - eval_ns) * 1e-9;
+        if (s > 0)
+          sps = (double)((step + 1 - t->start_step) * global_batch) / s;
+      }
+      ps_progress_t p = {
+          .epoch = step / spe + 1,
+          .epochs = (total + spe - 1) / spe,
+          .step = step + 1,
+          .steps = total,
+          .loss = progress_n ? progress_loss / (double)progress_n : line_loss,
+          .test_accuracy =
+              evaluated_at != UINT64_MAX ? r->test_accuracy : NAN,
+          .samples_per_sec = sps,
+          .eta_s = sps > 0 ? (double)((total - step - 1) * global_batch) / sps
+                           : NAN,
+      };
+      char line[512];
+      ps_progress_format(&p, ps_log_status_width(), line, sizeof(line));
+      ps_log_status(line);
     }
 
     if ((step + 1) % spe == 0) {
@@ -829,6 +865,9 @@ int ps_trainer_run(ps_trainer_t *t) {
     }
   }
   r->steps = step;
+  /* What follows (warnings, the final evaluation, the summary) goes below
+   * the last progress line. */
+  if (o->progress_line) ps_log_status_end();
   uint64_t train_end_ns = ps_now_ns();
   double train_s = (double)(train_end_ns - start_ns - eval_ns) * 1e-9;
   r->samples_per_sec =

@@ -128,6 +128,10 @@ typedef struct {
   const char *dump_path;   /* raw float32 LE weights; NULL: none */
   int eval_every_epoch;    /* evaluate after every epoch, not only at the end */
   double progress_s;       /* seconds between progress lines */
+  /* Draw a progress line for a person (common/log.h's status line, with
+   * PS_LOG_FORMAT_PRETTY) a few times a second instead of logging
+   * event=progress lines. */
+  int progress_line;
   ps_client_opts_t client; /* distributed mode */
   /* Set to the signal number by a signal handler: the trainer stops after
    * the current step, tells the cluster it leaves (which ends the job) and
