@@ -48,7 +48,7 @@ static void install_signals(void) {
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
-  char *device = NULL, *metrics_bind = NULL;
+  char *device = NULL, *metrics_bind = NULL, *metrics_csv = NULL;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
@@ -99,6 +99,11 @@ int main(int argc, char **argv) {
        "write a JSON report of the run here (this worker evaluates)"},
       {"dump-weights", PS_OPT_STRING, &dump, NULL, 0, 0, NULL,
        "write the final weights here as raw float32 little-endian"},
+      {"metrics-csv", PS_OPT_STRING, &metrics_csv, NULL, 0, 0, NULL,
+       "write the run's figures here as CSV, one row per progress interval, "
+       "per epoch and at the end: time_s, kind, epoch, step, steps, loss, "
+       "lr, samples_per_sec, test_loss, test_accuracy (deploy/plot.sh draws "
+       "them)"},
       {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
        "requested worker rank (-1: any)"},
       {"timeout-ms", PS_OPT_INT, &timeout_ms,
@@ -153,7 +158,9 @@ int main(int argc, char **argv) {
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   /* Found out only after the whole run, a bad path would lose its result. */
-  const char *outputs[][2] = {{"report", report}, {"dump-weights", dump}};
+  const char *outputs[][2] = {{"report", report},
+                              {"dump-weights", dump},
+                              {"metrics-csv", metrics_csv}};
   for (size_t i = 0; i < sizeof(outputs) / sizeof(outputs[0]); i++) {
     if (outputs[i][1] == NULL || outputs[i][1][0] == '\0') continue;
     if (ps_checkpoint_check_output(outputs[i][1], err, sizeof(err)) != PS_OK)
@@ -184,6 +191,7 @@ int main(int argc, char **argv) {
   to.max_steps = (uint64_t)max_steps;
   to.report_path = report;
   to.dump_path = dump;
+  to.metrics_csv_path = metrics_csv;
   to.eval_every_epoch = eval_every_epoch;
   to.progress_s = (double)progress_ms / 1000.0;
   to.progress_line = ps_log_format() == PS_LOG_FORMAT_PRETTY;

@@ -142,6 +142,8 @@ typedef struct {
   /* Where they are served ("HOST:PORT"), told to the scheduler for psctl
    * top; NULL: nowhere. */
   const char *metrics_address;
+  /* The run's figures as CSV (worker/metrics_csv.h); NULL: none. */
+  const char *metrics_csv_path;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those
