@@ -1,5 +1,6 @@
 #include "log.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -58,6 +59,7 @@ ps_log_format_t ps_log_format(void) {
 static void write_all(const char *buf, size_t len) {
   while (len > 0) {
     ssize_t w = write(STDERR_FILENO, buf, len);
+    if (w < 0 && errno == EINTR) continue;
     if (w <= 0) return; /* nowhere to report it */
     buf += w;
     len -= (size_t)w;
