@@ -4,10 +4,17 @@
  * PS_LOG costs one comparison below the configured level: its arguments are
  * not evaluated. Every thread may log; each line is written with a single
  * write so lines from different threads never interleave.
+ *
+ * For a person at a terminal (PS_LOG_FORMAT_PRETTY) the lines are the same,
+ * and below them stays one status line that the program rewrites in place
+ * (ps-worker's progress: "\r", the text, erase to the end of the line);
+ * every log line is written above it, and it is drawn again below. Only
+ * then do the writes take a lock, since the status line is shared.
  */
 #ifndef PS_LOG_H
 #define PS_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum {
@@ -26,6 +33,30 @@ void ps_log_init(const char *component, ps_log_level_t level);
 void ps_log_set_node(uint32_t node_id);
 /* Parses "debug", "info", "warn", "error"; returns -1 for anything else. */
 int ps_log_level_parse(const char *s);
+
+typedef enum {
+  PS_LOG_FORMAT_LOGFMT = 0, /* lines only (the default) */
+  PS_LOG_FORMAT_PRETTY = 1, /* lines, and a status line below them */
+} ps_log_format_t;
+
+/* PS_LOG_FORMAT_PRETTY when stderr is a terminal that understands
+ * "erase to the end of the line" (TERM is set and not "dumb"), else
+ * PS_LOG_FORMAT_LOGFMT: what --log-format auto means. */
+ps_log_format_t ps_log_format_auto(void);
+/* Call once at start, before other threads exist. */
+void ps_log_set_format(ps_log_format_t format);
+ps_log_format_t ps_log_format(void);
+
+/* PRETTY only (a no-op otherwise): shows text, one line without a newline,
+ * as the status line, cut to the terminal's width so it never wraps. NULL
+ * or "" erases it. Any thread. */
+void ps_log_status(const char *text);
+/* The columns a status line may take: the terminal's width less one (80
+ * less one when stderr is no terminal). */
+size_t ps_log_status_width(void);
+/* Ends the status line with a newline, leaving it on the screen, so what
+ * is printed next starts below it. No-op without one. Any thread. */
+void ps_log_status_end(void);
 
 /* event is a bare word; fmt continues the line with " key=value" pairs and
  * may be "" for none. */

@@ -47,6 +47,7 @@ struct ps_member_s {
   uint32_t node_id;
   uint64_t epoch;
   uint64_t clock;
+  char metrics_address[PS_ADDR_MAX]; /* "" when none */
   uint64_t last_heard_ms;
   uint64_t last_warned_ms; /* the last scheduler_silent warning */
   uint64_t next_request_id;
@@ -134,6 +135,7 @@ static void send_register(ps_member_t *m) {
 static void send_heartbeat(ps_member_t *m) {
   Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
   hb.clock = m->clock;
+  hb.metrics_address = m->metrics_address;
   Ps__Envelope env;
   envelope_init(m, &env, next_request_id(m));
   env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
@@ -443,6 +445,13 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
 
 void ps_member_set_clock(ps_member_t *m, uint64_t clock) {
   m->clock = clock;
+}
+
+int ps_member_set_metrics_address(ps_member_t *m, const char *address) {
+  const char *a = address ? address : "";
+  if (strlen(a) >= sizeof(m->metrics_address)) return PS_ERR_INVAL;
+  snprintf(m->metrics_address, sizeof(m->metrics_address), "%s", a);
+  return PS_OK;
 }
 
 void ps_member_send_done(ps_member_t *m) {

@@ -69,6 +69,12 @@ const ps_auth_token_t *ps_member_token(const ps_member_t *m);
 /* Sends the node's clock with the next heartbeats. */
 void ps_member_set_clock(ps_member_t *m, uint64_t clock);
 
+/* Sends where the node serves its /metrics ("HOST:PORT"; NULL or "": none)
+ * with every heartbeat from now on, so that psctl top finds it, also after
+ * a scheduler restart. Copied. PS_ERR_INVAL if longer than PS_ADDR_MAX - 1
+ * bytes (nothing changes). */
+int ps_member_set_metrics_address(ps_member_t *m, const char *address);
+
 /* Sends a Done (workers) or a Shutdown (a node leaving on SIGTERM) to the
  * scheduler. Fire and forget: the caller may then destroy the member. */
 void ps_member_send_done(ps_member_t *m);

@@ -23,6 +23,9 @@ if [ "${1:-}" = --tests ]; then
     podman-compose
     # The package tests (tests/deploy): lint the .deb, validate compose.yaml.
     lintian docker-compose
+    # deploy/plot.sh, which integration.metrics_csv runs (and quickstart
+    # uses when it is there).
+    gnuplot-nox
   )
 fi
 

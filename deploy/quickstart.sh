@@ -11,6 +11,11 @@
 # --metrics: every daemon serves /metrics and /healthz on the ports that
 # deploy/prometheus/prometheus.yml scrapes (scheduler 9400, servers 9401..,
 # workers 9411..).
+#
+# Run from a terminal, worker 0 shows its progress there as one line
+# redrawn in place; otherwise its log lines are shown. Worker 0 writes
+# its figures to metrics.csv, drawn into metrics.png when gnuplot is
+# installed (deploy/plot.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,7 +28,7 @@ BATCH=32
 REPLICATION=2
 BASELINE=1
 METRICS=0
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --epochs) EPOCHS=$2; shift 2 ;;
@@ -96,19 +101,28 @@ for i in $(seq 1 $((WORKERS - 1))); do
     --batch-size "$BATCH" $(metrics 9411 "$i") >"$RUN/worker$i.log" 2>&1 &
   PIDS+=($!)
 done
-# Worker 0 shows its progress here and writes the report.
-"$BIN/ps-worker" --scheduler "$SCHED" --rank 0 --epochs "$EPOCHS" \
-  --batch-size "$BATCH" $(metrics 9411 0) --report "$RUN/report.json" >"$RUN/worker0.log" 2>&1 &
-PIDS+=($!)
-W0=$!
-# Shown by a tail that ends with the worker (a `> >(tee ...)` would leave a
-# process substitution that bash later fails to wait for, with a warning).
-tail -n +1 --pid=$W0 -f "$RUN/worker0.log" &
-SHOW=$!
+# Worker 0 shows its progress here and writes the report and the figures.
+W0_ARGS=(--scheduler "$SCHED" --rank 0 --epochs "$EPOCHS" --batch-size "$BATCH"
+  $(metrics 9411 0) --report "$RUN/report.json" --metrics-csv "$RUN/metrics.csv")
 status=0
-wait $W0 || status=$?
-wait $SHOW 2>/dev/null || true
-unset 'PIDS[-1]' # reaped: waiting for it again would be an error
+if [ -t 1 ] && [ -t 2 ]; then
+  # In the foreground on this terminal itself, so that it draws its
+  # progress line here (and stops cleanly on Ctrl-C, like the others).
+  echo "   worker 0 writes to this terminal"
+  "$BIN/ps-worker" "${W0_ARGS[@]}" || status=$?
+else
+  "$BIN/ps-worker" "${W0_ARGS[@]}" >"$RUN/worker0.log" 2>&1 &
+  PIDS+=($!)
+  W0=$!
+  # Shown by a tail that ends with the worker (a `> >(tee ...)` would leave
+  # a process substitution that bash later fails to wait for, with a
+  # warning).
+  tail -n +1 --pid=$W0 -f "$RUN/worker0.log" &
+  SHOW=$!
+  wait $W0 || status=$?
+  wait $SHOW 2>/dev/null || true
+  unset 'PIDS[-1]' # reaped: waiting for it again would be an error
+fi
 if [ $status -ne 0 ] || [ ! -s "$RUN/report.json" ]; then
   echo "quickstart: training failed (exit $status); last lines of each log:" >&2
   for f in "$RUN"/*.log; do echo "--- $f" >&2; tail -n 5 "$f" >&2; done
@@ -138,3 +152,13 @@ if [ $BASELINE -eq 1 ]; then
   printf 'cluster/standalone %s\n' "$RATIO"
 fi
 echo "report: $RUN/report.json"
+echo "figures: $RUN/metrics.csv"
+if command -v gnuplot >/dev/null; then
+  if ./deploy/plot.sh "$RUN/metrics.csv" "$RUN/metrics.png" >/dev/null 2>"$RUN/plot.log"; then
+    echo "plot: $RUN/metrics.png"
+  else
+    echo "quickstart: deploy/plot.sh failed (see $RUN/plot.log)" >&2
+  fi
+else
+  echo "plot: install gnuplot-nox, then deploy/plot.sh $RUN/metrics.csv"
+fi

@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "common/exporter.h"
+#include "common/log.h"
 #include "server_int.h"
 
 static const char *const op_names[PS_SRV_NOPS] = {
@@ -258,5 +259,11 @@ int ps__server_metrics_start(ps_server_t *s, const char *bind, char *err,
     snprintf(err, errlen, "metrics endpoint: %s", why);
     return PS_ERR_CONFIG;
   }
+  /* The heartbeats tell the scheduler, so psctl top can find it. */
+  if (s->member &&
+      ps_member_set_metrics_address(s->member,
+                                    ps_exporter_address(s->exporter)) != PS_OK)
+    PS_WARN("metrics_address_unsent", "address=%s reason=\"too long\"",
+            ps_exporter_address(s->exporter));
   return PS_OK;
 }

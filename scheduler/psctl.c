@@ -6,6 +6,8 @@
  *         [--json] checkpoint
  *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--json]
  *         drain SERVER
+ *   psctl [--scheduler EP] [--timeout-ms N] [--interval-ms N]
+ *         [--iterations N | -n N] [--json] top
  *
  * One StatusRequest on a DEALER socket, answered or not within the timeout:
  * psctl never hangs on a scheduler that is down (ZeroMQ would reconnect
@@ -16,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -26,6 +29,7 @@
 #include "common/time.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/placement.h"
+#include "scheduler/top.h"
 
 static const char *role_name(int role) {
   switch (role) {
@@ -137,8 +141,9 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
            role_name(n->role));
     json_string(n->address ? n->address : "");
     printf(",\"state\":\"%s\",\"last_heartbeat_ms\":%" PRIu64
-           ",\"clock\":%" PRIu64,
+           ",\"clock\":%" PRIu64 ",\"metrics_address\":",
            state_name(n->state), n->last_heartbeat_ms, n->clock);
+    json_string(n->metrics_address ? n->metrics_address : "");
     if (n->role == PS__ROLE__ROLE_SERVER) {
       uint32_t primary, backup;
       server_roles(v, n->id, &primary, &backup);
@@ -664,9 +669,57 @@ static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
   return 0;
 }
 
+/* psctl top: a sample to start from, then one table (or JSON object) per
+ * interval with the rates since the sample before, iterations times (0:
+ * until killed). A scheduler that does not answer ends it (exit 1). */
+static int run_top(void *sock, const char *endpoint, int64_t timeout_ms,
+                   int64_t interval_ms, int64_t iterations, int json) {
+  ps_top_opts_t to = {
+      .scheduler = endpoint,
+      .json = json,
+      .clear = !json && isatty(STDOUT_FILENO),
+      .scrape_timeout_ms = timeout_ms,
+  };
+  ps_top_t *top = ps_top_new(&to);
+  if (top == NULL) {
+    fprintf(stderr, "psctl: out of memory\n");
+    return 1;
+  }
+  if (to.clear) fputs("\033[H\033[2J", stdout);
+  int64_t printed = 0;
+  uint64_t next = ps_now_ms();
+  int status = 0;
+  for (;;) {
+    ps_msg_t m;
+    uint64_t elapsed = 0;
+    if (query_status(sock, endpoint, timeout_ms, &m, &elapsed) != 0) {
+      status = 1;
+      break;
+    }
+    ps_top_sample(top, m.env->status);
+    ps_msg_close(&m);
+    if (ps_top_samples(top) >= 2) {
+      ps_top_print(top, stdout);
+      if (iterations > 0 && ++printed >= iterations) break;
+    }
+    next += (uint64_t)interval_ms;
+    uint64_t now = ps_now_ms();
+    if (next < now) next = now; /* a slow round: no catching up */
+    while (now < next) {
+      uint64_t ms = next - now;
+      struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+      nanosleep(&ts, NULL);
+      now = ps_now_ms();
+    }
+  }
+  ps_top_destroy(&top);
+  return status;
+}
+
 int main(int argc, char **argv) {
   char *endpoint = NULL, *dir = NULL;
   int64_t timeout_ms = 3000, wait_ms = 300000;
+  int64_t interval_ms = 1000, iterations = 0;
   int json = 0;
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &endpoint, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -685,6 +738,11 @@ int main(int argc, char **argv) {
       {"wait-ms", PS_OPT_INT, &wait_ms, "300000", 1, 86400000, NULL,
        "checkpoint, drain: give up waiting (exit 1) after this long; the "
        "scheduler goes on with it."},
+      {"interval-ms", PS_OPT_INT, &interval_ms, "1000", 100, 3600000, NULL,
+       "top: refresh this often (rates are over the last interval)."},
+      {"iterations", PS_OPT_INT, &iterations, "0", 0, 1000000000, NULL,
+       "top: stop (exit 0) after this many refreshes; 0: until Ctrl-C. "
+       "Also -n N."},
   };
   const ps_config_t cfg = {
       .program = "psctl",
@@ -692,19 +750,35 @@ int main(int argc, char **argv) {
           "Ask the scheduler of a parameter-server job. Commands: "
           "status (nodes and what they hold, key ranges with their primary, "
           "backups and state, epoch, checkpoints), health (exit 0 "
-          "if the scheduler answers in time, else 1), drain SERVER (move "
-          "every range the server leads to a backup in step, drop it from "
-          "every chain and tell it to exit 0: planned maintenance without "
-          "a failover; SERVER is its node id or address), checkpoint (write "
-          "one at the next step boundary and wait until it is complete).",
-      .usage = "[options] status|health|checkpoint|drain SERVER",
+          "if the scheduler answers in time, else 1), checkpoint (write "
+          "one at the next step boundary and wait until it is complete), "
+          "drain SERVER (move every range the server leads to a backup in "
+          "step, drop it from every chain and tell it to exit 0: planned "
+          "maintenance without a failover; SERVER is its node id or "
+          "address), "
+          "top (a table of the nodes refreshed every --interval-ms, like "
+          "top: servers' ranges, pushes/s, pulls/s and MB/s in, workers' "
+          "step, steps/s, samples/s, loss and test accuracy; the rates come "
+          "from the /metrics of daemons started with --metrics-bind; "
+          "redrawn in place on a terminal, else one snapshot after "
+          "another; --json: one object per refresh, per line).",
+      .usage = "[options] status|health|checkpoint|drain SERVER|top",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
   const char *args[2];
   int nargs = 0;
   char err[512];
-  int rc = ps_config_load(&cfg, argc, argv, args, 2, &nargs, err, sizeof(err));
+  /* -n N, as top and watch take it, is --iterations N. */
+  char **av = calloc((size_t)argc + 1, sizeof(*av));
+  if (av == NULL) {
+    fprintf(stderr, "psctl: out of memory\n");
+    return PS_EXIT_FAILURE;
+  }
+  for (int i = 0; i < argc; i++)
+    av[i] = strcmp(argv[i], "-n") == 0 ? (char *)"--iterations" : argv[i];
+  int rc = ps_config_load(&cfg, argc, av, args, 2, &nargs, err, sizeof(err));
+  free(av);
   if (rc == 1) return PS_EXIT_OK;
   if (rc == PS_OK)
     rc = ps_config_check_endpoint("scheduler", endpoint, 0, err, sizeof(err));
@@ -713,17 +787,18 @@ int main(int argc, char **argv) {
   int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
   int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
   int is_drain = nargs >= 1 && strcmp(args[0], "drain") == 0;
+  int is_top = nargs == 1 && strcmp(args[0], "top") == 0;
   if (is_drain && nargs != 2)
     return ps_config_refuse(&cfg, "drain needs one SERVER: its node id or "
                                   "address, as psctl status lists them");
-  if (!is_status && !is_health && !is_checkpoint && !is_drain) {
+  if (!is_status && !is_health && !is_checkpoint && !is_drain && !is_top) {
     if (nargs == 1)
       return ps_config_refuse(&cfg,
                               "unknown command \"%s\": expected status, "
-                              "health, checkpoint or drain",
+                              "health, checkpoint, drain or top",
                               args[0]);
     return ps_config_refuse(
-        &cfg, "expected one command, status, health, checkpoint or drain");
+        &cfg, "expected one command, status, health, checkpoint, drain or top");
   }
   ps_log_init("psctl", PS_LOG_WARN);
 
@@ -748,6 +823,10 @@ int main(int argc, char **argv) {
   }
   if (is_drain) {
     status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1], json);
+    goto out;
+  }
+  if (is_top) {
+    status = run_top(sock, endpoint, timeout_ms, interval_ms, iterations, json);
     goto out;
   }
   ps_msg_t m;

@@ -70,6 +70,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
     ni->join_clock = n->join_clock;
     ni->joining = n->joining;
+    ni->metrics_address = n->metrics_address;
     v->info_ptrs[i] = ni;
   }
   v->view.n_nodes = s->nnodes;
@@ -256,4 +257,17 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
   env.status = &st;
   ps__sched_reply(s, m, &env);
   ps__sched_view_pb_free(&v);
+}
+
+/* Kept apart from the heartbeat's handling (membership.c): it changes no
+ * membership, only what psctl shows. A node the scheduler does not know,
+ * or declared dead, was refused there; its address stays as it was. */
+void ps__sched_note_metrics_address(ps_sched_t *s, const ps_msg_t *m) {
+  const Ps__Heartbeat *hb = m->env->heartbeat;
+  sched_node_t *n = ps__sched_node_by_id(s, m->env->sender);
+  if (n == NULL || n->state == PS__NODE_STATE__NODE_STATE_DEAD || hb == NULL)
+    return;
+  const char *a = hb->metrics_address ? hb->metrics_address : "";
+  if (strlen(a) >= sizeof(n->metrics_address)) return;
+  memcpy(n->metrics_address, a, strlen(a) + 1);
 }

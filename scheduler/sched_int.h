@@ -8,7 +8,8 @@
  *   scheduler/membership.c  the node table, Register, heartbeats, Done,
  *                           leaving, deaths, fencing, workers joining a running
  *                           job
- *   scheduler/publish.c     building the view, publishing it, psctl status
+ *   scheduler/publish.c     building the view, publishing it, psctl status,
+ *                           the nodes' metrics addresses psctl top reads
  *   scheduler/failover.c    re-placing ranges after deaths and joins,
  *                           ReplicaSynced
  *   scheduler/handover.c    planned moves of a primary: psctl drain, and
@@ -62,6 +63,8 @@ typedef struct {
   char token[PS_AUTH_TOKEN_HEX + 1];
   uint64_t last_seen_ms;
   uint64_t clock;
+  /* Where the node serves /metrics, from its heartbeats; "" when none. */
+  char metrics_address[PS_ADDR_MAX];
   char *barrier; /* the barrier the worker waits in, or NULL */
   uint64_t barrier_request_id;
   uint8_t barrier_route[SCHED_ROUTE_MAX]; /* where its release goes */
@@ -251,6 +254,9 @@ void ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
 void ps__sched_publish(ps_sched_t *s, const char *why);
 void ps__sched_maybe_publish_first(ps_sched_t *s);
 void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m);
+/* Keeps the metrics address a heartbeat carries (after
+ * ps__sched_handle_heartbeat took it) for the view's NodeInfo. */
+void ps__sched_note_metrics_address(ps_sched_t *s, const ps_msg_t *m);
 
 /* scheduler/failover.c */
 int ps__sched_holds_replica(const ps_sched_t *s, uint32_t id);

@@ -298,6 +298,7 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
       break;
     case PS__ENVELOPE__BODY_HEARTBEAT:
       ps__sched_handle_heartbeat(s, m);
+      ps__sched_note_metrics_address(s, m);
       break;
     case PS__ENVELOPE__BODY_BARRIER:
       ps__sched_handle_barrier(s, m);

@@ -48,10 +48,13 @@ static void install_signals(void) {
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
-  char *device = NULL, *metrics_bind = NULL;
+  char *device = NULL, *metrics_bind = NULL, *metrics_csv = NULL;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
+  /* --log-format: the index in "auto|logfmt|pretty". */
+  enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
+  int log_format = LOG_FORMAT_AUTO;
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
       connect_timeout_ms, heartbeat_ms, progress_ms, resend_ms;
   double lr, momentum;
@@ -96,6 +99,11 @@ int main(int argc, char **argv) {
        "write a JSON report of the run here (this worker evaluates)"},
       {"dump-weights", PS_OPT_STRING, &dump, NULL, 0, 0, NULL,
        "write the final weights here as raw float32 little-endian"},
+      {"metrics-csv", PS_OPT_STRING, &metrics_csv, NULL, 0, 0, NULL,
+       "write the run's figures here as CSV, one row per progress interval, "
+       "per epoch and at the end: time_s, kind, epoch, step, steps, loss, "
+       "lr, samples_per_sec, test_loss, test_accuracy (deploy/plot.sh draws "
+       "them)"},
       {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
        "requested worker rank (-1: any)"},
       {"timeout-ms", PS_OPT_INT, &timeout_ms,
@@ -118,6 +126,13 @@ int main(int argc, char **argv) {
        "standardize pixels with the training set's mean and deviation"},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "lowest level logged"},
+      {"log-format", PS_OPT_ENUM, &log_format, "auto", 0, 0,
+       "auto|logfmt|pretty",
+       "logfmt: key=value lines on stderr, one per event; pretty: the same "
+       "lines, but progress as one line redrawn in place below them (epoch, "
+       "step, a bar, loss, test accuracy, samples/s, ETA) instead of "
+       "event=progress lines; auto: pretty when stderr is a terminal (and "
+       "TERM is not dumb), else logfmt"},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
       {"eval-every-epoch", PS_OPT_BOOL, &eval_every_epoch, "true", 0, 0, NULL,
@@ -143,13 +158,18 @@ int main(int argc, char **argv) {
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   /* Found out only after the whole run, a bad path would lose its result. */
-  const char *outputs[][2] = {{"report", report}, {"dump-weights", dump}};
+  const char *outputs[][2] = {{"report", report},
+                              {"dump-weights", dump},
+                              {"metrics-csv", metrics_csv}};
   for (size_t i = 0; i < sizeof(outputs) / sizeof(outputs[0]); i++) {
     if (outputs[i][1] == NULL || outputs[i][1][0] == '\0') continue;
     if (ps_checkpoint_check_output(outputs[i][1], err, sizeof(err)) != PS_OK)
       return ps_config_refuse(&cfg, "option --%s: %s", outputs[i][0], err);
   }
   ps_log_init("worker", (ps_log_level_t)log_level);
+  ps_log_set_format(log_format == LOG_FORMAT_PRETTY   ? PS_LOG_FORMAT_PRETTY
+                    : log_format == LOG_FORMAT_LOGFMT ? PS_LOG_FORMAT_LOGFMT
+                                                      : ps_log_format_auto());
   ps_raise_nofile_limit();
   install_signals();
 
@@ -171,8 +191,10 @@ int main(int argc, char **argv) {
   to.max_steps = (uint64_t)max_steps;
   to.report_path = report;
   to.dump_path = dump;
+  to.metrics_csv_path = metrics_csv;
   to.eval_every_epoch = eval_every_epoch;
   to.progress_s = (double)progress_ms / 1000.0;
+  to.progress_line = ps_log_format() == PS_LOG_FORMAT_PRETTY;
   to.client.scheduler = scheduler;
   to.client.rank = rank;
   to.client.timeout_ms = (int)timeout_ms;
@@ -196,6 +218,7 @@ int main(int argc, char **argv) {
       return PS_EXIT_FAILURE;
     }
     to.stats = &stats;
+    to.metrics_address = ps_worker_metrics_address(metrics);
   }
 
   int exit_code = PS_EXIT_OK;

@@ -163,3 +163,8 @@ void ps_worker_metrics_stop(ps_worker_metrics_t **m_p) {
   uv_loop_close(&wm->loop);
   free(wm);
 }
+
+const char *ps_worker_metrics_address(const ps_worker_metrics_t *wm) {
+  /* Set before the thread started, never written since. */
+  return ps_exporter_address(wm->exporter);
+}

@@ -34,4 +34,8 @@ ps_worker_metrics_t *ps_worker_metrics_start(const char *bind,
  * NULL-safe. */
 void ps_worker_metrics_stop(ps_worker_metrics_t **m_p);
 
+/* The address bound, port resolved ("127.0.0.1:9411"); valid until
+ * ps_worker_metrics_stop. Any thread (it never changes). */
+const char *ps_worker_metrics_address(const ps_worker_metrics_t *m);
+
 #endif

@@ -18,7 +18,13 @@
 #include "common/time.h"
 #include "worker/compute/compute.h"
 #include "worker/data/idx.h"
+#include "worker/metrics_csv.h"
 #include "worker/model/net.h"
+#include "worker/progress.h"
+
+/* How often the progress line (opts.progress_line) is drawn: often enough
+ * to look live, rarely enough to cost nothing next to a step. */
+#define TRAINER_LINE_NS 250000000ull
 
 /* Evaluation batches: large enough for BLAS to run at full speed. The CNN's
  * are smaller: its im2col and activation buffers take about 1 MB per
@@ -55,6 +61,7 @@ struct ps_trainer_s {
   uint64_t start_step;
   /* The current step's time in pulls and pushes (for the stats). */
   uint64_t step_pull_ns, step_push_ns;
+  ps_metrics_csv_t *csv; /* --metrics-csv; NULL: none */
 };
 
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
@@ -219,6 +226,15 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   t->o = *o;
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
+  if (o->metrics_csv_path && o->metrics_csv_path[0]) {
+    char why[1200];
+    t->csv = ps_metrics_csv_open(o->metrics_csv_path, why, sizeof(why));
+    if (t->csv == NULL) {
+      trainer_fail(t, "%s", why);
+      rc = PS_ERR_IO;
+      goto fail;
+    }
+  }
 
   /* The device first: a GPU asked for and missing is refused before
    * seconds go into loading the data. */
@@ -336,6 +352,10 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       rc = crc != PS_OK ? crc : PS_ERR_PEER;
       goto fail;
     }
+    if (o->metrics_address && o->metrics_address[0] &&
+        ps_client_set_metrics_address(t->client, o->metrics_address) != PS_OK)
+      PS_WARN("metrics_address_unsent", "address=%s reason=\"%s\"",
+              o->metrics_address, ps_client_errmsg(t->client));
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));
@@ -383,6 +403,7 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   if (t_p == NULL || *t_p == NULL) return;
   ps_trainer_t *t = *t_p;
   ps_client_destroy(&t->client);
+  ps_metrics_csv_close(&t->csv);
   ps_net_destroy(&t->net);
   if (t->compute != NULL) {
     ps_compute_host_free(t->compute, t->w);
@@ -676,6 +697,40 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
   return n < 0 ? -1 : 0;
 }
 
+/* One row of --metrics-csv at global step step (steps done), with the
+ * learning rate of the last of them. */
+static void csv_row(ps_trainer_t *t, const char *kind, double time_s,
+                    uint64_t epoch, uint64_t step, uint64_t steps, double loss,
+                    double samples_per_sec, double test_loss,
+                    double test_accuracy) {
+  if (t->csv == NULL) return;
+  uint64_t spe = t->res.steps_per_epoch;
+  ps_metrics_csv_row_t row = {
+      .time_s = time_s,
+      .kind = kind,
+      .epoch = epoch,
+      .step = step,
+      .steps = steps,
+      .loss = loss,
+      .lr = t->o.learning_rate *
+            (double)ps_trainer_lr_factor(t->o.lr_schedule, step ? step - 1 : 0,
+                                         spe * (uint64_t)t->o.epochs),
+      .samples_per_sec = samples_per_sec,
+      .test_loss = test_loss,
+      .test_accuracy = test_accuracy,
+  };
+  ps_metrics_csv_row(t->csv, &row);
+}
+
+/* The job's samples/s from this worker's first step to step, over train_ns
+ * of training (evaluations left out). */
+static double run_rate(const ps_trainer_t *t, uint64_t train_ns, uint64_t step,
+                       uint64_t global_batch) {
+  if (train_ns == 0 || step <= t->start_step) return NAN;
+  return (double)((step - t->start_step) * global_batch) / (double)train_ns *
+         1e9;
+}
+
 int ps_trainer_run(ps_trainer_t *t) {
   ps_trainer_result_t *r = &t->res;
   const ps_trainer_opts_t *o = &t->o;
@@ -709,6 +764,9 @@ int ps_trainer_run(ps_trainer_t *t) {
   double progress_loss = 0.0, epoch_loss = 0.0;
   uint64_t progress_n = 0, epoch_n = 0;
   uint64_t evaluated_at = UINT64_MAX; /* clock of the last evaluation */
+  /* The progress line's figures: the last interval's rate and mean loss. */
+  uint64_t line_ns = 0;
+  double line_sps = NAN, line_loss = NAN;
   int rc = PS_OK;
   uint64_t step = t->start_step;
   if (step > 0)
@@ -768,17 +826,22 @@ int ps_trainer_run(ps_trainer_t *t) {
         ps_gauge_set(&st->samples_per_sec,
                      (double)((step + 1 - last_step) * global_batch) /
                          train_dt);
-      PS_INFO("progress",
-              "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
-              " loss=%.4f lr=%.5f samples_per_sec=%.0f",
-              step / spe + 1, step + 1, total,
-              progress_loss / (double)progress_n,
-              o->learning_rate *
-                  (double)ps_trainer_lr_factor(o->lr_schedule, step,
-                                               spe * (uint64_t)o->epochs),
-              train_dt > 0
-                  ? (double)((step + 1 - last_step) * global_batch) / train_dt
-                  : 0.0);
+      if (train_dt > 0)
+        line_sps =
+            (double)((step + 1 - last_step) * global_batch) / train_dt;
+      csv_row(t, "progress", (double)(now - start_ns) * 1e-9, step / spe + 1,
+              step + 1, total, progress_loss / (double)progress_n,
+              train_dt > 0 ? line_sps : NAN, NAN, NAN);
+      if (!o->progress_line)
+        PS_INFO("progress",
+                "epoch=%" PRIu64 " step=%" PRIu64 " steps=%" PRIu64
+                " loss=%.4f lr=%.5f samples_per_sec=%.0f",
+                step / spe + 1, step + 1, total,
+                progress_loss / (double)progress_n,
+                o->learning_rate *
+                    (double)ps_trainer_lr_factor(o->lr_schedule, step,
+                                                 spe * (uint64_t)o->epochs),
+                train_dt > 0 ? line_sps : 0.0);
       ps_notify_status("training: step %" PRIu64 " of %" PRIu64
                        ", epoch %" PRIu64 ", loss %.4f",
                        step + 1, total, step / spe + 1,
@@ -786,8 +849,34 @@ int ps_trainer_run(ps_trainer_t *t) {
       last_ns = now;
       last_eval_ns = eval_ns;
       last_step = step + 1;
+      line_loss = progress_loss / (double)progress_n;
       progress_loss = 0.0;
       progress_n = 0;
+    }
+    if (o->progress_line && (now - line_ns >= TRAINER_LINE_NS ||
+                             step + 1 == total)) {
+      line_ns = now;
+      double sps = line_sps;
+      if (isnan(sps)) { /* before the first interval: since the start */
+        double s = (double)(now - start_ns - eval_ns) * 1e-9;
+        if (s > 0)
+          sps = (double)((step + 1 - t->start_step) * global_batch) / s;
+      }
+      ps_progress_t p = {
+          .epoch = step / spe + 1,
+          .epochs = (total + spe - 1) / spe,
+          .step = step + 1,
+          .steps = total,
+          .loss = progress_n ? progress_loss / (double)progress_n : line_loss,
+          .test_accuracy =
+              evaluated_at != UINT64_MAX ? r->test_accuracy : NAN,
+          .samples_per_sec = sps,
+          .eta_s = sps > 0 ? (double)((total - step - 1) * global_batch) / sps
+                           : NAN,
+      };
+      char line[512];
+      ps_progress_format(&p, ps_log_status_width(), line, sizeof(line));
+      ps_log_status(line);
     }
 
     if ((step + 1) % spe == 0) {
@@ -796,6 +885,9 @@ int ps_trainer_run(ps_trainer_t *t) {
       if (st) ps_gauge_set(&st->epoch, (double)epoch);
       int last = step + 1 == total;
       double elapsed = (double)(now - start_ns) * 1e-9;
+      /* Before this epoch's evaluation, which is no training. */
+      double epoch_sps =
+          run_rate(t, now - start_ns - eval_ns, step + 1, global_batch);
       if (evaluator && (o->eval_every_epoch || last)) {
         uint64_t e0 = ps_now_ns();
         rc = evaluate(t, step + 1);
@@ -809,6 +901,9 @@ int ps_trainer_run(ps_trainer_t *t) {
           break;
         }
         evaluated_at = step + 1;
+        csv_row(t, "epoch", elapsed, epoch, step + 1, total, r->train_loss,
+                epoch_sps,
+                r->test_loss, r->test_accuracy);
         PS_INFO("epoch",
                 "epoch=%" PRIu64 " step=%" PRIu64
                 " train_loss=%.4f test_loss=%.4f test_accuracy=%.4f"
@@ -816,6 +911,9 @@ int ps_trainer_run(ps_trainer_t *t) {
                 epoch, step + 1, r->train_loss, r->test_loss, r->test_accuracy,
                 elapsed);
       } else {
+        csv_row(t, "epoch", elapsed, epoch, step + 1, total, r->train_loss,
+                epoch_sps,
+                NAN, NAN);
         PS_INFO("epoch",
                 "epoch=%" PRIu64 " step=%" PRIu64
                 " train_loss=%.4f"
@@ -825,6 +923,9 @@ int ps_trainer_run(ps_trainer_t *t) {
     }
   }
   r->steps = step;
+  /* What follows (warnings, the final evaluation, the summary) goes below
+   * the last progress line. */
+  if (o->progress_line) ps_log_status_end();
   uint64_t train_end_ns = ps_now_ns();
   double train_s = (double)(train_end_ns - start_ns - eval_ns) * 1e-9;
   r->samples_per_sec =
@@ -851,6 +952,12 @@ int ps_trainer_run(ps_trainer_t *t) {
   }
   r->wall_seconds = (double)(ps_now_ns() - start_ns) * 1e-9;
   if (st) ps_gauge_set(&st->samples_per_sec, r->samples_per_sec);
+  if (rc == PS_OK && step > 0) {
+    int ev = evaluated_at == step;
+    csv_row(t, "final", r->wall_seconds, (step - 1) / spe + 1, step, total,
+            r->train_loss, r->samples_per_sec, ev ? r->test_loss : NAN,
+            ev ? r->test_accuracy : NAN);
+  }
 
   if (rc == PS_OK && !r->stopped && evaluator) {
     if (o->dump_path != NULL)

@@ -128,6 +128,10 @@ typedef struct {
   const char *dump_path;   /* raw float32 LE weights; NULL: none */
   int eval_every_epoch;    /* evaluate after every epoch, not only at the end */
   double progress_s;       /* seconds between progress lines */
+  /* Draw a progress line for a person (common/log.h's status line, with
+   * PS_LOG_FORMAT_PRETTY) a few times a second instead of logging
+   * event=progress lines. */
+  int progress_line;
   ps_client_opts_t client; /* distributed mode */
   /* Set to the signal number by a signal handler: the trainer stops after
    * the current step, tells the cluster it leaves (which ends the job) and
@@ -135,6 +139,11 @@ typedef struct {
   volatile sig_atomic_t *stop;
   /* Figures for /metrics, updated after every step; NULL: none. */
   ps_trainer_stats_t *stats;
+  /* Where they are served ("HOST:PORT"), told to the scheduler for psctl
+   * top; NULL: nowhere. */
+  const char *metrics_address;
+  /* The run's figures as CSV (worker/metrics_csv.h); NULL: none. */
+  const char *metrics_csv_path;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those

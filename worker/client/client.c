@@ -398,6 +398,21 @@ uint64_t ps_client_duplicate_acks(const ps_client_t *c) {
   return c->duplicate_acks;
 }
 
+int ps_client_set_metrics_address(ps_client_t *c, const char *address) {
+  const char *a = address ? address : "";
+  if (strlen(a) >= sizeof(c->shared.metrics_address))
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "metrics address of %zu bytes: at most %zu",
+                           strlen(a), sizeof(c->shared.metrics_address) - 1);
+  pthread_mutex_lock(&c->mu);
+  snprintf(c->shared.metrics_address, sizeof(c->shared.metrics_address), "%s",
+           a);
+  c->shared.metrics_gen++;
+  pthread_mutex_unlock(&c->mu);
+  uv_async_send(&c->async);
+  return PS_OK;
+}
+
 const char *ps_client_errmsg(const ps_client_t *c) {
   return c->errmsg;
 }

@@ -189,6 +189,7 @@ struct ps_client_s {
   int thread_stopping;
   uint64_t farewell_deadline_ms;
   uint64_t thread_clock;
+  uint64_t thread_metrics_gen;
 
   /* Guarded by mu. */
   pthread_mutex_t mu;
@@ -205,6 +206,10 @@ struct ps_client_s {
     int leave; /* leave instead of done: the worker was told to stop */
     char leave_reason[128];
     uint64_t clock;
+    /* ps_client_set_metrics_address: the address, and a count of calls
+     * the thread compares with thread_metrics_gen. */
+    char metrics_address[PS_ADDR_MAX];
+    uint64_t metrics_gen;
   } shared;
 
   /* Signalled when a call's last push frame is released (see

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <uv.h>
 
 #include "common/err.h"
@@ -96,11 +97,19 @@ void ps__client_thread_async_cb(uv_async_t *h) {
   int done = c->shared.done;
   int leave = c->shared.leave;
   uint64_t clock = c->shared.clock;
+  uint64_t metrics_gen = c->shared.metrics_gen;
+  char metrics_address[PS_ADDR_MAX];
+  memcpy(metrics_address, c->shared.metrics_address, sizeof(metrics_address));
   pthread_mutex_unlock(&c->mu);
 
   if (c->member && clock != c->thread_clock) {
     ps_member_set_clock(c->member, clock);
     c->thread_clock = clock;
+  }
+  if (c->member && metrics_gen != c->thread_metrics_gen) {
+    /* Its length was checked by the caller. */
+    ps_member_set_metrics_address(c->member, metrics_address);
+    c->thread_metrics_gen = metrics_gen;
   }
   /* Done goes out before the member is destroyed in the same callback; the
    * member lingers its socket after a Done, so a destroy right after

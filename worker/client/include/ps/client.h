@@ -113,6 +113,14 @@ PS_EXTERN uint64_t ps_client_start_clock(ps_client_t *c);
  * was applied already), since the client was created. */
 PS_EXTERN uint64_t ps_client_duplicate_acks(const ps_client_t *c);
 
+/* Tells the scheduler, with every heartbeat from now on, where this process
+ * serves its Prometheus metrics ("HOST:PORT"; NULL or "": nowhere), so that
+ * `psctl top` reads this worker's rates there. address is copied.
+ * PS_ERR_INVAL (and the reason in ps_client_errmsg) if it is 256 bytes or
+ * longer. */
+PS_EXTERN int ps_client_set_metrics_address(ps_client_t *c,
+                                            const char *address);
+
 /* Pushes count gradient values for keys [key_begin, key_begin + count) as the
  * worker's step clock. values are read in place (no copy) and must stay
  * unchanged until the call returns. Returns when every owning server acked. */
