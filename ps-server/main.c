@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
   char *scheduler = NULL, *bind = NULL, *advertise = NULL,
        *metrics_bind = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
+  int64_t max_sparse_keys = 0, max_inflight = 0;
   int log_level = PS_LOG_INFO, nonfinite = 0;
 
   const ps_opt_t opts[] = {
@@ -36,6 +37,17 @@ int main(int argc, char **argv) {
        1099511627776.0, NULL,
        "Largest payload frame accepted or sent, in bytes; bigger requests "
        "are refused with TOO_BIG."},
+      {"max-sparse-keys", PS_OPT_INT, &max_sparse_keys, "1048576", 1,
+       4294967296.0, NULL,
+       "Rows one sparse push or pull may name; more are refused with "
+       "TOO_BIG. With the model's dense ranges it also sets the largest "
+       "frame the server accepts at all (bigger ones are dropped, with the "
+       "connection, before they are read)."},
+      {"max-inflight-per-peer", PS_OPT_INT, &max_inflight, "1024", 1,
+       4294967295.0, NULL,
+       "Requests one worker may have waiting on this server (pushes not yet "
+       "on every backup, BSP pulls for a step to come); more are refused. "
+       "libps-client keeps 8 in flight per server."},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
       {"nonfinite", PS_OPT_ENUM, &nonfinite, "reject", 0, 0, "reject|skip",
@@ -81,6 +93,8 @@ int main(int argc, char **argv) {
   so.scheduler_timeout_ms = (int)scheduler_timeout_ms;
   so.limits.max_payload_bytes = (size_t)max_message_bytes;
   so.metrics_bind = metrics_bind;
+  so.max_sparse_keys = (uint64_t)max_sparse_keys;
+  so.max_inflight_per_peer = (uint32_t)max_inflight;
   so.nonfinite = nonfinite == 1 ? PS_SERVER_NONFINITE_SKIP
                                 : PS_SERVER_NONFINITE_REJECT;
 

@@ -188,6 +188,10 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Resent pushes recognised as applied already: acked, not "
                  "applied again.",
                  (double)st->duplicate_pushes);
+  ps_metrics_put(m, "ps_server_inflight_refused_total", PS_METRIC_COUNTER,
+                 "Requests refused because their worker already had "
+                 "--max-inflight-per-peer waiting here.",
+                 (double)st->inflight_refused);
   ps_metrics_put(m, "ps_server_nonfinite_pushes_total", PS_METRIC_COUNTER,
                  "Pushes holding NaN or Inf, refused or applied as zeros "
                  "(--nonfinite).",

@@ -30,6 +30,7 @@ typedef struct {
 typedef struct {
   int has_route; /* a worker's push: answer it when done */
   zmq_msg_t route;
+  uint32_t worker;
   uint64_t request_id, clock;
   int duplicate;
   uint64_t begin, end;
@@ -129,8 +130,8 @@ static void complete(ps_repl_t *r) {
     r->count--;
     if (done.has_route) {
       if (r->cbs.push_done)
-        r->cbs.push_done(r->arg, &done.route, done.request_id, done.clock,
-                         done.duplicate, done.status, done.reason);
+        r->cbs.push_done(r->arg, &done.route, done.request_id, done.worker,
+                         done.clock, done.duplicate, done.status, done.reason);
       zmq_msg_close(&done.route);
     } else if (done.is_snapshot && done.status == PS_OK && r->cbs.synced) {
       r->cbs.synced(r->arg, done.begin, done.end, done.snap_backup,
@@ -400,7 +401,8 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
   if (!duplicate && (c == NULL || c->n == 0) && r->count == 0) {
     /* Nothing to wait for and nothing before it: answer now. */
     if (r->cbs.push_done)
-      r->cbs.push_done(r->arg, route, request_id, clock_after, 0, PS_OK, "");
+      r->cbs.push_done(r->arg, route, request_id, worker, clock_after, 0,
+                       PS_OK, "");
     return PS_OK;
   }
   uint64_t id;
@@ -410,6 +412,7 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
   zmq_msg_init(&e->route);
   zmq_msg_copy(&e->route, route);
   e->request_id = request_id;
+  e->worker = worker;
   e->clock = clock_after;
   e->duplicate = duplicate;
   if (!duplicate && c != NULL && c->n > 0) {

@@ -40,9 +40,10 @@ typedef struct ps_repl_s ps_repl_t;
 typedef struct {
   /* A push is replicated (status PS_OK) or cannot be (status < 0, reason
    * says why); the callee answers the worker on route (borrowed: copy it
-   * to keep it). clock is the shard clock after the push. */
+   * to keep it). worker: the push's sender. clock is the shard clock after
+   * the push. */
   void (*push_done)(void *arg, zmq_msg_t *route, uint64_t request_id,
-                    uint64_t clock, int duplicate, int status,
+                    uint32_t worker, uint64_t clock, int duplicate, int status,
                     const char *reason);
   /* backup acked the snapshot of [begin, end): it holds the range now. */
   void (*synced)(void *arg, uint64_t begin, uint64_t end, uint32_t backup,

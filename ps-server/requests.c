@@ -104,7 +104,46 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
     s->stats.send_failures++;
 }
 
+/* ---- requests in flight per worker ----
+ * A push waits here until every backup holds it, a BSP pull until its step
+ * is applied. However fast a peer sends, it may have at most
+ * max_inflight_per_peer of them waiting; libps-client keeps `window` (8)
+ * in flight per server, so only a broken or hostile peer meets the cap. */
+
+/* Takes a slot for worker's request m, or refuses m and returns 0. */
+static int inflight_take(ps_server_t *s, ps_msg_t *m, uint32_t worker) {
+  if (worker >= s->inflight_nodes) {
+    /* Ids are dense and checked against the view: this stays small. */
+    size_t n = (size_t)worker + 64;
+    uint32_t *grown = realloc(s->inflight, n * sizeof(*grown));
+    if (grown == NULL) {
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to count requests");
+      return 0;
+    }
+    memset(grown + s->inflight_nodes, 0,
+           (n - s->inflight_nodes) * sizeof(*grown));
+    s->inflight = grown;
+    s->inflight_nodes = n;
+  }
+  if (s->inflight[worker] >= s->max_inflight_per_peer) {
+    s->stats.inflight_refused++;
+    ps__server_refuse(s, m, PS_ERR_REFUSED,
+                      "worker %u already has %u requests waiting on server "
+                      "%u (ps-server --max-inflight-per-peer)",
+                      worker, s->inflight[worker], s->node_id);
+    return 0;
+  }
+  s->inflight[worker]++;
+  return 1;
+}
+
+static void inflight_give(ps_server_t *s, uint32_t worker) {
+  if (worker < s->inflight_nodes && s->inflight[worker] > 0)
+    s->inflight[worker]--;
+}
+
 static void parked_free(ps_server_t *s, parked_pull_t *p) {
+  inflight_give(s, p->worker);
   zmq_msg_close(&p->route);
   free(p);
   s->stats.parked_pulls--;
@@ -262,9 +301,10 @@ void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
 
 /* ps-server/replica.h: a worker's push is on every backup (or cannot be). */
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
-                               uint64_t clock, int duplicate, int status,
-                               const char *reason) {
+                               uint32_t worker, uint64_t clock, int duplicate,
+                               int status, const char *reason) {
   ps_server_t *s = arg;
+  inflight_give(s, worker);
   if (status == PS_OK) {
     if (duplicate) s->stats.duplicate_pushes++;
     ps__server_reply_ack(s, route, request_id, clock, duplicate);
@@ -354,9 +394,12 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
     return;
   }
   if (seen == PS_DEDUP_DUP) {
+    if (!inflight_take(s, m, worker)) return;
     if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
-                     ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK)
+                     ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK) {
+      inflight_give(s, worker);
       ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+    }
     return;
   }
   /* The gradient is applied straight from the received frame (ps_msg_recv
@@ -371,6 +414,7 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   if (!nonfinite_ok(s, m, (float *)g, p->count, &m->payload[0], "keys",
                     p->key_begin))
     return;
+  if (!inflight_take(s, m, worker)) return;
   char why[256];
   uint64_t clock_after = 0;
   int rc = ps_dedup_reserve(r->dedup, worker);
@@ -380,6 +424,7 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   else
     snprintf(why, sizeof(why), "no memory to remember worker %u", worker);
   if (rc != PS_OK) {
+    inflight_give(s, worker);
     ps__server_refuse(s, m, rc, "%s", why);
     return;
   }
@@ -431,11 +476,14 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
           PARKED_PULLS_MAX, (unsigned long long)p->clock);
       return;
     }
+    if (!inflight_take(s, m, m->env->sender)) return;
     parked_pull_t *pp = calloc(1, sizeof(*pp));
     if (pp == NULL) {
+      inflight_give(s, m->env->sender);
       ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
       return;
     }
+    pp->worker = m->env->sender;
     zmq_msg_init(&pp->route);
     zmq_msg_copy(&pp->route, &m->route);
     pp->request_id = m->request_id;
@@ -471,6 +519,14 @@ static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
                                        const char *table, uint64_t nkeys,
                                        const uint64_t **keys_out) {
   if (!check_epoch(s, m)) return NULL;
+  if (nkeys > s->max_sparse_keys) {
+    ps__server_refuse(s, m, PS_ERR_TOO_BIG,
+                      "%llu rows in one sparse request, the limit is %llu "
+                      "(ps-server --max-sparse-keys)",
+                      (unsigned long long)nkeys,
+                      (unsigned long long)s->max_sparse_keys);
+    return NULL;
+  }
   ps_sparse_table_t *t = NULL;
   for (size_t i = 0; table && i < s->nsparse; i++)
     if (strcmp(ps_sparse_table_name(s->sparse[i]), table) == 0)

@@ -8,7 +8,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 #include <zmq.h>
 
@@ -209,6 +214,8 @@ static void teardown(ps_server_t *s) {
   ps_repl_destroy(&s->repl);
   ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
+  if (s->reserve_fd >= 0) close(s->reserve_fd);
+  s->reserve_fd = -1;
   ps_member_destroy(&s->member);
   ps_exporter_destroy(&s->exporter);
   if (s->signals_open) {
@@ -522,6 +529,11 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
     return;
   }
   if (s->node_id == 0) s->node_id = ps_member_node_id(m);
+  ps__server_frame_limit(s, view);
+  if (s->stopping) {
+    ps_view_destroy(&view);
+    return;
+  }
   if (s->restoring) {
     /* The newest view is the one to adopt once the weights are in. */
     ps_view_destroy(&s->restore_view);
@@ -568,6 +580,119 @@ static void on_view(ps_member_t *m, ps_view_t *view, void *arg) {
 
 /* ---- life cycle ---- */
 
+/* Reserves the address of a tcp:// bind endpoint whose host is an address
+ * (or *): a plain socket bound to it, not listening, holds the port (an
+ * ephemeral one for port *) until ZeroMQ binds it. Writes the endpoint
+ * ZeroMQ will bind to out. Returns 1 with *fd set, or 0 when ep is
+ * something else (a host name, ipc://, inproc://) or cannot be reserved:
+ * ZeroMQ binds it at once, and reports what is wrong with it. */
+static int reserve_tcp(const char *ep, char *out, size_t len, int *fd) {
+  if (strncmp(ep, "tcp://", 6) != 0) return 0;
+  const char *hp = ep + 6;
+  const char *colon = strrchr(hp, ':');
+  if (colon == NULL || colon == hp) return 0;
+  char host[256], port[16];
+  size_t hlen = (size_t)(colon - hp);
+  if (hlen >= sizeof(host) || strlen(colon + 1) >= sizeof(port)) return 0;
+  memcpy(host, hp, hlen);
+  host[hlen] = '\0';
+  snprintf(port, sizeof(port), "%s", colon + 1);
+  if (strcmp(port, "*") == 0) snprintf(port, sizeof(port), "0");
+  char *h = host;
+  if (h[0] == '[' && hlen > 2 && h[hlen - 1] == ']') {
+    h[hlen - 1] = '\0';
+    h++;
+  }
+  struct addrinfo hints, *ai = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  int any = strcmp(h, "*") == 0;
+  /* ZeroMQ binds * as 0.0.0.0 (IPv4) unless told ZMQ_IPV6. */
+  hints.ai_family = any ? AF_INET : AF_UNSPEC;
+  if (getaddrinfo(any ? NULL : h, port, &hints, &ai) != 0) return 0;
+  int sfd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  struct sockaddr_storage sa;
+  socklen_t salen = sizeof(sa);
+  char numeric[INET6_ADDRSTRLEN];
+  int ok = sfd >= 0 &&
+           setsockopt(sfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+           bind(sfd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+           getsockname(sfd, (struct sockaddr *)&sa, &salen) == 0 &&
+           getnameinfo((struct sockaddr *)&sa, salen, numeric, sizeof(numeric),
+                       NULL, 0, NI_NUMERICHOST) == 0;
+  int is6 = ai->ai_family == AF_INET6;
+  freeaddrinfo(ai);
+  if (!ok) {
+    if (sfd >= 0) close(sfd);
+    return 0;
+  }
+  unsigned p = ntohs(is6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                         : ((struct sockaddr_in *)&sa)->sin_port);
+  int w = snprintf(out, len, is6 ? "tcp://[%s]:%u" : "tcp://%s:%u", numeric,
+                   p);
+  if (w < 0 || (size_t)w >= len) {
+    close(sfd);
+    return 0;
+  }
+  *fd = sfd;
+  return 1;
+}
+
+/* The largest frame anyone may legally send this server, from what the
+ * job's first view says it may hold: a push or pull of a whole range (a
+ * request never spans two; libps-client cuts them smaller still), a sparse
+ * request of max_sparse_keys rows, a 1 MiB block of a snapshot; at most the
+ * configured --max-message-bytes. It is the data socket's ZMQ_MAXMSGSIZE,
+ * so ZeroMQ drops a bigger frame (and its connection) when it reads the
+ * frame's length, before allocating it.
+ *
+ * ZeroMQ copies a socket's options into a listener when it binds, so the
+ * limit must be set before: a TCP address is only reserved at start
+ * (reserve_tcp) and bound here, at the first view; clients that come
+ * first are refused and ZeroMQ retries their connection (every 100 ms).
+ * Ranges and the model are fixed for the job: later views change
+ * nothing. */
+void ps__server_frame_limit(ps_server_t *s, const ps_view_t *v) {
+  if (s->data == NULL || s->frame_limit_set) return;
+  s->frame_limit_set = 1;
+  if (s->reserve_fd < 0) {
+    PS_INFO("frame_limit", "bytes=%zu endpoint=%s reason=\"bound at start: "
+            "the configured --max-message-bytes\"",
+            s->limits.max_payload_bytes + s->limits.max_header_bytes,
+            s->endpoint);
+    return;
+  }
+  uint64_t bytes = (uint64_t)PS_SHARD_BLOCK_KEYS * sizeof(float);
+  for (size_t i = 0; i < v->nranges; i++) {
+    uint64_t b = (v->ranges[i].end - v->ranges[i].begin) * sizeof(float);
+    if (b > bytes) bytes = b;
+  }
+  for (size_t i = 0; i < v->model.nsparse; i++) {
+    uint64_t row = (uint64_t)v->model.sparse[i].dim * sizeof(float);
+    if (row < sizeof(uint64_t)) row = sizeof(uint64_t);
+    uint64_t b = s->max_sparse_keys * row;
+    if (b > bytes) bytes = b;
+  }
+  if (bytes > s->limits.max_payload_bytes) bytes = s->limits.max_payload_bytes;
+  int64_t max = (int64_t)(bytes + s->limits.max_header_bytes);
+  void *sock = ps_zsock_socket(s->data);
+  int rc = zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max, sizeof(max));
+  close(s->reserve_fd);
+  s->reserve_fd = -1;
+  if (rc == 0) rc = zmq_bind(sock, s->endpoint);
+  if (rc != 0) {
+    char reason[PS_ADDR_MAX + 96];
+    snprintf(reason, sizeof(reason), "cannot bind %s: %s", s->endpoint,
+             zmq_strerror(zmq_errno()));
+    ps_server_stop(s, PS_ERR_ZMQ, reason, 1);
+    return;
+  }
+  PS_INFO("frame_limit", "bytes=%lld endpoint=%s epoch=%llu", (long long)max,
+          s->endpoint, (unsigned long long)v->epoch);
+}
+
 void ps_server_opts_init(ps_server_opts_t *o) {
   memset(o, 0, sizeof(*o));
   o->scheduler = PS_DEFAULT_SCHEDULER;
@@ -576,6 +701,8 @@ void ps_server_opts_init(ps_server_opts_t *o) {
   o->heartbeat_ms = 100;
   o->scheduler_timeout_ms = PS_SERVER_SCHEDULER_TIMEOUT_MS;
   o->limits = ps_frame_default_limits;
+  o->max_sparse_keys = PS_SERVER_MAX_SPARSE_KEYS;
+  o->max_inflight_per_peer = PS_SERVER_MAX_INFLIGHT_PER_PEER;
   o->handle_signals = 1;
 }
 
@@ -595,6 +722,11 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   }
   s->limits = o->limits;
   s->nonfinite = o->nonfinite;
+  s->max_sparse_keys = o->max_sparse_keys ? o->max_sparse_keys
+                                          : PS_SERVER_MAX_SPARSE_KEYS;
+  s->max_inflight_per_peer = o->max_inflight_per_peer
+                                 ? o->max_inflight_per_peer
+                                 : PS_SERVER_MAX_INFLIGHT_PER_PEER;
   ps__server_metrics_init(s);
   s->scheduler = dup_or_null(o->scheduler);
   s->advertise = dup_or_null(o->advertise);
@@ -644,19 +776,27 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
 
+  /* A TCP address is reserved now and bound by ZeroMQ at the first view,
+   * with the frame limit the view implies (ps__server_frame_limit); any
+   * other endpoint is bound at once, with the configured limit. */
+  s->reserve_fd = -1;
+  int reserved = reserve_tcp(o->bind, s->endpoint, sizeof(s->endpoint),
+                             &s->reserve_fd);
   ps_zsock_opts_t zo = {.limits = &s->limits};
-  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL, &zo,
-                         on_data, s, err, errbuf, errlen);
+  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER,
+                         reserved ? NULL : o->bind, NULL, &zo, on_data, s, err,
+                         errbuf, errlen);
   if (s->data == NULL) goto fail;
   /* Out of descriptors, ZeroMQ drops new workers without a word. */
   s->data_mon =
       ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data), "data", NULL);
-  snprintf(s->endpoint, sizeof(s->endpoint), "%s", ps_zsock_endpoint(s->data));
-  const char *advertise = s->advertise && s->advertise[0]
-                              ? s->advertise
-                              : ps_zsock_endpoint(s->data);
+  if (!reserved)
+    snprintf(s->endpoint, sizeof(s->endpoint), "%s",
+             ps_zsock_endpoint(s->data));
+  const char *advertise =
+      s->advertise && s->advertise[0] ? s->advertise : s->endpoint;
   PS_INFO("start", "bind=%s endpoint=%s advertise=%s scheduler=%s", o->bind,
-          ps_zsock_endpoint(s->data), advertise, s->scheduler);
+          s->endpoint, advertise, s->scheduler);
   if (strstr(advertise, "0.0.0.0") || strstr(advertise, "*"))
     PS_WARN("advertise_unroutable",
             "advertise=%s hint=\"workers cannot connect to a wildcard "
@@ -751,6 +891,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   free(s->ranges);
   ps__server_deferred_free(s);
   free(s->scratch);
+  free(s->inflight);
   ps__server_sparse_free(s);
   ps_view_destroy(&s->view);
   free(s->scheduler);

@@ -40,7 +40,17 @@ typedef struct {
   /* A push holding NaN or Inf: refused (PS_ERR_NONFINITE), or skipped
    * (applied as zeros, so a BSP step still counts it). Never applied. */
   int nonfinite; /* PS_SERVER_NONFINITE_* */
+  /* Rows one sparse request may name (0: PS_SERVER_MAX_SPARSE_KEYS). */
+  uint64_t max_sparse_keys;
+  /* Requests one worker may have waiting on this server (pushes not yet
+   * on every backup, BSP pulls for a step to come); 0:
+   * PS_SERVER_MAX_INFLIGHT_PER_PEER. */
+  uint32_t max_inflight_per_peer;
 } ps_server_opts_t;
+
+#define PS_SERVER_MAX_INFLIGHT_PER_PEER 1024
+
+#define PS_SERVER_MAX_SPARSE_KEYS (1u << 20)
 
 #define PS_SERVER_NONFINITE_REJECT 0
 #define PS_SERVER_NONFINITE_SKIP 1
@@ -74,6 +84,7 @@ typedef struct {
   uint64_t handover_held;        /* pushes told to wait for a handover */
   uint64_t handovers;            /* ranges handed to a backup (planned) */
   uint64_t nonfinite_pushes;     /* pushes holding NaN or Inf */
+  uint64_t inflight_refused;     /* requests over a peer's cap in flight */
   uint64_t replicated;           /* changes replayed as a backup */
   uint64_t snapshots_in;         /* ranges received whole as a new backup */
   /* Bytes by body case: requests received, replies and errors sent. */

@@ -57,6 +57,7 @@ typedef struct parked_pull_s {
   uint64_t request_id;
   uint64_t key_begin, count, clock;
   uint64_t parked_ns; /* when it began to wait, for the BSP wait histogram */
+  uint32_t worker;    /* its sender, for the count in flight */
 } parked_pull_t;
 
 /* A snapshot of a range on its way in (ps-server/backup.c): the head's state
@@ -139,6 +140,13 @@ struct ps_server_s {
   char endpoint[PS_ADDR_MAX]; /* the bound one, kept after the socket closes */
   ps_frame_limits_t limits;
   int nonfinite; /* PS_SERVER_NONFINITE_* */
+  uint64_t max_sparse_keys;
+  int frame_limit_set; /* the first view's limit is on the data socket */
+  int reserve_fd; /* holds the data address until it is bound; -1: none */
+  /* Requests waiting here per worker node id (requests.c). */
+  uint32_t *inflight;
+  size_t inflight_nodes;
+  uint32_t max_inflight_per_peer;
 
   uint32_t node_id;
   ps_view_t *view; /* the adopted view; its model built the shards */
@@ -183,6 +191,7 @@ struct ps_server_s {
 };
 
 /* ps-server/server.c */
+void ps__server_frame_limit(ps_server_t *s, const ps_view_t *v);
 const char *ps__server_mode_name(int mode);
 uint64_t ps__server_view_epoch(const ps_server_t *s);
 void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
@@ -205,8 +214,8 @@ void ps__server_after_apply(ps_server_t *s, owned_range_t *r);
 void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
                           uint64_t clock, int duplicate);
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
-                               uint64_t clock, int duplicate, int status,
-                               const char *reason);
+                               uint32_t worker, uint64_t clock, int duplicate,
+                               int status, const char *reason);
 const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
                                        uint64_t count);
 void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);

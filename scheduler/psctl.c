@@ -111,23 +111,11 @@ static void json_ids(const uint32_t *ids, size_t n) {
   putchar(']');
 }
 
-static void json_string(const char *s) {
-  putchar('"');
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      printf("\\%c", *p);
-    else if (*p < 0x20)
-      printf("\\u%04x", *p);
-    else
-      putchar(*p);
-  }
-  putchar('"');
-}
 
 static void print_json(const char *endpoint, const Ps__Status *st) {
   const Ps__View *v = st->view;
   printf("{\"scheduler\":");
-  json_string(endpoint);
+  ps_top_json_string(stdout, endpoint);
   printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
          "\"live_workers\":%u,\"keys\":%" PRIu64
@@ -139,11 +127,11 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
            role_name(n->role));
-    json_string(n->address ? n->address : "");
+    ps_top_json_string(stdout, n->address ? n->address : "");
     printf(",\"state\":\"%s\",\"last_heartbeat_ms\":%" PRIu64
            ",\"clock\":%" PRIu64 ",\"metrics_address\":",
            state_name(n->state), n->last_heartbeat_ms, n->clock);
-    json_string(n->metrics_address ? n->metrics_address : "");
+    ps_top_json_string(stdout, n->metrics_address ? n->metrics_address : "");
     if (n->role == PS__ROLE__ROLE_SERVER) {
       uint32_t primary, backup;
       server_roles(v, n->id, &primary, &backup);
@@ -177,12 +165,12 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     }
     printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", ci->id,
            ci->step);
-    json_string(ci->dir ? ci->dir : "");
+    ps_top_json_string(stdout, ci->dir ? ci->dir : "");
     printf(",\"age_ms\":%" PRIu64 ",\"bytes\":%" PRIu64
            ",\"shards\":%u,\"duration_ms\":%" PRIu64 ",\"write_ms\":%" PRIu64
            ",\"reason\":",
            ci->age_ms, ci->bytes, ci->shards, ci->duration_ms, ci->write_ms);
-    json_string(ci->reason ? ci->reason : "");
+    ps_top_json_string(stdout, ci->reason ? ci->reason : "");
     printf("}");
   }
   const Ps__CheckpointInfo *f = st->last_failure;
@@ -191,13 +179,13 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     printf("null");
   } else {
     printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", f->id, f->step);
-    json_string(f->dir ? f->dir : "");
+    ps_top_json_string(stdout, f->dir ? f->dir : "");
     printf(",\"age_ms\":%" PRIu64 ",\"unix_ms\":%" PRIu64
            ",\"duration_ms\":%" PRIu64 ",\"reason\":",
            f->age_ms, f->created_unix_ms, f->duration_ms);
-    json_string(f->reason ? f->reason : "");
+    ps_top_json_string(stdout, f->reason ? f->reason : "");
     printf(",\"code\":\"%s\",\"error\":", ps_err_name(f->code));
-    json_string(f->error ? f->error : "");
+    ps_top_json_string(stdout, f->error ? f->error : "");
     printf("}");
   }
   printf("}\n");
@@ -573,7 +561,7 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
   if (json) {
     printf("{\"id\":%" PRIu64 ",\"step\":%" PRIu64 ",\"dir\":", ci->id,
            ci->step);
-    json_string(ci->dir ? ci->dir : "");
+    ps_top_json_string(stdout, ci->dir ? ci->dir : "");
     printf(",\"shards\":%u,\"bytes\":%" PRIu64 ",\"duration_ms\":%" PRIu64
            ",\"write_ms\":%" PRIu64 ",\"mbps\":%.1f}\n",
            ci->shards, ci->bytes, ci->duration_ms, ci->write_ms, mbps);
@@ -657,7 +645,7 @@ static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
   ps_msg_close(&m);
   if (json) {
     printf("{\"server\":%u,\"address\":", id);
-    json_string(address);
+    ps_top_json_string(stdout, address);
     printf(",\"ranges_moved\":%u,\"clock\":%" PRIu64
            ",\"duration_ms\":%" PRIu64 "}\n",
            leads, clock, ms);

@@ -533,7 +533,14 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     sched_free(s);
     return NULL;
   }
-  s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, NULL,
+  /* No message to the scheduler carries a payload frame: ZeroMQ drops
+   * anything bigger than a header before reading it. */
+  static const ps_frame_limits_t headers_only = {
+      .max_header_bytes = 1u << 20,
+      .max_payload_bytes = 0,
+  };
+  ps_zsock_opts_t zo = {.limits = &headers_only};
+  s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, &zo,
                        on_message, s, err, errbuf, errlen);
   if (s->zs == NULL) {
     sched_free(s);

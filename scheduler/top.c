@@ -424,7 +424,7 @@ void ps_top_sample(ps_top_t *t, const Ps__Status *st) {
 
 /* ---- printing ------------------------------------------------------------ */
 
-static void json_string(FILE *out, const char *s) {
+void ps_top_json_string(FILE *out, const char *s) {
   fputc('"', out);
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '"' || *p == '\\')
@@ -449,7 +449,7 @@ static void json_number(FILE *out, const char *key, double v, int decimals) {
 static void print_json(const ps_top_t *t, FILE *out) {
   fprintf(out, "{\"time_unix_ms\":%" PRIu64 ",\"scheduler\":",
           t->sampled_unix_ms);
-  json_string(out, t->o.scheduler);
+  ps_top_json_string(out, t->o.scheduler);
   fprintf(out,
           ",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
           ",\"expected_servers\":%u,\"expected_workers\":%u,\"nodes\":[",
@@ -463,13 +463,13 @@ static void print_json(const ps_top_t *t, FILE *out) {
             first ? "" : ",", n->id, ps__sched_role_name(n->role),
             ps__sched_state_name(n->state));
     first = 0;
-    json_string(out, n->address);
+    ps_top_json_string(out, n->address);
     fprintf(out, ",\"metrics_address\":");
-    json_string(out, n->metrics_address);
+    ps_top_json_string(out, n->metrics_address);
     fprintf(out, ",\"clock\":%" PRIu64 ",\"scraped\":%s,\"scrape_error\":",
             n->clock, n->scraped ? "true" : "false");
     if (n->scrape_error[0])
-      json_string(out, n->scrape_error);
+      ps_top_json_string(out, n->scrape_error);
     else
       fputs("null", out);
     if (n->role == PS__ROLE__ROLE_SERVER) {

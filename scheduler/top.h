@@ -53,6 +53,9 @@ void ps_top_print(const ps_top_t *t, FILE *out);
 /* Frees t and sets *t_p to NULL. NULL-safe. */
 void ps_top_destroy(ps_top_t **t_p);
 
+/* s as a JSON string (quoted, escaped) on out: psctl's --json output. */
+void ps_top_json_string(FILE *out, const char *s);
+
 /* The value of the samples of family name in a Prometheus text page,
  * summed over those whose labels contain label (e.g. "type=\"push\"";
  * NULL: all of them); NAN when there is none. Exposed for tests. */

@@ -154,6 +154,7 @@ static uint32_t register_fake_server(void **link) {
 
 static void *fake_link;
 static const char *server_args; /* --nonfinite of the servers, or NULL */
+static int bsp; /* a BSP job whose servers take 2 requests per worker */
 static char backup_addr[256]; /* the real server of the two-server fixture */
 static char server_ep_of_test[256]; /* the server the worker talks to */
 
@@ -166,13 +167,14 @@ static void setup_n(const char *nservers) {
    * that range's primary, on that primary's own connection. */
   int fake = strcmp(nservers, "2") == 0;
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          nservers, "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
-          "60000", NULL);
+          nservers, "--workers", "1", "--mode", bsp ? "bsp" : "asp",
+          "--heartbeat-timeout-ms", "60000", NULL);
   for (int i = 0; i < atoi(nservers) - fake; i++) {
     char name[32];
     snprintf(name, sizeof(name), "server%d", i);
     h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep, "--nonfinite",
-            server_args ? server_args : "reject", NULL);
+            server_args ? server_args : "reject", "--max-inflight-per-peer",
+            bsp ? "2" : "1024", NULL);
   }
   ctx = zmq_ctx_new();
   sched = dealer_as(c.sched_ep, &wtok, PS_AUTH_USE_MEMBER);
@@ -247,6 +249,11 @@ static void setup_n(const char *nservers) {
 
 static void setup(void) {
   setup_n("1");
+}
+static void setup_bsp(void) {
+  bsp = 1;
+  setup_n("1");
+  bsp = 0;
 }
 static void setup_skip(void) {
   server_args = "skip";
@@ -329,21 +336,24 @@ static void check_truncated(void *s, void (*serves)(void)) {
   serves();
 }
 
-static void check_length(void *s, void (*serves)(void)) {
+/* A push whose frame is one value short: the server says the length
+ * disagrees; the scheduler, which takes no payload at all, that it is too
+ * big (code). */
+static void check_length(void *s, void (*serves)(void), int code) {
   uint8_t buf[128];
   uint64_t req = next_req++;
   size_t n = pack_push(buf, req, 0, NKEYS, epoch);
   raw_send(s, buf, n, 1);
   float vals[NKEYS - 1] = {0};
   raw_send(s, vals, sizeof(vals), 0);
-  expect_error(s, req, PS_ERR_PROTO, "length disagrees with frame");
+  expect_error(s, req, code, "length disagrees with frame");
   serves();
 }
 
 START_TEST(server_refuses_bad_input) {
   check_garbage(server, expect_server_serves);
   check_truncated(server, expect_server_serves);
-  check_length(server, expect_server_serves);
+  check_length(server, expect_server_serves, PS_ERR_PROTO);
 
   /* A push to keys no server holds: an unknown tensor. */
   float vals[8] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -516,10 +526,126 @@ START_TEST(server_refuses_bad_sparse) {
 }
 END_TEST
 
+/* VmRSS of the process named name (a harness slot), in KiB; -1 if none. */
+static long rss_kib(const char *name) {
+  pid_t pid = 0;
+  for (int i = 0; i < c.nprocs; i++)
+    if (strcmp(c.procs[i].name, name) == 0) pid = c.procs[i].pid;
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = pid ? fopen(path, "r") : NULL; /* st_size is 0 in /proc */
+  long kib = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, NULL, 10);
+  if (f) fclose(f);
+  return kib;
+}
+
+static void free_big(void *data, void *hint) {
+  (void)hint;
+  free(data);
+}
+
+/* Sends one frame of n bytes (calloc'd, so untouched zero pages here) to
+ * ep on a fresh connection, and waits until the peer drops it. Returns 1 if it did within 20 s. */
+static int oversized_dropped(const char *ep, size_t n) {
+  /* A stranger: the worker's routing id would take over its connection. */
+  ps_auth_token_t t;
+  ck_assert_int_eq(ps_auth_token_new(&t), PS_OK);
+  void *s = dealer_as(ep, &t, PS_AUTH_USE_DATA);
+  /* A name per call: the last monitor's may not be released yet. */
+  static int calls;
+  char mep[64];
+  snprintf(mep, sizeof(mep), "inproc://oversized-%d", ++calls);
+  ck_assert_int_eq(zmq_socket_monitor(s, mep, ZMQ_EVENT_DISCONNECTED), 0);
+  void *mon = zmq_socket(ctx, ZMQ_PAIR);
+  ck_assert_int_eq(zmq_connect(mon, mep), 0);
+  void *buf = calloc(1, n);
+  ck_assert_ptr_nonnull(buf);
+  zmq_msg_t msg;
+  zmq_msg_init_data(&msg, buf, n, free_big, NULL);
+  ck_assert_int_ge(zmq_msg_send(&msg, s, 0), 0);
+  int dropped = 0;
+  uint64_t end = h_deadline_ms(20000);
+  while (!dropped && h_now_ms() < end) {
+    zmq_pollitem_t it = {mon, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 200) != 1) continue;
+    zmq_msg_t ev;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, mon, 0) >= 6) {
+      uint16_t e;
+      memcpy(&e, zmq_msg_data(&ev), sizeof(e));
+      dropped = e == ZMQ_EVENT_DISCONNECTED;
+    }
+    zmq_msg_close(&ev);
+    int more = 0;
+    size_t sz = sizeof(more);
+    while (zmq_getsockopt(mon, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+      zmq_msg_init(&ev);
+      zmq_msg_recv(&ev, mon, 0);
+      zmq_msg_close(&ev);
+    }
+  }
+  zmq_socket_monitor(s, NULL, 0);
+  zmq_close(mon);
+  zmq_close(s);
+  return dropped;
+}
+
+/* A frame far bigger than anything the server holds (its ranges are NKEYS
+ * floats): ZeroMQ drops it, and the connection, when it reads its length;
+ * the server never allocates it and serves on. The same for the scheduler,
+ * which takes no payload frame at all. */
+START_TEST(oversized_frames_dropped) {
+  const size_t big = (size_t)256 << 20;
+  long before = rss_kib("server0");
+  ck_assert_msg(before > 0, "no RSS for server0 (%d processes)", c.nprocs);
+  ck_assert_msg(oversized_dropped(server_ep_of_test, big),
+                "the server did not drop a 256 MiB frame");
+  long after = rss_kib("server0");
+  fprintf(stderr, "bad_input oversized: server RSS %ld -> %ld KiB\n", before,
+          after);
+  ck_assert_msg(after - before < 32 * 1024,
+                "server RSS grew by %ld KiB for a dropped frame",
+                after - before);
+  expect_server_serves();
+  before = rss_kib("scheduler");
+  ck_assert_msg(oversized_dropped(c.sched_ep, (size_t)64 << 20),
+                "the scheduler did not drop a 64 MiB frame");
+  after = rss_kib("scheduler");
+  fprintf(stderr, "bad_input oversized: scheduler RSS %ld -> %ld KiB\n",
+          before, after);
+  ck_assert_msg(after - before < 16 * 1024,
+                "scheduler RSS grew by %ld KiB for a dropped frame",
+                after - before);
+  expect_scheduler_serves();
+}
+END_TEST
+
+/* A worker may have --max-inflight-per-peer requests waiting on a server
+ * (here 2): BSP pulls for a step to come park until the cap, the next one
+ * is refused, and the server still answers pulls it can serve. */
+START_TEST(inflight_capped) {
+  uint64_t reqs[3];
+  for (int i = 0; i < 3; i++) {
+    Ps__Pull p = PS__PULL__INIT;
+    p.key_begin = 0;
+    p.count = NKEYS;
+    p.clock = 5; /* no step was applied: it parks */
+    Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PULL);
+    env.pull = &p;
+    ck_assert_int_eq(ps_msg_send(server, NULL, &env, NULL, 0), PS_OK);
+    reqs[i] = env.request_id;
+  }
+  expect_error(server, reqs[2], PS_ERR_REFUSED, "third request in flight");
+  expect_server_serves(); /* step 0 is there: served at once */
+}
+END_TEST
+
 START_TEST(scheduler_refuses_bad_input) {
   check_garbage(sched, expect_scheduler_serves);
   check_truncated(sched, expect_scheduler_serves);
-  check_length(sched, expect_scheduler_serves);
+  check_length(sched, expect_scheduler_serves, PS_ERR_TOO_BIG);
 
   /* A checkpoint into a directory of the sender's choosing, with no
    * --checkpoint-dir configured: refused, nothing created. */
@@ -675,12 +801,18 @@ int main(void) {
   tcase_add_test(tc, server_refuses_bad_input);
   tcase_add_test(tc, server_refuses_bad_sparse);
   tcase_add_test(tc, scheduler_refuses_bad_input);
+  tcase_add_test(tc, oversized_frames_dropped);
   suite_add_tcase(s, tc);
   TCase *tr = tcase_create("replication");
   tcase_set_timeout(tr, 120);
   tcase_add_checked_fixture(tr, setup_replicated, teardown);
   tcase_add_test(tr, backup_refuses_bad_replication);
   suite_add_tcase(s, tr);
+  TCase *ti = tcase_create("inflight");
+  tcase_set_timeout(ti, 120);
+  tcase_add_checked_fixture(ti, setup_bsp, teardown);
+  tcase_add_test(ti, inflight_capped);
+  suite_add_tcase(s, ti);
   TCase *tn = tcase_create("nonfinite_skip");
   tcase_set_timeout(tn, 120);
   tcase_add_checked_fixture(tn, setup_skip, teardown);
