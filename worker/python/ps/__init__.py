@@ -1,0 +1,164 @@
+"""ps: Python bindings of libps-client, the parameter server's worker library.
+
+    import numpy as np, ps
+    model = ps.Model([ps.Tensor("w", 1000)], learning_rate=0.1)
+    with ps.Client(scheduler="tcp://127.0.0.1:7000", model=model) as c:
+        g = np.ones(1000, np.float32)
+        c.push("w", g, clock=0)              # straight from g's memory
+        w = np.empty(1000, np.float32)
+        c.pull("w", w, clock=1)              # straight into w's memory
+
+Values must be float32, C-contiguous buffers (NumPy arrays, memoryviews,
+PyTorch CPU tensors); nothing is copied on the Python side. Failures of the
+library raise ps.Error with .code, .name and .message; calls release the
+GIL while they wait, and every call has the client's deadline (timeout_ms).
+A client is used from the thread that created it.
+"""
+
+import collections
+import os
+
+from . import _client
+from ._client import Call, Error, err_name, strerror
+from ._client import (INIT_UNIFORM, INIT_ZERO, MAX_PENDING, OPTIMIZER_ADD,
+                      OPTIMIZER_SGD, SPARSE_DIM_MAX)
+
+# Every status code of <ps/err.h> as ps.OK, ps.ERR_TIMEOUT, ...
+for _name in dir(_client):
+    if _name == "OK" or _name.startswith("ERR_"):
+        globals()[_name] = getattr(_client, _name)
+del _name
+
+__all__ = ["Client", "Model", "Tensor", "SparseTable", "View", "Range",
+           "Call", "Error", "strerror", "err_name", "INIT_ZERO",
+           "INIT_UNIFORM", "OPTIMIZER_SGD", "OPTIMIZER_ADD"]
+
+_INITS = {"zero": INIT_ZERO, "uniform": INIT_UNIFORM}
+_OPTIMIZERS = {"sgd": OPTIMIZER_SGD, "add": OPTIMIZER_ADD}
+
+
+def _init_code(init):
+    if isinstance(init, str):
+        if init not in _INITS:
+            raise ValueError(f"init {init!r}: one of {sorted(_INITS)}")
+        return _INITS[init]
+    return int(init)
+
+
+class Tensor:
+    """A dense tensor of the model: `length` float32 keys, initialised by
+    the servers (`init` "zero" or "uniform" in (-init_scale, init_scale),
+    from the model's seed and the key alone)."""
+
+    def __init__(self, name, length, init="zero", init_scale=0.0):
+        self.name = str(name)
+        self.length = int(length)
+        if self.length <= 0:
+            raise ValueError(f"tensor {name!r}: length {length} must be > 0")
+        self.init = _init_code(init)
+        self.init_scale = float(init_scale)
+
+    def __repr__(self):
+        return (f"ps.Tensor({self.name!r}, {self.length}, init={self.init}, "
+                f"init_scale={self.init_scale})")
+
+
+class SparseTable:
+    """A sparse embedding table: uint64 ids -> rows of `dim` float32,
+    created on first touch with `init`."""
+
+    def __init__(self, name, dim, init="zero", init_scale=0.0):
+        self.name = str(name)
+        self.dim = int(dim)
+        if not 1 <= self.dim <= SPARSE_DIM_MAX:
+            raise ValueError(
+                f"sparse table {name!r}: dim {dim} not in [1, {SPARSE_DIM_MAX}]")
+        self.init = _init_code(init)
+        self.init_scale = float(init_scale)
+
+    def __repr__(self):
+        return f"ps.SparseTable({self.name!r}, {self.dim}, init={self.init})"
+
+
+class Model:
+    """What a worker declares: dense tensors laid end to end from key 0 in
+    this order, sparse tables, and the rule the servers apply to a pushed
+    gradient g ("sgd": v = momentum v + g / workers, w -= learning_rate v;
+    "add": w += g). Every worker of a job must declare the same model."""
+
+    def __init__(self, tensors=(), sparse=(), optimizer="sgd",
+                 learning_rate=0.01, momentum=0.0, seed=1):
+        self.tensors = list(tensors)
+        self.sparse = list(sparse)
+        if isinstance(optimizer, str):
+            if optimizer not in _OPTIMIZERS:
+                raise ValueError(
+                    f"optimizer {optimizer!r}: one of {sorted(_OPTIMIZERS)}")
+            optimizer = _OPTIMIZERS[optimizer]
+        self.optimizer = int(optimizer)
+        self.learning_rate = float(learning_rate)
+        self.momentum = float(momentum)
+        self.seed = int(seed)
+
+    @property
+    def total(self):
+        return sum(t.length for t in self.tensors)
+
+    def offsets(self):
+        """{name: (offset, length)} of the dense tensors."""
+        out, off = {}, 0
+        for t in self.tensors:
+            out[t.name] = (off, t.length)
+            off += t.length
+        return out
+
+
+Range = collections.namedtuple("Range", "begin end server")
+View = collections.namedtuple("View", "epoch live_workers ranges")
+
+
+class Client(_client.Client):
+    """A worker connected to a cluster.
+
+    Client(scheduler="tcp://HOST:PORT", model=ps.Model(...), **options)
+    registers with the scheduler (default: $PS_SCHEDULER), declares model
+    and waits for the view. Options are ps_client_opts_t's fields:
+    timeout_ms, connect_timeout_ms, heartbeat_ms, rank, window,
+    chunk_bytes, resend_ms; an unknown one is a TypeError.
+
+    Dense calls take `where`: a key (int; the buffer's length is the count)
+    or a tensor name (str; the buffer must have exactly its length):
+      push(where, values, clock), pull(where, out, clock)
+      push_start(...) / pull_start(...) -> Call; call.wait() or wait(call)
+    Sparse: sparse_push(table, ids, values, clock), sparse_pull(table, ids,
+    out), ids int64/uint64, values len(ids) x dim float32.
+    Also barrier(name), done(), leave(reason), view(), rank, num_workers,
+    node_id, start_clock(), shutting_down(), close(). As a context manager
+    it says done on a normal exit and leave on an exception.
+    """
+
+    def __init__(self, scheduler=None, model=None, **options):
+        if scheduler is None:
+            scheduler = os.environ.get("PS_SCHEDULER")
+        if not scheduler:
+            raise ValueError("scheduler endpoint not given and PS_SCHEDULER "
+                             "not set")
+        if model is None:
+            raise ValueError("model is required (a ps.Model)")
+        super().__init__(scheduler, model, **options)
+
+    def view(self):
+        epoch, live, ranges = super().view()
+        return View(epoch, live, [Range(*r) for r in ranges])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.closed:
+            if exc_type is None:
+                self.done()
+            else:
+                self.leave(f"{exc_type.__name__}: {exc}"[:200])
+            self.close()
+        return False
