@@ -4,6 +4,7 @@ at the end of the test), logs under $PS_TEST_TMP/python/<test>/."""
 
 import os
 import re
+import shutil
 import threading
 
 import pytest
@@ -21,7 +22,8 @@ def log_dir(request):
     d = os.path.join(root, "python", name)
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
+        p = os.path.join(d, f)
+        shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
     return d
 
 

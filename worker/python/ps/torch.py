@@ -220,8 +220,19 @@ class ParameterServerTrainer:
                                              self.clock + 1)
             try:
                 pushing.wait()
-            finally:
+            except BaseException:
+                _wait_quietly(pulling)
+                raise
+            try:
                 pulling.wait()
+            except ps.Error as e:
+                # When a server dies, the push's frames queued to it are
+                # freed by closing the data connections, which fails the
+                # calls in flight with ERR_PEER (libps-client's settle).
+                # A pull changes nothing on the servers: pull again.
+                if e.code != ps.ERR_PEER:
+                    raise
+                self.client.pull(0, self._host_w[:self.total], self.clock + 1)
             self._after_pull()
         self.clock += 1
         self._pulled = True
@@ -257,6 +268,13 @@ class ParameterServerTrainer:
     def __exit__(self, exc_type, exc, tb):
         self.close(None if exc_type is None else f"{exc_type.__name__}: {exc}")
         return False
+
+
+def _wait_quietly(call):
+    try:
+        call.wait()
+    except ps.Error:
+        pass
 
 
 def apply_server_rule(weights, velocity, grad, learning_rate, momentum,
