@@ -170,6 +170,10 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--mode", choices=("bsp", "asp"), default="bsp")
     ap.add_argument("--replication", type=int, default=None)
+    ap.add_argument("--heartbeat-timeout-ms", type=int, default=None,
+                    help="the scheduler's (default its own, 400): silence "
+                    "after which a node is dead; raise it on a loaded "
+                    "machine")
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--timeout-s", type=float, default=3600.0,
                     help="deadline of the whole run")
@@ -183,7 +187,7 @@ def main(argv=None):
     status = 0
     try:
         with Cluster(a.servers, a.workers, a.mode, a.replication,
-                     a.log_dir) as c:
+                     a.log_dir, a.heartbeat_timeout_ms) as c:
             print(f"ps.launch: scheduler {c.endpoint}, {a.servers} servers, "
                   f"logs in {c.log_dir}", file=sys.stderr)
             workers = []
