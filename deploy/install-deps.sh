@@ -26,6 +26,9 @@ if [ "${1:-}" = --tests ]; then
     # deploy/plot.sh, which integration.metrics_csv runs (and quickstart
     # uses when it is there).
     gnuplot-nox
+    # The Python package's tests (ctest -L python): Debian's PyTorch 1.13 is
+    # the tested version; python3-dev builds the extension.
+    python3-dev python3-numpy python3-pytest python3-torch
   )
 fi
 
