@@ -38,10 +38,8 @@ static PyObject *ps_error_type; /* ps._client.Error */
 /* Raises Error(code, message) and returns NULL. */
 static PyObject *raise_code(int code, const char *message) {
   const char *name = ps_err_name(code);
-  PyObject *text = PyUnicode_FromFormat("%s: %s", name,
-                                        message && message[0]
-                                            ? message
-                                            : ps_strerror(code));
+  PyObject *text = PyUnicode_FromFormat(
+      "%s: %s", name, message && message[0] ? message : ps_strerror(code));
   if (text == NULL) return NULL;
   PyObject *exc = PyObject_CallOneArg(ps_error_type, text);
   Py_DECREF(text);
@@ -77,8 +75,8 @@ static PyObject *raise_codef(int code, const char *fmt, ...) {
  * prefix, or "" for one that names another order or several items. */
 static const char *plain_format(const Py_buffer *b) {
   const char *f = b->format ? b->format : "B";
-  if (f[0] == '@' || f[0] == '=' ||
-      (f[0] == '<' && PY_LITTLE_ENDIAN) || (f[0] == '>' && PY_BIG_ENDIAN))
+  if (f[0] == '@' || f[0] == '=' || (f[0] == '<' && PY_LITTLE_ENDIAN) ||
+      (f[0] == '>' && PY_BIG_ENDIAN))
     f++;
   return f[0] != '\0' && f[1] == '\0' ? f : "";
 }
@@ -107,8 +105,8 @@ static PyObject *torch_as_array(PyObject *obj, const char *what) {
 }
 
 static int looks_like_torch_tensor(PyObject *obj) {
-  PyObject *mod = PyObject_GetAttrString((PyObject *)Py_TYPE(obj),
-                                         "__module__");
+  PyObject *mod =
+      PyObject_GetAttrString((PyObject *)Py_TYPE(obj), "__module__");
   if (mod == NULL) {
     PyErr_Clear();
     return 0;
@@ -125,8 +123,7 @@ static int acquire(PyObject *obj, Py_buffer *b, int writable,
                    const char *what) {
   int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
   if (PyObject_GetBuffer(obj, b, flags) == 0) return 0;
-  if (PyErr_ExceptionMatches(PyExc_TypeError) &&
-      looks_like_torch_tensor(obj)) {
+  if (PyErr_ExceptionMatches(PyExc_TypeError) && looks_like_torch_tensor(obj)) {
     PyErr_Clear();
     PyObject *arr = torch_as_array(obj, what);
     if (arr == NULL) return -1;
@@ -137,8 +134,10 @@ static int acquire(PyObject *obj, Py_buffer *b, int writable,
   PyErr_Clear();
   if (writable && PyObject_GetBuffer(obj, b, PyBUF_STRIDES) == 0) {
     PyBuffer_Release(b);
-    PyErr_Format(PyExc_ValueError, "%s is read-only: a pull needs a "
-                 "writable array", what);
+    PyErr_Format(PyExc_ValueError,
+                 "%s is read-only: a pull needs a "
+                 "writable array",
+                 what);
     return -1;
   }
   PyErr_Format(PyExc_TypeError,
@@ -425,8 +424,8 @@ static int set_opt(ps_client_opts_t *o, PyObject *key, PyObject *val,
       long x = PyLong_AsLong(val);
       if (x == -1 && PyErr_Occurred()) return -1;
       if (x < INT32_MIN || x > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "option %s: %ld does not fit an int",
-                     k, x);
+        PyErr_Format(PyExc_ValueError, "option %s: %ld does not fit an int", k,
+                     x);
         return -1;
       }
       *(int *)field = (int)x;
@@ -490,10 +489,9 @@ static int Client_init(ClientObject *self, PyObject *args, PyObject *kwds) {
   int err = PS_OK;
   char msg[512] = "";
   ps_client_t *c;
-  Py_BEGIN_ALLOW_THREADS
-  c = ps_client_new(&o, &self->model, &err, msg, sizeof(msg));
-  Py_END_ALLOW_THREADS
-  Py_DECREF(keep);
+  Py_BEGIN_ALLOW_THREADS c =
+      ps_client_new(&o, &self->model, &err, msg, sizeof(msg));
+  Py_END_ALLOW_THREADS Py_DECREF(keep);
   if (c == NULL) {
     raise_code(err, msg);
     return -1;
@@ -521,10 +519,8 @@ static void release_pending(ClientObject *self) {
 static void client_close(ClientObject *self) {
   if (self->c == NULL) return;
   ps_client_t *c = self->c;
-  Py_BEGIN_ALLOW_THREADS
-  ps_client_destroy(&c);
-  Py_END_ALLOW_THREADS
-  self->c = NULL;
+  Py_BEGIN_ALLOW_THREADS ps_client_destroy(&c);
+  Py_END_ALLOW_THREADS self->c = NULL;
   release_pending(self);
 }
 
@@ -556,15 +552,13 @@ static int resolve(ClientObject *self, PyObject *where, uint64_t count,
       if (count != t->length) {
         PyErr_Format(PyExc_ValueError,
                      "tensor '%s' has %llu values, the array %llu", name,
-                     (unsigned long long)t->length,
-                     (unsigned long long)count);
+                     (unsigned long long)t->length, (unsigned long long)count);
         return -1;
       }
       *key_begin = t->offset;
       return 0;
     }
-    raise_codef(PS_ERR_UNKNOWN_KEY, "the model has no tensor named '%s'",
-                name);
+    raise_codef(PS_ERR_UNKNOWN_KEY, "the model has no tensor named '%s'", name);
     return -1;
   }
   if (!PyLong_Check(where)) {
@@ -616,11 +610,10 @@ static PyObject *dense_call(ClientObject *self, PyObject *args, int is_push,
   }
   int rc;
   if (!start) {
-    Py_BEGIN_ALLOW_THREADS
-    rc = is_push ? ps_client_push(self->c, key, count, b.buf, clock)
-                 : ps_client_pull(self->c, key, count, b.buf, clock);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&b);
+    Py_BEGIN_ALLOW_THREADS rc =
+        is_push ? ps_client_push(self->c, key, count, b.buf, clock)
+                : ps_client_pull(self->c, key, count, b.buf, clock);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&b);
     if (rc != PS_OK) return client_error(self, rc);
     Py_RETURN_NONE;
   }
@@ -682,10 +675,8 @@ static PyObject *call_wait(CallObject *call) {
   if (!client_usable(self)) return NULL;
   Py_INCREF(self);
   int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = ps_client_wait(self->c, call->ticket);
-  Py_END_ALLOW_THREADS
-  if (call->has_buf) PyBuffer_Release(&call->buf);
+  Py_BEGIN_ALLOW_THREADS rc = ps_client_wait(self->c, call->ticket);
+  Py_END_ALLOW_THREADS if (call->has_buf) PyBuffer_Release(&call->buf);
   call->has_buf = 0;
   call->client = NULL;
   PyObject *result = rc == PS_OK ? Py_NewRef(Py_None) : client_error(self, rc);
@@ -762,12 +753,10 @@ static PyObject *sparse_call(ClientObject *self, PyObject *args, int is_push) {
     return NULL;
   }
   int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = is_push ? ps_client_sparse_push(self->c, table, ids.buf, n, b.buf,
-                                       clock)
-               : ps_client_sparse_pull(self->c, table, ids.buf, n, b.buf);
-  Py_END_ALLOW_THREADS
-  PyBuffer_Release(&ids);
+  Py_BEGIN_ALLOW_THREADS rc =
+      is_push ? ps_client_sparse_push(self->c, table, ids.buf, n, b.buf, clock)
+              : ps_client_sparse_pull(self->c, table, ids.buf, n, b.buf);
+  Py_END_ALLOW_THREADS PyBuffer_Release(&ids);
   PyBuffer_Release(&b);
   if (rc != PS_OK) return client_error(self, rc);
   Py_RETURN_NONE;
@@ -785,10 +774,8 @@ static PyObject *Client_barrier(ClientObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "s:barrier", &name)) return NULL;
   if (!client_usable(self)) return NULL;
   int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = ps_client_barrier(self->c, name);
-  Py_END_ALLOW_THREADS
-  if (rc != PS_OK) return client_error(self, rc);
+  Py_BEGIN_ALLOW_THREADS rc = ps_client_barrier(self->c, name);
+  Py_END_ALLOW_THREADS if (rc != PS_OK) return client_error(self, rc);
   Py_RETURN_NONE;
 }
 
@@ -880,8 +867,7 @@ static PyObject *Client_get_tensors(ClientObject *self, void *x) {
   PyObject *t = PyTuple_New((Py_ssize_t)self->model.ntensors);
   for (size_t i = 0; t && i < self->model.ntensors; i++) {
     const ps_tensor_spec_t *s = &self->model.tensors[i];
-    PyObject *r = Py_BuildValue("(sKK)", s->name,
-                                (unsigned long long)s->offset,
+    PyObject *r = Py_BuildValue("(sKK)", s->name, (unsigned long long)s->offset,
                                 (unsigned long long)s->length);
     if (r == NULL) {
       Py_CLEAR(t);
@@ -1012,13 +998,18 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "ps._client",
-    "libps-client for Python (see the ps package)", -1, module_methods,
-    NULL, NULL, NULL, NULL};
+    PyModuleDef_HEAD_INIT,
+    "ps._client",
+    "libps-client for Python (see the ps package)",
+    -1,
+    module_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL};
 
 PyMODINIT_FUNC PyInit__client(void) {
-  if (PyType_Ready(&ClientType) < 0 || PyType_Ready(&CallType) < 0)
-    return NULL;
+  if (PyType_Ready(&ClientType) < 0 || PyType_Ready(&CallType) < 0) return NULL;
   PyObject *m = PyModule_Create(&module_def);
   if (m == NULL) return NULL;
   ps_error_type = PyErr_NewExceptionWithDoc(
