@@ -157,7 +157,39 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
   ps_hist_observe(&s->hist_request[ps__server_op(body)], ps_now_ns() - t0);
 }
 
+/* With CURVE, what a connection may send follows from its key's role
+ * (common/keys.h), on top of the node identity of requests.c: pushes and
+ * pulls only from worker keys, replication only from server keys. Returns
+ * 0 after refusing m. */
+static int role_allowed(ps_server_t *s, ps_msg_t *m) {
+  if (s->keys == NULL) return 1;
+  ps_key_role_t need;
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_PUSH:
+    case PS__ENVELOPE__BODY_PULL:
+    case PS__ENVELOPE__BODY_SPARSE_PUSH:
+    case PS__ENVELOPE__BODY_SPARSE_PULL:
+      need = PS_KEY_ROLE_WORKER;
+      break;
+    case PS__ENVELOPE__BODY_REPLICATE:
+    case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
+    case PS__ENVELOPE__BODY_REPLICA_CHUNK:
+      need = PS_KEY_ROLE_SERVER;
+      break;
+    default:
+      return 1;
+  }
+  ps_key_role_t role = ps_keys_peer(m->user_id, NULL);
+  if (role == need) return 1;
+  ps__server_refuse(s, m, PS_ERR_PERMISSION_DENIED,
+                    "a %s key may not send %s (needs a %s key)",
+                    ps_key_role_name(role), ps_body_name(m->env->body_case),
+                    ps_key_role_name(need));
+  return 0;
+}
+
 void ps__server_dispatch(ps_server_t *s, ps_msg_t *m) {
+  if (!role_allowed(s, m)) return;
   switch (m->env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
       ps__server_handle_push(s, m);
@@ -209,6 +241,7 @@ static void teardown(ps_server_t *s) {
   ps_repl_destroy(&s->repl);
   ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
+  ps_zap_destroy(&s->zap);
   ps_member_destroy(&s->member);
   ps_exporter_destroy(&s->exporter);
   if (s->signals_open) {
@@ -644,7 +677,14 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
 
-  ps_zsock_opts_t zo = {.limits = &s->limits};
+  /* CURVE: the ZAP handler before the socket that needs it binds. */
+  s->keys = o->keys;
+  if (s->keys) {
+    s->zap = ps_zap_new(&s->loop, s->zctx, s->keys, err, errbuf, errlen);
+    if (s->zap == NULL) goto fail;
+    ps_repl_set_keys(s->repl, s->keys);
+  }
+  ps_zsock_opts_t zo = {.limits = &s->limits, .keys = s->keys};
   s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, o->bind, NULL, &zo,
                          on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
@@ -681,6 +721,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
       .rank = -1,
       .heartbeat_ms = o->heartbeat_ms,
       .scheduler_timeout_ms = o->scheduler_timeout_ms,
+      .keys = s->keys,
   };
   ps_member_cbs_t cbs = {
       .registered_cb = on_registered,

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/frame.h"
+#include "common/keys.h"
 
 typedef struct ps_server_s ps_server_t;
 
@@ -40,6 +41,9 @@ typedef struct {
   /* A push holding NaN or Inf: refused (PS_ERR_NONFINITE), or skipped
    * (applied as zeros, so a BSP step still counts it). Never applied. */
   int nonfinite; /* PS_SERVER_NONFINITE_* */
+  /* CURVE (issue #13; common/keys.h): the server's key and the keys
+   * admitted, with roles; must outlive the server. NULL: plaintext. */
+  const ps_keys_t *keys;
 } ps_server_opts_t;
 
 #define PS_SERVER_NONFINITE_REJECT 0
