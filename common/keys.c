@@ -416,7 +416,16 @@ int ps_keys_apply(void *sock, const ps_keys_t *keys, const char *server_key,
                    "the peer's public key \"%.48s\" is not a Z85 key of %d "
                    "characters",
                    server_key, PS_KEY_Z85_LEN);
-  if ((rc = set_opt(sock, ZMQ_CURVE_SERVERKEY, "ZMQ_CURVE_SERVERKEY",
+  /* A peer that refuses our key ends the handshake with an ERROR, and
+   * libzmq 4.3 then drops the connection's pipe: a blocking send on the
+   * DEALER, which has no other, would wait forever (a worker with a
+   * stranger's key hung at exit). With a send timeout of 0 the send fails
+   * with EAGAIN instead; with a pipe it never blocks (no high-water mark,
+   * ps_zsock_configure). */
+  int zero = 0;
+  if ((rc = set_opt(sock, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO", &zero, sizeof(zero),
+                    err, errlen)) != PS_OK ||
+      (rc = set_opt(sock, ZMQ_CURVE_SERVERKEY, "ZMQ_CURVE_SERVERKEY",
                     server_key, PS_KEY_Z85_LEN, err, errlen)) != PS_OK ||
       (rc = set_opt(sock, ZMQ_CURVE_PUBLICKEY, "ZMQ_CURVE_PUBLICKEY", keys->pub,
                     PS_KEY_Z85_LEN, err, errlen)) != PS_OK)

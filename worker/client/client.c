@@ -347,12 +347,19 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     goto fail;
   }
   if (!ready) {
+    /* A scheduler that does not admit our CURVE key never answers: the
+     * handshake fails before any message, so all we see is silence. */
     rc = ps__client_fail(c, PS_ERR_TIMEOUT,
-                         "scheduler %s: %s within connect_timeout_ms %d",
+                         "scheduler %s: %s within connect_timeout_ms %d%s",
                          c->scheduler,
                          registered ? "registered but no cluster view"
                                     : "no answer to registration",
-                         o->connect_timeout_ms);
+                         o->connect_timeout_ms,
+                         c->keys && !registered
+                             ? " (CURVE: is it running with a --keys-dir "
+                               "that holds this worker's .pub, and is ours "
+                               "its scheduler.pub?)"
+                             : "");
     goto fail;
   }
   if ((rc = ps__client_refresh(c)) < 0) goto fail;
