@@ -406,6 +406,7 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
   /* Not a memset of the whole struct: the payload array is 2 KiB and its
    * entries are initialised as frames arrive. */
   m->has_route = 0;
+  m->user_id[0] = '\0';
   m->env = NULL;
   m->request_id = 0;
   m->npayload = 0;
@@ -435,6 +436,8 @@ int ps_msg_recv(void *sock, int is_router, const ps_frame_limits_t *limits,
       return ps_errf(err, errlen, PS_ERR_ZMQ, "receive failed: %s",
                      zmq_strerror(zmq_errno()));
     }
+    const char *uid = zmq_msg_gets(&header, "User-Id");
+    if (uid) snprintf(m->user_id, sizeof(m->user_id), "%s", uid);
   } else {
     header = first;
   }

@@ -44,6 +44,11 @@ extern const ps_frame_limits_t ps_frame_default_limits;
 typedef struct {
   int has_route;       /* the routing frame below is valid */
   zmq_msg_t route;     /* ROUTER side: the peer's identity */
+  /* ROUTER side: the connection's ZAP User-Id (CURVE: "ROLE KEY", see
+   * common/keys.h), "" for none. Copied from the header frame: libzmq 4.3
+   * leaves the routing frame without metadata when ZMQ_EVENTS was read
+   * first, as every drain does. */
+  char user_id[64];
   Ps__Envelope *env;   /* NULL if the header could not be decoded */
   uint64_t request_id; /* from env when decoded, else 0 */
   int npayload;

@@ -42,6 +42,7 @@ struct ps_member_s {
   int64_t rank;
   int heartbeat_ms;
   int scheduler_timeout_ms;
+  const ps_keys_t *keys;
 
   int registered;
   uint32_t node_id;
@@ -101,6 +102,7 @@ static void send_register(ps_member_t *m) {
   reg.role = (Ps__Role)m->role;
   reg.address = m->address;
   reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
+  if (m->keys) reg.curve_key = (char *)ps_keys_public(m->keys);
   if (m->has_model) {
     size_t n = m->model.ntensors;
     tensors = calloc(n + 1, sizeof(*tensors));
@@ -391,6 +393,7 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
   m->heartbeat_ms =
       opts->heartbeat_ms ? opts->heartbeat_ms : PS_MEMBER_HEARTBEAT_MS;
   m->scheduler_timeout_ms = opts->scheduler_timeout_ms;
+  m->keys = opts->keys;
   m->scheduler = strdup(opts->scheduler);
   m->address = strdup(opts->address ? opts->address : "");
   if (m->scheduler == NULL || m->address == NULL) {
@@ -416,7 +419,12 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
     free_member(m);
     return NULL;
   }
-  ps_zsock_opts_t zo = {.token = &m->token, .token_use = PS_AUTH_USE_MEMBER};
+  ps_zsock_opts_t zo = {.token = &m->token,
+                        .token_use = PS_AUTH_USE_MEMBER,
+                        .keys = opts->keys,
+                        .peer_key = opts->keys
+                                        ? ps_keys_scheduler_key(opts->keys)
+                                        : NULL};
   m->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_DEALER, NULL, opts->scheduler, &zo,
                        on_message, m, err, why, sizeof(why));
   if (m->zs == NULL) {

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "keys.h"
 #include "view.h"
 
 typedef struct ps_member_s ps_member_t;
@@ -53,6 +54,9 @@ typedef struct {
   int64_t rank;            /* workers: requested rank, -1 for any */
   int heartbeat_ms;        /* 0: PS_MEMBER_HEARTBEAT_MS */
   int scheduler_timeout_ms; /* 0: never give up (still warns) */
+  /* CURVE (common/keys.h): the node's keys, NULL for plaintext; must
+   * outlive the member. */
+  const ps_keys_t *keys;
 } ps_member_opts_t;
 
 /* Starts the link: connects, sends Register, starts the heartbeat timer.

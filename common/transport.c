@@ -202,6 +202,18 @@ static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
       (rc = ps_auth_set_routing_id(zs->sock, o->token, o->token_use, err,
                                    errlen)) != PS_OK)
     return rc;
+  /* The side that binds is the CURVE server; a ROUTER always is one, also
+   * before it binds (a server binds its data address at its first view). */
+  int curve_server = bind_ep != NULL || zs->is_router;
+  if (o && o->keys && !curve_server &&
+      (o->peer_key == NULL || !o->peer_key[0]))
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "CURVE: no public key for the peer %s",
+                   connect_ep ? connect_ep : "?");
+  if (o && o->keys &&
+      (rc = ps_keys_apply(zs->sock, o->keys, curve_server ? NULL : o->peer_key,
+                          err, errlen)) != PS_OK)
+    return rc;
   int64_t maxmsg = (int64_t)zs->limits.max_payload_bytes +
                    (int64_t)zs->limits.max_header_bytes;
   rc = set_opt(zs->sock, ZMQ_MAXMSGSIZE, "ZMQ_MAXMSGSIZE", &maxmsg,

@@ -22,6 +22,7 @@
 
 #include "auth.h"
 #include "frame.h"
+#include "keys.h"
 
 typedef struct ps_zsock_s ps_zsock_t;
 
@@ -42,6 +43,11 @@ typedef struct {
    * a connecting socket shows its peer's ROUTER, or NULL for none. */
   const ps_auth_token_t *token;
   char token_use; /* PS_AUTH_USE_* */
+  /* CURVE (common/keys.h), NULL for plaintext: a socket that binds is a
+   * CURVE server (the context needs a ZAP handler, common/zap.h), one that
+   * connects a client of the peer whose public key (Z85) is peer_key. */
+  const ps_keys_t *keys;
+  const char *peer_key;
 } ps_zsock_opts_t;
 
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,

@@ -342,6 +342,12 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
                      "node %u: a token of %zu characters, not %d", n->id,
                      strlen(tok), PS_AUTH_TOKEN_HEX);
     snprintf(d->token, sizeof(d->token), "%s", tok);
+    const char *ck = n->curve_key ? n->curve_key : "";
+    if (ck[0] != '\0' && strlen(ck) != PS_KEY_Z85_LEN)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "node %u: a CURVE key of %zu characters, not %d", n->id,
+                     strlen(ck), PS_KEY_Z85_LEN);
+    snprintf(d->curve_key, sizeof(d->curve_key), "%s", ck);
     v->nnodes = i + 1;
   }
   return PS_OK;

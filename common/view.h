@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "common/auth.h"
+#include "common/keys.h"
 #include "proto/ps.pb-c.h"
 /* The model types and the opaque view of the public API; the struct is
  * defined below, under the tag ps/view.h names. */
@@ -58,6 +59,8 @@ typedef struct {
   /* The node's session token (common/auth.h), or "": only servers' views
    * carry them. */
   char token[PS_AUTH_TOKEN_HEX + 1];
+  /* A server's CURVE public key (Z85), or "" (plaintext). */
+  char curve_key[PS_KEY_Z85_LEN + 1];
 } ps_node_t;
 
 struct ps_view_s {

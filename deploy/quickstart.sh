@@ -81,8 +81,14 @@ PORT=7000
 while ss -Htln "sport = :$PORT" | grep -q .; do PORT=$((PORT + 1)); done
 SCHED=tcp://127.0.0.1:$PORT
 
+# CURVE on every link (issue #13): a key per role in the run's folder,
+# found by every program through PS_KEYS_DIR (psctl uses admin.key).
+for role in scheduler server worker admin; do
+  "$BIN/psctl" keygen --role "$role" --out "$RUN/keys" >/dev/null
+done
+export PS_KEYS_DIR=$RUN/keys
 echo "== cluster: scheduler $SCHED, $SERVERS servers, $WORKERS workers, $MODE, $EPOCHS epochs, batch $BATCH per worker, $REPLICATION copies of each range =="
-echo "   logs in $RUN"
+echo "   logs in $RUN; CURVE keys in $RUN/keys (PS_KEYS_DIR=$RUN/keys psctl status)"
 # --metrics-bind for a daemon: base port + index, when --metrics is on.
 metrics() { [ $METRICS -eq 1 ] && echo "--metrics-bind=127.0.0.1:$(($1 + $2))" || true; }
 if [ $METRICS -eq 1 ]; then

@@ -12,10 +12,10 @@
 
 int main(int argc, char **argv) {
   char *scheduler = NULL, *bind = NULL, *advertise = NULL,
-       *metrics_bind = NULL;
+       *metrics_bind = NULL, *keys_dir = NULL, *key_file = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
   int64_t max_sparse_keys = 0, max_inflight = 0;
-  int log_level = PS_LOG_INFO, nonfinite = 0;
+  int log_level = PS_LOG_INFO, nonfinite = 0, insecure = 0;
 
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -55,6 +55,11 @@ int main(int argc, char **argv) {
        "it with an error (the worker's call fails), skip applies it as "
        "zeros (a BSP step still counts it) and counts it in "
        "ps_server_nonfinite_pushes_total."},
+      {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
+       PS_KEYS_DIR_HELP},
+      {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
+      {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
+       PS_INSECURE_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Least severe level logged."},
   };
@@ -82,6 +87,10 @@ int main(int argc, char **argv) {
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
+  ps_keys_t *keys = NULL;
+  if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_SERVER,
+                          bind, &keys, err, sizeof(err)) != PS_OK)
+    return ps_config_refuse(&cfg, "%s", err);
   ps_raise_nofile_limit();
 
   ps_server_opts_t so;
@@ -97,12 +106,14 @@ int main(int argc, char **argv) {
   so.max_inflight_per_peer = (uint32_t)max_inflight;
   so.nonfinite = nonfinite == 1 ? PS_SERVER_NONFINITE_SKIP
                                 : PS_SERVER_NONFINITE_REJECT;
+  so.keys = keys;
 
   int status = PS_OK;
   ps_server_t *server = ps_server_new(&so, &status, err, sizeof(err));
   if (server == NULL) {
     PS_ERROR("start_failed", "status=%s reason=\"%s\"", ps_err_name(status),
              err);
+    ps_keys_destroy(&keys);
     ps_config_free(&cfg);
     return ps_config_exit_status(status);
   }
@@ -110,6 +121,7 @@ int main(int argc, char **argv) {
   if (status != PS_OK)
     fprintf(stderr, "ps-server: %s\n", ps_server_errmsg(server));
   ps_server_destroy(&server);
+  ps_keys_destroy(&keys);
   ps_config_free(&cfg);
   return status == PS_OK ? PS_EXIT_OK : PS_EXIT_FAILURE;
 }

@@ -196,6 +196,10 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Pushes holding NaN or Inf, refused or applied as zeros "
                  "(--nonfinite).",
                  (double)st->nonfinite_pushes);
+  ps_metrics_put(m, "ps_server_curve_refused_total", PS_METRIC_COUNTER,
+                 "CURVE handshakes refused by the ZAP handler (keys not in "
+                 "--keys-dir).",
+                 s->zap ? (double)ps_zap_refused(s->zap) : 0.0);
   ps_metrics_put(m, "ps_server_handovers_total", PS_METRIC_COUNTER,
                  "Ranges this server handed to a backup in a planned move "
                  "(psctl drain, rebalancing), without a failover.",

@@ -54,6 +54,7 @@ struct ps_repl_s {
   uint64_t epoch;
   ps_auth_token_t token; /* this node's: backups check it (common/auth.h) */
   int has_token;
+  const ps_keys_t *keys; /* CURVE: NULL for plaintext */
   peer_t **peers;
   size_t npeers;
   chain_t *chains;
@@ -202,7 +203,9 @@ static int peer_get(ps_repl_t *r, const ps_view_t *view, uint32_t id,
   char why[256];
   ps_zsock_opts_t zo = {.limits = &r->limits,
                         .token = r->has_token ? &r->token : NULL,
-                        .token_use = PS_AUTH_USE_REPLICA};
+                        .token_use = PS_AUTH_USE_REPLICA,
+                        .keys = r->keys,
+                        .peer_key = node->curve_key};
   p->zs = ps_zsock_new(r->loop, r->zctx, ZMQ_DEALER, NULL, p->address, &zo,
                        on_peer_reply, p, &err, why, sizeof(why));
   if (p->zs == NULL) {
@@ -280,6 +283,10 @@ void ps_repl_destroy(ps_repl_t **r_p) {
   free(r->ring);
   free(r);
   *r_p = NULL;
+}
+
+void ps_repl_set_keys(ps_repl_t *r, const ps_keys_t *keys) {
+  r->keys = keys;
 }
 
 void ps_repl_set_token(ps_repl_t *r, const ps_auth_token_t *t) {

@@ -67,6 +67,10 @@ void ps_repl_destroy(ps_repl_t **r_p);
  * which is how they know the changes are its. Before the first chain. */
 void ps_repl_set_token(ps_repl_t *r, const ps_auth_token_t *t);
 
+/* CURVE (common/keys.h): connections to backups are made with keys, to
+ * the key each backup has in the view. keys must outlive r. */
+void ps_repl_set_keys(ps_repl_t *r, const ps_keys_t *keys);
+
 /* This node's id and view epoch, sent with every change. */
 void ps_repl_set_identity(ps_repl_t *r, uint32_t node_id, uint64_t epoch);
 

@@ -162,7 +162,39 @@ static void on_data(ps_zsock_t *zs, ps_msg_t *m, int status, const char *reason,
   ps_hist_observe(&s->hist_request[ps__server_op(body)], ps_now_ns() - t0);
 }
 
+/* With CURVE, what a connection may send follows from its key's role
+ * (common/keys.h), on top of the node identity of requests.c: pushes and
+ * pulls only from worker keys, replication only from server keys. Returns
+ * 0 after refusing m. */
+static int role_allowed(ps_server_t *s, ps_msg_t *m) {
+  if (s->keys == NULL) return 1;
+  ps_key_role_t need;
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_PUSH:
+    case PS__ENVELOPE__BODY_PULL:
+    case PS__ENVELOPE__BODY_SPARSE_PUSH:
+    case PS__ENVELOPE__BODY_SPARSE_PULL:
+      need = PS_KEY_ROLE_WORKER;
+      break;
+    case PS__ENVELOPE__BODY_REPLICATE:
+    case PS__ENVELOPE__BODY_REPLICA_SNAPSHOT:
+    case PS__ENVELOPE__BODY_REPLICA_CHUNK:
+      need = PS_KEY_ROLE_SERVER;
+      break;
+    default:
+      return 1;
+  }
+  ps_key_role_t role = ps_keys_peer(m->user_id, NULL);
+  if (role == need) return 1;
+  ps__server_refuse(s, m, PS_ERR_PERMISSION_DENIED,
+                    "a %s key may not send %s (needs a %s key)",
+                    ps_key_role_name(role), ps_body_name(m->env->body_case),
+                    ps_key_role_name(need));
+  return 0;
+}
+
 void ps__server_dispatch(ps_server_t *s, ps_msg_t *m) {
+  if (!role_allowed(s, m)) return;
   switch (m->env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
       ps__server_handle_push(s, m);
@@ -216,6 +248,7 @@ static void teardown(ps_server_t *s) {
   ps_zsock_destroy(&s->data);
   if (s->reserve_fd >= 0) close(s->reserve_fd);
   s->reserve_fd = -1;
+  ps_zap_destroy(&s->zap);
   ps_member_destroy(&s->member);
   ps_exporter_destroy(&s->exporter);
   if (s->signals_open) {
@@ -776,13 +809,20 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
     goto fail;
   }
 
+  /* CURVE: the ZAP handler before the socket that needs it binds. */
+  s->keys = o->keys;
+  if (s->keys) {
+    s->zap = ps_zap_new(&s->loop, s->zctx, s->keys, err, errbuf, errlen);
+    if (s->zap == NULL) goto fail;
+    ps_repl_set_keys(s->repl, s->keys);
+  }
   /* A TCP address is reserved now and bound by ZeroMQ at the first view,
    * with the frame limit the view implies (ps__server_frame_limit); any
    * other endpoint is bound at once, with the configured limit. */
   s->reserve_fd = -1;
   int reserved = reserve_tcp(o->bind, s->endpoint, sizeof(s->endpoint),
                              &s->reserve_fd);
-  ps_zsock_opts_t zo = {.limits = &s->limits};
+  ps_zsock_opts_t zo = {.limits = &s->limits, .keys = s->keys};
   s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER,
                          reserved ? NULL : o->bind, NULL, &zo, on_data, s, err,
                          errbuf, errlen);
@@ -821,6 +861,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
       .rank = -1,
       .heartbeat_ms = o->heartbeat_ms,
       .scheduler_timeout_ms = o->scheduler_timeout_ms,
+      .keys = s->keys,
   };
   ps_member_cbs_t cbs = {
       .registered_cb = on_registered,

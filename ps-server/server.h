@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "common/frame.h"
+#include "common/keys.h"
 
 typedef struct ps_server_s ps_server_t;
 
@@ -46,6 +47,9 @@ typedef struct {
    * on every backup, BSP pulls for a step to come); 0:
    * PS_SERVER_MAX_INFLIGHT_PER_PEER. */
   uint32_t max_inflight_per_peer;
+  /* CURVE (issue #13; common/keys.h): the server's key and the keys
+   * admitted, with roles; must outlive the server. NULL: plaintext. */
+  const ps_keys_t *keys;
 } ps_server_opts_t;
 
 #define PS_SERVER_MAX_INFLIGHT_PER_PEER 1024

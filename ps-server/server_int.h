@@ -32,6 +32,7 @@
 #include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
+#include "common/zap.h"
 #include "dedup.h"
 #include "proto/ps.pb-c.h"
 #include "replica.h"
@@ -127,6 +128,8 @@ struct ps_server_s {
   void *zctx;
   ps_zsock_t *data;
   ps_sockmon_t *data_mon; /* accepts that failed on data */
+  ps_zap_t *zap;          /* CURVE: admits the keys of opts.keys */
+  const ps_keys_t *keys;  /* CURVE: NULL for plaintext */
   ps_member_t *member;
   uv_signal_t sigterm, sigint;
   int signals_open;

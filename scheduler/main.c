@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/exporter.h"
+#include "common/keys.h"
 #include "common/log.h"
 #include "common/notify.h"
 #include "common/sockmon.h"
@@ -27,12 +28,13 @@ static void stopping_cb(uv_signal_t *h, int signum) {
 
 int main(int argc, char **argv) {
   char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
-       *state_file = NULL, *metrics_bind = NULL;
+       *state_file = NULL, *metrics_bind = NULL, *keys_dir = NULL,
+       *key_file = NULL;
   int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
   int64_t replication = 2;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   double checkpoint_every_s = 0;
-  int mode = 0, log_level = PS_LOG_INFO, rebalance = 1;
+  int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
@@ -89,6 +91,11 @@ int main(int argc, char **argv) {
        "ranges."},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
+      {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
+       PS_KEYS_DIR_HELP},
+      {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
+      {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
+       PS_INSECURE_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "Lowest level of log lines written."},
   };
@@ -119,6 +126,11 @@ int main(int argc, char **argv) {
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
                        PS__CONSISTENCY_MODE__MODE_ASP};
   ps_log_init("scheduler", (ps_log_level_t)log_level);
+  ps_keys_t *keys = NULL;
+  if (ps_keys_for_program(keys_dir, key_file, insecure,
+                          PS_KEY_ROLE_SCHEDULER, bind, &keys, err,
+                          sizeof(err)) != PS_OK)
+    return ps_config_refuse(&cfg, "%s", err);
   ps_raise_nofile_limit();
 
   uv_loop_t loop;
@@ -140,6 +152,7 @@ int main(int argc, char **argv) {
       .restore = restore,
       .state_file = state_file,
       .metrics_bind = metrics_bind,
+      .keys = keys,
   };
   int serr = PS_OK;
   ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));
@@ -181,6 +194,7 @@ int main(int argc, char **argv) {
   uv_loop_close(&loop);
   /* Waits (up to the socket's linger) for the Shutdown broadcast to leave. */
   zmq_ctx_term(ctx);
+  ps_keys_destroy(&keys);
   ps_config_free(&cfg);
   if (status == 0) PS_INFO("exit", "status=0");
   return status;

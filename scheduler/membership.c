@@ -469,6 +469,9 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
   n->rank = rank;
   snprintf(n->address, sizeof(n->address), "%s", addr);
   memcpy(n->token, token.hex, sizeof(n->token));
+  /* Checked against the connection's key in scheduler.c (role_allowed). */
+  snprintf(n->curve_key, sizeof(n->curve_key), "%s",
+           r->curve_key ? r->curve_key : "");
   ps__sched_node_touch(n, m, 1);
   if (role == PS__ROLE__ROLE_WORKER) {
     if (s->has_model) {

@@ -138,6 +138,14 @@ static void render(ps_metrics_t *m, void *arg) {
   ps_metrics_put(m, "ps_scheduler_drains_total", PS_METRIC_COUNTER,
                  "Servers drained by psctl drain and told to exit.",
                  (double)s->stats.drains);
+  ps_metrics_put(m, "ps_scheduler_curve_refused_total", PS_METRIC_COUNTER,
+                 "CURVE handshakes refused by the ZAP handler (keys not in "
+                 "--keys-dir).",
+                 s->zap ? (double)ps_zap_refused(s->zap) : 0.0);
+  ps_metrics_put(m, "ps_scheduler_permission_denied_total", PS_METRIC_COUNTER,
+                 "Messages refused because the sender's key has a role that "
+                 "may not send them, or in another node's name.",
+                 (double)(s->stats.role_refusals + s->stats.impersonations));
   ps_metrics_put(m, "ps_scheduler_ranges_lost_total", PS_METRIC_COUNTER,
                  "Times a range was left without a live copy.",
                  (double)s->stats.ranges_lost);

@@ -25,6 +25,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/keys.h"
 #include "common/log.h"
 #include "common/time.h"
 #include "proto/ps.pb-c.h"
@@ -386,11 +387,17 @@ static int check_answer(const char *endpoint, const ps_msg_t *m,
   return 0;
 }
 
+/* With CURVE a scheduler that does not admit our key never answers: the
+ * handshake fails before a message can. */
+static int psctl_keyed;
+
 static void print_no_answer(const char *endpoint, int64_t timeout_ms) {
   fprintf(stderr,
           "psctl: no answer from the scheduler at %s within %" PRId64
-          " ms (is ps-scheduler running and reachable there?)\n",
-          endpoint, timeout_ms);
+          " ms (is ps-scheduler running and reachable there%s?)\n",
+          endpoint, timeout_ms,
+          psctl_keyed ? ", and does its --keys-dir hold our admin key's .pub"
+                      : "");
 }
 
 /* Sends env and waits for the answer (a want body, or an Error) until the
@@ -657,6 +664,52 @@ static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
   return 0;
 }
 
+/* psctl stop: the scheduler ends the job and tells every node (an admin
+ * key only, so CURVE only). */
+static int run_stop(void *sock, const char *endpoint, int64_t timeout_ms,
+                    int json) {
+  Ps__Shutdown sd = PS__SHUTDOWN__INIT;
+  sd.reason = (char *)"psctl stop";
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_SHUTDOWN;
+  env.shutdown = &sd;
+  env.request_id = 1;
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (ask(sock, endpoint, timeout_ms, &env, PS__ENVELOPE__BODY_ACK, &m,
+          &elapsed) != 0)
+    return 1;
+  ps_msg_close(&m);
+  if (json)
+    printf("{\"stopped\":true,\"ms\":%" PRIu64 "}\n", elapsed);
+  else
+    printf("the scheduler at %s stops the job and every node\n", endpoint);
+  return 0;
+}
+
+/* psctl keygen: a key pair into --out, no scheduler involved. */
+static int run_keygen(const ps_config_t *cfg, const char *role_name,
+                      const char *out, const char *name) {
+  ps_key_role_t role;
+  if (role_name == NULL || ps_key_role_parse(role_name, &role) != PS_OK)
+    return ps_config_refuse(cfg,
+                            "keygen needs --role scheduler|server|worker|admin");
+  if (out == NULL || out[0] == '\0')
+    return ps_config_refuse(cfg, "keygen needs --out DIR");
+  char err[512];
+  const char *n = name && name[0] ? name : role_name;
+  int rc = ps_keys_generate(out, n, role, err, sizeof(err));
+  if (rc != PS_OK) {
+    fprintf(stderr, "psctl: keygen: %s\n", err);
+    ps_config_free(cfg);
+    return PS_EXIT_FAILURE;
+  }
+  printf("%s/%s.key (secret, mode 0600) and %s/%s.pub: key of role %s\n",
+         out, n, out, n, role_name);
+  ps_config_free(cfg);
+  return PS_EXIT_OK;
+}
+
 /* psctl top: a sample to start from, then one table (or JSON object) per
  * interval with the rates since the sample before, iterations times (0:
  * until killed). A scheduler that does not answer ends it (exit 1). */
@@ -706,9 +759,11 @@ static int run_top(void *sock, const char *endpoint, int64_t timeout_ms,
 
 int main(int argc, char **argv) {
   char *endpoint = NULL, *dir = NULL;
+  char *keys_dir = NULL, *key_file = NULL, *role = NULL, *out_dir = NULL,
+       *key_name = NULL;
   int64_t timeout_ms = 3000, wait_ms = 300000;
   int64_t interval_ms = 1000, iterations = 0;
-  int json = 0;
+  int json = 0, insecure = 0;
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &endpoint, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "Endpoint of the scheduler to ask."},
@@ -731,6 +786,19 @@ int main(int argc, char **argv) {
       {"iterations", PS_OPT_INT, &iterations, "0", 0, 1000000000, NULL,
        "top: stop (exit 0) after this many refreshes; 0: until Ctrl-C. "
        "Also -n N."},
+      {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
+       PS_KEYS_DIR_HELP " psctl's role is admin."},
+      {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
+      {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
+       PS_INSECURE_HELP},
+      {"role", PS_OPT_STRING, &role, NULL, 0, 0, NULL,
+       "keygen: the key's role, scheduler|server|worker|admin."},
+      {"out", PS_OPT_STRING, &out_dir, NULL, 0, 0, NULL,
+       "keygen: the directory to write NAME.key (mode 0600) and NAME.pub "
+       "into; made (mode 0700) if missing. An existing key is never "
+       "overwritten."},
+      {"name", PS_OPT_STRING, &key_name, NULL, 0, 0, NULL,
+       "keygen: the key's name (its files' names). Default: the role."},
   };
   const ps_config_t cfg = {
       .program = "psctl",
@@ -749,8 +817,12 @@ int main(int argc, char **argv) {
           "step, steps/s, samples/s, loss and test accuracy; the rates come "
           "from the /metrics of daemons started with --metrics-bind; "
           "redrawn in place on a terminal, else one snapshot after "
-          "another; --json: one object per refresh, per line).",
-      .usage = "[options] status|health|checkpoint|drain SERVER|top",
+          "another; --json: one object per refresh, per line), "
+          "stop (end the job: every node stops; needs an admin key), "
+          "keygen --role R --out DIR [--name NAME] (write a CURVE key "
+          "pair: NAME.key, secret, mode 0600, and NAME.pub).",
+      .usage = "[options] status|health|checkpoint|drain SERVER|top|stop|"
+               "keygen",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
@@ -776,19 +848,29 @@ int main(int argc, char **argv) {
   int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
   int is_drain = nargs >= 1 && strcmp(args[0], "drain") == 0;
   int is_top = nargs == 1 && strcmp(args[0], "top") == 0;
+  int is_stop = nargs == 1 && strcmp(args[0], "stop") == 0;
+  if (nargs == 1 && strcmp(args[0], "keygen") == 0)
+    return run_keygen(&cfg, role, out_dir, key_name);
   if (is_drain && nargs != 2)
     return ps_config_refuse(&cfg, "drain needs one SERVER: its node id or "
                                   "address, as psctl status lists them");
-  if (!is_status && !is_health && !is_checkpoint && !is_drain && !is_top) {
+  if (!is_status && !is_health && !is_checkpoint && !is_drain && !is_top &&
+      !is_stop) {
     if (nargs == 1)
       return ps_config_refuse(&cfg,
                               "unknown command \"%s\": expected status, "
-                              "health, checkpoint, drain or top",
+                              "health, checkpoint, drain, top, stop or keygen",
                               args[0]);
-    return ps_config_refuse(
-        &cfg, "expected one command, status, health, checkpoint, drain or top");
+    return ps_config_refuse(&cfg,
+                            "expected one command, status, health, "
+                            "checkpoint, drain, top, stop or keygen");
   }
   ps_log_init("psctl", PS_LOG_WARN);
+  ps_keys_t *keys = NULL;
+  if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_ADMIN,
+                          NULL, &keys, err, sizeof(err)) != PS_OK)
+    return ps_config_refuse(&cfg, "%s", err);
+  psctl_keyed = keys != NULL;
 
   void *ctx = zmq_ctx_new();
   void *sock = zmq_socket(ctx, ZMQ_DEALER);
@@ -800,6 +882,11 @@ int main(int argc, char **argv) {
   /* Linger 0: an unanswered request must not keep psctl from exiting. */
   int zero = 0;
   zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+  if (keys && ps_keys_apply(sock, keys, ps_keys_scheduler_key(keys), err,
+                            sizeof(err)) != PS_OK) {
+    fprintf(stderr, "psctl: %s\n", err);
+    goto out;
+  }
   if (zmq_connect(sock, endpoint) != 0) {
     fprintf(stderr, "psctl: cannot connect to %s: %s\n", endpoint,
             zmq_strerror(zmq_errno()));
@@ -811,6 +898,10 @@ int main(int argc, char **argv) {
   }
   if (is_drain) {
     status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1], json);
+    goto out;
+  }
+  if (is_stop) {
+    status = run_stop(sock, endpoint, timeout_ms, json);
     goto out;
   }
   if (is_top) {
@@ -836,6 +927,7 @@ int main(int argc, char **argv) {
 out:
   if (sock) zmq_close(sock);
   zmq_ctx_term(ctx);
+  ps_keys_destroy(&keys);
   ps_config_free(&cfg);
   return status;
 }

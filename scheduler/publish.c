@@ -71,6 +71,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->join_clock = n->join_clock;
     ni->joining = n->joining;
     ni->metrics_address = n->metrics_address;
+    ni->curve_key = n->curve_key;
     v->info_ptrs[i] = ni;
   }
   v->view.n_nodes = s->nnodes;

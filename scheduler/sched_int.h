@@ -32,6 +32,7 @@
 #include "common/sockmon.h"
 #include "common/transport.h"
 #include "common/view.h"
+#include "common/zap.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/coordinator.h"
 #include "scheduler/scheduler.h"
@@ -61,6 +62,9 @@ typedef struct {
    * message in its name must come with it. "": unknown (a state file of an
    * older scheduler). */
   char token[PS_AUTH_TOKEN_HEX + 1];
+  /* A server's CURVE public key (Z85), the key of the connection it
+   * registered on; "" without CURVE. Goes into the view. */
+  char curve_key[PS_KEY_Z85_LEN + 1];
   uint64_t last_seen_ms;
   uint64_t clock;
   /* Where the node serves /metrics, from its heartbeats; "" when none. */
@@ -94,6 +98,7 @@ struct ps_sched_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
   ps_sockmon_t *zs_mon; /* accepts that failed on zs */
+  ps_zap_t *zap;        /* CURVE: admits the keys of opts.keys */
   uv_timer_t check_timer;
   uv_signal_t sigterm;
   uv_signal_t sigint;
@@ -124,6 +129,7 @@ struct ps_sched_s {
   uint64_t ckpt_last_ms;  /* when the last one ended (every_s counts from) */
   uint64_t ckpt_retry_ms; /* no periodic checkpoint before this */
   uint64_t impersonation_logged_ms; /* rate limit of its warning */
+  uint64_t role_refusal_logged_ms;  /* rate limit of its warning */
   int has_last;
   Ps__CheckpointInfo last; /* the latest complete one; strings below */
   char last_dir[PS_CHECKPOINT_PATH_MAX];
@@ -186,6 +192,7 @@ struct ps_sched_s {
     uint64_t handovers_abandoned; /* ... given up (a node died, no answer) */
     uint64_t drains;              /* servers drained and told to exit */
     uint64_t impersonations;      /* messages in another node's name */
+    uint64_t role_refusals;       /* messages a key's role may not send */
   } stats;
 };
 

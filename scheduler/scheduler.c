@@ -170,6 +170,7 @@ static void close_handles(ps_sched_t *s, int linger_ms) {
   if (s->closing) return;
   s->closing = 1;
   ps_sockmon_destroy(&s->zs_mon);
+  ps_zap_destroy(&s->zap);
   if (s->zs) {
     /* The socket was made with linger 0; what was just queued (the Shutdown
      * broadcast) must still leave while the context terminates. */
@@ -238,6 +239,17 @@ int ps__sched_check_job_finished(ps_sched_t *s) {
 
 /* ---- dispatch ------------------------------------------------------- */
 
+/* psctl stop, with an admin key (role_allowed checked it): the job ends
+ * as if a node had left. */
+static void stop_by_admin(ps_sched_t *s, ps_msg_t *m) {
+  const char *why = m->env->shutdown->reason ? m->env->shutdown->reason : "";
+  char reason[512];
+  snprintf(reason, sizeof(reason), "stopped by an admin: %s",
+           why[0] ? why : "no reason given");
+  ps__sched_reply_ack(s, m, 0);
+  ps_sched_stop(s, reason);
+}
+
 /* A message in a node's name must come on a connection with that node's
  * token (common/auth.h): nobody leaves, finishes, heartbeats or reports in
  * another node's name. Registration makes the binding; psctl's requests
@@ -273,6 +285,72 @@ static int sender_verified(ps_sched_t *s, ps_msg_t *m) {
   return 0;
 }
 
+/* With CURVE, what a connection may send follows from its key's role
+ * (common/keys.h), on top of the node identity above: a server key
+ * registers servers, a worker key workers, only an admin key checkpoints,
+ * drains or stops the cluster (a Shutdown that is not a node's own
+ * leave), and a server's Register names the key it connects with, which
+ * goes into the view. Returns 0 after refusing m. */
+static int role_allowed(ps_sched_t *s, ps_msg_t *m) {
+  if (s->opts.keys == NULL) return 1;
+  char key[PS_KEY_Z85_LEN + 1];
+  ps_key_role_t role = ps_keys_peer(m->user_id, key);
+  const char *why = NULL;
+  char text[256];
+  switch (m->env->body_case) {
+    case PS__ENVELOPE__BODY_REGISTER: {
+      const Ps__Register *r = m->env->register_;
+      ps_key_role_t need = r->role == PS__ROLE__ROLE_SERVER ? PS_KEY_ROLE_SERVER
+                           : r->role == PS__ROLE__ROLE_WORKER
+                               ? PS_KEY_ROLE_WORKER
+                               : PS_KEY_ROLE_NONE;
+      if (need != PS_KEY_ROLE_NONE && role != need) {
+        snprintf(text, sizeof(text), "a %s key may not register as a %s",
+                 ps_key_role_name(role), ps_key_role_name(need));
+        why = text;
+      } else if (need == PS_KEY_ROLE_SERVER &&
+                 (r->curve_key == NULL || strcmp(r->curve_key, key) != 0)) {
+        why = "a server registers with the public key it connects with";
+      }
+      break;
+    }
+    case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND:
+      if (role != PS_KEY_ROLE_ADMIN) why = "only an admin key may checkpoint";
+      break;
+    case PS__ENVELOPE__BODY_DRAIN_COMMAND:
+      if (role != PS_KEY_ROLE_ADMIN) why = "only an admin key may drain";
+      break;
+    case PS__ENVELOPE__BODY_SHUTDOWN:
+      /* A node's own leave passed sender_verified: it is its connection. */
+      if (role != PS_KEY_ROLE_ADMIN &&
+          (ps__sched_node_by_id_const(s, m->env->sender) == NULL ||
+           role == PS_KEY_ROLE_NONE))
+        why = "only an admin key may stop the cluster";
+      break;
+    default:
+      /* Admitted by the ZAP handler: any key of the table. */
+      if (role == PS_KEY_ROLE_NONE) why = "no CURVE key";
+      break;
+  }
+  if (why == NULL) return 1;
+  s->stats.role_refusals++;
+  char fp[PS_KEY_FINGERPRINT_LEN + 1] = "-";
+  if (key[0]) ps_keys_fingerprint(key, NULL, fp);
+  uint64_t now = ps_now_ms();
+  if (now - s->role_refusal_logged_ms >= 5000) {
+    s->role_refusal_logged_ms = now;
+    PS_WARN("permission_denied",
+            "body=%s role=%s fingerprint=%s count=%" PRIu64 " reason=\"%s\"",
+            ps_body_name(m->env->body_case), ps_key_role_name(role), fp,
+            s->stats.role_refusals, why);
+  }
+  void *sock = ps__sched_socket(s);
+  if (sock && m->has_route)
+    ps_msg_reply_error(sock, m, s->epoch, 0, PS_ERR_PERMISSION_DENIED, "%s",
+                       why);
+  return 0;
+}
+
 static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
                        const char *reason, void *arg) {
   ps_sched_t *s = arg;
@@ -288,7 +366,7 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
     ps_msg_close(m);
     return;
   }
-  if (!sender_verified(s, m)) {
+  if (!sender_verified(s, m) || !role_allowed(s, m)) {
     ps_msg_close(m);
     return;
   }
@@ -307,7 +385,12 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
       ps__sched_handle_done(s, m);
       break;
     case PS__ENVELOPE__BODY_SHUTDOWN:
-      ps__sched_handle_leave(s, m);
+      /* role_allowed let through only a node's own leave or an admin. */
+      if (ps__sched_node_by_id_const(s, m->env->sender) == NULL &&
+          s->opts.keys && ps_keys_peer(m->user_id, NULL) == PS_KEY_ROLE_ADMIN)
+        stop_by_admin(s, m);
+      else
+        ps__sched_handle_leave(s, m);
       break;
     case PS__ENVELOPE__BODY_STATUS_REQUEST:
       ps__sched_handle_status(s, m);
@@ -539,10 +622,19 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
       .max_header_bytes = 1u << 20,
       .max_payload_bytes = 0,
   };
-  ps_zsock_opts_t zo = {.limits = &headers_only};
+  /* The ZAP handler first: a handshake before it is bound would be let
+   * through unchecked. */
+  if (opts->keys &&
+      (s->zap = ps_zap_new(loop, zmq_ctx, opts->keys, err, errbuf, errlen)) ==
+          NULL) {
+    sched_free(s);
+    return NULL;
+  }
+  ps_zsock_opts_t zo = {.limits = &headers_only, .keys = opts->keys};
   s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, &zo,
                        on_message, s, err, errbuf, errlen);
   if (s->zs == NULL) {
+    ps_zap_destroy(&s->zap);
     sched_free(s);
     return NULL;
   }
@@ -554,6 +646,7 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
       ps__sched_metrics_start(s, opts->metrics_bind, errbuf, errlen) != PS_OK) {
     *err = PS_ERR_CONFIG;
     ps_zsock_destroy(&s->zs);
+    ps_zap_destroy(&s->zap);
     sched_free(s);
     return NULL;
   }
@@ -577,6 +670,9 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
   }
+  if (opts->keys)
+    PS_INFO("curve", "keys_dir=%s keys=%zu", ps_keys_dir(opts->keys),
+            ps_keys_count(opts->keys));
   PS_INFO("listening",
           "endpoint=%s servers=%u workers=%u mode=%s replication=%u "
           "heartbeat_timeout_ms=%d check_ms=%" PRIu64

@@ -42,6 +42,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/keys.h"
+
 typedef struct ps_sched_s ps_sched_t;
 
 typedef struct {
@@ -77,6 +79,10 @@ typedef struct {
   /* Serve /metrics and /healthz on this HOST:PORT (common/exporter.h), on
    * the scheduler's loop; NULL or "": off. */
   const char *metrics_bind;
+  /* CURVE (issue #13; common/keys.h): the scheduler's own key and the
+   * table of keys admitted, with roles; must outlive the scheduler. NULL:
+   * plaintext, no role checks. */
+  const ps_keys_t *keys;
 } ps_sched_opts_t;
 
 /* Binds the socket and starts the timers on loop. Returns NULL with *err and

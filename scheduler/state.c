@@ -199,6 +199,8 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     n->state = ni->state;
     /* Checked by ps_view_from_pb above: empty or a whole token. */
     snprintf(n->token, sizeof(n->token), "%s", ni->token ? ni->token : "");
+    snprintf(n->curve_key, sizeof(n->curve_key), "%s",
+             ni->curve_key ? ni->curve_key : "");
     n->rank = ni->rank;
     n->clock = ni->clock;
     n->join_clock = ni->join_clock;

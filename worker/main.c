@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/exporter.h"
+#include "common/keys.h"
 #include "common/log.h"
 #include "worker/client/client_defaults.h"
 #include "worker/metrics.h"
@@ -49,6 +50,8 @@ static void install_signals(void) {
 int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
   char *device = NULL, *metrics_bind = NULL, *metrics_csv = NULL;
+  char *keys_dir = NULL, *key_file = NULL;
+  int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int push = PS_PUSH_AUTO;
@@ -124,6 +127,11 @@ int main(int argc, char **argv) {
        "interval of progress lines"},
       {"normalize", PS_OPT_BOOL, &normalize, "true", 0, 0, NULL,
        "standardize pixels with the training set's mean and deviation"},
+      {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
+       PS_KEYS_DIR_HELP},
+      {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
+      {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
+       PS_INSECURE_HELP " Not needed with --standalone."},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
        "debug|info|warn|error", "lowest level logged"},
       {"log-format", PS_OPT_ENUM, &log_format, "auto", 0, 0,
@@ -170,6 +178,14 @@ int main(int argc, char **argv) {
   ps_log_set_format(log_format == LOG_FORMAT_PRETTY   ? PS_LOG_FORMAT_PRETTY
                     : log_format == LOG_FORMAT_LOGFMT ? PS_LOG_FORMAT_LOGFMT
                                                       : ps_log_format_auto());
+  if (!standalone) {
+    /* Checked and announced here; libps-client loads them again. */
+    ps_keys_t *keys = NULL;
+    if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_WORKER,
+                            NULL, &keys, err, sizeof(err)) != PS_OK)
+      return ps_config_refuse(&cfg, "%s", err);
+    ps_keys_destroy(&keys);
+  }
   ps_raise_nofile_limit();
   install_signals();
 
@@ -201,6 +217,8 @@ int main(int argc, char **argv) {
   to.client.connect_timeout_ms = (int)connect_timeout_ms;
   to.client.heartbeat_ms = (int)heartbeat_ms;
   to.client.resend_ms = (int)resend_ms;
+  to.client.keys_dir = keys_dir;
+  to.client.key_file = key_file;
   to.stop = &stop_requested;
 
   /* Served from the start, so /healthz says "starting" while the worker

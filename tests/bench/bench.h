@@ -105,6 +105,7 @@ typedef struct {
    * of up to sparse_keys keys drawn from [0, sparse_space). */
   uint32_t sparse_dim;
   uint64_t sparse_keys, sparse_space;
+  const char *keys_dir; /* CURVE: the cluster's keys; NULL: plaintext */
 } ps_bench_client_args_t;
 
 /* The sparse table the bench declares. */

@@ -28,6 +28,7 @@
 #include "bench.h"
 #include "common/config.h"
 #include "common/err.h"
+#include "common/keys.h"
 #include "common/log.h"
 #include "common/optimizer.h"
 #include "common/time.h"
@@ -44,7 +45,8 @@ typedef struct {
   int64_t servers_opt, clients_opt, reps, rep_ms, warmup_ms, apply_mb,
       chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space,
       replication;
-  int baseline, json, quick, log_level, pull_copy;
+  int baseline, json, quick, log_level, pull_copy, curve;
+  char *keys_dir_opt; /* --keys-dir: an outside cluster's keys */
   /* parsed */
   int ops[PS_BENCH_NOPS], nops;
   uint64_t sizes[MAX_LIST];
@@ -60,6 +62,9 @@ typedef struct {
   char raw_eps[MAX_SERVERS][128];
   int nraw;
   int failed;
+  /* --curve: the pass on a CURVE cluster, whose keys are made here. */
+  int pass_curve;
+  char keys_dir[300];
 } bench_t;
 
 static bench_t B;
@@ -236,9 +241,10 @@ static void print_case(const char *op, uint64_t size, int window,
   if (!B.json) return;
   printf(
       "{\"op\":\"%s\",\"size\":%llu,\"window\":%d,\"servers\":%d,"
-      "\"clients\":%d,\"reps\":%lld,\"pull\":\"%s\"",
+      "\"clients\":%d,\"reps\":%lld,\"pull\":\"%s\",\"transport\":\"%s\"",
       op, (unsigned long long)size, window, B.nservers, B.nclients,
-      (long long)B.reps, B.pull_copy ? "copy" : "zero-copy");
+      (long long)B.reps, B.pull_copy ? "copy" : "zero-copy",
+      B.pass_curve || B.keys_dir_opt ? "curve" : "plaintext");
   json_num(stdout, "mbps", ours->mbps, 1);
   json_num(stdout, "mbps_min", ours->mbps_min, 1);
   json_num(stdout, "mbps_max", ours->mbps_max, 1);
@@ -306,6 +312,9 @@ static int start_daemons(void) {
   const char *level = B.log_level <= PS_LOG_INFO ? "info" : "warn";
   /* Loaded clients may miss heartbeats for a while; a worker declared dead
    * mid-run would change the view under the measurement. */
+  /* Plaintext on loopback is asked for; the CURVE pass uses its keys. */
+  char *sec1 = B.pass_curve ? "--keys-dir" : "--insecure";
+  char *sec2 = B.pass_curve ? B.keys_dir : NULL;
   char *sargv[] = {path,          "--bind",
                    B.sched_ep,    "--servers",
                    servers,       "--workers",
@@ -313,7 +322,8 @@ static int start_daemons(void) {
                    "asp",         "--heartbeat-timeout-ms",
                    "600000",      "--log-level",
                    (char *)level, "--replication",
-                   repl,          NULL};
+                   repl,          sec1,
+                   sec2,          NULL};
   if (access(path, X_OK) != 0 || !ps_bench_spawn("scheduler", log, sargv)) {
     fail_msg("cannot start %s: %s", path, strerror(errno));
     return -1;
@@ -324,7 +334,8 @@ static int start_daemons(void) {
     snprintf(name, sizeof(name), "server%d", i);
     snprintf(log, sizeof(log), "%s/%s.log", B.run_dir, name);
     char *argv[] = {path,          "--scheduler", B.sched_ep,
-                    "--log-level", (char *)level, NULL};
+                    "--log-level", (char *)level, sec1,
+                    sec2,          NULL};
     if (access(path, X_OK) != 0 || !ps_bench_spawn(name, log, argv)) {
       fail_msg("cannot start %s: %s", path, strerror(errno));
       return -1;
@@ -404,6 +415,7 @@ static int start_clients(void) {
     a->sparse_dim = has_op(PS_BENCH_SPARSE) ? (uint32_t)B.sparse_dim : 0;
     a->sparse_keys = (uint64_t)B.sparse_keys;
     a->sparse_space = (uint64_t)B.sparse_space;
+    a->keys_dir = B.pass_curve ? B.keys_dir : B.keys_dir_opt;
     int fds[MAX_CLIENTS + MAX_SERVERS + 1];
     int n = parent_fds(fds);
     fds[n++] = sv[0];
@@ -715,6 +727,13 @@ static int setup_options(int argc, char **argv, int *go_on) {
        "4K,64K,1M,16M (--quick: 4K,64K)."},
       {"windows", PS_OPT_STRING, &B.windows_s, "1,8", 0, 0, NULL,
        "Comma list of ops kept in flight per client."},
+      {"curve", PS_OPT_BOOL, &B.curve, "0", 0, 0, NULL,
+       "With --local: measure the dense cases twice in one run, on a "
+       "plaintext cluster and then on a CURVE one (keys made for it), to "
+       "see what encryption costs."},
+      {"keys-dir", PS_OPT_STRING, &B.keys_dir_opt, NULL, 0, 0, NULL,
+       "With --scheduler: the cluster's CURVE keys; the clients use its "
+       "worker.key."},
       {"reps", PS_OPT_INT, &B.reps, "0", 0, 64, NULL,
        "Repetitions per case after the warm-up; 0: 5 (--quick: 3)."},
       {"rep-ms", PS_OPT_INT, &B.rep_ms, "0", 0, 600000, NULL,
@@ -788,6 +807,9 @@ static int setup_options(int argc, char **argv, int *go_on) {
     return ps_config_refuse(&cfg,
                             "option --chunk-bytes: %lld is not a multiple of 4",
                             (long long)B.chunk_bytes);
+  if (B.curve && B.local == NULL)
+    return ps_config_refuse(&cfg, "option --curve: needs --local (the bench "
+                                  "starts both clusters)");
   if ((B.local != NULL) == (B.scheduler != NULL))
     return ps_config_refuse(
         &cfg, "give exactly one of --local S,W and --scheduler EP");
@@ -848,9 +870,36 @@ int main(int argc, char **argv) {
       }
     }
   }
-  if (dense) {
+  /* --curve: the same cases on a plaintext cluster, then on a CURVE one
+   * (keys made in the run directory), so the two compare in one run. */
+  for (int pass = 0; dense && pass < (B.curve ? 2 : 1) && !B.failed &&
+                     !ps_bench_interrupted;
+       pass++) {
+    if (pass == 1) {
+      stop_cluster();
+      B.pass_curve = 1;
+      snprintf(B.keys_dir, sizeof(B.keys_dir), "%s/keys", B.run_dir);
+      const char *roles[] = {"scheduler", "server", "worker"};
+      for (int r = 0; r < 3; r++) {
+        char kerr[512];
+        ps_key_role_t role;
+        ps_key_role_parse(roles[r], &role);
+        if (ps_keys_generate(B.keys_dir, roles[r], role, kerr,
+                             sizeof(kerr)) != PS_OK) {
+          fail_msg("keygen: %s", kerr);
+          goto out;
+        }
+      }
+    }
+    if (B.curve) {
+      FILE *f = B.json ? stderr : stdout;
+      fprintf(f, "%s== %s ==\n", pass ? "\n" : "",
+              pass ? "CURVE (encrypted, authenticated)" : "plaintext");
+    }
+    /* The raw ZeroMQ baseline is plaintext: measured once. */
     if ((B.local && start_daemons() != 0) ||
-        (dense_ops && B.baseline == 0 && start_raw_servers() != 0) ||
+        (dense_ops && B.baseline == 0 && pass == 0 &&
+         start_raw_servers() != 0) ||
         start_clients() != 0)
       goto out;
     if (dense_ops) print_header();

@@ -485,6 +485,7 @@ static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
    * one that limits (a pushpull op is two requests per server). */
   o.window = 2 * a->window_max;
   o.chunk_bytes = a->chunk_bytes;
+  o.keys_dir = a->keys_dir;
   int rc;
   return ps_client_new(&o, &model, &rc, err, errlen);
 }

@@ -12,6 +12,7 @@
 # --quick: fewer steps. Each step has a deadline, and a failed step is
 # written down and the next one runs: the file is what to bring back.
 # PS_BENCH_THREADS (default 4) is the CPU backend's BLAS threads.
+export PS_INSECURE=true # loopback only
 set -u
 b=$(cd "$(dirname "$0")" && pwd)
 cpu_only=0

@@ -188,6 +188,7 @@ static void ps__client_free(ps_client_t *c) {
 
   ps_view_destroy(&c->view);
   ps_view_destroy(&c->shared.view);
+  ps_keys_destroy(&c->keys);
   if (c->wake_fd >= 0) close(c->wake_fd);
   pthread_cond_destroy(&c->cv);
   pthread_mutex_destroy(&c->mu);
@@ -254,6 +255,17 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     goto fail;
   }
   c->opts.scheduler = c->scheduler;
+  c->opts.keys_dir = c->opts.key_file = NULL; /* not kept: read here */
+  if (o->keys_dir && o->keys_dir[0]) {
+    char why[512];
+    int kerr = PS_OK;
+    c->keys = ps_keys_load(o->keys_dir, o->key_file, PS_KEY_ROLE_WORKER, &kerr,
+                           why, sizeof(why));
+    if (c->keys == NULL) {
+      rc = ps__client_fail(c, kerr, "%s", why);
+      goto fail;
+    }
+  }
   if ((c->zctx = zmq_ctx_new()) == NULL) {
     rc = ps__client_fail(c, PS_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
     goto fail;
@@ -288,6 +300,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
       /* While the scheduler is down pushes and pulls go on
        * (ARCHITECTURE.md, failure semantics 4): never give up on it. */
       .scheduler_timeout_ms = 0,
+      .keys = c->keys,
   };
   ps_member_cbs_t cbs = {
       .registered_cb = ps__client_member_registered_cb,
@@ -334,12 +347,19 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     goto fail;
   }
   if (!ready) {
+    /* A scheduler that does not admit our CURVE key never answers: the
+     * handshake fails before any message, so all we see is silence. */
     rc = ps__client_fail(c, PS_ERR_TIMEOUT,
-                         "scheduler %s: %s within connect_timeout_ms %d",
+                         "scheduler %s: %s within connect_timeout_ms %d%s",
                          c->scheduler,
                          registered ? "registered but no cluster view"
                                     : "no answer to registration",
-                         o->connect_timeout_ms);
+                         o->connect_timeout_ms,
+                         c->keys && !registered
+                             ? " (CURVE: is it running with a --keys-dir "
+                               "that holds this worker's .pub, and is ours "
+                               "its scheduler.pub?)"
+                             : "");
     goto fail;
   }
   if ((rc = ps__client_refresh(c)) < 0) goto fail;

@@ -90,6 +90,21 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
                            node->address, why);
   }
+  if (c->keys && node->curve_key[0] == '\0') {
+    zmq_close(s);
+    ps__client_conn_close(k);
+    return ps__client_fail(c, PS_ERR_PERMISSION_DENIED,
+                           "server %u (%s) has no CURVE key in view epoch "
+                           "%" PRIu64 ": it runs without --keys-dir",
+                           server_id, node->address, c->view->epoch);
+  }
+  if (c->keys && ps_keys_apply(s, c->keys, node->curve_key, why,
+                               sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    ps__client_conn_close(k);
+    return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
+                           node->address, why);
+  }
   if (zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);

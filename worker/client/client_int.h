@@ -169,6 +169,7 @@ struct ps_client_s {
    * of the client shows it. */
   ps_auth_token_t token;
   ps_client_opts_t opts;
+  ps_keys_t *keys; /* CURVE (opts.keys_dir), or NULL */
   char *scheduler;
   void *zctx;
   int wake_fd; /* eventfd: background thread -> caller's zmq_poll */

@@ -47,6 +47,13 @@ static int ps__client_sched_socket(ps_client_t *c) {
     return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler,
                            why);
   }
+  if (c->keys &&
+      ps_keys_apply(s, c->keys, ps_keys_scheduler_key(c->keys), why,
+                    sizeof(why)) != PS_OK) {
+    zmq_close(s);
+    return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler,
+                           why);
+  }
   if (zmq_connect(s, c->scheduler) != 0) {
     int e = errno;
     zmq_close(s);

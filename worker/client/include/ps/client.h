@@ -72,6 +72,15 @@ typedef struct {
    * the call up to its deadline, and a server that applied it already acks
    * the copy as a duplicate. Default 1000; 0: never. */
   int resend_ms;
+  /* CURVE (appended for issue #13; fields only ever go at the end, and
+   * ps_client_opts_init zeroes what it does not know). keys_dir: the
+   * cluster's keys directory (`psctl keygen`); the client loads its own
+   * worker key from key_file (NULL: keys_dir/worker.key) and connects to
+   * the scheduler with the scheduler's key found there and to servers with
+   * the keys in the view, every link encrypted and authenticated. NULL:
+   * plaintext. Copied at ps_client_new; the files are read there. */
+  const char *keys_dir;
+  const char *key_file;
 } ps_client_opts_t;
 
 /* Most calls started and not yet waited for at once. */
