@@ -116,5 +116,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ps_sched_destroy(&s);
   uv_run(&loop, UV_RUN_DEFAULT); /* the close callbacks free it */
   fuzz_empty_dir(ckpt_dir);
+  fuzz_pace_reaper();
   return 0;
 }

@@ -263,5 +263,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!going) break;
   }
   peers_serve(PEERS_DROP);
+  fuzz_pace_reaper(); /* the replicator's sockets, made for every input */
   return 0;
 }

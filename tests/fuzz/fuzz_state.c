@@ -142,5 +142,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   fuzz_empty_dir(dir);
+  fuzz_pace_reaper();
   return 0;
 }

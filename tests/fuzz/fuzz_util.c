@@ -1,6 +1,7 @@
 #define _GNU_SOURCE /* nftw's FTW_DEPTH, FTW_PHYS */
 #include "fuzz_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -57,6 +58,31 @@ const char *fuzz_scratch_dir(const char *name) {
   scratch[nscratch] = strdup(path);
   if (scratch[nscratch] == NULL) abort();
   return scratch[nscratch++];
+}
+
+static int open_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (d == NULL) return 0;
+  while (readdir(d) != NULL) n++;
+  closedir(d);
+  return n;
+}
+
+#define PACE_EVERY 16
+#define PACE_SLACK 128
+#define PACE_WAIT_MS 5000
+
+void fuzz_pace_reaper(void) {
+  static unsigned calls;
+  static int settled = -1;
+  if (++calls % PACE_EVERY != 0) return;
+  int n = open_fds();
+  if (settled < 0 || n < settled) settled = n;
+  for (int ms = 0; n > settled + PACE_SLACK && ms < PACE_WAIT_MS; ms += 2) {
+    usleep(2000);
+    n = open_fds();
+  }
 }
 
 void fuzz_write_file(const char *path, const void *data, size_t len) {

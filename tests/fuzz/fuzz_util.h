@@ -20,6 +20,13 @@ const char *fuzz_scratch_dir(const char *name);
 /* Removes everything inside dir (not dir itself). */
 void fuzz_empty_dir(const char *dir);
 
+/* ZeroMQ frees a closed socket on its reaper thread, later. A harness that
+ * makes and closes sockets for every input can outrun that thread on a
+ * loaded machine until the context runs out of sockets (EMFILE): called
+ * after every input, this waits (a few ms at a time, 5 s at most) while
+ * far more descriptors are open than after the first inputs. */
+void fuzz_pace_reaper(void);
+
 /* Writes len bytes to path (created or truncated); aborts on failure. */
 void fuzz_write_file(const char *path, const void *data, size_t len);
 

@@ -79,6 +79,9 @@ fuzz_wire_t *fuzz_wire_new(int router) {
   must(w != NULL, "calloc");
   w->ctx = zmq_ctx_new();
   must(w->ctx != NULL, "zmq_ctx_new");
+  /* Room for the sockets a harness's inputs close faster than ZeroMQ's
+   * reaper frees them (fuzz_pace_reaper). */
+  zmq_ctx_set(w->ctx, ZMQ_MAX_SOCKETS, 4096);
   w->router = router;
   w->rx = zmq_socket(w->ctx, router ? ZMQ_ROUTER : ZMQ_PAIR);
   must(w->rx != NULL, "zmq_socket");
