@@ -17,6 +17,9 @@ PACKAGES=(
 if [ "${1:-}" = --tests ]; then
   PACKAGES+=(
     clang
+    # libFuzzer and clang's ASan/UBSan runtimes, for the fuzzing build
+    # (tests/fuzz; clang only recommends them).
+    libclang-rt-14-dev
     # Container tests (tests/deploy): podman with runc, a base image made
     # from Debian's archive, names resolved on podman networks, Compose.
     podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname

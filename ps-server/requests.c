@@ -702,4 +702,5 @@ void ps__server_sparse_free(ps_server_t *s) {
   s->nsparse = 0;
   free(s->key_scratch);
   s->key_scratch = NULL;
+  s->key_scratch_bytes = 0;
 }

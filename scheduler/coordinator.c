@@ -274,19 +274,14 @@ int ps_coord_start(ps_coord_t *c, const ps_coord_start_t *st, uint64_t now_ms,
   }
   memset(&c->model, 0, sizeof(c->model));
   c->servers = calloc(st->nservers, sizeof(*c->servers));
-  c->model = *st->model;
-  c->model.tensors =
-      malloc(st->model->ntensors * sizeof(*c->model.tensors) + 1);
-  if (c->servers == NULL || c->model.tensors == NULL) {
+  /* A copy of its own, sparse tables included: run_clear frees both
+   * arrays, and the caller's model outlives the checkpoint. */
+  if (c->servers == NULL || ps_model_copy(&c->model, st->model) != PS_OK) {
     free(c->servers);
-    free(c->model.tensors);
     c->servers = NULL;
-    memset(&c->model, 0, sizeof(c->model));
     snprintf(err, errlen, "out of memory");
     return PS_ERR_NOMEM;
   }
-  memcpy(c->model.tensors, st->model->tensors,
-         st->model->ntensors * sizeof(*c->model.tensors));
   for (size_t i = 0; i < st->nservers; i++) c->servers[i].id = st->servers[i];
   c->nservers = st->nservers;
   snprintf(c->base, sizeof(c->base), "%s", st->base);

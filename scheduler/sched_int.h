@@ -229,6 +229,13 @@ void ps__sched_reply_error(ps_sched_t *s, ps_msg_t *m, int code,
     __attribute__((format(printf, 4, 5)));
 void ps__sched_reply_ack(ps_sched_t *s, ps_msg_t *m, uint64_t clock);
 int ps__sched_check_job_finished(ps_sched_t *s);
+/* What the socket's callback does with one received message (status and
+ * reason from ps_msg_recv); the caller closes it. The periodic check: deaths,
+ * failover, joins, checkpoints, handovers, as of now (ms, ps_now_ms). Both
+ * exposed so that tests/fuzz feeds a scheduler in-process. */
+void ps__sched_dispatch(ps_sched_t *s, ps_msg_t *m, int status,
+                        const char *reason);
+void ps__sched_check(ps_sched_t *s, uint64_t now);
 int ps__sched_abs_path(const char *in, char *out, size_t len);
 
 /* scheduler/membership.c */

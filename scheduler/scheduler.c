@@ -351,25 +351,18 @@ static int role_allowed(ps_sched_t *s, ps_msg_t *m) {
   return 0;
 }
 
-static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
-                       const char *reason, void *arg) {
-  ps_sched_t *s = arg;
-  if (s->finished) {
-    ps_msg_close(m);
-    return;
-  }
+void ps__sched_dispatch(ps_sched_t *s, ps_msg_t *m, int status,
+                        const char *reason) {
+  if (s->finished) return;
   if (status != PS_OK) {
     PS_WARN("bad_message", "err=%s reason=\"%s\"", ps_err_name(status), reason);
     void *sock = ps__sched_socket(s);
     if (sock && m->has_route)
       ps_msg_reply_error(sock, m, s->epoch, 0, status, "%s", reason);
-    ps_msg_close(m);
     return;
   }
-  if (!sender_verified(s, m) || !role_allowed(s, m)) {
-    ps_msg_close(m);
-    return;
-  }
+  /* The caller closes m. */
+  if (!sender_verified(s, m) || !role_allowed(s, m)) return;
   switch (m->env->body_case) {
     case PS__ENVELOPE__BODY_REGISTER:
       ps__sched_handle_register(s, m);
@@ -419,14 +412,17 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
                             ps_body_name(m->env->body_case));
       break;
   }
+}
+
+static void on_message(ps_zsock_t *zs, ps_msg_t *m, int status,
+                       const char *reason, void *arg) {
+  ps__sched_dispatch(arg, m, status, reason);
   ps_msg_close(m);
 }
 
 /* ---- timers and signals --------------------------------------------- */
 
-static void on_check(uv_timer_t *t) {
-  ps_sched_t *s = t->data;
-  uint64_t now = ps_now_ms();
+void ps__sched_check(ps_sched_t *s, uint64_t now) {
   uint64_t limit = (uint64_t)s->opts.heartbeat_timeout_ms;
   int changed = 0, servers_lost = 0;
   /* Timers run before the loop reads its sockets: after a stall of this
@@ -473,6 +469,10 @@ static void on_check(uv_timer_t *t) {
     ps__sched_barrier_check_all(s);
   }
   ps__sched_handover_tick(s, now);
+}
+
+static void on_check(uv_timer_t *t) {
+  ps__sched_check(t->data, ps_now_ms());
 }
 
 static void on_signal(uv_signal_t *h, int signum) {

@@ -256,7 +256,16 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
   if (st->last_checkpoint) {
     const Ps__CheckpointInfo *ci = st->last_checkpoint;
     s->has_last = 1;
-    s->last = *ci;
+    /* Field by field: the message's strings and unknown fields are freed
+     * with st below, and s->last is packed into every status and save. */
+    ps__checkpoint_info__init(&s->last);
+    s->last.id = ci->id;
+    s->last.step = ci->step;
+    s->last.bytes = ci->bytes;
+    s->last.duration_ms = ci->duration_ms;
+    s->last.shards = ci->shards;
+    s->last.created_unix_ms = ci->created_unix_ms;
+    s->last.write_ms = ci->write_ms;
     snprintf(s->last_dir, sizeof(s->last_dir), "%s", ci->dir ? ci->dir : "");
     snprintf(s->last_reason, sizeof(s->last_reason), "%s",
              ci->reason ? ci->reason : "");

@@ -7,7 +7,9 @@
 #   2. Release with gcc and Debug with clang: built, warning-free;
 #   3. RelWithDebInfo (-O2: a sanitizer run of the daemons at -O0 would be
 #      several times slower) with AddressSanitizer + UBSan: the unit and
-#      integration suites again.
+#      integration suites again;
+#   4. the libFuzzer harnesses (clang, -DPS_FUZZ=ON, target ps-fuzz): each
+#      runs 30 s on its seed corpus (ctest -L fuzz, tests/fuzz/run.sh).
 # Every build is made with -DPS_WERROR=ON: the project's own CI refuses
 # warnings, a user's build (PS_WERROR off by default) never breaks on a
 # newer compiler's new warning.
@@ -20,18 +22,31 @@ JOBS=$(nproc)
 
 ./deploy/install-deps.sh --tests
 
-build() { # build DIR [cmake args...]
-  local dir=$1
+build() { # build DIR [cmake args...] [--target TARGET]
+  local dir=$1 args=() target=()
   shift
-  echo "== build $(basename "$dir"): $* =="
-  cmake -S "$ROOT" -B "$dir" -DPS_WERROR=ON "$@" >/dev/null
-  cmake --build "$dir" -j"$JOBS"
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --target ]; then
+      target=(--target "$2")
+      shift 2
+    else
+      args+=("$1")
+      shift
+    fi
+  done
+  echo "== build $(basename "$dir"): ${args[*]} ${target[*]} =="
+  cmake -S "$ROOT" -B "$dir" -DPS_WERROR=ON "${args[@]}" >/dev/null
+  cmake --build "$dir" -j"$JOBS" "${target[@]}"
 }
 
 build "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 build "$ROOT/build-release" -DCMAKE_BUILD_TYPE=Release
 CC=clang build "$ROOT/build-clang" -DCMAKE_BUILD_TYPE=Debug
 build "$ROOT/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPS_SANITIZE=ON
+# Only the harnesses and what they link: the rest of the tree is built and
+# tested by the builds above.
+CC=clang build "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DPS_FUZZ=ON --target ps-fuzz
 
 echo "== tests =="
 status=0
@@ -42,4 +57,13 @@ asan_labels=(-L 'unit|integration')
 (cd "$ROOT/build-asan" && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --output-on-failure "${asan_labels[@]}") || status=1
+# The fuzzing build registers every suite but builds only the harnesses: it
+# runs the fuzz label, or what the arguments ask for when they name fuzz.
+if [ $# -eq 0 ] || [[ "$*" == *fuzz* ]]; then
+  echo "== fuzzing: each harness 30 s on its corpus =="
+  fuzz_labels=(-L fuzz)
+  [ $# -gt 0 ] && fuzz_labels=("$@")
+  (cd "$ROOT/build-fuzz" && ctest --output-on-failure -j2 \
+    "${fuzz_labels[@]}") || status=1
+fi
 exit $status

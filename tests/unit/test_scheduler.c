@@ -21,6 +21,7 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "scheduler/coordinator.h"
 #include "scheduler/placement.h"
 #include "scheduler/sched_int.h"
 #include "scheduler/scheduler.h"
@@ -1806,6 +1807,52 @@ START_TEST(test_member_fenced) {
 }
 END_TEST
 
+/* ---- the checkpoint coordinator ------------------------------------- */
+
+static void coord_done_count(ps_coord_t *c, int status, const char *reason,
+                             const ps_coord_result_t *res, void *arg) {
+  (*(int *)arg)++;
+}
+
+START_TEST(test_coord_copies_the_model) {
+  /* The coordinator keeps a model of its own: a checkpoint that ends
+   * (here, fails) leaves the caller's, sparse tables included, whole.
+   * fuzz_scheduler found the sparse array freed with the checkpoint, then
+   * again with the scheduler. */
+  char base[] = "/tmp/ps-test-coord-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(base));
+  ps_tensor_spec_t t = {"w", 0, 16, PS_INIT_ZERO, 0.0f};
+  ps_sparse_spec_t sp = {"emb", 4, PS_INIT_ZERO, 0.0f, 0};
+  ps_model_t src = {
+      .ntensors = 1, .tensors = &t, .total = 16, .nsparse = 1, .sparse = &sp};
+  ps_model_t model;
+  ck_assert_int_eq(ps_model_copy(&model, &src), PS_OK);
+  int done = 0;
+  ps_coord_cbs_t cbs = {NULL, coord_done_count, &done};
+  ps_coord_t *c = ps_coord_new(&cbs, 1);
+  ck_assert_ptr_nonnull(c);
+  uint32_t servers[1] = {1};
+  ps_coord_start_t st = {.base = base,
+                         .reason = "test",
+                         .servers = servers,
+                         .nservers = 1,
+                         .model = &model,
+                         .mode = PS__CONSISTENCY_MODE__MODE_BSP,
+                         .view_epoch = 1,
+                         .timeout_ms = 1000};
+  char err[512];
+  ck_assert_int_eq(ps_coord_start(c, &st, 0, err, sizeof(err)), PS_OK);
+  ps_coord_fail(c, PS_ERR_PEER, "test");
+  ck_assert_int_eq(done, 1);
+  ck_assert_uint_eq(model.nsparse, 1);
+  ck_assert_str_eq(model.sparse[0].name, "emb");
+  ck_assert_uint_eq(model.sparse[0].dim, 4);
+  ps_coord_destroy(&c);
+  ps_model_clear(&model);
+  ck_assert_int_eq(rmdir(base), 0); /* the failed attempt left nothing */
+}
+END_TEST
+
 static Suite *scheduler_suite(void) {
   Suite *s = suite_create("scheduler");
   TCase *tc = tcase_create("protocol");
@@ -1836,6 +1883,9 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tp, test_place_rebalance_after_rejoin);
   tcase_add_test(tp, test_place_drain);
   suite_add_tcase(s, tp);
+  TCase *tk = tcase_create("coordinator");
+  tcase_add_test(tk, test_coord_copies_the_model);
+  suite_add_tcase(s, tk);
   TCase *tr = tcase_create("replication");
   tcase_set_timeout(tr, 60);
   tcase_add_test(tr, test_first_view_replicated);
