@@ -5,7 +5,7 @@
 #
 # The long-lived daemons (started with the job and never killed) are
 # judged on two windows of SOAK_WINDOW_S seconds: the first after the
-# warm-up (SOAK_WARMUP_S) and the last of the run:
+# warm-up (SOAK_WARMUP_S; soak.sh: half the run) and the last of the run:
 #   - VmRSS: the last window's floor (its least sample) at most
 #     SOAK_RSS_PCT (5) percent above the first's. The floor, not the
 #     median: memory that leaked is never given back, so a leak lifts the
