@@ -13,7 +13,8 @@
 # Every build is made with -DPS_WERROR=ON: the project's own CI refuses
 # warnings, a user's build (PS_WERROR off by default) never breaks on a
 # newer compiler's new warning.
-#   ./tests/run.sh            everything
+#   ./tests/run.sh            everything but the soak (ctest -L soak, 10
+#                             minutes, runs only when asked)
 #   ./tests/run.sh -L unit    only suites with this ctest label (passed to ctest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,9 @@ CC=clang build "$ROOT/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 echo "== tests =="
 status=0
-(cd "$ROOT/build" && ctest --output-on-failure "$@") || status=1
+labels=(-LE soak)
+[ $# -gt 0 ] && labels=("$@")
+(cd "$ROOT/build" && ctest --output-on-failure "${labels[@]}") || status=1
 echo "== unit and integration tests under ASan + UBSan =="
 asan_labels=(-L 'unit|integration')
 [ $# -gt 0 ] && asan_labels=("$@")
