@@ -8,10 +8,10 @@
  *   bit 0: the rest is a SchedulerState body, which the harness frames (its
  *          magic, version and CRC32C) so that the fuzzer works on the
  *          protobuf; else the rest is the file as it is.
- *   bit 1: the scheduler gets the job's options from the body (servers,
- *          workers, mode, replication) so that it takes the job over; else
- *          2 servers, 2 workers, BSP, 2 copies, which a mismatched file is
- *          refused against.
+ *   bit 1, with bit 0: the scheduler gets the job's options from the body
+ *          (servers, workers, mode, replication) so that it takes the job
+ *          over; else 2 servers, 2 workers, BSP, 2 copies, which a
+ *          mismatched file is refused against.
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -1,5 +1,6 @@
 #include "fuzz_wire.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,25 @@ void *fuzz_wire_ctx(fuzz_wire_t *w) {
   return w->ctx;
 }
 
+/* libFuzzer's timer (SIGALRM, for -timeout) interrupts ZeroMQ calls: they
+ * are tried again. */
+static int poll_in(void *sock, long timeout_ms) {
+  zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+  int rc;
+  do {
+    rc = zmq_poll(&item, 1, timeout_ms);
+  } while (rc < 0 && zmq_errno() == EINTR);
+  return rc;
+}
+
+static int send_frame(void *sock, const void *data, size_t len, int flags) {
+  int rc;
+  do {
+    rc = zmq_send(sock, data, len, flags);
+  } while (rc < 0 && zmq_errno() == EINTR);
+  return rc;
+}
+
 static void *sender(fuzz_wire_t *w, unsigned from) {
   return w->tx[from % (unsigned)w->nsenders];
 }
@@ -120,8 +140,7 @@ static int receive(fuzz_wire_t *w, const ps_frame_limits_t *limits, ps_msg_t *m,
   /* Polled again after a receive that found nothing: zmq_poll may report
    * the socket readable before the message is. */
   for (int tries = 0; tries < 100; tries++) {
-    zmq_pollitem_t item = {w->rx, 0, ZMQ_POLLIN, 0};
-    must(zmq_poll(&item, 1, DELIVER_WAIT_MS) == 1, "message not delivered");
+    must(poll_in(w->rx, DELIVER_WAIT_MS) == 1, "message not delivered");
     int rc = ps_msg_recv(w->rx, w->router, limits, m, err, errlen);
     if (rc != PS_ERR_TIMEOUT) return rc;
   }
@@ -135,7 +154,7 @@ int fuzz_wire_deliver(fuzz_wire_t *w, const fuzz_record_t *r,
   void *tx = sender(w, r->from);
   for (int i = 0; i < r->nframes; i++) {
     int flags = i + 1 < r->nframes ? ZMQ_SNDMORE : 0;
-    must(zmq_send(tx, r->frame[i], r->len[i], flags) >= 0, "zmq_send");
+    must(send_frame(tx, r->frame[i], r->len[i], flags) >= 0, "zmq_send");
   }
   return receive(w, limits, m, err, errlen);
 }
@@ -161,7 +180,11 @@ int fuzz_wire_idle(fuzz_wire_t *w) {
    * nothing to read. */
   zmq_msg_t part;
   zmq_msg_init(&part);
-  if (zmq_msg_recv(&part, w->rx, ZMQ_DONTWAIT) < 0) {
+  int rc;
+  do {
+    rc = zmq_msg_recv(&part, w->rx, ZMQ_DONTWAIT);
+  } while (rc < 0 && zmq_errno() == EINTR);
+  if (rc < 0) {
     zmq_msg_close(&part);
     return 1;
   }
