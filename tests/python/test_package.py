@@ -60,7 +60,8 @@ def test_pip_install_against_installed_library(request):
                        timeout=300 * SCALE)
     assert r.returncode == 0, r.stdout + r.stderr
     run_env = {"PATH": os.environ["PATH"], "PYTHONPATH": site,
-               "PS_BIN_DIR": os.path.join(prefix, "bin")}
+               "PS_BIN_DIR": os.path.join(prefix, "bin"),
+               "PS_INSECURE": "true"}  # a loopback test cluster, no keys
     r = subprocess.run([sys.executable, "-c",
                         PROGRAM.format(site=site, logs=os.path.join(d,
                                                                     "logs"))],
