@@ -14,10 +14,25 @@
 
 /* ---- replication and failover (issue #4) ---------------------------- */
 
-static int server_alive(const ps_sched_t *s, uint32_t id) {
+int ps__sched_server_alive(const ps_sched_t *s, uint32_t id) {
   const sched_node_t *n = ps__sched_node_by_id_const(s, id);
   return n != NULL && n->role == PS__ROLE__ROLE_SERVER &&
          n->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+}
+
+sched_node_t *ps__sched_server_report(ps_sched_t *s, ps_msg_t *m,
+                                      const char *event) {
+  sched_node_t *n = ps__sched_node_by_id(s, m->env->sender);
+  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
+    PS_DEBUG(event, "sender=%u", m->env->sender);
+    return NULL;
+  }
+  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
+    ps__sched_fence(s, n, m);
+    return NULL;
+  }
+  ps__sched_node_touch(n, m, 1);
+  return n;
 }
 
 /* 1 if server id is the primary or a backup of some range. */
@@ -47,7 +62,7 @@ static void log_chain_change(ps_sched_t *s, const ps_range_t *before,
             " backups=%u syncing=%u epoch=%" PRIu64,
             b, e, before->server_id, r->server_id, silent_ms(old, now),
             r->nbackups, ps_place_nsyncing(r), epoch);
-  } else if (!server_alive(s, r->server_id) && old != NULL &&
+  } else if (!ps__sched_server_alive(s, r->server_id) && old != NULL &&
              old->dead_epoch == epoch) {
     s->stats.ranges_lost++;
     PS_ERROR("range_unavailable",
@@ -117,16 +132,8 @@ int ps__sched_replan(ps_sched_t *s, uint64_t epoch) {
 
 void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m) {
   const Ps__ReplicaSynced *rs = m->env->replica_synced;
-  sched_node_t *n = ps__sched_node_by_id(s, m->env->sender);
-  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
-    PS_DEBUG("replica_synced_ignored", "sender=%u", m->env->sender);
-    return;
-  }
-  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
-    ps__sched_fence(s, n, m);
-    return;
-  }
-  ps__sched_node_touch(n, m, 1);
+  sched_node_t *n = ps__sched_server_report(s, m, "replica_synced_ignored");
+  if (n == NULL) return;
   ps_range_t *r = NULL;
   for (size_t i = 0; i < s->nranges && r == NULL; i++)
     if (s->ranges[i].begin == rs->range_begin &&

@@ -31,12 +31,6 @@
  * so a swap published in time always finds the range held. */
 #define HANDOVER_WAIT_MS 2000
 
-static int server_alive(const ps_sched_t *s, uint32_t id) {
-  const sched_node_t *n = ps__sched_node_by_id_const(s, id);
-  return n != NULL && n->role == PS__ROLE__ROLE_SERVER &&
-         n->state == PS__NODE_STATE__NODE_STATE_ALIVE;
-}
-
 static ps_range_t *range_of(ps_sched_t *s, uint64_t begin, uint64_t end) {
   for (size_t i = 0; i < s->nranges; i++)
     if (s->ranges[i].begin == begin && s->ranges[i].end == end)
@@ -69,7 +63,8 @@ static void abandon(ps_sched_t *s, const char *why) {
           s->handover.id, s->handover.begin, s->handover.end, s->handover.from,
           s->handover.to, s->handover.why, ps_now_ms() - s->handover.asked_ms,
           why);
-  if (server_alive(s, s->handover.from)) send_handover(s, s->handover.from, 1);
+  if (ps__sched_server_alive(s, s->handover.from))
+    send_handover(s, s->handover.from, 1);
   s->stats.handovers_abandoned++;
   s->handover.id = 0;
   ps__sched_publish(s, "handover_abandoned");
@@ -147,8 +142,8 @@ static int any_syncing(const ps_sched_t *s) {
 void ps__sched_handover_tick(ps_sched_t *s, uint64_t now) {
   if (!s->published || s->finished || s->ending) return;
   if (s->handover.id != 0) {
-    if (!server_alive(s, s->handover.from) ||
-        !server_alive(s, s->handover.to))
+    if (!ps__sched_server_alive(s, s->handover.from) ||
+        !ps__sched_server_alive(s, s->handover.to))
       abandon(s, "a server of the move died");
     else if (now - s->handover.asked_ms > HANDOVER_WAIT_MS)
       abandon(s, "the primary did not get ready in time");
@@ -175,9 +170,9 @@ void ps__sched_handover_tick(ps_sched_t *s, uint64_t now) {
   int rebalance = s->opts.rebalance && !any_syncing(s);
   size_t j = 0;
   uint32_t to = 0;
-  int found = (draining || rebalance) &&
-              ps_place_next_move(s->ranges, s->nranges, servers, n, rebalance,
-                                 &j, &to);
+  int found =
+      (draining || rebalance) &&
+      ps_place_next_move(s->ranges, s->nranges, servers, n, rebalance, &j, &to);
   free(servers);
   if (!found) return;
   const ps_range_t *r = &s->ranges[j];
@@ -203,29 +198,22 @@ void ps__sched_handover_tick(ps_sched_t *s, uint64_t now) {
  * membership), except the fence for a server declared dead. */
 void ps__sched_handle_handover_ready(ps_sched_t *s, ps_msg_t *m) {
   const Ps__HandoverReady *hr = m->env->handover_ready;
-  sched_node_t *n = ps__sched_node_by_id(s, m->env->sender);
-  if (n == NULL || n->role != PS__ROLE__ROLE_SERVER) {
-    PS_DEBUG("handover_ready_ignored", "sender=%u", m->env->sender);
-    return;
-  }
-  if (n->state == PS__NODE_STATE__NODE_STATE_DEAD) {
-    ps__sched_fence(s, n, m);
-    return;
-  }
-  ps__sched_node_touch(n, m, 1);
+  sched_node_t *n = ps__sched_server_report(s, m, "handover_ready_ignored");
+  if (n == NULL) return;
   if (hr->id == 0 || hr->id != s->handover.id || n->id != s->handover.from) {
     /* One given up already (its cancel is on the way), or a repeat. */
     PS_DEBUG("handover_ready_ignored", "sender=%u id=%" PRIu64, n->id, hr->id);
     return;
   }
   if (hr->code != PS_OK) {
-    abandon(s, hr->message && hr->message[0] ? hr->message
-                                             : ps_err_name(hr->code));
+    abandon(
+        s, hr->message && hr->message[0] ? hr->message : ps_err_name(hr->code));
     return;
   }
   ps_range_t *r = range_of(s, s->handover.begin, s->handover.end);
   uint64_t ms = ps_now_ms() - s->handover.asked_ms;
-  if (r == NULL || r->server_id != n->id || !server_alive(s, s->handover.to) ||
+  if (r == NULL || r->server_id != n->id ||
+      !ps__sched_server_alive(s, s->handover.to) ||
       !ps_place_handover(r, s->handover.to)) {
     abandon(s, "the range's chain changed while the primary got ready");
     return;
@@ -289,9 +277,9 @@ static sched_node_t *drain_target(ps_sched_t *s, ps_msg_t *m, uint32_t id) {
 void ps__sched_handle_drain(ps_sched_t *s, ps_msg_t *m) {
   uint32_t id = m->env->drain_command->server;
   if (!s->published || s->ending || s->finished) {
-    ps__sched_reply_error(s, m, PS_ERR_NOT_READY,
-                          s->published ? "the job is ending"
-                                       : "the job has not started yet");
+    ps__sched_reply_error(
+        s, m, PS_ERR_NOT_READY,
+        s->published ? "the job is ending" : "the job has not started yet");
     return;
   }
   if (!m->has_route || zmq_msg_size(&m->route) > SCHED_ROUTE_MAX) return;

@@ -180,12 +180,12 @@ struct ps_sched_s {
    * the state does not keep (the rest is read from the state). */
   ps_exporter_t *exporter;
   struct {
-    uint64_t failovers;          /* ranges whose primary moved to a backup */
-    uint64_t ranges_lost;        /* ranges left with no live copy */
-    uint64_t re_replications;    /* new backups that finished syncing */
-    uint64_t timeouts[PS_ROLE_SLOTS];  /* declared dead for silence, by role */
-    uint64_t fenced[PS_ROLE_SLOTS];    /* dead nodes that spoke again */
-    uint64_t barrier_entries;    /* workers entering a barrier */
+    uint64_t failovers;       /* ranges whose primary moved to a backup */
+    uint64_t ranges_lost;     /* ranges left with no live copy */
+    uint64_t re_replications; /* new backups that finished syncing */
+    uint64_t timeouts[PS_ROLE_SLOTS]; /* declared dead for silence, by role */
+    uint64_t fenced[PS_ROLE_SLOTS];   /* dead nodes that spoke again */
+    uint64_t barrier_entries;         /* workers entering a barrier */
     uint64_t barrier_releases;
     uint64_t ckpt_ok, ckpt_failed;
     uint64_t handovers;           /* planned moves of a primary done */
@@ -274,6 +274,15 @@ void ps__sched_note_metrics_address(ps_sched_t *s, const ps_msg_t *m);
 
 /* scheduler/failover.c */
 int ps__sched_holds_replica(const ps_sched_t *s, uint32_t id);
+/* 1 when node id is a server and alive. */
+int ps__sched_server_alive(const ps_sched_t *s, uint32_t id);
+/* The sender of a server's report on its membership link (ReplicaSynced,
+ * HandoverReady), touched; NULL after dropping m (not a server: logged as
+ * event at debug) or fencing it (declared dead). Such reports are never
+ * answered with an Error: ps_member takes REFUSED as the end of its
+ * membership. */
+sched_node_t *ps__sched_server_report(ps_sched_t *s, ps_msg_t *m,
+                                      const char *event);
 int ps__sched_replan(ps_sched_t *s, uint64_t epoch);
 void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m);
 
