@@ -62,7 +62,15 @@ int ps_zsock_configure(void *sock, char *err, size_t errlen) {
       (rc = set_opt(sock, ZMQ_RCVHWM, "ZMQ_RCVHWM", &zero, sizeof(zero), err,
                     errlen)) != PS_OK ||
       (rc = set_opt(sock, ZMQ_TCP_KEEPALIVE, "ZMQ_TCP_KEEPALIVE", &one,
-                    sizeof(one), err, errlen)) != PS_OK)
+                    sizeof(one), err, errlen)) != PS_OK ||
+      /* A send never waits: with no high-water mark it can block only
+       * when the socket has no pipe at all, which is what a DEALER is left
+       * with after its peer refused the handshake (a plaintext client
+       * meeting a CURVE server, a stranger's key: libzmq 4.3 drops the
+       * pipe). It fails with EAGAIN instead, and the caller's retry or
+       * deadline takes over; a client blocked there hung forever. */
+      (rc = set_opt(sock, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO", &zero, sizeof(zero),
+                    err, errlen)) != PS_OK)
     return rc;
   return PS_OK;
 }

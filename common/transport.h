@@ -78,8 +78,10 @@ void ps_zsock_destroy(ps_zsock_t **zs_p);
 
 /* Sets the usual options on a fresh socket: linger 0, unlimited HWM on send
  * and receive (flow control is the window's job, and a full HWM on a ROUTER
- * drops messages silently), TCP keepalive. Returns PS_OK, or PS_ERR_ZMQ with
- * the option that was refused and why in err. */
+ * drops messages silently), TCP keepalive, and a send timeout of 0 (a send
+ * on a socket left without a pipe fails with EAGAIN instead of blocking).
+ * Returns PS_OK, or PS_ERR_ZMQ with the option that was refused and why in
+ * err. */
 int ps_zsock_configure(void *sock, char *err, size_t errlen);
 
 #endif

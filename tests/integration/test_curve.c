@@ -252,6 +252,22 @@ START_TEST(unknown_key_gets_no_service) {
   ck_assert_msg(logged == 1, "the refusal of %s logged %d times", fp, logged);
   ck_assert_msg(count_in_file(sched->log, "event=curve_refused") == 1,
                 "curve_refused lines");
+  /* A worker in plaintext (--insecure, no keys) fails its handshake too
+   * (the mechanisms differ) and must end at its deadline with an error:
+   * its registration, sent on a socket whose pipe the failed handshake
+   * removed, blocked it forever before sends stopped waiting. */
+  t0 = ps_now_ms();
+  out = h_run(&c, 30000, &st, "ps-worker", "--insecure", "--scheduler",
+              c.sched_ep, "--connect-timeout-ms", "2000", "--max-steps", "1",
+              NULL);
+  took = ps_now_ms() - t0;
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                "the plaintext worker was served or hung: %s",
+                out ? out : "");
+  ck_assert_msg(took >= 1500 && out && strstr(out, "registration"),
+                "the plaintext worker failed after %llu ms: %s",
+                (unsigned long long)took, out ? out : "");
+  free(out);
   /* An admin still gets service, and stops the job. */
   out = admin_psctl(&c, dir, "stop", &st);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psctl stop: %s",
