@@ -2,6 +2,7 @@
 could be wrong (exact weights after a known push), and the refusals."""
 
 import array
+import os
 import threading
 import time
 
@@ -304,3 +305,31 @@ def test_error_codes_exported():
     assert ps.err_name(ps.ERR_UNKNOWN_KEY) == "ERR_UNKNOWN_KEY"
     assert ps.strerror(ps.ERR_TIMEOUT) == "deadline exceeded"
     assert issubclass(ps.Error, Exception)
+
+
+def test_curve_keys(cluster, monkeypatch):
+    """A cluster keyed as ps.launch keys it (psctl keygen in its folder,
+    PS_KEYS_DIR): a client in plaintext gets no service (ps.Error at its
+    connect deadline); one with the worker key, found through
+    $PS_KEYS_DIR, pushes and pulls exact weights."""
+    c = cluster(1, 1, secure=True)
+    assert c.keys_dir is not None
+    for role in c.ROLES:
+        assert os.path.exists(os.path.join(c.keys_dir, role + ".key"))
+    monkeypatch.delenv("PS_KEYS_DIR", raising=False)
+    with pytest.raises(ps.Error) as e:
+        ps.Client(scheduler=c.endpoint, model=small_model(KEYS, LR),
+                  connect_timeout_ms=int(1500 * SCALE))
+    assert e.value.code == ps.ERR_TIMEOUT, e.value
+    monkeypatch.setenv("PS_KEYS_DIR", c.keys_dir)
+    with ps.Client(scheduler=c.endpoint, model=small_model(KEYS, LR),
+                   timeout_ms=int(20000 * SCALE),
+                   connect_timeout_ms=int(20000 * SCALE)) as cl:
+        g = grad()
+        cl.push("w", g, 0)
+        w = np.zeros(KEYS, np.float32)
+        cl.pull("w", w, 1)
+        np.testing.assert_array_equal(w, -LR * g)
+    # The daemons ran with CURVE, as their logs say.
+    with open(os.path.join(c.log_dir, "scheduler.log")) as f:
+        assert "event=curve " in f.read()

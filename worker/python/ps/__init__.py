@@ -124,7 +124,11 @@ class Client(_client.Client):
     registers with the scheduler (default: $PS_SCHEDULER), declares model
     and waits for the view. Options are ps_client_opts_t's fields:
     timeout_ms, connect_timeout_ms, heartbeat_ms, rank, window,
-    chunk_bytes, resend_ms; an unknown one is a TypeError.
+    chunk_bytes, resend_ms, keys_dir, key_file; an unknown one is a
+    TypeError. keys_dir (default $PS_KEYS_DIR) and key_file (default
+    $PS_KEY, else KEYS_DIR/worker.key) make every link CURVE, as the C
+    programs' --keys-dir and --key; without them the client speaks
+    plaintext, which a cluster keyed by its operator refuses.
 
     Dense calls take `where`: a key (int; the buffer's length is the count)
     or a tensor name (str; the buffer must have exactly its length):
@@ -145,6 +149,9 @@ class Client(_client.Client):
                              "not set")
         if model is None:
             raise ValueError("model is required (a ps.Model)")
+        for opt, env in (("keys_dir", "PS_KEYS_DIR"), ("key_file", "PS_KEY")):
+            if opt not in options and os.environ.get(env):
+                options[opt] = os.environ[env]
         super().__init__(scheduler, model, **options)
 
     def view(self):

@@ -382,7 +382,7 @@ fail:
 }
 
 /* The client options Python may set, one row each: a new field of
- * ps_client_opts_t (CURVE keys, say) is one more row here. Strings point
+ * ps_client_opts_t is one more row here. Strings point
  * into the Python objects, kept alive until ps_client_new returns (the
  * library copies what it keeps). */
 typedef enum { OPT_INT, OPT_I64, OPT_U64, OPT_STR } opt_type_t;
@@ -399,6 +399,8 @@ static const struct {
     {"window", OPT_INT, offsetof(ps_client_opts_t, window)},
     {"chunk_bytes", OPT_U64, offsetof(ps_client_opts_t, chunk_bytes)},
     {"resend_ms", OPT_INT, offsetof(ps_client_opts_t, resend_ms)},
+    {"keys_dir", OPT_STR, offsetof(ps_client_opts_t, keys_dir)},
+    {"key_file", OPT_STR, offsetof(ps_client_opts_t, key_file)},
 };
 #define NOPTS (sizeof(client_opts) / sizeof(client_opts[0]))
 

@@ -10,6 +10,12 @@ daemons end with the job (exit 0); on a worker's failure, Ctrl-C or a
 deadline every process is killed and reaped. Exit status: 0 if every
 worker and daemon exited 0, else 1 (2: bad usage).
 
+Every link is CURVE-encrypted and authenticated: a key pair per role is
+made in the log folder (psctl keygen) and given to the daemons and the
+workers as PS_KEYS_DIR, which ps.Client reads. With PS_INSECURE=true in
+the environment (as the test suites set it) the cluster runs in plaintext
+instead.
+
 The daemons are found in $PS_BIN_DIR, else on PATH. Cluster is the same
 machinery for programs and tests.
 """
@@ -46,14 +52,22 @@ class Cluster:
     Every wait has a deadline; stop() (or leaving the with block) kills and
     reaps whatever still runs."""
 
+    ROLES = ("scheduler", "server", "worker", "admin")
+
     def __init__(self, servers=1, workers=1, mode="bsp", replication=None,
                  log_dir=None, heartbeat_timeout_ms=None, scheduler_args=(),
-                 server_args=(), start_timeout_s=20.0):
+                 server_args=(), start_timeout_s=20.0, secure=None):
+        """secure: CURVE keys made in log_dir/keys (True), plaintext
+        (False), or None: plaintext only if PS_INSECURE=true is set."""
         self.nservers, self.nworkers, self.mode = servers, workers, mode
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="ps-cluster.")
         os.makedirs(self.log_dir, exist_ok=True)
         self.procs = {}  # name -> (Popen, log path)
         self.endpoint = None
+        if secure is None:
+            secure = os.environ.get("PS_INSECURE", "").lower() not in (
+                "true", "1", "yes", "on")
+        self.keys_dir = self.make_keys() if secure else None
         args = ["--bind", "tcp://127.0.0.1:*", "--servers", str(servers),
                 "--workers", str(workers), "--mode", mode]
         if replication is not None:
@@ -75,6 +89,27 @@ class Cluster:
             self.stop()
             raise
 
+    def make_keys(self):
+        """A key pair per role in log_dir/keys (kept if already there)."""
+        d = os.path.join(self.log_dir, "keys")
+        psctl = find_program("psctl")
+        for role in self.ROLES:
+            if os.path.exists(os.path.join(d, role + ".key")):
+                continue
+            r = subprocess.run([psctl, "keygen", "--role", role, "--out", d],
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0:
+                raise ClusterError(f"psctl keygen --role {role}: "
+                                   f"{r.stderr.strip()}")
+        return d
+
+    def daemon_env(self):
+        env = dict(os.environ)
+        if self.keys_dir:
+            env["PS_KEYS_DIR"] = self.keys_dir
+        return env
+
     def start_server(self, i, extra=()):
         return self.spawn(f"server{i}", [find_program("ps-server"),
                                          "--scheduler", self.endpoint] +
@@ -82,6 +117,8 @@ class Cluster:
 
     def spawn(self, name, argv, env=None):
         path = os.path.join(self.log_dir, f"{name}.log")
+        if env is None:
+            env = self.daemon_env()
         with open(path, "ab") as log:
             p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, env=env)
@@ -89,7 +126,7 @@ class Cluster:
         return path
 
     def worker_env(self, rank=None):
-        env = dict(os.environ)
+        env = self.daemon_env()
         env["PS_SCHEDULER"] = self.endpoint
         env["PS_NUM_WORKERS"] = str(self.nworkers)
         if rank is not None:
