@@ -35,6 +35,17 @@ if(PS_INSTALL_DEPLOY)
                   OUTPUT_FILE ${ps_changelog_gz} COMMAND_ERROR_IS_FATAL ANY)
   install(FILES README.md deploy/debian/copyright ${ps_changelog_gz}
           DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/ps)
+  # The Python package `ps` (worker/python, issue #17) for Debian's
+  # python3, where its modules go (dist-packages, no version in the path):
+  # the extension built here against this libps-client, and the .py files.
+  # `import ps.torch` needs python3-torch (Suggests); `import ps` numpy only
+  # for ps.initializers and ps.fashion_mnist.
+  if(PS_HAVE_PYTHON)
+    set(ps_py_dest lib/python3/dist-packages/ps)
+    install(TARGETS ps-python LIBRARY DESTINATION ${ps_py_dest})
+    install(DIRECTORY worker/python/ps/ DESTINATION ${ps_py_dest}
+            FILES_MATCHING PATTERN "*.py")
+  endif()
 endif()
 
 set(CPACK_PACKAGE_NAME ps)
@@ -55,8 +66,16 @@ set(CPACK_DEBIAN_PACKAGE_SECTION science)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON) # the shlibs file
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
-set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "dataset-fashion-mnist")
+# python3: the extension in dist-packages is built for this python3's ABI
+# (Debian 12: 3.11), as Debian's policy for Python modules asks.
+if(PS_HAVE_PYTHON)
+  set(CPACK_DEBIAN_PACKAGE_DEPENDS
+      "adduser, python3 (>= ${PS_PYTHON_ABI}~), python3 (<< ${PS_PYTHON_ABI_NEXT})")
+else()
+  set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
+endif()
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "dataset-fashion-mnist, python3-numpy")
+set(CPACK_DEBIAN_PACKAGE_SUGGESTS "python3-torch")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     "${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/postinst;${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/postrm;${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/conffiles;${CMAKE_CURRENT_SOURCE_DIR}/deploy/debian/triggers")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)

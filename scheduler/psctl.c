@@ -787,7 +787,9 @@ int main(int argc, char **argv) {
        "top: stop (exit 0) after this many refreshes; 0: until Ctrl-C. "
        "Also -n N."},
       {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
-       PS_KEYS_DIR_HELP " psctl's role is admin."},
+       PS_KEYS_DIR_HELP " psctl's role is admin. Default: "
+       PS_DEFAULT_KEYS_DIR " when psctl may read its admin.key (the "
+       "package makes it), else none."},
       {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
       {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
        PS_INSECURE_HELP},
@@ -866,6 +868,19 @@ int main(int argc, char **argv) {
                             "checkpoint, drain, top, stop or keygen");
   }
   ps_log_init("psctl", PS_LOG_WARN);
+  /* The package's node keys (deploy/debian/postinst): an admin on the node
+   * runs `psctl status` with nothing to add. Only when psctl may read the
+   * admin key, so a user without it still gets the error that asks for
+   * --keys-dir or --insecure. */
+  if ((keys_dir == NULL || keys_dir[0] == '\0') && !insecure &&
+      access(PS_DEFAULT_KEYS_DIR "/admin.key", R_OK) == 0) {
+    free(keys_dir); /* the options' strings are freed with the config */
+    if ((keys_dir = strdup(PS_DEFAULT_KEYS_DIR)) == NULL) {
+      fprintf(stderr, "psctl: out of memory\n");
+      ps_config_free(&cfg);
+      return PS_EXIT_FAILURE;
+    }
+  }
   ps_keys_t *keys = NULL;
   if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_ADMIN,
                           NULL, &keys, err, sizeof(err)) != PS_OK)
@@ -879,9 +894,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "psctl: zmq_socket: %s\n", zmq_strerror(zmq_errno()));
     goto out;
   }
-  /* Linger 0: an unanswered request must not keep psctl from exiting. */
+  /* Linger 0: an unanswered request must not keep psctl from exiting;
+   * send timeout 0: nor a scheduler that refused the handshake (no pipe
+   * left to send on), see ps_zsock_configure. */
   int zero = 0;
   zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+  zmq_setsockopt(sock, ZMQ_SNDTIMEO, &zero, sizeof(zero));
   if (keys && ps_keys_apply(sock, keys, ps_keys_scheduler_key(keys), err,
                             sizeof(err)) != PS_OK) {
     fprintf(stderr, "psctl: %s\n", err);

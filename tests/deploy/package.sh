@@ -14,7 +14,7 @@ nice cmake -S "$src" -B "$tree" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SKIP_INSTALL_RPATH=ON -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON \
   -DPS_WERROR=ON >/dev/null
 nice cmake --build "$tree" -j2 --target ps-scheduler ps-server ps-worker \
-  psctl ps-bench ps-client >/dev/null
+  psctl ps-bench ps-client ps-python >/dev/null
 rm -f "$tree"/ps_*.deb
 (cd "$tree" && cpack -G DEB >/dev/null)
 deb=$(ls "$tree"/ps_*_amd64.deb)
@@ -32,7 +32,9 @@ for f in /usr/bin/ps-scheduler /usr/bin/ps-server /usr/bin/ps-worker \
   /usr/lib/systemd/system/ps-scheduler.service \
   /usr/lib/systemd/system/ps-server@.service \
   /usr/lib/systemd/system/ps-worker@.service /etc/ps/scheduler.conf \
-  /etc/ps/server-a.conf /etc/ps/worker.conf /usr/share/doc/ps/copyright; do
+  /etc/ps/server-a.conf /etc/ps/worker.conf /usr/share/doc/ps/copyright \
+  /usr/lib/python3/dist-packages/ps/__init__.py \
+  /usr/lib/python3/dist-packages/ps/torch.py; do
   grep -qx "$f" <<<"$contents" || { echo "package: $f missing"; status=1; }
 done
 control=$(dpkg-deb -f "$deb")
@@ -46,6 +48,8 @@ for f in conffiles postinst triggers shlibs; do
   dpkg-deb -I "$deb" "$f" >/dev/null 2>&1 ||
     { echo "package: control member $f missing"; status=1; }
 done
+grep -q '^/usr/lib/python3/dist-packages/ps/_client\.cpython-.*\.so$' <<<"$contents" ||
+  { echo "package: the Python extension ps/_client is missing"; status=1; }
 [ "$(dpkg-deb -I "$deb" conffiles | wc -l)" -eq 4 ] ||
   { echo "package: expected 4 conffiles"; status=1; }
 

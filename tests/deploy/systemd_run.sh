@@ -65,6 +65,19 @@ c sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /deb/$(basename "
 t_installed=$(date +%s)
 echo "systemd_run: $(basename "$deb") installed with apt-get in $((t_installed - t0)) s (container start included)"
 c id ps >/dev/null || fail "postinst made no ps user"
+# The node's keys (postinst): one pair per role, the daemons' secrets ps's
+# and the admin's root's, all 0600, so the example configs run with CURVE.
+keys_ls=$(c stat -c '%n %U %a' /etc/ps/keys/scheduler.key \
+  /etc/ps/keys/server.key /etc/ps/keys/worker.key /etc/ps/keys/admin.key) ||
+  fail "postinst made no keys in /etc/ps/keys"
+want_ls='/etc/ps/keys/scheduler.key ps 600
+/etc/ps/keys/server.key ps 600
+/etc/ps/keys/worker.key ps 600
+/etc/ps/keys/admin.key root 600'
+[ "$keys_ls" = "$want_ls" ] || fail "keys' owners and modes: $keys_ls"
+# The Python package (issue #17) came with it, for Debian's python3.
+c python3 -c 'import ps; assert ps.__file__.startswith("/usr/lib/python3/dist-packages/")' ||
+  fail "python3 cannot import the packaged ps"
 
 # A short job: the example configs with a step limit.
 c sed -i -e "s/^# max-steps = .*/max-steps = $MAX_STEPS/" -e 's/^epochs = .*/epochs = 1/' \
@@ -76,6 +89,18 @@ echo "systemd_run: all 5 units READY in $((t_ready - t_installed)) s"
 for u in ps-scheduler ps-server@a ps-server@b ps-worker@0 ps-worker@1; do
   echo "systemd_run: $u: $(c systemctl show -p StatusText --value "$u")"
 done
+# Every daemon runs with CURVE; root's psctl finds the admin key by
+# itself, a user without it (ps) is refused before anything is sent.
+for u in ps-scheduler ps-server@a ps-worker@0; do
+  c sh -c "journalctl -u $u | grep -Eq 'event=(curve|curve_on) '" ||
+    fail "$u did not start with CURVE keys"
+done
+out=$(c psctl --timeout-ms 5000 status 2>&1) ||
+  fail "psctl status as root (admin key from /etc/ps/keys): $out"
+if c runuser -u ps -- psctl --timeout-ms 2000 status >/dev/null 2>&1; then
+  fail "psctl status as ps (no admin key) was answered"
+fi
+echo "systemd_run: CURVE on every daemon; psctl status as root answered, as ps refused"
 
 # Mid-run: the workers report progress, then server a is SIGKILLed.
 wait_for 120 "training progress" \

@@ -1,7 +1,8 @@
 """The README's walk-through, run: python3 -m ps.launch starts a scheduler
 and 2 servers and runs examples/train_fashion_mnist.py as 2 PyTorch workers
-(BSP, 3 epochs); the job reaches >= 0.88 test accuracy and every process
-exits 0."""
+(BSP, 3 epochs), keyed as the README runs it (CURVE keys made by
+ps.launch, not PS_INSECURE); the job reaches >= 0.88 test accuracy and
+every process exits 0."""
 
 import json
 import os
@@ -26,9 +27,10 @@ def test_fashion_mnist_two_workers(request):
            sys.executable, os.path.join(SOURCE, "examples",
                                         "train_fashion_mnist.py"),
            "--epochs", "3", "--report", report]
+    env = {k: v for k, v in os.environ.items() if k != "PS_INSECURE"}
     with open(os.path.join(d, "launch.log"), "w") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                            timeout=550 * SCALE).returncode
+                            env=env, timeout=550 * SCALE).returncode
     with open(os.path.join(d, "launch.log")) as f:
         tail = "".join(line for line in f if not line.startswith("ts="))
     assert rc == 0, f"ps.launch exited {rc}:\n{tail[-3000:]}"
@@ -37,3 +39,5 @@ def test_fashion_mnist_two_workers(request):
     print(tail[-1500:])
     assert r["workers"] == 2 and r["steps"] == 3 * (60000 // 64)
     assert r["test_accuracy"] >= 0.88, r
+    with open(os.path.join(d, "scheduler.log")) as f:
+        assert "event=curve " in f.read(), "the cluster ran without keys"
