@@ -1821,8 +1821,9 @@ START_TEST(test_coord_copies_the_model) {
    * again with the scheduler. */
   char base[] = "/tmp/ps-test-coord-XXXXXX";
   ck_assert_ptr_nonnull(mkdtemp(base));
-  ps_tensor_spec_t t = {"w", 0, 16, PS_INIT_ZERO, 0.0f};
-  ps_sparse_spec_t sp = {"emb", 4, PS_INIT_ZERO, 0.0f, 0};
+  ps_tensor_spec_t t = {
+      .name = "w", .offset = 0, .length = 16, .init = PS_INIT_ZERO};
+  ps_sparse_spec_t sp = {.name = "emb", .dim = 4, .init = PS_INIT_ZERO};
   ps_model_t src = {
       .ntensors = 1, .tensors = &t, .total = 16, .nsparse = 1, .sparse = &sp};
   ps_model_t model;

@@ -459,7 +459,7 @@ START_TEST(runs_follow_blocks) {
   /* Each run points at the weights of its first key. */
   float *w = malloc(len * sizeof(float));
   for (uint64_t i = 0; i < len; i++) w[i] = (float)i;
-  ck_assert_int_eq(ps_shard_load(s, w, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_shard_load(s, w, NULL, NULL, 0), PS_OK);
   ck_assert_int_eq(ps_shard_runs(s, begin + BK - 10, BK + 20, runs, 4, NULL, 0),
                    3);
   ck_assert(runs[0].data[0] == (float)(BK - 10) &&
@@ -596,7 +596,7 @@ START_TEST(bsp_step_on_pinned_blocks_with_momentum) {
   ck_assert_uint_eq(stats_of(a).cow_applies, 0);
   const float *wa = ps_shard_weights(a), *wb = ps_shard_weights(b);
   ck_assert(memcmp(wa, wb, len * sizeof(float)) == 0);
-  ck_assert(memcmp(ps_shard_momentum(a), ps_shard_momentum(b),
+  ck_assert(memcmp(ps_shard_opt_state(a, NULL), ps_shard_opt_state(b, NULL),
                    len * sizeof(float)) == 0);
   ck_assert(wa[3] != 0.0f);
   free(g1);
@@ -614,10 +614,10 @@ START_TEST(load_replaces_state) {
   ps_shard_run_t runs[2];
   ck_assert_int_eq(ps_shard_runs(s, 0, len, runs, 2, NULL, 0), 2);
   ps_shard_pin(runs[0].version);
-  ck_assert_int_eq(ps_shard_load(s, w, v, 42), PS_OK);
+  ck_assert_int_eq(ps_shard_load(s, w, v, NULL, 42), PS_OK);
   ck_assert(runs[0].data[5] == 0.0f); /* the pinned copy is untouched */
   ck_assert(memcmp(ps_shard_weights(s), w, len * sizeof(float)) == 0);
-  ck_assert(memcmp(ps_shard_momentum(s), v, len * sizeof(float)) == 0);
+  ck_assert(memcmp(ps_shard_opt_state(s, NULL), v, len * sizeof(float)) == 0);
   ck_assert_uint_eq(ps_shard_clock(s), 42);
   ps_shard_unpin(NULL, runs[0].version);
   free(w);
@@ -653,7 +653,7 @@ static void assert_same_state(ps_shard_t *a, ps_shard_t *b, uint64_t len) {
   ck_assert_uint_eq(ps_shard_received(a), ps_shard_received(b));
   ck_assert(memcmp(ps_shard_weights(a), ps_shard_weights(b),
                    len * sizeof(float)) == 0);
-  const float *ma = ps_shard_momentum(a), *mb = ps_shard_momentum(b);
+  const float *ma = ps_shard_opt_state(a, NULL), *mb = ps_shard_opt_state(b, NULL);
   ck_assert((ma == NULL) == (mb == NULL));
   if (ma) ck_assert(memcmp(ma, mb, len * sizeof(float)) == 0);
   size_t na, nb;
@@ -935,8 +935,8 @@ START_TEST(import_refusals_change_nothing) {
   for (int i = 0; i < 12; i++) bad[i].st = good;
   bad[0].what = "no weights", bad[0].st.weights = NULL;
   bad[0].why = "without weights";
-  bad[1].what = "no momentum", bad[1].st.momentum = NULL;
-  bad[1].why = "without momentum";
+  bad[1].what = "no optimizer state", bad[1].st.state = NULL;
+  bad[1].why = "but no values";
   bad[2].what = "interval past the end", bad[2].st.acc_hi = len + 1;
   bad[2].why = "not inside";
   bad[3].what = "interval backwards", bad[3].st.acc_lo = 5;
@@ -998,7 +998,7 @@ START_TEST(add_counts_exactly) {
   ps_model_t m = zero_model(6, 0.3f, 0.9f);
   m.optimizer = PS__OPTIMIZER__OPT_ADD;
   ps_shard_t *s = new_shard(0, 6, &m, ASP, 3);
-  ck_assert_ptr_null(ps_shard_momentum(s));
+  ck_assert_ptr_null(ps_shard_opt_state(s, NULL));
   const float one[6] = {1, 1, 1, 1, 1, 1};
   int applied;
   /* 3 live workers, not scaled by 1/3: 1000 pushes count 1000. */
