@@ -134,6 +134,11 @@ void ps_accumulate(float *restrict dst, const float *restrict src, size_t n);
  * "baseline". */
 const char *ps_optimizer_isa(void);
 
+/* Tests only: makes every later call run the named variant ("baseline",
+ * "avx2", "avx512f"), to compare their bits. Returns 0, changing nothing,
+ * when this build or CPU lacks it. */
+int ps__optimizer_force_isa(const char *name);
+
 /* 1 when none of v[0..n) is NaN or an infinity. One pass, vectorized: the
  * check every push pays before it may touch the weights. */
 int ps_floats_finite(const float *v, size_t n);
