@@ -1132,6 +1132,8 @@ int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
      * count that keeps Adam's bias correction from being re-applied. */
     for (size_t k = 0; tensor_steps && k < s.nopt_steps; k++) {
       uint64_t t = s.opt_steps[2 * k], c = s.opt_steps[2 * k + 1];
+      const ps_tensor_spec_t *ts = &m->model.tensors[t];
+      if (ts->offset >= end || ts->offset + ts->length <= begin) continue;
       if (c > tensor_steps[t]) tensor_steps[t] = c;
     }
     total += s.stat.bytes;
