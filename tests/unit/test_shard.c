@@ -655,9 +655,17 @@ static void assert_same_state(ps_shard_t *a, ps_shard_t *b, uint64_t len) {
   ck_assert_uint_eq(ps_shard_received(a), ps_shard_received(b));
   ck_assert(memcmp(ps_shard_weights(a), ps_shard_weights(b),
                    len * sizeof(float)) == 0);
-  const float *ma = ps_shard_opt_state(a, NULL), *mb = ps_shard_opt_state(b, NULL);
+  int ka, kb;
+  const float *ma = ps_shard_opt_state(a, &ka), *mb = ps_shard_opt_state(b, &kb);
   ck_assert((ma == NULL) == (mb == NULL));
-  if (ma) ck_assert(memcmp(ma, mb, len * sizeof(float)) == 0);
+  ck_assert_int_eq(ka, kb);
+  if (ma) ck_assert(memcmp(ma, mb, (size_t)ka * len * sizeof(float)) == 0);
+  size_t sa, sb;
+  ps_shard_segments(a, &sa);
+  ps_shard_segments(b, &sb);
+  ck_assert_uint_eq(sa, sb);
+  ck_assert(memcmp(ps_shard_opt_steps(a), ps_shard_opt_steps(b),
+                   sa * sizeof(uint64_t)) == 0);
   size_t na, nb;
   const ps_shard_live_t *la = ps_shard_live(a, &na),
                         *lb = ps_shard_live(b, &nb);
@@ -749,6 +757,14 @@ END_TEST
 START_TEST(export_import_asp) {
   uint64_t len = 300;
   ps_model_t m = random_model(len, 0.25f, 0.5f);
+  if (_i == 1) { /* the loop test's second run: Adam, 2 state planes */
+    m.optimizer = PS_OPTIMIZER_ADAM;
+    m.learning_rate = 0.01f;
+    m.momentum = 0.0f;
+    m.beta1 = 0.9f;
+    m.beta2 = 0.999f;
+    m.epsilon = 1e-8f;
+  }
   ps_shard_t *a = new_shard(0, len, &m, ASP, 3);
   ps_shard_t *b = new_shard(0, len, &m, ASP, 1);
   float *g1 = rough_grad(len, 1), *g2 = rough_grad(len, 2);
@@ -771,6 +787,7 @@ START_TEST(export_import_asp) {
   }
   assert_same_state(a, b, len);
   ck_assert_uint_eq(ps_shard_clock(b), 7);
+  if (_i == 1) ck_assert_uint_eq(ps_shard_opt_steps(b)[0], 4);
   free(g1);
   free(g2);
   ps_shard_destroy(&a);
@@ -1185,7 +1202,7 @@ int main(void) {
   tcase_add_test(tc, load_replaces_state);
   tcase_add_test(tc, adam_state_survives_checkpoint_onto_another_split);
   tcase_add_test(tc, export_import_mid_bsp_step);
-  tcase_add_test(tc, export_import_asp);
+  tcase_add_loop_test(tc, export_import_asp, 0, 2);
   tcase_add_test(tc, from_step_bsp);
   tcase_add_test(tc, from_step_asp);
   tcase_add_test(tc, import_refusals_change_nothing);
