@@ -20,28 +20,31 @@
  * bandwidth once the model leaves the cache; wider vectors matter for
  * cache-resident slices. */
 
-#define SGD_BODY                                        \
-  if (momentum == 0.0f || v == NULL) {                  \
-    const float step = lr * scale;                      \
-    for (size_t i = 0; i < n; i++) w[i] -= step * g[i]; \
-    return;                                             \
-  }                                                     \
-  for (size_t i = 0; i < n; i++) {                      \
-    float vi = momentum * v[i] + scale * g[i];          \
-    v[i] = vi;                                          \
-    w[i] -= lr * vi;                                    \
+/* pre is the schedule's factor on the gradient (issue #14), applied
+ * first as a worker that scaled its own gradient did: pre * g is g
+ * exactly when pre is 1, so ps_apply_sgd keeps its bits. */
+#define SGD_BODY                                                \
+  if (momentum == 0.0f || v == NULL) {                          \
+    const float step = lr * scale;                              \
+    for (size_t i = 0; i < n; i++) w[i] -= step * (pre * g[i]); \
+    return;                                                     \
+  }                                                             \
+  for (size_t i = 0; i < n; i++) {                              \
+    float vi = momentum * v[i] + scale * (pre * g[i]);          \
+    v[i] = vi;                                                  \
+    w[i] -= lr * vi;                                            \
   }
 
-#define SGD_TO_BODY                                               \
-  if (momentum == 0.0f || v == NULL) {                            \
-    const float step = lr * scale;                                \
-    for (size_t i = 0; i < n; i++) w_out[i] = w[i] - step * g[i]; \
-    return;                                                       \
-  }                                                               \
-  for (size_t i = 0; i < n; i++) {                                \
-    float vi = momentum * v[i] + scale * g[i];                    \
-    v[i] = vi;                                                    \
-    w_out[i] = w[i] - lr * vi;                                    \
+#define SGD_TO_BODY                                                       \
+  if (momentum == 0.0f || v == NULL) {                                    \
+    const float step = lr * scale;                                        \
+    for (size_t i = 0; i < n; i++) w_out[i] = w[i] - step * (pre * g[i]); \
+    return;                                                               \
+  }                                                                       \
+  for (size_t i = 0; i < n; i++) {                                        \
+    float vi = momentum * v[i] + scale * (pre * g[i]);                    \
+    v[i] = vi;                                                            \
+    w_out[i] = w[i] - lr * vi;                                            \
   }
 
 #define ACC_BODY \
@@ -97,10 +100,11 @@ typedef struct {
 
 #define SGD_ARGS                                                           \
   float *restrict w, float *restrict v, const float *restrict g, size_t n, \
-      float lr, float momentum, float scale
+      float lr, float momentum, float scale, float pre
 #define SGD_TO_ARGS                                                  \
   float *restrict w_out, const float *restrict w, float *restrict v, \
-      const float *restrict g, size_t n, float lr, float momentum, float scale
+      const float *restrict g, size_t n, float lr, float momentum,   \
+      float scale, float pre
 #define ACC_ARGS float *restrict dst, const float *restrict src, size_t n
 #define ADAGRAD_ARGS                                                    \
   float *restrict w, float *restrict h, const float *restrict g, size_t n, \
@@ -206,13 +210,23 @@ static const kernels_t *kernels(void) {
 
 void ps_apply_sgd(float *restrict w, float *restrict v, const float *restrict g,
                   size_t n, float lr, float momentum, float scale) {
-  kernels()->sgd(w, v, g, n, lr, momentum, scale);
+  kernels()->sgd(w, v, g, n, lr, momentum, scale, 1.0f);
 }
 
 void ps_apply_sgd_to(float *restrict w_out, const float *restrict w,
                      float *restrict v, const float *restrict g, size_t n,
                      float lr, float momentum, float scale) {
-  kernels()->sgd_to(w_out, w, v, g, n, lr, momentum, scale);
+  kernels()->sgd_to(w_out, w, v, g, n, lr, momentum, scale, 1.0f);
+}
+
+void ps_accumulate_scaled(float *restrict dst, const float *restrict src,
+                          size_t n, float factor) {
+  for (size_t i = 0; i < n; i++) dst[i] += factor * src[i];
+}
+
+void ps_copy_scaled(float *restrict dst, const float *restrict src, size_t n,
+                    float factor) {
+  for (size_t i = 0; i < n; i++) dst[i] = factor * src[i];
 }
 
 void ps_accumulate(float *restrict dst, const float *restrict src, size_t n) {
@@ -447,17 +461,18 @@ void ps_optimizer_apply(const ps_optimizer_spec_t *o, float *w_out,
   switch (o->kind) {
     case PS_OPTIMIZER_ADD:
       if (inplace)
-        k->sgd(w_out, NULL, g, n, -1.0f, 0.0f, 1.0f);
+        k->sgd(w_out, NULL, g, n, -1.0f, 0.0f, 1.0f, 1.0f);
       else
-        k->sgd_to(w_out, w, NULL, g, n, -1.0f, 0.0f, 1.0f);
+        k->sgd_to(w_out, w, NULL, g, n, -1.0f, 0.0f, 1.0f, 1.0f);
       return;
     case PS_OPTIMIZER_SGD: {
       float *v = o->momentum != 0.0f ? state : NULL;
-      float s = scale * lr_factor;
       if (inplace)
-        k->sgd(w_out, v, g, n, o->learning_rate, o->momentum, s);
+        k->sgd(w_out, v, g, n, o->learning_rate, o->momentum, scale,
+               lr_factor);
       else
-        k->sgd_to(w_out, w, v, g, n, o->learning_rate, o->momentum, s);
+        k->sgd_to(w_out, w, v, g, n, o->learning_rate, o->momentum, scale,
+                  lr_factor);
       return;
     }
     case PS_OPTIMIZER_ADAGRAD:

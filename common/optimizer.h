@@ -45,9 +45,13 @@ void ps_apply_sgd_to(float *restrict w_out, const float *restrict w,
  *
  * With g_i = scale * g[i] (the mean of the contributions), f the schedule's
  * factor (ps_lr_factor) and lr = learning_rate * f:
- *   SGD        v = momentum v + (scale f) g; w -= learning_rate v
- *              (the factor goes on the gradient, Sutskever's form: with
- *              u = learning_rate v this is SGD with momentum at rate lr)
+ *   SGD        v = momentum v + scale (f g); w -= learning_rate v
+ *              (the factor goes on the gradient, first, as the workers
+ *              applied it before issue #14, so the bits are the same;
+ *              Sutskever's form: with u = learning_rate v this is SGD with
+ *              momentum at rate lr. A BSP server puts f on each
+ *              contribution as it arrives, ps_accumulate_scaled, and
+ *              applies the step with f = 1)
  *   Adagrad    h += g_i^2; w -= lr g_i / (sqrt(h) + epsilon)
  *   Adam       m = beta1 m + (1 - beta1) g_i; v = beta2 v + (1 - beta2) g_i^2;
  *              w -= lr (m c1) / (sqrt(v c2) + epsilon), c1 = 1 / (1 - beta1^t),
@@ -129,6 +133,13 @@ void ps_optimizer_apply_row(const ps_optimizer_spec_t *o, float *row,
 
 /* dst += src, for summing BSP contributions as they arrive. */
 void ps_accumulate(float *restrict dst, const float *restrict src, size_t n);
+
+/* dst += factor * src and dst = factor * src: the same for contributions
+ * that carry the schedule's factor on their gradient (SGD). */
+void ps_accumulate_scaled(float *restrict dst, const float *restrict src,
+                          size_t n, float factor);
+void ps_copy_scaled(float *restrict dst, const float *restrict src, size_t n,
+                    float factor);
 
 /* The instruction set the kernels run with: "avx512f", "avx2" or
  * "baseline". */

@@ -257,14 +257,17 @@ static int reserve_range(ps_shard_t *s, uint64_t off, uint64_t n) {
  * place); dst and src point at range offset lo. */
 static void apply_span(ps_shard_t *s, float *dst, const float *src,
                        uint64_t lo, uint64_t hi, uint64_t off, const float *g,
-                       float scale, float factor) {
+                       float scale, float factor, int sgd_prescaled) {
   for (size_t j = 0; j < s->nseg && lo < hi; j++) {
     const ps_shard_segment_t *sg = &s->seg[j];
     if (sg->end <= lo) continue;
     uint64_t e = sg->end < hi ? sg->end : hi;
+    float f = sgd_prescaled && sg->optimizer.kind == PS_OPTIMIZER_SGD
+                  ? 1.0f
+                  : factor;
     ps_optimizer_apply(&sg->optimizer, dst, src, s->state ? s->state + lo : NULL,
                        (size_t)s->len, g + (lo - off), (size_t)(e - lo), scale,
-                       factor, s->opt_steps[j]);
+                       f, s->opt_steps[j]);
     dst += e - lo;
     src += e - lo;
     lo = e;
@@ -279,7 +282,7 @@ static void apply_span(ps_shard_t *s, float *dst, const float *src,
  * only the loop thread pins. Every tensor piece the push touches counts
  * one update. */
 static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
-                      float scale, uint64_t step) {
+                      float scale, uint64_t step, int sgd_prescaled) {
   uint64_t end = off + n;
   for (size_t j = 0; j < s->nseg; j++)
     if (s->seg[j].begin < end && s->seg[j].end > off) s->opt_steps[j]++;
@@ -292,7 +295,7 @@ static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
     ps_shard_version_t *cur = s->blocks[b], *nv = s->fresh[b];
     if (nv == NULL) {
       apply_span(s, cur->data + lo, cur->data + lo, b0 + lo, b0 + hi, off, g,
-                 scale, factor);
+                 scale, factor, sgd_prescaled);
       continue;
     }
     s->fresh[b] = NULL;
@@ -301,7 +304,7 @@ static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
       memcpy(nv->data + hi, cur->data + hi,
              (size_t)(blen - hi) * sizeof(float));
     apply_span(s, nv->data + lo, cur->data + lo, b0 + lo, b0 + hi, off, g,
-               scale, factor);
+               scale, factor, sgd_prescaled);
     s->spare[s->nspare++] = cur; /* room reserved */
     s->blocks[b] = nv;
     s->stats.cow_applies++;
@@ -505,14 +508,23 @@ static int check_slice(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
                  (unsigned long long)s->begin, (unsigned long long)s->end);
 }
 
-/* Adds g (n values at offset off) to this step's sum: keys outside the valid
- * interval are copied, not added, and a gap the interval has to bridge is
- * zeroed, so acc never needs clearing between steps. */
-static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
+/* dst = f * src, or a plain copy when f is 1. */
+static void copy_f(float *dst, const float *src, uint64_t n, float f) {
+  if (f == 1.0f)
+    memcpy(dst, src, (size_t)n * sizeof(float));
+  else
+    ps_copy_scaled(dst, src, (size_t)n, f);
+}
+
+/* Adds f * g (n values at offset off) to this step's sum: keys outside the
+ * valid interval are copied, not added, and a gap the interval has to
+ * bridge is zeroed, so acc never needs clearing between steps. */
+static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
+                      float f) {
   float *acc = s->acc;
   uint64_t a = off, b = off + n;
   if (s->acc_lo == s->acc_hi) {
-    memcpy(acc + a, g, (size_t)n * sizeof(float));
+    copy_f(acc + a, g, n, f);
     s->acc_lo = a;
     s->acc_hi = b;
     return;
@@ -520,17 +532,45 @@ static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
   uint64_t lo = s->acc_lo, hi = s->acc_hi;
   if (a < lo) {
     uint64_t e = b < lo ? b : lo;
-    memcpy(acc + a, g, (size_t)(e - a) * sizeof(float));
+    copy_f(acc + a, g, e - a, f);
     if (e < lo) memset(acc + e, 0, (size_t)(lo - e) * sizeof(float));
     s->acc_lo = a;
   }
   uint64_t oa = a > lo ? a : lo, ob = b < hi ? b : hi;
-  if (oa < ob) ps_accumulate(acc + oa, g + (oa - a), (size_t)(ob - oa));
+  if (oa < ob) {
+    if (f == 1.0f)
+      ps_accumulate(acc + oa, g + (oa - a), (size_t)(ob - oa));
+    else
+      ps_accumulate_scaled(acc + oa, g + (oa - a), (size_t)(ob - oa), f);
+  }
   if (b > hi) {
     uint64_t c = a > hi ? a : hi;
     if (c > hi) memset(acc + hi, 0, (size_t)(c - hi) * sizeof(float));
-    memcpy(acc + c, g + (c - a), (size_t)(b - c) * sizeof(float));
+    copy_f(acc + c, g + (c - a), b - c, f);
     s->acc_hi = b;
+  }
+}
+
+/* The schedule's factor on the gradient of an SGD piece for the current
+ * BSP step (the others take it on their rate when the step is applied). */
+static float gradient_factor(const ps_shard_t *s, const ps_shard_segment_t *sg) {
+  return sg->optimizer.kind == PS_OPTIMIZER_SGD
+             ? ps_lr_factor(&s->schedule, s->clock)
+             : 1.0f;
+}
+
+/* Adds g (n values at offset off) to this step's sum, piece by piece, SGD
+ * pieces times the schedule's factor: the sum a worker that scaled its own
+ * gradient gave before issue #14, bit for bit. */
+static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
+  uint64_t end = off + n;
+  for (size_t j = 0; j < s->nseg && off < end; j++) {
+    const ps_shard_segment_t *sg = &s->seg[j];
+    if (sg->end <= off) continue;
+    uint64_t e = sg->end < end ? sg->end : end;
+    acc_piece(s, off, e - off, g, gradient_factor(s, sg));
+    g += e - off;
+    off = e;
   }
 }
 
@@ -558,7 +598,7 @@ static int bsp_try_complete(ps_shard_t *s) {
   if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
   /* OPT_ADD adds the sum whatever the scale (ps_optimizer_apply): a
    * counter counts every contribution. */
-  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib, s->clock);
+  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib, s->clock, 1);
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -662,7 +702,8 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
     float scale = s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f;
     /* The schedule runs on the push's step, as a worker that scaled its
      * own gradient did before issue #14. */
-    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock);
+    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock,
+              0);
     if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
     if (applied) *applied = 1;
     return;
