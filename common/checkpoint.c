@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "optimizer.h"
+
 #include "err.h"
 #include "proto/ps.pb-c.h"
 
@@ -97,6 +99,27 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
   fnv_f32(&h, m->learning_rate);
   fnv_f32(&h, m->momentum);
   fnv_u64(&h, m->seed);
+  /* Issue #14: the other optimizer settings, hashed only when set, so a
+   * model with none of them keeps the fingerprint it had. The schedule is
+   * left out: it says how training goes on, not what the weights mean. */
+  const float extra[] = {m->beta1, m->beta2, m->epsilon,
+                         m->l1,    m->l2,    m->ftrl_beta};
+  for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
+    if (extra[i] != 0.0f) {
+      fnv_u64(&h, i);
+      fnv_f32(&h, extra[i]);
+    }
+  for (size_t i = 0; i < m->ntensors; i++) {
+    const ps_tensor_spec_t *t = &m->tensors[i];
+    if (!t->has_optimizer) continue;
+    const ps_optimizer_spec_t *o = &t->optimizer;
+    fnv_u64(&h, i);
+    fnv_u64(&h, (uint64_t)(uint32_t)o->kind);
+    const float f[] = {o->learning_rate, o->momentum, o->beta1,
+                       o->beta2,         o->epsilon,  o->l1,
+                       o->l2,            o->ftrl_beta};
+    for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
+  }
   return h;
 }
 
@@ -308,8 +331,10 @@ static const char *section_name(uint32_t kind) {
   switch (kind) {
     case PS_CHECKPOINT_SECTION_WEIGHTS:
       return "weights";
-    case PS_CHECKPOINT_SECTION_MOMENTUM:
-      return "momentum";
+    case PS_CHECKPOINT_SECTION_STATE:
+      return "optimizer state";
+    case PS_CHECKPOINT_SECTION_OPT_STEPS:
+      return "update counts";
     default:
       return "unknown";
   }
@@ -326,7 +351,8 @@ static void encode_section_header(uint8_t *h, uint32_t kind, uint64_t bytes,
 
 int ps_checkpoint_shard_write(const char *dir, const char *name,
                               const ps_checkpoint_shard_meta_t *meta,
-                              const float *weights, const float *momentum,
+                              const float *weights, const float *state,
+                              const uint64_t *opt_steps, size_t nopt_steps,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen) {
   if (meta->begin >= meta->end)
@@ -335,6 +361,15 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                    (unsigned long long)meta->end);
   if (weights == NULL)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: no weights", dir, name);
+  if (meta->state_slots < 0 || meta->state_slots > PS_OPTIMIZER_SLOTS_MAX ||
+      (meta->state_slots > 0) != (state != NULL))
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "%s/%s: %d optimizer slots per key %s state values", dir,
+                   name, meta->state_slots, state ? "with" : "without");
+  if (nopt_steps > PS_CHECKPOINT_OPT_STEPS_MAX)
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "%s/%s: %zu update counts, at most %d", dir, name,
+                   nopt_steps, PS_CHECKPOINT_OPT_STEPS_MAX);
   char path[PS_CHECKPOINT_PATH_MAX];
   int rc = join(path, sizeof(path), dir, name, err, errlen);
   if (rc != PS_OK) return rc;
@@ -342,7 +377,25 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   if (n > UINT64_MAX / sizeof(float))
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
   uint64_t data_bytes = n * sizeof(float);
-  uint32_t nsections = momentum ? 2 : 1;
+  if (meta->state_slots > 0 &&
+      data_bytes > UINT64_MAX / (uint64_t)meta->state_slots)
+    return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
+  /* Weights, the optimizer state when there is one, the update counts. */
+  const void *data[3];
+  uint64_t sizes[3];
+  uint32_t kinds[3];
+  uint32_t nsections = 0;
+  data[nsections] = weights;
+  sizes[nsections] = data_bytes;
+  kinds[nsections++] = PS_CHECKPOINT_SECTION_WEIGHTS;
+  if (state) {
+    data[nsections] = state;
+    sizes[nsections] = data_bytes * (uint64_t)meta->state_slots;
+    kinds[nsections++] = PS_CHECKPOINT_SECTION_STATE;
+  }
+  data[nsections] = opt_steps;
+  sizes[nsections] = nopt_steps * 2 * sizeof(uint64_t);
+  kinds[nsections++] = PS_CHECKPOINT_SECTION_OPT_STEPS;
 
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
   memset(h, 0, sizeof(h));
@@ -357,24 +410,24 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   put_u64(h + 56, meta->checkpoint_id);
   put_u32(h + 64, nsections);
   put_u32(h + 68, (uint32_t)meta->mode);
+  put_u32(h + 72, (uint32_t)meta->state_slots);
   put_u32(h + 76, ps_crc32c(0, h, 76));
 
   out_file_t o;
   rc = out_open(&o, path, err, errlen);
   if (rc != PS_OK) return rc;
   rc = out_write(&o, h, sizeof(h), err, errlen);
-  const float *data[2] = {weights, momentum};
-  const uint32_t kinds[2] = {PS_CHECKPOINT_SECTION_WEIGHTS,
-                             PS_CHECKPOINT_SECTION_MOMENTUM};
   for (uint32_t i = 0; i < nsections && rc == PS_OK; i++) {
     uint8_t sh[PS_CHECKPOINT_SECTION_HEADER_BYTES];
     /* The section CRC costs one pass over memory that is hot anyway; it is
-     * computed before the data goes out so the header can lead. */
-    encode_section_header(sh, kinds[i], data_bytes,
-                          ps_crc32c(0, data[i], (size_t)data_bytes));
+     * computed before the data goes out so the header can lead. The update
+     * counts are little-endian u64 pairs, as this build stores them. */
+    encode_section_header(sh, kinds[i], sizes[i],
+                          sizes[i] ? ps_crc32c(0, data[i], (size_t)sizes[i])
+                                   : 0);
     rc = out_write(&o, sh, sizeof(sh), err, errlen);
-    if (rc == PS_OK)
-      rc = out_write(&o, data[i], (size_t)data_bytes, err, errlen);
+    if (rc == PS_OK && sizes[i])
+      rc = out_write(&o, data[i], (size_t)sizes[i], err, errlen);
   }
   if (rc != PS_OK) {
     out_abort(&o);
@@ -393,7 +446,8 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
 void ps_checkpoint_shard_clear(ps_checkpoint_shard_t *s) {
   if (s == NULL) return;
   free(s->weights);
-  free(s->momentum);
+  free(s->state);
+  free(s->opt_steps);
   memset(s, 0, sizeof(*s));
 }
 
@@ -452,13 +506,15 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                 path, have, want);
     goto out;
   }
-  if (get_u32(h + 12) != PS_CHECKPOINT_HEADER_BYTES || get_u32(h + 72) != 0) {
+  if (get_u32(h + 12) != PS_CHECKPOINT_HEADER_BYTES ||
+      get_u32(h + 72) > PS_OPTIMIZER_SLOTS_MAX) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT,
-                 "%s: header size %u or reserved field %u is not what version "
-                 "%d writes",
+                 "%s: header size %u or optimizer slots %u is not what "
+                 "version %d writes",
                  path, get_u32(h + 12), get_u32(h + 72), PS_CHECKPOINT_VERSION);
     goto out;
   }
+  s.meta.state_slots = (int)get_u32(h + 72);
   s.meta.fingerprint = get_u64(h + 16);
   s.meta.begin = get_u64(h + 24);
   s.meta.end = get_u64(h + 32);
@@ -517,8 +573,9 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
     }
     uint32_t kind = get_u32(sh);
     uint64_t bytes = get_u64(sh + 8);
-    float **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS    ? &s.weights
-                  : kind == PS_CHECKPOINT_SECTION_MOMENTUM ? &s.momentum
+    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS     ? (void **)&s.weights
+                 : kind == PS_CHECKPOINT_SECTION_STATE     ? (void **)&s.state
+                 : kind == PS_CHECKPOINT_SECTION_OPT_STEPS ? (void **)&s.opt_steps
                                                            : NULL;
     if (dst == NULL || get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
@@ -530,14 +587,37 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                    path, i + 1, section_name(kind));
       goto out;
     }
-    if (bytes != data_bytes) {
+    uint64_t want_bytes = data_bytes;
+    if (kind == PS_CHECKPOINT_SECTION_STATE) {
+      want_bytes = data_bytes * (uint64_t)s.meta.state_slots;
+    } else if (kind == PS_CHECKPOINT_SECTION_OPT_STEPS) {
+      /* Its length is its own: pairs, at most a bounded number. */
+      want_bytes = bytes;
+      if (bytes % 16 != 0 || bytes / 16 > PS_CHECKPOINT_OPT_STEPS_MAX) {
+        rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                     "%s: update counts section of %llu bytes is not 0 to %d "
+                     "pairs of u64",
+                     path, (unsigned long long)bytes,
+                     PS_CHECKPOINT_OPT_STEPS_MAX);
+        goto out;
+      }
+      s.nopt_steps = (size_t)(bytes / 16);
+    }
+    if (kind == PS_CHECKPOINT_SECTION_STATE && s.meta.state_slots == 0) {
+      rc = ps_errf(err, errlen, PS_ERR_FORMAT,
+                   "%s: optimizer state section, but the header says 0 slots "
+                   "per key",
+                   path);
+      goto out;
+    }
+    if (bytes != want_bytes) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: %s section of %llu bytes, the range [%llu,%llu) needs "
                    "%llu",
                    path, section_name(kind), (unsigned long long)bytes,
                    (unsigned long long)s.meta.begin,
                    (unsigned long long)s.meta.end,
-                   (unsigned long long)data_bytes);
+                   (unsigned long long)want_bytes);
       goto out;
     }
     off += sizeof(sh);
@@ -548,7 +628,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                    (unsigned long long)(off + bytes));
       goto out;
     }
-    *dst = malloc((size_t)bytes);
+    *dst = malloc(bytes ? (size_t)bytes : 1);
     if (*dst == NULL) {
       rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: no memory for %llu bytes",
                    path, (unsigned long long)bytes);
@@ -582,8 +662,12 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                  (unsigned long long)size, (unsigned long long)off);
     goto out;
   }
-  if (s.weights == NULL) {
-    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: no weights section", path);
+  if (s.weights == NULL || (s.state == NULL) != (s.meta.state_slots == 0) ||
+      s.opt_steps == NULL) {
+    rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: no %s section", path,
+                 s.weights == NULL  ? "weights"
+                 : s.state == NULL && s.meta.state_slots ? "optimizer state"
+                                                         : "update counts");
     goto out;
   }
   s.stat.bytes = size;
@@ -798,15 +882,16 @@ int ps_checkpoint_manifest_write(const char *dir,
   size_t nt = m->model.ntensors;
   Ps__TensorSpec *tensors = calloc(nt + 1, sizeof(*tensors));
   Ps__TensorSpec **tptrs = calloc(nt + 1, sizeof(*tptrs));
+  Ps__OptimizerSpec *topts = calloc(nt + 1, sizeof(*topts));
   Ps__CheckpointShard *shards = calloc(m->nshards + 1, sizeof(*shards));
   Ps__CheckpointShard **sptrs = calloc(m->nshards + 1, sizeof(*sptrs));
   uint8_t *body = NULL;
-  if (!tensors || !tptrs || !shards || !sptrs) {
+  if (!tensors || !tptrs || !topts || !shards || !sptrs) {
     rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   Ps__ModelSpec model;
-  ps_model_to_pb(&m->model, &model, tensors, tptrs);
+  ps_model_to_pb(&m->model, &model, tensors, tptrs, topts);
   Ps__CheckpointManifest pb = PS__CHECKPOINT_MANIFEST__INIT;
   pb.format_version = PS_CHECKPOINT_VERSION;
   pb.id = m->id;
@@ -843,6 +928,7 @@ int ps_checkpoint_manifest_write(const char *dir,
 out:
   free(tensors);
   free(tptrs);
+  free(topts);
   free(shards);
   free(sptrs);
   free(body);
@@ -963,9 +1049,20 @@ static int read_listed(const char *dir, const ps_checkpoint_manifest_t *m,
     snprintf(buf, sizeof(buf), "at clock %llu, the manifest says %llu",
              (unsigned long long)h->clock, (unsigned long long)f->clock);
     why = buf;
-  } else if ((s->momentum != NULL) != (m->model.momentum != 0.0f)) {
-    why = s->momentum ? "has a momentum section but the model has no momentum"
-                      : "has no momentum section but the model has momentum";
+  } else if (h->state_slots != ps_model_state_slots(&m->model)) {
+    snprintf(buf, sizeof(buf),
+             "has %d optimizer slots per key, the model's optimizers keep %d",
+             h->state_slots, ps_model_state_slots(&m->model));
+    why = buf;
+  } else {
+    for (size_t i = 0; i < s->nopt_steps; i++)
+      if (s->opt_steps[2 * i] >= m->model.ntensors) {
+        snprintf(buf, sizeof(buf),
+                 "counts updates of tensor %llu, the model has %zu",
+                 (unsigned long long)s->opt_steps[2 * i], m->model.ntensors);
+        why = buf;
+        break;
+      }
   }
   if (why != NULL) {
     ps_checkpoint_shard_clear(s);
@@ -990,18 +1087,22 @@ int ps_checkpoint_verify(const char *dir, const ps_checkpoint_manifest_t *m,
 
 int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
                              uint64_t begin, uint64_t end, float *weights,
-                             float *momentum, uint64_t *bytes, char *err,
-                             size_t errlen) {
+                             float *state, uint64_t *tensor_steps,
+                             uint64_t *bytes, char *err, size_t errlen) {
   if (begin >= end || end > m->model.total)
     return ps_errf(err, errlen, PS_ERR_INVAL,
                    "%s: range [%llu,%llu) is empty or beyond the checkpoint's "
                    "%llu keys",
                    dir, (unsigned long long)begin, (unsigned long long)end,
                    (unsigned long long)m->model.total);
-  if ((momentum != NULL) != (m->model.momentum != 0.0f))
+  int slots = ps_model_state_slots(&m->model);
+  if ((state != NULL) != (slots > 0))
     return ps_errf(err, errlen, PS_ERR_INVAL,
-                   "%s: momentum %s asked for, but the model's momentum is %g",
-                   dir, momentum ? "" : "not", (double)m->model.momentum);
+                   "%s: optimizer state %sasked for, but the model's "
+                   "optimizers keep %d floats per key",
+                   dir, state ? "" : "not ", slots);
+  if (tensor_steps)
+    memset(tensor_steps, 0, m->model.ntensors * sizeof(*tensor_steps));
   uint64_t total = 0, covered = 0;
   for (size_t i = 0; i < m->nshards; i++) {
     const ps_checkpoint_file_t *f = &m->shards[i];
@@ -1013,15 +1114,28 @@ int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
     if (rc != PS_OK) return rc;
     /* read_listed checked both; this keeps the copies below obviously
      * safe. */
-    if (s.weights == NULL || (momentum && s.momentum == NULL)) {
+    if (s.weights == NULL || (state && s.state == NULL)) {
       ps_checkpoint_shard_clear(&s);
       return ps_errf(err, errlen, PS_ERR_FORMAT, "%s/%s: a section is missing",
                      dir, f->file);
     }
     size_t n = (size_t)(hi - lo) * sizeof(float);
     memcpy(weights + (lo - begin), s.weights + (lo - f->begin), n);
-    if (momentum)
-      memcpy(momentum + (lo - begin), s.momentum + (lo - f->begin), n);
+    /* Slot-major in the file and in the caller's array, each over its own
+     * range. */
+    uint64_t flen = f->end - f->begin, len = end - begin;
+    for (int j = 0; state && j < slots; j++)
+      memcpy(state + (uint64_t)j * len + (lo - begin),
+             s.state + (uint64_t)j * flen + (lo - f->begin), n);
+    /* A tensor cut over several files counts in each piece: BSP applies
+     * them together (equal counts); ASP pushes may not, and the most is the
+     * count that keeps Adam's bias correction from being re-applied. */
+    for (size_t k = 0; tensor_steps && k < s.nopt_steps; k++) {
+      uint64_t t = s.opt_steps[2 * k], c = s.opt_steps[2 * k + 1];
+      const ps_tensor_spec_t *ts = &m->model.tensors[t];
+      if (ts->offset >= end || ts->offset + ts->length <= begin) continue;
+      if (c > tensor_steps[t]) tensor_steps[t] = c;
+    }
     total += s.stat.bytes;
     covered += hi - lo;
     ps_checkpoint_shard_clear(&s);

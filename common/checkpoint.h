@@ -18,7 +18,8 @@
  *     40  u64 clock (steps applied)
  *     48  u64 view epoch         56  u64 checkpoint id
  *     64  u32 section count      68  u32 consistency mode
- *     72  u32 reserved, 0        76  u32 CRC32C of bytes 0..75
+ *     72  u32 optimizer state slots per key (k, 0..2; version 2)
+ *     76  u32 CRC32C of bytes 0..75
  *   then each section:
  *      0  u32 kind (PS_CHECKPOINT_SECTION_*)
  *      4  u32 reserved, 0
@@ -26,7 +27,13 @@
  *     16  u32 CRC32C of the data
  *     20  u32 CRC32C of bytes 0..19 of this section header
  *     24  the data
- *   and nothing after the last section.
+ *   and nothing after the last section. Sections, each once: weights
+ *   (end - begin floats), optimizer state when k > 0 (k x (end - begin)
+ *   floats, slot-major: slot j of key begin + i at j * (end - begin) + i),
+ *   update counts (u64 pairs {tensor index, updates applied to its piece
+ *   in the range}, one per tensor piece; Adam's step count).
+ *   Version 1 (one momentum section) is refused: the format changed with
+ *   the optimizers of issue #14.
  *
  * Framed file (MANIFEST, the scheduler's state file):
  *      0  magic, 8 bytes          8  u32 format version
@@ -56,7 +63,7 @@
 
 #include "view.h"
 
-#define PS_CHECKPOINT_VERSION 1
+#define PS_CHECKPOINT_VERSION 2
 #define PS_CHECKPOINT_HEADER_BYTES 80
 #define PS_CHECKPOINT_SECTION_HEADER_BYTES 24
 #define PS_CHECKPOINT_NAME_MAX 128
@@ -64,9 +71,14 @@
 #define PS_CHECKPOINT_MANIFEST "MANIFEST"
 #define PS_CHECKPOINT_LATEST "LATEST"
 
+/* The most update-count pairs one shard file may hold. */
+#define PS_CHECKPOINT_OPT_STEPS_MAX (1 << 20)
+
 typedef enum {
-  PS_CHECKPOINT_SECTION_WEIGHTS = 1,  /* float32 per key */
-  PS_CHECKPOINT_SECTION_MOMENTUM = 2, /* float32 per key (SGD velocity) */
+  PS_CHECKPOINT_SECTION_WEIGHTS = 1, /* float32 per key */
+  /* 2 was version 1's momentum section */
+  PS_CHECKPOINT_SECTION_STATE = 3,     /* float32 x slots per key */
+  PS_CHECKPOINT_SECTION_OPT_STEPS = 4, /* u64 {tensor, updates} pairs */
 } ps_checkpoint_section_t;
 
 /* CRC32C (Castagnoli, as in iSCSI and ext4). Start with crc 0; chains:
@@ -75,7 +87,8 @@ uint32_t ps_crc32c(uint32_t crc, const void *buf, size_t len);
 
 /* A 64-bit hash of everything that gives the weights their meaning: tensor
  * names, offsets, lengths and initializers, optimizer, learning rate,
- * momentum and seed. Shard files and manifests carry it. */
+ * momentum and seed, and the other optimizer settings (issue #14) when
+ * set. Shard files and manifests carry it. */
 uint64_t ps_checkpoint_fingerprint(const ps_model_t *model);
 
 /* What a shard file's header says. */
@@ -86,6 +99,7 @@ typedef struct {
   uint64_t view_epoch;
   uint64_t checkpoint_id;
   int mode; /* PS__CONSISTENCY_MODE__* */
+  int state_slots; /* optimizer state floats per key (0..2) */
 } ps_checkpoint_shard_meta_t;
 
 /* Size and CRC32C of a whole file as written or read. */
@@ -95,20 +109,25 @@ typedef struct {
 } ps_checkpoint_file_stat_t;
 
 /* Writes dir/name: the header from meta, a weights section of end - begin
- * floats and, if momentum is non-NULL, a momentum section of as many. Crash
- * safe (see above). Returns PS_OK with *st filled (may be NULL), or
+ * floats, an optimizer state section of meta->state_slots times as many
+ * (state must be NULL exactly when that is 0), and an update-count section
+ * of nopt_steps {tensor, count} pairs (2 * nopt_steps values). Crash safe
+ * (see above). Returns PS_OK with *st filled (may be NULL), or
  * PS_ERR_IO / PS_ERR_INVAL with err naming the file and the reason. */
 int ps_checkpoint_shard_write(const char *dir, const char *name,
                               const ps_checkpoint_shard_meta_t *meta,
-                              const float *weights, const float *momentum,
+                              const float *weights, const float *state,
+                              const uint64_t *opt_steps, size_t nopt_steps,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen);
 
 /* A shard file read and verified. */
 typedef struct {
   ps_checkpoint_shard_meta_t meta;
-  float *weights;  /* end - begin values; owned */
-  float *momentum; /* end - begin values, or NULL if the file has none */
+  float *weights; /* end - begin values; owned */
+  float *state;   /* meta.state_slots x (end - begin) values, or NULL */
+  uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs; owned */
+  size_t nopt_steps;
   ps_checkpoint_file_stat_t stat;
 } ps_checkpoint_shard_t;
 
@@ -163,22 +182,25 @@ void ps_checkpoint_manifest_clear(ps_checkpoint_manifest_t *m);
 
 /* Reads every shard file m lists and checks it against m: present, of the
  * recorded size and whole-file CRC32C, a valid shard file of the recorded
- * range, clock and model, with a momentum section exactly when the model's
- * momentum is not 0. Reads every byte. *bytes (may be NULL) gets the bytes
+ * range, clock and model, with as many optimizer slots as the model's
+ * optimizers keep and update counts only of the model's tensors. Reads every byte. *bytes (may be NULL) gets the bytes
  * read. */
 int ps_checkpoint_verify(const char *dir, const ps_checkpoint_manifest_t *m,
                          uint64_t *bytes, char *err, size_t errlen);
 
-/* Fills weights (and momentum, when non-NULL) for keys [begin, end) from the
- * shard files of m that overlap the range, each checked as in
+/* Fills weights, state (ps_model_state_slots(&m->model) x (end - begin)
+ * floats, slot-major; NULL exactly when that is 0) and tensor_steps (NULL,
+ * or m->model.ntensors counts: the most updates any file counts for a
+ * piece of the tensor inside the range, 0 for the tensors outside) for
+ * keys [begin, end) from the shard files of m that overlap the range, each checked as in
  * ps_checkpoint_verify before anything is copied out of it. The range may
  * cut across shard files: this is how a checkpoint written by N servers is
  * restored onto M. On failure the arrays hold garbage and must not be used.
  * *bytes (may be NULL) gets the bytes read. */
 int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
                              uint64_t begin, uint64_t end, float *weights,
-                             float *momentum, uint64_t *bytes, char *err,
-                             size_t errlen);
+                             float *state, uint64_t *tensor_steps,
+                             uint64_t *bytes, char *err, size_t errlen);
 
 /* The checkpoint directory path names: path itself if it holds a MANIFEST,
  * else path/<the name in path/LATEST>. Fills dir (dirlen bytes). */

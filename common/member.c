@@ -99,6 +99,7 @@ static void send_register(ps_member_t *m) {
   Ps__TensorSpec **ptrs = NULL;
   Ps__SparseTableSpec *sparse = NULL;
   Ps__SparseTableSpec **sparse_ptrs = NULL;
+  Ps__OptimizerSpec *opts = NULL;
   reg.role = (Ps__Role)m->role;
   reg.address = m->address;
   reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
@@ -109,18 +110,20 @@ static void send_register(ps_member_t *m) {
     ptrs = calloc(n + 1, sizeof(*ptrs));
     sparse = calloc(m->model.nsparse + 1, sizeof(*sparse));
     sparse_ptrs = calloc(m->model.nsparse + 1, sizeof(*sparse_ptrs));
+    opts = calloc(n + m->model.nsparse + 1, sizeof(*opts));
     if (tensors == NULL || ptrs == NULL || sparse == NULL ||
-        sparse_ptrs == NULL) {
+        sparse_ptrs == NULL || opts == NULL) {
       /* The retry timer tries again; memory may come back. */
       PS_ERROR("register_failed", "err=%s", ps_err_name(PS_ERR_NOMEM));
       free(tensors);
       free(ptrs);
       free(sparse);
       free(sparse_ptrs);
+      free(opts);
       return;
     }
-    ps_model_to_pb(&m->model, &spec, tensors, ptrs);
-    ps_model_sparse_to_pb(&m->model, &spec, sparse, sparse_ptrs);
+    ps_model_to_pb(&m->model, &spec, tensors, ptrs, opts);
+    ps_model_sparse_to_pb(&m->model, &spec, sparse, sparse_ptrs, opts + n);
     reg.model = &spec;
   }
   Ps__Envelope env;
@@ -132,6 +135,7 @@ static void send_register(ps_member_t *m) {
   free(ptrs);
   free(sparse);
   free(sparse_ptrs);
+  free(opts);
 }
 
 static void send_heartbeat(ps_member_t *m) {

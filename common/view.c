@@ -7,6 +7,7 @@
 
 #include "err.h"
 #include "init.h"
+#include "optimizer.h"
 
 /* Whole blocks of PS_RANGE_ALIGN keys are dealt out first: every piece gets
  * total / n / ALIGN blocks and the first (blocks % n) pieces one more. The
@@ -59,22 +60,62 @@ const ps_tensor_spec_t *ps_model_tensor(const ps_model_t *m, const char *name) {
   return NULL;
 }
 
+static void optimizer_from_pb(const Ps__OptimizerSpec *pb,
+                              ps_optimizer_spec_t *o) {
+  *o = (ps_optimizer_spec_t){
+      .kind = (int)pb->kind,
+      .learning_rate = pb->learning_rate,
+      .momentum = pb->momentum,
+      .beta1 = pb->beta1,
+      .beta2 = pb->beta2,
+      .epsilon = pb->epsilon,
+      .l1 = pb->l1,
+      .l2 = pb->l2,
+      .ftrl_beta = pb->ftrl_beta,
+  };
+}
+
+static void optimizer_to_pb(const ps_optimizer_spec_t *o,
+                            Ps__OptimizerSpec *pb) {
+  ps__optimizer_spec__init(pb);
+  pb->kind = (Ps__Optimizer)o->kind;
+  pb->learning_rate = o->learning_rate;
+  pb->momentum = o->momentum;
+  pb->beta1 = o->beta1;
+  pb->beta2 = o->beta2;
+  pb->epsilon = o->epsilon;
+  pb->l1 = o->l1;
+  pb->l2 = o->l2;
+  pb->ftrl_beta = o->ftrl_beta;
+}
+
 int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      size_t errlen) {
   memset(dst, 0, sizeof(*dst));
   if (pb == NULL) {
     return ps_errf(err, errlen, PS_ERR_INVAL, "no model");
   }
-  if (pb->optimizer != PS__OPTIMIZER__OPT_SGD &&
-      pb->optimizer != PS__OPTIMIZER__OPT_ADD) {
-    return ps_errf(err, errlen, PS_ERR_INVAL, "unknown optimizer %d",
-                   (int)pb->optimizer);
-  }
-  if (!isfinite(pb->learning_rate) || !isfinite(pb->momentum)) {
-    return ps_errf(err, errlen, PS_ERR_INVAL,
-                   "learning rate %g or momentum %g is not finite",
-                   (double)pb->learning_rate, (double)pb->momentum);
-  }
+  ps_optimizer_spec_t def = {
+      .kind = (int)pb->optimizer,
+      .learning_rate = pb->learning_rate,
+      .momentum = pb->momentum,
+      .beta1 = pb->beta1,
+      .beta2 = pb->beta2,
+      .epsilon = pb->epsilon,
+      .l1 = pb->l1,
+      .l2 = pb->l2,
+      .ftrl_beta = pb->ftrl_beta,
+  };
+  int rc = ps_optimizer_check(&def, "the model's optimizer", err, errlen);
+  if (rc != PS_OK) return rc;
+  ps_lr_schedule_spec_t sched = {.kind = (int)pb->lr_schedule,
+                                 .total_steps = pb->lr_total_steps,
+                                 .warmup_steps = pb->lr_warmup_steps,
+                                 .epochs = pb->lr_epochs,
+                                 .examples_per_epoch = pb->lr_examples_per_epoch,
+                                 .worker_batch = pb->lr_worker_batch};
+  rc = ps_lr_schedule_check(&sched, err, errlen);
+  if (rc != PS_OK) return rc;
   uint64_t total = 0;
   for (size_t i = 0; i < pb->n_tensors; i++) {
     const Ps__TensorSpec *t = pb->tensors[i];
@@ -116,6 +157,14 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      "tensor \"%s\": init scale %g is not a finite number >= 0",
                      name, (double)t->init_scale);
     }
+    if (t->optimizer) {
+      char what[PS_NAME_MAX + 16];
+      snprintf(what, sizeof(what), "tensor \"%s\"", name);
+      ps_optimizer_spec_t o;
+      optimizer_from_pb(t->optimizer, &o);
+      rc = ps_optimizer_check(&o, what, err, errlen);
+      if (rc != PS_OK) return rc;
+    }
     total += t->length;
   }
   for (size_t i = 0; i < pb->n_sparse_tables; i++) {
@@ -152,6 +201,19 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
           "sparse table \"%s\": init scale %g is not a finite number >= 0",
           name, (double)t->init_scale);
     }
+    if (t->optimizer) {
+      char what[PS_NAME_MAX + 16];
+      snprintf(what, sizeof(what), "sparse table \"%s\"", name);
+      ps_optimizer_spec_t o;
+      optimizer_from_pb(t->optimizer, &o);
+      rc = ps_optimizer_check(&o, what, err, errlen);
+      if (rc != PS_OK) return rc;
+      if (o.kind == PS_OPTIMIZER_ADD)
+        return ps_errf(err, errlen, PS_ERR_INVAL,
+                       "sparse table \"%s\": optimizer add is for dense "
+                       "counters only",
+                       name);
+    }
   }
   if (pb->n_sparse_tables > 0) {
     dst->sparse = calloc(pb->n_sparse_tables, sizeof(*dst->sparse));
@@ -166,6 +228,10 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
       d->init = (int)t->init;
       d->init_scale = t->init_scale;
       d->salt = ps_sparse_salt(d->name);
+      if (t->optimizer) {
+        d->has_optimizer = 1;
+        optimizer_from_pb(t->optimizer, &d->optimizer);
+      }
     }
     dst->nsparse = pb->n_sparse_tables;
   }
@@ -184,6 +250,10 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     d->length = t->length;
     d->init = (int)t->init;
     d->init_scale = t->init_scale;
+    if (t->optimizer) {
+      d->has_optimizer = 1;
+      optimizer_from_pb(t->optimizer, &d->optimizer);
+    }
   }
   dst->ntensors = pb->n_tensors;
   dst->total = total;
@@ -191,11 +261,19 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
   dst->learning_rate = pb->learning_rate;
   dst->momentum = pb->momentum;
   dst->seed = pb->seed;
+  dst->beta1 = pb->beta1;
+  dst->beta2 = pb->beta2;
+  dst->epsilon = pb->epsilon;
+  dst->l1 = pb->l1;
+  dst->l2 = pb->l2;
+  dst->ftrl_beta = pb->ftrl_beta;
+  dst->lr_schedule = sched;
   return PS_OK;
 }
 
 void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
-                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs) {
+                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs,
+                    Ps__OptimizerSpec *opts_pb) {
   ps__model_spec__init(pb);
   for (size_t i = 0; i < m->ntensors; i++) {
     const ps_tensor_spec_t *t = &m->tensors[i];
@@ -206,6 +284,10 @@ void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
     tensors_pb[i].length = t->length;
     tensors_pb[i].init = (Ps__Init)t->init;
     tensors_pb[i].init_scale = t->init_scale;
+    if (t->has_optimizer) {
+      optimizer_to_pb(&t->optimizer, &opts_pb[i]);
+      tensors_pb[i].optimizer = &opts_pb[i];
+    }
     tensor_ptrs[i] = &tensors_pb[i];
   }
   pb->n_tensors = m->ntensors;
@@ -214,11 +296,24 @@ void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
   pb->learning_rate = m->learning_rate;
   pb->momentum = m->momentum;
   pb->seed = m->seed;
+  pb->beta1 = m->beta1;
+  pb->beta2 = m->beta2;
+  pb->epsilon = m->epsilon;
+  pb->l1 = m->l1;
+  pb->l2 = m->l2;
+  pb->ftrl_beta = m->ftrl_beta;
+  pb->lr_schedule = (Ps__LrSchedule)m->lr_schedule.kind;
+  pb->lr_total_steps = m->lr_schedule.total_steps;
+  pb->lr_warmup_steps = m->lr_schedule.warmup_steps;
+  pb->lr_epochs = m->lr_schedule.epochs;
+  pb->lr_examples_per_epoch = m->lr_schedule.examples_per_epoch;
+  pb->lr_worker_batch = m->lr_schedule.worker_batch;
 }
 
 void ps_model_sparse_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
                            Ps__SparseTableSpec *specs_pb,
-                           Ps__SparseTableSpec **ptrs) {
+                           Ps__SparseTableSpec **ptrs,
+                           Ps__OptimizerSpec *opts_pb) {
   for (size_t i = 0; i < m->nsparse; i++) {
     const ps_sparse_spec_t *t = &m->sparse[i];
     ps__sparse_table_spec__init(&specs_pb[i]);
@@ -226,6 +321,10 @@ void ps_model_sparse_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
     specs_pb[i].dim = t->dim;
     specs_pb[i].init = (Ps__Init)t->init;
     specs_pb[i].init_scale = t->init_scale;
+    if (t->has_optimizer) {
+      optimizer_to_pb(&t->optimizer, &opts_pb[i]);
+      specs_pb[i].optimizer = &opts_pb[i];
+    }
     ptrs[i] = &specs_pb[i];
   }
   pb->n_sparse_tables = m->nsparse;
@@ -285,9 +384,17 @@ int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
   for (size_t i = 0; i < a->nsparse; i++) {
     const ps_sparse_spec_t *x = &a->sparse[i], *y = &b->sparse[i];
     if (strcmp(x->name, y->name) != 0 || x->dim != y->dim ||
-        x->init != y->init || x->init_scale != y->init_scale)
+        x->init != y->init || x->init_scale != y->init_scale ||
+        x->has_optimizer != y->has_optimizer ||
+        (x->has_optimizer && !ps_optimizer_equal(&x->optimizer, &y->optimizer)))
       return 0;
   }
+  ps_optimizer_spec_t da, db;
+  ps_model_default_optimizer(a, &da);
+  ps_model_default_optimizer(b, &db);
+  if (!ps_optimizer_equal(&da, &db) ||
+      !ps_lr_schedule_equal(&a->lr_schedule, &b->lr_schedule))
+    return 0;
   if (a->ntensors != b->ntensors || a->total != b->total ||
       a->optimizer != b->optimizer || a->learning_rate != b->learning_rate ||
       a->momentum != b->momentum || a->seed != b->seed)
@@ -296,7 +403,9 @@ int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
     const ps_tensor_spec_t *x = &a->tensors[i], *y = &b->tensors[i];
     if (strcmp(x->name, y->name) != 0 || x->offset != y->offset ||
         x->length != y->length || x->init != y->init ||
-        x->init_scale != y->init_scale)
+        x->init_scale != y->init_scale ||
+        x->has_optimizer != y->has_optimizer ||
+        (x->has_optimizer && !ps_optimizer_equal(&x->optimizer, &y->optimizer)))
       return 0;
   }
   return 1;
@@ -550,6 +659,16 @@ _Static_assert(PS_INIT_ZERO == PS__INIT__INIT_ZERO, "PS_INIT_ZERO");
 _Static_assert(PS_INIT_UNIFORM == PS__INIT__INIT_UNIFORM, "PS_INIT_UNIFORM");
 _Static_assert(PS_OPTIMIZER_SGD == PS__OPTIMIZER__OPT_SGD, "PS_OPTIMIZER_SGD");
 _Static_assert(PS_OPTIMIZER_ADD == PS__OPTIMIZER__OPT_ADD, "PS_OPTIMIZER_ADD");
+_Static_assert(PS_OPTIMIZER_ADAGRAD == PS__OPTIMIZER__OPT_ADAGRAD,
+               "PS_OPTIMIZER_ADAGRAD");
+_Static_assert(PS_OPTIMIZER_ADAM == PS__OPTIMIZER__OPT_ADAM,
+               "PS_OPTIMIZER_ADAM");
+_Static_assert(PS_OPTIMIZER_FTRL == PS__OPTIMIZER__OPT_FTRL,
+               "PS_OPTIMIZER_FTRL");
+_Static_assert(PS_LR_SCHEDULE_CONSTANT == PS__LR_SCHEDULE__LR_CONSTANT,
+               "PS_LR_SCHEDULE_CONSTANT");
+_Static_assert(PS_LR_SCHEDULE_COSINE == PS__LR_SCHEDULE__LR_COSINE,
+               "PS_LR_SCHEDULE_COSINE");
 
 uint64_t ps_view_epoch(const ps_view_t *v) {
   return v->epoch;

@@ -124,17 +124,20 @@ void ps_view_destroy(ps_view_t **v_p);
 int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      size_t errlen);
 
-/* Fills pb (and tensors_pb, an array of m->ntensors entries and tensor_ptrs,
- * its pointer array) to describe m. Nothing is allocated: pb points into m and
+/* Fills pb (and tensors_pb, an array of m->ntensors entries, tensor_ptrs,
+ * its pointer array, and opts_pb, m->ntensors entries for the tensors'
+ * own optimizers) to describe m. Nothing is allocated: pb points into m and
  * into the arrays, so they must outlive pb's packing. */
 void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
-                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs);
+                    Ps__TensorSpec *tensors_pb, Ps__TensorSpec **tensor_ptrs,
+                    Ps__OptimizerSpec *opts_pb);
 
 /* Fills pb->sparse_tables from m (specs_pb and ptrs: m->nsparse entries
  * each), after ps_model_to_pb; like it, nothing is allocated. */
 void ps_model_sparse_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
                            Ps__SparseTableSpec *specs_pb,
-                           Ps__SparseTableSpec **ptrs);
+                           Ps__SparseTableSpec **ptrs,
+                           Ps__OptimizerSpec *opts_pb);
 
 /* Copies src into dst (dst owns its arrays afterwards). */
 int ps_model_copy(ps_model_t *dst, const ps_model_t *src);

@@ -10,6 +10,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/optimizer.h"
 #include "common/transport.h"
 #include "server_int.h"
 
@@ -165,7 +166,10 @@ struct snap_in_s {
   uint32_t nchunks, got;
   uint64_t clock, acc_lo, acc_hi, bytes;
   uint32_t ndedup;
-  float *weights, *momentum, *acc; /* acc: range offsets [acc_lo, acc_hi) */
+  float *weights, *state, *acc; /* acc: range offsets [acc_lo, acc_hi) */
+  int state_slots;
+  uint64_t *opt_steps;
+  size_t nopt_steps;
   ps_shard_live_t *live;
   size_t nlive;
   ps_shard_contrib_t *contrib;
@@ -177,7 +181,8 @@ void ps__server_snap_in_free(snap_in_t **in_p) {
   snap_in_t *in = *in_p;
   if (in == NULL) return;
   free(in->weights);
-  free(in->momentum);
+  free(in->state);
+  free(in->opt_steps);
   free(in->acc);
   free(in->live);
   free(in->contrib);
@@ -207,6 +212,12 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
         p->ndedup, sizeof(ps_dedup_record_t));
     return;
   }
+  if (p->state_slots > PS_OPTIMIZER_SLOTS_MAX) {
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "snapshot with %u optimizer slots per key; at most %d",
+                      p->state_slots, PS_OPTIMIZER_SLOTS_MAX);
+    return;
+  }
   ps__server_snap_in_free(&r->incoming);
   uint64_t len = p->range_end - p->range_begin;
   snap_in_t *in = calloc(1, sizeof(*in));
@@ -221,7 +232,14 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->nlive = p->nlive;
     in->ncontrib = p->ncontrib;
     in->weights = malloc(len * sizeof(float));
-    in->momentum = p->has_momentum ? malloc(len * sizeof(float)) : NULL;
+    in->state_slots = (int)p->state_slots;
+    in->state = p->state_slots
+                    ? malloc(len * p->state_slots * sizeof(float))
+                    : NULL;
+    in->nopt_steps = p->n_opt_steps;
+    in->opt_steps = malloc((p->n_opt_steps + 1) * sizeof(uint64_t));
+    if (in->opt_steps && p->n_opt_steps)
+      memcpy(in->opt_steps, p->opt_steps, p->n_opt_steps * sizeof(uint64_t));
     in->acc = malloc((p->acc_hi - p->acc_lo) * sizeof(float) + 1);
     in->live = frame_dup(&m->payload[0], zmq_msg_size(&m->payload[0]));
     in->contrib = frame_dup(&m->payload[1], zmq_msg_size(&m->payload[1]));
@@ -230,7 +248,8 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
         zmq_msg_size(&m->payload[0]) + zmq_msg_size(&m->payload[1]) + dbytes;
   }
   if (in == NULL || in->weights == NULL ||
-      (p->has_momentum && in->momentum == NULL) || in->acc == NULL ||
+      (p->state_slots && in->state == NULL) || in->opt_steps == NULL ||
+      in->acc == NULL ||
       in->live == NULL || in->contrib == NULL || in->dedup == NULL) {
     ps__server_snap_in_free(&in);
     ps__server_refuse(s, m, PS_ERR_NOMEM,
@@ -260,7 +279,10 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
   ps_shard_state_t st = {
       .clock = in->clock,
       .weights = in->weights,
-      .momentum = in->momentum,
+      .state = in->state,
+      .state_slots = in->state_slots,
+      .opt_steps = in->opt_steps,
+      .nopt_steps = in->nopt_steps,
       .acc_lo = in->acc_lo,
       .acc_hi = in->acc_hi,
       .acc = in->acc,
@@ -302,8 +324,9 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   }
   uint64_t len = r->end - r->begin, lo = 0, hi = len;
   float *dst = in->weights;
-  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_MOMENTUM) {
-    dst = in->momentum;
+  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_STATE) {
+    dst = in->state;
+    hi = len * (uint64_t)in->state_slots;
   } else if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SUM) {
     lo = in->acc_lo;
     hi = in->acc_hi;

@@ -540,8 +540,8 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
     uint64_t lo, hi;
   } arrays[3] = {
       {PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, NULL, 0, len},
-      {PS__SNAPSHOT_ARRAY__SNAP_MOMENTUM, st.momentum, 0,
-       st.momentum ? len : 0},
+      {PS__SNAPSHOT_ARRAY__SNAP_STATE, st.state, 0,
+       st.state ? len * (uint64_t)st.state_slots : 0},
       {PS__SNAPSHOT_ARRAY__SNAP_SUM, st.acc ? st.acc - st.acc_lo : NULL,
        st.acc_lo, st.acc_hi},
   };
@@ -587,7 +587,10 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   snap.range_begin = begin;
   snap.range_end = end;
   snap.clock = st.clock;
-  snap.has_momentum = st.momentum != NULL;
+  snap.state_slots = (uint32_t)st.state_slots;
+  /* protobuf-c reads it while packing only. */
+  snap.n_opt_steps = st.nopt_steps;
+  snap.opt_steps = (uint64_t *)st.opt_steps;
   snap.acc_lo = st.acc_lo;
   snap.acc_hi = st.acc_hi;
   snap.nlive = (uint32_t)st.nlive;

@@ -608,8 +608,8 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
     return;
   uint32_t live = s->view->live_workers ? s->view->live_workers : 1;
   char why[256];
-  int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live, why,
-                                sizeof(why));
+  int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live,
+                                p->clock, why, sizeof(why));
   if (rc != PS_OK) {
     ps__server_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
     return;

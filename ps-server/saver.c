@@ -8,6 +8,7 @@
 #include "common/checkpoint.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/optimizer.h"
 #include "common/time.h"
 
 /* One shard of a checkpoint being written: its range, the copy of its state
@@ -16,7 +17,10 @@ typedef struct {
   uint64_t begin, end, clock;
   int taken;
   float *weights;
-  float *momentum;
+  float *state; /* slots x (end - begin), or NULL */
+  int slots;
+  uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs */
+  size_t nopt_steps;
   char file[PS_CHECKPOINT_NAME_MAX];
   ps_checkpoint_file_stat_t stat;
 } snap_t;
@@ -60,12 +64,14 @@ static void job_free(job_t *j) {
   if (j == NULL) return;
   for (size_t i = 0; i < j->nsnaps; i++) {
     free(j->snaps[i].weights);
-    free(j->snaps[i].momentum);
+    free(j->snaps[i].state);
+    free(j->snaps[i].opt_steps);
   }
   free(j->snaps);
   for (size_t i = 0; j->ranges && i < j->nranges; i++) {
     free(j->ranges[i].weights);
-    free(j->ranges[i].momentum);
+    free(j->ranges[i].state);
+    free(j->ranges[i].tensor_steps);
   }
   free(j->ranges);
   ps_model_clear(&j->model);
@@ -157,15 +163,16 @@ static void write_work(uv_work_t *w) {
         .view_epoch = j->view_epoch,
         .checkpoint_id = j->id,
         .mode = j->mode,
+        .state_slots = s->slots,
     };
-    j->status = ps_checkpoint_shard_write(j->dir, s->file, &meta, s->weights,
-                                          s->momentum, &s->stat, j->err,
-                                          sizeof(j->err));
+    j->status = ps_checkpoint_shard_write(
+        j->dir, s->file, &meta, s->weights, s->state, s->opt_steps,
+        s->nopt_steps, &s->stat, j->err, sizeof(j->err));
     j->bytes += s->stat.bytes;
     /* The copy is on disk: give the memory back before the next shard. */
     free(s->weights);
-    free(s->momentum);
-    s->weights = s->momentum = NULL;
+    free(s->state);
+    s->weights = s->state = NULL;
   }
   j->work_us = (ps_now_ns() - t0) / 1000;
 }
@@ -232,14 +239,20 @@ static int all_taken(const job_t *j) {
   return 1;
 }
 
-/* Copies the shard's weights and momentum as they are now. */
+/* Copies the shard's weights, optimizer state and update counts as they
+ * are now. */
 static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard, char *err,
                     size_t errlen) {
   size_t n = (size_t)(s->end - s->begin);
   s->weights = malloc(n * sizeof(float));
-  const float *mom = ps_shard_momentum(shard);
-  if (mom) s->momentum = malloc(n * sizeof(float));
-  if (s->weights == NULL || (mom && s->momentum == NULL)) {
+  const float *st = ps_shard_opt_state(shard, &s->slots);
+  if (st) s->state = malloc(n * (size_t)s->slots * sizeof(float));
+  size_t nseg;
+  const ps_shard_segment_t *seg = ps_shard_segments(shard, &nseg);
+  const uint64_t *steps = ps_shard_opt_steps(shard);
+  s->opt_steps = malloc((2 * nseg + 1) * sizeof(uint64_t));
+  if (s->weights == NULL || (st && s->state == NULL) ||
+      s->opt_steps == NULL) {
     snprintf(err, errlen, "no memory to copy shard [%llu,%llu) (%zu keys)",
              (unsigned long long)s->begin, (unsigned long long)s->end, n);
     return PS_ERR_NOMEM;
@@ -247,7 +260,12 @@ static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard, char *err,
   int rc = ps_shard_read(shard, s->begin, s->end - s->begin, s->weights, err,
                          errlen);
   if (rc != PS_OK) return rc;
-  if (mom) memcpy(s->momentum, mom, n * sizeof(float));
+  if (st) memcpy(s->state, st, n * (size_t)s->slots * sizeof(float));
+  for (size_t i = 0; i < nseg; i++) {
+    s->opt_steps[2 * i] = seg[i].tensor;
+    s->opt_steps[2 * i + 1] = steps[i];
+  }
+  s->nopt_steps = nseg;
   s->clock = ps_shard_clock(shard);
   s->taken = 1;
   PS_DEBUG("checkpoint_snapshot", "id=%llu range=[%llu,%llu) clock=%llu",
@@ -425,14 +443,16 @@ static void restore_work(uv_work_t *w) {
              j->dir, (unsigned long long)m.step, (unsigned long long)j->step);
     goto out;
   }
-  int has_mom = j->model.momentum != 0.0f;
+  size_t slots = (size_t)ps_model_state_slots(&j->model);
   for (size_t i = 0; i < j->nranges && j->status == PS_OK; i++) {
     ps_saver_range_t *r = &j->ranges[i];
     size_t n = (size_t)(r->end - r->begin);
     r->clock = m.step;
     r->weights = malloc(n * sizeof(float));
-    if (has_mom) r->momentum = malloc(n * sizeof(float));
-    if (r->weights == NULL || (has_mom && r->momentum == NULL)) {
+    if (slots) r->state = malloc(n * slots * sizeof(float));
+    r->tensor_steps = calloc(j->model.ntensors + 1, sizeof(uint64_t));
+    if (r->weights == NULL || (slots && r->state == NULL) ||
+        r->tensor_steps == NULL) {
       j->status = PS_ERR_NOMEM;
       snprintf(j->err, sizeof(j->err), "no memory to restore %zu keys", n);
       break;
@@ -440,7 +460,8 @@ static void restore_work(uv_work_t *w) {
     uint64_t bytes = 0;
     j->status =
         ps_checkpoint_load_range(j->dir, &m, r->begin, r->end, r->weights,
-                                 r->momentum, &bytes, j->err, sizeof(j->err));
+                                 r->state, r->tensor_steps, &bytes, j->err,
+                                 sizeof(j->err));
     j->bytes += bytes;
   }
   ps_checkpoint_manifest_clear(&m);

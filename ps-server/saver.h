@@ -4,7 +4,7 @@
  * Writing. A CheckpointRequest names a step T and a directory. In BSP a
  * shard's weights change only when a step is applied, so its state "as of
  * clock T" lasts from the apply that brings it to T until the next apply.
- * The saver copies (snapshots) the weights and momentum of each shard inside
+ * The saver copies (snapshots) the weights and optimizer state of each shard inside
  * that window: when the request arrives if the shard is at T, else right
  * after the apply that brings it there (ps_saver_shard_applied, which the
  * server calls before anything else can touch the shard). The copies are
@@ -38,14 +38,16 @@
 
 typedef struct ps_saver_s ps_saver_t;
 
-/* One range as loaded from a checkpoint: end - begin weights and, when the
- * model has momentum, as many momentum values. Owned by the saver; valid
- * during restored_cb only. */
+/* One range as loaded from a checkpoint: end - begin weights, the
+ * optimizer state (ps_model_state_slots times as many, NULL when 0) and
+ * the model's tensors' update counts (one per tensor). Owned by the
+ * saver; valid during restored_cb only. */
 typedef struct {
   uint64_t begin, end;
   uint64_t clock;
   float *weights;
-  float *momentum;
+  float *state;
+  uint64_t *tensor_steps;
 } ps_saver_range_t;
 
 typedef struct {

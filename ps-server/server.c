@@ -501,7 +501,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
                (unsigned long long)s->view->epoch);
       break;
     }
-    rc = ps_shard_load(sh, l->weights, l->momentum, l->clock);
+    rc = ps_shard_load(sh, l->weights, l->state, l->tensor_steps, l->clock);
     if (rc != PS_OK)
       snprintf(err, sizeof(err), "restore refused: loading [%llu,%llu): %s",
                (unsigned long long)l->begin, (unsigned long long)l->end,

@@ -31,11 +31,13 @@ struct ps_shard_s {
   int mode;
   ps_shard_live_t *live; /* sorted by worker */
   size_t nlive;
-  /* OPT_ADD is SGD with lr -1, momentum 0 and scale 1: w - (-1 * g) is
-   * w + g exactly, so counters stay exact integers. */
-  int add;
-  float learning_rate;
-  float momentum;
+  /* The range's pieces of the model's tensors, in key order, each with its
+   * optimizer and the number of updates applied to it (Adam's t). */
+  ps_shard_segment_t *seg;
+  uint64_t *opt_steps;
+  size_t nseg;
+  ps_lr_schedule_spec_t schedule;
+  int slots; /* state floats per key: ps_model_state_slots */
   /* Weights: block b holds keys [b * block_keys, ...) of the range. */
   uint64_t block_keys; /* min(PS_SHARD_BLOCK_KEYS, len) */
   uint64_t nblocks;
@@ -46,7 +48,7 @@ struct ps_shard_s {
   ps_shard_version_t **spare;
   size_t nspare, spare_cap;
   float *gather;   /* ps_shard_weights' copy, allocated on first use */
-  float *velocity; /* NULL when momentum is 0: plain SGD never reads it */
+  float *state; /* slots planes of len floats; NULL when slots is 0 */
   float *acc;      /* BSP only */
   /* The part of acc that holds this step's sum; the rest is stale. Keeping
    * the interval instead of zeroing acc after each step lets the first
@@ -250,25 +252,50 @@ static int reserve_range(ps_shard_t *s, uint64_t off, uint64_t n) {
   return rc;
 }
 
+/* Applies g (values for range offsets [lo, hi), g[0] at off) with each
+ * tensor piece's optimizer, reading src and writing dst (dst == src: in
+ * place); dst and src point at range offset lo. */
+static void apply_span(ps_shard_t *s, float *dst, const float *src,
+                       uint64_t lo, uint64_t hi, uint64_t off, const float *g,
+                       float scale, float factor, int sgd_prescaled) {
+  for (size_t j = 0; j < s->nseg && lo < hi; j++) {
+    const ps_shard_segment_t *sg = &s->seg[j];
+    if (sg->end <= lo) continue;
+    uint64_t e = sg->end < hi ? sg->end : hi;
+    float f = sgd_prescaled && sg->optimizer.kind == PS_OPTIMIZER_SGD
+                  ? 1.0f
+                  : factor;
+    ps_optimizer_apply(&sg->optimizer, dst, src, s->state ? s->state + lo : NULL,
+                       (size_t)s->len, g + (lo - off), (size_t)(e - lo), scale,
+                       f, s->opt_steps[j]);
+    dst += e - lo;
+    src += e - lo;
+    lo = e;
+  }
+}
+
 /* Applies g (n values for range offsets [off, off + n)) with the shard's
- * optimizer, block by block: into the fresh version reserve_range found
- * for a block someone holds (out-of-place kernel: no extra pass over the
- * pushed keys, only the block's other keys are copied), in place where no
- * one does. A pin cannot appear in between: only the loop thread pins. */
+ * optimizers at the schedule's step, block by block: into the fresh version
+ * reserve_range found for a block someone holds (out-of-place kernel: no
+ * extra pass over the pushed keys, only the block's other keys are
+ * copied), in place where no one does. A pin cannot appear in between:
+ * only the loop thread pins. Every tensor piece the push touches counts
+ * one update. */
 static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
-                      float scale) {
+                      float scale, uint64_t step, int sgd_prescaled) {
   uint64_t end = off + n;
+  for (size_t j = 0; j < s->nseg; j++)
+    if (s->seg[j].begin < end && s->seg[j].end > off) s->opt_steps[j]++;
+  float factor = ps_lr_factor(&s->schedule, step);
   uint64_t first = off / s->block_keys, last = (end - 1) / s->block_keys;
   for (uint64_t b = first; b <= last; b++) {
     uint64_t b0 = b * s->block_keys, blen = block_len(s, b);
     uint64_t lo = off > b0 ? off - b0 : 0;
     uint64_t hi = end - b0 < blen ? end - b0 : blen;
     ps_shard_version_t *cur = s->blocks[b], *nv = s->fresh[b];
-    const float *gb = g + (b0 + lo - off);
-    float *vel = s->velocity ? s->velocity + b0 + lo : NULL;
     if (nv == NULL) {
-      ps_apply_sgd(cur->data + lo, vel, gb, (size_t)(hi - lo), s->learning_rate,
-                   s->momentum, scale);
+      apply_span(s, cur->data + lo, cur->data + lo, b0 + lo, b0 + hi, off, g,
+                 scale, factor, sgd_prescaled);
       continue;
     }
     s->fresh[b] = NULL;
@@ -276,8 +303,8 @@ static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
     if (hi < blen)
       memcpy(nv->data + hi, cur->data + hi,
              (size_t)(blen - hi) * sizeof(float));
-    ps_apply_sgd_to(nv->data + lo, cur->data + lo, vel, gb, (size_t)(hi - lo),
-                    s->learning_rate, s->momentum, scale);
+    apply_span(s, nv->data + lo, cur->data + lo, b0 + lo, b0 + hi, off, g,
+               scale, factor, sgd_prescaled);
     s->spare[s->nspare++] = cur; /* room reserved */
     s->blocks[b] = nv;
     s->stats.cow_applies++;
@@ -305,11 +332,15 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                    "consistency mode %d is not supported", mode);
     return NULL;
   }
-  if (model->optimizer != PS__OPTIMIZER__OPT_SGD &&
-      model->optimizer != PS__OPTIMIZER__OPT_ADD) {
-    *err = ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
-                   "optimizer %d is not supported", model->optimizer);
-    return NULL;
+  for (size_t i = 0; i < model->ntensors; i++) {
+    ps_optimizer_spec_t o;
+    ps_model_tensor_optimizer(model, i, &o);
+    if (ps_optimizer_name(o.kind) == NULL) {
+      *err = ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
+                     "tensor \"%s\": optimizer %d is not supported",
+                     model->tensors[i].name, o.kind);
+      return NULL;
+    }
   }
   uint64_t len = end - begin;
   if (len > SIZE_MAX / sizeof(float) - SHARD_ALIGN) {
@@ -333,9 +364,25 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
     return NULL;
   }
   s->nlive = nlive;
-  s->add = model->optimizer == PS__OPTIMIZER__OPT_ADD;
-  s->learning_rate = s->add ? -1.0f : model->learning_rate;
-  s->momentum = s->add ? 0.0f : model->momentum;
+  s->schedule = model->lr_schedule;
+  s->slots = ps_model_state_slots(model);
+  for (size_t i = 0; i < model->ntensors; i++) {
+    const ps_tensor_spec_t *t = &model->tensors[i];
+    if (t->offset < end && t->offset + t->length > begin) s->nseg++;
+  }
+  s->seg = calloc(s->nseg ? s->nseg : 1, sizeof(*s->seg));
+  s->opt_steps = calloc(s->nseg ? s->nseg : 1, sizeof(*s->opt_steps));
+  if (s->seg == NULL || s->opt_steps == NULL) goto nomem;
+  for (size_t i = 0, j = 0; i < model->ntensors; i++) {
+    const ps_tensor_spec_t *t = &model->tensors[i];
+    if (!(t->offset < end && t->offset + t->length > begin)) continue;
+    ps_shard_segment_t *sg = &s->seg[j++];
+    sg->tensor = i;
+    sg->begin = t->offset > begin ? t->offset - begin : 0;
+    sg->end = (t->offset + t->length < end ? t->offset + t->length : end) -
+              begin;
+    ps_model_tensor_optimizer(model, i, &sg->optimizer);
+  }
   s->block_keys = len < PS_SHARD_BLOCK_KEYS ? len : PS_SHARD_BLOCK_KEYS;
   s->nblocks = (len + s->block_keys - 1) / s->block_keys;
   s->blocks = calloc((size_t)s->nblocks, sizeof(*s->blocks));
@@ -343,10 +390,10 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   if (s->blocks == NULL || s->fresh == NULL) goto nomem;
   for (uint64_t b = 0; b < s->nblocks; b++)
     if ((s->blocks[b] = version_new(s)) == NULL) goto nomem;
-  if (s->momentum != 0.0f) {
-    s->velocity = alloc_floats(len);
-    if (s->velocity == NULL) goto nomem;
-    memset(s->velocity, 0, (size_t)len * sizeof(float));
+  if (s->slots > 0) {
+    s->state = alloc_floats(len * (uint64_t)s->slots);
+    if (s->state == NULL) goto nomem;
+    memset(s->state, 0, (size_t)len * (size_t)s->slots * sizeof(float));
   }
   if (mode == PS__CONSISTENCY_MODE__MODE_BSP) {
     s->acc = alloc_floats(len);
@@ -405,7 +452,9 @@ void ps_shard_destroy(ps_shard_t **s_p) {
   for (size_t i = 0; i < s->nspare; i++) version_unref(s->spare[i]);
   free(s->spare);
   free(s->gather);
-  free(s->velocity);
+  free(s->state);
+  free(s->seg);
+  free(s->opt_steps);
   free(s->acc);
   free(s->live);
   free(s->contrib);
@@ -430,8 +479,16 @@ size_t ps_shard_live_workers(const ps_shard_t *s) {
 uint64_t ps_shard_received(const ps_shard_t *s) {
   return s->received;
 }
-const float *ps_shard_momentum(const ps_shard_t *s) {
-  return s->velocity;
+const float *ps_shard_opt_state(const ps_shard_t *s, int *slots) {
+  if (slots) *slots = s->slots;
+  return s->state;
+}
+const ps_shard_segment_t *ps_shard_segments(const ps_shard_t *s, size_t *n) {
+  *n = s->nseg;
+  return s->seg;
+}
+const uint64_t *ps_shard_opt_steps(const ps_shard_t *s) {
+  return s->opt_steps;
 }
 void ps_shard_stats(const ps_shard_t *s, ps_shard_stats_t *out) {
   *out = s->stats;
@@ -451,14 +508,23 @@ static int check_slice(const ps_shard_t *s, uint64_t key_begin, uint64_t count,
                  (unsigned long long)s->begin, (unsigned long long)s->end);
 }
 
-/* Adds g (n values at offset off) to this step's sum: keys outside the valid
- * interval are copied, not added, and a gap the interval has to bridge is
- * zeroed, so acc never needs clearing between steps. */
-static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
+/* dst = f * src, or a plain copy when f is 1. */
+static void copy_f(float *dst, const float *src, uint64_t n, float f) {
+  if (f == 1.0f)
+    memcpy(dst, src, (size_t)n * sizeof(float));
+  else
+    ps_copy_scaled(dst, src, (size_t)n, f);
+}
+
+/* Adds f * g (n values at offset off) to this step's sum: keys outside the
+ * valid interval are copied, not added, and a gap the interval has to
+ * bridge is zeroed, so acc never needs clearing between steps. */
+static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
+                      float f) {
   float *acc = s->acc;
   uint64_t a = off, b = off + n;
   if (s->acc_lo == s->acc_hi) {
-    memcpy(acc + a, g, (size_t)n * sizeof(float));
+    copy_f(acc + a, g, n, f);
     s->acc_lo = a;
     s->acc_hi = b;
     return;
@@ -466,17 +532,45 @@ static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
   uint64_t lo = s->acc_lo, hi = s->acc_hi;
   if (a < lo) {
     uint64_t e = b < lo ? b : lo;
-    memcpy(acc + a, g, (size_t)(e - a) * sizeof(float));
+    copy_f(acc + a, g, e - a, f);
     if (e < lo) memset(acc + e, 0, (size_t)(lo - e) * sizeof(float));
     s->acc_lo = a;
   }
   uint64_t oa = a > lo ? a : lo, ob = b < hi ? b : hi;
-  if (oa < ob) ps_accumulate(acc + oa, g + (oa - a), (size_t)(ob - oa));
+  if (oa < ob) {
+    if (f == 1.0f)
+      ps_accumulate(acc + oa, g + (oa - a), (size_t)(ob - oa));
+    else
+      ps_accumulate_scaled(acc + oa, g + (oa - a), (size_t)(ob - oa), f);
+  }
   if (b > hi) {
     uint64_t c = a > hi ? a : hi;
     if (c > hi) memset(acc + hi, 0, (size_t)(c - hi) * sizeof(float));
-    memcpy(acc + c, g + (c - a), (size_t)(b - c) * sizeof(float));
+    copy_f(acc + c, g + (c - a), b - c, f);
     s->acc_hi = b;
+  }
+}
+
+/* The schedule's factor on the gradient of an SGD piece for the current
+ * BSP step (the others take it on their rate when the step is applied). */
+static float gradient_factor(const ps_shard_t *s, const ps_shard_segment_t *sg) {
+  return sg->optimizer.kind == PS_OPTIMIZER_SGD
+             ? ps_lr_factor(&s->schedule, s->clock)
+             : 1.0f;
+}
+
+/* Adds g (n values at offset off) to this step's sum, piece by piece, SGD
+ * pieces times the schedule's factor: the sum a worker that scaled its own
+ * gradient gave before issue #14, bit for bit. */
+static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
+  uint64_t end = off + n;
+  for (size_t j = 0; j < s->nseg && off < end; j++) {
+    const ps_shard_segment_t *sg = &s->seg[j];
+    if (sg->end <= off) continue;
+    uint64_t e = sg->end < end ? sg->end : end;
+    acc_piece(s, off, e - off, g, gradient_factor(s, sg));
+    g += e - off;
+    off = e;
   }
 }
 
@@ -502,8 +596,9 @@ static int bsp_try_complete(ps_shard_t *s) {
    * blocks are updated in place (a reply in flight may then carry some new
    * values), counted. */
   if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
-  /* OPT_ADD adds the sum: a counter counts every contribution. */
-  run_range(s, 0, s->len, s->acc, s->add ? 1.0f : 1.0f / (float)s->ncontrib);
+  /* OPT_ADD adds the sum whatever the scale (ps_optimizer_apply): a
+   * counter counts every contribution. */
+  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib, s->clock, 1);
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -604,8 +699,11 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
      * each applying their own batch's mean at full rate step N times too far
      * (one epoch of the 2-worker MLP: test accuracy 0.71-0.76 at scale 1,
      * 0.80-0.83 at scale 1/2). OPT_ADD counts, it does not learn. */
-    float scale = s->nlive > 1 && !s->add ? 1.0f / (float)s->nlive : 1.0f;
-    run_range(s, off, count, g, scale);
+    float scale = s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f;
+    /* The schedule runs on the push's step, as a worker that scaled its
+     * own gradient did before issue #14. */
+    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock,
+              0);
     if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
     if (applied) *applied = 1;
     return;
@@ -710,17 +808,20 @@ static void write_weights(ps_shard_t *s, const float *weights) {
            (size_t)block_len(s, b) * sizeof(float));
 }
 
-int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
-                  uint64_t clock) {
+int ps_shard_load(ps_shard_t *s, const float *weights, const float *state,
+                  const uint64_t *tensor_steps, uint64_t clock) {
   int rc = unpin_blocks(s);
   if (rc != PS_OK) return rc;
   write_weights(s, weights);
-  if (s->velocity) {
-    if (momentum)
-      memcpy(s->velocity, momentum, (size_t)s->len * sizeof(float));
+  size_t state_bytes = (size_t)s->len * (size_t)s->slots * sizeof(float);
+  if (s->state) {
+    if (state)
+      memcpy(s->state, state, state_bytes);
     else
-      memset(s->velocity, 0, (size_t)s->len * sizeof(float));
+      memset(s->state, 0, state_bytes);
   }
+  for (size_t j = 0; j < s->nseg; j++)
+    s->opt_steps[j] = tensor_steps ? tensor_steps[s->seg[j].tensor] : 0;
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -731,7 +832,10 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
 void ps_shard_export_state(const ps_shard_t *s, ps_shard_state_t *out) {
   memset(out, 0, sizeof(*out));
   out->clock = s->clock;
-  out->momentum = s->velocity;
+  out->state = s->state;
+  out->state_slots = s->slots;
+  out->opt_steps = s->opt_steps;
+  out->nopt_steps = s->nseg;
   out->acc_lo = s->acc_lo;
   out->acc_hi = s->acc_hi;
   out->acc = s->acc_lo < s->acc_hi ? s->acc + s->acc_lo : NULL;
@@ -754,10 +858,17 @@ static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
                        uint64_t *received, char *errbuf, size_t errlen) {
   if (st->weights == NULL)
     return ps_errf(errbuf, errlen, PS_ERR_INVAL, "state without weights");
-  if (s->velocity && st->momentum == NULL)
+  if (st->state_slots != s->slots || (s->state && st->state == NULL))
     return ps_errf(errbuf, errlen, PS_ERR_INVAL,
-                   "state without momentum for a shard with momentum %g",
-                   (double)s->momentum);
+                   "state with %d optimizer slots per key%s for a shard with "
+                   "%d",
+                   st->state_slots, st->state ? "" : " but no values",
+                   s->slots);
+  if (st->nopt_steps != s->nseg || (s->nseg && st->opt_steps == NULL))
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "state with %zu tensor step counts for a range of %zu "
+                   "tensor pieces",
+                   st->nopt_steps, s->nseg);
   if (st->acc_lo > st->acc_hi || st->acc_hi > s->len)
     return ps_errf(
         errbuf, errlen, PS_ERR_INVAL,
@@ -839,8 +950,10 @@ int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
 
   write_weights(s, st->weights);
   /* memmove: the state may be this shard's own export. */
-  if (s->velocity)
-    memmove(s->velocity, st->momentum, (size_t)s->len * sizeof(float));
+  if (s->state)
+    memmove(s->state, st->state,
+            (size_t)s->len * (size_t)s->slots * sizeof(float));
+  memmove(s->opt_steps, st->opt_steps, s->nseg * sizeof(*s->opt_steps));
   if (st->acc_lo < st->acc_hi)
     memmove(s->acc + st->acc_lo, st->acc,
             (size_t)(st->acc_hi - st->acc_lo) * sizeof(float));

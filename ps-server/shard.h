@@ -2,8 +2,13 @@
  * [begin, end) of the key space, and the consistency rules that change it.
  *
  * It holds the weights (initialised per tensor with ps_init_fill, so any split
- * of the key space gives the same bits), the momentum buffer, the BSP
- * gradient accumulator and the server clock: the number of BSP steps applied.
+ * of the key space gives the same bits), the optimizer state (k floats per
+ * key, k = ps_model_state_slots, as k planes of the range's length; each
+ * tensor's optimizer uses the first planes it needs), the number of updates
+ * applied to each tensor piece (Adam's step count), the BSP gradient
+ * accumulator and the server clock: the number of BSP steps applied.
+ * The learning-rate schedule's step is the BSP step applied, or an ASP
+ * push's step.
  *
  * BSP: a push carries the worker's step and is accepted only for step ==
  * clock, from a worker of the live set; its values are summed into the
@@ -18,8 +23,8 @@
  * per sample matches BSP's; the clock is the highest step seen + 1, so a
  * pull reply still says which steps it may contain.
  * OPT_ADD (counters, the chaos ledger): w += g exactly, whatever the model's
- * learning rate and momentum; ASP pushes are not scaled and a BSP step adds
- * the sum of its contributions, not the mean.
+ * learning rate, momentum and schedule; ASP pushes are not scaled and a BSP
+ * step adds the sum of its contributions, not the mean.
  *
  * Weights are kept in blocks of PS_SHARD_BLOCK_KEYS keys, each an immutable
  * version while anyone outside the shard references it: a pull reply is sent
@@ -65,6 +70,14 @@ typedef struct {
    * runs in long blocks are cheaper copied. */
   int zero_copy;
 } ps_shard_run_t;
+
+/* The piece [begin, end) (range offsets) of the model's tensor `tensor`
+ * that the range holds, and its optimizer. */
+typedef struct {
+  size_t tensor;
+  uint64_t begin, end;
+  ps_optimizer_spec_t optimizer;
+} ps_shard_segment_t;
 
 /* Counters for tests and metrics. */
 typedef struct {
@@ -172,15 +185,22 @@ void ps_shard_unpin(void *data, void *version);
  * checkpoints and tests, not the data plane. */
 const float *ps_shard_weights(ps_shard_t *s);
 
-/* The momentum buffer (same length), or NULL when momentum is 0. */
-const float *ps_shard_momentum(const ps_shard_t *s);
+/* The optimizer state (*slots planes of end - begin floats, slot-major;
+ * *slots may be 0), or NULL when no tensor's optimizer keeps any. */
+const float *ps_shard_opt_state(const ps_shard_t *s, int *slots);
+
+/* The range's tensor pieces, in key order (*n of them), and the updates
+ * applied to each (as many values). Valid until the shard is destroyed. */
+const ps_shard_segment_t *ps_shard_segments(const ps_shard_t *s, size_t *n);
+const uint64_t *ps_shard_opt_steps(const ps_shard_t *s);
 
 /* Replaces the whole range's state: weights (end - begin values), the
- * momentum buffer (ignored, may be NULL, when momentum is 0; NULL zeroes
- * it) and the clock; a BSP step in progress is dropped. For restoring a
+ * optimizer state (slots x (end - begin) values; ignored when the shard
+ * keeps none; NULL zeroes it), the update counts (tensor_steps: one per
+ * tensor of the model, by tensor index; NULL: zero) and the clock; a BSP step in progress is dropped. For restoring a
  * checkpoint. Returns PS_OK or PS_ERR_NOMEM with the shard unchanged. */
-int ps_shard_load(ps_shard_t *s, const float *weights, const float *momentum,
-                  uint64_t clock);
+int ps_shard_load(ps_shard_t *s, const float *weights, const float *state,
+                  const uint64_t *tensor_steps, uint64_t clock);
 
 /* One worker's share of the current BSP step, as a snapshot carries it
  * (proto/ps.proto ReplicaSnapshot, frame "contrib"): raw little-endian. */
@@ -202,7 +222,12 @@ typedef struct {
 typedef struct {
   uint64_t clock;
   const float *weights;  /* end - begin values */
-  const float *momentum; /* end - begin values; NULL when momentum is 0 */
+  /* Optimizer state: state_slots x (end - begin) values, slot-major; NULL
+   * when state_slots is 0. */
+  const float *state;
+  int state_slots;
+  const uint64_t *opt_steps; /* per tensor piece (ps_shard_segments) */
+  size_t nopt_steps;
   /* The current BSP step's sum of range offsets [acc_lo, acc_hi) (ASP:
    * always empty). */
   uint64_t acc_lo, acc_hi;
@@ -224,11 +249,12 @@ int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out);
 void ps_shard_export_state(const ps_shard_t *s, ps_shard_state_t *out);
 
 /* Replaces the shard's whole state with *st (copied; st may be this
- * shard's own export): weights, momentum (ignored when the shard's momentum
- * is 0), clock, BSP step in progress, live set. A step that the imported
+ * shard's own export): weights, optimizer state and update counts, clock,
+ * BSP step in progress, live set. A step that the imported
  * live set no longer waits for is not applied here: an export never holds
  * one. Pull replies in flight keep the versions they pinned. Returns PS_OK,
- * PS_ERR_INVAL (no weights, momentum missing, sum interval outside the
+ * PS_ERR_INVAL (no weights, optimizer state of another width or missing,
+ * update counts for another number of tensor pieces, sum interval outside the
  * range or without values, a step in progress for an ASP shard,
  * contributions without a sum or a sum without contributions, a
  * contribution bigger than the range, a worker twice or above UINT32_MAX;

@@ -12,9 +12,10 @@
  * stay short. slot_row holds row index + 1; 0 marks an empty slot. */
 struct ps_sparse_table_s {
   ps_sparse_spec_t spec;
-  float lr, momentum;
+  ps_optimizer_spec_t opt;
+  ps_lr_schedule_spec_t schedule;
   uint64_t seed;
-  size_t stride; /* floats per row: dim, or 2 * dim with momentum */
+  size_t stride; /* floats per row: ps_optimizer_row_floats */
   uint64_t *slot_key;
   uint64_t *slot_row;
   size_t cap; /* slots, a power of two */
@@ -37,10 +38,10 @@ ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
   if (t == NULL) return NULL;
   t->spec = *spec;
   t->spec.salt = ps_sparse_salt(spec->name);
-  t->lr = model->learning_rate;
-  t->momentum = model->momentum;
+  ps_model_sparse_optimizer(model, spec, &t->opt);
+  t->schedule = model->lr_schedule;
   t->seed = model->seed;
-  t->stride = (size_t)spec->dim * (model->momentum > 0 ? 2 : 1);
+  t->stride = ps_optimizer_row_floats(&t->opt, spec->dim);
   t->cap = 1024;
   t->slot_key = calloc(t->cap, sizeof(*t->slot_key));
   t->slot_row = calloc(t->cap, sizeof(*t->slot_row));
@@ -116,7 +117,7 @@ static int grow_slots(ps_sparse_table_t *t) {
   return PS_OK;
 }
 
-/* The row of id, created with the initializer (and zero momentum) if new;
+/* The row of id, created with the initializer (and zero state) if new;
  * NULL on no memory. The pointer is valid until the next row is created. */
 static float *row_get(ps_sparse_table_t *t, uint64_t id) {
   size_t j = slot_of(t, id);
@@ -139,7 +140,7 @@ static float *row_get(ps_sparse_table_t *t, uint64_t id) {
   float *row = t->rows + t->nrows * t->stride;
   ps_sparse_init_row(&t->spec, t->seed, id, row);
   if (t->stride > t->spec.dim)
-    memset(row + t->spec.dim, 0, t->spec.dim * sizeof(float));
+    memset(row + t->spec.dim, 0, (t->stride - t->spec.dim) * sizeof(float));
   t->nrows++;
   t->slot_key[j] = id;
   t->slot_row[j] = t->nrows;
@@ -157,18 +158,18 @@ static float *row_or_fail(ps_sparse_table_t *t, uint64_t key, char *err,
 }
 
 int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
-                         const float *grads, float scale, char *err,
-                         size_t errlen) {
+                         const float *grads, float scale, uint64_t step,
+                         char *err, size_t errlen) {
   int rc = ps_sparse_keys_check(keys, n, err, errlen);
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
+  float factor = ps_lr_factor(&t->schedule, step);
   for (size_t i = 0; i < n; i++) {
     /* Rows before i are applied: the caller reports the failure and the
      * worker's step is lost, as with any server out of memory. */
     float *row = row_or_fail(t, keys[i], err, errlen);
     if (row == NULL) return PS_ERR_NOMEM;
-    ps_apply_sgd(row, t->momentum > 0 ? row + dim : NULL, grads + i * dim, dim,
-                 t->lr, t->momentum, scale);
+    ps_optimizer_apply_row(&t->opt, row, dim, grads + i * dim, scale, factor);
   }
   return PS_OK;
 }

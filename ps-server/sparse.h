@@ -1,6 +1,7 @@
 /* A server's part of one sparse embedding table (issue #3): a hash map from
- * uint64 feature id to a row of dim floats (and dim momentum floats when the
- * model has momentum), holding the rows this server owns
+ * uint64 feature id to a row of dim floats followed by the table's
+ * optimizer state (ps_optimizer_row_floats: k * dim floats, and Adam's
+ * per-row update count), holding the rows this server owns
  * (ps_view_sparse_owner).
  *
  * A row is created on first touch, by a push or a pull, with the table's
@@ -38,12 +39,13 @@ uint64_t ps_sparse_table_rows(const ps_sparse_table_t *t);
 int ps_sparse_keys_check(const uint64_t *keys, size_t n, char *err,
                          size_t errlen);
 
-/* Applies SGD to each row: grads holds n rows of dim floats, scaled by
- * scale (1 / live workers). Keys are checked first; nothing changes on a
- * refusal. */
+/* Applies the table's optimizer to each row: grads holds n rows of dim
+ * floats, scaled by scale (1 / live workers), at the learning-rate
+ * schedule's step (the push's). Keys are checked first; nothing changes
+ * on a refusal. */
 int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
-                         const float *grads, float scale, char *err,
-                         size_t errlen);
+                         const float *grads, float scale, uint64_t step,
+                         char *err, size_t errlen);
 
 /* Copies the rows of keys into out (n * dim floats), creating missing
  * ones. */

@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/optimizer.h"
 #include "common/time.h"
 #include "common/view.h"
 #include "scheduler/coordinator.h"
@@ -259,9 +260,40 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
       return;
     }
   }
+  for (size_t i = 0; i < a->ntensors; i++) {
+    const ps_tensor_spec_t *x = &a->tensors[i], *y = &b->tensors[i];
+    if (x->has_optimizer != y->has_optimizer ||
+        (x->has_optimizer &&
+         !ps_optimizer_equal(&x->optimizer, &y->optimizer))) {
+      snprintf(out, len,
+               "tensor \"%s\" optimizer %s, the job's is %s (or their "
+               "settings differ)",
+               y->name,
+               y->has_optimizer ? ps_optimizer_name(y->optimizer.kind)
+                                : "default",
+               x->has_optimizer ? ps_optimizer_name(x->optimizer.kind)
+                                : "default");
+      return;
+    }
+  }
+  ps_optimizer_spec_t da, db;
+  ps_model_default_optimizer(a, &da);
+  ps_model_default_optimizer(b, &db);
   if (a->optimizer != b->optimizer)
     snprintf(out, len, "optimizer %d, the job's is %d", b->optimizer,
              a->optimizer);
+  else if (!ps_lr_schedule_equal(&a->lr_schedule, &b->lr_schedule))
+    snprintf(out, len,
+             "learning-rate schedule %s over %" PRIu64
+             " steps with %" PRIu64
+             " warm-up steps, the job's is %s over %" PRIu64 " with %" PRIu64
+             " (every worker needs the same --epochs and schedule flags)",
+             b->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine"
+                                                          : "constant",
+             b->lr_schedule.total_steps, b->lr_schedule.warmup_steps,
+             a->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine"
+                                                          : "constant",
+             a->lr_schedule.total_steps, a->lr_schedule.warmup_steps);
   else if (a->learning_rate != b->learning_rate)
     snprintf(out, len, "learning_rate %g, the job's is %g",
              (double)b->learning_rate, (double)a->learning_rate);
@@ -271,6 +303,14 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
   else if (a->seed != b->seed)
     snprintf(out, len, "seed %" PRIu64 ", the job's is %" PRIu64, b->seed,
              a->seed);
+  else if (!ps_optimizer_equal(&da, &db))
+    snprintf(out, len,
+             "optimizer settings (beta1 %g beta2 %g epsilon %g l1 %g l2 %g "
+             "ftrl_beta %g), the job's are (%g %g %g %g %g %g)",
+             (double)db.beta1, (double)db.beta2, (double)db.epsilon,
+             (double)db.l1, (double)db.l2, (double)db.ftrl_beta,
+             (double)da.beta1, (double)da.beta2, (double)da.epsilon,
+             (double)da.l1, (double)da.l2, (double)da.ftrl_beta);
   else
     snprintf(out, len, "the model specs differ");
 }
@@ -362,7 +402,10 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
     ps_model_t declared;
     char why[256];
     memset(&declared, 0, sizeof(declared));
-    if (ps_model_from_pb(r->model, &declared, why, sizeof(why)) != PS_OK) {
+    if (ps_model_from_pb(r->model, &declared, why, sizeof(why)) != PS_OK ||
+        ps_lr_schedule_resolve(&declared.lr_schedule, s->opts.workers, why,
+                               sizeof(why)) != PS_OK) {
+      ps_model_clear(&declared);
       ps__sched_reply_error(s, m, PS_ERR_INVAL, "bad model spec: %s", why);
       return;
     }
@@ -426,7 +469,10 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
                             "a worker must declare its model");
       return;
     }
-    if (ps_model_from_pb(r->model, &model, why, sizeof(why)) != PS_OK) {
+    if (ps_model_from_pb(r->model, &model, why, sizeof(why)) != PS_OK ||
+        ps_lr_schedule_resolve(&model.lr_schedule, s->opts.workers, why,
+                               sizeof(why)) != PS_OK) {
+      ps_model_clear(&model);
       ps__sched_reply_error(s, m, PS_ERR_INVAL, "bad model spec: %s", why);
       return;
     }

@@ -25,6 +25,7 @@ void ps__sched_view_pb_free(view_pb_t *v) {
   free(v->tensor_ptrs);
   free(v->sparse);
   free(v->sparse_ptrs);
+  free(v->opts);
   memset(v, 0, sizeof(*v));
 }
 
@@ -52,8 +53,10 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
   size_t nsp = s->has_model ? s->model.nsparse : 0;
   v->sparse = calloc(nsp + 1, sizeof(*v->sparse));
   v->sparse_ptrs = calloc(nsp + 1, sizeof(*v->sparse_ptrs));
+  v->opts = calloc(nt + nsp + 1, sizeof(*v->opts));
   if (!v->infos || !v->info_ptrs || !v->krs || !v->kr_ptrs || !v->syncing ||
-      !v->tensors || !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs) {
+      !v->tensors || !v->tensor_ptrs || !v->sparse || !v->sparse_ptrs ||
+      !v->opts) {
     ps__sched_view_pb_free(v);
     return PS_ERR_NOMEM;
   }
@@ -95,8 +98,9 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
   v->view.ranges = v->kr_ptrs;
   if (s->has_model) {
     ps__model_spec__init(&v->model);
-    ps_model_to_pb(&s->model, &v->model, v->tensors, v->tensor_ptrs);
-    ps_model_sparse_to_pb(&s->model, &v->model, v->sparse, v->sparse_ptrs);
+    ps_model_to_pb(&s->model, &v->model, v->tensors, v->tensor_ptrs, v->opts);
+    ps_model_sparse_to_pb(&s->model, &v->model, v->sparse, v->sparse_ptrs,
+                          v->opts + nt);
     v->view.model = &v->model;
   }
   return PS_OK;

@@ -210,6 +210,7 @@ typedef struct {
   Ps__TensorSpec **tensor_ptrs;
   Ps__SparseTableSpec *sparse;
   Ps__SparseTableSpec **sparse_ptrs;
+  Ps__OptimizerSpec *opts; /* the tensors' then the tables' own optimizers */
 } view_pb_t;
 
 /* scheduler/scheduler.c */

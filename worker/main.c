@@ -54,13 +54,15 @@ int main(int argc, char **argv) {
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
+  int optimizer = PS_OPTIMIZER_SGD;
   int push = PS_PUSH_AUTO;
   /* --log-format: the index in "auto|logfmt|pretty". */
   enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
   int log_format = LOG_FORMAT_AUTO;
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
       connect_timeout_ms, heartbeat_ms, progress_ms, resend_ms;
-  double lr, momentum;
+  double lr, momentum, beta1, beta2, epsilon, l1, l2, ftrl_beta;
+  int64_t warmup_steps;
 
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -74,14 +76,35 @@ int main(int argc, char **argv) {
       {"batch-size", PS_OPT_INT, &batch_size,
        PS_OPT_DEF(PS_TRAINER_DEFAULT_BATCH_SIZE), 1, 65536, NULL,
        "examples per step per worker (global batch = workers x this)"},
+      {"optimizer", PS_OPT_ENUM, &optimizer, "sgd", 0, 0,
+       "sgd|add|adagrad|adam|ftrl",
+       "the servers' optimizer (declared to the cluster; add is for "
+       "counters)"},
       {"lr", PS_OPT_DOUBLE, &lr, PS_OPT_DEF(PS_TRAINER_DEFAULT_LR), 0, 10, NULL,
-       "learning rate of SGD (declared to the cluster)"},
+       "learning rate (FTRL: alpha), declared to the cluster"},
       {"lr-schedule", PS_OPT_ENUM, &lr_schedule, "cosine", 0, 0,
        "constant|cosine",
-       "learning-rate schedule over epochs x steps (every worker the same)"},
+       "learning-rate schedule over epochs x steps, applied by the servers "
+       "(every worker the same)"},
+      {"warmup-steps", PS_OPT_INT, &warmup_steps, "0", 0, 9007199254740991.0,
+       NULL, "linear learning-rate warm-up over the first steps"},
       {"momentum", PS_OPT_DOUBLE, &momentum,
        PS_OPT_DEF(PS_TRAINER_DEFAULT_MOMENTUM), 0, 0.999, NULL,
-       "SGD momentum (declared to the cluster)"},
+       "SGD momentum (--optimizer sgd only)"},
+      {"beta1", PS_OPT_DOUBLE, &beta1, PS_OPT_DEF(PS_TRAINER_DEFAULT_BETA1), 0,
+       0.999999, NULL, "Adam's first-moment decay (--optimizer adam only)"},
+      {"beta2", PS_OPT_DOUBLE, &beta2, PS_OPT_DEF(PS_TRAINER_DEFAULT_BETA2),
+       1e-9, 0.999999999, NULL,
+       "Adam's second-moment decay (--optimizer adam only)"},
+      {"epsilon", PS_OPT_DOUBLE, &epsilon,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_EPSILON), 1e-30, 1, NULL,
+       "Adam's and Adagrad's denominator term"},
+      {"l1", PS_OPT_DOUBLE, &l1, "0", 0, 1e9, NULL,
+       "FTRL's L1 strength (weights exactly 0 while |z| <= l1)"},
+      {"l2", PS_OPT_DOUBLE, &l2, "0", 0, 1e9, NULL, "FTRL's L2 strength"},
+      {"ftrl-beta", PS_OPT_DOUBLE, &ftrl_beta,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_FTRL_BETA), 0, 1e9, NULL,
+       "FTRL's beta (the per-coordinate rate's smoothing)"},
       {"seed", PS_OPT_INT, &seed, PS_OPT_DEF(PS_TRAINER_DEFAULT_SEED), 0,
        9007199254740991.0, NULL,
        "seed of the initial weights and of the data order"},
@@ -198,6 +221,14 @@ int main(int argc, char **argv) {
   to.learning_rate = lr;
   to.momentum = momentum;
   to.lr_schedule = (ps_lr_schedule_t)lr_schedule;
+  to.optimizer = optimizer;
+  to.beta1 = beta1;
+  to.beta2 = beta2;
+  to.epsilon = epsilon;
+  to.l1 = l1;
+  to.l2 = l2;
+  to.ftrl_beta = ftrl_beta;
+  to.warmup_steps = (uint64_t)warmup_steps;
   to.normalize = normalize;
   to.seed = (uint64_t)seed;
   to.threads = (int)threads;

@@ -48,7 +48,16 @@ struct ps_trainer_s {
   /* w, g and xb move to and from the device every step: host memory from
    * the backend (page-locked on a GPU). */
   float *w;    /* weights, the whole key space */
-  float *v;    /* momentum (standalone only) */
+  /* The optimizer state (standalone only): ps_optimizer_state_slots
+   * planes of nparams floats; and the updates applied so far. */
+  float *v;
+  uint64_t updates;
+  /* The model declared to the cluster: the net's tensors with the
+   * optimizer and schedule of the options; sched is its schedule resolved
+   * for this job's worker count (what the servers apply). */
+  ps_model_t model;
+  ps_optimizer_spec_t opt;
+  ps_lr_schedule_spec_t sched;
   float *g;    /* gradient of this worker's batch */
   float *xb;   /* the batch, gathered */
   uint8_t *yb; /* its labels, also from the backend */
@@ -112,6 +121,11 @@ void ps_trainer_opts_init(ps_trainer_opts_t *o) {
   o->learning_rate = PS_TRAINER_DEFAULT_LR;
   o->momentum = PS_TRAINER_DEFAULT_MOMENTUM;
   o->lr_schedule = PS_LR_COSINE;
+  o->optimizer = PS_OPTIMIZER_SGD;
+  o->beta1 = PS_TRAINER_DEFAULT_BETA1;
+  o->beta2 = PS_TRAINER_DEFAULT_BETA2;
+  o->epsilon = PS_TRAINER_DEFAULT_EPSILON;
+  o->ftrl_beta = PS_TRAINER_DEFAULT_FTRL_BETA;
   o->normalize = 1;
   o->seed = PS_TRAINER_DEFAULT_SEED;
   o->threads = PS_TRAINER_DEFAULT_THREADS;
@@ -140,10 +154,40 @@ static uint32_t rng_below(uint64_t *state, uint32_t bound) {
 
 float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
                            uint64_t total_steps) {
-  if (schedule != PS_LR_COSINE || total_steps == 0) return 1.0f;
-  double x = (double)step / (double)total_steps;
-  if (x > 1.0) x = 1.0;
-  return (float)(0.5 * (1.0 + cos(M_PI * x)));
+  ps_lr_schedule_spec_t s = {
+      .kind = schedule == PS_LR_COSINE ? PS_LR_SCHEDULE_COSINE
+                                       : PS_LR_SCHEDULE_CONSTANT,
+      .total_steps = total_steps};
+  return ps_lr_factor(&s, step);
+}
+
+/* The optimizer the options declare: only the settings its kind uses (the
+ * others' defaults, --momentum 0.9 say, mean nothing to Adam). */
+static void opts_optimizer(const ps_trainer_opts_t *o, ps_optimizer_spec_t *p) {
+  memset(p, 0, sizeof(*p));
+  p->kind = o->optimizer;
+  if (o->optimizer != PS_OPTIMIZER_ADD)
+    p->learning_rate = (float)o->learning_rate;
+  switch (o->optimizer) {
+    case PS_OPTIMIZER_SGD:
+      p->momentum = (float)o->momentum;
+      break;
+    case PS_OPTIMIZER_ADAM:
+      p->beta1 = (float)o->beta1;
+      p->beta2 = (float)o->beta2;
+      p->epsilon = (float)o->epsilon;
+      break;
+    case PS_OPTIMIZER_ADAGRAD:
+      p->epsilon = (float)o->epsilon;
+      break;
+    case PS_OPTIMIZER_FTRL:
+      p->l1 = (float)o->l1;
+      p->l2 = (float)o->l2;
+      p->ftrl_beta = (float)o->ftrl_beta;
+      break;
+    default:
+      break;
+  }
 }
 
 void ps_trainer_permutation(uint32_t *perm, uint32_t n, uint64_t seed,
@@ -193,6 +237,13 @@ static int check_opts(ps_trainer_t *t) {
   }
   if (!(o->momentum >= 0.0 && o->momentum < 1.0)) {
     trainer_fail(t, "momentum %g not in [0, 1)", o->momentum);
+    return PS_ERR_CONFIG;
+  }
+  ps_optimizer_spec_t opt;
+  opts_optimizer(o, &opt);
+  char why[256];
+  if (ps_optimizer_check(&opt, "--optimizer", why, sizeof(why)) != PS_OK) {
+    trainer_fail(t, "%s", why);
     return PS_ERR_CONFIG;
   }
   if (o->threads < 0) {
@@ -322,9 +373,33 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   /* Pinned like xb: the labels' upload is then asynchronous too. */
   t->yb = ps_compute_host_alloc(t->compute, b);
   t->perm = calloc(t->train.n, sizeof(uint32_t));
-  if (o->standalone) t->v = calloc(t->nparams, sizeof(float));
+  /* The net's tensors, with the optimizer and the schedule the servers
+   * are to apply. The horizon goes in epochs: the worker count that turns
+   * it into steps is the scheduler's to tell. */
+  t->model = *ps_net_model(t->net);
+  opts_optimizer(o, &t->opt);
+  t->model.optimizer = t->opt.kind;
+  t->model.learning_rate = t->opt.learning_rate;
+  t->model.momentum = t->opt.momentum;
+  t->model.beta1 = t->opt.beta1;
+  t->model.beta2 = t->opt.beta2;
+  t->model.epsilon = t->opt.epsilon;
+  t->model.l1 = t->opt.l1;
+  t->model.l2 = t->opt.l2;
+  t->model.ftrl_beta = t->opt.ftrl_beta;
+  t->model.lr_schedule = (ps_lr_schedule_spec_t){
+      .kind = o->lr_schedule == PS_LR_COSINE ? PS_LR_SCHEDULE_COSINE
+                                             : PS_LR_SCHEDULE_CONSTANT,
+      .warmup_steps = o->warmup_steps,
+      .epochs = (uint64_t)o->epochs,
+      .examples_per_epoch = t->train.n,
+      .worker_batch = b,
+  };
+  size_t slots = (size_t)ps_optimizer_state_slots(&t->opt);
+  if (o->standalone && slots)
+    t->v = calloc(t->nparams * slots, sizeof(float));
   if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
-      (o->standalone && !t->v)) {
+      (o->standalone && slots && !t->v)) {
     trainer_fail(t, "out of memory");
     rc = PS_ERR_NOMEM;
     goto fail;
@@ -343,8 +418,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   } else {
     char cerr[512] = "";
     crc = PS_OK;
-    t->client = ps_client_new(&o->client, ps_net_model(t->net), &crc, cerr,
-                              sizeof(cerr));
+    t->client =
+        ps_client_new(&o->client, &t->model, &crc, cerr, sizeof(cerr));
     if (t->client == NULL) {
       trainer_fail(t, "cannot join the cluster at %s: %s",
                    o->client.scheduler ? o->client.scheduler : "(none)",
@@ -385,6 +460,15 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     goto fail;
   }
   t->res.steps_per_epoch = t->train.n / global_batch;
+  /* What the scheduler made of the horizon (the same formula). */
+  t->sched = t->model.lr_schedule;
+  char serr[256];
+  if (ps_lr_schedule_resolve(&t->sched, t->workers, serr, sizeof(serr)) !=
+      PS_OK) {
+    trainer_fail(t, "%s", serr);
+    rc = PS_ERR_CONFIG;
+    goto fail;
+  }
   t->res.workers = t->workers;
   t->res.rank = t->rank;
   t->res.test_accuracy = -1.0;
@@ -488,7 +572,7 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
  * step costs one round trip, not one per layer. Every layer's copy is
  * waited for even after a failure (the copies write into t->g), and every
  * started push too (they read from it). */
-static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
+static int push_layers(ps_trainer_t *t, uint64_t step) {
   int rc = PS_OK;
   size_t begin, count, started = 0;
   uint64_t tickets[PS_NET_MAX_GROUPS];
@@ -505,8 +589,6 @@ static int push_layers(ps_trainer_t *t, uint64_t step, float f) {
       rc = PS_ERR_INVAL;
       continue;
     }
-    if (f != 1.0f)
-      for (size_t i = begin; i < begin + count; i++) t->g[i] *= f;
     rc = ps_client_push_start(t->client, begin, count, t->g + begin, step,
                               &tickets[started]);
     if (rc != PS_OK) {
@@ -558,8 +640,6 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   t->step_push_ns = 0;
   if (rc != PS_OK) return rc;
   ps_net_set_params(t->net, t->w);
-  float f =
-      ps_trainer_lr_factor(t->o.lr_schedule, step, spe * (uint64_t)t->o.epochs);
   if (t->push_layers) {
     *loss = ps_net_gradient_begin(t->net, t->xb, t->yb, b, t->g);
     if (device_failed(t, "at", step) || !isfinite(*loss)) {
@@ -573,7 +653,7 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
                    *loss, step, t->o.learning_rate);
       return PS_ERR_INVAL;
     }
-    return push_layers(t, step, f);
+    return push_layers(t, step);
   }
   *loss = ps_net_gradient(t->net, t->xb, t->yb, b, t->g);
   if (device_failed(t, "at", step)) return PS_ERR_IO;
@@ -584,11 +664,11 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
                  *loss, step, t->o.learning_rate);
     return PS_ERR_INVAL;
   }
-  if (f != 1.0f)
-    for (size_t i = 0; i < t->nparams; i++) t->g[i] *= f;
   if (t->client == NULL) {
-    ps_apply_sgd(t->w, t->v, t->g, t->nparams, (float)t->o.learning_rate,
-                 (float)t->o.momentum, 1.0f);
+    /* The servers' rule: the same kernel, schedule and update count. */
+    ps_optimizer_apply(&t->opt, t->w, t->w, t->v, t->nparams, t->g,
+                       t->nparams, 1.0f, ps_lr_factor(&t->sched, step),
+                       ++t->updates);
     return PS_OK;
   }
   uint64_t push0 = ps_now_ns();
@@ -682,6 +762,7 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       "  \"global_batch_size\": %" PRIu64
       ",\n"
       "  \"learning_rate\": %g,\n"
+      "  \"optimizer\": \"%s\",\n"
       "  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n"
       "  \"seed\": %" PRIu64
@@ -692,7 +773,7 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       r->train_loss, r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
       t->start_step, r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
-      t->o.momentum, t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
+      ps_optimizer_name(t->opt.kind), t->o.momentum, t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
       t->o.seed);
   return n < 0 ? -1 : 0;
 }
@@ -704,7 +785,6 @@ static void csv_row(ps_trainer_t *t, const char *kind, double time_s,
                     double samples_per_sec, double test_loss,
                     double test_accuracy) {
   if (t->csv == NULL) return;
-  uint64_t spe = t->res.steps_per_epoch;
   ps_metrics_csv_row_t row = {
       .time_s = time_s,
       .kind = kind,
@@ -713,8 +793,7 @@ static void csv_row(ps_trainer_t *t, const char *kind, double time_s,
       .steps = steps,
       .loss = loss,
       .lr = t->o.learning_rate *
-            (double)ps_trainer_lr_factor(t->o.lr_schedule, step ? step - 1 : 0,
-                                         spe * (uint64_t)t->o.epochs),
+            (double)ps_lr_factor(&t->sched, step ? step - 1 : 0),
       .samples_per_sec = samples_per_sec,
       .test_loss = test_loss,
       .test_accuracy = test_accuracy,
@@ -746,12 +825,15 @@ int ps_trainer_run(ps_trainer_t *t) {
   PS_INFO("train_start",
           "mode=%s rank=%u workers=%u batch_size=%" PRId64
           " global_batch=%" PRIu64
-          " lr=%g lr_schedule=%s momentum=%g"
+          " optimizer=%s lr=%g lr_schedule=%s warmup_steps=%" PRIu64
+          " momentum=%g"
           " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
           " model=%s params=%zu backend=%s threads=%d push=%s",
           t->client ? "distributed" : "standalone", t->rank, t->workers,
-          o->batch_size, global_batch, o->learning_rate,
-          o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant", o->momentum,
+          o->batch_size, global_batch, ps_optimizer_name(t->opt.kind),
+          o->learning_rate,
+          o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
+          o->warmup_steps, o->momentum,
           o->epochs, spe, total, ps_net_kind_name(o->model), t->nparams,
           ps_compute_name(t->compute), o->threads,
           t->client == NULL ? "none"
@@ -839,8 +921,7 @@ int ps_trainer_run(ps_trainer_t *t) {
                 step / spe + 1, step + 1, total,
                 progress_loss / (double)progress_n,
                 o->learning_rate *
-                    (double)ps_trainer_lr_factor(o->lr_schedule, step,
-                                                 spe * (uint64_t)o->epochs),
+                    (double)ps_lr_factor(&t->sched, step),
                 train_dt > 0 ? line_sps : 0.0);
       ps_notify_status("training: step %" PRIu64 " of %" PRIu64
                        ", epoch %" PRIu64 ", loss %.4f",

@@ -13,13 +13,13 @@
  * the workers' gradients and applies SGD with scale 1/W. A standalone step
  * applies the same kernel (ps_apply_sgd) itself with scale 1.
  *
- * Learning-rate schedule: the server applies the constant learning rate of
- * the model spec, so the schedule is applied by the workers, as a factor
- * f(t) on the gradient of global step t. With momentum m the server does
- * v' = m v' + f(t) g, w -= lr v', which with u = lr v' is exactly
- * u = m u + lr f(t) g, w -= u: SGD with momentum at learning rate lr f(t)
- * (Sutskever et al.'s form). f depends only on t and epochs x steps per
- * epoch, so every worker of a job must be given the same --epochs.
+ * Optimizer and learning-rate schedule are part of the model spec (issue
+ * #14): the servers apply both (common/optimizer.h), at the BSP step, and
+ * a standalone run applies the same kernel with the same schedule itself.
+ * The schedule's total is epochs x steps per epoch, so every worker of a
+ * job must be given the same --epochs (the scheduler refuses one that
+ * was not: its model spec differs). Only the settings the chosen
+ * optimizer uses are declared (--momentum is SGD's, --beta1 Adam's...).
  *
  * Features are standardized with the mean and deviation of the training
  * set (the same bits on every worker, as the data is the same).
@@ -47,6 +47,10 @@
 #define PS_TRAINER_DEFAULT_BATCH_SIZE 32
 #define PS_TRAINER_DEFAULT_LR 0.02
 #define PS_TRAINER_DEFAULT_MOMENTUM 0.9
+#define PS_TRAINER_DEFAULT_BETA1 0.9
+#define PS_TRAINER_DEFAULT_BETA2 0.999
+#define PS_TRAINER_DEFAULT_EPSILON 1e-8
+#define PS_TRAINER_DEFAULT_FTRL_BETA 1.0
 #define PS_TRAINER_DEFAULT_SEED 1
 #define PS_TRAINER_DEFAULT_THREADS 1
 #define PS_TRAINER_DEFAULT_DEVICE "auto"
@@ -117,6 +121,10 @@ typedef struct {
   double learning_rate;
   double momentum;
   ps_lr_schedule_t lr_schedule;
+  int optimizer; /* PS_OPTIMIZER_* */
+  double beta1, beta2, epsilon; /* Adam (epsilon: Adagrad too) */
+  double l1, l2, ftrl_beta;     /* FTRL */
+  uint64_t warmup_steps;        /* linear warm-up of the schedule */
   int normalize;           /* standardize features with the train set's stats */
   uint64_t seed;           /* weights and data order */
   int threads;             /* BLAS threads */

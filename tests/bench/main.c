@@ -617,14 +617,23 @@ static double pass_seconds(void (*fn)(void *), void *arg) {
 }
 
 typedef struct {
-  float *w, *v, *g, *dst;
+  float *w, *v, *g, *dst; /* v: 2 planes of n, for Adam's and FTRL's state */
   size_t n;
   float momentum;
+  ps_optimizer_spec_t opt; /* do_opt's */
 } apply_arg_t;
 
 static void do_apply(void *p) {
   apply_arg_t *a = p;
   ps_apply_sgd(a->w, a->v, a->g, a->n, 0.01f, a->momentum, 1.0f);
+}
+
+/* The server's path for the stateful optimizers (issue #14): scale 0.5 and
+ * a schedule factor, as a BSP step of two workers would pass. */
+static void do_opt(void *p) {
+  apply_arg_t *a = p;
+  ps_optimizer_apply(&a->opt, a->w, a->w, a->v, a->n, a->g, a->n, 0.5f, 0.75f,
+                     7);
 }
 
 static void do_memcpy(void *p) {
@@ -635,33 +644,54 @@ static void do_memcpy(void *p) {
 static int run_apply(void) {
   size_t bytes = (size_t)B.apply_mb << 20, n = bytes / sizeof(float);
   apply_arg_t a = {aligned_alloc(64, bytes),
-                   aligned_alloc(64, bytes),
+                   aligned_alloc(64, 2 * bytes),
                    aligned_alloc(64, bytes),
                    aligned_alloc(64, bytes),
                    n,
-                   0};
+                   0,
+                   {0}};
   if (!a.w || !a.v || !a.g || !a.dst) {
-    fail_msg("no memory for the apply benchmark (4 x %lld MiB)",
+    fail_msg("no memory for the apply benchmark (5 x %lld MiB)",
              (long long)B.apply_mb);
     free(a.w), free(a.v), free(a.g), free(a.dst);
     return -1;
   }
   /* Touch everything once, so page faults are not measured. */
   for (size_t i = 0; i < n; i++)
-    a.w[i] = 1.0f, a.v[i] = 0.0f, a.g[i] = 1e-3f, a.dst[i] = 0.0f;
+    a.w[i] = 1.0f, a.v[i] = a.v[n + i] = 0.0f, a.g[i] = 1e-3f,
+    a.dst[i] = 0.0f;
   int reps = (int)B.reps * 4;
-  double ta[256], tm[256], tv[256];
+  double ta[256], tm[256], tv[256], to[3][256];
   if (reps > 256) reps = 256;
+  ps_optimizer_spec_t opts[3] = {
+      {.kind = PS_OPTIMIZER_ADAGRAD, .learning_rate = 0.01f, .epsilon = 1e-8f},
+      {.kind = PS_OPTIMIZER_ADAM,
+       .learning_rate = 0.001f,
+       .beta1 = 0.9f,
+       .beta2 = 0.999f,
+       .epsilon = 1e-8f},
+      {.kind = PS_OPTIMIZER_FTRL,
+       .learning_rate = 0.1f,
+       .l1 = 1e-4f,
+       .l2 = 1e-4f,
+       .ftrl_beta = 1.0f},
+  };
   do_apply(&a), do_memcpy(&a);
   for (int i = 0; i < reps; i++) {
-    /* Interleaved, so both see the same machine. */
+    /* Interleaved, so all see the same machine. */
     a.momentum = 0.0f;
     ta[i] = pass_seconds(do_apply, &a);
     tm[i] = pass_seconds(do_memcpy, &a);
     a.momentum = 0.9f;
     tv[i] = pass_seconds(do_apply, &a);
+    for (int k = 0; k < 3; k++) {
+      a.opt = opts[k];
+      to[k][i] = pass_seconds(do_opt, &a);
+    }
   }
   double sa = median(ta, reps), sm = median(tm, reps), sv = median(tv, reps);
+  double so[3];
+  for (int k = 0; k < 3; k++) so[k] = median(to[k], reps);
   double apply_mbps = (double)bytes / sa / 1e6,
          copy_mbps = (double)bytes / sm / 1e6;
   double mom_mbps = (double)bytes / sv / 1e6;
@@ -675,6 +705,16 @@ static int run_apply(void) {
           "apply", (long long)B.apply_mb, apply_mbps, sa * 1e6, copy_mbps,
           sm * 1e6, apply_mbps / copy_mbps, mom_mbps, mom_mbps / copy_mbps,
           3 * apply_mbps, 2 * copy_mbps, isa);
+  /* GB/s of weights updated; each reads and writes its state too
+   * (Adagrad 1 plane, Adam and FTRL 2). */
+  fprintf(f,
+          "%-9s %4lldM  of weights: sgd %.2f GB/s, momentum %.2f GB/s, "
+          "adagrad %.2f GB/s (%.2fx sgd), adam %.2f GB/s (%.2fx), ftrl %.2f "
+          "GB/s (%.2fx)\n",
+          "apply-opt", (long long)B.apply_mb, (double)bytes / sa / 1e9,
+          (double)bytes / sv / 1e9, (double)bytes / so[0] / 1e9, sa / so[0],
+          (double)bytes / so[1] / 1e9, sa / so[1], (double)bytes / so[2] / 1e9,
+          sa / so[2]);
   if (B.json) {
     printf(
         "{\"op\":\"apply\",\"size\":%zu,\"window\":0,\"servers\":0,"
@@ -693,6 +733,9 @@ static int run_apply(void) {
     json_num(stdout, "momentum_ratio", mom_mbps / copy_mbps, 1);
     json_num(stdout, "traffic_mbps", 3 * apply_mbps, 1);
     json_num(stdout, "raw_traffic_mbps", 2 * copy_mbps, 1);
+    json_num(stdout, "adagrad_mbps", (double)bytes / so[0] / 1e6, 1);
+    json_num(stdout, "adam_mbps", (double)bytes / so[1] / 1e6, 1);
+    json_num(stdout, "ftrl_mbps", (double)bytes / so[2] / 1e6, 1);
     printf(",\"kernel\":\"%s\"}\n", isa);
     fflush(stdout);
   }

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 
 #include "common/checkpoint.h"
+#include "common/optimizer.h"
 #include "common/err.h"
 #include "common/view.h"
 #include "fuzz_setup.h"
@@ -147,8 +148,12 @@ static void expect_range(const char *ckdir, const ps_checkpoint_manifest_t *m,
     CHECK(ps_checkpoint_shard_read(path, &s, err, sizeof(err)) == PS_OK);
     size_t n = (size_t)(hi - lo) * sizeof(float);
     CHECK(memcmp(w + (lo - begin), s.weights + (lo - f->begin), n) == 0);
-    if (mom)
-      CHECK(memcmp(mom + (lo - begin), s.momentum + (lo - f->begin), n) == 0);
+    int slots = ps_model_state_slots(&m->model);
+    for (int j = 0; mom && j < slots; j++)
+      CHECK(memcmp(mom + (uint64_t)j * (end - begin) + (lo - begin),
+                   s.state + (uint64_t)j * (f->end - f->begin) +
+                       (lo - f->begin),
+                   n) == 0);
     ps_checkpoint_shard_clear(&s);
   }
 }
@@ -157,12 +162,13 @@ static void load(const char *ckdir, const ps_checkpoint_manifest_t *m,
                  uint64_t begin, uint64_t end) {
   size_t n = (size_t)(end - begin);
   float *w = malloc(n * sizeof(float));
-  float *mom = m->model.momentum != 0.0f ? malloc(n * sizeof(float)) : NULL;
-  CHECK(w != NULL && (m->model.momentum == 0.0f || mom != NULL));
+  size_t slots = (size_t)ps_model_state_slots(&m->model);
+  float *mom = slots ? malloc(n * slots * sizeof(float)) : NULL;
+  CHECK(w != NULL && (slots == 0 || mom != NULL));
   char err[1400];
   uint64_t bytes = 0;
-  int rc = ps_checkpoint_load_range(ckdir, m, begin, end, w, mom, &bytes, err,
-                                    sizeof(err));
+  int rc = ps_checkpoint_load_range(ckdir, m, begin, end, w, mom, NULL, &bytes,
+                                    err, sizeof(err));
   if (rc != PS_OK) fprintf(stderr, "fuzz_checkpoint: load: %s\n", err);
   /* It verified: every range of it loads. */
   CHECK(rc == PS_OK);

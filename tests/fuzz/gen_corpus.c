@@ -378,7 +378,7 @@ static void rec_snapshot(buf_t *b, unsigned from, uint32_t primary,
   h.range_begin = FUZZ_RANGE_SPLIT;
   h.range_end = FUZZ_MODEL_TOTAL;
   h.clock = 2;
-  h.has_momentum = 1;
+  h.state_slots = 1;
   h.acc_lo = 0;
   h.acc_hi = 100;
   h.nlive = 2;
@@ -396,7 +396,7 @@ static void rec_snapshot(buf_t *b, unsigned from, uint32_t primary,
     uint64_t offset, count;
   } chunks[4] = {{PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, 0, len / 2},
                  {PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, len / 2, len / 2},
-                 {PS__SNAPSHOT_ARRAY__SNAP_MOMENTUM, 0, len},
+                 {PS__SNAPSHOT_ARRAY__SNAP_STATE, 0, len},
                  {PS__SNAPSHOT_ARRAY__SNAP_SUM, 0, 100}};
   for (int i = 0; i < 4; i++) {
     Ps__ReplicaChunk c = PS__REPLICA_CHUNK__INIT;
@@ -1151,8 +1151,8 @@ static void ck_write(const char *tmp, float momentum, int asp,
                      const uint64_t *bounds, const uint64_t *clocks,
                      int nshards) {
   ps_tensor_spec_t t[2] = {
-      {"w", 0, CK_W, PS_INIT_UNIFORM, 0.1f},
-      {"b", CK_W, CK_B, PS_INIT_ZERO, 0.0f},
+      {.name = "w", .length = CK_W, .init = PS_INIT_UNIFORM, .init_scale = 0.1f},
+      {.name = "b", .offset = CK_W, .length = CK_B, .init = PS_INIT_ZERO},
   };
   ps_model_t model = {
       .ntensors = 2,
@@ -1178,13 +1178,24 @@ static void ck_write(const char *tmp, float momentum, int asp,
         .checkpoint_id = 2,
         .mode = asp ? PS__CONSISTENCY_MODE__MODE_ASP
                     : PS__CONSISTENCY_MODE__MODE_BSP,
+        .state_slots = momentum != 0.0f,
     };
+    /* Every tensor piece counts the shard's clock in updates. */
+    uint64_t steps[4], nsteps = 0;
+    if (bounds[i] < CK_W) {
+      steps[2 * nsteps] = 0;
+      steps[2 * nsteps++ + 1] = clocks[i];
+    }
+    if (bounds[i + 1] > CK_W) {
+      steps[2 * nsteps] = 1;
+      steps[2 * nsteps++ + 1] = clocks[i];
+    }
     snprintf(files[i].file, sizeof(files[i].file), "shard-%d.psck", i);
     ps_checkpoint_file_stat_t st;
     if (ps_checkpoint_shard_write(
             tmp, files[i].file, &meta, values + bounds[i],
-            momentum != 0.0f ? values + bounds[i] + 1 : NULL, &st, err,
-            sizeof(err)) != PS_OK)
+            momentum != 0.0f ? values + bounds[i] + 1 : NULL, steps,
+            (size_t)nsteps, &st, err, sizeof(err)) != PS_OK)
       die("%s", err);
     files[i].begin = bounds[i];
     files[i].end = bounds[i + 1];

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/checkpoint.h"
+#include "common/optimizer.h"
 #include "common/err.h"
 #include "common/invariant.h"
 #include "common/proc.h"
@@ -293,9 +294,10 @@ int h_dump_matches_checkpoint(const char *dump, const char *ckpt_dir, char *why,
   }
   size_t n = (size_t)m.model.total, nd = 0;
   float *w = malloc(n * sizeof(float));
-  float *mom = m.model.momentum != 0.0f ? malloc(n * sizeof(float)) : NULL;
+  size_t slots = (size_t)ps_model_state_slots(&m.model);
+  float *mom = slots ? malloc(n * slots * sizeof(float)) : NULL;
   int rc = ps_checkpoint_load_range(ckpt_dir, &m, 0, m.model.total, w, mom,
-                                    NULL, err, sizeof(err));
+                                    NULL, NULL, err, sizeof(err));
   free(mom);
   ps_checkpoint_manifest_clear(&m);
   char *d = NULL;

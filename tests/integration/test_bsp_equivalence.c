@@ -1,5 +1,8 @@
 /* BSP with 2 workers of batch 32 must give the weights of one --standalone
- * process with batch 64 on the same data order, to float rounding. */
+ * process with batch 64 on the same data order, to float rounding: with the
+ * default SGD + momentum and cosine schedule, and (issue #14) with Adam and
+ * a warm-up, both applied by the servers in the cluster and by the worker
+ * alone. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,23 +24,32 @@ static void expect_clean_exit(h_cluster_t *c) {
   }
 }
 
+/* The optimizer flags of each run of the loop test. */
+static const char *const optimizer_args[][6] = {
+    {"--optimizer", "sgd", "--lr-schedule", "cosine", "--warmup-steps", "0"},
+    {"--optimizer", "adam", "--lr", "0.001", "--warmup-steps", "20"},
+};
+
 START_TEST(bsp_two_workers_equal_standalone) {
   h_cluster_t c;
-  h_init(&c, "bsp_equivalence");
+  h_init(&c, _i == 0 ? "bsp_equivalence" : "bsp_equivalence_adam");
   const char *sa_out = h_path(&c, "standalone.bin");
   const char *ps_out = h_path(&c, "cluster.bin");
+  const char *const *o = optimizer_args[_i];
 
   h_spawn(&c, "standalone", "ps-worker", "--standalone", "--batch-size",
-          "64", "--max-steps", STEPS, "--dump-weights", sa_out, NULL);
+          "64", "--max-steps", STEPS, "--dump-weights", sa_out, o[0], o[1],
+          o[2], o[3], o[4], o[5], NULL);
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
           "2", "--workers", "2", "--mode", "bsp", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
           "0", "--batch-size", "32", "--max-steps", STEPS, "--dump-weights",
-          ps_out, NULL);
+          ps_out, o[0], o[1], o[2], o[3], o[4], o[5], NULL);
   h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank",
-          "1", "--batch-size", "32", "--max-steps", STEPS, NULL);
+          "1", "--batch-size", "32", "--max-steps", STEPS, o[0], o[1], o[2],
+          o[3], o[4], o[5], NULL);
 
   int all = h_wait_all(&c, 240000);
   if (!all) h_dump_logs(&c);
@@ -67,9 +79,9 @@ START_TEST(bsp_two_workers_equal_standalone) {
   }
   double rel = max_diff / max_abs;
   fprintf(stderr,
-          "bsp_equivalence: %zu weights, max |diff| %.3g at key %zu, max "
-          "|w| %.3g, relative %.3g\n",
-          n, max_diff, argmax, max_abs, rel);
+          "bsp_equivalence (%s): %zu weights, max |diff| %.3g at key %zu, "
+          "max |w| %.3g, relative %.3g\n",
+          o[1], n, max_diff, argmax, max_abs, rel);
   ck_assert_msg(rel <= 1e-5, "max relative difference %.3g > 1e-5", rel);
   free(a);
   free(b);
@@ -80,7 +92,7 @@ int main(void) {
   Suite *s = suite_create("bsp_equivalence");
   TCase *tc = tcase_create("bsp");
   tcase_set_timeout(tc, 300);
-  tcase_add_test(tc, bsp_two_workers_equal_standalone);
+  tcase_add_loop_test(tc, bsp_two_workers_equal_standalone, 0, 2);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

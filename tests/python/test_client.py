@@ -179,8 +179,8 @@ def test_options_and_model_refusals(cluster):
         ps.Client(scheduler=c.endpoint, model=small_model(), timeout=5)
     with pytest.raises(ValueError, match="length 0"):
         ps.Tensor("w", 0)
-    with pytest.raises(ValueError, match="optimizer 'adam'"):
-        ps.Model([ps.Tensor("w", 1)], optimizer="adam")
+    with pytest.raises(ValueError, match="optimizer 'lamb'"):
+        ps.Model([ps.Tensor("w", 1)], optimizer="lamb")
     with pytest.raises(ValueError, match="name .* 1 to 63 bytes"):
         ps.Client(scheduler=c.endpoint, model=ps.Model([ps.Tensor("x" * 64,
                                                                    1)]))
@@ -333,3 +333,25 @@ def test_curve_keys(cluster, monkeypatch):
     # The daemons ran with CURVE, as their logs say.
     with open(os.path.join(c.log_dir, "scheduler.log")) as f:
         assert "event=curve " in f.read()
+
+
+def test_adam_with_warmup_applied_by_the_server(cluster):
+    """Issue #14: the optimizer and schedule a ps.Model declares are the
+    servers'. Adam's first update is bias-corrected to lr * g / (|g| + eps):
+    with a warm-up of 4 steps, step 0 runs at lr / 4, so each weight moves
+    by 0.25 * LR against its gradient's sign (0 where g is 0)."""
+    c = cluster(1, 1)
+    m = ps.Model([ps.Tensor("w", KEYS)], optimizer="adam", learning_rate=LR,
+                 beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 lr_schedule="constant", lr_warmup_steps=4)
+    with ps.Client(scheduler=c.endpoint, model=m,
+                   timeout_ms=int(20000 * SCALE),
+                   connect_timeout_ms=int(20000 * SCALE)) as cl:
+        g = grad()
+        cl.push(0, g, 0)
+        w = np.zeros(KEYS, np.float32)
+        cl.pull(0, w, 1)
+        np.testing.assert_allclose(w, -0.25 * LR * np.sign(g), rtol=1e-6,
+                                   atol=1e-7)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ps.Model([ps.Tensor("w", 4)], lr_schedule="step")

@@ -87,11 +87,22 @@ static ps_checkpoint_file_t write_shard(const ps_model_t *m, const char *name,
       .view_epoch = 3,
       .checkpoint_id = 9,
       .mode = 0,
+      .state_slots = mom ? 1 : 0,
   };
+  /* Tensor t's piece counts clock + t updates: a mix-up shows. */
+  uint64_t steps[2 * 2];
+  size_t nsteps = 0;
+  for (size_t t = 0; t < m->ntensors; t++) {
+    const ps_tensor_spec_t *ts = &m->tensors[t];
+    if (ts->offset >= end || ts->offset + ts->length <= begin) continue;
+    steps[2 * nsteps] = t;
+    steps[2 * nsteps + 1] = clock + t;
+    nsteps++;
+  }
   ps_checkpoint_file_stat_t st;
   char err[512];
-  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, &st, err,
-                                     sizeof(err));
+  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, steps,
+                                     nsteps, &st, err, sizeof(err));
   ck_assert_msg(rc == PS_OK, "write failed: %s", err);
   free(w);
   free(mom);
@@ -158,7 +169,8 @@ static void expect_refused(const char *path, int code, const char *needle) {
   ck_assert_msg(strstr(err, needle) != NULL, "error \"%s\" lacks \"%s\"", err,
                 needle);
   ck_assert_ptr_null(s.weights);
-  ck_assert_ptr_null(s.momentum);
+  ck_assert_ptr_null(s.state);
+  ck_assert_ptr_null(s.opt_steps);
 }
 
 START_TEST(crc32c_known_values) {
@@ -201,13 +213,18 @@ START_TEST(shard_roundtrip) {
     float w[300], mom[300];
     fill(w, mom, 100, 400);
     ck_assert_int_eq(memcmp(s.weights, w, sizeof(w)), 0);
+    /* [100, 400) holds a piece of tensor 0 only: one {tensor, count}. */
+    ck_assert_uint_eq(s.nopt_steps, 1);
+    ck_assert_uint_eq(s.opt_steps[0], 0);
+    ck_assert_uint_eq(s.opt_steps[1], 17);
+    ck_assert_int_eq(s.meta.state_slots, with_mom);
     if (with_mom) {
-      ck_assert_ptr_nonnull(s.momentum);
-      ck_assert_int_eq(memcmp(s.momentum, mom, sizeof(mom)), 0);
-      ck_assert_uint_eq(f.bytes, 80 + 2 * (24 + 1200));
+      ck_assert_ptr_nonnull(s.state);
+      ck_assert_int_eq(memcmp(s.state, mom, sizeof(mom)), 0);
+      ck_assert_uint_eq(f.bytes, 80 + 2 * (24 + 1200) + 24 + 16);
     } else {
-      ck_assert_ptr_null(s.momentum);
-      ck_assert_uint_eq(f.bytes, 80 + 24 + 1200);
+      ck_assert_ptr_null(s.state);
+      ck_assert_uint_eq(f.bytes, 80 + 24 + 1200 + 24 + 16);
     }
     ps_checkpoint_shard_clear(&s);
   }
@@ -221,12 +238,14 @@ END_TEST
 START_TEST(flipped_byte_refused) {
   ps_model_t m = test_model(0.9f);
   ps_checkpoint_file_t f = write_shard(&m, "s.psck", 0, 1000, 5);
-  /* Header field, section header, weights, momentum, last byte. */
+  /* Header field, section header, weights, optimizer state, update
+   * counts (the last 32 bytes: two tensors). */
   long offsets[] = {30, 80 + 9, 80 + 24 + 123, (long)f.bytes - 700,
                     (long)f.bytes - 1};
   const char *needles[] = {"header CRC32C", "section 1 header CRC32C",
-                           "weights section CRC32C", "momentum section CRC32C",
-                           "momentum section CRC32C"};
+                           "weights section CRC32C",
+                           "optimizer state section CRC32C",
+                           "update counts section CRC32C"};
   for (size_t i = 0; i < sizeof(offsets) / sizeof(offsets[0]); i++) {
     write_shard(&m, "s.psck", 0, 1000, 5);
     flip_byte(path_of("s.psck"), offsets[i]);
@@ -259,8 +278,12 @@ START_TEST(wrong_magic_or_version_refused) {
   flip_byte(path_of("s.psck"), 0);
   expect_refused(path_of("s.psck"), PS_ERR_FORMAT, "bad magic");
   write_shard(&m, "s.psck", 0, 1000, 5);
-  flip_byte(path_of("s.psck"), 9); /* version 1 -> 0x1001 */
+  flip_byte(path_of("s.psck"), 9); /* version 2 -> 0x1002 */
   expect_refused(path_of("s.psck"), PS_ERR_FORMAT, "format version");
+  /* Any other version is refused with the one this build reads. */
+  write_shard(&m, "s.psck", 0, 1000, 5);
+  flip_byte(path_of("s.psck"), 8); /* version 2 -> 18 */
+  expect_refused(path_of("s.psck"), PS_ERR_FORMAT, "this build reads version 2");
   expect_refused(path_of("nothing.psck"), PS_ERR_IO, "cannot open");
   /* A manifest is not a shard file. */
   write_checkpoint(&m);
@@ -297,9 +320,13 @@ START_TEST(manifest_roundtrip_and_load_across_shards) {
     size_t n = (size_t)(cuts[i + 1] - cuts[i]);
     float *wt = malloc(n * sizeof(float)), *mo = malloc(n * sizeof(float));
     float *ew = malloc(n * sizeof(float)), *em = malloc(n * sizeof(float));
+    uint64_t tsteps[2] = {99, 99};
     rc = ps_checkpoint_load_range(tmpdir, &r, cuts[i], cuts[i + 1], wt, mo,
-                                  NULL, err, sizeof(err));
+                                  tsteps, NULL, err, sizeof(err));
     ck_assert_msg(rc == PS_OK, "%s", err);
+    /* Range [0, 512) holds no piece of fc1.bias ([900, 1000)). */
+    ck_assert_uint_eq(tsteps[0], 42);
+    ck_assert_uint_eq(tsteps[1], i == 0 ? 0 : 43);
     fill(ew, em, cuts[i], cuts[i + 1]);
     ck_assert_int_eq(memcmp(wt, ew, n * sizeof(float)), 0);
     ck_assert_int_eq(memcmp(mo, em, n * sizeof(float)), 0);
@@ -349,7 +376,7 @@ START_TEST(manifest_pointing_at_missing_or_foreign_shard_refused) {
                    PS_ERR_IO);
   ck_assert_msg(strstr(err, w.shards[1].file), "%s", err);
   ck_assert_int_ne(ps_checkpoint_load_range(tmpdir, &r, 0, 1000, buf, buf, NULL,
-                                            err, sizeof(err)),
+                                            NULL, err, sizeof(err)),
                    PS_OK);
   /* A valid shard file of another checkpoint (other clock, same range). */
   write_shard(&m, w.shards[1].file, w.shards[1].begin, w.shards[1].end, 41);

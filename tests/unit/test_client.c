@@ -134,7 +134,8 @@ static void fake_send_view(fake_t *f) {
   Ps__ModelSpec model;
   Ps__TensorSpec tensors[2];
   Ps__TensorSpec *tensor_ptrs[2];
-  ps_model_to_pb(&f->model, &model, tensors, tensor_ptrs);
+  Ps__OptimizerSpec opts[2];
+  ps_model_to_pb(&f->model, &model, tensors, tensor_ptrs, opts);
 
   Ps__View view = PS__VIEW__INIT;
   view.epoch = f->epoch;

@@ -469,6 +469,52 @@ START_TEST(test_model_mismatch_refused) {
 }
 END_TEST
 
+START_TEST(test_schedule_or_optimizer_mismatch_refused) {
+  /* Issue #14: the schedule and the optimizers are the model's; a worker
+   * that declares other ones is refused like one with another shape. */
+  sched_start(1, 2, NO_DEATH_MS);
+  model_pb_t a, epochs, adam, warm;
+  model_init(&a, 0.1f, 400);
+  model_init(&epochs, 0.1f, 400);
+  model_init(&adam, 0.1f, 400);
+  model_init(&warm, 0.1f, 400);
+  Ps__ModelSpec *all[4] = {&a.spec, &epochs.spec, &adam.spec, &warm.spec};
+  for (int i = 0; i < 4; i++) {
+    all[i]->lr_schedule = PS__LR_SCHEDULE__LR_COSINE;
+    all[i]->lr_epochs = 10;
+    all[i]->lr_examples_per_epoch = 6400;
+    all[i]->lr_worker_batch = 32;
+  }
+  epochs.spec.lr_epochs = 11; /* another --epochs: another horizon */
+  Ps__OptimizerSpec bias_adam = PS__OPTIMIZER_SPEC__INIT;
+  bias_adam.kind = PS__OPTIMIZER__OPT_ADAM;
+  bias_adam.learning_rate = 0.001f;
+  bias_adam.beta1 = 0.9f;
+  bias_adam.beta2 = 0.999f;
+  bias_adam.epsilon = 1e-8f;
+  adam.t[1].optimizer = &bias_adam;
+  warm.spec.lr_warmup_steps = 5000; /* longer than the 1000 steps */
+  client_t *w1 = client_new(), *w2 = client_new(), *w3 = client_new(),
+           *w4 = client_new(), *w5 = client_new();
+  join(w1, WORKER, "", RANK_ANY, &a.spec);
+
+  char why[512];
+  join_refused(w2, WORKER, "", &epochs.spec, PS_ERR_REFUSED, why, sizeof(why));
+  /* 11 epochs of floor(6400 / (2 x 32)) steps against the job's 10. */
+  ck_assert_msg(strstr(why, "model differs") && strstr(why, "schedule") &&
+                    strstr(why, "1100") && strstr(why, "1000"),
+                "reason: %s", why);
+  join_refused(w3, WORKER, "", &adam.spec, PS_ERR_REFUSED, why, sizeof(why));
+  ck_assert_msg(strstr(why, "fc1.bias") && strstr(why, "adam"), "reason: %s",
+                why);
+  join_refused(w4, WORKER, "", &warm.spec, PS_ERR_INVAL, why, sizeof(why));
+  ck_assert_msg(strstr(why, "warm-up"), "reason: %s", why);
+  /* The job's own schedule is still welcome. */
+  join(w5, WORKER, "", RANK_ANY, &a.spec);
+  teardown_all();
+}
+END_TEST
+
 START_TEST(test_extra_node_refused) {
   sched_start(2, 1, NO_DEATH_MS);
   model_pb_t mp;
@@ -1821,8 +1867,9 @@ START_TEST(test_coord_copies_the_model) {
    * again with the scheduler. */
   char base[] = "/tmp/ps-test-coord-XXXXXX";
   ck_assert_ptr_nonnull(mkdtemp(base));
-  ps_tensor_spec_t t = {"w", 0, 16, PS_INIT_ZERO, 0.0f};
-  ps_sparse_spec_t sp = {"emb", 4, PS_INIT_ZERO, 0.0f, 0};
+  ps_tensor_spec_t t = {
+      .name = "w", .offset = 0, .length = 16, .init = PS_INIT_ZERO};
+  ps_sparse_spec_t sp = {.name = "emb", .dim = 4, .init = PS_INIT_ZERO};
   ps_model_t src = {
       .ntensors = 1, .tensors = &t, .total = 16, .nsparse = 1, .sparse = &sp};
   ps_model_t model;
@@ -1859,6 +1906,7 @@ static Suite *scheduler_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_register_ids_and_ranks);
   tcase_add_test(tc, test_model_mismatch_refused);
+  tcase_add_test(tc, test_schedule_or_optimizer_mismatch_refused);
   tcase_add_test(tc, test_extra_node_refused);
   tcase_add_test(tc, test_view_published_when_all_registered);
   tcase_add_test(tc, test_barrier_waits_for_all_workers);

@@ -22,6 +22,37 @@
 /* What the servers do with a pushed gradient g (ps.proto's Optimizer). */
 #define PS_OPTIMIZER_SGD 0 /* w -= learning_rate * g, with momentum if set */
 #define PS_OPTIMIZER_ADD 1 /* w += g exactly: counters and sums */
+#define PS_OPTIMIZER_ADAGRAD 2 /* h += g^2; w -= lr g / (sqrt(h) + epsilon) */
+#define PS_OPTIMIZER_ADAM 3    /* with bias correction (beta1, beta2, eps) */
+#define PS_OPTIMIZER_FTRL 4    /* FTRL-proximal (alpha = learning_rate) */
+
+/* An optimizer and its settings; common/optimizer.h gives each rule. A
+ * setting the kind does not use must be 0 (the scheduler compares them). */
+typedef struct {
+  int kind;            /* PS_OPTIMIZER_* */
+  float learning_rate; /* FTRL: alpha */
+  float momentum;      /* SGD: in [0, 1) */
+  float beta1, beta2;  /* Adam: in [0, 1) and (0, 1) */
+  float epsilon;       /* Adam, Adagrad: > 0 */
+  float l1, l2;        /* FTRL: >= 0 */
+  float ftrl_beta;     /* FTRL: >= 0 */
+} ps_optimizer_spec_t;
+
+/* The factor f(t) the servers put on the learning rate of global step t:
+ * linear warm-up (t + 1) / warmup_steps for t < warmup_steps, then
+ * constant 1 or a cosine from 1 to 0 over total_steps - warmup_steps. */
+#define PS_LR_SCHEDULE_CONSTANT 0
+#define PS_LR_SCHEDULE_COSINE 1
+/* A worker does not know the job's worker count W when it declares the
+ * model: it may give epochs, examples_per_epoch and worker_batch instead
+ * of total_steps (left 0), and the scheduler sets total_steps to epochs x
+ * floor(examples_per_epoch / (W x worker_batch)). */
+typedef struct {
+  int kind; /* PS_LR_SCHEDULE_* */
+  uint64_t total_steps;
+  uint64_t warmup_steps;
+  uint64_t epochs, examples_per_epoch, worker_batch; /* 0: total given */
+} ps_lr_schedule_spec_t;
 
 typedef struct {
   char name[PS_NAME_MAX];
@@ -29,6 +60,8 @@ typedef struct {
   uint64_t length;
   int init; /* PS_INIT_* */
   float init_scale;
+  int has_optimizer; /* 0: the model's default optimizer */
+  ps_optimizer_spec_t optimizer;
 } ps_tensor_spec_t;
 
 /* Most floats in one sparse row: a row must stay far below a payload frame. */
@@ -44,6 +77,8 @@ typedef struct {
   int init; /* PS_INIT_* */
   float init_scale;
   uint64_t salt;
+  int has_optimizer; /* 0: the model's default optimizer */
+  ps_optimizer_spec_t optimizer;
 } ps_sparse_spec_t;
 
 /* Tensors must be contiguous from key 0 in declaration order (offset of
@@ -52,12 +87,16 @@ typedef struct {
   size_t ntensors;
   ps_tensor_spec_t *tensors; /* the caller's; the library keeps a copy */
   uint64_t total;            /* sum of lengths == end of the last tensor */
-  int optimizer;             /* PS_OPTIMIZER_* */
+  /* The default optimizer of tensors and tables that name none: these
+   * three and the settings below (ps_optimizer_spec_t's). */
+  int optimizer; /* PS_OPTIMIZER_* */
   float learning_rate;
   float momentum;
   uint64_t seed;
   size_t nsparse;
   ps_sparse_spec_t *sparse; /* nsparse tables */
+  float beta1, beta2, epsilon, l1, l2, ftrl_beta;
+  ps_lr_schedule_spec_t lr_schedule;
 } ps_model_t;
 
 #endif

@@ -20,8 +20,10 @@ import os
 
 from . import _client
 from ._client import Call, Error, err_name, strerror
-from ._client import (INIT_UNIFORM, INIT_ZERO, MAX_PENDING, OPTIMIZER_ADD,
-                      OPTIMIZER_SGD, SPARSE_DIM_MAX)
+from ._client import (INIT_UNIFORM, INIT_ZERO, LR_CONSTANT, LR_COSINE,
+                      MAX_PENDING, OPTIMIZER_ADAGRAD, OPTIMIZER_ADAM,
+                      OPTIMIZER_ADD, OPTIMIZER_FTRL, OPTIMIZER_SGD,
+                      SPARSE_DIM_MAX)
 
 # Every status code of <ps/err.h> as ps.OK, ps.ERR_TIMEOUT, ...
 for _name in dir(_client):
@@ -31,10 +33,15 @@ del _name
 
 __all__ = ["Client", "Model", "Tensor", "SparseTable", "View", "Range",
            "Call", "Error", "strerror", "err_name", "INIT_ZERO",
-           "INIT_UNIFORM", "OPTIMIZER_SGD", "OPTIMIZER_ADD"]
+           "INIT_UNIFORM", "OPTIMIZER_SGD", "OPTIMIZER_ADD",
+           "OPTIMIZER_ADAGRAD", "OPTIMIZER_ADAM", "OPTIMIZER_FTRL",
+           "LR_CONSTANT", "LR_COSINE"]
 
 _INITS = {"zero": INIT_ZERO, "uniform": INIT_UNIFORM}
-_OPTIMIZERS = {"sgd": OPTIMIZER_SGD, "add": OPTIMIZER_ADD}
+_OPTIMIZERS = {"sgd": OPTIMIZER_SGD, "add": OPTIMIZER_ADD,
+               "adagrad": OPTIMIZER_ADAGRAD, "adam": OPTIMIZER_ADAM,
+               "ftrl": OPTIMIZER_FTRL}
+_SCHEDULES = {"constant": LR_CONSTANT, "cosine": LR_COSINE}
 
 
 def _init_code(init):
@@ -84,10 +91,17 @@ class Model:
     """What a worker declares: dense tensors laid end to end from key 0 in
     this order, sparse tables, and the rule the servers apply to a pushed
     gradient g ("sgd": v = momentum v + g / workers, w -= learning_rate v;
-    "add": w += g). Every worker of a job must declare the same model."""
+    "add": w += g; "adagrad" (epsilon), "adam" (beta1, beta2, epsilon, with
+    bias correction), "ftrl" (learning_rate is alpha; ftrl_beta, l1, l2): see
+    common/optimizer.h; settings an optimizer does not use must stay 0) and
+    the learning-rate schedule the servers apply at each step t
+    ("constant" or "cosine" over lr_total_steps, after lr_warmup_steps of
+    linear warm-up). Every worker of a job must declare the same model."""
 
     def __init__(self, tensors=(), sparse=(), optimizer="sgd",
-                 learning_rate=0.01, momentum=0.0, seed=1):
+                 learning_rate=0.01, momentum=0.0, seed=1, *, beta1=0.0,
+                 beta2=0.0, epsilon=0.0, l1=0.0, l2=0.0, ftrl_beta=0.0,
+                 lr_schedule="constant", lr_total_steps=0, lr_warmup_steps=0):
         self.tensors = list(tensors)
         self.sparse = list(sparse)
         if isinstance(optimizer, str):
@@ -99,6 +113,17 @@ class Model:
         self.learning_rate = float(learning_rate)
         self.momentum = float(momentum)
         self.seed = int(seed)
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.epsilon = float(epsilon)
+        self.l1, self.l2, self.ftrl_beta = float(l1), float(l2), float(ftrl_beta)
+        if isinstance(lr_schedule, str):
+            if lr_schedule not in _SCHEDULES:
+                raise ValueError(f"lr_schedule {lr_schedule!r}: one of "
+                                 f"{sorted(_SCHEDULES)}")
+            lr_schedule = _SCHEDULES[lr_schedule]
+        self.lr_schedule = int(lr_schedule)
+        self.lr_total_steps = int(lr_total_steps)
+        self.lr_warmup_steps = int(lr_warmup_steps)
 
     @property
     def total(self):

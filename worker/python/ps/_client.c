@@ -314,7 +314,22 @@ static int attr_name(PyObject *obj, char name[PS_NAME_MAX]) {
   return 0;
 }
 
-/* Copies a ps.Model (tensors, sparse, optimizer, learning_rate, momentum,
+/* The optional settings of issue #14 (optimizers, schedule): an object
+ * without the attribute leaves the field 0, as a ps.Model from before. */
+static int opt_float(PyObject *obj, const char *name, float *out) {
+  if (!PyObject_HasAttrString(obj, name)) return 0;
+  return attr_float(obj, name, out);
+}
+static int opt_u64(PyObject *obj, const char *name, uint64_t *out) {
+  if (!PyObject_HasAttrString(obj, name)) return 0;
+  return attr_u64(obj, name, out);
+}
+static int opt_int(PyObject *obj, const char *name, int *out) {
+  if (!PyObject_HasAttrString(obj, name)) return 0;
+  return attr_int(obj, name, out);
+}
+
+/* Copies a ps.Model (tensors, sparse, optimizer and its settings, schedule,
  * seed) into m; tensors are laid end to end from key 0 in order. */
 static int model_from_py(PyObject *py, ps_model_t *m) {
   memset(m, 0, sizeof(*m));
@@ -368,7 +383,14 @@ static int model_from_py(PyObject *py, ps_model_t *m) {
   if (attr_int(py, "optimizer", &m->optimizer) < 0 ||
       attr_float(py, "learning_rate", &m->learning_rate) < 0 ||
       attr_float(py, "momentum", &m->momentum) < 0 ||
-      attr_u64(py, "seed", &seed) < 0)
+      attr_u64(py, "seed", &seed) < 0 || opt_float(py, "beta1", &m->beta1) < 0 ||
+      opt_float(py, "beta2", &m->beta2) < 0 ||
+      opt_float(py, "epsilon", &m->epsilon) < 0 ||
+      opt_float(py, "l1", &m->l1) < 0 || opt_float(py, "l2", &m->l2) < 0 ||
+      opt_float(py, "ftrl_beta", &m->ftrl_beta) < 0 ||
+      opt_int(py, "lr_schedule", &m->lr_schedule.kind) < 0 ||
+      opt_u64(py, "lr_total_steps", &m->lr_schedule.total_steps) < 0 ||
+      opt_u64(py, "lr_warmup_steps", &m->lr_schedule.warmup_steps) < 0)
     goto fail;
   m->seed = seed;
   Py_DECREF(tensors);
@@ -1035,6 +1057,12 @@ PyMODINIT_FUNC PyInit__client(void) {
       PyModule_AddIntConstant(m, "INIT_UNIFORM", PS_INIT_UNIFORM) < 0 ||
       PyModule_AddIntConstant(m, "OPTIMIZER_SGD", PS_OPTIMIZER_SGD) < 0 ||
       PyModule_AddIntConstant(m, "OPTIMIZER_ADD", PS_OPTIMIZER_ADD) < 0 ||
+      PyModule_AddIntConstant(m, "OPTIMIZER_ADAGRAD", PS_OPTIMIZER_ADAGRAD) <
+          0 ||
+      PyModule_AddIntConstant(m, "OPTIMIZER_ADAM", PS_OPTIMIZER_ADAM) < 0 ||
+      PyModule_AddIntConstant(m, "OPTIMIZER_FTRL", PS_OPTIMIZER_FTRL) < 0 ||
+      PyModule_AddIntConstant(m, "LR_CONSTANT", PS_LR_SCHEDULE_CONSTANT) < 0 ||
+      PyModule_AddIntConstant(m, "LR_COSINE", PS_LR_SCHEDULE_COSINE) < 0 ||
       PyModule_AddIntConstant(m, "MAX_PENDING", PS_CLIENT_MAX_PENDING) < 0 ||
       PyModule_AddIntConstant(m, "SPARSE_DIM_MAX", PS_SPARSE_DIM_MAX) < 0)
     goto fail;
