@@ -52,7 +52,7 @@ cleanup() {
     podman logs "$(ctr $s)" >"$out/compose-logs/$s.log" 2>&1 || true
   done
   compose down -v >/dev/null 2>&1 || true
-  podman volume rm -f "${project}_ps-state" >/dev/null 2>&1 || true
+  podman volume rm -f "${project}_ps-state" "${project}_ps-keys" >/dev/null 2>&1 || true
   podman network rm -f "${project}_default" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -74,7 +74,9 @@ wait_for() { # seconds what cmd...
     sleep 0.5
   done
 }
-logs_have() { podman logs "$(ctr "$1")" 2>&1 | grep -q "$2"; }
+# grep reads to the end (no -q): under pipefail, podman logs killed by
+# SIGPIPE after an early match would make the pipeline fail.
+logs_have() { podman logs "$(ctr "$1")" 2>&1 | grep "$2" >/dev/null; }
 exited() { [ "$(state "$1" | cut -d' ' -f1)" = exited ]; }
 
 t_up=$(date +%s)
@@ -82,6 +84,12 @@ compose up -d --no-build >"$out/compose-up.log" 2>&1 || fail "podman-compose up:
 wait_for 180 "the first training step" logs_have worker-0 event=train_start
 t_step=$(date +%s)
 echo "compose_run: from compose up to the first step: $((t_step - t_up)) s"
+# The keys service made the keys, and every daemon runs with them.
+[ "$(state keys)" = "exited 0" ] || fail "the keys service ended: $(state keys)"
+for s in scheduler server-a server-b worker-0; do
+  logs_have "$s" 'event=curve_on ' || fail "$s did not start with CURVE keys"
+done
+echo "compose_run: CURVE keys made by the keys service, on every daemon"
 
 wait_for 120 "training progress" logs_have worker-0 event=progress
 pid=$(podman inspect -f '{{.State.Pid}}' "$(ctr server-a)")
