@@ -139,12 +139,12 @@ static int worker(const char *sched_ep, int rank) {
     int on[2] = {0, 0};
     for (int i = 0; ok && i < NKEYS; i++) {
       uint64_t h = mix64(keys[i] ^ salt) >> 32;
-      on[(h * v->nsparse_servers) >> 32]++;
+      on[(h * v->nsparse_parts) >> 32]++;
     }
     if (ok &&
-        (v->nsparse_servers != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
-      fprintf(stderr, "sparse: %zu servers, rows %d and %d\n",
-              v->nsparse_servers, on[0], on[1]);
+        (v->nsparse_parts != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
+      fprintf(stderr, "sparse: %zu ranges, rows %d and %d\n",
+              v->nsparse_parts, on[0], on[1]);
       ok = 0;
     }
     /* Untouched rows of the uniform table are its initializer's. */

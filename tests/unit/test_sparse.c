@@ -53,8 +53,19 @@ START_TEST(init_on_touch_is_deterministic) {
   uint64_t *keys = malloc(N * sizeof(*keys));
   float *ra = malloc(N * 8 * sizeof(float)), rb[3 * 8], want[8];
   for (uint64_t i = 0; i < N; i++) keys[i] = i * 1000003ULL + 5;
+  /* A pull creates nothing; a push (of zeros: the rows keep their
+   * initializer) creates every row. */
   ck_assert_int_eq(ps_sparse_table_pull(a, keys, N, ra, NULL, 0), PS_OK);
+  ck_assert_uint_eq(ps_sparse_table_rows(a), 0);
+  float *zeros = calloc(N * 8, sizeof(float));
+  ck_assert_int_eq(ps_sparse_table_push(a, keys, N, zeros, 1.0f, NULL, 0),
+                   PS_OK);
+  free(zeros);
   ck_assert_uint_eq(ps_sparse_table_rows(a), N);
+  float *again = malloc(N * 8 * sizeof(float));
+  ck_assert_int_eq(ps_sparse_table_pull(a, keys, N, again, NULL, 0), PS_OK);
+  ck_assert(memcmp(again, ra, N * 8 * sizeof(float)) == 0);
+  free(again);
   uint64_t some[3] = {keys[2], keys[1500], keys[2999]};
   ck_assert_int_eq(ps_sparse_table_pull(b, some, 3, rb, NULL, 0), PS_OK);
   ck_assert(memcmp(rb, ra + 2 * 8, 8 * sizeof(float)) == 0);
@@ -204,11 +215,19 @@ START_TEST(model_spec_checks) {
 END_TEST
 
 START_TEST(owner_partition) {
+  /* Rows spread over the non-empty ranges only; the owner is the range's
+   * primary. */
   ps_view_t v;
   memset(&v, 0, sizeof(v));
-  uint32_t servers[3] = {11, 12, 13};
-  v.sparse_servers = servers;
-  v.nsparse_servers = 3;
+  ps_range_t ranges[4] = {{.begin = 0, .end = 16, .server_id = 11},
+                          {.begin = 16, .end = 16, .server_id = 14},
+                          {.begin = 16, .end = 32, .server_id = 12},
+                          {.begin = 32, .end = 48, .server_id = 13}};
+  uint32_t parts[3] = {0, 2, 3};
+  v.ranges = ranges;
+  v.nranges = 4;
+  v.sparse_parts = parts;
+  v.nsparse_parts = 3;
   uint64_t salt = ps_sparse_salt("emb");
   int count[3] = {0, 0, 0};
   for (uint64_t id = 0; id < 30000; id++) {
@@ -216,12 +235,16 @@ START_TEST(owner_partition) {
     ck_assert(o >= 11 && o <= 13);
     /* The documented formula, spelled out. */
     uint64_t h = ps_mix64(id ^ salt);
-    ck_assert_int_eq(o, servers[((h >> 32) * 3) >> 32]);
+    uint32_t part = (uint32_t)(((h >> 32) * 3) >> 32);
+    ck_assert_int_eq(ps_sparse_part_of(salt, id, 3), part);
+    ck_assert_int_eq(ps_view_sparse_range(&v, salt, id), parts[part]);
+    ck_assert_int_eq(o, ranges[parts[part]].server_id);
     count[o - 11]++;
   }
   for (int i = 0; i < 3; i++) ck_assert(count[i] > 9000 && count[i] < 11000);
-  v.nsparse_servers = 0;
+  v.nsparse_parts = 0;
   ck_assert_int_eq(ps_view_sparse_owner(&v, salt, 1), -1);
+  ck_assert_int_eq(ps_view_sparse_range(&v, salt, 1), -1);
 }
 END_TEST
 
