@@ -214,11 +214,127 @@ START_TEST(sparse_pushes_sum_exactly) {
 }
 END_TEST
 
+/* BSP (issue #14): 2 workers each push sparse gradients for the same rows
+ * every step; a row must not move until the step's dense push completes
+ * it, and then move by the mean of the two, exactly what one process of
+ * twice the batch would apply: w -= lr * (g0 + g1) / 2. The gradients are
+ * small integers and lr is 1, so the expected rows are exact. */
+#define BSP_STEPS 3
+
+static float bsp_grad(int rank, int step, uint64_t id, int j) {
+  return (float)((int)((id * 7 + (uint64_t)j + (uint64_t)rank * 3 +
+                        (uint64_t)step * 5) %
+                       11) -
+                 5);
+}
+
+static int bsp_rows_are(ps_client_t *c, const uint64_t *keys, float *out,
+                        int steps, const char *when) {
+  if (ps_client_sparse_pull(c, "emb", keys, NKEYS, out) != PS_OK) {
+    fprintf(stderr, "sparse bsp: pull %s: %s\n", when, ps_client_errmsg(c));
+    return 0;
+  }
+  for (int i = 0; i < NKEYS; i++)
+    for (int j = 0; j < DIM; j++) {
+      float want = 0;
+      for (int t = 0; t < steps; t++)
+        want -= (bsp_grad(0, t, keys[i], j) + bsp_grad(1, t, keys[i], j)) / 2;
+      if (out[i * DIM + j] != want) {
+        fprintf(stderr, "sparse bsp: %s: row %" PRIu64 "[%d] is %g, want %g\n",
+                when, keys[i], j, (double)out[i * DIM + j], (double)want);
+        return 0;
+      }
+    }
+  return 1;
+}
+
+static int bsp_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 1.0f);
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb");
+  sp.dim = DIM;
+  sp.init = PS__INIT__INIT_ZERO;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse bsp: worker %d: %s\n", rank, msg);
+    return 1;
+  }
+  uint64_t *keys = malloc(NKEYS * sizeof(*keys));
+  float *g = malloc(NKEYS * DIM * sizeof(float));
+  float *out = malloc(NKEYS * DIM * sizeof(float));
+  float dense[64], w[64];
+  memset(dense, 0, sizeof(dense));
+  int ok = h_worker_sync(rank);
+  for (int step = 0; step < BSP_STEPS; step++) {
+    for (int i = 0; i < NKEYS; i++) {
+      keys[i] = key_of(rank == 0 ? i : NKEYS - 1 - i);
+      for (int j = 0; j < DIM; j++)
+        g[i * DIM + j] = bsp_grad(rank, step, keys[i], j);
+    }
+    if (ok && ps_client_sparse_push(c, "emb", keys, NKEYS, g,
+                                    (uint64_t)step) != PS_OK) {
+      fprintf(stderr, "sparse bsp: worker %d push: %s\n", rank,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+    /* Both pushed their rows of the step: still the last step's. */
+    ok = h_worker_sync(rank) && ok;
+    if (ok && rank == 0) ok = bsp_rows_are(c, keys, out, step, "mid-step");
+    ok = h_worker_sync(rank) && ok;
+    if (ok && (ps_client_push(c, 0, 64, dense, (uint64_t)step) != PS_OK ||
+               ps_client_pull(c, 0, 64, w, (uint64_t)step + 1) != PS_OK)) {
+      fprintf(stderr, "sparse bsp: worker %d dense: %s\n", rank,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+    if (ok) ok = bsp_rows_are(c, keys, out, step + 1, "after the step");
+  }
+  ok = h_worker_sync(rank) && ok;
+  ps_client_destroy(&c);
+  free(keys);
+  free(g);
+  free(out);
+  return ok ? 0 : 1;
+}
+
+START_TEST(sparse_bsp_two_workers_equal_one) {
+  h_cluster_t c;
+  h_init(&c, "sparse_bsp");
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "2", "--mode", "bsp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_workers_start(&c, 2, bsp_worker);
+  for (int phase = 0; phase < 2 + 2 * BSP_STEPS; phase++) h_workers_sync();
+  int failed = !h_workers_reap(120000);
+  char why[256] = "";
+  int all = h_wait_all_exit0(&c, 0, 20000, why, sizeof(why));
+  if (failed) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "a worker saw wrong rows or failed (see above)");
+  ck_assert_msg(all, "after the job: %s", why);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_set_timeout(tc, 170);
   tcase_add_test(tc, sparse_pushes_sum_exactly);
+  tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
