@@ -97,6 +97,18 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
   fnv_f32(&h, m->learning_rate);
   fnv_f32(&h, m->momentum);
   fnv_u64(&h, m->seed);
+  /* Only models with sparse tables hash them, so a dense model's
+   * checkpoints keep the fingerprint they were written with. */
+  if (m->nsparse > 0) {
+    fnv_u64(&h, m->nsparse);
+    for (size_t i = 0; i < m->nsparse; i++) {
+      const ps_sparse_spec_t *t = &m->sparse[i];
+      fnv(&h, t->name, strlen(t->name) + 1);
+      fnv_u64(&h, t->dim);
+      fnv_u64(&h, (uint64_t)(uint32_t)t->init);
+      fnv_f32(&h, t->init_scale);
+    }
+  }
   return h;
 }
 
@@ -310,6 +322,8 @@ static const char *section_name(uint32_t kind) {
       return "weights";
     case PS_CHECKPOINT_SECTION_MOMENTUM:
       return "momentum";
+    case PS_CHECKPOINT_SECTION_SPARSE:
+      return "sparse";
     default:
       return "unknown";
   }
@@ -329,6 +343,17 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               const float *weights, const float *momentum,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen) {
+  return ps_checkpoint_shard_write_sparse(dir, name, meta, weights, momentum,
+                                          NULL, 0, st, err, errlen);
+}
+
+int ps_checkpoint_shard_write_sparse(const char *dir, const char *name,
+                                     const ps_checkpoint_shard_meta_t *meta,
+                                     const float *weights,
+                                     const float *momentum, const void *sparse,
+                                     size_t sparse_bytes,
+                                     ps_checkpoint_file_stat_t *st, char *err,
+                                     size_t errlen) {
   if (meta->begin >= meta->end)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: empty range [%llu,%llu)",
                    dir, name, (unsigned long long)meta->begin,
@@ -342,7 +367,23 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   if (n > UINT64_MAX / sizeof(float))
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
   uint64_t data_bytes = n * sizeof(float);
-  uint32_t nsections = momentum ? 2 : 1;
+  const void *data[3];
+  uint32_t kinds[3];
+  uint64_t sizes[3];
+  uint32_t nsections = 0;
+  data[nsections] = weights;
+  sizes[nsections] = data_bytes;
+  kinds[nsections++] = PS_CHECKPOINT_SECTION_WEIGHTS;
+  if (momentum) {
+    data[nsections] = momentum;
+    sizes[nsections] = data_bytes;
+    kinds[nsections++] = PS_CHECKPOINT_SECTION_MOMENTUM;
+  }
+  if (sparse && sparse_bytes) {
+    data[nsections] = sparse;
+    sizes[nsections] = sparse_bytes;
+    kinds[nsections++] = PS_CHECKPOINT_SECTION_SPARSE;
+  }
 
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
   memset(h, 0, sizeof(h));
@@ -363,18 +404,14 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   rc = out_open(&o, path, err, errlen);
   if (rc != PS_OK) return rc;
   rc = out_write(&o, h, sizeof(h), err, errlen);
-  const float *data[2] = {weights, momentum};
-  const uint32_t kinds[2] = {PS_CHECKPOINT_SECTION_WEIGHTS,
-                             PS_CHECKPOINT_SECTION_MOMENTUM};
   for (uint32_t i = 0; i < nsections && rc == PS_OK; i++) {
     uint8_t sh[PS_CHECKPOINT_SECTION_HEADER_BYTES];
     /* The section CRC costs one pass over memory that is hot anyway; it is
      * computed before the data goes out so the header can lead. */
-    encode_section_header(sh, kinds[i], data_bytes,
-                          ps_crc32c(0, data[i], (size_t)data_bytes));
+    encode_section_header(sh, kinds[i], sizes[i],
+                          ps_crc32c(0, data[i], (size_t)sizes[i]));
     rc = out_write(&o, sh, sizeof(sh), err, errlen);
-    if (rc == PS_OK)
-      rc = out_write(&o, data[i], (size_t)data_bytes, err, errlen);
+    if (rc == PS_OK) rc = out_write(&o, data[i], (size_t)sizes[i], err, errlen);
   }
   if (rc != PS_OK) {
     out_abort(&o);
@@ -394,6 +431,7 @@ void ps_checkpoint_shard_clear(ps_checkpoint_shard_t *s) {
   if (s == NULL) return;
   free(s->weights);
   free(s->momentum);
+  free(s->sparse);
   memset(s, 0, sizeof(*s));
 }
 
@@ -517,9 +555,10 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
     }
     uint32_t kind = get_u32(sh);
     uint64_t bytes = get_u64(sh + 8);
-    float **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS    ? &s.weights
-                  : kind == PS_CHECKPOINT_SECTION_MOMENTUM ? &s.momentum
-                                                           : NULL;
+    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS    ? (void **)&s.weights
+                 : kind == PS_CHECKPOINT_SECTION_MOMENTUM ? (void **)&s.momentum
+                 : kind == PS_CHECKPOINT_SECTION_SPARSE   ? &s.sparse
+                                                          : NULL;
     if (dst == NULL || get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: section %u has unknown kind %u", path, i + 1, kind);
@@ -530,7 +569,11 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                    path, i + 1, section_name(kind));
       goto out;
     }
-    if (bytes != data_bytes) {
+    if (kind == PS_CHECKPOINT_SECTION_SPARSE) {
+      /* Any size the file holds; its records are checked by the reader of
+       * the rows. */
+      s.sparse_bytes = bytes;
+    } else if (bytes != data_bytes) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: %s section of %llu bytes, the range [%llu,%llu) needs "
                    "%llu",
@@ -548,7 +591,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                    (unsigned long long)(off + bytes));
       goto out;
     }
-    *dst = malloc((size_t)bytes);
+    *dst = malloc(bytes ? (size_t)bytes : 1);
     if (*dst == NULL) {
       rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: no memory for %llu bytes",
                    path, (unsigned long long)bytes);
@@ -800,13 +843,17 @@ int ps_checkpoint_manifest_write(const char *dir,
   Ps__TensorSpec **tptrs = calloc(nt + 1, sizeof(*tptrs));
   Ps__CheckpointShard *shards = calloc(m->nshards + 1, sizeof(*shards));
   Ps__CheckpointShard **sptrs = calloc(m->nshards + 1, sizeof(*sptrs));
+  size_t nsp = m->model.nsparse;
+  Ps__SparseTableSpec *sparse = calloc(nsp + 1, sizeof(*sparse));
+  Ps__SparseTableSpec **spptrs = calloc(nsp + 1, sizeof(*spptrs));
   uint8_t *body = NULL;
-  if (!tensors || !tptrs || !shards || !sptrs) {
+  if (!tensors || !tptrs || !shards || !sptrs || !sparse || !spptrs) {
     rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   Ps__ModelSpec model;
   ps_model_to_pb(&m->model, &model, tensors, tptrs);
+  ps_model_sparse_to_pb(&m->model, &model, sparse, spptrs);
   Ps__CheckpointManifest pb = PS__CHECKPOINT_MANIFEST__INIT;
   pb.format_version = PS_CHECKPOINT_VERSION;
   pb.id = m->id;
@@ -845,6 +892,8 @@ out:
   free(tptrs);
   free(shards);
   free(sptrs);
+  free(sparse);
+  free(spptrs);
   free(body);
   return rc;
 }

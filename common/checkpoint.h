@@ -67,6 +67,16 @@
 typedef enum {
   PS_CHECKPOINT_SECTION_WEIGHTS = 1,  /* float32 per key */
   PS_CHECKPOINT_SECTION_MOMENTUM = 2, /* float32 per key (SGD velocity) */
+  /* The range's sparse rows (issue #14), optional: one record per table
+   * that has rows, each
+   *    0  u32 table index (model order)   4  u32 row_floats
+   *    8  u64 nrows                      16  nrows u64 ids
+   *       then nrows * row_floats float32: whole rows (weights, then
+   *       optimizer state), in the order of the ids.
+   * Rows are filed under the range whose partition held them; a restore
+   * onto another number of servers reads every file's rows and files each
+   * under its partition of the new view. */
+  PS_CHECKPOINT_SECTION_SPARSE = 3,
 } ps_checkpoint_section_t;
 
 /* CRC32C (Castagnoli, as in iSCSI and ext4). Start with crc 0; chains:
@@ -104,11 +114,23 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen);
 
+/* The same with a sparse section of sparse_bytes bytes (none when 0; the
+ * caller encodes the records, see PS_CHECKPOINT_SECTION_SPARSE). */
+int ps_checkpoint_shard_write_sparse(const char *dir, const char *name,
+                                     const ps_checkpoint_shard_meta_t *meta,
+                                     const float *weights,
+                                     const float *momentum, const void *sparse,
+                                     size_t sparse_bytes,
+                                     ps_checkpoint_file_stat_t *st, char *err,
+                                     size_t errlen);
+
 /* A shard file read and verified. */
 typedef struct {
   ps_checkpoint_shard_meta_t meta;
   float *weights;  /* end - begin values; owned */
   float *momentum; /* end - begin values, or NULL if the file has none */
+  void *sparse;    /* the sparse section's bytes, or NULL; owned */
+  uint64_t sparse_bytes;
   ps_checkpoint_file_stat_t stat;
 } ps_checkpoint_shard_t;
 

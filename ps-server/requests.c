@@ -209,7 +209,9 @@ void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
   sparse_step_applied(s, r);
   /* First: a checkpoint waiting for this clock copies the shard before a
    * reply or another apply can follow. */
-  if (s->saver) ps_saver_shard_applied(s->saver, r->shard);
+  if (s->saver)
+    ps_saver_shard_applied(s->saver, r->shard, r->sparse,
+                           r->sparse ? r->nsparse : 0);
   PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
            (unsigned long long)ps_shard_begin(r->shard),
            (unsigned long long)ps_shard_end(r->shard),

@@ -412,7 +412,10 @@ static void handle_checkpoint_request(ps_server_t *s,
     return;
   }
   ps_shard_t **shards = calloc(s->nranges + 1, sizeof(*shards));
-  if (shards == NULL) {
+  ps_sparse_table_t ***sparse = calloc(s->nranges + 1, sizeof(*sparse));
+  if (shards == NULL || sparse == NULL) {
+    free(shards);
+    free(sparse);
     Ps__CheckpointReply r = PS__CHECKPOINT_REPLY__INIT;
     r.id = req->id;
     r.code = PS_ERR_NOMEM;
@@ -423,17 +426,22 @@ static void handle_checkpoint_request(ps_server_t *s,
   /* The primaries write; the backups hold the same bits. */
   size_t nshards = 0;
   for (size_t i = 0; i < s->nranges; i++)
-    if (s->ranges[i].primary && s->ranges[i].shard)
+    if (s->ranges[i].primary && s->ranges[i].shard) {
+      sparse[nshards] = s->ranges[i].sparse;
       shards[nshards++] = s->ranges[i].shard;
+    }
   ps_saver_ctx_t ctx = {
       .shards = shards,
       .nshards = nshards,
+      .sparse = (ps_sparse_table_t *const *const *)sparse,
+      .nsparse = s->view->model.nsparse,
       .fingerprint = ps_checkpoint_fingerprint(&s->view->model),
       .view_epoch = s->view->epoch,
       .node_id = s->node_id,
   };
   ps_saver_request(s->saver, req, &ctx);
   free(shards);
+  free(sparse);
 }
 
 static void on_member_message(ps_member_t *m, const Ps__Envelope *env,
@@ -502,6 +510,12 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
       break;
     }
     rc = ps_shard_load(sh, l->weights, l->momentum, l->clock);
+    owned_range_t *r = &s->ranges[i];
+    for (size_t t = 0; rc == PS_OK && l->sparse && r->sparse && t < l->nsparse &&
+                       t < r->nsparse;
+         t++)
+      rc = ps_sparse_table_put(r->sparse[t], l->sparse[t].ids,
+                               (size_t)l->sparse[t].nrows, l->sparse[t].rows);
     if (rc != PS_OK)
       snprintf(err, sizeof(err), "restore refused: loading [%llu,%llu): %s",
                (unsigned long long)l->begin, (unsigned long long)l->end,
@@ -527,9 +541,12 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
 /* Loads this server's ranges of view from the checkpoint the view names,
  * on the thread pool; the view is adopted when they are in. */
 static void start_restore(ps_server_t *s, ps_view_t *view) {
-  size_t n = 0;
+  size_t n = 0, nparts = 0;
   ps_range_t *mine = calloc(view->nranges + 1, sizeof(*mine));
-  if (mine == NULL) {
+  ps_range_t *parts = calloc(view->nsparse_parts + 1, sizeof(*parts));
+  if (mine == NULL || parts == NULL) {
+    free(mine);
+    free(parts);
     ps_view_destroy(&view);
     ps_server_stop(s, PS_ERR_NOMEM, "out of memory starting the restore", 1);
     return;
@@ -542,9 +559,12 @@ static void start_restore(ps_server_t *s, ps_view_t *view) {
   PS_INFO("restore_start", "dir=%s step=%llu ranges=%zu epoch=%llu",
           view->restore_dir, (unsigned long long)view->start_clock, n,
           (unsigned long long)view->epoch);
+  for (size_t i = 0; i < view->nsparse_parts; i++)
+    parts[nparts++] = view->ranges[view->sparse_parts[i]];
   int rc = ps_saver_restore(s->saver, view->restore_dir, &view->model,
-                            view->start_clock, mine, n);
+                            view->start_clock, mine, n, parts, nparts);
   free(mine);
+  free(parts);
   if (rc != PS_OK) {
     ps_view_destroy(&view);
     ps_server_stop(s, rc, "cannot start the restore", 1);

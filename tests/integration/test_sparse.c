@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -329,12 +330,179 @@ START_TEST(sparse_bsp_two_workers_equal_one) {
 }
 END_TEST
 
+/* Checkpoints (issue #14): a BSP job on 2 servers (momentum, so a row is
+ * weights and velocity) writes a checkpoint at step 2 and trains on to
+ * step 4; a job restored from step 2 onto 3 servers, whose rows are filed
+ * under other ranges than they were written from, trains steps 2-3 with the
+ * same gradients and must end with bitwise the rows of the first job. Rows
+ * never pushed still read as the initializer. */
+#define CK_STEPS 4
+#define CK_AT 2
+#define CK_KEYS 300
+
+static char ck_dump[700];
+
+static int ck_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 0.25f);
+  model.momentum = 0.5f;
+  model.seed = 9;
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb");
+  sp.dim = DIM;
+  sp.init = PS__INIT__INIT_UNIFORM;
+  sp.init_scale = 0.5f;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse ck: worker %d: %s\n", rank, msg);
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    return 1;
+  }
+  uint64_t start = ps_client_view(c)->start_clock;
+  uint64_t *keys = malloc(2 * CK_KEYS * sizeof(*keys));
+  float *g = malloc(CK_KEYS * DIM * sizeof(float));
+  float *out = malloc(2 * CK_KEYS * DIM * sizeof(float));
+  float dense[64], w[64];
+  memset(dense, 0, sizeof(dense));
+  int ok = 1;
+  for (uint64_t step = start; ok && step < CK_STEPS; step++) {
+    /* Each worker its half of the keys and a few of the other's. */
+    for (int i = 0; i < CK_KEYS; i++) {
+      keys[i] = key_of(rank * (CK_KEYS - 20) + i);
+      for (int j = 0; j < DIM; j++)
+        g[i * DIM + j] = bsp_grad(rank, (int)step, keys[i], j) * 0.37f;
+    }
+    ok = ps_client_sparse_push(c, "emb", keys, CK_KEYS, g, step) == PS_OK &&
+         ps_client_push(c, 0, 64, dense, step) == PS_OK &&
+         ps_client_pull(c, 0, 64, w, step + 1) == PS_OK;
+    if (!ok)
+      fprintf(stderr, "sparse ck: worker %d step %llu: %s\n", rank,
+              (unsigned long long)step, ps_client_errmsg(c));
+    /* The test waits for the checkpoint of step CK_AT here. */
+    if (step + 1 == CK_AT) ok = h_worker_sync(rank) && ok;
+  }
+  if (start >= CK_AT) ok = h_worker_sync(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
+  if (ok && rank == 0) {
+    /* Every row pushed, and as many never pushed. */
+    for (int i = 0; i < 2 * CK_KEYS; i++)
+      keys[i] = key_of(i < CK_KEYS + 20 ? i : 100000 + i);
+    ok = ps_client_sparse_pull(c, "emb", keys, 2 * CK_KEYS, out) == PS_OK;
+    FILE *f = ok ? fopen(ck_dump, "wb") : NULL;
+    ok = f && fwrite(out, sizeof(float), 2 * CK_KEYS * DIM, f) ==
+                  (size_t)(2 * CK_KEYS * DIM);
+    if (f) ok = fclose(f) == 0 && ok;
+    if (!ok) fprintf(stderr, "sparse ck: dump: %s\n", ps_client_errmsg(c));
+  }
+  ps_client_destroy(&c);
+  free(keys);
+  free(g);
+  free(out);
+  return ok ? 0 : 1;
+}
+
+/* One job: nservers servers, 2 ck_workers; extra: scheduler arguments (2).
+ * wait_ck: the checkpoint manifest to wait for at the workers' first
+ * sync point. */
+static int ck_job(h_cluster_t *c, const char *tag, const char *nservers,
+                  const char *a1, const char *a2, const char *a3,
+                  const char *a4, const char *wait_ck) {
+  h_new_sched_ep(c);
+  int from = c->nprocs;
+  char name[64];
+  snprintf(name, sizeof(name), "%s_scheduler", tag);
+  h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
+          nservers, "--workers", "2", "--mode", "bsp",
+          "--heartbeat-timeout-ms", "60000", a1, a2, a3, a4, NULL);
+  for (int i = 0; i < atoi(nservers); i++) {
+    snprintf(name, sizeof(name), "%s_server%d", tag, i);
+    h_spawn(c, name, "ps-server", "--scheduler", c->sched_ep, NULL);
+  }
+  h_workers_start(c, 2, ck_worker);
+  h_workers_sync();
+  if (wait_ck) {
+    uint64_t end = h_deadline_ms(30000);
+    struct stat st;
+    while (stat(wait_ck, &st) != 0 && h_now_ms() < end) usleep(20000);
+  }
+  h_workers_sync();
+  int ok = h_workers_reap(120000);
+  char why[256] = "";
+  int all = h_wait_all_exit0(c, from, 30000, why, sizeof(why));
+  if (!ok || !all) {
+    fprintf(stderr, "sparse ck: job %s: %s\n", tag, why);
+    h_dump_logs(c);
+  }
+  return ok && all;
+}
+
+START_TEST(sparse_checkpoint_restored_onto_3_servers) {
+  h_cluster_t c;
+  h_init(&c, "sparse_ck");
+  char ck[700], manifest[800], orig[700], restored[700];
+  snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
+  snprintf(manifest, sizeof(manifest), "%s/ckpt-%012d/MANIFEST", ck, CK_AT);
+  snprintf(orig, sizeof(orig), "%s", h_path(&c, "orig.bin"));
+  snprintf(restored, sizeof(restored), "%s", h_path(&c, "restored.bin"));
+  snprintf(ck_dump, sizeof(ck_dump), "%s", orig);
+  ck_assert(ck_job(&c, "orig", "2", "--checkpoint-dir", ck,
+                   "--checkpoint-every-steps", "2", manifest));
+  struct stat st;
+  ck_assert_msg(stat(manifest, &st) == 0, "no checkpoint at step %d", CK_AT);
+  char at[800];
+  snprintf(at, sizeof(at), "%s/ckpt-%012d", ck, CK_AT);
+  snprintf(ck_dump, sizeof(ck_dump), "%s", restored);
+  ck_assert(ck_job(&c, "r3", "3", "--restore", at, NULL, NULL, NULL));
+  ck_assert(h_wait_log(h_path(&c, "r3_server2.log"), "event=restored", 1));
+  size_t na, nb;
+  float *a = (float *)h_read_file(orig, &na);
+  float *b = (float *)h_read_file(restored, &nb);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_uint_eq(na, 2 * CK_KEYS * DIM * sizeof(float));
+  ck_assert_uint_eq(na, nb);
+  for (size_t i = 0; i < na / sizeof(float); i++)
+    ck_assert_msg(memcmp(&a[i], &b[i], sizeof(float)) == 0,
+                  "row %zu[%zu]: %g after the restore, %g in the first job",
+                  i / DIM, i % DIM, (double)b[i], (double)a[i]);
+  /* The rows that were never pushed are the initializer's, and those that
+   * were are not. */
+  uint64_t salt = salt_of("emb");
+  int moved = 0;
+  for (int i = 0; i < 2 * CK_KEYS; i++) {
+    uint64_t id = key_of(i < CK_KEYS + 20 ? i : 100000 + i);
+    int same = 1;
+    for (int j = 0; j < DIM; j++)
+      same &= a[i * DIM + j] == init_value(9, salt, id, (uint64_t)j, 0.5f);
+    if (i >= CK_KEYS + 20) ck_assert_msg(same, "row %d is not its init", i);
+    moved += !same;
+  }
+  ck_assert_int_eq(moved, CK_KEYS + 20);
+  free(a);
+  free(b);
+  h_kill_all(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_set_timeout(tc, 170);
   tcase_add_test(tc, sparse_pushes_sum_exactly);
   tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
+  tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
