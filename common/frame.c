@@ -352,6 +352,18 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
     return validate_keyed_rows("replica_chunk (sparse rows)",
                                env->replica_chunk->count, m, limits, err,
                                errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICA_CHUNK &&
+      env->replica_chunk->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH) {
+    uint64_t n = env->replica_chunk->count;
+    if (m->npayload != 1 || n == 0 ||
+        n > limits->max_payload_bytes / sizeof(uint32_t) ||
+        frame_size(m, 0) != n * sizeof(uint32_t))
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replica_chunk (sparse sketch) of %llu counters must be "
+                     "one frame of as many uint32",
+                     (unsigned long long)n);
+    return PS_OK;
+  }
 
   int min_frames, max_frames;
   uint64_t want_floats;

@@ -287,7 +287,7 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->bytes =
         zmq_msg_size(&m->payload[0]) + zmq_msg_size(&m->payload[1]) + dbytes;
     in->nsparse = s->view->model.nsparse;
-    in->sparse = ps__server_sparse_new_tables(&s->view->model);
+    in->sparse = ps__server_sparse_new_tables(s, s->view);
   }
   if (in == NULL || in->weights == NULL ||
       (p->has_momentum && in->momentum == NULL) || in->acc == NULL ||
@@ -342,7 +342,7 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
   }
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
-  ps__server_sparse_free_tables(&r->sparse, r->nsparse);
+  ps__server_sparse_retire_tables(s, &r->sparse, r->nsparse);
   r->shard = shard;
   r->dedup = dedup;
   r->sparse = in->sparse;
@@ -403,6 +403,25 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
     ps__server_refuse(s, m, PS_ERR_PROTO,
                       "snapshot chunk of [%llu,%llu) without its head",
                       (unsigned long long)r->begin, (unsigned long long)r->end);
+    return;
+  }
+  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH) {
+    ps_sparse_table_t *t = p->table < in->nsparse ? in->sparse[p->table] : NULL;
+    uint32_t *cells = frame_dup(&m->payload[0], p->count * sizeof(uint32_t));
+    int rc = t && cells ? ps_sparse_table_put_sketch(t, cells, p->count)
+                        : PS_ERR_INVAL;
+    free(cells);
+    if (rc != PS_OK) {
+      ps__server_snap_in_free(&r->incoming);
+      ps__server_refuse(s, m, PS_ERR_PROTO,
+                        "snapshot sketch of sparse table %u: no such table or "
+                        "%llu counters, not what this server's cap keeps",
+                        p->table, (unsigned long long)p->count);
+      return;
+    }
+    in->bytes += p->count * sizeof(uint32_t);
+    if (++in->got < in->nchunks) return;
+    snap_finish(s, m, r);
     return;
   }
   if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_ROWS ||

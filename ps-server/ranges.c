@@ -103,7 +103,7 @@ static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
   if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
-  ps__server_sparse_free_tables(&r->sparse, r->nsparse);
+  ps__server_sparse_retire_tables(s, &r->sparse, r->nsparse);
   ps__server_snap_in_free(&r->incoming);
 }
 
@@ -297,7 +297,7 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       if (r->shard == NULL) break;
       ps__server_sparse_free_tables(&r->sparse, r->nsparse);
       r->nsparse = view->model.nsparse;
-      if ((r->sparse = ps__server_sparse_new_tables(&view->model)) == NULL) {
+      if ((r->sparse = ps__server_sparse_new_tables(s, view)) == NULL) {
         rc = PS_ERR_NOMEM;
         snprintf(err, errlen, "out of memory creating sparse tables");
         break;

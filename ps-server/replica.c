@@ -574,6 +574,9 @@ static int64_t send_sparse_chunks(ps_repl_t *r, void *sock, uint64_t id,
   uint64_t n = sums ? ps_sparse_table_pending(t) : ps_sparse_table_rows(t);
   uint64_t per = sparse_chunk_rows(r, floats);
   int64_t bytes = 0;
+  /* Rows least recently pushed first: the backup puts them in this order
+   * and so holds the same recency order (ps-server/sparse.h). */
+  uint64_t at = sums ? 0 : ps_sparse_table_lru_first(t);
   for (uint64_t off = 0; off < n; off += per) {
     uint64_t k = n - off < per ? n - off : per;
     zmq_msg_t f[2];
@@ -586,8 +589,13 @@ static int64_t send_sparse_chunks(ps_repl_t *r, void *sock, uint64_t id,
     uint64_t *ids = zmq_msg_data(&f[0]);
     float *rows = zmq_msg_data(&f[1]);
     for (uint64_t i = 0; i < k; i++) {
-      const float *src = sums ? ps_sparse_table_pending_at(t, off + i, &ids[i])
-                              : ps_sparse_table_row_at(t, off + i, &ids[i]);
+      const float *src;
+      if (sums) {
+        src = ps_sparse_table_pending_at(t, off + i, &ids[i]);
+      } else {
+        src = ps_sparse_table_row_at(t, at, &ids[i]);
+        at = ps_sparse_table_lru_next(t, at);
+      }
       memcpy(rows + i * floats, src, floats * sizeof(float));
     }
     Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
@@ -613,7 +621,32 @@ static uint32_t sparse_chunks(const ps_repl_t *r, const ps_sparse_table_t *t) {
   uint64_t per = sparse_chunk_rows(r, ps_sparse_table_row_floats(t));
   uint64_t per_sum = sparse_chunk_rows(r, ps_sparse_table_dim(t));
   return (uint32_t)((ps_sparse_table_rows(t) + per - 1) / per +
-                    (ps_sparse_table_pending(t) + per_sum - 1) / per_sum);
+                    (ps_sparse_table_pending(t) + per_sum - 1) / per_sum +
+                    (ps_sparse_table_sketch_cells(t) > 0));
+}
+
+/* The table's admission sketch, if it has one, as one chunk. */
+static int64_t send_sketch_chunk(ps_repl_t *r, void *sock, uint64_t id,
+                                 uint64_t begin, uint64_t end, uint32_t table,
+                                 const ps_sparse_table_t *t) {
+  size_t n = ps_sparse_table_sketch_cells(t);
+  if (n == 0) return 0;
+  zmq_msg_t f;
+  if (frame_copy(&f, ps_sparse_table_sketch(t), n * sizeof(uint32_t)) != PS_OK)
+    return PS_ERR_NOMEM;
+  Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
+  ch.range_begin = begin;
+  ch.range_end = end;
+  ch.array = PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH;
+  ch.count = n;
+  ch.table = table;
+  Ps__Envelope env;
+  envelope_init(r, &env, id);
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
+  env.replica_chunk = &ch;
+  if (ps_msg_send(sock, NULL, &env, &f, 1) != PS_OK)
+    PS_WARN("replica_send_failed", "backup snapshot sketch chunk");
+  return (int64_t)(n * sizeof(uint32_t));
 }
 
 int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
@@ -732,6 +765,14 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
       bytes += count * sizeof(float);
       off += count;
     }
+  }
+  for (size_t i = 0; i < nsparse && rc == PS_OK; i++) {
+    int64_t b = send_sketch_chunk(r, sock, id, begin, end, (uint32_t)i,
+                                  sparse[i]);
+    if (b < 0)
+      rc = (int)b;
+    else
+      bytes += (uint64_t)b;
   }
   for (size_t i = 0; i < nsparse && rc == PS_OK; i++)
     for (int sums = 0; sums < 2 && rc == PS_OK; sums++) {

@@ -537,15 +537,63 @@ const uint64_t *ps__server_aligned_keys(ps_server_t *s, zmq_msg_t *f,
   return s->key_scratch;
 }
 
-ps_sparse_table_t **ps__server_sparse_new_tables(const ps_model_t *m) {
+/* Rows of a table of spec one copy of a range may hold under the cap: the
+ * server's bytes split over the tables and the copies a server holds when
+ * every server leads one range (replication of them). A function of the
+ * view's fixed settings only, so every copy of a range has the same cap and
+ * evicts the same rows. Each row costs its floats and about 40 bytes of
+ * bookkeeping (id, hash slots at half load, recency links). */
+static uint64_t sparse_cap_rows(const ps_server_t *s, const ps_view_t *view,
+                                const ps_sparse_spec_t *spec) {
+  if (s->sparse_max_bytes == 0) return 0;
+  uint64_t copies = view->replication ? view->replication : 1;
+  uint64_t per_row =
+      ps_sparse_row_floats(spec, &view->model) * sizeof(float) + 40;
+  uint64_t rows =
+      s->sparse_max_bytes / copies / view->model.nsparse / per_row;
+  return rows ? rows : 1;
+}
+
+ps_sparse_table_t **ps__server_sparse_new_tables(const ps_server_t *s,
+                                                 const ps_view_t *view) {
+  const ps_model_t *m = &view->model;
   ps_sparse_table_t **t = calloc(m->nsparse + 1, sizeof(*t));
   if (t == NULL) return NULL;
   for (size_t i = 0; i < m->nsparse; i++)
-    if ((t[i] = ps_sparse_table_new(&m->sparse[i], m)) == NULL) {
-      ps__server_sparse_free_tables(&t, i);
+    if ((t[i] = ps_sparse_table_new(&m->sparse[i], m)) == NULL ||
+        ps_sparse_table_set_limits(t[i], sparse_cap_rows(s, view, &m->sparse[i]),
+                                   s->sparse_admit_after) != PS_OK) {
+      ps__server_sparse_free_tables(&t, i + 1);
       return NULL;
     }
   return t;
+}
+
+void ps__server_sparse_retire_tables(ps_server_t *s, ps_sparse_table_t ***t_p,
+                                     size_t n) {
+  for (size_t i = 0; *t_p && i < n; i++) {
+    if ((*t_p)[i] == NULL) continue;
+    ps_sparse_stats_t st;
+    ps_sparse_table_stats((*t_p)[i], &st);
+    s->sparse_gone.evictions += st.evictions;
+    s->sparse_gone.not_admitted += st.not_admitted;
+  }
+  ps__server_sparse_free_tables(t_p, n);
+}
+
+void ps__server_sparse_stats(const ps_server_t *s, ps_sparse_stats_t *out) {
+  *out = s->sparse_gone;
+  out->rows = 0;
+  for (size_t i = 0; i < s->nranges; i++) {
+    const owned_range_t *r = &s->ranges[i];
+    for (size_t t = 0; r->sparse && t < r->nsparse; t++) {
+      ps_sparse_stats_t st;
+      ps_sparse_table_stats(r->sparse[t], &st);
+      out->rows += st.rows;
+      out->evictions += st.evictions;
+      out->not_admitted += st.not_admitted;
+    }
+  }
 }
 
 void ps__server_sparse_free_tables(ps_sparse_table_t ***t_p, size_t n) {

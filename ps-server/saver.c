@@ -277,9 +277,11 @@ static int encode_sparse(snap_t *s, ps_sparse_table_t *const *tables,
     put_u32le(p + 4, (uint32_t)rf);
     put_u64le(p + 8, n);
     uint8_t *ids = p + 16, *rows = ids + n * sizeof(uint64_t);
-    for (uint64_t i = 0; i < n; i++) {
+    /* Least recently pushed first, so a restore keeps the recency order. */
+    uint64_t at = ps_sparse_table_lru_first(tables[t]);
+    for (uint64_t i = 0; i < n; i++, at = ps_sparse_table_lru_next(tables[t], at)) {
       uint64_t id;
-      const float *row = ps_sparse_table_row_at(tables[t], i, &id);
+      const float *row = ps_sparse_table_row_at(tables[t], at, &id);
       memcpy(ids + i * sizeof(uint64_t), &id, sizeof(id));
       memcpy(rows + i * rf * sizeof(float), row, rf * sizeof(float));
     }

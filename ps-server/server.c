@@ -775,6 +775,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   }
   s->limits = o->limits;
   s->nonfinite = o->nonfinite;
+  s->sparse_max_bytes = o->sparse_max_bytes;
+  s->sparse_admit_after = o->sparse_admit_after;
   s->max_sparse_keys = o->max_sparse_keys ? o->max_sparse_keys
                                           : PS_SERVER_MAX_SPARSE_KEYS;
   s->max_inflight_per_peer = o->max_inflight_per_peer

@@ -149,6 +149,11 @@ struct ps_server_s {
   ps_frame_limits_t limits;
   int nonfinite; /* PS_SERVER_NONFINITE_* */
   uint64_t max_sparse_keys;
+  uint64_t sparse_max_bytes; /* 0: no cap (ps-server/sparse.h) */
+  uint32_t sparse_admit_after;
+  /* The counters of sparse tables freed since (ranges dropped or replaced
+   * by a snapshot), so the metrics' totals never go down. */
+  ps_sparse_stats_t sparse_gone;
   int frame_limit_set; /* the first view's limit is on the data socket */
   int reserve_fd; /* holds the data address until it is bound; -1: none */
   /* Requests waiting here per worker node id (requests.c). */
@@ -226,10 +231,18 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
-/* The model's sparse tables, empty, for a range: an array of m->nsparse
- * (NULL when out of memory). ps__server_sparse_free_tables frees one. */
-ps_sparse_table_t **ps__server_sparse_new_tables(const ps_model_t *m);
+/* The sparse tables of view's model, empty and capped as configured, for
+ * a range: an array of model.nsparse (NULL when out of memory).
+ * ps__server_sparse_free_tables frees one. */
+ps_sparse_table_t **ps__server_sparse_new_tables(const ps_server_t *s,
+                                                 const ps_view_t *view);
 void ps__server_sparse_free_tables(ps_sparse_table_t ***t_p, size_t n);
+/* The same, first adding their counters to s->sparse_gone. */
+void ps__server_sparse_retire_tables(ps_server_t *s, ps_sparse_table_t ***t_p,
+                                     size_t n);
+/* Every sparse table's counters on this server, retired ones included
+ * (rows: held now). */
+void ps__server_sparse_stats(const ps_server_t *s, ps_sparse_stats_t *out);
 /* Applies a worker's sparse push to r's table t (ASP: now, scaled as a
  * dense push; BSP: into the step's sums). */
 int ps__server_sparse_apply(ps_server_t *s, owned_range_t *r,

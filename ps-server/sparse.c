@@ -20,7 +20,19 @@ typedef struct {
   float *data;
   uint64_t *ids;
   uint64_t n, data_cap;
+  /* Least recently pushed first: a doubly linked list over block indices
+   * (NONE ends it), kept only for the rows of a capped table. */
+  uint64_t *prev, *next;
+  uint64_t head, tail;
+  int lru;
 } rowmap_t;
+
+#define NONE UINT64_MAX
+
+/* Count-min sketch of how often each id was pushed (admission): DEPTH
+ * rows of WIDTH saturating counters. */
+#define SKETCH_DEPTH 4
+#define SKETCH_WIDTH 4096
 
 struct ps_sparse_table_s {
   ps_sparse_spec_t spec;
@@ -29,6 +41,11 @@ struct ps_sparse_table_s {
   uint64_t seed;
   rowmap_t rows;    /* stride: row_floats */
   rowmap_t pending; /* stride: dim; BSP sums of the current step */
+  /* The cap (ps_sparse_table_set_limits); 0 / 1: none. */
+  uint64_t max_rows;
+  uint32_t admit_after;
+  uint32_t *sketch; /* SKETCH_DEPTH * SKETCH_WIDTH, when admit_after > 1 */
+  ps_sparse_stats_t stats;
 };
 
 size_t ps_sparse_row_floats(const ps_sparse_spec_t *spec,
@@ -51,9 +68,34 @@ static void rowmap_free(rowmap_t *m) {
   free(m->slot_row);
   free(m->data);
   free(m->ids);
+  free(m->prev);
+  free(m->next);
   size_t stride = m->stride;
+  int lru = m->lru;
   memset(m, 0, sizeof(*m));
   m->stride = stride;
+  m->lru = lru;
+  m->head = m->tail = NONE;
+}
+
+static void lru_unlink(rowmap_t *m, uint64_t i) {
+  uint64_t p = m->prev[i], n = m->next[i];
+  if (p != NONE) m->next[p] = n; else m->head = n;
+  if (n != NONE) m->prev[n] = p; else m->tail = p;
+}
+
+static void lru_append(rowmap_t *m, uint64_t i) {
+  m->prev[i] = m->tail;
+  m->next[i] = NONE;
+  if (m->tail != NONE) m->next[m->tail] = i; else m->head = i;
+  m->tail = i;
+}
+
+/* Marks block i the most recently pushed. */
+static void lru_touch(rowmap_t *m, uint64_t i) {
+  if (!m->lru || m->tail == i) return;
+  lru_unlink(m, i);
+  lru_append(m, i);
 }
 
 /* Ids are often small consecutive integers: mix so they spread. */
@@ -110,6 +152,14 @@ static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
     uint64_t *ids = realloc(m->ids, cap * sizeof(*ids));
     if (ids == NULL) return NULL;
     m->ids = ids;
+    if (m->lru) {
+      uint64_t *prev = realloc(m->prev, cap * sizeof(*prev));
+      if (prev == NULL) return NULL;
+      m->prev = prev;
+      uint64_t *next = realloc(m->next, cap * sizeof(*next));
+      if (next == NULL) return NULL;
+      m->next = next;
+    }
     m->data_cap = cap;
   }
   size_t j = slot_of(id, m->cap);
@@ -118,14 +168,55 @@ static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
   m->n++;
   m->slot_key[j] = id;
   m->slot_row[j] = m->n;
+  if (m->lru) lru_append(m, m->n - 1);
   *created = 1;
   return m->data + (m->n - 1) * m->stride;
+}
+
+/* The slot that holds id (which must be there). */
+static size_t slot_find(const rowmap_t *m, uint64_t id) {
+  size_t j = slot_of(id, m->cap);
+  while (m->slot_key[j] != id || m->slot_row[j] == 0) j = (j + 1) & (m->cap - 1);
+  return j;
+}
+
+/* Removes block i: its slot (backward-shift deletion keeps every probe
+ * sequence whole), and the last block moves into its place. */
+static void rowmap_remove(rowmap_t *m, uint64_t i) {
+  size_t j = slot_find(m, m->ids[i]);
+  size_t mask = m->cap - 1;
+  for (size_t k = (j + 1) & mask; m->slot_row[k] != 0; k = (k + 1) & mask) {
+    size_t home = slot_of(m->slot_key[k], m->cap);
+    /* k's entry may fill the hole at j unless its home lies in (j, k]. */
+    int stays = j <= k ? (home > j && home <= k) : (home > j || home <= k);
+    if (stays) continue;
+    m->slot_key[j] = m->slot_key[k];
+    m->slot_row[j] = m->slot_row[k];
+    j = k;
+  }
+  m->slot_row[j] = 0;
+  if (m->lru) lru_unlink(m, i);
+  uint64_t last = m->n - 1;
+  if (i != last) {
+    memcpy(m->data + i * m->stride, m->data + last * m->stride,
+           m->stride * sizeof(float));
+    m->ids[i] = m->ids[last];
+    m->slot_row[slot_find(m, m->ids[i])] = i + 1;
+    if (m->lru) {
+      m->prev[i] = m->prev[last];
+      m->next[i] = m->next[last];
+      if (m->prev[i] != NONE) m->next[m->prev[i]] = i; else m->head = i;
+      if (m->next[i] != NONE) m->prev[m->next[i]] = i; else m->tail = i;
+    }
+  }
+  m->n--;
 }
 
 /* Forgets every block, keeping the memory (a step's sums come back). */
 static void rowmap_clear(rowmap_t *m) {
   if (m->cap) memset(m->slot_row, 0, m->cap * sizeof(*m->slot_row));
   m->n = 0;
+  m->head = m->tail = NONE;
 }
 
 ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
@@ -140,7 +231,66 @@ ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
   t->seed = model->seed;
   t->rows.stride = ps_sparse_row_floats(spec, model);
   t->pending.stride = spec->dim;
+  t->rows.head = t->rows.tail = t->pending.head = t->pending.tail = NONE;
   return t;
+}
+
+int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
+                               uint32_t admit_after) {
+  if (t->rows.n > 0) return PS_ERR_INVAL;
+  if (admit_after > 1 && t->sketch == NULL) {
+    t->sketch = calloc((size_t)SKETCH_DEPTH * SKETCH_WIDTH, sizeof(uint32_t));
+    if (t->sketch == NULL) return PS_ERR_NOMEM;
+  }
+  t->max_rows = max_rows;
+  t->admit_after = admit_after;
+  t->rows.lru = max_rows > 0;
+  return PS_OK;
+}
+
+void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out) {
+  *out = t->stats;
+  out->rows = t->rows.n;
+}
+
+uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t) {
+  return t->max_rows;
+}
+
+/* The sketch's counter of id in row d. */
+static uint32_t *sketch_cell(ps_sparse_table_t *t, int d, uint64_t id) {
+  uint64_t h = ps_mix64(id ^ (0x9e3779b97f4a7c15ull * (uint64_t)(d + 1)));
+  return &t->sketch[(size_t)d * SKETCH_WIDTH + (h & (SKETCH_WIDTH - 1))];
+}
+
+/* Counts one push of id; returns the sketch's estimate of its pushes (an
+ * overcount at worst, never an undercount). */
+static uint32_t sketch_add(ps_sparse_table_t *t, uint64_t id) {
+  uint32_t est = UINT32_MAX;
+  for (int d = 0; d < SKETCH_DEPTH; d++) {
+    uint32_t *c = sketch_cell(t, d, id);
+    if (*c < UINT32_MAX) (*c)++;
+    if (*c < est) est = *c;
+  }
+  return est;
+}
+
+static uint32_t sketch_get(ps_sparse_table_t *t, uint64_t id) {
+  uint32_t est = UINT32_MAX;
+  for (int d = 0; d < SKETCH_DEPTH; d++) {
+    uint32_t c = *sketch_cell(t, d, id);
+    if (c < est) est = c;
+  }
+  return est;
+}
+
+/* Evicts the least recently pushed rows until the table is within its
+ * cap (they read as their initializer again). */
+static void evict_over_cap(ps_sparse_table_t *t) {
+  while (t->max_rows > 0 && t->rows.n > t->max_rows) {
+    rowmap_remove(&t->rows, t->rows.head);
+    t->stats.evictions++;
+  }
 }
 
 void ps_sparse_table_destroy(ps_sparse_table_t **t_p) {
@@ -148,6 +298,7 @@ void ps_sparse_table_destroy(ps_sparse_table_t **t_p) {
   ps_sparse_table_t *t = *t_p;
   rowmap_free(&t->rows);
   rowmap_free(&t->pending);
+  free(t->sketch);
   free(t);
   *t_p = NULL;
 }
@@ -191,6 +342,8 @@ static float *row_get(ps_sparse_table_t *t, uint64_t id, char *err,
                       size_t errlen) {
   int created;
   float *row = rowmap_get(&t->rows, id, &created);
+  if (row && !created && t->rows.lru)
+    lru_touch(&t->rows, (uint64_t)(row - t->rows.data) / t->rows.stride);
   if (row == NULL) {
     if (err && errlen)
       snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
@@ -213,6 +366,16 @@ static void apply_row(ps_sparse_table_t *t, float *row, const float *g,
                t->momentum, t->add ? 1.0f : scale);
 }
 
+/* 1 if a push of id may change its row: it has one, or it was pushed
+ * admit_after times (counted here); else the gradient is dropped. */
+static int admitted(ps_sparse_table_t *t, uint64_t id, int count) {
+  if (t->admit_after <= 1) return 1;
+  uint32_t seen = count ? sketch_add(t, id) : sketch_get(t, id);
+  if (rowmap_find(&t->rows, id) || seen >= t->admit_after) return 1;
+  t->stats.not_admitted++;
+  return 0;
+}
+
 int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
                          const float *grads, float scale, char *err,
                          size_t errlen) {
@@ -220,12 +383,14 @@ int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
   for (size_t i = 0; i < n; i++) {
+    if (!admitted(t, keys[i], 1)) continue;
     /* Rows before i are applied: the caller reports the failure and the
      * worker's step is lost, as with any server out of memory. */
     float *row = row_get(t, keys[i], err, errlen);
     if (row == NULL) return PS_ERR_NOMEM;
     apply_row(t, row, grads + i * dim, scale);
   }
+  evict_over_cap(t);
   return PS_OK;
 }
 
@@ -236,6 +401,7 @@ int ps_sparse_table_accumulate(ps_sparse_table_t *t, const uint64_t *keys,
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
   for (size_t i = 0; i < n; i++) {
+    if (t->admit_after > 1) sketch_add(t, keys[i]);
     int created;
     float *sum = rowmap_get(&t->pending, keys[i], &created);
     if (sum == NULL) {
@@ -253,13 +419,18 @@ int ps_sparse_table_accumulate(ps_sparse_table_t *t, const uint64_t *keys,
 }
 
 int ps_sparse_table_apply_pending(ps_sparse_table_t *t, float scale) {
-  /* Rows first, so a failure leaves every sum in place. */
+  /* Rows first, so a failure leaves every sum in place. The cap is
+   * enforced after the whole step, so no row of it is evicted half-way. */
   for (uint64_t i = 0; i < t->pending.n; i++)
-    if (row_get(t, t->pending.ids[i], NULL, 0) == NULL) return PS_ERR_NOMEM;
-  for (uint64_t i = 0; i < t->pending.n; i++)
-    apply_row(t, rowmap_find(&t->rows, t->pending.ids[i]),
-              t->pending.data + i * t->pending.stride, scale);
+    if (admitted(t, t->pending.ids[i], 0) &&
+        row_get(t, t->pending.ids[i], NULL, 0) == NULL)
+      return PS_ERR_NOMEM;
+  for (uint64_t i = 0; i < t->pending.n; i++) {
+    float *row = rowmap_find(&t->rows, t->pending.ids[i]);
+    if (row) apply_row(t, row, t->pending.data + i * t->pending.stride, scale);
+  }
   rowmap_clear(&t->pending);
+  evict_over_cap(t);
   return PS_OK;
 }
 
@@ -286,6 +457,15 @@ const float *ps_sparse_table_row_at(const ps_sparse_table_t *t, uint64_t i,
   return t->rows.data + i * t->rows.stride;
 }
 
+uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t) {
+  return t->rows.lru ? t->rows.head : (t->rows.n ? 0 : NONE);
+}
+
+uint64_t ps_sparse_table_lru_next(const ps_sparse_table_t *t, uint64_t i) {
+  if (t->rows.lru) return t->rows.next[i];
+  return i + 1 < t->rows.n ? i + 1 : NONE;
+}
+
 const float *ps_sparse_table_pending_at(const ps_sparse_table_t *t, uint64_t i,
                                         uint64_t *id) {
   *id = t->pending.ids[i];
@@ -298,6 +478,8 @@ static int put_blocks(rowmap_t *m, const uint64_t *keys, size_t n,
     int created;
     float *dst = rowmap_get(m, keys[i], &created);
     if (dst == NULL) return PS_ERR_NOMEM;
+    if (!created && m->lru)
+      lru_touch(m, (uint64_t)(dst - m->data) / m->stride);
     memcpy(dst, src + i * m->stride, m->stride * sizeof(float));
   }
   return PS_OK;
@@ -305,7 +487,24 @@ static int put_blocks(rowmap_t *m, const uint64_t *keys, size_t n,
 
 int ps_sparse_table_put(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
                         const float *rows) {
-  return put_blocks(&t->rows, keys, n, rows);
+  int rc = put_blocks(&t->rows, keys, n, rows);
+  if (rc == PS_OK) evict_over_cap(t);
+  return rc;
+}
+
+size_t ps_sparse_table_sketch_cells(const ps_sparse_table_t *t) {
+  return t->sketch ? (size_t)SKETCH_DEPTH * SKETCH_WIDTH : 0;
+}
+
+const uint32_t *ps_sparse_table_sketch(const ps_sparse_table_t *t) {
+  return t->sketch;
+}
+
+int ps_sparse_table_put_sketch(ps_sparse_table_t *t, const uint32_t *cells,
+                               size_t n) {
+  if (n != ps_sparse_table_sketch_cells(t)) return PS_ERR_INVAL;
+  if (n) memcpy(t->sketch, cells, n * sizeof(*cells));
+  return PS_OK;
 }
 
 int ps_sparse_table_put_pending(ps_sparse_table_t *t, const uint64_t *keys,

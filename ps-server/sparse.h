@@ -13,7 +13,17 @@
  * A row is created by its first push, with the table's initializer; a
  * pull of a row not held returns the initializer and creates nothing. Its weights depend only on (seed, table, id, j), never on
  * which server holds it or when it was created, so any partitioning gives
- * the same bits. Rows are never evicted yet.
+ * the same bits.
+ *
+ * A memory cap (ps_sparse_table_set_limits): admission, a row is created
+ * only by the admit_after-th push of its id (counted in a count-min sketch,
+ * so an estimate that may only err high), earlier pushes are dropped; and
+ * eviction, once the table holds more than max_rows rows the least recently
+ * pushed go (at the end of the push or step that passed the cap). An
+ * evicted or never admitted row reads as its initializer. Both depend only
+ * on the pushes and their order, never on pulls or time, so every copy of
+ * a range evicts the same rows; a snapshot carries the rows in their
+ * recency order and the sketch.
  *
  * BSP: a step's pushes are summed per row (ps_sparse_table_accumulate) and
  * applied when the range's dense step is (ps_sparse_table_apply_pending),
@@ -35,6 +45,13 @@
 
 typedef struct ps_sparse_table_s ps_sparse_table_t;
 
+/* Counters for metrics and tests. */
+typedef struct {
+  uint64_t rows;         /* held now */
+  uint64_t evictions;    /* rows evicted by the cap */
+  uint64_t not_admitted; /* row pushes dropped before admission */
+} ps_sparse_stats_t;
+
 /* Floats per row of spec under model's optimizer: the one place that says
  * how big a row is. */
 size_t ps_sparse_row_floats(const ps_sparse_spec_t *spec,
@@ -47,6 +64,14 @@ ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
 
 /* NULL-safe; sets *t_p to NULL. */
 void ps_sparse_table_destroy(ps_sparse_table_t **t_p);
+
+/* Caps an empty table: at most max_rows rows (0: no cap), a row created by
+ * the admit_after-th push of its id (0 or 1: the first). PS_OK,
+ * PS_ERR_INVAL (the table has rows) or PS_ERR_NOMEM. */
+int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
+                               uint32_t admit_after);
+uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t);
+void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out);
 
 uint32_t ps_sparse_table_dim(const ps_sparse_table_t *t);
 const char *ps_sparse_table_name(const ps_sparse_table_t *t);
@@ -92,12 +117,26 @@ int ps_sparse_table_pull(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
  * and checkpoints. */
 const float *ps_sparse_table_row_at(const ps_sparse_table_t *t, uint64_t i,
                                     uint64_t *id);
+/* The rows' indices for ps_sparse_table_row_at, least recently pushed
+ * first (creation order for an uncapped table): a snapshot sent in this
+ * order and put in this order keeps the recency order. UINT64_MAX ends. */
+uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t);
+uint64_t ps_sparse_table_lru_next(const ps_sparse_table_t *t, uint64_t i);
+
+/* The admission sketch, for snapshots: its cells (0 when the table has
+ * none), and replacing them (n must be that count: else PS_ERR_INVAL). */
+size_t ps_sparse_table_sketch_cells(const ps_sparse_table_t *t);
+const uint32_t *ps_sparse_table_sketch(const ps_sparse_table_t *t);
+int ps_sparse_table_put_sketch(ps_sparse_table_t *t, const uint32_t *cells,
+                               size_t n);
+
 /* The same for the waiting sums (dim floats each). */
 const float *ps_sparse_table_pending_at(const ps_sparse_table_t *t, uint64_t i,
                                         uint64_t *id);
 
 /* Replaces (or creates) the rows of keys[0..n) (any order, distinct) with
- * whole blocks from rows (n * row_floats). PS_OK or PS_ERR_NOMEM. */
+ * whole blocks from rows (n * row_floats), each the most recently pushed
+ * in turn (then the cap applies). PS_OK or PS_ERR_NOMEM. */
 int ps_sparse_table_put(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
                         const float *rows);
 /* The same for the waiting sums (n * dim floats). */
