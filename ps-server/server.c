@@ -466,15 +466,19 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
                               const ps_saver_range_t *loaded, size_t nloaded,
                               void *arg) {
   ps_server_t *s = arg;
-  s->restoring = 0;
+  /* s->restoring stays set until the loaded state is in place: adopting
+   * the view serves the replication messages held meanwhile, and a
+   * primary's change must not reach a range still at its initial state. */
   ps_view_t *view = s->restore_view;
   s->restore_view = NULL;
   if (s->stopping || view == NULL) {
+    s->restoring = 0;
     ps_view_destroy(&view);
     return;
   }
   char err[512];
   if (status != PS_OK) {
+    s->restoring = 0;
     /* Nothing was loaded: a server must never serve guessed weights. */
     ps_view_destroy(&view);
     snprintf(err, sizeof(err), "restore refused: %s", reason);
@@ -485,6 +489,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
   }
   int rc = ps__server_adopt_view(s, view, err, sizeof(err));
   if (rc != PS_OK) {
+    s->restoring = 0;
     if (s->view != view) ps_view_destroy(&view);
     ps_server_stop(s, rc, err, 1);
     return;
@@ -521,12 +526,14 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
                (unsigned long long)l->begin, (unsigned long long)l->end,
                ps_strerror(rc));
   }
+  s->restoring = 0;
   if (rc != PS_OK) {
     PS_ERROR("restore_failed", "err=%s reason=\"%s\"", ps_err_name(rc), err);
     ps_server_stop(s, rc, err, 1);
     return;
   }
   ps__server_report_clock(s);
+  ps__server_serve_deferred(s);
   char owned[256];
   PS_INFO("restored",
           "dir=%s step=%llu epoch=%llu mode=%s live_workers=%u ranges=%s",

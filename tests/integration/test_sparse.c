@@ -22,6 +22,7 @@
 
 #include "common/err.h"
 #include "harness.h"
+#include "scrape.h"
 #include "proto/ps.pb-c.h"
 #include "tests/check_run.h"
 #include "ps/client.h"
@@ -496,6 +497,123 @@ START_TEST(sparse_checkpoint_restored_onto_3_servers) {
 }
 END_TEST
 
+/* The memory cap (issue #14) on real daemons: 2 servers with
+ * --sparse-max-bytes for 1000 rows of dim 4 each (500 per range copy, 2
+ * copies per server), one worker streams 20000 new ids: each server's
+ * ps_server_sparse_rows stays within its cap, evictions are counted, the
+ * first ids read as their initializer again and the last ones hold their
+ * push. */
+#define CAP_IDS 20000
+#define CAP_BATCH 200
+static int cap_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 1.0f);
+  model.seed = 5;
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb_u");
+  sp.dim = UDIM;
+  sp.init = PS__INIT__INIT_UNIFORM;
+  sp.init_scale = 0.25f;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse cap: %s\n", msg);
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    return 1;
+  }
+  uint64_t keys[CAP_BATCH];
+  float g[CAP_BATCH * UDIM], out[CAP_BATCH * UDIM];
+  for (int i = 0; i < CAP_BATCH * UDIM; i++) g[i] = 1;
+  int ok = 1;
+  for (int b = 0; ok && b < CAP_IDS / CAP_BATCH; b++) {
+    for (int i = 0; i < CAP_BATCH; i++) keys[i] = key_of(b * CAP_BATCH + i);
+    ok = ps_client_sparse_push(c, "emb_u", keys, CAP_BATCH, g, 0) == PS_OK;
+  }
+  uint64_t salt = salt_of("emb_u");
+  /* The first batch was evicted long ago; the last was just pushed. */
+  for (int last = 0; ok && last < 2; last++) {
+    int base = last ? CAP_IDS - CAP_BATCH : 0;
+    for (int i = 0; i < CAP_BATCH; i++) keys[i] = key_of(base + i);
+    ok = ps_client_sparse_pull(c, "emb_u", keys, CAP_BATCH, out) == PS_OK;
+    for (int i = 0; ok && i < CAP_BATCH; i++)
+      for (int j = 0; ok && j < UDIM; j++) {
+        float want = init_value(5, salt, keys[i], (uint64_t)j, 0.25f) -
+                     (last ? 1.0f : 0.0f);
+        if (out[i * UDIM + j] != want) {
+          fprintf(stderr, "sparse cap: %s row %" PRIu64 "[%d] is %g, want %g\n",
+                  last ? "recent" : "evicted", keys[i], j,
+                  (double)out[i * UDIM + j], (double)want);
+          ok = 0;
+        }
+      }
+  }
+  if (!ok) fprintf(stderr, "sparse cap: %s\n", ps_client_errmsg(c));
+  /* Still connected while the test scrapes the servers. */
+  ok = h_worker_sync(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
+  ps_client_destroy(&c);
+  return ok ? 0 : 1;
+}
+
+START_TEST(sparse_cap_holds) {
+  h_cluster_t c;
+  h_init(&c, "sparse_cap");
+  /* 1000 rows of 3 floats, at 12 + 40 bytes each. */
+  const char *max_bytes = "52000";
+  int port[2] = {h_free_port(), h_free_port()};
+  char bind[2][64];
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  for (int i = 0; i < 2; i++) {
+    char name[16];
+    snprintf(bind[i], sizeof(bind[i]), "127.0.0.1:%d", port[i]);
+    snprintf(name, sizeof(name), "server%d", i);
+    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep,
+            "--sparse-max-bytes", max_bytes, "--metrics-bind", bind[i], NULL);
+  }
+  h_workers_start(&c, 1, cap_worker);
+  /* The worker pushed and checked its rows: the servers' counters now. */
+  h_workers_sync();
+  double rows[2], evicted[2];
+  for (int i = 0; i < 2; i++) {
+    int status = 0;
+    char *page = h_http_get(port[i], "/metrics", &status, 5000);
+    ck_assert_msg(page != NULL && status == 200, "server %d: no metrics", i);
+    rows[i] = h_metric(page, "ps_server_sparse_rows");
+    evicted[i] = h_metric(page, "ps_server_sparse_evictions_total");
+    free(page);
+  }
+  h_workers_sync();
+  int failed = !h_workers_reap(60000);
+  if (failed) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "the worker saw wrong rows (see above)");
+  for (int i = 0; i < 2; i++) {
+    fprintf(stderr, "sparse cap: server %d holds %.0f rows, evicted %.0f\n", i,
+            rows[i], evicted[i]);
+    /* Each of its 2 copies is capped at 500 and full. */
+    ck_assert_msg(rows[i] == 1000, "server %d holds %.0f rows", i, rows[i]);
+    ck_assert_msg(evicted[i] > 0, "server %d evicted nothing", i);
+  }
+  /* Every id created a row on 2 copies; 2000 are left. */
+  ck_assert_msg(evicted[0] + evicted[1] == 2.0 * CAP_IDS - 2000,
+                "evicted %.0f + %.0f rows, want %d in all", evicted[0],
+                evicted[1], 2 * CAP_IDS - 2000);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
@@ -503,6 +621,7 @@ int main(void) {
   tcase_add_test(tc, sparse_pushes_sum_exactly);
   tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
   tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
+  tcase_add_test(tc, sparse_cap_holds);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
