@@ -120,6 +120,26 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
                        o->l2,            o->ftrl_beta};
     for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
   }
+  /* Only models with sparse tables hash them, so a dense model's
+   * checkpoints keep the fingerprint they were written with. A table's own
+   * optimizer says how wide its rows are: hashed when it has one. */
+  if (m->nsparse > 0) {
+    fnv_u64(&h, m->nsparse);
+    for (size_t i = 0; i < m->nsparse; i++) {
+      const ps_sparse_spec_t *t = &m->sparse[i];
+      fnv(&h, t->name, strlen(t->name) + 1);
+      fnv_u64(&h, t->dim);
+      fnv_u64(&h, (uint64_t)(uint32_t)t->init);
+      fnv_f32(&h, t->init_scale);
+      if (!t->has_optimizer) continue;
+      const ps_optimizer_spec_t *o = &t->optimizer;
+      fnv_u64(&h, (uint64_t)(uint32_t)o->kind);
+      const float f[] = {o->learning_rate, o->momentum, o->beta1,
+                         o->beta2,         o->epsilon,  o->l1,
+                         o->l2,            o->ftrl_beta};
+      for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
+    }
+  }
   return h;
 }
 
@@ -335,6 +355,8 @@ static const char *section_name(uint32_t kind) {
       return "optimizer state";
     case PS_CHECKPOINT_SECTION_OPT_STEPS:
       return "update counts";
+    case PS_CHECKPOINT_SECTION_SPARSE:
+      return "sparse";
     default:
       return "unknown";
   }
@@ -355,6 +377,16 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               const uint64_t *opt_steps, size_t nopt_steps,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen) {
+  return ps_checkpoint_shard_write_sparse(dir, name, meta, weights, state,
+                                          opt_steps, nopt_steps, NULL, 0, st,
+                                          err, errlen);
+}
+
+int ps_checkpoint_shard_write_sparse(
+    const char *dir, const char *name, const ps_checkpoint_shard_meta_t *meta,
+    const float *weights, const float *state, const uint64_t *opt_steps,
+    size_t nopt_steps, const void *sparse, size_t sparse_bytes,
+    ps_checkpoint_file_stat_t *st, char *err, size_t errlen) {
   if (meta->begin >= meta->end)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: empty range [%llu,%llu)",
                    dir, name, (unsigned long long)meta->begin,
@@ -380,10 +412,11 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   if (meta->state_slots > 0 &&
       data_bytes > UINT64_MAX / (uint64_t)meta->state_slots)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
-  /* Weights, the optimizer state when there is one, the update counts. */
-  const void *data[3];
-  uint64_t sizes[3];
-  uint32_t kinds[3];
+  /* Weights, the optimizer state when there is one, the update counts,
+   * the sparse rows when there are any. */
+  const void *data[4];
+  uint64_t sizes[4];
+  uint32_t kinds[4];
   uint32_t nsections = 0;
   data[nsections] = weights;
   sizes[nsections] = data_bytes;
@@ -396,6 +429,11 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
   data[nsections] = opt_steps;
   sizes[nsections] = nopt_steps * 2 * sizeof(uint64_t);
   kinds[nsections++] = PS_CHECKPOINT_SECTION_OPT_STEPS;
+  if (sparse && sparse_bytes) {
+    data[nsections] = sparse;
+    sizes[nsections] = sparse_bytes;
+    kinds[nsections++] = PS_CHECKPOINT_SECTION_SPARSE;
+  }
 
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
   memset(h, 0, sizeof(h));
@@ -448,6 +486,7 @@ void ps_checkpoint_shard_clear(ps_checkpoint_shard_t *s) {
   free(s->weights);
   free(s->state);
   free(s->opt_steps);
+  free(s->sparse);
   memset(s, 0, sizeof(*s));
 }
 
@@ -576,6 +615,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
     void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS     ? (void **)&s.weights
                  : kind == PS_CHECKPOINT_SECTION_STATE     ? (void **)&s.state
                  : kind == PS_CHECKPOINT_SECTION_OPT_STEPS ? (void **)&s.opt_steps
+                 : kind == PS_CHECKPOINT_SECTION_SPARSE    ? &s.sparse
                                                            : NULL;
     if (dst == NULL || get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
@@ -602,6 +642,11 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
         goto out;
       }
       s.nopt_steps = (size_t)(bytes / 16);
+    } else if (kind == PS_CHECKPOINT_SECTION_SPARSE) {
+      /* Any size the file holds; its records are checked by the reader of
+       * the rows. */
+      want_bytes = bytes;
+      s.sparse_bytes = bytes;
     }
     if (kind == PS_CHECKPOINT_SECTION_STATE && s.meta.state_slots == 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
@@ -885,13 +930,19 @@ int ps_checkpoint_manifest_write(const char *dir,
   Ps__OptimizerSpec *topts = calloc(nt + 1, sizeof(*topts));
   Ps__CheckpointShard *shards = calloc(m->nshards + 1, sizeof(*shards));
   Ps__CheckpointShard **sptrs = calloc(m->nshards + 1, sizeof(*sptrs));
+  size_t nsp = m->model.nsparse;
+  Ps__SparseTableSpec *sparse = calloc(nsp + 1, sizeof(*sparse));
+  Ps__SparseTableSpec **spptrs = calloc(nsp + 1, sizeof(*spptrs));
+  Ps__OptimizerSpec *sopts = calloc(nsp + 1, sizeof(*sopts));
   uint8_t *body = NULL;
-  if (!tensors || !tptrs || !topts || !shards || !sptrs) {
+  if (!tensors || !tptrs || !topts || !shards || !sptrs || !sparse ||
+      !spptrs || !sopts) {
     rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }
   Ps__ModelSpec model;
   ps_model_to_pb(&m->model, &model, tensors, tptrs, topts);
+  ps_model_sparse_to_pb(&m->model, &model, sparse, spptrs, sopts);
   Ps__CheckpointManifest pb = PS__CHECKPOINT_MANIFEST__INIT;
   pb.format_version = PS_CHECKPOINT_VERSION;
   pb.id = m->id;
@@ -931,6 +982,9 @@ out:
   free(topts);
   free(shards);
   free(sptrs);
+  free(sparse);
+  free(spptrs);
+  free(sopts);
   free(body);
   return rc;
 }

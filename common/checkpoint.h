@@ -31,9 +31,11 @@
  *   (end - begin floats), optimizer state when k > 0 (k x (end - begin)
  *   floats, slot-major: slot j of key begin + i at j * (end - begin) + i),
  *   update counts (u64 pairs {tensor index, updates applied to its piece
- *   in the range}, one per tensor piece; Adam's step count).
- *   Version 1 (one momentum section) is refused: the format changed with
- *   the optimizers of issue #14.
+ *   in the range}, one per tensor piece; Adam's step count), and, when
+ *   the range holds sparse rows, a sparse section (whole rows with their
+ *   optimizer state, PS_CHECKPOINT_SECTION_SPARSE).
+ *   Version 1 (one momentum section, no sparse rows) is refused: the format
+ *   changed with the optimizers and sparse rows of issue #14.
  *
  * Framed file (MANIFEST, the scheduler's state file):
  *      0  magic, 8 bytes          8  u32 format version
@@ -79,6 +81,17 @@ typedef enum {
   /* 2 was version 1's momentum section */
   PS_CHECKPOINT_SECTION_STATE = 3,     /* float32 x slots per key */
   PS_CHECKPOINT_SECTION_OPT_STEPS = 4, /* u64 {tensor, updates} pairs */
+  /* The range's sparse rows, optional: one record per table that has
+   * rows, each
+   *    0  u32 table index (model order)   4  u32 row_floats
+   *    8  u64 nrows                      16  nrows u64 ids
+   *       then nrows * row_floats float32: whole rows (weights, then the
+   *       table's optimizer state, ps_optimizer_row_floats), in the order
+   *       of the ids.
+   * Rows are filed under the range whose partition held them; a restore
+   * onto another number of servers reads every file's rows and files each
+   * under its partition of the new view. */
+  PS_CHECKPOINT_SECTION_SPARSE = 5,
 } ps_checkpoint_section_t;
 
 /* CRC32C (Castagnoli, as in iSCSI and ext4). Start with crc 0; chains:
@@ -121,6 +134,14 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen);
 
+/* The same with a sparse section of sparse_bytes bytes (none when 0; the
+ * caller encodes the records, see PS_CHECKPOINT_SECTION_SPARSE). */
+int ps_checkpoint_shard_write_sparse(
+    const char *dir, const char *name, const ps_checkpoint_shard_meta_t *meta,
+    const float *weights, const float *state, const uint64_t *opt_steps,
+    size_t nopt_steps, const void *sparse, size_t sparse_bytes,
+    ps_checkpoint_file_stat_t *st, char *err, size_t errlen);
+
 /* A shard file read and verified. */
 typedef struct {
   ps_checkpoint_shard_meta_t meta;
@@ -128,6 +149,8 @@ typedef struct {
   float *state;   /* meta.state_slots x (end - begin) values, or NULL */
   uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs; owned */
   size_t nopt_steps;
+  void *sparse;        /* the sparse section's bytes, or NULL; owned */
+  uint64_t sparse_bytes;
   ps_checkpoint_file_stat_t stat;
 } ps_checkpoint_shard_t;
 

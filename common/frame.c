@@ -296,6 +296,35 @@ static int validate_snapshot(const Ps__ReplicaSnapshot *r, const ps_msg_t *m,
   return PS_OK;
 }
 
+/* Rows keyed by id between servers (a replicated sparse push, a snapshot's
+ * sparse rows): a keys frame of exactly nkeys uint64 and a values frame of
+ * whole float rows; the row size is the receiver's to check (it knows the
+ * table). */
+static int validate_keyed_rows(const char *what, uint64_t nkeys,
+                               const ps_msg_t *m,
+                               const ps_frame_limits_t *limits, char *err,
+                               size_t errlen) {
+  if (m->npayload != 2)
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s carries %d payload frames, expected 2", what,
+                   m->npayload);
+  if (nkeys == 0 || nkeys > limits->max_payload_bytes / sizeof(uint64_t))
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s of %llu rows: none, or over the limit of %zu bytes",
+                   what, (unsigned long long)nkeys, limits->max_payload_bytes);
+  if (frame_size(m, 0) != nkeys * sizeof(uint64_t))
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s header says %llu rows but the keys frame has %zu bytes",
+                   what, (unsigned long long)nkeys, frame_size(m, 0));
+  size_t sz = frame_size(m, 1);
+  if (sz == 0 || sz % (nkeys * sizeof(float)) != 0)
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s values frame has %zu bytes, not a positive multiple of "
+                   "%llu rows * 4",
+                   what, sz, (unsigned long long)nkeys);
+  return PS_OK;
+}
+
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
@@ -313,6 +342,28 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
     return validate_sparse(env, m, limits, err, errlen);
   if (env->body_case == PS__ENVELOPE__BODY_REPLICA_SNAPSHOT)
     return validate_snapshot(env->replica_snapshot, m, err, errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICATE &&
+      env->replicate->kind == PS__REPLICATE_KIND__REPL_SPARSE_PUSH)
+    return validate_keyed_rows("replicate (sparse push)", env->replicate->nkeys,
+                               m, limits, err, errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICA_CHUNK &&
+      (env->replica_chunk->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_ROWS ||
+       env->replica_chunk->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SUM))
+    return validate_keyed_rows("replica_chunk (sparse rows)",
+                               env->replica_chunk->count, m, limits, err,
+                               errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICA_CHUNK &&
+      env->replica_chunk->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH) {
+    uint64_t n = env->replica_chunk->count;
+    if (m->npayload != 1 || n == 0 ||
+        n > limits->max_payload_bytes / sizeof(uint32_t) ||
+        frame_size(m, 0) != n * sizeof(uint32_t))
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replica_chunk (sparse sketch) of %llu counters must be "
+                     "one frame of as many uint32",
+                     (unsigned long long)n);
+    return PS_OK;
+  }
 
   int min_frames, max_frames;
   uint64_t want_floats;

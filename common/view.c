@@ -372,11 +372,20 @@ uint64_t ps_sparse_salt(const char *name) {
   return ps_mix64(h);
 }
 
-int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id) {
-  if (v == NULL || v->nsparse_servers == 0) return -1;
+uint32_t ps_sparse_part_of(uint64_t salt, uint64_t id, uint32_t nparts) {
   uint64_t h = ps_mix64(id ^ salt) >> 32;
-  uint64_t idx = (h * (uint64_t)v->nsparse_servers) >> 32;
-  return v->sparse_servers[idx];
+  return (uint32_t)((h * (uint64_t)nparts) >> 32);
+}
+
+int64_t ps_view_sparse_range(const ps_view_t *v, uint64_t salt, uint64_t id) {
+  if (v == NULL || v->nsparse_parts == 0) return -1;
+  return v->sparse_parts[ps_sparse_part_of(salt, id,
+                                           (uint32_t)v->nsparse_parts)];
+}
+
+int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id) {
+  int64_t r = ps_view_sparse_range(v, salt, id);
+  return r < 0 ? -1 : (int64_t)v->ranges[r].server_id;
 }
 
 int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
@@ -563,30 +572,13 @@ int ps_range_backup_syncing(const ps_range_t *r, uint32_t id) {
   return 0;
 }
 
-static int sparse_has(const ps_view_t *v, uint32_t id) {
-  for (size_t i = 0; i < v->nsparse_servers; i++)
-    if (v->sparse_servers[i] == id) return 1;
-  return 0;
-}
-
-/* The server order of ps_view_sparse_owner. Range order first, so it
- * follows the scheduler's placement; servers without a range (a sparse-only
- * model has no dense keys) come after, by their place in the view. */
-static int sparse_servers(ps_view_t *v) {
-  if (v->nnodes == 0) return PS_OK;
-  v->sparse_servers = calloc(v->nnodes, sizeof(*v->sparse_servers));
-  if (v->sparse_servers == NULL) return PS_ERR_NOMEM;
+/* The non-empty ranges, the partitions of ps_view_sparse_range. */
+static int sparse_parts(ps_view_t *v) {
+  v->sparse_parts = calloc(v->nranges + 1, sizeof(*v->sparse_parts));
+  if (v->sparse_parts == NULL) return PS_ERR_NOMEM;
   for (size_t i = 0; i < v->nranges; i++)
-    if (!sparse_has(v, v->ranges[i].server_id))
-      v->sparse_servers[v->nsparse_servers++] = v->ranges[i].server_id;
-  for (size_t i = 0; i < v->nnodes; i++) {
-    const ps_node_t *n = &v->nodes[i];
-    if (n->role != PS__ROLE__ROLE_SERVER ||
-        n->state == PS__NODE_STATE__NODE_STATE_DEAD ||
-        n->state == PS__NODE_STATE__NODE_STATE_LEFT || sparse_has(v, n->id))
-      continue;
-    v->sparse_servers[v->nsparse_servers++] = n->id;
-  }
+    if (v->ranges[i].begin < v->ranges[i].end)
+      v->sparse_parts[v->nsparse_parts++] = (uint32_t)i;
   return PS_OK;
 }
 
@@ -629,7 +621,7 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   }
   if (copy_nodes(v, pb, err, errlen) != PS_OK) goto fail;
   if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
-  if (sparse_servers(v) != PS_OK) {
+  if (sparse_parts(v) != PS_OK) {
     ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     goto fail;
   }
@@ -645,7 +637,7 @@ void ps_view_destroy(ps_view_t **v_p) {
   free(v->nodes);
   free(v->ranges);
   free(v->restore_dir);
-  free(v->sparse_servers);
+  free(v->sparse_parts);
   ps_model_clear(&v->model);
   free(v);
   *v_p = NULL;

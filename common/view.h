@@ -75,11 +75,11 @@ struct ps_view_s {
   uint64_t start_clock; /* the step the job starts from (0, or a restore's) */
   uint32_t replication; /* configured copies per range (1: none) */
   char *restore_dir;    /* restored job: the checkpoint directory; else NULL */
-  /* The servers sparse rows are spread over (ps_view_sparse_owner): those
-   * that own ranges, in range order, then any other live server, by node
-   * order. */
-  size_t nsparse_servers;
-  uint32_t *sparse_servers;
+  /* The sparse partitions (ps_view_sparse_part): the indices into ranges
+   * of the non-empty ranges, in range order. A sparse row lives in one of
+   * them, with the range's primary and backups. */
+  size_t nsparse_parts;
+  uint32_t *sparse_parts;
 };
 
 /* Cuts [0, total) into n ranges of near-equal size whose inner boundaries are
@@ -103,12 +103,22 @@ const ps_sparse_spec_t *ps_model_sparse(const ps_model_t *m, const char *name);
 /* The salt of a sparse table: a 64-bit hash of its name. */
 uint64_t ps_sparse_salt(const char *name);
 
-/* The node id of the server that holds row id of the table with this salt,
- * or -1 if the view has no server. Rows are hash-partitioned:
- *   index = ((ps_mix64(id ^ salt) >> 32) * nservers) >> 32
- * into v->sparse_servers: a multiply-shift that maps the top 32 hash bits
- * evenly onto the servers without a division. Every node computes the same
- * owner from the same view. */
+/* The index into v->ranges of the range that holds row id of the table
+ * with this salt, or -1 if the view has no non-empty range. Rows are
+ * hash-partitioned over the non-empty ranges:
+ *   part = ((ps_mix64(id ^ salt) >> 32) * nparts) >> 32
+ * into v->sparse_parts: a multiply-shift that maps the top 32 hash bits
+ * evenly onto the parts without a division. The ranges of a job never
+ * change (failover and handover change their servers only), so a row stays
+ * in its range for the job's life and moves, replicates and fails over
+ * with it. Every node computes the same range from the same view. */
+int64_t ps_view_sparse_range(const ps_view_t *v, uint64_t salt, uint64_t id);
+
+/* The part index (0..nparts) of row id for nparts partitions: the formula
+ * above, for callers that hold no view (a checkpoint's restore). */
+uint32_t ps_sparse_part_of(uint64_t salt, uint64_t id, uint32_t nparts);
+
+/* The node id of the primary of ps_view_sparse_range, or -1. */
 int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id);
 
 /* Validates and copies pb. Returns NULL and fills err on a bad view. Caller

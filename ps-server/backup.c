@@ -85,6 +85,58 @@ static void reply_replica_ack(ps_server_t *s, ps_msg_t *m, uint64_t clock) {
   ps__server_reply_ack(s, &m->route, m->request_id, clock, 0);
 }
 
+/* A primary's sparse push, replayed through the same table code in the
+ * primary's order. */
+static void replay_sparse_push(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
+  const Ps__Replicate *p = m->env->replicate;
+  if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) {
+    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+    return;
+  }
+  ps_sparse_table_t *t = NULL;
+  for (size_t i = 0; r->sparse && p->table && i < r->nsparse; i++)
+    if (strcmp(ps_sparse_table_name(r->sparse[i]), p->table) == 0)
+      t = r->sparse[i];
+  if (t == NULL) {
+    ps__server_refuse(s, m, PS_ERR_UNKNOWN_KEY,
+                      "no sparse table \"%s\" in [%llu,%llu)",
+                      p->table ? p->table : "", (unsigned long long)r->begin,
+                      (unsigned long long)r->end);
+    return;
+  }
+  size_t nvals = (size_t)p->nkeys * ps_sparse_table_dim(t);
+  if (zmq_msg_size(&m->payload[1]) != nvals * sizeof(float)) {
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "table \"%s\": values frame has %zu bytes for %llu rows "
+                      "of dim %u",
+                      p->table, zmq_msg_size(&m->payload[1]),
+                      (unsigned long long)p->nkeys, ps_sparse_table_dim(t));
+    return;
+  }
+  char why[256] = "out of memory";
+  const uint64_t *keys = ps__server_aligned_keys(s, &m->payload[0], p->nkeys);
+  const float *g = ps__server_aligned_floats(s, &m->payload[1], nvals);
+  int rc = keys && g ? ps_dedup_reserve(r->dedup, p->worker) : PS_ERR_NOMEM;
+  if (rc == PS_OK)
+    rc = ps_shard_check_step(r->shard, p->worker, p->clock, why, sizeof(why));
+  if (rc == PS_OK)
+    rc = ps__server_sparse_apply(s, r, t, keys, p->nkeys, g, p->clock, why,
+                                 sizeof(why));
+  if (rc != PS_OK) {
+    PS_ERROR("replica_diverged",
+             "range=[%llu,%llu) primary=%u worker=%u seq=%llu table=%s "
+             "reason=\"%s\"",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             m->env->sender, p->worker, (unsigned long long)p->seq, p->table,
+             why);
+    ps__server_refuse(s, m, rc, "backup %u cannot replay the sparse push: %s",
+                      s->node_id, why);
+    return;
+  }
+  ps_dedup_mark(r->dedup, p->worker, p->seq);
+  reply_replica_ack(s, m, ps_shard_clock(r->shard));
+}
+
 void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   const Ps__Replicate *p = m->env->replicate;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
@@ -122,6 +174,10 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
     }
     reply_replica_ack(s, m, ps_shard_clock(r->shard));
     if (applied) ps__server_after_apply(s, r);
+    return;
+  }
+  if (p->kind == PS__REPLICATE_KIND__REPL_SPARSE_PUSH) {
+    replay_sparse_push(s, m, r);
     return;
   }
   if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {
@@ -175,6 +231,8 @@ struct snap_in_s {
   ps_shard_contrib_t *contrib;
   size_t ncontrib;
   ps_dedup_record_t *dedup;
+  ps_sparse_table_t **sparse; /* filled by the SNAP_SPARSE_* chunks */
+  size_t nsparse;
 };
 
 void ps__server_snap_in_free(snap_in_t **in_p) {
@@ -187,6 +245,7 @@ void ps__server_snap_in_free(snap_in_t **in_p) {
   free(in->live);
   free(in->contrib);
   free(in->dedup);
+  ps__server_sparse_free_tables(&in->sparse, in->nsparse);
   free(in);
   *in_p = NULL;
 }
@@ -246,11 +305,13 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->dedup = frame_dup(&m->payload[2], dbytes);
     in->bytes =
         zmq_msg_size(&m->payload[0]) + zmq_msg_size(&m->payload[1]) + dbytes;
+    in->nsparse = s->view->model.nsparse;
+    in->sparse = ps__server_sparse_new_tables(s, s->view);
   }
   if (in == NULL || in->weights == NULL ||
       (p->state_slots && in->state == NULL) || in->opt_steps == NULL ||
-      in->acc == NULL ||
-      in->live == NULL || in->contrib == NULL || in->dedup == NULL) {
+      in->acc == NULL || in->live == NULL || in->contrib == NULL ||
+      in->dedup == NULL || in->sparse == NULL) {
     ps__server_snap_in_free(&in);
     ps__server_refuse(s, m, PS_ERR_NOMEM,
                       "no memory for a snapshot of [%llu,%llu) (%llu values)",
@@ -303,9 +364,53 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
   }
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
+  ps__server_sparse_retire_tables(s, &r->sparse, r->nsparse);
   r->shard = shard;
   r->dedup = dedup;
+  r->sparse = in->sparse;
+  r->nsparse = in->nsparse;
+  in->sparse = NULL;
   return PS_OK;
+}
+
+static void snap_finish(ps_server_t *s, ps_msg_t *m, owned_range_t *r);
+
+/* A chunk of a snapshot's sparse rows (or BSP sums) into the tables it
+ * fills. 1, or 0 after refusing m and dropping the snapshot. */
+static int snap_sparse_chunk(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
+  const Ps__ReplicaChunk *p = m->env->replica_chunk;
+  snap_in_t *in = r->incoming;
+  int sums = p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SUM;
+  ps_sparse_table_t *t = p->table < in->nsparse ? in->sparse[p->table] : NULL;
+  size_t floats = t == NULL ? 0
+                  : sums    ? ps_sparse_table_dim(t)
+                            : ps_sparse_table_row_floats(t);
+  size_t want = (size_t)p->count * floats * sizeof(float);
+  if (t == NULL || zmq_msg_size(&m->payload[1]) != want) {
+    ps__server_snap_in_free(&r->incoming);
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "snapshot chunk of sparse table %u: no such table, or "
+                      "%zu bytes for %llu rows of %zu floats",
+                      p->table, zmq_msg_size(&m->payload[1]),
+                      (unsigned long long)p->count, floats);
+    return 0;
+  }
+  uint64_t *keys = frame_dup(&m->payload[0], p->count * sizeof(uint64_t));
+  float *rows = frame_dup(&m->payload[1], want);
+  int rc = keys && rows ? PS_OK : PS_ERR_NOMEM;
+  if (rc == PS_OK)
+    rc = sums ? ps_sparse_table_put_pending(t, keys, p->count, rows)
+              : ps_sparse_table_put(t, keys, p->count, rows);
+  free(keys);
+  free(rows);
+  if (rc != PS_OK) {
+    ps__server_snap_in_free(&r->incoming);
+    ps__server_refuse(s, m, rc, "no memory for %llu sparse rows of a snapshot",
+                      (unsigned long long)p->count);
+    return 0;
+  }
+  in->bytes += want + p->count * sizeof(uint64_t);
+  return 1;
 }
 
 /* A piece of the arrays of the snapshot r is receiving; the last one
@@ -320,6 +425,32 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
     ps__server_refuse(s, m, PS_ERR_PROTO,
                       "snapshot chunk of [%llu,%llu) without its head",
                       (unsigned long long)r->begin, (unsigned long long)r->end);
+    return;
+  }
+  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH) {
+    ps_sparse_table_t *t = p->table < in->nsparse ? in->sparse[p->table] : NULL;
+    uint32_t *cells = frame_dup(&m->payload[0], p->count * sizeof(uint32_t));
+    int rc = t && cells ? ps_sparse_table_put_sketch(t, cells, p->count)
+                        : PS_ERR_INVAL;
+    free(cells);
+    if (rc != PS_OK) {
+      ps__server_snap_in_free(&r->incoming);
+      ps__server_refuse(s, m, PS_ERR_PROTO,
+                        "snapshot sketch of sparse table %u: no such table or "
+                        "%llu counters, not what this server's cap keeps",
+                        p->table, (unsigned long long)p->count);
+      return;
+    }
+    in->bytes += p->count * sizeof(uint32_t);
+    if (++in->got < in->nchunks) return;
+    snap_finish(s, m, r);
+    return;
+  }
+  if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_ROWS ||
+      p->array == PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SUM) {
+    if (!snap_sparse_chunk(s, m, r)) return;
+    if (++in->got < in->nchunks) return;
+    snap_finish(s, m, r);
     return;
   }
   uint64_t len = r->end - r->begin, lo = 0, hi = len;
@@ -349,7 +480,13 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   ps_msg_payload_gather(m, dst + (p->offset - lo));
   in->bytes += p->count * sizeof(float);
   if (++in->got < in->nchunks) return;
+  snap_finish(s, m, r);
+}
 
+/* The last chunk is in: installs the snapshot and acks its head. */
+static void snap_finish(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
+  snap_in_t *in = r->incoming;
+  uint64_t len = r->end - r->begin;
   char why[256] = "";
   uint64_t clock = in->clock, bytes = in->bytes;
   uint32_t ndedup = in->ndedup;

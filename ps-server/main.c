@@ -15,6 +15,7 @@ int main(int argc, char **argv) {
        *metrics_bind = NULL, *keys_dir = NULL, *key_file = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
   int64_t max_sparse_keys = 0, max_inflight = 0;
+  int64_t sparse_max_bytes = 0, sparse_admit_after = 0;
   int log_level = PS_LOG_INFO, nonfinite = 0, insecure = 0;
 
   const ps_opt_t opts[] = {
@@ -43,6 +44,18 @@ int main(int argc, char **argv) {
        "TOO_BIG. With the model's dense ranges it also sets the largest "
        "frame the server accepts at all (bigger ones are dropped, with the "
        "connection, before they are read)."},
+      {"sparse-max-bytes", PS_OPT_INT, &sparse_max_bytes, "0", 0,
+       1099511627776.0, NULL,
+       "Memory cap of the sparse rows this server holds, in bytes (0: none). "
+       "Split evenly over the model's tables and the copies a server holds "
+       "when every server leads one range; past it the least recently "
+       "pushed rows are evicted and read as their initializer again "
+       "(ps_server_sparse_evictions_total)."},
+      {"sparse-admit-after", PS_OPT_INT, &sparse_admit_after, "1", 1, 65535,
+       NULL,
+       "Pushes of a sparse id before it gets a row (counted in a count-min "
+       "sketch); earlier pushes are dropped and the id reads as its "
+       "initializer. 1 admits every id at its first push."},
       {"max-inflight-per-peer", PS_OPT_INT, &max_inflight, "1024", 1,
        4294967295.0, NULL,
        "Requests one worker may have waiting on this server (pushes not yet "
@@ -103,6 +116,8 @@ int main(int argc, char **argv) {
   so.limits.max_payload_bytes = (size_t)max_message_bytes;
   so.metrics_bind = metrics_bind;
   so.max_sparse_keys = (uint64_t)max_sparse_keys;
+  so.sparse_max_bytes = (uint64_t)sparse_max_bytes;
+  so.sparse_admit_after = (uint32_t)sparse_admit_after;
   so.max_inflight_per_peer = (uint32_t)max_inflight;
   so.nonfinite = nonfinite == 1 ? PS_SERVER_NONFINITE_SKIP
                                 : PS_SERVER_NONFINITE_REJECT;

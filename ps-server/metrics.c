@@ -124,6 +124,19 @@ static void render(ps_metrics_t *m, void *arg) {
                  "Updates applied to weights: BSP steps, ASP pushes, sparse "
                  "pushes.",
                  (double)st->applies);
+  ps_sparse_stats_t sps;
+  ps__server_sparse_stats(s, &sps);
+  ps_metrics_put(m, "ps_server_sparse_rows", PS_METRIC_GAUGE,
+                 "Sparse rows this server holds, primary and backup copies.",
+                 (double)sps.rows);
+  ps_metrics_put(m, "ps_server_sparse_evictions_total", PS_METRIC_COUNTER,
+                 "Sparse rows evicted by --sparse-max-bytes (least recently "
+                 "pushed first; they read as their initializer again).",
+                 (double)sps.evictions);
+  ps_metrics_put(m, "ps_server_sparse_not_admitted_total", PS_METRIC_COUNTER,
+                 "Sparse row pushes dropped because the id was not yet "
+                 "pushed --sparse-admit-after times.",
+                 (double)sps.not_admitted);
   ps_metrics_family(m, "ps_server_apply_seconds", PS_METRIC_HISTOGRAM,
                     "Time of the shard update of one dense push on a "
                     "primary: summing into the step, and for the push that "

@@ -103,6 +103,7 @@ static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
   if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
+  ps__server_sparse_retire_tables(s, &r->sparse, r->nsparse);
   ps__server_snap_in_free(&r->incoming);
 }
 
@@ -161,7 +162,8 @@ static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
       continue;
     }
     if (listed(r->snapped, r->nsnapped, b)) continue;
-    rc = ps_repl_snapshot(s->repl, b, r->shard, r->dedup);
+    rc = ps_repl_snapshot(s->repl, b, r->shard, r->dedup, r->sparse,
+                          r->sparse ? r->nsparse : 0);
     if (rc != PS_OK) return rc;
     r->snapped[r->nsnapped++] = b;
   }
@@ -217,8 +219,6 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
         (vr->server_id == me || ps_range_has_backup(vr, me)))
       nmine++;
   }
-  int src = ps__server_sparse_adopt(s, view, err, errlen);
-  if (src != PS_OK) return src;
   ps_shard_live_t *live = NULL;
   size_t nlive = 0;
   int live_ok = live_set(view, &live, &nlive);
@@ -250,6 +250,8 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       if (old->begin != vr->begin || old->end != vr->end) continue;
       r->shard = old->shard;
       r->dedup = old->dedup;
+      r->sparse = old->sparse;
+      r->nsparse = old->nsparse;
       r->parked = old->parked;
       r->incoming = old->incoming; /* a backup's snapshot on its way */
       if (old->primary && primary) {
@@ -293,6 +295,13 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       r->shard = ps_shard_new(vr->begin, vr->end, &view->model, view->mode,
                               NULL, 0, &rc, err, errlen);
       if (r->shard == NULL) break;
+      ps__server_sparse_free_tables(&r->sparse, r->nsparse);
+      r->nsparse = view->model.nsparse;
+      if ((r->sparse = ps__server_sparse_new_tables(s, view)) == NULL) {
+        rc = PS_ERR_NOMEM;
+        snprintf(err, errlen, "out of memory creating sparse tables");
+        break;
+      }
       if (primary && !first)
         /* Every copy of the range was lost: the job goes on, but from the
          * initial weights for these keys. */

@@ -374,10 +374,10 @@ size_t ps_repl_range_waiting(const ps_repl_t *r, uint64_t begin, uint64_t end) {
   return n;
 }
 
-/* Sends one Replicate (and a reference to payload, if any) to every backup
- * of c, recording each as waited for in e. */
+/* Sends one Replicate (and a reference to each of the npayload frames of
+ * payload) to every backup of c, recording each as waited for in e. */
 static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
-                     Ps__Replicate *rep, zmq_msg_t *payload) {
+                     Ps__Replicate *rep, zmq_msg_t *payload, int npayload) {
   Ps__Envelope env;
   envelope_init(r, &env, id);
   env.body_case = PS__ENVELOPE__BODY_REPLICATE;
@@ -385,14 +385,13 @@ static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
   for (uint32_t k = 0; k < c->n; k++) {
     peer_t *p = peer_find(r, c->backups[k]);
     if (p == NULL) continue;
-    zmq_msg_t f;
-    int nf = 0;
-    if (payload) {
-      zmq_msg_init(&f);
-      zmq_msg_copy(&f, payload);
-      nf = 1;
+    zmq_msg_t f[2];
+    int nf = payload ? npayload : 0;
+    for (int i = 0; i < nf; i++) {
+      zmq_msg_init(&f[i]);
+      zmq_msg_copy(&f[i], &payload[i]);
     }
-    if (ps_msg_send(ps_zsock_socket(p->zs), NULL, &env, nf ? &f : NULL, nf) !=
+    if (ps_msg_send(ps_zsock_socket(p->zs), NULL, &env, nf ? f : NULL, nf) !=
         PS_OK) {
       /* Only a closed socket fails here; the view will drop the backup. */
       PS_WARN("replica_send_failed", "backup=%u", p->id);
@@ -432,7 +431,43 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
     rep.key_begin = p->key_begin;
     rep.count = p->count;
     rep.clock = p->clock;
-    send_all(r, c, e, id, &rep, payload);
+    send_all(r, c, e, id, &rep, payload, 1);
+  }
+  complete(r);
+  return PS_OK;
+}
+
+int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
+                        zmq_msg_t *route, uint64_t request_id,
+                        uint64_t clock_after, uint32_t worker,
+                        const Ps__SparsePush *p, zmq_msg_t *frames) {
+  const chain_t *c = chain_find(r, begin, end);
+  if ((c == NULL || c->n == 0) && r->count == 0) {
+    if (r->cbs.push_done)
+      r->cbs.push_done(r->arg, route, request_id, worker, clock_after, 0,
+                       PS_OK, "");
+    return PS_OK;
+  }
+  uint64_t id;
+  entry_t *e = entry_push(r, begin, end, &id);
+  if (e == NULL) return PS_ERR_NOMEM;
+  e->has_route = 1;
+  zmq_msg_init(&e->route);
+  zmq_msg_copy(&e->route, route);
+  e->request_id = request_id;
+  e->worker = worker;
+  e->clock = clock_after;
+  if (c != NULL && c->n > 0) {
+    Ps__Replicate rep = PS__REPLICATE__INIT;
+    rep.range_begin = begin;
+    rep.range_end = end;
+    rep.kind = PS__REPLICATE_KIND__REPL_SPARSE_PUSH;
+    rep.worker = worker;
+    rep.seq = p->seq;
+    rep.clock = p->clock;
+    rep.table = p->table;
+    rep.nkeys = p->nkeys;
+    send_all(r, c, e, id, &rep, frames, 2);
   }
   complete(r);
   return PS_OK;
@@ -463,7 +498,7 @@ int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
   rep.live = ids;
   rep.n_live_from = n;
   rep.live_from = from;
-  send_all(r, c, e, id, &rep, NULL);
+  send_all(r, c, e, id, &rep, NULL, 0);
   free(ids);
   free(from);
   complete(r);
@@ -523,8 +558,100 @@ fail:
   return PS_ERR_NOMEM;
 }
 
+/* Rows per sparse chunk of a snapshot: a few MiB, under the frame limit. */
+static uint64_t sparse_chunk_rows(const ps_repl_t *r, size_t floats) {
+  uint64_t n = r->limits.max_payload_bytes / (floats * sizeof(float));
+  return n > 65536 ? 65536 : n ? n : 1;
+}
+
+/* Sends the rows (or, sums, the BSP step's sums) of sparse table number
+ * table as chunks of snapshot id. Returns the bytes sent, or a negative
+ * ps_err_t. */
+static int64_t send_sparse_chunks(ps_repl_t *r, void *sock, uint64_t id,
+                                  uint64_t begin, uint64_t end, uint32_t table,
+                                  const ps_sparse_table_t *t, int sums) {
+  size_t floats = sums ? ps_sparse_table_dim(t) : ps_sparse_table_row_floats(t);
+  uint64_t n = sums ? ps_sparse_table_pending(t) : ps_sparse_table_rows(t);
+  uint64_t per = sparse_chunk_rows(r, floats);
+  int64_t bytes = 0;
+  /* Rows least recently pushed first: the backup puts them in this order
+   * and so holds the same recency order (ps-server/sparse.h). */
+  uint64_t at = sums ? 0 : ps_sparse_table_lru_first(t);
+  for (uint64_t off = 0; off < n; off += per) {
+    uint64_t k = n - off < per ? n - off : per;
+    zmq_msg_t f[2];
+    if (zmq_msg_init_size(&f[0], k * sizeof(uint64_t)) != 0)
+      return PS_ERR_NOMEM;
+    if (zmq_msg_init_size(&f[1], k * floats * sizeof(float)) != 0) {
+      zmq_msg_close(&f[0]);
+      return PS_ERR_NOMEM;
+    }
+    uint64_t *ids = zmq_msg_data(&f[0]);
+    float *rows = zmq_msg_data(&f[1]);
+    for (uint64_t i = 0; i < k; i++) {
+      const float *src;
+      if (sums) {
+        src = ps_sparse_table_pending_at(t, off + i, &ids[i]);
+      } else {
+        src = ps_sparse_table_row_at(t, at, &ids[i]);
+        at = ps_sparse_table_lru_next(t, at);
+      }
+      memcpy(rows + i * floats, src, floats * sizeof(float));
+    }
+    Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
+    ch.range_begin = begin;
+    ch.range_end = end;
+    ch.array = sums ? PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SUM
+                    : PS__SNAPSHOT_ARRAY__SNAP_SPARSE_ROWS;
+    ch.offset = off;
+    ch.count = k;
+    ch.table = table;
+    Ps__Envelope env;
+    envelope_init(r, &env, id);
+    env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
+    env.replica_chunk = &ch;
+    bytes += (int64_t)(zmq_msg_size(&f[0]) + zmq_msg_size(&f[1]));
+    if (ps_msg_send(sock, NULL, &env, f, 2) != PS_OK)
+      PS_WARN("replica_send_failed", "backup snapshot sparse chunk");
+  }
+  return bytes;
+}
+
+static uint32_t sparse_chunks(const ps_repl_t *r, const ps_sparse_table_t *t) {
+  uint64_t per = sparse_chunk_rows(r, ps_sparse_table_row_floats(t));
+  uint64_t per_sum = sparse_chunk_rows(r, ps_sparse_table_dim(t));
+  return (uint32_t)((ps_sparse_table_rows(t) + per - 1) / per +
+                    (ps_sparse_table_pending(t) + per_sum - 1) / per_sum +
+                    (ps_sparse_table_sketch_cells(t) > 0));
+}
+
+/* The table's admission sketch, if it has one, as one chunk. */
+static int64_t send_sketch_chunk(ps_repl_t *r, void *sock, uint64_t id,
+                                 uint64_t begin, uint64_t end, uint32_t table,
+                                 const ps_sparse_table_t *t) {
+  size_t n = ps_sparse_table_sketch_cells(t);
+  if (n == 0) return 0;
+  zmq_msg_t f;
+  if (frame_copy(&f, ps_sparse_table_sketch(t), n * sizeof(uint32_t)) != PS_OK)
+    return PS_ERR_NOMEM;
+  Ps__ReplicaChunk ch = PS__REPLICA_CHUNK__INIT;
+  ch.range_begin = begin;
+  ch.range_end = end;
+  ch.array = PS__SNAPSHOT_ARRAY__SNAP_SPARSE_SKETCH;
+  ch.count = n;
+  ch.table = table;
+  Ps__Envelope env;
+  envelope_init(r, &env, id);
+  env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
+  env.replica_chunk = &ch;
+  if (ps_msg_send(sock, NULL, &env, &f, 1) != PS_OK)
+    PS_WARN("replica_send_failed", "backup snapshot sketch chunk");
+  return (int64_t)(n * sizeof(uint32_t));
+}
+
 int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
-                     const ps_dedup_t *dedup) {
+                     const ps_dedup_t *dedup, ps_sparse_table_t *const *sparse,
+                     size_t nsparse) {
   uint64_t begin = ps_shard_begin(shard), end = ps_shard_end(shard);
   uint64_t len = end - begin;
   peer_t *p = peer_find(r, backup);
@@ -555,6 +682,11 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
       lo = stop < hi ? stop : hi;
       nchunks++;
     }
+  }
+  uint64_t nrows = 0;
+  for (size_t i = 0; i < nsparse; i++) {
+    nchunks += sparse_chunks(r, sparse[i]);
+    nrows += ps_sparse_table_rows(sparse[i]);
   }
 
   size_t ndedup = ps_dedup_count(dedup);
@@ -637,12 +769,29 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
       off += count;
     }
   }
+  for (size_t i = 0; i < nsparse && rc == PS_OK; i++) {
+    int64_t b = send_sketch_chunk(r, sock, id, begin, end, (uint32_t)i,
+                                  sparse[i]);
+    if (b < 0)
+      rc = (int)b;
+    else
+      bytes += (uint64_t)b;
+  }
+  for (size_t i = 0; i < nsparse && rc == PS_OK; i++)
+    for (int sums = 0; sums < 2 && rc == PS_OK; sums++) {
+      int64_t b = send_sparse_chunks(r, sock, id, begin, end, (uint32_t)i,
+                                     sparse[i], sums);
+      if (b < 0)
+        rc = (int)b;
+      else
+        bytes += (uint64_t)b;
+    }
   e->snap_bytes = bytes;
   PS_INFO("snapshot_sent",
           "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu chunks=%u "
-          "workers=%zu",
+          "workers=%zu sparse_rows=%llu",
           (unsigned long long)begin, (unsigned long long)end, backup,
           (unsigned long long)st.clock, (unsigned long long)bytes, nchunks,
-          ndedup);
+          ndedup, (unsigned long long)nrows);
   return rc;
 }

@@ -34,6 +34,7 @@
 #include "common/view.h"
 #include "dedup.h"
 #include "shard.h"
+#include "sparse.h"
 
 typedef struct ps_repl_s ps_repl_t;
 
@@ -96,14 +97,24 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
                  uint64_t request_id, uint64_t clock_after, int duplicate,
                  uint32_t worker, const Ps__Push *p, zmq_msg_t *payload);
 
+/* The same for a worker's sparse push p to the range's rows: frames are
+ * its two received frames (keys, values), referenced. Never a duplicate:
+ * a resent sparse push is acked through ps_repl_push's duplicate path. */
+int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
+                        zmq_msg_t *route, uint64_t request_id,
+                        uint64_t clock_after, uint32_t worker,
+                        const Ps__SparsePush *p, zmq_msg_t *frames);
+
 /* The range's live set changed (or was set): every backup replays it. */
 int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
                  const ps_shard_live_t *live, size_t n);
 
-/* Sends the whole state of shard (and its dedup table) to backup, which
- * must be in the range's chain. synced follows its ack. */
+/* Sends the whole state of shard (its dedup table, and the range's rows of
+ * the nsparse sparse tables, in model order) to backup, which must be in
+ * the range's chain. synced follows its ack. */
 int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
-                     const ps_dedup_t *dedup);
+                     const ps_dedup_t *dedup, ps_sparse_table_t *const *sparse,
+                     size_t nsparse);
 
 /* Changes waiting for backups' acks. */
 size_t ps_repl_waiting(const ps_repl_t *r);

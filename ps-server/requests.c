@@ -200,11 +200,18 @@ void ps__server_report_clock(ps_server_t *s) {
   }
 }
 
+static void sparse_step_applied(ps_server_t *s, owned_range_t *r);
+
 void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
   s->stats.applies++;
+  /* With the dense step, before anyone (a checkpoint, a parked pull) sees
+   * the range at the new clock. */
+  sparse_step_applied(s, r);
   /* First: a checkpoint waiting for this clock copies the shard before a
    * reply or another apply can follow. */
-  if (s->saver) ps_saver_shard_applied(s->saver, r->shard);
+  if (s->saver)
+    ps_saver_shard_applied(s->saver, r->shard, r->sparse,
+                           r->sparse ? r->nsparse : 0);
   PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
            (unsigned long long)ps_shard_begin(r->shard),
            (unsigned long long)ps_shard_end(r->shard),
@@ -501,7 +508,11 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
   send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
 }
 
-/* ---- sparse tables (issue #3) ---- */
+/* ---- sparse tables (issues #3, #14) ----
+ * A row lives in one dense range (ps_view_sparse_range) and every copy of
+ * the range holds it: a sparse push follows a dense push's path, the
+ * range's duplicate window, the fan-out to its backups, and in BSP its
+ * step. */
 
 /* Grows *buf to bytes; PS_OK or PS_ERR_NOMEM. */
 static int scratch_reserve(void **buf, size_t *have, size_t bytes) {
@@ -513,11 +524,111 @@ static int scratch_reserve(void **buf, size_t *have, size_t bytes) {
   return PS_OK;
 }
 
-/* The table a sparse request names and its keys, aligned and checked: all
- * owned by this server under the current view. NULL after refusing m. */
-static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
-                                       const char *table, uint64_t nkeys,
-                                       const uint64_t **keys_out) {
+const uint64_t *ps__server_aligned_keys(ps_server_t *s, zmq_msg_t *f,
+                                        uint64_t n) {
+  /* A frame may sit at any offset in ZeroMQ's buffer, so the keys are
+   * copied to an aligned scratch (a few KiB; cheaper than a branch per
+   * key). */
+  size_t bytes = (size_t)n * sizeof(uint64_t);
+  if (scratch_reserve((void **)&s->key_scratch, &s->key_scratch_bytes,
+                      bytes ? bytes : 1) != PS_OK)
+    return NULL;
+  memcpy(s->key_scratch, zmq_msg_data(f), bytes);
+  return s->key_scratch;
+}
+
+/* Rows of a table of spec one copy of a range may hold under the cap: the
+ * server's bytes split over the tables and the copies a server holds when
+ * every server leads one range (replication of them). A function of the
+ * view's fixed settings only, so every copy of a range has the same cap and
+ * evicts the same rows. Each row costs its floats and about 40 bytes of
+ * bookkeeping (id, hash slots at half load, recency links). */
+static uint64_t sparse_cap_rows(const ps_server_t *s, const ps_view_t *view,
+                                const ps_sparse_spec_t *spec) {
+  if (s->sparse_max_bytes == 0) return 0;
+  uint64_t copies = view->replication ? view->replication : 1;
+  uint64_t per_row =
+      ps_sparse_row_floats(spec, &view->model) * sizeof(float) + 40;
+  uint64_t rows =
+      s->sparse_max_bytes / copies / view->model.nsparse / per_row;
+  return rows ? rows : 1;
+}
+
+ps_sparse_table_t **ps__server_sparse_new_tables(const ps_server_t *s,
+                                                 const ps_view_t *view) {
+  const ps_model_t *m = &view->model;
+  ps_sparse_table_t **t = calloc(m->nsparse + 1, sizeof(*t));
+  if (t == NULL) return NULL;
+  for (size_t i = 0; i < m->nsparse; i++)
+    if ((t[i] = ps_sparse_table_new(&m->sparse[i], m)) == NULL ||
+        ps_sparse_table_set_limits(t[i], sparse_cap_rows(s, view, &m->sparse[i]),
+                                   s->sparse_admit_after) != PS_OK) {
+      ps__server_sparse_free_tables(&t, i + 1);
+      return NULL;
+    }
+  return t;
+}
+
+void ps__server_sparse_retire_tables(ps_server_t *s, ps_sparse_table_t ***t_p,
+                                     size_t n) {
+  for (size_t i = 0; *t_p && i < n; i++) {
+    if ((*t_p)[i] == NULL) continue;
+    ps_sparse_stats_t st;
+    ps_sparse_table_stats((*t_p)[i], &st);
+    s->sparse_gone.evictions += st.evictions;
+    s->sparse_gone.not_admitted += st.not_admitted;
+  }
+  ps__server_sparse_free_tables(t_p, n);
+}
+
+void ps__server_sparse_stats(const ps_server_t *s, ps_sparse_stats_t *out) {
+  *out = s->sparse_gone;
+  out->rows = 0;
+  for (size_t i = 0; i < s->nranges; i++) {
+    const owned_range_t *r = &s->ranges[i];
+    for (size_t t = 0; r->sparse && t < r->nsparse; t++) {
+      ps_sparse_stats_t st;
+      ps_sparse_table_stats(r->sparse[t], &st);
+      out->rows += st.rows;
+      out->evictions += st.evictions;
+      out->not_admitted += st.not_admitted;
+    }
+  }
+}
+
+void ps__server_sparse_free_tables(ps_sparse_table_t ***t_p, size_t n) {
+  if (*t_p == NULL) return;
+  for (size_t i = 0; i < n; i++) ps_sparse_table_destroy(&(*t_p)[i]);
+  free(*t_p);
+  *t_p = NULL;
+}
+
+int ps__server_sparse_apply(ps_server_t *s, owned_range_t *r,
+                            ps_sparse_table_t *t, const uint64_t *keys,
+                            size_t n, const float *g, uint64_t step,
+                            char *err, size_t errlen) {
+  if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP)
+    return ps_sparse_table_accumulate(t, keys, n, g, step, err, errlen);
+  int rc = ps_sparse_table_push(t, keys, n, g, ps_shard_push_scale(r->shard),
+                                step, err, errlen);
+  if (rc == PS_OK) s->stats.applies++;
+  return rc;
+}
+
+/* The index of the sparse table called name in the model, or -1. */
+static int sparse_index(const ps_model_t *m, const char *name) {
+  for (size_t i = 0; name && i < m->nsparse; i++)
+    if (strcmp(m->sparse[i].name, name) == 0) return (int)i;
+  return -1;
+}
+
+/* The range this server is the primary of that holds every row of a
+ * sparse request, its table (in *t) and its keys, aligned and checked.
+ * NULL after refusing m. */
+static owned_range_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
+                                   const char *table, uint64_t nkeys,
+                                   ps_sparse_table_t **t,
+                                   const uint64_t **keys_out) {
   if (!check_epoch(s, m)) return NULL;
   if (nkeys > s->max_sparse_keys) {
     ps__server_refuse(s, m, PS_ERR_TOO_BIG,
@@ -527,59 +638,81 @@ static ps_sparse_table_t *sparse_begin(ps_server_t *s, ps_msg_t *m,
                       (unsigned long long)s->max_sparse_keys);
     return NULL;
   }
-  ps_sparse_table_t *t = NULL;
-  for (size_t i = 0; table && i < s->nsparse; i++)
-    if (strcmp(ps_sparse_table_name(s->sparse[i]), table) == 0)
-      t = s->sparse[i];
-  if (t == NULL) {
+  int ti = sparse_index(&s->view->model, table);
+  if (ti < 0) {
     ps__server_refuse(s, m, PS_ERR_UNKNOWN_KEY,
                       "no sparse table \"%s\" in the model",
                       table ? table : "");
     return NULL;
   }
-  /* ps_msg_recv checked the frame holds exactly nkeys uint64. A frame may
-   * sit at any offset in ZeroMQ's buffer, so the keys are copied to an
-   * aligned scratch (a few KiB; cheaper than a branch per key). */
-  size_t bytes = (size_t)nkeys * sizeof(uint64_t);
-  if (scratch_reserve((void **)&s->key_scratch, &s->key_scratch_bytes, bytes) !=
-      PS_OK) {
+  /* ps_msg_recv checked the frame holds exactly nkeys uint64. */
+  const uint64_t *keys = ps__server_aligned_keys(s, &m->payload[0], nkeys);
+  if (keys == NULL) {
     ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for %llu keys",
                       (unsigned long long)nkeys);
     return NULL;
   }
-  memcpy(s->key_scratch, zmq_msg_data(&m->payload[0]), bytes);
-  const uint64_t *keys = s->key_scratch;
   char why[256];
   if (ps_sparse_keys_check(keys, nkeys, why, sizeof(why)) != PS_OK) {
     ps__server_refuse(s, m, PS_ERR_PROTO, "table \"%s\": %s", table, why);
     return NULL;
   }
-  const ps_sparse_spec_t *spec = ps_model_sparse(&s->view->model, table);
-  for (uint64_t i = 0; i < nkeys; i++) {
-    int64_t owner = ps_view_sparse_owner(s->view, spec->salt, keys[i]);
-    if (owner != (int64_t)s->node_id) {
-      ps__server_refuse(
-          s, m, PS_ERR_UNKNOWN_KEY,
-          "table \"%s\": row %llu belongs to server %lld, not %u, at "
-          "epoch %llu",
-          table, (unsigned long long)keys[i], (long long)owner, s->node_id,
-          (unsigned long long)ps__server_view_epoch(s));
+  uint64_t salt = s->view->model.sparse[ti].salt;
+  int64_t ri = ps_view_sparse_range(s->view, salt, keys[0]);
+  if (ri < 0) {
+    ps__server_refuse(s, m, PS_ERR_UNKNOWN_KEY,
+                      "table \"%s\": the model has no dense range to hold "
+                      "sparse rows (README, Sparse tables)",
+                      table);
+    return NULL;
+  }
+  for (uint64_t i = 1; i < nkeys; i++)
+    if (ps_view_sparse_range(s->view, salt, keys[i]) != ri) {
+      ps__server_refuse(s, m, PS_ERR_PROTO,
+                        "table \"%s\": rows %llu and %llu belong to different "
+                        "ranges: one request per range",
+                        table, (unsigned long long)keys[0],
+                        (unsigned long long)keys[i]);
       return NULL;
     }
+  const ps_range_t *vr = &s->view->ranges[ri];
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->primary && r->shard && r->sparse && r->begin == vr->begin &&
+        r->end == vr->end) {
+      *t = r->sparse[ti];
+      *keys_out = keys;
+      return r;
+    }
   }
-  *keys_out = keys;
-  return t;
+  ps__server_refuse(
+      s, m,
+      m->env->epoch < ps__server_view_epoch(s) ? PS_ERR_STALE_EPOCH
+                                               : PS_ERR_UNKNOWN_KEY,
+      "table \"%s\": row %llu belongs to range [%llu,%llu) of server %u, "
+      "not %u, at epoch %llu",
+      table, (unsigned long long)keys[0], (unsigned long long)vr->begin,
+      (unsigned long long)vr->end, vr->server_id, s->node_id,
+      (unsigned long long)ps__server_view_epoch(s));
+  return NULL;
 }
 
-/* Sparse rows are applied on arrival in both modes: BSP's step barrier
- * covers dense ranges only for now (README), and each push is scaled by
- * 1/live workers as a dense one is, so a step of N workers moves a row by
- * their mean gradient. */
 void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   const Ps__SparsePush *p = m->env->sparse_push;
   const uint64_t *keys;
-  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
-  if (t == NULL) return;
+  ps_sparse_table_t *t;
+  owned_range_t *r = sparse_begin(s, m, p->table, p->nkeys, &t, &keys);
+  if (r == NULL) return;
+  uint32_t worker = m->env->sender;
+  if (ps__server_handover_holds(s, r)) {
+    s->stats.handover_held++;
+    ps__server_refuse(s, m, PS_ERR_STALE_EPOCH,
+                      "range [%llu,%llu) is being handed to server %u; the "
+                      "next view names its primary",
+                      (unsigned long long)r->begin, (unsigned long long)r->end,
+                      r->handover_to);
+    return;
+  }
   size_t bytes = (size_t)p->nkeys * ps_sparse_table_dim(t) * sizeof(float);
   size_t got = zmq_msg_size(&m->payload[1]);
   if (got != bytes) {
@@ -591,31 +724,79 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
         bytes);
     return;
   }
-  const void *data = zmq_msg_data(&m->payload[1]);
-  const float *g = data;
-  if ((uintptr_t)data % _Alignof(float) != 0) {
-    if (scratch_reserve((void **)&s->scratch, &s->scratch_bytes, bytes) !=
+  /* The range's duplicate window, as for a dense push: a resend after a
+   * failover or a timeout is acked once its original is on the backups. */
+  int seen = ps_dedup_check(r->dedup, worker, p->seq);
+  if (seen == PS_DEDUP_OLD) {
+    ps__server_refuse(
+        s, m, PS_ERR_REFUSED,
+        "sparse push seq %llu of worker %u is older than the %d this range "
+        "remembers: cannot tell whether it was applied",
+        (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
+    return;
+  }
+  if (seen == PS_DEDUP_DUP) {
+    if (!inflight_take(s, m, worker)) return;
+    if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                     ps_shard_clock(r->shard), 1, worker, NULL, NULL) !=
         PS_OK) {
-      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
-      return;
+      inflight_give(s, worker);
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
     }
-    memcpy(s->scratch, data, bytes);
-    g = s->scratch;
-    s->stats.unaligned_payloads++;
+    return;
+  }
+  const float *g = ps__server_aligned_floats(s, &m->payload[1],
+                                             bytes / sizeof(float));
+  if (g == NULL) {
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to align a sparse push");
+    return;
   }
   if (!nonfinite_ok(s, m, (float *)g, bytes / sizeof(float), &m->payload[1],
                     "rows of", 0))
     return;
-  uint32_t live = s->view->live_workers ? s->view->live_workers : 1;
   char why[256];
-  int rc = ps_sparse_table_push(t, keys, p->nkeys, g, 1.0f / (float)live,
-                                p->clock, why, sizeof(why));
+  int rc = ps_shard_check_step(r->shard, worker, p->clock, why, sizeof(why));
   if (rc != PS_OK) {
     ps__server_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
     return;
   }
-  s->stats.applies++;
-  ps__server_reply_ack(s, &m->route, m->request_id, p->clock, 0);
+  if (!inflight_take(s, m, worker)) return;
+  if (ps_dedup_reserve(r->dedup, worker) != PS_OK) {
+    inflight_give(s, worker);
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to remember worker %u",
+                      worker);
+    return;
+  }
+  rc = ps__server_sparse_apply(s, r, t, keys, p->nkeys, g, p->clock, why,
+                               sizeof(why));
+  if (rc != PS_OK) {
+    /* Part of the rows may have moved: the copies would differ. */
+    inflight_give(s, worker);
+    ps__server_refuse(s, m, rc, "table \"%s\": %s", p->table, why);
+    ps_server_stop(s, rc, "a sparse push failed half-applied", 1);
+    return;
+  }
+  ps_dedup_mark(r->dedup, worker, p->seq);
+  /* The frames themselves go to the backups, by reference. */
+  if (ps_repl_sparse_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                          ps_shard_clock(r->shard), worker, p,
+                          m->payload) != PS_OK)
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory queueing replication", 1);
+}
+
+/* BSP: the range's dense step was applied; its rows' sums follow, scaled
+ * the same way. */
+static void sparse_step_applied(ps_server_t *s, owned_range_t *r) {
+  if (r->sparse == NULL ||
+      ps_shard_mode(r->shard) != PS__CONSISTENCY_MODE__MODE_BSP)
+    return;
+  float scale = ps_shard_step_scale(r->shard);
+  uint64_t step = ps_shard_clock(r->shard) - 1;
+  for (size_t i = 0; i < r->nsparse; i++)
+    if (ps_sparse_table_apply_pending(r->sparse[i], scale, step) != PS_OK) {
+      ps_server_stop(s, PS_ERR_NOMEM, "out of memory applying sparse rows", 1);
+      return;
+    }
 }
 
 static void sparse_rows_free(void *data, void *hint) {
@@ -626,8 +807,9 @@ static void sparse_rows_free(void *data, void *hint) {
 void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
   const Ps__SparsePull *p = m->env->sparse_pull;
   const uint64_t *keys;
-  ps_sparse_table_t *t = sparse_begin(s, m, p->table, p->nkeys, &keys);
-  if (t == NULL) return;
+  ps_sparse_table_t *t;
+  owned_range_t *range = sparse_begin(s, m, p->table, p->nkeys, &t, &keys);
+  if (range == NULL) return;
   uint32_t dim = ps_sparse_table_dim(t);
   if (p->nkeys > s->limits.max_payload_bytes / sizeof(float) / dim) {
     ps__server_refuse(
@@ -674,32 +856,7 @@ void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m) {
     s->stats.send_failures++;
 }
 
-/* Makes the model's sparse tables once: the model never changes within a
- * job (same_model), so later views keep them. */
-int ps__server_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
-                            size_t errlen) {
-  if (s->sparse != NULL || view->model.nsparse == 0) return PS_OK;
-  s->sparse = calloc(view->model.nsparse, sizeof(*s->sparse));
-  if (s->sparse == NULL) goto nomem;
-  for (size_t i = 0; i < view->model.nsparse; i++) {
-    s->sparse[i] = ps_sparse_table_new(&view->model.sparse[i], &view->model);
-    if (s->sparse[i] == NULL) goto nomem;
-    s->nsparse = i + 1;
-  }
-  PS_INFO("sparse_tables", "count=%zu epoch=%llu", s->nsparse,
-          (unsigned long long)view->epoch);
-  return PS_OK;
-nomem:
-  snprintf(err, errlen, "out of memory creating sparse tables");
-  return PS_ERR_NOMEM;
-}
-
 void ps__server_sparse_free(ps_server_t *s) {
-  for (size_t i = 0; i < s->nsparse; i++)
-    ps_sparse_table_destroy(&s->sparse[i]);
-  free(s->sparse);
-  s->sparse = NULL;
-  s->nsparse = 0;
   free(s->key_scratch);
   s->key_scratch = NULL;
   s->key_scratch_bytes = 0;

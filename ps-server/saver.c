@@ -21,6 +21,8 @@ typedef struct {
   int slots;
   uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs */
   size_t nopt_steps;
+  uint8_t *sparse; /* the encoded sparse section, or NULL */
+  size_t sparse_bytes;
   char file[PS_CHECKPOINT_NAME_MAX];
   ps_checkpoint_file_stat_t stat;
 } snap_t;
@@ -44,6 +46,9 @@ typedef struct {
   ps_model_t model;
   ps_saver_range_t *ranges;
   size_t nranges;
+  ps_range_t *parts;
+  size_t nparts;
+  uint64_t sparse_rows;
   /* results */
   uint64_t bytes;
   uint64_t work_us;
@@ -66,14 +71,21 @@ static void job_free(job_t *j) {
     free(j->snaps[i].weights);
     free(j->snaps[i].state);
     free(j->snaps[i].opt_steps);
+    free(j->snaps[i].sparse);
   }
   free(j->snaps);
   for (size_t i = 0; j->ranges && i < j->nranges; i++) {
     free(j->ranges[i].weights);
     free(j->ranges[i].state);
     free(j->ranges[i].tensor_steps);
+    for (size_t t = 0; j->ranges[i].sparse && t < j->ranges[i].nsparse; t++) {
+      free(j->ranges[i].sparse[t].ids);
+      free(j->ranges[i].sparse[t].rows);
+    }
+    free(j->ranges[i].sparse);
   }
   free(j->ranges);
+  free(j->parts);
   ps_model_clear(&j->model);
   free(j);
 }
@@ -165,14 +177,17 @@ static void write_work(uv_work_t *w) {
         .mode = j->mode,
         .state_slots = s->slots,
     };
-    j->status = ps_checkpoint_shard_write(
+    j->status = ps_checkpoint_shard_write_sparse(
         j->dir, s->file, &meta, s->weights, s->state, s->opt_steps,
-        s->nopt_steps, &s->stat, j->err, sizeof(j->err));
+        s->nopt_steps, s->sparse, s->sparse_bytes, &s->stat, j->err,
+        sizeof(j->err));
     j->bytes += s->stat.bytes;
     /* The copy is on disk: give the memory back before the next shard. */
     free(s->weights);
     free(s->state);
+    free(s->sparse);
     s->weights = s->state = NULL;
+    s->sparse = NULL;
   }
   j->work_us = (ps_now_ns() - t0) / 1000;
 }
@@ -239,10 +254,60 @@ static int all_taken(const job_t *j) {
   return 1;
 }
 
-/* Copies the shard's weights, optimizer state and update counts as they
- * are now. */
-static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard, char *err,
-                    size_t errlen) {
+static void put_u32le(uint8_t *p, uint32_t v) {
+  memcpy(p, &v, 4); /* little-endian hosts only: see server_int.h */
+}
+static void put_u64le(uint8_t *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
+
+/* Encodes the rows of tables as a sparse section
+ * (PS_CHECKPOINT_SECTION_SPARSE) into s. */
+static int encode_sparse(snap_t *s, ps_sparse_table_t *const *tables,
+                         size_t ntables) {
+  size_t bytes = 0;
+  for (size_t t = 0; t < ntables; t++) {
+    uint64_t n = ps_sparse_table_rows(tables[t]);
+    if (n == 0) continue;
+    bytes += 16 + n * (sizeof(uint64_t) +
+                       ps_sparse_table_row_floats(tables[t]) * sizeof(float));
+  }
+  if (bytes == 0) return PS_OK;
+  uint8_t *p = malloc(bytes);
+  if (p == NULL) return PS_ERR_NOMEM;
+  s->sparse = p;
+  s->sparse_bytes = bytes;
+  for (size_t t = 0; t < ntables; t++) {
+    uint64_t n = ps_sparse_table_rows(tables[t]);
+    if (n == 0) continue;
+    size_t rf = ps_sparse_table_row_floats(tables[t]);
+    put_u32le(p, (uint32_t)t);
+    put_u32le(p + 4, (uint32_t)rf);
+    put_u64le(p + 8, n);
+    uint8_t *ids = p + 16, *rows = ids + n * sizeof(uint64_t);
+    /* Least recently pushed first, so a restore keeps the recency order. */
+    uint64_t at = ps_sparse_table_lru_first(tables[t]);
+    for (uint64_t i = 0; i < n; i++, at = ps_sparse_table_lru_next(tables[t], at)) {
+      uint64_t id;
+      const float *row = ps_sparse_table_row_at(tables[t], at, &id);
+      memcpy(ids + i * sizeof(uint64_t), &id, sizeof(id));
+      memcpy(rows + i * rf * sizeof(float), row, rf * sizeof(float));
+    }
+    p = rows + n * rf * sizeof(float);
+  }
+  return PS_OK;
+}
+
+/* Copies the shard's weights, optimizer state and update counts (and its
+ * range's sparse rows, with their optimizer state) as they are now. */
+static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard,
+                    ps_sparse_table_t *const *tables, size_t ntables,
+                    char *err, size_t errlen) {
+  if (tables && encode_sparse(s, tables, ntables) != PS_OK) {
+    snprintf(err, errlen, "no memory to copy the sparse rows of [%llu,%llu)",
+             (unsigned long long)s->begin, (unsigned long long)s->end);
+    return PS_ERR_NOMEM;
+  }
   size_t n = (size_t)(s->end - s->begin);
   s->weights = malloc(n * sizeof(float));
   const float *st = ps_shard_opt_state(shard, &s->slots);
@@ -374,7 +439,8 @@ void ps_saver_request(ps_saver_t *sv, const Ps__CheckpointRequest *req,
     const ps_shard_t *sh = ctx->shards[i];
     if (bsp && ps_shard_clock(sh) != req->step) continue;
     char why[256];
-    int rc = snapshot(j, &j->snaps[i], sh, why, sizeof(why));
+    int rc = snapshot(j, &j->snaps[i], sh, ctx->sparse ? ctx->sparse[i] : NULL,
+                      ctx->nsparse, why, sizeof(why));
     if (rc != PS_OK) {
       fail_job(sv, j, rc, why);
       return;
@@ -389,7 +455,8 @@ void ps_saver_request(ps_saver_t *sv, const Ps__CheckpointRequest *req,
   if (req->job_finished) check_finished(sv, j);
 }
 
-void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard) {
+void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard,
+                            ps_sparse_table_t *const *tables, size_t ntables) {
   job_t *j = sv->pending;
   if (j == NULL) return;
   uint64_t begin = ps_shard_begin(shard), end = ps_shard_end(shard);
@@ -410,7 +477,7 @@ void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard) {
     fail_job(sv, j, PS_ERR_PEER, why);
     return;
   }
-  int rc = snapshot(j, s, shard, why, sizeof(why));
+  int rc = snapshot(j, s, shard, tables, ntables, why, sizeof(why));
   if (rc != PS_OK) {
     fail_job(sv, j, rc, why);
     return;
@@ -419,6 +486,132 @@ void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard) {
 }
 
 /* ---- restoring ------------------------------------------------------- */
+
+static uint32_t get_u32le(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+static uint64_t get_u64le(const uint8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+/* Appends row id (rf floats) to rows, growing it. */
+static int rows_append(ps_saver_rows_t *r, uint64_t *cap, size_t rf,
+                       uint64_t id, const uint8_t *row) {
+  if (r->nrows == *cap) {
+    uint64_t c = *cap ? *cap * 2 : 1024;
+    uint64_t *ids = realloc(r->ids, c * sizeof(*ids));
+    if (ids == NULL) return PS_ERR_NOMEM;
+    r->ids = ids;
+    float *rows = realloc(r->rows, c * rf * sizeof(float));
+    if (rows == NULL) return PS_ERR_NOMEM;
+    r->rows = rows;
+    *cap = c;
+  }
+  r->ids[r->nrows] = id;
+  memcpy(r->rows + r->nrows * rf, row, rf * sizeof(float));
+  r->nrows++;
+  return PS_OK;
+}
+
+/* Files the rows of one shard file's sparse section (bytes, from path)
+ * under the loaded ranges that are their partitions now; caps[k * nsparse
+ * + t] is the room of ranges[k].sparse[t]. Checks every record against the
+ * model. */
+static int restore_sparse_section(job_t *j, const char *path,
+                                  const uint8_t *p, uint64_t bytes,
+                                  uint64_t *caps) {
+  const ps_model_t *m = &j->model;
+  uint64_t off = 0;
+  while (off < bytes) {
+    if (bytes - off < 16) {
+      snprintf(j->err, sizeof(j->err),
+               "%.200s: sparse section: %llu bytes left, a record header is 16",
+               path, (unsigned long long)(bytes - off));
+      return PS_ERR_FORMAT;
+    }
+    uint32_t t = get_u32le(p + off), rf = get_u32le(p + off + 4);
+    uint64_t n = get_u64le(p + off + 8);
+    size_t want_rf = t < m->nsparse ? ps_sparse_row_floats(&m->sparse[t], m) : 0;
+    uint64_t per = sizeof(uint64_t) + (uint64_t)rf * sizeof(float);
+    if (t >= m->nsparse || rf != want_rf || n == 0 ||
+        n > (bytes - off - 16) / per) {
+      snprintf(j->err, sizeof(j->err),
+               "%.200s: sparse section: a record of table %u with %llu rows "
+               "of %u floats does not fit the model (%zu tables, %zu floats "
+               "per row) or the %llu bytes left",
+               path, t, (unsigned long long)n, rf, m->nsparse, want_rf,
+               (unsigned long long)(bytes - off - 16));
+      return PS_ERR_FORMAT;
+    }
+    const uint8_t *ids = p + off + 16, *rows = ids + n * sizeof(uint64_t);
+    uint64_t salt = m->sparse[t].salt;
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t id = get_u64le(ids + i * sizeof(uint64_t));
+      const ps_range_t *part =
+          &j->parts[ps_sparse_part_of(salt, id, (uint32_t)j->nparts)];
+      for (size_t k = 0; k < j->nranges; k++) {
+        ps_saver_range_t *r = &j->ranges[k];
+        if (r->begin != part->begin || r->end != part->end) continue;
+        if (rows_append(&r->sparse[t], &caps[k * m->nsparse + t], rf, id,
+                        rows + i * rf * sizeof(float)) != PS_OK) {
+          snprintf(j->err, sizeof(j->err), "no memory for sparse rows");
+          return PS_ERR_NOMEM;
+        }
+        j->sparse_rows++;
+      }
+    }
+    off += 16 + n * per;
+  }
+  return PS_OK;
+}
+
+/* Every shard file's sparse rows, each to the loaded range that is its
+ * partition in the view being restored. */
+static int restore_sparse(job_t *j, const ps_checkpoint_manifest_t *m) {
+  size_t ns = j->model.nsparse;
+  if (ns == 0 || j->nranges == 0) return PS_OK;
+  if (j->nparts == 0) {
+    snprintf(j->err, sizeof(j->err),
+             "the view has no dense range to hold sparse rows");
+    return PS_ERR_INVAL;
+  }
+  uint64_t *caps = calloc(j->nranges * ns, sizeof(*caps));
+  if (caps == NULL) return PS_ERR_NOMEM;
+  int rc = PS_OK;
+  for (size_t k = 0; k < j->nranges && rc == PS_OK; k++) {
+    j->ranges[k].sparse = calloc(ns, sizeof(*j->ranges[k].sparse));
+    j->ranges[k].nsparse = ns;
+    if (j->ranges[k].sparse == NULL) rc = PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < m->nshards && rc == PS_OK; i++) {
+    char path[PS_CHECKPOINT_PATH_MAX + PS_CHECKPOINT_NAME_MAX + 2];
+    snprintf(path, sizeof(path), "%s/%s", j->dir, m->shards[i].file);
+    ps_checkpoint_shard_t sh;
+    rc = ps_checkpoint_shard_read(path, &sh, j->err, sizeof(j->err));
+    if (rc != PS_OK) break;
+    j->bytes += sh.stat.bytes;
+    if (sh.stat.bytes != m->shards[i].bytes ||
+        sh.stat.crc32c != m->shards[i].crc32c) {
+      snprintf(j->err, sizeof(j->err),
+               "%.200s: %llu bytes with CRC32C 0x%08x, the manifest says "
+               "%llu bytes with 0x%08x",
+               path, (unsigned long long)sh.stat.bytes, sh.stat.crc32c,
+               (unsigned long long)m->shards[i].bytes, m->shards[i].crc32c);
+      rc = PS_ERR_FORMAT;
+    }
+    if (rc == PS_OK && sh.sparse)
+      rc = restore_sparse_section(j, path, sh.sparse, sh.sparse_bytes, caps);
+    ps_checkpoint_shard_clear(&sh);
+  }
+  if (rc == PS_ERR_NOMEM && j->err[0] == '\0')
+    snprintf(j->err, sizeof(j->err), "no memory for sparse rows");
+  free(caps);
+  return rc;
+}
 
 static void restore_work(uv_work_t *w) {
   job_t *j = w->data;
@@ -464,6 +657,7 @@ static void restore_work(uv_work_t *w) {
                                  sizeof(j->err));
     j->bytes += bytes;
   }
+  if (j->status == PS_OK) j->status = restore_sparse(j, &m);
   ps_checkpoint_manifest_clear(&m);
 out:
   j->work_us = (ps_now_ns() - t0) / 1000;
@@ -476,9 +670,11 @@ static void restore_done(uv_work_t *w, int status) {
   double ms = (double)j->work_us / 1e3;
   if (j->status == PS_OK)
     PS_INFO("checkpoint_loaded",
-            "dir=%s step=%llu ranges=%zu bytes_read=%llu ms=%.1f mbps=%.1f",
+            "dir=%s step=%llu ranges=%zu sparse_rows=%llu bytes_read=%llu "
+            "ms=%.1f mbps=%.1f",
             j->dir, (unsigned long long)j->step, j->nranges,
-            (unsigned long long)j->bytes, ms,
+            (unsigned long long)j->sparse_rows, (unsigned long long)j->bytes,
+            ms,
             ms > 0 ? (double)j->bytes / 1e6 / (ms / 1e3) : 0.0);
   if (sv->cbs.restored_cb)
     sv->cbs.restored_cb(sv, j->status, j->err, j->ranges, j->nranges,
@@ -487,7 +683,8 @@ static void restore_done(uv_work_t *w, int status) {
 }
 
 int ps_saver_restore(ps_saver_t *sv, const char *dir, const ps_model_t *model,
-                     uint64_t step, const ps_range_t *ranges, size_t n) {
+                     uint64_t step, const ps_range_t *ranges, size_t n,
+                     const ps_range_t *parts, size_t nparts) {
   if (dir == NULL || strlen(dir) >= PS_CHECKPOINT_PATH_MAX) return PS_ERR_INVAL;
   job_t *j = calloc(1, sizeof(*j));
   if (j == NULL) return PS_ERR_NOMEM;
@@ -496,18 +693,15 @@ int ps_saver_restore(ps_saver_t *sv, const char *dir, const ps_model_t *model,
   j->step = step;
   snprintf(j->dir, sizeof(j->dir), "%s", dir);
   /* A deep copy: the view the model lives in may be replaced meanwhile. */
-  j->model = *model;
-  j->model.tensors = NULL;
   j->ranges = calloc(n + 1, sizeof(*j->ranges));
-  if (model->ntensors > 0)
-    j->model.tensors = malloc(model->ntensors * sizeof(*model->tensors));
-  if (j->ranges == NULL || (model->ntensors > 0 && j->model.tensors == NULL)) {
+  j->parts = calloc(nparts + 1, sizeof(*j->parts));
+  if (j->ranges == NULL || j->parts == NULL ||
+      ps_model_copy(&j->model, model) != PS_OK) {
     job_free(j);
     return PS_ERR_NOMEM;
   }
-  if (model->ntensors > 0)
-    memcpy(j->model.tensors, model->tensors,
-           model->ntensors * sizeof(*model->tensors));
+  if (nparts) memcpy(j->parts, parts, nparts * sizeof(*parts));
+  j->nparts = nparts;
   for (size_t i = 0; i < n; i++) {
     j->ranges[i].begin = ranges[i].begin;
     j->ranges[i].end = ranges[i].end;

@@ -35,19 +35,30 @@
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "shard.h"
+#include "sparse.h"
 
 typedef struct ps_saver_s ps_saver_t;
 
+/* A sparse table's rows of one range as loaded from a checkpoint. */
+typedef struct {
+  uint64_t nrows;
+  uint64_t *ids;
+  float *rows; /* nrows whole rows (ps_sparse_table_row_floats each) */
+} ps_saver_rows_t;
+
 /* One range as loaded from a checkpoint: end - begin weights, the
- * optimizer state (ps_model_state_slots times as many, NULL when 0) and
- * the model's tensors' update counts (one per tensor). Owned by the
- * saver; valid during restored_cb only. */
+ * optimizer state (ps_model_state_slots times as many, NULL when 0), the
+ * model's tensors' update counts (one per tensor) and the range's sparse
+ * rows (weights and optimizer state, whole). Owned by the saver; valid
+ * during restored_cb only. */
 typedef struct {
   uint64_t begin, end;
   uint64_t clock;
   float *weights;
   float *state;
   uint64_t *tensor_steps;
+  ps_saver_rows_t *sparse; /* one per sparse table of the model */
+  size_t nsparse;
 } ps_saver_range_t;
 
 typedef struct {
@@ -64,6 +75,9 @@ typedef struct {
 typedef struct {
   ps_shard_t *const *shards; /* the server's shards now */
   size_t nshards;
+  /* sparse[i]: the nsparse sparse tables of shard i's range. */
+  ps_sparse_table_t *const *const *sparse;
+  size_t nsparse;
   uint64_t fingerprint; /* ps_checkpoint_fingerprint of the job's model */
   uint64_t view_epoch;
   uint32_t node_id;
@@ -78,14 +92,21 @@ ps_saver_t *ps_saver_new(uv_loop_t *loop, const ps_saver_cbs_t *cbs);
 void ps_saver_request(ps_saver_t *sv, const Ps__CheckpointRequest *req,
                       const ps_saver_ctx_t *ctx);
 
-/* shard just applied a step (its clock moved). */
-void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard);
+/* shard just applied a step (its clock moved); tables are its range's
+ * ntables sparse tables, with the step applied too. */
+void ps_saver_shard_applied(ps_saver_t *sv, const ps_shard_t *shard,
+                            ps_sparse_table_t *const *tables, size_t ntables);
 
 /* Starts loading ranges[0..n) from the checkpoint directory dir for a job
- * of model, whose step must be step. Returns PS_OK (restored_cb follows) or
- * PS_ERR_NOMEM / PS_ERR_INVAL at once. */
+ * of model, whose step must be step. parts[0..nparts) are the view's sparse
+ * partitions (its non-empty ranges, in order: ps_view_sparse_range): every
+ * shard file's sparse rows are read and each row goes to the loaded range
+ * that is its partition now, whatever number of servers wrote them.
+ * Returns PS_OK (restored_cb follows) or PS_ERR_NOMEM / PS_ERR_INVAL at
+ * once. */
 int ps_saver_restore(ps_saver_t *sv, const char *dir, const ps_model_t *model,
-                     uint64_t step, const ps_range_t *ranges, size_t n);
+                     uint64_t step, const ps_range_t *ranges, size_t n,
+                     const ps_range_t *parts, size_t nparts);
 
 /* 1 while a write or a restore runs on the thread pool. */
 int ps_saver_busy(const ps_saver_t *sv);

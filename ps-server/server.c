@@ -412,7 +412,10 @@ static void handle_checkpoint_request(ps_server_t *s,
     return;
   }
   ps_shard_t **shards = calloc(s->nranges + 1, sizeof(*shards));
-  if (shards == NULL) {
+  ps_sparse_table_t ***sparse = calloc(s->nranges + 1, sizeof(*sparse));
+  if (shards == NULL || sparse == NULL) {
+    free(shards);
+    free(sparse);
     Ps__CheckpointReply r = PS__CHECKPOINT_REPLY__INIT;
     r.id = req->id;
     r.code = PS_ERR_NOMEM;
@@ -423,17 +426,22 @@ static void handle_checkpoint_request(ps_server_t *s,
   /* The primaries write; the backups hold the same bits. */
   size_t nshards = 0;
   for (size_t i = 0; i < s->nranges; i++)
-    if (s->ranges[i].primary && s->ranges[i].shard)
+    if (s->ranges[i].primary && s->ranges[i].shard) {
+      sparse[nshards] = s->ranges[i].sparse;
       shards[nshards++] = s->ranges[i].shard;
+    }
   ps_saver_ctx_t ctx = {
       .shards = shards,
       .nshards = nshards,
+      .sparse = (ps_sparse_table_t *const *const *)sparse,
+      .nsparse = s->view->model.nsparse,
       .fingerprint = ps_checkpoint_fingerprint(&s->view->model),
       .view_epoch = s->view->epoch,
       .node_id = s->node_id,
   };
   ps_saver_request(s->saver, req, &ctx);
   free(shards);
+  free(sparse);
 }
 
 static void on_member_message(ps_member_t *m, const Ps__Envelope *env,
@@ -458,15 +466,19 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
                               const ps_saver_range_t *loaded, size_t nloaded,
                               void *arg) {
   ps_server_t *s = arg;
-  s->restoring = 0;
+  /* s->restoring stays set until the loaded state is in place: adopting
+   * the view serves the replication messages held meanwhile, and a
+   * primary's change must not reach a range still at its initial state. */
   ps_view_t *view = s->restore_view;
   s->restore_view = NULL;
   if (s->stopping || view == NULL) {
+    s->restoring = 0;
     ps_view_destroy(&view);
     return;
   }
   char err[512];
   if (status != PS_OK) {
+    s->restoring = 0;
     /* Nothing was loaded: a server must never serve guessed weights. */
     ps_view_destroy(&view);
     snprintf(err, sizeof(err), "restore refused: %s", reason);
@@ -477,6 +489,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
   }
   int rc = ps__server_adopt_view(s, view, err, sizeof(err));
   if (rc != PS_OK) {
+    s->restoring = 0;
     if (s->view != view) ps_view_destroy(&view);
     ps_server_stop(s, rc, err, 1);
     return;
@@ -502,17 +515,25 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
       break;
     }
     rc = ps_shard_load(sh, l->weights, l->state, l->tensor_steps, l->clock);
+    owned_range_t *r = &s->ranges[i];
+    for (size_t t = 0; rc == PS_OK && l->sparse && r->sparse && t < l->nsparse &&
+                       t < r->nsparse;
+         t++)
+      rc = ps_sparse_table_put(r->sparse[t], l->sparse[t].ids,
+                               (size_t)l->sparse[t].nrows, l->sparse[t].rows);
     if (rc != PS_OK)
       snprintf(err, sizeof(err), "restore refused: loading [%llu,%llu): %s",
                (unsigned long long)l->begin, (unsigned long long)l->end,
                ps_strerror(rc));
   }
+  s->restoring = 0;
   if (rc != PS_OK) {
     PS_ERROR("restore_failed", "err=%s reason=\"%s\"", ps_err_name(rc), err);
     ps_server_stop(s, rc, err, 1);
     return;
   }
   ps__server_report_clock(s);
+  ps__server_serve_deferred(s);
   char owned[256];
   PS_INFO("restored",
           "dir=%s step=%llu epoch=%llu mode=%s live_workers=%u ranges=%s",
@@ -527,9 +548,12 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
 /* Loads this server's ranges of view from the checkpoint the view names,
  * on the thread pool; the view is adopted when they are in. */
 static void start_restore(ps_server_t *s, ps_view_t *view) {
-  size_t n = 0;
+  size_t n = 0, nparts = 0;
   ps_range_t *mine = calloc(view->nranges + 1, sizeof(*mine));
-  if (mine == NULL) {
+  ps_range_t *parts = calloc(view->nsparse_parts + 1, sizeof(*parts));
+  if (mine == NULL || parts == NULL) {
+    free(mine);
+    free(parts);
     ps_view_destroy(&view);
     ps_server_stop(s, PS_ERR_NOMEM, "out of memory starting the restore", 1);
     return;
@@ -542,9 +566,12 @@ static void start_restore(ps_server_t *s, ps_view_t *view) {
   PS_INFO("restore_start", "dir=%s step=%llu ranges=%zu epoch=%llu",
           view->restore_dir, (unsigned long long)view->start_clock, n,
           (unsigned long long)view->epoch);
+  for (size_t i = 0; i < view->nsparse_parts; i++)
+    parts[nparts++] = view->ranges[view->sparse_parts[i]];
   int rc = ps_saver_restore(s->saver, view->restore_dir, &view->model,
-                            view->start_clock, mine, n);
+                            view->start_clock, mine, n, parts, nparts);
   free(mine);
+  free(parts);
   if (rc != PS_OK) {
     ps_view_destroy(&view);
     ps_server_stop(s, rc, "cannot start the restore", 1);
@@ -755,6 +782,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   }
   s->limits = o->limits;
   s->nonfinite = o->nonfinite;
+  s->sparse_max_bytes = o->sparse_max_bytes;
+  s->sparse_admit_after = o->sparse_admit_after;
   s->max_sparse_keys = o->max_sparse_keys ? o->max_sparse_keys
                                           : PS_SERVER_MAX_SPARSE_KEYS;
   s->max_inflight_per_peer = o->max_inflight_per_peer

@@ -43,6 +43,11 @@ typedef struct {
   int nonfinite; /* PS_SERVER_NONFINITE_* */
   /* Rows one sparse request may name (0: PS_SERVER_MAX_SPARSE_KEYS). */
   uint64_t max_sparse_keys;
+  /* The sparse rows' memory cap (ps-server/sparse.h), per server in bytes
+   * (0: none), and the pushes of an id before it gets a row (0, 1: the
+   * first). */
+  uint64_t sparse_max_bytes;
+  uint32_t sparse_admit_after;
   /* Requests one worker may have waiting on this server (pushes not yet
    * on every backup, BSP pulls for a step to come); 0:
    * PS_SERVER_MAX_INFLIGHT_PER_PEER. */

@@ -73,6 +73,11 @@ typedef struct {
   uint64_t begin, end;
   ps_shard_t *shard;
   ps_dedup_t *dedup; /* (worker, seq) pairs applied: see ps-server/dedup.h */
+  /* The range's rows of each sparse table of the model, in model order
+   * (ps_view_sparse_range; nsparse = model.nsparse): NULL while a backup
+   * waits for its snapshot, as shard is. */
+  ps_sparse_table_t **sparse;
+  size_t nsparse;
   parked_pull_t *parked; /* in arrival order */
   int primary;
   uint32_t primary_id; /* backups: the only node whose changes they take */
@@ -144,6 +149,11 @@ struct ps_server_s {
   ps_frame_limits_t limits;
   int nonfinite; /* PS_SERVER_NONFINITE_* */
   uint64_t max_sparse_keys;
+  uint64_t sparse_max_bytes; /* 0: no cap (ps-server/sparse.h) */
+  uint32_t sparse_admit_after;
+  /* The counters of sparse tables freed since (ranges dropped or replaced
+   * by a snapshot), so the metrics' totals never go down. */
+  ps_sparse_stats_t sparse_gone;
   int frame_limit_set; /* the first view's limit is on the data socket */
   int reserve_fd; /* holds the data address until it is bound; -1: none */
   /* Requests waiting here per worker node id (requests.c). */
@@ -167,10 +177,6 @@ struct ps_server_s {
   int restoring;
   float *scratch; /* aligned copies of unaligned push frames */
   size_t scratch_bytes;
-  /* Sparse tables (ps-server/sparse.h), one per table of the model, in its
-   * order; made with the first view that has the model. */
-  ps_sparse_table_t **sparse;
-  size_t nsparse;
   uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
   size_t key_scratch_bytes;
 
@@ -225,8 +231,29 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
-int ps__server_sparse_adopt(ps_server_t *s, const ps_view_t *view, char *err,
-                            size_t errlen);
+/* The sparse tables of view's model, empty and capped as configured, for
+ * a range: an array of model.nsparse (NULL when out of memory).
+ * ps__server_sparse_free_tables frees one. */
+ps_sparse_table_t **ps__server_sparse_new_tables(const ps_server_t *s,
+                                                 const ps_view_t *view);
+void ps__server_sparse_free_tables(ps_sparse_table_t ***t_p, size_t n);
+/* The same, first adding their counters to s->sparse_gone. */
+void ps__server_sparse_retire_tables(ps_server_t *s, ps_sparse_table_t ***t_p,
+                                     size_t n);
+/* Every sparse table's counters on this server, retired ones included
+ * (rows: held now). */
+void ps__server_sparse_stats(const ps_server_t *s, ps_sparse_stats_t *out);
+/* Applies a worker's sparse push for step `step` to r's table t (ASP: now,
+ * scaled as a dense push, at that step's schedule; BSP: into the step's
+ * sums). */
+int ps__server_sparse_apply(ps_server_t *s, owned_range_t *r,
+                            ps_sparse_table_t *t, const uint64_t *keys,
+                            size_t n, const float *g, uint64_t step,
+                            char *err, size_t errlen);
+/* A copy of frame f's n uint64 keys in the server's aligned scratch, or
+ * NULL when out of memory. */
+const uint64_t *ps__server_aligned_keys(ps_server_t *s, zmq_msg_t *f,
+                                        uint64_t n);
 void ps__server_sparse_free(ps_server_t *s);
 
 /* ps-server/backup.c */

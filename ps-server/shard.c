@@ -60,6 +60,7 @@ struct ps_shard_s {
   ps_shard_contrib_t *contrib;
   size_t ncontrib, contrib_cap;
   uint64_t clock;
+  float step_scale; /* what the last BSP step scaled its sum by */
   ps_shard_stats_t stats;
 };
 
@@ -598,7 +599,8 @@ static int bsp_try_complete(ps_shard_t *s) {
   if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
   /* OPT_ADD adds the sum whatever the scale (ps_optimizer_apply): a
    * counter counts every contribution. */
-  run_range(s, 0, s->len, s->acc, 1.0f / (float)s->ncontrib, s->clock, 1);
+  s->step_scale = 1.0f / (float)s->ncontrib;
+  run_range(s, 0, s->len, s->acc, s->step_scale, s->clock, 1);
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -618,6 +620,36 @@ static int bsp_completes(ps_shard_t *s, uint32_t worker, uint64_t count) {
     if (got < s->len) return 0;
   }
   return 1;
+}
+
+float ps_shard_push_scale(const ps_shard_t *s) {
+  return s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f;
+}
+
+float ps_shard_step_scale(const ps_shard_t *s) {
+  return s->step_scale;
+}
+
+int ps_shard_check_step(const ps_shard_t *s, uint32_t worker, uint64_t step,
+                        char *errbuf, size_t errlen) {
+  const ps_shard_live_t *l = find_live(s, worker);
+  if (l && step < l->from_step)
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu from worker %u, which rejoined the job "
+                   "and contributes from step %llu on",
+                   (unsigned long long)step, worker,
+                   (unsigned long long)l->from_step);
+  if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) return PS_OK;
+  if (step != s->clock)
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu but the server is at step %llu",
+                   (unsigned long long)step, (unsigned long long)s->clock);
+  if (l == NULL)
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "push for step %llu from worker %u, which is not a live "
+                   "worker of the view",
+                   (unsigned long long)step, worker);
+  return PS_OK;
 }
 
 int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
@@ -699,11 +731,10 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
      * each applying their own batch's mean at full rate step N times too far
      * (one epoch of the 2-worker MLP: test accuracy 0.71-0.76 at scale 1,
      * 0.80-0.83 at scale 1/2). OPT_ADD counts, it does not learn. */
-    float scale = s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f;
     /* The schedule runs on the push's step, as a worker that scaled its
      * own gradient did before issue #14. */
-    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock,
-              0);
+    run_range(s, off, count, g, ps_shard_push_scale(s),
+              step != UINT64_MAX ? step : s->clock, 0);
     if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
     if (applied) *applied = 1;
     return;

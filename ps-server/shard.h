@@ -153,6 +153,19 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                        uint64_t count, const float *g, uint64_t step,
                        int *applied);
 
+/* What the range's sparse rows (ps-server/sparse.h) need to follow the
+ * same rules as its dense keys. ps_shard_check_step: PS_OK if worker may
+ * push for step now (the step and live-set checks of ps_shard_push_begin,
+ * the same refusals). ps_shard_push_scale: what an ASP push is scaled by
+ * (1 / live workers). ps_shard_step_scale: what the last BSP step applied
+ * scaled its sum by (1 / contributors), read when ps_shard_push_end or
+ * ps_shard_set_live says a step applied; that step is ps_shard_clock - 1.
+ * OPT_ADD ignores both (ps_optimizer_apply adds the sum exactly). */
+int ps_shard_check_step(const ps_shard_t *s, uint32_t worker, uint64_t step,
+                        char *errbuf, size_t errlen);
+float ps_shard_push_scale(const ps_shard_t *s);
+float ps_shard_step_scale(const ps_shard_t *s);
+
 /* Copies the current weights of [key_begin, key_begin + count) into out.
  * Returns PS_OK or PS_ERR_UNKNOWN_KEY (with errbuf) if the slice is empty or
  * not inside the shard. */

@@ -8,20 +8,52 @@
 #include "common/init.h"
 #include "common/optimizer.h"
 
-/* Open addressing with linear probing, kept at most half full so probes
- * stay short. slot_row holds row index + 1; 0 marks an empty slot. */
+/* id -> block of stride floats. Open addressing with linear probing, kept
+ * at most half full so probes stay short; slot_row holds block index + 1,
+ * 0 marks an empty slot. Blocks sit end to end in creation order, with
+ * their ids beside them, so a snapshot walks them without the slots. */
+typedef struct {
+  size_t stride;
+  uint64_t *slot_key;
+  uint64_t *slot_row;
+  size_t cap; /* slots, a power of two; 0 before the first insert */
+  float *data;
+  uint64_t *ids;
+  uint64_t n, data_cap;
+  /* Least recently pushed first: a doubly linked list over block indices
+   * (NONE ends it), kept only for the rows of a capped table. */
+  uint64_t *prev, *next;
+  uint64_t head, tail;
+  int lru;
+} rowmap_t;
+
+#define NONE UINT64_MAX
+
+/* Count-min sketch of how often each id was pushed (admission): DEPTH
+ * rows of WIDTH saturating counters. */
+#define SKETCH_DEPTH 4
+#define SKETCH_WIDTH 4096
+
 struct ps_sparse_table_s {
   ps_sparse_spec_t spec;
   ps_optimizer_spec_t opt;
   ps_lr_schedule_spec_t schedule;
   uint64_t seed;
-  size_t stride; /* floats per row: ps_optimizer_row_floats */
-  uint64_t *slot_key;
-  uint64_t *slot_row;
-  size_t cap; /* slots, a power of two */
-  float *rows;
-  uint64_t nrows, rows_cap;
+  rowmap_t rows;    /* stride: row_floats */
+  rowmap_t pending; /* stride: dim; BSP sums of the current step */
+  /* The cap (ps_sparse_table_set_limits); 0 / 1: none. */
+  uint64_t max_rows;
+  uint32_t admit_after;
+  uint32_t *sketch; /* SKETCH_DEPTH * SKETCH_WIDTH, when admit_after > 1 */
+  ps_sparse_stats_t stats;
 };
+
+size_t ps_sparse_row_floats(const ps_sparse_spec_t *spec,
+                            const ps_model_t *model) {
+  ps_optimizer_spec_t o;
+  ps_model_sparse_optimizer(model, spec, &o);
+  return ps_optimizer_row_floats(&o, spec->dim);
+}
 
 void ps_sparse_init_row(const ps_sparse_spec_t *spec, uint64_t seed,
                         uint64_t id, float *row) {
@@ -30,6 +62,162 @@ void ps_sparse_init_row(const ps_sparse_spec_t *spec, uint64_t seed,
    * distribution as dense weights and depend on nothing else. */
   uint64_t row_seed = ps_mix64(seed ^ ps_mix64(spec->salt + id));
   ps_init_fill(row, 0, spec->dim, spec->init, spec->init_scale, row_seed);
+}
+
+static void rowmap_free(rowmap_t *m) {
+  free(m->slot_key);
+  free(m->slot_row);
+  free(m->data);
+  free(m->ids);
+  free(m->prev);
+  free(m->next);
+  size_t stride = m->stride;
+  int lru = m->lru;
+  memset(m, 0, sizeof(*m));
+  m->stride = stride;
+  m->lru = lru;
+  m->head = m->tail = NONE;
+}
+
+static void lru_unlink(rowmap_t *m, uint64_t i) {
+  uint64_t p = m->prev[i], n = m->next[i];
+  if (p != NONE) m->next[p] = n; else m->head = n;
+  if (n != NONE) m->prev[n] = p; else m->tail = p;
+}
+
+static void lru_append(rowmap_t *m, uint64_t i) {
+  m->prev[i] = m->tail;
+  m->next[i] = NONE;
+  if (m->tail != NONE) m->next[m->tail] = i; else m->head = i;
+  m->tail = i;
+}
+
+/* Marks block i the most recently pushed. */
+static void lru_touch(rowmap_t *m, uint64_t i) {
+  if (!m->lru || m->tail == i) return;
+  lru_unlink(m, i);
+  lru_append(m, i);
+}
+
+/* Ids are often small consecutive integers: mix so they spread. */
+static size_t slot_of(uint64_t id, size_t cap) {
+  return (size_t)(ps_mix64(id) & (cap - 1));
+}
+
+static int rowmap_grow_slots(rowmap_t *m) {
+  size_t cap = m->cap ? m->cap * 2 : 1024;
+  uint64_t *keys = calloc(cap, sizeof(*keys));
+  uint64_t *rows = calloc(cap, sizeof(*rows));
+  if (keys == NULL || rows == NULL) {
+    free(keys);
+    free(rows);
+    return PS_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < m->cap; i++) {
+    if (m->slot_row[i] == 0) continue;
+    size_t j = slot_of(m->slot_key[i], cap);
+    while (rows[j] != 0) j = (j + 1) & (cap - 1);
+    keys[j] = m->slot_key[i];
+    rows[j] = m->slot_row[i];
+  }
+  free(m->slot_key);
+  free(m->slot_row);
+  m->slot_key = keys;
+  m->slot_row = rows;
+  m->cap = cap;
+  return PS_OK;
+}
+
+static float *rowmap_find(const rowmap_t *m, uint64_t id) {
+  if (m->cap == 0) return NULL;
+  size_t j = slot_of(id, m->cap);
+  while (m->slot_row[j] != 0) {
+    if (m->slot_key[j] == id) return m->data + (m->slot_row[j] - 1) * m->stride;
+    j = (j + 1) & (m->cap - 1);
+  }
+  return NULL;
+}
+
+/* The block of id; a new one (contents undefined, *created 1) if id has
+ * none. NULL on no memory. Valid until the next insert. */
+static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
+  *created = 0;
+  float *row = rowmap_find(m, id);
+  if (row) return row;
+  if ((m->n + 1) * 2 > m->cap && rowmap_grow_slots(m) != PS_OK) return NULL;
+  if (m->n == m->data_cap) {
+    uint64_t cap = m->data_cap ? m->data_cap * 2 : 1024;
+    float *data = realloc(m->data, cap * m->stride * sizeof(float));
+    if (data == NULL) return NULL;
+    m->data = data;
+    uint64_t *ids = realloc(m->ids, cap * sizeof(*ids));
+    if (ids == NULL) return NULL;
+    m->ids = ids;
+    if (m->lru) {
+      uint64_t *prev = realloc(m->prev, cap * sizeof(*prev));
+      if (prev == NULL) return NULL;
+      m->prev = prev;
+      uint64_t *next = realloc(m->next, cap * sizeof(*next));
+      if (next == NULL) return NULL;
+      m->next = next;
+    }
+    m->data_cap = cap;
+  }
+  size_t j = slot_of(id, m->cap);
+  while (m->slot_row[j] != 0) j = (j + 1) & (m->cap - 1);
+  m->ids[m->n] = id;
+  m->n++;
+  m->slot_key[j] = id;
+  m->slot_row[j] = m->n;
+  if (m->lru) lru_append(m, m->n - 1);
+  *created = 1;
+  return m->data + (m->n - 1) * m->stride;
+}
+
+/* The slot that holds id (which must be there). */
+static size_t slot_find(const rowmap_t *m, uint64_t id) {
+  size_t j = slot_of(id, m->cap);
+  while (m->slot_key[j] != id || m->slot_row[j] == 0) j = (j + 1) & (m->cap - 1);
+  return j;
+}
+
+/* Removes block i: its slot (backward-shift deletion keeps every probe
+ * sequence whole), and the last block moves into its place. */
+static void rowmap_remove(rowmap_t *m, uint64_t i) {
+  size_t j = slot_find(m, m->ids[i]);
+  size_t mask = m->cap - 1;
+  for (size_t k = (j + 1) & mask; m->slot_row[k] != 0; k = (k + 1) & mask) {
+    size_t home = slot_of(m->slot_key[k], m->cap);
+    /* k's entry may fill the hole at j unless its home lies in (j, k]. */
+    int stays = j <= k ? (home > j && home <= k) : (home > j || home <= k);
+    if (stays) continue;
+    m->slot_key[j] = m->slot_key[k];
+    m->slot_row[j] = m->slot_row[k];
+    j = k;
+  }
+  m->slot_row[j] = 0;
+  if (m->lru) lru_unlink(m, i);
+  uint64_t last = m->n - 1;
+  if (i != last) {
+    memcpy(m->data + i * m->stride, m->data + last * m->stride,
+           m->stride * sizeof(float));
+    m->ids[i] = m->ids[last];
+    m->slot_row[slot_find(m, m->ids[i])] = i + 1;
+    if (m->lru) {
+      m->prev[i] = m->prev[last];
+      m->next[i] = m->next[last];
+      if (m->prev[i] != NONE) m->next[m->prev[i]] = i; else m->head = i;
+      if (m->next[i] != NONE) m->prev[m->next[i]] = i; else m->tail = i;
+    }
+  }
+  m->n--;
+}
+
+/* Forgets every block, keeping the memory (a step's sums come back). */
+static void rowmap_clear(rowmap_t *m) {
+  if (m->cap) memset(m->slot_row, 0, m->cap * sizeof(*m->slot_row));
+  m->n = 0;
+  m->head = m->tail = NONE;
 }
 
 ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
@@ -41,23 +229,76 @@ ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
   ps_model_sparse_optimizer(model, spec, &t->opt);
   t->schedule = model->lr_schedule;
   t->seed = model->seed;
-  t->stride = ps_optimizer_row_floats(&t->opt, spec->dim);
-  t->cap = 1024;
-  t->slot_key = calloc(t->cap, sizeof(*t->slot_key));
-  t->slot_row = calloc(t->cap, sizeof(*t->slot_row));
-  if (t->slot_key == NULL || t->slot_row == NULL) {
-    ps_sparse_table_destroy(&t);
-    return NULL;
-  }
+  t->rows.stride = ps_optimizer_row_floats(&t->opt, spec->dim);
+  t->pending.stride = spec->dim;
+  t->rows.head = t->rows.tail = t->pending.head = t->pending.tail = NONE;
   return t;
+}
+
+int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
+                               uint32_t admit_after) {
+  if (t->rows.n > 0) return PS_ERR_INVAL;
+  if (admit_after > 1 && t->sketch == NULL) {
+    t->sketch = calloc((size_t)SKETCH_DEPTH * SKETCH_WIDTH, sizeof(uint32_t));
+    if (t->sketch == NULL) return PS_ERR_NOMEM;
+  }
+  t->max_rows = max_rows;
+  t->admit_after = admit_after;
+  t->rows.lru = max_rows > 0;
+  return PS_OK;
+}
+
+void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out) {
+  *out = t->stats;
+  out->rows = t->rows.n;
+}
+
+uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t) {
+  return t->max_rows;
+}
+
+/* The sketch's counter of id in row d. */
+static uint32_t *sketch_cell(ps_sparse_table_t *t, int d, uint64_t id) {
+  uint64_t h = ps_mix64(id ^ (0x9e3779b97f4a7c15ull * (uint64_t)(d + 1)));
+  return &t->sketch[(size_t)d * SKETCH_WIDTH + (h & (SKETCH_WIDTH - 1))];
+}
+
+/* Counts one push of id; returns the sketch's estimate of its pushes (an
+ * overcount at worst, never an undercount). */
+static uint32_t sketch_add(ps_sparse_table_t *t, uint64_t id) {
+  uint32_t est = UINT32_MAX;
+  for (int d = 0; d < SKETCH_DEPTH; d++) {
+    uint32_t *c = sketch_cell(t, d, id);
+    if (*c < UINT32_MAX) (*c)++;
+    if (*c < est) est = *c;
+  }
+  return est;
+}
+
+static uint32_t sketch_get(ps_sparse_table_t *t, uint64_t id) {
+  uint32_t est = UINT32_MAX;
+  for (int d = 0; d < SKETCH_DEPTH; d++) {
+    uint32_t c = *sketch_cell(t, d, id);
+    if (c < est) est = c;
+  }
+  return est;
+}
+
+/* Evicts the least recently pushed rows until the table is within its
+ * cap (they read as their initializer again). */
+static void evict_over_cap(ps_sparse_table_t *t) {
+  while (t->max_rows > 0 && t->rows.n > t->max_rows) {
+    rowmap_remove(&t->rows, t->rows.head);
+    t->stats.evictions++;
+  }
 }
 
 void ps_sparse_table_destroy(ps_sparse_table_t **t_p) {
   if (t_p == NULL || *t_p == NULL) return;
   ps_sparse_table_t *t = *t_p;
-  free(t->slot_key);
-  free(t->slot_row);
-  free(t->rows);
+  rowmap_free(&t->rows);
+  rowmap_free(&t->pending);
+  free(t->sketch);
   free(t);
   *t_p = NULL;
 }
@@ -68,8 +309,14 @@ uint32_t ps_sparse_table_dim(const ps_sparse_table_t *t) {
 const char *ps_sparse_table_name(const ps_sparse_table_t *t) {
   return t->spec.name;
 }
+size_t ps_sparse_table_row_floats(const ps_sparse_table_t *t) {
+  return t->rows.stride;
+}
 uint64_t ps_sparse_table_rows(const ps_sparse_table_t *t) {
-  return t->nrows;
+  return t->rows.n;
+}
+uint64_t ps_sparse_table_pending(const ps_sparse_table_t *t) {
+  return t->pending.n;
 }
 
 int ps_sparse_keys_check(const uint64_t *keys, size_t n, char *err,
@@ -88,73 +335,47 @@ int ps_sparse_keys_check(const uint64_t *keys, size_t n, char *err,
   return PS_OK;
 }
 
-static size_t slot_of(const ps_sparse_table_t *t, uint64_t id) {
-  /* Ids are often small consecutive integers: mix so they spread. */
-  return (size_t)(ps_mix64(id) & (t->cap - 1));
-}
-
-static int grow_slots(ps_sparse_table_t *t) {
-  size_t cap = t->cap * 2;
-  uint64_t *keys = calloc(cap, sizeof(*keys));
-  uint64_t *rows = calloc(cap, sizeof(*rows));
-  if (keys == NULL || rows == NULL) {
-    free(keys);
-    free(rows);
-    return PS_ERR_NOMEM;
+/* The row of id, created with the initializer (and zero optimizer state)
+ * if new; NULL on no memory, saying which row in err. The pointer is valid
+ * until the next row is created. */
+static float *row_get(ps_sparse_table_t *t, uint64_t id, char *err,
+                      size_t errlen) {
+  int created;
+  float *row = rowmap_get(&t->rows, id, &created);
+  if (row && !created && t->rows.lru)
+    lru_touch(&t->rows, (uint64_t)(row - t->rows.data) / t->rows.stride);
+  if (row == NULL) {
+    if (err && errlen)
+      snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
+               (unsigned long long)id, t->spec.name);
+    return NULL;
   }
-  for (size_t i = 0; i < t->cap; i++) {
-    if (t->slot_row[i] == 0) continue;
-    size_t j = (size_t)(ps_mix64(t->slot_key[i]) & (cap - 1));
-    while (rows[j] != 0) j = (j + 1) & (cap - 1);
-    keys[j] = t->slot_key[i];
-    rows[j] = t->slot_row[i];
+  if (created) {
+    ps_sparse_init_row(&t->spec, t->seed, id, row);
+    if (t->rows.stride > t->spec.dim)
+      memset(row + t->spec.dim, 0,
+             (t->rows.stride - t->spec.dim) * sizeof(float));
   }
-  free(t->slot_key);
-  free(t->slot_row);
-  t->slot_key = keys;
-  t->slot_row = rows;
-  t->cap = cap;
-  return PS_OK;
-}
-
-/* The row of id, created with the initializer (and zero state) if new;
- * NULL on no memory. The pointer is valid until the next row is created. */
-static float *row_get(ps_sparse_table_t *t, uint64_t id) {
-  size_t j = slot_of(t, id);
-  while (t->slot_row[j] != 0) {
-    if (t->slot_key[j] == id) return t->rows + (t->slot_row[j] - 1) * t->stride;
-    j = (j + 1) & (t->cap - 1);
-  }
-  if ((t->nrows + 1) * 2 > t->cap) {
-    if (grow_slots(t) != PS_OK) return NULL;
-    j = slot_of(t, id);
-    while (t->slot_row[j] != 0) j = (j + 1) & (t->cap - 1);
-  }
-  if (t->nrows == t->rows_cap) {
-    uint64_t cap = t->rows_cap ? t->rows_cap * 2 : 1024;
-    float *rows = realloc(t->rows, cap * t->stride * sizeof(float));
-    if (rows == NULL) return NULL;
-    t->rows = rows;
-    t->rows_cap = cap;
-  }
-  float *row = t->rows + t->nrows * t->stride;
-  ps_sparse_init_row(&t->spec, t->seed, id, row);
-  if (t->stride > t->spec.dim)
-    memset(row + t->spec.dim, 0, (t->stride - t->spec.dim) * sizeof(float));
-  t->nrows++;
-  t->slot_key[j] = id;
-  t->slot_row[j] = t->nrows;
   return row;
 }
 
-/* row_get, saying in err which row could not be made. */
-static float *row_or_fail(ps_sparse_table_t *t, uint64_t key, char *err,
-                          size_t errlen) {
-  float *row = row_get(t, key);
-  if (row == NULL && err && errlen)
-    snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
-             (unsigned long long)key, t->spec.name);
-  return row;
+/* The schedule's factor on an SGD table's gradient for a BSP step: put on
+ * each contribution as it arrives (ps_sparse_table_accumulate), as a dense
+ * shard does, so the step is applied with 1; the other optimizers take it
+ * on their rate when the step is applied. */
+static float sum_factor(const ps_sparse_table_t *t, uint64_t step) {
+  return t->opt.kind == PS_OPTIMIZER_SGD ? ps_lr_factor(&t->schedule, step)
+                                         : 1.0f;
+}
+
+/* 1 if a push of id may change its row: it has one, or it was pushed
+ * admit_after times (counted here); else the gradient is dropped. */
+static int admitted(ps_sparse_table_t *t, uint64_t id, int count) {
+  if (t->admit_after <= 1) return 1;
+  uint32_t seen = count ? sketch_add(t, id) : sketch_get(t, id);
+  if (rowmap_find(&t->rows, id) || seen >= t->admit_after) return 1;
+  t->stats.not_admitted++;
+  return 0;
 }
 
 int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
@@ -165,12 +386,67 @@ int ps_sparse_table_push(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   size_t dim = t->spec.dim;
   float factor = ps_lr_factor(&t->schedule, step);
   for (size_t i = 0; i < n; i++) {
+    if (!admitted(t, keys[i], 1)) continue;
     /* Rows before i are applied: the caller reports the failure and the
      * worker's step is lost, as with any server out of memory. */
-    float *row = row_or_fail(t, keys[i], err, errlen);
+    float *row = row_get(t, keys[i], err, errlen);
     if (row == NULL) return PS_ERR_NOMEM;
     ps_optimizer_apply_row(&t->opt, row, dim, grads + i * dim, scale, factor);
   }
+  evict_over_cap(t);
+  return PS_OK;
+}
+
+int ps_sparse_table_accumulate(ps_sparse_table_t *t, const uint64_t *keys,
+                               size_t n, const float *grads, uint64_t step,
+                               char *err, size_t errlen) {
+  int rc = ps_sparse_keys_check(keys, n, err, errlen);
+  if (rc != PS_OK) return rc;
+  size_t dim = t->spec.dim;
+  float f = sum_factor(t, step);
+  for (size_t i = 0; i < n; i++) {
+    if (t->admit_after > 1) sketch_add(t, keys[i]);
+    int created;
+    float *sum = rowmap_get(&t->pending, keys[i], &created);
+    if (sum == NULL) {
+      if (err && errlen)
+        snprintf(err, errlen, "no memory for the step's sum of row %llu",
+                 (unsigned long long)keys[i]);
+      return PS_ERR_NOMEM;
+    }
+    if (created && f == 1.0f)
+      memcpy(sum, grads + i * dim, dim * sizeof(float));
+    else if (created)
+      ps_copy_scaled(sum, grads + i * dim, dim, f);
+    else if (f == 1.0f)
+      ps_accumulate(sum, grads + i * dim, dim);
+    else
+      ps_accumulate_scaled(sum, grads + i * dim, dim, f);
+  }
+  return PS_OK;
+}
+
+int ps_sparse_table_apply_pending(ps_sparse_table_t *t, float scale,
+                                  uint64_t step) {
+  /* Rows first, so a failure leaves every sum in place. The cap is
+   * enforced after the whole step, so no row of it is evicted half-way. */
+  for (uint64_t i = 0; i < t->pending.n; i++)
+    if (admitted(t, t->pending.ids[i], 0) &&
+        row_get(t, t->pending.ids[i], NULL, 0) == NULL)
+      return PS_ERR_NOMEM;
+  /* An SGD table's sums carry the factor already (sum_factor). */
+  float factor = t->opt.kind == PS_OPTIMIZER_SGD
+                     ? 1.0f
+                     : ps_lr_factor(&t->schedule, step);
+  for (uint64_t i = 0; i < t->pending.n; i++) {
+    float *row = rowmap_find(&t->rows, t->pending.ids[i]);
+    if (row)
+      ps_optimizer_apply_row(&t->opt, row, t->spec.dim,
+                             t->pending.data + i * t->pending.stride, scale,
+                             factor);
+  }
+  rowmap_clear(&t->pending);
+  evict_over_cap(t);
   return PS_OK;
 }
 
@@ -179,10 +455,75 @@ int ps_sparse_table_pull(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   int rc = ps_sparse_keys_check(keys, n, err, errlen);
   if (rc != PS_OK) return rc;
   size_t dim = t->spec.dim;
+  /* A row never pushed reads as its initializer and is not created: a pull
+   * changes nothing, so it needs no replication and costs no memory. */
   for (size_t i = 0; i < n; i++) {
-    float *row = row_or_fail(t, keys[i], err, errlen);
-    if (row == NULL) return PS_ERR_NOMEM;
-    memcpy(out + i * dim, row, dim * sizeof(float));
+    const float *row = rowmap_find(&t->rows, keys[i]);
+    if (row)
+      memcpy(out + i * dim, row, dim * sizeof(float));
+    else
+      ps_sparse_init_row(&t->spec, t->seed, keys[i], out + i * dim);
   }
   return PS_OK;
+}
+
+const float *ps_sparse_table_row_at(const ps_sparse_table_t *t, uint64_t i,
+                                    uint64_t *id) {
+  *id = t->rows.ids[i];
+  return t->rows.data + i * t->rows.stride;
+}
+
+uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t) {
+  return t->rows.lru ? t->rows.head : (t->rows.n ? 0 : NONE);
+}
+
+uint64_t ps_sparse_table_lru_next(const ps_sparse_table_t *t, uint64_t i) {
+  if (t->rows.lru) return t->rows.next[i];
+  return i + 1 < t->rows.n ? i + 1 : NONE;
+}
+
+const float *ps_sparse_table_pending_at(const ps_sparse_table_t *t, uint64_t i,
+                                        uint64_t *id) {
+  *id = t->pending.ids[i];
+  return t->pending.data + i * t->pending.stride;
+}
+
+static int put_blocks(rowmap_t *m, const uint64_t *keys, size_t n,
+                      const float *src) {
+  for (size_t i = 0; i < n; i++) {
+    int created;
+    float *dst = rowmap_get(m, keys[i], &created);
+    if (dst == NULL) return PS_ERR_NOMEM;
+    if (!created && m->lru)
+      lru_touch(m, (uint64_t)(dst - m->data) / m->stride);
+    memcpy(dst, src + i * m->stride, m->stride * sizeof(float));
+  }
+  return PS_OK;
+}
+
+int ps_sparse_table_put(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
+                        const float *rows) {
+  int rc = put_blocks(&t->rows, keys, n, rows);
+  if (rc == PS_OK) evict_over_cap(t);
+  return rc;
+}
+
+size_t ps_sparse_table_sketch_cells(const ps_sparse_table_t *t) {
+  return t->sketch ? (size_t)SKETCH_DEPTH * SKETCH_WIDTH : 0;
+}
+
+const uint32_t *ps_sparse_table_sketch(const ps_sparse_table_t *t) {
+  return t->sketch;
+}
+
+int ps_sparse_table_put_sketch(ps_sparse_table_t *t, const uint32_t *cells,
+                               size_t n) {
+  if (n != ps_sparse_table_sketch_cells(t)) return PS_ERR_INVAL;
+  if (n) memcpy(t->sketch, cells, n * sizeof(*cells));
+  return PS_OK;
+}
+
+int ps_sparse_table_put_pending(ps_sparse_table_t *t, const uint64_t *keys,
+                                size_t n, const float *sums) {
+  return put_blocks(&t->pending, keys, n, sums);
 }

@@ -395,8 +395,10 @@ int ps__sched_restore_prepare(ps_sched_t *s, const char *path, char *err,
   if (m.mode != s->opts.mode)
     PS_WARN("restore_mode_changed", "checkpoint_mode=%s mode=%s",
             ps__sched_mode_name(m.mode), ps__sched_mode_name(s->opts.mode));
-  s->model = m.model; /* takes the tensors */
+  s->model = m.model; /* takes the tensors and sparse tables */
   m.model.tensors = NULL;
+  m.model.sparse = NULL;
+  m.model.nsparse = 0;
   s->has_model = 1;
   s->model_node = 0;
   s->start_clock = m.step;

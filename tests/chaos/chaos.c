@@ -153,7 +153,18 @@ static struct {
   int workers;
   uint64_t keys;
   int max_s;
+  int sparse_rows; /* rows of table "ctr" per worker; 0: dense only */
 } ledger;
+
+void chaos_ledger_sparse(int rows) {
+  ledger.sparse_rows = rows;
+}
+
+/* Row r of worker w's counters in table "ctr": ids far apart, so they
+ * spread over every range. */
+static uint64_t ledger_row_id(int w, int r) {
+  return ((uint64_t)w << 32) + (uint64_t)r * 7919u + 1;
+}
 
 void chaos_ledger_setup(const char *dir, int workers, uint64_t keys,
                         int max_s) {
@@ -188,10 +199,36 @@ static void ledger_line(int fd, const char *fmt, uint64_t n, const char *msg) {
   }
 }
 
+/* chaos_counter_client with the ledger's sparse table "ctr" (OPT_ADD,
+ * zero rows of LEDGER_DIM), when it has one. */
+#define LEDGER_DIM 2
+static ps_client_t *ledger_client(const char *sched_ep, int rank, char *msg,
+                                  size_t len) {
+  if (ledger.sparse_rows == 0)
+    return chaos_counter_client(sched_ep, rank, ledger.keys, 30000, msg, len);
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, ledger.keys, PS__OPTIMIZER__OPT_ADD, 0.0f);
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "ctr");
+  sp.dim = LEDGER_DIM;
+  sp.init = PS__INIT__INIT_ZERO;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 30000;
+  o.connect_timeout_ms = 30000;
+  int err;
+  return ps_client_new(&o, &model, &err, msg, len);
+}
+
 int chaos_ledger_worker(const char *sched_ep, int rank) {
   char msg[256];
-  ps_client_t *c = chaos_counter_client(sched_ep, rank, ledger.keys, 30000, msg,
-                                        sizeof(msg));
+  ps_client_t *c = ledger_client(sched_ep, rank, msg, sizeof(msg));
   char name[32];
   snprintf(name, sizeof(name), "ledger%d", rank);
   int fd =
@@ -207,13 +244,24 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
   float *g = calloc(ledger.keys, sizeof(float));
   for (uint64_t k = (uint64_t)rank; k < ledger.keys; k += ledger.workers)
     g[k] = 1.0f;
+  size_t nrows = (size_t)ledger.sparse_rows;
+  uint64_t *ids = calloc(nrows + 1, sizeof(*ids));
+  float *ones = calloc(nrows * LEDGER_DIM + 1, sizeof(float));
+  for (size_t r = 0; r < nrows; r++) {
+    ids[r] = ledger_row_id(rank, (int)r);
+    for (int j = 0; j < LEDGER_DIM; j++) ones[r * LEDGER_DIM + j] = 1.0f;
+  }
 
   int ok = h_worker_sync(rank);
   uint64_t end = h_now_ms() + (uint64_t)ledger.max_s * 1000;
   uint64_t n = 0;
   while (ok && h_now_ms() < end && access(ledger_path("stop"), F_OK) != 0) {
     ledger_line(fd, "i %" PRIu64 "\n", n, "");
-    int rc = ps_client_push(c, 0, ledger.keys, g, n);
+    /* One intent covers the sparse push and the dense one: both count 1
+     * on the worker's own counters. */
+    int rc = nrows ? ps_client_sparse_push(c, "ctr", ids, nrows, ones, n)
+                   : PS_OK;
+    if (rc == PS_OK) rc = ps_client_push(c, 0, ledger.keys, g, n);
     if (rc != PS_OK) {
       char why[400];
       snprintf(why, sizeof(why), "%s: %s", ps_err_name(rc),
@@ -250,9 +298,32 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
           ok;
     }
     free(out);
+    /* Every worker's rows, into dir/final_sparse.bin. */
+    size_t all = nrows * (size_t)ledger.workers;
+    uint64_t *every = calloc(all + 1, sizeof(*every));
+    float *rows = calloc(all * LEDGER_DIM + 1, sizeof(float));
+    for (int w = 0; w < ledger.workers; w++)
+      for (size_t r = 0; r < nrows; r++)
+        every[(size_t)w * nrows + r] = ledger_row_id(w, (int)r);
+    if (ok && all) {
+      rc = ps_client_sparse_pull(c, "ctr", every, all, rows);
+      int ffd = rc == PS_OK ? open(ledger_path("final_sparse.bin"),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644)
+                            : -1;
+      size_t bytes = all * LEDGER_DIM * sizeof(float);
+      ok = ffd >= 0 && write(ffd, rows, bytes) == (ssize_t)bytes &&
+           close(ffd) == 0;
+      if (!ok)
+        fprintf(stderr, "ledger worker 0: final sparse pull: %s\n",
+                rc == PS_OK ? strerror(errno) : ps_client_errmsg(c));
+    }
+    free(every);
+    free(rows);
   }
   h_worker_sync(rank);
   close(fd);
+  free(ids);
+  free(ones);
   free(g);
   ps_client_destroy(&c);
   return ok ? 0 : 1;
@@ -316,6 +387,35 @@ int chaos_ledger_check(int killed, chaos_ledger_result_t *res, char *why,
                (double)res->intents[w],
                got < lo ? "acknowledged pushes LOST" : "pushes applied TWICE");
   }
+  size_t nrows = (size_t)ledger.sparse_rows * (size_t)ledger.workers;
+  float *sv = NULL;
+  if (nrows) {
+    sv = (float *)h_read_file(ledger_path("final_sparse.bin"), &bytes);
+    if (sv == NULL || bytes != nrows * LEDGER_DIM * sizeof(float)) {
+      if (holds)
+        snprintf(why, len, "no final sparse rows (%zu bytes)", bytes);
+      free(sv);
+      free(v);
+      return 0;
+    }
+  }
+  for (size_t i = 0; i < nrows * LEDGER_DIM; i++) {
+    int w = (int)(i / LEDGER_DIM / (size_t)ledger.sparse_rows);
+    double lo = (double)res->acked[w];
+    double hi = w == killed || res->failed[w] ? (double)res->intents[w] : lo;
+    double got = (double)sv[i];
+    if (got >= lo && got <= hi) continue;
+    if (bad++ == 0 && holds)
+      snprintf(why, len,
+               "sparse row %" PRIu64 "[%zu] (worker %d%s): counter %.0f, "
+               "acked %.0f, intents %.0f: %s",
+               ledger_row_id(w, (int)(i / LEDGER_DIM %
+                                      (size_t)ledger.sparse_rows)),
+               i % LEDGER_DIM, w, w == killed ? ", killed" : "", got, lo,
+               (double)res->intents[w],
+               got < lo ? "acknowledged pushes LOST" : "pushes applied TWICE");
+  }
+  free(sv);
   if (bad) {
     size_t used = strlen(why);
     snprintf(why + used, len - used, " (%" PRIu64 " keys wrong)", bad);

@@ -87,6 +87,14 @@ int chaos_seeds(uint64_t *seeds, int n);
  * size, before h_workers_start; max_s bounds a worker's pushing time. */
 void chaos_ledger_setup(const char *dir, int workers, uint64_t keys, int max_s);
 
+/* Before h_workers_start: each worker also counts on rows of its own in a
+ * sparse table "ctr" (OPT_ADD, dim 2): every push adds 1 to its rows
+ * (sparse push first, then the dense one, under one intent), and rank 0
+ * pulls every worker's rows into dir/final_sparse.bin; the check holds
+ * them to the same bounds as the dense counters. 0 (the default): dense
+ * only. */
+void chaos_ledger_sparse(int rows);
+
 /* The worker (an h_worker_fn): connects, syncs (1), pushes until
  * chaos_ledger_stop or max_s, syncs (2); rank 0 then pulls every counter
  * into dir/final.bin; syncs (3) and says Done. Returns 0, or 1 after a

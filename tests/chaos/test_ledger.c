@@ -13,6 +13,11 @@
  * surviving worker equals its acked pushes exactly, and one of the killed
  * worker lies between its acks and its intents.
  *
+ * The ledger counts on sparse rows too (issue #14): every push of a worker
+ * also adds 1 to 64 rows of its own in a sparse table, which live in the
+ * same ranges and must come out of the same faults with the same exact
+ * counts.
+ *
  * Each run prints its seed and schedule first; CHAOS_SEED=<seed> replays
  * one (the schedule, not the timing). 3 seeds by default. */
 #include <check.h>
@@ -30,6 +35,7 @@
 #define WORKERS 3
 #define KEYS (SERVERS * 64)
 #define EVENTS 5
+#define SPARSE_ROWS 64
 #define SEEDS 3
 /* Scheduler defaults are the subject (sub-second failover); spelled out so
  * the schedule's hold times below mean what they say. */
@@ -107,6 +113,7 @@ static int run_seed(uint64_t seed) {
   snprintf(test, sizeof(test), "chaos_ledger_%" PRIu64, seed);
   h_init(&c, test);
   chaos_ledger_setup(c.dir, WORKERS, KEYS, 120);
+  chaos_ledger_sparse(SPARSE_ROWS);
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
           "3", "--workers", "3", "--mode", "asp", "--heartbeat-timeout-ms",
           HEARTBEAT_TIMEOUT_MS, NULL);

@@ -9,6 +9,12 @@
  * any replication message from a node that is not the range's primary
  * (fenced) are refused the same way.
  *
+ * On the same fixture, the promises sparse rows share with dense ranges
+ * (issue #14): a resent sparse push (same sequence number) is applied once;
+ * in BSP a sparse push changes no row until the range's dense step is
+ * applied, and then moves it by the step's sum; a backup replays a
+ * primary's sparse push once and refuses one that does not fit.
+ *
  * The test itself plays the single worker of the job over the real protocol,
  * so the cluster publishes a view and the server holds a model. */
 #include <check.h>
@@ -451,9 +457,11 @@ START_TEST(server_skips_nonfinite) {
 END_TEST
 
 /* Sends a sparse request for table with these keys (and, for a push,
- * nvals floats of 1); returns its request id. */
-static uint64_t send_sparse(int push, const char *table, const uint64_t *keys,
-                            size_t n, size_t nvals) {
+ * nvals floats of 1, with sequence number seq for step clock); returns its
+ * request id. */
+static uint64_t send_sparse_at(int push, const char *table,
+                               const uint64_t *keys, size_t n, size_t nvals,
+                               uint64_t seq, uint64_t clock) {
   static float vals[64];
   for (size_t i = 0; i < 64; i++) vals[i] = 1;
   zmq_msg_t frames[2];
@@ -467,6 +475,8 @@ static uint64_t send_sparse(int push, const char *table, const uint64_t *keys,
     ps_payload_wrap(&frames[1], vals, nvals * sizeof(float), NULL, NULL);
     sp.table = (char *)table;
     sp.nkeys = n;
+    sp.seq = seq;
+    sp.clock = clock;
     env.sparse_push = &sp;
   } else {
     sl.table = (char *)table;
@@ -476,6 +486,11 @@ static uint64_t send_sparse(int push, const char *table, const uint64_t *keys,
   ck_assert_int_eq(ps_msg_send(server, NULL, &env, frames, push ? 2 : 1),
                    PS_OK);
   return env.request_id;
+}
+
+static uint64_t send_sparse(int push, const char *table, const uint64_t *keys,
+                            size_t n, size_t nvals) {
+  return send_sparse_at(push, table, keys, n, nvals, 0, 0);
 }
 
 /* A good sparse pull: rows of the table's dim come back. */
@@ -523,6 +538,145 @@ START_TEST(server_refuses_bad_sparse) {
   /* zero init, lr 0.5, one live worker, gradient 1 */
   for (int j = 0; j < SPARSE_DIM; j++) ck_assert(row[j] == -0.5f);
   ps_msg_close(&m);
+}
+END_TEST
+
+/* Expects an Ack to req; returns its duplicate flag. */
+static int expect_ack(void *s, uint64_t req, const char *what) {
+  ps_msg_t m;
+  recv_reply(s, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ACK, "%s: %s%s%s", what,
+                ps_body_name(m.env->body_case),
+                m.env->body_case == PS__ENVELOPE__BODY_ERROR ? ": " : "",
+                m.env->body_case == PS__ENVELOPE__BODY_ERROR
+                    ? m.env->error->message
+                    : "");
+  int dup = m.env->ack->duplicate;
+  ps_msg_close(&m);
+  return dup;
+}
+
+/* Row key of "emb", pulled: every element must be want. */
+static void expect_row(uint64_t key, float want, const char *what) {
+  uint64_t req = send_sparse(0, "emb", &key, 1, 0);
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_SPARSE_PULL_REPLY,
+                "%s: pull answered with %s", what,
+                ps_body_name(m.env->body_case));
+  float row[SPARSE_DIM];
+  ps_msg_payload_gather(&m, row);
+  ps_msg_close(&m);
+  for (int j = 0; j < SPARSE_DIM; j++)
+    ck_assert_msg(row[j] == want, "%s: row %llu[%d] is %g, want %g", what,
+                  (unsigned long long)key, j, (double)row[j], (double)want);
+}
+
+START_TEST(sparse_resend_applied_once) {
+  /* zero init, lr 0.5, one live worker, gradient 1: -0.5 per push. */
+  uint64_t key[1] = {3};
+  ck_assert(!expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM,
+                                               100, 0),
+                        "first push"));
+  ck_assert_msg(expect_ack(server, send_sparse_at(1, "emb", key, 1,
+                                                  SPARSE_DIM, 100, 0),
+                           "resend"),
+                "a resend of seq 100 was not acked as a duplicate");
+  expect_row(3, -0.5f, "after a push and its resend");
+  ck_assert(!expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM,
+                                               101, 0),
+                        "next push"));
+  /* An older resend after a newer push: still remembered. */
+  ck_assert(expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM,
+                                              100, 0),
+                       "late resend"));
+  expect_row(3, -1.0f, "after two pushes and two resends");
+  /* Unnumbered pushes (seq 0) are never taken for duplicates. */
+  ck_assert(!expect_ack(server, send_sparse(1, "emb", key, 1, SPARSE_DIM),
+                        "unnumbered"));
+  ck_assert(!expect_ack(server, send_sparse(1, "emb", key, 1, SPARSE_DIM),
+                        "unnumbered again"));
+  expect_row(3, -2.0f, "after two unnumbered pushes");
+}
+END_TEST
+
+/* Pushes gradient 1 to the whole dense tensor for step, numbered seq. */
+static void push_dense_step(uint64_t step, uint64_t seq) {
+  static float g[NKEYS];
+  for (int i = 0; i < NKEYS; i++) g[i] = 1;
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = 0;
+  p.count = NKEYS;
+  p.clock = step;
+  p.seq = seq;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  zmq_msg_t f;
+  ps_payload_wrap(&f, g, sizeof(g), NULL, NULL);
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &f, 1), PS_OK);
+  expect_ack(server, env.request_id, "dense push");
+}
+
+START_TEST(sparse_bsp_applies_at_the_step) {
+  uint64_t key[1] = {3};
+  expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM, 200, 0),
+             "sparse push, step 0");
+  /* Summed, not applied: the row is unchanged until the step is. */
+  expect_row(3, 0.0f, "before step 0 is applied");
+  uint64_t req = send_sparse_at(1, "emb", key, 1, SPARSE_DIM, 201, 1);
+  expect_error(server, req, PS_ERR_REFUSED, "sparse push for a future step");
+  push_dense_step(0, 202);
+  /* One contributor: the step's sum * lr 0.5. */
+  expect_row(3, -0.5f, "after step 0");
+  /* Two pushes of the same row in one step add up. */
+  expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM, 203, 1),
+             "sparse push, step 1");
+  expect_ack(server, send_sparse_at(1, "emb", key, 1, SPARSE_DIM, 204, 1),
+             "second sparse push, step 1");
+  expect_row(3, -0.5f, "before step 1 is applied");
+  push_dense_step(1, 205);
+  expect_row(3, -1.5f, "after step 1");
+}
+END_TEST
+
+static Ps__Envelope from_primary(Ps__Envelope__BodyCase body);
+static void expect_backup_replays(void);
+
+/* A sparse push replayed on the real server as the backup of the range
+ * the test leads. */
+static uint64_t send_replicated_sparse(const char *table, uint64_t seq,
+                                       size_t nvals) {
+  static float vals[2 * SPARSE_DIM];
+  static uint64_t key[1] = {11};
+  for (size_t i = 0; i < 2 * SPARSE_DIM; i++) vals[i] = 1;
+  Ps__Replicate r = PS__REPLICATE__INIT;
+  r.range_begin = range0_begin;
+  r.range_end = range0_end;
+  r.kind = PS__REPLICATE_KIND__REPL_SPARSE_PUSH;
+  r.worker = node_id;
+  r.seq = seq;
+  r.table = (char *)table;
+  r.nkeys = 1;
+  zmq_msg_t f[2];
+  ps_payload_wrap(&f[0], key, sizeof(key), NULL, NULL);
+  ps_payload_wrap(&f[1], vals, nvals * sizeof(float), NULL, NULL);
+  Ps__Envelope env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &r;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, f, 2), PS_OK);
+  return env.request_id;
+}
+
+START_TEST(backup_replays_sparse_once) {
+  ck_assert_ptr_nonnull(backup);
+  expect_ack(backup, send_replicated_sparse("emb", 300, SPARSE_DIM),
+             "replicated sparse push");
+  expect_ack(backup, send_replicated_sparse("emb", 300, SPARSE_DIM),
+             "replicated sparse push, resent");
+  expect_error(backup, send_replicated_sparse("nope", 301, SPARSE_DIM),
+               PS_ERR_UNKNOWN_KEY, "replicated push to an unknown table");
+  expect_error(backup, send_replicated_sparse("emb", 302, 2 * SPARSE_DIM),
+               PS_ERR_PROTO, "replicated push of the wrong dim");
+  expect_backup_replays();
 }
 END_TEST
 
@@ -800,6 +954,7 @@ int main(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, server_refuses_bad_input);
   tcase_add_test(tc, server_refuses_bad_sparse);
+  tcase_add_test(tc, sparse_resend_applied_once);
   tcase_add_test(tc, scheduler_refuses_bad_input);
   tcase_add_test(tc, oversized_frames_dropped);
   suite_add_tcase(s, tc);
@@ -807,12 +962,18 @@ int main(void) {
   tcase_set_timeout(tr, 120);
   tcase_add_checked_fixture(tr, setup_replicated, teardown);
   tcase_add_test(tr, backup_refuses_bad_replication);
+  tcase_add_test(tr, backup_replays_sparse_once);
   suite_add_tcase(s, tr);
   TCase *ti = tcase_create("inflight");
   tcase_set_timeout(ti, 120);
   tcase_add_checked_fixture(ti, setup_bsp, teardown);
   tcase_add_test(ti, inflight_capped);
   suite_add_tcase(s, ti);
+  TCase *tb = tcase_create("sparse_bsp");
+  tcase_set_timeout(tb, 120);
+  tcase_add_checked_fixture(tb, setup_bsp, teardown);
+  tcase_add_test(tb, sparse_bsp_applies_at_the_step);
+  suite_add_tcase(s, tb);
   TCase *tn = tcase_create("nonfinite_skip");
   tcase_set_timeout(tn, 120);
   tcase_add_checked_fixture(tn, setup_skip, teardown);

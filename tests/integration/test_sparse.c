@@ -16,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/err.h"
 #include "harness.h"
+#include "scrape.h"
 #include "proto/ps.pb-c.h"
 #include "tests/check_run.h"
 #include "ps/client.h"
@@ -139,12 +141,12 @@ static int worker(const char *sched_ep, int rank) {
     int on[2] = {0, 0};
     for (int i = 0; ok && i < NKEYS; i++) {
       uint64_t h = mix64(keys[i] ^ salt) >> 32;
-      on[(h * v->nsparse_servers) >> 32]++;
+      on[(h * v->nsparse_parts) >> 32]++;
     }
     if (ok &&
-        (v->nsparse_servers != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
-      fprintf(stderr, "sparse: %zu servers, rows %d and %d\n",
-              v->nsparse_servers, on[0], on[1]);
+        (v->nsparse_parts != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
+      fprintf(stderr, "sparse: %zu ranges, rows %d and %d\n",
+              v->nsparse_parts, on[0], on[1]);
       ok = 0;
     }
     /* Untouched rows of the uniform table are its initializer's. */
@@ -214,11 +216,412 @@ START_TEST(sparse_pushes_sum_exactly) {
 }
 END_TEST
 
+/* BSP (issue #14): 2 workers each push sparse gradients for the same rows
+ * every step; a row must not move until the step's dense push completes
+ * it, and then move by the mean of the two, exactly what one process of
+ * twice the batch would apply: w -= lr * (g0 + g1) / 2. The gradients are
+ * small integers and lr is 1, so the expected rows are exact. */
+#define BSP_STEPS 3
+
+static float bsp_grad(int rank, int step, uint64_t id, int j) {
+  return (float)((int)((id * 7 + (uint64_t)j + (uint64_t)rank * 3 +
+                        (uint64_t)step * 5) %
+                       11) -
+                 5);
+}
+
+static int bsp_rows_are(ps_client_t *c, const uint64_t *keys, float *out,
+                        int steps, const char *when) {
+  if (ps_client_sparse_pull(c, "emb", keys, NKEYS, out) != PS_OK) {
+    fprintf(stderr, "sparse bsp: pull %s: %s\n", when, ps_client_errmsg(c));
+    return 0;
+  }
+  for (int i = 0; i < NKEYS; i++)
+    for (int j = 0; j < DIM; j++) {
+      float want = 0;
+      for (int t = 0; t < steps; t++)
+        want -= (bsp_grad(0, t, keys[i], j) + bsp_grad(1, t, keys[i], j)) / 2;
+      if (out[i * DIM + j] != want) {
+        fprintf(stderr, "sparse bsp: %s: row %" PRIu64 "[%d] is %g, want %g\n",
+                when, keys[i], j, (double)out[i * DIM + j], (double)want);
+        return 0;
+      }
+    }
+  return 1;
+}
+
+static int bsp_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 1.0f);
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb");
+  sp.dim = DIM;
+  sp.init = PS__INIT__INIT_ZERO;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse bsp: worker %d: %s\n", rank, msg);
+    return 1;
+  }
+  uint64_t *keys = malloc(NKEYS * sizeof(*keys));
+  float *g = malloc(NKEYS * DIM * sizeof(float));
+  float *out = malloc(NKEYS * DIM * sizeof(float));
+  float dense[64], w[64];
+  memset(dense, 0, sizeof(dense));
+  int ok = h_worker_sync(rank);
+  for (int step = 0; step < BSP_STEPS; step++) {
+    for (int i = 0; i < NKEYS; i++) {
+      keys[i] = key_of(rank == 0 ? i : NKEYS - 1 - i);
+      for (int j = 0; j < DIM; j++)
+        g[i * DIM + j] = bsp_grad(rank, step, keys[i], j);
+    }
+    if (ok && ps_client_sparse_push(c, "emb", keys, NKEYS, g,
+                                    (uint64_t)step) != PS_OK) {
+      fprintf(stderr, "sparse bsp: worker %d push: %s\n", rank,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+    /* Both pushed their rows of the step: still the last step's. */
+    ok = h_worker_sync(rank) && ok;
+    if (ok && rank == 0) ok = bsp_rows_are(c, keys, out, step, "mid-step");
+    ok = h_worker_sync(rank) && ok;
+    if (ok && (ps_client_push(c, 0, 64, dense, (uint64_t)step) != PS_OK ||
+               ps_client_pull(c, 0, 64, w, (uint64_t)step + 1) != PS_OK)) {
+      fprintf(stderr, "sparse bsp: worker %d dense: %s\n", rank,
+              ps_client_errmsg(c));
+      ok = 0;
+    }
+    if (ok) ok = bsp_rows_are(c, keys, out, step + 1, "after the step");
+  }
+  ok = h_worker_sync(rank) && ok;
+  ps_client_destroy(&c);
+  free(keys);
+  free(g);
+  free(out);
+  return ok ? 0 : 1;
+}
+
+START_TEST(sparse_bsp_two_workers_equal_one) {
+  h_cluster_t c;
+  h_init(&c, "sparse_bsp");
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "2", "--mode", "bsp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_workers_start(&c, 2, bsp_worker);
+  for (int phase = 0; phase < 2 + 2 * BSP_STEPS; phase++) h_workers_sync();
+  int failed = !h_workers_reap(120000);
+  char why[256] = "";
+  int all = h_wait_all_exit0(&c, 0, 20000, why, sizeof(why));
+  if (failed) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "a worker saw wrong rows or failed (see above)");
+  ck_assert_msg(all, "after the job: %s", why);
+}
+END_TEST
+
+/* Checkpoints (issue #14): a BSP job on 2 servers (momentum, so a row is
+ * weights and velocity) writes a checkpoint at step 2 and trains on to
+ * step 4; a job restored from step 2 onto 3 servers, whose rows are filed
+ * under other ranges than they were written from, trains steps 2-3 with the
+ * same gradients and must end with bitwise the rows of the first job. Rows
+ * never pushed still read as the initializer. */
+#define CK_STEPS 4
+#define CK_AT 2
+#define CK_KEYS 300
+
+static char ck_dump[700];
+
+static int ck_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 0.25f);
+  model.momentum = 0.5f;
+  model.seed = 9;
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb");
+  sp.dim = DIM;
+  sp.init = PS__INIT__INIT_UNIFORM;
+  sp.init_scale = 0.5f;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse ck: worker %d: %s\n", rank, msg);
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    return 1;
+  }
+  uint64_t start = ps_client_view(c)->start_clock;
+  uint64_t *keys = malloc(2 * CK_KEYS * sizeof(*keys));
+  float *g = malloc(CK_KEYS * DIM * sizeof(float));
+  float *out = malloc(2 * CK_KEYS * DIM * sizeof(float));
+  float dense[64], w[64];
+  memset(dense, 0, sizeof(dense));
+  int ok = 1;
+  for (uint64_t step = start; ok && step < CK_STEPS; step++) {
+    /* Each worker its half of the keys and a few of the other's. */
+    for (int i = 0; i < CK_KEYS; i++) {
+      keys[i] = key_of(rank * (CK_KEYS - 20) + i);
+      for (int j = 0; j < DIM; j++)
+        g[i * DIM + j] = bsp_grad(rank, (int)step, keys[i], j) * 0.37f;
+    }
+    ok = ps_client_sparse_push(c, "emb", keys, CK_KEYS, g, step) == PS_OK &&
+         ps_client_push(c, 0, 64, dense, step) == PS_OK &&
+         ps_client_pull(c, 0, 64, w, step + 1) == PS_OK;
+    if (!ok)
+      fprintf(stderr, "sparse ck: worker %d step %llu: %s\n", rank,
+              (unsigned long long)step, ps_client_errmsg(c));
+    /* The test waits for the checkpoint of step CK_AT here. */
+    if (step + 1 == CK_AT) ok = h_worker_sync(rank) && ok;
+  }
+  if (start >= CK_AT) ok = h_worker_sync(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
+  if (ok && rank == 0) {
+    /* Every row pushed, and as many never pushed. */
+    for (int i = 0; i < 2 * CK_KEYS; i++)
+      keys[i] = key_of(i < CK_KEYS + 20 ? i : 100000 + i);
+    ok = ps_client_sparse_pull(c, "emb", keys, 2 * CK_KEYS, out) == PS_OK;
+    FILE *f = ok ? fopen(ck_dump, "wb") : NULL;
+    ok = f && fwrite(out, sizeof(float), 2 * CK_KEYS * DIM, f) ==
+                  (size_t)(2 * CK_KEYS * DIM);
+    if (f) ok = fclose(f) == 0 && ok;
+    if (!ok) fprintf(stderr, "sparse ck: dump: %s\n", ps_client_errmsg(c));
+  }
+  ps_client_destroy(&c);
+  free(keys);
+  free(g);
+  free(out);
+  return ok ? 0 : 1;
+}
+
+/* One job: nservers servers, 2 ck_workers; extra: scheduler arguments (2).
+ * wait_ck: the checkpoint manifest to wait for at the workers' first
+ * sync point. */
+static int ck_job(h_cluster_t *c, const char *tag, const char *nservers,
+                  const char *a1, const char *a2, const char *a3,
+                  const char *a4, const char *wait_ck) {
+  h_new_sched_ep(c);
+  int from = c->nprocs;
+  char name[64];
+  snprintf(name, sizeof(name), "%s_scheduler", tag);
+  h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
+          nservers, "--workers", "2", "--mode", "bsp",
+          "--heartbeat-timeout-ms", "60000", a1, a2, a3, a4, NULL);
+  for (int i = 0; i < atoi(nservers); i++) {
+    snprintf(name, sizeof(name), "%s_server%d", tag, i);
+    h_spawn(c, name, "ps-server", "--scheduler", c->sched_ep, NULL);
+  }
+  h_workers_start(c, 2, ck_worker);
+  h_workers_sync();
+  if (wait_ck) {
+    uint64_t end = h_deadline_ms(30000);
+    struct stat st;
+    while (stat(wait_ck, &st) != 0 && h_now_ms() < end) usleep(20000);
+  }
+  h_workers_sync();
+  int ok = h_workers_reap(120000);
+  char why[256] = "";
+  int all = h_wait_all_exit0(c, from, 30000, why, sizeof(why));
+  if (!ok || !all) {
+    fprintf(stderr, "sparse ck: job %s: %s\n", tag, why);
+    h_dump_logs(c);
+  }
+  return ok && all;
+}
+
+START_TEST(sparse_checkpoint_restored_onto_3_servers) {
+  h_cluster_t c;
+  h_init(&c, "sparse_ck");
+  char ck[700], manifest[800], orig[700], restored[700];
+  snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
+  snprintf(manifest, sizeof(manifest), "%s/ckpt-%012d/MANIFEST", ck, CK_AT);
+  snprintf(orig, sizeof(orig), "%s", h_path(&c, "orig.bin"));
+  snprintf(restored, sizeof(restored), "%s", h_path(&c, "restored.bin"));
+  snprintf(ck_dump, sizeof(ck_dump), "%s", orig);
+  ck_assert(ck_job(&c, "orig", "2", "--checkpoint-dir", ck,
+                   "--checkpoint-every-steps", "2", manifest));
+  struct stat st;
+  ck_assert_msg(stat(manifest, &st) == 0, "no checkpoint at step %d", CK_AT);
+  char at[800];
+  snprintf(at, sizeof(at), "%s/ckpt-%012d", ck, CK_AT);
+  snprintf(ck_dump, sizeof(ck_dump), "%s", restored);
+  ck_assert(ck_job(&c, "r3", "3", "--restore", at, NULL, NULL, NULL));
+  ck_assert(h_wait_log(h_path(&c, "r3_server2.log"), "event=restored", 1));
+  size_t na, nb;
+  float *a = (float *)h_read_file(orig, &na);
+  float *b = (float *)h_read_file(restored, &nb);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_uint_eq(na, 2 * CK_KEYS * DIM * sizeof(float));
+  ck_assert_uint_eq(na, nb);
+  for (size_t i = 0; i < na / sizeof(float); i++)
+    ck_assert_msg(memcmp(&a[i], &b[i], sizeof(float)) == 0,
+                  "row %zu[%zu]: %g after the restore, %g in the first job",
+                  i / DIM, i % DIM, (double)b[i], (double)a[i]);
+  /* The rows that were never pushed are the initializer's, and those that
+   * were are not. */
+  uint64_t salt = salt_of("emb");
+  int moved = 0;
+  for (int i = 0; i < 2 * CK_KEYS; i++) {
+    uint64_t id = key_of(i < CK_KEYS + 20 ? i : 100000 + i);
+    int same = 1;
+    for (int j = 0; j < DIM; j++)
+      same &= a[i * DIM + j] == init_value(9, salt, id, (uint64_t)j, 0.5f);
+    if (i >= CK_KEYS + 20) ck_assert_msg(same, "row %d is not its init", i);
+    moved += !same;
+  }
+  ck_assert_int_eq(moved, CK_KEYS + 20);
+  free(a);
+  free(b);
+  h_kill_all(&c);
+}
+END_TEST
+
+/* The memory cap (issue #14) on real daemons: 2 servers with
+ * --sparse-max-bytes for 1000 rows of dim 4 each (500 per range copy, 2
+ * copies per server), one worker streams 20000 new ids: each server's
+ * ps_server_sparse_rows stays within its cap, evictions are counted, the
+ * first ids read as their initializer again and the last ones hold their
+ * push. */
+#define CAP_IDS 20000
+#define CAP_BATCH 200
+static int cap_worker(const char *sched_ep, int rank) {
+  ps_tensor_spec_t t;
+  ps_model_t model;
+  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 1.0f);
+  model.seed = 5;
+  ps_sparse_spec_t sp;
+  memset(&sp, 0, sizeof(sp));
+  snprintf(sp.name, sizeof(sp.name), "emb_u");
+  sp.dim = UDIM;
+  sp.init = PS__INIT__INIT_UNIFORM;
+  sp.init_scale = 0.25f;
+  model.nsparse = 1;
+  model.sparse = &sp;
+  ps_client_opts_t o;
+  ps_client_opts_init(&o);
+  o.scheduler = sched_ep;
+  o.rank = rank;
+  o.timeout_ms = 60000;
+  int err;
+  char msg[256];
+  ps_client_t *c = ps_client_new(&o, &model, &err, msg, sizeof(msg));
+  if (c == NULL) {
+    fprintf(stderr, "sparse cap: %s\n", msg);
+    h_worker_sync(rank);
+    h_worker_sync(rank);
+    return 1;
+  }
+  uint64_t keys[CAP_BATCH];
+  float g[CAP_BATCH * UDIM], out[CAP_BATCH * UDIM];
+  for (int i = 0; i < CAP_BATCH * UDIM; i++) g[i] = 1;
+  int ok = 1;
+  for (int b = 0; ok && b < CAP_IDS / CAP_BATCH; b++) {
+    for (int i = 0; i < CAP_BATCH; i++) keys[i] = key_of(b * CAP_BATCH + i);
+    ok = ps_client_sparse_push(c, "emb_u", keys, CAP_BATCH, g, 0) == PS_OK;
+  }
+  uint64_t salt = salt_of("emb_u");
+  /* The first batch was evicted long ago; the last was just pushed. */
+  for (int last = 0; ok && last < 2; last++) {
+    int base = last ? CAP_IDS - CAP_BATCH : 0;
+    for (int i = 0; i < CAP_BATCH; i++) keys[i] = key_of(base + i);
+    ok = ps_client_sparse_pull(c, "emb_u", keys, CAP_BATCH, out) == PS_OK;
+    for (int i = 0; ok && i < CAP_BATCH; i++)
+      for (int j = 0; ok && j < UDIM; j++) {
+        float want = init_value(5, salt, keys[i], (uint64_t)j, 0.25f) -
+                     (last ? 1.0f : 0.0f);
+        if (out[i * UDIM + j] != want) {
+          fprintf(stderr, "sparse cap: %s row %" PRIu64 "[%d] is %g, want %g\n",
+                  last ? "recent" : "evicted", keys[i], j,
+                  (double)out[i * UDIM + j], (double)want);
+          ok = 0;
+        }
+      }
+  }
+  if (!ok) fprintf(stderr, "sparse cap: %s\n", ps_client_errmsg(c));
+  /* Still connected while the test scrapes the servers. */
+  ok = h_worker_sync(rank) && ok;
+  ok = h_worker_sync(rank) && ok;
+  ps_client_destroy(&c);
+  return ok ? 0 : 1;
+}
+
+START_TEST(sparse_cap_holds) {
+  h_cluster_t c;
+  h_init(&c, "sparse_cap");
+  /* 1000 rows of 3 floats, at 12 + 40 bytes each. */
+  const char *max_bytes = "52000";
+  int port[2] = {h_free_port(), h_free_port()};
+  char bind[2][64];
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
+          "60000", NULL);
+  for (int i = 0; i < 2; i++) {
+    char name[16];
+    snprintf(bind[i], sizeof(bind[i]), "127.0.0.1:%d", port[i]);
+    snprintf(name, sizeof(name), "server%d", i);
+    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep,
+            "--sparse-max-bytes", max_bytes, "--metrics-bind", bind[i], NULL);
+  }
+  h_workers_start(&c, 1, cap_worker);
+  /* The worker pushed and checked its rows: the servers' counters now. */
+  h_workers_sync();
+  double rows[2], evicted[2];
+  for (int i = 0; i < 2; i++) {
+    int status = 0;
+    char *page = h_http_get(port[i], "/metrics", &status, 5000);
+    ck_assert_msg(page != NULL && status == 200, "server %d: no metrics", i);
+    rows[i] = h_metric(page, "ps_server_sparse_rows");
+    evicted[i] = h_metric(page, "ps_server_sparse_evictions_total");
+    free(page);
+  }
+  h_workers_sync();
+  int failed = !h_workers_reap(60000);
+  if (failed) h_dump_logs(&c);
+  h_kill_all(&c);
+  ck_assert_msg(!failed, "the worker saw wrong rows (see above)");
+  for (int i = 0; i < 2; i++) {
+    fprintf(stderr, "sparse cap: server %d holds %.0f rows, evicted %.0f\n", i,
+            rows[i], evicted[i]);
+    /* Each of its 2 copies is capped at 500 and full. */
+    ck_assert_msg(rows[i] == 1000, "server %d holds %.0f rows", i, rows[i]);
+    ck_assert_msg(evicted[i] > 0, "server %d evicted nothing", i);
+  }
+  /* Every id created a row on 2 copies; 2000 are left. */
+  ck_assert_msg(evicted[0] + evicted[1] == 2.0 * CAP_IDS - 2000,
+                "evicted %.0f + %.0f rows, want %d in all", evicted[0],
+                evicted[1], 2 * CAP_IDS - 2000);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_set_timeout(tc, 170);
   tcase_add_test(tc, sparse_pushes_sum_exactly);
+  tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
+  tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
+  tcase_add_test(tc, sparse_cap_holds);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

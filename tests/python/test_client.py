@@ -115,6 +115,10 @@ def test_sparse(cluster):
         cl.sparse_push("emb", ids.astype(np.uint64), g, 0)
         out = np.zeros((2, 4), np.float32)
         cl.sparse_pull("emb", np.array([3, 5], np.uint64), out)
+        assert not out.any()  # BSP: summed until step 0 is applied
+        cl.push("w", np.zeros(KEYS, np.float32), 0)  # completes step 0
+        cl.pull("w", np.zeros(KEYS, np.float32), 1)
+        cl.sparse_pull("emb", np.array([3, 5], np.uint64), out)
         np.testing.assert_array_equal(out, -LR * g[[2, 0]])
 
 

@@ -53,8 +53,19 @@ START_TEST(init_on_touch_is_deterministic) {
   uint64_t *keys = malloc(N * sizeof(*keys));
   float *ra = malloc(N * 8 * sizeof(float)), rb[3 * 8], want[8];
   for (uint64_t i = 0; i < N; i++) keys[i] = i * 1000003ULL + 5;
+  /* A pull creates nothing; a push (of zeros: the rows keep their
+   * initializer) creates every row. */
   ck_assert_int_eq(ps_sparse_table_pull(a, keys, N, ra, NULL, 0), PS_OK);
+  ck_assert_uint_eq(ps_sparse_table_rows(a), 0);
+  float *zeros = calloc(N * 8, sizeof(float));
+  ck_assert_int_eq(ps_sparse_table_push(a, keys, N, zeros, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  free(zeros);
   ck_assert_uint_eq(ps_sparse_table_rows(a), N);
+  float *again = malloc(N * 8 * sizeof(float));
+  ck_assert_int_eq(ps_sparse_table_pull(a, keys, N, again, NULL, 0), PS_OK);
+  ck_assert(memcmp(again, ra, N * 8 * sizeof(float)) == 0);
+  free(again);
   uint64_t some[3] = {keys[2], keys[1500], keys[2999]};
   ck_assert_int_eq(ps_sparse_table_pull(b, some, 3, rb, NULL, 0), PS_OK);
   ck_assert(memcmp(rb, ra + 2 * 8, 8 * sizeof(float)) == 0);
@@ -205,11 +216,19 @@ START_TEST(model_spec_checks) {
 END_TEST
 
 START_TEST(owner_partition) {
+  /* Rows spread over the non-empty ranges only; the owner is the range's
+   * primary. */
   ps_view_t v;
   memset(&v, 0, sizeof(v));
-  uint32_t servers[3] = {11, 12, 13};
-  v.sparse_servers = servers;
-  v.nsparse_servers = 3;
+  ps_range_t ranges[4] = {{.begin = 0, .end = 16, .server_id = 11},
+                          {.begin = 16, .end = 16, .server_id = 14},
+                          {.begin = 16, .end = 32, .server_id = 12},
+                          {.begin = 32, .end = 48, .server_id = 13}};
+  uint32_t parts[3] = {0, 2, 3};
+  v.ranges = ranges;
+  v.nranges = 4;
+  v.sparse_parts = parts;
+  v.nsparse_parts = 3;
   uint64_t salt = ps_sparse_salt("emb");
   int count[3] = {0, 0, 0};
   for (uint64_t id = 0; id < 30000; id++) {
@@ -217,12 +236,16 @@ START_TEST(owner_partition) {
     ck_assert(o >= 11 && o <= 13);
     /* The documented formula, spelled out. */
     uint64_t h = ps_mix64(id ^ salt);
-    ck_assert_int_eq(o, servers[((h >> 32) * 3) >> 32]);
+    uint32_t part = (uint32_t)(((h >> 32) * 3) >> 32);
+    ck_assert_int_eq(ps_sparse_part_of(salt, id, 3), part);
+    ck_assert_int_eq(ps_view_sparse_range(&v, salt, id), parts[part]);
+    ck_assert_int_eq(o, ranges[parts[part]].server_id);
     count[o - 11]++;
   }
   for (int i = 0; i < 3; i++) ck_assert(count[i] > 9000 && count[i] < 11000);
-  v.nsparse_servers = 0;
+  v.nsparse_parts = 0;
   ck_assert_int_eq(ps_view_sparse_owner(&v, salt, 1), -1);
+  ck_assert_int_eq(ps_view_sparse_range(&v, salt, 1), -1);
 }
 END_TEST
 
@@ -294,6 +317,173 @@ START_TEST(frames_validated) {
 }
 END_TEST
 
+/* ---- the memory cap (issue #14) ---- */
+
+#define CAP 100
+#define HOT 5 /* an id pushed in every batch: always the most recent */
+
+/* Pushes gradient 1 (lr 1: each push subtracts 1) to HOT and n fresh ids
+ * from *next, in ascending order. */
+static void push_batch(ps_sparse_table_t *t, uint64_t *next, size_t n) {
+  uint64_t keys[64];
+  float g[64 * 4];
+  keys[0] = HOT;
+  for (size_t i = 1; i <= n; i++) keys[i] = (*next)++;
+  for (size_t i = 0; i < (n + 1) * 4; i++) g[i] = 1;
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, n + 1, g, 1.0f, 0, NULL, 0),
+                   PS_OK);
+}
+
+/* Every row the table lists pulls as what it lists, in recency order. */
+static void rows_consistent(ps_sparse_table_t *t) {
+  uint64_t n = 0;
+  for (uint64_t i = ps_sparse_table_lru_first(t); i != UINT64_MAX;
+       i = ps_sparse_table_lru_next(t, i), n++) {
+    uint64_t id;
+    const float *row = ps_sparse_table_row_at(t, i, &id);
+    float out[4];
+    ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, out, NULL, 0), PS_OK);
+    ck_assert(memcmp(out, row, sizeof(out)) == 0);
+  }
+  ck_assert_uint_eq(n, ps_sparse_table_rows(t));
+}
+
+START_TEST(cap_holds_and_evicted_rows_come_back_from_init) {
+  ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_UNIFORM, 0.5f);
+  ps_model_t m = model_of(1.0f, 0.0f, 3);
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  ck_assert_int_eq(ps_sparse_table_set_limits(t, CAP, 1), PS_OK);
+  uint64_t next = 1000, batches = 400;
+  for (uint64_t b = 0; b < batches; b++) {
+    push_batch(t, &next, 50);
+    ck_assert_uint_le(ps_sparse_table_rows(t), CAP);
+  }
+  rows_consistent(t);
+  ps_sparse_stats_t st;
+  ps_sparse_table_stats(t, &st);
+  /* 1 + 20000 rows were created; CAP are left. */
+  ck_assert_uint_eq(st.rows, CAP);
+  ck_assert_uint_eq(st.evictions, 1 + batches * 50 - CAP);
+  /* The hot row was never evicted: every push moved it. */
+  float out[4], init[4];
+  uint64_t hot = HOT;
+  ck_assert_int_eq(ps_sparse_table_pull(t, &hot, 1, out, NULL, 0), PS_OK);
+  ps_sparse_init_row(&sp, 3, HOT, init);
+  for (int j = 0; j < 4; j++) ck_assert(out[j] == init[j] - (float)batches);
+  /* An early id was evicted: it reads as its initializer, and a push
+   * starts it again from there. */
+  uint64_t early = 1000;
+  ck_assert_int_eq(ps_sparse_table_pull(t, &early, 1, out, NULL, 0), PS_OK);
+  ps_sparse_init_row(&sp, 3, early, init);
+  ck_assert(memcmp(out, init, sizeof(out)) == 0);
+  float g[4] = {1, 1, 1, 1};
+  ck_assert_int_eq(ps_sparse_table_push(t, &early, 1, g, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_pull(t, &early, 1, out, NULL, 0), PS_OK);
+  for (int j = 0; j < 4; j++) ck_assert(out[j] == init[j] - 1);
+  ck_assert_uint_eq(ps_sparse_table_rows(t), CAP);
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
+START_TEST(admission_after_k_pushes) {
+  ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_ZERO, 0);
+  ps_model_t m = model_of(1.0f, 0.0f, 3);
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  ck_assert_int_eq(ps_sparse_table_set_limits(t, 0, 3), PS_OK);
+  uint64_t id = 7;
+  float g[4] = {1, 1, 1, 1}, out[4];
+  for (int k = 1; k <= 4; k++) {
+    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, g, 1.0f, 0, NULL, 0), PS_OK);
+    ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, out, NULL, 0), PS_OK);
+    /* Pushes 1 and 2 are dropped; 3 creates the row and applies. */
+    float want = k < 3 ? 0.0f : -(float)(k - 2);
+    for (int j = 0; j < 4; j++) ck_assert(out[j] == want);
+    ck_assert_uint_eq(ps_sparse_table_rows(t), k < 3 ? 0 : 1);
+  }
+  ps_sparse_stats_t st;
+  ps_sparse_table_stats(t, &st);
+  ck_assert_uint_eq(st.not_admitted, 2);
+  /* BSP: the sums of ids not yet admitted are dropped at the step. */
+  uint64_t other = 9;
+  ck_assert_int_eq(ps_sparse_table_accumulate(t, &other, 1, g, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_apply_pending(t, 1.0f, 0), PS_OK);
+  ck_assert_uint_eq(ps_sparse_table_rows(t), 1);
+  ck_assert_int_eq(ps_sparse_table_set_limits(t, 0, 1), PS_ERR_INVAL);
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
+/* Two copies fed the same pushes evict the same rows; a third filled as a
+ * snapshot fills a backup (rows in recency order, then the sketch) and
+ * fed the rest of the stream ends the same too. */
+START_TEST(copies_evict_the_same_rows) {
+  ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_UNIFORM, 0.5f);
+  ps_model_t m = model_of(1.0f, 0.0f, 3);
+  ps_sparse_table_t *a = ps_sparse_table_new(&sp, &m);
+  ps_sparse_table_t *b = ps_sparse_table_new(&sp, &m);
+  ps_sparse_table_t *c = ps_sparse_table_new(&sp, &m);
+  ck_assert_int_eq(ps_sparse_table_set_limits(a, CAP, 2), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_set_limits(b, CAP, 2), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_set_limits(c, CAP, 2), PS_OK);
+  /* Ids recur (mod 300) so that some pass admission and recency matters. */
+  uint64_t rng = 12345;
+  for (int round = 0; round < 2; round++) {
+    for (int b_ = 0; b_ < 300; b_++) {
+      uint64_t keys[16];
+      float g[16 * 4];
+      uint64_t k = 0;
+      for (int i = 0; i < 16; i++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        k += 1 + (rng >> 33) % 40;
+        keys[i] = k % 100000;
+      }
+      size_t n = 1;
+      for (int i = 1; i < 16; i++)
+        if (keys[i] > keys[n - 1]) keys[n++] = keys[i];
+      for (size_t i = 0; i < n * 4; i++) g[i] = (float)(i % 3);
+      ps_sparse_table_push(a, keys, n, g, 1.0f, 0, NULL, 0);
+      if (round == 0) ps_sparse_table_push(b, keys, n, g, 1.0f, 0, NULL, 0);
+      else ps_sparse_table_push(c, keys, n, g, 1.0f, 0, NULL, 0);
+    }
+    if (round == 0) {
+      /* c := b, as a snapshot would carry it. */
+      for (uint64_t i = ps_sparse_table_lru_first(b); i != UINT64_MAX;
+           i = ps_sparse_table_lru_next(b, i)) {
+        uint64_t id;
+        const float *row = ps_sparse_table_row_at(b, i, &id);
+        ck_assert_int_eq(ps_sparse_table_put(c, &id, 1, row), PS_OK);
+      }
+      ck_assert_int_eq(ps_sparse_table_put_sketch(
+                           c, ps_sparse_table_sketch(b),
+                           ps_sparse_table_sketch_cells(b)),
+                       PS_OK);
+    }
+  }
+  ck_assert_uint_eq(ps_sparse_table_rows(a), ps_sparse_table_rows(c));
+  ck_assert_uint_eq(ps_sparse_table_rows(a), CAP);
+  uint64_t ia = ps_sparse_table_lru_first(a), ic = ps_sparse_table_lru_first(c);
+  while (ia != UINT64_MAX) {
+    uint64_t ida, idc;
+    const float *ra = ps_sparse_table_row_at(a, ia, &ida);
+    const float *rc = ps_sparse_table_row_at(c, ic, &idc);
+    ck_assert_uint_eq(ida, idc);
+    ck_assert(memcmp(ra, rc, 4 * sizeof(float)) == 0);
+    ia = ps_sparse_table_lru_next(a, ia);
+    ic = ps_sparse_table_lru_next(c, ic);
+  }
+  ck_assert_uint_eq(ic, UINT64_MAX);
+  ps_sparse_stats_t st;
+  ps_sparse_table_stats(a, &st);
+  ck_assert_uint_gt(st.evictions, 0);
+  ck_assert_uint_gt(st.not_admitted, 0);
+  rows_consistent(a);
+  ps_sparse_table_destroy(&a);
+  ps_sparse_table_destroy(&b);
+  ps_sparse_table_destroy(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
@@ -303,6 +493,9 @@ int main(void) {
   tcase_add_test(tc, model_spec_checks);
   tcase_add_test(tc, owner_partition);
   tcase_add_test(tc, frames_validated);
+  tcase_add_test(tc, cap_holds_and_evicted_rows_come_back_from_init);
+  tcase_add_test(tc, admission_after_k_pushes);
+  tcase_add_test(tc, copies_evict_the_same_rows);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
 }

@@ -28,10 +28,15 @@ static int ps__client_cmp_skey(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* One server's share of a sparse call: keys [off, off + n) of the grouped
- * arrays, ascending. */
+/* One range's share of a sparse call: keys [off, off + n) of the grouped
+ * arrays, ascending, all of rows that live in range `range` of the view
+ * (ps_view_sparse_range). A job's ranges never change, so a piece stays
+ * whole across views: it is resent to the range's primary of the moment,
+ * with the same sequence number, and the range applies it once. */
 typedef struct {
-  uint32_t server_id;
+  uint32_t range;
+  uint32_t server_id; /* where it went last */
+  uint64_t seq;       /* pushes: fixed at the first send */
   size_t off, n;
   uint64_t request_id; /* 0: not in flight */
   int done;
@@ -42,6 +47,12 @@ static int ps__client_sparse_send(ps_client_t *c, int is_push,
                                   const char *table, uint32_t dim,
                                   ps__spiece_t *p, const uint64_t *keys,
                                   const float *vals, uint64_t clock) {
+  if (p->range >= c->view->nranges)
+    return ps__client_fail(c, PS_ERR_STALE_EPOCH,
+                           "table \"%s\": view epoch %" PRIu64
+                           " has no range %u",
+                           table, c->view->epoch, p->range);
+  p->server_id = c->view->ranges[p->range].server_id;
   ps__conn_t *k;
   int rc = ps__client_conn_get(c, p->server_id, &k);
   if (rc != PS_OK) return rc;
@@ -72,7 +83,8 @@ static int ps__client_sparse_send(ps_client_t *c, int is_push,
     push.table = (char *)table;
     push.nkeys = p->n;
     push.clock = clock;
-    push.seq = ++c->next_seq;
+    if (p->seq == 0) p->seq = ++c->next_seq;
+    push.seq = p->seq;
     env.body_case = PS__ENVELOPE__BODY_SPARSE_PUSH;
     env.sparse_push = &push;
   } else {
@@ -140,7 +152,7 @@ static int ps__client_sparse_reply(ps_client_t *c, int is_push, uint32_t dim,
 /* Sends every piece, then waits for all replies until the call's deadline,
  * resending pieces refused for their epoch (nothing of those was applied). */
 static int ps__client_sparse_run(ps_client_t *c, int is_push, const char *table,
-                                 uint32_t dim, uint64_t salt,
+                                 uint32_t dim,
                                  ps__spiece_t *pieces, size_t npieces,
                                  const uint64_t *keys, const float *vals,
                                  float *rows, uint64_t clock) {
@@ -150,6 +162,15 @@ static int ps__client_sparse_run(ps_client_t *c, int is_push, const char *table,
   for (;;) {
     int changed = ps__client_refresh(c);
     if (changed < 0) return changed;
+    if (changed)
+      /* A range's primary changed (failover, handover): what it had in
+       * flight goes to the new one, same sequence numbers. */
+      for (size_t i = 0; i < npieces; i++) {
+        ps__spiece_t *p = &pieces[i];
+        if (!p->done && p->request_id != 0 && p->range < c->view->nranges &&
+            c->view->ranges[p->range].server_id != p->server_id)
+          p->request_id = 0;
+      }
     uint64_t now = ps_now_ms();
     size_t pending = 0;
     uint64_t wake_at = deadline;
@@ -162,16 +183,6 @@ static int ps__client_sparse_run(ps_client_t *c, int is_push, const char *table,
         if (p->retry_at_ms < wake_at) wake_at = p->retry_at_ms;
         continue;
       }
-      /* A resend under a newer view must still go to the owner of every
-       * key; re-cutting a call across servers is not done yet. */
-      for (size_t j = p->off; j < p->off + p->n; j++)
-        if (ps_view_sparse_owner(c->view, salt, keys[j]) !=
-            (int64_t)p->server_id)
-          return ps__client_fail(
-              c, PS_ERR_STALE_EPOCH,
-              "table \"%s\": rows moved off server %u in view "
-              "epoch %" PRIu64 " during a sparse call",
-              table, p->server_id, c->view->epoch);
       rc = ps__client_sparse_send(c, is_push, table, dim, p, keys, vals, clock);
       if (rc != PS_OK) return rc;
     }
@@ -260,10 +271,11 @@ static int ps__client_sparse(ps_client_t *c, int is_push, const char *table,
   uint64_t salt = spec->salt;
   char tname[PS_NAME_MAX];
   snprintf(tname, sizeof(tname), "%s", spec->name);
-  size_t ns = c->view->nsparse_servers;
+  size_t ns = c->view->nsparse_parts;
   if (ns == 0)
     return ps__client_fail(c, PS_ERR_NOT_READY,
-                           "view epoch %" PRIu64 " has no server",
+                           "view epoch %" PRIu64
+                           " has no dense range to hold sparse rows",
                            c->view->epoch);
 
   ps__skey_t *sorted = malloc(n * sizeof(*sorted));
@@ -288,12 +300,10 @@ static int ps__client_sparse(ps_client_t *c, int is_push, const char *table,
       goto out;
     }
   }
-  for (size_t s = 0; s < ns; s++)
-    pieces[s].server_id = c->view->sparse_servers[s];
+  for (size_t s = 0; s < ns; s++) pieces[s].range = c->view->sparse_parts[s];
   for (size_t i = 0; i < n; i++) {
-    /* The index form of ps_view_sparse_owner, to avoid a search per key. */
-    uint64_t h = ps_mix64(sorted[i].key ^ salt) >> 32;
-    owner[i] = (uint32_t)((h * (uint64_t)ns) >> 32);
+    /* The part index of ps_view_sparse_range. */
+    owner[i] = ps_sparse_part_of(salt, sorted[i].key, (uint32_t)ns);
     pieces[owner[i]].n++;
   }
   size_t off = 0;
@@ -311,7 +321,7 @@ static int ps__client_sparse(ps_client_t *c, int is_push, const char *table,
     if (is_push)
       memcpy(rows + at * dim, values + sorted[i].at * dim, dim * sizeof(float));
   }
-  rc = ps__client_sparse_run(c, is_push, tname, dim, salt, pieces, ns, gkeys,
+  rc = ps__client_sparse_run(c, is_push, tname, dim, pieces, ns, gkeys,
                              rows, rows, clock);
   if (rc == PS_OK && !is_push)
     for (size_t i = 0; i < n; i++)

@@ -199,11 +199,16 @@ PS_EXTERN int ps_client_pull_tensor(ps_client_t *c, const char *name,
 /* Sparse tables (issue #3). Pushes gradient rows (n * dim floats, row i for
  * keys[i]) to, or pulls rows into out (n * dim floats) from, the sparse
  * table named table. keys may come in any order but must be distinct; the
- * client sorts a copy, sends each server its rows (spread by a hash of the
- * key) in ascending key order, all at once, and puts pulled rows back in the
- * caller's order. Synchronous, with the same deadline as a dense call; no
- * dense call may be started and not waited for. A table the model does not
- * have gives PS_ERR_UNKNOWN_KEY. */
+ * client sorts a copy, sends each range its rows (spread by a hash of the
+ * key over the dense ranges, whose copies hold them) in ascending key
+ * order, all at once, and puts pulled rows back in the caller's order. A
+ * push is applied exactly once, also when resent after a failover. In BSP
+ * a push must carry the step (clock) the worker is at, go before the
+ * worker's dense push of that step, and moves the rows when that step is
+ * applied; pull the next step's rows after the dense pull of that step.
+ * Synchronous, with the same deadline as a dense call; no dense call may be
+ * started and not waited for. A table the model does not have gives
+ * PS_ERR_UNKNOWN_KEY. */
 PS_EXTERN int ps_client_sparse_push(ps_client_t *c, const char *table,
                                     const uint64_t *keys, size_t n,
                                     const float *values, uint64_t clock);
