@@ -26,8 +26,8 @@
 #include <sys/stat.h>
 
 #include "common/checkpoint.h"
-#include "common/optimizer.h"
 #include "common/err.h"
+#include "common/optimizer.h"
 #include "common/view.h"
 #include "fuzz_setup.h"
 #include "fuzz_util.h"
