@@ -96,7 +96,8 @@ START_TEST(sgd_by_hand) {
   uint64_t keys[2] = {3, 9};
   float g[4] = {2, 4, -6, 8}, out[4];
   /* w = 0 - lr * scale * g = -0.5 * 0.5 * g */
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 2, out, NULL, 0), PS_OK);
   ck_assert(out[0] == -0.5f && out[1] == -1.0f && out[2] == 1.5f &&
             out[3] == -2.0f);
@@ -112,8 +113,10 @@ START_TEST(sgd_by_hand) {
   m = model_of(1.0f, 0.5f, 1);
   t = ps_sparse_table_new(&sp, &m);
   float g1[2] = {4, 8};
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 1, out, NULL, 0), PS_OK);
   /* v1 = 4, w1 = -4; v2 = 2 + 4 = 6, w2 = -10 (and 2x for column 1). */
   ck_assert(out[0] == -10.0f && out[1] == -20.0f);
@@ -133,8 +136,9 @@ START_TEST(bad_keys_refused_without_change) {
       PS_ERR_INVAL);
   ck_assert(strstr(err, "ascending") != NULL);
   uint64_t dup[3] = {1, 4, 4};
-  ck_assert_int_eq(ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ck_assert_int_eq(
+      ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
+      PS_ERR_INVAL);
   ck_assert(strstr(err, "duplicate") != NULL);
   ck_assert_int_eq(ps_sparse_table_pull(t, dup, 3, out, NULL, 0), PS_ERR_INVAL);
   /* Nothing was created or applied. */
