@@ -10,9 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "optimizer.h"
-
 #include "err.h"
+#include "optimizer.h"
 #include "proto/ps.pb-c.h"
 
 /* Weights are written and read as the host's floats. */
@@ -115,9 +114,8 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
     const ps_optimizer_spec_t *o = &t->optimizer;
     fnv_u64(&h, i);
     fnv_u64(&h, (uint64_t)(uint32_t)o->kind);
-    const float f[] = {o->learning_rate, o->momentum, o->beta1,
-                       o->beta2,         o->epsilon,  o->l1,
-                       o->l2,            o->ftrl_beta};
+    const float f[] = {o->learning_rate, o->momentum, o->beta1, o->beta2,
+                       o->epsilon,       o->l1,       o->l2,    o->ftrl_beta};
     for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
   }
   /* Only models with sparse tables hash them, so a dense model's
@@ -460,9 +458,9 @@ int ps_checkpoint_shard_write_sparse(
     /* The section CRC costs one pass over memory that is hot anyway; it is
      * computed before the data goes out so the header can lead. The update
      * counts are little-endian u64 pairs, as this build stores them. */
-    encode_section_header(sh, kinds[i], sizes[i],
-                          sizes[i] ? ps_crc32c(0, data[i], (size_t)sizes[i])
-                                   : 0);
+    encode_section_header(
+        sh, kinds[i], sizes[i],
+        sizes[i] ? ps_crc32c(0, data[i], (size_t)sizes[i]) : 0);
     rc = out_write(&o, sh, sizeof(sh), err, errlen);
     if (rc == PS_OK && sizes[i])
       rc = out_write(&o, data[i], (size_t)sizes[i], err, errlen);
@@ -710,7 +708,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
   if (s.weights == NULL || (s.state == NULL) != (s.meta.state_slots == 0) ||
       s.opt_steps == NULL) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: no %s section", path,
-                 s.weights == NULL  ? "weights"
+                 s.weights == NULL                       ? "weights"
                  : s.state == NULL && s.meta.state_slots ? "optimizer state"
                                                          : "update counts");
     goto out;

@@ -292,9 +292,8 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->ncontrib = p->ncontrib;
     in->weights = malloc(len * sizeof(float));
     in->state_slots = (int)p->state_slots;
-    in->state = p->state_slots
-                    ? malloc(len * p->state_slots * sizeof(float))
-                    : NULL;
+    in->state =
+        p->state_slots ? malloc(len * p->state_slots * sizeof(float)) : NULL;
     in->nopt_steps = p->n_opt_steps;
     in->opt_steps = malloc((p->n_opt_steps + 1) * sizeof(uint64_t));
     if (in->opt_steps && p->n_opt_steps)

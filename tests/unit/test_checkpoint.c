@@ -101,8 +101,8 @@ static ps_checkpoint_file_t write_shard(const ps_model_t *m, const char *name,
   }
   ps_checkpoint_file_stat_t st;
   char err[512];
-  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, steps,
-                                     nsteps, &st, err, sizeof(err));
+  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, steps, nsteps,
+                                     &st, err, sizeof(err));
   ck_assert_msg(rc == PS_OK, "write failed: %s", err);
   free(w);
   free(mom);
@@ -235,6 +235,53 @@ START_TEST(shard_roundtrip) {
 }
 END_TEST
 
+/* Version 2 holds both halves of issue #14: the optimizer state and
+ * update counts beside the weights, and a range's sparse rows (whole, with
+ * their optimizer state) in a section of their own, read back bit for bit
+ * and held to the same CRC checks. */
+START_TEST(sparse_section_beside_optimizer_state) {
+  ps_checkpoint_shard_meta_t meta = {.fingerprint = 7,
+                                     .begin = 0,
+                                     .end = 4,
+                                     .clock = 2,
+                                     .state_slots = 2};
+  float w[4] = {1, 2, 3, 4}, state[8] = {5, 6, 7, 8, 9, 10, 11, 12};
+  uint64_t steps[2] = {0, 2};
+  /* One record: table 0, rows of 5 floats, 1 row (id 77). */
+  uint8_t sparse[16 + 8 + 5 * 4];
+  uint32_t table = 0, rf = 5;
+  uint64_t nrows = 1, id = 77;
+  float row[5] = {0.5f, -1, 2, 3, 4};
+  memcpy(sparse, &table, 4);
+  memcpy(sparse + 4, &rf, 4);
+  memcpy(sparse + 8, &nrows, 8);
+  memcpy(sparse + 16, &id, 8);
+  memcpy(sparse + 24, row, sizeof(row));
+  ps_checkpoint_file_stat_t st;
+  char err[512];
+  int rc = ps_checkpoint_shard_write_sparse(
+      tmpdir, "sp.psck", &meta, w, state, steps, 1, sparse, sizeof(sparse),
+      &st, err, sizeof(err));
+  ck_assert_msg(rc == PS_OK, "write failed: %s", err);
+  ck_assert_uint_eq(st.bytes, 80 + (24 + 16) + (24 + 32) + (24 + 16) +
+                                  (24 + sizeof(sparse)));
+  ps_checkpoint_shard_t s;
+  rc = ps_checkpoint_shard_read(path_of("sp.psck"), &s, err, sizeof(err));
+  ck_assert_msg(rc == PS_OK, "%s", err);
+  ck_assert_int_eq(s.meta.state_slots, 2);
+  ck_assert_int_eq(memcmp(s.weights, w, sizeof(w)), 0);
+  ck_assert_int_eq(memcmp(s.state, state, sizeof(state)), 0);
+  ck_assert_uint_eq(s.nopt_steps, 1);
+  ck_assert_uint_eq(s.opt_steps[1], 2);
+  ck_assert_uint_eq(s.sparse_bytes, sizeof(sparse));
+  ck_assert_int_eq(memcmp(s.sparse, sparse, sizeof(sparse)), 0);
+  ps_checkpoint_shard_clear(&s);
+  /* A flipped bit in a row is caught by the sparse section's CRC. */
+  flip_byte(path_of("sp.psck"), (long)st.bytes - 3);
+  expect_refused(path_of("sp.psck"), PS_ERR_FORMAT, "sparse section CRC32C");
+}
+END_TEST
+
 START_TEST(flipped_byte_refused) {
   ps_model_t m = test_model(0.9f);
   ps_checkpoint_file_t f = write_shard(&m, "s.psck", 0, 1000, 5);
@@ -242,10 +289,9 @@ START_TEST(flipped_byte_refused) {
    * counts (the last 32 bytes: two tensors). */
   long offsets[] = {30, 80 + 9, 80 + 24 + 123, (long)f.bytes - 700,
                     (long)f.bytes - 1};
-  const char *needles[] = {"header CRC32C", "section 1 header CRC32C",
-                           "weights section CRC32C",
-                           "optimizer state section CRC32C",
-                           "update counts section CRC32C"};
+  const char *needles[] = {
+      "header CRC32C", "section 1 header CRC32C", "weights section CRC32C",
+      "optimizer state section CRC32C", "update counts section CRC32C"};
   for (size_t i = 0; i < sizeof(offsets) / sizeof(offsets[0]); i++) {
     write_shard(&m, "s.psck", 0, 1000, 5);
     flip_byte(path_of("s.psck"), offsets[i]);
@@ -283,7 +329,8 @@ START_TEST(wrong_magic_or_version_refused) {
   /* Any other version is refused with the one this build reads. */
   write_shard(&m, "s.psck", 0, 1000, 5);
   flip_byte(path_of("s.psck"), 8); /* version 2 -> 18 */
-  expect_refused(path_of("s.psck"), PS_ERR_FORMAT, "this build reads version 2");
+  expect_refused(path_of("s.psck"), PS_ERR_FORMAT,
+                 "this build reads version 2");
   expect_refused(path_of("nothing.psck"), PS_ERR_IO, "cannot open");
   /* A manifest is not a shard file. */
   write_checkpoint(&m);
@@ -447,6 +494,7 @@ int main(void) {
   tcase_add_test(tc, crc32c_known_values);
   tcase_add_test(tc, fingerprint_covers_the_spec);
   tcase_add_test(tc, shard_roundtrip);
+  tcase_add_test(tc, sparse_section_beside_optimizer_state);
   tcase_add_test(tc, flipped_byte_refused);
   tcase_add_test(tc, truncated_refused);
   tcase_add_test(tc, wrong_magic_or_version_refused);

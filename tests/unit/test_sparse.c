@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/init.h"
+#include "common/optimizer.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "ps-server/sparse.h"
@@ -106,7 +107,8 @@ START_TEST(sgd_by_hand) {
   uint64_t keys[2] = {3, 9};
   float g[4] = {2, 4, -6, 8}, out[4];
   /* w = 0 - lr * scale * g = -0.5 * 0.5 * g */
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 2, out, NULL, 0), PS_OK);
   ck_assert(out[0] == -0.5f && out[1] == -1.0f && out[2] == 1.5f &&
             out[3] == -2.0f);
@@ -122,8 +124,10 @@ START_TEST(sgd_by_hand) {
   m = model_of(1.0f, 0.5f, 1);
   t = ps_sparse_table_new(&sp, &m);
   float g1[2] = {4, 8};
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 1, out, NULL, 0), PS_OK);
   /* v1 = 4, w1 = -4; v2 = 2 + 4 = 6, w2 = -10 (and 2x for column 1). */
   ck_assert(out[0] == -10.0f && out[1] == -20.0f);
@@ -143,8 +147,9 @@ START_TEST(bad_keys_refused_without_change) {
       PS_ERR_INVAL);
   ck_assert(strstr(err, "ascending") != NULL);
   uint64_t dup[3] = {1, 4, 4};
-  ck_assert_int_eq(ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ck_assert_int_eq(
+      ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
+      PS_ERR_INVAL);
   ck_assert(strstr(err, "duplicate") != NULL);
   ck_assert_int_eq(ps_sparse_table_pull(t, dup, 3, out, NULL, 0), PS_ERR_INVAL);
   /* Nothing was created or applied. */
@@ -484,11 +489,139 @@ START_TEST(copies_evict_the_same_rows) {
 }
 END_TEST
 
+START_TEST(table_optimizer_and_schedule) {
+  /* Issue #14: a table's own optimizer (FTRL here) beats the model's
+   * default (SGD), its rows carry its state, and the schedule runs on the
+   * push's step. */
+  ps_sparse_spec_t sp = spec_of("wide", 2, PS__INIT__INIT_ZERO, 0.0f);
+  sp.has_optimizer = 1;
+  sp.optimizer = (ps_optimizer_spec_t){.kind = PS_OPTIMIZER_FTRL,
+                                       .learning_rate = 0.5f,
+                                       .l1 = 1.0f,
+                                       .ftrl_beta = 1.0f};
+  ps_model_t m = model_of(0.5f, 0.9f, 1);
+  m.lr_schedule = (ps_lr_schedule_spec_t){.kind = PS_LR_SCHEDULE_CONSTANT,
+                                          .warmup_steps = 2};
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  ck_assert_ptr_nonnull(t);
+  uint64_t key = 5;
+  float g[2] = {0.3f, 3.0f}, out[2];
+  /* z = g, n = g^2: 0.3 stays inside the L1 ball (exactly 0); 3.0 gives
+   * -(3 - 1) / ((1 + 3) / 0.5) = -0.25 at step 1 (warm-up over: f = 1). */
+  ck_assert_int_eq(ps_sparse_table_push(t, &key, 1, g, 1.0f, 1, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_pull(t, &key, 1, out, NULL, 0), PS_OK);
+  const float zero = 0.0f;
+  ck_assert(memcmp(&out[0], &zero, sizeof(float)) == 0);
+  ck_assert_float_eq_tol(out[1], -0.25f, 1e-6);
+  /* At step 0 the warm-up halves alpha: -(3 - 1) / ((1 + 3) / 0.25). */
+  uint64_t key2 = 6;
+  ck_assert_int_eq(ps_sparse_table_push(t, &key2, 1, g, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_pull(t, &key2, 1, out, NULL, 0), PS_OK);
+  ck_assert_float_eq_tol(out[1], -0.125f, 1e-6);
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
+/* Merging issue #14's halves: a table's own optimizer state travels in
+ * the row, whole. Adam's row is dim weights, 2 x dim moments and the row's
+ * update count; a copy filled with whole rows (as a snapshot or a restored
+ * checkpoint fills one) goes on bit for bit, count included; and a BSP
+ * step (sum, then apply at the step) gives the bits an ASP push at that
+ * step of the schedule gives, for Adam and for SGD with momentum (whose
+ * sums carry the schedule's factor). */
+static void push_steps(ps_sparse_table_t *t, int bsp, uint64_t from,
+                       uint64_t to) {
+  uint64_t keys[2] = {3, 8};
+  for (uint64_t step = from; step < to; step++) {
+    float g[6];
+    for (int i = 0; i < 6; i++)
+      g[i] = 0.25f * (float)(i + 1) - 0.1f * (float)step;
+    if (bsp) {
+      ck_assert_int_eq(ps_sparse_table_accumulate(t, keys, 2, g, step, NULL, 0),
+                       PS_OK);
+      ck_assert_int_eq(ps_sparse_table_apply_pending(t, 0.5f, step), PS_OK);
+    } else {
+      ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, step, NULL, 0),
+                       PS_OK);
+    }
+  }
+}
+
+static void same_rows(ps_sparse_table_t *a, ps_sparse_table_t *b) {
+  size_t rf = ps_sparse_table_row_floats(a);
+  ck_assert_uint_eq(rf, ps_sparse_table_row_floats(b));
+  ck_assert_uint_eq(ps_sparse_table_rows(a), ps_sparse_table_rows(b));
+  for (uint64_t i = 0; i < ps_sparse_table_rows(a); i++) {
+    uint64_t id, idb = UINT64_MAX;
+    const float *ra = ps_sparse_table_row_at(a, i, &id);
+    const float *rb = NULL;
+    for (uint64_t j = 0; j < ps_sparse_table_rows(b) && idb != id; j++)
+      rb = ps_sparse_table_row_at(b, j, &idb);
+    ck_assert_uint_eq(idb, id);
+    ck_assert(memcmp(ra, rb, rf * sizeof(float)) == 0);
+  }
+}
+
+START_TEST(optimizer_state_moves_with_rows) {
+  ps_sparse_spec_t sp = spec_of("emb", 3, PS__INIT__INIT_UNIFORM, 0.5f);
+  sp.has_optimizer = 1;
+  sp.optimizer = (ps_optimizer_spec_t){.kind = PS_OPTIMIZER_ADAM,
+                                       .learning_rate = 0.01f,
+                                       .beta1 = 0.9f,
+                                       .beta2 = 0.999f,
+                                       .epsilon = 1e-8f};
+  ps_model_t m = model_of(0.5f, 0.9f, 4);
+  m.lr_schedule = (ps_lr_schedule_spec_t){.kind = PS_LR_SCHEDULE_CONSTANT,
+                                          .warmup_steps = 4};
+  ck_assert_uint_eq(ps_sparse_row_floats(&sp, &m), 3 + 2 * 3 + 2);
+  ps_sparse_table_t *a = ps_sparse_table_new(&sp, &m);
+  ps_sparse_table_t *b = ps_sparse_table_new(&sp, &m);
+  ps_sparse_table_t *c = ps_sparse_table_new(&sp, &m);
+  ck_assert_uint_eq(ps_sparse_table_row_floats(a), 11);
+  push_steps(a, 0, 0, 3);
+  /* c := a, whole rows. */
+  for (uint64_t i = 0; i < ps_sparse_table_rows(a); i++) {
+    uint64_t id;
+    const float *row = ps_sparse_table_row_at(a, i, &id);
+    ck_assert_int_eq(ps_sparse_table_put(c, &id, 1, row), PS_OK);
+  }
+  push_steps(a, 0, 3, 6);
+  push_steps(c, 0, 3, 6);
+  same_rows(a, c);
+  /* Six updates counted in each row (Adam's t, after the moments). */
+  uint64_t id, t;
+  const float *row = ps_sparse_table_row_at(a, 0, &id);
+  memcpy(&t, row + 9, sizeof(t));
+  ck_assert_uint_eq(t, 6);
+  /* BSP through the step's sums: the same bits. */
+  push_steps(b, 1, 0, 6);
+  same_rows(a, b);
+  ps_sparse_table_destroy(&a);
+  ps_sparse_table_destroy(&b);
+  ps_sparse_table_destroy(&c);
+
+  /* The model's default, SGD with momentum under the warm-up: 2 x dim. */
+  ps_sparse_spec_t sgd = spec_of("emb", 3, PS__INIT__INIT_UNIFORM, 0.5f);
+  ck_assert_uint_eq(ps_sparse_row_floats(&sgd, &m), 6);
+  a = ps_sparse_table_new(&sgd, &m);
+  b = ps_sparse_table_new(&sgd, &m);
+  push_steps(a, 0, 0, 6);
+  push_steps(b, 1, 0, 6);
+  same_rows(a, b);
+  ps_sparse_table_destroy(&a);
+  ps_sparse_table_destroy(&b);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_add_test(tc, init_on_touch_is_deterministic);
   tcase_add_test(tc, sgd_by_hand);
+  tcase_add_test(tc, table_optimizer_and_schedule);
+  tcase_add_test(tc, optimizer_state_moves_with_rows);
   tcase_add_test(tc, bad_keys_refused_without_change);
   tcase_add_test(tc, model_spec_checks);
   tcase_add_test(tc, owner_partition);
