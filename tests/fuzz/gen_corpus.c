@@ -20,6 +20,7 @@
 #include "common/checkpoint.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/optimizer.h"
 #include "common/view.h"
 #include "fuzz_setup.h"
 #include "fuzz_util.h"
@@ -1146,8 +1147,10 @@ static uint8_t *slurp(const char *path, size_t *len) {
 }
 
 /* A checkpoint written by the real writers into tmp: shards of the given
- * bounds at clocks, and its MANIFEST. Returns the model's total. */
-static void ck_write(const char *tmp, float momentum, int asp,
+ * bounds at clocks, and its MANIFEST. With sparse, the model has a sparse
+ * table with its own optimizer (Adam: rows of weights, moments and the
+ * update count) and shard i holds i + 1 of its rows in a sparse section. */
+static void ck_write(const char *tmp, float momentum, int asp, int sparse,
                      const uint64_t *bounds, const uint64_t *clocks,
                      int nshards) {
   ps_tensor_spec_t t[2] = {
@@ -1166,6 +1169,24 @@ static void ck_write(const char *tmp, float momentum, int asp,
       .momentum = momentum,
       .seed = 11,
   };
+  ps_sparse_spec_t table = {
+      .name = "emb",
+      .dim = 2,
+      .init = PS_INIT_UNIFORM,
+      .init_scale = 0.1f,
+      .has_optimizer = 1,
+      .optimizer = {.kind = PS_OPTIMIZER_ADAM,
+                    .learning_rate = 0.01f,
+                    .beta1 = 0.9f,
+                    .beta2 = 0.999f,
+                    .epsilon = 1e-8f},
+  };
+  table.salt = ps_sparse_salt(table.name);
+  if (sparse) {
+    model.nsparse = 1;
+    model.sparse = &table;
+  }
+  size_t rf = ps_optimizer_row_floats(&table.optimizer, table.dim);
   uint64_t fp = ps_checkpoint_fingerprint(&model);
   ps_checkpoint_file_t files[4];
   uint64_t step = UINT64_MAX;
@@ -1195,10 +1216,24 @@ static void ck_write(const char *tmp, float momentum, int asp,
     }
     snprintf(files[i].file, sizeof(files[i].file), "shard-%d.psck", i);
     ps_checkpoint_file_stat_t st;
-    if (ps_checkpoint_shard_write(
+    /* One record (PS_CHECKPOINT_SECTION_SPARSE): table 0, i + 1 rows. */
+    uint8_t rec[16 + 4 * (8 + 8 * sizeof(float))];
+    uint64_t nrows = (uint64_t)i + 1;
+    size_t rec_bytes = 16 + (size_t)nrows * (8 + rf * sizeof(float));
+    fuzz_put_u32(rec, 0);
+    fuzz_put_u32(rec + 4, (uint32_t)rf);
+    memcpy(rec + 8, &nrows, 8); /* LE hosts, as the writers */
+    for (uint64_t r = 0; r < nrows; r++) {
+      uint64_t id = 10 * r + (uint64_t)i + 1;
+      memcpy(rec + 16 + r * 8, &id, 8);
+      memcpy(rec + 16 + nrows * 8 + r * rf * sizeof(float), values + r,
+             rf * sizeof(float));
+    }
+    if (ps_checkpoint_shard_write_sparse(
             tmp, files[i].file, &meta, values + bounds[i],
             momentum != 0.0f ? values + bounds[i] + 1 : NULL, steps,
-            (size_t)nsteps, &st, err, sizeof(err)) != PS_OK)
+            (size_t)nsteps, sparse ? rec : NULL, sparse ? rec_bytes : 0, &st,
+            err, sizeof(err)) != PS_OK)
       die("%s", err);
     files[i].begin = bounds[i];
     files[i].end = bounds[i + 1];
@@ -1255,14 +1290,14 @@ static void gen_checkpoint(void) {
   char tmp[] = "/tmp/ps-fuzz-corpus-XXXXXX";
   if (mkdtemp(tmp) == NULL) die("mkdtemp");
   const uint64_t two[] = {0, 48, CK_TOTAL}, clocks2[] = {6, 6};
-  ck_write(tmp, 0.9f, 0, two, clocks2, 2);
+  ck_write(tmp, 0.9f, 0, 0, two, clocks2, 2);
   ck_seed(tmp, "two-shards", 0, 2, 1);
   ck_seed(tmp, "two-shards-body", 1, 2, 0);
   const uint64_t one[] = {0, CK_TOTAL}, clocks1[] = {4};
-  ck_write(tmp, 0.0f, 0, one, clocks1, 1);
+  ck_write(tmp, 0.0f, 0, 0, one, clocks1, 1);
   ck_seed(tmp, "one-shard-no-momentum", 0, 1, 1);
   const uint64_t three[] = {0, 16, 64, CK_TOTAL}, clocks3[] = {9, 7, 8};
-  ck_write(tmp, 0.5f, 1, three, clocks3, 3);
+  ck_write(tmp, 0.5f, 1, 0, three, clocks3, 3);
   ck_seed(tmp, "asp-three-shards", 1, 3, 1);
   /* A shard file alone. */
   buf_t b = {0};
@@ -1276,6 +1311,9 @@ static void gen_checkpoint(void) {
   free(f);
   save("checkpoint", "shard-alone", &b);
   free(b.p);
+  /* Both halves of issue #14: optimizer state and a sparse section. */
+  ck_write(tmp, 0.9f, 0, 1, two, clocks2, 2);
+  ck_seed(tmp, "sparse-rows", 0, 2, 1);
   char cmd[1100];
   snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
   if (system(cmd) != 0) die("%s", cmd);
