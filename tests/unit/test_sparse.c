@@ -399,7 +399,8 @@ START_TEST(admission_after_k_pushes) {
   uint64_t id = 7;
   float g[4] = {1, 1, 1, 1}, out[4];
   for (int k = 1; k <= 4; k++) {
-    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, g, 1.0f, 0, NULL, 0), PS_OK);
+    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, g, 1.0f, 0, NULL, 0),
+                     PS_OK);
     ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, out, NULL, 0), PS_OK);
     /* Pushes 1 and 2 are dropped; 3 creates the row and applies. */
     float want = k < 3 ? 0.0f : -(float)(k - 2);
@@ -411,7 +412,8 @@ START_TEST(admission_after_k_pushes) {
   ck_assert_uint_eq(st.not_admitted, 2);
   /* BSP: the sums of ids not yet admitted are dropped at the step. */
   uint64_t other = 9;
-  ck_assert_int_eq(ps_sparse_table_accumulate(t, &other, 1, g, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_accumulate(t, &other, 1, g, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_apply_pending(t, 1.0f, 0), PS_OK);
   ck_assert_uint_eq(ps_sparse_table_rows(t), 1);
   ck_assert_int_eq(ps_sparse_table_set_limits(t, 0, 1), PS_ERR_INVAL);
