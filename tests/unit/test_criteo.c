@@ -245,15 +245,16 @@ static void expect_refused(const char *bad, const char *reason) {
 
 START_TEST(test_malformed_refused) {
   char line[1024];
-  /* A bad integer in I2. */
-  snprintf(line, sizeof(line), "1\t5\t1x%s", strchr(GOOD1 + 2, '\t'));
+  const char *good = GOOD1;
+  /* A bad integer in I2 (instead of -2). */
+  snprintf(line, sizeof(line), "1\t5\t1x%s", strchr(good + 4, '\t'));
   expect_refused(line, "field 3 (I2): \"1x\" is not an integer");
   /* A bad id in C1. */
   snprintf(line, sizeof(line), "%.*s\tzz%s",
            (int)(strstr(GOOD1, "\t68fd1e64") - GOOD1), GOOD1,
            strstr(GOOD1, "\t80e26c9b"));
   expect_refused(line, "field 15 (C1): \"zz\" is not a hex id");
-  snprintf(line, sizeof(line), "2%s", GOOD1 + 1);
+  snprintf(line, sizeof(line), "2%s", good + 1);
   expect_refused(line, "field 1 (label): \"2\" is not a label");
   expect_refused("1\t2\t3\n", "3 tab-separated fields, not 40");
   /* A 41st field. */
