@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
   char *ctr_train = NULL, *ctr_test = NULL, *ctr_hidden = NULL;
   int64_t ctr_embed_dim, ctr_id_space;
   double ctr_sparse_scale;
+  int ctr_sparse_norm = 1;
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
@@ -117,6 +118,11 @@ int main(int argc, char **argv) {
        PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE), 0.001, 100000, NULL,
        "ctr: factor on the embedding and wide rows' gradients: their "
        "learning rate is lr x this"},
+      {"ctr-sparse-norm", PS_OPT_ENUM, &ctr_sparse_norm, "count", 0, 0,
+       "batch|count",
+       "ctr: a sparse row's gradient is its share of the batch mean "
+       "(batch: the true gradient) or the mean over the row's own "
+       "occurrences in the batch (count: frequent and rare ids move alike)"},
       {"push", PS_OPT_ENUM, &push, "auto", 0, 0, "auto|model|layer",
        "gradient pushes: the whole model after backward, or each layer as "
        "soon as it is computed (auto: per layer on a GPU)"},
@@ -251,6 +257,7 @@ int main(int argc, char **argv) {
   to.ctr_hidden = ctr_hidden;
   to.ctr_id_space = (uint64_t)ctr_id_space;
   to.ctr_sparse_scale = ctr_sparse_scale;
+  to.ctr_sparse_norm = ctr_sparse_norm;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

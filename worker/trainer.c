@@ -126,6 +126,7 @@ void ps_trainer_opts_init(ps_trainer_opts_t *o) {
   o->ctr_embed_dim = PS_TRAINER_DEFAULT_CTR_EMBED_DIM;
   o->ctr_hidden = PS_TRAINER_DEFAULT_CTR_HIDDEN;
   o->ctr_sparse_scale = PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE;
+  o->ctr_sparse_norm = 1;
   o->progress_s = PS_TRAINER_DEFAULT_PROGRESS_MS / 1000.0;
   ps_client_opts_init(&o->client);
   o->client.scheduler = PS_DEFAULT_SCHEDULER;

@@ -53,7 +53,7 @@
 #define PS_TRAINER_DEFAULT_PROGRESS_MS 2000
 #define PS_TRAINER_DEFAULT_CTR_EMBED_DIM 16
 #define PS_TRAINER_DEFAULT_CTR_HIDDEN "256,128"
-#define PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE 64
+#define PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE 0.5
 #include "worker/model/net.h"
 
 typedef struct ps_trainer_s ps_trainer_t;
@@ -158,6 +158,9 @@ typedef struct {
   const char *ctr_hidden;
   uint64_t ctr_id_space;
   double ctr_sparse_scale;
+  /* 1: a sparse row's gradient is the mean over its occurrences in the
+   * batch, not its share of the batch mean (worker/trainer_ctr.c). */
+  int ctr_sparse_norm;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those

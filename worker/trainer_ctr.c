@@ -321,13 +321,22 @@ static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
   float f = ps_trainer_lr_factor(t->o.lr_schedule, step,
                                  spe * (uint64_t)t->o.epochs);
   /* A sparse row's gradient is its rows' share of the batch mean: an id
-   * seen once in a batch of B gets 1/B of a dense weight's step. The sparse
-   * scale gives the rows a learning rate of their own. */
+   * seen once in a batch of B gets 1/B of a dense weight's step, one seen in
+   * every row a whole step. Under SGD, with ids drawn from a Zipf law, that
+   * is a rate too small for the tail and too large for the head. With
+   * ctr_sparse_norm the rows' gradients are means over their own
+   * occurrences instead (x B / count): every row moves as if it had a batch
+   * of its own. ctr_sparse_scale then sets the rows' rate against the
+   * dense weights'. */
   float fs = f * (float)t->o.ctr_sparse_scale;
   if (f != 1.0f)
     for (size_t i = 0; i < t->nparams; i++) t->g[i] *= f;
-  for (size_t i = 0; i < nk * t->dim; i++) t->gemb[i] *= fs;
-  for (size_t i = 0; i < nk; i++) t->gwide[i] *= fs;
+  const uint32_t *counts = ps_ctr_key_counts(t->model);
+  for (size_t k = 0; k < nk; k++) {
+    float s = t->o.ctr_sparse_norm ? fs * (float)b / (float)counts[k] : fs;
+    for (size_t j = 0; j < t->dim; j++) t->gemb[k * t->dim + j] *= s;
+    t->gwide[k] *= s;
+  }
   if (t->client == NULL) {
     ps_apply_sgd(t->w, t->v, t->g, t->nparams, (float)t->o.learning_rate,
                  (float)t->o.momentum, 1.0f);
@@ -449,6 +458,7 @@ static int write_report(ps__trainer_ctr_t *t) {
       ",\n  \"workers\": %u,\n  \"batch_size\": %" PRId64
       ",\n  \"learning_rate\": %g,\n  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n  \"sparse_scale\": %g,\n"
+      "  \"sparse_norm\": \"%s\",\n"
       "  \"embed_dim\": %u,\n  \"hidden\": \"%s\",\n  \"params\": %zu,\n"
       "  \"seed\": %" PRIu64 "\n}\n",
       t->client ? "distributed" : "standalone", t->train_path, t->test_path,
@@ -457,7 +467,7 @@ static int write_report(ps__trainer_ctr_t *t) {
       r->steps_per_epoch, t->train_rows, r->workers, t->o.batch_size,
       t->o.learning_rate, t->o.momentum,
       t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
-      t->o.ctr_sparse_scale, t->dim,
+      t->o.ctr_sparse_scale, t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
       t->o.ctr_hidden ? t->o.ctr_hidden : "", t->nparams, t->o.seed);
   int bad = n < 0;
   if (fclose(f) != 0) bad = 1;
@@ -495,12 +505,13 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   ps_trainer_stats_t *st = o->stats;
   PS_INFO("train_start",
           "mode=%s model=ctr rank=%u workers=%u batch_size=%" PRId64
-          " global_batch=%" PRIu64 " lr=%g sparse_scale=%g momentum=%g"
+          " global_batch=%" PRIu64 " lr=%g sparse_scale=%g sparse_norm=%s"
+          " momentum=%g"
           " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
           " params=%zu embed_dim=%u threads=%d",
           t->client ? "distributed" : "standalone", t->rank, t->workers,
           o->batch_size, global_batch, o->learning_rate, o->ctr_sparse_scale,
-          o->momentum, o->epochs, spe, total, t->nparams, t->dim, o->threads);
+          o->ctr_sparse_norm ? "count" : "batch", o->momentum, o->epochs, spe, total, t->nparams, t->dim, o->threads);
   if (st) {
     ps_gauge_set(&st->rank, t->rank);
     ps_gauge_set(&st->workers, t->workers);

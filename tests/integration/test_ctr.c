@@ -9,8 +9,8 @@
  *
  * Margins, for 40k training rows with ids over vocabularies up to 10^7
  * (most ids in the tail are seen once or never): the gap to the planted
- * AUC measured 0.08 on this set, allowed 0.12; chance is 0.5, required
- * 0.75. */
+ * AUC measured 0.08-0.09 on this set (0.796 against 0.885), allowed 0.12;
+ * chance is 0.5, required 0.75. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>

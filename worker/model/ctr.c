@@ -29,6 +29,7 @@ struct ps_ctr_s {
   uint32_t *slot;
   keypos_t *kp;
   uint64_t *keys;
+  uint32_t *counts;
   size_t nkeys, nrows;
   /* Activations (act[0] the input, act[l] after layer l), their
    * gradients, and the logit's. */
@@ -138,8 +139,9 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   m->slot = malloc(cells * sizeof(*m->slot));
   m->kp = malloc(cells * sizeof(*m->kp));
   m->keys = malloc(cells * sizeof(*m->keys));
+  m->counts = malloc(cells * sizeof(*m->counts));
   m->dz = malloc(o->max_batch * sizeof(float));
-  int ok = m->slot && m->kp && m->keys && m->dz;
+  int ok = m->slot && m->kp && m->keys && m->counts && m->dz;
   for (size_t l = 0; ok && l <= m->nlayers; l++) {
     m->act[l] = malloc(o->max_batch * m->width[l] * sizeof(float));
     m->dact[l] = malloc(o->max_batch * m->width[l] * sizeof(float));
@@ -160,6 +162,7 @@ void ps_ctr_destroy(ps_ctr_t **m_p) {
   free(m->slot);
   free(m->kp);
   free(m->keys);
+  free(m->counts);
   free(m->dz);
   for (size_t l = 0; l <= NLAYERS_MAX; l++) {
     free(m->act[l]);
@@ -206,13 +209,21 @@ size_t ps_ctr_batch_keys(ps_ctr_t *m, const ps_criteo_row_t *rows, size_t n,
   qsort(m->kp, cells, sizeof(*m->kp), by_key);
   size_t u = 0;
   for (size_t c = 0; c < cells; c++) {
-    if (c == 0 || m->kp[c].key != m->kp[c - 1].key) m->keys[u++] = m->kp[c].key;
+    if (c == 0 || m->kp[c].key != m->kp[c - 1].key) {
+      m->keys[u] = m->kp[c].key;
+      m->counts[u++] = 0;
+    }
+    m->counts[u - 1]++;
     m->slot[m->kp[c].pos] = (uint32_t)(u - 1);
   }
   m->nkeys = u;
   m->nrows = n;
   *keys = m->keys;
   return u;
+}
+
+const uint32_t *ps_ctr_key_counts(const ps_ctr_t *m) {
+  return m->counts;
 }
 
 /* The input layer: each row's 26 embeddings, then its 13 dense features. */

@@ -74,6 +74,10 @@ void ps_ctr_init_params(const ps_ctr_t *m, float *w);
 size_t ps_ctr_batch_keys(ps_ctr_t *m, const ps_criteo_row_t *rows, size_t n,
                          const uint64_t **keys);
 
+/* How often each key of the last ps_ctr_batch_keys occurs in its rows
+ * (owned by the model, in the keys' order). */
+const uint32_t *ps_ctr_key_counts(const ps_ctr_t *m);
+
 /* Forward and backward on the rows of the last ps_ctr_batch_keys, with
  * dense parameters w, and emb / wide the rows of its keys (nkeys x dim and
  * nkeys floats). Writes the gradient of the mean loss into grad
