@@ -337,12 +337,14 @@ START_TEST(test_generator) {
   for (uint64_t i = 0; i < 4000; i++) {
     uint8_t y, y2;
     float p, p2;
-    size_t n = ps_ctrgen_example(g, 0, i, line, &y, &p);
+    float ph;
+    size_t n = ps_ctrgen_example(g, 0, i, line, &y, &p, &ph);
+    ck_assert_float_eq(ph, p); /* no head model: the planted one */
     ck_assert_uint_lt(n, sizeof(line));
     /* Example i is a function of (seed, split, i). */
-    ck_assert_uint_eq(ps_ctrgen_example(g, 0, i, again, &y2, &p2), n);
+    ck_assert_uint_eq(ps_ctrgen_example(g, 0, i, again, &y2, &p2, NULL), n);
     ck_assert_int_eq(memcmp(line, again, n), 0);
-    size_t n2 = ps_ctrgen_example(g2, 0, i, again, &y2, &p2);
+    size_t n2 = ps_ctrgen_example(g2, 0, i, again, &y2, &p2, NULL);
     differ += n2 != n || memcmp(line, again, n) != 0;
     ck_assert(p > 0.0f && p < 1.0f);
     clicks += y;
@@ -361,6 +363,27 @@ START_TEST(test_generator) {
   ck_assert_msg(head > 40, "C1's first id seen %zu times of 4000", head);
   ps_ctrgen_destroy(&g);
   ps_ctrgen_destroy(&g2);
+
+  /* The head model of 10^6 training rows and 10 occurrences: all of C1's
+   * 100 ids (the rarest expected about 10^6 x 0.98 x 100^-1.1 / H = 400
+   * times), a part of C26's 10^7. */
+  o.head_train = 1000000;
+  o.head_min_count = 10;
+  g = ps_ctrgen_new(&o, err, sizeof(err));
+  ck_assert_ptr_nonnull(g);
+  ck_assert_uint_eq(ps_ctrgen_head_rank(g, 0), 100);
+  uint64_t r25 = ps_ctrgen_head_rank(g, 25);
+  ck_assert_msg(r25 > 1000 && r25 < 100000, "C26 head rank %llu",
+                (unsigned long long)r25);
+  size_t lower = 0;
+  for (uint64_t i = 0; i < 1000; i++) {
+    uint8_t y;
+    float p, ph;
+    ps_ctrgen_example(g, 0, i, line, &y, &p, &ph);
+    lower += ph != p;
+  }
+  ck_assert_msg(lower > 500, "head model differs in %zu of 1000", lower);
+  ps_ctrgen_destroy(&g);
 }
 END_TEST
 

@@ -115,7 +115,21 @@ struct ps_ctrgen_s {
   int pair_a[PS_CTRGEN_MAX_PAIRS], pair_b[PS_CTRGEN_MAX_PAIRS];
   /* Which pairs field f is in (bit p), so its vector is drawn once. */
   uint32_t in_pairs[PS_CTRGEN_CATEG];
+  uint64_t head_rank[PS_CTRGEN_CATEG];
 };
+
+/* sum of k^-s over k in [1, n]: exact up to 10^5, the integral beyond. */
+static double zipf_norm(double s, uint64_t n) {
+  uint64_t exact = n < 100000 ? n : 100000;
+  double h = 0.0;
+  for (uint64_t k = exact; k >= 1; k--) h += pow((double)k, -s);
+  if (n > exact) {
+    double a = (double)exact + 0.5, b = (double)n + 0.5;
+    h += fabs(s - 1.0) < 1e-12 ? log(b / a)
+                               : (pow(b, 1.0 - s) - pow(a, 1.0 - s)) / (1.0 - s);
+  }
+  return h;
+}
 
 void ps_ctrgen_opts_init(ps_ctrgen_opts_t *o) {
   memset(o, 0, sizeof(*o));
@@ -174,6 +188,16 @@ ps_ctrgen_t *ps_ctrgen_new(const ps_ctrgen_opts_t *o, char *err,
     zipf_init(&g->zipf[f], o->zipf, o->vocab[f]);
     g->id_key[f] = (uint32_t)ps_mix64(s + 101u * (uint64_t)f);
     g->cat_missing[f] = f % 6 == 5 ? 0.3 : 0.02;
+    g->head_rank[f] = o->vocab[f];
+    if (o->head_train > 0 && o->head_min_count > 0) {
+      /* Expected count of rank k: N (1 - missing) k^-s / H. */
+      double n = (double)o->head_train * (1.0 - g->cat_missing[f]);
+      double k = pow(n / (o->head_min_count * zipf_norm(o->zipf, o->vocab[f])),
+                     1.0 / o->zipf);
+      g->head_rank[f] = k < 1.0 ? 0 : k >= (double)o->vocab[f]
+                                          ? o->vocab[f]
+                                          : (uint64_t)k;
+    }
   }
   for (int d = 0; d < PS_CTRGEN_DENSE; d++) {
     g->dense_mu[d] = 0.5 + 0.6 * (d % 5);
@@ -203,6 +227,10 @@ void ps_ctrgen_destroy(ps_ctrgen_t **g_p) {
   if (g_p == NULL || *g_p == NULL) return;
   free(*g_p);
   *g_p = NULL;
+}
+
+uint64_t ps_ctrgen_head_rank(const ps_ctrgen_t *g, int f) {
+  return g->head_rank[f];
 }
 
 void ps_ctrgen_pair(const ps_ctrgen_t *g, uint32_t i, int *a, int *b) {
@@ -236,9 +264,10 @@ static uint64_t id_hash(const ps_ctrgen_t *g, int f, uint64_t k) {
 }
 
 size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
-                         char *line, uint8_t *label, float *p) {
+                         char *line, uint8_t *label, float *p, float *p_head) {
   uint64_t st = ps_mix64(g->o.seed ^ ps_mix64((split << 48) ^ i));
   double z = g->o.bias;
+  double zh = 0.0; /* what the head model leaves out */
   char *w = line + 1; /* line[0], the label, is known last */
   for (int d = 0; d < PS_CTRGEN_DENSE; d++) {
     *w++ = '\t';
@@ -258,15 +287,19 @@ size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
     z += g->dense_w[d] * (log1p((double)(x > 0 ? x : 0)) - g->dense_mu[d]);
   }
   double vec[PS_CTRGEN_CATEG][PAIR_DIM];
-  uint32_t present = 0;
+  uint32_t present = 0, known = 0;
   for (int f = 0; f < PS_CTRGEN_CATEG; f++) {
     *w++ = '\t';
     if (unit(rng_next(&st)) < g->cat_missing[f]) continue;
     uint64_t k = zipf_sample(&g->zipf[f], &st);
     w = put_hex8(w, scramble32((uint32_t)k ^ g->id_key[f]));
     uint64_t h = id_hash(g, f, k);
-    z += g->o.cat_scale * normal_of(h);
+    double wk = g->o.cat_scale * normal_of(h);
+    z += wk;
+    int head = k <= g->head_rank[f];
+    if (!head) zh += wk;
     if (g->in_pairs[f]) {
+      if (head) known |= 1u << f;
       present |= 1u << f;
       for (int j = 0; j < PAIR_DIM; j++)
         vec[f][j] = PAIR_SCALE * normal_of(h + 1 + (uint64_t)j);
@@ -279,11 +312,13 @@ size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
     double dot = 0.0;
     for (int j = 0; j < PAIR_DIM; j++) dot += vec[a][j] * vec[b][j];
     z += dot;
+    if (!((known >> a) & 1) || !((known >> b) & 1)) zh += dot;
   }
   double prob = 1.0 / (1.0 + exp(-z));
   uint8_t y = unit(rng_next(&st)) < prob;
   line[0] = (char)('0' + y);
   *label = y;
   *p = (float)prob;
+  if (p_head) *p_head = (float)(1.0 / (1.0 + exp(-(z - zh))));
   return (size_t)(w - line);
 }

@@ -46,6 +46,13 @@ typedef struct {
   uint32_t pairs;                   /* interacting field pairs, <= MAX_PAIRS */
   double bias;                      /* sets the click rate */
   double cat_scale;                 /* deviation of a per-id weight */
+  /* The head model (ps_ctrgen_example's p_head): the planted model
+   * without the ids expected fewer than head_min_count times in
+   * head_train training examples, as if their weights and interaction
+   * vectors were 0: roughly what a model can learn from that much data.
+   * head_train 0: no head model. */
+  double head_min_count;
+  uint64_t head_train;
 } ps_ctrgen_opts_t;
 
 /* Seed 1, Zipf 1.1, vocabularies log-spaced from 10^2 to 10^7 over the 26
@@ -69,9 +76,13 @@ void ps_ctrgen_pair(const ps_ctrgen_t *g, uint32_t i, int *a, int *b);
 
 /* Writes example i of split (0: train, 1: test) as one line, newline
  * included, into line (at least PS_CTRGEN_LINE_MAX bytes) and returns its
- * length; *label gets its label and *p the planted model's probability of
- * a click. */
+ * length; *label gets its label, *p the planted model's probability of a
+ * click and *p_head (when not NULL) the head model's. */
 size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
-                         char *line, uint8_t *label, float *p);
+                         char *line, uint8_t *label, float *p, float *p_head);
+
+/* The head model's largest rank (ids are ranked by frequency from 1) of
+ * field f; the vocabulary when there is no head model. */
+uint64_t ps_ctrgen_head_rank(const ps_ctrgen_t *g, int f);
 
 #endif

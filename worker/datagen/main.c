@@ -29,7 +29,8 @@ static int ends_with(const char *s, const char *suffix) {
  * Returns 0, or -1 with the reason in err. */
 static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
                        const char *path, int level, double progress_s,
-                       uint8_t *keep_y, float *keep_p, uint64_t *positives,
+                       uint8_t *keep_y, float *keep_p, float *keep_ph,
+                       uint64_t *positives,
                        char *err, size_t errlen) {
   int gz = ends_with(path, ".gz");
   char mode[8];
@@ -46,8 +47,8 @@ static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
   uint64_t t0 = ps_now_ns(), last = t0, pos = 0;
   for (uint64_t i = 0; i < count; i++) {
     uint8_t y;
-    float p;
-    size_t n = ps_ctrgen_example(g, split, i, line, &y, &p);
+    float p, ph;
+    size_t n = ps_ctrgen_example(g, split, i, line, &y, &p, &ph);
     if (gzwrite(f, line, (unsigned)n) != (int)n) {
       int e;
       const char *why = gzerror(f, &e);
@@ -59,6 +60,7 @@ static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
     pos += y;
     if (keep_y) keep_y[i] = y;
     if (keep_p) keep_p[i] = p;
+    if (keep_ph) keep_ph[i] = ph;
     if ((i & 0xffff) == 0xffff) {
       uint64_t now = ps_now_ns();
       if ((double)(now - last) * 1e-9 >= progress_s) {
@@ -89,7 +91,7 @@ int main(int argc, char **argv) {
   char *out = NULL, *train_file = NULL, *test_file = NULL;
   int gzip = 0, log_level = PS_LOG_INFO;
   int64_t train, test, seed, vocab_min, vocab_max, pairs, level, progress_ms;
-  double zipf, bias, cat_scale;
+  double zipf, bias, cat_scale, head_min_count;
   const ps_opt_t opts[] = {
       {"out", PS_OPT_STRING, &out, ".", 0, 0, NULL,
        "folder for train.txt, test.txt (.gz with --gzip) and planted.json "
@@ -120,6 +122,10 @@ int main(int argc, char **argv) {
        "planted intercept (sets the click rate)"},
       {"cat-scale", PS_OPT_DOUBLE, &cat_scale, "0.3", 0, 10, NULL,
        "deviation of a categorical id's planted weight"},
+      {"head-min-count", PS_OPT_DOUBLE, &head_min_count, "10", 0, 1e9, NULL,
+       "also score the head model: the planted one without the ids "
+       "expected fewer than this many times in the training split (0: "
+       "not), an estimate of what a model can learn from that much data"},
       {"progress-ms", PS_OPT_INT, &progress_ms, "2000", 1, 86400000, NULL,
        "interval of progress lines"},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
@@ -156,6 +162,8 @@ int main(int argc, char **argv) {
   go.pairs = (uint32_t)pairs;
   go.bias = bias;
   go.cat_scale = cat_scale;
+  go.head_min_count = head_min_count;
+  go.head_train = head_min_count > 0 ? (uint64_t)train : 0;
   if (ps_ctrgen_vocab_range(&go, (uint64_t)vocab_min, (uint64_t)vocab_max,
                             err, sizeof(err)) != PS_OK)
     return ps_config_refuse(&cfg, "options --vocab-min/--vocab-max: %s", err);
@@ -165,7 +173,7 @@ int main(int argc, char **argv) {
 
   int exit_code = PS_EXIT_FAILURE;
   uint8_t *ty = NULL;
-  float *tp = NULL;
+  float *tp = NULL, *tph = NULL;
   char train_path[1100], test_path[1100], json_path[1100], tmp_path[1200];
   if (mkdir(out, 0777) != 0 && errno != EEXIST) {
     fprintf(stderr, "ps-datagen: cannot make %s: %s\n", out, strerror(errno));
@@ -182,7 +190,8 @@ int main(int argc, char **argv) {
   snprintf(json_path, sizeof(json_path), "%s/planted.json", out);
   ty = malloc((size_t)test);
   tp = malloc((size_t)test * sizeof(float));
-  if (ty == NULL || tp == NULL) {
+  tph = malloc((size_t)test * sizeof(float));
+  if (ty == NULL || tp == NULL || tph == NULL) {
     fprintf(stderr, "ps-datagen: out of memory for %" PRId64 " test labels\n",
             test);
     goto done;
@@ -190,9 +199,9 @@ int main(int argc, char **argv) {
   uint64_t t0 = ps_now_ns(), train_pos = 0, test_pos = 0;
   double progress_s = (double)progress_ms / 1000.0;
   if (write_split(g, 0, (uint64_t)train, train_path, (int)level, progress_s,
-                  NULL, NULL, &train_pos, err, sizeof(err)) != 0 ||
+                  NULL, NULL, NULL, &train_pos, err, sizeof(err)) != 0 ||
       write_split(g, 1, (uint64_t)test, test_path, (int)level, progress_s, ty,
-                  tp, &test_pos, err, sizeof(err)) != 0) {
+                  tp, tph, &test_pos, err, sizeof(err)) != 0) {
     PS_ERROR("write_failed", "msg=\"%s\"", err);
     fprintf(stderr, "ps-datagen: %s\n", err);
     goto done;
@@ -205,6 +214,8 @@ int main(int argc, char **argv) {
     goto done;
   }
   double ll = ps_log_loss(tp, ty, (size_t)test);
+  double head_auc = auc;
+  ps_auc(tph, ty, (size_t)test, &head_auc);
   double rate = (double)test_pos / (double)test;
   /* The log loss of always predicting the click rate: what a model that
    * learnt nothing scores. */
@@ -237,6 +248,12 @@ int main(int argc, char **argv) {
     ps_ctrgen_pair(g, p, &a, &b);
     fprintf(jf, "%s[%d, %d]", p ? ", " : "", a + 1, b + 1);
   }
+  fprintf(jf, "],\n  \"head_min_count\": %g,\n  \"head_auc\": %.6f,\n"
+              "  \"head_ranks\": [",
+          head_min_count, head_auc);
+  for (int f = 0; f < PS_CTRGEN_CATEG; f++)
+    fprintf(jf, "%s%llu", f ? ", " : "",
+            (unsigned long long)ps_ctrgen_head_rank(g, f));
   fprintf(jf, "],\n  \"seconds\": %.2f,\n  \"examples_per_sec\": %.0f\n}\n",
           secs, (double)(train + test) / secs);
   if (fclose(jf) != 0 || rename(tmp_path, json_path) != 0) {
@@ -247,9 +264,10 @@ int main(int argc, char **argv) {
   }
   PS_INFO("done",
           "train=%" PRId64 " test=%" PRId64
-          " planted_auc=%.4f planted_log_loss=%.4f base_log_loss=%.4f "
+          " planted_auc=%.4f planted_log_loss=%.4f base_log_loss=%.4f"
+          " head_auc=%.4f"
           "seconds=%.1f examples_per_sec=%.0f",
-          train, test, auc, ll, base_ll, secs,
+          train, test, auc, ll, base_ll, head_auc, secs,
           (double)(train + test) / secs);
   printf("wrote %s, %s, %s: planted test AUC %.4f, log loss %.4f "
          "(click rate %.3f), %.0f examples/s\n",
@@ -259,6 +277,7 @@ int main(int argc, char **argv) {
 done:
   free(ty);
   free(tp);
+  free(tph);
   ps_ctrgen_destroy(&g);
   ps_config_free(&cfg);
   return exit_code;
