@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
   char *ctr_train = NULL, *ctr_test = NULL, *ctr_hidden = NULL;
   int64_t ctr_embed_dim, ctr_id_space;
   double ctr_sparse_scale;
-  int ctr_sparse_norm = 1;
+  int ctr_sparse_norm = 1, ctr_dot = 0;
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
@@ -118,6 +118,9 @@ int main(int argc, char **argv) {
        PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE), 0.001, 100000, NULL,
        "ctr: factor on the embedding and wide rows' gradients: their "
        "learning rate is lr x this"},
+      {"ctr-dot", PS_OPT_BOOL, &ctr_dot, "false", 0, 0, NULL,
+       "ctr: feed the embeddings' 325 pairwise dot products to the MLP too "
+       "(DLRM's interaction layer)"},
       {"ctr-sparse-norm", PS_OPT_ENUM, &ctr_sparse_norm, "count", 0, 0,
        "batch|count",
        "ctr: a sparse row's gradient is its share of the batch mean "
@@ -258,6 +261,7 @@ int main(int argc, char **argv) {
   to.ctr_id_space = (uint64_t)ctr_id_space;
   to.ctr_sparse_scale = ctr_sparse_scale;
   to.ctr_sparse_norm = ctr_sparse_norm;
+  to.ctr_dot = ctr_dot;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

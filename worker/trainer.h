@@ -161,6 +161,8 @@ typedef struct {
   /* 1: a sparse row's gradient is the mean over its occurrences in the
    * batch, not its share of the batch mean (worker/trainer_ctr.c). */
   int ctr_sparse_norm;
+  /* 1: the embeddings' pairwise dot products go into the MLP too. */
+  int ctr_dot;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those

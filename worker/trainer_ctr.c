@@ -101,6 +101,7 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
   ps_ctr_opts_t mo;
   ps_ctr_opts_init(&mo);
   mo.embed_dim = o->ctr_embed_dim;
+  mo.dot_interactions = o->ctr_dot;
   if (o->ctr_hidden && o->ctr_hidden[0] &&
       ps_ctr_parse_hidden(&mo, o->ctr_hidden, why, sizeof(why)) != PS_OK) {
     ctr_fail(t, "%s", why);
@@ -459,7 +460,8 @@ static int write_report(ps__trainer_ctr_t *t) {
       ",\n  \"learning_rate\": %g,\n  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n  \"sparse_scale\": %g,\n"
       "  \"sparse_norm\": \"%s\",\n"
-      "  \"embed_dim\": %u,\n  \"hidden\": \"%s\",\n  \"params\": %zu,\n"
+      "  \"embed_dim\": %u,\n  \"dot_interactions\": %s,\n"
+      "  \"hidden\": \"%s\",\n  \"params\": %zu,\n"
       "  \"seed\": %" PRIu64 "\n}\n",
       t->client ? "distributed" : "standalone", t->train_path, t->test_path,
       r->test_auc, r->test_loss, r->test_loss, r->test_accuracy, r->train_loss,
@@ -468,6 +470,7 @@ static int write_report(ps__trainer_ctr_t *t) {
       t->o.learning_rate, t->o.momentum,
       t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
       t->o.ctr_sparse_scale, t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
+      t->o.ctr_dot ? "true" : "false",
       t->o.ctr_hidden ? t->o.ctr_hidden : "", t->nparams, t->o.seed);
   int bad = n < 0;
   if (fclose(f) != 0) bad = 1;

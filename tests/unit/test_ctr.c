@@ -1,7 +1,8 @@
 /* The CTR model (worker/model/ctr.h): its distinct-id bookkeeping, and its
  * gradients (dense, embedding, wide) against central finite differences of
- * its own loss. Rows share ids, so a gradient summed over rows is checked
- * too, and the dense features are not zero, so their path is. */
+ * its own loss, with and without the embeddings' dot products. Rows share
+ * ids, so a gradient summed over rows is checked too, and the dense
+ * features are not zero, so their path is. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -52,9 +53,15 @@ START_TEST(test_batch_keys) {
   ck_assert_uint_eq(spec->nsparse, 2);
   ck_assert_uint_eq(spec->sparse[0].dim, 16);
   ck_assert_uint_eq(spec->sparse[1].dim, 1);
-  /* 429-256-128-1. */
+  /* 26 x 16 embeddings + 13 dense = 429, -256-128-1. */
   ck_assert_uint_eq(ps_ctr_num_params(m),
                     429 * 256 + 256 + 256 * 128 + 128 + 128 + 1);
+  ps_ctr_destroy(&m);
+  o.dot_interactions = 1; /* + 325 dot products */
+  m = ps_ctr_new(&o, err, sizeof(err));
+  ck_assert_ptr_nonnull(m);
+  ck_assert_uint_eq(ps_ctr_num_params(m),
+                    754 * 256 + 256 + 256 * 128 + 128 + 128 + 1);
   ps_ctr_destroy(&m);
   ck_assert_ptr_null(m);
   ck_assert_int_eq(ps_ctr_parse_hidden(&o, "64,0", err, sizeof(err)),
@@ -72,9 +79,11 @@ static int close_enough(double got, double want) {
   return fabs(got - want) <= 2e-3 + 2e-2 * fabs(want);
 }
 
+/* _i: without (0) and with (1) the dot-product interactions. */
 START_TEST(test_gradient_finite_differences) {
   ps_ctr_opts_t o;
   ps_ctr_opts_init(&o);
+  o.dot_interactions = _i;
   o.embed_dim = DIM;
   o.max_batch = ROWS;
   char err[256];
@@ -165,7 +174,7 @@ int main(void) {
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_batch_keys);
-  tcase_add_test(tc, test_gradient_finite_differences);
+  tcase_add_loop_test(tc, test_gradient_finite_differences, 0, 2);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

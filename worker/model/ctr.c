@@ -11,6 +11,7 @@
 #include "proto/ps.pb-c.h"
 
 #define NLAYERS_MAX (PS_CTR_MAX_HIDDEN + 1)
+#define NPAIRS (PS_CRITEO_CATEG * (PS_CRITEO_CATEG - 1) / 2)
 
 typedef struct {
   uint64_t key;
@@ -45,6 +46,7 @@ void ps_ctr_opts_init(ps_ctr_opts_t *o) {
   o->hidden[0] = 256;
   o->hidden[1] = 128;
   o->emb_init = 0.05f;
+  o->dot_interactions = 0;
   o->learning_rate = 0.02f;
   o->momentum = 0.0f;
   o->seed = 1;
@@ -94,7 +96,8 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   }
   m->o = *o;
   m->nlayers = o->nhidden + 1;
-  m->width[0] = (size_t)PS_CRITEO_CATEG * o->embed_dim + PS_CRITEO_DENSE;
+  m->width[0] = (size_t)PS_CRITEO_CATEG * o->embed_dim + PS_CRITEO_DENSE +
+                (o->dot_interactions ? NPAIRS : 0);
   for (size_t l = 0; l < o->nhidden; l++) m->width[l + 1] = o->hidden[l];
   m->width[m->nlayers] = 1;
   uint64_t off = 0;
@@ -226,7 +229,8 @@ const uint32_t *ps_ctr_key_counts(const ps_ctr_t *m) {
   return m->counts;
 }
 
-/* The input layer: each row's 26 embeddings, then its 13 dense features. */
+/* The input layer: each row's 26 embeddings, its 13 dense features, and
+ * the embeddings' pairwise dot products (i < j, row-major). */
 static void gather(ps_ctr_t *m, const float *emb, const ps_criteo_row_t *rows,
                    size_t n) {
   size_t d = m->o.embed_dim, in = m->width[0];
@@ -236,6 +240,14 @@ static void gather(ps_ctr_t *m, const float *emb, const ps_criteo_row_t *rows,
       memcpy(x + f * d, emb + (size_t)m->slot[b * PS_CRITEO_CATEG + f] * d,
              d * sizeof(float));
     memcpy(x + PS_CRITEO_CATEG * d, rows[b].dense, sizeof(rows[b].dense));
+    if (!m->o.dot_interactions) continue;
+    float *dots = x + PS_CRITEO_CATEG * d + PS_CRITEO_DENSE;
+    for (size_t i = 0; i < PS_CRITEO_CATEG; i++)
+      for (size_t j = i + 1; j < PS_CRITEO_CATEG; j++) {
+        float s = 0.0f;
+        for (size_t k = 0; k < d; k++) s += x[i * d + k] * x[j * d + k];
+        *dots++ = s;
+      }
   }
 }
 
@@ -308,11 +320,26 @@ double ps_ctr_gradient(ps_ctr_t *m, const float *w, const float *emb,
   }
   memset(gemb, 0, m->nkeys * d * sizeof(float));
   size_t in0 = m->width[0];
-  for (size_t b = 0; b < n; b++)
+  for (size_t b = 0; b < n; b++) {
+    float *dx = m->dact[0] + b * in0;
+    if (m->o.dot_interactions) {
+      /* d<e_i, e_j> reaches e_i as that gradient times e_j. */
+      const float *x = m->act[0] + b * in0;
+      const float *ddots = dx + PS_CRITEO_CATEG * d + PS_CRITEO_DENSE;
+      for (size_t i = 0; i < PS_CRITEO_CATEG; i++)
+        for (size_t j = i + 1; j < PS_CRITEO_CATEG; j++) {
+          float gd = *ddots++;
+          for (size_t k = 0; k < d; k++) {
+            dx[i * d + k] += gd * x[j * d + k];
+            dx[j * d + k] += gd * x[i * d + k];
+          }
+        }
+    }
     for (size_t f = 0; f < PS_CRITEO_CATEG; f++) {
       float *g = gemb + (size_t)m->slot[b * PS_CRITEO_CATEG + f] * d;
-      const float *src = m->dact[0] + b * in0 + f * d;
+      const float *src = dx + f * d;
       for (size_t j = 0; j < d; j++) g[j] += src[j];
     }
+  }
   return loss / (double)n;
 }

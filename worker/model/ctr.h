@@ -1,8 +1,14 @@
 /* A click-through-rate model over Criteo rows (worker/data/criteo.h), in
  * the manner of wide & deep / DLRM:
  *
- *   logit = mlp([e_1(c_1), ..., e_26(c_26), dense]) + sum_f wide_f(c_f)
+ *   logit = mlp([e_1(c_1), ..., e_26(c_26), dense, <e_i, e_j> for i < j])
+ *           + sum_f wide_f(c_f)
  *   p = sigmoid(logit), loss = binary cross-entropy
+ *
+ * The 325 pairwise dot products of the embeddings are DLRM's interaction
+ * layer: an MLP learns products of its inputs poorly, and field pairs that
+ * act together are what a CTR model is for. Off by default: on the
+ * generated data they did not pay for their cost (README).
  *
  * e_f is field f's embedding (dim floats) and wide_f its weight (one
  * float) of categorical id c_f; the MLP has ReLU hidden layers and one
@@ -41,6 +47,7 @@ typedef struct {
   size_t nhidden;     /* hidden layers, in [1, PS_CTR_MAX_HIDDEN] */
   uint32_t hidden[PS_CTR_MAX_HIDDEN]; /* default 256, 128 */
   float emb_init;     /* embeddings start uniform(+-this); default 0.05 */
+  int dot_interactions; /* 1: the pairwise dot products too (default 0) */
   /* Written into the model spec: the servers apply the optimizer. */
   float learning_rate;
   float momentum;
