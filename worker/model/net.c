@@ -23,6 +23,11 @@ const char *ps_net_kind_name(ps_net_kind_t kind) {
 
 ps_net_t *ps_net_new(ps_compute_t *c, const ps_net_opts_t *o, char *err,
                      size_t errlen) {
+  if (o->kind == PS_NET_CTR) {
+    snprintf(err, errlen,
+             "net: model ctr is no image classifier (worker/model/ctr.h)");
+    return NULL;
+  }
   if (o->kind != PS_NET_MLP && o->kind != PS_NET_CNN) {
     snprintf(err, errlen, "net: unknown model kind %d", (int)o->kind);
     return NULL;
