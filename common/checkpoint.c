@@ -10,9 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "optimizer.h"
-
 #include "err.h"
+#include "optimizer.h"
 #include "proto/ps.pb-c.h"
 
 /* Weights are written and read as the host's floats. */
@@ -115,9 +114,8 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
     const ps_optimizer_spec_t *o = &t->optimizer;
     fnv_u64(&h, i);
     fnv_u64(&h, (uint64_t)(uint32_t)o->kind);
-    const float f[] = {o->learning_rate, o->momentum, o->beta1,
-                       o->beta2,         o->epsilon,  o->l1,
-                       o->l2,            o->ftrl_beta};
+    const float f[] = {o->learning_rate, o->momentum, o->beta1, o->beta2,
+                       o->epsilon,       o->l1,       o->l2,    o->ftrl_beta};
     for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
   }
   return h;
@@ -422,9 +420,9 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
     /* The section CRC costs one pass over memory that is hot anyway; it is
      * computed before the data goes out so the header can lead. The update
      * counts are little-endian u64 pairs, as this build stores them. */
-    encode_section_header(sh, kinds[i], sizes[i],
-                          sizes[i] ? ps_crc32c(0, data[i], (size_t)sizes[i])
-                                   : 0);
+    encode_section_header(
+        sh, kinds[i], sizes[i],
+        sizes[i] ? ps_crc32c(0, data[i], (size_t)sizes[i]) : 0);
     rc = out_write(&o, sh, sizeof(sh), err, errlen);
     if (rc == PS_OK && sizes[i])
       rc = out_write(&o, data[i], (size_t)sizes[i], err, errlen);
@@ -573,10 +571,11 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
     }
     uint32_t kind = get_u32(sh);
     uint64_t bytes = get_u64(sh + 8);
-    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS     ? (void **)&s.weights
-                 : kind == PS_CHECKPOINT_SECTION_STATE     ? (void **)&s.state
-                 : kind == PS_CHECKPOINT_SECTION_OPT_STEPS ? (void **)&s.opt_steps
-                                                           : NULL;
+    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS ? (void **)&s.weights
+                 : kind == PS_CHECKPOINT_SECTION_STATE ? (void **)&s.state
+                 : kind == PS_CHECKPOINT_SECTION_OPT_STEPS
+                     ? (void **)&s.opt_steps
+                     : NULL;
     if (dst == NULL || get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: section %u has unknown kind %u", path, i + 1, kind);
@@ -665,7 +664,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
   if (s.weights == NULL || (s.state == NULL) != (s.meta.state_slots == 0) ||
       s.opt_steps == NULL) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: no %s section", path,
-                 s.weights == NULL  ? "weights"
+                 s.weights == NULL                       ? "weights"
                  : s.state == NULL && s.meta.state_slots ? "optimizer state"
                                                          : "update counts");
     goto out;

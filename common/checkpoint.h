@@ -124,8 +124,8 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
 /* A shard file read and verified. */
 typedef struct {
   ps_checkpoint_shard_meta_t meta;
-  float *weights; /* end - begin values; owned */
-  float *state;   /* meta.state_slots x (end - begin) values, or NULL */
+  float *weights;      /* end - begin values; owned */
+  float *state;        /* meta.state_slots x (end - begin) values, or NULL */
   uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs; owned */
   size_t nopt_steps;
   ps_checkpoint_file_stat_t stat;
@@ -183,8 +183,8 @@ void ps_checkpoint_manifest_clear(ps_checkpoint_manifest_t *m);
 /* Reads every shard file m lists and checks it against m: present, of the
  * recorded size and whole-file CRC32C, a valid shard file of the recorded
  * range, clock and model, with as many optimizer slots as the model's
- * optimizers keep and update counts only of the model's tensors. Reads every byte. *bytes (may be NULL) gets the bytes
- * read. */
+ * optimizers keep and update counts only of the model's tensors. Reads every
+ * byte. *bytes (may be NULL) gets the bytes read. */
 int ps_checkpoint_verify(const char *dir, const ps_checkpoint_manifest_t *m,
                          uint64_t *bytes, char *err, size_t errlen);
 
@@ -192,11 +192,11 @@ int ps_checkpoint_verify(const char *dir, const ps_checkpoint_manifest_t *m,
  * floats, slot-major; NULL exactly when that is 0) and tensor_steps (NULL,
  * or m->model.ntensors counts: the most updates any file counts for a
  * piece of the tensor inside the range, 0 for the tensors outside) for
- * keys [begin, end) from the shard files of m that overlap the range, each checked as in
- * ps_checkpoint_verify before anything is copied out of it. The range may
- * cut across shard files: this is how a checkpoint written by N servers is
- * restored onto M. On failure the arrays hold garbage and must not be used.
- * *bytes (may be NULL) gets the bytes read. */
+ * keys [begin, end) from the shard files of m that overlap the range, each
+ * checked as in ps_checkpoint_verify before anything is copied out of it. The
+ * range may cut across shard files: this is how a checkpoint written by N
+ * servers is restored onto M. On failure the arrays hold garbage and must not
+ * be used. *bytes (may be NULL) gets the bytes read. */
 int ps_checkpoint_load_range(const char *dir, const ps_checkpoint_manifest_t *m,
                              uint64_t begin, uint64_t end, float *weights,
                              float *state, uint64_t *tensor_steps,

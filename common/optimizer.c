@@ -61,26 +61,26 @@ typedef struct {
  * new weights, WI the old) and instantiated in place with WO == WI == w,
  * so neither form pays for the other. The scalars are copied to locals
  * first so the compiler may keep them in registers. */
-#define ADAGRAD_BODY(WO, WI)                           \
+#define ADAGRAD_BODY(WO, WI)                              \
   const float lr = a->lr, eps = a->eps, scale = a->scale; \
-  for (size_t i = 0; i < n; i++) {                     \
-    float gi = scale * g[i];                           \
-    float hi = h[i] + gi * gi;                         \
-    h[i] = hi;                                         \
-    WO[i] = WI[i] - lr * gi / (sqrtf(hi) + eps);       \
+  for (size_t i = 0; i < n; i++) {                        \
+    float gi = scale * g[i];                              \
+    float hi = h[i] + gi * gi;                            \
+    h[i] = hi;                                            \
+    WO[i] = WI[i] - lr * gi / (sqrtf(hi) + eps);          \
   }
 
-#define ADAM_BODY(WO, WI)                                            \
+#define ADAM_BODY(WO, WI)                                             \
   const float lr = a->lr, eps = a->eps, scale = a->scale, b1 = a->b1, \
               b2 = a->b2, omb1 = a->omb1, omb2 = a->omb2, c1 = a->c1, \
-              c2 = a->c2;                                            \
-  for (size_t i = 0; i < n; i++) {                                   \
-    float gi = scale * g[i];                                         \
-    float mi = b1 * m[i] + omb1 * gi;                                \
-    float vi = b2 * v[i] + omb2 * (gi * gi);                         \
-    m[i] = mi;                                                       \
-    v[i] = vi;                                                       \
-    WO[i] = WI[i] - lr * (mi * c1) / (sqrtf(vi * c2) + eps);         \
+              c2 = a->c2;                                             \
+  for (size_t i = 0; i < n; i++) {                                    \
+    float gi = scale * g[i];                                          \
+    float mi = b1 * m[i] + omb1 * gi;                                 \
+    float vi = b2 * v[i] + omb2 * (gi * gi);                          \
+    m[i] = mi;                                                        \
+    v[i] = vi;                                                        \
+    WO[i] = WI[i] - lr * (mi * c1) / (sqrtf(vi * c2) + eps);          \
   }
 
 #define FTRL_BODY(WO, WI)                                              \
@@ -106,25 +106,25 @@ typedef struct {
       const float *restrict g, size_t n, float lr, float momentum,   \
       float scale, float pre
 #define ACC_ARGS float *restrict dst, const float *restrict src, size_t n
-#define ADAGRAD_ARGS                                                    \
+#define ADAGRAD_ARGS                                                       \
   float *restrict w, float *restrict h, const float *restrict g, size_t n, \
       const opt_args_t *a
-#define ADAGRAD_TO_ARGS                                                 \
-  float *restrict wo, const float *restrict wi, float *restrict h,      \
+#define ADAGRAD_TO_ARGS                                            \
+  float *restrict wo, const float *restrict wi, float *restrict h, \
       const float *restrict g, size_t n, const opt_args_t *a
-#define ADAM_ARGS                                                       \
-  float *restrict w, float *restrict m, float *restrict v,              \
+#define ADAM_ARGS                                          \
+  float *restrict w, float *restrict m, float *restrict v, \
       const float *restrict g, size_t n, const opt_args_t *a
-#define ADAM_TO_ARGS                                                    \
-  float *restrict wo, const float *restrict wi, float *restrict m,      \
-      float *restrict v, const float *restrict g, size_t n,             \
+#define ADAM_TO_ARGS                                               \
+  float *restrict wo, const float *restrict wi, float *restrict m, \
+      float *restrict v, const float *restrict g, size_t n,        \
       const opt_args_t *a
-#define FTRL_ARGS                                                       \
-  float *restrict w, float *restrict z, float *restrict nacc,           \
+#define FTRL_ARGS                                             \
+  float *restrict w, float *restrict z, float *restrict nacc, \
       const float *restrict g, size_t n, const opt_args_t *a
-#define FTRL_TO_ARGS                                                    \
-  float *restrict wo, const float *restrict wi, float *restrict z,      \
-      float *restrict nacc, const float *restrict g, size_t n,          \
+#define FTRL_TO_ARGS                                               \
+  float *restrict wo, const float *restrict wi, float *restrict z, \
+      float *restrict nacc, const float *restrict g, size_t n,     \
       const opt_args_t *a
 
 typedef void sgd_fn(SGD_ARGS);
@@ -179,10 +179,12 @@ typedef struct {
   const char *name;
 } kernels_t;
 
-#define KERNELS(suffix, name)                                        \
-  {sgd_##suffix,     sgd_to_##suffix,  acc_##suffix,  adagrad_##suffix, \
-   adagrad_to_##suffix, adam_##suffix, adam_to_##suffix,              \
-   ftrl_##suffix,    ftrl_to_##suffix, name}
+#define KERNELS(suffix, name)                                                \
+  {                                                                          \
+    sgd_##suffix, sgd_to_##suffix, acc_##suffix, adagrad_##suffix,           \
+        adagrad_to_##suffix, adam_##suffix, adam_to_##suffix, ftrl_##suffix, \
+        ftrl_to_##suffix, name                                               \
+  }
 
 static const kernels_t k_base = KERNELS(base, "baseline");
 #ifdef PS_MULTIVERSION
@@ -443,8 +445,8 @@ float ps_lr_factor(const ps_lr_schedule_spec_t *s, uint64_t step) {
   if (s->kind != PS_LR_SCHEDULE_COSINE || s->total_steps <= s->warmup_steps)
     return 1.0f;
   /* The workers' formula before issue #14, bit for bit (warm-up 0). */
-  double x =
-      (double)(step - s->warmup_steps) / (double)(s->total_steps - s->warmup_steps);
+  double x = (double)(step - s->warmup_steps) /
+             (double)(s->total_steps - s->warmup_steps);
   if (x > 1.0) x = 1.0;
   return (float)(0.5 * (1.0 + cos(M_PI * x)));
 }
@@ -455,9 +457,8 @@ void ps_optimizer_apply(const ps_optimizer_spec_t *o, float *w_out,
                         uint64_t t) {
   const kernels_t *k = kernels();
   int inplace = w_out == w;
-  opt_args_t a = {.scale = scale,
-                  .lr = o->learning_rate * lr_factor,
-                  .eps = o->epsilon};
+  opt_args_t a = {
+      .scale = scale, .lr = o->learning_rate * lr_factor, .eps = o->epsilon};
   switch (o->kind) {
     case PS_OPTIMIZER_ADD:
       if (inplace)
@@ -468,8 +469,7 @@ void ps_optimizer_apply(const ps_optimizer_spec_t *o, float *w_out,
     case PS_OPTIMIZER_SGD: {
       float *v = o->momentum != 0.0f ? state : NULL;
       if (inplace)
-        k->sgd(w_out, v, g, n, o->learning_rate, o->momentum, scale,
-               lr_factor);
+        k->sgd(w_out, v, g, n, o->learning_rate, o->momentum, scale, lr_factor);
       else
         k->sgd_to(w_out, w, v, g, n, o->learning_rate, o->momentum, scale,
                   lr_factor);

@@ -108,12 +108,13 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
   };
   int rc = ps_optimizer_check(&def, "the model's optimizer", err, errlen);
   if (rc != PS_OK) return rc;
-  ps_lr_schedule_spec_t sched = {.kind = (int)pb->lr_schedule,
-                                 .total_steps = pb->lr_total_steps,
-                                 .warmup_steps = pb->lr_warmup_steps,
-                                 .epochs = pb->lr_epochs,
-                                 .examples_per_epoch = pb->lr_examples_per_epoch,
-                                 .worker_batch = pb->lr_worker_batch};
+  ps_lr_schedule_spec_t sched = {
+      .kind = (int)pb->lr_schedule,
+      .total_steps = pb->lr_total_steps,
+      .warmup_steps = pb->lr_warmup_steps,
+      .epochs = pb->lr_epochs,
+      .examples_per_epoch = pb->lr_examples_per_epoch,
+      .worker_batch = pb->lr_worker_batch};
   rc = ps_lr_schedule_check(&sched, err, errlen);
   if (rc != PS_OK) return rc;
   uint64_t total = 0;

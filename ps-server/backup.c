@@ -233,9 +233,8 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->ncontrib = p->ncontrib;
     in->weights = malloc(len * sizeof(float));
     in->state_slots = (int)p->state_slots;
-    in->state = p->state_slots
-                    ? malloc(len * p->state_slots * sizeof(float))
-                    : NULL;
+    in->state =
+        p->state_slots ? malloc(len * p->state_slots * sizeof(float)) : NULL;
     in->nopt_steps = p->n_opt_steps;
     in->opt_steps = malloc((p->n_opt_steps + 1) * sizeof(uint64_t));
     if (in->opt_steps && p->n_opt_steps)
@@ -249,8 +248,8 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   }
   if (in == NULL || in->weights == NULL ||
       (p->state_slots && in->state == NULL) || in->opt_steps == NULL ||
-      in->acc == NULL ||
-      in->live == NULL || in->contrib == NULL || in->dedup == NULL) {
+      in->acc == NULL || in->live == NULL || in->contrib == NULL ||
+      in->dedup == NULL) {
     ps__server_snap_in_free(&in);
     ps__server_refuse(s, m, PS_ERR_NOMEM,
                       "no memory for a snapshot of [%llu,%llu) (%llu values)",

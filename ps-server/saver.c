@@ -165,9 +165,9 @@ static void write_work(uv_work_t *w) {
         .mode = j->mode,
         .state_slots = s->slots,
     };
-    j->status = ps_checkpoint_shard_write(
-        j->dir, s->file, &meta, s->weights, s->state, s->opt_steps,
-        s->nopt_steps, &s->stat, j->err, sizeof(j->err));
+    j->status = ps_checkpoint_shard_write(j->dir, s->file, &meta, s->weights,
+                                          s->state, s->opt_steps, s->nopt_steps,
+                                          &s->stat, j->err, sizeof(j->err));
     j->bytes += s->stat.bytes;
     /* The copy is on disk: give the memory back before the next shard. */
     free(s->weights);
@@ -251,8 +251,7 @@ static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard, char *err,
   const ps_shard_segment_t *seg = ps_shard_segments(shard, &nseg);
   const uint64_t *steps = ps_shard_opt_steps(shard);
   s->opt_steps = malloc((2 * nseg + 1) * sizeof(uint64_t));
-  if (s->weights == NULL || (st && s->state == NULL) ||
-      s->opt_steps == NULL) {
+  if (s->weights == NULL || (st && s->state == NULL) || s->opt_steps == NULL) {
     snprintf(err, errlen, "no memory to copy shard [%llu,%llu) (%zu keys)",
              (unsigned long long)s->begin, (unsigned long long)s->end, n);
     return PS_ERR_NOMEM;
@@ -458,10 +457,9 @@ static void restore_work(uv_work_t *w) {
       break;
     }
     uint64_t bytes = 0;
-    j->status =
-        ps_checkpoint_load_range(j->dir, &m, r->begin, r->end, r->weights,
-                                 r->state, r->tensor_steps, &bytes, j->err,
-                                 sizeof(j->err));
+    j->status = ps_checkpoint_load_range(j->dir, &m, r->begin, r->end,
+                                         r->weights, r->state, r->tensor_steps,
+                                         &bytes, j->err, sizeof(j->err));
     j->bytes += bytes;
   }
   ps_checkpoint_manifest_clear(&m);

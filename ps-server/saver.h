@@ -4,8 +4,8 @@
  * Writing. A CheckpointRequest names a step T and a directory. In BSP a
  * shard's weights change only when a step is applied, so its state "as of
  * clock T" lasts from the apply that brings it to T until the next apply.
- * The saver copies (snapshots) the weights and optimizer state of each shard inside
- * that window: when the request arrives if the shard is at T, else right
+ * The saver copies (snapshots) the weights and optimizer state of each shard
+ * inside that window: when the request arrives if the shard is at T, else right
  * after the apply that brings it there (ps_saver_shard_applied, which the
  * server calls before anything else can touch the shard). The copies are
  * written on libuv's thread pool, so the loop goes on serving and training

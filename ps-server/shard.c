@@ -48,7 +48,7 @@ struct ps_shard_s {
   ps_shard_version_t **spare;
   size_t nspare, spare_cap;
   float *gather;   /* ps_shard_weights' copy, allocated on first use */
-  float *state; /* slots planes of len floats; NULL when slots is 0 */
+  float *state;    /* slots planes of len floats; NULL when slots is 0 */
   float *acc;      /* BSP only */
   /* The part of acc that holds this step's sum; the rest is stale. Keeping
    * the interval instead of zeroing acc after each step lets the first
@@ -255,19 +255,19 @@ static int reserve_range(ps_shard_t *s, uint64_t off, uint64_t n) {
 /* Applies g (values for range offsets [lo, hi), g[0] at off) with each
  * tensor piece's optimizer, reading src and writing dst (dst == src: in
  * place); dst and src point at range offset lo. */
-static void apply_span(ps_shard_t *s, float *dst, const float *src,
-                       uint64_t lo, uint64_t hi, uint64_t off, const float *g,
-                       float scale, float factor, int sgd_prescaled) {
+static void apply_span(ps_shard_t *s, float *dst, const float *src, uint64_t lo,
+                       uint64_t hi, uint64_t off, const float *g, float scale,
+                       float factor, int sgd_prescaled) {
   for (size_t j = 0; j < s->nseg && lo < hi; j++) {
     const ps_shard_segment_t *sg = &s->seg[j];
     if (sg->end <= lo) continue;
     uint64_t e = sg->end < hi ? sg->end : hi;
-    float f = sgd_prescaled && sg->optimizer.kind == PS_OPTIMIZER_SGD
-                  ? 1.0f
-                  : factor;
-    ps_optimizer_apply(&sg->optimizer, dst, src, s->state ? s->state + lo : NULL,
-                       (size_t)s->len, g + (lo - off), (size_t)(e - lo), scale,
-                       f, s->opt_steps[j]);
+    float f =
+        sgd_prescaled && sg->optimizer.kind == PS_OPTIMIZER_SGD ? 1.0f : factor;
+    ps_optimizer_apply(&sg->optimizer, dst, src,
+                       s->state ? s->state + lo : NULL, (size_t)s->len,
+                       g + (lo - off), (size_t)(e - lo), scale, f,
+                       s->opt_steps[j]);
     dst += e - lo;
     src += e - lo;
     lo = e;
@@ -379,8 +379,8 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
     ps_shard_segment_t *sg = &s->seg[j++];
     sg->tensor = i;
     sg->begin = t->offset > begin ? t->offset - begin : 0;
-    sg->end = (t->offset + t->length < end ? t->offset + t->length : end) -
-              begin;
+    sg->end =
+        (t->offset + t->length < end ? t->offset + t->length : end) - begin;
     ps_model_tensor_optimizer(model, i, &sg->optimizer);
   }
   s->block_keys = len < PS_SHARD_BLOCK_KEYS ? len : PS_SHARD_BLOCK_KEYS;
@@ -553,7 +553,8 @@ static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
 
 /* The schedule's factor on the gradient of an SGD piece for the current
  * BSP step (the others take it on their rate when the step is applied). */
-static float gradient_factor(const ps_shard_t *s, const ps_shard_segment_t *sg) {
+static float gradient_factor(const ps_shard_t *s,
+                             const ps_shard_segment_t *sg) {
   return sg->optimizer.kind == PS_OPTIMIZER_SGD
              ? ps_lr_factor(&s->schedule, s->clock)
              : 1.0f;
@@ -702,8 +703,7 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
     float scale = s->nlive > 1 ? 1.0f / (float)s->nlive : 1.0f;
     /* The schedule runs on the push's step, as a worker that scaled its
      * own gradient did before issue #14. */
-    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock,
-              0);
+    run_range(s, off, count, g, scale, step != UINT64_MAX ? step : s->clock, 0);
     if (step != UINT64_MAX && step + 1 > s->clock) s->clock = step + 1;
     if (applied) *applied = 1;
     return;

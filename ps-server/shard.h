@@ -197,8 +197,9 @@ const uint64_t *ps_shard_opt_steps(const ps_shard_t *s);
 /* Replaces the whole range's state: weights (end - begin values), the
  * optimizer state (slots x (end - begin) values; ignored when the shard
  * keeps none; NULL zeroes it), the update counts (tensor_steps: one per
- * tensor of the model, by tensor index; NULL: zero) and the clock; a BSP step in progress is dropped. For restoring a
- * checkpoint. Returns PS_OK or PS_ERR_NOMEM with the shard unchanged. */
+ * tensor of the model, by tensor index; NULL: zero) and the clock; a BSP step
+ * in progress is dropped. For restoring a checkpoint. Returns PS_OK or
+ * PS_ERR_NOMEM with the shard unchanged. */
 int ps_shard_load(ps_shard_t *s, const float *weights, const float *state,
                   const uint64_t *tensor_steps, uint64_t clock);
 

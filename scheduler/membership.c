@@ -265,14 +265,13 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
     if (x->has_optimizer != y->has_optimizer ||
         (x->has_optimizer &&
          !ps_optimizer_equal(&x->optimizer, &y->optimizer))) {
-      snprintf(out, len,
-               "tensor \"%s\" optimizer %s, the job's is %s (or their "
-               "settings differ)",
-               y->name,
-               y->has_optimizer ? ps_optimizer_name(y->optimizer.kind)
-                                : "default",
-               x->has_optimizer ? ps_optimizer_name(x->optimizer.kind)
-                                : "default");
+      snprintf(
+          out, len,
+          "tensor \"%s\" optimizer %s, the job's is %s (or their "
+          "settings differ)",
+          y->name,
+          y->has_optimizer ? ps_optimizer_name(y->optimizer.kind) : "default",
+          x->has_optimizer ? ps_optimizer_name(x->optimizer.kind) : "default");
       return;
     }
   }
@@ -283,17 +282,15 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
     snprintf(out, len, "optimizer %d, the job's is %d", b->optimizer,
              a->optimizer);
   else if (!ps_lr_schedule_equal(&a->lr_schedule, &b->lr_schedule))
-    snprintf(out, len,
-             "learning-rate schedule %s over %" PRIu64
-             " steps with %" PRIu64
-             " warm-up steps, the job's is %s over %" PRIu64 " with %" PRIu64
-             " (every worker needs the same --epochs and schedule flags)",
-             b->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine"
-                                                          : "constant",
-             b->lr_schedule.total_steps, b->lr_schedule.warmup_steps,
-             a->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine"
-                                                          : "constant",
-             a->lr_schedule.total_steps, a->lr_schedule.warmup_steps);
+    snprintf(
+        out, len,
+        "learning-rate schedule %s over %" PRIu64 " steps with %" PRIu64
+        " warm-up steps, the job's is %s over %" PRIu64 " with %" PRIu64
+        " (every worker needs the same --epochs and schedule flags)",
+        b->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine" : "constant",
+        b->lr_schedule.total_steps, b->lr_schedule.warmup_steps,
+        a->lr_schedule.kind == PS_LR_SCHEDULE_COSINE ? "cosine" : "constant",
+        a->lr_schedule.total_steps, a->lr_schedule.warmup_steps);
   else if (a->learning_rate != b->learning_rate)
     snprintf(out, len, "learning_rate %g, the job's is %g",
              (double)b->learning_rate, (double)a->learning_rate);

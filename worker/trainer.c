@@ -161,10 +161,10 @@ static uint32_t rng_below(uint64_t *state, uint32_t bound) {
 
 float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
                            uint64_t total_steps) {
-  ps_lr_schedule_spec_t s = {
-      .kind = schedule == PS_LR_COSINE ? PS_LR_SCHEDULE_COSINE
-                                       : PS_LR_SCHEDULE_CONSTANT,
-      .total_steps = total_steps};
+  ps_lr_schedule_spec_t s = {.kind = schedule == PS_LR_COSINE
+                                         ? PS_LR_SCHEDULE_COSINE
+                                         : PS_LR_SCHEDULE_CONSTANT,
+                             .total_steps = total_steps};
   return ps_lr_factor(&s, step);
 }
 
@@ -419,8 +419,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       .worker_batch = b,
   };
   size_t slots = (size_t)ps_optimizer_state_slots(&t->opt);
-  if (o->standalone && slots)
-    t->v = calloc(t->nparams * slots, sizeof(float));
+  if (o->standalone && slots) t->v = calloc(t->nparams * slots, sizeof(float));
   if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
       (o->standalone && slots && !t->v)) {
     trainer_fail(t, "out of memory");
@@ -441,8 +440,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   } else {
     char cerr[512] = "";
     crc = PS_OK;
-    t->client =
-        ps_client_new(&o->client, &t->model, &crc, cerr, sizeof(cerr));
+    t->client = ps_client_new(&o->client, &t->model, &crc, cerr, sizeof(cerr));
     if (t->client == NULL) {
       trainer_fail(t, "cannot join the cluster at %s: %s",
                    o->client.scheduler ? o->client.scheduler : "(none)",
@@ -691,9 +689,8 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   }
   if (t->client == NULL) {
     /* The servers' rule: the same kernel, schedule and update count. */
-    ps_optimizer_apply(&t->opt, t->w, t->w, t->v, t->nparams, t->g,
-                       t->nparams, 1.0f, ps_lr_factor(&t->sched, step),
-                       ++t->updates);
+    ps_optimizer_apply(&t->opt, t->w, t->w, t->v, t->nparams, t->g, t->nparams,
+                       1.0f, ps_lr_factor(&t->sched, step), ++t->updates);
     return PS_OK;
   }
   uint64_t push0 = ps_now_ns();
@@ -798,8 +795,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       r->train_loss, r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
       t->start_step, r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
-      ps_optimizer_name(t->opt.kind), t->o.momentum, t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
-      t->o.seed);
+      ps_optimizer_name(t->opt.kind), t->o.momentum,
+      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed);
   return n < 0 ? -1 : 0;
 }
 
@@ -848,23 +845,22 @@ int ps_trainer_run(ps_trainer_t *t) {
   int evaluator =
       t->rank == 0 || o->report_path != NULL || o->dump_path != NULL;
 
-  PS_INFO("train_start",
-          "mode=%s rank=%u workers=%u batch_size=%" PRId64
-          " global_batch=%" PRIu64
-          " optimizer=%s lr=%g lr_schedule=%s warmup_steps=%" PRIu64
-          " momentum=%g"
-          " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
-          " model=%s params=%zu backend=%s threads=%d push=%s",
-          t->client ? "distributed" : "standalone", t->rank, t->workers,
-          o->batch_size, global_batch, ps_optimizer_name(t->opt.kind),
-          o->learning_rate,
-          o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
-          o->warmup_steps, o->momentum,
-          o->epochs, spe, total, ps_net_kind_name(o->model), t->nparams,
-          ps_compute_name(t->compute), o->threads,
-          t->client == NULL ? "none"
-          : t->push_layers  ? "layer"
-                            : "model");
+  PS_INFO(
+      "train_start",
+      "mode=%s rank=%u workers=%u batch_size=%" PRId64 " global_batch=%" PRIu64
+      " optimizer=%s lr=%g lr_schedule=%s warmup_steps=%" PRIu64
+      " momentum=%g"
+      " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
+      " model=%s params=%zu backend=%s threads=%d push=%s",
+      t->client ? "distributed" : "standalone", t->rank, t->workers,
+      o->batch_size, global_batch, ps_optimizer_name(t->opt.kind),
+      o->learning_rate, o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
+      o->warmup_steps, o->momentum, o->epochs, spe, total,
+      ps_net_kind_name(o->model), t->nparams, ps_compute_name(t->compute),
+      o->threads,
+      t->client == NULL ? "none"
+      : t->push_layers  ? "layer"
+                        : "model");
 
   uint64_t start_ns = ps_now_ns();
   uint64_t eval_ns = 0; /* time spent evaluating, kept out of rates */
@@ -946,8 +942,7 @@ int ps_trainer_run(ps_trainer_t *t) {
                 " loss=%.4f lr=%.5f samples_per_sec=%.0f",
                 step / spe + 1, step + 1, total,
                 progress_loss / (double)progress_n,
-                o->learning_rate *
-                    (double)ps_lr_factor(&t->sched, step),
+                o->learning_rate * (double)ps_lr_factor(&t->sched, step),
                 train_dt > 0 ? line_sps : 0.0);
       ps_notify_status("training: step %" PRIu64 " of %" PRIu64
                        ", epoch %" PRIu64 ", loss %.4f",

@@ -124,7 +124,7 @@ typedef struct {
   double learning_rate;
   double momentum;
   ps_lr_schedule_t lr_schedule;
-  int optimizer; /* PS_OPTIMIZER_* */
+  int optimizer;                /* PS_OPTIMIZER_* */
   double beta1, beta2, epsilon; /* Adam (epsilon: Adagrad too) */
   double l1, l2, ftrl_beta;     /* FTRL */
   uint64_t warmup_steps;        /* linear warm-up of the schedule */

@@ -658,8 +658,7 @@ static int run_apply(void) {
   }
   /* Touch everything once, so page faults are not measured. */
   for (size_t i = 0; i < n; i++)
-    a.w[i] = 1.0f, a.v[i] = a.v[n + i] = 0.0f, a.g[i] = 1e-3f,
-    a.dst[i] = 0.0f;
+    a.w[i] = 1.0f, a.v[i] = a.v[n + i] = 0.0f, a.g[i] = 1e-3f, a.dst[i] = 0.0f;
   int reps = (int)B.reps * 4;
   double ta[256], tm[256], tv[256], to[3][256];
   if (reps > 256) reps = 256;

@@ -26,8 +26,8 @@
 #include <sys/stat.h>
 
 #include "common/checkpoint.h"
-#include "common/optimizer.h"
 #include "common/err.h"
+#include "common/optimizer.h"
 #include "common/view.h"
 #include "fuzz_setup.h"
 #include "fuzz_util.h"
@@ -150,10 +150,10 @@ static void expect_range(const char *ckdir, const ps_checkpoint_manifest_t *m,
     CHECK(memcmp(w + (lo - begin), s.weights + (lo - f->begin), n) == 0);
     int slots = ps_model_state_slots(&m->model);
     for (int j = 0; mom && j < slots; j++)
-      CHECK(memcmp(mom + (uint64_t)j * (end - begin) + (lo - begin),
-                   s.state + (uint64_t)j * (f->end - f->begin) +
-                       (lo - f->begin),
-                   n) == 0);
+      CHECK(
+          memcmp(mom + (uint64_t)j * (end - begin) + (lo - begin),
+                 s.state + (uint64_t)j * (f->end - f->begin) + (lo - f->begin),
+                 n) == 0);
     ps_checkpoint_shard_clear(&s);
   }
 }

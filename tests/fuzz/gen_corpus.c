@@ -1151,7 +1151,10 @@ static void ck_write(const char *tmp, float momentum, int asp,
                      const uint64_t *bounds, const uint64_t *clocks,
                      int nshards) {
   ps_tensor_spec_t t[2] = {
-      {.name = "w", .length = CK_W, .init = PS_INIT_UNIFORM, .init_scale = 0.1f},
+      {.name = "w",
+       .length = CK_W,
+       .init = PS_INIT_UNIFORM,
+       .init_scale = 0.1f},
       {.name = "b", .offset = CK_W, .length = CK_B, .init = PS_INIT_ZERO},
   };
   ps_model_t model = {

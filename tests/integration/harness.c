@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 #include "common/checkpoint.h"
-#include "common/optimizer.h"
 #include "common/err.h"
 #include "common/invariant.h"
+#include "common/optimizer.h"
 #include "common/proc.h"
 
 uint64_t h_now_ms(void) {

@@ -37,19 +37,19 @@ START_TEST(bsp_two_workers_equal_standalone) {
   const char *ps_out = h_path(&c, "cluster.bin");
   const char *const *o = optimizer_args[_i];
 
-  h_spawn(&c, "standalone", "ps-worker", "--standalone", "--batch-size",
-          "64", "--max-steps", STEPS, "--dump-weights", sa_out, o[0], o[1],
-          o[2], o[3], o[4], o[5], NULL);
+  h_spawn(&c, "standalone", "ps-worker", "--standalone", "--batch-size", "64",
+          "--max-steps", STEPS, "--dump-weights", sa_out, o[0], o[1], o[2],
+          o[3], o[4], o[5], NULL);
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
           "2", "--workers", "2", "--mode", "bsp", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
-  h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
-          "0", "--batch-size", "32", "--max-steps", STEPS, "--dump-weights",
-          ps_out, o[0], o[1], o[2], o[3], o[4], o[5], NULL);
-  h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank",
-          "1", "--batch-size", "32", "--max-steps", STEPS, o[0], o[1], o[2],
-          o[3], o[4], o[5], NULL);
+  h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
+          "--batch-size", "32", "--max-steps", STEPS, "--dump-weights", ps_out,
+          o[0], o[1], o[2], o[3], o[4], o[5], NULL);
+  h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
+          "--batch-size", "32", "--max-steps", STEPS, o[0], o[1], o[2], o[3],
+          o[4], o[5], NULL);
 
   int all = h_wait_all(&c, 240000);
   if (!all) h_dump_logs(&c);

@@ -101,8 +101,8 @@ static ps_checkpoint_file_t write_shard(const ps_model_t *m, const char *name,
   }
   ps_checkpoint_file_stat_t st;
   char err[512];
-  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, steps,
-                                     nsteps, &st, err, sizeof(err));
+  int rc = ps_checkpoint_shard_write(tmpdir, name, &meta, w, mom, steps, nsteps,
+                                     &st, err, sizeof(err));
   ck_assert_msg(rc == PS_OK, "write failed: %s", err);
   free(w);
   free(mom);
@@ -242,10 +242,9 @@ START_TEST(flipped_byte_refused) {
    * counts (the last 32 bytes: two tensors). */
   long offsets[] = {30, 80 + 9, 80 + 24 + 123, (long)f.bytes - 700,
                     (long)f.bytes - 1};
-  const char *needles[] = {"header CRC32C", "section 1 header CRC32C",
-                           "weights section CRC32C",
-                           "optimizer state section CRC32C",
-                           "update counts section CRC32C"};
+  const char *needles[] = {
+      "header CRC32C", "section 1 header CRC32C", "weights section CRC32C",
+      "optimizer state section CRC32C", "update counts section CRC32C"};
   for (size_t i = 0; i < sizeof(offsets) / sizeof(offsets[0]); i++) {
     write_shard(&m, "s.psck", 0, 1000, 5);
     flip_byte(path_of("s.psck"), offsets[i]);
@@ -283,7 +282,8 @@ START_TEST(wrong_magic_or_version_refused) {
   /* Any other version is refused with the one this build reads. */
   write_shard(&m, "s.psck", 0, 1000, 5);
   flip_byte(path_of("s.psck"), 8); /* version 2 -> 18 */
-  expect_refused(path_of("s.psck"), PS_ERR_FORMAT, "this build reads version 2");
+  expect_refused(path_of("s.psck"), PS_ERR_FORMAT,
+                 "this build reads version 2");
   expect_refused(path_of("nothing.psck"), PS_ERR_IO, "cannot open");
   /* A manifest is not a shard file. */
   write_checkpoint(&m);

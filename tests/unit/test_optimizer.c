@@ -107,7 +107,6 @@ START_TEST(sgd_to_matches_in_place_bitwise) {
 }
 END_TEST
 
-
 /* ---- stateful optimizers (issue #14) ---- */
 
 static ps_optimizer_spec_t spec_of(int kind, float lr) {
@@ -157,15 +156,14 @@ START_TEST(adam_bias_correction_by_hand_and_by_formula) {
    * lr * g / (|g| + eps): 0.01 whatever g's size (without the correction
    * it would be 0.01 * 0.1 / sqrt(0.001) = 0.0316). */
   ps_optimizer_apply(&o, w, w, st, 3, g, 3, 1.0f, 1.0f, 1);
-  ck_assert_float_eq_tol(st[0], 0.4f, 1e-7);      /* m = 0.1 g */
-  ck_assert_float_eq_tol(st[3], 0.016f, 1e-6);    /* v = 0.001 g^2 */
+  ck_assert_float_eq_tol(st[0], 0.4f, 1e-7);   /* m = 0.1 g */
+  ck_assert_float_eq_tol(st[3], 0.016f, 1e-6); /* v = 0.001 g^2 */
   ck_assert_float_eq_tol(w[0], 0.49f, 1e-6);
   ck_assert_float_eq_tol(w[1], 0.51f, 2e-6); /* eps matters a little */
   ck_assert(w[2] == 0.5f);                   /* g 0: m, v stay 0 */
   /* Steps 2..8 against the textbook formula in double (with the betas'
    * float values, which the servers use). */
-  const double b1 = 0.9f, b2 = 0.999f, omb1 = 1.0f - 0.9f,
-               omb2 = 1.0f - 0.999f;
+  const double b1 = 0.9f, b2 = 0.999f, omb1 = 1.0f - 0.9f, omb2 = 1.0f - 0.999f;
   double rw[3] = {w[0], w[1], w[2]}, rm[3], rv[3];
   for (int i = 0; i < 3; i++) rm[i] = st[i], rv[i] = st[3 + i];
   for (uint64_t t = 2; t <= 8; t++) {
@@ -220,9 +218,9 @@ START_TEST(ftrl_l1_gives_exact_zeros) {
     double sigma = (sqrt(nn) - sqrt(rn)) / 0.5;
     rz += gi - sigma * rw;
     rn = nn;
-    rw = fabs(rz) <= 0.05 ? 0.0
-                          : -(rz - (rz < 0 ? -0.05 : 0.05)) /
-                                ((1.0 + sqrt(rn)) / 0.5 + 0.5);
+    rw = fabs(rz) <= 0.05
+             ? 0.0
+             : -(rz - (rz < 0 ? -0.05 : 0.05)) / ((1.0 + sqrt(rn)) / 0.5 + 0.5);
     ck_assert_msg(fabs(w[0] - rw) < 1e-5, "step %d: w %.9g want %.9g", t,
                   (double)w[0], rw);
   }
@@ -240,9 +238,8 @@ START_TEST(schedule_values) {
   ck_assert(ps_lr_factor(&cos, 1000) == 0.0f);
   ck_assert(ps_lr_factor(&cos, 5000) == 0.0f); /* past the end: stays 0 */
   /* Warm-up 10, then cosine over the other 100 steps. */
-  ps_lr_schedule_spec_t wc = {.kind = PS_LR_SCHEDULE_COSINE,
-                              .total_steps = 110,
-                              .warmup_steps = 10};
+  ps_lr_schedule_spec_t wc = {
+      .kind = PS_LR_SCHEDULE_COSINE, .total_steps = 110, .warmup_steps = 10};
   ck_assert_float_eq_tol(ps_lr_factor(&wc, 0), 0.1f, 1e-7);
   ck_assert_float_eq_tol(ps_lr_factor(&wc, 4), 0.5f, 1e-7);
   ck_assert(ps_lr_factor(&wc, 9) == 1.0f);
@@ -269,11 +266,9 @@ START_TEST(schedule_values) {
   ck_assert_int_eq(ps_lr_schedule_resolve(&ep, 2, err, sizeof(err)),
                    PS_ERR_INVAL);
   ck_assert_msg(strstr(err, "0 steps") != NULL, "%s", err);
-  ps_lr_schedule_spec_t bad = {.kind = PS_LR_SCHEDULE_COSINE,
-                               .total_steps = 10,
-                               .warmup_steps = 10};
-  ck_assert_int_eq(ps_lr_schedule_check(&bad, err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ps_lr_schedule_spec_t bad = {
+      .kind = PS_LR_SCHEDULE_COSINE, .total_steps = 10, .warmup_steps = 10};
+  ck_assert_int_eq(ps_lr_schedule_check(&bad, err, sizeof(err)), PS_ERR_INVAL);
   ck_assert_msg(strstr(err, "warm-up") != NULL, "%s", err);
 }
 END_TEST
@@ -292,13 +287,11 @@ START_TEST(optimizer_settings_checked) {
                 err);
   o.momentum = 0.0f;
   o.beta2 = 1.0f;
-  ck_assert_int_eq(ps_optimizer_check(&o, "x", err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ck_assert_int_eq(ps_optimizer_check(&o, "x", err, sizeof(err)), PS_ERR_INVAL);
   ck_assert_msg(strstr(err, "beta2 1"), "%s", err);
   ps_optimizer_spec_t f = spec_of(PS_OPTIMIZER_FTRL, 0.1f);
   f.l1 = -1.0f;
-  ck_assert_int_eq(ps_optimizer_check(&f, "x", err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ck_assert_int_eq(ps_optimizer_check(&f, "x", err, sizeof(err)), PS_ERR_INVAL);
   ps_optimizer_spec_t s = spec_of(PS_OPTIMIZER_SGD, 0.1f);
   ck_assert_int_eq(ps_optimizer_state_slots(&s), 0);
   s.momentum = 0.9f;
@@ -366,10 +359,9 @@ START_TEST(stateful_kernels_same_bits_everywhere) {
   /* Every variant the CPU has, in place and out of place, on every length
    * around the vector widths, gives the baseline's bits: a BSP run and
    * --standalone agree across machines for these optimizers too. */
-  ps_optimizer_spec_t specs[4] = {spec_of(PS_OPTIMIZER_ADAGRAD, 0.1f),
-                                  spec_of(PS_OPTIMIZER_ADAM, 0.01f),
-                                  spec_of(PS_OPTIMIZER_FTRL, 0.3f),
-                                  spec_of(PS_OPTIMIZER_SGD, 0.05f)};
+  ps_optimizer_spec_t specs[4] = {
+      spec_of(PS_OPTIMIZER_ADAGRAD, 0.1f), spec_of(PS_OPTIMIZER_ADAM, 0.01f),
+      spec_of(PS_OPTIMIZER_FTRL, 0.3f), spec_of(PS_OPTIMIZER_SGD, 0.05f)};
   specs[0].epsilon = 1e-6f;
   specs[1].beta1 = 0.9f, specs[1].beta2 = 0.99f, specs[1].epsilon = 1e-7f;
   specs[2].l1 = 0.2f, specs[2].l2 = 0.1f, specs[2].ftrl_beta = 1.0f;

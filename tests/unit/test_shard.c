@@ -656,7 +656,8 @@ static void assert_same_state(ps_shard_t *a, ps_shard_t *b, uint64_t len) {
   ck_assert(memcmp(ps_shard_weights(a), ps_shard_weights(b),
                    len * sizeof(float)) == 0);
   int ka, kb;
-  const float *ma = ps_shard_opt_state(a, &ka), *mb = ps_shard_opt_state(b, &kb);
+  const float *ma = ps_shard_opt_state(a, &ka),
+              *mb = ps_shard_opt_state(b, &kb);
   ck_assert((ma == NULL) == (mb == NULL));
   ck_assert_int_eq(ka, kb);
   if (ma) ck_assert(memcmp(ma, mb, (size_t)ka * len * sizeof(float)) == 0);
@@ -1048,15 +1049,14 @@ END_TEST
 
 /* Pushes steps [from, to) of rough gradients for the whole model (ASP, one
  * worker) to the shards, each its own slice. */
-static void push_steps(ps_shard_t **sh, size_t n, uint64_t total,
-                       uint64_t from, uint64_t to) {
+static void push_steps(ps_shard_t **sh, size_t n, uint64_t total, uint64_t from,
+                       uint64_t to) {
   for (uint64_t step = from; step < to; step++) {
     float *g = rough_grad(total, (int)step + 1);
     for (size_t i = 0; i < n; i++) {
       uint64_t b = ps_shard_begin(sh[i]), e = ps_shard_end(sh[i]);
       int applied = 0;
-      ck_assert_int_eq(push(sh[i], W2, b, e - b, g + b, step, &applied),
-                       PS_OK);
+      ck_assert_int_eq(push(sh[i], W2, b, e - b, g + b, step, &applied), PS_OK);
       ck_assert_int_eq(applied, 1);
     }
     free(g);
@@ -1084,18 +1084,18 @@ START_TEST(adam_state_survives_checkpoint_onto_another_split) {
                                          .l1 = 0.01f,
                                          .l2 = 0.1f,
                                          .ftrl_beta = 1.0f};
-  ps_model_t m = {.ntensors = 2,
-                  .tensors = t,
-                  .total = 64,
-                  .optimizer = PS_OPTIMIZER_ADAM,
-                  .learning_rate = 0.01f,
-                  .beta1 = 0.9f,
-                  .beta2 = 0.999f,
-                  .epsilon = 1e-8f,
-                  .seed = 5,
-                  .lr_schedule = {.kind = PS_LR_SCHEDULE_COSINE,
-                                  .total_steps = 12,
-                                  .warmup_steps = 2}};
+  ps_model_t m = {
+      .ntensors = 2,
+      .tensors = t,
+      .total = 64,
+      .optimizer = PS_OPTIMIZER_ADAM,
+      .learning_rate = 0.01f,
+      .beta1 = 0.9f,
+      .beta2 = 0.999f,
+      .epsilon = 1e-8f,
+      .seed = 5,
+      .lr_schedule = {
+          .kind = PS_LR_SCHEDULE_COSINE, .total_steps = 12, .warmup_steps = 2}};
   ck_assert_int_eq(ps_model_state_slots(&m), 2);
   ps_shard_t *a = new_shard(0, 64, &m, ASP, 1);
   push_steps(&a, 1, 64, 0, 5);
@@ -1120,10 +1120,10 @@ START_TEST(adam_state_survives_checkpoint_onto_another_split) {
       .state_slots = slots};
   ps_checkpoint_file_stat_t fst;
   char err[512];
-  ck_assert_msg(ps_checkpoint_shard_write(dir, "a.psck", &meta,
-                                          ps_shard_weights(a), st, pairs, 2,
-                                          &fst, err, sizeof(err)) == PS_OK,
-                "%s", err);
+  ck_assert_msg(
+      ps_checkpoint_shard_write(dir, "a.psck", &meta, ps_shard_weights(a), st,
+                                pairs, 2, &fst, err, sizeof(err)) == PS_OK,
+      "%s", err);
   ps_checkpoint_file_t file = {.file = "a.psck",
                                .begin = 0,
                                .end = 64,
@@ -1145,10 +1145,10 @@ START_TEST(adam_state_survives_checkpoint_onto_another_split) {
     uint64_t n = cut[i + 1] - cut[i];
     float *w = malloc(n * sizeof(float)), *sv = malloc(2 * n * sizeof(float));
     uint64_t steps[2];
-    ck_assert_msg(ps_checkpoint_load_range(dir, &man, cut[i], cut[i + 1], w,
-                                           sv, steps, NULL, err,
-                                           sizeof(err)) == PS_OK,
-                  "%s", err);
+    ck_assert_msg(
+        ps_checkpoint_load_range(dir, &man, cut[i], cut[i + 1], w, sv, steps,
+                                 NULL, err, sizeof(err)) == PS_OK,
+        "%s", err);
     ck_assert_uint_eq(steps[0], 5);
     ck_assert_uint_eq(steps[1], (i == 0 ? 0u : 5u));
     b[i] = new_shard(cut[i], cut[i + 1], &m, ASP, 1);
@@ -1165,16 +1165,17 @@ START_TEST(adam_state_survives_checkpoint_onto_another_split) {
   int zero_same = 1;
   for (int i = 0; i < 2; i++) {
     uint64_t n = cut[i + 1] - cut[i];
-    ck_assert_msg(memcmp(ps_shard_weights(b[i]), wa + cut[i],
-                         n * sizeof(float)) == 0,
-                  "restored range %d differs from the one never stopped", i);
-    zero_same &= memcmp(ps_shard_weights(z[i]), wa + cut[i],
-                        n * sizeof(float)) == 0;
+    ck_assert_msg(
+        memcmp(ps_shard_weights(b[i]), wa + cut[i], n * sizeof(float)) == 0,
+        "restored range %d differs from the one never stopped", i);
+    zero_same &=
+        memcmp(ps_shard_weights(z[i]), wa + cut[i], n * sizeof(float)) == 0;
     ps_shard_destroy(&b[i]);
     ps_shard_destroy(&z[i]);
   }
-  ck_assert_msg(!zero_same, "a restore without the optimizer state gave the "
-                            "same weights: the test proves nothing");
+  ck_assert_msg(!zero_same,
+                "a restore without the optimizer state gave the "
+                "same weights: the test proves nothing");
   /* FTRL's L1 keeps some bias weights at exactly 0 or not: either way
    * they came out of z and n, which only the state carried. */
   ps_shard_destroy(&a);

@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/init.h"
+#include "common/optimizer.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "ps-server/sparse.h"
@@ -95,7 +96,8 @@ START_TEST(sgd_by_hand) {
   uint64_t keys[2] = {3, 9};
   float g[4] = {2, 4, -6, 8}, out[4];
   /* w = 0 - lr * scale * g = -0.5 * 0.5 * g */
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 2, g, 0.5f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 2, out, NULL, 0), PS_OK);
   ck_assert(out[0] == -0.5f && out[1] == -1.0f && out[2] == 1.5f &&
             out[3] == -2.0f);
@@ -111,8 +113,10 @@ START_TEST(sgd_by_hand) {
   m = model_of(1.0f, 0.5f, 1);
   t = ps_sparse_table_new(&sp, &m);
   float g1[2] = {4, 8};
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
-  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0), PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_push(t, keys, 1, g1, 1.0f, 0, NULL, 0),
+                   PS_OK);
   ck_assert_int_eq(ps_sparse_table_pull(t, keys, 1, out, NULL, 0), PS_OK);
   /* v1 = 4, w1 = -4; v2 = 2 + 4 = 6, w2 = -10 (and 2x for column 1). */
   ck_assert(out[0] == -10.0f && out[1] == -20.0f);
@@ -132,8 +136,9 @@ START_TEST(bad_keys_refused_without_change) {
       PS_ERR_INVAL);
   ck_assert(strstr(err, "ascending") != NULL);
   uint64_t dup[3] = {1, 4, 4};
-  ck_assert_int_eq(ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
-                   PS_ERR_INVAL);
+  ck_assert_int_eq(
+      ps_sparse_table_push(t, dup, 3, g, 1.0f, 0, err, sizeof(err)),
+      PS_ERR_INVAL);
   ck_assert(strstr(err, "duplicate") != NULL);
   ck_assert_int_eq(ps_sparse_table_pull(t, dup, 3, out, NULL, 0), PS_ERR_INVAL);
   /* Nothing was created or applied. */
@@ -294,11 +299,47 @@ START_TEST(frames_validated) {
 }
 END_TEST
 
+START_TEST(table_optimizer_and_schedule) {
+  /* Issue #14: a table's own optimizer (FTRL here) beats the model's
+   * default (SGD), its rows carry its state, and the schedule runs on the
+   * push's step. */
+  ps_sparse_spec_t sp = spec_of("wide", 2, PS__INIT__INIT_ZERO, 0.0f);
+  sp.has_optimizer = 1;
+  sp.optimizer = (ps_optimizer_spec_t){.kind = PS_OPTIMIZER_FTRL,
+                                       .learning_rate = 0.5f,
+                                       .l1 = 1.0f,
+                                       .ftrl_beta = 1.0f};
+  ps_model_t m = model_of(0.5f, 0.9f, 1);
+  m.lr_schedule = (ps_lr_schedule_spec_t){.kind = PS_LR_SCHEDULE_CONSTANT,
+                                          .warmup_steps = 2};
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  ck_assert_ptr_nonnull(t);
+  uint64_t key = 5;
+  float g[2] = {0.3f, 3.0f}, out[2];
+  /* z = g, n = g^2: 0.3 stays inside the L1 ball (exactly 0); 3.0 gives
+   * -(3 - 1) / ((1 + 3) / 0.5) = -0.25 at step 1 (warm-up over: f = 1). */
+  ck_assert_int_eq(ps_sparse_table_push(t, &key, 1, g, 1.0f, 1, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_pull(t, &key, 1, out, NULL, 0), PS_OK);
+  const float zero = 0.0f;
+  ck_assert(memcmp(&out[0], &zero, sizeof(float)) == 0);
+  ck_assert_float_eq_tol(out[1], -0.25f, 1e-6);
+  /* At step 0 the warm-up halves alpha: -(3 - 1) / ((1 + 3) / 0.25). */
+  uint64_t key2 = 6;
+  ck_assert_int_eq(ps_sparse_table_push(t, &key2, 1, g, 1.0f, 0, NULL, 0),
+                   PS_OK);
+  ck_assert_int_eq(ps_sparse_table_pull(t, &key2, 1, out, NULL, 0), PS_OK);
+  ck_assert_float_eq_tol(out[1], -0.125f, 1e-6);
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_add_test(tc, init_on_touch_is_deterministic);
   tcase_add_test(tc, sgd_by_hand);
+  tcase_add_test(tc, table_optimizer_and_schedule);
   tcase_add_test(tc, bad_keys_refused_without_change);
   tcase_add_test(tc, model_spec_checks);
   tcase_add_test(tc, owner_partition);

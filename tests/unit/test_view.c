@@ -455,19 +455,18 @@ START_TEST(test_public_constants_cover_the_proto) {
   }
   for (unsigned i = 0; i < ps__optimizer__descriptor.n_values; i++) {
     const ProtobufCEnumValue *e = &ps__optimizer__descriptor.values[i];
-    ck_assert_msg(e->value == PS_OPTIMIZER_SGD || e->value == PS_OPTIMIZER_ADD ||
-                      e->value == PS_OPTIMIZER_ADAGRAD ||
-                      e->value == PS_OPTIMIZER_ADAM ||
-                      e->value == PS_OPTIMIZER_FTRL,
-                  "Optimizer %s (%d) has no PS_OPTIMIZER_ constant", e->name,
-                  e->value);
+    ck_assert_msg(
+        e->value == PS_OPTIMIZER_SGD || e->value == PS_OPTIMIZER_ADD ||
+            e->value == PS_OPTIMIZER_ADAGRAD || e->value == PS_OPTIMIZER_ADAM ||
+            e->value == PS_OPTIMIZER_FTRL,
+        "Optimizer %s (%d) has no PS_OPTIMIZER_ constant", e->name, e->value);
   }
   for (unsigned i = 0; i < ps__lr_schedule__descriptor.n_values; i++) {
     const ProtobufCEnumValue *e = &ps__lr_schedule__descriptor.values[i];
     ck_assert_msg(e->value == PS_LR_SCHEDULE_CONSTANT ||
                       e->value == PS_LR_SCHEDULE_COSINE,
-                  "LrSchedule %s (%d) has no PS_LR_SCHEDULE_ constant",
-                  e->name, e->value);
+                  "LrSchedule %s (%d) has no PS_LR_SCHEDULE_ constant", e->name,
+                  e->value);
   }
 }
 END_TEST

@@ -383,7 +383,8 @@ static int model_from_py(PyObject *py, ps_model_t *m) {
   if (attr_int(py, "optimizer", &m->optimizer) < 0 ||
       attr_float(py, "learning_rate", &m->learning_rate) < 0 ||
       attr_float(py, "momentum", &m->momentum) < 0 ||
-      attr_u64(py, "seed", &seed) < 0 || opt_float(py, "beta1", &m->beta1) < 0 ||
+      attr_u64(py, "seed", &seed) < 0 ||
+      opt_float(py, "beta1", &m->beta1) < 0 ||
       opt_float(py, "beta2", &m->beta2) < 0 ||
       opt_float(py, "epsilon", &m->epsilon) < 0 ||
       opt_float(py, "l1", &m->l1) < 0 || opt_float(py, "l2", &m->l2) < 0 ||

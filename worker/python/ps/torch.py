@@ -116,7 +116,9 @@ class ParameterServerTrainer:
     init: callable (name, parameter) -> (ps.INIT_*, scale); default
       default_init.
     grad_scale: callable (step) -> float, multiplies each step's gradient
-      before it is pushed (a learning-rate schedule, as ps-worker's cosine).
+      before it is pushed (a schedule of the worker's own; ps-worker's
+      cosine is the servers' now, declared in the model: ps.Model's
+      lr_schedule).
     Other keywords are ps.Client options (timeout_ms, rank, ...).
     """
 
