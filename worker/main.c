@@ -53,7 +53,8 @@ int main(int argc, char **argv) {
   char *keys_dir = NULL, *key_file = NULL;
   char *ctr_train = NULL, *ctr_test = NULL, *ctr_hidden = NULL;
   int64_t ctr_embed_dim, ctr_id_space;
-  double ctr_sparse_scale;
+  double ctr_sparse_scale, ctr_sparse_lr = 0;
+  int ctr_sparse_opt = 0;
   int ctr_sparse_norm = 1, ctr_dot = 0;
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
@@ -144,6 +145,14 @@ int main(int argc, char **argv) {
       {"ctr-dot", PS_OPT_BOOL, &ctr_dot, "false", 0, 0, NULL,
        "ctr: feed the embeddings' 325 pairwise dot products to the MLP too "
        "(DLRM's interaction layer)"},
+      {"ctr-sparse-optimizer", PS_OPT_ENUM, &ctr_sparse_opt, "sgd", 0, 0,
+       "sgd|adagrad|ftrl",
+       "ctr: the sparse tables' optimizer, applied by the servers (sgd: the "
+       "model's --optimizer; adagrad and ftrl: a rate per row, with "
+       "--ctr-sparse-lr; ftrl also --l1 and --l2). Distributed only."},
+      {"ctr-sparse-lr", PS_OPT_DOUBLE, &ctr_sparse_lr, "0.05", 1e-9, 1000,
+       NULL, "ctr: the sparse tables' learning rate (FTRL's alpha) under "
+       "--ctr-sparse-optimizer adagrad|ftrl"},
       {"ctr-sparse-norm", PS_OPT_ENUM, &ctr_sparse_norm, "count", 0, 0,
        "batch|count",
        "ctr: a sparse row's gradient is its share of the batch mean "
@@ -293,6 +302,10 @@ int main(int argc, char **argv) {
   to.ctr_sparse_scale = ctr_sparse_scale;
   to.ctr_sparse_norm = ctr_sparse_norm;
   to.ctr_dot = ctr_dot;
+  static const int sparse_kinds[] = {PS_OPTIMIZER_SGD, PS_OPTIMIZER_ADAGRAD,
+                                     PS_OPTIMIZER_FTRL};
+  to.ctr_sparse_optimizer = sparse_kinds[ctr_sparse_opt];
+  to.ctr_sparse_lr = ctr_sparse_lr;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

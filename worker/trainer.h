@@ -171,6 +171,11 @@ typedef struct {
   int ctr_sparse_norm;
   /* 1: the embeddings' pairwise dot products go into the MLP too. */
   int ctr_dot;
+  /* The sparse tables' own optimizer, applied by the servers:
+   * PS_OPTIMIZER_SGD (the model's, default), _ADAGRAD or _FTRL, with
+   * ctr_sparse_lr (FTRL: alpha; beta 1, --l1 and --l2). */
+  int ctr_sparse_optimizer;
+  double ctr_sparse_lr;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those

@@ -111,6 +111,32 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
   mo.learning_rate = (float)o->learning_rate;
   mo.momentum = (float)o->momentum;
   mo.seed = o->seed;
+  if (o->ctr_sparse_optimizer != PS_OPTIMIZER_SGD) {
+    if (o->standalone) {
+      ctr_fail(t, "--ctr-sparse-optimizer %s: --standalone has SGD only",
+               ps_optimizer_name(o->ctr_sparse_optimizer));
+      rc = PS_ERR_CONFIG;
+      goto fail;
+    }
+    ps_optimizer_spec_t *so = &mo.sparse_optimizer;
+    memset(so, 0, sizeof(*so));
+    so->kind = o->ctr_sparse_optimizer;
+    so->learning_rate = (float)o->ctr_sparse_lr;
+    if (so->kind == PS_OPTIMIZER_ADAGRAD) {
+      so->epsilon = 1e-6f;
+    } else {
+      so->l1 = (float)o->l1;
+      so->l2 = (float)o->l2;
+      so->ftrl_beta = 1.0f;
+    }
+    if (ps_optimizer_check(so, "--ctr-sparse-optimizer", why, sizeof(why)) !=
+        PS_OK) {
+      ctr_fail(t, "%s", why);
+      rc = PS_ERR_CONFIG;
+      goto fail;
+    }
+    mo.has_sparse_optimizer = 1;
+  }
   t->max_batch = (size_t)o->batch_size > CTR_EVAL_BATCH ? (size_t)o->batch_size
                                                          : CTR_EVAL_BATCH;
   mo.max_batch = t->max_batch;

@@ -134,7 +134,11 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   snprintf(m->sparse[1].name, PS_NAME_MAX, "%s", PS_CTR_WIDE_TABLE);
   m->sparse[1].dim = 1;
   m->sparse[1].init = PS_INIT_ZERO;
-  for (int t = 0; t < 2; t++) m->sparse[t].salt = ps_sparse_salt(m->sparse[t].name);
+  for (int t = 0; t < 2; t++) {
+    m->sparse[t].salt = ps_sparse_salt(m->sparse[t].name);
+    m->sparse[t].has_optimizer = o->has_sparse_optimizer;
+    if (o->has_sparse_optimizer) m->sparse[t].optimizer = o->sparse_optimizer;
+  }
   m->model.nsparse = 2;
   m->model.sparse = m->sparse;
 

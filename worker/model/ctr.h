@@ -53,6 +53,10 @@ typedef struct {
   float momentum;
   uint64_t seed;
   size_t max_batch; /* most rows given to one call */
+  /* 1: both sparse tables declare sparse_optimizer (Adagrad, FTRL: a rate
+   * per row, which ids drawn from a Zipf law want); 0: the model's SGD. */
+  int has_sparse_optimizer;
+  ps_optimizer_spec_t sparse_optimizer;
 } ps_ctr_opts_t;
 
 void ps_ctr_opts_init(ps_ctr_opts_t *o);
