@@ -105,6 +105,11 @@ void ps_keys_fingerprint(const char *z85, const uint8_t *raw, char *out);
   "Directory of the cluster's CURVE keys (psctl keygen): this program's "   \
   "key pair and the public keys (*.pub) of every node allowed, with their " \
   "roles. Every link is then encrypted and authenticated."
+#define PS_MAX_CONNECTIONS_HELP                                              \
+  "With CURVE keys: the most connections the daemon holds at once; a " \
+  "handshake past it is refused like an unknown key (counted, logged " \
+  "every 5 s as connections_refused) and its peer retries until one " \
+  "closes. 0: no cap. Without keys there is no handshake to refuse."
 #define PS_KEY_FILE_HELP \
   "This program's key pair. Default: KEYS_DIR/<role>.key."
 #define PS_INSECURE_HELP                                                    \

@@ -29,6 +29,7 @@ struct ps_sockmon_s {
   char name[32];
   char endpoint[128];
   uint64_t failures;
+  uint64_t connections; /* accepted and not yet disconnected */
   uint64_t unlogged; /* since the last accept_failed line */
   int last_errno;
   uint64_t last_log_ms;
@@ -81,6 +82,12 @@ static int read_event(ps_sockmon_t *m) {
     m->failures++;
     m->unlogged++;
     m->last_errno = (int)value;
+  } else if (event == ZMQ_EVENT_ACCEPTED) {
+    m->connections++;
+  } else if (event == ZMQ_EVENT_DISCONNECTED && m->connections > 0) {
+    /* A bound socket's disconnections are of connections it accepted,
+     * refused handshakes included. */
+    m->connections--;
   }
   return 1;
 }
@@ -130,7 +137,9 @@ ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
   int fd = -1;
   size_t fdlen = sizeof(fd);
   int linger = 0;
-  if (zmq_socket_monitor(sock, ep, ZMQ_EVENT_ACCEPT_FAILED) != 0 ||
+  if (zmq_socket_monitor(sock, ep,
+                         ZMQ_EVENT_ACCEPT_FAILED | ZMQ_EVENT_ACCEPTED |
+                             ZMQ_EVENT_DISCONNECTED) != 0 ||
       (m->pair = zmq_socket(ctx, ZMQ_PAIR)) == NULL ||
       zmq_setsockopt(m->pair, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
       zmq_connect(m->pair, ep) != 0 ||
@@ -158,6 +167,15 @@ ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
 
 uint64_t ps_sockmon_accept_failures(const ps_sockmon_t *m) {
   return m ? m->failures : 0;
+}
+
+uint64_t ps_sockmon_connections(ps_sockmon_t *m) {
+  if (m == NULL) return 0;
+  /* The events the I/O thread queued so far, the connection being asked
+   * about included (ZeroMQ reports it accepted before its handshake). */
+  while (read_event(m)) {
+  }
+  return m->connections;
 }
 
 static void on_close(uv_handle_t *h) {

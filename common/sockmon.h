@@ -1,4 +1,5 @@
-/* Watches a bound ZeroMQ socket for connections it fails to accept.
+/* Watches a bound ZeroMQ socket for connections it fails to accept, and
+ * counts the ones it holds (for the ZAP handler's cap, common/zap.h).
  *
  * ZeroMQ accepts TCP connections on its I/O thread and says nothing when an
  * accept fails (out of file descriptors: EMFILE/ENFILE): the new peer just
@@ -30,6 +31,10 @@ ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
 
 /* Accepts that failed so far. */
 uint64_t ps_sockmon_accept_failures(const ps_sockmon_t *m);
+
+/* Connections the socket accepted and still holds, counting every event
+ * ZeroMQ has queued by now (read first). 0 for NULL. Loop thread. */
+uint64_t ps_sockmon_connections(ps_sockmon_t *m);
 
 /* Stops the monitor and closes its socket (before the monitored socket is
  * closed); memory is freed once the loop has run the close callbacks. Sets

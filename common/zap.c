@@ -7,6 +7,8 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/sockmon.h"
+#include "common/time.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 /* Refused keys remembered so each is logged once; past this many every
@@ -16,6 +18,8 @@
 /* request frames: version, request id, domain, address, routing id,
  * mechanism, credentials (CURVE: the client's public key). */
 #define ZAP_FRAMES_MAX 8
+/* connections_refused is logged at most this often. */
+#define ZAP_CAP_LOG_EVERY_MS 5000
 
 struct ps_zap_s {
   uv_poll_t poll;
@@ -26,7 +30,43 @@ struct ps_zap_s {
   uint64_t refused, admitted;
   uint8_t (*seen)[32]; /* refused keys already logged */
   size_t nseen;
+  ps_sockmon_t *mon; /* counts the bound socket's connections */
+  uint64_t max_connections; /* 0: no cap */
+  uint64_t over_cap, over_cap_logged;
+  uint64_t last_cap_log_ms;
 };
+
+void ps_zap_set_cap(ps_zap_t *zap, ps_sockmon_t *mon,
+                    uint64_t max_connections) {
+  zap->mon = mon;
+  zap->max_connections = mon ? max_connections : 0;
+}
+
+uint64_t ps_zap_over_cap(const ps_zap_t *zap) {
+  return zap->over_cap;
+}
+
+/* An admitted key whose connection would pass the cap: refused, counted,
+ * logged at most every ZAP_CAP_LOG_EVERY_MS with the count since. 1 when
+ * refused. */
+static int over_cap(ps_zap_t *zap, const char *address, const char *fp) {
+  if (zap->max_connections == 0) return 0;
+  uint64_t held = ps_sockmon_connections(zap->mon);
+  if (held <= zap->max_connections) return 0;
+  zap->over_cap++;
+  uint64_t now = ps_now_ms();
+  if (zap->last_cap_log_ms == 0 ||
+      now - zap->last_cap_log_ms >= ZAP_CAP_LOG_EVERY_MS) {
+    PS_WARN("connections_refused",
+            "address=%s fingerprint=%s connections=%" PRIu64
+            " max_connections=%" PRIu64 " count=%" PRIu64 " total=%" PRIu64,
+            address, fp, held, zap->max_connections,
+            zap->over_cap - zap->over_cap_logged, zap->over_cap);
+    zap->over_cap_logged = zap->over_cap;
+    zap->last_cap_log_ms = now;
+  }
+  return 1;
+}
 
 uint64_t ps_zap_refused(const ps_zap_t *zap) {
   return zap->refused;
@@ -84,8 +124,12 @@ static void handle(ps_zap_t *zap, zmq_msg_t *f, int n, int whole) {
     const uint8_t *key = zmq_msg_data(&f[6]);
     const char *name = NULL;
     ps_key_role_t role = ps_keys_lookup(zap->keys, key, &name);
+    char fp[PS_KEY_FINGERPRINT_LEN + 1];
+    ps_keys_fingerprint(NULL, key, fp);
     if (role == PS_KEY_ROLE_NONE) {
       note_refused(zap, key, address, "public key not in the keys directory");
+    } else if (over_cap(zap, address, fp)) {
+      text = "too many connections";
     } else {
       char z85[PS_KEY_Z85_LEN + 1];
       zmq_z85_encode(z85, key, 32);
@@ -93,8 +137,6 @@ static void handle(ps_zap_t *zap, zmq_msg_t *f, int n, int whole) {
       code = "200";
       text = "OK";
       zap->admitted++;
-      char fp[PS_KEY_FINGERPRINT_LEN + 1];
-      ps_keys_fingerprint(NULL, key, fp);
       PS_DEBUG("curve_admitted", "fingerprint=%s name=%s role=%s address=%s",
                fp, name, ps_key_role_name(role), address);
     }

@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "keys.h"
+#include "sockmon.h"
 
 typedef struct ps_zap_s ps_zap_t;
 
@@ -33,6 +34,18 @@ ps_zap_t *ps_zap_new(uv_loop_t *loop, void *zmq_ctx, const ps_keys_t *keys,
 uint64_t ps_zap_refused(const ps_zap_t *zap);
 /* Handshakes admitted since the start. */
 uint64_t ps_zap_admitted(const ps_zap_t *zap);
+
+/* Caps the connections of the socket mon watches (the one the handler
+ * serves): a handshake that would make more than max_connections is
+ * refused like an unknown key ("too many connections"), counted, and
+ * logged at most every 5 s (event=connections_refused). A refused
+ * connection is closed by ZeroMQ and stops counting; its peer retries and
+ * is admitted once another has gone. mon NULL or max 0: no cap. mon must
+ * outlive zap's use of it. */
+void ps_zap_set_cap(ps_zap_t *zap, ps_sockmon_t *mon,
+                    uint64_t max_connections);
+/* Handshakes refused by the cap since the start. */
+uint64_t ps_zap_over_cap(const ps_zap_t *zap);
 
 /* Closes the socket and frees zap once the loop ran the close callbacks;
  * sets *zap_p to NULL. NULL: nothing. */

@@ -14,7 +14,7 @@ int main(int argc, char **argv) {
   char *scheduler = NULL, *bind = NULL, *advertise = NULL,
        *metrics_bind = NULL, *keys_dir = NULL, *key_file = NULL;
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
-  int64_t max_sparse_keys = 0, max_inflight = 0;
+  int64_t max_sparse_keys = 0, max_inflight = 0, max_connections = 0;
   int64_t sparse_max_bytes = 0, sparse_admit_after = 0;
   int log_level = PS_LOG_INFO, nonfinite = 0, insecure = 0;
 
@@ -61,6 +61,8 @@ int main(int argc, char **argv) {
        "Requests one worker may have waiting on this server (pushes not yet "
        "on every backup, BSP pulls for a step to come); more are refused. "
        "libps-client keeps 8 in flight per server."},
+      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0,
+       4294967295.0, NULL, PS_MAX_CONNECTIONS_HELP},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
       {"nonfinite", PS_OPT_ENUM, &nonfinite, "reject", 0, 0, "reject|skip",
@@ -122,6 +124,7 @@ int main(int argc, char **argv) {
   so.nonfinite = nonfinite == 1 ? PS_SERVER_NONFINITE_SKIP
                                 : PS_SERVER_NONFINITE_REJECT;
   so.keys = keys;
+  so.max_connections = (uint64_t)max_connections;
 
   int status = PS_OK;
   ps_server_t *server = ps_server_new(&so, &status, err, sizeof(err));

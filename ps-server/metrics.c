@@ -213,6 +213,10 @@ static void render(ps_metrics_t *m, void *arg) {
                  "CURVE handshakes refused by the ZAP handler (keys not in "
                  "--keys-dir).",
                  s->zap ? (double)ps_zap_refused(s->zap) : 0.0);
+  ps_metrics_put(m, "ps_server_connections_refused_total", PS_METRIC_COUNTER,
+                 "Handshakes refused because the server held "
+                 "--max-connections connections.",
+                 s->zap ? (double)ps_zap_over_cap(s->zap) : 0.0);
   ps_metrics_put(m, "ps_server_handovers_total", PS_METRIC_COUNTER,
                  "Ranges this server handed to a backup in a planned move "
                  "(psctl drain, rebalancing), without a failover.",

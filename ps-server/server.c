@@ -244,6 +244,7 @@ static void teardown(ps_server_t *s) {
     ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
                            "the server stops");
   ps_repl_destroy(&s->repl);
+  if (s->zap) ps_zap_set_cap(s->zap, NULL, 0);
   ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   if (s->reserve_fd >= 0) close(s->reserve_fd);
@@ -327,6 +328,7 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   for (size_t i = 0; i < s->nranges; i++)
     ps__server_fail_parked(s, &s->ranges[i], PS_ERR_SHUTDOWN,
                            "the server stops");
+  if (s->zap) ps_zap_set_cap(s->zap, NULL, 0);
   ps_sockmon_destroy(&s->data_mon);
   ps_zsock_destroy(&s->data);
   /* The member lingers (up to 1 s) on a farewell when it is closed, so the
@@ -859,6 +861,7 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   /* Out of descriptors, ZeroMQ drops new workers without a word. */
   s->data_mon =
       ps_sockmon_new(&s->loop, s->zctx, ps_zsock_socket(s->data), "data", NULL);
+  if (s->zap) ps_zap_set_cap(s->zap, s->data_mon, o->max_connections);
   if (!reserved)
     snprintf(s->endpoint, sizeof(s->endpoint), "%s",
              ps_zsock_endpoint(s->data));

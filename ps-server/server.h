@@ -55,6 +55,9 @@ typedef struct {
   /* CURVE (issue #13; common/keys.h): the server's key and the keys
    * admitted, with roles; must outlive the server. NULL: plaintext. */
   const ps_keys_t *keys;
+  /* With keys: connections held at once, more refused at the handshake
+   * (common/zap.h); 0: no cap. */
+  uint64_t max_connections;
 } ps_server_opts_t;
 
 #define PS_SERVER_MAX_INFLIGHT_PER_PEER 1024

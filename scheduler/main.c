@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
        *state_file = NULL, *metrics_bind = NULL, *keys_dir = NULL,
        *key_file = NULL;
   int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
-  int64_t replication = 2;
+  int64_t replication = 2, max_connections = 0;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
@@ -94,6 +94,8 @@ int main(int argc, char **argv) {
       {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
        PS_KEYS_DIR_HELP},
       {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
+      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0,
+       4294967295.0, NULL, PS_MAX_CONNECTIONS_HELP},
       {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
        PS_INSECURE_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
@@ -153,6 +155,7 @@ int main(int argc, char **argv) {
       .state_file = state_file,
       .metrics_bind = metrics_bind,
       .keys = keys,
+      .max_connections = (uint64_t)max_connections,
   };
   int serr = PS_OK;
   ps_sched_t *s = ps_sched_new(&loop, ctx, &so, &serr, err, sizeof(err));

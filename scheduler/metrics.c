@@ -142,6 +142,11 @@ static void render(ps_metrics_t *m, void *arg) {
                  "CURVE handshakes refused by the ZAP handler (keys not in "
                  "--keys-dir).",
                  s->zap ? (double)ps_zap_refused(s->zap) : 0.0);
+  ps_metrics_put(m, "ps_scheduler_connections_refused_total",
+                 PS_METRIC_COUNTER,
+                 "Handshakes refused because the scheduler held "
+                 "--max-connections connections.",
+                 s->zap ? (double)ps_zap_over_cap(s->zap) : 0.0);
   ps_metrics_put(m, "ps_scheduler_permission_denied_total", PS_METRIC_COUNTER,
                  "Messages refused because the sender's key has a role that "
                  "may not send them, or in another node's name.",

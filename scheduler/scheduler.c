@@ -169,6 +169,7 @@ static void on_handle_closed(uv_handle_t *h) {
 static void close_handles(ps_sched_t *s, int linger_ms) {
   if (s->closing) return;
   s->closing = 1;
+  if (s->zap) ps_zap_set_cap(s->zap, NULL, 0);
   ps_sockmon_destroy(&s->zs_mon);
   ps_zap_destroy(&s->zap);
   if (s->zs) {
@@ -642,6 +643,7 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   /* Out of descriptors, ZeroMQ drops new nodes without a word. */
   s->zs_mon =
       ps_sockmon_new(loop, zmq_ctx, ps_zsock_socket(s->zs), "scheduler", NULL);
+  if (s->zap) ps_zap_set_cap(s->zap, s->zs_mon, opts->max_connections);
   if (opts->metrics_bind && opts->metrics_bind[0] &&
       ps__sched_metrics_start(s, opts->metrics_bind, errbuf, errlen) != PS_OK) {
     *err = PS_ERR_CONFIG;

@@ -83,6 +83,9 @@ typedef struct {
    * table of keys admitted, with roles; must outlive the scheduler. NULL:
    * plaintext, no role checks. */
   const ps_keys_t *keys;
+  /* With keys: connections held at once, more refused at the handshake
+   * (common/zap.h); 0: no cap. */
+  uint64_t max_connections;
 } ps_sched_opts_t;
 
 /* Binds the socket and starts the timers on loop. Returns NULL with *err and

@@ -1,5 +1,5 @@
 /* ps-worker: trains a Fashion-MNIST classifier (MLP or CNN, on the CPU or a
- * GPU), alone (--standalone) or as one
+ * GPU) or a CTR model (worker/trainer_ctr.h), alone (--standalone) or as one
  * worker of a parameter-server cluster. Parses options, builds the trainer,
  * runs it. Exit status: 0 done, 1 failed, 2 bad usage or configuration. */
 #include <signal.h>
@@ -51,6 +51,11 @@ int main(int argc, char **argv) {
   char *scheduler = NULL, *data_dir = NULL, *report = NULL, *dump = NULL;
   char *device = NULL, *metrics_bind = NULL, *metrics_csv = NULL;
   char *keys_dir = NULL, *key_file = NULL;
+  char *ctr_train = NULL, *ctr_test = NULL, *ctr_hidden = NULL;
+  int64_t ctr_embed_dim, ctr_id_space;
+  double ctr_sparse_scale, ctr_sparse_lr = 0;
+  int ctr_sparse_opt = 0;
+  int ctr_sparse_norm = 1, ctr_dot = 0;
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
@@ -113,9 +118,46 @@ int main(int argc, char **argv) {
       {"device", PS_OPT_STRING, &device, PS_TRAINER_DEFAULT_DEVICE, 0, 0, NULL,
        "auto|cpu|cuda|cuda:N: where to compute; auto takes GPU 0 when one "
        "is usable, else the CPU"},
-      {"model", PS_OPT_ENUM, &model, "mlp", 0, 0, "mlp|cnn",
+      {"model", PS_OPT_ENUM, &model, "mlp", 0, 0, "mlp|cnn|ctr",
        "mlp: 784-256-128-10; cnn: 2 x (conv 3x3 pad 1, ReLU, max pool 2), "
-       "3136-128-10 (every worker the same)"},
+       "3136-128-10; ctr: click-through rate on Criteo-format files "
+       "(per-field embeddings and wide weights in sparse tables, an MLP over "
+       "them and the 13 integer features; CPU; every worker the same)"},
+      {"ctr-train", PS_OPT_STRING, &ctr_train, NULL, 0, 0, NULL,
+       "ctr: training file, Criteo text, plain or gzip (default: "
+       "DATA_DIR/train.txt.gz or DATA_DIR/train.txt)"},
+      {"ctr-test", PS_OPT_STRING, &ctr_test, NULL, 0, 0, NULL,
+       "ctr: test file (default: DATA_DIR/test.txt.gz or DATA_DIR/test.txt)"},
+      {"embed-dim", PS_OPT_INT, &ctr_embed_dim,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_EMBED_DIM), 1, 64, NULL,
+       "ctr: floats per categorical id's embedding"},
+      {"ctr-hidden", PS_OPT_STRING, &ctr_hidden,
+       PS_TRAINER_DEFAULT_CTR_HIDDEN, 0, 0, NULL,
+       "ctr: widths of the MLP's hidden layers, comma separated"},
+      {"ctr-id-space", PS_OPT_INT, &ctr_id_space, "0", 0,
+       9007199254740991.0, NULL,
+       "ctr: hash categorical ids into [0, this) per field (0: 64-bit "
+       "ids, no collisions to speak of)"},
+      {"ctr-sparse-scale", PS_OPT_DOUBLE, &ctr_sparse_scale,
+       PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE), 0.001, 100000, NULL,
+       "ctr: factor on the embedding and wide rows' gradients: their "
+       "learning rate is lr x this"},
+      {"ctr-dot", PS_OPT_BOOL, &ctr_dot, "false", 0, 0, NULL,
+       "ctr: feed the embeddings' 325 pairwise dot products to the MLP too "
+       "(DLRM's interaction layer)"},
+      {"ctr-sparse-optimizer", PS_OPT_ENUM, &ctr_sparse_opt, "sgd", 0, 0,
+       "sgd|adagrad|ftrl",
+       "ctr: the sparse tables' optimizer, applied by the servers (sgd: the "
+       "model's --optimizer; adagrad and ftrl: a rate per row, with "
+       "--ctr-sparse-lr; ftrl also --l1 and --l2). Distributed only."},
+      {"ctr-sparse-lr", PS_OPT_DOUBLE, &ctr_sparse_lr, "0.05", 1e-9, 1000,
+       NULL, "ctr: the sparse tables' learning rate (FTRL's alpha) under "
+       "--ctr-sparse-optimizer adagrad|ftrl"},
+      {"ctr-sparse-norm", PS_OPT_ENUM, &ctr_sparse_norm, "count", 0, 0,
+       "batch|count",
+       "ctr: a sparse row's gradient is its share of the batch mean "
+       "(batch: the true gradient) or the mean over the row's own "
+       "occurrences in the batch (count: frequent and rare ids move alike)"},
       {"push", PS_OPT_ENUM, &push, "auto", 0, 0, "auto|model|layer",
        "gradient pushes: the whole model after backward, or each layer as "
        "soon as it is computed (auto: per layer on a GPU)"},
@@ -172,7 +214,8 @@ int main(int argc, char **argv) {
   const ps_config_t cfg = {
       .program = "ps-worker",
       .summary =
-          "Train a Fashion-MNIST classifier (MLP or CNN, CPU or GPU) alone or "
+          "Train a Fashion-MNIST classifier (MLP or CNN, CPU or GPU), or a "
+          "click-through-rate model on Criteo-format data (ctr), alone or "
           "as a worker of a parameter-server cluster.",
       .usage = "[options]",
       .opts = opts,
@@ -251,6 +294,18 @@ int main(int argc, char **argv) {
   to.client.keys_dir = keys_dir;
   to.client.key_file = key_file;
   to.stop = &stop_requested;
+  to.ctr_train = ctr_train;
+  to.ctr_test = ctr_test;
+  to.ctr_embed_dim = (uint32_t)ctr_embed_dim;
+  to.ctr_hidden = ctr_hidden;
+  to.ctr_id_space = (uint64_t)ctr_id_space;
+  to.ctr_sparse_scale = ctr_sparse_scale;
+  to.ctr_sparse_norm = ctr_sparse_norm;
+  to.ctr_dot = ctr_dot;
+  static const int sparse_kinds[] = {PS_OPTIMIZER_SGD, PS_OPTIMIZER_ADAGRAD,
+                                     PS_OPTIMIZER_FTRL};
+  to.ctr_sparse_optimizer = sparse_kinds[ctr_sparse_opt];
+  to.ctr_sparse_lr = ctr_sparse_lr;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

@@ -21,6 +21,7 @@
 #include "worker/metrics_csv.h"
 #include "worker/model/net.h"
 #include "worker/progress.h"
+#include "worker/trainer_ctr.h"
 
 /* How often the progress line (opts.progress_line) is drawn: often enough
  * to look live, rarely enough to cost nothing next to a step. */
@@ -71,6 +72,8 @@ struct ps_trainer_s {
   /* The current step's time in pulls and pushes (for the stats). */
   uint64_t step_pull_ns, step_push_ns;
   ps_metrics_csv_t *csv; /* --metrics-csv; NULL: none */
+  /* model PS_NET_CTR: its own loop, to which every call is handed. */
+  ps__trainer_ctr_t *ctr;
 };
 
 static void trainer_fail(ps_trainer_t *t, const char *fmt, ...)
@@ -134,6 +137,10 @@ void ps_trainer_opts_init(ps_trainer_opts_t *o) {
   o->push = PS_PUSH_AUTO;
   o->max_steps = 0;
   o->eval_every_epoch = 1;
+  o->ctr_embed_dim = PS_TRAINER_DEFAULT_CTR_EMBED_DIM;
+  o->ctr_hidden = PS_TRAINER_DEFAULT_CTR_HIDDEN;
+  o->ctr_sparse_scale = PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE;
+  o->ctr_sparse_norm = 1;
   o->progress_s = PS_TRAINER_DEFAULT_PROGRESS_MS / 1000.0;
   ps_client_opts_init(&o->client);
   o->client.scheduler = PS_DEFAULT_SCHEDULER;
@@ -250,7 +257,8 @@ static int check_opts(ps_trainer_t *t) {
     trainer_fail(t, "threads %d must be >= 0", o->threads);
     return PS_ERR_CONFIG;
   }
-  if (o->model != PS_NET_MLP && o->model != PS_NET_CNN) {
+  if (o->model != PS_NET_MLP && o->model != PS_NET_CNN &&
+      o->model != PS_NET_CTR) {
     trainer_fail(t, "unknown model %d", (int)o->model);
     return PS_ERR_CONFIG;
   }
@@ -277,6 +285,21 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   t->o = *o;
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
+  if (o->model == PS_NET_CTR) {
+    const char *no = o->dump_path              ? "dump-weights"
+                     : o->metrics_csv_path     ? "metrics-csv"
+                     : o->push == PS_PUSH_LAYER ? "push layer"
+                                                : NULL;
+    if (no != NULL) {
+      trainer_fail(t, "--%s is not supported with --model ctr", no);
+      rc = PS_ERR_CONFIG;
+      goto fail;
+    }
+    t->ctr = ps__trainer_ctr_new(o, &t->res, &rc, t->errmsg,
+                                 sizeof(t->errmsg));
+    if (t->ctr == NULL) goto fail;
+    return t;
+  }
   if (o->metrics_csv_path && o->metrics_csv_path[0]) {
     char why[1200];
     t->csv = ps_metrics_csv_open(o->metrics_csv_path, why, sizeof(why));
@@ -471,6 +494,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   t->res.rank = t->rank;
   t->res.test_accuracy = -1.0;
   t->res.test_loss = -1.0;
+  t->res.test_auc = -1.0;
   t->res.train_loss = -1.0;
   return t;
 
@@ -484,6 +508,7 @@ fail:
 void ps_trainer_destroy(ps_trainer_t **t_p) {
   if (t_p == NULL || *t_p == NULL) return;
   ps_trainer_t *t = *t_p;
+  ps__trainer_ctr_destroy(&t->ctr);
   ps_client_destroy(&t->client);
   ps_metrics_csv_close(&t->csv);
   ps_net_destroy(&t->net);
@@ -507,7 +532,7 @@ const ps_trainer_result_t *ps_trainer_result(const ps_trainer_t *t) {
 }
 
 const char *ps_trainer_errmsg(const ps_trainer_t *t) {
-  return t->errmsg;
+  return t->ctr ? ps__trainer_ctr_errmsg(t->ctr) : t->errmsg;
 }
 
 static int stop_signal(const ps_trainer_t *t) {
@@ -808,6 +833,7 @@ static double run_rate(const ps_trainer_t *t, uint64_t train_ns, uint64_t step,
 }
 
 int ps_trainer_run(ps_trainer_t *t) {
+  if (t->ctr != NULL) return ps__trainer_ctr_run(t->ctr);
   ps_trainer_result_t *r = &t->res;
   const ps_trainer_opts_t *o = &t->o;
   uint64_t spe = r->steps_per_epoch;

@@ -55,6 +55,9 @@
 #define PS_TRAINER_DEFAULT_THREADS 1
 #define PS_TRAINER_DEFAULT_DEVICE "auto"
 #define PS_TRAINER_DEFAULT_PROGRESS_MS 2000
+#define PS_TRAINER_DEFAULT_CTR_EMBED_DIM 16
+#define PS_TRAINER_DEFAULT_CTR_HIDDEN "256,128"
+#define PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE 0.5
 #include "worker/model/net.h"
 
 typedef struct ps_trainer_s ps_trainer_t;
@@ -152,6 +155,27 @@ typedef struct {
   const char *metrics_address;
   /* The run's figures as CSV (worker/metrics_csv.h); NULL: none. */
   const char *metrics_csv_path;
+  /* model PS_NET_CTR (worker/trainer_ctr.h): Criteo text files (plain or
+   * gzip; NULL: data_dir/train.txt[.gz], data_dir/test.txt[.gz]), the
+   * embedding dim, the hidden layers ("256,128"), the id space of hashed
+   * categorical ids (0: 64-bit), and the factor on sparse rows' gradients
+   * (their learning rate relative to the dense weights'). */
+  const char *ctr_train;
+  const char *ctr_test;
+  uint32_t ctr_embed_dim;
+  const char *ctr_hidden;
+  uint64_t ctr_id_space;
+  double ctr_sparse_scale;
+  /* 1: a sparse row's gradient is the mean over its occurrences in the
+   * batch, not its share of the batch mean (worker/trainer_ctr.c). */
+  int ctr_sparse_norm;
+  /* 1: the embeddings' pairwise dot products go into the MLP too. */
+  int ctr_dot;
+  /* The sparse tables' own optimizer, applied by the servers:
+   * PS_OPTIMIZER_SGD (the model's, default), _ADAGRAD or _FTRL, with
+   * ctr_sparse_lr (FTRL: alpha; beta 1, --l1 and --l2). */
+  int ctr_sparse_optimizer;
+  double ctr_sparse_lr;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those
@@ -159,6 +183,7 @@ typedef struct {
 typedef struct {
   double test_accuracy;
   double test_loss;
+  double test_auc;        /* model ctr only; else negative */
   double train_loss;      /* mean batch loss of the last (partial) epoch */
   double samples_per_sec; /* all workers' samples over training time */
   double wall_seconds;    /* the training loop, evaluations included */

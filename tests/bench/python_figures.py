@@ -7,7 +7,10 @@
    process of batch 64 (the same global step, no servers);
 2. the cost of one blocking push and one blocking pull from Python against
    C, at 4 KiB and 1 MiB: ps.Client's loop against ps-bench's (window 1),
-   each against 1 server and 1 client, ASP, no replica; median per call.
+   each against 1 server and 1 client, ASP, no replica; median per call,
+   in --rounds alternating rounds (Python, C, Python, C, ...) so that a
+   shared machine's load drifting over the run falls on both sides; the
+   figure is the median over rounds of each round's difference.
 
     PYTHONPATH=build/python PS_BIN_DIR=build/bin \\
         python3 tests/bench/python_figures.py [--steps 600]
@@ -86,10 +89,10 @@ def torch_alone(steps, tmp):
 SIZES = {"4K": 1024, "1M": 262144}
 
 
-def python_calls(tmp, reps=2000, seconds=3.0):
+def python_calls(tmp, reps=2000, seconds=1.0):
     out = {}
-    with Cluster(1, 1, "asp", replication=1,
-                 log_dir=os.path.join(tmp, "calls")) as c:
+    with Cluster(1, 1, "asp", replication=1, secure=False,
+                 log_dir=tempfile.mkdtemp(dir=tmp, prefix="calls.")) as c:
         total = max(SIZES.values())
         m = ps.Model([ps.Tensor("w", total)], learning_rate=1e-6)
         with ps.Client(scheduler=c.endpoint, model=m) as cl:
@@ -116,7 +119,7 @@ def c_calls():
                         "--replication", "1", "--ops", "push,pull",
                         "--sizes", "4K,1M", "--windows", "1", "--pull-copy",
                         "--json"], capture_output=True, text=True,
-                       timeout=600, env=ENV1)
+                       timeout=600, env=dict(ENV1, PS_INSECURE="true"))
     out = {}
     for line in r.stdout.splitlines():
         if line.startswith("{"):
@@ -131,23 +134,34 @@ def c_calls():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls-only", action="store_true",
+                    help="only the per-call figures (part 2)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ps-pyfig.")
     print(f"logs in {tmp}", file=sys.stderr)
-    py = torch_cluster(a.steps, tmp)
-    cc = c_cluster(a.steps, tmp)
-    alone = torch_alone(a.steps, tmp)
-    print(f"MLP, BSP, {a.steps} steps of 64 samples:")
-    print(f"  PyTorch, 2 servers + 2 workers x 32  {py:9.0f} samples/s")
-    print(f"  C ps-worker, 2 servers + 2 workers   {cc:9.0f} samples/s")
-    print(f"  PyTorch, one process, batch 64       {alone:9.0f} samples/s")
-    calls = python_calls(tmp)
-    c = c_calls()
-    print("one blocking call, 1 server, 1 client, ASP, no replica, median:")
-    print("  op   size   python us   C us   python - C")
-    for key, us in calls.items():
-        print(f"  {key[0]:4s} {key[1]:4s} {us:10.1f} {c[key]:7.1f} "
-              f"{us - c[key]:10.1f}")
+    if not a.calls_only:
+        py = torch_cluster(a.steps, tmp)
+        cc = c_cluster(a.steps, tmp)
+        alone = torch_alone(a.steps, tmp)
+        print(f"MLP, BSP, {a.steps} steps of 64 samples:")
+        print(f"  PyTorch, 2 servers + 2 workers x 32  {py:9.0f} samples/s")
+        print(f"  C ps-worker, 2 servers + 2 workers   {cc:9.0f} samples/s")
+        print(f"  PyTorch, one process, batch 64       {alone:9.0f} samples/s")
+    rounds = []
+    for _ in range(a.rounds):
+        rounds.append((python_calls(tmp), c_calls()))
+    print(f"one blocking call, 1 server, 1 client, ASP, no replica; medians "
+          f"over {a.rounds} alternating rounds (each round's median per "
+          f"call):")
+    print("  op   size   python us   C us   python - C (min..max of rounds)")
+    for key in rounds[0][0]:
+        py_us = [r[0][key] for r in rounds]
+        c_us = [r[1][key] for r in rounds]
+        diff = [p - c for p, c in zip(py_us, c_us)]
+        print(f"  {key[0]:4s} {key[1]:4s} {np.median(py_us):10.1f} "
+              f"{np.median(c_us):7.1f} {np.median(diff):10.1f} "
+              f"({min(diff):.1f}..{max(diff):.1f})")
 
 if __name__ == "__main__":
     main()

@@ -80,7 +80,7 @@ wait_exit() {
 "$cmake" --install "$build" --prefix "$prefix" >"$dir/install.log" 2>&1 ||
   fail "cmake --install failed (see $dir/install.log)"
 
-programs=(ps-scheduler ps-server ps-worker psctl ps-bench)
+programs=(ps-scheduler ps-server ps-worker psctl ps-bench ps-datagen)
 for p in "${programs[@]}"; do
   [ -x "$prefix/bin/$p" ] || fail "bin/$p not installed"
   if ldd "$prefix/bin/$p" | grep -q "not found"; then

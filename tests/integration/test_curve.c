@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -566,6 +567,59 @@ static int pattern_on_wire(h_cluster_t *c, const char *keys) {
   return seen;
 }
 
+/* --max-connections: a scheduler holding 2 connections (two psctl top
+ * sessions, each on one connection for as long as it runs) refuses the
+ * handshake of a third, which gets no answer; once a session ends the
+ * next one is admitted. Counted and logged. */
+START_TEST(connection_cap) {
+  h_cluster_t c;
+  h_init(&c, "curve_cap");
+  const char *dir = cluster_keys(&c);
+  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--keys-dir",
+                            dir, "--bind", c.sched_ep, "--servers", "1",
+                            "--workers", "1", "--max-connections", "2", NULL);
+  ck_assert_msg(h_wait_log(sched->log, "event=listening", 10000),
+                "scheduler did not start");
+  h_proc_t *top[2];
+  for (int i = 0; i < 2; i++) {
+    char name[16];
+    snprintf(name, sizeof(name), "top%d", i);
+    top[i] = h_spawn(&c, name, "psctl", "--scheduler", c.sched_ep,
+                     "--keys-dir", dir, "--timeout-ms", "5000", "--json",
+                     "--interval-ms", "200", "top", NULL);
+    /* Answered once: its connection is held. */
+    ck_assert_msg(h_wait_log(top[i]->log, "\"epoch\"", 15000),
+                  "psctl top %d got no answer", i);
+  }
+  int st;
+  char *out = h_run(&c, 15000, &st, "psctl", "--scheduler", c.sched_ep,
+                    "--keys-dir", dir, "--timeout-ms", "1500", "status",
+                    NULL);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                "a third connection was served: %s", out ? out : "");
+  free(out);
+  ck_assert_msg(h_wait_log(sched->log, "event=connections_refused", 5000),
+                "the refusal was not logged");
+  ck_assert_msg(count_in_file(sched->log, "max_connections=2") >= 1,
+                "the log line does not name the cap");
+  /* One session ends: the next connection is admitted. */
+  kill(top[0]->pid, SIGTERM);
+  ck_assert(h_wait_exit(top[0], 5000));
+  int served = 0;
+  uint64_t end = h_deadline_ms(15000);
+  while (!served && h_now_ms() < end) {
+    out = h_run(&c, 15000, &st, "psctl", "--scheduler", c.sched_ep,
+                "--keys-dir", dir, "--timeout-ms", "2000", "status", NULL);
+    served = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    free(out);
+  }
+  ck_assert_msg(served, "no connection admitted after one closed");
+  out = admin_psctl(&c, dir, "stop", &st);
+  free(out);
+  h_kill_all(&c);
+}
+END_TEST
+
 START_TEST(no_plaintext_on_the_wire) {
   h_cluster_t c;
   h_init(&c, "curve_wire");
@@ -585,6 +639,7 @@ int main(void) {
   tcase_add_test(tc, keygen_files_and_refusals);
   tcase_add_test(tc, unknown_key_gets_no_service);
   tcase_add_test(tc, worker_key_may_not);
+  tcase_add_test(tc, connection_cap);
   tcase_add_test(tc, no_plaintext_on_the_wire);
   tcase_add_test(tc, keyed_job_trains_the_same);
   suite_add_tcase(s, tc);

@@ -23,6 +23,7 @@ static const struct {
     {"ps-worker", "epochs", "--batch-size"},
     {"psctl", "timeout-ms", "--wait-ms"},
     {"ps-bench", "reps", "--windows"},
+    {"ps-datagen", "train", "--vocab-max"},
 };
 #define NPROGRAMS (sizeof(programs) / sizeof(programs[0]))
 

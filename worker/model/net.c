@@ -18,11 +18,16 @@ struct ps_net_s {
 };
 
 const char *ps_net_kind_name(ps_net_kind_t kind) {
-  return kind == PS_NET_CNN ? "cnn" : "mlp";
+  return kind == PS_NET_CNN ? "cnn" : kind == PS_NET_CTR ? "ctr" : "mlp";
 }
 
 ps_net_t *ps_net_new(ps_compute_t *c, const ps_net_opts_t *o, char *err,
                      size_t errlen) {
+  if (o->kind == PS_NET_CTR) {
+    snprintf(err, errlen,
+             "net: model ctr is no image classifier (worker/model/ctr.h)");
+    return NULL;
+  }
   if (o->kind != PS_NET_MLP && o->kind != PS_NET_CNN) {
     snprintf(err, errlen, "net: unknown model kind %d", (int)o->kind);
     return NULL;

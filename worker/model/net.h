@@ -23,6 +23,10 @@ typedef struct ps_net_s ps_net_t;
 typedef enum {
   PS_NET_MLP = 0, /* 784-256-128-10, Glorot */
   PS_NET_CNN = 1, /* 2 x (conv 3x3 pad 1, ReLU, max pool 2), 3136-128-10 */
+  /* Click-through rate on Criteo rows (worker/model/ctr.h): not an image
+   * classifier, so not a ps_net_t (ps_net_new refuses it); ps-worker's
+   * trainer hands it to worker/trainer_ctr.h. */
+  PS_NET_CTR = 2,
 } ps_net_kind_t;
 
 typedef struct {
@@ -34,7 +38,7 @@ typedef struct {
   size_t max_batch;
 } ps_net_opts_t;
 
-/* "mlp" or "cnn". */
+/* "mlp", "cnn" or "ctr". */
 const char *ps_net_kind_name(ps_net_kind_t kind);
 
 /* Creates the model on c (which must outlive it). Returns NULL with err

@@ -108,6 +108,8 @@ class Cluster:
         env = dict(os.environ)
         if self.keys_dir:
             env["PS_KEYS_DIR"] = self.keys_dir
+        else:  # plaintext, asked for: the programs refuse it otherwise
+            env["PS_INSECURE"] = "true"
         return env
 
     def start_server(self, i, extra=()):
