@@ -105,6 +105,10 @@ typedef struct {
    * of up to sparse_keys keys drawn from [0, sparse_space). */
   uint32_t sparse_dim;
   uint64_t sparse_keys, sparse_space;
+  /* > 0: ids of a call are the first sparse_keys distinct ones of draws
+   * from a Zipf law of this exponent over the space (rank r -> a hashed
+   * id), as a batch's distinct ids are; 0: uniform. */
+  double sparse_zipf;
   const char *keys_dir; /* CURVE: the cluster's keys; NULL: plaintext */
 } ps_bench_client_args_t;
 

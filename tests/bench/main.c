@@ -45,6 +45,7 @@ typedef struct {
   int64_t servers_opt, clients_opt, reps, rep_ms, warmup_ms, apply_mb,
       chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space,
       replication;
+  double sparse_zipf;
   int baseline, json, quick, log_level, pull_copy, curve;
   char *keys_dir_opt; /* --keys-dir: an outside cluster's keys */
   /* parsed */
@@ -333,9 +334,8 @@ static int start_daemons(void) {
     char name[32];
     snprintf(name, sizeof(name), "server%d", i);
     snprintf(log, sizeof(log), "%s/%s.log", B.run_dir, name);
-    char *argv[] = {path,          "--scheduler", B.sched_ep,
-                    "--log-level", (char *)level, sec1,
-                    sec2,          NULL};
+    char *argv[] = {path,          "--scheduler", B.sched_ep, "--log-level",
+                    (char *)level, sec1,          sec2,       NULL};
     if (access(path, X_OK) != 0 || !ps_bench_spawn(name, log, argv)) {
       fail_msg("cannot start %s: %s", path, strerror(errno));
       return -1;
@@ -415,6 +415,7 @@ static int start_clients(void) {
     a->sparse_dim = has_op(PS_BENCH_SPARSE) ? (uint32_t)B.sparse_dim : 0;
     a->sparse_keys = (uint64_t)B.sparse_keys;
     a->sparse_space = (uint64_t)B.sparse_space;
+    a->sparse_zipf = B.sparse_zipf;
     a->keys_dir = B.pass_curve ? B.keys_dir : B.keys_dir_opt;
     int fds[MAX_CLIENTS + MAX_SERVERS + 1];
     int n = parent_fds(fds);
@@ -582,20 +583,20 @@ static int run_sparse_case(void) {
   double p99 = ps_bench_hist_quantile_us(&h, 0.99);
   FILE *f = B.json ? stderr : stdout;
   fprintf(f,
-          "%-9s keys/call %llu dim %lld space %lld S %d C %d | %.0f keys/s "
-          "%.1f MB/s (%.1f-%.1f) %.0f calls/s p50 %.1f us p99 %.1f us | raw "
-          "n/a\n",
+          "%-9s keys/call %llu dim %lld space %lld zipf %.2f S %d C %d | "
+          "%.0f keys/s %.1f MB/s (%.1f-%.1f) %.0f calls/s p50 %.1f us p99 "
+          "%.1f us | raw n/a\n",
           "sparse", (unsigned long long)nkeys, (long long)B.sparse_dim,
-          (long long)B.sparse_space, B.nservers, B.nclients, keys, mbps, mmin,
-          mmax, calls, p50, p99);
+          (long long)B.sparse_space, B.sparse_zipf, B.nservers, B.nclients,
+          keys, mbps, mmin, mmax, calls, p50, p99);
   fflush(f);
   if (B.json) {
     printf(
         "{\"op\":\"sparse\",\"supported\":true,\"keys\":%llu,"
-        "\"dim\":%lld,\"space\":%lld,\"servers\":%d,\"clients\":%d,"
-        "\"reps\":%d,\"size\":%llu,\"window\":1",
+        "\"dim\":%lld,\"space\":%lld,\"zipf\":%g,\"servers\":%d,"
+        "\"clients\":%d,\"reps\":%d,\"size\":%llu,\"window\":1",
         (unsigned long long)nkeys, (long long)B.sparse_dim,
-        (long long)B.sparse_space, B.nservers, B.nclients, reps,
+        (long long)B.sparse_space, B.sparse_zipf, B.nservers, B.nclients, reps,
         (unsigned long long)(nkeys * (8 + 4 * (uint64_t)B.sparse_dim)));
     json_num(stdout, "keys_per_s", keys, 1);
     json_num(stdout, "mbps", mbps, 1);
@@ -806,6 +807,11 @@ static int setup_options(int argc, char **argv, int *go_on) {
        1099511627776.0, NULL,
        "Ids of the sparse op are drawn from [0, this); at least "
        "--sparse-keys."},
+      {"sparse-zipf", PS_OPT_DOUBLE, &B.sparse_zipf, "0", 0, 10, NULL,
+       "Exponent of a Zipf law the sparse op's ids follow over "
+       "--sparse-space ranks (each call: the first --sparse-keys distinct "
+       "ids drawn, as a batch's distinct ids; hot ids hashed across the "
+       "servers); 0: uniform."},
       {"timeout-ms", PS_OPT_INT, &B.timeout_ms,
        PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 100, 3600000, NULL,
        "Deadline of one client call, and slack for every wait."},
@@ -850,8 +856,9 @@ static int setup_options(int argc, char **argv, int *go_on) {
                             "option --chunk-bytes: %lld is not a multiple of 4",
                             (long long)B.chunk_bytes);
   if (B.curve && B.local == NULL)
-    return ps_config_refuse(&cfg, "option --curve: needs --local (the bench "
-                                  "starts both clusters)");
+    return ps_config_refuse(&cfg,
+                            "option --curve: needs --local (the bench "
+                            "starts both clusters)");
   if ((B.local != NULL) == (B.scheduler != NULL))
     return ps_config_refuse(
         &cfg, "give exactly one of --local S,W and --scheduler EP");
@@ -914,8 +921,8 @@ int main(int argc, char **argv) {
   }
   /* --curve: the same cases on a plaintext cluster, then on a CURVE one
    * (keys made in the run directory), so the two compare in one run. */
-  for (int pass = 0; dense && pass < (B.curve ? 2 : 1) && !B.failed &&
-                     !ps_bench_interrupted;
+  for (int pass = 0;
+       dense && pass < (B.curve ? 2 : 1) && !B.failed && !ps_bench_interrupted;
        pass++) {
     if (pass == 1) {
       stop_cluster();
@@ -926,8 +933,8 @@ int main(int argc, char **argv) {
         char kerr[512];
         ps_key_role_t role;
         ps_key_role_parse(roles[r], &role);
-        if (ps_keys_generate(B.keys_dir, roles[r], role, kerr,
-                             sizeof(kerr)) != PS_OK) {
+        if (ps_keys_generate(B.keys_dir, roles[r], role, kerr, sizeof(kerr)) !=
+            PS_OK) {
           fail_msg("keygen: %s", kerr);
           goto out;
         }

@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -388,6 +389,89 @@ static int run_raw(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
 
 /* ---- the client process ---- */
 
+/* Zipf's law over ranks 1..n with exponent s, by rejection-inversion
+ * (Hormann and Derflinger 1996): O(1) per draw, no table, any n. */
+typedef struct {
+  double s, n, hx1, hxn, s2;
+} zipf_t;
+
+static double zipf_helper1(double x) { /* log1p(x) / x */
+  return fabs(x) > 1e-8 ? log1p(x) / x
+                        : 1 - x * (0.5 - x * (1.0 / 3 - 0.25 * x));
+}
+
+static double zipf_helper2(double x) { /* expm1(x) / x */
+  return fabs(x) > 1e-8 ? expm1(x) / x
+                        : 1 + x * 0.5 * (1 + x * (1.0 / 3) * (1 + 0.25 * x));
+}
+
+static double zipf_h(const zipf_t *z, double x) {
+  return exp(-z->s * log(x));
+}
+
+static double zipf_hint(const zipf_t *z, double x) {
+  double lx = log(x);
+  return zipf_helper2((1 - z->s) * lx) * lx;
+}
+
+static double zipf_hinv(const zipf_t *z, double x) {
+  double t = x * (1 - z->s);
+  if (t < -1) t = -1;
+  return exp(zipf_helper1(t) * x);
+}
+
+static void zipf_init(zipf_t *z, double s, uint64_t n) {
+  z->s = s;
+  z->n = (double)n;
+  z->hx1 = zipf_hint(z, 1.5) - 1;
+  z->hxn = zipf_hint(z, z->n + 0.5);
+  z->s2 = 2 - zipf_hinv(z, zipf_hint(z, 2.5) - zipf_h(z, 2));
+}
+
+static uint64_t xorshift(uint64_t *rng) {
+  *rng ^= *rng << 13, *rng ^= *rng >> 7, *rng ^= *rng << 17;
+  return *rng;
+}
+
+/* A rank in [1, n]. */
+static uint64_t zipf_draw(const zipf_t *z, uint64_t *rng) {
+  for (;;) {
+    double u01 = (double)(xorshift(rng) >> 11) * 0x1p-53;
+    double u = z->hxn + u01 * (z->hx1 - z->hxn);
+    double x = zipf_hinv(z, u);
+    double k = floor(x + 0.5);
+    if (k < 1) k = 1;
+    if (k > z->n) k = z->n;
+    if (k - x <= z->s2 || u >= zipf_hint(z, k + 0.5) - zipf_h(z, k))
+      return (uint64_t)k;
+  }
+}
+
+/* A rank's id: hashed, so the hot ranks spread over the servers. */
+static uint64_t zipf_id(uint64_t rank) {
+  uint64_t x = rank * 0x9e3779b97f4a7c15ull;
+  x ^= x >> 31, x *= 0xbf58476d1ce4e5b9ull, x ^= x >> 29;
+  return x;
+}
+
+/* keys[0, nkeys): the first nkeys distinct ids of Zipf draws; set is an
+ * open-addressed table of 2 * cap slots (0 marks empty: ids are hashes of
+ * ranks >= 1, and one that hashes to 0 is drawn again). */
+static void zipf_keys(const zipf_t *z, uint64_t *rng, uint64_t *keys,
+                      uint64_t nkeys, uint64_t *set, uint64_t slots) {
+  memset(set, 0, slots * sizeof(*set));
+  uint64_t got = 0;
+  while (got < nkeys) {
+    uint64_t id = zipf_id(zipf_draw(z, rng));
+    if (id == 0) continue;
+    uint64_t i = id & (slots - 1);
+    while (set[i] != 0 && set[i] != id) i = (i + 1) & (slots - 1);
+    if (set[i] == id) continue;
+    set[i] = id;
+    keys[got++] = id;
+  }
+}
+
 /* The sparse op: each call pushes, then pulls, the rows of nkeys random
  * distinct ids. Ids are stratified (one per slice of the id space, at a
  * random place in it) so they are distinct without a set, then shuffled so
@@ -413,12 +497,25 @@ static int run_sparse(runner_t *r, const ps_bench_client_args_t *a,
   /* Gradients of zero: the rows stay put, the update still runs. */
   memset(vals, 0, nkeys * dim * sizeof(float));
   uint64_t rng = ps_now_ns() | 1, slice = a->sparse_space / nkeys;
+  zipf_t z;
+  uint64_t *set = NULL, slots = 1;
+  if (a->sparse_zipf > 0) {
+    zipf_init(&z, a->sparse_zipf, a->sparse_space);
+    while (slots < 2 * nkeys) slots <<= 1;
+    if ((set = malloc(slots * sizeof(*set))) == NULL) {
+      free(keys), free(vals), free(out);
+      snprintf(r->errmsg, sizeof(r->errmsg), "out of memory");
+      return -1;
+    }
+  }
   uint64_t start = ps_now_ns(), end = start + duration_ns;
   int rc = 0;
   while (rc == 0 && ps_now_ns() < end) {
-    for (uint64_t i = 0; i < nkeys; i++) {
-      rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-      keys[i] = i * slice + rng % slice;
+    if (set) {
+      zipf_keys(&z, &rng, keys, nkeys, set, slots);
+    } else {
+      for (uint64_t i = 0; i < nkeys; i++)
+        keys[i] = i * slice + xorshift(&rng) % slice;
     }
     for (uint64_t i = nkeys - 1; i > 0; i--) {
       rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -445,7 +542,7 @@ static int run_sparse(runner_t *r, const ps_bench_client_args_t *a,
   t->elapsed_ns = ps_now_ns() - start;
   t->requests = t->ops;
   t->bytes = t->ops * nkeys * (sizeof(uint64_t) + dim * sizeof(float));
-  free(keys), free(vals), free(out);
+  free(keys), free(vals), free(out), free(set);
   return rc;
 }
 
