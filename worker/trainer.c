@@ -159,6 +159,24 @@ static uint32_t rng_below(uint64_t *state, uint32_t bound) {
   return (uint32_t)(((unsigned __int128)rng_next(state) * bound) >> 64);
 }
 
+void ps_trainer_goodbye(ps_client_t *c, int rc, int stopped, int sig,
+                        const char *errmsg) {
+  int drc;
+  if (rc != PS_OK) {
+    char reason[128];
+    snprintf(reason, sizeof(reason), "worker failed: %.100s", errmsg);
+    drc = ps_client_leave(c, reason);
+  } else if (stopped && sig) {
+    drc = ps_client_leave(c, sig == SIGINT ? "stopped by SIGINT"
+                                           : "stopped by SIGTERM");
+  } else {
+    drc = ps_client_done(c);
+  }
+  if (drc != PS_OK && rc == PS_OK && !stopped)
+    PS_WARN("done_failed", "error=%s msg=\"%s\"", ps_err_name(drc),
+            ps_client_errmsg(c));
+}
+
 float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
                            uint64_t total_steps) {
   ps_lr_schedule_spec_t s = {.kind = schedule == PS_LR_COSINE
@@ -1071,22 +1089,8 @@ int ps_trainer_run(ps_trainer_t *t) {
   /* Done when the job is over; Leave when this worker quits before that
    * (signal, error), which tells the scheduler to end the job rather than
    * let the others wait for a worker that will not come back. */
-  if (t->client != NULL) {
-    int drc;
-    if (rc != PS_OK) {
-      char reason[128];
-      snprintf(reason, sizeof(reason), "worker failed: %.100s", t->errmsg);
-      drc = ps_client_leave(t->client, reason);
-    } else if (r->stopped && sig) {
-      drc = ps_client_leave(t->client, sig == SIGINT ? "stopped by SIGINT"
-                                                     : "stopped by SIGTERM");
-    } else {
-      drc = ps_client_done(t->client);
-    }
-    if (drc != PS_OK && rc == PS_OK && !r->stopped)
-      PS_WARN("done_failed", "error=%s msg=\"%s\"", ps_err_name(drc),
-              ps_client_errmsg(t->client));
-  }
+  if (t->client != NULL)
+    ps_trainer_goodbye(t->client, rc, r->stopped, sig, t->errmsg);
   if (rc != PS_OK) return rc;
 
   /* How many of a step's layer pushes were on the wire together: every

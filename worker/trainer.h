@@ -221,6 +221,13 @@ const char *ps_trainer_errmsg(const ps_trainer_t *t);
 /* Sends Done if connected, frees everything, sets *t_p to NULL. */
 void ps_trainer_destroy(ps_trainer_t **t_p);
 
+/* Ends a worker's membership: Leave with the reason when the run failed
+ * (rc) or a signal (sig) stopped it, which tells the scheduler to end the
+ * job rather than let the others wait; Done when it finished. A failed
+ * Done of a finished run is logged. */
+void ps_trainer_goodbye(ps_client_t *c, int rc, int stopped, int sig,
+                        const char *errmsg);
+
 /* The schedule's factor on the learning rate at global step step of a run
  * of total_steps steps (epochs x steps per epoch). */
 float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,

@@ -650,22 +650,8 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   if (rc == PS_OK && !r->stopped && evaluator && o->report_path)
     rc = write_report(t);
   int sig = stop_signal(t);
-  if (t->client != NULL) {
-    int drc;
-    if (rc != PS_OK) {
-      char reason[128];
-      snprintf(reason, sizeof(reason), "worker failed: %.100s", t->errmsg);
-      drc = ps_client_leave(t->client, reason);
-    } else if (r->stopped && sig) {
-      drc = ps_client_leave(t->client, sig == SIGINT ? "stopped by SIGINT"
-                                                     : "stopped by SIGTERM");
-    } else {
-      drc = ps_client_done(t->client);
-    }
-    if (drc != PS_OK && rc == PS_OK && !r->stopped)
-      PS_WARN("done_failed", "error=%s msg=\"%s\"", ps_err_name(drc),
-              ps_client_errmsg(t->client));
-  }
+  if (t->client != NULL)
+    ps_trainer_goodbye(t->client, rc, r->stopped, sig, t->errmsg);
   if (rc != PS_OK) return rc;
   int ev = evaluator && evaluated_at == step && step > 0;
   PS_INFO("train_done",
