@@ -400,6 +400,23 @@ static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
   }
 }
 
+/* A queued entry that answers the worker's request (route, request_id)
+ * once every backup acked it; NULL on no memory. */
+static entry_t *entry_for_reply(ps_repl_t *r, uint64_t begin, uint64_t end,
+                                zmq_msg_t *route, uint64_t request_id,
+                                uint32_t worker, uint64_t clock_after,
+                                uint64_t *id) {
+  entry_t *e = entry_push(r, begin, end, id);
+  if (e == NULL) return NULL;
+  e->has_route = 1;
+  zmq_msg_init(&e->route);
+  zmq_msg_copy(&e->route, route);
+  e->request_id = request_id;
+  e->worker = worker;
+  e->clock = clock_after;
+  return e;
+}
+
 int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
                  uint64_t request_id, uint64_t clock_after, int duplicate,
                  uint32_t worker, const Ps__Push *p, zmq_msg_t *payload) {
@@ -412,14 +429,9 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
     return PS_OK;
   }
   uint64_t id;
-  entry_t *e = entry_push(r, begin, end, &id);
+  entry_t *e = entry_for_reply(r, begin, end, route, request_id, worker,
+                               clock_after, &id);
   if (e == NULL) return PS_ERR_NOMEM;
-  e->has_route = 1;
-  zmq_msg_init(&e->route);
-  zmq_msg_copy(&e->route, route);
-  e->request_id = request_id;
-  e->worker = worker;
-  e->clock = clock_after;
   e->duplicate = duplicate;
   if (!duplicate && c != NULL && c->n > 0) {
     Ps__Replicate rep = PS__REPLICATE__INIT;
@@ -449,14 +461,9 @@ int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
     return PS_OK;
   }
   uint64_t id;
-  entry_t *e = entry_push(r, begin, end, &id);
+  entry_t *e = entry_for_reply(r, begin, end, route, request_id, worker,
+                               clock_after, &id);
   if (e == NULL) return PS_ERR_NOMEM;
-  e->has_route = 1;
-  zmq_msg_init(&e->route);
-  zmq_msg_copy(&e->route, route);
-  e->request_id = request_id;
-  e->worker = worker;
-  e->clock = clock_after;
   if (c != NULL && c->n > 0) {
     Ps__Replicate rep = PS__REPLICATE__INIT;
     rep.range_begin = begin;
