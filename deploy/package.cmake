@@ -1,4 +1,4 @@
-# The Debian package (cpack -G DEB): the five programs, libps-client with
+# The Debian package (cpack -G DEB): the six programs, libps-client with
 # its headers and ps-client.pc, the systemd units, example configs in
 # /etc/ps (conffiles), and a ps system user made by postinst.
 #
@@ -56,10 +56,10 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY
     "parameter server for data-parallel training")
 set(CPACK_PACKAGE_DESCRIPTION
     "A scheduler, servers and workers that train a model together over
-ZeroMQ: ps-scheduler, ps-server, ps-worker, psctl and ps-bench, the
-libps-client library with its headers, and systemd units
-(ps-scheduler.service, ps-server@.service, ps-worker@.service) configured
-from /etc/ps.")
+ZeroMQ: ps-scheduler, ps-server, ps-worker, psctl, ps-bench and
+ps-datagen, the libps-client library with its headers, the Python package
+ps, and systemd units (ps-scheduler.service, ps-server@.service,
+ps-worker@.service) configured from /etc/ps.")
 set(CPACK_GENERATOR DEB)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT) # ps_<version>_<arch>.deb
 set(CPACK_DEBIAN_PACKAGE_SECTION science)

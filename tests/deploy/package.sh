@@ -14,7 +14,7 @@ nice cmake -S "$src" -B "$tree" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SKIP_INSTALL_RPATH=ON -DCMAKE_SKIP_INSTALL_ALL_DEPENDENCY=ON \
   -DPS_WERROR=ON >/dev/null
 nice cmake --build "$tree" -j2 --target ps-scheduler ps-server ps-worker \
-  psctl ps-bench ps-client ps-python >/dev/null
+  psctl ps-bench ps-datagen ps-client ps-python >/dev/null
 rm -f "$tree"/ps_*.deb
 (cd "$tree" && cpack -G DEB >/dev/null)
 deb=$(ls "$tree"/ps_*_amd64.deb)
@@ -25,7 +25,7 @@ echo "package: $(basename "$deb"), $(stat -c %s "$deb") bytes, built in $(($(dat
 status=0
 contents=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
 for f in /usr/bin/ps-scheduler /usr/bin/ps-server /usr/bin/ps-worker \
-  /usr/bin/psctl /usr/bin/ps-bench \
+  /usr/bin/psctl /usr/bin/ps-bench /usr/bin/ps-datagen \
   /usr/lib/x86_64-linux-gnu/libps-client.so.0 \
   /usr/lib/x86_64-linux-gnu/libps-client.so /usr/include/ps/client.h \
   /usr/lib/x86_64-linux-gnu/pkgconfig/ps-client.pc \
