@@ -959,6 +959,8 @@ void ps_server_destroy(ps_server_t **s_p) {
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_destroy(&s->ranges[i].shard);
     ps_dedup_destroy(&s->ranges[i].dedup);
+    ps__server_sparse_free_tables(&s->ranges[i].sparse,
+                                  s->ranges[i].nsparse);
     ps__server_snap_in_free(&s->ranges[i].incoming);
   }
   free(s->ranges);
