@@ -142,6 +142,32 @@ static void inflight_give(ps_server_t *s, uint32_t worker) {
     s->inflight[worker]--;
 }
 
+/* The range's duplicate window for push seq of worker (a dense or a
+ * sparse one, named by what): 1 if it is new and is to be applied; 0 if
+ * it was answered here: a resend of an applied push is acked (once the
+ * original is on every backup), one older than the window is refused. */
+static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
+                       uint32_t worker, uint64_t seq, const char *what) {
+  int seen = ps_dedup_check(r->dedup, worker, seq);
+  if (seen == PS_DEDUP_OLD) {
+    ps__server_refuse(
+        s, m, PS_ERR_REFUSED,
+        "%s seq %llu of worker %u is older than the %d this range "
+        "remembers: cannot tell whether it was applied",
+        what, (unsigned long long)seq, worker, PS_DEDUP_WINDOW);
+    return 0;
+  }
+  if (seen != PS_DEDUP_DUP) return 1;
+  if (!inflight_take(s, m, worker)) return 0;
+  /* duplicate = 1: nothing is sent to the backups, so no push body. */
+  if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                   ps_shard_clock(r->shard), 1, worker, NULL, NULL) != PS_OK) {
+    inflight_give(s, worker);
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+  }
+  return 0;
+}
+
 static void parked_free(ps_server_t *s, parked_pull_t *p) {
   inflight_give(s, p->worker);
   zmq_msg_close(&p->route);
@@ -391,24 +417,7 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   /* A resend of a push this range applied (the client resends whatever
    * was not acked after a failover or a timeout) is acked, not applied;
    * the ack still waits for the backups to hold the original. */
-  int seen = ps_dedup_check(r->dedup, worker, p->seq);
-  if (seen == PS_DEDUP_OLD) {
-    ps__server_refuse(
-        s, m, PS_ERR_REFUSED,
-        "push seq %llu of worker %u is older than the %d this range "
-        "remembers: cannot tell whether it was applied",
-        (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
-    return;
-  }
-  if (seen == PS_DEDUP_DUP) {
-    if (!inflight_take(s, m, worker)) return;
-    if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
-                     ps_shard_clock(r->shard), 1, worker, p, NULL) != PS_OK) {
-      inflight_give(s, worker);
-      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
-    }
-    return;
-  }
+  if (!push_is_new(s, m, r, worker, p->seq, "push")) return;
   /* The gradient is applied straight from the received frame (ps_msg_recv
    * checked that it holds exactly count floats). */
   const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
@@ -726,25 +735,7 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   }
   /* The range's duplicate window, as for a dense push: a resend after a
    * failover or a timeout is acked once its original is on the backups. */
-  int seen = ps_dedup_check(r->dedup, worker, p->seq);
-  if (seen == PS_DEDUP_OLD) {
-    ps__server_refuse(
-        s, m, PS_ERR_REFUSED,
-        "sparse push seq %llu of worker %u is older than the %d this range "
-        "remembers: cannot tell whether it was applied",
-        (unsigned long long)p->seq, worker, PS_DEDUP_WINDOW);
-    return;
-  }
-  if (seen == PS_DEDUP_DUP) {
-    if (!inflight_take(s, m, worker)) return;
-    if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
-                     ps_shard_clock(r->shard), 1, worker, NULL, NULL) !=
-        PS_OK) {
-      inflight_give(s, worker);
-      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
-    }
-    return;
-  }
+  if (!push_is_new(s, m, r, worker, p->seq, "sparse push")) return;
   const float *g = ps__server_aligned_floats(s, &m->payload[1],
                                              bytes / sizeof(float));
   if (g == NULL) {
