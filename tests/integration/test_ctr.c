@@ -164,6 +164,17 @@ START_TEST(ctr_malformed_line_fails) {
   snprintf(where, sizeof(where), "%s:41: field 3 (I2): \"not-a-number\"", bad);
   ck_assert_msg(strstr(out, where) != NULL, "no \"%s\" in:\n%s", where, out);
   free(out);
+  /* A sparse optimizer of the servers' has no local counterpart: refused
+   * as a bad option (exit 2), naming it, before any data is read. */
+  out = h_run(&c, 60000, &st, "ps-worker", "--standalone", "--model", "ctr",
+              "--ctr-train", bad, "--ctr-test", test_path,
+              "--ctr-sparse-optimizer", "adagrad", "--log-format", "logfmt",
+              NULL);
+  ck_assert_msg(out != NULL && WIFEXITED(st) && WEXITSTATUS(st) == 2,
+                "status %d for --standalone with adagrad rows:\n%s", st,
+                out ? out : "");
+  ck_assert_msg(strstr(out, "--standalone has SGD only") != NULL, "%s", out);
+  free(out);
 }
 END_TEST
 
