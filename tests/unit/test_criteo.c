@@ -337,9 +337,11 @@ START_TEST(test_generator) {
   for (uint64_t i = 0; i < 4000; i++) {
     uint8_t y, y2;
     float p, p2;
-    float ph;
-    size_t n = ps_ctrgen_example(g, 0, i, line, &y, &p, &ph);
-    ck_assert_float_eq(ph, p); /* no head model: the planted one */
+    float ref[PS_CTRGEN_NREF];
+    size_t n = ps_ctrgen_example(g, 0, i, line, &y, &p, ref);
+    /* No training split: the head and learnable models are the planted. */
+    ck_assert_float_eq(ref[PS_CTRGEN_REF_HEAD], p);
+    ck_assert_float_eq(ref[PS_CTRGEN_REF_LEARNABLE], p);
     ck_assert_uint_lt(n, sizeof(line));
     /* Example i is a function of (seed, split, i). */
     ck_assert_uint_eq(ps_ctrgen_example(g, 0, i, again, &y2, &p2, NULL), n);
@@ -375,15 +377,47 @@ START_TEST(test_generator) {
   uint64_t r25 = ps_ctrgen_head_rank(g, 25);
   ck_assert_msg(r25 > 1000 && r25 < 100000, "C26 head rank %llu",
                 (unsigned long long)r25);
-  size_t lower = 0;
+  size_t lower = 0, pairless = 0;
   for (uint64_t i = 0; i < 1000; i++) {
     uint8_t y;
-    float p, ph;
-    ps_ctrgen_example(g, 0, i, line, &y, &p, &ph);
-    lower += ph != p;
+    float p, ref[PS_CTRGEN_NREF];
+    ps_ctrgen_example(g, 0, i, line, &y, &p, ref);
+    lower += ref[PS_CTRGEN_REF_HEAD] != p;
+    pairless += ref[PS_CTRGEN_REF_PAIRLESS] != p;
+    ck_assert_float_eq(ref[PS_CTRGEN_REF_LEARNABLE], p); /* learn_info 0 */
   }
   ck_assert_msg(lower > 500, "head model differs in %zu of 1000", lower);
+  /* 4 pairs among fields missing 2% of the time: nearly every example. */
+  ck_assert_msg(pairless > 900, "pairless model differs in %zu of 1000",
+                pairless);
   ps_ctrgen_destroy(&g);
+
+  /* The learnable model: its logits leave the planted ones by less as the
+   * training split grows (each id's weight better estimated), and reach
+   * them when every id is seen millions of times. */
+  double gap[4];
+  const uint64_t ntrain[4] = {10000, 1000000, 100000000, 1000000000000000ull};
+  o.head_min_count = 0;
+  o.learn_info = 0.19;
+  for (int t = 0; t < 4; t++) {
+    o.head_train = ntrain[t];
+    g = ps_ctrgen_new(&o, err, sizeof(err));
+    ck_assert_ptr_nonnull(g);
+    gap[t] = 0.0;
+    for (uint64_t i = 0; i < 1000; i++) {
+      uint8_t y;
+      float p, ref[PS_CTRGEN_NREF];
+      ps_ctrgen_example(g, 1, i, line, &y, &p, ref);
+      double q = ref[PS_CTRGEN_REF_LEARNABLE];
+      gap[t] += fabs(log(q / (1 - q)) - log((double)p / (1 - p))) / 1000.0;
+    }
+    ps_ctrgen_destroy(&g);
+  }
+  ck_assert_msg(gap[0] > gap[1] && gap[1] > gap[2] && gap[2] > gap[3],
+                "logit gaps %g %g %g %g", gap[0], gap[1], gap[2], gap[3]);
+  /* 26 weights of deviation 0.3, mostly unknown at 10^4 examples. */
+  ck_assert_msg(gap[0] > 0.5, "gap at 10^4 examples %g", gap[0]);
+  ck_assert_msg(gap[3] < 0.01, "gap at 10^15 examples %g", gap[3]);
 }
 END_TEST
 

@@ -116,6 +116,8 @@ struct ps_ctrgen_s {
   /* Which pairs field f is in (bit p), so its vector is drawn once. */
   uint32_t in_pairs[PS_CTRGEN_CATEG];
   uint64_t head_rank[PS_CTRGEN_CATEG];
+  /* Expected count of rank k in the training split: count_scale k^-s. */
+  double count_scale[PS_CTRGEN_CATEG];
 };
 
 /* sum of k^-s over k in [1, n]: exact up to 10^5, the integral beyond. */
@@ -189,11 +191,11 @@ ps_ctrgen_t *ps_ctrgen_new(const ps_ctrgen_opts_t *o, char *err,
     g->id_key[f] = (uint32_t)ps_mix64(s + 101u * (uint64_t)f);
     g->cat_missing[f] = f % 6 == 5 ? 0.3 : 0.02;
     g->head_rank[f] = o->vocab[f];
+    /* Expected count of rank k: N (1 - missing) k^-s / H. */
+    g->count_scale[f] = (double)o->head_train * (1.0 - g->cat_missing[f]) /
+                        zipf_norm(o->zipf, o->vocab[f]);
     if (o->head_train > 0 && o->head_min_count > 0) {
-      /* Expected count of rank k: N (1 - missing) k^-s / H. */
-      double n = (double)o->head_train * (1.0 - g->cat_missing[f]);
-      double k = pow(n / (o->head_min_count * zipf_norm(o->zipf, o->vocab[f])),
-                     1.0 / o->zipf);
+      double k = pow(g->count_scale[f] / o->head_min_count, 1.0 / o->zipf);
       g->head_rank[f] = k < 1.0 ? 0 : k >= (double)o->vocab[f]
                                           ? o->vocab[f]
                                           : (uint64_t)k;
@@ -263,11 +265,24 @@ static uint64_t id_hash(const ps_ctrgen_t *g, int f, uint64_t k) {
   return ps_mix64(g->o.seed ^ ps_mix64(((uint64_t)f << 40) + k));
 }
 
+/* An id's weight as learnt from its expected count (the LEARNABLE
+ * reference model). */
+static double learnt_weight(const ps_ctrgen_t *g, int f, uint64_t k, uint64_t h,
+                            double w) {
+  double s2 = g->o.cat_scale * g->o.cat_scale;
+  double a =
+      g->count_scale[f] * pow((double)k, -g->o.zipf) * g->o.learn_info * s2;
+  double lambda = a / (a + 1.0);
+  return lambda * w + sqrt(lambda * (1.0 - lambda) * s2) *
+                          normal_of(h ^ 0x3c6ef372fe94f82bull);
+}
+
 size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
-                         char *line, uint8_t *label, float *p, float *p_head) {
+                         char *line, uint8_t *label, float *p, float *ref) {
   uint64_t st = ps_mix64(g->o.seed ^ ps_mix64((split << 48) ^ i));
   double z = g->o.bias;
-  double zh = 0.0; /* what the head model leaves out */
+  /* What each reference model leaves out of z. */
+  double zh = 0.0, zpairs = 0.0, zlearn = 0.0;
   char *w = line + 1; /* line[0], the label, is known last */
   for (int d = 0; d < PS_CTRGEN_DENSE; d++) {
     *w++ = '\t';
@@ -298,6 +313,7 @@ size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
     z += wk;
     int head = k <= g->head_rank[f];
     if (!head) zh += wk;
+    if (g->o.learn_info > 0.0) zlearn += wk - learnt_weight(g, f, k, h, wk);
     if (g->in_pairs[f]) {
       if (head) known |= 1u << f;
       present |= 1u << f;
@@ -312,6 +328,7 @@ size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
     double dot = 0.0;
     for (int j = 0; j < PAIR_DIM; j++) dot += vec[a][j] * vec[b][j];
     z += dot;
+    zpairs += dot;
     if (!((known >> a) & 1) || !((known >> b) & 1)) zh += dot;
   }
   double prob = 1.0 / (1.0 + exp(-z));
@@ -319,6 +336,10 @@ size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
   line[0] = (char)('0' + y);
   *label = y;
   *p = (float)prob;
-  if (p_head) *p_head = (float)(1.0 / (1.0 + exp(-(z - zh))));
+  if (ref) {
+    ref[PS_CTRGEN_REF_HEAD] = (float)(1.0 / (1.0 + exp(-(z - zh))));
+    ref[PS_CTRGEN_REF_PAIRLESS] = (float)(1.0 / (1.0 + exp(-(z - zpairs))));
+    ref[PS_CTRGEN_REF_LEARNABLE] = (float)(1.0 / (1.0 + exp(-(z - zlearn))));
+  }
   return (size_t)(w - line);
 }

@@ -46,13 +46,15 @@ typedef struct {
   uint32_t pairs;                   /* interacting field pairs, <= MAX_PAIRS */
   double bias;                      /* sets the click rate */
   double cat_scale;                 /* deviation of a per-id weight */
-  /* The head model (ps_ctrgen_example's p_head): the planted model
-   * without the ids expected fewer than head_min_count times in
-   * head_train training examples, as if their weights and interaction
-   * vectors were 0: roughly what a model can learn from that much data.
-   * head_train 0: no head model. */
+  /* The reference models' data (ps_ctrgen_example's ref[]): head_train
+   * training examples, head_min_count occurrences for the head model,
+   * learn_info the Fisher information of one example about a logit (the
+   * mean of p (1 - p) over the training split; 0: no learnable model).
+   * head_train 0 (or learn_info 0): the head (learnable) model reads as
+   * the planted one. */
   double head_min_count;
   uint64_t head_train;
+  double learn_info;
 } ps_ctrgen_opts_t;
 
 /* Seed 1, Zipf 1.1, vocabularies log-spaced from 10^2 to 10^7 over the 26
@@ -74,12 +76,34 @@ void ps_ctrgen_destroy(ps_ctrgen_t **g_p);
 /* The fields of the i-th pair, for the record of the planted model. */
 void ps_ctrgen_pair(const ps_ctrgen_t *g, uint32_t i, int *a, int *b);
 
+/* Reference models scored beside the planted one, each a ceiling on what
+ * a model trained on head_train examples can reach:
+ * - HEAD: the planted model without the ids expected fewer than
+ *   head_min_count times, as if their weights and interaction vectors
+ *   were 0 (a model that learns only the ids it sees often);
+ * - PAIRLESS: the planted model without its field-pair interactions (a
+ *   model that learns every id's weight exactly but no interaction);
+ * - LEARNABLE: every id's weight replaced by its posterior mean given its
+ *   expected count n in the training split, in the Gaussian approximation:
+ *   with prior N(0, s^2) and information n I (I = learn_info),
+ *   lambda = n I s^2 / (n I s^2 + 1) and the estimate is
+ *   lambda w + sqrt(lambda (1 - lambda)) s e, e standard normal, a pure
+ *   function of the id. The interactions and dense weights stay exact, so
+ *   it is an upper bound: no model learns the ids' weights better from
+ *   that many examples. */
+enum {
+  PS_CTRGEN_REF_HEAD,
+  PS_CTRGEN_REF_PAIRLESS,
+  PS_CTRGEN_REF_LEARNABLE,
+  PS_CTRGEN_NREF
+};
+
 /* Writes example i of split (0: train, 1: test) as one line, newline
  * included, into line (at least PS_CTRGEN_LINE_MAX bytes) and returns its
  * length; *label gets its label, *p the planted model's probability of a
- * click and *p_head (when not NULL) the head model's. */
+ * click and ref[PS_CTRGEN_NREF] (when not NULL) the reference models'. */
 size_t ps_ctrgen_example(const ps_ctrgen_t *g, uint64_t split, uint64_t i,
-                         char *line, uint8_t *label, float *p, float *p_head);
+                         char *line, uint8_t *label, float *p, float *ref);
 
 /* The head model's largest rank (ids are ranked by frequency from 1) of
  * field f; the vocabulary when there is no head model. */

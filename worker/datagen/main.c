@@ -29,9 +29,9 @@ static int ends_with(const char *s, const char *suffix) {
  * Returns 0, or -1 with the reason in err. */
 static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
                        const char *path, int level, double progress_s,
-                       uint8_t *keep_y, float *keep_p, float *keep_ph,
-                       uint64_t *positives,
-                       char *err, size_t errlen) {
+                       uint8_t *keep_y, float *keep_p,
+                       float *keep_ref[PS_CTRGEN_NREF], uint64_t *positives,
+                       double *info, char *err, size_t errlen) {
   int gz = ends_with(path, ".gz");
   char mode[8];
   snprintf(mode, sizeof(mode), gz ? "wb%d" : "wbT", level);
@@ -45,10 +45,11 @@ static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
   const char *name = split == 0 ? "train" : "test";
   char line[PS_CTRGEN_LINE_MAX];
   uint64_t t0 = ps_now_ns(), last = t0, pos = 0;
+  double info_sum = 0.0;
   for (uint64_t i = 0; i < count; i++) {
     uint8_t y;
-    float p, ph;
-    size_t n = ps_ctrgen_example(g, split, i, line, &y, &p, &ph);
+    float p, ref[PS_CTRGEN_NREF];
+    size_t n = ps_ctrgen_example(g, split, i, line, &y, &p, ref);
     if (gzwrite(f, line, (unsigned)n) != (int)n) {
       int e;
       const char *why = gzerror(f, &e);
@@ -60,7 +61,9 @@ static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
     pos += y;
     if (keep_y) keep_y[i] = y;
     if (keep_p) keep_p[i] = p;
-    if (keep_ph) keep_ph[i] = ph;
+    if (keep_ref)
+      for (int r = 0; r < PS_CTRGEN_NREF; r++) keep_ref[r][i] = ref[r];
+    info_sum += (double)p * (1.0 - (double)p);
     if ((i & 0xffff) == 0xffff) {
       uint64_t now = ps_now_ns();
       if ((double)(now - last) * 1e-9 >= progress_s) {
@@ -79,6 +82,7 @@ static int write_split(const ps_ctrgen_t *g, uint64_t split, uint64_t count,
     return -1;
   }
   *positives = pos;
+  if (info) *info = count ? info_sum / (double)count : 0.0;
   double s = (double)(ps_now_ns() - t0) * 1e-9;
   PS_INFO("split_done",
           "split=%s path=%s examples=%" PRIu64 " positives=%" PRIu64
@@ -114,8 +118,8 @@ int main(int argc, char **argv) {
       {"vocab-min", PS_OPT_INT, &vocab_min, "100", 1, 4294967295.0, NULL,
        "ids of the smallest field (C1); fields are log-spaced up to "
        "--vocab-max"},
-      {"vocab-max", PS_OPT_INT, &vocab_max, "10000000", 1, 4294967295.0,
-       NULL, "ids of the largest field (C26)"},
+      {"vocab-max", PS_OPT_INT, &vocab_max, "10000000", 1, 4294967295.0, NULL,
+       "ids of the largest field (C26)"},
       {"pairs", PS_OPT_INT, &pairs, "4", 0, PS_CTRGEN_MAX_PAIRS, NULL,
        "field pairs with a planted interaction"},
       {"bias", PS_OPT_DOUBLE, &bias, "-3.0", -20, 20, NULL,
@@ -125,7 +129,10 @@ int main(int argc, char **argv) {
       {"head-min-count", PS_OPT_DOUBLE, &head_min_count, "10", 0, 1e9, NULL,
        "also score the head model: the planted one without the ids "
        "expected fewer than this many times in the training split (0: "
-       "not), an estimate of what a model can learn from that much data"},
+       "not), an estimate of what a model can learn from that much data "
+       "(planted.json also scores the planted model without its "
+       "interactions, and with every id's weight as well estimated as its "
+       "count in the training split allows: learnable_auc)"},
       {"progress-ms", PS_OPT_INT, &progress_ms, "2000", 1, 86400000, NULL,
        "interval of progress lines"},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
@@ -163,17 +170,17 @@ int main(int argc, char **argv) {
   go.bias = bias;
   go.cat_scale = cat_scale;
   go.head_min_count = head_min_count;
-  go.head_train = head_min_count > 0 ? (uint64_t)train : 0;
+  go.head_train = (uint64_t)train;
   if (ps_ctrgen_vocab_range(&go, (uint64_t)vocab_min, (uint64_t)vocab_max,
                             err, sizeof(err)) != PS_OK)
     return ps_config_refuse(&cfg, "options --vocab-min/--vocab-max: %s", err);
-  ps_ctrgen_t *g = ps_ctrgen_new(&go, err, sizeof(err));
+  ps_ctrgen_t *g = ps_ctrgen_new(&go, err, sizeof(err)), *gt = NULL;
   if (g == NULL) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("datagen", (ps_log_level_t)log_level);
 
   int exit_code = PS_EXIT_FAILURE;
   uint8_t *ty = NULL;
-  float *tp = NULL, *tph = NULL;
+  float *tp = NULL, *tref[PS_CTRGEN_NREF] = {NULL};
   char train_path[1100], test_path[1100], json_path[1100], tmp_path[1200];
   if (mkdir(out, 0777) != 0 && errno != EEXIST) {
     fprintf(stderr, "ps-datagen: cannot make %s: %s\n", out, strerror(errno));
@@ -190,18 +197,32 @@ int main(int argc, char **argv) {
   snprintf(json_path, sizeof(json_path), "%s/planted.json", out);
   ty = malloc((size_t)test);
   tp = malloc((size_t)test * sizeof(float));
-  tph = malloc((size_t)test * sizeof(float));
-  if (ty == NULL || tp == NULL || tph == NULL) {
+  int have_ref = 1;
+  for (int r = 0; r < PS_CTRGEN_NREF; r++)
+    have_ref &= (tref[r] = malloc((size_t)test * sizeof(float))) != NULL;
+  if (ty == NULL || tp == NULL || !have_ref) {
     fprintf(stderr, "ps-datagen: out of memory for %" PRId64 " test labels\n",
             test);
     goto done;
   }
   uint64_t t0 = ps_now_ns(), train_pos = 0, test_pos = 0;
-  double progress_s = (double)progress_ms / 1000.0;
+  double progress_s = (double)progress_ms / 1000.0, info = 0.0;
   if (write_split(g, 0, (uint64_t)train, train_path, (int)level, progress_s,
-                  NULL, NULL, NULL, &train_pos, err, sizeof(err)) != 0 ||
-      write_split(g, 1, (uint64_t)test, test_path, (int)level, progress_s, ty,
-                  tp, tph, &test_pos, err, sizeof(err)) != 0) {
+                  NULL, NULL, NULL, &train_pos, &info, err, sizeof(err)) != 0) {
+    PS_ERROR("write_failed", "msg=\"%s\"", err);
+    fprintf(stderr, "ps-datagen: %s\n", err);
+    goto done;
+  }
+  /* The test split's learnable model takes the information per example
+   * the training split gave: the same examples, one more reference. */
+  go.learn_info = info;
+  gt = ps_ctrgen_new(&go, err, sizeof(err));
+  if (gt == NULL) {
+    fprintf(stderr, "ps-datagen: %s\n", err);
+    goto done;
+  }
+  if (write_split(gt, 1, (uint64_t)test, test_path, (int)level, progress_s, ty,
+                  tp, tref, &test_pos, NULL, err, sizeof(err)) != 0) {
     PS_ERROR("write_failed", "msg=\"%s\"", err);
     fprintf(stderr, "ps-datagen: %s\n", err);
     goto done;
@@ -214,8 +235,13 @@ int main(int argc, char **argv) {
     goto done;
   }
   double ll = ps_log_loss(tp, ty, (size_t)test);
-  double head_auc = auc;
-  ps_auc(tph, ty, (size_t)test, &head_auc);
+  double ref_auc[PS_CTRGEN_NREF], ref_ll[PS_CTRGEN_NREF];
+  for (int r = 0; r < PS_CTRGEN_NREF; r++) {
+    ref_auc[r] = auc;
+    ps_auc(tref[r], ty, (size_t)test, &ref_auc[r]);
+    ref_ll[r] = ps_log_loss(tref[r], ty, (size_t)test);
+  }
+  double head_auc = ref_auc[PS_CTRGEN_REF_HEAD];
   double rate = (double)test_pos / (double)test;
   /* The log loss of always predicting the click rate: what a model that
    * learnt nothing scores. */
@@ -248,9 +274,15 @@ int main(int argc, char **argv) {
     ps_ctrgen_pair(g, p, &a, &b);
     fprintf(jf, "%s[%d, %d]", p ? ", " : "", a + 1, b + 1);
   }
-  fprintf(jf, "],\n  \"head_min_count\": %g,\n  \"head_auc\": %.6f,\n"
-              "  \"head_ranks\": [",
-          head_min_count, head_auc);
+  fprintf(jf,
+          "],\n  \"pairless_auc\": %.6f,\n  \"pairless_log_loss\": %.6f,\n"
+          "  \"learnable_auc\": %.6f,\n  \"learnable_log_loss\": %.6f,\n"
+          "  \"learn_info\": %.6f,\n"
+          "  \"head_min_count\": %g,\n  \"head_auc\": %.6f,\n"
+          "  \"head_ranks\": [",
+          ref_auc[PS_CTRGEN_REF_PAIRLESS], ref_ll[PS_CTRGEN_REF_PAIRLESS],
+          ref_auc[PS_CTRGEN_REF_LEARNABLE], ref_ll[PS_CTRGEN_REF_LEARNABLE],
+          info, head_min_count, head_auc);
   for (int f = 0; f < PS_CTRGEN_CATEG; f++)
     fprintf(jf, "%s%llu", f ? ", " : "",
             (unsigned long long)ps_ctrgen_head_rank(g, f));
@@ -265,10 +297,11 @@ int main(int argc, char **argv) {
   PS_INFO("done",
           "train=%" PRId64 " test=%" PRId64
           " planted_auc=%.4f planted_log_loss=%.4f base_log_loss=%.4f"
-          " head_auc=%.4f"
-          "seconds=%.1f examples_per_sec=%.0f",
-          train, test, auc, ll, base_ll, head_auc, secs,
-          (double)(train + test) / secs);
+          " head_auc=%.4f pairless_auc=%.4f learnable_auc=%.4f"
+          " learnable_log_loss=%.4f seconds=%.1f examples_per_sec=%.0f",
+          train, test, auc, ll, base_ll, head_auc,
+          ref_auc[PS_CTRGEN_REF_PAIRLESS], ref_auc[PS_CTRGEN_REF_LEARNABLE],
+          ref_ll[PS_CTRGEN_REF_LEARNABLE], secs, (double)(train + test) / secs);
   printf("wrote %s, %s, %s: planted test AUC %.4f, log loss %.4f "
          "(click rate %.3f), %.0f examples/s\n",
          train_path, test_path, json_path, auc, ll, rate,
@@ -277,8 +310,9 @@ int main(int argc, char **argv) {
 done:
   free(ty);
   free(tp);
-  free(tph);
+  for (int r = 0; r < PS_CTRGEN_NREF; r++) free(tref[r]);
   ps_ctrgen_destroy(&g);
+  ps_ctrgen_destroy(&gt);
   ps_config_free(&cfg);
   return exit_code;
 }
