@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
   char *device = NULL, *metrics_bind = NULL, *metrics_csv = NULL;
   char *keys_dir = NULL, *key_file = NULL;
   char *ctr_train = NULL, *ctr_test = NULL, *ctr_hidden = NULL;
+  char *ctr_cross = NULL;
   int64_t ctr_embed_dim, ctr_id_space;
   double ctr_sparse_scale, ctr_sparse_lr = 0;
   int ctr_sparse_opt = 0;
@@ -131,17 +132,20 @@ int main(int argc, char **argv) {
       {"embed-dim", PS_OPT_INT, &ctr_embed_dim,
        PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_EMBED_DIM), 1, 64, NULL,
        "ctr: floats per categorical id's embedding"},
-      {"ctr-hidden", PS_OPT_STRING, &ctr_hidden,
-       PS_TRAINER_DEFAULT_CTR_HIDDEN, 0, 0, NULL,
-       "ctr: widths of the MLP's hidden layers, comma separated"},
-      {"ctr-id-space", PS_OPT_INT, &ctr_id_space, "0", 0,
-       9007199254740991.0, NULL,
+      {"ctr-hidden", PS_OPT_STRING, &ctr_hidden, PS_TRAINER_DEFAULT_CTR_HIDDEN,
+       0, 0, NULL, "ctr: widths of the MLP's hidden layers, comma separated"},
+      {"ctr-id-space", PS_OPT_INT, &ctr_id_space, "0", 0, 9007199254740991.0,
+       NULL,
        "ctr: hash categorical ids into [0, this) per field (0: 64-bit "
        "ids, no collisions to speak of)"},
       {"ctr-sparse-scale", PS_OPT_DOUBLE, &ctr_sparse_scale,
        PS_OPT_DEF(PS_TRAINER_DEFAULT_CTR_SPARSE_SCALE), 0.001, 100000, NULL,
        "ctr: factor on the embedding and wide rows' gradients: their "
        "learning rate is lr x this"},
+      {"ctr-cross", PS_OPT_STRING, &ctr_cross, "", 0, 0, NULL,
+       "ctr: crossed fields, e.g. 1x2,3x4 (C1 with C2, C3 with C4): each "
+       "row's pair of ids is one more wide weight, learnt per pair seen "
+       "(wide&deep's cross-product features); empty: none"},
       {"ctr-dot", PS_OPT_BOOL, &ctr_dot, "false", 0, 0, NULL,
        "ctr: feed the embeddings' 325 pairwise dot products to the MLP too "
        "(DLRM's interaction layer)"},
@@ -150,8 +154,8 @@ int main(int argc, char **argv) {
        "ctr: the sparse tables' optimizer, applied by the servers (sgd: the "
        "model's --optimizer; adagrad and ftrl: a rate per row, with "
        "--ctr-sparse-lr; ftrl also --l1 and --l2). Distributed only."},
-      {"ctr-sparse-lr", PS_OPT_DOUBLE, &ctr_sparse_lr, "0.05", 1e-9, 1000,
-       NULL, "ctr: the sparse tables' learning rate (FTRL's alpha) under "
+      {"ctr-sparse-lr", PS_OPT_DOUBLE, &ctr_sparse_lr, "0.05", 1e-9, 1000, NULL,
+       "ctr: the sparse tables' learning rate (FTRL's alpha) under "
        "--ctr-sparse-optimizer adagrad|ftrl"},
       {"ctr-sparse-norm", PS_OPT_ENUM, &ctr_sparse_norm, "count", 0, 0,
        "batch|count",
@@ -302,6 +306,7 @@ int main(int argc, char **argv) {
   to.ctr_sparse_scale = ctr_sparse_scale;
   to.ctr_sparse_norm = ctr_sparse_norm;
   to.ctr_dot = ctr_dot;
+  to.ctr_cross = ctr_cross;
   static const int sparse_kinds[] = {PS_OPTIMIZER_SGD, PS_OPTIMIZER_ADAGRAD,
                                      PS_OPTIMIZER_FTRL};
   to.ctr_sparse_optimizer = sparse_kinds[ctr_sparse_opt];

@@ -171,6 +171,7 @@ typedef struct {
   int ctr_sparse_norm;
   /* 1: the embeddings' pairwise dot products go into the MLP too. */
   int ctr_dot;
+  const char *ctr_cross; /* "1x2,3x4": crossed fields, NULL for none */
   /* The sparse tables' own optimizer, applied by the servers:
    * PS_OPTIMIZER_SGD (the model's, default), _ADAGRAD or _FTRL, with
    * ctr_sparse_lr (FTRL: alpha; beta 1, --l1 and --l2). */

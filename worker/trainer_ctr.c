@@ -34,7 +34,7 @@ struct ps__trainer_ctr_s {
   ps_local_table_t *local[2]; /* standalone: emb, wide */
   ps_criteo_t *reader;
   uint32_t rank, workers, dim;
-  size_t nparams, max_batch;
+  size_t nparams, max_batch, ncross;
   uint64_t start_step;
   float *w, *v, *g;                 /* dense weights, momentum, gradient */
   float *emb, *wide, *gemb, *gwide; /* rows of a batch's ids */
@@ -102,8 +102,10 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
   ps_ctr_opts_init(&mo);
   mo.embed_dim = o->ctr_embed_dim;
   mo.dot_interactions = o->ctr_dot;
-  if (o->ctr_hidden && o->ctr_hidden[0] &&
-      ps_ctr_parse_hidden(&mo, o->ctr_hidden, why, sizeof(why)) != PS_OK) {
+  if ((o->ctr_hidden && o->ctr_hidden[0] &&
+       ps_ctr_parse_hidden(&mo, o->ctr_hidden, why, sizeof(why)) != PS_OK) ||
+      (o->ctr_cross &&
+       ps_ctr_parse_cross(&mo, o->ctr_cross, why, sizeof(why)) != PS_OK)) {
     ctr_fail(t, "%s", why);
     rc = PS_ERR_CONFIG;
     goto fail;
@@ -147,6 +149,7 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
     goto fail;
   }
   t->dim = mo.embed_dim;
+  t->ncross = mo.ncross;
   t->nparams = ps_ctr_num_params(t->model);
 
   uint64_t t0 = ps_now_ns();
@@ -170,8 +173,9 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
   t->g = calloc(t->nparams, sizeof(float));
   t->emb = malloc(cells * t->dim * sizeof(float));
   t->gemb = malloc(cells * t->dim * sizeof(float));
-  t->wide = malloc(cells * sizeof(float));
-  t->gwide = malloc(cells * sizeof(float));
+  /* The wide table's keys: the fields' ids and the crossed ids. */
+  t->wide = malloc((cells + b * t->ncross) * sizeof(float));
+  t->gwide = malloc((cells + b * t->ncross) * sizeof(float));
   t->rows = malloc(b * sizeof(*t->rows));
   if (!t->w || !t->g || !t->emb || !t->gemb || !t->wide || !t->gwide ||
       !t->rows) {
@@ -283,12 +287,13 @@ static int cluster_gone(ps__trainer_ctr_t *t, int rc) {
          (rc == PS_ERR_SHUTDOWN || ps_client_shutting_down(t->client));
 }
 
-/* Dense weights as of clock, and the rows of keys from both tables. */
+/* Dense weights as of clock, the embedding rows of keys[0, nf) (the
+ * fields' ids) and the wide rows of keys[0, n) (crossed ids too). */
 static int pull(ps__trainer_ctr_t *t, uint64_t clock, const uint64_t *keys,
-                size_t n, int dense) {
+                size_t nf, size_t n, int dense) {
   int rc = PS_OK;
   if (t->client == NULL) {
-    rc = ps_local_table_pull(t->local[0], keys, n, t->emb);
+    rc = ps_local_table_pull(t->local[0], keys, nf, t->emb);
     if (rc == PS_OK) rc = ps_local_table_pull(t->local[1], keys, n, t->wide);
     if (rc != PS_OK) ctr_fail(t, "out of memory for %zu sparse rows", n);
     return rc;
@@ -301,7 +306,7 @@ static int pull(ps__trainer_ctr_t *t, uint64_t clock, const uint64_t *keys,
       return rc;
     }
   }
-  rc = ps_client_sparse_pull(t->client, PS_CTR_EMB_TABLE, keys, n, t->emb);
+  rc = ps_client_sparse_pull(t->client, PS_CTR_EMB_TABLE, keys, nf, t->emb);
   if (rc == PS_OK)
     rc = ps_client_sparse_pull(t->client, PS_CTR_WIDE_TABLE, keys, n, t->wide);
   if (rc != PS_OK)
@@ -334,7 +339,8 @@ static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
   if (rc != PS_OK) return rc;
   const uint64_t *keys;
   size_t nk = ps_ctr_batch_keys(t->model, t->rows, b, &keys);
-  rc = pull(t, step, keys, nk, 1);
+  size_t nf = ps_ctr_field_keys(t->model);
+  rc = pull(t, step, keys, nf, nk, 1);
   if (rc != PS_OK) return rc;
   *loss = ps_ctr_gradient(t->model, t->w, t->emb, t->wide, t->rows, b, t->g,
                           t->gemb, t->gwide);
@@ -361,18 +367,19 @@ static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
   const uint32_t *counts = ps_ctr_key_counts(t->model);
   for (size_t k = 0; k < nk; k++) {
     float s = t->o.ctr_sparse_norm ? fs * (float)b / (float)counts[k] : fs;
-    for (size_t j = 0; j < t->dim; j++) t->gemb[k * t->dim + j] *= s;
+    if (k < nf)
+      for (size_t j = 0; j < t->dim; j++) t->gemb[k * t->dim + j] *= s;
     t->gwide[k] *= s;
   }
   if (t->client == NULL) {
     ps_apply_sgd(t->w, t->v, t->g, t->nparams, (float)t->o.learning_rate,
                  (float)t->o.momentum, 1.0f);
-    rc = ps_local_table_push(t->local[0], keys, nk, t->gemb);
+    rc = ps_local_table_push(t->local[0], keys, nf, t->gemb);
     if (rc == PS_OK) rc = ps_local_table_push(t->local[1], keys, nk, t->gwide);
     if (rc != PS_OK) ctr_fail(t, "out of memory for %zu sparse rows", nk);
     return rc;
   }
-  rc = ps_client_sparse_push(t->client, PS_CTR_EMB_TABLE, keys, nk, t->gemb,
+  rc = ps_client_sparse_push(t->client, PS_CTR_EMB_TABLE, keys, nf, t->gemb,
                              step);
   if (rc == PS_OK)
     rc = ps_client_sparse_push(t->client, PS_CTR_WIDE_TABLE, keys, nk,
@@ -435,7 +442,7 @@ static int evaluate(ps__trainer_ctr_t *t, uint64_t clock) {
     }
     const uint64_t *keys;
     size_t nk = ps_ctr_batch_keys(t->model, t->rows, b, &keys);
-    rc = pull(t, clock, keys, nk, 0);
+    rc = pull(t, clock, keys, ps_ctr_field_keys(t->model), nk, 0);
     if (rc != PS_OK) break;
     ps_ctr_predict(t->model, t->w, t->emb, t->wide, t->rows, b, t->tp + n);
     for (size_t i = 0; i < b; i++) t->ty[n + i] = t->rows[i].label;
@@ -487,6 +494,7 @@ static int write_report(ps__trainer_ctr_t *t) {
       "  \"lr_schedule\": \"%s\",\n  \"sparse_scale\": %g,\n"
       "  \"sparse_norm\": \"%s\",\n"
       "  \"embed_dim\": %u,\n  \"dot_interactions\": %s,\n"
+      "  \"crosses\": \"%s\",\n"
       "  \"hidden\": \"%s\",\n  \"params\": %zu,\n"
       "  \"seed\": %" PRIu64 "\n}\n",
       t->client ? "distributed" : "standalone", t->train_path, t->test_path,
@@ -496,7 +504,7 @@ static int write_report(ps__trainer_ctr_t *t) {
       t->o.learning_rate, t->o.momentum,
       t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
       t->o.ctr_sparse_scale, t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
-      t->o.ctr_dot ? "true" : "false",
+      t->o.ctr_dot ? "true" : "false", t->o.ctr_cross ? t->o.ctr_cross : "",
       t->o.ctr_hidden ? t->o.ctr_hidden : "", t->nparams, t->o.seed);
   int bad = n < 0;
   if (fclose(f) != 0) bad = 1;

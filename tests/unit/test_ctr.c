@@ -49,6 +49,9 @@ START_TEST(test_batch_keys) {
   /* Field 0: 2 ids; fields 1-25: 4 each. */
   ck_assert_uint_eq(n, 2 + 25 * 4);
   for (size_t i = 1; i < n; i++) ck_assert_uint_lt(keys[i - 1], keys[i]);
+  ck_assert_uint_eq(ps_ctr_field_keys(m), n);
+  uint64_t before[2 + 25 * 4];
+  memcpy(before, keys, sizeof(before));
   const ps_model_t *spec = ps_ctr_model(m);
   ck_assert_uint_eq(spec->nsparse, 2);
   ck_assert_uint_eq(spec->sparse[0].dim, 16);
@@ -70,6 +73,32 @@ START_TEST(test_batch_keys) {
                    PS_ERR_CONFIG);
   ck_assert_int_eq(ps_ctr_parse_hidden(&o, "64,32,16", err, sizeof(err)),
                    PS_OK);
+  const char *bad_cross[] = {"1x1",  "0x2", "1x27", "1-2",
+                             "1x2,", "x2",  "1x",   "1x2x3"};
+  for (size_t i = 0; i < sizeof(bad_cross) / sizeof(*bad_cross); i++)
+    ck_assert_msg(
+        ps_ctr_parse_cross(&o, bad_cross[i], err, sizeof(err)) == PS_ERR_CONFIG,
+        "cross list \"%s\" accepted", bad_cross[i]);
+  char many[256] = "";
+  for (int i = 0; i <= PS_CTR_MAX_CROSSES; i++)
+    snprintf(many + strlen(many), sizeof(many) - strlen(many), "%s%dx%d",
+             i ? "," : "", 1 + i % 26, 1 + (i + 1) % 26);
+  ck_assert_int_eq(ps_ctr_parse_cross(&o, many, err, sizeof(err)),
+                   PS_ERR_CONFIG);
+  ck_assert_int_eq(ps_ctr_parse_cross(&o, "26x1,3x4", err, sizeof(err)), PS_OK);
+  ck_assert_uint_eq(o.ncross, 2);
+  ck_assert_uint_eq(o.cross_a[0], 25);
+  ck_assert_uint_eq(o.cross_b[0], 0);
+  ck_assert_uint_eq(o.cross_b[1], 3);
+  /* Crossed ids follow the fields' ids, which stay the same. */
+  o.max_batch = ROWS;
+  m = ps_ctr_new(&o, err, sizeof(err));
+  ck_assert_ptr_nonnull(m);
+  ck_assert_uint_eq(ps_ctr_batch_keys(m, rows, ROWS, &keys),
+                    2 + 25 * 4 + 4 + 4);
+  ck_assert_uint_eq(ps_ctr_field_keys(m), 2 + 25 * 4);
+  ck_assert_int_eq(memcmp(before, keys, sizeof(before)), 0);
+  ps_ctr_destroy(&m);
   ck_assert_uint_eq(o.nhidden, 3);
   ck_assert_uint_eq(o.hidden[2], 16);
 }
@@ -79,21 +108,29 @@ static int close_enough(double got, double want) {
   return fabs(got - want) <= 2e-3 + 2e-2 * fabs(want);
 }
 
-/* _i: without (0) and with (1) the dot-product interactions. */
+/* _i: the MLP alone (0), with the dot-product interactions (1), with two
+ * crossed fields in the wide part (2). */
 START_TEST(test_gradient_finite_differences) {
   ps_ctr_opts_t o;
   ps_ctr_opts_init(&o);
-  o.dot_interactions = _i;
+  o.dot_interactions = _i == 1;
   o.embed_dim = DIM;
   o.max_batch = ROWS;
   char err[256];
   ck_assert_int_eq(ps_ctr_parse_hidden(&o, "8,5", err, sizeof(err)), PS_OK);
+  ck_assert_int_eq(
+      ps_ctr_parse_cross(&o, _i == 2 ? "1x2,2x5" : "", err, sizeof(err)),
+      PS_OK);
   ps_ctr_t *m = ps_ctr_new(&o, err, sizeof(err));
   ck_assert_msg(m != NULL, "%s", err);
   ps_criteo_row_t rows[ROWS];
   make_rows(rows);
   const uint64_t *keys;
   size_t nk = ps_ctr_batch_keys(m, rows, ROWS, &keys);
+  size_t nf = ps_ctr_field_keys(m);
+  /* 1x2: (5000 + b % 2, 100 + b % 4), 2x5: (100 + b % 4, 400 + b % 4) over
+   * rows 0-5: four distinct pairs each. */
+  ck_assert_uint_eq(nk - nf, _i == 2 ? 8 : 0);
   size_t np = ps_ctr_num_params(m);
   float *w = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
   float *emb = malloc(nk * DIM * sizeof(float));
@@ -120,7 +157,7 @@ START_TEST(test_gradient_finite_differences) {
     size_t n;
     const char *what;
   } sets[3] = {{w, g, np, "dense"},
-               {emb, gemb, nk * DIM, "embedding"},
+               {emb, gemb, nf * DIM, "embedding"},
                {wide, gwide, nk, "wide"}};
   for (int k = 0; k < 3; k++) {
     for (size_t i = 0; i < sets[k].n; i++) {
@@ -156,6 +193,12 @@ START_TEST(test_gradient_finite_differences) {
   size_t k0 = 0;
   while (keys[k0] != 5000) k0++;
   ck_assert_double_eq_tol(gwide[k0], want, 1e-5);
+  /* Every row adds its dz to one wide key per field and one per cross. */
+  double dzsum = 0, fsum = 0, csum = 0;
+  for (int b = 0; b < ROWS; b++) dzsum += (p[b] - rows[b].label) / ROWS;
+  for (size_t k = 0; k < nk; k++) *(k < nf ? &fsum : &csum) += gwide[k];
+  ck_assert_double_eq_tol(fsum, PS_CRITEO_CATEG * dzsum, 1e-5);
+  ck_assert_double_eq_tol(csum, (_i == 2 ? 2 : 0) * dzsum, 1e-5);
   free(w);
   free(g);
   free(emb);
@@ -174,7 +217,7 @@ int main(void) {
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_batch_keys);
-  tcase_add_loop_test(tc, test_gradient_finite_differences, 0, 2);
+  tcase_add_loop_test(tc, test_gradient_finite_differences, 0, 3);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

@@ -26,12 +26,13 @@ struct ps_ctr_s {
   size_t nlayers;
   size_t width[NLAYERS_MAX + 1]; /* input first, 1 last */
   size_t w_off[NLAYERS_MAX], b_off[NLAYERS_MAX];
-  /* Per row and field: the index of its id among the batch's keys. */
-  uint32_t *slot;
+  /* Per row and field: the index of its id among the batch's keys; per
+   * row and cross, its crossed id's. */
+  uint32_t *slot, *cslot;
   keypos_t *kp;
   uint64_t *keys;
   uint32_t *counts;
-  size_t nkeys, nrows;
+  size_t nkeys, nfield, nrows;
   /* Activations (act[0] the input, act[l] after layer l), their
    * gradients, and the logit's. */
   float *act[NLAYERS_MAX + 1];
@@ -79,9 +80,50 @@ int ps_ctr_parse_hidden(ps_ctr_opts_t *o, const char *list, char *err,
   return PS_OK;
 }
 
+int ps_ctr_parse_cross(ps_ctr_opts_t *o, const char *list, char *err,
+                       size_t errlen) {
+  size_t n = 0;
+  const char *p = list;
+  while (*p) {
+    char *end;
+    long a = strtol(p, &end, 10), b = 0;
+    int ok = end != p && *end == 'x';
+    if (ok) {
+      const char *q = end + 1;
+      b = strtol(q, &end, 10);
+      ok = end != q && ((*end == ',' && end[1] != '\0') || *end == '\0');
+    }
+    if (!ok || a < 1 || a > PS_CRITEO_CATEG || b < 1 || b > PS_CRITEO_CATEG ||
+        a == b || n == PS_CTR_MAX_CROSSES) {
+      snprintf(err, errlen,
+               "crosses \"%s\": want up to %d pairs AxB of distinct field "
+               "numbers in [1, %d] (C1 to C%d), comma separated, e.g. 1x2,3x4",
+               list, PS_CTR_MAX_CROSSES, PS_CRITEO_CATEG, PS_CRITEO_CATEG);
+      return PS_ERR_CONFIG;
+    }
+    o->cross_a[n] = (uint8_t)(a - 1);
+    o->cross_b[n++] = (uint8_t)(b - 1);
+    p = *end ? end + 1 : end;
+  }
+  o->ncross = n;
+  return PS_OK;
+}
+
+/* A crossed id: a hash of the pair's ids and its fields, so that 1x2 and
+ * 2x1 are different crosses. */
+static uint64_t cross_key(const ps_criteo_row_t *r, uint8_t a, uint8_t b) {
+  uint64_t f = ((uint64_t)a << 8 | b) * 0x9e3779b97f4a7c15ull;
+  return ps_mix64(ps_mix64(r->ids[a] ^ f) + r->ids[b]);
+}
+
 ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   if (o->embed_dim < 1 || o->embed_dim > 64) {
     snprintf(err, errlen, "embedding dim %u not in [1, 64]", o->embed_dim);
+    return NULL;
+  }
+  if (o->ncross > PS_CTR_MAX_CROSSES) {
+    snprintf(err, errlen, "%zu crosses: at most %d", o->ncross,
+             PS_CTR_MAX_CROSSES);
     return NULL;
   }
   if (o->nhidden < 1 || o->nhidden > PS_CTR_MAX_HIDDEN || o->max_batch < 1) {
@@ -142,13 +184,14 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   m->model.nsparse = 2;
   m->model.sparse = m->sparse;
 
-  size_t cells = o->max_batch * PS_CRITEO_CATEG;
-  m->slot = malloc(cells * sizeof(*m->slot));
+  size_t cells = o->max_batch * (PS_CRITEO_CATEG + o->ncross);
+  m->slot = malloc(o->max_batch * PS_CRITEO_CATEG * sizeof(*m->slot));
+  m->cslot = malloc((o->max_batch * o->ncross + 1) * sizeof(*m->cslot));
   m->kp = malloc(cells * sizeof(*m->kp));
   m->keys = malloc(cells * sizeof(*m->keys));
   m->counts = malloc(cells * sizeof(*m->counts));
   m->dz = malloc(o->max_batch * sizeof(float));
-  int ok = m->slot && m->kp && m->keys && m->counts && m->dz;
+  int ok = m->slot && m->cslot && m->kp && m->keys && m->counts && m->dz;
   for (size_t l = 0; ok && l <= m->nlayers; l++) {
     m->act[l] = malloc(o->max_batch * m->width[l] * sizeof(float));
     m->dact[l] = malloc(o->max_batch * m->width[l] * sizeof(float));
@@ -167,6 +210,7 @@ void ps_ctr_destroy(ps_ctr_t **m_p) {
   if (m_p == NULL || *m_p == NULL) return;
   ps_ctr_t *m = *m_p;
   free(m->slot);
+  free(m->cslot);
   free(m->kp);
   free(m->keys);
   free(m->counts);
@@ -204,29 +248,53 @@ static int by_key(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* Sorts kp[0, cells), appends its distinct keys to m->keys from index u
+ * with their counts, and points slot[pos] at each key's index; returns
+ * the new number of keys. */
+static size_t add_distinct(ps_ctr_t *m, keypos_t *kp, size_t cells,
+                           uint32_t *slot, size_t u) {
+  qsort(kp, cells, sizeof(*kp), by_key);
+  size_t first = u;
+  for (size_t c = 0; c < cells; c++) {
+    if (u == first || kp[c].key != m->keys[u - 1]) {
+      m->keys[u] = kp[c].key;
+      m->counts[u++] = 0;
+    }
+    m->counts[u - 1]++;
+    slot[kp[c].pos] = (uint32_t)(u - 1);
+  }
+  return u;
+}
+
 size_t ps_ctr_batch_keys(ps_ctr_t *m, const ps_criteo_row_t *rows, size_t n,
                          const uint64_t **keys) {
-  size_t cells = n * PS_CRITEO_CATEG;
+  size_t cells = n * PS_CRITEO_CATEG, nc = m->o.ncross;
   for (size_t b = 0; b < n; b++)
     for (size_t f = 0; f < PS_CRITEO_CATEG; f++) {
       size_t c = b * PS_CRITEO_CATEG + f;
       m->kp[c].key = rows[b].ids[f];
       m->kp[c].pos = (uint32_t)c;
     }
-  qsort(m->kp, cells, sizeof(*m->kp), by_key);
-  size_t u = 0;
-  for (size_t c = 0; c < cells; c++) {
-    if (c == 0 || m->kp[c].key != m->kp[c - 1].key) {
-      m->keys[u] = m->kp[c].key;
-      m->counts[u++] = 0;
-    }
-    m->counts[u - 1]++;
-    m->slot[m->kp[c].pos] = (uint32_t)(u - 1);
+  size_t u = add_distinct(m, m->kp, cells, m->slot, 0);
+  m->nfield = u;
+  if (nc > 0) {
+    keypos_t *kp = m->kp + cells;
+    for (size_t b = 0; b < n; b++)
+      for (size_t c = 0; c < nc; c++) {
+        kp[b * nc + c].key =
+            cross_key(&rows[b], m->o.cross_a[c], m->o.cross_b[c]);
+        kp[b * nc + c].pos = (uint32_t)(b * nc + c);
+      }
+    u = add_distinct(m, kp, n * nc, m->cslot, u);
   }
   m->nkeys = u;
   m->nrows = n;
   *keys = m->keys;
   return u;
+}
+
+size_t ps_ctr_field_keys(const ps_ctr_t *m) {
+  return m->nfield;
 }
 
 const uint32_t *ps_ctr_key_counts(const ps_ctr_t *m) {
@@ -272,9 +340,12 @@ static void forward(ps_ctr_t *m, const float *w, const float *emb,
         if (y[i] < 0.0f) y[i] = 0.0f;
   }
   float *z = m->act[m->nlayers];
-  for (size_t b = 0; b < n; b++)
+  size_t nc = m->o.ncross;
+  for (size_t b = 0; b < n; b++) {
     for (size_t f = 0; f < PS_CRITEO_CATEG; f++)
       z[b] += wide[m->slot[b * PS_CRITEO_CATEG + f]];
+    for (size_t c = 0; c < nc; c++) z[b] += wide[m->cslot[b * nc + c]];
+  }
 }
 
 void ps_ctr_predict(ps_ctr_t *m, const float *w, const float *emb,
@@ -299,9 +370,12 @@ double ps_ctr_gradient(ps_ctr_t *m, const float *w, const float *emb,
     m->dz[b] = (float)((1.0 / (1.0 + exp(-zb)) - y) / (double)n);
   }
   memset(gwide, 0, m->nkeys * sizeof(float));
-  for (size_t b = 0; b < n; b++)
+  size_t nc = m->o.ncross;
+  for (size_t b = 0; b < n; b++) {
     for (size_t f = 0; f < PS_CRITEO_CATEG; f++)
       gwide[m->slot[b * PS_CRITEO_CATEG + f]] += m->dz[b];
+    for (size_t c = 0; c < nc; c++) gwide[m->cslot[b * nc + c]] += m->dz[b];
+  }
   memcpy(m->dact[L], m->dz, n * sizeof(float));
   for (size_t l = L; l-- > 0;) {
     size_t in = m->width[l], out = m->width[l + 1];
@@ -322,7 +396,7 @@ double ps_ctr_gradient(ps_ctr_t *m, const float *w, const float *emb,
       for (size_t i = 0; i < n * in; i++)
         if (m->act[l][i] <= 0.0f) dx[i] = 0.0f;
   }
-  memset(gemb, 0, m->nkeys * d * sizeof(float));
+  memset(gemb, 0, m->nfield * d * sizeof(float));
   size_t in0 = m->width[0];
   for (size_t b = 0; b < n; b++) {
     float *dx = m->dact[0] + b * in0;

@@ -37,6 +37,7 @@
 #include "worker/data/criteo.h"
 
 #define PS_CTR_MAX_HIDDEN 4
+#define PS_CTR_MAX_CROSSES 32
 #define PS_CTR_EMB_TABLE "ctr.emb"
 #define PS_CTR_WIDE_TABLE "ctr.wide"
 
@@ -48,6 +49,12 @@ typedef struct {
   uint32_t hidden[PS_CTR_MAX_HIDDEN]; /* default 256, 128 */
   float emb_init;     /* embeddings start uniform(+-this); default 0.05 */
   int dot_interactions; /* 1: the pairwise dot products too (default 0) */
+  /* Crossed fields (wide&deep's cross-product features): for each pair
+   * (cross_a[c], cross_b[c]) of field indexes, a row's pair of ids is one
+   * more id of the wide table, so the model learns a weight per pair of
+   * ids seen together. Default none. */
+  size_t ncross;
+  uint8_t cross_a[PS_CTR_MAX_CROSSES], cross_b[PS_CTR_MAX_CROSSES];
   /* Written into the model spec: the servers apply the optimizer. */
   float learning_rate;
   float momentum;
@@ -65,6 +72,11 @@ void ps_ctr_opts_init(ps_ctr_opts_t *o);
 int ps_ctr_parse_hidden(ps_ctr_opts_t *o, const char *list, char *err,
                         size_t errlen);
 
+/* Parses "1x2,3x4" (Criteo's field numbers, C1 to C26) into o's crosses;
+ * "" for none. PS_ERR_CONFIG with the reason in err. */
+int ps_ctr_parse_cross(ps_ctr_opts_t *o, const char *list, char *err,
+                       size_t errlen);
+
 /* NULL with err filled on bad options or no memory. Caller owns it. */
 ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen);
 void ps_ctr_destroy(ps_ctr_t **m_p);
@@ -78,22 +90,28 @@ uint32_t ps_ctr_embed_dim(const ps_ctr_t *m);
 /* The initial dense parameters (what the servers start from). */
 void ps_ctr_init_params(const ps_ctr_t *m, float *w);
 
-/* The distinct ids of rows[0, n) (n <= max_batch), ascending, in *keys
- * (owned by the model, valid until the next call); returns how many. The
- * model remembers where each row's ids are among them for the next
- * ps_ctr_gradient or ps_ctr_predict on the same rows. */
+/* The distinct ids of rows[0, n) (n <= max_batch) in *keys (owned by the
+ * model, valid until the next call); returns how many. The fields' ids
+ * come first, ascending: the first ps_ctr_field_keys of them, the keys of
+ * both tables; the crossed ids follow, ascending, keys of the wide table
+ * only. The model remembers where each row's ids are among them for the
+ * next ps_ctr_gradient or ps_ctr_predict on the same rows. */
 size_t ps_ctr_batch_keys(ps_ctr_t *m, const ps_criteo_row_t *rows, size_t n,
                          const uint64_t **keys);
+
+/* How many of the last ps_ctr_batch_keys' keys are fields' ids (rows of
+ * the embedding table too); the rest are crossed ids. */
+size_t ps_ctr_field_keys(const ps_ctr_t *m);
 
 /* How often each key of the last ps_ctr_batch_keys occurs in its rows
  * (owned by the model, in the keys' order). */
 const uint32_t *ps_ctr_key_counts(const ps_ctr_t *m);
 
 /* Forward and backward on the rows of the last ps_ctr_batch_keys, with
- * dense parameters w, and emb / wide the rows of its keys (nkeys x dim and
- * nkeys floats). Writes the gradient of the mean loss into grad
- * (num_params floats), gemb (nkeys x dim) and gwide (nkeys), and returns
- * the mean loss. */
+ * dense parameters w, emb the embedding rows of its field keys (nfield x
+ * dim) and wide the wide rows of all its keys (nkeys floats). Writes the
+ * gradient of the mean loss into grad (num_params floats), gemb (nfield x
+ * dim) and gwide (nkeys), and returns the mean loss. */
 double ps_ctr_gradient(ps_ctr_t *m, const float *w, const float *emb,
                        const float *wide, const ps_criteo_row_t *rows,
                        size_t n, float *grad, float *gemb, float *gwide);
