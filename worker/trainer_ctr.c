@@ -46,7 +46,7 @@ struct ps__trainer_ctr_s {
   /* Test predictions, grown as the test file is read. */
   float *tp;
   uint8_t *ty;
-  size_t tcap;
+  size_t tcap, ntest;
   double test_auc, test_log_loss;
 };
 
@@ -476,6 +476,7 @@ static int evaluate(ps__trainer_ctr_t *t, uint64_t clock) {
     return PS_ERR_FORMAT;
   }
   size_t hits = 0;
+  t->ntest = n;
   for (size_t i = 0; i < n; i++) hits += (t->tp[i] >= 0.5f) == (t->ty[i] == 1);
   t->res->test_auc = auc;
   t->res->test_loss = ps_log_loss(t->tp, t->ty, n);
@@ -536,6 +537,52 @@ static int write_report(ps__trainer_ctr_t *t) {
   return PS_OK;
 }
 
+static int write_floats(FILE *f, const float *v, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &v[i], 4);
+    u = __builtin_bswap32(u);
+    if (fwrite(&u, 4, 1, f) != 1) return -1;
+  }
+  return 0;
+#else
+  return fwrite(v, sizeof(float), n, f) == n ? 0 : -1;
+#endif
+}
+
+/* --dump-weights: the dense weights as of the last evaluation's clock,
+ * then the model's click probability of every test row in file order (a
+ * function of every sparse row the test set touches), all float32 LE. */
+static int write_dump(ps__trainer_ctr_t *t) {
+  const char *path = t->o.dump_path;
+  char tmp[1100];
+  snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) {
+    ctr_fail(t, "cannot write the weights dump %s: %s", tmp, strerror(errno));
+    return PS_ERR_IO;
+  }
+  int bad = write_floats(f, t->w, t->nparams) != 0 ||
+            write_floats(f, t->tp, t->ntest) != 0;
+  int saved = errno;
+  if (fclose(f) != 0 && !bad) {
+    bad = 1;
+    saved = errno;
+  }
+  if (!bad && rename(tmp, path) != 0) {
+    bad = 1;
+    saved = errno;
+  }
+  if (bad) {
+    ctr_fail(t, "cannot write the weights dump %s: %s", path,
+             strerror(saved));
+    unlink(tmp);
+    return PS_ERR_IO;
+  }
+  return PS_OK;
+}
+
 /* Positions the reader at this worker's first row of global step step. */
 static int seek_step(ps__trainer_ctr_t *t, uint64_t step) {
   if (ps_criteo_rewind(t->reader) != PS_OK) {
@@ -557,7 +604,8 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   uint64_t total = spe * (uint64_t)o->epochs;
   if (o->max_steps > 0 && o->max_steps < total) total = o->max_steps;
   uint64_t global_batch = (uint64_t)t->workers * (uint64_t)o->batch_size;
-  int evaluator = t->rank == 0 || o->report_path != NULL;
+  int evaluator =
+      t->rank == 0 || o->report_path != NULL || o->dump_path != NULL;
   ps_trainer_stats_t *st = o->stats;
   PS_INFO("train_start",
           "mode=%s model=ctr rank=%u workers=%u batch_size=%" PRId64
@@ -680,6 +728,9 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   if (st) ps_gauge_set(&st->samples_per_sec, r->samples_per_sec);
   if (rc == PS_OK && !r->stopped && evaluator && o->report_path)
     rc = write_report(t);
+  if (rc == PS_OK && !r->stopped && evaluator && o->dump_path &&
+      evaluated_at == step && step > 0)
+    rc = write_dump(t);
   int sig = stop_signal(t);
   if (t->client != NULL)
     ps_trainer_goodbye(t->client, rc, r->stopped, sig, t->errmsg);
