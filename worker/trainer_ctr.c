@@ -512,7 +512,8 @@ static int write_report(ps__trainer_ctr_t *t) {
       ",\n  \"workers\": %u,\n  \"batch_size\": %" PRId64
       ",\n  \"learning_rate\": %g,\n  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n  \"warmup_steps\": %" PRIu64
-      ",\n  \"lr_total_steps\": %" PRIu64 ",\n  \"sparse_scale\": %g,\n"
+      ",\n  \"lr_total_steps\": %" PRIu64
+      ",\n  \"sparse_scale\": %g,\n"
       "  \"sparse_norm\": \"%s\",\n"
       "  \"embed_dim\": %u,\n  \"dot_interactions\": %s,\n"
       "  \"hidden\": \"%s\",\n  \"params\": %zu,\n"
@@ -523,9 +524,10 @@ static int write_report(ps__trainer_ctr_t *t) {
       r->steps_per_epoch, t->train_rows, r->workers, t->o.batch_size,
       t->o.learning_rate, t->o.momentum,
       t->sched.kind == PS_LR_SCHEDULE_COSINE ? "cosine" : "constant",
-      t->sched.warmup_steps, t->sched.total_steps, t->o.ctr_sparse_scale, t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
-      t->o.ctr_dot ? "true" : "false",
-      t->o.ctr_hidden ? t->o.ctr_hidden : "", t->nparams, t->o.seed);
+      t->sched.warmup_steps, t->sched.total_steps, t->o.ctr_sparse_scale,
+      t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
+      t->o.ctr_dot ? "true" : "false", t->o.ctr_hidden ? t->o.ctr_hidden : "",
+      t->nparams, t->o.seed);
   int bad = n < 0;
   if (fclose(f) != 0) bad = 1;
   if (!bad && rename(tmp, path) != 0) bad = 1;
@@ -575,8 +577,7 @@ static int write_dump(ps__trainer_ctr_t *t) {
     saved = errno;
   }
   if (bad) {
-    ctr_fail(t, "cannot write the weights dump %s: %s", path,
-             strerror(saved));
+    ctr_fail(t, "cannot write the weights dump %s: %s", path, strerror(saved));
     unlink(tmp);
     return PS_ERR_IO;
   }
@@ -610,7 +611,8 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   PS_INFO("train_start",
           "mode=%s model=ctr rank=%u workers=%u batch_size=%" PRId64
           " global_batch=%" PRIu64 " lr=%g lr_schedule=%s warmup_steps=%" PRIu64
-          " lr_total_steps=%" PRIu64 " sparse_scale=%g sparse_norm=%s"
+          " lr_total_steps=%" PRIu64
+          " sparse_scale=%g sparse_norm=%s"
           " momentum=%g"
           " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
           " params=%zu embed_dim=%u threads=%d",

@@ -39,12 +39,11 @@ typedef struct {
 
 static void generate(h_cluster_t *c, const char *dir) {
   int st;
-  char *out = h_run(c, 60000, &st, "ps-datagen", "ctr", "--out", dir,
-                    "--train", TRAIN_ROWS, "--test", TEST_ROWS, "--seed", "7",
-                    NULL);
+  char *out = h_run(c, 60000, &st, "ps-datagen", "ctr", "--out", dir, "--train",
+                    TRAIN_ROWS, "--test", TEST_ROWS, "--seed", "7", NULL);
   ck_assert_msg(out != NULL && st != -1, "ps-datagen did not finish");
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-                "ps-datagen failed:\n%s", out);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ps-datagen failed:\n%s",
+                out);
   free(out);
 }
 
@@ -55,12 +54,13 @@ static h_proc_t *worker(h_cluster_t *c, int rank, const char *dir,
   snprintf(r, sizeof(r), "%d", rank);
   const char *argv[40];
   int n = 0;
-  const char *base[] = {"ps-worker", "--scheduler", c->sched_ep, "--rank", r,
-                        "--model", "ctr", "--data-dir", dir, "--epochs", "2",
-                        "--batch-size", "64", "--lr", "0.05", "--momentum",
-                        "0.5", "--lr-schedule", "cosine", "--warmup-steps",
-                        "20", "--progress-ms", "100",
-                        "--eval-every-epoch=false"};
+  const char *base[] = {
+      "ps-worker", "--scheduler",   c->sched_ep, "--rank",
+      r,           "--model",       "ctr",       "--data-dir",
+      dir,         "--epochs",      "2",         "--batch-size",
+      "64",        "--lr",          "0.05",      "--momentum",
+      "0.5",       "--lr-schedule", "cosine",    "--warmup-steps",
+      "20",        "--progress-ms", "100",       "--eval-every-epoch=false"};
   for (size_t i = 0; i < sizeof(base) / sizeof(base[0]); i++)
     argv[n++] = base[i];
   if (report) {
@@ -84,10 +84,10 @@ static outcome_t run(const char *tag, const char *dir, int kill_primary) {
   /* 2 s, not the default 400 ms: on a loaded 2-core machine a live
    * server of the undisturbed run was once declared dead (silent 401 ms)
    * and fenced, which is a failover the test did not ask for. */
-  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--bind",
-                            c.sched_ep, "--servers", "2", "--workers", "2",
-                            "--mode", "bsp", "--heartbeat-timeout-ms", "2000",
-                            NULL);
+  h_proc_t *sched =
+      h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep,
+              "--servers", "2", "--workers", "2", "--mode", "bsp",
+              "--heartbeat-timeout-ms", "2000", NULL);
   chaos_server_t srv[2];
   memset(srv, 0, sizeof(srv));
   for (int i = 0; i < 2; i++)
@@ -99,8 +99,7 @@ static outcome_t run(const char *tag, const char *dir, int kill_primary) {
   if (kill_primary) {
     unsigned long step = 0, total = 0;
     while (h_now_ms() < end && !w0->exited &&
-           ((step = h_progress_step(w0->log, &total)) == 0 ||
-            step < total / 3))
+           ((step = h_progress_step(w0->log, &total)) == 0 || step < total / 3))
       h_sleep_ms(20);
     if (!(total > 0 && step >= total / 3)) h_dump_logs(&c);
     ck_assert_msg(total > 0 && step >= total / 3,
@@ -117,9 +116,10 @@ static outcome_t run(const char *tag, const char *dir, int kill_primary) {
     killed = srv[slot].proc;
     kill(killed->pid, SIGKILL);
     h_wait_exit(killed, 5000);
-    printf("ctr_failover: killed %s (node %u, primary of range 0) at step "
-           "%lu of %lu\n",
-           killed->name, primary, step, total);
+    printf(
+        "ctr_failover: killed %s (node %u, primary of range 0) at step "
+        "%lu of %lu\n",
+        killed->name, primary, step, total);
     fflush(stdout);
     ck_assert_msg(h_wait_node_state(&c, srv[slot].address, "dead", 10000),
                   "the killed server was not declared dead in 10 s");
@@ -152,13 +152,14 @@ static outcome_t run(const char *tag, const char *dir, int kill_primary) {
   o.dump = h_read_file(dump, &o.dump_len);
   ck_assert_msg(o.dump != NULL, "%s: no dump %s", tag, dump);
   /* The dense weights, then one prediction per test row. */
-  ck_assert_msg(params > 0 && (double)o.dump_len ==
-                                  4.0 * (params + atof(TEST_ROWS)),
-                "%s: a dump of %zu bytes for %.0f weights and %s test rows",
-                tag, o.dump_len, params, TEST_ROWS);
-  printf("ctr_failover: %s: test AUC %.6f, log loss %.6f after %.0f steps in "
-         "%.1f s\n",
-         tag, o.auc, o.log_loss, o.steps, secs);
+  ck_assert_msg(
+      params > 0 && (double)o.dump_len == 4.0 * (params + atof(TEST_ROWS)),
+      "%s: a dump of %zu bytes for %.0f weights and %s test rows", tag,
+      o.dump_len, params, TEST_ROWS);
+  printf(
+      "ctr_failover: %s: test AUC %.6f, log loss %.6f after %.0f steps in "
+      "%.1f s\n",
+      tag, o.auc, o.log_loss, o.steps, secs);
   fflush(stdout);
   return o;
 }
@@ -180,22 +181,23 @@ START_TEST(ctr_survives_a_dead_primary) {
   outcome_t base = run("chaos_ctr_base", dir, 0);
   outcome_t fail = run("chaos_ctr_failover", dir, 1);
   long diff = first_difference(&base, &fail);
-  printf("ctr_failover: undisturbed AUC %.6f log loss %.6f, primary killed "
-         "AUC %.6f log loss %.6f; dumps of %zu floats %s\n",
-         base.auc, base.log_loss, fail.auc, fail.log_loss, base.dump_len / 4,
-         diff < 0 ? "bitwise equal" : "differ");
+  printf(
+      "ctr_failover: undisturbed AUC %.6f log loss %.6f, primary killed "
+      "AUC %.6f log loss %.6f; dumps of %zu floats %s\n",
+      base.auc, base.log_loss, fail.auc, fail.log_loss, base.dump_len / 4,
+      diff < 0 ? "bitwise equal" : "differ");
   fflush(stdout);
   /* It learned: chance is 0.5. */
   ck_assert_msg(base.auc >= 0.65, "undisturbed AUC %.4f < 0.65", base.auc);
-  ck_assert_msg(base.steps == fail.steps, "%.0f steps against %.0f",
-                fail.steps, base.steps);
+  ck_assert_msg(base.steps == fail.steps, "%.0f steps against %.0f", fail.steps,
+                base.steps);
   ck_assert_msg(base.auc == fail.auc && base.log_loss == fail.log_loss,
                 "primary killed: AUC %.6f log loss %.6f, undisturbed AUC "
                 "%.6f log loss %.6f",
                 fail.auc, fail.log_loss, base.auc, base.log_loss);
   ck_assert_msg(diff < 0,
-                "the dumps differ from float %ld on (%zu and %zu bytes)",
-                diff, base.dump_len, fail.dump_len);
+                "the dumps differ from float %ld on (%zu and %zu bytes)", diff,
+                base.dump_len, fail.dump_len);
   free(base.dump);
   free(fail.dump);
 }

@@ -215,8 +215,7 @@ START_TEST(test_schedule_in_spec_and_local_rows) {
           ps_local_table_push(local, keys, 3, g, ps_lr_factor(&sched, step)),
           PS_OK);
       ck_assert_int_eq(
-          ps_sparse_table_push(server, keys, 3, g, 1.0f, step, NULL, 0),
-          PS_OK);
+          ps_sparse_table_push(server, keys, 3, g, 1.0f, step, NULL, 0), PS_OK);
       ck_assert_int_eq(ps_local_table_pull(local, keys, 3, a), PS_OK);
       ck_assert_int_eq(ps_sparse_table_pull(server, keys, 3, b, NULL, 0),
                        PS_OK);
@@ -237,9 +236,8 @@ START_TEST(test_schedule_in_spec_and_local_rows) {
   ps_ctr_destroy(&m);
 
   /* A cosine no longer than its warm-up is refused, with the reason. */
-  o.lr_schedule = (ps_lr_schedule_spec_t){.kind = PS_LR_SCHEDULE_COSINE,
-                                          .total_steps = 5,
-                                          .warmup_steps = 5};
+  o.lr_schedule = (ps_lr_schedule_spec_t){
+      .kind = PS_LR_SCHEDULE_COSINE, .total_steps = 5, .warmup_steps = 5};
   ck_assert_ptr_null(ps_ctr_new(&o, err, sizeof(err)));
   ck_assert_msg(strstr(err, "warm-up") != NULL, "%s", err);
 }

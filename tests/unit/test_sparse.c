@@ -710,8 +710,7 @@ START_TEST(sgd_rows_follow_cosine_warmup) {
                         fabs((double)b[j] - w[j]) <= 1e-5 * (1.0 + fabs(w[j])),
                     "step %llu col %d: rows %.9g (ASP) %.9g (BSP), formula "
                     "%.9g",
-                    (unsigned long long)t, j, (double)a[j], (double)b[j],
-                    w[j]);
+                    (unsigned long long)t, j, (double)a[j], (double)b[j], w[j]);
     }
   }
   ps_sparse_table_destroy(&asp);

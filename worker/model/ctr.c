@@ -90,8 +90,7 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
              o->nhidden, PS_CTR_MAX_HIDDEN, o->max_batch);
     return NULL;
   }
-  if (ps_lr_schedule_check(&o->lr_schedule, err, errlen) != PS_OK)
-    return NULL;
+  if (ps_lr_schedule_check(&o->lr_schedule, err, errlen) != PS_OK) return NULL;
   ps_ctr_t *m = calloc(1, sizeof(*m));
   if (m == NULL) {
     snprintf(err, errlen, "ctr: out of memory");
