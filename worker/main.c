@@ -170,7 +170,9 @@ int main(int argc, char **argv) {
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
        "write a JSON report of the run here (this worker evaluates)"},
       {"dump-weights", PS_OPT_STRING, &dump, NULL, 0, 0, NULL,
-       "write the final weights here as raw float32 little-endian"},
+       "write the final weights here as raw float32 little-endian (--model "
+       "ctr: the dense weights, then the click probability of every test "
+       "row)"},
       {"metrics-csv", PS_OPT_STRING, &metrics_csv, NULL, 0, 0, NULL,
        "write the run's figures here as CSV, one row per progress interval, "
        "per epoch and at the end: time_s, kind, epoch, step, steps, loss, "

@@ -304,8 +304,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
   if (o->model == PS_NET_CTR) {
-    const char *no = o->dump_path              ? "dump-weights"
-                     : o->metrics_csv_path     ? "metrics-csv"
+    const char *no = o->metrics_csv_path       ? "metrics-csv"
                      : o->push == PS_PUSH_LAYER ? "push layer"
                                                 : NULL;
     if (no != NULL) {

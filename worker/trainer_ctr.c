@@ -36,13 +36,17 @@ struct ps__trainer_ctr_s {
   uint32_t rank, workers, dim;
   size_t nparams, max_batch, ncross;
   uint64_t start_step;
+  /* The schedule declared in the model spec, resolved for this job's
+   * worker count: what the servers apply, and --standalone itself. */
+  ps_lr_schedule_spec_t sched;
+  ps_optimizer_spec_t dense_opt;    /* --standalone: the servers' SGD */
   float *w, *v, *g;                 /* dense weights, momentum, gradient */
   float *emb, *wide, *gemb, *gwide; /* rows of a batch's ids */
   ps_criteo_row_t *rows;
   /* Test predictions, grown as the test file is read. */
   float *tp;
   uint8_t *ty;
-  size_t tcap;
+  size_t tcap, ntest;
   double test_auc, test_log_loss;
 };
 
@@ -139,19 +143,6 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
     }
     mo.has_sparse_optimizer = 1;
   }
-  t->max_batch = (size_t)o->batch_size > CTR_EVAL_BATCH ? (size_t)o->batch_size
-                                                         : CTR_EVAL_BATCH;
-  mo.max_batch = t->max_batch;
-  t->model = ps_ctr_new(&mo, why, sizeof(why));
-  if (t->model == NULL) {
-    ctr_fail(t, "%s", why);
-    rc = PS_ERR_CONFIG;
-    goto fail;
-  }
-  t->dim = mo.embed_dim;
-  t->ncross = mo.ncross;
-  t->nparams = ps_ctr_num_params(t->model);
-
   uint64_t t0 = ps_now_ns();
   rc = ps_criteo_count(t->train_path, &t->train_rows, why, sizeof(why));
   if (rc != PS_OK) {
@@ -167,6 +158,33 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
   PS_INFO("data",
           "train=%s test=%s train_rows=%" PRIu64 " count_s=%.2f", t->train_path,
           t->test_path, t->train_rows, (double)(ps_now_ns() - t0) * 1e-9);
+
+  /* The schedule goes into the spec with its horizon in epochs: the
+   * worker count that turns it into steps is the scheduler's to tell (the
+   * steps per epoch below follow the same formula). */
+  mo.lr_schedule = (ps_lr_schedule_spec_t){
+      .kind = o->lr_schedule == PS_LR_COSINE ? PS_LR_SCHEDULE_COSINE
+                                             : PS_LR_SCHEDULE_CONSTANT,
+      .warmup_steps = o->warmup_steps,
+      .epochs = (uint64_t)o->epochs,
+      .examples_per_epoch = t->train_rows,
+      .worker_batch = (uint64_t)o->batch_size,
+  };
+  t->max_batch = (size_t)o->batch_size > CTR_EVAL_BATCH ? (size_t)o->batch_size
+                                                         : CTR_EVAL_BATCH;
+  mo.max_batch = t->max_batch;
+  t->model = ps_ctr_new(&mo, why, sizeof(why));
+  if (t->model == NULL) {
+    ctr_fail(t, "%s", why);
+    rc = PS_ERR_CONFIG;
+    goto fail;
+  }
+  t->dim = mo.embed_dim;
+  t->ncross = mo.ncross;
+  t->nparams = ps_ctr_num_params(t->model);
+  t->dense_opt = (ps_optimizer_spec_t){.kind = PS_OPTIMIZER_SGD,
+                                       .learning_rate = mo.learning_rate,
+                                       .momentum = mo.momentum};
 
   size_t b = t->max_batch, cells = b * PS_CRITEO_CATEG;
   t->w = calloc(t->nparams, sizeof(float));
@@ -242,6 +260,14 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
     goto fail;
   }
   res->steps_per_epoch = t->train_rows / global_batch;
+  /* What the scheduler made of the horizon (the same formula). */
+  t->sched = spec->lr_schedule;
+  if (ps_lr_schedule_resolve(&t->sched, t->workers, why, sizeof(why)) !=
+      PS_OK) {
+    ctr_fail(t, "%s", why);
+    rc = PS_ERR_CONFIG;
+    goto fail;
+  }
   res->workers = t->workers;
   res->rank = t->rank;
   res->test_accuracy = -1.0;
@@ -334,7 +360,6 @@ static int read_batch(ps__trainer_ctr_t *t, size_t n) {
 
 static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
   size_t b = (size_t)t->o.batch_size;
-  uint64_t spe = t->res->steps_per_epoch;
   int rc = read_batch(t, b);
   if (rc != PS_OK) return rc;
   const uint64_t *keys;
@@ -351,8 +376,6 @@ static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
              *loss, step, t->o.learning_rate);
     return PS_ERR_INVAL;
   }
-  float f = ps_trainer_lr_factor(t->o.lr_schedule, step,
-                                 spe * (uint64_t)t->o.epochs);
   /* A sparse row's gradient is its rows' share of the batch mean: an id
    * seen once in a batch of B gets 1/B of a dense weight's step, one seen in
    * every row a whole step. Under SGD, with ids drawn from a Zipf law, that
@@ -360,22 +383,25 @@ static int train_step(ps__trainer_ctr_t *t, uint64_t step, double *loss) {
    * ctr_sparse_norm the rows' gradients are means over their own
    * occurrences instead (x B / count): every row moves as if it had a batch
    * of its own. ctr_sparse_scale then sets the rows' rate against the
-   * dense weights'. */
-  float fs = f * (float)t->o.ctr_sparse_scale;
-  if (f != 1.0f)
-    for (size_t i = 0; i < t->nparams; i++) t->g[i] *= f;
+   * dense weights'. The schedule is not applied here: the servers put it
+   * on every tensor and table (ps/model.h), --standalone below alike. */
+  float fs = (float)t->o.ctr_sparse_scale;
   const uint32_t *counts = ps_ctr_key_counts(t->model);
   for (size_t k = 0; k < nk; k++) {
     float s = t->o.ctr_sparse_norm ? fs * (float)b / (float)counts[k] : fs;
+    if (s == 1.0f) continue;
     if (k < nf)
       for (size_t j = 0; j < t->dim; j++) t->gemb[k * t->dim + j] *= s;
     t->gwide[k] *= s;
   }
   if (t->client == NULL) {
-    ps_apply_sgd(t->w, t->v, t->g, t->nparams, (float)t->o.learning_rate,
-                 (float)t->o.momentum, 1.0f);
-    rc = ps_local_table_push(t->local[0], keys, nf, t->gemb);
-    if (rc == PS_OK) rc = ps_local_table_push(t->local[1], keys, nk, t->gwide);
+    /* The servers' rule: the same kernels at the schedule's factor. */
+    float f = ps_lr_factor(&t->sched, step);
+    ps_optimizer_apply(&t->dense_opt, t->w, t->w, t->v, t->nparams, t->g,
+                       t->nparams, 1.0f, f, 0);
+    rc = ps_local_table_push(t->local[0], keys, nf, t->gemb, f);
+    if (rc == PS_OK)
+      rc = ps_local_table_push(t->local[1], keys, nk, t->gwide, f);
     if (rc != PS_OK) ctr_fail(t, "out of memory for %zu sparse rows", nk);
     return rc;
   }
@@ -457,6 +483,7 @@ static int evaluate(ps__trainer_ctr_t *t, uint64_t clock) {
     return PS_ERR_FORMAT;
   }
   size_t hits = 0;
+  t->ntest = n;
   for (size_t i = 0; i < n; i++) hits += (t->tp[i] >= 0.5f) == (t->ty[i] == 1);
   t->res->test_auc = auc;
   t->res->test_loss = ps_log_loss(t->tp, t->ty, n);
@@ -491,7 +518,9 @@ static int write_report(ps__trainer_ctr_t *t) {
       ",\n  \"train_rows\": %" PRIu64
       ",\n  \"workers\": %u,\n  \"batch_size\": %" PRId64
       ",\n  \"learning_rate\": %g,\n  \"momentum\": %g,\n"
-      "  \"lr_schedule\": \"%s\",\n  \"sparse_scale\": %g,\n"
+      "  \"lr_schedule\": \"%s\",\n  \"warmup_steps\": %" PRIu64
+      ",\n  \"lr_total_steps\": %" PRIu64
+      ",\n  \"sparse_scale\": %g,\n"
       "  \"sparse_norm\": \"%s\",\n"
       "  \"embed_dim\": %u,\n  \"dot_interactions\": %s,\n"
       "  \"crosses\": \"%s\",\n"
@@ -502,8 +531,9 @@ static int write_report(ps__trainer_ctr_t *t) {
       r->samples_per_sec, r->wall_seconds, r->epochs, r->steps,
       r->steps_per_epoch, t->train_rows, r->workers, t->o.batch_size,
       t->o.learning_rate, t->o.momentum,
-      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
-      t->o.ctr_sparse_scale, t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
+      t->sched.kind == PS_LR_SCHEDULE_COSINE ? "cosine" : "constant",
+      t->sched.warmup_steps, t->sched.total_steps, t->o.ctr_sparse_scale,
+      t->o.ctr_sparse_norm ? "count" : "batch", t->dim,
       t->o.ctr_dot ? "true" : "false", t->o.ctr_cross ? t->o.ctr_cross : "",
       t->o.ctr_hidden ? t->o.ctr_hidden : "", t->nparams, t->o.seed);
   int bad = n < 0;
@@ -511,6 +541,51 @@ static int write_report(ps__trainer_ctr_t *t) {
   if (!bad && rename(tmp, path) != 0) bad = 1;
   if (bad) {
     ctr_fail(t, "cannot write the report %s: %s", path, strerror(errno));
+    unlink(tmp);
+    return PS_ERR_IO;
+  }
+  return PS_OK;
+}
+
+static int write_floats(FILE *f, const float *v, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &v[i], 4);
+    u = __builtin_bswap32(u);
+    if (fwrite(&u, 4, 1, f) != 1) return -1;
+  }
+  return 0;
+#else
+  return fwrite(v, sizeof(float), n, f) == n ? 0 : -1;
+#endif
+}
+
+/* --dump-weights: the dense weights as of the last evaluation's clock,
+ * then the model's click probability of every test row in file order (a
+ * function of every sparse row the test set touches), all float32 LE. */
+static int write_dump(ps__trainer_ctr_t *t) {
+  const char *path = t->o.dump_path;
+  char tmp[1100];
+  snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) {
+    ctr_fail(t, "cannot write the weights dump %s: %s", tmp, strerror(errno));
+    return PS_ERR_IO;
+  }
+  int bad = write_floats(f, t->w, t->nparams) != 0 ||
+            write_floats(f, t->tp, t->ntest) != 0;
+  int saved = errno;
+  if (fclose(f) != 0 && !bad) {
+    bad = 1;
+    saved = errno;
+  }
+  if (!bad && rename(tmp, path) != 0) {
+    bad = 1;
+    saved = errno;
+  }
+  if (bad) {
+    ctr_fail(t, "cannot write the weights dump %s: %s", path, strerror(saved));
     unlink(tmp);
     return PS_ERR_IO;
   }
@@ -538,17 +613,23 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   uint64_t total = spe * (uint64_t)o->epochs;
   if (o->max_steps > 0 && o->max_steps < total) total = o->max_steps;
   uint64_t global_batch = (uint64_t)t->workers * (uint64_t)o->batch_size;
-  int evaluator = t->rank == 0 || o->report_path != NULL;
+  int evaluator =
+      t->rank == 0 || o->report_path != NULL || o->dump_path != NULL;
   ps_trainer_stats_t *st = o->stats;
   PS_INFO("train_start",
           "mode=%s model=ctr rank=%u workers=%u batch_size=%" PRId64
-          " global_batch=%" PRIu64 " lr=%g sparse_scale=%g sparse_norm=%s"
+          " global_batch=%" PRIu64 " lr=%g lr_schedule=%s warmup_steps=%" PRIu64
+          " lr_total_steps=%" PRIu64
+          " sparse_scale=%g sparse_norm=%s"
           " momentum=%g"
           " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
           " params=%zu embed_dim=%u threads=%d",
           t->client ? "distributed" : "standalone", t->rank, t->workers,
-          o->batch_size, global_batch, o->learning_rate, o->ctr_sparse_scale,
-          o->ctr_sparse_norm ? "count" : "batch", o->momentum, o->epochs, spe, total, t->nparams, t->dim, o->threads);
+          o->batch_size, global_batch, o->learning_rate,
+          t->sched.kind == PS_LR_SCHEDULE_COSINE ? "cosine" : "constant",
+          t->sched.warmup_steps, t->sched.total_steps, o->ctr_sparse_scale,
+          o->ctr_sparse_norm ? "count" : "batch", o->momentum, o->epochs, spe,
+          total, t->nparams, t->dim, o->threads);
   if (st) {
     ps_gauge_set(&st->rank, t->rank);
     ps_gauge_set(&st->workers, t->workers);
@@ -657,6 +738,9 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   if (st) ps_gauge_set(&st->samples_per_sec, r->samples_per_sec);
   if (rc == PS_OK && !r->stopped && evaluator && o->report_path)
     rc = write_report(t);
+  if (rc == PS_OK && !r->stopped && evaluator && o->dump_path &&
+      evaluated_at == step && step > 0)
+    rc = write_dump(t);
   int sig = stop_signal(t);
   if (t->client != NULL)
     ps_trainer_goodbye(t->client, rc, r->stopped, sig, t->errmsg);

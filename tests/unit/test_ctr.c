@@ -2,7 +2,8 @@
  * gradients (dense, embedding, wide) against central finite differences of
  * its own loss, with and without the embeddings' dot products. Rows share
  * ids, so a gradient summed over rows is checked too, and the dense
- * features are not zero, so their path is. */
+ * features are not zero, so their path is. Its spec carries the schedule,
+ * and --standalone's rows update as a server's do. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +13,10 @@
 #include "common/err.h"
 #include "common/init.h"
 #include "tests/check_run.h"
+#include "common/optimizer.h"
+#include "ps-server/sparse.h"
 #include "worker/model/ctr.h"
+#include "worker/model/local_table.h"
 
 #define ROWS 6
 #define DIM 4
@@ -212,12 +216,83 @@ START_TEST(test_gradient_finite_differences) {
 }
 END_TEST
 
+/* Issue #14: the CTR model's spec carries the learning-rate schedule, so
+ * the servers apply it; and --standalone's tables (worker/model/local_table.h)
+ * apply a push at the schedule's factor with the very bits a server's SGD
+ * table gives the same push at that step (ps-server/sparse.h), momentum
+ * included, so that standalone and cluster runs train the same rule. */
+START_TEST(test_schedule_in_spec_and_local_rows) {
+  ps_ctr_opts_t o;
+  ps_ctr_opts_init(&o);
+  o.embed_dim = DIM;
+  o.learning_rate = 0.3f;
+  o.momentum = 0.9f;
+  o.lr_schedule = (ps_lr_schedule_spec_t){.kind = PS_LR_SCHEDULE_COSINE,
+                                          .warmup_steps = 3,
+                                          .epochs = 2,
+                                          .examples_per_epoch = 1000,
+                                          .worker_batch = 50};
+  char err[256];
+  ps_ctr_t *m = ps_ctr_new(&o, err, sizeof(err));
+  ck_assert_msg(m != NULL, "%s", err);
+  const ps_model_t *spec = ps_ctr_model(m);
+  ck_assert(ps_lr_schedule_equal(&spec->lr_schedule, &o.lr_schedule));
+  /* As the scheduler resolves it for 2 workers: 2 x 1000 / (2 x 50). */
+  ps_lr_schedule_spec_t sched = spec->lr_schedule;
+  ck_assert_int_eq(ps_lr_schedule_resolve(&sched, 2, err, sizeof(err)), PS_OK);
+  ck_assert_uint_eq(sched.total_steps, 20);
+  ps_model_t resolved = *spec;
+  resolved.lr_schedule = sched;
+  for (size_t k = 0; k < spec->nsparse; k++) {
+    const ps_sparse_spec_t *sp = &spec->sparse[k];
+    ps_local_table_t *local = ps_local_table_new(sp, spec);
+    ps_sparse_table_t *server = ps_sparse_table_new(sp, &resolved);
+    ck_assert(local != NULL && server != NULL);
+    uint64_t keys[3] = {11, 4000, 90001};
+    size_t n = 3 * sp->dim;
+    float g[3 * DIM], a[3 * DIM], b[3 * DIM];
+    for (uint64_t step = 0; step < 24; step++) {
+      for (size_t i = 0; i < n; i++)
+        g[i] = 0.01f * (float)((i * 7 + step * 3) % 11) - 0.05f;
+      ck_assert_int_eq(
+          ps_local_table_push(local, keys, 3, g, ps_lr_factor(&sched, step)),
+          PS_OK);
+      ck_assert_int_eq(
+          ps_sparse_table_push(server, keys, 3, g, 1.0f, step, NULL, 0), PS_OK);
+      ck_assert_int_eq(ps_local_table_pull(local, keys, 3, a), PS_OK);
+      ck_assert_int_eq(ps_sparse_table_pull(server, keys, 3, b, NULL, 0),
+                       PS_OK);
+      ck_assert_msg(memcmp(a, b, n * sizeof(float)) == 0,
+                    "table %s, step %llu: the local rows differ from the "
+                    "server's",
+                    sp->name, (unsigned long long)step);
+    }
+    /* The rows moved: the comparison is not of two initial states. */
+    ps_local_table_t *fresh = ps_local_table_new(sp, spec);
+    float init[3 * DIM];
+    ck_assert_int_eq(ps_local_table_pull(fresh, keys, 3, init), PS_OK);
+    ck_assert(memcmp(a, init, n * sizeof(float)) != 0);
+    ps_local_table_destroy(&fresh);
+    ps_local_table_destroy(&local);
+    ps_sparse_table_destroy(&server);
+  }
+  ps_ctr_destroy(&m);
+
+  /* A cosine no longer than its warm-up is refused, with the reason. */
+  o.lr_schedule = (ps_lr_schedule_spec_t){
+      .kind = PS_LR_SCHEDULE_COSINE, .total_steps = 5, .warmup_steps = 5};
+  ck_assert_ptr_null(ps_ctr_new(&o, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "warm-up") != NULL, "%s", err);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("ctr");
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_batch_keys);
   tcase_add_loop_test(tc, test_gradient_finite_differences, 0, 3);
+  tcase_add_test(tc, test_schedule_in_spec_and_local_rows);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

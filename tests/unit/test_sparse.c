@@ -6,6 +6,7 @@
  * id owned by exactly one server, about evenly; frame validation of sparse
  * bodies (keys frame against nkeys, values a whole number of floats). */
 #include <check.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -617,12 +618,113 @@ START_TEST(optimizer_state_moves_with_rows) {
 }
 END_TEST
 
+/* The schedule's factor by its own formula (ps/model.h), in double: linear
+ * warm-up (t + 1) / W, then a cosine from 1 to 0 over T - W steps. */
+static double factor_formula(uint64_t t, uint64_t warmup, uint64_t total) {
+  if (t < warmup) return (double)(t + 1) / (double)warmup;
+  double x = (double)(t - warmup) / (double)(total - warmup);
+  return 0.5 * (1.0 + cos(M_PI * (x < 1.0 ? x : 1.0)));
+}
+
+/* Issue #14: the servers apply the learning-rate schedule (the CTR workers
+ * no longer scale their gradients). An SGD row pushed at step t moves by
+ * lr f(t) g, on arrival (ASP) and through a BSP step's sums of two
+ * contributions alike, for steps in the warm-up, at the cosine's start,
+ * middle and end and past its horizon; with momentum the row follows
+ * v = m v + f(t) g, w -= lr v over consecutive steps. */
+START_TEST(sgd_rows_follow_cosine_warmup) {
+  const uint64_t W = 4, T = 10;
+  ps_sparse_spec_t sp = spec_of("emb", 2, PS__INIT__INIT_ZERO, 0.0f);
+  ps_model_t m = model_of(0.5f, 0.0f, 1);
+  m.lr_schedule = (ps_lr_schedule_spec_t){
+      .kind = PS_LR_SCHEDULE_COSINE, .total_steps = T, .warmup_steps = W};
+  ps_sparse_table_t *asp = ps_sparse_table_new(&sp, &m);
+  ps_sparse_table_t *bsp = ps_sparse_table_new(&sp, &m);
+  ck_assert(asp != NULL && bsp != NULL);
+  const uint64_t steps[] = {0, 1, 3, 4, 7, 9, 10, 15};
+  const float g[2] = {0.75f, -2.0f};
+  /* Two workers' halves of 2 g: their mean is g. */
+  const float g1[2] = {0.5f, -3.0f}, g2[2] = {1.0f, -1.0f};
+  for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+    uint64_t t = steps[i], key = 100 + t; /* a fresh row per step */
+    float a[2], b[2];
+    ck_assert_int_eq(ps_sparse_table_push(asp, &key, 1, g, 1.0f, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_accumulate(bsp, &key, 1, g1, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_accumulate(bsp, &key, 1, g2, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_apply_pending(bsp, 0.5f, t), PS_OK);
+    ck_assert_int_eq(ps_sparse_table_pull(asp, &key, 1, a, NULL, 0), PS_OK);
+    ck_assert_int_eq(ps_sparse_table_pull(bsp, &key, 1, b, NULL, 0), PS_OK);
+    double f = factor_formula(t, W, T);
+    for (int j = 0; j < 2; j++) {
+      double want = -0.5 * f * (double)g[j];
+      ck_assert_msg(fabs((double)a[j] - want) <= 1e-6 * (1.0 + fabs(want)),
+                    "step %llu col %d: ASP row %.9g, lr f(t) g = %.9g",
+                    (unsigned long long)t, j, (double)a[j], want);
+      ck_assert_msg(fabs((double)b[j] - want) <= 1e-6 * (1.0 + fabs(want)),
+                    "step %llu col %d: BSP row %.9g, lr f(t) g = %.9g",
+                    (unsigned long long)t, j, (double)b[j], want);
+    }
+  }
+  /* Where the formula gives exact values: warm-up 1/4, the cosine's start
+   * 1 and its middle 1/2 (steps 0, 4, 7), and nothing at its end. */
+  float out[2];
+  uint64_t k0 = 100, k4 = 104, k7 = 107, k10 = 110, k15 = 115;
+  ck_assert_int_eq(ps_sparse_table_pull(asp, &k0, 1, out, NULL, 0), PS_OK);
+  ck_assert(out[0] == -0.5f * 0.25f * 0.75f && out[1] == 0.25f);
+  ck_assert_int_eq(ps_sparse_table_pull(asp, &k4, 1, out, NULL, 0), PS_OK);
+  ck_assert(out[0] == -0.375f && out[1] == 1.0f);
+  ck_assert_int_eq(ps_sparse_table_pull(asp, &k7, 1, out, NULL, 0), PS_OK);
+  ck_assert_float_eq_tol(out[1], 0.5f, 1e-6f);
+  ck_assert_int_eq(ps_sparse_table_pull(asp, &k10, 1, out, NULL, 0), PS_OK);
+  ck_assert_float_eq_tol(out[1], 0.0f, 1e-7f);
+  ck_assert_int_eq(ps_sparse_table_pull(asp, &k15, 1, out, NULL, 0), PS_OK);
+  ck_assert_float_eq_tol(out[1], 0.0f, 1e-7f);
+  ps_sparse_table_destroy(&asp);
+  ps_sparse_table_destroy(&bsp);
+
+  /* Momentum 0.5, one row pushed at steps 2..7 (warm-up into cosine). */
+  m.momentum = 0.5f;
+  asp = ps_sparse_table_new(&sp, &m);
+  bsp = ps_sparse_table_new(&sp, &m);
+  double v[2] = {0, 0}, w[2] = {0, 0};
+  uint64_t key = 7;
+  for (uint64_t t = 2; t < 8; t++) {
+    ck_assert_int_eq(ps_sparse_table_push(asp, &key, 1, g, 1.0f, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_accumulate(bsp, &key, 1, g1, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_accumulate(bsp, &key, 1, g2, t, NULL, 0),
+                     PS_OK);
+    ck_assert_int_eq(ps_sparse_table_apply_pending(bsp, 0.5f, t), PS_OK);
+    double f = factor_formula(t, W, T);
+    float a[2], b[2];
+    ck_assert_int_eq(ps_sparse_table_pull(asp, &key, 1, a, NULL, 0), PS_OK);
+    ck_assert_int_eq(ps_sparse_table_pull(bsp, &key, 1, b, NULL, 0), PS_OK);
+    for (int j = 0; j < 2; j++) {
+      v[j] = 0.5 * v[j] + f * (double)g[j];
+      w[j] -= 0.5 * v[j];
+      ck_assert_msg(fabs((double)a[j] - w[j]) <= 1e-5 * (1.0 + fabs(w[j])) &&
+                        fabs((double)b[j] - w[j]) <= 1e-5 * (1.0 + fabs(w[j])),
+                    "step %llu col %d: rows %.9g (ASP) %.9g (BSP), formula "
+                    "%.9g",
+                    (unsigned long long)t, j, (double)a[j], (double)b[j], w[j]);
+    }
+  }
+  ps_sparse_table_destroy(&asp);
+  ps_sparse_table_destroy(&bsp);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
   tcase_add_test(tc, init_on_touch_is_deterministic);
   tcase_add_test(tc, sgd_by_hand);
   tcase_add_test(tc, table_optimizer_and_schedule);
+  tcase_add_test(tc, sgd_rows_follow_cosine_warmup);
   tcase_add_test(tc, optimizer_state_moves_with_rows);
   tcase_add_test(tc, bad_keys_refused_without_change);
   tcase_add_test(tc, model_spec_checks);

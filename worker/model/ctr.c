@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/init.h"
+#include "common/optimizer.h"
 #include "proto/ps.pb-c.h"
 
 #define NLAYERS_MAX (PS_CTR_MAX_HIDDEN + 1)
@@ -131,6 +132,7 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
              o->nhidden, PS_CTR_MAX_HIDDEN, o->max_batch);
     return NULL;
   }
+  if (ps_lr_schedule_check(&o->lr_schedule, err, errlen) != PS_OK) return NULL;
   ps_ctr_t *m = calloc(1, sizeof(*m));
   if (m == NULL) {
     snprintf(err, errlen, "ctr: out of memory");
@@ -169,6 +171,7 @@ ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen) {
   m->model.learning_rate = o->learning_rate;
   m->model.momentum = o->momentum;
   m->model.seed = o->seed;
+  m->model.lr_schedule = o->lr_schedule;
   snprintf(m->sparse[0].name, PS_NAME_MAX, "%s", PS_CTR_EMB_TABLE);
   m->sparse[0].dim = o->embed_dim;
   m->sparse[0].init = PS_INIT_UNIFORM;

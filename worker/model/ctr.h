@@ -59,6 +59,9 @@ typedef struct {
   float learning_rate;
   float momentum;
   uint64_t seed;
+  /* The learning-rate schedule the servers apply to the dense tensors and
+   * both tables (ps/model.h); default constant, no warm-up. */
+  ps_lr_schedule_spec_t lr_schedule;
   size_t max_batch; /* most rows given to one call */
   /* 1: both sparse tables declare sparse_optimizer (Adagrad, FTRL: a rate
    * per row, which ids drawn from a Zipf law want); 0: the model's SGD. */
@@ -81,8 +84,8 @@ int ps_ctr_parse_cross(ps_ctr_opts_t *o, const char *list, char *err,
 ps_ctr_t *ps_ctr_new(const ps_ctr_opts_t *o, char *err, size_t errlen);
 void ps_ctr_destroy(ps_ctr_t **m_p);
 
-/* The spec a worker declares (dense tensors, the two sparse tables, SGD).
- * Owned by the model. */
+/* The spec a worker declares (dense tensors, the two sparse tables, SGD,
+ * the schedule of the options). Owned by the model. */
 const ps_model_t *ps_ctr_model(const ps_ctr_t *m);
 size_t ps_ctr_num_params(const ps_ctr_t *m);
 uint32_t ps_ctr_embed_dim(const ps_ctr_t *m);

@@ -9,9 +9,9 @@
 
 struct ps_local_table_s {
   ps_sparse_spec_t spec;
-  float lr, momentum;
+  ps_optimizer_spec_t opt; /* SGD at the model's rate and momentum */
   uint64_t seed;
-  size_t stride; /* floats per row: dim, or 2 dim with momentum */
+  size_t stride; /* floats per row: ps_optimizer_row_floats */
   size_t cap;    /* slots, a power of two */
   uint64_t *slot_key;
   uint64_t *slot_row; /* row index + 1; 0: empty */
@@ -25,10 +25,11 @@ ps_local_table_t *ps_local_table_new(const ps_sparse_spec_t *spec,
   if (t == NULL) return NULL;
   t->spec = *spec;
   t->spec.salt = ps_sparse_salt(spec->name);
-  t->lr = model->learning_rate;
-  t->momentum = model->momentum;
+  t->opt = (ps_optimizer_spec_t){.kind = PS_OPTIMIZER_SGD,
+                                 .learning_rate = model->learning_rate,
+                                 .momentum = model->momentum};
   t->seed = model->seed;
-  t->stride = (size_t)spec->dim * (model->momentum > 0 ? 2 : 1);
+  t->stride = ps_optimizer_row_floats(&t->opt, spec->dim);
   t->cap = 1024;
   t->slot_key = calloc(t->cap, sizeof(*t->slot_key));
   t->slot_row = calloc(t->cap, sizeof(*t->slot_row));
@@ -119,13 +120,13 @@ int ps_local_table_pull(ps_local_table_t *t, const uint64_t *keys, size_t n,
 }
 
 int ps_local_table_push(ps_local_table_t *t, const uint64_t *keys, size_t n,
-                        const float *grads) {
+                        const float *grads, float lr_factor) {
   size_t dim = t->spec.dim;
   for (size_t i = 0; i < n; i++) {
     float *row = row_get(t, keys[i]);
     if (row == NULL) return PS_ERR_NOMEM;
-    ps_apply_sgd(row, t->momentum > 0 ? row + dim : NULL, grads + i * dim, dim,
-                 t->lr, t->momentum, 1.0f);
+    ps_optimizer_apply_row(&t->opt, row, t->spec.dim, grads + i * dim, 1.0f,
+                           lr_factor);
   }
   return PS_OK;
 }

@@ -26,10 +26,11 @@ void ps_local_table_destroy(ps_local_table_t **t_p);
 int ps_local_table_pull(ps_local_table_t *t, const uint64_t *keys, size_t n,
                         float *out);
 
-/* Applies SGD to the rows of keys[0, n) (distinct) with grads (n x dim).
- * PS_OK or PS_ERR_NOMEM. */
+/* Applies SGD to the rows of keys[0, n) (distinct) with grads (n x dim)
+ * and lr_factor the schedule's f(step) (ps_lr_factor), as a server's SGD
+ * table applies a push (ps_optimizer_apply_row). PS_OK or PS_ERR_NOMEM. */
 int ps_local_table_push(ps_local_table_t *t, const uint64_t *keys, size_t n,
-                        const float *grads);
+                        const float *grads, float lr_factor);
 
 uint64_t ps_local_table_rows(const ps_local_table_t *t);
 
