@@ -26,6 +26,11 @@ if [ "${1:-}" = --tests ]; then
     podman-compose
     # The package tests (tests/deploy): lint the .deb, validate compose.yaml.
     lintian docker-compose
+    # deploy/k8s checked offline (tests/deploy/k8s_validate.py): the
+    # manifests read by python3-yaml against a JSON Schema by
+    # python3-jsonschema; python3-kubernetes is what that schema is made
+    # from (tests/deploy/k8s_schema.py).
+    python3-yaml python3-jsonschema python3-kubernetes
     # deploy/plot.sh, which integration.metrics_csv runs (and quickstart
     # uses when it is there).
     gnuplot-nox
