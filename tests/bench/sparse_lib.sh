@@ -34,6 +34,11 @@ server_rss() {
   awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$SERVER_PID/status"
 }
 
+# Its peak resident memory so far (VmHWM), in bytes.
+server_hwm() {
+  awk '/^VmHWM:/ {print $2 * 1024}' "/proc/$SERVER_PID/status"
+}
+
 # One metric's value from the server (summed over its series).
 server_metric() {
   curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" |
