@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by tests/bench/sparse_rss.sh and sparse_cap.sh (sourced): a
 # scheduler and one ps-server on loopback (replication 1, plaintext, the
 # server's metrics on a free port), ps-bench's fill against them with
@@ -20,7 +21,7 @@ start_cluster() {
     --log-level warn 2>>"$TMP/scheduler.log" & PIDS+=($!)
   "$B/ps-server" --scheduler "$SCHED_EP" --metrics-bind "127.0.0.1:$METRICS_PORT" \
     --insecure --log-level warn "$@" 2>>"$TMP/server.log" & SERVER_PID=$!
-  PIDS+=($SERVER_PID)
+  PIDS+=("$SERVER_PID")
   for _ in $(seq 120); do
     curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >/dev/null 2>&1 && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || { echo "ps-server exited at start" >&2; return 1; }
@@ -54,7 +55,7 @@ start_fill() {
   "$B/ps-bench" --scheduler "$SCHED_EP" --servers 1 --clients 1 --ops sparse \
     --sizes 4K --sparse-ids "$ids" --sparse-hold --timeout-ms 600000 "$@" \
     <"$TMP/hold" >"$TMP/bench.out" 2>>"$TMP/bench.log" & BENCH_PID=$!
-  PIDS+=($BENCH_PID)
+  PIDS+=("$BENCH_PID")
   exec 7>"$TMP/hold"
 }
 
@@ -70,15 +71,18 @@ wait_held() {
 }
 
 # Lets ps-bench go; the job ends and every daemon exits (at most 60 s;
-# then they are stopped). Returns ps-bench's exit status.
+# then they are stopped). Fails unless ps-bench and the server exit 0 by
+# themselves (a sanitizer's report at exit shows here).
 release_fill() {
   exec 7>&-
-  local deadline=$((SECONDS + 60)) rc=0
+  local deadline=$((SECONDS + 60)) rc=0 src=0
   for p in "${PIDS[@]}"; do
     while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   done
   wait "$BENCH_PID" || rc=$?
+  wait "$SERVER_PID" || src=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   PIDS=()
-  return $rc
+  [ $rc = 0 ] || { echo "ps-bench exited $rc" >&2; return 1; }
+  [ $src = 0 ] || { echo "ps-server exited $src" >&2; return 1; }
 }

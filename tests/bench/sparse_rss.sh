@@ -50,7 +50,6 @@ row_floats() {
   esac
 }
 
-worst=0
 for opt in ${OPTS//,/ }; do
   for n in ${ROWS//,/ }; do
     rf=$(row_floats "$opt")
