@@ -550,8 +550,9 @@ const uint64_t *ps__server_aligned_keys(ps_server_t *s, zmq_msg_t *f,
  * server's bytes split over the tables and the copies a server holds when
  * every server leads one range (replication of them). A function of the
  * view's fixed settings only, so every copy of a range has the same cap and
- * evicts the same rows. Each row costs its floats and about 40 bytes of
- * bookkeeping (id, hash slots at half load, recency links). */
+ * evicts the same rows. Each row costs its floats and at most about 40
+ * bytes of bookkeeping (ps-server/sparse.c: its id, 8; 1.33 to 2.67 hash
+ * slots of 8; recency links, 8). */
 static uint64_t sparse_cap_rows(const ps_server_t *s, const ps_view_t *view,
                                 const ps_sparse_spec_t *spec) {
   if (s->sparse_max_bytes == 0) return 0;

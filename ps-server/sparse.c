@@ -3,30 +3,39 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "common/err.h"
 #include "common/init.h"
 #include "common/optimizer.h"
 
 /* id -> block of stride floats. Open addressing with linear probing, kept
- * at most half full so probes stay short; slot_row holds block index + 1,
- * 0 marks an empty slot. Blocks sit end to end in creation order, with
- * their ids beside them, so a snapshot walks them without the slots. */
+ * at most three quarters full. A slot is one uint64: the low 32 bits of the
+ * id's hash (its tag, which also gives its home slot) above block index + 1
+ * (0 marks an empty slot), so a probe reads one array and compares an id
+ * only when the tag matches, and a row costs 8 bytes per slot (1.33 to 2.67
+ * slots a row) instead of the 16 of a key and an index. Blocks sit end to
+ * end in creation order, with their ids beside them, so a snapshot walks
+ * them without the slots. At most ROWS_MAX blocks, so an index + 1 fits 32
+ * bits and the slots never outgrow what a 32-bit tag can place. */
 typedef struct {
   size_t stride;
-  uint64_t *slot_key;
-  uint64_t *slot_row;
+  uint64_t *slots;
   size_t cap; /* slots, a power of two; 0 before the first insert */
   float *data;
   uint64_t *ids;
   uint64_t n, data_cap;
   /* Least recently pushed first: a doubly linked list over block indices
-   * (NONE ends it), kept only for the rows of a capped table. */
-  uint64_t *prev, *next;
-  uint64_t head, tail;
+   * (NONE32 ends it), kept only for the rows of a capped table. */
+  uint32_t *prev, *next;
+  uint32_t head, tail;
   int lru;
 } rowmap_t;
 
+#define NONE32 UINT32_MAX
+#define ROWS_MAX ((uint64_t)UINT32_MAX / 4 * 3)
 #define NONE UINT64_MAX
 
 /* Count-min sketch of how often each id was pushed (admission): DEPTH
@@ -65,8 +74,7 @@ void ps_sparse_init_row(const ps_sparse_spec_t *spec, uint64_t seed,
 }
 
 static void rowmap_free(rowmap_t *m) {
-  free(m->slot_key);
-  free(m->slot_row);
+  free(m->slots);
   free(m->data);
   free(m->ids);
   free(m->prev);
@@ -76,77 +84,102 @@ static void rowmap_free(rowmap_t *m) {
   memset(m, 0, sizeof(*m));
   m->stride = stride;
   m->lru = lru;
-  m->head = m->tail = NONE;
+  m->head = m->tail = NONE32;
 }
 
-static void lru_unlink(rowmap_t *m, uint64_t i) {
-  uint64_t p = m->prev[i], n = m->next[i];
-  if (p != NONE) m->next[p] = n; else m->head = n;
-  if (n != NONE) m->prev[n] = p; else m->tail = p;
+static void lru_unlink(rowmap_t *m, uint32_t i) {
+  uint32_t p = m->prev[i], n = m->next[i];
+  if (p != NONE32) m->next[p] = n; else m->head = n;
+  if (n != NONE32) m->prev[n] = p; else m->tail = p;
 }
 
-static void lru_append(rowmap_t *m, uint64_t i) {
+static void lru_append(rowmap_t *m, uint32_t i) {
   m->prev[i] = m->tail;
-  m->next[i] = NONE;
-  if (m->tail != NONE) m->next[m->tail] = i; else m->head = i;
+  m->next[i] = NONE32;
+  if (m->tail != NONE32) m->next[m->tail] = i; else m->head = i;
   m->tail = i;
 }
 
 /* Marks block i the most recently pushed. */
 static void lru_touch(rowmap_t *m, uint64_t i) {
-  if (!m->lru || m->tail == i) return;
-  lru_unlink(m, i);
-  lru_append(m, i);
+  if (!m->lru || m->tail == (uint32_t)i) return;
+  lru_unlink(m, (uint32_t)i);
+  lru_append(m, (uint32_t)i);
 }
 
-/* Ids are often small consecutive integers: mix so they spread. */
-static size_t slot_of(uint64_t id, size_t cap) {
-  return (size_t)(ps_mix64(id) & (cap - 1));
+/* A slot's parts (see rowmap_t). Ids are often small consecutive
+ * integers: mixed so they spread. */
+static uint32_t tag_of(uint64_t id) { return (uint32_t)ps_mix64(id); }
+static uint64_t slot_make(uint32_t tag, uint64_t i) {
+  return (uint64_t)tag << 32 | (i + 1);
+}
+static uint32_t slot_tag(uint64_t slot) { return (uint32_t)(slot >> 32); }
+static uint64_t slot_index(uint64_t slot) {
+  return (slot & UINT32_MAX) - 1;
+}
+
+/* After an array of a big table grew (bytes: its new size): the arrays
+ * it replaced may lie freed inside glibc's heap (below its mmap threshold,
+ * which rises as big blocks are freed), still resident, a quarter more
+ * than the rows themselves. Hand them back: growth happens a logarithmic
+ * number of times, so the trim's cost does not matter. */
+static void release_freed(size_t bytes) {
+#ifdef __GLIBC__
+  if (bytes >= ((size_t)1 << 20)) malloc_trim(0);
+#else
+  (void)bytes;
+#endif
 }
 
 static int rowmap_grow_slots(rowmap_t *m) {
   size_t cap = m->cap ? m->cap * 2 : 1024;
-  uint64_t *keys = calloc(cap, sizeof(*keys));
-  uint64_t *rows = calloc(cap, sizeof(*rows));
-  if (keys == NULL || rows == NULL) {
-    free(keys);
-    free(rows);
-    return PS_ERR_NOMEM;
-  }
+  uint64_t *slots = calloc(cap, sizeof(*slots));
+  if (slots == NULL) return PS_ERR_NOMEM;
   for (size_t i = 0; i < m->cap; i++) {
-    if (m->slot_row[i] == 0) continue;
-    size_t j = slot_of(m->slot_key[i], cap);
-    while (rows[j] != 0) j = (j + 1) & (cap - 1);
-    keys[j] = m->slot_key[i];
-    rows[j] = m->slot_row[i];
+    uint64_t sl = m->slots[i];
+    if (sl == 0) continue;
+    size_t j = slot_tag(sl) & (cap - 1);
+    while (slots[j] != 0) j = (j + 1) & (cap - 1);
+    slots[j] = sl;
   }
-  free(m->slot_key);
-  free(m->slot_row);
-  m->slot_key = keys;
-  m->slot_row = rows;
+  free(m->slots);
+  m->slots = slots;
   m->cap = cap;
+  release_freed(cap * sizeof(*slots));
   return PS_OK;
 }
 
-static float *rowmap_find(const rowmap_t *m, uint64_t id) {
-  if (m->cap == 0) return NULL;
-  size_t j = slot_of(id, m->cap);
-  while (m->slot_row[j] != 0) {
-    if (m->slot_key[j] == id) return m->data + (m->slot_row[j] - 1) * m->stride;
-    j = (j + 1) & (m->cap - 1);
+/* The block index of id, or NONE. */
+static uint64_t rowmap_index(const rowmap_t *m, uint64_t id) {
+  if (m->cap == 0) return NONE;
+  uint32_t tag = tag_of(id);
+  size_t mask = m->cap - 1;
+  for (size_t j = tag & mask; m->slots[j] != 0; j = (j + 1) & mask) {
+    uint64_t sl = m->slots[j];
+    if (slot_tag(sl) == tag && m->ids[slot_index(sl)] == id)
+      return slot_index(sl);
   }
-  return NULL;
+  return NONE;
+}
+
+static float *rowmap_find(const rowmap_t *m, uint64_t id) {
+  uint64_t i = rowmap_index(m, id);
+  return i == NONE ? NULL : m->data + i * m->stride;
 }
 
 /* The block of id; a new one (contents undefined, *created 1) if id has
- * none. NULL on no memory. Valid until the next insert. */
+ * none. NULL on no memory (or ROWS_MAX blocks). Valid until the next
+ * insert. */
 static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
   *created = 0;
   float *row = rowmap_find(m, id);
   if (row) return row;
-  if ((m->n + 1) * 2 > m->cap && rowmap_grow_slots(m) != PS_OK) return NULL;
+  if (m->n == ROWS_MAX) return NULL;
+  if ((m->n + 1) * 4 > (uint64_t)m->cap * 3 && rowmap_grow_slots(m) != PS_OK)
+    return NULL;
   if (m->n == m->data_cap) {
     uint64_t cap = m->data_cap ? m->data_cap * 2 : 1024;
+    if (cap > ROWS_MAX) cap = ROWS_MAX;
     float *data = realloc(m->data, cap * m->stride * sizeof(float));
     if (data == NULL) return NULL;
     m->data = data;
@@ -154,60 +187,62 @@ static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
     if (ids == NULL) return NULL;
     m->ids = ids;
     if (m->lru) {
-      uint64_t *prev = realloc(m->prev, cap * sizeof(*prev));
+      uint32_t *prev = realloc(m->prev, cap * sizeof(*prev));
       if (prev == NULL) return NULL;
       m->prev = prev;
-      uint64_t *next = realloc(m->next, cap * sizeof(*next));
+      uint32_t *next = realloc(m->next, cap * sizeof(*next));
       if (next == NULL) return NULL;
       m->next = next;
     }
     m->data_cap = cap;
+    release_freed(cap * m->stride * sizeof(float));
   }
-  size_t j = slot_of(id, m->cap);
-  while (m->slot_row[j] != 0) j = (j + 1) & (m->cap - 1);
+  uint32_t tag = tag_of(id);
+  size_t j = tag & (m->cap - 1);
+  while (m->slots[j] != 0) j = (j + 1) & (m->cap - 1);
   m->ids[m->n] = id;
+  m->slots[j] = slot_make(tag, m->n);
   m->n++;
-  m->slot_key[j] = id;
-  m->slot_row[j] = m->n;
-  if (m->lru) lru_append(m, m->n - 1);
+  if (m->lru) lru_append(m, (uint32_t)(m->n - 1));
   *created = 1;
   return m->data + (m->n - 1) * m->stride;
 }
 
-/* The slot that holds id (which must be there). */
-static size_t slot_find(const rowmap_t *m, uint64_t id) {
-  size_t j = slot_of(id, m->cap);
-  while (m->slot_key[j] != id || m->slot_row[j] == 0) j = (j + 1) & (m->cap - 1);
+/* The slot that holds block i. */
+static size_t slot_find(const rowmap_t *m, uint64_t i) {
+  size_t mask = m->cap - 1, j = tag_of(m->ids[i]) & mask;
+  while (m->slots[j] == 0 || slot_index(m->slots[j]) != i) j = (j + 1) & mask;
   return j;
 }
 
 /* Removes block i: its slot (backward-shift deletion keeps every probe
  * sequence whole), and the last block moves into its place. */
 static void rowmap_remove(rowmap_t *m, uint64_t i) {
-  size_t j = slot_find(m, m->ids[i]);
+  size_t j = slot_find(m, i);
   size_t mask = m->cap - 1;
-  for (size_t k = (j + 1) & mask; m->slot_row[k] != 0; k = (k + 1) & mask) {
-    size_t home = slot_of(m->slot_key[k], m->cap);
+  for (size_t k = (j + 1) & mask; m->slots[k] != 0; k = (k + 1) & mask) {
+    size_t home = slot_tag(m->slots[k]) & mask;
     /* k's entry may fill the hole at j unless its home lies in (j, k]. */
     int stays = j <= k ? (home > j && home <= k) : (home > j || home <= k);
     if (stays) continue;
-    m->slot_key[j] = m->slot_key[k];
-    m->slot_row[j] = m->slot_row[k];
+    m->slots[j] = m->slots[k];
     j = k;
   }
-  m->slot_row[j] = 0;
-  if (m->lru) lru_unlink(m, i);
+  m->slots[j] = 0;
+  if (m->lru) lru_unlink(m, (uint32_t)i);
   uint64_t last = m->n - 1;
   if (i != last) {
     memcpy(m->data + i * m->stride, m->data + last * m->stride,
            m->stride * sizeof(float));
+    size_t ls = slot_find(m, last);
+    m->slots[ls] = slot_make(slot_tag(m->slots[ls]), i);
     m->ids[i] = m->ids[last];
-    m->slot_row[slot_find(m, m->ids[i])] = i + 1;
     if (m->lru) {
-      m->prev[i] = m->prev[last];
-      m->next[i] = m->next[last];
-      if (m->prev[i] != NONE) m->next[m->prev[i]] = i; else m->head = i;
-      if (m->next[i] != NONE) m->prev[m->next[i]] = i; else m->tail = i;
+      uint32_t k = (uint32_t)i;
+      m->prev[k] = m->prev[last];
+      m->next[k] = m->next[last];
+      if (m->prev[k] != NONE32) m->next[m->prev[k]] = k; else m->head = k;
+      if (m->next[k] != NONE32) m->prev[m->next[k]] = k; else m->tail = k;
     }
   }
   m->n--;
@@ -215,9 +250,9 @@ static void rowmap_remove(rowmap_t *m, uint64_t i) {
 
 /* Forgets every block, keeping the memory (a step's sums come back). */
 static void rowmap_clear(rowmap_t *m) {
-  if (m->cap) memset(m->slot_row, 0, m->cap * sizeof(*m->slot_row));
+  if (m->cap) memset(m->slots, 0, m->cap * sizeof(*m->slots));
   m->n = 0;
-  m->head = m->tail = NONE;
+  m->head = m->tail = NONE32;
 }
 
 ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
@@ -231,7 +266,7 @@ ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
   t->seed = model->seed;
   t->rows.stride = ps_optimizer_row_floats(&t->opt, spec->dim);
   t->pending.stride = spec->dim;
-  t->rows.head = t->rows.tail = t->pending.head = t->pending.tail = NONE;
+  t->rows.head = t->rows.tail = t->pending.head = t->pending.tail = NONE32;
   return t;
 }
 
@@ -474,11 +509,12 @@ const float *ps_sparse_table_row_at(const ps_sparse_table_t *t, uint64_t i,
 }
 
 uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t) {
-  return t->rows.lru ? t->rows.head : (t->rows.n ? 0 : NONE);
+  if (t->rows.lru) return t->rows.head == NONE32 ? NONE : t->rows.head;
+  return t->rows.n ? 0 : NONE;
 }
 
 uint64_t ps_sparse_table_lru_next(const ps_sparse_table_t *t, uint64_t i) {
-  if (t->rows.lru) return t->rows.next[i];
+  if (t->rows.lru) return t->rows.next[i] == NONE32 ? NONE : t->rows.next[i];
   return i + 1 < t->rows.n ? i + 1 : NONE;
 }
 

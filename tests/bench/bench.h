@@ -109,6 +109,12 @@ typedef struct {
    * from a Zipf law of this exponent over the space (rank r -> a hashed
    * id), as a batch's distinct ids are; 0: uniform. */
   double sparse_zipf;
+  /* Fresh ids (--sparse-fresh): this client's n-th id is n * nclients +
+   * client_index, so no id repeats across calls or clients. */
+  int sparse_fresh;
+  int client_index, nclients;
+  /* The table's optimizer (PS_OPTIMIZER_*), -1: the model's (SGD). */
+  int sparse_optimizer;
   const char *keys_dir; /* CURVE: the cluster's keys; NULL: plaintext */
 } ps_bench_client_args_t;
 

@@ -44,8 +44,9 @@ typedef struct {
   char *local, *scheduler, *ops_s, *sizes_s, *windows_s, *bin_dir, *log_dir;
   int64_t servers_opt, clients_opt, reps, rep_ms, warmup_ms, apply_mb,
       chunk_bytes, timeout_ms, sparse_dim, sparse_keys, sparse_space,
-      replication;
+      replication, sparse_ids;
   double sparse_zipf;
+  int sparse_fresh, sparse_hold, sparse_optimizer;
   int baseline, json, quick, log_level, pull_copy, curve;
   char *keys_dir_opt; /* --keys-dir: an outside cluster's keys */
   /* parsed */
@@ -416,6 +417,13 @@ static int start_clients(void) {
     a->sparse_keys = (uint64_t)B.sparse_keys;
     a->sparse_space = (uint64_t)B.sparse_space;
     a->sparse_zipf = B.sparse_zipf;
+    a->sparse_fresh = B.sparse_fresh || B.sparse_ids > 0;
+    a->client_index = i;
+    a->nclients = B.nclients;
+    /* The enum's choices are "model|sgd|adagrad|adam|ftrl". */
+    static const int kinds[] = {-1, PS_OPTIMIZER_SGD, PS_OPTIMIZER_ADAGRAD,
+                                PS_OPTIMIZER_ADAM, PS_OPTIMIZER_FTRL};
+    a->sparse_optimizer = kinds[B.sparse_optimizer];
     a->keys_dir = B.pass_curve ? B.keys_dir : B.keys_dir_opt;
     int fds[MAX_CLIENTS + MAX_SERVERS + 1];
     int n = parent_fds(fds);
@@ -607,6 +615,99 @@ static int run_sparse_case(void) {
     json_num(stdout, "p99_us", p99, 1);
     printf(",\"raw_mbps\":null,\"raw_p50_us\":null,\"ratio\":null}\n");
     fflush(stdout);
+  }
+  return 0;
+}
+
+/* A fill (--sparse-ids N): the clients push N distinct ids between them,
+ * --sparse-keys per call, and the run reports how fast; with --sparse-hold
+ * it then says "held" on stdout and keeps the clients (so the job, so the
+ * servers and their rows) until a line or EOF on stdin, at most
+ * --timeout-ms, for a script to read the servers (tests/bench/sparse_*.sh). */
+static int run_fill_case(void) {
+  uint64_t total = (uint64_t)B.sparse_ids, n = (uint64_t)B.nclients;
+  char cmd[64];
+  uint64_t t0 = ps_now_ns(), next_note = t0 + 10000000000ull;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t share = total / n + (i < total % n);
+    int len = snprintf(cmd, sizeof(cmd), "fill %llu\n",
+                       (unsigned long long)share);
+    if (ps_bench_write_all(B.ctl[i], cmd, (size_t)len) != 0) {
+      fail_msg("client %d is gone", (int)i);
+      return -1;
+    }
+  }
+  static char line[65536 + 128];
+  static ps_bench_hist_t h;
+  memset(&h, 0, sizeof(h));
+  uint64_t bytes = 0, calls = 0, elapsed = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    for (;;) {
+      /* A client reports progress every second: silence for a deadline's
+       * worth is a hang. */
+      int len = ps_bench_read_line(B.ctl[i], line, sizeof(line),
+                                   (int)B.timeout_ms + 30000);
+      unsigned long long b, r, o, e, done;
+      int off = 0;
+      if (len > 0 && sscanf(line, "prog %llu", &done) == 1) {
+        uint64_t now = ps_now_ns();
+        if (i == 0 && now >= next_note) {
+          next_note = now + 10000000000ull;
+          fprintf(stderr, "ps-bench: fill: client 0 pushed %llu of %llu ids "
+                  "(%.0f s)\n", done,
+                  (unsigned long long)(total / n + (total % n > 0)),
+                  (double)(now - t0) * 1e-9);
+        }
+        continue;
+      }
+      if (len > 0 &&
+          sscanf(line, "res %llu %llu %llu %llu %n", &b, &r, &o, &e, &off) ==
+              4 &&
+          off > 0 && ps_bench_hist_parse(&h, line + off) == 0) {
+        bytes += b, calls += r;
+        if (e > elapsed) elapsed = e;
+        break;
+      }
+      fail_msg("client %d, sparse fill: %s", (int)i,
+               len > 0     ? line
+               : len == -2 ? "interrupted or timed out"
+                           : "the client exited");
+      return -1;
+    }
+  }
+  double secs = (double)elapsed * 1e-9;
+  if (secs <= 0) secs = 1e-9;
+  FILE *f = B.json ? stderr : stdout;
+  fprintf(f,
+          "%-9s ids %llu keys/call %lld dim %lld S %d C %d | %.1f s %.0f "
+          "ids/s %.1f MB/s %.0f calls/s p50 %.1f us p99 %.1f us\n",
+          "fill", (unsigned long long)total, (long long)B.sparse_keys,
+          (long long)B.sparse_dim, B.nservers, B.nclients, secs,
+          (double)total / secs, (double)bytes / secs / 1e6,
+          (double)calls / secs, ps_bench_hist_quantile_us(&h, 0.5),
+          ps_bench_hist_quantile_us(&h, 0.99));
+  fflush(f);
+  if (B.json) {
+    printf("{\"op\":\"fill\",\"ids\":%llu,\"keys\":%lld,\"dim\":%lld,"
+           "\"servers\":%d,\"clients\":%d",
+           (unsigned long long)total, (long long)B.sparse_keys,
+           (long long)B.sparse_dim, B.nservers, B.nclients);
+    json_num(stdout, "seconds", secs, 1);
+    json_num(stdout, "ids_per_s", (double)total / secs, 1);
+    json_num(stdout, "p50_us", ps_bench_hist_quantile_us(&h, 0.5), 1);
+    json_num(stdout, "p99_us", ps_bench_hist_quantile_us(&h, 0.99), 1);
+    printf("}\n");
+    fflush(stdout);
+  }
+  if (B.sparse_hold) {
+    printf("held\n");
+    fflush(stdout);
+    char buf[256];
+    int len = ps_bench_read_line(STDIN_FILENO, buf, sizeof(buf),
+                                 (int)B.timeout_ms);
+    if (len == -2 && !ps_bench_interrupted)
+      fprintf(stderr, "ps-bench: --sparse-hold: nothing on stdin within "
+              "--timeout-ms %lld; letting go\n", (long long)B.timeout_ms);
   }
   return 0;
 }
@@ -812,6 +913,23 @@ static int setup_options(int argc, char **argv, int *go_on) {
        "--sparse-space ranks (each call: the first --sparse-keys distinct "
        "ids drawn, as a batch's distinct ids; hot ids hashed across the "
        "servers); 0: uniform."},
+      {"sparse-fresh", PS_OPT_BOOL, &B.sparse_fresh, "0", 0, 0, NULL,
+       "Ids of the sparse op never repeat (client c of C takes c, c + C, "
+       "c + 2C, ...): every push creates rows, as a stream of new ids "
+       "does; --sparse-space and --sparse-zipf are not used."},
+      {"sparse-ids", PS_OPT_INT, &B.sparse_ids, "0", 0, 1e15, NULL,
+       "With --ops sparse: instead of timed repetitions, one fill: the "
+       "clients push this many distinct fresh ids between them (pushes "
+       "only, --sparse-keys per call) and the run reports ids/s. 0: off."},
+      {"sparse-hold", PS_OPT_BOOL, &B.sparse_hold, "0", 0, 0, NULL,
+       "After a --sparse-ids fill, print \"held\" on stdout and keep the "
+       "job (so the servers and their rows) until a line or EOF on stdin, "
+       "at most --timeout-ms: for a script that reads the servers' memory "
+       "and metrics then."},
+      {"sparse-optimizer", PS_OPT_ENUM, &B.sparse_optimizer, "model", 0, 0,
+       "model|sgd|adagrad|adam|ftrl",
+       "Optimizer of the bench's sparse table (lr 0.01; its state is kept "
+       "per row); model: the model's, SGD without momentum."},
       {"timeout-ms", PS_OPT_INT, &B.timeout_ms,
        PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 100, 3600000, NULL,
        "Deadline of one client call, and slack for every wait."},
@@ -855,6 +973,10 @@ static int setup_options(int argc, char **argv, int *go_on) {
     return ps_config_refuse(&cfg,
                             "option --chunk-bytes: %lld is not a multiple of 4",
                             (long long)B.chunk_bytes);
+  if (B.sparse_ids > 0 && !has_op(PS_BENCH_SPARSE))
+    return ps_config_refuse(&cfg, "option --sparse-ids: needs --ops sparse");
+  if (B.sparse_hold && B.sparse_ids == 0)
+    return ps_config_refuse(&cfg, "option --sparse-hold: needs --sparse-ids");
   if (B.curve && B.local == NULL)
     return ps_config_refuse(&cfg,
                             "option --curve: needs --local (the bench "
@@ -968,7 +1090,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!B.failed && !ps_bench_interrupted && has_op(PS_BENCH_SPARSE))
-      run_sparse_case();
+      B.sparse_ids > 0 ? run_fill_case() : run_sparse_case();
   }
 out:
   if (dense) stop_cluster();

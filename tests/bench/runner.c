@@ -189,6 +189,7 @@ typedef struct {
   op_slot_t *slots;
   ps_bench_hist_t hist;
   char errmsg[512];
+  uint64_t fresh_next; /* --sparse-fresh: this client's next sequence number */
 } runner_t;
 
 typedef struct {
@@ -511,7 +512,12 @@ static int run_sparse(runner_t *r, const ps_bench_client_args_t *a,
   uint64_t start = ps_now_ns(), end = start + duration_ns;
   int rc = 0;
   while (rc == 0 && ps_now_ns() < end) {
-    if (set) {
+    if (a->sparse_fresh) {
+      for (uint64_t i = 0; i < nkeys; i++)
+        keys[i] = (r->fresh_next + i) * (uint64_t)a->nclients +
+                  (uint64_t)a->client_index;
+      r->fresh_next += nkeys;
+    } else if (set) {
       zipf_keys(&z, &rng, keys, nkeys, set, slots);
     } else {
       for (uint64_t i = 0; i < nkeys; i++)
@@ -546,6 +552,62 @@ static int run_sparse(runner_t *r, const ps_bench_client_args_t *a,
   return rc;
 }
 
+/* A fill (--sparse-ids): pushes nids fresh ids of this client (its share
+ * of the run's), --sparse-keys per call, one call at a time, pushes only,
+ * so the servers create every row once. Writes "prog <ids pushed>" to fd
+ * about every second, so the controller sees it alive on long fills. */
+static int run_fill(runner_t *r, const ps_bench_client_args_t *a,
+                    uint64_t nids, int fd, tally_t *t) {
+  size_t dim = a->sparse_dim;
+  uint64_t per = a->sparse_keys;
+  if (dim == 0 || per == 0) {
+    snprintf(r->errmsg, sizeof(r->errmsg), "no sparse table to fill");
+    return -1;
+  }
+  uint64_t *keys = malloc(per * sizeof(*keys));
+  float *vals = calloc(per * dim, sizeof(float));
+  if (!keys || !vals) {
+    free(keys), free(vals);
+    snprintf(r->errmsg, sizeof(r->errmsg), "out of memory");
+    return -1;
+  }
+  uint64_t start = ps_now_ns(), last_prog = start, done = 0;
+  int rc = 0;
+  while (rc == 0 && done < nids && !ps_bench_interrupted) {
+    uint64_t n = nids - done < per ? nids - done : per;
+    /* Ascending already: the client has nothing to sort. */
+    for (uint64_t i = 0; i < n; i++)
+      keys[i] = (r->fresh_next + i) * (uint64_t)a->nclients +
+                (uint64_t)a->client_index;
+    uint64_t t0 = ps_now_ns();
+    if (ps_client_sparse_push(r->client, PS_BENCH_SPARSE_TABLE, keys, n, vals,
+                              0) != PS_OK) {
+      snprintf(r->errmsg, sizeof(r->errmsg), "sparse push: %s",
+               ps_client_errmsg(r->client));
+      rc = -1;
+      break;
+    }
+    uint64_t t1 = ps_now_ns();
+    ps_bench_hist_add(&r->hist, t1 - t0);
+    r->fresh_next += n;
+    done += n;
+    t->ops++;
+    t->bytes += n * (sizeof(uint64_t) + dim * sizeof(float));
+    if (t1 - last_prog >= 1000000000ull) {
+      last_prog = t1;
+      if (reply(fd, "prog %llu", (unsigned long long)done) != 0) rc = -1;
+    }
+  }
+  if (rc == 0 && done < nids) {
+    snprintf(r->errmsg, sizeof(r->errmsg), "interrupted");
+    rc = -1;
+  }
+  t->elapsed_ns = ps_now_ns() - start;
+  t->requests = t->ops;
+  free(keys), free(vals);
+  return rc;
+}
+
 static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
                                    size_t errlen) {
   ps_tensor_spec_t t;
@@ -560,6 +622,18 @@ static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
   sp.dim = a->sparse_dim;
   sp.init = PS__INIT__INIT_UNIFORM;
   sp.init_scale = 0.01f;
+  if (a->sparse_optimizer >= 0) {
+    sp.has_optimizer = 1;
+    sp.optimizer.kind = a->sparse_optimizer;
+    sp.optimizer.learning_rate = 0.01f;
+    if (a->sparse_optimizer == PS_OPTIMIZER_ADAGRAD ||
+        a->sparse_optimizer == PS_OPTIMIZER_ADAM)
+      sp.optimizer.epsilon = 1e-8f;
+    if (a->sparse_optimizer == PS_OPTIMIZER_ADAM)
+      sp.optimizer.beta1 = 0.9f, sp.optimizer.beta2 = 0.999f;
+    if (a->sparse_optimizer == PS_OPTIMIZER_FTRL)
+      sp.optimizer.ftrl_beta = 1.0f;
+  }
   ps_model_t model;
   memset(&model, 0, sizeof(model));
   if (a->sparse_dim > 0) {
@@ -658,6 +732,18 @@ int ps_bench_client_main(void *arg) {
     char mode[16], opname[16];
     unsigned long long size, duration_ms;
     int window;
+    if (sscanf(line, "fill %llu", &size) == 1) {
+      tally_t t = {0};
+      memset(&r.hist, 0, sizeof(r.hist));
+      r.errmsg[0] = '\0';
+      if (run_fill(&r, a, size, a->ctl_fd, &t) != 0) {
+        reply(a->ctl_fd, "err %s", r.errmsg);
+        status = 1;
+        continue;
+      }
+      send_result(a->ctl_fd, &t, &r.hist, result);
+      continue;
+    }
     if (sscanf(line, "run %15s %15s %llu %d %llu", mode, opname, &size, &window,
                &duration_ms) == 5 &&
         parse_op(opname) == PS_BENCH_SPARSE && strcmp(mode, "ps") == 0) {

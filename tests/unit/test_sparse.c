@@ -392,6 +392,76 @@ START_TEST(cap_holds_and_evicted_rows_come_back_from_init) {
 }
 END_TEST
 
+/* The hash map against a plain model (issue #14, compact slots): random
+ * single-id pushes over 5000 ids into a table capped at 1500 rows, so the
+ * slots grow and then run three quarters full while rows come and go
+ * (backward-shift deletion, the last block moving into a hole). After each
+ * push the table holds exactly the rows the model's LRU says, and at the
+ * end every id reads as its initializer minus its pushes since it last got
+ * a row, or as its initializer when evicted. */
+#define MODEL_IDS 5000
+#define MODEL_CAP 1500
+START_TEST(map_matches_a_model_lru) {
+  ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_UNIFORM, 0.5f);
+  ps_model_t m = model_of(1.0f, 0.0f, 3);
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  ck_assert_int_eq(ps_sparse_table_set_limits(t, MODEL_CAP, 1), PS_OK);
+  static uint64_t last[MODEL_IDS]; /* 0: no row; else the push's time */
+  static int pushes[MODEL_IDS];
+  memset(last, 0, sizeof(last));
+  memset(pushes, 0, sizeof(pushes));
+  uint64_t rng = 99, held = 0, evicted = 0;
+  float g[4] = {1, 1, 1, 1};
+  for (uint64_t now = 1; now <= 30000; now++) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    /* Ids are spread (the map mixes them) and half the draws are hot. */
+    uint64_t k = (rng >> 33) % (rng >> 63 ? MODEL_IDS : 200);
+    uint64_t id = k * 0x10001ull + 7;
+    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, g, 1.0f, 0, NULL, 0),
+                     PS_OK);
+    if (last[k] == 0) held++, pushes[k] = 0;
+    last[k] = now;
+    pushes[k]++;
+    if (held > MODEL_CAP) {
+      uint64_t old = 0;
+      for (uint64_t j = 1; j < MODEL_IDS; j++)
+        if (last[j] && (last[old] == 0 || last[j] < last[old])) old = j;
+      last[old] = 0, held--, evicted++;
+    }
+    ck_assert_uint_eq(ps_sparse_table_rows(t), held);
+  }
+  ps_sparse_stats_t st;
+  ps_sparse_table_stats(t, &st);
+  ck_assert_uint_eq(st.evictions, evicted);
+  ck_assert_uint_gt(evicted, 1000);
+  for (uint64_t k = 0; k < MODEL_IDS; k++) {
+    uint64_t id = k * 0x10001ull + 7;
+    float out[4], init[4];
+    ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, out, NULL, 0), PS_OK);
+    ps_sparse_init_row(&sp, 3, id, init);
+    for (int j = 0; j < 4; j++) {
+      /* Step by step, as the table rounds. */
+      float want = init[j];
+      for (int p = 0; last[k] && p < pushes[k]; p++) want -= 1.0f;
+      ck_assert_msg(out[j] == want, "id %llu: %g, want %g",
+                    (unsigned long long)id, (double)out[j], (double)want);
+    }
+  }
+  rows_consistent(t);
+  /* Recency order is the model's: oldest push first. */
+  uint64_t prev_time = 0;
+  for (uint64_t i = ps_sparse_table_lru_first(t); i != UINT64_MAX;
+       i = ps_sparse_table_lru_next(t, i)) {
+    uint64_t id;
+    ps_sparse_table_row_at(t, i, &id);
+    uint64_t k = (id - 7) / 0x10001ull;
+    ck_assert_uint_gt(last[k], prev_time);
+    prev_time = last[k];
+  }
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
 START_TEST(admission_after_k_pushes) {
   ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_ZERO, 0);
   ps_model_t m = model_of(1.0f, 0.0f, 3);
@@ -732,6 +802,7 @@ int main(void) {
   tcase_add_test(tc, frames_validated);
   tcase_add_test(tc, cap_holds_and_evicted_rows_come_back_from_init);
   tcase_add_test(tc, admission_after_k_pushes);
+  tcase_add_test(tc, map_matches_a_model_lru);
   tcase_add_test(tc, copies_evict_the_same_rows);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
