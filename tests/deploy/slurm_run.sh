@@ -3,9 +3,13 @@
 # and its own socket, slurmctld and slurmd from a generated slurm.conf (state
 # in WORK_DIR, ports that are free, no cgroups, no accounting), then
 # `sbatch deploy/slurm/ps-train.sbatch` with 5 tasks: a scheduler, 2
-# servers and 2 workers, all on CURVE keys. The job must end COMPLETED with
-# exit 0, every task must have written status 0 under its role, and both
-# workers must report STEPS steps and a test accuracy above 0.70.
+# servers and 2 workers, all on CURVE keys, the node at its name
+# (NodeAddr=localhost). The job must end COMPLETED with exit 0, every task
+# must have written status 0 under its role, the servers must have
+# advertised the node's name, and both workers must report STEPS steps and
+# a test accuracy above 0.70. Then a step of too few tasks must be refused,
+# and, with the node's NodeAddr set to 127.0.0.1, a short step straight
+# from srun (1 server, 2 workers) must bind that address and end well.
 #   tests/deploy/slurm_run.sh SOURCE_DIR BIN_DIR WORK_DIR
 # Exits 77 (skipped), saying why, where Slurm cannot run: not root, Debian's
 # slurm-wlm or munge missing, or a daemon that does not come up.
@@ -103,15 +107,24 @@ fail() {
   exit 1
 }
 
-# TCP ports nobody listens on, distinct from each other.
+# free_port FROM [WIDTH]: the first P >= FROM with P .. P+WIDTH-1 free
+# (nobody listens, not handed out before).
 taken=" "
 free_port() {
-  local p=$1
-  while ss -Htln "sport = :$p" | grep -q . || [[ $taken == *" $p "* ]]; do
-    p=$((p + 1))
+  local p=$1 width=${2:-1} i ok
+  while :; do
     [ "$p" -lt 65000 ] || fail "no free TCP port found from $1"
+    ok=1
+    for ((i = p; i < p + width; i++)); do
+      if ss -Htln "sport = :$i" | grep -q . || [[ $taken == *" $i "* ]]; then
+        ok=0
+        break
+      fi
+    done
+    [ $ok -eq 0 ] || break
+    p=$((p + 1))
   done
-  taken+="$p "
+  for ((i = p; i < p + width; i++)); do taken+="$i "; done
   echo "$p"
 }
 
@@ -133,10 +146,15 @@ until munge -S "$MUNGE/munge.sock" -n 2>/dev/null | unmunge -S "$MUNGE/munge.soc
   sleep 0.2
 done
 
-# --- slurm.conf: one node, this machine, at 127.0.0.1.
+# --- slurm.conf: one node, this machine, at the name localhost (NodeAddr
+# is the node's name unless set, so most clusters' nodes are reached by
+# name); the last step below moves it to 127.0.0.1.
 CTLD_PORT=$(free_port 16817)
 SLURMD_PORT=$(free_port $((CTLD_PORT + 1)))
-PS_PORT=$(free_port 17000)
+# The scheduler's port and, for servers at a named node, the next ones
+# (1 + SLURM_LOCALID).
+PS_PORT=$(free_port 17000 $((2 + SERVERS)))
+PS_PORT2=$(free_port $((PS_PORT + 2 + SERVERS)))
 CPUS=$(nproc)
 export SLURM_CONF=$WORK/slurm.conf
 cat >"$SLURM_CONF" <<EOF
@@ -171,7 +189,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 # Keep finished jobs' records for the checks below.
 MinJobAge=600
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
+NodeName=localhost NodeAddr=localhost CPUs=$CPUS State=UNKNOWN
 PartitionName=ps Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 
@@ -242,33 +260,52 @@ fi
 grep -q '^ps-train: srun exited 0$' "$WORK/job.out" ||
   fail "the batch script did not see srun exit 0"
 
-ntasks=$((1 + SERVERS + WORKERS))
-for t in $(seq 0 $((ntasks - 1))); do
-  f=$WORK/job/exit/task-$t
-  [ -s "$f" ] || fail "task $t wrote no exit file ($f)"
-  if [ "$t" -eq 0 ]; then
-    want="role=scheduler rank=- node=localhost status=0"
-  elif [ "$t" -le $SERVERS ]; then
-    want="role=server rank=$((t - 1)) node=localhost status=0"
-  else
-    want="role=worker rank=$((t - 1 - SERVERS)) node=localhost status=0"
-  fi
-  [ "$(cat "$f")" = "$want" ] || fail "task $t: '$(cat "$f")', expected '$want'"
+# check_exits DIR S W: task 0 the scheduler, 1..S servers, the rest
+# workers, each with status 0.
+check_exits() {
+  local dir=$1 s=$2 w=$3 t f want
+  for ((t = 0; t < 1 + s + w; t++)); do
+    f=$dir/exit/task-$t
+    [ -s "$f" ] || fail "task $t wrote no exit file ($f)"
+    if [ "$t" -eq 0 ]; then
+      want="role=scheduler rank=- node=localhost status=0"
+    elif [ "$t" -le "$s" ]; then
+      want="role=server rank=$((t - 1)) node=localhost status=0"
+    else
+      want="role=worker rank=$((t - 1 - s)) node=localhost status=0"
+    fi
+    [ "$(cat "$f")" = "$want" ] || fail "task $t: '$(cat "$f")', expected '$want'"
+  done
+  [ ! -e "$dir/exit/task-$((1 + s + w))" ] || fail "more tasks than 1+$s+$w wrote exit files in $dir"
+}
+# check_steps DIR W STEPS: every worker's report has STEPS steps.
+check_steps() {
+  local dir=$1 w=$2 want=$3 rank r steps
+  for ((rank = 0; rank < w; rank++)); do
+    r=$dir/report-$rank.json
+    [ -s "$r" ] || fail "worker $rank wrote no report ($r)"
+    steps=$(sed -n 's/.*"steps": *\([0-9]*\).*/\1/p' "$r" | head -n 1)
+    [ "$steps" = "$want" ] || fail "worker $rank did ${steps:-no} steps, not $want ($r)"
+  done
+}
+
+check_exits "$WORK/job" $SERVERS $WORKERS
+check_steps "$WORK/job" $WORKERS "$STEPS"
+# The node is a name: the scheduler bound every interface, each server
+# advertised the name and the port of its task's index on the node.
+sched_log=$WORK/job/logs/scheduler.log
+grep -q "event=listening endpoint=tcp://0.0.0.0:$PS_PORT " "$sched_log" ||
+  fail "the scheduler did not listen on tcp://0.0.0.0:$PS_PORT"
+for ((i = 1; i <= SERVERS; i++)); do
+  grep -q "role=server address=tcp://localhost:$((PS_PORT + 1 + i)) " "$sched_log" ||
+    fail "server $((i - 1)) did not register as tcp://localhost:$((PS_PORT + 1 + i))"
 done
-# The servers registered at the address the launcher gave them.
-grep -q "tcp://127.0.0.1:$PS_PORT" "$WORK/job/logs/scheduler.log" ||
-  fail "the scheduler did not log its endpoint tcp://127.0.0.1:$PS_PORT"
-grep -q 'curve_on' "$WORK/job/logs/scheduler.log" ||
-  fail "the scheduler did not run with CURVE keys"
-for rank in $(seq 0 $((WORKERS - 1))); do
-  r=$WORK/job/report-$rank.json
-  [ -s "$r" ] || fail "worker $rank wrote no report ($r)"
-  steps=$(sed -n 's/.*"steps": *\([0-9]*\).*/\1/p' "$r" | head -n 1)
-  acc=$(sed -n 's/.*"test_accuracy": *\([0-9.]*\).*/\1/p' "$r" | head -n 1)
-  [ "$steps" = "$STEPS" ] || fail "worker $rank did ${steps:-no} steps, not $STEPS"
+grep -q 'curve_on' "$sched_log" || fail "the scheduler did not run with CURVE keys"
+for ((rank = 0; rank < WORKERS; rank++)); do
+  acc=$(sed -n 's/.*"test_accuracy": *\([0-9.]*\).*/\1/p' "$WORK/job/report-$rank.json" | head -n 1)
   awk -v a="${acc:-0}" 'BEGIN { exit !(a > 0.70) }' ||
     fail "worker $rank test accuracy ${acc:-none} is not above 0.70"
-  say "worker $rank: $steps steps, test accuracy $acc"
+  say "worker $rank: $STEPS steps, test accuracy $acc"
 done
 
 # A step too small for its roles is refused by every task, naming why.
@@ -281,4 +318,23 @@ grep -q '3 tasks leave no worker' "$WORK/bad.out" ||
   fail "a 3-task step with 2 servers was not refused by name: $(tail -n 3 "$WORK/bad.out")"
 [ ! -e "$WORK/bad" ] || fail "a refused step still made $WORK/bad"
 say "a 3-task step with 2 servers is refused: $(grep -m1 'leave no worker' "$WORK/bad.out")"
+# The node at an IP: the launcher binds it, servers on ports ZeroMQ
+# picks. A short job of 1 server and 2 workers straight from srun.
+scontrol update NodeName=localhost NodeAddr=127.0.0.1 ||
+  fail "scontrol could not set the node's NodeAddr to 127.0.0.1"
+t_ip=$SECONDS
+ip_rc=0
+env PS_KEYS_DIR="$WORK/keys" PS_SLURM_BIN_DIR="$BIN" PS_SLURM_SERVERS=1 \
+  PS_SLURM_SCHEDULER_PORT="$PS_PORT2" PS_SLURM_OUT_DIR="$WORK/ipjob" \
+  PS_HEARTBEAT_MS=200 PS_HEARTBEAT_TIMEOUT_MS=2000 PS_EPOCHS=1 PS_MAX_STEPS=100 \
+  timeout "$JOB_DEADLINE_S" srun --overcommit --ntasks=4 --kill-on-bad-exit=1 \
+  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/ipjob.out" 2>&1 || ip_rc=$?
+[ $ip_rc -eq 0 ] || fail "the step at 127.0.0.1: srun exited $ip_rc ($(tail -n 5 "$WORK/ipjob.out"))"
+check_exits "$WORK/ipjob" 1 2
+check_steps "$WORK/ipjob" 2 100
+grep -q "event=listening endpoint=tcp://127.0.0.1:$PS_PORT2 " "$WORK/ipjob/logs/scheduler.log" ||
+  fail "the scheduler did not listen on tcp://127.0.0.1:$PS_PORT2"
+grep -q "role=server address=tcp://127.0.0.1:[0-9]" "$WORK/ipjob/logs/scheduler.log" ||
+  fail "the server did not register at tcp://127.0.0.1"
+say "at NodeAddr 127.0.0.1: 1 server and 2 workers, 100 steps, every task exited 0 ($((SECONDS - t_ip)) s)"
 say "PASS: job $JOBID ($((1 + SERVERS + WORKERS)) tasks) COMPLETED 0:0 in $job_s s, $((SECONDS - T0)) s in all"
