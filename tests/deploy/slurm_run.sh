@@ -318,6 +318,34 @@ grep -q '3 tasks leave no worker' "$WORK/bad.out" ||
   fail "a 3-task step with 2 servers was not refused by name: $(tail -n 3 "$WORK/bad.out")"
 [ ! -e "$WORK/bad" ] || fail "a refused step still made $WORK/bad"
 say "a 3-task step with 2 servers is refused: $(grep -m1 'leave no worker' "$WORK/bad.out")"
+# A task that fails ends the step: worker 0 exits 3 at once, the others
+# (stand-ins that wait for SIGTERM) are stopped by srun --kill-on-bad-exit
+# through the launcher, and every task's status is written down.
+mkdir -p "$WORK/failbin"
+printf '#!/bin/sh\ntrap "exit 0" TERM\nsleep 120 &\nwait\n' >"$WORK/failbin/ps-scheduler"
+cp "$WORK/failbin/ps-scheduler" "$WORK/failbin/ps-server"
+printf '#!/bin/sh\ncase " $* " in *" --rank 0 "*) exit 3 ;; esac\ntrap "exit 0" TERM\nsleep 120 &\nwait\n' >"$WORK/failbin/ps-worker"
+chmod +x "$WORK/failbin"/*
+t_fail=$SECONDS
+fail_rc=0
+env PS_SLURM_BIN_DIR="$WORK/failbin" PS_SLURM_SERVERS=1 PS_SLURM_OUT_DIR="$WORK/failjob" \
+  timeout 60 srun --overcommit --ntasks=4 --kill-on-bad-exit=1 \
+  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/failjob.out" 2>&1 || fail_rc=$?
+fail_s=$((SECONDS - t_fail))
+if [ $fail_rc -eq 0 ] || [ $fail_rc -eq 124 ]; then
+  fail "a step whose worker exits 3: srun exited $fail_rc ($(tail -n 3 "$WORK/failjob.out"))"
+fi
+[ $fail_s -lt 60 ] || fail "a step whose worker exits 3 took $fail_s s to end"
+[ "$(cat "$WORK/failjob/exit/task-2" 2>/dev/null)" = "role=worker rank=0 node=localhost status=3" ] ||
+  fail "worker 0's exit file: '$(cat "$WORK/failjob/exit/task-2" 2>/dev/null)', expected its status 3"
+for t in 0 1 3; do
+  # Ended by the step's SIGTERM: the stand-in's own exit 0, or 143 where
+  # the signal came before its trap was set.
+  grep -Eq ' status=(0|143)$' "$WORK/failjob/exit/task-$t" 2>/dev/null ||
+    fail "task $t of the failed step: '$(cat "$WORK/failjob/exit/task-$t" 2>/dev/null)', expected status 0 or 143"
+done
+say "a step whose worker exits 3 ends in $fail_s s (srun exit $fail_rc), every task's status written"
+
 # The node at an IP: the launcher binds it, servers on ports ZeroMQ
 # picks. A short job of 1 server and 2 workers straight from srun.
 scontrol update NodeName=localhost NodeAddr=127.0.0.1 ||
