@@ -95,7 +95,8 @@ trap 'exit 130' INT TERM
 
 show_logs() {
   local f
-  for f in "$WORK"/job.out "$WORK"/job/logs/*.log "$WORK"/slurmctld.log "$WORK"/slurmd.log; do
+  for f in "$WORK"/job.out "$WORK"/job/logs/*.log "$WORK"/failjob.out "$WORK"/ipjob.out \
+    "$WORK"/ipjob/logs/*.log "$WORK"/slurmctld.log "$WORK"/slurmd.log; do
     [ -e "$f" ] || continue
     echo "--- $f (last 20 lines)" >&2
     tail -n 20 "$f" >&2
@@ -318,13 +319,35 @@ grep -q '3 tasks leave no worker' "$WORK/bad.out" ||
   fail "a 3-task step with 2 servers was not refused by name: $(tail -n 3 "$WORK/bad.out")"
 [ ! -e "$WORK/bad" ] || fail "a refused step still made $WORK/bad"
 say "a 3-task step with 2 servers is refused: $(grep -m1 'leave no worker' "$WORK/bad.out")"
-# A task that fails ends the step: worker 0 exits 3 at once, the others
-# (stand-ins that wait for SIGTERM) are stopped by srun --kill-on-bad-exit
-# through the launcher, and every task's status is written down.
+# A task that fails ends the step: worker 0 exits 3 once the other tasks'
+# programs have started (their logs exist), the others (stand-ins that wait
+# for SIGTERM) are stopped by srun --kill-on-bad-exit, and every task's
+# status is written down.
 mkdir -p "$WORK/failbin"
-printf '#!/bin/sh\ntrap "exit 0" TERM\nsleep 120 &\nwait\n' >"$WORK/failbin/ps-scheduler"
+cat >"$WORK/failbin/ps-scheduler" <<'END'
+#!/bin/sh
+trap "exit 0" TERM
+sleep 120 &
+wait
+END
 cp "$WORK/failbin/ps-scheduler" "$WORK/failbin/ps-server"
-printf '#!/bin/sh\ncase " $* " in *" --rank 0 "*) exit 3 ;; esac\ntrap "exit 0" TERM\nsleep 120 &\nwait\n' >"$WORK/failbin/ps-worker"
+cat >"$WORK/failbin/ps-worker" <<'END'
+#!/bin/sh
+case " $* " in
+  *" --rank 0 "*)
+    logs=$PS_SLURM_OUT_DIR/logs i=0
+    while [ $i -lt 300 ] && ! { [ -e "$logs/scheduler.log" ] &&
+      [ -e "$logs/server-0.log" ] && [ -e "$logs/worker-1.log" ]; }; do
+      sleep 0.1
+      i=$((i + 1))
+    done
+    exit 3
+    ;;
+esac
+trap "exit 0" TERM
+sleep 120 &
+wait
+END
 chmod +x "$WORK/failbin"/*
 t_fail=$SECONDS
 fail_rc=0
