@@ -23,7 +23,7 @@ STEPS=${PS_SLURM_TEST_STEPS:-800}
 SERVERS=2
 WORKERS=2
 START_DEADLINE_S=30
-JOB_DEADLINE_S=${PS_SLURM_JOB_DEADLINE_S:-300}
+JOB_DEADLINE_S=${PS_SLURM_JOB_DEADLINE_S:-240}
 T0=$SECONDS
 
 skip() {
@@ -71,18 +71,20 @@ job_state() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [ -n "$JOBID" ] && [ -n "$ctld_pid" ]; then
-    # A job still running is cancelled and waited for (slurmd kills its
-    # processes: proctrack/linuxproc), so nothing of it outlives the test.
-    case "$(job_state)" in
-      PENDING | RUNNING | CONFIGURING | COMPLETING | SUSPENDED)
-        scancel "$JOBID" 2>/dev/null || true
-        local end=$((SECONDS + 30))
-        while [ $SECONDS -lt $end ]; do
-          case "$(job_state)" in PENDING | RUNNING | CONFIGURING | COMPLETING) sleep 0.5 ;; *) break ;; esac
-        done
-        ;;
-    esac
+  if [ -n "$ctld_pid" ] && kill -0 "$ctld_pid" 2>/dev/null; then
+    # Jobs still there (the batch job, a step started straight from srun)
+    # are cancelled and waited for, so nothing of them outlives the test
+    # (slurmd kills their processes: proctrack/linuxproc). The cluster is
+    # this test's own: every job in it is ours.
+    local jobs end=$((SECONDS + 30))
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    if [ -n "$jobs" ]; then
+      # shellcheck disable=SC2086 # one id per word
+      scancel $jobs 2>/dev/null || true
+      while [ -n "$(squeue -h -o %i 2>/dev/null || true)" ] && [ $SECONDS -lt $end ]; do
+        sleep 0.5
+      done
+    fi
   fi
   stop_pid "$slurmd_pid" 10
   stop_pid "$ctld_pid" 10
@@ -310,10 +312,13 @@ for ((rank = 0; rank < WORKERS; rank++)); do
 done
 
 # A step too small for its roles is refused by every task, naming why.
+# (Each step straight from srun runs in the background and is waited
+# for, so that a signal to this script is handled at once, not after it.)
 bad_rc=0
 env PS_SLURM_BIN_DIR="$BIN" PS_SLURM_SERVERS=2 PS_SLURM_OUT_DIR="$WORK/bad" \
   timeout 60 srun --overcommit --ntasks=3 --kill-on-bad-exit=1 \
-  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/bad.out" 2>&1 || bad_rc=$?
+  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/bad.out" 2>&1 &
+wait $! || bad_rc=$?
 [ $bad_rc -eq 2 ] || fail "a 3-task step with 2 servers: srun exited $bad_rc, not 2 ($(tail -n 3 "$WORK/bad.out"))"
 grep -q '3 tasks leave no worker' "$WORK/bad.out" ||
   fail "a 3-task step with 2 servers was not refused by name: $(tail -n 3 "$WORK/bad.out")"
@@ -353,7 +358,8 @@ t_fail=$SECONDS
 fail_rc=0
 env PS_SLURM_BIN_DIR="$WORK/failbin" PS_SLURM_SERVERS=1 PS_SLURM_OUT_DIR="$WORK/failjob" \
   timeout 60 srun --overcommit --ntasks=4 --kill-on-bad-exit=1 \
-  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/failjob.out" 2>&1 || fail_rc=$?
+  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/failjob.out" 2>&1 &
+wait $! || fail_rc=$?
 fail_s=$((SECONDS - t_fail))
 if [ $fail_rc -eq 0 ] || [ $fail_rc -eq 124 ]; then
   fail "a step whose worker exits 3: srun exited $fail_rc ($(tail -n 3 "$WORK/failjob.out"))"
@@ -378,8 +384,9 @@ ip_rc=0
 env PS_KEYS_DIR="$WORK/keys" PS_SLURM_BIN_DIR="$BIN" PS_SLURM_SERVERS=1 \
   PS_SLURM_SCHEDULER_PORT="$PS_PORT2" PS_SLURM_OUT_DIR="$WORK/ipjob" \
   PS_HEARTBEAT_MS=200 PS_HEARTBEAT_TIMEOUT_MS=2000 PS_EPOCHS=1 PS_MAX_STEPS=100 \
-  timeout "$JOB_DEADLINE_S" srun --overcommit --ntasks=4 --kill-on-bad-exit=1 \
-  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/ipjob.out" 2>&1 || ip_rc=$?
+  timeout 120 srun --overcommit --ntasks=4 --kill-on-bad-exit=1 \
+  "$SRC/deploy/slurm/ps-slurm-launch" >"$WORK/ipjob.out" 2>&1 &
+wait $! || ip_rc=$?
 [ $ip_rc -eq 0 ] || fail "the step at 127.0.0.1: srun exited $ip_rc ($(tail -n 5 "$WORK/ipjob.out"))"
 check_exits "$WORK/ipjob" 1 2
 check_steps "$WORK/ipjob" 2 100
