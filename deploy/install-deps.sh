@@ -24,6 +24,13 @@ if [ "${1:-}" = --tests ]; then
     # from Debian's archive, names resolved on podman networks, Compose.
     podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname
     podman-compose
+    # deploy/slurm on a one-node Slurm cluster (tests/deploy/slurm_run.sh
+    # starts its own munged, slurmctld and slurmd). Installing them starts
+    # no Slurm daemon: Debian's units and init scripts for slurmctld and
+    # slurmd do nothing without /etc/slurm/slurm.conf, which is not
+    # shipped. munge's starts the machine's munged (its own key and
+    # socket), which the test does not use.
+    slurm-wlm munge
     # The package tests (tests/deploy): lint the .deb, validate compose.yaml.
     lintian docker-compose
     # deploy/k8s checked offline (tests/deploy/k8s_validate.py): the

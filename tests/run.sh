@@ -2,8 +2,9 @@
 # Installs what is missing, builds, and runs the whole test suite:
 #   1. RelWithDebInfo with gcc: unit, integration, chaos and deploy suites
 #      (deploy: the systemd units, the .deb, and real runs of the package
-#      under systemd and of the Compose cluster in podman containers; those
-#      report themselves skipped where podman cannot run containers);
+#      under systemd and of the Compose cluster in podman containers, and
+#      of deploy/slurm on a one-node Slurm cluster; those report themselves
+#      skipped where podman cannot run containers or Slurm cannot start);
 #   2. Release with gcc and Debug with clang: built, warning-free;
 #   3. RelWithDebInfo (-O2: a sanitizer run of the daemons at -O0 would be
 #      several times slower) with AddressSanitizer + UBSan: the unit and
