@@ -592,6 +592,37 @@ out:
   return rc;
 }
 
+int ps_msg_pack(Ps__Envelope *env, zmq_msg_t *header) {
+  env->version = PS_PROTOCOL_VERSION;
+  size_t hsize = ps__envelope__get_packed_size(env);
+  if (zmq_msg_init_size(header, hsize) != 0) {
+    zmq_msg_init(header);
+    return PS_ERR_NOMEM;
+  }
+  ps__envelope__pack(env, zmq_msg_data(header));
+  return PS_OK;
+}
+
+int ps_msg_send_packed(void *sock, zmq_msg_t *route, zmq_msg_t *header) {
+  zmq_msg_t part;
+  if (route) {
+    zmq_msg_init(&part);
+    zmq_msg_copy(&part, route);
+    if (send_part(&part, sock, ZMQ_SNDMORE) < 0) {
+      zmq_msg_close(&part);
+      return PS_ERR_ZMQ;
+    }
+  }
+  /* A reference to the same bytes, not a copy of them. */
+  zmq_msg_init(&part);
+  zmq_msg_copy(&part, header);
+  if (send_part(&part, sock, 0) < 0) {
+    zmq_msg_close(&part);
+    return PS_ERR_ZMQ;
+  }
+  return PS_OK;
+}
+
 int ps_msg_reply_error(void *sock, ps_msg_t *m, uint64_t epoch, uint32_t sender,
                        int code, const char *fmt, ...) {
   char text[512];

@@ -90,6 +90,15 @@ void ps_msg_close(ps_msg_t *m);
 int ps_msg_send(void *sock, zmq_msg_t *route, Ps__Envelope *env,
                 zmq_msg_t *payload, int npayload);
 
+/* One message to many peers (a view to every node): ps_msg_pack packs env
+ * (its version set here) once into header, which the caller closes;
+ * ps_msg_send_packed sends route (if non-NULL) and header, sharing the
+ * header's bytes (zmq_msg_copy counts references), so N sends cost one
+ * packing and no copies. header stays the caller's. Both return PS_OK,
+ * PS_ERR_NOMEM or PS_ERR_ZMQ; ps_msg_pack leaves header empty on failure. */
+int ps_msg_pack(Ps__Envelope *env, zmq_msg_t *header);
+int ps_msg_send_packed(void *sock, zmq_msg_t *route, zmq_msg_t *header);
+
 /* Sends an Error with code and a printf-style message as the reply to m
  * (same route and request id). */
 int ps_msg_reply_error(void *sock, ps_msg_t *m, uint64_t epoch,

@@ -26,6 +26,8 @@
 /* Servers that have not confirmed a join by then are asked again (a later
  * step): a reply lost with a restarted scheduler must not stall it. */
 #define SCHED_JOIN_RETRY_MS 2000
+/* A node still behind this long after its view was sent gets it again. */
+#define SCHED_VIEW_RESEND_MS 1000
 
 /* ---- the node table ------------------------------------------------- */
 
@@ -331,6 +333,9 @@ void ps__sched_node_touch(sched_node_t *n, ps_msg_t *m, int membership_link) {
   if (!membership_link || !m->has_route) return;
   size_t len = zmq_msg_size(&m->route);
   if (len == 0 || len > sizeof(n->route)) return;
+  /* A new connection: what went to the old one may be lost. */
+  if (len != n->route_len || memcmp(n->route, zmq_msg_data(&m->route), len))
+    n->view_sent_epoch = 0;
   memcpy(n->route, zmq_msg_data(&m->route), len);
   n->route_len = len;
 }
@@ -356,6 +361,30 @@ static int rank_taken(const ps_sched_t *s, uint32_t rank) {
       return 1;
   }
   return 0;
+}
+
+/* The lowest rank no worker holds, in one pass over the nodes: asking
+ * rank_taken for rank after rank made a cluster of W workers register in
+ * O(W^3) (seconds at a thousand, with the heartbeats waiting). workers
+ * when every rank is taken. */
+static uint32_t lowest_free_rank(const ps_sched_t *s) {
+  uint32_t nw = s->opts.workers;
+  uint8_t *taken = calloc((size_t)nw + 1, 1);
+  if (taken == NULL) {
+    uint32_t rank = 0;
+    while (rank < nw && rank_taken(s, rank)) rank++;
+    return rank;
+  }
+  for (size_t i = 0; i < s->nnodes; i++) {
+    const sched_node_t *n = &s->nodes[i];
+    if (n->role == PS__ROLE__ROLE_WORKER && ps__sched_node_holds_slot(n) &&
+        n->rank < nw)
+      taken[n->rank] = 1;
+  }
+  uint32_t rank = 0;
+  while (rank < nw && taken[rank]) rank++;
+  free(taken);
+  return rank;
 }
 
 void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
@@ -487,7 +516,7 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
       rank = r->rank;
     } else {
       /* The slot count above guarantees a free rank. */
-      while (rank < s->opts.workers && rank_taken(s, rank)) rank++;
+      rank = lowest_free_rank(s);
       if (r->rank != SCHED_RANK_ANY)
         PS_INFO("rank_reassigned", "requested=%u assigned=%u", r->rank, rank);
     }
@@ -609,7 +638,15 @@ void ps__sched_handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
   }
   /* The Ack is how the node knows the scheduler is still there. */
   ps__sched_reply_ack(s, m, n->clock);
-  if (s->published && m->env->epoch < s->epoch) ps__sched_send_view(s, n);
+  /* A node behind gets the view again, but not while the one just
+   * published is on its way to it: during a publish to a thousand nodes,
+   * the heartbeats sent before it arrived asked for ten thousand more
+   * copies, which held up the first. */
+  uint64_t now = ps_now_ms();
+  if (s->published && m->env->epoch < s->epoch &&
+      (n->view_sent_epoch < s->epoch ||
+       now - n->view_sent_ms >= SCHED_VIEW_RESEND_MS))
+    ps__sched_send_view(s, n);
 }
 
 void ps__sched_handle_done(ps_sched_t *s, ps_msg_t *m) {

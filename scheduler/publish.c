@@ -106,31 +106,65 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
   return PS_OK;
 }
 
-void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
+void ps__sched_view_wire_drop(ps_sched_t *s) {
+  if (!s->view_wire.valid) return;
+  zmq_msg_close(&s->view_wire.msg[0]);
+  zmq_msg_close(&s->view_wire.msg[1]);
+  s->view_wire.valid = 0;
+}
+
+/* The current epoch's view on the wire, packed once for the servers and
+ * once for the others. One epoch is one content: a node that hears of it
+ * late (its heartbeat carried an older epoch) gets the same bytes as the
+ * rest, and no send packs the whole node table again, which made a
+ * publish to N nodes cost N^2. */
+static int view_wire(ps_sched_t *s) {
+  if (s->view_wire.valid && s->view_wire.epoch == s->epoch) return PS_OK;
+  ps__sched_view_wire_drop(s);
   view_pb_t v;
-  if (ps__sched_view_pb_build(s, &v) != PS_OK) {
-    PS_ERROR("view_send_failed", "epoch=%" PRIu64 " err=%s", s->epoch,
-             ps_err_name(PS_ERR_NOMEM));
-    return;
-  }
+  int rc = ps__sched_view_pb_build(s, &v);
+  if (rc != PS_OK) return rc;
   Ps__Envelope env;
   ps__sched_envelope_init(s, &env, 0);
   env.body_case = PS__ENVELOPE__BODY_VIEW;
   env.view = &v.view;
   /* Servers check who sends pushes and replication: their views carry
-   * the nodes' tokens, the others' do not (common/auth.h). Dead and
-   * departed nodes are left out: nobody would read it. */
+   * the nodes' tokens, the others' do not (common/auth.h). */
+  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
+  rc = ps_msg_pack(&env, &s->view_wire.msg[0]);
+  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = (char *)"";
+  if (rc == PS_OK) {
+    rc = ps_msg_pack(&env, &s->view_wire.msg[1]);
+    if (rc != PS_OK) zmq_msg_close(&s->view_wire.msg[0]);
+  }
+  ps__sched_view_pb_free(&v);
+  if (rc != PS_OK) return rc;
+  s->view_wire.valid = 1;
+  s->view_wire.epoch = s->epoch;
+  return PS_OK;
+}
+
+void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
+  int rc = view_wire(s);
+  if (rc != PS_OK) {
+    PS_ERROR("view_send_failed", "epoch=%" PRIu64 " err=%s", s->epoch,
+             ps_err_name(rc));
+    return;
+  }
+  uint64_t now = ps_now_ms();
+  /* Servers first: clients that get the view retry on its servers. Dead
+   * and departed nodes are left out: nobody would read it. */
   for (int servers = 1; servers >= 0; servers--) {
-    for (size_t i = 0; i < s->nnodes; i++)
-      v.infos[i].token = servers ? s->nodes[i].token : (char *)"";
     for (size_t i = 0; i < s->nnodes; i++) {
       sched_node_t *n = &s->nodes[i];
       if ((n->role == PS__ROLE__ROLE_SERVER) != servers) continue;
-      if (only ? n == only : ps__sched_node_holds_slot(n))
-        ps__sched_send_to_node(s, n, &env);
+      if (only ? n != only : !ps__sched_node_holds_slot(n)) continue;
+      ps__sched_send_packed_to_node(s, n, &s->view_wire.msg[servers ? 0 : 1],
+                                    PS__ENVELOPE__BODY_VIEW);
+      n->view_sent_epoch = s->epoch;
+      n->view_sent_ms = now;
     }
   }
-  ps__sched_view_pb_free(&v);
 }
 
 /* ---- publishing ----------------------------------------------------- */

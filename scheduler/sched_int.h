@@ -66,6 +66,11 @@ typedef struct {
    * registered on; "" without CURVE. Goes into the view. */
   char curve_key[PS_KEY_Z85_LEN + 1];
   uint64_t last_seen_ms;
+  /* The newest view sent to the membership link, and when: a heartbeat
+   * at an older epoch gets it again only if it was not sent already (it
+   * is on its way) or long ago (lost with a connection). */
+  uint64_t view_sent_epoch;
+  uint64_t view_sent_ms;
   uint64_t clock;
   /* Where the node serves /metrics, from its heartbeats; "" when none. */
   char metrics_address[PS_ADDR_MAX];
@@ -176,6 +181,15 @@ struct ps_sched_s {
   } handover;
   uint64_t handover_next_id;
 
+  /* The current epoch's view, packed (publish.c): [0] for servers, with
+   * the nodes' tokens, [1] for the others. Every send of it shares these
+   * bytes. */
+  struct {
+    int valid;
+    uint64_t epoch;
+    zmq_msg_t msg[2];
+  } view_wire;
+
   /* /metrics and /healthz (metrics.c); NULL when off. Counters of events
    * the state does not keep (the rest is read from the state). */
   ps_exporter_t *exporter;
@@ -224,6 +238,10 @@ void ps__sched_envelope_init(const ps_sched_t *s, Ps__Envelope *env,
 void ps__sched_send_to_route(ps_sched_t *s, const uint8_t *id, size_t id_len,
                              uint32_t node_id, Ps__Envelope *env);
 void ps__sched_send_to_node(ps_sched_t *s, sched_node_t *n, Ps__Envelope *env);
+/* Sends header (ps_msg_pack, of body) to n's membership link, sharing its
+ * bytes; header stays the caller's. */
+void ps__sched_send_packed_to_node(ps_sched_t *s, sched_node_t *n,
+                                   zmq_msg_t *header, int body);
 void ps__sched_reply(ps_sched_t *s, ps_msg_t *m, Ps__Envelope *env);
 void ps__sched_reply_error(ps_sched_t *s, ps_msg_t *m, int code,
                            const char *fmt, ...)
@@ -266,6 +284,7 @@ void ps__sched_handle_join_reply(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_view_pb_free(view_pb_t *v);
 int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v);
 void ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
+void ps__sched_view_wire_drop(ps_sched_t *s);
 void ps__sched_publish(ps_sched_t *s, const char *why);
 void ps__sched_maybe_publish_first(ps_sched_t *s);
 void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m);

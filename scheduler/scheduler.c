@@ -103,6 +103,21 @@ void ps__sched_send_to_node(ps_sched_t *s, sched_node_t *n, Ps__Envelope *env) {
   ps__sched_send_to_route(s, n->route, n->route_len, n->id, env);
 }
 
+void ps__sched_send_packed_to_node(ps_sched_t *s, sched_node_t *n,
+                                   zmq_msg_t *header, int body) {
+  void *sock = ps__sched_socket(s);
+  if (sock == NULL || n->route_len == 0) return;
+  zmq_msg_t route;
+  if (zmq_msg_init_size(&route, n->route_len) != 0) return;
+  memcpy(zmq_msg_data(&route), n->route, n->route_len);
+  int rc = ps_msg_send_packed(sock, &route, header);
+  zmq_msg_close(&route);
+  if (rc != PS_OK)
+    PS_DEBUG("send_failed", "id=%u body=%s err=%s zmq=\"%s\"", n->id,
+             ps_body_name((Ps__Envelope__BodyCase)body), ps_err_name(rc),
+             zmq_strerror(zmq_errno()));
+}
+
 void ps__sched_reply(ps_sched_t *s, ps_msg_t *m, Ps__Envelope *env) {
   void *sock = ps__sched_socket(s);
   if (sock == NULL || !m->has_route) return;
@@ -151,6 +166,7 @@ static void sched_free(ps_sched_t *s) {
     free(s->nodes[i].join_ok);
   }
   free(s->nodes);
+  ps__sched_view_wire_drop(s);
   free(s->ranges);
   if (s->has_model) ps_model_clear(&s->model);
   ps_exporter_destroy(&s->exporter);

@@ -102,7 +102,7 @@ typedef struct {
   uint64_t dup_views;   /* views received at an epoch already held */
   uint64_t fenced;      /* members the scheduler declared dead unasked */
   double sim_stall_ms;  /* this process's longest turn of its loop */
-  uint64_t sweep_found; /* messages the edge-triggered path missed */
+  uint64_t sweep_found; /* messages the sweep read before the epoll path */
   int ok;
   char why[640];
 } sim_result_t;
@@ -832,7 +832,7 @@ static void print_results(const sim_result_t *r, int n, FILE *f) {
             "# %" PRId64 " nodes: cpu %.2f%% = %.2fx goal; view to all %.1f "
             "ms = %.2fx goal; worker death seen by all %.1f ms, server %.1f "
             "ms (timeout %" PRId64 " ms); heartbeats sent %.0f/s; views "
-            "published in the window %" PRIu64 "; edge misses %" PRIu64
+            "published in the window %" PRIu64 "; read by the sweep %" PRIu64
             "; longest stall of this process %.0f ms\n",
             r[i].nodes, r[i].cpu_pct, r[i].cpu_pct / S.cpu_goal,
             r[i].publish_last_ms, r[i].publish_last_ms / S.publish_goal_ms,

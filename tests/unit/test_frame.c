@@ -110,6 +110,51 @@ START_TEST(push_roundtrip_zero_copy) {
 }
 END_TEST
 
+/* One packed header sent twice (a view to two nodes): both copies decode
+ * to the same envelope, and the header is still the caller's, whole. */
+START_TEST(packed_header_sent_twice) {
+  Ps__Ack ack = PS__ACK__INIT;
+  ack.clock = 123456789;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.epoch = 7;
+  env.body_case = PS__ENVELOPE__BODY_ACK;
+  env.ack = &ack;
+  zmq_msg_t header;
+  ck_assert_int_eq(ps_msg_pack(&env, &header), PS_OK);
+  size_t size = zmq_msg_size(&header);
+  ck_assert_uint_eq(size, ps__envelope__get_packed_size(&env));
+  /* The router learns the dealer's identity from its first message. */
+  send_raw("hello", 5, 0);
+  zmq_msg_t id;
+  zmq_msg_init(&id);
+  zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&it, 1, 2000), 1);
+  ck_assert_int_ge(zmq_msg_recv(&id, router, 0), 0);
+  zmq_msg_t rest;
+  zmq_msg_init(&rest);
+  ck_assert_int_ge(zmq_msg_recv(&rest, router, 0), 0);
+  zmq_msg_close(&rest);
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(ps_msg_send_packed(router, &id, &header), PS_OK);
+  ck_assert_uint_eq(zmq_msg_size(&header), size);
+  for (int i = 0; i < 2; i++) {
+    zmq_pollitem_t d = {dealer, 0, ZMQ_POLLIN, 0};
+    ck_assert_int_eq(zmq_poll(&d, 1, 2000), 1);
+    ps_msg_t r;
+    char err[256];
+    ck_assert_int_eq(ps_msg_recv(dealer, 0, NULL, &r, err, sizeof(err)),
+                     PS_OK);
+    ck_assert_int_eq(r.env->version, PS_PROTOCOL_VERSION);
+    ck_assert_int_eq(r.env->epoch, 7);
+    ck_assert_int_eq(r.env->body_case, PS__ENVELOPE__BODY_ACK);
+    ck_assert_uint_eq(r.env->ack->clock, 123456789);
+    ps_msg_close(&r);
+  }
+  zmq_msg_close(&id);
+  zmq_msg_close(&header);
+}
+END_TEST
+
 START_TEST(garbage_header_refused) {
   send_raw("\xff\xff\xff\xff garbage", 13, 0);
   ps_msg_t m;
@@ -558,6 +603,7 @@ int main(void) {
   tcase_add_test(tc, pull_reply_in_several_frames);
   tcase_add_test(tc, headers_outnumber_slab);
   tcase_add_test(tc, send_interrupted_by_signal_is_retried);
+  tcase_add_test(tc, packed_header_sent_twice);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
