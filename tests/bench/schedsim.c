@@ -16,8 +16,9 @@
  * given with --scheduler):
  *   - the scheduler's CPU (utime + stime from /proc/PID/stat) over a window
  *     of steady heartbeating, as % of one core;
- *   - failure detection: a worker's socket is closed at t0 (the process
- *     died); the time until the first and the last live member holds the
+ *   - failure detection: a worker's socket is closed (the process died);
+ *     the time from its last heartbeat (where the scheduler counts its
+ *     silence from) until the first and the last live member holds the
  *     view that says it is dead, against --heartbeat-timeout-ms; the same
  *     for a server (a failover);
  *   - publishing: a replacement worker registers at t1; the scheduler
@@ -84,6 +85,7 @@ typedef struct {
   uint64_t epoch; /* the newest view it holds */
   uint64_t request_id;
   uint64_t register_sent_us;
+  uint64_t heartbeat_sent_us; /* the last one */
   uint64_t ring_epoch[SIM_RING];
   uint64_t ring_us[SIM_RING];
   unsigned ring_next;
@@ -257,6 +259,7 @@ static void send_register(sim_member_t *m, size_t idx) {
 }
 
 static void send_heartbeat(sim_member_t *m) {
+  m->heartbeat_sent_us = now_us();
   Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
   hb.metrics_address = "";
   Ps__Envelope env;
@@ -650,12 +653,20 @@ static int kill_and_detect(size_t idx, double *first, double *last,
                            char *why, size_t whylen) {
   S.watch_id = S.m[idx].node_id;
   S.watch_epoch = 0;
-  uint64_t t0 = now_us();
   member_kill(idx);
-  uint64_t deadline = t0 + (uint64_t)S.timeout_ms * 1000 + 10000000;
-  if (!run_until(watch_dead, NULL, deadline)) {
-    snprintf(why, whylen, "node %u was not declared dead within %" PRId64
-             " ms + 10 s", S.watch_id, S.timeout_ms);
+  /* The scheduler counts the silence from the last heartbeat it got. */
+  uint64_t t0 = S.m[idx].heartbeat_sent_us;
+  uint64_t deadline = now_us() + (uint64_t)S.timeout_ms * 1000 + 10000000;
+  if (!run_until(watch_dead, NULL, deadline) || S.fenced > 0) {
+    if (S.fenced > 0)
+      snprintf(why, whylen,
+               "%" PRIu64 " live members were declared dead (this "
+               "process's longest stall: %.0f ms; see the scheduler's log)",
+               S.fenced, (double)S.max_gap_us / 1e3);
+    else
+      snprintf(why, whylen,
+               "node %u was not declared dead within %" PRId64 " ms + 10 s",
+               S.watch_id, S.timeout_ms);
     return -1;
   }
   uint64_t e = S.watch_epoch;
@@ -701,6 +712,7 @@ static int run_size(sim_result_t *r) {
   r->form_ms = (now_us() - t_start) / 1000;
   /* Settle: every member beats at the current epoch. */
   run_until(NULL, NULL, now_us() + 1000000);
+  if (S.fenced > 0) goto fenced;
 
   /* Steady heartbeating: the scheduler's CPU. */
   uint64_t e0 = S.obs_epoch[0];
@@ -720,6 +732,7 @@ static int run_size(sim_result_t *r) {
   r->acks_per_s = (double)(S.acks - acks0) / secs;
   r->hb_per_s = (double)(S.heartbeats - hb0) / secs;
   r->window_views = S.obs_epoch[0] - e0;
+  if (S.fenced > 0) goto fenced;
 
   /* A worker dies. */
   size_t victim = (size_t)r->nodes - 1;
@@ -765,19 +778,19 @@ static int run_size(sim_result_t *r) {
     snprintf(r->why, sizeof(r->why), "observer: %s", S.obs_why);
     return -1;
   }
-  if (S.fenced > 0) {
-    snprintf(r->why, sizeof(r->why),
-             "%" PRIu64 " live members were declared dead (this process's "
-             "longest stall: %.0f ms; see the scheduler's log)",
-             S.fenced, r->sim_stall_ms);
-    return -1;
-  }
+  if (S.fenced > 0) goto fenced;
   if (S.errors > 0) {
     snprintf(r->why, sizeof(r->why),
              "%" PRIu64 " unexpected messages or send failures", S.errors);
     return -1;
   }
   return 0;
+fenced:
+  snprintf(r->why, sizeof(r->why),
+           "%" PRIu64 " live members were declared dead (this process's "
+           "longest stall: %.0f ms; see the scheduler's log)",
+           S.fenced, (double)S.max_gap_us / 1e3);
+  return -1;
 }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -852,13 +865,13 @@ static int check_result(sim_result_t *r) {
              "timeout %" PRId64 " ms + margin %" PRId64 " ms",
              r->detect_w_last_ms, r->detect_s_last_ms, S.timeout_ms,
              S.margin_ms);
-  /* The scheduler counts silence from the victim's last heartbeat, up to
-   * a period before it died. */
-  else if (r->detect_w_first_ms < (double)(S.timeout_ms - S.heartbeat_ms) ||
-           r->detect_s_first_ms < (double)(S.timeout_ms - S.heartbeat_ms))
+  /* Both count from the victim's last heartbeat: the scheduler got it
+   * after it was sent, and the view came after the scheduler's decision. */
+  else if (r->detect_w_first_ms < (double)S.timeout_ms ||
+           r->detect_s_first_ms < (double)S.timeout_ms)
     snprintf(r->why, sizeof(r->why),
-             "a death was declared after %.1f / %.1f ms, before the timeout "
-             "%" PRId64 " ms less a heartbeat period", r->detect_w_first_ms,
+             "a death was seen %.1f / %.1f ms after the last heartbeat, "
+             "before the timeout %" PRId64 " ms", r->detect_w_first_ms,
              r->detect_s_first_ms, S.timeout_ms);
   else if (r->acks_per_s < 0.8 * want)
     snprintf(r->why, sizeof(r->why),

@@ -24,6 +24,7 @@ static const struct {
     {"psctl", "timeout-ms", "--wait-ms"},
     {"ps-bench", "reps", "--windows"},
     {"ps-datagen", "train", "--vocab-max"},
+    {"ps-schedsim", "window-s", "--heartbeat-timeout-ms"},
 };
 #define NPROGRAMS (sizeof(programs) / sizeof(programs[0]))
 
