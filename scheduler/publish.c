@@ -152,8 +152,8 @@ void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
     return;
   }
   uint64_t now = ps_now_ms();
-  /* Servers first: clients that get the view retry on its servers. Dead
-   * and departed nodes are left out: nobody would read it. */
+  /* Servers first, then the others. Dead and departed nodes are left out:
+   * nobody would read it. */
   for (int servers = 1; servers >= 0; servers--) {
     for (size_t i = 0; i < s->nnodes; i++) {
       sched_node_t *n = &s->nodes[i];
