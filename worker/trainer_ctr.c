@@ -696,7 +696,15 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
       uint64_t epoch = (step + 1) / spe;
       r->epochs = (int64_t)epoch;
       if (st) ps_gauge_set(&st->epoch, (double)epoch);
-      if (evaluator && (o->eval_every_epoch || step + 1 == total)) {
+      /* In a cluster every worker evaluates between epochs, the
+       * evaluator's figures printed: the others would otherwise wait in
+       * their next pull for the evaluator's next push, as long as a pass
+       * over the test file takes, and past --timeout-ms on a big one
+       * (seen: 1M test rows on a loaded machine, worker 1's pull failed
+       * after 30 s). The same weights give the same figures. */
+      int mid = step + 1 < total;
+      int eval_here = evaluator || (t->client != NULL && mid);
+      if (eval_here && (o->eval_every_epoch || !mid)) {
         uint64_t e0 = ps_now_ns();
         rc = evaluate(t, step + 1);
         eval_ns += ps_now_ns() - e0;
@@ -710,6 +718,7 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
           break;
         }
         evaluated_at = step + 1;
+        if (!evaluator) continue;
         PS_INFO("epoch",
                 "epoch=%" PRIu64 " step=%" PRIu64
                 " train_loss=%.4f test_auc=%.4f test_log_loss=%.4f"
