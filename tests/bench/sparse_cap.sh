@@ -31,21 +31,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 B=$BUILD/bin
-TMP=$(mktemp -d /tmp/ps-sparse-cap.XXXXXX)
-PIDS=()
-cleanup() {
-  local rc=$?
-  if [ $rc -ne 0 ]; then
-    echo "sparse_cap: failed (exit $rc); last lines of each log:" >&2
-    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 8 "$f" >&2; }; done
-  fi
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
 # shellcheck source=tests/bench/sparse_lib.sh
 . "$(dirname "$0")/sparse_lib.sh"
+bench_scratch sparse_cap
 
 ROW_BYTES=$((4 * DIM))
 CAP_ROWS=$((CAP / (ROW_BYTES + 40)))

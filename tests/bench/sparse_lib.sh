@@ -3,7 +3,28 @@
 # scheduler and one ps-server on loopback (replication 1, plaintext, the
 # server's metrics on a free port), ps-bench's fill against them with
 # --sparse-hold, and readers of the server's memory and metrics.
-# Needs: B (the bin directory), TMP (a scratch directory), PIDS (array).
+# Needs: B (the bin directory); bench_scratch makes TMP and PIDS.
+
+# Makes TMP (a scratch directory) and PIDS (the processes to kill), and a
+# trap that on failure shows each log's last lines under $1's name, then
+# kills what PIDS holds and removes TMP.
+bench_scratch() {
+  BENCH_NAME=$1
+  TMP=$(mktemp -d "/tmp/ps-$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "$BENCH_NAME: failed (exit $rc); last lines of each log:" >&2
+    for f in "$TMP"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 8 "$f" >&2; }; done
+  fi
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
