@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -87,6 +89,49 @@ int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
   for (int i = 0; i < n; i++)
     if (s[i].proc && strcmp(s[i].address, node->address) == 0) return i;
   return -1;
+}
+
+h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
+                             unsigned *node, char *why, size_t whylen) {
+  unsigned backup;
+  if (!chaos_range_holders(c, 0, node, &backup)) {
+    snprintf(why, whylen, "psctl status did not answer");
+    return NULL;
+  }
+  char *js = h_status_json(c, 2000);
+  int slot = js ? chaos_server_slot(srv, n, js, *node) : -1;
+  free(js);
+  if (slot < 0) {
+    snprintf(why, whylen, "primary %u is no server we run", *node);
+    return NULL;
+  }
+  h_proc_t *killed = srv[slot].proc;
+  kill(killed->pid, SIGKILL);
+  h_wait_exit(killed, 5000);
+  if (!h_wait_node_state(c, srv[slot].address, "dead", 10000)) {
+    snprintf(why, whylen, "the killed server %s was not declared dead in 10 s",
+             killed->name);
+    return NULL;
+  }
+  /* Only now: a newcomer is refused while every expected server looks
+   * alive. */
+  chaos_server_start(c, &srv[slot], slot, "server", "127.0.0.1", NULL);
+  return killed;
+}
+
+int chaos_all_exit0_but(h_cluster_t *c, const h_proc_t *skip, char *why,
+                        size_t whylen) {
+  for (int i = 0; i < c->nprocs; i++) {
+    h_proc_t *p = &c->procs[i];
+    if (p == skip) continue;
+    if (!(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)) {
+      h_dump_logs(c);
+      snprintf(why, whylen, "%s did not exit 0 (status %d)", p->name,
+               p->status);
+      return 0;
+    }
+  }
+  return 1;
 }
 
 int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,

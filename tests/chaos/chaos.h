@@ -61,6 +61,18 @@ int chaos_job_start_timeout(h_cluster_t *c, chaos_server_t *srv, int nservers,
 int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
                       unsigned id);
 
+/* SIGKILLs the primary of the range holding key 0 among srv[0, n), waits
+ * (10 s at most) for the scheduler to declare it dead, and starts a fresh
+ * server in its slot (a spare to the scheduler). Returns the killed
+ * process, with its node id in *node; NULL with the reason in why. */
+h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
+                             unsigned *node, char *why, size_t whylen);
+
+/* 1 if every process of c but skip exited 0; else 0 with the first that
+ * did not in why, and every log printed. */
+int chaos_all_exit0_but(h_cluster_t *c, const h_proc_t *skip, char *why,
+                        size_t whylen);
+
 /* The primary and first backup (UINT32_MAX if none) of the range that holds
  * key, from psctl status; 0 if status failed. */
 int chaos_range_holders(h_cluster_t *c, uint64_t key, unsigned *primary,

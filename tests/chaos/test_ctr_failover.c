@@ -106,38 +106,23 @@ static outcome_t run(const char *tag, const char *dir, int kill_primary) {
                   "%s: training did not get a third of the way (step %lu of "
                   "%lu)",
                   tag, step, total);
-    unsigned primary, backup;
-    ck_assert(chaos_range_holders(&c, 0, &primary, &backup));
-    char *js = h_status_json(&c, 2000);
-    ck_assert_ptr_nonnull(js);
-    int slot = chaos_server_slot(srv, 2, js, primary);
-    free(js);
-    ck_assert_msg(slot >= 0, "primary %u is no server we run", primary);
-    killed = srv[slot].proc;
-    kill(killed->pid, SIGKILL);
-    h_wait_exit(killed, 5000);
+    unsigned primary;
+    char kwhy[256];
+    killed = chaos_kill_primary(&c, srv, 2, &primary, kwhy, sizeof(kwhy));
+    ck_assert_msg(killed != NULL, "%s", kwhy);
     printf(
-        "ctr_failover: killed %s (node %u, primary of range 0) at step "
-        "%lu of %lu\n",
+        "ctr_failover: killed %s (node %u, primary of range 0) at step %lu of "
+        "%lu\n",
         killed->name, primary, step, total);
     fflush(stdout);
-    ck_assert_msg(h_wait_node_state(&c, srv[slot].address, "dead", 10000),
-                  "the killed server was not declared dead in 10 s");
-    chaos_server_start(&c, &srv[slot], slot, "server", "127.0.0.1", NULL);
   }
   int all = h_wait_all_until(&c, end);
   if (!all) h_dump_logs(&c);
   h_kill_all(&c);
   ck_assert_msg(all, "%s did not finish within %d s", tag, RUN_MS / 1000);
-  for (int i = 0; i < c.nprocs; i++) {
-    h_proc_t *p = &c.procs[i];
-    if (p == killed) continue;
-    if (!(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)) {
-      h_dump_logs(&c);
-      ck_abort_msg("%s: %s did not exit 0 (status %d)", tag, p->name,
-                   p->status);
-    }
-  }
+  char ewhy[256];
+  ck_assert_msg(chaos_all_exit0_but(&c, killed, ewhy, sizeof(ewhy)), "%s: %s",
+                tag, ewhy);
   if (kill_primary)
     ck_assert_msg(h_wait_log(sched->log, "event=failover", 1),
                   "%s: the scheduler logged no failover", tag);

@@ -53,39 +53,23 @@ static double run(const char *tag, int kill_primary) {
     ck_assert_msg(total > 0 && step >= total / 2,
                   "%s: training did not get halfway (step %lu of %lu)", tag,
                   step, total);
-    unsigned primary, backup;
-    ck_assert(chaos_range_holders(&c, 0, &primary, &backup));
-    char *js = h_status_json(&c, 2000);
-    ck_assert_ptr_nonnull(js);
-    int slot = chaos_server_slot(srv, 2, js, primary);
-    free(js);
-    ck_assert_msg(slot >= 0, "primary %u is no server we run", primary);
-    killed = srv[slot].proc;
-    kill(killed->pid, SIGKILL);
-    h_wait_exit(killed, 5000);
+    unsigned primary;
+    char kwhy[256];
+    killed = chaos_kill_primary(&c, srv, 2, &primary, kwhy, sizeof(kwhy));
+    ck_assert_msg(killed != NULL, "%s", kwhy);
     printf(
-        "train_failover: killed %s (node %u, primary of range 0) at "
-        "step %lu of %lu\n",
+        "train_failover: killed %s (node %u, primary of range 0) at step %lu "
+        "of %lu\n",
         killed->name, primary, step, total);
     fflush(stdout);
-    /* A newcomer is refused while all the expected servers look alive. */
-    ck_assert_msg(h_wait_node_state(&c, srv[slot].address, "dead", 10000),
-                  "the killed server was not declared dead in 10 s");
-    chaos_server_start(&c, &srv[slot], slot, "server", "127.0.0.1", NULL);
   }
   int all = h_wait_all(&c, RUN_MS);
   if (!all) h_dump_logs(&c);
   h_kill_all(&c);
   ck_assert_msg(all, "%s did not finish within %d s", tag, RUN_MS / 1000);
-  for (int i = 0; i < c.nprocs; i++) {
-    h_proc_t *p = &c.procs[i];
-    if (p == killed) continue;
-    if (!(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)) {
-      h_dump_logs(&c);
-      ck_abort_msg("%s: %s did not exit 0 (status %d)", tag, p->name,
-                   p->status);
-    }
-  }
+  char ewhy[256];
+  ck_assert_msg(chaos_all_exit0_but(&c, killed, ewhy, sizeof(ewhy)), "%s: %s",
+                tag, ewhy);
   (void)sched;
   (void)w1;
   char *json = h_read_file(report, NULL);
