@@ -20,10 +20,13 @@
  * an empty slot), so a probe reads one array and compares an id only when
  * the tag matches, and a row costs 8 bytes per slot (1.33 to 2.67 slots a
  * row). A full index is not rehashed in one go, as Redis's dict is not: a
- * twice as big one is allocated, new ids go into it, and every operation
- * moves the next PS_SPARSE_REHASH_STEP slots of the old one across, so
- * the old is empty long before the new one fills. Until then a lookup
- * probes both. A slot that leaves the old index (moved, or its block
+ * twice as big one is allocated and zeroed PS_SPARSE_ZERO_STEP slots an
+ * operation (its pages fault in a little at a time, not all at the first
+ * insert: hundreds of ms for a big table), the full one taking the inserts
+ * meanwhile (three quarters full, it has room for them); then new ids go
+ * into the new one and every operation moves the next
+ * PS_SPARSE_REHASH_STEP slots of the old one across, so the old is empty
+ * long before the new one fills. Until then a lookup probes both. A slot that leaves the old index (moved, or its block
  * removed) becomes TOMB there, never 0, so the old one's probe sequences
  * stay whole without shifting anything.
  *
@@ -49,6 +52,8 @@ typedef struct {
   size_t cap;     /* slots, a power of two; 0 before the first insert */
   uint64_t *old;  /* the index being drained into slots; NULL: none */
   size_t old_cap, old_next; /* its slots; the next one to move */
+  uint64_t *fresh; /* the next index, being zeroed; NULL: none */
+  size_t fresh_zeroed; /* its slots zeroed (it has 2 * cap) */
   chunk_t *chunks;
   size_t nchunks, chunks_cap; /* chunks in use; entries of the array */
   uint64_t n, data_cap;       /* blocks held; blocks the chunks have room for */
@@ -57,6 +62,7 @@ typedef struct {
   uint32_t head, tail;
   int lru;
   uint64_t rehash_slots; /* old slots moved (visited) in total */
+  uint64_t zero_slots;   /* slots of grown indices zeroed in total */
 } rowmap_t;
 
 #define TOMB ((uint64_t)UINT32_MAX)
@@ -115,6 +121,7 @@ static uint32_t *next_at(const rowmap_t *m, uint32_t i) {
 static void rowmap_free(rowmap_t *m) {
   free(m->slots);
   free(m->old);
+  free(m->fresh);
   /* Every entry: a chunk whose allocation failed half-way holds some. */
   for (size_t c = 0; c < m->chunks_cap; c++) {
     free(m->chunks[c].data);
@@ -205,28 +212,53 @@ static void rehash_slots(rowmap_t *m, size_t budget) {
   }
 }
 
-/* One operation's share of an index growth. */
-static void rehash_step(rowmap_t *m) {
-  rehash_slots(m, PS_SPARSE_REHASH_STEP);
+/* Zeroes up to budget more slots of the next index; once it is whole, it
+ * becomes the current one and the full one starts to drain. */
+static void zero_slots(rowmap_t *m, size_t budget) {
+  if (m->fresh == NULL) return;
+  size_t cap = m->cap * 2, left = cap - m->fresh_zeroed;
+  size_t k = left > budget ? budget : left;
+  memset(m->fresh + m->fresh_zeroed, 0, k * sizeof(*m->fresh));
+  m->fresh_zeroed += k;
+  m->zero_slots += k;
+  if (m->fresh_zeroed < cap) return;
+  m->old = m->slots;
+  m->old_cap = m->cap;
+  m->old_next = 0;
+  m->slots = m->fresh;
+  m->cap = cap;
+  m->fresh = NULL;
 }
 
-/* Starts a growth: a twice as big index becomes the current one, the full
- * one is drained by later operations. */
-static int rowmap_grow_slots(rowmap_t *m) {
-  /* Never two growths at once. With three quarters' load and a step of
-   * more than one slot an operation, the old index is drained long before
-   * this one fills, so this is a safety net, not a pause that happens. */
-  if (m->old) rehash_slots(m, m->old_cap);
-  size_t cap = m->cap ? m->cap * 2 : 1024;
-  uint64_t *slots = calloc(cap, sizeof(*slots));
-  if (slots == NULL) return PS_ERR_NOMEM;
-  if (m->cap) {
-    m->old = m->slots;
-    m->old_cap = m->cap;
-    m->old_next = 0;
+/* One operation's share of an index growth. */
+static void rehash_step(rowmap_t *m) {
+  if (m->fresh) zero_slots(m, PS_SPARSE_ZERO_STEP);
+  else rehash_slots(m, PS_SPARSE_REHASH_STEP);
+}
+
+/* Makes room for one more slot: at three quarters' load starts a growth,
+ * which later operations carry out (rehash_step). The full index takes
+ * inserts until the new one is zeroed, up to seven eighths' load: with a
+ * step of PS_SPARSE_ZERO_STEP slots an operation, the zeroing is done
+ * long before that (after a sixteenth of the index in operations), as the
+ * draining is before the new index fills, so the loops that finish a
+ * stage at once are a safety net, not a pause that happens. */
+static int rowmap_reserve_slot(rowmap_t *m) {
+  uint64_t need = (m->n + 1) * 8;
+  if (m->cap == 0) {
+    m->slots = calloc(1024, sizeof(*m->slots));
+    if (m->slots == NULL) return PS_ERR_NOMEM;
+    m->cap = 1024;
+    return PS_OK;
   }
-  m->slots = slots;
-  m->cap = cap;
+  if (m->fresh && need > (uint64_t)m->cap * 7)
+    zero_slots(m, m->cap * 2);
+  if (m->fresh == NULL && need > (uint64_t)m->cap * 6) {
+    if (m->old) rehash_slots(m, m->old_cap);
+    m->fresh = malloc(m->cap * 2 * sizeof(*m->fresh));
+    if (m->fresh == NULL) return PS_ERR_NOMEM;
+    m->fresh_zeroed = 0;
+  }
   return PS_OK;
 }
 
@@ -330,8 +362,7 @@ static uint64_t rowmap_get(rowmap_t *m, uint64_t id, int *created) {
   uint64_t i = rowmap_index(m, id);
   if (i != NONE) return i;
   if (m->n == ROWS_MAX) return NONE;
-  if ((m->n + 1) * 4 > (uint64_t)m->cap * 3 && rowmap_grow_slots(m) != PS_OK)
-    return NONE;
+  if (rowmap_reserve_slot(m) != PS_OK) return NONE;
   if (m->n == m->data_cap && rowmap_grow_blocks(m) != PS_OK) return NONE;
   i = m->n;
   *id_at(m, i) = id;
@@ -388,6 +419,8 @@ static void rowmap_clear(rowmap_t *m) {
   free(m->old);
   m->old = NULL;
   m->old_cap = m->old_next = 0;
+  free(m->fresh);
+  m->fresh = NULL;
   m->n = 0;
   m->head = m->tail = NONE32;
 }
@@ -426,6 +459,7 @@ void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out) {
   out->index_slots = t->rows.cap;
   out->rehashing = t->rows.old != NULL;
   out->rehash_slots = t->rows.rehash_slots;
+  out->zero_slots = t->rows.zero_slots;
 }
 
 uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t) {

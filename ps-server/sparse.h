@@ -56,17 +56,21 @@ typedef struct {
   uint64_t evictions;    /* rows evicted by the cap */
   uint64_t not_admitted; /* row pushes dropped before admission */
   /* The rows' hash index grows incrementally: slots now, 1 while an old
-   * index is being drained into it, old slots moved across in total. */
+   * index is being drained into it, old slots moved across in total,
+   * slots of grown indices zeroed (ahead of use) in total. */
   uint64_t index_slots;
   int rehashing;
   uint64_t rehash_slots;
+  uint64_t zero_slots;
 } ps_sparse_stats_t;
 
-/* Old index slots one operation on a row (a row's insert, lookup or
- * removal) moves into the grown index: what bounds a call's share of a
- * growth, so no push, pull or eviction does work in proportion to the
- * table's size. */
+/* What one operation on a row (an insert, lookup or removal) does of an
+ * index growth: zero PS_SPARSE_ZERO_STEP slots of the new index, or once
+ * that is done move PS_SPARSE_REHASH_STEP slots of the old one into it.
+ * So a call's share of a growth is bounded by its keys, and no push, pull
+ * or eviction does work in proportion to the table's size. */
 #define PS_SPARSE_REHASH_STEP 32
+#define PS_SPARSE_ZERO_STEP 64
 
 /* Floats per row of spec under model's optimizer: the one place that says
  * how big a row is. */

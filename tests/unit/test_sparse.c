@@ -532,7 +532,8 @@ START_TEST(map_matches_a_model_across_growths) {
 }
 END_TEST
 
-/* Growth costs each operation a bounded share: no push moves more than
+/* Growth costs each operation a bounded share: no push zeroes more than
+ * PS_SPARSE_ZERO_STEP slots of the new index nor moves more than
  * PS_SPARSE_REHASH_STEP old slots, each growth is drained over many pushes
  * and moves exactly its old index's slots, every row stays readable while
  * two indices hold them, and rows never move once past the first chunk
@@ -554,10 +555,16 @@ START_TEST(growth_is_spread_over_operations) {
     ps_sparse_table_stats(t, &st);
     ck_assert_uint_le(st.rehash_slots - prev.rehash_slots,
                       PS_SPARSE_REHASH_STEP);
+    ck_assert_uint_le(st.zero_slots - prev.zero_slots, PS_SPARSE_ZERO_STEP);
+    /* A push either zeroes or moves, never both. */
+    ck_assert(st.zero_slots == prev.zero_slots ||
+              st.rehash_slots == prev.rehash_slots);
     uint64_t moved = st.rehash_slots;
     if (st.rehashing && !prev.rehashing) {
       growths++, since = 0, start_slots = prev.rehash_slots;
       ck_assert_uint_eq(st.index_slots, 2 * prev.index_slots);
+      /* Every grown index (2048, 4096, ... slots) was zeroed ahead. */
+      ck_assert_uint_eq(st.zero_slots, 2 * st.index_slots - 2048);
     }
     if (st.rehashing) {
       since++;
