@@ -30,7 +30,8 @@ int main(int argc, char **argv) {
   uint64_t rows = argc > 1 ? strtoull(argv[1], NULL, 10) : 4000000;
   uint64_t keys = argc > 2 ? strtoull(argv[2], NULL, 10) : 4096;
   if (rows == 0 || keys == 0 || keys > rows) {
-    fprintf(stderr, "usage: sparse-grow-bench [ROWS [KEYS]], 0 < KEYS <= ROWS\n");
+    fprintf(stderr,
+            "usage: sparse-grow-bench [ROWS [KEYS]], 0 < KEYS <= ROWS\n");
     return 2;
   }
   ps_sparse_spec_t spec;
@@ -70,13 +71,14 @@ int main(int argc, char **argv) {
   }
   uint64_t slowest_rows = (slowest_at + 1) * keys;
   qsort(lat, calls, sizeof(*lat), by_value);
-  printf("sparse_grow rows=%llu keys=%llu calls=%llu total_ms=%.1f "
-         "p50_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f "
-         "max_at_rows=%llu\n",
-         (unsigned long long)rows, (unsigned long long)keys,
-         (unsigned long long)calls, total / 1e3, lat[calls / 2],
-         lat[calls * 99 / 100], lat[calls * 999 / 1000], lat[calls - 1],
-         (unsigned long long)slowest_rows);
+  printf(
+      "sparse_grow rows=%llu keys=%llu calls=%llu total_ms=%.1f "
+      "p50_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f "
+      "max_at_rows=%llu\n",
+      (unsigned long long)rows, (unsigned long long)keys,
+      (unsigned long long)calls, total / 1e3, lat[calls / 2],
+      lat[calls * 99 / 100], lat[calls * 999 / 1000], lat[calls - 1],
+      (unsigned long long)slowest_rows);
   free(lat);
   free(grads);
   free(ids);
