@@ -425,6 +425,26 @@ static void rowmap_clear(rowmap_t *m) {
   m->head = m->tail = NONE32;
 }
 
+/* 1 if every block has exactly one live slot, in the index it sits in,
+ * that names it by its tag and is reachable from its home slot. */
+static int rowmap_consistent(const rowmap_t *m) {
+  uint64_t live = 0;
+  for (int k = 0; k < 2; k++) {
+    const uint64_t *sl = k ? m->old : m->slots;
+    size_t cap = k ? m->old_cap : m->cap;
+    for (size_t j = 0; sl && j < cap; j++) {
+      if (!slot_live(sl[j])) continue;
+      uint64_t i = slot_index(sl[j]);
+      if (i >= m->n || slot_tag(sl[j]) != tag_of(*id_at(m, i))) return 0;
+      live++;
+    }
+  }
+  if (live != m->n) return 0;
+  for (uint64_t i = 0; i < m->n; i++)
+    if (rowmap_index(m, *id_at(m, i)) != i) return 0;
+  return 1;
+}
+
 ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
                                        const ps_model_t *model) {
   ps_sparse_table_t *t = calloc(1, sizeof(*t));
@@ -451,6 +471,10 @@ int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
   t->admit_after = admit_after;
   t->rows.lru = max_rows > 0;
   return PS_OK;
+}
+
+int ps_sparse_table_consistent(const ps_sparse_table_t *t) {
+  return rowmap_consistent(&t->rows) && rowmap_consistent(&t->pending);
 }
 
 void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out) {

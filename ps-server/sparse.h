@@ -93,6 +93,10 @@ int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
 uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t);
 void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out);
 
+/* For tests: 1 if the hash indices agree with the rows (each row found
+ * by its id, no slot too many or stale), else 0. O(rows + slots). */
+int ps_sparse_table_consistent(const ps_sparse_table_t *t);
+
 uint32_t ps_sparse_table_dim(const ps_sparse_table_t *t);
 const char *ps_sparse_table_name(const ps_sparse_table_t *t);
 size_t ps_sparse_table_row_floats(const ps_sparse_table_t *t);

@@ -523,9 +523,11 @@ START_TEST(map_matches_a_model_across_growths) {
       ck_assert_uint_eq(st.rows, nheld);
       if (st.evictions > before.evictions && before.rehashing) overlap++;
       if (st.index_slots != slots) growths++, slots = st.index_slots;
+      if (now % 25 == 0) ck_assert(ps_sparse_table_consistent(t));
     }
     ck_assert_uint_ge(growths, c + 1);
     rows_consistent(t);
+    ck_assert(ps_sparse_table_consistent(t));
     ps_sparse_table_destroy(&t);
   }
   ck_assert_uint_gt(overlap, 100);
