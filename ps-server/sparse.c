@@ -11,29 +11,61 @@
 #include "common/init.h"
 #include "common/optimizer.h"
 
-/* id -> block of stride floats. Open addressing with linear probing, kept
- * at most three quarters full. A slot is one uint64: the low 32 bits of the
- * id's hash (its tag, which also gives its home slot) above block index + 1
- * (0 marks an empty slot), so a probe reads one array and compares an id
- * only when the tag matches, and a row costs 8 bytes per slot (1.33 to 2.67
- * slots a row) instead of the 16 of a key and an index. Blocks sit end to
- * end in creation order, with their ids beside them, so a snapshot walks
- * them without the slots. At most ROWS_MAX blocks, so an index + 1 fits 32
- * bits and the slots never outgrow what a 32-bit tag can place. */
+/* id -> block of stride floats, grown without a pause (the server's loop
+ * must answer heartbeats while a table of millions of rows grows).
+ *
+ * The index: open addressing with linear probing, kept at most three
+ * quarters full. A slot is one uint64: the low 32 bits of the id's hash
+ * (its tag, which also gives its home slot) above block index + 1 (0 marks
+ * an empty slot), so a probe reads one array and compares an id only when
+ * the tag matches, and a row costs 8 bytes per slot (1.33 to 2.67 slots a
+ * row). A full index is not rehashed in one go, as Redis's dict is not: a
+ * twice as big one is allocated and zeroed PS_SPARSE_ZERO_STEP slots an
+ * operation (its pages fault in a little at a time, not all at the first
+ * insert: hundreds of ms for a big table), the full one taking the inserts
+ * meanwhile (three quarters full, it has room for them); then new ids go
+ * into the new one and every operation moves the next
+ * PS_SPARSE_REHASH_STEP slots of the old one across, so the old is empty
+ * long before the new one fills. Until then a lookup probes both. A slot that leaves the old index (moved, or its block
+ * removed) becomes TOMB there, never 0, so the old one's probe sequences
+ * stay whole without shifting anything.
+ *
+ * The blocks: in creation order, with their ids beside them (a snapshot
+ * walks them without the index), in chunks of CHUNK_ROWS blocks, so growth
+ * adds a chunk and never copies rows (the first chunk grows by doubling up
+ * to that, so a small table stays small). At most ROWS_MAX blocks, so an
+ * index + 1 fits 32 bits (and never reads as TOMB) and the slots never
+ * outgrow what a 32-bit tag can place. */
+#define CHUNK_SHIFT 16
+#define CHUNK_ROWS ((uint64_t)1 << CHUNK_SHIFT)
+#define CHUNK_MASK (CHUNK_ROWS - 1)
+
+typedef struct {
+  float *data;
+  uint64_t *ids;
+  uint32_t *prev, *next; /* the LRU list's links, when kept */
+} chunk_t;
+
 typedef struct {
   size_t stride;
   uint64_t *slots;
-  size_t cap; /* slots, a power of two; 0 before the first insert */
-  float *data;
-  uint64_t *ids;
-  uint64_t n, data_cap;
+  size_t cap;     /* slots, a power of two; 0 before the first insert */
+  uint64_t *old;  /* the index being drained into slots; NULL: none */
+  size_t old_cap, old_next; /* its slots; the next one to move */
+  uint64_t *fresh; /* the next index, being zeroed; NULL: none */
+  size_t fresh_zeroed; /* its slots zeroed (it has 2 * cap) */
+  chunk_t *chunks;
+  size_t nchunks, chunks_cap; /* chunks in use; entries of the array */
+  uint64_t n, data_cap;       /* blocks held; blocks the chunks have room for */
   /* Least recently pushed first: a doubly linked list over block indices
    * (NONE32 ends it), kept only for the rows of a capped table. */
-  uint32_t *prev, *next;
   uint32_t head, tail;
   int lru;
+  uint64_t rehash_slots; /* old slots moved (visited) in total */
+  uint64_t zero_slots;   /* slots of grown indices zeroed in total */
 } rowmap_t;
 
+#define TOMB ((uint64_t)UINT32_MAX)
 #define NONE32 UINT32_MAX
 #define ROWS_MAX ((uint64_t)UINT32_MAX / 4 * 3)
 #define NONE UINT64_MAX
@@ -73,12 +105,31 @@ void ps_sparse_init_row(const ps_sparse_spec_t *spec, uint64_t seed,
   ps_init_fill(row, 0, spec->dim, spec->init, spec->init_scale, row_seed);
 }
 
+static float *block_at(const rowmap_t *m, uint64_t i) {
+  return m->chunks[i >> CHUNK_SHIFT].data + (i & CHUNK_MASK) * m->stride;
+}
+static uint64_t *id_at(const rowmap_t *m, uint64_t i) {
+  return &m->chunks[i >> CHUNK_SHIFT].ids[i & CHUNK_MASK];
+}
+static uint32_t *prev_at(const rowmap_t *m, uint32_t i) {
+  return &m->chunks[i >> CHUNK_SHIFT].prev[i & CHUNK_MASK];
+}
+static uint32_t *next_at(const rowmap_t *m, uint32_t i) {
+  return &m->chunks[i >> CHUNK_SHIFT].next[i & CHUNK_MASK];
+}
+
 static void rowmap_free(rowmap_t *m) {
   free(m->slots);
-  free(m->data);
-  free(m->ids);
-  free(m->prev);
-  free(m->next);
+  free(m->old);
+  free(m->fresh);
+  /* Every entry: a chunk whose allocation failed half-way holds some. */
+  for (size_t c = 0; c < m->chunks_cap; c++) {
+    free(m->chunks[c].data);
+    free(m->chunks[c].ids);
+    free(m->chunks[c].prev);
+    free(m->chunks[c].next);
+  }
+  free(m->chunks);
   size_t stride = m->stride;
   int lru = m->lru;
   memset(m, 0, sizeof(*m));
@@ -88,15 +139,15 @@ static void rowmap_free(rowmap_t *m) {
 }
 
 static void lru_unlink(rowmap_t *m, uint32_t i) {
-  uint32_t p = m->prev[i], n = m->next[i];
-  if (p != NONE32) m->next[p] = n; else m->head = n;
-  if (n != NONE32) m->prev[n] = p; else m->tail = p;
+  uint32_t p = *prev_at(m, i), n = *next_at(m, i);
+  if (p != NONE32) *next_at(m, p) = n; else m->head = n;
+  if (n != NONE32) *prev_at(m, n) = p; else m->tail = p;
 }
 
 static void lru_append(rowmap_t *m, uint32_t i) {
-  m->prev[i] = m->tail;
-  m->next[i] = NONE32;
-  if (m->tail != NONE32) m->next[m->tail] = i; else m->head = i;
+  *prev_at(m, i) = m->tail;
+  *next_at(m, i) = NONE32;
+  if (m->tail != NONE32) *next_at(m, m->tail) = i; else m->head = i;
   m->tail = i;
 }
 
@@ -117,12 +168,13 @@ static uint32_t slot_tag(uint64_t slot) { return (uint32_t)(slot >> 32); }
 static uint64_t slot_index(uint64_t slot) {
   return (slot & UINT32_MAX) - 1;
 }
+/* A slot that holds a block (neither empty nor TOMB). */
+static int slot_live(uint64_t slot) { return slot != 0 && slot != TOMB; }
 
-/* After an array of a big table grew (bytes: its new size): the arrays
- * it replaced may lie freed inside glibc's heap (below its mmap threshold,
- * which rises as big blocks are freed), still resident, a quarter more
- * than the rows themselves. Hand them back: growth happens a logarithmic
- * number of times, so the trim's cost does not matter. */
+/* After a big array was freed (bytes: its size): it may lie inside glibc's
+ * heap (below its mmap threshold, which rises as big blocks are freed),
+ * still resident. Hand it back: this happens a logarithmic number of
+ * times, so the trim's cost does not matter. */
 static void release_freed(size_t bytes) {
 #ifdef __GLIBC__
   if (bytes >= ((size_t)1 << 20)) malloc_trim(0);
@@ -131,118 +183,231 @@ static void release_freed(size_t bytes) {
 #endif
 }
 
-static int rowmap_grow_slots(rowmap_t *m) {
-  size_t cap = m->cap ? m->cap * 2 : 1024;
-  uint64_t *slots = calloc(cap, sizeof(*slots));
-  if (slots == NULL) return PS_ERR_NOMEM;
-  for (size_t i = 0; i < m->cap; i++) {
-    uint64_t sl = m->slots[i];
-    if (sl == 0) continue;
-    size_t j = slot_tag(sl) & (cap - 1);
-    while (slots[j] != 0) j = (j + 1) & (cap - 1);
-    slots[j] = sl;
+/* Puts slot sl (a block's) into the current index, which has room. */
+static void slot_place(rowmap_t *m, uint64_t sl) {
+  size_t mask = m->cap - 1, j = slot_tag(sl) & mask;
+  while (m->slots[j] != 0) j = (j + 1) & mask;
+  m->slots[j] = sl;
+}
+
+/* Moves up to budget slots of the old index into the current one; frees
+ * the old one once it is drained. */
+static void rehash_slots(rowmap_t *m, size_t budget) {
+  if (m->old == NULL) return;
+  size_t end = m->old_cap - m->old_next > budget ? m->old_next + budget
+                                                 : m->old_cap;
+  for (size_t j = m->old_next; j < end; j++) {
+    uint64_t sl = m->old[j];
+    if (!slot_live(sl)) continue;
+    slot_place(m, sl);
+    m->old[j] = TOMB;
   }
-  free(m->slots);
-  m->slots = slots;
+  m->rehash_slots += end - m->old_next;
+  m->old_next = end;
+  if (end == m->old_cap) {
+    free(m->old);
+    m->old = NULL;
+    release_freed(m->old_cap * sizeof(uint64_t));
+    m->old_cap = m->old_next = 0;
+  }
+}
+
+/* Zeroes up to budget more slots of the next index; once it is whole, it
+ * becomes the current one and the full one starts to drain. */
+static void zero_slots(rowmap_t *m, size_t budget) {
+  if (m->fresh == NULL) return;
+  size_t cap = m->cap * 2, left = cap - m->fresh_zeroed;
+  size_t k = left > budget ? budget : left;
+  memset(m->fresh + m->fresh_zeroed, 0, k * sizeof(*m->fresh));
+  m->fresh_zeroed += k;
+  m->zero_slots += k;
+  if (m->fresh_zeroed < cap) return;
+  m->old = m->slots;
+  m->old_cap = m->cap;
+  m->old_next = 0;
+  m->slots = m->fresh;
   m->cap = cap;
-  release_freed(cap * sizeof(*slots));
+  m->fresh = NULL;
+}
+
+/* One operation's share of an index growth. */
+static void rehash_step(rowmap_t *m) {
+  if (m->fresh) zero_slots(m, PS_SPARSE_ZERO_STEP);
+  else rehash_slots(m, PS_SPARSE_REHASH_STEP);
+}
+
+/* Makes room for one more slot: at three quarters' load starts a growth,
+ * which later operations carry out (rehash_step). The full index takes
+ * inserts until the new one is zeroed, up to seven eighths' load: with a
+ * step of PS_SPARSE_ZERO_STEP slots an operation, the zeroing is done
+ * long before that (after a sixteenth of the index in operations), as the
+ * draining is before the new index fills, so the loops that finish a
+ * stage at once are a safety net, not a pause that happens. */
+static int rowmap_reserve_slot(rowmap_t *m) {
+  uint64_t need = (m->n + 1) * 8;
+  if (m->cap == 0) {
+    m->slots = calloc(1024, sizeof(*m->slots));
+    if (m->slots == NULL) return PS_ERR_NOMEM;
+    m->cap = 1024;
+    return PS_OK;
+  }
+  if (m->fresh && need > (uint64_t)m->cap * 7)
+    zero_slots(m, m->cap * 2);
+  if (m->fresh == NULL && need > (uint64_t)m->cap * 6) {
+    if (m->old) rehash_slots(m, m->old_cap);
+    m->fresh = malloc(m->cap * 2 * sizeof(*m->fresh));
+    if (m->fresh == NULL) return PS_ERR_NOMEM;
+    m->fresh_zeroed = 0;
+  }
   return PS_OK;
 }
 
-/* The block index of id, or NONE. */
-static uint64_t rowmap_index(const rowmap_t *m, uint64_t id) {
-  if (m->cap == 0) return NONE;
+/* The slot (in either index) that holds id's block, or NULL. */
+static uint64_t *slot_of_id(const rowmap_t *m, uint64_t id) {
+  if (m->cap == 0) return NULL;
   uint32_t tag = tag_of(id);
   size_t mask = m->cap - 1;
   for (size_t j = tag & mask; m->slots[j] != 0; j = (j + 1) & mask) {
     uint64_t sl = m->slots[j];
-    if (slot_tag(sl) == tag && m->ids[slot_index(sl)] == id)
-      return slot_index(sl);
+    if (slot_tag(sl) == tag && *id_at(m, slot_index(sl)) == id)
+      return &m->slots[j];
   }
-  return NONE;
+  if (m->old == NULL) return NULL;
+  mask = m->old_cap - 1;
+  for (size_t j = tag & mask; m->old[j] != 0; j = (j + 1) & mask) {
+    uint64_t sl = m->old[j];
+    if (sl != TOMB && slot_tag(sl) == tag && *id_at(m, slot_index(sl)) == id)
+      return &m->old[j];
+  }
+  return NULL;
+}
+
+/* The slot that holds block i: in the current index (*old 0) or the old
+ * one (*old 1). */
+static uint64_t *slot_of_block(const rowmap_t *m, uint64_t i, int *old) {
+  uint32_t tag = tag_of(*id_at(m, i));
+  size_t mask = m->cap - 1;
+  *old = 0;
+  for (size_t j = tag & mask; m->slots[j] != 0; j = (j + 1) & mask)
+    if (slot_index(m->slots[j]) == i) return &m->slots[j];
+  *old = 1;
+  mask = m->old_cap - 1;
+  size_t j = tag & mask;
+  while (!slot_live(m->old[j]) || slot_index(m->old[j]) != i)
+    j = (j + 1) & mask;
+  return &m->old[j];
+}
+
+/* The block index of id, or NONE. */
+static uint64_t rowmap_index(const rowmap_t *m, uint64_t id) {
+  const uint64_t *sl = slot_of_id(m, id);
+  return sl ? slot_index(*sl) : NONE;
 }
 
 static float *rowmap_find(const rowmap_t *m, uint64_t id) {
   uint64_t i = rowmap_index(m, id);
-  return i == NONE ? NULL : m->data + i * m->stride;
+  return i == NONE ? NULL : block_at(m, i);
 }
 
-/* The block of id; a new one (contents undefined, *created 1) if id has
- * none. NULL on no memory (or ROWS_MAX blocks). Valid until the next
- * insert. */
-static float *rowmap_get(rowmap_t *m, uint64_t id, int *created) {
+/* Room for one more block: the first chunk doubles up to CHUNK_ROWS (a
+ * bounded copy), then whole chunks are added and nothing moves. */
+static int rowmap_grow_blocks(rowmap_t *m) {
+  size_t c = m->data_cap < CHUNK_ROWS ? 0 : m->nchunks;
+  uint64_t rows = m->data_cap == 0          ? 1024
+                  : m->data_cap < CHUNK_ROWS ? m->data_cap * 2
+                                             : CHUNK_ROWS;
+  if (c >= m->chunks_cap) {
+    size_t ncap = m->chunks_cap ? m->chunks_cap * 2 : 8;
+    chunk_t *chunks = realloc(m->chunks, ncap * sizeof(*chunks));
+    if (chunks == NULL) return PS_ERR_NOMEM;
+    memset(chunks + m->chunks_cap, 0,
+           (ncap - m->chunks_cap) * sizeof(*chunks));
+    m->chunks = chunks;
+    m->chunks_cap = ncap;
+  }
+  /* Each array is replaced as soon as it has grown, so a failure half-way
+   * leaves every pointer valid (rowmap_free frees them). */
+  chunk_t *ch = &m->chunks[c];
+  float *data = realloc(ch->data, rows * m->stride * sizeof(float));
+  if (data == NULL) return PS_ERR_NOMEM;
+  ch->data = data;
+  uint64_t *ids = realloc(ch->ids, rows * sizeof(*ids));
+  if (ids == NULL) return PS_ERR_NOMEM;
+  ch->ids = ids;
+  if (m->lru) {
+    uint32_t *prev = realloc(ch->prev, rows * sizeof(*prev));
+    if (prev == NULL) return PS_ERR_NOMEM;
+    ch->prev = prev;
+    uint32_t *next = realloc(ch->next, rows * sizeof(*next));
+    if (next == NULL) return PS_ERR_NOMEM;
+    ch->next = next;
+  }
+  if (c == 0) {
+    m->nchunks = 1;
+    m->data_cap = rows;
+    release_freed(rows / 2 * m->stride * sizeof(float));
+  } else {
+    m->nchunks++;
+    m->data_cap += rows;
+  }
+  return PS_OK;
+}
+
+/* The block index of id; a new block (contents undefined, *created 1) if
+ * id has none. NONE on no memory (or ROWS_MAX blocks). One operation: it
+ * moves its share of an index growth. */
+static uint64_t rowmap_get(rowmap_t *m, uint64_t id, int *created) {
   *created = 0;
-  float *row = rowmap_find(m, id);
-  if (row) return row;
-  if (m->n == ROWS_MAX) return NULL;
-  if ((m->n + 1) * 4 > (uint64_t)m->cap * 3 && rowmap_grow_slots(m) != PS_OK)
-    return NULL;
-  if (m->n == m->data_cap) {
-    uint64_t cap = m->data_cap ? m->data_cap * 2 : 1024;
-    if (cap > ROWS_MAX) cap = ROWS_MAX;
-    float *data = realloc(m->data, cap * m->stride * sizeof(float));
-    if (data == NULL) return NULL;
-    m->data = data;
-    uint64_t *ids = realloc(m->ids, cap * sizeof(*ids));
-    if (ids == NULL) return NULL;
-    m->ids = ids;
-    if (m->lru) {
-      uint32_t *prev = realloc(m->prev, cap * sizeof(*prev));
-      if (prev == NULL) return NULL;
-      m->prev = prev;
-      uint32_t *next = realloc(m->next, cap * sizeof(*next));
-      if (next == NULL) return NULL;
-      m->next = next;
-    }
-    m->data_cap = cap;
-    release_freed(cap * m->stride * sizeof(float));
-  }
-  uint32_t tag = tag_of(id);
-  size_t j = tag & (m->cap - 1);
-  while (m->slots[j] != 0) j = (j + 1) & (m->cap - 1);
-  m->ids[m->n] = id;
-  m->slots[j] = slot_make(tag, m->n);
+  rehash_step(m);
+  uint64_t i = rowmap_index(m, id);
+  if (i != NONE) return i;
+  if (m->n == ROWS_MAX) return NONE;
+  if (rowmap_reserve_slot(m) != PS_OK) return NONE;
+  if (m->n == m->data_cap && rowmap_grow_blocks(m) != PS_OK) return NONE;
+  i = m->n;
+  *id_at(m, i) = id;
+  slot_place(m, slot_make(tag_of(id), i));
   m->n++;
-  if (m->lru) lru_append(m, (uint32_t)(m->n - 1));
+  if (m->lru) lru_append(m, (uint32_t)i);
   *created = 1;
-  return m->data + (m->n - 1) * m->stride;
+  return i;
 }
 
-/* The slot that holds block i. */
-static size_t slot_find(const rowmap_t *m, uint64_t i) {
-  size_t mask = m->cap - 1, j = tag_of(m->ids[i]) & mask;
-  while (m->slots[j] == 0 || slot_index(m->slots[j]) != i) j = (j + 1) & mask;
-  return j;
-}
-
-/* Removes block i: its slot (backward-shift deletion keeps every probe
- * sequence whole), and the last block moves into its place. */
+/* Removes block i: its slot (from the current index by backward-shift
+ * deletion, which keeps every probe sequence whole; from the old one by a
+ * TOMB), and the last block moves into its place. One operation. */
 static void rowmap_remove(rowmap_t *m, uint64_t i) {
-  size_t j = slot_find(m, i);
-  size_t mask = m->cap - 1;
-  for (size_t k = (j + 1) & mask; m->slots[k] != 0; k = (k + 1) & mask) {
-    size_t home = slot_tag(m->slots[k]) & mask;
-    /* k's entry may fill the hole at j unless its home lies in (j, k]. */
-    int stays = j <= k ? (home > j && home <= k) : (home > j || home <= k);
-    if (stays) continue;
-    m->slots[j] = m->slots[k];
-    j = k;
+  rehash_step(m);
+  int in_old;
+  uint64_t *s = slot_of_block(m, i, &in_old);
+  if (!in_old) {
+    size_t j = (size_t)(s - m->slots), mask = m->cap - 1;
+    for (size_t k = (j + 1) & mask; m->slots[k] != 0; k = (k + 1) & mask) {
+      size_t home = slot_tag(m->slots[k]) & mask;
+      /* k's entry may fill the hole at j unless its home lies in (j, k]. */
+      int stays = j <= k ? (home > j && home <= k) : (home > j || home <= k);
+      if (stays) continue;
+      m->slots[j] = m->slots[k];
+      j = k;
+    }
+    m->slots[j] = 0;
+  } else {
+    *s = TOMB;
   }
-  m->slots[j] = 0;
   if (m->lru) lru_unlink(m, (uint32_t)i);
   uint64_t last = m->n - 1;
   if (i != last) {
-    memcpy(m->data + i * m->stride, m->data + last * m->stride,
-           m->stride * sizeof(float));
-    size_t ls = slot_find(m, last);
-    m->slots[ls] = slot_make(slot_tag(m->slots[ls]), i);
-    m->ids[i] = m->ids[last];
+    memcpy(block_at(m, i), block_at(m, last), m->stride * sizeof(float));
+    uint64_t *ls = slot_of_block(m, last, &in_old);
+    *ls = slot_make(slot_tag(*ls), i);
+    *id_at(m, i) = *id_at(m, last);
     if (m->lru) {
-      uint32_t k = (uint32_t)i;
-      m->prev[k] = m->prev[last];
-      m->next[k] = m->next[last];
-      if (m->prev[k] != NONE32) m->next[m->prev[k]] = k; else m->head = k;
-      if (m->next[k] != NONE32) m->prev[m->next[k]] = k; else m->tail = k;
+      uint32_t k = (uint32_t)i, p = *prev_at(m, (uint32_t)last),
+               nx = *next_at(m, (uint32_t)last);
+      *prev_at(m, k) = p;
+      *next_at(m, k) = nx;
+      if (p != NONE32) *next_at(m, p) = k; else m->head = k;
+      if (nx != NONE32) *prev_at(m, nx) = k; else m->tail = k;
     }
   }
   m->n--;
@@ -251,8 +416,33 @@ static void rowmap_remove(rowmap_t *m, uint64_t i) {
 /* Forgets every block, keeping the memory (a step's sums come back). */
 static void rowmap_clear(rowmap_t *m) {
   if (m->cap) memset(m->slots, 0, m->cap * sizeof(*m->slots));
+  free(m->old);
+  m->old = NULL;
+  m->old_cap = m->old_next = 0;
+  free(m->fresh);
+  m->fresh = NULL;
   m->n = 0;
   m->head = m->tail = NONE32;
+}
+
+/* 1 if every block has exactly one live slot, in the index it sits in,
+ * that names it by its tag and is reachable from its home slot. */
+static int rowmap_consistent(const rowmap_t *m) {
+  uint64_t live = 0;
+  for (int k = 0; k < 2; k++) {
+    const uint64_t *sl = k ? m->old : m->slots;
+    size_t cap = k ? m->old_cap : m->cap;
+    for (size_t j = 0; sl && j < cap; j++) {
+      if (!slot_live(sl[j])) continue;
+      uint64_t i = slot_index(sl[j]);
+      if (i >= m->n || slot_tag(sl[j]) != tag_of(*id_at(m, i))) return 0;
+      live++;
+    }
+  }
+  if (live != m->n) return 0;
+  for (uint64_t i = 0; i < m->n; i++)
+    if (rowmap_index(m, *id_at(m, i)) != i) return 0;
+  return 1;
 }
 
 ps_sparse_table_t *ps_sparse_table_new(const ps_sparse_spec_t *spec,
@@ -283,9 +473,17 @@ int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
   return PS_OK;
 }
 
+int ps_sparse_table_consistent(const ps_sparse_table_t *t) {
+  return rowmap_consistent(&t->rows) && rowmap_consistent(&t->pending);
+}
+
 void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out) {
   *out = t->stats;
   out->rows = t->rows.n;
+  out->index_slots = t->rows.cap;
+  out->rehashing = t->rows.old != NULL;
+  out->rehash_slots = t->rows.rehash_slots;
+  out->zero_slots = t->rows.zero_slots;
 }
 
 uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t) {
@@ -376,15 +574,15 @@ int ps_sparse_keys_check(const uint64_t *keys, size_t n, char *err,
 static float *row_get(ps_sparse_table_t *t, uint64_t id, char *err,
                       size_t errlen) {
   int created;
-  float *row = rowmap_get(&t->rows, id, &created);
-  if (row && !created && t->rows.lru)
-    lru_touch(&t->rows, (uint64_t)(row - t->rows.data) / t->rows.stride);
-  if (row == NULL) {
+  uint64_t i = rowmap_get(&t->rows, id, &created);
+  if (i != NONE && !created) lru_touch(&t->rows, i);
+  if (i == NONE) {
     if (err && errlen)
       snprintf(err, errlen, "no memory for row %llu of table \"%s\"",
                (unsigned long long)id, t->spec.name);
     return NULL;
   }
+  float *row = block_at(&t->rows, i);
   if (created) {
     ps_sparse_init_row(&t->spec, t->seed, id, row);
     if (t->rows.stride > t->spec.dim)
@@ -442,13 +640,14 @@ int ps_sparse_table_accumulate(ps_sparse_table_t *t, const uint64_t *keys,
   for (size_t i = 0; i < n; i++) {
     if (t->admit_after > 1) sketch_add(t, keys[i]);
     int created;
-    float *sum = rowmap_get(&t->pending, keys[i], &created);
-    if (sum == NULL) {
+    uint64_t b = rowmap_get(&t->pending, keys[i], &created);
+    if (b == NONE) {
       if (err && errlen)
         snprintf(err, errlen, "no memory for the step's sum of row %llu",
                  (unsigned long long)keys[i]);
       return PS_ERR_NOMEM;
     }
+    float *sum = block_at(&t->pending, b);
     if (created && f == 1.0f)
       memcpy(sum, grads + i * dim, dim * sizeof(float));
     else if (created)
@@ -466,18 +665,18 @@ int ps_sparse_table_apply_pending(ps_sparse_table_t *t, float scale,
   /* Rows first, so a failure leaves every sum in place. The cap is
    * enforced after the whole step, so no row of it is evicted half-way. */
   for (uint64_t i = 0; i < t->pending.n; i++)
-    if (admitted(t, t->pending.ids[i], 0) &&
-        row_get(t, t->pending.ids[i], NULL, 0) == NULL)
+    if (admitted(t, *id_at(&t->pending, i), 0) &&
+        row_get(t, *id_at(&t->pending, i), NULL, 0) == NULL)
       return PS_ERR_NOMEM;
   /* An SGD table's sums carry the factor already (sum_factor). */
   float factor = t->opt.kind == PS_OPTIMIZER_SGD
                      ? 1.0f
                      : ps_lr_factor(&t->schedule, step);
   for (uint64_t i = 0; i < t->pending.n; i++) {
-    float *row = rowmap_find(&t->rows, t->pending.ids[i]);
+    float *row = rowmap_find(&t->rows, *id_at(&t->pending, i));
     if (row)
       ps_optimizer_apply_row(&t->opt, row, t->spec.dim,
-                             t->pending.data + i * t->pending.stride, scale,
+                             block_at(&t->pending, i), scale,
                              factor);
   }
   rowmap_clear(&t->pending);
@@ -493,6 +692,7 @@ int ps_sparse_table_pull(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
   /* A row never pushed reads as its initializer and is not created: a pull
    * changes nothing, so it needs no replication and costs no memory. */
   for (size_t i = 0; i < n; i++) {
+    rehash_step(&t->rows); /* a lookup, so it drains a growth too */
     const float *row = rowmap_find(&t->rows, keys[i]);
     if (row)
       memcpy(out + i * dim, row, dim * sizeof(float));
@@ -504,8 +704,8 @@ int ps_sparse_table_pull(ps_sparse_table_t *t, const uint64_t *keys, size_t n,
 
 const float *ps_sparse_table_row_at(const ps_sparse_table_t *t, uint64_t i,
                                     uint64_t *id) {
-  *id = t->rows.ids[i];
-  return t->rows.data + i * t->rows.stride;
+  *id = *id_at(&t->rows, i);
+  return block_at(&t->rows, i);
 }
 
 uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t) {
@@ -514,25 +714,27 @@ uint64_t ps_sparse_table_lru_first(const ps_sparse_table_t *t) {
 }
 
 uint64_t ps_sparse_table_lru_next(const ps_sparse_table_t *t, uint64_t i) {
-  if (t->rows.lru) return t->rows.next[i] == NONE32 ? NONE : t->rows.next[i];
+  if (t->rows.lru) {
+    uint32_t nx = *next_at(&t->rows, (uint32_t)i);
+    return nx == NONE32 ? NONE : nx;
+  }
   return i + 1 < t->rows.n ? i + 1 : NONE;
 }
 
 const float *ps_sparse_table_pending_at(const ps_sparse_table_t *t, uint64_t i,
                                         uint64_t *id) {
-  *id = t->pending.ids[i];
-  return t->pending.data + i * t->pending.stride;
+  *id = *id_at(&t->pending, i);
+  return block_at(&t->pending, i);
 }
 
 static int put_blocks(rowmap_t *m, const uint64_t *keys, size_t n,
                       const float *src) {
   for (size_t i = 0; i < n; i++) {
     int created;
-    float *dst = rowmap_get(m, keys[i], &created);
-    if (dst == NULL) return PS_ERR_NOMEM;
-    if (!created && m->lru)
-      lru_touch(m, (uint64_t)(dst - m->data) / m->stride);
-    memcpy(dst, src + i * m->stride, m->stride * sizeof(float));
+    uint64_t b = rowmap_get(m, keys[i], &created);
+    if (b == NONE) return PS_ERR_NOMEM;
+    if (!created) lru_touch(m, b);
+    memcpy(block_at(m, b), src + i * m->stride, m->stride * sizeof(float));
   }
   return PS_OK;
 }

@@ -55,7 +55,22 @@ typedef struct {
   uint64_t rows;         /* held now */
   uint64_t evictions;    /* rows evicted by the cap */
   uint64_t not_admitted; /* row pushes dropped before admission */
+  /* The rows' hash index grows incrementally: slots now, 1 while an old
+   * index is being drained into it, old slots moved across in total,
+   * slots of grown indices zeroed (ahead of use) in total. */
+  uint64_t index_slots;
+  int rehashing;
+  uint64_t rehash_slots;
+  uint64_t zero_slots;
 } ps_sparse_stats_t;
+
+/* What one operation on a row (an insert, lookup or removal) does of an
+ * index growth: zero PS_SPARSE_ZERO_STEP slots of the new index, or once
+ * that is done move PS_SPARSE_REHASH_STEP slots of the old one into it.
+ * So a call's share of a growth is bounded by its keys, and no push, pull
+ * or eviction does work in proportion to the table's size. */
+#define PS_SPARSE_REHASH_STEP 32
+#define PS_SPARSE_ZERO_STEP 64
 
 /* Floats per row of spec under model's optimizer: the one place that says
  * how big a row is. */
@@ -77,6 +92,10 @@ int ps_sparse_table_set_limits(ps_sparse_table_t *t, uint64_t max_rows,
                                uint32_t admit_after);
 uint64_t ps_sparse_table_max_rows(const ps_sparse_table_t *t);
 void ps_sparse_table_stats(const ps_sparse_table_t *t, ps_sparse_stats_t *out);
+
+/* For tests: 1 if the hash indices agree with the rows (each row found
+ * by its id, no slot too many or stale), else 0. O(rows + slots). */
+int ps_sparse_table_consistent(const ps_sparse_table_t *t);
 
 uint32_t ps_sparse_table_dim(const ps_sparse_table_t *t);
 const char *ps_sparse_table_name(const ps_sparse_table_t *t);

@@ -462,6 +462,171 @@ START_TEST(map_matches_a_model_lru) {
 }
 END_TEST
 
+/* The map against a model while its index grows: a capped table for each
+ * cap just past a growth's threshold (768 rows of 1024 slots, then 1536 of
+ * 2048, ...), so its last growth's old index is still being drained when
+ * evictions (removals) start; pushes (inserts, touches) of hot and cold
+ * ids with pulls (lookups) between, each pull checked against the model,
+ * which evicts its least recently pushed id as the table must. */
+#define GROW_IDS 30000
+#define GROW_OPS 60000
+START_TEST(map_matches_a_model_across_growths) {
+  ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_UNIFORM, 0.5f);
+  ps_model_t m = model_of(1.0f, 0.0f, 5);
+  static float want[GROW_IDS][4]; /* the model's row; held[k]: has one */
+  static int held[GROW_IDS];
+  static uint64_t last[GROW_IDS];           /* time of the last push */
+  static uint64_t qk[GROW_OPS], qt[GROW_OPS]; /* pushes in time order */
+  uint64_t caps[] = {800, 1600, 3100, 6200, 12300};
+  uint64_t overlap = 0; /* evictions while a growth was being drained */
+  uint64_t rng = 17;
+  for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
+    ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+    ck_assert_int_eq(ps_sparse_table_set_limits(t, caps[c], 1), PS_OK);
+    memset(held, 0, sizeof(held));
+    uint64_t nheld = 0, qhead = 0, qtail = 0, growths = 0, slots = 0;
+    float g[4] = {1, 1, 1, 1};
+    for (uint64_t now = 1; now <= GROW_OPS; now++) {
+      rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+      uint64_t k = (rng >> 33) % (rng >> 63 ? GROW_IDS : 300);
+      uint64_t id = k * 0x10001ull + 3;
+      if ((rng >> 20) % 4 == 0) { /* a lookup */
+        float out[4];
+        ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, out, NULL, 0), PS_OK);
+        float init[4];
+        ps_sparse_init_row(&sp, 5, id, init);
+        for (int j = 0; j < 4; j++)
+          ck_assert_msg(out[j] == (held[k] ? want[k][j] : init[j]),
+                        "cap %llu, op %llu, id %llu: %g",
+                        (unsigned long long)caps[c], (unsigned long long)now,
+                        (unsigned long long)id, (double)out[j]);
+        continue;
+      }
+      ps_sparse_stats_t before;
+      ps_sparse_table_stats(t, &before);
+      ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, g, 1.0f, 0, NULL, 0),
+                       PS_OK);
+      if (!held[k]) {
+        held[k] = 1, nheld++;
+        ps_sparse_init_row(&sp, 5, id, want[k]);
+      }
+      for (int j = 0; j < 4; j++) want[k][j] -= 1.0f;
+      last[k] = now;
+      qk[qtail] = k, qt[qtail++] = now;
+      if (nheld > caps[c]) {
+        /* The oldest entry whose id was not pushed again since. */
+        while (!held[qk[qhead]] || last[qk[qhead]] != qt[qhead]) qhead++;
+        held[qk[qhead++]] = 0, nheld--;
+      }
+      ps_sparse_stats_t st;
+      ps_sparse_table_stats(t, &st);
+      ck_assert_uint_eq(st.rows, nheld);
+      if (st.evictions > before.evictions && before.rehashing) overlap++;
+      if (st.index_slots != slots) growths++, slots = st.index_slots;
+      if (now % 25 == 0) ck_assert(ps_sparse_table_consistent(t));
+    }
+    ck_assert_uint_ge(growths, c + 1);
+    rows_consistent(t);
+    ck_assert(ps_sparse_table_consistent(t));
+    ps_sparse_table_destroy(&t);
+  }
+  ck_assert_uint_gt(overlap, 100);
+}
+END_TEST
+
+/* Growth costs each operation a bounded share: no push zeroes more than
+ * PS_SPARSE_ZERO_STEP slots of the new index nor moves more than
+ * PS_SPARSE_REHASH_STEP old slots, each growth is drained over many pushes
+ * and moves exactly its old index's slots, every row stays readable while
+ * two indices hold them, and rows never move once past the first chunk
+ * (growth adds storage, it does not copy). Also pulls alone drain one. */
+START_TEST(growth_is_spread_over_operations) {
+  ps_sparse_spec_t sp = spec_of("emb", 1, PS__INIT__INIT_UNIFORM, 0.5f);
+  ps_model_t m = model_of(1.0f, 0.0f, 9);
+  ps_sparse_table_t *t = ps_sparse_table_new(&sp, &m);
+  const uint64_t n = 200000;
+  float g = 1.0f;
+  ps_sparse_stats_t prev;
+  ps_sparse_table_stats(t, &prev);
+  uint64_t growths = 0, drained = 0, since = 0, start_slots = 0;
+  const float *pinned = NULL, *row0 = NULL;
+  for (uint64_t id = 0; id < n; id++) {
+    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, &g, 1.0f, 0, NULL, 0),
+                     PS_OK);
+    ps_sparse_stats_t st;
+    ps_sparse_table_stats(t, &st);
+    ck_assert_uint_le(st.rehash_slots - prev.rehash_slots,
+                      PS_SPARSE_REHASH_STEP);
+    ck_assert_uint_le(st.zero_slots - prev.zero_slots, PS_SPARSE_ZERO_STEP);
+    /* A push either zeroes or moves, never both. */
+    ck_assert(st.zero_slots == prev.zero_slots ||
+              st.rehash_slots == prev.rehash_slots);
+    uint64_t moved = st.rehash_slots;
+    if (st.rehashing && !prev.rehashing) {
+      growths++, since = 0, start_slots = prev.rehash_slots;
+      ck_assert_uint_eq(st.index_slots, 2 * prev.index_slots);
+      /* Every grown index (2048, 4096, ... slots) was zeroed ahead. */
+      ck_assert_uint_eq(st.zero_slots, 2 * st.index_slots - 2048);
+    }
+    if (st.rehashing) {
+      since++;
+      /* Rows in both indices read back: the newest, and one from far back
+       * (likely still in the old one). */
+      uint64_t probe[2] = {id / 3, id};
+      float out[2], init;
+      ck_assert_int_eq(ps_sparse_table_pull(t, probe, 2, out, NULL, 0), PS_OK);
+      for (int j = 0; j < 2; j++) {
+        ps_sparse_init_row(&sp, 9, probe[j], &init);
+        ck_assert(out[j] == init - 1.0f);
+      }
+      ps_sparse_table_stats(t, &st);
+      ck_assert_uint_le(st.rehash_slots - moved, 2 * PS_SPARSE_REHASH_STEP);
+    }
+    if (!st.rehashing && prev.rehashing) {
+      drained++;
+      ck_assert_uint_eq(st.rehash_slots - start_slots, st.index_slots / 2);
+      /* Pushes and pulls (3 operations a push) share the work. */
+      ck_assert_uint_ge(since * 3 * PS_SPARSE_REHASH_STEP, st.index_slots / 2);
+      ck_assert_uint_gt(since, st.index_slots / 2 / PS_SPARSE_REHASH_STEP / 3);
+    }
+    uint64_t rid;
+    if (id == 65536) pinned = ps_sparse_table_row_at(t, id, &rid);
+    if (id == 70000) row0 = ps_sparse_table_row_at(t, 0, &rid);
+    prev = st;
+  }
+  ck_assert_uint_ge(growths, 7); /* 1024 slots ... 131072 slots */
+  ck_assert_uint_ge(drained, growths - 1);
+  uint64_t rid;
+  ck_assert_ptr_eq(ps_sparse_table_row_at(t, 65536, &rid), pinned);
+  ck_assert_ptr_eq(ps_sparse_table_row_at(t, 0, &rid), row0);
+  for (uint64_t id = 0; id < n; id += 7) {
+    float out, init;
+    ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, &out, NULL, 0), PS_OK);
+    ps_sparse_init_row(&sp, 9, id, &init);
+    ck_assert(out == init - 1.0f);
+  }
+  ps_sparse_table_destroy(&t);
+  /* Pulls alone drain a growth that pushes started. */
+  t = ps_sparse_table_new(&sp, &m);
+  ps_sparse_stats_t st;
+  ps_sparse_table_stats(t, &st);
+  for (uint64_t id = 0; !st.rehashing || st.index_slots < 65536; id++) {
+    ck_assert_int_eq(ps_sparse_table_push(t, &id, 1, &g, 1.0f, 0, NULL, 0),
+                     PS_OK);
+    ps_sparse_table_stats(t, &st);
+  }
+  uint64_t pulls = 0;
+  for (uint64_t id = 0; st.rehashing; id++, pulls++) {
+    float out;
+    ck_assert_int_eq(ps_sparse_table_pull(t, &id, 1, &out, NULL, 0), PS_OK);
+    ps_sparse_table_stats(t, &st);
+  }
+  ck_assert_uint_ge(pulls * PS_SPARSE_REHASH_STEP, st.index_slots / 2);
+  ck_assert_uint_le(pulls, st.index_slots / 2 / PS_SPARSE_REHASH_STEP + 1);
+  ps_sparse_table_destroy(&t);
+}
+END_TEST
+
 START_TEST(admission_after_k_pushes) {
   ps_sparse_spec_t sp = spec_of("emb", 4, PS__INIT__INIT_ZERO, 0);
   ps_model_t m = model_of(1.0f, 0.0f, 3);
@@ -803,6 +968,8 @@ int main(void) {
   tcase_add_test(tc, cap_holds_and_evicted_rows_come_back_from_init);
   tcase_add_test(tc, admission_after_k_pushes);
   tcase_add_test(tc, map_matches_a_model_lru);
+  tcase_add_test(tc, map_matches_a_model_across_growths);
+  tcase_add_test(tc, growth_is_spread_over_operations);
   tcase_add_test(tc, copies_evict_the_same_rows);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
