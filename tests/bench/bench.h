@@ -137,4 +137,8 @@ int ps_bench_read_line(int fd, char *buf, size_t len, int timeout_ms);
 /* Writes all of buf. Returns 0 or -1. */
 int ps_bench_write_all(int fd, const char *buf, size_t len);
 
+/* A port on 127.0.0.1 that was free a moment ago, or -1 (freeport.c;
+ * ps-schedsim links it too). */
+int ps_bench_free_port(void);
+
 #endif

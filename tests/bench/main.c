@@ -267,21 +267,6 @@ static void print_case(const char *op, uint64_t size, int window,
 
 /* ---- the cluster ---- */
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
-
 static void default_bin_dir(char *buf, size_t len) {
   ssize_t n = readlink("/proc/self/exe", buf, len - 1);
   if (n <= 0) {
@@ -299,7 +284,7 @@ static int start_daemons(void) {
     snprintf(bin, sizeof(bin), "%s", B.bin_dir);
   else
     default_bin_dir(bin, sizeof(bin));
-  int port = free_port();
+  int port = ps_bench_free_port();
   if (port < 0) {
     fail_msg("no free port on 127.0.0.1 for the scheduler");
     return -1;

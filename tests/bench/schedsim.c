@@ -64,6 +64,7 @@
 #include "common/transport.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
+#include "tests/bench/bench.h"
 
 #define SIM_MAX_SIZES 16
 #define SIM_MAX_NODES 20000
@@ -554,20 +555,6 @@ static int spread(uint64_t e, uint64_t t0, double *first, double *last) {
 
 /* ---- the scheduler process --------------------------------------------- */
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
-
 /* utime + stime of pid in clock ticks; -1 if unreadable. */
 static long long proc_cpu_ticks(pid_t pid) {
   char path[64], buf[1024];
@@ -609,7 +596,7 @@ static int start_scheduler(const sim_result_t *r) {
     char *slash = strrchr(bin, '/');
     if (slash) *slash = '\0';
   }
-  int port = free_port();
+  int port = ps_bench_free_port();
   if (port < 0) return fail("no free port on 127.0.0.1 for the scheduler");
   snprintf(S.sched_ep, sizeof(S.sched_ep), "tcp://127.0.0.1:%d", port);
   char path[PATH_MAX + 32], log[PATH_MAX + 64], servers[24], workers[24],
