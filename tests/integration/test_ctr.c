@@ -196,6 +196,14 @@ START_TEST(ctr_malformed_line_fails) {
                 out ? out : "");
   ck_assert_msg(strstr(out, "--standalone has SGD only") != NULL, "%s", out);
   free(out);
+  /* A field crossed with itself: refused (exit 2), the list named. */
+  out = h_run(&c, 60000, &st, "ps-worker", "--standalone", "--model", "ctr",
+              "--ctr-train", bad, "--ctr-test", test_path, "--ctr-cross",
+              "1x2,3x3", "--log-format", "logfmt", NULL);
+  ck_assert_msg(out != NULL && WIFEXITED(st) && WEXITSTATUS(st) == 2,
+                "status %d for --ctr-cross 1x2,3x3:\n%s", st, out ? out : "");
+  ck_assert_msg(strstr(out, "crosses \"1x2,3x3\"") != NULL, "%s", out);
+  free(out);
 }
 END_TEST
 
