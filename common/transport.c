@@ -2,6 +2,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,4 +359,13 @@ void ps_zsock_destroy(ps_zsock_t **zs_p) {
   uv_close((uv_handle_t *)&zs->idle, close_cb);
   /* Inside drain() the socket is still being read: drain closes it. */
   if (!zs->in_drain) zsock_close_sock(zs);
+}
+
+void ps_transport_tune_malloc(void) {
+#ifdef __GLIBC__
+  const char *t = getenv("GLIBC_TUNABLES");
+  if (t && strstr(t, "glibc.malloc.")) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
 }

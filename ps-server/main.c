@@ -8,6 +8,7 @@
 #include "common/exporter.h"
 #include "common/log.h"
 #include "common/sockmon.h"
+#include "common/transport.h"
 #include "server.h"
 
 int main(int argc, char **argv) {
@@ -102,6 +103,7 @@ int main(int argc, char **argv) {
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
+  ps_transport_tune_malloc();
   ps_keys_t *keys = NULL;
   if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_SERVER,
                           bind, &keys, err, sizeof(err)) != PS_OK)

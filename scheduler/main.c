@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/notify.h"
 #include "common/sockmon.h"
+#include "common/transport.h"
 #include "common/view.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/scheduler.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
                        PS__CONSISTENCY_MODE__MODE_ASP};
   ps_log_init("scheduler", (ps_log_level_t)log_level);
+  ps_transport_tune_malloc();
   ps_keys_t *keys = NULL;
   if (ps_keys_for_program(keys_dir, key_file, insecure,
                           PS_KEY_ROLE_SCHEDULER, bind, &keys, err,

@@ -13,9 +13,10 @@
 #include "common/exporter.h"
 #include "common/keys.h"
 #include "common/log.h"
+#include "common/sockmon.h"
+#include "common/transport.h"
 #include "worker/client/client_defaults.h"
 #include "worker/metrics.h"
-#include "common/sockmon.h"
 #include "worker/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -247,6 +248,7 @@ int main(int argc, char **argv) {
       return ps_config_refuse(&cfg, "option --%s: %s", outputs[i][0], err);
   }
   ps_log_init("worker", (ps_log_level_t)log_level);
+  ps_transport_tune_malloc();
   ps_log_set_format(log_format == LOG_FORMAT_PRETTY   ? PS_LOG_FORMAT_PRETTY
                     : log_format == LOG_FORMAT_LOGFMT ? PS_LOG_FORMAT_LOGFMT
                                                       : ps_log_format_auto());

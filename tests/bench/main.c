@@ -32,6 +32,7 @@
 #include "common/log.h"
 #include "common/optimizer.h"
 #include "common/time.h"
+#include "common/transport.h"
 #include "common/view.h"
 #include "worker/client/client_defaults.h"
 
@@ -1006,6 +1007,7 @@ int main(int argc, char **argv) {
   int status = setup_options(argc, argv, &go_on);
   if (!go_on) return status;
   ps_log_init("bench", (ps_log_level_t)B.log_level);
+  ps_transport_tune_malloc();
   ps_bench_signals_install();
 
   int dense_ops = has_op(PS_BENCH_PUSH) || has_op(PS_BENCH_PULL) ||
