@@ -60,6 +60,10 @@ struct ps_trainer_s {
   ps_optimizer_spec_t opt;
   ps_lr_schedule_spec_t sched;
   float *g;    /* gradient of this worker's batch */
+  /* w and g when allocated here; on the CPU they are the net's own
+   * parameters and gradient (ps_net_params_host), pulled into and pushed
+   * from in place: two copies of the model a step fewer. */
+  float *w_mem, *g_mem;
   float *xb;   /* the batch, gathered */
   uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
@@ -407,8 +411,14 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   }
   t->nparams = ps_net_num_params(t->net);
   size_t b = (size_t)o->batch_size;
-  t->w = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
-  t->g = ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
+  t->w = ps_net_params_host(t->net);
+  t->g = ps_net_grad_host(t->net);
+  if (t->w == NULL)
+    t->w = t->w_mem =
+        ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
+  if (t->g == NULL)
+    t->g = t->g_mem =
+        ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->xb = ps_compute_host_alloc(t->compute, b * t->train.dim * sizeof(float));
   /* Pinned like xb: the labels' upload is then asynchronous too. */
   t->yb = ps_compute_host_alloc(t->compute, b);
@@ -530,8 +540,8 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   ps_metrics_csv_close(&t->csv);
   ps_net_destroy(&t->net);
   if (t->compute != NULL) {
-    ps_compute_host_free(t->compute, t->w);
-    ps_compute_host_free(t->compute, t->g);
+    ps_compute_host_free(t->compute, t->w_mem);
+    ps_compute_host_free(t->compute, t->g_mem);
     ps_compute_host_free(t->compute, t->xb);
     ps_compute_host_free(t->compute, t->yb);
   }

@@ -390,15 +390,21 @@ static size_t extent(size_t rows, size_t cols, size_t ld) {
   return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
 }
 
+void *ps_compute_host_view(ps_compute_t *c, ps_dptr_t p, size_t n) {
+  void *h = at(c, p, p.buf->dtype, n);
+  return c->ops->host_memory ? h : NULL;
+}
+
 void ps_compute_upload(ps_compute_t *c, ps_dptr_t dst, const void *src,
                        size_t n) {
   void *d = at(c, dst, dst.buf->dtype, n);
-  if (n) c->ops->upload(c, d, src, n * dtype_size(dst.buf->dtype));
+  if (n && d != src) c->ops->upload(c, d, src, n * dtype_size(dst.buf->dtype));
 }
 
 void ps_compute_download(ps_compute_t *c, void *dst, ps_dptr_t src, size_t n) {
   void *s = at(c, src, src.buf->dtype, n);
-  if (n) c->ops->download(c, dst, s, n * dtype_size(src.buf->dtype));
+  if (n && s != dst)
+    c->ops->download(c, dst, s, n * dtype_size(src.buf->dtype));
 }
 
 void *ps_compute_host_alloc(ps_compute_t *c, size_t bytes) {
@@ -412,7 +418,7 @@ void ps_compute_host_free(ps_compute_t *c, void *mem) {
 uint64_t ps_compute_download_async(ps_compute_t *c, void *dst, ps_dptr_t src,
                                    size_t n) {
   void *s = at(c, src, src.buf->dtype, n);
-  if (n == 0) return 0;
+  if (n == 0 || s == dst) return 0;
   size_t bytes = n * dtype_size(src.buf->dtype);
   if (c->ops->download_async == NULL) {
     c->ops->download(c, dst, s, bytes);

@@ -89,6 +89,8 @@ typedef struct {
  * one: they are the model's invariants, never input. */
 typedef struct {
   const char *name;
+  /* 1 when device memory is host memory (the CPU): ps_compute_host_view. */
+  int host_memory;
   /* Sets up the backend; returns PS_OK or an error with a message. */
   int (*init)(ps_compute_t *c, const ps_compute_opts_t *o, char *err,
               size_t errlen);
@@ -291,7 +293,15 @@ size_t ps_dbuf_size(const ps_dbuf_t *b);
 void *ps_compute_host_alloc(ps_compute_t *c, size_t bytes);
 void ps_compute_host_free(ps_compute_t *c, void *mem);
 
-/* Copy n elements between host memory and dst/src. */
+/* The host address of the n elements at p when the backend's memory is
+ * host memory (the CPU), else NULL: a caller may then read and write a
+ * buffer in place, e.g. receive the weights straight into the parameters
+ * and send the gradient straight from where backward wrote it, and an
+ * upload or download between that address and p copies nothing. */
+void *ps_compute_host_view(ps_compute_t *c, ps_dptr_t p, size_t n);
+
+/* Copy n elements between host memory and dst/src (nothing to copy when
+ * the host memory is p's own, ps_compute_host_view). */
 void ps_compute_upload(ps_compute_t *c, ps_dptr_t dst, const void *src,
                        size_t n);
 void ps_compute_download(ps_compute_t *c, void *dst, ps_dptr_t src, size_t n);

@@ -313,6 +313,15 @@ void ps_cnn_set_params(ps_cnn_t *m, const float *w) {
   ps_compute_upload(m->c, ps_dptr(m->params, 0), w, ps_cnn_num_params(m));
 }
 
+float *ps_cnn_params_host(ps_cnn_t *m) {
+  return ps_compute_host_view(m->c, ps_dptr(m->params, 0),
+                              ps_cnn_num_params(m));
+}
+
+float *ps_cnn_grad_host(ps_cnn_t *m) {
+  return ps_compute_host_view(m->c, ps_dptr(m->grad, 0), ps_cnn_num_params(m));
+}
+
 void ps_cnn_get_params(ps_cnn_t *m, float *w) {
   ps_compute_download(m->c, w, ps_dptr(m->params, 0), ps_cnn_num_params(m));
 }

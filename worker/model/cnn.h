@@ -82,6 +82,9 @@ void ps_cnn_init_params(const ps_cnn_t *m, float *w);
 /* Copies num_params floats between host memory and the model. */
 void ps_cnn_set_params(ps_cnn_t *m, const float *w);
 void ps_cnn_get_params(ps_cnn_t *m, float *w);
+/* As ps_mlp_params_host and ps_mlp_grad_host. */
+float *ps_cnn_params_host(ps_cnn_t *m);
+float *ps_cnn_grad_host(ps_cnn_t *m);
 
 /* Forward and backward on n examples (x: n x input_dim, y: labels),
  * 0 < n <= max_batch. Writes the gradient of the mean loss over the batch

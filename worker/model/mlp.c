@@ -190,6 +190,15 @@ void ps_mlp_set_params(ps_mlp_t *m, const float *w) {
   ps_compute_upload(m->c, ps_dptr(m->params, 0), w, ps_mlp_num_params(m));
 }
 
+float *ps_mlp_params_host(ps_mlp_t *m) {
+  return ps_compute_host_view(m->c, ps_dptr(m->params, 0),
+                              ps_mlp_num_params(m));
+}
+
+float *ps_mlp_grad_host(ps_mlp_t *m) {
+  return ps_compute_host_view(m->c, ps_dptr(m->grad, 0), ps_mlp_num_params(m));
+}
+
 void ps_mlp_get_params(ps_mlp_t *m, float *w) {
   ps_compute_download(m->c, w, ps_dptr(m->params, 0), ps_mlp_num_params(m));
 }

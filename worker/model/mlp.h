@@ -74,6 +74,11 @@ void ps_mlp_init_params(const ps_mlp_t *m, float *w);
 /* Copies num_params floats between host memory and the model. */
 void ps_mlp_set_params(ps_mlp_t *m, const float *w);
 void ps_mlp_get_params(ps_mlp_t *m, float *w);
+/* The parameters and the gradient buffer in host memory (the CPU backend,
+ * ps_compute_host_view), else NULL: a set_params from the first and a
+ * gradient into the second copy nothing. */
+float *ps_mlp_params_host(ps_mlp_t *m);
+float *ps_mlp_grad_host(ps_mlp_t *m);
 
 /* Forward and backward on n examples (x: n x input_dim row-major, y:
  * labels), 0 < n <= max_batch. Writes the gradient of the mean loss over the

@@ -99,6 +99,14 @@ void ps_net_set_params(ps_net_t *n, const float *w) {
     ps_cnn_set_params(n->cnn, w);
 }
 
+float *ps_net_params_host(ps_net_t *n) {
+  return n->mlp ? ps_mlp_params_host(n->mlp) : ps_cnn_params_host(n->cnn);
+}
+
+float *ps_net_grad_host(ps_net_t *n) {
+  return n->mlp ? ps_mlp_grad_host(n->mlp) : ps_cnn_grad_host(n->cnn);
+}
+
 void ps_net_get_params(ps_net_t *n, float *w) {
   if (n->mlp)
     ps_mlp_get_params(n->mlp, w);

@@ -53,6 +53,11 @@ size_t ps_net_num_params(const ps_net_t *n);
 void ps_net_init_params(const ps_net_t *n, float *w);
 void ps_net_set_params(ps_net_t *n, const float *w);
 void ps_net_get_params(ps_net_t *n, float *w);
+/* The parameters and the gradient buffer when they are host memory (the
+ * CPU backend), else NULL: the trainer pulls into the first and pushes
+ * from the second, and set_params and gradient then copy nothing. */
+float *ps_net_params_host(ps_net_t *n);
+float *ps_net_grad_host(ps_net_t *n);
 double ps_net_gradient(ps_net_t *n, const float *x, const uint8_t *y,
                        size_t count, float *grad);
 double ps_net_gradient_begin(ps_net_t *n, const float *x, const uint8_t *y,

@@ -230,6 +230,7 @@ static void cpu_maxpool_backward(ps_compute_t *c, const ps_conv_geom_t *g,
 
 const ps_compute_ops_t ps_compute_cpu_ops = {
     .name = "cpu",
+    .host_memory = 1,
     .init = cpu_init,
     .fini = NULL,
     .alloc = cpu_alloc,
