@@ -150,6 +150,9 @@ static void inflight_give(ps_server_t *s, uint32_t worker) {
 static int repl_push(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
                      uint64_t clock_after, int duplicate, uint32_t worker,
                      const Ps__Push *p, zmq_msg_t *payload, pushpull_t **pp_p);
+static int repl_hold(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint32_t worker, uint64_t seq, int duplicate,
+                     pushpull_t **pp_p);
 
 static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
                        uint32_t worker, uint64_t seq, const char *what,
@@ -165,6 +168,15 @@ static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
   }
   if (seen != PS_DEDUP_DUP) return 1;
   if (!inflight_take(s, m, worker)) return 0;
+  if (ps_repl_held(s->repl, r->begin, r->end, worker, seq)) {
+    /* The original waits for its step: so does this ack (a PushPull's
+     * reply, after an Ack that frees the client's window slot). */
+    if (repl_hold(s, r, m, worker, seq, 1, pp_p) != PS_OK) {
+      inflight_give(s, worker);
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+    }
+    return 0;
+  }
   /* duplicate = 1: nothing is sent to the backups, so no push body. A
    * PushPull's duplicate is answered with the weights all the same. */
   if (repl_push(s, r, m, ps_shard_clock(r->shard), 1, worker, NULL, NULL,
@@ -261,7 +273,37 @@ void ps__server_report_clock(ps_server_t *s) {
 
 static void sparse_step_applied(ps_server_t *s, owned_range_t *r);
 
+int ps__server_step_repl(const ps_server_t *s) {
+  return s->view != NULL && s->view->mode == PS__CONSISTENCY_MODE__MODE_BSP &&
+         s->view->model.nsparse == 0;
+}
+
+void ps__server_flush_step(ps_server_t *s, owned_range_t *r) {
+  if (!r->primary || r->shard == NULL || !ps__server_step_repl(s)) return;
+  uint64_t clock = ps_shard_clock(r->shard);
+  if (clock <= r->repl_clock || !ps_repl_has_chain(s->repl, r->begin, r->end))
+    return;
+  uint64_t step = 0;
+  float scale = 1.0f;
+  const float *sum = ps_shard_step_sum(r->shard, &step, &scale);
+  if (sum != NULL && step > r->repl_clock)
+    PS_ERROR("step_not_replicated",
+             "range=[%llu,%llu) told=%llu applied=%llu clock=%llu",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             (unsigned long long)r->repl_clock, (unsigned long long)step,
+             (unsigned long long)clock);
+  if (sum != NULL && step != r->repl_clock) sum = NULL; /* a skip only */
+  if (ps_repl_step(s->repl, r->begin, r->end, r->repl_clock, clock, sum,
+                   scale) != PS_OK) {
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory replicating a step", 1);
+    return;
+  }
+  r->repl_clock = clock;
+}
+
 void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
+  /* The backups first: the step's acks wait for them. */
+  ps__server_flush_step(s, r);
   s->stats.applies++;
   /* With the dense step, before anyone (a checkpoint, a parked pull) sees
    * the range at the new clock. */
@@ -472,26 +514,62 @@ static int pushpull_done(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
 /* ps_repl_push for m's push p, with a PushPull's reply-to-be *pp_p (NULL
  * for a plain push): the list takes it, and push_done answers it, unless
  * the call fails (then *pp_p is the caller's again). */
+/* Puts a PushPull's reply-to-be *pp_p (if any) on the list, where
+ * push_done finds it; returns it (NULL for a plain push). */
+static pushpull_t *pushpull_link(ps_server_t *s, ps_msg_t *m,
+                                 pushpull_t **pp_p) {
+  pushpull_t *pp = pp_p ? *pp_p : NULL;
+  if (pp == NULL) return NULL;
+  zmq_msg_init(&pp->route);
+  zmq_msg_copy(&pp->route, &m->route);
+  pp->next = s->pushpulls;
+  s->pushpulls = pp;
+  pp->linked = 1;
+  *pp_p = NULL;
+  return pp;
+}
+
+/* The replicator refused pp's push (push_done will not be called): pp is
+ * the caller's again. */
+static void pushpull_give_back(ps_server_t *s, pushpull_t *pp,
+                               pushpull_t **pp_p) {
+  if (pp == NULL) return;
+  pushpull_unlink(s, pp);
+  zmq_msg_close(&pp->route);
+  *pp_p = pp;
+}
+
+/* ps_repl_push for m's push p, with a PushPull's reply-to-be *pp_p (NULL
+ * for a plain push): the list takes it, and push_done answers it, unless
+ * the call fails (then *pp_p is the caller's again). */
 static int repl_push(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
                      uint64_t clock_after, int duplicate, uint32_t worker,
                      const Ps__Push *p, zmq_msg_t *payload, pushpull_t **pp_p) {
-  pushpull_t *pp = pp_p ? *pp_p : NULL;
-  if (pp) {
-    zmq_msg_init(&pp->route);
-    zmq_msg_copy(&pp->route, &m->route);
-    pp->next = s->pushpulls;
-    s->pushpulls = pp;
-    pp->linked = 1;
-    *pp_p = NULL;
-  }
+  pushpull_t *pp = pushpull_link(s, m, pp_p);
   int rc = ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
                         clock_after, duplicate, worker, p, payload);
-  if (rc != PS_OK && pp) {
-    /* push_done was not called: pp is still on the list. */
-    pushpull_unlink(s, pp);
-    zmq_msg_close(&pp->route);
-    *pp_p = pp;
-  }
+  if (rc != PS_OK) pushpull_give_back(s, pp, pp_p);
+  return rc;
+}
+
+/* The same with ps_repl_hold (replication per BSP step): the reply waits
+ * for the step to be on every backup. A held PushPull is acked now (Ack,
+ * same request id): not a promise, the reply is that, but so the client
+ * frees its window slot, as the step may wait for its own next pieces. A
+ * new push's Ack waits until it is applied (serve_push): the step may
+ * complete with it. */
+static int repl_hold(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint32_t worker, uint64_t seq, int duplicate,
+                     pushpull_t **pp_p) {
+  pushpull_t *pp = pushpull_link(s, m, pp_p);
+  if (pp) pp->applying = !duplicate;
+  int rc = ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
+                        worker, seq, duplicate);
+  if (rc != PS_OK)
+    pushpull_give_back(s, pp, pp_p);
+  else if (pp && duplicate)
+    ps__server_reply_ack(s, &m->route, m->request_id, ps_shard_clock(r->shard),
+                         1);
   return rc;
 }
 
@@ -619,6 +697,33 @@ static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
   if (rc != PS_OK) {
     inflight_give(s, worker);
     ps__server_refuse(s, m, rc, "%s", why);
+    return;
+  }
+  if (ps__server_step_repl(s) &&
+      ps_repl_nbackups(s->repl, r->begin, r->end) > 0) {
+    /* Step by step: the backups get the step's sum once it is applied;
+     * this push's ack waits for that. */
+    pushpull_t *held = pp_p ? *pp_p : NULL;
+    if (repl_hold(s, r, m, worker, p->seq, 0, pp_p) != PS_OK) {
+      ps_server_stop(s, PS_ERR_NOMEM, "out of memory holding a push's ack", 1);
+      return;
+    }
+    ps_dedup_mark(r->dedup, worker, p->seq);
+    int applied = 0;
+    uint64_t t0 = ps_now_ns();
+    ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
+                      &applied);
+    ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
+    if (applied) ps__server_after_apply(s, r);
+    if (held) {
+      held->applying = 0;
+      if (held->ready)
+        pushpull_finish(s, pushpull_unlink(s, held), held->status, 0,
+                        "the push failed");
+      else
+        ps__server_reply_ack(s, &m->route, m->request_id,
+                             ps_shard_clock(r->shard), 0);
+    }
     return;
   }
   /* Forwarded to the backups before it is applied here, so their copies

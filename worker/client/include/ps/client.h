@@ -154,11 +154,10 @@ PS_EXTERN int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
  * pull, and the pull does not wait for the push's ack first.
  *
  * grad and weights_out must not overlap (the gradient is sent from where
- * it lies, while replies land in weights_out). A piece in flight counts
- * for resend_ms like a push: in BSP it waits at the server for the
- * slowest worker's push of the step, so a step that takes longer than
- * resend_ms gets its pieces resent (answered correctly, as duplicates):
- * raise resend_ms for such jobs. */
+ * it lies, while replies land in weights_out). A piece counts for
+ * resend_ms like a push until the server says it waits for its step (BSP);
+ * from then on it waits like a pull, outside the window, and is resent
+ * only if the view moves its keys. */
 PS_EXTERN int ps_client_pushpull(ps_client_t *c, uint64_t key_begin,
                                  uint64_t count, const float *grad,
                                  uint64_t step, float *weights_out);
