@@ -170,8 +170,8 @@ int main(int argc, char **argv) {
       {"push-pull", PS_OPT_ENUM, &push_pull, "fused", 0, 0, "fused|separate",
        "mlp, cnn: fused: each push of a step brings back the next step's "
        "weights in its reply (one round trip per step); separate: a push, "
-       "then a pull at the next step (the same weights, twice the "
-       "messages)"},
+       "then a pull at the next step (the same weights; 4 messages per "
+       "piece and step instead of 2, or 3 for one that waits for the step)"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
