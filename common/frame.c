@@ -136,6 +136,8 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
       return "handover";
     case PS__ENVELOPE__BODY_HANDOVER_READY:
       return "handover_ready";
+    case PS__ENVELOPE__BODY_PUSH_PULL:
+      return "push_pull";
     default:
       return "unknown";
   }
@@ -151,6 +153,10 @@ static void expected_payload(const Ps__Envelope *env, int *min_frames,
     case PS__ENVELOPE__BODY_PUSH:
       *min_frames = *max_frames = 1;
       *nfloats = env->push->count;
+      break;
+    case PS__ENVELOPE__BODY_PUSH_PULL:
+      *min_frames = *max_frames = 1;
+      *nfloats = env->push_pull->count;
       break;
     case PS__ENVELOPE__BODY_PULL_REPLY:
       *min_frames = 1;

@@ -14,7 +14,7 @@
 
 static const char *const op_names[PS_SRV_NOPS] = {
     "push",        "pull",        "replicate", "snapshot",
-    "sparse_push", "sparse_pull", "other"};
+    "sparse_push", "sparse_pull", "push_pull", "other"};
 
 int ps__server_op(int body_case) {
   switch (body_case) {
@@ -31,6 +31,8 @@ int ps__server_op(int body_case) {
       return PS_SRV_OP_SPARSE_PUSH;
     case PS__ENVELOPE__BODY_SPARSE_PULL:
       return PS_SRV_OP_SPARSE_PULL;
+    case PS__ENVELOPE__BODY_PUSH_PULL:
+      return PS_SRV_OP_PUSH_PULL;
     default:
       return PS_SRV_OP_OTHER;
   }
@@ -56,7 +58,7 @@ static const int data_bodies_in[] = {
     PS__ENVELOPE__BODY_PUSH,          PS__ENVELOPE__BODY_PULL,
     PS__ENVELOPE__BODY_REPLICATE,     PS__ENVELOPE__BODY_REPLICA_SNAPSHOT,
     PS__ENVELOPE__BODY_REPLICA_CHUNK, PS__ENVELOPE__BODY_SPARSE_PUSH,
-    PS__ENVELOPE__BODY_SPARSE_PULL};
+    PS__ENVELOPE__BODY_SPARSE_PULL,   PS__ENVELOPE__BODY_PUSH_PULL};
 static const int data_bodies_out[] = {
     PS__ENVELOPE__BODY_ACK, PS__ENVELOPE__BODY_PULL_REPLY,
     PS__ENVELOPE__BODY_SPARSE_PULL_REPLY, PS__ENVELOPE__BODY_ERROR};

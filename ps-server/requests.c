@@ -78,7 +78,7 @@ nomem:
 
 static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
                             uint64_t request_id, const owned_range_t *r,
-                            uint64_t key_begin, uint64_t count) {
+                            uint64_t key_begin, uint64_t count, int duplicate) {
   zmq_msg_t frames[PS_MAX_PAYLOAD_FRAMES];
   int nframes = build_pull_frames(s, r, key_begin, count, frames);
   if (nframes < 0) {
@@ -92,6 +92,7 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
   pr.key_begin = key_begin;
   pr.count = count;
   pr.clock = ps_shard_clock(r->shard);
+  pr.duplicate = duplicate != 0;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
@@ -146,8 +147,16 @@ static void inflight_give(ps_server_t *s, uint32_t worker) {
  * sparse one, named by what): 1 if it is new and is to be applied; 0 if
  * it was answered here: a resend of an applied push is acked (once the
  * original is on every backup), one older than the window is refused. */
+static int repl_push(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint64_t clock_after, int duplicate, uint32_t worker,
+                     const Ps__Push *p, zmq_msg_t *payload, pushpull_t **pp_p);
+static int repl_hold(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint32_t worker, uint64_t seq, int duplicate,
+                     pushpull_t **pp_p);
+
 static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
-                       uint32_t worker, uint64_t seq, const char *what) {
+                       uint32_t worker, uint64_t seq, const char *what,
+                       pushpull_t **pp_p) {
   int seen = ps_dedup_check(r->dedup, worker, seq);
   if (seen == PS_DEDUP_OLD) {
     ps__server_refuse(
@@ -160,21 +169,47 @@ static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
   if (seen != PS_DEDUP_DUP) return 1;
   if (!inflight_take(s, m, worker)) return 0;
   if (ps_repl_held(s->repl, r->begin, r->end, worker, seq)) {
-    /* The original waits for its step: so does this ack. */
-    if (ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
-                     worker, seq, 1) != PS_OK) {
+    /* The original waits for its step: so does this ack (a PushPull's
+     * reply, after an Ack that frees the client's window slot). */
+    if (repl_hold(s, r, m, worker, seq, 1, pp_p) != PS_OK) {
       inflight_give(s, worker);
       ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
     }
     return 0;
   }
-  /* duplicate = 1: nothing is sent to the backups, so no push body. */
-  if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
-                   ps_shard_clock(r->shard), 1, worker, NULL, NULL) != PS_OK) {
+  /* duplicate = 1: nothing is sent to the backups, so no push body. A
+   * PushPull's duplicate is answered with the weights all the same. */
+  if (repl_push(s, r, m, ps_shard_clock(r->shard), 1, worker, NULL, NULL,
+                pp_p) != PS_OK) {
     inflight_give(s, worker);
     ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
   }
   return 0;
+}
+
+/* Parks a BSP pull of [key_begin, +count) of r until the shard reaches
+ * clock; the caller took its slot in flight for worker. PS_OK, or
+ * PS_ERR_NOMEM with nothing parked. */
+static int park_pull(ps_server_t *s, owned_range_t *r, zmq_msg_t *route,
+                     uint64_t request_id, uint32_t worker, uint64_t key_begin,
+                     uint64_t count, uint64_t clock, int duplicate) {
+  parked_pull_t *pp = calloc(1, sizeof(*pp));
+  if (pp == NULL) return PS_ERR_NOMEM;
+  pp->worker = worker;
+  zmq_msg_init(&pp->route);
+  zmq_msg_copy(&pp->route, route);
+  pp->request_id = request_id;
+  pp->key_begin = key_begin;
+  pp->count = count;
+  pp->clock = clock;
+  pp->duplicate = duplicate;
+  pp->parked_ns = ps_now_ns();
+  parked_pull_t **tail = &r->parked;
+  while (*tail) tail = &(*tail)->next;
+  *tail = pp;
+  s->stats.pulls_parked++;
+  s->stats.parked_pulls++;
+  return PS_OK;
 }
 
 static void parked_free(ps_server_t *s, parked_pull_t *p) {
@@ -196,7 +231,8 @@ static void serve_parked(ps_server_t *s, owned_range_t *r) {
     }
     *pp = p->next;
     ps_hist_observe(&s->hist_bsp_wait, ps_now_ns() - p->parked_ns);
-    send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count);
+    send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count,
+                    p->duplicate);
     parked_free(s, p);
   }
 }
@@ -371,12 +407,189 @@ void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
     s->stats.send_failures++;
 }
 
+/* ---- push and pull in one round trip (issue #15) ----
+ * A PushPull is served as a push; its reply waits, like the push's ack
+ * would, until the replicator says every backup holds the push, and is
+ * then built like a pull at the push's step + 1 (parked until the BSP step
+ * is applied, if need be). push_done only hands back the route, request id
+ * and worker, so the PushPulls waiting for it are kept here and found by
+ * those (a client's request ids are unique on its connection). */
+
+static pushpull_t *pushpull_unlink(ps_server_t *s, pushpull_t *pp) {
+  for (pushpull_t **at = &s->pushpulls; *at; at = &(*at)->next)
+    if (*at == pp) {
+      *at = pp->next;
+      break;
+    }
+  pp->linked = 0;
+  return pp;
+}
+
+/* The primary range of this server holding all of [key_begin, +count), or
+ * NULL. */
+static owned_range_t *range_of(ps_server_t *s, uint64_t key_begin,
+                               uint64_t count) {
+  for (size_t i = 0; i < s->nranges; i++) {
+    owned_range_t *r = &s->ranges[i];
+    if (r->primary && r->shard && ps_shard_contains(r->shard, key_begin, count))
+      return r;
+  }
+  return NULL;
+}
+
+/* Answers pp, which is off the list: status PS_OK (its push is on every
+ * copy) with the weights at pull_clock, now or once the step is applied;
+ * else with the push's error. Frees pp. */
+static void pushpull_finish(ps_server_t *s, pushpull_t *pp, int status,
+                            int duplicate, const char *reason) {
+  owned_range_t *r = NULL;
+  if (s->data == NULL) {
+    /* Tearing down: nowhere to answer. */
+  } else if (status != PS_OK) {
+    ps__server_send_error(s, &pp->route, pp->request_id, status,
+                          "push not replicated: %s", reason);
+  } else if ((r = range_of(s, pp->key_begin, pp->count)) == NULL) {
+    /* Applied and on every copy, but the keys moved since: the client
+     * resends to their new primary, which acks the push as a duplicate and
+     * serves the weights. */
+    ps__server_send_error(
+        s, &pp->route, pp->request_id, PS_ERR_STALE_EPOCH,
+        "push_pull of keys [%llu,+%llu) applied, but server %u no longer "
+        "leads them at epoch %llu",
+        (unsigned long long)pp->key_begin, (unsigned long long)pp->count,
+        s->node_id, (unsigned long long)ps__server_view_epoch(s));
+  } else {
+    if (duplicate) s->stats.duplicate_pushes++;
+    if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
+        pp->pull_clock > ps_shard_clock(r->shard)) {
+      /* The step waits for other pushes, maybe this worker's own next
+       * pieces, which its window may hold back until this one is
+       * answered: the push is acked now (Ack, same request id), and the
+       * weights follow once the step is applied. The push's slot in
+       * flight, given back by push_done, is the parked pull's now; no cap
+       * here: the push took one already. */
+      ps__server_reply_ack(s, &pp->route, pp->request_id,
+                           ps_shard_clock(r->shard), duplicate);
+      if (pp->worker < s->inflight_nodes) s->inflight[pp->worker]++;
+      if (park_pull(s, r, &pp->route, pp->request_id, pp->worker, pp->key_begin,
+                    pp->count, pp->pull_clock, 0) != PS_OK) {
+        inflight_give(s, pp->worker);
+        ps__server_send_error(s, &pp->route, pp->request_id, PS_ERR_NOMEM,
+                              "push applied, but no memory to park its pull");
+      }
+    } else {
+      send_pull_reply(s, &pp->route, pp->request_id, r, pp->key_begin,
+                      pp->count, duplicate);
+    }
+  }
+  zmq_msg_close(&pp->route);
+  free(pp);
+}
+
+/* push_done for a PushPull: 1 if (route, request_id, worker) is one (it
+ * is answered, or, while its push is still being applied, marked to be
+ * answered right after), 0 if it is a plain push. */
+static int pushpull_done(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                         uint32_t worker, int duplicate, int status,
+                         const char *reason) {
+  size_t n = zmq_msg_size(route);
+  for (pushpull_t *pp = s->pushpulls; pp; pp = pp->next) {
+    if (pp->request_id != request_id || pp->worker != worker ||
+        zmq_msg_size(&pp->route) != n ||
+        memcmp(zmq_msg_data(&pp->route), zmq_msg_data(route), n) != 0)
+      continue;
+    if (pp->applying) {
+      /* push_done ran inside ps_repl_push (nothing to wait for), before
+       * the apply: serve_push answers once the push is applied. */
+      pp->ready = 1;
+      pp->status = status;
+      return 1;
+    }
+    pushpull_finish(s, pushpull_unlink(s, pp), status, duplicate, reason);
+    return 1;
+  }
+  return 0;
+}
+
+/* ps_repl_push for m's push p, with a PushPull's reply-to-be *pp_p (NULL
+ * for a plain push): the list takes it, and push_done answers it, unless
+ * the call fails (then *pp_p is the caller's again). */
+/* Puts a PushPull's reply-to-be *pp_p (if any) on the list, where
+ * push_done finds it; returns it (NULL for a plain push). */
+static pushpull_t *pushpull_link(ps_server_t *s, ps_msg_t *m,
+                                 pushpull_t **pp_p) {
+  pushpull_t *pp = pp_p ? *pp_p : NULL;
+  if (pp == NULL) return NULL;
+  zmq_msg_init(&pp->route);
+  zmq_msg_copy(&pp->route, &m->route);
+  pp->next = s->pushpulls;
+  s->pushpulls = pp;
+  pp->linked = 1;
+  *pp_p = NULL;
+  return pp;
+}
+
+/* The replicator refused pp's push (push_done will not be called): pp is
+ * the caller's again. */
+static void pushpull_give_back(ps_server_t *s, pushpull_t *pp,
+                               pushpull_t **pp_p) {
+  if (pp == NULL) return;
+  pushpull_unlink(s, pp);
+  zmq_msg_close(&pp->route);
+  *pp_p = pp;
+}
+
+/* ps_repl_push for m's push p, with a PushPull's reply-to-be *pp_p (NULL
+ * for a plain push): the list takes it, and push_done answers it, unless
+ * the call fails (then *pp_p is the caller's again). */
+static int repl_push(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint64_t clock_after, int duplicate, uint32_t worker,
+                     const Ps__Push *p, zmq_msg_t *payload, pushpull_t **pp_p) {
+  pushpull_t *pp = pushpull_link(s, m, pp_p);
+  int rc = ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
+                        clock_after, duplicate, worker, p, payload);
+  if (rc != PS_OK) pushpull_give_back(s, pp, pp_p);
+  return rc;
+}
+
+/* The same with ps_repl_hold (replication per BSP step): the reply waits
+ * for the step to be on every backup. A held PushPull is acked now (Ack,
+ * same request id): not a promise, the reply is that, but so the client
+ * frees its window slot, as the step may wait for its own next pieces. A
+ * new push's Ack waits until it is applied (serve_push): the step may
+ * complete with it. */
+static int repl_hold(ps_server_t *s, owned_range_t *r, ps_msg_t *m,
+                     uint32_t worker, uint64_t seq, int duplicate,
+                     pushpull_t **pp_p) {
+  pushpull_t *pp = pushpull_link(s, m, pp_p);
+  if (pp) pp->applying = !duplicate;
+  int rc = ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
+                        worker, seq, duplicate);
+  if (rc != PS_OK)
+    pushpull_give_back(s, pp, pp_p);
+  else if (pp && duplicate)
+    ps__server_reply_ack(s, &m->route, m->request_id, ps_shard_clock(r->shard),
+                         1);
+  return rc;
+}
+
+void ps__server_pushpull_free(ps_server_t *s) {
+  while (s->pushpulls) {
+    pushpull_t *pp = pushpull_unlink(s, s->pushpulls);
+    zmq_msg_close(&pp->route);
+    free(pp);
+  }
+}
+
 /* ps-server/replica.h: a worker's push is on every backup (or cannot be). */
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
                                uint32_t worker, uint64_t clock, int duplicate,
                                int status, const char *reason) {
   ps_server_t *s = arg;
   inflight_give(s, worker);
+  if (s->pushpulls != NULL &&
+      pushpull_done(s, route, request_id, worker, duplicate, status, reason))
+    return;
   if (status == PS_OK) {
     if (duplicate) s->stats.duplicate_pushes++;
     ps__server_reply_ack(s, route, request_id, clock, duplicate);
@@ -436,8 +649,11 @@ static int nonfinite_ok(ps_server_t *s, ps_msg_t *m, float *g, uint64_t n,
   return 0;
 }
 
-void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
-  const Ps__Push *p = m->env->push;
+/* A push p (m's, or a PushPull's: then *pp_p is its reply-to-be, which
+ * this takes over, setting *pp_p to NULL, once the replicator will answer
+ * it; else it stays the caller's). */
+static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
+                       pushpull_t **pp_p) {
   if (!check_epoch(s, m)) return;
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
   if (r == NULL) return;
@@ -456,7 +672,7 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   /* A resend of a push this range applied (the client resends whatever
    * was not acked after a failover or a timeout) is acked, not applied;
    * the ack still waits for the backups to hold the original. */
-  if (!push_is_new(s, m, r, worker, p->seq, "push")) return;
+  if (!push_is_new(s, m, r, worker, p->seq, "push", pp_p)) return;
   /* The gradient is applied straight from the received frame (ps_msg_recv
    * checked that it holds exactly count floats). */
   const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
@@ -487,8 +703,8 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
       ps_repl_nbackups(s->repl, r->begin, r->end) > 0) {
     /* Step by step: the backups get the step's sum once it is applied;
      * this push's ack waits for that. */
-    if (ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
-                     worker, p->seq, 0) != PS_OK) {
+    pushpull_t *held = pp_p ? *pp_p : NULL;
+    if (repl_hold(s, r, m, worker, p->seq, 0, pp_p) != PS_OK) {
       ps_server_stop(s, PS_ERR_NOMEM, "out of memory holding a push's ack", 1);
       return;
     }
@@ -499,6 +715,15 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
                       &applied);
     ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
     if (applied) ps__server_after_apply(s, r);
+    if (held) {
+      held->applying = 0;
+      if (held->ready)
+        pushpull_finish(s, pushpull_unlink(s, held), held->status, 0,
+                        "the push failed");
+      else
+        ps__server_reply_ack(s, &m->route, m->request_id,
+                             ps_shard_clock(r->shard), 0);
+    }
     return;
   }
   /* Forwarded to the backups before it is applied here, so their copies
@@ -507,8 +732,12 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
    * this thread applies, nothing can fail past the begin, and this thread
    * serves nothing else before the end, so every request served after
    * this one sees the push. */
-  if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
-                   clock_after, 0, worker, p, &m->payload[0]) != PS_OK) {
+  pushpull_t *pp = pp_p ? *pp_p : NULL;
+  /* With no backups, push_done runs inside repl_push, before the apply:
+   * a PushPull's weights must wait for it (pushpull_done). */
+  if (pp) pp->applying = 1;
+  if (repl_push(s, r, m, clock_after, 0, worker, p, &m->payload[0], pp_p) !=
+      PS_OK) {
     /* Applied but not on the backups: this server cannot keep its
      * promise; the backup takes over with what it has. */
     ps_server_stop(s, PS_ERR_NOMEM, "out of memory queueing replication", 1);
@@ -521,6 +750,16 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
                     &applied);
   ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
   if (applied) ps__server_after_apply(s, r);
+  if (pp) {
+    pp->applying = 0;
+    if (pp->ready)
+      pushpull_finish(s, pushpull_unlink(s, pp), pp->status, 0,
+                      "the push failed");
+  }
+}
+
+void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
+  serve_push(s, m, m->env->push, NULL);
 }
 
 void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
@@ -550,28 +789,14 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
       return;
     }
     if (!inflight_take(s, m, m->env->sender)) return;
-    parked_pull_t *pp = calloc(1, sizeof(*pp));
-    if (pp == NULL) {
+    if (park_pull(s, r, &m->route, m->request_id, m->env->sender, p->key_begin,
+                  p->count, p->clock, 0) != PS_OK) {
       inflight_give(s, m->env->sender);
       ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
-      return;
     }
-    pp->worker = m->env->sender;
-    zmq_msg_init(&pp->route);
-    zmq_msg_copy(&pp->route, &m->route);
-    pp->request_id = m->request_id;
-    pp->key_begin = p->key_begin;
-    pp->count = p->count;
-    pp->clock = p->clock;
-    pp->parked_ns = ps_now_ns();
-    parked_pull_t **tail = &r->parked;
-    while (*tail) tail = &(*tail)->next;
-    *tail = pp;
-    s->stats.pulls_parked++;
-    s->stats.parked_pulls++;
     return;
   }
-  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count);
+  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count, 0);
 }
 
 /* ---- sparse tables (issues #3, #14) ----
@@ -793,7 +1018,7 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
   }
   /* The range's duplicate window, as for a dense push: a resend after a
    * failover or a timeout is acked once its original is on the backups. */
-  if (!push_is_new(s, m, r, worker, p->seq, "sparse push")) return;
+  if (!push_is_new(s, m, r, worker, p->seq, "sparse push", NULL)) return;
   const float *g = ps__server_aligned_floats(s, &m->payload[1],
                                              bytes / sizeof(float));
   if (g == NULL) {
@@ -909,4 +1134,37 @@ void ps__server_sparse_free(ps_server_t *s) {
   free(s->key_scratch);
   s->key_scratch = NULL;
   s->key_scratch_bytes = 0;
+}
+
+void ps__server_handle_pushpull(ps_server_t *s, ps_msg_t *m) {
+  const Ps__PushPull *q = m->env->push_pull;
+  if (q->count == 0) {
+    ps__server_refuse(s, m, PS_ERR_PROTO, "push_pull of 0 keys");
+    return;
+  }
+  if (q->clock == UINT64_MAX) {
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "push_pull at step %llu: no next step to pull",
+                      (unsigned long long)q->clock);
+    return;
+  }
+  pushpull_t *pp = calloc(1, sizeof(*pp));
+  if (pp == NULL) {
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory for a push_pull");
+    return;
+  }
+  pp->request_id = m->request_id;
+  pp->worker = m->env->sender;
+  pp->key_begin = q->key_begin;
+  pp->count = q->count;
+  pp->pull_clock = q->clock + 1;
+  /* The same push, so the same checks, window and replication. */
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = q->key_begin;
+  p.count = q->count;
+  p.clock = q->clock;
+  p.seq = q->seq;
+  serve_push(s, m, &p, &pp);
+  /* Not taken (refused, answered already) or given back: ours to free. */
+  free(pp);
 }

@@ -172,6 +172,7 @@ static int role_allowed(ps_server_t *s, ps_msg_t *m) {
   switch (m->env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
     case PS__ENVELOPE__BODY_PULL:
+    case PS__ENVELOPE__BODY_PUSH_PULL:
     case PS__ENVELOPE__BODY_SPARSE_PUSH:
     case PS__ENVELOPE__BODY_SPARSE_PULL:
       need = PS_KEY_ROLE_WORKER;
@@ -210,6 +211,9 @@ void ps__server_dispatch(ps_server_t *s, ps_msg_t *m) {
       break;
     case PS__ENVELOPE__BODY_PULL:
       ps__server_handle_pull(s, m);
+      break;
+    case PS__ENVELOPE__BODY_PUSH_PULL:
+      ps__server_handle_pushpull(s, m);
       break;
     case PS__ENVELOPE__BODY_SPARSE_PUSH:
       ps__server_handle_sparse_push(s, m);
@@ -968,6 +972,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   ps__server_deferred_free(s);
   free(s->scratch);
   free(s->inflight);
+  ps__server_pushpull_free(s);
   ps__server_sparse_free(s);
   ps_view_destroy(&s->view);
   free(s->scheduler);

@@ -48,7 +48,8 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 /* Every body case has its own counters (ps_server_stats_t): ReplicaChunk
  * (64) was counted as undecoded while the array had 64 entries. */
-_Static_assert(PS__ENVELOPE__BODY_REPLICA_CHUNK < PS_SERVER_NBODY,
+_Static_assert(PS__ENVELOPE__BODY_REPLICA_CHUNK < PS_SERVER_NBODY &&
+                   PS__ENVELOPE__BODY_PUSH_PULL < PS_SERVER_NBODY,
                "PS_SERVER_NBODY must exceed every Envelope body case");
 
 /* A BSP pull that asked for a step the shard has not applied yet. */
@@ -59,7 +60,25 @@ typedef struct parked_pull_s {
   uint64_t key_begin, count, clock;
   uint64_t parked_ns; /* when it began to wait, for the BSP wait histogram */
   uint32_t worker;    /* its sender, for the count in flight */
+  int duplicate;      /* a PushPull's whose push was a duplicate */
 } parked_pull_t;
+
+/* A PushPull (proto/ps.proto) whose push went to the replicator: its reply,
+ * the weights of its slice at clock + 1, is also its ack, so it is built
+ * only when the replicator reports the push on every backup (push_done).
+ * Found there by (worker, request id, route); requests.c. */
+typedef struct pushpull_s {
+  struct pushpull_s *next;
+  zmq_msg_t route; /* a reference to the peer's routing id (zmq_msg_copy) */
+  uint64_t request_id;
+  uint64_t key_begin, count;
+  uint64_t pull_clock; /* the push's step + 1 */
+  uint32_t worker;
+  int linked;   /* on s->pushpulls: push_done will answer it */
+  int applying; /* its push is being applied: push_done only marks it */
+  int ready;    /* push_done ran while it was applying */
+  int status;   /* and said this */
+} pushpull_t;
 
 /* A snapshot of a range on its way in (ps-server/backup.c): the head's state
  * and the arrays filled chunk by chunk, installed when the last chunk is in. */
@@ -117,6 +136,7 @@ enum {
   PS_SRV_OP_SNAPSHOT,
   PS_SRV_OP_SPARSE_PUSH,
   PS_SRV_OP_SPARSE_PULL,
+  PS_SRV_OP_PUSH_PULL,
   PS_SRV_OP_OTHER,
   PS_SRV_NOPS
 };
@@ -163,6 +183,8 @@ struct ps_server_s {
   uint32_t *inflight;
   size_t inflight_nodes;
   uint32_t max_inflight_per_peer;
+  /* PushPulls waiting for their push's replication (requests.c). */
+  pushpull_t *pushpulls;
 
   uint32_t node_id;
   ps_view_t *view; /* the adopted view; its model built the shards */
@@ -244,6 +266,9 @@ const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
                                        uint64_t count);
 void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m);
+void ps__server_handle_pushpull(ps_server_t *s, ps_msg_t *m);
+/* Frees the PushPulls still waiting (the replicator is gone). */
+void ps__server_pushpull_free(ps_server_t *s);
 void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m);
 void ps__server_handle_sparse_pull(ps_server_t *s, ps_msg_t *m);
 /* The sparse tables of view's model, empty and capped as configured, for

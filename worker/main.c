@@ -63,6 +63,7 @@ int main(int argc, char **argv) {
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int optimizer = PS_OPTIMIZER_SGD;
   int push = PS_PUSH_AUTO;
+  int push_pull = PS_PUSH_PULL_FUSED;
   /* --log-format: the index in "auto|logfmt|pretty". */
   enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
   int log_format = LOG_FORMAT_AUTO;
@@ -166,6 +167,11 @@ int main(int argc, char **argv) {
       {"push", PS_OPT_ENUM, &push, "auto", 0, 0, "auto|model|layer",
        "gradient pushes: the whole model after backward, or each layer as "
        "soon as it is computed (auto: per layer on a GPU)"},
+      {"push-pull", PS_OPT_ENUM, &push_pull, "fused", 0, 0, "fused|separate",
+       "mlp, cnn: fused: each push of a step brings back the next step's "
+       "weights in its reply (one round trip per step); separate: a push, "
+       "then a pull at the next step (the same weights; 4 messages per "
+       "piece and step instead of 2, or 3 for one that waits for the step)"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
@@ -286,6 +292,7 @@ int main(int argc, char **argv) {
   to.device = device;
   to.model = (ps_net_kind_t)model;
   to.push = (ps_push_mode_t)push;
+  to.push_pull = (ps_push_pull_mode_t)push_pull;
   to.max_steps = (uint64_t)max_steps;
   to.report_path = report;
   to.dump_path = dump;

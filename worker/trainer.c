@@ -49,6 +49,14 @@ struct ps_trainer_s {
   /* w, g and xb move to and from the device every step: host memory from
    * the backend (page-locked on a GPU). */
   float *w;    /* weights, the whole key space */
+  /* PS_PUSH_PULL_FUSED with layered pushes: the step's push-pulls write
+   * the next step's weights here (the net may still read w), then the two
+   * swap (NULL otherwise: the whole-model push-pull, once backward is done,
+   * writes w itself); w_clock is the clock w holds after the step
+   * (UINT64_MAX: none, pull). */
+  float *w_next;
+  uint64_t w_clock;
+  int fused;
   /* The optimizer state (standalone only): ps_optimizer_state_slots
    * planes of nparams floats; and the updates applied so far. */
   float *v;
@@ -63,7 +71,7 @@ struct ps_trainer_s {
   /* w and g when allocated here; on the CPU they are the net's own
    * parameters and gradient (ps_net_params_host), pulled into and pushed
    * from in place: two copies of the model a step fewer. */
-  float *w_mem, *g_mem;
+  float *w_mem, *w_next_mem, *g_mem;
   float *xb;   /* the batch, gathered */
   uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
@@ -289,6 +297,11 @@ static int check_opts(ps_trainer_t *t) {
     trainer_fail(t, "unknown push mode %d", (int)o->push);
     return PS_ERR_CONFIG;
   }
+  if (o->push_pull != PS_PUSH_PULL_FUSED &&
+      o->push_pull != PS_PUSH_PULL_SEPARATE) {
+    trainer_fail(t, "unknown push-pull mode %d", (int)o->push_pull);
+    return PS_ERR_CONFIG;
+  }
   if (o->data_dir == NULL || o->data_dir[0] == '\0') {
     trainer_fail(t, "no data directory given");
     return PS_ERR_CONFIG;
@@ -411,13 +424,27 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   }
   t->nparams = ps_net_num_params(t->net);
   size_t b = (size_t)o->batch_size;
-  t->w = ps_net_params_host(t->net);
+  t->push_layers =
+      !o->standalone &&
+      (o->push == PS_PUSH_LAYER ||
+       (o->push == PS_PUSH_AUTO && ps_compute_is_async(t->compute)));
+  t->fused = !o->standalone && o->push_pull == PS_PUSH_PULL_FUSED;
+  t->w_clock = UINT64_MAX;
+  /* On the CPU the weights go straight into the net's parameters and the
+   * gradient is pushed from where backward wrote it (ps_net_params_host):
+   * two copies of the model a step fewer. Not the weights with layered
+   * push-pulls: those bring the next step's while backward still reads
+   * these (into w_next, swapped in after the step). */
+  if (!(t->fused && t->push_layers)) t->w = ps_net_params_host(t->net);
   t->g = ps_net_grad_host(t->net);
   if (t->w == NULL)
     t->w = t->w_mem =
         ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   if (t->g == NULL)
     t->g = t->g_mem =
+        ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
+  if (t->fused && t->push_layers)
+    t->w_next = t->w_next_mem =
         ps_compute_host_alloc(t->compute, t->nparams * sizeof(float));
   t->xb = ps_compute_host_alloc(t->compute, b * t->train.dim * sizeof(float));
   /* Pinned like xb: the labels' upload is then asynchronous too. */
@@ -448,6 +475,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   size_t slots = (size_t)ps_optimizer_state_slots(&t->opt);
   if (o->standalone && slots) t->v = calloc(t->nparams * slots, sizeof(float));
   if (!t->w || !t->g || !t->xb || !t->yb || !t->perm ||
+      (t->fused && t->push_layers && !t->w_next) ||
       (o->standalone && slots && !t->v)) {
     trainer_fail(t, "out of memory");
     rc = PS_ERR_NOMEM;
@@ -455,10 +483,6 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   }
   memset(t->w, 0, t->nparams * sizeof(float));
   memset(t->g, 0, t->nparams * sizeof(float));
-  t->push_layers =
-      !o->standalone &&
-      (o->push == PS_PUSH_LAYER ||
-       (o->push == PS_PUSH_AUTO && ps_compute_is_async(t->compute)));
 
   if (o->standalone) {
     t->rank = 0;
@@ -541,6 +565,7 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   ps_net_destroy(&t->net);
   if (t->compute != NULL) {
     ps_compute_host_free(t->compute, t->w_mem);
+    ps_compute_host_free(t->compute, t->w_next_mem);
     ps_compute_host_free(t->compute, t->g_mem);
     ps_compute_host_free(t->compute, t->xb);
     ps_compute_host_free(t->compute, t->yb);
@@ -616,6 +641,17 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
   return rc;
 }
 
+/* PS_PUSH_PULL_FUSED: the push-pulls brought the weights as of clock step
+ * + 1, into w_next (layered: swapped in now) or w itself. */
+static void next_weights(ps_trainer_t *t, uint64_t step) {
+  if (t->w_next != NULL) {
+    float *w = t->w;
+    t->w = t->w_next;
+    t->w_next = w;
+  }
+  t->w_clock = step + 1;
+}
+
 /* The layered push: each layer's push starts as soon as its gradient is on
  * the host, while the device computes the layers below and the pushes of
  * the layers above are on the wire; all are waited for at the end, so a
@@ -639,8 +675,11 @@ static int push_layers(ps_trainer_t *t, uint64_t step) {
       rc = PS_ERR_INVAL;
       continue;
     }
-    rc = ps_client_push_start(t->client, begin, count, t->g + begin, step,
-                              &tickets[started]);
+    rc = t->fused ? ps_client_pushpull_start(
+                        t->client, begin, count, t->g + begin, step,
+                        t->w_next + begin, &tickets[started])
+                  : ps_client_push_start(t->client, begin, count, t->g + begin,
+                                         step, &tickets[started]);
     if (rc != PS_OK) {
       trainer_fail(t,
                    "push of the gradient of keys [%zu, %zu) of step %" PRIu64
@@ -654,7 +693,9 @@ static int push_layers(ps_trainer_t *t, uint64_t step) {
   }
   if (started > t->layer_pushes_max) t->layer_pushes_max = started;
   uint64_t p0 = ps_now_ns();
+  size_t covered = 0;
   for (size_t i = 0; i < started; i++) {
+    covered += tcount[i];
     int wrc = ps_client_wait(t->client, tickets[i]);
     if (wrc != PS_OK && rc == PS_OK) {
       rc = wrc;
@@ -666,6 +707,9 @@ static int push_layers(ps_trainer_t *t, uint64_t step) {
     }
   }
   t->step_push_ns += ps_now_ns() - p0;
+  /* The layers' push-pulls brought the next step's weights, if they
+   * cover every key (else the next step pulls). */
+  if (rc == PS_OK && t->fused && covered == t->nparams) next_weights(t, step);
   return rc;
 }
 
@@ -685,7 +729,10 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
     t->yb[i] = t->train.y[idx[i]];
   }
   uint64_t p0 = ps_now_ns();
-  int rc = fetch_weights(t, step);
+  /* Fused: the previous step's push-pull brought them (BSP: bitwise what
+   * a pull at this clock gives). */
+  int rc = t->w_clock == step ? PS_OK : fetch_weights(t, step);
+  t->w_clock = UINT64_MAX;
   t->step_pull_ns = ps_now_ns() - p0;
   t->step_push_ns = 0;
   if (rc != PS_OK) return rc;
@@ -721,11 +768,16 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
     return PS_OK;
   }
   uint64_t push0 = ps_now_ns();
-  rc = ps_client_push(t->client, 0, t->nparams, t->g, step);
+  rc = t->fused
+           ? ps_client_pushpull(t->client, 0, t->nparams, t->g, step, t->w)
+           : ps_client_push(t->client, 0, t->nparams, t->g, step);
   t->step_push_ns = ps_now_ns() - push0;
   if (rc != PS_OK)
-    trainer_fail(t, "push of the gradient of step %" PRIu64 " failed: %s", step,
+    trainer_fail(t, "%s of the gradient of step %" PRIu64 " failed: %s",
+                 t->fused ? "push-pull" : "push", step,
                  ps_client_errmsg(t->client));
+  else if (t->fused)
+    next_weights(t, step);
   return rc;
 }
 
@@ -878,7 +930,8 @@ int ps_trainer_run(ps_trainer_t *t) {
       " optimizer=%s lr=%g lr_schedule=%s warmup_steps=%" PRIu64
       " momentum=%g"
       " epochs=%" PRId64 " steps_per_epoch=%" PRIu64 " steps=%" PRIu64
-      " model=%s params=%zu backend=%s threads=%d push=%s",
+      " model=%s params=%zu backend=%s threads=%d push=%s"
+      " push_pull=%s",
       t->client ? "distributed" : "standalone", t->rank, t->workers,
       o->batch_size, global_batch, ps_optimizer_name(t->opt.kind),
       o->learning_rate, o->lr_schedule == PS_LR_COSINE ? "cosine" : "constant",
@@ -887,7 +940,10 @@ int ps_trainer_run(ps_trainer_t *t) {
       o->threads,
       t->client == NULL ? "none"
       : t->push_layers  ? "layer"
-                        : "model");
+                        : "model",
+      t->client == NULL ? "none"
+      : t->fused        ? "fused"
+                        : "separate");
 
   uint64_t start_ns = ps_now_ns();
   uint64_t eval_ns = 0; /* time spent evaluating, kept out of rates */

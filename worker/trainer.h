@@ -76,6 +76,16 @@ typedef enum {
   PS_PUSH_LAYER = 2,
 } ps_push_mode_t;
 
+/* How a distributed step gets the next step's weights (MLP and CNN). */
+typedef enum {
+  /* Each push of step t is a push-pull (ps_client_pushpull): its reply
+   * carries the weights of step t + 1, so a step costs one round trip; only
+   * the first step pulls. The same weights as PS_PUSH_PULL_SEPARATE. */
+  PS_PUSH_PULL_FUSED = 0,
+  /* A push of step t, then a pull at clock t + 1 at the next step. */
+  PS_PUSH_PULL_SEPARATE = 1,
+} ps_push_pull_mode_t;
+
 typedef enum {
   PS_LR_CONSTANT = 0,
   PS_LR_COSINE = 1, /* f(t) = (1 + cos(pi t / T)) / 2, T = epochs x steps */
@@ -134,6 +144,7 @@ typedef struct {
   const char *device;      /* "auto", "cpu", "cuda", "cuda:N" */
   ps_net_kind_t model;     /* which classifier */
   ps_push_mode_t push;     /* distributed mode */
+  ps_push_pull_mode_t push_pull; /* distributed mode */
   uint64_t max_steps;      /* stop after this many global steps; 0: no limit */
   const char *report_path; /* JSON report; NULL: none */
   const char *dump_path;   /* raw float32 LE weights; NULL: none */

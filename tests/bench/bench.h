@@ -41,6 +41,8 @@ typedef enum {
   PS_BENCH_PUSHPULL,
   PS_BENCH_SPARSE,
   PS_BENCH_APPLY,
+  /* pushpull in one request per server (ps_client_pushpull, issue #15) */
+  PS_BENCH_FUSED,
   PS_BENCH_NOPS
 } ps_bench_op_t;
 

@@ -144,7 +144,8 @@ static int op_item(const char *tok, char *why, size_t len) {
     B.ops[B.nops++] = i;
     return 0;
   }
-  snprintf(why, len, "\"%s\" is not one of push, pull, pushpull, sparse, apply",
+  snprintf(why, len,
+           "\"%s\" is not one of push, pull, pushpull, fused, sparse, apply",
            tok);
   return -1;
 }
@@ -851,7 +852,10 @@ static int setup_options(int argc, char **argv, int *go_on) {
       {"clients", PS_OPT_INT, &B.clients_opt, "1", 1, MAX_CLIENTS, NULL,
        "With --scheduler: the number of client processes to start."},
       {"ops", PS_OPT_STRING, &B.ops_s, "push,pull,pushpull,sparse,apply", 0, 0,
-       NULL, "Comma list of what to measure."},
+       NULL,
+       "Comma list of what to measure: push, pull, pushpull (a push then a "
+       "pull), fused (the two in one request: ps_client_pushpull), sparse, "
+       "apply."},
       {"sizes", PS_OPT_STRING, &B.sizes_s, NULL, 0, 0, NULL,
        "Comma list of value bytes per request (per server); default "
        "4K,64K,1M,16M (--quick: 4K,64K)."},
@@ -1011,7 +1015,7 @@ int main(int argc, char **argv) {
   ps_bench_signals_install();
 
   int dense_ops = has_op(PS_BENCH_PUSH) || has_op(PS_BENCH_PULL) ||
-                  has_op(PS_BENCH_PUSHPULL);
+                  has_op(PS_BENCH_PUSHPULL) || has_op(PS_BENCH_FUSED);
   /* A cluster is needed for the dense ops and for sparse. */
   int dense = dense_ops || has_op(PS_BENCH_SPARSE);
   int keep_logs = B.log_dir != NULL;
@@ -1063,7 +1067,8 @@ int main(int argc, char **argv) {
     if (dense_ops) print_header();
     for (int o = 0; o < B.nops && !B.failed && !ps_bench_interrupted; o++) {
       int op = B.ops[o];
-      if (op != PS_BENCH_PUSH && op != PS_BENCH_PULL && op != PS_BENCH_PUSHPULL)
+      if (op != PS_BENCH_PUSH && op != PS_BENCH_PULL &&
+          op != PS_BENCH_PUSHPULL && op != PS_BENCH_FUSED)
         continue;
       for (int si = 0; si < B.nsizes && !B.failed; si++)
         for (int wi = 0; wi < B.nwindows && !B.failed; wi++) {

@@ -4,12 +4,13 @@
  * (one tensor, model_floats long), reports the servers' ranges, then runs
  * the measurements the controller asks for, one line per command:
  *
- *   run ps|raw push|pull|pushpull SIZE WINDOW DURATION_MS
+ *   run ps|raw push|pull|pushpull|fused SIZE WINDOW DURATION_MS
  *     -> res BYTES REQUESTS OPS ELAPSED_NS HISTOGRAM | err MESSAGE
  *   quit
  *
  * An op moves SIZE bytes to or from every server at once: one request per
- * server (push, pull) or a push then a pull per server (pushpull). WINDOW
+ * server (push, pull), a push then a pull per server (pushpull), or one
+ * push-pull per server whose reply carries the values (fused). WINDOW
  * ops are kept in flight; each op's latency is from its start to its last
  * reply. "ps" goes through libps-client to the real servers (pulls with
  * the zero-copy ps_client_pull_frames_start, or with --pull-copy into an
@@ -41,7 +42,8 @@
 #define RESULT_MAX 65536
 
 const char *ps_bench_op_name(ps_bench_op_t op) {
-  static const char *names[] = {"push", "pull", "pushpull", "sparse", "apply"};
+  static const char *names[] = {"push",   "pull",  "pushpull",
+                                "sparse", "apply", "fused"};
   return op < PS_BENCH_NOPS ? names[op] : "?";
 }
 
@@ -68,7 +70,7 @@ static int reply(int fd, const char *fmt, ...) {
 
 /* ---- raw ZeroMQ wire format ---- */
 
-enum { RAW_PUSH = 1, RAW_PULL = 2 };
+enum { RAW_PUSH = 1, RAW_PULL = 2, RAW_FUSED = 3 };
 
 typedef struct {
   uint32_t kind;
@@ -153,7 +155,8 @@ int ps_bench_raw_server_main(void *arg) {
       raw_hdr_t h = {0};
       if (zmq_msg_size(&hdr) == sizeof(h))
         memcpy(&h, zmq_msg_data(&hdr), sizeof(h));
-      int pull = h.kind == RAW_PULL && h.count <= a->max_floats;
+      int pull = (h.kind == RAW_PULL || h.kind == RAW_FUSED) &&
+                 h.count <= a->max_floats;
       zmq_msg_send(&route, sock, ZMQ_SNDMORE);
       zmq_msg_send(&hdr, sock, pull ? ZMQ_SNDMORE : 0);
       if (pull) raw_send_payload(sock, weights, h.count, 0);
@@ -218,11 +221,26 @@ static int requests_per_op(ps_bench_op_t op, int nservers) {
   return (op == PS_BENCH_PUSHPULL ? 2 : 1) * nservers;
 }
 
+/* Values one request moves: a fused one carries them both ways. */
+static uint64_t floats_per_request(ps_bench_op_t op, uint64_t n) {
+  return op == PS_BENCH_FUSED ? 2 * n : n;
+}
+
 static int ps_op_start(runner_t *r, ps_bench_op_t op, uint64_t n,
                        op_slot_t *s) {
   s->ntickets = 0;
   s->t0 = ps_now_ns();
-  for (int pass = 0; pass < 2; pass++) {
+  for (int i = 0; op == PS_BENCH_FUSED && i < r->nservers; i++) {
+    s->frames[s->ntickets] = 0;
+    if (ps_client_pushpull_start(r->client, r->begins[i], n, r->values, 0,
+                                 r->out, &s->tickets[s->ntickets]) != PS_OK) {
+      snprintf(r->errmsg, sizeof(r->errmsg), "push_pull start: %s",
+               ps_client_errmsg(r->client));
+      return -1;
+    }
+    s->ntickets++;
+  }
+  for (int pass = 0; op != PS_BENCH_FUSED && pass < 2; pass++) {
     int is_push = pass == 0;
     if (is_push && op == PS_BENCH_PULL) continue;
     if (!is_push && op == PS_BENCH_PUSH) continue;
@@ -287,7 +305,7 @@ static int run_ps(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
   }
   t->elapsed_ns = ps_now_ns() - start;
   t->requests = t->ops * per_op;
-  t->bytes = t->requests * n * sizeof(float);
+  t->bytes = t->requests * floats_per_request(op, n) * sizeof(float);
   return rc;
 }
 
@@ -295,7 +313,16 @@ static int raw_op_start(runner_t *r, ps_bench_op_t op, uint64_t n, int slot,
                         op_slot_t *s) {
   s->t0 = ps_now_ns();
   s->parts_left = requests_per_op(op, r->nraw);
-  for (int pass = 0; pass < 2; pass++) {
+  for (int i = 0; op == PS_BENCH_FUSED && i < r->nraw; i++) {
+    raw_hdr_t h = {RAW_FUSED, (uint32_t)slot, n};
+    if (zmq_send(r->raw[i], &h, sizeof(h), ZMQ_SNDMORE) < 0 ||
+        raw_send_payload(r->raw[i], r->values, n, 0) != 0) {
+      snprintf(r->errmsg, sizeof(r->errmsg), "raw send: %s",
+               zmq_strerror(errno));
+      return -1;
+    }
+  }
+  for (int pass = 0; op != PS_BENCH_FUSED && pass < 2; pass++) {
     int is_push = pass == 0;
     if (is_push && op == PS_BENCH_PULL) continue;
     if (!is_push && op == PS_BENCH_PUSH) continue;
@@ -384,7 +411,7 @@ static int run_raw(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
   }
   t->elapsed_ns = ps_now_ns() - start;
   t->requests = t->ops * per_op;
-  t->bytes = t->requests * n * sizeof(float);
+  t->bytes = t->requests * floats_per_request(op, n) * sizeof(float);
   return rc;
 }
 

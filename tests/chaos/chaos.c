@@ -334,6 +334,7 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
     return 1;
   }
   float *g = calloc(ledger.keys, sizeof(float));
+  float *wts = calloc(ledger.keys, sizeof(float));
   float *pulled = calloc(ledger.keys, sizeof(float));
   for (uint64_t k = (uint64_t)rank; k < ledger.keys; k += ledger.workers)
     g[k] = 1.0f;
@@ -354,11 +355,28 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
      * on the worker's own counters. */
     int rc = nrows ? ps_client_sparse_push(c, "ctr", ids, nrows, ones, n)
                    : PS_OK;
-    if (rc == PS_OK) rc = ps_client_push(c, 0, ledger.keys, g, n);
+    /* Every other push is a push-pull (issue #15), whose reply must show
+     * this worker's own counters (no one else adds to them; ASP answers
+     * after the apply, BSP once step n is applied) at exactly n + 1: none
+     * lost, none twice. */
+    int fused = n % 2 == 1;
+    if (rc == PS_OK)
+      rc = fused ? ps_client_pushpull(c, 0, ledger.keys, g, n, wts)
+                 : ps_client_push(c, 0, ledger.keys, g, n);
+    char why[400] = "";
+    for (uint64_t k = (uint64_t)rank; fused && rc == PS_OK && k < ledger.keys;
+         k += ledger.workers)
+      if (wts[k] != (float)(n + 1)) {
+        snprintf(why, sizeof(why),
+                 "push-pull reply: own counter %" PRIu64
+                 " is %g, want %" PRIu64,
+                 k, wts[k], n + 1);
+        rc = PS_ERR_PROTO;
+      }
     if (rc != PS_OK) {
-      char why[400];
-      snprintf(why, sizeof(why), "%s: %s", ps_err_name(rc),
-               ps_client_errmsg(c));
+      if (why[0] == '\0')
+        snprintf(why, sizeof(why), "%s: %s", ps_err_name(rc),
+                 ps_client_errmsg(c));
       ledger_line(fd, "f %" PRIu64 " %s\n", n, why);
       fprintf(stderr, "ledger worker %d: push %" PRIu64 " failed: %s\n", rank,
               n, why);
@@ -368,10 +386,9 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
     ledger_line(fd, "a %" PRIu64 "\n", n, "");
     n++;
     /* BSP: step n + 1 may be pushed once every live worker's step n is
-     * applied. */
-    if (ledger.bsp) rc = ps_client_pull(c, 0, ledger.keys, pulled, n);
+     * applied (a push-pull's reply said so already). */
+    if (ledger.bsp && !fused) rc = ps_client_pull(c, 0, ledger.keys, pulled, n);
     if (rc != PS_OK) {
-      char why[400];
       snprintf(why, sizeof(why), "pull at clock %" PRIu64 ": %s: %s", n,
                ps_err_name(rc), ps_client_errmsg(c));
       ledger_line(fd, "f %" PRIu64 " %s\n", n, why);
@@ -430,6 +447,7 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
   free(ids);
   free(ones);
   free(g);
+  free(wts);
   free(pulled);
   ps_client_destroy(&c);
   return ok ? 0 : 1;

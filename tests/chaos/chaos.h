@@ -13,7 +13,9 @@
  * ledger file and after the ack "a N" (write(2), so a SIGKILL loses
  * nothing written). At the end every counter of a worker that lived must
  * equal its acks exactly; one of a killed worker lies between its acks and
- * its intents (the one push in flight may or may not have landed).
+ * its intents (the one push in flight may or may not have landed). Every
+ * other push is a push-pull (ps_client_pushpull, issue #15), whose reply
+ * must already show the worker's own counters at exactly N + 1.
  *
  * All from the test's main thread (the workers are processes). */
 #ifndef PS_TEST_CHAOS_H

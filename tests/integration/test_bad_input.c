@@ -15,6 +15,9 @@
  * applied, and then moves it by the step's sum; a backup replays a
  * primary's sparse push once and refuses one that does not fit.
  *
+ * A PushPull (issue #15) is answered with the weights of its step applied,
+ * its resend too (not applied again), and refused where a push would be.
+ *
  * The test itself plays the single worker of the job over the real protocol,
  * so the cluster publishes a view and the server holds a model. */
 #include <check.h>
@@ -639,6 +642,81 @@ START_TEST(sparse_bsp_applies_at_the_step) {
 }
 END_TEST
 
+/* A PushPull (issue #15) of gradient 1 to keys [begin, +count) for step,
+ * numbered seq; returns its request id. */
+static uint64_t send_pushpull(uint64_t begin, uint64_t count, uint64_t step,
+                              uint64_t seq) {
+  static float g[NKEYS];
+  for (int i = 0; i < NKEYS; i++) g[i] = 1;
+  Ps__PushPull p = PS__PUSH_PULL__INIT;
+  p.key_begin = begin;
+  p.count = count;
+  p.clock = step;
+  p.seq = seq;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH_PULL);
+  env.push_pull = &p;
+  zmq_msg_t f;
+  ps_payload_wrap(&f, g, (count ? count : 1) * sizeof(float), NULL, NULL);
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &f, 1), PS_OK);
+  return env.request_id;
+}
+
+/* The reply to PushPull req: the weights of the whole tensor at clock,
+ * into w; duplicate says whether the server took the push for one. */
+static void expect_pushpull_weights(uint64_t req, float *w, uint64_t clock,
+                                    int duplicate, const char *what) {
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(
+      m.env->body_case == PS__ENVELOPE__BODY_PULL_REPLY,
+      "%s: answered with %s (%s)", what, ps_body_name(m.env->body_case),
+      m.env->body_case == PS__ENVELOPE__BODY_ERROR ? m.env->error->message
+                                                   : "");
+  ck_assert_uint_eq(m.env->pull_reply->key_begin, 0);
+  ck_assert_uint_eq(m.env->pull_reply->count, NKEYS);
+  ck_assert_uint_eq(m.env->pull_reply->clock, clock);
+  ck_assert_msg(m.env->pull_reply->duplicate == (duplicate != 0),
+                "%s: duplicate is %d", what, m.env->pull_reply->duplicate);
+  ck_assert_uint_eq(ps_msg_payload_bytes(&m), NKEYS * sizeof(float));
+  ps_msg_payload_gather(&m, w);
+  ps_msg_close(&m);
+}
+
+/* w holds what a pull gives now. */
+static void expect_pulled(const float *w, const char *what) {
+  float now[NKEYS];
+  pull_all(now);
+  for (int i = 0; i < NKEYS; i++)
+    ck_assert_msg(w[i] == now[i], "%s: key %d is %g, a pull gives %g", what, i,
+                  w[i], now[i]);
+}
+
+/* BSP, one worker, lr 0.5, one copy: a PushPull's reply carries the
+ * weights with its step applied; a resend (same seq) is not applied again
+ * and still gets them; what a push refuses, a PushPull refuses. */
+START_TEST(pushpull_resend_gets_weights) {
+  float w0[NKEYS], w[NKEYS], w1[NKEYS];
+  expect_pushpull_weights(send_pushpull(0, NKEYS, 0, 300), w0, 1, 0,
+                          "push-pull of step 0");
+  /* Zero init, gradient 1: the step moved every weight down. */
+  for (int i = 0; i < NKEYS; i++) ck_assert_float_lt(w0[i], 0.0f);
+  expect_pulled(w0, "after step 0");
+  expect_pushpull_weights(send_pushpull(0, NKEYS, 0, 300), w, 1, 1,
+                          "its resend");
+  ck_assert_int_eq(memcmp(w, w0, sizeof(w)), 0);
+  expect_pulled(w0, "after the resend");
+  expect_pushpull_weights(send_pushpull(0, NKEYS, 1, 301), w1, 2, 0,
+                          "push-pull of step 1");
+  for (int i = 0; i < NKEYS; i++) ck_assert_float_lt(w1[i], w0[i]);
+  expect_pulled(w1, "after step 1");
+  uint64_t req = send_pushpull(0, NKEYS, 5, 302);
+  expect_error(server, req, PS_ERR_REFUSED, "push-pull for a future step");
+  req = send_pushpull(NKEYS + 1000, 1, 2, 303);
+  expect_error(server, req, PS_ERR_UNKNOWN_KEY, "push-pull of unknown keys");
+  expect_pulled(w1, "after refused push-pulls");
+}
+END_TEST
+
 static Ps__Envelope from_primary(Ps__Envelope__BodyCase body);
 static void expect_backup_replays(void);
 
@@ -973,6 +1051,7 @@ int main(void) {
   tcase_set_timeout(tb, 120);
   tcase_add_checked_fixture(tb, setup_bsp, teardown);
   tcase_add_test(tb, sparse_bsp_applies_at_the_step);
+  tcase_add_test(tb, pushpull_resend_gets_weights);
   suite_add_tcase(s, tb);
   TCase *tn = tcase_create("nonfinite_skip");
   tcase_set_timeout(tn, 120);

@@ -24,6 +24,7 @@ void ps__client_conn_close(ps__conn_t *k) {
   ps_zctx_term_async(k->own_ctx);
   k->own_ctx = NULL;
   k->inflight = 0;
+  k->acked = 0;
 }
 
 ps__conn_t *ps__client_conn_find(ps_client_t *c, uint32_t server_id) {
@@ -57,6 +58,7 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
     k->slots = calloc((size_t)c->opts.window, sizeof(*k->slots));
     if (k->slots == NULL)
       return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+    k->slots_cap = c->opts.window;
     c->nconns++;
     k->server_id = server_id;
   }
@@ -115,6 +117,7 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
   k->sock = s;
   k->gen = ++c->conn_gen;
   k->inflight = 0;
+  k->acked = 0;
   PS_DEBUG("client_connect", "server=%u addr=%s", server_id, node->address);
   *out = k;
   return PS_OK;

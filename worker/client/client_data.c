@@ -276,6 +276,7 @@ static void ps__client_piece_unsend(ps_client_t *c, ps__op_t *op, size_t i) {
   if (k == NULL || k->sock == NULL || k->gen != p->conn_gen) return;
   for (int j = 0; j < k->inflight; j++) {
     if (k->slots[j].request_id != p->request_id) continue;
+    if (k->slots[j].acked) k->acked--;
     k->slots[j] = k->slots[--k->inflight];
     return;
   }
@@ -360,7 +361,8 @@ static uint64_t ps__client_resend_due(ps_client_t *c, uint64_t now) {
      * as the backups hold it. */
     uint64_t oldest = UINT64_MAX;
     for (int j = 0; j < k->inflight; j++)
-      if (k->slots[j].op->is_push && k->slots[j].sent_at_ms < oldest)
+      if (k->slots[j].op->is_push && !k->slots[j].acked &&
+          k->slots[j].sent_at_ms < oldest)
         oldest = k->slots[j].sent_at_ms;
     if (oldest == UINT64_MAX) continue;
     if (now >= oldest + after)
@@ -401,6 +403,7 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   ps__piece_t *p = &op->pieces[i];
   Ps__Envelope env = PS__ENVELOPE__INIT;
   Ps__Push push = PS__PUSH__INIT;
+  Ps__PushPull push_pull = PS__PUSH_PULL__INIT;
   Ps__Pull pull = PS__PULL__INIT;
   zmq_msg_t payload;
   int npayload = 0;
@@ -408,13 +411,22 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   env.request_id = ++c->next_request_id;
   env.sender = c->node_id;
   env.epoch = c->view->epoch;
-  if (op->is_push) {
+  if (op->pushpull) {
+    push_pull.key_begin = p->key_begin;
+    push_pull.count = p->count;
+    push_pull.clock = op->clock;
+    push_pull.seq = p->seq;
+    env.body_case = PS__ENVELOPE__BODY_PUSH_PULL;
+    env.push_pull = &push_pull;
+  } else if (op->is_push) {
     push.key_begin = p->key_begin;
     push.count = p->count;
     push.clock = op->clock;
     push.seq = p->seq;
     env.body_case = PS__ENVELOPE__BODY_PUSH;
     env.push = &push;
+  }
+  if (op->is_push) {
     /* The values are the caller's: see ps__client_op_settle for why this is
      * safe and what happens to frames of a call that failed. */
     const float *src = op->values + (p->key_begin - op->key_begin);
@@ -434,6 +446,17 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
     env.body_case = PS__ENVELOPE__BODY_PULL;
     env.pull = &pull;
   }
+  if (k->inflight == k->slots_cap) {
+    /* Acked push-pulls wait outside the window, but keep their slots. */
+    int cap = 2 * k->slots_cap;
+    ps__slot_t *grown = realloc(k->slots, (size_t)cap * sizeof(*grown));
+    if (grown == NULL) {
+      if (npayload) zmq_msg_close(&payload);
+      return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+    }
+    k->slots = grown;
+    k->slots_cap = cap;
+  }
   int rc =
       ps_msg_send(k->sock, NULL, &env, npayload ? &payload : NULL, npayload);
   if (rc != PS_OK)
@@ -445,7 +468,7 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   p->view_gen = c->view_gen;
   p->conn_gen = k->gen;
   p->retry_at_ms = 0;
-  k->slots[k->inflight++] = (ps__slot_t){env.request_id, op, i, ps_now_ms()};
+  k->slots[k->inflight++] = (ps__slot_t){env.request_id, op, i, ps_now_ms(), 0};
   return PS_OK;
 }
 
@@ -469,7 +492,7 @@ static int ps__client_op_send_ready(ps_client_t *c, ps__op_t *op, uint64_t now,
     ps__conn_t *k = NULL;
     int rc = ps__client_conn_get(c, p->server_id, &k);
     if (rc != PS_OK || k == NULL) return rc != PS_OK ? rc : PS_ERR_PEER;
-    if (k->inflight >= c->opts.window) {
+    if (k->inflight - k->acked >= c->opts.window) {
       if (first_left > i) first_left = i;
       continue;
     }
@@ -487,7 +510,8 @@ static int64_t ps__client_window_room(ps_client_t *c) {
   int64_t room = 0;
   for (size_t i = 0; i < c->view->nranges; i++) {
     ps__conn_t *k = ps__client_conn_find(c, c->view->ranges[i].server_id);
-    room += k && k->sock ? c->opts.window - k->inflight : c->opts.window;
+    room += k && k->sock ? c->opts.window - (k->inflight - k->acked)
+                         : c->opts.window;
   }
   return room;
 }
@@ -502,6 +526,17 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
     if (k->slots[j].request_id != m->request_id) continue;
     op = k->slots[j].op;
     pi = k->slots[j].piece;
+    if (status == PS_OK && op->pushpull && !k->slots[j].acked &&
+        m->env->body_case == PS__ENVELOPE__BODY_ACK) {
+      /* The push is on every copy and the weights wait for the step: the
+       * slot leaves the window (other pieces must reach the servers for
+       * the step to complete) and the resend timer. */
+      k->slots[j].acked = 1;
+      k->acked++;
+      if (m->env->ack->duplicate) c->duplicate_acks++;
+      return;
+    }
+    if (k->slots[j].acked) k->acked--;
     k->slots[j] = k->slots[--k->inflight];
     break;
   }
@@ -513,7 +548,7 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
     return;
   }
   ps__piece_t *p = &op->pieces[pi];
-  const char *what = op->is_push ? "push" : "pull";
+  const char *what = op->pushpull ? "push_pull" : op->is_push ? "push" : "pull";
   int rc = PS_OK;
   if (status != PS_OK) {
     rc = ps__client_fail(c, PS_ERR_PROTO,
@@ -548,7 +583,7 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
     ps__client_op_fail_errmsg(c, op, rc);
     return;
   }
-  if (op->is_push) {
+  if (op->is_push && !op->pushpull) {
     if (env->body_case != PS__ENVELOPE__BODY_ACK) {
       rc = ps__client_fail(c, PS_ERR_PROTO,
                            "server %u (%s): %s reply to a push", k->server_id,
@@ -566,19 +601,26 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
     }
   } else {
     if (env->body_case != PS__ENVELOPE__BODY_PULL_REPLY) {
-      rc = ps__client_fail(c, PS_ERR_PROTO,
-                           "server %u (%s): %s reply to a pull", k->server_id,
-                           k->address, ps_body_name(env->body_case));
+      rc = ps__client_fail(c, PS_ERR_PROTO, "server %u (%s): %s reply to a %s",
+                           k->server_id, k->address,
+                           ps_body_name(env->body_case), what);
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
     const Ps__PullReply *r = env->pull_reply;
+    if (op->pushpull && r->duplicate) {
+      c->duplicate_acks++;
+      PS_DEBUG("client_duplicate_ack",
+               "server=%u keys=%" PRIu64 "+%" PRIu64 " seq=%" PRIu64
+               " op=push_pull",
+               k->server_id, p->key_begin, p->count, p->seq);
+    }
     if (r->key_begin != p->key_begin || r->count != p->count) {
       rc = ps__client_fail(c, PS_ERR_PROTO,
-                           "server %u (%s): pull reply for keys %" PRIu64
+                           "server %u (%s): %s reply for keys %" PRIu64
                            "+%" PRIu64 " to a request for %" PRIu64 "+%" PRIu64,
-                           k->server_id, k->address, r->key_begin, r->count,
-                           p->key_begin, p->count);
+                           k->server_id, k->address, what, r->key_begin,
+                           r->count, p->key_begin, p->count);
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
@@ -586,10 +628,9 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
      * against a change there. */
     size_t bytes = p->count * sizeof(float);
     if (m->npayload < 1 || ps_msg_payload_bytes(m) != bytes) {
-      rc =
-          ps__client_fail(c, PS_ERR_PROTO,
-                          "server %u (%s): pull reply payload is not %zu bytes",
-                          k->server_id, k->address, bytes);
+      rc = ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): %s reply payload is not %zu bytes",
+                           k->server_id, k->address, what, bytes);
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
@@ -650,7 +691,7 @@ static const ps_range_t *ps__client_range_lost(const ps_client_t *c,
 }
 
 static void ps__client_op_timeout(ps_client_t *c, ps__op_t *op) {
-  const char *what = op->is_push ? "push" : "pull";
+  const char *what = op->pushpull ? "push_pull" : op->is_push ? "push" : "pull";
   size_t missing = 0;
   ps__piece_t *first = NULL;
   const ps_range_t *lost = NULL;
@@ -862,18 +903,29 @@ static int ps__client_start(ps_client_t *c, int is_push, int hold,
                             uint64_t key_begin, uint64_t count,
                             const float *values, float *out, uint64_t clock,
                             uint64_t *ticket) {
+  int pushpull = is_push && out != NULL;
+  const char *what = pushpull ? "push_pull" : is_push ? "push" : "pull";
   if (ticket == NULL)
-    return ps__client_fail(c, PS_ERR_INVAL, "%s: ticket is NULL",
-                           is_push ? "push" : "pull");
-  int rc = ps__client_check_keys(c, is_push ? "push" : "pull", key_begin, count,
+    return ps__client_fail(c, PS_ERR_INVAL, "%s: ticket is NULL", what);
+  int rc = ps__client_check_keys(c, what, key_begin, count,
                                  is_push ? (const void *)values
                                  : hold  ? (const void *)ticket
                                          : (const void *)out);
   if (rc != PS_OK) return rc;
+  uintptr_t g0 = (uintptr_t)values, w0 = (uintptr_t)out;
+  size_t bytes = (size_t)count * sizeof(float);
+  if (pushpull && count > 0 && g0 < w0 + bytes && w0 < g0 + bytes)
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "push_pull: the gradient and the weights overlap "
+                           "(the gradient is sent from where it lies)");
+  if (pushpull && clock == UINT64_MAX)
+    return ps__client_fail(
+        c, PS_ERR_INVAL, "push_pull at step %" PRIu64 ": no next step", clock);
   if (is_push) ps__client_report_clock(c, clock);
   ps__op_t *op = NULL;
   if ((rc = ps__client_op_new(c, &op)) != PS_OK) return rc;
   op->is_push = is_push;
+  op->pushpull = pushpull;
   op->hold = hold;
   op->key_begin = key_begin;
   op->count = count;
@@ -899,6 +951,27 @@ int ps_client_push_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
                          uint64_t *ticket) {
   return ps__client_start(c, 1, 0, key_begin, count, values, NULL, clock,
                           ticket);
+}
+
+int ps_client_pushpull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                             const float *grad, uint64_t step,
+                             float *weights_out, uint64_t *ticket) {
+  if (weights_out == NULL && count > 0)
+    return ps__client_fail(c, PS_ERR_INVAL,
+                           "push_pull: NULL buffer for %" PRIu64 " weights",
+                           count);
+  /* A non-NULL out is what makes the push a PushPull. */
+  float none;
+  return ps__client_start(c, 1, 0, key_begin, count, grad,
+                          weights_out ? weights_out : &none, step, ticket);
+}
+
+int ps_client_pushpull(ps_client_t *c, uint64_t key_begin, uint64_t count,
+                       const float *grad, uint64_t step, float *weights_out) {
+  uint64_t ticket;
+  int rc = ps_client_pushpull_start(c, key_begin, count, grad, step,
+                                    weights_out, &ticket);
+  return rc != PS_OK ? rc : ps_client_wait(c, ticket);
 }
 
 int ps_client_pull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,

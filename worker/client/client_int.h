@@ -116,9 +116,12 @@ typedef struct ps__op_s {
   ps_client_t *c;
   uint64_t ticket;
   int is_push;
+  /* A push whose replies carry the weights at clock + 1 (PushPull) into
+   * out: is_push is set too, as its pieces are pushes in every other way. */
+  int pushpull;
   uint64_t key_begin, count, clock;
   const float *values; /* push */
-  float *out;          /* pull */
+  float *out;          /* pull, pushpull */
   uint64_t deadline_ms;
   int timeout_ms;
   ps__piece_t *pieces;
@@ -147,6 +150,9 @@ typedef struct {
   ps__op_t *op;
   size_t piece;
   uint64_t sent_at_ms; /* for the resend timer */
+  /* A push-pull whose push the server acked: it waits for its step there
+   * like a BSP pull, out of the window and of the resend timer. */
+  int acked;
 } ps__slot_t;
 
 /* The data socket to one server. */
@@ -162,6 +168,8 @@ typedef struct {
   uint64_t gen; /* distinguishes a reconnected socket from the old one */
   int inflight;
   ps__slot_t *slots; /* window entries; the first inflight are in use */
+  int acked;         /* of which acked push-pulls (outside the window) */
+  int slots_cap;
 } ps__conn_t;
 
 struct ps_client_s {

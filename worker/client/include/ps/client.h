@@ -141,6 +141,27 @@ PS_EXTERN int ps_client_push(ps_client_t *c, uint64_t key_begin, uint64_t count,
 PS_EXTERN int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
                              float *out, uint64_t clock);
 
+/* Push and pull in one round trip: pushes grad (count values for keys
+ * [key_begin, key_begin + count)) as the worker's step `step`, exactly as
+ * ps_client_push does (same pieces, sequence numbers, resends after a
+ * failover, applied once), and fills weights_out with the weights of the
+ * same keys as of server clock >= step + 1: in BSP once step is applied
+ * (what ps_client_pull(..., step + 1) after the push would give), in ASP
+ * right after this push is applied. Each piece's reply is also its ack, so
+ * it comes only once every copy of the range holds the push; a resend
+ * that the server recognises as a duplicate still gets the weights (and
+ * counts in ps_client_duplicate_acks). Half the messages of a push and a
+ * pull, and the pull does not wait for the push's ack first.
+ *
+ * grad and weights_out must not overlap (the gradient is sent from where
+ * it lies, while replies land in weights_out). A piece counts for
+ * resend_ms like a push until the server says it waits for its step (BSP);
+ * from then on it waits like a pull, outside the window, and is resent
+ * only if the view moves its keys. */
+PS_EXTERN int ps_client_pushpull(ps_client_t *c, uint64_t key_begin,
+                                 uint64_t count, const float *grad,
+                                 uint64_t step, float *weights_out);
+
 /* Starts a push or a pull like the calls above and returns at once with
  * *ticket set; the call goes on inside later ps_client calls. Until
  * ps_client_wait(ticket) returns, the caller must leave values unchanged
@@ -155,6 +176,12 @@ PS_EXTERN int ps_client_push_start(ps_client_t *c, uint64_t key_begin,
 PS_EXTERN int ps_client_pull_start(ps_client_t *c, uint64_t key_begin,
                                    uint64_t count, float *out, uint64_t clock,
                                    uint64_t *ticket);
+/* ps_client_pushpull, started: grad must stay unchanged and weights_out
+ * unused until ps_client_wait(ticket) returns. */
+PS_EXTERN int ps_client_pushpull_start(ps_client_t *c, uint64_t key_begin,
+                                       uint64_t count, const float *grad,
+                                       uint64_t step, float *weights_out,
+                                       uint64_t *ticket);
 
 /* Waits until the call with this ticket has finished (every piece
  * answered, or failed, or past its deadline) and returns its status, with
