@@ -199,6 +199,10 @@ static void render(ps_metrics_t *m, void *arg) {
                  s->repl ? (double)ps_repl_waiting(s->repl) : 0.0);
   ps_metrics_put(m, "ps_server_replicated_changes_total", PS_METRIC_COUNTER,
                  "Changes replayed as a backup.", (double)st->replicated);
+  ps_metrics_put(m, "ps_server_held_acks_total", PS_METRIC_COUNTER,
+                 "Pushes told they wait for their BSP step to be replicated "
+                 "(Ack.held).",
+                 (double)st->held_acks);
   ps_metrics_put(m, "ps_server_duplicate_pushes_total", PS_METRIC_COUNTER,
                  "Resent pushes recognised as applied already: acked, not "
                  "applied again.",

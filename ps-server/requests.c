@@ -390,11 +390,12 @@ int ps__server_sender_is(ps_server_t *s, ps_msg_t *m, int role) {
 }
 
 /* Answers a push on route: the Ack carries the server clock after it. */
-void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
-                          uint64_t clock, int duplicate) {
+static void send_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                     uint64_t clock, int duplicate, int held) {
   Ps__Ack ack = PS__ACK__INIT;
   ack.clock = clock;
   ack.duplicate = duplicate != 0;
+  ack.held = held != 0;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
@@ -405,6 +406,16 @@ void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
   if (s->data == NULL ||
       ps_msg_send(ps_zsock_socket(s->data), route, &env, NULL, 0) != PS_OK)
     s->stats.send_failures++;
+}
+
+void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
+                          uint64_t clock, int duplicate) {
+  send_ack(s, route, request_id, clock, duplicate, 0);
+}
+
+static void reply_held_ack(ps_server_t *s, zmq_msg_t *route,
+                           uint64_t request_id, uint64_t clock) {
+  send_ack(s, route, request_id, clock, 0, 1);
 }
 
 /* ---- push and pull in one round trip (issue #15) ----
@@ -723,6 +734,12 @@ static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
       else
         ps__server_reply_ack(s, &m->route, m->request_id,
                              ps_shard_clock(r->shard), 0);
+    } else if (!applied &&
+               ps_shard_contributed(r->shard, worker) < r->end - r->begin) {
+      /* The worker owes the step more pieces of this range, which may
+       * wait behind this one in its window (proto Ack.held). */
+      s->stats.held_acks++;
+      reply_held_ack(s, &m->route, m->request_id, ps_shard_clock(r->shard));
     }
     return;
   }

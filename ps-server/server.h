@@ -98,6 +98,7 @@ typedef struct {
   uint64_t nonfinite_pushes;     /* pushes holding NaN or Inf */
   uint64_t inflight_refused;     /* requests over a peer's cap in flight */
   uint64_t replicated;           /* changes replayed as a backup */
+  uint64_t held_acks; /* pushes told they wait for their step (Ack.held) */
   uint64_t snapshots_in;         /* ranges received whole as a new backup */
   /* Bytes by body case: requests received, replies and errors sent. */
   uint64_t bytes_in_by[PS_SERVER_NBODY];

@@ -1059,6 +1059,12 @@ int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
   return PS_OK;
 }
 
+uint64_t ps_shard_contributed(const ps_shard_t *s, uint32_t worker) {
+  for (size_t i = 0; i < s->ncontrib; i++)
+    if (s->contrib[i].worker == worker) return s->contrib[i].received;
+  return 0;
+}
+
 int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
                            size_t n) {
   ps_shard_live_t *copy;

@@ -323,6 +323,10 @@ int ps_shard_set_live_workers(ps_shard_t *s, const uint32_t *live, size_t n,
  * kept, for a worker listed twice (or, here, an id above UINT32_MAX). */
 int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
                       int *applied);
+/* BSP: values of the range worker pushed for the current step (0 in
+ * ASP). */
+uint64_t ps_shard_contributed(const ps_shard_t *s, uint32_t worker);
+
 /* See ps_shard_follow_step. */
 int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
                            size_t n);

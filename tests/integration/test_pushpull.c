@@ -8,8 +8,10 @@
  * gradients in, nothing twice), cut into more chunks per server than the
  * window holds (the servers ack a push-pull whose step waits, which frees
  * its slot: else the step would wait for pieces the full window holds
- * back), whole or as two calls in flight. At one step the second worker is
- * late; the first's acked push-pulls wait like pulls and are not resent
+ * back), whole or as two calls in flight; every third step is a plain
+ * push and a pull instead (the servers' Ack.held frees a push's slot while
+ * its step waits for the worker's next pieces). At one step the second worker
+ * is late; the first's acked push-pulls wait like pulls and are not resent
  * (resend_ms is short): no duplicates.
  *
  * Duplicates (a resend with the same seq gets the weights, applied once):
@@ -86,7 +88,13 @@ static int bsp_worker(const char *sched_ep, int rank) {
     }
     if (rank == 1 && step == LATE_STEP) h_sleep_ms(LATE_MS);
     memset(out, 0xff, KEYS * sizeof(float)); /* NaN: no stale value passes */
-    if (step % 2 == 0) {
+    if (step % 3 == 2) {
+      /* A plain push, as many pieces per server: with replication per
+       * step its acks wait for the step, which waits for the pieces behind
+       * it in the window, so the servers say Ack.held to free the slots. */
+      ok = ps_client_push(c, 0, KEYS, g, (uint64_t)step) == PS_OK &&
+           ps_client_pull(c, 0, KEYS, out, (uint64_t)step + 1) == PS_OK;
+    } else if (step % 2 == 0) {
       ok = ps_client_pushpull(c, 0, KEYS, g, (uint64_t)step, out) == PS_OK;
     } else {
       /* Two calls in flight, as the trainer's layered push-pulls. */

@@ -526,11 +526,13 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
     if (k->slots[j].request_id != m->request_id) continue;
     op = k->slots[j].op;
     pi = k->slots[j].piece;
-    if (status == PS_OK && op->pushpull && !k->slots[j].acked &&
-        m->env->body_case == PS__ENVELOPE__BODY_ACK) {
-      /* The push is on every copy and the weights wait for the step: the
-       * slot leaves the window (other pieces must reach the servers for
-       * the step to complete) and the resend timer. */
+    if (status == PS_OK && !k->slots[j].acked &&
+        m->env->body_case == PS__ENVELOPE__BODY_ACK &&
+        (op->pushpull || (op->is_push && m->env->ack->held))) {
+      /* The push is on every copy and the weights wait for the step (a
+       * push-pull), or the push waits for its step to be replicated
+       * (Ack.held): the slot leaves the window (other pieces must reach
+       * the servers for the step to complete) and the resend timer. */
       k->slots[j].acked = 1;
       k->acked++;
       if (m->env->ack->duplicate) c->duplicate_acks++;
