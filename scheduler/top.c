@@ -126,11 +126,22 @@ double ps_top_metric_sum(const char *text, const char *name,
   return found ? sum : NAN;
 }
 
+/* a + b, either of them missing (NAN) counting as nothing. */
+static double sum_found(double a, double b) {
+  if (isnan(a)) return b;
+  return isnan(b) ? a : a + b;
+}
+
 static void figures_read(top_figures_t *f, const char *page) {
-  f->pushes = ps_top_metric_sum(page, "ps_server_requests_total",
-                                "type=\"push\"");
-  f->pulls = ps_top_metric_sum(page, "ps_server_requests_total",
-                               "type=\"pull\"");
+  /* A push-pull (ps-worker's default) is a push and a pull. */
+  double fused =
+      ps_top_metric_sum(page, "ps_server_requests_total", "type=\"push_pull\"");
+  f->pushes = sum_found(
+      ps_top_metric_sum(page, "ps_server_requests_total", "type=\"push\""),
+      fused);
+  f->pulls = sum_found(
+      ps_top_metric_sum(page, "ps_server_requests_total", "type=\"pull\""),
+      fused);
   f->bytes_in = ps_top_metric_sum(page, "ps_server_received_bytes_total", NULL);
   f->steps = ps_top_metric_sum(page, "ps_worker_steps_total", NULL);
   f->samples = ps_top_metric_sum(page, "ps_worker_samples_total", NULL);

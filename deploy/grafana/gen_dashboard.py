@@ -118,7 +118,7 @@ ts("Bytes received", [
 ], 0, w=8, unit="Bps")
 ts("Requests", [
     ('sum by (instance, type) (rate(ps_server_requests_total'
-     '{type=~"push|pull|replicate"}[1m]))', "{{instance}} {{type}}"),
+     '{type=~"push|pull|push_pull|replicate"}[1m]))', "{{instance}} {{type}}"),
 ], 8, w=8, unit="reqps")
 ts("Errors", [
     ("sum by (instance, code) (rate(ps_server_errors_total[1m])) > 0",

@@ -78,8 +78,12 @@ START_TEST(test_every_daemon_exports) {
       ck_assert(h_metric(body, "ps_scheduler_ranges{state=\"ok\"}") == 2);
       ck_assert(h_metric(body, "ps_scheduler_job_running") == 1);
     } else if (i <= 2) {
+      /* ps-worker pushes in push-pulls by default (--push-pull fused). */
       ck_assert_msg(
-          h_metric(body, "ps_server_requests_total{type=\"push\"}") > 0,
+          h_metric(body, "ps_server_requests_total{type=\"push\"}") +
+                  h_metric(body,
+                           "ps_server_requests_total{type=\"push_pull\"}") >
+              0,
           "%s served no push", names[i]);
       ck_assert(h_metric(body, "ps_server_ranges{role=\"primary\"}") == 1);
       ck_assert(h_metric(body, "ps_server_ranges{role=\"backup\"}") == 1);

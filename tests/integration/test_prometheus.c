@@ -92,7 +92,7 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
                 "Prometheus sees %g of 5 targets up", v);
   ck_assert_msg(h_prom_wait_ge(port,
                                "sum(rate(ps_server_requests_total"
-                               "{type=\"push\"}[5s]))",
+                               "{type=~\"push|push_pull\"}[5s]))",
                                1, 30000, &v),
                 "push rate %g/s while training", v);
   ck_assert_msg(h_prom_wait_ge(port, "sum(rate(ps_worker_samples_total[5s]))",
@@ -141,8 +141,9 @@ START_TEST(test_prometheus_scrapes_a_training_cluster) {
       "down server targets: %g", v);
   /* Training goes on at the survivor, now the primary of both ranges. */
   ck_assert_msg(h_prom_wait_ge(port,
-                               "sum(increase(ps_server_requests_total{type="
-                               "\"push\",job=\"ps-server\"}[3s]) and on "
+                               "sum(increase(ps_server_requests_total{type=~"
+                               "\"push|push_pull\",job=\"ps-server\"}[3s]) "
+                               "and on "
                                "(instance) ps_server_ranges{role=\"primary\"}"
                                " == 2)",
                                1, 30000, &v),
