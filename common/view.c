@@ -589,9 +589,17 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
     return NULL;
   }
   if (pb->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      pb->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+      pb->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      pb->mode != PS__CONSISTENCY_MODE__MODE_SSP) {
     ps_errf(err, errlen, PS_ERR_INVAL, "unknown consistency mode %d",
             (int)pb->mode);
+    return NULL;
+  }
+  if (pb->staleness > PS_SSP_STALENESS_MAX ||
+      (pb->staleness > 0 && pb->mode != PS__CONSISTENCY_MODE__MODE_SSP)) {
+    ps_errf(err, errlen, PS_ERR_INVAL,
+            "staleness %u: only ssp has one, from 0 to %d", pb->staleness,
+            PS_SSP_STALENESS_MAX);
     return NULL;
   }
   ps_view_t *v = calloc(1, sizeof(*v));
@@ -601,6 +609,7 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   }
   v->epoch = pb->epoch;
   v->mode = (int)pb->mode;
+  v->staleness = pb->staleness;
   v->live_workers = pb->live_workers;
   v->start_clock = pb->start_clock;
   v->replication = pb->replication ? pb->replication : 1;
