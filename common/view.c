@@ -672,8 +672,20 @@ _Static_assert(PS_LR_SCHEDULE_CONSTANT == PS__LR_SCHEDULE__LR_CONSTANT,
 _Static_assert(PS_LR_SCHEDULE_COSINE == PS__LR_SCHEDULE__LR_COSINE,
                "PS_LR_SCHEDULE_COSINE");
 
+_Static_assert(PS_MODE_BSP == PS__CONSISTENCY_MODE__MODE_BSP, "PS_MODE_BSP");
+_Static_assert(PS_MODE_ASP == PS__CONSISTENCY_MODE__MODE_ASP, "PS_MODE_ASP");
+_Static_assert(PS_MODE_SSP == PS__CONSISTENCY_MODE__MODE_SSP, "PS_MODE_SSP");
+
 uint64_t ps_view_epoch(const ps_view_t *v) {
   return v->epoch;
+}
+
+int ps_view_mode(const ps_view_t *v) {
+  return v->mode;
+}
+
+uint32_t ps_view_staleness(const ps_view_t *v) {
+  return v->staleness;
 }
 
 uint32_t ps_view_live_workers(const ps_view_t *v) {

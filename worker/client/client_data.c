@@ -593,6 +593,20 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
+    if (r->clock < op->reply_clock) op->reply_clock = r->clock;
+    if (r->clock < op->clock) {
+      uint64_t lag = op->clock - r->clock;
+      /* ASP promises no clock: only BSP and SSP have a bound, which the
+       * servers keep; a reply beyond it is worth a line. */
+      if (c->view->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+          lag > ps_view_staleness(c->view)) {
+        PS_WARN("pull_beyond_staleness",
+                "server=%u keys=%" PRIu64 "+%" PRIu64 " clock=%" PRIu64
+                " reply_clock=%" PRIu64 " staleness=%u",
+                k->server_id, p->key_begin, p->count, op->clock, r->clock,
+                ps_view_staleness(c->view));
+      }
+    }
     if (op->hold) {
       rc = ps__client_op_hold(c, op, p, m);
       if (rc != PS_OK) {
@@ -878,6 +892,7 @@ static int ps__client_start(ps_client_t *c, int is_push, int hold,
   op->key_begin = key_begin;
   op->count = count;
   op->clock = clock;
+  op->reply_clock = UINT64_MAX;
   op->values = values;
   op->out = out;
   op->timeout_ms = c->opts.timeout_ms;
@@ -956,6 +971,7 @@ int ps_client_wait(ps_client_t *c, uint64_t ticket) {
   if (op->is_push) ps__client_op_settle(c, op);
   int rc = op->status;
   if (rc != PS_OK) snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
+  if (rc == PS_OK && !op->is_push) c->last_pull_clock = op->reply_clock;
   ps__client_op_retire(c, op);
   return rc;
 }

@@ -119,6 +119,7 @@ typedef struct ps__op_s {
   uint64_t key_begin, count, clock;
   const float *values; /* push */
   float *out;          /* pull */
+  uint64_t reply_clock; /* pull: the lowest server clock of its replies */
   uint64_t deadline_ms;
   int timeout_ms;
   ps__piece_t *pieces;
@@ -239,6 +240,7 @@ struct ps_client_s {
   uint64_t last_clock;
   int done_sent;
   uint64_t duplicate_acks; /* pushes acked as already applied */
+  uint64_t last_pull_clock; /* ps_client_last_pull_clock */
   uint64_t resends;        /* pieces resent by the resend timer */
   char errmsg[PS__ERRMSG_MAX];
 };
