@@ -834,9 +834,9 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   e->snap_bytes = bytes;
   PS_INFO("snapshot_sent",
           "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu chunks=%u "
-          "workers=%zu sparse_rows=%llu",
+          "workers=%zu sparse_rows=%llu steps_ahead=%zu",
           (unsigned long long)begin, (unsigned long long)end, backup,
           (unsigned long long)st.clock, (unsigned long long)bytes, nchunks,
-          ndedup, (unsigned long long)nrows);
+          ndedup, (unsigned long long)nrows, st.npending);
   return rc;
 }

@@ -821,7 +821,8 @@ int main(int argc, char **argv) {
       .summary =
           "Ask the scheduler of a parameter-server job. Commands: "
           "status (nodes and what they hold, key ranges with their primary, "
-          "backups and state, epoch, checkpoints), health (exit 0 "
+          "backups and state, epoch, consistency mode (ssp: with its "
+          "staleness), checkpoints), health (exit 0 "
           "if the scheduler answers in time, else 1), checkpoint (write "
           "one at the next step boundary and wait until it is complete), "
           "drain SERVER (move every range the server leads to a backup in "
@@ -837,8 +838,9 @@ int main(int argc, char **argv) {
           "stop (end the job: every node stops; needs an admin key), "
           "keygen --role R --out DIR [--name NAME] (write a CURVE key "
           "pair: NAME.key, secret, mode 0600, and NAME.pub).",
-      .usage = "[options] status|health|checkpoint|drain SERVER|top|stop|"
-               "keygen",
+      .usage =
+          "[options] status|health|checkpoint|drain SERVER|top|stop|"
+          "keygen",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
