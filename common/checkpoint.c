@@ -569,7 +569,8 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
     goto out;
   }
   if (mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+      mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      mode != PS__CONSISTENCY_MODE__MODE_SSP) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT, "%s: unknown consistency mode %u",
                  path, mode);
     goto out;
@@ -862,7 +863,8 @@ static int name_ok(const char *name) {
 static int manifest_check(const char *what, const ps_checkpoint_manifest_t *m,
                           char *err, size_t errlen) {
   if (m->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      m->mode != PS__CONSISTENCY_MODE__MODE_ASP)
+      m->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      m->mode != PS__CONSISTENCY_MODE__MODE_SSP)
     return ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: unknown consistency mode %d", what, m->mode);
   if (m->model.ntensors == 0 || m->model.total == 0)
@@ -892,7 +894,7 @@ static int manifest_check(const char *what, const ps_checkpoint_manifest_t *m,
           "from key %llu: the shards must tile the key space",
           what, f->file, (unsigned long long)f->begin,
           (unsigned long long)f->end, (unsigned long long)expect);
-    if (m->mode == PS__CONSISTENCY_MODE__MODE_BSP && f->clock != m->step)
+    if (m->mode != PS__CONSISTENCY_MODE__MODE_ASP && f->clock != m->step)
       return ps_errf(err, errlen, PS_ERR_FORMAT,
                      "%s: shard %s is at clock %llu, the checkpoint's step is "
                      "%llu",

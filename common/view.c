@@ -589,9 +589,17 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
     return NULL;
   }
   if (pb->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      pb->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+      pb->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      pb->mode != PS__CONSISTENCY_MODE__MODE_SSP) {
     ps_errf(err, errlen, PS_ERR_INVAL, "unknown consistency mode %d",
             (int)pb->mode);
+    return NULL;
+  }
+  if (pb->staleness > PS_SSP_STALENESS_MAX ||
+      (pb->staleness > 0 && pb->mode != PS__CONSISTENCY_MODE__MODE_SSP)) {
+    ps_errf(err, errlen, PS_ERR_INVAL,
+            "staleness %u: only ssp has one, from 0 to %d", pb->staleness,
+            PS_SSP_STALENESS_MAX);
     return NULL;
   }
   ps_view_t *v = calloc(1, sizeof(*v));
@@ -601,6 +609,7 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
   }
   v->epoch = pb->epoch;
   v->mode = (int)pb->mode;
+  v->staleness = pb->staleness;
   v->live_workers = pb->live_workers;
   v->start_clock = pb->start_clock;
   v->replication = pb->replication ? pb->replication : 1;
@@ -663,8 +672,20 @@ _Static_assert(PS_LR_SCHEDULE_CONSTANT == PS__LR_SCHEDULE__LR_CONSTANT,
 _Static_assert(PS_LR_SCHEDULE_COSINE == PS__LR_SCHEDULE__LR_COSINE,
                "PS_LR_SCHEDULE_COSINE");
 
+_Static_assert(PS_MODE_BSP == PS__CONSISTENCY_MODE__MODE_BSP, "PS_MODE_BSP");
+_Static_assert(PS_MODE_ASP == PS__CONSISTENCY_MODE__MODE_ASP, "PS_MODE_ASP");
+_Static_assert(PS_MODE_SSP == PS__CONSISTENCY_MODE__MODE_SSP, "PS_MODE_SSP");
+
 uint64_t ps_view_epoch(const ps_view_t *v) {
   return v->epoch;
+}
+
+int ps_view_mode(const ps_view_t *v) {
+  return v->mode;
+}
+
+uint32_t ps_view_staleness(const ps_view_t *v) {
+  return v->staleness;
 }
 
 uint32_t ps_view_live_workers(const ps_view_t *v) {

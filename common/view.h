@@ -63,9 +63,14 @@ typedef struct {
   char curve_key[PS_KEY_Z85_LEN + 1];
 } ps_node_t;
 
+/* The largest SSP staleness bound: a server keeps staleness + 1 gradient
+ * sums of each range it holds. */
+#define PS_SSP_STALENESS_MAX 64
+
 struct ps_view_s {
   uint64_t epoch;
   int mode; /* PS__CONSISTENCY_MODE__* */
+  uint32_t staleness; /* MODE_SSP's bound; 0 otherwise */
   uint32_t live_workers;
   size_t nnodes;
   ps_node_t *nodes;

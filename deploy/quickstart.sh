@@ -5,7 +5,7 @@
 # process behind (also on Ctrl-C).
 #
 #   ./deploy/quickstart.sh [--epochs N] [--servers N] [--workers N]
-#                          [--mode bsp|asp] [--batch-size B] [--replication N]
+#                          [--mode bsp|asp|ssp] [--batch-size B] [--replication N]
 #                          [--no-baseline] [--metrics]
 #
 # --metrics: every daemon serves /metrics and /healthz on the ports that
@@ -46,7 +46,7 @@ done
 for v in EPOCHS SERVERS WORKERS BATCH REPLICATION; do
   case "${!v}" in ''|*[!0-9]*|0) echo "quickstart: --${v,,} must be a positive integer, got '${!v}'" >&2; exit 2 ;; esac
 done
-case "$MODE" in bsp|asp) ;; *) echo "quickstart: --mode must be bsp or asp, got '$MODE'" >&2; exit 2 ;; esac
+case "$MODE" in bsp|asp|ssp) ;; *) echo "quickstart: --mode must be bsp, asp or ssp (staleness 3), got '$MODE'" >&2; exit 2 ;; esac
 
 ./deploy/install-deps.sh
 echo "== build =="

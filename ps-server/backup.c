@@ -285,8 +285,14 @@ struct snap_in_s {
   size_t nopt_steps;
   ps_shard_live_t *live;
   size_t nlive;
-  ps_shard_contrib_t *contrib;
+  ps_shard_contrib_t *contrib; /* every step's; the current one's first */
   size_t ncontrib;
+  /* SSP: the sums of the steps after the current one (ReplicaSnapshot
+   * pending_*): pending[i].acc points into acc_ahead[i], its contrib into
+   * contrib. */
+  ps_shard_pending_t pending[PS_SSP_STALENESS_MAX];
+  float *acc_ahead[PS_SSP_STALENESS_MAX];
+  size_t npending;
   ps_dedup_record_t *dedup;
   ps_sparse_table_t **sparse; /* filled by the SNAP_SPARSE_* chunks */
   size_t nsparse;
@@ -299,6 +305,7 @@ void ps__server_snap_in_free(snap_in_t **in_p) {
   free(in->state);
   free(in->opt_steps);
   free(in->acc);
+  for (size_t i = 0; i < in->npending; i++) free(in->acc_ahead[i]);
   free(in->live);
   free(in->contrib);
   free(in->dedup);
@@ -334,8 +341,28 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
                       p->state_slots, PS_OPTIMIZER_SLOTS_MAX);
     return;
   }
-  ps__server_snap_in_free(&r->incoming);
   uint64_t len = p->range_end - p->range_begin;
+  size_t npending = p->n_pending_lo;
+  uint64_t ahead_contrib = 0;
+  int bad = p->n_pending_hi != npending || p->n_pending_ncontrib != npending ||
+            npending > s->view->staleness;
+  for (size_t i = 0; !bad && i < npending; i++) {
+    bad = p->pending_lo[i] > p->pending_hi[i] || p->pending_hi[i] > len;
+    ahead_contrib += p->pending_ncontrib[i];
+  }
+  if (bad || ahead_contrib > p->ncontrib) {
+    ps__server_refuse(s, m, PS_ERR_PROTO,
+                      "snapshot of [%llu,%llu) with %zu later steps' sums "
+                      "(staleness %u): lists of different lengths, too many, "
+                      "an interval outside the range or more contributions "
+                      "than the %u of the frame",
+                      (unsigned long long)p->range_begin,
+                      (unsigned long long)p->range_end, npending,
+                      s->view->staleness, p->ncontrib);
+    return;
+  }
+  ps__server_snap_in_free(&r->incoming);
+  int ahead_ok = 1;
   snap_in_t *in = calloc(1, sizeof(*in));
   if (in != NULL) {
     in->request_id = m->request_id;
@@ -346,7 +373,8 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->acc_hi = p->acc_hi;
     in->ndedup = p->ndedup;
     in->nlive = p->nlive;
-    in->ncontrib = p->ncontrib;
+    in->ncontrib = p->ncontrib - ahead_contrib; /* the current step's */
+    in->npending = npending;
     in->weights = malloc(len * sizeof(float));
     in->state_slots = (int)p->state_slots;
     in->state =
@@ -359,6 +387,18 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
     in->live = frame_dup(&m->payload[0], zmq_msg_size(&m->payload[0]));
     in->contrib = frame_dup(&m->payload[1], zmq_msg_size(&m->payload[1]));
     in->dedup = frame_dup(&m->payload[2], dbytes);
+    size_t k = in->ncontrib;
+    for (size_t i = 0; i < npending; i++) {
+      ps_shard_pending_t *pd = &in->pending[i];
+      pd->acc_lo = p->pending_lo[i];
+      pd->acc_hi = p->pending_hi[i];
+      in->acc_ahead[i] = malloc((pd->acc_hi - pd->acc_lo) * sizeof(float) + 1);
+      if (in->acc_ahead[i] == NULL) ahead_ok = 0;
+      pd->acc = in->acc_ahead[i];
+      pd->contrib = in->contrib ? in->contrib + k : NULL;
+      pd->ncontrib = p->pending_ncontrib[i];
+      k += pd->ncontrib;
+    }
     in->bytes =
         zmq_msg_size(&m->payload[0]) + zmq_msg_size(&m->payload[1]) + dbytes;
     in->nsparse = s->view->model.nsparse;
@@ -366,7 +406,7 @@ void ps__server_handle_snapshot(ps_server_t *s, ps_msg_t *m) {
   }
   if (in == NULL || in->weights == NULL ||
       (p->state_slots && in->state == NULL) || in->opt_steps == NULL ||
-      in->acc == NULL || in->live == NULL || in->contrib == NULL ||
+      in->acc == NULL || !ahead_ok || in->live == NULL || in->contrib == NULL ||
       in->dedup == NULL || in->sparse == NULL) {
     ps__server_snap_in_free(&in);
     ps__server_refuse(s, m, PS_ERR_NOMEM,
@@ -384,8 +424,9 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
                         size_t whylen) {
   snap_in_t *in = r->incoming;
   int rc = PS_OK;
-  ps_shard_t *shard = ps_shard_new(r->begin, r->end, &s->view->model,
-                                   s->view->mode, NULL, 0, &rc, why, whylen);
+  ps_shard_t *shard =
+      ps_shard_new_ssp(r->begin, r->end, &s->view->model, s->view->mode,
+                       s->view->staleness, NULL, 0, &rc, why, whylen);
   ps_dedup_t *dedup = ps_dedup_new();
   if (shard == NULL || dedup == NULL) {
     if (shard != NULL) snprintf(why, whylen, "out of memory");
@@ -407,6 +448,8 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
       .nlive = in->nlive,
       .contrib = in->contrib,
       .ncontrib = in->ncontrib,
+      .pending = in->npending ? in->pending : NULL,
+      .npending = in->npending,
   };
   rc = ps_shard_import(shard, &st, why, whylen);
   if (rc == PS_OK) {
@@ -514,10 +557,16 @@ void ps__server_handle_chunk(ps_server_t *s, ps_msg_t *m) {
   if (p->array == PS__SNAPSHOT_ARRAY__SNAP_STATE) {
     dst = in->state;
     hi = len * (uint64_t)in->state_slots;
-  } else if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SUM) {
+  } else if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SUM && p->step_ahead == 0) {
     lo = in->acc_lo;
     hi = in->acc_hi;
     dst = in->acc; /* holds range offsets [acc_lo, acc_hi) */
+  } else if (p->array == PS__SNAPSHOT_ARRAY__SNAP_SUM) {
+    /* SSP: a later step's sum; NULL (refused) when not announced. */
+    size_t i = p->step_ahead - 1;
+    dst = i < in->npending ? in->acc_ahead[i] : NULL;
+    lo = i < in->npending ? in->pending[i].acc_lo : 0;
+    hi = i < in->npending ? in->pending[i].acc_hi : 0;
   } else if (p->array != PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS) {
     dst = NULL;
   }

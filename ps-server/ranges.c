@@ -302,8 +302,8 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
     int from_init =
         r->shard == NULL && (primary || !ps_range_backup_syncing(vr, me));
     if (from_init) {
-      r->shard = ps_shard_new(vr->begin, vr->end, &view->model, view->mode,
-                              NULL, 0, &rc, err, errlen);
+      r->shard = ps_shard_new_ssp(vr->begin, vr->end, &view->model, view->mode,
+                                  view->staleness, NULL, 0, &rc, err, errlen);
       if (r->shard == NULL) break;
       ps__server_sparse_free_tables(&r->sparse, r->nsparse);
       r->nsparse = view->model.nsparse;

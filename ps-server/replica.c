@@ -828,21 +828,50 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   ps_shard_state_t st;
   ps_shard_export_state(shard, &st);
 
-  /* The arrays, and how many chunk messages they take. */
+  /* The arrays, and how many chunk messages they take: the weights, the
+   * optimizer state, the current step's sum, and (SSP) the later steps'. */
   struct {
     int array;
     const float *src; /* range offset 0; NULL: the weights' versions */
     uint64_t lo, hi;
-  } arrays[3] = {
-      {PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, NULL, 0, len},
+    uint32_t step_ahead;
+  } arrays[3 + PS_SSP_STALENESS_MAX] = {
+      {PS__SNAPSHOT_ARRAY__SNAP_WEIGHTS, NULL, 0, len, 0},
       {PS__SNAPSHOT_ARRAY__SNAP_STATE, st.state, 0,
-       st.state ? len * (uint64_t)st.state_slots : 0},
+       st.state ? len * (uint64_t)st.state_slots : 0, 0},
       {PS__SNAPSHOT_ARRAY__SNAP_SUM, st.acc ? st.acc - st.acc_lo : NULL,
-       st.acc_lo, st.acc_hi},
+       st.acc_lo, st.acc_hi, 0},
   };
+  int narrays = 3;
+  uint64_t pending_lo[PS_SSP_STALENESS_MAX], pending_hi[PS_SSP_STALENESS_MAX];
+  uint32_t pending_ncontrib[PS_SSP_STALENESS_MAX];
+  /* Every step's contributions in one frame, the current step's first. */
+  size_t ncontrib = st.ncontrib;
+  for (size_t i = 0; i < st.npending; i++) {
+    const ps_shard_pending_t *pd = &st.pending[i];
+    arrays[narrays].array = PS__SNAPSHOT_ARRAY__SNAP_SUM;
+    arrays[narrays].src = pd->acc ? pd->acc - pd->acc_lo : NULL;
+    arrays[narrays].lo = pd->acc_lo;
+    arrays[narrays].hi = pd->acc_hi;
+    arrays[narrays].step_ahead = (uint32_t)i + 1;
+    narrays++;
+    pending_lo[i] = pd->acc_lo;
+    pending_hi[i] = pd->acc_hi;
+    pending_ncontrib[i] = (uint32_t)pd->ncontrib;
+    ncontrib += pd->ncontrib;
+  }
+  ps_shard_contrib_t *contrib = calloc(ncontrib + 1, sizeof(*contrib));
+  if (contrib == NULL) return PS_ERR_NOMEM;
+  if (st.ncontrib) memcpy(contrib, st.contrib, st.ncontrib * sizeof(*contrib));
+  for (size_t i = 0, k = st.ncontrib; i < st.npending; i++) {
+    if (st.pending[i].ncontrib)
+      memcpy(contrib + k, st.pending[i].contrib,
+             st.pending[i].ncontrib * sizeof(*contrib));
+    k += st.pending[i].ncontrib;
+  }
   const uint64_t per_msg = (uint64_t)PS_MAX_PAYLOAD_FRAMES * CHUNK_FRAME_KEYS;
   uint32_t nchunks = 0;
-  for (int a = 0; a < 3; a++) {
+  for (int a = 0; a < narrays; a++) {
     /* Weights chunks follow the blocks, so count them the same way. */
     uint64_t lo = arrays[a].lo, hi = arrays[a].hi;
     while (lo < hi) {
@@ -859,14 +888,18 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
 
   size_t ndedup = ps_dedup_count(dedup);
   ps_dedup_record_t *recs = calloc(ndedup + 1, sizeof(*recs));
-  if (recs == NULL) return PS_ERR_NOMEM;
+  if (recs == NULL) {
+    free(contrib);
+    return PS_ERR_NOMEM;
+  }
   ps_dedup_export(dedup, recs);
   zmq_msg_t f[PS_MAX_PAYLOAD_FRAMES];
   int rc = frame_copy(&f[0], st.live, st.nlive * sizeof(*st.live));
   if (rc == PS_OK)
-    rc = frame_copy(&f[1], st.contrib, st.ncontrib * sizeof(*st.contrib));
+    rc = frame_copy(&f[1], contrib, ncontrib * sizeof(*contrib));
   else
     zmq_msg_init(&f[1]);
+  free(contrib);
   if (rc == PS_OK)
     rc = frame_copy(&f[2], recs, ndedup * sizeof(*recs));
   else
@@ -894,7 +927,11 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   snap.acc_lo = st.acc_lo;
   snap.acc_hi = st.acc_hi;
   snap.nlive = (uint32_t)st.nlive;
-  snap.ncontrib = (uint32_t)st.ncontrib;
+  snap.ncontrib = (uint32_t)ncontrib;
+  snap.n_pending_lo = snap.n_pending_hi = snap.n_pending_ncontrib = st.npending;
+  snap.pending_lo = pending_lo;
+  snap.pending_hi = pending_hi;
+  snap.pending_ncontrib = pending_ncontrib;
   snap.ndedup = (uint32_t)ndedup;
   snap.nchunks = nchunks;
   Ps__Envelope env;
@@ -908,7 +945,7 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
 
   /* All in this one turn of the loop, so every change after the snapshot
    * follows its last chunk on the connection. */
-  for (int a = 0; a < 3 && rc == PS_OK; a++) {
+  for (int a = 0; a < narrays && rc == PS_OK; a++) {
     uint64_t off = arrays[a].lo;
     while (off < arrays[a].hi) {
       uint64_t stop = (off / per_msg + 1) * per_msg;
@@ -928,6 +965,7 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
       ch.array = arrays[a].array;
       ch.offset = off;
       ch.count = count;
+      ch.step_ahead = arrays[a].step_ahead;
       envelope_init(r, &env, id);
       env.body_case = PS__ENVELOPE__BODY_REPLICA_CHUNK;
       env.replica_chunk = &ch;
@@ -957,9 +995,9 @@ int ps_repl_snapshot(ps_repl_t *r, uint32_t backup, ps_shard_t *shard,
   e->snap_bytes = bytes;
   PS_INFO("snapshot_sent",
           "range=[%llu,%llu) backup=%u clock=%llu bytes=%llu chunks=%u "
-          "workers=%zu sparse_rows=%llu",
+          "workers=%zu sparse_rows=%llu steps_ahead=%zu",
           (unsigned long long)begin, (unsigned long long)end, backup,
           (unsigned long long)st.clock, (unsigned long long)bytes, nchunks,
-          ndedup, (unsigned long long)nrows);
+          ndedup, (unsigned long long)nrows, st.npending);
   return rc;
 }

@@ -221,7 +221,8 @@ static void parked_free(ps_server_t *s, parked_pull_t *p) {
 
 /* Answers the parked pulls of r whose step the shard has reached. */
 static void serve_parked(ps_server_t *s, owned_range_t *r) {
-  uint64_t clock = ps_shard_clock(r->shard);
+  /* SSP: a pull at worker clock c is served from clock c - S on. */
+  uint64_t clock = ps_shard_clock(r->shard) + ps_shard_staleness(r->shard);
   parked_pull_t **pp = &r->parked;
   while (*pp) {
     parked_pull_t *p = *pp;
@@ -302,23 +303,27 @@ void ps__server_flush_step(ps_server_t *s, owned_range_t *r) {
 }
 
 void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
-  /* The backups first: the step's acks wait for them. */
+  /* The backups first: the step's acks wait for them (BSP only). */
   ps__server_flush_step(s, r);
-  s->stats.applies++;
-  /* With the dense step, before anyone (a checkpoint, a parked pull) sees
-   * the range at the new clock. */
-  sparse_step_applied(s, r);
-  /* First: a checkpoint waiting for this clock copies the shard before a
-   * reply or another apply can follow. */
-  if (s->saver)
-    ps_saver_shard_applied(s->saver, r->shard, r->sparse,
-                           r->sparse ? r->nsparse : 0);
-  PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
-           (unsigned long long)ps_shard_begin(r->shard),
-           (unsigned long long)ps_shard_end(r->shard),
-           ps__server_mode_name(ps_shard_mode(r->shard)),
-           (unsigned long long)ps_shard_clock(r->shard));
-  serve_parked(s, r);
+  /* SSP: the steps after it that every worker pushed already follow, one
+   * at a time, so that a checkpoint sees each clock. */
+  do {
+    s->stats.applies++;
+    /* With the dense step, before anyone (a checkpoint, a parked pull) sees
+     * the range at the new clock. */
+    sparse_step_applied(s, r);
+    /* First: a checkpoint waiting for this clock copies the shard before a
+     * reply or another apply can follow. */
+    if (s->saver)
+      ps_saver_shard_applied(s->saver, r->shard, r->sparse,
+                             r->sparse ? r->nsparse : 0);
+    PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
+             (unsigned long long)ps_shard_begin(r->shard),
+             (unsigned long long)ps_shard_end(r->shard),
+             ps__server_mode_name(ps_shard_mode(r->shard)),
+             (unsigned long long)ps_shard_clock(r->shard));
+    serve_parked(s, r);
+  } while (ps_shard_apply_ready(r->shard));
   ps__server_report_clock(s);
 }
 
@@ -471,8 +476,11 @@ static void pushpull_finish(ps_server_t *s, pushpull_t *pp, int status,
         s->node_id, (unsigned long long)ps__server_view_epoch(s));
   } else {
     if (duplicate) s->stats.duplicate_pushes++;
-    if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
-        pp->pull_clock > ps_shard_clock(r->shard)) {
+    /* The pull's rule (ps__server_handle_pull): BSP waits for the step,
+     * SSP for the step - staleness. */
+    if (ps_shard_mode(r->shard) != PS__CONSISTENCY_MODE__MODE_ASP &&
+        pp->pull_clock >
+            ps_shard_clock(r->shard) + ps_shard_staleness(r->shard)) {
       /* The step waits for other pushes, maybe this worker's own next
        * pieces, which its window may hold back until this one is
        * answered: the push is acked now (Ack, same request id), and the
@@ -796,8 +804,9 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
   owned_range_t *r = find_range(s, m, p->key_begin, p->count);
   if (r == NULL) return;
 
-  if (ps_shard_mode(r->shard) == PS__CONSISTENCY_MODE__MODE_BSP &&
-      p->clock > ps_shard_clock(r->shard)) {
+  /* BSP: the pull waits for its step; SSP: for its step - staleness. */
+  if (ps_shard_mode(r->shard) != PS__CONSISTENCY_MODE__MODE_ASP &&
+      p->clock > ps_shard_clock(r->shard) + ps_shard_staleness(r->shard)) {
     if (s->stats.parked_pulls >= PARKED_PULLS_MAX) {
       ps__server_refuse(
           s, m, PS_ERR_REFUSED,

@@ -418,7 +418,8 @@ void ps_saver_request(ps_saver_t *sv, const Ps__CheckpointRequest *req,
     if (c > hi) hi = c;
   }
   if (ctx->nshards == 0) lo = hi = req->step;
-  int bsp = j->mode == PS__CONSISTENCY_MODE__MODE_BSP;
+  /* BSP and SSP: each shard is written at exactly the step. */
+  int bsp = j->mode != PS__CONSISTENCY_MODE__MODE_ASP;
   if (bsp && hi > req->step) {
     char why[128];
     snprintf(why, sizeof(why), "the server is at step %llu, past step %llu",

@@ -32,7 +32,9 @@
 #define WARN_INTERVAL_MS 1000
 
 const char *ps__server_mode_name(int mode) {
-  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP   ? "asp"
+         : mode == PS__CONSISTENCY_MODE__MODE_SSP ? "ssp"
+                                                  : "bsp";
 }
 
 uint64_t ps__server_view_epoch(const ps_server_t *s) {
@@ -378,7 +380,8 @@ static void on_shutdown(ps_member_t *m, int status, const char *reason,
 }
 
 static int same_model(const ps_view_t *a, const ps_view_t *b) {
-  return a->mode == b->mode && ps_model_equal(&a->model, &b->model);
+  return a->mode == b->mode && a->staleness == b->staleness &&
+         ps_model_equal(&a->model, &b->model);
 }
 
 /* ---- checkpoints (issue #4) ---- */

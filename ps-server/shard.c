@@ -26,9 +26,30 @@ struct ps_shard_version_s {
   float *data;  /* SHARD_ALIGN-aligned, right after the header */
 };
 
+/* The sum of one step's gradients and who contributed to it. */
+typedef struct {
+  float *acc;
+  /* The part of acc that holds this step's sum; the rest is stale. Keeping
+   * the interval instead of zeroing acc after each step lets the first
+   * contribution be copied in, saving a pass over the range per step. */
+  uint64_t acc_lo, acc_hi;
+  uint64_t received; /* values received for the step */
+  /* Who pushed what this step. A handful to a few hundred workers: a linear
+   * scan costs less than the push's pass over its values. */
+  ps_shard_contrib_t *contrib;
+  size_t ncontrib, contrib_cap;
+} step_sum_t;
+
 struct ps_shard_s {
   uint64_t begin, end, len;
   int mode;
+  /* BSP and SSP: one sum per step a push may be for, a ring indexed by
+   * step % nsums: steps [clock, clock + staleness], so nsums is staleness
+   * + 1 (BSP: 1, staleness 0). ASP: none. */
+  uint32_t staleness;
+  step_sum_t *sums;
+  uint32_t nsums;
+  ps_shard_pending_t *pending_out; /* ps_shard_export_state's, staleness */
   ps_shard_live_t *live; /* sorted by worker */
   size_t nlive;
   /* The range's pieces of the model's tensors, in key order, each with its
@@ -49,16 +70,6 @@ struct ps_shard_s {
   size_t nspare, spare_cap;
   float *gather;   /* ps_shard_weights' copy, allocated on first use */
   float *state;    /* slots planes of len floats; NULL when slots is 0 */
-  float *acc;      /* BSP only */
-  /* The part of acc that holds this step's sum; the rest is stale. Keeping
-   * the interval instead of zeroing acc after each step lets the first
-   * contribution be copied in, saving a pass over the range per step. */
-  uint64_t acc_lo, acc_hi;
-  uint64_t received; /* values received for the current BSP step */
-  /* Who pushed what this step. A handful to a few hundred workers: a linear
-   * scan costs less than the push's pass over its values. */
-  ps_shard_contrib_t *contrib;
-  size_t ncontrib, contrib_cap;
   uint64_t clock;
   float step_scale; /* what the last BSP step scaled its sum by */
   /* The step whose sum acc still holds whole (ps_shard_step_sum), or
@@ -130,15 +141,31 @@ static const ps_shard_live_t *find_live(const ps_shard_t *s, uint32_t worker) {
                   : NULL;
 }
 
-/* 1 if the current BSP step waits for l: a worker that joined a running
- * job is not waited for before its first step. */
-static int waited_for(const ps_shard_t *s, const ps_shard_live_t *l) {
-  return l->from_step <= s->clock;
+/* 1 if step waits for l: a worker that joined a running job is not
+ * waited for before its first step. */
+static int waited_for(const ps_shard_live_t *l, uint64_t step) {
+  return l->from_step <= step;
 }
 
-static ps_shard_contrib_t *find_contribution(ps_shard_t *s, uint32_t worker) {
-  for (size_t i = 0; i < s->ncontrib; i++)
-    if (s->contrib[i].worker == worker) return &s->contrib[i];
+/* The sum of step, which must be in [clock, clock + staleness]. */
+static step_sum_t *sum_of(const ps_shard_t *s, uint64_t step) {
+  return &s->sums[step % s->nsums];
+}
+
+/* The current step's sum (BSP and SSP only). */
+static step_sum_t *cur_sum(const ps_shard_t *s) {
+  return sum_of(s, s->clock);
+}
+
+static void sum_clear(step_sum_t *u) {
+  u->acc_lo = u->acc_hi = 0;
+  u->received = 0;
+  u->ncontrib = 0;
+}
+
+static ps_shard_contrib_t *find_contribution(step_sum_t *u, uint32_t worker) {
+  for (size_t i = 0; i < u->ncontrib; i++)
+    if (u->contrib[i].worker == worker) return &u->contrib[i];
   return NULL;
 }
 
@@ -319,6 +346,15 @@ static void run_range(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
 ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                          int mode, const uint32_t *live, size_t nlive, int *err,
                          char *errbuf, size_t errlen) {
+  return ps_shard_new_ssp(begin, end, model, mode, 0, live, nlive, err, errbuf,
+                          errlen);
+}
+
+ps_shard_t *ps_shard_new_ssp(uint64_t begin, uint64_t end,
+                             const ps_model_t *model, int mode,
+                             uint32_t staleness, const uint32_t *live,
+                             size_t nlive, int *err, char *errbuf,
+                             size_t errlen) {
   int dummy;
   if (err == NULL) err = &dummy;
   if (begin >= end || end > model->total) {
@@ -331,9 +367,17 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
     return NULL;
   }
   if (mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+      mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      mode != PS__CONSISTENCY_MODE__MODE_SSP) {
     *err = ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
                    "consistency mode %d is not supported", mode);
+    return NULL;
+  }
+  if (staleness > PS_SSP_STALENESS_MAX ||
+      (staleness > 0 && mode != PS__CONSISTENCY_MODE__MODE_SSP)) {
+    *err = ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "staleness %u: only SSP has one, from 0 to %d", staleness,
+                   PS_SSP_STALENESS_MAX);
     return NULL;
   }
   for (size_t i = 0; i < model->ntensors; i++) {
@@ -361,6 +405,7 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   s->len = len;
   s->mode = mode;
   s->sum_step = UINT64_MAX;
+  s->staleness = staleness;
   int rc = copy_live_ids(live, nlive, &s->live, errbuf, errlen);
   if (rc == PS_ERR_NOMEM) goto nomem;
   if (rc != PS_OK) {
@@ -400,9 +445,15 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
     if (s->state == NULL) goto nomem;
     memset(s->state, 0, (size_t)len * (size_t)s->slots * sizeof(float));
   }
-  if (mode == PS__CONSISTENCY_MODE__MODE_BSP) {
-    s->acc = alloc_floats(len);
-    if (s->acc == NULL) goto nomem;
+  if (mode != PS__CONSISTENCY_MODE__MODE_ASP) {
+    s->sums = calloc((size_t)staleness + 1, sizeof(*s->sums));
+    if (s->sums == NULL) goto nomem;
+    s->nsums = staleness + 1;
+    for (uint32_t i = 0; i < s->nsums; i++)
+      if ((s->sums[i].acc = alloc_floats(len)) == NULL) goto nomem;
+    if (staleness > 0 &&
+        (s->pending_out = calloc(staleness, sizeof(*s->pending_out))) == NULL)
+      goto nomem;
   }
 
   /* Each tensor has its own initializer; keys are global, so the bits do not
@@ -460,9 +511,13 @@ void ps_shard_destroy(ps_shard_t **s_p) {
   free(s->state);
   free(s->seg);
   free(s->opt_steps);
-  free(s->acc);
+  for (uint32_t i = 0; s->sums && i < s->nsums; i++) {
+    free(s->sums[i].acc);
+    free(s->sums[i].contrib);
+  }
+  free(s->sums);
+  free(s->pending_out);
   free(s->live);
-  free(s->contrib);
   free(s);
 }
 
@@ -482,7 +537,15 @@ size_t ps_shard_live_workers(const ps_shard_t *s) {
   return s->nlive;
 }
 uint64_t ps_shard_received(const ps_shard_t *s) {
-  return s->received;
+  return s->nsums ? cur_sum(s)->received : 0;
+}
+uint32_t ps_shard_staleness(const ps_shard_t *s) {
+  return s->staleness;
+}
+uint64_t ps_shard_pending_received(const ps_shard_t *s, uint64_t step) {
+  if (s->nsums == 0 || step < s->clock || step - s->clock > s->staleness)
+    return 0;
+  return sum_of(s, step)->received;
 }
 const float *ps_shard_opt_state(const ps_shard_t *s, int *slots) {
   if (slots) *slots = s->slots;
@@ -524,23 +587,22 @@ static void copy_f(float *dst, const float *src, uint64_t n, float f) {
 /* Adds f * g (n values at offset off) to this step's sum: keys outside the
  * valid interval are copied, not added, and a gap the interval has to
  * bridge is zeroed, so acc never needs clearing between steps. */
-static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
+static void acc_piece(step_sum_t *u, uint64_t off, uint64_t n, const float *g,
                       float f) {
-  float *acc = s->acc;
-  s->sum_step = UINT64_MAX;
+  float *acc = u->acc;
   uint64_t a = off, b = off + n;
-  if (s->acc_lo == s->acc_hi) {
+  if (u->acc_lo == u->acc_hi) {
     copy_f(acc + a, g, n, f);
-    s->acc_lo = a;
-    s->acc_hi = b;
+    u->acc_lo = a;
+    u->acc_hi = b;
     return;
   }
-  uint64_t lo = s->acc_lo, hi = s->acc_hi;
+  uint64_t lo = u->acc_lo, hi = u->acc_hi;
   if (a < lo) {
     uint64_t e = b < lo ? b : lo;
     copy_f(acc + a, g, e - a, f);
     if (e < lo) memset(acc + e, 0, (size_t)(lo - e) * sizeof(float));
-    s->acc_lo = a;
+    u->acc_lo = a;
   }
   uint64_t oa = a > lo ? a : lo, ob = b < hi ? b : hi;
   if (oa < ob) {
@@ -553,29 +615,34 @@ static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
     uint64_t c = a > hi ? a : hi;
     if (c > hi) memset(acc + hi, 0, (size_t)(c - hi) * sizeof(float));
     copy_f(acc + c, g + (c - a), b - c, f);
-    s->acc_hi = b;
+    u->acc_hi = b;
   }
 }
 
-/* The schedule's factor on the gradient of an SGD piece for the current
- * BSP step (the others take it on their rate when the step is applied). */
-static float gradient_factor(const ps_shard_t *s,
-                             const ps_shard_segment_t *sg) {
+/* The schedule's factor on the gradient of an SGD piece for a BSP/SSP
+ * step (the others take it on their rate when the step is applied). */
+static float gradient_factor(const ps_shard_t *s, const ps_shard_segment_t *sg,
+                             uint64_t step) {
   return sg->optimizer.kind == PS_OPTIMIZER_SGD
-             ? ps_lr_factor(&s->schedule, s->clock)
+             ? ps_lr_factor(&s->schedule, step)
              : 1.0f;
 }
 
-/* Adds g (n values at offset off) to this step's sum, piece by piece, SGD
+/* Adds g (n values at offset off) to step's sum, piece by piece, SGD
  * pieces times the schedule's factor: the sum a worker that scaled its own
  * gradient gave before issue #14, bit for bit. */
-static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
+static void acc_add(ps_shard_t *s, uint64_t step, uint64_t off, uint64_t n,
+                    const float *g) {
   uint64_t end = off + n;
+  step_sum_t *u = sum_of(s, step);
+  /* The last step's sum (ps_shard_step_sum) is gone once u is written. */
+  if (s->sum_step != UINT64_MAX && u == sum_of(s, s->sum_step))
+    s->sum_step = UINT64_MAX;
   for (size_t j = 0; j < s->nseg && off < end; j++) {
     const ps_shard_segment_t *sg = &s->seg[j];
     if (sg->end <= off) continue;
     uint64_t e = sg->end < end ? sg->end : end;
-    acc_piece(s, off, e - off, g, gradient_factor(s, sg));
+    acc_piece(u, off, e - off, g, gradient_factor(s, sg, step));
     g += e - off;
     off = e;
   }
@@ -584,17 +651,18 @@ static void acc_add(ps_shard_t *s, uint64_t off, uint64_t n, const float *g) {
 /* Applies the step once every live worker it waits for has pushed the
  * whole range. */
 static int bsp_try_complete(ps_shard_t *s) {
-  if (s->ncontrib == 0) return 0;
+  step_sum_t *u = cur_sum(s);
+  if (u->ncontrib == 0) return 0;
   for (size_t i = 0; i < s->nlive; i++) {
-    if (!waited_for(s, &s->live[i])) continue;
-    const ps_shard_contrib_t *c = find_contribution(s, s->live[i].worker);
+    if (!waited_for(&s->live[i], s->clock)) continue;
+    const ps_shard_contrib_t *c = find_contribution(u, s->live[i].worker);
     if (c == NULL || c->received < s->len) return 0;
   }
   /* Keys no one pushed this step (only when a worker left half-way through
    * its push) contribute nothing. */
-  if (s->acc_lo > 0) memset(s->acc, 0, (size_t)s->acc_lo * sizeof(float));
-  if (s->acc_hi < s->len)
-    memset(s->acc + s->acc_hi, 0, (size_t)(s->len - s->acc_hi) * sizeof(float));
+  if (u->acc_lo > 0) memset(u->acc, 0, (size_t)u->acc_lo * sizeof(float));
+  if (u->acc_hi < s->len)
+    memset(u->acc + u->acc_hi, 0, (size_t)(s->len - u->acc_hi) * sizeof(float));
   /* The mean over every worker that contributed, live or not since: a
    * gradient computed on this step's weights is as good as the others. One
    * that left half-way through its push counts as a whole contributor; per
@@ -605,23 +673,22 @@ static int bsp_try_complete(ps_shard_t *s) {
   if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
   /* OPT_ADD adds the sum whatever the scale (ps_optimizer_apply): a
    * counter counts every contribution. */
-  s->step_scale = 1.0f / (float)s->ncontrib;
-  run_range(s, 0, s->len, s->acc, s->step_scale, s->clock, 1);
-  s->sum_step = s->clock;
-  s->acc_lo = s->acc_hi = 0;
-  s->received = 0;
-  s->ncontrib = 0;
+  s->step_scale = 1.0f / (float)u->ncontrib;
+  run_range(s, 0, s->len, u->acc, s->step_scale, s->clock, 1);
+  sum_clear(u);
+  s->sum_step = s->clock; /* u->acc keeps it until a push writes into u */
   s->clock++;
   return 1;
 }
 
-/* 1 if the live worker's push of count more values completes the BSP
- * step: its share is then whole, and every other live worker's already is
- * (what bsp_try_complete will find). */
+/* 1 if the live worker's push of count more values for the current step
+ * completes it: its share is then whole, and every other live worker's
+ * already is (what bsp_try_complete will find). */
 static int bsp_completes(ps_shard_t *s, uint32_t worker, uint64_t count) {
+  step_sum_t *u = cur_sum(s);
   for (size_t i = 0; i < s->nlive; i++) {
-    if (!waited_for(s, &s->live[i])) continue;
-    const ps_shard_contrib_t *c = find_contribution(s, s->live[i].worker);
+    if (!waited_for(&s->live[i], s->clock)) continue;
+    const ps_shard_contrib_t *c = find_contribution(u, s->live[i].worker);
     uint64_t got =
         (c ? c->received : 0) + (s->live[i].worker == worker ? count : 0);
     if (got < s->len) return 0;
@@ -647,6 +714,10 @@ int ps_shard_check_step(const ps_shard_t *s, uint32_t worker, uint64_t step,
                    (unsigned long long)step, worker,
                    (unsigned long long)l->from_step);
   if (s->mode == PS__CONSISTENCY_MODE__MODE_ASP) return PS_OK;
+  if (s->mode == PS__CONSISTENCY_MODE__MODE_SSP)
+    return ps_errf(errbuf, errlen, PS_ERR_UNSUPPORTED,
+                   "sparse tables are not supported in SSP mode (their rows "
+                   "keep one pending sum, not one per step)");
   if (step != s->clock)
     return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
                    "push for step %llu but the server is at step %llu",
@@ -692,18 +763,27 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                    "push for step %llu but the server is at step %llu: a "
                    "duplicate or stale push",
                    (unsigned long long)step, (unsigned long long)s->clock);
-  if (step > s->clock)
+  if (step - s->clock > s->staleness) {
+    if (s->staleness == 0)
+      return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                     "push for step %llu but the server is at step %llu: "
+                     "the worker did not pull step %llu first",
+                     (unsigned long long)step, (unsigned long long)s->clock,
+                     (unsigned long long)s->clock);
     return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
-                   "push for step %llu but the server is at step %llu: the "
-                   "worker did not pull step %llu first",
+                   "push for step %llu but the server is at step %llu: more "
+                   "than the staleness bound %u ahead (the worker did not "
+                   "pull step %llu first)",
                    (unsigned long long)step, (unsigned long long)s->clock,
-                   (unsigned long long)s->clock);
+                   s->staleness, (unsigned long long)step);
+  }
   if (l == NULL)
     return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
                    "push for step %llu from worker %u, which is not a live "
                    "worker of the view",
                    (unsigned long long)step, worker);
-  ps_shard_contrib_t *c = find_contribution(s, worker);
+  step_sum_t *u = sum_of(s, step);
+  ps_shard_contrib_t *c = find_contribution(u, worker);
   uint64_t had = c ? c->received : 0;
   if (count > s->len - had)
     return ps_errf(
@@ -713,18 +793,22 @@ int ps_shard_push_begin(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
         worker, (unsigned long long)had, (unsigned long long)s->len,
         (unsigned long long)s->begin, (unsigned long long)s->end,
         (unsigned long long)step, (unsigned long long)count);
-  if (c == NULL && s->ncontrib == s->contrib_cap) {
+  if (c == NULL && u->ncontrib == u->contrib_cap) {
     /* Room for the worker's entry now, so the end cannot fail. */
-    size_t cap = s->contrib_cap ? 2 * s->contrib_cap : 8;
-    ps_shard_contrib_t *grown = realloc(s->contrib, cap * sizeof(*grown));
+    size_t cap = u->contrib_cap ? 2 * u->contrib_cap : 8;
+    ps_shard_contrib_t *grown = realloc(u->contrib, cap * sizeof(*grown));
     if (grown == NULL)
       return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
                      "no memory to track worker %u's push", worker);
-    s->contrib = grown;
-    s->contrib_cap = cap;
+    u->contrib = grown;
+    u->contrib_cap = cap;
   }
+  /* A push for a later step (SSP) completes nothing now; the step it
+   * completes, if any, is applied when the clock gets there
+   * (ps_shard_apply_ready). */
   if (clock_after)
-    *clock_after = s->clock + (uint64_t)bsp_completes(s, worker, count);
+    *clock_after = s->clock + (uint64_t)(step == s->clock &&
+                                         bsp_completes(s, worker, count));
   return PS_OK;
 }
 
@@ -746,18 +830,25 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
     if (applied) *applied = 1;
     return;
   }
-  ps_shard_contrib_t *c = find_contribution(s, worker);
+  step_sum_t *u = sum_of(s, step);
+  ps_shard_contrib_t *c = find_contribution(u, worker);
   if (c == NULL) {
-    c = &s->contrib[s->ncontrib++]; /* room made by the begin */
+    c = &u->contrib[u->ncontrib++]; /* room made by the begin */
     c->worker = worker;
     c->received = 0;
   }
-  acc_add(s, off, count, g);
+  acc_add(s, step, off, count, g);
   c->received += count;
-  s->received += count;
-  /* Only a worker finishing its share can finish the step. */
-  int done = c->received == s->len ? bsp_try_complete(s) : 0;
+  u->received += count;
+  /* Only a worker finishing its share of the current step can finish it;
+   * a later step waits for the clock (ps_shard_apply_ready). */
+  int done =
+      step == s->clock && c->received == s->len ? bsp_try_complete(s) : 0;
   if (applied) *applied = done;
+}
+
+int ps_shard_apply_ready(ps_shard_t *s) {
+  return s->mode == PS__CONSISTENCY_MODE__MODE_ASP ? 0 : bsp_try_complete(s);
 }
 
 int ps_shard_push(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
@@ -860,9 +951,7 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *state,
   }
   for (size_t j = 0; j < s->nseg; j++)
     s->opt_steps[j] = tensor_steps ? tensor_steps[s->seg[j].tensor] : 0;
-  s->acc_lo = s->acc_hi = 0;
-  s->received = 0;
-  s->ncontrib = 0;
+  for (uint32_t i = 0; i < s->nsums; i++) sum_clear(&s->sums[i]);
   s->clock = clock;
   s->sum_step = UINT64_MAX;
   return PS_OK;
@@ -875,13 +964,27 @@ void ps_shard_export_state(const ps_shard_t *s, ps_shard_state_t *out) {
   out->state_slots = s->slots;
   out->opt_steps = s->opt_steps;
   out->nopt_steps = s->nseg;
-  out->acc_lo = s->acc_lo;
-  out->acc_hi = s->acc_hi;
-  out->acc = s->acc_lo < s->acc_hi ? s->acc + s->acc_lo : NULL;
   out->live = s->live;
   out->nlive = s->nlive;
-  out->contrib = s->contrib;
-  out->ncontrib = s->ncontrib;
+  if (s->nsums == 0) return;
+  const step_sum_t *u = cur_sum(s);
+  out->acc_lo = u->acc_lo;
+  out->acc_hi = u->acc_hi;
+  out->acc = u->acc_lo < u->acc_hi ? u->acc + u->acc_lo : NULL;
+  out->contrib = u->contrib;
+  out->ncontrib = u->ncontrib;
+  /* SSP: the later steps' sums, up to the last one anyone pushed to. */
+  for (uint32_t i = 0; i < s->staleness; i++) {
+    const step_sum_t *v = sum_of(s, s->clock + 1 + i);
+    ps_shard_pending_t *p = &s->pending_out[i];
+    p->acc_lo = v->acc_lo;
+    p->acc_hi = v->acc_hi;
+    p->acc = v->acc_lo < v->acc_hi ? v->acc + v->acc_lo : NULL;
+    p->contrib = v->contrib;
+    p->ncontrib = v->ncontrib;
+    if (v->ncontrib > 0) out->npending = i + 1;
+  }
+  out->pending = out->npending ? s->pending_out : NULL;
 }
 
 int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
@@ -891,6 +994,9 @@ int ps_shard_export(ps_shard_t *s, ps_shard_state_t *out) {
   out->weights = w;
   return PS_OK;
 }
+
+static int check_sum(const ps_shard_t *s, const ps_shard_pending_t *st,
+                     uint64_t *received, char *errbuf, size_t errlen);
 
 /* Everything ps_shard_import refuses, before it changes anything. */
 static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
@@ -908,6 +1014,25 @@ static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
                    "state with %zu tensor step counts for a range of %zu "
                    "tensor pieces",
                    st->nopt_steps, s->nseg);
+  if (st->nlive && st->live == NULL)
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL, "state without its live set");
+  if (st->npending > s->staleness || (st->npending && st->pending == NULL))
+    return ps_errf(errbuf, errlen, PS_ERR_INVAL,
+                   "%zu later steps in progress for a shard of staleness %u",
+                   st->npending, s->staleness);
+  ps_shard_pending_t cur = {st->acc_lo, st->acc_hi, st->acc, st->contrib,
+                            st->ncontrib};
+  int rc = check_sum(s, &cur, received, errbuf, errlen);
+  for (size_t i = 0; rc == PS_OK && i < st->npending; i++) {
+    uint64_t ignored;
+    rc = check_sum(s, &st->pending[i], &ignored, errbuf, errlen);
+  }
+  return rc;
+}
+
+/* One step's sum of a state (ps_shard_import): *received its values. */
+static int check_sum(const ps_shard_t *s, const ps_shard_pending_t *st,
+                     uint64_t *received, char *errbuf, size_t errlen) {
   if (st->acc_lo > st->acc_hi || st->acc_hi > s->len)
     return ps_errf(
         errbuf, errlen, PS_ERR_INVAL,
@@ -931,9 +1056,9 @@ static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
                    "%zu contributions but a BSP sum of %llu values: the step "
                    "in progress is inconsistent",
                    st->ncontrib, (unsigned long long)(st->acc_hi - st->acc_lo));
-  if ((st->nlive && st->live == NULL) || (st->ncontrib && st->contrib == NULL))
+  if (st->ncontrib && st->contrib == NULL)
     return ps_errf(errbuf, errlen, PS_ERR_INVAL,
-                   "state without its live set or contributions");
+                   "state without its contributions");
   *received = 0;
   for (size_t i = 0; i < st->ncontrib; i++) {
     const ps_shard_contrib_t *c = &st->contrib[i];
@@ -958,6 +1083,33 @@ static int check_state(const ps_shard_t *s, const ps_shard_state_t *st,
   return PS_OK;
 }
 
+/* A copy of n contributions (capacity at least 8), or NULL. */
+static ps_shard_contrib_t *copy_contrib(const ps_shard_contrib_t *c, size_t n,
+                                        size_t *cap) {
+  *cap = n < 8 ? 8 : n;
+  ps_shard_contrib_t *out = malloc(*cap * sizeof(*out));
+  if (out != NULL && n) memcpy(out, c, n * sizeof(*c));
+  return out;
+}
+
+/* Installs the sum p (its values, copied; its contributions, copied to
+ * contrib, which the sum takes) as u. */
+static void sum_install(step_sum_t *u, const ps_shard_pending_t *p,
+                        ps_shard_contrib_t *contrib, size_t cap) {
+  /* memmove: the state may be this shard's own export. */
+  if (p->acc_lo < p->acc_hi)
+    memmove(u->acc + p->acc_lo, p->acc,
+            (size_t)(p->acc_hi - p->acc_lo) * sizeof(float));
+  u->acc_lo = p->acc_lo;
+  u->acc_hi = p->acc_hi;
+  free(u->contrib);
+  u->contrib = contrib;
+  u->contrib_cap = cap;
+  u->ncontrib = p->ncontrib;
+  u->received = 0;
+  for (size_t i = 0; i < p->ncontrib; i++) u->received += contrib[i].received;
+}
+
 int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
                     size_t errlen) {
   uint64_t received = 0;
@@ -967,24 +1119,28 @@ int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
   ps_shard_live_t *live;
   rc = copy_live(st->live, st->nlive, &live, errbuf, errlen);
   if (rc != PS_OK) return rc;
-  ps_shard_contrib_t *contrib = NULL;
-  size_t cap = 0;
-  if (st->ncontrib) {
-    cap = st->ncontrib < 8 ? 8 : st->ncontrib;
-    contrib = malloc(cap * sizeof(*contrib));
-    if (contrib == NULL) {
-      free(live);
-      return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
-                     "no memory for %zu contributions", st->ncontrib);
-    }
-    memcpy(contrib, st->contrib, st->ncontrib * sizeof(*contrib));
+  /* Contributions of the current step, then of each later one (SSP). */
+  size_t nsums = s->nsums, caps[PS_SSP_STALENESS_MAX + 1];
+  ps_shard_contrib_t *contrib[PS_SSP_STALENESS_MAX + 1];
+  ps_shard_pending_t in[PS_SSP_STALENESS_MAX + 1];
+  memset(in, 0, sizeof(in[0]) * (nsums ? nsums : 1));
+  if (nsums) {
+    in[0] = (ps_shard_pending_t){st->acc_lo, st->acc_hi, st->acc, st->contrib,
+                                 st->ncontrib};
+    for (size_t i = 0; i < st->npending; i++) in[i + 1] = st->pending[i];
   }
-  if (unpin_blocks(s) != PS_OK) {
+  size_t ok = 0;
+  for (; ok < nsums; ok++)
+    if ((contrib[ok] =
+             copy_contrib(in[ok].contrib, in[ok].ncontrib, &caps[ok])) == NULL)
+      break;
+  if (ok < nsums || unpin_blocks(s) != PS_OK) {
     free(live);
-    free(contrib);
+    for (size_t i = 0; i < ok; i++) free(contrib[i]);
     return ps_errf(errbuf, errlen, PS_ERR_NOMEM,
-                   "no memory for fresh versions of the weights while pull "
-                   "replies hold the current ones");
+                   ok < nsums ? "no memory for the steps in progress"
+                              : "no memory for fresh versions of the weights "
+                                "while pull replies hold the current ones");
   }
 
   write_weights(s, st->weights);
@@ -993,20 +1149,14 @@ int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
     memmove(s->state, st->state,
             (size_t)s->len * (size_t)s->slots * sizeof(float));
   memmove(s->opt_steps, st->opt_steps, s->nseg * sizeof(*s->opt_steps));
-  if (st->acc_lo < st->acc_hi)
-    memmove(s->acc + st->acc_lo, st->acc,
-            (size_t)(st->acc_hi - st->acc_lo) * sizeof(float));
-  s->acc_lo = st->acc_lo;
-  s->acc_hi = st->acc_hi;
   free(s->live);
   s->live = live;
   s->nlive = st->nlive;
-  free(s->contrib);
-  s->contrib = contrib;
-  s->ncontrib = st->ncontrib;
-  s->contrib_cap = cap;
-  s->received = received;
   s->clock = st->clock;
+  /* A shard's own export has the same clock: each sum stays in its slot. */
+  for (size_t i = 0; i < nsums; i++)
+    sum_install(sum_of(s, s->clock + i), &in[i], contrib[i], caps[i]);
+  (void)received;
   s->sum_step = UINT64_MAX;
   return PS_OK;
 }
@@ -1019,18 +1169,25 @@ static void replace_live(ps_shard_t *s, ps_shard_live_t *live, size_t n,
   s->live = live;
   s->nlive = n;
   int done = 0;
-  if (s->mode == PS__CONSISTENCY_MODE__MODE_BSP) {
+  if (s->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
     done = bsp_try_complete(s);
     /* Every live worker joined at a later step (those that computed this
      * one died before pushing): nobody will push the steps in between, so
      * the clock skips to the first step a live worker contributes to,
      * weights unchanged, or it and every pull waiting on it would wait
      * forever. Every copy of the range sees the same live sets, so they
-     * skip alike. */
+     * skip alike. SSP: only over steps nobody pushed to; the sums of the
+     * steps from the first one on stay where they are in the ring. */
     uint64_t first = UINT64_MAX;
     for (size_t i = 0; i < n; i++)
       if (live[i].from_step < first) first = live[i].from_step;
-    if (n > 0 && first > s->clock && s->ncontrib == 0) {
+    int empty = n > 0 && first > s->clock;
+    for (uint64_t t = s->clock; empty && t < first && t - s->clock < s->nsums;
+         t++)
+      if (sum_of(s, t)->ncontrib) empty = 0;
+    if (empty) {
+      for (uint64_t t = s->clock; t < first && t - s->clock < s->nsums; t++)
+        sum_clear(sum_of(s, t));
       s->stats.skipped_steps += first - s->clock;
       s->clock = first;
       done = 1;
@@ -1060,9 +1217,9 @@ int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
 }
 
 uint64_t ps_shard_contributed(const ps_shard_t *s, uint32_t worker) {
-  for (size_t i = 0; i < s->ncontrib; i++)
-    if (s->contrib[i].worker == worker) return s->contrib[i].received;
-  return 0;
+  if (s->nsums == 0) return 0;
+  const ps_shard_contrib_t *c = find_contribution(cur_sum(s), worker);
+  return c ? c->received : 0;
 }
 
 int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
@@ -1078,10 +1235,11 @@ int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
 
 const float *ps_shard_step_sum(const ps_shard_t *s, uint64_t *step,
                                float *scale) {
-  if (s->acc == NULL || s->sum_step == UINT64_MAX) return NULL;
+  if (s->mode != PS__CONSISTENCY_MODE__MODE_BSP || s->sum_step == UINT64_MAX)
+    return NULL;
   *step = s->sum_step;
   *scale = s->step_scale;
-  return s->acc;
+  return sum_of(s, s->sum_step)->acc;
 }
 
 int ps_shard_follow_step(ps_shard_t *s, uint64_t step, const float *sum,
@@ -1104,9 +1262,7 @@ int ps_shard_follow_step(ps_shard_t *s, uint64_t step, const float *sum,
     run_range(s, 0, s->len, sum, scale, step, 1);
   }
   /* Whatever part of a step a snapshot brought is in sum now. */
-  s->acc_lo = s->acc_hi = 0;
-  s->received = 0;
-  s->ncontrib = 0;
+  sum_clear(cur_sum(s));
   s->sum_step = UINT64_MAX;
   s->clock = clock_after;
   if (applied) *applied = 1;

@@ -19,6 +19,14 @@
  * still push, so a worker finishing first cannot cut the others' step short.
  * A worker that rejoined a running job is waited for only from its
  * from_step on (ps_shard_set_live).
+ * SSP (stale synchronous parallel, staleness S): steps are applied as in
+ * BSP, one at a time, in order, each with the mean of its contributions,
+ * so S = 0 is BSP bit for bit. A push for step t is accepted while
+ * clock <= t <= clock + S and summed into its step's own accumulator (a
+ * ring of S + 1, so memory is (S + 1) x the range); a step whose
+ * contributions came in early is applied when the clock reaches it
+ * (ps_shard_apply_ready). The server answers a pull at worker clock c once
+ * the clock is >= c - S (the shard only keeps the clock).
  * ASP: a push is applied on arrival, scaled by 1/live workers so the step
  * per sample matches BSP's; the clock is the highest step seen + 1, so a
  * pull reply still says which steps it may contain.
@@ -103,6 +111,15 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
                          int mode, const uint32_t *live, size_t nlive, int *err,
                          char *errbuf, size_t errlen);
 
+/* The same with SSP's staleness bound (0 to PS_SSP_STALENESS_MAX; only
+ * MODE_SSP may have one above 0, else PS_ERR_INVAL). ps_shard_new is this
+ * with staleness 0. */
+ps_shard_t *ps_shard_new_ssp(uint64_t begin, uint64_t end,
+                             const ps_model_t *model, int mode,
+                             uint32_t staleness, const uint32_t *live,
+                             size_t nlive, int *err, char *errbuf,
+                             size_t errlen);
+
 /* Frees the shard and sets *s_p to NULL. NULL-safe. Versions still pinned
  * are freed by their last ps_shard_unpin. */
 void ps_shard_destroy(ps_shard_t **s_p);
@@ -115,6 +132,10 @@ int ps_shard_mode(const ps_shard_t *s);
 size_t ps_shard_live_workers(const ps_shard_t *s);
 /* Values received for the current BSP step, from all workers (0 in ASP). */
 uint64_t ps_shard_received(const ps_shard_t *s);
+/* The SSP staleness bound (0 in BSP and ASP). */
+uint32_t ps_shard_staleness(const ps_shard_t *s);
+/* Values received for step (0 outside [clock, clock + staleness]). */
+uint64_t ps_shard_pending_received(const ps_shard_t *s, uint64_t step);
 
 /* 1 if [key_begin, key_begin + count) is non-empty and inside the shard. */
 int ps_shard_contains(const ps_shard_t *s, uint64_t key_begin, uint64_t count);
@@ -130,7 +151,8 @@ int ps_shard_contains(const ps_shard_t *s, uint64_t key_begin, uint64_t count);
  *                       push from before it rejoined; see
  *                       ps_shard_set_live); BSP only: step != clock (a
  *                       smaller step is a duplicate or stale push, a larger
- *                       one comes from a worker that did not pull first),
+ *                       one comes from a worker that did not pull first;
+ *                       SSP: step outside [clock, clock + staleness]),
  *                       worker is not in the live set, or the worker would
  *                       push more values than the range holds for this step
  *                       (a duplicate);
@@ -153,6 +175,13 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
                        uint64_t count, const float *g, uint64_t step,
                        int *applied);
 
+/* SSP: after a step was applied (a push, a live-set change, another call
+ * of this), applies the next one if every worker it waits for pushed it
+ * already, and returns 1; else 0 (always in BSP and ASP). One step per
+ * call, so the caller can act at every clock (a checkpoint waits for one,
+ * parked pulls for another): loop while it returns 1. */
+int ps_shard_apply_ready(ps_shard_t *s);
+
 /* What the range's sparse rows (ps-server/sparse.h) need to follow the
  * same rules as its dense keys. ps_shard_check_step: PS_OK if worker may
  * push for step now (the step and live-set checks of ps_shard_push_begin,
@@ -160,7 +189,9 @@ void ps_shard_push_end(ps_shard_t *s, uint32_t worker, uint64_t key_begin,
  * (1 / live workers). ps_shard_step_scale: what the last BSP step applied
  * scaled its sum by (1 / contributors), read when ps_shard_push_end or
  * ps_shard_set_live says a step applied; that step is ps_shard_clock - 1.
- * OPT_ADD ignores both (ps_optimizer_apply adds the sum exactly). */
+ * OPT_ADD ignores both (ps_optimizer_apply adds the sum exactly).
+ * ps_shard_check_step refuses every step in SSP (PS_ERR_UNSUPPORTED): the
+ * sparse rows keep one pending sum, not one per step. */
 int ps_shard_check_step(const ps_shard_t *s, uint32_t worker, uint64_t step,
                         char *errbuf, size_t errlen);
 float ps_shard_push_scale(const ps_shard_t *s);
@@ -256,6 +287,14 @@ typedef struct {
   uint64_t from_step;
 } ps_shard_live_t;
 
+/* SSP: the sum of a step after the current one and who pushed to it. */
+typedef struct {
+  uint64_t acc_lo, acc_hi;
+  const float *acc; /* range offsets [acc_lo, acc_hi) */
+  const ps_shard_contrib_t *contrib;
+  size_t ncontrib;
+} ps_shard_pending_t;
+
 /* The whole state of a shard, everything a backup needs to go on exactly
  * where the shard is (replication, issue #4). Arrays are the shard's own
  * (export) or the caller's (import). */
@@ -276,6 +315,11 @@ typedef struct {
   size_t nlive;
   const ps_shard_contrib_t *contrib;
   size_t ncontrib;
+  /* SSP: the sums of steps clock + 1 .. clock + npending (pending[i] is
+   * step clock + 1 + i; npending <= staleness; an export stops at the
+   * last one anyone pushed to). */
+  const ps_shard_pending_t *pending;
+  size_t npending;
 } ps_shard_state_t;
 
 /* Describes the shard's state in *out; the arrays are valid until the next

@@ -134,7 +134,8 @@ static uint64_t unix_ms(void) {
 }
 
 static int is_bsp(const ps_coord_t *c) {
-  return c->mode == PS__CONSISTENCY_MODE__MODE_BSP;
+  /* SSP applies steps one at a time too: a clock boundary exists. */
+  return c->mode != PS__CONSISTENCY_MODE__MODE_ASP;
 }
 
 /* What the servers write into an attempt's directory: shard files and

@@ -34,6 +34,7 @@ int main(int argc, char **argv) {
   int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
   int64_t replication = 2, max_connections = 0;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
+  int64_t staleness = -1; /* -1: not given */
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
   const ps_opt_t opts[] = {
@@ -49,9 +50,17 @@ int main(int argc, char **argv) {
        "Number of workers the job expects; they get ranks 0 to workers-1. "
        "While the job runs, a worker may register in place of a dead one "
        "and takes its rank."},
-      {"mode", PS_OPT_ENUM, &mode, "bsp", 0, 0, "bsp|asp",
+      {"mode", PS_OPT_ENUM, &mode, "bsp", 0, 0, "bsp|asp|ssp",
        "Consistency mode: bsp applies step t once every live worker's "
-       "gradient is in, asp applies each push on arrival."},
+       "gradient is in, asp applies each push on arrival, ssp (stale "
+       "synchronous parallel) applies steps as bsp does but lets a worker "
+       "run up to --staleness steps ahead of the slowest."},
+      {"staleness", PS_OPT_INT, &staleness, "-1", -1, PS_SSP_STALENESS_MAX,
+       NULL,
+       "With --mode ssp (and only with it): the bound S on how many steps a "
+       "worker may run ahead of the slowest; a worker at step c pulls "
+       "weights of clock >= c - S. 0 gives bsp's weights bit for bit. Each "
+       "server keeps S + 1 gradient sums of its ranges. -1: 3 with ssp."},
       {"replication", PS_OPT_INT, &replication, "2", 1, PS_MAX_REPLICAS, NULL,
        "Copies of each key range, the primary included: a push is acked "
        "once every copy holds it, and a dead primary's range fails over to "
@@ -95,8 +104,8 @@ int main(int argc, char **argv) {
       {"keys-dir", PS_OPT_STRING, &keys_dir, NULL, 0, 0, NULL,
        PS_KEYS_DIR_HELP},
       {"key", PS_OPT_STRING, &key_file, NULL, 0, 0, NULL, PS_KEY_FILE_HELP},
-      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0,
-       4294967295.0, NULL, PS_MAX_CONNECTIONS_HELP},
+      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0, 4294967295.0,
+       NULL, PS_MAX_CONNECTIONS_HELP},
       {"insecure", PS_OPT_BOOL, &insecure, "false", 0, 0, NULL,
        PS_INSECURE_HELP},
       {"log-level", PS_OPT_ENUM, &log_level, "info", 0, 0,
@@ -127,7 +136,15 @@ int main(int argc, char **argv) {
     return ps_config_refuse(&cfg, "option --state-file: %s", err);
   /* The table's mode choices are in the enum's order. */
   const int modes[] = {PS__CONSISTENCY_MODE__MODE_BSP,
-                       PS__CONSISTENCY_MODE__MODE_ASP};
+                       PS__CONSISTENCY_MODE__MODE_ASP,
+                       PS__CONSISTENCY_MODE__MODE_SSP};
+  if (staleness >= 0 && modes[mode] != PS__CONSISTENCY_MODE__MODE_SSP)
+    return ps_config_refuse(&cfg,
+                            "option --staleness: only --mode ssp has a "
+                            "staleness bound (--mode is %s)",
+                            mode == 0 ? "bsp" : "asp");
+  if (staleness < 0)
+    staleness = modes[mode] == PS__CONSISTENCY_MODE__MODE_SSP ? 3 : 0;
   ps_log_init("scheduler", (ps_log_level_t)log_level);
   ps_transport_tune_malloc();
   ps_keys_t *keys = NULL;
@@ -145,6 +162,7 @@ int main(int argc, char **argv) {
       .servers = (uint32_t)servers,
       .workers = (uint32_t)workers,
       .mode = modes[mode],
+      .staleness = (uint32_t)staleness,
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
       .replication = (uint32_t)replication,
       .rebalance = rebalance,

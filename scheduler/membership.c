@@ -202,7 +202,7 @@ static void node_joined(ps_sched_t *s, sched_node_t *n) {
     return;
   }
   n->join_started_ms = ps_now_ms();
-  if (s->opts.mode == PS__CONSISTENCY_MODE__MODE_BSP) {
+  if (s->opts.mode != PS__CONSISTENCY_MODE__MODE_ASP) {
     join_pick(s, n, 0);
     n->joining = !join_confirmed(s, n);
   }

@@ -63,7 +63,16 @@ static const char *state_name(int state) {
 }
 
 static const char *mode_name(int mode) {
-  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP   ? "asp"
+         : mode == PS__CONSISTENCY_MODE__MODE_SSP ? "ssp"
+                                                  : "bsp";
+}
+
+/* "bsp", "asp", or "ssp (staleness 3)", for the text status. */
+static const char *mode_text(const Ps__View *v, char *buf, size_t len) {
+  if (v->mode != PS__CONSISTENCY_MODE__MODE_SSP) return mode_name(v->mode);
+  snprintf(buf, len, "ssp (staleness %u)", v->staleness);
+  return buf;
 }
 
 static uint64_t model_keys(const Ps__View *v) {
@@ -117,13 +126,15 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
   const Ps__View *v = st->view;
   printf("{\"scheduler\":");
   ps_top_json_string(stdout, endpoint);
-  printf(",\"epoch\":%" PRIu64 ",\"mode\":\"%s\",\"uptime_ms\":%" PRIu64
+  printf(",\"epoch\":%" PRIu64
+         ",\"mode\":\"%s\",\"staleness\":%u"
+         ",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
          "\"live_workers\":%u,\"keys\":%" PRIu64
          ",\"replication\":%u,\"accept_failures\":%" PRIu64 ",\"nodes\":[",
-         v->epoch, mode_name(v->mode), st->uptime_ms, st->expected_servers,
-         st->expected_workers, v->live_workers, model_keys(v), v->replication,
-         st->accept_failures);
+         v->epoch, mode_name(v->mode), v->staleness, st->uptime_ms,
+         st->expected_servers, st->expected_workers, v->live_workers,
+         model_keys(v), v->replication, st->accept_failures);
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
@@ -237,11 +248,14 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
     printf("  (failed to accept %" PRIu64 " connections: out of files?)",
            st->accept_failures);
   printf("\n");
+  char mode[48];
   if (v->epoch == 0)
-    printf("epoch 0 (view not published yet)  mode %s\n", mode_name(v->mode));
+    printf("epoch 0 (view not published yet)  mode %s\n",
+           mode_text(v, mode, sizeof(mode)));
   else
     printf("epoch %" PRIu64 "  mode %s  live workers %u/%u\n", v->epoch,
-           mode_name(v->mode), v->live_workers, st->expected_workers);
+           mode_text(v, mode, sizeof(mode)), v->live_workers,
+           st->expected_workers);
   const char *roles[2] = {"servers", "workers"};
   const uint32_t expected[2] = {st->expected_servers, st->expected_workers};
   printf("registered:");
@@ -807,7 +821,8 @@ int main(int argc, char **argv) {
       .summary =
           "Ask the scheduler of a parameter-server job. Commands: "
           "status (nodes and what they hold, key ranges with their primary, "
-          "backups and state, epoch, checkpoints), health (exit 0 "
+          "backups and state, epoch, consistency mode (ssp: with its "
+          "staleness), checkpoints), health (exit 0 "
           "if the scheduler answers in time, else 1), checkpoint (write "
           "one at the next step boundary and wait until it is complete), "
           "drain SERVER (move every range the server leads to a backup in "
@@ -823,8 +838,9 @@ int main(int argc, char **argv) {
           "stop (end the job: every node stops; needs an admin key), "
           "keygen --role R --out DIR [--name NAME] (write a CURVE key "
           "pair: NAME.key, secret, mode 0600, and NAME.pub).",
-      .usage = "[options] status|health|checkpoint|drain SERVER|top|stop|"
-               "keygen",
+      .usage =
+          "[options] status|health|checkpoint|drain SERVER|top|stop|"
+          "keygen",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };

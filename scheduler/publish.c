@@ -35,6 +35,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
   uint64_t now = ps_now_ms();
   v->view.epoch = s->epoch;
   v->view.mode = (Ps__ConsistencyMode)s->opts.mode;
+  v->view.staleness = s->opts.staleness;
   v->view.live_workers = ps__sched_live_workers(s);
   v->view.start_clock = s->start_clock;
   v->view.restore_dir = s->restore_dir ? s->restore_dir : "";

@@ -60,7 +60,9 @@ const char *ps__sched_state_name(int state) {
 }
 
 const char *ps__sched_mode_name(int mode) {
-  return mode == PS__CONSISTENCY_MODE__MODE_ASP ? "asp" : "bsp";
+  return mode == PS__CONSISTENCY_MODE__MODE_ASP   ? "asp"
+         : mode == PS__CONSISTENCY_MODE__MODE_SSP ? "ssp"
+                                                  : "bsp";
 }
 
 /* A log-friendly address: key=value lines have no empty values. */
@@ -597,8 +599,15 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     return NULL;
   }
   if (opts->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
-      opts->mode != PS__CONSISTENCY_MODE__MODE_ASP) {
-    snprintf(errbuf, errlen, "mode %d is neither bsp nor asp", opts->mode);
+      opts->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+      opts->mode != PS__CONSISTENCY_MODE__MODE_SSP) {
+    snprintf(errbuf, errlen, "mode %d is neither bsp, asp nor ssp", opts->mode);
+    return NULL;
+  }
+  if (opts->staleness > PS_SSP_STALENESS_MAX ||
+      (opts->staleness > 0 && opts->mode != PS__CONSISTENCY_MODE__MODE_SSP)) {
+    snprintf(errbuf, errlen, "staleness %u: only ssp has one, 0 to %d",
+             opts->staleness, PS_SSP_STALENESS_MAX);
     return NULL;
   }
   if (opts->heartbeat_timeout_ms <= 0) {
@@ -692,11 +701,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     PS_INFO("curve", "keys_dir=%s keys=%zu", ps_keys_dir(opts->keys),
             ps_keys_count(opts->keys));
   PS_INFO("listening",
-          "endpoint=%s servers=%u workers=%u mode=%s replication=%u "
-          "heartbeat_timeout_ms=%d check_ms=%" PRIu64
+          "endpoint=%s servers=%u workers=%u mode=%s staleness=%u "
+          "replication=%u heartbeat_timeout_ms=%d check_ms=%" PRIu64
           " checkpoint_dir=%s state_file=%s start_clock=%" PRIu64,
           s->endpoint, opts->servers, opts->workers,
-          ps__sched_mode_name(opts->mode), s->replication,
+          ps__sched_mode_name(opts->mode), opts->staleness, s->replication,
           opts->heartbeat_timeout_ms, every, s->ckpt_base ? s->ckpt_base : "-",
           s->state_file ? s->state_file : "-", s->start_clock);
   *err = PS_OK;

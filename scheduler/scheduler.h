@@ -51,6 +51,7 @@ typedef struct {
   uint32_t servers;         /* expected servers, >= 1 */
   uint32_t workers;         /* expected workers, >= 1 */
   int mode;                 /* PS__CONSISTENCY_MODE__* */
+  uint32_t staleness;       /* MODE_SSP's bound, 0 to PS_SSP_STALENESS_MAX */
   int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
   /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the

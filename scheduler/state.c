@@ -150,14 +150,17 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
   uint32_t replication = st->replication ? st->replication : 1;
   if (st->expected_servers != s->opts.servers ||
       st->expected_workers != s->opts.workers ||
-      (int)pv->mode != s->opts.mode || replication != s->opts.replication) {
+      (int)pv->mode != s->opts.mode || pv->staleness != s->opts.staleness ||
+      replication != s->opts.replication) {
     snprintf(err, errlen,
              "state file %s is of a job with --servers=%u --workers=%u "
-             "--mode=%s --replication=%u; this scheduler was given "
-             "--servers=%u --workers=%u --mode=%s --replication=%u",
+             "--mode=%s --staleness=%u --replication=%u; this scheduler was "
+             "given --servers=%u --workers=%u --mode=%s --staleness=%u "
+             "--replication=%u",
              s->state_file, st->expected_servers, st->expected_workers,
-             ps__sched_mode_name((int)pv->mode), replication, s->opts.servers,
-             s->opts.workers, ps__sched_mode_name(s->opts.mode),
+             ps__sched_mode_name((int)pv->mode), pv->staleness, replication,
+             s->opts.servers, s->opts.workers,
+             ps__sched_mode_name(s->opts.mode), s->opts.staleness,
              s->opts.replication);
     rc = PS_ERR_CONFIG;
     goto out;

@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
   int64_t epochs, batch_size, seed, threads, max_steps, rank, timeout_ms,
       connect_timeout_ms, heartbeat_ms, progress_ms, resend_ms;
   double lr, momentum, beta1, beta2, epsilon, l1, l2, ftrl_beta;
-  int64_t warmup_steps;
+  int64_t warmup_steps, step_delay_ms;
 
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -174,6 +174,9 @@ int main(int argc, char **argv) {
        "piece and step instead of 2, or 3 for one that waits for the step)"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
+      {"step-delay-ms", PS_OPT_INT, &step_delay_ms, "0", 0, 60000, NULL,
+       "sleep this long in every training step: a straggler, for tests and "
+       "benchmarks of --mode ssp (0: none; not with --model ctr)"},
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
        "write a JSON report of the run here (this worker evaluates)"},
       {"dump-weights", PS_OPT_STRING, &dump, NULL, 0, 0, NULL,
@@ -294,6 +297,7 @@ int main(int argc, char **argv) {
   to.push = (ps_push_mode_t)push;
   to.push_pull = (ps_push_pull_mode_t)push_pull;
   to.max_steps = (uint64_t)max_steps;
+  to.step_delay_ms = (uint32_t)step_delay_ms;
   to.report_path = report;
   to.dump_path = dump;
   to.metrics_csv_path = metrics_csv;

@@ -66,6 +66,14 @@ struct ps_trainer_s {
    * for this job's worker count (what the servers apply). */
   ps_model_t model;
   ps_optimizer_spec_t opt;
+  /* The job's SSP staleness bound (0: BSP, ASP, standalone): an
+   * evaluation pulls at clock + staleness, so that its weights are those
+   * of the clock exactly. */
+  uint32_t staleness;
+  /* Every pull's weights, against the clock the step needed (SSP: at most
+   * staleness steps behind, which the servers enforce): pulls, the most
+   * steps one was behind, and how many were further behind than that. */
+  uint64_t pulls, pull_max_lag, pull_beyond_bound;
   ps_lr_schedule_spec_t sched;
   float *g;    /* gradient of this worker's batch */
   /* w and g when allocated here; on the CPU they are the net's own
@@ -321,8 +329,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
   if (o->model == PS_NET_CTR) {
-    const char *no = o->metrics_csv_path       ? "metrics-csv"
+    const char *no = o->metrics_csv_path        ? "metrics-csv"
                      : o->push == PS_PUSH_LAYER ? "push layer"
+                     : o->step_delay_ms         ? "step-delay-ms"
                                                 : NULL;
     if (no != NULL) {
       trainer_fail(t, "--%s is not supported with --model ctr", no);
@@ -506,6 +515,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));
+    if (ps_view_mode(ps_client_view(t->client)) == PS_MODE_SSP)
+      t->staleness = ps_view_staleness(ps_client_view(t->client));
     /* A restored job starts at the checkpoint's step, a worker that
      * rejoins a running one at the step the servers wait for it from; the
      * first step pulls the weights as of that clock, and the data order
@@ -604,10 +615,25 @@ static int cluster_gone(ps_trainer_t *t, int rc) {
          (rc == PS_ERR_SHUTDOWN || ps_client_shutting_down(t->client));
 }
 
-/* The weights as of clock (all gradients of steps < clock applied). */
-static int fetch_weights(ps_trainer_t *t, uint64_t clock) {
+/* The weights as of clock (all gradients of steps < clock applied; SSP:
+ * of clock - staleness at least). need: the clock the weights must have
+ * reached for the pull to keep SSP's bound (clock for a training step). */
+/* Records the clock the last pull or push-pull brought against the one
+ * the step needed (SSP's bound: need - staleness). */
+static void note_pull(ps_trainer_t *t, uint64_t need) {
+  uint64_t got = ps_client_last_pull_clock(t->client);
+  t->pulls++;
+  if (got < need) {
+    uint64_t lag = need - got;
+    if (lag > t->pull_max_lag) t->pull_max_lag = lag;
+    if (lag > t->staleness) t->pull_beyond_bound++;
+  }
+}
+
+static int fetch_weights(ps_trainer_t *t, uint64_t clock, uint64_t need) {
   if (t->client == NULL) return PS_OK;
   int rc = ps_client_pull(t->client, 0, t->nparams, t->w, clock);
+  if (rc == PS_OK) note_pull(t, need);
   if (rc != PS_OK)
     trainer_fail(t, "pull of the weights at clock %" PRIu64 " failed: %s",
                  clock, ps_client_errmsg(t->client));
@@ -625,7 +651,10 @@ static int device_failed(ps_trainer_t *t, const char *when, uint64_t step) {
 }
 
 static int evaluate(ps_trainer_t *t, uint64_t clock) {
-  int rc = fetch_weights(t, clock);
+  /* SSP answers a pull at c with weights of clock >= c - staleness: asking
+   * for clock + staleness gets those of clock itself (nobody pushes past
+   * the last step), the same for every worker and every run. */
+  int rc = fetch_weights(t, clock + t->staleness, clock);
   if (rc != PS_OK) return rc;
   ps_net_set_params(t->net, t->w);
   rc = ps_net_evaluate(t->net, &t->test, &t->res.test_loss,
@@ -644,6 +673,7 @@ static int evaluate(ps_trainer_t *t, uint64_t clock) {
 /* PS_PUSH_PULL_FUSED: the push-pulls brought the weights as of clock step
  * + 1, into w_next (layered: swapped in now) or w itself. */
 static void next_weights(ps_trainer_t *t, uint64_t step) {
+  note_pull(t, step + 1);
   if (t->w_next != NULL) {
     float *w = t->w;
     t->w = t->w_next;
@@ -731,7 +761,7 @@ static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   uint64_t p0 = ps_now_ns();
   /* Fused: the previous step's push-pull brought them (BSP: bitwise what
    * a pull at this clock gives). */
-  int rc = t->w_clock == step ? PS_OK : fetch_weights(t, step);
+  int rc = t->w_clock == step ? PS_OK : fetch_weights(t, step, step);
   t->w_clock = UINT64_MAX;
   t->step_pull_ns = ps_now_ns() - p0;
   t->step_push_ns = 0;
@@ -838,6 +868,8 @@ static int fill_dump(ps_trainer_t *t, FILE *f) {
 
 static int fill_report(ps_trainer_t *t, FILE *f) {
   const ps_trainer_result_t *r = &t->res;
+  uint64_t pulls = t->pulls, max_lag = t->pull_max_lag,
+           beyond = t->pull_beyond_bound;
   int n = fprintf(
       f,
       "{\n"
@@ -867,6 +899,13 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       "  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n"
       "  \"seed\": %" PRIu64
+      ",\n"
+      "  \"staleness\": %u,\n"
+      "  \"pulls\": %" PRIu64
+      ",\n"
+      "  \"pull_max_lag\": %" PRIu64
+      ",\n"
+      "  \"pull_beyond_bound\": %" PRIu64
       "\n"
       "}\n",
       t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
@@ -875,7 +914,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       t->start_step, r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
       ps_optimizer_name(t->opt.kind), t->o.momentum,
-      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed);
+      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed,
+      t->staleness, pulls, max_lag, beyond);
   return n < 0 ? -1 : 0;
 }
 
@@ -989,6 +1029,12 @@ int ps_trainer_run(ps_trainer_t *t) {
     }
     double loss;
     uint64_t step_t0 = ps_now_ns();
+    if (o->step_delay_ms) {
+      /* A straggler (--step-delay-ms); a signal cuts it short. */
+      struct timespec d = {(time_t)(o->step_delay_ms / 1000),
+                           (long)(o->step_delay_ms % 1000) * 1000000L};
+      nanosleep(&d, NULL);
+    }
     rc = train_step(t, step, &loss);
     if (rc != PS_OK) {
       if (cluster_gone(t, rc)) {
@@ -1154,8 +1200,15 @@ int ps_trainer_run(ps_trainer_t *t) {
   /* Done when the job is over; Leave when this worker quits before that
    * (signal, error), which tells the scheduler to end the job rather than
    * let the others wait for a worker that will not come back. */
-  if (t->client != NULL)
+  if (t->client != NULL) {
+    /* How stale the weights of this worker's pulls were (SSP's bound: a
+     * lag of at most the staleness; beyond_bound counts any further). */
+    PS_INFO("pull_lag",
+            "pulls=%" PRIu64 " max_lag=%" PRIu64 " beyond_bound=%" PRIu64
+            " staleness=%u",
+            t->pulls, t->pull_max_lag, t->pull_beyond_bound, t->staleness);
     ps_trainer_goodbye(t->client, rc, r->stopped, sig, t->errmsg);
+  }
   if (rc != PS_OK) return rc;
 
   /* How many of a step's layer pushes were on the wire together: every

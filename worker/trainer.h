@@ -146,6 +146,9 @@ typedef struct {
   ps_push_mode_t push;     /* distributed mode */
   ps_push_pull_mode_t push_pull; /* distributed mode */
   uint64_t max_steps;      /* stop after this many global steps; 0: no limit */
+  /* Sleep this long in every training step: a straggler, for tests and
+   * benchmarks of SSP (0: none). MLP and CNN only. */
+  uint32_t step_delay_ms;
   const char *report_path; /* JSON report; NULL: none */
   const char *dump_path;   /* raw float32 LE weights; NULL: none */
   int eval_every_epoch;    /* evaluate after every epoch, not only at the end */

@@ -224,6 +224,16 @@ ps__trainer_ctr_t *ps__trainer_ctr_new(const ps_trainer_opts_t *o,
       rc = crc != PS_OK ? crc : PS_ERR_PEER;
       goto fail;
     }
+    if (ps_view_mode(ps_client_view(t->client)) == PS_MODE_SSP) {
+      ctr_fail(t,
+               "--model ctr cannot train in a --mode ssp job: its sparse "
+               "tables keep one pending sum per row, not one per step (run "
+               "the scheduler with --mode bsp or asp)");
+      /* Leave, not Done: the job cannot run, so it ends now. */
+      ps_client_leave(t->client, "--model ctr in a --mode ssp job");
+      rc = PS_ERR_CONFIG;
+      goto fail;
+    }
     t->rank = ps_client_rank(t->client);
     t->workers = ps_client_num_workers(t->client);
     ps_log_set_node(ps_client_node_id(t->client));

@@ -8,7 +8,11 @@
  * finishes, every process but the killed one exits 0, and its final test
  * accuracy is within 0.5 point of the undisturbed run's. (With 2 workers a
  * BSP step's sum does not depend on arrival order, so exactly-once
- * delivery gives the very same weights; the test prints both.) */
+ * delivery gives the very same weights; the test prints both.)
+ * And the same kill in SSP (issue #15, staleness 3, worker 1 a straggler):
+ * the new backup's snapshot carries the sums of the steps the fast worker
+ * pushed ahead, the run finishes with a sane accuracy, and no pull was
+ * answered beyond the bound. */
 #include <check.h>
 #include <math.h>
 #include <signal.h>
@@ -23,15 +27,16 @@
 #define EPOCHS "2"
 #define RUN_MS 240000
 
-/* One run; kill: SIGKILL the primary of range 0 halfway. Returns the
- * final test accuracy. */
-static double run(const char *tag, int kill_primary) {
+/* One run; kill: SIGKILL the primary of range 0 halfway; ssp: staleness 3
+ * with worker 1 sleeping 3 ms a step. Returns the final test accuracy. */
+static double run(const char *tag, int kill_primary, int ssp) {
   h_cluster_t c;
   h_init(&c, tag);
   const char *report = h_path(&c, "report.json");
   h_proc_t *sched =
       h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep,
-              "--servers", "2", "--workers", "2", "--mode", "bsp", NULL);
+              "--servers", "2", "--workers", "2", "--mode", ssp ? "ssp" : "bsp",
+              ssp ? "--staleness" : NULL, "3", NULL);
   chaos_server_t srv[2];
   memset(srv, 0, sizeof(srv));
   for (int i = 0; i < 2; i++)
@@ -42,7 +47,8 @@ static double run(const char *tag, int kill_primary) {
               "--eval-every-epoch=false", "--report", report, NULL);
   h_proc_t *w1 =
       h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank",
-              "1", "--epochs", EPOCHS, "--eval-every-epoch=false", NULL);
+              "1", "--epochs", EPOCHS, "--eval-every-epoch=false",
+              "--step-delay-ms", ssp ? "3" : "0", NULL);
   h_proc_t *killed = NULL;
   if (kill_primary) {
     uint64_t end = h_now_ms() + RUN_MS;
@@ -77,7 +83,10 @@ static double run(const char *tag, int kill_primary) {
   double acc = h_json_number(json, "test_accuracy");
   double steps = h_json_number(json, "steps");
   double secs = h_json_number(json, "wall_seconds");
+  double beyond = h_json_number(json, "pull_beyond_bound");
   free(json);
+  ck_assert_msg(beyond == 0, "%s: %.0f pulls beyond the staleness bound", tag,
+                beyond);
   if (kill_primary) {
     ck_assert_msg(h_wait_log(sched->log, "event=failover", 1),
                   "%s: the scheduler logged no failover", tag);
@@ -89,8 +98,8 @@ static double run(const char *tag, int kill_primary) {
 }
 
 START_TEST(training_survives_a_dead_primary) {
-  double base = run("chaos_train_base", 0);
-  double fail = run("chaos_train_failover", 1);
+  double base = run("chaos_train_base", 0, 0);
+  double fail = run("chaos_train_failover", 1, 0);
   double diff = fabs(base - fail) * 100.0;
   printf(
       "train_failover: undisturbed %.2f%%, primary killed %.2f%%: "
@@ -103,11 +112,18 @@ START_TEST(training_survives_a_dead_primary) {
 }
 END_TEST
 
+START_TEST(ssp_training_survives_a_dead_primary) {
+  double acc = run("chaos_train_failover_ssp", 1, 1);
+  ck_assert_msg(acc >= 0.80, "ssp with a failover: accuracy %.4f < 0.80", acc);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("chaos_train_failover");
   TCase *tc = tcase_create("train_failover");
   tcase_set_timeout(tc, 560);
   tcase_add_test(tc, training_survives_a_dead_primary);
+  tcase_add_test(tc, ssp_training_survives_a_dead_primary);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

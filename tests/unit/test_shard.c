@@ -1309,6 +1309,259 @@ START_TEST(adam_state_survives_checkpoint_onto_another_split) {
 }
 END_TEST
 
+/* ---- SSP (issue #15) ---- */
+
+#define SSP PS__CONSISTENCY_MODE__MODE_SSP
+
+static ps_shard_t *new_ssp(uint64_t len, const ps_model_t *m,
+                           uint32_t staleness, size_t nlive) {
+  int err = -1;
+  char why[256] = "";
+  ps_shard_t *s = ps_shard_new_ssp(0, len, m, SSP, staleness, workers, nlive,
+                                   &err, why, sizeof(why));
+  ck_assert_msg(s != NULL, "ps_shard_new_ssp: %s", why);
+  ck_assert_int_eq(err, PS_OK);
+  ck_assert_uint_eq(ps_shard_staleness(s), staleness);
+  return s;
+}
+
+/* Momentum and a cosine schedule with inexact gradients: a step applied
+ * out of order, or a sum scaled at another step's rate, changes the bits. */
+static ps_model_t ssp_model(uint64_t len) {
+  ps_model_t m = random_model(len, 0.25f, 0.5f);
+  m.lr_schedule.kind = PS_LR_SCHEDULE_COSINE;
+  m.lr_schedule.total_steps = 8;
+  return m;
+}
+
+START_TEST(ssp_ahead_accepted_beyond_refused_in_order) {
+  const uint64_t len = 300;
+  ps_model_t m = ssp_model(len);
+  ps_shard_t *s = new_ssp(len, &m, 2, 2);
+  ps_shard_t *ref = new_shard(0, len, &m, BSP, 2);
+  float *g1[4], *g2[4];
+  for (int t = 0; t < 4; t++) {
+    g1[t] = rough_grad(len, t);
+    g2[t] = rough_grad(len, 10 + t);
+  }
+  int applied = -1;
+  char why[256] = "";
+  /* W1 runs ahead: steps 0, 1 and 2 (clock + 2) are accepted and change
+   * nothing yet; step 3 is beyond the bound. */
+  for (int t = 0; t < 3; t++) {
+    ck_assert_int_eq(push(s, W1, 0, len, g1[t], (uint64_t)t, &applied), PS_OK);
+    ck_assert_int_eq(applied, 0);
+  }
+  const float *w0 = ps_shard_weights(ref);
+  ck_assert(memcmp(ps_shard_weights(s), w0, len * sizeof(float)) == 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 0);
+  ck_assert_uint_eq(ps_shard_pending_received(s, 1), len);
+  ck_assert_uint_eq(ps_shard_pending_received(s, 2), len);
+  ck_assert_int_eq(
+      ps_shard_push(s, W1, 0, len, g1[3], 3, &applied, why, sizeof(why)),
+      PS_ERR_REFUSED);
+  ck_assert_ptr_nonnull(strstr(why, "staleness bound 2"));
+  ck_assert_uint_eq(ps_shard_pending_received(s, 3), 0);
+  /* The same worker twice for a step ahead: a duplicate. */
+  ck_assert_int_eq(
+      ps_shard_push(s, W1, 0, 10, g1[1], 1, &applied, why, sizeof(why)),
+      PS_ERR_REFUSED);
+  ck_assert_ptr_nonnull(strstr(why, "duplicate push"));
+  ck_assert_int_eq(ps_shard_apply_ready(s), 0);
+
+  /* W2 completes step 0 only: step 1 still waits for it. */
+  ck_assert_int_eq(push(s, W2, 0, len, g2[0], 0, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 1);
+  ck_assert_int_eq(ps_shard_apply_ready(s), 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 1);
+  /* Step 3 is within the bound now; a stale step 0 is refused. */
+  ck_assert_int_eq(push(s, W1, 0, len, g1[3], 3, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_int_eq(
+      ps_shard_push(s, W2, 0, len, g2[0], 0, &applied, why, sizeof(why)),
+      PS_ERR_REFUSED);
+  ck_assert_ptr_nonnull(strstr(why, "duplicate or stale"));
+  for (int t = 1; t < 4; t++) {
+    ck_assert_int_eq(push(s, W2, 0, len, g2[t], (uint64_t)t, &applied), PS_OK);
+    ck_assert_int_eq(applied, 1);
+    ck_assert_uint_eq(ps_shard_clock(s), (uint64_t)t + 1);
+    ck_assert_int_eq(ps_shard_apply_ready(s), 0);
+  }
+
+  /* The same steps in BSP order give the same bits. */
+  for (int t = 0; t < 4; t++) {
+    ck_assert_int_eq(push(ref, W2, 0, len, g2[t], (uint64_t)t, &applied),
+                     PS_OK);
+    ck_assert_int_eq(push(ref, W1, 0, len, g1[t], (uint64_t)t, &applied),
+                     PS_OK);
+    ck_assert_int_eq(applied, 1);
+  }
+  assert_same_state(s, ref, len);
+  for (int t = 0; t < 4; t++) {
+    free(g1[t]);
+    free(g2[t]);
+  }
+  ps_shard_destroy(&s);
+  ps_shard_destroy(&ref);
+}
+END_TEST
+
+START_TEST(ssp_ready_steps_apply_one_at_a_time) {
+  /* Steps whose every contribution came in early are applied by
+   * ps_shard_apply_ready, one per call, in order: after the slow worker's
+   * last piece of the current step, and after a live-set change. */
+  const uint64_t len = 64;
+  ps_model_t m = ssp_model(len);
+  ps_shard_t *s = new_ssp(len, &m, 3, 3);
+  ps_shard_t *ref = new_shard(0, len, &m, BSP, 3);
+  const uint32_t ids[3] = {W1, W2, W3};
+  float *g[3][4];
+  for (int k = 0; k < 3; k++)
+    for (int t = 0; t < 4; t++) g[k][t] = rough_grad(len, 4 * k + t);
+  int applied = -1;
+  /* W1 and W2 push steps 0 to 3; W3 half of step 0, then all of step 1. */
+  for (int t = 0; t < 4; t++)
+    for (int k = 0; k < 2; k++)
+      ck_assert_int_eq(push(s, ids[k], 0, len, g[k][t], (uint64_t)t, &applied),
+                       PS_OK);
+  ck_assert_int_eq(push(s, W3, 0, 32, g[2][0], 0, &applied), PS_OK);
+  ck_assert_int_eq(push(s, W3, 0, len, g[2][1], 1, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_uint_eq(ps_shard_clock(s), 0);
+  ck_assert_int_eq(push(s, W3, 32, 32, g[2][0] + 32, 0, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 1);
+  ck_assert_int_eq(ps_shard_apply_ready(s), 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 2);
+  ck_assert_int_eq(ps_shard_apply_ready(s), 0); /* step 2 waits for W3 */
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 3; k++)
+      ck_assert_int_eq(
+          push(ref, ids[k], 0, len, g[k][t], (uint64_t)t, &applied), PS_OK);
+  /* The same weights; s holds step 2 and 3 sums that ref has not seen. */
+  ck_assert_uint_eq(ps_shard_clock(ref), 2);
+  ck_assert(memcmp(ps_shard_weights(s), ps_shard_weights(ref),
+                   len * sizeof(float)) == 0);
+  ck_assert_uint_eq(ps_shard_received(s), 2 * len);
+
+  /* W3 dies: steps 2 and 3 have every live worker's share. The live-set
+   * change applies step 2, apply_ready step 3, in that order. */
+  const uint32_t two[2] = {W1, W2};
+  ck_assert_int_eq(set_live(s, two, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 3);
+  ck_assert_int_eq(ps_shard_apply_ready(s), 1);
+  ck_assert_uint_eq(ps_shard_clock(s), 4);
+  ck_assert_int_eq(ps_shard_apply_ready(s), 0);
+  ck_assert_int_eq(set_live(ref, two, 2, &applied), PS_OK);
+  for (int t = 2; t < 4; t++)
+    for (int k = 0; k < 2; k++)
+      ck_assert_int_eq(
+          push(ref, ids[k], 0, len, g[k][t], (uint64_t)t, &applied), PS_OK);
+  assert_same_state(s, ref, len);
+  for (int k = 0; k < 3; k++)
+    for (int t = 0; t < 4; t++) free(g[k][t]);
+  ps_shard_destroy(&s);
+  ps_shard_destroy(&ref);
+}
+END_TEST
+
+START_TEST(ssp_zero_is_bsp) {
+  /* Staleness 0: the same acceptance and the same bits as BSP. */
+  const uint64_t len = 100;
+  ps_model_t m = ssp_model(len);
+  ps_shard_t *s = new_ssp(len, &m, 0, 2);
+  ps_shard_t *b = new_shard(0, len, &m, BSP, 2);
+  float *g = rough_grad(len, 1), *h = rough_grad(len, 2);
+  int applied = -1;
+  char why[256];
+  for (int k = 0; k < 2; k++) {
+    ps_shard_t *x = k ? b : s;
+    ck_assert_int_eq(
+        ps_shard_push(x, W1, 0, len, g, 1, &applied, why, sizeof(why)),
+        PS_ERR_REFUSED);
+    ck_assert_ptr_nonnull(strstr(why, "did not pull"));
+    for (uint64_t t = 0; t < 3; t++) {
+      ck_assert_int_eq(push(x, W2, 0, len, h, t, &applied), PS_OK);
+      ck_assert_int_eq(push(x, W1, 0, len, g, t, &applied), PS_OK);
+      ck_assert_int_eq(applied, 1);
+      ck_assert_int_eq(ps_shard_apply_ready(x), 0);
+    }
+  }
+  assert_same_state(s, b, len);
+  /* Only SSP takes a staleness, at most PS_SSP_STALENESS_MAX. */
+  int err = 0;
+  ck_assert_ptr_null(
+      ps_shard_new_ssp(0, len, &m, BSP, 1, workers, 2, &err, why, sizeof(why)));
+  ck_assert_int_eq(err, PS_ERR_INVAL);
+  ck_assert_ptr_null(ps_shard_new_ssp(0, len, &m, SSP, PS_SSP_STALENESS_MAX + 1,
+                                      workers, 2, &err, why, sizeof(why)));
+  ck_assert_int_eq(err, PS_ERR_INVAL);
+  /* Sparse rows keep one pending sum: refused in SSP. */
+  ck_assert_int_eq(ps_shard_check_step(s, W1, 3, why, sizeof(why)),
+                   PS_ERR_UNSUPPORTED);
+  free(g);
+  free(h);
+  ps_shard_destroy(&s);
+  ps_shard_destroy(&b);
+}
+END_TEST
+
+START_TEST(ssp_export_import_steps_ahead) {
+  /* A backup filled mid-job holds every step in progress, the later ones
+   * too, and goes on bit for bit like the primary. */
+  const uint64_t len = BK + 50;
+  ps_model_t m = ssp_model(len);
+  ps_shard_t *a = new_ssp(len, &m, 3, 2);
+  float *g1 = rough_grad(len, 1), *g2 = rough_grad(len, 2);
+  int applied;
+  for (uint64_t t = 0; t < 3; t++)
+    ck_assert_int_eq(push(a, W1, 0, len, g1, t, &applied), PS_OK);
+  ck_assert_int_eq(push(a, W2, 0, len, g2, 0, &applied), PS_OK);
+  /* Step 3 partly, from the middle: an interval that is not the range. */
+  ck_assert_int_eq(push(a, W1, 10, BK, g1 + 10, 3, &applied), PS_OK);
+  ck_assert_uint_eq(ps_shard_clock(a), 1);
+
+  ps_shard_state_t st;
+  ck_assert_int_eq(ps_shard_export(a, &st), PS_OK);
+  ck_assert_uint_eq(st.npending, 2); /* steps 2 and 3; 4 is empty */
+  ck_assert_uint_eq(st.ncontrib, 1);
+  ck_assert_uint_eq(st.pending[1].acc_lo, 10);
+  ck_assert_uint_eq(st.pending[1].acc_hi, BK + 10);
+  char why[256] = "";
+  /* A shard without room for later steps refuses, changing nothing. */
+  ps_shard_t *bsp = new_shard(0, len, &m, BSP, 1);
+  ck_assert_int_eq(import(bsp, &st, why), PS_ERR_INVAL);
+  ck_assert_ptr_nonnull(strstr(why, "staleness"));
+  ck_assert_uint_eq(ps_shard_clock(bsp), 0);
+  ps_shard_destroy(&bsp);
+
+  ps_shard_t *b = new_ssp(len, &m, 3, 1);
+  ck_assert_int_eq(import(b, &st, why), PS_OK);
+  assert_same_state(a, b, len);
+  for (uint64_t t = 1; t < 5; t++)
+    ck_assert_uint_eq(ps_shard_pending_received(a, t),
+                      ps_shard_pending_received(b, t));
+  for (int k = 0; k < 2; k++) {
+    ps_shard_t *x = k ? b : a;
+    ck_assert_int_eq(push(x, W1, 0, 10, g1, 3, &applied), PS_OK);
+    ck_assert_int_eq(push(x, W1, BK + 10, 40, g1 + BK + 10, 3, &applied),
+                     PS_OK);
+    for (uint64_t t = 1; t < 4; t++) {
+      ck_assert_int_eq(push(x, W2, 0, len, g2, t, &applied), PS_OK);
+      ck_assert_int_eq(applied, 1);
+    }
+    ck_assert_uint_eq(ps_shard_clock(x), 4);
+  }
+  assert_same_state(a, b, len);
+  free(g1);
+  free(g2);
+  ps_shard_destroy(&a);
+  ps_shard_destroy(&b);
+}
+END_TEST
+
 int main(void) {
   Suite *suite = suite_create("shard");
   TCase *tc = tcase_create("shard");
@@ -1334,6 +1587,10 @@ int main(void) {
   tcase_add_test(tc, add_counts_exactly);
   tcase_add_test(tc, skip_to_joiners_step);
   tcase_add_test(tc, follow_step_equals_replay);
+  tcase_add_test(tc, ssp_ahead_accepted_beyond_refused_in_order);
+  tcase_add_test(tc, ssp_ready_steps_apply_one_at_a_time);
+  tcase_add_test(tc, ssp_zero_is_bsp);
+  tcase_add_test(tc, ssp_export_import_steps_ahead);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
 }

@@ -243,6 +243,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
     return NULL;
   }
   c->opts = *o;
+  c->last_pull_clock = UINT64_MAX;
   c->chunk_keys = o->chunk_bytes / sizeof(float);
   c->wake_fd = -1;
   pthread_mutex_init(&c->mu, NULL);
@@ -412,6 +413,10 @@ uint64_t ps_client_start_clock(ps_client_t *c) {
   const ps_node_t *me = ps_view_node(c->view, c->node_id);
   if (me && me->join_clock > start) start = me->join_clock;
   return start;
+}
+
+uint64_t ps_client_last_pull_clock(const ps_client_t *c) {
+  return c->last_pull_clock;
 }
 
 uint64_t ps_client_duplicate_acks(const ps_client_t *c) {

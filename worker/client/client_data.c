@@ -636,6 +636,22 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
+    if (r->clock < op->reply_clock) op->reply_clock = r->clock;
+    /* A push-pull of step t brings the weights for step t + 1. */
+    uint64_t want = op->pushpull ? op->clock + 1 : op->clock;
+    if (r->clock < want) {
+      uint64_t lag = want - r->clock;
+      /* ASP promises no clock: only BSP and SSP have a bound, which the
+       * servers keep; a reply beyond it is worth a line. */
+      if (c->view->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
+          lag > ps_view_staleness(c->view)) {
+        PS_WARN("pull_beyond_staleness",
+                "server=%u keys=%" PRIu64 "+%" PRIu64 " clock=%" PRIu64
+                " reply_clock=%" PRIu64 " staleness=%u",
+                k->server_id, p->key_begin, p->count, want, r->clock,
+                ps_view_staleness(c->view));
+      }
+    }
     if (op->hold) {
       rc = ps__client_op_hold(c, op, p, m);
       if (rc != PS_OK) {
@@ -932,6 +948,7 @@ static int ps__client_start(ps_client_t *c, int is_push, int hold,
   op->key_begin = key_begin;
   op->count = count;
   op->clock = clock;
+  op->reply_clock = UINT64_MAX;
   op->values = values;
   op->out = out;
   op->timeout_ms = c->opts.timeout_ms;
@@ -1031,6 +1048,8 @@ int ps_client_wait(ps_client_t *c, uint64_t ticket) {
   if (op->is_push) ps__client_op_settle(c, op);
   int rc = op->status;
   if (rc != PS_OK) snprintf(c->errmsg, sizeof(c->errmsg), "%s", op->errmsg);
+  if (rc == PS_OK && (!op->is_push || op->pushpull))
+    c->last_pull_clock = op->reply_clock;
   ps__client_op_retire(c, op);
   return rc;
 }

@@ -122,6 +122,8 @@ typedef struct ps__op_s {
   uint64_t key_begin, count, clock;
   const float *values; /* push */
   float *out;          /* pull, pushpull */
+  uint64_t reply_clock; /* pull, pushpull: the lowest server clock of its
+                           replies */
   uint64_t deadline_ms;
   int timeout_ms;
   ps__piece_t *pieces;
@@ -247,6 +249,7 @@ struct ps_client_s {
   uint64_t last_clock;
   int done_sent;
   uint64_t duplicate_acks; /* pushes acked as already applied */
+  uint64_t last_pull_clock; /* ps_client_last_pull_clock */
   uint64_t resends;        /* pieces resent by the resend timer */
   char errmsg[PS__ERRMSG_MAX];
 };

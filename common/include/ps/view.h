@@ -23,6 +23,18 @@ typedef struct ps_view_s ps_view_t;
 /* The view's epoch: every view the scheduler publishes has a higher one. */
 PS_EXTERN uint64_t ps_view_epoch(const ps_view_t *v);
 
+/* The job's consistency mode (README, Consistency): the same numbers as
+ * proto/ps.proto's ConsistencyMode. */
+#define PS_MODE_BSP 0
+#define PS_MODE_ASP 1
+#define PS_MODE_SSP 2
+PS_EXTERN int ps_view_mode(const ps_view_t *v);
+
+/* PS_MODE_SSP: the staleness bound S, the steps a worker may run ahead of
+ * the slowest (a pull at clock c gets weights of clock >= c - S). 0 in the
+ * other modes. */
+PS_EXTERN uint32_t ps_view_staleness(const ps_view_t *v);
+
 /* Workers in state alive in this view (not dead, done or left). */
 PS_EXTERN uint32_t ps_view_live_workers(const ps_view_t *v);
 

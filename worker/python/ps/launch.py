@@ -207,7 +207,8 @@ def main(argv=None):
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--mode", choices=("bsp", "asp"), default="bsp")
+    ap.add_argument("--mode", choices=("bsp", "asp", "ssp"), default="bsp",
+                    help="ssp: staleness 3 (ps-scheduler --staleness)")
     ap.add_argument("--replication", type=int, default=None)
     ap.add_argument("--heartbeat-timeout-ms", type=int, default=None,
                     help="the scheduler's (default its own, 400): silence "

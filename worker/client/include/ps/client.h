@@ -118,6 +118,14 @@ PS_EXTERN const ps_view_t *ps_client_view(ps_client_t *c);
  * clock and goes on from there. */
 PS_EXTERN uint64_t ps_client_start_clock(ps_client_t *c);
 
+/* The server clock of the weights the last pull or push-pull waited for
+ * (ps_client_pull, ps_client_pushpull, or ps_client_wait on either)
+ * returned: the lowest over the servers that answered it, so every
+ * gradient of steps below it is in them. BSP: >= the clock asked for (a
+ * push-pull of step t: t + 1); SSP: >= that clock - the view's staleness
+ * (ps_view_staleness); ASP: no promise. UINT64_MAX before the first. */
+PS_EXTERN uint64_t ps_client_last_pull_clock(const ps_client_t *c);
+
 /* Pushes that servers acknowledged as duplicates (a resend of a push that
  * was applied already), since the client was created. */
 PS_EXTERN uint64_t ps_client_duplicate_acks(const ps_client_t *c);
