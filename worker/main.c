@@ -63,6 +63,8 @@ int main(int argc, char **argv) {
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int optimizer = PS_OPTIMIZER_SGD;
   int push = PS_PUSH_AUTO;
+  int codec = 0, pull_codec = 0; /* indices into the lists of --codec */
+  double topk_fraction;
   /* --log-format: the index in "auto|logfmt|pretty". */
   enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
   int log_format = LOG_FORMAT_AUTO;
@@ -166,6 +168,17 @@ int main(int argc, char **argv) {
       {"push", PS_OPT_ENUM, &push, "auto", 0, 0, "auto|model|layer",
        "gradient pushes: the whole model after backward, or each layer as "
        "soon as it is computed (auto: per layer on a GPU)"},
+      {"codec", PS_OPT_ENUM, &codec, "none", 0, 0, "none|fp16|int8|topk",
+       "how gradient pushes of every dense tensor travel: float32, IEEE "
+       "half, int8 with a scale per 256 keys, or the largest "
+       "--topk-fraction of each request with error feedback (declared to "
+       "the cluster; mlp and cnn)"},
+      {"pull-codec", PS_OPT_ENUM, &pull_codec, "auto", 0, 0,
+       "auto|none|fp16|int8",
+       "how weight pulls travel (auto: fp16 with --codec fp16, int8 with "
+       "int8 and topk, else none)"},
+      {"topk-fraction", PS_OPT_DOUBLE, &topk_fraction, "0.01", 1e-6, 1, NULL,
+       "--codec topk: the fraction of each request's values sent"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
       {"report", PS_OPT_STRING, &report, NULL, 0, 0, NULL,
@@ -315,6 +328,13 @@ int main(int argc, char **argv) {
                                      PS_OPTIMIZER_FTRL};
   to.ctr_sparse_optimizer = sparse_kinds[ctr_sparse_opt];
   to.ctr_sparse_lr = ctr_sparse_lr;
+  /* --codec's list is PS_CODEC_* in order; --pull-codec's after "auto". */
+  to.push_codec = codec;
+  to.pull_codec = pull_codec > 0           ? pull_codec - 1
+                  : codec == PS_CODEC_FP16 ? PS_CODEC_FP16
+                  : codec == PS_CODEC_NONE ? PS_CODEC_NONE
+                                           : PS_CODEC_INT8;
+  to.topk_fraction = topk_fraction;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

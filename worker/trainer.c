@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/codec.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/init.h"
@@ -57,6 +58,7 @@ struct ps_trainer_s {
    * optimizer and schedule of the options; sched is its schedule resolved
    * for this job's worker count (what the servers apply). */
   ps_model_t model;
+  ps_tensor_spec_t *coded_tensors; /* model.tensors with the codecs set */
   ps_optimizer_spec_t opt;
   ps_lr_schedule_spec_t sched;
   float *g;    /* gradient of this worker's batch */
@@ -304,9 +306,10 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
   if (o->model == PS_NET_CTR) {
-    const char *no = o->metrics_csv_path       ? "metrics-csv"
-                     : o->push == PS_PUSH_LAYER ? "push layer"
-                                                : NULL;
+    const char *no = o->metrics_csv_path              ? "metrics-csv"
+                     : o->push == PS_PUSH_LAYER       ? "push layer"
+                     : o->push_codec || o->pull_codec ? "codec"
+                                                      : NULL;
     if (no != NULL) {
       trainer_fail(t, "--%s is not supported with --model ctr", no);
       rc = PS_ERR_CONFIG;
@@ -417,6 +420,23 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
    * are to apply. The horizon goes in epochs: the worker count that turns
    * it into steps is the scheduler's to tell. */
   t->model = *ps_net_model(t->net);
+  if (o->push_codec != PS_CODEC_NONE || o->pull_codec != PS_CODEC_NONE) {
+    t->coded_tensors = calloc(t->model.ntensors, sizeof(*t->coded_tensors));
+    if (t->coded_tensors == NULL) {
+      trainer_fail(t, "out of memory");
+      rc = PS_ERR_NOMEM;
+      goto fail;
+    }
+    for (size_t i = 0; i < t->model.ntensors; i++) {
+      ps_tensor_spec_t *ts = &t->coded_tensors[i];
+      *ts = t->model.tensors[i];
+      ts->push_codec = o->push_codec;
+      ts->pull_codec = o->pull_codec;
+      ts->topk_fraction =
+          o->push_codec == PS_CODEC_TOPK ? (float)o->topk_fraction : 0;
+    }
+    t->model.tensors = t->coded_tensors;
+  }
   opts_optimizer(o, &t->opt);
   t->model.optimizer = t->opt.kind;
   t->model.learning_rate = t->opt.learning_rate;
@@ -540,6 +560,7 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   ps_dataset_clear(&t->test);
   free(t->v);
   free(t->perm);
+  free(t->coded_tensors);
   free(t);
   *t_p = NULL;
 }
@@ -776,6 +797,9 @@ static int fill_dump(ps_trainer_t *t, FILE *f) {
 
 static int fill_report(ps_trainer_t *t, FILE *f) {
   const ps_trainer_result_t *r = &t->res;
+  /* Payload bytes this worker moved (issue #15: the codecs' saving). */
+  uint64_t push_bytes = 0, pull_bytes = 0;
+  if (t->client) ps_client_wire_bytes(t->client, &push_bytes, &pull_bytes);
   int n = fprintf(
       f,
       "{\n"
@@ -805,7 +829,14 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       "  \"momentum\": %g,\n"
       "  \"lr_schedule\": \"%s\",\n"
       "  \"seed\": %" PRIu64
-      "\n"
+      ",\n"
+      "  \"push_codec\": \"%s\",\n"
+      "  \"pull_codec\": \"%s\",\n"
+      "  \"push_bytes\": %" PRIu64
+      ",\n"
+      "  \"pull_bytes\": %" PRIu64
+      ",\n"
+      "  \"bytes_per_step\": %.1f\n"
       "}\n",
       t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
       ps_compute_name(t->compute), r->test_accuracy, r->test_loss,
@@ -813,7 +844,12 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       t->start_step, r->steps_per_epoch, r->workers, t->o.batch_size,
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
       ps_optimizer_name(t->opt.kind), t->o.momentum,
-      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed);
+      t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed,
+      ps_codec_name(t->o.push_codec), ps_codec_name(t->o.pull_codec),
+      push_bytes, pull_bytes,
+      r->steps > t->start_step ? (double)(push_bytes + pull_bytes) /
+                                     (double)(r->steps - t->start_step)
+                               : 0.0);
   return n < 0 ? -1 : 0;
 }
 

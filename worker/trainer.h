@@ -177,6 +177,12 @@ typedef struct {
    * ctr_sparse_lr (FTRL: alpha; beta 1, --l1 and --l2). */
   int ctr_sparse_optimizer;
   double ctr_sparse_lr;
+  /* Codecs (issue #15) declared for every dense tensor: PS_CODEC_* of
+   * pushes and of pulls (none, fp16, int8), and the top-k fraction for
+   * PS_CODEC_TOPK pushes. All 0: raw float32. mlp and cnn only. */
+  int push_codec;
+  int pull_codec;
+  double topk_fraction;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those
