@@ -25,7 +25,10 @@ static result_t run_codec(const char *codec) {
   h_init(&c, test);
   const char *report = h_path(&c, "report.json");
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "2", "--workers", "2", "--mode", "bsp", "--replication", "2", NULL);
+          "2", "--workers", "2", "--mode", "bsp", "--replication", "2",
+          /* Four trainings back to back on a shared machine (and under
+           * ASan): no node declared dead for a slow heartbeat. */
+          "--heartbeat-timeout-ms", "3000", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
