@@ -65,6 +65,7 @@ int main(int argc, char **argv) {
   int push = PS_PUSH_AUTO;
   int codec = 0, pull_codec = 0; /* indices into the lists of --codec */
   double topk_fraction;
+  char *tensor_codecs = NULL;
   /* --log-format: the index in "auto|logfmt|pretty". */
   enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
   int log_format = LOG_FORMAT_AUTO;
@@ -177,6 +178,10 @@ int main(int argc, char **argv) {
        "auto|none|fp16|int8",
        "how weight pulls travel (auto: fp16 with --codec fp16, int8 with "
        "int8 and topk, else none)"},
+      {"tensor-codecs", PS_OPT_STRING, &tensor_codecs, NULL, 0, 0, NULL,
+       "NAME=CODEC,...: these tensors' pushes in another codec than "
+       "--codec's, e.g. fc1.weight=topk,fc3.bias=none (pulls as "
+       "--pull-codec says, auto by each tensor's codec)"},
       {"topk-fraction", PS_OPT_DOUBLE, &topk_fraction, "0.01", 1e-6, 1, NULL,
        "--codec topk: the fraction of each request's values sent"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
@@ -330,11 +335,9 @@ int main(int argc, char **argv) {
   to.ctr_sparse_lr = ctr_sparse_lr;
   /* --codec's list is PS_CODEC_* in order; --pull-codec's after "auto". */
   to.push_codec = codec;
-  to.pull_codec = pull_codec > 0           ? pull_codec - 1
-                  : codec == PS_CODEC_FP16 ? PS_CODEC_FP16
-                  : codec == PS_CODEC_NONE ? PS_CODEC_NONE
-                                           : PS_CODEC_INT8;
+  to.pull_codec = pull_codec - 1; /* -1: auto */
   to.topk_fraction = topk_fraction;
+  to.tensor_codecs = tensor_codecs && tensor_codecs[0] ? tensor_codecs : NULL;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

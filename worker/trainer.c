@@ -188,6 +188,63 @@ float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
   return ps_lr_factor(&s, step);
 }
 
+/* A tensor's codecs for push codec push (issue #15): the pull codec the
+ * options give, or the one that goes with push. */
+static void set_codecs(ps_tensor_spec_t *ts, const ps_trainer_opts_t *o,
+                       int push) {
+  ts->push_codec = push;
+  ts->pull_codec = o->pull_codec >= 0      ? o->pull_codec
+                   : push == PS_CODEC_FP16 ? PS_CODEC_FP16
+                   : push == PS_CODEC_NONE ? PS_CODEC_NONE
+                                           : PS_CODEC_INT8;
+  ts->topk_fraction = push == PS_CODEC_TOPK ? (float)o->topk_fraction : 0;
+}
+
+/* --tensor-codecs "NAME=CODEC,...": those tensors' push codecs. */
+static int apply_tensor_codecs(ps_trainer_t *t, const char *list) {
+  const char *p = list;
+  while (*p) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *eq = memchr(p, '=', len);
+    char name[PS_NAME_MAX], codec[16];
+    if (eq == NULL || eq == p || (size_t)(eq - p) >= sizeof(name) ||
+        len - (size_t)(eq - p) - 1 >= sizeof(codec)) {
+      trainer_fail(t, "--tensor-codecs: \"%.*s\" is not NAME=CODEC", (int)len,
+                   p);
+      return PS_ERR_CONFIG;
+    }
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - p), p);
+    snprintf(codec, sizeof(codec), "%.*s", (int)(len - (size_t)(eq - p) - 1),
+             eq + 1);
+    int c = ps_codec_parse(codec);
+    if (c < 0) {
+      trainer_fail(t,
+                   "--tensor-codecs: codec \"%s\" of tensor \"%s\" is not "
+                   "none, fp16, int8 or topk",
+                   codec, name);
+      return PS_ERR_CONFIG;
+    }
+    size_t i = 0;
+    while (i < t->model.ntensors && strcmp(t->coded_tensors[i].name, name)) i++;
+    if (i == t->model.ntensors) {
+      char names[512] = "";
+      for (size_t j = 0; j < t->model.ntensors; j++)
+        snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+                 j ? ", " : "", t->coded_tensors[j].name);
+      trainer_fail(t,
+                   "--tensor-codecs: the model has no tensor \"%s\" (it "
+                   "has %s)",
+                   name, names);
+      return PS_ERR_CONFIG;
+    }
+    set_codecs(&t->coded_tensors[i], &t->o, c);
+    p += len;
+    if (*p == ',') p++;
+  }
+  return PS_OK;
+}
+
 /* The optimizer the options declare: only the settings its kind uses (the
  * others' defaults, --momentum 0.9 say, mean nothing to Adam). */
 static void opts_optimizer(const ps_trainer_opts_t *o, ps_optimizer_spec_t *p) {
@@ -306,10 +363,11 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   int rc = check_opts(t);
   if (rc != PS_OK) goto fail;
   if (o->model == PS_NET_CTR) {
-    const char *no = o->metrics_csv_path              ? "metrics-csv"
-                     : o->push == PS_PUSH_LAYER       ? "push layer"
-                     : o->push_codec || o->pull_codec ? "codec"
-                                                      : NULL;
+    const char *no = o->metrics_csv_path        ? "metrics-csv"
+                     : o->push == PS_PUSH_LAYER ? "push layer"
+                     : o->push_codec || o->pull_codec > 0 || o->tensor_codecs
+                         ? "codec"
+                         : NULL;
     if (no != NULL) {
       trainer_fail(t, "--%s is not supported with --model ctr", no);
       rc = PS_ERR_CONFIG;
@@ -420,7 +478,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
    * are to apply. The horizon goes in epochs: the worker count that turns
    * it into steps is the scheduler's to tell. */
   t->model = *ps_net_model(t->net);
-  if (o->push_codec != PS_CODEC_NONE || o->pull_codec != PS_CODEC_NONE) {
+  if (o->push_codec != PS_CODEC_NONE || o->pull_codec > 0 || o->tensor_codecs) {
     t->coded_tensors = calloc(t->model.ntensors, sizeof(*t->coded_tensors));
     if (t->coded_tensors == NULL) {
       trainer_fail(t, "out of memory");
@@ -428,14 +486,13 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       goto fail;
     }
     for (size_t i = 0; i < t->model.ntensors; i++) {
-      ps_tensor_spec_t *ts = &t->coded_tensors[i];
-      *ts = t->model.tensors[i];
-      ts->push_codec = o->push_codec;
-      ts->pull_codec = o->pull_codec;
-      ts->topk_fraction =
-          o->push_codec == PS_CODEC_TOPK ? (float)o->topk_fraction : 0;
+      t->coded_tensors[i] = t->model.tensors[i];
+      set_codecs(&t->coded_tensors[i], o, o->push_codec);
     }
     t->model.tensors = t->coded_tensors;
+    if (o->tensor_codecs &&
+        (rc = apply_tensor_codecs(t, o->tensor_codecs)) != PS_OK)
+      goto fail;
   }
   opts_optimizer(o, &t->opt);
   t->model.optimizer = t->opt.kind;
@@ -845,7 +902,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
       ps_optimizer_name(t->opt.kind), t->o.momentum,
       t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed,
-      ps_codec_name(t->o.push_codec), ps_codec_name(t->o.pull_codec),
+      ps_codec_name(t->o.push_codec),
+      ps_codec_name(t->model.ntensors ? t->model.tensors[0].pull_codec : 0),
       push_bytes, pull_bytes,
       r->steps > t->start_step ? (double)(push_bytes + pull_bytes) /
                                      (double)(r->steps - t->start_step)

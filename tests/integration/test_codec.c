@@ -18,10 +18,11 @@ typedef struct {
   double acc, bytes_per_step, push_bytes, pull_bytes;
 } result_t;
 
-static result_t run_codec(const char *codec) {
+static result_t run_codec_with(const char *codec, const char *tensor_codecs) {
   h_cluster_t c;
   char test[64];
-  snprintf(test, sizeof(test), "codec_%s", codec);
+  snprintf(test, sizeof(test), "codec_%s%s", codec,
+           tensor_codecs ? "_mixed" : "");
   h_init(&c, test);
   const char *report = h_path(&c, "report.json");
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
@@ -31,11 +32,13 @@ static result_t run_codec(const char *codec) {
           "--heartbeat-timeout-ms", "3000", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  const char *tc = tensor_codecs ? tensor_codecs : "";
   h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
-          "--epochs", "1", "--codec", codec, "--eval-every-epoch=false",
-          "--report", report, NULL);
+          "--epochs", "1", "--codec", codec, "--tensor-codecs", tc,
+          "--eval-every-epoch=false", "--report", report, NULL);
   h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
-          "--epochs", "1", "--codec", codec, "--eval-every-epoch=false", NULL);
+          "--epochs", "1", "--codec", codec, "--tensor-codecs", tc,
+          "--eval-every-epoch=false", NULL);
   char why[512];
   int ok = h_wait_all_exit0(&c, 0, 280000, why, sizeof(why));
   h_kill_all(&c);
@@ -61,6 +64,10 @@ static result_t run_codec(const char *codec) {
   return r;
 }
 
+static result_t run_codec(const char *codec) {
+  return run_codec_with(codec, NULL);
+}
+
 START_TEST(codecs_cut_bytes_and_learn) {
   result_t none = run_codec("none");
   /* MLP 784-256-128-10: 235,146 floats pushed and pulled per step. */
@@ -81,6 +88,18 @@ START_TEST(codecs_cut_bytes_and_learn) {
                   "codec %s: %.2fx fewer bytes per step, expected %.2f to %.2f",
                   want[i].codec, ratio, want[i].min_ratio, want[i].max_ratio);
   }
+  /* Codecs per tensor: int8 for most, top-k for the biggest, float32 for
+   * the last bias (requests are cut where the codec changes). Its bytes
+   * fall between all-top-k's and all-int8's: fc1.weight's 200,704 keys go
+   * top-k up, int8 down; fc3.bias's 10 float32 both ways. */
+  result_t mixed = run_codec_with("int8", "fc1.weight=topk,fc3.bias=none");
+  double want_bytes = (235146.0 - 200704 - 10) * (1 + 4.0 / 256) * 2 +
+                      200704 * (0.01 * 8 + 1 + 4.0 / 256) + 10 * 8;
+  printf("codec mixed: %.0f bytes/step, about %.0f expected\n",
+         mixed.bytes_per_step, want_bytes);
+  ck_assert_msg(fabs(mixed.bytes_per_step - want_bytes) < want_bytes * 0.02,
+                "mixed codecs: %.0f bytes/step, expected about %.0f",
+                mixed.bytes_per_step, want_bytes);
 }
 END_TEST
 
@@ -90,11 +109,16 @@ START_TEST(bad_codec_exits_2) {
   static const char *const bad[][2] = {{"--codec", "bf16"},
                                        {"--pull-codec", "topk"},
                                        {"--topk-fraction", "0"},
-                                       {"--topk-fraction", "1.5"}};
+                                       {"--topk-fraction", "1.5"},
+                                       {"--tensor-codecs", "fc9.weight=int8"},
+                                       {"--tensor-codecs", "fc1.weight=int4"},
+                                       {"--tensor-codecs", "fc1.weight"}};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     int status = 0;
-    char *out = h_run(&c, 20000, &status, "ps-worker", "--scheduler",
-                      c.sched_ep, bad[i][0], bad[i][1], NULL);
+    /* Standalone: a tensor name is checked against the model, which the
+     * worker builds before it would look for a scheduler. */
+    char *out = h_run(&c, 60000, &status, "ps-worker", "--standalone",
+                      "--max-steps", "1", bad[i][0], bad[i][1], NULL);
     ck_assert_ptr_nonnull(out);
     ck_assert_msg(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 2,
                   "%s %s: exit status %d, output: %s", bad[i][0], bad[i][1],
