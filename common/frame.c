@@ -164,7 +164,9 @@ static void expected_payload(const Ps__Envelope *env, int *min_frames,
       *nfloats = env->replica_chunk->count;
       break;
     case PS__ENVELOPE__BODY_REPLICATE:
-      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH) {
+      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH ||
+          (env->replicate->kind == PS__REPLICATE_KIND__REPL_STEP &&
+           env->replicate->sum)) {
         *min_frames = *max_frames = 1;
         *nfloats = env->replicate->count;
       }

@@ -137,6 +137,53 @@ static void replay_sparse_push(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
   reply_replica_ack(s, m, ps_shard_clock(r->shard));
 }
 
+/* A step the primary applied (or skipped): the same sum through the same
+ * kernel, and its pushes marked as applied, so that this copy, promoted,
+ * acks their resends instead of applying them twice. */
+static void replay_step(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
+  const Ps__Replicate *p = m->env->replicate;
+  char why[256];
+  const float *sum = NULL;
+  if (p->n_step_workers != p->n_step_seqs) {
+    ps__server_refuse(s, m, PS_ERR_PROTO, "%zu step workers but %zu seqs",
+                      p->n_step_workers, p->n_step_seqs);
+    return;
+  }
+  if (p->sum && p->count != r->end - r->begin) {
+    ps__server_refuse(
+        s, m, PS_ERR_PROTO, "step sum of %llu values for a range of %llu",
+        (unsigned long long)p->count, (unsigned long long)(r->end - r->begin));
+    return;
+  }
+  if (p->sum &&
+      (sum = ps__server_aligned_floats(s, &m->payload[0], p->count)) == NULL) {
+    ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to align a step's sum");
+    return;
+  }
+  int rc = PS_OK;
+  for (size_t i = 0; i < p->n_step_workers && rc == PS_OK; i++)
+    rc = ps_dedup_reserve(r->dedup, p->step_workers[i]);
+  int applied = 0;
+  if (rc == PS_OK)
+    rc = ps_shard_follow_step(r->shard, p->clock, sum, p->step_scale,
+                              p->clock_after, &applied, why, sizeof(why));
+  else
+    snprintf(why, sizeof(why), "out of memory");
+  if (rc != PS_OK) {
+    PS_ERROR("replica_diverged",
+             "range=[%llu,%llu) primary=%u step=%llu reason=\"%s\"",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             m->env->sender, (unsigned long long)p->clock, why);
+    ps__server_refuse(s, m, rc, "backup %u cannot replay step %llu: %s",
+                      s->node_id, (unsigned long long)p->clock, why);
+    return;
+  }
+  for (size_t i = 0; i < p->n_step_workers; i++)
+    ps_dedup_mark(r->dedup, p->step_workers[i], p->step_seqs[i]);
+  reply_replica_ack(s, m, ps_shard_clock(r->shard));
+  if (applied) ps__server_after_apply(s, r);
+}
+
 void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   const Ps__Replicate *p = m->env->replicate;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
@@ -164,7 +211,13 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
     }
     for (size_t i = 0; i < p->n_live; i++)
       live[i] = (ps_shard_live_t){p->live[i], p->live_from[i]};
-    rc = ps__server_range_set_live(r, live, p->n_live, &applied);
+    /* Step by step, the primary says when a live set completes or skips
+     * a step (REPL_STEP): this copy's part of a step (a snapshot's) may
+     * differ from the primary's whole one. */
+    if (ps__server_step_repl(s))
+      rc = ps_shard_set_live_only(r->shard, live, p->n_live);
+    else
+      rc = ps__server_range_set_live(r, live, p->n_live, &applied);
     free(live);
     if (rc != PS_OK) {
       ps__server_refuse(s, m, rc, "cannot set the live set of [%llu,%llu)",
@@ -178,6 +231,10 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   }
   if (p->kind == PS__REPLICATE_KIND__REPL_SPARSE_PUSH) {
     replay_sparse_push(s, m, r);
+    return;
+  }
+  if (p->kind == PS__REPLICATE_KIND__REPL_STEP) {
+    replay_step(s, m, r);
     return;
   }
   if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {

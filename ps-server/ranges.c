@@ -169,7 +169,12 @@ static int primary_adopt(ps_server_t *s, owned_range_t *r, const ps_range_t *vr,
   }
   /* After the snapshots: a new backup must have the range before a change
    * to it. */
-  return ps_repl_live(s->repl, r->begin, r->end, live, nlive);
+  rc = ps_repl_live(s->repl, r->begin, r->end, live, nlive);
+  /* A step the live set completed above went to no chain (a backup just
+   * promoted had none): the backups that stayed hear of it now; the ones
+   * just sent a snapshot hold it already. */
+  if (rc == PS_OK) ps__server_flush_step(s, r);
+  return rc;
 }
 
 /* Answers the scheduler for every worker that joins at a step (see
@@ -254,6 +259,11 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
       r->nsparse = old->nsparse;
       r->parked = old->parked;
       r->incoming = old->incoming; /* a backup's snapshot on its way */
+      /* A new primary's backups hold what it holds (a promoted backup
+       * followed the same steps). */
+      r->repl_clock = old->primary && primary ? old->repl_clock
+                      : old->shard            ? ps_shard_clock(old->shard)
+                                              : 0;
       if (old->primary && primary) {
         r->nsnapped = old->nsnapped;
         memcpy(r->snapped, old->snapped, sizeof(r->snapped));

@@ -19,11 +19,23 @@ typedef struct {
   ps_repl_t *r;
 } peer_t;
 
+/* A worker's push of a BSP step not complete yet (ps_repl_hold): its ack
+ * waits for the step to be on every backup. */
+typedef struct {
+  zmq_msg_t route;
+  uint64_t request_id;
+  uint32_t worker;
+  uint64_t seq;
+  int duplicate;
+} held_t;
+
 /* The backups of one range this node is the primary of. */
 typedef struct {
   uint64_t begin, end;
   uint32_t n;
   uint32_t backups[MAX_BACKUPS];
+  held_t *held; /* in arrival order */
+  size_t nheld, held_cap;
 } chain_t;
 
 /* One change on its way to the backups. */
@@ -38,6 +50,9 @@ typedef struct {
   uint32_t waiting[MAX_BACKUPS];
   int status; /* PS_OK, or why it failed */
   char reason[160];
+  /* A REPL_STEP; and the acks of its pushes, queued right behind it, which
+   * fail when it does. */
+  int is_step, follows_step;
   /* A snapshot: who it went to, its size and when. */
   int is_snapshot;
   uint32_t snap_backup;
@@ -65,6 +80,9 @@ struct ps_repl_s {
   size_t cap, count;
   uint64_t head_id;
   int completing;
+  /* The last REPL_STEP entry completed: its followers take its outcome. */
+  int step_status;
+  char step_reason[160];
 };
 
 static chain_t *chain_find(const ps_repl_t *r, uint64_t begin, uint64_t end) {
@@ -129,6 +147,13 @@ static void complete(ps_repl_t *r) {
     entry_t done = *e;
     r->head_id++;
     r->count--;
+    if (done.is_step) {
+      r->step_status = done.status;
+      snprintf(r->step_reason, sizeof(r->step_reason), "%s", done.reason);
+    } else if (done.follows_step && r->step_status != PS_OK) {
+      done.status = r->step_status;
+      snprintf(done.reason, sizeof(done.reason), "%s", r->step_reason);
+    }
     if (done.has_route) {
       if (r->cbs.push_done)
         r->cbs.push_done(r->arg, &done.route, done.request_id, done.worker,
@@ -144,6 +169,28 @@ static void complete(ps_repl_t *r) {
     }
   }
   r->completing = 0;
+}
+
+/* Answers every push c holds with status (an error: the step will not be
+ * replicated from here) and forgets them. */
+static void held_fail(ps_repl_t *r, chain_t *c, int status,
+                      const char *reason) {
+  for (size_t i = 0; i < c->nheld; i++) {
+    held_t *h = &c->held[i];
+    if (r->cbs.push_done)
+      r->cbs.push_done(r->arg, &h->route, h->request_id, h->worker, 0,
+                       h->duplicate, status, reason);
+    zmq_msg_close(&h->route);
+  }
+  c->nheld = 0;
+}
+
+static void chain_free(ps_repl_t *r, chain_t *c, int status,
+                       const char *reason) {
+  held_fail(r, c, status, reason);
+  free(c->held);
+  c->held = NULL;
+  c->held_cap = 0;
 }
 
 /* ---- connections ---- */
@@ -274,6 +321,8 @@ void ps_repl_destroy(ps_repl_t **r_p) {
     snprintf(e->reason, sizeof(e->reason), "the server stops");
   }
   complete(r);
+  for (size_t i = 0; i < r->nchains; i++)
+    chain_free(r, &r->chains[i], PS_ERR_SHUTDOWN, "the server stops");
   for (size_t i = 0; i < r->npeers; i++) {
     ps_zsock_destroy(&r->peers[i]->zs);
     free(r->peers[i]);
@@ -340,6 +389,12 @@ int ps_repl_set_chain(ps_repl_t *r, const ps_view_t *view,
 void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end) {
   chain_t *c = chain_find(r, begin, end);
   if (c == NULL) return;
+  char why[160];
+  snprintf(why, sizeof(why),
+           "server %u is no longer the primary of [%llu,%llu) at epoch %llu",
+           r->node_id, (unsigned long long)begin, (unsigned long long)end,
+           (unsigned long long)r->epoch);
+  chain_free(r, c, PS_ERR_STALE_EPOCH, why);
   *c = r->chains[--r->nchains];
   for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
     entry_t *e = &r->ring[id & (r->cap - 1)];
@@ -448,6 +503,112 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
   }
   complete(r);
   return PS_OK;
+}
+
+int ps_repl_hold(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
+                 uint64_t request_id, uint32_t worker, uint64_t seq,
+                 int duplicate) {
+  chain_t *c = chain_find(r, begin, end);
+  if (c == NULL) return PS_ERR_INVAL;
+  if (c->nheld == c->held_cap) {
+    size_t cap = c->held_cap ? 2 * c->held_cap : 16;
+    held_t *grown = realloc(c->held, cap * sizeof(*grown));
+    if (grown == NULL) return PS_ERR_NOMEM;
+    c->held = grown;
+    c->held_cap = cap;
+  }
+  held_t *h = &c->held[c->nheld++];
+  zmq_msg_init(&h->route);
+  zmq_msg_copy(&h->route, route);
+  h->request_id = request_id;
+  h->worker = worker;
+  h->seq = seq;
+  h->duplicate = duplicate;
+  return PS_OK;
+}
+
+int ps_repl_held(const ps_repl_t *r, uint64_t begin, uint64_t end,
+                 uint32_t worker, uint64_t seq) {
+  const chain_t *c = chain_find(r, begin, end);
+  for (size_t i = 0; c != NULL && i < c->nheld; i++)
+    if (c->held[i].worker == worker && c->held[i].seq == seq) return 1;
+  return 0;
+}
+
+int ps_repl_has_chain(const ps_repl_t *r, uint64_t begin, uint64_t end) {
+  return chain_find(r, begin, end) != NULL;
+}
+
+int ps_repl_step(ps_repl_t *r, uint64_t begin, uint64_t end, uint64_t step,
+                 uint64_t clock_after, const float *sum, float scale) {
+  chain_t *c = chain_find(r, begin, end);
+  if (c == NULL) return PS_ERR_INVAL;
+  /* Everything the entries need first, so a failure changes nothing. */
+  size_t need = 1 + c->nheld;
+  while (r->cap - r->count < need)
+    if (ring_grow(r) != PS_OK) return PS_ERR_NOMEM;
+  uint32_t *workers = calloc(c->nheld + 1, sizeof(*workers));
+  uint64_t *seqs = calloc(c->nheld + 1, sizeof(*seqs));
+  zmq_msg_t frame;
+  int has_frame = 0;
+  if (workers == NULL || seqs == NULL) goto nomem;
+  if (c->n > 0 && sum != NULL) {
+    size_t bytes = (size_t)(end - begin) * sizeof(float);
+    if (zmq_msg_init_size(&frame, bytes) != 0) goto nomem;
+    memcpy(zmq_msg_data(&frame), sum, bytes);
+    has_frame = 1;
+  }
+  uint64_t id;
+  if (c->n > 0) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->nheld; i++)
+      if (!c->held[i].duplicate) {
+        workers[n] = c->held[i].worker;
+        seqs[n++] = c->held[i].seq;
+      }
+    entry_t *e = entry_push(r, begin, end, &id);
+    e->is_step = 1;
+    e->clock = clock_after;
+    Ps__Replicate rep = PS__REPLICATE__INIT;
+    rep.range_begin = begin;
+    rep.range_end = end;
+    rep.kind = PS__REPLICATE_KIND__REPL_STEP;
+    rep.clock = step;
+    rep.clock_after = clock_after;
+    rep.sum = sum != NULL;
+    rep.count = sum != NULL ? end - begin : 0;
+    rep.step_scale = scale;
+    rep.n_step_workers = n;
+    rep.step_workers = workers;
+    rep.n_step_seqs = n;
+    rep.step_seqs = seqs;
+    send_all(r, c, e, id, &rep, has_frame ? &frame : NULL, has_frame);
+  }
+  free(workers);
+  free(seqs);
+  if (has_frame) zmq_msg_close(&frame);
+  /* The step's acks, in arrival order, right behind it (or at once when
+   * nothing is before them). */
+  for (size_t i = 0; i < c->nheld; i++) {
+    held_t *h = &c->held[i];
+    entry_t *e = entry_push(r, begin, end, &id);
+    e->has_route = 1;
+    zmq_msg_init(&e->route);
+    zmq_msg_move(&e->route, &h->route);
+    zmq_msg_close(&h->route);
+    e->request_id = h->request_id;
+    e->worker = h->worker;
+    e->clock = clock_after;
+    e->duplicate = h->duplicate;
+    e->follows_step = c->n > 0;
+  }
+  c->nheld = 0;
+  complete(r);
+  return PS_OK;
+nomem:
+  free(workers);
+  free(seqs);
+  return PS_ERR_NOMEM;
 }
 
 int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,

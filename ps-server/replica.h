@@ -105,6 +105,38 @@ int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
                         uint64_t clock_after, uint32_t worker,
                         const Ps__SparsePush *p, zmq_msg_t *frames);
 
+/* Replication one BSP step at a time (a model without sparse tables):
+ * instead of every worker's push, the primary sends each step's summed
+ * gradient once (REPL_STEP), W times less traffic for W workers, and a
+ * push's ack waits until its step is on every backup.
+ *
+ * ps_repl_hold: worker's push (route, request_id, its sequence number seq)
+ * of the range's current step, applied here, is acked once that step is
+ * replicated (ps_repl_step); duplicate: a resend of a push held (one
+ * ps_repl_held finds), acked with it. PS_OK, PS_ERR_NOMEM, or
+ * PS_ERR_INVAL when the range has no chain here.
+ *
+ * ps_repl_held: 1 if (worker, seq) is a push the range holds.
+ *
+ * ps_repl_step: the range's clock moved from step to clock_after (sum:
+ * NULL, or the range's length in values, what step applied times scale;
+ * copied): every backup is told (REPL_STEP, with the held pushes' (worker,
+ * seq) pairs), and the held pushes are acked, in order, once all acked it
+ * (failing if a backup refused it), or at once when the chain has no
+ * backups and nothing else waits. PS_OK, PS_ERR_NOMEM or PS_ERR_INVAL (no
+ * chain), nothing sent on an error. */
+int ps_repl_hold(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
+                 uint64_t request_id, uint32_t worker, uint64_t seq,
+                 int duplicate);
+int ps_repl_held(const ps_repl_t *r, uint64_t begin, uint64_t end,
+                 uint32_t worker, uint64_t seq);
+int ps_repl_step(ps_repl_t *r, uint64_t begin, uint64_t end, uint64_t step,
+                 uint64_t clock_after, const float *sum, float scale);
+
+/* Whether this node keeps a chain for [begin, end) (it is its primary and
+ * adopted the range's backups). */
+int ps_repl_has_chain(const ps_repl_t *r, uint64_t begin, uint64_t end);
+
 /* The range's live set changed (or was set): every backup replays it. */
 int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
                  const ps_shard_live_t *live, size_t n);

@@ -190,6 +190,15 @@ static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
   }
   if (seen != PS_DEDUP_DUP) return 1;
   if (!inflight_take(s, m, worker)) return 0;
+  if (ps_repl_held(s->repl, r->begin, r->end, worker, seq)) {
+    /* The original waits for its step: so does this ack. */
+    if (ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
+                     worker, seq, 1) != PS_OK) {
+      inflight_give(s, worker);
+      ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to queue an ack");
+    }
+    return 0;
+  }
   /* duplicate = 1: nothing is sent to the backups, so no push body. */
   if (ps_repl_push(s->repl, r->begin, r->end, &m->route, m->request_id,
                    ps_shard_clock(r->shard), 1, worker, NULL, NULL) != PS_OK) {
@@ -260,7 +269,37 @@ void ps__server_report_clock(ps_server_t *s) {
 
 static void sparse_step_applied(ps_server_t *s, owned_range_t *r);
 
+int ps__server_step_repl(const ps_server_t *s) {
+  return s->view != NULL && s->view->mode == PS__CONSISTENCY_MODE__MODE_BSP &&
+         s->view->model.nsparse == 0;
+}
+
+void ps__server_flush_step(ps_server_t *s, owned_range_t *r) {
+  if (!r->primary || r->shard == NULL || !ps__server_step_repl(s)) return;
+  uint64_t clock = ps_shard_clock(r->shard);
+  if (clock <= r->repl_clock || !ps_repl_has_chain(s->repl, r->begin, r->end))
+    return;
+  uint64_t step = 0;
+  float scale = 1.0f;
+  const float *sum = ps_shard_step_sum(r->shard, &step, &scale);
+  if (sum != NULL && step > r->repl_clock)
+    PS_ERROR("step_not_replicated",
+             "range=[%llu,%llu) told=%llu applied=%llu clock=%llu",
+             (unsigned long long)r->begin, (unsigned long long)r->end,
+             (unsigned long long)r->repl_clock, (unsigned long long)step,
+             (unsigned long long)clock);
+  if (sum != NULL && step != r->repl_clock) sum = NULL; /* a skip only */
+  if (ps_repl_step(s->repl, r->begin, r->end, r->repl_clock, clock, sum,
+                   scale) != PS_OK) {
+    ps_server_stop(s, PS_ERR_NOMEM, "out of memory replicating a step", 1);
+    return;
+  }
+  r->repl_clock = clock;
+}
+
 void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
+  /* The backups first: the step's acks wait for them. */
+  ps__server_flush_step(s, r);
   s->stats.applies++;
   /* With the dense step, before anyone (a checkpoint, a parked pull) sees
    * the range at the new clock. */
@@ -505,6 +544,24 @@ void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
   if (rc != PS_OK) {
     inflight_give(s, worker);
     ps__server_refuse(s, m, rc, "%s", why);
+    return;
+  }
+  if (ps__server_step_repl(s) &&
+      ps_repl_nbackups(s->repl, r->begin, r->end) > 0) {
+    /* Step by step: the backups get the step's sum once it is applied;
+     * this push's ack waits for that. */
+    if (ps_repl_hold(s->repl, r->begin, r->end, &m->route, m->request_id,
+                     worker, p->seq, 0) != PS_OK) {
+      ps_server_stop(s, PS_ERR_NOMEM, "out of memory holding a push's ack", 1);
+      return;
+    }
+    ps_dedup_mark(r->dedup, worker, p->seq);
+    int applied = 0;
+    uint64_t t0 = ps_now_ns();
+    ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
+                      &applied);
+    ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
+    if (applied) ps__server_after_apply(s, r);
     return;
   }
   /* Forwarded to the backups before it is applied here, so their copies

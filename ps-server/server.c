@@ -518,6 +518,7 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
     }
     rc = ps_shard_load(sh, l->weights, l->state, l->tensor_steps, l->clock);
     owned_range_t *r = &s->ranges[i];
+    r->repl_clock = l->clock; /* every copy loads the same step */
     for (size_t t = 0; rc == PS_OK && l->sparse && r->sparse && t < l->nsparse &&
                        t < r->nsparse;
          t++)

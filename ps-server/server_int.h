@@ -98,6 +98,9 @@ typedef struct {
   uint64_t handover_since_ms;
   int handover_ready; /* HandoverReady went to the scheduler */
   int handover_resumed;
+  /* Primaries replicating step by step (ps__server_step_repl): the clock
+   * the backups were told of (ps_repl_step). */
+  uint64_t repl_clock;
 } owned_range_t;
 
 /* A replication message that came ahead of our view (the snapshot of a
@@ -223,6 +226,18 @@ void ps__server_fail_parked(ps_server_t *s, owned_range_t *r, int code,
                             const char *why);
 void ps__server_report_clock(ps_server_t *s);
 void ps__server_after_apply(ps_server_t *s, owned_range_t *r);
+
+/* 1 when the job's ranges are replicated one BSP step at a time
+ * (ps-server/replica.h, ps_repl_step): BSP and no sparse tables (a sparse
+ * step's rows still travel push by push). */
+int ps__server_step_repl(const ps_server_t *s);
+
+/* A primary replicating step by step: tells the backups of the steps the
+ * range applied since it last did (ps_repl_step), which acks the pushes
+ * they held. No-op otherwise, and while the range has no chain yet (the
+ * view that made this node its primary is being adopted: primary_adopt
+ * calls it again). */
+void ps__server_flush_step(ps_server_t *s, owned_range_t *r);
 void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
                           uint64_t clock, int duplicate);
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,

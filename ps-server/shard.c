@@ -61,6 +61,9 @@ struct ps_shard_s {
   size_t ncontrib, contrib_cap;
   uint64_t clock;
   float step_scale; /* what the last BSP step scaled its sum by */
+  /* The step whose sum acc still holds whole (ps_shard_step_sum), or
+   * UINT64_MAX once a push of the next step wrote into acc. */
+  uint64_t sum_step;
   ps_shard_stats_t stats;
 };
 
@@ -357,6 +360,7 @@ ps_shard_t *ps_shard_new(uint64_t begin, uint64_t end, const ps_model_t *model,
   s->end = end;
   s->len = len;
   s->mode = mode;
+  s->sum_step = UINT64_MAX;
   int rc = copy_live_ids(live, nlive, &s->live, errbuf, errlen);
   if (rc == PS_ERR_NOMEM) goto nomem;
   if (rc != PS_OK) {
@@ -523,6 +527,7 @@ static void copy_f(float *dst, const float *src, uint64_t n, float f) {
 static void acc_piece(ps_shard_t *s, uint64_t off, uint64_t n, const float *g,
                       float f) {
   float *acc = s->acc;
+  s->sum_step = UINT64_MAX;
   uint64_t a = off, b = off + n;
   if (s->acc_lo == s->acc_hi) {
     copy_f(acc + a, g, n, f);
@@ -602,6 +607,7 @@ static int bsp_try_complete(ps_shard_t *s) {
    * counter counts every contribution. */
   s->step_scale = 1.0f / (float)s->ncontrib;
   run_range(s, 0, s->len, s->acc, s->step_scale, s->clock, 1);
+  s->sum_step = s->clock;
   s->acc_lo = s->acc_hi = 0;
   s->received = 0;
   s->ncontrib = 0;
@@ -858,6 +864,7 @@ int ps_shard_load(ps_shard_t *s, const float *weights, const float *state,
   s->received = 0;
   s->ncontrib = 0;
   s->clock = clock;
+  s->sum_step = UINT64_MAX;
   return PS_OK;
 }
 
@@ -1000,6 +1007,7 @@ int ps_shard_import(ps_shard_t *s, const ps_shard_state_t *st, char *errbuf,
   s->contrib_cap = cap;
   s->received = received;
   s->clock = st->clock;
+  s->sum_step = UINT64_MAX;
   return PS_OK;
 }
 
@@ -1048,6 +1056,54 @@ int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
   int rc = copy_live(live, n, &copy, NULL, 0);
   if (rc != PS_OK) return rc;
   replace_live(s, copy, n, applied);
+  return PS_OK;
+}
+
+int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
+                           size_t n) {
+  ps_shard_live_t *copy;
+  int rc = copy_live(live, n, &copy, NULL, 0);
+  if (rc != PS_OK) return rc;
+  free(s->live);
+  s->live = copy;
+  s->nlive = n;
+  return PS_OK;
+}
+
+const float *ps_shard_step_sum(const ps_shard_t *s, uint64_t *step,
+                               float *scale) {
+  if (s->acc == NULL || s->sum_step == UINT64_MAX) return NULL;
+  *step = s->sum_step;
+  *scale = s->step_scale;
+  return s->acc;
+}
+
+int ps_shard_follow_step(ps_shard_t *s, uint64_t step, const float *sum,
+                         float scale, uint64_t clock_after, int *applied,
+                         char *errbuf, size_t errlen) {
+  if (applied) *applied = 0;
+  if (s->mode != PS__CONSISTENCY_MODE__MODE_BSP)
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "a replicated step needs BSP");
+  if (s->clock >= clock_after) return PS_OK; /* a snapshot holds it */
+  if (s->clock != step || (sum != NULL && clock_after == step))
+    return ps_errf(errbuf, errlen, PS_ERR_REFUSED,
+                   "replicated step %llu -> %llu but the copy is at step %llu",
+                   (unsigned long long)step, (unsigned long long)clock_after,
+                   (unsigned long long)s->clock);
+  if (sum != NULL) {
+    /* What bsp_try_complete does with the same sum: the same bits. */
+    if (reserve_range(s, 0, s->len) != PS_OK) s->stats.torn_applies++;
+    s->step_scale = scale;
+    run_range(s, 0, s->len, sum, scale, step, 1);
+  }
+  /* Whatever part of a step a snapshot brought is in sum now. */
+  s->acc_lo = s->acc_hi = 0;
+  s->received = 0;
+  s->ncontrib = 0;
+  s->sum_step = UINT64_MAX;
+  s->clock = clock_after;
+  if (applied) *applied = 1;
   return PS_OK;
 }
 

@@ -166,6 +166,32 @@ int ps_shard_check_step(const ps_shard_t *s, uint32_t worker, uint64_t step,
 float ps_shard_push_scale(const ps_shard_t *s);
 float ps_shard_step_scale(const ps_shard_t *s);
 
+/* Replication one step at a time (BSP, ps-server/replica.h).
+ *
+ * ps_shard_step_sum, on the primary: the sum the last BSP step applied
+ * (ps_shard_end - ps_shard_begin values; SGD pieces already times the
+ * schedule's factor), its step in *step and the scale it was applied with
+ * in *scale; NULL when a push of the next step has written over it or no
+ * step was applied. Valid until the next push.
+ *
+ * ps_shard_follow_step, on a backup: the primary moved the clock from step
+ * to clock_after, first applying sum (NULL: none; else the range's length
+ * in values) times scale as step. The copy's own part of a step (what a
+ * snapshot brought) is dropped: sum holds every contribution. *applied
+ * (if non-NULL) says whether the clock moved. A copy already at
+ * clock_after ignores it (its snapshot was taken later): PS_OK, *applied
+ * 0. Refused (PS_ERR_REFUSED, nothing changed) when the copy's clock is not
+ * step, or when the shard is not BSP.
+ *
+ * ps_shard_set_live_only: installs the live set (as ps_shard_set_live)
+ * but never completes or skips a step: a backup that follows its
+ * primary's steps learns of those from ps_shard_follow_step. PS_OK,
+ * PS_ERR_INVAL or PS_ERR_NOMEM (nothing changed). */
+const float *ps_shard_step_sum(const ps_shard_t *s, uint64_t *step,
+                               float *scale);
+int ps_shard_follow_step(ps_shard_t *s, uint64_t step, const float *sum,
+                         float scale, uint64_t clock_after, int *applied,
+                         char *errbuf, size_t errlen);
 /* Copies the current weights of [key_begin, key_begin + count) into out.
  * Returns PS_OK or PS_ERR_UNKNOWN_KEY (with errbuf) if the slice is empty or
  * not inside the shard. */
@@ -297,6 +323,9 @@ int ps_shard_set_live_workers(ps_shard_t *s, const uint32_t *live, size_t n,
  * kept, for a worker listed twice (or, here, an id above UINT32_MAX). */
 int ps_shard_set_live(ps_shard_t *s, const ps_shard_live_t *live, size_t n,
                       int *applied);
+/* See ps_shard_follow_step. */
+int ps_shard_set_live_only(ps_shard_t *s, const ps_shard_live_t *live,
+                           size_t n);
 
 /* The live set, sorted by worker (valid until the next change). */
 const ps_shard_live_t *ps_shard_live(const ps_shard_t *s, size_t *n);

@@ -199,10 +199,15 @@ static struct {
   uint64_t keys;
   int max_s;
   int sparse_rows; /* rows of table "ctr" per worker; 0: dense only */
+  int bsp;         /* each push n is followed by a pull at clock n + 1 */
 } ledger;
 
 void chaos_ledger_sparse(int rows) {
   ledger.sparse_rows = rows;
+}
+
+void chaos_ledger_bsp(int on) {
+  ledger.bsp = on;
 }
 
 /* Row r of worker w's counters in table "ctr": ids far apart, so they
@@ -228,9 +233,51 @@ static const char *ledger_path(const char *file) {
   return b;
 }
 
+/* The pushes worker rank's ledger says were acked so far ("a N" lines). */
+static uint64_t ledger_acks(int rank) {
+  char name[32];
+  snprintf(name, sizeof(name), "ledger%d", rank);
+  FILE *f = fopen(ledger_path(name), "r");
+  uint64_t n = 0;
+  char line[512];
+  while (f && fgets(line, sizeof(line), f))
+    n += line[0] == 'a' && line[1] == ' ';
+  if (f) fclose(f);
+  return n;
+}
+
 void chaos_ledger_stop(void) {
-  int fd = open(ledger_path("stop"), O_WRONLY | O_CREAT, 0644);
-  if (fd >= 0) close(fd);
+  /* In lock step every worker must stop after the same step, or the ones
+   * that go on wait for ever for those that stopped: the file names it, a
+   * few steps past the furthest worker (all are within a step of each
+   * other). Written whole, then renamed. */
+  uint64_t last = 0;
+  for (int w = 0; ledger.bsp && w < ledger.workers; w++) {
+    uint64_t a = ledger_acks(w);
+    if (a > last) last = a;
+  }
+  int fd = open(ledger_path("stop.tmp"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return;
+  char text[32];
+  int len = snprintf(text, sizeof(text), "%" PRIu64 "\n", last + 16);
+  if (write(fd, text, (size_t)len) != len)
+    fprintf(stderr, "chaos: stop file: %s\n", strerror(errno));
+  close(fd);
+  rename(ledger_path("stop.tmp"), ledger_path("stop"));
+}
+
+/* Whether a worker that acked n pushes stops now: ASP at once when told;
+ * BSP at the step the stop file names. */
+static int ledger_stopping(uint64_t n, uint64_t *stop_at) {
+  if (*stop_at == UINT64_MAX) {
+    FILE *f = fopen(ledger_path("stop"), "r");
+    if (f == NULL) return 0;
+    unsigned long long at = 0;
+    if (fscanf(f, "%llu", &at) != 1) at = 0;
+    fclose(f);
+    *stop_at = ledger.bsp ? (uint64_t)at : 0;
+  }
+  return n >= *stop_at;
 }
 
 static void ledger_line(int fd, const char *fmt, uint64_t n, const char *msg) {
@@ -287,6 +334,7 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
     return 1;
   }
   float *g = calloc(ledger.keys, sizeof(float));
+  float *pulled = calloc(ledger.keys, sizeof(float));
   for (uint64_t k = (uint64_t)rank; k < ledger.keys; k += ledger.workers)
     g[k] = 1.0f;
   size_t nrows = (size_t)ledger.sparse_rows;
@@ -299,8 +347,8 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
 
   int ok = h_worker_sync(rank);
   uint64_t end = h_now_ms() + (uint64_t)ledger.max_s * 1000;
-  uint64_t n = 0;
-  while (ok && h_now_ms() < end && access(ledger_path("stop"), F_OK) != 0) {
+  uint64_t n = 0, stop_at = UINT64_MAX;
+  while (ok && h_now_ms() < end && !ledger_stopping(n, &stop_at)) {
     ledger_line(fd, "i %" PRIu64 "\n", n, "");
     /* One intent covers the sparse push and the dense one: both count 1
      * on the worker's own counters. */
@@ -319,6 +367,18 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
     }
     ledger_line(fd, "a %" PRIu64 "\n", n, "");
     n++;
+    /* BSP: step n + 1 may be pushed once every live worker's step n is
+     * applied. */
+    if (ledger.bsp) rc = ps_client_pull(c, 0, ledger.keys, pulled, n);
+    if (rc != PS_OK) {
+      char why[400];
+      snprintf(why, sizeof(why), "pull at clock %" PRIu64 ": %s: %s", n,
+               ps_err_name(rc), ps_client_errmsg(c));
+      ledger_line(fd, "f %" PRIu64 " %s\n", n, why);
+      fprintf(stderr, "ledger worker %d: %s\n", rank, why);
+      ok = 0;
+      break;
+    }
   }
   fprintf(stderr,
           "ledger worker %d: %" PRIu64 " pushes acked, %" PRIu64
@@ -370,6 +430,7 @@ int chaos_ledger_worker(const char *sched_ep, int rank) {
   free(ids);
   free(ones);
   free(g);
+  free(pulled);
   ps_client_destroy(&c);
   return ok ? 0 : 1;
 }

@@ -107,6 +107,11 @@ void chaos_ledger_setup(const char *dir, int workers, uint64_t keys, int max_s);
  * only. */
 void chaos_ledger_sparse(int rows);
 
+/* Before h_workers_start: the workers run in lock step, for a BSP job
+ * (each push of step n is followed by a pull at clock n + 1). 0 (the
+ * default): they push as fast as acks come (ASP). */
+void chaos_ledger_bsp(int on);
+
 /* The worker (an h_worker_fn): connects, syncs (1), pushes until
  * chaos_ledger_stop or max_s, syncs (2); rank 0 then pulls every counter
  * into dir/final.bin; syncs (3) and says Done. Returns 0, or 1 after a

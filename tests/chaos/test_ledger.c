@@ -19,7 +19,9 @@
  * counts.
  *
  * Each run prints its seed and schedule first; CHAOS_SEED=<seed> replays
- * one (the schedule, not the timing). 3 seeds by default. */
+ * one (the schedule, not the timing). 3 seeds by default; then 2 more in
+ * BSP (dense only, the workers in lock step), where a range replicates one
+ * step at a time and a push is acked once its step is on the backup. */
 #include <check.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -37,6 +39,7 @@
 #define EVENTS 5
 #define SPARSE_ROWS 64
 #define SEEDS 3
+#define BSP_SEEDS 2
 /* Scheduler defaults are the subject (sub-second failover); spelled out so
  * the schedule's hold times below mean what they say. */
 #define HEARTBEAT_TIMEOUT_MS "400"
@@ -103,20 +106,24 @@ static void print_schedule(uint64_t seed, const event_t *ev) {
 }
 
 /* One seeded run. Returns 1 if the ledger held; prints the verdict. */
-static int run_seed(uint64_t seed) {
+static int run_seed(uint64_t seed, int bsp) {
   event_t ev[EVENTS];
   make_schedule(seed, ev);
   print_schedule(seed, ev);
 
   h_cluster_t c;
   char test[64], why[512] = "";
-  snprintf(test, sizeof(test), "chaos_ledger_%" PRIu64, seed);
+  snprintf(test, sizeof(test), "chaos_ledger_%s%" PRIu64, bsp ? "bsp_" : "",
+           seed);
   h_init(&c, test);
   chaos_ledger_setup(c.dir, WORKERS, KEYS, 120);
-  chaos_ledger_sparse(SPARSE_ROWS);
+  /* BSP without sparse tables: the ranges replicate step by step
+   * (ps-server/replica.h, ps_repl_step). */
+  chaos_ledger_sparse(bsp ? 0 : SPARSE_ROWS);
+  chaos_ledger_bsp(bsp);
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "3", "--workers", "3", "--mode", "asp", "--heartbeat-timeout-ms",
-          HEARTBEAT_TIMEOUT_MS, NULL);
+          "3", "--workers", "3", "--mode", bsp ? "bsp" : "asp",
+          "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS, NULL);
   chaos_server_t srv[SERVERS];
   memset(srv, 0, sizeof(srv));
   for (int i = 0; i < SERVERS; i++)
@@ -235,9 +242,19 @@ START_TEST(ledger_holds_under_random_faults) {
   uint64_t seeds[SEEDS];
   int n = chaos_seeds(seeds, SEEDS);
   int failed = 0;
-  for (int i = 0; i < n; i++) failed += !run_seed(seeds[i]);
+  for (int i = 0; i < n; i++) failed += !run_seed(seeds[i], 0);
   ck_assert_msg(failed == 0, "%d of %d ledger runs failed (see above)", failed,
                 n);
+}
+END_TEST
+
+START_TEST(ledger_holds_in_bsp) {
+  uint64_t seeds[BSP_SEEDS];
+  int n = chaos_seeds(seeds, BSP_SEEDS);
+  int failed = 0;
+  for (int i = 0; i < n; i++) failed += !run_seed(seeds[i], 1);
+  ck_assert_msg(failed == 0, "%d of %d BSP ledger runs failed (see above)",
+                failed, n);
 }
 END_TEST
 
@@ -247,5 +264,9 @@ int main(void) {
   tcase_set_timeout(tc, 280);
   tcase_add_test(tc, ledger_holds_under_random_faults);
   suite_add_tcase(s, tc);
+  TCase *bsp = tcase_create("ledger_bsp");
+  tcase_set_timeout(bsp, 200);
+  tcase_add_test(bsp, ledger_holds_in_bsp);
+  suite_add_tcase(s, bsp);
   return ps_check_run(s);
 }

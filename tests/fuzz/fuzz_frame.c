@@ -61,7 +61,9 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
       want = env->replica_chunk->count;
       break;
     case PS__ENVELOPE__BODY_REPLICATE:
-      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH) {
+      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH ||
+          (env->replicate->kind == PS__REPLICATE_KIND__REPL_STEP &&
+           env->replicate->sum)) {
         CHECK(m->npayload == 1);
         want = env->replicate->count;
       } else {

@@ -346,6 +346,33 @@ static void rec_replicate_push(buf_t *b, unsigned from, uint32_t primary,
   rec(b, from, &env, &f, 1);
 }
 
+/* A primary's REPL_STEP of range 1: step clock applied with a sum (or a
+ * skip to clock_after without one), naming worker's push seq. */
+static void rec_replicate_step(buf_t *b, unsigned from, uint32_t primary,
+                               uint64_t epoch, uint64_t rid, uint32_t worker,
+                               uint64_t seq, uint64_t clock,
+                               uint64_t clock_after, int sum) {
+  Ps__Replicate r = PS__REPLICATE__INIT;
+  r.range_begin = FUZZ_RANGE_SPLIT;
+  r.range_end = FUZZ_MODEL_TOTAL;
+  r.kind = PS__REPLICATE_KIND__REPL_STEP;
+  r.clock = clock;
+  r.clock_after = clock_after;
+  r.sum = sum != 0;
+  r.count = sum ? FUZZ_MODEL_TOTAL - FUZZ_RANGE_SPLIT : 0;
+  r.step_scale = 0.5f;
+  r.n_step_workers = 1;
+  r.step_workers = &worker;
+  r.n_step_seqs = 1;
+  r.step_seqs = &seq;
+  Ps__Envelope env;
+  env_init(&env, primary, epoch, rid);
+  env.body_case = PS__ENVELOPE__BODY_REPLICATE;
+  env.replicate = &r;
+  frame_t f = {values, r.count * sizeof(float)};
+  rec(b, from, &env, &f, sum ? 1 : 0);
+}
+
 static void rec_replicate_live(buf_t *b, unsigned from, uint32_t primary,
                                uint64_t epoch, uint64_t rid) {
   uint32_t live[2] = {FUZZ_WORKER_A, FUZZ_WORKER_B};
@@ -787,6 +814,14 @@ static void gen_server(void) {
   rec_snapshot(&b, 2, FUZZ_PEER_ID, 1, 2);
   rec_replicate_push(&b, 2, FUZZ_PEER_ID, 1, 3, A, 3, FUZZ_RANGE_SPLIT, 8, 2);
   save("server", "snapshot", &b);
+
+  /* BSP step by step: a step's sum, a skip, a step already held. */
+  reset(&b);
+  rec_view(&b, &VIEW_FIRST);
+  rec_replicate_step(&b, 2, FUZZ_PEER_ID, 1, 1, A, 1, 0, 1, 1);
+  rec_replicate_step(&b, 2, FUZZ_PEER_ID, 1, 2, A, 2, 1, 3, 0);
+  rec_replicate_step(&b, 2, FUZZ_PEER_ID, 1, 3, A, 2, 1, 2, 1);
+  save("server", "step", &b);
 
   /* Replication that overtakes our view waits for it. */
   reset(&b);

@@ -755,6 +755,130 @@ START_TEST(export_import_mid_bsp_step) {
 }
 END_TEST
 
+/* A backup that follows its primary step by step (ps_shard_step_sum ->
+ * ps_shard_follow_step) holds bitwise what one that replays every push
+ * holds: weights, momentum, update counts, clock, across a step completed
+ * by a death, a skip to a joiner's step, and a snapshot taken mid-step. */
+START_TEST(follow_step_equals_replay) {
+  uint64_t len = BK + 100;
+  ps_model_t m = random_model(len, 0.25f, 0.5f);
+  m.lr_schedule.kind = PS_LR_SCHEDULE_COSINE;
+  m.lr_schedule.total_steps = 20;
+  ps_shard_t *p = new_shard(0, len, &m, BSP, 3); /* the primary */
+  ps_shard_t *r = new_shard(0, len, &m, BSP, 3); /* replays every push */
+  ps_shard_t *f = new_shard(0, len, &m, BSP, 3); /* follows the steps */
+  float *g[3] = {rough_grad(len, 1), rough_grad(len, 2), rough_grad(len, 3)};
+  const uint32_t ids[3] = {W1, W2, W3};
+  char why[256] = "";
+  int applied = 0;
+  uint64_t step = 0;
+  float scale = 0.0f;
+  /* No step applied yet: no sum. */
+  ck_assert_ptr_null(ps_shard_step_sum(p, &step, &scale));
+  for (uint64_t t = 0; t < 3; t++) {
+    for (int k = 0; k < 3; k++) {
+      ck_assert_int_eq(push(p, ids[k], 0, len, g[k], t, &applied), PS_OK);
+      ck_assert_int_eq(push(r, ids[k], 0, len, g[k], t, NULL), PS_OK);
+    }
+    ck_assert_int_eq(applied, 1);
+    const float *sum = ps_shard_step_sum(p, &step, &scale);
+    ck_assert_ptr_nonnull(sum);
+    ck_assert_uint_eq(step, t);
+    ck_assert(scale == 1.0f / 3.0f);
+    ck_assert_int_eq(ps_shard_follow_step(f, t, sum, scale, t + 1, &applied,
+                                          why, sizeof(why)),
+                     PS_OK);
+    ck_assert_int_eq(applied, 1);
+    assert_same_state(p, f, len);
+    assert_same_state(r, f, len);
+  }
+  /* A push of the next step writes over the sum. */
+  ck_assert_int_eq(push(p, W1, 0, 10, g[0], 3, &applied), PS_OK);
+  ck_assert_int_eq(push(r, W1, 0, 10, g[0], 3, NULL), PS_OK);
+  ck_assert_ptr_null(ps_shard_step_sum(p, &step, &scale));
+  /* A step the copy is not at is refused and changes nothing; one it
+   * holds already (clock_after <= its clock) is ignored. */
+  const float *w0 = ps_shard_weights(f);
+  float *before = malloc(len * sizeof(float));
+  memcpy(before, w0, len * sizeof(float));
+  ck_assert_int_eq(
+      ps_shard_follow_step(f, 5, g[0], 1.0f, 6, &applied, why, sizeof(why)),
+      PS_ERR_REFUSED);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_int_eq(
+      ps_shard_follow_step(f, 1, g[0], 1.0f, 2, &applied, why, sizeof(why)),
+      PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert(memcmp(ps_shard_weights(f), before, len * sizeof(float)) == 0);
+  ck_assert_uint_eq(ps_shard_clock(f), 3);
+
+  /* W3 dies before pushing step 3; W1 and W2 complete it (the live set on
+   * the follower changes nothing by itself), and the two that joined at 6
+   * and 7 make the primary skip to 6 at the next change. */
+  ck_assert_int_eq(push(p, W1, 10, len - 10, g[0] + 10, 3, &applied), PS_OK);
+  ck_assert_int_eq(push(r, W1, 10, len - 10, g[0] + 10, 3, NULL), PS_OK);
+  ck_assert_int_eq(push(p, W2, 0, len, g[1], 3, &applied), PS_OK);
+  ck_assert_int_eq(push(r, W2, 0, len, g[1], 3, NULL), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  const ps_shard_live_t two[2] = {{W1, 0}, {W2, 0}};
+  ck_assert_int_eq(ps_shard_set_live(p, two, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_int_eq(ps_shard_set_live(r, two, 2, NULL), PS_OK);
+  ck_assert_int_eq(ps_shard_set_live_only(f, two, 2), PS_OK);
+  ck_assert_uint_eq(ps_shard_clock(f), 3);
+  const float *sum = ps_shard_step_sum(p, &step, &scale);
+  ck_assert_ptr_nonnull(sum);
+  ck_assert_uint_eq(step, 3);
+  ck_assert(scale == 0.5f);
+  ck_assert_int_eq(
+      ps_shard_follow_step(f, 3, sum, scale, 4, &applied, why, sizeof(why)),
+      PS_OK);
+  assert_same_state(p, f, len);
+  assert_same_state(r, f, len);
+  const ps_shard_live_t joiners[2] = {{W2, 7}, {W3, 6}};
+  ck_assert_int_eq(ps_shard_set_live(p, joiners, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  ck_assert_uint_eq(ps_shard_clock(p), 6);
+  ck_assert_int_eq(ps_shard_set_live(r, joiners, 2, NULL), PS_OK);
+  ck_assert_int_eq(ps_shard_set_live_only(f, joiners, 2), PS_OK);
+  /* The sum is step 3's, not step 4's: a skip alone carries none. */
+  ck_assert_int_eq(
+      ps_shard_follow_step(f, 4, NULL, 1.0f, 6, &applied, why, sizeof(why)),
+      PS_OK);
+  ck_assert_int_eq(applied, 1);
+  assert_same_state(p, f, len);
+  assert_same_state(r, f, len);
+
+  /* A snapshot taken mid-step brings a part of the step (here all of it
+   * but W1's); the step's sum replaces that part. */
+  const ps_shard_live_t w13[2] = {{W1, 0}, {W3, 0}};
+  ck_assert_int_eq(ps_shard_set_live(p, w13, 2, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ck_assert_int_eq(push(p, W3, 0, len, g[2], 6, &applied), PS_OK);
+  ck_assert_int_eq(applied, 0);
+  ps_shard_state_t st;
+  ck_assert_int_eq(ps_shard_export(p, &st), PS_OK);
+  ps_shard_t *n = new_shard(0, len, &m, BSP, 1);
+  ck_assert_int_eq(import(n, &st, why), PS_OK);
+  ck_assert_uint_eq(ps_shard_received(n), len);
+  ck_assert_int_eq(push(p, W1, 0, len, g[0], 6, &applied), PS_OK);
+  ck_assert_int_eq(applied, 1);
+  sum = ps_shard_step_sum(p, &step, &scale);
+  ck_assert_ptr_nonnull(sum);
+  ck_assert_int_eq(
+      ps_shard_follow_step(n, 6, sum, scale, 7, &applied, why, sizeof(why)),
+      PS_OK);
+  ck_assert_uint_eq(ps_shard_received(n), 0);
+  assert_same_state(p, n, len);
+  free(before);
+  for (int k = 0; k < 3; k++) free(g[k]);
+  ps_shard_destroy(&n);
+  ps_shard_destroy(&p);
+  ps_shard_destroy(&r);
+  ps_shard_destroy(&f);
+}
+END_TEST
+
 START_TEST(export_import_asp) {
   uint64_t len = 300;
   ps_model_t m = random_model(len, 0.25f, 0.5f);
@@ -1209,6 +1333,7 @@ int main(void) {
   tcase_add_test(tc, import_refusals_change_nothing);
   tcase_add_test(tc, add_counts_exactly);
   tcase_add_test(tc, skip_to_joiners_step);
+  tcase_add_test(tc, follow_step_equals_replay);
   suite_add_tcase(suite, tc);
   return ps_check_run(suite);
 }
