@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "err.h"
 
 const ps_frame_limits_t ps_frame_default_limits = {
@@ -333,6 +334,65 @@ static int validate_keyed_rows(const char *what, uint64_t nkeys,
   return PS_OK;
 }
 
+/* Dense bodies whose payload is in a codec (proto/ps.proto, Codec): one
+ * frame of exactly the codec's size for count values (topk: whole pairs,
+ * 1 to count of them), topk only for pushes, and a pull may ask for none,
+ * fp16 or int8. Returns 1 when the body is not coded (the float checks
+ * follow), else PS_OK or the error. */
+static int validate_coded(const Ps__Envelope *env, const ps_msg_t *m,
+                          const ps_frame_limits_t *limits, char *err,
+                          size_t errlen) {
+  const char *what = ps_body_name(env->body_case);
+  int codec;
+  uint64_t count;
+  switch (env->body_case) {
+    case PS__ENVELOPE__BODY_PUSH:
+      codec = env->push->codec;
+      count = env->push->count;
+      break;
+    case PS__ENVELOPE__BODY_PULL:
+      codec = env->pull->codec;
+      if (codec != PS_CODEC_NONE && codec != PS_CODEC_FP16 &&
+          codec != PS_CODEC_INT8)
+        return ps_errf(err, errlen, PS_ERR_PROTO,
+                       "pull asks for codec %d: pulls come in none, fp16 "
+                       "or int8",
+                       codec);
+      return 1;
+    case PS__ENVELOPE__BODY_PULL_REPLY:
+      codec = env->pull_reply->codec;
+      count = env->pull_reply->count;
+      break;
+    case PS__ENVELOPE__BODY_REPLICATE:
+      if (env->replicate->kind != PS__REPLICATE_KIND__REPL_PUSH) return 1;
+      codec = env->replicate->codec;
+      count = env->replicate->count;
+      break;
+    default:
+      return 1;
+  }
+  if (codec == PS_CODEC_NONE) return 1;
+  if (codec < 0 || codec > PS_CODEC_TOPK ||
+      (codec == PS_CODEC_TOPK &&
+       env->body_case == PS__ENVELOPE__BODY_PULL_REPLY))
+    return ps_errf(err, errlen, PS_ERR_PROTO, "%s in unknown codec %d", what,
+                   codec);
+  if (m->npayload != 1)
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "%s in %s carries %d payload frames, expected 1", what,
+                   ps_codec_name(codec), m->npayload);
+  /* The decoded values must fit where raw ones would. */
+  if (count > limits->max_payload_bytes / sizeof(float))
+    return ps_errf(err, errlen, PS_ERR_TOO_BIG,
+                   "%s of %llu values exceeds the limit of %zu bytes", what,
+                   (unsigned long long)count, limits->max_payload_bytes);
+  char why[200];
+  if (ps_codec_check_size(codec, count, frame_size(m, 0), why, sizeof(why)) !=
+      PS_OK)
+    return ps_errf(err, errlen, PS_ERR_PROTO, "%s: %s", what, why);
+  return PS_OK;
+}
+
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
@@ -372,6 +432,9 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                      (unsigned long long)n);
     return PS_OK;
   }
+
+  int coded = validate_coded(env, m, limits, err, errlen);
+  if (coded != 1) return coded;
 
   int min_frames, max_frames;
   uint64_t want_floats;

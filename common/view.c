@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "err.h"
 #include "init.h"
 #include "optimizer.h"
@@ -158,6 +159,22 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
                      "tensor \"%s\": init scale %g is not a finite number >= 0",
                      name, (double)t->init_scale);
     }
+    if (t->push_codec < PS_CODEC_NONE || t->push_codec > PS_CODEC_TOPK)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": unknown push codec %d", name,
+                     (int)t->push_codec);
+    if (t->pull_codec != PS_CODEC_NONE && t->pull_codec != PS_CODEC_FP16 &&
+        t->pull_codec != PS_CODEC_INT8)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": pull codec %d is not none, fp16 or int8",
+                     name, (int)t->pull_codec);
+    if (t->push_codec == PS_CODEC_TOPK
+            ? !(t->topk_fraction > 0 && t->topk_fraction <= 1)
+            : t->topk_fraction != 0)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "tensor \"%s\": top-k fraction %g must be in (0, 1] "
+                     "with codec topk and 0 otherwise",
+                     name, (double)t->topk_fraction);
     if (t->optimizer) {
       char what[PS_NAME_MAX + 16];
       snprintf(what, sizeof(what), "tensor \"%s\"", name);
@@ -251,6 +268,9 @@ int ps_model_from_pb(const Ps__ModelSpec *pb, ps_model_t *dst, char *err,
     d->length = t->length;
     d->init = (int)t->init;
     d->init_scale = t->init_scale;
+    d->push_codec = (int)t->push_codec;
+    d->pull_codec = (int)t->pull_codec;
+    d->topk_fraction = t->topk_fraction;
     if (t->optimizer) {
       d->has_optimizer = 1;
       optimizer_from_pb(t->optimizer, &d->optimizer);
@@ -285,6 +305,9 @@ void ps_model_to_pb(const ps_model_t *m, Ps__ModelSpec *pb,
     tensors_pb[i].length = t->length;
     tensors_pb[i].init = (Ps__Init)t->init;
     tensors_pb[i].init_scale = t->init_scale;
+    tensors_pb[i].push_codec = (Ps__Codec)t->push_codec;
+    tensors_pb[i].pull_codec = (Ps__Codec)t->pull_codec;
+    tensors_pb[i].topk_fraction = t->topk_fraction;
     if (t->has_optimizer) {
       optimizer_to_pb(&t->optimizer, &opts_pb[i]);
       tensors_pb[i].optimizer = &opts_pb[i];
@@ -413,7 +436,9 @@ int ps_model_equal(const ps_model_t *a, const ps_model_t *b) {
     const ps_tensor_spec_t *x = &a->tensors[i], *y = &b->tensors[i];
     if (strcmp(x->name, y->name) != 0 || x->offset != y->offset ||
         x->length != y->length || x->init != y->init ||
-        x->init_scale != y->init_scale ||
+        x->init_scale != y->init_scale || x->push_codec != y->push_codec ||
+        x->pull_codec != y->pull_codec ||
+        x->topk_fraction != y->topk_fraction ||
         x->has_optimizer != y->has_optimizer ||
         (x->has_optimizer && !ps_optimizer_equal(&x->optimizer, &y->optimizer)))
       return 0;

@@ -247,13 +247,16 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
     reply_replica_ack(s, m, ps_shard_clock(r->shard));
     return;
   }
-  const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
+  /* The same decoder as the primary's: bitwise the same values. */
+  int code = PS_OK;
+  const float *g = ps__server_push_floats(
+      s, &m->payload[0], p->count, (int)p->codec, &code, why, sizeof(why));
   uint64_t clock_after = 0;
-  rc = g ? ps_dedup_reserve(r->dedup, p->worker) : PS_ERR_NOMEM;
+  rc = g ? ps_dedup_reserve(r->dedup, p->worker) : code;
   if (rc == PS_OK)
     rc = ps_shard_push_begin(r->shard, p->worker, p->key_begin, p->count,
                              p->clock, &clock_after, why, sizeof(why));
-  else
+  else if (g != NULL)
     snprintf(why, sizeof(why), "out of memory");
   if (rc != PS_OK) {
     /* The primary took this push: the copies differ. The primary fails the

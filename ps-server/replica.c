@@ -498,6 +498,7 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
     rep.key_begin = p->key_begin;
     rep.count = p->count;
     rep.clock = p->clock;
+    rep.codec = p->codec; /* the frame goes as it came: see ps.proto */
     send_all(r, c, e, id, &rep, payload, 1);
   }
   complete(r);

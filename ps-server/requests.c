@@ -8,10 +8,11 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/optimizer.h"
 #include "common/member.h"
+#include "common/optimizer.h"
 #include "common/time.h"
 #include "common/transport.h"
 #include "common/view.h"
@@ -76,11 +77,39 @@ nomem:
   return PS_ERR_NOMEM;
 }
 
+/* A reserve of bytes for s->decoded; PS_OK or PS_ERR_NOMEM. */
+static int decoded_reserve(ps_server_t *s, size_t bytes) {
+  if (bytes <= s->decoded_bytes) return PS_OK;
+  float *grown = realloc(s->decoded, bytes);
+  if (grown == NULL) return PS_ERR_NOMEM;
+  s->decoded = grown;
+  s->decoded_bytes = bytes;
+  return PS_OK;
+}
+
+/* A pull reply in a codec: the weights read into s->decoded, encoded into
+ * one frame of our own. 1 frame, or PS_ERR_NOMEM. */
+static int build_coded_pull_frame(ps_server_t *s, const owned_range_t *r,
+                                  uint64_t key_begin, uint64_t count, int codec,
+                                  zmq_msg_t *frame) {
+  if (decoded_reserve(s, (size_t)count * sizeof(float)) != PS_OK)
+    return PS_ERR_NOMEM;
+  ps_shard_read(r->shard, key_begin, count, s->decoded, NULL, 0);
+  size_t bytes = ps_codec_encoded_bytes(codec, count, 0);
+  if (zmq_msg_init_size(frame, bytes) != 0) return PS_ERR_NOMEM;
+  ps_codec_encode(codec, s->decoded, count, 0, zmq_msg_data(frame), NULL);
+  return 1;
+}
+
 static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
                             uint64_t request_id, const owned_range_t *r,
-                            uint64_t key_begin, uint64_t count, int duplicate) {
+                            uint64_t key_begin, uint64_t count, int duplicate,
+                            int codec) {
   zmq_msg_t frames[PS_MAX_PAYLOAD_FRAMES];
-  int nframes = build_pull_frames(s, r, key_begin, count, frames);
+  int nframes =
+      codec == PS_CODEC_NONE
+          ? build_pull_frames(s, r, key_begin, count, frames)
+          : build_coded_pull_frame(s, r, key_begin, count, codec, frames);
   if (nframes < 0) {
     /* The caller checked the slice; only memory can fail here. */
     ps__server_send_error(s, route, request_id, nframes,
@@ -93,13 +122,16 @@ static void send_pull_reply(ps_server_t *s, zmq_msg_t *route,
   pr.count = count;
   pr.clock = ps_shard_clock(r->shard);
   pr.duplicate = duplicate != 0;
+  pr.codec = (Ps__Codec)codec;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = request_id;
   env.sender = s->node_id;
   env.epoch = ps__server_view_epoch(s);
   env.body_case = PS__ENVELOPE__BODY_PULL_REPLY;
   env.pull_reply = &pr;
-  ps__server_count_sent(s, &env, (size_t)count * sizeof(float));
+  ps__server_count_sent(s, &env,
+                        codec == PS_CODEC_NONE ? (size_t)count * sizeof(float)
+                                               : zmq_msg_size(&frames[0]));
   if (ps_msg_send(ps_zsock_socket(s->data), route, &env, frames, nframes) !=
       PS_OK)
     s->stats.send_failures++;
@@ -192,7 +224,8 @@ static int push_is_new(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
  * PS_ERR_NOMEM with nothing parked. */
 static int park_pull(ps_server_t *s, owned_range_t *r, zmq_msg_t *route,
                      uint64_t request_id, uint32_t worker, uint64_t key_begin,
-                     uint64_t count, uint64_t clock, int duplicate) {
+                     uint64_t count, uint64_t clock, int duplicate,
+                     int codec) {
   parked_pull_t *pp = calloc(1, sizeof(*pp));
   if (pp == NULL) return PS_ERR_NOMEM;
   pp->worker = worker;
@@ -203,6 +236,7 @@ static int park_pull(ps_server_t *s, owned_range_t *r, zmq_msg_t *route,
   pp->count = count;
   pp->clock = clock;
   pp->duplicate = duplicate;
+  pp->codec = codec;
   pp->parked_ns = ps_now_ns();
   parked_pull_t **tail = &r->parked;
   while (*tail) tail = &(*tail)->next;
@@ -233,7 +267,7 @@ static void serve_parked(ps_server_t *s, owned_range_t *r) {
     *pp = p->next;
     ps_hist_observe(&s->hist_bsp_wait, ps_now_ns() - p->parked_ns);
     send_pull_reply(s, &p->route, p->request_id, r, p->key_begin, p->count,
-                    p->duplicate);
+                    p->duplicate, p->codec);
     parked_free(s, p);
   }
 }
@@ -491,14 +525,15 @@ static void pushpull_finish(ps_server_t *s, pushpull_t *pp, int status,
                            ps_shard_clock(r->shard), duplicate);
       if (pp->worker < s->inflight_nodes) s->inflight[pp->worker]++;
       if (park_pull(s, r, &pp->route, pp->request_id, pp->worker, pp->key_begin,
-                    pp->count, pp->pull_clock, 0) != PS_OK) {
+                    pp->count, pp->pull_clock, 0,
+                    PS_CODEC_NONE) != PS_OK) {
         inflight_give(s, pp->worker);
         ps__server_send_error(s, &pp->route, pp->request_id, PS_ERR_NOMEM,
                               "push applied, but no memory to park its pull");
       }
     } else {
       send_pull_reply(s, &pp->route, pp->request_id, r, pp->key_begin,
-                      pp->count, duplicate);
+                      pp->count, duplicate, PS_CODEC_NONE);
     }
   }
   zmq_msg_close(&pp->route);
@@ -639,20 +674,50 @@ const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
   return s->scratch;
 }
 
+float *ps__server_push_floats(ps_server_t *s, zmq_msg_t *f, uint64_t count,
+                              int codec, int *code, char *why, size_t wlen) {
+  if (codec == PS_CODEC_NONE) {
+    float *g = (float *)ps__server_aligned_floats(s, f, count);
+    if (g == NULL) {
+      *code = PS_ERR_NOMEM;
+      snprintf(why, wlen, "no memory to align a push of %llu values",
+               (unsigned long long)count);
+    }
+    return g;
+  }
+  if (decoded_reserve(s, (size_t)count * sizeof(float)) != PS_OK) {
+    *code = PS_ERR_NOMEM;
+    snprintf(why, wlen, "no memory to decode a push of %llu values",
+             (unsigned long long)count);
+    return NULL;
+  }
+  char err[200];
+  int rc = ps_codec_decode(codec, zmq_msg_data(f), zmq_msg_size(f), count,
+                           s->decoded, err, sizeof(err));
+  if (rc != PS_OK) {
+    *code = rc;
+    snprintf(why, wlen, "push in %s: %s", ps_codec_name(codec), err);
+    return NULL;
+  }
+  return s->decoded;
+}
+
 /* A push's values g (n floats: the received frame, or its aligned copy,
  * both ours) may reach the weights: 1. With NaN or Inf in them, --nonfinite
  * reject refuses m (PS_ERR_NONFINITE) and returns 0; skip zeroes them, so
  * the push still counts (a BSP step waits for every worker's) but moves
  * nothing, and returns 1. Either way it is counted. */
 static int nonfinite_ok(ps_server_t *s, ps_msg_t *m, float *g, uint64_t n,
-                        zmq_msg_t *frame, const char *what, uint64_t first) {
+                        zmq_msg_t *frame, int codec, const char *what,
+                        uint64_t first) {
   if (ps_floats_finite(g, (size_t)n)) return 1;
   s->stats.nonfinite_pushes++;
   if (s->nonfinite == PS_SERVER_NONFINITE_SKIP) {
     memset(g, 0, (size_t)n * sizeof(float));
-    /* The backups get the frame itself: zeros there too. */
-    if (zmq_msg_data(frame) != (void *)g) memset(zmq_msg_data(frame), 0,
-                                                  zmq_msg_size(frame));
+    /* The backups get the frame itself: zeros there too (a coded frame
+     * keeps its structure and decodes to zeros). */
+    if (zmq_msg_data(frame) != (void *)g)
+      ps_codec_zero(codec, zmq_msg_data(frame), zmq_msg_size(frame));
     return 1;
   }
   if (strcmp(what, "keys") == 0)
@@ -694,14 +759,15 @@ static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
   if (!push_is_new(s, m, r, worker, p->seq, "push", pp_p)) return;
   /* The gradient is applied straight from the received frame (ps_msg_recv
    * checked that it holds exactly count floats). */
-  const float *g = ps__server_aligned_floats(s, &m->payload[0], p->count);
+  int code = PS_OK;
+  char bad[256];
+  float *g = ps__server_push_floats(s, &m->payload[0], p->count, (int)p->codec,
+                                    &code, bad, sizeof(bad));
   if (g == NULL) {
-    ps__server_refuse(s, m, PS_ERR_NOMEM,
-                      "no memory to align a push of %llu values",
-                      (unsigned long long)p->count);
+    ps__server_refuse(s, m, code, "%s", bad);
     return;
   }
-  if (!nonfinite_ok(s, m, (float *)g, p->count, &m->payload[0], "keys",
+  if (!nonfinite_ok(s, m, g, p->count, &m->payload[0], (int)p->codec, "keys",
                     p->key_begin))
     return;
   if (!inflight_take(s, m, worker)) return;
@@ -816,13 +882,14 @@ void ps__server_handle_pull(ps_server_t *s, ps_msg_t *m) {
     }
     if (!inflight_take(s, m, m->env->sender)) return;
     if (park_pull(s, r, &m->route, m->request_id, m->env->sender, p->key_begin,
-                  p->count, p->clock, 0) != PS_OK) {
+                  p->count, p->clock, 0, (int)p->codec) != PS_OK) {
       inflight_give(s, m->env->sender);
       ps__server_refuse(s, m, PS_ERR_NOMEM, "no memory to park a pull");
     }
     return;
   }
-  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count, 0);
+  send_pull_reply(s, &m->route, m->request_id, r, p->key_begin, p->count, 0,
+                  (int)p->codec);
 }
 
 /* ---- sparse tables (issues #3, #14) ----
@@ -1052,7 +1119,7 @@ void ps__server_handle_sparse_push(ps_server_t *s, ps_msg_t *m) {
     return;
   }
   if (!nonfinite_ok(s, m, (float *)g, bytes / sizeof(float), &m->payload[1],
-                    "rows of", 0))
+                    PS_CODEC_NONE, "rows of", 0))
     return;
   char why[256];
   int rc = ps_shard_check_step(r->shard, worker, p->clock, why, sizeof(why));

@@ -974,6 +974,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   free(s->ranges);
   ps__server_deferred_free(s);
   free(s->scratch);
+  free(s->decoded);
   free(s->inflight);
   ps__server_pushpull_free(s);
   ps__server_sparse_free(s);

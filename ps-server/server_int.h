@@ -61,6 +61,7 @@ typedef struct parked_pull_s {
   uint64_t parked_ns; /* when it began to wait, for the BSP wait histogram */
   uint32_t worker;    /* its sender, for the count in flight */
   int duplicate;      /* a PushPull's whose push was a duplicate */
+  int codec;          /* the reply's encoding (PS_CODEC_*) */
 } parked_pull_t;
 
 /* A PushPull (proto/ps.proto) whose push went to the replicator: its reply,
@@ -202,6 +203,8 @@ struct ps_server_s {
   int restoring;
   float *scratch; /* aligned copies of unaligned push frames */
   size_t scratch_bytes;
+  float *decoded; /* a coded push's values, or a coded pull's (codec.h) */
+  size_t decoded_bytes;
   uint64_t *key_scratch; /* aligned copy of a sparse request's keys */
   size_t key_scratch_bytes;
 
@@ -262,6 +265,13 @@ void ps__server_reply_ack(ps_server_t *s, zmq_msg_t *route, uint64_t request_id,
 void ps__server_repl_push_done(void *arg, zmq_msg_t *route, uint64_t request_id,
                                uint32_t worker, uint64_t clock, int duplicate,
                                int status, const char *reason);
+/* The float32 values of a push's frame f of count keys in codec
+ * (PS_CODEC_*): the frame itself (aligned as ps__server_aligned_floats
+ * does) when it is raw, else decoded into the server's own buffer, valid
+ * until the next call. NULL with the reason in why (a malformed frame, no
+ * memory) and *code set. */
+float *ps__server_push_floats(ps_server_t *s, zmq_msg_t *f, uint64_t count,
+                              int codec, int *code, char *why, size_t wlen);
 const float *ps__server_aligned_floats(ps_server_t *s, zmq_msg_t *f,
                                        uint64_t count);
 void ps__server_handle_push(ps_server_t *s, ps_msg_t *m);

@@ -8,6 +8,7 @@
 #include <zmq.h>
 
 #include "common/checkpoint.h"
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -252,6 +253,17 @@ static void model_diff(const ps_model_t *a, const ps_model_t *b, char *out,
                "tensor %zu is \"%s\" of %" PRIu64 " keys at %" PRIu64
                ", the job's is \"%s\" of %" PRIu64 " keys at %" PRIu64,
                i, y->name, y->length, y->offset, x->name, x->length, x->offset);
+      return;
+    }
+    if (x->push_codec != y->push_codec || x->pull_codec != y->pull_codec ||
+        x->topk_fraction != y->topk_fraction) {
+      snprintf(out, len,
+               "tensor \"%s\" codecs push %s pull %s (top-k %g), the job's "
+               "are push %s pull %s (top-k %g)",
+               y->name, ps_codec_name(y->push_codec),
+               ps_codec_name(y->pull_codec), (double)y->topk_fraction,
+               ps_codec_name(x->push_codec), ps_codec_name(x->pull_codec),
+               (double)x->topk_fraction);
       return;
     }
     if (x->init != y->init || x->init_scale != y->init_scale) {

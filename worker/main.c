@@ -64,6 +64,9 @@ int main(int argc, char **argv) {
   int optimizer = PS_OPTIMIZER_SGD;
   int push = PS_PUSH_AUTO;
   int push_pull = PS_PUSH_PULL_FUSED;
+  int codec = 0, pull_codec = 0; /* indices into the lists of --codec */
+  double topk_fraction;
+  char *tensor_codecs = NULL;
   /* --log-format: the index in "auto|logfmt|pretty". */
   enum { LOG_FORMAT_AUTO, LOG_FORMAT_LOGFMT, LOG_FORMAT_PRETTY };
   int log_format = LOG_FORMAT_AUTO;
@@ -171,7 +174,23 @@ int main(int argc, char **argv) {
        "mlp, cnn: fused: each push of a step brings back the next step's "
        "weights in its reply (one round trip per step); separate: a push, "
        "then a pull at the next step (the same weights; 4 messages per "
-       "piece and step instead of 2, or 3 for one that waits for the step)"},
+       "piece and step instead of 2, or 3 for one that waits for the step; "
+       "coded tensors, --codec, go separately)"},
+      {"codec", PS_OPT_ENUM, &codec, "none", 0, 0, "none|fp16|int8|topk",
+       "how gradient pushes of every dense tensor travel: float32, IEEE "
+       "half, int8 with a scale per 256 keys, or the largest "
+       "--topk-fraction of each request with error feedback (declared to "
+       "the cluster; mlp and cnn)"},
+      {"pull-codec", PS_OPT_ENUM, &pull_codec, "auto", 0, 0,
+       "auto|none|fp16|int8",
+       "how weight pulls travel (auto: fp16 with --codec fp16, int8 with "
+       "int8 and topk, else none)"},
+      {"tensor-codecs", PS_OPT_STRING, &tensor_codecs, NULL, 0, 0, NULL,
+       "NAME=CODEC,...: these tensors' pushes in another codec than "
+       "--codec's, e.g. fc1.weight=topk,fc3.bias=none (pulls as "
+       "--pull-codec says, auto by each tensor's codec)"},
+      {"topk-fraction", PS_OPT_DOUBLE, &topk_fraction, "0.01", 1e-6, 1, NULL,
+       "--codec topk: the fraction of each request's values sent"},
       {"max-steps", PS_OPT_INT, &max_steps, "0", 0, 9007199254740991.0, NULL,
        "stop after this many global steps (0: no limit)"},
       {"step-delay-ms", PS_OPT_INT, &step_delay_ms, "0", 0, 60000, NULL,
@@ -326,6 +345,11 @@ int main(int argc, char **argv) {
                                      PS_OPTIMIZER_FTRL};
   to.ctr_sparse_optimizer = sparse_kinds[ctr_sparse_opt];
   to.ctr_sparse_lr = ctr_sparse_lr;
+  /* --codec's list is PS_CODEC_* in order; --pull-codec's after "auto". */
+  to.push_codec = codec;
+  to.pull_codec = pull_codec - 1; /* -1: auto */
+  to.topk_fraction = topk_fraction;
+  to.tensor_codecs = tensor_codecs && tensor_codecs[0] ? tensor_codecs : NULL;
 
   /* Served from the start, so /healthz says "starting" while the worker
    * loads its data and waits for the others. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/codec.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/init.h"
@@ -65,6 +66,7 @@ struct ps_trainer_s {
    * optimizer and schedule of the options; sched is its schedule resolved
    * for this job's worker count (what the servers apply). */
   ps_model_t model;
+  ps_tensor_spec_t *coded_tensors; /* model.tensors with the codecs set */
   ps_optimizer_spec_t opt;
   /* The job's SSP staleness bound (0: BSP, ASP, standalone): an
    * evaluation pulls at clock + staleness, so that its weights are those
@@ -206,6 +208,63 @@ float ps_trainer_lr_factor(ps_lr_schedule_t schedule, uint64_t step,
   return ps_lr_factor(&s, step);
 }
 
+/* A tensor's codecs for push codec push (issue #15): the pull codec the
+ * options give, or the one that goes with push. */
+static void set_codecs(ps_tensor_spec_t *ts, const ps_trainer_opts_t *o,
+                       int push) {
+  ts->push_codec = push;
+  ts->pull_codec = o->pull_codec >= 0      ? o->pull_codec
+                   : push == PS_CODEC_FP16 ? PS_CODEC_FP16
+                   : push == PS_CODEC_NONE ? PS_CODEC_NONE
+                                           : PS_CODEC_INT8;
+  ts->topk_fraction = push == PS_CODEC_TOPK ? (float)o->topk_fraction : 0;
+}
+
+/* --tensor-codecs "NAME=CODEC,...": those tensors' push codecs. */
+static int apply_tensor_codecs(ps_trainer_t *t, const char *list) {
+  const char *p = list;
+  while (*p) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    const char *eq = memchr(p, '=', len);
+    char name[PS_NAME_MAX], codec[16];
+    if (eq == NULL || eq == p || (size_t)(eq - p) >= sizeof(name) ||
+        len - (size_t)(eq - p) - 1 >= sizeof(codec)) {
+      trainer_fail(t, "--tensor-codecs: \"%.*s\" is not NAME=CODEC", (int)len,
+                   p);
+      return PS_ERR_CONFIG;
+    }
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - p), p);
+    snprintf(codec, sizeof(codec), "%.*s", (int)(len - (size_t)(eq - p) - 1),
+             eq + 1);
+    int c = ps_codec_parse(codec);
+    if (c < 0) {
+      trainer_fail(t,
+                   "--tensor-codecs: codec \"%s\" of tensor \"%s\" is not "
+                   "none, fp16, int8 or topk",
+                   codec, name);
+      return PS_ERR_CONFIG;
+    }
+    size_t i = 0;
+    while (i < t->model.ntensors && strcmp(t->coded_tensors[i].name, name)) i++;
+    if (i == t->model.ntensors) {
+      char names[512] = "";
+      for (size_t j = 0; j < t->model.ntensors; j++)
+        snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+                 j ? ", " : "", t->coded_tensors[j].name);
+      trainer_fail(t,
+                   "--tensor-codecs: the model has no tensor \"%s\" (it "
+                   "has %s)",
+                   name, names);
+      return PS_ERR_CONFIG;
+    }
+    set_codecs(&t->coded_tensors[i], &t->o, c);
+    p += len;
+    if (*p == ',') p++;
+  }
+  return PS_OK;
+}
+
 /* The optimizer the options declare: only the settings its kind uses (the
  * others' defaults, --momentum 0.9 say, mean nothing to Adam). */
 static void opts_optimizer(const ps_trainer_opts_t *o, ps_optimizer_spec_t *p) {
@@ -332,7 +391,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     const char *no = o->metrics_csv_path        ? "metrics-csv"
                      : o->push == PS_PUSH_LAYER ? "push layer"
                      : o->step_delay_ms         ? "step-delay-ms"
-                                                : NULL;
+                     : o->push_codec || o->pull_codec > 0 || o->tensor_codecs
+                         ? "codec"
+                         : NULL;
     if (no != NULL) {
       trainer_fail(t, "--%s is not supported with --model ctr", no);
       rc = PS_ERR_CONFIG;
@@ -437,7 +498,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       !o->standalone &&
       (o->push == PS_PUSH_LAYER ||
        (o->push == PS_PUSH_AUTO && ps_compute_is_async(t->compute)));
-  t->fused = !o->standalone && o->push_pull == PS_PUSH_PULL_FUSED;
+  /* A push-pull moves float32: coded tensors go by push and pull. */
+  int coded = o->push_codec || o->pull_codec > 0 || o->tensor_codecs;
+  t->fused = !o->standalone && o->push_pull == PS_PUSH_PULL_FUSED && !coded;
   t->w_clock = UINT64_MAX;
   /* On the CPU the weights go straight into the net's parameters and the
    * gradient is pushed from where backward wrote it (ps_net_params_host):
@@ -463,6 +526,22 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
    * are to apply. The horizon goes in epochs: the worker count that turns
    * it into steps is the scheduler's to tell. */
   t->model = *ps_net_model(t->net);
+  if (o->push_codec != PS_CODEC_NONE || o->pull_codec > 0 || o->tensor_codecs) {
+    t->coded_tensors = calloc(t->model.ntensors, sizeof(*t->coded_tensors));
+    if (t->coded_tensors == NULL) {
+      trainer_fail(t, "out of memory");
+      rc = PS_ERR_NOMEM;
+      goto fail;
+    }
+    for (size_t i = 0; i < t->model.ntensors; i++) {
+      t->coded_tensors[i] = t->model.tensors[i];
+      set_codecs(&t->coded_tensors[i], o, o->push_codec);
+    }
+    t->model.tensors = t->coded_tensors;
+    if (o->tensor_codecs &&
+        (rc = apply_tensor_codecs(t, o->tensor_codecs)) != PS_OK)
+      goto fail;
+  }
   opts_optimizer(o, &t->opt);
   t->model.optimizer = t->opt.kind;
   t->model.learning_rate = t->opt.learning_rate;
@@ -586,6 +665,7 @@ void ps_trainer_destroy(ps_trainer_t **t_p) {
   ps_dataset_clear(&t->test);
   free(t->v);
   free(t->perm);
+  free(t->coded_tensors);
   free(t);
   *t_p = NULL;
 }
@@ -870,6 +950,9 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
   const ps_trainer_result_t *r = &t->res;
   uint64_t pulls = t->pulls, max_lag = t->pull_max_lag,
            beyond = t->pull_beyond_bound;
+  /* Payload bytes this worker moved (issue #15: the codecs' saving). */
+  uint64_t push_bytes = 0, pull_bytes = 0;
+  if (t->client) ps_client_wire_bytes(t->client, &push_bytes, &pull_bytes);
   int n = fprintf(
       f,
       "{\n"
@@ -906,7 +989,14 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       "  \"pull_max_lag\": %" PRIu64
       ",\n"
       "  \"pull_beyond_bound\": %" PRIu64
-      "\n"
+      ",\n"
+      "  \"push_codec\": \"%s\",\n"
+      "  \"pull_codec\": \"%s\",\n"
+      "  \"push_bytes\": %" PRIu64
+      ",\n"
+      "  \"pull_bytes\": %" PRIu64
+      ",\n"
+      "  \"bytes_per_step\": %.1f\n"
       "}\n",
       t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
       ps_compute_name(t->compute), r->test_accuracy, r->test_loss,
@@ -915,7 +1005,12 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       (uint64_t)r->workers * (uint64_t)t->o.batch_size, t->o.learning_rate,
       ps_optimizer_name(t->opt.kind), t->o.momentum,
       t->o.lr_schedule == PS_LR_COSINE ? "cosine" : "constant", t->o.seed,
-      t->staleness, pulls, max_lag, beyond);
+      t->staleness, pulls, max_lag, beyond, ps_codec_name(t->o.push_codec),
+      ps_codec_name(t->model.ntensors ? t->model.tensors[0].pull_codec : 0),
+      push_bytes, pull_bytes,
+      r->steps > t->start_step ? (double)(push_bytes + pull_bytes) /
+                                     (double)(r->steps - t->start_step)
+                               : 0.0);
   return n < 0 ? -1 : 0;
 }
 

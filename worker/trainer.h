@@ -191,6 +191,16 @@ typedef struct {
    * ctr_sparse_lr (FTRL: alpha; beta 1, --l1 and --l2). */
   int ctr_sparse_optimizer;
   double ctr_sparse_lr;
+  /* Codecs (issue #15) declared for every dense tensor: PS_CODEC_* of
+   * pushes and of pulls (none, fp16, int8; -1: fp16 for fp16 pushes, int8
+   * for int8 and topk, else none), and the top-k fraction for
+   * PS_CODEC_TOPK pushes. tensor_codecs ("fc1.weight=int8,fc2.bias=none",
+   * NULL for none) gives some tensors another push codec. All 0: raw
+   * float32. mlp and cnn only. */
+  int push_codec;
+  int pull_codec;
+  double topk_fraction;
+  const char *tensor_codecs;
 } ps_trainer_opts_t;
 
 /* What a run measured; filled by ps_trainer_run. The test metrics are those

@@ -18,7 +18,9 @@
 # and evaluates after each; the table gives samples/s (training only, all
 # workers), the ratio to the standalone run, the wall time until the test
 # accuracy first reached 0.86 (from worker 0's --metrics-csv), the final
-# accuracy and the run's wall time. Plaintext links unless --curve.
+# accuracy, the run's wall time, and the payload bytes worker 0 moved per
+# step (pushes + pulls, its report's bytes_per_step: what the codecs of
+# --codec save; "-" for the standalone run). Plaintext links unless --curve.
 # Writes OUT (default BUILD/train-bench)/table.txt and each run's logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,7 +33,7 @@ BATCH=32
 CURVE=0
 RUNS=standalone,r1,r2
 OUT=
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) BUILD=$2; shift 2 ;;
@@ -81,10 +83,11 @@ wall_to() {
 num() { sed -n "s/.*\"$1\": *\([0-9.eE+-]*\).*/\1/p" "$2" | head -1; }
 
 SA_SPS=
-row() { # name sps wall_to acc wall
-  local ratio=n/a
+row() { # name sps wall_to acc wall [bytes_per_step]
+  local ratio=n/a bps=-
   [ -n "$SA_SPS" ] && ratio=$(awk -v a="$2" -v b="$SA_SPS" 'BEGIN { printf "%.2f", a / b }')
-  printf '| %-22s | %9.0f | %5s | %6s s | %6.4f | %6.1f s |\n' "$1" "$2" "$ratio" "${3:-never}" "$4" "$5" | tee -a "$TABLE"
+  [ -n "${6:-}" ] && bps=$(awk -v a="$6" 'BEGIN { printf "%.0f", a }')
+  printf '| %-22s | %9.0f | %5s | %6s s | %6.4f | %6.1f s | %10s |\n' "$1" "$2" "$ratio" "${3:-never}" "$4" "$5" "$bps" | tee -a "$TABLE"
 }
 
 run_standalone() {
@@ -128,14 +131,15 @@ run_cluster() { # name replication "worker args" "scheduler args" slow_ms
   fi
   cleanup
   row "$name" "$(num samples_per_sec "$d/report.json")" "$(wall_to "$d/metrics.csv")" \
-    "$(num test_accuracy "$d/report.json")" "$(num wall_seconds "$d/report.json")"
+    "$(num test_accuracy "$d/report.json")" "$(num wall_seconds "$d/report.json")" \
+    "$(num bytes_per_step "$d/report.json")"
 }
 
 {
   echo "# train_bench $(date -u +%FT%TZ) on $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# $SERVERS servers + $WORKERS workers x batch $BATCH, $EPOCHS epochs, MLP 784-256-128-10, $([ $CURVE -eq 1 ] && echo CURVE || echo plaintext)"
-  echo "| run                    | samples/s | ratio | to 0.86  | acc    | wall     |"
-  echo "| ---                    | ---       | ---   | ---      | ---    | ---      |"
+  echo "| run                    | samples/s | ratio | to 0.86  | acc    | wall     | bytes/step |"
+  echo "| ---                    | ---       | ---   | ---      | ---    | ---      | ---        |"
 } | tee "$TABLE"
 IFS=, read -r -a LIST <<<"$RUNS"
 for r in "${LIST[@]}"; do

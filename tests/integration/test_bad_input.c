@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "common/auth.h"
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "harness.h"
@@ -415,6 +416,105 @@ START_TEST(server_refuses_bad_input) {
   expect_error(server, env.request_id, PS_ERR_NONFINITE, "NaN push");
   pull_all(after);
   ck_assert_int_eq(memcmp(before, after, sizeof(before)), 0);
+  expect_server_serves();
+}
+END_TEST
+
+/* Sends a push of keys [0, count) in codec with this frame; returns its
+ * request id. */
+static uint64_t send_coded_push(int codec, uint64_t count, const void *frame,
+                                size_t bytes, uint64_t seq) {
+  zmq_msg_t payload;
+  ck_assert_int_eq(zmq_msg_init_size(&payload, bytes), 0);
+  memcpy(zmq_msg_data(&payload), frame, bytes);
+  Ps__Push p = PS__PUSH__INIT;
+  p.key_begin = 0;
+  p.count = count;
+  p.seq = seq;
+  p.codec = (Ps__Codec)codec;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH);
+  env.push = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  return env.request_id;
+}
+
+/* Issue #15: coded pushes whose frame does not hold what the header says
+ * (a size off, top-k indices out of range, repeated or descending) and a
+ * pull in a codec pulls do not have are refused and change nothing; a
+ * good top-k push moves only its keys; an fp16 pull is the weights in
+ * half precision. */
+START_TEST(server_refuses_bad_codec) {
+  float before[NKEYS], after[NKEYS];
+  pull_all(before);
+  unsigned char buf[1024] = {0};
+  expect_error(server, send_coded_push(PS_CODEC_FP16, 8, buf, 15, 0),
+               PS_ERR_PROTO, "fp16 frame a byte short");
+  expect_error(server, send_coded_push(PS_CODEC_INT8, 8, buf, 8, 0),
+               PS_ERR_PROTO, "int8 frame without its scale");
+  expect_error(server, send_coded_push(9, 8, buf, 32, 0), PS_ERR_PROTO,
+               "unknown codec");
+  struct {
+    uint32_t idx[2];
+    const char *what;
+  } bad[] = {{{5, 3}, "topk indices descending"},
+             {{4, 4}, "topk index repeated"},
+             {{1, 8}, "topk index past count"}};
+  float vals[2] = {1, 2};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    memcpy(buf, bad[i].idx, 8);
+    memcpy(buf + 8, vals, 8);
+    expect_error(server, send_coded_push(PS_CODEC_TOPK, 8, buf, 16, 0),
+                 PS_ERR_PROTO, bad[i].what);
+  }
+  expect_error(server, send_coded_push(PS_CODEC_TOPK, 1, buf, 16, 0),
+               PS_ERR_PROTO, "topk of more pairs than values");
+  expect_error(server, send_coded_push(PS_CODEC_TOPK, 8, buf, 12, 0),
+               PS_ERR_PROTO, "topk frame of half a pair");
+  Ps__Pull pl = PS__PULL__INIT;
+  pl.key_begin = 0;
+  pl.count = NKEYS;
+  pl.codec = PS__CODEC__CODEC_TOPK;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PULL);
+  env.pull = &pl;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, NULL, 0), PS_OK);
+  expect_error(server, env.request_id, PS_ERR_PROTO, "pull in topk");
+  pull_all(after);
+  ck_assert_int_eq(memcmp(before, after, sizeof(before)), 0);
+
+  /* A good one: keys 3 and 10 move, no other. */
+  uint32_t idx[2] = {3, 10};
+  memcpy(buf, idx, 8);
+  memcpy(buf + 8, vals, 8);
+  uint64_t req = send_coded_push(PS_CODEC_TOPK, NKEYS, buf, 16, 1);
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(m.env->body_case == PS__ENVELOPE__BODY_ACK,
+                "good topk push answered with %s",
+                ps_body_name(m.env->body_case));
+  ps_msg_close(&m);
+  pull_all(after);
+  for (int i = 0; i < NKEYS; i++)
+    if (i == 3 || i == 10)
+      ck_assert_msg(after[i] != before[i], "key %d did not move", i);
+    else
+      ck_assert_msg(after[i] == before[i], "key %d moved", i);
+
+  /* An fp16 pull: one frame of 2 bytes a key, the weights rounded. */
+  pl.codec = PS__CODEC__CODEC_FP16;
+  env = envelope(PS__ENVELOPE__BODY_PULL);
+  env.pull = &pl;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, NULL, 0), PS_OK);
+  recv_reply(server, env.request_id, &m);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_PULL_REPLY);
+  ck_assert_int_eq(m.env->pull_reply->codec, PS__CODEC__CODEC_FP16);
+  ck_assert_int_eq(m.npayload, 1);
+  ck_assert_uint_eq(zmq_msg_size(&m.payload[0]), NKEYS * 2);
+  for (int i = 0; i < NKEYS; i++) {
+    uint16_t h;
+    memcpy(&h, (char *)zmq_msg_data(&m.payload[0]) + 2 * i, 2);
+    ck_assert_uint_eq(h, ps_fp16_from_float(after[i]));
+  }
+  ps_msg_close(&m);
   expect_server_serves();
 }
 END_TEST
@@ -1031,6 +1131,7 @@ int main(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, server_refuses_bad_input);
+  tcase_add_test(tc, server_refuses_bad_codec);
   tcase_add_test(tc, server_refuses_bad_sparse);
   tcase_add_test(tc, sparse_resend_applied_once);
   tcase_add_test(tc, scheduler_refuses_bad_input);

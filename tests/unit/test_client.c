@@ -5,12 +5,14 @@
  * client returned. Every wait has a deadline.
  */
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
+#include "common/codec.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/frame.h"
@@ -45,6 +47,9 @@ typedef struct {
   uint32_t sender;
   uint64_t epoch, request_id, key_begin, count, clock, seq;
   float values[TOTAL];
+  int codec;   /* a push's or a pull's */
+  size_t nraw; /* a push's payload as it came */
+  unsigned char raw[TOTAL * 8];
 } req_t;
 
 typedef struct {
@@ -244,7 +249,13 @@ static void fake_on_server(fake_t *f, int i, ps_msg_t *m) {
     r->count = is_push ? e->push->count : e->pull->count;
     r->clock = is_push ? e->push->clock : e->pull->clock;
     r->seq = is_push ? e->push->seq : 0;
-    if (is_push && r->count <= TOTAL)
+    r->codec = is_push ? (int)e->push->codec : (int)e->pull->codec;
+    if (is_push) {
+      r->nraw = zmq_msg_size(&m->payload[0]);
+      if (r->nraw <= sizeof(r->raw))
+        memcpy(r->raw, zmq_msg_data(&m->payload[0]), r->nraw);
+    }
+    if (is_push && r->count <= TOTAL && r->codec == PS_CODEC_NONE)
       memcpy(r->values, zmq_msg_data(&m->payload[0]), r->count * sizeof(float));
   }
   switch (f->mode[i]) {
@@ -293,10 +304,14 @@ static void fake_on_server(fake_t *f, int i, ps_msg_t *m) {
   pr.clock = e->pull->clock;
   if (f->mode[i] == SRV_BAD_RANGE) pr.key_begin++;
   zmq_msg_t payload;
-  zmq_msg_init_size(&payload, e->pull->count * sizeof(float));
-  float *v = zmq_msg_data(&payload);
-  for (uint64_t k = 0; k < e->pull->count; k++)
+  float v[TOTAL];
+  for (uint64_t k = 0; k < e->pull->count && k < TOTAL; k++)
     v[k] = pull_value(e->pull->key_begin + k);
+  /* A pull in a codec gets its reply in it (issue #15). */
+  int codec = (int)e->pull->codec;
+  pr.codec = e->pull->codec;
+  zmq_msg_init_size(&payload, ps_codec_encoded_bytes(codec, e->pull->count, 0));
+  ps_codec_encode(codec, v, e->pull->count, 0, zmq_msg_data(&payload), NULL);
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.request_id = m->request_id;
   env.epoch = f->epoch;
@@ -962,6 +977,132 @@ START_TEST(test_zero_copy_pull_spans) {
 }
 END_TEST
 
+/* ---- codecs (issue #15) ---------------------------------------------------
+ */
+
+/* Decodes a recorded coded push into out (count floats). */
+static void req_decode(const req_t *r, float *out) {
+  char err[200];
+  ck_assert_int_eq(
+      ps_codec_decode(r->codec, r->raw, r->nraw, r->count, out, err, 200),
+      PS_OK);
+}
+
+/* w1 [0, 40) pushes top-k 25% and pulls fp16, w2 [40, 64) pushes int8 and
+ * pulls float32: requests are cut at 40, each coded piece is encoded once,
+ * and the resend after a failover carries the very same bytes; top-k keeps
+ * what it did not send for the next push; pulls decode into the array and
+ * into zero-copy spans; the bytes are counted. */
+START_TEST(test_coded_push_and_pull) {
+  model_tensors[0].push_codec = PS_CODEC_TOPK;
+  model_tensors[0].topk_fraction = 0.25f;
+  model_tensors[0].pull_codec = PS_CODEC_FP16;
+  model_tensors[1].push_codec = PS_CODEC_INT8;
+  fake_t *f = fake_start();
+  ps_client_t *c = connect_client(f, 3000);
+  fake_set_mode(f, 1, SRV_FAILOVER);
+  float grad[TOTAL];
+  for (int i = 0; i < TOTAL; i++) grad[i] = (float)((i * 37) % 64) - 31.5f;
+  ck_assert_int_eq(ps_client_push(c, 0, TOTAL, grad, 1), PS_OK);
+
+  req_t reqs[MAX_REQS];
+  int n = fake_reqs(f, reqs);
+  /* [0, 32) to server 1; [32, 40) and [40, 64) to server 2, which loses
+   * the first that comes: that one goes again to server 3, and so does
+   * the other unless server 2 answered it before the new view came. */
+  ck_assert_msg(n == 4 || n == 5, "%d requests", n);
+  const req_t *piece[3] = {NULL, NULL, NULL}, *again[3] = {NULL, NULL, NULL};
+  for (int i = 0; i < n; i++) {
+    int p = reqs[i].key_begin == 0 ? 0 : reqs[i].key_begin == 32 ? 1 : 2;
+    if (reqs[i].server == 2)
+      again[p] = &reqs[i];
+    else
+      piece[p] = &reqs[i];
+  }
+  ck_assert_ptr_nonnull(piece[0]);
+  ck_assert_uint_eq(piece[0]->count, 32);
+  ck_assert_int_eq(piece[0]->codec, PS_CODEC_TOPK);
+  ck_assert_uint_eq(piece[0]->nraw, 8 * 8); /* ceil(0.25 x 32) pairs */
+  size_t resent_bytes = 0;
+  for (int p = 1; p < 3; p++) {
+    ck_assert_ptr_nonnull(piece[p]);
+    if (again[p] == NULL) continue;
+    resent_bytes += again[p]->nraw;
+    ck_assert_int_eq(again[p]->codec, piece[p]->codec);
+    ck_assert_uint_eq(again[p]->seq, piece[p]->seq);
+    ck_assert_uint_eq(again[p]->nraw, piece[p]->nraw);
+    ck_assert_int_eq(memcmp(again[p]->raw, piece[p]->raw, piece[p]->nraw), 0);
+  }
+  ck_assert_uint_gt(resent_bytes, 0);
+  ck_assert_uint_eq(piece[1]->count, 8);
+  ck_assert_int_eq(piece[1]->codec, PS_CODEC_TOPK);
+  ck_assert_uint_eq(piece[2]->count, 24);
+  ck_assert_int_eq(piece[2]->codec, PS_CODEC_INT8);
+  ck_assert_uint_eq(piece[2]->nraw, 4 + 24);
+
+  /* Top-k sent the 8 largest |g| of [0, 32); the next push (of zeros)
+   * sends the next 8 from the residual. */
+  float sent[TOTAL], sent2[TOTAL];
+  req_decode(piece[0], sent);
+  float kth = 0;
+  int nz = 0;
+  for (int i = 0; i < 32; i++)
+    if (sent[i] != 0) {
+      ck_assert_float_eq(sent[i], grad[i]);
+      nz++;
+    }
+  ck_assert_int_eq(nz, 8);
+  for (int i = 0; i < 32; i++)
+    if (sent[i] == 0 && fabsf(grad[i]) > kth) kth = fabsf(grad[i]);
+  for (int i = 0; i < 32; i++)
+    if (sent[i] != 0) ck_assert_float_ge(fabsf(sent[i]), kth);
+  fake_clear_reqs(f);
+  float zeros[TOTAL] = {0};
+  ck_assert_int_eq(ps_client_push(c, 0, 32, zeros, 2), PS_OK);
+  n = fake_reqs(f, reqs);
+  ck_assert_int_eq(n, 1);
+  req_decode(&reqs[0], sent2);
+  nz = 0;
+  for (int i = 0; i < 32; i++)
+    if (sent2[i] != 0) {
+      ck_assert_float_eq(sent[i], 0.0f);
+      ck_assert_float_eq(sent2[i], grad[i]);
+      nz++;
+    }
+  ck_assert_int_eq(nz, 8);
+
+  /* Pulls: [0, 40) in fp16, [40, 64) in float32. */
+  uint64_t push_bytes = 0, pull_bytes = 0;
+  ps_client_wire_bytes(c, &push_bytes, &pull_bytes);
+  ck_assert_uint_eq(push_bytes, 64 + 16 + 28 + resent_bytes + 64);
+  float out[TOTAL];
+  ck_assert_int_eq(ps_client_pull(c, 0, TOTAL, out, 2), PS_OK);
+  for (int i = 0; i < TOTAL; i++)
+    ck_assert_float_eq(
+        out[i],
+        i < 40 ? ps_fp16_to_float(ps_fp16_from_float(pull_value((uint64_t)i)))
+               : pull_value((uint64_t)i));
+  ps_client_wire_bytes(c, NULL, &pull_bytes);
+  ck_assert_uint_eq(pull_bytes, 40 * 2 + 24 * 4);
+  uint64_t t;
+  ck_assert_int_eq(ps_client_pull_frames_start(c, 4, 50, 2, &t), PS_OK);
+  const ps_client_span_t *spans = NULL;
+  size_t ns = 0;
+  ck_assert_int_eq(ps_client_wait_frames(c, t, &spans, &ns), PS_OK);
+  uint64_t key = 4;
+  for (size_t i = 0; i < ns; i++) {
+    ck_assert_uint_eq(spans[i].key_begin, key);
+    for (uint64_t k = 0; k < spans[i].count; k++)
+      ck_assert_float_eq(spans[i].values[k], out[key + k]);
+    key += spans[i].count;
+  }
+  ck_assert_uint_eq(key, 54);
+  ps_client_release(c, t);
+  ps_client_destroy(&c);
+  fake_stop(f);
+}
+END_TEST
+
 /* ---- scheduler --------------------------------------------------------------
  */
 
@@ -1032,6 +1173,7 @@ static Suite *client_suite(void) {
   tcase_add_test(t, test_window_limits_requests_in_flight);
   tcase_add_test(t, test_calls_in_flight_together);
   tcase_add_test(t, test_zero_copy_pull_spans);
+  tcase_add_test(t, test_coded_push_and_pull);
   tcase_add_test(t, test_barrier_and_done);
   tcase_add_test(t, test_shutdown_stops_calls);
   suite_add_tcase(s, t);

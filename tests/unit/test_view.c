@@ -333,6 +333,21 @@ START_TEST(test_from_pb_refuses_bad_model) {
   fixture_init(&f);
   f.view.mode = (Ps__ConsistencyMode)7;
   expect_refused(&f, "consistency mode 7");
+  /* Codecs (issue #15). */
+  fixture_init(&f);
+  f.tensors[0].push_codec = (Ps__Codec)4;
+  expect_refused(&f, "unknown push codec 4");
+  fixture_init(&f);
+  f.tensors[1].pull_codec = PS__CODEC__CODEC_TOPK;
+  expect_refused(&f, "pull codec 3 is not none, fp16 or int8");
+  fixture_init(&f);
+  f.tensors[1].push_codec = PS__CODEC__CODEC_TOPK;
+  expect_refused(&f, "top-k fraction 0 must be in (0, 1]");
+  f.tensors[1].topk_fraction = 1.5f;
+  expect_refused(&f, "top-k fraction 1.5");
+  fixture_init(&f);
+  f.tensors[1].topk_fraction = 0.5f; /* without topk */
+  expect_refused(&f, "top-k fraction 0.5");
 }
 END_TEST
 
@@ -355,7 +370,7 @@ START_TEST(test_model_round_trip) {
   Ps__OptimizerSpec opts[3];
   ps_model_to_pb(&m, &pb, tensors, ptrs, opts);
   size_t len = ps__model_spec__get_packed_size(&pb);
-  uint8_t *buf = malloc(len);
+  uint8_t *buf = malloc(len + 64); /* room for the codecs below */
   ck_assert_ptr_nonnull(buf);
   ps__model_spec__pack(&pb, buf);
   Ps__ModelSpec *un = ps__model_spec__unpack(NULL, len, buf);
@@ -364,6 +379,22 @@ START_TEST(test_model_round_trip) {
   ck_assert(ps_model_equal(&m, &back));
   ck_assert_str_eq(back.tensors[2].name, "fc2.weight");
   ck_assert_float_eq(back.momentum, 0.9f);
+  ps__model_spec__free_unpacked(un, NULL);
+  /* The codecs travel too. */
+  m.tensors[1].push_codec = PS_CODEC_TOPK;
+  m.tensors[1].topk_fraction = 0.25f;
+  m.tensors[2].pull_codec = PS_CODEC_INT8;
+  ps_model_to_pb(&m, &pb, tensors, ptrs, opts);
+  ck_assert_uint_le(ps__model_spec__get_packed_size(&pb), len + 64);
+  len = ps__model_spec__pack(&pb, buf);
+  un = ps__model_spec__unpack(NULL, len, buf);
+  ck_assert_ptr_nonnull(un);
+  ps_model_clear(&back);
+  ck_assert_int_eq(ps_model_from_pb(un, &back, NULL, 0), PS_OK);
+  ck_assert(ps_model_equal(&m, &back));
+  ck_assert_int_eq(back.tensors[1].push_codec, PS_CODEC_TOPK);
+  ck_assert_float_eq(back.tensors[1].topk_fraction, 0.25f);
+  ck_assert_int_eq(back.tensors[2].pull_codec, PS_CODEC_INT8);
   ps__model_spec__free_unpacked(un, NULL);
   free(buf);
   ps_model_clear(&back);
@@ -378,7 +409,7 @@ START_TEST(test_model_equal_unequal) {
   load_model(&a);
   load_model(&b);
   ck_assert(ps_model_equal(&a, &b));
-  for (int field = 0; field < 9; field++) {
+  for (int field = 0; field < 12; field++) {
     ps_model_clear(&b);
     load_model(&b);
     switch (field) {
@@ -409,6 +440,16 @@ START_TEST(test_model_equal_unequal) {
       case 8:
         b.ntensors = 2;
         b.total = 900;
+        break;
+      case 9:
+        b.tensors[0].push_codec = PS_CODEC_FP16;
+        break;
+      case 10:
+        b.tensors[0].pull_codec = PS_CODEC_FP16;
+        break;
+      case 11:
+        b.tensors[0].push_codec = PS_CODEC_TOPK;
+        b.tensors[0].topk_fraction = 0.01f;
         break;
     }
     ck_assert_msg(!ps_model_equal(&a, &b), "change %d not seen", field);

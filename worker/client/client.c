@@ -180,6 +180,8 @@ static void ps__client_free(ps_client_t *c) {
   free(c->conns);
   for (size_t i = 0; i < c->nops; i++) ps__client_op_free(c->ops[i]);
   free(c->ops);
+  free(c->residual);
+  free(c->topk_scratch);
   while (c->free_ops) {
     ps__op_t *op = c->free_ops;
     c->free_ops = op->next_free;
@@ -417,6 +419,12 @@ uint64_t ps_client_start_clock(ps_client_t *c) {
 
 uint64_t ps_client_last_pull_clock(const ps_client_t *c) {
   return c->last_pull_clock;
+}
+
+void ps_client_wire_bytes(const ps_client_t *c, uint64_t *push_bytes,
+                          uint64_t *pull_bytes) {
+  if (push_bytes) *push_bytes = c->push_bytes;
+  if (pull_bytes) *pull_bytes = c->pull_bytes;
 }
 
 uint64_t ps_client_duplicate_acks(const ps_client_t *c) {

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -37,6 +38,8 @@ void ps__client_op_free(ps__op_t *op) {
   free(op->held);
   free(op->spans);
   free(op->pieces);
+  free(op->enc_buf);
+  free(op->dq);
   free(op);
 }
 
@@ -207,7 +210,7 @@ static void ps__client_op_settle(ps_client_t *c, ps__op_t *op) {
 
 static int ps__client_op_append(ps_client_t *c, ps__op_t *op,
                                 uint64_t key_begin, uint64_t count,
-                                uint64_t seq, uint32_t server_id) {
+                                uint64_t seq, uint32_t server_id, int codec) {
   if (op->npieces == op->cap) {
     size_t cap = op->cap ? op->cap * 2 : 8;
     ps__piece_t *n = realloc(op->pieces, cap * sizeof(*n));
@@ -221,9 +224,38 @@ static int ps__client_op_append(ps_client_t *c, ps__op_t *op,
   p->count = count;
   p->seq = seq;
   p->server_id = server_id;
+  p->codec = codec;
   p->state = PS__PIECE_QUEUED;
   op->pending++;
   return PS_OK;
+}
+
+/* The codec of key for the call (a push's or a pull's, from the model's
+ * tensor that holds it), the top-k fraction with it, and where the run of
+ * tensors with the same codec that key is in ends. */
+static int ps__client_codec_at(const ps_client_t *c, int is_push, uint64_t key,
+                               float *fraction, uint64_t *run_end) {
+  const ps_model_t *m = &c->view->model;
+  size_t i = 0;
+  while (i < m->ntensors && m->tensors[i].offset + m->tensors[i].length <= key)
+    i++;
+  if (i == m->ntensors) {
+    *run_end = UINT64_MAX;
+    if (fraction) *fraction = 0;
+    return PS_CODEC_NONE;
+  }
+  const ps_tensor_spec_t *t = &m->tensors[i];
+  int codec = is_push ? t->push_codec : t->pull_codec;
+  float f = is_push ? t->topk_fraction : 0;
+  size_t j = i + 1;
+  while (j < m->ntensors &&
+         (is_push ? m->tensors[j].push_codec : m->tensors[j].pull_codec) ==
+             codec &&
+         (!is_push || m->tensors[j].topk_fraction == f))
+    j++;
+  *run_end = m->tensors[j - 1].offset + m->tensors[j - 1].length;
+  if (fraction) *fraction = f;
+  return codec;
 }
 
 /* Cuts [key_begin, key_begin + count) at the current view's range
@@ -248,10 +280,14 @@ static int ps__client_op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
           rg->begin + ((key - rg->begin) / c->chunk_keys + 1) * c->chunk_keys;
       if (chunk_end < piece_end) piece_end = chunk_end;
     }
+    /* A request is in one codec: cut where the tensors' codec changes. */
+    uint64_t run_end;
+    int codec = ps__client_codec_at(c, op->is_push, key, NULL, &run_end);
+    if (run_end < piece_end) piece_end = run_end;
     uint64_t piece_seq = seq;
     if (op->is_push && piece_seq == 0) piece_seq = ++c->next_seq;
     int rc = ps__client_op_append(c, op, key, piece_end - key, piece_seq,
-                                  rg->server_id);
+                                  rg->server_id, codec);
     if (rc != PS_OK) return rc;
     key = piece_end;
   }
@@ -391,9 +427,29 @@ static int ps__client_op_rebase(ps_client_t *c, ps__op_t *op) {
     if (p->state == PS__PIECE_SENT) ps__client_piece_unsend(c, op, i);
     ps__client_piece_set(op, p, PS__PIECE_SUPERSEDED);
     uint64_t begin = p->key_begin, count = p->count, seq = p->seq;
+    int codec = p->codec, from_dq = p->from_dq;
+    size_t enc_off = p->enc_off, enc_bytes = p->enc_bytes;
+    size_t first = op->npieces;
     /* p may move: ps__client_op_split reallocates. */
     int rc = ps__client_op_split(c, op, begin, count, seq);
     if (rc != PS_OK) return rc;
+    if (!op->is_push) continue;
+    /* A coded push sends the same bits again when its piece is cut the
+     * same (a new owner of the same range); cut otherwise, its pieces go
+     * as the floats the servers would have decoded. */
+    for (size_t j = first; j < op->npieces; j++) {
+      ps__piece_t *q = &op->pieces[j];
+      if (op->npieces - first == 1 && q->key_begin == begin &&
+          q->count == count) {
+        q->codec = codec;
+        q->from_dq = from_dq;
+        q->enc_off = enc_off;
+        q->enc_bytes = enc_bytes;
+      } else {
+        q->from_dq = codec != PS_CODEC_NONE || from_dq;
+        q->codec = PS_CODEC_NONE;
+      }
+    }
   }
   return PS_OK;
 }
@@ -427,11 +483,22 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
     env.push = &push;
   }
   if (op->is_push) {
-    /* The values are the caller's: see ps__client_op_settle for why this is
-     * safe and what happens to frames of a call that failed. */
-    const float *src = op->values + (p->key_begin - op->key_begin);
+    /* The values are the caller's (or the call's encoding of them): see
+     * ps__client_op_settle for why this is safe and what happens to frames
+     * of a call that failed. A push-pull's pieces are never coded
+     * (ps__client_data_start refuses one over coded tensors). */
+    const void *src = op->values + (p->key_begin - op->key_begin);
+    size_t bytes = p->count * sizeof(float);
+    if (p->codec != PS_CODEC_NONE) {
+      src = op->enc_buf + p->enc_off;
+      bytes = p->enc_bytes;
+      push.codec = (Ps__Codec)p->codec;
+    } else if (p->from_dq) {
+      src = op->dq + (p->key_begin - op->key_begin);
+    }
+    c->push_bytes += bytes;
     atomic_fetch_add_explicit(&op->unreleased, 1, memory_order_relaxed);
-    if (ps_payload_wrap(&payload, (void *)src, p->count * sizeof(float),
+    if (ps_payload_wrap(&payload, (void *)src, bytes,
                         ps__client_payload_released_cb, op) != PS_OK) {
       ps__client_payload_released_cb(NULL, op);
       return ps__client_fail(
@@ -443,6 +510,7 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
     pull.key_begin = p->key_begin;
     pull.count = p->count;
     pull.clock = op->clock;
+    pull.codec = (Ps__Codec)p->codec;
     env.body_case = PS__ENVELOPE__BODY_PULL;
     env.pull = &pull;
   }
@@ -514,6 +582,44 @@ static int64_t ps__client_window_room(ps_client_t *c) {
                          : c->opts.window;
   }
   return room;
+}
+
+/* A pull reply in a codec (ps_msg_recv checked its one frame's size):
+ * decoded into the caller's array, or for a zero-copy pull into a frame of
+ * its own that the call keeps. */
+static int ps__client_pull_decode(ps_client_t *c, ps__conn_t *k, ps__op_t *op,
+                                  const ps__piece_t *p, ps_msg_t *m,
+                                  int codec) {
+  char why[200];
+  if (m->npayload != 1)
+    return ps__client_fail(
+        c, PS_ERR_PROTO, "server %u (%s): %s pull reply in %d frames",
+        k->server_id, k->address, ps_codec_name(codec), m->npayload);
+  zmq_msg_t decoded;
+  float *dst;
+  if (op->hold) {
+    if (zmq_msg_init_size(&decoded, p->count * sizeof(float)) != 0)
+      return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+    dst = zmq_msg_data(&decoded);
+  } else {
+    dst = op->out + (p->key_begin - op->key_begin);
+  }
+  int rc = ps_codec_decode(codec, zmq_msg_data(&m->payload[0]),
+                           zmq_msg_size(&m->payload[0]), p->count, dst, why,
+                           sizeof(why));
+  if (rc == PS_OK && op->hold) {
+    /* The decoded frame replaces the received one, and is kept as it. */
+    zmq_msg_close(&m->payload[0]);
+    zmq_msg_init(&m->payload[0]);
+    zmq_msg_move(&m->payload[0], &decoded);
+    return ps__client_op_hold(c, op, p, m);
+  }
+  if (op->hold) zmq_msg_close(&decoded);
+  if (rc != PS_OK)
+    return ps__client_fail(c, PS_ERR_PROTO,
+                           "server %u (%s): bad pull reply: %s", k->server_id,
+                           k->address, why);
+  return PS_OK;
 }
 
 /* Handles one reply from server k. Returns PS_OK, or the error that ends
@@ -624,6 +730,16 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
                            k->server_id, k->address, what, r->key_begin,
                            r->count, p->key_begin, p->count);
       ps__client_op_fail_errmsg(c, op, rc);
+      return;
+    }
+    c->pull_bytes += ps_msg_payload_bytes(m);
+    if (r->codec != PS__CODEC__CODEC_NONE) {
+      rc = ps__client_pull_decode(c, k, op, p, m, (int)r->codec);
+      if (rc != PS_OK) {
+        ps__client_op_fail_errmsg(c, op, rc);
+        return;
+      }
+      ps__client_piece_set(op, p, PS__PIECE_DONE);
       return;
     }
     /* ps_msg_recv checked the frames against count; this guards the copy
@@ -916,6 +1032,82 @@ static void ps__client_report_clock(ps_client_t *c, uint64_t clock) {
   ps__client_thread_poke(c);
 }
 
+/* A push whose keys are in coded tensors: every coded piece is encoded
+ * now, once, into the call's enc_buf (resends send these bytes), and dq
+ * gets what the servers will decode. Top-k adds each key's residual first
+ * and keeps what it does not send (error feedback). */
+static int ps__client_op_encode(ps_client_t *c, ps__op_t *op) {
+  size_t enc_total = 0, topk_max = 0;
+  int coded = 0, topk = 0;
+  for (size_t i = 0; i < op->npieces; i++) {
+    ps__piece_t *p = &op->pieces[i];
+    if (p->codec == PS_CODEC_NONE) continue;
+    float f;
+    uint64_t run_end;
+    ps__client_codec_at(c, 1, p->key_begin, &f, &run_end);
+    uint64_t kk = ps_codec_topk_count(p->count, f);
+    p->enc_off = enc_total;
+    p->enc_bytes = ps_codec_encoded_bytes(p->codec, p->count, kk);
+    /* Aligned starts: a frame is read with memcpy, but cheaper aligned. */
+    enc_total += (p->enc_bytes + 7) & ~(size_t)7;
+    coded = 1;
+    if (p->codec == PS_CODEC_TOPK) {
+      topk = 1;
+      if (p->count > topk_max) topk_max = p->count;
+    }
+  }
+  if (!coded) return PS_OK;
+  if (enc_total > op->enc_cap) {
+    unsigned char *b = realloc(op->enc_buf, enc_total);
+    if (b == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+    op->enc_buf = b;
+    op->enc_cap = enc_total;
+  }
+  if (op->count > op->dq_cap) {
+    float *d = realloc(op->dq, op->count * sizeof(float));
+    if (d == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+    op->dq = d;
+    op->dq_cap = op->count;
+  }
+  if (topk) {
+    if (c->residual == NULL &&
+        (c->residual = calloc(c->view->model.total, sizeof(float))) == NULL)
+      return ps__client_fail(c, PS_ERR_NOMEM,
+                             "out of memory for the top-k residual");
+    if (topk_max > c->topk_scratch_cap) {
+      float *t = realloc(c->topk_scratch, topk_max * sizeof(float));
+      if (t == NULL) return ps__client_fail(c, PS_ERR_NOMEM, "out of memory");
+      c->topk_scratch = t;
+      c->topk_scratch_cap = topk_max;
+    }
+  }
+  for (size_t i = 0; i < op->npieces; i++) {
+    ps__piece_t *p = &op->pieces[i];
+    if (p->codec == PS_CODEC_NONE) continue;
+    uint64_t off = p->key_begin - op->key_begin;
+    const float *g = op->values + off;
+    float *dq = op->dq + off;
+    unsigned char *enc = op->enc_buf + p->enc_off;
+    char why[200];
+    int rc;
+    uint64_t kk = p->enc_bytes / (sizeof(uint32_t) + sizeof(float));
+    if (p->codec == PS_CODEC_TOPK) {
+      ps_codec_topk_feedback(g, c->residual + p->key_begin, p->count, kk, enc,
+                             dq, c->topk_scratch);
+      rc = PS_OK;
+    } else {
+      ps_codec_encode(p->codec, g, p->count, 0, enc, NULL);
+      rc = ps_codec_decode(p->codec, enc, p->enc_bytes, p->count, dq, why,
+                           sizeof(why));
+    }
+    if (rc != PS_OK)
+      return ps__client_fail(
+          c, PS_ERR_PROTO, "encoding keys %" PRIu64 "+%" PRIu64 " in %s: %s",
+          p->key_begin, p->count, ps_codec_name(p->codec), why);
+  }
+  return PS_OK;
+}
+
 /* Starts one call; count 0 gives a call that is finished at once. */
 static int ps__client_start(ps_client_t *c, int is_push, int hold,
                             uint64_t key_begin, uint64_t count,
@@ -954,6 +1146,7 @@ static int ps__client_start(ps_client_t *c, int is_push, int hold,
   op->timeout_ms = c->opts.timeout_ms;
   op->deadline_ms = ps_now_ms() + (uint64_t)c->opts.timeout_ms;
   rc = ps__client_op_split(c, op, key_begin, count, 0);
+  if (rc == PS_OK && is_push) rc = ps__client_op_encode(c, op);
   if (rc != PS_OK) {
     ps__client_op_retire(c, op);
     return rc;
@@ -979,6 +1172,19 @@ int ps_client_pushpull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
     return ps__client_fail(c, PS_ERR_INVAL,
                            "push_pull: NULL buffer for %" PRIu64 " weights",
                            count);
+  /* A push-pull moves float32 both ways: coded tensors (issue #15's
+   * codecs) go by ps_client_push and ps_client_pull. */
+  for (uint64_t key = key_begin, end = key_begin + count; key < end;) {
+    uint64_t run_end = UINT64_MAX;
+    if (ps__client_codec_at(c, 1, key, NULL, &run_end) != PS_CODEC_NONE ||
+        ps__client_codec_at(c, 0, key, NULL, &run_end) != PS_CODEC_NONE)
+      return ps__client_fail(c, PS_ERR_UNSUPPORTED,
+                             "push_pull: key %" PRIu64
+                             " is in a tensor with a codec; push and pull it "
+                             "separately",
+                             key);
+    key = run_end;
+  }
   /* A non-NULL out is what makes the push a PushPull. */
   float none;
   return ps__client_start(c, 1, 0, key_begin, count, grad,

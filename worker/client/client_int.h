@@ -108,6 +108,14 @@ typedef struct {
   uint64_t view_gen;   /* c->view_gen when last sent */
   uint64_t conn_gen;   /* the socket it went out on */
   uint64_t retry_at_ms;
+  /* Codecs (issue #15). Pushes: the piece goes as enc (enc_bytes, in the
+   * call's enc_buf, encoded once when the call started, so every resend
+   * carries the same bits), or, with codec NONE and from_dq, as raw floats
+   * from the call's dq (a coded piece the view cut differently). Pulls:
+   * the encoding asked for the reply. */
+  int codec;
+  int from_dq;
+  size_t enc_off, enc_bytes;
 } ps__piece_t;
 
 /* One push or pull call, from start to wait. Kept in a pool with its piece
@@ -144,6 +152,12 @@ typedef struct ps__op_s {
   zmq_msg_t *held;
   ps_client_span_t *spans;
   size_t held_cap;
+  /* Coded pushes: the encoded pieces, and dq[i], the value the servers
+   * apply for key key_begin + i of a coded piece (what they decode). */
+  unsigned char *enc_buf;
+  size_t enc_cap;
+  float *dq;
+  size_t dq_cap;
 } ps__op_t;
 
 /* A request in flight on a connection: which piece of which call. */
@@ -250,6 +264,13 @@ struct ps_client_s {
   int done_sent;
   uint64_t duplicate_acks; /* pushes acked as already applied */
   uint64_t last_pull_clock; /* ps_client_last_pull_clock */
+  /* Payload bytes sent in pushes and received in pull replies. */
+  uint64_t push_bytes, pull_bytes;
+  /* Top-k error feedback: per key of the dense space, what the pushes
+   * have not sent yet (NULL until the first top-k push). */
+  float *residual;
+  float *topk_scratch;
+  size_t topk_scratch_cap;
   uint64_t resends;        /* pieces resent by the resend timer */
   char errmsg[PS__ERRMSG_MAX];
 };

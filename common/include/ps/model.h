@@ -54,6 +54,13 @@ typedef struct {
   uint64_t epochs, examples_per_epoch, worker_batch; /* 0: total given */
 } ps_lr_schedule_spec_t;
 
+/* Encodings of dense payloads on the wire (ps.proto's Codec). */
+#define PS_CODEC_NONE 0 /* float32 */
+#define PS_CODEC_FP16 1 /* IEEE half, round to nearest even */
+#define PS_CODEC_INT8 2 /* int8 with a float32 scale per 256 keys */
+#define PS_CODEC_TOPK 3 /* pushes: the largest topk_fraction, error feedback \
+                         */
+
 typedef struct {
   char name[PS_NAME_MAX];
   uint64_t offset;
@@ -62,6 +69,12 @@ typedef struct {
   float init_scale;
   int has_optimizer; /* 0: the model's default optimizer */
   ps_optimizer_spec_t optimizer;
+  /* Codecs (issue #15): how pushes of this tensor travel (PS_CODEC_*), and
+   * pulls (none, fp16 or int8); topk_fraction in (0, 1] for
+   * PS_CODEC_TOPK pushes, 0 otherwise. All 0: raw float32 both ways. */
+  int push_codec;
+  int pull_codec;
+  float topk_fraction;
 } ps_tensor_spec_t;
 
 /* Most floats in one sparse row: a row must stay far below a payload frame. */

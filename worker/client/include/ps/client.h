@@ -130,6 +130,13 @@ PS_EXTERN uint64_t ps_client_last_pull_clock(const ps_client_t *c);
  * was applied already), since the client was created. */
 PS_EXTERN uint64_t ps_client_duplicate_acks(const ps_client_t *c);
 
+/* Payload bytes this client sent in dense pushes and received in dense
+ * pull replies since it was created (resends included), as the codecs of
+ * the model's tensors encode them (issue #15). Either pointer may be
+ * NULL. */
+PS_EXTERN void ps_client_wire_bytes(const ps_client_t *c, uint64_t *push_bytes,
+                                    uint64_t *pull_bytes);
+
 /* Tells the scheduler, with every heartbeat from now on, where this process
  * serves its Prometheus metrics ("HOST:PORT"; NULL or "": nowhere), so that
  * `psctl top` reads this worker's rates there. address is copied.
