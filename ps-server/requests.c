@@ -736,6 +736,30 @@ static int nonfinite_ok(ps_server_t *s, ps_msg_t *m, float *g, uint64_t n,
 /* A push p (m's, or a PushPull's: then *pp_p is its reply-to-be, which
  * this takes over, setting *pp_p to NULL, once the replicator will answer
  * it; else it stays the caller's). */
+/* The second half of a push that passed ps_shard_push_begin: marked in the
+ * duplicate window, applied, and what a step it completes sets off.
+ * Returns whether it completed a step (or was applied at once, ASP). */
+static int apply_push(ps_server_t *s, owned_range_t *r, uint32_t worker,
+                      const Ps__Push *p, const float *g) {
+  ps_dedup_mark(r->dedup, worker, p->seq);
+  int applied = 0;
+  uint64_t t0 = ps_now_ns();
+  ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
+                    &applied);
+  ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
+  if (applied) ps__server_after_apply(s, r);
+  return applied;
+}
+
+/* A PushPull's push is applied: if its replication already ended (no
+ * backups, or a failure), its reply goes now; returns whether it did. */
+static int pushpull_applied(ps_server_t *s, pushpull_t *pp) {
+  pp->applying = 0;
+  if (!pp->ready) return 0;
+  pushpull_finish(s, pushpull_unlink(s, pp), pp->status, 0, "the push failed");
+  return 1;
+}
+
 static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
                        pushpull_t **pp_p) {
   if (!check_epoch(s, m)) return;
@@ -793,19 +817,9 @@ static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
       ps_server_stop(s, PS_ERR_NOMEM, "out of memory holding a push's ack", 1);
       return;
     }
-    ps_dedup_mark(r->dedup, worker, p->seq);
-    int applied = 0;
-    uint64_t t0 = ps_now_ns();
-    ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
-                      &applied);
-    ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
-    if (applied) ps__server_after_apply(s, r);
+    int applied = apply_push(s, r, worker, p, g);
     if (held) {
-      held->applying = 0;
-      if (held->ready)
-        pushpull_finish(s, pushpull_unlink(s, held), held->status, 0,
-                        "the push failed");
-      else
+      if (!pushpull_applied(s, held))
         ps__server_reply_ack(s, &m->route, m->request_id,
                              ps_shard_clock(r->shard), 0);
     } else if (!applied &&
@@ -834,19 +848,8 @@ static void serve_push(ps_server_t *s, ps_msg_t *m, const Ps__Push *p,
     ps_server_stop(s, PS_ERR_NOMEM, "out of memory queueing replication", 1);
     return;
   }
-  ps_dedup_mark(r->dedup, worker, p->seq);
-  int applied = 0;
-  uint64_t t0 = ps_now_ns();
-  ps_shard_push_end(r->shard, worker, p->key_begin, p->count, g, p->clock,
-                    &applied);
-  ps_hist_observe(&s->hist_apply, ps_now_ns() - t0);
-  if (applied) ps__server_after_apply(s, r);
-  if (pp) {
-    pp->applying = 0;
-    if (pp->ready)
-      pushpull_finish(s, pushpull_unlink(s, pp), pp->status, 0,
-                      "the push failed");
-  }
+  apply_push(s, r, worker, p, g);
+  if (pp) pushpull_applied(s, pp);
 }
 
 void ps__server_handle_push(ps_server_t *s, ps_msg_t *m) {
