@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "fuzz_util.h"
@@ -49,13 +50,21 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
   size_t total = ps_msg_payload_bytes(m);
   uint64_t want = 0;
   int floats = 1;
+  int codec = PS_CODEC_NONE;
   switch (env->body_case) {
     case PS__ENVELOPE__BODY_PUSH:
       CHECK(m->npayload == 1);
       want = env->push->count;
+      codec = env->push->codec;
+      break;
+    case PS__ENVELOPE__BODY_PUSH_PULL:
+      CHECK(m->npayload == 1);
+      want = env->push_pull->count;
       break;
     case PS__ENVELOPE__BODY_PULL_REPLY:
       want = env->pull_reply->count;
+      codec = env->pull_reply->codec;
+      CHECK(codec != PS_CODEC_TOPK);
       break;
     case PS__ENVELOPE__BODY_REPLICA_CHUNK:
       want = env->replica_chunk->count;
@@ -66,6 +75,8 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
            env->replicate->sum)) {
         CHECK(m->npayload == 1);
         want = env->replicate->count;
+        if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH)
+          codec = env->replicate->codec;
       } else {
         CHECK(m->npayload == 0);
         floats = 0;
@@ -106,7 +117,15 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
       floats = 0;
       break;
   }
-  if (floats) {
+  if (floats && codec != PS_CODEC_NONE) {
+    /* A coded frame: one, of exactly the codec's size for want values,
+     * which would fit the limit decoded. */
+    char why[200];
+    CHECK(codec > PS_CODEC_NONE && codec <= PS_CODEC_TOPK);
+    CHECK(m->npayload == 1);
+    CHECK(want > 0 && want <= lim->max_payload_bytes / sizeof(float));
+    CHECK(ps_codec_check_size(codec, want, total, why, sizeof(why)) == PS_OK);
+  } else if (floats) {
     CHECK(want > 0);
     CHECK(m->npayload >= 1);
     CHECK(total == want * sizeof(float));

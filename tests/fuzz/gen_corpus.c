@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/checkpoint.h"
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/optimizer.h"
@@ -600,6 +601,48 @@ static void gen_frame(void) {
   rp.key_begin = 800;
   rp.count = 100;
   ONE("replicate_push", PS__ENVELOPE__BODY_REPLICATE, replicate, &rp, &f100, 1);
+  uint32_t step_worker = 3;
+  uint64_t step_seq = 1;
+  Ps__Replicate rstep = rp;
+  rstep.kind = PS__REPLICATE_KIND__REPL_STEP;
+  rstep.clock = 1;
+  rstep.clock_after = 2;
+  rstep.sum = 1;
+  rstep.step_scale = 0.5f;
+  rstep.n_step_workers = 1;
+  rstep.step_workers = &step_worker;
+  rstep.n_step_seqs = 1;
+  rstep.step_seqs = &step_seq;
+  ONE("replicate_step", PS__ENVELOPE__BODY_REPLICATE, replicate, &rstep, &f100,
+      1);
+  Ps__PushPull pp = PS__PUSH_PULL__INIT;
+  pp.count = 100;
+  pp.clock = 1;
+  pp.seq = 2;
+  ONE("push_pull", PS__ENVELOPE__BODY_PUSH_PULL, push_pull, &pp, &f100, 1);
+
+  /* Coded payloads (common/codec.h): each codec where the wire takes it. */
+  static unsigned char coded[4096];
+  static float scratch[100];
+  uint64_t topk = ps_codec_topk_count(100, 0.1f);
+  Ps__Push cpush = push;
+  const char *push_names[] = {"", "push_fp16", "push_int8", "push_topk"};
+  for (int c = PS_CODEC_FP16; c <= PS_CODEC_TOPK; c++) {
+    cpush.codec = c;
+    frame_t cf = {coded, ps_codec_encode(c, values, 100, topk, coded, scratch)};
+    ONE(push_names[c], PS__ENVELOPE__BODY_PUSH, push, &cpush, &cf, 1);
+  }
+  Ps__PullReply cprep = PS__PULL_REPLY__INIT;
+  cprep.count = 100;
+  cprep.codec = PS_CODEC_INT8;
+  frame_t cint8 = {coded,
+                   ps_codec_encode(PS_CODEC_INT8, values, 100, 0, coded, NULL)};
+  ONE("pull_reply_int8", PS__ENVELOPE__BODY_PULL_REPLY, pull_reply, &cprep,
+      &cint8, 1);
+  Ps__Replicate crp = rp;
+  crp.codec = PS_CODEC_INT8;
+  ONE("replicate_push_int8", PS__ENVELOPE__BODY_REPLICATE, replicate, &crp,
+      &cint8, 1);
   uint32_t live[2] = {3, 4};
   uint64_t live_from[2] = {0, 0};
   Ps__Replicate rl = PS__REPLICATE__INIT;
