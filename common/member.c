@@ -169,11 +169,13 @@ static uint64_t silence_warn_ms(const ps_member_t *m) {
       (uint64_t)m->scheduler_timeout_ms / 4 < every)
     every = (uint64_t)m->scheduler_timeout_ms / 4;
   if (every < (uint64_t)m->heartbeat_ms) every = (uint64_t)m->heartbeat_ms;
+  if (every < 2 * PS_MEMBER_ACK_EVERY_MS) every = 2 * PS_MEMBER_ACK_EVERY_MS;
   return every;
 }
 
 /* Silence is measured from the last message of any kind: the scheduler acks
- * every heartbeat, so a healthy scheduler is never silent for long. */
+ * a heartbeat every PS_MEMBER_ACK_EVERY_MS, so a healthy scheduler is never
+ * silent for long. */
 static int check_silence(ps_member_t *m) {
   uint64_t now = ps_now_ms();
   uint64_t silent = now - m->last_heard_ms;

@@ -29,6 +29,12 @@ typedef struct ps_member_s ps_member_t;
  * server fails over in well under a second while one late heartbeat is
  * not a death. */
 #define PS_MEMBER_HEARTBEAT_MS 100
+/* The scheduler acks a member's heartbeats at most this often (issue #16:
+ * an Ack for each of a thousand nodes' ten heartbeats a second was half
+ * the scheduler's messages); any message from it counts as hearing it. A
+ * member's scheduler_timeout_ms must be well above it: the member warns of
+ * silence only past 2x this. */
+#define PS_MEMBER_ACK_EVERY_MS 500
 
 typedef struct {
   /* Registered: node_id assigned, rank (workers; otherwise 0), num_workers. */

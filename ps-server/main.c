@@ -7,6 +7,7 @@
 #include "common/err.h"
 #include "common/exporter.h"
 #include "common/log.h"
+#include "common/member.h"
 #include "common/sockmon.h"
 #include "common/transport.h"
 #include "server.h"
@@ -40,7 +41,8 @@ int main(int argc, char **argv) {
        86400000, NULL,
        "Stop with an error (exit 1) after the scheduler was silent this "
        "long, long enough for it to be restarted; the wait is logged every "
-       "5 s. 0 waits forever."},
+       "5 s. 0 waits forever; else at least 2000 (the scheduler acks "
+       "heartbeats every 500 ms)."},
       {"max-message-bytes", PS_OPT_INT, &max_message_bytes, "1073741824", 4,
        1099511627776.0, NULL,
        "Largest payload frame accepted or sent, in bytes; bigger requests "
@@ -107,6 +109,15 @@ int main(int argc, char **argv) {
   if (rc == PS_OK && metrics_bind && metrics_bind[0])
     rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
                                 sizeof(err));
+  if (rc == PS_OK && scheduler_timeout_ms > 0 &&
+      scheduler_timeout_ms < 4 * PS_MEMBER_ACK_EVERY_MS) {
+    snprintf(err, sizeof(err),
+             "scheduler-timeout-ms %lld: 0 (never) or at least %d, since the "
+             "scheduler acks heartbeats every %d ms",
+             (long long)scheduler_timeout_ms, 4 * PS_MEMBER_ACK_EVERY_MS,
+             PS_MEMBER_ACK_EVERY_MS);
+    rc = PS_ERR_INVAL;
+  }
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   ps_log_init("server", (ps_log_level_t)log_level);
   ps_transport_tune_malloc();

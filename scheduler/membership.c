@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/member.h"
 #include "common/optimizer.h"
 #include "common/time.h"
 #include "common/view.h"
@@ -661,13 +662,18 @@ void ps__sched_handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
                           m->env->epoch, s->epoch);
     return;
   }
-  /* The Ack is how the node knows the scheduler is still there. */
-  ps__sched_reply_ack(s, m, n->clock);
+  /* The Ack is how the node knows the scheduler is still there; one every
+   * PS_MEMBER_ACK_EVERY_MS is enough (common/member.h), and a thousand
+   * nodes' heartbeats then cost 1.2 messages each, not 2. */
+  uint64_t now = ps_now_ms();
+  if (now - n->hb_acked_ms >= PS_MEMBER_ACK_EVERY_MS) {
+    ps__sched_reply_ack(s, m, n->clock);
+    n->hb_acked_ms = now;
+  }
   /* A node behind gets the view again, but not while the one just
    * published is on its way to it: during a publish to a thousand nodes,
    * the heartbeats sent before it arrived asked for ten thousand more
    * copies, which held up the first. */
-  uint64_t now = ps_now_ms();
   if (s->published && m->env->epoch < s->epoch &&
       (n->view_sent_epoch < s->epoch ||
        now - n->view_sent_ms >= SCHED_VIEW_RESEND_MS))

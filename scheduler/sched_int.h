@@ -75,6 +75,7 @@ typedef struct {
    * is on its way) or long ago (lost with a connection). */
   uint64_t view_sent_epoch;
   uint64_t view_sent_ms;
+  uint64_t hb_acked_ms; /* the last heartbeat Ack sent to it */
   uint64_t clock;
   /* Where the node serves /metrics, from its heartbeats; "" when none. */
   char metrics_address[PS_ADDR_MAX];
