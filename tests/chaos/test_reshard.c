@@ -299,6 +299,38 @@ static int exited_with(const h_proc_t *p, int code) {
   return WIFEXITED(p->status) && WEXITSTATUS(p->status) == code;
 }
 
+/* An ASP job on c: nservers servers in srv on ranges ranges of copies
+ * copies, and one ps-worker training the MLP for long. Returns the
+ * worker. */
+static h_proc_t *asp_job_start(h_cluster_t *c, const char *tag,
+                               chaos_server_t *srv, int nservers,
+                               const char *ranges, const char *copies) {
+  h_init(c, tag);
+  char n[16];
+  snprintf(n, sizeof(n), "%d", nservers);
+  h_spawn(c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
+          HB_TIMEOUT_MS, "--bind", c->sched_ep, "--servers", n, "--workers",
+          "1", "--mode", "asp", "--ranges", ranges, "--replication", copies,
+          NULL);
+  memset(srv, 0, (size_t)nservers * sizeof(*srv));
+  for (int i = 0; i < nservers; i++)
+    chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);
+  return h_spawn(c, "worker0", "ps-worker", "--scheduler", c->sched_ep,
+                 "--rank", "0", "--epochs", "100", "--progress-ms", "200",
+                 "--eval-every-epoch=false", NULL);
+}
+
+/* Ends it: the worker leaves (SIGTERM), every process exits, the worker
+ * with 0 (no call of its failed). */
+static void asp_job_end(h_cluster_t *c, h_proc_t *w) {
+  kill(w->pid, SIGTERM);
+  int all = h_wait_all(c, 60000);
+  if (!all) h_dump_logs(c);
+  h_kill_all(c);
+  ck_assert(all);
+  ck_assert(exited_with(w, 0));
+}
+
 /* A spare takes its share only when psctl add-server names it; a server
  * that takes its share already is refused. 3 servers on 6 ranges of two
  * copies: one is SIGKILLed and a fresh server takes its place as a spare,
@@ -306,17 +338,8 @@ static int exited_with(const h_proc_t *p, int code) {
  * until add-server: then each of the 3 holds 4 copies and leads 2. */
 START_TEST(add_server_gives_a_spare_its_share) {
   h_cluster_t c;
-  h_init(&c, "chaos_reshard_add");
-  h_spawn(&c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
-          HB_TIMEOUT_MS, "--bind", c.sched_ep, "--servers", "3", "--workers",
-          "1", "--mode", "asp", "--ranges", "6", NULL);
   chaos_server_t srv[3];
-  memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < 3; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
-  h_proc_t *w = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
-                        "--rank", "0", "--epochs", "100", "--progress-ms",
-                        "200", "--eval-every-epoch=false", NULL);
+  h_proc_t *w = asp_job_start(&c, "chaos_reshard_add", srv, 3, "6", "2");
   char why[512] = "";
   ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
                 "the first view: %s", why);
@@ -346,12 +369,7 @@ START_TEST(add_server_gives_a_spare_its_share) {
                     strstr(out, "takes its share already"),
                 "a second add-server was not refused (status %d)", st);
   free(out);
-  kill(w->pid, SIGTERM);
-  int all = h_wait_all(&c, 60000);
-  if (!all) h_dump_logs(&c);
-  h_kill_all(&c);
-  ck_assert(all);
-  ck_assert(exited_with(w, 0));
+  asp_job_end(&c, w);
   ck_assert(exited_with(srv[2].proc, 0));
 }
 END_TEST
@@ -360,17 +378,8 @@ END_TEST
  * ranges the server leads) but remove-server copies them first. */
 START_TEST(remove_server_with_one_copy) {
   h_cluster_t c;
-  h_init(&c, "chaos_reshard_r1");
-  h_spawn(&c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
-          HB_TIMEOUT_MS, "--bind", c.sched_ep, "--servers", "2", "--workers",
-          "1", "--mode", "asp", "--ranges", "4", "--replication", "1", NULL);
   chaos_server_t srv[2];
-  memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < 2; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
-  h_proc_t *w = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
-                        "--rank", "0", "--epochs", "100", "--progress-ms",
-                        "200", "--eval-every-epoch=false", NULL);
+  h_proc_t *w = asp_job_start(&c, "chaos_reshard_r1", srv, 2, "4", "1");
   char why[512] = "";
   ck_assert_msg(wait_shared_out_of(&c, 4, 1, 2, 2, 2, why, sizeof(why)),
                 "the first view: %s", why);
@@ -395,12 +404,7 @@ START_TEST(remove_server_with_one_copy) {
   while (h_now_ms() < end && h_progress_step(w->log, NULL) <= step + 10)
     h_sleep_ms(50);
   ck_assert_uint_gt(h_progress_step(w->log, NULL), step + 10);
-  kill(w->pid, SIGTERM);
-  int all = h_wait_all(&c, 60000);
-  if (!all) h_dump_logs(&c);
-  h_kill_all(&c);
-  ck_assert(all);
-  ck_assert(exited_with(w, 0));
+  asp_job_end(&c, w);
 }
 END_TEST
 
