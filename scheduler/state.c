@@ -208,6 +208,7 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     n->clock = ni->clock;
     n->join_clock = ni->join_clock;
     n->joining = ni->joining;
+    n->leave_clock = ni->leave_clock;
     /* The servers' confirmations died with the old scheduler: they are
      * asked again (a later step) after SCHED_JOIN_RETRY_MS. */
     n->join_started_ms = n->join_asked_ms = now;
