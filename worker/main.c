@@ -273,6 +273,12 @@ int main(int argc, char **argv) {
     rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
+  if (join_new_rank && (standalone || model == PS_NET_CTR))
+    return ps_config_refuse(
+        &cfg,
+        "option --join: only a distributed mlp or cnn "
+        "worker joins a running job with a new rank%s",
+        standalone ? " (not --standalone)" : " (not --model ctr)");
   /* Found out only after the whole run, a bad path would lose its result. */
   const char *outputs[][2] = {{"report", report},
                               {"dump-weights", dump},
