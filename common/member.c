@@ -40,6 +40,7 @@ struct ps_member_s {
   int has_model;
   ps_model_t model;
   int64_t rank;
+  int join;
   int heartbeat_ms;
   int scheduler_timeout_ms;
   const ps_keys_t *keys;
@@ -104,6 +105,7 @@ static void send_register(ps_member_t *m) {
   reg.role = (Ps__Role)m->role;
   reg.address = m->address;
   reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
+  reg.join = m->join != 0;
   if (m->keys) reg.curve_key = (char *)ps_keys_public(m->keys);
   reg.join_new_rank = m->join_new_rank != 0;
   if (m->has_model) {
@@ -396,6 +398,7 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
   m->cbs = *cbs;
   m->role = opts->role;
   m->rank = opts->rank;
+  m->join = opts->join;
   m->heartbeat_ms =
       opts->heartbeat_ms ? opts->heartbeat_ms : PS_MEMBER_HEARTBEAT_MS;
   m->scheduler_timeout_ms = opts->scheduler_timeout_ms;

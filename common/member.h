@@ -52,6 +52,7 @@ typedef struct {
   const char *address;     /* advertised data endpoint (servers); may be "" */
   const ps_model_t *model; /* workers: the model they train; else NULL */
   int64_t rank;            /* workers: requested rank, -1 for any */
+  int join;                /* servers: Register.join (ps-server --join) */
   int heartbeat_ms;        /* 0: PS_MEMBER_HEARTBEAT_MS */
   int scheduler_timeout_ms; /* 0: never give up (still warns) */
   /* CURVE (common/keys.h): the node's keys, NULL for plaintext; must

@@ -17,7 +17,7 @@ int main(int argc, char **argv) {
   int64_t heartbeat_ms = 0, scheduler_timeout_ms = 0, max_message_bytes = 0;
   int64_t max_sparse_keys = 0, max_inflight = 0, max_connections = 0;
   int64_t sparse_max_bytes = 0, sparse_admit_after = 0;
-  int log_level = PS_LOG_INFO, nonfinite = 0, insecure = 0;
+  int log_level = PS_LOG_INFO, nonfinite = 0, insecure = 0, join = 0;
 
   const ps_opt_t opts[] = {
       {"scheduler", PS_OPT_STRING, &scheduler, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
@@ -28,6 +28,12 @@ int main(int argc, char **argv) {
       {"advertise", PS_OPT_STRING, &advertise, NULL, 0, 0, NULL,
        "Endpoint workers are told to connect to. Default: the endpoint "
        "actually bound. Needed when binding 0.0.0.0 or behind NAT."},
+      {"join", PS_OPT_BOOL, &join, "false", 0, 0, NULL,
+       "Join a running job as one more server, beyond the scheduler's "
+       "--servers: copies of ranges move to it one at a time (each synced "
+       "before the old one is dropped) until every server holds its share. "
+       "Without it, a server that registers while the job runs fills a dead "
+       "server's place as a spare."},
       {"heartbeat-ms", PS_OPT_INT, &heartbeat_ms, "100", 10, 600000, NULL,
        "Interval between heartbeats to the scheduler, in milliseconds."},
       {"scheduler-timeout-ms", PS_OPT_INT, &scheduler_timeout_ms, "60000", 0,
@@ -62,8 +68,8 @@ int main(int argc, char **argv) {
        "Requests one worker may have waiting on this server (pushes not yet "
        "on every backup, BSP pulls for a step to come); more are refused. "
        "libps-client keeps 8 in flight per server."},
-      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0,
-       4294967295.0, NULL, PS_MAX_CONNECTIONS_HELP},
+      {"max-connections", PS_OPT_INT, &max_connections, "4096", 0, 4294967295.0,
+       NULL, PS_MAX_CONNECTIONS_HELP},
       {"metrics-bind", PS_OPT_STRING, &metrics_bind, "", 0, 0, NULL,
        PS_METRICS_BIND_HELP},
       {"nonfinite", PS_OPT_ENUM, &nonfinite, "reject", 0, 0, "reject|skip",
@@ -117,6 +123,7 @@ int main(int argc, char **argv) {
   so.advertise = advertise;
   so.heartbeat_ms = (int)heartbeat_ms;
   so.scheduler_timeout_ms = (int)scheduler_timeout_ms;
+  so.join = join == 1;
   so.limits.max_payload_bytes = (size_t)max_message_bytes;
   so.metrics_bind = metrics_bind;
   so.max_sparse_keys = (uint64_t)max_sparse_keys;

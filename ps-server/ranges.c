@@ -334,7 +334,9 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
   for (size_t j = 0; j < s->nranges; j++) {
     owned_range_t *old = &s->ranges[j];
     if (old->shard == NULL && old->dedup == NULL) continue;
-    PS_WARN("range_dropped", "range=[%llu,%llu) role=%s epoch=%llu",
+    /* Planned (a copy moved to another server, or a drain) or after a
+     * failover: the scheduler's log says which. */
+    PS_INFO("range_dropped", "range=[%llu,%llu) role=%s epoch=%llu",
             (unsigned long long)old->begin, (unsigned long long)old->end,
             old->primary ? "primary" : "backup",
             (unsigned long long)view->epoch);

@@ -33,6 +33,9 @@ typedef struct {
   const char *advertise; /* what workers connect to; NULL or "": bound one */
   int heartbeat_ms;
   int scheduler_timeout_ms; /* 0: wait for the scheduler forever */
+  /* Join a running job as one more server that takes its share of the
+   * ranges (proto Register.join), rather than as a spare. */
+  int join;
   ps_frame_limits_t limits;
   int handle_signals; /* stop on SIGTERM/SIGINT (the daemon); 0 in tests */
   /* Serve /metrics and /healthz on this HOST:PORT (common/exporter.h), on

@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
   char *bind = NULL, *checkpoint_dir = NULL, *restore = NULL,
        *state_file = NULL, *metrics_bind = NULL, *keys_dir = NULL,
        *key_file = NULL;
-  int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400;
+  int64_t servers = 1, workers = 1, heartbeat_timeout_ms = 400, ranges = 0;
   int64_t replication = 2, max_connections = 0;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   int64_t staleness = -1; /* -1: not given */
@@ -46,7 +46,13 @@ int main(int argc, char **argv) {
        "Number of servers the job expects; the first view is published once "
        "all have registered. While the job runs, a server may register in "
        "place of a dead one: it becomes a spare that takes missing "
-       "backups."},
+       "backups; one started with --join is one server more and takes its "
+       "share of the ranges."},
+      {"ranges", PS_OPT_INT, &ranges, "0", 0, 65536, NULL,
+       "Ranges the key space is cut into, at least one per server; 0: one "
+       "per server. Whole ranges move when servers join or leave (ps-server "
+       "--join, psctl add-server, remove-server), so a job that may run on "
+       "2 to 4 servers wants a multiple of 2, 3 and 4, such as 12."},
       {"workers", PS_OPT_INT, &workers, "1", 1, 65535, NULL,
        "Number of workers the job expects; they get ranks 0 to workers-1. "
        "While the job runs, a worker may register in place of a dead one "
@@ -178,6 +184,7 @@ int main(int argc, char **argv) {
       .bind = bind,
       .servers = (uint32_t)servers,
       .workers = (uint32_t)workers,
+      .ranges = (uint32_t)ranges,
       .max_workers = (uint32_t)max_workers,
       .mode = modes[mode],
       .staleness = (uint32_t)staleness,

@@ -197,8 +197,9 @@ int ps__sched_join_retry_due(ps_sched_t *s, uint64_t now) {
 static void node_joined(ps_sched_t *s, sched_node_t *n) {
   if (n->role == PS__ROLE__ROLE_SERVER) {
     int assigned = ps__sched_replan(s, s->epoch + 1);
-    PS_INFO("spare_joined", "id=%u address=%s assigned=%d epoch=%" PRIu64,
-            n->id, ps__sched_addr_or_dash(n->address), assigned, s->epoch + 1);
+    PS_INFO(n->active ? "server_joined" : "spare_joined",
+            "id=%u address=%s assigned=%d epoch=%" PRIu64, n->id,
+            ps__sched_addr_or_dash(n->address), assigned, s->epoch + 1);
     ps__sched_publish(s, "server_joined");
     return;
   }
@@ -487,11 +488,19 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
    * for its replacement. */
   uint32_t expected =
       role == PS__ROLE__ROLE_SERVER ? s->opts.servers : s->opts.workers;
+  /* ps-server --join, once the job runs: one more server (issue #16). */
+  int join = role == PS__ROLE__ROLE_SERVER && r->join && s->published;
+  if (join && ps__sched_count_slots(s, role) >= SCHED_MAX_SERVERS) {
+    ps__sched_reply_error(s, m, PS_ERR_REFUSED,
+                          "%u servers are registered, the most a job takes",
+                          SCHED_MAX_SERVERS);
+    return;
+  }
   /* Issue #16: or a worker grows the job with a new rank (workers.c). */
   uint32_t grow_rank = 0;
   int grow = ps__sched_worker_grow(s, m, &grow_rank);
   if (grow < 0) return;
-  if (!grow && ps__sched_count_slots(s, role) >= expected) {
+  if (!join && !grow && ps__sched_count_slots(s, role) >= expected) {
     ps__sched_reply_error(
         s, m, PS_ERR_REFUSED,
         "all %u expected %ss are registered and %s (--%ss=%u)", expected,
@@ -563,6 +572,10 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
   snprintf(n->curve_key, sizeof(n->curve_key), "%s",
            r->curve_key ? r->curve_key : "");
   ps__sched_node_touch(n, m, 1);
+  if (join) {
+    n->active = 1;
+    s->elastic = 1;
+  }
   if (role == PS__ROLE__ROLE_WORKER) {
     if (s->has_model) {
       ps_model_clear(&model);

@@ -176,6 +176,154 @@ int ps_place_next_move(const ps_range_t *ranges, size_t nranges,
   return found;
 }
 
+uint32_t ps_place_held(const ps_range_t *ranges, size_t nranges, uint32_t id) {
+  uint32_t n = 0;
+  for (size_t j = 0; j < nranges; j++) n += in_chain(&ranges[j], id);
+  return n;
+}
+
+static int is_leaving(const ps_place_server_t *servers, size_t n, uint32_t id) {
+  const ps_place_server_t *s = find_server(servers, n, id);
+  return s != NULL && s->alive && s->leaving;
+}
+
+/* A range a step may touch: its primary alive, no backup syncing. */
+static int settled(const ps_range_t *r, const ps_place_server_t *servers,
+                   size_t nservers) {
+  return r->syncing_mask == 0 && is_alive(servers, nservers, r->server_id);
+}
+
+/* Step 1 for range j, which has a copy too many. */
+static int shed_copy(const ps_range_t *ranges, size_t nranges, size_t j,
+                     const ps_place_server_t *servers, size_t nservers,
+                     ps_place_step_t *step) {
+  const ps_range_t *r = &ranges[j];
+  for (uint32_t k = 0; k < r->nbackups; k++)
+    if (is_leaving(servers, nservers, r->backups[k])) {
+      *step = (ps_place_step_t){PS_PLACE_STEP_DROP, j, r->backups[k]};
+      return 1;
+    }
+  /* The copy on the server that holds the most; a backup's before the
+   * primary's on a tie (no move needed), the later backup first. */
+  uint32_t drop = r->server_id;
+  uint32_t most = is_leaving(servers, nservers, drop)
+                      ? UINT32_MAX
+                      : ps_place_held(ranges, nranges, drop);
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    uint32_t h = ps_place_held(ranges, nranges, r->backups[k]);
+    if (most != UINT32_MAX && h >= most) {
+      most = h;
+      drop = r->backups[k];
+    }
+  }
+  if (drop != r->server_id) {
+    *step = (ps_place_step_t){PS_PLACE_STEP_DROP, j, drop};
+    return 1;
+  }
+  /* The primary's: it hands the range to the usable backup that holds the
+   * fewest first. */
+  uint32_t to = 0, fewest = UINT32_MAX;
+  for (uint32_t k = 0; k < r->nbackups; k++) {
+    uint32_t b = r->backups[k];
+    if (!is_usable(servers, nservers, b)) continue;
+    uint32_t h = ps_place_held(ranges, nranges, b);
+    if (h < fewest) fewest = h, to = b;
+  }
+  if (to == 0) return 0;
+  *step = (ps_place_step_t){PS_PLACE_STEP_MOVE, j, to};
+  return 1;
+}
+
+/* The usable server outside r's chain that holds the fewest copies, active
+ * ones first; 0 if none. */
+static uint32_t pick_target(const ps_range_t *ranges, size_t nranges,
+                            const ps_range_t *r,
+                            const ps_place_server_t *servers, size_t nservers) {
+  uint32_t best = 0, best_held = 0;
+  int best_active = 0;
+  for (size_t i = 0; i < nservers; i++) {
+    const ps_place_server_t *s = &servers[i];
+    if (!s->alive || s->leaving || in_chain(r, s->id)) continue;
+    uint32_t h = ps_place_held(ranges, nranges, s->id);
+    int better = best == 0 || (s->active && !best_active) ||
+                 (s->active == best_active && h < best_held);
+    if (better) best = s->id, best_held = h, best_active = s->active;
+  }
+  return best;
+}
+
+int ps_place_next_step(const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       uint32_t replication, ps_place_step_t *step) {
+  *step = (ps_place_step_t){PS_PLACE_STEP_NONE, 0, 0};
+  size_t usable = 0;
+  for (size_t i = 0; i < nservers; i++)
+    usable += servers[i].alive && !servers[i].leaving;
+  if (usable == 0) return 0;
+  uint32_t need = ps_place_copies(replication, usable);
+  /* 1. A copy too many goes. */
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, servers, nservers) || r->nbackups + 1 <= need) continue;
+    if (shed_copy(ranges, nranges, j, servers, nservers, step)) return 1;
+  }
+  /* 2. A copy on a leaving server gets its replacement. */
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, servers, nservers) || r->nbackups + 1 >= PS_MAX_REPLICAS)
+      continue;
+    int leaving = is_leaving(servers, nservers, r->server_id);
+    for (uint32_t k = 0; k < r->nbackups && !leaving; k++)
+      leaving = is_leaving(servers, nservers, r->backups[k]);
+    if (!leaving) continue;
+    uint32_t to = pick_target(ranges, nranges, r, servers, nservers);
+    if (to == 0) continue;
+    *step = (ps_place_step_t){PS_PLACE_STEP_ADD, j, to};
+    return 1;
+  }
+  /* 3. Even out the copies between active servers. */
+  uint32_t most_id = 0, most = 0, fewest_id = 0, fewest = UINT32_MAX;
+  for (size_t i = 0; i < nservers; i++) {
+    const ps_place_server_t *s = &servers[i];
+    if (!s->alive || s->leaving || !s->active) continue;
+    uint32_t h = ps_place_held(ranges, nranges, s->id);
+    if (most_id == 0 || h > most) most = h, most_id = s->id;
+    if (fewest_id == 0 || h < fewest) fewest = h, fewest_id = s->id;
+  }
+  if (most_id == 0 || most < fewest + 2) return 0;
+  long pick = -1;
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, servers, nservers) || r->nbackups + 1 > need ||
+        r->nbackups + 1 >= PS_MAX_REPLICAS || !in_chain(r, most_id) ||
+        in_chain(r, fewest_id))
+      continue;
+    if (pick < 0 || ranges[pick].server_id == most_id) pick = (long)j;
+    if (r->server_id != most_id) break;
+  }
+  if (pick < 0) return 0;
+  *step = (ps_place_step_t){PS_PLACE_STEP_ADD, (size_t)pick, fewest_id};
+  return 1;
+}
+
+int ps_place_apply(ps_range_t *r, const ps_place_step_t *step) {
+  if (step->kind == PS_PLACE_STEP_ADD) {
+    if (in_chain(r, step->server) || r->nbackups + 1 >= PS_MAX_REPLICAS)
+      return 0;
+    r->syncing_mask |= 1u << r->nbackups;
+    r->backups[r->nbackups++] = step->server;
+    return 1;
+  }
+  if (step->kind == PS_PLACE_STEP_DROP) {
+    for (uint32_t k = 0; k < r->nbackups; k++)
+      if (r->backups[k] == step->server) {
+        remove_backup(r, k);
+        return 1;
+      }
+  }
+  return 0;
+}
+
 size_t ps_place_repair(ps_range_t *ranges, size_t nranges,
                        const ps_place_server_t *servers, size_t nservers,
                        uint32_t replication) {

@@ -24,6 +24,10 @@ typedef struct {
   uint32_t id;
   int alive;
   int leaving;
+  /* Takes its share of the copies (ps_place_next_step): the servers of the
+   * first view, and those added later (psctl add-server, ps-server
+   * --join). A spare that is not active only takes backups ranges lack. */
+  int active;
 } ps_place_server_t;
 
 /* What a range can do, for psctl and the logs. */
@@ -82,6 +86,59 @@ int ps_place_handover(ps_range_t *r, uint32_t to);
 int ps_place_next_move(const ps_range_t *ranges, size_t nranges,
                        const ps_place_server_t *servers, size_t nservers,
                        int rebalance, size_t *range, uint32_t *to);
+
+/* One step of elastic re-sharding (ps_place_next_step). */
+typedef enum {
+  PS_PLACE_STEP_NONE = 0,
+  /* server joins the range's chain as a syncing backup, one copy more than
+   * the range needs: the primary's snapshot stream fills it. */
+  PS_PLACE_STEP_ADD,
+  /* server, a synced backup, leaves the range's chain (it had one copy
+   * more than it needs): the server drops its copy. */
+  PS_PLACE_STEP_DROP,
+  /* the range's primary hands it to server, a synced backup
+   * (ps_place_handover, after the primary's HandoverReady), so that the
+   * old primary's copy can be dropped next. */
+  PS_PLACE_STEP_MOVE,
+} ps_place_step_kind_t;
+
+typedef struct {
+  ps_place_step_kind_t kind;
+  size_t range; /* index into ranges */
+  uint32_t server;
+} ps_place_step_t;
+
+/* The next step of elastic re-sharding: copies move one at a time, each
+ * made before it is broken (a new copy syncs before the old one goes), so
+ * a range never has fewer copies than it needs. Ranges whose backups sync
+ * are left alone. In order:
+ *  1. a range with more copies than it needs drops one: a leaving
+ *     server's, else the copy on the server that holds the most; when that
+ *     is the primary, it first hands the range to the backup that holds
+ *     the fewest (MOVE);
+ *  2. a range with a copy on a leaving server gets one more copy (ADD) on
+ *     the usable server outside its chain that holds the fewest (active
+ *     ones first), so that step 1 then drops the leaving one;
+ *  3. between active servers, when the one that holds the most copies
+ *     holds at least two more than the one that holds the fewest, a range
+ *     of the first that the second lacks gets a copy on the second (a
+ *     range where the first is a backup first).
+ * Copies are counted per server over every range; a range needs
+ * ps_place_copies(replication, usable servers) of them. Every ADD is
+ * followed by a DROP (after a MOVE, perhaps) that lowers the sum of squared
+ * copy counts, so repeated steps end. Primaries are evened out by
+ * ps_place_next_move afterwards. Returns 1 with *step filled, or 0 when
+ * there is nothing to do (step->kind NONE). */
+int ps_place_next_step(const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers,
+                       uint32_t replication, ps_place_step_t *step);
+
+/* Applies an ADD or a DROP to r (a MOVE goes through ps_place_handover).
+ * Returns 1 if r changed. */
+int ps_place_apply(ps_range_t *r, const ps_place_step_t *step);
+
+/* How many copies (primary or backup) server id holds. */
+uint32_t ps_place_held(const ps_range_t *ranges, size_t nranges, uint32_t id);
 
 /* How many ranges server id is the primary of. */
 uint32_t ps_place_primaries(const ps_range_t *ranges, size_t nranges,

@@ -5,7 +5,7 @@
  *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--dir DIR]
  *         [--json] checkpoint
  *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--json]
- *         drain SERVER
+ *         drain|remove-server|add-server SERVER
  *   psctl [--scheduler EP] [--timeout-ms N] [--json] remove-worker ID
  *   psctl [--scheduler EP] [--timeout-ms N] [--interval-ms N]
  *         [--iterations N | -n N] [--json] top
@@ -149,7 +149,8 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
     if (n->role == PS__ROLE__ROLE_SERVER) {
       uint32_t primary, backup;
       server_roles(v, n->id, &primary, &backup);
-      printf(",\"primary_of\":%u,\"backup_of\":%u", primary, backup);
+      printf(",\"primary_of\":%u,\"backup_of\":%u,\"active\":%s", primary,
+             backup, n->active ? "true" : "false");
     } else if (n->role == PS__ROLE__ROLE_WORKER) {
       printf(",\"rank\":%u,\"join_clock\":%" PRIu64
              ",\"joining\":%s,\"leave_clock\":%" PRIu64,
@@ -290,8 +291,8 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
     if (n->role == PS__ROLE__ROLE_SERVER) {
       uint32_t primary, backup;
       server_roles(v, n->id, &primary, &backup);
-      snprintf(holds, sizeof(holds), "primary of %u, backup of %u", primary,
-               backup);
+      snprintf(holds, sizeof(holds), "primary of %u, backup of %u%s", primary,
+               backup, n->active ? "" : " (spare)");
     } else if (n->role == PS__ROLE__ROLE_WORKER) {
       if (n->joining)
         snprintf(holds, sizeof(holds), "rank %u, joining at step %" PRIu64,
@@ -608,18 +609,39 @@ static int run_checkpoint(void *sock, const char *endpoint, int64_t timeout_ms,
   return 0;
 }
 
-/* psctl drain's progress: what the drained server still leads. */
+/* The copies a server holds and the ranges it leads, in view v. */
+static void server_share(const Ps__View *v, uint32_t id, uint32_t *copies,
+                         uint32_t *leads) {
+  *copies = *leads = 0;
+  for (size_t i = 0; i < v->n_ranges; i++) {
+    const Ps__KeyRange *r = v->ranges[i];
+    int backup = 0;
+    for (size_t k = 0; k < r->n_backups; k++) backup |= r->backups[k] == id;
+    *leads += r->server_id == id;
+    *copies += r->server_id == id || backup;
+  }
+}
+
+/* The server psctl drain, remove-server or add-server waits on. */
+typedef struct {
+  uint32_t id;
+  const char *doing; /* "draining", "removing", "adding" */
+} server_wait_t;
+
+/* psctl drain's (remove-server's, add-server's) progress: what the server
+ * still holds and leads. */
 static void print_drain_progress(const Ps__Status *st, uint64_t waited_ms,
                                  void *arg) {
-  uint32_t id = *(const uint32_t *)arg;
-  uint32_t leads = 0;
-  for (size_t i = 0; i < st->view->n_ranges; i++)
-    leads += st->view->ranges[i]->server_id == id;
-  const Ps__NodeInfo *n = find_node(st->view, id);
+  const server_wait_t *w = arg;
+  uint32_t copies, leads;
+  server_share(st->view, w->id, &copies, &leads);
+  const Ps__NodeInfo *n = find_node(st->view, w->id);
   fprintf(stderr,
-          "psctl: draining server %u (%.1f s): %s, leads %u range(s)\n", id,
-          (double)waited_ms / 1e3, n ? state_name(n->state) : "not in view",
-          leads);
+          "psctl: %s server %u (%.1f s): %s, holds %u cop%s, leads %u "
+          "range(s), epoch %" PRIu64 "\n",
+          w->doing, w->id, (double)waited_ms / 1e3,
+          n ? state_name(n->state) : "not in view", copies,
+          copies == 1 ? "y" : "ies", leads, st->view->epoch);
   fflush(stderr);
 }
 
@@ -642,44 +664,75 @@ static uint32_t resolve_server(const Ps__View *v, const char *arg) {
   return 0;
 }
 
-/* psctl drain SERVER: its primaries move to backups, then it is told to
- * exit; waits for that up to wait_ms. */
+/* psctl drain SERVER (its primaries move to backups, then it is told to
+ * exit), remove-server SERVER (each of its copies is made elsewhere first)
+ * or add-server SERVER (a spare takes its share); waits for the end up to
+ * wait_ms. */
 static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
-                     int64_t wait_ms, const char *which, int json) {
+                     int64_t wait_ms, const char *which, int action, int json) {
   ps_msg_t m;
   uint64_t elapsed = 0;
   if (query_status(sock, endpoint, timeout_ms, &m, &elapsed) != 0) return 1;
   uint32_t id = resolve_server(m.env->status->view, which);
   char address[256] = "-";
-  uint32_t leads = 0;
+  uint32_t copies = 0, leads = 0;
   if (id != 0) {
     const Ps__NodeInfo *n = find_node(m.env->status->view, id);
     if (n && n->address) snprintf(address, sizeof(address), "%s", n->address);
-    for (size_t i = 0; i < m.env->status->view->n_ranges; i++)
-      leads += m.env->status->view->ranges[i]->server_id == id;
+    server_share(m.env->status->view, id, &copies, &leads);
   }
   ps_msg_close(&m);
   if (id == 0) return 1;
 
   Ps__DrainCommand dc = PS__DRAIN_COMMAND__INIT;
   dc.server = id;
+  dc.action = (Ps__ServerAction)action;
   Ps__Envelope env = PS__ENVELOPE__INIT;
   env.body_case = PS__ENVELOPE__BODY_DRAIN_COMMAND;
   env.drain_command = &dc;
+  int add = action == PS__SERVER_ACTION__SERVER_ADD;
+  server_wait_t w = {id, add ? "adding"
+                         : action == PS__SERVER_ACTION__SERVER_REMOVE
+                             ? "removing"
+                             : "draining"};
   uint64_t start = ps_now_ms();
   if (await_long(sock, endpoint, timeout_ms, wait_ms, &env,
-                 PS__ENVELOPE__BODY_ACK, print_drain_progress, &id,
-                 "drain not complete", &m) != 0)
+                 PS__ENVELOPE__BODY_ACK, print_drain_progress, &w,
+                 add ? "add-server not complete" : "drain not complete",
+                 &m) != 0)
     return 1;
   uint64_t ms = ps_now_ms() - start;
   uint64_t clock = m.env->ack->clock;
   ps_msg_close(&m);
+  /* What it holds now (add-server: its share). */
+  uint32_t copies_now = 0, leads_now = 0;
+  if (add && query_status(sock, endpoint, timeout_ms, &m, &elapsed) == 0) {
+    server_share(m.env->status->view, id, &copies_now, &leads_now);
+    ps_msg_close(&m);
+  }
   if (json) {
     printf("{\"server\":%u,\"address\":", id);
     ps_top_json_string(stdout, address);
-    printf(",\"ranges_moved\":%u,\"clock\":%" PRIu64
-           ",\"duration_ms\":%" PRIu64 "}\n",
-           leads, clock, ms);
+    printf(
+        ",\"action\":\"%s\",\"ranges_moved\":%u,\"copies\":%u,"
+        "\"leads\":%u,\"clock\":%" PRIu64 ",\"duration_ms\":%" PRIu64 "}\n",
+        add                                          ? "add"
+        : action == PS__SERVER_ACTION__SERVER_REMOVE ? "remove"
+                                                     : "drain",
+        add ? leads_now : leads, add ? copies_now : copies, add ? leads_now : 0,
+        clock, ms);
+  } else if (add) {
+    printf(
+        "added server %u (%s): it holds %u cop%s and leads %u range(s) "
+        "after %" PRIu64 " ms, at step %" PRIu64 "\n",
+        id, address, copies_now, copies_now == 1 ? "y" : "ies", leads_now, ms,
+        clock);
+  } else if (action == PS__SERVER_ACTION__SERVER_REMOVE) {
+    printf(
+        "removed server %u (%s): its %u cop%s moved to other servers "
+        "(each synced before it was dropped) in %" PRIu64
+        " ms, at step %" PRIu64 "; it was told to exit\n",
+        id, address, copies, copies == 1 ? "y" : "ies", ms, clock);
   } else {
     printf("drained server %u (%s): the %u range(s) it led moved to backups "
            "in %" PRIu64 " ms, at step %" PRIu64 "; it was told to exit\n",
@@ -867,6 +920,13 @@ int main(int argc, char **argv) {
           "step, drop it from every chain and tell it to exit 0: planned "
           "maintenance without a failover; SERVER is its node id or "
           "address), "
+          "remove-server SERVER (as drain, but each copy the server holds "
+          "is first made on another server and synced, so no range has "
+          "fewer copies meanwhile), "
+          "add-server SERVER (a spare server, one that registered without "
+          "--join, takes its share: copies move to it one at a time, each "
+          "synced before the old one goes, then primaries are evened out; "
+          "waits until nothing is left to move), "
           "top (a table of the nodes refreshed every --interval-ms, like "
           "top: servers' ranges, pushes/s, pulls/s and MB/s in, workers' "
           "step, steps/s, samples/s, loss and test accuracy; the rates come "
@@ -881,8 +941,9 @@ int main(int argc, char **argv) {
           "keygen --role R --out DIR [--name NAME] (write a CURVE key "
           "pair: NAME.key, secret, mode 0600, and NAME.pub).",
       .usage =
-          "[options] status|health|checkpoint|drain SERVER|remove-worker "
-          "ID|top|stop|keygen",
+          "[options] status|health|checkpoint|drain SERVER|"
+          "remove-server SERVER|add-server SERVER|remove-worker ID|top|stop|"
+          "keygen",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
@@ -906,7 +967,14 @@ int main(int argc, char **argv) {
   int is_status = nargs == 1 && strcmp(args[0], "status") == 0;
   int is_health = nargs == 1 && strcmp(args[0], "health") == 0;
   int is_checkpoint = nargs == 1 && strcmp(args[0], "checkpoint") == 0;
-  int is_drain = nargs >= 1 && strcmp(args[0], "drain") == 0;
+  int drain_action = -1;
+  if (nargs >= 1 && strcmp(args[0], "drain") == 0)
+    drain_action = PS__SERVER_ACTION__SERVER_DRAIN;
+  else if (nargs >= 1 && strcmp(args[0], "remove-server") == 0)
+    drain_action = PS__SERVER_ACTION__SERVER_REMOVE;
+  else if (nargs >= 1 && strcmp(args[0], "add-server") == 0)
+    drain_action = PS__SERVER_ACTION__SERVER_ADD;
+  int is_drain = drain_action >= 0;
   int is_top = nargs == 1 && strcmp(args[0], "top") == 0;
   int is_stop = nargs == 1 && strcmp(args[0], "stop") == 0;
   int is_remove = nargs >= 1 && strcmp(args[0], "remove-worker") == 0;
@@ -917,20 +985,22 @@ int main(int argc, char **argv) {
   if (nargs == 1 && strcmp(args[0], "keygen") == 0)
     return run_keygen(&cfg, role, out_dir, key_name);
   if (is_drain && nargs != 2)
-    return ps_config_refuse(&cfg, "drain needs one SERVER: its node id or "
-                                  "address, as psctl status lists them");
+    return ps_config_refuse(&cfg,
+                            "%s needs one SERVER: its node id or address, as "
+                            "psctl status lists them",
+                            args[0]);
   if (!is_status && !is_health && !is_checkpoint && !is_drain && !is_top &&
       !is_stop && !is_remove) {
     if (nargs == 1)
       return ps_config_refuse(&cfg,
                               "unknown command \"%s\": expected status, "
-                              "health, checkpoint, drain, remove-worker, top, "
-                              "stop or keygen",
+                              "health, checkpoint, drain, remove-server, "
+                              "add-server, remove-worker, top, stop or keygen",
                               args[0]);
     return ps_config_refuse(&cfg,
                             "expected one command, status, health, "
-                            "checkpoint, drain, remove-worker, top, stop or "
-                            "keygen");
+                            "checkpoint, drain, remove-server, add-server, "
+                            "remove-worker, top, stop or keygen");
   }
   if (is_remove) {
     char *end = NULL;
@@ -991,7 +1061,8 @@ int main(int argc, char **argv) {
     goto out;
   }
   if (is_drain) {
-    status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1], json);
+    status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1],
+                       drain_action, json);
     goto out;
   }
   if (is_remove) {

@@ -74,6 +74,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
     ni->join_clock = n->join_clock;
     ni->joining = n->joining;
+    ni->active = n->active;
     ni->leave_clock = n->leave_clock;
     ni->metrics_address = n->metrics_address;
     ni->curve_key = n->curve_key;
@@ -201,51 +202,52 @@ void ps__sched_publish(ps_sched_t *s, const char *why) {
   ps__sched_send_view(s, NULL);
 }
 
-/* The first view: once every expected node is in, cut the key space, one
- * range per server in id order, each backed by the next servers in ring
- * order. */
+/* The first view: once every expected node is in, cut the key space into
+ * --ranges ranges (one per server by default), range i led by the i-th
+ * server in id order (round robin), each backed by the next servers in
+ * ring order. */
 void ps__sched_maybe_publish_first(ps_sched_t *s) {
   if (s->published || !s->has_model) return;
   if (ps__sched_count_slots(s, PS__ROLE__ROLE_SERVER) != s->opts.servers ||
       ps__sched_count_slots(s, PS__ROLE__ROLE_WORKER) != s->opts.workers)
     return;
   uint32_t nserv = s->opts.servers;
-  uint64_t *begins = calloc((size_t)nserv + 1, sizeof(*begins));
-  /* servers >= 1 is checked at start; the spare entry only keeps static
-   * analysis from seeing a zero-size calloc. */
-  ps_range_t *ranges = calloc((size_t)nserv + 1, sizeof(*ranges));
-  int rc = begins && ranges ? ps_range_split(s->model.total, nserv, begins)
-                            : PS_ERR_NOMEM;
+  uint32_t nranges = s->opts.ranges ? s->opts.ranges : nserv;
+  uint64_t *begins = calloc((size_t)nranges + 1, sizeof(*begins));
+  /* ranges >= servers >= 1 is checked at start; the spare entry only keeps
+   * static analysis from seeing a zero-size calloc. */
+  ps_range_t *ranges = calloc((size_t)nranges + 1, sizeof(*ranges));
+  uint32_t *ids = calloc((size_t)nserv + 1, sizeof(*ids));
+  int rc = begins && ranges && ids
+               ? ps_range_split(s->model.total, nranges, begins)
+               : PS_ERR_NOMEM;
   if (rc != PS_OK) {
     /* Retried on the next registration change; nothing else can be done. */
-    PS_ERROR("range_split_failed", "servers=%u keys=%" PRIu64 " err=%s", nserv,
+    PS_ERROR("range_split_failed",
+             "servers=%u ranges=%u keys=%" PRIu64 " err=%s", nserv, nranges,
              s->model.total, ps_err_name(rc));
     free(begins);
     free(ranges);
+    free(ids);
     return;
   }
-  uint32_t *ids = calloc((size_t)nserv + 1, sizeof(*ids));
-  if (ids == NULL) {
-    PS_ERROR("range_split_failed", "servers=%u err=%s", nserv,
-             ps_err_name(PS_ERR_NOMEM));
-    free(begins);
-    free(ranges);
-    return;
-  }
-  uint32_t r = 0;
-  for (size_t i = 0; i < s->nnodes && r < nserv; i++) {
+  uint32_t k = 0;
+  for (size_t i = 0; i < s->nnodes && k < nserv; i++) {
     sched_node_t *n = &s->nodes[i];
     if (n->role != PS__ROLE__ROLE_SERVER || !ps__sched_node_holds_slot(n))
       continue;
+    n->active = 1;
+    ids[k++] = n->id;
+  }
+  for (uint32_t r = 0; r < nranges; r++) {
     ranges[r].begin = begins[r];
     ranges[r].end = begins[r + 1];
-    ids[r++] = n->id;
   }
-  ps_place_first(ranges, nserv, ids, nserv, s->replication);
+  ps_place_first(ranges, nranges, ids, nserv, s->replication);
   free(ids);
   free(begins);
   s->ranges = ranges;
-  s->nranges = nserv;
+  s->nranges = nranges;
   s->published = 1;
   ps__sched_publish(s, "all_registered");
   ps__sched_barrier_check_all(s);

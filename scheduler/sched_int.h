@@ -39,6 +39,10 @@
 
 /* ZeroMQ routing identities are at most 255 bytes. */
 #define SCHED_ROUTE_MAX 256
+/* Servers a job may have, --join ones included (--servers' limit too). */
+#define SCHED_MAX_SERVERS 4096
+/* Ranges of the first cut (--ranges' limit). */
+#define SCHED_MAX_RANGES 65536
 
 /* Per-role counters are indexed by PS__ROLE__*. */
 #define PS_ROLE_SLOTS 8
@@ -96,6 +100,14 @@ typedef struct {
    * to backups, then it leaves every chain and is told to exit. The psctl
    * call waits on drain_route for the answer. */
   int draining;
+  /* Elastic re-sharding (handover.c, issue #16): active, it takes its
+   * share of the copies (the servers of the first view, --join ones, and
+   * spares psctl add-server named); removing, a drain replaces each of its
+   * copies before it goes (psctl remove-server); adding, psctl add-server
+   * waits on drain_route until nothing is left to move. */
+  int active;
+  int removing;
+  int adding;
   uint64_t drain_started_ms;
   uint64_t drain_request_id;
   uint8_t drain_route[SCHED_ROUTE_MAX];
@@ -180,9 +192,12 @@ struct ps_sched_s {
     uint64_t begin, end;
     uint32_t from, to;
     uint64_t asked_ms;
-    const char *why; /* "drain" or "rebalance" */
+    const char *why; /* "drain", "rebalance" or "reshard" */
   } handover;
   uint64_t handover_next_id;
+  /* Copies move between servers (ps_place_next_step) once a server joined
+   * with --join or psctl add-server or remove-server was used. */
+  int elastic;
 
   /* The current epoch's view, packed (publish.c): [0] for servers, with
    * the nodes' tokens, [1] for the others. Every send of it shares these
@@ -208,6 +223,8 @@ struct ps_sched_s {
     uint64_t handovers;           /* planned moves of a primary done */
     uint64_t handovers_abandoned; /* ... given up (a node died, no answer) */
     uint64_t drains;              /* servers drained and told to exit */
+    uint64_t copies_added;   /* re-sharding: copies made on another server */
+    uint64_t copies_dropped; /* ... and dropped where they were too many */
     uint64_t impersonations;      /* messages in another node's name */
     uint64_t role_refusals;       /* messages a key's role may not send */
   } stats;

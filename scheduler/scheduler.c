@@ -606,6 +606,13 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
              opts->servers, opts->workers);
     return NULL;
   }
+  if (opts->ranges != 0 &&
+      (opts->ranges < opts->servers || opts->ranges > SCHED_MAX_RANGES)) {
+    snprintf(errbuf, errlen,
+             "ranges=%u: at least one per server (%u) and at most %d",
+             opts->ranges, opts->servers, SCHED_MAX_RANGES);
+    return NULL;
+  }
   if (opts->mode != PS__CONSISTENCY_MODE__MODE_BSP &&
       opts->mode != PS__CONSISTENCY_MODE__MODE_ASP &&
       opts->mode != PS__CONSISTENCY_MODE__MODE_SSP) {

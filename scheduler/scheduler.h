@@ -3,8 +3,9 @@
  * One ROUTER socket on a uv loop. Servers and workers register (node ids from
  * 1, ranks for workers, the job's model from the first worker), heartbeat,
  * enter barriers and report Done; psctl asks for Status. Once every expected
- * server and worker has registered, the key space is cut into one range per
- * server and the view (epoch 1) goes to every node; every membership change
+ * server and worker has registered, the key space is cut into --ranges
+ * ranges (one per server by default) and the view (epoch 1) goes to every
+ * node; every membership change
  * after that (a node declared dead, a worker done) publishes epoch + 1.
  *
  * Replication and failover (ARCHITECTURE "Failure semantics" 1-3): each
@@ -13,10 +14,12 @@
  * fail over to their first synced backup, chains are topped up from the
  * live servers, and the new view goes out at once. A server that registers
  * while the job runs (up to --servers alive) becomes a spare that takes
- * the backups missing; a worker may take the slot of a dead one (its rank)
- * and, in BSP, joins at a step every server has confirmed it is not past.
- * A node declared dead that speaks again is fenced: it gets an Error
- * PS_ERR_FENCED ("fenced: declared dead at epoch N") and must exit.
+ * the backups missing; one that registers with --join (Register.join) is
+ * one server more, and copies of ranges move to it (scheduler/handover.c); a
+ * worker may take the slot of a dead one (its rank) and, in BSP, joins at a
+ * step every server has confirmed it is not past. A node declared dead that
+ * speaks again is fenced: it gets an Error PS_ERR_FENCED ("fenced: declared
+ * dead at epoch N") and must exit.
  *
  * Checkpoints: see scheduler/coordinator.h for how one is taken. The
  * scheduler starts them (psctl checkpoint, every N steps, every S seconds),
@@ -50,6 +53,12 @@ typedef struct {
   const char *bind;         /* "tcp://127.0.0.1:7000"; a "*" port is fine */
   uint32_t servers;         /* expected servers, >= 1 */
   uint32_t workers;         /* expected workers, >= 1 */
+  /* Ranges the key space is cut into for the first view, at least one per
+   * server (0: one per server). More ranges than servers is what lets
+   * servers join and leave a running job (issue #16): copies of whole
+   * ranges move between servers, so a job that may grow to N servers
+   * wants a multiple of every count it may have (e.g. 12 for 2 to 4). */
+  uint32_t ranges;
   int mode;                 /* PS__CONSISTENCY_MODE__* */
   uint32_t staleness;       /* MODE_SSP's bound, 0 to PS_SSP_STALENESS_MAX */
   int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */

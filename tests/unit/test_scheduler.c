@@ -1035,7 +1035,8 @@ START_TEST(test_place_promotes_first_synced_backup) {
   ps_range_t r[4];
   const char *before[] = {"1|2* 3 4", "2|3 4 1", "3|4 1 2", "4|1 2 3"};
   set_chains(r, 4, before);
-  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}, {5, 1, 0}};
+  ps_place_server_t sv[] = {
+      {1, 0, 0, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}, {4, 1, 0, 0}, {5, 1, 0, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 4, sv, 5, 4), 4);
   /* Every chain lost 1 and is topped up from 5, the only server outside
    * them all; the promoted range's others resync. */
@@ -1053,13 +1054,14 @@ START_TEST(test_place_top_up_fewest_first) {
   ps_range_t r[3];
   const char *before[] = {"1|2", "2|3", "3|1"};
   set_chains(r, 3, before);
-  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
+  ps_place_server_t sv[] = {
+      {1, 0, 0, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}, {4, 1, 0, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 3, sv, 4, 2), 2);
   const char *after[] = {"2|4*", "2|3", "3|4*"};
   expect_placed(r, 3, after);
   /* Without a spare, ties go in ring order after the primary. */
   set_chains(r, 3, before);
-  ps_place_server_t three[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}};
+  ps_place_server_t three[] = {{1, 0, 0, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}};
   ps_place_repair(r, 3, three, 3, 2);
   const char *ring[] = {"2|3*", "2|3", "3|2*"};
   expect_placed(r, 3, ring);
@@ -1072,13 +1074,13 @@ START_TEST(test_place_unavailable) {
   ps_range_t r[2];
   const char *before[] = {"1|2*", "2|1"};
   set_chains(r, 2, before);
-  ps_place_server_t sv[] = {{1, 0, 0}, {2, 1, 0}, {3, 1, 0}};
+  ps_place_server_t sv[] = {{1, 0, 0, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 2, sv, 3, 2), 1);
   const char *after[] = {"1|2*", "2|3*"};
   expect_placed(r, 2, after);
   ck_assert_int_eq(ps_place_state(0, 1, 1, 2), PS_PLACE_UNAVAILABLE);
   /* Every server dead: nothing moves, nothing breaks. */
-  ps_place_server_t none[] = {{1, 0, 0}, {2, 0, 0}, {3, 0, 0}};
+  ps_place_server_t none[] = {{1, 0, 0, 0}, {2, 0, 0, 0}, {3, 0, 0, 0}};
   ps_place_repair(r, 2, none, 3, 2);
   const char *dead[] = {"1|", "2|"};
   expect_placed(r, 2, dead);
@@ -1091,7 +1093,7 @@ START_TEST(test_place_spare_and_synced) {
   ps_range_t r[3];
   const char *before[] = {"3|", "3|2", "3|"};
   set_chains(r, 3, before);
-  ps_place_server_t sv[] = {{3, 1, 0}, {5, 1, 0}};
+  ps_place_server_t sv[] = {{3, 1, 0, 0}, {5, 1, 0, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 3, sv, 2, 2), 3);
   const char *after[] = {"3|5*", "3|5*", "3|5*"};
   expect_placed(r, 3, after);
@@ -1107,7 +1109,8 @@ START_TEST(test_place_spare_and_synced) {
   /* Removing a backup from the middle keeps the others' syncing bits. */
   const char *mid[] = {"1|2* 3 4*"};
   set_chains(r, 1, mid);
-  ps_place_server_t sv2[] = {{1, 1, 0}, {2, 1, 0}, {3, 0, 0}, {4, 1, 0}};
+  ps_place_server_t sv2[] = {
+      {1, 1, 0, 0}, {2, 1, 0, 0}, {3, 0, 0, 0}, {4, 1, 0, 0}};
   ps_place_repair(r, 1, sv2, 4, 3);
   const char *kept[] = {"1|2* 4*"};
   expect_placed(r, 1, kept);
@@ -1135,7 +1138,7 @@ START_TEST(test_place_rebalance_after_rejoin) {
   ps_range_t r[3];
   const char *lopsided[] = {"2|4", "2|4", "3|4"};
   set_chains(r, 3, lopsided);
-  ps_place_server_t sv[] = {{2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
+  ps_place_server_t sv[] = {{2, 1, 0, 0}, {3, 1, 0, 0}, {4, 1, 0, 0}};
   size_t j = 99;
   uint32_t to = 0;
   /* Without rebalance there is nothing to do. */
@@ -1157,7 +1160,7 @@ START_TEST(test_place_rebalance_after_rejoin) {
   set_chains(r, 3, syncing);
   ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 1, &j, &to), 0);
   set_chains(r, 3, lopsided);
-  ps_place_server_t dead4[] = {{2, 1, 0}, {3, 1, 0}, {4, 0, 0}};
+  ps_place_server_t dead4[] = {{2, 1, 0, 0}, {3, 1, 0, 0}, {4, 0, 0, 0}};
   ck_assert_int_eq(ps_place_next_move(r, 3, dead4, 3, 1, &j, &to), 0);
 }
 END_TEST
@@ -1168,7 +1171,7 @@ START_TEST(test_place_drain) {
   ps_range_t r[3];
   const char *before[] = {"1|2 3", "2|3 1", "3|1 2"};
   set_chains(r, 3, before);
-  ps_place_server_t sv[] = {{1, 1, 1}, {2, 1, 0}, {3, 1, 0}};
+  ps_place_server_t sv[] = {{1, 1, 1, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}};
   size_t j = 99;
   uint32_t to = 0;
   ck_assert_int_eq(ps_place_next_move(r, 3, sv, 3, 0, &j, &to), 1);
@@ -1181,7 +1184,8 @@ START_TEST(test_place_drain) {
    * when a chain needs a backup: 4 takes it. */
   const char *short_chain[] = {"2|", "2|3", "3|2"};
   set_chains(r, 3, short_chain);
-  ps_place_server_t sv4[] = {{1, 1, 1}, {2, 1, 0}, {3, 1, 0}, {4, 1, 0}};
+  ps_place_server_t sv4[] = {
+      {1, 1, 1, 0}, {2, 1, 0, 0}, {3, 1, 0, 0}, {4, 1, 0, 0}};
   ck_assert_uint_eq(ps_place_repair(r, 3, sv4, 4, 2), 1);
   const char *topped[] = {"2|4*", "2|3", "3|2"};
   expect_placed(r, 3, topped);
@@ -1189,10 +1193,122 @@ START_TEST(test_place_drain) {
    * losing the range. */
   const char *last[] = {"5|1"};
   set_chains(r, 1, last);
-  ps_place_server_t sv5[] = {{1, 1, 1}, {5, 0, 0}};
+  ps_place_server_t sv5[] = {{1, 1, 1, 0}, {5, 0, 0, 0}};
   ps_place_repair(r, 1, sv5, 2, 2);
   const char *kept[] = {"1|"};
   expect_placed(r, 1, kept);
+}
+END_TEST
+
+/* Runs elastic re-sharding to its end the way the scheduler does: a step
+ * at a time, an added backup synced before the next, primaries evened out
+ * (ps_place_next_move) once the copies are. Checks at every step that no
+ * range has fewer copies than it needs or more than one extra, and that
+ * it ends within bound steps. Returns the steps taken. */
+static int reshard(ps_range_t *r, size_t n, const ps_place_server_t *sv,
+                   size_t nsv, uint32_t need, int bound) {
+  int steps = 0;
+  for (;;) {
+    ck_assert_int_lt(steps, bound);
+    ps_place_step_t st;
+    size_t j = 0;
+    uint32_t to = 0;
+    if (ps_place_next_step(r, n, sv, nsv, 2, &st)) {
+      if (st.kind == PS_PLACE_STEP_MOVE) {
+        ck_assert(ps_place_handover(&r[st.range], st.server));
+      } else {
+        ck_assert(ps_place_apply(&r[st.range], &st));
+        if (st.kind == PS_PLACE_STEP_ADD)
+          ck_assert(ps_place_synced(&r[st.range], st.server));
+      }
+    } else if (ps_place_next_move(r, n, sv, nsv, 1, &j, &to)) {
+      ck_assert(ps_place_handover(&r[j], to));
+    } else {
+      return steps;
+    }
+    steps++;
+    for (size_t i = 0; i < n; i++) {
+      ck_assert_uint_ge(r[i].nbackups + 1, need);
+      ck_assert_uint_le(r[i].nbackups + 1, need + 1);
+    }
+  }
+}
+
+START_TEST(test_place_elastic_grow_and_shrink) {
+  /* Twelve ranges on 1 and 2, two copies each. */
+  ps_range_t r[12];
+  uint32_t ids[] = {1, 2};
+  ps_place_first(r, 12, ids, 2, 2);
+  ps_place_server_t sv[] = {
+      {1, 1, 0, 1}, {2, 1, 0, 1}, {3, 1, 0, 1}, {4, 1, 0, 1}};
+  /* 3 and 4 join: each of the four ends with 6 copies and 3 primaries. */
+  int grow = reshard(r, 12, sv, 4, 2, 100);
+  ck_assert_int_gt(grow, 0);
+  for (uint32_t id = 1; id <= 4; id++) {
+    ck_assert_uint_eq(ps_place_held(r, 12, id), 6);
+    ck_assert_uint_eq(ps_place_primaries(r, 12, id), 3);
+  }
+  /* Each copy that moved cost an ADD and a DROP (and perhaps a MOVE first):
+   * 12 copies move to 3 and 4, so no more than 3 x 12 + the primaries'. */
+  ck_assert_int_le(grow, 3 * 12 + 12);
+  /* 2 leaves: it ends with no copy, the three others hold 8 each and
+   * lead 4 each, and nothing is left to do. */
+  sv[1].leaving = 1;
+  reshard(r, 12, sv, 4, 2, 100);
+  ck_assert_uint_eq(ps_place_held(r, 12, 2), 0);
+  for (uint32_t id = 1; id <= 4; id++) {
+    if (id == 2) continue;
+    ck_assert_uint_eq(ps_place_held(r, 12, id), 8);
+    ck_assert_uint_eq(ps_place_primaries(r, 12, id), 4);
+  }
+}
+END_TEST
+
+START_TEST(test_place_elastic_steps) {
+  ps_range_t r[2];
+  ps_place_step_t st;
+  /* A spare (not active) is not given a share... */
+  const char *two[] = {"1|2", "2|1"};
+  set_chains(r, 2, two);
+  ps_place_server_t spare[] = {{1, 1, 0, 1}, {2, 1, 0, 1}, {3, 1, 0, 0}};
+  ck_assert_int_eq(ps_place_next_step(r, 2, spare, 3, 2, &st), 0);
+  ck_assert_int_eq(st.kind, PS_PLACE_STEP_NONE);
+  /* ...but takes the copies of a leaving server when no active one can. */
+  spare[1].leaving = 1;
+  ck_assert_int_eq(ps_place_next_step(r, 2, spare, 3, 2, &st), 1);
+  ck_assert_int_eq(st.kind, PS_PLACE_STEP_ADD);
+  ck_assert_uint_eq(st.range, 0);
+  ck_assert_uint_eq(st.server, 3);
+  /* A syncing range is left alone; the extra copy that synced goes from
+   * the leaving server. */
+  ck_assert(ps_place_apply(&r[0], &st));
+  ck_assert_int_eq(ps_place_next_step(r, 1, spare, 3, 2, &st), 0);
+  ck_assert(ps_place_synced(&r[0], 3));
+  ck_assert_int_eq(ps_place_next_step(r, 2, spare, 3, 2, &st), 1);
+  ck_assert_int_eq(st.kind, PS_PLACE_STEP_DROP);
+  ck_assert_uint_eq(st.server, 2);
+  /* An extra copy whose most loaded holder is the primary: the primary
+   * hands the range over first. */
+  const char *heavy[] = {"1|2 3", "1|2"};
+  set_chains(r, 2, heavy);
+  ps_place_server_t all[] = {{1, 1, 0, 1}, {2, 1, 0, 1}, {3, 1, 0, 1}};
+  ck_assert_int_eq(ps_place_next_step(r, 2, all, 3, 2, &st), 1);
+  ck_assert_int_eq(st.kind, PS_PLACE_STEP_DROP);
+  ck_assert_uint_eq(st.server, 2); /* 1 and 2 hold two each: the backup */
+  const char *lead[] = {"1|3 2", "1|4"};
+  set_chains(r, 2, lead);
+  ps_place_server_t four[] = {
+      {1, 1, 0, 1}, {2, 1, 0, 1}, {3, 1, 0, 1}, {4, 1, 0, 1}};
+  ck_assert_int_eq(ps_place_next_step(r, 2, four, 4, 2, &st), 1);
+  ck_assert_int_eq(st.kind, PS_PLACE_STEP_MOVE);
+  ck_assert_uint_eq(st.range, 0);
+  ck_assert_uint_eq(st.server, 3);
+  /* No room for a copy more (PS_MAX_REPLICAS): nothing to add. */
+  const char *full[] = {"1|2 3 4", "1|2 3 4"};
+  set_chains(r, 2, full);
+  ps_place_server_t five[] = {
+      {1, 1, 0, 1}, {2, 1, 0, 1}, {3, 1, 0, 1}, {4, 1, 0, 1}, {5, 1, 0, 1}};
+  ck_assert_int_eq(ps_place_next_step(r, 2, five, 5, 4, &st), 0);
 }
 END_TEST
 
@@ -2101,6 +2217,8 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tp, test_place_handover);
   tcase_add_test(tp, test_place_rebalance_after_rejoin);
   tcase_add_test(tp, test_place_drain);
+  tcase_add_test(tp, test_place_elastic_grow_and_shrink);
+  tcase_add_test(tp, test_place_elastic_steps);
   suite_add_tcase(s, tp);
   TCase *tk = tcase_create("coordinator");
   tcase_add_test(tk, test_coord_copies_the_model);
