@@ -15,7 +15,8 @@
  * of exactly the workers of that step: 2 before join_clock, 3 until
  * leave_clock, 2 after; the final model's test accuracy is sane, and the
  * joiner evaluates the same as rank 0. Along the way, the refusals: psctl
- * remove-worker of a server, and a fourth --join beyond --max-workers. */
+ * remove-worker of a server, and a fourth --join beyond --max-workers.
+ * The same in SSP (staleness 2), where workers run ahead of the slowest. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -178,14 +179,20 @@ static unsigned long check_steps(const char *log, unsigned long total,
   return lines;
 }
 
-START_TEST(worker_joins_and_another_leaves) {
+/* One run in mode ("bsp", or "ssp" with staleness 2: workers up to 2
+ * steps ahead of the slowest, every step still the mean of its workers). */
+static void run_elastic(const char *mode) {
   h_cluster_t c;
-  h_init(&c, "worker_elastic");
+  char name[64];
+  snprintf(name, sizeof(name), "worker_elastic_%s", mode);
+  h_init(&c, name);
   uint64_t t0 = h_now_ms(), deadline = h_deadline_ms(RUN_MS);
+  int ssp = strcmp(mode, "ssp") == 0;
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
-          "2", "--workers", "2", "--max-workers", "3", "--mode", "bsp",
+          "2", "--workers", "2", "--max-workers", "3", "--mode", mode,
           "--replication", "2", "--heartbeat-timeout-ms", HEARTBEAT_TIMEOUT_MS,
-          NULL);
+          /* bsp: the arguments end at the NULL */
+          ssp ? "--staleness" : NULL, "2", NULL);
   h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, "--log-level",
           "debug", NULL);
   h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, "--log-level",
@@ -274,9 +281,9 @@ START_TEST(worker_joins_and_another_leaves) {
                 "the removed worker did not exit 0 (status %d)",
                 leaver->status);
   printf(
-      "worker_elastic: rank 2 joined at step %llu, rank 1 (node %s) left "
+      "worker_elastic %s: rank 2 joined at step %llu, rank 1 (node %s) left "
       "at step %llu, of %lu\n",
-      j.join_clock, id, leave, total);
+      mode, j.join_clock, id, leave, total);
   fflush(stdout);
 
   int all = h_wait_all_until(&c, deadline);
@@ -347,13 +354,22 @@ START_TEST(worker_joins_and_another_leaves) {
   double acc = report_number(&c, rep0, "test_accuracy");
   double acc2 = report_number(&c, "report2.json", "test_accuracy");
   printf(
-      "worker_elastic: test_accuracy %.4f (the joiner evaluates %.4f); "
+      "worker_elastic %s: test_accuracy %.4f (the joiner evaluates %.4f); "
       "%lu steps checked on the servers; run %.1f s\n",
-      acc, acc2, lines, (double)(h_now_ms() - t0) / 1000.0);
+      mode, acc, acc2, lines, (double)(h_now_ms() - t0) / 1000.0);
   fflush(stdout);
   ck_assert_msg(acc2 == acc, "rank 0 and the joiner disagree: %.4f vs %.4f",
                 acc, acc2);
   ck_assert_msg(acc >= 0.80, "test accuracy %.4f < 0.80", acc);
+}
+
+START_TEST(worker_joins_and_another_leaves) {
+  run_elastic("bsp");
+}
+END_TEST
+
+START_TEST(worker_joins_and_another_leaves_ssp) {
+  run_elastic("ssp");
 }
 END_TEST
 
@@ -362,6 +378,7 @@ int main(void) {
   TCase *tc = tcase_create("worker_elastic");
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, worker_joins_and_another_leaves);
+  tcase_add_test(tc, worker_joins_and_another_leaves_ssp);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
