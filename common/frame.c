@@ -139,6 +139,8 @@ const char *ps_body_name(Ps__Envelope__BodyCase c) {
       return "handover_ready";
     case PS__ENVELOPE__BODY_PUSH_PULL:
       return "push_pull";
+    case PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND:
+      return "remove_worker_command";
     default:
       return "unknown";
   }

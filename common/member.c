@@ -44,6 +44,7 @@ struct ps_member_s {
   int heartbeat_ms;
   int scheduler_timeout_ms;
   const ps_keys_t *keys;
+  int join_new_rank; /* issue #16 */
 
   int registered;
   uint32_t node_id;
@@ -106,6 +107,7 @@ static void send_register(ps_member_t *m) {
   reg.rank = m->rank < 0 ? MEMBER_RANK_ANY : (uint32_t)m->rank;
   reg.join = m->join != 0;
   if (m->keys) reg.curve_key = (char *)ps_keys_public(m->keys);
+  reg.join_new_rank = m->join_new_rank != 0;
   if (m->has_model) {
     size_t n = m->model.ntensors;
     tensors = calloc(n + 1, sizeof(*tensors));
@@ -403,6 +405,7 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
       opts->heartbeat_ms ? opts->heartbeat_ms : PS_MEMBER_HEARTBEAT_MS;
   m->scheduler_timeout_ms = opts->scheduler_timeout_ms;
   m->keys = opts->keys;
+  m->join_new_rank = opts->join_new_rank;
   m->scheduler = strdup(opts->scheduler);
   m->address = strdup(opts->address ? opts->address : "");
   if (m->scheduler == NULL || m->address == NULL) {

@@ -64,6 +64,9 @@ typedef struct {
   /* CURVE (common/keys.h): the node's keys, NULL for plaintext; must
    * outlive the member. */
   const ps_keys_t *keys;
+  /* Workers (issue #16): grow a running job with a new rank
+   * (Register.join_new_rank). */
+  int join_new_rank;
 } ps_member_opts_t;
 
 /* Starts the link: connects, sends Register, starts the heartbeat timer.

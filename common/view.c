@@ -479,6 +479,8 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
     d->state = (int)n->state;
     d->join_clock = n->join_clock;
     d->joining = n->joining ? 1 : 0;
+    d->rank = n->rank;
+    d->leave_clock = n->leave_clock;
     snprintf(d->address, sizeof(d->address), "%s", address);
     const char *tok = n->token ? n->token : "";
     if (tok[0] != '\0' && strlen(tok) != PS_AUTH_TOKEN_HEX)

@@ -56,6 +56,10 @@ typedef struct {
    * whether the servers have yet to confirm it (proto NodeInfo). */
   uint64_t join_clock;
   int joining;
+  /* Workers (issue #16): the rank, and the first step it no longer
+   * contributes to (psctl remove-worker; 0: none). */
+  uint32_t rank;
+  uint64_t leave_clock;
   /* The node's session token (common/auth.h), or "": only servers' views
    * carry them. */
   char token[PS_AUTH_TOKEN_HEX + 1];

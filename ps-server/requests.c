@@ -351,11 +351,16 @@ void ps__server_after_apply(ps_server_t *s, owned_range_t *r) {
     if (s->saver)
       ps_saver_shard_applied(s->saver, r->shard, r->sparse,
                              r->sparse ? r->nsparse : 0);
-    PS_DEBUG("step_applied", "range=[%llu,%llu) mode=%s clock=%llu",
+    /* contributors: the workers whose mean step clock - 1 applied (BSP,
+     * SSP; issue #16's test counts them against the worker set). */
+    float scale = ps_shard_step_scale(r->shard);
+    PS_DEBUG("step_applied",
+             "range=[%llu,%llu) mode=%s clock=%llu contributors=%.0f",
              (unsigned long long)ps_shard_begin(r->shard),
              (unsigned long long)ps_shard_end(r->shard),
              ps__server_mode_name(ps_shard_mode(r->shard)),
-             (unsigned long long)ps_shard_clock(r->shard));
+             (unsigned long long)ps_shard_clock(r->shard),
+             scale > 0 ? 1.0 / (double)scale : 0.0);
     serve_parked(s, r);
   } while (ps_shard_apply_ready(r->shard));
   ps__server_report_clock(s);

@@ -35,6 +35,7 @@ int main(int argc, char **argv) {
   int64_t replication = 2, max_connections = 0;
   int64_t checkpoint_every_steps = 0, checkpoint_timeout_ms = 120000;
   int64_t staleness = -1; /* -1: not given */
+  int64_t max_workers = 0;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
   const ps_opt_t opts[] = {
@@ -56,6 +57,12 @@ int main(int argc, char **argv) {
        "Number of workers the job expects; they get ranks 0 to workers-1. "
        "While the job runs, a worker may register in place of a dead one "
        "and takes its rank."},
+      {"max-workers", PS_OPT_INT, &max_workers, "0", 0, 65535, NULL,
+       "The most workers a bsp or ssp job may grow to while it runs: a "
+       "worker started with ps-worker --join takes a new rank (up to "
+       "max-workers-1) once ranks 0 to workers-1 are held, and joins at a "
+       "step the scheduler announces; psctl remove-worker takes one out at "
+       "an announced step. 0: --workers (the job cannot grow)."},
       {"mode", PS_OPT_ENUM, &mode, "bsp", 0, 0, "bsp|asp|ssp",
        "Consistency mode: bsp applies step t once every live worker's "
        "gradient is in, asp applies each push on arrival, ssp (stale "
@@ -149,6 +156,16 @@ int main(int argc, char **argv) {
                             "option --staleness: only --mode ssp has a "
                             "staleness bound (--mode is %s)",
                             mode == 0 ? "bsp" : "asp");
+  if (max_workers != 0 && max_workers < workers)
+    return ps_config_refuse(&cfg,
+                            "option --max-workers: %lld is below --workers "
+                            "%lld (0 means --workers)",
+                            (long long)max_workers, (long long)workers);
+  if (max_workers > workers && modes[mode] == PS__CONSISTENCY_MODE__MODE_ASP)
+    return ps_config_refuse(&cfg,
+                            "option --max-workers: workers join with new "
+                            "ranks at a step the scheduler announces, which "
+                            "needs --mode bsp or ssp (--mode is asp)");
   if (staleness < 0)
     staleness = modes[mode] == PS__CONSISTENCY_MODE__MODE_SSP ? 3 : 0;
   ps_log_init("scheduler", (ps_log_level_t)log_level);
@@ -168,6 +185,7 @@ int main(int argc, char **argv) {
       .servers = (uint32_t)servers,
       .workers = (uint32_t)workers,
       .ranges = (uint32_t)ranges,
+      .max_workers = (uint32_t)max_workers,
       .mode = modes[mode],
       .staleness = (uint32_t)staleness,
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,

@@ -497,7 +497,11 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
                           SCHED_MAX_SERVERS);
     return;
   }
-  if (!join && ps__sched_count_slots(s, role) >= expected) {
+  /* Issue #16: or a worker grows the job with a new rank (workers.c). */
+  uint32_t grow_rank = 0;
+  int grow = ps__sched_worker_grow(s, m, &grow_rank);
+  if (grow < 0) return;
+  if (!join && !grow && ps__sched_count_slots(s, role) >= expected) {
     ps__sched_reply_error(
         s, m, PS_ERR_REFUSED,
         "all %u expected %ss are registered and %s (--%ss=%u)", expected,
@@ -533,8 +537,10 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
       ps_model_clear(&model);
       return;
     }
-    if (r->rank != SCHED_RANK_ANY && r->rank < s->opts.workers &&
-        !rank_taken(s, r->rank)) {
+    if (grow) {
+      rank = grow_rank;
+    } else if (r->rank != SCHED_RANK_ANY && r->rank < s->opts.workers &&
+               !rank_taken(s, r->rank)) {
       rank = r->rank;
     } else {
       /* The slot count above guarantees a free rank. */
@@ -684,7 +690,8 @@ void ps__sched_handle_done(ps_sched_t *s, ps_msg_t *m) {
   sched_node_t *n = ps__sched_sender_node(s, m);
   if (n == NULL || !ps__sched_epoch_current(s, m)) return;
   if (n->role == PS__ROLE__ROLE_WORKER &&
-      n->state == PS__NODE_STATE__NODE_STATE_DONE) {
+      (n->state == PS__NODE_STATE__NODE_STATE_DONE ||
+       (n->state == PS__NODE_STATE__NODE_STATE_LEFT && n->leave_clock))) {
     ps__sched_reply_ack(s, m, n->clock); /* a resent Done */
     return;
   }
@@ -695,13 +702,15 @@ void ps__sched_handle_done(ps_sched_t *s, ps_msg_t *m) {
         "done before the job started: the view is not published");
     return;
   }
-  n->state = PS__NODE_STATE__NODE_STATE_DONE;
+  int left = ps__sched_worker_left(s, n);
+  if (!left) n->state = PS__NODE_STATE__NODE_STATE_DONE;
   ps__sched_barrier_leave(n);
-  PS_INFO("worker_done", "id=%u rank=%u clock=%" PRIu64 " live_workers=%u",
-          n->id, n->rank, n->clock, ps__sched_live_workers(s));
+  if (!left)
+    PS_INFO("worker_done", "id=%u rank=%u clock=%" PRIu64 " live_workers=%u",
+            n->id, n->rank, n->clock, ps__sched_live_workers(s));
   ps__sched_reply_ack(s, m, n->clock);
   if (ps__sched_check_job_finished(s)) return;
-  ps__sched_publish(s, "worker_done");
+  ps__sched_publish(s, left ? "worker_left" : "worker_done");
   ps__sched_barrier_check_all(s);
 }
 

@@ -6,6 +6,7 @@
  *         [--json] checkpoint
  *   psctl [--scheduler EP] [--timeout-ms N] [--wait-ms N] [--json]
  *         drain|remove-server|add-server SERVER
+ *   psctl [--scheduler EP] [--timeout-ms N] [--json] remove-worker ID
  *   psctl [--scheduler EP] [--timeout-ms N] [--interval-ms N]
  *         [--iterations N | -n N] [--json] top
  *
@@ -130,11 +131,12 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
          ",\"mode\":\"%s\",\"staleness\":%u"
          ",\"uptime_ms\":%" PRIu64
          ",\"expected_servers\":%u,\"expected_workers\":%u,"
-         "\"live_workers\":%u,\"keys\":%" PRIu64
+         "\"max_workers\":%u,\"live_workers\":%u,\"keys\":%" PRIu64
          ",\"replication\":%u,\"accept_failures\":%" PRIu64 ",\"nodes\":[",
          v->epoch, mode_name(v->mode), v->staleness, st->uptime_ms,
-         st->expected_servers, st->expected_workers, v->live_workers,
-         model_keys(v), v->replication, st->accept_failures);
+         st->expected_servers, st->expected_workers,
+         st->max_workers ? st->max_workers : st->expected_workers,
+         v->live_workers, model_keys(v), v->replication, st->accept_failures);
   for (size_t i = 0; i < v->n_nodes; i++) {
     const Ps__NodeInfo *n = v->nodes[i];
     printf("%s{\"id\":%u,\"role\":\"%s\",\"address\":", i ? "," : "", n->id,
@@ -150,8 +152,10 @@ static void print_json(const char *endpoint, const Ps__Status *st) {
       printf(",\"primary_of\":%u,\"backup_of\":%u,\"active\":%s", primary,
              backup, n->active ? "true" : "false");
     } else if (n->role == PS__ROLE__ROLE_WORKER) {
-      printf(",\"rank\":%u,\"join_clock\":%" PRIu64 ",\"joining\":%s", n->rank,
-             n->join_clock, n->joining ? "true" : "false");
+      printf(",\"rank\":%u,\"join_clock\":%" PRIu64
+             ",\"joining\":%s,\"leave_clock\":%" PRIu64,
+             n->rank, n->join_clock, n->joining ? "true" : "false",
+             n->leave_clock);
     }
     printf("}");
   }
@@ -293,6 +297,12 @@ static void print_table(const char *endpoint, const Ps__Status *st) {
       if (n->joining)
         snprintf(holds, sizeof(holds), "rank %u, joining at step %" PRIu64,
                  n->rank, n->join_clock);
+      else if (n->leave_clock)
+        snprintf(
+            holds, sizeof(holds),
+            "rank %u, steps %" PRIu64 " to %" PRIu64 " (%s)", n->rank,
+            n->join_clock, n->leave_clock - 1,
+            n->state == PS__NODE_STATE__NODE_STATE_LEFT ? "left" : "leaving");
       else if (n->join_clock)
         snprintf(holds, sizeof(holds), "rank %u, joined at step %" PRIu64,
                  n->rank, n->join_clock);
@@ -731,6 +741,34 @@ static int run_drain(void *sock, const char *endpoint, int64_t timeout_ms,
   return 0;
 }
 
+/* psctl remove-worker ID (issue #16): the worker leaves the job for good
+ * at a step the scheduler picks and announces; answered at once with that
+ * step (the worker stops there on its own). */
+static int run_remove_worker(void *sock, const char *endpoint,
+                             int64_t timeout_ms, const char *which, int json) {
+  unsigned long id = strtoul(which, NULL, 10); /* checked by main */
+  Ps__RemoveWorkerCommand rw = PS__REMOVE_WORKER_COMMAND__INIT;
+  rw.worker = (uint32_t)id;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND;
+  env.remove_worker_command = &rw;
+  env.request_id = 1;
+  ps_msg_t m;
+  uint64_t elapsed = 0;
+  if (ask(sock, endpoint, timeout_ms, &env, PS__ENVELOPE__BODY_ACK, &m,
+          &elapsed) != 0)
+    return 1;
+  uint64_t step = m.env->ack->clock;
+  ps_msg_close(&m);
+  if (json)
+    printf("{\"worker\":%lu,\"leave_clock\":%" PRIu64 "}\n", id, step);
+  else
+    printf("worker %lu leaves the job at step %" PRIu64
+           " (it contributes to the steps before it)\n",
+           id, step);
+  return 0;
+}
+
 /* psctl stop: the scheduler ends the job and tells every node (an admin
  * key only, so CURVE only). */
 static int run_stop(void *sock, const char *endpoint, int64_t timeout_ms,
@@ -895,12 +933,17 @@ int main(int argc, char **argv) {
           "from the /metrics of daemons started with --metrics-bind; "
           "redrawn in place on a terminal, else one snapshot after "
           "another; --json: one object per refresh, per line), "
+          "remove-worker ID (issue #16: the worker with node id ID "
+          "leaves the job for good at a step the scheduler picks ahead of "
+          "every clock and prints; the rest go on, the global batch and the "
+          "data shards re-cut at that step; bsp and ssp), "
           "stop (end the job: every node stops; needs an admin key), "
           "keygen --role R --out DIR [--name NAME] (write a CURVE key "
           "pair: NAME.key, secret, mode 0600, and NAME.pub).",
       .usage =
           "[options] status|health|checkpoint|drain SERVER|"
-          "remove-server SERVER|add-server SERVER|top|stop|keygen",
+          "remove-server SERVER|add-server SERVER|remove-worker ID|top|stop|"
+          "keygen",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
   };
@@ -934,6 +977,11 @@ int main(int argc, char **argv) {
   int is_drain = drain_action >= 0;
   int is_top = nargs == 1 && strcmp(args[0], "top") == 0;
   int is_stop = nargs == 1 && strcmp(args[0], "stop") == 0;
+  int is_remove = nargs >= 1 && strcmp(args[0], "remove-worker") == 0;
+  if (is_remove && nargs != 2)
+    return ps_config_refuse(&cfg,
+                            "remove-worker needs one ID: the worker's "
+                            "node id, as psctl status lists it");
   if (nargs == 1 && strcmp(args[0], "keygen") == 0)
     return run_keygen(&cfg, role, out_dir, key_name);
   if (is_drain && nargs != 2)
@@ -942,17 +990,28 @@ int main(int argc, char **argv) {
                             "psctl status lists them",
                             args[0]);
   if (!is_status && !is_health && !is_checkpoint && !is_drain && !is_top &&
-      !is_stop) {
+      !is_stop && !is_remove) {
     if (nargs == 1)
       return ps_config_refuse(&cfg,
                               "unknown command \"%s\": expected status, "
                               "health, checkpoint, drain, remove-server, "
-                              "add-server, top, stop or keygen",
+                              "add-server, remove-worker, top, stop or keygen",
                               args[0]);
     return ps_config_refuse(&cfg,
                             "expected one command, status, health, "
                             "checkpoint, drain, remove-server, add-server, "
-                            "top, stop or keygen");
+                            "remove-worker, top, stop or keygen");
+  }
+  if (is_remove) {
+    char *end = NULL;
+    unsigned long id = strtoul(args[1], &end, 10);
+    if (args[1][0] < '0' || args[1][0] > '9' || *end != '\0' || id == 0 ||
+        id > UINT32_MAX)
+      return ps_config_refuse(&cfg,
+                              "remove-worker \"%s\": expected a worker's "
+                              "node id (a positive integer, as psctl status "
+                              "lists it)",
+                              args[1]);
   }
   ps_log_init("psctl", PS_LOG_WARN);
   /* The package's node keys (deploy/debian/postinst): an admin on the node
@@ -1004,6 +1063,10 @@ int main(int argc, char **argv) {
   if (is_drain) {
     status = run_drain(sock, endpoint, timeout_ms, wait_ms, args[1],
                        drain_action, json);
+    goto out;
+  }
+  if (is_remove) {
+    status = run_remove_worker(sock, endpoint, timeout_ms, args[1], json);
     goto out;
   }
   if (is_stop) {

@@ -75,6 +75,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
     ni->join_clock = n->join_clock;
     ni->joining = n->joining;
     ni->active = n->active;
+    ni->leave_clock = n->leave_clock;
     ni->metrics_address = n->metrics_address;
     ni->curve_key = n->curve_key;
     v->info_ptrs[i] = ni;
@@ -269,6 +270,7 @@ void ps__sched_handle_status(ps_sched_t *s, ps_msg_t *m) {
   st.uptime_ms = ps_now_ms() - s->start_ms;
   st.expected_servers = s->opts.servers;
   st.expected_workers = s->opts.workers;
+  st.max_workers = s->opts.max_workers;
   st.accept_failures = ps_sockmon_accept_failures(s->zs_mon);
   uint64_t now = ps_now_ms();
   Ps__CheckpointInfo last, cur;

@@ -94,6 +94,9 @@ typedef struct {
   uint64_t join_asked_ms;   /* when the current join_clock went out */
   uint32_t *join_ok;        /* servers that confirmed join_clock */
   size_t njoin_ok;
+  /* Issue #16 (workers.c): a worker psctl remove-worker takes out; the
+   * first step it no longer contributes to (0: not leaving). */
+  uint64_t leave_clock;
   /* A server being drained (psctl drain, handover.c): its primaries move
    * to backups, then it leaves every chain and is told to exit. The psctl
    * call waits on drain_route for the answer. */
@@ -328,6 +331,16 @@ void ps__sched_handle_replica_synced(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_handover_tick(ps_sched_t *s, uint64_t now);
 void ps__sched_handle_handover_ready(ps_sched_t *s, ps_msg_t *m);
 void ps__sched_handle_drain(ps_sched_t *s, ps_msg_t *m);
+
+/* scheduler/workers.c (issue #16) */
+/* For a worker's Register: 1 when it grows the job with a new rank
+ * (join_new_rank, every rank below --workers held), *rank set; 0 when it
+ * registers as before; -1 when refused here (m answered). */
+int ps__sched_worker_grow(ps_sched_t *s, ps_msg_t *m, uint32_t *rank);
+void ps__sched_handle_remove_worker(ps_sched_t *s, ps_msg_t *m);
+/* A worker's Done: 1 (state LEFT, logged) when psctl remove-worker took
+ * it out, else 0. */
+int ps__sched_worker_left(ps_sched_t *s, sched_node_t *n);
 
 /* scheduler/barrier.c */
 void ps__sched_barrier_leave(sched_node_t *n);

@@ -279,6 +279,7 @@ static int sender_verified(ps_sched_t *s, ps_msg_t *m) {
     case PS__ENVELOPE__BODY_STATUS_REQUEST:
     case PS__ENVELOPE__BODY_CHECKPOINT_COMMAND:
     case PS__ENVELOPE__BODY_DRAIN_COMMAND:
+    case PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND:
       return 1;
     default:
       break;
@@ -338,6 +339,10 @@ static int role_allowed(ps_sched_t *s, ps_msg_t *m) {
       break;
     case PS__ENVELOPE__BODY_DRAIN_COMMAND:
       if (role != PS_KEY_ROLE_ADMIN) why = "only an admin key may drain";
+      break;
+    case PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND:
+      if (role != PS_KEY_ROLE_ADMIN)
+        why = "only an admin key may remove a worker";
       break;
     case PS__ENVELOPE__BODY_SHUTDOWN:
       /* A node's own leave passed sender_verified: it is its connection. */
@@ -424,6 +429,9 @@ void ps__sched_dispatch(ps_sched_t *s, ps_msg_t *m, int status,
       break;
     case PS__ENVELOPE__BODY_DRAIN_COMMAND:
       ps__sched_handle_drain(s, m);
+      break;
+    case PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND:
+      ps__sched_handle_remove_worker(s, m);
       break;
     default:
       ps__sched_reply_error(s, m, PS_ERR_UNSUPPORTED,
@@ -635,6 +643,8 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   }
   s->loop = loop;
   s->opts = *opts;
+  if (s->opts.max_workers < s->opts.workers)
+    s->opts.max_workers = s->opts.workers;
   s->opts.bind = NULL; /* not kept: only the resolved endpoint is */
   if (s->opts.replication == 0) s->opts.replication = SCHED_REPLICATION_DEFAULT;
   s->replication = ps_place_copies(s->opts.replication, opts->servers);

@@ -96,6 +96,10 @@ typedef struct {
   /* With keys: connections held at once, more refused at the handshake
    * (common/zap.h); 0: no cap. */
   uint64_t max_connections;
+  /* Issue #16: the most workers the job may grow to with workers that
+   * register with join_new_rank (ps-worker --join), ranks workers to
+   * max_workers - 1; 0 or workers: the job cannot grow. */
+  uint32_t max_workers;
 } ps_sched_opts_t;
 
 /* Binds the socket and starts the timers on loop. Returns NULL with *err and

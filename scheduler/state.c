@@ -212,6 +212,7 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     /* Copies go on moving where the old scheduler left them. */
     s->elastic |= ni->active && ni->role == PS__ROLE__ROLE_SERVER &&
                   ni->state == PS__NODE_STATE__NODE_STATE_ALIVE;
+    n->leave_clock = ni->leave_clock;
     /* The servers' confirmations died with the old scheduler: they are
      * asked again (a later step) after SCHED_JOIN_RETRY_MS. */
     n->join_started_ms = n->join_asked_ms = now;

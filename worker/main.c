@@ -60,6 +60,7 @@ int main(int argc, char **argv) {
   int ctr_sparse_norm = 1, ctr_dot = 0;
   int insecure = 0;
   int standalone = 0, eval_every_epoch = 1, log_level = PS_LOG_INFO;
+  int join_new_rank = 0;
   int lr_schedule = PS_LR_COSINE, normalize = 1, model = PS_NET_MLP;
   int optimizer = PS_OPTIMIZER_SGD;
   int push = PS_PUSH_AUTO;
@@ -209,6 +210,12 @@ int main(int argc, char **argv) {
        "them)"},
       {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
        "requested worker rank (-1: any)"},
+      {"join", PS_OPT_BOOL, &join_new_rank, "false", 0, 0, NULL,
+       "grow a running bsp or ssp job by one worker: take a new rank (up to "
+       "the scheduler's --max-workers) when every rank below its --workers "
+       "is held, and start at the step the scheduler announces; the global "
+       "batch grows by --batch-size from that step (README \"Workers join "
+       "and leave\")"},
       {"timeout-ms", PS_OPT_INT, &timeout_ms,
        PS_OPT_DEF(PS_CLIENT_DEFAULT_TIMEOUT_MS), 1, 86400000, NULL,
        "deadline of one push or pull"},
@@ -266,6 +273,12 @@ int main(int argc, char **argv) {
     rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
                                 sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
+  if (join_new_rank && (standalone || model == PS_NET_CTR))
+    return ps_config_refuse(
+        &cfg,
+        "option --join: only a distributed mlp or cnn "
+        "worker joins a running job with a new rank%s",
+        standalone ? " (not --standalone)" : " (not --model ctr)");
   /* Found out only after the whole run, a bad path would lose its result. */
   const char *outputs[][2] = {{"report", report},
                               {"dump-weights", dump},
@@ -325,6 +338,7 @@ int main(int argc, char **argv) {
   to.progress_line = ps_log_format() == PS_LOG_FORMAT_PRETTY;
   to.client.scheduler = scheduler;
   to.client.rank = rank;
+  to.client.join_new_rank = join_new_rank;
   to.client.timeout_ms = (int)timeout_ms;
   to.client.connect_timeout_ms = (int)connect_timeout_ms;
   to.client.heartbeat_ms = (int)heartbeat_ms;

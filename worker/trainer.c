@@ -85,12 +85,14 @@ struct ps_trainer_s {
   float *xb;   /* the batch, gathered */
   uint8_t *yb; /* its labels, also from the backend */
   uint32_t *perm;
+  uint64_t perm_epoch; /* the epoch perm holds; UINT64_MAX: none yet */
   ps_trainer_result_t res;
   /* This worker's first step: 0, the step of the checkpoint the job was
    * restored from, or the step a worker that rejoined a running job
    * contributes from; global steps (data order, schedule) continue from
    * there. */
   uint64_t start_step;
+  int leaving; /* issue #16: this worker's leave step came */
   /* The current step's time in pulls and pushes (for the stats). */
   uint64_t step_pull_ns, step_push_ns;
   ps_metrics_csv_t *csv; /* --metrics-csv; NULL: none */
@@ -522,6 +524,7 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
   /* Pinned like xb: the labels' upload is then asynchronous too. */
   t->yb = ps_compute_host_alloc(t->compute, b);
   t->perm = calloc(t->train.n, sizeof(uint32_t));
+  t->perm_epoch = UINT64_MAX;
   /* The net's tensors, with the optimizer and the schedule the servers
    * are to apply. The horizon goes in epochs: the worker count that turns
    * it into steps is the scheduler's to tell. */
@@ -604,7 +607,9 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
     /* systemd (Type=notify): registered and holding a view. */
     ps_notify_ready("worker rank %u of %u, registered, from step %llu", t->rank,
                     t->workers, (unsigned long long)t->start_step);
-    if (t->workers == 0 || t->rank >= t->workers) {
+    /* A worker that grew the job (--join) has a rank past --workers. */
+    if (t->workers == 0 ||
+        (t->rank >= t->workers && !o->client.join_new_rank)) {
       trainer_fail(t, "the scheduler gave rank %u of %u workers", t->rank,
                    t->workers);
       rc = PS_ERR_PROTO;
@@ -823,25 +828,65 @@ static int push_layers(ps_trainer_t *t, uint64_t step) {
   return rc;
 }
 
+/* Where this worker's batch of step starts in the job's stream of
+ * examples (worker/trainer.h): (batches before it) x batch. A worker that
+ * does not contribute to step (its leave step came in meanwhile) gets
+ * PS_ERR_SHUTDOWN with t->leaving set. */
+static int batch_start(ps_trainer_t *t, uint64_t step, uint64_t *first) {
+  uint64_t b = (uint64_t)t->o.batch_size;
+  if (t->client == NULL) {
+    *first = step * b;
+    return PS_OK;
+  }
+  uint32_t index, count;
+  uint64_t before;
+  int rc = ps_client_step_share(t->client, step, &index, &count, &before);
+  if (rc != PS_OK) {
+    trainer_fail(t, "the worker set of step %" PRIu64 ": %s", step,
+                 ps_strerror(rc));
+    return rc;
+  }
+  if (index == UINT32_MAX) {
+    uint64_t leave = ps_client_leave_clock(t->client);
+    if (leave != 0 && leave <= step) {
+      t->leaving = 1;
+      return PS_ERR_SHUTDOWN;
+    }
+    trainer_fail(t,
+                 "rank %u is not among the %u workers of step %" PRIu64
+                 " in view %" PRIu64,
+                 t->rank, count, step,
+                 ps_view_epoch(ps_client_view(t->client)));
+    return PS_ERR_PROTO;
+  }
+  *first = (before + index) * b;
+  return PS_OK;
+}
+
 static int train_step(ps_trainer_t *t, uint64_t step, double *loss) {
   size_t b = (size_t)t->o.batch_size;
-  uint64_t spe = t->res.steps_per_epoch;
-  uint64_t epoch = step / spe;
-  /* A restored job may start mid-epoch: it needs that epoch's order too. */
-  if (step % spe == 0 || step == t->start_step)
-    ps_trainer_permutation(t->perm, (uint32_t)t->train.n, t->o.seed, epoch);
-  const uint32_t *idx =
-      t->perm + (step % spe) * t->workers * b + (size_t)t->rank * b;
+  /* Each epoch's permutation gives the stream its first epoch_len
+   * examples. */
+  uint64_t epoch_len = t->res.steps_per_epoch * t->workers * (uint64_t)b;
+  uint64_t first;
+  int rc = batch_start(t, step, &first);
+  if (rc != PS_OK) return rc;
   size_t dim = t->train.dim;
   for (size_t i = 0; i < b; i++) {
-    memcpy(t->xb + i * dim, t->train.x + (size_t)idx[i] * dim,
+    uint64_t pos = first + i, epoch = pos / epoch_len;
+    if (epoch != t->perm_epoch) {
+      ps_trainer_permutation(t->perm, (uint32_t)t->train.n, t->o.seed, epoch);
+      t->perm_epoch = epoch;
+    }
+    uint32_t idx = t->perm[pos % epoch_len];
+    memcpy(t->xb + i * dim, t->train.x + (size_t)idx * dim,
            dim * sizeof(float));
-    t->yb[i] = t->train.y[idx[i]];
+    t->yb[i] = t->train.y[idx];
   }
   uint64_t p0 = ps_now_ns();
   /* Fused: the previous step's push-pull brought them (BSP: bitwise what
    * a pull at this clock gives). */
-  int rc = t->w_clock == step ? PS_OK : fetch_weights(t, step, step);
+  rc = t->w_clock == step ? PS_OK : fetch_weights(t, step, step);
   t->w_clock = UINT64_MAX;
   t->step_pull_ns = ps_now_ns() - p0;
   t->step_push_ns = 0;
@@ -996,7 +1041,9 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       ",\n"
       "  \"pull_bytes\": %" PRIu64
       ",\n"
-      "  \"bytes_per_step\": %.1f\n"
+      "  \"bytes_per_step\": %.1f,\n"
+      "  \"rank\": %u,\n"
+      "  \"left\": %s\n"
       "}\n",
       t->client ? "distributed" : "standalone", ps_net_kind_name(t->o.model),
       ps_compute_name(t->compute), r->test_accuracy, r->test_loss,
@@ -1010,7 +1057,8 @@ static int fill_report(ps_trainer_t *t, FILE *f) {
       push_bytes, pull_bytes,
       r->steps > t->start_step ? (double)(push_bytes + pull_bytes) /
                                      (double)(r->steps - t->start_step)
-                               : 0.0);
+                               : 0.0,
+      t->rank, r->left ? "true" : "false");
   return n < 0 ? -1 : 0;
 }
 
@@ -1044,6 +1092,21 @@ static double run_rate(const ps_trainer_t *t, uint64_t train_ns, uint64_t step,
   if (train_ns == 0 || step <= t->start_step) return NAN;
   return (double)((step - t->start_step) * global_batch) / (double)train_ns *
          1e9;
+}
+
+/* Issue #16: 1 when this worker's leave step (psctl remove-worker) is
+ * step or before: it stops before computing it. */
+static int leave_now(ps_trainer_t *t, uint64_t step) {
+  if (t->client == NULL) return 0;
+  uint64_t leave = ps_client_leave_clock(t->client);
+  if (leave == 0 || step < leave) return 0;
+  /* The view came after the worker passed the step (it was slower than
+   * the scheduler's margin): the steps since count it, but the others
+   * read the data without it from the leave step on. */
+  if (step > leave)
+    PS_WARN("left_late", "leave_clock=%" PRIu64 " step=%" PRIu64, leave, step);
+  t->leaving = 1;
+  return 1;
 }
 
 int ps_trainer_run(ps_trainer_t *t) {
@@ -1118,6 +1181,7 @@ int ps_trainer_run(ps_trainer_t *t) {
       r->stopped = 1;
       break;
     }
+    if (leave_now(t, step)) break;
     if (step % spe == 0) {
       epoch_loss = 0.0;
       epoch_n = 0;
@@ -1132,6 +1196,10 @@ int ps_trainer_run(ps_trainer_t *t) {
     }
     rc = train_step(t, step, &loss);
     if (rc != PS_OK) {
+      if (t->leaving) {
+        rc = PS_OK;
+        break;
+      }
       if (cluster_gone(t, rc)) {
         rc = PS_OK;
         r->stopped = 1;
@@ -1249,6 +1317,11 @@ int ps_trainer_run(ps_trainer_t *t) {
     }
   }
   r->steps = step;
+  if (t->leaving) {
+    r->left = 1;
+    PS_INFO("worker_leaves", "step=%" PRIu64 " start_step=%" PRIu64, step,
+            t->start_step);
+  }
   /* What follows (warnings, the final evaluation, the summary) goes below
    * the last progress line. */
   if (o->progress_line) ps_log_status_end();
@@ -1269,7 +1342,8 @@ int ps_trainer_run(ps_trainer_t *t) {
   }
   /* A stopped worker leaves promptly: a final pull could wait on workers
    * that are gone. */
-  if (rc == PS_OK && !r->stopped && evaluator && step > 0) {
+  /* A worker that left evaluates nothing: the job goes on without it. */
+  if (rc == PS_OK && !r->stopped && !r->left && evaluator && step > 0) {
     if (evaluated_at != step) {
       rc = evaluate(t, step);
       if (rc == PS_OK) evaluated_at = step;
@@ -1285,7 +1359,10 @@ int ps_trainer_run(ps_trainer_t *t) {
             ev ? r->test_accuracy : NAN);
   }
 
-  if (rc == PS_OK && !r->stopped && evaluator) {
+  /* One that left writes its report (start_step, steps, left), no dump. */
+  if (rc == PS_OK && !r->stopped && r->left && o->report_path != NULL)
+    rc = write_file(t, o->report_path, "report", fill_report);
+  if (rc == PS_OK && !r->stopped && !r->left && evaluator) {
     if (o->dump_path != NULL)
       rc = write_file(t, o->dump_path, "weights dump", fill_dump);
     if (rc == PS_OK && o->report_path != NULL)

@@ -7,6 +7,13 @@
  * exactly the data of one standalone process of batch W*B, and BSP training
  * gives the same weights to float rounding. An epoch has floor(N / (W*B))
  * steps; the examples left over are skipped that epoch.
+ * When workers join or leave a running job (issue #16, common/workset.h),
+ * the epochs' permutations, each cut to those floor(N / (W*B)) x W*B
+ * examples, are read as one stream: step t takes the next count(t) x B
+ * examples of it, count(t) the workers of step t, and the i-th of them by
+ * rank its i-th batch; W stays the job's --workers for the number of
+ * steps and the learning-rate schedule. With a fixed set of W workers
+ * that is the layout above.
  *
  * A distributed step t pulls all weights as of clock t, computes the mean
  * gradient of the worker's batch and pushes it as clock t; the server sums
@@ -218,6 +225,9 @@ typedef struct {
   uint32_t workers;
   uint32_t rank;
   int stopped; /* 1 if the stop flag or a cluster shutdown ended it */
+  /* Issue #16: 1 if the worker left the job at its leave step (psctl
+   * remove-worker): steps is that step; no final evaluation. */
+  int left;
 } ps_trainer_result_t;
 
 /* Fills o with the defaults (the values ps-worker documents). */

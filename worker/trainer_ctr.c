@@ -659,6 +659,15 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
       r->stopped = 1;
       break;
     }
+    /* Issue #16: psctl remove-worker. The CTR data stays cut by rank: the
+     * others do not take over this worker's share. */
+    uint64_t leave = t->client ? ps_client_leave_clock(t->client) : 0;
+    if (leave != 0 && step >= leave) {
+      r->left = 1;
+      PS_INFO("worker_leaves", "step=%" PRIu64 " leave_clock=%" PRIu64, step,
+              leave);
+      break;
+    }
     if (step % spe == 0) {
       epoch_loss = 0.0;
       epoch_n = 0;
@@ -748,16 +757,16 @@ int ps__trainer_ctr_run(ps__trainer_ctr_t *t) {
   r->samples_per_sec =
       train_s > 0 ? (double)((step - t->start_step) * global_batch) / train_s
                   : 0.0;
-  if (rc == PS_OK && !r->stopped && evaluator && step > 0 &&
+  if (rc == PS_OK && !r->stopped && !r->left && evaluator && step > 0 &&
       evaluated_at != step) {
     rc = evaluate(t, step);
     if (rc == PS_OK) evaluated_at = step;
   }
   r->wall_seconds = (double)(ps_now_ns() - start_ns) * 1e-9;
   if (st) ps_gauge_set(&st->samples_per_sec, r->samples_per_sec);
-  if (rc == PS_OK && !r->stopped && evaluator && o->report_path)
+  if (rc == PS_OK && !r->stopped && !r->left && evaluator && o->report_path)
     rc = write_report(t);
-  if (rc == PS_OK && !r->stopped && evaluator && o->dump_path &&
+  if (rc == PS_OK && !r->stopped && !r->left && evaluator && o->dump_path &&
       evaluated_at == step && step > 0)
     rc = write_dump(t);
   int sig = stop_signal(t);

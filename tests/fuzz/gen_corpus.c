@@ -548,6 +548,10 @@ static void gen_frame(void) {
   dc.server = 1;
   ONE("drain_command", PS__ENVELOPE__BODY_DRAIN_COMMAND, drain_command, &dc,
       NULL, 0);
+  Ps__RemoveWorkerCommand rwc = PS__REMOVE_WORKER_COMMAND__INIT;
+  rwc.worker = 3;
+  ONE("remove_worker_command", PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND,
+      remove_worker_command, &rwc, NULL, 0);
   Ps__CheckpointRequest creq = PS__CHECKPOINT_REQUEST__INIT;
   creq.id = 1;
   creq.step = 2;

@@ -1653,6 +1653,168 @@ START_TEST(test_worker_rejoins_asp) {
 }
 END_TEST
 
+/* ---- workers joining with new ranks and leaving (issue #16) ---- */
+
+/* The answer (RegisterReply, Ack or Error) to request rid on c. */
+static ps_msg_t answer_to(client_t *c, uint64_t rid) {
+  ps_msg_t m;
+  uint64_t deadline = ps_now_ms() + 3000;
+  for (;;) {
+    uint64_t now = ps_now_ms();
+    ck_assert_msg(now < deadline, "no answer to request %llu",
+                  (unsigned long long)rid);
+    zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, (long)(deadline - now)) <= 0) continue;
+    char why[256];
+    int rc = ps_msg_recv(c->sock, 0, NULL, &m, why, sizeof(why));
+    if (rc == PS_ERR_TIMEOUT) continue;
+    ck_assert_msg(rc == PS_OK, "%s", why);
+    int kind = m.env->body_case;
+    if (m.request_id == rid &&
+        (kind == PS__ENVELOPE__BODY_REGISTER_REPLY ||
+         kind == PS__ENVELOPE__BODY_ACK || kind == PS__ENVELOPE__BODY_ERROR))
+      return m;
+    ps_msg_close(&m);
+  }
+}
+
+/* Register with join_new_rank (ps-worker --join): the reply. */
+static ps_msg_t register_grow(client_t *c, Ps__ModelSpec *model) {
+  Ps__Register r = PS__REGISTER__INIT;
+  r.role = WORKER;
+  r.address = "";
+  r.rank = RANK_ANY;
+  r.model = model;
+  r.join_new_rank = 1;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REGISTER;
+  env.register_ = &r;
+  return answer_to(c, send_env(c, &env, 0));
+}
+
+/* psctl remove-worker: the Ack's clock, or 0 with the Error's code in
+ * *code. */
+static uint64_t remove_worker(client_t *admin, uint32_t id, int *code) {
+  Ps__RemoveWorkerCommand rw = PS__REMOVE_WORKER_COMMAND__INIT;
+  rw.worker = id;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_REMOVE_WORKER_COMMAND;
+  env.remove_worker_command = &rw;
+  ps_msg_t m = answer_to(admin, send_env(admin, &env, 0));
+  uint64_t clock = 0;
+  *code = 0;
+  if (m.env->body_case == PS__ENVELOPE__BODY_ACK)
+    clock = m.env->ack->clock;
+  else if (m.env->body_case == PS__ENVELOPE__BODY_ERROR)
+    *code = m.env->error->code;
+  else
+    ck_abort_msg("RemoveWorker answered with body %d", m.env->body_case);
+  ps_msg_close(&m);
+  return clock;
+}
+
+/* --workers 2 --max-workers 3: a third worker with join_new_rank takes
+ * rank 2 and joins at a step the server confirms; a fourth is refused.
+ * remove-worker: refused for a server and for the last worker that is not
+ * leaving; a leave step ahead of every clock, the same when asked again,
+ * in the view; the worker's Done makes it LEFT and the job goes on; its
+ * rank is the next joiner's. */
+START_TEST(test_workers_grow_and_leave) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 2, NO_DEATH_MS);
+  o.max_workers = 3;
+  sched_start_opts(&o);
+  client_t *s, *w[2];
+  form_cluster(&s, w, 2);
+  s->clock = w[0]->clock = w[1]->clock = 40;
+  client_t *alive[] = {s, w[0], w[1]};
+  /* The scheduler learns the clocks from heartbeats. */
+  for (int i = 0; i < 3; i++) {
+    uint64_t hb = send_heartbeat(alive[i], 40, 1);
+    ps_msg_t ack;
+    do {
+      ck_assert(wait_for(alive[i], PS__ENVELOPE__BODY_ACK, 3000, &ack));
+      int mine = ack.request_id == hb;
+      ps_msg_close(&ack);
+      if (mine) break;
+    } while (1);
+  }
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+
+  client_t *w2 = client_new();
+  ps_msg_t m = register_grow(w2, &mp.spec);
+  ck_assert_uint_eq(m.env->register_reply->rank, 2);
+  ck_assert_uint_eq(m.env->register_reply->num_workers, 2);
+  w2->id = m.env->register_reply->node_id;
+  ps_msg_close(&m);
+  m = wait_view(s, 2, alive, 3);
+  const Ps__NodeInfo *ni = view_node(m.env->view, w2->id);
+  ck_assert_ptr_nonnull(ni);
+  ck_assert(ni->joining);
+  ck_assert_uint_ge(ni->join_clock, 42);
+  ck_assert_uint_eq(ni->rank, 2);
+  uint64_t join_clock = ni->join_clock;
+  ps_msg_close(&m);
+  send_join_reply(s, w2->id, join_clock, 1, 40);
+  client_t *alive4[] = {s, w[0], w[1], w2};
+  m = wait_view(s, 3, alive4, 4);
+  ck_assert(!view_node(m.env->view, w2->id)->joining);
+  ck_assert_uint_eq(m.env->view->live_workers, 3);
+  ps_msg_close(&m);
+
+  char why[256];
+  client_t *w3 = client_new();
+  m = register_as(w3, WORKER, "", RANK_ANY, &mp.spec);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_ERROR);
+  ps_msg_close(&m);
+  m = register_grow(w3, &mp.spec);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_ERROR);
+  ck_assert_int_eq(m.env->error->code, PS_ERR_REFUSED);
+  snprintf(why, sizeof(why), "%s", m.env->error->message);
+  ps_msg_close(&m);
+  ck_assert_msg(strstr(why, "--max-workers=3"), "reason: %s", why);
+
+  client_t *admin = client_new();
+  int code;
+  ck_assert_uint_eq(remove_worker(admin, s->id, &code), 0);
+  ck_assert_int_eq(code, PS_ERR_INVAL);
+  uint64_t leave = remove_worker(admin, w[1]->id, &code);
+  ck_assert_int_eq(code, 0);
+  ck_assert_uint_ge(leave, 42);
+  ck_assert_uint_eq(remove_worker(admin, w[1]->id, &code), leave);
+  m = wait_view(s, 4, alive4, 4);
+  ck_assert_uint_eq(view_node(m.env->view, w[1]->id)->leave_clock, leave);
+  ck_assert_uint_eq(view_node(m.env->view, w[0]->id)->leave_clock, 0);
+  ps_msg_close(&m);
+
+  /* The worker stops before its step and says Done: LEFT, not DONE, and
+   * the job goes on with the other two. */
+  m = answer_to(w[1], send_done(w[1], 0));
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_ACK);
+  ps_msg_close(&m);
+  client_t *alive3[] = {s, w[0], w2};
+  m = wait_view(s, 5, alive3, 3);
+  ck_assert_int_eq(view_node(m.env->view, w[1]->id)->state,
+                   PS__NODE_STATE__NODE_STATE_LEFT);
+  ck_assert_uint_eq(m.env->view->live_workers, 2);
+  ps_msg_close(&m);
+  ck_assert_msg(!sched_exits_within(100), "the job ended with workers left");
+
+  /* w[0] may leave too, but not the last worker that is not leaving. */
+  ck_assert_uint_gt(remove_worker(admin, w[0]->id, &code), 0);
+  ck_assert_uint_eq(remove_worker(admin, w2->id, &code), 0);
+  ck_assert_int_eq(code, PS_ERR_REFUSED);
+
+  /* The freed rank 1 goes to the next joiner. */
+  client_t *w4 = client_new();
+  m = register_grow(w4, &mp.spec);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER_REPLY);
+  ck_assert_uint_eq(m.env->register_reply->rank, 1);
+  ps_msg_close(&m);
+  teardown_all();
+}
+END_TEST
+
 /* The state file keeps the chains, the syncing backups, the replication
  * and the epochs nodes died at: a restarted scheduler fences with the
  * same epoch and promotes only synced backups. */
@@ -2068,6 +2230,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tr, test_range_unavailable);
   tcase_add_test(tr, test_worker_rejoins_bsp);
   tcase_add_test(tr, test_worker_rejoins_asp);
+  tcase_add_test(tr, test_workers_grow_and_leave);
   tcase_add_test(tr, test_state_keeps_replication);
   suite_add_tcase(s, tr);
   TCase *tm = tcase_create("member");

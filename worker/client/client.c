@@ -22,6 +22,7 @@
 #include "common/member.h"
 #include "common/time.h"
 #include "common/view.h"
+#include "common/workset.h"
 #include "worker/client/client_defaults.h"
 #include "worker/client/client_int.h"
 
@@ -304,6 +305,7 @@ ps_client_t *ps_client_new(const ps_client_opts_t *o, const ps_model_t *model,
        * (ARCHITECTURE.md, failure semantics 4): never give up on it. */
       .scheduler_timeout_ms = 0,
       .keys = c->keys,
+      .join_new_rank = o->join_new_rank,
   };
   ps_member_cbs_t cbs = {
       .registered_cb = ps__client_member_registered_cb,
@@ -415,6 +417,28 @@ uint64_t ps_client_start_clock(ps_client_t *c) {
   const ps_node_t *me = ps_view_node(c->view, c->node_id);
   if (me && me->join_clock > start) start = me->join_clock;
   return start;
+}
+
+uint64_t ps_client_leave_clock(ps_client_t *c) {
+  (void)ps__client_refresh(c);
+  const ps_node_t *me = ps_view_node(c->view, c->node_id);
+  return me ? me->leave_clock : 0;
+}
+
+int ps_client_step_share(ps_client_t *c, uint64_t step, uint32_t *index,
+                         uint32_t *count, uint64_t *before) {
+  (void)ps__client_refresh(c);
+  ps_workset_member_t *m;
+  size_t n;
+  int rc = ps_workset_from_view(c->view, &m, &n);
+  if (rc != PS_OK) return rc;
+  uint32_t idx;
+  uint32_t cnt = ps_workset_at(m, n, step, c->rank, &idx);
+  if (index) *index = idx;
+  if (count) *count = cnt;
+  if (before) *before = ps_workset_before(m, n, step);
+  free(m);
+  return PS_OK;
 }
 
 uint64_t ps_client_last_pull_clock(const ps_client_t *c) {

@@ -149,8 +149,9 @@ class Client(_client.Client):
     registers with the scheduler (default: $PS_SCHEDULER), declares model
     and waits for the view. Options are ps_client_opts_t's fields:
     timeout_ms, connect_timeout_ms, heartbeat_ms, rank, window,
-    chunk_bytes, resend_ms, keys_dir, key_file; an unknown one is a
-    TypeError. keys_dir (default $PS_KEYS_DIR) and key_file (default
+    chunk_bytes, resend_ms, keys_dir, key_file, join_new_rank (1: grow a
+    running job with a new rank, README "Workers join and leave"); an
+    unknown one is a TypeError. keys_dir (default $PS_KEYS_DIR) and key_file (default
     $PS_KEY, else KEYS_DIR/worker.key) make every link CURVE, as the C
     programs' --keys-dir and --key; without them the client speaks
     plaintext, which a cluster keyed by its operator refuses.

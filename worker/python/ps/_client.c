@@ -424,6 +424,7 @@ static const struct {
     {"resend_ms", OPT_INT, offsetof(ps_client_opts_t, resend_ms)},
     {"keys_dir", OPT_STR, offsetof(ps_client_opts_t, keys_dir)},
     {"key_file", OPT_STR, offsetof(ps_client_opts_t, key_file)},
+    {"join_new_rank", OPT_INT, offsetof(ps_client_opts_t, join_new_rank)},
 };
 #define NOPTS (sizeof(client_opts) / sizeof(client_opts[0]))
 

@@ -81,6 +81,12 @@ typedef struct {
    * plaintext. Copied at ps_client_new; the files are read there. */
   const char *keys_dir;
   const char *key_file;
+  /* Issue #16 (README "Workers join and leave"): non-zero to grow a
+   * running bsp or ssp job by one worker with a new rank (the scheduler's
+   * --max-workers allows it) rather than only take a free rank below its
+   * --workers. The worker joins at a step the scheduler announces
+   * (ps_client_start_clock). */
+  int join_new_rank;
 } ps_client_opts_t;
 
 /* Most calls started and not yet waited for at once. */
@@ -117,6 +123,27 @@ PS_EXTERN const ps_view_t *ps_client_view(ps_client_t *c);
  * join_clock), whichever is later. A trainer pulls the weights as of this
  * clock and goes on from there. */
 PS_EXTERN uint64_t ps_client_start_clock(ps_client_t *c);
+
+/* Issue #16 (README "Workers join and leave"): the step this worker
+ * leaves the job at (psctl remove-worker; the scheduler announces it in
+ * the view), 0 when it is not leaving. A trainer stops before computing
+ * that step and ends with ps_client_destroy (Done); the job goes on. */
+PS_EXTERN uint64_t ps_client_leave_clock(ps_client_t *c);
+
+/* Issue #16: this worker's share of the data of step, in the current
+ * view: the step's set is the ranks of the workers that contribute to it
+ * (join_clock <= step < leave_clock, a rank held twice counted once);
+ * *count is its size, *index this worker's position in it by rank
+ * (UINT32_MAX when it does not contribute to step), and *before the sum
+ * of the set sizes of the steps before step: the worker batches the job
+ * read before it. Step t's global batch is then count x batch examples,
+ * from position before x batch of the job's stream of examples, and this
+ * worker's from (before + index) x batch. Without joins and leaves:
+ * count = the number of workers W, index = the rank, before = step x W.
+ * Any out-parameter may be NULL. Returns PS_OK or PS_ERR_NOMEM. */
+PS_EXTERN int ps_client_step_share(ps_client_t *c, uint64_t step,
+                                   uint32_t *index, uint32_t *count,
+                                   uint64_t *before);
 
 /* The server clock of the weights the last pull or push-pull waited for
  * (ps_client_pull, ps_client_pushpull, or ps_client_wait on either)
