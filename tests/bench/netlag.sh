@@ -214,7 +214,7 @@ EOF
   step_at_kill=$(grep "event=progress" "$run/failover.log" | tail -n 1 |
     sed 's/.* step=\([0-9]*\).*/\1/')
   kill_ms=$(date +%s%3N)
-  kill -9 "$s0_pid"
+  { kill -9 "$s0_pid" && wait "$s0_pid"; } 2>/dev/null || true
   view_ms=""
   resumed_ms=""
   deadline=$((SECONDS + 30))
