@@ -367,7 +367,7 @@ static void reply_registered(ps_sched_t *s, ps_msg_t *m,
   ps__sched_reply(s, m, &env);
 }
 
-static int rank_taken(const ps_sched_t *s, uint32_t rank) {
+int ps__sched_rank_taken(const ps_sched_t *s, uint32_t rank) {
   for (size_t i = 0; i < s->nnodes; i++) {
     const sched_node_t *n = &s->nodes[i];
     if (n->role == PS__ROLE__ROLE_WORKER && ps__sched_node_holds_slot(n) &&
@@ -378,15 +378,15 @@ static int rank_taken(const ps_sched_t *s, uint32_t rank) {
 }
 
 /* The lowest rank no worker holds, in one pass over the nodes: asking
- * rank_taken for rank after rank made a cluster of W workers register in
- * O(W^3) (seconds at a thousand, with the heartbeats waiting). workers
- * when every rank is taken. */
+ * ps__sched_rank_taken for rank after rank made a cluster of W workers register
+ * in O(W^3) (seconds at a thousand, with the heartbeats waiting). workers when
+ * every rank is taken. */
 static uint32_t lowest_free_rank(const ps_sched_t *s) {
   uint32_t nw = s->opts.workers;
   uint8_t *taken = calloc((size_t)nw + 1, 1);
   if (taken == NULL) {
     uint32_t rank = 0;
-    while (rank < nw && rank_taken(s, rank)) rank++;
+    while (rank < nw && ps__sched_rank_taken(s, rank)) rank++;
     return rank;
   }
   for (size_t i = 0; i < s->nnodes; i++) {
@@ -540,7 +540,7 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
     if (grow) {
       rank = grow_rank;
     } else if (r->rank != SCHED_RANK_ANY && r->rank < s->opts.workers &&
-               !rank_taken(s, r->rank)) {
+               !ps__sched_rank_taken(s, r->rank)) {
       rank = r->rank;
     } else {
       /* The slot count above guarantees a free rank. */

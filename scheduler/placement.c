@@ -1,5 +1,6 @@
 #include "scheduler/placement.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 uint32_t ps_place_copies(uint32_t replication, size_t nservers) {
@@ -182,35 +183,76 @@ uint32_t ps_place_held(const ps_range_t *ranges, size_t nranges, uint32_t id) {
   return n;
 }
 
-static int is_leaving(const ps_place_server_t *servers, size_t n, uint32_t id) {
-  const ps_place_server_t *s = find_server(servers, n, id);
+/* What one planning step looks up again and again, counted once: by
+ * server id (1 to maxid), the server and the copies it holds. */
+typedef struct {
+  uint32_t maxid;
+  const ps_place_server_t **srv; /* NULL: not a server the caller named */
+  uint32_t *held;
+} census_t;
+
+static int census_take(census_t *c, const ps_range_t *ranges, size_t nranges,
+                       const ps_place_server_t *servers, size_t nservers) {
+  c->maxid = 0;
+  for (size_t i = 0; i < nservers; i++)
+    if (servers[i].id > c->maxid) c->maxid = servers[i].id;
+  c->srv = calloc((size_t)c->maxid + 1, sizeof(*c->srv));
+  c->held = calloc((size_t)c->maxid + 1, sizeof(*c->held));
+  if (c->srv == NULL || c->held == NULL) return 0;
+  for (size_t i = 0; i < nservers; i++) c->srv[servers[i].id] = &servers[i];
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (r->server_id <= c->maxid) c->held[r->server_id]++;
+    for (uint32_t k = 0; k < r->nbackups; k++)
+      if (r->backups[k] <= c->maxid) c->held[r->backups[k]]++;
+  }
+  return 1;
+}
+
+static void census_free(census_t *c) {
+  free(c->srv);
+  free(c->held);
+}
+
+static const ps_place_server_t *census_srv(const census_t *c, uint32_t id) {
+  return id <= c->maxid ? c->srv[id] : NULL;
+}
+
+static uint32_t census_held(const census_t *c, uint32_t id) {
+  return id <= c->maxid ? c->held[id] : 0;
+}
+
+static int is_leaving(const census_t *c, uint32_t id) {
+  const ps_place_server_t *s = census_srv(c, id);
   return s != NULL && s->alive && s->leaving;
 }
 
+static int census_usable(const census_t *c, uint32_t id) {
+  const ps_place_server_t *s = census_srv(c, id);
+  return s != NULL && s->alive && !s->leaving;
+}
+
 /* A range a step may touch: its primary alive, no backup syncing. */
-static int settled(const ps_range_t *r, const ps_place_server_t *servers,
-                   size_t nservers) {
-  return r->syncing_mask == 0 && is_alive(servers, nservers, r->server_id);
+static int settled(const ps_range_t *r, const census_t *c) {
+  const ps_place_server_t *p = census_srv(c, r->server_id);
+  return r->syncing_mask == 0 && p != NULL && p->alive;
 }
 
 /* Step 1 for range j, which has a copy too many. */
-static int shed_copy(const ps_range_t *ranges, size_t nranges, size_t j,
-                     const ps_place_server_t *servers, size_t nservers,
+static int shed_copy(const ps_range_t *ranges, size_t j, const census_t *c,
                      ps_place_step_t *step) {
   const ps_range_t *r = &ranges[j];
   for (uint32_t k = 0; k < r->nbackups; k++)
-    if (is_leaving(servers, nservers, r->backups[k])) {
+    if (is_leaving(c, r->backups[k])) {
       *step = (ps_place_step_t){PS_PLACE_STEP_DROP, j, r->backups[k]};
       return 1;
     }
   /* The copy on the server that holds the most; a backup's before the
    * primary's on a tie (no move needed), the later backup first. */
   uint32_t drop = r->server_id;
-  uint32_t most = is_leaving(servers, nservers, drop)
-                      ? UINT32_MAX
-                      : ps_place_held(ranges, nranges, drop);
+  uint32_t most = is_leaving(c, drop) ? UINT32_MAX : census_held(c, drop);
   for (uint32_t k = 0; k < r->nbackups; k++) {
-    uint32_t h = ps_place_held(ranges, nranges, r->backups[k]);
+    uint32_t h = census_held(c, r->backups[k]);
     if (most != UINT32_MAX && h >= most) {
       most = h;
       drop = r->backups[k];
@@ -225,8 +267,8 @@ static int shed_copy(const ps_range_t *ranges, size_t nranges, size_t j,
   uint32_t to = 0, fewest = UINT32_MAX;
   for (uint32_t k = 0; k < r->nbackups; k++) {
     uint32_t b = r->backups[k];
-    if (!is_usable(servers, nservers, b)) continue;
-    uint32_t h = ps_place_held(ranges, nranges, b);
+    if (!census_usable(c, b)) continue;
+    uint32_t h = census_held(c, b);
     if (h < fewest) fewest = h, to = b;
   }
   if (to == 0) return 0;
@@ -236,20 +278,68 @@ static int shed_copy(const ps_range_t *ranges, size_t nranges, size_t j,
 
 /* The usable server outside r's chain that holds the fewest copies, active
  * ones first; 0 if none. */
-static uint32_t pick_target(const ps_range_t *ranges, size_t nranges,
-                            const ps_range_t *r,
-                            const ps_place_server_t *servers, size_t nservers) {
+static uint32_t pick_target(const ps_range_t *r,
+                            const ps_place_server_t *servers, size_t nservers,
+                            const census_t *c) {
   uint32_t best = 0, best_held = 0;
   int best_active = 0;
   for (size_t i = 0; i < nservers; i++) {
     const ps_place_server_t *s = &servers[i];
     if (!s->alive || s->leaving || in_chain(r, s->id)) continue;
-    uint32_t h = ps_place_held(ranges, nranges, s->id);
+    uint32_t h = census_held(c, s->id);
     int better = best == 0 || (s->active && !best_active) ||
                  (s->active == best_active && h < best_held);
     if (better) best = s->id, best_held = h, best_active = s->active;
   }
   return best;
+}
+
+/* ps_place_next_step over a census of the servers. */
+static int next_step(const ps_range_t *ranges, size_t nranges,
+                     const ps_place_server_t *servers, size_t nservers,
+                     uint32_t need, const census_t *c, ps_place_step_t *step) {
+  /* 1. A copy too many goes. */
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, c) || r->nbackups + 1 <= need) continue;
+    if (shed_copy(ranges, j, c, step)) return 1;
+  }
+  /* 2. A copy on a leaving server gets its replacement. */
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, c) || r->nbackups + 1 >= PS_MAX_REPLICAS) continue;
+    int leaving = is_leaving(c, r->server_id);
+    for (uint32_t k = 0; k < r->nbackups && !leaving; k++)
+      leaving = is_leaving(c, r->backups[k]);
+    if (!leaving) continue;
+    uint32_t to = pick_target(r, servers, nservers, c);
+    if (to == 0) continue;
+    *step = (ps_place_step_t){PS_PLACE_STEP_ADD, j, to};
+    return 1;
+  }
+  /* 3. Even out the copies between active servers. */
+  uint32_t most_id = 0, most = 0, fewest_id = 0, fewest = UINT32_MAX;
+  for (size_t i = 0; i < nservers; i++) {
+    const ps_place_server_t *s = &servers[i];
+    if (!s->alive || s->leaving || !s->active) continue;
+    uint32_t h = census_held(c, s->id);
+    if (most_id == 0 || h > most) most = h, most_id = s->id;
+    if (fewest_id == 0 || h < fewest) fewest = h, fewest_id = s->id;
+  }
+  if (most_id == 0 || most < fewest + 2) return 0;
+  long pick = -1;
+  for (size_t j = 0; j < nranges; j++) {
+    const ps_range_t *r = &ranges[j];
+    if (!settled(r, c) || r->nbackups + 1 > need ||
+        r->nbackups + 1 >= PS_MAX_REPLICAS || !in_chain(r, most_id) ||
+        in_chain(r, fewest_id))
+      continue;
+    if (pick < 0 || ranges[pick].server_id == most_id) pick = (long)j;
+    if (r->server_id != most_id) break;
+  }
+  if (pick < 0) return 0;
+  *step = (ps_place_step_t){PS_PLACE_STEP_ADD, (size_t)pick, fewest_id};
+  return 1;
 }
 
 int ps_place_next_step(const ps_range_t *ranges, size_t nranges,
@@ -261,49 +351,12 @@ int ps_place_next_step(const ps_range_t *ranges, size_t nranges,
     usable += servers[i].alive && !servers[i].leaving;
   if (usable == 0) return 0;
   uint32_t need = ps_place_copies(replication, usable);
-  /* 1. A copy too many goes. */
-  for (size_t j = 0; j < nranges; j++) {
-    const ps_range_t *r = &ranges[j];
-    if (!settled(r, servers, nservers) || r->nbackups + 1 <= need) continue;
-    if (shed_copy(ranges, nranges, j, servers, nservers, step)) return 1;
-  }
-  /* 2. A copy on a leaving server gets its replacement. */
-  for (size_t j = 0; j < nranges; j++) {
-    const ps_range_t *r = &ranges[j];
-    if (!settled(r, servers, nservers) || r->nbackups + 1 >= PS_MAX_REPLICAS)
-      continue;
-    int leaving = is_leaving(servers, nservers, r->server_id);
-    for (uint32_t k = 0; k < r->nbackups && !leaving; k++)
-      leaving = is_leaving(servers, nservers, r->backups[k]);
-    if (!leaving) continue;
-    uint32_t to = pick_target(ranges, nranges, r, servers, nservers);
-    if (to == 0) continue;
-    *step = (ps_place_step_t){PS_PLACE_STEP_ADD, j, to};
-    return 1;
-  }
-  /* 3. Even out the copies between active servers. */
-  uint32_t most_id = 0, most = 0, fewest_id = 0, fewest = UINT32_MAX;
-  for (size_t i = 0; i < nservers; i++) {
-    const ps_place_server_t *s = &servers[i];
-    if (!s->alive || s->leaving || !s->active) continue;
-    uint32_t h = ps_place_held(ranges, nranges, s->id);
-    if (most_id == 0 || h > most) most = h, most_id = s->id;
-    if (fewest_id == 0 || h < fewest) fewest = h, fewest_id = s->id;
-  }
-  if (most_id == 0 || most < fewest + 2) return 0;
-  long pick = -1;
-  for (size_t j = 0; j < nranges; j++) {
-    const ps_range_t *r = &ranges[j];
-    if (!settled(r, servers, nservers) || r->nbackups + 1 > need ||
-        r->nbackups + 1 >= PS_MAX_REPLICAS || !in_chain(r, most_id) ||
-        in_chain(r, fewest_id))
-      continue;
-    if (pick < 0 || ranges[pick].server_id == most_id) pick = (long)j;
-    if (r->server_id != most_id) break;
-  }
-  if (pick < 0) return 0;
-  *step = (ps_place_step_t){PS_PLACE_STEP_ADD, (size_t)pick, fewest_id};
-  return 1;
+  /* Out of memory: no step now; the scheduler's next tick asks again. */
+  census_t c;
+  int found = census_take(&c, ranges, nranges, servers, nservers) &&
+              next_step(ranges, nranges, servers, nservers, need, &c, step);
+  census_free(&c);
+  return found;
 }
 
 int ps_place_apply(ps_range_t *r, const ps_place_step_t *step) {

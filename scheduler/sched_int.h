@@ -283,6 +283,8 @@ sched_node_t *ps__sched_node_by_id(ps_sched_t *s, uint32_t id);
 const sched_node_t *ps__sched_node_by_id_const(const ps_sched_t *s,
                                                uint32_t id);
 int ps__sched_node_holds_slot(const sched_node_t *n);
+/* Whether a worker that holds a slot has this rank (membership.c). */
+int ps__sched_rank_taken(const ps_sched_t *s, uint32_t rank);
 uint32_t ps__sched_count_nodes(const ps_sched_t *s, int role, int state);
 uint32_t ps__sched_count_slots(const ps_sched_t *s, int role);
 uint32_t ps__sched_live_workers(const ps_sched_t *s);

@@ -19,16 +19,6 @@
 #define SCHED_LEAVE_MARGIN_MS 1000
 #define SCHED_LEAVE_MIN_STEPS 2
 
-static int worker_rank_held(const ps_sched_t *s, uint32_t rank) {
-  for (size_t i = 0; i < s->nnodes; i++) {
-    const sched_node_t *n = &s->nodes[i];
-    if (n->role == PS__ROLE__ROLE_WORKER && ps__sched_node_holds_slot(n) &&
-        n->rank == rank)
-      return 1;
-  }
-  return 0;
-}
-
 int ps__sched_worker_grow(ps_sched_t *s, ps_msg_t *m, uint32_t *rank) {
   const Ps__Register *r = m->env->register_;
   if (r->role != PS__ROLE__ROLE_WORKER || !r->join_new_rank) return 0;
@@ -62,9 +52,9 @@ int ps__sched_worker_grow(ps_sched_t *s, ps_msg_t *m, uint32_t *rank) {
   /* The requested rank if free, else the lowest free one: below
    * --workers too, where a worker that left freed it. */
   uint32_t pick = r->rank;
-  if (pick >= s->opts.max_workers || worker_rank_held(s, pick)) {
+  if (pick >= s->opts.max_workers || ps__sched_rank_taken(s, pick)) {
     pick = 0;
-    while (pick < s->opts.max_workers && worker_rank_held(s, pick)) pick++;
+    while (pick < s->opts.max_workers && ps__sched_rank_taken(s, pick)) pick++;
   }
   if (pick >= s->opts.max_workers) { /* ranks from a larger --max-workers */
     ps__sched_reply_error(s, m, PS_ERR_REFUSED,

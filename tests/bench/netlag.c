@@ -138,6 +138,20 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 
 static void start_reading(dir_t *d);
 
+static int drained(const dir_t *d) {
+  return d->eof && d->head == NULL && d->writes == 0;
+}
+
+/* Once d's sender said EOF and all it sent was delivered, its receiver is
+ * told (shutdown); once both ways are, the pair closes. */
+static void finish_if_done(dir_t *d) {
+  if (!drained(d)) return;
+  uv_shutdown_t *sr = malloc(sizeof(*sr));
+  if (sr == NULL || uv_shutdown(sr, (uv_stream_t *)d->to, on_shutdown) != 0)
+    free(sr);
+  if (drained(&d->pair->d[d == &d->pair->d[0] ? 1 : 0])) pair_close(d->pair);
+}
+
 static void on_written(uv_write_t *req, int status) {
   write_t *w = (write_t *)req;
   dir_t *d = w->dir;
@@ -153,14 +167,7 @@ static void on_written(uv_write_t *req, int status) {
   if (d->pair->closing) return;
   if (!d->reading && !d->eof && d->queued < MAX_QUEUED_BYTES / 2)
     start_reading(d);
-  if (d->eof && d->head == NULL && d->writes == 0) {
-    uv_shutdown_t *sr = malloc(sizeof(*sr));
-    if (sr == NULL || uv_shutdown(sr, (uv_stream_t *)d->to, on_shutdown) != 0)
-      free(sr);
-    /* Both ways done: close. */
-    dir_t *o = &d->pair->d[d == &d->pair->d[0] ? 1 : 0];
-    if (o->eof && o->head == NULL && o->writes == 0) pair_close(d->pair);
-  }
+  finish_if_done(d);
 }
 
 /* Writes every chunk that is due, in order; re-arms the timer for the next
@@ -206,13 +213,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     d->eof = 1;
     uv_read_stop(s);
     d->reading = 0;
-    if (d->head == NULL && d->writes == 0) {
-      uv_shutdown_t *sr = malloc(sizeof(*sr));
-      if (sr == NULL || uv_shutdown(sr, (uv_stream_t *)d->to, on_shutdown) != 0)
-        free(sr);
-      dir_t *o = &d->pair->d[d == &d->pair->d[0] ? 1 : 0];
-      if (o->eof && o->head == NULL && o->writes == 0) pair_close(d->pair);
-    }
+    finish_if_done(d);
     return;
   }
   c->next = NULL;

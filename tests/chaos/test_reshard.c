@@ -168,19 +168,33 @@ static void expect_no_failover(const h_proc_t *sched) {
                 "no copy moved");
 }
 
+/* The scheduler (mode, nservers servers expected, workers workers, ranges
+ * ranges of copies copies each) and nservers servers in srv, on c (which
+ * h_init set up). Returns the scheduler. */
+static h_proc_t *servers_start(h_cluster_t *c, const char *mode,
+                               chaos_server_t *srv, int nservers,
+                               const char *workers, const char *ranges,
+                               const char *copies) {
+  char n[16];
+  snprintf(n, sizeof(n), "%d", nservers);
+  h_proc_t *sched = h_spawn(
+      c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms", HB_TIMEOUT_MS,
+      "--bind", c->sched_ep, "--servers", n, "--workers", workers, "--mode",
+      mode, "--ranges", ranges, "--replication", copies, NULL);
+  memset(srv, 0, (size_t)nservers * sizeof(*srv));
+  for (int i = 0; i < nservers; i++)
+    chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);
+  return sched;
+}
+
 START_TEST(ledger_exactly_once_through_reshards) {
   h_cluster_t c;
   h_init(&c, "chaos_reshard_ledger");
   chaos_ledger_setup(c.dir, WORKERS, KEYS, 240);
   chaos_ledger_sparse(SPARSE_ROWS);
-  h_proc_t *sched =
-      h_spawn(&c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
-              HB_TIMEOUT_MS, "--bind", c.sched_ep, "--servers", "2",
-              "--workers", "2", "--mode", "asp", "--ranges", "12", NULL);
   chaos_server_t srv[4];
   memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < 2; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
+  h_proc_t *sched = servers_start(&c, "asp", srv, 2, "2", "12", "2");
   h_workers_start(&c, WORKERS, chaos_ledger_worker);
   char why[512] = "";
   int ok = h_workers_sync_timeout(60000);
@@ -216,14 +230,9 @@ static void train(const char *tag, int disturb, const char *steps, char *dump,
   h_cluster_t c;
   h_init(&c, tag);
   snprintf(dump, dumplen, "%s", h_path(&c, "weights.bin"));
-  h_proc_t *sched =
-      h_spawn(&c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
-              HB_TIMEOUT_MS, "--bind", c.sched_ep, "--servers", "2",
-              "--workers", "2", "--mode", "bsp", "--ranges", "12", NULL);
   chaos_server_t srv[4];
   memset(srv, 0, sizeof(srv));
-  for (int i = 0; i < 2; i++)
-    chaos_server_start(&c, &srv[i], i, "server", "127.0.0.1", NULL);
+  h_proc_t *sched = servers_start(&c, "bsp", srv, 2, "2", "12", "2");
   /* 3 ms a step keeps the run long enough for every move. */
   h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
                          "--rank", "0", "--max-steps", steps, "--step-delay-ms",
@@ -306,15 +315,7 @@ static h_proc_t *asp_job_start(h_cluster_t *c, const char *tag,
                                chaos_server_t *srv, int nservers,
                                const char *ranges, const char *copies) {
   h_init(c, tag);
-  char n[16];
-  snprintf(n, sizeof(n), "%d", nservers);
-  h_spawn(c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms",
-          HB_TIMEOUT_MS, "--bind", c->sched_ep, "--servers", n, "--workers",
-          "1", "--mode", "asp", "--ranges", ranges, "--replication", copies,
-          NULL);
-  memset(srv, 0, (size_t)nservers * sizeof(*srv));
-  for (int i = 0; i < nservers; i++)
-    chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);
+  servers_start(c, "asp", srv, nservers, "1", ranges, copies);
   return h_spawn(c, "worker0", "ps-worker", "--scheduler", c->sched_ep,
                  "--rank", "0", "--epochs", "100", "--progress-ms", "200",
                  "--eval-every-epoch=false", NULL);
