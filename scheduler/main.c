@@ -156,6 +156,12 @@ int main(int argc, char **argv) {
                             "option --staleness: only --mode ssp has a "
                             "staleness bound (--mode is %s)",
                             mode == 0 ? "bsp" : "asp");
+  if (ranges != 0 && ranges < servers)
+    return ps_config_refuse(&cfg,
+                            "option --ranges: %lld is fewer than --servers "
+                            "%lld (at least one range per server; 0 means one "
+                            "each)",
+                            (long long)ranges, (long long)servers);
   if (max_workers != 0 && max_workers < workers)
     return ps_config_refuse(&cfg,
                             "option --max-workers: %lld is below --workers "

@@ -25,6 +25,7 @@ static const struct {
     {"ps-bench", "reps", "--windows"},
     {"ps-datagen", "train", "--vocab-max"},
     {"ps-schedsim", "window-s", "--heartbeat-timeout-ms"},
+    {"ps-netlag", "delay-us", "--listen"},
 };
 #define NPROGRAMS (sizeof(programs) / sizeof(programs[0]))
 
@@ -88,10 +89,26 @@ START_TEST(bad_usage_exits_2_and_help_0) {
 }
 END_TEST
 
+/* Values each fine alone, refused together or for what they mean (issue
+ * #16): exit 2, the option named, nothing started. */
+START_TEST(refused_combinations_exit_2) {
+  h_cluster_t c;
+  h_init(&c, "usage_combinations");
+  const char *ranges[] = {"option --ranges", "fewer than --servers"};
+  expect(&c, 2, "ps-scheduler", "--servers=3", "--ranges=2", NULL, ranges, 2);
+  const char *timeout[] = {"scheduler-timeout-ms 500", "at least 2000"};
+  expect(&c, 2, "ps-server", "--scheduler-timeout-ms", "500", NULL, timeout, 2);
+  const char *listen[] = {"--listen", "numeric HOST:PORT"};
+  expect(&c, 2, "ps-netlag", "--to", "127.0.0.1:1", NULL, listen, 2);
+  expect(&c, 2, "ps-netlag", "--listen", "nowhere", NULL, listen, 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("usage");
   TCase *tc = tcase_create("usage");
   tcase_add_loop_test(tc, bad_usage_exits_2_and_help_0, 0, (int)NPROGRAMS);
+  tcase_add_test(tc, refused_combinations_exit_2);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

@@ -1815,6 +1815,56 @@ START_TEST(test_workers_grow_and_leave) {
 }
 END_TEST
 
+/* A DrainCommand's Error code (0: it was not refused, an Ack or nothing
+ * within the wait), its message into why. */
+static int server_action(client_t *admin, uint32_t id, int action, char *why,
+                         size_t len) {
+  Ps__DrainCommand dc = PS__DRAIN_COMMAND__INIT;
+  dc.server = id;
+  dc.action = (Ps__ServerAction)action;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.body_case = PS__ENVELOPE__BODY_DRAIN_COMMAND;
+  env.drain_command = &dc;
+  ps_msg_t m = answer_to(admin, send_env(admin, &env, 0));
+  int code = 0;
+  why[0] = '\0';
+  if (m.env->body_case == PS__ENVELOPE__BODY_ERROR) {
+    code = m.env->error->code;
+    snprintf(why, len, "%s", m.env->error->message);
+  }
+  ps_msg_close(&m);
+  return code;
+}
+
+/* psctl add-server / remove-server's refusals (issue #16): an action the
+ * scheduler does not know, a node that is not a server, a server that
+ * takes its share already (one of the first view). */
+START_TEST(test_server_actions_refused) {
+  sched_start(1, 1, NO_DEATH_MS);
+  client_t *s, *w[1];
+  form_cluster(&s, w, 1);
+  client_t *admin = client_new();
+  char why[256];
+  ck_assert_int_eq(server_action(admin, s->id, 9, why, sizeof(why)),
+                   PS_ERR_INVAL);
+  ck_assert_msg(strstr(why, "unknown server action 9"), "reason: %s", why);
+  ck_assert_int_eq(server_action(admin, w[0]->id, PS__SERVER_ACTION__SERVER_ADD,
+                                 why, sizeof(why)),
+                   PS_ERR_INVAL);
+  ck_assert_msg(strstr(why, "is not a server"), "reason: %s", why);
+  ck_assert_int_eq(server_action(admin, s->id, PS__SERVER_ACTION__SERVER_ADD,
+                                 why, sizeof(why)),
+                   PS_ERR_REFUSED);
+  ck_assert_msg(strstr(why, "takes its share already"), "reason: %s", why);
+  /* The only server may not be removed. */
+  ck_assert_int_eq(server_action(admin, s->id, PS__SERVER_ACTION__SERVER_REMOVE,
+                                 why, sizeof(why)),
+                   PS_ERR_REFUSED);
+  ck_assert_msg(strstr(why, "the last one"), "reason: %s", why);
+  teardown_all();
+}
+END_TEST
+
 /* The state file keeps the chains, the syncing backups, the replication
  * and the epochs nodes died at: a restarted scheduler fences with the
  * same epoch and promotes only synced backups. */
@@ -2232,6 +2282,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tr, test_worker_rejoins_asp);
   tcase_add_test(tr, test_workers_grow_and_leave);
   tcase_add_test(tr, test_state_keeps_replication);
+  tcase_add_test(tr, test_server_actions_refused);
   suite_add_tcase(s, tr);
   TCase *tm = tcase_create("member");
   tcase_set_timeout(tm, 60);
