@@ -42,6 +42,10 @@ static void defer(ps_server_t *s, ps_msg_t *m) {
   d->m.env = m->env;
   m->env = NULL;
   d->m.request_id = m->request_id;
+  /* The sender's key (CURVE): role_allowed checks it again when the
+   * message is served; without it a held replicate read as a "none" key's
+   * and was refused, and the primary's replication of the range failed. */
+  memcpy(d->m.user_id, m->user_id, sizeof(d->m.user_id));
   d->m.npayload = m->npayload;
   for (int i = 0; i < m->npayload; i++) {
     zmq_msg_init(&d->m.payload[i]);
