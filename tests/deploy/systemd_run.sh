@@ -41,8 +41,10 @@ cleanup() {
 trap cleanup EXIT
 fail() {
   echo "systemd_run: FAILED: $*"
-  c systemctl status --no-pager 'ps-*' 2>&1 | head -80 || true
-  c journalctl --no-pager -u 'ps-*' 2>&1 | tail -60 || true
+  c systemctl --no-pager list-units --all 'ps-*' 2>&1 || true
+  # The daemons' own lines, progress reports left out: what each did last.
+  c journalctl --no-pager -o cat -u 'ps-*' 2>&1 |
+    grep -v 'event=progress' | tail -150 || true
   exit 1
 }
 # Polls cmd (a string for sh in the container) until it succeeds.
@@ -95,8 +97,8 @@ for u in ps-scheduler ps-server@a ps-worker@0; do
   c sh -c "journalctl -u $u | grep -Eq 'event=(curve|curve_on) '" ||
     fail "$u did not start with CURVE keys"
 done
-out=$(c psctl --timeout-ms 5000 status 2>&1) ||
-  fail "psctl status as root (admin key from /etc/ps/keys): $out"
+st=$(c psctl --timeout-ms 5000 status 2>&1) ||
+  fail "psctl status as root (admin key from /etc/ps/keys): $st"
 if c runuser -u ps -- psctl --timeout-ms 2000 status >/dev/null 2>&1; then
   fail "psctl status as ps (no admin key) was answered"
 fi
