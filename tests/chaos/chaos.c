@@ -26,15 +26,14 @@ static const char *ip_binary(void) {
   return "/usr/sbin/ip";
 }
 
-h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
-                             const char *tag, const char *ip,
-                             const char *netns) {
+/* Starts a server in slot s on s->address. */
+static h_proc_t *server_spawn(h_cluster_t *c, chaos_server_t *s, int i,
+                              const char *tag, const char *netns) {
   char name[64];
   if (s->starts == 0)
     snprintf(name, sizeof(name), "%s%d", tag, i);
   else
     snprintf(name, sizeof(name), "%s%d_r%d", tag, i, s->starts);
-  snprintf(s->address, sizeof(s->address), "tcp://%s:%d", ip, h_free_port());
   const char *argv[16];
   int n = 0;
   if (netns) {
@@ -52,6 +51,18 @@ h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
   s->proc = h_spawnv(c, name, argv);
   s->starts++;
   return s->proc;
+}
+
+h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
+                             const char *tag, const char *ip,
+                             const char *netns) {
+  snprintf(s->address, sizeof(s->address), "tcp://%s:%d", ip, h_free_port());
+  return server_spawn(c, s, i, tag, netns);
+}
+
+h_proc_t *chaos_server_restart_here(h_cluster_t *c, chaos_server_t *s, int i,
+                                    const char *tag) {
+  return server_spawn(c, s, i, tag, NULL);
 }
 
 int chaos_job_start(h_cluster_t *c, chaos_server_t *srv, int nservers,

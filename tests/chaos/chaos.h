@@ -45,6 +45,10 @@ typedef struct {
 h_proc_t *chaos_server_start(h_cluster_t *c, chaos_server_t *s, int i,
                              const char *tag, const char *ip,
                              const char *netns);
+/* Starts a server in slot s again on the address it had, as systemd's
+ * Restart= does: a new node to the scheduler on the old node's address. */
+h_proc_t *chaos_server_restart_here(h_cluster_t *c, chaos_server_t *s, int i,
+                                    const char *tag);
 
 /* Starts an ASP job with the scheduler's default settings on c: the
  * scheduler, nservers servers in srv[0..nservers) (slots "server<i>" on

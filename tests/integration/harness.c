@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -64,6 +65,54 @@ int h_free_port(void) {
     ck_abort_msg("harness: getsockname: %s", strerror(errno));
   close(fd);
   return ntohs(a.sin_port);
+}
+
+int h_tcp_established(pid_t pid, int port) {
+  /* The socket inodes of pid's descriptors. */
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(path);
+  if (d == NULL) return -1;
+  unsigned long inodes[1024];
+  size_t ninodes = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL && ninodes < 1024) {
+    char link[64 + sizeof(e->d_name)], target[64];
+    snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    unsigned long ino;
+    if (sscanf(target, "socket:[%lu]", &ino) == 1) inodes[ninodes++] = ino;
+  }
+  closedir(d);
+  /* /proc/net/tcp: "sl local rem st ... inode", addresses as hex
+   * ADDR:PORT, state 01 established. */
+  FILE *f = fopen("/proc/net/tcp", "r");
+  if (f == NULL) return -1;
+  char line[512];
+  int count = 0;
+  if (fgets(line, sizeof(line), f) == NULL) { /* the header */
+    fclose(f);
+    return -1;
+  }
+  while (fgets(line, sizeof(line), f)) {
+    unsigned rem_addr, rem_port, st;
+    unsigned long ino;
+    if (sscanf(line, " %*d: %*x:%*x %x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
+               &rem_addr, &rem_port, &st, &ino) != 4)
+      continue;
+    if (st != 0x01 || rem_port != (unsigned)port ||
+        rem_addr != htonl(INADDR_LOOPBACK))
+      continue;
+    for (size_t i = 0; i < ninodes; i++)
+      if (inodes[i] == ino) {
+        count++;
+        break;
+      }
+  }
+  fclose(f);
+  return count;
 }
 
 static void rm_rf_contents(const char *dir) {

@@ -138,6 +138,11 @@ void h_dump_logs(h_cluster_t *c);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int h_free_port(void);
 
+/* The number of established TCP connections process pid holds to port on
+ * 127.0.0.1 (its sockets in /proc/PID/fd matched against /proc/net/tcp),
+ * or -1 if they cannot be read. */
+int h_tcp_established(pid_t pid, int port);
+
 /* Reads a whole file; caller frees. NULL if unreadable. */
 char *h_read_file(const char *path, size_t *len);
 

@@ -128,13 +128,30 @@ int ps__client_conn_alive(ps_client_t *c, uint32_t server_id, uint64_t gen) {
   return k && k->sock && k->gen == gen;
 }
 
-/* Closes the sockets the new view makes useless: servers gone or moved. */
+/* 1 if the view says server_id will never answer at address again: it is
+ * gone from the view, moved, or dead or left (a dead server comes back
+ * under a new id). */
+static int ps__client_conn_stale(const ps_view_t *view, uint32_t server_id,
+                                 const char *address) {
+  const ps_node_t *node = ps_view_node(view, server_id);
+  return node == NULL || node->role != PS__ROLE__ROLE_SERVER ||
+         node->state == PS__NODE_STATE__NODE_STATE_DEAD ||
+         node->state == PS__NODE_STATE__NODE_STATE_LEFT ||
+         strcmp(node->address, address) != 0;
+}
+
+/* Closes the sockets the new view makes useless: servers gone, moved, dead
+ * or left. A dead server's socket must not stay open: ZeroMQ reconnects it
+ * to whatever binds the address next, typically the same server restarted
+ * under a new id (systemd's Restart=), and this client's second connection
+ * there carries the same routing id (common/auth.h) as the one it opens to
+ * the new server; the server's ROUTER hands the id to whichever connected
+ * last, and replies sent down the other one were lost: a push-pull that
+ * had its Ack then waited for its weights until its deadline. */
 static void ps__client_conns_prune(ps_client_t *c) {
   for (size_t i = 0; i < c->nconns; i++) {
     ps__conn_t *k = &c->conns[i];
-    const ps_node_t *node = ps_view_node(c->view, k->server_id);
-    if (node == NULL || node->role != PS__ROLE__ROLE_SERVER ||
-        strcmp(node->address, k->address) != 0) {
+    if (ps__client_conn_stale(c->view, k->server_id, k->address)) {
       ps__client_conn_close(k);
       k->gen = 0;
     }
