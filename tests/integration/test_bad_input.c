@@ -1102,6 +1102,46 @@ START_TEST(backup_refuses_bad_replication) {
   ck_assert_int_eq(ps_msg_send(backup, NULL, &env, hf, 3), PS_OK);
   expect_error(backup, env.request_id, PS_ERR_PROTO, "dedup frame size");
 
+  /* A step (REPL_STEP, BSP's one replicated update per step) whose
+   * workers and sequence numbers do not pair up. */
+  Ps__Replicate st = PS__REPLICATE__INIT;
+  st.range_begin = range0_begin;
+  st.range_end = range0_end;
+  st.kind = PS__REPLICATE_KIND__REPL_STEP;
+  uint32_t sw[2] = {node_id, node_id + 7};
+  uint64_t sq[2] = {1, 1};
+  st.n_step_workers = 2;
+  st.step_workers = sw;
+  st.n_step_seqs = 1;
+  st.step_seqs = sq;
+  st.clock = 0;
+  st.clock_after = 1;
+  env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &st;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_PROTO, "step workers, no seqs");
+  /* A step's sum that is not the size of the range (its frame holds the
+   * count it claims). */
+  st.n_step_seqs = 2;
+  st.sum = 1;
+  st.count = range0_end - range0_begin + 1;
+  float *sum = calloc(st.count, sizeof(float));
+  ck_assert_ptr_nonnull(sum);
+  ps_payload_wrap(&f, sum, st.count * sizeof(float), NULL, NULL);
+  env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &st;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, &f, 1), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_PROTO, "step sum size");
+  free(sum);
+  /* A well-formed step this copy cannot follow: the job is ASP, whose
+   * pushes are replicated one by one. Nothing was applied. */
+  st.sum = 0;
+  st.count = 0;
+  env = from_primary(PS__ENVELOPE__BODY_REPLICATE);
+  env.replicate = &st;
+  ck_assert_int_eq(ps_msg_send(backup, NULL, &env, NULL, 0), PS_OK);
+  expect_error(backup, env.request_id, PS_ERR_REFUSED, "step in ASP");
+
   /* Any of them from a node that is not the primary: fenced. */
   expect_backup_replays();
   r.n_live = 1;
