@@ -395,6 +395,50 @@ static int validate_coded(const Ps__Envelope *env, const ps_msg_t *m,
   return PS_OK;
 }
 
+/* REPL_PUSHES: one frame per listed push, each what a REPL_PUSH of that
+ * push would carry (count float32, or the push's codec's size). */
+static int validate_pushes(const Ps__Replicate *r, const ps_msg_t *m,
+                           const ps_frame_limits_t *limits, char *err,
+                           size_t errlen) {
+  if (r->n_pushes == 0 || r->n_pushes > PS_MAX_PAYLOAD_FRAMES)
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "replicate (pushes) of %zu pushes: 1 to %d", r->n_pushes,
+                   PS_MAX_PAYLOAD_FRAMES);
+  if ((size_t)m->npayload != r->n_pushes)
+    return ps_errf(err, errlen, PS_ERR_PROTO,
+                   "replicate (pushes) lists %zu pushes but carries %d "
+                   "payload frames",
+                   r->n_pushes, m->npayload);
+  for (size_t i = 0; i < r->n_pushes; i++) {
+    const Ps__ReplPush *p = r->pushes[i];
+    size_t sz = frame_size(m, (int)i);
+    if (p->count == 0 || p->count > limits->max_payload_bytes / sizeof(float))
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replicate (pushes): push %zu of %llu values: none, or "
+                     "over the limit of %zu bytes",
+                     i, (unsigned long long)p->count,
+                     limits->max_payload_bytes);
+    if (p->codec == PS_CODEC_NONE) {
+      if (sz != p->count * sizeof(float))
+        return ps_errf(err, errlen, PS_ERR_PROTO,
+                       "replicate (pushes): push %zu of %llu values in a "
+                       "frame of %zu bytes",
+                       i, (unsigned long long)p->count, sz);
+      continue;
+    }
+    if ((int)p->codec < 0 || p->codec > PS_CODEC_TOPK)
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replicate (pushes): push %zu in unknown codec %d", i,
+                     (int)p->codec);
+    char why[200];
+    if (ps_codec_check_size((int)p->codec, p->count, sz, why, sizeof(why)) !=
+        PS_OK)
+      return ps_errf(err, errlen, PS_ERR_PROTO,
+                     "replicate (pushes): push %zu: %s", i, why);
+  }
+  return PS_OK;
+}
+
 int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
                     char *err, size_t errlen) {
   const Ps__Envelope *env = m->env;
@@ -412,6 +456,9 @@ int ps_msg_validate(const ps_msg_t *m, const ps_frame_limits_t *limits,
     return validate_sparse(env, m, limits, err, errlen);
   if (env->body_case == PS__ENVELOPE__BODY_REPLICA_SNAPSHOT)
     return validate_snapshot(env->replica_snapshot, m, err, errlen);
+  if (env->body_case == PS__ENVELOPE__BODY_REPLICATE &&
+      env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSHES)
+    return validate_pushes(env->replicate, m, limits, err, errlen);
   if (env->body_case == PS__ENVELOPE__BODY_REPLICATE &&
       env->replicate->kind == PS__REPLICATE_KIND__REPL_SPARSE_PUSH)
     return validate_keyed_rows("replicate (sparse push)", env->replicate->nkeys,

@@ -188,6 +188,51 @@ static void replay_step(ps_server_t *s, ps_msg_t *m, owned_range_t *r) {
   if (applied) ps__server_after_apply(s, r);
 }
 
+/* A primary's pushes (REPL_PUSH: one; REPL_PUSHES: n, frame i for push
+ * i), replayed in its order through the same decoder and shard code, so
+ * this copy holds bitwise the primary's values. One ack for the message:
+ * sent before the apply for one push (the primary goes on meanwhile),
+ * after them for several. A push this copy cannot take means the copies
+ * differ: the message is refused (the primary fails those workers'
+ * pushes, and the log says replica_diverged). A push the range applied
+ * already (a resent message) is skipped. */
+static void replay_pushes(ps_server_t *s, ps_msg_t *m, owned_range_t *r,
+                          Ps__ReplPush *const *pushes, size_t n) {
+  uint64_t clock_after = ps_shard_clock(r->shard);
+  for (size_t i = 0; i < n; i++) {
+    const Ps__ReplPush *p = pushes[i];
+    if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) continue;
+    char why[256];
+    int code = PS_OK;
+    const float *g = ps__server_push_floats(
+        s, &m->payload[i], p->count, (int)p->codec, &code, why, sizeof(why));
+    int rc = g ? ps_dedup_reserve(r->dedup, p->worker) : code;
+    if (rc == PS_OK)
+      rc = ps_shard_push_begin(r->shard, p->worker, p->key_begin, p->count,
+                               p->clock, &clock_after, why, sizeof(why));
+    else if (g != NULL)
+      snprintf(why, sizeof(why), "out of memory");
+    if (rc != PS_OK) {
+      PS_ERROR("replica_diverged",
+               "range=[%llu,%llu) primary=%u worker=%u seq=%llu "
+               "reason=\"%s\"",
+               (unsigned long long)r->begin, (unsigned long long)r->end,
+               m->env->sender, p->worker, (unsigned long long)p->seq, why);
+      ps__server_refuse(s, m, rc, "backup %u cannot replay push %zu of %zu: %s",
+                        s->node_id, i + 1, n, why);
+      return;
+    }
+    ps_dedup_mark(r->dedup, p->worker, p->seq);
+    if (n == 1) reply_replica_ack(s, m, clock_after);
+    int applied = 0;
+    ps_shard_push_end(r->shard, p->worker, p->key_begin, p->count, g, p->clock,
+                      &applied);
+    if (applied) ps__server_after_apply(s, r);
+    if (n == 1) return;
+  }
+  reply_replica_ack(s, m, clock_after);
+}
+
 void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
   const Ps__Replicate *p = m->env->replicate;
   owned_range_t *r = replica_range(s, m, p->range_begin, p->range_end);
@@ -198,7 +243,6 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
         s->node_id, (unsigned long long)r->begin, (unsigned long long)r->end);
     return;
   }
-  char why[256];
   int rc;
   int applied = 0;
   if (p->kind == PS__REPLICATE_KIND__REPL_LIVE) {
@@ -241,43 +285,24 @@ void ps__server_handle_replicate(ps_server_t *s, ps_msg_t *m) {
     replay_step(s, m, r);
     return;
   }
-  if (p->kind != PS__REPLICATE_KIND__REPL_PUSH) {
-    ps__server_refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d",
-                      (int)p->kind);
+  if (p->kind == PS__REPLICATE_KIND__REPL_PUSH) {
+    Ps__ReplPush one = PS__REPL_PUSH__INIT;
+    one.worker = p->worker;
+    one.seq = p->seq;
+    one.key_begin = p->key_begin;
+    one.count = p->count;
+    one.clock = p->clock;
+    one.codec = p->codec;
+    Ps__ReplPush *list[1] = {&one};
+    replay_pushes(s, m, r, list, 1);
     return;
   }
-  if (ps_dedup_check(r->dedup, p->worker, p->seq) == PS_DEDUP_DUP) {
-    /* The primary never forwards a duplicate; a resent Replicate is one. */
-    reply_replica_ack(s, m, ps_shard_clock(r->shard));
+  if (p->kind == PS__REPLICATE_KIND__REPL_PUSHES) {
+    replay_pushes(s, m, r, p->pushes, p->n_pushes);
     return;
   }
-  /* The same decoder as the primary's: bitwise the same values. */
-  int code = PS_OK;
-  const float *g = ps__server_push_floats(
-      s, &m->payload[0], p->count, (int)p->codec, &code, why, sizeof(why));
-  uint64_t clock_after = 0;
-  rc = g ? ps_dedup_reserve(r->dedup, p->worker) : code;
-  if (rc == PS_OK)
-    rc = ps_shard_push_begin(r->shard, p->worker, p->key_begin, p->count,
-                             p->clock, &clock_after, why, sizeof(why));
-  else if (g != NULL)
-    snprintf(why, sizeof(why), "out of memory");
-  if (rc != PS_OK) {
-    /* The primary took this push: the copies differ. The primary fails the
-     * worker's push, and the scheduler hears of it in the log. */
-    PS_ERROR("replica_diverged",
-             "range=[%llu,%llu) primary=%u worker=%u seq=%llu reason=\"%s\"",
-             (unsigned long long)r->begin, (unsigned long long)r->end,
-             m->env->sender, p->worker, (unsigned long long)p->seq, why);
-    ps__server_refuse(s, m, rc, "backup %u cannot replay the push: %s",
-                      s->node_id, why);
-    return;
-  }
-  ps_dedup_mark(r->dedup, p->worker, p->seq);
-  reply_replica_ack(s, m, clock_after);
-  ps_shard_push_end(r->shard, p->worker, p->key_begin, p->count, g, p->clock,
-                    &applied);
-  if (applied) ps__server_after_apply(s, r);
+  ps__server_refuse(s, m, PS_ERR_UNSUPPORTED, "replication kind %d",
+                    (int)p->kind);
 }
 
 struct snap_in_s {

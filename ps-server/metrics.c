@@ -199,6 +199,16 @@ static void render(ps_metrics_t *m, void *arg) {
                  s->repl ? (double)ps_repl_waiting(s->repl) : 0.0);
   ps_metrics_put(m, "ps_server_replicated_changes_total", PS_METRIC_COUNTER,
                  "Changes replayed as a backup.", (double)st->replicated);
+  uint64_t fwd_pushes = 0, fwd_msgs = 0;
+  if (s->repl) ps_repl_push_stats(s->repl, &fwd_pushes, &fwd_msgs);
+  ps_metrics_put(m, "ps_server_forwarded_pushes_total", PS_METRIC_COUNTER,
+                 "Workers' pushes this primary forwarded to its backups one "
+                 "by one (ASP, SSP, a model with sparse tables).",
+                 (double)fwd_pushes);
+  ps_metrics_put(m, "ps_server_forward_messages_total", PS_METRIC_COUNTER,
+                 "Messages to each backup that carried them: pushes that "
+                 "come while the backups have yet to answer go together.",
+                 (double)fwd_msgs);
   ps_metrics_put(m, "ps_server_held_acks_total", PS_METRIC_COUNTER,
                  "Pushes told they wait for their BSP step to be replicated "
                  "(Ack.held).",

@@ -10,6 +10,11 @@
 #include "common/transport.h"
 
 #define MAX_BACKUPS (PS_MAX_REPLICAS - 1)
+/* Coalesced pushes (REPL_PUSHES): at most one frame per push in a message,
+ * and a batch goes once it holds this many bytes of pushes, answered or
+ * not, so a slow backup does not hold a growing pile. */
+#define BATCH_MAX PS_MAX_PAYLOAD_FRAMES
+#define BATCH_BYTES (8u << 20)
 
 /* The connection to one backup node. */
 typedef struct {
@@ -29,6 +34,17 @@ typedef struct {
   int duplicate;
 } held_t;
 
+/* Pushes to a range that came while its backups had not answered what
+ * they were sent: they go together (REPL_PUSHES) when the backups answer,
+ * in the order they came. Their entries wait in the ring (queued). */
+typedef struct {
+  uint32_t n;
+  size_t bytes;
+  uint64_t id[BATCH_MAX]; /* their entries */
+  Ps__ReplPush push[BATCH_MAX];
+  zmq_msg_t frame[BATCH_MAX]; /* the received frames, referenced */
+} batch_t;
+
 /* The backups of one range this node is the primary of. */
 typedef struct {
   uint64_t begin, end;
@@ -36,6 +52,7 @@ typedef struct {
   uint32_t backups[MAX_BACKUPS];
   held_t *held; /* in arrival order */
   size_t nheld, held_cap;
+  batch_t *batch; /* NULL until the first coalesced push */
 } chain_t;
 
 /* One change on its way to the backups. */
@@ -50,6 +67,10 @@ typedef struct {
   uint32_t waiting[MAX_BACKUPS];
   int status; /* PS_OK, or why it failed */
   char reason[160];
+  /* The request id of the message that carries this change to the
+   * backups: its own, or a REPL_PUSHES message's (its first entry's id). */
+  uint64_t msg_id;
+  int queued; /* a push in its chain's batch, not sent yet */
   /* A REPL_STEP; and the acks of its pushes, queued right behind it, which
    * fail when it does. */
   int is_step, follows_step;
@@ -80,6 +101,7 @@ struct ps_repl_s {
   size_t cap, count;
   uint64_t head_id;
   int completing;
+  uint64_t pushes_sent, push_msgs_sent; /* ps_repl_push_stats */
   /* The last REPL_STEP entry completed: its followers take its outcome. */
   int step_status;
   char step_reason[160];
@@ -125,6 +147,7 @@ static entry_t *entry_push(ps_repl_t *r, uint64_t begin, uint64_t end,
   memset(e, 0, sizeof(*e));
   e->begin = begin;
   e->end = end;
+  e->msg_id = *id;
   r->count++;
   return e;
 }
@@ -143,7 +166,7 @@ static void complete(ps_repl_t *r) {
   r->completing = 1;
   while (r->count > 0) {
     entry_t *e = &r->ring[r->head_id & (r->cap - 1)];
-    if (e->nwaiting > 0) break;
+    if (e->nwaiting > 0 || e->queued) break;
     entry_t done = *e;
     r->head_id++;
     r->count--;
@@ -185,13 +208,25 @@ static void held_fail(ps_repl_t *r, chain_t *c, int status,
   c->nheld = 0;
 }
 
+static void batch_free(batch_t **b_p) {
+  batch_t *b = *b_p;
+  if (b == NULL) return;
+  for (uint32_t i = 0; i < b->n; i++) zmq_msg_close(&b->frame[i]);
+  free(b);
+  *b_p = NULL;
+}
+
 static void chain_free(ps_repl_t *r, chain_t *c, int status,
                        const char *reason) {
   held_fail(r, c, status, reason);
+  batch_free(&c->batch);
   free(c->held);
   c->held = NULL;
   c->held_cap = 0;
 }
+
+static void flush(ps_repl_t *r, chain_t *c);
+static void flush_ready(ps_repl_t *r);
 
 /* ---- connections ---- */
 
@@ -204,25 +239,35 @@ static void on_peer_reply(ps_zsock_t *zs, ps_msg_t *m, int status,
     PS_WARN("replica_reply_dropped", "backup=%u request=%llu status=%s %s",
             p->id, (unsigned long long)m->request_id, ps_err_name(status),
             reason);
-  } else if (m->env->body_case == PS__ENVELOPE__BODY_ACK) {
-    entry_stop_waiting(e, p->id);
   } else {
-    int code = m->env->body_case == PS__ENVELOPE__BODY_ERROR
-                   ? m->env->error->code
-                   : PS_ERR_PROTO;
-    if (code >= 0) code = PS_ERR_PROTO;
-    /* The backup follows a view in which this node is not the primary of
-     * the range: the worker must go to the one that is. */
-    e->status = code == PS_ERR_FENCED ? PS_ERR_STALE_EPOCH : code;
-    snprintf(
-        e->reason, sizeof(e->reason), "backup %u refused: %s", p->id,
-        m->env->body_case == PS__ENVELOPE__BODY_ERROR && m->env->error->message
-            ? m->env->error->message
-            : ps_body_name(m->env->body_case));
-    entry_stop_waiting(e, p->id);
+    int code = PS_OK;
+    if (m->env->body_case != PS__ENVELOPE__BODY_ACK) {
+      code = m->env->body_case == PS__ENVELOPE__BODY_ERROR ? m->env->error->code
+                                                           : PS_ERR_PROTO;
+      if (code >= 0) code = PS_ERR_PROTO;
+      /* The backup follows a view in which this node is not the primary
+       * of the range: the worker must go to the one that is. */
+      if (code == PS_ERR_FENCED) code = PS_ERR_STALE_EPOCH;
+    }
+    /* Every change the message carried (a REPL_PUSHES message: its
+     * pushes, whose entries follow the first in the ring). */
+    for (uint64_t id = m->request_id; id < r->head_id + r->count; id++) {
+      entry_t *x = &r->ring[id & (r->cap - 1)];
+      if (x->msg_id != m->request_id) continue;
+      if (code != PS_OK) {
+        x->status = code;
+        snprintf(x->reason, sizeof(x->reason), "backup %u refused: %s", p->id,
+                 m->env->body_case == PS__ENVELOPE__BODY_ERROR &&
+                         m->env->error->message
+                     ? m->env->error->message
+                     : ps_body_name(m->env->body_case));
+      }
+      entry_stop_waiting(x, p->id);
+    }
   }
   ps_msg_close(m);
   complete(r);
+  flush_ready(r);
   if (r->cbs.progress) r->cbs.progress(r->arg);
 }
 
@@ -317,6 +362,7 @@ void ps_repl_destroy(ps_repl_t **r_p) {
   for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
     entry_t *e = &r->ring[id & (r->cap - 1)];
     e->nwaiting = 0;
+    e->queued = 0;
     e->status = PS_ERR_SHUTDOWN;
     snprintf(e->reason, sizeof(e->reason), "the server stops");
   }
@@ -352,14 +398,23 @@ int ps_repl_set_chain(ps_repl_t *r, const ps_view_t *view,
                       const ps_range_t *vr) {
   chain_t *c = chain_find(r, vr->begin, vr->end);
   if (c == NULL) {
-    chain_t *grown = realloc(r->chains, (r->nchains + 1) * sizeof(*grown));
-    if (grown == NULL) return PS_ERR_NOMEM;
+    batch_t *b = calloc(1, sizeof(*b));
+    chain_t *grown =
+        b ? realloc(r->chains, (r->nchains + 1) * sizeof(*grown)) : NULL;
+    if (grown == NULL) {
+      free(b);
+      return PS_ERR_NOMEM;
+    }
     r->chains = grown;
     c = &r->chains[r->nchains++];
     memset(c, 0, sizeof(*c));
     c->begin = vr->begin;
     c->end = vr->end;
+    c->batch = b;
   }
+  /* The pushes waiting to go go to the backups they came for: the old
+   * chain's (those that leave it are no longer waited for, below). */
+  flush(r, c);
   /* Connect first, so a failure leaves the old chain in place. */
   for (uint32_t k = 0; k < vr->nbackups; k++) {
     peer_t *p;
@@ -398,8 +453,10 @@ void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end) {
   *c = r->chains[--r->nchains];
   for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
     entry_t *e = &r->ring[id & (r->cap - 1)];
-    if (e->begin != begin || e->end != end || e->nwaiting == 0) continue;
+    if (e->begin != begin || e->end != end || (e->nwaiting == 0 && !e->queued))
+      continue;
     e->nwaiting = 0;
+    e->queued = 0;
     e->status = PS_ERR_STALE_EPOCH;
     snprintf(e->reason, sizeof(e->reason),
              "server %u is no longer the primary of [%llu,%llu) at epoch "
@@ -409,6 +466,12 @@ void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end) {
   }
   peers_prune(r);
   complete(r);
+}
+
+void ps_repl_push_stats(const ps_repl_t *r, uint64_t *pushes,
+                        uint64_t *messages) {
+  *pushes = r->pushes_sent;
+  *messages = r->push_msgs_sent;
 }
 
 uint32_t ps_repl_nbackups(const ps_repl_t *r, uint64_t begin, uint64_t end) {
@@ -424,23 +487,26 @@ size_t ps_repl_range_waiting(const ps_repl_t *r, uint64_t begin, uint64_t end) {
   size_t n = 0;
   for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
     const entry_t *e = &r->ring[id & (r->cap - 1)];
-    n += e->begin == begin && e->end == end && e->nwaiting > 0;
+    n += e->begin == begin && e->end == end && (e->nwaiting > 0 || e->queued);
   }
   return n;
 }
 
-/* Sends one Replicate (and a reference to each of the npayload frames of
- * payload) to every backup of c, recording each as waited for in e. */
-static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
-                     Ps__Replicate *rep, zmq_msg_t *payload, int npayload) {
+/* Sends one Replicate with request id id (and a reference to each of the
+ * npayload frames of payload) to every backup of c; their ids go to sent.
+ * Returns how many. */
+static uint32_t send_msg(ps_repl_t *r, const chain_t *c, uint64_t id,
+                         Ps__Replicate *rep, zmq_msg_t *payload, int npayload,
+                         uint32_t *sent) {
   Ps__Envelope env;
   envelope_init(r, &env, id);
   env.body_case = PS__ENVELOPE__BODY_REPLICATE;
   env.replicate = rep;
+  uint32_t n = 0;
   for (uint32_t k = 0; k < c->n; k++) {
     peer_t *p = peer_find(r, c->backups[k]);
     if (p == NULL) continue;
-    zmq_msg_t f[2];
+    zmq_msg_t f[BATCH_MAX];
     int nf = payload ? npayload : 0;
     for (int i = 0; i < nf; i++) {
       zmq_msg_init(&f[i]);
@@ -451,7 +517,77 @@ static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
       /* Only a closed socket fails here; the view will drop the backup. */
       PS_WARN("replica_send_failed", "backup=%u", p->id);
     }
-    e->waiting[e->nwaiting++] = p->id;
+    sent[n++] = p->id;
+  }
+  return n;
+}
+
+/* send_msg for the change of entry e (request id id): e waits for every
+ * backup it went to. */
+static void send_all(ps_repl_t *r, const chain_t *c, entry_t *e, uint64_t id,
+                     Ps__Replicate *rep, zmq_msg_t *payload, int npayload) {
+  e->nwaiting = send_msg(r, c, id, rep, payload, npayload, e->waiting);
+}
+
+/* 1 while something sent to c's backups is unanswered. */
+static int chain_busy(const ps_repl_t *r, const chain_t *c) {
+  for (uint64_t id = r->head_id; id < r->head_id + r->count; id++) {
+    const entry_t *e = &r->ring[id & (r->cap - 1)];
+    if (e->nwaiting > 0 && e->begin == c->begin && e->end == c->end) return 1;
+  }
+  return 0;
+}
+
+/* Sends c's coalesced pushes, if any: one REPL_PUSH for one, else one
+ * REPL_PUSHES whose request id is the first one's entry id, which every
+ * entry of it then answers to. */
+static void flush(ps_repl_t *r, chain_t *c) {
+  batch_t *b = c->batch;
+  if (b == NULL || b->n == 0) return;
+  Ps__Replicate rep = PS__REPLICATE__INIT;
+  rep.range_begin = c->begin;
+  rep.range_end = c->end;
+  Ps__ReplPush *pushes[BATCH_MAX];
+  if (b->n == 1) {
+    const Ps__ReplPush *p = &b->push[0];
+    rep.kind = PS__REPLICATE_KIND__REPL_PUSH;
+    rep.worker = p->worker;
+    rep.seq = p->seq;
+    rep.key_begin = p->key_begin;
+    rep.count = p->count;
+    rep.clock = p->clock;
+    rep.codec = p->codec;
+  } else {
+    rep.kind = PS__REPLICATE_KIND__REPL_PUSHES;
+    for (uint32_t i = 0; i < b->n; i++) pushes[i] = &b->push[i];
+    rep.n_pushes = b->n;
+    rep.pushes = pushes;
+  }
+  uint64_t msg = b->id[0];
+  uint32_t sent[MAX_BACKUPS];
+  uint32_t nsent = send_msg(r, c, msg, &rep, b->frame, (int)b->n, sent);
+  for (uint32_t i = 0; i < b->n; i++) {
+    entry_t *e = entry_at(r, b->id[i]);
+    if (e != NULL) {
+      e->queued = 0;
+      e->msg_id = msg;
+      e->nwaiting = nsent;
+      memcpy(e->waiting, sent, sizeof(sent));
+    }
+    zmq_msg_close(&b->frame[i]);
+  }
+  r->pushes_sent += b->n;
+  r->push_msgs_sent++;
+  b->n = 0;
+  b->bytes = 0;
+}
+
+/* After backups answered: the chains whose backups have nothing more to
+ * answer send what they coalesced meanwhile. */
+static void flush_ready(ps_repl_t *r) {
+  for (size_t i = 0; i < r->nchains; i++) {
+    chain_t *c = &r->chains[i];
+    if (c->batch && c->batch->n > 0 && !chain_busy(r, c)) flush(r, c);
   }
 }
 
@@ -475,7 +611,7 @@ static entry_t *entry_for_reply(ps_repl_t *r, uint64_t begin, uint64_t end,
 int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
                  uint64_t request_id, uint64_t clock_after, int duplicate,
                  uint32_t worker, const Ps__Push *p, zmq_msg_t *payload) {
-  const chain_t *c = chain_find(r, begin, end);
+  chain_t *c = chain_find(r, begin, end);
   if (!duplicate && (c == NULL || c->n == 0) && r->count == 0) {
     /* Nothing to wait for and nothing before it: answer now. */
     if (r->cbs.push_done)
@@ -488,7 +624,29 @@ int ps_repl_push(ps_repl_t *r, uint64_t begin, uint64_t end, zmq_msg_t *route,
                                clock_after, &id);
   if (e == NULL) return PS_ERR_NOMEM;
   e->duplicate = duplicate;
-  if (!duplicate && c != NULL && c->n > 0) {
+  if (!duplicate && c != NULL && c->n > 0 && c->batch != NULL &&
+      (c->batch->n > 0 || chain_busy(r, c))) {
+    /* The backups have yet to answer what they were sent: this push waits
+     * for them with the others that come meanwhile, and all go as one
+     * message (REPL_PUSHES), fewer and bigger messages for a busy backup. */
+    batch_t *b = c->batch;
+    uint32_t i = b->n++;
+    b->id[i] = id;
+    ps__repl_push__init(&b->push[i]);
+    b->push[i].worker = worker;
+    b->push[i].seq = p->seq;
+    b->push[i].key_begin = p->key_begin;
+    b->push[i].count = p->count;
+    b->push[i].clock = p->clock;
+    b->push[i].codec = p->codec;
+    zmq_msg_init(&b->frame[i]);
+    zmq_msg_copy(&b->frame[i], payload);
+    b->bytes += zmq_msg_size(payload);
+    e->queued = 1;
+    if (b->n == BATCH_MAX || b->bytes >= BATCH_BYTES) flush(r, c);
+  } else if (!duplicate && c != NULL && c->n > 0) {
+    r->pushes_sent++;
+    r->push_msgs_sent++;
     Ps__Replicate rep = PS__REPLICATE__INIT;
     rep.range_begin = begin;
     rep.range_end = end;
@@ -543,6 +701,7 @@ int ps_repl_step(ps_repl_t *r, uint64_t begin, uint64_t end, uint64_t step,
                  uint64_t clock_after, const float *sum, float scale) {
   chain_t *c = chain_find(r, begin, end);
   if (c == NULL) return PS_ERR_INVAL;
+  flush(r, c); /* every change in the primary's order */
   /* Everything the entries need first, so a failure changes nothing. */
   size_t need = 1 + c->nheld;
   while (r->cap - r->count < need)
@@ -615,7 +774,8 @@ int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
                         zmq_msg_t *route, uint64_t request_id,
                         uint64_t clock_after, uint32_t worker,
                         const Ps__SparsePush *p, zmq_msg_t *frames) {
-  const chain_t *c = chain_find(r, begin, end);
+  chain_t *c = chain_find(r, begin, end);
+  if (c != NULL) flush(r, c); /* every change in the primary's order */
   if ((c == NULL || c->n == 0) && r->count == 0) {
     if (r->cbs.push_done)
       r->cbs.push_done(r->arg, route, request_id, worker, clock_after, 0,
@@ -644,7 +804,8 @@ int ps_repl_sparse_push(ps_repl_t *r, uint64_t begin, uint64_t end,
 
 int ps_repl_live(ps_repl_t *r, uint64_t begin, uint64_t end,
                  const ps_shard_live_t *live, size_t n) {
-  const chain_t *c = chain_find(r, begin, end);
+  chain_t *c = chain_find(r, begin, end);
+  if (c != NULL) flush(r, c); /* every change in the primary's order */
   if (c == NULL || c->n == 0) return PS_OK;
   uint32_t *ids = calloc(n + 1, sizeof(*ids));
   uint64_t *from = calloc(n + 1, sizeof(*from));

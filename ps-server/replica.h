@@ -85,6 +85,14 @@ int ps_repl_set_chain(ps_repl_t *r, const ps_view_t *view,
  * its backups fail with PS_ERR_STALE_EPOCH. */
 void ps_repl_drop_chain(ps_repl_t *r, uint64_t begin, uint64_t end);
 
+/* Workers' pushes forwarded to backups one by one (ps_repl_push: ASP,
+ * SSP, a model with sparse tables), and the messages that carried them: a
+ * push that comes while the range's backups have yet to answer what they
+ * were sent waits for them, and the pushes that waited go together (one
+ * REPL_PUSHES message of up to PS_MAX_PAYLOAD_FRAMES pushes, or 8 MiB). */
+void ps_repl_push_stats(const ps_repl_t *r, uint64_t *pushes,
+                        uint64_t *messages);
+
 /* Number of backups of the chain of [begin, end) (0 when unknown). */
 uint32_t ps_repl_nbackups(const ps_repl_t *r, uint64_t begin, uint64_t end);
 

@@ -313,12 +313,14 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
   unsigned long long cow = cow_applies(s, &versions_peak);
   uint64_t errors = 0;
   for (int i = 0; i < PS_SERVER_NERR; i++) errors += st->errors[i];
+  uint64_t fwd_pushes = 0, fwd_msgs = 0;
+  if (s->repl) ps_repl_push_stats(s->repl, &fwd_pushes, &fwd_msgs);
   PS_INFO("server_stats",
           "push=%llu pull=%llu applies=%llu errors=%llu bad_messages=%llu "
           "bytes_in=%llu bytes_out=%llu pulls_parked=%llu "
           "unaligned_payloads=%llu send_failures=%llu "
           "pull_bytes_zero_copy=%llu pull_bytes_copied=%llu cow_applies=%llu "
-          "versions_peak=%llu",
+          "versions_peak=%llu forwarded_pushes=%llu forward_messages=%llu",
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PUSH],
           (unsigned long long)st->requests[PS__ENVELOPE__BODY_PULL],
           (unsigned long long)st->applies, (unsigned long long)errors,
@@ -328,7 +330,8 @@ void ps_server_stop(ps_server_t *s, int status, const char *reason, int leave) {
           (unsigned long long)st->unaligned_payloads,
           (unsigned long long)st->send_failures,
           (unsigned long long)st->pull_bytes_zero_copy,
-          (unsigned long long)st->pull_bytes_copied, cow, versions_peak);
+          (unsigned long long)st->pull_bytes_copied, cow, versions_peak,
+          (unsigned long long)fwd_pushes, (unsigned long long)fwd_msgs);
   /* Workers waiting on a step hear it now instead of timing out, and no
    * new request is served while the server goes. */
   for (size_t i = 0; i < s->nranges; i++)

@@ -70,9 +70,29 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
       want = env->replica_chunk->count;
       break;
     case PS__ENVELOPE__BODY_REPLICATE:
-      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH ||
-          (env->replicate->kind == PS__REPLICATE_KIND__REPL_STEP &&
-           env->replicate->sum)) {
+      if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSHES) {
+        /* Coalesced pushes: a frame each, each REPL_PUSH's size. */
+        const Ps__Replicate *r = env->replicate;
+        CHECK(r->n_pushes >= 1 && r->n_pushes <= PS_MAX_PAYLOAD_FRAMES);
+        CHECK((size_t)m->npayload == r->n_pushes);
+        for (size_t i = 0; i < r->n_pushes; i++) {
+          const Ps__ReplPush *p = r->pushes[i];
+          CHECK(p->count > 0 &&
+                p->count <= lim->max_payload_bytes / sizeof(float));
+          if (p->codec == PS_CODEC_NONE) {
+            CHECK(frame_bytes(m, (int)i) == p->count * sizeof(float));
+          } else {
+            char why[200];
+            CHECK(p->codec > PS_CODEC_NONE && p->codec <= PS_CODEC_TOPK);
+            CHECK(ps_codec_check_size((int)p->codec, p->count,
+                                      frame_bytes(m, (int)i), why,
+                                      sizeof(why)) == PS_OK);
+          }
+        }
+        floats = 0;
+      } else if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH ||
+                 (env->replicate->kind == PS__REPLICATE_KIND__REPL_STEP &&
+                  env->replicate->sum)) {
         CHECK(m->npayload == 1);
         want = env->replicate->count;
         if (env->replicate->kind == PS__REPLICATE_KIND__REPL_PUSH)

@@ -347,6 +347,38 @@ static void rec_replicate_push(buf_t *b, unsigned from, uint32_t primary,
   rec(b, from, &env, &f, 1);
 }
 
+/* A primary's REPL_PUSHES to range 1: n pushes of count values at key
+ * from worker, seqs seq, seq + 1, ..., one frame each. */
+static void rec_replicate_pushes(buf_t *b, unsigned from, uint32_t primary,
+                                 uint64_t epoch, uint64_t rid, uint32_t worker,
+                                 uint64_t seq, uint64_t key, uint64_t count,
+                                 uint64_t clock, int n) {
+  Ps__ReplPush p[4];
+  Ps__ReplPush *pp[4];
+  frame_t f[4];
+  for (int i = 0; i < n && i < 4; i++) {
+    ps__repl_push__init(&p[i]);
+    p[i].worker = worker;
+    p[i].seq = seq + (uint64_t)i;
+    p[i].key_begin = key;
+    p[i].count = count;
+    p[i].clock = clock;
+    pp[i] = &p[i];
+    f[i] = (frame_t){values, count * sizeof(float)};
+  }
+  Ps__Replicate r = PS__REPLICATE__INIT;
+  r.range_begin = FUZZ_RANGE_SPLIT;
+  r.range_end = FUZZ_MODEL_TOTAL;
+  r.kind = PS__REPLICATE_KIND__REPL_PUSHES;
+  r.n_pushes = (size_t)n;
+  r.pushes = pp;
+  Ps__Envelope env;
+  env_init(&env, primary, epoch, rid);
+  env.body_case = PS__ENVELOPE__BODY_REPLICATE;
+  env.replicate = &r;
+  rec(b, from, &env, f, n);
+}
+
 /* A primary's REPL_STEP of range 1: step clock applied with a sum (or a
  * skip to clock_after without one), naming worker's push seq. */
 static void rec_replicate_step(buf_t *b, unsigned from, uint32_t primary,
@@ -619,6 +651,23 @@ static void gen_frame(void) {
   rstep.step_seqs = &step_seq;
   ONE("replicate_step", PS__ENVELOPE__BODY_REPLICATE, replicate, &rstep, &f100,
       1);
+  Ps__ReplPush two[2] = {PS__REPL_PUSH__INIT, PS__REPL_PUSH__INIT};
+  Ps__ReplPush *twop[2] = {&two[0], &two[1]};
+  for (int i = 0; i < 2; i++) {
+    two[i].worker = 3;
+    two[i].seq = 2 + (uint64_t)i;
+    two[i].key_begin = 800;
+    two[i].count = 100;
+  }
+  Ps__Replicate rpushes = PS__REPLICATE__INIT;
+  rpushes.range_begin = 800;
+  rpushes.range_end = 1600;
+  rpushes.kind = PS__REPLICATE_KIND__REPL_PUSHES;
+  rpushes.n_pushes = 2;
+  rpushes.pushes = twop;
+  frame_t f100x2[2] = {f100, f100};
+  ONE("replicate_pushes", PS__ENVELOPE__BODY_REPLICATE, replicate, &rpushes,
+      f100x2, 2);
   Ps__PushPull pp = PS__PUSH_PULL__INIT;
   pp.count = 100;
   pp.clock = 1;
@@ -851,6 +900,17 @@ static void gen_server(void) {
   rec_replicate_push(&b, 2, FUZZ_PEER_ID, 1, 3, B, 1, FUZZ_RANGE_SPLIT, 800, 0);
   rec_replicate_push(&b, 2, FUZZ_PEER_ID, 1, 3, B, 1, FUZZ_RANGE_SPLIT, 800, 0);
   save("server", "backup-replay", &b);
+
+  /* Coalesced pushes: three in one message, then the same again (every
+   * one a duplicate now). */
+  reset(&b);
+  rec_view(&b, &VIEW_FIRST);
+  rec_replicate_live(&b, 2, FUZZ_PEER_ID, 1, 1);
+  rec_replicate_pushes(&b, 2, FUZZ_PEER_ID, 1, 2, A, 1, FUZZ_RANGE_SPLIT, 64, 0,
+                       3);
+  rec_replicate_pushes(&b, 2, FUZZ_PEER_ID, 1, 3, A, 1, FUZZ_RANGE_SPLIT, 64, 0,
+                       3);
+  save("server", "backup-pushes", &b);
 
   /* A new backup of range 1 is filled by a snapshot, then replays. */
   reset(&b);
