@@ -651,20 +651,20 @@ static void gen_frame(void) {
   rstep.step_seqs = &step_seq;
   ONE("replicate_step", PS__ENVELOPE__BODY_REPLICATE, replicate, &rstep, &f100,
       1);
-  Ps__ReplPush two[2] = {PS__REPL_PUSH__INIT, PS__REPL_PUSH__INIT};
-  Ps__ReplPush *twop[2] = {&two[0], &two[1]};
+  Ps__ReplPush rpush[2] = {PS__REPL_PUSH__INIT, PS__REPL_PUSH__INIT};
+  Ps__ReplPush *rpushp[2] = {&rpush[0], &rpush[1]};
   for (int i = 0; i < 2; i++) {
-    two[i].worker = 3;
-    two[i].seq = 2 + (uint64_t)i;
-    two[i].key_begin = 800;
-    two[i].count = 100;
+    rpush[i].worker = 3;
+    rpush[i].seq = 2 + (uint64_t)i;
+    rpush[i].key_begin = 800;
+    rpush[i].count = 100;
   }
   Ps__Replicate rpushes = PS__REPLICATE__INIT;
   rpushes.range_begin = 800;
   rpushes.range_end = 1600;
   rpushes.kind = PS__REPLICATE_KIND__REPL_PUSHES;
   rpushes.n_pushes = 2;
-  rpushes.pushes = twop;
+  rpushes.pushes = rpushp;
   frame_t f100x2[2] = {f100, f100};
   ONE("replicate_pushes", PS__ENVELOPE__BODY_REPLICATE, replicate, &rpushes,
       f100x2, 2);
