@@ -179,10 +179,19 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
 
 /* Before the loop blocks: a message may have arrived while we were sending,
  * and the edge that announced it was consumed by that send's ZMQ_EVENTS
- * update. While a batch waits, its timer reads them. */
+ * update. While a batch waits, its timer reads them; within a batch, one
+ * that is waiting starts the wait. */
 static void prepare_cb(uv_prepare_t *h) {
   ps_zsock_t *zs = h->data;
-  if (zs->deferred) return;
+  if (zs->deferred || zs->closing) return;
+  if (zs->batch_ns && uv_hrtime() - zs->drain_began_ns < zs->batch_ns) {
+    int events = 0;
+    size_t sz = sizeof(events);
+    if (zmq_getsockopt(zs->sock, ZMQ_EVENTS, &events, &sz) == 0 &&
+        (events & ZMQ_POLLIN))
+      (void)batch_defer(zs);
+    return;
+  }
   drain(zs);
 }
 
