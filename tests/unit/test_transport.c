@@ -138,7 +138,8 @@ static void stamp_msg(ps_zsock_t *zs, ps_msg_t *msg, int status,
   (void)reason;
   if (st->count < 16) st->at[st->count] = uv_hrtime();
   if (++st->count >= st->want) uv_stop(st->loop);
-  if (status == PS_OK) ps_msg_close(msg);
+  (void)status; /* "x" is no Envelope; the route frame is held either way */
+  ps_msg_close(msg);
 }
 
 /* Runs the loop until st->count reaches want (the callback stops it at
