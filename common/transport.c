@@ -25,7 +25,14 @@ struct ps_zsock_s {
   uv_poll_t poll;
   uv_prepare_t prepare;
   uv_idle_t idle;   /* running while a drain stopped with messages left */
-  int open_handles; /* freed when both handles' close callbacks ran */
+  /* With batch_ms: a wakeup that comes sooner than batch_ms after the last
+   * drain began stops the poll and arms this timer for the rest; the
+   * timer's drain reads all that came meanwhile. */
+  uv_timer_t batch_timer;
+  uint64_t batch_ns;
+  uint64_t drain_began_ns;
+  int deferred;     /* the poll is stopped and batch_timer armed */
+  int open_handles; /* freed when all four handles' close callbacks ran */
   void *sock;
   /* The socket's own context, when it connects to a host by name: libzmq
    * resolves names with a blocking getaddrinfo in its context's I/O thread,
@@ -84,16 +91,24 @@ static void drain(ps_zsock_t *zs) {
   if (zs->closing) return;
   zs->in_drain = 1;
   uint64_t t0 = uv_hrtime();
+  zs->drain_began_ns = t0;
   int budget = DRAIN_BUDGET_MSGS, more = 0;
   for (;;) {
     if (budget-- == 0 || uv_hrtime() - t0 > DRAIN_BUDGET_NS) {
       more = 1;
       break;
     }
-    int events = 0;
-    size_t sz = sizeof(events);
-    if (zmq_getsockopt(zs->sock, ZMQ_EVENTS, &events, &sz) != 0) break;
-    if (!(events & ZMQ_POLLIN)) break;
+    /* Batched, receive until EAGAIN: ZMQ_EVENTS processes libzmq's
+     * commands each time, and finding none costs a poll and a getpid (two
+     * system calls, the larger part of a heartbeat's cost on the
+     * scheduler's thread). A receive that finds nothing processes them
+     * once and tries again, so one batch of messages pays that once. */
+    if (zs->batch_ns == 0) {
+      int events = 0;
+      size_t sz = sizeof(events);
+      if (zmq_getsockopt(zs->sock, ZMQ_EVENTS, &events, &sz) != 0) break;
+      if (!(events & ZMQ_POLLIN)) break;
+    }
     ps_msg_t msg;
     char reason[256];
     int rc = ps_msg_recv(zs->sock, zs->is_router, &zs->limits, &msg, reason,
@@ -117,20 +132,67 @@ static void drain(ps_zsock_t *zs) {
   }
 }
 
+static void poll_cb(uv_poll_t *h, int status, int events);
+
+/* The batch's time is up: read all that came, then listen again. */
+static void batch_timer_cb(uv_timer_t *h) {
+  ps_zsock_t *zs = h->data;
+  if (zs->closing || !zs->deferred) return;
+  zs->deferred = 0;
+  drain(zs);
+  if (zs->closing) return;
+  int uerr = uv_poll_start(&zs->poll, UV_READABLE, poll_cb);
+  if (uerr != 0) PS_ERROR("zsock_poll_failed", "err=\"%s\"", uv_strerror(uerr));
+}
+
+/* With batch_ms, a wakeup too soon after the last drain waits for the
+ * rest of the batch: the poll stops (the fd stays readable until libzmq's
+ * commands are read, so libuv would call back at once again) and the timer
+ * drains later. Returns 1 if it deferred. */
+static int batch_defer(ps_zsock_t *zs) {
+  if (zs->batch_ns == 0) return 0;
+  uint64_t since = uv_hrtime() - zs->drain_began_ns;
+  if (since >= zs->batch_ns) return 0;
+  uint64_t wait_ms = (zs->batch_ns - since + 999999) / 1000000;
+  int uerr = uv_poll_stop(&zs->poll);
+  if (uerr == 0)
+    uerr = uv_timer_start(&zs->batch_timer, batch_timer_cb, wait_ms, 0);
+  if (uerr != 0) {
+    PS_ERROR("zsock_batch_failed", "err=\"%s\"", uv_strerror(uerr));
+    (void)uv_poll_start(&zs->poll, UV_READABLE, poll_cb);
+    return 0;
+  }
+  zs->deferred = 1;
+  return 1;
+}
+
 static void poll_cb(uv_poll_t *h, int status, int events) {
   ps_zsock_t *zs = h->data;
+  (void)events;
   if (status < 0) {
     PS_ERROR("zsock_poll_failed", "err=%s", uv_strerror(status));
     return;
   }
+  if (batch_defer(zs)) return;
   drain(zs);
 }
 
 /* Before the loop blocks: a message may have arrived while we were sending,
  * and the edge that announced it was consumed by that send's ZMQ_EVENTS
- * update. */
+ * update. While a batch waits, its timer reads them; within a batch, one
+ * that is waiting starts the wait. */
 static void prepare_cb(uv_prepare_t *h) {
-  drain(h->data);
+  ps_zsock_t *zs = h->data;
+  if (zs->deferred || zs->closing) return;
+  if (zs->batch_ns && uv_hrtime() - zs->drain_began_ns < zs->batch_ns) {
+    int events = 0;
+    size_t sz = sizeof(events);
+    if (zmq_getsockopt(zs->sock, ZMQ_EVENTS, &events, &sz) == 0 &&
+        (events & ZMQ_POLLIN))
+      (void)batch_defer(zs);
+    return;
+  }
+  drain(zs);
 }
 
 /* A drain ran out of budget with messages left: go on, a turn later. */
@@ -270,7 +332,8 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   zs->poll.data = zs;
   zs->prepare.data = zs;
   zs->idle.data = zs;
-  zs->open_handles = 3;
+  zs->batch_timer.data = zs;
+  zs->open_handles = 4;
   const char *what;
   if ((uerr = uv_prepare_init(loop, &zs->prepare)) != 0) {
     what = "uv_prepare_init";
@@ -278,6 +341,9 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   } else if ((uerr = uv_idle_init(loop, &zs->idle)) != 0) {
     what = "uv_idle_init";
     zs->open_handles = 2;
+  } else if ((uerr = uv_timer_init(loop, &zs->batch_timer)) != 0) {
+    what = "uv_timer_init";
+    zs->open_handles = 3;
   } else if ((uerr = uv_poll_start(&zs->poll, UV_READABLE, poll_cb)) != 0) {
     what = "uv_poll_start";
   } else if ((uerr = uv_prepare_start(&zs->prepare, prepare_cb)) != 0) {
@@ -292,6 +358,8 @@ static int zsock_watch(ps_zsock_t *zs, uv_loop_t *loop, char *err,
   uv_close((uv_handle_t *)&zs->poll, close_cb);
   if (zs->open_handles >= 2) uv_close((uv_handle_t *)&zs->prepare, close_cb);
   if (zs->open_handles >= 3) uv_close((uv_handle_t *)&zs->idle, close_cb);
+  if (zs->open_handles >= 4)
+    uv_close((uv_handle_t *)&zs->batch_timer, close_cb);
   return rc;
 }
 
@@ -311,6 +379,7 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
   zs->limits = limits ? *limits : ps_frame_default_limits;
   zs->cb = cb;
   zs->arg = arg;
+  zs->batch_ns = opts ? (uint64_t)opts->batch_ms * 1000000 : 0;
   if (bind_ep == NULL && ps_zsock_endpoint_has_name(connect_ep)) {
     if ((zs->own_ctx = zmq_ctx_new()) == NULL) {
       *err = ps_errf(errbuf, errlen, PS_ERR_ZMQ, "zmq_ctx_new: %s",
@@ -354,9 +423,11 @@ void ps_zsock_destroy(ps_zsock_t **zs_p) {
   uv_poll_stop(&zs->poll);
   uv_prepare_stop(&zs->prepare);
   uv_idle_stop(&zs->idle);
+  uv_timer_stop(&zs->batch_timer);
   uv_close((uv_handle_t *)&zs->poll, close_cb);
   uv_close((uv_handle_t *)&zs->prepare, close_cb);
   uv_close((uv_handle_t *)&zs->idle, close_cb);
+  uv_close((uv_handle_t *)&zs->batch_timer, close_cb);
   /* Inside drain() the socket is still being read: drain closes it. */
   if (!zs->in_drain) zsock_close_sock(zs);
 }

@@ -60,6 +60,13 @@ typedef struct {
    * connects a client of the peer whose public key (Z85) is peer_key. */
   const ps_keys_t *keys;
   const char *peer_key;
+  /* Read at most once every batch_ms milliseconds (0: as soon as a message
+   * is announced, the default). Each wakeup of the reader costs more than a
+   * small message (libzmq's eventfd on both sides, a poll and a getpid per
+   * ZMQ_EVENTS): a socket that takes thousands of small messages a second
+   * (the scheduler's heartbeats) reads them in batches instead, each
+   * message waiting at most batch_ms longer. */
+  unsigned batch_ms;
 } ps_zsock_opts_t;
 
 ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,

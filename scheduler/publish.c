@@ -199,7 +199,22 @@ void ps__sched_publish(ps_sched_t *s, const char *why) {
           by_state[PS_PLACE_OK], by_state[PS_PLACE_SYNCING],
           by_state[PS_PLACE_DEGRADED], by_state[PS_PLACE_UNAVAILABLE], why);
   ps__sched_state_save(s); /* on disk before any node hears of it */
+  /* How long handing the view to libzmq took, and how much it was: the
+   * figure that says whether publishing needs deltas (issue #16). */
+  uint64_t t0 = uv_hrtime();
   ps__sched_send_view(s, NULL);
+  uint64_t sends = 0, bytes = 0;
+  if (s->view_wire.valid)
+    for (size_t i = 0; i < s->nnodes; i++) {
+      const sched_node_t *n = &s->nodes[i];
+      if (n->view_sent_epoch != s->epoch) continue;
+      sends++;
+      bytes += zmq_msg_size(
+          &s->view_wire.msg[n->role == PS__ROLE__ROLE_SERVER ? 0 : 1]);
+    }
+  PS_INFO("view_sent",
+          "epoch=%" PRIu64 " nodes=%" PRIu64 " bytes=%" PRIu64 " us=%" PRIu64,
+          s->epoch, sends, bytes, (uv_hrtime() - t0) / 1000);
 }
 
 /* The first view: once every expected node is in, cut the key space into

@@ -630,6 +630,11 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
              opts->heartbeat_timeout_ms);
     return NULL;
   }
+  if (opts->read_batch_ms < 0 || opts->read_batch_ms > 100) {
+    snprintf(errbuf, errlen, "read-batch-ms %d: must be 0 to 100",
+             opts->read_batch_ms);
+    return NULL;
+  }
   if (opts->replication > PS_MAX_REPLICAS) {
     snprintf(errbuf, errlen, "replication %u: must be 1 to %d",
              opts->replication, PS_MAX_REPLICAS);
@@ -673,7 +678,9 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
     sched_free(s);
     return NULL;
   }
-  ps_zsock_opts_t zo = {.limits = &headers_only, .keys = opts->keys};
+  ps_zsock_opts_t zo = {.limits = &headers_only,
+                        .keys = opts->keys,
+                        .batch_ms = (unsigned)opts->read_batch_ms};
   s->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_ROUTER, opts->bind, NULL, &zo,
                        on_message, s, err, errbuf, errlen);
   if (s->zs == NULL) {

@@ -62,6 +62,10 @@ typedef struct {
   int mode;                 /* PS__CONSISTENCY_MODE__* */
   uint32_t staleness;       /* MODE_SSP's bound, 0 to PS_SSP_STALENESS_MAX */
   int heartbeat_timeout_ms; /* silence after which a node is dead, > 0 */
+  /* Read the socket at most once every read_batch_ms (0: at once): a
+   * thousand nodes' heartbeats then cost a wakeup per batch, not per
+   * message (common/transport.h's batch_ms). */
+  int read_batch_ms;
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
   /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the
    * default, 2); more than the servers is capped, with a log line. */

@@ -96,6 +96,8 @@ START_TEST(refused_combinations_exit_2) {
   h_init(&c, "usage_combinations");
   const char *ranges[] = {"option --ranges", "fewer than --servers"};
   expect(&c, 2, "ps-scheduler", "--servers=3", "--ranges=2", NULL, ranges, 2);
+  const char *batch[] = {"option --read-batch-ms", "above the maximum 100"};
+  expect(&c, 2, "ps-scheduler", "--read-batch-ms=101", NULL, NULL, batch, 2);
   const char *timeout[] = {"scheduler-timeout-ms 500", "at least 2000"};
   expect(&c, 2, "ps-server", "--scheduler-timeout-ms", "500", NULL, timeout, 2);
   const char *listen[] = {"--listen", "numeric HOST:PORT"};

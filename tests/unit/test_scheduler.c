@@ -97,6 +97,8 @@ static ps_sched_opts_t sched_opts(const char *bind, uint32_t servers,
       .workers = workers,
       .mode = PS__CONSISTENCY_MODE__MODE_BSP,
       .heartbeat_timeout_ms = heartbeat_timeout_ms,
+      /* Batched reads, as the daemon's default --read-batch-ms. */
+      .read_batch_ms = 2,
       .handle_signals = 0,
   };
   return o;
@@ -1457,6 +1459,10 @@ START_TEST(test_first_view_replicated) {
   uv_loop_init(&loop);
   ck_assert_ptr_null(ps_sched_new(&loop, H.ctx, &o, &err, why2, sizeof(why2)));
   ck_assert_msg(strstr(why2, "replication") != NULL, "%s", why2);
+  o.replication = 2;
+  o.read_batch_ms = -1;
+  ck_assert_ptr_null(ps_sched_new(&loop, H.ctx, &o, &err, why2, sizeof(why2)));
+  ck_assert_msg(strstr(why2, "read-batch-ms -1") != NULL, "%s", why2);
   ck_assert_int_eq(uv_loop_close(&loop), 0);
   teardown_all();
 }
