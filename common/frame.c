@@ -361,6 +361,19 @@ static int validate_coded(const Ps__Envelope *env, const ps_msg_t *m,
                        "or int8",
                        codec);
       return 1;
+    case PS__ENVELOPE__BODY_PUSH_PULL: {
+      /* Its push is a Push's frame; its reply a Pull's. */
+      int reply = env->push_pull->pull_codec;
+      if (reply != PS_CODEC_NONE && reply != PS_CODEC_FP16 &&
+          reply != PS_CODEC_INT8)
+        return ps_errf(err, errlen, PS_ERR_PROTO,
+                       "push_pull asks for its reply in codec %d: pulls come "
+                       "in none, fp16 or int8",
+                       reply);
+      codec = env->push_pull->codec;
+      count = env->push_pull->count;
+      break;
+    }
     case PS__ENVELOPE__BODY_PULL_REPLY:
       codec = env->pull_reply->codec;
       count = env->pull_reply->count;

@@ -530,15 +530,14 @@ static void pushpull_finish(ps_server_t *s, pushpull_t *pp, int status,
                            ps_shard_clock(r->shard), duplicate);
       if (pp->worker < s->inflight_nodes) s->inflight[pp->worker]++;
       if (park_pull(s, r, &pp->route, pp->request_id, pp->worker, pp->key_begin,
-                    pp->count, pp->pull_clock, 0,
-                    PS_CODEC_NONE) != PS_OK) {
+                    pp->count, pp->pull_clock, 0, pp->codec) != PS_OK) {
         inflight_give(s, pp->worker);
         ps__server_send_error(s, &pp->route, pp->request_id, PS_ERR_NOMEM,
                               "push applied, but no memory to park its pull");
       }
     } else {
       send_pull_reply(s, &pp->route, pp->request_id, r, pp->key_begin,
-                      pp->count, duplicate, PS_CODEC_NONE);
+                      pp->count, duplicate, pp->codec);
     }
   }
   zmq_msg_close(&pp->route);
@@ -1259,12 +1258,15 @@ void ps__server_handle_pushpull(ps_server_t *s, ps_msg_t *m) {
   pp->key_begin = q->key_begin;
   pp->count = q->count;
   pp->pull_clock = q->clock + 1;
-  /* The same push, so the same checks, window and replication. */
+  pp->codec = (int)q->pull_codec; /* ps_msg_recv checked it */
+  /* The same push, so the same checks, decoder, window and replication
+   * (a coded frame goes to the backups as it came, as a Push's). */
   Ps__Push p = PS__PUSH__INIT;
   p.key_begin = q->key_begin;
   p.count = q->count;
   p.clock = q->clock;
   p.seq = q->seq;
+  p.codec = q->codec;
   serve_push(s, m, &p, &pp);
   /* Not taken (refused, answered already) or given back: ours to free. */
   free(pp);

@@ -75,6 +75,7 @@ typedef struct pushpull_s {
   uint64_t key_begin, count;
   uint64_t pull_clock; /* the push's step + 1 */
   uint32_t worker;
+  int codec;    /* the reply's encoding (PushPull.pull_codec, PS_CODEC_*) */
   int linked;   /* on s->pushpulls: push_done will answer it */
   int applying; /* its push is being applied: push_done only marks it */
   int ready;    /* push_done ran while it was applying */

@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
        "weights in its reply (one round trip per step); separate: a push, "
        "then a pull at the next step (the same weights; 4 messages per "
        "piece and step instead of 2, or 3 for one that waits for the step; "
-       "coded tensors, --codec, go separately)"},
+       "with --codec both ways in the tensors' codecs)"},
       {"codec", PS_OPT_ENUM, &codec, "none", 0, 0, "none|fp16|int8|topk",
        "how gradient pushes of every dense tensor travel: float32, IEEE "
        "half, int8 with a scale per 256 keys, or the largest "

@@ -500,9 +500,8 @@ ps_trainer_t *ps_trainer_new(const ps_trainer_opts_t *o, int *err, char *errmsg,
       !o->standalone &&
       (o->push == PS_PUSH_LAYER ||
        (o->push == PS_PUSH_AUTO && ps_compute_is_async(t->compute)));
-  /* A push-pull moves float32: coded tensors go by push and pull. */
-  int coded = o->push_codec || o->pull_codec > 0 || o->tensor_codecs;
-  t->fused = !o->standalone && o->push_pull == PS_PUSH_PULL_FUSED && !coded;
+  /* Coded tensors push-pull in their codecs, as they push and pull. */
+  t->fused = !o->standalone && o->push_pull == PS_PUSH_PULL_FUSED;
   t->w_clock = UINT64_MAX;
   /* On the CPU the weights go straight into the net's parameters and the
    * gradient is pushed from where backward wrote it (ps_net_params_host):

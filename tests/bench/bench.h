@@ -118,6 +118,11 @@ typedef struct {
   /* The table's optimizer (PS_OPTIMIZER_*), -1: the model's (SGD). */
   int sparse_optimizer;
   const char *keys_dir; /* CURVE: the cluster's keys; NULL: plaintext */
+  /* The dense tensor's codecs (issue #15, PS_CODEC_*): pushes (and the
+   * push of a push-pull) in codec, pulls (and push-pull replies) in
+   * pull_codec; top-k sends topk_fraction of each request. */
+  int codec, pull_codec;
+  float topk_fraction;
 } ps_bench_client_args_t;
 
 /* The sparse table the bench declares. */

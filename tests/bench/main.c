@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "common/codec.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/keys.h"
@@ -48,6 +49,8 @@ typedef struct {
       replication, sparse_ids;
   double sparse_zipf;
   int sparse_fresh, sparse_hold, sparse_optimizer;
+  int codec;            /* --codec: index into none|fp16|int8|topk */
+  double topk_fraction; /* --topk-fraction */
   int baseline, json, quick, log_level, pull_copy, curve;
   char *keys_dir_opt; /* --keys-dir: an outside cluster's keys */
   /* parsed */
@@ -193,8 +196,15 @@ static int has_op(int op) {
 
 typedef struct {
   double mbps, mbps_min, mbps_max, rps, p50, p99;
+  double wire_per_op; /* payload bytes on the sockets per op, both ways */
   int valid;
 } summary_t;
+
+/* --codec's choices are the codecs in their PS_CODEC_* order; pulls go in
+ * fp16 with fp16, int8 with int8 and topk (ps-worker's --pull-codec auto). */
+static int pull_codec_of(int codec) {
+  return codec == PS_CODEC_TOPK ? PS_CODEC_INT8 : codec;
+}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -215,10 +225,20 @@ static void json_num(FILE *f, const char *key, double v, int valid) {
 
 static void print_header(void) {
   FILE *f = B.json ? stderr : stdout;
+  if (B.codec != PS_CODEC_NONE)
+    fprintf(f,
+            "codec: pushes %s, pulls %s%s; MB/s counts float32 values, "
+            "wire/op the payload bytes one op moves (all servers, both "
+            "ways)\n",
+            ps_codec_name(B.codec), ps_codec_name(pull_codec_of(B.codec)),
+            B.codec == PS_CODEC_TOPK ? " (top-k fraction below)" : "");
+  if (B.codec == PS_CODEC_TOPK)
+    fprintf(f, "top-k fraction %g\n", B.topk_fraction);
   fprintf(f,
-          "%-9s %5s %3s %3s %3s | %9s %19s %9s %8s %8s | %9s %8s | %5s %5s\n",
+          "%-9s %5s %3s %3s %3s | %9s %19s %9s %8s %8s %10s | %9s %8s | %5s "
+          "%5s\n",
           "op", "size", "win", "S", "C", "MB/s", "(min-max)", "req/s", "p50 us",
-          "p99 us", "raw MB/s", "raw p50", "ratio", "p50x");
+          "p99 us", "wire/op", "raw MB/s", "raw p50", "ratio", "p50x");
 }
 
 static void print_case(const char *op, uint64_t size, int window,
@@ -237,24 +257,29 @@ static void print_case(const char *op, uint64_t size, int window,
     snprintf(ls, sizeof(ls), "%.2f", lat);
   }
   fprintf(f,
-          "%-9s %5s %3d %3d %3d | %9.1f %19s %9.0f %8.1f %8.1f | %9s %8s | "
-          "%5s %5s\n",
+          "%-9s %5s %3d %3d %3d | %9.1f %19s %9.0f %8.1f %8.1f %10.0f | %9s "
+          "%8s | %5s %5s\n",
           op, sz, window, B.nservers, B.nclients, ours->mbps, mm, ours->rps,
-          ours->p50, ours->p99, rawm, rawp, rs, ls);
+          ours->p50, ours->p99, ours->wire_per_op, rawm, rawp, rs, ls);
   fflush(f);
   if (!B.json) return;
   printf(
       "{\"op\":\"%s\",\"size\":%llu,\"window\":%d,\"servers\":%d,"
-      "\"clients\":%d,\"reps\":%lld,\"pull\":\"%s\",\"transport\":\"%s\"",
+      "\"clients\":%d,\"reps\":%lld,\"pull\":\"%s\",\"transport\":\"%s\","
+      "\"codec\":\"%s\",\"pull_codec\":\"%s\"",
       op, (unsigned long long)size, window, B.nservers, B.nclients,
       (long long)B.reps, B.pull_copy ? "copy" : "zero-copy",
-      B.pass_curve || B.keys_dir_opt ? "curve" : "plaintext");
+      B.pass_curve || B.keys_dir_opt ? "curve" : "plaintext",
+      ps_codec_name(B.codec), ps_codec_name(pull_codec_of(B.codec)));
+  if (B.codec == PS_CODEC_TOPK)
+    json_num(stdout, "topk_fraction", B.topk_fraction, 1);
   json_num(stdout, "mbps", ours->mbps, 1);
   json_num(stdout, "mbps_min", ours->mbps_min, 1);
   json_num(stdout, "mbps_max", ours->mbps_max, 1);
   json_num(stdout, "req_per_s", ours->rps, 1);
   json_num(stdout, "p50_us", ours->p50, 1);
   json_num(stdout, "p99_us", ours->p99, 1);
+  json_num(stdout, "wire_bytes_per_op", ours->wire_per_op, 1);
   json_num(stdout, "raw_mbps", raw->mbps, raw->valid);
   json_num(stdout, "raw_mbps_min", raw->mbps_min, raw->valid);
   json_num(stdout, "raw_mbps_max", raw->mbps_max, raw->valid);
@@ -412,6 +437,9 @@ static int start_clients(void) {
                                 PS_OPTIMIZER_ADAM, PS_OPTIMIZER_FTRL};
     a->sparse_optimizer = kinds[B.sparse_optimizer];
     a->keys_dir = B.pass_curve ? B.keys_dir : B.keys_dir_opt;
+    a->codec = B.codec;
+    a->pull_codec = pull_codec_of(B.codec);
+    a->topk_fraction = (float)B.topk_fraction;
     int fds[MAX_CLIENTS + MAX_SERVERS + 1];
     int n = parent_fds(fds);
     fds[n++] = sv[0];
@@ -449,8 +477,8 @@ static int start_clients(void) {
 
 /* One repetition on every client at once. */
 static int run_rep(const char *mode, int op, uint64_t size, int window,
-                   int64_t ms, double *mbps, double *rps,
-                   ps_bench_hist_t *hist) {
+                   int64_t ms, double *mbps, double *rps, ps_bench_hist_t *hist,
+                   uint64_t *wire, uint64_t *ops) {
   char cmd[256];
   int n = snprintf(cmd, sizeof(cmd), "run %s %s %llu %d %lld\n", mode,
                    ps_bench_op_name((ps_bench_op_t)op),
@@ -466,13 +494,16 @@ static int run_rep(const char *mode, int op, uint64_t size, int window,
   for (int i = 0; i < B.nclients; i++) {
     int len = ps_bench_read_line(B.ctl[i], line, sizeof(line),
                                  (int)(ms + B.timeout_ms + 30000));
-    unsigned long long b, r, o, e;
+    unsigned long long b, r, o, e, w;
     int off = 0;
     if (len > 0 &&
-        sscanf(line, "res %llu %llu %llu %llu %n", &b, &r, &o, &e, &off) == 4 &&
+        sscanf(line, "res %llu %llu %llu %llu %llu %n", &b, &r, &o, &e, &w,
+               &off) == 5 &&
         off > 0 && ps_bench_hist_parse(hist, line + off) == 0) {
       bytes += b;
       reqs += r;
+      if (wire) *wire += w;
+      if (ops) *ops += o;
       if (e > elapsed) elapsed = e;
       continue;
     }
@@ -504,16 +535,18 @@ static int run_case(int op, uint64_t size, int window) {
   for (int k = 0; k < 1 + raw; k++) {
     double a, b;
     memset(&scratch, 0, sizeof(scratch));
-    if (run_rep(modes[k], op, size, window, B.warmup_ms, &a, &b, &scratch))
+    if (run_rep(modes[k], op, size, window, B.warmup_ms, &a, &b, &scratch, NULL,
+                NULL))
       return -1;
   }
+  uint64_t wire[2] = {0, 0}, nops[2] = {0, 0};
   for (int i = 0; i < reps; i++) {
     /* Alternate who goes first, so a drift in the machine's load (other
      * jobs, the CPU's clock) does not favour one side. */
     for (int j = 0; j < 1 + raw; j++) {
       int k = raw ? (i + j) % 2 : 0;
       if (run_rep(modes[k], op, size, window, B.rep_ms, &m[k][i], &r[k][i],
-                  &h[k]))
+                  &h[k], &wire[k], &nops[k]))
         return -1;
     }
   }
@@ -529,6 +562,7 @@ static int run_case(int op, uint64_t size, int window) {
     s[k].rps = median(tmp, reps);
     s[k].p50 = ps_bench_hist_quantile_us(&h[k], 0.5);
     s[k].p99 = ps_bench_hist_quantile_us(&h[k], 0.99);
+    s[k].wire_per_op = nops[k] ? (double)wire[k] / (double)nops[k] : 0;
     s[k].valid = 1;
   }
   print_case(ps_bench_op_name((ps_bench_op_t)op), size, window, &s[0], &s[1]);
@@ -565,10 +599,12 @@ static int run_sparse_case(void) {
   memset(&h, 0, sizeof(h));
   memset(&scratch, 0, sizeof(scratch));
   double a, b;
-  if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.warmup_ms, &a, &b, &scratch))
+  if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.warmup_ms, &a, &b, &scratch,
+              NULL, NULL))
     return -1;
   for (int i = 0; i < reps; i++)
-    if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.rep_ms, &m[i], &r[i], &h))
+    if (run_rep("ps", PS_BENCH_SPARSE, nkeys, 1, B.rep_ms, &m[i], &r[i], &h,
+                NULL, NULL))
       return -1;
   memcpy(tmp, m, sizeof(double) * (size_t)reps);
   double mbps = median(tmp, reps), mmin = tmp[0], mmax = tmp[reps - 1];
@@ -634,7 +670,7 @@ static int run_fill_case(void) {
        * worth is a hang. */
       int len = ps_bench_read_line(B.ctl[i], line, sizeof(line),
                                    (int)B.timeout_ms + 30000);
-      unsigned long long b, r, o, e, done;
+      unsigned long long b, r, o, e, w, done;
       int off = 0;
       if (len > 0 && sscanf(line, "prog %llu", &done) == 1) {
         uint64_t now = ps_now_ns();
@@ -648,8 +684,8 @@ static int run_fill_case(void) {
         continue;
       }
       if (len > 0 &&
-          sscanf(line, "res %llu %llu %llu %llu %n", &b, &r, &o, &e, &off) ==
-              4 &&
+          sscanf(line, "res %llu %llu %llu %llu %llu %n", &b, &r, &o, &e, &w,
+                 &off) == 5 &&
           off > 0 && ps_bench_hist_parse(&h, line + off) == 0) {
         bytes += b, calls += r;
         if (e > elapsed) elapsed = e;
@@ -861,6 +897,14 @@ static int setup_options(int argc, char **argv, int *go_on) {
        "4K,64K,1M,16M (--quick: 4K,64K)."},
       {"windows", PS_OPT_STRING, &B.windows_s, "1,8", 0, 0, NULL,
        "Comma list of ops kept in flight per client."},
+      {"codec", PS_OPT_ENUM, &B.codec, "none", 0, 0, "none|fp16|int8|topk",
+       "How the bench tensor's values travel (issue #15), for push, pull, "
+       "pushpull and fused: pushes in this codec, pulls and push-pull "
+       "replies in fp16 with fp16, int8 with int8 and topk, float32 with "
+       "none. MB/s still counts float32 values; wire/op gives the bytes "
+       "an op moves. Raw ZeroMQ moves frames of the same coded sizes."},
+      {"topk-fraction", PS_OPT_DOUBLE, &B.topk_fraction, "0.01", 1e-6, 1, NULL,
+       "--codec topk: the fraction of each request's values sent."},
       {"curve", PS_OPT_BOOL, &B.curve, "0", 0, 0, NULL,
        "With --local: measure the dense cases twice in one run, on a "
        "plaintext cluster and then on a CURVE one (keys made for it), to "

@@ -1,12 +1,17 @@
 /* The two kinds of worker process of ps-bench.
  *
  * A client registers with the cluster as one worker of a synthetic model
- * (one tensor, model_floats long), reports the servers' ranges, then runs
- * the measurements the controller asks for, one line per command:
+ * (one tensor, model_floats long, in the codecs of --codec), reports the
+ * servers' ranges, then runs the measurements the controller asks for, one
+ * line per command:
  *
  *   run ps|raw push|pull|pushpull|fused SIZE WINDOW DURATION_MS
- *     -> res BYTES REQUESTS OPS ELAPSED_NS HISTOGRAM | err MESSAGE
+ *     -> res BYTES REQUESTS OPS ELAPSED_NS WIRE_BYTES HISTOGRAM
+ *        | err MESSAGE
  *   quit
+ *
+ * BYTES counts the float32 values moved (goodput), WIRE_BYTES the payload
+ * bytes that went over the sockets (a coded request's frame, both ways).
  *
  * An op moves SIZE bytes to or from every server at once: one request per
  * server (push, pull), a push then a pull per server (pushpull), or one
@@ -18,7 +23,7 @@
  * the same messages over plain DEALER sockets to raw ZeroMQ servers that
  * only answer (no protobuf, no apply), with the same zero-copy sends, so
  * the ratio of the two is what the parameter server costs over ZeroMQ.
- */
+ * With a codec, raw moves frames of the coded sizes (no encoding). */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -32,6 +37,7 @@
 #include <zmq.h>
 
 #include "bench.h"
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/time.h"
@@ -74,8 +80,8 @@ enum { RAW_PUSH = 1, RAW_PULL = 2, RAW_FUSED = 3 };
 
 typedef struct {
   uint32_t kind;
-  uint32_t op_slot; /* which op of the window */
-  uint64_t count;   /* floats */
+  uint32_t op_slot;     /* which op of the window */
+  uint64_t reply_bytes; /* what a pull's or a fused op's reply carries */
 } raw_hdr_t;
 
 /* Zero-copy frames count themselves back in, as libps-client's do, so both
@@ -88,12 +94,11 @@ static void raw_release_cb(void *data, void *hint) {
   atomic_fetch_sub_explicit(&raw_unreleased, 1, memory_order_acq_rel);
 }
 
-static int raw_send_payload(void *sock, const float *data, uint64_t count,
+static int raw_send_payload(void *sock, const void *data, uint64_t bytes,
                             int flags) {
   zmq_msg_t m;
   atomic_fetch_add_explicit(&raw_unreleased, 1, memory_order_relaxed);
-  if (zmq_msg_init_data(&m, (void *)data, count * sizeof(float), raw_release_cb,
-                        NULL) != 0) {
+  if (zmq_msg_init_data(&m, (void *)data, bytes, raw_release_cb, NULL) != 0) {
     atomic_fetch_sub(&raw_unreleased, 1);
     return -1;
   }
@@ -156,10 +161,10 @@ int ps_bench_raw_server_main(void *arg) {
       if (zmq_msg_size(&hdr) == sizeof(h))
         memcpy(&h, zmq_msg_data(&hdr), sizeof(h));
       int pull = (h.kind == RAW_PULL || h.kind == RAW_FUSED) &&
-                 h.count <= a->max_floats;
+                 h.reply_bytes <= a->max_floats * sizeof(float);
       zmq_msg_send(&route, sock, ZMQ_SNDMORE);
       zmq_msg_send(&hdr, sock, pull ? ZMQ_SNDMORE : 0);
-      if (pull) raw_send_payload(sock, weights, h.count, 0);
+      if (pull) raw_send_payload(sock, weights, h.reply_bytes, 0);
     }
   }
   zmq_close(sock);
@@ -189,6 +194,8 @@ typedef struct {
   int nraw;
   int window_max;
   int pull_copy; /* pulls into an array (ps_client_pull) instead of spans */
+  int codec, pull_codec; /* the tensor's (PS_CODEC_*) */
+  float topk_fraction;
   op_slot_t *slots;
   ps_bench_hist_t hist;
   char errmsg[512];
@@ -196,7 +203,7 @@ typedef struct {
 } runner_t;
 
 typedef struct {
-  uint64_t bytes, requests, ops, elapsed_ns;
+  uint64_t bytes, requests, ops, elapsed_ns, wire;
 } tally_t;
 
 /* Answers a run on fd: "res <bytes> <requests> <ops> <ns> <histogram>\n",
@@ -204,9 +211,10 @@ typedef struct {
 static void send_result(int fd, const tally_t *t, const ps_bench_hist_t *hist,
                         char *result) {
   int hn =
-      snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu ",
+      snprintf(result, RESULT_MAX, "res %llu %llu %llu %llu %llu ",
                (unsigned long long)t->bytes, (unsigned long long)t->requests,
-               (unsigned long long)t->ops, (unsigned long long)t->elapsed_ns);
+               (unsigned long long)t->ops, (unsigned long long)t->elapsed_ns,
+               (unsigned long long)t->wire);
   if (ps_bench_hist_format(hist, result + hn, (size_t)(RESULT_MAX - hn - 2)) <
       0) {
     reply(fd, "err histogram too large");
@@ -224,6 +232,18 @@ static int requests_per_op(ps_bench_op_t op, int nservers) {
 /* Values one request moves: a fused one carries them both ways. */
 static uint64_t floats_per_request(ps_bench_op_t op, uint64_t n) {
   return op == PS_BENCH_FUSED ? 2 * n : n;
+}
+
+/* Payload bytes of one request of n values each way in the tensor's
+ * codecs: what a push (or a push-pull's push) sends, what a pull (or a
+ * push-pull's reply) brings. */
+static uint64_t push_wire(const runner_t *r, uint64_t n) {
+  return ps_codec_encoded_bytes(r->codec, n,
+                                ps_codec_topk_count(n, r->topk_fraction));
+}
+
+static uint64_t pull_wire(const runner_t *r, uint64_t n) {
+  return ps_codec_encoded_bytes(r->pull_codec, n, 0);
 }
 
 static int ps_op_start(runner_t *r, ps_bench_op_t op, uint64_t n,
@@ -292,6 +312,8 @@ static int run_ps(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
   uint64_t start = ps_now_ns(), end = start + duration_ns;
   int head = 0, inflight = 0, rc = 0;
   uint64_t per_op = (uint64_t)requests_per_op(op, r->nservers);
+  uint64_t push0, pull0, push1, pull1;
+  ps_client_wire_bytes(r->client, &push0, &pull0);
   for (;;) {
     while (rc == 0 && inflight < window && ps_now_ns() < end) {
       rc = ps_op_start(r, op, n, &r->slots[(head + inflight) % window]);
@@ -306,6 +328,8 @@ static int run_ps(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
   t->elapsed_ns = ps_now_ns() - start;
   t->requests = t->ops * per_op;
   t->bytes = t->requests * floats_per_request(op, n) * sizeof(float);
+  ps_client_wire_bytes(r->client, &push1, &pull1);
+  t->wire = (push1 - push0) + (pull1 - pull0);
   return rc;
 }
 
@@ -314,9 +338,9 @@ static int raw_op_start(runner_t *r, ps_bench_op_t op, uint64_t n, int slot,
   s->t0 = ps_now_ns();
   s->parts_left = requests_per_op(op, r->nraw);
   for (int i = 0; op == PS_BENCH_FUSED && i < r->nraw; i++) {
-    raw_hdr_t h = {RAW_FUSED, (uint32_t)slot, n};
+    raw_hdr_t h = {RAW_FUSED, (uint32_t)slot, pull_wire(r, n)};
     if (zmq_send(r->raw[i], &h, sizeof(h), ZMQ_SNDMORE) < 0 ||
-        raw_send_payload(r->raw[i], r->values, n, 0) != 0) {
+        raw_send_payload(r->raw[i], r->values, push_wire(r, n), 0) != 0) {
       snprintf(r->errmsg, sizeof(r->errmsg), "raw send: %s",
                zmq_strerror(errno));
       return -1;
@@ -327,9 +351,11 @@ static int raw_op_start(runner_t *r, ps_bench_op_t op, uint64_t n, int slot,
     if (is_push && op == PS_BENCH_PULL) continue;
     if (!is_push && op == PS_BENCH_PUSH) continue;
     for (int i = 0; i < r->nraw; i++) {
-      raw_hdr_t h = {is_push ? RAW_PUSH : RAW_PULL, (uint32_t)slot, n};
+      raw_hdr_t h = {is_push ? RAW_PUSH : RAW_PULL, (uint32_t)slot,
+                     pull_wire(r, n)};
       if (zmq_send(r->raw[i], &h, sizeof(h), is_push ? ZMQ_SNDMORE : 0) < 0 ||
-          (is_push && raw_send_payload(r->raw[i], r->values, n, 0) != 0)) {
+          (is_push &&
+           raw_send_payload(r->raw[i], r->values, push_wire(r, n), 0) != 0)) {
         snprintf(r->errmsg, sizeof(r->errmsg), "raw send: %s",
                  zmq_strerror(errno));
         return -1;
@@ -412,6 +438,11 @@ static int run_raw(runner_t *r, ps_bench_op_t op, uint64_t n, int window,
   t->elapsed_ns = ps_now_ns() - start;
   t->requests = t->ops * per_op;
   t->bytes = t->requests * floats_per_request(op, n) * sizeof(float);
+  uint64_t per_server = op == PS_BENCH_PUSH ? push_wire(r, n)
+                        : op == PS_BENCH_PULL
+                            ? pull_wire(r, n)
+                            : push_wire(r, n) + pull_wire(r, n);
+  t->wire = t->ops * (uint64_t)r->nraw * per_server;
   return rc;
 }
 
@@ -643,6 +674,9 @@ static ps_client_t *connect_client(const ps_bench_client_args_t *a, char *err,
   t.offset = 0;
   t.length = a->model_floats;
   t.init = PS__INIT__INIT_ZERO;
+  t.push_codec = a->codec;
+  t.pull_codec = a->pull_codec;
+  t.topk_fraction = a->codec == PS_CODEC_TOPK ? a->topk_fraction : 0;
   ps_sparse_spec_t sp;
   memset(&sp, 0, sizeof(sp));
   snprintf(sp.name, sizeof(sp.name), "%s", PS_BENCH_SPARSE_TABLE);
@@ -704,6 +738,9 @@ int ps_bench_client_main(void *arg) {
   r.nservers = (int)v->nranges;
   r.window_max = a->window_max;
   r.pull_copy = a->pull_copy;
+  r.codec = a->codec;
+  r.pull_codec = a->pull_codec;
+  r.topk_fraction = a->topk_fraction;
   r.begins = calloc(v->nranges, sizeof(*r.begins));
   r.lens = calloc(v->nranges, sizeof(*r.lens));
   /* Cache-line aligned, as a trainer's arrays should be: the kernel copies

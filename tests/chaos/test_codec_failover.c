@@ -10,7 +10,10 @@
  * over. BSP with 2 workers sums a step in any arrival order to the same
  * bits, so both runs must dump bitwise the same final weights: every step
  * the killed primary applied is on the backup exactly as the primary
- * decoded it, and every resent push is the original. */
+ * decoded it, and every resent push is the original. The undisturbed run
+ * pushes and pulls separately, the other with fused push-pulls (the
+ * default): a coded push-pull resent after the failover carries the same
+ * bits, and fused equals separate with the codec. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +24,8 @@
 
 #define RUN_MS 240000
 
-static void run(const char *tag, int kill_primary, const char *dump) {
+static void run(const char *tag, int kill_primary, const char *push_pull,
+                const char *dump) {
   h_cluster_t c;
   h_init(&c, tag);
   h_proc_t *sched =
@@ -34,11 +38,11 @@ static void run(const char *tag, int kill_primary, const char *dump) {
   h_proc_t *w0 =
       h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank",
               "0", "--epochs", "1", "--codec", "topk", "--pull-codec", "none",
-              "--progress-ms", "300", "--eval-every-epoch=false",
-              "--dump-weights", dump, NULL);
+              "--push-pull", push_pull, "--progress-ms", "300",
+              "--eval-every-epoch=false", "--dump-weights", dump, NULL);
   h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
           "--epochs", "1", "--codec", "topk", "--pull-codec", "none",
-          "--eval-every-epoch=false", NULL);
+          "--push-pull", push_pull, "--eval-every-epoch=false", NULL);
   h_proc_t *killed = NULL;
   if (kill_primary) {
     uint64_t end = h_now_ms() + RUN_MS;
@@ -75,8 +79,8 @@ START_TEST(coded_pushes_survive_a_dead_primary_bitwise) {
   h_init(&tmp, "chaos_codec_dumps");
   snprintf(base, sizeof(base), "%s", h_path(&tmp, "base.f32"));
   snprintf(fail, sizeof(fail), "%s", h_path(&tmp, "failover.f32"));
-  run("chaos_codec_base", 0, base);
-  run("chaos_codec_failover", 1, fail);
+  run("chaos_codec_base", 0, "separate", base);
+  run("chaos_codec_failover", 1, "fused", fail);
   size_t na = 0, nb = 0;
   char *a = h_read_file(base, &na), *b = h_read_file(fail, &nb);
   ck_assert_msg(a && b, "a weights dump is missing");

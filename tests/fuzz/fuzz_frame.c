@@ -58,8 +58,14 @@ static void check_passed(const ps_msg_t *m, const ps_frame_limits_t *lim) {
       codec = env->push->codec;
       break;
     case PS__ENVELOPE__BODY_PUSH_PULL:
+      /* Its frame is a Push's (float32 or in codec); its reply is asked
+       * in a codec pulls have. */
       CHECK(m->npayload == 1);
       want = env->push_pull->count;
+      codec = env->push_pull->codec;
+      CHECK(env->push_pull->pull_codec == PS_CODEC_NONE ||
+            env->push_pull->pull_codec == PS_CODEC_FP16 ||
+            env->push_pull->pull_codec == PS_CODEC_INT8);
       break;
     case PS__ENVELOPE__BODY_PULL_REPLY:
       want = env->pull_reply->count;

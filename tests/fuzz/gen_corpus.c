@@ -281,6 +281,34 @@ static void rec_push(buf_t *b, unsigned from, uint32_t worker, uint64_t epoch,
   rec(b, from, &env, &f, 1);
 }
 
+/* A PushPull of values in codec (issue #15), its reply asked in
+ * pull_codec; top-k sends a tenth of the keys. */
+static void rec_pushpull(buf_t *b, unsigned from, uint32_t worker,
+                         uint64_t epoch, uint64_t rid, uint64_t key,
+                         uint64_t count, uint64_t clock, uint64_t seq,
+                         int codec, int pull_codec) {
+  static unsigned char enc[FUZZ_MODEL_TOTAL * 8];
+  static float scratch[FUZZ_MODEL_TOTAL];
+  Ps__PushPull p = PS__PUSH_PULL__INIT;
+  p.key_begin = key;
+  p.count = count;
+  p.clock = clock;
+  p.seq = seq;
+  p.codec = (Ps__Codec)codec;
+  p.pull_codec = (Ps__Codec)pull_codec;
+  Ps__Envelope env;
+  env_init(&env, worker, epoch, rid);
+  env.body_case = PS__ENVELOPE__BODY_PUSH_PULL;
+  env.push_pull = &p;
+  frame_t f = {values, count * sizeof(float)};
+  if (codec != PS_CODEC_NONE) {
+    uint64_t k = ps_codec_topk_count(count, 0.1f);
+    f.data = enc;
+    f.len = ps_codec_encode(codec, values, count, k, enc, scratch);
+  }
+  rec(b, from, &env, &f, 1);
+}
+
 static void rec_pull(buf_t *b, unsigned from, uint32_t worker, uint64_t epoch,
                      uint64_t rid, uint64_t key, uint64_t count,
                      uint64_t clock) {
@@ -685,6 +713,17 @@ static void gen_frame(void) {
     frame_t cf = {coded, ps_codec_encode(c, values, 100, topk, coded, scratch)};
     ONE(push_names[c], PS__ENVELOPE__BODY_PUSH, push, &cpush, &cf, 1);
   }
+  /* A push-pull's push in each codec, its reply asked in the pull codecs
+   * (issue #15): fp16 both ways, int8 both ways, top-k with int8 replies. */
+  Ps__PushPull cpp = pp;
+  const char *pp_names[] = {"", "push_pull_fp16", "push_pull_int8",
+                            "push_pull_topk"};
+  for (int c = PS_CODEC_FP16; c <= PS_CODEC_TOPK; c++) {
+    cpp.codec = c;
+    cpp.pull_codec = c == PS_CODEC_TOPK ? PS_CODEC_INT8 : c;
+    frame_t cf = {coded, ps_codec_encode(c, values, 100, topk, coded, scratch)};
+    ONE(pp_names[c], PS__ENVELOPE__BODY_PUSH_PULL, push_pull, &cpp, &cf, 1);
+  }
   Ps__PullReply cprep = PS__PULL_REPLY__INIT;
   cprep.count = 100;
   cprep.codec = PS_CODEC_INT8;
@@ -834,6 +873,21 @@ static void gen_server(void) {
   rec_push(&b, B, B, 1, 5, half, half, 0, 2);
   rec_pull(&b, B, B, 1, 6, 100, 300, 1);
   save("server", "bsp-step", &b);
+
+  /* BSP push-pulls in codecs (issue #15): A's int8 with fp16 replies, B's
+   * top-k with int8 replies, then A's resend (a duplicate, answered with
+   * the weights) and B's next step in fp16 both ways. */
+  reset(&b);
+  rec_view(&b, &VIEW_FIRST);
+  rec_pushpull(&b, A, A, 1, 1, 0, FUZZ_RANGE_SPLIT, 0, 1, PS_CODEC_INT8,
+               PS_CODEC_FP16);
+  rec_pushpull(&b, B, B, 1, 2, 0, FUZZ_RANGE_SPLIT, 0, 1, PS_CODEC_TOPK,
+               PS_CODEC_INT8);
+  rec_pushpull(&b, A, A, 1, 3, 0, FUZZ_RANGE_SPLIT, 0, 1, PS_CODEC_INT8,
+               PS_CODEC_FP16);
+  rec_pushpull(&b, B, B, 1, 4, 0, FUZZ_RANGE_SPLIT, 1, 2, PS_CODEC_FP16,
+               PS_CODEC_FP16);
+  save("server", "pushpull-coded", &b);
 
   /* A resend of an applied push is acked as a duplicate; one older than
    * the window is refused. */

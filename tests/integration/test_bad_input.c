@@ -16,7 +16,8 @@
  * primary's sparse push once and refuses one that does not fit.
  *
  * A PushPull (issue #15) is answered with the weights of its step applied,
- * its resend too (not applied again), and refused where a push would be.
+ * its resend too (not applied again), and refused where a push would be;
+ * a coded one whose frame does not hold together is refused too.
  *
  * The test itself plays the single worker of the job over the real protocol,
  * so the cluster publishes a view and the server holds a model. */
@@ -817,6 +818,130 @@ START_TEST(pushpull_resend_gets_weights) {
 }
 END_TEST
 
+/* A PushPull (issue #15) of keys [0, count) for step whose push frame is
+ * codec's (these bytes), its reply asked in pull_codec; returns its
+ * request id. */
+static uint64_t send_coded_pushpull(int codec, int pull_codec, uint64_t count,
+                                    const void *frame, size_t bytes,
+                                    uint64_t step, uint64_t seq) {
+  zmq_msg_t payload;
+  ck_assert_int_eq(zmq_msg_init_size(&payload, bytes), 0);
+  memcpy(zmq_msg_data(&payload), frame, bytes);
+  Ps__PushPull p = PS__PUSH_PULL__INIT;
+  p.key_begin = 0;
+  p.count = count;
+  p.clock = step;
+  p.seq = seq;
+  p.codec = (Ps__Codec)codec;
+  p.pull_codec = (Ps__Codec)pull_codec;
+  Ps__Envelope env = envelope(PS__ENVELOPE__BODY_PUSH_PULL);
+  env.push_pull = &p;
+  ck_assert_int_eq(ps_msg_send(server, NULL, &env, &payload, 1), PS_OK);
+  return env.request_id;
+}
+
+/* The fp16 PullReply to push-pull req: the whole tensor at clock, its
+ * frame into h (NKEYS halves). */
+static void expect_fp16_reply(uint64_t req, uint16_t *h, uint64_t clock,
+                              int duplicate, const char *what) {
+  ps_msg_t m;
+  recv_reply(server, req, &m);
+  ck_assert_msg(
+      m.env->body_case == PS__ENVELOPE__BODY_PULL_REPLY,
+      "%s: answered with %s (%s)", what, ps_body_name(m.env->body_case),
+      m.env->body_case == PS__ENVELOPE__BODY_ERROR ? m.env->error->message
+                                                   : "");
+  ck_assert_int_eq(m.env->pull_reply->codec, PS__CODEC__CODEC_FP16);
+  ck_assert_uint_eq(m.env->pull_reply->count, NKEYS);
+  ck_assert_uint_eq(m.env->pull_reply->clock, clock);
+  ck_assert_msg(m.env->pull_reply->duplicate == (duplicate != 0),
+                "%s: duplicate is %d", what, m.env->pull_reply->duplicate);
+  ck_assert_int_eq(m.npayload, 1);
+  ck_assert_uint_eq(zmq_msg_size(&m.payload[0]), NKEYS * 2);
+  memcpy(h, zmq_msg_data(&m.payload[0]), NKEYS * 2);
+  ps_msg_close(&m);
+}
+
+/* Issue #15: a PushPull whose coded push does not hold together (a frame
+ * a byte short, top-k indices out of order or past count) or that asks
+ * for its reply in top-k is refused with an Error and changes nothing; a
+ * good int8 push-pull with fp16 replies moves the weights by what the
+ * int8 frame decodes to (the same decoder as a Push's) and brings them
+ * back in half precision; its resend (same seq, same bits) is not applied
+ * again and gets the same reply. */
+START_TEST(coded_pushpull_refused_or_served) {
+  float before[NKEYS], after[NKEYS];
+  pull_all(before);
+  static float g[NKEYS];
+  for (int i = 0; i < NKEYS; i++) g[i] = 0.25f * (float)(i % 9) - 1.0f;
+  unsigned char enc[1024] = {0};
+  size_t n8 = ps_codec_encode(PS_CODEC_INT8, g, NKEYS, 0, enc, NULL);
+  expect_error(server,
+               send_coded_pushpull(PS_CODEC_INT8, PS_CODEC_FP16, NKEYS, enc,
+                                   n8 - 1, 0, 500),
+               PS_ERR_PROTO, "int8 push-pull a byte short");
+  expect_error(server,
+               send_coded_pushpull(PS_CODEC_FP16, PS_CODEC_FP16, NKEYS, enc,
+                                   NKEYS * 2 + 2, 0, 500),
+               PS_ERR_PROTO, "fp16 push-pull a value long");
+  unsigned char bad[16];
+  uint32_t idx[2] = {7, 3};
+  float vals[2] = {1, 2};
+  memcpy(bad, idx, 8);
+  memcpy(bad + 8, vals, 8);
+  expect_error(
+      server,
+      send_coded_pushpull(PS_CODEC_TOPK, PS_CODEC_INT8, NKEYS, bad, 16, 0, 500),
+      PS_ERR_PROTO, "top-k push-pull indices descending");
+  idx[0] = 3, idx[1] = NKEYS;
+  memcpy(bad, idx, 8);
+  expect_error(
+      server,
+      send_coded_pushpull(PS_CODEC_TOPK, PS_CODEC_INT8, NKEYS, bad, 16, 0, 500),
+      PS_ERR_PROTO, "top-k push-pull index past count");
+  expect_error(
+      server,
+      send_coded_pushpull(PS_CODEC_INT8, PS_CODEC_TOPK, NKEYS, enc, n8, 0, 500),
+      PS_ERR_PROTO, "push-pull reply asked in top-k");
+  pull_all(after);
+  ck_assert_int_eq(memcmp(before, after, sizeof(before)), 0);
+
+  /* A good one (seq 500 was never applied: every refusal came before). */
+  uint16_t h[NKEYS], again[NKEYS];
+  expect_fp16_reply(
+      send_coded_pushpull(PS_CODEC_INT8, PS_CODEC_FP16, NKEYS, enc, n8, 0, 500),
+      h, 1, 0, "int8 push-pull of step 0");
+  pull_all(after);
+  float dq[NKEYS];
+  char why[200];
+  ck_assert_int_eq(
+      ps_codec_decode(PS_CODEC_INT8, enc, n8, NKEYS, dq, why, sizeof(why)),
+      PS_OK);
+  int moved = 0;
+  for (int i = 0; i < NKEYS; i++) {
+    ck_assert_uint_eq(h[i], ps_fp16_from_float(after[i]));
+    /* Zero gradient after decoding: the weight stays; else it moves
+     * against it. */
+    if (dq[i] == 0)
+      ck_assert_msg(after[i] == before[i], "key %d moved", i);
+    else
+      ck_assert_msg((after[i] - before[i]) * dq[i] < 0,
+                    "key %d did not move against its gradient", i);
+    moved += after[i] != before[i];
+  }
+  ck_assert_int_gt(moved, 0);
+  /* The resend after a failover sends the same bits with the same seq. */
+  expect_fp16_reply(
+      send_coded_pushpull(PS_CODEC_INT8, PS_CODEC_FP16, NKEYS, enc, n8, 0, 500),
+      again, 1, 1, "its resend");
+  ck_assert_int_eq(memcmp(h, again, sizeof(h)), 0);
+  float now[NKEYS];
+  pull_all(now);
+  ck_assert_int_eq(memcmp(after, now, sizeof(now)), 0);
+  expect_server_serves();
+}
+END_TEST
+
 static Ps__Envelope from_primary(Ps__Envelope__BodyCase body);
 static void expect_backup_replays(void);
 
@@ -1193,6 +1318,7 @@ int main(void) {
   tcase_add_checked_fixture(tb, setup_bsp, teardown);
   tcase_add_test(tb, sparse_bsp_applies_at_the_step);
   tcase_add_test(tb, pushpull_resend_gets_weights);
+  tcase_add_test(tb, coded_pushpull_refused_or_served);
   suite_add_tcase(s, tb);
   TCase *tn = tcase_create("nonfinite_skip");
   tcase_set_timeout(tn, 120);

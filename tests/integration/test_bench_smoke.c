@@ -195,11 +195,65 @@ START_TEST(quick_local_run_prints_json) {
 }
 END_TEST
 
+/* --codec (issue #15): every dense op of 4 KiB (1024 values, one server)
+ * reports the payload bytes it moved, as the codec sizes them: int8 a
+ * scale per 256 values and a byte each (1040 bytes), top-k 1% 11 pairs
+ * (88 bytes) with int8 replies; a fused op both ways. */
+START_TEST(codec_run_reports_wire_bytes) {
+  static const struct {
+    const char *codec;
+    double push, pull;
+  } want[] = {{"int8", 1040, 1040}, {"topk", 88, 1040}};
+  h_cluster_t c;
+  h_init(&c, _i == 0 ? "bench_smoke_int8" : "bench_smoke_topk");
+  const char *bin = getenv("PS_BIN_DIR");
+  char cmd[2048];
+  snprintf(cmd, sizeof(cmd),
+           "'%s/ps-bench' --local 1,1 --quick --json --codec %s "
+           "--ops push,pull,pushpull,fused --sizes 4K --windows 1 "
+           "2>'%s/stderr.txt'",
+           bin ? bin : ".", want[_i].codec, c.dir);
+  FILE *f = popen(cmd, "r");
+  ck_assert_ptr_nonnull(f);
+  char line[8192];
+  int lines = 0;
+  while (fgets(line, sizeof(line), f)) {
+    line[strcspn(line, "\n")] = '\0';
+    ck_assert_msg(valid_object(line), "not one JSON object: %s", line);
+    char codec[64];
+    snprintf(codec, sizeof(codec), "\"codec\":\"%s\"", want[_i].codec);
+    ck_assert_msg(strstr(line, codec) != NULL, "no %s in %s", codec, line);
+    double expect = strstr(line, "\"op\":\"push\"") ? want[_i].push
+                    : strstr(line, "\"op\":\"pull\"")
+                        ? want[_i].pull
+                        : want[_i].push + want[_i].pull;
+    double wire = h_json_number(line, "wire_bytes_per_op");
+    /* A resend (a loaded machine) adds a request now and then. */
+    ck_assert_msg(wire >= expect && wire <= expect * 1.05,
+                  "%s: wire_bytes_per_op %.1f, expected %.0f: %s",
+                  want[_i].codec, wire, expect, line);
+    ck_assert_msg(h_json_number(line, "mbps") > 0, "%s", line);
+    lines++;
+  }
+  int st = pclose(f);
+  if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+    char *err = h_read_file(h_path(&c, "stderr.txt"), NULL);
+    fprintf(stderr, "ps-bench stderr:\n%s\n", err ? err : "");
+    free(err);
+  }
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "ps-bench --codec %s exited with status %d", want[_i].codec,
+                st);
+  ck_assert_int_eq(lines, 4);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("bench_smoke");
   TCase *tc = tcase_create("bench_smoke");
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, quick_local_run_prints_json);
+  tcase_add_loop_test(tc, codec_run_reports_wire_bytes, 0, 2);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

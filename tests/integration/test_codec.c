@@ -3,7 +3,8 @@
  * Each run learns (test accuracy >= 0.80) and moves the payload bytes per
  * step the codec promises against the float32 run: fp16 half, int8 (with
  * int8 pulls) and topk 1% (with int8 pulls) at least 3.9x and 4x fewer.
- * A bad --codec is refused with exit 2. */
+ * A bad --codec is refused with exit 2. With each codec, fused push-pulls
+ * (the default) and --push-pull separate give bitwise the same weights. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -103,6 +104,68 @@ START_TEST(codecs_cut_bytes_and_learn) {
 }
 END_TEST
 
+/* The weights ps-worker dumps after STEPS of 2 + 2 BSP with this codec and
+ * --push-pull mode; the caller frees them. */
+#define EQ_STEPS "60"
+static float *train_dump(const char *codec, const char *mode, size_t *n) {
+  h_cluster_t c;
+  char test[64];
+  snprintf(test, sizeof(test), "codec_%s_%s", codec, mode);
+  h_init(&c, test);
+  const char *dump = h_path(&c, "weights.f32");
+  const char *report = h_path(&c, "report.json");
+  h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "2", "--mode", "bsp", "--replication", "2",
+          "--heartbeat-timeout-ms", "3000", NULL);
+  h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "server1", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep, "--rank", "0",
+          "--max-steps", EQ_STEPS, "--codec", codec, "--push-pull", mode,
+          "--dump-weights", dump, "--report", report, NULL);
+  h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep, "--rank", "1",
+          "--max-steps", EQ_STEPS, "--codec", codec, "--push-pull", mode, NULL);
+  char why[512];
+  int ok = h_wait_all_exit0(&c, 0, 240000, why, sizeof(why));
+  h_kill_all(&c);
+  ck_assert_msg(ok, "codec %s, push-pull %s: %s", codec, mode, why);
+  char *json = h_read_file(report, NULL);
+  ck_assert_msg(json != NULL, "codec %s, %s: no report", codec, mode);
+  printf("codec %-4s push-pull %-8s: %.0f bytes/step\n", codec, mode,
+         h_json_number(json, "bytes_per_step"));
+  fflush(stdout);
+  free(json);
+  float *w = (float *)h_read_file(dump, n);
+  ck_assert_msg(w != NULL && *n == 235146 * sizeof(float),
+                "codec %s, %s: no dump of 235146 weights", codec, mode);
+  return w;
+}
+
+/* Fused push-pulls in a codec (the push coded as a Push, the reply as a
+ * Pull's) give bitwise the weights of a push then a pull in the same
+ * codec: the servers decode the same frames with the same decoder and
+ * encode the same weights for the reply, and top-k's residual moves once
+ * per step either way. */
+START_TEST(fused_equals_separate) {
+  static const char *const codecs[] = {"fp16", "int8", "topk"};
+  const char *codec = codecs[_i];
+  size_t nf = 0, ns = 0;
+  float *fused = train_dump(codec, "fused", &nf);
+  float *sep = train_dump(codec, "separate", &ns);
+  ck_assert_uint_eq(nf, ns);
+  size_t differ = 0;
+  for (size_t i = 0; i < nf / sizeof(float); i++)
+    if (memcmp(&fused[i], &sep[i], sizeof(float)) != 0) differ++;
+  printf("codec %-4s: %zu of %zu weights differ, fused against separate\n",
+         codec, differ, nf / sizeof(float));
+  fflush(stdout);
+  ck_assert_msg(differ == 0,
+                "codec %s: %zu weights differ between fused and separate",
+                codec, differ);
+  free(fused);
+  free(sep);
+}
+END_TEST
+
 START_TEST(bad_codec_exits_2) {
   h_cluster_t c;
   h_init(&c, "codec_usage");
@@ -138,5 +201,9 @@ int main(void) {
   tcase_add_test(tc, bad_codec_exits_2);
   tcase_add_test(tc, codecs_cut_bytes_and_learn);
   suite_add_tcase(s, tc);
+  TCase *te = tcase_create("fused");
+  tcase_set_timeout(te, 580);
+  tcase_add_loop_test(te, fused_equals_separate, 0, 3);
+  suite_add_tcase(s, te);
   return ps_check_run(s);
 }

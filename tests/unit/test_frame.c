@@ -6,11 +6,12 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/time.h>
 #include <time.h>
-#include <string.h>
 #include <zmq.h>
 
+#include "common/codec.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "tests/check_run.h"
@@ -499,6 +500,69 @@ START_TEST(snapshot_chunk_checked) {
 }
 END_TEST
 
+/* A PushPull of count keys whose push frame is codec's (issue #15), of
+ * bytes bytes, its reply asked in pull_codec: what ps_msg_recv says. */
+static int send_pushpull(int codec, int pull_codec, uint64_t count,
+                         size_t bytes, char *err) {
+  Ps__PushPull p = PS__PUSH_PULL__INIT;
+  p.count = count;
+  p.clock = 2;
+  p.seq = 9;
+  p.codec = (Ps__Codec)codec;
+  p.pull_codec = (Ps__Codec)pull_codec;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.version = PS_PROTOCOL_VERSION;
+  env.request_id = 8;
+  env.body_case = PS__ENVELOPE__BODY_PUSH_PULL;
+  env.push_pull = &p;
+  uint8_t buf[128];
+  send_raw(buf, ps__envelope__pack(&env, buf), 1);
+  static uint8_t frame[4096];
+  send_raw(frame, bytes, 0);
+  ps_msg_t m;
+  int rc = recv_router(&m, NULL, err);
+  if (rc == PS_OK) {
+    ck_assert_int_eq(m.env->push_pull->codec, codec);
+    ck_assert_int_eq(m.env->push_pull->pull_codec, pull_codec);
+  }
+  ps_msg_close(&m);
+  return rc;
+}
+
+/* A push-pull's frame is checked against its codec's size exactly as a
+ * push's, and its reply may be asked only in a codec pulls have. */
+START_TEST(coded_pushpull_checked) {
+  char err[256];
+  ck_assert_int_eq(send_pushpull(PS_CODEC_NONE, PS_CODEC_NONE, 300, 1200, err),
+                   PS_OK);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_FP16, PS_CODEC_FP16, 300, 600, err),
+                   PS_OK);
+  /* int8: 2 scales (300 keys in blocks of 256), then 300 int8. */
+  ck_assert_int_eq(send_pushpull(PS_CODEC_INT8, PS_CODEC_INT8, 300, 308, err),
+                   PS_OK);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_TOPK, PS_CODEC_INT8, 300, 24, err),
+                   PS_OK);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_FP16, PS_CODEC_NONE, 300, 1200, err),
+                   PS_ERR_PROTO);
+  ck_assert_msg(strstr(err, "push_pull") && strstr(err, "fp16"), "%s", err);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_INT8, PS_CODEC_NONE, 300, 304, err),
+                   PS_ERR_PROTO);
+  ck_assert_msg(strstr(err, "push_pull") && strstr(err, "int8"), "%s", err);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_TOPK, PS_CODEC_NONE, 300, 20, err),
+                   PS_ERR_PROTO);
+  ck_assert_int_eq(send_pushpull(7, PS_CODEC_NONE, 300, 1200, err),
+                   PS_ERR_PROTO);
+  ck_assert_msg(strstr(err, "unknown codec 7"), "%s", err);
+  /* Float32 push, but a reply in top-k (pushes only) or unknown. */
+  ck_assert_int_eq(send_pushpull(PS_CODEC_NONE, PS_CODEC_TOPK, 300, 1200, err),
+                   PS_ERR_PROTO);
+  ck_assert_msg(strstr(err, "reply in codec 3"), "%s", err);
+  ck_assert_int_eq(send_pushpull(PS_CODEC_FP16, 9, 300, 600, err),
+                   PS_ERR_PROTO);
+  ck_assert_msg(strstr(err, "reply in codec 9"), "%s", err);
+}
+END_TEST
+
 START_TEST(body_names) {
   ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PUSH), "push");
   ck_assert_str_eq(ps_body_name(PS__ENVELOPE__BODY_PULL_REPLY), "pull_reply");
@@ -598,6 +662,7 @@ int main(void) {
   tcase_add_test(tc, error_reply_carries_request);
   tcase_add_test(tc, recv_without_message_is_timeout);
   tcase_add_test(tc, body_names);
+  tcase_add_test(tc, coded_pushpull_checked);
   tcase_add_test(tc, snapshot_head_checked);
   tcase_add_test(tc, snapshot_chunk_checked);
   tcase_add_test(tc, pull_reply_in_several_frames);

@@ -210,7 +210,8 @@ static void ps__client_op_settle(ps_client_t *c, ps__op_t *op) {
 
 static int ps__client_op_append(ps_client_t *c, ps__op_t *op,
                                 uint64_t key_begin, uint64_t count,
-                                uint64_t seq, uint32_t server_id, int codec) {
+                                uint64_t seq, uint32_t server_id, int codec,
+                                int pull_codec) {
   if (op->npieces == op->cap) {
     size_t cap = op->cap ? op->cap * 2 : 8;
     ps__piece_t *n = realloc(op->pieces, cap * sizeof(*n));
@@ -225,6 +226,7 @@ static int ps__client_op_append(ps_client_t *c, ps__op_t *op,
   p->seq = seq;
   p->server_id = server_id;
   p->codec = codec;
+  p->pull_codec = pull_codec;
   p->state = PS__PIECE_QUEUED;
   op->pending++;
   return PS_OK;
@@ -280,14 +282,20 @@ static int ps__client_op_split(ps_client_t *c, ps__op_t *op, uint64_t key_begin,
           rg->begin + ((key - rg->begin) / c->chunk_keys + 1) * c->chunk_keys;
       if (chunk_end < piece_end) piece_end = chunk_end;
     }
-    /* A request is in one codec: cut where the tensors' codec changes. */
+    /* A request is in one codec: cut where the tensors' codec changes
+     * (a push-pull's: its push's or its reply's). */
     uint64_t run_end;
     int codec = ps__client_codec_at(c, op->is_push, key, NULL, &run_end);
     if (run_end < piece_end) piece_end = run_end;
+    int pull_codec = PS_CODEC_NONE;
+    if (op->pushpull) {
+      pull_codec = ps__client_codec_at(c, 0, key, NULL, &run_end);
+      if (run_end < piece_end) piece_end = run_end;
+    }
     uint64_t piece_seq = seq;
     if (op->is_push && piece_seq == 0) piece_seq = ++c->next_seq;
     int rc = ps__client_op_append(c, op, key, piece_end - key, piece_seq,
-                                  rg->server_id, codec);
+                                  rg->server_id, codec, pull_codec);
     if (rc != PS_OK) return rc;
     key = piece_end;
   }
@@ -472,6 +480,7 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
     push_pull.count = p->count;
     push_pull.clock = op->clock;
     push_pull.seq = p->seq;
+    push_pull.pull_codec = (Ps__Codec)p->pull_codec;
     env.body_case = PS__ENVELOPE__BODY_PUSH_PULL;
     env.push_pull = &push_pull;
   } else if (op->is_push) {
@@ -485,14 +494,14 @@ static int ps__client_op_send_piece(ps_client_t *c, ps__op_t *op, size_t i,
   if (op->is_push) {
     /* The values are the caller's (or the call's encoding of them): see
      * ps__client_op_settle for why this is safe and what happens to frames
-     * of a call that failed. A push-pull's pieces are never coded
-     * (ps__client_data_start refuses one over coded tensors). */
+     * of a call that failed. A push-pull's push is coded as a push's. */
     const void *src = op->values + (p->key_begin - op->key_begin);
     size_t bytes = p->count * sizeof(float);
     if (p->codec != PS_CODEC_NONE) {
       src = op->enc_buf + p->enc_off;
       bytes = p->enc_bytes;
       push.codec = (Ps__Codec)p->codec;
+      push_pull.codec = (Ps__Codec)p->codec;
     } else if (p->from_dq) {
       src = op->dq + (p->key_begin - op->key_begin);
     }
@@ -733,6 +742,7 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
       return;
     }
     c->pull_bytes += ps_msg_payload_bytes(m);
+    if (r->clock < op->reply_clock) op->reply_clock = r->clock;
     if (r->codec != PS__CODEC__CODEC_NONE) {
       rc = ps__client_pull_decode(c, k, op, p, m, (int)r->codec);
       if (rc != PS_OK) {
@@ -752,7 +762,6 @@ static void ps__client_on_reply(ps_client_t *c, ps__conn_t *k, ps_msg_t *m,
       ps__client_op_fail_errmsg(c, op, rc);
       return;
     }
-    if (r->clock < op->reply_clock) op->reply_clock = r->clock;
     /* A push-pull of step t brings the weights for step t + 1. */
     uint64_t want = op->pushpull ? op->clock + 1 : op->clock;
     if (r->clock < want) {
@@ -1172,19 +1181,9 @@ int ps_client_pushpull_start(ps_client_t *c, uint64_t key_begin, uint64_t count,
     return ps__client_fail(c, PS_ERR_INVAL,
                            "push_pull: NULL buffer for %" PRIu64 " weights",
                            count);
-  /* A push-pull moves float32 both ways: coded tensors (issue #15's
-   * codecs) go by ps_client_push and ps_client_pull. */
-  for (uint64_t key = key_begin, end = key_begin + count; key < end;) {
-    uint64_t run_end = UINT64_MAX;
-    if (ps__client_codec_at(c, 1, key, NULL, &run_end) != PS_CODEC_NONE ||
-        ps__client_codec_at(c, 0, key, NULL, &run_end) != PS_CODEC_NONE)
-      return ps__client_fail(c, PS_ERR_UNSUPPORTED,
-                             "push_pull: key %" PRIu64
-                             " is in a tensor with a codec; push and pull it "
-                             "separately",
-                             key);
-    key = run_end;
-  }
+  /* Coded tensors (issue #15) push-pull in their codecs: the push as
+   * ps_client_push would send it (encoded once, top-k's residual updated
+   * once), the reply as ps_client_pull would get it. */
   /* A non-NULL out is what makes the push a PushPull. */
   float none;
   return ps__client_start(c, 1, 0, key_begin, count, grad,

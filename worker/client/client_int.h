@@ -112,8 +112,10 @@ typedef struct {
    * call's enc_buf, encoded once when the call started, so every resend
    * carries the same bits), or, with codec NONE and from_dq, as raw floats
    * from the call's dq (a coded piece the view cut differently). Pulls:
-   * the encoding asked for the reply. */
+   * the encoding asked for the reply. Push-pulls: codec is the push's,
+   * pull_codec the reply's. */
   int codec;
+  int pull_codec;
   int from_dq;
   size_t enc_off, enc_bytes;
 } ps__piece_t;

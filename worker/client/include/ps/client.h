@@ -193,7 +193,11 @@ PS_EXTERN int ps_client_pull(ps_client_t *c, uint64_t key_begin, uint64_t count,
  * it comes only once every copy of the range holds the push; a resend
  * that the server recognises as a duplicate still gets the weights (and
  * counts in ps_client_duplicate_acks). Half the messages of a push and a
- * pull, and the pull does not wait for the push's ack first.
+ * pull, and the pull does not wait for the push's ack first. Keys in coded
+ * tensors (ps_tensor_spec_t push_codec, pull_codec) travel as
+ * ps_client_push and ps_client_pull would send and receive them: the
+ * push encoded once when the call starts (top-k's residual updated once;
+ * every resend carries the same bits), the weights in the pull codec.
  *
  * grad and weights_out must not overlap (the gradient is sent from where
  * it lies, while replies land in weights_out). A piece counts for
