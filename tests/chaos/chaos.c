@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,19 +103,19 @@ int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
   return -1;
 }
 
-h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
-                             unsigned *node, char *why, size_t whylen) {
+int chaos_kill_primary_slot(h_cluster_t *c, chaos_server_t *srv, int n,
+                            unsigned *node, char *why, size_t whylen) {
   unsigned backup;
   if (!chaos_range_holders(c, 0, node, &backup)) {
     snprintf(why, whylen, "psctl status did not answer");
-    return NULL;
+    return -1;
   }
   char *js = h_status_json(c, 2000);
   int slot = js ? chaos_server_slot(srv, n, js, *node) : -1;
   free(js);
   if (slot < 0) {
     snprintf(why, whylen, "primary %u is no server we run", *node);
-    return NULL;
+    return -1;
   }
   h_proc_t *killed = srv[slot].proc;
   kill(killed->pid, SIGKILL);
@@ -122,12 +123,30 @@ h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
   if (!h_wait_node_state(c, srv[slot].address, "dead", 10000)) {
     snprintf(why, whylen, "the killed server %s was not declared dead in 10 s",
              killed->name);
-    return NULL;
+    return -1;
   }
+  return slot;
+}
+
+h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
+                             unsigned *node, char *why, size_t whylen) {
+  int slot = chaos_kill_primary_slot(c, srv, n, node, why, whylen);
+  if (slot < 0) return NULL;
+  h_proc_t *killed = srv[slot].proc;
   /* Only now: a newcomer is refused while every expected server looks
    * alive. */
   chaos_server_start(c, &srv[slot], slot, "server", "127.0.0.1", NULL);
   return killed;
+}
+
+void chaos_append(const char *path, const char *fmt, ...) {
+  FILE *f = fopen(path, "a");
+  if (f == NULL) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(f, fmt, ap);
+  va_end(ap);
+  fclose(f);
 }
 
 int chaos_all_exit0_but(h_cluster_t *c, const h_proc_t *skip, char *why,

@@ -73,6 +73,15 @@ int chaos_server_slot(const chaos_server_t *s, int n, const char *json,
  * process, with its node id in *node; NULL with the reason in why. */
 h_proc_t *chaos_kill_primary(h_cluster_t *c, chaos_server_t *srv, int n,
                              unsigned *node, char *why, size_t whylen);
+/* The same without the restart: returns the killed server's slot, or -1
+ * with the reason in why. */
+int chaos_kill_primary_slot(h_cluster_t *c, chaos_server_t *srv, int n,
+                            unsigned *node, char *why, size_t whylen);
+
+/* Appends a printf-formatted line to the file at path (a test's record of
+ * what its workers saw, read back by the test's own process). */
+void chaos_append(const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* 1 if every process of c but skip exited 0; else 0 with the first that
  * did not in why, and every log printed. */

@@ -10,8 +10,6 @@
  * fewer messages than pushes. */
 #include <check.h>
 #include <inttypes.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,18 +25,7 @@
 #define WINDOW 8
 
 static char g_result[700];
-
-static void result(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void result(const char *fmt, ...) {
-  FILE *f = fopen(g_result, "a");
-  if (f == NULL) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vfprintf(f, fmt, ap);
-  va_end(ap);
-  fclose(f);
-}
+#define result(...) chaos_append(g_result, __VA_ARGS__)
 
 /* 1 if every counter reads want. */
 static int counters_are(ps_client_t *c, float want, const char *when) {
@@ -116,17 +103,10 @@ START_TEST(coalesced_pushes_replay_exactly) {
   }
   /* chaos_job_start took the first sync; this one: the pushes are done. */
   ck_assert(h_workers_sync_timeout(120000));
-  unsigned primary, backup;
-  ck_assert(chaos_range_holders(&c, 0, &primary, &backup));
-  char *js = h_status_json(&c, 2000);
-  ck_assert_ptr_nonnull(js);
-  int sp = chaos_server_slot(srv, SERVERS, js, primary);
-  free(js);
-  ck_assert_int_ge(sp, 0);
-  kill(srv[sp].proc->pid, SIGKILL);
-  h_wait_exit(srv[sp].proc, 5000);
-  ck_assert_msg(h_wait_node_state(&c, srv[sp].address, "dead", 10000),
-                "the killed server was not declared dead");
+  unsigned primary;
+  int sp =
+      chaos_kill_primary_slot(&c, srv, SERVERS, &primary, why, sizeof(why));
+  ck_assert_msg(sp >= 0, "%s", why);
   ck_assert(h_workers_sync_timeout(30000));
   int all = h_wait_all(&c, 60000);
   char *res = h_read_file(g_result, NULL);

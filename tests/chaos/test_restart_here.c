@@ -17,7 +17,6 @@
  * waited for its weights until its 30 s deadline (deploy.systemd failed
  * that way now and then). */
 #include <check.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,17 +79,10 @@ START_TEST(restarted_on_its_address) {
   ck_assert_msg(!w[0]->exited && h_progress_step(w[0]->log, NULL) >= 20,
                 "training did not start");
 
-  unsigned primary, backup;
-  ck_assert(chaos_range_holders(&c, 0, &primary, &backup));
-  char *js = h_status_json(&c, 3000);
-  ck_assert_ptr_nonnull(js);
-  int slot = chaos_server_slot(srv, 2, js, primary);
-  free(js);
-  ck_assert_int_ge(slot, 0);
-  kill(srv[slot].proc->pid, SIGKILL);
-  h_wait_exit(srv[slot].proc, 5000);
-  ck_assert_msg(h_wait_node_state(&c, srv[slot].address, "dead", 10000),
-                "the killed server was not declared dead");
+  unsigned primary;
+  char why[512];
+  int slot = chaos_kill_primary_slot(&c, srv, 2, &primary, why, sizeof(why));
+  ck_assert_msg(slot >= 0, "%s", why);
   chaos_server_restart_here(&c, &srv[slot], slot, "server");
   unsigned id = wait_leads(&c, srv[slot].address, 30000);
   ck_assert_msg(id != 0 && id != primary,
@@ -117,7 +109,6 @@ START_TEST(restarted_on_its_address) {
 
   /* The job ends: both workers exit 0 (a push-pull that lost its reply
    * fails its step after 30 s). */
-  char why[512];
   for (int i = 0; i < 2; i++)
     ck_assert_msg(h_wait_exit0(&c, w[i], 180000, why, sizeof(why)),
                   "worker %d: %s", i, why);
