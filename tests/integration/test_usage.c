@@ -98,6 +98,11 @@ START_TEST(refused_combinations_exit_2) {
   expect(&c, 2, "ps-scheduler", "--servers=3", "--ranges=2", NULL, ranges, 2);
   const char *batch[] = {"option --read-batch-ms", "above the maximum 100"};
   expect(&c, 2, "ps-scheduler", "--read-batch-ms=101", NULL, NULL, batch, 2);
+  /* Issue #15: ps-bench's codecs. */
+  const char *codec[] = {"option --codec", "not one of none|fp16|int8|topk"};
+  expect(&c, 2, "ps-bench", "--local=2,1", "--codec=gzip", NULL, codec, 2);
+  const char *frac[] = {"option --topk-fraction", "above the maximum 1"};
+  expect(&c, 2, "ps-bench", "--local=2,1", "--topk-fraction=2", NULL, frac, 2);
   const char *timeout[] = {"scheduler-timeout-ms 500", "at least 2000"};
   expect(&c, 2, "ps-server", "--scheduler-timeout-ms", "500", NULL, timeout, 2);
   const char *listen[] = {"--listen", "numeric HOST:PORT"};
