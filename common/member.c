@@ -49,6 +49,9 @@ struct ps_member_s {
   int registered;
   uint32_t node_id;
   uint64_t epoch;
+  /* A copy of the last view handed to view_cb: the base the next delta
+   * applies to (View.base_epoch). NULL before the first. */
+  ps_view_t *held;
   uint64_t clock;
   char metrics_address[PS_ADDR_MAX]; /* "" when none */
   uint64_t last_heard_ms;
@@ -244,21 +247,41 @@ static void handle_register_reply(ps_member_t *m, const Ps__Envelope *env) {
 }
 
 static void handle_view(ps_member_t *m, const Ps__Envelope *env) {
-  char why[256];
-  ps_view_t *view = ps_view_from_pb(env->view, why, sizeof(why));
-  if (view == NULL) {
-    PS_WARN("view_refused", "epoch=%" PRIu64 " reason=\"%s\"", env->view->epoch,
-            why);
-    return;
-  }
+  const Ps__View *pb = env->view;
   /* Views are resent on request and may cross: only a newer one counts. */
-  if (view->epoch <= m->epoch) {
-    ps_view_destroy(&view);
+  if (pb->epoch <= m->epoch) return;
+  if (pb->base_epoch != 0 &&
+      (m->held == NULL || m->held->epoch != pb->base_epoch)) {
+    /* A delta against a view this node never got (lost with a
+     * connection): the heartbeats, still at m->epoch, get the whole view
+     * from the scheduler. */
+    PS_INFO("view_delta_skipped",
+            "epoch=%" PRIu64 " base_epoch=%" PRIu64 " held_epoch=%" PRIu64,
+            pb->epoch, pb->base_epoch, m->held ? m->held->epoch : 0);
     return;
   }
+  char why[256];
+  ps_view_t *view = ps_view_from_pb_base(pb, m->held, why, sizeof(why));
+  if (view == NULL) {
+    PS_WARN("view_refused", "epoch=%" PRIu64 " reason=\"%s\"", pb->epoch, why);
+    return;
+  }
+  ps_view_t *held = ps_view_copy(view);
+  if (held == NULL) {
+    /* Without a base the next delta is skipped and the whole view comes
+     * again: slower, never wrong. */
+    PS_WARN("view_copy_failed", "epoch=%" PRIu64 " err=%s", view->epoch,
+            ps_err_name(PS_ERR_NOMEM));
+  }
+  ps_view_destroy(&m->held);
+  m->held = held;
   m->epoch = view->epoch;
-  PS_INFO("view", "epoch=%" PRIu64 " nodes=%zu ranges=%zu live_workers=%u",
-          view->epoch, view->nnodes, view->nranges, view->live_workers);
+  PS_INFO("view",
+          "epoch=%" PRIu64
+          " nodes=%zu ranges=%zu live_workers=%u "
+          "base_epoch=%" PRIu64 " nodes_sent=%zu",
+          view->epoch, view->nnodes, view->nranges, view->live_workers,
+          pb->base_epoch, pb->n_nodes);
   if (m->cbs.view_cb)
     m->cbs.view_cb(m, view, m->cbs.arg);
   else
@@ -354,6 +377,7 @@ static void on_message(ps_zsock_t *zs, ps_msg_t *msg, int status,
 }
 
 static void free_member(ps_member_t *m) {
+  ps_view_destroy(&m->held);
   free(m->scheduler);
   free(m->address);
   ps_model_clear(&m->model);

@@ -453,48 +453,84 @@ void ps_model_clear(ps_model_t *m) {
   memset(m, 0, sizeof(*m));
 }
 
-static int copy_nodes(ps_view_t *v, const Ps__View *pb, char *err,
-                      size_t errlen) {
-  if (pb->n_nodes == 0) return PS_OK;
-  v->nodes = calloc(pb->n_nodes, sizeof(*v->nodes));
+int ps_node_from_pb(const Ps__NodeInfo *n, ps_node_t *d, char *err,
+                    size_t errlen) {
+  memset(d, 0, sizeof(*d));
+  const char *address = n->address ? n->address : "";
+  if (strlen(address) >= PS_ADDR_MAX) {
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "node %u: address longer than %d bytes", n->id,
+                   PS_ADDR_MAX - 1);
+  }
+  d->id = n->id;
+  d->role = (int)n->role;
+  d->state = (int)n->state;
+  d->join_clock = n->join_clock;
+  d->joining = n->joining ? 1 : 0;
+  d->rank = n->rank;
+  d->leave_clock = n->leave_clock;
+  snprintf(d->address, sizeof(d->address), "%s", address);
+  const char *tok = n->token ? n->token : "";
+  if (tok[0] != '\0' && strlen(tok) != PS_AUTH_TOKEN_HEX)
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "node %u: a token of %zu characters, not %d", n->id,
+                   strlen(tok), PS_AUTH_TOKEN_HEX);
+  snprintf(d->token, sizeof(d->token), "%s", tok);
+  const char *ck = n->curve_key ? n->curve_key : "";
+  if (ck[0] != '\0' && strlen(ck) != PS_KEY_Z85_LEN)
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "node %u: a CURVE key of %zu characters, not %d", n->id,
+                   strlen(ck), PS_KEY_Z85_LEN);
+  snprintf(d->curve_key, sizeof(d->curve_key), "%s", ck);
+  return PS_OK;
+}
+
+int ps_node_equal(const ps_node_t *a, const ps_node_t *b) {
+  return a->id == b->id && a->role == b->role && a->state == b->state &&
+         a->join_clock == b->join_clock && a->joining == b->joining &&
+         a->rank == b->rank && a->leave_clock == b->leave_clock &&
+         strcmp(a->address, b->address) == 0 &&
+         strcmp(a->token, b->token) == 0 &&
+         strcmp(a->curve_key, b->curve_key) == 0;
+}
+
+/* The view's nodes: pb's, or for a delta (pb->base_epoch != 0) base's with
+ * pb's replacing those of the same id and the new ones after them. */
+static int copy_nodes(ps_view_t *v, const Ps__View *pb, const ps_view_t *base,
+                      char *err, size_t errlen) {
+  size_t nbase = 0;
+  if (pb->base_epoch != 0) {
+    if (pb->base_epoch >= pb->epoch)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "a delta of epoch %llu against the later epoch %llu",
+                     (unsigned long long)pb->epoch,
+                     (unsigned long long)pb->base_epoch);
+    if (base == NULL || base->epoch != pb->base_epoch)
+      return ps_errf(err, errlen, PS_ERR_INVAL,
+                     "a delta against epoch %llu, but the view held is of "
+                     "epoch %llu",
+                     (unsigned long long)pb->base_epoch,
+                     base ? (unsigned long long)base->epoch : 0ull);
+    nbase = base->nnodes;
+  }
+  if (nbase + pb->n_nodes == 0) return PS_OK;
+  v->nodes = calloc(nbase + pb->n_nodes, sizeof(*v->nodes));
   if (v->nodes == NULL) {
     return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
   }
+  if (nbase) memcpy(v->nodes, base->nodes, nbase * sizeof(*v->nodes));
+  v->nnodes = nbase;
   for (size_t i = 0; i < pb->n_nodes; i++) {
     const Ps__NodeInfo *n = pb->nodes[i];
-    const char *address = n->address ? n->address : "";
-    if (strlen(address) >= PS_ADDR_MAX) {
-      return ps_errf(err, errlen, PS_ERR_INVAL,
-                     "node %u: address longer than %d bytes", n->id,
-                     PS_ADDR_MAX - 1);
-    }
     /* Lookups by id must not depend on which duplicate comes first. */
-    if (ps_view_node(v, n->id) != NULL) {
-      return ps_errf(err, errlen, PS_ERR_INVAL, "node id %u appears twice",
-                     n->id);
-    }
-    ps_node_t *d = &v->nodes[i];
-    d->id = n->id;
-    d->role = (int)n->role;
-    d->state = (int)n->state;
-    d->join_clock = n->join_clock;
-    d->joining = n->joining ? 1 : 0;
-    d->rank = n->rank;
-    d->leave_clock = n->leave_clock;
-    snprintf(d->address, sizeof(d->address), "%s", address);
-    const char *tok = n->token ? n->token : "";
-    if (tok[0] != '\0' && strlen(tok) != PS_AUTH_TOKEN_HEX)
-      return ps_errf(err, errlen, PS_ERR_INVAL,
-                     "node %u: a token of %zu characters, not %d", n->id,
-                     strlen(tok), PS_AUTH_TOKEN_HEX);
-    snprintf(d->token, sizeof(d->token), "%s", tok);
-    const char *ck = n->curve_key ? n->curve_key : "";
-    if (ck[0] != '\0' && strlen(ck) != PS_KEY_Z85_LEN)
-      return ps_errf(err, errlen, PS_ERR_INVAL,
-                     "node %u: a CURVE key of %zu characters, not %d", n->id,
-                     strlen(ck), PS_KEY_Z85_LEN);
-    snprintf(d->curve_key, sizeof(d->curve_key), "%s", ck);
-    v->nnodes = i + 1;
+    for (size_t j = 0; j < i; j++)
+      if (pb->nodes[j]->id == n->id)
+        return ps_errf(err, errlen, PS_ERR_INVAL, "node id %u appears twice",
+                       n->id);
+    ps_node_t *d = (ps_node_t *)ps_view_node(v, n->id);
+    if (d == NULL) d = &v->nodes[v->nnodes++];
+    int rc = ps_node_from_pb(n, d, err, errlen);
+    if (rc != PS_OK) return rc;
   }
   return PS_OK;
 }
@@ -611,6 +647,11 @@ static int sparse_parts(ps_view_t *v) {
 }
 
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
+  return ps_view_from_pb_base(pb, NULL, err, errlen);
+}
+
+ps_view_t *ps_view_from_pb_base(const Ps__View *pb, const ps_view_t *base,
+                                char *err, size_t errlen) {
   if (pb == NULL) {
     ps_errf(err, errlen, PS_ERR_INVAL, "no view");
     return NULL;
@@ -656,12 +697,45 @@ ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen) {
     ps_errf(err, errlen, PS_ERR_INVAL, "model: %s", why);
     goto fail;
   }
-  if (copy_nodes(v, pb, err, errlen) != PS_OK) goto fail;
+  if (copy_nodes(v, pb, base, err, errlen) != PS_OK) goto fail;
   if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
   if (sparse_parts(v) != PS_OK) {
     ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     goto fail;
   }
+  return v;
+fail:
+  ps_view_destroy(&v);
+  return NULL;
+}
+
+ps_view_t *ps_view_copy(const ps_view_t *src) {
+  ps_view_t *v = calloc(1, sizeof(*v));
+  if (v == NULL) return NULL;
+  *v = *src;
+  v->nodes = NULL;
+  v->ranges = NULL;
+  v->restore_dir = NULL;
+  v->sparse_parts = NULL;
+  memset(&v->model, 0, sizeof(v->model));
+  if (src->nnodes) {
+    v->nodes = malloc(src->nnodes * sizeof(*v->nodes));
+    if (v->nodes == NULL) goto fail;
+    memcpy(v->nodes, src->nodes, src->nnodes * sizeof(*v->nodes));
+  }
+  if (src->nranges) {
+    v->ranges = malloc(src->nranges * sizeof(*v->ranges));
+    if (v->ranges == NULL) goto fail;
+    memcpy(v->ranges, src->ranges, src->nranges * sizeof(*v->ranges));
+  }
+  v->sparse_parts = malloc((src->nsparse_parts + 1) * sizeof(*v->sparse_parts));
+  if (v->sparse_parts == NULL) goto fail;
+  if (src->nsparse_parts)
+    memcpy(v->sparse_parts, src->sparse_parts,
+           src->nsparse_parts * sizeof(*v->sparse_parts));
+  if (src->restore_dir && (v->restore_dir = strdup(src->restore_dir)) == NULL)
+    goto fail;
+  if (ps_model_copy(&v->model, &src->model) != PS_OK) goto fail;
   return v;
 fail:
   ps_view_destroy(&v);

@@ -131,8 +131,27 @@ uint32_t ps_sparse_part_of(uint64_t salt, uint64_t id, uint32_t nparts);
 int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id);
 
 /* Validates and copies pb. Returns NULL and fills err on a bad view. Caller
- * owns the result (ps_view_destroy). */
+ * owns the result (ps_view_destroy). A delta (pb->base_epoch != 0) is
+ * refused: it needs its base. */
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen);
+
+/* The same, where pb may be a delta (View.base_epoch, issue #16): its nodes
+ * replace base's of the same id or come after them, the rest is pb's. base
+ * must be the view of epoch pb->base_epoch (else refused); NULL or ignored
+ * for a whole view. The result shares nothing with base. */
+ps_view_t *ps_view_from_pb_base(const Ps__View *pb, const ps_view_t *base,
+                                char *err, size_t errlen);
+
+/* Validates and copies one node (d is cleared first). PS_OK, or
+ * PS_ERR_INVAL with err. */
+int ps_node_from_pb(const Ps__NodeInfo *n, ps_node_t *d, char *err,
+                    size_t errlen);
+
+/* 1 if a view would show the two nodes alike (every field of ps_node_t). */
+int ps_node_equal(const ps_node_t *a, const ps_node_t *b);
+
+/* A deep copy of v, or NULL without memory. */
+ps_view_t *ps_view_copy(const ps_view_t *v);
 
 void ps_view_destroy(ps_view_t **v_p);
 

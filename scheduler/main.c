@@ -38,6 +38,7 @@ int main(int argc, char **argv) {
   int64_t max_workers = 0, read_batch_ms = 2;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
+  int view_deltas = 1;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
@@ -92,6 +93,10 @@ int main(int argc, char **argv) {
        "came meanwhile: each wakeup costs more than a heartbeat, and a "
        "thousand nodes send ten thousand a second. A message waits at most "
        "this much longer. 0: read each as soon as it arrives."},
+      {"view-deltas", PS_OPT_BOOL, &view_deltas, "true", 0, 0, NULL,
+       "Send a member that was sent the previous view only the nodes that "
+       "changed since (a whole view at 1,000 nodes is 22 MB to send to "
+       "all); false: every view whole."},
       {"checkpoint-dir", PS_OPT_STRING, &checkpoint_dir, NULL, 0, 0, NULL,
        "Base directory of checkpoints (each goes into ckpt-<step>/, LATEST "
        "names the newest); servers must see the same path. Needed for "
@@ -201,6 +206,7 @@ int main(int argc, char **argv) {
       .staleness = (uint32_t)staleness,
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
       .read_batch_ms = (int)read_batch_ms,
+      .full_views = !view_deltas,
       .replication = (uint32_t)replication,
       .rebalance = rebalance,
       .handle_signals = 1,

@@ -135,6 +135,14 @@ static void render(ps_metrics_t *m, void *arg) {
   ps_metrics_sample(m, (double)s->stats.handovers, "outcome", "done", NULL);
   ps_metrics_sample(m, (double)s->stats.handovers_abandoned, "outcome",
                     "abandoned", NULL);
+  ps_metrics_family(m, "ps_scheduler_views_sent_total", PS_METRIC_COUNTER,
+                    "Views sent to members, whole or as a delta against the "
+                    "previous epoch (--view-deltas).");
+  ps_metrics_sample(m, (double)s->stats.views_whole, "kind", "whole", NULL);
+  ps_metrics_sample(m, (double)s->stats.views_delta, "kind", "delta", NULL);
+  ps_metrics_put(m, "ps_scheduler_view_bytes_total", PS_METRIC_COUNTER,
+                 "Bytes of the views sent to members.",
+                 (double)s->stats.view_bytes);
   ps_metrics_put(m, "ps_scheduler_drains_total", PS_METRIC_COUNTER,
                  "Servers drained by psctl drain and told to exit.",
                  (double)s->stats.drains);

@@ -111,63 +111,119 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
 
 void ps__sched_view_wire_drop(ps_sched_t *s) {
   if (!s->view_wire.valid) return;
-  zmq_msg_close(&s->view_wire.msg[0]);
-  zmq_msg_close(&s->view_wire.msg[1]);
+  int n = s->view_wire.has_delta ? 4 : 2;
+  for (int i = 0; i < n; i++) zmq_msg_close(&s->view_wire.msg[i]);
   s->view_wire.valid = 0;
+  s->view_wire.has_delta = 0;
+}
+
+/* Notes which nodes the view of this epoch shows otherwise than the last
+ * packed one (v carries the servers' tokens): those get shown_epoch =
+ * epoch. Returns how many. */
+static size_t note_changes(ps_sched_t *s, const view_pb_t *v) {
+  size_t changed = 0;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    ps_node_t now;
+    /* The scheduler's own strings always fit; a failure would only
+     * truncate what is compared, so the node counts as changed. */
+    int rc = ps_node_from_pb(&v->infos[i], &now, NULL, 0);
+    if (rc == PS_OK && n->shown_epoch != 0 && ps_node_equal(&now, &n->shown))
+      continue;
+    n->shown = now;
+    n->shown_epoch = s->epoch;
+    changed++;
+  }
+  return changed;
+}
+
+/* Packs env twice, with and without the nodes' tokens, into msg[0] and
+ * msg[1]. */
+static int pack_pair(ps_sched_t *s, Ps__Envelope *env, Ps__NodeInfo *infos,
+                     zmq_msg_t msg[2]) {
+  /* Servers check who sends pushes and replication: their views carry
+   * the nodes' tokens, the others' do not (common/auth.h). */
+  for (size_t i = 0; i < s->nnodes; i++) infos[i].token = s->nodes[i].token;
+  int rc = ps_msg_pack(env, &msg[0]);
+  for (size_t i = 0; i < s->nnodes; i++) infos[i].token = (char *)"";
+  if (rc == PS_OK) {
+    rc = ps_msg_pack(env, &msg[1]);
+    if (rc != PS_OK) zmq_msg_close(&msg[0]);
+  }
+  return rc;
 }
 
 /* The current epoch's view on the wire, packed once for the servers and
- * once for the others. One epoch is one content: a node that hears of it
- * late (its heartbeat carried an older epoch) gets the same bytes as the
- * rest, and no send packs the whole node table again, which made a
- * publish to N nodes cost N^2. */
+ * once for the others, whole and as a delta. One epoch is one content: a
+ * node that hears of it late (its heartbeat carried an older epoch) gets
+ * the same bytes as the rest, and no send packs the whole node table
+ * again, which made a publish to N nodes cost N^2. */
 static int view_wire(ps_sched_t *s) {
   if (s->view_wire.valid && s->view_wire.epoch == s->epoch) return PS_OK;
+  uint64_t prev = s->view_wire.valid ? s->view_wire.epoch : 0;
   ps__sched_view_wire_drop(s);
   view_pb_t v;
   int rc = ps__sched_view_pb_build(s, &v);
   if (rc != PS_OK) return rc;
+  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
+  note_changes(s, &v);
   Ps__Envelope env;
   ps__sched_envelope_init(s, &env, 0);
   env.body_case = PS__ENVELOPE__BODY_VIEW;
   env.view = &v.view;
-  /* Servers check who sends pushes and replication: their views carry
-   * the nodes' tokens, the others' do not (common/auth.h). */
-  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
-  rc = ps_msg_pack(&env, &s->view_wire.msg[0]);
-  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = (char *)"";
-  if (rc == PS_OK) {
-    rc = ps_msg_pack(&env, &s->view_wire.msg[1]);
-    if (rc != PS_OK) zmq_msg_close(&s->view_wire.msg[0]);
+  rc = pack_pair(s, &env, v.infos, &s->view_wire.msg[0]);
+  /* A delta against the previous epoch, if that is the view last packed:
+   * only then do the nodes' shown_epoch say what changed since it. */
+  int delta =
+      rc == PS_OK && !s->opts.full_views && prev != 0 && prev == s->epoch - 1;
+  if (delta) {
+    size_t k = 0;
+    for (size_t i = 0; i < s->nnodes; i++)
+      if (s->nodes[i].shown_epoch == s->epoch) v.info_ptrs[k++] = &v.infos[i];
+    v.view.n_nodes = k;
+    v.view.base_epoch = prev;
+    if (pack_pair(s, &env, v.infos, &s->view_wire.msg[2]) != PS_OK) delta = 0;
   }
   ps__sched_view_pb_free(&v);
   if (rc != PS_OK) return rc;
   s->view_wire.valid = 1;
+  s->view_wire.has_delta = delta;
   s->view_wire.epoch = s->epoch;
   return PS_OK;
 }
 
-void ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
+uint64_t ps__sched_send_view(ps_sched_t *s, sched_node_t *only) {
   int rc = view_wire(s);
   if (rc != PS_OK) {
     PS_ERROR("view_send_failed", "epoch=%" PRIu64 " err=%s", s->epoch,
              ps_err_name(rc));
-    return;
+    return 0;
   }
-  uint64_t now = ps_now_ms();
+  uint64_t now = ps_now_ms(), bytes = 0;
   /* Servers first, then the others. Dead and departed nodes are left out:
-   * nobody would read it. */
+   * nobody would read it. A node sent the previous epoch gets the delta
+   * (it holds that view unless a connection lost it: then its heartbeats
+   * ask again and get the whole view, as every resend does). */
   for (int servers = 1; servers >= 0; servers--) {
     for (size_t i = 0; i < s->nnodes; i++) {
       sched_node_t *n = &s->nodes[i];
       if ((n->role == PS__ROLE__ROLE_SERVER) != servers) continue;
       if (only ? n != only : !ps__sched_node_holds_slot(n)) continue;
-      ps__sched_send_packed_to_node(s, n, &s->view_wire.msg[servers ? 0 : 1],
-                                    PS__ENVELOPE__BODY_VIEW);
+      int delta = only == NULL && s->view_wire.has_delta &&
+                  n->view_sent_epoch + 1 == s->epoch;
+      zmq_msg_t *msg = &s->view_wire.msg[(delta ? 2 : 0) + (servers ? 0 : 1)];
+      ps__sched_send_packed_to_node(s, n, msg, PS__ENVELOPE__BODY_VIEW);
+      bytes += zmq_msg_size(msg);
+      if (delta)
+        s->stats.views_delta++;
+      else
+        s->stats.views_whole++;
       n->view_sent_epoch = s->epoch;
       n->view_sent_ms = now;
     }
   }
+  s->stats.view_bytes += bytes;
+  return bytes;
 }
 
 /* ---- publishing ----------------------------------------------------- */
@@ -200,21 +256,16 @@ void ps__sched_publish(ps_sched_t *s, const char *why) {
           by_state[PS_PLACE_DEGRADED], by_state[PS_PLACE_UNAVAILABLE], why);
   ps__sched_state_save(s); /* on disk before any node hears of it */
   /* How long handing the view to libzmq took, and how much it was: the
-   * figure that says whether publishing needs deltas (issue #16). */
+   * figures that showed publishing needed deltas (issue #16). */
   uint64_t t0 = uv_hrtime();
-  ps__sched_send_view(s, NULL);
-  uint64_t sends = 0, bytes = 0;
-  if (s->view_wire.valid)
-    for (size_t i = 0; i < s->nnodes; i++) {
-      const sched_node_t *n = &s->nodes[i];
-      if (n->view_sent_epoch != s->epoch) continue;
-      sends++;
-      bytes += zmq_msg_size(
-          &s->view_wire.msg[n->role == PS__ROLE__ROLE_SERVER ? 0 : 1]);
-    }
+  uint64_t whole0 = s->stats.views_whole, delta0 = s->stats.views_delta;
+  uint64_t bytes = ps__sched_send_view(s, NULL);
   PS_INFO("view_sent",
-          "epoch=%" PRIu64 " nodes=%" PRIu64 " bytes=%" PRIu64 " us=%" PRIu64,
-          s->epoch, sends, bytes, (uv_hrtime() - t0) / 1000);
+          "epoch=%" PRIu64 " nodes=%" PRIu64 " deltas=%" PRIu64
+          " bytes=%" PRIu64 " us=%" PRIu64,
+          s->epoch,
+          s->stats.views_whole - whole0 + s->stats.views_delta - delta0,
+          s->stats.views_delta - delta0, bytes, (uv_hrtime() - t0) / 1000);
 }
 
 /* The first view: once every expected node is in, cut the key space into

@@ -75,6 +75,11 @@ typedef struct {
    * is on its way) or long ago (lost with a connection). */
   uint64_t view_sent_epoch;
   uint64_t view_sent_ms;
+  /* The node as the newest packed view showed it (publish.c), and that
+   * view's epoch if the node changed in it: a delta against epoch E - 1
+   * carries the nodes with shown_epoch == E. */
+  ps_node_t shown;
+  uint64_t shown_epoch;
   uint64_t hb_acked_ms; /* the last heartbeat Ack sent to it */
   uint64_t clock;
   /* Where the node serves /metrics, from its heartbeats; "" when none. */
@@ -201,12 +206,14 @@ struct ps_sched_s {
   int elastic;
 
   /* The current epoch's view, packed (publish.c): [0] for servers, with
-   * the nodes' tokens, [1] for the others. Every send of it shares these
-   * bytes. */
+   * the nodes' tokens, [1] for the others; [2] and [3] the same as deltas
+   * against epoch - 1 (View.base_epoch), when has_delta. Every send of it
+   * shares these bytes. */
   struct {
     int valid;
+    int has_delta;
     uint64_t epoch;
-    zmq_msg_t msg[2];
+    zmq_msg_t msg[4];
   } view_wire;
 
   /* /metrics and /healthz (metrics.c); NULL when off. Counters of events
@@ -228,6 +235,8 @@ struct ps_sched_s {
     uint64_t copies_dropped; /* ... and dropped where they were too many */
     uint64_t impersonations;      /* messages in another node's name */
     uint64_t role_refusals;       /* messages a key's role may not send */
+    uint64_t views_whole, views_delta; /* views sent, by kind */
+    uint64_t view_bytes;               /* ... and their bytes */
   } stats;
 };
 
@@ -306,7 +315,10 @@ void ps__sched_handle_join_reply(ps_sched_t *s, ps_msg_t *m);
 /* scheduler/publish.c */
 void ps__sched_view_pb_free(view_pb_t *v);
 int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v);
-void ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
+/* Sends the current view to only, or (NULL) to every node that holds a
+ * slot: a delta to those sent the previous epoch, else whole. Returns the
+ * bytes sent. */
+uint64_t ps__sched_send_view(ps_sched_t *s, sched_node_t *only);
 void ps__sched_view_wire_drop(ps_sched_t *s);
 void ps__sched_publish(ps_sched_t *s, const char *why);
 void ps__sched_maybe_publish_first(ps_sched_t *s);

@@ -66,6 +66,10 @@ typedef struct {
    * thousand nodes' heartbeats then cost a wakeup per batch, not per
    * message (common/transport.h's batch_ms). */
   int read_batch_ms;
+  /* Send every view whole: no deltas (View.base_epoch) to the members
+   * that hold the previous one. For comparison (ps-schedsim) and for
+   * members that predate deltas. */
+  int full_views;
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
   /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the
    * default, 2); more than the servers is capped, with a log line. */

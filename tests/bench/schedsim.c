@@ -95,7 +95,8 @@ typedef struct {
 
 typedef struct {
   int64_t nodes, servers, workers;
-  size_t view_bytes_server, view_bytes_worker;
+  size_t view_bytes_server, view_bytes_worker;   /* whole views */
+  size_t delta_bytes_server, delta_bytes_worker; /* deltas (0: none) */
   uint64_t form_ms;
   double cpu_pct, sim_cpu_pct;
   double acks_per_s, hb_per_s;
@@ -104,6 +105,7 @@ typedef struct {
   double publish_first_ms, publish_last_ms;
   double detect_s_first_ms, detect_s_last_ms;
   uint64_t dup_views;   /* views received at an epoch already held */
+  uint64_t delta_skips; /* deltas dropped: the member lacked their base */
   uint64_t fenced;      /* members the scheduler declared dead unasked */
   double sim_stall_ms;  /* this process's longest turn of its loop */
   uint64_t sweep_found; /* messages the sweep read before the epoll path */
@@ -116,7 +118,7 @@ static struct {
   char *nodes_s, *scheduler, *bin_dir, *log_dir;
   int64_t scheduler_pid, heartbeat_ms, timeout_ms, window_s, margin_ms;
   double server_fraction, cpu_goal, publish_goal_ms;
-  int check, log_level;
+  int check, log_level, view_deltas;
   /* state */
   void *ctx;
   int ep;
@@ -131,13 +133,16 @@ static struct {
   uint64_t acks, heartbeats, dup_views, sweep_found, errors, fenced;
   uint64_t last_turn_us, max_gap_us; /* this process's longest stall */
   /* What the observers saw of the latest view. */
-  size_t view_bytes[SIM_OBSERVERS];
+  size_t view_bytes[SIM_OBSERVERS];  /* the last whole view */
+  size_t delta_bytes[SIM_OBSERVERS]; /* the last delta */
   uint64_t obs_epoch[SIM_OBSERVERS];
   uint32_t watch_id;     /* a node whose state the observers follow */
   int watch_state;       /* its state in the server observer's latest view */
   uint64_t watch_epoch;  /* the epoch that first showed watch_state dead */
   uint32_t obs_nnodes;   /* nodes in the server observer's latest view */
   int obs_bad;           /* an observer's view failed validation */
+  ps_view_t *obs_held[SIM_OBSERVERS]; /* each observer's latest view */
+  uint64_t delta_skips; /* deltas against a view the member lacked */
   char obs_why[512];
   volatile sig_atomic_t interrupted;
 } S;
@@ -182,11 +187,45 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
 /* The body's field number and the envelope's epoch, reading only the
  * envelope's own fields (protobuf-c writes them in field order, so epoch
  * (4) comes before the body). -1 if the bytes are not an envelope. */
+/* A View's base_epoch (field 55; 0: a whole view), from its bytes. */
+static int peek_base_epoch(const uint8_t *p, const uint8_t *end,
+                           uint64_t *base) {
+  *base = 0;
+  while (p < end) {
+    uint64_t key, v;
+    if (read_varint(&p, end, &key) != 0) return -1;
+    switch (key & 7) {
+      case 0:
+        if (read_varint(&p, end, &v) != 0) return -1;
+        if ((key >> 3) == 55) *base = v;
+        break;
+      case 1:
+        if (end - p < 8) return -1;
+        p += 8;
+        break;
+      case 2:
+        if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
+        p += v;
+        break;
+      case 5:
+        if (end - p < 4) return -1;
+        p += 4;
+        break;
+      default:
+        return -1;
+    }
+  }
+  return 0;
+}
+
+/* The envelope's body field, epoch, and for a View its base_epoch, without
+ * decoding the body. */
 static int peek_envelope(const uint8_t *p, size_t len, uint32_t *body,
-                         uint64_t *epoch) {
+                         uint64_t *epoch, uint64_t *base) {
   const uint8_t *end = p + len;
   *body = 0;
   *epoch = 0;
+  *base = 0;
   while (p < end) {
     uint64_t key, v;
     if (read_varint(&p, end, &key) != 0) return -1;
@@ -202,6 +241,9 @@ static int peek_envelope(const uint8_t *p, size_t len, uint32_t *body,
         break;
       case 2:
         if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
+          return -1;
+        if (field == PS__ENVELOPE__BODY_VIEW &&
+            peek_base_epoch(p, p + v, base) != 0)
           return -1;
         p += v;
         if (field >= 10) *body = field;
@@ -290,13 +332,17 @@ static void observe_view(int slot, const uint8_t *data, size_t len,
     return;
   }
   char why[256];
-  ps_view_t *v = ps_view_from_pb(env->view, why, sizeof(why));
+  ps_view_t *v =
+      ps_view_from_pb_base(env->view, S.obs_held[slot], why, sizeof(why));
   if (v == NULL || v->epoch != env_epoch) {
     S.obs_bad = 1;
     snprintf(S.obs_why, sizeof(S.obs_why), "view epoch %" PRIu64 ": %s",
              env_epoch, v ? "epoch differs from the envelope's" : why);
   } else {
-    S.view_bytes[slot] = len;
+    if (env->view->base_epoch != 0)
+      S.delta_bytes[slot] = len;
+    else
+      S.view_bytes[slot] = len;
     S.obs_epoch[slot] = v->epoch;
     if (slot == 0) {
       S.obs_nnodes = (uint32_t)v->nnodes;
@@ -309,21 +355,31 @@ static void observe_view(int slot, const uint8_t *data, size_t len,
       }
     }
   }
-  ps_view_destroy(&v);
+  if (v != NULL) {
+    /* The base of the next delta, as a member keeps it. */
+    ps_view_destroy(&S.obs_held[slot]);
+    S.obs_held[slot] = v;
+  }
   ps__envelope__free_unpacked(env, NULL);
 }
 
 static void on_header(sim_member_t *m, size_t idx, const uint8_t *data,
                       size_t len, uint64_t t) {
   uint32_t body;
-  uint64_t epoch;
-  if (peek_envelope(data, len, &body, &epoch) != 0) {
+  uint64_t epoch, base;
+  if (peek_envelope(data, len, &body, &epoch, &base) != 0) {
     S.errors++;
     return;
   }
   if (body == PS__ENVELOPE__BODY_VIEW) {
     if (epoch <= m->epoch) {
       S.dup_views++; /* a resend that crossed a newer one */
+      return;
+    }
+    if (base != 0 && base != m->epoch) {
+      /* A delta against a view this member does not hold: a real member
+       * drops it and waits for the whole view its heartbeats ask for. */
+      S.delta_skips++;
       return;
     }
     m->epoch = epoch;
@@ -610,11 +666,21 @@ static int start_scheduler(const sim_result_t *r) {
   snprintf(timeout, sizeof(timeout), "%" PRId64, S.timeout_ms);
   /* ASP: a replacement worker joins at once (BSP would wait for the
    * servers' JoinReply, which fake servers do not send). */
-  char *argv[] = {path,      "--bind",      S.sched_ep,
-                  "--servers", servers,     "--workers",
-                  workers,   "--mode",      "asp",
-                  "--heartbeat-timeout-ms", timeout,
-                  "--insecure", "--log-level", "info",
+  char *argv[] = {path,
+                  "--bind",
+                  S.sched_ep,
+                  "--servers",
+                  servers,
+                  "--workers",
+                  workers,
+                  "--mode",
+                  "asp",
+                  "--heartbeat-timeout-ms",
+                  timeout,
+                  "--insecure",
+                  "--log-level",
+                  "info",
+                  S.view_deltas ? "--view-deltas=true" : "--view-deltas=false",
                   NULL};
   if (access(path, X_OK) != 0)
     return fail("cannot run %s: %s (--bin-dir)", path, strerror(errno));
@@ -675,9 +741,11 @@ static int run_size(sim_result_t *r) {
   S.n = 0;
   S.hb_next_ms = 0;
   S.acks = S.heartbeats = S.dup_views = S.sweep_found = S.errors = 0;
-  S.fenced = 0;
+  S.fenced = S.delta_skips = 0;
+  for (int k = 0; k < SIM_OBSERVERS; k++) ps_view_destroy(&S.obs_held[k]);
   S.last_turn_us = S.max_gap_us = 0;
   memset(S.view_bytes, 0, sizeof(S.view_bytes));
+  memset(S.delta_bytes, 0, sizeof(S.delta_bytes));
   memset(S.obs_epoch, 0, sizeof(S.obs_epoch));
   S.watch_id = 0;
   S.watch_epoch = 0;
@@ -757,8 +825,11 @@ static int run_size(sim_result_t *r) {
                       &r->detect_s_last_ms, r->why, sizeof(r->why)) != 0)
     return -1;
   r->view_bytes_server = S.view_bytes[0];
+  r->delta_bytes_server = S.delta_bytes[0];
+  r->delta_bytes_worker = S.delta_bytes[1];
   r->view_bytes_worker = S.view_bytes[1];
   r->dup_views = S.dup_views;
+  r->delta_skips = S.delta_skips;
   r->sweep_found = S.sweep_found;
   r->fenced = S.fenced;
   r->sim_stall_ms = (double)S.max_gap_us / 1e3;
@@ -801,27 +872,32 @@ static int parse_sizes(const char *s, int64_t *out, int max) {
 
 static void print_results(const sim_result_t *r, int n, FILE *f) {
   fprintf(f,
-          "# ps-schedsim: heartbeat %" PRId64 " ms, scheduler "
-          "--heartbeat-timeout-ms %" PRId64 ", CPU window %" PRId64 " s\n",
-          S.heartbeat_ms, S.timeout_ms, S.window_s);
+          "# ps-schedsim: heartbeat %" PRId64
+          " ms, scheduler "
+          "--heartbeat-timeout-ms %" PRId64
+          " --view-deltas=%s, CPU window "
+          "%" PRId64 " s\n",
+          S.heartbeat_ms, S.timeout_ms, S.view_deltas ? "true" : "false",
+          S.window_s);
   fprintf(f,
-          "%6s %5s %5s %9s %9s %8s %8s %8s %7s %9s %9s %9s %9s %9s %9s %6s "
-          "%4s\n",
-          "nodes", "srv", "wrk", "view_srv", "view_wrk", "form_ms", "sch_cpu%",
-          "sim_cpu%", "acks/s", "pub_1st", "pub_all", "dw_1st", "dw_all",
-          "ds_1st", "ds_all", "dups", "ok");
+          "%6s %5s %5s %9s %9s %7s %7s %8s %8s %8s %7s %9s %9s %9s %9s %9s "
+          "%9s %6s %5s %4s\n",
+          "nodes", "srv", "wrk", "view_srv", "view_wrk", "dlt_srv", "dlt_wrk",
+          "form_ms", "sch_cpu%", "sim_cpu%", "acks/s", "pub_1st", "pub_all",
+          "dw_1st", "dw_all", "ds_1st", "ds_all", "dups", "skips", "ok");
   for (int i = 0; i < n; i++)
     fprintf(f,
             "%6" PRId64 " %5" PRId64 " %5" PRId64
-            " %9zu %9zu %8" PRIu64
+            " %9zu %9zu %7zu %7zu %8" PRIu64
             " %8.2f %8.1f %7.0f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %6" PRIu64
-            " %4s\n",
+            " %5" PRIu64 " %4s\n",
             r[i].nodes, r[i].servers, r[i].workers, r[i].view_bytes_server,
-            r[i].view_bytes_worker, r[i].form_ms, r[i].cpu_pct,
+            r[i].view_bytes_worker, r[i].delta_bytes_server,
+            r[i].delta_bytes_worker, r[i].form_ms, r[i].cpu_pct,
             r[i].sim_cpu_pct, r[i].acks_per_s, r[i].publish_first_ms,
-            r[i].publish_last_ms, r[i].detect_w_first_ms,
-            r[i].detect_w_last_ms, r[i].detect_s_first_ms,
-            r[i].detect_s_last_ms, r[i].dup_views, r[i].ok ? "yes" : "NO");
+            r[i].publish_last_ms, r[i].detect_w_first_ms, r[i].detect_w_last_ms,
+            r[i].detect_s_first_ms, r[i].detect_s_last_ms, r[i].dup_views,
+            r[i].delta_skips, r[i].ok ? "yes" : "NO");
   fprintf(f, "# vs goals: CPU < %.0f%% of a core at 10 Hz, view to all < %.0f "
              "ms\n", S.cpu_goal, S.publish_goal_ms);
   for (int i = 0; i < n; i++) {
@@ -875,6 +951,15 @@ static int check_result(sim_result_t *r) {
              r->window_views);
   else if (r->view_bytes_server == 0 || r->view_bytes_worker == 0)
     snprintf(r->why, sizeof(r->why), "an observer saw no view");
+  /* On loopback no view is lost, so every member holds every delta's
+   * base; the deaths and the join each published one. */
+  else if (S.view_deltas &&
+           (r->delta_bytes_server == 0 || r->delta_bytes_worker == 0))
+    snprintf(r->why, sizeof(r->why), "an observer saw no delta");
+  else if (r->delta_skips != 0)
+    snprintf(r->why, sizeof(r->why),
+             "%" PRIu64 " deltas came to members without their base",
+             r->delta_skips);
   else
     return 0;
   return -1;
@@ -912,6 +997,9 @@ int main(int argc, char **argv) {
        "Goal for the scheduler's CPU in % of one core, for the ratios."},
       {"publish-goal-ms", PS_OPT_DOUBLE, &S.publish_goal_ms, "100", 0.01,
        100000, NULL, "Goal for a view to reach every member, for the ratios."},
+      {"view-deltas", PS_OPT_BOOL, &S.view_deltas, "true", 0, 0, NULL,
+       "Passed to the scheduler it starts: false sends every view whole "
+       "(the baseline deltas are measured against)."},
       {"check", PS_OPT_BOOL, &S.check, "false", 0, 0, NULL,
        "Exit 1 unless every size passed: every view reached every member, "
        "deaths were declared after the timeout and seen by all within "

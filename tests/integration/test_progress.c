@@ -45,7 +45,7 @@ static char *run_on_pty(h_cluster_t *c, const char *name, const char *extra) {
   struct winsize ws = {.ws_row = 40, .ws_col = 100};
   const char *argv[] = {h_bin("ps-worker"), "--scheduler", c->sched_ep,
                         "--epochs",         "1",         "--max-steps",
-                        STEPS,              "--progress-ms", "500",
+                        STEPS,              "--progress-ms", "50",
                         extra,              NULL};
   int master = -1;
   pid_t parent = getpid();
@@ -170,7 +170,7 @@ START_TEST(test_logfmt_without_a_terminal) {
   start_cluster(&c);
   h_proc_t *w = h_spawn(&c, "worker", "ps-worker", "--scheduler", c.sched_ep,
                         "--epochs", "1", "--max-steps", STEPS,
-                        "--progress-ms", "500", NULL);
+                        "--progress-ms", "50", NULL);
   char why[512];
   ck_assert_msg(h_wait_exit0(&c, w, 120000, why, sizeof(why)), "%s", why);
   char *out = h_read_file(w->log, NULL);

@@ -828,6 +828,93 @@ START_TEST(test_silent_worker_declared_dead) {
 }
 END_TEST
 
+/* Views as deltas (View.base_epoch, issue #16): the first view is whole;
+ * when a worker dies, the members sent epoch 1 get epoch 2 as a delta that
+ * lists that worker only, and it applies to their epoch-1 view; a member
+ * whose heartbeats say it holds an older view gets the whole one again.
+ * With full_views (ps-scheduler --view-deltas=false) every view is whole. */
+static void check_deltas(int full_views) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 2, 300);
+  o.full_views = full_views;
+  sched_start_opts(&o);
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *s = client_new(), *w0 = client_new(), *w1 = client_new();
+  join(s, SERVER, "tcp://127.0.0.1:9001", RANK_ANY, NULL);
+  join(w0, WORKER, "", 0, &mp.spec);
+  join(w1, WORKER, "", 1, &mp.spec);
+  client_t *alive[] = {s, w0};
+  ps_msg_t m;
+  ps_view_t *first = NULL;
+  char why[256] = "";
+  ck_assert(wait_for(s, PS__ENVELOPE__BODY_VIEW, 3000, &m));
+  ck_assert_uint_eq(m.env->view->epoch, 1);
+  ck_assert_uint_eq(m.env->view->base_epoch, 0);
+  ck_assert_uint_eq(m.env->view->n_nodes, 3);
+  first = ps_view_from_pb(m.env->view, why, sizeof(why));
+  ck_assert_msg(first != NULL, "%s", why);
+  ps_msg_close(&m);
+  ck_assert(wait_for(w0, PS__ENVELOPE__BODY_VIEW, 3000, &m));
+  ps_msg_close(&m);
+  send_heartbeat(w1, 0, 1); /* its last word */
+
+  ck_assert(wait_pumping(s, PS__ENVELOPE__BODY_VIEW, 5000, alive, 2, &m));
+  const Ps__View *v = m.env->view;
+  ck_assert_uint_eq(v->epoch, 2);
+  if (full_views) {
+    ck_assert_uint_eq(v->base_epoch, 0);
+    ck_assert_uint_eq(v->n_nodes, 3);
+  } else {
+    ck_assert_uint_eq(v->base_epoch, 1);
+    ck_assert_uint_eq(v->n_nodes, 1);
+    ck_assert_uint_eq(v->nodes[0]->id, w1->id);
+    /* Servers' deltas carry the tokens of the nodes they list. */
+    ck_assert_uint_eq(strlen(v->nodes[0]->token), PS_AUTH_TOKEN_HEX);
+  }
+  ps_view_t *second = ps_view_from_pb_base(v, first, why, sizeof(why));
+  ck_assert_msg(second != NULL, "%s", why);
+  ck_assert_uint_eq(second->nnodes, 3);
+  ck_assert_int_eq(ps_view_node(second, w1->id)->state,
+                   PS__NODE_STATE__NODE_STATE_DEAD);
+  ck_assert_int_eq(ps_view_node(second, w0->id)->state,
+                   PS__NODE_STATE__NODE_STATE_ALIVE);
+  ck_assert_str_eq(ps_view_node(second, s->id)->address,
+                   "tcp://127.0.0.1:9001");
+  ck_assert_str_eq(ps_view_node(second, w0->id)->token,
+                   ps_view_node(first, w0->id)->token);
+  ck_assert_uint_eq(second->live_workers, 1);
+  ps_msg_close(&m);
+  ck_assert(wait_pumping(w0, PS__ENVELOPE__BODY_VIEW, 3000, alive, 2, &m));
+  ck_assert_uint_eq(m.env->view->epoch, 2);
+  ck_assert_uint_eq(m.env->view->base_epoch, full_views ? 0 : 1);
+  /* Workers' views carry no tokens, deltas neither. */
+  for (size_t i = 0; i < m.env->view->n_nodes; i++)
+    ck_assert_str_eq(m.env->view->nodes[i]->token, "");
+  ps_msg_close(&m);
+
+  /* The server says it holds epoch 1 (as if epoch 2 were lost): it gets
+   * epoch 2 again, whole, once the resend is due. */
+  s->epoch = 1;
+  ck_assert(wait_pumping(s, PS__ENVELOPE__BODY_VIEW, 5000, alive, 2, &m));
+  ck_assert_uint_eq(m.env->view->epoch, 2);
+  ck_assert_uint_eq(m.env->view->base_epoch, 0);
+  ck_assert_uint_eq(m.env->view->n_nodes, 3);
+  ps_msg_close(&m);
+  ps_view_destroy(&first);
+  ps_view_destroy(&second);
+  teardown_all();
+}
+
+START_TEST(test_view_deltas) {
+  check_deltas(0);
+}
+END_TEST
+
+START_TEST(test_full_views) {
+  check_deltas(1);
+}
+END_TEST
+
 START_TEST(test_all_done_shuts_down) {
   sched_start(1, 2, NO_DEATH_MS);
   client_t *s, *w[2];
@@ -1790,7 +1877,9 @@ START_TEST(test_workers_grow_and_leave) {
   ck_assert_uint_eq(remove_worker(admin, w[1]->id, &code), leave);
   m = wait_view(s, 4, alive4, 4);
   ck_assert_uint_eq(view_node(m.env->view, w[1]->id)->leave_clock, leave);
-  ck_assert_uint_eq(view_node(m.env->view, w[0]->id)->leave_clock, 0);
+  /* A delta against epoch 3: w[0] did not change, so it is not listed. */
+  ck_assert_uint_eq(m.env->view->base_epoch, 3);
+  ck_assert_ptr_null(view_node(m.env->view, w[0]->id));
   ps_msg_close(&m);
 
   /* The worker stops before its step and says Done: LEFT, not DONE, and
@@ -1971,6 +2060,8 @@ typedef struct {
   uint32_t node_id, rank, num_workers;
   uint64_t view_epoch;
   size_t view_nodes;
+  size_t view_dead; /* nodes DEAD in the last view */
+  int view_gap;     /* a view whose epoch was not the last one's + 1 */
   int shut;
   int shut_status;
   char shut_reason[256];
@@ -1987,8 +2078,12 @@ static void m_registered(ps_member_t *m, uint32_t id, uint32_t rank,
 
 static void m_view(ps_member_t *m, ps_view_t *view, void *arg) {
   member_seen_t *s = arg;
+  if (s->view_epoch != 0 && view->epoch != s->view_epoch + 1) s->view_gap = 1;
   s->view_epoch = view->epoch;
   s->view_nodes = view->nnodes;
+  s->view_dead = 0;
+  for (size_t i = 0; i < view->nnodes; i++)
+    s->view_dead += view->nodes[i].state == PS__NODE_STATE__NODE_STATE_DEAD;
   ps_view_destroy(&view);
 }
 
@@ -2196,6 +2291,75 @@ START_TEST(test_member_fenced) {
 }
 END_TEST
 
+/* ps_member applies deltas: a server and a worker that are real members
+ * and a fake worker that dies; the members' callbacks get the whole view of
+ * epoch 2 (3 nodes, one dead) from a delta of one node. */
+static int both_at_epoch_2(void *arg) {
+  return seen_s.view_epoch >= 2 && seen_w.view_epoch >= 2;
+}
+static int both_registered(void *arg) {
+  return seen_s.registered && seen_w.registered;
+}
+
+START_TEST(test_member_applies_deltas) {
+  sched_start(1, 2, 300);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&seen_s, 0, sizeof(seen_s));
+  memset(&seen_w, 0, sizeof(seen_w));
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  ps_model_t model;
+  char why[256];
+  ck_assert_int_eq(ps_model_from_pb(&mp.spec, &model, why, sizeof(why)), PS_OK);
+  ps_member_opts_t so = {.scheduler = H.endpoint,
+                         .role = SERVER,
+                         .address = "tcp://127.0.0.1:9101",
+                         .rank = -1,
+                         .heartbeat_ms = 50};
+  ps_member_opts_t wo = {.scheduler = H.endpoint,
+                         .role = WORKER,
+                         .model = &model,
+                         .rank = 0,
+                         .heartbeat_ms = 50};
+  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
+  ps_member_cbs_t wcb = {m_registered, m_view, m_shutdown, &seen_w};
+  int err = 0;
+  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
+  ck_assert_ptr_nonnull(ms);
+  ps_member_t *mw = ps_member_new(&loop, H.ctx, &wo, &wcb, &err);
+  ck_assert_ptr_nonnull(mw);
+  ps_model_clear(&model);
+  client_t *gone = client_new();
+  ck_assert_msg(run_until(&loop, both_registered, NULL, 5000),
+                "members did not register");
+  join(gone, WORKER, "", 1, &mp.spec); /* then never heard of again */
+  ck_assert_msg(run_until(&loop, both_at_epoch_2, NULL, 5000),
+                "no view after the silent worker died");
+  /* Epoch 1 came whole, epoch 2 as a delta; no view was skipped. */
+  ck_assert_uint_eq(seen_s.view_epoch, 2);
+  ck_assert_uint_eq(seen_w.view_epoch, 2);
+  ck_assert_int_eq(seen_s.view_gap + seen_w.view_gap, 0);
+  ck_assert_uint_eq(seen_s.view_nodes, 3);
+  ck_assert_uint_eq(seen_w.view_nodes, 3);
+  ck_assert_uint_eq(seen_s.view_dead, 1);
+  ck_assert_uint_eq(seen_w.view_dead, 1);
+  ps_member_destroy(&ms);
+  ps_member_destroy(&mw);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  /* With the scheduler's loop ended its counters can be read: epoch 1
+   * whole to the three nodes, epoch 2 as a delta to the two members, and
+   * nothing whole again (a member that refused a delta would have asked). */
+  uv_async_send(&H.stop_async);
+  ck_assert_int_eq(pthread_join(H.thread, NULL), 0);
+  H.joined = 1;
+  ck_assert_uint_eq(H.sched->stats.views_whole, 3);
+  ck_assert_uint_eq(H.sched->stats.views_delta, 2);
+  teardown_all();
+}
+END_TEST
+
 /* ---- the checkpoint coordinator ------------------------------------- */
 
 static void coord_done_count(ps_coord_t *c, int status, const char *reason,
@@ -2259,6 +2423,8 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_garbage_gets_error);
   tcase_add_test(tc, test_status_before_view);
   tcase_add_test(tc, test_silent_worker_declared_dead);
+  tcase_add_test(tc, test_view_deltas);
+  tcase_add_test(tc, test_full_views);
   tcase_add_test(tc, test_all_done_shuts_down);
   tcase_add_test(tc, test_node_leaving_ends_job);
   tcase_add_test(tc, test_impersonation_refused);
@@ -2295,6 +2461,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tm, test_member_registers_late_scheduler_and_finishes);
   tcase_add_test(tm, test_member_refused_and_silence);
   tcase_add_test(tm, test_member_fenced);
+  tcase_add_test(tm, test_member_applies_deltas);
   suite_add_tcase(s, tm);
   return s;
 }

@@ -460,6 +460,144 @@ START_TEST(test_model_equal_unequal) {
 }
 END_TEST
 
+/* ---- deltas (View.base_epoch, issue #16) ---- */
+
+/* A delta of epoch 5 against the fixture's epoch 4: server 3 died (range 1
+ * moved to server 4) and worker 6 joined; nodes 1, 2, 4 and 5 unlisted. */
+START_TEST(test_delta_applies_to_its_base) {
+  fixture_t f;
+  fixture_init(&f);
+  f.nodes[3].curve_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+  char err[256] = "";
+  ps_view_t *base = ps_view_from_pb(&f.view, err, sizeof(err));
+  ck_assert_msg(base != NULL, "%s", err);
+
+  fixture_t d;
+  fixture_init(&d);
+  d.nodes[3].curve_key = f.nodes[3].curve_key;
+  d.view.epoch = 5;
+  d.view.base_epoch = 4;
+  d.view.live_workers = 2;
+  d.ranges[1].server_id = 4;
+  d.nodes[2].state = PS__NODE_STATE__NODE_STATE_DEAD;
+  Ps__NodeInfo joined;
+  ps__node_info__init(&joined);
+  joined.id = 6;
+  joined.role = PS__ROLE__ROLE_WORKER;
+  joined.state = PS__NODE_STATE__NODE_STATE_ALIVE;
+  joined.rank = 1;
+  joined.join_clock = 40;
+  joined.joining = 1;
+  Ps__NodeInfo *listed[] = {&joined, &d.nodes[2]};
+  d.view.nodes = listed;
+  d.view.n_nodes = 2;
+
+  /* Without its base, or against another epoch, it is refused. */
+  ck_assert_ptr_null(ps_view_from_pb(&d.view, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "delta against epoch 4") != NULL, "%s", err);
+  base->epoch = 3;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "view held is of epoch 3") != NULL, "%s", err);
+  base->epoch = 4;
+
+  ps_view_t *v = ps_view_from_pb_base(&d.view, base, err, sizeof(err));
+  ck_assert_msg(v != NULL, "%s", err);
+  ck_assert_uint_eq(v->epoch, 5);
+  ck_assert_uint_eq(v->live_workers, 2);
+  ck_assert_uint_eq(v->nnodes, 6);
+  /* The base's order, the new node last. */
+  for (size_t i = 0; i < 6; i++) ck_assert_uint_eq(v->nodes[i].id, i + 1);
+  ck_assert_int_eq(v->nodes[2].state, PS__NODE_STATE__NODE_STATE_DEAD);
+  ck_assert_str_eq(v->nodes[2].address, "tcp://127.0.0.1:7002");
+  /* Unlisted nodes are the base's, whole. */
+  ck_assert_int_eq(v->nodes[3].state, PS__NODE_STATE__NODE_STATE_ALIVE);
+  ck_assert_str_eq(v->nodes[3].curve_key, f.nodes[3].curve_key);
+  ck_assert_str_eq(v->nodes[1].address, "tcp://127.0.0.1:7001");
+  const ps_node_t *w = ps_view_node(v, 6);
+  ck_assert_ptr_nonnull(w);
+  ck_assert_uint_eq(w->rank, 1);
+  ck_assert_uint_eq(w->join_clock, 40);
+  ck_assert_int_eq(w->joining, 1);
+  ck_assert_uint_eq(v->ranges[1].server_id, 4);
+  /* The same as the whole view of epoch 5. */
+  Ps__NodeInfo *all[6];
+  for (int i = 0; i < 5; i++) all[i] = &d.nodes[i];
+  all[5] = &joined;
+  d.view.nodes = all;
+  d.view.n_nodes = 6;
+  d.view.base_epoch = 0;
+  ps_view_t *whole = ps_view_from_pb(&d.view, err, sizeof(err));
+  ck_assert_msg(whole != NULL, "%s", err);
+  ck_assert_uint_eq(whole->nnodes, v->nnodes);
+  for (size_t i = 0; i < v->nnodes; i++)
+    ck_assert_msg(ps_node_equal(&whole->nodes[i], &v->nodes[i]),
+                  "node %zu differs", i);
+  /* The result owns its nodes: the base may go first. */
+  ps_view_destroy(&base);
+  ck_assert_str_eq(v->nodes[0].address, "tcp://127.0.0.1:7000");
+  ps_view_destroy(&whole);
+  ps_view_destroy(&v);
+}
+END_TEST
+
+/* A delta is validated like a whole view, over the merged nodes: a range
+ * whose owner the delta made a worker, a node listed twice, or a base
+ * epoch not before its own are refused. */
+START_TEST(test_delta_refusals) {
+  fixture_t f;
+  fixture_init(&f);
+  char err[256] = "";
+  ps_view_t *base = ps_view_from_pb(&f.view, err, sizeof(err));
+  ck_assert_ptr_nonnull(base);
+  fixture_t d;
+  fixture_init(&d);
+  d.view.epoch = 5;
+  d.view.base_epoch = 4;
+  d.nodes[1].role = PS__ROLE__ROLE_WORKER; /* owns range 0 */
+  Ps__NodeInfo *listed[] = {&d.nodes[1], &d.nodes[1]};
+  d.view.nodes = listed;
+  d.view.n_nodes = 1;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "not a server") != NULL, "%s", err);
+  d.nodes[1].role = PS__ROLE__ROLE_SERVER;
+  d.view.n_nodes = 2;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "appears twice") != NULL, "%s", err);
+  d.view.n_nodes = 1;
+  d.view.base_epoch = 5;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "later epoch") != NULL, "%s", err);
+  d.view.base_epoch = 4;
+  ps_view_t *v = ps_view_from_pb_base(&d.view, base, err, sizeof(err));
+  ck_assert_msg(v != NULL, "%s", err);
+  ps_view_destroy(&v);
+  ps_view_destroy(&base);
+}
+END_TEST
+
+START_TEST(test_view_copy_is_deep) {
+  fixture_t f;
+  fixture_init(&f);
+  f.view.restore_dir = "/ckpt/ckpt-40";
+  ps_view_t *v = ps_view_from_pb(&f.view, NULL, 0);
+  ck_assert_ptr_nonnull(v);
+  ps_view_t *c = ps_view_copy(v);
+  ck_assert_ptr_nonnull(c);
+  ck_assert_ptr_ne(c->nodes, v->nodes);
+  ck_assert_ptr_ne(c->ranges, v->ranges);
+  ck_assert_ptr_ne(c->model.tensors, v->model.tensors);
+  ck_assert_uint_eq(c->nnodes, 5);
+  ck_assert_uint_eq(c->nsparse_parts, v->nsparse_parts);
+  ps_view_destroy(&v);
+  ck_assert_str_eq(c->restore_dir, "/ckpt/ckpt-40");
+  ck_assert_str_eq(c->nodes[3].address, "tcp://127.0.0.1:7003");
+  ck_assert_uint_eq(c->ranges[2].end, 1000);
+  ck_assert_str_eq(c->model.tensors[2].name, "fc2.weight");
+  ck_assert_int_eq(ps_view_find_range(c, 700), 2);
+  ps_view_destroy(&c);
+}
+END_TEST
+
 /* ---- the public API's view (ps/view.h) and constants (ps/model.h) ---- */
 
 START_TEST(test_public_accessors) {
@@ -532,6 +670,12 @@ int main(void) {
   tcase_add_test(view, test_from_pb_refuses_duplicate_node);
   tcase_add_test(view, test_from_pb_refuses_bad_model);
   suite_add_tcase(s, view);
+  TCase *delta = tcase_create("delta");
+  tcase_add_test(delta, test_delta_applies_to_its_base);
+  tcase_add_test(delta, test_delta_refusals);
+  tcase_add_test(delta, test_view_copy_is_deep);
+  suite_add_tcase(s, delta);
+
   TCase *model = tcase_create("model");
   tcase_add_test(model, test_model_round_trip);
   tcase_add_test(model, test_model_equal_unequal);
