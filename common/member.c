@@ -55,6 +55,7 @@ struct ps_member_s {
   uint64_t clock;
   char metrics_address[PS_ADDR_MAX]; /* "" when none */
   uint64_t last_heard_ms;
+  uint64_t last_beat_ms;   /* the last heartbeat sent */
   uint64_t last_warned_ms; /* the last scheduler_silent warning */
   uint64_t next_request_id;
   uint64_t done_request_id; /* 0: no Done in flight */
@@ -154,6 +155,7 @@ static void send_heartbeat(ps_member_t *m) {
   env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
   env.heartbeat = &hb;
   send_env(m, &env);
+  m->last_beat_ms = ps_now_ms();
 }
 
 static void send_done(ps_member_t *m) {
@@ -496,6 +498,12 @@ int ps_member_set_metrics_address(ps_member_t *m, const char *address) {
   if (strlen(a) >= sizeof(m->metrics_address)) return PS_ERR_INVAL;
   snprintf(m->metrics_address, sizeof(m->metrics_address), "%s", a);
   return PS_OK;
+}
+
+void ps_member_keepalive(ps_member_t *m) {
+  if (m == NULL || !m->registered || m->stopped || m->destroyed) return;
+  if (ps_now_ms() - m->last_beat_ms >= (uint64_t)m->heartbeat_ms)
+    send_heartbeat(m);
 }
 
 void ps_member_send_done(ps_member_t *m) {

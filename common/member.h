@@ -89,6 +89,12 @@ void ps_member_set_clock(ps_member_t *m, uint64_t clock);
  * bytes (nothing changes). */
 int ps_member_set_metrics_address(ps_member_t *m, const char *address);
 
+/* Sends a heartbeat now if the last one went out heartbeat_ms ago or
+ * more. For an owner that keeps its loop busy with long work (a server
+ * filling the ranges of a new view): the timer cannot fire meanwhile, and
+ * the scheduler would declare the node dead. NULL-safe. */
+void ps_member_keepalive(ps_member_t *m);
+
 /* Sends a Done (workers) or a Shutdown (a node leaving on SIGTERM) to the
  * scheduler. Fire and forget: the caller may then destroy the member. */
 void ps_member_send_done(ps_member_t *m);

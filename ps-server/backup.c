@@ -456,9 +456,9 @@ static int snap_install(ps_server_t *s, owned_range_t *r, char *why,
                         size_t whylen) {
   snap_in_t *in = r->incoming;
   int rc = PS_OK;
-  ps_shard_t *shard =
-      ps_shard_new_ssp(r->begin, r->end, &s->view->model, s->view->mode,
-                       s->view->staleness, NULL, 0, &rc, why, whylen);
+  ps_shard_t *shard = ps_shard_new_tick(
+      r->begin, r->end, &s->view->model, s->view->mode, s->view->staleness,
+      NULL, 0, ps__server_fill_tick, s, &rc, why, whylen);
   ps_dedup_t *dedup = ps_dedup_new();
   if (shard == NULL || dedup == NULL) {
     if (shard != NULL) snprintf(why, whylen, "out of memory");

@@ -302,9 +302,15 @@ int ps__server_adopt_view(ps_server_t *s, ps_view_t *view, char *err,
     int from_init =
         r->shard == NULL && (primary || !ps_range_backup_syncing(vr, me));
     if (from_init) {
-      r->shard = ps_shard_new_ssp(vr->begin, vr->end, &view->model, view->mode,
-                                  view->staleness, NULL, 0, &rc, err, errlen);
+      uint64_t t0 = uv_hrtime();
+      r->shard = ps_shard_new_tick(vr->begin, vr->end, &view->model, view->mode,
+                                   view->staleness, NULL, 0,
+                                   ps__server_fill_tick, s, &rc, err, errlen);
       if (r->shard == NULL) break;
+      PS_INFO("range_filled", "range=[%llu,%llu) keys=%llu ms=%llu",
+              (unsigned long long)vr->begin, (unsigned long long)vr->end,
+              (unsigned long long)(vr->end - vr->begin),
+              (unsigned long long)((uv_hrtime() - t0) / 1000000));
       ps__server_sparse_free_tables(&r->sparse, r->nsparse);
       r->nsparse = view->model.nsparse;
       if ((r->sparse = ps__server_sparse_new_tables(s, view)) == NULL) {

@@ -75,6 +75,11 @@ static int ratelimit_allow(ratelimit_t *rl, uint64_t *suppressed) {
   return 1;
 }
 
+void ps__server_fill_tick(void *arg) {
+  ps_server_t *s = arg;
+  ps_member_keepalive(s->member);
+}
+
 void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload) {
   /* ps_msg_send sets the version; set it first so the size is the real one. */
   env->version = PS_PROTOCOL_VERSION;

@@ -233,6 +233,9 @@ void ps__server_frame_limit(ps_server_t *s, const ps_view_t *v);
 const char *ps__server_mode_name(int mode);
 uint64_t ps__server_view_epoch(const ps_server_t *s);
 void ps__server_count_sent(ps_server_t *s, Ps__Envelope *env, size_t payload);
+/* ps_shard_new_tick's tick (arg: the server): a heartbeat while a new
+ * shard fills on the loop. */
+void ps__server_fill_tick(void *arg);
 void ps__server_send_error(ps_server_t *s, zmq_msg_t *route,
                            uint64_t request_id, int code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));

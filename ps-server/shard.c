@@ -355,6 +355,16 @@ ps_shard_t *ps_shard_new_ssp(uint64_t begin, uint64_t end,
                              uint32_t staleness, const uint32_t *live,
                              size_t nlive, int *err, char *errbuf,
                              size_t errlen) {
+  return ps_shard_new_tick(begin, end, model, mode, staleness, live, nlive,
+                           NULL, NULL, err, errbuf, errlen);
+}
+
+ps_shard_t *ps_shard_new_tick(uint64_t begin, uint64_t end,
+                              const ps_model_t *model, int mode,
+                              uint32_t staleness, const uint32_t *live,
+                              size_t nlive, ps_shard_tick_fn tick,
+                              void *tick_arg, int *err, char *errbuf,
+                              size_t errlen) {
   int dummy;
   if (err == NULL) err = &dummy;
   if (begin >= end || end > model->total) {
@@ -472,6 +482,7 @@ ps_shard_t *ps_shard_new_ssp(uint64_t begin, uint64_t end,
                    t->init_scale, model->seed);
       filled += hi - lo;
     }
+    if (tick) tick(tick_arg);
   }
   if (filled != len) {
     /* ps_model_from_pb guarantees contiguous tensors; a gap means a model

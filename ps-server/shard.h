@@ -120,6 +120,19 @@ ps_shard_t *ps_shard_new_ssp(uint64_t begin, uint64_t end,
                              size_t nlive, int *err, char *errbuf,
                              size_t errlen);
 
+/* The same, calling tick(tick_arg) after every block of keys it fills (a
+ * few ms each; NULL: none). A server builds its shards on its loop, which
+ * sends nothing meanwhile: a range of tens of MB takes most of a second,
+ * and without a heartbeat from the tick the scheduler would declare the
+ * server dead. */
+typedef void (*ps_shard_tick_fn)(void *arg);
+ps_shard_t *ps_shard_new_tick(uint64_t begin, uint64_t end,
+                              const ps_model_t *model, int mode,
+                              uint32_t staleness, const uint32_t *live,
+                              size_t nlive, ps_shard_tick_fn tick,
+                              void *tick_arg, int *err, char *errbuf,
+                              size_t errlen);
+
 /* Frees the shard and sets *s_p to NULL. NULL-safe. Versions still pinned
  * are freed by their last ps_shard_unpin. */
 void ps_shard_destroy(ps_shard_t **s_p);

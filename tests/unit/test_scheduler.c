@@ -2256,6 +2256,9 @@ END_TEST
 static int server_shut(void *arg) {
   return seen_s.shut;
 }
+static int server_viewed(void *arg) {
+  return seen_s.view_epoch >= 1;
+}
 
 /* A member declared dead (its heartbeats are far apart) hears it and
  * reports PS_ERR_FENCED: its owner must stop and exit with a failure. */
@@ -2356,6 +2359,59 @@ START_TEST(test_member_applies_deltas) {
   H.joined = 1;
   ck_assert_uint_eq(H.sched->stats.views_whole, 3);
   ck_assert_uint_eq(H.sched->stats.views_delta, 2);
+  teardown_all();
+}
+END_TEST
+
+/* ps_member_keepalive: a server whose loop is busy (filling ranges) stays
+ * alive while it calls it, and is declared dead (fenced) when it does not.
+ * The loop is not run during either busy spell; a fake worker heartbeats
+ * meanwhile so that only the server can die. */
+static void busy_spell(ps_member_t *ms, client_t *w, int keepalive, int ms_) {
+  uint64_t end = ps_now_ms() + (uint64_t)ms_, next_w = 0;
+  while (ps_now_ms() < end) {
+    if (keepalive) ps_member_keepalive(ms);
+    if (ps_now_ms() >= next_w) {
+      send_heartbeat(w, 0, 1);
+      next_w = ps_now_ms() + 50;
+    }
+    struct timespec ts = {0, 10 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+}
+
+START_TEST(test_member_keepalive) {
+  sched_start(1, 1, 300);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  memset(&seen_s, 0, sizeof(seen_s));
+  ps_member_opts_t so = {.scheduler = H.endpoint,
+                         .role = SERVER,
+                         .address = "tcp://127.0.0.1:9101",
+                         .rank = -1,
+                         .heartbeat_ms = 50};
+  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
+  int err = 0;
+  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
+  ck_assert_ptr_nonnull(ms);
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *w = client_new();
+  join(w, WORKER, "", RANK_ANY, &mp.spec);
+  ck_assert_msg(run_until(&loop, server_viewed, NULL, 5000), "no first view");
+  /* Three timeouts without a turn of the loop, heartbeating from within. */
+  busy_spell(ms, w, 1, 900);
+  run_until(&loop, never, NULL, 100);
+  ck_assert_int_eq(seen_s.shut, 0);
+  ck_assert_uint_eq(seen_s.view_epoch, 1);
+  /* The same without: declared dead, and told so once the loop runs. */
+  busy_spell(ms, w, 0, 900);
+  ck_assert_msg(run_until(&loop, server_shut, NULL, 5000),
+                "a server silent for 3 timeouts was not fenced");
+  ck_assert_int_eq(seen_s.shut_status, PS_ERR_FENCED);
+  ps_member_destroy(&ms);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
   teardown_all();
 }
 END_TEST
@@ -2462,6 +2518,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tm, test_member_refused_and_silence);
   tcase_add_test(tm, test_member_fenced);
   tcase_add_test(tm, test_member_applies_deltas);
+  tcase_add_test(tm, test_member_keepalive);
   suite_add_tcase(s, tm);
   return s;
 }

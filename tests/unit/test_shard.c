@@ -678,6 +678,29 @@ static int import(ps_shard_t *s, const ps_shard_state_t *st, char *why) {
   return ps_shard_import(s, st, why, 256);
 }
 
+/* ps_shard_new_tick calls its tick once per block it fills (a server
+ * heartbeats from it), and fills the same bits as ps_shard_new. */
+static void count_tick(void *arg) {
+  (*(int *)arg)++;
+}
+
+START_TEST(fill_ticks_once_per_block) {
+  uint64_t n = 3 * (uint64_t)PS_SHARD_BLOCK_KEYS + 1000;
+  ps_model_t m = random_model(n, 0.1f, 0.0f);
+  int ticks = 0, err = -1;
+  char why[256] = "";
+  ps_shard_t *s = ps_shard_new_tick(0, n, &m, BSP, 0, workers, 1, count_tick,
+                                    &ticks, &err, why, sizeof(why));
+  ck_assert_msg(s != NULL, "%s", why);
+  ck_assert_int_eq(ticks, 4);
+  ps_shard_t *plain = new_shard(0, n, &m, BSP, 1);
+  ck_assert(memcmp(ps_shard_weights(s), ps_shard_weights(plain),
+                   n * sizeof(float)) == 0);
+  ps_shard_destroy(&s);
+  ps_shard_destroy(&plain);
+}
+END_TEST
+
 START_TEST(export_import_mid_bsp_step) {
   /* Two blocks; a step in progress with a partial contribution whose sum
    * interval starts inside the range and bridged a gap; momentum from
@@ -1566,6 +1589,7 @@ int main(void) {
   Suite *suite = suite_create("shard");
   TCase *tc = tcase_create("shard");
   tcase_add_test(tc, init_same_bits_for_any_split);
+  tcase_add_test(tc, fill_ticks_once_per_block);
   tcase_add_test(tc, bsp_two_workers_mean_with_momentum);
   tcase_add_test(tc, bsp_partial_slices_sum_exactly);
   tcase_add_test(tc, bsp_wrong_step_refused_and_changes_nothing);
