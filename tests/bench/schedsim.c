@@ -184,76 +184,65 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
   return -1;
 }
 
-/* The body's field number and the envelope's epoch, reading only the
- * envelope's own fields (protobuf-c writes them in field order, so epoch
- * (4) comes before the body). -1 if the bytes are not an envelope. */
-/* A View's base_epoch (field 55; 0: a whole view), from its bytes. */
-static int peek_base_epoch(const uint8_t *p, const uint8_t *end,
-                           uint64_t *base) {
-  *base = 0;
-  while (p < end) {
-    uint64_t key, v;
-    if (read_varint(&p, end, &key) != 0) return -1;
-    switch (key & 7) {
-      case 0:
-        if (read_varint(&p, end, &v) != 0) return -1;
-        if ((key >> 3) == 55) *base = v;
-        break;
-      case 1:
-        if (end - p < 8) return -1;
-        p += 8;
-        break;
-      case 2:
-        if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
-        p += v;
-        break;
-      case 5:
-        if (end - p < 4) return -1;
-        p += 4;
-        break;
-      default:
+/* One protobuf field of [*p, end): its number and wire type, a varint's
+ * value, a length-delimited field's bytes. Moves *p past it; -1 on bytes
+ * that are not protobuf. */
+typedef struct {
+  uint32_t field;
+  unsigned wire;
+  uint64_t v;           /* varint: the value; length-delimited: the length */
+  const uint8_t *bytes; /* length-delimited: the field's bytes */
+} pb_field_t;
+
+static int next_field(const uint8_t **p, const uint8_t *end, pb_field_t *f) {
+  uint64_t key;
+  if (read_varint(p, end, &key) != 0) return -1;
+  f->field = (uint32_t)(key >> 3);
+  f->wire = (unsigned)(key & 7);
+  switch (f->wire) {
+    case 0:
+      return read_varint(p, end, &f->v);
+    case 1:
+      if (end - *p < 8) return -1;
+      *p += 8;
+      return 0;
+    case 2:
+      if (read_varint(p, end, &f->v) != 0 || f->v > (uint64_t)(end - *p))
         return -1;
-    }
+      f->bytes = *p;
+      *p += f->v;
+      return 0;
+    case 5:
+      if (end - *p < 4) return -1;
+      *p += 4;
+      return 0;
+    default:
+      return -1;
   }
-  return 0;
 }
 
-/* The envelope's body field, epoch, and for a View its base_epoch, without
- * decoding the body. */
+/* The body's field number and the envelope's epoch, reading only the
+ * envelope's own fields, and for a View its base_epoch (field 55; 0: a
+ * whole view) from the View's own fields, without decoding the nodes. -1
+ * if the bytes are not an envelope. */
 static int peek_envelope(const uint8_t *p, size_t len, uint32_t *body,
                          uint64_t *epoch, uint64_t *base) {
   const uint8_t *end = p + len;
   *body = 0;
   *epoch = 0;
   *base = 0;
+  pb_field_t f;
   while (p < end) {
-    uint64_t key, v;
-    if (read_varint(&p, end, &key) != 0) return -1;
-    uint32_t field = (uint32_t)(key >> 3);
-    switch (key & 7) {
-      case 0:
-        if (read_varint(&p, end, &v) != 0) return -1;
-        if (field == 4) *epoch = v;
-        break;
-      case 1:
-        if (end - p < 8) return -1;
-        p += 8;
-        break;
-      case 2:
-        if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
-          return -1;
-        if (field == PS__ENVELOPE__BODY_VIEW &&
-            peek_base_epoch(p, p + v, base) != 0)
-          return -1;
-        p += v;
-        if (field >= 10) *body = field;
-        break;
-      case 5:
-        if (end - p < 4) return -1;
-        p += 4;
-        break;
-      default:
-        return -1;
+    if (next_field(&p, end, &f) != 0) return -1;
+    if (f.wire == 0 && f.field == 4) *epoch = f.v;
+    if (f.wire != 2 || f.field < 10) continue;
+    *body = f.field;
+    if (f.field != PS__ENVELOPE__BODY_VIEW) continue;
+    const uint8_t *q = f.bytes, *vend = f.bytes + f.v;
+    pb_field_t g;
+    while (q < vend) {
+      if (next_field(&q, vend, &g) != 0) return -1;
+      if (g.wire == 0 && g.field == 55) *base = g.v;
     }
   }
   return *body ? 0 : -1;

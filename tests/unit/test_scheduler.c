@@ -2126,15 +2126,13 @@ static int never(void *arg) {
   return 0;
 }
 
-START_TEST(test_member_registers_late_scheduler_and_finishes) {
-  H.ctx = zmq_ctx_new();
-  char ep[256];
-  free_endpoint(H.ctx, ep, sizeof(ep));
-  uv_loop_t loop;
-  uv_loop_init(&loop);
+/* A server (at 127.0.0.1:9101) and a worker (the test model, any rank)
+ * that are real members of the scheduler at ep, heartbeating every 50 ms
+ * and never giving up on it; seen_s and seen_w cleared for them. */
+static void members_new(uv_loop_t *loop, const char *ep, ps_member_t **ms,
+                        ps_member_t **mw) {
   memset(&seen_s, 0, sizeof(seen_s));
   memset(&seen_w, 0, sizeof(seen_w));
-
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
   ps_model_t model;
@@ -2156,11 +2154,21 @@ START_TEST(test_member_registers_late_scheduler_and_finishes) {
   ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
   ps_member_cbs_t wcb = {m_registered, m_view, m_shutdown, &seen_w};
   int err = 0;
-  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
-  ck_assert_ptr_nonnull(ms);
-  ps_member_t *mw = ps_member_new(&loop, H.ctx, &wo, &wcb, &err);
-  ck_assert_ptr_nonnull(mw);
+  *ms = ps_member_new(loop, H.ctx, &so, &scb, &err);
+  ck_assert_ptr_nonnull(*ms);
+  *mw = ps_member_new(loop, H.ctx, &wo, &wcb, &err);
+  ck_assert_ptr_nonnull(*mw);
   ps_model_clear(&model); /* the member keeps its own copy */
+}
+
+START_TEST(test_member_registers_late_scheduler_and_finishes) {
+  H.ctx = zmq_ctx_new();
+  char ep[256];
+  free_endpoint(H.ctx, ep, sizeof(ep));
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ps_member_t *ms, *mw;
+  members_new(&loop, ep, &ms, &mw);
 
   /* Nobody there yet: the members wait, without giving up. */
   run_until(&loop, never, NULL, 300);
@@ -2308,31 +2316,10 @@ START_TEST(test_member_applies_deltas) {
   sched_start(1, 2, 300);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  memset(&seen_s, 0, sizeof(seen_s));
-  memset(&seen_w, 0, sizeof(seen_w));
+  ps_member_t *ms, *mw;
+  members_new(&loop, H.endpoint, &ms, &mw);
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
-  ps_model_t model;
-  char why[256];
-  ck_assert_int_eq(ps_model_from_pb(&mp.spec, &model, why, sizeof(why)), PS_OK);
-  ps_member_opts_t so = {.scheduler = H.endpoint,
-                         .role = SERVER,
-                         .address = "tcp://127.0.0.1:9101",
-                         .rank = -1,
-                         .heartbeat_ms = 50};
-  ps_member_opts_t wo = {.scheduler = H.endpoint,
-                         .role = WORKER,
-                         .model = &model,
-                         .rank = 0,
-                         .heartbeat_ms = 50};
-  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
-  ps_member_cbs_t wcb = {m_registered, m_view, m_shutdown, &seen_w};
-  int err = 0;
-  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
-  ck_assert_ptr_nonnull(ms);
-  ps_member_t *mw = ps_member_new(&loop, H.ctx, &wo, &wcb, &err);
-  ck_assert_ptr_nonnull(mw);
-  ps_model_clear(&model);
   client_t *gone = client_new();
   ck_assert_msg(run_until(&loop, both_registered, NULL, 5000),
                 "members did not register");
