@@ -2126,24 +2126,36 @@ static int never(void *arg) {
   return 0;
 }
 
+/* A server (at 127.0.0.1:9101) that is a real member of the scheduler at
+ * ep, reporting to seen_s (cleared), never giving up on the scheduler. */
+static ps_member_t *server_member_new(uv_loop_t *loop, const char *ep,
+                                      int heartbeat_ms) {
+  memset(&seen_s, 0, sizeof(seen_s));
+  ps_member_opts_t so = {.scheduler = ep,
+                         .role = SERVER,
+                         .address = "tcp://127.0.0.1:9101",
+                         .rank = -1,
+                         .heartbeat_ms = heartbeat_ms,
+                         .scheduler_timeout_ms = 0};
+  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
+  int err = 0;
+  ps_member_t *ms = ps_member_new(loop, H.ctx, &so, &scb, &err);
+  ck_assert_ptr_nonnull(ms);
+  return ms;
+}
+
 /* A server (at 127.0.0.1:9101) and a worker (the test model, any rank)
  * that are real members of the scheduler at ep, heartbeating every 50 ms
  * and never giving up on it; seen_s and seen_w cleared for them. */
 static void members_new(uv_loop_t *loop, const char *ep, ps_member_t **ms,
                         ps_member_t **mw) {
-  memset(&seen_s, 0, sizeof(seen_s));
+  *ms = server_member_new(loop, ep, 50);
   memset(&seen_w, 0, sizeof(seen_w));
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
   ps_model_t model;
   char why[256];
   ck_assert_int_eq(ps_model_from_pb(&mp.spec, &model, why, sizeof(why)), PS_OK);
-  ps_member_opts_t so = {.scheduler = ep,
-                         .role = SERVER,
-                         .address = "tcp://127.0.0.1:9101",
-                         .rank = -1,
-                         .heartbeat_ms = 50,
-                         .scheduler_timeout_ms = 0};
   ps_member_opts_t wo = {.scheduler = ep,
                          .role = WORKER,
                          .address = "",
@@ -2151,11 +2163,8 @@ static void members_new(uv_loop_t *loop, const char *ep, ps_member_t **ms,
                          .rank = -1,
                          .heartbeat_ms = 50,
                          .scheduler_timeout_ms = 0};
-  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
   ps_member_cbs_t wcb = {m_registered, m_view, m_shutdown, &seen_w};
   int err = 0;
-  *ms = ps_member_new(loop, H.ctx, &so, &scb, &err);
-  ck_assert_ptr_nonnull(*ms);
   *mw = ps_member_new(loop, H.ctx, &wo, &wcb, &err);
   ck_assert_ptr_nonnull(*mw);
   ps_model_clear(&model); /* the member keeps its own copy */
@@ -2274,17 +2283,7 @@ START_TEST(test_member_fenced) {
   sched_start(1, 1, 300);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  memset(&seen_s, 0, sizeof(seen_s));
-  ps_member_opts_t so = {.scheduler = H.endpoint,
-                         .role = SERVER,
-                         .address = "tcp://127.0.0.1:9101",
-                         .rank = -1,
-                         .heartbeat_ms = 5000,
-                         .scheduler_timeout_ms = 0};
-  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
-  int err = 0;
-  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
-  ck_assert_ptr_nonnull(ms);
+  ps_member_t *ms = server_member_new(&loop, H.endpoint, 5000);
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
   client_t *w = client_new();
@@ -2371,16 +2370,7 @@ START_TEST(test_member_keepalive) {
   sched_start(1, 1, 300);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  memset(&seen_s, 0, sizeof(seen_s));
-  ps_member_opts_t so = {.scheduler = H.endpoint,
-                         .role = SERVER,
-                         .address = "tcp://127.0.0.1:9101",
-                         .rank = -1,
-                         .heartbeat_ms = 50};
-  ps_member_cbs_t scb = {m_registered, m_view, m_shutdown, &seen_s};
-  int err = 0;
-  ps_member_t *ms = ps_member_new(&loop, H.ctx, &so, &scb, &err);
-  ck_assert_ptr_nonnull(ms);
+  ps_member_t *ms = server_member_new(&loop, H.endpoint, 50);
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
   client_t *w = client_new();
