@@ -77,6 +77,10 @@ START_TEST(test_every_daemon_exports) {
       ck_assert(h_metric(body, "ps_scheduler_view_epoch") >= 1);
       ck_assert(h_metric(body, "ps_scheduler_ranges{state=\"ok\"}") == 2);
       ck_assert(h_metric(body, "ps_scheduler_job_running") == 1);
+      /* The first view went whole to the four nodes. */
+      ck_assert(
+          h_metric(body, "ps_scheduler_views_sent_total{kind=\"whole\"}") >= 4);
+      ck_assert(h_metric(body, "ps_scheduler_view_bytes_total") > 0);
     } else if (i <= 2) {
       /* ps-worker pushes in push-pulls by default (--push-pull fused). */
       ck_assert_msg(
