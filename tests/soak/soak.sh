@@ -55,6 +55,9 @@ export SOAK_WINDOW_S=${SOAK_WINDOW_S:-$window}
 # Above the default 400 ms: on 2 shared cores a daemon starved for a
 # moment must not be declared dead; every death here is one we caused.
 HB_TIMEOUT_MS=2000
+# Loopback only: plaintext, no keys (the daemons refuse to start without
+# CURVE keys or this since issue #13; the soak was not run since).
+export PS_INSECURE=true
 # A killed node must be declared dead, and its successor must be back,
 # within these (the worker loads Fashion-MNIST first: seconds).
 DEAD_WAIT_S=20
