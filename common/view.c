@@ -494,6 +494,16 @@ int ps_node_equal(const ps_node_t *a, const ps_node_t *b) {
          strcmp(a->curve_key, b->curve_key) == 0;
 }
 
+int ps_range_equal(const ps_range_t *a, const ps_range_t *b) {
+  if (a->begin != b->begin || a->end != b->end ||
+      a->server_id != b->server_id || a->nbackups != b->nbackups ||
+      a->syncing_mask != b->syncing_mask)
+    return 0;
+  for (uint32_t k = 0; k < a->nbackups && k < PS_MAX_REPLICAS - 1; k++)
+    if (a->backups[k] != b->backups[k]) return 0;
+  return 1;
+}
+
 /* The view's nodes: pb's, or for a delta (pb->base_epoch != 0) base's with
  * pb's replacing those of the same id and the new ones after them. */
 static int copy_nodes(ps_view_t *v, const Ps__View *pb, const ps_view_t *base,
@@ -535,21 +545,22 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, const ps_view_t *base,
   return PS_OK;
 }
 
-static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
-                       size_t errlen) {
-  if (pb->n_ranges == 0) {
+/* Validates and copies n ranges (in key order) into v. */
+static int copy_range_list(ps_view_t *v, Ps__KeyRange *const *ranges, size_t n,
+                           char *err, size_t errlen) {
+  if (n == 0) {
     if (v->model.total == 0) return PS_OK;
     return ps_errf(err, errlen, PS_ERR_INVAL,
                    "no key ranges, but the model has %llu keys",
                    (unsigned long long)v->model.total);
   }
-  v->ranges = calloc(pb->n_ranges, sizeof(*v->ranges));
+  v->ranges = calloc(n, sizeof(*v->ranges));
   if (v->ranges == NULL) {
     return ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
   }
   uint64_t expect = 0;
-  for (size_t i = 0; i < pb->n_ranges; i++) {
-    const Ps__KeyRange *r = pb->ranges[i];
+  for (size_t i = 0; i < n; i++) {
+    const Ps__KeyRange *r = ranges[i];
     unsigned long long b = r->begin, e = r->end;
     if (b > e) {
       return ps_errf(err, errlen, PS_ERR_INVAL,
@@ -614,7 +625,7 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
     }
     expect = r->end;
   }
-  v->nranges = pb->n_ranges;
+  v->nranges = n;
   if (expect != v->model.total) {
     return ps_errf(err, errlen, PS_ERR_INVAL,
                    "ranges end at key %llu, but the model has %llu keys",
@@ -622,6 +633,58 @@ static int copy_ranges(ps_view_t *v, const Ps__View *pb, char *err,
                    (unsigned long long)v->model.total);
   }
   return PS_OK;
+}
+
+/* The view's ranges: pb's, or for a delta with ranges_delta base's with
+ * pb's in place of those range_index names. Validated as a whole. */
+static int copy_ranges(ps_view_t *v, const Ps__View *pb, const ps_view_t *base,
+                       char *err, size_t errlen) {
+  if (pb->base_epoch == 0 || !pb->ranges_delta)
+    return copy_range_list(v, pb->ranges, pb->n_ranges, err, errlen);
+  if (base == NULL || pb->n_range_index != pb->n_ranges)
+    return ps_errf(err, errlen, PS_ERR_INVAL,
+                   "a delta of %zu ranges with %zu indices", pb->n_ranges,
+                   pb->n_range_index);
+  size_t n = base->nranges;
+  Ps__KeyRange *krs = calloc(n + 1, sizeof(*krs));
+  Ps__KeyRange **ptrs = calloc(n + 1, sizeof(*ptrs));
+  uint32_t *syncing = calloc((n + 1) * (PS_MAX_REPLICAS - 1), sizeof(*syncing));
+  int rc = PS_OK;
+  if (krs == NULL || ptrs == NULL || syncing == NULL) {
+    rc = ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const ps_range_t *r = &base->ranges[i];
+    ps__key_range__init(&krs[i]);
+    krs[i].begin = r->begin;
+    krs[i].end = r->end;
+    krs[i].server_id = r->server_id;
+    krs[i].backups = (uint32_t *)r->backups;
+    krs[i].n_backups = r->nbackups;
+    krs[i].syncing = &syncing[i * (PS_MAX_REPLICAS - 1)];
+    for (uint32_t k = 0; k < r->nbackups; k++)
+      if ((r->syncing_mask >> k) & 1u)
+        krs[i].syncing[krs[i].n_syncing++] = r->backups[k];
+    ptrs[i] = &krs[i];
+  }
+  for (size_t j = 0; j < pb->n_ranges; j++) {
+    uint32_t at = pb->range_index[j];
+    if (at >= n || ptrs[at] != &krs[at]) {
+      rc = ps_errf(err, errlen, PS_ERR_INVAL,
+                   "delta range index %u: beyond the %zu ranges or listed "
+                   "twice",
+                   at, n);
+      goto out;
+    }
+    ptrs[at] = pb->ranges[j];
+  }
+  rc = copy_range_list(v, ptrs, n, err, errlen);
+out:
+  free(krs);
+  free(ptrs);
+  free(syncing);
+  return rc;
 }
 
 int ps_range_has_backup(const ps_range_t *r, uint32_t id) {
@@ -698,7 +761,7 @@ ps_view_t *ps_view_from_pb_base(const Ps__View *pb, const ps_view_t *base,
     goto fail;
   }
   if (copy_nodes(v, pb, base, err, errlen) != PS_OK) goto fail;
-  if (copy_ranges(v, pb, err, errlen) != PS_OK) goto fail;
+  if (copy_ranges(v, pb, base, err, errlen) != PS_OK) goto fail;
   if (sparse_parts(v) != PS_OK) {
     ps_errf(err, errlen, PS_ERR_NOMEM, "out of memory");
     goto fail;

@@ -136,7 +136,8 @@ int64_t ps_view_sparse_owner(const ps_view_t *v, uint64_t salt, uint64_t id);
 ps_view_t *ps_view_from_pb(const Ps__View *pb, char *err, size_t errlen);
 
 /* The same, where pb may be a delta (View.base_epoch, issue #16): its nodes
- * replace base's of the same id or come after them, the rest is pb's. base
+ * replace base's of the same id or come after them, its ranges (with
+ * ranges_delta) replace base's at range_index, the rest is pb's. base
  * must be the view of epoch pb->base_epoch (else refused); NULL or ignored
  * for a whole view. The result shares nothing with base. */
 ps_view_t *ps_view_from_pb_base(const Ps__View *pb, const ps_view_t *base,
@@ -149,6 +150,9 @@ int ps_node_from_pb(const Ps__NodeInfo *n, ps_node_t *d, char *err,
 
 /* 1 if a view would show the two nodes alike (every field of ps_node_t). */
 int ps_node_equal(const ps_node_t *a, const ps_node_t *b);
+
+/* 1 if the two ranges have the same keys, servers and syncing backups. */
+int ps_range_equal(const ps_range_t *a, const ps_range_t *b);
 
 /* A deep copy of v, or NULL without memory. */
 ps_view_t *ps_view_copy(const ps_view_t *v);

@@ -137,6 +137,33 @@ static size_t note_changes(ps_sched_t *s, const view_pb_t *v) {
   return changed;
 }
 
+/* The same for the ranges: those the view of this epoch shows otherwise
+ * get shown_range_epoch = epoch. Returns 1 if the view has as many ranges
+ * as the last packed one (a delta may then carry only the changed ones),
+ * else 0 (they all count as changed). */
+static int note_range_changes(ps_sched_t *s) {
+  if (s->nshown_ranges == s->nranges && (s->nranges == 0 || s->shown_ranges)) {
+    for (size_t i = 0; i < s->nranges; i++) {
+      if (ps_range_equal(&s->ranges[i], &s->shown_ranges[i])) continue;
+      s->shown_ranges[i] = s->ranges[i];
+      s->shown_range_epoch[i] = s->epoch;
+    }
+    return 1;
+  }
+  free(s->shown_ranges);
+  free(s->shown_range_epoch);
+  s->shown_ranges = calloc(s->nranges + 1, sizeof(*s->shown_ranges));
+  s->shown_range_epoch = calloc(s->nranges + 1, sizeof(uint64_t));
+  s->nshown_ranges = 0;
+  if (s->shown_ranges == NULL || s->shown_range_epoch == NULL) return 0;
+  for (size_t i = 0; i < s->nranges; i++) {
+    s->shown_ranges[i] = s->ranges[i];
+    s->shown_range_epoch[i] = s->epoch;
+  }
+  s->nshown_ranges = s->nranges;
+  return 0;
+}
+
 /* Packs env twice, with and without the nodes' tokens, into msg[0] and
  * msg[1]. */
 static int pack_pair(ps_sched_t *s, Ps__Envelope *env, Ps__NodeInfo *infos,
@@ -167,6 +194,7 @@ static int view_wire(ps_sched_t *s) {
   if (rc != PS_OK) return rc;
   for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
   note_changes(s, &v);
+  int same_ranges = note_range_changes(s);
   Ps__Envelope env;
   ps__sched_envelope_init(s, &env, 0);
   env.body_case = PS__ENVELOPE__BODY_VIEW;
@@ -176,14 +204,31 @@ static int view_wire(ps_sched_t *s) {
    * only then do the nodes' shown_epoch say what changed since it. */
   int delta =
       rc == PS_OK && !s->opts.full_views && prev != 0 && prev == s->epoch - 1;
+  uint32_t *range_index = NULL;
   if (delta) {
     size_t k = 0;
     for (size_t i = 0; i < s->nnodes; i++)
       if (s->nodes[i].shown_epoch == s->epoch) v.info_ptrs[k++] = &v.infos[i];
     v.view.n_nodes = k;
     v.view.base_epoch = prev;
+    /* The ranges too, when the cut has as many as before (it always has:
+     * a failover or a move changes servers only). */
+    if (same_ranges &&
+        (range_index = calloc(s->nranges + 1, sizeof(*range_index)))) {
+      k = 0;
+      for (size_t i = 0; i < s->nranges; i++)
+        if (s->shown_range_epoch[i] == s->epoch) {
+          range_index[k] = (uint32_t)i;
+          v.kr_ptrs[k++] = &v.krs[i];
+        }
+      v.view.n_ranges = k;
+      v.view.ranges_delta = 1;
+      v.view.range_index = range_index;
+      v.view.n_range_index = k;
+    }
     if (pack_pair(s, &env, v.infos, &s->view_wire.msg[2]) != PS_OK) delta = 0;
   }
+  free(range_index);
   ps__sched_view_pb_free(&v);
   if (rc != PS_OK) return rc;
   s->view_wire.valid = 1;

@@ -215,6 +215,11 @@ struct ps_sched_s {
     uint64_t epoch;
     zmq_msg_t msg[4];
   } view_wire;
+  /* The ranges as the newest packed view showed them, and the epoch each
+   * last changed in (publish.c): a delta carries those of its epoch. */
+  ps_range_t *shown_ranges;
+  uint64_t *shown_range_epoch;
+  size_t nshown_ranges;
 
   /* /metrics and /healthz (metrics.c); NULL when off. Counters of events
    * the state does not keep (the rest is read from the state). */

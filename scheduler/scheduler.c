@@ -169,6 +169,8 @@ static void sched_free(ps_sched_t *s) {
   }
   free(s->nodes);
   ps__sched_view_wire_drop(s);
+  free(s->shown_ranges);
+  free(s->shown_range_epoch);
   free(s->ranges);
   if (s->has_model) ps_model_clear(&s->model);
   ps_exporter_destroy(&s->exporter);

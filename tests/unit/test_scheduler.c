@@ -168,6 +168,9 @@ typedef struct {
   uint64_t next_rid;
   uint32_t live_workers; /* of that view */
   uint64_t clock;        /* sent with pumped heartbeats */
+  /* That view whole, as a member keeps it (deltas applied); NULL before
+   * the first or after a delta without its base. */
+  ps_view_t *held;
 } client_t;
 
 #define MAX_CLIENTS 16
@@ -203,6 +206,7 @@ static client_t *client_new(void) {
 static void teardown_all(void) {
   for (int i = 0; i < nclients; i++) {
     zmq_close(all_clients[i]->sock);
+    ps_view_destroy(&all_clients[i]->held);
     free(all_clients[i]);
   }
   nclients = 0;
@@ -293,6 +297,9 @@ static int wait_pumping(client_t *c, int want, int timeout_ms, client_t **pump,
     if (got == PS__ENVELOPE__BODY_VIEW && m.env->view->epoch > c->epoch) {
       c->epoch = m.env->view->epoch;
       c->live_workers = m.env->view->live_workers;
+      ps_view_t *v = ps_view_from_pb_base(m.env->view, c->held, NULL, 0);
+      ps_view_destroy(&c->held);
+      c->held = v;
     }
     if (got == want) {
       *out = m;
@@ -868,6 +875,9 @@ static void check_deltas(int full_views) {
     ck_assert_uint_eq(v->base_epoch, 1);
     ck_assert_uint_eq(v->n_nodes, 1);
     ck_assert_uint_eq(v->nodes[0]->id, w1->id);
+    /* A worker's death moves no range: none is sent. */
+    ck_assert(v->ranges_delta);
+    ck_assert_uint_eq(v->n_ranges, 0);
     /* Servers' deltas carry the tokens of the nodes they list. */
     ck_assert_uint_eq(strlen(v->nodes[0]->token), PS_AUTH_TOKEN_HEX);
   }
@@ -883,6 +893,8 @@ static void check_deltas(int full_views) {
   ck_assert_str_eq(ps_view_node(second, w0->id)->token,
                    ps_view_node(first, w0->id)->token);
   ck_assert_uint_eq(second->live_workers, 1);
+  ck_assert_uint_eq(second->nranges, 1);
+  ck_assert(ps_range_equal(&second->ranges[0], &first->ranges[0]));
   ps_msg_close(&m);
   ck_assert(wait_pumping(w0, PS__ENVELOPE__BODY_VIEW, 3000, alive, 2, &m));
   ck_assert_uint_eq(m.env->view->epoch, 2);
@@ -1416,9 +1428,32 @@ static const char *chain(const Ps__KeyRange *r, char *buf, size_t len) {
   return buf;
 }
 
+/* The same for the view c holds (deltas applied). */
+static void expect_held_chains(const client_t *c, const char *const *want,
+                               size_t n) {
+  ck_assert_msg(c->held != NULL, "no whole view at epoch %llu",
+                (unsigned long long)c->epoch);
+  const ps_view_t *v = c->held;
+  ck_assert_uint_eq(v->nranges, n);
+  for (size_t i = 0; i < n; i++) {
+    const ps_range_t *r = &v->ranges[i];
+    char buf[64];
+    int len = snprintf(buf, sizeof(buf), "%u|", r->server_id);
+    for (uint32_t k = 0; k < r->nbackups; k++)
+      len +=
+          snprintf(buf + len, sizeof(buf) - (size_t)len, "%s%u%s", k ? " " : "",
+                   r->backups[k], (r->syncing_mask >> k) & 1u ? "*" : "");
+    ck_assert_msg(strcmp(buf, want[i]) == 0,
+                  "epoch %llu range %zu: chain %s, expected %s",
+                  (unsigned long long)v->epoch, i, buf, want[i]);
+  }
+}
+
+/* A whole view's chains (psctl status's; a delta's are partial). */
 static void expect_chains(const Ps__View *v, const char *const *want,
                           size_t n) {
   char buf[64];
+  ck_assert_uint_eq(v->base_epoch, 0);
   ck_assert_uint_eq(v->n_ranges, n);
   for (size_t i = 0; i < n; i++)
     ck_assert_msg(strcmp(chain(v->ranges[i], buf, sizeof(buf)), want[i]) == 0,
@@ -1568,11 +1603,17 @@ START_TEST(test_failover_spares_and_fencing) {
    * chains it was in are topped up (fewest replicas first). */
   client_t *alive[] = {srv[1], srv[2], w};
   m = wait_view(srv[1], 2, alive, 3);
-  const Ps__View *v = m.env->view;
+  /* A delta: the changed ranges and the dead node (applied to the epoch-1
+   * view srv[1] holds). */
+  ck_assert_uint_eq(m.env->view->base_epoch, 1);
+  ck_assert(m.env->view->ranges_delta);
   const char *after1[] = {"2|3*", "2|3", "3|2*"};
-  expect_chains(v, after1, 3);
-  ck_assert_int_eq(view_node(v, 1)->state, PS__NODE_STATE__NODE_STATE_DEAD);
-  Ps__KeyRange r0 = *v->ranges[0], r2 = *v->ranges[2];
+  expect_held_chains(srv[1], after1, 3);
+  ck_assert_int_eq(ps_view_node(srv[1]->held, 1)->state,
+                   PS__NODE_STATE__NODE_STATE_DEAD);
+  Ps__KeyRange r0 = PS__KEY_RANGE__INIT;
+  r0.begin = srv[1]->held->ranges[0].begin;
+  r0.end = srv[1]->held->ranges[0].end;
   ps_msg_close(&m);
 
   /* Only the range's primary can say a backup is synced. */
@@ -1596,10 +1637,9 @@ START_TEST(test_failover_spares_and_fencing) {
   client_t *alive2[] = {srv[2], w};
   m = wait_view(srv[2], 3, alive2, 2);
   const char *after2[] = {"3|", "3|", "3|"};
-  expect_chains(m.env->view, after2, 3);
+  expect_held_chains(srv[2], after2, 3);
   ck_assert_uint_eq(m.env->view->replication, 2);
   ps_msg_close(&m);
-  (void)r2;
 
   /* A restarted server at a dead one's address is a spare: it backs every
    * range at once. */
@@ -1609,14 +1649,14 @@ START_TEST(test_failover_spares_and_fencing) {
   client_t *alive3[] = {srv[2], w, spare};
   m = wait_view(srv[2], 4, alive3, 3);
   const char *spared[] = {"3|5*", "3|5*", "3|5*"};
-  expect_chains(m.env->view, spared, 3);
+  expect_held_chains(srv[2], spared, 3);
   ps_msg_close(&m);
   /* A third alive server is welcome (nothing to back), a fourth is not. */
   client_t *extra = client_new(), *too_many = client_new();
   join(extra, SERVER, "tcp://127.0.0.1:9011", RANK_ANY, NULL);
   m = wait_view(srv[2], 5, alive3, 3);
-  expect_chains(m.env->view, spared, 3);
-  ck_assert_int_eq(view_node(m.env->view, extra->id)->state,
+  expect_held_chains(srv[2], spared, 3);
+  ck_assert_int_eq(ps_view_node(srv[2]->held, extra->id)->state,
                    PS__NODE_STATE__NODE_STATE_ALIVE);
   ps_msg_close(&m);
   char why[512];
@@ -1638,8 +1678,8 @@ START_TEST(test_range_unavailable) {
   ps_msg_t m = wait_view(srv[1], 2, alive, 2);
   /* Nobody else has range 0: it stays with its dead primary. */
   const char *want[] = {"1|", "2|"};
-  expect_chains(m.env->view, want, 2);
-  ck_assert_int_eq(view_node(m.env->view, 1)->state,
+  expect_held_chains(srv[1], want, 2);
+  ck_assert_int_eq(ps_view_node(srv[1]->held, 1)->state,
                    PS__NODE_STATE__NODE_STATE_DEAD);
   ps_msg_close(&m);
 

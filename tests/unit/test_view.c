@@ -575,6 +575,71 @@ START_TEST(test_delta_refusals) {
 }
 END_TEST
 
+/* A delta's ranges (ranges_delta): range 1 moved to server 4 with server 2
+ * as a syncing backup; the others are the base's. Indices beyond the base's
+ * ranges, listed twice, or fewer than the ranges are refused. */
+START_TEST(test_delta_ranges) {
+  fixture_t f;
+  fixture_init(&f);
+  uint32_t b0[] = {3};
+  f.ranges[0].backups = b0;
+  f.ranges[0].n_backups = 1;
+  char err[256] = "";
+  ps_view_t *base = ps_view_from_pb(&f.view, err, sizeof(err));
+  ck_assert_msg(base != NULL, "%s", err);
+  fixture_t d;
+  fixture_init(&d);
+  d.view.epoch = 5;
+  d.view.base_epoch = 4;
+  d.view.n_nodes = 0;
+  uint32_t b1[] = {2}, s1[] = {2};
+  d.ranges[1].server_id = 4;
+  d.ranges[1].backups = b1;
+  d.ranges[1].n_backups = 1;
+  d.ranges[1].syncing = s1;
+  d.ranges[1].n_syncing = 1;
+  Ps__KeyRange *changed[] = {&d.ranges[1], &d.ranges[1]};
+  uint32_t index[] = {1, 1};
+  d.view.ranges = changed;
+  d.view.n_ranges = 1;
+  d.view.range_index = index;
+  d.view.n_range_index = 1;
+  d.view.ranges_delta = 1;
+  ps_view_t *v = ps_view_from_pb_base(&d.view, base, err, sizeof(err));
+  ck_assert_msg(v != NULL, "%s", err);
+  ck_assert_uint_eq(v->nranges, 3);
+  ck_assert_uint_eq(v->nnodes, 5);
+  ck_assert(ps_range_equal(&v->ranges[0], &base->ranges[0]));
+  ck_assert_uint_eq(v->ranges[0].nbackups, 1);
+  ck_assert_uint_eq(v->ranges[0].backups[0], 3);
+  ck_assert(ps_range_equal(&v->ranges[2], &base->ranges[2]));
+  ck_assert_uint_eq(v->ranges[1].server_id, 4);
+  ck_assert_uint_eq(v->ranges[1].begin, 336);
+  ck_assert(ps_range_backup_syncing(&v->ranges[1], 2));
+  ck_assert(!ps_range_equal(&v->ranges[1], &base->ranges[1]));
+  ck_assert_uint_eq(ps_view_find_range(v, 400), 1);
+  ps_view_destroy(&v);
+
+  index[0] = 3;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "beyond the 3 ranges or listed twice"), "%s", err);
+  index[0] = 1;
+  d.view.n_ranges = 2;
+  d.view.n_range_index = 2;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "listed twice"), "%s", err);
+  d.view.n_range_index = 1;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "2 ranges with 1 indices"), "%s", err);
+  /* A merged cut is validated whole: the changed range may not overlap. */
+  d.view.n_ranges = 1;
+  d.ranges[1].begin = 300;
+  ck_assert_ptr_null(ps_view_from_pb_base(&d.view, base, err, sizeof(err)));
+  ck_assert_msg(strstr(err, "overlaps"), "%s", err);
+  ps_view_destroy(&base);
+}
+END_TEST
+
 START_TEST(test_view_copy_is_deep) {
   fixture_t f;
   fixture_init(&f);
@@ -673,6 +738,7 @@ int main(void) {
   TCase *delta = tcase_create("delta");
   tcase_add_test(delta, test_delta_applies_to_its_base);
   tcase_add_test(delta, test_delta_refusals);
+  tcase_add_test(delta, test_delta_ranges);
   tcase_add_test(delta, test_view_copy_is_deep);
   suite_add_tcase(s, delta);
 
