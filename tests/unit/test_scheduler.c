@@ -2316,6 +2316,9 @@ static int server_shut(void *arg) {
 static int server_viewed(void *arg) {
   return seen_s.view_epoch >= 1;
 }
+static int server_at_epoch_2(void *arg) {
+  return seen_s.view_epoch >= 2;
+}
 
 /* A member declared dead (its heartbeats are far apart) hears it and
  * reports PS_ERR_FENCED: its owner must stop and exit with a failure. */
@@ -2433,6 +2436,118 @@ START_TEST(test_member_keepalive) {
 }
 END_TEST
 
+/* A view from a fake scheduler to the member at route: nodes 1 (the
+ * member, a server) and 2 (a worker, alive or dead), one range; a delta
+ * against base (listing node 2 only) unless base is 0. */
+static void fake_view(void *router, zmq_msg_t *route, uint64_t epoch,
+                      uint64_t base, int worker_dead) {
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  Ps__NodeInfo nodes[2];
+  Ps__NodeInfo *ptrs[2];
+  for (int i = 0; i < 2; i++) {
+    ps__node_info__init(&nodes[i]);
+    nodes[i].id = (uint32_t)i + 1;
+    nodes[i].state = PS__NODE_STATE__NODE_STATE_ALIVE;
+  }
+  nodes[0].role = SERVER;
+  nodes[0].address = "tcp://127.0.0.1:9101";
+  nodes[1].role = WORKER;
+  if (worker_dead) nodes[1].state = PS__NODE_STATE__NODE_STATE_DEAD;
+  Ps__KeyRange kr = PS__KEY_RANGE__INIT;
+  kr.end = 1000;
+  kr.server_id = 1;
+  Ps__KeyRange *krs[] = {&kr};
+  Ps__View v = PS__VIEW__INIT;
+  v.epoch = epoch;
+  v.base_epoch = base;
+  ptrs[0] = &nodes[0];
+  ptrs[1] = &nodes[1];
+  v.nodes = base ? &ptrs[1] : ptrs;
+  v.n_nodes = base ? 1 : 2;
+  v.ranges = krs;
+  v.n_ranges = 1;
+  v.model = &mp.spec;
+  v.live_workers = worker_dead ? 0 : 1;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.epoch = epoch;
+  env.body_case = PS__ENVELOPE__BODY_VIEW;
+  env.view = &v;
+  ck_assert_int_eq(ps_msg_send(router, route, &env, NULL, 0), PS_OK);
+}
+
+/* The fake scheduler's next message from the member, within 3 s. */
+static ps_msg_t fake_recv(void *router) {
+  zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+  ck_assert_int_eq(zmq_poll(&item, 1, 3000), 1);
+  ps_msg_t m;
+  char why[256];
+  ck_assert_int_eq(ps_msg_recv(router, 1, NULL, &m, why, sizeof(why)), PS_OK);
+  return m;
+}
+
+/* A delta against a view the member does not hold is dropped, and its
+ * heartbeats stay at the epoch it holds (so the scheduler sends the whole
+ * view); a delta against the view it holds is applied. */
+START_TEST(test_member_skips_delta_without_base) {
+  H.ctx = zmq_ctx_new();
+  void *router = zmq_socket(H.ctx, ZMQ_ROUTER);
+  int zero = 0;
+  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+  ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
+  char ep[256];
+  size_t len = sizeof(ep);
+  zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &len);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ps_member_t *ms = server_member_new(&loop, ep, 50);
+  ps_msg_t m = fake_recv(router);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER);
+  zmq_msg_t route;
+  zmq_msg_init(&route);
+  zmq_msg_copy(&route, &m.route);
+  Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
+  rr.node_id = 1;
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m.request_id;
+  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
+  env.register_reply = &rr;
+  ck_assert_int_eq(ps_msg_send(router, &route, &env, NULL, 0), PS_OK);
+  ps_msg_close(&m);
+  fake_view(router, &route, 1, 0, 0);
+  ck_assert_msg(run_until(&loop, server_viewed, NULL, 5000), "no view 1");
+
+  fake_view(router, &route, 3, 2, 1); /* epoch 2 never came */
+  run_until(&loop, never, NULL, 300);
+  ck_assert_uint_eq(seen_s.view_epoch, 1);
+  ck_assert_uint_eq(ps_member_epoch(ms), 1);
+  int beats = 0;
+  zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+  while (zmq_poll(&item, 1, 0) == 1) {
+    m = fake_recv(router);
+    if (m.env->body_case == PS__ENVELOPE__BODY_HEARTBEAT) {
+      ck_assert_uint_eq(m.env->epoch, 1);
+      beats++;
+    }
+    ps_msg_close(&m);
+  }
+  ck_assert_int_gt(beats, 0);
+
+  fake_view(router, &route, 2, 1, 1);
+  ck_assert_msg(run_until(&loop, server_at_epoch_2, NULL, 5000),
+                "the delta against epoch 1 was not applied");
+  ck_assert_uint_eq(seen_s.view_nodes, 2);
+  ck_assert_uint_eq(seen_s.view_dead, 1);
+  ck_assert_int_eq(seen_s.view_gap, 0);
+  ps_member_destroy(&ms);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  zmq_msg_close(&route);
+  zmq_close(router);
+  teardown_all();
+}
+END_TEST
+
 /* ---- the checkpoint coordinator ------------------------------------- */
 
 static void coord_done_count(ps_coord_t *c, int status, const char *reason,
@@ -2536,6 +2651,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tm, test_member_fenced);
   tcase_add_test(tm, test_member_applies_deltas);
   tcase_add_test(tm, test_member_keepalive);
+  tcase_add_test(tm, test_member_skips_delta_without_base);
   suite_add_tcase(s, tm);
   return s;
 }
