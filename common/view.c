@@ -532,12 +532,16 @@ static int copy_nodes(ps_view_t *v, const Ps__View *pb, const ps_view_t *base,
   v->nnodes = nbase;
   for (size_t i = 0; i < pb->n_nodes; i++) {
     const Ps__NodeInfo *n = pb->nodes[i];
-    /* Lookups by id must not depend on which duplicate comes first. */
-    for (size_t j = 0; j < i; j++)
-      if (pb->nodes[j]->id == n->id)
-        return ps_errf(err, errlen, PS_ERR_INVAL, "node id %u appears twice",
-                       n->id);
+    /* Lookups by id must not depend on which duplicate comes first: a node
+     * this list added already, or a base node it replaced already (the
+     * scan over the earlier entries runs for a delta's few only). */
     ps_node_t *d = (ps_node_t *)ps_view_node(v, n->id);
+    int twice = d != NULL && (size_t)(d - v->nodes) >= nbase;
+    for (size_t j = 0; d != NULL && !twice && j < i; j++)
+      twice = pb->nodes[j]->id == n->id;
+    if (twice)
+      return ps_errf(err, errlen, PS_ERR_INVAL, "node id %u appears twice",
+                     n->id);
     if (d == NULL) d = &v->nodes[v->nnodes++];
     int rc = ps_node_from_pb(n, d, err, errlen);
     if (rc != PS_OK) return rc;

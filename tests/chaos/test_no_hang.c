@@ -14,7 +14,6 @@
 #include <check.h>
 #include <inttypes.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,9 +21,9 @@
 
 #include "common/err.h"
 #include "proto/ps.pb-c.h"
+#include "ps/client.h"
 #include "tests/chaos/chaos.h"
 #include "tests/check_run.h"
-#include "ps/client.h"
 
 #define SERVERS 3
 #define KEYS (SERVERS * 64)
@@ -33,18 +32,6 @@
 #define SLACK_MS 500
 
 static char g_result[700];
-
-static void result(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void result(const char *fmt, ...) {
-  FILE *f = fopen(g_result, "a");
-  if (f == NULL) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vfprintf(f, fmt, ap);
-  va_end(ap);
-  fclose(f);
-}
 
 /* One call on the lost range: 1 if it failed in time with a clear error. */
 static int lost_call(ps_client_t *c, int push, float *buf) {
@@ -58,8 +45,10 @@ static int lost_call(ps_client_t *c, int push, float *buf) {
   int clear = rc == PS_ERR_UNAVAILABLE
                   ? strstr(msg, "[0, ") != NULL && strstr(msg, "dead") != NULL
                   : rc == PS_ERR_TIMEOUT;
-  result("%s of the lost range: %s after %" PRIu64 " ms (deadline %d ms): %s\n",
-         push ? "push" : "pull", ps_err_name(rc), took, DEADLINE_MS, msg);
+  chaos_append(g_result,
+               "%s of the lost range: %s after %" PRIu64
+               " ms (deadline %d ms): %s\n",
+               push ? "push" : "pull", ps_err_name(rc), took, DEADLINE_MS, msg);
   return in_time && clear;
 }
 
@@ -68,7 +57,7 @@ static int client(const char *sched_ep, int rank) {
   ps_client_t *c =
       chaos_counter_client(sched_ep, rank, KEYS, DEADLINE_MS, msg, sizeof(msg));
   if (c == NULL) {
-    result("client: %s\n", msg);
+    chaos_append(g_result, "client: %s\n", msg);
     h_worker_sync(rank);
     h_worker_sync(rank);
     h_worker_sync(rank);
@@ -92,18 +81,20 @@ static int client(const char *sched_ep, int rank) {
     if (n && n->state == PS__NODE_STATE__NODE_STATE_ALIVE) served = (int)r;
   }
   if (served < 0) {
-    result("no range has an alive primary in view epoch %" PRIu64 "\n",
-           v->epoch);
+    chaos_append(g_result,
+                 "no range has an alive primary in view epoch %" PRIu64 "\n",
+                 v->epoch);
     ok = 0;
   } else {
     uint64_t begin = v->ranges[served].begin;
     uint64_t t0 = h_now_ms();
     int rc = ps_client_push(c, begin, 16, buf, 2);
-    result("push to range %d [%" PRIu64
-           ", ...) on alive server %u: %s "
-           "after %" PRIu64 " ms %s\n",
-           served, begin, v->ranges[served].server_id, ps_err_name(rc),
-           h_now_ms() - t0, rc == PS_OK ? "" : ps_client_errmsg(c));
+    chaos_append(g_result,
+                 "push to range %d [%" PRIu64
+                 ", ...) on alive server %u: %s "
+                 "after %" PRIu64 " ms %s\n",
+                 served, begin, v->ranges[served].server_id, ps_err_name(rc),
+                 h_now_ms() - t0, rc == PS_OK ? "" : ps_client_errmsg(c));
     ok = rc == PS_OK && ok;
   }
   ps_client_destroy(&c);
