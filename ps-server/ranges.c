@@ -99,8 +99,11 @@ static int live_set(const ps_view_t *view, ps_shard_live_t **live, size_t *n) {
 }
 
 static void owned_free(ps_server_t *s, owned_range_t *r, const char *why) {
-  ps__server_fail_parked(s, r, PS_ERR_STALE_EPOCH, why);
+  /* The chain first: dropping it completes the pushes that were waiting
+   * behind it, and a PushPull among them that was applied and acked may
+   * park its pull on r, which the parked pulls' failure then answers. */
   if (r->primary && s->repl) ps_repl_drop_chain(s->repl, r->begin, r->end);
+  ps__server_fail_parked(s, r, PS_ERR_STALE_EPOCH, why);
   ps_shard_destroy(&r->shard);
   ps_dedup_destroy(&r->dedup);
   ps__server_sparse_retire_tables(s, &r->sparse, r->nsparse);
