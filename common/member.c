@@ -1,12 +1,13 @@
 #include "member.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <string.h>
 #include <zmq.h>
 
+#include "beat.h"
 #include "err.h"
 #include "frame.h"
 #include "log.h"
@@ -23,6 +24,9 @@
 /* While the scheduler is silent the member says so this often (or 4 times
  * per timeout when that is shorter), so a wait is never silent. */
 #define MEMBER_SILENCE_WARN_MS 5000
+/* Heartbeats over UDP (common/beat.h) count as answered while an ack came
+ * within this long; otherwise they go on the membership link as well. */
+#define MEMBER_BEAT_UNANSWERED_MS (2 * PS_MEMBER_ACK_EVERY_MS + 100)
 
 struct ps_member_s {
   uv_loop_t *loop;
@@ -55,14 +59,28 @@ struct ps_member_s {
   uint64_t clock;
   char metrics_address[PS_ADDR_MAX]; /* "" when none */
   uint64_t last_heard_ms;
-  uint64_t last_beat_ms;   /* the last heartbeat sent */
+  uint64_t last_beat_ms; /* the last heartbeat sent */
+  int metrics_dirty;     /* metrics_address not yet sent on the link */
+  /* Heartbeats over UDP, when the RegisterReply named a port: resolving
+   * the scheduler's host, then a connected UDP socket. beat_ack_ms is the
+   * last ack taken (0: none yet); while it is recent the heartbeats go as
+   * datagrams only. */
+  uint8_t beat_key[PS_BEAT_KEY_BYTES];
+  uint16_t beat_port;
+  uv_getaddrinfo_t beat_resolve;
+  uv_udp_t beat_udp;
+  int beat_ready;         /* beat_udp is open and connected */
+  int beat_answered;      /* the last state logged: acks coming */
+  uint64_t beat_start_ms; /* when the socket opened (0: not yet) */
+  uint64_t beat_seq, beat_acked_seq, beat_ack_ms;
+  uint8_t beat_in[2 * PS_BEAT_BYTES];
   uint64_t last_warned_ms; /* the last scheduler_silent warning */
   uint64_t next_request_id;
-  uint64_t done_request_id; /* 0: no Done in flight */
+  uint64_t done_request_id;     /* 0: no Done in flight */
   uint64_t farewell_request_id; /* the last Done or Shutdown sent */
-  int sent_farewell;        /* a Done or Shutdown that must still leave */
-  int farewell_acked;       /* the scheduler acked farewell_request_id */
-  int stopped;              /* shutdown_cb has run: report nothing more */
+  int sent_farewell;            /* a Done or Shutdown that must still leave */
+  int farewell_acked;           /* the scheduler acked farewell_request_id */
+  int stopped;                  /* shutdown_cb has run: report nothing more */
   ps_member_message_cb message_cb;
   void *message_arg;
 };
@@ -146,7 +164,7 @@ static void send_register(ps_member_t *m) {
   free(opts);
 }
 
-static void send_heartbeat(ps_member_t *m) {
+static void send_link_heartbeat(ps_member_t *m) {
   Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
   hb.clock = m->clock;
   hb.metrics_address = m->metrics_address;
@@ -155,7 +173,153 @@ static void send_heartbeat(ps_member_t *m) {
   env.body_case = PS__ENVELOPE__BODY_HEARTBEAT;
   env.heartbeat = &hb;
   send_env(m, &env);
-  m->last_beat_ms = ps_now_ms();
+  m->metrics_dirty = 0;
+}
+
+static void send_beat(ps_member_t *m) {
+  ps_beat_t b = {.type = PS_BEAT_BEAT,
+                 .node_id = m->node_id,
+                 .seq = ++m->beat_seq,
+                 .epoch = m->epoch,
+                 .clock = m->clock};
+  uint8_t out[PS_BEAT_BYTES];
+  ps_beat_pack(&b, m->beat_key, out);
+  uv_buf_t buf = uv_buf_init((char *)out, sizeof(out));
+  /* A refused send (ICMP port unreachable: no scheduler there yet) goes
+   * unanswered like a lost one. */
+  (void)uv_udp_try_send(&m->beat_udp, &buf, 1, NULL);
+}
+
+/* A heartbeat: a datagram when the scheduler takes them (and on the link
+ * too while those go unanswered, or when the link has news), else on the
+ * link. */
+static void send_heartbeat(ps_member_t *m) {
+  uint64_t now = ps_now_ms();
+  int link = 1;
+  if (m->beat_ready) {
+    send_beat(m);
+    int answered =
+        m->beat_ack_ms != 0 && now - m->beat_ack_ms < MEMBER_BEAT_UNANSWERED_MS;
+    /* Never answered: said once, a few ack periods after the start (the
+     * port may be closed by a firewall; the link carries on). */
+    int never = m->beat_ack_ms == 0 && m->beat_start_ms != 0 &&
+                now - m->beat_start_ms >= 3 * MEMBER_BEAT_UNANSWERED_MS;
+    if (!answered && (m->beat_answered || never)) {
+      uint64_t since = m->beat_ack_ms ? m->beat_ack_ms : m->beat_start_ms;
+      PS_WARN("beats_unanswered",
+              "scheduler=%s udp_port=%u silent_ms=%" PRIu64
+              " ever_answered=%d fallback=membership_link",
+              m->scheduler, m->beat_port, now - since, m->beat_ack_ms != 0);
+      m->beat_answered = 0;
+      m->beat_start_ms = 0;
+    }
+    link = !answered || m->metrics_dirty;
+  }
+  if (link) send_link_heartbeat(m);
+  m->last_beat_ms = now;
+}
+
+static void on_beat_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  ps_member_t *m = h->data;
+  *buf = uv_buf_init((char *)m->beat_in, sizeof(m->beat_in));
+}
+
+static void on_beat_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                         const struct sockaddr *addr, unsigned flags) {
+  (void)addr;
+  ps_member_t *m = h->data;
+  ps_beat_t b;
+  if (nread <= 0 || (flags & UV_UDP_PARTIAL) || m->stopped) return;
+  if (ps_beat_open((const uint8_t *)buf->base, (size_t)nread, m->beat_key,
+                   &b) != PS_OK ||
+      b.type != PS_BEAT_ACK || b.node_id != m->node_id ||
+      b.seq <= m->beat_acked_seq || b.seq > m->beat_seq)
+    return; /* not the scheduler's, or a replay */
+  m->beat_acked_seq = b.seq;
+  m->beat_ack_ms = m->last_heard_ms = ps_now_ms();
+  if (m->last_warned_ms != 0) {
+    m->last_warned_ms = 0;
+    PS_INFO("scheduler_back", "scheduler=%s", m->scheduler);
+  }
+  if (!m->beat_answered) {
+    m->beat_answered = 1;
+    PS_INFO("beats_answered", "scheduler=%s udp_port=%u", m->scheduler,
+            m->beat_port);
+  }
+}
+
+static void on_close(uv_handle_t *h);
+static void free_member(ps_member_t *m);
+
+static void on_beat_resolved(uv_getaddrinfo_t *req, int status,
+                             struct addrinfo *res) {
+  ps_member_t *m = req->data;
+  if (m->destroyed || m->stopped || status != 0 || res == NULL) {
+    if (!m->destroyed && !m->stopped)
+      PS_WARN("beats_unusable", "scheduler=%s reason=\"%s\"", m->scheduler,
+              uv_strerror(status));
+    uv_freeaddrinfo(res);
+    if (--m->open_handles == 0) free_member(m);
+    return;
+  }
+  int rc = uv_udp_init(m->loop, &m->beat_udp);
+  if (rc == 0) {
+    m->beat_udp.data = m;
+    rc = uv_udp_connect(&m->beat_udp, res->ai_addr);
+    if (rc == 0)
+      rc = uv_udp_recv_start(&m->beat_udp, on_beat_alloc, on_beat_recv);
+    if (rc == 0) {
+      m->beat_ready = 1; /* the handle is counted: the resolve's count */
+      m->beat_start_ms = ps_now_ms();
+    } else {
+      uv_close((uv_handle_t *)&m->beat_udp, on_close);
+    }
+  } else {
+    --m->open_handles;
+  }
+  if (rc != 0)
+    PS_WARN("beats_unusable", "scheduler=%s reason=\"%s\"", m->scheduler,
+            uv_strerror(rc));
+  uv_freeaddrinfo(res);
+}
+
+/* The RegisterReply named a UDP port: resolve the scheduler's host (that of
+ * its endpoint, "tcp://HOST:PORT") and open the socket heartbeats go on. */
+static void beats_start(ps_member_t *m, const Ps__RegisterReply *rr) {
+  if (rr->beat_port == 0 || rr->beat_port > 65535 ||
+      rr->beat_key.len != PS_BEAT_KEY_BYTES)
+    return;
+  const char *p =
+      strncmp(m->scheduler, "tcp://", 6) == 0 ? m->scheduler + 6 : NULL;
+  const char *colon = p ? strrchr(p, ':') : NULL;
+  char host[PS_ADDR_MAX];
+  size_t hl = colon ? (size_t)(colon - p) : 0;
+  if (hl >= 2 && p[0] == '[' && p[hl - 1] == ']') {
+    p++;
+    hl -= 2;
+  }
+  if (hl == 0 || hl >= sizeof(host)) {
+    PS_WARN("beats_unusable", "scheduler=%s reason=\"not a tcp endpoint\"",
+            m->scheduler);
+    return;
+  }
+  memcpy(host, p, hl);
+  host[hl] = '\0';
+  char port[8];
+  snprintf(port, sizeof(port), "%u", rr->beat_port);
+  memcpy(m->beat_key, rr->beat_key.data, PS_BEAT_KEY_BYTES);
+  m->beat_port = (uint16_t)rr->beat_port;
+  struct addrinfo hints = {.ai_socktype = SOCK_DGRAM};
+  m->beat_resolve.data = m;
+  int rc = uv_getaddrinfo(m->loop, &m->beat_resolve, on_beat_resolved, host,
+                          port, &hints);
+  if (rc != 0) {
+    PS_WARN("beats_unusable", "scheduler=%s reason=\"%s\"", m->scheduler,
+            uv_strerror(rc));
+    return;
+  }
+  m->open_handles++;
 }
 
 static void send_done(ps_member_t *m) {
@@ -244,6 +408,7 @@ static void handle_register_reply(ps_member_t *m, const Ps__Envelope *env) {
   uv_timer_stop(&m->register_timer);
   PS_INFO("registered", "id=%u rank=%u num_workers=%u scheduler=%s",
           rr->node_id, rr->rank, rr->num_workers, m->scheduler);
+  beats_start(m, rr);
   if (m->cbs.registered_cb)
     m->cbs.registered_cb(m, rr->node_id, rr->rank, rr->num_workers, m->cbs.arg);
 }
@@ -457,12 +622,11 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
     free_member(m);
     return NULL;
   }
-  ps_zsock_opts_t zo = {.token = &m->token,
-                        .token_use = PS_AUTH_USE_MEMBER,
-                        .keys = opts->keys,
-                        .peer_key = opts->keys
-                                        ? ps_keys_scheduler_key(opts->keys)
-                                        : NULL};
+  ps_zsock_opts_t zo = {
+      .token = &m->token,
+      .token_use = PS_AUTH_USE_MEMBER,
+      .keys = opts->keys,
+      .peer_key = opts->keys ? ps_keys_scheduler_key(opts->keys) : NULL};
   m->zs = ps_zsock_new(loop, zmq_ctx, ZMQ_DEALER, NULL, opts->scheduler, &zo,
                        on_message, m, err, why, sizeof(why));
   if (m->zs == NULL) {
@@ -496,6 +660,7 @@ void ps_member_set_clock(ps_member_t *m, uint64_t clock) {
 int ps_member_set_metrics_address(ps_member_t *m, const char *address) {
   const char *a = address ? address : "";
   if (strlen(a) >= sizeof(m->metrics_address)) return PS_ERR_INVAL;
+  if (strcmp(m->metrics_address, a) != 0) m->metrics_dirty = 1;
   snprintf(m->metrics_address, sizeof(m->metrics_address), "%s", a);
   return PS_OK;
 }
@@ -570,4 +735,10 @@ void ps_member_destroy(ps_member_t **m_p) {
   uv_timer_stop(&m->heartbeat_timer);
   uv_close((uv_handle_t *)&m->register_timer, on_close);
   uv_close((uv_handle_t *)&m->heartbeat_timer, on_close);
+  if (m->beat_ready) {
+    m->beat_ready = 0;
+    uv_udp_recv_stop(&m->beat_udp);
+    uv_close((uv_handle_t *)&m->beat_udp, on_close);
+  }
+  /* A resolve in flight ends in on_beat_resolved, which sees destroyed. */
 }

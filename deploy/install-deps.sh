@@ -7,7 +7,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config
-  libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev
+  libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev libsodium-dev
   libopenblas-dev zlib1g-dev libinih-dev libsystemd-dev libisal-dev
   check libsubunit-dev
   libhttp-parser-dev prometheus curl

@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
   int64_t max_workers = 0, read_batch_ms = 2;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
-  int view_deltas = 1;
+  int view_deltas = 1, heartbeat_udp = 0;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
@@ -97,6 +97,12 @@ int main(int argc, char **argv) {
        "Send a member that was sent the previous view only the nodes that "
        "changed since (a whole view at 1,000 nodes is 22 MB to send to "
        "all); false: every view whole."},
+      {"heartbeat-udp", PS_OPT_BOOL, &heartbeat_udp, "false", 0, 0, NULL,
+       "Take the nodes' heartbeats as signed UDP datagrams on the port of "
+       "--bind (the same number, UDP) instead of on their ZeroMQ links: at "
+       "1,000 nodes that costs the scheduler a fraction of the CPU. Each "
+       "node learns the port and its key when it registers; one whose "
+       "datagrams go unanswered heartbeats on its link again."},
       {"checkpoint-dir", PS_OPT_STRING, &checkpoint_dir, NULL, 0, 0, NULL,
        "Base directory of checkpoints (each goes into ckpt-<step>/, LATEST "
        "names the newest); servers must see the same path. Needed for "
@@ -149,8 +155,7 @@ int main(int argc, char **argv) {
   if (rc == PS_OK)
     rc = ps_config_check_endpoint("bind", bind, 1, err, sizeof(err));
   if (rc == PS_OK && metrics_bind && metrics_bind[0])
-    rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err,
-                                sizeof(err));
+    rc = ps_exporter_check_bind("metrics-bind", metrics_bind, err, sizeof(err));
   if (rc != PS_OK) return ps_config_refuse(&cfg, "%s", err);
   /* A state file that cannot be written would only show up as
    * state_save_failed later, with the job running unprotected. */
@@ -187,9 +192,8 @@ int main(int argc, char **argv) {
   ps_log_init("scheduler", (ps_log_level_t)log_level);
   ps_transport_tune_malloc();
   ps_keys_t *keys = NULL;
-  if (ps_keys_for_program(keys_dir, key_file, insecure,
-                          PS_KEY_ROLE_SCHEDULER, bind, &keys, err,
-                          sizeof(err)) != PS_OK)
+  if (ps_keys_for_program(keys_dir, key_file, insecure, PS_KEY_ROLE_SCHEDULER,
+                          bind, &keys, err, sizeof(err)) != PS_OK)
     return ps_config_refuse(&cfg, "%s", err);
   ps_raise_nofile_limit();
 
@@ -207,6 +211,7 @@ int main(int argc, char **argv) {
       .heartbeat_timeout_ms = (int)heartbeat_timeout_ms,
       .read_batch_ms = (int)read_batch_ms,
       .full_views = !view_deltas,
+      .heartbeat_udp = heartbeat_udp,
       .replication = (uint32_t)replication,
       .rebalance = rebalance,
       .handle_signals = 1,

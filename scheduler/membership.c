@@ -7,6 +7,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/beat.h"
 #include "common/checkpoint.h"
 #include "common/codec.h"
 #include "common/err.h"
@@ -354,12 +355,20 @@ void ps__sched_node_touch(sched_node_t *n, ps_msg_t *m, int membership_link) {
   n->route_len = len;
 }
 
-static void reply_registered(ps_sched_t *s, ps_msg_t *m,
-                             const sched_node_t *n) {
+static void reply_registered(ps_sched_t *s, ps_msg_t *m, sched_node_t *n) {
   Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
   rr.node_id = n->id;
   rr.rank = n->role == PS__ROLE__ROLE_WORKER ? n->rank : 0;
   rr.num_workers = s->opts.workers;
+  if (ps__sched_beats_port(s) != 0) {
+    if (!n->beat_keyed && ps_beat_key_new(n->beat_key) == PS_OK)
+      n->beat_keyed = 1;
+    if (n->beat_keyed) {
+      rr.beat_port = ps__sched_beats_port(s);
+      rr.beat_key.data = (uint8_t *)n->beat_key;
+      rr.beat_key.len = PS_BEAT_KEY_BYTES;
+    }
+  }
   Ps__Envelope env;
   ps__sched_envelope_init(s, &env, m->request_id);
   env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
@@ -661,6 +670,7 @@ void ps__sched_handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
     return;
   }
   n->clock = m->env->heartbeat->clock;
+  s->stats.heartbeats_link++;
   if (m->env->epoch > s->epoch) {
     ps__sched_reply_error(s, m, PS_ERR_STALE_EPOCH,
                           "heartbeat at epoch %" PRIu64
@@ -676,11 +686,16 @@ void ps__sched_handle_heartbeat(ps_sched_t *s, ps_msg_t *m) {
     ps__sched_reply_ack(s, m, n->clock);
     n->hb_acked_ms = now;
   }
+  ps__sched_view_behind(s, n, m->env->epoch, now);
+}
+
+void ps__sched_view_behind(ps_sched_t *s, sched_node_t *n, uint64_t epoch,
+                           uint64_t now) {
   /* A node behind gets the view again, but not while the one just
    * published is on its way to it: during a publish to a thousand nodes,
    * the heartbeats sent before it arrived asked for ten thousand more
    * copies, which held up the first. */
-  if (s->published && m->env->epoch < s->epoch &&
+  if (s->published && epoch < s->epoch &&
       (n->view_sent_epoch < s->epoch ||
        now - n->view_sent_ms >= SCHED_VIEW_RESEND_MS))
     ps__sched_send_view(s, n);

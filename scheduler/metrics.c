@@ -140,6 +140,16 @@ static void render(ps_metrics_t *m, void *arg) {
                     "previous epoch (--view-deltas).");
   ps_metrics_sample(m, (double)s->stats.views_whole, "kind", "whole", NULL);
   ps_metrics_sample(m, (double)s->stats.views_delta, "kind", "delta", NULL);
+  ps_metrics_family(m, "ps_scheduler_heartbeats_total", PS_METRIC_COUNTER,
+                    "Heartbeats taken: on the members' ZeroMQ links, or as "
+                    "UDP datagrams (--heartbeat-udp).");
+  ps_metrics_sample(m, (double)s->stats.heartbeats_link, "path", "link", NULL);
+  ps_metrics_sample(m, (double)s->stats.beats, "path", "udp", NULL);
+  ps_metrics_put(m, "ps_scheduler_heartbeat_datagrams_refused_total",
+                 PS_METRIC_COUNTER,
+                 "UDP datagrams on the heartbeat port dropped: not a "
+                 "heartbeat, an unknown node, a wrong tag or a replay.",
+                 (double)s->stats.beats_refused);
   ps_metrics_put(m, "ps_scheduler_view_bytes_total", PS_METRIC_COUNTER,
                  "Bytes of the views sent to members.",
                  (double)s->stats.view_bytes);
@@ -150,8 +160,7 @@ static void render(ps_metrics_t *m, void *arg) {
                  "CURVE handshakes refused by the ZAP handler (keys not in "
                  "--keys-dir).",
                  s->zap ? (double)ps_zap_refused(s->zap) : 0.0);
-  ps_metrics_put(m, "ps_scheduler_connections_refused_total",
-                 PS_METRIC_COUNTER,
+  ps_metrics_put(m, "ps_scheduler_connections_refused_total", PS_METRIC_COUNTER,
                  "Handshakes refused because the scheduler held "
                  "--max-connections connections.",
                  s->zap ? (double)ps_zap_over_cap(s->zap) : 0.0);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/beat.h"
 #include "common/checkpoint.h"
 #include "common/exporter.h"
 #include "common/sockmon.h"
@@ -81,6 +82,13 @@ typedef struct {
   ps_node_t shown;
   uint64_t shown_epoch;
   uint64_t hb_acked_ms; /* the last heartbeat Ack sent to it */
+  /* Heartbeats over UDP (beats.c, common/beat.h): the key its datagrams
+   * are signed with (made when it registers, kept in the state file) and
+   * the last sequence number taken. */
+  uint8_t beat_key[PS_BEAT_KEY_BYTES];
+  int beat_keyed;
+  uint64_t beat_seq;
+  uint64_t beat_acked_ms; /* the last datagram ack sent to it */
   uint64_t clock;
   /* Where the node serves /metrics, from its heartbeats; "" when none. */
   char metrics_address[PS_ADDR_MAX];
@@ -120,11 +128,14 @@ typedef struct {
   size_t drain_route_len;
 } sched_node_t;
 
+typedef struct sched_beats_s sched_beats_t;
+
 struct ps_sched_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
   ps_sockmon_t *zs_mon; /* accepts that failed on zs */
   ps_zap_t *zap;        /* CURVE: admits the keys of opts.keys */
+  sched_beats_t *beats; /* heartbeats over UDP (beats.c); NULL: off */
   uv_timer_t check_timer;
   uv_signal_t sigterm;
   uv_signal_t sigint;
@@ -238,10 +249,14 @@ struct ps_sched_s {
     uint64_t drains;              /* servers drained and told to exit */
     uint64_t copies_added;   /* re-sharding: copies made on another server */
     uint64_t copies_dropped; /* ... and dropped where they were too many */
-    uint64_t impersonations;      /* messages in another node's name */
-    uint64_t role_refusals;       /* messages a key's role may not send */
+    uint64_t impersonations; /* messages in another node's name */
+    uint64_t role_refusals;  /* messages a key's role may not send */
     uint64_t views_whole, views_delta; /* views sent, by kind */
     uint64_t view_bytes;               /* ... and their bytes */
+    /* Heartbeat datagrams (beats.c): taken, refused (not a beat, an
+     * unknown node, a wrong tag, a replay), acks sent and failed. */
+    uint64_t beats, beats_refused, beat_acks, beat_acks_failed;
+    uint64_t heartbeats_link; /* heartbeats on the membership links */
   } stats;
 };
 
@@ -292,7 +307,20 @@ void ps__sched_dispatch(ps_sched_t *s, ps_msg_t *m, int status,
 void ps__sched_check(ps_sched_t *s, uint64_t now);
 int ps__sched_abs_path(const char *in, char *out, size_t len);
 
+/* scheduler/beats.c: heartbeats over UDP (--heartbeat-udp) on the port of
+ * s->endpoint; start fails (err set) when that port cannot be bound. */
+int ps__sched_beats_start(ps_sched_t *s, char *err, size_t errlen);
+void ps__sched_beats_close(ps_sched_t *s);
+/* The UDP port heartbeats go to; 0: off. */
+uint16_t ps__sched_beats_port(const ps_sched_t *s);
+/* One of the scheduler's handles is closed (counted in open_handles). */
+void ps__sched_handle_released(ps_sched_t *s);
+
 /* scheduler/membership.c */
+/* A heartbeat (either path) from n at epoch: n gets the view again when it
+ * is behind, unless the one just sent is on its way. */
+void ps__sched_view_behind(ps_sched_t *s, sched_node_t *n, uint64_t epoch,
+                           uint64_t now);
 sched_node_t *ps__sched_node_by_id(ps_sched_t *s, uint32_t id);
 const sched_node_t *ps__sched_node_by_id_const(const ps_sched_t *s,
                                                uint32_t id);

@@ -186,6 +186,10 @@ static void on_handle_closed(uv_handle_t *h) {
   if (--s->open_handles == 0 && s->destroy_requested) sched_free(s);
 }
 
+void ps__sched_handle_released(ps_sched_t *s) {
+  if (--s->open_handles == 0 && s->destroy_requested) sched_free(s);
+}
+
 static void close_handles(ps_sched_t *s, int linger_ms) {
   if (s->closing) return;
   s->closing = 1;
@@ -200,6 +204,7 @@ static void close_handles(ps_sched_t *s, int linger_ms) {
     ps_zsock_destroy(&s->zs);
   }
   ps_exporter_destroy(&s->exporter);
+  ps__sched_beats_close(s);
   uv_timer_stop(&s->check_timer);
   uv_close((uv_handle_t *)&s->check_timer, on_handle_closed);
   if (s->opts.handle_signals) {
@@ -674,9 +679,8 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   };
   /* The ZAP handler first: a handshake before it is bound would be let
    * through unchecked. */
-  if (opts->keys &&
-      (s->zap = ps_zap_new(loop, zmq_ctx, opts->keys, err, errbuf, errlen)) ==
-          NULL) {
+  if (opts->keys && (s->zap = ps_zap_new(loop, zmq_ctx, opts->keys, err, errbuf,
+                                         errlen)) == NULL) {
     sched_free(s);
     return NULL;
   }
@@ -695,9 +699,20 @@ ps_sched_t *ps_sched_new(uv_loop_t *loop, void *zmq_ctx,
   s->zs_mon =
       ps_sockmon_new(loop, zmq_ctx, ps_zsock_socket(s->zs), "scheduler", NULL);
   if (s->zap) ps_zap_set_cap(s->zap, s->zs_mon, opts->max_connections);
+  if (opts->heartbeat_udp &&
+      ps__sched_beats_start(s, errbuf, errlen) != PS_OK) {
+    *err = PS_ERR_CONFIG;
+    ps_sockmon_destroy(&s->zs_mon);
+    ps_zsock_destroy(&s->zs);
+    ps_zap_destroy(&s->zap);
+    sched_free(s);
+    return NULL;
+  }
   if (opts->metrics_bind && opts->metrics_bind[0] &&
       ps__sched_metrics_start(s, opts->metrics_bind, errbuf, errlen) != PS_OK) {
     *err = PS_ERR_CONFIG;
+    ps__sched_beats_close(s);
+    ps_sockmon_destroy(&s->zs_mon);
     ps_zsock_destroy(&s->zs);
     ps_zap_destroy(&s->zap);
     sched_free(s);

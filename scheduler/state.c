@@ -48,7 +48,14 @@ void ps__sched_state_save(ps_sched_t *s) {
   }
   /* The file is the scheduler's own: the tokens that bind node ids to
    * connections survive a restart in it. */
-  for (size_t i = 0; i < s->nnodes; i++) v.infos[i].token = s->nodes[i].token;
+  for (size_t i = 0; i < s->nnodes; i++) {
+    v.infos[i].token = s->nodes[i].token;
+    /* And the keys of their heartbeat datagrams (beats.c). */
+    if (s->nodes[i].beat_keyed) {
+      v.infos[i].beat_key.data = s->nodes[i].beat_key;
+      v.infos[i].beat_key.len = PS_BEAT_KEY_BYTES;
+    }
+  }
   Ps__SchedulerState st = PS__SCHEDULER_STATE__INIT;
   st.format_version = SCHED_STATE_VERSION;
   st.view = &v.view;
@@ -204,6 +211,10 @@ int ps__sched_state_load(ps_sched_t *s, char *err, size_t errlen) {
     snprintf(n->token, sizeof(n->token), "%s", ni->token ? ni->token : "");
     snprintf(n->curve_key, sizeof(n->curve_key), "%s",
              ni->curve_key ? ni->curve_key : "");
+    if (ni->beat_key.len == PS_BEAT_KEY_BYTES) {
+      memcpy(n->beat_key, ni->beat_key.data, PS_BEAT_KEY_BYTES);
+      n->beat_keyed = 1;
+    }
     n->rank = ni->rank;
     n->clock = ni->clock;
     n->join_clock = ni->join_clock;

@@ -55,6 +55,7 @@
 #include <zmq.h>
 
 #include "common/auth.h"
+#include "common/beat.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/frame.h"
@@ -91,6 +92,10 @@ typedef struct {
   uint64_t ring_epoch[SIM_RING];
   uint64_t ring_us[SIM_RING];
   unsigned ring_next;
+  /* --heartbeat-udp: the key and port from its RegisterReply; 0: none. */
+  uint8_t beat_key[PS_BEAT_KEY_BYTES];
+  uint16_t beat_port;
+  uint64_t beat_seq;
 } sim_member_t;
 
 typedef struct {
@@ -118,10 +123,12 @@ static struct {
   char *nodes_s, *scheduler, *bin_dir, *log_dir;
   int64_t scheduler_pid, heartbeat_ms, timeout_ms, window_s, margin_ms;
   double server_fraction, cpu_goal, publish_goal_ms;
-  int check, log_level, view_deltas;
+  int check, log_level, view_deltas, heartbeat_udp;
   /* state */
   void *ctx;
   int ep;
+  int udp;         /* the members' heartbeat datagrams go out of this socket */
+  size_t *by_node; /* node id -> member index + 1 (0: none), 4 x cap */
   sim_member_t *m;
   size_t n, cap;
   size_t observer[SIM_OBSERVERS]; /* a server's and a worker's index */
@@ -136,11 +143,11 @@ static struct {
   size_t view_bytes[SIM_OBSERVERS];  /* the last whole view */
   size_t delta_bytes[SIM_OBSERVERS]; /* the last delta */
   uint64_t obs_epoch[SIM_OBSERVERS];
-  uint32_t watch_id;     /* a node whose state the observers follow */
-  int watch_state;       /* its state in the server observer's latest view */
-  uint64_t watch_epoch;  /* the epoch that first showed watch_state dead */
-  uint32_t obs_nnodes;   /* nodes in the server observer's latest view */
-  int obs_bad;           /* an observer's view failed validation */
+  uint32_t watch_id;    /* a node whose state the observers follow */
+  int watch_state;      /* its state in the server observer's latest view */
+  uint64_t watch_epoch; /* the epoch that first showed watch_state dead */
+  uint32_t obs_nnodes;  /* nodes in the server observer's latest view */
+  int obs_bad;          /* an observer's view failed validation */
   ps_view_t *obs_held[SIM_OBSERVERS]; /* each observer's latest view */
   uint64_t delta_skips; /* deltas against a view the member lacked */
   char obs_why[512];
@@ -293,6 +300,23 @@ static void send_register(sim_member_t *m, size_t idx) {
 
 static void send_heartbeat(sim_member_t *m) {
   m->heartbeat_sent_us = now_us();
+  if (m->beat_port != 0) {
+    /* As common/member.c does once the scheduler answers its datagrams. */
+    ps_beat_t b = {.type = PS_BEAT_BEAT,
+                   .node_id = m->node_id,
+                   .seq = ++m->beat_seq,
+                   .epoch = m->epoch};
+    uint8_t out[PS_BEAT_BYTES];
+    ps_beat_pack(&b, m->beat_key, out);
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons(m->beat_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (sendto(S.udp, out, sizeof(out), 0, (struct sockaddr *)&to,
+               sizeof(to)) != (ssize_t)sizeof(out))
+      S.errors++;
+    S.heartbeats++;
+    return;
+  }
   Ps__Heartbeat hb = PS__HEARTBEAT__INIT;
   hb.metrics_address = "";
   Ps__Envelope env;
@@ -391,8 +415,14 @@ static void on_header(sim_member_t *m, size_t idx, const uint8_t *data,
   switch (env->body_case) {
     case PS__ENVELOPE__BODY_REGISTER_REPLY:
       if (!m->registered) {
+        const Ps__RegisterReply *rr = env->register_reply;
         m->registered = 1;
-        m->node_id = env->register_reply->node_id;
+        m->node_id = rr->node_id;
+        if (rr->node_id < 4 * S.cap) S.by_node[rr->node_id] = idx + 1;
+        if (rr->beat_port != 0 && rr->beat_key.len == PS_BEAT_KEY_BYTES) {
+          m->beat_port = (uint16_t)rr->beat_port;
+          memcpy(m->beat_key, rr->beat_key.data, PS_BEAT_KEY_BYTES);
+        }
       }
       break;
     case PS__ENVELOPE__BODY_ERROR:
@@ -500,6 +530,32 @@ static void members_close_all(void) {
 
 /* ---- the loop ---------------------------------------------------------- */
 
+/* The scheduler's acks of heartbeat datagrams: each checked with its
+ * member's key, as a member does. */
+static void udp_drain(void) {
+  uint8_t buf[128];
+  for (;;) {
+    ssize_t n = recv(S.udp, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) break;
+    int type;
+    uint32_t id;
+    ps_beat_t b;
+    if (ps_beat_peek(buf, (size_t)n, &type, &id) != PS_OK) {
+      S.errors++;
+      continue;
+    }
+    size_t at = id < 4 * S.cap ? S.by_node[id] : 0;
+    sim_member_t *m = at ? &S.m[at - 1] : NULL;
+    if (m == NULL || !m->alive || m->node_id != id) continue; /* killed */
+    if (ps_beat_open(buf, (size_t)n, m->beat_key, &b) != PS_OK ||
+        b.type != PS_BEAT_ACK) {
+      S.errors++;
+      continue;
+    }
+    S.acks++;
+  }
+}
+
 /* Heartbeats: member i beats in the ms slots congruent to i modulo the
  * period, so N members spread evenly over it, each once per period. */
 static void heartbeats_due(uint64_t t_us) {
@@ -540,7 +596,10 @@ static int run_until(int (*done)(void *), void *arg, uint64_t deadline) {
     int n = epoll_wait(S.ep, ev, 256, 1);
     for (int i = 0; i < n; i++) {
       size_t idx = (size_t)ev[i].data.u64;
-      if (idx < S.n) member_drain(idx);
+      if (idx == SIZE_MAX)
+        udp_drain();
+      else if (idx < S.n)
+        member_drain(idx);
     }
     t = now_us();
     heartbeats_due(t);
@@ -613,9 +672,8 @@ static long long proc_cpu_ticks(pid_t pid) {
   char *p = strrchr(buf, ')'); /* comm may hold spaces */
   unsigned long long ut, st;
   if (p == NULL ||
-      sscanf(p + 2,
-             "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-             &st) != 2)
+      sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+             &ut, &st) != 2)
     return -1;
   return (long long)(ut + st);
 }
@@ -655,26 +713,29 @@ static int start_scheduler(const sim_result_t *r) {
   snprintf(timeout, sizeof(timeout), "%" PRId64, S.timeout_ms);
   /* ASP: a replacement worker joins at once (BSP would wait for the
    * servers' JoinReply, which fake servers do not send). */
-  char *argv[] = {path,
-                  "--bind",
-                  S.sched_ep,
-                  "--servers",
-                  servers,
-                  "--workers",
-                  workers,
-                  "--mode",
-                  "asp",
-                  "--heartbeat-timeout-ms",
-                  timeout,
-                  "--insecure",
-                  "--log-level",
-                  "info",
-                  S.view_deltas ? "--view-deltas=true" : "--view-deltas=false",
-                  NULL};
+  char *argv[] = {
+      path,
+      "--bind",
+      S.sched_ep,
+      "--servers",
+      servers,
+      "--workers",
+      workers,
+      "--mode",
+      "asp",
+      "--heartbeat-timeout-ms",
+      timeout,
+      "--insecure",
+      "--log-level",
+      "info",
+      S.view_deltas ? "--view-deltas=true" : "--view-deltas=false",
+      S.heartbeat_udp ? "--heartbeat-udp=true" : "--heartbeat-udp=false",
+      NULL};
   if (access(path, X_OK) != 0)
     return fail("cannot run %s: %s (--bin-dir)", path, strerror(errno));
   S.sched_pid = ps_proc_spawn(path, argv, log);
-  if (S.sched_pid < 0) return fail("cannot start %s: %s", path, strerror(errno));
+  if (S.sched_pid < 0)
+    return fail("cannot start %s: %s", path, strerror(errno));
   return 0;
 }
 
@@ -692,8 +753,8 @@ static void stop_scheduler(void) {
 
 /* ---- one cluster size --------------------------------------------------- */
 
-static int kill_and_detect(size_t idx, double *first, double *last,
-                           char *why, size_t whylen) {
+static int kill_and_detect(size_t idx, double *first, double *last, char *why,
+                           size_t whylen) {
   S.watch_id = S.m[idx].node_id;
   S.watch_epoch = 0;
   member_kill(idx);
@@ -703,7 +764,8 @@ static int kill_and_detect(size_t idx, double *first, double *last,
   if (!run_until(watch_dead, NULL, deadline) || S.fenced > 0) {
     if (S.fenced > 0)
       snprintf(why, whylen,
-               "%" PRIu64 " live members were declared dead (this "
+               "%" PRIu64
+               " live members were declared dead (this "
                "process's longest stall: %.0f ms; see the scheduler's log)",
                S.fenced, (double)S.max_gap_us / 1e3);
     else
@@ -714,9 +776,10 @@ static int kill_and_detect(size_t idx, double *first, double *last,
   }
   uint64_t e = S.watch_epoch;
   if (!run_until(all_hold, &e, now_us() + 10000000)) {
-    snprintf(why, whylen, "the view of epoch %" PRIu64
-             " (node %u dead) did not reach every member within 10 s", e,
-             S.watch_id);
+    snprintf(why, whylen,
+             "the view of epoch %" PRIu64
+             " (node %u dead) did not reach every member within 10 s",
+             e, S.watch_id);
     return -1;
   }
   if (spread(e, t0, first, last) != 0) {
@@ -728,6 +791,7 @@ static int kill_and_detect(size_t idx, double *first, double *last,
 
 static int run_size(sim_result_t *r) {
   S.n = 0;
+  memset(S.by_node, 0, 4 * S.cap * sizeof(*S.by_node));
   S.hb_next_ms = 0;
   S.acks = S.heartbeats = S.dup_views = S.sweep_found = S.errors = 0;
   S.fenced = S.delta_skips = 0;
@@ -769,10 +833,10 @@ static int run_size(sim_result_t *r) {
   uint64_t w1 = now_us();
   long long c1 = S.sched_pid > 0 ? proc_cpu_ticks(S.sched_pid) : -1;
   double secs = (double)(w1 - w0) / 1e6;
-  r->cpu_pct = c0 >= 0 && c1 >= 0
-                   ? (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) / secs *
-                         100.0
-                   : -1;
+  r->cpu_pct =
+      c0 >= 0 && c1 >= 0
+          ? (double)(c1 - c0) / (double)sysconf(_SC_CLK_TCK) / secs * 100.0
+          : -1;
   r->sim_cpu_pct = (self_cpu_s() - s0) / secs * 100.0;
   r->acks_per_s = (double)(S.acks - acks0) / secs;
   r->hb_per_s = (double)(S.heartbeats - hb0) / secs;
@@ -798,8 +862,10 @@ static int run_size(sim_result_t *r) {
   uint64_t ej = S.obs_epoch[0];
   if (!run_until(all_hold, &ej, now_us() + 10000000)) {
     snprintf(r->why, sizeof(r->why),
-             "the view of epoch %" PRIu64 " (a worker joined) did not reach "
-             "every member within 10 s", ej);
+             "the view of epoch %" PRIu64
+             " (a worker joined) did not reach "
+             "every member within 10 s",
+             ej);
     return -1;
   }
   if (spread(ej, t1, &r->publish_first_ms, &r->publish_last_ms) != 0) {
@@ -835,7 +901,8 @@ static int run_size(sim_result_t *r) {
   return 0;
 fenced:
   snprintf(r->why, sizeof(r->why),
-           "%" PRIu64 " live members were declared dead (this process's "
+           "%" PRIu64
+           " live members were declared dead (this process's "
            "longest stall: %.0f ms; see the scheduler's log)",
            S.fenced, (double)S.max_gap_us / 1e3);
   return -1;
@@ -864,10 +931,10 @@ static void print_results(const sim_result_t *r, int n, FILE *f) {
           "# ps-schedsim: heartbeat %" PRId64
           " ms, scheduler "
           "--heartbeat-timeout-ms %" PRId64
-          " --view-deltas=%s, CPU window "
+          " --view-deltas=%s --heartbeat-udp=%s, CPU window "
           "%" PRId64 " s\n",
           S.heartbeat_ms, S.timeout_ms, S.view_deltas ? "true" : "false",
-          S.window_s);
+          S.heartbeat_udp ? "true" : "false", S.window_s);
   fprintf(f,
           "%6s %5s %5s %9s %9s %7s %7s %8s %8s %8s %7s %9s %9s %9s %9s %9s "
           "%9s %6s %5s %4s\n",
@@ -887,17 +954,21 @@ static void print_results(const sim_result_t *r, int n, FILE *f) {
             r[i].publish_last_ms, r[i].detect_w_first_ms, r[i].detect_w_last_ms,
             r[i].detect_s_first_ms, r[i].detect_s_last_ms, r[i].dup_views,
             r[i].delta_skips, r[i].ok ? "yes" : "NO");
-  fprintf(f, "# vs goals: CPU < %.0f%% of a core at 10 Hz, view to all < %.0f "
-             "ms\n", S.cpu_goal, S.publish_goal_ms);
+  fprintf(f,
+          "# vs goals: CPU < %.0f%% of a core at 10 Hz, view to all < %.0f "
+          "ms\n",
+          S.cpu_goal, S.publish_goal_ms);
   for (int i = 0; i < n; i++) {
     if (!r[i].ok) {
       fprintf(f, "# %" PRId64 " nodes: FAILED: %s\n", r[i].nodes, r[i].why);
       continue;
     }
     fprintf(f,
-            "# %" PRId64 " nodes: cpu %.2f%% = %.2fx goal; view to all %.1f "
+            "# %" PRId64
+            " nodes: cpu %.2f%% = %.2fx goal; view to all %.1f "
             "ms = %.2fx goal; worker death seen by all %.1f ms, server %.1f "
-            "ms (timeout %" PRId64 " ms); heartbeats sent %.0f/s; views "
+            "ms (timeout %" PRId64
+            " ms); heartbeats sent %.0f/s; views "
             "published in the window %" PRIu64 "; read by the sweep %" PRIu64
             "; longest stall of this process %.0f ms\n",
             r[i].nodes, r[i].cpu_pct, r[i].cpu_pct / S.cpu_goal,
@@ -929,11 +1000,11 @@ static int check_result(sim_result_t *r) {
            r->detect_s_first_ms < (double)S.timeout_ms)
     snprintf(r->why, sizeof(r->why),
              "a death was seen %.1f / %.1f ms after the last heartbeat, "
-             "before the timeout %" PRId64 " ms", r->detect_w_first_ms,
-             r->detect_s_first_ms, S.timeout_ms);
+             "before the timeout %" PRId64 " ms",
+             r->detect_w_first_ms, r->detect_s_first_ms, S.timeout_ms);
   else if (r->acks_per_s < 0.8 * want)
-    snprintf(r->why, sizeof(r->why),
-             "%.0f heartbeat acks/s, %.0f expected", r->acks_per_s, want);
+    snprintf(r->why, sizeof(r->why), "%.0f heartbeat acks/s, %.0f expected",
+             r->acks_per_s, want);
   else if (r->window_views != 0)
     snprintf(r->why, sizeof(r->why),
              "%" PRIu64 " views published while nothing changed",
@@ -989,6 +1060,10 @@ int main(int argc, char **argv) {
       {"view-deltas", PS_OPT_BOOL, &S.view_deltas, "true", 0, 0, NULL,
        "Passed to the scheduler it starts: false sends every view whole "
        "(the baseline deltas are measured against)."},
+      {"heartbeat-udp", PS_OPT_BOOL, &S.heartbeat_udp, "false", 0, 0, NULL,
+       "Passed to the scheduler it starts: the members heartbeat as UDP "
+       "datagrams (common/beat.h) once registered, and read the scheduler's "
+       "acks from one socket."},
       {"check", PS_OPT_BOOL, &S.check, "false", 0, 0, NULL,
        "Exit 1 unless every size passed: every view reached every member, "
        "deaths were declared after the timeout and seen by all within "
@@ -1003,8 +1078,9 @@ int main(int argc, char **argv) {
   };
   const ps_config_t cfg = {
       .program = "ps-schedsim",
-      .summary = "Hundreds of simulated nodes against one real scheduler: "
-                 "its CPU, view fan-out and failure detection.",
+      .summary =
+          "Hundreds of simulated nodes against one real scheduler: "
+          "its CPU, view fan-out and failure detection.",
       .usage = "[options]",
       .opts = opts,
       .nopts = sizeof(opts) / sizeof(opts[0]),
@@ -1035,9 +1111,13 @@ int main(int argc, char **argv) {
     if (sizes[i] > most) most = sizes[i];
   S.cap = (size_t)most + 1;
   S.m = calloc(S.cap, sizeof(*S.m));
+  S.by_node = calloc(4 * S.cap, sizeof(*S.by_node));
   S.ctx = zmq_ctx_new();
   S.ep = epoll_create1(EPOLL_CLOEXEC);
-  if (S.m == NULL || S.ctx == NULL || S.ep < 0 ||
+  S.udp = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct epoll_event ue = {.events = EPOLLIN, .data.u64 = SIZE_MAX};
+  if (S.m == NULL || S.by_node == NULL || S.ctx == NULL || S.ep < 0 ||
+      S.udp < 0 || epoll_ctl(S.ep, EPOLL_CTL_ADD, S.udp, &ue) != 0 ||
       zmq_ctx_set(S.ctx, ZMQ_MAX_SOCKETS, (int)S.cap + 64) != 0) {
     fail("cannot set up: %s", strerror(errno));
     return PS_EXIT_FAILURE;
@@ -1064,8 +1144,9 @@ int main(int argc, char **argv) {
     if (r->servers < 1) r->servers = 1;
     if (r->servers > sizes[i] - 1) r->servers = sizes[i] - 1;
     r->workers = sizes[i] - r->servers;
-    fprintf(stderr, "ps-schedsim: %" PRId64 " nodes (%" PRId64
-            " servers, %" PRId64 " workers)...\n",
+    fprintf(stderr,
+            "ps-schedsim: %" PRId64 " nodes (%" PRId64 " servers, %" PRId64
+            " workers)...\n",
             r->nodes, r->servers, r->workers);
     r->ok = run_size(r) == 0;
     if (r->ok && S.check && check_result(r) != 0) r->ok = 0;
@@ -1078,14 +1159,16 @@ int main(int argc, char **argv) {
   if (own_dir && all_ok && !S.interrupted) {
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", S.run_dir);
-    if (system(cmd) != 0) fprintf(stderr, "ps-schedsim: cannot remove %s\n",
-                                  S.run_dir);
+    if (system(cmd) != 0)
+      fprintf(stderr, "ps-schedsim: cannot remove %s\n", S.run_dir);
   } else {
     fprintf(stderr, "ps-schedsim: scheduler logs in %s\n", S.run_dir);
   }
   close(S.ep);
   zmq_ctx_term(S.ctx);
   free(S.m);
+  free(S.by_node);
+  if (S.udp >= 0) close(S.udp);
   ps_config_free(&cfg);
   if (S.interrupted) return PS_EXIT_FAILURE;
   return S.check && !all_ok ? PS_EXIT_FAILURE : PS_EXIT_OK;

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 
 #include "harness.h"
+#include "scrape.h"
 #include "tests/check_run.h"
 
 /* Runs psctl with args and returns its stdout (caller frees). */
@@ -93,11 +94,73 @@ START_TEST(dead_worker_reported_and_training_goes_on) {
 }
 END_TEST
 
+/* ps-scheduler --heartbeat-udp: every member heartbeats by datagram once
+ * answered (its log says so), the scheduler counts them on the udp path
+ * far above the link path, and a killed worker is still declared dead
+ * within the timeout while the rest train to the end. */
+START_TEST(heartbeats_over_udp) {
+  h_cluster_t c;
+  h_init(&c, "membership_udp");
+  int mport = h_free_port();
+  char mbind[32];
+  snprintf(mbind, sizeof(mbind), "127.0.0.1:%d", mport);
+  h_proc_t *sched =
+      h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep,
+              "--servers", "1", "--workers", "2", "--heartbeat-timeout-ms",
+              "1000", "--heartbeat-udp", "--metrics-bind", mbind, NULL);
+  h_proc_t *s0 =
+      h_spawn(&c, "server0", "ps-server", "--scheduler", c.sched_ep, NULL);
+  h_proc_t *w0 = h_spawn(&c, "worker0", "ps-worker", "--scheduler", c.sched_ep,
+                         "--rank", "0", "--epochs", "2", NULL);
+  h_proc_t *w1 = h_spawn(&c, "worker1", "ps-worker", "--scheduler", c.sched_ep,
+                         "--rank", "1", "--epochs", "2", NULL);
+  int training = h_wait_log(w0->log, "event=progress", 60000);
+  if (!training) h_dump_logs(&c);
+  ck_assert_msg(training, "training did not start within 60 s");
+  h_proc_t *members[] = {s0, w0, w1};
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(h_wait_log(members[i]->log, "event=beats_answered", 10000),
+                  "member %d never had a heartbeat datagram answered", i);
+  ck_assert_msg(h_wait_log(sched->log, "event=beats_listening", 1000),
+                "the scheduler did not listen for datagrams");
+
+  /* A second of heartbeats from 3 members at 10 Hz, on the udp path. */
+  double udp = 0, link = 0;
+  uint64_t deadline = h_now_ms() + 10000;
+  while (h_now_ms() < deadline) {
+    int status = 0;
+    char *page = h_http_get(mport, "/metrics", &status, 2000);
+    if (page != NULL) {
+      udp = h_metric(page, "ps_scheduler_heartbeats_total{path=\"udp\"}");
+      link = h_metric(page, "ps_scheduler_heartbeats_total{path=\"link\"}");
+      free(page);
+    }
+    if (udp >= 30) break;
+    h_sleep_ms(100);
+  }
+  ck_assert_msg(udp >= 30 && link < udp / 3,
+                "heartbeats: %.0f by datagram, %.0f on the links", udp, link);
+
+  kill(w0->pid, SIGKILL);
+  ck_assert(h_wait_exit(w0, 5000));
+  int dead = h_wait_log(sched->log, "event=node_dead", 10000);
+  if (!dead) h_dump_logs(&c);
+  ck_assert_msg(dead, "scheduler did not report the killed worker dead");
+  h_proc_t *rest[] = {sched, s0, w1};
+  char why[256];
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(h_wait_exit0(&c, rest[i], 120000, why, sizeof(why)), "%s",
+                  why);
+  h_kill_all(&c);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("membership");
   TCase *tc = tcase_create("membership");
   tcase_set_timeout(tc, 200);
   tcase_add_test(tc, dead_worker_reported_and_training_goes_on);
+  tcase_add_test(tc, heartbeats_over_udp);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }

@@ -4,17 +4,21 @@
  * side) is tested against it too. Every wait has a deadline (zmq_poll with a
  * timeout, pthread_timedjoin_np, a uv timer); nothing sleeps and hopes. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
 #include <zmq.h>
 
 #include "common/auth.h"
+#include "common/beat.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/log.h"
@@ -1044,25 +1048,25 @@ END_TEST
 /* psctl checkpoint --dir stays inside --checkpoint-dir. */
 START_TEST(test_checkpoint_dir_confined) {
   char out[256], why[128];
-  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b", "", out, sizeof(out), why,
-                                          sizeof(why)),
-                   PS_OK);
+  ck_assert_int_eq(
+      ps__sched_ckpt_confine("/a/b", "", out, sizeof(out), why, sizeof(why)),
+      PS_OK);
   ck_assert_str_eq(out, "/a/b");
-  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b/", "x/y", out, sizeof(out),
-                                          why, sizeof(why)),
+  ck_assert_int_eq(ps__sched_ckpt_confine("/a/b/", "x/y", out, sizeof(out), why,
+                                          sizeof(why)),
                    PS_OK);
   ck_assert_str_eq(out, "/a/b/x/y");
   ck_assert_int_eq(ps__sched_ckpt_confine("/a/b", "/a/b/x", out, sizeof(out),
                                           why, sizeof(why)),
                    PS_OK);
   ck_assert_str_eq(out, "/a/b/x");
-  const char *bad[] = {"/a/bc", "/etc", "/a", "../x", "x/../../y",
-                       "/a/b/../c", "..", "x/.."};
+  const char *bad[] = {"/a/bc",     "/etc",      "/a", "../x",
+                       "x/../../y", "/a/b/../c", "..", "x/.."};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-    ck_assert_msg(ps__sched_ckpt_confine("/a/b", bad[i], out, sizeof(out), why,
-                                         sizeof(why)) ==
-                      PS_ERR_PERMISSION_DENIED,
-                  "%s was let out of /a/b", bad[i]);
+    ck_assert_msg(
+        ps__sched_ckpt_confine("/a/b", bad[i], out, sizeof(out), why,
+                               sizeof(why)) == PS_ERR_PERMISSION_DENIED,
+        "%s was let out of /a/b", bad[i]);
 }
 END_TEST
 
@@ -2548,6 +2552,262 @@ START_TEST(test_member_skips_delta_without_base) {
 }
 END_TEST
 
+/* ---- heartbeats over UDP (--heartbeat-udp, common/beat.h) ----------- */
+
+START_TEST(test_beat_datagram) {
+  uint8_t key[PS_BEAT_KEY_BYTES], other[PS_BEAT_KEY_BYTES];
+  ck_assert_int_eq(ps_beat_key_new(key), PS_OK);
+  ck_assert_int_eq(ps_beat_key_new(other), PS_OK);
+  ck_assert(memcmp(key, other, sizeof(key)) != 0);
+  ps_beat_t b = {.type = PS_BEAT_BEAT,
+                 .node_id = 0x01020304u,
+                 .seq = 0x1122334455667788ull,
+                 .epoch = 7,
+                 .clock = 1ull << 40};
+  uint8_t d[PS_BEAT_BYTES];
+  ps_beat_pack(&b, key, d);
+  int type;
+  uint32_t id;
+  ck_assert_int_eq(ps_beat_peek(d, sizeof(d), &type, &id), PS_OK);
+  ck_assert_int_eq(type, PS_BEAT_BEAT);
+  ck_assert_uint_eq(id, 0x01020304u);
+  ck_assert_uint_eq(d[8], 0x04); /* little-endian on the wire */
+  ps_beat_t got;
+  ck_assert_int_eq(ps_beat_open(d, sizeof(d), key, &got), PS_OK);
+  ck_assert_uint_eq(got.seq, b.seq);
+  ck_assert_uint_eq(got.epoch, 7);
+  ck_assert_uint_eq(got.clock, 1ull << 40);
+  /* Another key, any flipped bit: refused. */
+  ck_assert_int_eq(ps_beat_open(d, sizeof(d), other, &got),
+                   PS_ERR_PERMISSION_DENIED);
+  for (size_t i = 16; i < sizeof(d); i++) {
+    d[i] ^= 0x20;
+    ck_assert_int_eq(ps_beat_open(d, sizeof(d), key, &got),
+                     PS_ERR_PERMISSION_DENIED);
+    d[i] ^= 0x20;
+  }
+  /* Not a beat datagram at all. */
+  ck_assert_int_eq(ps_beat_open(d, sizeof(d) - 1, key, &got), PS_ERR_INVAL);
+  d[0] = 'X';
+  ck_assert_int_eq(ps_beat_peek(d, sizeof(d), &type, &id), PS_ERR_INVAL);
+  d[0] = 'P';
+  d[4] = 9;
+  ck_assert_int_eq(ps_beat_peek(d, sizeof(d), &type, &id), PS_ERR_INVAL);
+}
+END_TEST
+
+/* A datagram to the scheduler's heartbeat port on 127.0.0.1. */
+static void beat_send_raw(uint16_t port, const void *d, size_t len) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  ck_assert_int_ge(fd, 0);
+  struct sockaddr_in to = {.sin_family = AF_INET,
+                           .sin_port = htons(port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(sendto(fd, d, len, 0, (struct sockaddr *)&to, sizeof(to)),
+                   (ssize_t)len);
+  close(fd);
+}
+
+static uint16_t endpoint_port(const char *ep) {
+  return (uint16_t)atoi(strrchr(ep, ':') + 1);
+}
+
+/* Real members of a scheduler with heartbeat_udp: after the first ack
+ * their heartbeats are datagrams only, and they stay alive through five
+ * timeouts on them; datagrams that are not theirs (garbage, another key,
+ * a replayed sequence number) are refused and keep nobody alive. */
+START_TEST(test_beats_keep_members_alive) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 1, 300);
+  o.heartbeat_udp = 1;
+  sched_start_opts(&o);
+  uint16_t port = endpoint_port(H.endpoint);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ps_member_t *ms, *mw;
+  members_new(&loop, H.endpoint, &ms, &mw);
+  ck_assert_msg(run_until(&loop, both_viewed, NULL, 5000), "no first view");
+  run_until(&loop, never, NULL, 1500);
+  ck_assert_uint_eq(seen_s.view_epoch, 1); /* nobody died */
+  ck_assert_uint_eq(seen_w.view_epoch, 1);
+  ck_assert_int_eq(seen_s.shut + seen_w.shut, 0);
+
+  /* The server's key, set when it registered (read once the scheduler's
+   * thread is past it: the member holds its view). */
+  uint32_t sid = ps_member_node_id(ms);
+  uint8_t key[PS_BEAT_KEY_BYTES];
+  memcpy(key, H.sched->nodes[sid - 1].beat_key, sizeof(key));
+  ck_assert(H.sched->nodes[sid - 1].beat_keyed);
+  uint8_t wrong[PS_BEAT_KEY_BYTES];
+  ck_assert_int_eq(ps_beat_key_new(wrong), PS_OK);
+  beat_send_raw(port, "not a heartbeat", 15);
+  ps_beat_t b = {.type = PS_BEAT_BEAT, .node_id = sid, .seq = 1u << 30};
+  uint8_t d[PS_BEAT_BYTES];
+  ps_beat_pack(&b, wrong, d);
+  beat_send_raw(port, d, sizeof(d));
+  b.seq = 1; /* the member's first: taken long ago */
+  ps_beat_pack(&b, key, d);
+  beat_send_raw(port, d, sizeof(d));
+  run_until(&loop, never, NULL, 200);
+
+  ps_member_destroy(&ms);
+  ps_member_destroy(&mw);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  uv_async_send(&H.stop_async);
+  ck_assert_int_eq(pthread_join(H.thread, NULL), 0);
+  H.joined = 1;
+  /* 2 members x 1.7 s at 50 ms: about 68 beats; on the links only those
+   * sent before each member's first ack. */
+  ck_assert_uint_ge(H.sched->stats.beats, 40);
+  ck_assert_uint_le(H.sched->stats.heartbeats_link, 10);
+  ck_assert_uint_eq(H.sched->stats.beats_refused, 3);
+  ck_assert_uint_ge(H.sched->stats.beat_acks, 4);
+  ck_assert_uint_eq(
+      H.sched->stats.timeouts[SERVER] + H.sched->stats.timeouts[WORKER], 0);
+  teardown_all();
+}
+END_TEST
+
+/* The member's side against a fake scheduler that owns the UDP port: it
+ * heartbeats on its link and by datagram until a datagram is acked, then
+ * by datagram only; when acks stop (or only forged and replayed ones come)
+ * its heartbeats go on the link again. */
+static int link_beats(void *router) {
+  int beats = 0;
+  zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+  while (zmq_poll(&item, 1, 0) == 1) {
+    ps_msg_t m = fake_recv(router);
+    if (m.env->body_case == PS__ENVELOPE__BODY_HEARTBEAT) beats++;
+    ps_msg_close(&m);
+  }
+  return beats;
+}
+
+/* Reads the member's datagrams on udp for ms while running loop, acking
+ * each with key (no ack when key is NULL); returns how many came. */
+static int serve_beats(uv_loop_t *loop, int udp, const uint8_t *key,
+                       uint32_t node, int ms, uint64_t *last_seq) {
+  int got = 0;
+  uint64_t end = ps_now_ms() + (uint64_t)ms;
+  while (ps_now_ms() < end) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    uint8_t d[128];
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof(from);
+    ssize_t n = recvfrom(udp, d, sizeof(d), MSG_DONTWAIT,
+                         (struct sockaddr *)&from, &fl);
+    if (n < 0) {
+      struct timespec ts = {0, 2 * 1000000L};
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    ps_beat_t b;
+    uint8_t k[PS_BEAT_KEY_BYTES];
+    memset(k, 7, sizeof(k));
+    ck_assert_int_eq(ps_beat_open(d, (size_t)n, k, &b), PS_OK);
+    ck_assert_int_eq(b.type, PS_BEAT_BEAT);
+    ck_assert_uint_eq(b.node_id, node);
+    ck_assert_uint_gt(b.seq, *last_seq);
+    *last_seq = b.seq;
+    got++;
+    if (key == NULL) continue;
+    ps_beat_t ack = {.type = PS_BEAT_ACK, .node_id = node, .seq = b.seq};
+    uint8_t out[PS_BEAT_BYTES];
+    ps_beat_pack(&ack, key, out);
+    ck_assert_int_eq(
+        sendto(udp, out, sizeof(out), 0, (struct sockaddr *)&from, fl),
+        (ssize_t)sizeof(out));
+  }
+  return got;
+}
+
+START_TEST(test_member_beats_and_falls_back) {
+  H.ctx = zmq_ctx_new();
+  void *router = zmq_socket(H.ctx, ZMQ_ROUTER);
+  int zero = 0;
+  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+  ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
+  char ep[256];
+  size_t len = sizeof(ep);
+  zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &len);
+  int udp = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in at = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(bind(udp, (struct sockaddr *)&at, sizeof(at)), 0);
+  socklen_t al = sizeof(at);
+  getsockname(udp, (struct sockaddr *)&at, &al);
+  uint8_t key[PS_BEAT_KEY_BYTES], wrong[PS_BEAT_KEY_BYTES];
+  memset(key, 7, sizeof(key));
+  memset(wrong, 8, sizeof(wrong));
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ps_member_t *ms = server_member_new(&loop, ep, 50);
+  ps_msg_t m = fake_recv(router);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER);
+  zmq_msg_t route;
+  zmq_msg_init(&route);
+  zmq_msg_copy(&route, &m.route);
+  Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
+  rr.node_id = 1;
+  rr.beat_port = ntohs(at.sin_port);
+  rr.beat_key.data = key;
+  rr.beat_key.len = sizeof(key);
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m.request_id;
+  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
+  env.register_reply = &rr;
+  ck_assert_int_eq(ps_msg_send(router, &route, &env, NULL, 0), PS_OK);
+  ps_msg_close(&m);
+
+  /* Unanswered datagrams: the link carries the heartbeats too. */
+  uint64_t seq = 0;
+  ck_assert_int_ge(serve_beats(&loop, udp, NULL, 1, 400, &seq), 4);
+  ck_assert_int_ge(link_beats(router), 4);
+  /* Answered: datagrams only (the first ack may cross a link beat). */
+  ck_assert_int_ge(serve_beats(&loop, udp, key, 1, 300, &seq), 3);
+  link_beats(router);
+  ck_assert_int_ge(serve_beats(&loop, udp, key, 1, 600, &seq), 8);
+  ck_assert_int_eq(link_beats(router), 0);
+  /* Acks stop: within MEMBER_BEAT_UNANSWERED_MS the link takes them up. */
+  ck_assert_int_ge(serve_beats(&loop, udp, NULL, 1, 1500, &seq), 20);
+  int fell_back = link_beats(router);
+  ck_assert_msg(fell_back >= 4, "%d heartbeats on the link", fell_back);
+  /* Forged and replayed acks do not count as answers. */
+  struct sockaddr_storage member_at;
+  socklen_t ml = sizeof(member_at);
+  uint8_t d[128];
+  for (;;) { /* where the member's datagrams come from */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    ssize_t n = recvfrom(udp, d, sizeof(d), MSG_DONTWAIT,
+                         (struct sockaddr *)&member_at, &ml);
+    if (n > 0) break;
+    struct timespec ts = {0, 2 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  ps_beat_t forged = {.type = PS_BEAT_ACK, .node_id = 1, .seq = seq};
+  uint8_t out[PS_BEAT_BYTES];
+  ps_beat_pack(&forged, wrong, out);
+  sendto(udp, out, sizeof(out), 0, (struct sockaddr *)&member_at, ml);
+  forged.seq = 2; /* acked long ago */
+  ps_beat_pack(&forged, key, out);
+  sendto(udp, out, sizeof(out), 0, (struct sockaddr *)&member_at, ml);
+  seq++; /* the datagram read above */
+  serve_beats(&loop, udp, NULL, 1, 300, &seq);
+  link_beats(router);
+  serve_beats(&loop, udp, NULL, 1, 300, &seq);
+  ck_assert_int_ge(link_beats(router), 3);
+
+  ps_member_destroy(&ms);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  close(udp);
+  zmq_msg_close(&route);
+  zmq_close(router);
+  teardown_all();
+}
+END_TEST
+
 /* ---- the checkpoint coordinator ------------------------------------- */
 
 static void coord_done_count(ps_coord_t *c, int status, const char *reason,
@@ -2616,6 +2876,9 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_all_done_shuts_down);
   tcase_add_test(tc, test_node_leaving_ends_job);
   tcase_add_test(tc, test_impersonation_refused);
+  tcase_add_test(tc, test_beat_datagram);
+  tcase_add_test(tc, test_beats_keep_members_alive);
+  tcase_add_test(tc, test_member_beats_and_falls_back);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("placement");
   tcase_add_test(tp, test_place_first);
