@@ -5,7 +5,9 @@
  * restarted with the same state file takes the job over: the nodes keep
  * their ids, roles and ranges, psctl status shows them alive at the same
  * epoch with the checkpoint taken before the crash, and the job runs to its
- * end with every daemon exiting 0. */
+ * end with every daemon exiting 0. The nodes heartbeat by datagram
+ * (--heartbeat-udp): the restarted scheduler takes them with the keys its
+ * state file kept. */
 #include <check.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,7 +54,7 @@ static h_proc_t *start_scheduler(h_cluster_t *c, const char *name) {
   return h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
                  "2", "--workers", "2", "--mode", "bsp", "--state-file",
                  h_path(c, "scheduler.state"), "--heartbeat-timeout-ms", "3000",
-                 "--checkpoint-dir", c->dir, NULL);
+                 "--checkpoint-dir", c->dir, "--heartbeat-udp", NULL);
 }
 
 START_TEST(scheduler_killed_and_restarted_job_finishes) {
@@ -74,8 +76,7 @@ START_TEST(scheduler_killed_and_restarted_job_finishes) {
   if (!training) h_dump_logs(&c);
   ck_assert_msg(training, "training did not start within 30 s");
 
-  char *out =
-      psctl(&c, "psctl_checkpoint", "checkpoint", "--dir", "ck");
+  char *out = psctl(&c, "psctl_checkpoint", "checkpoint", "--dir", "ck");
   ck_assert_msg(strstr(out, "written to") != NULL, "%s", out);
   unsigned long long step = 0;
   const char *at = strstr(out, ": step ");
@@ -101,10 +102,33 @@ START_TEST(scheduler_killed_and_restarted_job_finishes) {
                 "worker 0 ended while the scheduler "
                 "was down; use more steps");
 
+  /* Heartbeats go as datagrams (--heartbeat-udp); unanswered, a node
+   * says so and heartbeats on its link as well. */
+  h_proc_t *members[] = {s0, s1, w0, w1};
+  for (int i = 0; i < 4; i++)
+    ck_assert_msg(h_wait_log(members[i]->log, "event=beats_unanswered", 5000),
+                  "%s did not notice its heartbeats went unanswered",
+                  members[i]->name);
+
   h_proc_t *sched2 = start_scheduler(&c, "scheduler2");
   int restored = h_wait_log(sched2->log, "event=state_restored", 10000);
   if (!restored) h_dump_logs(&c);
   ck_assert_msg(restored, "the restarted scheduler did not load its state");
+  /* The new scheduler knows their keys from the state file: it takes and
+   * acks their datagrams again (a second beats_answered each). */
+  for (int i = 0; i < 4; i++) {
+    int answered = 0;
+    for (uint64_t end = h_now_ms() + 10000; answered < 2 && h_now_ms() < end;
+         sleep_ms(50)) {
+      char *log = h_read_file(members[i]->log, NULL);
+      answered = log ? count(log, "event=beats_answered") : 0;
+      free(log);
+    }
+    ck_assert_msg(answered == 2,
+                  "%s: its datagrams answered %d times, not before and "
+                  "after the restart",
+                  members[i]->name, answered);
+  }
   /* Nodes, ranges and the checkpoint come from the state file; routes come
    * with the nodes' next heartbeats (the job's end below needs them). */
   char *js = psctl(&c, "psctl_status", "status", "--json", NULL);
