@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
        "While the job runs, a worker may register in place of a dead one "
        "and takes its rank."},
       {"max-workers", PS_OPT_INT, &max_workers, "0", 0, 65535, NULL,
-       "The most workers a bsp or ssp job may grow to while it runs: a "
+       "The most workers the job may grow to while it runs: a "
        "worker started with ps-worker --join takes a new rank (up to "
        "max-workers-1) once ranks 0 to workers-1 are held, and joins at a "
        "step the scheduler announces; psctl remove-worker takes one out at "
@@ -182,11 +182,6 @@ int main(int argc, char **argv) {
                             "option --max-workers: %lld is below --workers "
                             "%lld (0 means --workers)",
                             (long long)max_workers, (long long)workers);
-  if (max_workers > workers && modes[mode] == PS__CONSISTENCY_MODE__MODE_ASP)
-    return ps_config_refuse(&cfg,
-                            "option --max-workers: workers join with new "
-                            "ranks at a step the scheduler announces, which "
-                            "needs --mode bsp or ssp (--mode is asp)");
   if (staleness < 0)
     staleness = modes[mode] == PS__CONSISTENCY_MODE__MODE_SSP ? 3 : 0;
   ps_log_init("scheduler", (ps_log_level_t)log_level);

@@ -195,8 +195,11 @@ int ps__sched_join_retry_due(ps_sched_t *s, uint64_t now) {
 /* A node registered while the job runs. A server is a spare: it takes the
  * backups ranges lack. A worker took a dead one's slot: in BSP it joins at
  * a step ahead of the servers (joining until they confirm), in ASP at
- * once. Publishes the view with it. */
-static void node_joined(ps_sched_t *s, sched_node_t *n) {
+ * once. A worker that grows the job (a new rank, workers.c) joins at a step
+ * ahead in ASP too, without confirmations: ASP servers wait for no step,
+ * the step only tells every worker where the data is shared anew.
+ * Publishes the view with it. */
+static void node_joined(ps_sched_t *s, sched_node_t *n, int grown) {
   if (n->role == PS__ROLE__ROLE_SERVER) {
     int assigned = ps__sched_replan(s, s->epoch + 1);
     PS_INFO(n->active ? "server_joined" : "spare_joined",
@@ -209,6 +212,8 @@ static void node_joined(ps_sched_t *s, sched_node_t *n) {
   if (s->opts.mode != PS__CONSISTENCY_MODE__MODE_ASP) {
     join_pick(s, n, 0);
     n->joining = !join_confirmed(s, n);
+  } else if (grown) {
+    join_pick(s, n, 0);
   }
   PS_INFO("worker_joining",
           "id=%u rank=%u join_clock=%" PRIu64
@@ -605,7 +610,7 @@ void ps__sched_handle_register(ps_sched_t *s, ps_msg_t *m) {
   ps__sched_state_save(s);
   reply_registered(s, m, n);
   if (s->published)
-    node_joined(s, n);
+    node_joined(s, n, grow);
   else
     ps__sched_maybe_publish_first(s);
 }

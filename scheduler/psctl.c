@@ -936,7 +936,7 @@ int main(int argc, char **argv) {
           "remove-worker ID (issue #16: the worker with node id ID "
           "leaves the job for good at a step the scheduler picks ahead of "
           "every clock and prints; the rest go on, the global batch and the "
-          "data shards re-cut at that step; bsp and ssp), "
+          "data shards re-cut at that step), "
           "stop (end the job: every node stops; needs an admin key), "
           "keygen --role R --out DIR [--name NAME] (write a CURVE key "
           "pair: NAME.key, secret, mode 0600, and NAME.pub).",

@@ -5,7 +5,10 @@
  * (membership.c, node_joined: a join_clock ahead of the servers, confirmed
  * by them). psctl remove-worker gives a live worker a leave_clock ahead of
  * every clock; the worker stops before that step and sends Done, and is
- * then LEFT, not DONE: its rank is free, and the job goes on. */
+ * then LEFT, not DONE: its rank is free, and the job goes on. In ASP the
+ * steps are the workers' own (a server's clock is the highest step pushed
+ * to it): the announced step is where the workers share the data anew,
+ * and nothing waits for it. */
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -32,12 +35,6 @@ int ps__sched_worker_grow(ps_sched_t *s, ps_msg_t *m, uint32_t *rank) {
         "a worker joins with a new rank once the job runs; the job has not "
         "started (start it without --join to be one of the --workers=%u)",
         s->opts.workers);
-    return -1;
-  }
-  if (s->opts.mode == PS__CONSISTENCY_MODE__MODE_ASP) {
-    ps__sched_reply_error(s, m, PS_ERR_REFUSED,
-                          "workers join with new ranks only in bsp and ssp "
-                          "jobs (this one is asp)");
     return -1;
   }
   uint32_t slots = ps__sched_count_slots(s, PS__ROLE__ROLE_WORKER);
@@ -105,12 +102,6 @@ void ps__sched_handle_remove_worker(ps_sched_t *s, ps_msg_t *m) {
   if (!s->published || s->ending) {
     ps__sched_reply_error(s, m, PS_ERR_NOT_READY,
                           "the job is not running: no step to leave at");
-    return;
-  }
-  if (s->opts.mode == PS__CONSISTENCY_MODE__MODE_ASP) {
-    ps__sched_reply_error(s, m, PS_ERR_REFUSED,
-                          "workers leave at an announced step only in bsp "
-                          "and ssp jobs (this one is asp)");
     return;
   }
   if (w->joining) {

@@ -211,7 +211,7 @@ int main(int argc, char **argv) {
       {"rank", PS_OPT_INT, &rank, "-1", -1, 1000000, NULL,
        "requested worker rank (-1: any)"},
       {"join", PS_OPT_BOOL, &join_new_rank, "false", 0, 0, NULL,
-       "grow a running bsp or ssp job by one worker: take a new rank (up to "
+       "grow a running job by one worker: take a new rank (up to "
        "the scheduler's --max-workers) when every rank below its --workers "
        "is held, and start at the step the scheduler announces; the global "
        "batch grows by --batch-size from that step (README \"Workers join "

@@ -1954,6 +1954,66 @@ START_TEST(test_workers_grow_and_leave) {
 }
 END_TEST
 
+/* The same in ASP: the joiner's step is ahead of every clock as in BSP,
+ * but it is not joining (no server confirms anything: ASP servers wait for
+ * no step), and a leave step is given as in BSP. */
+START_TEST(test_workers_grow_and_leave_asp) {
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 2, NO_DEATH_MS);
+  o.mode = PS__CONSISTENCY_MODE__MODE_ASP;
+  o.max_workers = 3;
+  sched_start_opts(&o);
+  client_t *s, *w[2];
+  form_cluster(&s, w, 2);
+  s->clock = w[0]->clock = w[1]->clock = 40;
+  client_t *alive[] = {s, w[0], w[1]};
+  for (int i = 0; i < 3; i++) {
+    uint64_t hb = send_heartbeat(alive[i], 40, 1);
+    ps_msg_t ack;
+    do {
+      ck_assert(wait_for(alive[i], PS__ENVELOPE__BODY_ACK, 3000, &ack));
+      int mine = ack.request_id == hb;
+      ps_msg_close(&ack);
+      if (mine) break;
+    } while (1);
+  }
+  model_pb_t mp;
+  model_init(&mp, 0.1f, 400);
+  client_t *w2 = client_new();
+  ps_msg_t m = register_grow(w2, &mp.spec);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER_REPLY);
+  ck_assert_uint_eq(m.env->register_reply->rank, 2);
+  w2->id = m.env->register_reply->node_id;
+  ps_msg_close(&m);
+  client_t *alive4[] = {s, w[0], w[1], w2};
+  m = wait_view(s, 2, alive4, 4);
+  const Ps__NodeInfo *ni = view_node(m.env->view, w2->id);
+  ck_assert_ptr_nonnull(ni);
+  ck_assert(!ni->joining);
+  ck_assert_uint_ge(ni->join_clock, 42);
+  ck_assert_uint_eq(m.env->view->live_workers, 3);
+  ps_msg_close(&m);
+
+  client_t *admin = client_new();
+  int code;
+  uint64_t leave = remove_worker(admin, w[1]->id, &code);
+  ck_assert_int_eq(code, 0);
+  ck_assert_uint_ge(leave, 42);
+  m = wait_view(s, 3, alive4, 4);
+  ck_assert_uint_eq(view_node(m.env->view, w[1]->id)->leave_clock, leave);
+  ps_msg_close(&m);
+  m = answer_to(w[1], send_done(w[1], 0));
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_ACK);
+  ps_msg_close(&m);
+  client_t *alive3[] = {s, w[0], w2};
+  m = wait_view(s, 4, alive3, 3);
+  ck_assert_int_eq(view_node(m.env->view, w[1]->id)->state,
+                   PS__NODE_STATE__NODE_STATE_LEFT);
+  ps_msg_close(&m);
+  ck_assert_msg(!sched_exits_within(100), "the job ended with workers left");
+  teardown_all();
+}
+END_TEST
+
 /* A DrainCommand's Error code (0: it was not refused, an Ack or nothing
  * within the wait), its message into why. */
 static int server_action(client_t *admin, uint32_t id, int action, char *why,
@@ -2904,6 +2964,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tr, test_worker_rejoins_bsp);
   tcase_add_test(tr, test_worker_rejoins_asp);
   tcase_add_test(tr, test_workers_grow_and_leave);
+  tcase_add_test(tr, test_workers_grow_and_leave_asp);
   tcase_add_test(tr, test_state_keeps_replication);
   tcase_add_test(tr, test_server_actions_refused);
   suite_add_tcase(s, tr);
