@@ -310,7 +310,9 @@ static void beats_start(ps_member_t *m, const Ps__RegisterReply *rr) {
   snprintf(port, sizeof(port), "%u", rr->beat_port);
   memcpy(m->beat_key, rr->beat_key.data, PS_BEAT_KEY_BYTES);
   m->beat_port = (uint16_t)rr->beat_port;
-  struct addrinfo hints = {.ai_socktype = SOCK_DGRAM};
+  /* As ZeroMQ resolves the endpoint (IPv4 unless the address is IPv6). */
+  struct addrinfo hints = {.ai_family = strchr(host, ':') ? AF_INET6 : AF_INET,
+                           .ai_socktype = SOCK_DGRAM};
   m->beat_resolve.data = m;
   int rc = uv_getaddrinfo(m->loop, &m->beat_resolve, on_beat_resolved, host,
                           port, &hints);

@@ -206,6 +206,24 @@ int ps__sched_beats_start(ps_sched_t *s, char *err, size_t errlen) {
   }
   uv_timer_init(s->loop, &bt->batch_timer);
   rc = uv_udp_bind(&bt->udp, (const struct sockaddr *)&ss, 0);
+  if (rc == UV_EADDRINUSE) {
+    /* Another program holds the UDP port of that number: any other will
+     * do (nodes learn it when they register), but a firewall opened for
+     * that number will not let the datagrams through: said loudly. */
+    uint16_t want =
+        ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                       : ((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+      ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
+    else
+      ((struct sockaddr_in *)&ss)->sin_port = 0;
+    rc = uv_udp_bind(&bt->udp, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+      PS_WARN("beats_port_taken",
+              "udp_port=%u reason=\"in use by another socket; heartbeat "
+              "datagrams go to the port logged by beats_listening\"",
+              want);
+  }
   if (rc == 0) rc = uv_udp_recv_start(&bt->udp, on_alloc, on_recv);
   if (rc != 0) {
     bt->udp.data = bt;

@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
   int64_t max_workers = 0, read_batch_ms = 2;
   double checkpoint_every_s = 0;
   int mode = 0, log_level = PS_LOG_INFO, rebalance = 1, insecure = 0;
-  int view_deltas = 1, heartbeat_udp = 0;
+  int view_deltas = 1, heartbeat_udp = 1;
   const ps_opt_t opts[] = {
       {"bind", PS_OPT_STRING, &bind, PS_DEFAULT_SCHEDULER, 0, 0, NULL,
        "ZeroMQ endpoint the scheduler listens on; servers, workers and psctl "
@@ -97,12 +97,13 @@ int main(int argc, char **argv) {
        "Send a member that was sent the previous view only the nodes that "
        "changed since (a whole view at 1,000 nodes is 22 MB to send to "
        "all); false: every view whole."},
-      {"heartbeat-udp", PS_OPT_BOOL, &heartbeat_udp, "false", 0, 0, NULL,
+      {"heartbeat-udp", PS_OPT_BOOL, &heartbeat_udp, "true", 0, 0, NULL,
        "Take the nodes' heartbeats as signed UDP datagrams on the port of "
        "--bind (the same number, UDP) instead of on their ZeroMQ links: at "
        "1,000 nodes that costs the scheduler a fraction of the CPU. Each "
        "node learns the port and its key when it registers; one whose "
-       "datagrams go unanswered heartbeats on its link again."},
+       "datagrams go unanswered heartbeats on its link again. false: "
+       "heartbeats on the links only, and no UDP port."},
       {"checkpoint-dir", PS_OPT_STRING, &checkpoint_dir, NULL, 0, 0, NULL,
        "Base directory of checkpoints (each goes into ckpt-<step>/, LATEST "
        "names the newest); servers must see the same path. Needed for "

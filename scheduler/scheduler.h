@@ -73,7 +73,8 @@ typedef struct {
   /* Take heartbeats over UDP on the port of bind (scheduler/beats.c,
    * common/beat.h): members told so in their RegisterReply send them as
    * signed datagrams, which a thousand members cost a fraction of what
-   * their ZeroMQ messages do. Off: heartbeats on the membership links. */
+   * their ZeroMQ messages do (ps-scheduler: on unless --heartbeat-udp=false).
+   * Off: heartbeats on the membership links. */
   int heartbeat_udp;
   int handle_signals;       /* stop on SIGTERM/SIGINT (daemons; not tests) */
   /* Copies of each range, primary included: 1 to PS_MAX_REPLICAS (0: the

@@ -2677,10 +2677,23 @@ static uint16_t endpoint_port(const char *ep) {
  * timeouts on them; datagrams that are not theirs (garbage, another key,
  * a replayed sequence number) are refused and keep nobody alive. */
 START_TEST(test_beats_keep_members_alive) {
-  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 1, 300);
+  /* The UDP port of the scheduler's number is taken: it takes another,
+   * which the members learn when they register. */
+  int blocker = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in at = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(bind(blocker, (struct sockaddr *)&at, sizeof(at)), 0);
+  socklen_t al = sizeof(at);
+  getsockname(blocker, (struct sockaddr *)&at, &al);
+  char bind_ep[64];
+  snprintf(bind_ep, sizeof(bind_ep), "tcp://127.0.0.1:%u", ntohs(at.sin_port));
+  ps_sched_opts_t o = sched_opts(bind_ep, 1, 1, 300);
   o.heartbeat_udp = 1;
   sched_start_opts(&o);
-  uint16_t port = endpoint_port(H.endpoint);
+  ck_assert_uint_eq(endpoint_port(H.endpoint), ntohs(at.sin_port));
+  uint16_t port = ps__sched_beats_port(H.sched);
+  ck_assert_uint_ne(port, 0);
+  ck_assert_uint_ne(port, ntohs(at.sin_port));
   uv_loop_t loop;
   uv_loop_init(&loop);
   ps_member_t *ms, *mw;
@@ -2725,6 +2738,7 @@ START_TEST(test_beats_keep_members_alive) {
   ck_assert_uint_eq(
       H.sched->stats.timeouts[SERVER] + H.sched->stats.timeouts[WORKER], 0);
   teardown_all();
+  close(blocker);
 }
 END_TEST
 
