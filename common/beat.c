@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/le.h"
 
 #define BEAT_TAG_BYTES 16
 #define BEAT_SIGNED_BYTES (PS_BEAT_BYTES - BEAT_TAG_BYTES)
@@ -16,26 +17,6 @@ static int sodium_ok;
 
 static void sodium_start(void) {
   sodium_ok = sodium_init() >= 0;
-}
-
-static void put_u32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
-static uint64_t get_u64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
 }
 
 static void beat_tag(const uint8_t *buf, const uint8_t key[PS_BEAT_KEY_BYTES],
@@ -56,10 +37,10 @@ void ps_beat_pack(const ps_beat_t *b, const uint8_t key[PS_BEAT_KEY_BYTES],
   memset(out, 0, PS_BEAT_BYTES);
   memcpy(out, beat_magic, sizeof(beat_magic));
   out[4] = (uint8_t)b->type;
-  put_u32(out + 8, b->node_id);
-  put_u64(out + 16, b->seq);
-  put_u64(out + 24, b->epoch);
-  put_u64(out + 32, b->clock);
+  ps_le_put_u32(out + 8, b->node_id);
+  ps_le_put_u64(out + 16, b->seq);
+  ps_le_put_u64(out + 24, b->epoch);
+  ps_le_put_u64(out + 32, b->clock);
   beat_tag(out, key, out + BEAT_SIGNED_BYTES);
 }
 
@@ -70,7 +51,7 @@ int ps_beat_peek(const uint8_t *buf, size_t len, int *type, uint32_t *node_id) {
       memcmp(buf + 5, zero, 3) != 0 || memcmp(buf + 12, zero, 4) != 0)
     return PS_ERR_INVAL;
   *type = buf[4];
-  *node_id = get_u32(buf + 8);
+  *node_id = ps_le_get_u32(buf + 8);
   return PS_OK;
 }
 
@@ -85,8 +66,8 @@ int ps_beat_open(const uint8_t *buf, size_t len,
     return PS_ERR_PERMISSION_DENIED;
   b->type = type;
   b->node_id = node_id;
-  b->seq = get_u64(buf + 16);
-  b->epoch = get_u64(buf + 24);
-  b->clock = get_u64(buf + 32);
+  b->seq = ps_le_get_u64(buf + 16);
+  b->epoch = ps_le_get_u64(buf + 24);
+  b->clock = ps_le_get_u64(buf + 32);
   return PS_OK;
 }

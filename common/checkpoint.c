@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "le.h"
 #include "optimizer.h"
 #include "proto/ps.pb-c.h"
 
@@ -42,25 +43,6 @@ uint32_t ps_crc32c(uint32_t crc, const void *buf, size_t len) {
   return ~state;
 }
 
-/* ---- little-endian fields ---------------------------------------------- */
-
-static void put_u32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put_u64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get_u32(const uint8_t *p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-static uint64_t get_u64(const uint8_t *p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
 /* ---- fingerprint --------------------------------------------------------- */
 
 /* FNV-1a over a canonical encoding: not a defence against forgery, only
@@ -74,7 +56,7 @@ static void fnv(uint64_t *h, const void *data, size_t n) {
 }
 static void fnv_u64(uint64_t *h, uint64_t v) {
   uint8_t b[8];
-  put_u64(b, v);
+  ps_le_put_u64(b, v);
   fnv(h, b, 8);
 }
 static void fnv_f32(uint64_t *h, float f) {
@@ -132,9 +114,8 @@ uint64_t ps_checkpoint_fingerprint(const ps_model_t *m) {
       if (!t->has_optimizer) continue;
       const ps_optimizer_spec_t *o = &t->optimizer;
       fnv_u64(&h, (uint64_t)(uint32_t)o->kind);
-      const float f[] = {o->learning_rate, o->momentum, o->beta1,
-                         o->beta2,         o->epsilon,  o->l1,
-                         o->l2,            o->ftrl_beta};
+      const float f[] = {o->learning_rate, o->momentum, o->beta1, o->beta2,
+                         o->epsilon,       o->l1,       o->l2,    o->ftrl_beta};
       for (size_t j = 0; j < sizeof(f) / sizeof(f[0]); j++) fnv_f32(&h, f[j]);
     }
   }
@@ -325,8 +306,8 @@ int ps_checkpoint_check_output(const char *path, char *err, size_t errlen) {
     return ps_errf(err, errlen, PS_ERR_CONFIG, "empty path");
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-    return ps_errf(err, errlen, PS_ERR_CONFIG, "\"%s\" is a directory, not a file",
-                path);
+    return ps_errf(err, errlen, PS_ERR_CONFIG,
+                   "\"%s\" is a directory, not a file", path);
   char probe[PS_CHECKPOINT_PATH_MAX];
   int n = snprintf(probe, sizeof(probe), "%s.probe.%ld", path, (long)getpid());
   if (n < 0 || (size_t)n >= sizeof(probe))
@@ -334,9 +315,9 @@ int ps_checkpoint_check_output(const char *path, char *err, size_t errlen) {
   int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return ps_errf(err, errlen, PS_ERR_CONFIG,
-                "cannot write \"%s\": cannot create a file in its "
-                "directory: %s",
-                path, strerror(errno));
+                   "cannot write \"%s\": cannot create a file in its "
+                   "directory: %s",
+                   path, strerror(errno));
   close(fd);
   unlink(probe);
   return PS_OK;
@@ -363,10 +344,10 @@ static const char *section_name(uint32_t kind) {
 static void encode_section_header(uint8_t *h, uint32_t kind, uint64_t bytes,
                                   uint32_t data_crc) {
   memset(h, 0, PS_CHECKPOINT_SECTION_HEADER_BYTES);
-  put_u32(h, kind);
-  put_u64(h + 8, bytes);
-  put_u32(h + 16, data_crc);
-  put_u32(h + 20, ps_crc32c(0, h, 20));
+  ps_le_put_u32(h, kind);
+  ps_le_put_u64(h + 8, bytes);
+  ps_le_put_u32(h + 16, data_crc);
+  ps_le_put_u32(h + 20, ps_crc32c(0, h, 20));
 }
 
 int ps_checkpoint_shard_write(const char *dir, const char *name,
@@ -436,18 +417,18 @@ int ps_checkpoint_shard_write_sparse(
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
   memset(h, 0, sizeof(h));
   memcpy(h, SHARD_MAGIC, 8);
-  put_u32(h + 8, PS_CHECKPOINT_VERSION);
-  put_u32(h + 12, PS_CHECKPOINT_HEADER_BYTES);
-  put_u64(h + 16, meta->fingerprint);
-  put_u64(h + 24, meta->begin);
-  put_u64(h + 32, meta->end);
-  put_u64(h + 40, meta->clock);
-  put_u64(h + 48, meta->view_epoch);
-  put_u64(h + 56, meta->checkpoint_id);
-  put_u32(h + 64, nsections);
-  put_u32(h + 68, (uint32_t)meta->mode);
-  put_u32(h + 72, (uint32_t)meta->state_slots);
-  put_u32(h + 76, ps_crc32c(0, h, 76));
+  ps_le_put_u32(h + 8, PS_CHECKPOINT_VERSION);
+  ps_le_put_u32(h + 12, PS_CHECKPOINT_HEADER_BYTES);
+  ps_le_put_u64(h + 16, meta->fingerprint);
+  ps_le_put_u64(h + 24, meta->begin);
+  ps_le_put_u64(h + 32, meta->end);
+  ps_le_put_u64(h + 40, meta->clock);
+  ps_le_put_u64(h + 48, meta->view_epoch);
+  ps_le_put_u64(h + 56, meta->checkpoint_id);
+  ps_le_put_u32(h + 64, nsections);
+  ps_le_put_u32(h + 68, (uint32_t)meta->mode);
+  ps_le_put_u32(h + 72, (uint32_t)meta->state_slots);
+  ps_le_put_u32(h + 76, ps_crc32c(0, h, 76));
 
   out_file_t o;
   rc = out_open(&o, path, err, errlen);
@@ -521,7 +502,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                  "%s: not a checkpoint shard file (bad magic)", path);
     goto out;
   }
-  uint32_t version = get_u32(h + 8);
+  uint32_t version = ps_le_get_u32(h + 8);
   if (version != PS_CHECKPOINT_VERSION) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                  "%s: format version %u, this build reads version %d", path,
@@ -534,7 +515,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                  PS_CHECKPOINT_HEADER_BYTES);
     goto out;
   }
-  uint32_t want = get_u32(h + 76), have = ps_crc32c(0, h, 76);
+  uint32_t want = ps_le_get_u32(h + 76), have = ps_crc32c(0, h, 76);
   if (want != have) {
     rc =
         ps_errf(err, errlen, PS_ERR_FORMAT,
@@ -543,23 +524,24 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                 path, have, want);
     goto out;
   }
-  if (get_u32(h + 12) != PS_CHECKPOINT_HEADER_BYTES ||
-      get_u32(h + 72) > PS_OPTIMIZER_SLOTS_MAX) {
+  if (ps_le_get_u32(h + 12) != PS_CHECKPOINT_HEADER_BYTES ||
+      ps_le_get_u32(h + 72) > PS_OPTIMIZER_SLOTS_MAX) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                  "%s: header size %u or optimizer slots %u is not what "
                  "version %d writes",
-                 path, get_u32(h + 12), get_u32(h + 72), PS_CHECKPOINT_VERSION);
+                 path, ps_le_get_u32(h + 12), ps_le_get_u32(h + 72),
+                 PS_CHECKPOINT_VERSION);
     goto out;
   }
-  s.meta.state_slots = (int)get_u32(h + 72);
-  s.meta.fingerprint = get_u64(h + 16);
-  s.meta.begin = get_u64(h + 24);
-  s.meta.end = get_u64(h + 32);
-  s.meta.clock = get_u64(h + 40);
-  s.meta.view_epoch = get_u64(h + 48);
-  s.meta.checkpoint_id = get_u64(h + 56);
-  uint32_t nsections = get_u32(h + 64);
-  uint32_t mode = get_u32(h + 68);
+  s.meta.state_slots = (int)ps_le_get_u32(h + 72);
+  s.meta.fingerprint = ps_le_get_u64(h + 16);
+  s.meta.begin = ps_le_get_u64(h + 24);
+  s.meta.end = ps_le_get_u64(h + 32);
+  s.meta.clock = ps_le_get_u64(h + 40);
+  s.meta.view_epoch = ps_le_get_u64(h + 48);
+  s.meta.checkpoint_id = ps_le_get_u64(h + 56);
+  uint32_t nsections = ps_le_get_u32(h + 64);
+  uint32_t mode = ps_le_get_u32(h + 68);
   s.meta.mode = (int)mode;
   if (s.meta.begin >= s.meta.end ||
       s.meta.end - s.meta.begin > (UINT64_MAX / sizeof(float))) {
@@ -602,21 +584,22 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
       goto out;
     }
     file_crc = ps_crc32c(file_crc, sh, sizeof(sh));
-    if (get_u32(sh + 20) != ps_crc32c(0, sh, 20)) {
+    if (ps_le_get_u32(sh + 20) != ps_crc32c(0, sh, 20)) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: section %u header CRC32C mismatch at offset %llu: the "
                    "file is corrupt",
                    path, i + 1, (unsigned long long)off);
       goto out;
     }
-    uint32_t kind = get_u32(sh);
-    uint64_t bytes = get_u64(sh + 8);
-    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS     ? (void **)&s.weights
-                 : kind == PS_CHECKPOINT_SECTION_STATE     ? (void **)&s.state
-                 : kind == PS_CHECKPOINT_SECTION_OPT_STEPS ? (void **)&s.opt_steps
-                 : kind == PS_CHECKPOINT_SECTION_SPARSE    ? &s.sparse
-                                                           : NULL;
-    if (dst == NULL || get_u32(sh + 4) != 0) {
+    uint32_t kind = ps_le_get_u32(sh);
+    uint64_t bytes = ps_le_get_u64(sh + 8);
+    void **dst = kind == PS_CHECKPOINT_SECTION_WEIGHTS ? (void **)&s.weights
+                 : kind == PS_CHECKPOINT_SECTION_STATE ? (void **)&s.state
+                 : kind == PS_CHECKPOINT_SECTION_OPT_STEPS
+                     ? (void **)&s.opt_steps
+                 : kind == PS_CHECKPOINT_SECTION_SPARSE ? &s.sparse
+                                                        : NULL;
+    if (dst == NULL || ps_le_get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                    "%s: section %u has unknown kind %u", path, i + 1, kind);
       goto out;
@@ -687,12 +670,12 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
       goto out;
     }
     uint32_t dcrc = ps_crc32c(0, *dst, (size_t)bytes);
-    if (dcrc != get_u32(sh + 16)) {
+    if (dcrc != ps_le_get_u32(sh + 16)) {
       rc = ps_errf(
           err, errlen, PS_ERR_FORMAT,
           "%s: %s section CRC32C is 0x%08x, its header says 0x%08x: the "
           "file is corrupt",
-          path, section_name(kind), dcrc, get_u32(sh + 16));
+          path, section_name(kind), dcrc, ps_le_get_u32(sh + 16));
       goto out;
     }
     file_crc = ps_crc32c(file_crc, *dst, (size_t)bytes);
@@ -742,8 +725,8 @@ int ps_checkpoint_write_framed_mode(const char *path, const char magic[8],
   uint8_t h[FRAME_HEAD];
   memset(h, 0, sizeof(h));
   memcpy(h, magic, 8);
-  put_u32(h + 8, version);
-  put_u64(h + 16, (uint64_t)len);
+  ps_le_put_u32(h + 8, version);
+  ps_le_put_u64(h + 16, (uint64_t)len);
   out_file_t o;
   int rc = out_open_mode(&o, path, mode, err, errlen);
   if (rc != PS_OK) return rc;
@@ -751,7 +734,7 @@ int ps_checkpoint_write_framed_mode(const char *path, const char magic[8],
   if (rc == PS_OK && len > 0) rc = out_write(&o, body, len, err, errlen);
   if (rc == PS_OK) {
     uint8_t t[4];
-    put_u32(t, o.crc);
+    ps_le_put_u32(t, o.crc);
     rc = out_write(&o, t, sizeof(t), err, errlen);
   }
   if (rc != PS_OK) {
@@ -811,13 +794,13 @@ int ps_checkpoint_read_framed(const char *path, const char magic[8],
                  (unsigned long long)size, magic, FRAME_HEAD + 4);
     goto out;
   }
-  if (get_u32(buf + 8) != version) {
+  if (ps_le_get_u32(buf + 8) != version) {
     rc = ps_errf(err, errlen, PS_ERR_FORMAT,
                  "%s: format version %u, this build reads version %u", path,
-                 get_u32(buf + 8), version);
+                 ps_le_get_u32(buf + 8), version);
     goto out;
   }
-  uint64_t blen = get_u64(buf + 16);
+  uint64_t blen = ps_le_get_u64(buf + 16);
   if (blen != size - FRAME_HEAD - 4) {
     rc = ps_errf(
         err, errlen, PS_ERR_FORMAT,
@@ -827,7 +810,7 @@ int ps_checkpoint_read_framed(const char *path, const char magic[8],
         (unsigned long long)blen, (unsigned long long)(size - FRAME_HEAD - 4));
     goto out;
   }
-  uint32_t want = get_u32(buf + size - 4);
+  uint32_t want = ps_le_get_u32(buf + size - 4);
   uint32_t have = ps_crc32c(0, buf, (size_t)size - 4);
   if (want != have) {
     rc = ps_errf(
@@ -935,8 +918,8 @@ int ps_checkpoint_manifest_write(const char *dir,
   Ps__SparseTableSpec **spptrs = calloc(nsp + 1, sizeof(*spptrs));
   Ps__OptimizerSpec *sopts = calloc(nsp + 1, sizeof(*sopts));
   uint8_t *body = NULL;
-  if (!tensors || !tptrs || !topts || !shards || !sptrs || !sparse ||
-      !spptrs || !sopts) {
+  if (!tensors || !tptrs || !topts || !shards || !sptrs || !sparse || !spptrs ||
+      !sopts) {
     rc = ps_errf(err, errlen, PS_ERR_NOMEM, "%s: out of memory", path);
     goto out;
   }

@@ -1850,6 +1850,22 @@ static uint64_t remove_worker(client_t *admin, uint32_t id, int *code) {
   return clock;
 }
 
+/* The n nodes of alive report clock in a heartbeat each, acked: the
+ * scheduler knows their clocks. */
+static void clocks_at(client_t **alive, int n, uint64_t clock) {
+  for (int i = 0; i < n; i++) {
+    alive[i]->clock = clock;
+    uint64_t hb = send_heartbeat(alive[i], clock, 1);
+    ps_msg_t ack;
+    do {
+      ck_assert(wait_for(alive[i], PS__ENVELOPE__BODY_ACK, 3000, &ack));
+      int mine = ack.request_id == hb;
+      ps_msg_close(&ack);
+      if (mine) break;
+    } while (1);
+  }
+}
+
 /* --workers 2 --max-workers 3: a third worker with join_new_rank takes
  * rank 2 and joins at a step the server confirms; a fourth is refused.
  * remove-worker: refused for a server and for the last worker that is not
@@ -1862,19 +1878,8 @@ START_TEST(test_workers_grow_and_leave) {
   sched_start_opts(&o);
   client_t *s, *w[2];
   form_cluster(&s, w, 2);
-  s->clock = w[0]->clock = w[1]->clock = 40;
   client_t *alive[] = {s, w[0], w[1]};
-  /* The scheduler learns the clocks from heartbeats. */
-  for (int i = 0; i < 3; i++) {
-    uint64_t hb = send_heartbeat(alive[i], 40, 1);
-    ps_msg_t ack;
-    do {
-      ck_assert(wait_for(alive[i], PS__ENVELOPE__BODY_ACK, 3000, &ack));
-      int mine = ack.request_id == hb;
-      ps_msg_close(&ack);
-      if (mine) break;
-    } while (1);
-  }
+  clocks_at(alive, 3, 40); /* the scheduler learns clocks from heartbeats */
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
 
@@ -1964,18 +1969,8 @@ START_TEST(test_workers_grow_and_leave_asp) {
   sched_start_opts(&o);
   client_t *s, *w[2];
   form_cluster(&s, w, 2);
-  s->clock = w[0]->clock = w[1]->clock = 40;
   client_t *alive[] = {s, w[0], w[1]};
-  for (int i = 0; i < 3; i++) {
-    uint64_t hb = send_heartbeat(alive[i], 40, 1);
-    ps_msg_t ack;
-    do {
-      ck_assert(wait_for(alive[i], PS__ENVELOPE__BODY_ACK, 3000, &ack));
-      int mine = ack.request_id == hb;
-      ps_msg_close(&ack);
-      if (mine) break;
-    } while (1);
-  }
+  clocks_at(alive, 3, 40); /* the scheduler learns clocks from heartbeats */
   model_pb_t mp;
   model_init(&mp, 0.1f, 400);
   client_t *w2 = client_new();
