@@ -197,6 +197,10 @@ struct ps_sched_s {
   /* When on_check last ran, and its period: a check that comes late means
    * this scheduler was stalled, not that the nodes were silent. */
   uint64_t last_check_ms, check_every_ms;
+  /* When the last stall ended (a late check): every node is given a whole
+   * timeout from then, since what it sent during the stall may be lost
+   * (heartbeat datagrams past the socket's buffer), not only unread. */
+  uint64_t stall_end_ms;
   /* The servers' step rate, from their heartbeat clocks: how far ahead of
    * a step boundary a periodic checkpoint must be asked for. */
   uint64_t rate_clock, rate_ms;

@@ -462,8 +462,9 @@ void ps__sched_check(ps_sched_t *s, uint64_t now) {
   /* Timers run before the loop reads its sockets: after a stall of this
    * process (no CPU for it, a long callback), the heartbeats that came
    * meanwhile are still unread, and every node would look silent. Such a
-   * late check declares no one dead; the next one, a period later, comes
-   * after the backlog was read. */
+   * late check declares no one dead, and every node has a whole timeout
+   * from its end: the backlog is read by then, and heartbeat datagrams lost
+   * past the socket's buffer during the stall are followed by new ones. */
   uint64_t late =
       s->last_check_ms && now > s->last_check_ms ? now - s->last_check_ms : 0;
   s->last_check_ms = now;
@@ -471,6 +472,7 @@ void ps__sched_check(ps_sched_t *s, uint64_t now) {
     PS_WARN("scheduler_stalled", "ms=%" PRIu64 " check_ms=%" PRIu64, late,
             s->check_every_ms);
     limit = UINT64_MAX;
+    s->stall_end_ms = now;
   }
   if (s->republish_syncing) {
     s->republish_syncing = 0;
@@ -480,7 +482,9 @@ void ps__sched_check(ps_sched_t *s, uint64_t now) {
     sched_node_t *n = &s->nodes[i];
     /* Done workers may stop heartbeating: only the living can die. */
     if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
-    uint64_t silent = now > n->last_seen_ms ? now - n->last_seen_ms : 0;
+    uint64_t seen =
+        n->last_seen_ms > s->stall_end_ms ? n->last_seen_ms : s->stall_end_ms;
+    uint64_t silent = now > seen ? now - seen : 0;
     if (silent < limit) continue;
     ps__sched_declare_dead(s, n, silent);
     changed = 1;

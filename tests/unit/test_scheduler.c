@@ -2737,6 +2737,53 @@ START_TEST(test_beats_keep_members_alive) {
 }
 END_TEST
 
+/* After a stall (a check that comes late) every node has a whole timeout
+ * from the stall's end: what it sent meanwhile may be lost (datagrams past
+ * the socket's buffer), not only unread. A scheduler and its members on
+ * one loop in this thread, whose checks are called with made-up times. */
+static int both_viewed_loop(void *arg) {
+  return seen_s.view_epoch >= 1 && seen_w.view_epoch >= 1;
+}
+
+START_TEST(test_stall_gives_a_timeout) {
+  H.ctx = zmq_ctx_new();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ps_sched_opts_t o = sched_opts("tcp://127.0.0.1:*", 1, 1, 300);
+  o.heartbeat_udp = 1;
+  char why[256];
+  int err;
+  ps_sched_t *s = ps_sched_new(&loop, H.ctx, &o, &err, why, sizeof(why));
+  ck_assert_msg(s != NULL, "%s", why);
+  ps_member_t *ms, *mw;
+  members_new(&loop, ps_sched_endpoint(s), &ms, &mw);
+  ck_assert_msg(run_until(&loop, both_viewed_loop, NULL, 5000), "no view");
+  uint64_t now = ps_now_ms();
+  ps__sched_check(s, now);
+  /* A second without the loop: the check comes late, no one dies. */
+  ps__sched_check(s, now + 1000);
+  ck_assert_uint_eq(ps_sched_epoch(s), 1);
+  /* Checks every 30 ms after it: the nodes' last heartbeats are over a
+   * second old, but the stall ended less than a timeout ago: no one
+   * dies... */
+  uint64_t t = now + 1000;
+  for (; t + 30 < now + 1000 + 300; t += 30) {
+    ps__sched_check(s, t + 30);
+    ck_assert_uint_eq(s->stats.timeouts[SERVER] + s->stats.timeouts[WORKER], 0);
+  }
+  ck_assert_uint_eq(ps_sched_epoch(s), 1);
+  /* ...until a whole timeout after it without a word. */
+  ps__sched_check(s, now + 1000 + 301);
+  ck_assert_uint_eq(s->stats.timeouts[SERVER] + s->stats.timeouts[WORKER], 2);
+  ps_member_destroy(&ms);
+  ps_member_destroy(&mw);
+  ps_sched_destroy(&s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  teardown_all();
+}
+END_TEST
+
 /* The member's side against a fake scheduler that owns the UDP port: it
  * heartbeats on its link and by datagram until a datagram is acked, then
  * by datagram only; when acks stop (or only forged and replayed ones come)
@@ -2948,6 +2995,7 @@ static Suite *scheduler_suite(void) {
   tcase_add_test(tc, test_beat_datagram);
   tcase_add_test(tc, test_beats_keep_members_alive);
   tcase_add_test(tc, test_member_beats_and_falls_back);
+  tcase_add_test(tc, test_stall_gives_a_timeout);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("placement");
   tcase_add_test(tp, test_place_first);
