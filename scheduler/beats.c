@@ -63,15 +63,15 @@ static void send_ack(ps_sched_t *s, sched_node_t *n, const ps_beat_t *b,
   uint8_t out[PS_BEAT_BYTES];
   ps_beat_pack(&ack, n->beat_key, out);
   uv_buf_t buf = uv_buf_init((char *)out, sizeof(out));
-  int rc = uv_udp_try_send(&s->beats->udp, &buf, 1, to);
+  int rc = s->beats ? uv_udp_try_send(&s->beats->udp, &buf, 1, to) : UV_EBADF;
   if (rc < 0)
     s->stats.beat_acks_failed++;
   else
     s->stats.beat_acks++;
 }
 
-static void beat_taken(ps_sched_t *s, const uint8_t *data, size_t len,
-                       const struct sockaddr *from) {
+void ps__sched_beat_datagram(ps_sched_t *s, const uint8_t *data, size_t len,
+                             const struct sockaddr *from) {
   int type;
   uint32_t id;
   ps_beat_t b;
@@ -121,7 +121,8 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   sched_beats_t *bt = s->beats;
   if (nread > 0 && addr != NULL) {
     if (!s->finished)
-      beat_taken(s, (const uint8_t *)buf->base, (size_t)nread, addr);
+      ps__sched_beat_datagram(s, (const uint8_t *)buf->base, (size_t)nread,
+                              addr);
     return;
   }
   if (nread < 0) {

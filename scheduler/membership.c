@@ -117,6 +117,15 @@ static void join_forget(sched_node_t *w) {
  * SCHED_JOIN_MARGIN_MS of steps at their measured rate. With no other live
  * worker the clock stands still: it joins at the servers' clock, so no
  * step goes without a worker (the servers skip steps no one computes). */
+uint64_t ps__sched_steps_ahead(const ps_sched_t *s, uint64_t ms, uint64_t min) {
+  /* The rate comes from the clocks nodes report: one absurd clock must not
+   * make it overflow a step number (or be NaN). */
+  double steps = s->steps_per_ms * (double)ms + 1;
+  if (!(steps < 1e12)) steps = 1e12;
+  uint64_t n = (uint64_t)steps;
+  return n < min ? min : n;
+}
+
 static void join_pick(ps_sched_t *s, sched_node_t *w, uint64_t floor) {
   uint64_t base = s->start_clock > floor ? s->start_clock : floor;
   int others = 0;
@@ -126,10 +135,10 @@ static void join_pick(ps_sched_t *s, sched_node_t *w, uint64_t floor) {
     if (n->role == PS__ROLE__ROLE_WORKER && n != w) others = 1;
     if (n->role == PS__ROLE__ROLE_SERVER && n->clock > base) base = n->clock;
   }
-  uint64_t margin = (uint64_t)(s->steps_per_ms * SCHED_JOIN_MARGIN_MS) + 1;
-  if (margin < SCHED_JOIN_MIN_STEPS) margin = SCHED_JOIN_MIN_STEPS;
+  uint64_t margin =
+      ps__sched_steps_ahead(s, SCHED_JOIN_MARGIN_MS, SCHED_JOIN_MIN_STEPS);
   if (!others) margin = 0;
-  w->join_clock = base + margin;
+  w->join_clock = base > UINT64_MAX - margin ? UINT64_MAX : base + margin;
   w->join_asked_ms = ps_now_ms();
   join_forget(w);
 }

@@ -315,12 +315,20 @@ int ps__sched_abs_path(const char *in, char *out, size_t len);
  * s->endpoint; start fails (err set) when that port cannot be bound. */
 int ps__sched_beats_start(ps_sched_t *s, char *err, size_t errlen);
 void ps__sched_beats_close(ps_sched_t *s);
+/* One datagram from the heartbeat port, from where it came (acks go
+ * there); exposed so that tests/fuzz feeds it in-process (with no socket,
+ * acks count as failed). */
+void ps__sched_beat_datagram(ps_sched_t *s, const uint8_t *data, size_t len,
+                             const struct sockaddr *from);
 /* The UDP port heartbeats go to; 0: off. */
 uint16_t ps__sched_beats_port(const ps_sched_t *s);
 /* One of the scheduler's handles is closed (counted in open_handles). */
 void ps__sched_handle_released(ps_sched_t *s);
 
 /* scheduler/membership.c */
+/* About ms of steps at the servers' measured rate, at least min (capped:
+ * the rate comes from the clocks nodes report). */
+uint64_t ps__sched_steps_ahead(const ps_sched_t *s, uint64_t ms, uint64_t min);
 /* A heartbeat (either path) from n at epoch: n gets the view again when it
  * is behind, unless the one just sent is on its way. */
 void ps__sched_view_behind(ps_sched_t *s, sched_node_t *n, uint64_t epoch,

@@ -76,9 +76,9 @@ static uint64_t leave_pick(const ps_sched_t *s, const sched_node_t *w) {
     if (n->state != PS__NODE_STATE__NODE_STATE_ALIVE) continue;
     if (n->clock > base) base = n->clock;
   }
-  uint64_t margin = (uint64_t)(s->steps_per_ms * SCHED_LEAVE_MARGIN_MS) + 1;
-  if (margin < SCHED_LEAVE_MIN_STEPS) margin = SCHED_LEAVE_MIN_STEPS;
-  uint64_t at = base + margin;
+  uint64_t margin =
+      ps__sched_steps_ahead(s, SCHED_LEAVE_MARGIN_MS, SCHED_LEAVE_MIN_STEPS);
+  uint64_t at = base > UINT64_MAX - margin ? UINT64_MAX : base + margin;
   if (at <= w->join_clock) at = w->join_clock + 1;
   return at;
 }

@@ -15,11 +15,16 @@
  * handovers: op 0 checks now; op k > 0 first makes node k silent for
  * arg * FUZZ_SCHED_SILENCE_UNIT_MS more.
  *
+ * A message record whose first frame starts "PSB1" is a heartbeat
+ * datagram of --heartbeat-udp instead (ps__sched_beat_datagram; see
+ * beat_datagram below for how it is signed).
+ *
  * Checkpoints go into a scratch directory, emptied after every input: an
  * absolute directory in a CheckpointCommand is replaced by it (a fuzz input
  * must not make directories anywhere on the machine); a relative one is
  * left to be refused.
  */
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +32,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "common/beat.h"
 #include "common/err.h"
 #include "common/time.h"
 #include "fuzz_setup.h"
@@ -74,6 +80,43 @@ static void silence(ps_sched_t *s, uint32_t id, uint64_t ms) {
   n->last_seen_ms = n->last_seen_ms > ms ? n->last_seen_ms - ms : 0;
 }
 
+/* A record whose first frame starts "PSB1" is a heartbeat datagram
+ * (common/beat.h) instead: of PS_BEAT_BYTES - 16 bytes, it is signed here
+ * with its node's key (keys are given to every node that lacks one, as
+ * registration with --heartbeat-udp does), so that the taken paths run;
+ * any other length goes as it is, to be refused. */
+static void beat_datagram(ps_sched_t *s, const uint8_t *p, size_t len) {
+  struct sockaddr_in from = {.sin_family = AF_INET,
+                             .sin_port = htons(9),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  for (size_t i = 0; i < s->nnodes; i++) {
+    sched_node_t *n = &s->nodes[i];
+    if (n->beat_keyed) continue;
+    memset(n->beat_key, (int)n->id, sizeof(n->beat_key));
+    n->beat_keyed = 1;
+  }
+  uint8_t d[PS_BEAT_BYTES];
+  int type;
+  uint32_t id;
+  if (len == PS_BEAT_BYTES - 16) {
+    memcpy(d, p, len);
+    memset(d + len, 0, 16);
+    ps_beat_t b;
+    if (ps_beat_peek(d, sizeof(d), &type, &id) == PS_OK) {
+      b.type = type;
+      b.node_id = id;
+      b.seq = fuzz_get_u64(d + 16);
+      b.epoch = fuzz_get_u64(d + 24);
+      b.clock = fuzz_get_u64(d + 32);
+      const sched_node_t *n = ps__sched_node_by_id(s, id);
+      if (n != NULL) ps_beat_pack(&b, n->beat_key, d);
+    }
+    ps__sched_beat_datagram(s, d, sizeof(d), (struct sockaddr *)&from);
+    return;
+  }
+  ps__sched_beat_datagram(s, p, len, (struct sockaddr *)&from);
+}
+
 /* Serves m as the socket's callback does, with its checkpoint directory, if
  * absolute, replaced by the scratch one for the call. */
 static void dispatch(ps_sched_t *s, ps_msg_t *m, int rc, const char *err) {
@@ -94,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (wire == NULL) {
     fuzz_quiet_logs("fuzz_scheduler");
     if (uv_loop_init(&loop) != 0) abort();
-    wire = fuzz_wire_new(1);
+    wire = fuzz_wire_new(FUZZ_WIRE_MEMBERS);
     ckpt_dir = fuzz_scratch_dir("scheduler");
   }
   if (size == 0) return 0;
@@ -106,6 +149,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (r.op > 0)
         silence(s, r.op, (uint64_t)r.arg * FUZZ_SCHED_SILENCE_UNIT_MS);
       ps__sched_check(s, ps_now_ms());
+      continue;
+    }
+    if (r.nframes >= 1 && r.len[0] >= 4 && memcmp(r.frame[0], "PSB1", 4) == 0) {
+      beat_datagram(s, r.frame[0], r.len[0]);
       continue;
     }
     ps_msg_t m;

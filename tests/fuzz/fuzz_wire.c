@@ -6,6 +6,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "common/auth.h"
 #include "common/err.h"
 
 /* A message that was sent over inproc is there at once; this only bounds
@@ -98,7 +99,16 @@ fuzz_wire_t *fuzz_wire_new(int router) {
     must(w->tx[i] != NULL, "zmq_socket");
     zmq_setsockopt(w->tx[i], ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(w->tx[i], ZMQ_SNDHWM, &zero, sizeof(zero));
-    if (router) {
+    if (router == FUZZ_WIRE_MEMBERS) {
+      /* Each sender a node's membership link, with a token of its own
+       * (common/auth.h): the scheduler registers nodes only on those. */
+      ps_auth_token_t t;
+      snprintf(t.hex, sizeof(t.hex), "%032x", i + 1);
+      char err[128];
+      must(ps_auth_set_routing_id(w->tx[i], &t, PS_AUTH_USE_MEMBER, err,
+                                  sizeof(err)) == PS_OK,
+           "routing id");
+    } else if (router) {
       char id[16];
       int n = snprintf(id, sizeof(id), "fuzz-%d", i);
       zmq_setsockopt(w->tx[i], ZMQ_ROUTING_ID, id, (size_t)n);

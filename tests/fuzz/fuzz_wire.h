@@ -52,7 +52,10 @@ typedef struct fuzz_wire_s fuzz_wire_t;
 
 /* A receiver (ROUTER with router, else PAIR) bound to a fresh inproc
  * endpoint and its senders, on a context of its own. Aborts on failure:
- * a harness without its sockets cannot run. */
+ * a harness without its sockets cannot run. With router
+ * FUZZ_WIRE_MEMBERS, each sender's routing id is a node's membership link
+ * (common/auth.h), with token k + 1 (32 hex digits) for sender k. */
+#define FUZZ_WIRE_MEMBERS 2
 fuzz_wire_t *fuzz_wire_new(int router);
 
 /* The context the sockets live on, for a harness's other sockets. */

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/beat.h"
 #include "common/checkpoint.h"
 #include "common/codec.h"
 #include "common/err.h"
@@ -1162,6 +1163,24 @@ static void sched_ckpt_reply(buf_t *b, uint32_t node, uint64_t id,
   sched_simple(b, node, node, 1, PS__ENVELOPE__BODY_CHECKPOINT_REPLY, &r);
 }
 
+/* A heartbeat datagram record (fuzz_scheduler.c): "PSB1", the type, the
+ * node, seq, epoch and clock, little-endian, untagged (the harness signs
+ * datagrams of this length with the node's key). */
+static void sched_beat(buf_t *b, uint32_t node, uint64_t seq, uint64_t epoch,
+                       uint64_t clock) {
+  uint8_t d[PS_BEAT_BYTES - 16] = {'P', 'S', 'B', '1', PS_BEAT_BEAT};
+  for (int i = 0; i < 4; i++) d[8 + i] = (uint8_t)(node >> (8 * i));
+  for (int i = 0; i < 8; i++) {
+    d[16 + i] = (uint8_t)(seq >> (8 * i));
+    d[24 + i] = (uint8_t)(epoch >> (8 * i));
+    d[32 + i] = (uint8_t)(clock >> (8 * i));
+  }
+  put_u8(b, node & 0x7f);
+  put_u8(b, 1);
+  put_u16(b, sizeof(d));
+  put(b, d, sizeof(d));
+}
+
 static void gen_scheduler(void) {
   buf_t b = {0};
   Ps__ModelSpec model, other;
@@ -1173,6 +1192,22 @@ static void gen_scheduler(void) {
   for (uint32_t n = 1; n <= 4; n++) sched_heartbeat(&b, n, 1, 1);
   rec_control(&b, 0, 0);
   save("scheduler", "start", &b);
+
+  /* Heartbeats by datagram: taken (clocks), a replay, an epoch ahead, a
+   * silent worker's that keep it alive, then one from a node declared
+   * dead (fenced), and one too short. */
+  sched_start(&b, cfg, &model);
+  for (uint32_t n = 1; n <= 4; n++) sched_beat(&b, n, 1, 1, 2);
+  sched_beat(&b, 1, 1, 1, 3);
+  sched_beat(&b, 2, 2, 9, 3);
+  rec_control(&b, 4, 100);
+  sched_beat(&b, 4, 2, 1, 3);
+  rec_control(&b, 0, 0);
+  rec_control(&b, 3, 100);
+  rec_control(&b, 0, 0);
+  sched_beat(&b, 3, 2, 1, 3);
+  sched_beat(&b, 1, 2, 0, 4);
+  save("scheduler", "beats", &b);
 
   /* Heartbeats carry the servers' clocks past step 4: the periodic check
    * asks for a checkpoint at step 4; both servers accept, then write. */
