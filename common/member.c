@@ -69,7 +69,8 @@ struct ps_member_s {
   uint16_t beat_port;
   uv_getaddrinfo_t beat_resolve;
   uv_udp_t beat_udp;
-  int beat_ready;         /* beat_udp is open and connected */
+  struct sockaddr_storage beat_addr; /* the scheduler's heartbeat port */
+  int beat_ready;         /* beat_udp is open (bound to any address) */
   int beat_answered;      /* the last state logged: acks coming */
   uint64_t beat_start_ms; /* when the socket opened (0: not yet) */
   uint64_t beat_seq, beat_acked_seq, beat_ack_ms;
@@ -185,9 +186,9 @@ static void send_beat(ps_member_t *m) {
   uint8_t out[PS_BEAT_BYTES];
   ps_beat_pack(&b, m->beat_key, out);
   uv_buf_t buf = uv_buf_init((char *)out, sizeof(out));
-  /* A refused send (ICMP port unreachable: no scheduler there yet) goes
-   * unanswered like a lost one. */
-  (void)uv_udp_try_send(&m->beat_udp, &buf, 1, NULL);
+  /* A failed send goes unanswered like a lost one. */
+  (void)uv_udp_try_send(&m->beat_udp, &buf, 1,
+                        (const struct sockaddr *)&m->beat_addr);
 }
 
 /* A heartbeat: a datagram when the scheduler takes them (and on the link
@@ -263,10 +264,17 @@ static void on_beat_resolved(uv_getaddrinfo_t *req, int status,
     if (--m->open_handles == 0) free_member(m);
     return;
   }
-  int rc = uv_udp_init(m->loop, &m->beat_udp);
+  /* Not connected: an ack may come from another of the scheduler's
+   * addresses than the one the datagrams go to (a host with several, a
+   * NAT); the tag says whose it is. */
+  memcpy(&m->beat_addr, res->ai_addr, res->ai_addrlen);
+  struct sockaddr_storage any;
+  memset(&any, 0, sizeof(any));
+  any.ss_family = (sa_family_t)res->ai_family;
+  int rc = uv_udp_init_ex(m->loop, &m->beat_udp, (unsigned)res->ai_family);
   if (rc == 0) {
     m->beat_udp.data = m;
-    rc = uv_udp_connect(&m->beat_udp, res->ai_addr);
+    rc = uv_udp_bind(&m->beat_udp, (const struct sockaddr *)&any, 0);
     if (rc == 0)
       rc = uv_udp_recv_start(&m->beat_udp, on_beat_alloc, on_beat_recv);
     if (rc == 0) {
