@@ -62,9 +62,9 @@ struct ps_member_s {
   uint64_t last_beat_ms; /* the last heartbeat sent */
   int metrics_dirty;     /* metrics_address not yet sent on the link */
   /* Heartbeats over UDP, when the RegisterReply named a port: resolving
-   * the scheduler's host, then a connected UDP socket. beat_ack_ms is the
-   * last ack taken (0: none yet); while it is recent the heartbeats go as
-   * datagrams only. */
+   * the scheduler's host, then a UDP socket bound to any address.
+   * beat_ack_ms is the last ack taken (0: none yet); while it is recent
+   * the heartbeats go as datagrams only. */
   uint8_t beat_key[PS_BEAT_KEY_BYTES];
   uint16_t beat_port;
   uv_getaddrinfo_t beat_resolve;
