@@ -11,6 +11,7 @@
 #include "err.h"
 #include "frame.h"
 #include "log.h"
+#include "sockmon.h"
 #include "time.h"
 #include "transport.h"
 
@@ -31,6 +32,11 @@
 struct ps_member_s {
   uv_loop_t *loop;
   ps_zsock_t *zs;
+  /* Handshakes the scheduler refused (a CURVE key it does not admit, a
+   * mechanism it does not speak): the reason, reported by the heartbeat
+   * timer as the end of the link ("" while none). */
+  ps_sockmon_t *zs_mon;
+  char refused[320];
   ps_auth_token_t token; /* this node's (common/auth.h) */
   uv_timer_t register_timer;
   uv_timer_t heartbeat_timer;
@@ -402,10 +408,41 @@ static void on_register_timer(uv_timer_t *t) {
 static void on_heartbeat_timer(uv_timer_t *t) {
   ps_member_t *m = t->data;
   if (m->stopped) return;
+  if (m->refused[0]) {
+    report_shutdown(m, PS_ERR_PERMISSION_DENIED, m->refused);
+    return;
+  }
   if (check_silence(m)) return;
   /* Before registration the timer only watches for silence: there is no
    * node id to heartbeat with. */
   if (m->registered) send_heartbeat(m);
+}
+
+/* The scheduler's end of the link refused the handshake: nothing this node
+ * sends will ever be read, so it says why at once instead of waiting for
+ * its deadline in silence. */
+static void on_handshake_failed(void *arg, int event, uint32_t value) {
+  ps_member_t *m = arg;
+  if (m->refused[0] || m->stopped) return;
+  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+    snprintf(m->refused, sizeof(m->refused),
+             "the scheduler %s refused this node's CURVE key (ZAP status "
+             "%u): its --keys-dir must hold this node's .pub",
+             m->scheduler, value);
+  else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+    snprintf(m->refused, sizeof(m->refused),
+             "the scheduler %s speaks another security mechanism: one side "
+             "runs with --keys-dir (CURVE), the other without (--insecure)",
+             m->scheduler);
+  else
+    snprintf(
+        m->refused, sizeof(m->refused),
+        "the handshake with the scheduler %s failed (ZeroMQ protocol "
+        "error 0x%x)%s",
+        m->scheduler, value,
+        m->keys ? ": is this node's scheduler.pub the scheduler's key?" : "");
+  PS_ERROR("scheduler_handshake_refused", "scheduler=%s reason=\"%s\"",
+           m->scheduler, m->refused);
 }
 
 static void handle_register_reply(ps_member_t *m, const Ps__Envelope *env) {
@@ -645,6 +682,10 @@ ps_member_t *ps_member_new(uv_loop_t *loop, void *zmq_ctx,
     free_member(m);
     return NULL;
   }
+  /* Without it a refused handshake is silence until the deadline. */
+  m->zs_mon =
+      ps_sockmon_new_handshakes(loop, zmq_ctx, ps_zsock_socket(m->zs),
+                                "scheduler", on_handshake_failed, m, NULL);
   uv_timer_init(loop, &m->register_timer);
   uv_timer_init(loop, &m->heartbeat_timer);
   m->register_timer.data = m;
@@ -733,6 +774,7 @@ void ps_member_destroy(ps_member_t **m_p) {
   if (m == NULL) return;
   *m_p = NULL;
   m->destroyed = 1;
+  ps_sockmon_destroy(&m->zs_mon);
   if (m->zs) {
     if (m->sent_farewell) {
       int linger = MEMBER_LINGER_MS;

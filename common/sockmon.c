@@ -30,10 +30,12 @@ struct ps_sockmon_s {
   char endpoint[128];
   uint64_t failures;
   uint64_t connections; /* accepted and not yet disconnected */
-  uint64_t unlogged; /* since the last accept_failed line */
+  uint64_t unlogged;    /* since the last accept_failed line */
   int last_errno;
   uint64_t last_log_ms;
-  uv_timer_t flush; /* logs what came after the last line */
+  uv_timer_t flush;                     /* logs what came after the last line */
+  ps_sockmon_handshake_cb handshake_cb; /* a connecting socket's */
+  void *handshake_arg;
 };
 
 static void log_failures(ps_sockmon_t *m) {
@@ -84,6 +86,10 @@ static int read_event(ps_sockmon_t *m) {
     m->last_errno = (int)value;
   } else if (event == ZMQ_EVENT_ACCEPTED) {
     m->connections++;
+  } else if ((event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+              event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) &&
+             m->handshake_cb) {
+    m->handshake_cb(m->handshake_arg, event, value);
   } else if (event == ZMQ_EVENT_DISCONNECTED && m->connections > 0) {
     /* A bound socket's disconnections are of connections it accepted,
      * refused handshakes included. */
@@ -120,8 +126,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   drain(h->data);
 }
 
-ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
-                             const char *name, int *err) {
+static ps_sockmon_t *sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
+                                 const char *name, int events,
+                                 ps_sockmon_handshake_cb cb, void *arg,
+                                 int *err) {
   int dummy;
   if (err == NULL) err = &dummy;
   ps_sockmon_t *m = calloc(1, sizeof(*m));
@@ -131,15 +139,15 @@ ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
   }
   m->loop = loop;
   m->monitored = sock;
+  m->handshake_cb = cb;
+  m->handshake_arg = arg;
   snprintf(m->name, sizeof(m->name), "%s", name ? name : "socket");
   char ep[64];
   snprintf(ep, sizeof(ep), "inproc://ps-sockmon-%p", (void *)m);
   int fd = -1;
   size_t fdlen = sizeof(fd);
   int linger = 0;
-  if (zmq_socket_monitor(sock, ep,
-                         ZMQ_EVENT_ACCEPT_FAILED | ZMQ_EVENT_ACCEPTED |
-                             ZMQ_EVENT_DISCONNECTED) != 0 ||
+  if (zmq_socket_monitor(sock, ep, events) != 0 ||
       (m->pair = zmq_socket(ctx, ZMQ_PAIR)) == NULL ||
       zmq_setsockopt(m->pair, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
       zmq_connect(m->pair, ep) != 0 ||
@@ -163,6 +171,24 @@ ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
   drain(m);
   *err = PS_OK;
   return m;
+}
+
+ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
+                             const char *name, int *err) {
+  return sockmon_new(
+      loop, ctx, sock, name,
+      ZMQ_EVENT_ACCEPT_FAILED | ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED,
+      NULL, NULL, err);
+}
+
+ps_sockmon_t *ps_sockmon_new_handshakes(uv_loop_t *loop, void *ctx, void *sock,
+                                        const char *name,
+                                        ps_sockmon_handshake_cb cb, void *arg,
+                                        int *err) {
+  return sockmon_new(
+      loop, ctx, sock, name,
+      ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, cb,
+      arg, err);
 }
 
 uint64_t ps_sockmon_accept_failures(const ps_sockmon_t *m) {

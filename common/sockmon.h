@@ -1,5 +1,6 @@
 /* Watches a bound ZeroMQ socket for connections it fails to accept, and
- * counts the ones it holds (for the ZAP handler's cap, common/zap.h).
+ * counts the ones it holds (for the ZAP handler's cap, common/zap.h); or a
+ * connecting one for handshakes its peer refused.
  *
  * ZeroMQ accepts TCP connections on its I/O thread and says nothing when an
  * accept fails (out of file descriptors: EMFILE/ENFILE): the new peer just
@@ -28,6 +29,21 @@ typedef struct ps_sockmon_s ps_sockmon_t;
  * it. Caller owns the result. */
 ps_sockmon_t *ps_sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
                              const char *name, int *err);
+
+/* A connecting socket's failed handshakes: event is
+ * ZMQ_EVENT_HANDSHAKE_FAILED_AUTH (value: the status the peer's ZAP handler
+ * gave, 400 when it refused our key) or ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL
+ * (value: ZMQ_PROTOCOL_ERROR_*, such as a security mechanism the peer does
+ * not speak). Called on the loop; it must not destroy the sockmon. */
+typedef void (*ps_sockmon_handshake_cb)(void *arg, int event, uint32_t value);
+
+/* Watches sock (one that connects) for failed handshakes, calling cb with
+ * arg for each. NULL with *err set (and a warning logged) if ZeroMQ refuses
+ * the monitor. */
+ps_sockmon_t *ps_sockmon_new_handshakes(uv_loop_t *loop, void *ctx, void *sock,
+                                        const char *name,
+                                        ps_sockmon_handshake_cb cb, void *arg,
+                                        int *err);
 
 /* Accepts that failed so far. */
 uint64_t ps_sockmon_accept_failures(const ps_sockmon_t *m);

@@ -84,8 +84,8 @@ START_TEST(keygen_files_and_refusals) {
                     strstr(out, "never overwritten"),
                 "a second keygen: %s", out ? out : "");
   free(out);
-  out = h_run(&c, 10000, &rc, "psctl", "keygen", "--role", "boss", "--out",
-              dir, NULL);
+  out = h_run(&c, 10000, &rc, "psctl", "keygen", "--role", "boss", "--out", dir,
+              NULL);
   ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "--role boss: %s",
                 out ? out : "");
   free(out);
@@ -105,9 +105,9 @@ START_TEST(keygen_files_and_refusals) {
   /* A key of another role is refused too. */
   out = h_run(&c, 10000, &rc, "ps-scheduler", "--keys-dir", dir, "--key", key,
               "--bind", c.sched_ep, NULL);
-  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && out &&
-                    strstr(out, "worker key"),
-                "a worker key for the scheduler: %s", out ? out : "");
+  ck_assert_msg(
+      WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && out && strstr(out, "worker key"),
+      "a worker key for the scheduler: %s", out ? out : "");
   free(out);
 
   /* Neither keys nor --insecure: refused. */
@@ -117,16 +117,16 @@ START_TEST(keygen_files_and_refusals) {
   unsetenv("PS_INSECURE");
   out = h_run(&c, 10000, &rc, "ps-scheduler", "--bind", c.sched_ep, NULL);
   if (was) setenv("PS_INSECURE", saved, 1);
-  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && out &&
-                    strstr(out, "--insecure"),
-                "no keys, no --insecure: %s", out ? out : "");
+  ck_assert_msg(
+      WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && out && strstr(out, "--insecure"),
+      "no keys, no --insecure: %s", out ? out : "");
   free(out);
   /* --insecure off loopback says so loudly. */
   int port = h_free_port();
   char ep[64];
   snprintf(ep, sizeof(ep), "tcp://0.0.0.0:%d", port);
-  h_proc_t *p = h_spawn(&c, "open", "ps-scheduler", "--insecure", "--bind", ep,
-                        NULL);
+  h_proc_t *p =
+      h_spawn(&c, "open", "ps-scheduler", "--insecure", "--bind", ep, NULL);
   int said = h_wait_log(p->log, "event=insecure", 10000);
   h_kill_all(&c);
   ck_assert_msg(said && count_in_file(p->log, "lvl=warn") >= 1,
@@ -144,18 +144,18 @@ static void raw_open(raw_t *r, const char *dir, const char *key_file,
                      const char *endpoint, const char *server_key) {
   char err[512];
   int rc = PS_OK;
-  ps_keys_t *keys = ps_keys_load(dir, key_file, PS_KEY_ROLE_WORKER, &rc, err,
-                                 sizeof(err));
+  ps_keys_t *keys =
+      ps_keys_load(dir, key_file, PS_KEY_ROLE_WORKER, &rc, err, sizeof(err));
   ck_assert_msg(keys != NULL, "%s", err);
   r->ctx = zmq_ctx_new();
   r->sock = zmq_socket(r->ctx, ZMQ_DEALER);
   int zero = 0;
   zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof(zero));
-  ck_assert_int_eq(ps_keys_apply(r->sock, keys,
-                                 server_key ? server_key
-                                            : ps_keys_scheduler_key(keys),
-                                 err, sizeof(err)),
-                   PS_OK);
+  ck_assert_int_eq(
+      ps_keys_apply(r->sock, keys,
+                    server_key ? server_key : ps_keys_scheduler_key(keys), err,
+                    sizeof(err)),
+      PS_OK);
   ps_keys_destroy(&keys);
   ck_assert_int_eq(zmq_connect(r->sock, endpoint), 0);
 }
@@ -186,8 +186,7 @@ static int raw_ask(raw_t *r, Ps__Envelope *env) {
       ps_msg_close(&m);
       continue;
     }
-    if (m.env->body_case == PS__ENVELOPE__BODY_ERROR)
-      code = m.env->error->code;
+    if (m.env->body_case == PS__ENVELOPE__BODY_ERROR) code = m.env->error->code;
     ps_msg_close(&m);
     return code;
   }
@@ -197,8 +196,8 @@ static int raw_ask(raw_t *r, Ps__Envelope *env) {
 /* The psctl of this test: with the admin key. */
 static char *admin_psctl(h_cluster_t *c, const char *dir, const char *cmd,
                          int *st) {
-  return h_run(c, 15000, st, "psctl", "--scheduler", c->sched_ep,
-               "--keys-dir", dir, "--json", "--timeout-ms", "5000", cmd, NULL);
+  return h_run(c, 15000, st, "psctl", "--scheduler", c->sched_ep, "--keys-dir",
+               dir, "--json", "--timeout-ms", "5000", cmd, NULL);
 }
 
 START_TEST(unknown_key_gets_no_service) {
@@ -226,14 +225,16 @@ START_TEST(unknown_key_gets_no_service) {
   int st;
   uint64_t t0 = ps_now_ms();
   char *out = h_run(&c, 30000, &st, "ps-worker", "--keys-dir", other,
-                    "--scheduler", c.sched_ep, "--connect-timeout-ms", "3000",
+                    "--scheduler", c.sched_ep, "--connect-timeout-ms", "10000",
                     "--max-steps", "1", NULL);
   uint64_t took = ps_now_ms() - t0;
   ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
                 "the stranger's worker was served: %s", out ? out : "");
-  ck_assert_msg(took >= 2500, "failed after %llu ms, before its deadline",
+  /* It learns at once (the handshake's refusal, from a socket monitor),
+   * not at its 3 s deadline. */
+  ck_assert_msg(took < 5000, "failed after %llu ms, near its 10 s deadline",
                 (unsigned long long)took);
-  ck_assert_msg(out && strstr(out, "CURVE"),
+  ck_assert_msg(out && strstr(out, "refused this node's CURVE key"),
                 "no clear error from the stranger's worker: %s",
                 out ? out : "");
   free(out);
@@ -242,8 +243,8 @@ START_TEST(unknown_key_gets_no_service) {
   char fp[PS_KEY_FINGERPRINT_LEN + 1];
   int rc;
   char err[512];
-  ps_keys_t *k = ps_keys_load(other, NULL, PS_KEY_ROLE_WORKER, &rc, err,
-                              sizeof(err));
+  ps_keys_t *k =
+      ps_keys_load(other, NULL, PS_KEY_ROLE_WORKER, &rc, err, sizeof(err));
   ck_assert_msg(k != NULL, "%s", err);
   ps_keys_fingerprint(ps_keys_public(k), NULL, fp);
   ps_keys_destroy(&k);
@@ -254,20 +255,20 @@ START_TEST(unknown_key_gets_no_service) {
   ck_assert_msg(count_in_file(sched->log, "event=curve_refused") == 1,
                 "curve_refused lines");
   /* A worker in plaintext (--insecure, no keys) fails its handshake too
-   * (the mechanisms differ) and must end at its deadline with an error:
-   * its registration, sent on a socket whose pipe the failed handshake
-   * removed, blocked it forever before sends stopped waiting. */
+   * (the mechanisms differ) and must end with an error that says so, at
+   * once: its registration, sent on a socket whose pipe the failed
+   * handshake removed, once blocked it forever. */
   t0 = ps_now_ms();
   out = h_run(&c, 30000, &st, "ps-worker", "--insecure", "--scheduler",
-              c.sched_ep, "--connect-timeout-ms", "2000", "--max-steps", "1",
+              c.sched_ep, "--connect-timeout-ms", "10000", "--max-steps", "1",
               NULL);
   took = ps_now_ms() - t0;
   ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
-                "the plaintext worker was served or hung: %s",
-                out ? out : "");
-  ck_assert_msg(took >= 1500 && out && strstr(out, "registration"),
-                "the plaintext worker failed after %llu ms: %s",
-                (unsigned long long)took, out ? out : "");
+                "the plaintext worker was served or hung: %s", out ? out : "");
+  ck_assert_msg(
+      took < 5000 && out && strstr(out, "speaks another security mechanism"),
+      "the plaintext worker failed after %llu ms: %s", (unsigned long long)took,
+      out ? out : "");
   free(out);
   /* An admin still gets service, and stops the job. */
   out = admin_psctl(&c, dir, "stop", &st);
@@ -374,18 +375,15 @@ static void run_job(h_cluster_t *c, const char *keys, const char *dump) {
   int from = c->nprocs;
   h_spawn(c, "scheduler", "ps-scheduler", k1, k2, "--bind", c->sched_ep,
           "--servers", "2", "--workers", "2", "--mode", "bsp", NULL);
-  h_spawn(c, "server0", "ps-server", k1, k2, "--scheduler", c->sched_ep,
-          NULL);
-  h_spawn(c, "server1", "ps-server", k1, k2, "--scheduler", c->sched_ep,
-          NULL);
+  h_spawn(c, "server0", "ps-server", k1, k2, "--scheduler", c->sched_ep, NULL);
+  h_spawn(c, "server1", "ps-server", k1, k2, "--scheduler", c->sched_ep, NULL);
   h_spawn(c, "worker0", "ps-worker", k1, k2, "--scheduler", c->sched_ep,
           "--rank", "0", "--batch-size", "32", "--max-steps", "60",
           "--dump-weights", dump, NULL);
   h_spawn(c, "worker1", "ps-worker", k1, k2, "--scheduler", c->sched_ep,
           "--rank", "1", "--batch-size", "32", "--max-steps", "60", NULL);
   char why[256];
-  ck_assert_msg(h_wait_all_exit0(c, from, 240000, why, sizeof(why)), "%s",
-                why);
+  ck_assert_msg(h_wait_all_exit0(c, from, 240000, why, sizeof(why)), "%s", why);
 }
 
 START_TEST(keyed_job_trains_the_same) {
@@ -412,8 +410,8 @@ START_TEST(keyed_job_trains_the_same) {
     if (d > max_diff) max_diff = d;
     differ += a[i] != b[i];
   }
-  fprintf(stderr, "curve same weights: %zu weights, %zu differ, max %.3g\n",
-          n, differ, max_diff);
+  fprintf(stderr, "curve same weights: %zu weights, %zu differ, max %.3g\n", n,
+          differ, max_diff);
   ck_assert_msg(max_diff <= 1e-6, "keyed and plaintext weights differ by %.3g",
                 max_diff);
   free(a);
@@ -550,8 +548,7 @@ static int pattern_on_wire(h_cluster_t *c, const char *keys) {
   ck_assert_float_eq_tol(w[100], -0.01f * g[100], 1e-6f);
   ps_client_destroy(&cl);
   char why[256];
-  ck_assert_msg(h_wait_all_exit0(c, from, 30000, why, sizeof(why)), "%s",
-                why);
+  ck_assert_msg(h_wait_all_exit0(c, from, 30000, why, sizeof(why)), "%s", why);
   p.stop = 1;
   pthread_join(t, NULL);
   close(p.listen_fd);
@@ -575,26 +572,25 @@ START_TEST(connection_cap) {
   h_cluster_t c;
   h_init(&c, "curve_cap");
   const char *dir = cluster_keys(&c);
-  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--keys-dir",
-                            dir, "--bind", c.sched_ep, "--servers", "1",
-                            "--workers", "1", "--max-connections", "2", NULL);
+  h_proc_t *sched = h_spawn(&c, "scheduler", "ps-scheduler", "--keys-dir", dir,
+                            "--bind", c.sched_ep, "--servers", "1", "--workers",
+                            "1", "--max-connections", "2", NULL);
   ck_assert_msg(h_wait_log(sched->log, "event=listening", 10000),
                 "scheduler did not start");
   h_proc_t *top[2];
   for (int i = 0; i < 2; i++) {
     char name[16];
     snprintf(name, sizeof(name), "top%d", i);
-    top[i] = h_spawn(&c, name, "psctl", "--scheduler", c.sched_ep,
-                     "--keys-dir", dir, "--timeout-ms", "5000", "--json",
-                     "--interval-ms", "200", "top", NULL);
+    top[i] = h_spawn(&c, name, "psctl", "--scheduler", c.sched_ep, "--keys-dir",
+                     dir, "--timeout-ms", "5000", "--json", "--interval-ms",
+                     "200", "top", NULL);
     /* Answered once: its connection is held. */
     ck_assert_msg(h_wait_log(top[i]->log, "\"epoch\"", 15000),
                   "psctl top %d got no answer", i);
   }
   int st;
   char *out = h_run(&c, 15000, &st, "psctl", "--scheduler", c.sched_ep,
-                    "--keys-dir", dir, "--timeout-ms", "1500", "status",
-                    NULL);
+                    "--keys-dir", dir, "--timeout-ms", "1500", "status", NULL);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1,
                 "a third connection was served: %s", out ? out : "");
   free(out);
