@@ -313,9 +313,10 @@ def test_error_codes_exported():
 
 def test_curve_keys(cluster, monkeypatch):
     """A cluster keyed as ps.launch keys it (psctl keygen in its folder,
-    PS_KEYS_DIR): a client in plaintext gets no service (ps.Error at its
-    connect deadline); one with the worker key, found through
-    $PS_KEYS_DIR, pushes and pulls exact weights."""
+    PS_KEYS_DIR): a client in plaintext gets no service (ps.Error at
+    once, ERR_PERMISSION_DENIED: the scheduler speaks another security
+    mechanism); one with the worker key, found through $PS_KEYS_DIR,
+    pushes and pulls exact weights."""
     c = cluster(1, 1, secure=True)
     assert c.keys_dir is not None
     for role in c.ROLES:
@@ -323,8 +324,9 @@ def test_curve_keys(cluster, monkeypatch):
     monkeypatch.delenv("PS_KEYS_DIR", raising=False)
     with pytest.raises(ps.Error) as e:
         ps.Client(scheduler=c.endpoint, model=small_model(KEYS, LR),
-                  connect_timeout_ms=int(1500 * SCALE))
-    assert e.value.code == ps.ERR_TIMEOUT, e.value
+                  connect_timeout_ms=int(20000 * SCALE))
+    assert e.value.code == ps.ERR_PERMISSION_DENIED, e.value
+    assert "another security mechanism" in str(e.value), e.value
     monkeypatch.setenv("PS_KEYS_DIR", c.keys_dir)
     with ps.Client(scheduler=c.endpoint, model=small_model(KEYS, LR),
                    timeout_ms=int(20000 * SCALE),
