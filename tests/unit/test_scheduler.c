@@ -2495,6 +2495,47 @@ START_TEST(test_member_keepalive) {
 }
 END_TEST
 
+/* A ROUTER bound on loopback, playing the scheduler; its endpoint into ep. */
+static void *fake_scheduler_new(char *ep, size_t eplen) {
+  H.ctx = zmq_ctx_new();
+  void *router = zmq_socket(H.ctx, ZMQ_ROUTER);
+  int zero = 0;
+  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+  ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
+  zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen);
+  return router;
+}
+
+static ps_msg_t fake_recv(void *router);
+
+/* The fake scheduler takes the member's Register and answers rr; the
+ * member's route into route (the caller closes it). */
+static void fake_register(void *router, Ps__RegisterReply *rr,
+                          zmq_msg_t *route) {
+  ps_msg_t m = fake_recv(router);
+  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER);
+  zmq_msg_init(route);
+  zmq_msg_copy(route, &m.route);
+  Ps__Envelope env = PS__ENVELOPE__INIT;
+  env.request_id = m.request_id;
+  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
+  env.register_reply = rr;
+  ck_assert_int_eq(ps_msg_send(router, route, &env, NULL, 0), PS_OK);
+  ps_msg_close(&m);
+}
+
+/* A UDP socket bound on loopback, its port into *port. */
+static int udp_loopback(uint16_t *port) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in at = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&at, sizeof(at)), 0);
+  socklen_t al = sizeof(at);
+  getsockname(fd, (struct sockaddr *)&at, &al);
+  *port = ntohs(at.sin_port);
+  return fd;
+}
+
 /* A view from a fake scheduler to the member at route: nodes 1 (the
  * member, a server) and 2 (a worker, alive or dead), one range; a delta
  * against base (listing node 2 only) unless base is 0. */
@@ -2549,30 +2590,15 @@ static ps_msg_t fake_recv(void *router) {
  * heartbeats stay at the epoch it holds (so the scheduler sends the whole
  * view); a delta against the view it holds is applied. */
 START_TEST(test_member_skips_delta_without_base) {
-  H.ctx = zmq_ctx_new();
-  void *router = zmq_socket(H.ctx, ZMQ_ROUTER);
-  int zero = 0;
-  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
-  ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
   char ep[256];
-  size_t len = sizeof(ep);
-  zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &len);
+  void *router = fake_scheduler_new(ep, sizeof(ep));
   uv_loop_t loop;
   uv_loop_init(&loop);
   ps_member_t *ms = server_member_new(&loop, ep, 50);
-  ps_msg_t m = fake_recv(router);
-  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER);
-  zmq_msg_t route;
-  zmq_msg_init(&route);
-  zmq_msg_copy(&route, &m.route);
   Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
   rr.node_id = 1;
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = m.request_id;
-  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
-  env.register_reply = &rr;
-  ck_assert_int_eq(ps_msg_send(router, &route, &env, NULL, 0), PS_OK);
-  ps_msg_close(&m);
+  zmq_msg_t route;
+  fake_register(router, &rr, &route);
   fake_view(router, &route, 1, 0, 0);
   ck_assert_msg(run_until(&loop, server_viewed, NULL, 5000), "no view 1");
 
@@ -2583,7 +2609,7 @@ START_TEST(test_member_skips_delta_without_base) {
   int beats = 0;
   zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
   while (zmq_poll(&item, 1, 0) == 1) {
-    m = fake_recv(router);
+    ps_msg_t m = fake_recv(router);
     if (m.env->body_case == PS__ENVELOPE__BODY_HEARTBEAT) {
       ck_assert_uint_eq(m.env->epoch, 1);
       beats++;
@@ -2674,21 +2700,17 @@ static uint16_t endpoint_port(const char *ep) {
 START_TEST(test_beats_keep_members_alive) {
   /* The UDP port of the scheduler's number is taken: it takes another,
    * which the members learn when they register. */
-  int blocker = socket(AF_INET, SOCK_DGRAM, 0);
-  struct sockaddr_in at = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  ck_assert_int_eq(bind(blocker, (struct sockaddr *)&at, sizeof(at)), 0);
-  socklen_t al = sizeof(at);
-  getsockname(blocker, (struct sockaddr *)&at, &al);
+  uint16_t taken;
+  int blocker = udp_loopback(&taken);
   char bind_ep[64];
-  snprintf(bind_ep, sizeof(bind_ep), "tcp://127.0.0.1:%u", ntohs(at.sin_port));
+  snprintf(bind_ep, sizeof(bind_ep), "tcp://127.0.0.1:%u", taken);
   ps_sched_opts_t o = sched_opts(bind_ep, 1, 1, 300);
   o.heartbeat_udp = 1;
   sched_start_opts(&o);
-  ck_assert_uint_eq(endpoint_port(H.endpoint), ntohs(at.sin_port));
+  ck_assert_uint_eq(endpoint_port(H.endpoint), taken);
   uint16_t port = ps__sched_beats_port(H.sched);
   ck_assert_uint_ne(port, 0);
-  ck_assert_uint_ne(port, ntohs(at.sin_port));
+  ck_assert_uint_ne(port, taken);
   uv_loop_t loop;
   uv_loop_init(&loop);
   ps_member_t *ms, *mw;
@@ -2838,20 +2860,10 @@ static int serve_beats(uv_loop_t *loop, int udp, const uint8_t *key,
 }
 
 START_TEST(test_member_beats_and_falls_back) {
-  H.ctx = zmq_ctx_new();
-  void *router = zmq_socket(H.ctx, ZMQ_ROUTER);
-  int zero = 0;
-  zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
-  ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
   char ep[256];
-  size_t len = sizeof(ep);
-  zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &len);
-  int udp = socket(AF_INET, SOCK_DGRAM, 0);
-  struct sockaddr_in at = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  ck_assert_int_eq(bind(udp, (struct sockaddr *)&at, sizeof(at)), 0);
-  socklen_t al = sizeof(at);
-  getsockname(udp, (struct sockaddr *)&at, &al);
+  void *router = fake_scheduler_new(ep, sizeof(ep));
+  uint16_t port;
+  int udp = udp_loopback(&port);
   uint8_t key[PS_BEAT_KEY_BYTES], wrong[PS_BEAT_KEY_BYTES];
   memset(key, 7, sizeof(key));
   memset(wrong, 8, sizeof(wrong));
@@ -2859,22 +2871,13 @@ START_TEST(test_member_beats_and_falls_back) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   ps_member_t *ms = server_member_new(&loop, ep, 50);
-  ps_msg_t m = fake_recv(router);
-  ck_assert_int_eq(m.env->body_case, PS__ENVELOPE__BODY_REGISTER);
-  zmq_msg_t route;
-  zmq_msg_init(&route);
-  zmq_msg_copy(&route, &m.route);
   Ps__RegisterReply rr = PS__REGISTER_REPLY__INIT;
   rr.node_id = 1;
-  rr.beat_port = ntohs(at.sin_port);
+  rr.beat_port = port;
   rr.beat_key.data = key;
   rr.beat_key.len = sizeof(key);
-  Ps__Envelope env = PS__ENVELOPE__INIT;
-  env.request_id = m.request_id;
-  env.body_case = PS__ENVELOPE__BODY_REGISTER_REPLY;
-  env.register_reply = &rr;
-  ck_assert_int_eq(ps_msg_send(router, &route, &env, NULL, 0), PS_OK);
-  ps_msg_close(&m);
+  zmq_msg_t route;
+  fake_register(router, &rr, &route);
 
   /* Unanswered datagrams: the link carries the heartbeats too. */
   uint64_t seq = 0;
