@@ -255,9 +255,12 @@ START_TEST(unknown_key_gets_no_service) {
   ck_assert_msg(count_in_file(sched->log, "event=curve_refused") == 1,
                 "curve_refused lines");
   /* A worker in plaintext (--insecure, no keys) fails its handshake too
-   * (the mechanisms differ) and must end with an error that says so, at
-   * once: its registration, sent on a socket whose pipe the failed
-   * handshake removed, once blocked it forever. */
+   * (the mechanisms differ) and must end with an error, never hang: its
+   * registration, sent on a socket whose pipe the failed handshake
+   * removed, once blocked it forever. ZeroMQ reports the mismatch only
+   * when the worker reads the scheduler's greeting before the scheduler
+   * closes the connection (at once, or seconds later under ASan); else it
+   * ends at its deadline with the registration hint. */
   t0 = ps_now_ms();
   out = h_run(&c, 30000, &st, "ps-worker", "--insecure", "--scheduler",
               c.sched_ep, "--connect-timeout-ms", "10000", "--max-steps", "1",
@@ -265,10 +268,11 @@ START_TEST(unknown_key_gets_no_service) {
   took = ps_now_ms() - t0;
   ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
                 "the plaintext worker was served or hung: %s", out ? out : "");
-  ck_assert_msg(
-      took < 5000 && out && strstr(out, "speaks another security mechanism"),
-      "the plaintext worker failed after %llu ms: %s", (unsigned long long)took,
-      out ? out : "");
+  ck_assert_msg(took < 15000 && out &&
+                    (strstr(out, "speaks another security mechanism") ||
+                     strstr(out, "no answer to registration")),
+                "the plaintext worker failed after %llu ms: %s",
+                (unsigned long long)took, out ? out : "");
   free(out);
   /* An admin still gets service, and stops the job. */
   out = admin_psctl(&c, dir, "stop", &st);
