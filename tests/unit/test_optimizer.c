@@ -1,6 +1,7 @@
 /* Optimizer kernels against hand-computed values, and the vectorised clones
  * against a scalar reference on every length around the vector width. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,6 +392,35 @@ START_TEST(stateful_kernels_same_bits_everywhere) {
 }
 END_TEST
 
+START_TEST(finite_check_on_every_variant) {
+  /* A push is refused (or zeroed) for one NaN or infinity anywhere in it:
+   * every variant finds one at every position of every length around the
+   * vector widths, and passes the extreme finite values. */
+  const float bad[4] = {NAN, -NAN, INFINITY, -INFINITY};
+  const float good[5] = {FLT_MAX, -FLT_MAX, FLT_MIN / 4, -0.0f, 1.0f};
+  const char *isas[3] = {"baseline", "avx2", "avx512f"};
+  float v[70];
+  int checked = 0;
+  for (int a = 0; a < 3; a++) {
+    if (!ps__optimizer_force_isa(isas[a])) continue;
+    for (size_t n = 1; n <= 70; n++)
+      for (size_t at = 0; at < n; at++) {
+        for (size_t i = 0; i < n; i++) v[i] = good[(i + at) % 5];
+        ck_assert_msg(ps_floats_finite(v, n), "%s n=%zu: finite refused",
+                      isas[a], n);
+        for (int b = 0; b < 4; b++) {
+          v[at] = bad[b];
+          ck_assert_msg(!ps_floats_finite(v, n), "%s n=%zu: %g at %zu missed",
+                        isas[a], n, (double)bad[b], at);
+          checked++;
+        }
+      }
+  }
+  ck_assert(ps__optimizer_force_isa("baseline"));
+  ck_assert_int_ge(checked, 4 * 70 * 71 / 2);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("optimizer");
   TCase *tc = tcase_create("optimizer");
@@ -406,6 +436,7 @@ int main(void) {
   tcase_add_test(tc, optimizer_settings_checked);
   tcase_add_test(tc, adam_row_counts_its_updates);
   tcase_add_test(tc, stateful_kernels_same_bits_everywhere);
+  tcase_add_test(tc, finite_check_on_every_variant);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
