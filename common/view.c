@@ -748,6 +748,7 @@ ps_view_t *ps_view_from_pb_base(const Ps__View *pb, const ps_view_t *base,
   v->live_workers = pb->live_workers;
   v->start_clock = pb->start_clock;
   v->replication = pb->replication ? pb->replication : 1;
+  v->servers = pb->servers;
   if (pb->restore_dir && pb->restore_dir[0]) {
     v->restore_dir = strdup(pb->restore_dir);
     if (v->restore_dir == NULL) {

@@ -83,6 +83,7 @@ struct ps_view_s {
   ps_model_t model;
   uint64_t start_clock; /* the step the job starts from (0, or a restore's) */
   uint32_t replication; /* configured copies per range (1: none) */
+  uint32_t servers;     /* servers the job started with; 0: not said */
   char *restore_dir;    /* restored job: the checkpoint directory; else NULL */
   /* The sparse partitions (ps_view_sparse_part): the indices into ranges
    * of the non-empty ranges, in range order. A sparse row lives in one of

@@ -929,16 +929,20 @@ const uint64_t *ps__server_aligned_keys(ps_server_t *s, zmq_msg_t *f,
 }
 
 /* Rows of a table of spec one copy of a range may hold under the cap: the
- * server's bytes split over the tables and the copies a server holds when
- * every server leads one range (replication of them). A function of the
- * view's fixed settings only, so every copy of a range has the same cap and
- * evicts the same rows. Each row costs its floats and at most about 40
- * bytes of bookkeeping (ps-server/sparse.c: its id, 8; 1.33 to 2.67 hash
- * slots of 8; recency links, 8). */
+ * server's bytes split over the tables and over the copies a server holds
+ * when the copies of the sparse partitions are spread evenly over the
+ * servers the job started with: replication of them with one range per
+ * server, 6 for 6 ranges of 2 copies on 2 servers (--ranges, issue #16).
+ * A function of the view's fixed settings only, so every copy of a range
+ * has the same cap and evicts the same rows. Each row costs its floats and
+ * at most about 40 bytes of bookkeeping (ps-server/sparse.c: its id, 8;
+ * 1.33 to 2.67 hash slots of 8; recency links, 8). */
 static uint64_t sparse_cap_rows(const ps_server_t *s, const ps_view_t *view,
                                 const ps_sparse_spec_t *spec) {
   if (s->sparse_max_bytes == 0) return 0;
   uint64_t copies = view->replication ? view->replication : 1;
+  if (view->servers > 0 && view->nsparse_parts > 0)
+    copies = (view->nsparse_parts * copies + view->servers - 1) / view->servers;
   uint64_t per_row =
       ps_sparse_row_floats(spec, &view->model) * sizeof(float) + 40;
   uint64_t rows =

@@ -40,6 +40,7 @@ int ps__sched_view_pb_build(ps_sched_t *s, view_pb_t *v) {
   v->view.start_clock = s->start_clock;
   v->view.restore_dir = s->restore_dir ? s->restore_dir : "";
   v->view.replication = s->replication;
+  v->view.servers = s->opts.servers;
 
   /* calloc(0) may return NULL; one spare entry keeps NULL meaning failure. */
   v->infos = calloc(s->nnodes + 1, sizeof(*v->infos));

@@ -22,10 +22,10 @@
 
 #include "common/err.h"
 #include "harness.h"
-#include "scrape.h"
 #include "proto/ps.pb-c.h"
-#include "tests/check_run.h"
 #include "ps/client.h"
+#include "scrape.h"
+#include "tests/check_run.h"
 
 #define WORKERS 2
 #define NKEYS 700
@@ -145,8 +145,8 @@ static int worker(const char *sched_ep, int rank) {
     }
     if (ok &&
         (v->nsparse_parts != 2 || on[0] < NKEYS / 4 || on[1] < NKEYS / 4)) {
-      fprintf(stderr, "sparse: %zu ranges, rows %d and %d\n",
-              v->nsparse_parts, on[0], on[1]);
+      fprintf(stderr, "sparse: %zu ranges, rows %d and %d\n", v->nsparse_parts,
+              on[0], on[1]);
       ok = 0;
     }
     /* Untouched rows of the uniform table are its initializer's. */
@@ -285,8 +285,8 @@ static int bsp_worker(const char *sched_ep, int rank) {
       for (int j = 0; j < DIM; j++)
         g[i * DIM + j] = bsp_grad(rank, step, keys[i], j);
     }
-    if (ok && ps_client_sparse_push(c, "emb", keys, NKEYS, g,
-                                    (uint64_t)step) != PS_OK) {
+    if (ok && ps_client_sparse_push(c, "emb", keys, NKEYS, g, (uint64_t)step) !=
+                  PS_OK) {
       fprintf(stderr, "sparse bsp: worker %d push: %s\n", rank,
               ps_client_errmsg(c));
       ok = 0;
@@ -424,9 +424,9 @@ static int ck_job(h_cluster_t *c, const char *tag, const char *nservers,
   int from = c->nprocs;
   char name[64];
   snprintf(name, sizeof(name), "%s_scheduler", tag);
-  h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers",
-          nservers, "--workers", "2", "--mode", "bsp",
-          "--heartbeat-timeout-ms", "60000", a1, a2, a3, a4, NULL);
+  h_spawn(c, name, "ps-scheduler", "--bind", c->sched_ep, "--servers", nservers,
+          "--workers", "2", "--mode", "bsp", "--heartbeat-timeout-ms", "60000",
+          a1, a2, a3, a4, NULL);
   for (int i = 0; i < atoi(nservers); i++) {
     snprintf(name, sizeof(name), "%s_server%d", tag, i);
     h_spawn(c, name, "ps-server", "--scheduler", c->sched_ep, NULL);
@@ -498,8 +498,8 @@ START_TEST(sparse_checkpoint_restored_onto_3_servers) {
 END_TEST
 
 /* The memory cap (issue #14) on real daemons: 2 servers with
- * --sparse-max-bytes for 1000 rows of dim 4 each (500 per range copy, 2
- * copies per server), one worker streams 20000 new ids: each server's
+ * --sparse-max-bytes for 1000 rows of dim 3 each (cap_run), one worker
+ * streams 20000 new ids: each server's
  * ps_server_sparse_rows stays within its cap, evictions are counted, the
  * first ids read as their initializer again and the last ones hold their
  * push. */
@@ -508,7 +508,8 @@ END_TEST
 static int cap_worker(const char *sched_ep, int rank) {
   ps_tensor_spec_t t;
   ps_model_t model;
-  h_dense_model(&model, &t, 64, PS__OPTIMIZER__OPT_SGD, 1.0f);
+  /* 6 blocks of PS_RANGE_ALIGN keys: 6 ranges are all non-empty. */
+  h_dense_model(&model, &t, 96, PS__OPTIMIZER__OPT_SGD, 1.0f);
   model.seed = 5;
   ps_sparse_spec_t sp;
   memset(&sp, 0, sizeof(sp));
@@ -566,16 +567,18 @@ static int cap_worker(const char *sched_ep, int rank) {
   return ok ? 0 : 1;
 }
 
-START_TEST(sparse_cap_holds) {
+/* 2 servers capped at 1000 rows each (12 + 40 bytes a row), 2 copies of
+ * every range, ranges ("0": one per server): each copy of a sparse
+ * partition is capped at 1000 / (its copies per server) rows and fills. */
+static void cap_run(const char *ranges, int copies_per_server) {
   h_cluster_t c;
   h_init(&c, "sparse_cap");
-  /* 1000 rows of 3 floats, at 12 + 40 bytes each. */
   const char *max_bytes = "52000";
   int port[2] = {h_free_port(), h_free_port()};
   char bind[2][64];
   h_spawn(&c, "scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
           "2", "--workers", "1", "--mode", "asp", "--heartbeat-timeout-ms",
-          "60000", NULL);
+          "60000", "--ranges", ranges, NULL);
   for (int i = 0; i < 2; i++) {
     char name[16];
     snprintf(bind[i], sizeof(bind[i]), "127.0.0.1:%d", port[i]);
@@ -600,17 +603,35 @@ START_TEST(sparse_cap_holds) {
   if (failed) h_dump_logs(&c);
   h_kill_all(&c);
   ck_assert_msg(!failed, "the worker saw wrong rows (see above)");
+  int per_copy = 1000 / copies_per_server;
   for (int i = 0; i < 2; i++) {
-    fprintf(stderr, "sparse cap: server %d holds %.0f rows, evicted %.0f\n", i,
-            rows[i], evicted[i]);
-    /* Each of its 2 copies is capped at 500 and full. */
-    ck_assert_msg(rows[i] == 1000, "server %d holds %.0f rows", i, rows[i]);
+    fprintf(
+        stderr,
+        "sparse cap, --ranges %s: server %d holds %.0f rows, evicted %.0f\n",
+        ranges, i, rows[i], evicted[i]);
+    /* Each of its copies is capped and full: within the server's cap. */
+    ck_assert_msg(rows[i] == (double)(per_copy * copies_per_server),
+                  "server %d holds %.0f rows, want %d x %d", i, rows[i],
+                  copies_per_server, per_copy);
     ck_assert_msg(evicted[i] > 0, "server %d evicted nothing", i);
   }
-  /* Every id created a row on 2 copies; 2000 are left. */
-  ck_assert_msg(evicted[0] + evicted[1] == 2.0 * CAP_IDS - 2000,
-                "evicted %.0f + %.0f rows, want %d in all", evicted[0],
-                evicted[1], 2 * CAP_IDS - 2000);
+  /* Every id created a row on 2 copies; what is held is what is left. */
+  ck_assert_msg(evicted[0] + evicted[1] == 2.0 * CAP_IDS - rows[0] - rows[1],
+                "evicted %.0f + %.0f rows, want %.0f in all", evicted[0],
+                evicted[1], 2.0 * CAP_IDS - rows[0] - rows[1]);
+}
+
+START_TEST(sparse_cap_holds) {
+  /* One range per server: 2 copies on each, 500 rows each. */
+  cap_run("0", 2);
+}
+END_TEST
+
+START_TEST(sparse_cap_holds_with_more_ranges) {
+  /* 6 ranges (a job that may grow): 6 copies on each server, 166 rows
+   * each; the cap was once split over 2 copies whatever the range count,
+   * and a server held 3000 rows. */
+  cap_run("6", 6);
 }
 END_TEST
 
@@ -622,6 +643,7 @@ int main(void) {
   tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
   tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
   tcase_add_test(tc, sparse_cap_holds);
+  tcase_add_test(tc, sparse_cap_holds_with_more_ranges);
   suite_add_tcase(s, tc);
   return ps_check_run(s);
 }
