@@ -336,6 +336,8 @@ static const char *section_name(uint32_t kind) {
       return "update counts";
     case PS_CHECKPOINT_SECTION_SPARSE:
       return "sparse";
+    case PS_CHECKPOINT_SECTION_SKETCH:
+      return "admission sketch";
     default:
       return "unknown";
   }
@@ -357,15 +359,16 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen) {
   return ps_checkpoint_shard_write_sparse(dir, name, meta, weights, state,
-                                          opt_steps, nopt_steps, NULL, 0, st,
-                                          err, errlen);
+                                          opt_steps, nopt_steps, NULL, 0, NULL,
+                                          0, st, err, errlen);
 }
 
 int ps_checkpoint_shard_write_sparse(
     const char *dir, const char *name, const ps_checkpoint_shard_meta_t *meta,
     const float *weights, const float *state, const uint64_t *opt_steps,
     size_t nopt_steps, const void *sparse, size_t sparse_bytes,
-    ps_checkpoint_file_stat_t *st, char *err, size_t errlen) {
+    const void *sketch, size_t sketch_bytes, ps_checkpoint_file_stat_t *st,
+    char *err, size_t errlen) {
   if (meta->begin >= meta->end)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s/%s: empty range [%llu,%llu)",
                    dir, name, (unsigned long long)meta->begin,
@@ -392,10 +395,10 @@ int ps_checkpoint_shard_write_sparse(
       data_bytes > UINT64_MAX / (uint64_t)meta->state_slots)
     return ps_errf(err, errlen, PS_ERR_INVAL, "%s: range too large", path);
   /* Weights, the optimizer state when there is one, the update counts,
-   * the sparse rows when there are any. */
-  const void *data[4];
-  uint64_t sizes[4];
-  uint32_t kinds[4];
+   * the sparse rows and the admission sketches when there are any. */
+  const void *data[5];
+  uint64_t sizes[5];
+  uint32_t kinds[5];
   uint32_t nsections = 0;
   data[nsections] = weights;
   sizes[nsections] = data_bytes;
@@ -412,6 +415,11 @@ int ps_checkpoint_shard_write_sparse(
     data[nsections] = sparse;
     sizes[nsections] = sparse_bytes;
     kinds[nsections++] = PS_CHECKPOINT_SECTION_SPARSE;
+  }
+  if (sketch && sketch_bytes) {
+    data[nsections] = sketch;
+    sizes[nsections] = sketch_bytes;
+    kinds[nsections++] = PS_CHECKPOINT_SECTION_SKETCH;
   }
 
   uint8_t h[PS_CHECKPOINT_HEADER_BYTES];
@@ -466,6 +474,7 @@ void ps_checkpoint_shard_clear(ps_checkpoint_shard_t *s) {
   free(s->state);
   free(s->opt_steps);
   free(s->sparse);
+  free(s->sketch);
   memset(s, 0, sizeof(*s));
 }
 
@@ -598,6 +607,7 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
                  : kind == PS_CHECKPOINT_SECTION_OPT_STEPS
                      ? (void **)&s.opt_steps
                  : kind == PS_CHECKPOINT_SECTION_SPARSE ? &s.sparse
+                 : kind == PS_CHECKPOINT_SECTION_SKETCH ? &s.sketch
                                                         : NULL;
     if (dst == NULL || ps_le_get_u32(sh + 4) != 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,
@@ -629,6 +639,9 @@ int ps_checkpoint_shard_read(const char *path, ps_checkpoint_shard_t *out,
        * the rows. */
       want_bytes = bytes;
       s.sparse_bytes = bytes;
+    } else if (kind == PS_CHECKPOINT_SECTION_SKETCH) {
+      want_bytes = bytes;
+      s.sketch_bytes = bytes;
     }
     if (kind == PS_CHECKPOINT_SECTION_STATE && s.meta.state_slots == 0) {
       rc = ps_errf(err, errlen, PS_ERR_FORMAT,

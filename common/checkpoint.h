@@ -92,6 +92,14 @@ typedef enum {
    * onto another number of servers reads every file's rows and files each
    * under its partition of the new view. */
   PS_CHECKPOINT_SECTION_SPARSE = 5,
+  /* The admission sketches of the range's sparse tables, optional (a
+   * server with --sparse-admit-after > 1): one record per table,
+   *    0  u32 table index (model order)   4  u32 cells (n)
+   *    8  n u32 counters (ps-server/sparse.c's count-min sketch, row-major)
+   * A restore onto the same cut gives each range its own; onto another,
+   * every range the sum of the table's sketches, which counts every id at
+   * least as often as it was pushed (admits early, never late). */
+  PS_CHECKPOINT_SECTION_SKETCH = 6,
 } ps_checkpoint_section_t;
 
 /* CRC32C (Castagnoli, as in iSCSI and ext4). Start with crc 0; chains:
@@ -111,7 +119,7 @@ typedef struct {
   uint64_t clock;
   uint64_t view_epoch;
   uint64_t checkpoint_id;
-  int mode; /* PS__CONSISTENCY_MODE__* */
+  int mode;        /* PS__CONSISTENCY_MODE__* */
   int state_slots; /* optimizer state floats per key (0..2) */
 } ps_checkpoint_shard_meta_t;
 
@@ -134,13 +142,15 @@ int ps_checkpoint_shard_write(const char *dir, const char *name,
                               ps_checkpoint_file_stat_t *st, char *err,
                               size_t errlen);
 
-/* The same with a sparse section of sparse_bytes bytes (none when 0; the
- * caller encodes the records, see PS_CHECKPOINT_SECTION_SPARSE). */
+/* The same with a sparse section of sparse_bytes bytes and a sketch section
+ * of sketch_bytes (each none when 0; the caller encodes the records, see
+ * PS_CHECKPOINT_SECTION_SPARSE and _SKETCH). */
 int ps_checkpoint_shard_write_sparse(
     const char *dir, const char *name, const ps_checkpoint_shard_meta_t *meta,
     const float *weights, const float *state, const uint64_t *opt_steps,
     size_t nopt_steps, const void *sparse, size_t sparse_bytes,
-    ps_checkpoint_file_stat_t *st, char *err, size_t errlen);
+    const void *sketch, size_t sketch_bytes, ps_checkpoint_file_stat_t *st,
+    char *err, size_t errlen);
 
 /* A shard file read and verified. */
 typedef struct {
@@ -149,8 +159,10 @@ typedef struct {
   float *state;        /* meta.state_slots x (end - begin) values, or NULL */
   uint64_t *opt_steps; /* nopt_steps {tensor, count} pairs; owned */
   size_t nopt_steps;
-  void *sparse;        /* the sparse section's bytes, or NULL; owned */
+  void *sparse; /* the sparse section's bytes, or NULL; owned */
   uint64_t sparse_bytes;
+  void *sketch; /* the sketch section's bytes, or NULL; owned */
+  uint64_t sketch_bytes;
   ps_checkpoint_file_stat_t stat;
 } ps_checkpoint_shard_t;
 

@@ -23,6 +23,8 @@ typedef struct {
   size_t nopt_steps;
   uint8_t *sparse; /* the encoded sparse section, or NULL */
   size_t sparse_bytes;
+  uint8_t *sketch; /* the encoded sketch section, or NULL */
+  size_t sketch_bytes;
   char file[PS_CHECKPOINT_NAME_MAX];
   ps_checkpoint_file_stat_t stat;
 } snap_t;
@@ -72,6 +74,7 @@ static void job_free(job_t *j) {
     free(j->snaps[i].state);
     free(j->snaps[i].opt_steps);
     free(j->snaps[i].sparse);
+    free(j->snaps[i].sketch);
   }
   free(j->snaps);
   for (size_t i = 0; j->ranges && i < j->nranges; i++) {
@@ -81,6 +84,7 @@ static void job_free(job_t *j) {
     for (size_t t = 0; j->ranges[i].sparse && t < j->ranges[i].nsparse; t++) {
       free(j->ranges[i].sparse[t].ids);
       free(j->ranges[i].sparse[t].rows);
+      free(j->ranges[i].sparse[t].sketch);
     }
     free(j->ranges[i].sparse);
   }
@@ -179,15 +183,16 @@ static void write_work(uv_work_t *w) {
     };
     j->status = ps_checkpoint_shard_write_sparse(
         j->dir, s->file, &meta, s->weights, s->state, s->opt_steps,
-        s->nopt_steps, s->sparse, s->sparse_bytes, &s->stat, j->err,
-        sizeof(j->err));
+        s->nopt_steps, s->sparse, s->sparse_bytes, s->sketch, s->sketch_bytes,
+        &s->stat, j->err, sizeof(j->err));
     j->bytes += s->stat.bytes;
     /* The copy is on disk: give the memory back before the next shard. */
     free(s->weights);
     free(s->state);
     free(s->sparse);
+    free(s->sketch);
     s->weights = s->state = NULL;
-    s->sparse = NULL;
+    s->sparse = s->sketch = NULL;
   }
   j->work_us = (ps_now_ns() - t0) / 1000;
 }
@@ -287,7 +292,8 @@ static int encode_sparse(snap_t *s, ps_sparse_table_t *const *tables,
     uint8_t *ids = p + 16, *rows = ids + n * sizeof(uint64_t);
     /* Least recently pushed first, so a restore keeps the recency order. */
     uint64_t at = ps_sparse_table_lru_first(tables[t]);
-    for (uint64_t i = 0; i < n; i++, at = ps_sparse_table_lru_next(tables[t], at)) {
+    for (uint64_t i = 0; i < n;
+         i++, at = ps_sparse_table_lru_next(tables[t], at)) {
       uint64_t id;
       const float *row = ps_sparse_table_row_at(tables[t], at, &id);
       memcpy(ids + i * sizeof(uint64_t), &id, sizeof(id));
@@ -298,12 +304,39 @@ static int encode_sparse(snap_t *s, ps_sparse_table_t *const *tables,
   return PS_OK;
 }
 
+/* Encodes the admission sketches of tables (those that have one) as a
+ * sketch section (PS_CHECKPOINT_SECTION_SKETCH) into s. */
+static int encode_sketch(snap_t *s, ps_sparse_table_t *const *tables,
+                         size_t ntables) {
+  size_t bytes = 0;
+  for (size_t t = 0; t < ntables; t++) {
+    size_t n = ps_sparse_table_sketch_cells(tables[t]);
+    if (n) bytes += 8 + n * sizeof(uint32_t);
+  }
+  if (bytes == 0) return PS_OK;
+  uint8_t *p = malloc(bytes);
+  if (p == NULL) return PS_ERR_NOMEM;
+  s->sketch = p;
+  s->sketch_bytes = bytes;
+  for (size_t t = 0; t < ntables; t++) {
+    size_t n = ps_sparse_table_sketch_cells(tables[t]);
+    if (n == 0) continue;
+    put_u32le(p, (uint32_t)t);
+    put_u32le(p + 4, (uint32_t)n);
+    memcpy(p + 8, ps_sparse_table_sketch(tables[t]), n * sizeof(uint32_t));
+    p += 8 + n * sizeof(uint32_t);
+  }
+  return PS_OK;
+}
+
 /* Copies the shard's weights, optimizer state and update counts (and its
- * range's sparse rows, with their optimizer state) as they are now. */
+ * range's sparse rows, with their optimizer state, and the tables'
+ * admission sketches) as they are now. */
 static int snapshot(job_t *j, snap_t *s, const ps_shard_t *shard,
-                    ps_sparse_table_t *const *tables, size_t ntables,
-                    char *err, size_t errlen) {
-  if (tables && encode_sparse(s, tables, ntables) != PS_OK) {
+                    ps_sparse_table_t *const *tables, size_t ntables, char *err,
+                    size_t errlen) {
+  if (tables && (encode_sparse(s, tables, ntables) != PS_OK ||
+                 encode_sketch(s, tables, ntables) != PS_OK)) {
     snprintf(err, errlen, "no memory to copy the sparse rows of [%llu,%llu)",
              (unsigned long long)s->begin, (unsigned long long)s->end);
     return PS_ERR_NOMEM;
@@ -521,9 +554,8 @@ static int rows_append(ps_saver_rows_t *r, uint64_t *cap, size_t rf,
  * under the loaded ranges that are their partitions now; caps[k * nsparse
  * + t] is the room of ranges[k].sparse[t]. Checks every record against the
  * model. */
-static int restore_sparse_section(job_t *j, const char *path,
-                                  const uint8_t *p, uint64_t bytes,
-                                  uint64_t *caps) {
+static int restore_sparse_section(job_t *j, const char *path, const uint8_t *p,
+                                  uint64_t bytes, uint64_t *caps) {
   const ps_model_t *m = &j->model;
   uint64_t off = 0;
   while (off < bytes) {
@@ -535,7 +567,8 @@ static int restore_sparse_section(job_t *j, const char *path,
     }
     uint32_t t = get_u32le(p + off), rf = get_u32le(p + off + 4);
     uint64_t n = get_u64le(p + off + 8);
-    size_t want_rf = t < m->nsparse ? ps_sparse_row_floats(&m->sparse[t], m) : 0;
+    size_t want_rf =
+        t < m->nsparse ? ps_sparse_row_floats(&m->sparse[t], m) : 0;
     uint64_t per = sizeof(uint64_t) + (uint64_t)rf * sizeof(float);
     if (t >= m->nsparse || rf != want_rf || n == 0 ||
         n > (bytes - off - 16) / per) {
@@ -569,8 +602,71 @@ static int restore_sparse_section(job_t *j, const char *path,
   return PS_OK;
 }
 
+/* Files one shard file's sketch section (bytes, from path, the file of
+ * range [fbegin, fend)): onto the same cut (exact), to the loaded range
+ * that is the file's; onto another, added into every loaded range's
+ * (saturating), so that every id counts at least the pushes it had: rows
+ * are admitted early, never late. Every copy of a range loads the same. */
+static int restore_sketch_section(job_t *j, const char *path, const uint8_t *p,
+                                  uint64_t bytes, int exact, uint64_t fbegin,
+                                  uint64_t fend) {
+  uint64_t off = 0;
+  while (off < bytes) {
+    uint32_t t = bytes - off >= 8 ? get_u32le(p + off) : 0;
+    uint32_t n = bytes - off >= 8 ? get_u32le(p + off + 4) : 0;
+    if (bytes - off < 8 || t >= j->model.nsparse || n == 0 ||
+        n > (bytes - off - 8) / sizeof(uint32_t)) {
+      snprintf(j->err, sizeof(j->err),
+               "%.200s: sketch section: a record of table %u with %u cells "
+               "does not fit the model (%zu tables) or the %llu bytes left",
+               path, t, n, j->model.nsparse, (unsigned long long)(bytes - off));
+      return PS_ERR_FORMAT;
+    }
+    const uint8_t *cells = p + off + 8;
+    for (size_t k = 0; k < j->nranges; k++) {
+      ps_saver_range_t *r = &j->ranges[k];
+      if (exact && (r->begin != fbegin || r->end != fend)) continue;
+      ps_saver_rows_t *rows = &r->sparse[t];
+      if (rows->sketch == NULL) {
+        rows->sketch = calloc(n, sizeof(uint32_t));
+        if (rows->sketch == NULL) return PS_ERR_NOMEM;
+        rows->sketch_cells = n;
+      } else if (rows->sketch_cells != n) {
+        snprintf(j->err, sizeof(j->err),
+                 "%.200s: sketch section: table %u has %u cells, another "
+                 "file's %zu",
+                 path, t, n, rows->sketch_cells);
+        return PS_ERR_FORMAT;
+      }
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = get_u32le(cells + (size_t)i * sizeof(uint32_t));
+        uint32_t sum = rows->sketch[i] + v;
+        rows->sketch[i] = sum < v ? UINT32_MAX : sum;
+      }
+    }
+    off += 8 + (uint64_t)n * sizeof(uint32_t);
+  }
+  return PS_OK;
+}
+
+/* 1 when the checkpoint was cut as the view being restored: every shard
+ * file is the file of one of its sparse partitions, and there are as many
+ * (so a row's partition is the same in both). */
+static int same_cut(const job_t *j, const ps_checkpoint_manifest_t *m) {
+  if (m->nshards != j->nparts) return 0;
+  for (size_t i = 0; i < m->nshards; i++) {
+    int found = 0;
+    for (size_t k = 0; k < j->nparts && !found; k++)
+      found = j->parts[k].begin == m->shards[i].begin &&
+              j->parts[k].end == m->shards[i].end;
+    if (!found) return 0;
+  }
+  return 1;
+}
+
 /* Every shard file's sparse rows, each to the loaded range that is its
- * partition in the view being restored. */
+ * partition in the view being restored, and the tables' admission
+ * sketches. */
 static int restore_sparse(job_t *j, const ps_checkpoint_manifest_t *m) {
   size_t ns = j->model.nsparse;
   if (ns == 0 || j->nranges == 0) return PS_OK;
@@ -581,7 +677,7 @@ static int restore_sparse(job_t *j, const ps_checkpoint_manifest_t *m) {
   }
   uint64_t *caps = calloc(j->nranges * ns, sizeof(*caps));
   if (caps == NULL) return PS_ERR_NOMEM;
-  int rc = PS_OK;
+  int rc = PS_OK, exact = same_cut(j, m);
   for (size_t k = 0; k < j->nranges && rc == PS_OK; k++) {
     j->ranges[k].sparse = calloc(ns, sizeof(*j->ranges[k].sparse));
     j->ranges[k].nsparse = ns;
@@ -605,6 +701,9 @@ static int restore_sparse(job_t *j, const ps_checkpoint_manifest_t *m) {
     }
     if (rc == PS_OK && sh.sparse)
       rc = restore_sparse_section(j, path, sh.sparse, sh.sparse_bytes, caps);
+    if (rc == PS_OK && sh.sketch)
+      rc = restore_sketch_section(j, path, sh.sketch, sh.sketch_bytes, exact,
+                                  sh.meta.begin, sh.meta.end);
     ps_checkpoint_shard_clear(&sh);
   }
   if (rc == PS_ERR_NOMEM && j->err[0] == '\0')
@@ -673,8 +772,7 @@ static void restore_done(uv_work_t *w, int status) {
             "ms=%.1f mbps=%.1f",
             j->dir, (unsigned long long)j->step, j->nranges,
             (unsigned long long)j->sparse_rows, (unsigned long long)j->bytes,
-            ms,
-            ms > 0 ? (double)j->bytes / 1e6 / (ms / 1e3) : 0.0);
+            ms, ms > 0 ? (double)j->bytes / 1e6 / (ms / 1e3) : 0.0);
   if (sv->cbs.restored_cb)
     sv->cbs.restored_cb(sv, j->status, j->err, j->ranges, j->nranges,
                         sv->cbs.arg);

@@ -44,6 +44,10 @@ typedef struct {
   uint64_t nrows;
   uint64_t *ids;
   float *rows; /* nrows whole rows (ps_sparse_table_row_floats each) */
+  /* The table's admission sketch (PS_CHECKPOINT_SECTION_SKETCH), or NULL
+   * when the checkpoint has none. */
+  uint32_t *sketch;
+  size_t sketch_cells;
 } ps_saver_rows_t;
 
 /* One range as loaded from a checkpoint: end - begin weights, the

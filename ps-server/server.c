@@ -3,14 +3,14 @@
  * callbacks (views, checkpoints, restore). See ps-server/server_int.h for the
  * other files. */
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -534,11 +534,25 @@ static void saver_restored_cb(ps_saver_t *sv, int status, const char *reason,
     rc = ps_shard_load(sh, l->weights, l->state, l->tensor_steps, l->clock);
     owned_range_t *r = &s->ranges[i];
     r->repl_clock = l->clock; /* every copy loads the same step */
-    for (size_t t = 0; rc == PS_OK && l->sparse && r->sparse && t < l->nsparse &&
-                       t < r->nsparse;
-         t++)
+    for (size_t t = 0; rc == PS_OK && l->sparse && r->sparse &&
+                       t < l->nsparse && t < r->nsparse;
+         t++) {
       rc = ps_sparse_table_put(r->sparse[t], l->sparse[t].ids,
                                (size_t)l->sparse[t].nrows, l->sparse[t].rows);
+      /* The admission counts go on where the checkpoint left them (a
+       * server started without --sparse-admit-after keeps none). */
+      size_t cells = ps_sparse_table_sketch_cells(r->sparse[t]);
+      if (rc == PS_OK && l->sparse[t].sketch && cells > 0) {
+        if (cells == l->sparse[t].sketch_cells)
+          rc = ps_sparse_table_put_sketch(r->sparse[t], l->sparse[t].sketch,
+                                          cells);
+        else
+          PS_WARN("sketch_not_restored",
+                  "table=%zu cells=%zu checkpoint_cells=%zu: admission "
+                  "counts start again",
+                  t, cells, l->sparse[t].sketch_cells);
+      }
+    }
     if (rc != PS_OK)
       snprintf(err, sizeof(err), "restore refused: loading [%llu,%llu): %s",
                (unsigned long long)l->begin, (unsigned long long)l->end,
@@ -708,8 +722,7 @@ static int reserve_tcp(const char *ep, char *out, size_t len, int *fd) {
   }
   unsigned p = ntohs(is6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                          : ((struct sockaddr_in *)&sa)->sin_port);
-  int w = snprintf(out, len, is6 ? "tcp://[%s]:%u" : "tcp://%s:%u", numeric,
-                   p);
+  int w = snprintf(out, len, is6 ? "tcp://[%s]:%u" : "tcp://%s:%u", numeric, p);
   if (w < 0 || (size_t)w >= len) {
     close(sfd);
     return 0;
@@ -736,7 +749,8 @@ void ps__server_frame_limit(ps_server_t *s, const ps_view_t *v) {
   if (s->data == NULL || s->frame_limit_set) return;
   s->frame_limit_set = 1;
   if (s->reserve_fd < 0) {
-    PS_INFO("frame_limit", "bytes=%zu endpoint=%s reason=\"bound at start: "
+    PS_INFO("frame_limit",
+            "bytes=%zu endpoint=%s reason=\"bound at start: "
             "the configured --max-message-bytes\"",
             s->limits.max_payload_bytes + s->limits.max_header_bytes,
             s->endpoint);
@@ -802,8 +816,8 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
   s->nonfinite = o->nonfinite;
   s->sparse_max_bytes = o->sparse_max_bytes;
   s->sparse_admit_after = o->sparse_admit_after;
-  s->max_sparse_keys = o->max_sparse_keys ? o->max_sparse_keys
-                                          : PS_SERVER_MAX_SPARSE_KEYS;
+  s->max_sparse_keys =
+      o->max_sparse_keys ? o->max_sparse_keys : PS_SERVER_MAX_SPARSE_KEYS;
   s->max_inflight_per_peer = o->max_inflight_per_peer
                                  ? o->max_inflight_per_peer
                                  : PS_SERVER_MAX_INFLIGHT_PER_PEER;
@@ -867,12 +881,12 @@ ps_server_t *ps_server_new(const ps_server_opts_t *o, int *err, char *errbuf,
    * with the frame limit the view implies (ps__server_frame_limit); any
    * other endpoint is bound at once, with the configured limit. */
   s->reserve_fd = -1;
-  int reserved = reserve_tcp(o->bind, s->endpoint, sizeof(s->endpoint),
-                             &s->reserve_fd);
+  int reserved =
+      reserve_tcp(o->bind, s->endpoint, sizeof(s->endpoint), &s->reserve_fd);
   ps_zsock_opts_t zo = {.limits = &s->limits, .keys = s->keys};
-  s->data = ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER,
-                         reserved ? NULL : o->bind, NULL, &zo, on_data, s, err,
-                         errbuf, errlen);
+  s->data =
+      ps_zsock_new(&s->loop, s->zctx, ZMQ_ROUTER, reserved ? NULL : o->bind,
+                   NULL, &zo, on_data, s, err, errbuf, errlen);
   if (s->data == NULL) goto fail;
   /* Out of descriptors, ZeroMQ drops new workers without a word. */
   s->data_mon =
@@ -976,8 +990,7 @@ void ps_server_destroy(ps_server_t **s_p) {
   for (size_t i = 0; i < s->nranges; i++) {
     ps_shard_destroy(&s->ranges[i].shard);
     ps_dedup_destroy(&s->ranges[i].dedup);
-    ps__server_sparse_free_tables(&s->ranges[i].sparse,
-                                  s->ranges[i].nsparse);
+    ps__server_sparse_free_tables(&s->ranges[i].sparse, s->ranges[i].nsparse);
     ps__server_snap_in_free(&s->ranges[i].incoming);
   }
   free(s->ranges);

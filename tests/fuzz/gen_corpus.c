@@ -1463,8 +1463,8 @@ static void ck_write(const char *tmp, float momentum, int asp, int sparse,
     if (ps_checkpoint_shard_write_sparse(
             tmp, files[i].file, &meta, values + bounds[i],
             momentum != 0.0f ? values + bounds[i] + 1 : NULL, steps,
-            (size_t)nsteps, sparse ? rec : NULL, sparse ? rec_bytes : 0, &st,
-            err, sizeof(err)) != PS_OK)
+            (size_t)nsteps, sparse ? rec : NULL, sparse ? rec_bytes : 0, NULL,
+            0, &st, err, sizeof(err)) != PS_OK)
       die("%s", err);
     files[i].begin = bounds[i];
     files[i].end = bounds[i + 1];

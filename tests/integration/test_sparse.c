@@ -342,6 +342,8 @@ END_TEST
 #define CK_KEYS 300
 
 static char ck_dump[700];
+/* --sparse-admit-after for the servers of a ck_job, or NULL. */
+static const char *ck_admit;
 
 static int ck_worker(const char *sched_ep, int rank) {
   ps_tensor_spec_t t;
@@ -429,7 +431,8 @@ static int ck_job(h_cluster_t *c, const char *tag, const char *nservers,
           a1, a2, a3, a4, NULL);
   for (int i = 0; i < atoi(nservers); i++) {
     snprintf(name, sizeof(name), "%s_server%d", tag, i);
-    h_spawn(c, name, "ps-server", "--scheduler", c->sched_ep, NULL);
+    h_spawn(c, name, "ps-server", "--scheduler", c->sched_ep,
+            ck_admit ? "--sparse-admit-after" : NULL, ck_admit, NULL);
   }
   h_workers_start(c, 2, ck_worker);
   h_workers_sync();
@@ -493,6 +496,76 @@ START_TEST(sparse_checkpoint_restored_onto_3_servers) {
   ck_assert_int_eq(moved, CK_KEYS + 20);
   free(a);
   free(b);
+  h_kill_all(&c);
+}
+END_TEST
+
+/* The admission sketch is in the checkpoint (issue #14): with
+ * --sparse-admit-after 4, a row is made by its id's 4th push. At the
+ * checkpoint (step 2) the ids one worker pushes were pushed twice and have
+ * no row; the first job makes them at step 3. A job restored onto the same
+ * 2 servers must do the same (counts restarting at 0 would leave them at
+ * their initializer): its rows equal the first job's bitwise. Restored onto
+ * 3 servers, where each range gets the sum of the sketches (early, never
+ * late), every row the first job made is made too. */
+START_TEST(sparse_checkpoint_keeps_admission_counts) {
+  h_cluster_t c;
+  h_init(&c, "sparse_admit");
+  ck_admit = "4";
+  char ck[700], manifest[800], orig[700], same[700], other[700];
+  snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
+  snprintf(manifest, sizeof(manifest), "%s/ckpt-%012d/MANIFEST", ck, CK_AT);
+  snprintf(orig, sizeof(orig), "%s", h_path(&c, "orig.bin"));
+  snprintf(same, sizeof(same), "%s", h_path(&c, "same.bin"));
+  snprintf(other, sizeof(other), "%s", h_path(&c, "other.bin"));
+  snprintf(ck_dump, sizeof(ck_dump), "%s", orig);
+  ck_assert(ck_job(&c, "orig", "2", "--checkpoint-dir", ck,
+                   "--checkpoint-every-steps", "2", manifest));
+  char at[800];
+  snprintf(at, sizeof(at), "%s/ckpt-%012d", ck, CK_AT);
+  snprintf(ck_dump, sizeof(ck_dump), "%s", same);
+  ck_assert(ck_job(&c, "r2", "2", "--restore", at, NULL, NULL, NULL));
+  snprintf(ck_dump, sizeof(ck_dump), "%s", other);
+  ck_assert(ck_job(&c, "r3", "3", "--restore", at, NULL, NULL, NULL));
+  ck_admit = NULL;
+  size_t na, nb, nc;
+  float *a = (float *)h_read_file(orig, &na);
+  float *b = (float *)h_read_file(same, &nb);
+  float *o = (float *)h_read_file(other, &nc);
+  ck_assert(a && b && o);
+  ck_assert_uint_eq(na, 2 * CK_KEYS * DIM * sizeof(float));
+  ck_assert_uint_eq(nb, na);
+  ck_assert_uint_eq(nc, na);
+  uint64_t salt = salt_of("emb");
+  int made = 0, made_after = 0;
+  for (int i = 0; i < 2 * CK_KEYS; i++) {
+    uint64_t id = key_of(i < CK_KEYS + 20 ? i : 100000 + i);
+    int init_a = 1, init_o = 1;
+    for (int j = 0; j < DIM; j++) {
+      float want = init_value(9, salt, id, (uint64_t)j, 0.5f);
+      init_a &= a[i * DIM + j] == want;
+      init_o &= o[i * DIM + j] == want;
+      ck_assert_msg(
+          memcmp(&a[i * DIM + j], &b[i * DIM + j], sizeof(float)) == 0,
+          "row %d[%d]: %g after the restore onto 2 servers, %g in "
+          "the first job",
+          i, j, (double)b[i * DIM + j], (double)a[i * DIM + j]);
+    }
+    ck_assert_msg(init_a || !init_o,
+                  "row %d: made in the first job, not after the restore onto "
+                  "3 servers",
+                  i);
+    made += !init_a;
+    /* Pushed by one worker only: 2 pushes at the checkpoint, 4 at the end. */
+    made_after += !init_a && i >= 20 && i < CK_KEYS - 20;
+  }
+  fprintf(stderr, "sparse admit: %d rows made, %d of them after the restore\n",
+          made, made_after);
+  ck_assert_int_eq(made, CK_KEYS + 20);
+  ck_assert_int_gt(made_after, 0);
+  free(a);
+  free(b);
+  free(o);
   h_kill_all(&c);
 }
 END_TEST
@@ -642,6 +715,7 @@ int main(void) {
   tcase_add_test(tc, sparse_pushes_sum_exactly);
   tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
   tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
+  tcase_add_test(tc, sparse_checkpoint_keeps_admission_counts);
   tcase_add_test(tc, sparse_cap_holds);
   tcase_add_test(tc, sparse_cap_holds_with_more_ranges);
   suite_add_tcase(s, tc);

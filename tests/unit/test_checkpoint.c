@@ -240,11 +240,8 @@ END_TEST
  * their optimizer state) in a section of their own, read back bit for bit
  * and held to the same CRC checks. */
 START_TEST(sparse_section_beside_optimizer_state) {
-  ps_checkpoint_shard_meta_t meta = {.fingerprint = 7,
-                                     .begin = 0,
-                                     .end = 4,
-                                     .clock = 2,
-                                     .state_slots = 2};
+  ps_checkpoint_shard_meta_t meta = {
+      .fingerprint = 7, .begin = 0, .end = 4, .clock = 2, .state_slots = 2};
   float w[4] = {1, 2, 3, 4}, state[8] = {5, 6, 7, 8, 9, 10, 11, 12};
   uint64_t steps[2] = {0, 2};
   /* One record: table 0, rows of 5 floats, 1 row (id 77). */
@@ -257,14 +254,17 @@ START_TEST(sparse_section_beside_optimizer_state) {
   memcpy(sparse + 8, &nrows, 8);
   memcpy(sparse + 16, &id, 8);
   memcpy(sparse + 24, row, sizeof(row));
+  /* One sketch record: table 0, 3 cells. */
+  uint32_t sketch[2 + 3] = {0, 3, 7, 0, 4000000000u};
   ps_checkpoint_file_stat_t st;
   char err[512];
   int rc = ps_checkpoint_shard_write_sparse(
       tmpdir, "sp.psck", &meta, w, state, steps, 1, sparse, sizeof(sparse),
-      &st, err, sizeof(err));
+      sketch, sizeof(sketch), &st, err, sizeof(err));
   ck_assert_msg(rc == PS_OK, "write failed: %s", err);
   ck_assert_uint_eq(st.bytes, 80 + (24 + 16) + (24 + 32) + (24 + 16) +
-                                  (24 + sizeof(sparse)));
+                                  (24 + sizeof(sparse)) +
+                                  (24 + sizeof(sketch)));
   ps_checkpoint_shard_t s;
   rc = ps_checkpoint_shard_read(path_of("sp.psck"), &s, err, sizeof(err));
   ck_assert_msg(rc == PS_OK, "%s", err);
@@ -275,9 +275,19 @@ START_TEST(sparse_section_beside_optimizer_state) {
   ck_assert_uint_eq(s.opt_steps[1], 2);
   ck_assert_uint_eq(s.sparse_bytes, sizeof(sparse));
   ck_assert_int_eq(memcmp(s.sparse, sparse, sizeof(sparse)), 0);
+  ck_assert_uint_eq(s.sketch_bytes, sizeof(sketch));
+  ck_assert_int_eq(memcmp(s.sketch, sketch, sizeof(sketch)), 0);
   ps_checkpoint_shard_clear(&s);
-  /* A flipped bit in a row is caught by the sparse section's CRC. */
+  /* A flipped bit in a counter is caught by the sketch section's CRC, one
+   * in a row by the sparse section's. */
   flip_byte(path_of("sp.psck"), (long)st.bytes - 3);
+  expect_refused(path_of("sp.psck"), PS_ERR_FORMAT,
+                 "admission sketch section CRC32C");
+  rc = ps_checkpoint_shard_write_sparse(
+      tmpdir, "sp.psck", &meta, w, state, steps, 1, sparse, sizeof(sparse),
+      sketch, sizeof(sketch), &st, err, sizeof(err));
+  ck_assert_msg(rc == PS_OK, "write failed: %s", err);
+  flip_byte(path_of("sp.psck"), (long)st.bytes - 24 - (long)sizeof(sketch) - 3);
   expect_refused(path_of("sp.psck"), PS_ERR_FORMAT, "sparse section CRC32C");
 }
 END_TEST
