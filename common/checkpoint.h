@@ -33,7 +33,8 @@
  *   update counts (u64 pairs {tensor index, updates applied to its piece
  *   in the range}, one per tensor piece; Adam's step count), and, when
  *   the range holds sparse rows, a sparse section (whole rows with their
- *   optimizer state, PS_CHECKPOINT_SECTION_SPARSE).
+ *   optimizer state, PS_CHECKPOINT_SECTION_SPARSE), and when its tables
+ *   count admissions, their sketches (PS_CHECKPOINT_SECTION_SKETCH).
  *   Version 1 (one momentum section, no sparse rows) is refused: the format
  *   changed with the optimizers and sparse rows of issue #14.
  *
