@@ -80,9 +80,11 @@ int main(int argc, char **argv) {
        "once every copy holds it, and a dead primary's range fails over to "
        "a backup. 1: no replication. More than --servers is capped."},
       {"rebalance", PS_OPT_BOOL, &rebalance, "true", 0, 0, NULL,
-       "After a failover, once a returning server's backups are in step, "
-       "hand it primaries back (a planned move, no failover timeout) until "
-       "no live server leads two ranges more than another."},
+       "After a failover, a server that registers in a dead one's place "
+       "takes its share of the copies back, one copy at a time, and once its "
+       "backups are in step it is handed primaries (a planned move, no "
+       "failover timeout) until no live server leads two ranges more than "
+       "another. false: it stays a spare until psctl add-server."},
       {"heartbeat-timeout-ms", PS_OPT_INT, &heartbeat_timeout_ms, "400", 10,
        3600000, NULL,
        "A node silent for this long is declared dead and a new view is "

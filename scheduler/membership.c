@@ -201,15 +201,21 @@ int ps__sched_join_retry_due(ps_sched_t *s, uint64_t now) {
   return retried;
 }
 
-/* A node registered while the job runs. A server is a spare: it takes the
- * backups ranges lack. A worker took a dead one's slot: in BSP it joins at
- * a step ahead of the servers (joining until they confirm), in ASP at
- * once. A worker that grows the job (a new rank, workers.c) joins at a step
- * ahead in ASP too, without confirmations: ASP servers wait for no step,
- * the step only tells every worker where the data is shared anew.
- * Publishes the view with it. */
+/* A node registered while the job runs. A server in a dead one's place
+ * takes its share of the copies with --rebalance (as psctl add-server
+ * would make it: the copies move one at a time, handover.c), and is a
+ * spare without: it takes only the backups ranges lack. A worker took a dead
+ * one's slot: in BSP it joins at a step ahead of the servers (joining until
+ * they confirm), in ASP at once. A worker that grows the job (a new rank,
+ * workers.c) joins at a step ahead in ASP too, without confirmations: ASP
+ * servers wait for no step, the step only tells every worker where the data is
+ * shared anew. Publishes the view with it. */
 static void node_joined(ps_sched_t *s, sched_node_t *n, int grown) {
   if (n->role == PS__ROLE__ROLE_SERVER) {
+    if (!n->active && s->opts.rebalance) {
+      n->active = 1;
+      s->elastic = 1;
+    }
     int assigned = ps__sched_replan(s, s->epoch + 1);
     PS_INFO(n->active ? "server_joined" : "spare_joined",
             "id=%u address=%s assigned=%d epoch=%" PRIu64, n->id,

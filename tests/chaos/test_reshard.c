@@ -50,7 +50,7 @@ static void start_joining(h_cluster_t *c, chaos_server_t *s, int i) {
 
 /* Whether psctl status shows nranges ranges of per_range copies each, none
  * syncing, and n servers each holding copies copies and leading leads
- * ranges. why says what is still off. */
+ * ranges (-1: any number). why says what is still off. */
 static int shared_out_of(h_cluster_t *c, int nranges, int per_range, int n,
                          int copies, int leads, char *why, size_t len) {
   char *js = h_status_json(c, 3000);
@@ -92,7 +92,7 @@ static int shared_out_of(h_cluster_t *c, int nranges, int per_range, int n,
     return 0;
   }
   for (int j = 0; j < nids; j++)
-    if (held[j] != copies || led[j] != leads) {
+    if (held[j] != copies || (leads >= 0 && led[j] != leads)) {
       snprintf(why, len, "server %u holds %d copies and leads %d", ids[j],
                held[j], led[j]);
       return 0;
@@ -168,6 +168,9 @@ static void expect_no_failover(const h_proc_t *sched) {
                 "no copy moved");
 }
 
+/* ps-scheduler's --rebalance for the next servers_start. */
+static const char *rebalance = "--rebalance=true";
+
 /* The scheduler (mode, nservers servers expected, workers workers, ranges
  * ranges of copies copies each) and nservers servers in srv, on c (which
  * h_init set up). Returns the scheduler. */
@@ -180,7 +183,7 @@ static h_proc_t *servers_start(h_cluster_t *c, const char *mode,
   h_proc_t *sched = h_spawn(
       c, "scheduler", "ps-scheduler", "--heartbeat-timeout-ms", HB_TIMEOUT_MS,
       "--bind", c->sched_ep, "--servers", n, "--workers", workers, "--mode",
-      mode, "--ranges", ranges, "--replication", copies, NULL);
+      mode, "--ranges", ranges, "--replication", copies, rebalance, NULL);
   memset(srv, 0, (size_t)nservers * sizeof(*srv));
   for (int i = 0; i < nservers; i++)
     chaos_server_start(c, &srv[i], i, "server", "127.0.0.1", NULL);
@@ -332,15 +335,19 @@ static void asp_job_end(h_cluster_t *c, h_proc_t *w) {
   ck_assert(exited_with(w, 0));
 }
 
-/* A spare takes its share only when psctl add-server names it; a server
- * that takes its share already is refused. 3 servers on 6 ranges of two
- * copies: one is SIGKILLed and a fresh server takes its place as a spare,
- * which gets nothing (every chain has its two copies on the survivors)
- * until add-server: then each of the 3 holds 4 copies and leads 2. */
+/* With --rebalance=false a server in a dead one's place is a spare: it
+ * takes its share only when psctl add-server names it; a server that takes
+ * its share already is refused. 3 servers on 6 ranges of two copies: one
+ * is SIGKILLed and a fresh server takes its place as a spare, which gets
+ * nothing (every chain has its two copies on the survivors) until
+ * add-server: then each of the 3 holds 4 copies (primaries move only with
+ * --rebalance). */
 START_TEST(add_server_gives_a_spare_its_share) {
   h_cluster_t c;
   chaos_server_t srv[3];
+  rebalance = "--rebalance=false";
   h_proc_t *w = asp_job_start(&c, "chaos_reshard_add", srv, 3, "6", "2");
+  rebalance = "--rebalance=true";
   char why[512] = "";
   ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
                 "the first view: %s", why);
@@ -350,7 +357,7 @@ START_TEST(add_server_gives_a_spare_its_share) {
   chaos_server_start(&c, &srv[2], 2, "server", "127.0.0.1", NULL);
   ck_assert(h_wait_node_state(&c, srv[2].address, "alive", 10000));
   /* The survivors hold both copies of every range; the spare none. */
-  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 2, 6, 3, why, sizeof(why)),
+  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 2, 6, -1, why, sizeof(why)),
                 "after the kill: %s", why);
   char *js = h_status_json(&c, 3000);
   ck_assert_ptr_nonnull(js);
@@ -362,13 +369,41 @@ START_TEST(add_server_gives_a_spare_its_share) {
   ck_assert_msg(st == 0 && out && strstr(out, "added server"),
                 "psctl add-server failed (status %d)", st);
   free(out);
-  ck_assert_msg(shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
+  ck_assert_msg(shared_out_of(&c, 6, 2, 3, 4, -1, why, sizeof(why)),
                 "after add-server answered: %s", why);
   /* Once more: it takes its share already. */
   st = psctl(&c, "add-server", srv[2].address, &out);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && out &&
                     strstr(out, "takes its share already"),
                 "a second add-server was not refused (status %d)", st);
+  free(out);
+  asp_job_end(&c, w);
+  ck_assert(exited_with(srv[2].proc, 0));
+}
+END_TEST
+
+/* With --rebalance (the default) the server that takes a dead one's place
+ * takes its share by itself: the same kill and restart as above end with
+ * each of the 3 holding 4 copies and leading 2, with no psctl, and
+ * add-server is refused (it takes its share already). */
+START_TEST(restarted_server_takes_its_share) {
+  h_cluster_t c;
+  chaos_server_t srv[3];
+  h_proc_t *w = asp_job_start(&c, "chaos_reshard_back", srv, 3, "6", "2");
+  char why[512] = "";
+  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
+                "the first view: %s", why);
+  kill(srv[2].proc->pid, SIGKILL);
+  h_wait_exit(srv[2].proc, 5000);
+  ck_assert(h_wait_node_state(&c, srv[2].address, "dead", 10000));
+  chaos_server_start(&c, &srv[2], 2, "server", "127.0.0.1", NULL);
+  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
+                "after the restart: %s", why);
+  char *out = NULL;
+  int st = psctl(&c, "add-server", srv[2].address, &out);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && out &&
+                    strstr(out, "takes its share already"),
+                "add-server was not refused (status %d)", st);
   free(out);
   asp_job_end(&c, w);
   ck_assert(exited_with(srv[2].proc, 0));
@@ -416,6 +451,7 @@ int main(void) {
   tcase_add_test(tc, ledger_exactly_once_through_reshards);
   tcase_add_test(tc, bsp_weights_equal_undisturbed);
   tcase_add_test(tc, add_server_gives_a_spare_its_share);
+  tcase_add_test(tc, restarted_server_takes_its_share);
   tcase_add_test(tc, remove_server_with_one_copy);
   suite_add_tcase(s, tc);
   return ps_check_run(s);

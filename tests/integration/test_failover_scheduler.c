@@ -20,8 +20,8 @@
 #include "common/err.h"
 #include "harness.h"
 #include "proto/ps.pb-c.h"
-#include "tests/check_run.h"
 #include "ps/client.h"
+#include "tests/check_run.h"
 
 #define SERVERS 3
 
@@ -148,10 +148,10 @@ START_TEST(server_killed_paused_and_replaced) {
   ck_assert_msg(count(js, "\"state\":\"ok\"") == SERVERS, "%s", js);
   free(js);
 
-  /* A new server is a spare. */
+  /* A new server in the dead one's place takes its share (--rebalance). */
   h_proc_t *spare = h_spawn(&c, "spare", "ps-server", "--scheduler", c.sched_ep,
                             "--heartbeat-ms", "100", NULL);
-  expect_log(&c, sched->log, "event=spare_joined", 10000);
+  expect_log(&c, sched->log, "event=server_joined", 10000);
   unsigned spare_id = node_id_of(spare);
   ck_assert_uint_gt(spare_id, SERVERS + 1);
 
