@@ -335,6 +335,28 @@ static void asp_job_end(h_cluster_t *c, h_proc_t *w) {
   ck_assert(exited_with(w, 0));
 }
 
+/* 3 servers on 6 ranges of two copies as the first view shares them out;
+ * then srv[2] is SIGKILLed, declared dead and started again in its place. */
+static void third_killed_and_restarted(h_cluster_t *c, chaos_server_t *srv) {
+  char why[512] = "";
+  ck_assert_msg(wait_shared_out_of(c, 6, 2, 3, 4, 2, why, sizeof(why)),
+                "the first view: %s", why);
+  kill(srv[2].proc->pid, SIGKILL);
+  h_wait_exit(srv[2].proc, 5000);
+  ck_assert(h_wait_node_state(c, srv[2].address, "dead", 10000));
+  chaos_server_start(c, &srv[2], 2, "server", "127.0.0.1", NULL);
+}
+
+/* psctl add-server s is refused: it takes its share already. */
+static void add_refused(h_cluster_t *c, const chaos_server_t *s) {
+  char *out = NULL;
+  int st = psctl(c, "add-server", s->address, &out);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && out &&
+                    strstr(out, "takes its share already"),
+                "add-server was not refused (status %d)", st);
+  free(out);
+}
+
 /* With --rebalance=false a server in a dead one's place is a spare: it
  * takes its share only when psctl add-server names it; a server that takes
  * its share already is refused. 3 servers on 6 ranges of two copies: one
@@ -348,14 +370,9 @@ START_TEST(add_server_gives_a_spare_its_share) {
   rebalance = "--rebalance=false";
   h_proc_t *w = asp_job_start(&c, "chaos_reshard_add", srv, 3, "6", "2");
   rebalance = "--rebalance=true";
-  char why[512] = "";
-  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
-                "the first view: %s", why);
-  kill(srv[2].proc->pid, SIGKILL);
-  h_wait_exit(srv[2].proc, 5000);
-  ck_assert(h_wait_node_state(&c, srv[2].address, "dead", 10000));
-  chaos_server_start(&c, &srv[2], 2, "server", "127.0.0.1", NULL);
+  third_killed_and_restarted(&c, srv);
   ck_assert(h_wait_node_state(&c, srv[2].address, "alive", 10000));
+  char why[512] = "";
   /* The survivors hold both copies of every range; the spare none. */
   ck_assert_msg(wait_shared_out_of(&c, 6, 2, 2, 6, -1, why, sizeof(why)),
                 "after the kill: %s", why);
@@ -371,12 +388,7 @@ START_TEST(add_server_gives_a_spare_its_share) {
   free(out);
   ck_assert_msg(shared_out_of(&c, 6, 2, 3, 4, -1, why, sizeof(why)),
                 "after add-server answered: %s", why);
-  /* Once more: it takes its share already. */
-  st = psctl(&c, "add-server", srv[2].address, &out);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && out &&
-                    strstr(out, "takes its share already"),
-                "a second add-server was not refused (status %d)", st);
-  free(out);
+  add_refused(&c, &srv[2]); /* once more */
   asp_job_end(&c, w);
   ck_assert(exited_with(srv[2].proc, 0));
 }
@@ -390,21 +402,11 @@ START_TEST(restarted_server_takes_its_share) {
   h_cluster_t c;
   chaos_server_t srv[3];
   h_proc_t *w = asp_job_start(&c, "chaos_reshard_back", srv, 3, "6", "2");
+  third_killed_and_restarted(&c, srv);
   char why[512] = "";
   ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
-                "the first view: %s", why);
-  kill(srv[2].proc->pid, SIGKILL);
-  h_wait_exit(srv[2].proc, 5000);
-  ck_assert(h_wait_node_state(&c, srv[2].address, "dead", 10000));
-  chaos_server_start(&c, &srv[2], 2, "server", "127.0.0.1", NULL);
-  ck_assert_msg(wait_shared_out_of(&c, 6, 2, 3, 4, 2, why, sizeof(why)),
                 "after the restart: %s", why);
-  char *out = NULL;
-  int st = psctl(&c, "add-server", srv[2].address, &out);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 && out &&
-                    strstr(out, "takes its share already"),
-                "add-server was not refused (status %d)", st);
-  free(out);
+  add_refused(&c, &srv[2]);
   asp_job_end(&c, w);
   ck_assert(exited_with(srv[2].proc, 0));
 }
