@@ -361,3 +361,45 @@ def test_adam_with_warmup_applied_by_the_server(cluster):
                                    atol=1e-7)
     with pytest.raises(ValueError, match="lr_schedule"):
         ps.Model([ps.Tensor("w", 4)], lr_schedule="step")
+
+
+def test_optimizer_per_tensor_and_table(cluster):
+    """Issue #14: a tensor or table may declare its own optimizer; the
+    model's is the others'. One push of g on one worker: the model's SGD
+    moves "a" by -LR g, Adam's bias-corrected first step moves "b" by
+    -LR sign(g), "add" makes "c" g exactly, and Adagrad's first step
+    (h = g^2) moves every coordinate of a row by -0.25 sign(g)."""
+    c = cluster(1, 1)
+    m = ps.Model(
+        [ps.Tensor("a", KEYS),
+         ps.Tensor("b", KEYS, optimizer=ps.Optimizer(
+             "adam", learning_rate=LR, beta1=0.9, beta2=0.999, epsilon=1e-8)),
+         ps.Tensor("c", KEYS, optimizer=ps.Optimizer("add", learning_rate=0))],
+        sparse=[ps.SparseTable("emb", 4, optimizer=ps.Optimizer(
+            "adagrad", learning_rate=0.25, epsilon=1e-8))],
+        learning_rate=LR)
+    with ps.Client(scheduler=c.endpoint, model=m,
+                   timeout_ms=int(20000 * SCALE),
+                   connect_timeout_ms=int(20000 * SCALE)) as cl:
+        g = grad()
+        ids = np.array([7, 1 << 33], np.uint64)
+        rows_g = np.array([[1, -2, 0, 3], [-4, 5, -6, 0]], np.float32)
+        cl.sparse_push("emb", ids, rows_g, 0)
+        for name in ("a", "b", "c"):
+            cl.push(name, g, 0)
+        got = {}
+        for name in ("a", "b", "c"):
+            got[name] = np.zeros(KEYS, np.float32)
+            cl.pull(name, got[name], 1)
+        rows = np.zeros((2, 4), np.float32)
+        cl.sparse_pull("emb", ids, rows)
+    np.testing.assert_array_equal(got["a"], -LR * g)
+    np.testing.assert_allclose(got["b"], -LR * np.sign(g), rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_array_equal(got["c"], g)
+    np.testing.assert_allclose(rows, -0.25 * np.sign(rows_g), rtol=1e-6,
+                               atol=1e-7)
+    with pytest.raises(TypeError, match="ps.Optimizer"):
+        ps.Tensor("x", 4, optimizer="adam")
+    with pytest.raises(ValueError, match="optimizer 'lamb'"):
+        ps.Optimizer("lamb")

@@ -182,6 +182,42 @@ def test_embedding_sparse_table(cluster):
         net.emb(torch.tensor([1, 2], dtype=torch.int32))
 
 
+def test_server_optimizers(cluster):
+    """Issue #14: ps.torch declares the servers' optimizer: Adam for the
+    module, plain SGD at 0.5 for the bias (optimizers=). One step from the
+    servers' initial weights w0 with gradient g (torch's own, on w0): Adam's
+    bias-corrected first step moves the weight by -lr g / (|g| + eps), the
+    SGD bias by -0.5 g."""
+    c = cluster(1, 1)
+    torch.manual_seed(3)
+    net = torch.nn.Linear(6, 3)
+    x = torch.randn(5, 6)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    adam = ps.Optimizer("adam", learning_rate=0.01, beta1=0.9, beta2=0.999,
+                        epsilon=1e-6)
+    with pst.ParameterServerTrainer(
+            net, scheduler=c.endpoint, seed=SEED, optimizer=adam,
+            optimizers={"bias": ps.Optimizer("sgd", learning_rate=0.5)},
+            timeout_ms=int(30000 * SCALE)) as tr:
+        w0 = initializers.model_weights(tr.model)
+        ref = torch.nn.Linear(6, 3)
+        with torch.no_grad():
+            ref.weight.copy_(torch.from_numpy(w0[:18]).view(3, 6))
+            ref.bias.copy_(torch.from_numpy(w0[18:]))
+        F.cross_entropy(ref(x), y).backward()
+        tr.step(lambda: F.cross_entropy(net(x), y))
+        tr.pull()
+        w1 = tr.weights()
+    gw = ref.weight.grad.numpy().reshape(-1).astype(np.float64)
+    gb = ref.bias.grad.numpy().astype(np.float64)
+    np.testing.assert_allclose(w1[:18], w0[:18] - 0.01 * gw / (np.abs(gw) + 1e-6),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w1[18:], w0[18:] - 0.5 * gb, rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        pst.model_spec(net, optimizers={"nope": adam})
+
+
 def test_trainer_refusals(cluster):
     c = cluster(1, 1)
     with pytest.raises(TypeError, match="float64.*float32"):

@@ -31,7 +31,8 @@ for _name in dir(_client):
         globals()[_name] = getattr(_client, _name)
 del _name
 
-__all__ = ["Client", "Model", "Tensor", "SparseTable", "View", "Range",
+__all__ = ["Client", "Model", "Tensor", "SparseTable", "Optimizer", "View",
+           "Range",
            "Call", "Error", "strerror", "err_name", "INIT_ZERO",
            "INIT_UNIFORM", "OPTIMIZER_SGD", "OPTIMIZER_ADD",
            "OPTIMIZER_ADAGRAD", "OPTIMIZER_ADAM", "OPTIMIZER_FTRL",
@@ -42,6 +43,45 @@ _OPTIMIZERS = {"sgd": OPTIMIZER_SGD, "add": OPTIMIZER_ADD,
                "adagrad": OPTIMIZER_ADAGRAD, "adam": OPTIMIZER_ADAM,
                "ftrl": OPTIMIZER_FTRL}
 _SCHEDULES = {"constant": LR_CONSTANT, "cosine": LR_COSINE}
+
+
+def _optimizer_code(optimizer):
+    if isinstance(optimizer, str):
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(
+                f"optimizer {optimizer!r}: one of {sorted(_OPTIMIZERS)}")
+        return _OPTIMIZERS[optimizer]
+    return int(optimizer)
+
+
+class Optimizer:
+    """The rule the servers apply to one tensor's or table's pushes, when
+    it is not the model's: `kind` "sgd" (momentum), "add", "adagrad"
+    (epsilon), "adam" (beta1, beta2, epsilon) or "ftrl" (learning_rate is
+    alpha; ftrl_beta, l1, l2); settings the kind does not use must stay 0.
+    Its state (momentum, Adagrad's sums, Adam's moments, FTRL's z and n) is
+    kept, replicated and checkpointed with the weights."""
+
+    def __init__(self, kind="sgd", learning_rate=0.01, momentum=0.0, *,
+                 beta1=0.0, beta2=0.0, epsilon=0.0, l1=0.0, l2=0.0,
+                 ftrl_beta=0.0):
+        self.kind = _optimizer_code(kind)
+        self.learning_rate = float(learning_rate)
+        self.momentum = float(momentum)
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.epsilon = float(epsilon)
+        self.l1, self.l2, self.ftrl_beta = float(l1), float(l2), float(ftrl_beta)
+
+    def __repr__(self):
+        name = {v: k for k, v in _OPTIMIZERS.items()}.get(self.kind, self.kind)
+        return f"ps.Optimizer({name!r}, learning_rate={self.learning_rate})"
+
+
+def _optimizer_or_none(owner, optimizer):
+    if optimizer is None or isinstance(optimizer, Optimizer):
+        return optimizer
+    raise TypeError(f"{owner}: optimizer must be a ps.Optimizer or None, "
+                    f"not {type(optimizer).__name__}")
 
 
 def _init_code(init):
@@ -55,15 +95,18 @@ def _init_code(init):
 class Tensor:
     """A dense tensor of the model: `length` float32 keys, initialised by
     the servers (`init` "zero" or "uniform" in (-init_scale, init_scale),
-    from the model's seed and the key alone)."""
+    from the model's seed and the key alone), updated by `optimizer` (a
+    ps.Optimizer) or, when None, by the model's."""
 
-    def __init__(self, name, length, init="zero", init_scale=0.0):
+    def __init__(self, name, length, init="zero", init_scale=0.0,
+                 optimizer=None):
         self.name = str(name)
         self.length = int(length)
         if self.length <= 0:
             raise ValueError(f"tensor {name!r}: length {length} must be > 0")
         self.init = _init_code(init)
         self.init_scale = float(init_scale)
+        self.optimizer = _optimizer_or_none(f"tensor {name!r}", optimizer)
 
     def __repr__(self):
         return (f"ps.Tensor({self.name!r}, {self.length}, init={self.init}, "
@@ -72,9 +115,11 @@ class Tensor:
 
 class SparseTable:
     """A sparse embedding table: uint64 ids -> rows of `dim` float32,
-    created on first touch with `init`."""
+    created on first touch with `init`, updated by `optimizer` (a
+    ps.Optimizer, its state kept per row) or, when None, by the model's."""
 
-    def __init__(self, name, dim, init="zero", init_scale=0.0):
+    def __init__(self, name, dim, init="zero", init_scale=0.0,
+                 optimizer=None):
         self.name = str(name)
         self.dim = int(dim)
         if not 1 <= self.dim <= SPARSE_DIM_MAX:
@@ -82,6 +127,8 @@ class SparseTable:
                 f"sparse table {name!r}: dim {dim} not in [1, {SPARSE_DIM_MAX}]")
         self.init = _init_code(init)
         self.init_scale = float(init_scale)
+        self.optimizer = _optimizer_or_none(f"sparse table {name!r}",
+                                            optimizer)
 
     def __repr__(self):
         return f"ps.SparseTable({self.name!r}, {self.dim}, init={self.init})"
@@ -96,7 +143,9 @@ class Model:
     common/optimizer.h; settings an optimizer does not use must stay 0) and
     the learning-rate schedule the servers apply at each step t
     ("constant" or "cosine" over lr_total_steps, after lr_warmup_steps of
-    linear warm-up). Every worker of a job must declare the same model."""
+    linear warm-up). A Tensor or SparseTable may name an optimizer of its
+    own (ps.Optimizer); the model's is the default of the others. Every
+    worker of a job must declare the same model."""
 
     def __init__(self, tensors=(), sparse=(), optimizer="sgd",
                  learning_rate=0.01, momentum=0.0, seed=1, *, beta1=0.0,
@@ -104,12 +153,7 @@ class Model:
                  lr_schedule="constant", lr_total_steps=0, lr_warmup_steps=0):
         self.tensors = list(tensors)
         self.sparse = list(sparse)
-        if isinstance(optimizer, str):
-            if optimizer not in _OPTIMIZERS:
-                raise ValueError(
-                    f"optimizer {optimizer!r}: one of {sorted(_OPTIMIZERS)}")
-            optimizer = _OPTIMIZERS[optimizer]
-        self.optimizer = int(optimizer)
+        self.optimizer = _optimizer_code(optimizer)
         self.learning_rate = float(learning_rate)
         self.momentum = float(momentum)
         self.seed = int(seed)

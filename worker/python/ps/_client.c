@@ -329,8 +329,37 @@ static int opt_int(PyObject *obj, const char *name, int *out) {
   return attr_int(obj, name, out);
 }
 
+/* A tensor's or table's own optimizer (its "optimizer" attribute, a
+ * ps.Optimizer), if it has one: *has 1 and spec filled; None or no such
+ * attribute leaves *has 0. -1 with an exception set on failure. */
+static int own_optimizer(PyObject *obj, int *has, ps_optimizer_spec_t *spec) {
+  *has = 0;
+  if (!PyObject_HasAttrString(obj, "optimizer")) return 0;
+  PyObject *o = PyObject_GetAttrString(obj, "optimizer");
+  if (o == NULL) return -1;
+  int rc = 0;
+  if (o != Py_None) {
+    memset(spec, 0, sizeof(*spec));
+    rc = attr_int(o, "kind", &spec->kind) < 0 ||
+                 attr_float(o, "learning_rate", &spec->learning_rate) < 0 ||
+                 attr_float(o, "momentum", &spec->momentum) < 0 ||
+                 attr_float(o, "beta1", &spec->beta1) < 0 ||
+                 attr_float(o, "beta2", &spec->beta2) < 0 ||
+                 attr_float(o, "epsilon", &spec->epsilon) < 0 ||
+                 attr_float(o, "l1", &spec->l1) < 0 ||
+                 attr_float(o, "l2", &spec->l2) < 0 ||
+                 attr_float(o, "ftrl_beta", &spec->ftrl_beta) < 0
+             ? -1
+             : 0;
+    *has = rc == 0;
+  }
+  Py_DECREF(o);
+  return rc;
+}
+
 /* Copies a ps.Model (tensors, sparse, optimizer and its settings, schedule,
- * seed) into m; tensors are laid end to end from key 0 in order. */
+ * seed, and the tensors' and tables' own optimizers) into m; tensors are
+ * laid end to end from key 0 in order. */
 static int model_from_py(PyObject *py, ps_model_t *m) {
   memset(m, 0, sizeof(*m));
   PyObject *tensors = NULL, *sparse = NULL;
@@ -357,7 +386,8 @@ static int model_from_py(PyObject *py, ps_model_t *m) {
     ps_tensor_spec_t *ts = &m->tensors[i];
     if (attr_name(o, ts->name) < 0 || attr_u64(o, "length", &ts->length) < 0 ||
         attr_int(o, "init", &ts->init) < 0 ||
-        attr_float(o, "init_scale", &ts->init_scale) < 0)
+        attr_float(o, "init_scale", &ts->init_scale) < 0 ||
+        own_optimizer(o, &ts->has_optimizer, &ts->optimizer) < 0)
       goto fail;
     ts->offset = off;
     off += ts->length;
@@ -369,7 +399,8 @@ static int model_from_py(PyObject *py, ps_model_t *m) {
     uint64_t dim = 0;
     if (attr_name(o, ss->name) < 0 || attr_u64(o, "dim", &dim) < 0 ||
         attr_int(o, "init", &ss->init) < 0 ||
-        attr_float(o, "init_scale", &ss->init_scale) < 0)
+        attr_float(o, "init_scale", &ss->init_scale) < 0 ||
+        own_optimizer(o, &ss->has_optimizer, &ss->optimizer) < 0)
       goto fail;
     if (dim == 0 || dim > PS_SPARSE_DIM_MAX) {
       PyErr_Format(PyExc_ValueError,

@@ -50,12 +50,13 @@ class Embedding(torch.nn.Module):
     dimension of embedding_dim. Usable once a ParameterServerTrainer owns
     the module that holds it."""
 
-    def __init__(self, embedding_dim, table, init="uniform", init_scale=0.05):
+    def __init__(self, embedding_dim, table, init="uniform", init_scale=0.05,
+                 optimizer=None):
         super().__init__()
         self.embedding_dim = int(embedding_dim)
         self.table = str(table)
         self.spec = ps.SparseTable(self.table, self.embedding_dim, init=init,
-                                   init_scale=init_scale)
+                                   init_scale=init_scale, optimizer=optimizer)
         self._trainer = None
         self._pending = []  # (ids, rows) pulled this step
 
@@ -84,11 +85,18 @@ class Embedding(torch.nn.Module):
 
 
 def model_spec(module, learning_rate=0.01, momentum=0.9, seed=1,
-               init=default_init):
+               init=default_init, optimizer=None, optimizers=None):
     """(ps.Model, [(name, parameter)]) a trainer of module declares: its
     trainable parameters as dense tensors in named_parameters() order, its
-    ps.torch.Embedding layers as sparse tables."""
+    ps.torch.Embedding layers as sparse tables. The servers update them
+    with optimizer (a ps.Optimizer; None: SGD with learning_rate and
+    momentum), and the parameters optimizers names ({name: ps.Optimizer})
+    with their own."""
+    optimizers = dict(optimizers or {})
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    unknown = sorted(set(optimizers) - {n for n, _ in params})
+    if unknown:
+        raise ValueError(f"optimizers names no trainable parameter: {unknown}")
     embeddings = [m for m in module.modules() if isinstance(m, Embedding)]
     if not params and not embeddings:
         raise ValueError("the module has no trainable parameters")
@@ -99,10 +107,18 @@ def model_spec(module, learning_rate=0.01, momentum=0.9, seed=1,
                             "hold float32")
         kind, scale = init(name, p)
         tensors.append(ps.Tensor(name, p.numel(), init=kind,
-                                 init_scale=scale))
-    model = ps.Model(tensors, [e.spec for e in embeddings], optimizer="sgd",
-                     learning_rate=learning_rate, momentum=momentum,
-                     seed=seed)
+                                 init_scale=scale,
+                                 optimizer=optimizers.get(name)))
+    if optimizer is None:
+        optimizer = ps.Optimizer("sgd", learning_rate, momentum)
+    if not isinstance(optimizer, ps.Optimizer):
+        raise TypeError("optimizer must be a ps.Optimizer or None")
+    o = optimizer
+    model = ps.Model(tensors, [e.spec for e in embeddings],
+                     optimizer=o.kind, learning_rate=o.learning_rate,
+                     momentum=o.momentum, seed=seed, beta1=o.beta1,
+                     beta2=o.beta2, epsilon=o.epsilon, l1=o.l1, l2=o.l2,
+                     ftrl_beta=o.ftrl_beta)
     return model, params
 
 
@@ -111,8 +127,13 @@ class ParameterServerTrainer:
 
     module: float32 parameters, on the CPU or one CUDA device.
     scheduler: "tcp://HOST:PORT" (default $PS_SCHEDULER).
-    learning_rate, momentum, seed: the servers' rule and initialisation;
-      every worker of a job must give the same ones.
+    learning_rate, momentum, seed: the servers' rule (SGD) and
+      initialisation; every worker of a job must give the same ones.
+    optimizer: a ps.Optimizer the servers apply instead of that SGD
+      (Adam, Adagrad, FTRL: their state lives on the servers, replicated
+      and checkpointed); optimizers: {parameter name: ps.Optimizer} for
+      the parameters that differ from it. An Embedding's table takes its
+      own (ps.torch.Embedding(optimizer=...)).
     init: callable (name, parameter) -> (ps.INIT_*, scale); default
       default_init.
     grad_scale: callable (step) -> float, multiplies each step's gradient
@@ -124,13 +145,13 @@ class ParameterServerTrainer:
 
     def __init__(self, module, scheduler=None, *, learning_rate=0.01,
                  momentum=0.9, seed=1, init=default_init, grad_scale=None,
-                 **client_options):
+                 optimizer=None, optimizers=None, **client_options):
         self.module = module
         self.grad_scale = grad_scale
         self.embeddings = [m for m in module.modules()
                            if isinstance(m, Embedding)]
         self.model, params = model_spec(module, learning_rate, momentum,
-                                        seed, init)
+                                        seed, init, optimizer, optimizers)
         devices = {p.device for _, p in params}
         if len(devices) > 1:
             raise ValueError(f"parameters on several devices: {devices}")
