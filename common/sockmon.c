@@ -11,6 +11,7 @@
 #include "err.h"
 #include "log.h"
 #include "time.h"
+#include "transport.h"
 
 /* accept_failed is logged at most this often. */
 #define SOCKMON_LOG_EVERY_MS 5000
@@ -150,7 +151,7 @@ static ps_sockmon_t *sockmon_new(uv_loop_t *loop, void *ctx, void *sock,
   if (zmq_socket_monitor(sock, ep, events) != 0 ||
       (m->pair = zmq_socket(ctx, ZMQ_PAIR)) == NULL ||
       zmq_setsockopt(m->pair, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
-      zmq_connect(m->pair, ep) != 0 ||
+      ps_zmq_connect(m->pair, ep) != 0 ||
       zmq_getsockopt(m->pair, ZMQ_FD, &fd, &fdlen) != 0) {
     PS_WARN("sockmon_failed", "socket=%s zmq=\"%s\"", m->name,
             zmq_strerror(zmq_errno()));

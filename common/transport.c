@@ -24,7 +24,7 @@
 struct ps_zsock_s {
   uv_poll_t poll;
   uv_prepare_t prepare;
-  uv_idle_t idle;   /* running while a drain stopped with messages left */
+  uv_idle_t idle; /* running while a drain stopped with messages left */
   /* With batch_ms: a wakeup that comes sooner than batch_ms after the last
    * drain began stops the poll and arms this timer for the rest; the
    * timer's drain reads all that came meanwhile. */
@@ -211,9 +211,9 @@ void ps_zctx_term_async(void *ctx) {
   pthread_attr_t attr;
   int detached = pthread_attr_init(&attr) == 0;
   if (detached) {
-    detached = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) ==
-                   0 &&
-               pthread_create(&t, &attr, ctx_term_thread, ctx) == 0;
+    detached =
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+        pthread_create(&t, &attr, ctx_term_thread, ctx) == 0;
     pthread_attr_destroy(&attr);
   }
   if (!detached) zmq_ctx_term(ctx);
@@ -225,6 +225,26 @@ static void zsock_close_sock(ps_zsock_t *zs) {
   zs->sock = NULL;
   ps_zctx_term_async(zs->own_ctx);
   zs->own_ctx = NULL;
+}
+
+/* Enough for any burst of signals; a socket that keeps failing with EINTR
+ * fails as zmq_bind would. */
+#define EINTR_RETRIES 100
+
+int ps_zmq_bind(void *sock, const char *ep) {
+  int rc, tries = 0;
+  while ((rc = zmq_bind(sock, ep)) != 0 && zmq_errno() == EINTR &&
+         ++tries < EINTR_RETRIES) {
+  }
+  return rc;
+}
+
+int ps_zmq_connect(void *sock, const char *ep) {
+  int rc, tries = 0;
+  while ((rc = zmq_connect(sock, ep)) != 0 && zmq_errno() == EINTR &&
+         ++tries < EINTR_RETRIES) {
+  }
+  return rc;
 }
 
 /* A tcp:// endpoint whose host (after the source address, if any) is
@@ -278,8 +298,7 @@ static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
   /* The side that binds is the CURVE server; a ROUTER always is one, also
    * before it binds (a server binds its data address at its first view). */
   int curve_server = bind_ep != NULL || zs->is_router;
-  if (o && o->keys && !curve_server &&
-      (o->peer_key == NULL || !o->peer_key[0]))
+  if (o && o->keys && !curve_server && (o->peer_key == NULL || !o->peer_key[0]))
     return ps_errf(err, errlen, PS_ERR_CONFIG,
                    "CURVE: no public key for the peer %s",
                    connect_ep ? connect_ep : "?");
@@ -293,7 +312,7 @@ static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
                sizeof(maxmsg), err, errlen);
   if (rc != PS_OK) return rc;
   if (bind_ep) {
-    if (zmq_bind(zs->sock, bind_ep) != 0)
+    if (ps_zmq_bind(zs->sock, bind_ep) != 0)
       return ps_errf(err, errlen, PS_ERR_ZMQ, "cannot bind %s: %s", bind_ep,
                      zmq_strerror(zmq_errno()));
     size_t len = sizeof(zs->endpoint);
@@ -302,7 +321,7 @@ static int zsock_open(ps_zsock_t *zs, const char *bind_ep,
                      "zmq_getsockopt(ZMQ_LAST_ENDPOINT) after binding %s: %s",
                      bind_ep, zmq_strerror(zmq_errno()));
   }
-  if (connect_ep && zmq_connect(zs->sock, connect_ep) != 0)
+  if (connect_ep && ps_zmq_connect(zs->sock, connect_ep) != 0)
     return ps_errf(err, errlen, PS_ERR_ZMQ, "cannot connect to %s: %s",
                    connect_ep, zmq_strerror(zmq_errno()));
   return PS_OK;

@@ -74,6 +74,13 @@ ps_zsock_t *ps_zsock_new(uv_loop_t *loop, void *ctx, int type,
                          const ps_zsock_opts_t *opts, ps_zsock_recv_cb cb,
                          void *arg, int *err, char *errbuf, size_t errlen);
 
+/* zmq_bind and zmq_connect, again when a signal interrupted them: both
+ * first serve the socket's pending commands, and a signal (a libFuzzer
+ * timer, SIGCHLD) landing there fails them with EINTR though nothing is
+ * wrong. 0, or -1 with zmq_errno() set, as they. */
+int ps_zmq_bind(void *sock, const char *ep);
+int ps_zmq_connect(void *sock, const char *ep);
+
 /* Whether connecting to ep makes libzmq look a host name up (a tcp://
  * endpoint whose host is not an address). ps_zsock_new gives such a socket
  * a context of its own, whose I/O thread alone a slow lookup can stall. */

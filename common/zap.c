@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/sockmon.h"
 #include "common/time.h"
+#include "common/transport.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 /* Refused keys remembered so each is logged once; past this many every
@@ -30,7 +31,7 @@ struct ps_zap_s {
   uint64_t refused, admitted;
   uint8_t (*seen)[32]; /* refused keys already logged */
   size_t nseen;
-  ps_sockmon_t *mon; /* counts the bound socket's connections */
+  ps_sockmon_t *mon;        /* counts the bound socket's connections */
   uint64_t max_connections; /* 0: no cap */
   uint64_t over_cap, over_cap_logged;
   uint64_t last_cap_log_ms;
@@ -81,8 +82,8 @@ static int send_frame(void *sock, const void *data, size_t len, int more) {
 }
 
 /* Logs a refused key the first time it is seen. */
-static void note_refused(ps_zap_t *zap, const uint8_t *key,
-                         const char *address, const char *why) {
+static void note_refused(ps_zap_t *zap, const uint8_t *key, const char *address,
+                         const char *why) {
   zap->refused++;
   if (key) {
     for (size_t i = 0; i < zap->nseen; i++)
@@ -220,7 +221,7 @@ ps_zap_t *ps_zap_new(uv_loop_t *loop, void *zmq_ctx, const ps_keys_t *keys,
   size_t fdlen = sizeof(fd);
   if ((zap->sock = zmq_socket(zmq_ctx, ZMQ_REP)) == NULL ||
       zmq_setsockopt(zap->sock, ZMQ_LINGER, &zero, sizeof(zero)) != 0 ||
-      zmq_bind(zap->sock, ZAP_ENDPOINT) != 0 ||
+      ps_zmq_bind(zap->sock, ZAP_ENDPOINT) != 0 ||
       zmq_getsockopt(zap->sock, ZMQ_FD, &fd, &fdlen) != 0) {
     *err = ps_errf(errbuf, errlen, PS_ERR_ZMQ, "ZAP handler on %s: %s",
                    ZAP_ENDPOINT, zmq_strerror(zmq_errno()));

@@ -773,7 +773,7 @@ void ps__server_frame_limit(ps_server_t *s, const ps_view_t *v) {
   int rc = zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max, sizeof(max));
   close(s->reserve_fd);
   s->reserve_fd = -1;
-  if (rc == 0) rc = zmq_bind(sock, s->endpoint);
+  if (rc == 0) rc = ps_zmq_bind(sock, s->endpoint);
   if (rc != 0) {
     char reason[PS_ADDR_MAX + 96];
     snprintf(reason, sizeof(reason), "cannot bind %s: %s", s->endpoint,

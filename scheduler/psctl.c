@@ -29,6 +29,7 @@
 #include "common/keys.h"
 #include "common/log.h"
 #include "common/time.h"
+#include "common/transport.h"
 #include "proto/ps.pb-c.h"
 #include "scheduler/placement.h"
 #include "scheduler/top.h"
@@ -1051,7 +1052,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "psctl: %s\n", err);
     goto out;
   }
-  if (zmq_connect(sock, endpoint) != 0) {
+  if (ps_zmq_connect(sock, endpoint) != 0) {
     fprintf(stderr, "psctl: cannot connect to %s: %s\n", endpoint,
             zmq_strerror(zmq_errno()));
     goto out;

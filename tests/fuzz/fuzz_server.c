@@ -44,6 +44,7 @@
 
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/transport.h"
 #include "common/view.h"
 #include "fuzz_setup.h"
 #include "fuzz_util.h"
@@ -65,7 +66,7 @@ static void *bind_router(void *ctx, const char *ep) {
   int zero = 0;
   if (sock == NULL || zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero)) ||
       zmq_setsockopt(sock, ZMQ_RCVHWM, &zero, sizeof(zero)) ||
-      zmq_bind(sock, ep) != 0) {
+      ps_zmq_bind(sock, ep) != 0) {
     fprintf(stderr, "fuzz_server: bind %s: %s\n", ep,
             zmq_strerror(zmq_errno()));
     abort();

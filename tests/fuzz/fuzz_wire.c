@@ -8,6 +8,7 @@
 
 #include "common/auth.h"
 #include "common/err.h"
+#include "common/transport.h"
 
 /* A message that was sent over inproc is there at once; this only bounds
  * a harness bug. */
@@ -92,7 +93,7 @@ fuzz_wire_t *fuzz_wire_new(int router) {
   zmq_setsockopt(w->rx, ZMQ_RCVHWM, &zero, sizeof(zero));
   char ep[64];
   snprintf(ep, sizeof(ep), "inproc://fuzz-wire-%u", serial++);
-  must(zmq_bind(w->rx, ep) == 0, "zmq_bind");
+  must(ps_zmq_bind(w->rx, ep) == 0, "zmq_bind");
   w->nsenders = router ? FUZZ_SENDERS : 1;
   for (int i = 0; i < w->nsenders; i++) {
     w->tx[i] = zmq_socket(w->ctx, router ? ZMQ_DEALER : ZMQ_PAIR);
@@ -113,7 +114,7 @@ fuzz_wire_t *fuzz_wire_new(int router) {
       int n = snprintf(id, sizeof(id), "fuzz-%d", i);
       zmq_setsockopt(w->tx[i], ZMQ_ROUTING_ID, id, (size_t)n);
     }
-    must(zmq_connect(w->tx[i], ep) == 0, "zmq_connect");
+    must(ps_zmq_connect(w->tx[i], ep) == 0, "zmq_connect");
   }
   return w;
 }

@@ -107,7 +107,7 @@ int ps__client_conn_get(ps_client_t *c, uint32_t server_id, ps__conn_t **out) {
     return ps__client_fail(c, PS_ERR_ZMQ, "server %u (%s): %s", server_id,
                            node->address, why);
   }
-  if (zmq_connect(s, node->address) != 0) {
+  if (ps_zmq_connect(s, node->address) != 0) {
     int e = errno;
     zmq_close(s);
     ps__client_conn_close(k);

@@ -54,7 +54,7 @@ static int ps__client_sched_socket(ps_client_t *c) {
     return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: %s", c->scheduler,
                            why);
   }
-  if (zmq_connect(s, c->scheduler) != 0) {
+  if (ps_zmq_connect(s, c->scheduler) != 0) {
     int e = errno;
     zmq_close(s);
     return ps__client_fail(c, PS_ERR_ZMQ, "scheduler %s: cannot connect: %s",
