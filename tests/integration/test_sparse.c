@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/checkpoint.h"
 #include "common/err.h"
 #include "harness.h"
 #include "proto/ps.pb-c.h"
@@ -708,6 +709,75 @@ START_TEST(sparse_cap_holds_with_more_ranges) {
 }
 END_TEST
 
+/* A sketch section that does not fit the model (a record of table 7 in a
+ * model of one table, its CRCs and the manifest made right) passes the
+ * scheduler's checks, and the server that loads it refuses the restore
+ * with the file and the reason, and exits non-zero. */
+START_TEST(sparse_checkpoint_bad_sketch_refused) {
+  h_cluster_t c;
+  h_init(&c, "sparse_badsketch");
+  ck_admit = "4";
+  char ck[700], manifest[800], at[800];
+  snprintf(ck, sizeof(ck), "%s", h_path(&c, "ck"));
+  snprintf(manifest, sizeof(manifest), "%s/ckpt-%012d/MANIFEST", ck, CK_AT);
+  snprintf(ck_dump, sizeof(ck_dump), "%s", h_path(&c, "orig.bin"));
+  ck_assert(ck_job(&c, "orig", "2", "--checkpoint-dir", ck,
+                   "--checkpoint-every-steps", "2", manifest));
+  snprintf(at, sizeof(at), "%s/ckpt-%012d", ck, CK_AT);
+  char err[512], path[1000];
+  ps_checkpoint_manifest_t m;
+  ck_assert_msg(ps_checkpoint_manifest_read(at, &m, err, sizeof(err)) == PS_OK,
+                "%s", err);
+  snprintf(path, sizeof(path), "%s/%s", at, m.shards[0].file);
+  ps_checkpoint_shard_t sh;
+  ck_assert_msg(ps_checkpoint_shard_read(path, &sh, err, sizeof(err)) == PS_OK,
+                "%s", err);
+  ck_assert_msg(sh.sketch != NULL && sh.sketch_bytes >= 8,
+                "the shard file has no sketch section");
+  uint32_t seven = 7;
+  memcpy(sh.sketch, &seven, sizeof(seven));
+  ps_checkpoint_file_stat_t st;
+  ck_assert_msg(ps_checkpoint_shard_write_sparse(
+                    at, m.shards[0].file, &sh.meta, sh.weights, sh.state,
+                    sh.opt_steps, sh.nopt_steps, sh.sparse, sh.sparse_bytes,
+                    sh.sketch, sh.sketch_bytes, &st, err, sizeof(err)) == PS_OK,
+                "%s", err);
+  ps_checkpoint_shard_clear(&sh);
+  m.shards[0].bytes = st.bytes;
+  m.shards[0].crc32c = st.crc32c;
+  ck_assert_msg(ps_checkpoint_manifest_write(at, &m, err, sizeof(err)) == PS_OK,
+                "%s", err);
+  ps_checkpoint_manifest_clear(&m);
+
+  h_new_sched_ep(&c);
+  int from = c.nprocs;
+  h_spawn(&c, "r_scheduler", "ps-scheduler", "--bind", c.sched_ep, "--servers",
+          "2", "--workers", "2", "--mode", "bsp", "--heartbeat-timeout-ms",
+          "60000", "--restore", at, NULL);
+  for (int i = 0; i < 2; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "r_server%d", i);
+    h_spawn(&c, name, "ps-server", "--scheduler", c.sched_ep,
+            "--sparse-admit-after", "4", NULL);
+  }
+  ck_admit = NULL;
+  h_workers_start(&c, 2, ck_worker);
+  h_proc_t *refused = NULL;
+  for (uint64_t end = h_deadline_ms(30000); !refused && h_now_ms() < end;)
+    for (int i = from + 1; i < from + 3 && !refused; i++)
+      if (h_wait_log(c.procs[i].log, "event=restore_failed", 100))
+        refused = &c.procs[i];
+  if (refused == NULL) h_dump_logs(&c);
+  ck_assert_msg(refused != NULL, "no server refused the bad sketch section");
+  ck_assert(h_wait_log(refused->log, "sketch section: a record of table 7", 1));
+  ck_assert_msg(h_wait_exit(refused, 10000) && WIFEXITED(refused->status) &&
+                    WEXITSTATUS(refused->status) != 0,
+                "the refusing server did not exit non-zero");
+  h_kill_all(&c);
+  h_workers_reap(5000);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("sparse");
   TCase *tc = tcase_create("sparse");
@@ -716,6 +786,7 @@ int main(void) {
   tcase_add_test(tc, sparse_bsp_two_workers_equal_one);
   tcase_add_test(tc, sparse_checkpoint_restored_onto_3_servers);
   tcase_add_test(tc, sparse_checkpoint_keeps_admission_counts);
+  tcase_add_test(tc, sparse_checkpoint_bad_sketch_refused);
   tcase_add_test(tc, sparse_cap_holds);
   tcase_add_test(tc, sparse_cap_holds_with_more_ranges);
   suite_add_tcase(s, tc);
