@@ -216,6 +216,8 @@ def test_server_optimizers(cluster):
                                atol=1e-6)
     with pytest.raises(ValueError, match="no trainable parameter"):
         pst.model_spec(net, optimizers={"nope": adam})
+    with pytest.raises(TypeError, match="ps.Optimizer"):
+        pst.model_spec(net, optimizer="adam")
 
 
 def test_trainer_refusals(cluster):
